@@ -1,0 +1,48 @@
+import { createHash } from 'node:crypto';
+
+/** What happened, in the words the contract uses. */
+export type AuditAction =
+  | 'task.open' | 'task.complete' | 'task.expire'
+  | 'credential.issue' | 'credential.deny' | 'credential.pending' | 'credential.fail' | 'access.deny'
+  | 'lease.revoke' | 'lease.expire' | 'lease.revoke_failed'
+  | 'approval.decide' | 'rotate' | 'policy.reload' | 'aws.deny_fallback';
+
+/** One audit record as callers describe it. Never put a secret in here. */
+export interface AuditEvent {
+  action: AuditAction;
+  /** Caller identity string, or "broker" for the worker's own actions. */
+  actor: string;
+  decision: 'allow' | 'deny' | 'ok' | 'error';
+  taskId?: string;
+  role?: string;
+  leaseId?: string;
+  reason?: string;
+  /** Policies that determined a policy decision. */
+  policies?: string[];
+  detail?: Record<string, string | number | boolean | string[]>;
+}
+
+/** A record as stored: the event plus its place in the chain. */
+export interface AuditRecord extends AuditEvent {
+  seq: number;
+  time: string;
+  prev: string;
+  hash: string;
+}
+
+export const GENESIS = '0'.repeat(64);
+
+/** Hash of a record: SHA-256 over the previous hash and the record's canonical JSON (keys sorted). */
+export function hashRecord(r: Omit<AuditRecord, 'hash'>): string {
+  return createHash('sha256').update(r.prev).update('\n').update(canonicalJson(r)).digest('hex');
+}
+
+/** JSON with object keys sorted at every level, so the hash does not depend on key order. */
+export function canonicalJson(v: unknown): string {
+  if (Array.isArray(v)) return `[${v.map(canonicalJson).join(',')}]`;
+  if (v && typeof v === 'object') {
+    return `{${Object.keys(v).sort().filter((k) => (v as Record<string, unknown>)[k] !== undefined)
+      .map((k) => `${JSON.stringify(k)}:${canonicalJson((v as Record<string, unknown>)[k])}`).join(',')}}`;
+  }
+  return JSON.stringify(v);
+}

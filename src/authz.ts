@@ -1,0 +1,51 @@
+import type { Deps } from './deps.ts';
+import { forbidden } from './errors.ts';
+import type { WorkloadIdentity } from './identity/types.ts';
+import type { PolicyAction, PolicyRequest, PolicyTaskContext } from './policy/types.ts';
+import type { TaskRecord } from './tasks/types.ts';
+
+/** The task as Cedar sees it (`context.task`). */
+export function taskContext(t: TaskRecord): PolicyTaskContext {
+  return {
+    id: t.taskId, tenant: t.tenant, purpose: t.purpose, agent: t.agent, labels: t.labels,
+    roles: t.grants.map((g) => g.role), depth: t.depth, ...(t.parentTaskId ? { parentId: t.parentTaskId } : {}),
+  };
+}
+
+/**
+ * Asks policy; denies with 403 `policy_denied` unless a permit matched and no
+ * forbid did. Runs after the task-ceiling checks, so policy can only narrow.
+ * The denial tells the caller the class of reason, never the policy text; the
+ * deciding policy ids go to the audit record.
+ */
+export async function authorize(
+  deps: Deps,
+  who: WorkloadIdentity,
+  action: PolicyAction,
+  resource: PolicyRequest['resource'],
+  context: PolicyRequest['context'],
+  audit: { taskId?: string; role?: string; leaseId?: string },
+): Promise<string[]> {
+  const decision = deps.policy.authorize({
+    principal: { id: who.id, trust: who.trust, kind: who.kind, claims: who.claims },
+    action, resource, context,
+  });
+  deps.metrics.policyDecisions.inc({ action, decision: decision.allowed ? 'allow' : 'deny' });
+  if (!decision.allowed) {
+    deps.metrics.denied.inc({ code: 'policy_denied' });
+    await deps.audit.append({
+      action: action === 'issue' ? 'credential.deny' : 'access.deny', actor: who.id, decision: 'deny',
+      reason: decision.errors.length ? 'policy_error' : 'policy_denied', policies: decision.policies,
+      ...audit, detail: { policyAction: action },
+    });
+    throw forbidden('policy_denied', `Policy does not permit ${action} on ${resource.type}::"${resource.id}".`, { extra: { reason: 'policy' } });
+  }
+  return decision.policies;
+}
+
+/** Task-ceiling denials are audited and counted the same way as policy ones. */
+export async function deny(deps: Deps, who: WorkloadIdentity, code: string, detail: string, audit: { action: 'credential.deny' | 'access.deny'; taskId?: string; role?: string; leaseId?: string }): Promise<never> {
+  deps.metrics.denied.inc({ code });
+  await deps.audit.append({ actor: who.id, decision: 'deny', reason: code, ...audit });
+  throw forbidden(code, detail);
+}

@@ -1,0 +1,84 @@
+import { readFileSync } from 'node:fs';
+import { dirname, resolve } from 'node:path';
+import { parse as parseYaml } from 'yaml';
+import { ConfigError } from '../errors.ts';
+import { configSchema, type BrokerConfig } from './schema.ts';
+
+/** The validated config plus where it came from (relative paths resolve against `baseDir`). */
+export type LoadedConfig = Readonly<BrokerConfig> & { readonly baseDir: string; readonly file: string };
+
+/**
+ * Replaces every `${NAME}` in string values with that environment variable.
+ * A missing variable is a startup error naming it and the key that used it.
+ */
+export function substituteEnv(value: unknown, env: NodeJS.ProcessEnv, path: string[] = []): unknown {
+  if (typeof value === 'string') {
+    return value.replace(/\$\{([A-Za-z_][A-Za-z0-9_]*)\}/g, (_m, name: string) => {
+      const v = env[name];
+      if (v === undefined) throw new ConfigError(path.join('.'), `environment variable ${name} is not set`);
+      return v;
+    });
+  }
+  if (Array.isArray(value)) return value.map((v, i) => substituteEnv(v, env, [...path, String(i)]));
+  if (value && typeof value === 'object') {
+    return Object.fromEntries(Object.entries(value).map(([k, v]) => [k, substituteEnv(v, env, [...path, k])]));
+  }
+  return value;
+}
+
+function deepFreeze<T>(o: T): T {
+  if (o && typeof o === 'object' && !Object.isFrozen(o)) {
+    Object.freeze(o);
+    for (const v of Object.values(o)) deepFreeze(v);
+  }
+  return o;
+}
+
+/** Validates a parsed config object; `PORT` and `REDIS_URL` from `env` override. */
+export function validateConfig(raw: unknown, env: NodeJS.ProcessEnv, file: string): LoadedConfig {
+  if (!raw || typeof raw !== 'object' || Array.isArray(raw)) throw new ConfigError('', `${file} must hold a YAML mapping`);
+  const doc = substituteEnv(raw, env) as Record<string, any>;
+  if (env.PORT !== undefined) {
+    if (!/^\d{1,5}$/.test(env.PORT)) throw new ConfigError('server.port', `PORT="${env.PORT}" is not a port number`);
+    doc.server = { ...(doc.server ?? {}), port: Number(env.PORT) };
+  }
+  if (env.REDIS_URL !== undefined) doc.redis = { ...(doc.redis ?? {}), url: env.REDIS_URL };
+  const parsed = configSchema.safeParse(doc);
+  if (!parsed.success) {
+    const issue = parsed.error.issues[0]!;
+    throw new ConfigError(issue.path.map(String).join('.'), issue.message);
+  }
+  return deepFreeze({ ...parsed.data, baseDir: dirname(resolve(file)), file: resolve(file) });
+}
+
+/** Reads, substitutes and validates the config named by `BROKER_CONFIG` (default config/broker.yaml). */
+export function loadConfig(env: NodeJS.ProcessEnv = process.env, file = env.BROKER_CONFIG ?? 'config/broker.yaml'): LoadedConfig {
+  let text: string;
+  try {
+    text = readFileSync(file, 'utf8');
+  } catch (err) {
+    throw new ConfigError('', `cannot read ${file}: ${(err as NodeJS.ErrnoException).code ?? String(err)}`);
+  }
+  let raw: unknown;
+  try {
+    raw = parseYaml(text);
+  } catch (err) {
+    throw new ConfigError('', `${file} is not valid YAML: ${(err as Error).message}`);
+  }
+  return validateConfig(raw, env, file);
+}
+
+/** Relative paths in the config (jwks files, policies, secret files) resolve against the working directory. */
+export function resolvePath(p: string): string {
+  return resolve(process.cwd(), p);
+}
+
+/** Reads a secret given inline (after `${VAR}` substitution) or as `{ file }`. */
+export function readSecret(source: string | { file: string }, keyPath: string): string {
+  if (typeof source === 'string') return source;
+  try {
+    return readFileSync(resolvePath(source.file), 'utf8').replace(/\r?\n$/, '');
+  } catch (err) {
+    throw new ConfigError(keyPath, `cannot read secret file ${source.file}: ${(err as NodeJS.ErrnoException).code ?? String(err)}`);
+  }
+}

@@ -1,0 +1,38 @@
+import express, { type Express } from 'express';
+import type { Deps } from '../deps.ts';
+import { notFound } from '../errors.ts';
+import type { Services } from './services.ts';
+import { jsonBody, requireIdentity } from './middleware.ts';
+import { problemHandler, sendProblem } from './problem.ts';
+import { credentialRoutes } from './routes/credentials.ts';
+import { oauthRoutes } from './routes/oauth.ts';
+import { adminRoutes, opsRoutes } from './routes/ops.ts';
+import { taskRoutes } from './routes/tasks.ts';
+import { wellKnownRoutes } from './routes/wellknown.ts';
+
+/** Builds the Express app. Routes are grouped by who calls them. */
+export function createApp(deps: Deps, services: Services, opts: { isShuttingDown: () => boolean; extraRouters?: express.Router[] }): Express {
+  const app = express();
+  app.disable('x-powered-by');
+  app.set('etag', false);
+  app.use((req, res, next) => {
+    const start = process.hrtime.bigint();
+    res.on('finish', () => {
+      const route = (req.route?.path as string | undefined) ?? 'unmatched';
+      deps.metrics.httpDuration.observe({ route, status: String(res.statusCode) }, Number(process.hrtime.bigint() - start) / 1e9);
+    });
+    next();
+  });
+  app.use(opsRoutes(deps, opts.isShuttingDown));
+  app.use(wellKnownRoutes(deps));
+  app.use(oauthRoutes(deps, services));
+  app.use(adminRoutes(deps, services));
+  for (const r of opts.extraRouters ?? []) app.use(r);
+  // Everything else under /v1 is JSON and needs a workload identity, checked before the body is even parsed.
+  app.use('/v1', requireIdentity(deps), ...jsonBody(deps.config.server.bodyLimitBytes));
+  app.use(taskRoutes(services));
+  app.use(credentialRoutes(services));
+  app.use((req, res) => sendProblem(res, notFound('route_not_found', `No route ${req.method} ${req.path}.`)));
+  app.use(problemHandler(deps.logger));
+  return app;
+}

@@ -1,0 +1,30 @@
+import { Router } from 'express';
+import { z } from 'zod';
+import type { Services } from '../services.ts';
+import { identityOf, validBody, validParam } from '../middleware.ts';
+import { openTaskSchema, taskIdSchema } from '../schemas.ts';
+import { publicLease, publicTask } from '../../tasks/task-service.ts';
+
+/** POST /v1/tasks, GET /v1/tasks/:taskId, POST /v1/tasks/:taskId/complete. */
+export function taskRoutes(s: Services): Router {
+  const r = Router();
+  r.post('/v1/tasks', async (req, res) => {
+    const body = validBody(openTaskSchema, req.body);
+    const { created, task } = await s.tasks.open(identityOf(res), body);
+    res.status(created ? 201 : 200).json(publicTask(task));
+  });
+  r.get('/v1/tasks/:taskId', async (req, res) => {
+    const taskId = validParam(taskIdSchema, req.params.taskId, 'taskId');
+    const { task, leases } = await s.tasks.get(identityOf(res), taskId);
+    res.json({ ...publicTask(task), leases: leases.map((l) => publicLease(l, task.status)) });
+  });
+  r.post('/v1/tasks/:taskId/complete', async (req, res) => {
+    const taskId = validParam(taskIdSchema, req.params.taskId, 'taskId');
+    validBody(emptyBody, req.body);
+    res.status(202).json(await s.tasks.complete(identityOf(res), taskId));
+  });
+  return r;
+}
+
+/** Complete takes no body; an empty object is accepted for clients that always send one. */
+const emptyBody = z.strictObject({});

@@ -1,0 +1,14 @@
+import type { ApprovalService } from '../approvals/approval-service.ts';
+import type { CredentialService } from '../credentials/credential-service.ts';
+import type { LeaseService } from '../leases/lease-service.ts';
+import type { RotationService } from '../ops/rotation.ts';
+import type { TaskService } from '../tasks/task-service.ts';
+
+/** The services the HTTP routes call. */
+export interface Services {
+  tasks: TaskService;
+  credentials: CredentialService;
+  leases: LeaseService;
+  approvals: ApprovalService;
+  rotation: RotationService;
+}

@@ -1,0 +1,80 @@
+import { verify as cryptoVerify } from 'node:crypto';
+import { authorize, taskContext } from '../authz.ts';
+import type { Deps } from '../deps.ts';
+import { forbidden, notFound } from '../errors.ts';
+import type { WorkloadIdentity } from '../identity/types.ts';
+import type { LeaseRecord } from './types.ts';
+import { LeaseStore } from './lease-store.ts';
+
+/** RFC 7662 answer. Anything not active is exactly `{ active: false }`. */
+export type Introspection = { active: false } | ({ active: true } & Record<string, unknown>);
+
+const INACTIVE: Introspection = Object.freeze({ active: false });
+
+/** Reading, revoking and introspecting leases. */
+export class LeaseService {
+  private readonly deps: Deps;
+  constructor(deps: Deps) {
+    this.deps = deps;
+  }
+
+  /** The lease and its task's status; for the lease's agent, the task's orchestrator, or an admin. */
+  async get(who: WorkloadIdentity, leaseId: string): Promise<{ lease: LeaseRecord; taskStatus?: string }> {
+    const lease = await this.deps.leases.get(leaseId);
+    if (!lease) throw notFound('lease_not_found', `No lease ${leaseId}.`);
+    const task = await this.deps.tasks.get(lease.taskId);
+    if (who.id !== lease.agent && who.id !== task?.openedBy && !this.deps.patterns.admins.matches(who.id)) {
+      throw forbidden('not_lease_party', 'Only the lease\'s agent, its task\'s orchestrator or an admin may read it.');
+    }
+    return { lease, taskStatus: task?.status };
+  }
+
+  /** Revokes one lease early (DELETE). Idempotent: an ended lease answers the same. */
+  async revoke(who: WorkloadIdentity, leaseId: string): Promise<{ leaseId: string; status: string }> {
+    const { lease } = await this.get(who, leaseId);
+    const task = await this.deps.tasks.get(lease.taskId);
+    const policies = await authorize(this.deps, who, 'revoke', { type: 'Task', id: lease.taskId },
+      task ? { task: taskContext(task) } : {}, { taskId: lease.taskId, leaseId });
+    if (LeaseStore.isEnded(lease.status)) return { leaseId, status: lease.status };
+    await this.deps.leases.mark(leaseId, { status: 'revoking', reason: 'revoked_by_caller' });
+    await this.deps.queue.endLeases([{ leaseId, reason: 'revoked_by_caller' }]);
+    await this.deps.audit.append({ action: 'lease.revoke', actor: who.id, decision: 'ok', taskId: lease.taskId, role: lease.role, leaseId, reason: 'revoked_by_caller', policies, detail: { stage: 'requested' } });
+    return { leaseId, status: 'revoking' };
+  }
+
+  /**
+   * RFC 7662: verifies the token is one of ours (signature with a published
+   * key, typ, issuer, expiry), then that its lease is active and its task
+   * open. Revocation is visible here the moment the lease or task changes.
+   */
+  async introspect(token: string | undefined): Promise<Introspection> {
+    if (!token || token.length > 8192) return INACTIVE;
+    const parts = token.split('.');
+    if (parts.length !== 3) return INACTIVE;
+    let header: Record<string, unknown>;
+    let claims: Record<string, unknown>;
+    try {
+      header = JSON.parse(Buffer.from(parts[0]!, 'base64url').toString('utf8'));
+      claims = JSON.parse(Buffer.from(parts[1]!, 'base64url').toString('utf8'));
+    } catch {
+      return INACTIVE;
+    }
+    if (header.typ !== 'at+jwt' || typeof header.kid !== 'string') return INACTIVE;
+    const key = this.deps.signing.publicKey(header.kid);
+    if (!key) return INACTIVE;
+    const input = Buffer.from(`${parts[0]}.${parts[1]}`);
+    const sig = Buffer.from(parts[2]!, 'base64url');
+    const ok = header.alg === 'ES256' ? cryptoVerify('sha256', input, { key, dsaEncoding: 'ieee-p1363' }, sig)
+      : header.alg === 'EdDSA' ? cryptoVerify(null, input, key, sig) : false;
+    if (!ok) return INACTIVE;
+    if (claims.iss !== this.deps.config.server.publicUrl || typeof claims.exp !== 'number' || claims.exp * 1000 <= Date.now()) return INACTIVE;
+    if (typeof claims.jti !== 'string' || typeof claims.task_id !== 'string') return INACTIVE;
+    const [leaseStatus, taskStatus] = await Promise.all([
+      this.deps.redis.hget(this.deps.keys.lease(claims.jti), 'status'),
+      this.deps.tasks.status(claims.task_id),
+    ]);
+    if (leaseStatus !== 'active' || taskStatus !== 'open') return INACTIVE;
+    const { scope, sub, aud, iss, exp, iat, jti, client_id, task_id, act } = claims;
+    return { active: true, token_type: 'Bearer', scope, sub, aud, iss, exp, iat, jti, client_id, task_id, ...(act ? { act } : {}) };
+  }
+}

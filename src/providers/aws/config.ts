@@ -1,0 +1,35 @@
+import { z } from 'zod';
+import { approvalSchema, secretSourceSchema } from '../../config/common.ts';
+
+const roleArn = z.string().regex(/^arn:aws[a-z-]*:iam::\d{12}:role\/[\w+=,.@\/-]{1,512}$/, 'must be an IAM role ARN (arn:aws:iam::<account>:role/<name>)');
+
+/** A role served by STS AssumeRole, scoped down by a session policy built from the grant's scopes. */
+export const awsRoleSchema = z.strictObject({
+  provider: z.literal('aws'),
+  roleArn,
+  /** STS allows 900..43200 and the IAM role's MaxSessionDuration; 3600 is the AWS default. */
+  maxTtlSeconds: z.int().min(900).max(43_200).default(3600),
+  /** Resources the session policy allows the scoped actions on (default "*"). */
+  resources: z.array(z.string().min(1).max(2048)).max(50).default(['*']),
+  externalId: z.string().min(2).max(1224).regex(/^[\w+=,.@:\/-]*$/).optional(),
+  approval: approvalSchema,
+});
+export type AwsRoleConfig = z.infer<typeof awsRoleSchema>;
+
+export const awsSettingsSchema = z.strictObject({
+  region: z.string().min(1).default('us-east-1'),
+  /** An STS/IAM-compatible endpoint (LocalStack, the test emulator); default real AWS. */
+  endpoint: z.url().optional(),
+  /** IAM endpoint when it differs from `endpoint` (real AWS: IAM is global). */
+  iamEndpoint: z.url().optional(),
+  credentials: z.strictObject({
+    accessKeyId: secretSourceSchema,
+    secretAccessKey: secretSourceSchema,
+    sessionToken: secretSourceSchema.optional(),
+  }).optional(),
+  revocation: z.enum(['iam-deny', 'none']).default('iam-deny'),
+  /** The broker's own IAM user, for access-key rotation. */
+  userName: z.string().min(1).max(64).optional(),
+  rotationPeriodSeconds: z.int().min(60).optional(),
+});
+export type AwsSettings = z.infer<typeof awsSettingsSchema>;

@@ -1,0 +1,64 @@
+import type { SigningKeyStore } from '../../signing/key-store.ts';
+import type { IssueRequest, IssueResult, Provider, RotationResult } from '../types.ts';
+import type { JwtRoleConfig } from './config.ts';
+
+/**
+ * RFC 8693 `act` claim for a delegation chain, outermost = the agent that
+ * delegated most recently: C acting for B acting for A → { sub: B, act: { sub: A } }.
+ */
+export function actClaim(delegators: readonly string[]): Record<string, unknown> | undefined {
+  let act: Record<string, unknown> | undefined;
+  for (let i = delegators.length - 1; i >= 0; i--) act = act ? { sub: delegators[i], act } : { sub: delegators[i] };
+  return act;
+}
+
+/**
+ * The built-in provider: RFC 9068 JWT access tokens signed by the broker.
+ * Revocation needs no upstream call: the lease is marked and introspection
+ * answers inactive at once. A token verified offline stays valid until `exp`,
+ * which is why jwt roles keep short TTLs.
+ */
+export class JwtProvider implements Provider<JwtRoleConfig> {
+  readonly kind = 'jwt' as const;
+  readonly minTtlSeconds = 1;
+  private readonly keys: SigningKeyStore;
+  private readonly issuer: string;
+  private readonly rotation: { leadMs: number; maxTokenTtlMs: number; graceMs: number };
+
+  constructor(deps: { keys: SigningKeyStore; issuer: string; rotation: { leadMs: number; maxTokenTtlMs: number; graceMs: number } }) {
+    this.keys = deps.keys;
+    this.issuer = deps.issuer;
+    this.rotation = deps.rotation;
+  }
+
+  revocable(): boolean {
+    return true;
+  }
+
+  async issue(req: IssueRequest<JwtRoleConfig>): Promise<IssueResult> {
+    const iat = Math.floor(Date.now() / 1000);
+    const exp = iat + req.ttlSeconds;
+    const scope = req.scopes.join(' ');
+    const act = actClaim(req.task.delegators);
+    const token = this.keys.sign({ typ: 'at+jwt' }, {
+      iss: this.issuer, sub: req.agent, aud: req.role.audience, exp, iat, jti: req.leaseId,
+      client_id: req.agent, scope, task_id: req.task.taskId, ...(act ? { act } : {}),
+    });
+    return {
+      credentials: { access_token: token, token_type: 'Bearer', expires_in: req.ttlSeconds, scope },
+      handle: {},
+      expiresAt: exp * 1000,
+    };
+  }
+
+  async revoke(): Promise<void> {
+    // Nothing upstream: the lease status is what introspection checks.
+  }
+
+  async rotate(): Promise<RotationResult> {
+    const r = await this.keys.rotate(this.rotation);
+    return { target: 'signing-key', rotated: ['signing-key'], detail: { kid: r.kid, activatesAt: new Date(r.activateAt).toISOString(), retiring: r.retired }, secret: {} };
+  }
+
+  async close(): Promise<void> {}
+}
