@@ -38,7 +38,7 @@ export async function authorize(
       reason: decision.errors.length ? 'policy_error' : 'policy_denied', policies: decision.policies,
       ...audit, detail: { policyAction: action },
     });
-    throw forbidden('policy_denied', `Policy does not permit ${action} on ${resource.type}::"${resource.id}".`, { extra: { reason: 'policy' } });
+    throw forbidden('policy_denied', `Denied by policy: ${action} on ${resource.type} "${resource.id}".`, { extra: { reason: 'policy' } });
   }
   return decision.policies;
 }

@@ -46,7 +46,6 @@ export interface BrokerOptions {
   providers?: Record<string, Provider>;
   /** Used for JWKS URIs (tests). */
   fetchImpl?: typeof fetch;
-  sweepMs?: number;
   /** Verified-identity cache lifetime (ms); 0 disables. */
   identityCacheMs?: number;
   /** Extra routers mounted before the /v1 catch-all (e.g. the AWS container-credentials endpoint). */
@@ -130,7 +129,7 @@ export async function startBroker(config: LoadedConfig, opts: BrokerOptions = {}
   let scheduler: RotationScheduler | undefined;
   if (runWorker) {
     worker = new RevocationWorker(deps, conn({ forBullmq: true, name: 'jit-worker' }));
-    sweeper = new Sweeper(deps, { sweepMs: opts.sweepMs });
+    sweeper = new Sweeper(deps);
     sweeper.start();
     scheduler = new RotationScheduler(deps, rotation, conn({ forBullmq: true, name: 'jit-rotation' }));
     await scheduler.start();

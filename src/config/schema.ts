@@ -72,7 +72,13 @@ export const configSchema = z.strictObject({
     backoffMs: z.int().min(10).max(60_000).default(500),
     reconcileIntervalMs: z.int().min(1000).max(3_600_000).default(30_000),
     concurrency: z.int().min(1).max(256).default(16),
-  }).default({ attempts: 8, backoffMs: 500, reconcileIntervalMs: 30_000, concurrency: 16 }),
+    /** A job whose worker died is handed to another worker once its lock (this long) lapses. */
+    lockMs: z.int().min(500).max(600_000).default(30_000),
+    /** How often workers look for such stalled jobs. */
+    stalledCheckMs: z.int().min(500).max(600_000).default(30_000),
+    /** How often due leases and overdue tasks are turned into jobs. */
+    sweepMs: z.int().min(10).max(60_000).default(100),
+  }).default({ attempts: 8, backoffMs: 500, reconcileIntervalMs: 30_000, concurrency: 16, lockMs: 30_000, stalledCheckMs: 30_000, sweepMs: 100 }),
   /**
    * Key-encryption key for every secret the broker keeps in Redis (signing
    * keys, rotated upstream secrets): base64 of 32 random bytes, from an env

@@ -21,7 +21,7 @@ export class Sweeper {
 
   constructor(deps: Deps, opts: { sweepMs?: number } = {}) {
     this.deps = deps;
-    this.sweepMs = opts.sweepMs ?? 100;
+    this.sweepMs = opts.sweepMs ?? deps.config.revocation.sweepMs;
   }
 
   start(): void {

@@ -22,8 +22,11 @@ export class RevocationWorker {
     this.deps = deps;
     this.worker = new Worker<RevocationJob>(QUEUE_NAME, (job) => this.process(job), {
       connection, prefix: deps.config.redis.prefix, concurrency: deps.config.revocation.concurrency,
-      // Lock renewal keeps a slow upstream call from being handed to a second worker.
-      lockDuration: 30_000,
+      // Lock renewal keeps a slow upstream call from being handed to a second worker;
+      // a worker that died loses its lock and the job is re-run elsewhere (maxStalledCount).
+      lockDuration: deps.config.revocation.lockMs,
+      stalledInterval: deps.config.revocation.stalledCheckMs,
+      maxStalledCount: 5,
     });
     this.worker.on('failed', (job, err) => {
       if (job) void this.onFailed(job, err);

@@ -1,0 +1,36 @@
+import { z } from 'zod';
+import type { PolicyRequest } from './types.ts';
+
+const strings = z.array(z.string());
+const stringMap = z.record(z.string(), z.string());
+
+/**
+ * A {@link PolicyRequest} as JSON (what `scripts/policy.ts explain` reads).
+ * The broker builds requests itself; this is for tools and tests.
+ */
+export const policyRequestSchema = z.strictObject({
+  principal: z.strictObject({
+    id: z.string().min(1),
+    trust: z.string(),
+    kind: z.enum(['spiffe', 'oidc']),
+    claims: stringMap.default({}),
+  }),
+  action: z.enum(['openTask', 'completeTask', 'issue', 'revoke', 'rotate']),
+  resource: z.strictObject({ type: z.enum(['Role', 'Task', 'Broker']), id: z.string().min(1) }),
+  context: z.strictObject({
+    task: z.strictObject({
+      id: z.string(),
+      tenant: z.string(),
+      purpose: z.string(),
+      agent: z.string(),
+      labels: stringMap.default({}),
+      roles: strings,
+      parentId: z.string().optional(),
+      depth: z.int().min(0).default(0),
+    }).optional(),
+    ttlSeconds: z.int().optional(),
+    scopes: strings.optional(),
+    approved: z.boolean().optional(),
+    target: z.string().optional(),
+  }).default({}),
+}) satisfies z.ZodType<PolicyRequest, unknown>;

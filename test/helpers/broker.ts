@@ -1,0 +1,107 @@
+import { randomBytes, randomUUID } from 'node:crypto';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { Redis } from 'ioredis';
+import { startBroker, type BrokerOptions, type RunningBroker } from '../../src/broker.ts';
+import { validateConfig, type LoadedConfig } from '../../src/config/load.ts';
+import { silentLogger } from '../../src/logger.ts';
+import { TestIssuer } from './identity.ts';
+
+export const REDIS_URL = process.env.REDIS_URL ?? 'redis://127.0.0.1:6379';
+
+/** A unique Redis prefix per test file/broker, so files run in parallel without sharing state. */
+export function uniquePrefix(name: string): string {
+  return `test-${name}-${randomUUID().slice(0, 8)}`;
+}
+
+/** Deletes every key under a prefix (test cleanup). */
+export async function dropPrefix(prefix: string): Promise<void> {
+  const r = new Redis(REDIS_URL);
+  let cursor = '0';
+  do {
+    const [next, keys] = await r.scan(cursor, 'MATCH', `${prefix}:*`, 'COUNT', 1000);
+    cursor = next;
+    if (keys.length) await r.del(...keys);
+  } while (cursor !== '0');
+  await r.quit();
+}
+
+/** A config for tests: dev.local trust (inline bundle from `issuer`), shipped policies, port 0. */
+export function testConfig(issuer: TestIssuer, prefix: string, overrides: Record<string, unknown> = {}): LoadedConfig {
+  const dir = mkdtempSync(join(tmpdir(), 'jit-kek-'));
+  const kekFile = join(dir, 'kek');
+  writeFileSync(kekFile, randomBytes(32).toString('base64'));
+  const raw = {
+    server: { port: 0, publicUrl: 'http://127.0.0.1:8080' },
+    redis: { url: REDIS_URL, prefix },
+    secrets: { kek: { file: kekFile } },
+    trust: [{ name: 'dev', kind: 'spiffe', trustDomain: 'dev.local', audiences: ['jit-broker'], jwks: { keys: issuer.bundle().keys } }],
+    orchestrators: ['spiffe://dev.local/orchestrator/*'],
+    admins: ['spiffe://dev.local/ops/*'],
+    approvers: ['spiffe://dev.local/ops/*'],
+    policies: resolve('config/policies'),
+    roles: {
+      'tickets-api': { provider: 'jwt', audience: 'https://tickets.internal', maxTtlSeconds: 900, scopes: ['tickets:read', 'tickets:write'] },
+      'demo-api': { provider: 'jwt', audience: 'https://demo.internal', maxTtlSeconds: 300 },
+      'prod-deploy': { provider: 'jwt', audience: 'https://deploy.internal', maxTtlSeconds: 300, approval: 'required' },
+    },
+    revocation: { attempts: 3, backoffMs: 50, reconcileIntervalMs: 60_000, concurrency: 8, lockMs: 1000, stalledCheckMs: 500, sweepMs: 20 },
+    ...overrides,
+  };
+  return validateConfig(raw, {}, join(process.cwd(), 'config/test.yaml'));
+}
+
+export interface TestBroker {
+  broker: RunningBroker;
+  url: string;
+  issuer: TestIssuer;
+  prefix: string;
+  config: LoadedConfig;
+  /** Bearer header for a workload under dev.local. */
+  as(path: string): { authorization: string };
+  close(): Promise<void>;
+}
+
+/** Starts a real broker (API + worker) against the real Redis under a fresh prefix. */
+export async function startTestBroker(name: string, opts: { config?: Record<string, unknown>; broker?: BrokerOptions; issuer?: TestIssuer; prefix?: string; loaded?: LoadedConfig } = {}): Promise<TestBroker> {
+  const issuer = opts.issuer ?? new TestIssuer();
+  const prefix = opts.prefix ?? uniquePrefix(name);
+  const config = opts.loaded ?? testConfig(issuer, prefix, opts.config);
+  const broker = await startBroker(config, { logger: silentLogger, ...opts.broker });
+  return {
+    broker, url: broker.url!, issuer, prefix, config,
+    as: (path) => ({ authorization: `Bearer ${issuer.svid(path)}` }),
+    async close() {
+      await broker.close();
+      await dropPrefix(prefix);
+    },
+  };
+}
+
+/** JSON request helper returning status and parsed body. */
+export async function call(url: string, method: string, path: string, headers: Record<string, string>, body?: unknown): Promise<{ status: number; body: any; headers: Headers }> {
+  const res = await fetch(`${url}${path}`, {
+    method, headers: { ...(body !== undefined ? { 'content-type': 'application/json' } : {}), ...headers },
+    body: body === undefined ? undefined : JSON.stringify(body),
+  });
+  const text = await res.text();
+  let parsed: unknown = text;
+  try { parsed = text ? JSON.parse(text) : undefined; } catch { /* not JSON */ }
+  return { status: res.status, body: parsed, headers: res.headers };
+}
+
+/** Polls until `fn` returns a truthy value or the timeout passes. */
+export async function waitFor<T>(fn: () => Promise<T | undefined | false>, timeoutMs = 5000, stepMs = 20): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const v = await fn();
+    if (v) return v;
+    if (Date.now() > deadline) throw new Error(`condition not met within ${timeoutMs} ms`);
+    await new Promise((r) => setTimeout(r, stepMs));
+  }
+}
+
+export const ORCH = '/orchestrator/main';
+export const AGENT = '/agent/support';
+export const ADMIN = '/ops/alice';

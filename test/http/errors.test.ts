@@ -1,0 +1,72 @@
+import { AGENT, ORCH, call, startTestBroker, type TestBroker } from '../helpers/broker.ts';
+
+let t: TestBroker;
+beforeAll(async () => { t = await startTestBroker('http', { config: { server: { port: 0, publicUrl: 'http://127.0.0.1:8080', bodyLimitBytes: 65_536 } } }); });
+afterAll(async () => { await t.close(); });
+
+async function raw(path: string, init: RequestInit & { headers?: Record<string, string> }) {
+  const res = await fetch(`${t.url}${path}`, init);
+  return { status: res.status, type: res.headers.get('content-type') ?? '', body: await res.json().catch(() => undefined) as any };
+}
+
+describe('bad input gets a clear error and loses nothing', () => {
+  test('413 for a body over 64 KiB', async () => {
+    const r = await raw('/v1/tasks', { method: 'POST', headers: { ...t.as(ORCH), 'content-type': 'application/json' }, body: JSON.stringify({ purpose: 'x'.repeat(70_000) }) });
+    expect(r.status).toBe(413);
+    expect(r.body.code).toBe('body_too_large');
+  });
+
+  test('415 for a body that is not application/json', async () => {
+    const r = await raw('/v1/tasks', { method: 'POST', headers: { ...t.as(ORCH), 'content-type': 'text/plain' }, body: '{}' });
+    expect(r.status).toBe(415);
+    expect(r.type).toContain('application/problem+json');
+    expect(r.body).toMatchObject({ status: 415, code: 'unsupported_media_type', title: 'Unsupported Media Type' });
+    expect(r.body.type).toBeDefined();
+    expect(r.body.detail).toBeDefined();
+  });
+
+  test('400 for malformed JSON', async () => {
+    const r = await raw('/v1/tasks', { method: 'POST', headers: { ...t.as(ORCH), 'content-type': 'application/json' }, body: '{"agent":' });
+    expect(r.status).toBe(400);
+    expect(r.body.code).toBe('malformed_json');
+  });
+
+  test('400 for an invalid lease id; 404 for an unknown one; 404 for unknown routes', async () => {
+    expect((await call(t.url, 'GET', '/v1/leases/NOT-HEX', t.as(AGENT))).body.code).toBe('invalid_id');
+    expect((await call(t.url, 'GET', `/v1/leases/${'a'.repeat(32)}`, t.as(AGENT))).status).toBe(404);
+    const r = await call(t.url, 'GET', '/v1/nothing-here', t.as(AGENT));
+    expect(r.status).toBe(404);
+    expect(r.body.code).toBe('route_not_found');
+  });
+
+  test('the identity is checked before the body is parsed: no token + huge body is 401', async () => {
+    const r = await raw('/v1/tasks', { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ x: 'y'.repeat(100_000) }) });
+    expect(r.status).toBe(401);
+    expect(r.body.code).toBe('identity_missing');
+  });
+
+  test('a rejected open task leaves nothing behind', async () => {
+    const before = await t.broker.deps.redis.keys(`${t.prefix}:task:*`);
+    await call(t.url, 'POST', '/v1/tasks', t.as(ORCH), { taskId: 't-bad', agent: 'spiffe://dev.local/agent/x', tenant: 'a', purpose: 'p', ttlSeconds: 60, grants: [{ role: 'nope' }] });
+    expect(await t.broker.deps.redis.keys(`${t.prefix}:task:*`)).toEqual(before);
+  });
+});
+
+describe('operations endpoints', () => {
+  test('healthz, readyz and metrics', async () => {
+    expect((await call(t.url, 'GET', '/healthz', {})).status).toBe(200);
+    const ready = await call(t.url, 'GET', '/readyz', {});
+    expect(ready.status).toBe(200);
+    expect(ready.body.checks.redis).toBe(true);
+    const m = await (await fetch(`${t.url}/metrics`)).text();
+    for (const name of ['jit_credentials_issued_total', 'jit_denials_total', 'jit_revocations_total', 'jit_revocation_lag_seconds', 'jit_active_leases']) expect(m).toContain(name);
+  });
+
+  test('RFC 8414 metadata points at the endpoints', async () => {
+    const r = await call(t.url, 'GET', '/.well-known/oauth-authorization-server', {});
+    expect(r.body).toMatchObject({
+      issuer: 'http://127.0.0.1:8080', token_endpoint: 'http://127.0.0.1:8080/v1/token', introspection_endpoint: 'http://127.0.0.1:8080/v1/introspect',
+      jwks_uri: 'http://127.0.0.1:8080/.well-known/jwks.json', grant_types_supported: ['urn:ietf:params:oauth:grant-type:token-exchange'],
+    });
+  });
+});

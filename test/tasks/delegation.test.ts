@@ -1,0 +1,61 @@
+import { decodeJwt } from 'jose';
+import { AGENT, ORCH, call, startTestBroker, waitFor, type TestBroker } from '../helpers/broker.ts';
+
+let t: TestBroker;
+const A = `spiffe://dev.local${AGENT}`;
+const B = 'spiffe://dev.local/agent/researcher';
+const C = 'spiffe://dev.local/agent/summarizer';
+beforeAll(async () => {
+  t = await startTestBroker('delegation', { config: { tasks: { maxTtlSeconds: 86_400, maxDelegationDepth: 2, maxGrants: 20 } } });
+  await call(t.url, 'POST', '/v1/tasks', t.as(ORCH), {
+    taskId: 'parent', agent: A, tenant: 'acme', purpose: 'root', ttlSeconds: 600,
+    grants: [{ role: 'tickets-api', scopes: ['tickets:read', 'tickets:write'], maxTtlSeconds: 300 }, { role: 'demo-api', maxTtlSeconds: 120 }],
+  });
+});
+afterAll(async () => { await t.close(); });
+
+const sub = (over: Record<string, unknown>) => ({ parentTaskId: 'parent', agent: B, tenant: 'acme', purpose: 'research', ttlSeconds: 300, grants: [{ role: 'tickets-api', scopes: ['tickets:read'], maxTtlSeconds: 60 }], ...over });
+
+test.each([
+  ['a wider scope', { grants: [{ role: 'tickets-api', scopes: ['tickets:admin'] }] }, 400],
+  ['a scope the parent lacks', { grants: [{ role: 'tickets-api', scopes: ['tickets:read'], maxTtlSeconds: 301 }] }, 403],
+  ['a role the parent lacks', { grants: [{ role: 'prod-deploy' }] }, 403],
+  ['a deadline past the parent', { ttlSeconds: 3600 }, 403],
+  ['another tenant', { tenant: 'other' }, 403],
+])('a sub-task cannot widen: %s', async (_n, over, status) => {
+  const r = await call(t.url, 'POST', '/v1/tasks', t.as(AGENT), sub(over));
+  expect(r.status).toBe(status);
+});
+
+test('only the parent task\'s agent may delegate', async () => {
+  const r = await call(t.url, 'POST', '/v1/tasks', t.as('/agent/intruder'), sub({}));
+  expect(r.status).toBe(403);
+  expect(r.body.code).toBe('not_parent_agent');
+});
+
+test('act claims nest, depth is limited, and completing the parent revokes the whole tree', async () => {
+  const s1 = await call(t.url, 'POST', '/v1/tasks', t.as(AGENT), sub({ taskId: 'child' }));
+  expect(s1.status).toBe(201);
+  expect(s1.body).toMatchObject({ parentTaskId: 'parent', depth: 1 });
+  const s2 = await call(t.url, 'POST', '/v1/tasks', t.as('/agent/researcher'), sub({ taskId: 'grandchild', parentTaskId: 'child', agent: C, ttlSeconds: 200 }));
+  expect(s2.status).toBe(201);
+  const s3 = await call(t.url, 'POST', '/v1/tasks', t.as('/agent/summarizer'), sub({ taskId: 'too-deep', parentTaskId: 'grandchild', agent: A, ttlSeconds: 100 }));
+  expect(s3.status).toBe(403);
+  expect(s3.body.code).toBe('delegation_too_deep');
+
+  const cred = await call(t.url, 'POST', '/v1/credentials', t.as('/agent/summarizer'), { taskId: 'grandchild', role: 'tickets-api' });
+  expect(cred.status).toBe(201);
+  const claims = decodeJwt(cred.body.credentials.access_token);
+  expect(claims.sub).toBe(C);
+  expect(claims.act).toEqual({ sub: B, act: { sub: A } });
+  expect(cred.body.ttlSeconds).toBe(60);
+
+  const done = await call(t.url, 'POST', '/v1/tasks/parent/complete', t.as(ORCH));
+  expect(done.status).toBe(202);
+  const gc = await waitFor(async () => {
+    const r = await call(t.url, 'GET', '/v1/tasks/grandchild', t.as('/agent/summarizer'));
+    return r.body.status === 'completed' && r.body.leases[0]?.status === 'revoked' && r.body;
+  });
+  expect(gc.leases[0].reason).toBe('task_completed');
+  expect((await call(t.url, 'GET', '/v1/tasks/child', t.as(AGENT))).body.status).toBe('completed');
+});
