@@ -34,7 +34,7 @@ function deepFreeze<T>(o: T): T {
   return o;
 }
 
-/** Validates a parsed config object; `PORT` and `REDIS_URL` from `env` override. */
+/** Validates a parsed config object; `PORT`, `HOST` and `REDIS_URL` from `env` override. */
 export function validateConfig(raw: unknown, env: NodeJS.ProcessEnv, file: string): LoadedConfig {
   if (!raw || typeof raw !== 'object' || Array.isArray(raw)) throw new ConfigError('', `${file} must hold a YAML mapping`);
   const doc = substituteEnv(raw, env) as Record<string, any>;
@@ -42,6 +42,7 @@ export function validateConfig(raw: unknown, env: NodeJS.ProcessEnv, file: strin
     if (!/^\d{1,5}$/.test(env.PORT)) throw new ConfigError('server.port', `PORT="${env.PORT}" is not a port number`);
     doc.server = { ...(doc.server ?? {}), port: Number(env.PORT) };
   }
+  if (env.HOST !== undefined) doc.server = { ...(doc.server ?? {}), host: env.HOST };
   if (env.REDIS_URL !== undefined) doc.redis = { ...(doc.redis ?? {}), url: env.REDIS_URL };
   const parsed = configSchema.safeParse(doc);
   if (!parsed.success) {

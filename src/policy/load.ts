@@ -2,7 +2,7 @@ import { createHash } from 'node:crypto';
 import { readdir, readFile, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import {
-  checkParsePolicySet, policySetTextToParts, policyToJson, validate,
+  policySetTextToParts, policyToJson, validate,
   type PolicyJson, type SchemaJson, type ValidationError,
 } from '@cedar-policy/cedar-wasm/nodejs';
 import { PolicyLoadError, formatIssue, type PolicyIssue } from './errors.ts';
@@ -96,20 +96,16 @@ async function listPolicyFiles(dir: string): Promise<string[]> {
 }
 
 function parseFile(source: SourceText, name: string, issues: PolicyIssue[]): LoadedPolicy[] {
-  const parsed = checkParsePolicySet({ staticPolicies: source.text });
-  if (parsed.type === 'failure') {
-    for (const e of parsed.errors) issues.push(source.issue('ERR_POLICY_PARSE', e));
-    return [];
-  }
   const parts = policySetTextToParts(source.text);
   if (parts.type === 'failure') {
     for (const e of parts.errors) issues.push(source.issue('ERR_POLICY_PARSE', e));
     return [];
   }
-  if (parts.policy_templates.length > 0) {
-    issues.push({ code: 'ERR_POLICY_TEMPLATE', file: source.file, line: 0, column: 0, message: 'policy templates (?principal, ?resource) are not supported' });
-    return [];
+  for (const t of parts.policy_templates) {
+    const at = source.text.indexOf(t);
+    issues.push({ code: 'ERR_POLICY_TEMPLATE', file: source.file, line: at >= 0 ? source.lineOfCharOffset(at) : 0, column: 1, message: 'policy templates (?principal, ?resource) are not supported' });
   }
+  if (parts.policy_templates.length > 0) return [];
   // Cedar returns the policies' own text sorted by its ids; put them back in
   // file order by where each text occurs (identical policies take successive occurrences).
   const used = new Set<number>();

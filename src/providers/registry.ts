@@ -4,6 +4,24 @@ import type { SigningKeyStore } from '../signing/key-store.ts';
 import { JwtProvider } from './jwt/provider.ts';
 import type { Provider, ProviderContext } from './types.ts';
 
+/**
+ * Upstream providers live in their own folders (providers/<kind>/index.ts)
+ * and are loaded only when configured, so a jwt-only broker never loads the
+ * AWS SDK or node-vault. A configured provider whose folder is missing fails
+ * startup with a clear message.
+ */
+async function loadUpstream(kind: string, factory: string, settings: unknown, ctx: ProviderContext): Promise<Provider> {
+  let mod: Record<string, unknown>;
+  try {
+    mod = await import(new URL(`./${kind}/index.ts`, import.meta.url).href) as Record<string, unknown>;
+  } catch (err) {
+    throw new Error(`providers.${kind} is configured but the ${kind} provider could not be loaded: ${(err as Error).message}`);
+  }
+  const create = mod[factory] as ((s: unknown, c: ProviderContext) => Promise<Provider> | Provider) | undefined;
+  if (typeof create !== 'function') throw new Error(`providers/${kind}/index.ts does not export ${factory}`);
+  return await create(settings, ctx);
+}
+
 /** The configured providers by kind. Upstream providers are only loaded when configured. */
 export class ProviderRegistry {
   private readonly byKind = new Map<string, Provider>();
@@ -20,14 +38,8 @@ export class ProviderRegistry {
         graceMs: config.providers.jwt.retireGraceSeconds * 1000,
       },
     }) as Provider);
-    if (config.providers.aws) {
-      const { createAwsProvider } = await import('./aws/index.ts');
-      reg.byKind.set('aws', await createAwsProvider(config.providers.aws, ctx) as unknown as Provider);
-    }
-    if (config.providers.vault) {
-      const { createVaultProvider } = await import('./vault/index.ts');
-      reg.byKind.set('vault', await createVaultProvider(config.providers.vault, ctx) as unknown as Provider);
-    }
+    if (config.providers.aws) reg.byKind.set('aws', await loadUpstream('aws', 'createAwsProvider', config.providers.aws, ctx));
+    if (config.providers.vault) reg.byKind.set('vault', await loadUpstream('vault', 'createVaultProvider', config.providers.vault, ctx));
     return reg;
   }
 

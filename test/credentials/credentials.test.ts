@@ -132,7 +132,7 @@ describe('revocation', () => {
     for (const bad of ['x', 'a.b.c', `${h}.${forged}.${s}`, t.issuer.svid('/agent/support')]) expect(await introspect(bad)).toEqual({ active: false });
     const unauth = await fetch(`${t.url}/v1/introspect`, { method: 'POST', headers: { 'content-type': 'application/x-www-form-urlencoded' }, body: new URLSearchParams({ token: tok }) });
     expect(unauth.status).toBe(401);
-    expect((await unauth.json()).error).toBe('invalid_client');
+    expect(((await unauth.json()) as { error: string }).error).toBe('invalid_client');
     expect(decodeProtectedHeader(tok).typ).toBe('at+jwt');
   });
 });

@@ -123,7 +123,7 @@ describe('JWKS from a URI', () => {
   const rotating = new TestIssuer('remote.test');
 
   beforeAll(async () => {
-    server = createServer((req, res) => {
+    server = createServer((_req, res) => {
       fetches += 1;
       res.setHeader('content-type', 'application/json');
       res.end(JSON.stringify({ keys }));

@@ -49,8 +49,8 @@ test('a repeated parameter is invalid_request; JSON bodies are refused', async (
   const body = new URLSearchParams(base());
   body.append('audience', 'demo-api');
   const res = await fetch(`${t.url}/v1/token`, { method: 'POST', headers: { 'content-type': 'application/x-www-form-urlencoded' }, body });
-  expect((await res.json()).error).toBe('invalid_request');
+  expect(((await res.json()) as { error: string }).error).toBe('invalid_request');
   const json = await fetch(`${t.url}/v1/token`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(base()) });
   expect(json.status).toBe(415);
-  expect((await json.json()).error).toBe('invalid_request');
+  expect(((await json.json()) as { error: string }).error).toBe('invalid_request');
 });
