@@ -16,10 +16,13 @@ import autocannon from 'autocannon';
 import { BenchIssuer, startBenchRedis, startBrokerProcess, writeBenchConfig, writePolicies } from './setup.ts';
 import { measureReference } from './reference.ts';
 import { measureLag } from './lag.ts';
+import { pacedLoad } from './paced.ts';
 
 const PORT = 18_080;
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 10);
 const LEASES = Number(process.env.BENCH_LEASES ?? 100_000);
+/** BENCH_ONLY=issuance|lag|memory|reference (comma-separated) runs a subset. */
+const ONLY = new Set((process.env.BENCH_ONLY ?? 'reference,issuance,lag,memory').split(','));
 const results: Record<string, unknown> = { machine: { cpus: (await import('node:os')).cpus().length, node: process.version }, at: new Date().toISOString() };
 const log = (s: string) => console.log(s);
 
@@ -52,12 +55,16 @@ async function issuance(label: string, policiesDir: string): Promise<Record<stri
   await openTask(broker.url, `t-${label}`);
   await issueLoad(broker.url, `t-${label}`, { connections: 16, seconds: 2 }); // warm-up (JIT, connections)
   const sat = await issueLoad(broker.url, `t-${label}`, { connections: 64, seconds: SECONDS });
-  const paced = await issueLoad(broker.url, `t-${label}`, { connections: 64, overallRate: 1000, seconds: SECONDS });
+  const paced = await pacedLoad({
+    url: broker.url, path: '/v1/credentials', rate: 1000, seconds: SECONDS,
+    headers: { authorization: `Bearer ${agentToken}`, 'content-type': 'application/json' },
+    body: JSON.stringify({ taskId: `t-${label}`, role: 'tickets-api', scopes: ['tickets:read'], ttlSeconds: 600 }),
+  });
   await broker.stop();
   await redis.redis.flushall();
   const out = {
     saturationPerSecond: Math.round(sat['2xx'] / SECONDS), saturationNon2xx: sat.non2xx, saturationP99Ms: sat.latency.p99,
-    at1000PerSecondP50Ms: paced.latency.p50, at1000PerSecondP99Ms: paced.latency.p99, at1000Achieved: Math.round(paced['2xx'] / SECONDS), at1000Non2xx: paced.non2xx,
+    at1000PerSecondP50Ms: paced.p50Ms, at1000PerSecondP99Ms: paced.p99Ms, at1000PerSecondMaxMs: paced.maxMs, at1000Achieved: Math.round(paced.ok / SECONDS), at1000Non2xx: paced.failed,
   };
   log(`issuance [${label}]: ${out.saturationPerSecond}/s at saturation (p99 ${out.saturationP99Ms} ms); at 1000/s p50 ${out.at1000PerSecondP50Ms} ms, p99 ${out.at1000PerSecondP99Ms} ms (${out.at1000Achieved}/s achieved, non-2xx ${out.saturationNon2xx + out.at1000Non2xx})`);
   return out;
@@ -91,12 +98,14 @@ async function memory(): Promise<Record<string, number>> {
 }
 
 try {
-  results.reference = await measureReference({ redisUrl: redis.url, seconds: Math.min(SECONDS, 5) });
-  log(`reference (verify + sign + SET + BullMQ add, no Express): ${results.reference && (results.reference as { perSecond: number }).perSecond}/s`);
+  if (ONLY.has('reference')) results.reference = await measureReference({ redisUrl: redis.url, seconds: Math.min(SECONDS, 5) });
+  if (results.reference) log(`reference (verify + sign + SET + BullMQ add, no Express): ${(results.reference as { perSecond: number }).perSecond}/s`);
   await redis.redis.flushall();
-  results.issuancePermitAll = await issuance('permit-all', writePolicies('permit-all'));
-  results.issuancePolicy = await issuance('policy-24', writePolicies('realistic', 24));
-  {
+  if (ONLY.has('issuance')) {
+    results.issuancePermitAll = await issuance('permit-all', writePolicies('permit-all'));
+    results.issuancePolicy = await issuance('policy-24', writePolicies('realistic', 24));
+  }
+  if (ONLY.has('lag')) {
     const config = writeBenchConfig({ redisUrl: redis.url, prefix: 'bench-lag', port: PORT, issuer, policiesDir: writePolicies('permit-all') });
     const broker = await startBrokerProcess(config, PORT);
     results.revocationLag = await measureLag(broker.url, { orchToken, agentToken, samples: 200, openTask: (id, ttl) => openTask(broker.url, id, ttl) });
@@ -104,15 +113,17 @@ try {
     await broker.stop();
     await redis.redis.flushall();
   }
-  if (LEASES > 0) results.memory = await memory();
-  const ref = (results.reference as { perSecond: number }).perSecond;
-  const a = results.issuancePermitAll as Record<string, number>;
-  const p = results.issuancePolicy as Record<string, number>;
-  results.ratios = { brokerVsReference: +(a.saturationPerSecond! / ref).toFixed(2), policyVsNoPolicy: +(p.saturationPerSecond! / a.saturationPerSecond!).toFixed(2) };
-  log(`ratios: broker/reference ${(results.ratios as any).brokerVsReference}, with policy/without ${(results.ratios as any).policyVsNoPolicy}`);
+  if (LEASES > 0 && ONLY.has('memory')) results.memory = await memory();
+  const ref = (results.reference as { perSecond: number } | undefined)?.perSecond;
+  const a = results.issuancePermitAll as Record<string, number> | undefined;
+  const p = results.issuancePolicy as Record<string, number> | undefined;
+  if (ref && a && p) {
+    results.ratios = { brokerVsReference: +(a.saturationPerSecond! / ref).toFixed(2), policyVsNoPolicy: +(p.saturationPerSecond! / a.saturationPerSecond!).toFixed(2) };
+    log(`ratios: broker/reference ${(results.ratios as any).brokerVsReference}, with policy/without ${(results.ratios as any).policyVsNoPolicy}`);
+  }
   mkdirSync('bench-results', { recursive: true });
-  writeFileSync('bench-results/latest.json', `${JSON.stringify(results, null, 2)}\n`);
-  log('written to bench-results/latest.json');
+  writeFileSync(`bench-results/${ONLY.size === 4 ? 'latest' : 'partial'}.json`, `${JSON.stringify(results, null, 2)}\n`);
+  log(`written to bench-results/${ONLY.size === 4 ? 'latest' : 'partial'}.json`);
 } finally {
   await redis.stop();
 }

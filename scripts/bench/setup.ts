@@ -11,6 +11,12 @@ export const BENCH_REDIS_PORT = Number(process.env.BENCH_REDIS_PORT ?? 6390);
 
 /** A Redis of the benchmark's own, so memory figures count only the broker's keys. */
 export async function startBenchRedis(): Promise<{ url: string; redis: Redis; stop(): Promise<void> }> {
+  // A leftover bench Redis (an earlier run still shutting down) would answer the
+  // first ping and then vanish: stop it and wait until the port is free.
+  spawnSync('redis-cli', ['-p', String(BENCH_REDIS_PORT), 'shutdown', 'nosave'], { stdio: 'ignore' });
+  for (let i = 0; i < 50 && spawnSync('redis-cli', ['-p', String(BENCH_REDIS_PORT), 'ping'], { encoding: 'utf8' }).stdout.includes('PONG'); i++) {
+    await new Promise((r) => setTimeout(r, 100));
+  }
   const r = spawnSync('redis-server', ['--daemonize', 'yes', '--port', String(BENCH_REDIS_PORT), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--dir', tmpdir()], { stdio: 'inherit' });
   if (r.error || r.status !== 0) throw new Error('bench: could not start redis-server');
   const url = `redis://127.0.0.1:${BENCH_REDIS_PORT}`;

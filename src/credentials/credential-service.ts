@@ -60,15 +60,18 @@ export class CredentialService {
       requested: body.ttlSeconds, grantMax: grant!.maxTtlSeconds, roleMax: role!.maxTtlSeconds,
       taskLeftSeconds: (task.expiresAt - now) / 1000, upstreamMin: provider.minTtlSeconds,
     });
+    // For a role that needs approval, policy is asked as if approved first: a request policy
+    // would refuse anyway gets its 403 now instead of an approval nobody should grant.
+    const needsApproval = role!.approval === 'required';
+    const policies = await authorize(this.deps, who, 'issue', { type: 'Role', id: body.role },
+      { task: taskContext(task), ttlSeconds: ttl.ttlSeconds, scopes, approved: needsApproval },
+      { taskId: task.taskId, role: body.role });
     let approval: ApprovalRecord | undefined;
-    if (role!.approval === 'required') {
+    if (needsApproval) {
       const found = await this.approvalFor(who, task.taskId, body, scopes, task.expiresAt);
       if ('pending' in found) return found.pending;
       approval = found.approved;
     }
-    const policies = await authorize(this.deps, who, 'issue', { type: 'Role', id: body.role },
-      { task: taskContext(task), ttlSeconds: ttl.ttlSeconds, scopes, approved: approval !== undefined },
-      { taskId: task.taskId, role: body.role });
     if (approval && !(await this.deps.approvals.consume(approval))) throw conflict('approval_consumed', 'That approval was already used; request again.');
 
     const lease: LeaseRecord = {

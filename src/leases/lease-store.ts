@@ -1,4 +1,5 @@
 import type { Redis } from 'ioredis';
+import { luaScript } from '../lua.ts';
 import type { Keys } from '../redis.ts';
 import type { LeaseRecord, LeaseStatus, RevokeReason } from './types.ts';
 
@@ -22,6 +23,7 @@ redis.call('HSET', KEYS[2], 'd', ARGV[1], 'status', ARGV[4], 'expiresAt', ARGV[2
 redis.call('SADD', KEYS[3], ARGV[3])
 redis.call('ZADD', KEYS[4], ARGV[2], ARGV[3])
 return 'ok'`;
+const runCreate = luaScript(CREATE);
 
 /**
  * issuing -> active once the upstream answered. If the task ended while the
@@ -37,6 +39,7 @@ if redis.call('HGET', KEYS[2], 'status') == 'open' then
   return 'ok'
 end
 return 'task_closed'`;
+const runActivate = luaScript(ACTIVATE);
 
 /**
  * Applies field updates to a lease unless it already ended. With ARGV[1] ~= '0'
@@ -53,6 +56,7 @@ if ARGV[1] ~= '0' then
   redis.call('ZREM', KEYS[2], ARGV[2])
 end
 return st`;
+const runTransition = luaScript(TRANSITION);
 
 const ENDED: ReadonlySet<LeaseStatus> = new Set(['revoked', 'expired', 'failed']);
 
@@ -85,14 +89,14 @@ export class LeaseStore {
   /** Creates the lease if the task is still open. */
   async create(lease: LeaseRecord): Promise<'ok' | 'no_task' | 'task_closed'> {
     const { status, expiresAt, handle, reason: _r, revokedAt: _v, lastError: _l, attempts: _a, ...fixed } = lease;
-    return await this.redis.eval(CREATE, 4, this.keys.task(lease.taskId), this.keys.lease(lease.leaseId),
+    return await runCreate(this.redis, 4, this.keys.task(lease.taskId), this.keys.lease(lease.leaseId),
       this.keys.taskLeases(lease.taskId), this.keys.liveLeases(), JSON.stringify(fixed), expiresAt, lease.leaseId,
       status, JSON.stringify(handle)) as 'ok' | 'no_task' | 'task_closed';
   }
 
   /** Records the upstream's answer on an `issuing` lease. */
   async activate(lease: LeaseRecord, patch: Pick<LeaseRecord, 'handle' | 'expiresAt'>): Promise<'ok' | 'no_lease' | 'task_closed'> {
-    return await this.redis.eval(ACTIVATE, 3, this.keys.lease(lease.leaseId), this.keys.task(lease.taskId), this.keys.liveLeases(),
+    return await runActivate(this.redis, 3, this.keys.lease(lease.leaseId), this.keys.task(lease.taskId), this.keys.liveLeases(),
       JSON.stringify(patch.handle), patch.expiresAt, lease.leaseId) as 'ok' | 'no_lease' | 'task_closed';
   }
 
@@ -146,7 +150,7 @@ export class LeaseStore {
   private async transition(leaseId: string, fields: Record<string, string | number | undefined>, ended: boolean): Promise<LeaseStatus | undefined> {
     const args: (string | number)[] = [];
     for (const [k, v] of Object.entries(fields)) if (v !== undefined) args.push(k, v);
-    const before = await this.redis.eval(TRANSITION, 2, this.keys.lease(leaseId), this.keys.liveLeases(),
+    const before = await runTransition(this.redis, 2, this.keys.lease(leaseId), this.keys.liveLeases(),
       ended ? this.retentionMs : 0, leaseId, ...args) as string | null;
     return (before ?? undefined) as LeaseStatus | undefined;
   }

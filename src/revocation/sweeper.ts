@@ -1,6 +1,9 @@
 import type { Deps } from '../deps.ts';
 import { LeaseStore } from '../leases/lease-store.ts';
 
+/** Upstream calls time out well before this; an `issuing` lease this old will never be activated. */
+const ISSUING_STUCK_MS = 5 * 60_000;
+
 /**
  * Turns time into revocation jobs, and catches jobs that were lost.
  *
@@ -64,6 +67,12 @@ export class Sweeper {
         const records = await leases.getMany(ids);
         const taskIds = [...new Set(records.map((l) => l.taskId))];
         const statuses = new Map(await Promise.all(taskIds.map(async (t) => [t, await tasks.status(t)] as const)));
+        // An `issuing` lease older than this had its issuing process die mid-call: record it as failed.
+        const stuck = records.filter((l) => l.status === 'issuing' && Date.now() - l.issuedAt > ISSUING_STUCK_MS);
+        for (const l of stuck) {
+          await leases.end(l.leaseId, 'failed', { lastError: 'issuance_interrupted' });
+          await this.deps.audit.append({ action: 'credential.fail', actor: 'broker', decision: 'error', taskId: l.taskId, role: l.role, leaseId: l.leaseId, reason: 'issuance_interrupted' });
+        }
         const work = records.filter((l) => !LeaseStore.isEnded(l.status) && l.status !== 'issuing' &&
           (l.status === 'revoke_failed' || l.status === 'revoking' || statuses.get(l.taskId) !== 'open'));
         await queue.endLeases(work.map((l) => ({

@@ -1,4 +1,5 @@
 import type { Redis } from 'ioredis';
+import { luaScript } from '../lua.ts';
 import type { Keys } from '../redis.ts';
 import type { TaskRecord, TaskStatus } from './types.ts';
 
@@ -20,6 +21,7 @@ redis.call('HSET', KEYS[1], 'd', ARGV[1], 'status', 'open', 'expiresAt', ARGV[2]
 redis.call('ZADD', KEYS[2], ARGV[2], ARGV[3])
 if KEYS[3] then redis.call('SADD', KEYS[3], ARGV[3]) end
 return false`;
+const runCreate = luaScript(CREATE);
 
 /**
  * open -> completed|expired, once. Expiry only happens once the deadline has
@@ -37,6 +39,7 @@ redis.call('PEXPIRE', KEYS[3], ARGV[2])
 redis.call('PEXPIRE', KEYS[4], ARGV[2])
 redis.call('ZREM', KEYS[2], ARGV[4])
 return {1, ARGV[1]}`;
+const runEnd = luaScript(END);
 
 /** Rebuilds a TaskRecord from its hash fields. */
 export function taskFromHash(h: Record<string, string>): TaskRecord | undefined {
@@ -70,7 +73,7 @@ export class TaskStore {
     const keys = [this.keys.task(task.taskId), this.keys.openTasks()];
     if (task.parentTaskId) keys.push(this.keys.taskChildren(task.parentTaskId));
     const { status: _s, endedAt: _e, ...fixed } = task;
-    const res = await this.redis.eval(CREATE, keys.length, ...keys, JSON.stringify(fixed), task.expiresAt, task.taskId) as string[] | null;
+    const res = await runCreate(this.redis, keys.length, ...keys, JSON.stringify(fixed), task.expiresAt, task.taskId) as string[] | null;
     return res === null ? { created: true } : { created: false, existing: taskFromHash(pairsToHash(res))! };
   }
 
@@ -85,7 +88,7 @@ export class TaskStore {
 
   /** Ends an open task; `changed` is false if it had already ended (idempotent). */
   async end(taskId: string, status: Exclude<TaskStatus, 'open'>, now = Date.now()): Promise<{ changed: boolean; status?: TaskStatus }> {
-    const res = await this.redis.eval(END, 4, this.keys.task(taskId), this.keys.openTasks(), this.keys.taskLeases(taskId),
+    const res = await runEnd(this.redis, 4, this.keys.task(taskId), this.keys.openTasks(), this.keys.taskLeases(taskId),
       this.keys.taskChildren(taskId), status, this.retentionMs, now, taskId) as [number, string | null];
     return { changed: res[0] === 1, status: (res[1] ?? undefined) as TaskStatus | undefined };
   }

@@ -25,7 +25,7 @@ afterAll(() => bad.cleanup());
 describe('scripts/policy.ts', () => {
   test('check: the shipped directory', async () => {
     const r = await run(['check', 'config/policies']);
-    expect(r).toEqual({ code: 0, stdout: expect.stringMatching(/^config\/policies: 12 policies in 3 files, version [0-9a-f]{64}\n$/), stderr: '' });
+    expect(r).toEqual({ code: 0, stdout: expect.stringMatching(/^config\/policies: 13 policies in 3 files, version [0-9a-f]{64}\n$/), stderr: '' });
   });
 
   test('check: defaults to the policies key of BROKER_CONFIG', async () => {

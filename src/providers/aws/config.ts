@@ -28,8 +28,24 @@ export const awsSettingsSchema = z.strictObject({
     sessionToken: secretSourceSchema.optional(),
   }).optional(),
   revocation: z.enum(['iam-deny', 'none']).default('iam-deny'),
-  /** The broker's own IAM user, for access-key rotation. */
+  /** The broker's own IAM user, for access-key rotation (default: the user the credentials belong to). */
   userName: z.string().min(1).max(64).optional(),
   rotationPeriodSeconds: z.int().min(60).optional(),
+  /** Attempts per upstream call; throttling, 5xx and network errors are retried with jittered backoff. */
+  maxAttempts: z.int().min(1).max(10).default(3),
+  retryBaseDelayMs: z.int().min(1).max(10_000).default(200),
+  /** Per-request timeout towards STS/IAM. */
+  requestTimeoutMs: z.int().min(100).max(60_000).default(5000),
+  /** Tag sessions with task/tenant/agent (the trust policy must allow sts:TagSession). */
+  sessionTags: z.boolean().default(true),
+  /** Set SourceIdentity from the agent (the trust policy must allow sts:SetSourceIdentity). */
+  sourceIdentity: z.boolean().default(true),
+  /** Name of the broker-managed inline Deny policy on each role. */
+  revocationPolicyName: z.string().min(1).max(128).regex(/^[\w+=,.@-]+$/).default('jit-broker-revoked-sessions'),
+  /** Budget for that policy; IAM allows 10,240 chars for all inline policies of a role together. */
+  revocationPolicyMaxChars: z.int().min(512).max(10_240).default(10_240),
+  /** After rotation, how often to try the new key while IAM propagates it. */
+  rotationVerifyAttempts: z.int().min(1).max(60).default(10),
+  rotationVerifyDelayMs: z.int().min(1).max(30_000).default(1000),
 });
 export type AwsSettings = z.infer<typeof awsSettingsSchema>;

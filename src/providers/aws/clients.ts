@@ -1,0 +1,116 @@
+import { IAMClient } from '@aws-sdk/client-iam';
+import { STSClient } from '@aws-sdk/client-sts';
+import { readSecret } from '../../config/load.ts';
+import type { AwsSettings } from './config.ts';
+import { withRetry } from './upstream.ts';
+
+/** Static keys of the broker's own IAM user (the only kind that can be rotated). */
+export interface StaticKeys {
+  accessKeyId: string;
+  secretAccessKey: string;
+  sessionToken?: string;
+}
+
+export interface ClientPair {
+  sts: STSClient;
+  iam: IAMClient;
+  /** Bumped on every switch of credentials, so a call can tell it raced a rotation. */
+  generation: number;
+}
+
+/**
+ * The STS and IAM clients the provider calls through, and the broker's own
+ * credentials behind them: `settings.credentials` when given, else the SDK's
+ * default chain. Rotation swaps both clients at once; the old pair is kept
+ * alive briefly so calls already in flight can finish.
+ */
+export class AwsClients {
+  private readonly settings: AwsSettings;
+  private keys: StaticKeys | undefined;
+  private pair: ClientPair;
+  /** Replaced pairs, destroyed a little later (or on close). */
+  private readonly retired = new Map<ClientPair, NodeJS.Timeout>();
+
+  constructor(settings: AwsSettings) {
+    this.settings = settings;
+    const c = settings.credentials;
+    this.keys = c && {
+      accessKeyId: readSecret(c.accessKeyId, 'providers.aws.credentials.accessKeyId'),
+      secretAccessKey: readSecret(c.secretAccessKey, 'providers.aws.credentials.secretAccessKey'),
+      ...(c.sessionToken ? { sessionToken: readSecret(c.sessionToken, 'providers.aws.credentials.sessionToken') } : {}),
+    };
+    this.pair = this.build(this.keys, 0);
+  }
+
+  get current(): ClientPair {
+    return this.pair;
+  }
+
+  /** The configured static keys; undefined when the SDK's default chain is used. */
+  get staticKeys(): StaticKeys | undefined {
+    return this.keys;
+  }
+
+  /**
+   * Runs an upstream call on the current clients with the configured retry
+   * policy. A call refused for bad credentials while the keys were switched
+   * under it (rotation here, or by another instance) is retried on the new keys.
+   */
+  run<T>(call: (pair: ClientPair) => Promise<T>): Promise<T> {
+    let used = this.pair;
+    return withRetry(() => call((used = this.pair)), {
+      attempts: this.settings.maxAttempts,
+      baseDelayMs: this.settings.retryBaseDelayMs,
+      retryIf: (_err, kind) => kind === 'auth' && used !== this.pair,
+    });
+  }
+
+  /** Whether the broker's own key can be rotated: long-term keys, not a session or the default chain. */
+  get rotatable(): boolean {
+    return this.keys !== undefined && this.keys.sessionToken === undefined;
+  }
+
+  /** A client pair for other keys, not installed (used to verify a new key before switching). */
+  build(keys: StaticKeys | undefined, generation: number): ClientPair {
+    const common = {
+      region: this.settings.region,
+      // One retry policy, ours (upstream.ts): the SDK must not retry underneath it.
+      maxAttempts: 1,
+      requestHandler: { requestTimeout: this.settings.requestTimeoutMs, connectionTimeout: Math.min(this.settings.requestTimeoutMs, 3000) },
+      ...(keys ? { credentials: keys } : {}),
+    };
+    const iamEndpoint = this.settings.iamEndpoint ?? this.settings.endpoint;
+    return {
+      sts: new STSClient({ ...common, ...(this.settings.endpoint ? { endpoint: this.settings.endpoint } : {}) }),
+      iam: new IAMClient({ ...common, ...(iamEndpoint ? { endpoint: iamEndpoint } : {}) }),
+      generation,
+    };
+  }
+
+  /** Switches every later call to new keys. */
+  use(keys: StaticKeys, pair?: ClientPair): void {
+    const old = this.pair;
+    this.keys = keys;
+    this.pair = pair && pair.generation > old.generation ? pair : this.build(keys, old.generation + 1);
+    const timer = setTimeout(() => {
+      this.retired.delete(old);
+      destroy(old);
+    }, 30_000);
+    timer.unref();
+    this.retired.set(old, timer);
+  }
+
+  close(): void {
+    for (const [pair, timer] of this.retired) {
+      clearTimeout(timer);
+      destroy(pair);
+    }
+    this.retired.clear();
+    destroy(this.pair);
+  }
+}
+
+function destroy(pair: ClientPair): void {
+  pair.sts.destroy();
+  pair.iam.destroy();
+}

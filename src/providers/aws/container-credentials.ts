@@ -1,0 +1,59 @@
+import { Router, type Request, type Response } from 'express';
+import { BrokerError } from '../../errors.ts';
+import type { Logger } from '../../logger.ts';
+
+/** What the core supplies: its normal credential path (`POST /v1/credentials`) as a function. */
+export interface ContainerCredentialsDeps {
+  /** Issues a credential for `body` on behalf of the workload identity `identityToken` (a JWT). */
+  issue(identityToken: string, body: { taskId: string; role: string; scopes?: string[] }): Promise<{ credentials?: Record<string, unknown> }>;
+  logger?: Logger;
+}
+
+const TASK_ID = /^[A-Za-z0-9._:-]{1,128}$/;
+const ROLE = /^[A-Za-z0-9._-]{1,64}$/;
+
+/** Errors in the shape the SDK's `fromHttp` reads (`Code`, `Message`); the status decides retry vs fail. */
+function sendError(res: Response, status: number, code: string, message: string): void {
+  res.status(status).set('Cache-Control', 'no-store').json({ Code: code, Message: message });
+}
+
+/** `?scope=a&scope=b` or `?scope=a b`; undefined = all of the grant's scopes. */
+function scopesFrom(req: Request): string[] | undefined {
+  const raw = req.query.scope;
+  if (raw === undefined) return undefined;
+  const list = (Array.isArray(raw) ? raw : [raw]).filter((s): s is string => typeof s === 'string');
+  return list.flatMap((s) => s.split(' ')).filter((s) => s.length > 0);
+}
+
+/**
+ * The container-credentials endpoint AWS SDKs poll
+ * (`AWS_CONTAINER_CREDENTIALS_FULL_URI=http://127.0.0.1:<port>/v1/aws/container-credentials/<task>/<role>`,
+ * with the workload JWT in `AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE`). The SDK
+ * sends the file's content verbatim as `Authorization`, so both `<jwt>` and
+ * `Bearer <jwt>` are accepted. Each poll is an ordinary credential request:
+ * a new lease with the grant's TTL, same checks, same audit.
+ */
+export function containerCredentialsRouter(deps: ContainerCredentialsDeps): Router {
+  const router = Router();
+  router.get('/v1/aws/container-credentials/:taskId/:role', async (req: Request<{ taskId: string; role: string }>, res: Response) => {
+    const { taskId, role } = req.params;
+    const auth = req.get('authorization')?.trim();
+    if (!auth) return sendError(res, 401, 'missing_identity', 'Set AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE to a file holding the workload JWT.');
+    const token = auth.replace(/^Bearer\s+/i, '');
+    if (!TASK_ID.test(taskId) || !ROLE.test(role)) return sendError(res, 400, 'invalid_request', 'taskId or role is malformed.');
+    const scopes = scopesFrom(req);
+    try {
+      const { credentials: c } = await deps.issue(token, { taskId, role, ...(scopes ? { scopes } : {}) });
+      if (!c) return sendError(res, 409, 'approval_pending', 'The credential is waiting for approval; retry once approved.');
+      if (typeof c.AccessKeyId !== 'string' || typeof c.SecretAccessKey !== 'string' || typeof c.SessionToken !== 'string' || typeof c.Expiration !== 'string') {
+        return sendError(res, 400, 'not_an_aws_role', `Role "${role}" does not issue AWS credentials.`);
+      }
+      res.status(200).set('Cache-Control', 'no-store').json({ AccessKeyId: c.AccessKeyId, SecretAccessKey: c.SecretAccessKey, Token: c.SessionToken, Expiration: c.Expiration });
+    } catch (err) {
+      if (err instanceof BrokerError) return sendError(res, err.status, err.code, err.message);
+      deps.logger?.error({ err: (err as Error).message }, 'container credentials failed');
+      sendError(res, 500, 'internal_error', 'The broker failed to issue the credential.');
+    }
+  });
+  return router;
+}

@@ -1,0 +1,47 @@
+import { GetRoleCommand } from '@aws-sdk/client-iam';
+import type { Logger } from '../../logger.ts';
+import type { AwsClients } from './clients.ts';
+import { awsErrorCode } from './upstream.ts';
+
+export interface RoleInfo {
+  roleId: string;
+  maxSessionDuration: number;
+}
+
+const TTL_MS = 5 * 60_000;
+
+/** `arn:aws:iam::123:role/path/name` → `name` (IAM calls take the name, not the ARN). */
+export function roleNameFromArn(roleArn: string): string {
+  return roleArn.slice(roleArn.indexOf(':role/') + ':role/'.length).split('/').pop()!;
+}
+
+/**
+ * IAM facts about a role (its RoleId and MaxSessionDuration), cached for a few
+ * minutes. Optional by design: without iam:GetRole, or for a role in another
+ * account, the answer is undefined and issuing carries on unclamped.
+ */
+export class RoleInfoCache {
+  private readonly clients: AwsClients;
+  private readonly logger: Logger;
+  private readonly cache = new Map<string, { info: RoleInfo | undefined; until: number }>();
+
+  constructor(clients: AwsClients, logger: Logger) {
+    this.clients = clients;
+    this.logger = logger;
+  }
+
+  async get(roleArn: string): Promise<RoleInfo | undefined> {
+    const hit = this.cache.get(roleArn);
+    if (hit && hit.until > Date.now()) return hit.info;
+    let info: RoleInfo | undefined;
+    try {
+      const out = await this.clients.current.iam.send(new GetRoleCommand({ RoleName: roleNameFromArn(roleArn) }));
+      // A role of the same name in another account is not this one.
+      if (out.Role?.Arn === roleArn && out.Role.RoleId) info = { roleId: out.Role.RoleId, maxSessionDuration: out.Role.MaxSessionDuration ?? 3600 };
+    } catch (err) {
+      this.logger.debug({ roleArn, code: awsErrorCode(err) }, 'iam GetRole failed; issuing without the role\'s MaxSessionDuration');
+    }
+    this.cache.set(roleArn, { info, until: Date.now() + TTL_MS });
+    return info;
+  }
+}

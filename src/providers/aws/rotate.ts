@@ -1,0 +1,106 @@
+import { CreateAccessKeyCommand, DeleteAccessKeyCommand, ListAccessKeysCommand, UpdateAccessKeyCommand } from '@aws-sdk/client-iam';
+import { GetCallerIdentityCommand } from '@aws-sdk/client-sts';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { badRequest, upstreamFailed } from '../../errors.ts';
+import type { Logger } from '../../logger.ts';
+import type { RotationResult } from '../types.ts';
+import type { AwsClients, ClientPair, StaticKeys } from './clients.ts';
+import type { AwsSettings } from './config.ts';
+import { awsErrorCode, classify } from './upstream.ts';
+
+export interface RotateDeps {
+  settings: AwsSettings;
+  clients: AwsClients;
+  logger: Logger;
+}
+
+/**
+ * Rotates the broker's own IAM access key: create a new key, prove it works
+ * (GetCallerIdentity, retried while IAM propagates it), switch to it,
+ * deactivate the old key, delete it. Until the old key is deactivated every
+ * failure switches back and deletes the new key, so a failure halfway leaves
+ * the old key in use. A failed final delete only leaves an inactive key,
+ * which the next rotation removes first.
+ */
+export async function rotateAccessKey(deps: RotateDeps): Promise<RotationResult> {
+  const { settings, clients, logger } = deps;
+  const old = clients.staticKeys;
+  if (!old || !clients.rotatable) throw badRequest('rotation_unsupported', 'AWS key rotation needs providers.aws.credentials with a long-term access key.');
+  const UserName = settings.userName;
+  const fail = (step: string, err: unknown) => {
+    logger.error({ step, code: awsErrorCode(err) }, 'aws access key rotation failed; the previous key is still in use');
+    return upstreamFailed('rotation_failed', `Rotating the AWS access key failed at ${step}; the previous key is still in use.`, { cause: err });
+  };
+
+  await removeInactiveKeys(deps, old.accessKeyId);
+  let created;
+  try {
+    created = (await clients.run((c) => c.iam.send(new CreateAccessKeyCommand({ ...(UserName ? { UserName } : {}) })))).AccessKey;
+  } catch (err) {
+    throw fail('CreateAccessKey', err);
+  }
+  if (!created?.AccessKeyId || !created.SecretAccessKey) throw fail('CreateAccessKey', new Error('incomplete CreateAccessKey response'));
+  const fresh: StaticKeys = { accessKeyId: created.AccessKeyId, secretAccessKey: created.SecretAccessKey };
+  const oldPair = clients.current;
+  const newPair = clients.build(fresh, oldPair.generation + 1);
+  const undo = async (step: string, err: unknown) => {
+    if (clients.current === newPair) clients.use(old, clients.build(old, newPair.generation + 1));
+    await clients.run((c) => c.iam.send(new DeleteAccessKeyCommand({ AccessKeyId: fresh.accessKeyId, ...(UserName ? { UserName } : {}) })))
+      .catch((e) => logger.warn({ accessKeyId: fresh.accessKeyId, code: awsErrorCode(e) }, 'could not delete the unused new access key'));
+    return fail(step, err);
+  };
+
+  try {
+    await verify(deps, newPair);
+  } catch (err) {
+    newPair.sts.destroy();
+    newPair.iam.destroy();
+    throw await undo('verifying the new key', err);
+  }
+  clients.use(fresh, newPair);
+  try {
+    await clients.run((c) => c.iam.send(new UpdateAccessKeyCommand({ AccessKeyId: old.accessKeyId, Status: 'Inactive', ...(UserName ? { UserName } : {}) })));
+  } catch (err) {
+    throw await undo('UpdateAccessKey', err);
+  }
+  await clients.run((c) => c.iam.send(new DeleteAccessKeyCommand({ AccessKeyId: old.accessKeyId, ...(UserName ? { UserName } : {}) })))
+    .catch((err) => logger.warn({ accessKeyId: old.accessKeyId, code: awsErrorCode(err) }, 'old access key deactivated but not deleted; the next rotation removes it'));
+  logger.info({ accessKeyId: fresh.accessKeyId, retired: old.accessKeyId }, 'aws access key rotated');
+  return {
+    target: 'aws', rotated: ['iam-access-key'], detail: { accessKeyId: fresh.accessKeyId },
+    secret: { accessKeyId: fresh.accessKeyId, secretAccessKey: fresh.secretAccessKey },
+  };
+}
+
+/** A new key is not usable everywhere at once: InvalidClientTokenId is retried for a while. */
+async function verify(deps: RotateDeps, pair: ClientPair): Promise<void> {
+  const { rotationVerifyAttempts: attempts, rotationVerifyDelayMs: delay } = deps.settings;
+  for (let attempt = 1; ; attempt++) {
+    try {
+      await pair.sts.send(new GetCallerIdentityCommand({}));
+      return;
+    } catch (err) {
+      const kind = classify(err);
+      if (!(kind === 'auth' || kind === 'throttled' || kind === 'unavailable') || attempt >= attempts) throw err;
+      await sleep(delay);
+    }
+  }
+}
+
+/** Leftovers of an earlier rotation that failed after deactivating: IAM allows only two keys per user. */
+async function removeInactiveKeys(deps: RotateDeps, current: string): Promise<void> {
+  const { clients, settings, logger } = deps;
+  const UserName = settings.userName;
+  try {
+    const listed = await clients.run((c) => c.iam.send(new ListAccessKeysCommand({ ...(UserName ? { UserName } : {}) })));
+    for (const k of listed.AccessKeyMetadata ?? []) {
+      if (k.AccessKeyId && k.AccessKeyId !== current && k.Status === 'Inactive') {
+        await clients.run((c) => c.iam.send(new DeleteAccessKeyCommand({ AccessKeyId: k.AccessKeyId, ...(UserName ? { UserName } : {}) })));
+        logger.info({ accessKeyId: k.AccessKeyId }, 'deleted an inactive leftover access key before rotating');
+      }
+    }
+  } catch (err) {
+    // Not fatal: without iam:ListAccessKeys CreateAccessKey still works unless the user already has two keys.
+    logger.warn({ code: awsErrorCode(err) }, 'could not list access keys before rotating');
+  }
+}

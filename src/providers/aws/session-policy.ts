@@ -1,0 +1,28 @@
+import { badRequest } from '../../errors.ts';
+
+/** STS's limit for the plaintext of an inline session policy. */
+export const SESSION_POLICY_MAX_CHARS = 2048;
+
+/** An IAM action as a scope: `service:Action`, wildcards allowed (`s3:Get*`). */
+const IAM_ACTION = /^[a-zA-Z0-9-]+:[A-Za-z0-9*?]+$/;
+
+/**
+ * The inline session policy for a credential: Allow the granted scopes (IAM
+ * actions) on the role's resources, in one statement. STS intersects it with
+ * the role's own permissions, so the session can do at most what both allow.
+ * Too large for STS is the caller's problem (too many scopes or resources), so
+ * it is a 400 here rather than a 502 from upstream.
+ */
+export function sessionPolicy(scopes: readonly string[], resources: readonly string[]): string {
+  if (scopes.length === 0) throw badRequest('scopes_required', 'An aws credential needs at least one scope (an IAM action such as s3:GetObject).');
+  const bad = scopes.filter((s) => !IAM_ACTION.test(s));
+  if (bad.length > 0) throw badRequest('invalid_scope', `Scopes for aws roles are IAM actions like s3:GetObject; not: ${bad.join(', ')}.`);
+  const policy = JSON.stringify({
+    Version: '2012-10-17',
+    Statement: [{ Effect: 'Allow', Action: [...new Set(scopes)].sort(), Resource: [...new Set(resources)] }],
+  });
+  if (policy.length > SESSION_POLICY_MAX_CHARS) {
+    throw badRequest('policy_too_large', `The session policy for these scopes and resources is ${policy.length} characters; STS allows ${SESSION_POLICY_MAX_CHARS}. Request fewer scopes.`);
+  }
+  return policy;
+}

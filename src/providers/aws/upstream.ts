@@ -1,0 +1,68 @@
+import { setTimeout as sleep } from 'node:timers/promises';
+
+/** The parts of an AWS SDK v3 error (or a network error) the broker looks at. */
+interface SdkErrorLike {
+  name?: string;
+  Code?: string;
+  code?: string;
+  $metadata?: { httpStatusCode?: number; requestId?: string };
+}
+
+/** How a failed upstream call is classified. */
+export type FailureKind = 'throttled' | 'unavailable' | 'auth' | 'denied' | 'rejected' | 'not_found' | 'limit' | 'other';
+
+const THROTTLING = new Set(['Throttling', 'ThrottlingException', 'RequestLimitExceeded', 'TooManyRequestsException', 'RequestThrottled', 'RequestThrottledException']);
+const AUTH = new Set(['InvalidClientTokenId', 'SignatureDoesNotMatch', 'ExpiredToken', 'ExpiredTokenException', 'MissingAuthenticationToken', 'IncompleteSignature', 'UnrecognizedClientException']);
+const REJECTED = new Set(['ValidationError', 'MalformedPolicyDocument', 'MalformedPolicyDocumentException', 'PackedPolicyTooLarge',
+  'PackedPolicyTooLargeException', 'RegionDisabledException', 'InvalidParameter', 'InvalidParameterValue', 'InvalidInput']);
+const NETWORK = new Set(['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EPIPE', 'EHOSTUNREACH', 'ENETUNREACH', 'ENOTFOUND', 'EAI_AGAIN', 'ECONNABORTED']);
+
+/** The AWS error code (`AccessDenied`, `Throttling`, …) or a network errno, for logs. */
+export function awsErrorCode(err: unknown): string {
+  const e = (err ?? {}) as SdkErrorLike;
+  return e.Code ?? (typeof e.code === 'string' ? e.code : undefined) ?? e.name ?? 'Unknown';
+}
+
+export function classify(err: unknown): FailureKind {
+  const e = (err ?? {}) as SdkErrorLike;
+  const code = awsErrorCode(err);
+  const status = e.$metadata?.httpStatusCode;
+  if (THROTTLING.has(code) || status === 429) return 'throttled';
+  if (AUTH.has(code)) return 'auth';
+  if (code === 'AccessDenied' || code === 'AccessDeniedException') return 'denied';
+  if (REJECTED.has(code)) return 'rejected';
+  if (code === 'NoSuchEntity' || code === 'NoSuchEntityException') return 'not_found';
+  if (code === 'LimitExceeded' || code === 'LimitExceededException') return 'limit';
+  if (status !== undefined && status >= 500) return 'unavailable';
+  // No HTTP status at all: the request never got an answer (refused, reset, timed out).
+  if (NETWORK.has(e.code ?? '') || e.name === 'TimeoutError' || (status === undefined && !(e as { $fault?: string }).$fault)) return 'unavailable';
+  return 'other';
+}
+
+export const isTransient = (kind: FailureKind) => kind === 'throttled' || kind === 'unavailable';
+
+export interface RetryOptions {
+  attempts: number;
+  baseDelayMs: number;
+  /** Also retry this failure (besides throttling, 5xx and network errors). */
+  retryIf?: (err: unknown, kind: FailureKind) => boolean;
+}
+
+/**
+ * Runs an upstream call with our own retries (the SDK's are off so there is
+ * one policy in one place): transient failures are retried with jittered
+ * exponential backoff (half fixed, half random, so retries spread out), capped, for a few attempts; anything else fails at once.
+ */
+export async function withRetry<T>(call: () => Promise<T>, opts: RetryOptions): Promise<T> {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await call();
+    } catch (err) {
+      const kind = classify(err);
+      const retry = isTransient(kind) || (opts.retryIf?.(err, kind) ?? false);
+      if (!retry || attempt >= opts.attempts) throw err;
+      const cap = Math.min(5000, opts.baseDelayMs * 2 ** (attempt - 1));
+      await sleep(Math.round(cap / 2 + Math.random() * (cap / 2)));
+    }
+  }
+}

@@ -1,0 +1,27 @@
+import nodeVault from 'node-vault';
+import type { VaultSettings } from './config.ts';
+
+/** A node-vault client bound to one token (or none, for login and health). */
+export type VaultClient = nodeVault.client;
+
+/**
+ * One client per identity. node-vault's `tokenSource` commands (tokenCreate,
+ * approleLogin, ...) overwrite the client's token with the one they receive,
+ * so the provider never calls them: it uses `read`/`write` on explicit paths
+ * and gives every token its own client.
+ */
+export function makeClient(settings: Pick<VaultSettings, 'address' | 'namespace' | 'requestTimeoutMs'>, token: string): VaultClient {
+  const client = nodeVault({
+    endpoint: settings.address,
+    apiVersion: 'v1',
+    requestOptions: { timeout: settings.requestTimeoutMs },
+    ...(settings.namespace ? { namespace: settings.namespace } : {}),
+  });
+  // node-vault falls back to VAULT_TOKEN, VAULT_NAMESPACE and VAULT_PREFIX from
+  // the environment; the broker's config must be the only source.
+  const c = client as VaultClient & { namespace?: string; pathPrefix: string };
+  c.token = token;
+  c.namespace = settings.namespace;
+  c.pathPrefix = '';
+  return client;
+}

@@ -1,0 +1,58 @@
+import { upstreamFailed } from '../../errors.ts';
+import type { Logger } from '../../logger.ts';
+import type { IssueRequest, IssueResult } from '../types.ts';
+import type { VaultRoleConfig } from './config.ts';
+import { issueError, safeCause } from './errors.ts';
+import { revokeAccessor } from './revoke.ts';
+import type { VaultSession } from './session.ts';
+import { displayName, tokenMeta } from './token-role.ts';
+
+interface SecretResponse { lease_id?: string; lease_duration?: number; data?: Record<string, unknown> | null }
+
+/**
+ * A dynamic secret (database/creds/<role>, aws/creds/<role>, ...), read with
+ * a per-lease orphan "reader" token whose TTL is the effective TTL.
+ *
+ * Vault revokes every lease a token created when that token is revoked or
+ * expires. Reading with the broker's own token would tie every issued
+ * database user to the broker's login: a rotation or re-login would cut them
+ * all off. The reader token ties the secret to this lease instead, and makes
+ * Vault end it at the effective TTL even if the broker never calls back.
+ * The lease keeps the Vault lease_id and the reader's accessor, never a token.
+ */
+export async function issueDynamicSecret(session: VaultSession, req: IssueRequest<VaultRoleConfig>, logger: Logger): Promise<IssueResult> {
+  const path = req.role.path!;
+  let reader: { client_token: string; accessor: string };
+  try {
+    const res = await session.call((c) => c.write('auth/token/create-orphan', {
+      ttl: `${req.ttlSeconds}s`,
+      explicit_max_ttl: `${req.ttlSeconds}s`,
+      renewable: false,
+      display_name: displayName('jit-reader', req),
+      meta: tokenMeta(req),
+    }));
+    reader = res?.auth;
+    if (!reader?.client_token || !reader.accessor) throw upstreamFailed('upstream_error', 'Vault answered the token request without a token.');
+  } catch (err) {
+    throw issueError(err, 'creating a reader token');
+  }
+
+  let secret: SecretResponse;
+  try {
+    secret = await session.clientFor(reader.client_token).read(path);
+    if (!secret?.lease_id) throw upstreamFailed('upstream_not_leased', `Vault path ${path} is not a dynamic secret (no lease_id): it cannot be revoked.`);
+  } catch (err) {
+    // The reader token must not outlive a failed issue.
+    await session.call((c) => revokeAccessor(c, reader.accessor)).catch((e: unknown) =>
+      logger.warn({ accessor: reader.accessor, err: safeCause(e) }, 'vault: could not revoke the reader token of a failed issue; it expires with its TTL'));
+    throw issueError(err, `reading ${path}`);
+  }
+
+  // The reader token's expiry revokes the lease, so the credential lives min(Vault's lease, our TTL).
+  const seconds = Math.min(secret.lease_duration ?? req.ttlSeconds, req.ttlSeconds);
+  return {
+    credentials: { ...(secret.data ?? {}), lease_id: secret.lease_id, lease_duration: seconds },
+    handle: { kind: 'secret', leaseId: secret.lease_id, accessor: reader.accessor, path },
+    expiresAt: Date.now() + seconds * 1000,
+  };
+}

@@ -1,0 +1,93 @@
+import { ConfigError } from '../../errors.ts';
+import type { Logger } from '../../logger.ts';
+import type { LeaseRecord } from '../../leases/types.ts';
+import type { IssueRequest, IssueResult, Provider, ProviderContext, RotationResult } from '../types.ts';
+import { vaultSettingsSchema, type VaultRoleConfig, type VaultSettings } from './config.ts';
+import { issueDynamicSecret } from './dynamic-secret.ts';
+import { revokeHandle } from './revoke.ts';
+import { rotateSecretId, useSecretId } from './rotate.ts';
+import { VaultSession } from './session.ts';
+import { issueTokenRole } from './token-role.ts';
+
+export type { VaultRoleConfig, VaultSettings } from './config.ts';
+
+/**
+ * Credentials from HashiCorp Vault: child tokens with a role's policies
+ * (`token:` roles) and dynamic secrets (`path:` roles). Both are revocable
+ * upstream: tokens by accessor, dynamic secrets by their Vault lease.
+ * See docs/providers/vault.md.
+ */
+export class VaultProvider implements Provider<VaultRoleConfig> {
+  readonly kind = 'vault' as const;
+  readonly minTtlSeconds = 1;
+  private readonly session: VaultSession;
+  private readonly logger: Logger;
+
+  constructor(session: VaultSession, logger: Logger) {
+    this.session = session;
+    this.logger = logger;
+  }
+
+  revocable(): boolean {
+    return true;
+  }
+
+  issue(req: IssueRequest<VaultRoleConfig>): Promise<IssueResult> {
+    return req.role.token ? issueTokenRole(this.session, req) : issueDynamicSecret(this.session, req, this.logger);
+  }
+
+  revoke(lease: LeaseRecord): Promise<void> {
+    return revokeHandle(this.session, lease);
+  }
+
+  /** At TTL end Vault ends the credential by itself; revoking too keeps both sides in step and is idempotent. */
+  expire(lease: LeaseRecord): Promise<void> {
+    return revokeHandle(this.session, lease);
+  }
+
+  /** Vault is initialized, unsealed and reachable, and the broker holds a token. */
+  async ready(): Promise<boolean> {
+    if (!this.session.loggedIn) return false;
+    try {
+      // node-vault resolves sys/health with the body for every status code.
+      const h = await this.session.anonymous().read('sys/health?standbyok=true');
+      return h?.initialized === true && h?.sealed === false;
+    } catch {
+      return false;
+    }
+  }
+
+  rotate(): Promise<RotationResult> {
+    return rotateSecretId(this.session, this.logger);
+  }
+
+  useSecret(secret: Record<string, string>): Promise<void> {
+    return useSecretId(this.session, secret);
+  }
+
+  /** Accessor of the broker's current Vault token (an identifier, not a secret). */
+  get tokenAccessor(): string | undefined {
+    return this.session.accessor;
+  }
+
+  async close(): Promise<void> {
+    this.session.close();
+  }
+}
+
+/**
+ * Creates the Vault provider and logs in. Credentials Vault refuses fail
+ * startup (ConfigError naming providers.vault.auth); an unreachable or sealed
+ * Vault does not — the provider reports not ready and keeps trying.
+ */
+export async function createVaultProvider(settings: VaultSettings, ctx: ProviderContext): Promise<VaultProvider> {
+  const parsed = vaultSettingsSchema.safeParse(settings);
+  if (!parsed.success) {
+    const issue = parsed.error.issues[0]!;
+    throw new ConfigError(['providers', 'vault', ...issue.path.map(String)].join('.'), issue.message);
+  }
+  const logger = ctx.logger.child({ provider: 'vault' });
+  const session = new VaultSession(parsed.data, logger);
+  await session.start();
+  return new VaultProvider(session, logger);
+}

@@ -1,0 +1,43 @@
+import type { LeaseRecord } from '../../leases/types.ts';
+import type { VaultClient } from './client.ts';
+import { isAlreadyGone, revokeError } from './errors.ts';
+import type { VaultSession } from './session.ts';
+
+/** `auth/token/revoke-accessor`; an unknown accessor (400 "invalid accessor") means already revoked. */
+export async function revokeAccessor(client: VaultClient, accessor: string): Promise<void> {
+  try {
+    await client.write('auth/token/revoke-accessor', { accessor });
+  } catch (err) {
+    if (!isAlreadyGone(err)) throw err;
+  }
+}
+
+/** `sys/leases/revoke`; an unknown lease is already revoked. */
+async function revokeLease(client: VaultClient, leaseId: string): Promise<void> {
+  try {
+    await client.write('sys/leases/revoke', { lease_id: leaseId });
+  } catch (err) {
+    if (!isAlreadyGone(err)) throw err;
+  }
+}
+
+/**
+ * Ends a lease's credential in Vault. Idempotent: anything Vault no longer
+ * knows counts as revoked. Throws RetryableUpstreamError while Vault is
+ * sealed, throttling, failing or unreachable.
+ */
+export async function revokeHandle(session: VaultSession, lease: LeaseRecord): Promise<void> {
+  const h = lease.handle;
+  try {
+    if (h.kind === 'token' && typeof h.accessor === 'string') {
+      await session.call((c) => revokeAccessor(c, h.accessor as string));
+    } else if (h.kind === 'secret' && typeof h.leaseId === 'string') {
+      // The lease first (what the contract promises), then its reader token (which would revoke it too).
+      await session.call((c) => revokeLease(c, h.leaseId as string));
+      if (typeof h.accessor === 'string') await session.call((c) => revokeAccessor(c, h.accessor as string));
+    }
+    // No handle: the issue never reached Vault, so there is nothing to end.
+  } catch (err) {
+    throw revokeError(err, 'revoking a lease');
+  }
+}

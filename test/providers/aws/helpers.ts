@@ -1,0 +1,90 @@
+import { randomBytes, randomUUID } from 'node:crypto';
+import { STSClient } from '@aws-sdk/client-sts';
+import { Redis } from 'ioredis';
+import { silentLogger } from '../../../src/logger.ts';
+import { awsRoleSchema, awsSettingsSchema, type AwsRoleConfig, type AwsSettings } from '../../../src/providers/aws/config.ts';
+import { createAwsProvider, type AwsProvider, type AwsProviderOptions } from '../../../src/providers/aws/provider.ts';
+import type { IssueRequest } from '../../../src/providers/types.ts';
+import type { LeaseRecord } from '../../../src/leases/types.ts';
+import type { TaskRecord } from '../../../src/tasks/types.ts';
+import { startAwsEmulator, type AwsEmulator, type EmulatedUser } from '../../emulators/aws/index.ts';
+
+export const REDIS_URL = process.env.REDIS_URL ?? 'redis://127.0.0.1:6379';
+
+/** One emulator, broker user, role, Redis prefix and provider for a test file. */
+export interface AwsWorld {
+  emu: AwsEmulator;
+  user: EmulatedUser;
+  role: { roleName: string; roleId: string; arn: string };
+  redis: Redis;
+  prefix: string;
+  provider: AwsProvider;
+  settings: AwsSettings;
+  makeProvider(overrides?: Record<string, unknown>, opts?: AwsProviderOptions): AwsProvider;
+  close(): Promise<void>;
+}
+
+export async function awsWorld(name: string, overrides: Record<string, unknown> = {}, opts: AwsProviderOptions = {}): Promise<AwsWorld> {
+  const emu = await startAwsEmulator();
+  const user = emu.createUser('jit-broker');
+  const role = emu.createRole('agent-reports', { maxSessionDuration: 7200, trust: [user.arn] });
+  const redis = new Redis(REDIS_URL);
+  const prefix = `test-aws-${name}-${randomUUID().slice(0, 8)}`;
+  const providers: AwsProvider[] = [];
+  const makeProvider = (more: Record<string, unknown> = {}, o: AwsProviderOptions = {}) => {
+    const settings = awsSettingsSchema.parse({
+      region: 'us-east-1', endpoint: emu.url, userName: user.userName,
+      credentials: { accessKeyId: user.accessKeyId, secretAccessKey: user.secretAccessKey },
+      retryBaseDelayMs: 5, rotationVerifyDelayMs: 5, requestTimeoutMs: 2000, ...overrides, ...more,
+    });
+    const p = createAwsProvider(settings, { logger: silentLogger, redis, keyPrefix: prefix }, { clock: emu.now, ...opts, ...o });
+    providers.push(p);
+    return p;
+  };
+  const provider = makeProvider();
+  return {
+    emu, user, role, redis, prefix, provider, makeProvider,
+    settings: awsSettingsSchema.parse({ endpoint: emu.url, ...overrides }),
+    async close() {
+      await Promise.all(providers.map((p) => p.close()));
+      const keys = await redis.keys(`${prefix}:*`);
+      if (keys.length) await redis.del(...keys);
+      await redis.quit();
+      await emu.stop();
+    },
+  };
+}
+
+export function roleConfig(arn: string, extra: Record<string, unknown> = {}): AwsRoleConfig {
+  return awsRoleSchema.parse({ provider: 'aws', roleArn: arn, maxTtlSeconds: 3600, ...extra });
+}
+
+export function task(extra: Partial<TaskRecord> = {}): TaskRecord {
+  const now = Date.now();
+  return {
+    taskId: 't-4711', agent: 'spiffe://example.org/agent/support', tenant: 'acme', purpose: 'triage', grants: [], labels: {},
+    status: 'open', openedBy: 'spiffe://example.org/orchestrator/o', createdAt: now, expiresAt: now + 3_600_000, depth: 0,
+    delegators: [], requestHash: 'x', ...extra,
+  };
+}
+
+export function issueRequest(role: AwsRoleConfig, extra: Partial<IssueRequest<AwsRoleConfig>> = {}): IssueRequest<AwsRoleConfig> {
+  const t = extra.task ?? task();
+  return { leaseId: randomBytes(16).toString('hex'), roleName: 'reports-bucket', role, task: t, agent: t.agent, scopes: ['s3:GetObject'], ttlSeconds: 900, ...extra };
+}
+
+/** The lease the core would store for an issued credential. */
+export function leaseFor(req: IssueRequest<AwsRoleConfig>, handle: LeaseRecord['handle'], expiresAt: number): LeaseRecord {
+  return {
+    leaseId: req.leaseId, taskId: req.task.taskId, role: req.roleName, provider: 'aws', agent: req.agent, scopes: req.scopes,
+    status: 'active', issuedAt: Date.now(), expiresAt, revocable: true, handle,
+  };
+}
+
+/** An STS client using issued session credentials (what the agent would run). */
+export function stsAs(emu: AwsEmulator, c: Record<string, unknown>): STSClient {
+  return new STSClient({
+    region: 'us-east-1', endpoint: emu.url, maxAttempts: 1,
+    credentials: { accessKeyId: String(c.AccessKeyId), secretAccessKey: String(c.SecretAccessKey), sessionToken: String(c.SessionToken) },
+  });
+}

@@ -1,0 +1,160 @@
+import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
+import { GetCallerIdentityCommand } from '@aws-sdk/client-sts';
+import { BrokerError } from '../../../src/errors.ts';
+import { sessionNameFor, sourceIdentityFor, tagValue } from '../../../src/providers/aws/session-name.ts';
+import { awsWorld, issueRequest, roleConfig, stsAs, task, type AwsWorld } from './helpers.ts';
+
+let w: AwsWorld;
+
+beforeAll(async () => {
+  w = await awsWorld('issue');
+});
+afterAll(async () => {
+  await w.close();
+});
+
+async function brokerError(p: Promise<unknown>): Promise<BrokerError> {
+  try {
+    await p;
+  } catch (err) {
+    expect(err).toBeInstanceOf(BrokerError);
+    return err as BrokerError;
+  }
+  throw new Error('expected a BrokerError');
+}
+
+describe('issue', () => {
+  it('assumes the role with a scoped-down session policy, lease-named session, tags and source identity', async () => {
+    const role = roleConfig(w.role.arn, { resources: ['arn:aws:s3:::reports', 'arn:aws:s3:::reports/*'] });
+    const req = issueRequest(role, { scopes: ['s3:ListBucket', 's3:GetObject'], ttlSeconds: 1200 });
+    const before = w.emu.requests('AssumeRole').length;
+    const out = await w.provider.issue(req);
+
+    const sent = w.emu.requests('AssumeRole').slice(before);
+    expect(sent).toHaveLength(1);
+    const p = sent[0]!.params;
+    expect(JSON.parse(p.Policy!)).toEqual({
+      Version: '2012-10-17',
+      Statement: [{ Effect: 'Allow', Action: ['s3:GetObject', 's3:ListBucket'], Resource: ['arn:aws:s3:::reports', 'arn:aws:s3:::reports/*'] }],
+    });
+    expect(p).toMatchObject({
+      RoleArn: w.role.arn, RoleSessionName: `jit-${req.leaseId}`, DurationSeconds: '1200', SourceIdentity: 'example.org-agent-support',
+      'Tags.member.1.Key': 'task', 'Tags.member.1.Value': 't-4711', 'Tags.member.2.Key': 'tenant', 'Tags.member.2.Value': 'acme',
+      'Tags.member.3.Key': 'agent', 'Tags.member.3.Value': 'spiffe://example.org/agent/support',
+      'TransitiveTagKeys.member.1': 'task', 'TransitiveTagKeys.member.2': 'tenant', 'TransitiveTagKeys.member.3': 'agent',
+    });
+    expect(p.ExternalId).toBeUndefined();
+
+    // The client gets keys; the lease gets only what revoke needs.
+    const c = out.credentials;
+    expect(Object.keys(c).sort()).toEqual(['AccessKeyId', 'Expiration', 'SecretAccessKey', 'SessionToken']);
+    expect(c.AccessKeyId).toMatch(/^ASIA/);
+    expect(out.handle).toEqual({ roleArn: w.role.arn, roleId: w.role.roleId, sessionName: `jit-${req.leaseId}`, expiresAt: out.expiresAt });
+    expect(JSON.stringify(out.handle)).not.toContain(String(c.SecretAccessKey));
+    expect(new Date(String(c.Expiration)).getTime()).toBe(out.expiresAt);
+    expect(Math.abs(out.expiresAt - (w.emu.now() + 1_200_000))).toBeLessThan(2000);
+
+    // The session works, and can do what the scopes allow on the role's resources, nothing more.
+    const who = await stsAs(w.emu, c).send(new GetCallerIdentityCommand({}));
+    expect(who.UserId).toBe(`${w.role.roleId}:jit-${req.leaseId}`);
+    expect(w.emu.evaluate(String(c.AccessKeyId), 's3:GetObject', 'arn:aws:s3:::reports/q3.csv')).toBe('allow');
+    expect(w.emu.evaluate(String(c.AccessKeyId), 's3:PutObject', 'arn:aws:s3:::reports/q3.csv')).toBe('implicit-deny');
+    expect(w.emu.evaluate(String(c.AccessKeyId), 's3:GetObject', 'arn:aws:s3:::payroll/x')).toBe('implicit-deny');
+  });
+
+  it('clamps DurationSeconds to the IAM role\'s MaxSessionDuration and to STS\'s 900 s minimum', async () => {
+    const short = w.emu.createRole('short-role', { maxSessionDuration: 3600 });
+    const role = roleConfig(short.arn, { maxTtlSeconds: 7200 });
+    const long = await w.provider.issue(issueRequest(role, { ttlSeconds: 7200 }));
+    expect(w.emu.requests('AssumeRole').at(-1)!.params.DurationSeconds).toBe('3600');
+    expect(Math.abs(long.expiresAt - (w.emu.now() + 3_600_000))).toBeLessThan(2000);
+    await w.provider.issue(issueRequest(role, { ttlSeconds: 60 }));
+    expect(w.emu.requests('AssumeRole').at(-1)!.params.DurationSeconds).toBe('900');
+  });
+
+  it('sends the role\'s ExternalId, and can leave out tags and source identity', async () => {
+    const guarded = w.emu.createRole('guarded-role', { externalId: 'ext-4711' });
+    const plain = w.makeProvider({ sessionTags: false, sourceIdentity: false });
+    await plain.issue(issueRequest(roleConfig(guarded.arn, { externalId: 'ext-4711' })));
+    const p = w.emu.requests('AssumeRole').at(-1)!.params;
+    expect(p.ExternalId).toBe('ext-4711');
+    expect(Object.keys(p).filter((k) => k.startsWith('Tags') || k.startsWith('Transitive') || k === 'SourceIdentity')).toEqual([]);
+  });
+
+  it('refuses a session policy over 2048 chars with 400 policy_too_large before calling STS', async () => {
+    const resources = Array.from({ length: 50 }, (_, i) => `arn:aws:s3:::bucket-${i}/some/long/prefix/*`);
+    const before = w.emu.requests().length;
+    const err = await brokerError(w.provider.issue(issueRequest(roleConfig(w.role.arn, { resources }), { scopes: ['s3:GetObject', 's3:PutObject'] })));
+    expect(err).toMatchObject({ status: 400, code: 'policy_too_large' });
+    expect(w.emu.requests().slice(before).map((r) => r.action)).not.toContain('AssumeRole');
+  });
+
+  it('refuses scopes that are not IAM actions, and an empty scope list', async () => {
+    expect(await brokerError(w.provider.issue(issueRequest(roleConfig(w.role.arn), { scopes: ['tickets read'] })))).toMatchObject({ status: 400, code: 'invalid_scope' });
+    expect(await brokerError(w.provider.issue(issueRequest(roleConfig(w.role.arn), { scopes: [] })))).toMatchObject({ status: 400, code: 'scopes_required' });
+  });
+
+  it('maps a role STS refuses to 502 upstream_denied and an ARN STS rejects to 502 upstream_rejected', async () => {
+    const missing = await brokerError(w.provider.issue(issueRequest(roleConfig('arn:aws:iam::123456789012:role/does-not-exist'))));
+    expect(missing).toMatchObject({ status: 502, code: 'upstream_denied' });
+    expect(missing.message).not.toContain('does-not-exist'); // the AWS message stays in the log
+    const foreign = await brokerError(w.provider.issue(issueRequest(roleConfig('arn:aws-cn:iam::123456789012:role/agent-reports'))));
+    expect(foreign).toMatchObject({ status: 502, code: 'upstream_rejected' });
+  });
+
+  it('retries throttling and 5xx with backoff and succeeds', async () => {
+    w.emu.setThrottle(1, 'AssumeRole');
+    w.emu.failNext(1, { action: 'AssumeRole' });
+    const before = w.emu.requests('AssumeRole').length;
+    await expect(w.provider.issue(issueRequest(roleConfig(w.role.arn)))).resolves.toBeDefined();
+    expect(w.emu.requests('AssumeRole').slice(before).map((r) => r.code ?? r.status)).toEqual(['Throttling', 'InternalFailure', 200]);
+  });
+
+  it('gives up after maxAttempts: 502 upstream_throttled, and 502 upstream_unavailable when STS is down', async () => {
+    w.emu.setThrottle(3, 'AssumeRole');
+    expect(await brokerError(w.provider.issue(issueRequest(roleConfig(w.role.arn))))).toMatchObject({ status: 502, code: 'upstream_throttled' });
+    w.emu.setDown();
+    try {
+      expect(await brokerError(w.provider.issue(issueRequest(roleConfig(w.role.arn))))).toMatchObject({ status: 502, code: 'upstream_unavailable' });
+    } finally {
+      w.emu.setDown(false);
+    }
+  });
+
+  it('is revocable only with revocation: iam-deny', () => {
+    expect(w.provider.revocable(roleConfig(w.role.arn))).toBe(true);
+    expect(w.makeProvider({ revocation: 'none' }).revocable(roleConfig(w.role.arn))).toBe(false);
+    expect(w.provider.minTtlSeconds).toBe(900);
+  });
+});
+
+describe('names STS accepts', () => {
+  const NAME = /^[\w+=,.@-]{2,64}$/;
+  it.each([
+    ['spiffe://example.org/agent/support', 'example.org-agent-support'],
+    ['https://token.actions.githubusercontent.com#repo:acme/app', 'token.actions.githubusercontent.com-repo-acme-app'],
+    ['https://token.actions.githubusercontent.com#repo:acme/app:ref:refs/heads/main', 'githubusercontent.com-repo-acme-app-ref-refs-heads-main-467fe7c8'],
+    ['x', undefined],
+    [`spiffe://example.org/${'deep/'.repeat(30)}agent`, undefined],
+  ])('source identity for %s', (agent, expected) => {
+    const s = sourceIdentityFor(agent);
+    expect(s).toMatch(NAME);
+    if (expected) expect(s).toBe(expected);
+  });
+
+  it('session names are unique per lease and valid even for odd lease ids', () => {
+    expect(sessionNameFor('0123abcd')).toBe('jit-0123abcd');
+    const long1 = sessionNameFor('a'.repeat(100));
+    const long2 = sessionNameFor(`b${'a'.repeat(99)}`);
+    expect(long1).toMatch(NAME);
+    expect(long1).not.toBe(long2);
+    expect(sessionNameFor('lease with spaces/and#marks')).toMatch(NAME);
+  });
+
+  it('tag values keep allowed characters and lose the rest', () => {
+    expect(tagValue('spiffe://example.org/agent/x')).toBe('spiffe://example.org/agent/x');
+    expect(tagValue('a#b"c')).toBe('a_b_c');
+    expect(tagValue('v'.repeat(300))).toHaveLength(256);
+    expect(task().tenant).toBe('acme');
+  });
+});

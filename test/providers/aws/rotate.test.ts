@@ -1,0 +1,109 @@
+import { afterAll, beforeEach, describe, expect, it } from '@jest/globals';
+import { GetCallerIdentityCommand, STSClient } from '@aws-sdk/client-sts';
+import { CreateAccessKeyCommand, IAMClient, UpdateAccessKeyCommand } from '@aws-sdk/client-iam';
+import { BrokerError } from '../../../src/errors.ts';
+import { awsWorld, issueRequest, roleConfig, type AwsWorld } from './helpers.ts';
+
+let w: AwsWorld | undefined;
+
+beforeEach(async () => {
+  await w?.close();
+  w = await awsWorld('rotate');
+});
+afterAll(async () => {
+  await w?.close();
+});
+
+async function works(keys: { accessKeyId: string; secretAccessKey: string }): Promise<string> {
+  const sts = new STSClient({ region: 'us-east-1', endpoint: w!.emu.url, maxAttempts: 1, credentials: keys });
+  try {
+    await sts.send(new GetCallerIdentityCommand({}));
+    return 'ok';
+  } catch (err) {
+    return (err as { Code?: string }).Code ?? (err as Error).name;
+  } finally {
+    sts.destroy();
+  }
+}
+
+describe('rotate the broker\'s own access key', () => {
+  it('creates a new key, switches to it, retires the old one', async () => {
+    const { emu, user, provider } = w!;
+    const old = { accessKeyId: user.accessKeyId, secretAccessKey: user.secretAccessKey };
+    const result = await provider.rotate!();
+    expect(result).toMatchObject({ target: 'aws', rotated: ['iam-access-key'] });
+    const fresh = { accessKeyId: result.secret.accessKeyId!, secretAccessKey: result.secret.secretAccessKey! };
+    expect(result.detail).toEqual({ accessKeyId: fresh.accessKeyId });
+    expect(JSON.stringify(result.detail)).not.toContain(fresh.secretAccessKey);
+
+    expect(await works(fresh)).toBe('ok');
+    expect(await works(old)).toBe('InvalidClientTokenId');
+    expect(emu.accessKeys(user.userName)).toEqual([{ accessKeyId: fresh.accessKeyId, status: 'Active' }]);
+    expect(emu.requests('UpdateAccessKey').at(-1)!.params).toMatchObject({ AccessKeyId: old.accessKeyId, Status: 'Inactive', UserName: user.userName });
+
+    // The provider itself now signs with the new key.
+    await provider.issue(issueRequest(roleConfig(w!.role.arn)));
+    expect(emu.requests('AssumeRole').at(-1)!.accessKeyId).toBe(fresh.accessKeyId);
+  });
+
+  it('waits for the new key to propagate (InvalidClientTokenId at first) before switching', async () => {
+    const { emu, provider } = w!;
+    emu.setKeyPropagationDelay(3);
+    const result = await provider.rotate!();
+    expect(await works({ accessKeyId: result.secret.accessKeyId!, secretAccessKey: result.secret.secretAccessKey! })).toBe('ok');
+    const verifications = emu.requests('GetCallerIdentity').filter((r) => r.accessKeyId === result.secret.accessKeyId);
+    expect(verifications.slice(0, 4).map((r) => r.code ?? r.status)).toEqual(['InvalidClientTokenId', 'InvalidClientTokenId', 'InvalidClientTokenId', 200]);
+  });
+
+  it('a failure halfway leaves the old key in use and removes the new one', async () => {
+    const { emu, user, provider } = w!;
+    const old = { accessKeyId: user.accessKeyId, secretAccessKey: user.secretAccessKey };
+    emu.failNext(5, { action: 'UpdateAccessKey' });
+    let err: unknown;
+    try {
+      await provider.rotate!();
+    } catch (e) {
+      err = e;
+    }
+    expect(err).toBeInstanceOf(BrokerError);
+    expect(err).toMatchObject({ status: 502, code: 'rotation_failed' });
+    expect(await works(old)).toBe('ok');
+    expect(emu.accessKeys(user.userName)).toEqual([{ accessKeyId: old.accessKeyId, status: 'Active' }]);
+    await provider.issue(issueRequest(roleConfig(w!.role.arn)));
+    expect(emu.requests('AssumeRole').at(-1)!.accessKeyId).toBe(old.accessKeyId);
+  });
+
+  it('a new key that never starts working is deleted and the old one stays', async () => {
+    const { emu, user, provider } = w!;
+    emu.setKeyPropagationDelay(50); // longer than rotationVerifyAttempts
+    await expect(provider.rotate!()).rejects.toMatchObject({ code: 'rotation_failed' });
+    expect(emu.accessKeys(user.userName)).toEqual([{ accessKeyId: user.accessKeyId, status: 'Active' }]);
+  });
+
+  it('cleans up an inactive key left by an earlier half-finished rotation first (IAM allows two keys)', async () => {
+    const { emu, user, provider } = w!;
+    const iam = new IAMClient({ region: 'us-east-1', endpoint: emu.url, maxAttempts: 1, credentials: { accessKeyId: user.accessKeyId, secretAccessKey: user.secretAccessKey } });
+    const leftover = (await iam.send(new CreateAccessKeyCommand({ UserName: user.userName }))).AccessKey!;
+    await iam.send(new UpdateAccessKeyCommand({ UserName: user.userName, AccessKeyId: leftover.AccessKeyId!, Status: 'Inactive' }));
+    iam.destroy();
+    const result = await provider.rotate!();
+    expect(emu.accessKeys(user.userName)).toEqual([{ accessKeyId: result.secret.accessKeyId, status: 'Active' }]);
+  });
+
+  it('another instance switches with useSecret', async () => {
+    const { emu, makeProvider, provider } = w!;
+    const other = makeProvider();
+    const result = await provider.rotate!();
+    await expect(other.issue(issueRequest(roleConfig(w!.role.arn)))).rejects.toMatchObject({ code: 'upstream_auth_failed' });
+    await other.useSecret!(result.secret);
+    await other.issue(issueRequest(roleConfig(w!.role.arn)));
+    expect(emu.requests('AssumeRole').at(-1)).toMatchObject({ accessKeyId: result.secret.accessKeyId, status: 200 });
+  });
+
+  it('is only offered with long-term keys in the config', () => {
+    const { makeProvider } = w!;
+    const session = makeProvider({ credentials: { accessKeyId: 'ASIAEXAMPLE', secretAccessKey: 'x', sessionToken: 'tok' } });
+    expect(session.rotate).toBeUndefined();
+    expect(session.useSecret).toBeUndefined();
+  });
+});

@@ -1,0 +1,104 @@
+import { BrokerError } from '../../../src/errors.ts';
+import type { VaultProvider } from '../../../src/providers/vault/index.ts';
+import type { VaultEmulator } from '../../emulators/vault/index.ts';
+import { approleSettings, pathRole, provider, rejection, request, tokenRole, vaultClient, vaultFailure, vaultWithBroker } from './helpers.ts';
+
+let emu: VaultEmulator;
+let roleId: string;
+let secretId: string;
+let p: VaultProvider;
+beforeEach(async () => {
+  const v = await vaultWithBroker();
+  ({ emu, roleId, secretId } = v);
+  p = await provider(approleSettings(emu, roleId, secretId));
+});
+afterEach(async () => {
+  await p.close();
+  expect(emu.unhandled).toEqual([]);
+  await emu.stop();
+});
+
+const brokerToken = (accessor: string) => [...emu.state.tokens.values()].find((t) => t.accessor === accessor)?.id;
+const login = (secret: string) => vaultClient(emu, '').write('auth/approle/login', { role_id: roleId, secret_id: secret });
+
+describe('rotating the AppRole secret-id', () => {
+  test('new secret-id works, old one no longer logs in, old broker token revoked; issued credentials survive', async () => {
+    const oldAccessor = p.tokenAccessor!;
+    const oldToken = brokerToken(oldAccessor)!;
+    const issued = await p.issue(request(tokenRole(['ops-read'])));
+    const db = await p.issue(request(pathRole('database/creds/orders')));
+
+    const r = await p.rotate();
+    expect(r).toMatchObject({ target: 'vault', rotated: ['approle-secret-id', 'vault-token'], detail: { secretIdAccessor: expect.any(String), oldSecretIdDestroyed: true } });
+    expect(JSON.stringify(r.detail)).not.toContain(r.secret.secretId);
+    expect(r.secret.secretId).not.toBe(secretId);
+
+    expect((await login(r.secret.secretId)).auth.client_token).toEqual(expect.any(String));
+    expect(await vaultFailure(login(secretId))).toMatchObject({ status: 400, errors: ['invalid role or secret ID'] });
+    expect(emu.isTokenValid(oldToken)).toBe(false);
+    expect(p.tokenAccessor).not.toBe(oldAccessor);
+    expect(emu.isTokenValid(issued.credentials.token as string)).toBe(true);
+    expect(emu.isDbUserValid(db.credentials.username as string)).toBe(true);
+    expect((await p.issue(request(tokenRole(['ops-read'])))).credentials.token).toEqual(expect.any(String));
+  });
+
+  test('the old token is revoked only after the calls running on it finish', async () => {
+    const oldToken = brokerToken(p.tokenAccessor!)!;
+    // A call that holds the old token while the rotation switches (reaching into the session to hold it open).
+    let release!: () => void;
+    const gate = new Promise<void>((r) => { release = r; });
+    const session = (p as unknown as { session: { call: (fn: () => Promise<void>) => Promise<void> } }).session;
+    const held = session.call(() => gate);
+    await p.rotate();
+    expect(emu.isTokenValid(oldToken)).toBe(true);
+    release();
+    await held;
+    await new Promise((r) => setTimeout(r, 50));
+    expect(emu.isTokenValid(oldToken)).toBe(false);
+  });
+
+  test('a failure before the switch leaves the old secret-id and token in use (and destroys the unused new one)', async () => {
+    const oldAccessor = p.tokenAccessor!;
+    emu.injectFault({ path: 'auth/approle/login', status: 500, errors: ['internal error'] });
+    const err = await rejection(p.rotate());
+    expect(err).toBeInstanceOf(BrokerError);
+    expect(err).toMatchObject({ status: 502 });
+    expect(p.tokenAccessor).toBe(oldAccessor);
+    expect(emu.isTokenValid(brokerToken(oldAccessor)!)).toBe(true);
+    expect((await login(secretId)).auth.client_token).toEqual(expect.any(String));
+    expect([...emu.state.space('').approles.get('approle/jit-broker')!.secretIds.keys()]).toEqual([secretId]);
+    expect((await p.issue(request(tokenRole(['ops-read'])))).credentials.token).toEqual(expect.any(String));
+
+    // Sealed before anything happened: same outcome, 503.
+    emu.seal();
+    expect(await rejection(p.rotate())).toMatchObject({ status: 503, code: 'upstream_sealed' });
+    emu.unseal();
+    expect((await login(secretId)).auth.client_token).toEqual(expect.any(String));
+  });
+
+  test('useSecret: another instance picks up the rotated secret-id', async () => {
+    const other = await provider(approleSettings(emu, roleId, secretId));
+    try {
+      const otherOld = other.tokenAccessor!;
+      const r = await p.rotate();
+      await other.useSecret(r.secret);
+      expect(other.tokenAccessor).not.toBe(otherOld);
+      expect(emu.tokenByAccessor(otherOld)).toBeUndefined();
+      expect((await other.issue(request(tokenRole(['ops-read'])))).credentials.token).toEqual(expect.any(String));
+      expect(await rejection(other.useSecret({ secretId: 'not-a-secret-id' }))).toMatchObject({ status: 502 });
+      expect((await other.issue(request(tokenRole(['ops-read'])))).credentials.token).toEqual(expect.any(String));
+    } finally {
+      await other.close();
+    }
+  });
+
+  test('token auth cannot rotate: 400 rotation_unsupported', async () => {
+    const { token } = emu.createToken({ policies: ['jit-broker'] });
+    const t = await provider({ address: emu.url, requestTimeoutMs: 2000, auth: { token } } as never);
+    try {
+      expect(await rejection(t.rotate())).toMatchObject({ status: 400, code: 'rotation_unsupported' });
+    } finally {
+      await t.close();
+    }
+  });
+});
