@@ -2,10 +2,10 @@ import type { Deps } from './deps.ts';
 import { forbidden } from './errors.ts';
 import type { WorkloadIdentity } from './identity/types.ts';
 import type { PolicyAction, PolicyRequest, PolicyTaskContext } from './policy/types.ts';
-import type { TaskRecord } from './tasks/types.ts';
+import type { TaskFixed } from './tasks/types.ts';
 
 /** The task as Cedar sees it (`context.task`). */
-export function taskContext(t: TaskRecord): PolicyTaskContext {
+export function taskContext(t: TaskFixed): PolicyTaskContext {
   return {
     id: t.taskId, tenant: t.tenant, purpose: t.purpose, agent: t.agent, labels: t.labels,
     roles: t.grants.map((g) => g.role), depth: t.depth, ...(t.parentTaskId ? { parentId: t.parentTaskId } : {}),

@@ -96,12 +96,13 @@ export async function startBroker(config: LoadedConfig, opts: BrokerOptions = {}
   const verifier = new IdentityVerifier(config, { redis, keys, logger, fetchImpl: opts.fetchImpl, cacheMs: opts.identityCacheMs });
   await verifier.init();
   const policy = opts.policy ?? await createCedarEngine({ dir: resolvePath(config.policies), logger, watch: true });
-  const providers = await ProviderRegistry.create(config, { logger, redis, keyPrefix: config.redis.prefix }, signing);
+  const audit = new AuditLog({ redis: conn({ name: 'jit-audit' }), keys, logger });
+  const providers = await ProviderRegistry.create(config, { logger, redis, keyPrefix: config.redis.prefix, audit: (e) => audit.append(e) }, signing);
   for (const [kind, p] of Object.entries(opts.providers ?? {})) providers.set(kind, p);
   const queue = new RevocationQueue(conn({ forBullmq: true, name: 'jit-queue' }), config.redis.prefix, config.revocation);
   const deps: Deps = {
     config, redis, keys, logger, metrics, policy, providers, signing, verifier, leases, queue,
-    audit: new AuditLog({ redis: conn({ name: 'jit-audit' }), keys, logger }),
+    audit,
     tasks: new TaskStore({ redis, keys, retentionMs: RETENTION_MS }),
     approvals: new ApprovalStore({ redis, keys }),
     patterns: {
@@ -139,7 +140,19 @@ export async function startBroker(config: LoadedConfig, opts: BrokerOptions = {}
   let shuttingDown = false;
   let url: string | undefined;
   if (runApi) {
-    const app = createApp(deps, services, { isShuttingDown: () => shuttingDown, extraRouters: opts.routers?.(deps, services) });
+    const routers = [...(opts.routers?.(deps, services) ?? [])];
+    if (config.providers.aws) {
+      // AWS SDKs fetch task credentials themselves (AWS_CONTAINER_CREDENTIALS_FULL_URI); same checks as POST /v1/credentials.
+      const { containerCredentialsRouter } = await import('./providers/aws/container-credentials.ts');
+      routers.push(containerCredentialsRouter({
+        logger,
+        issue: async (token, body) => {
+          const out = await services.credentials.request(await verifier.verify(token), body);
+          return 'credentials' in out ? { credentials: out.credentials } : {};
+        },
+      }));
+    }
+    const app = createApp(deps, services, { isShuttingDown: () => shuttingDown, extraRouters: routers });
     server = app.listen(config.server.port, config.server.host);
     await once(server, 'listening');
     server.keepAliveTimeout = 65_000;

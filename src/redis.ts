@@ -10,6 +10,9 @@ export function connectRedis(url: string, opts: { forBullmq?: boolean; name?: st
     maxRetriesPerRequest: opts.forBullmq ? null : 2,
     connectionName: opts.name,
     lazyConnect: false,
+    // Commands issued in the same tick share one socket write: under load the
+    // syscalls, not Redis, were the broker's largest CPU cost.
+    enableAutoPipelining: !opts.forBullmq,
   });
 }
 

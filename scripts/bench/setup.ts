@@ -75,7 +75,7 @@ export function writeBenchConfig(opts: { redisUrl: string; prefix: string; port:
 
 /** Starts `node src/main.ts` as its own process (the load generator stays in this one). */
 export async function startBrokerProcess(configFile: string, port: number, args: string[] = []): Promise<{ child: ChildProcess; url: string; stop(): Promise<void> }> {
-  const child = spawn(process.execPath, ['src/main.ts', ...args], { env: { ...process.env, BROKER_CONFIG: configFile, LOG_LEVEL: 'warn' }, stdio: ['ignore', 'ignore', 'inherit'] });
+  const child = spawn(process.execPath, [...(process.env.BENCH_NODE_FLAGS ? process.env.BENCH_NODE_FLAGS.split(' ') : []), 'src/main.ts', ...args], { env: { ...process.env, BROKER_CONFIG: configFile, LOG_LEVEL: 'warn' }, stdio: ['ignore', process.env.BENCH_NODE_FLAGS ? 'inherit' : 'ignore', 'inherit'] });
   const url = `http://127.0.0.1:${port}`;
   for (let i = 0; i < 100; i++) {
     try { if ((await fetch(`${url}/readyz`)).ok) break; } catch { /* starting */ }

@@ -1,4 +1,5 @@
 import type { Redis } from 'ioredis';
+import { luaScript } from '../lua.ts';
 import type { Keys } from '../redis.ts';
 import type { Logger } from '../logger.ts';
 import { GENESIS, hashRecord, type AuditEvent, type AuditRecord } from './record.ts';
@@ -6,19 +7,34 @@ import { GENESIS, hashRecord, type AuditEvent, type AuditRecord } from './record
 type Pending = { event: AuditEvent; time: string; resolve: () => void; reject: (e: unknown) => void };
 
 /**
+ * Appends the batch only if the chain head is still what the caller hashed
+ * against (compare-and-set), so concurrent instances never fork the chain.
+ * On a mismatch it returns the real head and nothing is written.
+ */
+const APPEND = `
+local cur = redis.call('GET', KEYS[1]) or ''
+if cur ~= ARGV[1] then return cur end
+for i = 3, #ARGV do redis.call('XADD', KEYS[2], '*', 'r', ARGV[i]) end
+redis.call('SET', KEYS[1], ARGV[2])
+return false`;
+const runAppend = luaScript(APPEND);
+
+/**
  * Appends hash-chained audit records to a Redis stream shared by every
  * instance. Each record carries the previous record's hash, so editing or
  * deleting one breaks the chain (`npm run audit:verify` finds it).
  *
- * Appends are batched: while one batch is being written, new records queue
- * up and go in the next one. A batch reads the chain head under WATCH, hashes
- * its records in order and commits them with the new head in one MULTI; if
- * another instance moved the head meanwhile, the batch is re-hashed and
- * retried. It needs its own connection because WATCH is per connection.
+ * Appends are batched: while one batch is being written, new records queue up
+ * and go in the next one. A batch is hashed in order against the head this
+ * instance last saw and written in one compare-and-set script (one round
+ * trip); if another instance moved the head meanwhile, the batch is re-hashed
+ * on the real head and retried.
  */
 export class AuditLog {
   private queue: Pending[] = [];
   private writing = false;
+  /** The chain head as this instance last saw it (`seq:hash`), '' when the chain is empty; undefined until read. */
+  private head: string | undefined;
   private readonly redis: Redis;
   private readonly keys: Keys;
   private readonly logger: Logger;
@@ -47,6 +63,7 @@ export class AuditLog {
           for (const r of records) this.logger.info({ audit: r }, 'audit');
           for (const p of batch) p.resolve();
         } catch (err) {
+          this.head = undefined;
           this.logger.error({ err }, 'audit append failed');
           for (const p of batch) p.reject(err);
         }
@@ -57,24 +74,25 @@ export class AuditLog {
   }
 
   private async writeBatch(batch: Pending[]): Promise<AuditRecord[]> {
+    this.head ??= (await this.redis.get(this.keys.auditHead())) ?? '';
     for (let attempt = 0; attempt < 50; attempt++) {
-      await this.redis.watch(this.keys.auditHead());
-      const head = await this.redis.get(this.keys.auditHead());
-      let [seq, prev] = head ? [Number(head.split(':')[0]), head.split(':')[1]!] : [0, GENESIS];
+      const expected: string = this.head!;
+      let [seq, prev] = expected ? [Number(expected.split(':')[0]), expected.split(':')[1]!] : [0, GENESIS];
       const records: AuditRecord[] = [];
-      const multi = this.redis.multi();
       for (const p of batch) {
         seq += 1;
         const base = { ...p.event, seq, time: p.time, prev };
         const record: AuditRecord = { ...base, hash: hashRecord(base) };
         records.push(record);
-        multi.xadd(this.keys.auditStream(), '*', 'r', JSON.stringify(record));
         prev = record.hash;
       }
-      multi.set(this.keys.auditHead(), `${seq}:${prev}`);
-      const result = await multi.exec();
-      if (result !== null) return records; // null: the head moved under us; re-read and re-hash
-      await new Promise((r) => setTimeout(r, Math.random() * 5));
+      const next = `${seq}:${prev}`;
+      const actual = await runAppend(this.redis, 2, this.keys.auditHead(), this.keys.auditStream(), expected, next, ...records.map((r) => JSON.stringify(r))) as string | null;
+      if (actual === null) {
+        this.head = next;
+        return records;
+      }
+      this.head = actual; // another instance appended: re-hash on the real head
     }
     throw new Error('audit chain contention: gave up after 50 attempts');
   }

@@ -38,6 +38,11 @@ export const configSchema = z.strictObject({
     bodyLimitBytes: z.int().min(1024).max(1_048_576).default(65_536),
     /** How long to wait for in-flight requests on shutdown. */
     shutdownGraceMs: z.int().min(0).max(60_000).default(10_000),
+    /** Per-identity request rate limit on /v1 (token bucket per instance); 0 disables it. */
+    rateLimit: z.strictObject({
+      perSecond: z.number().min(0).default(0),
+      burst: z.int().min(1).default(100),
+    }).default({ perSecond: 0, burst: 100 }),
   }),
   redis: z.strictObject({
     url: z.string().regex(/^rediss?:\/\//, 'must be a redis:// or rediss:// URL'),
@@ -88,8 +93,8 @@ export const configSchema = z.strictObject({
     kek: secretSourceSchema,
   }),
   rotation: z.strictObject({
-    /** Scheduled rotation periods per target (signing-key, aws, vault); absent = on demand only. */
-    schedule: z.record(z.string().min(1), z.int().min(60)).default({}),
+    /** Scheduled rotation periods in seconds per target (signing-key, aws, vault); absent = on demand only. */
+    schedule: z.record(z.string().min(1), z.int().min(1)).default({}),
   }).default({ schedule: {} }),
 }).superRefine((c, ctx) => {
   const names = new Set<string>();

@@ -42,12 +42,13 @@ export class CredentialService {
 
   async request(who: WorkloadIdentity, body: CredentialRequest): Promise<IssuedCredential | PendingApproval> {
     const { tasks, config, providers } = this.deps;
-    const task = await tasks.get(body.taskId);
+    // The cached immutable part: whether the task is still open is checked atomically when the lease is created.
+    const task = await tasks.fixed(body.taskId);
     if (!task) throw notFound('task_not_found', `No task ${body.taskId}.`);
     const d = (code: string, msg: string) => deny(this.deps, who, code, msg, { action: 'credential.deny', taskId: task.taskId, role: body.role });
     if (who.id !== task.agent) await d('not_task_agent', 'Only the task\'s agent may request its credentials.');
     const now = Date.now();
-    if (task.status !== 'open' || now >= task.expiresAt) throw conflict('task_not_open', `Task ${task.taskId} is ${task.status === 'open' ? 'expired' : task.status}.`);
+    if (now >= task.expiresAt) throw conflict('task_not_open', `Task ${task.taskId} has expired.`);
     const grant = task.grants.find((g) => g.role === body.role);
     if (!grant) await d('role_not_granted', `Role "${body.role}" is not granted to this task.`);
     const role = config.roles[body.role];
@@ -84,6 +85,7 @@ export class CredentialService {
       // Local signing has no upstream side effect, so sign first and record once; the token leaves only after the record is stored.
       result = await provider.issue(req);
       const created = await this.deps.leases.create({ ...lease, status: 'active', expiresAt: result.expiresAt });
+      if (created === 'no_task') throw notFound('task_not_found', `No task ${task.taskId}.`);
       if (created !== 'ok') throw conflict('task_not_open', `Task ${task.taskId} is no longer open.`);
     } else {
       result = await this.issueUpstream(lease, () => provider.issue(req));

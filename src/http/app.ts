@@ -3,6 +3,7 @@ import type { Deps } from '../deps.ts';
 import { notFound } from '../errors.ts';
 import type { Services } from './services.ts';
 import { jsonBody, requireIdentity } from './middleware.ts';
+import { rateLimit } from './rate-limit.ts';
 import { problemHandler, sendProblem } from './problem.ts';
 import { credentialRoutes } from './routes/credentials.ts';
 import { oauthRoutes } from './routes/oauth.ts';
@@ -29,7 +30,7 @@ export function createApp(deps: Deps, services: Services, opts: { isShuttingDown
   app.use(adminRoutes(deps, services));
   for (const r of opts.extraRouters ?? []) app.use(r);
   // Everything else under /v1 is JSON and needs a workload identity, checked before the body is even parsed.
-  app.use('/v1', requireIdentity(deps), ...jsonBody(deps.config.server.bodyLimitBytes));
+  app.use('/v1', requireIdentity(deps), rateLimit(deps.config.server.rateLimit, deps.metrics), ...jsonBody(deps.config.server.bodyLimitBytes));
   app.use(taskRoutes(services));
   app.use(credentialRoutes(services));
   app.use((req, res) => sendProblem(res, notFound('route_not_found', `No route ${req.method} ${req.path}.`)));

@@ -10,16 +10,16 @@ import type { Provider, ProviderContext } from './types.ts';
  * AWS SDK or node-vault. A configured provider whose folder is missing fails
  * startup with a clear message.
  */
-async function loadUpstream(kind: string, factory: string, settings: unknown, ctx: ProviderContext): Promise<Provider> {
+async function loadUpstream(kind: string, factory: string, settings: unknown, ctx: ProviderContext, extra?: unknown): Promise<Provider> {
   let mod: Record<string, unknown>;
   try {
     mod = await import(new URL(`./${kind}/index.ts`, import.meta.url).href) as Record<string, unknown>;
   } catch (err) {
     throw new Error(`providers.${kind} is configured but the ${kind} provider could not be loaded: ${(err as Error).message}`);
   }
-  const create = mod[factory] as ((s: unknown, c: ProviderContext) => Promise<Provider> | Provider) | undefined;
+  const create = mod[factory] as ((s: unknown, c: ProviderContext, x?: unknown) => Promise<Provider> | Provider) | undefined;
   if (typeof create !== 'function') throw new Error(`providers/${kind}/index.ts does not export ${factory}`);
-  return await create(settings, ctx);
+  return await create(settings, ctx, extra);
 }
 
 /** The configured providers by kind. Upstream providers are only loaded when configured. */
@@ -38,7 +38,15 @@ export class ProviderRegistry {
         graceMs: config.providers.jwt.retireGraceSeconds * 1000,
       },
     }) as Provider);
-    if (config.providers.aws) reg.byKind.set('aws', await loadUpstream('aws', 'createAwsProvider', config.providers.aws, ctx));
+    if (config.providers.aws) {
+      reg.byKind.set('aws', await loadUpstream('aws', 'createAwsProvider', config.providers.aws, ctx, {
+        // Falling back to a TokenIssueTime cut-off also cuts off unrevoked sessions of the role: that must be evidence, not just a log line.
+        onDenyFallback: (e: { roleArn: string; cutoff: string; droppedEntries: number; reason: string }) => ctx.audit?.({
+          action: 'aws.deny_fallback', actor: 'broker', decision: 'ok', reason: e.reason,
+          detail: { roleArn: e.roleArn, cutoff: e.cutoff, droppedEntries: e.droppedEntries },
+        }),
+      }));
+    }
     if (config.providers.vault) reg.byKind.set('vault', await loadUpstream('vault', 'createVaultProvider', config.providers.vault, ctx));
     return reg;
   }

@@ -1,15 +1,16 @@
 import type { LeaseRecord } from '../leases/types.ts';
-import type { TaskRecord } from '../tasks/types.ts';
+import type { TaskFixed } from '../tasks/types.ts';
 import type { RoleConfig } from '../config/schema.ts';
 import type { Redis } from 'ioredis';
 import type { Logger } from '../logger.ts';
+import type { AuditEvent } from '../audit/record.ts';
 
 /** What the broker asks a provider for, after every check has passed. */
 export interface IssueRequest<R extends RoleConfig = RoleConfig> {
   leaseId: string;
   roleName: string;
   role: R;
-  task: TaskRecord;
+  task: TaskFixed;
   /** The caller's identity string (always the task's agent). */
   agent: string;
   scopes: string[];
@@ -69,4 +70,6 @@ export interface ProviderContext {
   /** Shared Redis connection (for locks or shared state); keys must start with `${keyPrefix}:`. */
   redis: Redis;
   keyPrefix: string;
+  /** Appends an audit record (for upstream events worth evidence, e.g. an AWS deny-list fallback). */
+  audit?: (event: AuditEvent) => Promise<void>;
 }

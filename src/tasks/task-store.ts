@@ -1,7 +1,7 @@
 import type { Redis } from 'ioredis';
 import { luaScript } from '../lua.ts';
 import type { Keys } from '../redis.ts';
-import type { TaskRecord, TaskStatus } from './types.ts';
+import type { TaskFixed, TaskRecord, TaskStatus } from './types.ts';
 
 /*
  * A task is a Redis hash: `d` holds the immutable part as JSON, `status` and
@@ -61,6 +61,8 @@ export class TaskStore {
   private readonly redis: Redis;
   private readonly keys: Keys;
   private readonly retentionMs: number;
+  private readonly cache = new Map<string, TaskFixed>();
+  private static readonly CACHE_MAX = 10_000;
 
   constructor(deps: { redis: Redis; keys: Keys; retentionMs: number }) {
     this.redis = deps.redis;
@@ -75,6 +77,23 @@ export class TaskStore {
     const { status: _s, endedAt: _e, ...fixed } = task;
     const res = await runCreate(this.redis, keys.length, ...keys, JSON.stringify(fixed), task.expiresAt, task.taskId) as string[] | null;
     return res === null ? { created: true } : { created: false, existing: taskFromHash(pairsToHash(res))! };
+  }
+
+  /**
+   * The immutable part of a task, cached in memory: it never changes once the
+   * task is opened, so the issuance path skips a round trip. Whether the task
+   * is still open is NOT answered here; the lease-creating script checks that
+   * atomically.
+   */
+  async fixed(taskId: string): Promise<TaskFixed | undefined> {
+    const hit = this.cache.get(taskId);
+    if (hit) return hit;
+    const d = await this.redis.hget(this.keys.task(taskId), 'd');
+    if (!d) return undefined;
+    const t = JSON.parse(d) as TaskFixed;
+    if (this.cache.size >= TaskStore.CACHE_MAX) this.cache.delete(this.cache.keys().next().value!);
+    this.cache.set(taskId, t);
+    return t;
   }
 
   async get(taskId: string): Promise<TaskRecord | undefined> {

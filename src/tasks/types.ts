@@ -29,3 +29,6 @@ export interface TaskRecord {
   /** Hash of the canonical open request, so a repeat with a different body answers 409. */
   requestHash: string;
 }
+
+/** The part of a task that never changes after it is opened (safe to cache). */
+export type TaskFixed = Omit<TaskRecord, 'status' | 'endedAt'>;

@@ -70,3 +70,21 @@ describe('operations endpoints', () => {
     });
   });
 });
+
+describe('rate limiting', () => {
+  test('an identity over its budget gets 429 with Retry-After; another identity is unaffected', async () => {
+    const limited = await startTestBroker('ratelimit', { config: { server: { port: 0, publicUrl: 'http://127.0.0.1:8080', rateLimit: { perSecond: 1, burst: 3 } } } });
+    try {
+      const statuses: number[] = [];
+      for (let i = 0; i < 5; i++) statuses.push((await call(limited.url, 'GET', '/v1/tasks/t-none', limited.as(ORCH))).status);
+      expect(statuses.slice(0, 3)).toEqual([404, 404, 404]);
+      const r = await call(limited.url, 'GET', '/v1/tasks/t-none', limited.as(ORCH));
+      expect(r.status).toBe(429);
+      expect(r.body.code).toBe('rate_limited');
+      expect(Number(r.headers.get('retry-after'))).toBeGreaterThanOrEqual(1);
+      expect((await call(limited.url, 'GET', '/v1/tasks/t-none', limited.as(AGENT))).status).toBe(404);
+    } finally {
+      await limited.close();
+    }
+  });
+});
