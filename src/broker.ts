@@ -52,6 +52,26 @@ export interface BrokerOptions {
   routers?: (deps: Deps, services: Services) => Router[];
 }
 
+/** Throws unless `kek` decrypts every signing key and rotated secret already in Redis. */
+async function assertKekOpens(redis: Redis, keys: Keys, kek: Kek): Promise<void> {
+  for (const [kid, raw] of Object.entries(await redis.hgetall(keys.signingKeys()))) {
+    try {
+      kek.decrypt((JSON.parse(raw) as { sealed: string }).sealed, `signing-key:${kid}`);
+    } catch {
+      throw new Error(`secrets.kek cannot decrypt signing key ${kid} in Redis (prefix ${keys.prefix}): wrong KEK? Refusing to start.`);
+    }
+  }
+  for (const target of ['aws', 'vault']) {
+    const sealed = await redis.get(keys.secrets(target));
+    if (!sealed) continue;
+    try {
+      kek.decrypt(sealed, `secret:${target}`);
+    } catch {
+      throw new Error(`cannot decrypt the rotated ${target} secret in Redis: wrong secrets.kek? Refusing to run with a stale secret.`);
+    }
+  }
+}
+
 /** A running broker: what tests and main need to hold on to. */
 export interface RunningBroker {
   deps: Deps;
@@ -87,101 +107,122 @@ export async function startBroker(config: LoadedConfig, opts: BrokerOptions = {}
     await Promise.allSettled(connections.map((c) => c.quit()));
     throw new Error(`cannot reach Redis at ${config.redis.url}: ${(err as Error).message}`);
   }
-  const kek = new Kek(readSecret(config.secrets.kek, 'secrets.kek'));
-  const metrics = new Metrics({ defaultMetrics: true });
-  const leases = new LeaseStore({ redis, keys, retentionMs: RETENTION_MS });
-  metrics.activeLeasesSource = () => leases.liveCount();
-  const signing = new SigningKeyStore({ redis, keys, kek, logger, alg: config.providers.jwt.alg });
-  await signing.init();
-  const verifier = new IdentityVerifier(config, { redis, keys, logger, fetchImpl: opts.fetchImpl, cacheMs: opts.identityCacheMs });
-  await verifier.init();
-  const policy = opts.policy ?? await createCedarEngine({ dir: resolvePath(config.policies), logger, watch: true });
-  const audit = new AuditLog({ redis: conn({ name: 'jit-audit' }), keys, logger });
-  const providers = await ProviderRegistry.create(config, { logger, redis, keyPrefix: config.redis.prefix, audit: (e) => audit.append(e) }, signing);
-  for (const [kind, p] of Object.entries(opts.providers ?? {})) providers.set(kind, p);
-  const queue = new RevocationQueue(conn({ forBullmq: true, name: 'jit-queue' }), config.redis.prefix, config.revocation);
-  const deps: Deps = {
-    config, redis, keys, logger, metrics, policy, providers, signing, verifier, leases, queue,
-    audit,
-    tasks: new TaskStore({ redis, keys, retentionMs: RETENTION_MS }),
-    approvals: new ApprovalStore({ redis, keys }),
-    patterns: {
-      orchestrators: new IdentityPatterns(config.orchestrators),
-      admins: new IdentityPatterns(config.admins),
-      approvers: new IdentityPatterns(config.approvers),
-    },
-  };
-  const rotation = new RotationService(deps, kek, redis);
-  const services: Services = {
-    tasks: new TaskService(deps), credentials: new CredentialService(deps), leases: new LeaseService(deps),
-    approvals: new ApprovalService(deps), rotation,
-  };
-  await rotation.applyDistributedSecrets();
+  // Anything opened below is closed again if startup fails part-way: nothing half-starts, nothing leaks.
+  const undo: (() => unknown)[] = [];
+  try {
+    const kek = new Kek(readSecret(config.secrets.kek, 'secrets.kek'));
+    // Before creating anything: a KEK that cannot open what is already sealed in Redis means a
+    // misconfigured instance, which must not add keys of its own or run with stale secrets.
+    await assertKekOpens(redis, keys, kek);
+    const metrics = new Metrics({ defaultMetrics: true });
+    const leases = new LeaseStore({ redis, keys, retentionMs: RETENTION_MS });
+    metrics.activeLeasesSource = () => leases.liveCount();
+    const signing = new SigningKeyStore({ redis, keys, kek, logger, alg: config.providers.jwt.alg });
+    await signing.init();
+    const verifier = new IdentityVerifier(config, { redis, keys, logger, fetchImpl: opts.fetchImpl, cacheMs: opts.identityCacheMs });
+    await verifier.init();
+    const policy = opts.policy ?? await createCedarEngine({ dir: resolvePath(config.policies), logger, watch: true });
+    undo.push(() => policy.close());
+    const audit = new AuditLog({ redis: conn({ name: 'jit-audit' }), keys, logger });
+    const providers = await ProviderRegistry.create(config, { logger, redis, keyPrefix: config.redis.prefix, audit: (e) => audit.append(e) }, signing);
+    for (const [kind, p] of Object.entries(opts.providers ?? {})) providers.set(kind, p);
+    undo.push(() => providers.close());
+    const queue = new RevocationQueue(conn({ forBullmq: true, name: 'jit-queue' }), config.redis.prefix, config.revocation);
+    undo.push(() => queue.close());
+    const deps: Deps = {
+      config, redis, keys, logger, metrics, policy, providers, signing, verifier, leases, queue,
+      audit,
+      tasks: new TaskStore({ redis, keys, retentionMs: RETENTION_MS }),
+      approvals: new ApprovalStore({ redis, keys }),
+      patterns: {
+        orchestrators: new IdentityPatterns(config.orchestrators),
+        admins: new IdentityPatterns(config.admins),
+        approvers: new IdentityPatterns(config.approvers),
+      },
+    };
+    const rotation = new RotationService(deps, kek, redis);
+    const services: Services = {
+      tasks: new TaskService(deps), credentials: new CredentialService(deps), leases: new LeaseService(deps),
+      approvals: new ApprovalService(deps), rotation,
+    };
+    await rotation.applyDistributedSecrets();
 
-  // Other instances announce rotations and policy reloads here; a periodic key reload covers a missed message.
-  const sub = conn({ name: 'jit-sub' });
-  await sub.subscribe(keys.channel('broker'));
-  sub.on('message', (_ch, msg) => void rotation.onEvent(msg).catch((err) => logger.error({ err: (err as Error).message }, 'broker event failed')));
-  const keyRefresh = setInterval(() => void signing.reload().catch(() => {}), 10_000);
-  keyRefresh.unref();
+    // Other instances announce rotations and policy reloads here; a periodic key reload covers a missed message.
+    const sub = conn({ name: 'jit-sub' });
+    await sub.subscribe(keys.channel('broker'));
+    sub.on('message', (_ch, msg) => void rotation.onEvent(msg).catch((err) => logger.error({ err: (err as Error).message }, 'broker event failed')));
+    const keyRefresh = setInterval(() => void signing.reload().catch(() => {}), 10_000);
+    keyRefresh.unref();
+    undo.push(() => clearInterval(keyRefresh));
 
-  let worker: RevocationWorker | undefined;
-  let sweeper: Sweeper | undefined;
-  let scheduler: RotationScheduler | undefined;
-  if (runWorker) {
-    worker = new RevocationWorker(deps, conn({ forBullmq: true, name: 'jit-worker' }));
-    sweeper = new Sweeper(deps);
-    sweeper.start();
-    scheduler = new RotationScheduler(deps, rotation, conn({ forBullmq: true, name: 'jit-rotation' }));
-    await scheduler.start();
-  }
-
-  let server: Server | undefined;
-  let shuttingDown = false;
-  let url: string | undefined;
-  if (runApi) {
-    const routers = [...(opts.routers?.(deps, services) ?? [])];
-    if (config.providers.aws) {
-      // AWS SDKs fetch task credentials themselves (AWS_CONTAINER_CREDENTIALS_FULL_URI); same checks as POST /v1/credentials.
-      const { containerCredentialsRouter } = await import('./providers/aws/container-credentials.ts');
-      routers.push(containerCredentialsRouter({
-        logger,
-        issue: async (token, body) => {
-          const out = await services.credentials.request(await verifier.verify(token), body);
-          return 'credentials' in out ? { credentials: out.credentials } : {};
-        },
-      }));
+    let worker: RevocationWorker | undefined;
+    let sweeper: Sweeper | undefined;
+    let scheduler: RotationScheduler | undefined;
+    if (runWorker) {
+      const w = new RevocationWorker(deps, conn({ forBullmq: true, name: 'jit-worker' }));
+      worker = w;
+      undo.push(() => w.close());
+      const sw = new Sweeper(deps);
+      sweeper = sw;
+      sw.start();
+      undo.push(() => sw.stop());
+      const sch = new RotationScheduler(deps, rotation, conn({ forBullmq: true, name: 'jit-rotation' }));
+      scheduler = sch;
+      undo.push(() => sch.close());
+      await sch.start();
     }
-    const app = createApp(deps, services, { isShuttingDown: () => shuttingDown, extraRouters: routers });
-    server = app.listen(config.server.port, config.server.host);
-    await once(server, 'listening');
-    server.keepAliveTimeout = 65_000;
-    const addr = server.address() as AddressInfo;
-    url = `http://${addr.address.includes(':') ? `[${addr.address}]` : addr.address}:${addr.port}`;
-    logger.info({ url, publicUrl: config.server.publicUrl }, 'broker API listening');
-  }
-  if (runWorker) logger.info({ prefix: config.redis.prefix }, 'revocation worker running');
 
-  return {
-    deps, services, url, sweeper, worker,
-    async close() {
-      shuttingDown = true;
-      clearInterval(keyRefresh);
-      if (server) {
-        const closed = new Promise<void>((resolve) => server!.close(() => resolve()));
-        server.closeIdleConnections();
-        const grace = setTimeout(() => server!.closeAllConnections(), config.server.shutdownGraceMs);
-        await closed;
-        clearTimeout(grace);
+    let server: Server | undefined;
+    let shuttingDown = false;
+    let url: string | undefined;
+    if (runApi) {
+      const routers = [...(opts.routers?.(deps, services) ?? [])];
+      if (config.providers.aws) {
+        // AWS SDKs fetch task credentials themselves (AWS_CONTAINER_CREDENTIALS_FULL_URI); same checks as POST /v1/credentials.
+        const { containerCredentialsRouter } = await import('./providers/aws/container-credentials.ts');
+        routers.push(containerCredentialsRouter({
+          logger,
+          issue: async (token, body) => {
+            const out = await services.credentials.request(await verifier.verify(token), body);
+            return 'credentials' in out ? { credentials: out.credentials } : {};
+          },
+        }));
       }
-      sweeper?.stop();
-      await scheduler?.close();
-      await worker?.close();
-      await queue.close();
-      await deps.audit.flush();
-      await policy.close();
-      await providers.close();
-      await Promise.allSettled(connections.map((c) => c.quit()));
-    },
-  };
+      const app = createApp(deps, services, { isShuttingDown: () => shuttingDown, extraRouters: routers });
+      server = app.listen(config.server.port, config.server.host);
+      await once(server, 'listening');
+      server.keepAliveTimeout = 65_000;
+      const addr = server.address() as AddressInfo;
+      url = `http://${addr.address.includes(':') ? `[${addr.address}]` : addr.address}:${addr.port}`;
+      logger.info({ url, publicUrl: config.server.publicUrl }, 'broker API listening');
+    }
+    if (runWorker) logger.info({ prefix: config.redis.prefix }, 'revocation worker running');
+
+    return {
+      deps, services, url, sweeper, worker,
+      async close() {
+        shuttingDown = true;
+        clearInterval(keyRefresh);
+        if (server) {
+          const closed = new Promise<void>((resolve) => server!.close(() => resolve()));
+          server.closeIdleConnections();
+          const grace = setTimeout(() => server!.closeAllConnections(), config.server.shutdownGraceMs);
+          await closed;
+          clearTimeout(grace);
+        }
+        sweeper?.stop();
+        await scheduler?.close();
+        await worker?.close();
+        await queue.close();
+        await deps.audit.flush();
+        await policy.close();
+        await providers.close();
+        await Promise.allSettled(connections.map((c) => c.quit()));
+      },
+    };
+  } catch (err) {
+    for (const step of undo.reverse()) await Promise.resolve().then(step).catch(() => {});
+    await Promise.allSettled(connections.map((c) => c.quit()));
+    throw err;
+  }
 }

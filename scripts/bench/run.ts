@@ -17,12 +17,15 @@ import { BenchIssuer, startBenchRedis, startBrokerProcess, writeBenchConfig, wri
 import { measureReference } from './reference.ts';
 import { measureLag } from './lag.ts';
 import { pacedLoad } from './paced.ts';
+import { benchAwsOverhead, benchVaultOverhead } from './upstream.ts';
+import { benchPolicy } from './policy.ts';
 
 const PORT = 18_080;
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 10);
 const LEASES = Number(process.env.BENCH_LEASES ?? 100_000);
 /** BENCH_ONLY=issuance|lag|memory|reference (comma-separated) runs a subset. */
-const ONLY = new Set((process.env.BENCH_ONLY ?? 'reference,issuance,lag,memory').split(','));
+const ALL = 'reference,issuance,policy,lag,upstream,memory';
+const ONLY = new Set((process.env.BENCH_ONLY ?? ALL).split(','));
 const results: Record<string, unknown> = { machine: { cpus: (await import('node:os')).cpus().length, node: process.version }, at: new Date().toISOString() };
 const log = (s: string) => console.log(s);
 
@@ -113,6 +116,18 @@ try {
     await broker.stop();
     await redis.redis.flushall();
   }
+  if (ONLY.has('policy')) {
+    results.policyEvaluation = await benchPolicy({ policies: 24 });
+    log(`policy evaluation (24 policies, decision cache off): ${JSON.stringify(results.policyEvaluation)}`);
+  }
+  if (ONLY.has('upstream')) {
+    results.awsOverhead = await benchAwsOverhead(redis.url);
+    log(`aws: broker overhead on top of STS AssumeRole: ${JSON.stringify(results.awsOverhead)}`);
+    await redis.redis.flushall();
+    results.vaultOverhead = await benchVaultOverhead(redis.url);
+    log(`vault: broker overhead on top of token create: ${JSON.stringify(results.vaultOverhead)}`);
+    await redis.redis.flushall();
+  }
   if (LEASES > 0 && ONLY.has('memory')) results.memory = await memory();
   const ref = (results.reference as { perSecond: number } | undefined)?.perSecond;
   const a = results.issuancePermitAll as Record<string, number> | undefined;
@@ -122,8 +137,9 @@ try {
     log(`ratios: broker/reference ${(results.ratios as any).brokerVsReference}, with policy/without ${(results.ratios as any).policyVsNoPolicy}`);
   }
   mkdirSync('bench-results', { recursive: true });
-  writeFileSync(`bench-results/${ONLY.size === 4 ? 'latest' : 'partial'}.json`, `${JSON.stringify(results, null, 2)}\n`);
-  log(`written to bench-results/${ONLY.size === 4 ? 'latest' : 'partial'}.json`);
+  const file = `bench-results/${process.env.BENCH_ONLY ? 'partial' : 'latest'}.json`;
+  writeFileSync(file, `${JSON.stringify(results, null, 2)}\n`);
+  log(`written to ${file}`);
 } finally {
   await redis.stop();
 }

@@ -52,7 +52,7 @@ export class BenchIssuer {
 }
 
 /** Writes a config for the bench broker and returns its path. */
-export function writeBenchConfig(opts: { redisUrl: string; prefix: string; port: number; issuer: BenchIssuer; policiesDir: string }): string {
+export function writeBenchConfig(opts: { redisUrl: string; prefix: string; port: number; issuer: BenchIssuer; policiesDir: string; extra?: Record<string, unknown>; roles?: Record<string, unknown> }): string {
   const dir = mkdtempSync(join(tmpdir(), 'jit-bench-'));
   writeFileSync(join(dir, 'kek'), randomBytes(32).toString('base64'));
   const config = {
@@ -66,7 +66,9 @@ export function writeBenchConfig(opts: { redisUrl: string; prefix: string; port:
     roles: {
       'tickets-api': { provider: 'jwt', audience: 'https://tickets.internal', maxTtlSeconds: 900, scopes: ['tickets:read', 'tickets:write'] },
       'demo-api': { provider: 'jwt', audience: 'https://demo.internal', maxTtlSeconds: 900 },
+      ...opts.roles,
     },
+    ...opts.extra,
   };
   const file = join(dir, 'broker.yaml');
   writeFileSync(file, stringify(config));

@@ -95,7 +95,9 @@ export const configSchema = z.strictObject({
   rotation: z.strictObject({
     /** Scheduled rotation periods in seconds per target (signing-key, aws, vault); absent = on demand only. */
     schedule: z.record(z.string().min(1), z.int().min(1)).default({}),
-  }).default({ schedule: {} }),
+    /** After announcing a rotated upstream secret, how long to wait before the old one is retired. */
+    switchGraceMs: z.int().min(0).max(60_000).default(2000),
+  }).default({ schedule: {}, switchGraceMs: 2000 }),
 }).superRefine((c, ctx) => {
   const names = new Set<string>();
   c.trust.forEach((t, i) => {

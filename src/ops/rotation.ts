@@ -40,12 +40,15 @@ export class RotationService {
     const lock = this.deps.keys.lock(`rotate:${target}`);
     if (!(await this.deps.redis.set(lock, actor, 'PX', 120_000, 'NX'))) throw new BrokerError('rotation_in_progress', 409, 'Conflict', `A rotation of ${target} is already running.`);
     try {
-      const result = await provider.rotate();
-      if (Object.keys(result.secret).length > 0) {
-        const sealed = this.kek.encrypt(JSON.stringify(result.secret), `secret:${target}`);
-        await this.deps.redis.set(this.deps.keys.secrets(target), sealed);
-      }
-      await this.announce({ type: 'rotated', target });
+      let distributed = false;
+      const result = await provider.rotate(async (secret) => {
+        await this.deps.redis.set(this.deps.keys.secrets(target), this.kek.encrypt(JSON.stringify(secret), `secret:${target}`));
+        await this.announce({ type: 'rotated', target });
+        distributed = true;
+        // Give every instance time to switch before the provider retires the old secret.
+        await new Promise((r) => setTimeout(r, this.deps.config.rotation.switchGraceMs));
+      });
+      if (!distributed) await this.announce({ type: 'rotated', target }); // signing key: instances reload from Redis
       this.deps.metrics.rotations.inc({ target, result: 'ok' });
       await this.deps.audit.append({ action: 'rotate', actor, decision: 'ok', reason: target, detail: { rotated: result.rotated } });
       return { target, rotated: result.rotated, ...(result.detail ?? {}) };

@@ -57,8 +57,14 @@ export interface Provider<R extends RoleConfig = RoleConfig> {
   expire?(lease: LeaseRecord, role: R | undefined): Promise<void>;
   /** Readiness of the upstream connection (for /readyz); default ready. */
   ready?(): Promise<boolean>;
-  /** Creates a new upstream secret, switches to it, retires the old one. A failure halfway leaves the old one in use. */
-  rotate?(): Promise<RotationResult>;
+  /**
+   * Creates a new upstream secret, switches to it, retires the old one. A
+   * failure halfway leaves the old one in use. `distribute` must be awaited
+   * after the new secret is known to work and BEFORE the old one is retired:
+   * it seals the secret into Redis and has every instance switch, so no
+   * instance is left holding a dead secret.
+   */
+  rotate?(distribute?: (secret: Record<string, string>) => Promise<void>): Promise<RotationResult>;
   /** Switches to secret material rotated by another instance (from RotationResult.secret). */
   useSecret?(secret: Record<string, string>): Promise<void>;
   close(): Promise<void>;

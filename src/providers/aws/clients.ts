@@ -2,7 +2,10 @@ import { IAMClient } from '@aws-sdk/client-iam';
 import { STSClient } from '@aws-sdk/client-sts';
 import { readSecret } from '../../config/load.ts';
 import type { AwsSettings } from './config.ts';
-import { withRetry } from './upstream.ts';
+import { classify, withRetry } from './upstream.ts';
+
+/** How long a call refused for bad credentials waits for another instance's rotation to reach this one. */
+const SWITCH_WAIT_MS = 2000;
 
 /** Static keys of the broker's own IAM user (the only kind that can be rotated). */
 export interface StaticKeys {
@@ -30,6 +33,8 @@ export class AwsClients {
   private pair: ClientPair;
   /** Replaced pairs, destroyed a little later (or on close). */
   private readonly retired = new Map<ClientPair, NodeJS.Timeout>();
+  /** Resolved (and replaced) on every switch of keys. */
+  private switched = deferred();
 
   constructor(settings: AwsSettings) {
     this.settings = settings;
@@ -54,15 +59,38 @@ export class AwsClients {
   /**
    * Runs an upstream call on the current clients with the configured retry
    * policy. A call refused for bad credentials while the keys were switched
-   * under it (rotation here, or by another instance) is retried on the new keys.
+   * under it (rotation here, or by another instance) is retried on the new keys;
+   * refused before the switch reached this instance, it waits briefly for it.
    */
-  run<T>(call: (pair: ClientPair) => Promise<T>): Promise<T> {
+  async run<T>(call: (pair: ClientPair) => Promise<T>): Promise<T> {
     let used = this.pair;
-    return withRetry(() => call((used = this.pair)), {
+    const attempt = () => withRetry(() => call((used = this.pair)), {
       attempts: this.settings.maxAttempts,
       baseDelayMs: this.settings.retryBaseDelayMs,
       retryIf: (_err, kind) => kind === 'auth' && used !== this.pair,
     });
+    try {
+      return await attempt();
+    } catch (err) {
+      // Another instance may have just rotated the key and retired ours: its
+      // announcement arrives only after the old key is deactivated. Wait briefly
+      // for the switch and retry once on the new keys, rather than fail the request.
+      if (classify(err) !== 'auth' || !this.rotatable || !(await this.switchedSince(used, SWITCH_WAIT_MS))) throw err;
+      return await attempt();
+    }
+  }
+
+  /** Whether the keys were switched away from `pair`, waiting up to `ms` for it. */
+  private async switchedSince(pair: ClientPair, ms: number): Promise<boolean> {
+    if (this.pair !== pair) return true;
+    let timer: NodeJS.Timeout | undefined;
+    const timeout = new Promise<void>((resolve) => {
+      timer = setTimeout(resolve, Math.min(ms, this.settings.requestTimeoutMs));
+      timer.unref();
+    });
+    await Promise.race([this.switched.promise, timeout]);
+    clearTimeout(timer);
+    return this.pair !== pair;
   }
 
   /** Whether the broker's own key can be rotated: long-term keys, not a session or the default chain. */
@@ -92,6 +120,9 @@ export class AwsClients {
     const old = this.pair;
     this.keys = keys;
     this.pair = pair && pair.generation > old.generation ? pair : this.build(keys, old.generation + 1);
+    const switched = this.switched;
+    this.switched = deferred();
+    switched.resolve();
     const timer = setTimeout(() => {
       this.retired.delete(old);
       destroy(old);
@@ -108,6 +139,12 @@ export class AwsClients {
     this.retired.clear();
     destroy(this.pair);
   }
+}
+
+function deferred(): { promise: Promise<void>; resolve: () => void } {
+  let resolve!: () => void;
+  const promise = new Promise<void>((r) => { resolve = r; });
+  return { promise, resolve };
 }
 
 function destroy(pair: ClientPair): void {

@@ -84,7 +84,7 @@ export function createAwsProvider(settings: AwsSettings, ctx: ProviderContext, o
     },
   };
   if (clients.rotatable) {
-    provider.rotate = (): Promise<RotationResult> => rotateAccessKey({ settings, clients, logger });
+    provider.rotate = (distribute): Promise<RotationResult> => rotateAccessKey({ settings, clients, logger }, distribute);
     provider.useSecret = async (secret) => {
       const { accessKeyId, secretAccessKey } = secret;
       if (!accessKeyId || !secretAccessKey) throw new Error('aws secret needs accessKeyId and secretAccessKey');

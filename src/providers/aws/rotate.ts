@@ -22,7 +22,7 @@ export interface RotateDeps {
  * the old key in use. A failed final delete only leaves an inactive key,
  * which the next rotation removes first.
  */
-export async function rotateAccessKey(deps: RotateDeps): Promise<RotationResult> {
+export async function rotateAccessKey(deps: RotateDeps, distribute: (secret: Record<string, string>) => Promise<void> = async () => {}): Promise<RotationResult> {
   const { settings, clients, logger } = deps;
   const old = clients.staticKeys;
   if (!old || !clients.rotatable) throw badRequest('rotation_unsupported', 'AWS key rotation needs providers.aws.credentials with a long-term access key.');
@@ -58,6 +58,12 @@ export async function rotateAccessKey(deps: RotateDeps): Promise<RotationResult>
     throw await undo('verifying the new key', err);
   }
   clients.use(fresh, newPair);
+  try {
+    // Every instance switches before the old key stops working.
+    await distribute({ accessKeyId: fresh.accessKeyId, secretAccessKey: fresh.secretAccessKey });
+  } catch (err) {
+    throw await undo('distributing the new key', err);
+  }
   try {
     await clients.run((c) => c.iam.send(new UpdateAccessKeyCommand({ AccessKeyId: old.accessKeyId, Status: 'Inactive', ...(UserName ? { UserName } : {}) })));
   } catch (err) {

@@ -1,6 +1,7 @@
 import { ConfigError } from '../../errors.ts';
 import type { Logger } from '../../logger.ts';
 import type { LeaseRecord } from '../../leases/types.ts';
+import { Keys } from '../../redis.ts';
 import type { IssueRequest, IssueResult, Provider, ProviderContext, RotationResult } from '../types.ts';
 import { vaultSettingsSchema, type VaultRoleConfig, type VaultSettings } from './config.ts';
 import { issueDynamicSecret } from './dynamic-secret.ts';
@@ -57,8 +58,8 @@ export class VaultProvider implements Provider<VaultRoleConfig> {
     }
   }
 
-  rotate(): Promise<RotationResult> {
-    return rotateSecretId(this.session, this.logger);
+  rotate(distribute?: (secret: Record<string, string>) => Promise<void>): Promise<RotationResult> {
+    return rotateSecretId(this.session, this.logger, distribute);
   }
 
   useSecret(secret: Record<string, string>): Promise<void> {
@@ -88,6 +89,15 @@ export async function createVaultProvider(settings: VaultSettings, ctx: Provider
   }
   const logger = ctx.logger.child({ provider: 'vault' });
   const session = new VaultSession(parsed.data, logger);
-  await session.start();
+  try {
+    await session.start();
+  } catch (err) {
+    // After a rotation the configured secret-id is destroyed and the rotated one waits in Redis, sealed
+    // with the KEK; startup switches to it right after the providers are created (useSecret, called by
+    // RotationService.applyDistributedSecrets, which fails startup if it cannot decrypt or use it).
+    // Only when no rotated secret exists is the refusal a config error.
+    if (!(err instanceof ConfigError) || !session.approle || !ctx.redis || !(await ctx.redis.exists(new Keys(ctx.keyPrefix).secrets('vault')))) throw err;
+    logger.warn('vault: the configured AppRole secret-id was refused; switching to the rotated one distributed in Redis');
+  }
   return new VaultProvider(session, logger);
 }

@@ -20,7 +20,7 @@ function roleBase(session: VaultSession): string {
  * Everything before the switch can fail without effect (the old secret-id
  * and token stay in use; a new secret-id that did not work is destroyed).
  */
-export async function rotateSecretId(session: VaultSession, logger: Logger): Promise<RotationResult> {
+export async function rotateSecretId(session: VaultSession, logger: Logger, distribute: (secret: Record<string, string>) => Promise<void> = async () => {}): Promise<RotationResult> {
   const base = roleBase(session);
   return session.exclusive(async () => {
     let oldAccessor: string | undefined;
@@ -45,6 +45,14 @@ export async function rotateSecretId(session: VaultSession, logger: Logger): Pro
       throw issueError(err, 'logging in with the new AppRole secret-id');
     }
     await session.switchTo(token, { revokeOld: true, secretId: fresh.secret_id });
+    // Every instance learns the new secret-id before the old one is destroyed. If that fails the
+    // old secret-id is kept (other instances may still need it to log in) and the failure is reported.
+    try {
+      await distribute({ secretId: fresh.secret_id });
+    } catch (err) {
+      logger.error({ err: safeCause(err) }, 'vault: could not distribute the new secret-id; the old one is kept');
+      throw issueError(err, 'distributing the new AppRole secret-id');
+    }
 
     // After the switch the rotation has happened; an old secret-id that cannot be destroyed now is reported, not fatal.
     let oldDestroyed = oldAccessor === undefined;

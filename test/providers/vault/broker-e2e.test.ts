@@ -1,0 +1,263 @@
+import nodeVault from 'node-vault';
+import { startVaultEmulator, type VaultEmulator } from '../../emulators/vault/index.ts';
+import { AGENT, ORCH, call, startTestBroker, waitFor, type TestBroker } from '../../helpers/broker.ts';
+import { BROKER_POLICY, vaultFailure } from './helpers.ts';
+
+/**
+ * The real broker (HTTP API + BullMQ worker, real Redis) with `providers.vault`
+ * pointing at the strict Vault emulator, token auth. Everything goes through
+ * the broker's HTTP API; Vault's side is checked with the real node-vault
+ * client and the emulator's inspection helpers.
+ */
+
+let emu: VaultEmulator;
+let t: TestBroker;
+const agentId = `spiffe://dev.local${AGENT}`;
+
+const vault = (token: string) => nodeVault({ endpoint: emu.url, token });
+
+beforeAll(async () => {
+  emu = await startVaultEmulator({
+    policies: {
+      'jit-broker': BROKER_POLICY,
+      // lookup-self in the role policies so an agent can check its own token with node-vault.
+      'ops-read': ['secret/ops/*', 'auth/token/lookup-self'],
+      'ops-write': ['secret/ops-write/*', 'auth/token/lookup-self'],
+    },
+  });
+  emu.createDatabaseRole('orders-readonly', { defaultTtl: 3600, maxTtl: 7200 });
+  const { token } = emu.createToken({ policies: ['jit-broker', 'ops-read', 'ops-write'] });
+  await vault(emu.rootToken).write('secret/ops/db', { password: 'kv-value' });
+  t = await startTestBroker('vault-e2e', {
+    config: {
+      providers: { vault: { address: emu.url, auth: { token }, requestTimeoutMs: 2000 } },
+      roles: {
+        'orders-db': { provider: 'vault', path: 'database/creds/orders-readonly' },
+        'vault-ops': { provider: 'vault', token: { policies: ['ops-read', 'ops-write'] } },
+      },
+      // More attempts than the default test config, so a revocation outlives a short seal.
+      revocation: { attempts: 12, backoffMs: 50, reconcileIntervalMs: 60_000, concurrency: 8, lockMs: 1000, stalledCheckMs: 500, sweepMs: 20 },
+    },
+  });
+});
+afterAll(async () => {
+  await t?.close();
+  await emu?.stop();
+});
+afterEach(() => {
+  emu.unseal();
+  expect(emu.unhandled).toEqual([]);
+});
+
+let n = 0;
+async function openTask(grants: unknown[] = [{ role: 'vault-ops', scopes: ['ops-read', 'ops-write'] }, { role: 'orders-db' }]): Promise<string> {
+  const taskId = `t-vault-${++n}`;
+  const r = await call(t.url, 'POST', '/v1/tasks', t.as(ORCH), { taskId, agent: agentId, tenant: 'acme', purpose: 'vault e2e', ttlSeconds: 600, grants });
+  expect(r.status).toBe(201);
+  return taskId;
+}
+const issue = (body: Record<string, unknown>) => call(t.url, 'POST', '/v1/credentials', t.as(AGENT), body);
+const lease = async (leaseId: string) => (await call(t.url, 'GET', `/v1/leases/${leaseId}`, t.as(AGENT))).body;
+const leaseStatus = (leaseId: string, status: string) => waitFor(async () => {
+  const l = await lease(leaseId);
+  return l.status === status && l;
+}, 8000, 25);
+const createOrphanCalls = () => emu.requests.filter((r) => r.path === 'auth/token/create-orphan').length;
+
+describe('vault roles through the broker API', () => {
+  test('token role: 201 with {token, accessor}, revocable; the token works with node-vault and carries the role policies', async () => {
+    const taskId = await openTask();
+    const r = await issue({ taskId, role: 'vault-ops', ttlSeconds: 120 });
+    expect(r.status).toBe(201);
+    expect(r.headers.get('cache-control')).toBe('no-store');
+    expect(r.body).toMatchObject({ taskId, role: 'vault-ops', provider: 'vault', revocable: true, ttlSeconds: 120 });
+    const c = r.body.credentials;
+    expect(c).toMatchObject({ token: expect.stringMatching(/^hvs\./), accessor: expect.any(String), policies: ['ops-read', 'ops-write'] });
+
+    const agent = vault(c.token);
+    const self = await agent.tokenLookupSelf();
+    expect(self.data).toMatchObject({ accessor: c.accessor, policies: ['ops-read', 'ops-write'], renewable: false, orphan: true });
+    expect(self.data.meta).toMatchObject({ task_id: taskId, lease_id: r.body.leaseId, agent: agentId, role: 'vault-ops' });
+    expect(self.data.ttl).toBeGreaterThan(100);
+    expect(self.data.ttl).toBeLessThanOrEqual(120);
+    expect((await agent.read('secret/ops/db')).data).toEqual({ password: 'kv-value' });
+    await agent.write('secret/ops-write/x', { v: '1' });
+  });
+
+  test('scopes narrow the token policies; scopes outside the grant are refused with 403 before Vault is asked', async () => {
+    const taskId = await openTask();
+    const r = await issue({ taskId, role: 'vault-ops', scopes: ['ops-read'], ttlSeconds: 120 });
+    expect(r.status).toBe(201);
+    expect(r.body.credentials.policies).toEqual(['ops-read']);
+    const agent = vault(r.body.credentials.token);
+    expect((await agent.tokenLookupSelf()).data.policies).toEqual(['ops-read']);
+    expect((await agent.read('secret/ops/db')).data).toEqual({ password: 'kv-value' });
+    expect((await vaultFailure(agent.write('secret/ops-write/x', { v: '1' }))).status).toBe(403);
+
+    // A task whose grant is narrower than the role: the role's other policy is outside the grant.
+    const narrow = await openTask([{ role: 'vault-ops', scopes: ['ops-read'] }]);
+    const before = createOrphanCalls();
+    for (const [task, scopes] of [[taskId, ['db-admin']], [narrow, ['ops-write']], [narrow, ['ops-read', 'ops-write']]] as const) {
+      const denied = await issue({ taskId: task, role: 'vault-ops', scopes });
+      expect(denied.status).toBe(403);
+      expect(denied.headers.get('content-type')).toMatch(/^application\/problem\+json/);
+      expect(denied.body).toMatchObject({ status: 403, code: 'scope_not_granted' });
+    }
+    // A role not granted to the task.
+    expect((await issue({ taskId: narrow, role: 'orders-db' })).body).toMatchObject({ status: 403, code: 'role_not_granted' });
+    expect(createOrphanCalls()).toBe(before);
+    // Without scopes the narrow grant's scopes apply.
+    const def = await issue({ taskId: narrow, role: 'vault-ops' });
+    expect(def.status).toBe(201);
+    expect(emu.tokenByAccessor(def.body.credentials.accessor)?.policies).toEqual(['ops-read']);
+  });
+
+  test('dynamic secret: the Vault data with its lease_id; no token, password or lease secret in the lease record or the audit log', async () => {
+    const taskId = await openTask();
+    const db = await issue({ taskId, role: 'orders-db', ttlSeconds: 300 });
+    expect(db.status).toBe(201);
+    expect(db.body).toMatchObject({ provider: 'vault', revocable: true, ttlSeconds: 300 });
+    const c = db.body.credentials;
+    expect(c).toMatchObject({ username: expect.any(String), password: expect.any(String), lease_id: expect.stringMatching(/^database\/creds\/orders-readonly\//) });
+    expect(emu.isDbUserValid(c.username)).toBe(true);
+    expect(emu.leaseExists(c.lease_id)).toBe(true);
+    const tok = await issue({ taskId, role: 'vault-ops' });
+    expect(tok.status).toBe(201);
+
+    const redis = t.broker.deps.redis;
+    const secrets = [c.password, tok.body.credentials.token];
+    for (const id of [db.body.leaseId, tok.body.leaseId]) {
+      const raw = await redis.hgetall(`${t.prefix}:lease:${id}`);
+      expect(raw.status).toBe('active');
+      const text = JSON.stringify(raw);
+      for (const s of secrets) expect(text).not.toContain(s);
+      // The public view has no secrets either.
+      const pub = JSON.stringify(await lease(id));
+      for (const s of secrets) expect(pub).not.toContain(s);
+    }
+    // The revoke handle is there (identifiers only): the accessor for a token role.
+    expect(JSON.stringify(await redis.hgetall(`${t.prefix}:lease:${tok.body.leaseId}`))).toContain(tok.body.credentials.accessor);
+    const audit = JSON.stringify(await redis.xrange(`${t.prefix}:audit`, '-', '+'));
+    expect(audit).toContain(db.body.leaseId);
+    for (const s of secrets) expect(audit).not.toContain(s);
+  });
+
+  test('completing the task revokes every lease upstream: token unusable (403), database user dropped', async () => {
+    const taskId = await openTask();
+    const tok = await issue({ taskId, role: 'vault-ops', ttlSeconds: 300 });
+    const db = await issue({ taskId, role: 'orders-db', ttlSeconds: 300 });
+    expect([tok.status, db.status]).toEqual([201, 201]);
+    const agent = vault(tok.body.credentials.token);
+    await agent.tokenLookupSelf();
+
+    const done = await call(t.url, 'POST', `/v1/tasks/${taskId}/complete`, t.as(ORCH));
+    expect(done.status).toBe(202);
+    expect(done.body).toMatchObject({ taskId, status: 'completed', leases: 2 });
+    for (const id of [tok.body.leaseId, db.body.leaseId]) {
+      const l = await leaseStatus(id, 'revoked');
+      expect(l).toMatchObject({ reason: 'task_completed', revokedAt: expect.any(String) });
+    }
+    const denied = await vaultFailure(agent.tokenLookupSelf());
+    expect(denied.status).toBe(403);
+    expect(denied.errors!.join()).toContain('permission denied');
+    expect(emu.isDbUserValid(db.body.credentials.username)).toBe(false);
+    expect(emu.leaseExists(db.body.credentials.lease_id)).toBe(false);
+    // The per-lease reader token is gone too.
+    expect(emu.tokenByAccessor(tok.body.credentials.accessor)).toBeUndefined();
+    // Completing again revokes nothing twice.
+    const revokes = emu.requests.filter((r) => r.path === 'auth/token/revoke-accessor' || r.path === 'sys/leases/revoke').length;
+    expect((await call(t.url, 'POST', `/v1/tasks/${taskId}/complete`, t.as(ORCH))).status).toBe(202);
+    await new Promise((r) => setTimeout(r, 200));
+    expect(emu.requests.filter((r) => r.path === 'auth/token/revoke-accessor' || r.path === 'sys/leases/revoke').length).toBe(revokes);
+  });
+
+  test('DELETE /v1/leases/:id revokes that one credential and leaves the others working', async () => {
+    const taskId = await openTask();
+    const one = await issue({ taskId, role: 'vault-ops' });
+    const two = await issue({ taskId, role: 'vault-ops' });
+    const db = await issue({ taskId, role: 'orders-db' });
+    const del = await call(t.url, 'DELETE', `/v1/leases/${one.body.leaseId}`, t.as(AGENT));
+    expect(del.status).toBe(202);
+    expect((await leaseStatus(one.body.leaseId, 'revoked')).reason).toBe('revoked_by_caller');
+    expect((await vaultFailure(vault(one.body.credentials.token).tokenLookupSelf())).status).toBe(403);
+    expect((await vault(two.body.credentials.token).tokenLookupSelf()).data.accessor).toBe(two.body.credentials.accessor);
+    expect((await lease(two.body.leaseId)).status).toBe('active');
+
+    expect((await call(t.url, 'DELETE', `/v1/leases/${db.body.leaseId}`, t.as(ORCH))).status).toBe(202);
+    expect((await leaseStatus(db.body.leaseId, 'revoked')).reason).toBe('revoked_by_caller');
+    expect(emu.isDbUserValid(db.body.credentials.username)).toBe(false);
+  });
+
+  test('TTL expiry: the broker revokes at the TTL (Vault\'s clock is then held back, so Vault alone would not end them yet)', async () => {
+    const taskId = await openTask();
+    const tok = await issue({ taskId, role: 'vault-ops', ttlSeconds: 1 });
+    const db = await issue({ taskId, role: 'orders-db', ttlSeconds: 1 });
+    expect([tok.status, db.status]).toEqual([201, 201]);
+    expect(tok.body.ttlSeconds).toBe(1);
+    // Vault's clock 60 s behind from now on: the token and the reader token would live another minute by themselves.
+    emu.advanceTime(-60);
+    try {
+      await vault(tok.body.credentials.token).tokenLookupSelf();
+      const l = await leaseStatus(tok.body.leaseId, 'expired');
+      expect(l.reason).toBe('ttl_expired');
+      expect((await leaseStatus(db.body.leaseId, 'expired')).reason).toBe('ttl_expired');
+      expect(emu.isTokenValid(tok.body.credentials.token)).toBe(false);
+      expect((await vaultFailure(vault(tok.body.credentials.token).tokenLookupSelf())).status).toBe(403);
+      expect(emu.isDbUserValid(db.body.credentials.username)).toBe(false);
+    } finally {
+      emu.advanceTime(60);
+    }
+  });
+
+  test('Vault sealed during issuance: 503 upstream_sealed, the lease is failed (not active), and /readyz says not ready', async () => {
+    const taskId = await openTask();
+    emu.seal();
+    for (const role of ['vault-ops', 'orders-db']) {
+      const r = await issue({ taskId, role });
+      expect(r.status).toBe(503);
+      expect(r.headers.get('content-type')).toMatch(/^application\/problem\+json/);
+      expect(r.body).toMatchObject({ status: 503, code: 'upstream_sealed', type: expect.any(String), title: expect.any(String), detail: expect.any(String) });
+    }
+    const ready = await call(t.url, 'GET', '/readyz', {});
+    expect(ready.status).toBe(503);
+    expect(ready.body.checks['provider:vault']).toBe(false);
+
+    const task = await call(t.url, 'GET', `/v1/tasks/${taskId}`, t.as(ORCH));
+    expect(task.body.leases).toHaveLength(2);
+    for (const l of task.body.leases) {
+      expect(l).toMatchObject({ status: 'failed', lastError: 'upstream_sealed' });
+      expect((await lease(l.leaseId)).status).toBe('failed');
+    }
+    expect(await t.broker.deps.redis.zscore(`${t.prefix}:leases:live`, task.body.leases[0].leaseId)).toBeNull();
+
+    emu.unseal();
+    expect((await issue({ taskId, role: 'vault-ops' })).status).toBe(201);
+    expect((await call(t.url, 'GET', '/readyz', {})).status).toBe(200);
+  });
+
+  test('Vault sealed during revocation: revoke_failed while sealed, revoked after unseal', async () => {
+    const taskId = await openTask();
+    const tok = await issue({ taskId, role: 'vault-ops', ttlSeconds: 300 });
+    const db = await issue({ taskId, role: 'orders-db', ttlSeconds: 300 });
+    expect([tok.status, db.status]).toEqual([201, 201]);
+    emu.seal();
+    expect((await call(t.url, 'POST', `/v1/tasks/${taskId}/complete`, t.as(ORCH))).status).toBe(202);
+    for (const id of [tok.body.leaseId, db.body.leaseId]) {
+      expect(await leaseStatus(id, 'revoke_failed')).toMatchObject({ lastError: 'upstream_sealed', reason: 'task_completed' });
+    }
+    // Still sealed a while later: still failing, and the credentials are still alive upstream (not falsely reported).
+    await new Promise((r) => setTimeout(r, 300));
+    expect((await lease(tok.body.leaseId)).status).toBe('revoke_failed');
+    expect(emu.isTokenValid(tok.body.credentials.token)).toBe(true);
+    expect(emu.isDbUserValid(db.body.credentials.username)).toBe(true);
+    const audit = (await t.broker.deps.redis.xrange(`${t.prefix}:audit`, '-', '+')).map(([, f]) => JSON.parse(f[1]!));
+    expect(audit.filter((a) => a.action === 'lease.revoke_failed' && a.leaseId === tok.body.leaseId)[0]).toMatchObject({ decision: 'error', reason: 'upstream_sealed' });
+
+    emu.unseal();
+    for (const id of [tok.body.leaseId, db.body.leaseId]) {
+      expect((await leaseStatus(id, 'revoked')).reason).toBe('task_completed');
+    }
+    expect((await vaultFailure(vault(tok.body.credentials.token).tokenLookupSelf())).status).toBe(403);
+    expect(emu.isDbUserValid(db.body.credentials.username)).toBe(false);
+  });
+});
