@@ -205,7 +205,10 @@ export async function startBroker(config: LoadedConfig, opts: BrokerOptions = {}
         clearInterval(keyRefresh);
         if (server) {
           const closed = new Promise<void>((resolve) => server!.close(() => resolve()));
-          server.closeIdleConnections();
+          // close() drops idle keep-alive sockets once; sockets busy now become idle after their
+          // response and must be dropped then too, or shutdown waits for the grace timer.
+          const sweepIdle = setInterval(() => server!.closeIdleConnections(), 50);
+          closed.then(() => clearInterval(sweepIdle), () => clearInterval(sweepIdle));
           const grace = setTimeout(() => server!.closeAllConnections(), config.server.shutdownGraceMs);
           await closed;
           clearTimeout(grace);
