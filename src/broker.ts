@@ -58,7 +58,8 @@ async function assertKekOpens(redis: Redis, keys: Keys, kek: Kek): Promise<void>
     try {
       kek.decrypt((JSON.parse(raw) as { sealed: string }).sealed, `signing-key:${kid}`);
     } catch {
-      throw new Error(`secrets.kek cannot decrypt signing key ${kid} in Redis (prefix ${keys.prefix}): wrong KEK? Refusing to start.`);
+      throw new Error(`secrets.kek cannot decrypt signing key ${kid} in Redis (prefix ${keys.prefix}): wrong KEK? Refusing to start. ` +
+        '(A second dev checkout with its own dev/kek on the same Redis: use another redis.prefix or REDIS_URL.)');
     }
   }
   for (const target of ['aws', 'vault']) {
