@@ -1,3 +1,4 @@
+import { randomBytes } from 'node:crypto';
 import { once } from 'node:events';
 import type { Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
@@ -50,6 +51,18 @@ export interface BrokerOptions {
   identityCacheMs?: number;
   /** Extra routers mounted before the /v1 catch-all (e.g. the AWS container-credentials endpoint). */
   routers?: (deps: Deps, services: Services) => Router[];
+}
+
+/**
+ * Without `secrets.kek` (the contract does not require it) a random KEK is
+ * created once and kept in Redis, so every instance shares the signing keys.
+ * That protects nothing at rest (the key sits next to what it seals), so it is
+ * said loudly; production configs set secrets.kek.
+ */
+async function kekFromRedis(redis: Redis, keys: Keys, logger: Logger): Promise<string> {
+  logger.warn('secrets.kek is not set: sealing signing keys with a key kept in Redis itself, which protects nothing at rest. Set secrets.kek in production.');
+  await redis.set(keys.secrets('kek'), randomBytes(32).toString('base64'), 'NX');
+  return (await redis.get(keys.secrets('kek')))!;
 }
 
 /** Throws unless `kek` decrypts every signing key and rotated secret already in Redis. */
@@ -111,7 +124,7 @@ export async function startBroker(config: LoadedConfig, opts: BrokerOptions = {}
   // Anything opened below is closed again if startup fails part-way: nothing half-starts, nothing leaks.
   const undo: (() => unknown)[] = [];
   try {
-    const kek = new Kek(readSecret(config.secrets.kek, 'secrets.kek'));
+    const kek = new Kek(config.secrets.kek ? readSecret(config.secrets.kek, 'secrets.kek') : await kekFromRedis(redis, keys, logger));
     // Before creating anything: a KEK that cannot open what is already sealed in Redis means a
     // misconfigured instance, which must not add keys of its own or run with stale secrets.
     await assertKekOpens(redis, keys, kek);

@@ -38,6 +38,26 @@ describe('several instances on one Redis', () => {
     }
   });
 
+  test('without secrets.kek (the contract does not require it) instances still share one signing key', async () => {
+    const a = await startTestBroker('nokek');
+    const { baseDir: _b, file: _f, secrets: _s, ...raw } = JSON.parse(JSON.stringify(a.config)) as Record<string, unknown>;
+    await a.broker.close();
+    await dropPrefix(a.prefix);
+    const noKek = validateConfig(raw, {}, a.config.file);
+    const one = await startBroker(noKek, { logger: silentLogger });
+    const two = await startBroker(noKek, { logger: silentLogger });
+    try {
+      const j1 = await call(one.url!, 'GET', '/.well-known/jwks.json', {});
+      const j2 = await call(two.url!, 'GET', '/.well-known/jwks.json', {});
+      expect(j1.body.keys).toHaveLength(1);
+      expect(j2.body).toEqual(j1.body);
+    } finally {
+      await one.close();
+      await two.close();
+      await dropPrefix(a.prefix);
+    }
+  });
+
   test('an API-only instance and a worker-only instance split the work', async () => {
     const api = await startTestBroker('split', { broker: { worker: false, logger: silentLogger } });
     try {

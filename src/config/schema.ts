@@ -90,8 +90,8 @@ export const configSchema = z.strictObject({
    * variable or a file. Instances sharing a Redis must share it.
    */
   secrets: z.strictObject({
-    kek: secretSourceSchema,
-  }),
+    kek: secretSourceSchema.optional(),
+  }).default({}),
   rotation: z.strictObject({
     /** Scheduled rotation periods in seconds per target (signing-key, aws, vault); absent = on demand only. */
     schedule: z.record(z.string().min(1), z.int().min(1)).default({}),
