@@ -47,6 +47,16 @@ function secretIdData(s: AppRoleSecretId): Record<string, unknown> {
 
 const findByAccessor = (r: AppRoleEntry, accessor: string) => [...r.secretIds.values()].find((s) => s.accessor === accessor);
 
+/** The role and the secret-id named by the request's `secret_id_accessor` (lookup and destroy by accessor). */
+function secretIdByAccessor(ctx: RequestContext) {
+  const r = role(ctx);
+  const { secret_id_accessor } = fields(ctx, { secret_id_accessor: 'string' });
+  if (!secret_id_accessor) throw badRequest('missing secret_id_accessor');
+  const s = findByAccessor(r, secret_id_accessor);
+  if (!s) throw accessorMissing(secret_id_accessor);
+  return { r, s };
+}
+
 const accessorMissing = (accessor: string) =>
   new VaultHttpError(404, [`failed to find accessor entry for secret_id_accessor: "${accessor}"`]);
 
@@ -149,11 +159,7 @@ export const approleRoutes: Route[] = [
     pattern: /^auth\/(?<mount>[\w-]+)\/role\/(?<role>[\w.-]+)\/secret-id-accessor\/lookup$/,
     ops: {
       write: (ctx) => {
-        const r = role(ctx);
-        const { secret_id_accessor } = fields(ctx, { secret_id_accessor: 'string' });
-        if (!secret_id_accessor) throw badRequest('missing secret_id_accessor');
-        const s = findByAccessor(r, secret_id_accessor);
-        if (!s) throw accessorMissing(secret_id_accessor);
+        const { s } = secretIdByAccessor(ctx);
         return ok({ data: secretIdData(s), mount_type: 'approle' });
       },
     },
@@ -162,11 +168,7 @@ export const approleRoutes: Route[] = [
     pattern: /^auth\/(?<mount>[\w-]+)\/role\/(?<role>[\w.-]+)\/secret-id-accessor\/destroy$/,
     ops: {
       write: (ctx) => {
-        const r = role(ctx);
-        const { secret_id_accessor } = fields(ctx, { secret_id_accessor: 'string' });
-        if (!secret_id_accessor) throw badRequest('missing secret_id_accessor');
-        const s = findByAccessor(r, secret_id_accessor);
-        if (!s) throw accessorMissing(secret_id_accessor);
+        const { r, s } = secretIdByAccessor(ctx);
         r.secretIds.delete(s.secretId);
         return noContent();
       },
