@@ -4,6 +4,7 @@ import type { Deps } from '../deps.ts';
 import { forbidden, notFound } from '../errors.ts';
 import type { WorkloadIdentity } from '../identity/types.ts';
 import type { LeaseRecord } from './types.ts';
+import type { TaskRecord } from '../tasks/types.ts';
 import { LeaseStore } from './lease-store.ts';
 
 /** RFC 7662 answer. Anything not active is exactly `{ active: false }`. */
@@ -20,19 +21,13 @@ export class LeaseService {
 
   /** The lease and its task's status; for the lease's agent, the task's orchestrator, or an admin. */
   async get(who: WorkloadIdentity, leaseId: string): Promise<{ lease: LeaseRecord; taskStatus?: string }> {
-    const lease = await this.deps.leases.get(leaseId);
-    if (!lease) throw notFound('lease_not_found', `No lease ${leaseId}.`);
-    const task = await this.deps.tasks.get(lease.taskId);
-    if (who.id !== lease.agent && who.id !== task?.openedBy && !this.deps.patterns.admins.matches(who.id)) {
-      throw forbidden('not_lease_party', 'Only the lease\'s agent, its task\'s orchestrator or an admin may read it.');
-    }
+    const { lease, task } = await this.load(who, leaseId);
     return { lease, taskStatus: task?.status };
   }
 
   /** Revokes one lease early (DELETE). Idempotent: an ended lease answers the same. */
   async revoke(who: WorkloadIdentity, leaseId: string): Promise<{ leaseId: string; status: string }> {
-    const { lease } = await this.get(who, leaseId);
-    const task = await this.deps.tasks.get(lease.taskId);
+    const { lease, task } = await this.load(who, leaseId);
     const policies = await authorize(this.deps, who, 'revoke', { type: 'Task', id: lease.taskId },
       task ? { task: taskContext(task) } : {}, { taskId: lease.taskId, leaseId });
     if (LeaseStore.isEnded(lease.status)) return { leaseId, status: lease.status };
@@ -40,6 +35,17 @@ export class LeaseService {
     await this.deps.queue.endLeases([{ leaseId, reason: 'revoked_by_caller' }]);
     await this.deps.audit.append({ action: 'lease.revoke', actor: who.id, decision: 'ok', taskId: lease.taskId, role: lease.role, leaseId, reason: 'revoked_by_caller', policies, detail: { stage: 'requested' } });
     return { leaseId, status: 'revoking' };
+  }
+
+  /** The lease and its task, if `who` may see them. */
+  private async load(who: WorkloadIdentity, leaseId: string): Promise<{ lease: LeaseRecord; task?: TaskRecord }> {
+    const lease = await this.deps.leases.get(leaseId);
+    if (!lease) throw notFound('lease_not_found', `No lease ${leaseId}.`);
+    const task = await this.deps.tasks.get(lease.taskId);
+    if (who.id !== lease.agent && who.id !== task?.openedBy && !this.deps.patterns.admins.matches(who.id)) {
+      throw forbidden('not_lease_party', 'Only the lease\'s agent, its task\'s orchestrator or an admin may read it.');
+    }
+    return { lease, task };
   }
 
   /**
