@@ -1,3 +1,4 @@
+import type { AuditAction, AuditEvent } from './audit/record.ts';
 import type { Deps } from './deps.ts';
 import { forbidden } from './errors.ts';
 import type { WorkloadIdentity } from './identity/types.ts';
@@ -43,8 +44,8 @@ export async function authorize(
   return decision.policies;
 }
 
-/** Task-ceiling denials are audited and counted the same way as policy ones. */
-export async function deny(deps: Deps, who: WorkloadIdentity, code: string, detail: string, audit: { action: 'credential.deny' | 'access.deny'; taskId?: string; role?: string; leaseId?: string }): Promise<never> {
+/** Every non-policy denial (task ceiling, approver check) is counted, audited and answered the same way. */
+export async function deny(deps: Deps, who: WorkloadIdentity, code: string, detail: string, audit: { action: AuditAction; taskId?: string; role?: string; leaseId?: string; detail?: AuditEvent['detail'] }): Promise<never> {
   deps.metrics.denied.inc({ code });
   await deps.audit.append({ actor: who.id, decision: 'deny', reason: code, ...audit });
   throw forbidden(code, detail);

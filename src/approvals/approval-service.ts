@@ -1,3 +1,4 @@
+import { deny } from '../authz.ts';
 import type { Deps } from '../deps.ts';
 import { conflict, forbidden, notFound } from '../errors.ts';
 import type { WorkloadIdentity } from '../identity/types.ts';
@@ -24,9 +25,7 @@ export class ApprovalService {
 
   async decide(who: WorkloadIdentity, approvalId: string, decision: 'approve' | 'reject', reason?: string): Promise<ApprovalRecord> {
     if (!this.deps.patterns.approvers.matches(who.id)) {
-      this.deps.metrics.denied.inc({ code: 'not_approver' });
-      await this.deps.audit.append({ action: 'approval.decide', actor: who.id, decision: 'deny', reason: 'not_approver', detail: { approvalId } });
-      throw forbidden('not_approver', 'Only an identity listed in `approvers` may decide approvals.');
+      await deny(this.deps, who, 'not_approver', 'Only an identity listed in `approvers` may decide approvals.', { action: 'approval.decide', detail: { approvalId } });
     }
     const r = await this.deps.approvals.get(approvalId);
     if (!r) throw notFound('approval_not_found', `No approval ${approvalId}.`);
