@@ -7,7 +7,7 @@ import { startBroker } from '../src/broker.ts';
 import { validateConfig } from '../src/config/load.ts';
 import { silentLogger } from '../src/logger.ts';
 import { Redis } from 'ioredis';
-import { AGENT, ORCH, REDIS_URL, call, dropPrefix, startTestBroker, waitFor, type TestBroker } from './helpers/broker.ts';
+import { AGENT, ORCH, REDIS_URL, call, dropPrefix, startSibling, startTestBroker, waitFor, type TestBroker } from './helpers/broker.ts';
 
 const agentId = `spiffe://dev.local${AGENT}`;
 const introspect = async (url: string, as: Record<string, string>, token: string) => (await (await fetch(`${url}/v1/introspect`, {
@@ -17,7 +17,7 @@ const introspect = async (url: string, as: Record<string, string>, token: string
 describe('several instances on one Redis', () => {
   test('share signing keys (same JWKS, tokens from one introspect on the other) and keep them across restarts', async () => {
     const a: TestBroker = await startTestBroker('multi');
-    const b = await startTestBroker('multi', { prefix: a.prefix, loaded: a.config, issuer: a.issuer });
+    const b = await startSibling(a);
     try {
       const jwksA = await call(a.url, 'GET', '/.well-known/jwks.json', {});
       const jwksB = await call(b.url, 'GET', '/.well-known/jwks.json', {});
@@ -29,7 +29,7 @@ describe('several instances on one Redis', () => {
       expect((await introspect(a.url, a.as('/rs/x'), cred.body.credentials.access_token)).active).toBe(true);
       const kid = decodeProtectedHeader(cred.body.credentials.access_token).kid;
       await b.broker.close();
-      const c = await startTestBroker('multi', { prefix: a.prefix, loaded: a.config, issuer: a.issuer });
+      const c = await startSibling(a);
       expect((await call(c.url, 'GET', '/.well-known/jwks.json', {})).body.keys[0].kid).toBe(kid);
       expect((await introspect(c.url, c.as('/rs/x'), cred.body.credentials.access_token)).active).toBe(true);
       await c.broker.close();
@@ -67,7 +67,7 @@ describe('several instances on one Redis', () => {
       await new Promise((r) => setTimeout(r, 300));
       // No worker yet: the revocation waits in the queue (introspection is already inactive).
       expect((await call(api.url, 'GET', `/v1/leases/${cred.body.leaseId}`, api.as(AGENT))).body.status).toBe('revoking');
-      const worker = await startTestBroker('split', { prefix: api.prefix, loaded: api.config, issuer: api.issuer, broker: { api: false, logger: silentLogger } });
+      const worker = await startSibling(api, { api: false, logger: silentLogger });
       expect(worker.broker.url).toBeUndefined();
       await waitFor(async () => (await call(api.url, 'GET', `/v1/leases/${cred.body.leaseId}`, api.as(AGENT))).body.status === 'revoked');
       await worker.broker.close();

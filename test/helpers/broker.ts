@@ -79,6 +79,16 @@ export async function startTestBroker(name: string, opts: { config?: Record<stri
   };
 }
 
+/**
+ * A second instance on `first`'s prefix, config and identity issuer (many
+ * brokers on one Redis). Its close() stops only this broker: the prefix
+ * belongs to `first`, which drops it.
+ */
+export async function startSibling(first: TestBroker, broker: BrokerOptions = {}): Promise<TestBroker> {
+  const sibling = await startTestBroker('sibling', { prefix: first.prefix, loaded: first.config, issuer: first.issuer, broker: { logger: silentLogger, ...broker } });
+  return { ...sibling, close: () => sibling.broker.close() };
+}
+
 /** JSON request helper returning status and parsed body. */
 export async function call(url: string, method: string, path: string, headers: Record<string, string>, body?: unknown): Promise<{ status: number; body: any; headers: Headers }> {
   const res = await fetch(`${url}${path}`, {

@@ -2,7 +2,8 @@ import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
 import { GetCallerIdentityCommand, STSClient } from '@aws-sdk/client-sts';
 import { createRemoteJWKSet, decodeProtectedHeader, jwtVerify } from 'jose';
 import { startAwsEmulator, type AwsEmulator, type EmulatedUser } from '../emulators/aws/index.ts';
-import { ADMIN, AGENT, ORCH, call, startTestBroker, waitFor, type TestBroker } from '../helpers/broker.ts';
+import { ADMIN, AGENT, ORCH, call, startSibling, startTestBroker, waitFor, type TestBroker } from '../helpers/broker.ts';
+import { callerIdentityAs } from '../providers/aws/helpers.ts';
 
 /**
  * Issue 6 for target `aws` (the broker's own IAM user access key) and for the
@@ -20,18 +21,7 @@ const agentId = `spiffe://dev.local${AGENT}`;
 const auditRecords = async (b: TestBroker) => (await b.broker.deps.redis.xrange(`${b.prefix}:audit`, '-', '+')).map(([, f]) => JSON.parse(f[1]!) as Record<string, any>);
 const rotate = (b: TestBroker, target = 'aws', who = ADMIN) => call(b.url, 'POST', '/v1/admin/rotate', b.as(who), { target });
 
-/** GetCallerIdentity as the given long-term key: 'ok' or the error code. */
-async function keyWorks(keys: { accessKeyId: string; secretAccessKey: string }): Promise<string> {
-  const sts = new STSClient({ region: 'us-east-1', endpoint: emu.url, maxAttempts: 1, credentials: keys });
-  try {
-    await sts.send(new GetCallerIdentityCommand({}));
-    return 'ok';
-  } catch (err) {
-    return (err as { Code?: string }).Code ?? (err as Error).name;
-  } finally {
-    sts.destroy();
-  }
-}
+const keyWorks = (keys: { accessKeyId: string; secretAccessKey: string }) => callerIdentityAs(emu.url, keys);
 
 let n = 0;
 async function openTask(b: TestBroker): Promise<string> {
@@ -142,7 +132,7 @@ describe('POST /v1/admin/rotate {"target":"aws"}', () => {
   });
 
   test('under concurrent issuance on two instances: zero failures, both switch to the new key, the old key is dead', async () => {
-    const b = await startTestBroker('rotation-aws', { prefix: a.prefix, loaded: a.config, issuer: a.issuer });
+    const b = await startSibling(a);
     try {
       const old = { accessKeyId: user.accessKeyId, secretAccessKey: user.secretAccessKey };
       const taskId = await openTask(a);
@@ -200,13 +190,12 @@ describe('POST /v1/admin/rotate {"target":"aws"}', () => {
       await waitFor(async () => (await a.broker.deps.leases.get(survivor.body.leaseId))?.status === 'revoked', 10_000, 25);
       expect(emu.requests('PutRolePolicy').at(-1)).toMatchObject({ status: 200, accessKeyId: freshId });
     } finally {
-      // Not b.close(): that would drop the prefix A still uses.
-      await b.broker.close();
+      await b.close();
     }
   }, 40_000);
 
   test('a later instance with the original config picks up the rotated key from Redis', async () => {
-    const c = await startTestBroker('rotation-aws', { prefix: a.prefix, loaded: a.config, issuer: a.issuer });
+    const c = await startSibling(a);
     try {
       const [current] = emu.accessKeys(user.userName);
       expect(current!.accessKeyId).not.toBe(user.accessKeyId); // the configured key is gone
@@ -227,7 +216,7 @@ describe('POST /v1/admin/rotate {"target":"signing-key"}', () => {
   const kidOf = (token: string) => decodeProtectedHeader(token).kid!;
 
   test('under concurrent issuance: zero failures; the new key is published before it signs; old tokens still verify and introspect active', async () => {
-    const b = await startTestBroker('rotation-aws', { prefix: a.prefix, loaded: a.config, issuer: a.issuer });
+    const b = await startSibling(a);
     try {
       const taskId = await openTask(a);
       const before = await issue(a, taskId, 'tickets-api');

@@ -6,7 +6,7 @@ import { join, resolve } from 'node:path';
 import nodeVault from 'node-vault';
 import type { VaultProvider } from '../../src/providers/vault/index.ts';
 import { startVaultEmulator, type VaultEmulator } from '../emulators/vault/index.ts';
-import { ADMIN, AGENT, ORCH, REDIS_URL, call, dropPrefix, startTestBroker, uniquePrefix, waitFor, type TestBroker } from '../helpers/broker.ts';
+import { ADMIN, AGENT, ORCH, REDIS_URL, call, dropPrefix, startSibling, startTestBroker, uniquePrefix, waitFor, type TestBroker } from '../helpers/broker.ts';
 import { BROKER_POLICY, vaultFailure } from '../providers/vault/helpers.ts';
 
 /**
@@ -145,7 +145,7 @@ describe('POST /v1/admin/rotate {"target":"vault"}', () => {
   });
 
   test('under concurrent issuance and revocation on two instances: zero failures, both switch, old secret-id and tokens are dead', async () => {
-    const b = await startTestBroker('rotation-vault', { prefix: a.prefix, loaded: a.config, issuer: a.issuer });
+    const b = await startSibling(a);
     try {
       const oldA = vaultOf(a).tokenAccessor!;
       const oldB = vaultOf(b).tokenAccessor!;
@@ -243,14 +243,13 @@ describe('POST /v1/admin/rotate {"target":"vault"}', () => {
       const logins = emu.requests.filter((r) => r.path === 'auth/approle/login');
       expect(logins.at(-1)!.status).toBe(200);
     } finally {
-      // Not b.close(): that would drop the prefix A still uses.
-      await b.broker.close();
+      await b.close();
     }
   }, 40_000);
 
   test('a later instance with the same config and KEK picks up the rotated secret-id and starts', async () => {
     // Its config still names the initial secret-id, which the rotation destroyed.
-    const c = await startTestBroker('rotation-vault', { prefix: a.prefix, loaded: a.config, issuer: a.issuer });
+    const c = await startSibling(a);
     try {
       const accessor = vaultOf(c).tokenAccessor;
       expect(accessor).toEqual(expect.any(String));

@@ -1,5 +1,5 @@
 import { Redis } from 'ioredis';
-import { REDIS_URL, startTestBroker, type TestBroker } from '../helpers/broker.ts';
+import { REDIS_URL, startSibling, startTestBroker, type TestBroker } from '../helpers/broker.ts';
 
 /**
  * Scheduled rotation runs as a BullMQ job scheduler: with two instances on
@@ -7,7 +7,7 @@ import { REDIS_URL, startTestBroker, type TestBroker } from '../helpers/broker.t
  */
 test('a scheduled signing-key rotation fires once per period across two instances', async () => {
   const a: TestBroker = await startTestBroker('schedule', { config: { rotation: { schedule: { 'signing-key': 1 } }, providers: { jwt: { alg: 'ES256', retireGraceSeconds: 0, publishLeadSeconds: 0 } } } });
-  const b = await startTestBroker('schedule', { prefix: a.prefix, loaded: a.config, issuer: a.issuer });
+  const b = await startSibling(a);
   await new Promise((r) => setTimeout(r, 3500));
   await b.broker.close();
   const redis = new Redis(REDIS_URL);

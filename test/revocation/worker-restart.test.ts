@@ -1,7 +1,7 @@
 import { silentLogger } from '../../src/logger.ts';
 import { JwtProvider } from '../../src/providers/jwt/provider.ts';
 import type { LeaseRecord } from '../../src/leases/types.ts';
-import { AGENT, ORCH, call, startTestBroker, waitFor, type TestBroker } from '../helpers/broker.ts';
+import { AGENT, ORCH, call, startSibling, startTestBroker, waitFor, type TestBroker } from '../helpers/broker.ts';
 
 /**
  * A worker dies in the middle of a revocation (its upstream call never
@@ -34,7 +34,7 @@ test('a revocation interrupted by a worker crash is finished by another worker',
   await first.broker.worker!.worker.close(true);
   first.broker.sweeper!.stop();
 
-  const second = await startTestBroker('restart', { prefix: first.prefix, loaded: first.config, issuer: first.issuer, broker: { api: false, logger: silentLogger } });
+  const second = await startSibling(first, { api: false, logger: silentLogger });
   const done = await waitFor(async () => {
     const l = await second.broker.deps.leases.get(cred.body.leaseId);
     return l?.status === 'revoked' && l;

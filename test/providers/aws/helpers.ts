@@ -1,5 +1,5 @@
 import { randomBytes, randomUUID } from 'node:crypto';
-import { STSClient } from '@aws-sdk/client-sts';
+import { GetCallerIdentityCommand, STSClient } from '@aws-sdk/client-sts';
 import { Redis } from 'ioredis';
 import { silentLogger } from '../../../src/logger.ts';
 import { awsRoleSchema, awsSettingsSchema, type AwsRoleConfig, type AwsSettings } from '../../../src/providers/aws/config.ts';
@@ -87,4 +87,17 @@ export function stsAs(emu: AwsEmulator, c: Record<string, unknown>): STSClient {
     region: 'us-east-1', endpoint: emu.url, maxAttempts: 1,
     credentials: { accessKeyId: String(c.AccessKeyId), secretAccessKey: String(c.SecretAccessKey), sessionToken: String(c.SessionToken) },
   });
+}
+
+/** GetCallerIdentity with a long-term key against `endpoint`: 'ok', or the AWS error code. */
+export async function callerIdentityAs(endpoint: string, keys: { accessKeyId: string; secretAccessKey: string }): Promise<string> {
+  const sts = new STSClient({ region: 'us-east-1', endpoint, maxAttempts: 1, credentials: keys });
+  try {
+    await sts.send(new GetCallerIdentityCommand({}));
+    return 'ok';
+  } catch (err) {
+    return (err as { Code?: string }).Code ?? (err as Error).name;
+  } finally {
+    sts.destroy();
+  }
 }
