@@ -25,8 +25,12 @@ function parse(argv: string[]): Args {
   const { values } = parseArgs({
     args: argv,
     options: {
-      broker: { type: 'string' }, task: { type: 'string' }, role: { type: 'string' },
-      'token-file': { type: 'string' }, scope: { type: 'string', multiple: true }, ttl: { type: 'string' },
+      broker: { type: 'string' },
+      task: { type: 'string' },
+      role: { type: 'string' },
+      'token-file': { type: 'string' },
+      scope: { type: 'string', multiple: true },
+      ttl: { type: 'string' },
     },
     strict: true,
   });
@@ -34,7 +38,14 @@ function parse(argv: string[]): Args {
   if (missing.length > 0) throw new Error(`missing ${missing.map((m) => `--${m}`).join(', ')}`);
   const ttl = values.ttl === undefined ? undefined : Number(values.ttl);
   if (ttl !== undefined && !(Number.isInteger(ttl) && ttl > 0)) throw new Error('--ttl must be a positive integer');
-  return { broker: values.broker!.replace(/\/+$/, ''), task: values.task!, role: values.role!, tokenFile: values['token-file']!, scopes: values.scope, ttl };
+  return {
+    broker: values.broker!.replace(/\/+$/, ''),
+    task: values.task!,
+    role: values.role!,
+    tokenFile: values['token-file']!,
+    scopes: values.scope,
+    ttl,
+  };
 }
 
 async function main(): Promise<void> {
@@ -44,15 +55,24 @@ async function main(): Promise<void> {
   const res = await fetch(`${args.broker}/v1/credentials`, {
     method: 'POST',
     headers: { authorization: `Bearer ${jwt}`, 'content-type': 'application/json', accept: 'application/json' },
-    body: JSON.stringify({ taskId: args.task, role: args.role, ...(args.scopes ? { scopes: args.scopes } : {}), ...(args.ttl ? { ttlSeconds: args.ttl } : {}) }),
+    body: JSON.stringify({
+      taskId: args.task,
+      role: args.role,
+      ...(args.scopes ? { scopes: args.scopes } : {}),
+      ...(args.ttl ? { ttlSeconds: args.ttl } : {}),
+    }),
     signal: AbortSignal.timeout(15_000),
   });
   const body = (await res.json().catch(() => ({}))) as Record<string, unknown>;
   if (res.status === 202) throw new Error(`credential awaits approval (approvalId ${String(body.approvalId)}); retry once approved`);
-  if (!res.ok) throw new Error(`broker answered ${res.status} ${String(body.code ?? '')}: ${String(body.detail ?? body.title ?? res.statusText)}`);
+  if (!res.ok)
+    throw new Error(`broker answered ${res.status} ${String(body.code ?? '')}: ${String(body.detail ?? body.title ?? res.statusText)}`);
   const c = (body.credentials ?? {}) as Record<string, unknown>;
-  if (typeof c.AccessKeyId !== 'string' || typeof c.SecretAccessKey !== 'string') throw new Error(`role ${args.role} did not return AWS credentials`);
-  process.stdout.write(`${JSON.stringify({ Version: 1, AccessKeyId: c.AccessKeyId, SecretAccessKey: c.SecretAccessKey, SessionToken: c.SessionToken, Expiration: c.Expiration })}\n`);
+  if (typeof c.AccessKeyId !== 'string' || typeof c.SecretAccessKey !== 'string')
+    throw new Error(`role ${args.role} did not return AWS credentials`);
+  process.stdout.write(
+    `${JSON.stringify({ Version: 1, AccessKeyId: c.AccessKeyId, SecretAccessKey: c.SecretAccessKey, SessionToken: c.SessionToken, Expiration: c.Expiration })}\n`,
+  );
 }
 
 main().catch((err: unknown) => {

@@ -21,17 +21,19 @@ function svid(path: string): string {
 
 async function api(method: string, path: string, who: string, body?: unknown) {
   const res = await fetch(`${broker}${path}`, {
-    method, headers: { authorization: `Bearer ${svid(who)}`, ...(body ? { 'content-type': 'application/json' } : {}) },
+    method,
+    headers: { authorization: `Bearer ${svid(who)}`, ...(body ? { 'content-type': 'application/json' } : {}) },
     body: body ? JSON.stringify(body) : undefined,
   });
-  const json = await res.json() as Record<string, any>;
+  const json = (await res.json()) as Record<string, any>;
   if (res.status >= 400) throw new Error(`${method} ${path} → ${res.status} ${json.code ?? ''}: ${json.detail ?? JSON.stringify(json)}`);
   return json;
 }
 
 async function introspect(token: string): Promise<Record<string, unknown>> {
   const res = await fetch(`${broker}/v1/introspect`, {
-    method: 'POST', headers: { authorization: `Bearer ${svid('/resource/tickets')}`, 'content-type': 'application/x-www-form-urlencoded' },
+    method: 'POST',
+    headers: { authorization: `Bearer ${svid('/resource/tickets')}`, 'content-type': 'application/x-www-form-urlencoded' },
     body: new URLSearchParams({ token }),
   });
   return res.json() as Promise<Record<string, unknown>>;
@@ -45,22 +47,38 @@ try {
   console.error(`No broker answers at ${broker}. Start it first with \`npm start\` (or set BROKER_URL).`);
   process.exit(1);
 }
-const meta = await (await fetch(`${broker}/.well-known/oauth-authorization-server`)).json() as { issuer: string };
+const meta = (await (await fetch(`${broker}/.well-known/oauth-authorization-server`)).json()) as { issuer: string };
 const taskId = `demo-${randomUUID().slice(0, 8)}`;
 
 step(1, 'orchestrator', `opens task ${taskId} for spiffe://dev.local/agent/support`);
 const task = await api('POST', '/v1/tasks', '/orchestrator/demo', {
-  taskId, agent: 'spiffe://dev.local/agent/support', tenant: 'acme', purpose: 'triage ticket 4711', ttlSeconds: 600,
-  grants: [{ role: 'tickets-api', scopes: ['tickets:read'], maxTtlSeconds: 300 }], labels: { ticket: '4711' },
+  taskId,
+  agent: 'spiffe://dev.local/agent/support',
+  tenant: 'acme',
+  purpose: 'triage ticket 4711',
+  ttlSeconds: 600,
+  grants: [{ role: 'tickets-api', scopes: ['tickets:read'], maxTtlSeconds: 300 }],
+  labels: { ticket: '4711' },
 });
 console.log(`   status=${task.status} expiresAt=${task.expiresAt} grants=${JSON.stringify(task.grants)}`);
 
 step(2, 'agent', 'exchanges its SPIFFE identity for a task-scoped token');
-const cred = await api('POST', '/v1/credentials', '/agent/support', { taskId, role: 'tickets-api', scopes: ['tickets:read'], ttlSeconds: 120 });
-console.log(`   lease=${cred.leaseId} expiresAt=${cred.expiresAt} scope="${cred.credentials.scope}" token=${String(cred.credentials.access_token).slice(0, 24)}…`);
+const cred = await api('POST', '/v1/credentials', '/agent/support', {
+  taskId,
+  role: 'tickets-api',
+  scopes: ['tickets:read'],
+  ttlSeconds: 120,
+});
+console.log(
+  `   lease=${cred.leaseId} expiresAt=${cred.expiresAt} scope="${cred.credentials.scope}" token=${String(cred.credentials.access_token).slice(0, 24)}…`,
+);
 
 step(3, 'resource server', 'verifies the token offline against the JWKS and checks it by introspection');
-const { payload } = await jwtVerify(cred.credentials.access_token, createRemoteJWKSet(new URL(`${broker}/.well-known/jwks.json`)), { issuer: meta.issuer, audience: 'https://tickets.internal', typ: 'at+jwt' });
+const { payload } = await jwtVerify(cred.credentials.access_token, createRemoteJWKSet(new URL(`${broker}/.well-known/jwks.json`)), {
+  issuer: meta.issuer,
+  audience: 'https://tickets.internal',
+  typ: 'at+jwt',
+});
 const before = await introspect(cred.credentials.access_token);
 console.log(`   signature OK: sub=${payload.sub} task_id=${payload.task_id}; introspection active=${before.active} → request ACCEPTED`);
 

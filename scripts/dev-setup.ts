@@ -21,6 +21,8 @@ if (!existsSync('dev/dev-signer.private.jwk')) {
   const kid = randomUUID();
   const pub = { ...publicKey.export({ format: 'jwk' }), kid, use: 'jwt-svid', alg: 'ES256' };
   writeFileSync('dev/dev-trust.jwks.json', `${JSON.stringify({ keys: [pub], spiffe_sequence: 1 }, null, 2)}\n`);
-  writeFileSync('dev/dev-signer.private.jwk', `${JSON.stringify({ ...privateKey.export({ format: 'jwk' }), kid, alg: 'ES256' })}\n`, { mode: 0o600 });
+  writeFileSync('dev/dev-signer.private.jwk', `${JSON.stringify({ ...privateKey.export({ format: 'jwk' }), kid, alg: 'ES256' })}\n`, {
+    mode: 0o600,
+  });
   console.error('dev-setup: generated the dev.local trust domain key pair in dev/');
 }

@@ -30,7 +30,11 @@ if (!['127.0.0.1', 'localhost', '::1', '[::1]'].includes(host)) {
   process.exit(1);
 }
 console.error(`ensure-redis: nothing answers on ${host}:${port}; starting redis-server`);
-const started = spawnSync('redis-server', ['--daemonize', 'yes', '--bind', '127.0.0.1', '--port', String(port), '--save', '', '--appendonly', 'no'], { stdio: 'inherit' });
+const started = spawnSync(
+  'redis-server',
+  ['--daemonize', 'yes', '--bind', '127.0.0.1', '--port', String(port), '--save', '', '--appendonly', 'no'],
+  { stdio: 'inherit' },
+);
 if (started.error || started.status !== 0) {
   console.error('ensure-redis: could not start redis-server. Install it with `apt-get install -y redis-server` (Debian/Ubuntu).');
   process.exit(1);

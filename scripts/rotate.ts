@@ -23,15 +23,18 @@ function devToken(): string {
   return `${input}.${sign('sha256', Buffer.from(input), { key: createPrivateKey({ key: jwk, format: 'jwk' }), dsaEncoding: 'ieee-p1363' }).toString('base64url')}`;
 }
 
-const token = process.env.JIT_ADMIN_TOKEN
-  ?? (process.env.JIT_ADMIN_TOKEN_FILE ? readFileSync(process.env.JIT_ADMIN_TOKEN_FILE, 'utf8').trim() : undefined)
-  ?? (existsSync('dev/dev-signer.private.jwk') ? devToken() : undefined);
+const token =
+  process.env.JIT_ADMIN_TOKEN ??
+  (process.env.JIT_ADMIN_TOKEN_FILE ? readFileSync(process.env.JIT_ADMIN_TOKEN_FILE, 'utf8').trim() : undefined) ??
+  (existsSync('dev/dev-signer.private.jwk') ? devToken() : undefined);
 if (!token) {
   console.error('rotate: set JIT_ADMIN_TOKEN or JIT_ADMIN_TOKEN_FILE to an admin workload identity token');
   process.exit(2);
 }
 const res = await fetch(`${broker}/v1/admin/rotate`, {
-  method: 'POST', headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' }, body: JSON.stringify({ target }),
+  method: 'POST',
+  headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' },
+  body: JSON.stringify({ target }),
 });
 const body = await res.json();
 console.log(JSON.stringify(body, null, 2));

@@ -8,8 +8,14 @@ import type { TaskFixed } from './tasks/types.ts';
 /** The task as Cedar sees it (`context.task`). */
 export function taskContext(t: TaskFixed): PolicyTaskContext {
   return {
-    id: t.taskId, tenant: t.tenant, purpose: t.purpose, agent: t.agent, labels: t.labels,
-    roles: t.grants.map((g) => g.role), depth: t.depth, ...(t.parentTaskId ? { parentId: t.parentTaskId } : {}),
+    id: t.taskId,
+    tenant: t.tenant,
+    purpose: t.purpose,
+    agent: t.agent,
+    labels: t.labels,
+    roles: t.grants.map((g) => g.role),
+    depth: t.depth,
+    ...(t.parentTaskId ? { parentId: t.parentTaskId } : {}),
   };
 }
 
@@ -29,15 +35,21 @@ export async function authorize(
 ): Promise<string[]> {
   const decision = deps.policy.authorize({
     principal: { id: who.id, trust: who.trust, kind: who.kind, claims: who.claims },
-    action, resource, context,
+    action,
+    resource,
+    context,
   });
   deps.metrics.policyDecisions.inc({ action, decision: decision.allowed ? 'allow' : 'deny' });
   if (!decision.allowed) {
     deps.metrics.denied.inc({ code: 'policy_denied' });
     await deps.audit.append({
-      action: action === 'issue' ? 'credential.deny' : 'access.deny', actor: who.id, decision: 'deny',
-      reason: decision.errors.length ? 'policy_error' : 'policy_denied', policies: decision.policies,
-      ...audit, detail: { policyAction: action },
+      action: action === 'issue' ? 'credential.deny' : 'access.deny',
+      actor: who.id,
+      decision: 'deny',
+      reason: decision.errors.length ? 'policy_error' : 'policy_denied',
+      policies: decision.policies,
+      ...audit,
+      detail: { policyAction: action },
     });
     throw forbidden('policy_denied', `Denied by policy: ${action} on ${resource.type} "${resource.id}".`, { extra: { reason: 'policy' } });
   }
@@ -45,7 +57,13 @@ export async function authorize(
 }
 
 /** Every non-policy denial (task ceiling, approver check) is counted, audited and answered the same way. */
-export async function deny(deps: Deps, who: WorkloadIdentity, code: string, detail: string, audit: { action: AuditAction; taskId?: string; role?: string; leaseId?: string; detail?: AuditEvent['detail'] }): Promise<never> {
+export async function deny(
+  deps: Deps,
+  who: WorkloadIdentity,
+  code: string,
+  detail: string,
+  audit: { action: AuditAction; taskId?: string; role?: string; leaseId?: string; detail?: AuditEvent['detail'] },
+): Promise<never> {
   deps.metrics.denied.inc({ code });
   await deps.audit.append({ actor: who.id, decision: 'deny', reason: code, ...audit });
   throw forbidden(code, detail);

@@ -60,7 +60,9 @@ export interface BrokerOptions {
  * said loudly; production configs set secrets.kek.
  */
 async function kekFromRedis(redis: Redis, keys: Keys, logger: Logger): Promise<string> {
-  logger.warn('secrets.kek is not set: sealing signing keys with a key kept in Redis itself, which protects nothing at rest. Set secrets.kek in production.');
+  logger.warn(
+    'secrets.kek is not set: sealing signing keys with a key kept in Redis itself, which protects nothing at rest. Set secrets.kek in production.',
+  );
   await redis.set(keys.secrets('kek'), randomBytes(32).toString('base64'), 'NX');
   return (await redis.get(keys.secrets('kek')))!;
 }
@@ -71,8 +73,10 @@ async function assertKekOpens(redis: Redis, keys: Keys, kek: Kek): Promise<void>
     try {
       kek.decrypt((JSON.parse(raw) as { sealed: string }).sealed, `signing-key:${kid}`);
     } catch {
-      throw new Error(`secrets.kek cannot decrypt signing key ${kid} in Redis (prefix ${keys.prefix}): wrong KEK? Refusing to start. ` +
-        '(A second dev checkout with its own dev/kek on the same Redis: use another redis.prefix or REDIS_URL.)');
+      throw new Error(
+        `secrets.kek cannot decrypt signing key ${kid} in Redis (prefix ${keys.prefix}): wrong KEK? Refusing to start. ` +
+          '(A second dev checkout with its own dev/kek on the same Redis: use another redis.prefix or REDIS_URL.)',
+      );
     }
   }
   for (const target of ['aws', 'vault']) {
@@ -135,16 +139,30 @@ export async function startBroker(config: LoadedConfig, opts: BrokerOptions = {}
     await signing.init();
     const verifier = new IdentityVerifier(config, { redis, keys, logger, fetchImpl: opts.fetchImpl, cacheMs: opts.identityCacheMs });
     await verifier.init();
-    const policy = opts.policy ?? await createCedarEngine({ dir: resolvePath(config.policies), logger, watch: true });
+    const policy = opts.policy ?? (await createCedarEngine({ dir: resolvePath(config.policies), logger, watch: true }));
     undo.push(() => policy.close());
     const audit = new AuditLog({ redis: conn({ name: 'jit-audit' }), keys, logger });
-    const providers = await ProviderRegistry.create(config, { logger, redis, keyPrefix: config.redis.prefix, audit: (e) => audit.append(e) }, signing);
+    const providers = await ProviderRegistry.create(
+      config,
+      { logger, redis, keyPrefix: config.redis.prefix, audit: (e) => audit.append(e) },
+      signing,
+    );
     for (const [kind, p] of Object.entries(opts.providers ?? {})) providers.set(kind, p);
     undo.push(() => providers.close());
     const queue = new RevocationQueue(conn({ forBullmq: true, name: 'jit-queue' }), config.redis.prefix, config.revocation);
     undo.push(() => queue.close());
     const deps: Deps = {
-      config, redis, keys, logger, metrics, policy, providers, signing, verifier, leases, queue,
+      config,
+      redis,
+      keys,
+      logger,
+      metrics,
+      policy,
+      providers,
+      signing,
+      verifier,
+      leases,
+      queue,
       audit,
       tasks: new TaskStore({ redis, keys, retentionMs: RETENTION_MS }),
       approvals: new ApprovalStore({ redis, keys }),
@@ -156,15 +174,21 @@ export async function startBroker(config: LoadedConfig, opts: BrokerOptions = {}
     };
     const rotation = new RotationService(deps, kek, redis);
     const services: Services = {
-      tasks: new TaskService(deps), credentials: new CredentialService(deps), leases: new LeaseService(deps),
-      approvals: new ApprovalService(deps), rotation,
+      tasks: new TaskService(deps),
+      credentials: new CredentialService(deps),
+      leases: new LeaseService(deps),
+      approvals: new ApprovalService(deps),
+      rotation,
     };
     await rotation.applyDistributedSecrets();
 
     // Other instances announce rotations and policy reloads here; a periodic key reload covers a missed message.
     const sub = conn({ name: 'jit-sub' });
     await sub.subscribe(keys.channel('broker'));
-    sub.on('message', (_ch, msg) => void rotation.onEvent(msg).catch((err) => logger.error({ err: (err as Error).message }, 'broker event failed')));
+    sub.on(
+      'message',
+      (_ch, msg) => void rotation.onEvent(msg).catch((err) => logger.error({ err: (err as Error).message }, 'broker event failed')),
+    );
     const keyRefresh = setInterval(() => void signing.reload().catch(() => {}), 10_000);
     keyRefresh.unref();
     undo.push(() => clearInterval(keyRefresh));
@@ -194,13 +218,15 @@ export async function startBroker(config: LoadedConfig, opts: BrokerOptions = {}
       if (config.providers.aws) {
         // AWS SDKs fetch task credentials themselves (AWS_CONTAINER_CREDENTIALS_FULL_URI); same checks as POST /v1/credentials.
         const { containerCredentialsRouter } = await import('./providers/aws/container-credentials.ts');
-        routers.push(containerCredentialsRouter({
-          logger,
-          issue: async (token, body) => {
-            const out = await services.credentials.request(await verifier.verify(token), body);
-            return 'credentials' in out ? { credentials: out.credentials } : {};
-          },
-        }));
+        routers.push(
+          containerCredentialsRouter({
+            logger,
+            issue: async (token, body) => {
+              const out = await services.credentials.request(await verifier.verify(token), body);
+              return 'credentials' in out ? { credentials: out.credentials } : {};
+            },
+          }),
+        );
       }
       const app = createApp(deps, services, { isShuttingDown: () => shuttingDown, extraRouters: routers });
       server = app.listen(config.server.port, config.server.host);
@@ -213,7 +239,11 @@ export async function startBroker(config: LoadedConfig, opts: BrokerOptions = {}
     if (runWorker) logger.info({ prefix: config.redis.prefix }, 'revocation worker running');
 
     return {
-      deps, services, url, sweeper, worker,
+      deps,
+      services,
+      url,
+      sweeper,
+      worker,
       async close() {
         shuttingDown = true;
         clearInterval(keyRefresh);
@@ -222,7 +252,10 @@ export async function startBroker(config: LoadedConfig, opts: BrokerOptions = {}
           // close() drops idle keep-alive sockets once; sockets busy now become idle after their
           // response and must be dropped then too, or shutdown waits for the grace timer.
           const sweepIdle = setInterval(() => server!.closeIdleConnections(), 50);
-          closed.then(() => clearInterval(sweepIdle), () => clearInterval(sweepIdle));
+          closed.then(
+            () => clearInterval(sweepIdle),
+            () => clearInterval(sweepIdle),
+          );
           const grace = setTimeout(() => server!.closeAllConnections(), config.server.shutdownGraceMs);
           await closed;
           clearTimeout(grace);
@@ -238,7 +271,10 @@ export async function startBroker(config: LoadedConfig, opts: BrokerOptions = {}
       },
     };
   } catch (err) {
-    for (const step of undo.reverse()) await Promise.resolve().then(step).catch(() => {});
+    for (const step of undo.reverse())
+      await Promise.resolve()
+        .then(step)
+        .catch(() => {});
     await Promise.allSettled(connections.map((c) => c.quit()));
     throw err;
   }

@@ -12,7 +12,13 @@ export class BrokerError extends Error {
   /** Extra members for the problem document (never secrets). */
   readonly extra: Record<string, unknown> | undefined;
 
-  constructor(code: string, status: number, title: string, detail: string, opts: { cause?: unknown; extra?: Record<string, unknown> } = {}) {
+  constructor(
+    code: string,
+    status: number,
+    title: string,
+    detail: string,
+    opts: { cause?: unknown; extra?: Record<string, unknown> } = {},
+  ) {
     super(detail, opts.cause === undefined ? undefined : { cause: opts.cause });
     this.name = 'BrokerError';
     this.code = code;
@@ -24,8 +30,8 @@ export class BrokerError extends Error {
 
 type ErrorOpts = { cause?: unknown; extra?: Record<string, unknown> };
 
-const make = (status: number, title: string) =>
-  (code: string, detail: string, opts?: ErrorOpts) => new BrokerError(code, status, title, detail, opts);
+const make = (status: number, title: string) => (code: string, detail: string, opts?: ErrorOpts) =>
+  new BrokerError(code, status, title, detail, opts);
 
 /** 400: the request is malformed or invalid. */
 export const badRequest = make(400, 'Bad Request');

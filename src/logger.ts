@@ -12,8 +12,21 @@ export function createLogger(opts: { level?: string; name?: string } = {}): Logg
     level: opts.level ?? process.env.LOG_LEVEL ?? 'info',
     base: undefined,
     redact: {
-      paths: ['*.authorization', '*.Authorization', 'req.headers.authorization', '*.token', '*.secret', '*.password',
-        '*.credentials', '*.SecretAccessKey', '*.SessionToken', '*.access_token', '*.subject_token', '*.client_token', '*.secret_id'],
+      paths: [
+        '*.authorization',
+        '*.Authorization',
+        'req.headers.authorization',
+        '*.token',
+        '*.secret',
+        '*.password',
+        '*.credentials',
+        '*.SecretAccessKey',
+        '*.SessionToken',
+        '*.access_token',
+        '*.subject_token',
+        '*.client_token',
+        '*.secret_id',
+      ],
       censor: '[redacted]',
     },
   });

@@ -17,23 +17,53 @@ export class Metrics {
 
   constructor(opts: { defaultMetrics?: boolean } = {}) {
     const registers = [this.registry];
-    this.issued = new Counter({ name: 'jit_credentials_issued_total', help: 'Credentials issued', labelNames: ['provider', 'role'], registers });
-    this.denied = new Counter({ name: 'jit_denials_total', help: 'Requests denied (401/403), by error code', labelNames: ['code'], registers });
-    this.revocations = new Counter({ name: 'jit_revocations_total', help: 'Lease revocations and expiries by result', labelNames: ['result', 'reason', 'provider'], registers });
+    this.issued = new Counter({
+      name: 'jit_credentials_issued_total',
+      help: 'Credentials issued',
+      labelNames: ['provider', 'role'],
+      registers,
+    });
+    this.denied = new Counter({
+      name: 'jit_denials_total',
+      help: 'Requests denied (401/403), by error code',
+      labelNames: ['code'],
+      registers,
+    });
+    this.revocations = new Counter({
+      name: 'jit_revocations_total',
+      help: 'Lease revocations and expiries by result',
+      labelNames: ['result', 'reason', 'provider'],
+      registers,
+    });
     this.revocationLag = new Histogram({
-      name: 'jit_revocation_lag_seconds', help: 'From the revocation trigger (task end, TTL, DELETE) to the lease being ended',
-      labelNames: ['reason'], buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60], registers,
+      name: 'jit_revocation_lag_seconds',
+      help: 'From the revocation trigger (task end, TTL, DELETE) to the lease being ended',
+      labelNames: ['reason'],
+      buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60],
+      registers,
     });
     const metrics = this;
     this.activeLeases = new Gauge({
-      name: 'jit_active_leases', help: 'Leases not yet ended', registers,
-      async collect() { if (metrics.activeLeasesSource) this.set(await metrics.activeLeasesSource()); },
+      name: 'jit_active_leases',
+      help: 'Leases not yet ended',
+      registers,
+      async collect() {
+        if (metrics.activeLeasesSource) this.set(await metrics.activeLeasesSource());
+      },
     });
     this.httpDuration = new Histogram({
-      name: 'jit_http_request_duration_seconds', help: 'HTTP request duration', labelNames: ['route', 'status'],
-      buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1], registers,
+      name: 'jit_http_request_duration_seconds',
+      help: 'HTTP request duration',
+      labelNames: ['route', 'status'],
+      buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1],
+      registers,
     });
-    this.policyDecisions = new Counter({ name: 'jit_policy_decisions_total', help: 'Policy decisions', labelNames: ['action', 'decision'], registers });
+    this.policyDecisions = new Counter({
+      name: 'jit_policy_decisions_total',
+      help: 'Policy decisions',
+      labelNames: ['action', 'decision'],
+      registers,
+    });
     this.rotations = new Counter({ name: 'jit_rotations_total', help: 'Secret rotations', labelNames: ['target', 'result'], registers });
     if (opts.defaultMetrics) collectDefaultMetrics({ register: this.registry });
   }

@@ -22,23 +22,53 @@ export class Keys {
   constructor(prefix: string) {
     this.prefix = prefix;
   }
-  task(taskId: string): string { return `${this.prefix}:task:${taskId}`; }
+  task(taskId: string): string {
+    return `${this.prefix}:task:${taskId}`;
+  }
   /** Set of lease ids of a task. */
-  taskLeases(taskId: string): string { return `${this.prefix}:task:${taskId}:leases`; }
+  taskLeases(taskId: string): string {
+    return `${this.prefix}:task:${taskId}:leases`;
+  }
   /** Set of sub-task ids of a task. */
-  taskChildren(taskId: string): string { return `${this.prefix}:task:${taskId}:children`; }
-  lease(leaseId: string): string { return `${this.prefix}:lease:${leaseId}`; }
+  taskChildren(taskId: string): string {
+    return `${this.prefix}:task:${taskId}:children`;
+  }
+  lease(leaseId: string): string {
+    return `${this.prefix}:lease:${leaseId}`;
+  }
   /** Sorted set of leases not yet ended, scored by expiry (ms): the reconciler's work list and the active-lease gauge. */
-  liveLeases(): string { return `${this.prefix}:leases:live`; }
+  liveLeases(): string {
+    return `${this.prefix}:leases:live`;
+  }
   /** Sorted set of open tasks scored by deadline (ms), for the reconciler. */
-  openTasks(): string { return `${this.prefix}:tasks:open`; }
-  replay(trust: string, jtiHash: string): string { return `${this.prefix}:jti:${trust}:${jtiHash}`; }
-  approval(approvalId: string): string { return `${this.prefix}:approval:${approvalId}`; }
-  signingKeys(): string { return `${this.prefix}:signing:keys`; }
-  signingLock(): string { return `${this.prefix}:signing:lock`; }
-  auditStream(): string { return `${this.prefix}:audit`; }
-  auditHead(): string { return `${this.prefix}:audit:head`; }
-  secrets(target: string): string { return `${this.prefix}:secrets:${target}`; }
-  channel(name: string): string { return `${this.prefix}:events:${name}`; }
-  lock(name: string): string { return `${this.prefix}:lock:${name}`; }
+  openTasks(): string {
+    return `${this.prefix}:tasks:open`;
+  }
+  replay(trust: string, jtiHash: string): string {
+    return `${this.prefix}:jti:${trust}:${jtiHash}`;
+  }
+  approval(approvalId: string): string {
+    return `${this.prefix}:approval:${approvalId}`;
+  }
+  signingKeys(): string {
+    return `${this.prefix}:signing:keys`;
+  }
+  signingLock(): string {
+    return `${this.prefix}:signing:lock`;
+  }
+  auditStream(): string {
+    return `${this.prefix}:audit`;
+  }
+  auditHead(): string {
+    return `${this.prefix}:audit:head`;
+  }
+  secrets(target: string): string {
+    return `${this.prefix}:secrets:${target}`;
+  }
+  channel(name: string): string {
+    return `${this.prefix}:events:${name}`;
+  }
+  lock(name: string): string {
+    return `${this.prefix}:lock:${name}`;
+  }
 }

@@ -10,9 +10,14 @@ import { Redis } from 'ioredis';
 import { AGENT, ORCH, REDIS_URL, call, dropPrefix, startSibling, startTestBroker, waitFor, type TestBroker } from './helpers/broker.ts';
 
 const agentId = `spiffe://dev.local${AGENT}`;
-const introspect = async (url: string, as: Record<string, string>, token: string) => (await (await fetch(`${url}/v1/introspect`, {
-  method: 'POST', headers: { ...as, 'content-type': 'application/x-www-form-urlencoded' }, body: new URLSearchParams({ token }),
-})).json()) as { active: boolean };
+const introspect = async (url: string, as: Record<string, string>, token: string) =>
+  (await (
+    await fetch(`${url}/v1/introspect`, {
+      method: 'POST',
+      headers: { ...as, 'content-type': 'application/x-www-form-urlencoded' },
+      body: new URLSearchParams({ token }),
+    })
+  ).json()) as { active: boolean };
 
 describe('several instances on one Redis', () => {
   test('share signing keys (same JWKS, tokens from one introspect on the other) and keep them across restarts', async () => {
@@ -23,7 +28,14 @@ describe('several instances on one Redis', () => {
       const jwksB = await call(b.url, 'GET', '/.well-known/jwks.json', {});
       expect(jwksA.body).toEqual(jwksB.body);
       expect(jwksA.body.keys).toHaveLength(1);
-      await call(a.url, 'POST', '/v1/tasks', a.as(ORCH), { taskId: 't-multi', agent: agentId, tenant: 'acme', purpose: 'p', ttlSeconds: 600, grants: [{ role: 'demo-api' }] });
+      await call(a.url, 'POST', '/v1/tasks', a.as(ORCH), {
+        taskId: 't-multi',
+        agent: agentId,
+        tenant: 'acme',
+        purpose: 'p',
+        ttlSeconds: 600,
+        grants: [{ role: 'demo-api' }],
+      });
       const cred = await call(b.url, 'POST', '/v1/credentials', b.as(AGENT), { taskId: 't-multi', role: 'demo-api' });
       expect(cred.status).toBe(201);
       expect((await introspect(a.url, a.as('/rs/x'), cred.body.credentials.access_token)).active).toBe(true);
@@ -61,7 +73,14 @@ describe('several instances on one Redis', () => {
   test('an API-only instance and a worker-only instance split the work', async () => {
     const api = await startTestBroker('split', { broker: { worker: false, logger: silentLogger } });
     try {
-      await call(api.url, 'POST', '/v1/tasks', api.as(ORCH), { taskId: 't-split', agent: agentId, tenant: 'acme', purpose: 'p', ttlSeconds: 600, grants: [{ role: 'demo-api' }] });
+      await call(api.url, 'POST', '/v1/tasks', api.as(ORCH), {
+        taskId: 't-split',
+        agent: agentId,
+        tenant: 'acme',
+        purpose: 'p',
+        ttlSeconds: 600,
+        grants: [{ role: 'demo-api' }],
+      });
       const cred = await call(api.url, 'POST', '/v1/credentials', api.as(AGENT), { taskId: 't-split', role: 'demo-api' });
       await call(api.url, 'POST', '/v1/tasks/t-split/complete', api.as(ORCH));
       await new Promise((r) => setTimeout(r, 300));
@@ -79,14 +98,24 @@ describe('several instances on one Redis', () => {
 
 test('graceful shutdown lets in-flight requests finish', async () => {
   const t = await startTestBroker('shutdown');
-  await call(t.url, 'POST', '/v1/tasks', t.as(ORCH), { taskId: 't-shut', agent: agentId, tenant: 'acme', purpose: 'p', ttlSeconds: 600, grants: [{ role: 'demo-api' }] });
+  await call(t.url, 'POST', '/v1/tasks', t.as(ORCH), {
+    taskId: 't-shut',
+    agent: agentId,
+    tenant: 'acme',
+    purpose: 'p',
+    ttlSeconds: 600,
+    grants: [{ role: 'demo-api' }],
+  });
   let started = 0;
   const inflight = Array.from({ length: 40 }, () => {
     started += 1;
     return call(t.url, 'POST', '/v1/credentials', t.as(AGENT), { taskId: 't-shut', role: 'demo-api' }).then(
       (r) => String(r.status),
       // Refused, or reset on a keep-alive socket the server was closing while idle: never read, safe to retry.
-      (err: { cause?: { code?: string } }) => (['ECONNREFUSED', 'ECONNRESET', 'UND_ERR_SOCKET'].includes(err.cause?.code ?? '') ? 'not accepted' : `failed:${err.cause?.code ?? 'unknown'}`),
+      (err: { cause?: { code?: string } }) =>
+        ['ECONNREFUSED', 'ECONNRESET', 'UND_ERR_SOCKET'].includes(err.cause?.code ?? '')
+          ? 'not accepted'
+          : `failed:${err.cause?.code ?? 'unknown'}`,
     );
   });
   // Close while requests are on the wire.

@@ -8,16 +8,29 @@ const pct = (xs: number[], p: number) => {
   return Math.round(s[Math.min(s.length - 1, Math.floor((p / 100) * s.length))]! * 10) / 10;
 };
 
-export async function measureLag(url: string, o: { orchToken: string; agentToken: string; samples: number; openTask: (id: string, ttl?: number) => Promise<void> }) {
+export async function measureLag(
+  url: string,
+  o: { orchToken: string; agentToken: string; samples: number; openTask: (id: string, ttl?: number) => Promise<void> },
+) {
   const auth = (t: string) => ({ authorization: `Bearer ${t}` });
   const issue = async (taskId: string, ttlSeconds: number) => {
-    const r = await fetch(`${url}/v1/credentials`, { method: 'POST', headers: { ...auth(o.agentToken), 'content-type': 'application/json' }, body: JSON.stringify({ taskId, role: 'demo-api', ttlSeconds }) });
-    return await r.json() as { leaseId: string; expiresAt: string; credentials: { access_token: string } };
+    const r = await fetch(`${url}/v1/credentials`, {
+      method: 'POST',
+      headers: { ...auth(o.agentToken), 'content-type': 'application/json' },
+      body: JSON.stringify({ taskId, role: 'demo-api', ttlSeconds }),
+    });
+    return (await r.json()) as { leaseId: string; expiresAt: string; credentials: { access_token: string } };
   };
   const ended = async (leaseId: string, token: string, want: string) => {
-    const l = await (await fetch(`${url}/v1/leases/${leaseId}`, { headers: auth(o.agentToken) })).json() as { status: string };
+    const l = (await (await fetch(`${url}/v1/leases/${leaseId}`, { headers: auth(o.agentToken) })).json()) as { status: string };
     if (l.status !== want) return false;
-    const i = await (await fetch(`${url}/v1/introspect`, { method: 'POST', headers: { ...auth(o.agentToken), 'content-type': 'application/x-www-form-urlencoded' }, body: new URLSearchParams({ token }) })).json() as { active: boolean };
+    const i = (await (
+      await fetch(`${url}/v1/introspect`, {
+        method: 'POST',
+        headers: { ...auth(o.agentToken), 'content-type': 'application/x-www-form-urlencoded' },
+        body: new URLSearchParams({ token }),
+      })
+    ).json()) as { active: boolean };
     return i.active === false;
   };
   const fromComplete: number[] = [];
@@ -43,7 +56,11 @@ export async function measureLag(url: string, o: { orchToken: string; agentToken
   const fromExp: number[] = [];
   for (const c of batch) {
     for (;;) {
-      const l = await (await fetch(`${url}/v1/leases/${c.leaseId}`, { headers: auth(o.agentToken) })).json() as { status: string; expiresAt: string; revokedAt?: string };
+      const l = (await (await fetch(`${url}/v1/leases/${c.leaseId}`, { headers: auth(o.agentToken) })).json()) as {
+        status: string;
+        expiresAt: string;
+        revokedAt?: string;
+      };
       if (l.status === 'expired' && (await ended(c.leaseId, c.credentials.access_token, 'expired'))) {
         fromExp.push(Date.parse(l.revokedAt!) - Date.parse(l.expiresAt));
         break;
@@ -51,5 +68,8 @@ export async function measureLag(url: string, o: { orchToken: string; agentToken
       await new Promise((r) => setTimeout(r, 20));
     }
   }
-  return { fromComplete: { p50: pct(fromComplete, 50), p99: pct(fromComplete, 99), samples: fromComplete.length }, fromExp: { p50: pct(fromExp, 50), p99: pct(fromExp, 99), samples: fromExp.length } };
+  return {
+    fromComplete: { p50: pct(fromComplete, 50), p99: pct(fromComplete, 99), samples: fromComplete.length },
+    fromExp: { p50: pct(fromExp, 50), p99: pct(fromExp, 99), samples: fromExp.length },
+  };
 }

@@ -7,9 +7,24 @@
  */
 import { Agent, request } from 'node:http';
 
-export interface PacedResult { sent: number; ok: number; failed: number; p50Ms: number; p90Ms: number; p99Ms: number; maxMs: number }
+export interface PacedResult {
+  sent: number;
+  ok: number;
+  failed: number;
+  p50Ms: number;
+  p90Ms: number;
+  p99Ms: number;
+  maxMs: number;
+}
 
-export async function pacedLoad(opts: { url: string; path: string; headers: Record<string, string>; body: string; rate: number; seconds: number }): Promise<PacedResult> {
+export async function pacedLoad(opts: {
+  url: string;
+  path: string;
+  headers: Record<string, string>;
+  body: string;
+  rate: number;
+  seconds: number;
+}): Promise<PacedResult> {
   const target = new URL(opts.path, opts.url);
   const agent = new Agent({ keepAlive: true, maxSockets: 256 });
   const latencies: number[] = [];
@@ -19,18 +34,33 @@ export async function pacedLoad(opts: { url: string; path: string; headers: Reco
   const interval = 1000 / opts.rate;
   const t0 = performance.now() + 20;
   const inflight: Promise<void>[] = [];
-  const send = (due: number) => new Promise<void>((resolve) => {
-    const req = request({ host: target.hostname, port: target.port, path: target.pathname, method: 'POST', agent, headers: { ...opts.headers, 'content-length': Buffer.byteLength(opts.body) } }, (res) => {
-      res.resume();
-      res.on('end', () => {
-        latencies.push(performance.now() - due);
-        if (res.statusCode! < 300) ok += 1; else failed += 1;
+  const send = (due: number) =>
+    new Promise<void>((resolve) => {
+      const req = request(
+        {
+          host: target.hostname,
+          port: target.port,
+          path: target.pathname,
+          method: 'POST',
+          agent,
+          headers: { ...opts.headers, 'content-length': Buffer.byteLength(opts.body) },
+        },
+        (res) => {
+          res.resume();
+          res.on('end', () => {
+            latencies.push(performance.now() - due);
+            if (res.statusCode! < 300) ok += 1;
+            else failed += 1;
+            resolve();
+          });
+        },
+      );
+      req.on('error', () => {
+        failed += 1;
         resolve();
       });
+      req.end(opts.body);
     });
-    req.on('error', () => { failed += 1; resolve(); });
-    req.end(opts.body);
-  });
   // Timer-driven: each tick sends every request whose due time has passed, then
   // sleeps until the next one is due, so the event loop stays free for responses.
   await new Promise<void>((done) => {

@@ -40,9 +40,11 @@ export function benchPolicyText(count: number): string {
   for (let i = 0; out.length < count; i++) {
     const role = ROLES[i % ROLES.length];
     const tenant = TENANTS[i % TENANTS.length];
-    out.push(i % 3 === 2
-      ? `forbid (principal, action == Action::"issue", resource == Role::"${role}") when { context.task.tenant == "${tenant}" && context.ttlSeconds > ${600 + i} };`
-      : `@id("p${i}")\npermit (principal, action == Action::"issue", resource == Role::"${role}")\nwhen {\n  principal.id like "spiffe://bench.local/agent/*" &&\n  context.task.agent == principal.id &&\n  context.task.roles.contains(resource.id) &&\n  context.task.tenant == "${tenant}" &&\n  principal.claims has tenant && principal.claims.tenant == context.task.tenant &&\n  context.ttlSeconds <= ${900 + i * 10} &&\n  ["${role}:read", "${role}:write"].containsAll(context.scopes)\n};`);
+    out.push(
+      i % 3 === 2
+        ? `forbid (principal, action == Action::"issue", resource == Role::"${role}") when { context.task.tenant == "${tenant}" && context.ttlSeconds > ${600 + i} };`
+        : `@id("p${i}")\npermit (principal, action == Action::"issue", resource == Role::"${role}")\nwhen {\n  principal.id like "spiffe://bench.local/agent/*" &&\n  context.task.agent == principal.id &&\n  context.task.roles.contains(resource.id) &&\n  context.task.tenant == "${tenant}" &&\n  principal.claims has tenant && principal.claims.tenant == context.task.tenant &&\n  context.ttlSeconds <= ${900 + i * 10} &&\n  ["${role}:read", "${role}:write"].containsAll(context.scopes)\n};`,
+    );
   }
   return out.join('\n\n') + '\n';
 }
@@ -55,13 +57,34 @@ export function benchRequests(n: number): PolicyRequest[] {
     const agent = `spiffe://bench.local/agent/a${i % 50}`;
     return {
       principal: {
-        id: agent, trust: 'bench', kind: 'spiffe',
-        claims: { sub: agent, iss: 'https://bench.local', aud: 'jit-broker', tenant, team: `team-${i % 7}`, env: 'prod', region: 'eu-west-1', jti: `j${i}`, iat: '1700000000', exp: '1700003600' },
+        id: agent,
+        trust: 'bench',
+        kind: 'spiffe',
+        claims: {
+          sub: agent,
+          iss: 'https://bench.local',
+          aud: 'jit-broker',
+          tenant,
+          team: `team-${i % 7}`,
+          env: 'prod',
+          region: 'eu-west-1',
+          jti: `j${i}`,
+          iat: '1700000000',
+          exp: '1700003600',
+        },
       },
       action: 'issue',
       resource: { type: 'Role', id: role },
       context: {
-        task: { id: `t-${i}`, tenant, purpose: `ticket ${i}`, agent, labels: { ticket: String(4000 + i), ticket_status: 'open', priority: 'p2' }, roles: [role, 'demo-api'], depth: 0 },
+        task: {
+          id: `t-${i}`,
+          tenant,
+          purpose: `ticket ${i}`,
+          agent,
+          labels: { ticket: String(4000 + i), ticket_status: 'open', priority: 'p2' },
+          roles: [role, 'demo-api'],
+          depth: 0,
+        },
         ttlSeconds: 300 + (i % 600),
         scopes: [`${role}:read`],
       },

@@ -28,7 +28,11 @@ export async function measureReference(opts: { redisUrl: string; seconds: number
     await queue.add('x', { id }, { jobId: `j-${id}`, delay: 600_000, removeOnComplete: true });
     done += 1;
   };
-  await Promise.all(Array.from({ length: 64 }, async () => { while (Date.now() < until) await one(); }));
+  await Promise.all(
+    Array.from({ length: 64 }, async () => {
+      while (Date.now() < until) await one();
+    }),
+  );
   await queue.obliterate({ force: true }).catch(() => {});
   await queue.close();
   await redis.quit();

@@ -26,7 +26,10 @@ const LEASES = Number(process.env.BENCH_LEASES ?? 100_000);
 /** BENCH_ONLY=issuance|lag|memory|reference (comma-separated) runs a subset. */
 const ALL = 'reference,issuance,policy,lag,upstream,memory';
 const ONLY = new Set((process.env.BENCH_ONLY ?? ALL).split(','));
-const results: Record<string, unknown> = { machine: { cpus: (await import('node:os')).cpus().length, node: process.version }, at: new Date().toISOString() };
+const results: Record<string, unknown> = {
+  machine: { cpus: (await import('node:os')).cpus().length, node: process.version },
+  at: new Date().toISOString(),
+};
 const log = (s: string) => console.log(s);
 
 const redis = await startBenchRedis();
@@ -36,15 +39,27 @@ const orchToken = issuer.svid('/orchestrator/bench');
 
 async function openTask(url: string, taskId: string, ttlSeconds = 3600): Promise<void> {
   const res = await fetch(`${url}/v1/tasks`, {
-    method: 'POST', headers: { authorization: `Bearer ${orchToken}`, 'content-type': 'application/json' },
-    body: JSON.stringify({ taskId, agent: 'spiffe://bench.local/agent/bench', tenant: 'acme', purpose: 'bench', ttlSeconds, grants: [{ role: 'tickets-api', scopes: ['tickets:read'] }, { role: 'demo-api' }] }),
+    method: 'POST',
+    headers: { authorization: `Bearer ${orchToken}`, 'content-type': 'application/json' },
+    body: JSON.stringify({
+      taskId,
+      agent: 'spiffe://bench.local/agent/bench',
+      tenant: 'acme',
+      purpose: 'bench',
+      ttlSeconds,
+      grants: [{ role: 'tickets-api', scopes: ['tickets:read'] }, { role: 'demo-api' }],
+    }),
   });
   if (res.status !== 201) throw new Error(`open task: ${res.status} ${await res.text()}`);
 }
 
 function issueLoad(url: string, taskId: string, opts: { connections: number; overallRate?: number; seconds: number; amount?: number }) {
   return autocannon({
-    url: `${url}/v1/credentials`, method: 'POST', connections: opts.connections, duration: opts.seconds, ...(opts.amount ? { amount: opts.amount } : {}),
+    url: `${url}/v1/credentials`,
+    method: 'POST',
+    connections: opts.connections,
+    duration: opts.seconds,
+    ...(opts.amount ? { amount: opts.amount } : {}),
     ...(opts.overallRate ? { overallRate: opts.overallRate } : {}),
     headers: { authorization: `Bearer ${agentToken}`, 'content-type': 'application/json' },
     body: JSON.stringify({ taskId, role: 'tickets-api', scopes: ['tickets:read'], ttlSeconds: 600 }),
@@ -59,17 +74,28 @@ async function issuance(label: string, policiesDir: string): Promise<Record<stri
   await issueLoad(broker.url, `t-${label}`, { connections: 16, seconds: 2 }); // warm-up (JIT, connections)
   const sat = await issueLoad(broker.url, `t-${label}`, { connections: 64, seconds: SECONDS });
   const paced = await pacedLoad({
-    url: broker.url, path: '/v1/credentials', rate: 1000, seconds: SECONDS,
+    url: broker.url,
+    path: '/v1/credentials',
+    rate: 1000,
+    seconds: SECONDS,
     headers: { authorization: `Bearer ${agentToken}`, 'content-type': 'application/json' },
     body: JSON.stringify({ taskId: `t-${label}`, role: 'tickets-api', scopes: ['tickets:read'], ttlSeconds: 600 }),
   });
   await broker.stop();
   await redis.redis.flushall();
   const out = {
-    saturationPerSecond: Math.round(sat['2xx'] / SECONDS), saturationNon2xx: sat.non2xx, saturationP99Ms: sat.latency.p99,
-    at1000PerSecondP50Ms: paced.p50Ms, at1000PerSecondP99Ms: paced.p99Ms, at1000PerSecondMaxMs: paced.maxMs, at1000Achieved: Math.round(paced.ok / SECONDS), at1000Non2xx: paced.failed,
+    saturationPerSecond: Math.round(sat['2xx'] / SECONDS),
+    saturationNon2xx: sat.non2xx,
+    saturationP99Ms: sat.latency.p99,
+    at1000PerSecondP50Ms: paced.p50Ms,
+    at1000PerSecondP99Ms: paced.p99Ms,
+    at1000PerSecondMaxMs: paced.maxMs,
+    at1000Achieved: Math.round(paced.ok / SECONDS),
+    at1000Non2xx: paced.failed,
   };
-  log(`issuance [${label}]: ${out.saturationPerSecond}/s at saturation (p99 ${out.saturationP99Ms} ms); at 1000/s p50 ${out.at1000PerSecondP50Ms} ms, p99 ${out.at1000PerSecondP99Ms} ms (${out.at1000Achieved}/s achieved, non-2xx ${out.saturationNon2xx + out.at1000Non2xx})`);
+  log(
+    `issuance [${label}]: ${out.saturationPerSecond}/s at saturation (p99 ${out.saturationP99Ms} ms); at 1000/s p50 ${out.at1000PerSecondP50Ms} ms, p99 ${out.at1000PerSecondP99Ms} ms (${out.at1000Achieved}/s achieved, non-2xx ${out.saturationNon2xx + out.at1000Non2xx})`,
+  );
   return out;
 }
 
@@ -96,23 +122,39 @@ async function memory(): Promise<Record<string, number>> {
   await broker.stop();
   await redis.redis.flushall();
   const bytesPerLease = Math.round((after - before) / issued);
-  log(`memory: ${issued} active leases (${live} live) used ${((after - before) / 1048576).toFixed(1)} MiB of Redis: ${bytesPerLease} B per lease (issued in ${((Date.now() - t0) / 1000).toFixed(1)} s)`);
+  log(
+    `memory: ${issued} active leases (${live} live) used ${((after - before) / 1048576).toFixed(1)} MiB of Redis: ${bytesPerLease} B per lease (issued in ${((Date.now() - t0) / 1000).toFixed(1)} s)`,
+  );
   return { leases: issued, live, bytesPerLease };
 }
 
 try {
   if (ONLY.has('reference')) results.reference = await measureReference({ redisUrl: redis.url, seconds: Math.min(SECONDS, 5) });
-  if (results.reference) log(`reference (verify + sign + SET + BullMQ add, no Express): ${(results.reference as { perSecond: number }).perSecond}/s`);
+  if (results.reference)
+    log(`reference (verify + sign + SET + BullMQ add, no Express): ${(results.reference as { perSecond: number }).perSecond}/s`);
   await redis.redis.flushall();
   if (ONLY.has('issuance')) {
     results.issuancePermitAll = await issuance('permit-all', writePolicies('permit-all'));
     results.issuancePolicy = await issuance('policy-24', writePolicies('realistic', 24));
   }
   if (ONLY.has('lag')) {
-    const config = writeBenchConfig({ redisUrl: redis.url, prefix: 'bench-lag', port: PORT, issuer, policiesDir: writePolicies('permit-all') });
+    const config = writeBenchConfig({
+      redisUrl: redis.url,
+      prefix: 'bench-lag',
+      port: PORT,
+      issuer,
+      policiesDir: writePolicies('permit-all'),
+    });
     const broker = await startBrokerProcess(config, PORT);
-    results.revocationLag = await measureLag(broker.url, { orchToken, agentToken, samples: 200, openTask: (id, ttl) => openTask(broker.url, id, ttl) });
-    log(`revocation lag: from complete p50 ${(results.revocationLag as any).fromComplete.p50} ms p99 ${(results.revocationLag as any).fromComplete.p99} ms; from exp p50 ${(results.revocationLag as any).fromExp.p50} ms p99 ${(results.revocationLag as any).fromExp.p99} ms`);
+    results.revocationLag = await measureLag(broker.url, {
+      orchToken,
+      agentToken,
+      samples: 200,
+      openTask: (id, ttl) => openTask(broker.url, id, ttl),
+    });
+    log(
+      `revocation lag: from complete p50 ${(results.revocationLag as any).fromComplete.p50} ms p99 ${(results.revocationLag as any).fromComplete.p99} ms; from exp p50 ${(results.revocationLag as any).fromExp.p50} ms p99 ${(results.revocationLag as any).fromExp.p99} ms`,
+    );
     await broker.stop();
     await redis.redis.flushall();
   }
@@ -133,8 +175,13 @@ try {
   const a = results.issuancePermitAll as Record<string, number> | undefined;
   const p = results.issuancePolicy as Record<string, number> | undefined;
   if (ref && a && p) {
-    results.ratios = { brokerVsReference: +(a.saturationPerSecond! / ref).toFixed(2), policyVsNoPolicy: +(p.saturationPerSecond! / a.saturationPerSecond!).toFixed(2) };
-    log(`ratios: broker/reference ${(results.ratios as any).brokerVsReference}, with policy/without ${(results.ratios as any).policyVsNoPolicy}`);
+    results.ratios = {
+      brokerVsReference: +(a.saturationPerSecond! / ref).toFixed(2),
+      policyVsNoPolicy: +(p.saturationPerSecond! / a.saturationPerSecond!).toFixed(2),
+    };
+    log(
+      `ratios: broker/reference ${(results.ratios as any).brokerVsReference}, with policy/without ${(results.ratios as any).policyVsNoPolicy}`,
+    );
   }
   mkdirSync('bench-results', { recursive: true });
   const file = `bench-results/${process.env.BENCH_ONLY ? 'partial' : 'latest'}.json`;

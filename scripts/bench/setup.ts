@@ -14,10 +14,31 @@ export async function startBenchRedis(): Promise<{ url: string; redis: Redis; st
   // A leftover bench Redis (an earlier run still shutting down) would answer the
   // first ping and then vanish: stop it and wait until the port is free.
   spawnSync('redis-cli', ['-p', String(BENCH_REDIS_PORT), 'shutdown', 'nosave'], { stdio: 'ignore' });
-  for (let i = 0; i < 50 && spawnSync('redis-cli', ['-p', String(BENCH_REDIS_PORT), 'ping'], { encoding: 'utf8' }).stdout.includes('PONG'); i++) {
+  for (
+    let i = 0;
+    i < 50 && spawnSync('redis-cli', ['-p', String(BENCH_REDIS_PORT), 'ping'], { encoding: 'utf8' }).stdout.includes('PONG');
+    i++
+  ) {
     await new Promise((r) => setTimeout(r, 100));
   }
-  const r = spawnSync('redis-server', ['--daemonize', 'yes', '--port', String(BENCH_REDIS_PORT), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--dir', tmpdir()], { stdio: 'inherit' });
+  const r = spawnSync(
+    'redis-server',
+    [
+      '--daemonize',
+      'yes',
+      '--port',
+      String(BENCH_REDIS_PORT),
+      '--bind',
+      '127.0.0.1',
+      '--save',
+      '',
+      '--appendonly',
+      'no',
+      '--dir',
+      tmpdir(),
+    ],
+    { stdio: 'inherit' },
+  );
   if (r.error || r.status !== 0) throw new Error('bench: could not start redis-server');
   const url = `redis://127.0.0.1:${BENCH_REDIS_PORT}`;
   const redis = new Redis(url, { lazyConnect: true });
@@ -26,11 +47,20 @@ export async function startBenchRedis(): Promise<{ url: string; redis: Redis; st
     try {
       if (redis.status === 'wait' || redis.status === 'end') await redis.connect();
       if ((await redis.ping()) === 'PONG') break;
-    } catch { /* starting */ }
+    } catch {
+      /* starting */
+    }
     await new Promise((r) => setTimeout(r, 100));
   }
   await redis.flushall();
-  return { url, redis, async stop() { await redis.shutdown('NOSAVE').catch(() => {}); redis.disconnect(); } };
+  return {
+    url,
+    redis,
+    async stop() {
+      await redis.shutdown('NOSAVE').catch(() => {});
+      redis.disconnect();
+    },
+  };
 }
 
 /** Signs SPIFFE JWT-SVIDs for the bench trust domain. */
@@ -52,7 +82,15 @@ export class BenchIssuer {
 }
 
 /** Writes a config for the bench broker and returns its path. */
-export function writeBenchConfig(opts: { redisUrl: string; prefix: string; port: number; issuer: BenchIssuer; policiesDir: string; extra?: Record<string, unknown>; roles?: Record<string, unknown> }): string {
+export function writeBenchConfig(opts: {
+  redisUrl: string;
+  prefix: string;
+  port: number;
+  issuer: BenchIssuer;
+  policiesDir: string;
+  extra?: Record<string, unknown>;
+  roles?: Record<string, unknown>;
+}): string {
   const dir = mkdtempSync(join(tmpdir(), 'jit-bench-'));
   writeFileSync(join(dir, 'kek'), randomBytes(32).toString('base64'));
   const config = {
@@ -64,7 +102,12 @@ export function writeBenchConfig(opts: { redisUrl: string; prefix: string; port:
     admins: ['spiffe://bench.local/ops/*'],
     policies: opts.policiesDir,
     roles: {
-      'tickets-api': { provider: 'jwt', audience: 'https://tickets.internal', maxTtlSeconds: 900, scopes: ['tickets:read', 'tickets:write'] },
+      'tickets-api': {
+        provider: 'jwt',
+        audience: 'https://tickets.internal',
+        maxTtlSeconds: 900,
+        scopes: ['tickets:read', 'tickets:write'],
+      },
       'demo-api': { provider: 'jwt', audience: 'https://demo.internal', maxTtlSeconds: 900 },
       ...opts.roles,
     },
@@ -76,15 +119,31 @@ export function writeBenchConfig(opts: { redisUrl: string; prefix: string; port:
 }
 
 /** Starts `node src/main.ts` as its own process (the load generator stays in this one). */
-export async function startBrokerProcess(configFile: string, port: number, args: string[] = []): Promise<{ child: ChildProcess; url: string; stop(): Promise<void> }> {
-  const child = spawn(process.execPath, [...(process.env.BENCH_NODE_FLAGS ? process.env.BENCH_NODE_FLAGS.split(' ') : []), 'src/main.ts', ...args], { env: { ...process.env, BROKER_CONFIG: configFile, LOG_LEVEL: 'warn' }, stdio: ['ignore', process.env.BENCH_NODE_FLAGS ? 'inherit' : 'ignore', 'inherit'] });
+export async function startBrokerProcess(
+  configFile: string,
+  port: number,
+  args: string[] = [],
+): Promise<{ child: ChildProcess; url: string; stop(): Promise<void> }> {
+  const child = spawn(
+    process.execPath,
+    [...(process.env.BENCH_NODE_FLAGS ? process.env.BENCH_NODE_FLAGS.split(' ') : []), 'src/main.ts', ...args],
+    {
+      env: { ...process.env, BROKER_CONFIG: configFile, LOG_LEVEL: 'warn' },
+      stdio: ['ignore', process.env.BENCH_NODE_FLAGS ? 'inherit' : 'ignore', 'inherit'],
+    },
+  );
   const url = `http://127.0.0.1:${port}`;
   for (let i = 0; i < 100; i++) {
-    try { if ((await fetch(`${url}/readyz`)).ok) break; } catch { /* starting */ }
+    try {
+      if ((await fetch(`${url}/readyz`)).ok) break;
+    } catch {
+      /* starting */
+    }
     await new Promise((r) => setTimeout(r, 100));
   }
   return {
-    child, url,
+    child,
+    url,
     async stop() {
       child.kill('SIGTERM');
       await new Promise((r) => child.once('exit', r));
@@ -106,7 +165,9 @@ export function writePolicies(kind: 'permit-all' | 'realistic', n = 24): string 
     '@id("no-prod-unapproved") forbid (principal, action == Action::"issue", resource == Role::"prod-deploy") unless { context has approved && context.approved };',
   ];
   for (let i = lines.length; i < n; i++) {
-    lines.push(`@id("tenant-${i}") forbid (principal, action == Action::"issue", resource) when { context.task.tenant == "blocked-${i}" && context.scopes.contains("scope:${i}") };`);
+    lines.push(
+      `@id("tenant-${i}") forbid (principal, action == Action::"issue", resource) when { context.task.tenant == "blocked-${i}" && context.scopes.contains("scope:${i}") };`,
+    );
   }
   writeFileSync(join(dir, 'bench.cedar'), `${lines.join('\n')}\n`);
   return dir;

@@ -16,7 +16,10 @@ const pct = (xs: number[], p: number) => {
   return Math.round(s[Math.min(s.length - 1, Math.floor((p / 100) * s.length))]! * 100) / 100;
 };
 const summary = (broker: number[], direct: number[]) => ({
-  brokerP50Ms: pct(broker, 50), brokerP99Ms: pct(broker, 99), upstreamP50Ms: pct(direct, 50), upstreamP99Ms: pct(direct, 99),
+  brokerP50Ms: pct(broker, 50),
+  brokerP99Ms: pct(broker, 99),
+  upstreamP50Ms: pct(direct, 50),
+  upstreamP99Ms: pct(direct, 99),
   overheadP50Ms: Math.round((pct(broker, 50) - pct(direct, 50)) * 100) / 100,
   overheadP99Ms: Math.round((pct(broker, 99) - pct(direct, 99)) * 100) / 100,
   samples: broker.length,
@@ -33,14 +36,30 @@ async function timed(n: number, fn: (i: number) => Promise<void>): Promise<numbe
   return out;
 }
 
-async function withBroker(redisUrl: string, prefix: string, port: number, extra: Record<string, unknown>, roles: Record<string, unknown>, grants: unknown[], run: (url: string, agent: string) => Promise<number[]>) {
+async function withBroker(
+  redisUrl: string,
+  prefix: string,
+  port: number,
+  extra: Record<string, unknown>,
+  roles: Record<string, unknown>,
+  grants: unknown[],
+  run: (url: string, agent: string) => Promise<number[]>,
+) {
   const issuer = new BenchIssuer();
   const config = writeBenchConfig({ redisUrl, prefix, port, issuer, policiesDir: writePolicies('permit-all'), extra, roles });
   const broker = await startBrokerProcess(config, port);
   try {
     const res = await fetch(`${broker.url}/v1/tasks`, {
-      method: 'POST', headers: { authorization: `Bearer ${issuer.svid('/orchestrator/b')}`, 'content-type': 'application/json' },
-      body: JSON.stringify({ taskId: 't-up', agent: 'spiffe://bench.local/agent/bench', tenant: 'acme', purpose: 'bench', ttlSeconds: 3600, grants }),
+      method: 'POST',
+      headers: { authorization: `Bearer ${issuer.svid('/orchestrator/b')}`, 'content-type': 'application/json' },
+      body: JSON.stringify({
+        taskId: 't-up',
+        agent: 'spiffe://bench.local/agent/bench',
+        tenant: 'acme',
+        purpose: 'bench',
+        ttlSeconds: 3600,
+        grants,
+      }),
     });
     if (res.status !== 201) throw new Error(`open task: ${res.status} ${await res.text()}`);
     return await run(broker.url, issuer.svid('/agent/bench'));
@@ -50,7 +69,11 @@ async function withBroker(redisUrl: string, prefix: string, port: number, extra:
 }
 
 async function issueOnce(url: string, agent: string, role: string, ttlSeconds: number): Promise<void> {
-  const r = await fetch(`${url}/v1/credentials`, { method: 'POST', headers: { authorization: `Bearer ${agent}`, 'content-type': 'application/json' }, body: JSON.stringify({ taskId: 't-up', role, ttlSeconds }) });
+  const r = await fetch(`${url}/v1/credentials`, {
+    method: 'POST',
+    headers: { authorization: `Bearer ${agent}`, 'content-type': 'application/json' },
+    body: JSON.stringify({ taskId: 't-up', role, ttlSeconds }),
+  });
   if (r.status !== 201) throw new Error(`issue ${role}: ${r.status} ${await r.text()}`);
   await r.arrayBuffer();
 }
@@ -60,17 +83,47 @@ export async function benchAwsOverhead(redisUrl: string, n = 300) {
   const user = emu.createUser('jit-broker');
   const role = emu.createRole('agent-reports', { maxSessionDuration: 7200, trust: [user.arn] });
   try {
-    const broker = await withBroker(redisUrl, 'bench-aws', 18_082,
-      { providers: { aws: { region: 'us-east-1', endpoint: emu.url, credentials: { accessKeyId: user.accessKeyId, secretAccessKey: user.secretAccessKey } } } },
+    const broker = await withBroker(
+      redisUrl,
+      'bench-aws',
+      18_082,
+      {
+        providers: {
+          aws: {
+            region: 'us-east-1',
+            endpoint: emu.url,
+            credentials: { accessKeyId: user.accessKeyId, secretAccessKey: user.secretAccessKey },
+          },
+        },
+      },
       { reports: { provider: 'aws', roleArn: role.arn, maxTtlSeconds: 3600 } },
       [{ role: 'reports', scopes: ['s3:GetObject'] }],
-      (url, agent) => timed(n, () => issueOnce(url, agent, 'reports', 900)));
-    const sts = new STSClient({ region: 'us-east-1', endpoint: emu.url, credentials: { accessKeyId: user.accessKeyId, secretAccessKey: user.secretAccessKey }, maxAttempts: 1 });
+      (url, agent) => timed(n, () => issueOnce(url, agent, 'reports', 900)),
+    );
+    const sts = new STSClient({
+      region: 'us-east-1',
+      endpoint: emu.url,
+      credentials: { accessKeyId: user.accessKeyId, secretAccessKey: user.secretAccessKey },
+      maxAttempts: 1,
+    });
     const policy = JSON.stringify({ Version: '2012-10-17', Statement: [{ Effect: 'Allow', Action: ['s3:GetObject'], Resource: ['*'] }] });
-    const direct = await timed(n, (i) => sts.send(new AssumeRoleCommand({
-      RoleArn: role.arn, RoleSessionName: `direct-${i + 100}`, DurationSeconds: 900, Policy: policy,
-      Tags: [{ Key: 'task', Value: 't-up' }, { Key: 'tenant', Value: 'acme' }], TransitiveTagKeys: ['task', 'tenant'],
-    })).then(() => undefined));
+    const direct = await timed(n, (i) =>
+      sts
+        .send(
+          new AssumeRoleCommand({
+            RoleArn: role.arn,
+            RoleSessionName: `direct-${i + 100}`,
+            DurationSeconds: 900,
+            Policy: policy,
+            Tags: [
+              { Key: 'task', Value: 't-up' },
+              { Key: 'tenant', Value: 'acme' },
+            ],
+            TransitiveTagKeys: ['task', 'tenant'],
+          }),
+        )
+        .then(() => undefined),
+    );
     sts.destroy();
     return summary(broker, direct);
   } finally {
@@ -79,16 +132,36 @@ export async function benchAwsOverhead(redisUrl: string, n = 300) {
 }
 
 export async function benchVaultOverhead(redisUrl: string, n = 300) {
-  const emu = await startVaultEmulator({ policies: { 'jit-broker': ['auth/token/create-orphan', 'auth/token/revoke-accessor', 'sys/leases/revoke', 'database/creds/*'], 'ops-read': ['secret/ops/*'] } });
+  const emu = await startVaultEmulator({
+    policies: {
+      'jit-broker': ['auth/token/create-orphan', 'auth/token/revoke-accessor', 'sys/leases/revoke', 'database/creds/*'],
+      'ops-read': ['secret/ops/*'],
+    },
+  });
   const { roleId, secretId } = emu.createAppRole({ name: 'jit-broker', policies: ['jit-broker', 'ops-read'] });
   try {
-    const broker = await withBroker(redisUrl, 'bench-vault', 18_083,
+    const broker = await withBroker(
+      redisUrl,
+      'bench-vault',
+      18_083,
       { providers: { vault: { address: emu.url, auth: { approle: { roleId, secretId, roleName: 'jit-broker' } } } } },
       { 'vault-ops': { provider: 'vault', token: { policies: ['ops-read'] }, maxTtlSeconds: 3600 } },
       [{ role: 'vault-ops', scopes: ['ops-read'] }],
-      (url, agent) => timed(n, () => issueOnce(url, agent, 'vault-ops', 300)));
+      (url, agent) => timed(n, () => issueOnce(url, agent, 'vault-ops', 300)),
+    );
     const vault = nodeVault({ endpoint: emu.url, token: emu.rootToken });
-    const direct = await timed(n, () => vault.write('auth/token/create-orphan', { policies: ['ops-read'], ttl: '300s', explicit_max_ttl: '300s', renewable: false, no_default_policy: true, meta: { task_id: 't-up' } }).then(() => undefined));
+    const direct = await timed(n, () =>
+      vault
+        .write('auth/token/create-orphan', {
+          policies: ['ops-read'],
+          ttl: '300s',
+          explicit_max_ttl: '300s',
+          renewable: false,
+          no_default_policy: true,
+          meta: { task_id: 't-up' },
+        })
+        .then(() => undefined),
+    );
     return summary(broker, direct);
   } finally {
     await emu.stop();

@@ -36,12 +36,21 @@ export class ApprovalStore {
   }
 
   private indexKey(taskId: string, role: string, scopes: string[]): string {
-    const h = createHash('sha256').update(JSON.stringify([taskId, role, [...scopes].sort()])).digest('base64url');
+    const h = createHash('sha256')
+      .update(JSON.stringify([taskId, role, [...scopes].sort()]))
+      .digest('base64url');
     return `${this.keys.prefix}:approval-for:${h}`;
   }
 
   /** The approval for this request, creating a pending one if there is none. */
-  async findOrCreate(req: { taskId: string; role: string; agent: string; scopes: string[]; ttlSeconds?: number; expiresAt: number }): Promise<{ record: ApprovalRecord; created: boolean }> {
+  async findOrCreate(req: {
+    taskId: string;
+    role: string;
+    agent: string;
+    scopes: string[];
+    ttlSeconds?: number;
+    expiresAt: number;
+  }): Promise<{ record: ApprovalRecord; created: boolean }> {
     const index = this.indexKey(req.taskId, req.role, req.scopes);
     const approvalId = randomBytes(16).toString('hex');
     const px = Math.max(1, req.expiresAt - Date.now());
@@ -51,7 +60,17 @@ export class ApprovalStore {
       if (existing) return { record: existing, created: false };
       await this.redis.set(index, approvalId, 'PX', px);
     }
-    const { status, ...fixed }: ApprovalRecord = { approvalId, taskId: req.taskId, role: req.role, agent: req.agent, scopes: req.scopes, ...(req.ttlSeconds ? { ttlSeconds: req.ttlSeconds } : {}), status: 'pending', requestedAt: Date.now(), expiresAt: req.expiresAt };
+    const { status, ...fixed }: ApprovalRecord = {
+      approvalId,
+      taskId: req.taskId,
+      role: req.role,
+      agent: req.agent,
+      scopes: req.scopes,
+      ...(req.ttlSeconds ? { ttlSeconds: req.ttlSeconds } : {}),
+      status: 'pending',
+      requestedAt: Date.now(),
+      expiresAt: req.expiresAt,
+    };
     const key = this.keys.approval(approvalId);
     await this.redis.multi().hset(key, 'd', JSON.stringify(fixed), 'status', status).pexpire(key, px).exec();
     return { record: { ...fixed, status }, created: true };
@@ -70,7 +89,12 @@ export class ApprovalStore {
 
   /** pending -> approved|rejected; false if it was no longer pending (lost a race). */
   async decide(approvalId: string, decision: 'approved' | 'rejected', by: string, reason?: string): Promise<boolean> {
-    return this.swap(approvalId, 'pending', { status: decision, decidedBy: by, decidedAt: String(Date.now()), ...(reason ? { reason } : {}) });
+    return this.swap(approvalId, 'pending', {
+      status: decision,
+      decidedBy: by,
+      decidedAt: String(Date.now()),
+      ...(reason ? { reason } : {}),
+    });
   }
 
   /** approved -> consumed, exactly once; the index is cleared so the next request asks again. */
@@ -83,10 +107,16 @@ export class ApprovalStore {
   /** Compare-and-set on the status field, atomically in Redis. */
   private async swap(approvalId: string, from: ApprovalStatus, patch: Record<string, string>): Promise<boolean> {
     const args = Object.entries(patch).flat();
-    const res = await this.redis.eval(`
+    const res = (await this.redis.eval(
+      `
 if redis.call('HGET', KEYS[1], 'status') ~= ARGV[1] then return 0 end
 for i = 2, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
-return 1`, 1, this.keys.approval(approvalId), from, ...args) as number;
+return 1`,
+      1,
+      this.keys.approval(approvalId),
+      from,
+      ...args,
+    )) as number;
     return res === 1;
   }
 }

@@ -87,7 +87,15 @@ export class AuditLog {
         prev = record.hash;
       }
       const next = `${seq}:${prev}`;
-      const actual = await runAppend(this.redis, 2, this.keys.auditHead(), this.keys.auditStream(), expected, next, ...records.map((r) => JSON.stringify(r))) as string | null;
+      const actual = (await runAppend(
+        this.redis,
+        2,
+        this.keys.auditHead(),
+        this.keys.auditStream(),
+        expected,
+        next,
+        ...records.map((r) => JSON.stringify(r)),
+      )) as string | null;
       if (actual === null) {
         this.head = next;
         return records;

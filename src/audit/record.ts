@@ -2,10 +2,21 @@ import { createHash } from 'node:crypto';
 
 /** What happened, in the words the contract uses. */
 export type AuditAction =
-  | 'task.open' | 'task.complete' | 'task.expire'
-  | 'credential.issue' | 'credential.deny' | 'credential.pending' | 'credential.fail' | 'access.deny'
-  | 'lease.revoke' | 'lease.expire' | 'lease.revoke_failed'
-  | 'approval.decide' | 'rotate' | 'policy.reload' | 'aws.deny_fallback';
+  | 'task.open'
+  | 'task.complete'
+  | 'task.expire'
+  | 'credential.issue'
+  | 'credential.deny'
+  | 'credential.pending'
+  | 'credential.fail'
+  | 'access.deny'
+  | 'lease.revoke'
+  | 'lease.expire'
+  | 'lease.revoke_failed'
+  | 'approval.decide'
+  | 'rotate'
+  | 'policy.reload'
+  | 'aws.deny_fallback';
 
 /** One audit record as callers describe it. Never put a secret in here. */
 export interface AuditEvent {
@@ -41,8 +52,11 @@ export function hashRecord(r: Omit<AuditRecord, 'hash'>): string {
 export function canonicalJson(v: unknown): string {
   if (Array.isArray(v)) return `[${v.map(canonicalJson).join(',')}]`;
   if (v && typeof v === 'object') {
-    return `{${Object.keys(v).sort().filter((k) => (v as Record<string, unknown>)[k] !== undefined)
-      .map((k) => `${JSON.stringify(k)}:${canonicalJson((v as Record<string, unknown>)[k])}`).join(',')}}`;
+    return `{${Object.keys(v)
+      .sort()
+      .filter((k) => (v as Record<string, unknown>)[k] !== undefined)
+      .map((k) => `${JSON.stringify(k)}:${canonicalJson((v as Record<string, unknown>)[k])}`)
+      .join(',')}}`;
   }
   return JSON.stringify(v);
 }

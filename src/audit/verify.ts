@@ -30,9 +30,27 @@ export async function verifyAuditChain(redis: Redis, keys: Keys): Promise<Verify
         return { ok: false, records: count, brokenAt: { streamId: id }, problem: 'record is not valid JSON' };
       }
       const { hash, ...rest } = r;
-      if (r.seq !== expectedSeq) return { ok: false, records: count, brokenAt: { streamId: id, seq: r.seq }, problem: `expected seq ${expectedSeq}: a record is missing or out of order` };
-      if (r.prev !== prev) return { ok: false, records: count, brokenAt: { streamId: id, seq: r.seq }, problem: 'prev does not match the previous record\'s hash' };
-      if (hashRecord(rest) !== hash) return { ok: false, records: count, brokenAt: { streamId: id, seq: r.seq }, problem: 'hash does not match the record\'s content (edited)' };
+      if (r.seq !== expectedSeq)
+        return {
+          ok: false,
+          records: count,
+          brokenAt: { streamId: id, seq: r.seq },
+          problem: `expected seq ${expectedSeq}: a record is missing or out of order`,
+        };
+      if (r.prev !== prev)
+        return {
+          ok: false,
+          records: count,
+          brokenAt: { streamId: id, seq: r.seq },
+          problem: "prev does not match the previous record's hash",
+        };
+      if (hashRecord(rest) !== hash)
+        return {
+          ok: false,
+          records: count,
+          brokenAt: { streamId: id, seq: r.seq },
+          problem: "hash does not match the record's content (edited)",
+        };
       prev = hash;
       expectedSeq += 1;
     }
@@ -42,7 +60,12 @@ export async function verifyAuditChain(redis: Redis, keys: Keys): Promise<Verify
   const head = await redis.get(keys.auditHead());
   const expectedHead = count === 0 ? null : `${expectedSeq - 1}:${prev}`;
   if (head !== expectedHead) {
-    return { ok: false, records: count, brokenAt: { streamId: 'head', seq: expectedSeq - 1 }, problem: `chain head ${head ?? '(none)'} does not match the last record: records were removed from the end` };
+    return {
+      ok: false,
+      records: count,
+      brokenAt: { streamId: 'head', seq: expectedSeq - 1 },
+      problem: `chain head ${head ?? '(none)'} does not match the last record: records were removed from the end`,
+    };
   }
   return { ok: true, records: count, head: head ?? GENESIS };
 }

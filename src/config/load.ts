@@ -37,7 +37,7 @@ function deepFreeze<T>(o: T): T {
 /** Validates a parsed config object; `PORT`, `HOST` and `REDIS_URL` from `env` override. */
 export function validateConfig(raw: unknown, env: NodeJS.ProcessEnv, file: string): LoadedConfig {
   if (!raw || typeof raw !== 'object' || Array.isArray(raw)) throw new ConfigError('', `${file} must hold a YAML mapping`);
-  const doc = substituteEnv(raw, env) as Record<string, any>;
+  const doc = substituteEnv(raw, env) as Record<string, Record<string, unknown> | undefined>;
   if (env.PORT !== undefined) {
     if (!/^\d{1,5}$/.test(env.PORT)) throw new ConfigError('server.port', `PORT="${env.PORT}" is not a port number`);
     doc.server = { ...(doc.server ?? {}), port: Number(env.PORT) };

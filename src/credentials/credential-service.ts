@@ -45,8 +45,9 @@ export class CredentialService {
     // The cached immutable part: whether the task is still open is checked atomically when the lease is created.
     const task = await tasks.fixed(body.taskId);
     if (!task) throw notFound('task_not_found', `No task ${body.taskId}.`);
-    const d = (code: string, msg: string) => deny(this.deps, who, code, msg, { action: 'credential.deny', taskId: task.taskId, role: body.role });
-    if (who.id !== task.agent) await d('not_task_agent', 'Only the task\'s agent may request its credentials.');
+    const d = (code: string, msg: string) =>
+      deny(this.deps, who, code, msg, { action: 'credential.deny', taskId: task.taskId, role: body.role });
+    if (who.id !== task.agent) await d('not_task_agent', "Only the task's agent may request its credentials.");
     const now = Date.now();
     if (now >= task.expiresAt) throw conflict('task_not_open', `Task ${task.taskId} has expired.`);
     const grant = task.grants.find((g) => g.role === body.role);
@@ -58,26 +59,44 @@ export class CredentialService {
     if (extra.length > 0) await d('scope_not_granted', `Scopes not granted to this task: ${extra.join(', ')}.`);
     const provider = providers.forRole(role!);
     const ttl = clampTtl({
-      requested: body.ttlSeconds, grantMax: grant!.maxTtlSeconds, roleMax: role!.maxTtlSeconds,
-      taskLeftSeconds: (task.expiresAt - now) / 1000, upstreamMin: provider.minTtlSeconds,
+      requested: body.ttlSeconds,
+      grantMax: grant!.maxTtlSeconds,
+      roleMax: role!.maxTtlSeconds,
+      taskLeftSeconds: (task.expiresAt - now) / 1000,
+      upstreamMin: provider.minTtlSeconds,
     });
     // For a role that needs approval, policy is asked as if approved first: a request policy
     // would refuse anyway gets its 403 now instead of an approval nobody should grant.
     const needsApproval = role!.approval === 'required';
-    const policies = await authorize(this.deps, who, 'issue', { type: 'Role', id: body.role },
+    const policies = await authorize(
+      this.deps,
+      who,
+      'issue',
+      { type: 'Role', id: body.role },
       { task: taskContext(task), ttlSeconds: ttl.ttlSeconds, scopes, approved: needsApproval },
-      { taskId: task.taskId, role: body.role });
+      { taskId: task.taskId, role: body.role },
+    );
     let approval: ApprovalRecord | undefined;
     if (needsApproval) {
       const found = await this.approvalFor(who, task.taskId, body, scopes, task.expiresAt);
       if ('pending' in found) return found.pending;
       approval = found.approved;
     }
-    if (approval && !(await this.deps.approvals.consume(approval))) throw conflict('approval_consumed', 'That approval was already used; request again.');
+    if (approval && !(await this.deps.approvals.consume(approval)))
+      throw conflict('approval_consumed', 'That approval was already used; request again.');
 
     const lease: LeaseRecord = {
-      leaseId: randomBytes(16).toString('hex'), taskId: task.taskId, role: body.role, provider: role!.provider, agent: who.id,
-      scopes, status: 'issuing', issuedAt: now, expiresAt: now + ttl.ttlSeconds * 1000, revocable: provider.revocable(role!), handle: {},
+      leaseId: randomBytes(16).toString('hex'),
+      taskId: task.taskId,
+      role: body.role,
+      provider: role!.provider,
+      agent: who.id,
+      scopes,
+      status: 'issuing',
+      issuedAt: now,
+      expiresAt: now + ttl.ttlSeconds * 1000,
+      revocable: provider.revocable(role!),
+      handle: {},
     };
     const req = { leaseId: lease.leaseId, roleName: body.role, role: role!, task, agent: who.id, scopes, ttlSeconds: ttl.ttlSeconds };
     let result;
@@ -92,12 +111,24 @@ export class CredentialService {
     }
     this.deps.metrics.issued.inc({ provider: role!.provider, role: body.role });
     await this.deps.audit.append({
-      action: 'credential.issue', actor: who.id, decision: 'allow', taskId: task.taskId, role: body.role, leaseId: lease.leaseId, policies,
+      action: 'credential.issue',
+      actor: who.id,
+      decision: 'allow',
+      taskId: task.taskId,
+      role: body.role,
+      leaseId: lease.leaseId,
+      policies,
       detail: { ttlSeconds: ttl.ttlSeconds, ttlBoundBy: ttl.boundBy, scopes, ...(approval ? { approvalId: approval.approvalId } : {}) },
     });
     return {
-      leaseId: lease.leaseId, taskId: task.taskId, role: body.role, provider: role!.provider,
-      expiresAt: new Date(result.expiresAt).toISOString(), ttlSeconds: ttl.ttlSeconds, revocable: lease.revocable, scopes,
+      leaseId: lease.leaseId,
+      taskId: task.taskId,
+      role: body.role,
+      provider: role!.provider,
+      expiresAt: new Date(result.expiresAt).toISOString(),
+      ttlSeconds: ttl.ttlSeconds,
+      revocable: lease.revocable,
+      scopes,
       credentials: result.credentials,
     };
   }
@@ -116,7 +147,15 @@ export class CredentialService {
     } catch (err) {
       const code = err instanceof BrokerError ? err.code : 'upstream_error';
       await this.deps.leases.end(lease.leaseId, 'failed', { lastError: code });
-      await this.deps.audit.append({ action: 'credential.fail', actor: lease.agent, decision: 'error', taskId: lease.taskId, role: lease.role, leaseId: lease.leaseId, reason: code });
+      await this.deps.audit.append({
+        action: 'credential.fail',
+        actor: lease.agent,
+        decision: 'error',
+        taskId: lease.taskId,
+        role: lease.role,
+        leaseId: lease.leaseId,
+        reason: code,
+      });
       throw err;
     }
     const activated = await this.deps.leases.activate(lease, { handle: result.handle, expiresAt: result.expiresAt });
@@ -128,14 +167,38 @@ export class CredentialService {
     return result;
   }
 
-  private async approvalFor(who: WorkloadIdentity, taskId: string, body: CredentialRequest, scopes: string[], expiresAt: number): Promise<{ pending: PendingApproval } | { approved: ApprovalRecord }> {
-    const { record, created } = await this.deps.approvals.findOrCreate({ taskId, role: body.role, agent: who.id, scopes, ttlSeconds: body.ttlSeconds, expiresAt });
+  private async approvalFor(
+    who: WorkloadIdentity,
+    taskId: string,
+    body: CredentialRequest,
+    scopes: string[],
+    expiresAt: number,
+  ): Promise<{ pending: PendingApproval } | { approved: ApprovalRecord }> {
+    const { record, created } = await this.deps.approvals.findOrCreate({
+      taskId,
+      role: body.role,
+      agent: who.id,
+      scopes,
+      ttlSeconds: body.ttlSeconds,
+      expiresAt,
+    });
     if (created) {
-      await this.deps.audit.append({ action: 'credential.pending', actor: who.id, decision: 'ok', taskId, role: body.role, detail: { approvalId: record.approvalId } });
+      await this.deps.audit.append({
+        action: 'credential.pending',
+        actor: who.id,
+        decision: 'ok',
+        taskId,
+        role: body.role,
+        detail: { approvalId: record.approvalId },
+      });
     }
     if (record.status === 'pending') return { pending: { approvalId: record.approvalId, status: 'pending' } };
     if (record.status === 'approved') return { approved: record };
     this.deps.metrics.denied.inc({ code: 'approval_rejected' });
-    throw forbidden(record.status === 'rejected' ? 'approval_rejected' : 'approval_expired', `The approval for this request was ${record.status}.`, { extra: { approvalId: record.approvalId } });
+    throw forbidden(
+      record.status === 'rejected' ? 'approval_rejected' : 'approval_expired',
+      `The approval for this request was ${record.status}.`,
+      { extra: { approvalId: record.approvalId } },
+    );
   }
 }

@@ -12,7 +12,11 @@ import { taskRoutes } from './routes/tasks.ts';
 import { wellKnownRoutes } from './routes/wellknown.ts';
 
 /** Builds the Express app. Routes are grouped by who calls them. */
-export function createApp(deps: Deps, services: Services, opts: { isShuttingDown: () => boolean; extraRouters?: express.Router[] }): Express {
+export function createApp(
+  deps: Deps,
+  services: Services,
+  opts: { isShuttingDown: () => boolean; extraRouters?: express.Router[] },
+): Express {
   const app = express();
   app.disable('x-powered-by');
   app.set('etag', false);
@@ -30,7 +34,12 @@ export function createApp(deps: Deps, services: Services, opts: { isShuttingDown
   app.use(adminRoutes(deps, services));
   for (const r of opts.extraRouters ?? []) app.use(r);
   // Everything else under /v1 is JSON and needs a workload identity, checked before the body is even parsed.
-  app.use('/v1', requireIdentity(deps), rateLimit(deps.config.server.rateLimit, deps.metrics), ...jsonBody(deps.config.server.bodyLimitBytes));
+  app.use(
+    '/v1',
+    requireIdentity(deps),
+    rateLimit(deps.config.server.rateLimit, deps.metrics),
+    ...jsonBody(deps.config.server.bodyLimitBytes),
+  );
   app.use(taskRoutes(services));
   app.use(credentialRoutes(services));
   app.use((req, res) => sendProblem(res, notFound('route_not_found', `No route ${req.method} ${req.path}.`)));

@@ -40,7 +40,8 @@ export function jsonBody(limit: number): RequestHandler[] {
   return [
     (req: Request, _res: Response, next: NextFunction) => {
       const hasBody = req.headers['transfer-encoding'] !== undefined || Number(req.headers['content-length'] ?? 0) > 0;
-      if (hasBody && !req.is('application/json')) throw unsupportedMediaType('unsupported_media_type', 'Send the body as application/json.');
+      if (hasBody && !req.is('application/json'))
+        throw unsupportedMediaType('unsupported_media_type', 'Send the body as application/json.');
       next();
     },
     parse,

@@ -65,7 +65,9 @@ export class KeySet {
     if (!force && Date.now() - this.lastAttempt < this.cooldownMs) return;
     if (this.inFlight) return this.inFlight;
     this.lastAttempt = Date.now();
-    this.inFlight = this.load().finally(() => { this.inFlight = undefined; });
+    this.inFlight = this.load().finally(() => {
+      this.inFlight = undefined;
+    });
     try {
       await this.inFlight;
     } catch (err) {
@@ -90,7 +92,7 @@ export class KeySet {
     for (const k of keys as JWK[]) {
       if (!k || typeof k !== 'object' || typeof k.kid !== 'string' || typeof k.kty !== 'string') continue;
       if (k.kty === 'oct') continue; // never a symmetric key: that is how HS256 confusion attacks start
-      const usable = this.trust.kind === 'spiffe' ? k.use === 'jwt-svid' : (k.use === undefined || k.use === 'sig');
+      const usable = this.trust.kind === 'spiffe' ? k.use === 'jwt-svid' : k.use === undefined || k.use === 'sig';
       if (!usable) continue;
       // jose refuses keys whose `use` is not "sig"; we already filtered on it, so drop it before import.
       const { use: _use, key_ops: _ops, ...clean } = k;

@@ -114,17 +114,21 @@ export class IdentityVerifier {
     const kid = header.kid;
     let payload: JWTPayload;
     try {
-      ({ payload } = await jwtVerify(token, async (h) => {
-        const key = await keys.getKey(kid, h.alg);
-        if (!key) throw new IdentityRejection('identity_invalid', `kid "${kid}" not in trust ${trust.name}`);
-        return key;
-      }, {
-        algorithms,
-        audience: trust.audiences,
-        issuer: trust.kind === 'oidc' ? trust.issuer : undefined,
-        clockTolerance: this.skew,
-        requiredClaims: ['sub', 'exp', 'aud'],
-      }));
+      ({ payload } = await jwtVerify(
+        token,
+        async (h) => {
+          const key = await keys.getKey(kid, h.alg);
+          if (!key) throw new IdentityRejection('identity_invalid', `kid "${kid}" not in trust ${trust.name}`);
+          return key;
+        },
+        {
+          algorithms,
+          audience: trust.audiences,
+          issuer: trust.kind === 'oidc' ? trust.issuer : undefined,
+          clockTolerance: this.skew,
+          requiredClaims: ['sub', 'exp', 'aud'],
+        },
+      ));
     } catch (err) {
       if (err instanceof IdentityRejection) throw err;
       if (err instanceof joseErrors.JWTExpired) throw new IdentityRejection('identity_expired', 'expired');
@@ -180,4 +184,3 @@ export class IdentityVerifier {
     this.cache.set(token, { identity, until });
   }
 }
-

@@ -28,12 +28,28 @@ export class LeaseService {
   /** Revokes one lease early (DELETE). Idempotent: an ended lease answers the same. */
   async revoke(who: WorkloadIdentity, leaseId: string): Promise<{ leaseId: string; status: string }> {
     const { lease, task } = await this.load(who, leaseId);
-    const policies = await authorize(this.deps, who, 'revoke', { type: 'Task', id: lease.taskId },
-      task ? { task: taskContext(task) } : {}, { taskId: lease.taskId, leaseId });
+    const policies = await authorize(
+      this.deps,
+      who,
+      'revoke',
+      { type: 'Task', id: lease.taskId },
+      task ? { task: taskContext(task) } : {},
+      { taskId: lease.taskId, leaseId },
+    );
     if (LeaseStore.isEnded(lease.status)) return { leaseId, status: lease.status };
     await this.deps.leases.mark(leaseId, { status: 'revoking', reason: 'revoked_by_caller' });
     await this.deps.queue.endLeases([{ leaseId, reason: 'revoked_by_caller' }]);
-    await this.deps.audit.append({ action: 'lease.revoke', actor: who.id, decision: 'ok', taskId: lease.taskId, role: lease.role, leaseId, reason: 'revoked_by_caller', policies, detail: { stage: 'requested' } });
+    await this.deps.audit.append({
+      action: 'lease.revoke',
+      actor: who.id,
+      decision: 'ok',
+      taskId: lease.taskId,
+      role: lease.role,
+      leaseId,
+      reason: 'revoked_by_caller',
+      policies,
+      detail: { stage: 'requested' },
+    });
     return { leaseId, status: 'revoking' };
   }
 
@@ -43,7 +59,7 @@ export class LeaseService {
     if (!lease) throw notFound('lease_not_found', `No lease ${leaseId}.`);
     const task = await this.deps.tasks.get(lease.taskId);
     if (who.id !== lease.agent && who.id !== task?.openedBy && !this.deps.patterns.admins.matches(who.id)) {
-      throw forbidden('not_lease_party', 'Only the lease\'s agent, its task\'s orchestrator or an admin may read it.');
+      throw forbidden('not_lease_party', "Only the lease's agent, its task's orchestrator or an admin may read it.");
     }
     return { lease, task };
   }
@@ -70,10 +86,15 @@ export class LeaseService {
     if (!key) return INACTIVE;
     const input = Buffer.from(`${parts[0]}.${parts[1]}`);
     const sig = Buffer.from(parts[2]!, 'base64url');
-    const ok = header.alg === 'ES256' ? cryptoVerify('sha256', input, { key, dsaEncoding: 'ieee-p1363' }, sig)
-      : header.alg === 'EdDSA' ? cryptoVerify(null, input, key, sig) : false;
+    const ok =
+      header.alg === 'ES256'
+        ? cryptoVerify('sha256', input, { key, dsaEncoding: 'ieee-p1363' }, sig)
+        : header.alg === 'EdDSA'
+          ? cryptoVerify(null, input, key, sig)
+          : false;
     if (!ok) return INACTIVE;
-    if (claims.iss !== this.deps.config.server.publicUrl || typeof claims.exp !== 'number' || claims.exp * 1000 <= Date.now()) return INACTIVE;
+    if (claims.iss !== this.deps.config.server.publicUrl || typeof claims.exp !== 'number' || claims.exp * 1000 <= Date.now())
+      return INACTIVE;
     if (typeof claims.jti !== 'string' || typeof claims.task_id !== 'string') return INACTIVE;
     const [leaseStatus, taskStatus] = await Promise.all([
       this.deps.redis.hget(this.deps.keys.lease(claims.jti), 'status'),

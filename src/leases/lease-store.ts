@@ -89,15 +89,33 @@ export class LeaseStore {
   /** Creates the lease if the task is still open. */
   async create(lease: LeaseRecord): Promise<'ok' | 'no_task' | 'task_closed'> {
     const { status, expiresAt, handle, reason: _r, revokedAt: _v, lastError: _l, attempts: _a, ...fixed } = lease;
-    return await runCreate(this.redis, 4, this.keys.task(lease.taskId), this.keys.lease(lease.leaseId),
-      this.keys.taskLeases(lease.taskId), this.keys.liveLeases(), JSON.stringify(fixed), expiresAt, lease.leaseId,
-      status, JSON.stringify(handle)) as 'ok' | 'no_task' | 'task_closed';
+    return (await runCreate(
+      this.redis,
+      4,
+      this.keys.task(lease.taskId),
+      this.keys.lease(lease.leaseId),
+      this.keys.taskLeases(lease.taskId),
+      this.keys.liveLeases(),
+      JSON.stringify(fixed),
+      expiresAt,
+      lease.leaseId,
+      status,
+      JSON.stringify(handle),
+    )) as 'ok' | 'no_task' | 'task_closed';
   }
 
   /** Records the upstream's answer on an `issuing` lease. */
   async activate(lease: LeaseRecord, patch: Pick<LeaseRecord, 'handle' | 'expiresAt'>): Promise<'ok' | 'no_lease' | 'task_closed'> {
-    return await runActivate(this.redis, 3, this.keys.lease(lease.leaseId), this.keys.task(lease.taskId), this.keys.liveLeases(),
-      JSON.stringify(patch.handle), patch.expiresAt, lease.leaseId) as 'ok' | 'no_lease' | 'task_closed';
+    return (await runActivate(
+      this.redis,
+      3,
+      this.keys.lease(lease.leaseId),
+      this.keys.task(lease.taskId),
+      this.keys.liveLeases(),
+      JSON.stringify(patch.handle),
+      patch.expiresAt,
+      lease.leaseId,
+    )) as 'ok' | 'no_lease' | 'task_closed';
   }
 
   async get(leaseId: string): Promise<LeaseRecord | undefined> {
@@ -113,12 +131,19 @@ export class LeaseStore {
   }
 
   /** Marks a lease ended; it leaves the live index and is kept for `retentionMs`. Returns the status before. */
-  async end(leaseId: string, status: 'revoked' | 'expired' | 'failed', fields: { reason?: RevokeReason; revokedAt?: number; lastError?: string } = {}): Promise<LeaseStatus | undefined> {
+  async end(
+    leaseId: string,
+    status: 'revoked' | 'expired' | 'failed',
+    fields: { reason?: RevokeReason; revokedAt?: number; lastError?: string } = {},
+  ): Promise<LeaseStatus | undefined> {
     return this.transition(leaseId, { status, ...fields }, true);
   }
 
   /** Updates a live lease (revoking; revoke_failed with the error and attempt count). Returns the status before. */
-  async mark(leaseId: string, fields: { status?: LeaseStatus; reason?: RevokeReason; lastError?: string; attempts?: number }): Promise<LeaseStatus | undefined> {
+  async mark(
+    leaseId: string,
+    fields: { status?: LeaseStatus; reason?: RevokeReason; lastError?: string; attempts?: number },
+  ): Promise<LeaseStatus | undefined> {
     return this.transition(leaseId, fields, false);
   }
 
@@ -147,11 +172,22 @@ export class LeaseStore {
     return ENDED.has(status);
   }
 
-  private async transition(leaseId: string, fields: Record<string, string | number | undefined>, ended: boolean): Promise<LeaseStatus | undefined> {
+  private async transition(
+    leaseId: string,
+    fields: Record<string, string | number | undefined>,
+    ended: boolean,
+  ): Promise<LeaseStatus | undefined> {
     const args: (string | number)[] = [];
     for (const [k, v] of Object.entries(fields)) if (v !== undefined) args.push(k, v);
-    const before = await runTransition(this.redis, 2, this.keys.lease(leaseId), this.keys.liveLeases(),
-      ended ? this.retentionMs : 0, leaseId, ...args) as string | null;
+    const before = (await runTransition(
+      this.redis,
+      2,
+      this.keys.lease(leaseId),
+      this.keys.liveLeases(),
+      ended ? this.retentionMs : 0,
+      leaseId,
+      ...args,
+    )) as string | null;
     return (before ?? undefined) as LeaseStatus | undefined;
   }
 }

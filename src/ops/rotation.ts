@@ -28,7 +28,10 @@ export class RotationService {
 
   /** Targets this instance can rotate. */
   targets(): string[] {
-    return this.deps.providers.all().filter(([, p]) => p.rotate).map(([k]) => (k === 'jwt' ? 'signing-key' : k));
+    return this.deps.providers
+      .all()
+      .filter(([, p]) => p.rotate)
+      .map(([k]) => (k === 'jwt' ? 'signing-key' : k));
   }
 
   async rotate(who: WorkloadIdentity | 'schedule', target: string): Promise<Record<string, unknown>> {
@@ -38,7 +41,8 @@ export class RotationService {
     if (!provider?.rotate) throw badRequest('unknown_rotation_target', `Cannot rotate "${target}"; targets: ${this.targets().join(', ')}.`);
     // One rotation per target at a time across all instances.
     const lock = this.deps.keys.lock(`rotate:${target}`);
-    if (!(await this.deps.redis.set(lock, actor, 'PX', 120_000, 'NX'))) throw new BrokerError('rotation_in_progress', 409, 'Conflict', `A rotation of ${target} is already running.`);
+    if (!(await this.deps.redis.set(lock, actor, 'PX', 120_000, 'NX')))
+      throw new BrokerError('rotation_in_progress', 409, 'Conflict', `A rotation of ${target} is already running.`);
     try {
       let distributed = false;
       const result = await provider.rotate(async (secret) => {
@@ -96,7 +100,10 @@ export class RotationService {
   async onEvent(raw: string): Promise<void> {
     const ev = JSON.parse(raw) as BrokerEvent;
     if (ev.type === 'rotated') await this.applyDistributedSecrets(ev.target);
-    else await this.deps.policy.reload().catch((err) => this.deps.logger.error({ err: (err as Error).message }, 'policy reload refused; old set stays'));
+    else
+      await this.deps.policy
+        .reload()
+        .catch((err) => this.deps.logger.error({ err: (err as Error).message }, 'policy reload refused; old set stays'));
   }
 
   private async announce(ev: BrokerEvent): Promise<void> {

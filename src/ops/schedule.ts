@@ -29,11 +29,19 @@ export class RotationScheduler {
     const targets = Object.keys(schedule);
     if (targets.length === 0) return;
     for (const target of targets) {
-      await this.queue.upsertJobScheduler(`rotate-${target}`, { every: schedule[target]! * 1000 }, { name: 'rotate', data: { target }, opts: { removeOnComplete: true, removeOnFail: 100 } });
+      await this.queue.upsertJobScheduler(
+        `rotate-${target}`,
+        { every: schedule[target]! * 1000 },
+        { name: 'rotate', data: { target }, opts: { removeOnComplete: true, removeOnFail: 100 } },
+      );
     }
-    this.worker = new Worker(QUEUE, async (job) => {
-      await this.rotation.rotate('schedule', (job.data as { target: string }).target);
-    }, { connection: this.connection, prefix: this.deps.config.redis.prefix, concurrency: 1 });
+    this.worker = new Worker(
+      QUEUE,
+      async (job) => {
+        await this.rotation.rotate('schedule', (job.data as { target: string }).target);
+      },
+      { connection: this.connection, prefix: this.deps.config.redis.prefix, concurrency: 1 },
+    );
     this.worker.on('error', (err) => this.deps.logger.error({ err: err.message }, 'rotation scheduler error'));
   }
 

@@ -82,15 +82,22 @@ export async function createCedarEngine(opts: CedarEngineOptions): Promise<Cedar
       const cedarId = `${instance}/${slot}/${s.name}`;
       const answer = preparsePolicySet(cedarId, { staticPolicies: s.policies });
       if (answer.type === 'failure') {
-        throw new PolicyLoadError(answer.errors.map((e) => ({ code: 'ERR_POLICY_PARSE' as const, file: loaded.dir, line: 0, column: 0, message: e.message })));
+        throw new PolicyLoadError(
+          answer.errors.map((e) => ({ code: 'ERR_POLICY_PARSE' as const, file: loaded.dir, line: 0, column: 0, message: e.message })),
+        );
       }
       ids.push(cedarId);
       return { ...s, cedarId };
     };
-    const slices = new Map([...sliceByScope(loaded)].map(([action, a]) => [action, {
-      anyResource: toCedar(a.anyResource),
-      byResource: new Map([...a.byResource].map(([r, s]) => [r, toCedar(s)])),
-    }]));
+    const slices = new Map(
+      [...sliceByScope(loaded)].map(([action, a]) => [
+        action,
+        {
+          anyResource: toCedar(a.anyResource),
+          byResource: new Map([...a.byResource].map(([r, s]) => [r, toCedar(s)])),
+        },
+      ]),
+    );
     return { loaded, slices, cedarIds: ids, byId: new Map(loaded.policies.map((p) => [p.id, p])), cache: new DecisionCache(cacheSize) };
   }
 
@@ -151,17 +158,24 @@ export async function createCedarEngine(opts: CedarEngineOptions): Promise<Cedar
 
   const stopWatching = opts.watch
     ? watchPolicyDir(opts.dir, opts.debounceMs ?? 250, () => {
-      reload().catch((err: unknown) => {
-        logger.error({ err: err instanceof Error ? err.message : String(err), version: active.loaded.version }, 'policy reload refused; the previous set stays in force');
-      });
-    })
+        reload().catch((err: unknown) => {
+          logger.error(
+            { err: err instanceof Error ? err.message : String(err), version: active.loaded.version },
+            'policy reload refused; the previous set stays in force',
+          );
+        });
+      })
     : () => undefined;
 
   return {
     authorize,
     reload,
-    get version() { return active.loaded.version; },
-    get policySet() { return active.loaded; },
+    get version() {
+      return active.loaded.version;
+    },
+    get policySet() {
+      return active.loaded;
+    },
     policy: (id) => active.byId.get(id),
     async close() {
       if (closed) return;

@@ -2,8 +2,12 @@ import { createHash } from 'node:crypto';
 import { readdir, readFile, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import {
-  policySetTextToParts, policyToJson, validate,
-  type PolicyJson, type SchemaJson, type ValidationError,
+  policySetTextToParts,
+  policyToJson,
+  validate,
+  type PolicyJson,
+  type SchemaJson,
+  type ValidationError,
 } from '@cedar-policy/cedar-wasm/nodejs';
 import { PolicyLoadError, formatIssue, type PolicyIssue } from './errors.ts';
 import { actionsOf, attributePaths, resourceOf, type AttrPath } from './policy-ast.ts';
@@ -84,7 +88,9 @@ async function listPolicyFiles(dir: string): Promise<string[]> {
   try {
     entries = await readdir(dir);
   } catch (err) {
-    throw new PolicyLoadError([{ code: 'ERR_POLICY_DIR', file: dir, line: 0, column: 0, message: `cannot read the policy directory: ${(err as Error).message}` }]);
+    throw new PolicyLoadError([
+      { code: 'ERR_POLICY_DIR', file: dir, line: 0, column: 0, message: `cannot read the policy directory: ${(err as Error).message}` },
+    ]);
   }
   const names: string[] = [];
   for (const name of entries.sort()) {
@@ -103,22 +109,31 @@ function parseFile(source: SourceText, name: string, issues: PolicyIssue[]): Loa
   }
   for (const t of parts.policy_templates) {
     const at = source.text.indexOf(t);
-    issues.push({ code: 'ERR_POLICY_TEMPLATE', file: source.file, line: at >= 0 ? source.lineOfCharOffset(at) : 0, column: 1, message: 'policy templates (?principal, ?resource) are not supported' });
+    issues.push({
+      code: 'ERR_POLICY_TEMPLATE',
+      file: source.file,
+      line: at >= 0 ? source.lineOfCharOffset(at) : 0,
+      column: 1,
+      message: 'policy templates (?principal, ?resource) are not supported',
+    });
   }
   if (parts.policy_templates.length > 0) return [];
   // Cedar returns the policies' own text sorted by its ids; put them back in
   // file order by where each text occurs (identical policies take successive occurrences).
   const used = new Set<number>();
-  const located = parts.policies.map((text) => {
-    let at = source.text.indexOf(text);
-    while (at >= 0 && used.has(at)) at = source.text.indexOf(text, at + 1);
-    used.add(at);
-    return { text, at };
-  }).sort((a, b) => a.at - b.at);
+  const located = parts.policies
+    .map((text) => {
+      let at = source.text.indexOf(text);
+      while (at >= 0 && used.has(at)) at = source.text.indexOf(text, at + 1);
+      used.add(at);
+      return { text, at };
+    })
+    .sort((a, b) => a.at - b.at);
 
   return located.map(({ text, at }, index) => {
     const answer = policyToJson(text);
-    if (answer.type === 'failure') throw new Error(`${source.file}: Cedar could not convert a policy it parsed: ${answer.errors[0]?.message}`);
+    if (answer.type === 'failure')
+      throw new Error(`${source.file}: Cedar could not convert a policy it parsed: ${answer.errors[0]?.message}`);
     const json: PolicyJson = answer.json;
     const annotated = json.annotations?.id;
     return {
@@ -140,7 +155,14 @@ function checkUniqueIds(files: ParsedFile[], issues: PolicyIssue[]): void {
     for (const p of f.policies) {
       const where = `${f.source.file}:${p.line}`;
       const first = seen.get(p.id);
-      if (first) issues.push({ code: 'ERR_POLICY_DUPLICATE_ID', file: f.source.file, line: p.line, column: 1, message: `policy id "${p.id}" is already used at ${first}` });
+      if (first)
+        issues.push({
+          code: 'ERR_POLICY_DUPLICATE_ID',
+          file: f.source.file,
+          line: p.line,
+          column: 1,
+          message: `policy id "${p.id}" is already used at ${first}`,
+        });
       else seen.set(p.id, where);
     }
   }
@@ -153,16 +175,18 @@ function validateFiles(files: ParsedFile[], policies: LoadedPolicy[], issues: Po
   for (const f of files) {
     if (f.policies.length === 0) continue;
     // Cedar names the policies of one text policy0, policy1, ... in file order: show ours instead.
-    const rename = (m: string) => m.replace(/`policy(\d+)`/g, (all, n: string) => {
-      const p = f.policies[Number(n)];
-      return p ? `\`${p.id}\`` : all;
-    });
+    const rename = (m: string) =>
+      m.replace(/`policy(\d+)`/g, (all, n: string) => {
+        const p = f.policies[Number(n)];
+        return p ? `\`${p.id}\`` : all;
+      });
     const hard = runValidator(lenient, f.source.text, f.source.file);
     issues.push(...onePerPlace(hard.errors.map((e) => f.source.issue('ERR_POLICY_VALIDATION', e.error, rename))));
     const soft = runValidator(strict, f.source.text, f.source.file);
     const hardKeys = new Set(hard.errors.map(key));
-    const softIssues = [...soft.errors.filter((x) => !hardKeys.has(key(x))), ...soft.warnings]
-      .map((e) => f.source.issue('ERR_POLICY_VALIDATION', e.error, rename));
+    const softIssues = [...soft.errors.filter((x) => !hardKeys.has(key(x))), ...soft.warnings].map((e) =>
+      f.source.issue('ERR_POLICY_VALIDATION', e.error, rename),
+    );
     warnings.push(...onePerPlace(softIssues).map(formatIssue));
   }
   return warnings;
@@ -187,7 +211,9 @@ const key = (e: ValidationError) => `${e.policyId}\0${e.error.message}`;
 function runValidator(schema: SchemaJson<string>, text: string, file: string): { errors: ValidationError[]; warnings: ValidationError[] } {
   const answer = validate({ schema, policies: { staticPolicies: text }, validationSettings: { mode: 'strict' } });
   if (answer.type === 'failure') {
-    throw new PolicyLoadError(answer.errors.map((e) => ({ code: 'ERR_POLICY_SCHEMA' as const, file, line: 0, column: 0, message: e.message })));
+    throw new PolicyLoadError(
+      answer.errors.map((e) => ({ code: 'ERR_POLICY_SCHEMA' as const, file, line: 0, column: 0, message: e.message })),
+    );
   }
   return { errors: answer.validationErrors, warnings: answer.validationWarnings };
 }

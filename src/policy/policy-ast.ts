@@ -27,10 +27,14 @@ const ROOTS = new Set<string>(['principal', 'resource', 'context']);
  */
 export function actionsOf(policy: PolicyJson): PolicyAction[] {
   const scope = policy.action;
-  const uids = scope.op === '==' && 'entity' in scope ? [scope.entity]
-    : scope.op === 'in' && 'entity' in scope ? [scope.entity]
-      : scope.op === 'in' && 'entities' in scope ? scope.entities
-        : undefined;
+  const uids =
+    scope.op === '==' && 'entity' in scope
+      ? [scope.entity]
+      : scope.op === 'in' && 'entity' in scope
+        ? [scope.entity]
+        : scope.op === 'in' && 'entities' in scope
+          ? scope.entities
+          : undefined;
   if (!uids) return [...POLICY_ACTIONS];
   const ids = uids.map(actionId);
   if (ids.some((id) => id === undefined)) return [...POLICY_ACTIONS];
@@ -94,7 +98,10 @@ function walk(e: Expr, out: AttrPath[]): void {
     else walk(has.left, out);
     return;
   }
-  if ('like' in node) return walk((node.like as { left: Expr }).left, out);
+  if ('like' in node) {
+    walk((node.like as { left: Expr }).left, out);
+    return;
+  }
   if ('Record' in node) {
     for (const v of Object.values(node.Record as Record<string, Expr>)) walk(v, out);
     return;

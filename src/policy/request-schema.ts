@@ -17,20 +17,24 @@ export const policyRequestSchema = z.strictObject({
   }),
   action: z.enum(['openTask', 'completeTask', 'issue', 'revoke', 'rotate']),
   resource: z.strictObject({ type: z.enum(['Role', 'Task', 'Broker']), id: z.string().min(1) }),
-  context: z.strictObject({
-    task: z.strictObject({
-      id: z.string(),
-      tenant: z.string(),
-      purpose: z.string(),
-      agent: z.string(),
-      labels: stringMap.default({}),
-      roles: strings,
-      parentId: z.string().optional(),
-      depth: z.int().min(0).default(0),
-    }).optional(),
-    ttlSeconds: z.int().optional(),
-    scopes: strings.optional(),
-    approved: z.boolean().optional(),
-    target: z.string().optional(),
-  }).default({}),
+  context: z
+    .strictObject({
+      task: z
+        .strictObject({
+          id: z.string(),
+          tenant: z.string(),
+          purpose: z.string(),
+          agent: z.string(),
+          labels: stringMap.default({}),
+          roles: strings,
+          parentId: z.string().optional(),
+          depth: z.int().min(0).default(0),
+        })
+        .optional(),
+      ttlSeconds: z.int().optional(),
+      scopes: strings.optional(),
+      approved: z.boolean().optional(),
+      target: z.string().optional(),
+    })
+    .default({}),
 }) satisfies z.ZodType<PolicyRequest, unknown>;

@@ -13,7 +13,11 @@ export function toCedarCall(req: PolicyRequest, projections: Projections, prepar
   const entities: EntityJson[] = [];
   if (!isEmptyProjection(projections.principal)) {
     const { id, trust, kind, claims } = req.principal;
-    entities.push({ uid: principal, attrs: project({ id, trust, kind, claims }, projections.principal) as EntityJson['attrs'], parents: [] });
+    entities.push({
+      uid: principal,
+      attrs: project({ id, trust, kind, claims }, projections.principal) as EntityJson['attrs'],
+      parents: [],
+    });
   }
   if (!isEmptyProjection(projections.resource)) {
     entities.push({ uid: resource, attrs: project({ id: req.resource.id }, projections.resource) as EntityJson['attrs'], parents: [] });

@@ -13,7 +13,7 @@ import type { Provider, ProviderContext } from './types.ts';
 async function loadUpstream(kind: string, factory: string, settings: unknown, ctx: ProviderContext, extra?: unknown): Promise<Provider> {
   let mod: Record<string, unknown>;
   try {
-    mod = await import(new URL(`./${kind}/index.ts`, import.meta.url).href) as Record<string, unknown>;
+    mod = (await import(new URL(`./${kind}/index.ts`, import.meta.url).href)) as Record<string, unknown>;
   } catch (err) {
     throw new Error(`providers.${kind} is configured but the ${kind} provider could not be loaded: ${(err as Error).message}`);
   }
@@ -28,24 +28,39 @@ export class ProviderRegistry {
 
   static async create(config: LoadedConfig, ctx: ProviderContext, signing: SigningKeyStore): Promise<ProviderRegistry> {
     const reg = new ProviderRegistry();
-    const maxJwtTtl = Math.max(60, ...Object.values(config.roles).filter((r) => r.provider === 'jwt').map((r) => r.maxTtlSeconds));
-    reg.byKind.set('jwt', new JwtProvider({
-      keys: signing,
-      issuer: config.server.publicUrl,
-      rotation: {
-        leadMs: config.providers.jwt.publishLeadSeconds * 1000,
-        maxTokenTtlMs: maxJwtTtl * 1000,
-        graceMs: config.providers.jwt.retireGraceSeconds * 1000,
-      },
-    }) as Provider);
+    const maxJwtTtl = Math.max(
+      60,
+      ...Object.values(config.roles)
+        .filter((r) => r.provider === 'jwt')
+        .map((r) => r.maxTtlSeconds),
+    );
+    reg.byKind.set(
+      'jwt',
+      new JwtProvider({
+        keys: signing,
+        issuer: config.server.publicUrl,
+        rotation: {
+          leadMs: config.providers.jwt.publishLeadSeconds * 1000,
+          maxTokenTtlMs: maxJwtTtl * 1000,
+          graceMs: config.providers.jwt.retireGraceSeconds * 1000,
+        },
+      }) as Provider,
+    );
     if (config.providers.aws) {
-      reg.byKind.set('aws', await loadUpstream('aws', 'createAwsProvider', config.providers.aws, ctx, {
-        // Falling back to a TokenIssueTime cut-off also cuts off unrevoked sessions of the role: that must be evidence, not just a log line.
-        onDenyFallback: (e: { roleArn: string; cutoff: string; droppedEntries: number; reason: string }) => ctx.audit?.({
-          action: 'aws.deny_fallback', actor: 'broker', decision: 'ok', reason: e.reason,
-          detail: { roleArn: e.roleArn, cutoff: e.cutoff, droppedEntries: e.droppedEntries },
+      reg.byKind.set(
+        'aws',
+        await loadUpstream('aws', 'createAwsProvider', config.providers.aws, ctx, {
+          // Falling back to a TokenIssueTime cut-off also cuts off unrevoked sessions of the role: that must be evidence, not just a log line.
+          onDenyFallback: (e: { roleArn: string; cutoff: string; droppedEntries: number; reason: string }) =>
+            ctx.audit?.({
+              action: 'aws.deny_fallback',
+              actor: 'broker',
+              decision: 'ok',
+              reason: e.reason,
+              detail: { roleArn: e.roleArn, cutoff: e.cutoff, droppedEntries: e.droppedEntries },
+            }),
         }),
-      }));
+      );
     }
     if (config.providers.vault) reg.byKind.set('vault', await loadUpstream('vault', 'createVaultProvider', config.providers.vault, ctx));
     return reg;

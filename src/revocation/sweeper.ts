@@ -71,14 +71,28 @@ export class Sweeper {
         const stuck = records.filter((l) => l.status === 'issuing' && Date.now() - l.issuedAt > ISSUING_STUCK_MS);
         for (const l of stuck) {
           await leases.end(l.leaseId, 'failed', { lastError: 'issuance_interrupted' });
-          await this.deps.audit.append({ action: 'credential.fail', actor: 'broker', decision: 'error', taskId: l.taskId, role: l.role, leaseId: l.leaseId, reason: 'issuance_interrupted' });
+          await this.deps.audit.append({
+            action: 'credential.fail',
+            actor: 'broker',
+            decision: 'error',
+            taskId: l.taskId,
+            role: l.role,
+            leaseId: l.leaseId,
+            reason: 'issuance_interrupted',
+          });
         }
-        const work = records.filter((l) => !LeaseStore.isEnded(l.status) && l.status !== 'issuing' &&
-          (l.status === 'revoke_failed' || l.status === 'revoking' || statuses.get(l.taskId) !== 'open'));
-        await queue.endLeases(work.map((l) => ({
-          leaseId: l.leaseId,
-          reason: l.reason ?? (statuses.get(l.taskId) === 'expired' ? 'task_expired' as const : 'task_completed' as const),
-        })));
+        const work = records.filter(
+          (l) =>
+            !LeaseStore.isEnded(l.status) &&
+            l.status !== 'issuing' &&
+            (l.status === 'revoke_failed' || l.status === 'revoking' || statuses.get(l.taskId) !== 'open'),
+        );
+        await queue.endLeases(
+          work.map((l) => ({
+            leaseId: l.leaseId,
+            reason: l.reason ?? (statuses.get(l.taskId) === 'expired' ? ('task_expired' as const) : ('task_completed' as const)),
+          })),
+        );
         requeued += work.length;
       }
     } catch (err) {

@@ -21,7 +21,9 @@ export class RevocationWorker {
   constructor(deps: Deps, connection: Redis) {
     this.deps = deps;
     this.worker = new Worker<RevocationJob>(QUEUE_NAME, (job) => this.process(job), {
-      connection, prefix: deps.config.redis.prefix, concurrency: deps.config.revocation.concurrency,
+      connection,
+      prefix: deps.config.redis.prefix,
+      concurrency: deps.config.revocation.concurrency,
       // Lock renewal keeps a slow upstream call from being handed to a second worker;
       // a worker that died loses its lock and the job is re-run elsewhere (maxStalledCount).
       lockDuration: deps.config.revocation.lockMs,
@@ -55,7 +57,15 @@ export class RevocationWorker {
     const toEnd: { taskId: string; reason: 'task_completed' }[] = [];
     for (const child of children) {
       const { changed } = await tasks.end(child, 'completed');
-      if (changed) await audit.append({ action: 'task.complete', actor: 'broker', decision: 'ok', taskId: child, reason: `parent_${data.reason}`, detail: { parentTaskId: data.taskId } });
+      if (changed)
+        await audit.append({
+          action: 'task.complete',
+          actor: 'broker',
+          decision: 'ok',
+          taskId: child,
+          reason: `parent_${data.reason}`,
+          detail: { parentTaskId: data.taskId },
+        });
       toEnd.push({ taskId: child, reason: 'task_completed' });
     }
     await queue.endTasks(toEnd, data.requestedAt);
@@ -85,8 +95,14 @@ export class RevocationWorker {
     metrics.revocationLag.observe({ reason }, Math.max(0, now - started) / 1000);
     metrics.revocations.inc({ result: status, reason, provider: lease.provider });
     await audit.append({
-      action: status === 'expired' ? 'lease.expire' : 'lease.revoke', actor: 'broker', decision: 'ok',
-      taskId: lease.taskId, role: lease.role, leaseId: lease.leaseId, reason, detail: { attempt, upstream: lease.revocable },
+      action: status === 'expired' ? 'lease.expire' : 'lease.revoke',
+      actor: 'broker',
+      decision: 'ok',
+      taskId: lease.taskId,
+      role: lease.role,
+      leaseId: lease.leaseId,
+      reason,
+      detail: { attempt, upstream: lease.revocable },
     });
   }
 
@@ -100,13 +116,27 @@ export class RevocationWorker {
     const final = job.attemptsMade >= (job.opts.attempts ?? 1);
     const lease = await this.deps.leases.get(job.data.leaseId);
     if (!lease || LeaseStore.isEnded(lease.status)) return;
-    await this.deps.leases.mark(lease.leaseId, { status: 'revoke_failed', reason: lease.reason ?? job.data.reason, lastError: code, attempts: job.attemptsMade });
+    await this.deps.leases.mark(lease.leaseId, {
+      status: 'revoke_failed',
+      reason: lease.reason ?? job.data.reason,
+      lastError: code,
+      attempts: job.attemptsMade,
+    });
     this.deps.metrics.revocations.inc({ result: 'failed', reason: lease.reason ?? job.data.reason, provider: lease.provider });
-    this.deps.logger.warn({ leaseId: lease.leaseId, code, attempt: job.attemptsMade, final, err: err.message }, 'revocation attempt failed');
+    this.deps.logger.warn(
+      { leaseId: lease.leaseId, code, attempt: job.attemptsMade, final, err: err.message },
+      'revocation attempt failed',
+    );
     if (job.attemptsMade === 1 || final) {
       await this.deps.audit.append({
-        action: 'lease.revoke_failed', actor: 'broker', decision: 'error', taskId: lease.taskId, role: lease.role, leaseId: lease.leaseId,
-        reason: code, detail: { attempt: job.attemptsMade, final },
+        action: 'lease.revoke_failed',
+        actor: 'broker',
+        decision: 'error',
+        taskId: lease.taskId,
+        role: lease.role,
+        leaseId: lease.leaseId,
+        reason: code,
+        detail: { attempt: job.attemptsMade, final },
       });
     }
   }

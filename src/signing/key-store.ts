@@ -107,9 +107,10 @@ export class SigningKeyStore {
     const h = Buffer.from(JSON.stringify({ ...header, alg: key.alg, kid: key.kid })).toString('base64url');
     const p = Buffer.from(JSON.stringify(payload)).toString('base64url');
     const input = `${h}.${p}`;
-    const sig = key.alg === 'ES256'
-      ? cryptoSign('sha256', Buffer.from(input), { key: key.privateKey, dsaEncoding: 'ieee-p1363' })
-      : cryptoSign(null, Buffer.from(input), key.privateKey);
+    const sig =
+      key.alg === 'ES256'
+        ? cryptoSign('sha256', Buffer.from(input), { key: key.privateKey, dsaEncoding: 'ieee-p1363' })
+        : cryptoSign(null, Buffer.from(input), key.privateKey);
     return `${input}.${sig.toString('base64url')}`;
   }
 
@@ -118,7 +119,11 @@ export class SigningKeyStore {
    * older key leaves the JWKS once the longest-lived token it could have
    * signed has expired (`maxTokenTtlMs` after the switch, plus grace).
    */
-  async rotate(opts: { leadMs: number; maxTokenTtlMs: number; graceMs: number }): Promise<{ kid: string; activateAt: number; retired: string[] }> {
+  async rotate(opts: {
+    leadMs: number;
+    maxTokenTtlMs: number;
+    graceMs: number;
+  }): Promise<{ kid: string; activateAt: number; retired: string[] }> {
     const now = Date.now();
     const next = this.generate(now + opts.leadMs);
     await this.reload();
@@ -144,9 +149,7 @@ export class SigningKeyStore {
   }
 
   private generate(activateAt: number): StoredKey {
-    const { privateKey } = this.alg === 'ES256'
-      ? generateKeyPairSync('ec', { namedCurve: 'P-256' })
-      : generateKeyPairSync('ed25519');
+    const { privateKey } = this.alg === 'ES256' ? generateKeyPairSync('ec', { namedCurve: 'P-256' }) : generateKeyPairSync('ed25519');
     const kid = randomUUID();
     const jwk = JSON.stringify(privateKey.export({ format: 'jwk' }));
     return { kid, alg: this.alg, createdAt: Date.now(), activateAt, sealed: this.kek.encrypt(jwk, `signing-key:${kid}`) };

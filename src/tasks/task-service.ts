@@ -11,8 +11,14 @@ import type { Grant, TaskRecord } from './types.ts';
 /** A task as the API shows it. */
 export function publicTask(t: TaskRecord): Record<string, unknown> {
   return {
-    taskId: t.taskId, agent: t.agent, tenant: t.tenant, purpose: t.purpose, status: t.status,
-    expiresAt: new Date(t.expiresAt).toISOString(), grants: t.grants, labels: t.labels,
+    taskId: t.taskId,
+    agent: t.agent,
+    tenant: t.tenant,
+    purpose: t.purpose,
+    status: t.status,
+    expiresAt: new Date(t.expiresAt).toISOString(),
+    grants: t.grants,
+    labels: t.labels,
     ...(t.parentTaskId ? { parentTaskId: t.parentTaskId, depth: t.depth } : {}),
     ...(t.endedAt ? { endedAt: new Date(t.endedAt).toISOString() } : {}),
   };
@@ -23,8 +29,16 @@ export function publicLease(l: LeaseRecord, taskStatus?: string): Record<string,
   // A live lease of a task that has ended is on its way out: say so rather than "active".
   const status = (l.status === 'active' || l.status === 'issuing') && taskStatus && taskStatus !== 'open' ? 'revoking' : l.status;
   return {
-    leaseId: l.leaseId, taskId: l.taskId, role: l.role, provider: l.provider, agent: l.agent, scopes: l.scopes, status,
-    issuedAt: new Date(l.issuedAt).toISOString(), expiresAt: new Date(l.expiresAt).toISOString(), revocable: l.revocable,
+    leaseId: l.leaseId,
+    taskId: l.taskId,
+    role: l.role,
+    provider: l.provider,
+    agent: l.agent,
+    scopes: l.scopes,
+    status,
+    issuedAt: new Date(l.issuedAt).toISOString(),
+    expiresAt: new Date(l.expiresAt).toISOString(),
+    revocable: l.revocable,
     ...(l.revokedAt ? { revokedAt: new Date(l.revokedAt).toISOString() } : {}),
     ...(l.reason ? { reason: l.reason } : {}),
     ...(l.lastError ? { lastError: l.lastError } : {}),
@@ -43,28 +57,54 @@ export class TaskService {
   /** Opens a task; `created: false` means the same request was repeated (200). */
   async open(who: WorkloadIdentity, body: OpenTaskBody): Promise<{ created: boolean; task: TaskRecord }> {
     const { config, tasks, audit } = this.deps;
-    if (body.ttlSeconds > config.tasks.maxTtlSeconds) throw badRequest('ttl_too_long', `ttlSeconds may be at most ${config.tasks.maxTtlSeconds}.`);
-    if (body.grants.length > config.tasks.maxGrants) throw badRequest('too_many_grants', `A task may have at most ${config.tasks.maxGrants} grants.`);
+    if (body.ttlSeconds > config.tasks.maxTtlSeconds)
+      throw badRequest('ttl_too_long', `ttlSeconds may be at most ${config.tasks.maxTtlSeconds}.`);
+    if (body.grants.length > config.tasks.maxGrants)
+      throw badRequest('too_many_grants', `A task may have at most ${config.tasks.maxGrants} grants.`);
     const grants = body.grants.map((g) => this.checkGrant(g));
     const now = Date.now();
     const taskId = body.taskId ?? `t-${randomUUID()}`;
     const { taskId: _omit, ...rest } = body;
-    const requestHash = createHash('sha256').update(canonicalJson({ ...rest, openedBy: who.id })).digest('base64url');
+    const requestHash = createHash('sha256')
+      .update(canonicalJson({ ...rest, openedBy: who.id }))
+      .digest('base64url');
     let task: TaskRecord = {
-      taskId, agent: body.agent, tenant: body.tenant, purpose: body.purpose, grants, labels: body.labels ?? {},
-      status: 'open', openedBy: who.id, createdAt: now, expiresAt: now + body.ttlSeconds * 1000, depth: 0, delegators: [], requestHash,
+      taskId,
+      agent: body.agent,
+      tenant: body.tenant,
+      purpose: body.purpose,
+      grants,
+      labels: body.labels ?? {},
+      status: 'open',
+      openedBy: who.id,
+      createdAt: now,
+      expiresAt: now + body.ttlSeconds * 1000,
+      depth: 0,
+      delegators: [],
+      requestHash,
     };
     if (body.parentTaskId) task = await this.delegate(who, task, body.parentTaskId);
     else if (!this.deps.patterns.orchestrators.matches(who.id)) {
-      await deny(this.deps, who, 'not_orchestrator', 'Only an orchestrator may open a task (or a task\'s agent a sub-task).', { action: 'access.deny', taskId });
+      await deny(this.deps, who, 'not_orchestrator', "Only an orchestrator may open a task (or a task's agent a sub-task).", {
+        action: 'access.deny',
+        taskId,
+      });
     }
     const policies = await authorize(this.deps, who, 'openTask', { type: 'Task', id: taskId }, { task: taskContext(task) }, { taskId });
     const res = await tasks.create(task);
     if (!res.created) {
-      if (res.existing.requestHash !== requestHash) throw conflict('task_id_conflict', `Task ${taskId} already exists with a different request.`);
+      if (res.existing.requestHash !== requestHash)
+        throw conflict('task_id_conflict', `Task ${taskId} already exists with a different request.`);
       return { created: false, task: res.existing };
     }
-    await audit.append({ action: 'task.open', actor: who.id, decision: 'allow', taskId, policies, detail: { agent: task.agent, tenant: task.tenant, roles: grants.map((g) => g.role), depth: task.depth } });
+    await audit.append({
+      action: 'task.open',
+      actor: who.id,
+      decision: 'allow',
+      taskId,
+      policies,
+      detail: { agent: task.agent, tenant: task.tenant, roles: grants.map((g) => g.role), depth: task.depth },
+    });
     return { created: true, task };
   }
 
@@ -73,7 +113,7 @@ export class TaskService {
     const task = await this.deps.tasks.get(taskId);
     if (!task) throw notFound('task_not_found', `No task ${taskId}.`);
     if (who.id !== task.openedBy && who.id !== task.agent && !this.deps.patterns.admins.matches(who.id)) {
-      throw forbidden('not_task_party', 'Only the task\'s orchestrator, its agent or an admin may read it.');
+      throw forbidden('not_task_party', "Only the task's orchestrator, its agent or an admin may read it.");
     }
     const leases = await this.deps.leases.getMany(await this.deps.tasks.leaseIds(taskId));
     leases.sort((a, b) => a.issuedAt - b.issuedAt);
@@ -86,7 +126,10 @@ export class TaskService {
     const task = await tasks.get(taskId);
     if (!task) throw notFound('task_not_found', `No task ${taskId}.`);
     if (who.id !== task.openedBy && !patterns.admins.matches(who.id)) {
-      await deny(this.deps, who, 'not_task_orchestrator', 'Only the orchestrator that opened the task or an admin may complete it.', { action: 'access.deny', taskId });
+      await deny(this.deps, who, 'not_task_orchestrator', 'Only the orchestrator that opened the task or an admin may complete it.', {
+        action: 'access.deny',
+        taskId,
+      });
     }
     const policies = await authorize(this.deps, who, 'completeTask', { type: 'Task', id: taskId }, { task: taskContext(task) }, { taskId });
     if (task.status === 'expired') throw conflict('task_expired', `Task ${taskId} already expired; its leases were revoked.`);
@@ -108,8 +151,13 @@ export class TaskService {
     const role = this.deps.config.roles[g.role];
     if (!role) throw badRequest('unknown_role', `Role "${g.role}" is not configured.`);
     const allowed = role.provider === 'jwt' ? role.scopes : role.provider === 'vault' ? role.token?.policies : undefined;
-    if (allowed && !isSubset(g.scopes, allowed)) throw badRequest('scope_not_allowed', `Role "${g.role}" does not allow scopes ${g.scopes.filter((s) => !allowed.includes(s)).join(', ')}.`);
-    if (role.provider === 'vault' && role.path && g.scopes.length > 0) throw badRequest('scope_not_allowed', `Role "${g.role}" is a dynamic secret and takes no scopes.`);
+    if (allowed && !isSubset(g.scopes, allowed))
+      throw badRequest(
+        'scope_not_allowed',
+        `Role "${g.role}" does not allow scopes ${g.scopes.filter((s) => !allowed.includes(s)).join(', ')}.`,
+      );
+    if (role.provider === 'vault' && role.path && g.scopes.length > 0)
+      throw badRequest('scope_not_allowed', `Role "${g.role}" is a dynamic secret and takes no scopes.`);
     return { role: g.role, scopes: g.scopes, maxTtlSeconds: g.maxTtlSeconds ?? role.maxTtlSeconds };
   }
 
@@ -118,10 +166,11 @@ export class TaskService {
     const parent = await this.deps.tasks.get(parentId);
     if (!parent) throw notFound('task_not_found', `No parent task ${parentId}.`);
     const d = (code: string, msg: string) => deny(this.deps, who, code, msg, { action: 'access.deny', taskId: task.taskId });
-    if (who.id !== parent.agent) await d('not_parent_agent', 'Only the parent task\'s agent may open a sub-task.');
+    if (who.id !== parent.agent) await d('not_parent_agent', "Only the parent task's agent may open a sub-task.");
     if (parent.status !== 'open' || Date.now() >= parent.expiresAt) throw conflict('task_not_open', `Parent task ${parentId} is not open.`);
-    if (parent.depth + 1 > this.deps.config.tasks.maxDelegationDepth) await d('delegation_too_deep', `Delegation depth is limited to ${this.deps.config.tasks.maxDelegationDepth}.`);
-    if (task.tenant !== parent.tenant) await d('delegation_widens', 'A sub-task must keep its parent\'s tenant.');
+    if (parent.depth + 1 > this.deps.config.tasks.maxDelegationDepth)
+      await d('delegation_too_deep', `Delegation depth is limited to ${this.deps.config.tasks.maxDelegationDepth}.`);
+    if (task.tenant !== parent.tenant) await d('delegation_widens', "A sub-task must keep its parent's tenant.");
     for (const g of task.grants) {
       const pg = parent.grants.find((x) => x.role === g.role);
       if (!pg || !isSubset(g.scopes, pg.scopes) || g.maxTtlSeconds > pg.maxTtlSeconds) {
@@ -132,4 +181,3 @@ export class TaskService {
     return { ...task, parentTaskId: parentId, depth: parent.depth + 1, delegators: [parent.agent, ...parent.delegators] };
   }
 }
-

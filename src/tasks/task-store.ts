@@ -75,7 +75,7 @@ export class TaskStore {
     const keys = [this.keys.task(task.taskId), this.keys.openTasks()];
     if (task.parentTaskId) keys.push(this.keys.taskChildren(task.parentTaskId));
     const { status: _s, endedAt: _e, ...fixed } = task;
-    const res = await runCreate(this.redis, keys.length, ...keys, JSON.stringify(fixed), task.expiresAt, task.taskId) as string[] | null;
+    const res = (await runCreate(this.redis, keys.length, ...keys, JSON.stringify(fixed), task.expiresAt, task.taskId)) as string[] | null;
     return res === null ? { created: true } : { created: false, existing: taskFromHash(pairsToHash(res))! };
   }
 
@@ -102,13 +102,23 @@ export class TaskStore {
 
   /** Only the status (cheap; the hot paths need nothing else). */
   async status(taskId: string): Promise<TaskStatus | undefined> {
-    return (await this.redis.hget(this.keys.task(taskId), 'status') ?? undefined) as TaskStatus | undefined;
+    return ((await this.redis.hget(this.keys.task(taskId), 'status')) ?? undefined) as TaskStatus | undefined;
   }
 
   /** Ends an open task; `changed` is false if it had already ended (idempotent). */
   async end(taskId: string, status: Exclude<TaskStatus, 'open'>, now = Date.now()): Promise<{ changed: boolean; status?: TaskStatus }> {
-    const res = await runEnd(this.redis, 4, this.keys.task(taskId), this.keys.openTasks(), this.keys.taskLeases(taskId),
-      this.keys.taskChildren(taskId), status, this.retentionMs, now, taskId) as [number, string | null];
+    const res = (await runEnd(
+      this.redis,
+      4,
+      this.keys.task(taskId),
+      this.keys.openTasks(),
+      this.keys.taskLeases(taskId),
+      this.keys.taskChildren(taskId),
+      status,
+      this.retentionMs,
+      now,
+      taskId,
+    )) as [number, string | null];
     return { changed: res[0] === 1, status: (res[1] ?? undefined) as TaskStatus | undefined };
   }
 

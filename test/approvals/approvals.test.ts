@@ -3,12 +3,23 @@ import { AGENT, ADMIN, ORCH, call, startTestBroker, type TestBroker } from '../h
 let t: TestBroker;
 const agentId = `spiffe://dev.local${AGENT}`;
 let n = 0;
-beforeAll(async () => { t = await startTestBroker('approvals'); });
-afterAll(async () => { await t.close(); });
+beforeAll(async () => {
+  t = await startTestBroker('approvals');
+});
+afterAll(async () => {
+  await t.close();
+});
 
 async function openTask(ttlSeconds = 600): Promise<string> {
   const taskId = `t-appr-${++n}`;
-  await call(t.url, 'POST', '/v1/tasks', t.as(ORCH), { taskId, agent: agentId, tenant: 'acme', purpose: 'deploy', ttlSeconds, grants: [{ role: 'prod-deploy' }] });
+  await call(t.url, 'POST', '/v1/tasks', t.as(ORCH), {
+    taskId,
+    agent: agentId,
+    tenant: 'acme',
+    purpose: 'deploy',
+    ttlSeconds,
+    grants: [{ role: 'prod-deploy' }],
+  });
   return taskId;
 }
 const ask = (taskId: string) => call(t.url, 'POST', '/v1/credentials', t.as(AGENT), { taskId, role: 'prod-deploy' });
@@ -36,7 +47,9 @@ test('pending, then approved: the same request gets the credential once', async 
 test('rejected → 403; deciding twice → 409', async () => {
   const taskId = await openTask();
   const { body } = await ask(taskId);
-  expect((await call(t.url, 'POST', `/v1/approvals/${body.approvalId}`, t.as(ADMIN), { decision: 'reject', reason: 'no' })).status).toBe(200);
+  expect((await call(t.url, 'POST', `/v1/approvals/${body.approvalId}`, t.as(ADMIN), { decision: 'reject', reason: 'no' })).status).toBe(
+    200,
+  );
   const denied = await ask(taskId);
   expect(denied.status).toBe(403);
   expect(denied.body.code).toBe('approval_rejected');

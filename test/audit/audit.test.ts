@@ -6,8 +6,12 @@ import { Keys } from '../../src/redis.ts';
 import { dropPrefix, REDIS_URL, uniquePrefix } from '../helpers/broker.ts';
 
 let redis: Redis;
-beforeAll(() => { redis = new Redis(REDIS_URL); });
-afterAll(async () => { await redis.quit(); });
+beforeAll(() => {
+  redis = new Redis(REDIS_URL);
+});
+afterAll(async () => {
+  await redis.quit();
+});
 
 async function fresh(n: number) {
   const prefix = uniquePrefix('audit');
@@ -15,7 +19,11 @@ async function fresh(n: number) {
   const conns = [new Redis(REDIS_URL), new Redis(REDIS_URL)];
   // Two "instances" appending concurrently to one chain.
   const logs = conns.map((c) => new AuditLog({ redis: c, keys, logger: silentLogger }));
-  await Promise.all(Array.from({ length: n }, (_, i) => logs[i % 2]!.append({ action: 'credential.issue', actor: `spiffe://dev.local/agent/${i}`, decision: 'allow', leaseId: `l${i}` })));
+  await Promise.all(
+    Array.from({ length: n }, (_, i) =>
+      logs[i % 2]!.append({ action: 'credential.issue', actor: `spiffe://dev.local/agent/${i}`, decision: 'allow', leaseId: `l${i}` }),
+    ),
+  );
   await Promise.all(conns.map((c) => c.quit()));
   return { prefix, keys };
 }
@@ -27,19 +35,35 @@ test('concurrent appends from two instances form one valid chain', async () => {
 });
 
 test.each([
-  ['an edited record', async (ids: string[], k: Keys) => {
-    // Someone with Redis access rebuilds the stream with one record changed (same ids).
-    const all = await redis.xrange(k.auditStream(), '-', '+');
-    const m = redis.multi().del(k.auditStream());
-    for (const [id, f] of all) {
-      const r = JSON.parse(f[1]!);
-      if (id === ids[5]) r.decision = 'deny';
-      m.xadd(k.auditStream(), id, 'r', JSON.stringify(r));
-    }
-    await m.exec();
-  }, 6],
-  ['a deleted record', async (ids: string[], k: Keys) => { await redis.xdel(k.auditStream(), ids[7]!); }, 9],
-  ['a deleted tail', async (ids: string[], k: Keys) => { await redis.xdel(k.auditStream(), ids[ids.length - 1]!); }, 19],
+  [
+    'an edited record',
+    async (ids: string[], k: Keys) => {
+      // Someone with Redis access rebuilds the stream with one record changed (same ids).
+      const all = await redis.xrange(k.auditStream(), '-', '+');
+      const m = redis.multi().del(k.auditStream());
+      for (const [id, f] of all) {
+        const r = JSON.parse(f[1]!);
+        if (id === ids[5]) r.decision = 'deny';
+        m.xadd(k.auditStream(), id, 'r', JSON.stringify(r));
+      }
+      await m.exec();
+    },
+    6,
+  ],
+  [
+    'a deleted record',
+    async (ids: string[], k: Keys) => {
+      await redis.xdel(k.auditStream(), ids[7]!);
+    },
+    9,
+  ],
+  [
+    'a deleted tail',
+    async (ids: string[], k: Keys) => {
+      await redis.xdel(k.auditStream(), ids[ids.length - 1]!);
+    },
+    19,
+  ],
 ])('verify names the first broken record after %s', async (_n, tamper, seq) => {
   const { prefix, keys } = await fresh(20);
   const ids = (await redis.xrange(keys.auditStream(), '-', '+')).map(([id]) => id);
@@ -54,6 +78,7 @@ test('records never contain the secrets they describe (issuance path)', async ()
   // The audit event type has no field for a credential; this guards the JSON shape.
   const { prefix, keys } = await fresh(3);
   const all = await redis.xrange(keys.auditStream(), '-', '+');
-  for (const [, f] of all) expect(Object.keys(JSON.parse(f[1]!)).sort()).toEqual(['action', 'actor', 'decision', 'hash', 'leaseId', 'prev', 'seq', 'time']);
+  for (const [, f] of all)
+    expect(Object.keys(JSON.parse(f[1]!)).sort()).toEqual(['action', 'actor', 'decision', 'hash', 'leaseId', 'prev', 'seq', 'time']);
   await dropPrefix(prefix);
 });

@@ -7,14 +7,16 @@ import { ConfigError } from '../../src/errors.ts';
 
 const env = { AWS_ACCESS_KEY_ID: 'AKIAEXAMPLE', AWS_SECRET_ACCESS_KEY: 'secret', VAULT_TOKEN: 'hvs.example' };
 
-test('the contract\'s example config loads as it is, frozen, with defaults filled in', () => {
+test("the contract's example config loads as it is, frozen, with defaults filled in", () => {
   const c = loadConfig(env, 'test/config/contract-example.yaml');
   expect(c.roles['orders-db']).toMatchObject({ provider: 'vault', path: 'database/creds/orders-readonly', maxTtlSeconds: 3600 });
   expect(c.providers.aws?.credentials?.accessKeyId).toBe('AKIAEXAMPLE');
   expect(c.identity.clockSkewSeconds).toBe(30);
   expect(c.secrets.kek).toBeUndefined();
   expect(Object.isFrozen(c.roles)).toBe(true);
-  expect(() => { (c.server as { port: number }).port = 1; }).toThrow();
+  expect(() => {
+    (c.server as { port: number }).port = 1;
+  }).toThrow();
 });
 
 test('PORT, HOST and REDIS_URL override the file', () => {
@@ -24,23 +26,105 @@ test('PORT, HOST and REDIS_URL override the file', () => {
 });
 
 const base = () => ({
-  server: { publicUrl: 'http://127.0.0.1:8080' }, redis: { url: 'redis://127.0.0.1:6379' }, policies: './config/policies',
+  server: { publicUrl: 'http://127.0.0.1:8080' },
+  redis: { url: 'redis://127.0.0.1:6379' },
+  policies: './config/policies',
   trust: [{ name: 'dev', kind: 'spiffe', trustDomain: 'dev.local', audiences: ['jit-broker'], jwks: { keys: [{ kty: 'EC' }] } }],
   roles: { r: { provider: 'jwt', audience: 'x' } },
 });
 
 test.each<[string, (c: any) => void, string, RegExp]>([
-  ['missing env var', (c) => { c.redis.url = '${NOPE_NOT_SET}'; }, 'redis.url', /NOPE_NOT_SET is not set/],
-  ['bad port', (c) => { c.server.port = 70_000; }, 'server.port', /./],
-  ['unknown key', (c) => { c.server.colour = 'blue'; }, 'server', /colour/],
-  ['spiffe without trustDomain', (c) => { delete c.trust[0].trustDomain; }, 'trust.0.trustDomain', /required for kind spiffe/],
-  ['oidc without issuer', (c) => { c.trust[0] = { name: 'o', kind: 'oidc', audiences: ['a'], jwks: { uri: 'https://x/jwks' } }; }, 'trust.0.issuer', /required for kind oidc/],
-  ['pattern with a middle wildcard', (c) => { c.orchestrators = ['spiffe://x/*/y']; }, 'orchestrators.0', /ends in "\/\*"/],
-  ['aws role without providers.aws', (c) => { c.roles.s3 = { provider: 'aws', roleArn: 'arn:aws:iam::123456789012:role/x' }; }, 'roles.s3.provider', /providers.aws is not configured/],
-  ['vault role with both path and token', (c) => { c.providers = { vault: { auth: { token: 't' } } }; c.roles.v = { provider: 'vault', path: 'a/b', token: { policies: ['p'] } }; }, 'roles.v', /exactly one of/],
-  ['bad role ARN', (c) => { c.providers = { aws: {} }; c.roles.s3 = { provider: 'aws', roleArn: 'arn:aws:s3:::bucket' }; }, 'roles.s3.roleArn', /IAM role ARN/],
-  ['bad role name', (c) => { c.roles['bad name'] = { provider: 'jwt', audience: 'x' }; }, 'roles.bad name', /./],
-  ['redis URL scheme', (c) => { c.redis.url = 'http://x'; }, 'redis.url', /redis:\/\//],
+  [
+    'missing env var',
+    (c) => {
+      // biome-ignore lint/suspicious/noTemplateCurlyInString: the config's own ${VAR} syntax
+      c.redis.url = '${NOPE_NOT_SET}';
+    },
+    'redis.url',
+    /NOPE_NOT_SET is not set/,
+  ],
+  [
+    'bad port',
+    (c) => {
+      c.server.port = 70_000;
+    },
+    'server.port',
+    /./,
+  ],
+  [
+    'unknown key',
+    (c) => {
+      c.server.colour = 'blue';
+    },
+    'server',
+    /colour/,
+  ],
+  [
+    'spiffe without trustDomain',
+    (c) => {
+      delete c.trust[0].trustDomain;
+    },
+    'trust.0.trustDomain',
+    /required for kind spiffe/,
+  ],
+  [
+    'oidc without issuer',
+    (c) => {
+      c.trust[0] = { name: 'o', kind: 'oidc', audiences: ['a'], jwks: { uri: 'https://x/jwks' } };
+    },
+    'trust.0.issuer',
+    /required for kind oidc/,
+  ],
+  [
+    'pattern with a middle wildcard',
+    (c) => {
+      c.orchestrators = ['spiffe://x/*/y'];
+    },
+    'orchestrators.0',
+    /ends in "\/\*"/,
+  ],
+  [
+    'aws role without providers.aws',
+    (c) => {
+      c.roles.s3 = { provider: 'aws', roleArn: 'arn:aws:iam::123456789012:role/x' };
+    },
+    'roles.s3.provider',
+    /providers.aws is not configured/,
+  ],
+  [
+    'vault role with both path and token',
+    (c) => {
+      c.providers = { vault: { auth: { token: 't' } } };
+      c.roles.v = { provider: 'vault', path: 'a/b', token: { policies: ['p'] } };
+    },
+    'roles.v',
+    /exactly one of/,
+  ],
+  [
+    'bad role ARN',
+    (c) => {
+      c.providers = { aws: {} };
+      c.roles.s3 = { provider: 'aws', roleArn: 'arn:aws:s3:::bucket' };
+    },
+    'roles.s3.roleArn',
+    /IAM role ARN/,
+  ],
+  [
+    'bad role name',
+    (c) => {
+      c.roles['bad name'] = { provider: 'jwt', audience: 'x' };
+    },
+    'roles.bad name',
+    /./,
+  ],
+  [
+    'redis URL scheme',
+    (c) => {
+      c.redis.url = 'http://x';
+    },
+    'redis.url',
+    /redis:\/\//,
+  ],
 ])('%s fails naming the key', (_n, mutate, path, message) => {
   const raw = base();
   mutate(raw);
@@ -58,7 +142,11 @@ test.each<[string, (c: any) => void, string, RegExp]>([
 test('the broker refuses to start on a bad config: message names the key, exit code non-zero, nothing listens', () => {
   const dir = mkdtempSync(join(tmpdir(), 'jit-cfg-'));
   writeFileSync(join(dir, 'bad.yaml'), 'server: { port: 8080, publicUrl: not-a-url }\nredis: { url: redis://127.0.0.1:6379 }\n');
-  const r = spawnSync(process.execPath, ['src/main.ts'], { env: { ...process.env, BROKER_CONFIG: join(dir, 'bad.yaml') }, encoding: 'utf8', timeout: 15_000 });
+  const r = spawnSync(process.execPath, ['src/main.ts'], {
+    env: { ...process.env, BROKER_CONFIG: join(dir, 'bad.yaml') },
+    encoding: 'utf8',
+    timeout: 15_000,
+  });
   expect(r.status).toBe(2);
   expect(r.stderr).toMatch(/config server\.publicUrl: /);
 });

@@ -2,28 +2,50 @@ import { createRemoteJWKSet, decodeProtectedHeader, jwtVerify } from 'jose';
 import { AGENT, ORCH, call, startTestBroker, waitFor, type TestBroker } from '../helpers/broker.ts';
 
 let t: TestBroker;
-beforeAll(async () => { t = await startTestBroker('credentials'); });
-afterAll(async () => { await t.close(); });
+beforeAll(async () => {
+  t = await startTestBroker('credentials');
+});
+afterAll(async () => {
+  await t.close();
+});
 
 const agentId = `spiffe://dev.local${AGENT}`;
 let n = 0;
 async function openTask(over: Record<string, unknown> = {}): Promise<string> {
   const taskId = `t-cred-${++n}`;
   const r = await call(t.url, 'POST', '/v1/tasks', t.as(ORCH), {
-    taskId, agent: agentId, tenant: 'acme', purpose: 'triage', ttlSeconds: 600,
-    grants: [{ role: 'tickets-api', scopes: ['tickets:read', 'tickets:write'], maxTtlSeconds: 300 }, { role: 'demo-api', scopes: [] }], ...over,
+    taskId,
+    agent: agentId,
+    tenant: 'acme',
+    purpose: 'triage',
+    ttlSeconds: 600,
+    grants: [
+      { role: 'tickets-api', scopes: ['tickets:read', 'tickets:write'], maxTtlSeconds: 300 },
+      { role: 'demo-api', scopes: [] },
+    ],
+    ...over,
   });
   expect(r.status).toBe(201);
   return taskId;
 }
-const introspect = async (token: string) => (await fetch(`${t.url}/v1/introspect`, {
-  method: 'POST', headers: { ...t.as('/resource/tickets'), 'content-type': 'application/x-www-form-urlencoded' }, body: new URLSearchParams({ token }),
-})).json() as Promise<Record<string, unknown>>;
+const introspect = async (token: string) =>
+  (
+    await fetch(`${t.url}/v1/introspect`, {
+      method: 'POST',
+      headers: { ...t.as('/resource/tickets'), 'content-type': 'application/x-www-form-urlencoded' },
+      body: new URLSearchParams({ token }),
+    })
+  ).json() as Promise<Record<string, unknown>>;
 
 describe('issuing jwt credentials', () => {
   test('201 with an RFC 9068 token a resource server verifies against the JWKS, and introspection says active', async () => {
     const taskId = await openTask();
-    const r = await call(t.url, 'POST', '/v1/credentials', t.as(AGENT), { taskId, role: 'tickets-api', scopes: ['tickets:read'], ttlSeconds: 120 });
+    const r = await call(t.url, 'POST', '/v1/credentials', t.as(AGENT), {
+      taskId,
+      role: 'tickets-api',
+      scopes: ['tickets:read'],
+      ttlSeconds: 120,
+    });
     expect(r.status).toBe(201);
     expect(r.headers.get('cache-control')).toBe('no-store');
     expect(r.body).toMatchObject({ taskId, role: 'tickets-api', provider: 'jwt', revocable: true, ttlSeconds: 120 });
@@ -32,13 +54,26 @@ describe('issuing jwt credentials', () => {
     expect(c).toMatchObject({ token_type: 'Bearer', expires_in: 120, scope: 'tickets:read' });
     // The resource server: any JOSE library, against the broker's JWKS.
     const jwks = createRemoteJWKSet(new URL(`${t.url}/.well-known/jwks.json`));
-    const { payload, protectedHeader } = await jwtVerify(c.access_token, jwks, { issuer: t.config.server.publicUrl, audience: 'https://tickets.internal', typ: 'at+jwt' });
+    const { payload, protectedHeader } = await jwtVerify(c.access_token, jwks, {
+      issuer: t.config.server.publicUrl,
+      audience: 'https://tickets.internal',
+      typ: 'at+jwt',
+    });
     expect(protectedHeader.alg).toBe('ES256');
     expect(payload).toMatchObject({ sub: agentId, client_id: agentId, scope: 'tickets:read', task_id: taskId, jti: r.body.leaseId });
     expect(payload.exp! - payload.iat!).toBe(120);
     expect(Date.parse(r.body.expiresAt)).toBe(payload.exp! * 1000);
     const active = await introspect(c.access_token);
-    expect(active).toMatchObject({ active: true, scope: 'tickets:read', sub: agentId, aud: 'https://tickets.internal', iss: t.config.server.publicUrl, jti: r.body.leaseId, client_id: agentId, task_id: taskId });
+    expect(active).toMatchObject({
+      active: true,
+      scope: 'tickets:read',
+      sub: agentId,
+      aud: 'https://tickets.internal',
+      iss: t.config.server.publicUrl,
+      jti: r.body.leaseId,
+      client_id: agentId,
+      task_id: taskId,
+    });
     // The lease record never holds the token.
     const raw = await t.broker.deps.redis.hgetall(`${t.prefix}:lease:${r.body.leaseId}`);
     expect(JSON.stringify(raw)).not.toContain(c.access_token.split('.')[2]);
@@ -73,7 +108,14 @@ describe('issuing jwt credentials', () => {
     // base.cedar permits up to 3600 s; the role allows 900 so the policy passes here...
     expect((await call(t.url, 'POST', '/v1/credentials', t.as(AGENT), { taskId, role: 'tickets-api' })).status).toBe(201);
     // ...and an identity outside spiffe://dev.local/agent/* matches no permit at all.
-    const other = await call(t.url, 'POST', '/v1/tasks', t.as(ORCH), { taskId: 't-robot', agent: 'spiffe://dev.local/robot/x', tenant: 'acme', purpose: 'p', ttlSeconds: 60, grants: [{ role: 'demo-api' }] });
+    const other = await call(t.url, 'POST', '/v1/tasks', t.as(ORCH), {
+      taskId: 't-robot',
+      agent: 'spiffe://dev.local/robot/x',
+      tenant: 'acme',
+      purpose: 'p',
+      ttlSeconds: 60,
+      grants: [{ role: 'demo-api' }],
+    });
     expect(other.status).toBe(201);
     const denied = await call(t.url, 'POST', '/v1/credentials', t.as('/robot/x'), { taskId: 't-robot', role: 'demo-api' });
     expect(denied.status).toBe(403);
@@ -128,9 +170,16 @@ describe('revocation', () => {
     const r = await call(t.url, 'POST', '/v1/credentials', t.as(AGENT), { taskId, role: 'demo-api' });
     const tok: string = r.body.credentials.access_token;
     const [h, p, s] = tok.split('.');
-    const forged = Buffer.from(JSON.stringify({ ...JSON.parse(Buffer.from(p!, 'base64url').toString()), scope: 'admin' })).toString('base64url');
-    for (const bad of ['x', 'a.b.c', `${h}.${forged}.${s}`, t.issuer.svid('/agent/support')]) expect(await introspect(bad)).toEqual({ active: false });
-    const unauth = await fetch(`${t.url}/v1/introspect`, { method: 'POST', headers: { 'content-type': 'application/x-www-form-urlencoded' }, body: new URLSearchParams({ token: tok }) });
+    const forged = Buffer.from(JSON.stringify({ ...JSON.parse(Buffer.from(p!, 'base64url').toString()), scope: 'admin' })).toString(
+      'base64url',
+    );
+    for (const bad of ['x', 'a.b.c', `${h}.${forged}.${s}`, t.issuer.svid('/agent/support')])
+      expect(await introspect(bad)).toEqual({ active: false });
+    const unauth = await fetch(`${t.url}/v1/introspect`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/x-www-form-urlencoded' },
+      body: new URLSearchParams({ token: tok }),
+    });
     expect(unauth.status).toBe(401);
     expect(((await unauth.json()) as { error: string }).error).toBe('invalid_client');
     expect(decodeProtectedHeader(tok).typ).toBe('at+jwt');

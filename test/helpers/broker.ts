@@ -42,7 +42,12 @@ export function testConfig(issuer: TestIssuer, prefix: string, overrides: Record
     approvers: ['spiffe://dev.local/ops/*'],
     policies: resolve('config/policies'),
     roles: {
-      'tickets-api': { provider: 'jwt', audience: 'https://tickets.internal', maxTtlSeconds: 900, scopes: ['tickets:read', 'tickets:write'] },
+      'tickets-api': {
+        provider: 'jwt',
+        audience: 'https://tickets.internal',
+        maxTtlSeconds: 900,
+        scopes: ['tickets:read', 'tickets:write'],
+      },
       'demo-api': { provider: 'jwt', audience: 'https://demo.internal', maxTtlSeconds: 300 },
       'prod-deploy': { provider: 'jwt', audience: 'https://deploy.internal', maxTtlSeconds: 300, approval: 'required' },
     },
@@ -64,13 +69,20 @@ export interface TestBroker {
 }
 
 /** Starts a real broker (API + worker) against the real Redis under a fresh prefix. */
-export async function startTestBroker(name: string, opts: { config?: Record<string, unknown>; broker?: BrokerOptions; issuer?: TestIssuer; prefix?: string; loaded?: LoadedConfig } = {}): Promise<TestBroker> {
+export async function startTestBroker(
+  name: string,
+  opts: { config?: Record<string, unknown>; broker?: BrokerOptions; issuer?: TestIssuer; prefix?: string; loaded?: LoadedConfig } = {},
+): Promise<TestBroker> {
   const issuer = opts.issuer ?? new TestIssuer();
   const prefix = opts.prefix ?? uniquePrefix(name);
   const config = opts.loaded ?? testConfig(issuer, prefix, opts.config);
   const broker = await startBroker(config, { logger: silentLogger, ...opts.broker });
   return {
-    broker, url: broker.url!, issuer, prefix, config,
+    broker,
+    url: broker.url!,
+    issuer,
+    prefix,
+    config,
     as: (path) => ({ authorization: `Bearer ${issuer.svid(path)}` }),
     async close() {
       await broker.close();
@@ -85,19 +97,35 @@ export async function startTestBroker(name: string, opts: { config?: Record<stri
  * belongs to `first`, which drops it.
  */
 export async function startSibling(first: TestBroker, broker: BrokerOptions = {}): Promise<TestBroker> {
-  const sibling = await startTestBroker('sibling', { prefix: first.prefix, loaded: first.config, issuer: first.issuer, broker: { logger: silentLogger, ...broker } });
+  const sibling = await startTestBroker('sibling', {
+    prefix: first.prefix,
+    loaded: first.config,
+    issuer: first.issuer,
+    broker: { logger: silentLogger, ...broker },
+  });
   return { ...sibling, close: () => sibling.broker.close() };
 }
 
 /** JSON request helper returning status and parsed body. */
-export async function call(url: string, method: string, path: string, headers: Record<string, string>, body?: unknown): Promise<{ status: number; body: any; headers: Headers }> {
+export async function call(
+  url: string,
+  method: string,
+  path: string,
+  headers: Record<string, string>,
+  body?: unknown,
+): Promise<{ status: number; body: any; headers: Headers }> {
   const res = await fetch(`${url}${path}`, {
-    method, headers: { ...(body !== undefined ? { 'content-type': 'application/json' } : {}), ...headers },
+    method,
+    headers: { ...(body !== undefined ? { 'content-type': 'application/json' } : {}), ...headers },
     body: body === undefined ? undefined : JSON.stringify(body),
   });
   const text = await res.text();
   let parsed: unknown = text;
-  try { parsed = text ? JSON.parse(text) : undefined; } catch { /* not JSON */ }
+  try {
+    parsed = text ? JSON.parse(text) : undefined;
+  } catch {
+    /* not JSON */
+  }
   return { status: res.status, body: parsed, headers: res.headers };
 }
 

@@ -19,7 +19,12 @@ export class TestIssuer {
 
   /** A SPIFFE bundle: the JWT authority marked `use: jwt-svid`, plus an x509 entry that must be ignored. */
   bundle(): { keys: Record<string, unknown>[] } {
-    return { keys: [{ ...this.publicJwk, use: 'jwt-svid' }, { kty: 'EC', crv: 'P-256', use: 'x509-svid', x: this.publicJwk.x, y: this.publicJwk.y }] };
+    return {
+      keys: [
+        { ...this.publicJwk, use: 'jwt-svid' },
+        { kty: 'EC', crv: 'P-256', use: 'x509-svid', x: this.publicJwk.x, y: this.publicJwk.y },
+      ],
+    };
   }
 
   /** OIDC-style JWKS (`use: sig`). */
@@ -36,11 +41,18 @@ export class TestIssuer {
   }
 
   /** A valid JWT-SVID for `path` (e.g. "/agent/support"), overridable. */
-  svid(path: string, opts: { claims?: Record<string, unknown>; header?: Record<string, unknown>; ttl?: number; jti?: boolean; aud?: unknown } = {}): string {
+  svid(
+    path: string,
+    opts: { claims?: Record<string, unknown>; header?: Record<string, unknown>; ttl?: number; jti?: boolean; aud?: unknown } = {},
+  ): string {
     const now = Math.floor(Date.now() / 1000);
     const claims = {
-      sub: `spiffe://${this.trustDomain}${path}`, aud: opts.aud ?? ['jit-broker'], exp: now + (opts.ttl ?? 300), iat: now,
-      ...(opts.jti ? { jti: randomUUID() } : {}), ...opts.claims,
+      sub: `spiffe://${this.trustDomain}${path}`,
+      aud: opts.aud ?? ['jit-broker'],
+      exp: now + (opts.ttl ?? 300),
+      iat: now,
+      ...(opts.jti ? { jti: randomUUID() } : {}),
+      ...opts.claims,
     };
     return this.signRaw({ alg: 'ES256', kid: this.kid, typ: 'JWT', ...opts.header }, claims);
   }

@@ -1,17 +1,25 @@
 import { AGENT, ORCH, call, startTestBroker, type TestBroker } from '../helpers/broker.ts';
 
 let t: TestBroker;
-beforeAll(async () => { t = await startTestBroker('http', { config: { server: { port: 0, publicUrl: 'http://127.0.0.1:8080', bodyLimitBytes: 65_536 } } }); });
-afterAll(async () => { await t.close(); });
+beforeAll(async () => {
+  t = await startTestBroker('http', { config: { server: { port: 0, publicUrl: 'http://127.0.0.1:8080', bodyLimitBytes: 65_536 } } });
+});
+afterAll(async () => {
+  await t.close();
+});
 
 async function raw(path: string, init: RequestInit & { headers?: Record<string, string> }) {
   const res = await fetch(`${t.url}${path}`, init);
-  return { status: res.status, type: res.headers.get('content-type') ?? '', body: await res.json().catch(() => undefined) as any };
+  return { status: res.status, type: res.headers.get('content-type') ?? '', body: (await res.json().catch(() => undefined)) as any };
 }
 
 describe('bad input gets a clear error and loses nothing', () => {
   test('413 for a body over 64 KiB', async () => {
-    const r = await raw('/v1/tasks', { method: 'POST', headers: { ...t.as(ORCH), 'content-type': 'application/json' }, body: JSON.stringify({ purpose: 'x'.repeat(70_000) }) });
+    const r = await raw('/v1/tasks', {
+      method: 'POST',
+      headers: { ...t.as(ORCH), 'content-type': 'application/json' },
+      body: JSON.stringify({ purpose: 'x'.repeat(70_000) }),
+    });
     expect(r.status).toBe(413);
     expect(r.body.code).toBe('body_too_large');
   });
@@ -40,14 +48,25 @@ describe('bad input gets a clear error and loses nothing', () => {
   });
 
   test('the identity is checked before the body is parsed: no token + huge body is 401', async () => {
-    const r = await raw('/v1/tasks', { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ x: 'y'.repeat(100_000) }) });
+    const r = await raw('/v1/tasks', {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ x: 'y'.repeat(100_000) }),
+    });
     expect(r.status).toBe(401);
     expect(r.body.code).toBe('identity_missing');
   });
 
   test('a rejected open task leaves nothing behind', async () => {
     const before = await t.broker.deps.redis.keys(`${t.prefix}:task:*`);
-    await call(t.url, 'POST', '/v1/tasks', t.as(ORCH), { taskId: 't-bad', agent: 'spiffe://dev.local/agent/x', tenant: 'a', purpose: 'p', ttlSeconds: 60, grants: [{ role: 'nope' }] });
+    await call(t.url, 'POST', '/v1/tasks', t.as(ORCH), {
+      taskId: 't-bad',
+      agent: 'spiffe://dev.local/agent/x',
+      tenant: 'a',
+      purpose: 'p',
+      ttlSeconds: 60,
+      grants: [{ role: 'nope' }],
+    });
     expect(await t.broker.deps.redis.keys(`${t.prefix}:task:*`)).toEqual(before);
   });
 });
@@ -59,21 +78,33 @@ describe('operations endpoints', () => {
     expect(ready.status).toBe(200);
     expect(ready.body.checks.redis).toBe(true);
     const m = await (await fetch(`${t.url}/metrics`)).text();
-    for (const name of ['jit_credentials_issued_total', 'jit_denials_total', 'jit_revocations_total', 'jit_revocation_lag_seconds', 'jit_active_leases']) expect(m).toContain(name);
+    for (const name of [
+      'jit_credentials_issued_total',
+      'jit_denials_total',
+      'jit_revocations_total',
+      'jit_revocation_lag_seconds',
+      'jit_active_leases',
+    ])
+      expect(m).toContain(name);
   });
 
   test('RFC 8414 metadata points at the endpoints', async () => {
     const r = await call(t.url, 'GET', '/.well-known/oauth-authorization-server', {});
     expect(r.body).toMatchObject({
-      issuer: 'http://127.0.0.1:8080', token_endpoint: 'http://127.0.0.1:8080/v1/token', introspection_endpoint: 'http://127.0.0.1:8080/v1/introspect',
-      jwks_uri: 'http://127.0.0.1:8080/.well-known/jwks.json', grant_types_supported: ['urn:ietf:params:oauth:grant-type:token-exchange'],
+      issuer: 'http://127.0.0.1:8080',
+      token_endpoint: 'http://127.0.0.1:8080/v1/token',
+      introspection_endpoint: 'http://127.0.0.1:8080/v1/introspect',
+      jwks_uri: 'http://127.0.0.1:8080/.well-known/jwks.json',
+      grant_types_supported: ['urn:ietf:params:oauth:grant-type:token-exchange'],
     });
   });
 });
 
 describe('rate limiting', () => {
   test('an identity over its budget gets 429 with Retry-After; another identity is unaffected', async () => {
-    const limited = await startTestBroker('ratelimit', { config: { server: { port: 0, publicUrl: 'http://127.0.0.1:8080', rateLimit: { perSecond: 1, burst: 3 } } } });
+    const limited = await startTestBroker('ratelimit', {
+      config: { server: { port: 0, publicUrl: 'http://127.0.0.1:8080', rateLimit: { perSecond: 1, burst: 3 } } },
+    });
     try {
       const statuses: number[] = [];
       for (let i = 0; i < 5; i++) statuses.push((await call(limited.url, 'GET', '/v1/tasks/t-none', limited.as(ORCH))).status);

@@ -59,37 +59,99 @@ describe('workload identity verification', () => {
     ['no token', () => undefined, 'identity_missing'],
     ['not a JWT', () => 'not.a.jwt', 'identity_invalid'],
     ['alg none', () => `${b64({ alg: 'none', kid: issuer.kid })}.${b64(valid())}.`, 'identity_invalid'],
-    ['HS256 signed with the public key as secret', () => {
-      const input = `${b64({ alg: 'HS256', kid: issuer.kid })}.${b64(valid())}`;
-      const secret = JSON.stringify(issuer.publicJwk);
-      return `${input}.${createHmac('sha256', secret).update(input).digest('base64url')}`;
-    }, 'identity_invalid'],
+    [
+      'HS256 signed with the public key as secret',
+      () => {
+        const input = `${b64({ alg: 'HS256', kid: issuer.kid })}.${b64(valid())}`;
+        const secret = JSON.stringify(issuer.publicJwk);
+        return `${input}.${createHmac('sha256', secret).update(input).digest('base64url')}`;
+      },
+      'identity_invalid',
+    ],
     ['unknown kid', () => issuer.signRaw({ ...header(), kid: 'nope' }, valid()), 'identity_invalid'],
     ['missing kid', () => issuer.signRaw({ alg: 'ES256' }, valid()), 'identity_invalid'],
-    ['jku header pointing elsewhere', () => issuer.signRaw({ ...header(), jku: 'https://evil.example/jwks' }, valid(), attacker), 'identity_invalid'],
+    [
+      'jku header pointing elsewhere',
+      () => issuer.signRaw({ ...header(), jku: 'https://evil.example/jwks' }, valid(), attacker),
+      'identity_invalid',
+    ],
     ['embedded jwk header', () => issuer.signRaw({ ...header(), jwk: { kty: 'EC' } }, valid(), attacker), 'identity_invalid'],
     ['x5u header', () => issuer.signRaw({ ...header(), x5u: 'https://evil.example/cert' }, valid()), 'identity_invalid'],
     ['signed by an attacker key with the right kid', () => issuer.signRaw(header(), valid(), attacker), 'identity_invalid'],
     ['wrong trust domain', () => issuer.signRaw(header(), { ...valid(), sub: 'spiffe://evil.example/agent/support' }), 'identity_invalid'],
-    ['malformed SPIFFE ID (dot segment)', () => issuer.signRaw(header(), { ...valid(), sub: 'spiffe://dev.local/agent/../ops' }), 'identity_invalid'],
-    ['malformed SPIFFE ID (uppercase trust domain)', () => issuer.signRaw(header(), { ...valid(), sub: 'spiffe://DEV.local/agent' }), 'identity_invalid'],
-    ['malformed SPIFFE ID (trailing slash)', () => issuer.signRaw(header(), { ...valid(), sub: 'spiffe://dev.local/agent/' }), 'identity_invalid'],
+    [
+      'malformed SPIFFE ID (dot segment)',
+      () => issuer.signRaw(header(), { ...valid(), sub: 'spiffe://dev.local/agent/../ops' }),
+      'identity_invalid',
+    ],
+    [
+      'malformed SPIFFE ID (uppercase trust domain)',
+      () => issuer.signRaw(header(), { ...valid(), sub: 'spiffe://DEV.local/agent' }),
+      'identity_invalid',
+    ],
+    [
+      'malformed SPIFFE ID (trailing slash)',
+      () => issuer.signRaw(header(), { ...valid(), sub: 'spiffe://dev.local/agent/' }),
+      'identity_invalid',
+    ],
     ['expired', () => issuer.signRaw(header(), { ...valid(), exp: now() - 120 }), 'identity_expired'],
     ['expired but within the 30 s clock skew', () => issuer.signRaw(header(), { ...valid(), exp: now() - 5 }), 'ok'],
     ['nbf in the future', () => issuer.signRaw(header(), { ...valid(), nbf: now() + 600 }), 'identity_invalid'],
     ['iat in the future', () => issuer.signRaw(header(), { ...valid(), iat: now() + 600 }), 'identity_invalid'],
-    ['missing aud', () => { const { aud: _a, ...c } = valid(); return issuer.signRaw(header(), c); }, 'identity_invalid'],
+    [
+      'missing aud',
+      () => {
+        const { aud: _a, ...c } = valid();
+        return issuer.signRaw(header(), c);
+      },
+      'identity_invalid',
+    ],
     ['wrong aud', () => issuer.signRaw(header(), { ...valid(), aud: ['someone-else'] }), 'identity_invalid'],
-    ['missing exp', () => { const { exp: _e, ...c } = valid(); return issuer.signRaw(header(), c); }, 'identity_invalid'],
+    [
+      'missing exp',
+      () => {
+        const { exp: _e, ...c } = valid();
+        return issuer.signRaw(header(), c);
+      },
+      'identity_invalid',
+    ],
     ['typ not JWT/JOSE', () => issuer.signRaw({ ...header(), typ: 'at+jwt' }, valid()), 'identity_invalid'],
-    ['tampered payload', () => {
-      const [h, , s] = issuer.svid('/agent/support').split('.');
-      return `${h}.${b64({ ...valid(), sub: 'spiffe://dev.local/ops/root' })}.${s}`;
-    }, 'identity_invalid'],
-    ['lifetime longer than allowed', () => issuer.signRaw(header(), { ...valid(), iat: now() - 10, exp: now() + 2 * 86_400 }), 'identity_invalid'],
-    ['valid OIDC token', () => oidcIssuer.signRaw({ alg: 'ES256', kid: oidcIssuer.kid }, { iss: 'https://ci.example', sub: 'repo:acme/app', aud: 'jit-broker', exp: now() + 60 }), 'ok'],
-    ['OIDC token from an unknown issuer', () => oidcIssuer.signRaw({ alg: 'ES256', kid: oidcIssuer.kid }, { iss: 'https://other.example', sub: 'x', aud: 'jit-broker', exp: now() + 60 }), 'identity_invalid'],
-    ['OIDC token signed by the SPIFFE key', () => issuer.signRaw({ alg: 'ES256', kid: issuer.kid }, { iss: 'https://ci.example', sub: 'x', aud: 'jit-broker', exp: now() + 60 }), 'identity_invalid'],
+    [
+      'tampered payload',
+      () => {
+        const [h, , s] = issuer.svid('/agent/support').split('.');
+        return `${h}.${b64({ ...valid(), sub: 'spiffe://dev.local/ops/root' })}.${s}`;
+      },
+      'identity_invalid',
+    ],
+    [
+      'lifetime longer than allowed',
+      () => issuer.signRaw(header(), { ...valid(), iat: now() - 10, exp: now() + 2 * 86_400 }),
+      'identity_invalid',
+    ],
+    [
+      'valid OIDC token',
+      () =>
+        oidcIssuer.signRaw(
+          { alg: 'ES256', kid: oidcIssuer.kid },
+          { iss: 'https://ci.example', sub: 'repo:acme/app', aud: 'jit-broker', exp: now() + 60 },
+        ),
+      'ok',
+    ],
+    [
+      'OIDC token from an unknown issuer',
+      () =>
+        oidcIssuer.signRaw(
+          { alg: 'ES256', kid: oidcIssuer.kid },
+          { iss: 'https://other.example', sub: 'x', aud: 'jit-broker', exp: now() + 60 },
+        ),
+      'identity_invalid',
+    ],
+    [
+      'OIDC token signed by the SPIFFE key',
+      () => issuer.signRaw({ alg: 'ES256', kid: issuer.kid }, { iss: 'https://ci.example', sub: 'x', aud: 'jit-broker', exp: now() + 60 }),
+      'identity_invalid',
+    ],
   ];
 
   test.each(cases)('%s', async (_name, make, expected) => {
@@ -110,7 +172,12 @@ describe('workload identity verification', () => {
   });
 
   test('OIDC identity string is <issuer>#<sub>', async () => {
-    const id = await verifier.verify(oidcIssuer.signRaw({ alg: 'ES256', kid: oidcIssuer.kid }, { iss: 'https://ci.example', sub: 'repo:acme/app', aud: 'jit-broker', exp: now() + 60 }));
+    const id = await verifier.verify(
+      oidcIssuer.signRaw(
+        { alg: 'ES256', kid: oidcIssuer.kid },
+        { iss: 'https://ci.example', sub: 'repo:acme/app', aud: 'jit-broker', exp: now() + 60 },
+      ),
+    );
     expect(id.id).toBe('https://ci.example#repo:acme/app');
     expect(id.kind).toBe('oidc');
   });
@@ -137,7 +204,15 @@ describe('JWKS from a URI', () => {
     const port = (server.address() as AddressInfo).port;
     const p = uniquePrefix('jwks');
     const config = testConfig(rotating, p, {
-      trust: [{ name: 'remote', kind: 'spiffe', trustDomain: 'remote.test', audiences: ['jit-broker'], jwks: { uri: `http://127.0.0.1:${port}/bundle` } }],
+      trust: [
+        {
+          name: 'remote',
+          kind: 'spiffe',
+          trustDomain: 'remote.test',
+          audiences: ['jit-broker'],
+          jwks: { uri: `http://127.0.0.1:${port}/bundle` },
+        },
+      ],
       identity: { clockSkewSeconds: 30, maxTokenLifetimeSeconds: 86_400, jwksCacheSeconds: 300, jwksRefetchCooldownSeconds: 1 },
     });
     keys = [];
@@ -148,7 +223,12 @@ describe('JWKS from a URI', () => {
     // Unknown kid: one refetch, still nothing, rejected.
     await expect(v.verify(rotating.svid('/w'))).rejects.toMatchObject({ code: 'identity_invalid' });
     // A flood of unknown kids within the cooldown triggers no more fetches.
-    for (let i = 0; i < 5; i++) await expect(v.verify(rotating.signRaw({ alg: 'ES256', kid: randomUUID() }, { sub: 'spiffe://remote.test/w', aud: 'jit-broker', exp: now() + 60 }))).rejects.toBeTruthy();
+    for (let i = 0; i < 5; i++)
+      await expect(
+        v.verify(
+          rotating.signRaw({ alg: 'ES256', kid: randomUUID() }, { sub: 'spiffe://remote.test/w', aud: 'jit-broker', exp: now() + 60 }),
+        ),
+      ).rejects.toBeTruthy();
     expect(fetches - before).toBe(1);
     // The issuer publishes its key; after the cooldown the next unknown kid refetches and it verifies.
     keys = rotating.bundle().keys;

@@ -18,7 +18,8 @@ let role: { roleName: string; roleId: string; arn: string };
 let a: TestBroker;
 const agentId = `spiffe://dev.local${AGENT}`;
 
-const auditRecords = async (b: TestBroker) => (await b.broker.deps.redis.xrange(`${b.prefix}:audit`, '-', '+')).map(([, f]) => JSON.parse(f[1]!) as Record<string, any>);
+const auditRecords = async (b: TestBroker) =>
+  (await b.broker.deps.redis.xrange(`${b.prefix}:audit`, '-', '+')).map(([, f]) => JSON.parse(f[1]!) as Record<string, any>);
 const rotate = (b: TestBroker, target = 'aws', who = ADMIN) => call(b.url, 'POST', '/v1/admin/rotate', b.as(who), { target });
 
 const keyWorks = (keys: { accessKeyId: string; secretAccessKey: string }) => callerIdentityAs(emu.url, keys);
@@ -27,13 +28,21 @@ let n = 0;
 async function openTask(b: TestBroker): Promise<string> {
   const taskId = `t-rot-aws-${++n}`;
   const r = await call(b.url, 'POST', '/v1/tasks', b.as(ORCH), {
-    taskId, agent: agentId, tenant: 'acme', purpose: 'rotation', ttlSeconds: 7200,
-    grants: [{ role: 'reports-bucket', scopes: ['s3:GetObject'] }, { role: 'tickets-api', scopes: ['tickets:read'] }],
+    taskId,
+    agent: agentId,
+    tenant: 'acme',
+    purpose: 'rotation',
+    ttlSeconds: 7200,
+    grants: [
+      { role: 'reports-bucket', scopes: ['s3:GetObject'] },
+      { role: 'tickets-api', scopes: ['tickets:read'] },
+    ],
   });
   expect(r.status).toBe(201);
   return taskId;
 }
-const issue = (b: TestBroker, taskId: string, role = 'reports-bucket') => call(b.url, 'POST', '/v1/credentials', b.as(AGENT), { taskId, role, ttlSeconds: 900 });
+const issue = (b: TestBroker, taskId: string, role = 'reports-bucket') =>
+  call(b.url, 'POST', '/v1/credentials', b.as(AGENT), { taskId, role, ttlSeconds: 900 });
 
 /** Runs issuing loops on each broker until `stop()`; collects every non-201. */
 function load(brokers: TestBroker[], taskId: string, role: string, perBroker = 3) {
@@ -50,7 +59,8 @@ function load(brokers: TestBroker[], taskId: string, role: string, perBroker = 3
   };
   const loops = brokers.flatMap((b) => Array.from({ length: perBroker }, () => loop(b)));
   return {
-    failures, issued,
+    failures,
+    issued,
     async stop() {
       stopped = true;
       await Promise.all(loops);
@@ -67,9 +77,15 @@ beforeAll(async () => {
       providers: {
         jwt: { publishLeadSeconds: 1, retireGraceSeconds: 60 },
         aws: {
-          region: 'us-east-1', endpoint: emu.url, userName: user.userName, revocation: 'iam-deny',
+          region: 'us-east-1',
+          endpoint: emu.url,
+          userName: user.userName,
+          revocation: 'iam-deny',
           credentials: { accessKeyId: user.accessKeyId, secretAccessKey: user.secretAccessKey },
-          retryBaseDelayMs: 5, requestTimeoutMs: 2000, rotationVerifyAttempts: 3, rotationVerifyDelayMs: 5,
+          retryBaseDelayMs: 5,
+          requestTimeoutMs: 2000,
+          rotationVerifyAttempts: 3,
+          rotationVerifyDelayMs: 5,
         },
       },
       roles: {
@@ -113,7 +129,12 @@ describe('POST /v1/admin/rotate {"target":"aws"}', () => {
     expect(verify.body).toMatchObject({ status: 502, code: 'rotation_failed' });
     const created = emu.requests('CreateAccessKey').filter((r) => r.status === 200);
     expect(created).toHaveLength(1);
-    expect(emu.requests('GetCallerIdentity').slice(-3).map((r) => r.code)).toEqual(['InternalFailure', 'InternalFailure', 'InternalFailure']);
+    expect(
+      emu
+        .requests('GetCallerIdentity')
+        .slice(-3)
+        .map((r) => r.code),
+    ).toEqual(['InternalFailure', 'InternalFailure', 'InternalFailure']);
     expect(emu.requests('DeleteAccessKey').at(-1)).toMatchObject({ status: 200, accessKeyId: old.accessKeyId });
     expect(emu.requests('UpdateAccessKey')).toEqual([]);
 
@@ -127,7 +148,13 @@ describe('POST /v1/admin/rotate {"target":"aws"}', () => {
 
     const records = (await auditRecords(a)).filter((r) => r.action === 'rotate');
     expect(records).toHaveLength(2);
-    for (const r of records) expect(r).toMatchObject({ actor: `spiffe://dev.local${ADMIN}`, decision: 'error', reason: 'rotation_failed', detail: { target: 'aws', oldSecretInUse: true } });
+    for (const r of records)
+      expect(r).toMatchObject({
+        actor: `spiffe://dev.local${ADMIN}`,
+        decision: 'error',
+        reason: 'rotation_failed',
+        detail: { target: 'aws', oldSecretInUse: true },
+      });
     expect(await a.broker.deps.redis.get(`${a.prefix}:lock:rotate:aws`)).toBeNull();
   });
 
@@ -159,7 +186,12 @@ describe('POST /v1/admin/rotate {"target":"aws"}', () => {
       expect(emu.accessKeys(user.userName)).toEqual([{ accessKeyId: freshId, status: 'Active' }]);
       expect(await keyWorks(old)).toBe('InvalidClientTokenId');
       // Requests were signed with both keys during the run, and none after the switch with the old one succeeded.
-      const signers = new Set(emu.requests('AssumeRole').filter((x) => x.status === 200).map((x) => x.accessKeyId));
+      const signers = new Set(
+        emu
+          .requests('AssumeRole')
+          .filter((x) => x.status === 200)
+          .map((x) => x.accessKeyId),
+      );
       expect(signers).toEqual(new Set([old.accessKeyId, freshId]));
 
       // The new secret travels sealed: not in Redis in the clear, not in the answer, not in the audit log.
@@ -181,8 +213,15 @@ describe('POST /v1/admin/rotate {"target":"aws"}', () => {
 
       // Session credentials issued before the rotation are not tied to the broker's key.
       const c = survivor.body.credentials;
-      const sts = new STSClient({ region: 'us-east-1', endpoint: emu.url, maxAttempts: 1, credentials: { accessKeyId: c.AccessKeyId, secretAccessKey: c.SecretAccessKey, sessionToken: c.SessionToken } });
-      await expect(sts.send(new GetCallerIdentityCommand({}))).resolves.toMatchObject({ UserId: `${role.roleId}:jit-${survivor.body.leaseId}` });
+      const sts = new STSClient({
+        region: 'us-east-1',
+        endpoint: emu.url,
+        maxAttempts: 1,
+        credentials: { accessKeyId: c.AccessKeyId, secretAccessKey: c.SecretAccessKey, sessionToken: c.SessionToken },
+      });
+      await expect(sts.send(new GetCallerIdentityCommand({}))).resolves.toMatchObject({
+        UserId: `${role.roleId}:jit-${survivor.body.leaseId}`,
+      });
       sts.destroy();
 
       // Revocation (IAM PutRolePolicy through the worker) also runs on the new key.
@@ -209,10 +248,16 @@ describe('POST /v1/admin/rotate {"target":"aws"}', () => {
 });
 
 describe('POST /v1/admin/rotate {"target":"signing-key"}', () => {
-  const introspect = async (b: TestBroker, token: string) => (await fetch(`${b.url}/v1/introspect`, {
-    method: 'POST', headers: { ...b.as('/resource/tickets'), 'content-type': 'application/x-www-form-urlencoded' }, body: new URLSearchParams({ token }),
-  })).json() as Promise<Record<string, unknown>>;
-  const jwksKids = async (b: TestBroker) => ((await (await fetch(`${b.url}/.well-known/jwks.json`)).json()) as { keys: { kid: string }[] }).keys.map((k) => k.kid);
+  const introspect = async (b: TestBroker, token: string) =>
+    (
+      await fetch(`${b.url}/v1/introspect`, {
+        method: 'POST',
+        headers: { ...b.as('/resource/tickets'), 'content-type': 'application/x-www-form-urlencoded' },
+        body: new URLSearchParams({ token }),
+      })
+    ).json() as Promise<Record<string, unknown>>;
+  const jwksKids = async (b: TestBroker) =>
+    ((await (await fetch(`${b.url}/.well-known/jwks.json`)).json()) as { keys: { kid: string }[] }).keys.map((k) => k.kid);
   const kidOf = (token: string) => decodeProtectedHeader(token).kid!;
 
   test('under concurrent issuance: zero failures; the new key is published before it signs; old tokens still verify and introspect active', async () => {
@@ -266,7 +311,11 @@ describe('POST /v1/admin/rotate {"target":"signing-key"}', () => {
       expect(earlyKid).toBe(oldKid);
 
       // No token carries the new kid before the key was in the JWKS; tokens issued well after activation do.
-      const kids = l.issued.map((x) => ({ ...x, kid: kidOf(x.body.credentials.access_token), token: x.body.credentials.access_token as string }));
+      const kids = l.issued.map((x) => ({
+        ...x,
+        kid: kidOf(x.body.credentials.access_token),
+        token: x.body.credentials.access_token as string,
+      }));
       expect(new Set(kids.map((x) => x.kid))).toEqual(new Set([oldKid, newKid]));
       for (const k of kids.filter((x) => x.kid === newKid)) expect(k.at).toBeGreaterThanOrEqual(activatesAt);
       // Every request made after the activation instant, on either instance, got a token of the new key.

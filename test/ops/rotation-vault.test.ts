@@ -6,7 +6,19 @@ import { join, resolve } from 'node:path';
 import nodeVault from 'node-vault';
 import type { VaultProvider } from '../../src/providers/vault/index.ts';
 import { startVaultEmulator, type VaultEmulator } from '../emulators/vault/index.ts';
-import { ADMIN, AGENT, ORCH, REDIS_URL, call, dropPrefix, startSibling, startTestBroker, uniquePrefix, waitFor, type TestBroker } from '../helpers/broker.ts';
+import {
+  ADMIN,
+  AGENT,
+  ORCH,
+  REDIS_URL,
+  call,
+  dropPrefix,
+  startSibling,
+  startTestBroker,
+  uniquePrefix,
+  waitFor,
+  type TestBroker,
+} from '../helpers/broker.ts';
 import { BROKER_POLICY, vaultFailure } from '../providers/vault/helpers.ts';
 
 /**
@@ -31,7 +43,8 @@ const login = (secretId: string) => vault('').write('auth/approle/login', { role
 const secretIds = () => [...emu.state.space('').approles.get(`approle/${ROLE}`)!.secretIds.keys()];
 const vaultOf = (b: TestBroker) => b.broker.deps.providers.get('vault') as VaultProvider;
 const tokenIdOf = (accessor: string) => emu.state.accessors.get(accessor);
-const auditRecords = async (b: TestBroker) => (await b.broker.deps.redis.xrange(`${b.prefix}:audit`, '-', '+')).map(([, f]) => JSON.parse(f[1]!) as Record<string, any>);
+const auditRecords = async (b: TestBroker) =>
+  (await b.broker.deps.redis.xrange(`${b.prefix}:audit`, '-', '+')).map(([, f]) => JSON.parse(f[1]!) as Record<string, any>);
 const rotate = (b: TestBroker, who = ADMIN, target = 'vault') => call(b.url, 'POST', '/v1/admin/rotate', b.as(who), { target });
 
 /**
@@ -55,9 +68,15 @@ function runMain(prefix: string, kek: string): Promise<{ code: number | null; st
   // JSON is YAML.
   writeFileSync(join(dir, 'broker.yaml'), JSON.stringify(raw));
   return new Promise((done) => {
-    const child = execFile(process.execPath, ['src/main.ts'], {
-      env: { ...process.env, BROKER_CONFIG: join(dir, 'broker.yaml'), LOG_LEVEL: 'silent' }, timeout: 20_000,
-    }, (_err, _stdout, stderr) => done({ code: child.exitCode, stderr }));
+    const child = execFile(
+      process.execPath,
+      ['src/main.ts'],
+      {
+        env: { ...process.env, BROKER_CONFIG: join(dir, 'broker.yaml'), LOG_LEVEL: 'silent' },
+        timeout: 20_000,
+      },
+      (_err, _stdout, stderr) => done({ code: child.exitCode, stderr }),
+    );
   });
 }
 
@@ -65,12 +84,18 @@ let n = 0;
 async function openTask(b: TestBroker): Promise<string> {
   const taskId = `t-rot-${++n}`;
   const r = await call(b.url, 'POST', '/v1/tasks', b.as(ORCH), {
-    taskId, agent: agentId, tenant: 'acme', purpose: 'rotation', ttlSeconds: 600, grants: [{ role: 'vault-ops' }, { role: 'orders-db' }],
+    taskId,
+    agent: agentId,
+    tenant: 'acme',
+    purpose: 'rotation',
+    ttlSeconds: 600,
+    grants: [{ role: 'vault-ops' }, { role: 'orders-db' }],
   });
   expect(r.status).toBe(201);
   return taskId;
 }
-const issue = (b: TestBroker, taskId: string, role = 'vault-ops') => call(b.url, 'POST', '/v1/credentials', b.as(AGENT), { taskId, role, ttlSeconds: 120 });
+const issue = (b: TestBroker, taskId: string, role = 'vault-ops') =>
+  call(b.url, 'POST', '/v1/credentials', b.as(AGENT), { taskId, role, ttlSeconds: 120 });
 
 beforeAll(async () => {
   emu = await startVaultEmulator({
@@ -79,7 +104,9 @@ beforeAll(async () => {
   emu.createDatabaseRole('orders-readonly');
   ({ roleId, secretId: initialSecretId } = emu.createAppRole({ name: ROLE, policies: [ROLE, 'ops-read', 'ops-write'] }));
   overrides = {
-    providers: { vault: { address: emu.url, requestTimeoutMs: 2000, auth: { approle: { roleId, secretId: initialSecretId, roleName: ROLE } } } },
+    providers: {
+      vault: { address: emu.url, requestTimeoutMs: 2000, auth: { approle: { roleId, secretId: initialSecretId, roleName: ROLE } } },
+    },
     roles: {
       'orders-db': { provider: 'vault', path: 'database/creds/orders-readonly' },
       'vault-ops': { provider: 'vault', token: { policies: ['ops-read', 'ops-write'] } },
@@ -93,7 +120,9 @@ afterAll(async () => {
   for (const p of extraPrefixes) await dropPrefix(p);
   await emu?.stop();
 });
-afterEach(() => { expect(emu.unhandled).toEqual([]); });
+afterEach(() => {
+  expect(emu.unhandled).toEqual([]);
+});
 
 describe('POST /v1/admin/rotate {"target":"vault"}', () => {
   test('only admins may rotate: 403 for an agent and an orchestrator, 400 for an unknown target; nothing changes', async () => {
@@ -139,7 +168,13 @@ describe('POST /v1/admin/rotate {"target":"vault"}', () => {
 
     const records = (await auditRecords(a)).filter((r) => r.action === 'rotate');
     expect(records).toHaveLength(2);
-    for (const r of records) expect(r).toMatchObject({ actor: `spiffe://dev.local${ADMIN}`, decision: 'error', reason: 'upstream_unavailable', detail: { target: 'vault' } });
+    for (const r of records)
+      expect(r).toMatchObject({
+        actor: `spiffe://dev.local${ADMIN}`,
+        decision: 'error',
+        reason: 'upstream_unavailable',
+        detail: { target: 'vault' },
+      });
     // The rotation lock was released: a rotation can run again (the next test rotates for real).
     expect(await a.broker.deps.redis.get(`${a.prefix}:lock:rotate:vault`)).toBeNull();
   });
@@ -168,7 +203,10 @@ describe('POST /v1/admin/rotate {"target":"vault"}', () => {
           const started = Date.now();
           const r = await issue(b2, taskId, role);
           spans.push([started, Date.now()]);
-          if (r.status !== 201) { failures.push(`issue ${role} ${r.status} ${JSON.stringify(r.body)}`); continue; }
+          if (r.status !== 201) {
+            failures.push(`issue ${role} ${r.status} ${JSON.stringify(r.body)}`);
+            continue;
+          }
           const d = await call(b2.url, 'DELETE', `/v1/leases/${r.body.leaseId}`, b2.as(AGENT));
           if (d.status !== 202) failures.push(`delete ${d.status} ${JSON.stringify(d.body)}`);
           else revoked.push({ leaseId: r.body.leaseId, token: r.body.credentials.token, username: r.body.credentials.username });
@@ -184,7 +222,12 @@ describe('POST /v1/admin/rotate {"target":"vault"}', () => {
         // Issuance really ran while the rotation did.
         await waitFor(async () => spans.filter(([s0, e0]) => s0 <= rotEnd && e0 >= rotStart).length >= 3, 5000);
         expect(r.status).toBe(202);
-        expect(r.body).toMatchObject({ target: 'vault', rotated: ['approle-secret-id', 'vault-token'], secretIdAccessor: expect.any(String), oldSecretIdDestroyed: true });
+        expect(r.body).toMatchObject({
+          target: 'vault',
+          rotated: ['approle-secret-id', 'vault-token'],
+          secretIdAccessor: expect.any(String),
+          oldSecretIdDestroyed: true,
+        });
         await waitFor(async () => vaultOf(b).tokenAccessor !== oldB, 5000);
         const after = done;
         await waitFor(async () => done >= after + 30, 10_000);
@@ -208,7 +251,11 @@ describe('POST /v1/admin/rotate {"target":"vault"}', () => {
       const audit = await auditRecords(a);
       expect(JSON.stringify(audit)).not.toContain(fresh);
       expect(audit.filter((x) => x.action === 'rotate' && x.decision === 'ok')).toEqual([
-        expect.objectContaining({ actor: `spiffe://dev.local${ADMIN}`, reason: 'vault', detail: { rotated: ['approle-secret-id', 'vault-token'] } }),
+        expect.objectContaining({
+          actor: `spiffe://dev.local${ADMIN}`,
+          reason: 'vault',
+          detail: { rotated: ['approle-secret-id', 'vault-token'] },
+        }),
       ]);
 
       // Both instances moved to new broker tokens; both old tokens are revoked (once idle).
@@ -217,10 +264,14 @@ describe('POST /v1/admin/rotate {"target":"vault"}', () => {
       expect((await vaultFailure(vault(oldTokens[0]!).tokenLookupSelf())).status).toBe(403);
 
       // Every revocation asked for under load finished, none failed, and the credentials are dead upstream.
-      await waitFor(async () => {
-        const ls = await a.broker.deps.leases.getMany(revoked.map((x) => x.leaseId));
-        return ls.every((l) => l.status === 'revoked');
-      }, 10_000, 50);
+      await waitFor(
+        async () => {
+          const ls = await a.broker.deps.leases.getMany(revoked.map((x) => x.leaseId));
+          return ls.every((l) => l.status === 'revoked');
+        },
+        10_000,
+        50,
+      );
       expect(audit.concat(await auditRecords(a)).filter((x) => x.action === 'lease.revoke_failed')).toEqual([]);
       for (const x of revoked) {
         if (x.token) expect(emu.isTokenValid(x.token)).toBe(false);
@@ -287,7 +338,11 @@ describe('POST /v1/admin/rotate {"target":"vault"}', () => {
     const control = uniquePrefix('rotation-vault-kek');
     extraPrefixes.push(control);
     await a.broker.deps.redis.set(`${control}:secrets:vault`, sealed!);
-    const ok = await startTestBroker('rotation-vault-kek', { prefix: control, issuer: a.issuer, config: { ...overrides, secrets: a.config.secrets } });
+    const ok = await startTestBroker('rotation-vault-kek', {
+      prefix: control,
+      issuer: a.issuer,
+      config: { ...overrides, secrets: a.config.secrets },
+    });
     try {
       expect(vaultOf(ok).tokenAccessor).toEqual(expect.any(String));
       const taskId = await openTask(ok);

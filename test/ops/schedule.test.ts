@@ -6,12 +6,19 @@ import { REDIS_URL, startSibling, startTestBroker, type TestBroker } from '../he
  * one Redis, each firing is handled by exactly one of them.
  */
 test('a scheduled signing-key rotation fires once per period across two instances', async () => {
-  const a: TestBroker = await startTestBroker('schedule', { config: { rotation: { schedule: { 'signing-key': 1 } }, providers: { jwt: { alg: 'ES256', retireGraceSeconds: 0, publishLeadSeconds: 0 } } } });
+  const a: TestBroker = await startTestBroker('schedule', {
+    config: {
+      rotation: { schedule: { 'signing-key': 1 } },
+      providers: { jwt: { alg: 'ES256', retireGraceSeconds: 0, publishLeadSeconds: 0 } },
+    },
+  });
   const b = await startSibling(a);
   await new Promise((r) => setTimeout(r, 3500));
   await b.broker.close();
   const redis = new Redis(REDIS_URL);
-  const records = (await redis.xrange(`${a.prefix}:audit`, '-', '+')).map(([, f]) => JSON.parse(f[1]!)).filter((r) => r.action === 'rotate');
+  const records = (await redis.xrange(`${a.prefix}:audit`, '-', '+'))
+    .map(([, f]) => JSON.parse(f[1]!))
+    .filter((r) => r.action === 'rotate');
   await redis.quit();
   await a.close();
   // Every 1 s for ~3.5 s: 2-4 firings, each done once (a double would show as a second record within

@@ -18,14 +18,21 @@ function run(args: string[], env: Record<string, string> = {}): Promise<{ code: 
 
 let bad: Awaited<ReturnType<typeof policyDir>>;
 beforeAll(async () => {
-  bad = await policyDir({ 'good.cedar': 'permit (principal, action, resource);\n', 'broken.cedar': '// one\n// two\npermit (principal, action, resource) when { context.x == };\n' });
+  bad = await policyDir({
+    'good.cedar': 'permit (principal, action, resource);\n',
+    'broken.cedar': '// one\n// two\npermit (principal, action, resource) when { context.x == };\n',
+  });
 });
 afterAll(() => bad.cleanup());
 
 describe('scripts/policy.ts', () => {
   test('check: the shipped directory', async () => {
     const r = await run(['check', 'config/policies']);
-    expect(r).toEqual({ code: 0, stdout: expect.stringMatching(/^config\/policies: 13 policies in 3 files, version [0-9a-f]{64}\n$/), stderr: '' });
+    expect(r).toEqual({
+      code: 0,
+      stdout: expect.stringMatching(/^config\/policies: 13 policies in 3 files, version [0-9a-f]{64}\n$/),
+      stderr: '',
+    });
   });
 
   test('check: defaults to the policies key of BROKER_CONFIG', async () => {
@@ -36,7 +43,7 @@ describe('scripts/policy.ts', () => {
     expect(r.stderr).toContain(`${bad.dir}/broken.cedar:3:`);
   });
 
-  test('check: a broken file prints file:line and Cedar\'s message, exit 1', async () => {
+  test("check: a broken file prints file:line and Cedar's message, exit 1", async () => {
     const r = await run(['check', bad.dir]);
     expect(r.code).toBe(1);
     expect(r.stderr).toMatch(new RegExp(`^${bad.dir}/broken\\.cedar:3:\\d+: unexpected token`));
@@ -57,7 +64,10 @@ describe('scripts/policy.ts', () => {
 
   test('explain: a malformed request names the field', async () => {
     const req = join(bad.dir, 'req.json');
-    await writeFile(req, JSON.stringify({ principal: { id: 'x', trust: 't', kind: 'nope' }, action: 'issue', resource: { type: 'Role', id: 'r' } }));
+    await writeFile(
+      req,
+      JSON.stringify({ principal: { id: 'x', trust: 't', kind: 'nope' }, action: 'issue', resource: { type: 'Role', id: 'r' } }),
+    );
     const r = await run(['explain', req, 'config/policies']);
     expect(r.code).toBe(1);
     expect(r.stderr).toContain('principal.kind');

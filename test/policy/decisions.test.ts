@@ -53,22 +53,68 @@ describe('decisions', () => {
   const cases: Array<[string, PolicyRequest, boolean, string[], RegExp | null]> = [
     ['allow: a permit applies', issue(A, 'demo-api', { claims: riskLow }), true, ['issue-demo'], null],
     ['deny by default: no permit for this role', issue(A, 'orders-db', { claims: riskLow }), false, [], null],
-    ['deny: permit condition false (ttl too long)', issue(A, 'demo-api', { claims: riskLow, context: { ttlSeconds: 601 } }), false, [], null],
-    ['forbid wins over permit', issue(A, 'demo-api', { claims: riskLow, task: { labels: { frozen: 'yes' } } }), false, ['forbid-frozen'], null],
+    [
+      'deny: permit condition false (ttl too long)',
+      issue(A, 'demo-api', { claims: riskLow, context: { ttlSeconds: 601 } }),
+      false,
+      [],
+      null,
+    ],
+    [
+      'forbid wins over permit',
+      issue(A, 'demo-api', { claims: riskLow, task: { labels: { frozen: 'yes' } } }),
+      false,
+      ['forbid-frozen'],
+      null,
+    ],
     ['forbid on a claim', issue(A, 'demo-api', { claims: { risk: 'high' } }), false, ['forbid-risky'], null],
     ['an erroring forbid denies (claim missing)', issue(A, 'demo-api'), false, ['forbid-risky'], /forbid-risky/],
     ['claims access: matching claim permits', issue(A, 'tickets-api', { claims: { team: 'support' } }), true, ['issue-by-claim'], null],
     ['claims access: other claim value', issue(A, 'tickets-api', { claims: { team: 'sales' } }), false, [], null],
     ['claims access: claim absent (guarded by has)', issue(A, 'tickets-api'), false, [], null],
     ['unknown role: no permit names it', issue(A, 'no-such-role', { claims: riskLow }), false, [], null],
-    ['issue without a task (missing context) does not permit',
-      request(A, 'issue', { type: 'Role', id: 'tickets-api' }, { ttlSeconds: 60, scopes: [] }, { team: 'support' }), false, ['forbid-frozen'], /issue-by-claim/],
-    ['rotate: admin with target', request('spiffe://dev.local/ops/x', 'rotate', { type: 'Broker', id: 'broker' }, { target: 'signing-key' }), true, ['rotate-by-id'], null],
-    ['rotate: no task, a policy reading context.task errors and does not permit',
-      request('spiffe://dev.local/agent/a', 'rotate', { type: 'Broker', id: 'broker' }, {}), false, [], /permit-acme-anything/],
-    ['rotate: wrong identity', request('spiffe://dev.local/agent/a', 'rotate', { type: 'Broker', id: 'broker' }, { target: 'signing-key' }), false, [], null],
-    ['openTask: no permit', request(A, 'openTask', { type: 'Task', id: 't-1' }, { task: task(), ttlSeconds: 60, scopes: [] }), false, [], null],
-    ['non-integer ttl is refused, not rounded', issue(A, 'demo-api', { claims: riskLow, context: { ttlSeconds: 1.5 } }), false, [], /could not be evaluated/],
+    [
+      'issue without a task (missing context) does not permit',
+      request(A, 'issue', { type: 'Role', id: 'tickets-api' }, { ttlSeconds: 60, scopes: [] }, { team: 'support' }),
+      false,
+      ['forbid-frozen'],
+      /issue-by-claim/,
+    ],
+    [
+      'rotate: admin with target',
+      request('spiffe://dev.local/ops/x', 'rotate', { type: 'Broker', id: 'broker' }, { target: 'signing-key' }),
+      true,
+      ['rotate-by-id'],
+      null,
+    ],
+    [
+      'rotate: no task, a policy reading context.task errors and does not permit',
+      request('spiffe://dev.local/agent/a', 'rotate', { type: 'Broker', id: 'broker' }, {}),
+      false,
+      [],
+      /permit-acme-anything/,
+    ],
+    [
+      'rotate: wrong identity',
+      request('spiffe://dev.local/agent/a', 'rotate', { type: 'Broker', id: 'broker' }, { target: 'signing-key' }),
+      false,
+      [],
+      null,
+    ],
+    [
+      'openTask: no permit',
+      request(A, 'openTask', { type: 'Task', id: 't-1' }, { task: task(), ttlSeconds: 60, scopes: [] }),
+      false,
+      [],
+      null,
+    ],
+    [
+      'non-integer ttl is refused, not rounded',
+      issue(A, 'demo-api', { claims: riskLow, context: { ttlSeconds: 1.5 } }),
+      false,
+      [],
+      /could not be evaluated/,
+    ],
   ];
 
   test.each(cases)('%s', (_name, req, allowed, policies, error) => {
@@ -104,7 +150,11 @@ describe('decision cache off gives the same answers', () => {
   test('every case', async () => {
     const uncached = await createCedarEngine({ dir: fixture.dir, cacheSize: 0 });
     try {
-      for (const req of [issue(A, 'demo-api', { claims: riskLow }), issue(A, 'demo-api'), issue(A, 'tickets-api', { claims: { team: 'support' } })]) {
+      for (const req of [
+        issue(A, 'demo-api', { claims: riskLow }),
+        issue(A, 'demo-api'),
+        issue(A, 'tickets-api', { claims: { team: 'support' } }),
+      ]) {
         expect(uncached.authorize(req)).toEqual(engine.authorize(req));
       }
     } finally {

@@ -4,7 +4,9 @@ import { join } from 'node:path';
 import type { PolicyRequest, PolicyTaskContext } from '../../src/policy/types.ts';
 
 /** A temp policy directory with the given files; `cleanup` removes it. */
-export async function policyDir(files: Record<string, string>): Promise<{ dir: string; write: (f: Record<string, string>) => Promise<void>; cleanup: () => Promise<void> }> {
+export async function policyDir(
+  files: Record<string, string>,
+): Promise<{ dir: string; write: (f: Record<string, string>) => Promise<void>; cleanup: () => Promise<void> }> {
   const dir = await mkdtemp(join(tmpdir(), 'jit-policy-test-'));
   const write = async (f: Record<string, string>) => {
     for (const [name, text] of Object.entries(f)) await writeFile(join(dir, name), text);
@@ -24,7 +26,11 @@ export function task(over: Partial<PolicyTaskContext> = {}): PolicyTaskContext {
 }
 
 /** An `issue` request for `role` by `agent` in its own task; `over` replaces parts of it. */
-export function issue(agent: string, role: string, over: { claims?: Record<string, string>; task?: Partial<PolicyTaskContext>; context?: Partial<PolicyRequest['context']> } = {}): PolicyRequest {
+export function issue(
+  agent: string,
+  role: string,
+  over: { claims?: Record<string, string>; task?: Partial<PolicyTaskContext>; context?: Partial<PolicyRequest['context']> } = {},
+): PolicyRequest {
   return {
     principal: { id: agent, trust: 'dev', kind: 'spiffe', claims: over.claims ?? {} },
     action: 'issue',
@@ -33,6 +39,12 @@ export function issue(agent: string, role: string, over: { claims?: Record<strin
   };
 }
 
-export function request(principal: string, action: PolicyRequest['action'], resource: PolicyRequest['resource'], context: PolicyRequest['context'] = {}, claims: Record<string, string> = {}): PolicyRequest {
+export function request(
+  principal: string,
+  action: PolicyRequest['action'],
+  resource: PolicyRequest['resource'],
+  context: PolicyRequest['context'] = {},
+  claims: Record<string, string> = {},
+): PolicyRequest {
   return { principal: { id: principal, trust: 'dev', kind: 'spiffe', claims }, action, resource, context };
 }

@@ -17,7 +17,10 @@ async function dirWith(files: Record<string, string>): Promise<string> {
 
 async function refusal(files: Record<string, string>): Promise<PolicyLoadError> {
   const dir = await dirWith(files);
-  const err = await loadPolicySet(dir).then(() => undefined, (e: unknown) => e);
+  const err = await loadPolicySet(dir).then(
+    () => undefined,
+    (e: unknown) => e,
+  );
   expect(err).toBeInstanceOf(PolicyLoadError);
   return err as PolicyLoadError;
 }
@@ -25,7 +28,8 @@ async function refusal(files: Record<string, string>): Promise<PolicyLoadError> 
 describe('loadPolicySet', () => {
   test('ids come from @id or <file>:<index>, with the line each policy starts on; files sorted', async () => {
     const dir = await dirWith({
-      'b.cedar': '// comment with ; and "quotes"\npermit (principal, action == Action::"revoke", resource);\n\n@id("named")\nforbid (principal, action == Action::"issue", resource == Role::"x");\npermit (principal, action == Action::"revoke", resource);\n',
+      'b.cedar':
+        '// comment with ; and "quotes"\npermit (principal, action == Action::"revoke", resource);\n\n@id("named")\nforbid (principal, action == Action::"issue", resource == Role::"x");\npermit (principal, action == Action::"revoke", resource);\n',
       'a.cedar': 'permit (principal, action == Action::"rotate", resource);\n',
       'notes.txt': 'not a policy',
       '.hidden.cedar': 'this would not parse',
@@ -42,23 +46,61 @@ describe('loadPolicySet', () => {
   });
 
   test.each([
-    ['a parse error', { 'ok.cedar': 'permit (principal, action, resource);\n', 'bad.cedar': 'permit (principal, action, resource);\n\npermit (principal, action, resource)\nwhen { context.ttlSeconds <= };\n' },
-      'ERR_POLICY_PARSE', /bad\.cedar:4:30: unexpected token `}`/],
-    ['an unknown attribute (typo)', { 'typo.cedar': 'permit (principal, action == Action::"issue", resource)\nwhen { context.task.tennant == "acme" };\n' },
-      'ERR_POLICY_VALIDATION', /typo\.cedar:2:8: .*`typo\.cedar:0`.*task\.tennant.*did you mean `tenant`/],
-    ['a type error', { 't.cedar': '@id("bad-type")\npermit (principal, action == Action::"issue", resource)\nwhen { context.ttlSeconds == "300" };\n' },
-      'ERR_POLICY_VALIDATION', /t\.cedar:3:8: .*`bad-type`/],
-    ['an unknown entity type', { 'e.cedar': 'permit (principal == User::"bob", action, resource);\n' },
-      'ERR_POLICY_VALIDATION', /e\.cedar:1:\d+: .*User/],
-    ['an unknown action', { 'a.cedar': 'permit (principal, action == Action::"delete", resource);\n' },
-      'ERR_POLICY_VALIDATION', /a\.cedar:1:\d+: .*delete/],
-    ['a claim used as a record', { 'c.cedar': 'permit (principal, action, resource) when { principal.claims has a && principal.claims.a.b == "x" };\n' },
-      'ERR_POLICY_VALIDATION', /c\.cedar:1:\d+/],
-    ['a duplicate @id', { 'a.cedar': '@id("same")\npermit (principal, action, resource);\n', 'b.cedar': '\n@id("same")\nforbid (principal, action, resource);\n' },
-      'ERR_POLICY_DUPLICATE_ID', /b\.cedar:2:1: policy id "same" is already used at .*a\.cedar:1/],
-    ['a template', { 't.cedar': 'permit (principal, action, resource);\npermit (principal == ?principal, action, resource);\n' },
-      'ERR_POLICY_TEMPLATE', /t\.cedar:2:1: policy templates/],
-  ])('refuses %s with file, line and Cedar\'s message', async (_name, files, code, message) => {
+    [
+      'a parse error',
+      {
+        'ok.cedar': 'permit (principal, action, resource);\n',
+        'bad.cedar': 'permit (principal, action, resource);\n\npermit (principal, action, resource)\nwhen { context.ttlSeconds <= };\n',
+      },
+      'ERR_POLICY_PARSE',
+      /bad\.cedar:4:30: unexpected token `}`/,
+    ],
+    [
+      'an unknown attribute (typo)',
+      { 'typo.cedar': 'permit (principal, action == Action::"issue", resource)\nwhen { context.task.tennant == "acme" };\n' },
+      'ERR_POLICY_VALIDATION',
+      /typo\.cedar:2:8: .*`typo\.cedar:0`.*task\.tennant.*did you mean `tenant`/,
+    ],
+    [
+      'a type error',
+      { 't.cedar': '@id("bad-type")\npermit (principal, action == Action::"issue", resource)\nwhen { context.ttlSeconds == "300" };\n' },
+      'ERR_POLICY_VALIDATION',
+      /t\.cedar:3:8: .*`bad-type`/,
+    ],
+    [
+      'an unknown entity type',
+      { 'e.cedar': 'permit (principal == User::"bob", action, resource);\n' },
+      'ERR_POLICY_VALIDATION',
+      /e\.cedar:1:\d+: .*User/,
+    ],
+    [
+      'an unknown action',
+      { 'a.cedar': 'permit (principal, action == Action::"delete", resource);\n' },
+      'ERR_POLICY_VALIDATION',
+      /a\.cedar:1:\d+: .*delete/,
+    ],
+    [
+      'a claim used as a record',
+      { 'c.cedar': 'permit (principal, action, resource) when { principal.claims has a && principal.claims.a.b == "x" };\n' },
+      'ERR_POLICY_VALIDATION',
+      /c\.cedar:1:\d+/,
+    ],
+    [
+      'a duplicate @id',
+      {
+        'a.cedar': '@id("same")\npermit (principal, action, resource);\n',
+        'b.cedar': '\n@id("same")\nforbid (principal, action, resource);\n',
+      },
+      'ERR_POLICY_DUPLICATE_ID',
+      /b\.cedar:2:1: policy id "same" is already used at .*a\.cedar:1/,
+    ],
+    [
+      'a template',
+      { 't.cedar': 'permit (principal, action, resource);\npermit (principal == ?principal, action, resource);\n' },
+      'ERR_POLICY_TEMPLATE',
+      /t\.cedar:2:1: policy templates/,
+    ],
+  ])("refuses %s with file, line and Cedar's message", async (_name, files, code, message) => {
     const err = await refusal(files);
     expect(err.code).toBe(code);
     expect(err.message).toMatch(message);
@@ -70,16 +112,22 @@ describe('loadPolicySet', () => {
   });
 
   test('a missing directory is refused', async () => {
-    const err = await loadPolicySet('/nonexistent/policies').then(() => undefined, (e: unknown) => e);
+    const err = await loadPolicySet('/nonexistent/policies').then(
+      () => undefined,
+      (e: unknown) => e,
+    );
     expect((err as PolicyLoadError).code).toBe('ERR_POLICY_DIR');
     expect((err as Error).message).toContain('/nonexistent/policies');
   });
 
   test('any claim or label name is accepted; reading one without `has` is only a warning', async () => {
-    const set = await loadPolicySet(await dirWith({
-      'w.cedar': 'permit (principal, action == Action::"issue", resource)\nwhen { principal.claims.department == "support" && context.task.labels["cost-center"] == "42" };\n'
-        + 'forbid (principal, action, resource) when { context.task.tenant == "evil" };\n',
-    }));
+    const set = await loadPolicySet(
+      await dirWith({
+        'w.cedar':
+          'permit (principal, action == Action::"issue", resource)\nwhen { principal.claims.department == "support" && context.task.labels["cost-center"] == "42" };\n' +
+          'forbid (principal, action, resource) when { context.task.tenant == "evil" };\n',
+      }),
+    );
     expect(set.policies).toHaveLength(2);
     expect(set.warnings.join('\n')).toMatch(/w\.cedar:2:\d+: .*claims\.department/);
     expect(set.warnings.join('\n')).toMatch(/cost-center/);

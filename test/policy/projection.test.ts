@@ -17,7 +17,11 @@ const json = (text: string): PolicyJson => {
 
 describe('attribute paths and projection', () => {
   test('collects reads and has-tests, including multi-attribute has and quoted names', () => {
-    const paths = attributePaths(json('permit (principal, action, resource) when { principal has claims.team && principal.claims["x:y"] == "1" && context.task.labels has ticket && resource.id == "r" && principal == Workload::"w" };'));
+    const paths = attributePaths(
+      json(
+        'permit (principal, action, resource) when { principal has claims.team && principal.claims["x:y"] == "1" && context.task.labels has ticket && resource.id == "r" && principal == Workload::"w" };',
+      ),
+    );
     expect(paths).toEqual([
       { root: 'principal', attrs: ['claims', 'team'], whole: false },
       { root: 'principal', attrs: ['claims', 'x:y'], whole: true },
@@ -28,10 +32,18 @@ describe('attribute paths and projection', () => {
   });
 
   test('keeps only what policies read; a record used whole stays whole', () => {
-    const p = projectionsFor(attributePaths(json('permit (principal, action, resource) when { principal.claims.team == "a" && context.task has parentId && context.task.labels == {"a": "b"} };')));
+    const p = projectionsFor(
+      attributePaths(
+        json(
+          'permit (principal, action, resource) when { principal.claims.team == "a" && context.task has parentId && context.task.labels == {"a": "b"} };',
+        ),
+      ),
+    );
     const ctx = { task: { id: 't', parentId: 'p', labels: { a: 'b', c: 'd' }, roles: ['r'] }, ttlSeconds: 5 };
     expect(JSON.parse(JSON.stringify(project(ctx, p.context)))).toEqual({ task: { parentId: 'p', labels: { a: 'b', c: 'd' } } });
-    expect(JSON.parse(JSON.stringify(project({ id: 'w', claims: { team: 'a', other: 'x' } }, p.principal)))).toEqual({ claims: { team: 'a' } });
+    expect(JSON.parse(JSON.stringify(project({ id: 'w', claims: { team: 'a', other: 'x' } }, p.principal)))).toEqual({
+      claims: { team: 'a' },
+    });
     expect(p.resource).toEqual(new Map());
   });
 
@@ -47,7 +59,9 @@ function reference(set: LoadedPolicySet, req: PolicyRequest) {
   const principal = { type: 'Workload', id: req.principal.id };
   const resource = { type: req.resource.type, id: req.resource.id };
   const answer = isAuthorized({
-    principal, resource, action: { type: 'Action', id: req.action },
+    principal,
+    resource,
+    action: { type: 'Action', id: req.action },
     context: JSON.parse(JSON.stringify(req.context)),
     policies: { staticPolicies: policies },
     entities: [
@@ -76,13 +90,21 @@ describe('the engine decides exactly as Cedar on the full request', () => {
       for (const claims of [{}, { tenant: 'acme' }, { tenant: 'globex', team: 'x' }] as Array<Record<string, string>>) {
         for (const labels of [{}, { ticket_status: 'open' }, { ticket_status: 'closed', ticket: '1' }] as Array<Record<string, string>>) {
           for (const ttlSeconds of [60, 900, 901, 3601]) {
-            requests.push(issue(who, role, { claims, task: { labels }, context: { ttlSeconds, scopes: ['tickets:read'], approved: ttlSeconds === 60 } }));
+            requests.push(
+              issue(who, role, {
+                claims,
+                task: { labels },
+                context: { ttlSeconds, scopes: ['tickets:read'], approved: ttlSeconds === 60 },
+              }),
+            );
           }
         }
       }
     }
     requests.push(request(who, 'rotate', { type: 'Broker', id: 'broker' }, { target: 'signing-key' }));
-    requests.push(request(who, 'openTask', { type: 'Task', id: 't' }, { task: task({ parentId: 'p', depth: 1 }), ttlSeconds: 60, scopes: [] }));
+    requests.push(
+      request(who, 'openTask', { type: 'Task', id: 't' }, { task: task({ parentId: 'p', depth: 1 }), ttlSeconds: 60, scopes: [] }),
+    );
     requests.push(request(who, 'issue', { type: 'Role', id: 'demo-api' }, {}));
   }
 
@@ -110,9 +132,17 @@ function expectSame(engine: CedarPolicyEngine, set: LoadedPolicySet, req: Policy
   const got = engine.authorize(req);
   const erroredForbids = ref.diagnostics.errors.map((e) => e.policyId).filter((id) => engine.policy(id)?.effect === 'forbid');
   if (erroredForbids.length > 0) {
-    expect({ req, allowed: got.allowed, policies: [...got.policies].sort() }).toEqual({ req, allowed: false, policies: [...new Set(erroredForbids)].sort() });
+    expect({ req, allowed: got.allowed, policies: [...got.policies].sort() }).toEqual({
+      req,
+      allowed: false,
+      policies: [...new Set(erroredForbids)].sort(),
+    });
   } else {
-    expect({ req, allowed: got.allowed, policies: [...got.policies].sort() }).toEqual({ req, allowed: ref.decision === 'allow', policies: [...ref.diagnostics.reason].sort() });
+    expect({ req, allowed: got.allowed, policies: [...got.policies].sort() }).toEqual({
+      req,
+      allowed: ref.decision === 'allow',
+      policies: [...ref.diagnostics.reason].sort(),
+    });
   }
   expect(got.errors.map((e) => e.split(':')[0]).sort()).toEqual(ref.diagnostics.errors.map((e) => e.policyId.split(':')[0]).sort());
 }

@@ -40,8 +40,14 @@ describe('reload', () => {
   test('an invalid file is refused with file and line, and the old set stays in force', async () => {
     const { engine, write, dir } = await setup(SET_REVOKE);
     const before = engine.version;
-    await write({ 'p.cedar': 'permit (principal, action == Action::"completeTask", resource);\n', 'q.cedar': '\n\nforbid (principal, action, resource) when { context.task.tenant == };\n' });
-    const err = await engine.reload().then(() => undefined, (e: unknown) => e);
+    await write({
+      'p.cedar': 'permit (principal, action == Action::"completeTask", resource);\n',
+      'q.cedar': '\n\nforbid (principal, action, resource) when { context.task.tenant == };\n',
+    });
+    const err = await engine.reload().then(
+      () => undefined,
+      (e: unknown) => e,
+    );
     expect(err).toBeInstanceOf(PolicyLoadError);
     expect((err as Error).message).toMatch(new RegExp(`^${dir}/q\\.cedar:3:\\d+: unexpected token`));
     expect(engine.version).toBe(before);

@@ -11,12 +11,13 @@ beforeAll(async () => {
 });
 afterAll(() => engine.close());
 
-const openSupport = (over: Parameters<typeof issue>[2] = {}) => issue(SUPPORT, 'tickets-api', {
-  claims: { tenant: 'acme' },
-  ...over,
-  task: { labels: { ticket_status: 'open' }, ...over.task },
-  context: { scopes: ['tickets:read'], ...over.context },
-});
+const openSupport = (over: Parameters<typeof issue>[2] = {}) =>
+  issue(SUPPORT, 'tickets-api', {
+    claims: { tenant: 'acme' },
+    ...over,
+    task: { labels: { ticket_status: 'open' }, ...over.task },
+    context: { scopes: ['tickets:read'], ...over.context },
+  });
 const taskReq = (who: string, action: 'openTask' | 'completeTask', over: Partial<ReturnType<typeof task>> = {}) =>
   request(who, action, { type: 'Task', id: 't-1' }, { task: task(over), ttlSeconds: 600, scopes: [] });
 
@@ -29,7 +30,7 @@ const cases: Array<[string, PolicyRequest, boolean, string]> = [
   ['agent issues a granted role', issue(AGENT, 'demo-api'), true, 'agents-issue-within-task'],
   ['agent: ttl above an hour', issue(AGENT, 'demo-api', { context: { ttlSeconds: 3601 } }), false, ''],
   ['agent: role not granted to the task', issue(AGENT, 'demo-api', { task: { roles: ['tickets-api'] } }), false, ''],
-  ['agent: someone else\'s task', issue(AGENT, 'demo-api', { task: { agent: 'spiffe://dev.local/agent/other' } }), false, ''],
+  ["agent: someone else's task", issue(AGENT, 'demo-api', { task: { agent: 'spiffe://dev.local/agent/other' } }), false, ''],
   ['outside the agent path', issue('spiffe://other.org/agent/a', 'demo-api'), false, ''],
   ['anyone the broker lets revoke may', request(AGENT, 'revoke', { type: 'Task', id: 't-1' }, { task: task() }), true, 'revoke-own-leases'],
   ['admin rotates', request(ADMIN, 'rotate', { type: 'Broker', id: 'broker' }, { target: 'signing-key' }), true, 'admins-rotate'],
@@ -44,7 +45,12 @@ const cases: Array<[string, PolicyRequest, boolean, string]> = [
   ['support: another role', issue(SUPPORT, 'demo-api', { claims: { tenant: 'acme' } }), false, 'support-only-case-records'],
   ['dev assistant opens a PR', issue(DEV_ASSISTANT, 'github-pr'), true, 'dev-assistant-pr-and-logs'],
   ['dev assistant queries logs', issue(DEV_ASSISTANT, 'logs-query'), true, 'dev-assistant-pr-and-logs'],
-  ['prod-deploy without approval', issue(DEV_ASSISTANT, 'prod-deploy', { context: { approved: false } }), false, 'prod-deploy-needs-approval'],
+  [
+    'prod-deploy without approval',
+    issue(DEV_ASSISTANT, 'prod-deploy', { context: { approved: false } }),
+    false,
+    'prod-deploy-needs-approval',
+  ],
   ['prod-deploy, approved unknown', issue(DEV_ASSISTANT, 'prod-deploy'), false, 'prod-deploy-needs-approval'],
   ['prod-deploy approved', issue(DEV_ASSISTANT, 'prod-deploy', { context: { approved: true } }), true, 'agents-issue-within-task'],
 ];

@@ -1,5 +1,5 @@
 import { silentLogger } from '../../src/logger.ts';
-import { JwtProvider } from '../../src/providers/jwt/provider.ts';
+import type { JwtProvider } from '../../src/providers/jwt/provider.ts';
 import type { LeaseRecord } from '../../src/leases/types.ts';
 import { AGENT, ORCH, call, startSibling, startTestBroker, waitFor, type TestBroker } from '../helpers/broker.ts';
 
@@ -18,11 +18,24 @@ test('a revocation interrupted by a worker crash is finished by another worker',
   });
   // Wrap the real jwt provider: its revoke hangs forever, like an upstream that never answers before the crash.
   const real = first.broker.deps.providers.get('jwt') as JwtProvider;
-  first.broker.deps.providers.set('jwt', Object.assign(Object.create(Object.getPrototypeOf(real)), real, {
-    revoke: (_l: LeaseRecord) => { hung += 1; return new Promise<void>(() => {}); },
-  }));
+  first.broker.deps.providers.set(
+    'jwt',
+    Object.assign(Object.create(Object.getPrototypeOf(real)), real, {
+      revoke: (_l: LeaseRecord) => {
+        hung += 1;
+        return new Promise<void>(() => {});
+      },
+    }),
+  );
   const agentId = `spiffe://dev.local${AGENT}`;
-  await call(first.url, 'POST', '/v1/tasks', first.as(ORCH), { taskId: 't-crash', agent: agentId, tenant: 'acme', purpose: 'p', ttlSeconds: 600, grants: [{ role: 'demo-api' }] });
+  await call(first.url, 'POST', '/v1/tasks', first.as(ORCH), {
+    taskId: 't-crash',
+    agent: agentId,
+    tenant: 'acme',
+    purpose: 'p',
+    ttlSeconds: 600,
+    grants: [{ role: 'demo-api' }],
+  });
   const cred = await call(first.url, 'POST', '/v1/credentials', first.as(AGENT), { taskId: 't-crash', role: 'demo-api' });
   expect(cred.status).toBe(201);
   await call(first.url, 'POST', '/v1/tasks/t-crash/complete', first.as(ORCH));
@@ -35,10 +48,14 @@ test('a revocation interrupted by a worker crash is finished by another worker',
   first.broker.sweeper!.stop();
 
   const second = await startSibling(first, { api: false, logger: silentLogger });
-  const done = await waitFor(async () => {
-    const l = await second.broker.deps.leases.get(cred.body.leaseId);
-    return l?.status === 'revoked' && l;
-  }, 10_000, 50);
+  const done = await waitFor(
+    async () => {
+      const l = await second.broker.deps.leases.get(cred.body.leaseId);
+      return l?.status === 'revoked' && l;
+    },
+    10_000,
+    50,
+  );
   expect(done.reason).toBe('task_completed');
   await second.broker.close();
   await first.broker.close().catch(() => {});

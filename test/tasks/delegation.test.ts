@@ -8,13 +8,30 @@ const C = 'spiffe://dev.local/agent/summarizer';
 beforeAll(async () => {
   t = await startTestBroker('delegation', { config: { tasks: { maxTtlSeconds: 86_400, maxDelegationDepth: 2, maxGrants: 20 } } });
   await call(t.url, 'POST', '/v1/tasks', t.as(ORCH), {
-    taskId: 'parent', agent: A, tenant: 'acme', purpose: 'root', ttlSeconds: 600,
-    grants: [{ role: 'tickets-api', scopes: ['tickets:read', 'tickets:write'], maxTtlSeconds: 300 }, { role: 'demo-api', maxTtlSeconds: 120 }],
+    taskId: 'parent',
+    agent: A,
+    tenant: 'acme',
+    purpose: 'root',
+    ttlSeconds: 600,
+    grants: [
+      { role: 'tickets-api', scopes: ['tickets:read', 'tickets:write'], maxTtlSeconds: 300 },
+      { role: 'demo-api', maxTtlSeconds: 120 },
+    ],
   });
 });
-afterAll(async () => { await t.close(); });
+afterAll(async () => {
+  await t.close();
+});
 
-const sub = (over: Record<string, unknown>) => ({ parentTaskId: 'parent', agent: B, tenant: 'acme', purpose: 'research', ttlSeconds: 300, grants: [{ role: 'tickets-api', scopes: ['tickets:read'], maxTtlSeconds: 60 }], ...over });
+const sub = (over: Record<string, unknown>) => ({
+  parentTaskId: 'parent',
+  agent: B,
+  tenant: 'acme',
+  purpose: 'research',
+  ttlSeconds: 300,
+  grants: [{ role: 'tickets-api', scopes: ['tickets:read'], maxTtlSeconds: 60 }],
+  ...over,
+});
 
 test.each([
   ['a wider scope', { grants: [{ role: 'tickets-api', scopes: ['tickets:admin'] }] }, 400],
@@ -27,7 +44,7 @@ test.each([
   expect(r.status).toBe(status);
 });
 
-test('only the parent task\'s agent may delegate', async () => {
+test("only the parent task's agent may delegate", async () => {
   const r = await call(t.url, 'POST', '/v1/tasks', t.as('/agent/intruder'), sub({}));
   expect(r.status).toBe(403);
   expect(r.body.code).toBe('not_parent_agent');
@@ -37,9 +54,21 @@ test('act claims nest, depth is limited, and completing the parent revokes the w
   const s1 = await call(t.url, 'POST', '/v1/tasks', t.as(AGENT), sub({ taskId: 'child' }));
   expect(s1.status).toBe(201);
   expect(s1.body).toMatchObject({ parentTaskId: 'parent', depth: 1 });
-  const s2 = await call(t.url, 'POST', '/v1/tasks', t.as('/agent/researcher'), sub({ taskId: 'grandchild', parentTaskId: 'child', agent: C, ttlSeconds: 200 }));
+  const s2 = await call(
+    t.url,
+    'POST',
+    '/v1/tasks',
+    t.as('/agent/researcher'),
+    sub({ taskId: 'grandchild', parentTaskId: 'child', agent: C, ttlSeconds: 200 }),
+  );
   expect(s2.status).toBe(201);
-  const s3 = await call(t.url, 'POST', '/v1/tasks', t.as('/agent/summarizer'), sub({ taskId: 'too-deep', parentTaskId: 'grandchild', agent: A, ttlSeconds: 100 }));
+  const s3 = await call(
+    t.url,
+    'POST',
+    '/v1/tasks',
+    t.as('/agent/summarizer'),
+    sub({ taskId: 'too-deep', parentTaskId: 'grandchild', agent: A, ttlSeconds: 100 }),
+  );
   expect(s3.status).toBe(403);
   expect(s3.body.code).toBe('delegation_too_deep');
 

@@ -1,20 +1,35 @@
 import { AGENT, ADMIN, ORCH, call, startTestBroker, waitFor, type TestBroker } from '../helpers/broker.ts';
 
 let t: TestBroker;
-beforeAll(async () => { t = await startTestBroker('tasks'); });
-afterAll(async () => { await t.close(); });
+beforeAll(async () => {
+  t = await startTestBroker('tasks');
+});
+afterAll(async () => {
+  await t.close();
+});
 
 const agentId = `spiffe://dev.local${AGENT}`;
 const body = (over: Record<string, unknown> = {}) => ({
-  agent: agentId, tenant: 'acme', purpose: 'triage ticket 4711', ttlSeconds: 600,
-  grants: [{ role: 'tickets-api', scopes: ['tickets:read'], maxTtlSeconds: 300 }], labels: { ticket: '4711' }, ...over,
+  agent: agentId,
+  tenant: 'acme',
+  purpose: 'triage ticket 4711',
+  ttlSeconds: 600,
+  grants: [{ role: 'tickets-api', scopes: ['tickets:read'], maxTtlSeconds: 300 }],
+  labels: { ticket: '4711' },
+  ...over,
 });
 
 describe('opening tasks', () => {
   test('an orchestrator opens a task: 201 with the contract fields', async () => {
     const r = await call(t.url, 'POST', '/v1/tasks', t.as(ORCH), body({ taskId: 't-open-1' }));
     expect(r.status).toBe(201);
-    expect(r.body).toMatchObject({ taskId: 't-open-1', agent: agentId, tenant: 'acme', status: 'open', grants: [{ role: 'tickets-api', scopes: ['tickets:read'], maxTtlSeconds: 300 }] });
+    expect(r.body).toMatchObject({
+      taskId: 't-open-1',
+      agent: agentId,
+      tenant: 'acme',
+      status: 'open',
+      grants: [{ role: 'tickets-api', scopes: ['tickets:read'], maxTtlSeconds: 300 }],
+    });
     const left = Date.parse(r.body.expiresAt) - Date.now();
     expect(left).toBeGreaterThan(590_000);
     expect(left).toBeLessThanOrEqual(600_000);
@@ -41,7 +56,11 @@ describe('opening tasks', () => {
     ['an agent (not an orchestrator)', AGENT, 403, 'not_orchestrator'],
     ['an unknown trust domain caller', null, 401, 'identity_invalid'],
   ])('%s cannot open a task', async (_n, who, status, code) => {
-    const headers = who ? t.as(who) : { authorization: `Bearer ${t.issuer.signRaw({ alg: 'ES256', kid: t.issuer.kid }, { sub: 'spiffe://evil.example/orch', aud: 'jit-broker', exp: Math.floor(Date.now() / 1000) + 60 })}` };
+    const headers = who
+      ? t.as(who)
+      : {
+          authorization: `Bearer ${t.issuer.signRaw({ alg: 'ES256', kid: t.issuer.kid }, { sub: 'spiffe://evil.example/orch', aud: 'jit-broker', exp: Math.floor(Date.now() / 1000) + 60 })}`,
+        };
     const r = await call(t.url, 'POST', '/v1/tasks', headers, body());
     expect(r.status).toBe(status);
     expect(r.body.code).toBe(code);

@@ -31,14 +31,23 @@ function sendOAuthError(res: Response, e: OAuthError): void {
 /** Maps the broker's stable codes to the RFC 6749 / 8693 error vocabulary. */
 function toOAuth(err: BrokerError): OAuthError {
   switch (err.code) {
-    case 'identity_missing': case 'identity_invalid': case 'identity_expired': case 'identity_replayed':
+    case 'identity_missing':
+    case 'identity_invalid':
+    case 'identity_expired':
+    case 'identity_replayed':
       return new OAuthError('invalid_grant', 'The subject_token is not a valid workload identity.');
-    case 'role_not_granted': return new OAuthError('invalid_target', err.message);
-    case 'scope_not_granted': return new OAuthError('invalid_scope', err.message);
-    case 'not_task_agent': case 'policy_denied': case 'approval_rejected': case 'approval_expired':
+    case 'role_not_granted':
+      return new OAuthError('invalid_target', err.message);
+    case 'scope_not_granted':
+      return new OAuthError('invalid_scope', err.message);
+    case 'not_task_agent':
+    case 'policy_denied':
+    case 'approval_rejected':
+    case 'approval_expired':
       return new OAuthError('unauthorized_client', err.message);
     default:
-      if (err.status >= 500) return new OAuthError(err.status === 503 ? 'temporarily_unavailable' : 'server_error', err.message, err.status);
+      if (err.status >= 500)
+        return new OAuthError(err.status === 503 ? 'temporarily_unavailable' : 'server_error', err.message, err.status);
       return new OAuthError('invalid_request', err.message);
   }
 }
@@ -73,28 +82,47 @@ export function oauthRoutes(deps: Deps, s: Services): Router {
     try {
       const b = (req.body ?? {}) as Record<string, unknown>;
       const grant = param(b, 'grant_type');
-      if (grant !== TOKEN_EXCHANGE) throw new OAuthError(grant ? 'unsupported_grant_type' : 'invalid_request', grant ? `Only ${TOKEN_EXCHANGE} is supported.` : 'grant_type is required.');
+      if (grant !== TOKEN_EXCHANGE)
+        throw new OAuthError(
+          grant ? 'unsupported_grant_type' : 'invalid_request',
+          grant ? `Only ${TOKEN_EXCHANGE} is supported.` : 'grant_type is required.',
+        );
       const subject = param(b, 'subject_token');
       const subjectType = param(b, 'subject_token_type');
       if (!subject) throw new OAuthError('invalid_request', 'subject_token is required.');
-      if (!subjectType || !SUBJECT_TYPES.has(subjectType)) throw new OAuthError('invalid_request', 'subject_token_type must be urn:ietf:params:oauth:token-type:jwt.');
-      if (b.actor_token !== undefined || b.actor_token_type !== undefined) throw new OAuthError('invalid_request', 'actor_token is not supported; delegate with a sub-task.');
+      if (!subjectType || !SUBJECT_TYPES.has(subjectType))
+        throw new OAuthError('invalid_request', 'subject_token_type must be urn:ietf:params:oauth:token-type:jwt.');
+      if (b.actor_token !== undefined || b.actor_token_type !== undefined)
+        throw new OAuthError('invalid_request', 'actor_token is not supported; delegate with a sub-task.');
       const requested = param(b, 'requested_token_type');
-      if (requested !== undefined && !ISSUABLE_TYPES.has(requested)) throw new OAuthError('invalid_request', 'requested_token_type must be an access token.');
+      if (requested !== undefined && !ISSUABLE_TYPES.has(requested))
+        throw new OAuthError('invalid_request', 'requested_token_type must be an access token.');
       const audience = param(b, 'audience');
       if (!audience) throw new OAuthError('invalid_target', 'audience (a jwt role name) is required.');
-      if (!roleNameSchema.safeParse(audience).success || deps.config.roles[audience]?.provider !== 'jwt') throw new OAuthError('invalid_target', `"${audience.slice(0, 64)}" is not a jwt role.`);
+      if (!roleNameSchema.safeParse(audience).success || deps.config.roles[audience]?.provider !== 'jwt')
+        throw new OAuthError('invalid_target', `"${audience.slice(0, 64)}" is not a jwt role.`);
       const taskId = param(b, 'task_id');
-      if (!taskId || !taskIdSchema.safeParse(taskId).success) throw new OAuthError('invalid_request', 'task_id is required (1-128 chars of [A-Za-z0-9._:-]).');
+      if (!taskId || !taskIdSchema.safeParse(taskId).success)
+        throw new OAuthError('invalid_request', 'task_id is required (1-128 chars of [A-Za-z0-9._:-]).');
       const scopeParam = param(b, 'scope');
       const scopes = scopeParam === undefined ? undefined : scopeParam.split(' ').filter(Boolean);
-      if (scopes && (!scopes.every((x) => scopeSchema.safeParse(x).success) || new Set(scopes).size !== scopes.length)) throw new OAuthError('invalid_scope', 'scope is malformed.');
+      if (scopes && (!scopes.every((x) => scopeSchema.safeParse(x).success) || new Set(scopes).size !== scopes.length))
+        throw new OAuthError('invalid_scope', 'scope is malformed.');
       const who = await deps.verifier.verify(subject);
       const out = await s.credentials.request(who, { taskId, role: audience, ...(scopes ? { scopes } : {}) });
-      if ('approvalId' in out) throw new OAuthError('authorization_pending', 'This role needs an approval; retry once it is approved.', 400, { approval_id: out.approvalId });
+      if ('approvalId' in out)
+        throw new OAuthError('authorization_pending', 'This role needs an approval; retry once it is approved.', 400, {
+          approval_id: out.approvalId,
+        });
       const c = out.credentials as { access_token: string; expires_in: number; scope: string };
       res.setHeader('Cache-Control', 'no-store');
-      res.json({ access_token: c.access_token, issued_token_type: 'urn:ietf:params:oauth:token-type:access_token', token_type: 'Bearer', expires_in: c.expires_in, scope: c.scope });
+      res.json({
+        access_token: c.access_token,
+        issued_token_type: 'urn:ietf:params:oauth:token-type:access_token',
+        token_type: 'Bearer',
+        expires_in: c.expires_in,
+        scope: c.scope,
+      });
     } catch (err) {
       if (err instanceof OAuthError) return sendOAuthError(res, err);
       if (err instanceof BrokerError) return sendOAuthError(res, toOAuth(err));
@@ -107,7 +135,10 @@ export function oauthRoutes(deps: Deps, s: Services): Router {
       await deps.verifier.verify(bearerToken(req));
     } catch {
       res.setHeader('WWW-Authenticate', 'Bearer error="invalid_token"');
-      return sendOAuthError(res, new OAuthError('invalid_client', 'A workload identity (Authorization: Bearer) is required to introspect.', 401));
+      return sendOAuthError(
+        res,
+        new OAuthError('invalid_client', 'A workload identity (Authorization: Bearer) is required to introspect.', 401),
+      );
     }
     const b = (req.body ?? {}) as Record<string, unknown>;
     let token: string | undefined;

@@ -14,7 +14,8 @@ export function opsRoutes(deps: Deps, isShuttingDown: () => boolean): Router {
   r.get('/readyz', async (_req, res) => {
     const checks: Record<string, boolean> = { config: true, policy: true, accepting: !isShuttingDown() };
     try {
-      checks.redis = (await Promise.race([deps.redis.ping(), new Promise((_, rej) => setTimeout(() => rej(new Error('timeout')), 1000))])) === 'PONG';
+      checks.redis =
+        (await Promise.race([deps.redis.ping(), new Promise((_, rej) => setTimeout(() => rej(new Error('timeout')), 1000))])) === 'PONG';
     } catch {
       checks.redis = false;
     }

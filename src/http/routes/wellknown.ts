@@ -20,7 +20,7 @@ export function wellKnownRoutes(deps: Deps): Router {
       response_types_supported: [],
       token_endpoint_auth_methods_supported: ['none'],
       introspection_endpoint_auth_methods_supported: ['bearer'],
-      scopes_supported: [...new Set(Object.values(deps.config.roles).flatMap((r) => (r.provider === 'jwt' ? r.scopes ?? [] : [])))],
+      scopes_supported: [...new Set(Object.values(deps.config.roles).flatMap((r) => (r.provider === 'jwt' ? (r.scopes ?? []) : [])))],
       token_endpoint_auth_signing_alg_values_supported: [deps.signing.alg],
     });
   });

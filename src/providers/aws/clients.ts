@@ -64,11 +64,18 @@ export class AwsClients {
    */
   async run<T>(call: (pair: ClientPair) => Promise<T>): Promise<T> {
     let used = this.pair;
-    const attempt = () => withRetry(() => call((used = this.pair)), {
-      attempts: this.settings.maxAttempts,
-      baseDelayMs: this.settings.retryBaseDelayMs,
-      retryIf: (_err, kind) => kind === 'auth' && used !== this.pair,
-    });
+    const attempt = () =>
+      withRetry(
+        () => {
+          used = this.pair;
+          return call(used);
+        },
+        {
+          attempts: this.settings.maxAttempts,
+          baseDelayMs: this.settings.retryBaseDelayMs,
+          retryIf: (_err, kind) => kind === 'auth' && used !== this.pair,
+        },
+      );
     try {
       return await attempt();
     } catch (err) {
@@ -143,7 +150,9 @@ export class AwsClients {
 
 function deferred(): { promise: Promise<void>; resolve: () => void } {
   let resolve!: () => void;
-  const promise = new Promise<void>((r) => { resolve = r; });
+  const promise = new Promise<void>((r) => {
+    resolve = r;
+  });
   return { promise, resolve };
 }
 

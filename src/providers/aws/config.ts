@@ -1,7 +1,9 @@
 import { z } from 'zod';
 import { approvalSchema, secretSourceSchema } from '../../config/common.ts';
 
-const roleArn = z.string().regex(/^arn:aws[a-z-]*:iam::\d{12}:role\/[\w+=,.@\/-]{1,512}$/, 'must be an IAM role ARN (arn:aws:iam::<account>:role/<name>)');
+const roleArn = z
+  .string()
+  .regex(/^arn:aws[a-z-]*:iam::\d{12}:role\/[\w+=,.@/-]{1,512}$/, 'must be an IAM role ARN (arn:aws:iam::<account>:role/<name>)');
 
 /** A role served by STS AssumeRole, scoped down by a session policy built from the grant's scopes. */
 export const awsRoleSchema = z.strictObject({
@@ -11,7 +13,12 @@ export const awsRoleSchema = z.strictObject({
   maxTtlSeconds: z.int().min(900).max(43_200).default(3600),
   /** Resources the session policy allows the scoped actions on (default "*"). */
   resources: z.array(z.string().min(1).max(2048)).max(50).default(['*']),
-  externalId: z.string().min(2).max(1224).regex(/^[\w+=,.@:\/-]*$/).optional(),
+  externalId: z
+    .string()
+    .min(2)
+    .max(1224)
+    .regex(/^[\w+=,.@:/-]*$/)
+    .optional(),
   approval: approvalSchema,
 });
 export type AwsRoleConfig = z.infer<typeof awsRoleSchema>;
@@ -22,11 +29,13 @@ export const awsSettingsSchema = z.strictObject({
   endpoint: z.url().optional(),
   /** IAM endpoint when it differs from `endpoint` (real AWS: IAM is global). */
   iamEndpoint: z.url().optional(),
-  credentials: z.strictObject({
-    accessKeyId: secretSourceSchema,
-    secretAccessKey: secretSourceSchema,
-    sessionToken: secretSourceSchema.optional(),
-  }).optional(),
+  credentials: z
+    .strictObject({
+      accessKeyId: secretSourceSchema,
+      secretAccessKey: secretSourceSchema,
+      sessionToken: secretSourceSchema.optional(),
+    })
+    .optional(),
   revocation: z.enum(['iam-deny', 'none']).default('iam-deny'),
   /** The broker's own IAM user, for access-key rotation (default: the user the credentials belong to). */
   userName: z.string().min(1).max(64).optional(),
@@ -41,7 +50,12 @@ export const awsSettingsSchema = z.strictObject({
   /** Set SourceIdentity from the agent (the trust policy must allow sts:SetSourceIdentity). */
   sourceIdentity: z.boolean().default(true),
   /** Name of the broker-managed inline Deny policy on each role. */
-  revocationPolicyName: z.string().min(1).max(128).regex(/^[\w+=,.@-]+$/).default('jit-broker-revoked-sessions'),
+  revocationPolicyName: z
+    .string()
+    .min(1)
+    .max(128)
+    .regex(/^[\w+=,.@-]+$/)
+    .default('jit-broker-revoked-sessions'),
   /** Budget for that policy; IAM allows 10,240 chars for all inline policies of a role together. */
   revocationPolicyMaxChars: z.int().min(512).max(10_240).default(10_240),
   /** After rotation, how often to try the new key while IAM propagates it. */

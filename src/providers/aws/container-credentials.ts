@@ -5,7 +5,10 @@ import type { Logger } from '../../logger.ts';
 /** What the core supplies: its normal credential path (`POST /v1/credentials`) as a function. */
 export interface ContainerCredentialsDeps {
   /** Issues a credential for `body` on behalf of the workload identity `identityToken` (a JWT). */
-  issue(identityToken: string, body: { taskId: string; role: string; scopes?: string[] }): Promise<{ credentials?: Record<string, unknown> }>;
+  issue(
+    identityToken: string,
+    body: { taskId: string; role: string; scopes?: string[] },
+  ): Promise<{ credentials?: Record<string, unknown> }>;
   logger?: Logger;
 }
 
@@ -38,17 +41,26 @@ export function containerCredentialsRouter(deps: ContainerCredentialsDeps): Rout
   router.get('/v1/aws/container-credentials/:taskId/:role', async (req: Request<{ taskId: string; role: string }>, res: Response) => {
     const { taskId, role } = req.params;
     const auth = req.get('authorization')?.trim();
-    if (!auth) return sendError(res, 401, 'missing_identity', 'Set AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE to a file holding the workload JWT.');
+    if (!auth)
+      return sendError(res, 401, 'missing_identity', 'Set AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE to a file holding the workload JWT.');
     const token = auth.replace(/^Bearer\s+/i, '');
     if (!TASK_ID.test(taskId) || !ROLE.test(role)) return sendError(res, 400, 'invalid_request', 'taskId or role is malformed.');
     const scopes = scopesFrom(req);
     try {
       const { credentials: c } = await deps.issue(token, { taskId, role, ...(scopes ? { scopes } : {}) });
       if (!c) return sendError(res, 409, 'approval_pending', 'The credential is waiting for approval; retry once approved.');
-      if (typeof c.AccessKeyId !== 'string' || typeof c.SecretAccessKey !== 'string' || typeof c.SessionToken !== 'string' || typeof c.Expiration !== 'string') {
+      if (
+        typeof c.AccessKeyId !== 'string' ||
+        typeof c.SecretAccessKey !== 'string' ||
+        typeof c.SessionToken !== 'string' ||
+        typeof c.Expiration !== 'string'
+      ) {
         return sendError(res, 400, 'not_an_aws_role', `Role "${role}" does not issue AWS credentials.`);
       }
-      res.status(200).set('Cache-Control', 'no-store').json({ AccessKeyId: c.AccessKeyId, SecretAccessKey: c.SecretAccessKey, Token: c.SessionToken, Expiration: c.Expiration });
+      res
+        .status(200)
+        .set('Cache-Control', 'no-store')
+        .json({ AccessKeyId: c.AccessKeyId, SecretAccessKey: c.SecretAccessKey, Token: c.SessionToken, Expiration: c.Expiration });
     } catch (err) {
       if (err instanceof BrokerError) return sendError(res, err.status, err.code, err.message);
       deps.logger?.error({ err: (err as Error).message }, 'container credentials failed');

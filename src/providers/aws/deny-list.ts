@@ -147,7 +147,10 @@ export class DenyList {
     if (ids.length > 0) tx.zrem(k.entries, ...ids);
     await tx.exec();
     const event: DenyFallbackEvent = { roleArn, cutoff: isoSeconds(cutoff.at), droppedEntries: ids.length, reason };
-    this.d.logger.error(event, 'aws deny list overflowed: every session of this role issued before the cut-off is now denied, including unrevoked ones');
+    this.d.logger.error(
+      event,
+      'aws deny list overflowed: every session of this role issued before the cut-off is now denied, including unrevoked ones',
+    );
     await this.d.onFallback?.(event);
     return cutoff;
   }
@@ -156,9 +159,11 @@ export class DenyList {
     const RoleName = roleNameFromArn(roleArn);
     const PolicyName = this.d.settings.revocationPolicyName;
     if (doc === undefined) {
-      await this.d.clients.run((c) => c.iam.send(new DeleteRolePolicyCommand({ RoleName, PolicyName }))).catch((err) => {
-        if (classify(err) !== 'not_found') throw err; // already gone: fine
-      });
+      await this.d.clients
+        .run((c) => c.iam.send(new DeleteRolePolicyCommand({ RoleName, PolicyName })))
+        .catch((err) => {
+          if (classify(err) !== 'not_found') throw err; // already gone: fine
+        });
       return;
     }
     await this.d.clients.run((c) => c.iam.send(new PutRolePolicyCommand({ RoleName, PolicyName, PolicyDocument: doc })));
@@ -170,9 +175,13 @@ export class DenyList {
     const code = awsErrorCode(err);
     this.d.logger.warn({ roleArn, code, kind }, 'iam PutRolePolicy for revocation failed');
     if (isTransient(kind) || kind === 'auth') {
-      return new RetryableUpstreamError(kind === 'throttled' ? 'upstream_throttled' : kind === 'auth' ? 'upstream_auth_failed' : 'upstream_unavailable', `IAM ${code} while revoking on ${roleArn}`, { cause: err });
+      return new RetryableUpstreamError(
+        kind === 'throttled' ? 'upstream_throttled' : kind === 'auth' ? 'upstream_auth_failed' : 'upstream_unavailable',
+        `IAM ${code} while revoking on ${roleArn}`,
+        { cause: err },
+      );
     }
-    if (kind === 'denied') return upstreamFailed('upstream_denied', 'IAM refused to update the role\'s revocation policy.', { cause: err });
-    return upstreamFailed('upstream_error', 'IAM failed to update the role\'s revocation policy.', { cause: err });
+    if (kind === 'denied') return upstreamFailed('upstream_denied', "IAM refused to update the role's revocation policy.", { cause: err });
+    return upstreamFailed('upstream_error', "IAM failed to update the role's revocation policy.", { cause: err });
   }
 }

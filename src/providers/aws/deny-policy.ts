@@ -10,10 +10,22 @@ export const isoSeconds = (ms: number) => new Date(Math.floor(ms / 1000) * 1000)
 export function denyPolicyDocument(userIds: readonly string[], cutoffMs: number | undefined): string | undefined {
   const statements: unknown[] = [];
   if (userIds.length > 0) {
-    statements.push({ Sid: 'DenyRevokedSessions', Effect: 'Deny', Action: '*', Resource: '*', Condition: { StringEquals: { 'aws:userid': [...userIds].sort() } } });
+    statements.push({
+      Sid: 'DenyRevokedSessions',
+      Effect: 'Deny',
+      Action: '*',
+      Resource: '*',
+      Condition: { StringEquals: { 'aws:userid': [...userIds].sort() } },
+    });
   }
   if (cutoffMs !== undefined) {
-    statements.push({ Sid: 'DenyOlderSessions', Effect: 'Deny', Action: '*', Resource: '*', Condition: { DateLessThan: { 'aws:TokenIssueTime': isoSeconds(cutoffMs) } } });
+    statements.push({
+      Sid: 'DenyOlderSessions',
+      Effect: 'Deny',
+      Action: '*',
+      Resource: '*',
+      Condition: { DateLessThan: { 'aws:TokenIssueTime': isoSeconds(cutoffMs) } },
+    });
   }
   return statements.length === 0 ? undefined : JSON.stringify({ Version: '2012-10-17', Statement: statements });
 }

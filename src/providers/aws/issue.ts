@@ -61,9 +61,17 @@ export async function issueAwsCredential(deps: IssueDeps, req: IssueRequest<AwsR
     throw upstreamFailed('upstream_error', 'STS returned an incomplete AssumeRole response.');
   }
   const expiresAt = c.Expiration.getTime();
-  logger.info({ leaseId: req.leaseId, roleArn, sessionName, durationSeconds: duration, requestId: out.$metadata.requestId }, 'aws session issued');
+  logger.info(
+    { leaseId: req.leaseId, roleArn, sessionName, durationSeconds: duration, requestId: out.$metadata.requestId },
+    'aws session issued',
+  );
   return {
-    credentials: { AccessKeyId: c.AccessKeyId, SecretAccessKey: c.SecretAccessKey, SessionToken: c.SessionToken, Expiration: c.Expiration.toISOString() },
+    credentials: {
+      AccessKeyId: c.AccessKeyId,
+      SecretAccessKey: c.SecretAccessKey,
+      SessionToken: c.SessionToken,
+      Expiration: c.Expiration.toISOString(),
+    },
     handle: { roleArn, roleId: assumedRoleId.split(':')[0]!, sessionName, expiresAt },
     expiresAt,
   };
@@ -73,14 +81,23 @@ export async function issueAwsCredential(deps: IssueDeps, req: IssueRequest<AwsR
 function issueError(err: unknown, roleArn: string, leaseId: string, logger: Logger): Error {
   const kind = classify(err);
   const code = awsErrorCode(err);
-  logger.warn({ leaseId, roleArn, code, kind, requestId: (err as { $metadata?: { requestId?: string } }).$metadata?.requestId }, 'sts AssumeRole failed');
+  logger.warn(
+    { leaseId, roleArn, code, kind, requestId: (err as { $metadata?: { requestId?: string } }).$metadata?.requestId },
+    'sts AssumeRole failed',
+  );
   const opts = { cause: err };
   switch (kind) {
-    case 'denied': return upstreamFailed('upstream_denied', 'AWS STS refused to assume the role for this credential.', opts);
-    case 'rejected': return upstreamFailed('upstream_rejected', 'AWS STS rejected the request for this credential.', opts);
-    case 'throttled': return upstreamFailed('upstream_throttled', 'AWS STS is throttling requests; try again shortly.', opts);
-    case 'unavailable': return upstreamFailed('upstream_unavailable', 'AWS STS is unavailable; try again shortly.', opts);
-    case 'auth': return upstreamFailed('upstream_auth_failed', 'The broker\'s own AWS credentials were refused.', opts);
-    default: return upstreamFailed('upstream_error', 'AWS STS failed to issue the credential.', opts);
+    case 'denied':
+      return upstreamFailed('upstream_denied', 'AWS STS refused to assume the role for this credential.', opts);
+    case 'rejected':
+      return upstreamFailed('upstream_rejected', 'AWS STS rejected the request for this credential.', opts);
+    case 'throttled':
+      return upstreamFailed('upstream_throttled', 'AWS STS is throttling requests; try again shortly.', opts);
+    case 'unavailable':
+      return upstreamFailed('upstream_unavailable', 'AWS STS is unavailable; try again shortly.', opts);
+    case 'auth':
+      return upstreamFailed('upstream_auth_failed', "The broker's own AWS credentials were refused.", opts);
+    default:
+      return upstreamFailed('upstream_error', 'AWS STS failed to issue the credential.', opts);
   }
 }

@@ -39,7 +39,16 @@ export function createAwsProvider(settings: AwsSettings, ctx: ProviderContext, o
   const clock = opts.clock ?? Date.now;
   const clients = new AwsClients(settings);
   const roles = new RoleInfoCache(clients, logger);
-  const denyList = new DenyList({ settings, clients, roles, redis: ctx.redis, keyPrefix: ctx.keyPrefix, logger, clock, ...(opts.onDenyFallback ? { onFallback: opts.onDenyFallback } : {}) });
+  const denyList = new DenyList({
+    settings,
+    clients,
+    roles,
+    redis: ctx.redis,
+    keyPrefix: ctx.keyPrefix,
+    logger,
+    clock,
+    ...(opts.onDenyFallback ? { onFallback: opts.onDenyFallback } : {}),
+  });
   let readyUntil = 0;
 
   const provider: AwsProvider = {
@@ -64,7 +73,9 @@ export function createAwsProvider(settings: AwsSettings, ctx: ProviderContext, o
       const h = handleOf(lease);
       if (!h) return;
       // Housekeeping only; the credential has expired upstream whatever happens here, and the next write prunes too.
-      await denyList.prune(h.roleArn).catch((err) => logger.warn({ roleArn: h.roleArn, code: awsErrorCode(err) }, 'pruning the aws deny list failed'));
+      await denyList
+        .prune(h.roleArn)
+        .catch((err) => logger.warn({ roleArn: h.roleArn, code: awsErrorCode(err) }, 'pruning the aws deny list failed'));
     },
 
     async ready() {

@@ -9,7 +9,12 @@ const RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call
  * Runs `fn` holding a Redis lock (SET NX PX with a random token). Returns
  * undefined without running `fn` when the lock stays busy for `waitMs`.
  */
-export async function withRedisLock<T>(redis: Redis, key: string, opts: { ttlMs: number; waitMs: number }, fn: () => Promise<T>): Promise<{ value: T } | undefined> {
+export async function withRedisLock<T>(
+  redis: Redis,
+  key: string,
+  opts: { ttlMs: number; waitMs: number },
+  fn: () => Promise<T>,
+): Promise<{ value: T } | undefined> {
   const token = randomBytes(12).toString('hex');
   const deadline = Date.now() + opts.waitMs;
   while (!(await redis.set(key, token, 'PX', opts.ttlMs, 'NX'))) {

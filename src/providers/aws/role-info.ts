@@ -12,7 +12,10 @@ const TTL_MS = 5 * 60_000;
 
 /** `arn:aws:iam::123:role/path/name` → `name` (IAM calls take the name, not the ARN). */
 export function roleNameFromArn(roleArn: string): string {
-  return roleArn.slice(roleArn.indexOf(':role/') + ':role/'.length).split('/').pop()!;
+  return roleArn
+    .slice(roleArn.indexOf(':role/') + ':role/'.length)
+    .split('/')
+    .pop()!;
 }
 
 /**
@@ -37,9 +40,10 @@ export class RoleInfoCache {
     try {
       const out = await this.clients.current.iam.send(new GetRoleCommand({ RoleName: roleNameFromArn(roleArn) }));
       // A role of the same name in another account is not this one.
-      if (out.Role?.Arn === roleArn && out.Role.RoleId) info = { roleId: out.Role.RoleId, maxSessionDuration: out.Role.MaxSessionDuration ?? 3600 };
+      if (out.Role?.Arn === roleArn && out.Role.RoleId)
+        info = { roleId: out.Role.RoleId, maxSessionDuration: out.Role.MaxSessionDuration ?? 3600 };
     } catch (err) {
-      this.logger.debug({ roleArn, code: awsErrorCode(err) }, 'iam GetRole failed; issuing without the role\'s MaxSessionDuration');
+      this.logger.debug({ roleArn, code: awsErrorCode(err) }, "iam GetRole failed; issuing without the role's MaxSessionDuration");
     }
     this.cache.set(roleArn, { info, until: Date.now() + TTL_MS });
     return info;

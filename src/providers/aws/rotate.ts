@@ -22,14 +22,20 @@ export interface RotateDeps {
  * the old key in use. A failed final delete only leaves an inactive key,
  * which the next rotation removes first.
  */
-export async function rotateAccessKey(deps: RotateDeps, distribute: (secret: Record<string, string>) => Promise<void> = async () => {}): Promise<RotationResult> {
+export async function rotateAccessKey(
+  deps: RotateDeps,
+  distribute: (secret: Record<string, string>) => Promise<void> = async () => {},
+): Promise<RotationResult> {
   const { settings, clients, logger } = deps;
   const old = clients.staticKeys;
-  if (!old || !clients.rotatable) throw badRequest('rotation_unsupported', 'AWS key rotation needs providers.aws.credentials with a long-term access key.');
+  if (!old || !clients.rotatable)
+    throw badRequest('rotation_unsupported', 'AWS key rotation needs providers.aws.credentials with a long-term access key.');
   const UserName = settings.userName;
   const fail = (step: string, err: unknown) => {
     logger.error({ step, code: awsErrorCode(err) }, 'aws access key rotation failed; the previous key is still in use');
-    return upstreamFailed('rotation_failed', `Rotating the AWS access key failed at ${step}; the previous key is still in use.`, { cause: err });
+    return upstreamFailed('rotation_failed', `Rotating the AWS access key failed at ${step}; the previous key is still in use.`, {
+      cause: err,
+    });
   };
 
   await removeInactiveKeys(deps, old.accessKeyId);
@@ -45,7 +51,8 @@ export async function rotateAccessKey(deps: RotateDeps, distribute: (secret: Rec
   const newPair = clients.build(fresh, oldPair.generation + 1);
   const undo = async (step: string, err: unknown) => {
     if (clients.current === newPair) clients.use(old, clients.build(old, newPair.generation + 1));
-    await clients.run((c) => c.iam.send(new DeleteAccessKeyCommand({ AccessKeyId: fresh.accessKeyId, ...(UserName ? { UserName } : {}) })))
+    await clients
+      .run((c) => c.iam.send(new DeleteAccessKeyCommand({ AccessKeyId: fresh.accessKeyId, ...(UserName ? { UserName } : {}) })))
       .catch((e) => logger.warn({ accessKeyId: fresh.accessKeyId, code: awsErrorCode(e) }, 'could not delete the unused new access key'));
     return fail(step, err);
   };
@@ -65,15 +72,25 @@ export async function rotateAccessKey(deps: RotateDeps, distribute: (secret: Rec
     throw await undo('distributing the new key', err);
   }
   try {
-    await clients.run((c) => c.iam.send(new UpdateAccessKeyCommand({ AccessKeyId: old.accessKeyId, Status: 'Inactive', ...(UserName ? { UserName } : {}) })));
+    await clients.run((c) =>
+      c.iam.send(new UpdateAccessKeyCommand({ AccessKeyId: old.accessKeyId, Status: 'Inactive', ...(UserName ? { UserName } : {}) })),
+    );
   } catch (err) {
     throw await undo('UpdateAccessKey', err);
   }
-  await clients.run((c) => c.iam.send(new DeleteAccessKeyCommand({ AccessKeyId: old.accessKeyId, ...(UserName ? { UserName } : {}) })))
-    .catch((err) => logger.warn({ accessKeyId: old.accessKeyId, code: awsErrorCode(err) }, 'old access key deactivated but not deleted; the next rotation removes it'));
+  await clients
+    .run((c) => c.iam.send(new DeleteAccessKeyCommand({ AccessKeyId: old.accessKeyId, ...(UserName ? { UserName } : {}) })))
+    .catch((err) =>
+      logger.warn(
+        { accessKeyId: old.accessKeyId, code: awsErrorCode(err) },
+        'old access key deactivated but not deleted; the next rotation removes it',
+      ),
+    );
   logger.info({ accessKeyId: fresh.accessKeyId, retired: old.accessKeyId }, 'aws access key rotated');
   return {
-    target: 'aws', rotated: ['iam-access-key'], detail: { accessKeyId: fresh.accessKeyId },
+    target: 'aws',
+    rotated: ['iam-access-key'],
+    detail: { accessKeyId: fresh.accessKeyId },
     secret: { accessKeyId: fresh.accessKeyId, secretAccessKey: fresh.secretAccessKey },
   };
 }

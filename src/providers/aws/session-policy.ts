@@ -14,7 +14,8 @@ const IAM_ACTION = /^[a-zA-Z0-9-]+:[A-Za-z0-9*?]+$/;
  * it is a 400 here rather than a 502 from upstream.
  */
 export function sessionPolicy(scopes: readonly string[], resources: readonly string[]): string {
-  if (scopes.length === 0) throw badRequest('scopes_required', 'An aws credential needs at least one scope (an IAM action such as s3:GetObject).');
+  if (scopes.length === 0)
+    throw badRequest('scopes_required', 'An aws credential needs at least one scope (an IAM action such as s3:GetObject).');
   const bad = scopes.filter((s) => !IAM_ACTION.test(s));
   if (bad.length > 0) throw badRequest('invalid_scope', `Scopes for aws roles are IAM actions like s3:GetObject; not: ${bad.join(', ')}.`);
   const policy = JSON.stringify({
@@ -22,7 +23,10 @@ export function sessionPolicy(scopes: readonly string[], resources: readonly str
     Statement: [{ Effect: 'Allow', Action: [...new Set(scopes)].sort(), Resource: [...new Set(resources)] }],
   });
   if (policy.length > SESSION_POLICY_MAX_CHARS) {
-    throw badRequest('policy_too_large', `The session policy for these scopes and resources is ${policy.length} characters; STS allows ${SESSION_POLICY_MAX_CHARS}. Request fewer scopes.`);
+    throw badRequest(
+      'policy_too_large',
+      `The session policy for these scopes and resources is ${policy.length} characters; STS allows ${SESSION_POLICY_MAX_CHARS}. Request fewer scopes.`,
+    );
   }
   return policy;
 }

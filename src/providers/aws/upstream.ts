@@ -11,11 +11,45 @@ interface SdkErrorLike {
 /** How a failed upstream call is classified. */
 export type FailureKind = 'throttled' | 'unavailable' | 'auth' | 'denied' | 'rejected' | 'not_found' | 'limit' | 'other';
 
-const THROTTLING = new Set(['Throttling', 'ThrottlingException', 'RequestLimitExceeded', 'TooManyRequestsException', 'RequestThrottled', 'RequestThrottledException']);
-const AUTH = new Set(['InvalidClientTokenId', 'SignatureDoesNotMatch', 'ExpiredToken', 'ExpiredTokenException', 'MissingAuthenticationToken', 'IncompleteSignature', 'UnrecognizedClientException']);
-const REJECTED = new Set(['ValidationError', 'MalformedPolicyDocument', 'MalformedPolicyDocumentException', 'PackedPolicyTooLarge',
-  'PackedPolicyTooLargeException', 'RegionDisabledException', 'InvalidParameter', 'InvalidParameterValue', 'InvalidInput']);
-const NETWORK = new Set(['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EPIPE', 'EHOSTUNREACH', 'ENETUNREACH', 'ENOTFOUND', 'EAI_AGAIN', 'ECONNABORTED']);
+const THROTTLING = new Set([
+  'Throttling',
+  'ThrottlingException',
+  'RequestLimitExceeded',
+  'TooManyRequestsException',
+  'RequestThrottled',
+  'RequestThrottledException',
+]);
+const AUTH = new Set([
+  'InvalidClientTokenId',
+  'SignatureDoesNotMatch',
+  'ExpiredToken',
+  'ExpiredTokenException',
+  'MissingAuthenticationToken',
+  'IncompleteSignature',
+  'UnrecognizedClientException',
+]);
+const REJECTED = new Set([
+  'ValidationError',
+  'MalformedPolicyDocument',
+  'MalformedPolicyDocumentException',
+  'PackedPolicyTooLarge',
+  'PackedPolicyTooLargeException',
+  'RegionDisabledException',
+  'InvalidParameter',
+  'InvalidParameterValue',
+  'InvalidInput',
+]);
+const NETWORK = new Set([
+  'ECONNREFUSED',
+  'ECONNRESET',
+  'ETIMEDOUT',
+  'EPIPE',
+  'EHOSTUNREACH',
+  'ENETUNREACH',
+  'ENOTFOUND',
+  'EAI_AGAIN',
+  'ECONNABORTED',
+]);
 
 /** The AWS error code (`AccessDenied`, `Throttling`, …) or a network errno, for logs. */
 export function awsErrorCode(err: unknown): string {
@@ -35,7 +69,8 @@ export function classify(err: unknown): FailureKind {
   if (code === 'LimitExceeded' || code === 'LimitExceededException') return 'limit';
   if (status !== undefined && status >= 500) return 'unavailable';
   // No HTTP status at all: the request never got an answer (refused, reset, timed out).
-  if (NETWORK.has(e.code ?? '') || e.name === 'TimeoutError' || (status === undefined && !(e as { $fault?: string }).$fault)) return 'unavailable';
+  if (NETWORK.has(e.code ?? '') || e.name === 'TimeoutError' || (status === undefined && !(e as { $fault?: string }).$fault))
+    return 'unavailable';
   return 'other';
 }
 

@@ -13,11 +13,13 @@ export const jwtRoleSchema = z.strictObject({
 export type JwtRoleConfig = z.infer<typeof jwtRoleSchema>;
 
 /** providers.jwt: the built-in signer. Everything has a default. */
-export const jwtSettingsSchema = z.strictObject({
-  alg: z.enum(['ES256', 'EdDSA']).default('ES256'),
-  /** How long a retired signing key stays in the JWKS after its last token could have expired. */
-  retireGraceSeconds: z.int().min(0).max(86_400).default(60),
-  /** A new signing key is published this long before it signs anything, so JWKS caches can pick it up. */
-  publishLeadSeconds: z.int().min(0).max(3600).default(5),
-}).default({ alg: 'ES256', retireGraceSeconds: 60, publishLeadSeconds: 5 });
+export const jwtSettingsSchema = z
+  .strictObject({
+    alg: z.enum(['ES256', 'EdDSA']).default('ES256'),
+    /** How long a retired signing key stays in the JWKS after its last token could have expired. */
+    retireGraceSeconds: z.int().min(0).max(86_400).default(60),
+    /** A new signing key is published this long before it signs anything, so JWKS caches can pick it up. */
+    publishLeadSeconds: z.int().min(0).max(3600).default(5),
+  })
+  .default({ alg: 'ES256', retireGraceSeconds: 60, publishLeadSeconds: 5 });
 export type JwtSettings = z.infer<typeof jwtSettingsSchema>;

@@ -40,10 +40,21 @@ export class JwtProvider implements Provider<JwtRoleConfig> {
     const exp = iat + req.ttlSeconds;
     const scope = req.scopes.join(' ');
     const act = actClaim(req.task.delegators);
-    const token = this.keys.sign({ typ: 'at+jwt' }, {
-      iss: this.issuer, sub: req.agent, aud: req.role.audience, exp, iat, jti: req.leaseId,
-      client_id: req.agent, scope, task_id: req.task.taskId, ...(act ? { act } : {}),
-    });
+    const token = this.keys.sign(
+      { typ: 'at+jwt' },
+      {
+        iss: this.issuer,
+        sub: req.agent,
+        aud: req.role.audience,
+        exp,
+        iat,
+        jti: req.leaseId,
+        client_id: req.agent,
+        scope,
+        task_id: req.task.taskId,
+        ...(act ? { act } : {}),
+      },
+    );
     return {
       credentials: { access_token: token, token_type: 'Bearer', expires_in: req.ttlSeconds, scope },
       handle: {},
@@ -57,7 +68,12 @@ export class JwtProvider implements Provider<JwtRoleConfig> {
 
   async rotate(): Promise<RotationResult> {
     const r = await this.keys.rotate(this.rotation);
-    return { target: 'signing-key', rotated: ['signing-key'], detail: { kid: r.kid, activatesAt: new Date(r.activateAt).toISOString(), retiring: r.retired }, secret: {} };
+    return {
+      target: 'signing-key',
+      rotated: ['signing-key'],
+      detail: { kid: r.kid, activatesAt: new Date(r.activateAt).toISOString(), retiring: r.retired },
+      secret: {},
+    };
   }
 
   async close(): Promise<void> {}

@@ -1,23 +1,36 @@
 import { z } from 'zod';
 import { approvalSchema, secretSourceSchema } from '../../config/common.ts';
 
-const vaultPolicyName = z.string().min(1).max(128).regex(/^[A-Za-z0-9_.-]+$/, 'must be a Vault policy name');
+const vaultPolicyName = z
+  .string()
+  .min(1)
+  .max(128)
+  .regex(/^[A-Za-z0-9_.-]+$/, 'must be a Vault policy name');
 
 /**
  * A role served by Vault: either a dynamic secret read from `path` (revoked by
  * its Vault lease) or a child `token` with a fixed set of policies.
  */
-export const vaultRoleSchema = z.strictObject({
-  provider: z.literal('vault'),
-  path: z.string().min(1).max(512).regex(/^[A-Za-z0-9_.\/-]+$/, 'must be a Vault API path like database/creds/<role>').optional(),
-  token: z.strictObject({
-    policies: z.array(vaultPolicyName).min(1).max(64),
-    numUses: z.int().min(0).max(1_000_000).optional(),
-    noDefaultPolicy: z.boolean().default(true),
-  }).optional(),
-  maxTtlSeconds: z.int().min(1).max(86_400).default(3600),
-  approval: approvalSchema,
-}).refine((r) => (r.path === undefined) !== (r.token === undefined), { message: 'a vault role needs exactly one of `path` or `token`' });
+export const vaultRoleSchema = z
+  .strictObject({
+    provider: z.literal('vault'),
+    path: z
+      .string()
+      .min(1)
+      .max(512)
+      .regex(/^[A-Za-z0-9_./-]+$/, 'must be a Vault API path like database/creds/<role>')
+      .optional(),
+    token: z
+      .strictObject({
+        policies: z.array(vaultPolicyName).min(1).max(64),
+        numUses: z.int().min(0).max(1_000_000).optional(),
+        noDefaultPolicy: z.boolean().default(true),
+      })
+      .optional(),
+    maxTtlSeconds: z.int().min(1).max(86_400).default(3600),
+    approval: approvalSchema,
+  })
+  .refine((r) => (r.path === undefined) !== (r.token === undefined), { message: 'a vault role needs exactly one of `path` or `token`' });
 export type VaultRoleConfig = z.infer<typeof vaultRoleSchema>;
 
 export const vaultSettingsSchema = z.strictObject({
@@ -26,14 +39,18 @@ export const vaultSettingsSchema = z.strictObject({
   auth: z.union([
     z.strictObject({ token: secretSourceSchema }),
     z.strictObject({
-      approle: z.strictObject({
-        roleId: z.string().min(1),
-        secretId: secretSourceSchema.optional(),
-        secretIdFile: z.string().min(1).optional(),
-        mount: z.string().min(1).default('approle'),
-        /** AppRole role name, needed to generate new secret-ids on rotation. */
-        roleName: z.string().min(1).optional(),
-      }).refine((a) => (a.secretId === undefined) !== (a.secretIdFile === undefined), { message: 'approle needs exactly one of `secretId` or `secretIdFile`' }),
+      approle: z
+        .strictObject({
+          roleId: z.string().min(1),
+          secretId: secretSourceSchema.optional(),
+          secretIdFile: z.string().min(1).optional(),
+          mount: z.string().min(1).default('approle'),
+          /** AppRole role name, needed to generate new secret-ids on rotation. */
+          roleName: z.string().min(1).optional(),
+        })
+        .refine((a) => (a.secretId === undefined) !== (a.secretIdFile === undefined), {
+          message: 'approle needs exactly one of `secretId` or `secretIdFile`',
+        }),
     }),
   ]),
   requestTimeoutMs: z.int().min(100).max(60_000).default(5000),

@@ -7,7 +7,11 @@ import { revokeAccessor } from './revoke.ts';
 import type { VaultSession } from './session.ts';
 import { displayName, tokenMeta } from './token-role.ts';
 
-interface SecretResponse { lease_id?: string; lease_duration?: number; data?: Record<string, unknown> | null }
+interface SecretResponse {
+  lease_id?: string;
+  lease_duration?: number;
+  data?: Record<string, unknown> | null;
+}
 
 /**
  * A dynamic secret (database/creds/<role>, aws/creds/<role>, ...), read with
@@ -24,15 +28,18 @@ export async function issueDynamicSecret(session: VaultSession, req: IssueReques
   const path = req.role.path!;
   let reader: { client_token: string; accessor: string };
   try {
-    const res = await session.call((c) => c.write('auth/token/create-orphan', {
-      ttl: `${req.ttlSeconds}s`,
-      explicit_max_ttl: `${req.ttlSeconds}s`,
-      renewable: false,
-      display_name: displayName('jit-reader', req),
-      meta: tokenMeta(req),
-    }));
+    const res = await session.call((c) =>
+      c.write('auth/token/create-orphan', {
+        ttl: `${req.ttlSeconds}s`,
+        explicit_max_ttl: `${req.ttlSeconds}s`,
+        renewable: false,
+        display_name: displayName('jit-reader', req),
+        meta: tokenMeta(req),
+      }),
+    );
     reader = res?.auth;
-    if (!reader?.client_token || !reader.accessor) throw upstreamFailed('upstream_error', 'Vault answered the token request without a token.');
+    if (!reader?.client_token || !reader.accessor)
+      throw upstreamFailed('upstream_error', 'Vault answered the token request without a token.');
   } catch (err) {
     throw issueError(err, 'creating a reader token');
   }
@@ -40,11 +47,18 @@ export async function issueDynamicSecret(session: VaultSession, req: IssueReques
   let secret: SecretResponse;
   try {
     secret = await session.clientFor(reader.client_token).read(path);
-    if (!secret?.lease_id) throw upstreamFailed('upstream_not_leased', `Vault path ${path} is not a dynamic secret (no lease_id): it cannot be revoked.`);
+    if (!secret?.lease_id)
+      throw upstreamFailed('upstream_not_leased', `Vault path ${path} is not a dynamic secret (no lease_id): it cannot be revoked.`);
   } catch (err) {
     // The reader token must not outlive a failed issue.
-    await session.call((c) => revokeAccessor(c, reader.accessor)).catch((e: unknown) =>
-      logger.warn({ accessor: reader.accessor, err: safeCause(e) }, 'vault: could not revoke the reader token of a failed issue; it expires with its TTL'));
+    await session
+      .call((c) => revokeAccessor(c, reader.accessor))
+      .catch((e: unknown) =>
+        logger.warn(
+          { accessor: reader.accessor, err: safeCause(e) },
+          'vault: could not revoke the reader token of a failed issue; it expires with its TTL',
+        ),
+      );
     throw issueError(err, `reading ${path}`);
   }
 

@@ -10,7 +10,19 @@ export interface VaultFailure {
   message: string;
 }
 
-const NETWORK_CODES = new Set(['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'ECONNABORTED', 'EPIPE', 'ENOTFOUND', 'EAI_AGAIN', 'EHOSTUNREACH', 'ENETUNREACH', 'ERR_NETWORK', 'ERR_SOCKET_CONNECTION_TIMEOUT']);
+const NETWORK_CODES = new Set([
+  'ECONNREFUSED',
+  'ECONNRESET',
+  'ETIMEDOUT',
+  'ECONNABORTED',
+  'EPIPE',
+  'ENOTFOUND',
+  'EAI_AGAIN',
+  'EHOSTUNREACH',
+  'ENETUNREACH',
+  'ERR_NETWORK',
+  'ERR_SOCKET_CONNECTION_TIMEOUT',
+]);
 
 /**
  * Classifies an error thrown by node-vault. Its `ApiResponseError` carries
@@ -23,7 +35,11 @@ export function classify(err: unknown): VaultFailure {
   const errors = Array.isArray(e?.response?.body?.errors) ? (e.response.body.errors as unknown[]).map(String) : [];
   const message = errors.join('; ') || e?.message || String(err);
   if (status === undefined) {
-    return { kind: e?.code && NETWORK_CODES.has(e.code) ? 'unavailable' : 'unknown', status, message: e?.code ? `${e.code}: ${message}` : message };
+    return {
+      kind: e?.code && NETWORK_CODES.has(e.code) ? 'unavailable' : 'unknown',
+      status,
+      message: e?.code ? `${e.code}: ${message}` : message,
+    };
   }
   if (status === 503 && /sealed/i.test(message)) return { kind: 'sealed', status, message };
   if (status === 429 || status === 412 || status >= 500) return { kind: 'unavailable', status, message };

@@ -96,7 +96,13 @@ export async function createVaultProvider(settings: VaultSettings, ctx: Provider
     // with the KEK; startup switches to it right after the providers are created (useSecret, called by
     // RotationService.applyDistributedSecrets, which fails startup if it cannot decrypt or use it).
     // Only when no rotated secret exists is the refusal a config error.
-    if (!(err instanceof ConfigError) || !session.approle || !ctx.redis || !(await ctx.redis.exists(new Keys(ctx.keyPrefix).secrets('vault')))) throw err;
+    if (
+      !(err instanceof ConfigError) ||
+      !session.approle ||
+      !ctx.redis ||
+      !(await ctx.redis.exists(new Keys(ctx.keyPrefix).secrets('vault')))
+    )
+      throw err;
     logger.warn('vault: the configured AppRole secret-id was refused; switching to the rotated one distributed in Redis');
   }
   return new VaultProvider(session, logger);

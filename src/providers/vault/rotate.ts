@@ -20,7 +20,11 @@ function roleBase(session: VaultSession): string {
  * Everything before the switch can fail without effect (the old secret-id
  * and token stay in use; a new secret-id that did not work is destroyed).
  */
-export async function rotateSecretId(session: VaultSession, logger: Logger, distribute: (secret: Record<string, string>) => Promise<void> = async () => {}): Promise<RotationResult> {
+export async function rotateSecretId(
+  session: VaultSession,
+  logger: Logger,
+  distribute: (secret: Record<string, string>) => Promise<void> = async () => {},
+): Promise<RotationResult> {
   const base = roleBase(session);
   return session.exclusive(async () => {
     let oldAccessor: string | undefined;
@@ -29,7 +33,9 @@ export async function rotateSecretId(session: VaultSession, logger: Logger, dist
       // 204 (empty) when the current secret-id is already gone: then there is nothing to destroy.
       const looked = await session.call((c) => c.write(`${base}/secret-id/lookup`, { secret_id: session.secretId }));
       oldAccessor = looked?.data?.secret_id_accessor;
-      const made = await session.call((c) => c.write(`${base}/secret-id`, { metadata: JSON.stringify({ created_by: 'jit-broker', reason: 'rotation' }) }));
+      const made = await session.call((c) =>
+        c.write(`${base}/secret-id`, { metadata: JSON.stringify({ created_by: 'jit-broker', reason: 'rotation' }) }),
+      );
       fresh = made?.data;
       if (!fresh?.secret_id || !fresh.secret_id_accessor) throw new Error('Vault answered secret-id generation without a secret-id');
     } catch (err) {
@@ -40,8 +46,11 @@ export async function rotateSecretId(session: VaultSession, logger: Logger, dist
     try {
       token = await session.login(fresh.secret_id);
     } catch (err) {
-      await session.call((c) => c.write(`${base}/secret-id-accessor/destroy`, { secret_id_accessor: fresh.secret_id_accessor }))
-        .catch((e: unknown) => logger.warn({ secretIdAccessor: fresh.secret_id_accessor, err: safeCause(e) }, 'vault: could not destroy an unused secret-id'));
+      await session
+        .call((c) => c.write(`${base}/secret-id-accessor/destroy`, { secret_id_accessor: fresh.secret_id_accessor }))
+        .catch((e: unknown) =>
+          logger.warn({ secretIdAccessor: fresh.secret_id_accessor, err: safeCause(e) }, 'vault: could not destroy an unused secret-id'),
+        );
       throw issueError(err, 'logging in with the new AppRole secret-id');
     }
     await session.switchTo(token, { revokeOld: true, secretId: fresh.secret_id });
@@ -62,14 +71,25 @@ export async function rotateSecretId(session: VaultSession, logger: Logger, dist
         oldDestroyed = true;
       } catch (err) {
         oldDestroyed = isAlreadyGone(err);
-        if (!oldDestroyed) logger.error({ secretIdAccessor: oldAccessor, err: safeCause(err), kind: classify(err).kind }, 'vault: the old AppRole secret-id could not be destroyed');
+        if (!oldDestroyed)
+          logger.error(
+            { secretIdAccessor: oldAccessor, err: safeCause(err), kind: classify(err).kind },
+            'vault: the old AppRole secret-id could not be destroyed',
+          );
       }
     }
-    logger.info({ secretIdAccessor: fresh.secret_id_accessor, oldSecretIdAccessor: oldAccessor, oldDestroyed }, 'vault: AppRole secret-id rotated');
+    logger.info(
+      { secretIdAccessor: fresh.secret_id_accessor, oldSecretIdAccessor: oldAccessor, oldDestroyed },
+      'vault: AppRole secret-id rotated',
+    );
     return {
       target: 'vault',
       rotated: ['approle-secret-id', 'vault-token'],
-      detail: { secretIdAccessor: fresh.secret_id_accessor, ...(oldAccessor ? { oldSecretIdAccessor: oldAccessor } : {}), oldSecretIdDestroyed: oldDestroyed },
+      detail: {
+        secretIdAccessor: fresh.secret_id_accessor,
+        ...(oldAccessor ? { oldSecretIdAccessor: oldAccessor } : {}),
+        oldSecretIdDestroyed: oldDestroyed,
+      },
       secret: { secretId: fresh.secret_id },
     };
   });

@@ -58,9 +58,10 @@ export class VaultSession {
     } else {
       const a = auth.approle;
       this.approleAuth = { roleId: a.roleId, mount: a.mount, roleName: a.roleName };
-      this.secretIdValue = a.secretId !== undefined
-        ? readSecret(a.secretId, 'providers.vault.auth.approle.secretId')
-        : readSecret({ file: a.secretIdFile! }, 'providers.vault.auth.approle.secretIdFile');
+      this.secretIdValue =
+        a.secretId !== undefined
+          ? readSecret(a.secretId, 'providers.vault.auth.approle.secretId')
+          : readSecret({ file: a.secretIdFile! }, 'providers.vault.auth.approle.secretIdFile');
     }
   }
 
@@ -212,7 +213,9 @@ export class VaultSession {
         if (f.kind === 'sealed' || f.kind === 'unavailable') throw err;
         throw upstreamFailed('upstream_auth_failed', 'The broker could not log in to Vault.', { cause: safeCause(err) });
       })
-      .finally(() => { this.pendingLogin = undefined; });
+      .finally(() => {
+        this.pendingLogin = undefined;
+      });
     return this.pendingLogin;
   }
 
@@ -228,8 +231,16 @@ export class VaultSession {
 
   private generation(token: string, accessor: string, ttl: number, renewable: boolean, revokeWhenIdle: boolean, fullTtl = ttl): Generation {
     return {
-      client: makeClient(this.settings, token), accessor, fullTtl: ttl > 0 ? Math.max(ttl, fullTtl) : 0, expiresAt: ttl > 0 ? Date.now() + ttl * 1000 : null,
-      renewable, capped: false, inflight: 0, retiring: false, revokeWhenIdle, revoked: false,
+      client: makeClient(this.settings, token),
+      accessor,
+      fullTtl: ttl > 0 ? Math.max(ttl, fullTtl) : 0,
+      expiresAt: ttl > 0 ? Date.now() + ttl * 1000 : null,
+      renewable,
+      capped: false,
+      inflight: 0,
+      retiring: false,
+      revokeWhenIdle,
+      revoked: false,
     };
   }
 
@@ -241,7 +252,8 @@ export class VaultSession {
       this.logger.info({ accessor: gen.accessor }, 'vault: retired broker token revoked');
     } catch (err) {
       // It expires on its own; a failure here costs nothing but a log line.
-      if (!isForbidden(err)) this.logger.warn({ accessor: gen.accessor, err: safeCause(err) }, 'vault: could not revoke the retired broker token');
+      if (!isForbidden(err))
+        this.logger.warn({ accessor: gen.accessor, err: safeCause(err) }, 'vault: could not revoke the retired broker token');
     }
   }
 
@@ -275,15 +287,16 @@ export class VaultSession {
       await this.switchTo(await this.login(this.secretIdValue!), { revokeOld: true });
     } catch (err) {
       if (this.closed) return;
+      let failure = err;
       if (isForbidden(err) && this.approleAuth) {
         try {
           await this.relogin(gen);
           return;
         } catch (loginErr) {
-          err = loginErr;
+          failure = loginErr;
         }
       }
-      this.logger.warn({ accessor: gen.accessor, err: safeCause(err) }, 'vault: broker token refresh failed; retrying');
+      this.logger.warn({ accessor: gen.accessor, err: safeCause(failure) }, 'vault: broker token refresh failed; retrying');
       this.scheduleRetry();
     }
   }

@@ -10,8 +10,12 @@ export function displayName(prefix: string, req: IssueRequest<VaultRoleConfig>):
 }
 
 /** Metadata Vault stores on the token: who it was for, so an operator can trace it back. */
-export const tokenMeta = (req: IssueRequest<VaultRoleConfig>): Record<string, string> =>
-  ({ task_id: req.task.taskId, agent: req.agent, lease_id: req.leaseId, role: req.roleName });
+export const tokenMeta = (req: IssueRequest<VaultRoleConfig>): Record<string, string> => ({
+  task_id: req.task.taskId,
+  agent: req.agent,
+  lease_id: req.leaseId,
+  role: req.roleName,
+});
 
 /**
  * A token role: an orphan token with the role's policies, narrowed to the

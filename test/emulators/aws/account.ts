@@ -93,8 +93,12 @@ export class Account {
     const owned = [...this.keys.values()].filter((k) => k.userName === userName);
     if (owned.length >= 2) throw new AwsError('LimitExceeded', 409, 'Cannot exceed quota for AccessKeysPerUser: 2');
     const key: AccessKey = {
-      accessKeyId: awsId('AKIA', 16), secretAccessKey: randomBytes(30).toString('base64'), userName,
-      status: 'Active', createDate: this.clock(), invisibleFor,
+      accessKeyId: awsId('AKIA', 16),
+      secretAccessKey: randomBytes(30).toString('base64'),
+      userName,
+      status: 'Active',
+      createDate: this.clock(),
+      invisibleFor,
     };
     this.keys.set(key.accessKeyId, key);
     return key;
@@ -104,9 +108,15 @@ export class Account {
     if (this.roles.has(roleName)) throw new AwsError('EntityAlreadyExists', 409, `Role with name ${roleName} already exists.`);
     const path = opts.path ?? '/';
     const role: Role = {
-      roleName, roleId: awsId('AROA', 17), arn: `arn:aws:iam::${this.accountId}:role${path}${roleName}`, path,
-      maxSessionDuration: opts.maxSessionDuration ?? 3600, trust: opts.trust, externalId: opts.externalId,
-      createDate: this.clock(), inlinePolicies: new Map(),
+      roleName,
+      roleId: awsId('AROA', 17),
+      arn: `arn:aws:iam::${this.accountId}:role${path}${roleName}`,
+      path,
+      maxSessionDuration: opts.maxSessionDuration ?? 3600,
+      trust: opts.trust,
+      externalId: opts.externalId,
+      createDate: this.clock(),
+      inlinePolicies: new Map(),
     };
     this.roles.set(roleName, role);
     return role;
@@ -143,7 +153,9 @@ export class Account {
 
   /** ARN the principal acts as (what GetCallerIdentity reports). */
   arnOf(p: Principal): string {
-    return p.kind === 'user' ? p.user.arn : `arn:aws:sts::${this.accountId}:assumed-role/${p.session.role.roleName}/${p.session.sessionName}`;
+    return p.kind === 'user'
+      ? p.user.arn
+      : `arn:aws:sts::${this.accountId}:assumed-role/${p.session.role.roleName}/${p.session.sessionName}`;
   }
 
   userIdOf(p: Principal): string {
@@ -159,7 +171,8 @@ export class Account {
    */
   evaluate(session: Session, action: string, resource: string): Decision {
     const ctx: RequestContext = {
-      action, resource,
+      action,
+      resource,
       keys: {
         'aws:userid': `${session.role.roleId}:${session.sessionName}`,
         'aws:tokenissuetime': isoSeconds(session.issuedAt),
@@ -180,7 +193,8 @@ export class Account {
     if (p.kind === 'user') return;
     const decision = this.evaluate(p.session, action, resource);
     if (decision === 'allow') return;
-    const why = decision === 'explicit-deny' ? 'with an explicit deny in an identity-based policy' : 'because no session policy allows the action';
+    const why =
+      decision === 'explicit-deny' ? 'with an explicit deny in an identity-based policy' : 'because no session policy allows the action';
     throw accessDenied(`User: ${this.arnOf(p)} is not authorized to perform: ${action} on resource: ${resource} ${why}`);
   }
 }

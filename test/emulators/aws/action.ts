@@ -22,7 +22,8 @@ export type Handler = (ctx: ActionContext) => string | undefined;
 export function onlyParams(action: string, params: Record<string, string>, allowed: RegExp[]): void {
   for (const name of Object.keys(params)) {
     if (name === 'Action' || name === 'Version') continue;
-    if (!allowed.some((re) => re.test(name))) throw new AwsError('InvalidParameter', 400, `Emulator: ${action} does not take parameter ${name}.`);
+    if (!allowed.some((re) => re.test(name)))
+      throw new AwsError('InvalidParameter', 400, `Emulator: ${action} does not take parameter ${name}.`);
   }
 }
 
@@ -48,18 +49,33 @@ export class Constraints {
 
   length(field: string, value: string | undefined, min: number, max: number): void {
     if (value === undefined) return;
-    if (value.length < min) this.problems.push(`Value '${value}' at '${field}' failed to satisfy constraint: Member must have length greater than or equal to ${min}`);
-    if (value.length > max) this.problems.push(`Value '${value.slice(0, 80)}' at '${field}' failed to satisfy constraint: Member must have length less than or equal to ${max}`);
+    if (value.length < min)
+      this.problems.push(
+        `Value '${value}' at '${field}' failed to satisfy constraint: Member must have length greater than or equal to ${min}`,
+      );
+    if (value.length > max)
+      this.problems.push(
+        `Value '${value.slice(0, 80)}' at '${field}' failed to satisfy constraint: Member must have length less than or equal to ${max}`,
+      );
   }
 
   pattern(field: string, value: string | undefined, re: RegExp, shown: string): void {
-    if (value !== undefined && !re.test(value)) this.problems.push(`Value '${value.slice(0, 80)}' at '${field}' failed to satisfy constraint: Member must satisfy regular expression pattern: ${shown}`);
+    if (value !== undefined && !re.test(value))
+      this.problems.push(
+        `Value '${value.slice(0, 80)}' at '${field}' failed to satisfy constraint: Member must satisfy regular expression pattern: ${shown}`,
+      );
   }
 
   range(field: string, value: number | undefined, min: number, max: number): void {
     if (value === undefined) return;
-    if (value < min) this.problems.push(`Value '${value}' at '${field}' failed to satisfy constraint: Member must have value greater than or equal to ${min}`);
-    if (value > max) this.problems.push(`Value '${value}' at '${field}' failed to satisfy constraint: Member must have value less than or equal to ${max}`);
+    if (value < min)
+      this.problems.push(
+        `Value '${value}' at '${field}' failed to satisfy constraint: Member must have value greater than or equal to ${min}`,
+      );
+    if (value > max)
+      this.problems.push(
+        `Value '${value}' at '${field}' failed to satisfy constraint: Member must have value less than or equal to ${max}`,
+      );
   }
 
   required(field: string, value: unknown): void {

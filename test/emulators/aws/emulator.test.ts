@@ -1,8 +1,16 @@
 import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
 import { AssumeRoleCommand, GetCallerIdentityCommand, STSClient, type AssumeRoleCommandInput } from '@aws-sdk/client-sts';
 import {
-  CreateAccessKeyCommand, DeleteAccessKeyCommand, DeleteRolePolicyCommand, GetRoleCommand, GetRolePolicyCommand, IAMClient,
-  ListAccessKeysCommand, ListRolePoliciesCommand, PutRolePolicyCommand, UpdateAccessKeyCommand,
+  CreateAccessKeyCommand,
+  DeleteAccessKeyCommand,
+  DeleteRolePolicyCommand,
+  GetRoleCommand,
+  GetRolePolicyCommand,
+  IAMClient,
+  ListAccessKeysCommand,
+  ListRolePoliciesCommand,
+  PutRolePolicyCommand,
+  UpdateAccessKeyCommand,
 } from '@aws-sdk/client-iam';
 import { startAwsEmulator, type AwsEmulator, type EmulatedUser } from './index.ts';
 
@@ -12,9 +20,15 @@ let role: { roleName: string; roleId: string; arn: string };
 let sts: STSClient;
 let iam: IAMClient;
 
-const creds = (u: { accessKeyId: string; secretAccessKey: string; sessionToken?: string }) => ({ accessKeyId: u.accessKeyId, secretAccessKey: u.secretAccessKey, ...(u.sessionToken ? { sessionToken: u.sessionToken } : {}) });
-const stsWith = (c: Parameters<typeof creds>[0]) => new STSClient({ region: 'us-east-1', endpoint: emu.url, maxAttempts: 1, credentials: creds(c) });
-const iamWith = (c: Parameters<typeof creds>[0]) => new IAMClient({ region: 'us-east-1', endpoint: emu.url, maxAttempts: 1, credentials: creds(c) });
+const creds = (u: { accessKeyId: string; secretAccessKey: string; sessionToken?: string }) => ({
+  accessKeyId: u.accessKeyId,
+  secretAccessKey: u.secretAccessKey,
+  ...(u.sessionToken ? { sessionToken: u.sessionToken } : {}),
+});
+const stsWith = (c: Parameters<typeof creds>[0]) =>
+  new STSClient({ region: 'us-east-1', endpoint: emu.url, maxAttempts: 1, credentials: creds(c) });
+const iamWith = (c: Parameters<typeof creds>[0]) =>
+  new IAMClient({ region: 'us-east-1', endpoint: emu.url, maxAttempts: 1, credentials: creds(c) });
 
 /** The awsQuery error code the SDK surfaced, and its HTTP status. */
 async function failure(p: Promise<unknown>): Promise<{ code: string; status: number | undefined; message: string }> {
@@ -54,7 +68,9 @@ describe('transport and authentication', () => {
   });
 
   it('rejects a wrong secret with SignatureDoesNotMatch (the signature is really verified)', async () => {
-    const f = await failure(stsWith({ accessKeyId: broker.accessKeyId, secretAccessKey: 'not-the-secret' }).send(new GetCallerIdentityCommand({})));
+    const f = await failure(
+      stsWith({ accessKeyId: broker.accessKeyId, secretAccessKey: 'not-the-secret' }).send(new GetCallerIdentityCommand({})),
+    );
     expect(f).toMatchObject({ code: 'SignatureDoesNotMatch', status: 403 });
   });
 
@@ -64,7 +80,8 @@ describe('transport and authentication', () => {
   });
 
   it('refuses unsigned requests, unknown actions, unknown versions and paths loudly, in the exact error shape', async () => {
-    const post = (body: string, path = '/') => fetch(`${emu.url}${path}`, { method: 'POST', headers: { 'content-type': 'application/x-www-form-urlencoded' }, body });
+    const post = (body: string, path = '/') =>
+      fetch(`${emu.url}${path}`, { method: 'POST', headers: { 'content-type': 'application/x-www-form-urlencoded' }, body });
     const unsigned = await post('Action=GetCallerIdentity&Version=2011-06-15');
     expect(unsigned.status).toBe(403);
     expect(await unsigned.text()).toContain('<Code>MissingAuthenticationToken</Code>');
@@ -73,7 +90,9 @@ describe('transport and authentication', () => {
     expect(unknown.status).toBe(400);
     expect(unknown.headers.get('content-type')).toBe('text/xml');
     expect(unknown.headers.get('x-amzn-requestid')).toMatch(/^[0-9a-f-]{36}$/);
-    expect(await unknown.text()).toMatch(/^<ErrorResponse xmlns="https:\/\/sts\.amazonaws\.com\/doc\/2011-06-15\/"><Error><Type>Sender<\/Type><Code>InvalidAction<\/Code><Message>Could not find operation GetSessionToken for version 2011-06-15<\/Message><\/Error><RequestId>[0-9a-f-]{36}<\/RequestId><\/ErrorResponse>$/);
+    expect(await unknown.text()).toMatch(
+      /^<ErrorResponse xmlns="https:\/\/sts\.amazonaws\.com\/doc\/2011-06-15\/"><Error><Type>Sender<\/Type><Code>InvalidAction<\/Code><Message>Could not find operation GetSessionToken for version 2011-06-15<\/Message><\/Error><RequestId>[0-9a-f-]{36}<\/RequestId><\/ErrorResponse>$/,
+    );
 
     expect(await (await post('Action=AssumeRole&Version=2012-01-01')).text()).toContain('<Code>NoSuchVersion</Code>');
     expect(await (await post('Action=ListRoles&Version=2010-05-08')).text()).toContain('<Code>InvalidAction</Code>');
@@ -90,48 +109,121 @@ describe('transport and authentication', () => {
 describe('AssumeRole', () => {
   it('issues ASIA keys, a session token, Expiration and AROA…:<session>, which then work', async () => {
     const before = emu.now();
-    const out = await assume({ DurationSeconds: 1800, SourceIdentity: 'agent-x', Tags: [{ Key: 'task', Value: 't-1' }], TransitiveTagKeys: ['task'] });
+    const out = await assume({
+      DurationSeconds: 1800,
+      SourceIdentity: 'agent-x',
+      Tags: [{ Key: 'task', Value: 't-1' }],
+      TransitiveTagKeys: ['task'],
+    });
     expect(out.Credentials!.AccessKeyId).toMatch(/^ASIA[A-Z2-7]{16}$/);
     expect(out.Credentials!.SessionToken!.length).toBeGreaterThan(100);
     expect(Math.abs(out.Credentials!.Expiration!.getTime() - (before + 1_800_000))).toBeLessThan(2000);
-    expect(out.AssumedRoleUser).toEqual({ AssumedRoleId: `${role.roleId}:session-1`, Arn: 'arn:aws:sts::123456789012:assumed-role/agent-reports/session-1' });
+    expect(out.AssumedRoleUser).toEqual({
+      AssumedRoleId: `${role.roleId}:session-1`,
+      Arn: 'arn:aws:sts::123456789012:assumed-role/agent-reports/session-1',
+    });
     expect(out.SourceIdentity).toBe('agent-x');
     expect(out.PackedPolicySize).toBeGreaterThan(0);
-    const who = await stsWith({ accessKeyId: out.Credentials!.AccessKeyId!, secretAccessKey: out.Credentials!.SecretAccessKey!, sessionToken: out.Credentials!.SessionToken! }).send(new GetCallerIdentityCommand({}));
+    const who = await stsWith({
+      accessKeyId: out.Credentials!.AccessKeyId!,
+      secretAccessKey: out.Credentials!.SecretAccessKey!,
+      sessionToken: out.Credentials!.SessionToken!,
+    }).send(new GetCallerIdentityCommand({}));
     expect(who).toMatchObject({ UserId: `${role.roleId}:session-1`, Arn: out.AssumedRoleUser!.Arn });
   });
 
   it('refuses a session key without its token, or with another token', async () => {
     const out = await assume();
     const c = out.Credentials!;
-    expect((await failure(stsWith({ accessKeyId: c.AccessKeyId!, secretAccessKey: c.SecretAccessKey! }).send(new GetCallerIdentityCommand({})))).code).toBe('InvalidClientTokenId');
-    expect((await failure(stsWith({ accessKeyId: c.AccessKeyId!, secretAccessKey: c.SecretAccessKey!, sessionToken: 'forged' }).send(new GetCallerIdentityCommand({})))).code).toBe('InvalidClientTokenId');
+    expect(
+      (await failure(stsWith({ accessKeyId: c.AccessKeyId!, secretAccessKey: c.SecretAccessKey! }).send(new GetCallerIdentityCommand({}))))
+        .code,
+    ).toBe('InvalidClientTokenId');
+    expect(
+      (
+        await failure(
+          stsWith({ accessKeyId: c.AccessKeyId!, secretAccessKey: c.SecretAccessKey!, sessionToken: 'forged' }).send(
+            new GetCallerIdentityCommand({}),
+          ),
+        )
+      ).code,
+    ).toBe('InvalidClientTokenId');
   });
 
   const tooManyTags = Array.from({ length: 51 }, (_, i) => ({ Key: `k${i}`, Value: 'v' }));
   const cases: [string, Partial<AssumeRoleCommandInput>, string, RegExp][] = [
     ['session name too short', { RoleSessionName: 'a' }, 'ValidationError', /roleSessionName.*greater than or equal to 2/],
     ['session name too long', { RoleSessionName: 'a'.repeat(65) }, 'ValidationError', /roleSessionName.*less than or equal to 64/],
-    ['session name with a space', { RoleSessionName: 'bad name' }, 'ValidationError', /roleSessionName.*regular expression pattern: \[\\w\+=,\.@-\]\*/],
+    [
+      'session name with a space',
+      { RoleSessionName: 'bad name' },
+      'ValidationError',
+      /roleSessionName.*regular expression pattern: \[\\w\+=,\.@-\]\*/,
+    ],
     ['duration below 900', { DurationSeconds: 899 }, 'ValidationError', /durationSeconds.*greater than or equal to 900/],
     ['duration above 43200', { DurationSeconds: 43_201 }, 'ValidationError', /durationSeconds.*less than or equal to 43200/],
     ['duration above the role max', { DurationSeconds: 7201 }, 'ValidationError', /exceeds the MaxSessionDuration set for this role/],
-    ['policy over 2048 chars', { Policy: `{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"s3:GetObject","Resource":"${'x'.repeat(2048)}"}]}` }, 'ValidationError', /policy.*less than or equal to 2048/],
+    [
+      'policy over 2048 chars',
+      { Policy: `{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"s3:GetObject","Resource":"${'x'.repeat(2048)}"}]}` },
+      'ValidationError',
+      /policy.*less than or equal to 2048/,
+    ],
     ['policy not JSON', { Policy: '{not json' }, 'MalformedPolicyDocument', /not in the valid JSON format/],
-    ['policy without Resource', { Policy: '{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"s3:GetObject"}]}' }, 'MalformedPolicyDocument', /must contain resources/],
+    [
+      'policy without Resource',
+      { Policy: '{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"s3:GetObject"}]}' },
+      'MalformedPolicyDocument',
+      /must contain resources/,
+    ],
     ['51 tags', { Tags: tooManyTags }, 'ValidationError', /tags.*less than or equal to 50/],
-    ['tag key of 129 chars', { Tags: [{ Key: 'k'.repeat(129), Value: 'v' }] }, 'ValidationError', /tags\.1\.member\.key.*less than or equal to 128/],
-    ['tag value of 257 chars', { Tags: [{ Key: 'k', Value: 'v'.repeat(257) }] }, 'ValidationError', /tags\.1\.member\.value.*less than or equal to 256/],
+    [
+      'tag key of 129 chars',
+      { Tags: [{ Key: 'k'.repeat(129), Value: 'v' }] },
+      'ValidationError',
+      /tags\.1\.member\.key.*less than or equal to 128/,
+    ],
+    [
+      'tag value of 257 chars',
+      { Tags: [{ Key: 'k', Value: 'v'.repeat(257) }] },
+      'ValidationError',
+      /tags\.1\.member\.value.*less than or equal to 256/,
+    ],
     ['tag value with a bad char', { Tags: [{ Key: 'k', Value: 'a#b' }] }, 'ValidationError', /tags\.1\.member\.value.*regular expression/],
-    ['duplicate tag keys (case-insensitive)', { Tags: [{ Key: 'Task', Value: 'a' }, { Key: 'task', Value: 'b' }] }, 'ValidationError', /Duplicate tag keys/],
-    ['transitive key not a tag', { Tags: [{ Key: 'task', Value: 'a' }], TransitiveTagKeys: ['tenant'] }, 'ValidationError', /transitive tag key tenant/],
+    [
+      'duplicate tag keys (case-insensitive)',
+      {
+        Tags: [
+          { Key: 'Task', Value: 'a' },
+          { Key: 'task', Value: 'b' },
+        ],
+      },
+      'ValidationError',
+      /Duplicate tag keys/,
+    ],
+    [
+      'transitive key not a tag',
+      { Tags: [{ Key: 'task', Value: 'a' }], TransitiveTagKeys: ['tenant'] },
+      'ValidationError',
+      /transitive tag key tenant/,
+    ],
     ['source identity too short', { SourceIdentity: 'a' }, 'ValidationError', /sourceIdentity.*greater than or equal to 2/],
     ['source identity aws:', { SourceIdentity: 'aws:me' }, 'ValidationError', /sourceIdentity.*regular expression/],
     ['external id too short', { ExternalId: 'x' }, 'ValidationError', /externalId.*greater than or equal to 2/],
     ['role ARN too short', { RoleArn: 'arn:aws:iam::1:r' }, 'ValidationError', /roleArn.*greater than or equal to 20/],
     ['malformed role ARN', { RoleArn: 'arn:aws:s3:::not-a-role-arn' }, 'ValidationError', /arn:aws:s3:::not-a-role-arn is invalid/],
-    ['role that does not exist', { RoleArn: 'arn:aws:iam::123456789012:role/missing' }, 'AccessDenied', /not authorized to perform: sts:AssumeRole/],
-    ['packed policy + tags too large', { Tags: Array.from({ length: 50 }, (_, i) => ({ Key: `key-${i}-${'k'.repeat(100)}`, Value: 'v'.repeat(200) })) }, 'PackedPolicyTooLarge', /% of the allowed limit/],
+    [
+      'role that does not exist',
+      { RoleArn: 'arn:aws:iam::123456789012:role/missing' },
+      'AccessDenied',
+      /not authorized to perform: sts:AssumeRole/,
+    ],
+    [
+      'packed policy + tags too large',
+      { Tags: Array.from({ length: 50 }, (_, i) => ({ Key: `key-${i}-${'k'.repeat(100)}`, Value: 'v'.repeat(200) })) },
+      'PackedPolicyTooLarge',
+      /% of the allowed limit/,
+    ],
   ];
   it.each(cases)('rejects %s', async (_name, input, code, message) => {
     const f = await failure(assume(input));
@@ -144,13 +236,16 @@ describe('AssumeRole', () => {
     const other = emu.createUser('someone-else');
     expect((await failure(assume({}, stsWith(other)))).code).toBe('AccessDenied');
     const guarded = emu.createRole('guarded', { externalId: 'ext-123' });
-    expect((await failure(assume({ RoleArn: guarded.arn })))).toMatchObject({ code: 'AccessDenied' });
-    expect((await failure(assume({ RoleArn: guarded.arn, ExternalId: 'wrong-1' })))).toMatchObject({ code: 'AccessDenied' });
+    expect(await failure(assume({ RoleArn: guarded.arn }))).toMatchObject({ code: 'AccessDenied' });
+    expect(await failure(assume({ RoleArn: guarded.arn, ExternalId: 'wrong-1' }))).toMatchObject({ code: 'AccessDenied' });
     await expect(assume({ RoleArn: guarded.arn, ExternalId: 'ext-123' })).resolves.toBeDefined();
   });
 
   it('evaluates the session policy (scoped down) for the issued session', async () => {
-    const policy = JSON.stringify({ Version: '2012-10-17', Statement: [{ Effect: 'Allow', Action: ['s3:GetObject'], Resource: ['arn:aws:s3:::reports/*'] }] });
+    const policy = JSON.stringify({
+      Version: '2012-10-17',
+      Statement: [{ Effect: 'Allow', Action: ['s3:GetObject'], Resource: ['arn:aws:s3:::reports/*'] }],
+    });
     const out = await assume({ Policy: policy });
     const id = out.Credentials!.AccessKeyId!;
     expect(emu.evaluate(id, 's3:GetObject', 'arn:aws:s3:::reports/q3.csv')).toBe('allow');
@@ -160,7 +255,11 @@ describe('AssumeRole', () => {
 
   it('expires sessions by the emulator clock', async () => {
     const out = await assume();
-    const client = stsWith({ accessKeyId: out.Credentials!.AccessKeyId!, secretAccessKey: out.Credentials!.SecretAccessKey!, sessionToken: out.Credentials!.SessionToken! });
+    const client = stsWith({
+      accessKeyId: out.Credentials!.AccessKeyId!,
+      secretAccessKey: out.Credentials!.SecretAccessKey!,
+      sessionToken: out.Credentials!.SessionToken!,
+    });
     await expect(client.send(new GetCallerIdentityCommand({}))).resolves.toBeDefined();
     emu.advanceTime(901_000);
     try {
@@ -172,7 +271,11 @@ describe('AssumeRole', () => {
 });
 
 describe('IAM inline policies and revocation by Deny', () => {
-  const denyUserIds = (ids: string[]) => JSON.stringify({ Version: '2012-10-17', Statement: [{ Effect: 'Deny', Action: '*', Resource: '*', Condition: { StringEquals: { 'aws:userid': ids } } }] });
+  const denyUserIds = (ids: string[]) =>
+    JSON.stringify({
+      Version: '2012-10-17',
+      Statement: [{ Effect: 'Deny', Action: '*', Resource: '*', Condition: { StringEquals: { 'aws:userid': ids } } }],
+    });
 
   it('puts, gets (URL-encoded, as IAM does), lists and deletes role policies', async () => {
     const doc = denyUserIds([`${role.roleId}:nobody`]);
@@ -181,10 +284,28 @@ describe('IAM inline policies and revocation by Deny', () => {
     expect(decodeURIComponent(got.PolicyDocument!)).toBe(doc);
     expect((await iam.send(new ListRolePoliciesCommand({ RoleName: role.roleName }))).PolicyNames).toEqual(['p1']);
     await iam.send(new DeleteRolePolicyCommand({ RoleName: role.roleName, PolicyName: 'p1' }));
-    expect(await failure(iam.send(new GetRolePolicyCommand({ RoleName: role.roleName, PolicyName: 'p1' })))).toMatchObject({ code: 'NoSuchEntity', status: 404 });
-    expect(await failure(iam.send(new DeleteRolePolicyCommand({ RoleName: role.roleName, PolicyName: 'p1' })))).toMatchObject({ code: 'NoSuchEntity' });
-    expect(await failure(iam.send(new PutRolePolicyCommand({ RoleName: 'nope', PolicyName: 'p1', PolicyDocument: doc })))).toMatchObject({ code: 'NoSuchEntity' });
-    expect(await failure(iam.send(new PutRolePolicyCommand({ RoleName: role.roleName, PolicyName: 'p1', PolicyDocument: '{"Statement":[{"Effect":"Deny","Action":"*","Resource":"*","Condition":{"IpAddress":{"aws:SourceIp":"1.2.3.4"}}}]}' })))).toMatchObject({ code: 'MalformedPolicyDocument' });
+    expect(await failure(iam.send(new GetRolePolicyCommand({ RoleName: role.roleName, PolicyName: 'p1' })))).toMatchObject({
+      code: 'NoSuchEntity',
+      status: 404,
+    });
+    expect(await failure(iam.send(new DeleteRolePolicyCommand({ RoleName: role.roleName, PolicyName: 'p1' })))).toMatchObject({
+      code: 'NoSuchEntity',
+    });
+    expect(await failure(iam.send(new PutRolePolicyCommand({ RoleName: 'nope', PolicyName: 'p1', PolicyDocument: doc })))).toMatchObject({
+      code: 'NoSuchEntity',
+    });
+    expect(
+      await failure(
+        iam.send(
+          new PutRolePolicyCommand({
+            RoleName: role.roleName,
+            PolicyName: 'p1',
+            PolicyDocument:
+              '{"Statement":[{"Effect":"Deny","Action":"*","Resource":"*","Condition":{"IpAddress":{"aws:SourceIp":"1.2.3.4"}}}]}',
+          }),
+        ),
+      ),
+    ).toMatchObject({ code: 'MalformedPolicyDocument' });
   });
 
   it('enforces the 10,240-char aggregate inline policy size per role', async () => {
@@ -192,7 +313,9 @@ describe('IAM inline policies and revocation by Deny', () => {
     const big = (n: number) => denyUserIds(Array.from({ length: n }, (_, i) => `AROAEXAMPLEEXAMPLE00:s-${String(i).padStart(40, '0')}`));
     await iam.send(new PutRolePolicyCommand({ RoleName: r.roleName, PolicyName: 'a', PolicyDocument: big(80) }));
     expect(big(80).length).toBeGreaterThan(5000);
-    expect(await failure(iam.send(new PutRolePolicyCommand({ RoleName: r.roleName, PolicyName: 'b', PolicyDocument: big(80) })))).toMatchObject({ code: 'LimitExceeded', status: 409 });
+    expect(
+      await failure(iam.send(new PutRolePolicyCommand({ RoleName: r.roleName, PolicyName: 'b', PolicyDocument: big(80) }))),
+    ).toMatchObject({ code: 'LimitExceeded', status: 409 });
     // Replacing the same policy counts only the new version.
     await iam.send(new PutRolePolicyCommand({ RoleName: r.roleName, PolicyName: 'a', PolicyDocument: big(100) }));
   });
@@ -206,12 +329,23 @@ describe('IAM inline policies and revocation by Deny', () => {
     };
     const a = await mk('revoked-a');
     const b = await mk('kept-b');
-    await iam.send(new PutRolePolicyCommand({ RoleName: r.roleName, PolicyName: 'deny', PolicyDocument: denyUserIds([`${r.roleId}:revoked-a`]) }));
+    await iam.send(
+      new PutRolePolicyCommand({ RoleName: r.roleName, PolicyName: 'deny', PolicyDocument: denyUserIds([`${r.roleId}:revoked-a`]) }),
+    );
     expect(await failure(a.send(new GetCallerIdentityCommand({})))).toMatchObject({ code: 'AccessDenied', status: 403 });
     await expect(b.send(new GetCallerIdentityCommand({}))).resolves.toBeDefined();
 
     const cutoff = new Date(emu.now() + 2000).toISOString().replace(/\.\d{3}Z$/, 'Z');
-    await iam.send(new PutRolePolicyCommand({ RoleName: r.roleName, PolicyName: 'deny', PolicyDocument: JSON.stringify({ Version: '2012-10-17', Statement: [{ Effect: 'Deny', Action: '*', Resource: '*', Condition: { DateLessThan: { 'aws:TokenIssueTime': cutoff } } }] }) }));
+    await iam.send(
+      new PutRolePolicyCommand({
+        RoleName: r.roleName,
+        PolicyName: 'deny',
+        PolicyDocument: JSON.stringify({
+          Version: '2012-10-17',
+          Statement: [{ Effect: 'Deny', Action: '*', Resource: '*', Condition: { DateLessThan: { 'aws:TokenIssueTime': cutoff } } }],
+        }),
+      }),
+    );
     expect(await failure(b.send(new GetCallerIdentityCommand({})))).toMatchObject({ code: 'AccessDenied' });
     emu.advanceTime(3000);
     const c = await mk('after-cutoff');
@@ -237,7 +371,9 @@ describe('access keys', () => {
     await expect(stsWith(u).send(new GetCallerIdentityCommand({}))).resolves.toBeDefined();
     await fresh.send(new DeleteAccessKeyCommand({ UserName: u.userName, AccessKeyId: u.accessKeyId }));
     expect(await failure(stsWith(u).send(new GetCallerIdentityCommand({})))).toMatchObject({ code: 'InvalidClientTokenId' });
-    expect(await failure(fresh.send(new DeleteAccessKeyCommand({ UserName: u.userName, AccessKeyId: u.accessKeyId })))).toMatchObject({ code: 'NoSuchEntity' });
+    expect(await failure(fresh.send(new DeleteAccessKeyCommand({ UserName: u.userName, AccessKeyId: u.accessKeyId })))).toMatchObject({
+      code: 'NoSuchEntity',
+    });
   });
 
   it('can make new keys invisible for a few requests (IAM eventual consistency)', async () => {

@@ -22,6 +22,7 @@ export function validationError(problems: string[]): AwsError {
 }
 
 export const accessDenied = (message: string) => new AwsError('AccessDenied', 403, message);
-export const invalidClientTokenId = () => new AwsError('InvalidClientTokenId', 403, 'The security token included in the request is invalid.');
+export const invalidClientTokenId = () =>
+  new AwsError('InvalidClientTokenId', 403, 'The security token included in the request is invalid.');
 export const malformedPolicy = (message: string) => new AwsError('MalformedPolicyDocument', 400, message);
 export const noSuchEntity = (message: string) => new AwsError('NoSuchEntity', 404, message);

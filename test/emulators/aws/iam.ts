@@ -37,9 +37,16 @@ const encodeDoc = (doc: string) => encodeURIComponent(doc);
 const getRole: Handler = (ctx) => {
   onlyParams('GetRole', ctx.params, [/^RoleName$/]);
   const role = roleFor(ctx, 'GetRole');
-  const trust = JSON.stringify({ Version: '2012-10-17', Statement: [{ Effect: 'Allow', Principal: { AWS: role.trust ?? `arn:aws:iam::${ctx.account.accountId}:root` }, Action: 'sts:AssumeRole' }] });
-  return `<Role>${el('Path', role.path)}${el('RoleName', role.roleName)}${el('RoleId', role.roleId)}${el('Arn', role.arn)}`
-    + `${el('CreateDate', isoSeconds(role.createDate))}${el('AssumeRolePolicyDocument', encodeDoc(trust))}${el('MaxSessionDuration', role.maxSessionDuration)}</Role>`;
+  const trust = JSON.stringify({
+    Version: '2012-10-17',
+    Statement: [
+      { Effect: 'Allow', Principal: { AWS: role.trust ?? `arn:aws:iam::${ctx.account.accountId}:root` }, Action: 'sts:AssumeRole' },
+    ],
+  });
+  return (
+    `<Role>${el('Path', role.path)}${el('RoleName', role.roleName)}${el('RoleId', role.roleId)}${el('Arn', role.arn)}` +
+    `${el('CreateDate', isoSeconds(role.createDate))}${el('AssumeRolePolicyDocument', encodeDoc(trust))}${el('MaxSessionDuration', role.maxSessionDuration)}</Role>`
+  );
 };
 
 const putRolePolicy: Handler = (ctx) => {
@@ -81,7 +88,12 @@ const deleteRolePolicy: Handler = (ctx) => {
 const listRolePolicies: Handler = (ctx) => {
   onlyParams('ListRolePolicies', ctx.params, [/^(RoleName|Marker|MaxItems)$/]);
   const role = roleFor(ctx, 'ListRolePolicies');
-  return members('PolicyNames', [...role.inlinePolicies.keys()].sort().map((n) => esc(n))) + el('IsTruncated', false);
+  return (
+    members(
+      'PolicyNames',
+      [...role.inlinePolicies.keys()].sort().map((n) => esc(n)),
+    ) + el('IsTruncated', false)
+  );
 };
 
 /** The user an access-key call is about: UserName, else the caller's own user (IAM's rule). */
@@ -113,8 +125,10 @@ function keyOf(ctx: ActionContext, userName: string): AccessKey {
 const createAccessKey: Handler = (ctx) => {
   onlyParams('CreateAccessKey', ctx.params, [/^UserName$/]);
   const key = ctx.account.createAccessKey(keyOwner(ctx, 'CreateAccessKey'), ctx.keyPropagationDelay);
-  return `<AccessKey>${el('UserName', key.userName)}${el('AccessKeyId', key.accessKeyId)}${el('Status', key.status)}`
-    + `${el('SecretAccessKey', key.secretAccessKey)}${el('CreateDate', isoSeconds(key.createDate))}</AccessKey>`;
+  return (
+    `<AccessKey>${el('UserName', key.userName)}${el('AccessKeyId', key.accessKeyId)}${el('Status', key.status)}` +
+    `${el('SecretAccessKey', key.secretAccessKey)}${el('CreateDate', isoSeconds(key.createDate))}</AccessKey>`
+  );
 };
 
 const updateAccessKey: Handler = (ctx) => {
@@ -122,7 +136,11 @@ const updateAccessKey: Handler = (ctx) => {
   const key = keyOf(ctx, keyOwner(ctx, 'UpdateAccessKey'));
   const status = ctx.params.Status;
   if (status !== 'Active' && status !== 'Inactive') {
-    throw new AwsError('ValidationError', 400, `1 validation error detected: Value '${status}' at 'status' failed to satisfy constraint: Member must satisfy enum value set: [Active, Inactive]`);
+    throw new AwsError(
+      'ValidationError',
+      400,
+      `1 validation error detected: Value '${status}' at 'status' failed to satisfy constraint: Member must satisfy enum value set: [Active, Inactive]`,
+    );
   }
   key.status = status;
   return undefined;
@@ -139,12 +157,25 @@ const listAccessKeys: Handler = (ctx) => {
   onlyParams('ListAccessKeys', ctx.params, [/^(UserName|Marker|MaxItems)$/]);
   const userName = keyOwner(ctx, 'ListAccessKeys');
   const keys = [...ctx.account.keys.values()].filter((k) => k.userName === userName);
-  return members('AccessKeyMetadata', keys.map((k) => `${el('UserName', k.userName)}${el('AccessKeyId', k.accessKeyId)}${el('Status', k.status)}${el('CreateDate', isoSeconds(k.createDate))}`))
-    + el('IsTruncated', false);
+  return (
+    members(
+      'AccessKeyMetadata',
+      keys.map(
+        (k) =>
+          `${el('UserName', k.userName)}${el('AccessKeyId', k.accessKeyId)}${el('Status', k.status)}${el('CreateDate', isoSeconds(k.createDate))}`,
+      ),
+    ) + el('IsTruncated', false)
+  );
 };
 
 export const iamHandlers: Record<string, Handler> = {
-  GetRole: getRole, PutRolePolicy: putRolePolicy, GetRolePolicy: getRolePolicy, DeleteRolePolicy: deleteRolePolicy,
-  ListRolePolicies: listRolePolicies, CreateAccessKey: createAccessKey, UpdateAccessKey: updateAccessKey,
-  DeleteAccessKey: deleteAccessKey, ListAccessKeys: listAccessKeys,
+  GetRole: getRole,
+  PutRolePolicy: putRolePolicy,
+  GetRolePolicy: getRolePolicy,
+  DeleteRolePolicy: deleteRolePolicy,
+  ListRolePolicies: listRolePolicies,
+  CreateAccessKey: createAccessKey,
+  UpdateAccessKey: updateAccessKey,
+  DeleteAccessKey: deleteAccessKey,
+  ListAccessKeys: listAccessKeys,
 };

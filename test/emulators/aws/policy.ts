@@ -44,8 +44,10 @@ export function parsePolicy(text: string): PolicyDocument {
   }
   if (!doc || typeof doc !== 'object' || Array.isArray(doc)) throw malformedPolicy('The policy is not in the valid JSON format.');
   const d = doc as Record<string, unknown>;
-  for (const k of Object.keys(d)) if (!['Version', 'Id', 'Statement'].includes(k)) throw malformedPolicy(`Syntax errors in policy: unknown top-level element ${k}.`);
-  if (d.Version !== undefined && d.Version !== '2012-10-17' && d.Version !== '2008-10-17') throw malformedPolicy('The policy must contain a valid version string');
+  for (const k of Object.keys(d))
+    if (!['Version', 'Id', 'Statement'].includes(k)) throw malformedPolicy(`Syntax errors in policy: unknown top-level element ${k}.`);
+  if (d.Version !== undefined && d.Version !== '2012-10-17' && d.Version !== '2008-10-17')
+    throw malformedPolicy('The policy must contain a valid version string');
   if (d.Statement === undefined) throw malformedPolicy('Syntax errors in policy: Statement is required.');
   const raw = Array.isArray(d.Statement) ? d.Statement : [d.Statement];
   if (raw.length === 0) throw malformedPolicy('Syntax errors in policy: Statement must not be empty.');
@@ -53,11 +55,14 @@ export function parsePolicy(text: string): PolicyDocument {
     if (!s || typeof s !== 'object') throw malformedPolicy(`Syntax errors in policy: statement ${i} is not an object.`);
     const st = s as Record<string, unknown>;
     for (const k of Object.keys(st)) {
-      if (!['Sid', 'Effect', 'Action', 'NotAction', 'Resource', 'NotResource', 'Condition', 'Principal', 'NotPrincipal'].includes(k)) throw malformedPolicy(`Syntax errors in policy: unknown element ${k}.`);
+      if (!['Sid', 'Effect', 'Action', 'NotAction', 'Resource', 'NotResource', 'Condition', 'Principal', 'NotPrincipal'].includes(k))
+        throw malformedPolicy(`Syntax errors in policy: unknown element ${k}.`);
     }
-    if (st.Principal !== undefined || st.NotPrincipal !== undefined) throw malformedPolicy('Policy document should not specify a principal.');
+    if (st.Principal !== undefined || st.NotPrincipal !== undefined)
+      throw malformedPolicy('Policy document should not specify a principal.');
     if (st.Effect !== 'Allow' && st.Effect !== 'Deny') throw malformedPolicy(`Syntax errors in policy: Effect must be Allow or Deny.`);
-    if ((st.Action === undefined) === (st.NotAction === undefined)) throw malformedPolicy('Syntax errors in policy: a statement needs exactly one of Action and NotAction.');
+    if ((st.Action === undefined) === (st.NotAction === undefined))
+      throw malformedPolicy('Syntax errors in policy: a statement needs exactly one of Action and NotAction.');
     if ((st.Resource === undefined) === (st.NotResource === undefined)) throw malformedPolicy('Policy statement must contain resources.');
     const out: Statement = { Effect: st.Effect };
     if (st.Sid !== undefined) {
@@ -67,7 +72,9 @@ export function parsePolicy(text: string): PolicyDocument {
     for (const k of ['Action', 'NotAction'] as const) {
       if (st[k] === undefined) continue;
       out[k] = toList(st[k], k);
-      for (const a of out[k]!) if (a !== '*' && !/^[a-zA-Z0-9-]+:[A-Za-z0-9*?]+$/.test(a)) throw malformedPolicy(`Actions/Conditions must be prefaced by a vendor, e.g., iam, sdb, ec2, etc. (${a})`);
+      for (const a of out[k]!)
+        if (a !== '*' && !/^[a-zA-Z0-9-]+:[A-Za-z0-9*?]+$/.test(a))
+          throw malformedPolicy(`Actions/Conditions must be prefaced by a vendor, e.g., iam, sdb, ec2, etc. (${a})`);
     }
     for (const k of ['Resource', 'NotResource'] as const) if (st[k] !== undefined) out[k] = toList(st[k], k);
     if (st.Condition !== undefined) out.Condition = parseCondition(st.Condition);
@@ -80,8 +87,10 @@ function parseCondition(c: unknown): Record<string, Record<string, string[]>> {
   if (!c || typeof c !== 'object' || Array.isArray(c)) throw malformedPolicy('Syntax errors in policy: Condition must be an object.');
   const out: Record<string, Record<string, string[]>> = {};
   for (const [op, block] of Object.entries(c)) {
-    if (!(OPERATORS as readonly string[]).includes(op)) throw malformedPolicy(`Emulator: unsupported condition operator ${op} (supported: ${OPERATORS.join(', ')}).`);
-    if (!block || typeof block !== 'object' || Array.isArray(block)) throw malformedPolicy(`Syntax errors in policy: ${op} must map keys to values.`);
+    if (!(OPERATORS as readonly string[]).includes(op))
+      throw malformedPolicy(`Emulator: unsupported condition operator ${op} (supported: ${OPERATORS.join(', ')}).`);
+    if (!block || typeof block !== 'object' || Array.isArray(block))
+      throw malformedPolicy(`Syntax errors in policy: ${op} must map keys to values.`);
     out[op] = {};
     for (const [key, v] of Object.entries(block)) {
       const values = toList(v, `${op}.${key}`);
@@ -94,7 +103,10 @@ function parseCondition(c: unknown): Record<string, Record<string, string[]>> {
 
 /** IAM wildcard match: `*` any run, `?` one character. */
 export function wildcard(pattern: string, value: string, ignoreCase: boolean): boolean {
-  const re = pattern.replace(/[.+^${}()|[\]\\]/g, '\\$&').replace(/\*/g, '.*').replace(/\?/g, '.');
+  const re = pattern
+    .replace(/[.+^${}()|[\]\\]/g, '\\$&')
+    .replace(/\*/g, '.*')
+    .replace(/\?/g, '.');
   return new RegExp(`^${re}$`, ignoreCase ? 'i' : '').test(value);
 }
 
@@ -110,7 +122,8 @@ function conditionHolds(cond: Statement['Condition'], ctx: RequestContext): bool
     for (const [key, values] of Object.entries(block)) {
       const actual = ctx.keys[key];
       let ok: boolean;
-      if (actual === undefined) ok = op === 'StringNotEquals'; // absent key: only negated operators match
+      if (actual === undefined)
+        ok = op === 'StringNotEquals'; // absent key: only negated operators match
       else if (op === 'StringEquals') ok = values.includes(actual);
       else if (op === 'StringNotEquals') ok = !values.includes(actual);
       else if (op === 'StringLike') ok = values.some((v) => wildcard(v, actual, false));
@@ -124,9 +137,13 @@ function conditionHolds(cond: Statement['Condition'], ctx: RequestContext): bool
 
 /** Whether a statement applies to the request (action, resource and every condition). */
 export function statementMatches(st: Statement, ctx: RequestContext): boolean {
-  const actionHit = st.Action ? st.Action.some((a) => wildcard(a, ctx.action, true)) : !st.NotAction!.some((a) => wildcard(a, ctx.action, true));
+  const actionHit = st.Action
+    ? st.Action.some((a) => wildcard(a, ctx.action, true))
+    : !st.NotAction!.some((a) => wildcard(a, ctx.action, true));
   if (!actionHit) return false;
-  const resourceHit = st.Resource ? st.Resource.some((r) => wildcard(r, ctx.resource, false)) : !st.NotResource!.some((r) => wildcard(r, ctx.resource, false));
+  const resourceHit = st.Resource
+    ? st.Resource.some((r) => wildcard(r, ctx.resource, false))
+    : !st.NotResource!.some((r) => wildcard(r, ctx.resource, false));
   return resourceHit && conditionHolds(st.Condition, ctx);
 }
 

@@ -60,7 +60,10 @@ export interface AwsEmulator {
   setDown(down?: boolean): void;
   /** A newly created access key answers InvalidClientTokenId for its first `calls` requests (IAM eventual consistency). */
   setKeyPropagationDelay(calls: number): void;
-  createRole(name: string, opts?: { maxSessionDuration?: number; trust?: string[]; externalId?: string; path?: string }): { roleName: string; roleId: string; arn: string };
+  createRole(
+    name: string,
+    opts?: { maxSessionDuration?: number; trust?: string[]; externalId?: string; path?: string },
+  ): { roleName: string; roleId: string; arn: string };
   createUser(name: string): EmulatedUser;
   /** An inline policy of a role, parsed; undefined when absent. */
   rolePolicy(roleName: string, policyName: string): unknown;
@@ -132,8 +135,12 @@ export async function startAwsEmulator(opts: AwsEmulatorOptions = {}): Promise<A
         return;
       }
       if (req.method !== 'POST') throw new AwsError('InvalidAction', 400, `Emulator: only POST is implemented, got ${req.method}.`);
-      const type = String(req.headers['content-type'] ?? '').split(';')[0]!.trim().toLowerCase();
-      if (type !== 'application/x-www-form-urlencoded') throw new AwsError('InvalidAction', 400, `Emulator: expected an application/x-www-form-urlencoded body, got "${type}".`);
+      const type = String(req.headers['content-type'] ?? '')
+        .split(';')[0]!
+        .trim()
+        .toLowerCase();
+      if (type !== 'application/x-www-form-urlencoded')
+        throw new AwsError('InvalidAction', 400, `Emulator: expected an application/x-www-form-urlencoded body, got "${type}".`);
       const body = await readBody(req);
       const params: Record<string, string> = {};
       for (const [k, v] of new URLSearchParams(body.toString('utf8'))) {
@@ -156,11 +163,13 @@ export async function startAwsEmulator(opts: AwsEmulatorOptions = {}): Promise<A
 
       const auth = parseSigV4(req.headers.authorization);
       entry.accessKeyId = auth.accessKeyId;
-      if (auth.service !== service.name) throw new AwsError('SignatureDoesNotMatch', 403, `Credential should be scoped to correct service: '${service.name}'.`);
+      if (auth.service !== service.name)
+        throw new AwsError('SignatureDoesNotMatch', 403, `Credential should be scoped to correct service: '${service.name}'.`);
       const token = req.headers['x-amz-security-token'];
       const { principal, secret } = account.principal(auth.accessKeyId, typeof token === 'string' ? token : undefined);
       verifySigV4({ method: req.method, url: req.url ?? '/', headers: req.headers, body }, auth, secret);
-      if (token !== undefined && !auth.signedHeaders.includes('x-amz-security-token')) throw new AwsError('IncompleteSignature', 400, 'X-Amz-Security-Token must be signed.');
+      if (token !== undefined && !auth.signedHeaders.includes('x-amz-security-token'))
+        throw new AwsError('IncompleteSignature', 400, 'X-Amz-Security-Token must be signed.');
       account.checkNotExpired(principal);
 
       const result = handler({ account, principal, params, packedPolicyLimit, keyPropagationDelay: propagationDelay });
@@ -193,12 +202,20 @@ export async function startAwsEmulator(opts: AwsEmulatorOptions = {}): Promise<A
   return {
     url: `http://127.0.0.1:${port}`,
     accountId: account.accountId,
-    stop: () => new Promise<void>((resolve) => {
-      for (const s of sockets) s.destroy();
-      server.close(() => resolve());
-    }),
+    stop: () =>
+      new Promise<void>((resolve) => {
+        for (const s of sockets) s.destroy();
+        server.close(() => resolve());
+      }),
     setThrottle: (n, action) => faults.push({ remaining: n, action, status: 400, code: 'Throttling', message: 'Rate exceeded' }),
-    failNext: (n, o = {}) => faults.push({ remaining: n, action: o.action, status: o.status ?? 500, code: o.code ?? 'InternalFailure', message: 'We encountered an internal error. Please try again.' }),
+    failNext: (n, o = {}) =>
+      faults.push({
+        remaining: n,
+        action: o.action,
+        status: o.status ?? 500,
+        code: o.code ?? 'InternalFailure',
+        message: 'We encountered an internal error. Please try again.',
+      }),
     setDown: (d = true) => {
       down = d;
     },
@@ -219,7 +236,8 @@ export async function startAwsEmulator(opts: AwsEmulatorOptions = {}): Promise<A
       return doc === undefined ? undefined : JSON.parse(doc);
     },
     rolePolicyNames: (roleName) => [...account.role(roleName).inlinePolicies.keys()],
-    accessKeys: (userName) => [...account.keys.values()].filter((k) => k.userName === userName).map((k) => ({ accessKeyId: k.accessKeyId, status: k.status })),
+    accessKeys: (userName) =>
+      [...account.keys.values()].filter((k) => k.userName === userName).map((k) => ({ accessKeyId: k.accessKeyId, status: k.status })),
     sessions: () => [...account.sessions.values()],
     evaluate: (accessKeyId, action, resource) => {
       const s = account.sessions.get(accessKeyId);

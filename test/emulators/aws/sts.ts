@@ -19,10 +19,12 @@ const assumeRole: Handler = (ctx) => {
   const { params, account } = ctx;
   onlyParams('AssumeRole', params, [
     /^(RoleArn|RoleSessionName|DurationSeconds|Policy|ExternalId|SourceIdentity)$/,
-    /^Tags(\.member\.\d+\.(Key|Value))?$/, /^TransitiveTagKeys(\.member\.\d+)?$/, /^PolicyArns$/,
+    /^Tags(\.member\.\d+\.(Key|Value))?$/,
+    /^TransitiveTagKeys(\.member\.\d+)?$/,
+    /^PolicyArns$/,
   ]);
   const duration = intParam(params, 'DurationSeconds', 'durationSeconds');
-  const tags = listParam(params, 'Tags').map((t) => ({ Key: t.Key, Value: t.Value ?? '' }));
+  const tags = listParam(params, 'Tags').map((t) => ({ Key: t.Key ?? '', Value: t.Value ?? '' }));
   const transitive = listParam(params, 'TransitiveTagKeys').map((t) => t['']!);
   const c = new Constraints();
   c.required('roleArn', params.RoleArn);
@@ -33,7 +35,8 @@ const assumeRole: Handler = (ctx) => {
   c.range('durationSeconds', duration, 900, 43_200);
   c.length('policy', params.Policy, 1, 2048);
   c.pattern('policy', params.Policy, POLICY_CHARS_RE, '[\\u0009\\u000A\\u000D\\u0020-\\u00FF]+');
-  if (tags.length > 50) c.problems.push(`Value '[…]' at 'tags' failed to satisfy constraint: Member must have length less than or equal to 50`);
+  if (tags.length > 50)
+    c.problems.push(`Value '[…]' at 'tags' failed to satisfy constraint: Member must have length less than or equal to 50`);
   tags.forEach((t, i) => {
     c.required(`tags.${i + 1}.member.key`, t.Key);
     c.length(`tags.${i + 1}.member.key`, t.Key, 1, 128);
@@ -41,7 +44,8 @@ const assumeRole: Handler = (ctx) => {
     c.length(`tags.${i + 1}.member.value`, t.Value, 0, 256);
     c.pattern(`tags.${i + 1}.member.value`, t.Value, TAG_RE, TAG_SHOWN);
   });
-  if (transitive.length > 50) c.problems.push(`Value '[…]' at 'transitiveTagKeys' failed to satisfy constraint: Member must have length less than or equal to 50`);
+  if (transitive.length > 50)
+    c.problems.push(`Value '[…]' at 'transitiveTagKeys' failed to satisfy constraint: Member must have length less than or equal to 50`);
   transitive.forEach((k, i) => {
     c.length(`transitiveTagKeys.${i + 1}.member`, k, 1, 128);
     c.pattern(`transitiveTagKeys.${i + 1}.member`, k, TAG_RE, TAG_SHOWN);
@@ -65,8 +69,10 @@ const assumeRole: Handler = (ctx) => {
   if (role.externalId !== undefined && params.ExternalId !== role.externalId) throw notAuthorized();
 
   const seconds = duration ?? 3600;
-  if (ctx.principal.kind === 'session' && seconds > 3600) throw validationError(['The requested DurationSeconds exceeds the 1 hour session limit for roles assumed by role chaining.']);
-  if (seconds > role.maxSessionDuration) throw new AwsError('ValidationError', 400, 'The requested DurationSeconds exceeds the MaxSessionDuration set for this role.');
+  if (ctx.principal.kind === 'session' && seconds > 3600)
+    throw validationError(['The requested DurationSeconds exceeds the 1 hour session limit for roles assumed by role chaining.']);
+  if (seconds > role.maxSessionDuration)
+    throw new AwsError('ValidationError', 400, 'The requested DurationSeconds exceeds the MaxSessionDuration set for this role.');
   if (params.SourceIdentity?.toLowerCase().startsWith('aws:')) throw validationError(['SourceIdentity must not start with "aws:"']);
   const keys = new Set<string>();
   for (const t of tags) {
@@ -78,30 +84,48 @@ const assumeRole: Handler = (ctx) => {
   for (const k of transitive) {
     if (!keys.has(k.toLowerCase())) throw validationError([`The transitive tag key ${k} is not one of the session tag keys.`]);
   }
-  if (params.PolicyArns !== undefined && params.PolicyArns !== '') throw new AwsError('InvalidParameter', 400, 'Emulator: PolicyArns is not supported.');
+  if (params.PolicyArns !== undefined && params.PolicyArns !== '')
+    throw new AwsError('InvalidParameter', 400, 'Emulator: PolicyArns is not supported.');
   const policy = params.Policy === undefined ? undefined : parsePolicy(params.Policy);
 
   // AWS's packed format is undocumented; this stands in for it: compressed policy plus raw tag bytes.
-  const packed = (params.Policy ? deflateRawSync(params.Policy).length : 0)
-    + tags.reduce((n, t) => n + Buffer.byteLength(t.Key) + Buffer.byteLength(t.Value), 0)
-    + transitive.reduce((n, k) => n + Buffer.byteLength(k), 0);
+  const packed =
+    (params.Policy ? deflateRawSync(params.Policy).length : 0) +
+    tags.reduce((n, t) => n + Buffer.byteLength(t.Key) + Buffer.byteLength(t.Value), 0) +
+    transitive.reduce((n, k) => n + Buffer.byteLength(k), 0);
   const percent = Math.ceil((packed * 100) / ctx.packedPolicyLimit);
-  if (percent > 100) throw new AwsError('PackedPolicyTooLarge', 400, `Packed size of the session policy and session tags is ${percent}% of the allowed limit.`);
+  if (percent > 100)
+    throw new AwsError(
+      'PackedPolicyTooLarge',
+      400,
+      `Packed size of the session policy and session tags is ${percent}% of the allowed limit.`,
+    );
 
   const now = account.clock();
   const session: Session = {
-    accessKeyId: awsId('ASIA', 16), secretAccessKey: randomBytes(30).toString('base64'),
+    accessKeyId: awsId('ASIA', 16),
+    secretAccessKey: randomBytes(30).toString('base64'),
     sessionToken: `IQoJb3JpZ2luX2VjE${randomBytes(180).toString('base64')}`,
-    role, sessionName: params.RoleSessionName!, issuedAt: now, expiresAt: now + seconds * 1000,
-    policy, policyText: params.Policy, tags, transitiveTagKeys: transitive,
-    sourceIdentity: params.SourceIdentity, externalId: params.ExternalId, issuedTo: callerArn,
+    role,
+    sessionName: params.RoleSessionName!,
+    issuedAt: now,
+    expiresAt: now + seconds * 1000,
+    policy,
+    policyText: params.Policy,
+    tags,
+    transitiveTagKeys: transitive,
+    sourceIdentity: params.SourceIdentity,
+    externalId: params.ExternalId,
+    issuedTo: callerArn,
   };
   account.sessions.set(session.accessKeyId, session);
   const arn = `arn:aws:sts::${account.accountId}:assumed-role/${role.roleName}/${session.sessionName}`;
-  return el('SourceIdentity', session.sourceIdentity)
-    + `<AssumedRoleUser>${el('Arn', arn)}${el('AssumedRoleId', `${role.roleId}:${session.sessionName}`)}</AssumedRoleUser>`
-    + `<Credentials>${el('AccessKeyId', session.accessKeyId)}${el('SecretAccessKey', session.secretAccessKey)}${el('SessionToken', session.sessionToken)}${el('Expiration', isoSeconds(session.expiresAt))}</Credentials>`
-    + el('PackedPolicySize', percent);
+  return (
+    el('SourceIdentity', session.sourceIdentity) +
+    `<AssumedRoleUser>${el('Arn', arn)}${el('AssumedRoleId', `${role.roleId}:${session.sessionName}`)}</AssumedRoleUser>` +
+    `<Credentials>${el('AccessKeyId', session.accessKeyId)}${el('SecretAccessKey', session.secretAccessKey)}${el('SessionToken', session.sessionToken)}${el('Expiration', isoSeconds(session.expiresAt))}</Credentials>` +
+    el('PackedPolicySize', percent)
+  );
 };
 
 /**
@@ -113,7 +137,9 @@ const getCallerIdentity: Handler = (ctx: ActionContext) => {
   onlyParams('GetCallerIdentity', ctx.params, []);
   const p = ctx.principal;
   if (p.kind === 'session' && ctx.account.evaluate(p.session, 'sts:GetCallerIdentity', '*') === 'explicit-deny') {
-    throw accessDenied(`User: ${ctx.account.arnOf(p)} is not authorized to perform: sts:GetCallerIdentity with an explicit deny in an identity-based policy`);
+    throw accessDenied(
+      `User: ${ctx.account.arnOf(p)} is not authorized to perform: sts:GetCallerIdentity with an explicit deny in an identity-based policy`,
+    );
   }
   return el('Arn', ctx.account.arnOf(p)) + el('UserId', ctx.account.userIdOf(p)) + el('Account', ctx.account.accountId);
 };

@@ -22,10 +22,7 @@ export interface RequestContext {
 }
 
 /** What a handler answers: a full JSON envelope, a raw body (sys/health), or 204. */
-export type Reply =
-  | { status: number; envelope: Partial<Envelope>; sys?: boolean }
-  | { status: number; raw: unknown }
-  | { status: 204 };
+export type Reply = { status: number; envelope: Partial<Envelope>; sys?: boolean } | { status: number; raw: unknown } | { status: 204 };
 
 export interface Envelope {
   request_id: string;
@@ -61,8 +58,16 @@ export const ok = (envelope: Partial<Envelope>, sys = false): Reply => ({ status
 export function renderEnvelope(e: Partial<Envelope>, warnings: string[], sys: boolean): Record<string, unknown> {
   const all = [...(e.warnings ?? []), ...warnings];
   const body: Record<string, unknown> = {
-    request_id: uuid(), lease_id: '', renewable: false, lease_duration: 0, data: null, wrap_info: null,
-    warnings: all.length ? all : null, auth: null, mount_type: '', ...e,
+    request_id: uuid(),
+    lease_id: '',
+    renewable: false,
+    lease_duration: 0,
+    data: null,
+    wrap_info: null,
+    warnings: all.length ? all : null,
+    auth: null,
+    mount_type: '',
+    ...e,
   };
   body.warnings = all.length ? all : null;
   if (sys && e.data) for (const [k, v] of Object.entries(e.data)) if (!(k in body)) body[k] = v;
@@ -100,9 +105,19 @@ export function fields<S extends Record<string, FieldType>>(ctx: RequestContext,
   return out as { [K in keyof S]?: FieldValue<S[K]> };
 }
 
-type FieldValue<T extends FieldType> =
-  T extends 'string' ? string : T extends 'int' ? number : T extends 'bool' ? boolean : T extends 'strings' ? string[]
-    : T extends 'map' ? Record<string, string> : T extends 'duration' ? number : unknown;
+type FieldValue<T extends FieldType> = T extends 'string'
+  ? string
+  : T extends 'int'
+    ? number
+    : T extends 'bool'
+      ? boolean
+      : T extends 'strings'
+        ? string[]
+        : T extends 'map'
+          ? Record<string, string>
+          : T extends 'duration'
+            ? number
+            : unknown;
 
 function coerce(key: string, type: FieldType, v: unknown): unknown {
   const wrong = () => badRequest(`error converting input ${JSON.stringify(v)} for field "${key}"`);
@@ -121,7 +136,11 @@ function coerce(key: string, type: FieldType, v: unknown): unknown {
       throw wrong();
     case 'strings':
       // Vault's TypeCommaStringSlice accepts an array or a comma-separated string.
-      if (typeof v === 'string') return v.split(',').map((s) => s.trim()).filter(Boolean);
+      if (typeof v === 'string')
+        return v
+          .split(',')
+          .map((s) => s.trim())
+          .filter(Boolean);
       if (Array.isArray(v) && v.every((s) => typeof s === 'string')) return v;
       throw wrong();
     case 'map':

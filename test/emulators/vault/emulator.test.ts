@@ -9,8 +9,12 @@ beforeAll(async () => {
   });
   emu.createDatabaseRole('orders', { defaultTtl: 60, maxTtl: 120 });
 });
-afterAll(async () => { await emu.stop(); });
-afterEach(() => { expect(emu.unhandled).toEqual([]); });
+afterAll(async () => {
+  await emu.stop();
+});
+afterEach(() => {
+  expect(emu.unhandled).toEqual([]);
+});
 
 const client = (token?: string, extra: Record<string, unknown> = {}) => {
   const c = nodeVault({ endpoint: emu.url, ...(token ? { token } : {}), ...extra });
@@ -32,19 +36,49 @@ describe('token store', () => {
   test('create answers the full envelope; meta comes back as metadata; policies sorted with default', async () => {
     const root = client(emu.rootToken);
     const r = await root.write('auth/token/create', {
-      policies: ['web', 'db-read'], meta: { task_id: 't1' }, ttl: '120s', explicit_max_ttl: '90s', num_uses: 3, renewable: false, display_name: 'jit lease/1',
+      policies: ['web', 'db-read'],
+      meta: { task_id: 't1' },
+      ttl: '120s',
+      explicit_max_ttl: '90s',
+      num_uses: 3,
+      renewable: false,
+      display_name: 'jit lease/1',
     });
-    expect(Object.keys(r).sort()).toEqual(['auth', 'data', 'lease_duration', 'lease_id', 'mount_type', 'renewable', 'request_id', 'warnings', 'wrap_info']);
+    expect(Object.keys(r).sort()).toEqual([
+      'auth',
+      'data',
+      'lease_duration',
+      'lease_id',
+      'mount_type',
+      'renewable',
+      'request_id',
+      'warnings',
+      'wrap_info',
+    ]);
     expect(r).toMatchObject({ data: null, wrap_info: null, lease_id: '', renewable: false, lease_duration: 0 });
     expect(r.warnings).toEqual(expect.arrayContaining([expect.stringContaining('explicit max TTL')]));
     expect(r.auth).toMatchObject({
-      policies: ['db-read', 'default', 'web'], metadata: { task_id: 't1' }, lease_duration: 90, renewable: false,
-      num_uses: 3, orphan: false, token_type: 'service', mfa_requirement: null, entity_id: '',
+      policies: ['db-read', 'default', 'web'],
+      metadata: { task_id: 't1' },
+      lease_duration: 90,
+      renewable: false,
+      num_uses: 3,
+      orphan: false,
+      token_type: 'service',
+      mfa_requirement: null,
+      entity_id: '',
     });
     expect(r.auth.client_token).toMatch(/^hvs\.[A-Za-z0-9]{24}$/);
     expect(r.auth.accessor).toMatch(/^[A-Za-z0-9]{24}$/);
     const look = await root.write('auth/token/lookup-accessor', { accessor: r.auth.accessor });
-    expect(look.data).toMatchObject({ id: '', display_name: 'token-jit-lease-1', explicit_max_ttl: 90, meta: { task_id: 't1' }, num_uses: 3, path: 'auth/token/create' });
+    expect(look.data).toMatchObject({
+      id: '',
+      display_name: 'token-jit-lease-1',
+      explicit_max_ttl: 90,
+      meta: { task_id: 't1' },
+      num_uses: 3,
+      path: 'auth/token/create',
+    });
   });
 
   test('node-vault tokenCreate hijacks the client token (the pitfall the provider avoids)', async () => {
@@ -56,7 +90,10 @@ describe('token store', () => {
   test('child policies must be a subset of the parent; ACL denies paths outside the policies', async () => {
     const { token } = emu.createToken({ policies: ['issuer', 'web'] });
     const c = client(token);
-    expect(await failure(c.write('auth/token/create', { policies: ['db-read'] }))).toMatchObject({ status: 400, errors: ['child policies must be subset of parent'] });
+    expect(await failure(c.write('auth/token/create', { policies: ['db-read'] }))).toMatchObject({
+      status: 400,
+      errors: ['child policies must be subset of parent'],
+    });
     const child = await c.write('auth/token/create-orphan', { policies: ['web'], no_default_policy: true, ttl: 30 });
     expect(child.auth).toMatchObject({ policies: ['web'], orphan: true, lease_duration: 30 });
     const denied = await failure(c.read('database/creds/orders'));
@@ -90,7 +127,10 @@ describe('token store', () => {
     expect(renewed.auth.lease_duration).toBeLessThanOrEqual(7);
     expect(renewed.warnings[0]).toContain('capped');
     const fixed = await root.write('auth/token/create-orphan', { policies: ['web'], ttl: '10s', renewable: false });
-    expect(await failure(client(fixed.auth.client_token).write('auth/token/renew-self', {}))).toMatchObject({ status: 400, errors: ['lease is not renewable'] });
+    expect(await failure(client(fixed.auth.client_token).write('auth/token/renew-self', {}))).toMatchObject({
+      status: 400,
+      errors: ['lease is not renewable'],
+    });
   });
 
   test('tokens expire by time', async () => {
@@ -98,7 +138,10 @@ describe('token store', () => {
     expect(emu.isTokenValid(made.auth.client_token)).toBe(true);
     emu.advanceTime(6);
     expect(emu.isTokenValid(made.auth.client_token)).toBe(false);
-    expect(await failure(client(emu.rootToken).write('auth/token/lookup-accessor', { accessor: made.auth.accessor }))).toMatchObject({ status: 400, errors: ['invalid accessor'] });
+    expect(await failure(client(emu.rootToken).write('auth/token/lookup-accessor', { accessor: made.auth.accessor }))).toMatchObject({
+      status: 400,
+      errors: ['invalid accessor'],
+    });
   });
 
   test('revoking a parent revokes its children and their leases; revoke-accessor of an unknown accessor is 400', async () => {
@@ -110,7 +153,10 @@ describe('token store', () => {
     expect(await root.write('auth/token/revoke-accessor', { accessor: parent.auth.accessor })).toBe('');
     expect(emu.isTokenValid(child.auth.client_token)).toBe(false);
     expect(emu.isDbUserValid(creds.data.username)).toBe(false);
-    expect(await failure(root.write('auth/token/revoke-accessor', { accessor: parent.auth.accessor }))).toMatchObject({ status: 400, errors: ['invalid accessor'] });
+    expect(await failure(root.write('auth/token/revoke-accessor', { accessor: parent.auth.accessor }))).toMatchObject({
+      status: 400,
+      errors: ['invalid accessor'],
+    });
   });
 });
 
@@ -127,7 +173,10 @@ describe('dynamic secrets and leases', () => {
     expect(renewed.lease_duration).toBeLessThanOrEqual(120);
     await root.revoke({ lease_id: creds.lease_id });
     expect(emu.isDbUserValid(creds.data.username)).toBe(false);
-    expect(await failure(root.write('sys/leases/lookup', { lease_id: creds.lease_id }))).toMatchObject({ status: 400, errors: ['invalid lease'] });
+    expect(await failure(root.write('sys/leases/lookup', { lease_id: creds.lease_id }))).toMatchObject({
+      status: 400,
+      errors: ['invalid lease'],
+    });
     // Revoking an unknown lease is a no-op, as in Vault.
     expect(await root.revoke({ lease_id: creds.lease_id })).toBe('');
   });
@@ -157,20 +206,32 @@ describe('approle', () => {
     const { roleId, secretId } = emu.createAppRole({ name: 'broker', policies: ['broker'], tokenTtl: 60, tokenMaxTtl: 120 });
     const anon = client();
     const login = await anon.approleLogin({ role_id: roleId, secret_id: secretId });
-    expect(login.auth).toMatchObject({ policies: ['broker', 'default'], metadata: { role_name: 'broker' }, lease_duration: 60, renewable: true, orphan: true });
+    expect(login.auth).toMatchObject({
+      policies: ['broker', 'default'],
+      metadata: { role_name: 'broker' },
+      lease_duration: 60,
+      renewable: true,
+      orphan: true,
+    });
     const c = client(login.auth.client_token);
     expect((await c.read('auth/approle/role/broker/role-id')).data.role_id).toBe(roleId);
     const gen = await c.write('auth/approle/role/broker/secret-id', { metadata: JSON.stringify({ by: 'test' }) });
     expect(gen.data).toMatchObject({ secret_id_ttl: 0, secret_id_num_uses: 0 });
     const looked = await c.write('auth/approle/role/broker/secret-id/lookup', { secret_id: gen.data.secret_id });
-    expect(looked.data).toMatchObject({ secret_id_accessor: gen.data.secret_id_accessor, metadata: { by: 'test' }, expiration_time: '0001-01-01T00:00:00Z' });
+    expect(looked.data).toMatchObject({
+      secret_id_accessor: gen.data.secret_id_accessor,
+      metadata: { by: 'test' },
+      expiration_time: '0001-01-01T00:00:00Z',
+    });
     const listed = await c.list('auth/approle/role/broker/secret-id');
     expect(listed.data.keys).toContain(gen.data.secret_id_accessor);
     const listedQ = await client(login.auth.client_token, { noCustomHTTPVerbs: true }).list('auth/approle/role/broker/secret-id');
     expect(listedQ.data.keys.sort()).toEqual(listed.data.keys.sort());
     await c.write('auth/approle/role/broker/secret-id-accessor/destroy', { secret_id_accessor: gen.data.secret_id_accessor });
-    expect(await failure(client().write('auth/approle/login', { role_id: roleId, secret_id: gen.data.secret_id })))
-      .toMatchObject({ status: 400, errors: ['invalid role or secret ID'] });
+    expect(await failure(client().write('auth/approle/login', { role_id: roleId, secret_id: gen.data.secret_id }))).toMatchObject({
+      status: 400,
+      errors: ['invalid role or secret ID'],
+    });
     expect(await c.write('auth/approle/role/broker/secret-id/lookup', { secret_id: gen.data.secret_id })).toBe('');
   });
 });
@@ -184,9 +245,15 @@ describe('namespaces', () => {
     expect(login.auth.accessor).toMatch(/^[A-Za-z0-9]{24}\.[A-Za-z0-9]{5}$/);
     const inNs = client(login.auth.client_token, { namespace: 'team-a' });
     const child = await inNs.write('auth/token/create-orphan', { ttl: '60s' });
-    expect((await client(login.auth.client_token).write('team-a/auth/token/lookup-accessor', { accessor: child.auth.accessor })).data.policies).toEqual(['default', 'issuer']);
-    expect(await failure(client(emu.rootToken).write('auth/token/lookup-accessor', { accessor: child.auth.accessor }))).toMatchObject({ status: 400 });
-    expect(await failure(client(emu.rootToken).write('auth/approle/login', { role_id: roleId, secret_id: secretId }))).toMatchObject({ status: 400 });
+    expect(
+      (await client(login.auth.client_token).write('team-a/auth/token/lookup-accessor', { accessor: child.auth.accessor })).data.policies,
+    ).toEqual(['default', 'issuer']);
+    expect(await failure(client(emu.rootToken).write('auth/token/lookup-accessor', { accessor: child.auth.accessor }))).toMatchObject({
+      status: 400,
+    });
+    expect(await failure(client(emu.rootToken).write('auth/approle/login', { role_id: roleId, secret_id: secretId }))).toMatchObject({
+      status: 400,
+    });
   });
 });
 
@@ -222,7 +289,10 @@ describe('failure modes', () => {
     const bad = await fetch(`${emu.url}/v1/auth/token/create`, { method: 'POST', headers: h, body: '{"policies":' });
     expect(bad.status).toBe(400);
     expect(((await bad.json()) as { errors: string[] }).errors[0]).toContain('failed to parse JSON input');
-    expect(await failure(client(emu.rootToken).write('auth/token/create', { polices: ['web'] }))).toMatchObject({ status: 400, errors: ['unrecognized parameters: polices'] });
+    expect(await failure(client(emu.rootToken).write('auth/token/create', { polices: ['web'] }))).toMatchObject({
+      status: 400,
+      errors: ['unrecognized parameters: polices'],
+    });
     const wrongVerb = await fetch(`${emu.url}/v1/auth/token/create`, { headers: h });
     expect(wrongVerb.status).toBe(405);
     expect(emu.unhandled.splice(0)).toHaveLength(1);
@@ -230,7 +300,10 @@ describe('failure modes', () => {
 
   test('injected faults answer the given status once', async () => {
     emu.injectFault({ path: 'auth/token/lookup-self', status: 429, errors: ['rate limit quota exceeded'] });
-    expect(await failure(client(emu.rootToken).read('auth/token/lookup-self'))).toMatchObject({ status: 429, errors: ['rate limit quota exceeded'] });
+    expect(await failure(client(emu.rootToken).read('auth/token/lookup-self'))).toMatchObject({
+      status: 429,
+      errors: ['rate limit quota exceeded'],
+    });
     expect((await client(emu.rootToken).read('auth/token/lookup-self')).data.policies).toEqual(['root']);
   });
 });

@@ -65,7 +65,14 @@ export interface VaultEmulator {
   createDatabaseRole(name: string, opts?: { defaultTtl?: number; maxTtl?: number; namespace?: string }): void;
   createAwsRole(name: string, opts?: { credentialType?: AwsCredentialType; defaultTtl?: number; namespace?: string }): void;
   /** Creates an orphan service token as root would (policies as given plus "default"). */
-  createToken(opts: { policies: string[]; ttl?: number; explicitMaxTtl?: number; renewable?: boolean; numUses?: number; namespace?: string }): { token: string; accessor: string };
+  createToken(opts: {
+    policies: string[];
+    ttl?: number;
+    explicitMaxTtl?: number;
+    renewable?: boolean;
+    numUses?: number;
+    namespace?: string;
+  }): { token: string; accessor: string };
   /** Revokes a token from outside (an operator running `vault token revoke`). */
   revokeToken(token: string): void;
   tokenByAccessor(accessor: string): TokenView | undefined;
@@ -85,12 +92,27 @@ export async function startVaultEmulator(opts: VaultEmulatorOptions = {}): Promi
   for (const ns of opts.namespaces ?? []) state.addNamespace(ns);
   for (const [name, paths] of Object.entries(opts.policies ?? {})) state.policies.set(name, paths);
   const root = state.mintToken({
-    namespace: '', policies: ['root'], meta: null, displayName: 'root', numUses: 0, creationTtl: 0, expireAt: null,
-    maxExpireAt: null, explicitMaxTtl: 0, renewable: false, orphan: true, parent: null, path: 'auth/token/root',
+    namespace: '',
+    policies: ['root'],
+    meta: null,
+    displayName: 'root',
+    numUses: 0,
+    creationTtl: 0,
+    expireAt: null,
+    maxExpireAt: null,
+    explicitMaxTtl: 0,
+    renewable: false,
+    orphan: true,
+    parent: null,
+    path: 'auth/token/root',
   });
   const d: Dispatcher = {
-    state, routes: [...sysRoutes, ...tokenRoutes, ...approleRoutes, ...secretRoutes],
-    strictParams: opts.strictParams ?? true, log: [], unhandled: [], faults: [],
+    state,
+    routes: [...sysRoutes, ...tokenRoutes, ...approleRoutes, ...secretRoutes],
+    strictParams: opts.strictParams ?? true,
+    log: [],
+    unhandled: [],
+    faults: [],
   };
   const front = new Front((req, res) => void dispatch(d, req, res));
   await front.start(opts.port ?? 0);
@@ -113,21 +135,38 @@ export async function startVaultEmulator(opts: VaultEmulatorOptions = {}): Promi
     requests: d.log,
     unhandled: d.unhandled,
     stop: () => front.stop(),
-    seal: () => { state.sealed = true; },
-    unseal: () => { state.sealed = false; },
+    seal: () => {
+      state.sealed = true;
+    },
+    unseal: () => {
+      state.sealed = false;
+    },
     setDown: (down) => (down ? front.down() : front.up()),
-    injectFault: (f) => { d.faults.push({ times: 1, errors: [`injected ${f.status}`], ...f }); },
-    advanceTime: (seconds) => { state.clockOffsetMs += seconds * 1000; state.sweep(); },
-    setPolicy: (name, paths) => { state.policies.set(name, paths); },
+    injectFault: (f) => {
+      d.faults.push({ times: 1, errors: [`injected ${f.status}`], ...f });
+    },
+    advanceTime: (seconds) => {
+      state.clockOffsetMs += seconds * 1000;
+      state.sweep();
+    },
+    setPolicy: (name, paths) => {
+      state.policies.set(name, paths);
+    },
     addNamespace: (ns) => state.addNamespace(ns),
     createAppRole: (o) => {
       const space = state.space(o.namespace ?? '');
       const mount = o.mount ?? 'approle';
       space.approleMounts.add(mount);
       const role = {
-        mount, name: o.name, roleId: uuid(), policies: o.policies,
-        tokenTtl: o.tokenTtl ?? 1200, tokenMaxTtl: o.tokenMaxTtl ?? 1800,
-        secretIdTtl: o.secretIdTtl ?? 0, secretIdNumUses: o.secretIdNumUses ?? 0, secretIds: new Map(),
+        mount,
+        name: o.name,
+        roleId: uuid(),
+        policies: o.policies,
+        tokenTtl: o.tokenTtl ?? 1200,
+        tokenMaxTtl: o.tokenMaxTtl ?? 1800,
+        secretIdTtl: o.secretIdTtl ?? 0,
+        secretIdNumUses: o.secretIdNumUses ?? 0,
+        secretIds: new Map(),
       };
       space.approles.set(`${mount}/${o.name}`, role);
       const s = generateSecretId(state.now(), role);
@@ -137,21 +176,35 @@ export async function startVaultEmulator(opts: VaultEmulatorOptions = {}): Promi
       const s = generateSecretId(state.now(), approle(name, o));
       return { secretId: s.secretId, secretIdAccessor: s.accessor };
     },
-    isSecretIdValid: (name, secretId, o) => { state.sweep(); return approle(name, o).secretIds.has(secretId); },
+    isSecretIdValid: (name, secretId, o) => {
+      state.sweep();
+      return approle(name, o).secretIds.has(secretId);
+    },
     createDatabaseRole: (name, o = {}) => {
       state.space(o.namespace ?? '').dbRoles.set(name, { name, defaultTtl: o.defaultTtl ?? 3600, maxTtl: o.maxTtl ?? 86_400 });
     },
     createAwsRole: (name, o = {}) => {
-      state.space(o.namespace ?? '').awsRoles.set(name, { name, credentialType: o.credentialType ?? 'iam_user', defaultTtl: o.defaultTtl ?? 3600 });
+      state
+        .space(o.namespace ?? '')
+        .awsRoles.set(name, { name, credentialType: o.credentialType ?? 'iam_user', defaultTtl: o.defaultTtl ?? 3600 });
     },
     createToken: (o) => {
       const now = state.now();
       const ttl = o.ttl ?? SYSTEM_MAX_TTL;
       const t = state.mintToken({
-        namespace: o.namespace ?? '', policies: [...new Set([...o.policies, 'default'])].sort(), meta: null, displayName: 'token',
-        numUses: o.numUses ?? 0, creationTtl: ttl, expireAt: now + ttl * 1000,
-        maxExpireAt: now + (o.explicitMaxTtl ?? SYSTEM_MAX_TTL) * 1000, explicitMaxTtl: o.explicitMaxTtl ?? 0,
-        renewable: o.renewable ?? true, orphan: true, parent: null, path: 'auth/token/create-orphan',
+        namespace: o.namespace ?? '',
+        policies: [...new Set([...o.policies, 'default'])].sort(),
+        meta: null,
+        displayName: 'token',
+        numUses: o.numUses ?? 0,
+        creationTtl: ttl,
+        expireAt: now + ttl * 1000,
+        maxExpireAt: now + (o.explicitMaxTtl ?? SYSTEM_MAX_TTL) * 1000,
+        explicitMaxTtl: o.explicitMaxTtl ?? 0,
+        renewable: o.renewable ?? true,
+        orphan: true,
+        parent: null,
+        path: 'auth/token/create-orphan',
       });
       return { token: t.id, accessor: t.accessor };
     },
@@ -161,9 +214,21 @@ export async function startVaultEmulator(opts: VaultEmulatorOptions = {}): Promi
       const id = state.accessors.get(accessor);
       return view(id === undefined ? undefined : state.tokens.get(id));
     },
-    isTokenValid: (token) => { state.sweep(); return state.tokens.has(token); },
-    isDbUserValid: (username) => { state.sweep(); return state.dbUsers.get(username)?.valid === true; },
-    isAwsKeyValid: (key) => { state.sweep(); return state.awsKeys.get(key)?.valid === true; },
-    leaseExists: (id) => { state.sweep(); return state.leases.has(id); },
+    isTokenValid: (token) => {
+      state.sweep();
+      return state.tokens.has(token);
+    },
+    isDbUserValid: (username) => {
+      state.sweep();
+      return state.dbUsers.get(username)?.valid === true;
+    },
+    isAwsKeyValid: (key) => {
+      state.sweep();
+      return state.awsKeys.get(key)?.valid === true;
+    },
+    leaseExists: (id) => {
+      state.sweep();
+      return state.leases.has(id);
+    },
   };
 }

@@ -8,10 +8,21 @@ import { invalidToken, multiError, permissionDenied, sealed, unsupportedOperatio
 const MAX_BODY = 32 * 1024 * 1024;
 
 /** One request as seen by the emulator, for assertions in tests. */
-export interface RequestLogEntry { method: string; path: string; namespace: string; status: number }
+export interface RequestLogEntry {
+  method: string;
+  path: string;
+  namespace: string;
+  status: number;
+}
 
 /** A fault to inject: the next `times` requests matching `path` (and `method`) answer `status` / `errors`. */
-export interface Fault { path: string | RegExp; method?: string; status: number; errors: string[]; times: number }
+export interface Fault {
+  path: string | RegExp;
+  method?: string;
+  status: number;
+  errors: string[];
+  times: number;
+}
 
 export interface Dispatcher {
   state: VaultState;
@@ -63,7 +74,8 @@ async function readBody(req: IncomingMessage): Promise<Record<string, unknown>> 
   } catch (err) {
     throw new VaultHttpError(400, [`failed to parse JSON input: ${(err as Error).message}`]);
   }
-  if (!parsed || typeof parsed !== 'object' || Array.isArray(parsed)) throw new VaultHttpError(400, ['failed to parse JSON input: body must be a JSON object']);
+  if (!parsed || typeof parsed !== 'object' || Array.isArray(parsed))
+    throw new VaultHttpError(400, ['failed to parse JSON input: body must be a JSON object']);
   return parsed as Record<string, unknown>;
 }
 
@@ -95,12 +107,18 @@ export async function dispatch(d: Dispatcher, req: IncomingMessage, res: ServerR
     if (!url.pathname.startsWith('/v1/')) throw new VaultHttpError(404, []);
     const body = await readBody(req);
     const nsHeader = req.headers['x-vault-namespace'];
-    const { ns, rel } = resolveNamespace(d.state, typeof nsHeader === 'string' ? nsHeader : undefined, decodeURIComponent(url.pathname.slice(4)));
+    const { ns, rel } = resolveNamespace(
+      d.state,
+      typeof nsHeader === 'string' ? nsHeader : undefined,
+      decodeURIComponent(url.pathname.slice(4)),
+    );
     logged = { ...logged, path: rel, namespace: ns };
     if (d.state.sealed && rel !== 'sys/health' && rel !== 'sys/seal-status') throw sealed();
 
-    const fault = d.faults.find((f) => f.times > 0 && (f.method === undefined || f.method === method)
-      && (typeof f.path === 'string' ? f.path === rel : f.path.test(rel)));
+    const fault = d.faults.find(
+      (f) =>
+        f.times > 0 && (f.method === undefined || f.method === method) && (typeof f.path === 'string' ? f.path === rel : f.path.test(rel)),
+    );
     if (fault) {
       fault.times--;
       throw new VaultHttpError(fault.status, fault.errors);
@@ -110,7 +128,10 @@ export async function dispatch(d: Dispatcher, req: IncomingMessage, res: ServerR
     let match: { route: Route; params: Record<string, string> } | undefined;
     for (const route of d.routes) {
       const m = route.pattern.exec(rel);
-      if (m) { match = { route, params: { ...m.groups } }; break; }
+      if (m) {
+        match = { route, params: { ...m.groups } };
+        break;
+      }
     }
     // Vault checks the token before it looks the path up, so a bad token is a 403 even on unknown paths.
     const token = match?.route.unauthenticated ? undefined : authenticate(d.state, tokenOf(req), ns);
@@ -129,9 +150,15 @@ export async function dispatch(d: Dispatcher, req: IncomingMessage, res: ServerR
     let spent = false;
     if (token && token.numUses > 0) spent = --token.numUses === 0;
     const ctx: RequestContext = {
-      state: d.state, ns, path: rel, op, params: match.params, query: url.searchParams,
+      state: d.state,
+      ns,
+      path: rel,
+      op,
+      params: match.params,
+      query: url.searchParams,
       body: op === 'read' ? { ...Object.fromEntries([...url.searchParams].filter(([k]) => k !== 'list')), ...body } : body,
-      strictParams: d.strictParams, warnings: [],
+      strictParams: d.strictParams,
+      warnings: [],
       ...(token ? { token } : {}),
     };
     // sys/health and sys/seal-status take their options from the query only.
@@ -144,7 +171,8 @@ export async function dispatch(d: Dispatcher, req: IncomingMessage, res: ServerR
     }
     logged.status = reply.status;
     if ('raw' in reply) send(res, reply.status, reply.raw, method === 'HEAD');
-    else if ('envelope' in reply) send(res, reply.status, renderEnvelope(reply.envelope, ctx.warnings, reply.sys === true), method === 'HEAD');
+    else if ('envelope' in reply)
+      send(res, reply.status, renderEnvelope(reply.envelope, ctx.warnings, reply.sys === true), method === 'HEAD');
     else send(res, 204, undefined, false);
   } catch (err) {
     const e = err instanceof VaultHttpError ? err : new VaultHttpError(500, [multiError(`internal error: ${(err as Error).message}`)]);
@@ -228,6 +256,11 @@ export class Front {
 export function rewriteList(chunk: Buffer): Buffer {
   const text = chunk.toString('latin1');
   if (!/(^|\r\n)LIST /.test(text)) return chunk;
-  return Buffer.from(text.replace(/(^|\r\n)LIST (\S+) HTTP\//g, (_m, lead: string, target: string) =>
-    `${lead}GET ${target}${target.includes('?') ? '&' : '?'}list=true HTTP/`), 'latin1');
+  return Buffer.from(
+    text.replace(
+      /(^|\r\n)LIST (\S+) HTTP\//g,
+      (_m, lead: string, target: string) => `${lead}GET ${target}${target.includes('?') ? '&' : '?'}list=true HTTP/`,
+    ),
+    'latin1',
+  );
 }

@@ -61,11 +61,29 @@ export interface AppRoleEntry {
   secretIds: Map<string, AppRoleSecretId>;
 }
 
-export interface DatabaseRole { name: string; defaultTtl: number; maxTtl: number }
-export interface DatabaseUser { username: string; role: string; valid: boolean; leaseId: string }
+export interface DatabaseRole {
+  name: string;
+  defaultTtl: number;
+  maxTtl: number;
+}
+export interface DatabaseUser {
+  username: string;
+  role: string;
+  valid: boolean;
+  leaseId: string;
+}
 export type AwsCredentialType = 'iam_user' | 'assumed_role' | 'federation_token' | 'session_token';
-export interface AwsRole { name: string; credentialType: AwsCredentialType; defaultTtl: number }
-export interface AwsKey { accessKey: string; role: string; valid: boolean; leaseId: string }
+export interface AwsRole {
+  name: string;
+  credentialType: AwsCredentialType;
+  defaultTtl: number;
+}
+export interface AwsKey {
+  accessKey: string;
+  role: string;
+  valid: boolean;
+  leaseId: string;
+}
 
 /** Per-namespace backends (auth and secret mounts live in a namespace). */
 export interface Space {
@@ -103,8 +121,13 @@ export class VaultState {
     this.spaces.set('', newSpace('', ''));
     // Vault's built-in default policy, reduced to the paths a client here can reach.
     this.policies.set('default', [
-      'auth/token/lookup-self', 'auth/token/renew-self', 'auth/token/revoke-self',
-      'sys/leases/renew', 'sys/renew', 'sys/leases/lookup', 'cubbyhole/*',
+      'auth/token/lookup-self',
+      'auth/token/renew-self',
+      'auth/token/revoke-self',
+      'sys/leases/renew',
+      'sys/renew',
+      'sys/leases/lookup',
+      'cubbyhole/*',
     ]);
   }
 
@@ -171,8 +194,16 @@ export class VaultState {
     const now = this.now();
     const id = `${path}/${base62(24)}${space.nsId ? `.${space.nsId}` : ''}`;
     const lease: LeaseEntry = {
-      id, namespace: ns, path, tokenId, issueTime: now, expireAt: now + ttl * 1000, renewable,
-      maxExpireAt: now + Math.max(ttl, maxTtl) * 1000, lastRenewal: null, onRevoke,
+      id,
+      namespace: ns,
+      path,
+      tokenId,
+      issueTime: now,
+      expireAt: now + ttl * 1000,
+      renewable,
+      maxExpireAt: now + Math.max(ttl, maxTtl) * 1000,
+      lastRenewal: null,
+      onRevoke,
     };
     this.leases.set(id, lease);
     return lease;

@@ -24,9 +24,14 @@ const POLICY = 'jit-broker-revoked-sessions';
 
 function awsSettings(more: Record<string, unknown> = {}) {
   return {
-    region: 'us-east-1', endpoint: emu.url, userName: user.userName,
+    region: 'us-east-1',
+    endpoint: emu.url,
+    userName: user.userName,
     credentials: { accessKeyId: user.accessKeyId, secretAccessKey: user.secretAccessKey },
-    revocation: 'iam-deny', retryBaseDelayMs: 5, requestTimeoutMs: 2000, ...more,
+    revocation: 'iam-deny',
+    retryBaseDelayMs: 5,
+    requestTimeoutMs: 2000,
+    ...more,
   };
 }
 function brokerConfig(more: Record<string, unknown> = {}) {
@@ -58,9 +63,22 @@ afterEach(() => {
 });
 
 let n = 0;
-async function openTask(b: TestBroker = t, grants: unknown[] = [{ role: 'reports-bucket', scopes: ['s3:GetObject'] }, { role: 'ghost-bucket', scopes: ['s3:GetObject'] }]): Promise<string> {
+async function openTask(
+  b: TestBroker = t,
+  grants: unknown[] = [
+    { role: 'reports-bucket', scopes: ['s3:GetObject'] },
+    { role: 'ghost-bucket', scopes: ['s3:GetObject'] },
+  ],
+): Promise<string> {
   const taskId = `t-aws-${++n}`;
-  const r = await call(b.url, 'POST', '/v1/tasks', b.as(ORCH), { taskId, agent: agentId, tenant: 'acme', purpose: 'aws e2e', ttlSeconds: 7200, grants });
+  const r = await call(b.url, 'POST', '/v1/tasks', b.as(ORCH), {
+    taskId,
+    agent: agentId,
+    tenant: 'acme',
+    purpose: 'aws e2e',
+    ttlSeconds: 7200,
+    grants,
+  });
   expect(r.status).toBe(201);
   return taskId;
 }
@@ -74,7 +92,9 @@ function file(name: string, content: string): string {
 }
 
 /** GetCallerIdentity with the given credentials: the Arn, or the error code. */
-async function whoAmI(credentials: NonNullable<STSClientConfig['credentials']>): Promise<{ ok: true; arn: string; userId: string } | { ok: false; code: string }> {
+async function whoAmI(
+  credentials: NonNullable<STSClientConfig['credentials']>,
+): Promise<{ ok: true; arn: string; userId: string } | { ok: false; code: string }> {
   const sts = new STSClient({ region: 'us-east-1', endpoint: emu.url, maxAttempts: 1, credentials });
   try {
     const out = await sts.send(new GetCallerIdentityCommand({}));
@@ -85,7 +105,11 @@ async function whoAmI(credentials: NonNullable<STSClientConfig['credentials']>):
     sts.destroy();
   }
 }
-const sessionCreds = (c: Record<string, string>) => ({ accessKeyId: c.AccessKeyId!, secretAccessKey: c.SecretAccessKey!, sessionToken: c.SessionToken! });
+const sessionCreds = (c: Record<string, string>) => ({
+  accessKeyId: c.AccessKeyId!,
+  secretAccessKey: c.SecretAccessKey!,
+  sessionToken: c.SessionToken!,
+});
 
 describe('aws roles through the broker API', () => {
   test('201 with STS session credentials, revocable, TTL raised to 900; the session is scoped to exactly the granted action', async () => {
@@ -94,7 +118,14 @@ describe('aws roles through the broker API', () => {
     const r = await issue({ taskId, role: 'reports-bucket', scopes: ['s3:GetObject'], ttlSeconds: 120 });
     expect(r.status).toBe(201);
     expect(r.headers.get('cache-control')).toBe('no-store');
-    expect(r.body).toMatchObject({ taskId, role: 'reports-bucket', provider: 'aws', revocable: true, ttlSeconds: 900, scopes: ['s3:GetObject'] });
+    expect(r.body).toMatchObject({
+      taskId,
+      role: 'reports-bucket',
+      provider: 'aws',
+      revocable: true,
+      ttlSeconds: 900,
+      scopes: ['s3:GetObject'],
+    });
     const c = r.body.credentials;
     expect(Object.keys(c).sort()).toEqual(['AccessKeyId', 'Expiration', 'SecretAccessKey', 'SessionToken']);
     expect(c.AccessKeyId).toMatch(/^ASIA/);
@@ -108,14 +139,21 @@ describe('aws roles through the broker API', () => {
     expect(assume).toMatchObject({ accessKeyId: user.accessKeyId, status: 200 });
     expect(assume.params).toMatchObject({ RoleArn: role.arn, RoleSessionName: `jit-${r.body.leaseId}`, DurationSeconds: '900' });
     const session = emu.sessions().find((s) => s.accessKeyId === c.AccessKeyId)!;
-    expect(JSON.parse(session.policyText!)).toEqual({ Version: '2012-10-17', Statement: [{ Effect: 'Allow', Action: ['s3:GetObject'], Resource: ['*'] }] });
+    expect(JSON.parse(session.policyText!)).toEqual({
+      Version: '2012-10-17',
+      Statement: [{ Effect: 'Allow', Action: ['s3:GetObject'], Resource: ['*'] }],
+    });
     expect(emu.evaluate(c.AccessKeyId, 's3:GetObject', 'arn:aws:s3:::reports/q3.csv')).toBe('allow');
     expect(emu.evaluate(c.AccessKeyId, 's3:PutObject', 'arn:aws:s3:::reports/q3.csv')).toBe('implicit-deny');
     expect(emu.evaluate(c.AccessKeyId, 's3:ListBucket', 'arn:aws:s3:::reports')).toBe('implicit-deny');
 
     // The credentials work with the real SDK.
     const who = await whoAmI(sessionCreds(c));
-    expect(who).toEqual({ ok: true, arn: `arn:aws:sts::${emu.accountId}:assumed-role/agent-reports/jit-${r.body.leaseId}`, userId: `${role.roleId}:jit-${r.body.leaseId}` });
+    expect(who).toEqual({
+      ok: true,
+      arn: `arn:aws:sts::${emu.accountId}:assumed-role/agent-reports/jit-${r.body.leaseId}`,
+      userId: `${role.roleId}:jit-${r.body.leaseId}`,
+    });
 
     // The lease: active, and the record in Redis holds no secret.
     expect(await lease(r.body.leaseId)).toMatchObject({ leaseId: r.body.leaseId, status: 'active', role: 'reports-bucket' });
@@ -136,7 +174,7 @@ describe('aws roles through the broker API', () => {
     expect(emu.requests('AssumeRole')).toHaveLength(calls);
   });
 
-  test('completing the task revokes the lease: status revoked, and the session is denied upstream; another task\'s session keeps working', async () => {
+  test("completing the task revokes the lease: status revoked, and the session is denied upstream; another task's session keeps working", async () => {
     const taskId = await openTask();
     const other = await openTask();
     const r = await issue({ taskId, role: 'reports-bucket', ttlSeconds: 900 });
@@ -148,10 +186,14 @@ describe('aws roles through the broker API', () => {
     const done = await call(t.url, 'POST', `/v1/tasks/${taskId}/complete`, t.as(ORCH));
     expect(done.status).toBe(202);
     expect(done.body).toMatchObject({ taskId, status: 'completed', leases: 1 });
-    const ended = await waitFor(async () => {
-      const l = await lease(r.body.leaseId);
-      return l.status === 'revoked' && l;
-    }, 8000, 25);
+    const ended = await waitFor(
+      async () => {
+        const l = await lease(r.body.leaseId);
+        return l.status === 'revoked' && l;
+      },
+      8000,
+      25,
+    );
     expect(ended).toMatchObject({ reason: 'task_completed', revokedAt: expect.anything() });
 
     expect(await whoAmI(creds)).toEqual({ ok: false, code: 'AccessDenied' });
@@ -193,14 +235,21 @@ describe('aws roles through the broker API', () => {
     const r = await issue({ taskId, role: 'ghost-bucket' });
     expect(r.status).toBe(502);
     expect(r.body).toMatchObject({ status: 502, code: 'upstream_denied' });
-    expect(emu.requests('AssumeRole').at(-1)).toMatchObject({ status: 403, code: 'AccessDenied', params: expect.objectContaining({ RoleArn: `arn:aws:iam::${emu.accountId}:role/no-such-role` }) });
+    expect(emu.requests('AssumeRole').at(-1)).toMatchObject({
+      status: 403,
+      code: 'AccessDenied',
+      params: expect.objectContaining({ RoleArn: `arn:aws:iam::${emu.accountId}:role/no-such-role` }),
+    });
     const task = await call(t.url, 'GET', `/v1/tasks/${taskId}`, t.as(ORCH));
     expect(task.body.leases.map((l: { status: string }) => l.status)).toEqual(['failed']);
   });
 
   test('an unmodified SDK: fromHttp with AWS_CONTAINER_CREDENTIALS_FULL_URI and a token file gets working, scoped credentials', async () => {
     const taskId = await openTask();
-    const env = { AWS_CONTAINER_CREDENTIALS_FULL_URI: `${t.url}/v1/aws/container-credentials/${taskId}/reports-bucket`, AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE: file('container-jwt', `Bearer ${t.issuer.svid(AGENT, { ttl: 600 })}`) };
+    const env = {
+      AWS_CONTAINER_CREDENTIALS_FULL_URI: `${t.url}/v1/aws/container-credentials/${taskId}/reports-bucket`,
+      AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE: file('container-jwt', `Bearer ${t.issuer.svid(AGENT, { ttl: 600 })}`),
+    };
     const saved = Object.fromEntries(Object.keys(env).map((k) => [k, process.env[k]]));
     Object.assign(process.env, env);
     let creds;
@@ -223,7 +272,9 @@ describe('aws roles through the broker API', () => {
     expect(emu.evaluate(creds.accessKeyId, 's3:GetObject', '*')).toBe('allow');
 
     // A wrong identity is refused in the shape fromHttp reads.
-    const bad = await fetch(env.AWS_CONTAINER_CREDENTIALS_FULL_URI, { headers: { authorization: `Bearer ${t.issuer.svid('/agent/other')}` } });
+    const bad = await fetch(env.AWS_CONTAINER_CREDENTIALS_FULL_URI, {
+      headers: { authorization: `Bearer ${t.issuer.svid('/agent/other')}` },
+    });
     expect(bad.status).toBe(403);
     expect(await bad.json()).toMatchObject({ Code: 'not_task_agent' });
   });
@@ -232,7 +283,10 @@ describe('aws roles through the broker API', () => {
     const taskId = await openTask();
     const script = resolve('scripts/aws-credential-process.ts');
     const tokenFile = file('process-jwt', `${t.issuer.svid(AGENT, { ttl: 600 })}\n`);
-    const config = file('aws-config', `[profile agent]\ncredential_process = "${process.execPath}" "${script}" --broker ${t.url} --task ${taskId} --role reports-bucket --token-file ${tokenFile} --scope s3:GetObject --ttl 120\n`);
+    const config = file(
+      'aws-config',
+      `[profile agent]\ncredential_process = "${process.execPath}" "${script}" --broker ${t.url} --task ${taskId} --role reports-bucket --token-file ${tokenFile} --scope s3:GetObject --ttl 120\n`,
+    );
     const creds = await fromProcess({ profile: 'agent', configFilepath: config, filepath: file('aws-credentials', '') })();
     expect(creds.accessKeyId).toMatch(/^ASIA/);
     expect(creds.sessionToken).toEqual(expect.any(String));
@@ -243,8 +297,13 @@ describe('aws roles through the broker API', () => {
     expect(task.body.leases).toEqual([expect.objectContaining({ role: 'reports-bucket', status: 'active' })]);
 
     // The broker's refusal reaches the SDK as an error (not-granted role).
-    const denied = file('aws-config-denied', `[profile agent]\ncredential_process = "${process.execPath}" "${script}" --broker ${t.url} --task ${taskId} --role tickets-api --token-file ${tokenFile}\n`);
-    await expect(fromProcess({ profile: 'agent', configFilepath: denied, filepath: file('aws-credentials', '') })()).rejects.toThrow(/403 role_not_granted/);
+    const denied = file(
+      'aws-config-denied',
+      `[profile agent]\ncredential_process = "${process.execPath}" "${script}" --broker ${t.url} --task ${taskId} --role tickets-api --token-file ${tokenFile}\n`,
+    );
+    await expect(fromProcess({ profile: 'agent', configFilepath: denied, filepath: file('aws-credentials', '') })()).rejects.toThrow(
+      /403 role_not_granted/,
+    );
   }, 30_000);
 });
 
@@ -260,7 +319,11 @@ describe('revocation: none', () => {
       expect((await whoAmI(creds)).ok).toBe(true);
       const puts = emu.requests('PutRolePolicy').length;
       expect((await call(b.url, 'POST', `/v1/tasks/${taskId}/complete`, b.as(ORCH))).status).toBe(202);
-      await waitFor(async () => (await call(b.url, 'GET', `/v1/leases/${r.body.leaseId}`, b.as(AGENT))).body.status === 'revoked', 8000, 25);
+      await waitFor(
+        async () => (await call(b.url, 'GET', `/v1/leases/${r.body.leaseId}`, b.as(AGENT))).body.status === 'revoked',
+        8000,
+        25,
+      );
       // Honest: nothing was (or could be) cut off upstream.
       expect(emu.requests('PutRolePolicy')).toHaveLength(puts);
       expect((await whoAmI(creds)).ok).toBe(true);

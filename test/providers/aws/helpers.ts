@@ -33,9 +33,15 @@ export async function awsWorld(name: string, overrides: Record<string, unknown> 
   const providers: AwsProvider[] = [];
   const makeProvider = (more: Record<string, unknown> = {}, o: AwsProviderOptions = {}) => {
     const settings = awsSettingsSchema.parse({
-      region: 'us-east-1', endpoint: emu.url, userName: user.userName,
+      region: 'us-east-1',
+      endpoint: emu.url,
+      userName: user.userName,
       credentials: { accessKeyId: user.accessKeyId, secretAccessKey: user.secretAccessKey },
-      retryBaseDelayMs: 5, rotationVerifyDelayMs: 5, requestTimeoutMs: 2000, ...overrides, ...more,
+      retryBaseDelayMs: 5,
+      rotationVerifyDelayMs: 5,
+      requestTimeoutMs: 2000,
+      ...overrides,
+      ...more,
     });
     const p = createAwsProvider(settings, { logger: silentLogger, redis, keyPrefix: prefix }, { clock: emu.now, ...opts, ...o });
     providers.push(p);
@@ -43,7 +49,13 @@ export async function awsWorld(name: string, overrides: Record<string, unknown> 
   };
   const provider = makeProvider();
   return {
-    emu, user, role, redis, prefix, provider, makeProvider,
+    emu,
+    user,
+    role,
+    redis,
+    prefix,
+    provider,
+    makeProvider,
     settings: awsSettingsSchema.parse({ endpoint: emu.url, ...overrides }),
     async close() {
       await Promise.all(providers.map((p) => p.close()));
@@ -62,29 +74,60 @@ export function roleConfig(arn: string, extra: Record<string, unknown> = {}): Aw
 export function task(extra: Partial<TaskRecord> = {}): TaskRecord {
   const now = Date.now();
   return {
-    taskId: 't-4711', agent: 'spiffe://example.org/agent/support', tenant: 'acme', purpose: 'triage', grants: [], labels: {},
-    status: 'open', openedBy: 'spiffe://example.org/orchestrator/o', createdAt: now, expiresAt: now + 3_600_000, depth: 0,
-    delegators: [], requestHash: 'x', ...extra,
+    taskId: 't-4711',
+    agent: 'spiffe://example.org/agent/support',
+    tenant: 'acme',
+    purpose: 'triage',
+    grants: [],
+    labels: {},
+    status: 'open',
+    openedBy: 'spiffe://example.org/orchestrator/o',
+    createdAt: now,
+    expiresAt: now + 3_600_000,
+    depth: 0,
+    delegators: [],
+    requestHash: 'x',
+    ...extra,
   };
 }
 
 export function issueRequest(role: AwsRoleConfig, extra: Partial<IssueRequest<AwsRoleConfig>> = {}): IssueRequest<AwsRoleConfig> {
   const t = extra.task ?? task();
-  return { leaseId: randomBytes(16).toString('hex'), roleName: 'reports-bucket', role, task: t, agent: t.agent, scopes: ['s3:GetObject'], ttlSeconds: 900, ...extra };
+  return {
+    leaseId: randomBytes(16).toString('hex'),
+    roleName: 'reports-bucket',
+    role,
+    task: t,
+    agent: t.agent,
+    scopes: ['s3:GetObject'],
+    ttlSeconds: 900,
+    ...extra,
+  };
 }
 
 /** The lease the core would store for an issued credential. */
 export function leaseFor(req: IssueRequest<AwsRoleConfig>, handle: LeaseRecord['handle'], expiresAt: number): LeaseRecord {
   return {
-    leaseId: req.leaseId, taskId: req.task.taskId, role: req.roleName, provider: 'aws', agent: req.agent, scopes: req.scopes,
-    status: 'active', issuedAt: Date.now(), expiresAt, revocable: true, handle,
+    leaseId: req.leaseId,
+    taskId: req.task.taskId,
+    role: req.roleName,
+    provider: 'aws',
+    agent: req.agent,
+    scopes: req.scopes,
+    status: 'active',
+    issuedAt: Date.now(),
+    expiresAt,
+    revocable: true,
+    handle,
   };
 }
 
 /** An STS client using issued session credentials (what the agent would run). */
 export function stsAs(emu: AwsEmulator, c: Record<string, unknown>): STSClient {
   return new STSClient({
-    region: 'us-east-1', endpoint: emu.url, maxAttempts: 1,
+    region: 'us-east-1',
+    endpoint: emu.url,
+    maxAttempts: 1,
     credentials: { accessKeyId: String(c.AccessKeyId), secretAccessKey: String(c.SecretAccessKey), sessionToken: String(c.SessionToken) },
   });
 }

@@ -35,13 +35,24 @@ describe('issue', () => {
     const p = sent[0]!.params;
     expect(JSON.parse(p.Policy!)).toEqual({
       Version: '2012-10-17',
-      Statement: [{ Effect: 'Allow', Action: ['s3:GetObject', 's3:ListBucket'], Resource: ['arn:aws:s3:::reports', 'arn:aws:s3:::reports/*'] }],
+      Statement: [
+        { Effect: 'Allow', Action: ['s3:GetObject', 's3:ListBucket'], Resource: ['arn:aws:s3:::reports', 'arn:aws:s3:::reports/*'] },
+      ],
     });
     expect(p).toMatchObject({
-      RoleArn: w.role.arn, RoleSessionName: `jit-${req.leaseId}`, DurationSeconds: '1200', SourceIdentity: 'example.org-agent-support',
-      'Tags.member.1.Key': 'task', 'Tags.member.1.Value': 't-4711', 'Tags.member.2.Key': 'tenant', 'Tags.member.2.Value': 'acme',
-      'Tags.member.3.Key': 'agent', 'Tags.member.3.Value': 'spiffe://example.org/agent/support',
-      'TransitiveTagKeys.member.1': 'task', 'TransitiveTagKeys.member.2': 'tenant', 'TransitiveTagKeys.member.3': 'agent',
+      RoleArn: w.role.arn,
+      RoleSessionName: `jit-${req.leaseId}`,
+      DurationSeconds: '1200',
+      SourceIdentity: 'example.org-agent-support',
+      'Tags.member.1.Key': 'task',
+      'Tags.member.1.Value': 't-4711',
+      'Tags.member.2.Key': 'tenant',
+      'Tags.member.2.Value': 'acme',
+      'Tags.member.3.Key': 'agent',
+      'Tags.member.3.Value': 'spiffe://example.org/agent/support',
+      'TransitiveTagKeys.member.1': 'task',
+      'TransitiveTagKeys.member.2': 'tenant',
+      'TransitiveTagKeys.member.3': 'agent',
     });
     expect(p.ExternalId).toBeUndefined();
 
@@ -62,7 +73,7 @@ describe('issue', () => {
     expect(w.emu.evaluate(String(c.AccessKeyId), 's3:GetObject', 'arn:aws:s3:::payroll/x')).toBe('implicit-deny');
   });
 
-  it('clamps DurationSeconds to the IAM role\'s MaxSessionDuration and to STS\'s 900 s minimum', async () => {
+  it("clamps DurationSeconds to the IAM role's MaxSessionDuration and to STS's 900 s minimum", async () => {
     const short = w.emu.createRole('short-role', { maxSessionDuration: 3600 });
     const role = roleConfig(short.arn, { maxTtlSeconds: 7200 });
     const long = await w.provider.issue(issueRequest(role, { ttlSeconds: 7200 }));
@@ -72,7 +83,7 @@ describe('issue', () => {
     expect(w.emu.requests('AssumeRole').at(-1)!.params.DurationSeconds).toBe('900');
   });
 
-  it('sends the role\'s ExternalId, and can leave out tags and source identity', async () => {
+  it("sends the role's ExternalId, and can leave out tags and source identity", async () => {
     const guarded = w.emu.createRole('guarded-role', { externalId: 'ext-4711' });
     const plain = w.makeProvider({ sessionTags: false, sourceIdentity: false });
     await plain.issue(issueRequest(roleConfig(guarded.arn, { externalId: 'ext-4711' })));
@@ -84,14 +95,27 @@ describe('issue', () => {
   it('refuses a session policy over 2048 chars with 400 policy_too_large before calling STS', async () => {
     const resources = Array.from({ length: 50 }, (_, i) => `arn:aws:s3:::bucket-${i}/some/long/prefix/*`);
     const before = w.emu.requests().length;
-    const err = await brokerError(w.provider.issue(issueRequest(roleConfig(w.role.arn, { resources }), { scopes: ['s3:GetObject', 's3:PutObject'] })));
+    const err = await brokerError(
+      w.provider.issue(issueRequest(roleConfig(w.role.arn, { resources }), { scopes: ['s3:GetObject', 's3:PutObject'] })),
+    );
     expect(err).toMatchObject({ status: 400, code: 'policy_too_large' });
-    expect(w.emu.requests().slice(before).map((r) => r.action)).not.toContain('AssumeRole');
+    expect(
+      w.emu
+        .requests()
+        .slice(before)
+        .map((r) => r.action),
+    ).not.toContain('AssumeRole');
   });
 
   it('refuses scopes that are not IAM actions, and an empty scope list', async () => {
-    expect(await brokerError(w.provider.issue(issueRequest(roleConfig(w.role.arn), { scopes: ['tickets read'] })))).toMatchObject({ status: 400, code: 'invalid_scope' });
-    expect(await brokerError(w.provider.issue(issueRequest(roleConfig(w.role.arn), { scopes: [] })))).toMatchObject({ status: 400, code: 'scopes_required' });
+    expect(await brokerError(w.provider.issue(issueRequest(roleConfig(w.role.arn), { scopes: ['tickets read'] })))).toMatchObject({
+      status: 400,
+      code: 'invalid_scope',
+    });
+    expect(await brokerError(w.provider.issue(issueRequest(roleConfig(w.role.arn), { scopes: [] })))).toMatchObject({
+      status: 400,
+      code: 'scopes_required',
+    });
   });
 
   it('maps a role STS refuses to 502 upstream_denied and an ARN STS rejects to 502 upstream_rejected', async () => {
@@ -107,15 +131,26 @@ describe('issue', () => {
     w.emu.failNext(1, { action: 'AssumeRole' });
     const before = w.emu.requests('AssumeRole').length;
     await expect(w.provider.issue(issueRequest(roleConfig(w.role.arn)))).resolves.toBeDefined();
-    expect(w.emu.requests('AssumeRole').slice(before).map((r) => r.code ?? r.status)).toEqual(['Throttling', 'InternalFailure', 200]);
+    expect(
+      w.emu
+        .requests('AssumeRole')
+        .slice(before)
+        .map((r) => r.code ?? r.status),
+    ).toEqual(['Throttling', 'InternalFailure', 200]);
   });
 
   it('gives up after maxAttempts: 502 upstream_throttled, and 502 upstream_unavailable when STS is down', async () => {
     w.emu.setThrottle(3, 'AssumeRole');
-    expect(await brokerError(w.provider.issue(issueRequest(roleConfig(w.role.arn))))).toMatchObject({ status: 502, code: 'upstream_throttled' });
+    expect(await brokerError(w.provider.issue(issueRequest(roleConfig(w.role.arn))))).toMatchObject({
+      status: 502,
+      code: 'upstream_throttled',
+    });
     w.emu.setDown();
     try {
-      expect(await brokerError(w.provider.issue(issueRequest(roleConfig(w.role.arn))))).toMatchObject({ status: 502, code: 'upstream_unavailable' });
+      expect(await brokerError(w.provider.issue(issueRequest(roleConfig(w.role.arn))))).toMatchObject({
+        status: 502,
+        code: 'upstream_unavailable',
+      });
     } finally {
       w.emu.setDown(false);
     }
@@ -133,7 +168,10 @@ describe('names STS accepts', () => {
   it.each([
     ['spiffe://example.org/agent/support', 'example.org-agent-support'],
     ['https://token.actions.githubusercontent.com#repo:acme/app', 'token.actions.githubusercontent.com-repo-acme-app'],
-    ['https://token.actions.githubusercontent.com#repo:acme/app:ref:refs/heads/main', 'githubusercontent.com-repo-acme-app-ref-refs-heads-main-467fe7c8'],
+    [
+      'https://token.actions.githubusercontent.com#repo:acme/app:ref:refs/heads/main',
+      'githubusercontent.com-repo-acme-app-ref-refs-heads-main-467fe7c8',
+    ],
     ['x', undefined],
     [`spiffe://example.org/${'deep/'.repeat(30)}agent`, undefined],
   ])('source identity for %s', (agent, expected) => {

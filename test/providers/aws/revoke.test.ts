@@ -25,7 +25,13 @@ function freshRole(name: string, maxSessionDuration = 3600) {
 async function issue(provider: AwsProvider, role: ReturnType<typeof freshRole>, ttlSeconds = 900) {
   const req = issueRequest(role.config, { ttlSeconds });
   const out = await provider.issue(req);
-  return { req, out, lease: leaseFor(req, out.handle, out.expiresAt), client: stsAs(w.emu, out.credentials), userId: `${role.roleId}:jit-${req.leaseId}` };
+  return {
+    req,
+    out,
+    lease: leaseFor(req, out.handle, out.expiresAt),
+    client: stsAs(w.emu, out.credentials),
+    userId: `${role.roleId}:jit-${req.leaseId}`,
+  };
 }
 
 async function code(client: STSClient): Promise<string> {
@@ -38,8 +44,10 @@ async function code(client: STSClient): Promise<string> {
 }
 
 const deniedIds = (roleName: string): string[] => {
-  const doc = w.emu.rolePolicy(roleName, POLICY) as { Statement: { Sid: string; Condition: Record<string, Record<string, string[]>> }[] } | undefined;
-  return doc?.Statement.find((s) => s.Sid === 'DenyRevokedSessions')?.Condition.StringEquals!['aws:userid'] ?? [];
+  const doc = w.emu.rolePolicy(roleName, POLICY) as
+    | { Statement: { Sid: string; Condition: Record<string, Record<string, string[]>> }[] }
+    | undefined;
+  return doc?.Statement.find((s) => s.Sid === 'DenyRevokedSessions')?.Condition.StringEquals?.['aws:userid'] ?? [];
 };
 
 describe('revoke (iam-deny)', () => {
@@ -54,7 +62,15 @@ describe('revoke (iam-deny)', () => {
     expect(await code(b.client)).toBe('ok');
     expect(w.emu.rolePolicy(role.roleName, POLICY)).toEqual({
       Version: '2012-10-17',
-      Statement: [{ Sid: 'DenyRevokedSessions', Effect: 'Deny', Action: '*', Resource: '*', Condition: { StringEquals: { 'aws:userid': [a.userId] } } }],
+      Statement: [
+        {
+          Sid: 'DenyRevokedSessions',
+          Effect: 'Deny',
+          Action: '*',
+          Resource: '*',
+          Condition: { StringEquals: { 'aws:userid': [a.userId] } },
+        },
+      ],
     });
 
     await w.provider.revoke(a.lease, role.config);
@@ -120,7 +136,9 @@ describe('revoke (iam-deny)', () => {
     expect(events[0]).toMatchObject({ roleArn: role.arn, reason: 'policy_size' });
     expect(events[0]!.droppedEntries).toBeGreaterThan(4);
 
-    const doc = w.emu.rolePolicy(role.roleName, POLICY) as { Statement: { Sid: string; Condition: Record<string, Record<string, string>> }[] };
+    const doc = w.emu.rolePolicy(role.roleName, POLICY) as {
+      Statement: { Sid: string; Condition: Record<string, Record<string, string>> }[];
+    };
     const cut = doc.Statement.find((s) => s.Sid === 'DenyOlderSessions')!;
     expect(cut.Condition.DateLessThan!['aws:TokenIssueTime']).toBe(events[0]!.cutoff);
     expect(JSON.stringify(doc).length).toBeLessThanOrEqual(512);
@@ -142,10 +160,24 @@ describe('revoke (iam-deny)', () => {
     }
   });
 
-  it('falls back too when IAM\'s per-role limit is hit because of other inline policies', async () => {
+  it("falls back too when IAM's per-role limit is hit because of other inline policies", async () => {
     const role = freshRole('r-iam-limit');
-    const filler = JSON.stringify({ Version: '2012-10-17', Statement: [{ Effect: 'Allow', Action: 's3:GetObject', Resource: Array.from({ length: 200 }, (_, i) => `arn:aws:s3:::filler-${String(i).padStart(20, '0')}`) }] });
-    const iam = new IAMClient({ region: 'us-east-1', endpoint: w.emu.url, maxAttempts: 1, credentials: { accessKeyId: w.user.accessKeyId, secretAccessKey: w.user.secretAccessKey } });
+    const filler = JSON.stringify({
+      Version: '2012-10-17',
+      Statement: [
+        {
+          Effect: 'Allow',
+          Action: 's3:GetObject',
+          Resource: Array.from({ length: 200 }, (_, i) => `arn:aws:s3:::filler-${String(i).padStart(20, '0')}`),
+        },
+      ],
+    });
+    const iam = new IAMClient({
+      region: 'us-east-1',
+      endpoint: w.emu.url,
+      maxAttempts: 1,
+      credentials: { accessKeyId: w.user.accessKeyId, secretAccessKey: w.user.secretAccessKey },
+    });
     await iam.send(new PutRolePolicyCommand({ RoleName: role.roleName, PolicyName: 'app-permissions', PolicyDocument: filler }));
     iam.destroy();
     const events: DenyFallbackEvent[] = [];
@@ -160,7 +192,7 @@ describe('revoke (iam-deny)', () => {
     for (const s of sessions) expect(await code(s.client)).toBe('AccessDenied');
   });
 
-  it('throws RetryableUpstreamError while IAM throttles or fails, and succeeds on the worker\'s retry', async () => {
+  it("throws RetryableUpstreamError while IAM throttles or fails, and succeeds on the worker's retry", async () => {
     const role = freshRole('r-retry');
     const a = await issue(w.provider, role);
     w.emu.setThrottle(3, 'PutRolePolicy');

@@ -15,7 +15,7 @@ afterAll(async () => {
 
 const works = (keys: { accessKeyId: string; secretAccessKey: string }) => callerIdentityAs(w!.emu.url, keys);
 
-describe('rotate the broker\'s own access key', () => {
+describe("rotate the broker's own access key", () => {
   it('creates a new key, switches to it, retires the old one', async () => {
     const { emu, user, provider } = w!;
     const old = { accessKeyId: user.accessKeyId, secretAccessKey: user.secretAccessKey };
@@ -28,7 +28,11 @@ describe('rotate the broker\'s own access key', () => {
     expect(await works(fresh)).toBe('ok');
     expect(await works(old)).toBe('InvalidClientTokenId');
     expect(emu.accessKeys(user.userName)).toEqual([{ accessKeyId: fresh.accessKeyId, status: 'Active' }]);
-    expect(emu.requests('UpdateAccessKey').at(-1)!.params).toMatchObject({ AccessKeyId: old.accessKeyId, Status: 'Inactive', UserName: user.userName });
+    expect(emu.requests('UpdateAccessKey').at(-1)!.params).toMatchObject({
+      AccessKeyId: old.accessKeyId,
+      Status: 'Inactive',
+      UserName: user.userName,
+    });
 
     // The provider itself now signs with the new key.
     await provider.issue(issueRequest(roleConfig(w!.role.arn)));
@@ -41,7 +45,12 @@ describe('rotate the broker\'s own access key', () => {
     const result = await provider.rotate!();
     expect(await works({ accessKeyId: result.secret.accessKeyId!, secretAccessKey: result.secret.secretAccessKey! })).toBe('ok');
     const verifications = emu.requests('GetCallerIdentity').filter((r) => r.accessKeyId === result.secret.accessKeyId);
-    expect(verifications.slice(0, 4).map((r) => r.code ?? r.status)).toEqual(['InvalidClientTokenId', 'InvalidClientTokenId', 'InvalidClientTokenId', 200]);
+    expect(verifications.slice(0, 4).map((r) => r.code ?? r.status)).toEqual([
+      'InvalidClientTokenId',
+      'InvalidClientTokenId',
+      'InvalidClientTokenId',
+      200,
+    ]);
   });
 
   it('a failure halfway leaves the old key in use and removes the new one', async () => {
@@ -71,7 +80,12 @@ describe('rotate the broker\'s own access key', () => {
 
   it('cleans up an inactive key left by an earlier half-finished rotation first (IAM allows two keys)', async () => {
     const { emu, user, provider } = w!;
-    const iam = new IAMClient({ region: 'us-east-1', endpoint: emu.url, maxAttempts: 1, credentials: { accessKeyId: user.accessKeyId, secretAccessKey: user.secretAccessKey } });
+    const iam = new IAMClient({
+      region: 'us-east-1',
+      endpoint: emu.url,
+      maxAttempts: 1,
+      credentials: { accessKeyId: user.accessKeyId, secretAccessKey: user.secretAccessKey },
+    });
     const leftover = (await iam.send(new CreateAccessKeyCommand({ UserName: user.userName }))).AccessKey!;
     await iam.send(new UpdateAccessKeyCommand({ UserName: user.userName, AccessKeyId: leftover.AccessKeyId!, Status: 'Inactive' }));
     iam.destroy();

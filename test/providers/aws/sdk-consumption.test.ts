@@ -30,7 +30,15 @@ async function issue(identityToken: string, body: { taskId: string; role: string
   const role = roleConfig(w.role.arn, { resources: ['arn:aws:s3:::reports/*'] });
   const req = issueRequest(role, { task: task({ taskId: body.taskId }), scopes: body.scopes ?? ['s3:GetObject', 's3:ListBucket'] });
   const out = await w.provider.issue(req);
-  return { leaseId: req.leaseId, taskId: body.taskId, role: body.role, provider: 'aws', expiresAt: new Date(out.expiresAt).toISOString(), revocable: true, credentials: out.credentials };
+  return {
+    leaseId: req.leaseId,
+    taskId: body.taskId,
+    role: body.role,
+    provider: 'aws',
+    expiresAt: new Date(out.expiresAt).toISOString(),
+    revocable: true,
+    credentials: out.credentials,
+  };
 }
 
 beforeAll(async () => {
@@ -44,7 +52,10 @@ beforeAll(async () => {
       res.status(201).json(await issue(token, req.body));
     } catch (err) {
       const e = err as { status: number; code: string; message: string };
-      res.status(e.status ?? 500).type('application/problem+json').json({ type: 'about:blank', title: 'Error', status: e.status, code: e.code, detail: e.message });
+      res
+        .status(e.status ?? 500)
+        .type('application/problem+json')
+        .json({ type: 'about:blank', title: 'Error', status: e.status, code: e.code, detail: e.message });
     }
   });
   app.use(containerCredentialsRouter({ issue }));
@@ -90,9 +101,11 @@ describe('credential_process (fromProcess)', () => {
     expect(who.Arn).toMatch(/^arn:aws:sts::123456789012:assumed-role\/agent-reports\/jit-[0-9a-f]{32}$/);
   }, 30_000);
 
-  it('fails with the broker\'s error on stderr and a non-zero exit', async () => {
+  it("fails with the broker's error on stderr and a non-zero exit", async () => {
     const config = file('config-bad', profile('bad', file('jwt-bad', 'not-the-jwt')));
-    await expect(fromProcess({ profile: 'bad', configFilepath: config, filepath: file('credentials', '') })()).rejects.toThrow(/401 invalid_identity/);
+    await expect(fromProcess({ profile: 'bad', configFilepath: config, filepath: file('credentials', '') })()).rejects.toThrow(
+      /401 invalid_identity/,
+    );
   }, 30_000);
 });
 
@@ -100,14 +113,17 @@ describe('container credentials (fromHttp)', () => {
   const uri = (role = 'reports-bucket') => `${brokerUrl}/v1/aws/container-credentials/t-2/${role}`;
 
   it('serves {AccessKeyId, SecretAccessKey, Token, Expiration} for the JWT in the token file', async () => {
-    const provider = fromHttp({ awsContainerCredentialsFullUri: `${uri()}?scope=s3:ListBucket`, awsContainerAuthorizationTokenFile: file('container-jwt', JWT) });
+    const provider = fromHttp({
+      awsContainerCredentialsFullUri: `${uri()}?scope=s3:ListBucket`,
+      awsContainerAuthorizationTokenFile: file('container-jwt', JWT),
+    });
     const creds = await provider();
     expect(creds.accessKeyId).toMatch(/^ASIA/);
     expect(seen.at(-1)).toEqual({ taskId: 't-2', role: 'reports-bucket', scopes: ['s3:ListBucket'] });
     expect((await whoAmI(provider)).UserId).toMatch(new RegExp(`^${w.role.roleId}:jit-`));
   });
 
-  it('answers errors in the AWS shape with the broker\'s status', async () => {
+  it("answers errors in the AWS shape with the broker's status", async () => {
     const res = await fetch(uri(), { headers: { authorization: 'wrong' } });
     expect(res.status).toBe(401);
     expect(await res.json()).toEqual({ Code: 'invalid_identity', Message: 'The workload identity is not valid.' });
@@ -115,6 +131,8 @@ describe('container credentials (fromHttp)', () => {
     const denied = await fetch(uri('payroll'), { headers: { authorization: `Bearer ${JWT}` } });
     expect(denied.status).toBe(403);
     expect(await denied.json()).toMatchObject({ Code: 'role_not_granted' });
-    await expect(fromHttp({ awsContainerCredentialsFullUri: uri(), awsContainerAuthorizationToken: 'wrong', maxRetries: 0 })()).rejects.toThrow();
+    await expect(
+      fromHttp({ awsContainerCredentialsFullUri: uri(), awsContainerAuthorizationToken: 'wrong', maxRetries: 0 })(),
+    ).rejects.toThrow();
   });
 });

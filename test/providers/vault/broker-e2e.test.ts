@@ -36,7 +36,15 @@ beforeAll(async () => {
         'vault-ops': { provider: 'vault', token: { policies: ['ops-read', 'ops-write'] } },
       },
       // More attempts than the default test config, so a revocation outlives a short seal.
-      revocation: { attempts: 12, backoffMs: 50, reconcileIntervalMs: 60_000, concurrency: 8, lockMs: 1000, stalledCheckMs: 500, sweepMs: 20 },
+      revocation: {
+        attempts: 12,
+        backoffMs: 50,
+        reconcileIntervalMs: 60_000,
+        concurrency: 8,
+        lockMs: 1000,
+        stalledCheckMs: 500,
+        sweepMs: 20,
+      },
     },
   });
 });
@@ -50,18 +58,32 @@ afterEach(() => {
 });
 
 let n = 0;
-async function openTask(grants: unknown[] = [{ role: 'vault-ops', scopes: ['ops-read', 'ops-write'] }, { role: 'orders-db' }]): Promise<string> {
+async function openTask(
+  grants: unknown[] = [{ role: 'vault-ops', scopes: ['ops-read', 'ops-write'] }, { role: 'orders-db' }],
+): Promise<string> {
   const taskId = `t-vault-${++n}`;
-  const r = await call(t.url, 'POST', '/v1/tasks', t.as(ORCH), { taskId, agent: agentId, tenant: 'acme', purpose: 'vault e2e', ttlSeconds: 600, grants });
+  const r = await call(t.url, 'POST', '/v1/tasks', t.as(ORCH), {
+    taskId,
+    agent: agentId,
+    tenant: 'acme',
+    purpose: 'vault e2e',
+    ttlSeconds: 600,
+    grants,
+  });
   expect(r.status).toBe(201);
   return taskId;
 }
 const issue = (body: Record<string, unknown>) => call(t.url, 'POST', '/v1/credentials', t.as(AGENT), body);
 const lease = async (leaseId: string) => (await call(t.url, 'GET', `/v1/leases/${leaseId}`, t.as(AGENT))).body;
-const leaseStatus = (leaseId: string, status: string) => waitFor(async () => {
-  const l = await lease(leaseId);
-  return l.status === status && l;
-}, 8000, 25);
+const leaseStatus = (leaseId: string, status: string) =>
+  waitFor(
+    async () => {
+      const l = await lease(leaseId);
+      return l.status === status && l;
+    },
+    8000,
+    25,
+  );
 const createOrphanCalls = () => emu.requests.filter((r) => r.path === 'auth/token/create-orphan').length;
 
 describe('vault roles through the broker API', () => {
@@ -97,7 +119,11 @@ describe('vault roles through the broker API', () => {
     // A task whose grant is narrower than the role: the role's other policy is outside the grant.
     const narrow = await openTask([{ role: 'vault-ops', scopes: ['ops-read'] }]);
     const before = createOrphanCalls();
-    for (const [task, scopes] of [[taskId, ['db-admin']], [narrow, ['ops-write']], [narrow, ['ops-read', 'ops-write']]] as const) {
+    for (const [task, scopes] of [
+      [taskId, ['db-admin']],
+      [narrow, ['ops-write']],
+      [narrow, ['ops-read', 'ops-write']],
+    ] as const) {
       const denied = await issue({ taskId: task, role: 'vault-ops', scopes });
       expect(denied.status).toBe(403);
       expect(denied.headers.get('content-type')).toMatch(/^application\/problem\+json/);
@@ -118,7 +144,11 @@ describe('vault roles through the broker API', () => {
     expect(db.status).toBe(201);
     expect(db.body).toMatchObject({ provider: 'vault', revocable: true, ttlSeconds: 300 });
     const c = db.body.credentials;
-    expect(c).toMatchObject({ username: expect.any(String), password: expect.any(String), lease_id: expect.stringMatching(/^database\/creds\/orders-readonly\//) });
+    expect(c).toMatchObject({
+      username: expect.any(String),
+      password: expect.any(String),
+      lease_id: expect.stringMatching(/^database\/creds\/orders-readonly\//),
+    });
     expect(emu.isDbUserValid(c.username)).toBe(true);
     expect(emu.leaseExists(c.lease_id)).toBe(true);
     const tok = await issue({ taskId, role: 'vault-ops' });
@@ -188,7 +218,7 @@ describe('vault roles through the broker API', () => {
     expect(emu.isDbUserValid(db.body.credentials.username)).toBe(false);
   });
 
-  test('TTL expiry: the broker revokes at the TTL (Vault\'s clock is then held back, so Vault alone would not end them yet)', async () => {
+  test("TTL expiry: the broker revokes at the TTL (Vault's clock is then held back, so Vault alone would not end them yet)", async () => {
     const taskId = await openTask();
     const tok = await issue({ taskId, role: 'vault-ops', ttlSeconds: 1 });
     const db = await issue({ taskId, role: 'orders-db', ttlSeconds: 1 });
@@ -216,7 +246,13 @@ describe('vault roles through the broker API', () => {
       const r = await issue({ taskId, role });
       expect(r.status).toBe(503);
       expect(r.headers.get('content-type')).toMatch(/^application\/problem\+json/);
-      expect(r.body).toMatchObject({ status: 503, code: 'upstream_sealed', type: expect.any(String), title: expect.any(String), detail: expect.any(String) });
+      expect(r.body).toMatchObject({
+        status: 503,
+        code: 'upstream_sealed',
+        type: expect.any(String),
+        title: expect.any(String),
+        detail: expect.any(String),
+      });
     }
     const ready = await call(t.url, 'GET', '/readyz', {});
     expect(ready.status).toBe(503);
@@ -251,7 +287,10 @@ describe('vault roles through the broker API', () => {
     expect(emu.isTokenValid(tok.body.credentials.token)).toBe(true);
     expect(emu.isDbUserValid(db.body.credentials.username)).toBe(true);
     const audit = (await t.broker.deps.redis.xrange(`${t.prefix}:audit`, '-', '+')).map(([, f]) => JSON.parse(f[1]!));
-    expect(audit.filter((a) => a.action === 'lease.revoke_failed' && a.leaseId === tok.body.leaseId)[0]).toMatchObject({ decision: 'error', reason: 'upstream_sealed' });
+    expect(audit.filter((a) => a.action === 'lease.revoke_failed' && a.leaseId === tok.body.leaseId)[0]).toMatchObject({
+      decision: 'error',
+      reason: 'upstream_sealed',
+    });
 
     emu.unseal();
     for (const id of [tok.body.leaseId, db.body.leaseId]) {

@@ -13,17 +13,26 @@ afterAll(async () => {
   await p.close();
   await emu.stop();
 });
-afterEach(() => { expect(emu.unhandled).toEqual([]); });
+afterEach(() => {
+  expect(emu.unhandled).toEqual([]);
+});
 
 describe('vault dynamic secrets', () => {
   test('database creds: the data plus lease_id and lease_duration; the handle keeps the lease id, never the password', async () => {
     const req = request(pathRole('database/creds/orders'), { ttlSeconds: 120 });
     const res = await p.issue(req);
     expect(res.credentials).toEqual({
-      username: expect.any(String), password: expect.any(String),
-      lease_id: expect.stringMatching(/^database\/creds\/orders\/[A-Za-z0-9]{24}$/), lease_duration: 120,
+      username: expect.any(String),
+      password: expect.any(String),
+      lease_id: expect.stringMatching(/^database\/creds\/orders\/[A-Za-z0-9]{24}$/),
+      lease_duration: 120,
     });
-    expect(res.handle).toMatchObject({ kind: 'secret', leaseId: res.credentials.lease_id, path: 'database/creds/orders', accessor: expect.any(String) });
+    expect(res.handle).toMatchObject({
+      kind: 'secret',
+      leaseId: res.credentials.lease_id,
+      path: 'database/creds/orders',
+      accessor: expect.any(String),
+    });
     expect(JSON.stringify(res.handle)).not.toContain(res.credentials.password as string);
     expect(emu.isDbUserValid(res.credentials.username as string)).toBe(true);
     // Read with a per-lease reader token that Vault expires at the effective TTL.

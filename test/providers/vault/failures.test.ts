@@ -14,7 +14,10 @@ afterAll(async () => {
   await p.close();
   await emu.stop();
 });
-afterEach(() => { emu.unseal(); expect(emu.unhandled).toEqual([]); });
+afterEach(() => {
+  emu.unseal();
+  expect(emu.unhandled).toEqual([]);
+});
 
 describe('Vault failing during issuance', () => {
   test('sealed: 503 upstream_sealed, and not ready', async () => {
@@ -49,7 +52,10 @@ describe('Vault failing during issuance', () => {
     emu.injectFault({ path: 'auth/token/create-orphan', status: 429, errors: ['rate limit quota exceeded'] });
     expect(await rejection(p.issue(request(tokenRole(['ops-read']))))).toMatchObject({ status: 502, code: 'upstream_unavailable' });
     emu.injectFault({ path: 'database/creds/orders', status: 500, errors: ['internal error'] });
-    expect(await rejection(p.issue(request(pathRole('database/creds/orders'))))).toMatchObject({ status: 502, code: 'upstream_unavailable' });
+    expect(await rejection(p.issue(request(pathRole('database/creds/orders'))))).toMatchObject({
+      status: 502,
+      code: 'upstream_unavailable',
+    });
   });
 });
 

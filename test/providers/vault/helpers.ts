@@ -10,12 +10,17 @@ import { startVaultEmulator, type AppRoleOptions, type VaultEmulator } from '../
 
 /** The broker's policy in these tests: what docs/providers/vault.md tells operators to grant. */
 export const BROKER_POLICY = [
-  'auth/token/create-orphan', 'auth/token/revoke-accessor', 'sys/leases/revoke',
-  'database/creds/*', 'auth/approle/role/jit-broker/secret-id*',
+  'auth/token/create-orphan',
+  'auth/token/revoke-accessor',
+  'sys/leases/revoke',
+  'database/creds/*',
+  'auth/approle/role/jit-broker/secret-id*',
 ];
 
 /** An emulator with the broker's AppRole, an `orders` database role and the ops policies. */
-export async function vaultWithBroker(approle: Partial<AppRoleOptions> = {}): Promise<{ emu: VaultEmulator; roleId: string; secretId: string }> {
+export async function vaultWithBroker(
+  approle: Partial<AppRoleOptions> = {},
+): Promise<{ emu: VaultEmulator; roleId: string; secretId: string }> {
   const emu = await startVaultEmulator({
     policies: { 'jit-broker': BROKER_POLICY, 'ops-read': ['secret/ops/*'], 'ops-write': ['secret/ops/*'], 'db-admin': ['database/*'] },
   });
@@ -26,7 +31,8 @@ export async function vaultWithBroker(approle: Partial<AppRoleOptions> = {}): Pr
 
 export function approleSettings(emu: VaultEmulator, roleId: string, secretId: string, extra: Partial<VaultSettings> = {}): VaultSettings {
   return {
-    address: emu.url, requestTimeoutMs: 2000,
+    address: emu.url,
+    requestTimeoutMs: 2000,
     auth: { approle: { roleId, secretId, mount: 'approle', roleName: 'jit-broker' } },
     ...extra,
   } as VaultSettings;
@@ -42,26 +48,58 @@ export function vaultClient(emu: VaultEmulator, token: string) {
   return c;
 }
 
-export const tokenRole = (policies: string[], extra: Partial<NonNullable<VaultRoleConfig['token']>> = {}): VaultRoleConfig =>
-  ({ provider: 'vault', token: { policies, noDefaultPolicy: true, ...extra }, maxTtlSeconds: 3600, approval: 'none' });
+export const tokenRole = (policies: string[], extra: Partial<NonNullable<VaultRoleConfig['token']>> = {}): VaultRoleConfig => ({
+  provider: 'vault',
+  token: { policies, noDefaultPolicy: true, ...extra },
+  maxTtlSeconds: 3600,
+  approval: 'none',
+});
 
 export const pathRole = (path: string): VaultRoleConfig => ({ provider: 'vault', path, maxTtlSeconds: 3600, approval: 'none' });
 
 const task: TaskRecord = {
-  taskId: 't-vault', agent: 'spiffe://dev.local/agent/support', tenant: 'acme', purpose: 'test', grants: [], labels: {},
-  status: 'open', openedBy: 'spiffe://dev.local/orchestrator/o', createdAt: Date.now(), expiresAt: Date.now() + 3_600_000,
-  depth: 0, delegators: [], requestHash: 'x',
+  taskId: 't-vault',
+  agent: 'spiffe://dev.local/agent/support',
+  tenant: 'acme',
+  purpose: 'test',
+  grants: [],
+  labels: {},
+  status: 'open',
+  openedBy: 'spiffe://dev.local/orchestrator/o',
+  createdAt: Date.now(),
+  expiresAt: Date.now() + 3_600_000,
+  depth: 0,
+  delegators: [],
+  requestHash: 'x',
 };
 
 export function request(role: VaultRoleConfig, over: Partial<IssueRequest<VaultRoleConfig>> = {}): IssueRequest<VaultRoleConfig> {
-  return { leaseId: randomUUID().replace(/-/g, ''), roleName: 'vault-ops', role, task, agent: task.agent, scopes: [], ttlSeconds: 120, ...over };
+  return {
+    leaseId: randomUUID().replace(/-/g, ''),
+    roleName: 'vault-ops',
+    role,
+    task,
+    agent: task.agent,
+    scopes: [],
+    ttlSeconds: 120,
+    ...over,
+  };
 }
 
 /** The lease the core would store for an issue result. */
 export function leaseOf(req: IssueRequest<VaultRoleConfig>, res: IssueResult): LeaseRecord {
   return {
-    leaseId: req.leaseId, taskId: req.task.taskId, role: req.roleName, provider: 'vault', agent: req.agent, scopes: req.scopes,
-    status: 'active', issuedAt: Date.now(), expiresAt: res.expiresAt, revocable: true, handle: res.handle,
+    leaseId: req.leaseId,
+    taskId: req.task.taskId,
+    role: req.roleName,
+    provider: 'vault',
+    agent: req.agent,
+    scopes: req.scopes,
+    status: 'active',
+    issuedAt: Date.now(),
+    expiresAt: res.expiresAt,
+    revocable: true,
+    handle: res.handle,
   };
 }
 

@@ -1,7 +1,17 @@
 import { BrokerError } from '../../../src/errors.ts';
 import type { VaultProvider } from '../../../src/providers/vault/index.ts';
 import type { VaultEmulator } from '../../emulators/vault/index.ts';
-import { approleSettings, pathRole, provider, rejection, request, tokenRole, vaultClient, vaultFailure, vaultWithBroker } from './helpers.ts';
+import {
+  approleSettings,
+  pathRole,
+  provider,
+  rejection,
+  request,
+  tokenRole,
+  vaultClient,
+  vaultFailure,
+  vaultWithBroker,
+} from './helpers.ts';
 
 let emu: VaultEmulator;
 let roleId: string;
@@ -29,11 +39,15 @@ describe('rotating the AppRole secret-id', () => {
     const db = await p.issue(request(pathRole('database/creds/orders')));
 
     const r = await p.rotate();
-    expect(r).toMatchObject({ target: 'vault', rotated: ['approle-secret-id', 'vault-token'], detail: { secretIdAccessor: expect.any(String), oldSecretIdDestroyed: true } });
+    expect(r).toMatchObject({
+      target: 'vault',
+      rotated: ['approle-secret-id', 'vault-token'],
+      detail: { secretIdAccessor: expect.any(String), oldSecretIdDestroyed: true },
+    });
     expect(JSON.stringify(r.detail)).not.toContain(r.secret.secretId);
     expect(r.secret.secretId).not.toBe(secretId);
 
-    expect((await login(r.secret.secretId)).auth.client_token).toEqual(expect.any(String));
+    expect((await login(r.secret.secretId!)).auth.client_token).toEqual(expect.any(String));
     expect(await vaultFailure(login(secretId))).toMatchObject({ status: 400, errors: ['invalid role or secret ID'] });
     expect(emu.isTokenValid(oldToken)).toBe(false);
     expect(p.tokenAccessor).not.toBe(oldAccessor);
@@ -46,7 +60,9 @@ describe('rotating the AppRole secret-id', () => {
     const oldToken = brokerToken(p.tokenAccessor!)!;
     // A call that holds the old token while the rotation switches (reaching into the session to hold it open).
     let release!: () => void;
-    const gate = new Promise<void>((r) => { release = r; });
+    const gate = new Promise<void>((r) => {
+      release = r;
+    });
     const session = (p as unknown as { session: { call: (fn: () => Promise<void>) => Promise<void> } }).session;
     const held = session.call(() => gate);
     await p.rotate();

@@ -3,7 +3,18 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { ConfigError } from '../../../src/errors.ts';
 import { startVaultEmulator } from '../../emulators/vault/index.ts';
-import { approleSettings, BROKER_POLICY, pathRole, provider, rejection, request, tokenRole, vaultClient, vaultWithBroker, waitFor } from './helpers.ts';
+import {
+  approleSettings,
+  BROKER_POLICY,
+  pathRole,
+  provider,
+  rejection,
+  request,
+  tokenRole,
+  vaultClient,
+  vaultWithBroker,
+  waitFor,
+} from './helpers.ts';
 
 describe("the broker's own Vault token", () => {
   test('is renewed before it expires, and replaced by a new login when renewal reaches the max TTL', async () => {
@@ -50,7 +61,12 @@ describe("the broker's own Vault token", () => {
       // The 403 was probed with lookup-self before logging in again.
       const paths = emu.requests.map((r) => `${r.path} ${r.status}`);
       const i = paths.lastIndexOf('auth/token/create-orphan 403');
-      expect(paths.slice(i, i + 4)).toEqual(['auth/token/create-orphan 403', 'auth/token/lookup-self 403', 'auth/approle/login 200', 'auth/token/create-orphan 200']);
+      expect(paths.slice(i, i + 4)).toEqual([
+        'auth/token/create-orphan 403',
+        'auth/token/lookup-self 403',
+        'auth/approle/login 200',
+        'auth/token/create-orphan 200',
+      ]);
     } finally {
       await p.close();
       await emu.stop();
@@ -59,7 +75,10 @@ describe("the broker's own Vault token", () => {
 
   test('a genuine ACL denial is not mistaken for a lost token (no re-login)', async () => {
     const { emu, roleId, secretId } = await vaultWithBroker();
-    emu.setPolicy('jit-broker', BROKER_POLICY.filter((x) => x !== 'auth/token/create-orphan'));
+    emu.setPolicy(
+      'jit-broker',
+      BROKER_POLICY.filter((x) => x !== 'auth/token/create-orphan'),
+    );
     const p = await provider(approleSettings(emu, roleId, secretId));
     try {
       const err = await rejection(p.issue(request(tokenRole(['ops-read']))));
@@ -107,7 +126,10 @@ describe("the broker's own Vault token", () => {
   });
 
   test('namespace: every call carries X-Vault-Namespace', async () => {
-    const emu = await startVaultEmulator({ namespaces: ['team-a'], policies: { 'jit-broker': BROKER_POLICY, 'ops-read': ['secret/ops/*'] } });
+    const emu = await startVaultEmulator({
+      namespaces: ['team-a'],
+      policies: { 'jit-broker': BROKER_POLICY, 'ops-read': ['secret/ops/*'] },
+    });
     const { roleId, secretId } = emu.createAppRole({ name: 'jit-broker', policies: ['jit-broker', 'ops-read'], namespace: 'team-a' });
     emu.createDatabaseRole('orders', { namespace: 'team-a' });
     const p = await provider(approleSettings(emu, roleId, secretId, { namespace: 'team-a' }));

@@ -1,7 +1,17 @@
 import { BrokerError } from '../../../src/errors.ts';
 import type { VaultProvider } from '../../../src/providers/vault/index.ts';
 import type { VaultEmulator } from '../../emulators/vault/index.ts';
-import { approleSettings, leaseOf, provider, rejection, request, tokenRole, vaultClient, vaultFailure, vaultWithBroker } from './helpers.ts';
+import {
+  approleSettings,
+  leaseOf,
+  provider,
+  rejection,
+  request,
+  tokenRole,
+  vaultClient,
+  vaultFailure,
+  vaultWithBroker,
+} from './helpers.ts';
 
 let emu: VaultEmulator;
 let p: VaultProvider;
@@ -15,13 +25,20 @@ afterAll(async () => {
   await p.close();
   await emu.stop();
 });
-afterEach(() => { expect(emu.unhandled).toEqual([]); });
+afterEach(() => {
+  expect(emu.unhandled).toEqual([]);
+});
 
 describe('vault token roles', () => {
   test('an orphan token with the role policies, TTL = explicit max TTL = effective TTL, not renewable, with metadata', async () => {
     const req = request(tokenRole(['ops-read', 'ops-write']), { ttlSeconds: 90 });
     const res = await p.issue(req);
-    expect(res.credentials).toEqual({ token: expect.stringMatching(/^hvs\./), accessor: expect.any(String), policies: ['ops-read', 'ops-write'], expires_in: 90 });
+    expect(res.credentials).toEqual({
+      token: expect.stringMatching(/^hvs\./),
+      accessor: expect.any(String),
+      policies: ['ops-read', 'ops-write'],
+      expires_in: 90,
+    });
     expect(res.handle).toEqual({ kind: 'token', accessor: res.credentials.accessor });
     expect(JSON.stringify(res.handle)).not.toContain(res.credentials.token as string);
     expect(res.expiresAt).toBeGreaterThan(Date.now() + 85_000);
@@ -29,9 +46,15 @@ describe('vault token roles', () => {
 
     const look = await vaultClient(emu, emu.rootToken).write('auth/token/lookup-accessor', { accessor: res.credentials.accessor });
     expect(look.data).toMatchObject({
-      policies: ['ops-read', 'ops-write'], creation_ttl: 90, explicit_max_ttl: 90, renewable: false, orphan: true,
+      policies: ['ops-read', 'ops-write'],
+      creation_ttl: 90,
+      explicit_max_ttl: 90,
+      renewable: false,
+      orphan: true,
       meta: { task_id: 't-vault', agent: 'spiffe://dev.local/agent/support', lease_id: req.leaseId, role: 'vault-ops' },
-      display_name: `token-jit-vault-ops-${req.leaseId}`, path: 'auth/token/create-orphan', num_uses: 0,
+      display_name: `token-jit-vault-ops-${req.leaseId}`,
+      path: 'auth/token/create-orphan',
+      num_uses: 0,
     });
     // The agent can use it on the role's paths, and only there (no default policy: not even lookup-self).
     const agent = vaultClient(emu, res.credentials.token as string);

@@ -23,10 +23,16 @@ function mountOf(ctx: RequestContext): string {
 }
 
 /** Mints a secret-id under a role (also used by the emulator's test helpers). */
-export function generateSecretId(now: number, r: AppRoleEntry, opts: { ttl?: number; numUses?: number; metadata?: Record<string, string>; cidrList?: string[] } = {}): AppRoleSecretId {
+export function generateSecretId(
+  now: number,
+  r: AppRoleEntry,
+  opts: { ttl?: number; numUses?: number; metadata?: Record<string, string>; cidrList?: string[] } = {},
+): AppRoleSecretId {
   const ttl = opts.ttl ?? r.secretIdTtl;
   const entry: AppRoleSecretId = {
-    secretId: uuid(), accessor: uuid(), creationTime: now,
+    secretId: uuid(),
+    accessor: uuid(),
+    creationTime: now,
     expireAt: ttl > 0 ? now + ttl * 1000 : null,
     numUses: opts.numUses ?? r.secretIdNumUses,
     metadata: opts.metadata ?? {},
@@ -39,9 +45,15 @@ export function generateSecretId(now: number, r: AppRoleEntry, opts: { ttl?: num
 function secretIdData(s: AppRoleSecretId): Record<string, unknown> {
   const ttl = s.expireAt === null ? 0 : Math.round((s.expireAt - s.creationTime) / 1000);
   return {
-    cidr_list: s.cidrList, creation_time: rfc3339(s.creationTime),
-    expiration_time: s.expireAt === null ? NEVER : rfc3339(s.expireAt), last_updated_time: rfc3339(s.creationTime),
-    metadata: s.metadata, secret_id_accessor: s.accessor, secret_id_num_uses: s.numUses, secret_id_ttl: ttl, token_bound_cidrs: [],
+    cidr_list: s.cidrList,
+    creation_time: rfc3339(s.creationTime),
+    expiration_time: s.expireAt === null ? NEVER : rfc3339(s.expireAt),
+    last_updated_time: rfc3339(s.creationTime),
+    metadata: s.metadata,
+    secret_id_accessor: s.accessor,
+    secret_id_num_uses: s.numUses,
+    secret_id_ttl: ttl,
+    token_bound_cidrs: [],
   };
 }
 
@@ -117,8 +129,10 @@ export const approleRoutes: Route[] = [
         const s = generateSecretId(ctx.state.now(), r, { ttl: f.ttl, numUses: f.num_uses, metadata, cidrList: f.cidr_list });
         return ok({
           data: {
-            secret_id_accessor: s.accessor, secret_id: s.secretId,
-            secret_id_ttl: s.expireAt === null ? 0 : Math.round((s.expireAt - s.creationTime) / 1000), secret_id_num_uses: s.numUses,
+            secret_id_accessor: s.accessor,
+            secret_id: s.secretId,
+            secret_id_ttl: s.expireAt === null ? 0 : Math.round((s.expireAt - s.creationTime) / 1000),
+            secret_id_num_uses: s.numUses,
           },
           mount_type: 'approle',
         });

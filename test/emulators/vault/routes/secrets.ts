@@ -20,8 +20,11 @@ function databaseCreds(ctx: RequestContext) {
   });
   ctx.state.dbUsers.set(username, { username, role: name, valid: true, leaseId: lease.id });
   return ok({
-    lease_id: lease.id, renewable: true, lease_duration: role.defaultTtl,
-    data: { username, password }, mount_type: 'database',
+    lease_id: lease.id,
+    renewable: true,
+    lease_duration: role.defaultTtl,
+    data: { username, password },
+    mount_type: 'database',
   });
 }
 
@@ -47,11 +50,17 @@ function awsCreds(ctx: RequestContext, stsEndpoint: boolean) {
   });
   ctx.state.awsKeys.set(accessKey, { accessKey, role: name, valid: true, leaseId: lease.id });
   return ok({
-    lease_id: lease.id, renewable: !sts, lease_duration: ttl, mount_type: 'aws',
+    lease_id: lease.id,
+    renewable: !sts,
+    lease_duration: ttl,
+    mount_type: 'aws',
     data: {
-      access_key: accessKey, secret_key: base62(40),
+      access_key: accessKey,
+      secret_key: base62(40),
       session_token: sts ? base62(120) : null,
-      arn: sts ? `arn:aws:sts::123456789012:assumed-role/${name}/vault-${base62(10)}` : `arn:aws:iam::123456789012:user/vault-${name}-${base62(8)}`,
+      arn: sts
+        ? `arn:aws:sts::123456789012:assumed-role/${name}/vault-${base62(10)}`
+        : `arn:aws:iam::123456789012:user/vault-${name}-${base62(8)}`,
     },
   });
 }

@@ -11,21 +11,26 @@ function leaseFor(ctx: RequestContext, id: string | undefined): LeaseEntry | und
 }
 
 /** The lease id comes from the body or, on the `/:lease_id` forms, the path. */
-const leaseIdOf = (ctx: RequestContext, body: { lease_id?: string }): string | undefined =>
-  ctx.params.id ? ctx.params.id : body.lease_id;
+const leaseIdOf = (ctx: RequestContext, body: { lease_id?: string }): string | undefined => (ctx.params.id ? ctx.params.id : body.lease_id);
 
 function lookup(ctx: RequestContext) {
   const l = leaseFor(ctx, fields(ctx, { lease_id: 'string' }).lease_id);
   if (!l) throw badRequest('invalid lease');
   const now = ctx.state.now();
-  return ok({
-    data: {
-      id: l.id, issue_time: rfc3339(l.issueTime), expire_time: rfc3339(l.expireAt),
-      last_renewal_time: l.lastRenewal === null ? null : rfc3339(l.lastRenewal),
-      renewable: l.renewable, ttl: Math.max(0, Math.round((l.expireAt - now) / 1000)),
+  return ok(
+    {
+      data: {
+        id: l.id,
+        issue_time: rfc3339(l.issueTime),
+        expire_time: rfc3339(l.expireAt),
+        last_renewal_time: l.lastRenewal === null ? null : rfc3339(l.lastRenewal),
+        renewable: l.renewable,
+        ttl: Math.max(0, Math.round((l.expireAt - now) / 1000)),
+      },
+      mount_type: 'system',
     },
-    mount_type: 'system',
-  }, true);
+    true,
+  );
 }
 
 function renew(ctx: RequestContext) {
@@ -64,9 +69,15 @@ function health(ctx: RequestContext) {
   return {
     status,
     raw: {
-      initialized: true, sealed: sealedNow, standby: false, performance_standby: false,
-      replication_performance_mode: 'disabled', replication_dr_mode: 'disabled',
-      server_time_utc: Math.floor(ctx.state.now() / 1000), version: VERSION, enterprise: false,
+      initialized: true,
+      sealed: sealedNow,
+      standby: false,
+      performance_standby: false,
+      replication_performance_mode: 'disabled',
+      replication_dr_mode: 'disabled',
+      server_time_utc: Math.floor(ctx.state.now() / 1000),
+      version: VERSION,
+      enterprise: false,
       ...(sealedNow ? {} : { cluster_name: 'vault-cluster-emulator', cluster_id: ctx.state.clusterId }),
     },
   };
@@ -77,8 +88,18 @@ function sealStatus(ctx: RequestContext) {
   return {
     status: 200,
     raw: {
-      type: 'shamir', initialized: true, sealed: sealedNow, t: 1, n: 1, progress: 0, nonce: '', version: VERSION,
-      build_date: '2024-01-01T00:00:00Z', migration: false, recovery_seal: false, storage_type: 'inmem',
+      type: 'shamir',
+      initialized: true,
+      sealed: sealedNow,
+      t: 1,
+      n: 1,
+      progress: 0,
+      nonce: '',
+      version: VERSION,
+      build_date: '2024-01-01T00:00:00Z',
+      migration: false,
+      recovery_seal: false,
+      storage_type: 'inmem',
       ...(sealedNow ? {} : { cluster_name: 'vault-cluster-emulator', cluster_id: ctx.state.clusterId }),
     },
   };

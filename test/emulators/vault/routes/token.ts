@@ -61,9 +61,21 @@ const sortedPolicies = (policies: string[], addDefault: boolean): string[] =>
 function create(orphanEndpoint: boolean): Handler {
   return (ctx) => {
     const f = fields(ctx, {
-      id: 'string', policies: 'strings', meta: 'map', no_parent: 'bool', no_default_policy: 'bool', renewable: 'bool',
-      ttl: 'duration', explicit_max_ttl: 'duration', display_name: 'string', num_uses: 'int', type: 'string',
-      role_name: 'any', period: 'any', entity_alias: 'any', lease: 'any',
+      id: 'string',
+      policies: 'strings',
+      meta: 'map',
+      no_parent: 'bool',
+      no_default_policy: 'bool',
+      renewable: 'bool',
+      ttl: 'duration',
+      explicit_max_ttl: 'duration',
+      display_name: 'string',
+      num_uses: 'int',
+      type: 'string',
+      role_name: 'any',
+      period: 'any',
+      entity_alias: 'any',
+      lease: 'any',
     });
     const parent = ctx.token!;
     const isRoot = parent.policies.includes('root');
@@ -110,7 +122,7 @@ function create(orphanEndpoint: boolean): Handler {
       expireAt: rootChild ? null : now + ttl * 1000,
       maxExpireAt: rootChild ? null : now + (explicitMax > 0 ? explicitMax : SYSTEM_MAX_TTL) * 1000,
       explicitMaxTtl: explicitMax,
-      renewable: rootChild ? false : f.renewable ?? true,
+      renewable: rootChild ? false : (f.renewable ?? true),
       orphan,
       parent: orphan ? null : parent.id,
       path: orphanEndpoint ? 'auth/token/create-orphan' : 'auth/token/create',
@@ -158,8 +170,14 @@ export const tokenRoutes: Route[] = [
   {
     pattern: /^auth\/token\/lookup-self$/,
     ops: {
-      read: (ctx) => { fields(ctx, {}); return ok({ data: lookupData(ctx.state, ctx.token!, true), mount_type: 'token' }); },
-      write: (ctx) => { fields(ctx, {}); return ok({ data: lookupData(ctx.state, ctx.token!, true), mount_type: 'token' }); },
+      read: (ctx) => {
+        fields(ctx, {});
+        return ok({ data: lookupData(ctx.state, ctx.token!, true), mount_type: 'token' });
+      },
+      write: (ctx) => {
+        fields(ctx, {});
+        return ok({ data: lookupData(ctx.state, ctx.token!, true), mount_type: 'token' });
+      },
     },
   },
   {
@@ -175,7 +193,10 @@ export const tokenRoutes: Route[] = [
   },
   {
     pattern: /^auth\/token\/lookup-accessor$/,
-    ops: { write: (ctx) => ok({ data: lookupData(ctx.state, byAccessor(ctx, fields(ctx, { accessor: 'string' }).accessor), false), mount_type: 'token' }) },
+    ops: {
+      write: (ctx) =>
+        ok({ data: lookupData(ctx.state, byAccessor(ctx, fields(ctx, { accessor: 'string' }).accessor), false), mount_type: 'token' }),
+    },
   },
   {
     pattern: /^auth\/token\/renew-self$/,
@@ -203,7 +224,13 @@ export const tokenRoutes: Route[] = [
   },
   {
     pattern: /^auth\/token\/revoke-self$/,
-    ops: { write: (ctx) => { fields(ctx, {}); ctx.state.revokeToken(ctx.token!.id); return noContent(); } },
+    ops: {
+      write: (ctx) => {
+        fields(ctx, {});
+        ctx.state.revokeToken(ctx.token!.id);
+        return noContent();
+      },
+    },
   },
   {
     pattern: /^auth\/token\/revoke$/,
