@@ -1,6 +1,6 @@
 import type { AuditAction, AuditEvent } from './audit/record.ts';
 import type { Deps } from './deps.ts';
-import { forbidden } from './errors.ts';
+import { BrokerError, type CodeWithStatus, forbidden } from './errors.ts';
 import type { WorkloadIdentity } from './identity/types.ts';
 import type { PolicyAction, PolicyRequest, PolicyTaskContext } from './policy/types.ts';
 import type { TaskFixed } from './tasks/types.ts';
@@ -17,6 +17,15 @@ export function taskContext(t: TaskFixed): PolicyTaskContext {
     depth: t.depth,
     ...(t.parentTaskId ? { parentId: t.parentTaskId } : {}),
   };
+}
+
+/** Where a denial is recorded. */
+export interface DenialRecord {
+  action: AuditAction;
+  taskId?: string | undefined;
+  role?: string | undefined;
+  leaseId?: string | undefined;
+  detail?: AuditEvent['detail'];
 }
 
 /**
@@ -42,7 +51,7 @@ export async function authorize(
   deps.metrics.policyDecisions.inc({ action, decision: decision.allowed ? 'allow' : 'deny' });
   if (!decision.allowed) {
     deps.metrics.denied.inc({ code: 'policy_denied' });
-    await deps.audit.append({
+    await deps.audit.denial({
       action: action === 'issue' ? 'credential.deny' : 'access.deny',
       actor: who.id,
       decision: 'deny',
@@ -56,15 +65,29 @@ export async function authorize(
   return decision.policies;
 }
 
-/** Every non-policy denial (task ceiling, approver check) is counted, audited and answered the same way. */
+/** Every denial (task ceiling, party checks, bounds) is counted, audited and answered the same way. */
 export async function deny(
   deps: Deps,
   who: WorkloadIdentity,
-  code: string,
+  code: CodeWithStatus<403> | CodeWithStatus<429>,
   detail: string,
-  audit: { action: AuditAction; taskId?: string; role?: string; leaseId?: string; detail?: AuditEvent['detail'] },
+  audit: DenialRecord,
 ): Promise<never> {
-  deps.metrics.denied.inc({ code });
-  await deps.audit.append({ actor: who.id, decision: 'deny', reason: code, ...audit });
-  throw forbidden(code, detail);
+  throw await denial(deps, who, new BrokerError(code, detail), audit);
+}
+
+/** Records `err` as a denial of `who` (metrics + audit) and returns it for throwing. */
+export async function denial(deps: Deps, who: WorkloadIdentity, err: BrokerError, audit: DenialRecord): Promise<BrokerError> {
+  deps.metrics.denied.inc({ code: err.code });
+  const { taskId, role, leaseId, ...rest } = audit;
+  await deps.audit.denial({
+    actor: who.id,
+    decision: 'deny',
+    reason: err.code,
+    ...rest,
+    ...(taskId ? { taskId } : {}),
+    ...(role ? { role } : {}),
+    ...(leaseId ? { leaseId } : {}),
+  });
+  return err;
 }

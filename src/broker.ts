@@ -2,29 +2,34 @@ import { randomBytes } from 'node:crypto';
 import { once } from 'node:events';
 import type { Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import type { Redis } from 'ioredis';
 import type { Router } from 'express';
+import { AdminService } from './admin/admin-service.ts';
 import { ApprovalService } from './approvals/approval-service.ts';
 import { ApprovalStore } from './approvals/approval-store.ts';
 import { AuditLog } from './audit/audit-log.ts';
-import { readSecret, resolvePath, type LoadedConfig } from './config/load.ts';
+import { type LoadedConfig, readSecret, resolvePath } from './config/load.ts';
 import { CredentialService } from './credentials/credential-service.ts';
 import type { Deps } from './deps.ts';
 import { createApp } from './http/app.ts';
 import type { Services } from './http/services.ts';
 import { IdentityPatterns } from './identity/patterns.ts';
+import { Quarantine } from './identity/quarantine.ts';
 import { IdentityVerifier } from './identity/verifier.ts';
 import { LeaseService } from './leases/lease-service.ts';
 import { LeaseStore } from './leases/lease-store.ts';
 import { createLogger, type Logger } from './logger.ts';
 import { Metrics } from './metrics.ts';
+import { DataLossMonitor } from './ops/recovery.ts';
 import { RotationService } from './ops/rotation.ts';
 import { RotationScheduler } from './ops/schedule.ts';
 import { createCedarEngine } from './policy/cedar-engine.ts';
 import type { PolicyEngine } from './policy/types.ts';
 import { ProviderRegistry } from './providers/registry.ts';
 import type { Provider } from './providers/types.ts';
-import { connectRedis, Keys } from './redis.ts';
+import { connectRedis } from './redis.ts';
+import { RedisClock } from './redis/clock.ts';
+import { Keys } from './redis/keys.ts';
+import type { RedisClient } from './redis/scripts.ts';
 import { RevocationQueue } from './revocation/queue.ts';
 import { Sweeper } from './revocation/sweeper.ts';
 import { RevocationWorker } from './revocation/worker.ts';
@@ -32,8 +37,6 @@ import { Kek } from './signing/kek.ts';
 import { SigningKeyStore } from './signing/key-store.ts';
 import { TaskService } from './tasks/task-service.ts';
 import { TaskStore } from './tasks/task-store.ts';
-
-const RETENTION_MS = 7 * 86_400_000;
 
 export interface BrokerOptions {
   /** Run the HTTP API (default true). */
@@ -49,7 +52,9 @@ export interface BrokerOptions {
   fetchImpl?: typeof fetch;
   /** Verified-identity cache lifetime (ms); 0 disables. */
   identityCacheMs?: number;
-  /** Extra routers mounted before the /v1 catch-all (e.g. the AWS container-credentials endpoint). */
+  /** How often every instance looks for a Redis data loss (ms, default 1000). */
+  dataLossCheckMs?: number;
+  /** Extra routers mounted before the /v1 catch-all. */
   routers?: (deps: Deps, services: Services) => Router[];
 }
 
@@ -59,7 +64,7 @@ export interface BrokerOptions {
  * That protects nothing at rest (the key sits next to what it seals), so it is
  * said loudly; production configs set secrets.kek.
  */
-async function kekFromRedis(redis: Redis, keys: Keys, logger: Logger): Promise<string> {
+async function kekFromRedis(redis: RedisClient, keys: Keys, logger: Logger): Promise<string> {
   logger.warn(
     'secrets.kek is not set: sealing signing keys with a key kept in Redis itself, which protects nothing at rest. Set secrets.kek in production.',
   );
@@ -68,7 +73,7 @@ async function kekFromRedis(redis: Redis, keys: Keys, logger: Logger): Promise<s
 }
 
 /** Throws unless `kek` decrypts every signing key and rotated secret already in Redis. */
-async function assertKekOpens(redis: Redis, keys: Keys, kek: Kek): Promise<void> {
+async function assertKekOpens(redis: RedisClient, keys: Keys, kek: Kek, targets: string[]): Promise<void> {
   for (const [kid, raw] of Object.entries(await redis.hgetall(keys.signingKeys()))) {
     try {
       kek.decrypt((JSON.parse(raw) as { sealed: string }).sealed, `signing-key:${kid}`);
@@ -79,7 +84,7 @@ async function assertKekOpens(redis: Redis, keys: Keys, kek: Kek): Promise<void>
       );
     }
   }
-  for (const target of ['aws', 'vault']) {
+  for (const target of targets) {
     const sealed = await redis.get(keys.secrets(target));
     if (!sealed) continue;
     try {
@@ -87,6 +92,17 @@ async function assertKekOpens(redis: Redis, keys: Keys, kek: Kek): Promise<void>
     } catch {
       throw new Error(`cannot decrypt the rotated ${target} secret in Redis: wrong secrets.kek? Refusing to run with a stale secret.`);
     }
+  }
+}
+
+/** The bucket count cannot change under existing data (tasks would move); refuse a mismatch. */
+async function assertBuckets(redis: RedisClient, keys: Keys): Promise<void> {
+  await redis.hsetnx(keys.meta(), 'buckets', String(keys.buckets));
+  const stored = Number(await redis.hget(keys.meta(), 'buckets'));
+  if (stored !== keys.buckets) {
+    throw new Error(
+      `redis.buckets is ${keys.buckets} but the data under prefix ${keys.prefix} was written with ${stored}; refusing to start.`,
+    );
   }
 }
 
@@ -98,8 +114,28 @@ export interface RunningBroker {
   url?: string;
   sweeper?: Sweeper;
   worker?: RevocationWorker;
+  recovery: DataLossMonitor;
   /** Graceful shutdown: stop accepting, finish in-flight requests and jobs, close queues and connections. */
   close(): Promise<void>;
+}
+
+/** Connections by purpose (one place to change when the topology changes). */
+function connections(config: LoadedConfig) {
+  const opened: RedisClient[] = [];
+  const open = (o: { forBullmq?: boolean; name: string }) => {
+    const c = connectRedis(config.redis.url, o);
+    opened.push(c);
+    return c;
+  };
+  return {
+    command: (name: string) => open({ name }),
+    bullmq: (name: string) => open({ name, forBullmq: true }),
+    subscriber: (name: string) => open({ name, forBullmq: true }),
+    describe: () => config.redis.url.replace(/\/\/[^@]*@/, '//***@'),
+    close: async () => {
+      await Promise.allSettled(opened.map((c) => c.quit()));
+    },
+  };
 }
 
 /**
@@ -112,49 +148,78 @@ export async function startBroker(config: LoadedConfig, opts: BrokerOptions = {}
   const runApi = opts.api ?? true;
   const runWorker = opts.worker ?? true;
   const keys = new Keys(config.redis.prefix);
-  const connections: Redis[] = [];
-  const conn = (o: { forBullmq?: boolean; name: string }) => {
-    const c = connectRedis(config.redis.url, o);
-    connections.push(c);
-    return c;
-  };
-  const redis = conn({ name: 'jit-main' });
+  const conns = connections(config);
+  const redis = conns.command('jit-main');
   try {
     await redis.ping();
   } catch (err) {
-    await Promise.allSettled(connections.map((c) => c.quit()));
-    throw new Error(`cannot reach Redis at ${config.redis.url}: ${(err as Error).message}`);
+    await conns.close();
+    throw new Error(`cannot reach Redis at ${conns.describe()}: ${(err as Error).message}`);
   }
   // Anything opened below is closed again if startup fails part-way: nothing half-starts, nothing leaks.
   const undo: (() => unknown)[] = [];
   try {
+    await assertBuckets(redis, keys);
+    const clock = new RedisClock(redis);
+    await clock.start();
+    undo.push(() => clock.stop());
     const kek = new Kek(config.secrets.kek ? readSecret(config.secrets.kek, 'secrets.kek') : await kekFromRedis(redis, keys, logger));
     // Before creating anything: a KEK that cannot open what is already sealed in Redis means a
     // misconfigured instance, which must not add keys of its own or run with stale secrets.
-    await assertKekOpens(redis, keys, kek);
+    await assertKekOpens(redis, keys, kek, ['aws', 'vault']);
     const metrics = new Metrics({ defaultMetrics: true });
-    const leases = new LeaseStore({ redis, keys, retentionMs: RETENTION_MS });
+    const retentionMs = config.tasks.retentionSeconds * 1000;
+    const leases = new LeaseStore({ redis, keys, retentionMs });
     metrics.activeLeasesSource = () => leases.liveCount();
-    const signing = new SigningKeyStore({ redis, keys, kek, logger, alg: config.providers.jwt.alg });
-    await signing.init();
-    const verifier = new IdentityVerifier(config, { redis, keys, logger, fetchImpl: opts.fetchImpl, cacheMs: opts.identityCacheMs });
+    const signing = new SigningKeyStore({ redis, keys, kek, logger, alg: config.providers.jwt.alg, clock });
+    const verifier = new IdentityVerifier(config, {
+      redis,
+      keys,
+      logger,
+      ...(opts.fetchImpl ? { fetchImpl: opts.fetchImpl } : {}),
+      ...(opts.identityCacheMs === undefined ? {} : { cacheMs: opts.identityCacheMs }),
+    });
     await verifier.init();
     const policy = opts.policy ?? (await createCedarEngine({ dir: resolvePath(config.policies), logger, watch: true }));
     undo.push(() => policy.close());
-    const audit = new AuditLog({ redis: conn({ name: 'jit-audit' }), keys, logger });
+    const audit = new AuditLog({
+      redis: conns.command('jit-audit'),
+      keys,
+      logger,
+      taskIndexMs: Math.max(retentionMs, config.audit.retention.maxAgeDays * 86_400_000),
+      now: () => clock.now(),
+    });
+    const tasks = new TaskStore({ redis, keys, retentionMs });
+    const quarantine = new Quarantine({ redis, keys, logger });
+    await quarantine.start();
+    undo.push(() => quarantine.stop());
+    const recovery = new DataLossMonitor({
+      redis,
+      keys,
+      logger,
+      signing,
+      audit,
+      archivedQuarantines: async () => [],
+      restoreQuarantines: (entries) => quarantine.restore(entries),
+      clearCaches: () => tasks.clearCache(),
+    });
+    await recovery.init();
+    recovery.start(opts.dataLossCheckMs ?? 1000);
+    undo.push(() => recovery.stop());
     const providers = await ProviderRegistry.create(
       config,
-      { logger, redis, keyPrefix: config.redis.prefix, audit: (e) => audit.append(e) },
+      { logger, redis, keyPrefix: config.redis.prefix, clock: () => clock.now(), audit: (e) => audit.append(e) },
       signing,
     );
     for (const [kind, p] of Object.entries(opts.providers ?? {})) providers.set(kind, p);
     undo.push(() => providers.close());
-    const queue = new RevocationQueue(conn({ forBullmq: true, name: 'jit-queue' }), config.redis.prefix, config.revocation);
+    const queue = new RevocationQueue(conns.bullmq('jit-queue'), keys, config.revocation);
     undo.push(() => queue.close());
     const deps: Deps = {
       config,
       redis,
       keys,
+      clock,
       logger,
       metrics,
       policy,
@@ -164,8 +229,9 @@ export async function startBroker(config: LoadedConfig, opts: BrokerOptions = {}
       leases,
       queue,
       audit,
-      tasks: new TaskStore({ redis, keys, retentionMs: RETENTION_MS }),
-      approvals: new ApprovalStore({ redis, keys }),
+      tasks,
+      quarantine,
+      approvals: new ApprovalStore({ redis, keys, retentionMs }),
       patterns: {
         orchestrators: new IdentityPatterns(config.orchestrators),
         admins: new IdentityPatterns(config.admins),
@@ -173,21 +239,24 @@ export async function startBroker(config: LoadedConfig, opts: BrokerOptions = {}
       },
     };
     const rotation = new RotationService(deps, kek, redis);
+    const taskService = new TaskService(deps);
     const services: Services = {
-      tasks: new TaskService(deps),
+      tasks: taskService,
       credentials: new CredentialService(deps),
       leases: new LeaseService(deps),
       approvals: new ApprovalService(deps),
       rotation,
+      admin: new AdminService(deps, taskService, rotation),
     };
     await rotation.applyDistributedSecrets();
 
-    // Other instances announce rotations and policy reloads here; a periodic key reload covers a missed message.
-    const sub = conn({ name: 'jit-sub' });
+    // Other instances announce rotations, policy reloads and quarantines here; periodic reloads cover a missed message.
+    const sub = conns.subscriber('jit-sub');
     await sub.subscribe(keys.channel('broker'));
     sub.on(
       'message',
-      (_ch, msg) => void rotation.onEvent(msg).catch((err) => logger.error({ err: (err as Error).message }, 'broker event failed')),
+      (_ch: string, msg: string) =>
+        void rotation.onEvent(msg).catch((err) => logger.error({ err: (err as Error).message }, 'broker event failed')),
     );
     const keyRefresh = setInterval(() => void signing.reload().catch(() => {}), 10_000);
     keyRefresh.unref();
@@ -197,14 +266,14 @@ export async function startBroker(config: LoadedConfig, opts: BrokerOptions = {}
     let sweeper: Sweeper | undefined;
     let scheduler: RotationScheduler | undefined;
     if (runWorker) {
-      const w = new RevocationWorker(deps, conn({ forBullmq: true, name: 'jit-worker' }));
+      const w = new RevocationWorker(deps, (name) => conns.bullmq(name));
       worker = w;
       undo.push(() => w.close());
       const sw = new Sweeper(deps);
       sweeper = sw;
       sw.start();
       undo.push(() => sw.stop());
-      const sch = new RotationScheduler(deps, rotation, conn({ forBullmq: true, name: 'jit-rotation' }));
+      const sch = new RotationScheduler(deps, rotation, conns.bullmq('jit-rotation'));
       scheduler = sch;
       undo.push(() => sch.close());
       await sch.start();
@@ -228,13 +297,17 @@ export async function startBroker(config: LoadedConfig, opts: BrokerOptions = {}
           }),
         );
       }
-      const app = createApp(deps, services, { isShuttingDown: () => shuttingDown, extraRouters: routers });
+      const app = createApp(deps, services, {
+        isShuttingDown: () => shuttingDown,
+        isRecovered: () => recovery.ready,
+        extraRouters: routers,
+      });
       server = app.listen(config.server.port, config.server.host);
       await once(server, 'listening');
       server.keepAliveTimeout = 65_000;
       const addr = server.address() as AddressInfo;
       url = `http://${addr.address.includes(':') ? `[${addr.address}]` : addr.address}:${addr.port}`;
-      logger.info({ url, publicUrl: config.server.publicUrl }, 'broker API listening');
+      logger.info({ url, publicUrl: config.server.publicUrl, redis: conns.describe() }, 'broker API listening');
     }
     if (runWorker) logger.info({ prefix: config.redis.prefix }, 'revocation worker running');
 
@@ -244,19 +317,22 @@ export async function startBroker(config: LoadedConfig, opts: BrokerOptions = {}
       url,
       sweeper,
       worker,
+      recovery,
       async close() {
         shuttingDown = true;
         clearInterval(keyRefresh);
+        recovery.stop();
         if (server) {
-          const closed = new Promise<void>((resolve) => server!.close(() => resolve()));
+          const srv = server;
+          const closed = new Promise<void>((resolve) => srv.close(() => resolve()));
           // close() drops idle keep-alive sockets once; sockets busy now become idle after their
           // response and must be dropped then too, or shutdown waits for the grace timer.
-          const sweepIdle = setInterval(() => server!.closeIdleConnections(), 50);
+          const sweepIdle = setInterval(() => srv.closeIdleConnections(), 50);
           closed.then(
             () => clearInterval(sweepIdle),
             () => clearInterval(sweepIdle),
           );
-          const grace = setTimeout(() => server!.closeAllConnections(), config.server.shutdownGraceMs);
+          const grace = setTimeout(() => srv.closeAllConnections(), config.server.shutdownGraceMs);
           await closed;
           clearTimeout(grace);
         }
@@ -265,9 +341,11 @@ export async function startBroker(config: LoadedConfig, opts: BrokerOptions = {}
         await worker?.close();
         await queue.close();
         await deps.audit.flush();
+        quarantine.stop();
+        clock.stop();
         await policy.close();
         await providers.close();
-        await Promise.allSettled(connections.map((c) => c.quit()));
+        await conns.close();
       },
     };
   } catch (err) {
@@ -275,7 +353,7 @@ export async function startBroker(config: LoadedConfig, opts: BrokerOptions = {}
       await Promise.resolve()
         .then(step)
         .catch(() => {});
-    await Promise.allSettled(connections.map((c) => c.quit()));
+    await conns.close();
     throw err;
   }
 }

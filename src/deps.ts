@@ -1,24 +1,28 @@
-import type { Redis } from 'ioredis';
-import type { LoadedConfig } from './config/load.ts';
+import type { ApprovalStore } from './approvals/approval-store.ts';
 import type { AuditLog } from './audit/audit-log.ts';
-import type { IdentityVerifier } from './identity/verifier.ts';
+import type { LoadedConfig } from './config/load.ts';
 import type { IdentityPatterns } from './identity/patterns.ts';
+import type { Quarantine } from './identity/quarantine.ts';
+import type { IdentityVerifier } from './identity/verifier.ts';
 import type { LeaseStore } from './leases/lease-store.ts';
 import type { Logger } from './logger.ts';
 import type { Metrics } from './metrics.ts';
 import type { PolicyEngine } from './policy/types.ts';
 import type { ProviderRegistry } from './providers/registry.ts';
-import type { Keys } from './redis.ts';
+import type { RedisClock } from './redis/clock.ts';
+import type { Keys } from './redis/keys.ts';
+import type { RedisClient } from './redis/scripts.ts';
 import type { RevocationQueue } from './revocation/queue.ts';
 import type { SigningKeyStore } from './signing/key-store.ts';
 import type { TaskStore } from './tasks/task-store.ts';
-import type { ApprovalStore } from './approvals/approval-store.ts';
 
 /** Everything the services need, built once by the composition root (src/broker.ts). */
 export interface Deps {
   config: LoadedConfig;
-  redis: Redis;
+  redis: RedisClient;
   keys: Keys;
+  /** Redis's clock, for decisions made in-process. */
+  clock: RedisClock;
   logger: Logger;
   metrics: Metrics;
   audit: AuditLog;
@@ -30,5 +34,6 @@ export interface Deps {
   leases: LeaseStore;
   approvals: ApprovalStore;
   queue: RevocationQueue;
+  quarantine: Quarantine;
   patterns: { orchestrators: IdentityPatterns; admins: IdentityPatterns; approvers: IdentityPatterns };
 }

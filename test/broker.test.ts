@@ -106,6 +106,17 @@ test('graceful shutdown lets in-flight requests finish', async () => {
     ttlSeconds: 600,
     grants: [{ role: 'demo-api' }],
   });
+  // Close while requests are on the wire: right after the first one reaches the lease store.
+  const store = t.broker.deps.leases;
+  const create = store.create.bind(store);
+  let firstArrived!: () => void;
+  const arrived = new Promise<void>((r) => {
+    firstArrived = r;
+  });
+  store.create = (...args) => {
+    firstArrived();
+    return create(...args);
+  };
   let started = 0;
   const inflight = Array.from({ length: 40 }, () => {
     started += 1;
@@ -118,8 +129,7 @@ test('graceful shutdown lets in-flight requests finish', async () => {
           : `failed:${err.cause?.code ?? 'unknown'}`,
     );
   });
-  // Close while requests are on the wire.
-  await new Promise((r) => setTimeout(r, 15));
+  await arrived;
   const t0 = Date.now();
   await t.broker.close();
   const statuses = await Promise.all(inflight);
@@ -130,7 +140,7 @@ test('graceful shutdown lets in-flight requests finish', async () => {
   expect(ok).toBeGreaterThan(0);
   // Lose nothing: every lease the broker recorded was answered with its 201.
   const r = new Redis(REDIS_URL);
-  const leases = await r.smembers(`${t.prefix}:task:t-shut:leases`);
+  const leases = await r.smembers(t.broker.deps.keys.taskLeases('t-shut'));
   await r.quit();
   expect(leases.length).toBe(ok);
   await dropPrefix(t.prefix);
@@ -143,9 +153,9 @@ test('an instance whose KEK cannot open the keys in Redis refuses to start, and 
     writeFileSync(join(dir, 'kek'), randomBytes(32).toString('base64'));
     const { baseDir: _b, file: _f, ...raw } = JSON.parse(JSON.stringify(a.config)) as Record<string, unknown>;
     const wrong = validateConfig({ ...raw, secrets: { kek: { file: join(dir, 'kek') } } }, {}, a.config.file);
-    const before = await a.broker.deps.redis.hgetall(`${a.prefix}:signing:keys`);
+    const before = await a.broker.deps.redis.hgetall(a.broker.deps.keys.signingKeys());
     await expect(startBroker(wrong, { logger: silentLogger })).rejects.toThrow(/cannot decrypt signing key/);
-    expect(await a.broker.deps.redis.hgetall(`${a.prefix}:signing:keys`)).toEqual(before);
+    expect(await a.broker.deps.redis.hgetall(a.broker.deps.keys.signingKeys())).toEqual(before);
   } finally {
     await a.close();
     await dropPrefix(a.prefix);

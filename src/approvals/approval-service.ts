@@ -4,6 +4,25 @@ import { conflict, forbidden, notFound } from '../errors.ts';
 import type { WorkloadIdentity } from '../identity/types.ts';
 import type { ApprovalRecord } from './approval-store.ts';
 
+/** An approval as the API shows it (ISO 8601 times, like tasks and leases). */
+export function publicApproval(r: ApprovalRecord): Record<string, unknown> {
+  return {
+    approvalId: r.approvalId,
+    taskId: r.taskId,
+    role: r.role,
+    scopes: r.scopes,
+    ttlSeconds: r.ttlSeconds,
+    agent: r.agent,
+    purpose: r.purpose,
+    status: r.status,
+    requestedAt: new Date(r.requestedAt).toISOString(),
+    expiresAt: new Date(r.expiresAt).toISOString(),
+    ...(r.decidedBy ? { decidedBy: r.decidedBy } : {}),
+    ...(r.decidedAt ? { decidedAt: new Date(r.decidedAt).toISOString() } : {}),
+    ...(r.reason ? { reason: r.reason } : {}),
+  };
+}
+
 /** Approvers deciding on pending credential requests (contract section 3). */
 export class ApprovalService {
   private readonly deps: Deps;
@@ -11,14 +30,22 @@ export class ApprovalService {
     this.deps = deps;
   }
 
-  /** Visible to approvers, admins, the requesting agent and the task's orchestrator. */
-  async get(who: WorkloadIdentity, approvalId: string): Promise<ApprovalRecord> {
-    const r = await this.deps.approvals.get(approvalId);
-    if (!r) throw notFound('approval_not_found', `No approval ${approvalId}.`);
+  /** Whether `who` may read `r`: approvers, admins, the requesting agent and the task's orchestrator. */
+  mayRead(who: WorkloadIdentity, r: ApprovalRecord): boolean {
     const { approvers, admins } = this.deps.patterns;
-    if (who.id !== r.agent && !approvers.matches(who.id) && !admins.matches(who.id)) {
-      const task = await this.deps.tasks.get(r.taskId);
-      if (who.id !== task?.openedBy) throw forbidden('not_approval_party', 'Not allowed to read this approval.');
+    return who.id === r.agent || who.id === r.openedBy || approvers.matches(who.id) || admins.matches(who.id);
+  }
+
+  async get(who: WorkloadIdentity, approvalId: string): Promise<ApprovalRecord> {
+    const r = await this.deps.approvals.get(approvalId, this.deps.clock.now());
+    if (!r) throw notFound('approval_not_found', `No approval ${approvalId}.`);
+    if (!this.mayRead(who, r)) {
+      await deny(this.deps, who, 'not_approval_party', 'Not allowed to read this approval.', {
+        action: 'access.deny',
+        taskId: r.taskId,
+        role: r.role,
+        detail: { approvalId },
+      });
     }
     return r;
   }
@@ -30,15 +57,20 @@ export class ApprovalService {
         detail: { approvalId },
       });
     }
-    const r = await this.deps.approvals.get(approvalId);
+    const r = await this.deps.approvals.get(approvalId, this.deps.clock.now());
     if (!r) throw notFound('approval_not_found', `No approval ${approvalId}.`);
-    if (who.id === r.agent) throw forbidden('self_approval', 'An agent cannot approve its own request.');
-    const task = await this.deps.tasks.get(r.taskId);
-    if (r.status === 'expired' || !task || task.status !== 'open' || Date.now() >= task.expiresAt)
-      throw conflict('approval_expired', 'The approval ended with its task.');
+    if (who.id === r.agent) {
+      await deny(this.deps, who, 'self_approval', 'An agent cannot approve its own request.', {
+        action: 'approval.decide',
+        taskId: r.taskId,
+        detail: { approvalId },
+      });
+    }
+    const taskStatus = await this.deps.tasks.status(r.taskId);
+    if (r.status === 'expired' || taskStatus !== 'open') throw conflict('approval_expired', 'The approval ended with its task.');
     if (r.status !== 'pending') throw conflict('approval_decided', `The approval is already ${r.status}.`);
     const status = decision === 'approve' ? 'approved' : 'rejected';
-    if (!(await this.deps.approvals.decide(approvalId, status, who.id, reason)))
+    if (!(await this.deps.approvals.decide(r, status, who.id, reason)))
       throw conflict('approval_decided', 'The approval was decided concurrently.');
     await this.deps.audit.append({
       action: 'approval.decide',
@@ -47,8 +79,10 @@ export class ApprovalService {
       taskId: r.taskId,
       role: r.role,
       ...(reason ? { reason } : {}),
-      detail: { approvalId },
+      detail: { approvalId, ttlSeconds: r.ttlSeconds, scopes: r.scopes },
     });
-    return (await this.deps.approvals.get(approvalId))!;
+    const after = await this.deps.approvals.get(approvalId, this.deps.clock.now());
+    if (!after) throw forbidden('not_approval_party', 'The approval is gone.');
+    return after;
   }
 }

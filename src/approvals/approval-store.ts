@@ -1,122 +1,126 @@
 import { createHash, randomBytes } from 'node:crypto';
-import type { Redis } from 'ioredis';
-import type { Keys } from '../redis.ts';
+import { Keys } from '../redis/keys.ts';
+import { type RedisClient, script } from '../redis/scripts.ts';
+
+const requestScript = script('approval-request');
+const swapScript = script('approval-swap');
 
 export type ApprovalStatus = 'pending' | 'approved' | 'rejected' | 'consumed' | 'expired';
 
-export interface ApprovalRecord {
+/** What an approval covers: exactly one request (task, role, scopes, ttlSeconds). */
+export interface ApprovalFixed {
   approvalId: string;
   taskId: string;
   role: string;
   agent: string;
+  /** Who opened the task (may read the approval). */
+  openedBy: string;
+  purpose: string;
   scopes: string[];
-  ttlSeconds?: number;
+  ttlSeconds: number;
+}
+
+export interface ApprovalRecord extends ApprovalFixed {
   status: ApprovalStatus;
   requestedAt: number;
-  /** Ends with its task. */
+  /** Ends with its task (the task's deadline). */
   expiresAt: number;
   decidedBy?: string;
   decidedAt?: number;
   reason?: string;
 }
 
+export type RequestResult = { kind: 'created' | 'existing'; record: ApprovalRecord } | { kind: 'task_closed' | 'limit' };
+
 /**
  * Approvals for roles with `approval: required`. One approval covers one
- * credential: the request (task, role, scopes) maps to its current approval
- * through an index key; issuing consumes it, so the next request for the same
- * thing needs a new approval. Records expire with their task.
+ * credential of exactly what was requested: an index key per (task, role,
+ * scopes, ttl) points at the current approval; issuing consumes it, so the
+ * next identical request needs a new approval. Records expire with their task.
  */
 export class ApprovalStore {
-  private readonly redis: Redis;
+  private readonly redis: RedisClient;
   private readonly keys: Keys;
+  private readonly retentionMs: number;
 
-  constructor(deps: { redis: Redis; keys: Keys }) {
+  constructor(deps: { redis: RedisClient; keys: Keys; retentionMs: number }) {
     this.redis = deps.redis;
     this.keys = deps.keys;
+    this.retentionMs = deps.retentionMs;
   }
 
-  private indexKey(taskId: string, role: string, scopes: string[]): string {
-    const h = createHash('sha256')
-      .update(JSON.stringify([taskId, role, [...scopes].sort()]))
+  private indexKey(r: Pick<ApprovalFixed, 'taskId' | 'role' | 'scopes' | 'ttlSeconds'>): string {
+    const digest = createHash('sha256')
+      .update(JSON.stringify([r.taskId, r.role, [...r.scopes].sort(), r.ttlSeconds]))
       .digest('base64url');
-    return `${this.keys.prefix}:approval-for:${h}`;
+    return this.keys.approvalFor(this.keys.bucketOfTask(r.taskId), digest);
   }
 
-  /** The approval for this request, creating a pending one if there is none. */
-  async findOrCreate(req: {
-    taskId: string;
-    role: string;
-    agent: string;
-    scopes: string[];
-    ttlSeconds?: number;
-    expiresAt: number;
-  }): Promise<{ record: ApprovalRecord; created: boolean }> {
-    const index = this.indexKey(req.taskId, req.role, req.scopes);
-    const approvalId = randomBytes(16).toString('hex');
-    const px = Math.max(1, req.expiresAt - Date.now());
-    const set = await this.redis.set(index, approvalId, 'PX', px, 'NX');
-    if (set === null) {
-      const existing = await this.get((await this.redis.get(index))!);
-      if (existing) return { record: existing, created: false };
-      await this.redis.set(index, approvalId, 'PX', px);
-    }
-    const { status, ...fixed }: ApprovalRecord = {
-      approvalId,
-      taskId: req.taskId,
-      role: req.role,
-      agent: req.agent,
-      scopes: req.scopes,
-      ...(req.ttlSeconds ? { ttlSeconds: req.ttlSeconds } : {}),
-      status: 'pending',
-      requestedAt: Date.now(),
-      expiresAt: req.expiresAt,
-    };
-    const key = this.keys.approval(approvalId);
-    await this.redis.multi().hset(key, 'd', JSON.stringify(fixed), 'status', status).pexpire(key, px).exec();
-    return { record: { ...fixed, status }, created: true };
+  /** The approval of this exact request, creating a pending one (within the task's bound) if there is none. */
+  async findOrCreate(req: Omit<ApprovalFixed, 'approvalId'> & { maxPending: number }): Promise<RequestResult> {
+    const { maxPending, ...fixedReq } = req;
+    const bucket = this.keys.bucketOfTask(req.taskId);
+    const approvalId = Keys.newId(bucket, randomBytes(16));
+    const fixed: ApprovalFixed = { approvalId, ...fixedReq };
+    const res = (await requestScript.run(
+      this.redis,
+      [
+        this.indexKey(req),
+        this.keys.task(req.taskId),
+        this.keys.taskApprovals(req.taskId),
+        this.keys.approvals(bucket),
+        this.keys.approval(approvalId),
+      ],
+      [this.keys.base(bucket), approvalId, JSON.stringify(fixed), maxPending, this.retentionMs],
+    )) as string[];
+    if (res[0] === 'task_closed' || res[0] === 'limit') return { kind: res[0] };
+    const record = await this.get(res[1]!);
+    if (!record) return { kind: 'task_closed' };
+    return { kind: res[0] === 'created' ? 'created' : 'existing', record };
   }
 
-  async get(approvalId: string): Promise<ApprovalRecord | undefined> {
-    const h = await this.redis.hgetall(this.keys.approval(approvalId));
-    if (!h.d) return undefined;
-    const r = { ...JSON.parse(h.d), status: h.status } as ApprovalRecord;
-    if (h.decidedBy) r.decidedBy = h.decidedBy;
-    if (h.decidedAt) r.decidedAt = Number(h.decidedAt);
-    if (h.reason) r.reason = h.reason;
-    if (r.expiresAt <= Date.now() && (r.status === 'pending' || r.status === 'approved')) r.status = 'expired';
-    return r;
+  async get(approvalId: string, now = Date.now()): Promise<ApprovalRecord | undefined> {
+    if (this.keys.bucketOfId(approvalId) === undefined) return undefined;
+    return fromHash(await this.redis.hgetall(this.keys.approval(approvalId)), now);
+  }
+
+  async getMany(ids: readonly string[], now = Date.now()): Promise<ApprovalRecord[]> {
+    const valid = ids.filter((id) => this.keys.bucketOfId(id) !== undefined);
+    const all = await Promise.all(valid.map((id) => this.redis.hgetall(this.keys.approval(id))));
+    return all.map((h) => fromHash(h, now)).filter((r): r is ApprovalRecord => r !== undefined);
   }
 
   /** pending -> approved|rejected; false if it was no longer pending (lost a race). */
-  async decide(approvalId: string, decision: 'approved' | 'rejected', by: string, reason?: string): Promise<boolean> {
-    return this.swap(approvalId, 'pending', {
-      status: decision,
-      decidedBy: by,
-      decidedAt: String(Date.now()),
-      ...(reason ? { reason } : {}),
-    });
+  async decide(r: ApprovalRecord, decision: 'approved' | 'rejected', by: string, reason?: string): Promise<boolean> {
+    return this.swap(r, 'pending', decision, { decidedBy: by, ...(reason ? { reason } : {}) });
   }
 
-  /** approved -> consumed, exactly once; the index is cleared so the next request asks again. */
+  /** approved -> consumed, exactly once; the request index is cleared so the next request asks again. */
   async consume(r: ApprovalRecord): Promise<boolean> {
-    const ok = await this.swap(r.approvalId, 'approved', { status: 'consumed' });
-    if (ok) await this.redis.del(this.indexKey(r.taskId, r.role, r.scopes));
-    return ok;
+    return this.swap(r, 'approved', 'consumed', {});
   }
 
-  /** Compare-and-set on the status field, atomically in Redis. */
-  private async swap(approvalId: string, from: ApprovalStatus, patch: Record<string, string>): Promise<boolean> {
-    const args = Object.entries(patch).flat();
-    const res = (await this.redis.eval(
-      `
-if redis.call('HGET', KEYS[1], 'status') ~= ARGV[1] then return 0 end
-for i = 2, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
-return 1`,
-      1,
-      this.keys.approval(approvalId),
-      from,
-      ...args,
-    )) as number;
+  private async swap(r: ApprovalRecord, from: ApprovalStatus, to: ApprovalStatus, patch: Record<string, string>): Promise<boolean> {
+    const res = await swapScript.run(
+      this.redis,
+      [this.keys.approval(r.approvalId), this.keys.taskApprovals(r.taskId), this.indexKey(r)],
+      [from, to, r.approvalId, ...Object.entries(patch).flat()],
+    );
     return res === 1;
   }
+}
+
+function fromHash(h: Record<string, string>, now: number): ApprovalRecord | undefined {
+  if (!h.d) return undefined;
+  const r: ApprovalRecord = {
+    ...(JSON.parse(h.d) as ApprovalFixed),
+    status: h.status as ApprovalStatus,
+    requestedAt: Number(h.requestedAt),
+    expiresAt: Number(h.expiresAt),
+  };
+  if (h.decidedBy) r.decidedBy = h.decidedBy;
+  if (h.decidedAt) r.decidedAt = Number(h.decidedAt);
+  if (h.reason) r.reason = h.reason;
+  if (r.expiresAt <= now && (r.status === 'pending' || r.status === 'approved')) r.status = 'expired';
+  return r;
 }

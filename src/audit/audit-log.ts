@@ -1,112 +1,189 @@
-import type { Redis } from 'ioredis';
-import { luaScript } from '../lua.ts';
-import type { Keys } from '../redis.ts';
 import type { Logger } from '../logger.ts';
-import { GENESIS, hashRecord, type AuditEvent, type AuditRecord } from './record.ts';
+import type { AuditChain, Keys } from '../redis/keys.ts';
+import { type RedisClient, script } from '../redis/scripts.ts';
+import { type AuditEvent, type AuditRecord, GENESIS, hashRecord } from './record.ts';
+
+const appendScript = script('audit-append');
 
 type Pending = { event: AuditEvent; time: string; resolve: () => void; reject: (e: unknown) => void };
 
-/**
- * Appends the batch only if the chain head is still what the caller hashed
- * against (compare-and-set), so concurrent instances never fork the chain.
- * On a mismatch it returns the real head and nothing is written.
- */
-const APPEND = `
-local cur = redis.call('GET', KEYS[1]) or ''
-if cur ~= ARGV[1] then return cur end
-for i = 3, #ARGV do redis.call('XADD', KEYS[2], '*', 'r', ARGV[i]) end
-redis.call('SET', KEYS[1], ARGV[2])
-return false`;
-const runAppend = luaScript(APPEND);
+/** One chain's write state in this process. */
+interface ChainState {
+  queue: Pending[];
+  writing: boolean;
+  /** The chain head as this instance last saw it (`seq:hash`), '' when the chain is empty; undefined until read. */
+  head: string | undefined;
+}
+
+/** Denials folded per (actor, code, minute) in this process. */
+interface Fold {
+  event: AuditEvent;
+  count: number;
+}
+
+const FOLD_MAX_KEYS = 10_000;
 
 /**
- * Appends hash-chained audit records to a Redis stream shared by every
- * instance. Each record carries the previous record's hash, so editing or
- * deleting one breaks the chain (`npm run audit:verify` finds it).
+ * Appends hash-chained audit records to Redis streams shared by every
+ * instance: one chain per bucket (a task's records go to its bucket, so on a
+ * Cluster no single master takes every write) and an `ops` chain for
+ * broker-wide events. Each record carries the previous record's hash, so
+ * editing or deleting one breaks its chain (`npm run audit:verify`).
  *
- * Appends are batched: while one batch is being written, new records queue up
- * and go in the next one. A batch is hashed in order against the head this
- * instance last saw and written in one compare-and-set script (one round
- * trip); if another instance moved the head meanwhile, the batch is re-hashed
- * on the real head and retried.
+ * Appends are batched per chain: while one batch is being written, new
+ * records queue up and go in the next one, hashed in order against the head
+ * this instance last saw and written in one compare-and-set script; if
+ * another instance moved the head meanwhile, the batch is re-hashed on the
+ * real head and retried.
+ *
+ * Repeated denials (same actor, code and minute) are folded: the first is
+ * written at once, the rest become one record with their `count` when the
+ * minute is over, so a denied caller looping cannot grow the log without bound.
  */
 export class AuditLog {
-  private queue: Pending[] = [];
-  private writing = false;
-  /** The chain head as this instance last saw it (`seq:hash`), '' when the chain is empty; undefined until read. */
-  private head: string | undefined;
-  private readonly redis: Redis;
+  private readonly chains = new Map<AuditChain, ChainState>();
+  private readonly folds = new Map<string, Fold>();
+  private foldTimer: NodeJS.Timeout | undefined;
+  private readonly redis: RedisClient;
   private readonly keys: Keys;
   private readonly logger: Logger;
+  private readonly taskIndexMs: number;
+  private readonly now: () => number;
 
-  constructor(deps: { redis: Redis; keys: Keys; logger: Logger }) {
+  constructor(deps: { redis: RedisClient; keys: Keys; logger: Logger; taskIndexMs: number; now?: () => number }) {
     this.redis = deps.redis;
     this.keys = deps.keys;
     this.logger = deps.logger.child({ audit: true });
+    this.taskIndexMs = deps.taskIndexMs;
+    this.now = deps.now ?? Date.now;
+  }
+
+  /** The chain a record belongs to: its task's bucket, else `ops`. */
+  chainOf(event: Pick<AuditEvent, 'taskId'>): AuditChain {
+    return event.taskId ? this.keys.bucketOfTask(event.taskId) : 'ops';
   }
 
   /** Resolves once the record is durable in Redis; callers that hand out credentials wait for it. */
   append(event: AuditEvent): Promise<void> {
+    const chain = this.chainOf(event);
+    let st = this.chains.get(chain);
+    if (!st) {
+      st = { queue: [], writing: false, head: undefined };
+      this.chains.set(chain, st);
+    }
+    const state = st;
     return new Promise((resolve, reject) => {
-      this.queue.push({ event, time: new Date().toISOString(), resolve, reject });
-      if (!this.writing) void this.drain();
+      state.queue.push({ event, time: new Date(this.now()).toISOString(), resolve, reject });
+      if (!state.writing) void this.drain(chain, state);
     });
   }
 
-  private async drain(): Promise<void> {
-    this.writing = true;
+  /** Appends many records (each durable once the promise resolves). */
+  async appendAll(events: readonly AuditEvent[]): Promise<void> {
+    await Promise.all(events.map((e) => this.append(e)));
+  }
+
+  /**
+   * A denial: written at once the first time this minute for (actor, code),
+   * folded into one counted record at the end of the minute after that.
+   */
+  async denial(event: AuditEvent): Promise<void> {
+    const minute = Math.floor(this.now() / 60_000);
+    const key = `${minute}\u0000${event.actor}\u0000${event.reason ?? ''}\u0000${event.action}`;
+    const fold = this.folds.get(key);
+    if (fold) {
+      fold.count += 1;
+      return;
+    }
+    if (this.folds.size >= FOLD_MAX_KEYS) {
+      // Too many distinct denying callers to track: record each (bounded by the rate limits instead).
+      await this.append(event);
+      return;
+    }
+    this.folds.set(key, { event, count: 0 });
+    this.foldTimer ??= setInterval(() => void this.flushFolds(false), 5_000);
+    this.foldTimer.unref();
+    await this.append(event);
+  }
+
+  /** Writes the counted records of finished minutes (all minutes with `all`). */
+  async flushFolds(all: boolean): Promise<void> {
+    const minute = Math.floor(this.now() / 60_000);
+    const out: AuditEvent[] = [];
+    for (const [key, fold] of this.folds) {
+      if (!all && Number(key.slice(0, key.indexOf('\u0000'))) >= minute) continue;
+      this.folds.delete(key);
+      if (fold.count > 0) out.push({ ...fold.event, count: fold.count, detail: { ...(fold.event.detail ?? {}), folded: true } });
+    }
+    if (this.folds.size === 0 && this.foldTimer) {
+      clearInterval(this.foldTimer);
+      this.foldTimer = undefined;
+    }
+    await this.appendAll(out).catch((err) => this.logger.error({ err }, 'audit: folded denials could not be written'));
+  }
+
+  /** Forgets what it knew of the chain heads (after Redis lost its data). */
+  resetHeads(): void {
+    for (const st of this.chains.values()) st.head = undefined;
+  }
+
+  private async drain(chain: AuditChain, st: ChainState): Promise<void> {
+    st.writing = true;
     try {
-      while (this.queue.length > 0) {
-        const batch = this.queue.splice(0, 500);
+      while (st.queue.length > 0) {
+        const batch = st.queue.splice(0, 500);
         try {
-          const records = await this.writeBatch(batch);
-          for (const r of records) this.logger.info({ audit: r }, 'audit');
+          const records = await this.writeBatch(chain, st, batch);
+          if (this.logger.isLevelEnabled('debug')) for (const r of records) this.logger.debug({ audit: r }, 'audit');
           for (const p of batch) p.resolve();
         } catch (err) {
-          this.head = undefined;
+          st.head = undefined;
           this.logger.error({ err }, 'audit append failed');
           for (const p of batch) p.reject(err);
         }
       }
     } finally {
-      this.writing = false;
+      st.writing = false;
     }
   }
 
-  private async writeBatch(batch: Pending[]): Promise<AuditRecord[]> {
-    this.head ??= (await this.redis.get(this.keys.auditHead())) ?? '';
+  private async writeBatch(chain: AuditChain, st: ChainState, batch: Pending[]): Promise<AuditRecord[]> {
+    const headKey = this.keys.auditHead(chain);
+    st.head ??= (await this.redis.get(headKey)) ?? '';
     for (let attempt = 0; attempt < 50; attempt++) {
-      const expected: string = this.head!;
-      let [seq, prev] = expected ? [Number(expected.split(':')[0]), expected.split(':')[1]!] : [0, GENESIS];
+      const expected: string = st.head ?? '';
+      const colon = expected.indexOf(':');
+      let seq = expected ? Number(expected.slice(0, colon)) : 0;
+      let prev = expected ? expected.slice(colon + 1) : GENESIS;
       const records: AuditRecord[] = [];
+      const args: string[] = [];
       for (const p of batch) {
         seq += 1;
         const base = { ...p.event, seq, time: p.time, prev };
         const record: AuditRecord = { ...base, hash: hashRecord(base) };
         records.push(record);
+        args.push(JSON.stringify(record), record.taskId ?? '');
         prev = record.hash;
       }
       const next = `${seq}:${prev}`;
-      const actual = (await runAppend(
+      const actual = (await appendScript.run(
         this.redis,
-        2,
-        this.keys.auditHead(),
-        this.keys.auditStream(),
-        expected,
-        next,
-        ...records.map((r) => JSON.stringify(r)),
+        [headKey, this.keys.auditStream(chain)],
+        [expected, next, this.keys.auditBase(chain), this.taskIndexMs, ...args],
       )) as string | null;
       if (actual === null) {
-        this.head = next;
+        st.head = next;
         return records;
       }
-      this.head = actual; // another instance appended: re-hash on the real head
+      st.head = actual; // another instance appended: re-hash on the real head
     }
     throw new Error('audit chain contention: gave up after 50 attempts');
   }
 
-  /** Waits for queued records to be written (shutdown). */
+  /** Waits for queued records to be written (shutdown), folded denials included. */
   async flush(): Promise<void> {
-    while (this.writing || this.queue.length > 0) await new Promise((r) => setTimeout(r, 5));
+    await this.flushFolds(true);
+    const busy = () => [...this.chains.values()].some((s) => s.writing || s.queue.length > 0);
+    while (busy()) await new Promise((r) => setTimeout(r, 5));
   }
 }

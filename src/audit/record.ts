@@ -5,6 +5,7 @@ export type AuditAction =
   | 'task.open'
   | 'task.complete'
   | 'task.expire'
+  | 'task.revoke'
   | 'credential.issue'
   | 'credential.deny'
   | 'credential.pending'
@@ -16,7 +17,12 @@ export type AuditAction =
   | 'approval.decide'
   | 'rotate'
   | 'policy.reload'
-  | 'aws.deny_fallback';
+  | 'aws.deny_fallback'
+  | 'quarantine.add'
+  | 'quarantine.remove'
+  | 'admin.revoke'
+  | 'signing.recreated'
+  | 'broker.data_loss';
 
 /** One audit record as callers describe it. Never put a secret in here. */
 export interface AuditEvent {
@@ -30,10 +36,12 @@ export interface AuditEvent {
   reason?: string;
   /** Policies that determined a policy decision. */
   policies?: string[];
+  /** Repeated identical denials folded into this record (same actor, code and minute). */
+  count?: number;
   detail?: Record<string, string | number | boolean | string[]>;
 }
 
-/** A record as stored: the event plus its place in the chain. */
+/** A record as stored: the event plus its place in its chain. */
 export interface AuditRecord extends AuditEvent {
   seq: number;
   time: string;

@@ -1,5 +1,5 @@
-import type { Redis } from 'ioredis';
-import type { Keys } from '../redis.ts';
+import type { RedisClient } from '../redis/scripts.ts';
+import type { AuditChain, Keys } from '../redis/keys.ts';
 import { GENESIS, hashRecord, type AuditRecord } from './record.ts';
 
 export type VerifyResult =
@@ -12,13 +12,13 @@ export type VerifyResult =
  * gaps, then that the stored head matches the last record (a deleted tail).
  * Names the first broken record.
  */
-export async function verifyAuditChain(redis: Redis, keys: Keys): Promise<VerifyResult> {
+export async function verifyAuditChain(redis: RedisClient, keys: Keys, chain: AuditChain): Promise<VerifyResult> {
   let prev = GENESIS;
   let expectedSeq = 1;
   let count = 0;
   let cursor = '-';
   for (;;) {
-    const page = await redis.xrange(keys.auditStream(), cursor, '+', 'COUNT', 1000);
+    const page = await redis.xrange(keys.auditStream(chain), cursor, '+', 'COUNT', 1000);
     if (page.length === 0) break;
     for (const [id, fields] of page) {
       count += 1;
@@ -57,7 +57,7 @@ export async function verifyAuditChain(redis: Redis, keys: Keys): Promise<Verify
     const lastId = page[page.length - 1]![0];
     cursor = `(${lastId}`;
   }
-  const head = await redis.get(keys.auditHead());
+  const head = await redis.get(keys.auditHead(chain));
   const expectedHead = count === 0 ? null : `${expectedSeq - 1}:${prev}`;
   if (head !== expectedHead) {
     return {

@@ -1,8 +1,9 @@
 import { z } from 'zod';
 import { identityPatternSchema, roleNameSchema, secretSourceSchema } from './common.ts';
-import { jwtRoleSchema, jwtSettingsSchema } from '../providers/jwt/config.ts';
-import { awsRoleSchema, awsSettingsSchema } from '../providers/aws/config.ts';
-import { vaultRoleSchema, vaultSettingsSchema } from '../providers/vault/config.ts';
+import type { ZodType } from 'zod';
+import { jwtSettingsSchema, type JwtSettings } from '../providers/jwt/config.ts';
+import { PROVIDERS, type RoleConfig } from '../providers/index.ts';
+import { RESERVED_NAMES } from './roles.ts';
 
 const jwksSchema = z.union([
   z.strictObject({ file: z.string().min(1) }),
@@ -37,8 +38,14 @@ export const trustSchema = z
   });
 export type TrustConfig = z.infer<typeof trustSchema>;
 
-export const roleSchema = z.discriminatedUnion('provider', [jwtRoleSchema, awsRoleSchema, vaultRoleSchema]);
-export type RoleConfig = z.infer<typeof roleSchema>;
+export type { RoleConfig } from '../providers/index.ts';
+/** A role: the shape its provider's descriptor gives (src/providers/index.ts lists them all). */
+export const roleSchema = z.discriminatedUnion('provider', PROVIDERS.map((d) => d.roleSchema) as never) as unknown as ZodType<RoleConfig>;
+
+/** `providers.<kind>` for every provider with connection settings; jwt (the built-in signer) always has defaults. */
+const providerSettings = Object.fromEntries(
+  PROVIDERS.flatMap((d) => (d.kind !== 'jwt' && d.settingsSchema ? [[d.kind, d.settingsSchema.optional()]] : [])),
+) as Record<string, ZodType<unknown>>;
 
 export const configSchema = z
   .strictObject({
@@ -89,39 +96,70 @@ export const configSchema = z
           .default(86_400),
         maxDelegationDepth: z.int().min(0).max(10).default(3),
         maxGrants: z.int().min(1).max(100).default(20),
+        /** Sub-tasks a task tree may ever have, ended ones included (0 = no bound). */
+        maxSubtasks: z.int().min(0).max(1_000_000).default(50),
+        /** Live leases one task may hold at once (0 = no bound). */
+        maxLeases: z.int().min(0).max(10_000_000).default(1000),
+        /** Pending approvals one task may have at once (0 = no bound). */
+        maxPendingApprovals: z.int().min(0).max(100_000).default(20),
+        /** How long ended tasks, leases and approvals stay readable (seconds). */
+        retentionSeconds: z
+          .int()
+          .min(60)
+          .max(365 * 86_400)
+          .default(7 * 86_400),
       })
-      .default({ maxTtlSeconds: 86_400, maxDelegationDepth: 3, maxGrants: 20 }),
+      .prefault({}),
     roles: z.record(roleNameSchema, roleSchema).refine((r) => Object.keys(r).length > 0, { message: 'at least one role is required' }),
-    providers: z
-      .strictObject({
-        jwt: jwtSettingsSchema,
-        aws: awsSettingsSchema.optional(),
-        vault: vaultSettingsSchema.optional(),
-      })
-      .default({ jwt: { alg: 'ES256', retireGraceSeconds: 60, publishLeadSeconds: 5 } }),
+    providers: z.strictObject({ jwt: jwtSettingsSchema, ...providerSettings }).prefault({}) as unknown as ZodType<
+      { jwt: JwtSettings } & Record<string, unknown>
+    >,
     revocation: z
       .strictObject({
-        /** Attempts before a lease is shown as revoke_failed (it is still retried by the reconciler). */
-        attempts: z.int().min(1).max(100).default(8),
+        /**
+         * First retry delay of a failed revocation; it doubles (jittered) up to maxBackoffMs.
+         * Revocations are retried until the upstream confirms or the credential has expired.
+         */
         backoffMs: z.int().min(10).max(60_000).default(500),
-        reconcileIntervalMs: z.int().min(1000).max(3_600_000).default(30_000),
+        maxBackoffMs: z.int().min(100).max(3_600_000).default(30_000),
+        reconcileIntervalMs: z.int().min(100).max(3_600_000).default(30_000),
         concurrency: z.int().min(1).max(256).default(16),
         /** A job whose worker died is handed to another worker once its lock (this long) lapses. */
-        lockMs: z.int().min(500).max(600_000).default(30_000),
+        lockMs: z.int().min(500).max(600_000).default(10_000),
         /** How often workers look for such stalled jobs. */
-        stalledCheckMs: z.int().min(500).max(600_000).default(30_000),
-        /** How often due leases and overdue tasks are turned into jobs. */
+        stalledCheckMs: z.int().min(200).max(600_000).default(5000),
+        /** How often due leases and overdue tasks are looked for. */
         sweepMs: z.int().min(10).max(60_000).default(100),
+        /** Revocation queues (each its own hash slot on a Cluster); buckets are spread over them. */
+        queues: z.int().min(1).max(64).default(1),
+        /** An issuance not confirmed this long after its upstream call began is treated as interrupted (default per provider). */
+        orphanMs: z.int().min(1000).max(3_600_000).optional(),
       })
-      .default({
-        attempts: 8,
-        backoffMs: 500,
-        reconcileIntervalMs: 30_000,
-        concurrency: 16,
-        lockMs: 30_000,
-        stalledCheckMs: 30_000,
-        sweepMs: 100,
-      }),
+      .prefault({}),
+    audit: z
+      .strictObject({
+        retention: z
+          .strictObject({
+            maxAgeDays: z.number().min(0).max(36_500).default(30),
+            maxRecords: z.int().min(1000).max(1_000_000_000).default(10_000_000),
+          })
+          .prefault({}),
+        /** Records leave Redis only after they were appended here (JSON lines in chain order, rotated by size). */
+        export: z
+          .strictObject({
+            file: z.string().min(1).default('./data/audit.jsonl'),
+            maxFileBytes: z
+              .int()
+              .min(4096)
+              .default(100 * 1024 * 1024),
+          })
+          .prefault({}),
+        /** How often each chain head is HMAC-sealed (at most 60 s). */
+        sealIntervalSeconds: z.int().min(1).max(60).default(30),
+        /** How often retention runs (the export, then the trim). */
+        retentionIntervalSeconds: z.int().min(1).max(86_400).default(60),
+      })
+      .prefault({}),
     /**
      * Key-encryption key for every secret the broker keeps in Redis (signing
      * keys, rotated upstream secrets): base64 of 32 random bytes, from an env
@@ -148,6 +186,7 @@ export const configSchema = z
       names.add(t.name);
     });
     for (const [name, role] of Object.entries(c.roles)) {
+      if (RESERVED_NAMES.has(name)) ctx.addIssue({ code: 'custom', path: ['roles', name], message: `"${name}" cannot be a role name` });
       if (role.provider !== 'jwt' && !c.providers[role.provider]) {
         ctx.addIssue({
           code: 'custom',

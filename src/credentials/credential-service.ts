@@ -1,13 +1,18 @@
 import { randomBytes } from 'node:crypto';
-import { authorize, deny, taskContext } from '../authz.ts';
 import type { ApprovalRecord } from '../approvals/approval-store.ts';
+import { authorize, deny, taskContext } from '../authz.ts';
+import { roleOf } from '../config/roles.ts';
+import type { RoleConfig } from '../config/schema.ts';
 import type { Deps } from '../deps.ts';
-import { BrokerError, conflict, forbidden, notFound } from '../errors.ts';
+import { BrokerError, badRequest, conflict, notFound, upstreamFailed } from '../errors.ts';
 import type { CredentialRequest } from '../http/schemas.ts';
 import type { WorkloadIdentity } from '../identity/types.ts';
-import { clampTtl } from '../leases/ttl.ts';
-import type { LeaseRecord } from '../leases/types.ts';
-import type { IssueResult } from '../providers/types.ts';
+import { type ClampedTtl, clampTtl } from '../leases/ttl.ts';
+import type { LeaseFixed } from '../leases/types.ts';
+import { descriptorOf } from '../providers/index.ts';
+import type { IssueRequest, IssueResult, Provider } from '../providers/types.ts';
+import { Keys } from '../redis/keys.ts';
+import type { Grant, TaskFixed, TaskSnapshot } from '../tasks/types.ts';
 
 /** 201: a credential. */
 export interface IssuedCredential {
@@ -28,11 +33,29 @@ export interface PendingApproval {
   status: 'pending';
 }
 
+/** Everything decided about a request before anything is recorded. */
+interface Decided {
+  task: TaskSnapshot;
+  grant: Grant;
+  role: RoleConfig;
+  provider: Provider;
+  scopes: string[];
+  ttl: ClampedTtl;
+  policies: string[];
+  approval?: ApprovalRecord;
+}
+
 /**
- * Turns a credential request into a credential, in this order: the task is
- * open and the caller is its agent; the role is granted and the scopes are
- * within the grant; the TTL is clamped; policy permits; an approval exists if
- * the role needs one; the lease is recorded; then the credential is made.
+ * Turns a credential request into a credential, in named steps:
+ * 1. `loadTask`: the task exists and the caller is its agent;
+ * 2. `resolveGrant`: the role is granted and configured;
+ * 3. `resolveScopes`: literal scopes within the grant, non-empty where the provider needs one;
+ * 4. `clamp`: the effective TTL;
+ * 5. `authorize`: Cedar;
+ * 6. `approval`: an approval covering exactly this request, if the role needs one;
+ * 7. `record` + `issue`: the lease is recorded (as the intent, before any
+ *    upstream call), then the credential is made, the answer recorded, and
+ *    a short-lived upstream credential extended (`confirm`).
  */
 export class CredentialService {
   private readonly deps: Deps;
@@ -41,33 +64,13 @@ export class CredentialService {
   }
 
   async request(who: WorkloadIdentity, body: CredentialRequest): Promise<IssuedCredential | PendingApproval> {
-    const { tasks, config, providers } = this.deps;
-    // The cached immutable part: whether the task is still open is checked atomically when the lease is created.
-    const task = await tasks.fixed(body.taskId);
-    if (!task) throw notFound('task_not_found', `No task ${body.taskId}.`);
-    const d = (code: string, msg: string) =>
-      deny(this.deps, who, code, msg, { action: 'credential.deny', taskId: task.taskId, role: body.role });
-    if (who.id !== task.agent) await d('not_task_agent', "Only the task's agent may request its credentials.");
-    const now = Date.now();
-    if (now >= task.expiresAt) throw conflict('task_not_open', `Task ${task.taskId} has expired.`);
-    const grant = task.grants.find((g) => g.role === body.role);
-    if (!grant) await d('role_not_granted', `Role "${body.role}" is not granted to this task.`);
-    const role = config.roles[body.role];
-    if (!role) await d('role_not_granted', `Role "${body.role}" is no longer configured.`);
-    const scopes = body.scopes ?? grant!.scopes;
-    const extra = scopes.filter((s) => !grant!.scopes.includes(s));
-    if (extra.length > 0) await d('scope_not_granted', `Scopes not granted to this task: ${extra.join(', ')}.`);
-    const provider = providers.forRole(role!);
-    const ttl = clampTtl({
-      requested: body.ttlSeconds,
-      grantMax: grant!.maxTtlSeconds,
-      roleMax: role!.maxTtlSeconds,
-      taskLeftSeconds: (task.expiresAt - now) / 1000,
-      upstreamMin: provider.minTtlSeconds,
-    });
+    const task = await this.loadTask(who, body);
+    const { grant, role, provider } = await this.resolveGrant(who, task, body.role);
+    const scopes = await this.resolveScopes(who, task, body, grant, role);
+    const ttl = this.clamp(task, body, grant, role, provider);
     // For a role that needs approval, policy is asked as if approved first: a request policy
     // would refuse anyway gets its 403 now instead of an approval nobody should grant.
-    const needsApproval = role!.approval === 'required';
+    const needsApproval = role.approval === 'required';
     const policies = await authorize(
       this.deps,
       who,
@@ -76,129 +79,282 @@ export class CredentialService {
       { task: taskContext(task), ttlSeconds: ttl.ttlSeconds, scopes, approved: needsApproval },
       { taskId: task.taskId, role: body.role },
     );
-    let approval: ApprovalRecord | undefined;
+    const decided: Decided = { task, grant, role, provider, scopes, ttl, policies };
     if (needsApproval) {
-      const found = await this.approvalFor(who, task.taskId, body, scopes, task.expiresAt);
+      const found = await this.approval(who, task, body, grant, scopes);
       if ('pending' in found) return found.pending;
-      approval = found.approved;
+      decided.approval = found.approved;
     }
-    if (approval && !(await this.deps.approvals.consume(approval)))
-      throw conflict('approval_consumed', 'That approval was already used; request again.');
+    return this.issue(who, body, decided);
+  }
 
-    const lease: LeaseRecord = {
-      leaseId: randomBytes(16).toString('hex'),
+  private async loadTask(who: WorkloadIdentity, body: CredentialRequest): Promise<TaskSnapshot> {
+    // The cached immutable part: whether the task is still open is decided when the lease is recorded.
+    const task = await this.deps.tasks.fixed(body.taskId);
+    if (!task) throw notFound('task_not_found', `No task ${body.taskId}.`);
+    if (who.id !== task.agent)
+      return this.deny(who, task, body.role, 'not_task_agent', "Only the task's agent may request its credentials.");
+    return task;
+  }
+
+  private async resolveGrant(
+    who: WorkloadIdentity,
+    task: TaskFixed,
+    roleName: string,
+  ): Promise<{ grant: Grant; role: RoleConfig; provider: Provider }> {
+    const grant = task.grants.find((g) => g.role === roleName);
+    if (!grant) return this.deny(who, task, roleName, 'role_not_granted', `Role "${roleName}" is not granted to this task.`);
+    const role = roleOf(this.deps.config.roles, roleName);
+    if (!role) return this.deny(who, task, roleName, 'role_not_granted', `Role "${roleName}" is no longer configured.`);
+    return { grant, role, provider: this.deps.providers.forRole(role) };
+  }
+
+  /** Scopes are literal: omitted = all of the grant's; an explicit list (even `[]`) is exactly that list. */
+  private async resolveScopes(
+    who: WorkloadIdentity,
+    task: TaskFixed,
+    body: CredentialRequest,
+    grant: Grant,
+    role: RoleConfig,
+  ): Promise<string[]> {
+    const scopes = body.scopes ?? grant.scopes;
+    const extra = scopes.filter((s) => !grant.scopes.includes(s));
+    if (extra.length > 0)
+      return this.deny(who, task, body.role, 'scope_not_granted', `Scopes not granted to this task: ${extra.join(', ')}.`);
+    if (scopes.length === 0 && descriptorOf(role.provider)?.needsScope(role as never)) {
+      throw badRequest(
+        'scopes_empty',
+        `A ${role.provider} credential for role "${body.role}" needs at least one scope; none was requested or granted.`,
+      );
+    }
+    return scopes;
+  }
+
+  /** The effective TTL; the time left on the task is measured on Redis's clock. */
+  private clamp(task: TaskSnapshot, body: CredentialRequest, grant: Grant, role: RoleConfig, provider: Provider): ClampedTtl {
+    return clampTtl({
+      requested: body.ttlSeconds,
+      grantMax: grant.maxTtlSeconds,
+      roleMax: role.maxTtlSeconds,
+      taskLeftSeconds: (task.expiresAt - this.deps.clock.now()) / 1000,
+      upstreamMin: provider.minTtlSeconds,
+    });
+  }
+
+  private async issue(who: WorkloadIdentity, body: CredentialRequest, d: Decided): Promise<IssuedCredential> {
+    const { task, role, provider, scopes, ttl } = d;
+    if (d.approval && !(await this.deps.approvals.consume(d.approval))) {
+      throw conflict('approval_consumed', 'That approval was already used; request again.');
+    }
+    const bucket = this.deps.keys.bucketOfTask(task.taskId);
+    const fixed: LeaseFixed = {
+      leaseId: Keys.newId(bucket, randomBytes(16)),
       taskId: task.taskId,
       role: body.role,
-      provider: role!.provider,
+      provider: role.provider,
       agent: who.id,
       scopes,
-      status: 'issuing',
-      issuedAt: now,
-      expiresAt: now + ttl.ttlSeconds * 1000,
-      revocable: provider.revocable(role!),
-      handle: {},
+      revocable: provider.revocable(role as never),
+      ttlSeconds: ttl.ttlSeconds,
     };
-    const req = { leaseId: lease.leaseId, roleName: body.role, role: role!, task, agent: who.id, scopes, ttlSeconds: ttl.ttlSeconds };
-    let result;
-    if (role!.provider === 'jwt') {
-      // Local signing has no upstream side effect, so sign first and record once; the token leaves only after the record is stored.
-      result = await provider.issue(req);
-      const created = await this.deps.leases.create({ ...lease, status: 'active', expiresAt: result.expiresAt });
-      if (created === 'no_task') throw notFound('task_not_found', `No task ${task.taskId}.`);
-      if (created !== 'ok') throw conflict('task_not_open', `Task ${task.taskId} is no longer open.`);
-    } else {
-      result = await this.issueUpstream(lease, () => provider.issue(req));
-    }
-    this.deps.metrics.issued.inc({ provider: role!.provider, role: body.role });
+    const req: IssueRequest = {
+      leaseId: fixed.leaseId,
+      roleName: body.role,
+      role,
+      task,
+      agent: who.id,
+      scopes,
+      ttlSeconds: ttl.ttlSeconds,
+    };
+    const result = provider.upstream
+      ? await this.issueUpstream(who, fixed, provider, req)
+      : await this.issueLocal(who, fixed, provider, req);
+    this.deps.metrics.issued.inc({ provider: role.provider, role: body.role });
     await this.deps.audit.append({
       action: 'credential.issue',
       actor: who.id,
       decision: 'allow',
       taskId: task.taskId,
       role: body.role,
-      leaseId: lease.leaseId,
-      policies,
-      detail: { ttlSeconds: ttl.ttlSeconds, ttlBoundBy: ttl.boundBy, scopes, ...(approval ? { approvalId: approval.approvalId } : {}) },
+      leaseId: fixed.leaseId,
+      policies: d.policies,
+      detail: { ttlSeconds: ttl.ttlSeconds, ttlBoundBy: ttl.boundBy, scopes, ...(d.approval ? { approvalId: d.approval.approvalId } : {}) },
     });
     return {
-      leaseId: lease.leaseId,
+      leaseId: fixed.leaseId,
       taskId: task.taskId,
       role: body.role,
-      provider: role!.provider,
+      provider: role.provider,
       expiresAt: new Date(result.expiresAt).toISOString(),
       ttlSeconds: ttl.ttlSeconds,
-      revocable: lease.revocable,
+      revocable: fixed.revocable,
       scopes,
       credentials: result.credentials,
     };
   }
 
+  /** Nothing upstream (the broker's own JWT): sign, then record; the token leaves only once recorded. */
+  private async issueLocal(who: WorkloadIdentity, fixed: LeaseFixed, provider: Provider, req: IssueRequest): Promise<IssueResult> {
+    const result = await provider.issue(req);
+    const created = await this.deps.leases.create(fixed, {
+      status: 'active',
+      expiresAt: result.expiresAt,
+      handle: result.handle,
+      maxLeases: this.deps.config.tasks.maxLeases,
+    });
+    await this.recorded(who, fixed, created.kind);
+    return result;
+  }
+
   /**
-   * Record first, then act: the lease exists (as `issuing`) before the
-   * upstream creates anything, so a crash in between leaves a record the
-   * reconciler can see, never a dangling upstream credential we know nothing of.
+   * Record first, then act: the lease exists as `issuing`, with what revoke
+   * needs as far as it is known beforehand, before the upstream creates
+   * anything. A crash in between leaves a record the sweeper finds once its
+   * orphan window has passed; a task that ends meanwhile makes activation
+   * hand the new credential to revocation, never to the caller.
    */
-  private async issueUpstream(lease: LeaseRecord, call: () => Promise<IssueResult>): Promise<IssueResult> {
-    const created = await this.deps.leases.create(lease);
-    if (created !== 'ok') throw conflict('task_not_open', `Task ${lease.taskId} is no longer open.`);
-    let result;
+  private async issueUpstream(who: WorkloadIdentity, fixed: LeaseFixed, provider: Provider, req: IssueRequest): Promise<IssueResult> {
+    const intent = provider.intent?.(req) ?? { handle: {}, orphanMs: 60_000 };
+    const created = await this.deps.leases.create(fixed, {
+      status: 'issuing',
+      expiresAt: this.deps.clock.now() + req.ttlSeconds * 1000 + intent.orphanMs,
+      handle: intent.handle,
+      orphanMs: this.deps.config.revocation.orphanMs ?? intent.orphanMs,
+      maxLeases: this.deps.config.tasks.maxLeases,
+    });
+    await this.recorded(who, fixed, created.kind);
+    let result: IssueResult;
     try {
-      result = await call();
+      result = await provider.issue(req);
     } catch (err) {
-      const code = err instanceof BrokerError ? err.code : 'upstream_error';
-      await this.deps.leases.end(lease.leaseId, 'failed', { lastError: code });
-      await this.deps.audit.append({
-        action: 'credential.fail',
-        actor: lease.agent,
-        decision: 'error',
-        taskId: lease.taskId,
-        role: lease.role,
-        leaseId: lease.leaseId,
-        reason: code,
-      });
+      await this.failed(fixed, err);
       throw err;
     }
-    const activated = await this.deps.leases.activate(lease, { handle: result.handle, expiresAt: result.expiresAt });
-    if (activated !== 'ok') {
-      // The task ended while the upstream call was in flight: revoke what we just made, hand out nothing.
-      await this.deps.queue.endLeases([{ leaseId: lease.leaseId, reason: 'task_completed' }]);
-      throw conflict('task_not_open', `Task ${lease.taskId} ended while the credential was being issued; it has been revoked.`);
+    const activated = await this.deps.leases.activate(fixed, {
+      handle: { ...intent.handle, ...result.handle },
+      expiresAt: result.expiresAt,
+    });
+    if (activated.kind === 'revoke') {
+      // The task ended (or an end was asked for) while the upstream call was in flight: revoke what was made.
+      await this.deps.queue.endLease(fixed, activated.reason, this.deps.clock.now());
+      throw conflict('task_not_open', `Task ${fixed.taskId} ended while the credential was being issued; it is being revoked.`);
+    }
+    if (activated.kind === 'gone') {
+      throw upstreamFailed('upstream_error', 'The issuance took too long and was given up; what the upstream made is revoked.');
+    }
+    try {
+      await provider.confirm?.(req, result);
+    } catch (err) {
+      // Not extended: hand out nothing, revoke what exists.
+      await this.deps.leases.requestEnd(fixed.leaseId, 'revoked_by_caller');
+      await this.deps.queue.endLease(fixed, 'revoked_by_caller', this.deps.clock.now());
+      throw err instanceof BrokerError
+        ? err
+        : upstreamFailed('upstream_error', 'The upstream did not confirm the credential.', { cause: err });
     }
     return result;
   }
 
-  private async approvalFor(
+  /** Maps the lease-create outcome to the caller's answer. */
+  private async recorded(who: WorkloadIdentity, fixed: LeaseFixed, kind: 'ok' | 'no_task' | 'task_closed' | 'limit'): Promise<void> {
+    if (kind === 'ok') return;
+    if (kind === 'no_task') throw notFound('task_not_found', `No task ${fixed.taskId}.`);
+    if (kind === 'task_closed') throw conflict('task_not_open', `Task ${fixed.taskId} is no longer open.`);
+    await deny(
+      this.deps,
+      who,
+      'limit_exceeded',
+      `A task may hold at most ${this.deps.config.tasks.maxLeases} live leases (tasks.maxLeases).`,
+      {
+        action: 'credential.deny',
+        taskId: fixed.taskId,
+        role: fixed.role,
+      },
+    );
+  }
+
+  /** The upstream refused: nothing was handed out; the lease ends `failed`. */
+  private async failed(fixed: LeaseFixed, err: unknown): Promise<void> {
+    const code = err instanceof BrokerError ? err.code : 'upstream_error';
+    await this.deps.leases.end(fixed.leaseId, 'failed', { lastError: code });
+    await this.deps.audit.append({
+      action: 'credential.fail',
+      actor: fixed.agent,
+      decision: 'error',
+      taskId: fixed.taskId,
+      role: fixed.role,
+      leaseId: fixed.leaseId,
+      reason: code,
+    });
+  }
+
+  /**
+   * The approval of exactly this request: role, scopes and `ttlSeconds` as
+   * requested (omitted values taken as the grant's). Another TTL or scope set
+   * needs its own approval.
+   */
+  private async approval(
     who: WorkloadIdentity,
-    taskId: string,
+    task: TaskFixed,
     body: CredentialRequest,
+    grant: Grant,
     scopes: string[],
-    expiresAt: number,
   ): Promise<{ pending: PendingApproval } | { approved: ApprovalRecord }> {
-    const { record, created } = await this.deps.approvals.findOrCreate({
-      taskId,
+    const res = await this.deps.approvals.findOrCreate({
+      taskId: task.taskId,
       role: body.role,
       agent: who.id,
+      openedBy: task.openedBy,
+      purpose: task.purpose,
       scopes,
-      ttlSeconds: body.ttlSeconds,
-      expiresAt,
+      ttlSeconds: body.ttlSeconds ?? grant.maxTtlSeconds,
+      maxPending: this.deps.config.tasks.maxPendingApprovals,
     });
-    if (created) {
+    if (res.kind === 'task_closed') throw conflict('task_not_open', `Task ${task.taskId} is no longer open.`);
+    if (res.kind === 'limit') {
+      return this.deny(
+        who,
+        task,
+        body.role,
+        'limit_exceeded',
+        `A task may have at most ${this.deps.config.tasks.maxPendingApprovals} pending approvals (tasks.maxPendingApprovals).`,
+      );
+    }
+    if (!('record' in res)) throw conflict('task_not_open', `Task ${task.taskId} is no longer open.`);
+    const record = res.record;
+    if (res.kind === 'created') {
       await this.deps.audit.append({
         action: 'credential.pending',
         actor: who.id,
         decision: 'ok',
-        taskId,
+        taskId: task.taskId,
         role: body.role,
-        detail: { approvalId: record.approvalId },
+        detail: { approvalId: record.approvalId, ttlSeconds: record.ttlSeconds, scopes },
       });
     }
     if (record.status === 'pending') return { pending: { approvalId: record.approvalId, status: 'pending' } };
     if (record.status === 'approved') return { approved: record };
-    this.deps.metrics.denied.inc({ code: 'approval_rejected' });
-    throw forbidden(
-      record.status === 'rejected' ? 'approval_rejected' : 'approval_expired',
-      `The approval for this request was ${record.status}.`,
-      { extra: { approvalId: record.approvalId } },
-    );
+    if (record.status === 'rejected') {
+      return this.deny(who, task, body.role, 'approval_rejected', 'The approval for this request was rejected.', {
+        approvalId: record.approvalId,
+      });
+    }
+    throw conflict('approval_expired', `The approval for this request is ${record.status}.`, { extra: { approvalId: record.approvalId } });
+  }
+
+  private deny(
+    who: WorkloadIdentity,
+    task: TaskFixed,
+    role: string,
+    code: 'not_task_agent' | 'role_not_granted' | 'scope_not_granted' | 'approval_rejected' | 'limit_exceeded',
+    detail: string,
+    extra?: Record<string, string>,
+  ): Promise<never> {
+    return deny(this.deps, who, code, detail, {
+      action: 'credential.deny',
+      taskId: task.taskId,
+      role,
+      ...(extra ? { detail: extra } : {}),
+    });
   }
 }

@@ -15,7 +15,7 @@ import { wellKnownRoutes } from './routes/wellknown.ts';
 export function createApp(
   deps: Deps,
   services: Services,
-  opts: { isShuttingDown: () => boolean; extraRouters?: express.Router[] },
+  opts: { isShuttingDown: () => boolean; isRecovered: () => boolean; extraRouters?: express.Router[] },
 ): Express {
   const app = express();
   app.disable('x-powered-by');
@@ -28,7 +28,7 @@ export function createApp(
     });
     next();
   });
-  app.use(opsRoutes(deps, opts.isShuttingDown));
+  app.use(opsRoutes(deps, opts));
   app.use(wellKnownRoutes(deps));
   app.use(oauthRoutes(deps, services));
   app.use(adminRoutes(deps, services));

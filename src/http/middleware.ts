@@ -1,7 +1,8 @@
 import express, { type NextFunction, type Request, type RequestHandler, type Response } from 'express';
 import type { ZodType } from 'zod';
 import type { Deps } from '../deps.ts';
-import { badRequest, unsupportedMediaType } from '../errors.ts';
+import { denial } from '../authz.ts';
+import { badRequest, forbidden, unsupportedMediaType } from '../errors.ts';
 import type { WorkloadIdentity } from '../identity/types.ts';
 import { fromZod } from './problem.ts';
 
@@ -18,17 +19,30 @@ export function bearerToken(req: Request): string | undefined {
   return m?.[1];
 }
 
-/** Verifies `Authorization: Bearer <workload JWT>` before anything else runs. */
+/** Verifies `Authorization: Bearer <workload JWT>` before anything else runs; a quarantined identity stops here. */
 export function requireIdentity(deps: Deps): RequestHandler {
   return async (req, res, next) => {
+    let who: WorkloadIdentity;
     try {
-      res.locals.identity = await deps.verifier.verify(bearerToken(req));
+      who = await deps.verifier.verify(bearerToken(req));
     } catch (err) {
       deps.metrics.denied.inc({ code: (err as { code?: string }).code ?? 'identity_invalid' });
       throw err;
     }
+    await refuseQuarantined(deps, who);
+    res.locals.identity = who;
     next();
   };
+}
+
+/** 403 identity_quarantined (audited) when an admin quarantined `who`. */
+export async function refuseQuarantined(deps: Deps, who: WorkloadIdentity): Promise<void> {
+  const pattern = deps.quarantine.match(who.id);
+  if (pattern === undefined) return;
+  throw await denial(deps, who, forbidden('identity_quarantined', 'This identity is quarantined by an admin; every call is refused.'), {
+    action: 'access.deny',
+    detail: { pattern },
+  });
 }
 
 /**

@@ -49,7 +49,7 @@ export function problemHandler(logger: Logger): ErrorRequestHandler {
     else problem = fromBodyParser(err);
     if (!problem) {
       logger.error({ err, path: req.path, method: req.method }, 'unhandled error');
-      problem = new BrokerError('internal_error', 500, 'Internal Server Error', 'The broker failed to handle the request.');
+      problem = new BrokerError('internal_error', 'The broker failed to handle the request.');
     } else if (problem.status >= 500) {
       logger.warn({ code: problem.code, cause: (problem.cause as Error | undefined)?.message, path: req.path }, 'request failed upstream');
     }

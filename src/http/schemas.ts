@@ -1,8 +1,14 @@
 import { z } from 'zod';
 import { roleNameSchema, scopeSchema } from '../config/common.ts';
 
-/** Task ids: 1-128 chars of [A-Za-z0-9._:-] (contract section 3). */
-export const taskIdSchema = z.string().regex(/^[A-Za-z0-9._:-]{1,128}$/, 'must be 1-128 characters of [A-Za-z0-9._:-]');
+/** A task id a caller chooses: 1-128 chars of [A-Za-z0-9._:-] (contract section 3); `~` is reserved for sub-task ids. */
+export const TASK_NAME = /^[A-Za-z0-9._:-]{1,128}$/;
+export const taskIdSchema = z.string().regex(TASK_NAME, 'must be 1-128 characters of [A-Za-z0-9._:-]');
+/** A task id the broker made: a root id, then `~<name>` per delegation level, at most 512 chars. */
+export const taskRefSchema = z
+  .string()
+  .max(512)
+  .regex(/^[A-Za-z0-9._:-]{1,128}(~[A-Za-z0-9._:-]{1,128})*$/, 'must be a task id (names of [A-Za-z0-9._:-] joined by "~")');
 /** Lease and approval ids are ours: 32 lowercase hex characters. */
 export const leaseIdSchema = z.string().regex(/^[a-f0-9]{32}$/, 'must be 32 lowercase hex characters');
 const identitySchema = z
@@ -17,7 +23,8 @@ const scopesSchema = z
 
 export const grantSchema = z.strictObject({
   role: roleNameSchema,
-  scopes: scopesSchema.default([]),
+  /** Literal: omitted = the role's configured set; `[]` = none. */
+  scopes: scopesSchema.optional(),
   maxTtlSeconds: z
     .int()
     .min(1)
@@ -27,10 +34,11 @@ export const grantSchema = z.strictObject({
 
 export const openTaskSchema = z.strictObject({
   taskId: taskIdSchema.optional(),
-  parentTaskId: taskIdSchema.optional(),
+  parentTaskId: taskRefSchema.optional(),
   agent: identitySchema,
-  tenant: z.string().min(1).max(128),
-  purpose: z.string().min(1).max(1024),
+  /** Required for a root task; a sub-task inherits its parent's (and may only repeat it). */
+  tenant: z.string().min(1).max(128).optional(),
+  purpose: z.string().min(1).max(1024).optional(),
   ttlSeconds: z
     .int()
     .min(1)
@@ -48,7 +56,7 @@ export const openTaskSchema = z.strictObject({
 export type OpenTaskBody = z.infer<typeof openTaskSchema>;
 
 export const credentialRequestSchema = z.strictObject({
-  taskId: taskIdSchema,
+  taskId: taskRefSchema,
   role: roleNameSchema,
   scopes: scopesSchema.optional(),
   ttlSeconds: z
@@ -70,4 +78,6 @@ export const rotateSchema = z.strictObject({
     .min(1)
     .max(64)
     .regex(/^[a-z0-9-]+$/),
+  /** Signing key only: sign with the new key at once and drop the old one from the JWKS (a compromised key). */
+  immediate: z.boolean().optional(),
 });

@@ -1,3 +1,4 @@
+import type { AdminService } from '../admin/admin-service.ts';
 import type { ApprovalService } from '../approvals/approval-service.ts';
 import type { CredentialService } from '../credentials/credential-service.ts';
 import type { LeaseService } from '../leases/lease-service.ts';
@@ -11,4 +12,5 @@ export interface Services {
   leases: LeaseService;
   approvals: ApprovalService;
   rotation: RotationService;
+  admin: AdminService;
 }

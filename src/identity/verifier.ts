@@ -5,7 +5,7 @@ import type { LoadedConfig } from '../config/load.ts';
 import type { TrustConfig } from '../config/schema.ts';
 import { unauthenticated } from '../errors.ts';
 import type { Logger } from '../logger.ts';
-import type { Keys } from '../redis.ts';
+import type { Keys } from '../redis/keys.ts';
 import { KeySet } from './key-set.ts';
 import { parseSpiffeId } from './spiffe-id.ts';
 import type { WorkloadIdentity } from './types.ts';

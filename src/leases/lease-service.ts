@@ -1,11 +1,12 @@
 import { verify as cryptoVerify } from 'node:crypto';
-import { authorize, taskContext } from '../authz.ts';
+import { authorize, deny, taskContext } from '../authz.ts';
 import type { Deps } from '../deps.ts';
-import { forbidden, notFound } from '../errors.ts';
+import { notFound } from '../errors.ts';
 import type { WorkloadIdentity } from '../identity/types.ts';
-import type { LeaseRecord } from './types.ts';
+import { endLeases } from '../revocation/ending.ts';
 import type { TaskRecord } from '../tasks/types.ts';
 import { LeaseStore } from './lease-store.ts';
+import type { LeaseRecord } from './types.ts';
 
 /** RFC 7662 answer. Anything not active is exactly `{ active: false }`. */
 export type Introspection = { active: false } | ({ active: true } & Record<string, unknown>);
@@ -22,10 +23,14 @@ export class LeaseService {
   /** The lease and its task's status; for the lease's agent, the task's orchestrator, or an admin. */
   async get(who: WorkloadIdentity, leaseId: string): Promise<{ lease: LeaseRecord; taskStatus?: string }> {
     const { lease, task } = await this.load(who, leaseId);
-    return { lease, taskStatus: task?.status };
+    return { lease, ...(task ? { taskStatus: task.status } : {}) };
   }
 
-  /** Revokes one lease early (DELETE). Idempotent: an ended lease answers the same. */
+  /**
+   * Revokes one lease early (DELETE). Idempotent: an ended lease answers the
+   * same. A credential with nothing upstream ends at once; an upstream one is
+   * handed to the worker (an `issuing` one as soon as its issuance finishes).
+   */
   async revoke(who: WorkloadIdentity, leaseId: string): Promise<{ leaseId: string; status: string }> {
     const { lease, task } = await this.load(who, leaseId);
     const policies = await authorize(
@@ -34,11 +39,13 @@ export class LeaseService {
       'revoke',
       { type: 'Task', id: lease.taskId },
       task ? { task: taskContext(task) } : {},
-      { taskId: lease.taskId, leaseId },
+      {
+        taskId: lease.taskId,
+        leaseId,
+      },
     );
     if (LeaseStore.isEnded(lease.status)) return { leaseId, status: lease.status };
-    await this.deps.leases.mark(leaseId, { status: 'revoking', reason: 'revoked_by_caller' });
-    await this.deps.queue.endLeases([{ leaseId, reason: 'revoked_by_caller' }]);
+    const now = this.deps.clock.now();
     await this.deps.audit.append({
       action: 'lease.revoke',
       actor: who.id,
@@ -50,18 +57,28 @@ export class LeaseService {
       policies,
       detail: { stage: 'requested' },
     });
-    return { leaseId, status: 'revoking' };
+    if (this.deps.providers.get(lease.provider)?.upstream === false && lease.status !== 'issuing') {
+      await endLeases(this.deps, [lease], 'revoked_by_caller', now);
+      return { leaseId, status: 'revoked' };
+    }
+    const res = await this.deps.leases.requestEnd(leaseId, 'revoked_by_caller');
+    if (res.kind === 'revoking') await this.deps.queue.endLease(lease, res.reason, now);
+    return { leaseId, status: res.kind === 'deferred' ? 'issuing' : 'revoking' };
   }
 
-  /** The lease and its task, if `who` may see them. */
+  /** The lease and its task, if `who` may see them; a refusal is audited. */
   private async load(who: WorkloadIdentity, leaseId: string): Promise<{ lease: LeaseRecord; task?: TaskRecord }> {
     const lease = await this.deps.leases.get(leaseId);
     if (!lease) throw notFound('lease_not_found', `No lease ${leaseId}.`);
     const task = await this.deps.tasks.get(lease.taskId);
     if (who.id !== lease.agent && who.id !== task?.openedBy && !this.deps.patterns.admins.matches(who.id)) {
-      throw forbidden('not_lease_party', "Only the lease's agent, its task's orchestrator or an admin may read it.");
+      await deny(this.deps, who, 'not_lease_party', "Only the lease's agent, its task's orchestrator or an admin may read it.", {
+        action: 'access.deny',
+        taskId: lease.taskId,
+        leaseId,
+      });
     }
-    return { lease, task };
+    return { lease, ...(task ? { task } : {}) };
   }
 
   /**
@@ -93,13 +110,10 @@ export class LeaseService {
           ? cryptoVerify(null, input, key, sig)
           : false;
     if (!ok) return INACTIVE;
-    if (claims.iss !== this.deps.config.server.publicUrl || typeof claims.exp !== 'number' || claims.exp * 1000 <= Date.now())
+    if (claims.iss !== this.deps.config.server.publicUrl || typeof claims.exp !== 'number' || claims.exp * 1000 <= this.deps.clock.now())
       return INACTIVE;
     if (typeof claims.jti !== 'string' || typeof claims.task_id !== 'string') return INACTIVE;
-    const [leaseStatus, taskStatus] = await Promise.all([
-      this.deps.redis.hget(this.deps.keys.lease(claims.jti), 'status'),
-      this.deps.tasks.status(claims.task_id),
-    ]);
+    const [leaseStatus, taskStatus] = await Promise.all([this.deps.leases.status(claims.jti), this.deps.tasks.status(claims.task_id)]);
     if (leaseStatus !== 'active' || taskStatus !== 'open') return INACTIVE;
     const { scope, sub, aud, iss, exp, iat, jti, client_id, task_id, act } = claims;
     return { active: true, token_type: 'Bearer', scope, sub, aud, iss, exp, iat, jti, client_id, task_id, ...(act ? { act } : {}) };

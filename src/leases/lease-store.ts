@@ -1,167 +1,183 @@
-import type { Redis } from 'ioredis';
-import { luaScript } from '../lua.ts';
-import type { Keys } from '../redis.ts';
-import type { LeaseRecord, LeaseStatus, RevokeReason } from './types.ts';
+import type { Keys } from '../redis/keys.ts';
+import { type RedisClient, script } from '../redis/scripts.ts';
+import type { LeaseFixed, LeaseRecord, LeaseStatus, RevokeReason } from './types.ts';
 
-/*
- * A lease is a Redis hash: `d` holds the immutable part as JSON; status,
- * expiresAt, handle (JSON), reason, revokedAt, lastError and attempts are
- * plain fields that the Lua below sets without re-encoding JSON.
- */
-
-/**
- * Records a lease only while its task is open, in one atomic step with the
- * task's lease set and the live-lease index. This closes the race with task
- * completion: once a task has left `open`, no lease can join it, so the
- * task-end job sees every lease the task will ever have.
- */
-const CREATE = `
-local st = redis.call('HGET', KEYS[1], 'status')
-if not st then return 'no_task' end
-if st ~= 'open' then return 'task_closed' end
-redis.call('HSET', KEYS[2], 'd', ARGV[1], 'status', ARGV[4], 'expiresAt', ARGV[2], 'handle', ARGV[5])
-redis.call('SADD', KEYS[3], ARGV[3])
-redis.call('ZADD', KEYS[4], ARGV[2], ARGV[3])
-return 'ok'`;
-const runCreate = luaScript(CREATE);
-
-/**
- * issuing -> active once the upstream answered. If the task ended while the
- * upstream call was in flight, the handle is still recorded (so revoke can
- * find what to revoke) and 'task_closed' is returned.
- */
-const ACTIVATE = `
-if redis.call('EXISTS', KEYS[1]) == 0 then return 'no_lease' end
-redis.call('HSET', KEYS[1], 'handle', ARGV[1], 'expiresAt', ARGV[2])
-redis.call('ZADD', KEYS[3], ARGV[2], ARGV[3])
-if redis.call('HGET', KEYS[2], 'status') == 'open' then
-  redis.call('HSET', KEYS[1], 'status', 'active')
-  return 'ok'
-end
-return 'task_closed'`;
-const runActivate = luaScript(ACTIVATE);
-
-/**
- * Applies field updates to a lease unless it already ended. With ARGV[1] ~= '0'
- * it is an ending transition: the lease leaves the live index and is kept for
- * that many ms. Returns the status before the call (false if no lease).
- */
-const TRANSITION = `
-local st = redis.call('HGET', KEYS[1], 'status')
-if not st then return false end
-if st == 'revoked' or st == 'expired' or st == 'failed' then return st end
-for i = 3, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
-if ARGV[1] ~= '0' then
-  redis.call('PEXPIRE', KEYS[1], ARGV[1])
-  redis.call('ZREM', KEYS[2], ARGV[2])
-end
-return st`;
-const runTransition = luaScript(TRANSITION);
+const createScript = script('lease-create');
+const activateScript = script('lease-activate');
+const updateScript = script('lease-update');
+const requestEndScript = script('lease-request-end');
+const endManyScript = script('leases-end');
 
 const ENDED: ReadonlySet<LeaseStatus> = new Set(['revoked', 'expired', 'failed']);
 
 /** Rebuilds a LeaseRecord from its hash fields. */
 export function leaseFromHash(h: Record<string, string>): LeaseRecord | undefined {
   if (!h.d) return undefined;
-  const l = JSON.parse(h.d) as LeaseRecord;
-  l.status = h.status as LeaseStatus;
-  l.expiresAt = Number(h.expiresAt);
-  l.handle = h.handle ? JSON.parse(h.handle) : {};
+  const l: LeaseRecord = {
+    ...(JSON.parse(h.d) as LeaseFixed),
+    status: h.status as LeaseStatus,
+    issuedAt: Number(h.issuedAt),
+    expiresAt: Number(h.expiresAt),
+    handle: h.handle ? JSON.parse(h.handle) : {},
+  };
   if (h.reason) l.reason = h.reason as RevokeReason;
   if (h.revokedAt) l.revokedAt = Number(h.revokedAt);
   if (h.lastError) l.lastError = h.lastError;
   if (h.attempts) l.attempts = Number(h.attempts);
+  if (h.orphanAt) l.orphanAt = Number(h.orphanAt);
+  if (h.endRequested) l.endRequested = h.endRequested as RevokeReason;
   return l;
 }
 
+export type CreateResult = { kind: 'ok'; now: number } | { kind: 'no_task' | 'task_closed' | 'limit' };
+
 /** Redis persistence of leases. A lease never holds a secret, only the revoke handle. */
 export class LeaseStore {
-  private readonly redis: Redis;
+  private readonly redis: RedisClient;
   private readonly keys: Keys;
-  private readonly retentionMs: number;
+  readonly retentionMs: number;
 
-  constructor(deps: { redis: Redis; keys: Keys; retentionMs: number }) {
+  constructor(deps: { redis: RedisClient; keys: Keys; retentionMs: number }) {
     this.redis = deps.redis;
     this.keys = deps.keys;
     this.retentionMs = deps.retentionMs;
   }
 
-  /** Creates the lease if the task is still open. */
-  async create(lease: LeaseRecord): Promise<'ok' | 'no_task' | 'task_closed'> {
-    const { status, expiresAt, handle, reason: _r, revokedAt: _v, lastError: _l, attempts: _a, ...fixed } = lease;
-    return (await runCreate(
+  /**
+   * Records a lease while its task is open and under `maxLeases`: `active`
+   * with its expiry (nothing upstream), or `issuing` (the intent, written
+   * before the upstream call) with the orphan window after which the sweeper
+   * treats the issuance as interrupted.
+   */
+  async create(
+    lease: LeaseFixed,
+    opts: { status: 'active' | 'issuing'; expiresAt: number; handle: LeaseRecord['handle']; orphanMs?: number; maxLeases: number },
+  ): Promise<CreateResult> {
+    const bucket = this.keys.bucketOfTask(lease.taskId);
+    const res = (await createScript.run(
       this.redis,
-      4,
-      this.keys.task(lease.taskId),
-      this.keys.lease(lease.leaseId),
-      this.keys.taskLeases(lease.taskId),
-      this.keys.liveLeases(),
-      JSON.stringify(fixed),
-      expiresAt,
-      lease.leaseId,
-      status,
-      JSON.stringify(handle),
-    )) as 'ok' | 'no_task' | 'task_closed';
+      [this.keys.task(lease.taskId), this.keys.lease(lease.leaseId), this.keys.taskLeases(lease.taskId), this.keys.liveLeases(bucket)],
+      [
+        JSON.stringify(lease),
+        opts.status,
+        opts.expiresAt,
+        opts.orphanMs ?? 0,
+        lease.leaseId,
+        JSON.stringify(opts.handle),
+        opts.maxLeases,
+        lease.taskId,
+        lease.provider,
+        lease.role,
+      ],
+    )) as [string, number?];
+    return res[0] === 'ok' ? { kind: 'ok', now: Number(res[1]) } : { kind: res[0] as 'no_task' | 'task_closed' | 'limit' };
   }
 
-  /** Records the upstream's answer on an `issuing` lease. */
-  async activate(lease: LeaseRecord, patch: Pick<LeaseRecord, 'handle' | 'expiresAt'>): Promise<'ok' | 'no_lease' | 'task_closed'> {
-    return (await runActivate(
+  /** Records the upstream's answer on an `issuing` lease (see lease-activate.lua). */
+  async activate(
+    lease: Pick<LeaseFixed, 'leaseId' | 'taskId'>,
+    patch: { handle: LeaseRecord['handle']; expiresAt: number },
+  ): Promise<{ kind: 'ok' } | { kind: 'revoke'; reason: RevokeReason } | { kind: 'gone'; status?: LeaseStatus }> {
+    const bucket = this.keys.bucketOfTask(lease.taskId);
+    const res = (await activateScript.run(
       this.redis,
-      3,
-      this.keys.lease(lease.leaseId),
-      this.keys.task(lease.taskId),
-      this.keys.liveLeases(),
-      JSON.stringify(patch.handle),
-      patch.expiresAt,
-      lease.leaseId,
-    )) as 'ok' | 'no_lease' | 'task_closed';
+      [this.keys.lease(lease.leaseId), this.keys.task(lease.taskId), this.keys.liveLeases(bucket)],
+      [JSON.stringify(patch.handle), patch.expiresAt, lease.leaseId],
+    )) as string[];
+    if (res[0] === 'ok') return { kind: 'ok' };
+    if (res[0] === 'revoke') return { kind: 'revoke', reason: res[1] as RevokeReason };
+    return { kind: 'gone', ...(res[1] ? { status: res[1] as LeaseStatus } : {}) };
   }
 
   async get(leaseId: string): Promise<LeaseRecord | undefined> {
+    if (this.keys.bucketOfId(leaseId) === undefined) return undefined;
     return leaseFromHash(await this.redis.hgetall(this.keys.lease(leaseId)));
   }
 
-  async getMany(leaseIds: string[]): Promise<LeaseRecord[]> {
-    if (leaseIds.length === 0) return [];
-    const p = this.redis.pipeline();
-    for (const id of leaseIds) p.hgetall(this.keys.lease(id));
-    const res = (await p.exec()) ?? [];
-    return res.map(([, h]) => leaseFromHash(h as Record<string, string>)).filter((l): l is LeaseRecord => l !== undefined);
+  async getMany(leaseIds: readonly string[]): Promise<LeaseRecord[]> {
+    const ids = leaseIds.filter((id) => this.keys.bucketOfId(id) !== undefined);
+    if (ids.length === 0) return [];
+    // One command per lease; auto-pipelining sends them together (and a Cluster routes each by its slot).
+    const all = await Promise.all(ids.map((id) => this.redis.hgetall(this.keys.lease(id))));
+    return all.map(leaseFromHash).filter((l): l is LeaseRecord => l !== undefined);
   }
 
-  /** Marks a lease ended; it leaves the live index and is kept for `retentionMs`. Returns the status before. */
+  /** Status and fields the hot paths need (introspection). */
+  async status(leaseId: string): Promise<LeaseStatus | undefined> {
+    if (this.keys.bucketOfId(leaseId) === undefined) return undefined;
+    return ((await this.redis.hget(this.keys.lease(leaseId), 'status')) ?? undefined) as LeaseStatus | undefined;
+  }
+
+  /** Ends one lease (revoked, expired, failed); revokedAt on Redis's clock. Returns the status before. */
   async end(
     leaseId: string,
     status: 'revoked' | 'expired' | 'failed',
-    fields: { reason?: RevokeReason; revokedAt?: number; lastError?: string } = {},
+    fields: { reason?: RevokeReason | undefined; lastError?: string | undefined } = {},
   ): Promise<LeaseStatus | undefined> {
-    return this.transition(leaseId, { status, ...fields }, true);
+    return this.update(leaseId, status, fields.reason, fields.lastError === undefined ? {} : { lastError: fields.lastError }, true);
   }
 
-  /** Updates a live lease (revoking; revoke_failed with the error and attempt count). Returns the status before. */
+  /** Updates a live lease (revoking, revoke_failed with the error and attempt count). Returns the status before. */
   async mark(
     leaseId: string,
     fields: { status?: LeaseStatus; reason?: RevokeReason; lastError?: string; attempts?: number },
   ): Promise<LeaseStatus | undefined> {
-    return this.transition(leaseId, fields, false);
+    const extra: Record<string, string | number> = {};
+    if (fields.lastError !== undefined) extra.lastError = fields.lastError;
+    if (fields.attempts !== undefined) extra.attempts = fields.attempts;
+    return this.update(leaseId, fields.status, fields.reason, extra, false);
   }
 
-  /** Live leases whose expiry has passed (the TTL sweep's work list). */
-  async due(now: number, limit: number): Promise<string[]> {
-    return this.redis.zrangebyscore(this.keys.liveLeases(), 0, now, 'LIMIT', 0, limit);
+  /**
+   * Asks for a lease to end: a live one goes to `revoking`; an `issuing` one
+   * is marked, and its activation hands it to revocation.
+   */
+  async requestEnd(
+    leaseId: string,
+    reason: RevokeReason,
+  ): Promise<{ kind: 'revoking'; reason: RevokeReason } | { kind: 'deferred' | 'ended' | 'no_lease' }> {
+    const res = (await requestEndScript.run(this.redis, [this.keys.lease(leaseId)], [reason])) as string[];
+    return res[0] === 'revoking'
+      ? { kind: 'revoking', reason: res[1] as RevokeReason }
+      : { kind: res[0] as 'deferred' | 'ended' | 'no_lease' };
   }
 
-  /** Number of leases not yet ended. */
+  /**
+   * Ends many leases of one bucket at once (nothing upstream to call). Returns
+   * the ids this call ended and Redis's time. Leases still `issuing` are skipped.
+   */
+  async endMany(
+    bucket: number,
+    leaseIds: readonly string[],
+    status: 'revoked' | 'expired',
+    reason: RevokeReason,
+  ): Promise<{ now: number; ended: string[] }> {
+    const ended: string[] = [];
+    let now = 0;
+    for (let i = 0; i < leaseIds.length; i += 500) {
+      const chunk = leaseIds.slice(i, i + 500);
+      const res = (await endManyScript.run(
+        this.redis,
+        [this.keys.liveLeases(bucket)],
+        [this.keys.base(bucket), status, reason, this.retentionMs, ...chunk],
+      )) as [number, ...string[]];
+      now = Number(res[0]);
+      ended.push(...(res.slice(1) as string[]));
+    }
+    return { now, ended };
+  }
+
+  /** Number of leases not yet ended, across buckets. */
   async liveCount(): Promise<number> {
-    return this.redis.zcard(this.keys.liveLeases());
+    const counts = await Promise.all(Array.from({ length: this.keys.buckets }, (_, b) => this.redis.zcard(this.keys.liveLeases(b))));
+    return counts.reduce((a, b) => a + b, 0);
   }
 
-  /** Walks the live index in pages (the reconciler). */
-  async *live(pageSize = 500): AsyncGenerator<string[]> {
+  /** Walks one bucket's live index in pages (the reconciler). */
+  async *live(bucket: number, pageSize = 500): AsyncGenerator<string[]> {
     let cursor = '0';
     do {
-      const [next, flat] = await this.redis.zscan(this.keys.liveLeases(), cursor, 'COUNT', pageSize);
+      const [next, flat] = await this.redis.zscan(this.keys.liveLeases(bucket), cursor, 'COUNT', pageSize);
       cursor = next;
       const ids = flat.filter((_, i) => i % 2 === 0);
       if (ids.length > 0) yield ids;
@@ -172,22 +188,20 @@ export class LeaseStore {
     return ENDED.has(status);
   }
 
-  private async transition(
+  private async update(
     leaseId: string,
-    fields: Record<string, string | number | undefined>,
-    ended: boolean,
+    status: LeaseStatus | undefined,
+    reason: RevokeReason | undefined,
+    extra: Record<string, string | number>,
+    ending: boolean,
   ): Promise<LeaseStatus | undefined> {
-    const args: (string | number)[] = [];
-    for (const [k, v] of Object.entries(fields)) if (v !== undefined) args.push(k, v);
-    const before = (await runTransition(
+    const bucket = this.keys.bucketOfId(leaseId);
+    if (bucket === undefined) return undefined;
+    const before = await updateScript.run(
       this.redis,
-      2,
-      this.keys.lease(leaseId),
-      this.keys.liveLeases(),
-      ended ? this.retentionMs : 0,
-      leaseId,
-      ...args,
-    )) as string | null;
+      [this.keys.lease(leaseId), this.keys.liveLeases(bucket)],
+      [ending ? this.retentionMs : 0, leaseId, this.keys.base(bucket), status ?? '', reason ?? '', ...Object.entries(extra).flat()],
+    );
     return (before ?? undefined) as LeaseStatus | undefined;
   }
 }

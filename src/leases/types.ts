@@ -1,27 +1,45 @@
-export type LeaseStatus = 'issuing' | 'active' | 'revoking' | 'revoked' | 'expired' | 'revoke_failed' | 'failed';
-export type RevokeReason = 'task_completed' | 'task_expired' | 'ttl_expired' | 'revoked_by_caller';
-
 /**
- * The broker's record of one issued credential. It holds the handle that
- * revoke needs (a Vault accessor or lease id, an STS session name) and never
- * the secret itself.
+ * `issuing`: written before the upstream call (intent), `active`, `revoking`,
+ * `revoke_failed` (still being retried), then one of the ended statuses:
+ * `revoked`, `expired` (TTL ran out, or the credential expired before the
+ * upstream confirmed a revocation), `failed` (issuance failed; nothing was
+ * handed out and whatever the upstream made is revoked or died by itself).
  */
-export interface LeaseRecord {
+export type LeaseStatus = 'issuing' | 'active' | 'revoking' | 'revoked' | 'expired' | 'revoke_failed' | 'failed';
+export type RevokeReason = 'task_completed' | 'task_expired' | 'ttl_expired' | 'revoked_by_caller' | 'revoked_by_admin';
+
+/** The part of a lease that never changes. */
+export interface LeaseFixed {
   leaseId: string;
   taskId: string;
   role: string;
   provider: string;
   agent: string;
   scopes: string[];
+  revocable: boolean;
+  /** TTL granted (s). */
+  ttlSeconds: number;
+}
+
+/**
+ * The broker's record of one issued credential. It holds the handle that
+ * revoke needs (a Vault accessor or lease id, an STS session name) and never
+ * the secret itself.
+ */
+export interface LeaseRecord extends LeaseFixed {
   status: LeaseStatus;
+  /** Epoch ms on Redis's clock. */
   issuedAt: number;
   expiresAt: number;
-  revocable: boolean;
   /** Provider-specific revoke handle: identifiers only, never secrets. */
   handle: Record<string, string | number | boolean>;
   reason?: RevokeReason;
   revokedAt?: number;
-  /** Why the last revoke attempt failed (client-safe code), while status is revoke_failed. */
+  /** Why the last revoke attempt failed, or why issuance failed (client-safe code). */
   lastError?: string;
   attempts?: number;
+  /** While `issuing`: when the issuance counts as interrupted (Redis's clock). */
+  orphanAt?: number;
+  /** An end was asked for while the lease was still `issuing`. */
+  endRequested?: RevokeReason;
 }

@@ -1,12 +1,15 @@
-import type { Redis } from 'ioredis';
-import type { Deps } from '../deps.ts';
-import { badRequest, BrokerError, upstreamFailed } from '../errors.ts';
-import type { WorkloadIdentity } from '../identity/types.ts';
-import type { Kek } from '../signing/kek.ts';
 import { authorize } from '../authz.ts';
+import type { Deps } from '../deps.ts';
+import { BrokerError, badRequest, conflict, upstreamFailed } from '../errors.ts';
+import type { WorkloadIdentity } from '../identity/types.ts';
+import { PolicyLoadError } from '../policy/errors.ts';
+import { ProviderRegistry } from '../providers/registry.ts';
+import { acquireLock } from '../redis/lock.ts';
+import type { RedisClient } from '../redis/scripts.ts';
+import type { Kek } from '../signing/kek.ts';
 
-/** Broadcast on `${prefix}:events:broker` so every instance switches. */
-type BrokerEvent = { type: 'rotated'; target: string } | { type: 'policy-reload' };
+/** Broadcast on `${prefix}:events:broker` so every instance follows. */
+export type BrokerEvent = { type: 'rotated'; target: string } | { type: 'policy-reload' } | { type: 'quarantine' };
 
 /**
  * Rotation of the broker's own secrets (signing key, Vault AppRole secret-id,
@@ -18,9 +21,9 @@ type BrokerEvent = { type: 'rotated'; target: string } | { type: 'policy-reload'
 export class RotationService {
   private readonly deps: Deps;
   private readonly kek: Kek;
-  private readonly publisher: Redis;
+  private readonly publisher: RedisClient;
 
-  constructor(deps: Deps, kek: Kek, publisher: Redis) {
+  constructor(deps: Deps, kek: Kek, publisher: RedisClient) {
     this.deps = deps;
     this.kek = kek;
     this.publisher = publisher;
@@ -31,18 +34,23 @@ export class RotationService {
     return this.deps.providers
       .all()
       .filter(([, p]) => p.rotate)
-      .map(([k]) => (k === 'jwt' ? 'signing-key' : k));
+      .map(([k]) => ProviderRegistry.targetOf(k));
   }
 
-  async rotate(who: WorkloadIdentity | 'schedule', target: string): Promise<Record<string, unknown>> {
+  /**
+   * Rotates `target`. `immediate` (signing key only: a compromised key) makes
+   * the new key sign at once and drops the old one from the JWKS.
+   */
+  async rotate(who: WorkloadIdentity | 'schedule', target: string, opts: { immediate?: boolean } = {}): Promise<Record<string, unknown>> {
     const actor = who === 'schedule' ? 'broker' : who.id;
-    if (who !== 'schedule') await authorize(this.deps, who, 'rotate', { type: 'Broker', id: 'broker' }, {}, {});
-    const provider = this.deps.providers.get(target === 'signing-key' ? 'jwt' : target);
+    if (who !== 'schedule') await authorize(this.deps, who, 'rotate', { type: 'Broker', id: 'broker' }, { target }, {});
+    const found = this.deps.providers.byRotationTarget(target);
+    const provider = found?.[1];
     if (!provider?.rotate) throw badRequest('unknown_rotation_target', `Cannot rotate "${target}"; targets: ${this.targets().join(', ')}.`);
+    if (opts.immediate && target !== 'signing-key') throw badRequest('invalid_request', '`immediate` applies to the signing key only.');
     // One rotation per target at a time across all instances.
-    const lock = this.deps.keys.lock(`rotate:${target}`);
-    if (!(await this.deps.redis.set(lock, actor, 'PX', 120_000, 'NX')))
-      throw new BrokerError('rotation_in_progress', 409, 'Conflict', `A rotation of ${target} is already running.`);
+    const lock = await acquireLock(this.deps.redis, this.deps.keys.lock(`rotate:${target}`), { ttlMs: 120_000 });
+    if (!lock) throw conflict('rotation_in_progress', `A rotation of ${target} is already running.`);
     try {
       let distributed = false;
       const result = await provider.rotate(async (secret) => {
@@ -51,10 +59,16 @@ export class RotationService {
         distributed = true;
         // Give every instance time to switch before the provider retires the old secret.
         await new Promise((r) => setTimeout(r, this.deps.config.rotation.switchGraceMs));
-      });
+      }, opts);
       if (!distributed) await this.announce({ type: 'rotated', target }); // signing key: instances reload from Redis
       this.deps.metrics.rotations.inc({ target, result: 'ok' });
-      await this.deps.audit.append({ action: 'rotate', actor, decision: 'ok', reason: target, detail: { rotated: result.rotated } });
+      await this.deps.audit.append({
+        action: 'rotate',
+        actor,
+        decision: 'ok',
+        reason: target,
+        detail: { rotated: result.rotated, ...(opts.immediate ? { immediate: true } : {}) },
+      });
       return { target, rotated: result.rotated, ...(result.detail ?? {}) };
     } catch (err) {
       this.deps.metrics.rotations.inc({ target, result: 'failed' });
@@ -63,14 +77,14 @@ export class RotationService {
       if (err instanceof BrokerError) throw err;
       throw upstreamFailed('rotation_failed', `Rotating ${target} failed; the previous secret is still in use.`, { cause: err });
     } finally {
-      await this.deps.redis.del(lock);
+      await lock.release();
     }
   }
 
   /** At startup and on announcements: switch to the newest distributed secret of every provider. */
   async applyDistributedSecrets(only?: string): Promise<void> {
     for (const [kind, p] of this.deps.providers.all()) {
-      const target = kind === 'jwt' ? 'signing-key' : kind;
+      const target = ProviderRegistry.targetOf(kind);
       if (only && only !== target) continue;
       if (kind === 'jwt') {
         await this.deps.signing.reload();
@@ -89,24 +103,43 @@ export class RotationService {
     }
   }
 
-  async broadcastPolicyReload(): Promise<{ reloaded: boolean; policies: number }> {
-    const r = await this.deps.policy.reload();
+  /**
+   * Reloads the policy directory here and on every instance. A set that does
+   * not load is refused with the file, line and Cedar's message (409
+   * policy_invalid: the admin's request is fine, the files on disk are not),
+   * and the previous set stays in force.
+   */
+  async broadcastPolicyReload(who: WorkloadIdentity): Promise<{ reloaded: boolean; policies: number; version: string }> {
+    let r: { policies: number; version: string };
+    try {
+      r = await this.deps.policy.reload();
+    } catch (err) {
+      const detail = err instanceof PolicyLoadError ? err.message : 'The policy set could not be loaded.';
+      await this.deps.audit.append({ action: 'policy.reload', actor: who.id, decision: 'error', reason: 'policy_invalid' });
+      throw conflict('policy_invalid', `${detail} The previous policy set stays in force.`);
+    }
     await this.announce({ type: 'policy-reload' });
-    await this.deps.audit.append({ action: 'policy.reload', actor: 'broker', decision: 'ok', detail: { policies: r.policies } });
-    return { reloaded: true, policies: r.policies };
+    await this.deps.audit.append({
+      action: 'policy.reload',
+      actor: who.id,
+      decision: 'ok',
+      detail: { policies: r.policies, version: r.version },
+    });
+    return { reloaded: true, policies: r.policies, version: r.version };
   }
 
   /** Handles an event from another instance. */
   async onEvent(raw: string): Promise<void> {
     const ev = JSON.parse(raw) as BrokerEvent;
     if (ev.type === 'rotated') await this.applyDistributedSecrets(ev.target);
+    else if (ev.type === 'quarantine') await this.deps.quarantine.reload();
     else
       await this.deps.policy
         .reload()
         .catch((err) => this.deps.logger.error({ err: (err as Error).message }, 'policy reload refused; old set stays'));
   }
 
-  private async announce(ev: BrokerEvent): Promise<void> {
+  async announce(ev: BrokerEvent): Promise<void> {
     await this.publisher.publish(this.deps.keys.channel('broker'), JSON.stringify(ev));
   }
 }

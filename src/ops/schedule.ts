@@ -1,5 +1,5 @@
 import { Queue, Worker } from 'bullmq';
-import type { Redis } from 'ioredis';
+import type { RedisClient } from '../redis/scripts.ts';
 import type { Deps } from '../deps.ts';
 import type { RotationService } from './rotation.ts';
 
@@ -15,13 +15,13 @@ export class RotationScheduler {
   private readonly rotation: RotationService;
   private readonly queue: Queue;
   private worker: Worker | undefined;
-  private readonly connection: Redis;
+  private readonly connection: RedisClient;
 
-  constructor(deps: Deps, rotation: RotationService, connection: Redis) {
+  constructor(deps: Deps, rotation: RotationService, connection: RedisClient) {
     this.deps = deps;
     this.rotation = rotation;
     this.connection = connection;
-    this.queue = new Queue(QUEUE, { connection, prefix: deps.config.redis.prefix });
+    this.queue = new Queue(QUEUE, { connection, prefix: deps.keys.queuePrefix('rotation') });
   }
 
   async start(): Promise<void> {
@@ -40,7 +40,7 @@ export class RotationScheduler {
       async (job) => {
         await this.rotation.rotate('schedule', (job.data as { target: string }).target);
       },
-      { connection: this.connection, prefix: this.deps.config.redis.prefix, concurrency: 1 },
+      { connection: this.connection, prefix: this.deps.keys.queuePrefix('rotation'), concurrency: 1 },
     );
     this.worker.on('error', (err) => this.deps.logger.error({ err: err.message }, 'rotation scheduler error'));
   }

@@ -1,9 +1,13 @@
-import type { LeaseRecord } from '../leases/types.ts';
-import type { TaskFixed } from '../tasks/types.ts';
-import type { RoleConfig } from '../config/schema.ts';
-import type { Redis } from 'ioredis';
-import type { Logger } from '../logger.ts';
+import type { ZodType } from 'zod';
 import type { AuditEvent } from '../audit/record.ts';
+import type { RoleConfig } from '../config/schema.ts';
+import type { LeaseRecord, RevokeReason } from '../leases/types.ts';
+import type { Logger } from '../logger.ts';
+import type { RedisClient } from '../redis/scripts.ts';
+import type { TaskFixed } from '../tasks/types.ts';
+
+/** Provider-specific revoke handle: identifiers only, never secrets. */
+export type Handle = Record<string, string | number | boolean>;
 
 /** What the broker asks a provider for, after every check has passed. */
 export interface IssueRequest<R extends RoleConfig = RoleConfig> {
@@ -13,6 +17,7 @@ export interface IssueRequest<R extends RoleConfig = RoleConfig> {
   task: TaskFixed;
   /** The caller's identity string (always the task's agent). */
   agent: string;
+  /** Exactly the scopes to put in the credential (already checked against the grant). */
   scopes: string[];
   /** Effective TTL, already clamped (including the provider's minimum). */
   ttlSeconds: number;
@@ -25,9 +30,27 @@ export interface IssueRequest<R extends RoleConfig = RoleConfig> {
  */
 export interface IssueResult {
   credentials: Record<string, unknown>;
-  handle: Record<string, string | number | boolean>;
+  handle: Handle;
   /** Upstream's actual expiry (epoch ms); the lease expires then. */
   expiresAt: number;
+}
+
+/**
+ * What is written down before the upstream call (Vault's WAL): the handle as
+ * far as it is known beforehand, and how long an interrupted issuance may
+ * leave a credential alive upstream. After `orphanMs` without an answer the
+ * sweeper treats the issuance as interrupted and revokes with this handle
+ * (AWS: the session name is derived from the lease id) or simply lets the
+ * credential die (Vault: created with a TTL of about a minute).
+ */
+export interface IssueIntent {
+  handle: Handle;
+  orphanMs: number;
+}
+
+/** Why a lease is revoked; decides how wide the upstream cut is (one session, a task's, an agent's). */
+export interface RevokeContext {
+  reason: RevokeReason | 'issuance_interrupted';
 }
 
 /**
@@ -39,32 +62,43 @@ export interface IssueResult {
 export type RotationResult = { target: string; rotated: string[]; detail?: Record<string, unknown>; secret: Record<string, string> };
 
 /**
- * One upstream kind. Adding an upstream is adding a folder that implements this.
- * `revoke` is required and must be idempotent: an upstream "not found" or
- * "already revoked" is success. It throws RetryableUpstreamError for failures
- * that may pass (throttling, 5xx, sealed) and anything else for permanent ones.
+ * One upstream kind, as the core drives it. `revoke` is required and must be
+ * idempotent: an upstream "not found" or "already revoked" is success. Any
+ * thrown error is retried until the credential's own expiry.
  */
 export interface Provider<R extends RoleConfig = RoleConfig> {
   readonly kind: R['provider'];
   /** Upstream's minimum credential lifetime (AWS STS: 900 s); the effective TTL is raised to it. */
   readonly minTtlSeconds: number;
+  /**
+   * False when the credential has no upstream side effect (the broker's own
+   * JWTs): issuance needs no intent record and revocation is a lease update,
+   * done in bulk.
+   */
+  readonly upstream: boolean;
   /** Whether revoking cuts the credential off upstream before it expires (contract section 5). */
   revocable(role: R): boolean;
+  /** What to write down before the upstream call (required when `upstream`). */
+  intent?(req: IssueRequest<R>): IssueIntent;
   issue(req: IssueRequest<R>): Promise<IssueResult>;
-  /** Ends the credential upstream (task end, DELETE). */
-  revoke(lease: LeaseRecord, role: R | undefined): Promise<void>;
+  /**
+   * Called once the lease is recorded: extends a credential created
+   * short-lived (Vault) to its full TTL. A failure here revokes it and fails
+   * the request.
+   */
+  confirm?(req: IssueRequest<R>, result: IssueResult): Promise<void>;
+  /** Ends the credential upstream (task end, DELETE, kill switch, interrupted issuance). */
+  revoke(lease: LeaseRecord, role: R | undefined, ctx: RevokeContext): Promise<void>;
   /** Called when the lease's TTL runs out; default: nothing to do upstream. */
   expire?(lease: LeaseRecord, role: R | undefined): Promise<void>;
-  /** Readiness of the upstream connection (for /readyz); default ready. */
+  /** Readiness of the upstream connection (reported by /readyz, which does not depend on it). */
   ready?(): Promise<boolean>;
   /**
    * Creates a new upstream secret, switches to it, retires the old one. A
    * failure halfway leaves the old one in use. `distribute` must be awaited
-   * after the new secret is known to work and BEFORE the old one is retired:
-   * it seals the secret into Redis and has every instance switch, so no
-   * instance is left holding a dead secret.
+   * after the new secret is known to work and BEFORE the old one is retired.
    */
-  rotate?(distribute?: (secret: Record<string, string>) => Promise<void>): Promise<RotationResult>;
+  rotate?(distribute?: (secret: Record<string, string>) => Promise<void>, opts?: { immediate?: boolean }): Promise<RotationResult>;
   /** Switches to secret material rotated by another instance (from RotationResult.secret). */
   useSecret?(secret: Record<string, string>): Promise<void>;
   close(): Promise<void>;
@@ -74,8 +108,42 @@ export interface Provider<R extends RoleConfig = RoleConfig> {
 export interface ProviderContext {
   logger: Logger;
   /** Shared Redis connection (for locks or shared state); keys must start with `${keyPrefix}:`. */
-  redis: Redis;
+  redis: RedisClient;
   keyPrefix: string;
+  /** Redis's clock (ms): decide expiries on it, not on this process's clock. */
+  clock?: () => number;
   /** Appends an audit record (for upstream events worth evidence, e.g. an AWS deny-list fallback). */
   audit?: (event: AuditEvent) => Promise<void>;
+}
+
+/**
+ * Everything the core knows about one provider kind, in one static list
+ * (src/providers/index.ts): adding an upstream is adding a folder with a
+ * descriptor, nothing else. Modelled on Vault's `framework.Secret` (revoke
+ * required) and octo-sts's KMS registry.
+ */
+export interface ProviderDescriptor<R extends { provider: string } = { provider: string }> {
+  readonly kind: R['provider'];
+  /** The role shape (`roles.<name>` with `provider: <kind>`). */
+  readonly roleSchema: ZodType<R>;
+  /** Connection settings under `providers.<kind>`; absent for the built-in jwt provider. */
+  readonly settingsSchema?: ZodType<unknown>;
+  /** What `POST /v1/admin/rotate` calls this provider's secret (`signing-key` for jwt). */
+  readonly rotationTarget: string;
+  /** The scopes an omitted grant list means: the role's configured set; undefined = a grant must list them. */
+  defaultScopes(role: R): string[] | undefined;
+  /** The scopes a grant may list at all; undefined = any well-formed scope. */
+  allowedScopes(role: R): readonly string[] | undefined;
+  /** True when a credential without any scope would be unusable or too wide: such a request answers 400 scopes_empty. */
+  needsScope(role: R): boolean;
+  /** Builds the provider (heavy modules are imported here, so an unconfigured upstream costs nothing). */
+  create(settings: unknown, ctx: ProviderContext, extra: ProviderExtras): Promise<Provider>;
+}
+
+/** What the composition root passes every factory besides its settings. */
+export interface ProviderExtras {
+  /** The broker's signing keys (the jwt provider signs with them). */
+  signing?: unknown;
+  /** The whole config (for cross-role facts such as the longest jwt TTL). */
+  config?: unknown;
 }

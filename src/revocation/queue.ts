@@ -1,68 +1,104 @@
-import { Queue } from 'bullmq';
-import type { Redis } from 'ioredis';
-import type { RevokeReason } from '../leases/types.ts';
+import { createHash } from 'node:crypto';
+import { type JobsOptions, Queue } from 'bullmq';
+import type { LeaseRecord, RevokeReason } from '../leases/types.ts';
+import type { Keys } from '../redis/keys.ts';
+import type { RedisClient } from '../redis/scripts.ts';
+import type { TaskEndReason } from '../tasks/types.ts';
 
 export const QUEUE_NAME = 'revocation';
 
-export type TaskEndJob = { kind: 'task-end'; taskId: string; reason: 'task_completed' | 'task_expired'; requestedAt: number };
-export type LeaseEndJob = { kind: 'lease-end'; leaseId: string; reason: RevokeReason; requestedAt: number };
+/** The leases of tasks that just ended (one task tree, one bucket) are to be revoked. */
+export type TaskEndJob = { kind: 'task-end'; taskIds: string[]; reason: TaskEndReason; requestedAt: number };
+/** One lease with something upstream to end: a revocation, a TTL expiry, or an interrupted issuance. */
+export type LeaseEndJob = { kind: 'lease-end'; leaseId: string; reason: RevokeReason | 'issuance_interrupted'; requestedAt: number };
 export type RevocationJob = TaskEndJob | LeaseEndJob;
 
-/** BullMQ refuses ":" in custom ids; task ids may hold it. "%" is not in the id charset, so this stays injective. */
-const safeId = (id: string) => id.replaceAll(':', '%3A');
+/** BullMQ refuses ":" in custom ids; lease ids are hex, task ids are hashed. */
+export const leaseEndJobId = (leaseId: string) => `lease-end-${leaseId}`;
+const taskEndJobId = (taskId: string, at: number) =>
+  `task-end-${createHash('sha256').update(taskId).digest('base64url').slice(0, 22)}-${at}`;
 
-/** Deterministic job ids: enqueueing the same revocation twice is a no-op while the first is pending. */
-export const taskEndJobId = (taskId: string) => `task-end-${safeId(taskId)}`;
-export const leaseEndJobId = (leaseId: string) => `lease-end-${safeId(leaseId)}`;
-
-/** Enqueues revocation work. Retried with exponential, jittered backoff; finished jobs are removed so ids can be reused by the reconciler. */
+/**
+ * Enqueues revocation work. One BullMQ queue per group (`revocation.queues`),
+ * each under its own hash tag, so on a Cluster the queues spread over the
+ * masters; a task tree's jobs go to its bucket's group.
+ *
+ * Retries: a failed revocation is retried with capped exponential backoff
+ * until the upstream confirms it or the credential's own expiry has passed
+ * (the job decides that); the attempt budget is deliberately not a give-up
+ * point. Deterministic job ids make enqueueing the same lease twice a no-op
+ * while the first is pending; finished jobs are removed so the reconciler can
+ * enqueue again if needed.
+ */
 export class RevocationQueue {
-  readonly queue: Queue<RevocationJob>;
-  private readonly opts: {
-    attempts: number;
-    backoff: { type: 'exponential'; delay: number; jitter: number };
-    removeOnComplete: true;
-    removeOnFail: true;
-  };
+  readonly queues: Queue<RevocationJob>[];
+  private readonly keys: Keys;
+  private readonly opts: JobsOptions;
 
-  constructor(connection: Redis, prefix: string, retry: { attempts: number; backoffMs: number }) {
-    this.queue = new Queue<RevocationJob>(QUEUE_NAME, { connection, prefix });
-    this.opts = {
-      attempts: retry.attempts,
-      backoff: { type: 'exponential', delay: retry.backoffMs, jitter: 0.5 },
-      removeOnComplete: true,
-      removeOnFail: true,
-    };
+  constructor(connection: RedisClient, keys: Keys, settings: { queues: number }) {
+    this.keys = keys;
+    this.queues = Array.from(
+      { length: settings.queues },
+      (_, g) => new Queue<RevocationJob>(QUEUE_NAME, { connection, prefix: keys.queuePrefix(g) }),
+    );
+    this.opts = { attempts: Number.MAX_SAFE_INTEGER, backoff: { type: 'capped' }, removeOnComplete: true, removeOnFail: true };
   }
 
-  async endTask(taskId: string, reason: TaskEndJob['reason'], requestedAt = Date.now()): Promise<void> {
-    await this.queue.add('task-end', { kind: 'task-end', taskId, reason, requestedAt }, { ...this.opts, jobId: taskEndJobId(taskId) });
+  /** The queue group of a bucket. */
+  groupOf(bucket: number): number {
+    return bucket % this.queues.length;
   }
 
-  async endTasks(items: { taskId: string; reason: TaskEndJob['reason'] }[], requestedAt = Date.now()): Promise<void> {
-    if (items.length === 0) return;
-    await this.queue.addBulk(
-      items.map(({ taskId, reason }) => ({
-        name: 'task-end',
-        data: { kind: 'task-end' as const, taskId, reason, requestedAt },
-        opts: { ...this.opts, jobId: taskEndJobId(taskId) },
-      })),
+  private queueOf(bucket: number): Queue<RevocationJob> {
+    return this.queues[this.groupOf(bucket)]!;
+  }
+
+  /** The leases of `taskIds` (a subtree that just ended together) are to be revoked. */
+  async endTasks(rootTaskId: string, taskIds: string[], reason: TaskEndReason, requestedAt: number): Promise<void> {
+    const q = this.queueOf(this.keys.bucketOfTask(rootTaskId));
+    await q.add(
+      'task-end',
+      { kind: 'task-end', taskIds, reason, requestedAt },
+      { ...this.opts, jobId: taskEndJobId(rootTaskId, requestedAt) },
     );
   }
 
-  async endLeases(items: { leaseId: string; reason: RevokeReason; requestedAt?: number }[]): Promise<void> {
-    if (items.length === 0) return;
-    const now = Date.now();
-    await this.queue.addBulk(
-      items.map(({ leaseId, reason, requestedAt }) => ({
-        name: 'lease-end',
-        data: { kind: 'lease-end' as const, leaseId, reason, requestedAt: requestedAt ?? now },
-        opts: { ...this.opts, jobId: leaseEndJobId(leaseId) },
-      })),
+  /** One job per lease, in the lease's bucket group. */
+  async endLeases(items: { leaseId: string; reason: LeaseEndJob['reason']; requestedAt: number }[]): Promise<void> {
+    const byGroup = new Map<number, typeof items>();
+    for (const it of items) {
+      const b = this.keys.bucketOfId(it.leaseId);
+      if (b === undefined) continue;
+      const g = this.groupOf(b);
+      byGroup.set(g, [...(byGroup.get(g) ?? []), it]);
+    }
+    await Promise.all(
+      [...byGroup].map(([g, list]) =>
+        this.queues[g]!.addBulk(
+          list.map(({ leaseId, reason, requestedAt }) => ({
+            name: 'lease-end',
+            data: { kind: 'lease-end' as const, leaseId, reason, requestedAt },
+            opts: { ...this.opts, jobId: leaseEndJobId(leaseId) },
+          })),
+        ),
+      ),
     );
+  }
+
+  /** Convenience for one lease. */
+  async endLease(lease: Pick<LeaseRecord, 'leaseId'>, reason: LeaseEndJob['reason'], requestedAt: number): Promise<void> {
+    await this.endLeases([{ leaseId: lease.leaseId, reason, requestedAt }]);
   }
 
   async close(): Promise<void> {
-    await this.queue.close();
+    await Promise.all(this.queues.map((q) => q.close()));
   }
+}
+
+/** Capped, jittered exponential backoff for the worker's `settings.backoffStrategy`. */
+export function cappedBackoff(baseMs: number, maxMs: number): (attemptsMade: number) => number {
+  return (attemptsMade) => {
+    const cap = Math.min(maxMs, baseMs * 2 ** Math.min(30, Math.max(0, attemptsMade - 1)));
+    return Math.round(cap / 2 + Math.random() * (cap / 2));
+  };
 }

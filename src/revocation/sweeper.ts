@@ -1,18 +1,28 @@
+import type { AuditEvent } from '../audit/record.ts';
 import type { Deps } from '../deps.ts';
 import { LeaseStore } from '../leases/lease-store.ts';
+import type { LeaseRecord, RevokeReason } from '../leases/types.ts';
+import { script } from '../redis/scripts.ts';
+import type { TaskEndReason } from '../tasks/types.ts';
+import { endLeases } from './ending.ts';
 
-/** Upstream calls time out well before this; an `issuing` lease this old will never be activated. */
-const ISSUING_STUCK_MS = 5 * 60_000;
+const sweepScript = script('sweep');
+
+/** How long a due lease handed to the worker waits before the sweeper hands it over again. */
+const HANDOFF_RETRY_MS = 15_000;
 
 /**
- * Turns time into revocation jobs, and catches jobs that were lost.
+ * Turns time into revocation, and catches what was lost.
  *
- * - Every `sweepMs` (default 100 ms): leases past their expiry and open tasks
- *   past their deadline become lease-end / task-end jobs. Deterministic job
- *   ids make this safe to run in every worker instance at once.
- * - Every `reconcileIntervalMs`: walks every live lease and re-enqueues the
- *   ones whose task has ended or whose last revocation failed for good: a
- *   job lost to a crash or a Redis failover is caught here.
+ * - Every `sweepMs` (default 100 ms), per bucket, one Lua script decides on
+ *   Redis's clock: open tasks past their deadline end `expired` (with their
+ *   subtrees); due leases of the broker's own JWTs end `expired` in bulk;
+ *   other due leases (upstream TTL expiry, interrupted issuances) become
+ *   lease-end jobs. Safe to run in every worker at once: each due item is
+ *   taken by exactly one script run.
+ * - Every `reconcileIntervalMs`: walks every live lease and finishes what a
+ *   lost job (a crash, a Redis failover) left undone: leases of ended tasks,
+ *   revocations in progress.
  */
 export class Sweeper {
   private readonly deps: Deps;
@@ -20,15 +30,19 @@ export class Sweeper {
   private reconcileTimer: NodeJS.Timeout | undefined;
   private sweeping = false;
   private reconciling = false;
-  private readonly sweepMs: number;
+  private readonly localKinds: string;
 
-  constructor(deps: Deps, opts: { sweepMs?: number } = {}) {
+  constructor(deps: Deps) {
     this.deps = deps;
-    this.sweepMs = opts.sweepMs ?? deps.config.revocation.sweepMs;
+    this.localKinds = deps.providers
+      .all()
+      .filter(([, p]) => !p.upstream)
+      .map(([k]) => k)
+      .join(' ');
   }
 
   start(): void {
-    this.sweepTimer = setInterval(() => void this.sweep(), this.sweepMs);
+    this.sweepTimer = setInterval(() => void this.sweep(), this.deps.config.revocation.sweepMs);
     this.reconcileTimer = setInterval(() => void this.reconcile(), this.deps.config.revocation.reconcileIntervalMs);
     this.sweepTimer.unref();
     this.reconcileTimer.unref();
@@ -39,16 +53,12 @@ export class Sweeper {
     clearInterval(this.reconcileTimer);
   }
 
-  /** One pass over what is due now. */
-  async sweep(now = Date.now()): Promise<void> {
+  /** One pass over every bucket. */
+  async sweep(): Promise<void> {
     if (this.sweeping) return;
     this.sweeping = true;
     try {
-      const { leases, tasks, queue } = this.deps;
-      const due = await leases.due(now, 1000);
-      await queue.endLeases(due.map((leaseId) => ({ leaseId, reason: 'ttl_expired' as const })));
-      const overdue = await tasks.overdue(now, 200);
-      await queue.endTasks(overdue.map((taskId) => ({ taskId, reason: 'task_expired' as const })));
+      await Promise.all(Array.from({ length: this.deps.keys.buckets }, (_, b) => this.sweepBucket(b)));
     } catch (err) {
       this.deps.logger.warn({ err: (err as Error).message }, 'sweep failed');
     } finally {
@@ -56,50 +66,77 @@ export class Sweeper {
     }
   }
 
-  /** Finds live leases whose revocation should have happened and re-enqueues it. Returns how many. */
+  private async sweepBucket(bucket: number): Promise<void> {
+    const { keys, redis, leases, queue, audit, metrics } = this.deps;
+    for (let round = 0; round < 20; round++) {
+      const [now, expired, handoff, groups] = (await sweepScript.run(
+        redis,
+        [keys.liveLeases(bucket), keys.openTasks(bucket)],
+        [keys.base(bucket), 1000, 200, leases.retentionMs, HANDOFF_RETRY_MS, this.localKinds],
+      )) as [number, string[], string[], string[][]];
+      const events: AuditEvent[] = [];
+      for (let i = 0; i + 3 < expired.length; i += 4) {
+        const [leaseId, taskId, role, expiresAt] = [expired[i]!, expired[i + 1]!, expired[i + 2]!, Number(expired[i + 3])];
+        metrics.revocationLag.observe({ reason: 'ttl_expired' }, Math.max(0, now - expiresAt) / 1000);
+        metrics.revocations.inc({ result: 'expired', reason: 'ttl_expired', provider: 'jwt' });
+        events.push({ action: 'lease.expire', actor: 'broker', decision: 'ok', taskId, role, leaseId, reason: 'ttl_expired' });
+      }
+      for (const ids of groups) {
+        const [root, ...children] = ids as [string, ...string[]];
+        events.push({ action: 'task.expire', actor: 'broker', decision: 'ok', taskId: root });
+        for (const c of children) {
+          events.push({ action: 'task.complete', actor: 'broker', decision: 'ok', taskId: c, reason: 'parent_task_expired' });
+        }
+        await queue.endTasks(root, ids, 'task_expired', now);
+      }
+      await queue.endLeases(handoff.map((leaseId) => ({ leaseId, reason: 'ttl_expired' as const, requestedAt: now })));
+      await audit.appendAll(events);
+      // A full page means more may be due right now: go again rather than wait for the next tick.
+      if (expired.length / 4 + handoff.length < 1000 && groups.length < 200) return;
+    }
+  }
+
+  /** Finds live leases whose revocation should have happened and finishes it. Returns how many. */
   async reconcile(): Promise<number> {
     if (this.reconciling) return 0;
     this.reconciling = true;
     let requeued = 0;
     try {
-      const { leases, tasks, queue } = this.deps;
-      for await (const ids of leases.live()) {
-        const records = await leases.getMany(ids);
-        const taskIds = [...new Set(records.map((l) => l.taskId))];
-        const statuses = new Map(await Promise.all(taskIds.map(async (t) => [t, await tasks.status(t)] as const)));
-        // An `issuing` lease older than this had its issuing process die mid-call: record it as failed.
-        const stuck = records.filter((l) => l.status === 'issuing' && Date.now() - l.issuedAt > ISSUING_STUCK_MS);
-        for (const l of stuck) {
-          await leases.end(l.leaseId, 'failed', { lastError: 'issuance_interrupted' });
-          await this.deps.audit.append({
-            action: 'credential.fail',
-            actor: 'broker',
-            decision: 'error',
-            taskId: l.taskId,
-            role: l.role,
-            leaseId: l.leaseId,
-            reason: 'issuance_interrupted',
-          });
-        }
-        const work = records.filter(
-          (l) =>
-            !LeaseStore.isEnded(l.status) &&
-            l.status !== 'issuing' &&
-            (l.status === 'revoke_failed' || l.status === 'revoking' || statuses.get(l.taskId) !== 'open'),
-        );
-        await queue.endLeases(
-          work.map((l) => ({
-            leaseId: l.leaseId,
-            reason: l.reason ?? (statuses.get(l.taskId) === 'expired' ? ('task_expired' as const) : ('task_completed' as const)),
-          })),
-        );
-        requeued += work.length;
-      }
+      for (let b = 0; b < this.deps.keys.buckets; b++) requeued += await this.reconcileBucket(b);
     } catch (err) {
       this.deps.logger.warn({ err: (err as Error).message }, 'reconcile failed');
     } finally {
       this.reconciling = false;
     }
     return requeued;
+  }
+
+  private async reconcileBucket(bucket: number): Promise<number> {
+    const { leases, tasks, queue } = this.deps;
+    let n = 0;
+    for await (const ids of leases.live(bucket)) {
+      const records = (await leases.getMany(ids)).filter((l) => !LeaseStore.isEnded(l.status) && l.status !== 'issuing');
+      const taskIds = [...new Set(records.map((l) => l.taskId))];
+      const found = await tasks.getMany(taskIds);
+      const byId = new Map(found.map((t) => [t.taskId, t]));
+      const ofEndedTasks = new Map<TaskEndReason, LeaseRecord[]>();
+      const inProgress: LeaseRecord[] = [];
+      for (const l of records) {
+        const t = byId.get(l.taskId);
+        if (!t || t.status !== 'open') {
+          const reason = (t?.reason as TaskEndReason | undefined) ?? (t?.status === 'expired' ? 'task_expired' : 'task_completed');
+          ofEndedTasks.set(reason, [...(ofEndedTasks.get(reason) ?? []), l]);
+        } else if (l.status === 'revoking' || l.status === 'revoke_failed') {
+          inProgress.push(l);
+        }
+      }
+      const now = this.deps.clock.now();
+      for (const [reason, list] of ofEndedTasks) n += await endLeases(this.deps, list, reason, now);
+      await queue.endLeases(
+        inProgress.map((l) => ({ leaseId: l.leaseId, reason: (l.reason ?? 'revoked_by_caller') as RevokeReason, requestedAt: now })),
+      );
+      n += inProgress.length;
+    }
+    return n;
   }
 }

@@ -1,17 +1,21 @@
-import { createPrivateKey, createPublicKey, generateKeyPairSync, randomUUID, sign as cryptoSign, type KeyObject } from 'node:crypto';
-import type { Redis } from 'ioredis';
-import type { Keys } from '../redis.ts';
-import type { Kek } from './kek.ts';
+import { createPrivateKey, createPublicKey, generateKeyPairSync, type KeyObject, randomUUID, sign as cryptoSign } from 'node:crypto';
+import { unavailable } from '../errors.ts';
 import type { Logger } from '../logger.ts';
+import type { RedisClock } from '../redis/clock.ts';
+import type { Keys } from '../redis/keys.ts';
+import { type RedisClient, script } from '../redis/scripts.ts';
+import type { Kek } from './kek.ts';
 
 export type SigningAlg = 'ES256' | 'EdDSA';
+
+const storeFirst = script('signing-key-first');
 
 /** A signing key as kept in Redis: the private part sealed under the KEK. */
 interface StoredKey {
   kid: string;
   alg: SigningAlg;
   createdAt: number;
-  /** It signs from this instant on; until then it is only published. */
+  /** It signs from this instant on (Redis's clock); until then it is only published. */
   activateAt: number;
   /** It leaves the JWKS at this instant (set when a newer key takes over). */
   retireAt?: number;
@@ -22,6 +26,8 @@ interface LoadedKey extends Omit<StoredKey, 'sealed'> {
   privateKey: KeyObject;
   publicKey: KeyObject;
   publicJwk: Record<string, unknown>;
+  /** Pre-encoded protected header of an at+jwt signed with this key. */
+  header: string;
 }
 
 /**
@@ -29,40 +35,49 @@ interface LoadedKey extends Omit<StoredKey, 'sealed'> {
  * with the KEK) so tokens minted by one instance verify on all of them and
  * survive restarts. Rotation publishes the new key before it signs anything
  * and keeps the old one in the JWKS until every token it signed has expired.
+ * Activation is decided on Redis's clock, so an instance whose clock runs
+ * ahead neither signs with a key others do not publish yet nor stalls them.
  */
 export class SigningKeyStore {
   private keys: LoadedKey[] = [];
-  private readonly redis: Redis;
+  private readonly redis: RedisClient;
   private readonly k: Keys;
   private readonly kek: Kek;
   private readonly logger: Logger;
+  private readonly clock: RedisClock;
   readonly alg: SigningAlg;
 
-  constructor(deps: { redis: Redis; keys: Keys; kek: Kek; logger: Logger; alg: SigningAlg }) {
+  constructor(deps: { redis: RedisClient; keys: Keys; kek: Kek; logger: Logger; alg: SigningAlg; clock: RedisClock }) {
     this.redis = deps.redis;
     this.k = deps.keys;
     this.kek = deps.kek;
     this.logger = deps.logger;
     this.alg = deps.alg;
+    this.clock = deps.clock;
   }
 
-  /** Loads the keys, creating the first one if none exists (one instance wins a lock). */
-  async init(): Promise<void> {
+  /** Redis's clock (ms), as this store decides with it. */
+  now(): number {
+    return this.clock.now();
+  }
+
+  /**
+   * Loads the keys, creating one that signs at once if Redis holds none (the
+   * first start, or Redis lost its data). Returns true when this call created it.
+   */
+  async ensure(): Promise<boolean> {
     await this.reload();
-    if (this.keys.length > 0) return;
-    const got = await this.redis.set(this.k.signingLock(), '1', 'PX', 10_000, 'NX');
-    if (got) {
-      try {
-        if ((await this.redis.hlen(this.k.signingKeys())) === 0) await this.store(this.generate(Date.now()));
-      } finally {
-        await this.redis.del(this.k.signingLock());
-      }
-    } else {
-      // Another instance is creating it; wait for it briefly.
-      for (let i = 0; i < 50 && (await this.redis.hlen(this.k.signingKeys())) === 0; i++) await new Promise((r) => setTimeout(r, 100));
-    }
+    if (this.keys.length > 0) return false;
+    const created = (await storeFirst.run(this.redis, [this.k.signingKeys()], [...this.generateArgs()])) === 1;
     await this.reload();
     if (this.keys.length === 0) throw new Error('no signing key could be created or loaded');
+    if (created) this.logger.warn({ kid: this.keys[0]?.kid }, 'signing key created (Redis held none); it signs at once');
+    return created;
+  }
+
+  /** Number of keys loaded (0 means Redis lost them: the broker is not ready). */
+  get size(): number {
+    return this.keys.length;
   }
 
   /** Re-reads every key from Redis. Called on a change notice and periodically. */
@@ -77,36 +92,45 @@ export class SigningKeyStore {
       const publicKey = createPublicKey(privateKey);
       const { kid, alg, createdAt, activateAt, retireAt } = s;
       const pub = publicKey.export({ format: 'jwk' }) as Record<string, unknown>;
-      loaded.push({ kid, alg, createdAt, activateAt, retireAt, privateKey, publicKey, publicJwk: { ...pub, kid, alg, use: 'sig' } });
+      const header = Buffer.from(JSON.stringify({ typ: 'at+jwt', alg, kid })).toString('base64url');
+      loaded.push({
+        kid,
+        alg,
+        createdAt,
+        activateAt,
+        ...(retireAt === undefined ? {} : { retireAt }),
+        privateKey,
+        publicKey,
+        publicJwk: { ...pub, kid, alg, use: 'sig' },
+        header,
+      });
     }
     loaded.sort((a, b) => b.activateAt - a.activateAt);
     this.keys = loaded;
   }
 
-  /** The key that signs now: the newest one already active. */
-  current(now = Date.now()): LoadedKey {
+  /** The key that signs now: the newest one already active on Redis's clock. */
+  current(now = this.clock.now()): LoadedKey {
     const key = this.keys.find((k) => k.activateAt <= now);
-    if (!key) throw new Error('no active signing key');
+    if (!key) throw unavailable('not_ready', 'The broker has no active signing key right now; retry in a few seconds.');
     return key;
   }
 
   /** Public key for a kid still published (for introspection). */
-  publicKey(kid: string, now = Date.now()): KeyObject | undefined {
+  publicKey(kid: string, now = this.clock.now()): KeyObject | undefined {
     const k = this.keys.find((x) => x.kid === kid);
     return k && (k.retireAt === undefined || k.retireAt > now) ? k.publicKey : undefined;
   }
 
   /** The JWKS: every key not yet retired, including one published but not yet signing. */
-  jwks(now = Date.now()): { keys: Record<string, unknown>[] } {
+  jwks(now = this.clock.now()): { keys: Record<string, unknown>[] } {
     return { keys: this.keys.filter((k) => k.retireAt === undefined || k.retireAt > now).map((k) => k.publicJwk) };
   }
 
-  /** Signs a JWS compact serialization with the current key. */
-  sign(header: Record<string, unknown>, payload: Record<string, unknown>): string {
+  /** Signs an at+jwt (JWS compact serialization) with the current key. */
+  sign(_header: { typ: 'at+jwt' }, payload: Record<string, unknown>): string {
     const key = this.current();
-    const h = Buffer.from(JSON.stringify({ ...header, alg: key.alg, kid: key.kid })).toString('base64url');
-    const p = Buffer.from(JSON.stringify(payload)).toString('base64url');
-    const input = `${h}.${p}`;
+    const input = `${key.header}.${Buffer.from(JSON.stringify(payload)).toString('base64url')}`;
     const sig =
       key.alg === 'ES256'
         ? cryptoSign('sha256', Buffer.from(input), { key: key.privateKey, dsaEncoding: 'ieee-p1363' })
@@ -115,21 +139,24 @@ export class SigningKeyStore {
   }
 
   /**
-   * Rotates: a new key is published now and signs from `now + leadMs`; every
-   * older key leaves the JWKS once the longest-lived token it could have
-   * signed has expired (`maxTokenTtlMs` after the switch, plus grace).
+   * Rotates. Normally the new key is published now and signs from
+   * `now + leadMs`, and older keys leave the JWKS once the longest-lived token
+   * they could have signed has expired. `immediate` (a compromised key): the
+   * new key signs at once and every older key leaves the JWKS now.
    */
-  async rotate(opts: {
-    leadMs: number;
-    maxTokenTtlMs: number;
-    graceMs: number;
-  }): Promise<{ kid: string; activateAt: number; retired: string[] }> {
-    const now = Date.now();
-    const next = this.generate(now + opts.leadMs);
+  async rotate(opts: { leadMs: number; maxTokenTtlMs: number; graceMs: number; immediate?: boolean }): Promise<{
+    kid: string;
+    activateAt: number;
+    retired: string[];
+  }> {
+    await this.clock.sync().catch(() => {});
+    const now = this.clock.now();
+    const next = this.generate(opts.immediate ? now : now + opts.leadMs, now);
     await this.reload();
-    const retireAt = next.activateAt + opts.maxTokenTtlMs + opts.graceMs;
+    const retireAt = opts.immediate ? now : next.activateAt + opts.maxTokenTtlMs + opts.graceMs;
     const multi = this.redis.multi();
     const retired: string[] = [];
+    const stored = await this.redis.hgetall(this.k.signingKeys());
     for (const k of this.keys) {
       if (k.retireAt !== undefined && k.retireAt <= now) {
         multi.hdel(this.k.signingKeys(), k.kid); // long gone from the JWKS: forget it
@@ -137,25 +164,30 @@ export class SigningKeyStore {
       }
       if (k.retireAt === undefined || k.retireAt > retireAt) {
         retired.push(k.kid);
-        const stored = JSON.parse((await this.redis.hget(this.k.signingKeys(), k.kid))!) as StoredKey;
-        multi.hset(this.k.signingKeys(), k.kid, JSON.stringify({ ...stored, retireAt }));
+        const s = stored[k.kid];
+        if (s) multi.hset(this.k.signingKeys(), k.kid, JSON.stringify({ ...(JSON.parse(s) as StoredKey), retireAt }));
       }
     }
     multi.hset(this.k.signingKeys(), next.kid, JSON.stringify(next));
     await multi.exec();
     await this.reload();
-    this.logger.info({ kid: next.kid, activateAt: new Date(next.activateAt).toISOString(), retired }, 'signing key rotated');
+    this.logger.info(
+      { kid: next.kid, activateAt: new Date(next.activateAt).toISOString(), retired, immediate: opts.immediate === true },
+      'signing key rotated',
+    );
     return { kid: next.kid, activateAt: next.activateAt, retired };
   }
 
-  private generate(activateAt: number): StoredKey {
+  private generate(activateAt: number, now: number): StoredKey {
     const { privateKey } = this.alg === 'ES256' ? generateKeyPairSync('ec', { namedCurve: 'P-256' }) : generateKeyPairSync('ed25519');
     const kid = randomUUID();
     const jwk = JSON.stringify(privateKey.export({ format: 'jwk' }));
-    return { kid, alg: this.alg, createdAt: Date.now(), activateAt, sealed: this.kek.encrypt(jwk, `signing-key:${kid}`) };
+    return { kid, alg: this.alg, createdAt: now, activateAt, sealed: this.kek.encrypt(jwk, `signing-key:${kid}`) };
   }
 
-  private async store(k: StoredKey): Promise<void> {
-    await this.redis.hset(this.k.signingKeys(), k.kid, JSON.stringify(k));
+  /** [kid, stored JSON] for the first-key script (which sets the times on Redis's clock). */
+  private generateArgs(): [string, string] {
+    const k = this.generate(0, 0);
+    return [k.kid, JSON.stringify(k)];
   }
 }

@@ -1,12 +1,18 @@
-import { createHash, randomUUID } from 'node:crypto';
-import { authorize, deny, taskContext } from '../authz.ts';
+import { createHash, randomBytes, randomUUID } from 'node:crypto';
 import { canonicalJson } from '../audit/record.ts';
+import { authorize, deny, taskContext } from '../authz.ts';
+import { roleOf } from '../config/roles.ts';
 import type { Deps } from '../deps.ts';
-import { badRequest, conflict, forbidden, notFound } from '../errors.ts';
+import { badRequest, conflict, notFound } from '../errors.ts';
 import type { OpenTaskBody } from '../http/schemas.ts';
 import type { WorkloadIdentity } from '../identity/types.ts';
 import type { LeaseRecord } from '../leases/types.ts';
-import type { Grant, TaskRecord } from './types.ts';
+import { descriptorOf } from '../providers/index.ts';
+import { attenuate } from './delegation.ts';
+import type { Grant, TaskEndReason, TaskFixed, TaskRecord } from './types.ts';
+
+/** Longest task id the broker makes (a root id plus `~<name>` per delegation level). */
+const MAX_TASK_ID = 512;
 
 /** A task as the API shows it. */
 export function publicTask(t: TaskRecord): Record<string, unknown> {
@@ -16,18 +22,22 @@ export function publicTask(t: TaskRecord): Record<string, unknown> {
     tenant: t.tenant,
     purpose: t.purpose,
     status: t.status,
+    createdAt: new Date(t.createdAt).toISOString(),
     expiresAt: new Date(t.expiresAt).toISOString(),
     grants: t.grants,
     labels: t.labels,
+    openedBy: t.openedBy,
     ...(t.parentTaskId ? { parentTaskId: t.parentTaskId, depth: t.depth } : {}),
+    ...(t.delegators.length ? { delegators: t.delegators } : {}),
     ...(t.endedAt ? { endedAt: new Date(t.endedAt).toISOString() } : {}),
+    ...(t.reason && t.status !== 'open' ? { reason: t.reason } : {}),
   };
 }
 
 /** A lease as the API shows it: never the handle, never a secret. */
 export function publicLease(l: LeaseRecord, taskStatus?: string): Record<string, unknown> {
   // A live lease of a task that has ended is on its way out: say so rather than "active".
-  const status = (l.status === 'active' || l.status === 'issuing') && taskStatus && taskStatus !== 'open' ? 'revoking' : l.status;
+  const status = l.status === 'active' && taskStatus && taskStatus !== 'open' ? 'revoking' : l.status;
   return {
     leaseId: l.leaseId,
     taskId: l.taskId,
@@ -45,9 +55,7 @@ export function publicLease(l: LeaseRecord, taskStatus?: string): Record<string,
   };
 }
 
-const isSubset = (a: readonly string[], b: readonly string[]) => a.every((x) => b.includes(x));
-
-/** Opening, reading and completing tasks (contract section 3), including sub-tasks. */
+/** Opening, reading and ending tasks (contract section 3), including sub-tasks. */
 export class TaskService {
   private readonly deps: Deps;
   constructor(deps: Deps) {
@@ -56,73 +64,83 @@ export class TaskService {
 
   /** Opens a task; `created: false` means the same request was repeated (200). */
   async open(who: WorkloadIdentity, body: OpenTaskBody): Promise<{ created: boolean; task: TaskRecord }> {
-    const { config, tasks, audit } = this.deps;
+    const { config } = this.deps;
     if (body.ttlSeconds > config.tasks.maxTtlSeconds)
       throw badRequest('ttl_too_long', `ttlSeconds may be at most ${config.tasks.maxTtlSeconds}.`);
     if (body.grants.length > config.tasks.maxGrants)
       throw badRequest('too_many_grants', `A task may have at most ${config.tasks.maxGrants} grants.`);
-    const grants = body.grants.map((g) => this.checkGrant(g));
-    const now = Date.now();
-    const taskId = body.taskId ?? `t-${randomUUID()}`;
+    const grants = body.grants.map((g) => this.grant(g));
     const { taskId: _omit, ...rest } = body;
     const requestHash = createHash('sha256')
       .update(canonicalJson({ ...rest, openedBy: who.id }))
       .digest('base64url');
-    let task: TaskRecord = {
-      taskId,
-      agent: body.agent,
-      tenant: body.tenant,
-      purpose: body.purpose,
-      grants,
-      labels: body.labels ?? {},
-      status: 'open',
-      openedBy: who.id,
-      createdAt: now,
-      expiresAt: now + body.ttlSeconds * 1000,
-      depth: 0,
-      delegators: [],
-      requestHash,
-    };
-    if (body.parentTaskId) task = await this.delegate(who, task, body.parentTaskId);
-    else if (!this.deps.patterns.orchestrators.matches(who.id)) {
-      await deny(this.deps, who, 'not_orchestrator', "Only an orchestrator may open a task (or a task's agent a sub-task).", {
-        action: 'access.deny',
-        taskId,
-      });
+    const task = body.parentTaskId ? await this.subtask(who, body, grants, requestHash) : await this.root(who, body, grants, requestHash);
+    const policies = await authorize(
+      this.deps,
+      who,
+      'openTask',
+      { type: 'Task', id: task.taskId },
+      { task: taskContext(task) },
+      { taskId: task.taskId },
+    );
+    const res = await this.deps.tasks.open(task, { maxSubtasks: config.tasks.maxSubtasks, rootTaskId: task.taskId.split('~')[0]! });
+    const d = (code: 'delegation_outlives_parent' | 'limit_exceeded', msg: string) =>
+      deny(this.deps, who, code, msg, { action: 'access.deny', taskId: task.taskId });
+    switch (res.kind) {
+      case 'created':
+        await this.deps.audit.append({
+          action: 'task.open',
+          actor: who.id,
+          decision: 'allow',
+          taskId: task.taskId,
+          policies,
+          detail: { agent: task.agent, tenant: task.tenant, roles: grants.map((g) => g.role), depth: task.depth },
+        });
+        return { created: true, task: res.task };
+      case 'exists':
+        if (res.task.requestHash !== requestHash)
+          throw conflict('task_id_conflict', `Task ${task.taskId} already exists with a different request.`);
+        return { created: false, task: res.task };
+      case 'parent_missing':
+        throw notFound('task_not_found', `No parent task ${body.parentTaskId}.`);
+      case 'parent_not_open':
+        throw conflict('task_not_open', `Parent task ${body.parentTaskId} is not open.`);
+      case 'outlives_parent':
+        return d('delegation_outlives_parent', 'A sub-task must end no later than its parent.');
+      case 'limit':
+        return d('limit_exceeded', `A task tree may have at most ${config.tasks.maxSubtasks} sub-tasks over its life (tasks.maxSubtasks).`);
     }
-    const policies = await authorize(this.deps, who, 'openTask', { type: 'Task', id: taskId }, { task: taskContext(task) }, { taskId });
-    const res = await tasks.create(task);
-    if (!res.created) {
-      if (res.existing.requestHash !== requestHash)
-        throw conflict('task_id_conflict', `Task ${taskId} already exists with a different request.`);
-      return { created: false, task: res.existing };
-    }
-    await audit.append({
-      action: 'task.open',
-      actor: who.id,
-      decision: 'allow',
-      taskId,
-      policies,
-      detail: { agent: task.agent, tenant: task.tenant, roles: grants.map((g) => g.role), depth: task.depth },
-    });
-    return { created: true, task };
   }
 
   /** Reads a task with its leases; for the orchestrator that opened it, its agent, or an admin. */
   async get(who: WorkloadIdentity, taskId: string): Promise<{ task: TaskRecord; leases: LeaseRecord[] }> {
-    const task = await this.deps.tasks.get(taskId);
-    if (!task) throw notFound('task_not_found', `No task ${taskId}.`);
-    if (who.id !== task.openedBy && who.id !== task.agent && !this.deps.patterns.admins.matches(who.id)) {
-      throw forbidden('not_task_party', "Only the task's orchestrator, its agent or an admin may read it.");
-    }
+    const task = await this.readable(who, taskId);
     const leases = await this.deps.leases.getMany(await this.deps.tasks.leaseIds(taskId));
-    leases.sort((a, b) => a.issuedAt - b.issuedAt);
+    leases.sort((a, b) => a.issuedAt - b.issuedAt || a.leaseId.localeCompare(b.leaseId));
     return { task, leases };
   }
 
-  /** Completes a task; every lease is revoked by the worker. Idempotent. */
+  /** The task if `who` may read it (its orchestrator, its agent, an admin); denials are audited. */
+  async readable(who: WorkloadIdentity, taskId: string): Promise<TaskRecord> {
+    const task = await this.deps.tasks.get(taskId);
+    if (!task) throw notFound('task_not_found', `No task ${taskId}.`);
+    if (!this.mayRead(who, task)) {
+      await deny(this.deps, who, 'not_task_party', "Only the task's orchestrator, its agent or an admin may read it.", {
+        action: 'access.deny',
+        taskId,
+      });
+    }
+    return task;
+  }
+
+  /** Whether `who` may read `task`. */
+  mayRead(who: WorkloadIdentity, task: Pick<TaskFixed, 'openedBy' | 'agent'>): boolean {
+    return who.id === task.openedBy || who.id === task.agent || this.deps.patterns.admins.matches(who.id);
+  }
+
+  /** Completes a task (and its sub-tasks); every lease is revoked by the worker. Idempotent. */
   async complete(who: WorkloadIdentity, taskId: string): Promise<{ taskId: string; status: 'completed'; leases: number }> {
-    const { tasks, queue, audit, patterns } = this.deps;
+    const { tasks, patterns } = this.deps;
     const task = await tasks.get(taskId);
     if (!task) throw notFound('task_not_found', `No task ${taskId}.`);
     if (who.id !== task.openedBy && !patterns.admins.matches(who.id)) {
@@ -134,50 +152,100 @@ export class TaskService {
     const policies = await authorize(this.deps, who, 'completeTask', { type: 'Task', id: taskId }, { task: taskContext(task) }, { taskId });
     if (task.status === 'expired') throw conflict('task_expired', `Task ${taskId} already expired; its leases were revoked.`);
     if (task.status === 'open') {
-      const { changed, status } = await tasks.end(taskId, 'completed');
-      if (changed) {
-        // The status change came first: from here on no lease can join the task, so the job sees them all.
-        await queue.endTask(taskId, 'task_completed');
-        await audit.append({ action: 'task.complete', actor: who.id, decision: 'ok', taskId, policies });
-      } else if (status === 'expired') {
+      const res = await this.end(taskId, 'completed', 'task_completed');
+      if (res.kind === 'ended') {
+        await this.deps.audit.append({
+          action: 'task.complete',
+          actor: who.id,
+          decision: 'ok',
+          taskId,
+          policies,
+          detail: { tasks: res.taskIds.length },
+        });
+      } else if (res.kind === 'already' && res.status === 'expired') {
         throw conflict('task_expired', `Task ${taskId} already expired; its leases were revoked.`);
       }
     }
     return { taskId, status: 'completed', leases: await tasks.leaseCount(taskId) };
   }
 
-  /** A grant as stored: role known, scopes allowed by the role, TTL ceiling defaulted to the role's. */
-  private checkGrant(g: { role: string; scopes: string[]; maxTtlSeconds?: number | undefined }): Grant {
-    const role = this.deps.config.roles[g.role];
-    if (!role) throw badRequest('unknown_role', `Role "${g.role}" is not configured.`);
-    const allowed = role.provider === 'jwt' ? role.scopes : role.provider === 'vault' ? role.token?.policies : undefined;
-    if (allowed && !isSubset(g.scopes, allowed))
-      throw badRequest(
-        'scope_not_allowed',
-        `Role "${g.role}" does not allow scopes ${g.scopes.filter((s) => !allowed.includes(s)).join(', ')}.`,
-      );
-    if (role.provider === 'vault' && role.path && g.scopes.length > 0)
-      throw badRequest('scope_not_allowed', `Role "${g.role}" is a dynamic secret and takes no scopes.`);
-    return { role: g.role, scopes: g.scopes, maxTtlSeconds: g.maxTtlSeconds ?? role.maxTtlSeconds };
+  /**
+   * Ends a task and its open subtree, then has the worker revoke their
+   * leases. The status change comes first: from then on no lease can join
+   * any of these tasks, so the job sees every lease they will ever have.
+   */
+  async end(taskId: string, status: 'completed' | 'expired', reason: TaskEndReason) {
+    const res = await this.deps.tasks.end(taskId, status, reason);
+    if (res.kind === 'ended') await this.deps.queue.endTasks(taskId, res.taskIds, reason, res.endedAt);
+    return res;
   }
 
-  /** Attenuation: a sub-task may only narrow its parent (roles, scopes, TTLs, deadline, depth). */
-  private async delegate(who: WorkloadIdentity, task: TaskRecord, parentId: string): Promise<TaskRecord> {
-    const parent = await this.deps.tasks.get(parentId);
-    if (!parent) throw notFound('task_not_found', `No parent task ${parentId}.`);
-    const d = (code: string, msg: string) => deny(this.deps, who, code, msg, { action: 'access.deny', taskId: task.taskId });
-    if (who.id !== parent.agent) await d('not_parent_agent', "Only the parent task's agent may open a sub-task.");
-    if (parent.status !== 'open' || Date.now() >= parent.expiresAt) throw conflict('task_not_open', `Parent task ${parentId} is not open.`);
-    if (parent.depth + 1 > this.deps.config.tasks.maxDelegationDepth)
-      await d('delegation_too_deep', `Delegation depth is limited to ${this.deps.config.tasks.maxDelegationDepth}.`);
-    if (task.tenant !== parent.tenant) await d('delegation_widens', "A sub-task must keep its parent's tenant.");
-    for (const g of task.grants) {
-      const pg = parent.grants.find((x) => x.role === g.role);
-      if (!pg || !isSubset(g.scopes, pg.scopes) || g.maxTtlSeconds > pg.maxTtlSeconds) {
-        await d('delegation_widens', `Grant "${g.role}" is not within the parent's grants.`);
-      }
+  /** A grant as stored: role configured, scopes literal and allowed by the role, TTL ceiling defaulted to the role's. */
+  private grant(g: { role: string; scopes?: string[] | undefined; maxTtlSeconds?: number | undefined }): Grant {
+    const role = roleOf(this.deps.config.roles, g.role);
+    if (!role) throw badRequest('unknown_role', `Role "${g.role}" is not configured.`);
+    const d = descriptorOf(role.provider)!;
+    const scopes = g.scopes ?? d.defaultScopes(role as never);
+    if (scopes === undefined) throw badRequest('scopes_empty', `A grant of ${role.provider} role "${g.role}" must list its scopes.`);
+    const allowed = d.allowedScopes(role as never);
+    const outside = allowed ? scopes.filter((s) => !allowed.includes(s)) : [];
+    if (outside.length > 0) throw badRequest('scope_not_allowed', `Role "${g.role}" does not allow scopes ${outside.join(', ')}.`);
+    return { role: g.role, scopes, maxTtlSeconds: g.maxTtlSeconds ?? role.maxTtlSeconds };
+  }
+
+  private async root(who: WorkloadIdentity, body: OpenTaskBody, grants: Grant[], requestHash: string): Promise<TaskFixed> {
+    const taskId = body.taskId ?? `t-${randomUUID()}`;
+    if (!this.deps.patterns.orchestrators.matches(who.id)) {
+      await deny(this.deps, who, 'not_orchestrator', "Only an orchestrator may open a task (or a task's agent a sub-task).", {
+        action: 'access.deny',
+        taskId,
+      });
     }
-    if (task.expiresAt > parent.expiresAt) await d('delegation_outlives_parent', 'A sub-task must end no later than its parent.');
-    return { ...task, parentTaskId: parentId, depth: parent.depth + 1, delegators: [parent.agent, ...parent.delegators] };
+    if (body.tenant === undefined)
+      throw badRequest('invalid_request', 'tenant: required for a task without parentTaskId', { extra: { field: 'tenant' } });
+    if (body.purpose === undefined)
+      throw badRequest('invalid_request', 'purpose: required for a task without parentTaskId', { extra: { field: 'purpose' } });
+    return {
+      taskId,
+      agent: body.agent,
+      tenant: body.tenant,
+      purpose: body.purpose,
+      grants,
+      labels: body.labels ?? {},
+      openedBy: who.id,
+      depth: 0,
+      delegators: [],
+      requestHash,
+      ttlSeconds: body.ttlSeconds,
+    };
+  }
+
+  /** Attenuation: a sub-task may only narrow its parent; its id lives in the parent's namespace. */
+  private async subtask(who: WorkloadIdentity, body: OpenTaskBody, grants: Grant[], requestHash: string): Promise<TaskFixed> {
+    const parentId = body.parentTaskId!;
+    const taskId = `${parentId}~${body.taskId ?? `s-${randomBytes(6).toString('hex')}`}`;
+    if (taskId.length > MAX_TASK_ID)
+      throw badRequest('invalid_task_id', `Sub-task ids are at most ${MAX_TASK_ID} characters; use a shorter name.`);
+    const parent = await this.deps.tasks.fixed(parentId);
+    if (!parent) throw notFound('task_not_found', `No parent task ${parentId}.`);
+    const d = (code: 'not_parent_agent' | 'delegation_too_deep' | 'delegation_widens', msg: string) =>
+      deny(this.deps, who, code, msg, { action: 'access.deny', taskId });
+    if (who.id !== parent.agent) await d('not_parent_agent', "Only the parent task's agent may open a sub-task.");
+    const depth = this.deps.config.tasks.maxDelegationDepth;
+    if (parent.depth + 1 > depth) await d('delegation_too_deep', `Delegation depth is limited to ${depth}.`);
+    const narrowed = attenuate(parent, { tenant: body.tenant, purpose: body.purpose, labels: body.labels, grants });
+    if ('widens' in narrowed) return d('delegation_widens', narrowed.widens);
+    return {
+      taskId,
+      agent: body.agent,
+      ...narrowed,
+      grants,
+      openedBy: who.id,
+      parentTaskId: parentId,
+      depth: parent.depth + 1,
+      delegators: [parent.agent, ...parent.delegators],
+      requestHash,
+      ttlSeconds: body.ttlSeconds,
+    };
   }
 }

@@ -1,125 +1,141 @@
-import type { Redis } from 'ioredis';
-import { luaScript } from '../lua.ts';
-import type { Keys } from '../redis.ts';
-import type { TaskFixed, TaskRecord, TaskStatus } from './types.ts';
+import { LRUCache } from 'lru-cache';
+import type { Keys } from '../redis/keys.ts';
+import { type RedisClient, script } from '../redis/scripts.ts';
+import type { TaskEndReason, TaskFixed, TaskRecord, TaskSnapshot, TaskStatus } from './types.ts';
 
-/*
- * A task is a Redis hash: `d` holds the immutable part as JSON, `status` and
- * `endedAt` the mutable part, so the Lua below changes plain fields and never
- * re-encodes JSON (Redis' cjson would turn [] into {}).
- */
+const openScript = script('task-open');
+const endScript = script('task-end');
 
-/**
- * Creates the task only if its id is free, and registers it in the open-task
- * index (and its parent's children) in the same step, so a crash can never
- * leave a task that the expiry sweep does not know about.
- * Returns nil when created, or the existing hash as a flat array.
- */
-const CREATE = `
-if redis.call('EXISTS', KEYS[1]) == 1 then return redis.call('HGETALL', KEYS[1]) end
-redis.call('HSET', KEYS[1], 'd', ARGV[1], 'status', 'open', 'expiresAt', ARGV[2])
-redis.call('ZADD', KEYS[2], ARGV[2], ARGV[3])
-if KEYS[3] then redis.call('SADD', KEYS[3], ARGV[3]) end
-return false`;
-const runCreate = luaScript(CREATE);
-
-/**
- * open -> completed|expired, once. Expiry only happens once the deadline has
- * passed, so a late or early sweep cannot expire a task before its time.
- * Returns {changed, status}.
- */
-const END = `
-local st = redis.call('HGET', KEYS[1], 'status')
-if not st then return {0, false} end
-if st ~= 'open' then return {0, st} end
-if ARGV[1] == 'expired' and tonumber(ARGV[3]) < tonumber(redis.call('HGET', KEYS[1], 'expiresAt')) then return {0, st} end
-redis.call('HSET', KEYS[1], 'status', ARGV[1], 'endedAt', ARGV[3])
-redis.call('PEXPIRE', KEYS[1], ARGV[2])
-redis.call('PEXPIRE', KEYS[3], ARGV[2])
-redis.call('PEXPIRE', KEYS[4], ARGV[2])
-redis.call('ZREM', KEYS[2], ARGV[4])
-return {1, ARGV[1]}`;
-const runEnd = luaScript(END);
-
-/** Rebuilds a TaskRecord from its hash fields. */
+/** Rebuilds a TaskRecord from its hash fields (undefined when the hash is empty). */
 export function taskFromHash(h: Record<string, string>): TaskRecord | undefined {
   if (!h.d) return undefined;
-  const t = JSON.parse(h.d) as TaskRecord;
-  t.status = (h.status ?? 'open') as TaskStatus;
-  if (h.endedAt) t.endedAt = Number(h.endedAt);
-  return t;
+  const fixed = JSON.parse(h.d) as TaskFixed;
+  return {
+    ...fixed,
+    status: (h.status ?? 'open') as TaskStatus,
+    createdAt: Number(h.createdAt),
+    expiresAt: Number(h.expiresAt),
+    liveLeases: Number(h.live ?? 0),
+    ...(h.endedAt ? { endedAt: Number(h.endedAt) } : {}),
+    ...(h.reason ? { reason: h.reason } : {}),
+  };
 }
 
-function pairsToHash(flat: string[]): Record<string, string> {
+function pairs(flat: string[]): Record<string, string> {
   const h: Record<string, string> = {};
   for (let i = 0; i + 1 < flat.length; i += 2) h[flat[i]!] = flat[i + 1]!;
   return h;
 }
 
-/** Redis persistence of tasks; ended tasks are kept for `retentionMs`. */
+export type OpenResult =
+  | { kind: 'created'; task: TaskRecord }
+  | { kind: 'exists'; task: TaskRecord }
+  | { kind: 'parent_missing' | 'parent_not_open' | 'limit' }
+  | { kind: 'outlives_parent'; parentExpiresAt: number };
+
+export type EndResult =
+  | { kind: 'ended'; endedAt: number; taskIds: string[] }
+  | { kind: 'missing' | 'early' }
+  | { kind: 'already'; status: TaskStatus };
+
+/** Redis persistence of tasks. Every step that decides on time runs in Lua on Redis's clock. */
 export class TaskStore {
-  private readonly redis: Redis;
+  private readonly redis: RedisClient;
   private readonly keys: Keys;
   private readonly retentionMs: number;
-  private readonly cache = new Map<string, TaskFixed>();
-  private static readonly CACHE_MAX = 10_000;
+  /** Immutable parts of tasks, so the issuance path skips a round trip; whether a task is open is never answered here. */
+  private readonly fixedCache = new LRUCache<string, TaskSnapshot>({ max: 10_000 });
 
-  constructor(deps: { redis: Redis; keys: Keys; retentionMs: number }) {
+  constructor(deps: { redis: RedisClient; keys: Keys; retentionMs: number }) {
     this.redis = deps.redis;
     this.keys = deps.keys;
     this.retentionMs = deps.retentionMs;
   }
 
-  /** Creates the task, or returns the record already stored under its id. */
-  async create(task: TaskRecord): Promise<{ created: true } | { created: false; existing: TaskRecord }> {
-    const keys = [this.keys.task(task.taskId), this.keys.openTasks()];
-    if (task.parentTaskId) keys.push(this.keys.taskChildren(task.parentTaskId));
-    const { status: _s, endedAt: _e, ...fixed } = task;
-    const res = (await runCreate(this.redis, keys.length, ...keys, JSON.stringify(fixed), task.expiresAt, task.taskId)) as string[] | null;
-    return res === null ? { created: true } : { created: false, existing: taskFromHash(pairsToHash(res))! };
+  /** Stores a new task (a sub-task under its parent), or returns the one already under its id. */
+  async open(task: TaskFixed, opts: { maxSubtasks: number; rootTaskId?: string }): Promise<OpenResult> {
+    const k = this.keys;
+    const bucket = k.bucketOfTask(task.taskId);
+    const keys = [
+      k.task(task.taskId),
+      k.openTasks(bucket),
+      k.tasksByTime(bucket),
+      k.tasksByAgent(bucket, task.agent),
+      k.tasksByOpener(bucket, task.openedBy),
+    ];
+    if (task.parentTaskId)
+      keys.push(k.task(task.parentTaskId), k.taskChildren(task.parentTaskId), k.task(opts.rootTaskId ?? task.parentTaskId));
+    const res = (await openScript.run(this.redis, keys, [
+      JSON.stringify(task),
+      task.ttlSeconds * 1000,
+      task.taskId,
+      opts.maxSubtasks,
+      task.agent,
+      task.tenant,
+    ])) as [string, ...unknown[]];
+    switch (res[0]) {
+      case 'created':
+        return { kind: 'created', task: { ...task, status: 'open', createdAt: Number(res[1]), expiresAt: Number(res[2]), liveLeases: 0 } };
+      case 'exists':
+        return { kind: 'exists', task: taskFromHash(pairs(res[1] as string[]))! };
+      case 'outlives_parent':
+        return { kind: 'outlives_parent', parentExpiresAt: Number(res[1]) };
+      default:
+        return { kind: res[0] as 'parent_missing' | 'parent_not_open' | 'limit' };
+    }
   }
 
-  /**
-   * The immutable part of a task, cached in memory: it never changes once the
-   * task is opened, so the issuance path skips a round trip. Whether the task
-   * is still open is NOT answered here; the lease-creating script checks that
-   * atomically.
-   */
-  async fixed(taskId: string): Promise<TaskFixed | undefined> {
-    const hit = this.cache.get(taskId);
+  /** The immutable part of a task and its times (cached: none of it ever changes). */
+  async fixed(taskId: string): Promise<TaskSnapshot | undefined> {
+    const hit = this.fixedCache.get(taskId);
     if (hit) return hit;
-    const d = await this.redis.hget(this.keys.task(taskId), 'd');
+    const [d, createdAt, expiresAt] = await this.redis.hmget(this.keys.task(taskId), 'd', 'createdAt', 'expiresAt');
     if (!d) return undefined;
-    const t = JSON.parse(d) as TaskFixed;
-    if (this.cache.size >= TaskStore.CACHE_MAX) this.cache.delete(this.cache.keys().next().value!);
-    this.cache.set(taskId, t);
+    const t: TaskSnapshot = { ...(JSON.parse(d) as TaskFixed), createdAt: Number(createdAt), expiresAt: Number(expiresAt) };
+    this.fixedCache.set(taskId, t);
     return t;
+  }
+
+  /** Forgets cached tasks (after Redis lost its data). */
+  clearCache(): void {
+    this.fixedCache.clear();
   }
 
   async get(taskId: string): Promise<TaskRecord | undefined> {
     return taskFromHash(await this.redis.hgetall(this.keys.task(taskId)));
   }
 
-  /** Only the status (cheap; the hot paths need nothing else). */
+  async getMany(taskIds: readonly string[]): Promise<TaskRecord[]> {
+    if (taskIds.length === 0) return [];
+    const all = await Promise.all(taskIds.map((id) => this.redis.hgetall(this.keys.task(id))));
+    return all.map(taskFromHash).filter((t): t is TaskRecord => t !== undefined);
+  }
+
+  /** Status only (the introspection hot path needs nothing else). */
   async status(taskId: string): Promise<TaskStatus | undefined> {
     return ((await this.redis.hget(this.keys.task(taskId), 'status')) ?? undefined) as TaskStatus | undefined;
   }
 
-  /** Ends an open task; `changed` is false if it had already ended (idempotent). */
-  async end(taskId: string, status: Exclude<TaskStatus, 'open'>, now = Date.now()): Promise<{ changed: boolean; status?: TaskStatus }> {
-    const res = (await runEnd(
+  /**
+   * Ends an open task and its open subtree in one step. `expired` only once
+   * the deadline has passed on Redis's clock. Sub-tasks end `completed`.
+   */
+  async end(taskId: string, status: 'completed' | 'expired', reason: TaskEndReason): Promise<EndResult> {
+    const bucket = this.keys.bucketOfTask(taskId);
+    const childReason = reason === 'revoked_by_admin' ? 'revoked_by_admin' : 'task_completed';
+    const res = (await endScript.run(
       this.redis,
-      4,
-      this.keys.task(taskId),
-      this.keys.openTasks(),
-      this.keys.taskLeases(taskId),
-      this.keys.taskChildren(taskId),
-      status,
-      this.retentionMs,
-      now,
-      taskId,
-    )) as [number, string | null];
-    return { changed: res[0] === 1, status: (res[1] ?? undefined) as TaskStatus | undefined };
+      [this.keys.task(taskId), this.keys.openTasks(bucket)],
+      [this.keys.base(bucket), status, reason, childReason, this.retentionMs, taskId],
+    )) as string[];
+    switch (res[0]) {
+      case 'ended':
+        return { kind: 'ended', endedAt: Number(res[1]), taskIds: res.slice(2) };
+      case 'already':
+        return { kind: 'already', status: res[1] as TaskStatus };
+      default:
+        return { kind: res[0] as 'missing' | 'early' };
+    }
   }
 
   async leaseIds(taskId: string): Promise<string[]> {
@@ -134,8 +150,21 @@ export class TaskStore {
     return this.redis.smembers(this.keys.taskChildren(taskId));
   }
 
-  /** Open tasks whose deadline has passed (the sweep's work list). */
-  async overdue(now: number, limit: number): Promise<string[]> {
-    return this.redis.zrangebyscore(this.keys.openTasks(), 0, now, 'LIMIT', 0, limit);
+  /** Open tasks of one bucket with their agent and tenant (the kill switch's work list), in pages. */
+  async *openIn(bucket: number, pageSize = 500): AsyncGenerator<{ taskId: string; agent: string; tenant: string }[]> {
+    for (let start = 0; ; start += pageSize) {
+      const ids = await this.redis.zrange(this.keys.openTasks(bucket), String(start), String(start + pageSize - 1));
+      if (ids.length === 0) return;
+      const rows = await Promise.all(ids.map((id) => this.redis.hmget(this.keys.task(id), 'agent', 'tenant')));
+      yield ids.map((taskId, i) => ({ taskId, agent: rows[i]?.[0] ?? '', tenant: rows[i]?.[1] ?? '' }));
+      if (ids.length < pageSize) return;
+    }
+  }
+
+  /** The task and every task below it, breadth first (ids). */
+  async subtree(taskId: string): Promise<string[]> {
+    const out = [taskId];
+    for (let i = 0; i < out.length; i++) out.push(...(await this.children(out[i]!)).sort());
+    return out;
   }
 }

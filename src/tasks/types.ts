@@ -1,26 +1,26 @@
 /** One grant in a task: a role the agent may use, with a scope and TTL ceiling. */
 export interface Grant {
   role: string;
+  /** Exactly the scopes granted (literal: `[]` grants none). */
   scopes: string[];
   maxTtlSeconds: number;
 }
 
 export type TaskStatus = 'open' | 'completed' | 'expired';
 
-/** The broker's record of a task (stored as JSON in Redis). */
-export interface TaskRecord {
+/** Why a task ended; its leases are revoked with the same reason. */
+export type TaskEndReason = 'task_completed' | 'task_expired' | 'revoked_by_admin';
+
+/** The part of a task that never changes after it is opened (safe to cache). */
+export interface TaskFixed {
   taskId: string;
   agent: string;
   tenant: string;
   purpose: string;
   grants: Grant[];
   labels: Record<string, string>;
-  status: TaskStatus;
   /** Identity that opened the task (an orchestrator, or the parent's agent for a sub-task). */
   openedBy: string;
-  createdAt: number;
-  expiresAt: number;
-  endedAt?: number;
   parentTaskId?: string;
   /** 0 for a root task, parent depth + 1 for a sub-task. */
   depth: number;
@@ -28,7 +28,24 @@ export interface TaskRecord {
   delegators: string[];
   /** Hash of the canonical open request, so a repeat with a different body answers 409. */
   requestHash: string;
+  /** Requested lifetime; the deadline is decided on Redis's clock when the task is stored. */
+  ttlSeconds: number;
 }
 
-/** The part of a task that never changes after it is opened (safe to cache). */
-export type TaskFixed = Omit<TaskRecord, 'status' | 'endedAt'>;
+/** The immutable part with the task's times, which never change either (what the issuance path caches). */
+export interface TaskSnapshot extends TaskFixed {
+  createdAt: number;
+  expiresAt: number;
+}
+
+/** The broker's record of a task. */
+export interface TaskRecord extends TaskFixed {
+  status: TaskStatus;
+  /** Epoch ms, on Redis's clock. */
+  createdAt: number;
+  expiresAt: number;
+  endedAt?: number;
+  reason?: TaskEndReason | string;
+  /** Leases not yet ended. */
+  liveLeases: number;
+}

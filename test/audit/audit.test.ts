@@ -2,7 +2,7 @@ import { Redis } from 'ioredis';
 import { AuditLog } from '../../src/audit/audit-log.ts';
 import { verifyAuditChain } from '../../src/audit/verify.ts';
 import { silentLogger } from '../../src/logger.ts';
-import { Keys } from '../../src/redis.ts';
+import { Keys } from '../../src/redis/keys.ts';
 import { dropPrefix, REDIS_URL, uniquePrefix } from '../helpers/broker.ts';
 
 let redis: Redis;
@@ -18,7 +18,7 @@ async function fresh(n: number) {
   const keys = new Keys(prefix);
   const conns = [new Redis(REDIS_URL), new Redis(REDIS_URL)];
   // Two "instances" appending concurrently to one chain.
-  const logs = conns.map((c) => new AuditLog({ redis: c, keys, logger: silentLogger }));
+  const logs = conns.map((c) => new AuditLog({ redis: c, keys, logger: silentLogger, taskIndexMs: 60_000 }));
   await Promise.all(
     Array.from({ length: n }, (_, i) =>
       logs[i % 2]!.append({ action: 'credential.issue', actor: `spiffe://dev.local/agent/${i}`, decision: 'allow', leaseId: `l${i}` }),
@@ -30,7 +30,7 @@ async function fresh(n: number) {
 
 test('concurrent appends from two instances form one valid chain', async () => {
   const { prefix, keys } = await fresh(300);
-  expect(await verifyAuditChain(redis, keys)).toMatchObject({ ok: true, records: 300 });
+  expect(await verifyAuditChain(redis, keys, 'ops')).toMatchObject({ ok: true, records: 300 });
   await dropPrefix(prefix);
 });
 
@@ -39,12 +39,12 @@ test.each([
     'an edited record',
     async (ids: string[], k: Keys) => {
       // Someone with Redis access rebuilds the stream with one record changed (same ids).
-      const all = await redis.xrange(k.auditStream(), '-', '+');
-      const m = redis.multi().del(k.auditStream());
+      const all = await redis.xrange(k.auditStream('ops'), '-', '+');
+      const m = redis.multi().del(k.auditStream('ops'));
       for (const [id, f] of all) {
         const r = JSON.parse(f[1]!);
         if (id === ids[5]) r.decision = 'deny';
-        m.xadd(k.auditStream(), id, 'r', JSON.stringify(r));
+        m.xadd(k.auditStream('ops'), id, 'r', JSON.stringify(r));
       }
       await m.exec();
     },
@@ -53,22 +53,22 @@ test.each([
   [
     'a deleted record',
     async (ids: string[], k: Keys) => {
-      await redis.xdel(k.auditStream(), ids[7]!);
+      await redis.xdel(k.auditStream('ops'), ids[7]!);
     },
     9,
   ],
   [
     'a deleted tail',
     async (ids: string[], k: Keys) => {
-      await redis.xdel(k.auditStream(), ids[ids.length - 1]!);
+      await redis.xdel(k.auditStream('ops'), ids[ids.length - 1]!);
     },
     19,
   ],
 ])('verify names the first broken record after %s', async (_n, tamper, seq) => {
   const { prefix, keys } = await fresh(20);
-  const ids = (await redis.xrange(keys.auditStream(), '-', '+')).map(([id]) => id);
+  const ids = (await redis.xrange(keys.auditStream('ops'), '-', '+')).map(([id]) => id);
   await tamper(ids, keys);
-  const res = await verifyAuditChain(redis, keys);
+  const res = await verifyAuditChain(redis, keys, 'ops');
   expect(res.ok).toBe(false);
   if (!res.ok) expect(res.brokenAt.seq).toBe(seq);
   await dropPrefix(prefix);
@@ -77,7 +77,7 @@ test.each([
 test('records never contain the secrets they describe (issuance path)', async () => {
   // The audit event type has no field for a credential; this guards the JSON shape.
   const { prefix, keys } = await fresh(3);
-  const all = await redis.xrange(keys.auditStream(), '-', '+');
+  const all = await redis.xrange(keys.auditStream('ops'), '-', '+');
   for (const [, f] of all)
     expect(Object.keys(JSON.parse(f[1]!)).sort()).toEqual(['action', 'actor', 'decision', 'hash', 'leaseId', 'prev', 'seq', 'time']);
   await dropPrefix(prefix);

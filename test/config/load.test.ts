@@ -10,7 +10,7 @@ const env = { AWS_ACCESS_KEY_ID: 'AKIAEXAMPLE', AWS_SECRET_ACCESS_KEY: 'secret',
 test("the contract's example config loads as it is, frozen, with defaults filled in", () => {
   const c = loadConfig(env, 'test/config/contract-example.yaml');
   expect(c.roles['orders-db']).toMatchObject({ provider: 'vault', path: 'database/creds/orders-readonly', maxTtlSeconds: 3600 });
-  expect(c.providers.aws?.credentials?.accessKeyId).toBe('AKIAEXAMPLE');
+  expect((c.providers.aws as { credentials?: { accessKeyId?: string } } | undefined)?.credentials?.accessKeyId).toBe('AKIAEXAMPLE');
   expect(c.identity.clockSkewSeconds).toBe(30);
   expect(c.secrets.kek).toBeUndefined();
   expect(Object.isFrozen(c.roles)).toBe(true);

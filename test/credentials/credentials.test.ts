@@ -75,7 +75,7 @@ describe('issuing jwt credentials', () => {
       task_id: taskId,
     });
     // The lease record never holds the token.
-    const raw = await t.broker.deps.redis.hgetall(`${t.prefix}:lease:${r.body.leaseId}`);
+    const raw = await t.broker.deps.redis.hgetall(t.broker.deps.keys.lease(r.body.leaseId));
     expect(JSON.stringify(raw)).not.toContain(c.access_token.split('.')[2]);
   });
 

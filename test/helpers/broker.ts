@@ -6,6 +6,8 @@ import { Redis } from 'ioredis';
 import { startBroker, type BrokerOptions, type RunningBroker } from '../../src/broker.ts';
 import { validateConfig, type LoadedConfig } from '../../src/config/load.ts';
 import { silentLogger } from '../../src/logger.ts';
+import type { Keys } from '../../src/redis/keys.ts';
+import type { RedisClient } from '../../src/redis/scripts.ts';
 import { TestIssuer } from './identity.ts';
 
 export const REDIS_URL = process.env.REDIS_URL ?? 'redis://127.0.0.1:6379';
@@ -51,7 +53,15 @@ export function testConfig(issuer: TestIssuer, prefix: string, overrides: Record
       'demo-api': { provider: 'jwt', audience: 'https://demo.internal', maxTtlSeconds: 300 },
       'prod-deploy': { provider: 'jwt', audience: 'https://deploy.internal', maxTtlSeconds: 300, approval: 'required' },
     },
-    revocation: { attempts: 3, backoffMs: 50, reconcileIntervalMs: 60_000, concurrency: 8, lockMs: 1000, stalledCheckMs: 500, sweepMs: 20 },
+    revocation: {
+      backoffMs: 50,
+      maxBackoffMs: 500,
+      reconcileIntervalMs: 60_000,
+      concurrency: 8,
+      lockMs: 1000,
+      stalledCheckMs: 500,
+      sweepMs: 20,
+    },
     ...overrides,
   };
   return validateConfig(raw, {}, join(process.cwd(), 'config/test.yaml'));
@@ -143,3 +153,12 @@ export async function waitFor<T>(fn: () => Promise<T | undefined | false>, timeo
 export const ORCH = '/orchestrator/main';
 export const AGENT = '/agent/support';
 export const ADMIN = '/ops/alice';
+
+/** Every audit record under a broker's prefix (all chains), oldest first. */
+export async function auditRecords(redis: RedisClient, keys: Keys): Promise<Record<string, any>[]> {
+  const all: Record<string, any>[] = [];
+  for (const chain of keys.auditChains()) {
+    for (const [, f] of await redis.xrange(keys.auditStream(chain), '-', '+')) all.push({ ...JSON.parse(f[1]!), chain });
+  }
+  return all.sort((a, b) => a.time.localeCompare(b.time) || a.seq - b.seq);
+}

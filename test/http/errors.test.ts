@@ -58,7 +58,7 @@ describe('bad input gets a clear error and loses nothing', () => {
   });
 
   test('a rejected open task leaves nothing behind', async () => {
-    const before = await t.broker.deps.redis.keys(`${t.prefix}:task:*`);
+    const before = await t.broker.deps.redis.keys(`${t.prefix}:*task:*`);
     await call(t.url, 'POST', '/v1/tasks', t.as(ORCH), {
       taskId: 't-bad',
       agent: 'spiffe://dev.local/agent/x',
@@ -67,7 +67,7 @@ describe('bad input gets a clear error and loses nothing', () => {
       ttlSeconds: 60,
       grants: [{ role: 'nope' }],
     });
-    expect(await t.broker.deps.redis.keys(`${t.prefix}:task:*`)).toEqual(before);
+    expect(await t.broker.deps.redis.keys(`${t.prefix}:*task:*`)).toEqual(before);
   });
 });
 

@@ -5,7 +5,7 @@ import { Redis } from 'ioredis';
 import { IdentityVerifier } from '../../src/identity/verifier.ts';
 import { BrokerError } from '../../src/errors.ts';
 import { silentLogger } from '../../src/logger.ts';
-import { Keys } from '../../src/redis.ts';
+import { Keys } from '../../src/redis/keys.ts';
 import { TestIssuer } from '../helpers/identity.ts';
 import { dropPrefix, REDIS_URL, testConfig, uniquePrefix } from '../helpers/broker.ts';
 

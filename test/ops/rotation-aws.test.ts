@@ -2,7 +2,7 @@ import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
 import { GetCallerIdentityCommand, STSClient } from '@aws-sdk/client-sts';
 import { createRemoteJWKSet, decodeProtectedHeader, jwtVerify } from 'jose';
 import { startAwsEmulator, type AwsEmulator, type EmulatedUser } from '../emulators/aws/index.ts';
-import { ADMIN, AGENT, ORCH, call, startSibling, startTestBroker, waitFor, type TestBroker } from '../helpers/broker.ts';
+import { ADMIN, AGENT, ORCH, call, startSibling, startTestBroker, waitFor, type TestBroker, auditRecords } from '../helpers/broker.ts';
 import { callerIdentityAs } from '../providers/aws/helpers.ts';
 
 /**
@@ -18,8 +18,7 @@ let role: { roleName: string; roleId: string; arn: string };
 let a: TestBroker;
 const agentId = `spiffe://dev.local${AGENT}`;
 
-const auditRecords = async (b: TestBroker) =>
-  (await b.broker.deps.redis.xrange(`${b.prefix}:audit`, '-', '+')).map(([, f]) => JSON.parse(f[1]!) as Record<string, any>);
+const auditOf = (b: TestBroker) => auditRecords(b.broker.deps.redis, b.broker.deps.keys);
 const rotate = (b: TestBroker, target = 'aws', who = ADMIN) => call(b.url, 'POST', '/v1/admin/rotate', b.as(who), { target });
 
 const keyWorks = (keys: { accessKeyId: string; secretAccessKey: string }) => callerIdentityAs(emu.url, keys);
@@ -141,12 +140,12 @@ describe('POST /v1/admin/rotate {"target":"aws"}', () => {
     // The old key is the only key, still active, still working, and still the one the broker signs with.
     expect(emu.accessKeys(user.userName)).toEqual([{ accessKeyId: old.accessKeyId, status: 'Active' }]);
     expect(await keyWorks(old)).toBe('ok');
-    expect(await a.broker.deps.redis.get(`${a.prefix}:secrets:aws`)).toBeNull();
+    expect(await a.broker.deps.redis.get(a.broker.deps.keys.secrets('aws'))).toBeNull();
     const ok = await issue(a, taskId);
     expect(ok.status).toBe(201);
     expect(emu.requests('AssumeRole').at(-1)).toMatchObject({ status: 200, accessKeyId: old.accessKeyId });
 
-    const records = (await auditRecords(a)).filter((r) => r.action === 'rotate');
+    const records = (await auditOf(a)).filter((r) => r.action === 'rotate');
     expect(records).toHaveLength(2);
     for (const r of records)
       expect(r).toMatchObject({
@@ -155,7 +154,7 @@ describe('POST /v1/admin/rotate {"target":"aws"}', () => {
         reason: 'rotation_failed',
         detail: { target: 'aws', oldSecretInUse: true },
       });
-    expect(await a.broker.deps.redis.get(`${a.prefix}:lock:rotate:aws`)).toBeNull();
+    expect(await a.broker.deps.redis.get(a.broker.deps.keys.lock('rotate:aws'))).toBeNull();
   });
 
   test('under concurrent issuance on two instances: zero failures, both switch to the new key, the old key is dead', async () => {
@@ -195,10 +194,10 @@ describe('POST /v1/admin/rotate {"target":"aws"}', () => {
       expect(signers).toEqual(new Set([old.accessKeyId, freshId]));
 
       // The new secret travels sealed: not in Redis in the clear, not in the answer, not in the audit log.
-      const sealed = await a.broker.deps.redis.get(`${a.prefix}:secrets:aws`);
+      const sealed = await a.broker.deps.redis.get(a.broker.deps.keys.secrets('aws'));
       expect(sealed).toEqual(expect.any(String));
       expect(sealed).not.toContain(freshId);
-      const audit = await auditRecords(a);
+      const audit = await auditOf(a);
       expect(audit.filter((x) => x.action === 'rotate' && x.decision === 'ok')).toEqual([
         expect.objectContaining({ actor: `spiffe://dev.local${ADMIN}`, reason: 'aws', detail: { rotated: ['iam-access-key'] } }),
       ]);
@@ -335,7 +334,7 @@ describe('POST /v1/admin/rotate {"target":"signing-key"}', () => {
       expect(await introspect(b, oldToken)).toMatchObject({ active: true, jti: before.body.leaseId });
       expect(await introspect(b, fresh.body.credentials.access_token)).toMatchObject({ active: true });
 
-      expect((await auditRecords(a)).filter((x) => x.action === 'rotate' && x.reason === 'signing-key')).toEqual([
+      expect((await auditOf(a)).filter((x) => x.action === 'rotate' && x.reason === 'signing-key')).toEqual([
         expect.objectContaining({ decision: 'ok', detail: { rotated: ['signing-key'] } }),
       ]);
     } finally {

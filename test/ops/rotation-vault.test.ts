@@ -18,6 +18,7 @@ import {
   uniquePrefix,
   waitFor,
   type TestBroker,
+  auditRecords,
 } from '../helpers/broker.ts';
 import { BROKER_POLICY, vaultFailure } from '../providers/vault/helpers.ts';
 
@@ -43,8 +44,7 @@ const login = (secretId: string) => vault('').write('auth/approle/login', { role
 const secretIds = () => [...emu.state.space('').approles.get(`approle/${ROLE}`)!.secretIds.keys()];
 const vaultOf = (b: TestBroker) => b.broker.deps.providers.get('vault') as VaultProvider;
 const tokenIdOf = (accessor: string) => emu.state.accessors.get(accessor);
-const auditRecords = async (b: TestBroker) =>
-  (await b.broker.deps.redis.xrange(`${b.prefix}:audit`, '-', '+')).map(([, f]) => JSON.parse(f[1]!) as Record<string, any>);
+const auditOf = (b: TestBroker) => auditRecords(b.broker.deps.redis, b.broker.deps.keys);
 const rotate = (b: TestBroker, who = ADMIN, target = 'vault') => call(b.url, 'POST', '/v1/admin/rotate', b.as(who), { target });
 
 /**
@@ -111,7 +111,7 @@ beforeAll(async () => {
       'orders-db': { provider: 'vault', path: 'database/creds/orders-readonly' },
       'vault-ops': { provider: 'vault', token: { policies: ['ops-read', 'ops-write'] } },
     },
-    revocation: { attempts: 8, backoffMs: 50, reconcileIntervalMs: 60_000, concurrency: 8, lockMs: 1000, stalledCheckMs: 500, sweepMs: 20 },
+    revocation: { backoffMs: 50, reconcileIntervalMs: 60_000, concurrency: 8, lockMs: 1000, stalledCheckMs: 500, sweepMs: 20 },
   };
   a = await startTestBroker('rotation-vault', { config: overrides });
 });
@@ -161,12 +161,12 @@ describe('POST /v1/admin/rotate {"target":"vault"}', () => {
     expect((await login(initialSecretId)).auth.client_token).toEqual(expect.any(String));
     expect(vaultOf(a).tokenAccessor).toBe(accessor);
     expect(emu.tokenByAccessor(accessor)).toBeDefined();
-    expect(await a.broker.deps.redis.get(`${a.prefix}:secrets:vault`)).toBeNull();
+    expect(await a.broker.deps.redis.get(a.broker.deps.keys.secrets('vault'))).toBeNull();
     const ok = await issue(a, taskId);
     expect(ok.status).toBe(201);
     expect(emu.tokenByAccessor(ok.body.credentials.accessor)).toBeDefined();
 
-    const records = (await auditRecords(a)).filter((r) => r.action === 'rotate');
+    const records = (await auditOf(a)).filter((r) => r.action === 'rotate');
     expect(records).toHaveLength(2);
     for (const r of records)
       expect(r).toMatchObject({
@@ -176,7 +176,7 @@ describe('POST /v1/admin/rotate {"target":"vault"}', () => {
         detail: { target: 'vault' },
       });
     // The rotation lock was released: a rotation can run again (the next test rotates for real).
-    expect(await a.broker.deps.redis.get(`${a.prefix}:lock:rotate:vault`)).toBeNull();
+    expect(await a.broker.deps.redis.get(a.broker.deps.keys.lock('rotate:vault'))).toBeNull();
   });
 
   test('under concurrent issuance and revocation on two instances: zero failures, both switch, old secret-id and tokens are dead', async () => {
@@ -245,10 +245,10 @@ describe('POST /v1/admin/rotate {"target":"vault"}', () => {
       expect(await vaultFailure(login(initialSecretId))).toMatchObject({ status: 400, errors: ['invalid role or secret ID'] });
       expect((await login(fresh!)).auth.client_token).toEqual(expect.any(String));
       // Distributed sealed, never in the clear: not in Redis, not in the answer, not in the audit log.
-      const sealed = await a.broker.deps.redis.get(`${a.prefix}:secrets:vault`);
+      const sealed = await a.broker.deps.redis.get(a.broker.deps.keys.secrets('vault'));
       expect(sealed).toMatch(/^v1\./);
       expect(sealed).not.toContain(fresh);
-      const audit = await auditRecords(a);
+      const audit = await auditOf(a);
       expect(JSON.stringify(audit)).not.toContain(fresh);
       expect(audit.filter((x) => x.action === 'rotate' && x.decision === 'ok')).toEqual([
         expect.objectContaining({
@@ -272,7 +272,7 @@ describe('POST /v1/admin/rotate {"target":"vault"}', () => {
         10_000,
         50,
       );
-      expect(audit.concat(await auditRecords(a)).filter((x) => x.action === 'lease.revoke_failed')).toEqual([]);
+      expect(audit.concat(await auditOf(a)).filter((x) => x.action === 'lease.revoke_failed')).toEqual([]);
       for (const x of revoked) {
         if (x.token) expect(emu.isTokenValid(x.token)).toBe(false);
         if (x.username) expect(emu.isDbUserValid(x.username)).toBe(false);
@@ -313,7 +313,7 @@ describe('POST /v1/admin/rotate {"target":"vault"}', () => {
   });
 
   test('an instance with another KEK refuses to start (exit code 1): it cannot decrypt the distributed secret', async () => {
-    const sealed = await a.broker.deps.redis.get(`${a.prefix}:secrets:vault`);
+    const sealed = await a.broker.deps.redis.get(a.broker.deps.keys.secrets('vault'));
     expect(sealed).toEqual(expect.any(String));
     const loginsOk = emu.requests.filter((r) => r.path === 'auth/approle/login' && r.status === 200).length;
 

@@ -21,6 +21,8 @@ test('a revocation interrupted by a worker crash is finished by another worker',
   first.broker.deps.providers.set(
     'jwt',
     Object.assign(Object.create(Object.getPrototypeOf(real)), real, {
+      // Behave like an upstream provider, so revocation goes through a lease-end job.
+      upstream: true,
       revoke: (_l: LeaseRecord) => {
         hung += 1;
         return new Promise<void>(() => {});
@@ -44,7 +46,7 @@ test('a revocation interrupted by a worker crash is finished by another worker',
   expect(mid?.status).toBe('revoking');
 
   // The crash: the worker stops without finishing or releasing its job.
-  await first.broker.worker!.worker.close(true);
+  await Promise.all(first.broker.worker!.workers.map((w) => w.close(true)));
   first.broker.sweeper!.stop();
 
   const second = await startSibling(first, { api: false, logger: silentLogger });

@@ -26,8 +26,6 @@ afterAll(async () => {
 const sub = (over: Record<string, unknown>) => ({
   parentTaskId: 'parent',
   agent: B,
-  tenant: 'acme',
-  purpose: 'research',
   ttlSeconds: 300,
   grants: [{ role: 'tickets-api', scopes: ['tickets:read'], maxTtlSeconds: 60 }],
   ...over,
@@ -53,13 +51,13 @@ test("only the parent task's agent may delegate", async () => {
 test('act claims nest, depth is limited, and completing the parent revokes the whole tree', async () => {
   const s1 = await call(t.url, 'POST', '/v1/tasks', t.as(AGENT), sub({ taskId: 'child' }));
   expect(s1.status).toBe(201);
-  expect(s1.body).toMatchObject({ parentTaskId: 'parent', depth: 1 });
+  expect(s1.body).toMatchObject({ taskId: 'parent~child', parentTaskId: 'parent', depth: 1, tenant: 'acme', purpose: 'root' });
   const s2 = await call(
     t.url,
     'POST',
     '/v1/tasks',
     t.as('/agent/researcher'),
-    sub({ taskId: 'grandchild', parentTaskId: 'child', agent: C, ttlSeconds: 200 }),
+    sub({ taskId: 'grandchild', parentTaskId: 'parent~child', agent: C, ttlSeconds: 200 }),
   );
   expect(s2.status).toBe(201);
   const s3 = await call(
@@ -67,12 +65,15 @@ test('act claims nest, depth is limited, and completing the parent revokes the w
     'POST',
     '/v1/tasks',
     t.as('/agent/summarizer'),
-    sub({ taskId: 'too-deep', parentTaskId: 'grandchild', agent: A, ttlSeconds: 100 }),
+    sub({ taskId: 'too-deep', parentTaskId: 'parent~child~grandchild', agent: A, ttlSeconds: 100 }),
   );
   expect(s3.status).toBe(403);
   expect(s3.body.code).toBe('delegation_too_deep');
 
-  const cred = await call(t.url, 'POST', '/v1/credentials', t.as('/agent/summarizer'), { taskId: 'grandchild', role: 'tickets-api' });
+  const cred = await call(t.url, 'POST', '/v1/credentials', t.as('/agent/summarizer'), {
+    taskId: 'parent~child~grandchild',
+    role: 'tickets-api',
+  });
   expect(cred.status).toBe(201);
   const claims = decodeJwt(cred.body.credentials.access_token);
   expect(claims.sub).toBe(C);
@@ -82,9 +83,9 @@ test('act claims nest, depth is limited, and completing the parent revokes the w
   const done = await call(t.url, 'POST', '/v1/tasks/parent/complete', t.as(ORCH));
   expect(done.status).toBe(202);
   const gc = await waitFor(async () => {
-    const r = await call(t.url, 'GET', '/v1/tasks/grandchild', t.as('/agent/summarizer'));
+    const r = await call(t.url, 'GET', '/v1/tasks/parent~child~grandchild', t.as('/agent/summarizer'));
     return r.body.status === 'completed' && r.body.leases[0]?.status === 'revoked' && r.body;
   });
   expect(gc.leases[0].reason).toBe('task_completed');
-  expect((await call(t.url, 'GET', '/v1/tasks/child', t.as(AGENT))).body.status).toBe('completed');
+  expect((await call(t.url, 'GET', '/v1/tasks/parent~child', t.as(AGENT))).body.status).toBe('completed');
 });

@@ -2,9 +2,9 @@ import express, { Router, type Request, type Response } from 'express';
 import type { Deps } from '../../deps.ts';
 import { BrokerError } from '../../errors.ts';
 import type { Services } from '../services.ts';
-import { bearerToken } from '../middleware.ts';
+import { bearerToken, refuseQuarantined } from '../middleware.ts';
 import { scopeSchema, roleNameSchema } from '../../config/common.ts';
-import { taskIdSchema } from '../schemas.ts';
+import { taskRefSchema } from '../schemas.ts';
 
 const TOKEN_EXCHANGE = 'urn:ietf:params:oauth:grant-type:token-exchange';
 const SUBJECT_TYPES = new Set(['urn:ietf:params:oauth:token-type:jwt', 'urn:ietf:params:oauth:token-type:id_token']);
@@ -41,6 +41,7 @@ function toOAuth(err: BrokerError): OAuthError {
     case 'scope_not_granted':
       return new OAuthError('invalid_scope', err.message);
     case 'not_task_agent':
+    case 'identity_quarantined':
     case 'policy_denied':
     case 'approval_rejected':
     case 'approval_expired':
@@ -102,13 +103,13 @@ export function oauthRoutes(deps: Deps, s: Services): Router {
       if (!roleNameSchema.safeParse(audience).success || deps.config.roles[audience]?.provider !== 'jwt')
         throw new OAuthError('invalid_target', `"${audience.slice(0, 64)}" is not a jwt role.`);
       const taskId = param(b, 'task_id');
-      if (!taskId || !taskIdSchema.safeParse(taskId).success)
-        throw new OAuthError('invalid_request', 'task_id is required (1-128 chars of [A-Za-z0-9._:-]).');
+      if (!taskId || !taskRefSchema.safeParse(taskId).success) throw new OAuthError('invalid_request', 'task_id is required (a task id).');
       const scopeParam = param(b, 'scope');
       const scopes = scopeParam === undefined ? undefined : scopeParam.split(' ').filter(Boolean);
       if (scopes && (!scopes.every((x) => scopeSchema.safeParse(x).success) || new Set(scopes).size !== scopes.length))
         throw new OAuthError('invalid_scope', 'scope is malformed.');
       const who = await deps.verifier.verify(subject);
+      await refuseQuarantined(deps, who);
       const out = await s.credentials.request(who, { taskId, role: audience, ...(scopes ? { scopes } : {}) });
       if ('approvalId' in out)
         throw new OAuthError('authorization_pending', 'This role needs an approval; retry once it is approved.', 400, {

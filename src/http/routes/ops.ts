@@ -1,29 +1,46 @@
 import { Router } from 'express';
+import { z } from 'zod';
 import type { Deps } from '../../deps.ts';
-import { forbidden } from '../../errors.ts';
+import { identityPatternSchema } from '../../config/common.ts';
 import type { Services } from '../services.ts';
 import { identityOf, jsonBody, requireIdentity, validBody } from '../middleware.ts';
 import { rotateSchema } from '../schemas.ts';
 
-/** /healthz, /readyz, /metrics. */
-export function opsRoutes(deps: Deps, isShuttingDown: () => boolean): Router {
+/** Bounded wait for a readiness probe step. */
+function within<T>(p: Promise<T>, ms: number): Promise<T> {
+  return Promise.race([p, new Promise<T>((_, rej) => setTimeout(() => rej(new Error('timeout')), ms).unref())]);
+}
+
+/**
+ * /healthz (the process is alive: never depends on Redis, so a Redis outage
+ * does not get every container restarted), /readyz (the broker can issue:
+ * Redis reachable and writable, signing keys present, policy loaded; an
+ * upstream being down is reported but does not take JWT traffic out of
+ * rotation), /metrics.
+ */
+export function opsRoutes(deps: Deps, state: { isShuttingDown: () => boolean; isRecovered: () => boolean }): Router {
   const r = Router();
   r.get('/healthz', (_req, res) => {
     res.json({ status: 'ok' });
   });
   r.get('/readyz', async (_req, res) => {
-    const checks: Record<string, boolean> = { config: true, policy: true, accepting: !isShuttingDown() };
+    const checks: Record<string, boolean> = {
+      config: true,
+      policy: deps.policy.version !== '',
+      accepting: !state.isShuttingDown(),
+      signingKeys: state.isRecovered() && deps.signing.size > 0,
+    };
     try {
-      checks.redis =
-        (await Promise.race([deps.redis.ping(), new Promise((_, rej) => setTimeout(() => rej(new Error('timeout')), 1000))])) === 'PONG';
+      checks.redis = (await within(deps.redis.set(deps.keys.plain('readyz', 'probe'), '1', 'PX', 10_000), 1000)) === 'OK';
     } catch {
       checks.redis = false;
     }
+    const upstreams: Record<string, boolean> = {};
     for (const [kind, p] of deps.providers.all()) {
-      if (p.ready) checks[`provider:${kind}`] = await p.ready().catch(() => false);
+      if (p.ready) upstreams[kind] = await within(p.ready(), 1000).catch(() => false);
     }
     const ready = Object.values(checks).every(Boolean);
-    res.status(ready ? 200 : 503).json({ status: ready ? 'ready' : 'not_ready', checks });
+    res.status(ready ? 200 : 503).json({ status: ready ? 'ready' : 'not_ready', checks, upstreams });
   });
   r.get('/metrics', async (_req, res) => {
     res.type(deps.metrics.registry.contentType).send(await deps.metrics.registry.metrics());
@@ -31,22 +48,44 @@ export function opsRoutes(deps: Deps, isShuttingDown: () => boolean): Router {
   return r;
 }
 
-/** POST /v1/admin/rotate and POST /v1/admin/policy/reload (admins, and policy for rotate). */
+const revokeSchema = z.union([
+  z.strictObject({ agent: identityPatternSchema }),
+  z.strictObject({ tenant: z.string().min(1).max(128) }),
+  z.strictObject({ taskId: z.string().min(1).max(512) }),
+]);
+const quarantineSchema = z.strictObject({ agent: identityPatternSchema, reason: z.string().min(1).max(1024) });
+
+/** /v1/admin: rotation, policy reload, kill switch, quarantine (admins; policy for rotate). */
 export function adminRoutes(deps: Deps, s: Services): Router {
   const r = Router();
   const admin = [requireIdentity(deps), ...jsonBody(deps.config.server.bodyLimitBytes)];
-  const requireAdmin = (id: string) => {
-    if (!deps.patterns.admins.matches(id)) throw forbidden('not_admin', 'Only an admin may do this.');
-  };
   r.post('/v1/admin/rotate', ...admin, async (req, res) => {
     const who = identityOf(res);
-    requireAdmin(who.id);
-    const { target } = validBody(rotateSchema, req.body);
-    res.status(202).json(await s.rotation.rotate(who, target));
+    await s.admin.requireAdmin(who, 'rotate');
+    const { target, immediate } = validBody(rotateSchema, req.body);
+    res.status(202).json(await s.rotation.rotate(who, target, { immediate: immediate === true }));
   });
   r.post('/v1/admin/policy/reload', ...admin, async (_req, res) => {
-    requireAdmin(identityOf(res).id);
-    res.status(202).json(await s.rotation.broadcastPolicyReload());
+    const who = identityOf(res);
+    await s.admin.requireAdmin(who, 'policy.reload');
+    res.status(202).json(await s.rotation.broadcastPolicyReload(who));
+  });
+  r.post('/v1/admin/revoke', ...admin, async (req, res) => {
+    const who = identityOf(res);
+    await s.admin.requireAdmin(who, 'admin.revoke');
+    res.status(202).json(await s.admin.revoke(who, validBody(revokeSchema, req.body)));
+  });
+  r.post('/v1/admin/quarantine', ...admin, async (req, res) => {
+    const who = identityOf(res);
+    await s.admin.requireAdmin(who, 'quarantine.add');
+    const { agent, reason } = validBody(quarantineSchema, req.body);
+    res.status(201).json(await s.admin.quarantine(who, agent, reason));
+  });
+  r.get('/v1/admin/quarantine', requireIdentity(deps), async (_req, res) => {
+    res.json({ items: await s.admin.quarantines(identityOf(res)), nextCursor: null });
+  });
+  r.delete('/v1/admin/quarantine/:pattern', requireIdentity(deps), async (req, res) => {
+    res.json(await s.admin.unquarantine(identityOf(res), String(req.params.pattern)));
   });
   return r;
 }

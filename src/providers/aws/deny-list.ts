@@ -1,5 +1,5 @@
 import { DeleteRolePolicyCommand, PutRolePolicyCommand } from '@aws-sdk/client-iam';
-import type { Redis } from 'ioredis';
+import type { RedisClient } from '../../redis/scripts.ts';
 import { RetryableUpstreamError, upstreamFailed } from '../../errors.ts';
 import type { Logger } from '../../logger.ts';
 import type { AwsClients } from './clients.ts';
@@ -23,7 +23,7 @@ export interface DenyListDeps {
   settings: AwsSettings;
   clients: AwsClients;
   roles: RoleInfoCache;
-  redis: Redis;
+  redis: RedisClient;
   keyPrefix: string;
   logger: Logger;
   clock: () => number;

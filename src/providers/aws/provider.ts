@@ -54,6 +54,7 @@ export function createAwsProvider(settings: AwsSettings, ctx: ProviderContext, o
   const provider: AwsProvider = {
     kind: 'aws',
     minTtlSeconds: STS_MIN_DURATION,
+    upstream: true,
     denyList,
     revocable: () => settings.revocation === 'iam-deny',
 

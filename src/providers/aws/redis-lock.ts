@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
-import type { Redis } from 'ioredis';
+import type { RedisClient } from '../../redis/scripts.ts';
 
 /** Deletes the lock only if we still hold it (a lapsed lock may belong to someone else by now). */
 const RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end";
@@ -10,7 +10,7 @@ const RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call
  * undefined without running `fn` when the lock stays busy for `waitMs`.
  */
 export async function withRedisLock<T>(
-  redis: Redis,
+  redis: RedisClient,
   key: string,
   opts: { ttlMs: number; waitMs: number },
   fn: () => Promise<T>,

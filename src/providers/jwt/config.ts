@@ -18,8 +18,12 @@ export const jwtSettingsSchema = z
     alg: z.enum(['ES256', 'EdDSA']).default('ES256'),
     /** How long a retired signing key stays in the JWKS after its last token could have expired. */
     retireGraceSeconds: z.int().min(0).max(86_400).default(60),
-    /** A new signing key is published this long before it signs anything, so JWKS caches can pick it up. */
-    publishLeadSeconds: z.int().min(0).max(3600).default(5),
+    /**
+     * A new signing key is in the JWKS this long before it signs anything. Longer than jose's
+     * 30 s refetch cooldown plus the JWKS max-age (60 s), so a resource server that cached the
+     * key set before a rotation knows the new key before it sees a token signed with it.
+     */
+    publishLeadSeconds: z.int().min(0).max(3600).default(90),
   })
-  .default({ alg: 'ES256', retireGraceSeconds: 60, publishLeadSeconds: 5 });
+  .default({ alg: 'ES256', retireGraceSeconds: 60, publishLeadSeconds: 90 });
 export type JwtSettings = z.infer<typeof jwtSettingsSchema>;

@@ -1,5 +1,6 @@
+import type { LoadedConfig } from '../../config/load.ts';
 import type { SigningKeyStore } from '../../signing/key-store.ts';
-import type { IssueRequest, IssueResult, Provider, RotationResult } from '../types.ts';
+import type { IssueRequest, IssueResult, Provider, ProviderExtras, RotationResult } from '../types.ts';
 import type { JwtRoleConfig } from './config.ts';
 
 /**
@@ -12,20 +13,27 @@ export function actClaim(delegators: readonly string[]): Record<string, unknown>
   return act;
 }
 
+interface RotationTimes {
+  leadMs: number;
+  maxTokenTtlMs: number;
+  graceMs: number;
+}
+
 /**
  * The built-in provider: RFC 9068 JWT access tokens signed by the broker.
- * Revocation needs no upstream call: the lease is marked and introspection
- * answers inactive at once. A token verified offline stays valid until `exp`,
- * which is why jwt roles keep short TTLs.
+ * Nothing upstream: revocation marks the lease and introspection answers
+ * inactive at once. A token verified offline stays valid until `exp`, which
+ * is why jwt roles keep short TTLs.
  */
 export class JwtProvider implements Provider<JwtRoleConfig> {
   readonly kind = 'jwt' as const;
   readonly minTtlSeconds = 1;
+  readonly upstream = false;
   private readonly keys: SigningKeyStore;
   private readonly issuer: string;
-  private readonly rotation: { leadMs: number; maxTokenTtlMs: number; graceMs: number };
+  private readonly rotation: RotationTimes;
 
-  constructor(deps: { keys: SigningKeyStore; issuer: string; rotation: { leadMs: number; maxTokenTtlMs: number; graceMs: number } }) {
+  constructor(deps: { keys: SigningKeyStore; issuer: string; rotation: RotationTimes }) {
     this.keys = deps.keys;
     this.issuer = deps.issuer;
     this.rotation = deps.rotation;
@@ -36,7 +44,8 @@ export class JwtProvider implements Provider<JwtRoleConfig> {
   }
 
   async issue(req: IssueRequest<JwtRoleConfig>): Promise<IssueResult> {
-    const iat = Math.floor(Date.now() / 1000);
+    // iat/exp on Redis's clock (the lease expiry is decided on it too).
+    const iat = Math.floor(this.keys.now() / 1000);
     const exp = iat + req.ttlSeconds;
     const scope = req.scopes.join(' ');
     const act = actClaim(req.task.delegators);
@@ -66,15 +75,32 @@ export class JwtProvider implements Provider<JwtRoleConfig> {
     // Nothing upstream: the lease status is what introspection checks.
   }
 
-  async rotate(): Promise<RotationResult> {
-    const r = await this.keys.rotate(this.rotation);
+  async rotate(_distribute?: unknown, opts: { immediate?: boolean } = {}): Promise<RotationResult> {
+    const r = await this.keys.rotate({ ...this.rotation, immediate: opts.immediate === true });
     return {
       target: 'signing-key',
       rotated: ['signing-key'],
-      detail: { kid: r.kid, activatesAt: new Date(r.activateAt).toISOString(), retiring: r.retired },
+      detail: { kid: r.kid, activatesAt: new Date(r.activateAt).toISOString(), retiring: r.retired, immediate: opts.immediate === true },
       secret: {},
     };
   }
 
   async close(): Promise<void> {}
+}
+
+/** Factory used by the jwt descriptor. */
+export function createJwtProvider(extra: ProviderExtras): JwtProvider {
+  const keys = extra.signing as SigningKeyStore;
+  const config = extra.config as LoadedConfig;
+  const jwtTtls = Object.values(config.roles).flatMap((r) => (r.provider === 'jwt' ? [r.maxTtlSeconds] : []));
+  const settings = config.providers.jwt;
+  return new JwtProvider({
+    keys,
+    issuer: config.server.publicUrl,
+    rotation: {
+      leadMs: settings.publishLeadSeconds * 1000,
+      maxTokenTtlMs: Math.max(60, ...jwtTtls) * 1000,
+      graceMs: settings.retireGraceSeconds * 1000,
+    },
+  });
 }

@@ -24,7 +24,12 @@ export const vaultRoleSchema = z
       .strictObject({
         policies: z.array(vaultPolicyName).min(1).max(64),
         numUses: z.int().min(0).max(1_000_000).optional(),
-        noDefaultPolicy: z.boolean().default(true),
+        /**
+         * Also attach Vault's `default` policy (lookup-self, renew-self, revoke-self). Off by
+         * default (least privilege); turn it on for standard Vault clients that call
+         * `auth/token/lookup-self` at start-up.
+         */
+        defaultPolicy: z.boolean().default(false),
       })
       .optional(),
     maxTtlSeconds: z.int().min(1).max(86_400).default(3600),
@@ -54,6 +59,12 @@ export const vaultSettingsSchema = z.strictObject({
     }),
   ]),
   requestTimeoutMs: z.int().min(100).max(60_000).default(5000),
+  /**
+   * Credentials are created with this TTL and extended to the granted TTL only once the lease
+   * is recorded, so one made by an instance that dies before recording it dies by itself
+   * within this time (contract section 5).
+   */
+  issueTtlSeconds: z.int().min(5).max(3600).default(60),
   rotationPeriodSeconds: z.int().min(60).optional(),
 });
 export type VaultSettings = z.infer<typeof vaultSettingsSchema>;

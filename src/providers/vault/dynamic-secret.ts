@@ -5,7 +5,7 @@ import type { VaultRoleConfig } from './config.ts';
 import { issueError, safeCause } from './errors.ts';
 import { revokeAccessor } from './revoke.ts';
 import type { VaultSession } from './session.ts';
-import { displayName, tokenMeta } from './token-role.ts';
+import { displayName, shortLived, tokenMeta } from './token-role.ts';
 
 interface SecretResponse {
   lease_id?: string;
@@ -24,15 +24,20 @@ interface SecretResponse {
  * Vault end it at the effective TTL even if the broker never calls back.
  * The lease keeps the Vault lease_id and the reader's accessor, never a token.
  */
-export async function issueDynamicSecret(session: VaultSession, req: IssueRequest<VaultRoleConfig>, logger: Logger): Promise<IssueResult> {
+export async function issueDynamicSecret(
+  session: VaultSession,
+  req: IssueRequest<VaultRoleConfig>,
+  logger: Logger,
+  issueTtl: number,
+  now: () => number,
+): Promise<IssueResult> {
   const path = req.role.path!;
   let reader: { client_token: string; accessor: string };
   try {
     const res = await session.call((c) =>
       c.write('auth/token/create-orphan', {
-        ttl: `${req.ttlSeconds}s`,
-        explicit_max_ttl: `${req.ttlSeconds}s`,
-        renewable: false,
+        // Short-lived until the lease is recorded: an orphaned reader (and the secret it read) dies within issueTtl.
+        ...shortLived(req, issueTtl),
         display_name: displayName('jit-reader', req),
         meta: tokenMeta(req),
       }),
@@ -67,6 +72,6 @@ export async function issueDynamicSecret(session: VaultSession, req: IssueReques
   return {
     credentials: { ...(secret.data ?? {}), lease_id: secret.lease_id, lease_duration: seconds },
     handle: { kind: 'secret', leaseId: secret.lease_id, accessor: reader.accessor, path },
-    expiresAt: Date.now() + seconds * 1000,
+    expiresAt: now() + seconds * 1000,
   };
 }

@@ -1,10 +1,11 @@
 import { ConfigError } from '../../errors.ts';
 import type { Logger } from '../../logger.ts';
 import type { LeaseRecord } from '../../leases/types.ts';
-import { Keys } from '../../redis.ts';
-import type { IssueRequest, IssueResult, Provider, ProviderContext, RotationResult } from '../types.ts';
+import { Keys } from '../../redis/keys.ts';
+import type { IssueIntent, IssueRequest, IssueResult, Provider, ProviderContext, RotationResult } from '../types.ts';
 import { vaultSettingsSchema, type VaultRoleConfig, type VaultSettings } from './config.ts';
 import { issueDynamicSecret } from './dynamic-secret.ts';
+import { issueError } from './errors.ts';
 import { revokeHandle } from './revoke.ts';
 import { rotateSecretId, useSecretId } from './rotate.ts';
 import { VaultSession } from './session.ts';
@@ -21,20 +22,49 @@ export type { VaultRoleConfig, VaultSettings } from './config.ts';
 export class VaultProvider implements Provider<VaultRoleConfig> {
   readonly kind = 'vault' as const;
   readonly minTtlSeconds = 1;
+  readonly upstream = true;
   private readonly session: VaultSession;
   private readonly logger: Logger;
+  private readonly issueTtl: number;
+  private readonly now: () => number;
 
-  constructor(session: VaultSession, logger: Logger) {
+  constructor(session: VaultSession, logger: Logger, opts: { issueTtlSeconds: number; clock?: (() => number) | undefined }) {
     this.session = session;
     this.logger = logger;
+    this.issueTtl = opts.issueTtlSeconds;
+    this.now = opts.clock ?? Date.now;
   }
 
   revocable(): boolean {
     return true;
   }
 
+  /**
+   * Nothing of the credential is known before Vault answers (Vault cannot be
+   * searched by token metadata without sudo over every token), so it is made
+   * short-lived instead: an issuance interrupted before the lease records it
+   * leaves a token that dies within `issueTtlSeconds`.
+   */
+  intent(): IssueIntent {
+    return { handle: {}, orphanMs: (this.issueTtl + 30) * 1000 };
+  }
+
   issue(req: IssueRequest<VaultRoleConfig>): Promise<IssueResult> {
-    return req.role.token ? issueTokenRole(this.session, req) : issueDynamicSecret(this.session, req, this.logger);
+    return req.role.token
+      ? issueTokenRole(this.session, req, this.issueTtl, this.now)
+      : issueDynamicSecret(this.session, req, this.logger, this.issueTtl, this.now);
+  }
+
+  /** The lease is recorded: extend the short-lived token (or reader token) to the granted TTL. */
+  async confirm(req: IssueRequest<VaultRoleConfig>, result: IssueResult): Promise<void> {
+    const accessor = result.handle.accessor;
+    if (req.ttlSeconds <= this.issueTtl || typeof accessor !== 'string') return;
+    try {
+      // Capped by Vault at the token's explicit max TTL (the granted TTL from creation).
+      await this.session.call((c) => c.write('auth/token/renew-accessor', { accessor, increment: `${req.ttlSeconds}s` }));
+    } catch (err) {
+      throw issueError(err, 'extending the new token to its granted TTL');
+    }
   }
 
   revoke(lease: LeaseRecord): Promise<void> {
@@ -105,5 +135,5 @@ export async function createVaultProvider(settings: VaultSettings, ctx: Provider
       throw err;
     logger.warn('vault: the configured AppRole secret-id was refused; switching to the rotated one distributed in Redis');
   }
-  return new VaultProvider(session, logger);
+  return new VaultProvider(session, logger, { issueTtlSeconds: parsed.data.issueTtlSeconds, clock: ctx.clock });
 }

@@ -99,7 +99,7 @@ export async function rotateSecretId(
 export async function useSecretId(session: VaultSession, secret: Record<string, string>): Promise<void> {
   if (!session.approle) throw unsupported('The Vault provider uses token auth; there is no secret-id to switch to.');
   const secretId = secret.secretId;
-  if (typeof secretId !== 'string' || !secretId) throw badRequest('invalid_secret', 'Expected { secretId } from a Vault rotation.');
+  if (typeof secretId !== 'string' || !secretId) throw new Error('expected { secretId } from a Vault rotation');
   if (secretId === session.secretId) return;
   await session.exclusive(async () => {
     let token;

@@ -1,4 +1,4 @@
-import { forbidden, upstreamFailed } from '../../errors.ts';
+import { upstreamFailed } from '../../errors.ts';
 import type { IssueRequest, IssueResult } from '../types.ts';
 import type { VaultRoleConfig } from './config.ts';
 import { issueError } from './errors.ts';
@@ -18,26 +18,33 @@ export const tokenMeta = (req: IssueRequest<VaultRoleConfig>): Record<string, st
 });
 
 /**
- * A token role: an orphan token with the role's policies, narrowed to the
- * request's scopes. Orphan, so it does not die with the broker's own token
- * (which is renewed, replaced and rotated independently). TTL and explicit
- * max TTL are both the effective TTL and it is not renewable: Vault itself
- * ends it on time even if the broker never calls back. The lease keeps only
- * the accessor.
+ * The TTL fields of a token created short-lived: it lives `issueTtl` unless
+ * the broker extends it once the lease is recorded, and never past the
+ * granted TTL (its explicit max, counted from creation).
  */
-export async function issueTokenRole(session: VaultSession, req: IssueRequest<VaultRoleConfig>): Promise<IssueResult> {
+export function shortLived(req: IssueRequest<VaultRoleConfig>, issueTtl: number) {
+  return { ttl: `${Math.min(issueTtl, req.ttlSeconds)}s`, explicit_max_ttl: `${req.ttlSeconds}s`, renewable: true };
+}
+
+/**
+ * A token role: an orphan token with exactly the requested policies (scopes
+ * are literal: the core has checked them against the grant and refused an
+ * empty list), plus Vault's `default` policy only when the role sets
+ * `token.defaultPolicy`. Orphan, so it does not die with the broker's own
+ * token. Created short-lived (see `shortLived`); the lease keeps only the accessor.
+ */
+export async function issueTokenRole(
+  session: VaultSession,
+  req: IssueRequest<VaultRoleConfig>,
+  issueTtl: number,
+  now: () => number,
+): Promise<IssueResult> {
   const spec = req.role.token!;
-  const policies = req.scopes.length ? [...new Set(req.scopes)] : spec.policies;
-  const outside = policies.filter((p) => !spec.policies.includes(p));
-  if (outside.length) {
-    throw forbidden('scope_not_allowed', `Scopes that are not policies of role ${req.roleName}: ${outside.join(', ')}.`);
-  }
+  const policies = [...new Set(req.scopes)];
   const body = {
     policies,
-    ttl: `${req.ttlSeconds}s`,
-    explicit_max_ttl: `${req.ttlSeconds}s`,
-    renewable: false,
-    no_default_policy: spec.noDefaultPolicy,
+    ...shortLived(req, issueTtl),
+    no_default_policy: !spec.defaultPolicy,
     display_name: displayName('jit', req),
     meta: tokenMeta(req),
     ...(spec.numUses ? { num_uses: spec.numUses } : {}),
@@ -50,10 +57,9 @@ export async function issueTokenRole(session: VaultSession, req: IssueRequest<Va
   }
   const auth = res?.auth;
   if (!auth?.client_token || !auth.accessor) throw upstreamFailed('upstream_error', 'Vault answered the token request without a token.');
-  const ttl = auth.lease_duration ?? req.ttlSeconds;
   return {
-    credentials: { token: auth.client_token, accessor: auth.accessor, policies: auth.policies ?? policies, expires_in: ttl },
+    credentials: { token: auth.client_token, accessor: auth.accessor, policies: auth.policies ?? policies, expires_in: req.ttlSeconds },
     handle: { kind: 'token', accessor: auth.accessor },
-    expiresAt: Date.now() + ttl * 1000,
+    expiresAt: now() + req.ttlSeconds * 1000,
   };
 }

@@ -157,7 +157,7 @@ describe('aws roles through the broker API', () => {
 
     // The lease: active, and the record in Redis holds no secret.
     expect(await lease(r.body.leaseId)).toMatchObject({ leaseId: r.body.leaseId, status: 'active', role: 'reports-bucket' });
-    const raw = JSON.stringify(await t.broker.deps.redis.hgetall(`${t.prefix}:lease:${r.body.leaseId}`));
+    const raw = JSON.stringify(await t.broker.deps.redis.hgetall(t.broker.deps.keys.lease(r.body.leaseId)));
     expect(raw).toContain(r.body.leaseId);
     expect(raw).not.toContain(c.SecretAccessKey);
     expect(raw).not.toContain(c.SessionToken);
@@ -202,7 +202,7 @@ describe('aws roles through the broker API', () => {
     expect((await whoAmI(sessionCreds(keep.body.credentials))).ok).toBe(true);
 
     // The lease, even revoked, never held the secret.
-    const raw = JSON.stringify(await t.broker.deps.redis.hgetall(`${t.prefix}:lease:${r.body.leaseId}`));
+    const raw = JSON.stringify(await t.broker.deps.redis.hgetall(t.broker.deps.keys.lease(r.body.leaseId)));
     expect(raw).not.toContain(creds.secretAccessKey);
     expect(raw).not.toContain(creds.sessionToken);
   });
@@ -223,7 +223,9 @@ describe('aws roles through the broker API', () => {
     const [l] = task.body.leases;
     expect(l.status).not.toBe('active');
     expect((await lease(l.leaseId)).status).toBe('failed');
-    expect(await t.broker.deps.redis.zscore(`${t.prefix}:leases:live`, l.leaseId)).toBeNull();
+    expect(
+      await t.broker.deps.redis.zscore(t.broker.deps.keys.liveLeases(t.broker.deps.keys.bucketOfId(l.leaseId)!), l.leaseId),
+    ).toBeNull();
 
     // Back up: the same request succeeds.
     const ok = await issue({ taskId, role: 'reports-bucket' });

@@ -87,6 +87,8 @@ export function task(extra: Partial<TaskRecord> = {}): TaskRecord {
     depth: 0,
     delegators: [],
     requestHash: 'x',
+    ttlSeconds: 3600,
+    liveLeases: 0,
     ...extra,
   };
 }
@@ -111,6 +113,7 @@ export function leaseFor(req: IssueRequest<AwsRoleConfig>, handle: LeaseRecord['
     leaseId: req.leaseId,
     taskId: req.task.taskId,
     role: req.roleName,
+    ttlSeconds: req.ttlSeconds,
     provider: 'aws',
     agent: req.agent,
     scopes: req.scopes,

@@ -57,7 +57,7 @@ describe('revoke (iam-deny)', () => {
     const b = await issue(w.provider, role);
     expect(await code(a.client)).toBe('ok');
 
-    await w.provider.revoke(a.lease, role.config);
+    await w.provider.revoke(a.lease, role.config, { reason: 'revoked_by_caller' });
     expect(await code(a.client)).toBe('AccessDenied');
     expect(await code(b.client)).toBe('ok');
     expect(w.emu.rolePolicy(role.roleName, POLICY)).toEqual({
@@ -73,7 +73,7 @@ describe('revoke (iam-deny)', () => {
       ],
     });
 
-    await w.provider.revoke(a.lease, role.config);
+    await w.provider.revoke(a.lease, role.config, { reason: 'revoked_by_caller' });
     expect(deniedIds(role.roleName)).toEqual([a.userId]);
     expect(await w.provider.denyList.entries(role.arn)).toEqual([a.userId]);
   });
@@ -82,7 +82,7 @@ describe('revoke (iam-deny)', () => {
     const role = freshRole('r-concurrent');
     const workers = [w.provider, w.makeProvider(), w.makeProvider()];
     const sessions = await Promise.all(Array.from({ length: 12 }, () => issue(w.provider, role)));
-    await Promise.all(sessions.map((s, i) => workers[i % workers.length]!.revoke(s.lease, role.config)));
+    await Promise.all(sessions.map((s, i) => workers[i % workers.length]!.revoke(s.lease, role.config, { reason: 'revoked_by_caller' })));
     expect(deniedIds(role.roleName).sort()).toEqual(sessions.map((s) => s.userId).sort());
     for (const s of sessions) expect(await code(s.client)).toBe('AccessDenied');
   });
@@ -91,8 +91,10 @@ describe('revoke (iam-deny)', () => {
     const role = freshRole('r-expired');
     const a = await issue(w.provider, role);
     const before = w.emu.requests('PutRolePolicy').length;
-    await w.provider.revoke({ ...a.lease, handle: { ...a.lease.handle, expiresAt: w.emu.now() - 1 } }, role.config);
-    await w.provider.revoke({ ...a.lease, handle: {} }, role.config);
+    await w.provider.revoke({ ...a.lease, handle: { ...a.lease.handle, expiresAt: w.emu.now() - 1 } }, role.config, {
+      reason: 'revoked_by_caller',
+    });
+    await w.provider.revoke({ ...a.lease, handle: {} }, role.config, { reason: 'revoked_by_caller' });
     expect(w.emu.requests('PutRolePolicy').length).toBe(before);
   });
 
@@ -100,8 +102,8 @@ describe('revoke (iam-deny)', () => {
     const role = freshRole('r-prune', 7200);
     const short = await issue(w.provider, role, 900);
     const long = await issue(w.provider, role, 3600);
-    await w.provider.revoke(short.lease, role.config);
-    await w.provider.revoke(long.lease, role.config);
+    await w.provider.revoke(short.lease, role.config, { reason: 'revoked_by_caller' });
+    await w.provider.revoke(long.lease, role.config, { reason: 'revoked_by_caller' });
     expect(deniedIds(role.roleName).sort()).toEqual([short.userId, long.userId].sort());
 
     w.emu.advanceTime(901_000);
@@ -129,7 +131,7 @@ describe('revoke (iam-deny)', () => {
     const revoked = [];
     for (let i = 0; i < 8; i++) {
       const s = await issue(small, role);
-      await small.revoke(s.lease, role.config);
+      await small.revoke(s.lease, role.config, { reason: 'revoked_by_caller' });
       revoked.push(s);
     }
     expect(events).toHaveLength(1);
@@ -151,7 +153,7 @@ describe('revoke (iam-deny)', () => {
     try {
       const later = await issue(small, role);
       expect(await code(later.client)).toBe('ok');
-      await small.revoke(later.lease, role.config);
+      await small.revoke(later.lease, role.config, { reason: 'revoked_by_caller' });
       expect(await code(later.client)).toBe('AccessDenied');
       expect(deniedIds(role.roleName)).toContain(later.userId);
       expect(deniedIds(role.roleName).length).toBeLessThan(4); // the list started over after the cut-off
@@ -185,7 +187,7 @@ describe('revoke (iam-deny)', () => {
     const sessions = [];
     for (let i = 0; i < 40 && events.length === 0; i++) {
       const s = await issue(p, role);
-      await p.revoke(s.lease, role.config);
+      await p.revoke(s.lease, role.config, { reason: 'revoked_by_caller' });
       sessions.push(s);
     }
     expect(events).toEqual([expect.objectContaining({ reason: 'iam_limit' })]);
@@ -196,11 +198,13 @@ describe('revoke (iam-deny)', () => {
     const role = freshRole('r-retry');
     const a = await issue(w.provider, role);
     w.emu.setThrottle(3, 'PutRolePolicy');
-    await expect(w.provider.revoke(a.lease, role.config)).rejects.toBeInstanceOf(RetryableUpstreamError);
+    await expect(w.provider.revoke(a.lease, role.config, { reason: 'revoked_by_caller' })).rejects.toBeInstanceOf(RetryableUpstreamError);
     w.emu.failNext(3, { action: 'PutRolePolicy' });
-    await expect(w.provider.revoke(a.lease, role.config)).rejects.toMatchObject({ code: 'upstream_unavailable' });
+    await expect(w.provider.revoke(a.lease, role.config, { reason: 'revoked_by_caller' })).rejects.toMatchObject({
+      code: 'upstream_unavailable',
+    });
     w.emu.setThrottle(1, 'PutRolePolicy'); // one blip is absorbed by the provider's own retry
-    await w.provider.revoke(a.lease, role.config);
+    await w.provider.revoke(a.lease, role.config, { reason: 'revoked_by_caller' });
     expect(await code(a.client)).toBe('AccessDenied');
   });
 
@@ -208,7 +212,7 @@ describe('revoke (iam-deny)', () => {
     const role = freshRole('r-none');
     const p = w.makeProvider({ revocation: 'none' });
     const a = await issue(p, role);
-    await p.revoke(a.lease, role.config);
+    await p.revoke(a.lease, role.config, { reason: 'revoked_by_caller' });
     expect(p.revocable(role.config)).toBe(false);
     expect(w.emu.rolePolicyNames(role.roleName)).toEqual([]);
     expect(await code(a.client)).toBe('ok');

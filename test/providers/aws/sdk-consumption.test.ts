@@ -24,7 +24,7 @@ let dir: string;
 const seen: { taskId: string; role: string; scopes?: string[] }[] = [];
 
 async function issue(identityToken: string, body: { taskId: string; role: string; scopes?: string[] }) {
-  if (identityToken !== JWT) throw unauthenticated('invalid_identity', 'The workload identity is not valid.');
+  if (identityToken !== JWT) throw unauthenticated('identity_invalid', 'The workload identity is not valid.');
   if (body.role !== 'reports-bucket') throw forbidden('role_not_granted', `Role "${body.role}" is not granted to this task.`);
   seen.push(body);
   const role = roleConfig(w.role.arn, { resources: ['arn:aws:s3:::reports/*'] });

@@ -1,6 +1,6 @@
 import nodeVault from 'node-vault';
 import { startVaultEmulator, type VaultEmulator } from '../../emulators/vault/index.ts';
-import { AGENT, ORCH, call, startTestBroker, waitFor, type TestBroker } from '../../helpers/broker.ts';
+import { AGENT, ORCH, auditRecords, call, startTestBroker, waitFor, type TestBroker } from '../../helpers/broker.ts';
 import { BROKER_POLICY, vaultFailure } from './helpers.ts';
 
 /**
@@ -35,10 +35,9 @@ beforeAll(async () => {
         'orders-db': { provider: 'vault', path: 'database/creds/orders-readonly' },
         'vault-ops': { provider: 'vault', token: { policies: ['ops-read', 'ops-write'] } },
       },
-      // More attempts than the default test config, so a revocation outlives a short seal.
       revocation: {
-        attempts: 12,
         backoffMs: 50,
+        maxBackoffMs: 500,
         reconcileIntervalMs: 60_000,
         concurrency: 8,
         lockMs: 1000,
@@ -98,7 +97,9 @@ describe('vault roles through the broker API', () => {
 
     const agent = vault(c.token);
     const self = await agent.tokenLookupSelf();
-    expect(self.data).toMatchObject({ accessor: c.accessor, policies: ['ops-read', 'ops-write'], renewable: false, orphan: true });
+    // Renewable only up to its explicit max TTL (the granted TTL): it was created short-lived and extended once recorded.
+    expect(self.data).toMatchObject({ accessor: c.accessor, policies: ['ops-read', 'ops-write'], explicit_max_ttl: 120, orphan: true });
+    expect(self.data.ttl).toBeGreaterThan(100);
     expect(self.data.meta).toMatchObject({ task_id: taskId, lease_id: r.body.leaseId, agent: agentId, role: 'vault-ops' });
     expect(self.data.ttl).toBeGreaterThan(100);
     expect(self.data.ttl).toBeLessThanOrEqual(120);
@@ -157,7 +158,7 @@ describe('vault roles through the broker API', () => {
     const redis = t.broker.deps.redis;
     const secrets = [c.password, tok.body.credentials.token];
     for (const id of [db.body.leaseId, tok.body.leaseId]) {
-      const raw = await redis.hgetall(`${t.prefix}:lease:${id}`);
+      const raw = await redis.hgetall(t.broker.deps.keys.lease(id));
       expect(raw.status).toBe('active');
       const text = JSON.stringify(raw);
       for (const s of secrets) expect(text).not.toContain(s);
@@ -166,8 +167,8 @@ describe('vault roles through the broker API', () => {
       for (const s of secrets) expect(pub).not.toContain(s);
     }
     // The revoke handle is there (identifiers only): the accessor for a token role.
-    expect(JSON.stringify(await redis.hgetall(`${t.prefix}:lease:${tok.body.leaseId}`))).toContain(tok.body.credentials.accessor);
-    const audit = JSON.stringify(await redis.xrange(`${t.prefix}:audit`, '-', '+'));
+    expect(JSON.stringify(await redis.hgetall(t.broker.deps.keys.lease(tok.body.leaseId)))).toContain(tok.body.credentials.accessor);
+    const audit = JSON.stringify(await auditRecords(t.broker.deps.redis, t.broker.deps.keys));
     expect(audit).toContain(db.body.leaseId);
     for (const s of secrets) expect(audit).not.toContain(s);
   });
@@ -239,7 +240,7 @@ describe('vault roles through the broker API', () => {
     }
   });
 
-  test('Vault sealed during issuance: 503 upstream_sealed, the lease is failed (not active), and /readyz says not ready', async () => {
+  test('Vault sealed during issuance: 503 upstream_sealed, the lease is failed (not active), and /readyz reports the upstream down while staying ready', async () => {
     const taskId = await openTask();
     emu.seal();
     for (const role of ['vault-ops', 'orders-db']) {
@@ -254,9 +255,10 @@ describe('vault roles through the broker API', () => {
         detail: expect.any(String),
       });
     }
+    // A sealed Vault is reported, but does not take the broker out of rotation: JWT roles still issue.
     const ready = await call(t.url, 'GET', '/readyz', {});
-    expect(ready.status).toBe(503);
-    expect(ready.body.checks['provider:vault']).toBe(false);
+    expect(ready.status).toBe(200);
+    expect(ready.body.upstreams.vault).toBe(false);
 
     const task = await call(t.url, 'GET', `/v1/tasks/${taskId}`, t.as(ORCH));
     expect(task.body.leases).toHaveLength(2);
@@ -264,7 +266,12 @@ describe('vault roles through the broker API', () => {
       expect(l).toMatchObject({ status: 'failed', lastError: 'upstream_sealed' });
       expect((await lease(l.leaseId)).status).toBe('failed');
     }
-    expect(await t.broker.deps.redis.zscore(`${t.prefix}:leases:live`, task.body.leases[0].leaseId)).toBeNull();
+    expect(
+      await t.broker.deps.redis.zscore(
+        t.broker.deps.keys.liveLeases(t.broker.deps.keys.bucketOfId(task.body.leases[0].leaseId)!),
+        task.body.leases[0].leaseId,
+      ),
+    ).toBeNull();
 
     emu.unseal();
     expect((await issue({ taskId, role: 'vault-ops' })).status).toBe(201);
@@ -286,7 +293,7 @@ describe('vault roles through the broker API', () => {
     expect((await lease(tok.body.leaseId)).status).toBe('revoke_failed');
     expect(emu.isTokenValid(tok.body.credentials.token)).toBe(true);
     expect(emu.isDbUserValid(db.body.credentials.username)).toBe(true);
-    const audit = (await t.broker.deps.redis.xrange(`${t.prefix}:audit`, '-', '+')).map(([, f]) => JSON.parse(f[1]!));
+    const audit = await auditRecords(t.broker.deps.redis, t.broker.deps.keys);
     expect(audit.filter((a) => a.action === 'lease.revoke_failed' && a.leaseId === tok.body.leaseId)[0]).toMatchObject({
       decision: 'error',
       reason: 'upstream_sealed',

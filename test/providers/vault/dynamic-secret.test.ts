@@ -36,7 +36,12 @@ describe('vault dynamic secrets', () => {
     expect(JSON.stringify(res.handle)).not.toContain(res.credentials.password as string);
     expect(emu.isDbUserValid(res.credentials.username as string)).toBe(true);
     // Read with a per-lease reader token that Vault expires at the effective TTL.
-    expect(emu.tokenByAccessor(res.handle.accessor as string)).toMatchObject({ explicitMaxTtl: 120, renewable: false, orphan: true });
+    expect(emu.tokenByAccessor(res.handle.accessor as string)).toMatchObject({
+      explicitMaxTtl: 120,
+      creationTtl: 60,
+      renewable: true,
+      orphan: true,
+    });
     const look = await vaultClient(emu, emu.rootToken).write('sys/leases/lookup', { lease_id: res.credentials.lease_id });
     expect(look.data.ttl).toBeGreaterThan(3500);
   });

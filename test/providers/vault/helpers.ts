@@ -12,6 +12,7 @@ import { startVaultEmulator, type AppRoleOptions, type VaultEmulator } from '../
 export const BROKER_POLICY = [
   'auth/token/create-orphan',
   'auth/token/revoke-accessor',
+  'auth/token/renew-accessor',
   'sys/leases/revoke',
   'database/creds/*',
   'auth/approle/role/jit-broker/secret-id*',
@@ -50,7 +51,7 @@ export function vaultClient(emu: VaultEmulator, token: string) {
 
 export const tokenRole = (policies: string[], extra: Partial<NonNullable<VaultRoleConfig['token']>> = {}): VaultRoleConfig => ({
   provider: 'vault',
-  token: { policies, noDefaultPolicy: true, ...extra },
+  token: { policies, defaultPolicy: false, ...extra },
   maxTtlSeconds: 3600,
   approval: 'none',
 });
@@ -71,6 +72,8 @@ const task: TaskRecord = {
   depth: 0,
   delegators: [],
   requestHash: 'x',
+  ttlSeconds: 3600,
+  liveLeases: 0,
 };
 
 export function request(role: VaultRoleConfig, over: Partial<IssueRequest<VaultRoleConfig>> = {}): IssueRequest<VaultRoleConfig> {
@@ -80,7 +83,8 @@ export function request(role: VaultRoleConfig, over: Partial<IssueRequest<VaultR
     role,
     task,
     agent: task.agent,
-    scopes: [],
+    // What the core passes for a grant without scopes: the role's configured set (contract section 3).
+    scopes: role.token ? [...role.token.policies] : [],
     ttlSeconds: 120,
     ...over,
   };
@@ -92,6 +96,7 @@ export function leaseOf(req: IssueRequest<VaultRoleConfig>, res: IssueResult): L
     leaseId: req.leaseId,
     taskId: req.task.taskId,
     role: req.roleName,
+    ttlSeconds: req.ttlSeconds,
     provider: 'vault',
     agent: req.agent,
     scopes: req.scopes,

@@ -1,0 +1,126 @@
+import { deny } from '../authz.ts';
+import type { Deps } from '../deps.ts';
+import { badRequest, notFound } from '../errors.ts';
+import { IdentityPatterns } from '../identity/patterns.ts';
+import type { QuarantineEntry } from '../identity/quarantine.ts';
+import type { WorkloadIdentity } from '../identity/types.ts';
+import type { RotationService } from '../ops/rotation.ts';
+import type { TaskService } from '../tasks/task-service.ts';
+
+/** Exactly one selector of the kill switch. */
+export type RevokeSelector = { agent: string } | { tenant: string } | { taskId: string };
+
+/**
+ * The operators' kill switch and quarantine (contract section 3, "Finding
+ * things and stopping things"). Both are admin-only and audited with the
+ * admin as actor; a refusal is audited too.
+ */
+export class AdminService {
+  private readonly deps: Deps;
+  private readonly tasks: TaskService;
+  private readonly rotation: RotationService;
+
+  constructor(deps: Deps, tasks: TaskService, rotation: RotationService) {
+    this.deps = deps;
+    this.tasks = tasks;
+    this.rotation = rotation;
+  }
+
+  /** Refuses (403 not_admin, audited) unless `who` is an admin. */
+  async requireAdmin(who: WorkloadIdentity, what: string): Promise<void> {
+    if (!this.deps.patterns.admins.matches(who.id)) {
+      await deny(this.deps, who, 'not_admin', 'Only an admin may do this.', { action: 'access.deny', detail: { what } });
+    }
+  }
+
+  /**
+   * Ends every open task that matches (status `completed`, reason
+   * `revoked_by_admin`, sub-tasks included) and revokes their leases with the
+   * same reason: the worker cuts off what lives upstream (for AWS by the
+   * agent's SourceIdentity, one statement per agent).
+   */
+  async revoke(who: WorkloadIdentity, sel: RevokeSelector): Promise<{ tasks: number; leases: number }> {
+    await this.requireAdmin(who, 'admin.revoke');
+    const result = await this.endMatching(sel);
+    await this.deps.audit.append({
+      action: 'admin.revoke',
+      actor: who.id,
+      decision: 'ok',
+      reason: 'revoked_by_admin',
+      detail: { ...sel, tasks: result.tasks, leases: result.leases },
+    });
+    return result;
+  }
+
+  async quarantine(who: WorkloadIdentity, pattern: string, reason: string): Promise<QuarantineEntry & { tasks: number; leases: number }> {
+    await this.requireAdmin(who, 'quarantine.add');
+    if (new IdentityPatterns([pattern]).matches(who.id)) throw badRequest('quarantine_self', 'That pattern matches your own identity.');
+    const entry: QuarantineEntry = { pattern, reason, by: who.id, at: new Date(this.deps.clock.now()).toISOString() };
+    // Recorded first: the audit export is what restores quarantines after a Redis data loss.
+    await this.deps.audit.append({ action: 'quarantine.add', actor: who.id, decision: 'ok', reason, detail: { pattern } });
+    await this.deps.quarantine.add(entry);
+    await this.rotation.announce({ type: 'quarantine' });
+    const ended = await this.endMatching({ agent: pattern });
+    return { ...entry, ...ended };
+  }
+
+  async unquarantine(who: WorkloadIdentity, pattern: string): Promise<{ pattern: string; lifted: true }> {
+    await this.requireAdmin(who, 'quarantine.remove');
+    if (!this.deps.quarantine.list().some((e) => e.pattern === pattern)) {
+      await this.deps.quarantine.reload();
+      if (!this.deps.quarantine.list().some((e) => e.pattern === pattern))
+        throw notFound('quarantine_not_found', `No quarantine for ${pattern}.`);
+    }
+    await this.deps.audit.append({ action: 'quarantine.remove', actor: who.id, decision: 'ok', detail: { pattern } });
+    await this.deps.quarantine.remove(pattern);
+    await this.rotation.announce({ type: 'quarantine' });
+    return { pattern, lifted: true };
+  }
+
+  async quarantines(who: WorkloadIdentity): Promise<QuarantineEntry[]> {
+    await this.requireAdmin(who, 'quarantine.list');
+    await this.deps.quarantine.reload();
+    return this.deps.quarantine.list();
+  }
+
+  /** Ends every open task matching `sel` with its subtree; returns the tasks ended and their live leases. */
+  private async endMatching(sel: RevokeSelector): Promise<{ tasks: number; leases: number }> {
+    const ids: string[] = [];
+    if ('taskId' in sel) {
+      ids.push(sel.taskId);
+    } else {
+      const match =
+        'agent' in sel
+          ? (
+              (p: IdentityPatterns) => (t: { agent: string }) =>
+                p.matches(t.agent)
+            )(new IdentityPatterns([sel.agent]))
+          : (t: { tenant: string }) => t.tenant === sel.tenant;
+      for (let b = 0; b < this.deps.keys.buckets; b++) {
+        for await (const page of this.deps.tasks.openIn(b)) for (const t of page) if (match(t as never)) ids.push(t.taskId);
+      }
+    }
+    let tasks = 0;
+    let leases = 0;
+    // Parents first, so a matching sub-task is ended with its parent's subtree rather than on its own.
+    ids.sort((a, b) => a.length - b.length);
+    for (const id of ids) {
+      const before = await this.deps.tasks.get(id);
+      const res = await this.tasks.end(id, 'completed', 'revoked_by_admin');
+      if (res.kind !== 'ended') continue;
+      tasks += res.taskIds.length;
+      const all = await this.deps.tasks.getMany(res.taskIds);
+      leases += all.reduce((n, t) => n + t.liveLeases, 0) || (before?.liveLeases ?? 0);
+      await this.deps.audit.appendAll(
+        res.taskIds.map((taskId) => ({
+          action: 'task.revoke' as const,
+          actor: 'broker',
+          decision: 'ok' as const,
+          taskId,
+          reason: 'revoked_by_admin',
+        })),
+      );
+    }
+    return { tasks, leases };
+  }
+}

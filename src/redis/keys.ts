@@ -1,0 +1,226 @@
+import calculateSlot from 'cluster-key-slot';
+
+/** Redis Cluster's slot count. */
+export const SLOTS = 16_384;
+
+/** Slot of a key as Redis Cluster computes it (hash tag aware). */
+export const slotOf = (key: string): number => calculateSlot(key);
+
+/** Lease and approval ids: 32 lowercase hex characters, the first four being the bucket (see `Keys.newId`). */
+export const ID_PATTERN = /^[0-9a-f]{32}$/;
+
+/**
+ * Every Redis key the broker owns, in one place.
+ *
+ * Layout (why it looks like this):
+ * - Every key starts with `<prefix>:` (contract: everything lives under the prefix).
+ * - A task tree (a root task, its sub-tasks, their leases and approvals, the
+ *   indexes and the audit chain they touch) lives in one **bucket**: keys
+ *   `<prefix>:{<bucket tag>}:...`. Every Lua script and MULTI touches keys of
+ *   one bucket only, so on a Redis Cluster each is a single-slot operation,
+ *   while the buckets spread the tasks over every master. A bucket's tag is
+ *   chosen so that bucket i's slot falls in the i-th of N equal slot ranges:
+ *   a cluster whose masters own contiguous ranges (what `redis-cli --cluster
+ *   create` makes) gets an even share of buckets on each master.
+ * - The bucket of a task is derived from its root task id (the part before the
+ *   first `~`: sub-task ids are `<parent>~<name>`), so a sub-task lands next to
+ *   its parent. Lease and approval ids carry their bucket in their first four
+ *   hex digits, so they are found from the id alone.
+ * - Within a bucket, the id is always the LAST part of a key, after a kind
+ *   marker no other kind marker is a prefix of: two distinct ids can never
+ *   name the same key, whatever characters a caller puts in them (a task named
+ *   `t:leases` cannot touch the lease set of task `t`).
+ * - Broker-wide state (signing keys, quarantine list, data-loss marker, the
+ *   ops audit chain, locks) lives under one global tag. Single-key state
+ *   (replay markers, rate-limit counters) has no tag and spreads by key.
+ */
+export class Keys {
+  readonly prefix: string;
+  readonly buckets: number;
+  private readonly bases: string[];
+  private readonly globalBase: string;
+
+  constructor(prefix: string, buckets = 16) {
+    if (!Number.isInteger(buckets) || buckets < 1 || buckets > 1024) throw new Error('buckets must be an integer in 1..1024');
+    this.prefix = prefix;
+    this.buckets = buckets;
+    this.bases = Array.from({ length: buckets }, (_, i) => `${prefix}:{${bucketTag(prefix, i, buckets)}}:`);
+    this.globalBase = `${prefix}:{${prefix}}:`;
+  }
+
+  /** The bucket a task (and its whole tree) lives in. */
+  bucketOfTask(taskId: string): number {
+    const tilde = taskId.indexOf('~');
+    const root = tilde === -1 ? taskId : taskId.slice(0, tilde);
+    // Slot of the root id (a CRC16) spread over the buckets: stable across processes and restarts.
+    return calculateSlot(`task:${root}`) % this.buckets;
+  }
+
+  /** The bucket encoded in a lease or approval id, or undefined for an id that cannot be ours. */
+  bucketOfId(id: string): number | undefined {
+    if (!ID_PATTERN.test(id)) return undefined;
+    const b = Number.parseInt(id.slice(0, 4), 16);
+    return b < this.buckets ? b : undefined;
+  }
+
+  /** Key base (`<prefix>:{tag}:`) of a bucket; scripts build in-bucket keys from it. */
+  base(bucket: number): string {
+    const b = this.bases[bucket];
+    if (b === undefined) throw new Error(`no bucket ${bucket}`);
+    return b;
+  }
+
+  /** A new lease or approval id in `bucket`: 4 hex digits of bucket, 28 of randomness (112 bits). */
+  static newId(bucket: number, random: Buffer): string {
+    return bucket.toString(16).padStart(4, '0') + random.toString('hex').slice(0, 28);
+  }
+
+  private inTask(kind: string, taskId: string): string {
+    return `${this.base(this.bucketOfTask(taskId))}${kind}:${taskId}`;
+  }
+
+  private inId(kind: string, id: string): string {
+    const b = this.bucketOfId(id);
+    if (b === undefined) throw new Error('not a broker id');
+    return `${this.base(b)}${kind}:${id}`;
+  }
+
+  // --- per task (bucket of the task) ---
+  /** Hash: `d` (immutable JSON), status, createdAt, expiresAt, endedAt, reason, live (lease count), subtasks (root only). */
+  task(taskId: string): string {
+    return this.inTask('task', taskId);
+  }
+  /** Set of every lease id of a task. */
+  taskLeases(taskId: string): string {
+    return this.inTask('task-leases', taskId);
+  }
+  /** Set of the sub-task ids of a task. */
+  taskChildren(taskId: string): string {
+    return this.inTask('task-children', taskId);
+  }
+  /** Set of the pending approval ids of a task (the `tasks.maxPendingApprovals` bound). */
+  taskApprovals(taskId: string): string {
+    return this.inTask('task-approvals', taskId);
+  }
+  /** List of `<chain stream id>` of the task's audit records (evidence without scanning the chain). */
+  taskAudit(taskId: string): string {
+    return this.inTask('task-audit', taskId);
+  }
+
+  // --- per lease / approval (bucket from the id) ---
+  /** Hash: `d` (immutable JSON), t (task id), p (provider), status, expiresAt, handle, reason, revokedAt, lastError, attempts, endRequested. */
+  lease(leaseId: string): string {
+    return this.inId('lease', leaseId);
+  }
+  approval(approvalId: string): string {
+    return this.inId('approval', approvalId);
+  }
+
+  // --- per bucket ---
+  /** Sorted set: leases not yet ended, scored by when the sweeper must look at them (expiry, or the orphan deadline of an issuance). */
+  liveLeases(bucket: number): string {
+    return `${this.base(bucket)}leases-live`;
+  }
+  /** Sorted set: open tasks scored by deadline (ms). */
+  openTasks(bucket: number): string {
+    return `${this.base(bucket)}tasks-open`;
+  }
+  /** Sorted set: every task scored by creation time (lists, newest first). */
+  tasksByTime(bucket: number): string {
+    return `${this.base(bucket)}tasks-all`;
+  }
+  /** Sorted set: tasks of one agent by creation time. */
+  tasksByAgent(bucket: number, agent: string): string {
+    return `${this.base(bucket)}tasks-by-agent:${agent}`;
+  }
+  /** Sorted set: tasks opened by one identity by creation time. */
+  tasksByOpener(bucket: number, opener: string): string {
+    return `${this.base(bucket)}tasks-by-opener:${opener}`;
+  }
+  /** Sorted set: approvals by request time (status filtered when read). */
+  approvals(bucket: number): string {
+    return `${this.base(bucket)}approvals-all`;
+  }
+  /** Approval index: the current approval of one exact request (task, role, scopes, ttl). */
+  approvalFor(bucket: number, digest: string): string {
+    return `${this.base(bucket)}approval-for:${digest}`;
+  }
+
+  // --- audit chains: one per bucket, plus the broker-wide `ops` chain ---
+  auditBase(chain: AuditChain): string {
+    return chain === 'ops' ? this.globalBase : this.base(chain);
+  }
+  auditStream(chain: AuditChain): string {
+    return `${this.auditBase(chain)}audit`;
+  }
+  /** `<seq>:<hash>` of the chain's last record. */
+  auditHead(chain: AuditChain): string {
+    return `${this.auditBase(chain)}audit-head`;
+  }
+  /** The last HMAC seal of the chain head (JSON). */
+  auditSeal(chain: AuditChain): string {
+    return `${this.auditBase(chain)}audit-seal`;
+  }
+  /** `<seq>:<hash>` of the last record moved to the export file (the chain's first record in Redis links to it). */
+  auditExported(chain: AuditChain): string {
+    return `${this.auditBase(chain)}audit-exported`;
+  }
+  /** Every chain id, ops first. */
+  auditChains(): AuditChain[] {
+    return ['ops', ...Array.from({ length: this.buckets }, (_, i) => i)];
+  }
+
+  // --- broker-wide (global tag) ---
+  signingKeys(): string {
+    return `${this.globalBase}signing-keys`;
+  }
+  /** Random id written once per Redis dataset: its absence means Redis lost its data. */
+  epoch(): string {
+    return `${this.globalBase}epoch`;
+  }
+  /** Hash: settings that must not change under existing data (bucket count). */
+  meta(): string {
+    return `${this.globalBase}meta`;
+  }
+  /** Hash: quarantined identity pattern -> JSON { reason, by, at }. */
+  quarantine(): string {
+    return `${this.globalBase}quarantine`;
+  }
+  secrets(target: string): string {
+    return `${this.globalBase}secrets:${target}`;
+  }
+  lock(name: string): string {
+    return `${this.globalBase}lock:${name}`;
+  }
+  /** Pub/sub channel (not a key; on a Cluster PUBLISH reaches every node). */
+  channel(name: string): string {
+    return `${this.prefix}:events:${name}`;
+  }
+  /** Console sessions and other single-key state: no hash tag, spread by key. */
+  plain(kind: string, id: string): string {
+    return `${this.prefix}:${kind}:${id}`;
+  }
+  /** Replay marker of a token's jti. */
+  replay(trust: string, jtiHash: string): string {
+    return `${this.prefix}:jti:${trust}:${jtiHash}`;
+  }
+  /** BullMQ prefix of queue group `g` (or a named queue): its own hash tag so each queue's keys share a slot. */
+  queuePrefix(group: number | string): string {
+    return `${this.prefix}:{${this.prefix}:q${group}}`;
+  }
+}
+
+/** An audit chain: one per bucket, and `ops` for broker-wide events. */
+export type AuditChain = number | 'ops';
+
+/** The hash tag of bucket `i` of `n`: the first `<prefix>.<i>.<k>` whose slot falls in the i-th of n equal slot ranges. */
+function bucketTag(prefix: string, i: number, n: number): string {
+  const lo = Math.floor((i * SLOTS) / n);
+  const hi = Math.floor(((i + 1) * SLOTS) / n);
+  for (let k = 0; k < 1_000_000; k++) {
+    const tag = `${prefix}.${i}.${k}`;
+    const s = calculateSlot(tag);
+    if (s >= lo && s < hi) return tag;
+  }
+  return `${prefix}.${i}`;
+}

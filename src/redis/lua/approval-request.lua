@@ -1,0 +1,29 @@
+-- approval-request: the approval of one exact request (task, role, scopes, ttl as sent), creating a
+-- pending one if there is none, under the task's bound on pending approvals.
+-- uses: common
+-- KEYS[1] index: the current approval of this exact request
+-- KEYS[2] task hash
+-- KEYS[3] the task's pending approvals (set)
+-- KEYS[4] approvals of the bucket (zset, by request time)
+-- KEYS[5] new approval hash (used only when one is created)
+-- ARGV[1] key base of the bucket
+-- ARGV[2] new approval id
+-- ARGV[3] immutable part as JSON
+-- ARGV[4] maxPendingApprovals (0 = no bound)
+-- ARGV[5] retention in ms after the task's deadline
+-- Returns {'existing', id} | {'created', id, now} | {'task_closed'} | {'limit'}
+local cur = redis.call('GET', KEYS[1])
+if cur and redis.call('EXISTS', ARGV[1] .. 'approval:' .. cur) == 1 then return { 'existing', cur } end
+local st = redis.call('HGET', KEYS[2], 'status')
+local now = now_ms()
+if st ~= 'open' then return { 'task_closed' } end
+local deadline = tonumber(redis.call('HGET', KEYS[2], 'expiresAt'))
+if now >= deadline then return { 'task_closed' } end
+local max = tonumber(ARGV[4])
+if max > 0 and redis.call('SCARD', KEYS[3]) >= max then return { 'limit' } end
+redis.call('HSET', KEYS[5], 'd', ARGV[3], 'status', 'pending', 'requestedAt', now, 'expiresAt', deadline)
+redis.call('PEXPIREAT', KEYS[5], deadline + tonumber(ARGV[5]))
+redis.call('SET', KEYS[1], ARGV[2], 'PXAT', deadline)
+redis.call('SADD', KEYS[3], ARGV[2])
+redis.call('ZADD', KEYS[4], now, ARGV[2])
+return { 'created', ARGV[2], now }

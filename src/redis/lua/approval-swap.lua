@@ -1,0 +1,19 @@
+-- approval-swap: compare-and-set on an approval's status (pending -> approved|rejected by an approver;
+-- approved -> consumed by the one credential it covers). Leaving `pending` takes it off the task's
+-- pending set; consuming clears the request index so the next identical request asks again.
+-- uses: common
+-- KEYS[1] approval hash
+-- KEYS[2] the task's pending approvals (set)
+-- KEYS[3] request index of this approval
+-- ARGV[1] expected status
+-- ARGV[2] new status
+-- ARGV[3] approval id
+-- ARGV[4..] more field/value pairs
+-- Returns 1 when swapped, 0 otherwise.
+if redis.call('HGET', KEYS[1], 'status') ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 'status', ARGV[2])
+if ARGV[1] == 'pending' then redis.call('HSET', KEYS[1], 'decidedAt', now_ms()) end
+for i = 4, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+if ARGV[1] == 'pending' then redis.call('SREM', KEYS[2], ARGV[3]) end
+if ARGV[2] == 'consumed' and redis.call('GET', KEYS[3]) == ARGV[3] then redis.call('DEL', KEYS[3]) end
+return 1

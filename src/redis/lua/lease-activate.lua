@@ -1,0 +1,29 @@
+-- lease-activate: records the upstream's answer on an `issuing` lease. If the task ended (or its
+-- deadline passed) or an end was requested while the upstream call was in flight, the lease goes
+-- straight to `revoking` with the handle recorded, so what the upstream made is revoked, never lost.
+-- If the sweeper already gave the issuance up (orphan deadline passed), nothing may be handed out.
+-- uses: common
+-- KEYS[1] lease hash
+-- KEYS[2] task hash
+-- KEYS[3] live leases of the bucket (zset)
+-- ARGV[1] handle as JSON
+-- ARGV[2] expiresAt (ms) of the credential
+-- ARGV[3] lease id
+-- Returns {'ok'} | {'revoke', reason} | {'gone', status} | {'no_lease'}
+local st = redis.call('HGET', KEYS[1], 'status')
+if not st then return { 'no_lease' } end
+if st ~= 'issuing' then return { 'gone', st } end
+redis.call('HSET', KEYS[1], 'handle', ARGV[1], 'expiresAt', ARGV[2])
+redis.call('ZADD', KEYS[3], tonumber(ARGV[2]), ARGV[3])
+local requested = redis.call('HGET', KEYS[1], 'endRequested')
+local tst = redis.call('HGET', KEYS[2], 'status')
+local reason = requested
+if not reason and tst ~= 'open' then reason = redis.call('HGET', KEYS[2], 'reason') or 'task_completed' end
+if not reason and tst == 'open' and now_ms() >= tonumber(redis.call('HGET', KEYS[2], 'expiresAt')) then reason = 'task_expired' end
+if not tst then reason = reason or 'task_completed' end
+if reason then
+  redis.call('HSET', KEYS[1], 'status', 'revoking', 'reason', reason)
+  return { 'revoke', reason }
+end
+redis.call('HSET', KEYS[1], 'status', 'active')
+return { 'ok' }

@@ -1,0 +1,38 @@
+-- lease-create: records a lease only while its task is open (on Redis's clock) and under the task's
+-- live-lease bound, in one step with the task's lease set and the bucket's live index. Once a task has
+-- left `open`, no lease can join it, so ending a task sees every lease it will ever have.
+-- An `issuing` lease is the intent written before an upstream call: its live-index score is the orphan
+-- deadline, after which the sweeper treats the issuance as interrupted.
+-- uses: common
+-- KEYS[1] task hash
+-- KEYS[2] lease hash
+-- KEYS[3] task's lease set
+-- KEYS[4] live leases of the bucket (zset)
+-- ARGV[1] immutable part as JSON
+-- ARGV[2] status: active | issuing
+-- ARGV[3] expiresAt (ms): the credential's expiry (active) or the latest it could have (issuing)
+-- ARGV[4] orphan window in ms (issuing only): the upstream credential dies by itself or is revocable by then
+-- ARGV[5] lease id
+-- ARGV[6] handle as JSON (what revoke needs, known before the call)
+-- ARGV[7] maxLeases live per task (0 = no bound)
+-- ARGV[8] task id
+-- ARGV[9] provider kind
+-- ARGV[10] role name
+-- Returns {'ok', now} | {'no_task'} | {'task_closed'} | {'limit'}
+local st = redis.call('HGET', KEYS[1], 'status')
+if not st then return { 'no_task' } end
+local now = now_ms()
+if st ~= 'open' or now >= tonumber(redis.call('HGET', KEYS[1], 'expiresAt')) then return { 'task_closed' } end
+local max = tonumber(ARGV[7])
+if max > 0 and tonumber(redis.call('HGET', KEYS[1], 'live') or '0') >= max then return { 'limit' } end
+redis.call('HINCRBY', KEYS[1], 'live', 1)
+local score = tonumber(ARGV[3])
+redis.call('HSET', KEYS[2], 'd', ARGV[1], 't', ARGV[8], 'p', ARGV[9], 'r', ARGV[10], 'status', ARGV[2],
+  'issuedAt', now, 'expiresAt', ARGV[3], 'handle', ARGV[6])
+if ARGV[2] == 'issuing' then
+  score = now + tonumber(ARGV[4])
+  redis.call('HSET', KEYS[2], 'orphanAt', score)
+end
+redis.call('SADD', KEYS[3], ARGV[5])
+redis.call('ZADD', KEYS[4], score, ARGV[5])
+return { 'ok', now }

@@ -1,0 +1,56 @@
+-- Library prepended to scripts that declare `-- uses: common`. Functions only; no KEYS of its own.
+
+-- Redis's own clock in ms: every deadline, expiry and activation is decided on it, not on a process's clock.
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+local ENDED = { revoked = true, expired = true, failed = true }
+
+-- Ends one lease: status, reason, revokedAt (Redis time), leaves the live index, kept for `retention` ms,
+-- and the task's live-lease count goes down. Returns false when it had already ended.
+local function end_lease(base, live_key, id, status, reason, retention, now)
+  local k = base .. 'lease:' .. id
+  local st = redis.call('HGET', k, 'status')
+  if not st or ENDED[st] then return false end
+  redis.call('HSET', k, 'status', status, 'revokedAt', now)
+  if reason and reason ~= '' and not redis.call('HGET', k, 'reason') then redis.call('HSET', k, 'reason', reason) end
+  redis.call('PEXPIRE', k, retention)
+  redis.call('ZREM', live_key, id)
+  local t = redis.call('HGET', k, 't')
+  if t then
+    local tk = base .. 'task:' .. t
+    if redis.call('EXISTS', tk) == 1 then redis.call('HINCRBY', tk, 'live', -1) end
+  end
+  return true
+end
+
+-- Ends one open task: status, endedAt, reason; leaves the open index; its keys are kept for `retention` ms.
+local function end_task(base, open_key, id, status, reason, retention, now)
+  local k = base .. 'task:' .. id
+  redis.call('HSET', k, 'status', status, 'endedAt', now, 'reason', reason)
+  redis.call('ZREM', open_key, id)
+  redis.call('PEXPIRE', k, retention)
+  for _, kind in ipairs({ 'task-leases:', 'task-children:', 'task-approvals:' }) do
+    redis.call('PEXPIRE', base .. kind .. id, retention)
+  end
+end
+
+-- Ends an open task and every open task below it (sub-tasks end `completed`). Returns the ended ids, root first.
+local function end_subtree(base, open_key, root, status, reason, child_reason, retention, now)
+  local ended = { root }
+  end_task(base, open_key, root, status, reason, retention, now)
+  local i = 1
+  while i <= #ended do
+    local children = redis.call('SMEMBERS', base .. 'task-children:' .. ended[i])
+    for _, c in ipairs(children) do
+      if redis.call('HGET', base .. 'task:' .. c, 'status') == 'open' then
+        end_task(base, open_key, c, 'completed', child_reason, retention, now)
+        ended[#ended + 1] = c
+      end
+    end
+    i = i + 1
+  end
+  return ended
+end

@@ -1,0 +1,14 @@
+-- signing-key-first: stores a signing key only if none exists (the first start, or after Redis lost
+-- its data), activating it at once on Redis's clock. Exactly one of several starting instances wins.
+-- KEYS[1] signing keys (hash kid -> JSON)
+-- ARGV[1] kid
+-- ARGV[2] the key as JSON (activateAt and createdAt are set here)
+-- Returns 1 when stored, 0 when a key already existed.
+if redis.call('HLEN', KEYS[1]) > 0 then return 0 end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local k = cjson.decode(ARGV[2])
+k.createdAt = now
+k.activateAt = now
+redis.call('HSET', KEYS[1], ARGV[1], cjson.encode(k))
+return 1

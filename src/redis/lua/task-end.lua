@@ -1,0 +1,21 @@
+-- task-end: ends an open task and its whole open subtree in one step (so no sub-task can take a lease
+-- after its parent ended). An expiry only happens once the deadline has passed on Redis's clock.
+-- uses: common
+-- KEYS[1] task hash
+-- KEYS[2] open tasks of the bucket (zset)
+-- ARGV[1] key base of the bucket
+-- ARGV[2] status: completed | expired
+-- ARGV[3] reason recorded on the task and given to its leases (task_completed | task_expired | revoked_by_admin)
+-- ARGV[4] reason for the sub-tasks it ends
+-- ARGV[5] retention of ended records in ms
+-- ARGV[6] task id
+-- Returns {'ended', endedAt, id, id, ...} | {'missing'} | {'already', status} | {'early'}
+local st = redis.call('HGET', KEYS[1], 'status')
+if not st then return { 'missing' } end
+if st ~= 'open' then return { 'already', st } end
+local now = now_ms()
+if ARGV[2] == 'expired' and now < tonumber(redis.call('HGET', KEYS[1], 'expiresAt')) then return { 'early' } end
+local ended = end_subtree(ARGV[1], KEYS[2], ARGV[6], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5]), now)
+local out = { 'ended', now }
+for _, id in ipairs(ended) do out[#out + 1] = id end
+return out

@@ -1,0 +1,45 @@
+-- task-open: creates a task if its id is free, registers it in every index in the same step,
+-- and for a sub-task checks the parent (open, deadline) and the tree's sub-task budget.
+-- uses: common
+-- KEYS[1] task hash
+-- KEYS[2] open tasks (zset, by deadline)
+-- KEYS[3] all tasks (zset, by creation time)
+-- KEYS[4] tasks of the agent (zset)
+-- KEYS[5] tasks of the opener (zset)
+-- KEYS[6] parent task hash        (sub-tasks only)
+-- KEYS[7] parent's children (set) (sub-tasks only)
+-- KEYS[8] root task hash          (sub-tasks only: holds the tree's sub-task count)
+-- ARGV[1] immutable part as JSON
+-- ARGV[2] ttl in ms (deadline = Redis time + ttl)
+-- ARGV[3] task id
+-- ARGV[4] maxSubtasks over the tree's whole life (0 = no bound)
+-- ARGV[5] agent (kept as a plain field too, for filters and the kill switch)
+-- ARGV[6] tenant (likewise)
+-- Returns {'exists', <hash as flat list>} | {'created', createdAt, expiresAt}
+--       | {'parent_missing'} | {'parent_not_open'} | {'outlives_parent', parentExpiresAt} | {'limit'}
+if redis.call('EXISTS', KEYS[1]) == 1 then return { 'exists', redis.call('HGETALL', KEYS[1]) } end
+local now = now_ms()
+local expires = now + tonumber(ARGV[2])
+if #KEYS >= 8 then
+  local pst = redis.call('HGET', KEYS[6], 'status')
+  if not pst then return { 'parent_missing' } end
+  local pexp = tonumber(redis.call('HGET', KEYS[6], 'expiresAt'))
+  if pst ~= 'open' or now >= pexp then return { 'parent_not_open' } end
+  if expires > pexp then return { 'outlives_parent', pexp } end
+  local max = tonumber(ARGV[4])
+  if max > 0 then
+    -- Counted on the root and never decremented: ending and reopening, or nesting, cannot get round it.
+    if redis.call('HINCRBY', KEYS[8], 'subtasks', 1) > max then
+      redis.call('HINCRBY', KEYS[8], 'subtasks', -1)
+      return { 'limit' }
+    end
+  end
+  redis.call('SADD', KEYS[7], ARGV[3])
+end
+redis.call('HSET', KEYS[1], 'd', ARGV[1], 'status', 'open', 'createdAt', now, 'expiresAt', expires, 'live', 0,
+  'agent', ARGV[5], 'tenant', ARGV[6])
+redis.call('ZADD', KEYS[2], expires, ARGV[3])
+redis.call('ZADD', KEYS[3], now, ARGV[3])
+redis.call('ZADD', KEYS[4], now, ARGV[3])
+redis.call('ZADD', KEYS[5], now, ARGV[3])
+return { 'created', now, expires }
