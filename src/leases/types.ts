@@ -1,5 +1,5 @@
 export type LeaseStatus = 'issuing' | 'active' | 'revoking' | 'revoked' | 'expired' | 'revoke_failed' | 'failed';
-export type RevokeReason = 'task_completed' | 'task_expired' | 'ttl_expired' | 'revoked_by_caller';
+export type RevokeReason = 'task_completed' | 'task_expired' | 'ttl_expired' | 'revoked_by_caller' | 'revoked_by_admin';
 
 /**
  * The broker's record of one issued credential. It holds the handle that

@@ -1,4 +1,4 @@
-import type { LeaseRecord } from '../leases/types.ts';
+import type { LeaseRecord, RevokeReason } from '../leases/types.ts';
 import type { TaskFixed } from '../tasks/types.ts';
 import type { RoleConfig } from '../config/schema.ts';
 import type { Redis } from 'ioredis';
@@ -18,6 +18,19 @@ export interface IssueRequest<R extends RoleConfig = RoleConfig> {
   ttlSeconds: number;
 }
 
+/** What revoke needs upstream: identifiers only, never a secret (stored on the lease). */
+export type Handle = Record<string, string | number | boolean>;
+
+/**
+ * Why a credential is being revoked. A provider may widen the unit of
+ * revocation to match (AWS: a whole task, or an agent's sessions up to now).
+ * `issuance_interrupted`: the process that called the upstream died before
+ * recording the answer; only the handle from `intent` is known.
+ */
+export interface RevokeContext {
+  reason: RevokeReason | 'issuance_interrupted';
+}
+
 /**
  * A provider's answer, split the way Vault splits a secret: `credentials` go to
  * the client and are never stored; `handle` is what revoke needs and is stored
@@ -25,7 +38,7 @@ export interface IssueRequest<R extends RoleConfig = RoleConfig> {
  */
 export interface IssueResult {
   credentials: Record<string, unknown>;
-  handle: Record<string, string | number | boolean>;
+  handle: Handle;
   /** Upstream's actual expiry (epoch ms); the lease expires then. */
   expiresAt: number;
 }
@@ -50,9 +63,20 @@ export interface Provider<R extends RoleConfig = RoleConfig> {
   readonly minTtlSeconds: number;
   /** Whether revoking cuts the credential off upstream before it expires (contract section 5). */
   revocable(role: R): boolean;
+  /**
+   * The handle known before the upstream call, for the core to record before
+   * calling `issue`, so a credential whose issuing process dies mid-call can
+   * still be revoked (contract section 5). `revoke` must work with only this.
+   */
+  intent?(req: IssueRequest<R>): Handle;
   issue(req: IssueRequest<R>): Promise<IssueResult>;
-  /** Ends the credential upstream (task end, DELETE). */
-  revoke(lease: LeaseRecord, role: R | undefined): Promise<void>;
+  /**
+   * Ends the credential upstream (task end, DELETE, admin, interrupted
+   * issuance). Idempotent; an upstream "not found" is success. Throws
+   * RetryableUpstreamError for anything that may pass; the core retries every
+   * failure until the credential's own expiry.
+   */
+  revoke(lease: LeaseRecord, role: R | undefined, ctx: RevokeContext): Promise<void>;
   /** Called when the lease's TTL runs out; default: nothing to do upstream. */
   expire?(lease: LeaseRecord, role: R | undefined): Promise<void>;
   /** Readiness of the upstream connection (for /readyz); default ready. */
@@ -78,4 +102,6 @@ export interface ProviderContext {
   keyPrefix: string;
   /** Appends an audit record (for upstream events worth evidence, e.g. an AWS deny-list fallback). */
   audit?: (event: AuditEvent) => Promise<void>;
+  /** The broker's time (epoch ms; its estimate of Redis's clock), for decisions shared across processes. Default Date.now. */
+  clock?: () => number;
 }

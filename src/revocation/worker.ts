@@ -85,7 +85,7 @@ export class RevocationWorker {
       await provider.expire?.(lease, role as never);
     } else {
       if (lease.status === 'active') await leases.mark(lease.leaseId, { status: 'revoking', reason });
-      await provider.revoke(lease, role as never);
+      await provider.revoke(lease, role as never, { reason });
     }
     const now = Date.now();
     const status = reason === 'ttl_expired' ? 'expired' : 'revoked';
