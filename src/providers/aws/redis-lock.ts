@@ -8,12 +8,14 @@ const RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call
 /**
  * Runs `fn` holding a Redis lock (SET NX PX with a random token). Returns
  * undefined without running `fn` when the lock stays busy for `waitMs`.
+ * `fn` gets `held()`, which says whether the lock is still ours: a lock can
+ * lapse under a slow upstream call, and then someone else may be writing too.
  */
 export async function withRedisLock<T>(
   redis: Redis,
   key: string,
   opts: { ttlMs: number; waitMs: number },
-  fn: () => Promise<T>,
+  fn: (held: () => Promise<boolean>) => Promise<T>,
 ): Promise<{ value: T } | undefined> {
   const token = randomBytes(12).toString('hex');
   const deadline = Date.now() + opts.waitMs;
@@ -22,7 +24,7 @@ export async function withRedisLock<T>(
     await sleep(20 + Math.random() * 40);
   }
   try {
-    return { value: await fn() };
+    return { value: await fn(async () => (await redis.get(key)) === token) };
   } finally {
     await redis.eval(RELEASE, 1, key, token);
   }
