@@ -58,7 +58,12 @@ beforeAll(async () => {
         .json({ type: 'about:blank', title: 'Error', status: e.status, code: e.code, detail: e.message });
     }
   });
-  app.use(containerCredentialsRouter({ issue }));
+  app.use(
+    containerCredentialsRouter({
+      roles: { 'reports-bucket': { provider: 'aws' }, payroll: { provider: 'aws' }, 'orders-db': { provider: 'vault' } },
+      issue,
+    }),
+  );
   server = app.listen(0, '127.0.0.1');
   await new Promise((r) => server.once('listening', r));
   brokerUrl = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
@@ -134,5 +139,18 @@ describe('container credentials (fromHttp)', () => {
     await expect(
       fromHttp({ awsContainerCredentialsFullUri: uri(), awsContainerAuthorizationToken: 'wrong', maxRetries: 0 })(),
     ).rejects.toThrow();
+  });
+
+  it('refuses a role that is not an aws role before asking the core to issue anything', async () => {
+    const before = seen.length;
+    const vault = await fetch(uri('orders-db'), { headers: { authorization: `Bearer ${JWT}` } });
+    expect(vault.status).toBe(400);
+    expect(await vault.json()).toMatchObject({ Code: 'not_an_aws_role' });
+    for (const name of ['nope', 'constructor', '__proto__']) {
+      const unknown = await fetch(uri(name), { headers: { authorization: `Bearer ${JWT}` } });
+      expect(unknown.status).toBe(400);
+      expect(await unknown.json()).toMatchObject({ Code: 'unknown_role' });
+    }
+    expect(seen).toHaveLength(before);
   });
 });
