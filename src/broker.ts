@@ -290,6 +290,7 @@ export async function startBroker(config: LoadedConfig, opts: BrokerOptions = {}
         routers.push(
           containerCredentialsRouter({
             logger,
+            roles: config.roles,
             issue: async (token, body) => {
               const out = await services.credentials.request(await verifier.verify(token), body);
               return 'credentials' in out ? { credentials: out.credentials } : {};

@@ -4,7 +4,7 @@ import type { RoleConfig } from '../config/schema.ts';
 import type { LeaseRecord, RevokeReason } from '../leases/types.ts';
 import type { Logger } from '../logger.ts';
 import type { RedisClient } from '../redis/scripts.ts';
-import type { TaskFixed } from '../tasks/types.ts';
+import type { TaskSnapshot } from '../tasks/types.ts';
 
 /** Provider-specific revoke handle: identifiers only, never secrets. */
 export type Handle = Record<string, string | number | boolean>;
@@ -14,7 +14,8 @@ export interface IssueRequest<R extends RoleConfig = RoleConfig> {
   leaseId: string;
   roleName: string;
   role: R;
-  task: TaskFixed;
+  /** The task, with its deadline (Redis's clock). */
+  task: TaskSnapshot;
   /** The caller's identity string (always the task's agent). */
   agent: string;
   /** Exactly the scopes to put in the credential (already checked against the grant). */

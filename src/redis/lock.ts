@@ -8,6 +8,8 @@ const extend = script('lock-extend');
 /** A held lock: extend it while work goes on; release it when done (only if still ours). */
 export interface HeldLock {
   extend(ttlMs: number): Promise<boolean>;
+  /** Whether the lock is still ours (it can lapse under a slow upstream call). */
+  held(): Promise<boolean>;
   release(): Promise<void>;
 }
 
@@ -30,6 +32,7 @@ export async function acquireLock(
   }
   return {
     extend: async (ttlMs) => (await extend.run(redis, [key], [token, ttlMs])) === 1,
+    held: async () => (await redis.get(key)) === token,
     release: async () => {
       await release.run(redis, [key], [token]);
     },
@@ -41,12 +44,12 @@ export async function withLock<T>(
   redis: RedisClient,
   key: string,
   opts: { ttlMs: number; waitMs?: number },
-  fn: () => Promise<T>,
+  fn: (lock: HeldLock) => Promise<T>,
 ): Promise<{ value: T } | undefined> {
   const lock = await acquireLock(redis, key, opts);
   if (!lock) return undefined;
   try {
-    return { value: await fn() };
+    return { value: await fn(lock) };
   } finally {
     await lock.release();
   }

@@ -20,6 +20,7 @@ import {
   type TestBroker,
   auditRecords,
 } from '../helpers/broker.ts';
+import { Keys } from '../../src/redis/keys.ts';
 import { BROKER_POLICY, vaultFailure } from '../providers/vault/helpers.ts';
 
 /**
@@ -321,7 +322,7 @@ describe('POST /v1/admin/rotate {"target":"vault"}', () => {
     // And a prefix holding only the rotated Vault secret: there the refusal is about that secret.
     const prefix = uniquePrefix('rotation-vault-kek');
     extraPrefixes.push(prefix);
-    await a.broker.deps.redis.set(`${prefix}:secrets:vault`, sealed!);
+    await a.broker.deps.redis.set(new Keys(prefix).secrets('vault'), sealed!);
     const [same, other] = await Promise.all([
       runMain(a.prefix, randomBytes(32).toString('base64')),
       runMain(prefix, randomBytes(32).toString('base64')),
@@ -337,7 +338,7 @@ describe('POST /v1/admin/rotate {"target":"vault"}', () => {
     // instance had already stored signing keys under its own KEK before it reached the Vault secret.)
     const control = uniquePrefix('rotation-vault-kek');
     extraPrefixes.push(control);
-    await a.broker.deps.redis.set(`${control}:secrets:vault`, sealed!);
+    await a.broker.deps.redis.set(new Keys(control).secrets('vault'), sealed!);
     const ok = await startTestBroker('rotation-vault-kek', {
       prefix: control,
       issuer: a.issuer,

@@ -58,6 +58,11 @@ export const awsSettingsSchema = z.strictObject({
     .default('jit-broker-revoked-sessions'),
   /** Budget for that policy; IAM allows 10,240 chars for all inline policies of a role together. */
   revocationPolicyMaxChars: z.int().min(512).max(10_240).default(10_240),
+  /**
+   * How far the broker's clock (its Redis-time estimate) may be from AWS's: a
+   * deny is kept this much longer than the latest expiry of what it denies.
+   */
+  clockSkewSeconds: z.int().min(0).max(3600).default(300),
   /** After rotation, how often to try the new key while IAM propagates it. */
   rotationVerifyAttempts: z.int().min(1).max(60).default(10),
   rotationVerifyDelayMs: z.int().min(1).max(30_000).default(1000),

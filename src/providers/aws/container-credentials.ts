@@ -2,8 +2,10 @@ import { Router, type Request, type Response } from 'express';
 import { BrokerError } from '../../errors.ts';
 import type { Logger } from '../../logger.ts';
 
-/** What the core supplies: its normal credential path (`POST /v1/credentials`) as a function. */
+/** What the core supplies: the configured roles, and its normal credential path (`POST /v1/credentials`) as a function. */
 export interface ContainerCredentialsDeps {
+  /** The configured roles by name (only `provider` is read). */
+  roles: Readonly<Record<string, { provider: string }>>;
   /** Issues a credential for `body` on behalf of the workload identity `identityToken` (a JWT). */
   issue(
     identityToken: string,
@@ -45,6 +47,10 @@ export function containerCredentialsRouter(deps: ContainerCredentialsDeps): Rout
       return sendError(res, 401, 'missing_identity', 'Set AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE to a file holding the workload JWT.');
     const token = auth.replace(/^Bearer\s+/i, '');
     if (!TASK_ID.test(taskId) || !ROLE.test(role)) return sendError(res, 400, 'invalid_request', 'taskId or role is malformed.');
+    // Before anything is issued: a credential of another kind (a real Vault token, a JWT) would be made and then thrown away.
+    const configured = Object.hasOwn(deps.roles, role) ? deps.roles[role] : undefined;
+    if (!configured) return sendError(res, 400, 'unknown_role', `Role "${role}" is not configured.`);
+    if (configured.provider !== 'aws') return sendError(res, 400, 'not_an_aws_role', `Role "${role}" does not issue AWS credentials.`);
     const scopes = scopesFrom(req);
     try {
       const { credentials: c } = await deps.issue(token, { taskId, role, ...(scopes ? { scopes } : {}) });
@@ -55,7 +61,7 @@ export function containerCredentialsRouter(deps: ContainerCredentialsDeps): Rout
         typeof c.SessionToken !== 'string' ||
         typeof c.Expiration !== 'string'
       ) {
-        return sendError(res, 400, 'not_an_aws_role', `Role "${role}" does not issue AWS credentials.`);
+        throw new Error('an aws role answered without AWS credentials');
       }
       res
         .status(200)

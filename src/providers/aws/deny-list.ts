@@ -1,12 +1,34 @@
-import { DeleteRolePolicyCommand, PutRolePolicyCommand } from '@aws-sdk/client-iam';
+import {
+  DeleteRolePolicyCommand,
+  GetRolePolicyCommand,
+  ListRolePoliciesCommand,
+  PutRolePolicyCommand,
+  type ListRolePoliciesCommandOutput,
+} from '@aws-sdk/client-iam';
 import type { RedisClient } from '../../redis/scripts.ts';
-import { RetryableUpstreamError, upstreamFailed } from '../../errors.ts';
+import { RetryableUpstreamError } from '../../errors.ts';
 import type { Logger } from '../../logger.ts';
 import type { AwsClients } from './clients.ts';
 import type { AwsSettings } from './config.ts';
-import { denyPolicyDocument, isoSeconds } from './deny-policy.ts';
-import { withRedisLock } from './redis-lock.ts';
-import { roleNameFromArn, type RoleInfoCache } from './role-info.ts';
+import {
+  addAgent,
+  addSession,
+  addTask,
+  coarsen,
+  denies,
+  type DenyModel,
+  emptyModel,
+  isoSeconds,
+  mergeModels,
+  parseDenyPolicy,
+  policySize,
+  prunable,
+  pruneModel,
+  renderDenyPolicy,
+  type SessionFacts,
+} from './deny-policy.ts';
+import { withLock } from '../../redis/lock.ts';
+import { roleNameFromArn } from './role-info.ts';
 import { awsErrorCode, classify, isTransient } from './upstream.ts';
 
 /** Reported when a role's deny list no longer fits and the broker falls back to a TokenIssueTime cut-off. */
@@ -14,15 +36,17 @@ export interface DenyFallbackEvent {
   roleArn: string;
   /** Every session of the role issued before this instant is now denied, revoked or not. */
   cutoff: string;
-  /** Individual entries the cut-off replaced. */
+  /** Entries the cut-off replaced. */
   droppedEntries: number;
   reason: 'policy_size' | 'iam_limit';
 }
 
+/** What one revocation denies: the session alone, its whole task, or its agent's sessions issued up to now. */
+export type DenyUnit = { kind: 'session' } | { kind: 'task'; until: number } | { kind: 'agent' };
+
 export interface DenyListDeps {
   settings: AwsSettings;
   clients: AwsClients;
-  roles: RoleInfoCache;
   redis: RedisClient;
   keyPrefix: string;
   logger: Logger;
@@ -30,27 +54,34 @@ export interface DenyListDeps {
   onFallback?: (e: DenyFallbackEvent) => void | Promise<void>;
 }
 
-interface Cutoff {
-  at: number;
-  /** When every session the cut-off can affect has expired, so it can go. */
-  until: number;
-}
-
-const LOCK = { ttlMs: 30_000, waitMs: 10_000 };
-const STS_MAX_SESSION_SECONDS = 43_200;
+/** IAM's quota for all inline policies of one role together. */
+const IAM_ROLE_INLINE_CHARS = 10_240;
+/** Room kept free when sizing against other inline policies (IAM's count may differ slightly from ours). */
+const IAM_SIZE_SLACK = 64;
+/** The fallback cut-off lies this far ahead of now, so skew cannot leave a just-revoked session before it. */
+const FALLBACK_LEAD_MS = 5000;
+/** The lock outlives the slowest IAM round trip with retries; `held()` catches the rest. */
+const LOCK = { ttlMs: 60_000, waitMs: 15_000 };
+/** How long a written document is remembered in Redis (for cheap "already denied" answers and IAM's read lag). */
+const CACHE_TTL_MS = 15 * 60_000;
+const ROUNDS = 3;
 
 /**
- * The per-role list of revoked sessions, and the inline Deny policy made from it.
+ * The per-role inline Deny policy that revokes STS sessions.
  *
- * Redis holds the authoritative list (a sorted set per role of `ROLEID:<session>`
- * scored by the session's expiry) and every write replaces the whole IAM policy
- * from it, under a per-role Redis lock, so concurrent revocations on many
- * workers never lose an entry. A version counter is re-read after each write:
- * if someone added an entry meanwhile (a lapsed lock), the policy is written again.
- * Expired sessions are pruned on every write. When the list outgrows the size
- * budget (or IAM's per-role limit), it collapses into one `aws:TokenIssueTime`
- * cut-off, which also cuts off the role's *unrevoked* older sessions; that is
- * logged loudly and reported to `onFallback`.
+ * IAM is the durable record: each write reads the policy (`GetRolePolicy`),
+ * merges, drops only what has certainly expired (the end of life is in each
+ * statement's Sid) and writes the whole policy back, so losing Redis loses no
+ * deny. Redis holds a per-role lock and a copy of the last document written:
+ * the copy answers "already denied" without calling IAM (a task's hundreds
+ * of sessions cost one write) and is merged into every write, covering IAM's
+ * read-after-write lag between workers. A write whose lock lapsed meanwhile
+ * is merged and written again.
+ *
+ * When the document outgrows its budget, statements with close ends are
+ * merged (keeping the later end); if that is not enough, everything collapses
+ * into one `aws:TokenIssueTime` cut-off, which also cuts off the role's
+ * unrevoked older sessions: logged loudly and reported to `onFallback`.
  */
 export class DenyList {
   private readonly d: DenyListDeps;
@@ -61,127 +92,225 @@ export class DenyList {
 
   private keys(roleArn: string) {
     const base = `${this.d.keyPrefix}:aws:deny:${roleArn}`;
-    return { entries: base, cutoff: `${base}:cutoff`, version: `${base}:version`, lock: `${base}:lock` };
+    return { doc: `${base}:doc`, lock: `${base}:lock` };
   }
 
-  /** Denies one session (`ROLEID:<session>`) until `expiresAt`. Idempotent. */
-  async deny(roleArn: string, userId: string, expiresAt: number): Promise<void> {
-    const k = this.keys(roleArn);
-    await this.locked(roleArn, async () => {
-      await this.d.redis.multi().zadd(k.entries, expiresAt, userId).incr(k.version).exec();
-      await this.sync(roleArn);
-    });
-  }
-
-  /** Drops entries (and a cut-off) whose sessions have all expired; writes IAM only if something went. */
-  async prune(roleArn: string): Promise<void> {
-    const k = this.keys(roleArn);
-    const now = this.d.clock();
-    const [expired, cutoff] = await Promise.all([this.d.redis.zcount(k.entries, '-inf', now), this.readCutoff(roleArn)]);
-    if (expired === 0 && !(cutoff && cutoff.until <= now)) return;
-    await this.locked(roleArn, () => this.sync(roleArn));
-  }
-
-  /** The current entries (for tests and ops tooling). */
-  async entries(roleArn: string): Promise<string[]> {
-    return this.d.redis.zrange(this.keys(roleArn).entries, 0, '-1');
-  }
-
-  private async locked(roleArn: string, fn: () => Promise<void>): Promise<void> {
-    const done = await withRedisLock(this.d.redis, this.keys(roleArn).lock, LOCK, fn);
-    if (!done) throw new RetryableUpstreamError('revocation_busy', `the deny list of ${roleArn} is locked by another worker`);
-  }
-
-  private async readCutoff(roleArn: string): Promise<Cutoff | undefined> {
-    const raw = await this.d.redis.get(this.keys(roleArn).cutoff);
-    return raw ? (JSON.parse(raw) as Cutoff) : undefined;
-  }
-
-  /** Rewrites the role's policy from Redis until no entry was added behind our back (bounded). */
-  private async sync(roleArn: string): Promise<void> {
-    const { redis, clock } = this.d;
-    const k = this.keys(roleArn);
-    for (let round = 0; round < 3; round++) {
-      const now = clock();
-      await redis.zremrangebyscore(k.entries, '-inf', now);
-      let cutoff = await this.readCutoff(roleArn);
-      if (cutoff && cutoff.until <= now) {
-        await redis.del(k.cutoff);
-        cutoff = undefined;
-      }
-      const [ids, version] = await Promise.all([redis.zrange(k.entries, 0, '-1'), redis.get(k.version)]);
-      // Sorted by expiry, so the last entry expires last.
-      const lastExpiry = ids.length ? Number(await redis.zscore(k.entries, ids[ids.length - 1]!)) : 0;
-      let doc = denyPolicyDocument(ids, cutoff?.at);
-      if (doc && doc.length > this.d.settings.revocationPolicyMaxChars) {
-        doc = denyPolicyDocument([], (await this.fallback(roleArn, ids, lastExpiry, 'policy_size')).at);
-      }
-      try {
-        await this.write(roleArn, doc);
-      } catch (err) {
-        if (classify(err) !== 'limit' || ids.length === 0) throw this.failure(err, roleArn);
-        // Other inline policies on the role leave less room than our budget assumed.
-        await this.write(roleArn, denyPolicyDocument([], (await this.fallback(roleArn, ids, lastExpiry, 'iam_limit')).at)).catch((e) => {
-          throw this.failure(e, roleArn);
-        });
-      }
-      if ((await redis.get(k.version)) === version) return;
-    }
+  private get skewMs(): number {
+    return this.d.settings.clockSkewSeconds * 1000;
   }
 
   /**
-   * Replaces the individual entries by a cut-off just after now: every entry
-   * is a session issued before now, so the cut-off covers them all.
+   * Makes sure the session is denied until it expires, widening to `unit`
+   * when something has to be written. Idempotent: 'covered' when nothing was
+   * written because the policy already denies the session.
    */
-  private async fallback(roleArn: string, ids: string[], lastExpiry: number, reason: DenyFallbackEvent['reason']): Promise<Cutoff> {
+  async deny(roleArn: string, session: SessionFacts, unit: DenyUnit): Promise<'covered' | 'written'> {
+    if (denies(await this.cached(roleArn), session)) return 'covered';
+    return this.update(roleArn, (m) => {
+      if (denies(m, session)) return;
+      const now = this.d.clock();
+      if (unit.kind === 'task' && session.taskTag !== undefined) addTask(m, session.taskTag, Math.max(unit.until, session.expiresAt));
+      else if (unit.kind === 'agent' && session.sourceIdentity !== undefined && session.tokenIssuedAt !== undefined)
+        addAgent(m, session.sourceIdentity, session.tokenIssuedAt, now);
+      else addSession(m, session.userId, session.expiresAt);
+    });
+  }
+
+  /** Drops statements whose end of life (plus skew) has passed; writes IAM only if something goes. */
+  async prune(roleArn: string): Promise<void> {
     const k = this.keys(roleArn);
-    const info = await this.d.roles.get(roleArn);
-    // Rounded up, plus a second: TokenIssueTime has whole seconds and clocks differ a little.
-    const at = Math.ceil(this.d.clock() / 1000) * 1000 + 1000;
-    const old = await this.readCutoff(roleArn);
-    const cutoff: Cutoff = {
-      at: Math.max(at, old?.at ?? 0),
-      until: Math.max(at + (info?.maxSessionDuration ?? STS_MAX_SESSION_SECONDS) * 1000, lastExpiry, old?.until ?? 0),
-    };
-    const tx = this.d.redis.multi().set(k.cutoff, JSON.stringify(cutoff));
-    if (ids.length > 0) tx.zrem(k.entries, ...ids);
-    await tx.exec();
-    const event: DenyFallbackEvent = { roleArn, cutoff: isoSeconds(cutoff.at), droppedEntries: ids.length, reason };
+    let text = await this.d.redis.get(k.doc);
+    if (text === null) {
+      // Nothing remembered (a restart, a wiped Redis): IAM knows. Remember it, without replacing a newer copy.
+      text = (await this.readIam(roleArn)) ?? '';
+      await this.d.redis.set(k.doc, text, 'PX', CACHE_TTL_MS, 'NX');
+    }
+    if (!prunable(parse(text, this.d.clock()), this.d.clock(), this.skewMs)) return;
+    await this.update(roleArn, () => {});
+  }
+
+  /** What IAM holds for the role now (for tests and ops tooling). */
+  async read(roleArn: string): Promise<DenyModel> {
+    return parseDenyPolicy(await this.readIam(roleArn), this.d.clock());
+  }
+
+  /** The remembered copy of the last document written (empty when none). */
+  private async cached(roleArn: string): Promise<DenyModel> {
+    return parse(await this.d.redis.get(this.keys(roleArn).doc), this.d.clock());
+  }
+
+  /** Read IAM, merge the remembered copy, apply `change`, prune, write if different; under the role's lock. */
+  private async update(roleArn: string, change: (m: DenyModel) => void): Promise<'covered' | 'written'> {
+    const k = this.keys(roleArn);
+    for (let round = 0; round < ROUNDS; round++) {
+      const outcome = await withLock(this.d.redis, k.lock, LOCK, async ({ held }) => {
+        const now = this.d.clock();
+        const iamText = await this.readIam(roleArn);
+        // What IAM holds must parse: a document we cannot read is never overwritten.
+        const model = mergeModels(parseDenyPolicy(iamText, now), await this.cached(roleArn));
+        change(model);
+        pruneModel(model, now, this.skewMs);
+        return this.commit(roleArn, model, iamText, held);
+      });
+      if (!outcome) throw new RetryableUpstreamError('revocation_busy', `the deny list of ${roleArn} is locked by another worker`);
+      if (outcome.value !== 'lost') return outcome.value;
+      this.d.logger.warn({ roleArn }, 'aws deny list lock lapsed during a write; merging again');
+    }
+    throw new RetryableUpstreamError('revocation_busy', `the deny list of ${roleArn} kept changing under the lock`);
+  }
+
+  /** Writes the model if it differs from what IAM holds; 'lost' when the lock lapsed around the write. */
+  private async commit(
+    roleArn: string,
+    model: DenyModel,
+    iamText: string | undefined,
+    held: () => Promise<boolean>,
+  ): Promise<'covered' | 'written' | 'lost'> {
+    const now = this.d.clock();
+    let { doc, fallback } = this.fit(roleArn, model, this.d.settings.revocationPolicyMaxChars, now, 'policy_size');
+    if (doc === (iamText === undefined ? undefined : JSON.stringify(JSON.parse(iamText)))) {
+      await this.remember(roleArn, doc);
+      return 'covered';
+    }
+    if (!(await held())) return 'lost';
+    try {
+      await this.write(roleArn, doc);
+    } catch (err) {
+      if (classify(err) !== 'limit') throw this.failure(err, roleArn);
+      // Other inline policies on the role leave less room than the budget assumed: measure it and fit again.
+      const room = await this.roomLeft(roleArn);
+      const refit = this.fit(roleArn, model, room ?? 0, now, 'iam_limit');
+      doc = refit.doc;
+      fallback = refit.fallback ?? fallback; // the first fit may already have collapsed the list
+      if (!(await held())) return 'lost';
+      await this.write(roleArn, doc).catch((e: unknown) => {
+        throw this.failure(e, roleArn);
+      });
+    }
+    if (fallback) await this.reportFallback(fallback);
+    if (!(await held())) return 'lost';
+    await this.remember(roleArn, doc);
+    return 'written';
+  }
+
+  /**
+   * The document for the model within `budget` chars: as is, or with close
+   * statements merged, or (last resort) collapsed into a cut-off just after
+   * now. Every entry is a session issued before now, so the cut-off covers it.
+   */
+  private fit(
+    roleArn: string,
+    model: DenyModel,
+    budget: number,
+    now: number,
+    reason: DenyFallbackEvent['reason'],
+  ): { doc: string | undefined; fallback?: DenyFallbackEvent } {
+    let doc = renderDenyPolicy(model);
+    while (doc !== undefined && doc.length > budget && coarsen(model)) doc = renderDenyPolicy(model);
+    if (doc === undefined || doc.length <= budget) return { doc };
+    const at = Math.ceil(now / 1000) * 1000 + FALLBACK_LEAD_MS;
+    const before = model.sessions.size + model.tasks.size + model.agents.size;
+    model.sessions.clear();
+    model.tasks.clear();
+    model.cutoff = Math.max(model.cutoff ?? 0, at);
+    pruneModel(model, now, this.skewMs); // drops the agents the cut-off covers
+    const dropped = before - model.agents.size;
+    return { doc: renderDenyPolicy(model), fallback: { roleArn, cutoff: isoSeconds(model.cutoff), droppedEntries: dropped, reason } };
+  }
+
+  private async reportFallback(event: DenyFallbackEvent): Promise<void> {
     this.d.logger.error(
       event,
       'aws deny list overflowed: every session of this role issued before the cut-off is now denied, including unrevoked ones',
     );
     await this.d.onFallback?.(event);
-    return cutoff;
+  }
+
+  private async remember(roleArn: string, doc: string | undefined): Promise<void> {
+    await this.d.redis.set(this.keys(roleArn).doc, doc ?? '', 'PX', CACHE_TTL_MS);
+  }
+
+  /** The broker's policy on the role as IAM holds it (decoded); undefined when there is none. */
+  private async readIam(roleArn: string): Promise<string | undefined> {
+    const RoleName = roleNameFromArn(roleArn);
+    const PolicyName = this.d.settings.revocationPolicyName;
+    try {
+      const out = await this.d.clients.run((c) => c.iam.send(new GetRolePolicyCommand({ RoleName, PolicyName })));
+      // IAM returns policy documents URL-encoded (RFC 3986).
+      return out.PolicyDocument ? decodeURIComponent(out.PolicyDocument) : undefined;
+    } catch (err) {
+      if (classify(err) === 'not_found') return undefined;
+      throw this.failure(err, roleArn, 'GetRolePolicy');
+    }
   }
 
   private async write(roleArn: string, doc: string | undefined): Promise<void> {
     const RoleName = roleNameFromArn(roleArn);
     const PolicyName = this.d.settings.revocationPolicyName;
-    if (doc === undefined) {
-      await this.d.clients
-        .run((c) => c.iam.send(new DeleteRolePolicyCommand({ RoleName, PolicyName })))
-        .catch((err) => {
-          if (classify(err) !== 'not_found') throw err; // already gone: fine
-        });
-      return;
+    try {
+      if (doc === undefined) await this.d.clients.run((c) => c.iam.send(new DeleteRolePolicyCommand({ RoleName, PolicyName })));
+      else await this.d.clients.run((c) => c.iam.send(new PutRolePolicyCommand({ RoleName, PolicyName, PolicyDocument: doc })));
+    } catch (err) {
+      // The policy is already gone, or the role is: a deleted role's sessions are refused by AWS anyway.
+      if (classify(err) === 'not_found') return;
+      throw err;
     }
-    await this.d.clients.run((c) => c.iam.send(new PutRolePolicyCommand({ RoleName, PolicyName, PolicyDocument: doc })));
   }
 
-  /** Transient failures (and refused keys, which a rotation may fix) are retried by the worker; the rest are permanent. */
-  private failure(err: unknown, roleArn: string): Error {
+  /** Characters left for our policy next to the role's other inline policies; undefined when IAM will not say. */
+  private async roomLeft(roleArn: string): Promise<number | undefined> {
+    const RoleName = roleNameFromArn(roleArn);
+    try {
+      let used = 0;
+      let Marker: string | undefined;
+      do {
+        const page: ListRolePoliciesCommandOutput = await this.d.clients.run((c) =>
+          c.iam.send(new ListRolePoliciesCommand({ RoleName, ...(Marker ? { Marker } : {}) })),
+        );
+        for (const PolicyName of page.PolicyNames ?? []) {
+          if (PolicyName === this.d.settings.revocationPolicyName) continue;
+          const out = await this.d.clients.run((c) => c.iam.send(new GetRolePolicyCommand({ RoleName, PolicyName })));
+          used += out.PolicyDocument ? policySize(decodeURIComponent(out.PolicyDocument)) : 0;
+        }
+        Marker = page.IsTruncated ? page.Marker : undefined;
+      } while (Marker);
+      return Math.max(0, IAM_ROLE_INLINE_CHARS - used - IAM_SIZE_SLACK);
+    } catch (err) {
+      this.d.logger.warn({ roleArn, code: awsErrorCode(err) }, "could not measure the role's other inline policies");
+      return undefined;
+    }
+  }
+
+  /**
+   * Every failure may pass (throttling and outages end, a rotation fixes refused
+   * keys, an operator fixes a permission or frees policy room), and the core
+   * retries until the credential expires; the code says which it is.
+   */
+  private failure(err: unknown, roleArn: string, call = 'PutRolePolicy'): Error {
     const kind = classify(err);
     const code = awsErrorCode(err);
-    this.d.logger.warn({ roleArn, code, kind }, 'iam PutRolePolicy for revocation failed');
-    if (isTransient(kind) || kind === 'auth') {
-      return new RetryableUpstreamError(
-        kind === 'throttled' ? 'upstream_throttled' : kind === 'auth' ? 'upstream_auth_failed' : 'upstream_unavailable',
-        `IAM ${code} while revoking on ${roleArn}`,
-        { cause: err },
-      );
-    }
-    if (kind === 'denied') return upstreamFailed('upstream_denied', "IAM refused to update the role's revocation policy.", { cause: err });
-    return upstreamFailed('upstream_error', "IAM failed to update the role's revocation policy.", { cause: err });
+    this.d.logger.warn({ roleArn, code, kind, call }, `iam ${call} for revocation failed`);
+    const ours =
+      kind === 'throttled'
+        ? 'upstream_throttled'
+        : isTransient(kind)
+          ? 'upstream_unavailable'
+          : kind === 'auth'
+            ? 'upstream_auth_failed'
+            : kind === 'denied'
+              ? 'upstream_denied'
+              : kind === 'limit'
+                ? 'upstream_limit'
+                : 'upstream_error';
+    return new RetryableUpstreamError(ours, `IAM ${call} answered ${code} while revoking on ${roleArn}`, { cause: err });
+  }
+}
+
+/** A stored document as a model; a copy that does not parse counts as nothing remembered. */
+function parse(text: string | null | undefined, now: number): DenyModel {
+  try {
+    return parseDenyPolicy(text, now);
+  } catch {
+    return emptyModel();
   }
 }

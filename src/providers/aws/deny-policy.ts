@@ -1,31 +1,276 @@
 /** ISO-8601 at whole seconds, the form IAM date conditions use. */
 export const isoSeconds = (ms: number) => new Date(Math.floor(ms / 1000) * 1000).toISOString().replace('.000Z', 'Z');
 
+/** STS's longest session (12 h): nothing issued before an instant is valid longer than this after it. */
+export const MAX_SESSION_MS = 43_200_000;
+/** Session and task entries are grouped into one statement per window of end-of-life. */
+export const WINDOW_MS = 900_000;
+
+const ceilTo = (ms: number, step: number) => Math.ceil(ms / step) * step;
+
 /**
- * The broker-managed inline Deny policy on a role (protocols.md 2.8): one
- * statement denying everything to the revoked sessions by `aws:userid`
- * (`ROLEID:<session>`), and, after an overflow, one denying every session
- * issued before a cut-off by `aws:TokenIssueTime`. Undefined = no policy.
+ * The broker's inline Deny policy on one role, as data. The policy in IAM is
+ * the durable record: every statement says in its `Sid` until when it is
+ * needed (`Jit<Kind>Until<epoch seconds>`), so any worker, with or without
+ * Redis, can tell what may go.
  */
-export function denyPolicyDocument(userIds: readonly string[], cutoffMs: number | undefined): string | undefined {
+export interface DenyModel {
+  /** `aws:userid` patterns (`*:jit-<leaseId>`) → end of life (epoch ms, window-aligned). */
+  sessions: Map<string, number>;
+  /** `task` session-tag values → end of life (epoch ms, window-aligned). */
+  tasks: Map<string, number>;
+  /** SourceIdentity → TokenIssueTime cut-off (epoch ms, whole second); end of life = cut-off + 12 h. */
+  agents: Map<string, number>;
+  /** The overflow fallback: every session issued before this; end of life = cut-off + 12 h. */
+  cutoff: number | undefined;
+  /** Statements the broker did not write (or no longer recognises): kept verbatim, never dropped. */
+  foreign: unknown[];
+}
+
+/** What is known about one session that must be denied until it expires. */
+export interface SessionFacts {
+  /** Its `aws:userid` pattern: `*:<session name>`. */
+  userId: string;
+  /** Latest moment it may be valid (STS's Expiration, or the bound known before the call). */
+  expiresAt: number;
+  taskTag?: string | undefined;
+  sourceIdentity?: string | undefined;
+  /** Its TokenIssueTime (Expiration - DurationSeconds); unknown when issuance was interrupted. */
+  tokenIssuedAt?: number | undefined;
+}
+
+/**
+ * STS reports Expiration to the second and TokenIssueTime may carry a
+ * fraction; a cut-off this far past the computed issue time is surely after it.
+ */
+export const ISSUE_TIME_SLACK_MS = 2000;
+
+export const emptyModel = (): DenyModel => ({ sessions: new Map(), tasks: new Map(), agents: new Map(), cutoff: undefined, foreign: [] });
+
+const OWN_SID = /^Jit(Sessions|Tasks|Agents|Cutoff)Until(\d{1,12})$/;
+const DENY_ALL = { Effect: 'Deny', Action: '*', Resource: '*' } as const;
+
+type Json = Record<string, unknown>;
+const isObject = (v: unknown): v is Json => typeof v === 'object' && v !== null && !Array.isArray(v);
+const strings = (v: unknown): string[] | undefined =>
+  typeof v === 'string' ? [v] : Array.isArray(v) && v.length > 0 && v.every((x) => typeof x === 'string') ? (v as string[]) : undefined;
+const sameKeys = (o: Json, keys: string[]) => Object.keys(o).length === keys.length && keys.every((k) => k in o);
+
+/** The one condition block of a statement written by the broker, or undefined when it is shaped otherwise. */
+function ownCondition(st: Json, blocks: Record<string, string>): Record<string, string[]> | undefined {
+  if (!sameKeys(st, ['Sid', 'Effect', 'Action', 'Resource', 'Condition'])) return undefined;
+  if (st.Effect !== 'Deny' || strings(st.Action)?.join() !== '*' || strings(st.Resource)?.join() !== '*') return undefined;
+  const cond = st.Condition;
+  if (!isObject(cond) || !sameKeys(cond, Object.keys(blocks))) return undefined;
+  const out: Record<string, string[]> = {};
+  for (const [op, key] of Object.entries(blocks)) {
+    const block = cond[op];
+    if (!isObject(block) || !sameKeys(block, [key])) return undefined;
+    const values = strings(block[key]);
+    if (!values) return undefined;
+    out[op] = values;
+  }
+  return out;
+}
+
+const dateOf = (values: string[] | undefined): number | undefined => {
+  if (values?.length !== 1) return undefined;
+  const t = Date.parse(values[0]!);
+  return Number.isNaN(t) ? undefined : t;
+};
+
+const raise = (m: Map<string, number>, key: string, value: number) => m.set(key, Math.max(m.get(key) ?? 0, value));
+
+/** Reads one statement into the model; false when it is not one of the broker's. */
+function readOwn(st: Json, m: DenyModel, now: number): boolean {
+  const sid = typeof st.Sid === 'string' ? st.Sid : '';
+  const own = OWN_SID.exec(sid);
+  if (own) {
+    const kind = own[1]!;
+    const end = Number(own[2]) * 1000;
+    if (kind === 'Sessions') {
+      const c = ownCondition(st, { StringLike: 'aws:userid' });
+      if (!c) return false;
+      for (const v of c.StringLike!) raise(m.sessions, v, end);
+      return true;
+    }
+    if (kind === 'Tasks') {
+      const c = ownCondition(st, { StringEquals: 'aws:PrincipalTag/task' });
+      if (!c) return false;
+      for (const v of c.StringEquals!) raise(m.tasks, v, end);
+      return true;
+    }
+    if (kind === 'Agents') {
+      const c = ownCondition(st, { StringEquals: 'aws:SourceIdentity', DateLessThan: 'aws:TokenIssueTime' });
+      const at = dateOf(c?.DateLessThan);
+      if (!c || at === undefined) return false;
+      for (const v of c.StringEquals!) raise(m.agents, v, at);
+      return true;
+    }
+    const c = ownCondition(st, { DateLessThan: 'aws:TokenIssueTime' });
+    const at = dateOf(c?.DateLessThan);
+    if (at === undefined) return false;
+    m.cutoff = Math.max(m.cutoff ?? 0, at);
+    return true;
+  }
+  // Written by earlier versions, which kept the expiries in Redis only: assume the longest a session can live.
+  if (sid === 'DenyRevokedSessions') {
+    const c = ownCondition(st, { StringEquals: 'aws:userid' });
+    if (!c) return false;
+    for (const v of c.StringEquals!) raise(m.sessions, v, ceilTo(now + MAX_SESSION_MS, WINDOW_MS));
+    return true;
+  }
+  if (sid === 'DenyOlderSessions') {
+    const at = dateOf(ownCondition(st, { DateLessThan: 'aws:TokenIssueTime' })?.DateLessThan);
+    if (at === undefined) return false;
+    m.cutoff = Math.max(m.cutoff ?? 0, at);
+    return true;
+  }
+  return false;
+}
+
+/** Parses a policy document (as IAM returns it, decoded) into the model; undefined or '' is no policy. */
+export function parseDenyPolicy(text: string | undefined | null, now: number): DenyModel {
+  const m = emptyModel();
+  if (!text) return m;
+  const doc: unknown = JSON.parse(text);
+  const raw = isObject(doc) ? doc.Statement : undefined;
+  const statements = Array.isArray(raw) ? raw : raw === undefined ? [] : [raw];
+  for (const st of statements) if (!isObject(st) || !readOwn(st, m, now)) m.foreign.push(st);
+  return m;
+}
+
+/** Everything either model denies (the later end, the later cut-off). */
+export function mergeModels(a: DenyModel, b: DenyModel): DenyModel {
+  const m = emptyModel();
+  for (const src of [a, b]) {
+    for (const [k, v] of src.sessions) raise(m.sessions, k, v);
+    for (const [k, v] of src.tasks) raise(m.tasks, k, v);
+    for (const [k, v] of src.agents) raise(m.agents, k, v);
+    if (src.cutoff !== undefined) m.cutoff = Math.max(m.cutoff ?? 0, src.cutoff);
+  }
+  const seen = new Set<string>();
+  for (const st of [...a.foreign, ...b.foreign]) {
+    const key = JSON.stringify(st);
+    if (!seen.has(key)) m.foreign.push(st);
+    seen.add(key);
+  }
+  return m;
+}
+
+/** Whether the model already denies this session until it expires. */
+export function denies(m: DenyModel, s: SessionFacts): boolean {
+  if ((m.sessions.get(s.userId) ?? 0) >= s.expiresAt) return true;
+  if (s.taskTag !== undefined && (m.tasks.get(s.taskTag) ?? 0) >= s.expiresAt) return true;
+  if (s.tokenIssuedAt === undefined) return false;
+  // A TokenIssueTime cut-off outlives every session issued before it (12 h is STS's maximum).
+  const needed = s.tokenIssuedAt + ISSUE_TIME_SLACK_MS;
+  if (s.sourceIdentity !== undefined && (m.agents.get(s.sourceIdentity) ?? 0) >= needed) return true;
+  return (m.cutoff ?? 0) >= needed;
+}
+
+export const addSession = (m: DenyModel, userId: string, until: number) => raise(m.sessions, userId, ceilTo(until, WINDOW_MS));
+export const addTask = (m: DenyModel, tag: string, until: number) => raise(m.tasks, tag, ceilTo(until, WINDOW_MS));
+
+/**
+ * Denies the agent's sessions issued before the revocation: the cut-off is
+ * now (to the second), or later if this session was issued later. A recent
+ * cut-off of another agent that already covers this session is reused, so
+ * agents revoked together share one statement.
+ */
+export function addAgent(m: DenyModel, sourceIdentity: string, tokenIssuedAt: number, now: number): void {
+  const needed = tokenIssuedAt + ISSUE_TIME_SLACK_MS;
+  const target = Math.max(ceilTo(now, 1000), ceilTo(needed, 1000));
+  const shared = [...new Set(m.agents.values())].filter((c) => c >= needed && c <= target && c >= now - 60_000);
+  raise(m.agents, sourceIdentity, shared.length > 0 ? Math.max(...shared) : target);
+}
+
+/** Drops what has certainly expired (end of life + skew before now); returns how many entries went. */
+export function pruneModel(m: DenyModel, now: number, skewMs: number): number {
+  let dropped = 0;
+  const gone = (end: number) => end + skewMs <= now;
+  for (const map of [m.sessions, m.tasks]) {
+    for (const [k, end] of map) if (gone(end)) dropped += Number(map.delete(k));
+  }
+  if (m.cutoff !== undefined && gone(m.cutoff + MAX_SESSION_MS)) {
+    m.cutoff = undefined;
+    dropped++;
+  }
+  // An agent's cut-off no later than the role-wide one denies nothing more.
+  for (const [k, at] of m.agents) if (gone(at + MAX_SESSION_MS) || at <= (m.cutoff ?? 0)) dropped += Number(m.agents.delete(k));
+  return dropped;
+}
+
+/** Whether pruning would drop anything (so a write is worth it). */
+export function prunable(m: DenyModel, now: number, skewMs: number): boolean {
+  const copy = mergeModels(m, emptyModel());
+  return pruneModel(copy, now, skewMs) > 0;
+}
+
+/** Groups a map's keys by their end of life. */
+function byEnd(map: Map<string, number>): [number, string[]][] {
+  const groups = new Map<number, string[]>();
+  for (const [k, end] of map) groups.set(end, [...(groups.get(end) ?? []), k]);
+  return [...groups.entries()].sort((a, b) => a[0] - b[0]).map(([end, keys]) => [end, keys.sort()]);
+}
+
+/**
+ * The policy document for a model (compact JSON, deterministic), or
+ * undefined when it denies nothing. Statement order: cut-off, agents, tasks,
+ * sessions, then foreign statements.
+ */
+export function renderDenyPolicy(m: DenyModel): string | undefined {
+  const taken = new Set(m.foreign.map((st) => (isObject(st) && typeof st.Sid === 'string' ? st.Sid : '')));
+  const sid = (kind: string, endMs: number) => {
+    // A foreign statement (one of ours edited by hand) may hold the name: a later end is always safe.
+    let s = Math.ceil(endMs / 1000);
+    while (taken.has(`Jit${kind}Until${s}`)) s++;
+    taken.add(`Jit${kind}Until${s}`);
+    return `Jit${kind}Until${s}`;
+  };
   const statements: unknown[] = [];
-  if (userIds.length > 0) {
+  if (m.cutoff !== undefined) {
     statements.push({
-      Sid: 'DenyRevokedSessions',
-      Effect: 'Deny',
-      Action: '*',
-      Resource: '*',
-      Condition: { StringEquals: { 'aws:userid': [...userIds].sort() } },
+      Sid: sid('Cutoff', m.cutoff + MAX_SESSION_MS),
+      ...DENY_ALL,
+      Condition: { DateLessThan: { 'aws:TokenIssueTime': isoSeconds(m.cutoff) } },
     });
   }
-  if (cutoffMs !== undefined) {
+  for (const [at, ids] of byEnd(m.agents)) {
     statements.push({
-      Sid: 'DenyOlderSessions',
-      Effect: 'Deny',
-      Action: '*',
-      Resource: '*',
-      Condition: { DateLessThan: { 'aws:TokenIssueTime': isoSeconds(cutoffMs) } },
+      Sid: sid('Agents', at + MAX_SESSION_MS),
+      ...DENY_ALL,
+      Condition: { StringEquals: { 'aws:SourceIdentity': ids }, DateLessThan: { 'aws:TokenIssueTime': isoSeconds(at) } },
     });
   }
+  for (const [end, tags] of byEnd(m.tasks)) {
+    statements.push({ Sid: sid('Tasks', end), ...DENY_ALL, Condition: { StringEquals: { 'aws:PrincipalTag/task': tags } } });
+  }
+  for (const [end, ids] of byEnd(m.sessions)) {
+    statements.push({ Sid: sid('Sessions', end), ...DENY_ALL, Condition: { StringLike: { 'aws:userid': ids } } });
+  }
+  statements.push(...m.foreign);
   return statements.length === 0 ? undefined : JSON.stringify({ Version: '2012-10-17', Statement: statements });
 }
+
+/**
+ * Saves one statement by merging the two session or task groups whose ends
+ * are closest (the earlier group is kept until the later end: later is always
+ * safe). False when no group can be merged any more.
+ */
+export function coarsen(m: DenyModel): boolean {
+  let best: { map: Map<string, number>; from: number; to: number } | undefined;
+  for (const map of [m.sessions, m.tasks]) {
+    const ends = [...new Set(map.values())].sort((a, b) => a - b);
+    for (let i = 1; i < ends.length; i++) {
+      const gap = ends[i]! - ends[i - 1]!;
+      if (!best || gap < best.to - best.from) best = { map, from: ends[i - 1]!, to: ends[i]! };
+    }
+  }
+  if (!best) return false;
+  for (const [k, end] of best.map) if (end === best.from) best.map.set(k, best.to);
+  return true;
+}
+
+/** Size as IAM counts it: the document without insignificant whitespace. */
+export const policySize = (text: string) => JSON.stringify(JSON.parse(text)).length;

@@ -5,48 +5,101 @@ import type { IssueRequest, IssueResult } from '../types.ts';
 import type { AwsClients } from './clients.ts';
 import type { AwsRoleConfig, AwsSettings } from './config.ts';
 import type { RoleInfoCache } from './role-info.ts';
-import { sessionNameFor, sourceIdentityFor, tagValue } from './session-name.ts';
+import { sessionNameFor, sourceIdentityFor, tagValue, taskTagValue } from './session-name.ts';
 import { sessionPolicy } from './session-policy.ts';
 import { awsErrorCode, classify } from './upstream.ts';
 
 /** STS AssumeRole bounds on DurationSeconds. */
 export const STS_MIN_DURATION = 900;
 const STS_MAX_DURATION = 43_200;
+/** A credential may outlive its task by at most this much (beyond STS's 900 s minimum), so a task's sessions end by its deadline + 900 s. */
+const TASK_OVERRUN_SECONDS = 60;
 
 export interface IssueDeps {
   settings: AwsSettings;
   clients: AwsClients;
   roles: RoleInfoCache;
   logger: Logger;
+  clock: () => number;
+}
+
+/**
+ * The revoke handle of a lease: identifiers and instants, no secret.
+ * - `sessionName` (`jit-<leaseId>`) names exactly this session, known before STS is called;
+ * - `taskTag` / `sourceIdentity`: the `task` tag and SourceIdentity the session carries (absent when not sent);
+ * - `taskDeadline`: the task's deadline (no session of the task outlives it by more than 900 s);
+ * - `expiresAt`: STS's Expiration, or before the call the latest it can be;
+ * - `tokenIssuedAt`: the session's TokenIssueTime (Expiration - DurationSeconds), once STS has answered.
+ */
+export interface AwsHandle {
+  roleArn: string;
+  sessionName: string;
+  expiresAt: number;
+  taskDeadline?: number;
+  taskTag?: string;
+  sourceIdentity?: string;
+  tokenIssuedAt?: number;
+}
+
+/** DurationSeconds before the IAM role's MaxSessionDuration: the TTL, within STS's bounds and the task's deadline. */
+function plannedDuration(req: IssueRequest<AwsRoleConfig>, now: number): number {
+  const left = Math.ceil((req.task.expiresAt - now) / 1000) + TASK_OVERRUN_SECONDS;
+  return Math.max(STS_MIN_DURATION, Math.min(req.ttlSeconds, STS_MAX_DURATION, left));
+}
+
+/** The longest an AssumeRole call can take with our retries (and one retry after a key switch), plus time to start it. */
+export function callAllowanceMs(settings: AwsSettings): number {
+  return 2 * settings.maxAttempts * (settings.requestTimeoutMs + 5000) + 2000 + 60_000;
+}
+
+/** The parts of the handle that do not depend on STS's answer. */
+function baseHandle(settings: AwsSettings, req: IssueRequest<AwsRoleConfig>): Omit<AwsHandle, 'expiresAt'> {
+  return {
+    roleArn: req.role.roleArn,
+    sessionName: sessionNameFor(req.leaseId),
+    taskDeadline: req.task.expiresAt,
+    ...(settings.sessionTags ? { taskTag: taskTagValue(req.task.taskId) } : {}),
+    ...(settings.sourceIdentity ? { sourceIdentity: sourceIdentityFor(req.agent) } : {}),
+  };
+}
+
+/**
+ * What revoke needs, known before STS is called: the session name is derived
+ * from the lease id, and `expiresAt` is the latest the session can expire if
+ * STS is called now (the planned duration, the longest the call can take).
+ */
+export function awsIntent(settings: AwsSettings, clock: () => number, req: IssueRequest<AwsRoleConfig>): AwsHandle {
+  const now = clock();
+  return { ...baseHandle(settings, req), expiresAt: now + plannedDuration(req, now) * 1000 + callAllowanceMs(settings) };
 }
 
 /**
  * One credential: STS AssumeRole from the broker's own identity, scoped down
  * by a session policy built from the scopes, named after the lease, tagged
- * with task/tenant/agent. The lease keeps { roleArn, roleId, sessionName,
- * expiresAt }, which is all revoke needs; the keys go only to the caller.
+ * with task/tenant/agent. The lease keeps the AwsHandle, which is all revoke
+ * needs; the keys go only to the caller.
  */
 export async function issueAwsCredential(deps: IssueDeps, req: IssueRequest<AwsRoleConfig>): Promise<IssueResult> {
   const { settings, clients, logger } = deps;
   const policy = sessionPolicy(req.scopes, req.role.resources);
   const roleArn = req.role.roleArn;
+  const base = baseHandle(settings, req);
   const info = await deps.roles.get(roleArn);
   // The core clamps to the configured role max; the IAM role's own MaxSessionDuration may be lower.
-  const maxDuration = Math.min(STS_MAX_DURATION, info?.maxSessionDuration ?? STS_MAX_DURATION);
-  const duration = Math.max(STS_MIN_DURATION, Math.min(req.ttlSeconds, maxDuration));
-  const sessionName = sessionNameFor(req.leaseId);
+  const duration = Math.max(STS_MIN_DURATION, Math.min(plannedDuration(req, deps.clock()), info?.maxSessionDuration ?? STS_MAX_DURATION));
   const tags = [
-    { Key: 'task', Value: tagValue(req.task.taskId) },
+    // One-to-one with the task id: revoking a task denies this tag.
+    { Key: 'task', Value: taskTagValue(req.task.taskId) },
     { Key: 'tenant', Value: tagValue(req.task.tenant) },
     { Key: 'agent', Value: tagValue(req.agent) },
   ];
   const input = {
     RoleArn: roleArn,
-    RoleSessionName: sessionName,
+    RoleSessionName: base.sessionName,
     DurationSeconds: duration,
     Policy: policy,
     ...(settings.sessionTags ? { Tags: tags, TransitiveTagKeys: tags.map((t) => t.Key) } : {}),
-    ...(settings.sourceIdentity ? { SourceIdentity: sourceIdentityFor(req.agent) } : {}),
+    ...(base.sourceIdentity ? { SourceIdentity: base.sourceIdentity } : {}),
     ...(req.role.externalId ? { ExternalId: req.role.externalId } : {}),
   };
   let out;
@@ -56,15 +109,15 @@ export async function issueAwsCredential(deps: IssueDeps, req: IssueRequest<AwsR
     throw issueError(err, roleArn, req.leaseId, logger);
   }
   const c = out.Credentials;
-  const assumedRoleId = out.AssumedRoleUser?.AssumedRoleId;
-  if (!c?.AccessKeyId || !c.SecretAccessKey || !c.SessionToken || !c.Expiration || !assumedRoleId) {
+  if (!c?.AccessKeyId || !c.SecretAccessKey || !c.SessionToken || !c.Expiration) {
     throw upstreamFailed('upstream_error', 'STS returned an incomplete AssumeRole response.');
   }
   const expiresAt = c.Expiration.getTime();
   logger.info(
-    { leaseId: req.leaseId, roleArn, sessionName, durationSeconds: duration, requestId: out.$metadata.requestId },
+    { leaseId: req.leaseId, roleArn, sessionName: base.sessionName, durationSeconds: duration, requestId: out.$metadata.requestId },
     'aws session issued',
   );
+  const handle: AwsHandle = { ...base, expiresAt, tokenIssuedAt: expiresAt - duration * 1000 };
   return {
     credentials: {
       AccessKeyId: c.AccessKeyId,
@@ -72,7 +125,7 @@ export async function issueAwsCredential(deps: IssueDeps, req: IssueRequest<AwsR
       SessionToken: c.SessionToken,
       Expiration: c.Expiration.toISOString(),
     },
-    handle: { roleArn, roleId: assumedRoleId.split(':')[0]!, sessionName, expiresAt },
+    handle: { ...handle },
     expiresAt,
   };
 }

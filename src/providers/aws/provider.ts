@@ -1,32 +1,61 @@
 import type { LeaseRecord } from '../../leases/types.ts';
-import type { IssueRequest, IssueResult, Provider, ProviderContext, RotationResult } from '../types.ts';
+import type { IssueIntent, IssueRequest, IssueResult, Provider, ProviderContext, RevokeContext, RotationResult } from '../types.ts';
 import { GetCallerIdentityCommand } from '@aws-sdk/client-sts';
 import { AwsClients } from './clients.ts';
 import type { AwsRoleConfig, AwsSettings } from './config.ts';
-import { DenyList, type DenyFallbackEvent } from './deny-list.ts';
-import { issueAwsCredential, STS_MIN_DURATION } from './issue.ts';
+import { DenyList, type DenyFallbackEvent, type DenyUnit } from './deny-list.ts';
+import { MAX_SESSION_MS } from './deny-policy.ts';
+import { type AwsHandle, awsIntent, callAllowanceMs, issueAwsCredential, STS_MIN_DURATION } from './issue.ts';
 import { RoleInfoCache } from './role-info.ts';
 import { rotateAccessKey } from './rotate.ts';
+import { sessionPolicy } from './session-policy.ts';
 import { awsErrorCode } from './upstream.ts';
 
-/** Extras for embedding and tests; the registry passes none. */
+/** Extras for embedding and tests; the registry passes `onDenyFallback`. */
 export interface AwsProviderOptions {
-  /** Time source for deny-list pruning (default Date.now). */
-  clock?: () => number;
   /** Told when a role's deny list overflows into a TokenIssueTime cut-off (wire it to the audit log). */
   onDenyFallback?: (e: DenyFallbackEvent) => void | Promise<void>;
 }
 
 /** The AWS provider, with the deny list exposed for tests and ops tooling. */
-export type AwsProvider = Provider<AwsRoleConfig> & { readonly denyList: DenyList };
+export type AwsProvider = Provider<AwsRoleConfig> & { readonly denyList: DenyList; intent(req: IssueRequest<AwsRoleConfig>): IssueIntent };
 
 const READY_CACHE_MS = 30_000;
 
-/** Reads the revoke handle off a lease; undefined when issuing never completed. */
-function handleOf(lease: LeaseRecord): { roleArn: string; roleId: string; sessionName: string; expiresAt: number } | undefined {
-  const { roleArn, roleId, sessionName, expiresAt } = lease.handle;
-  if (typeof roleArn !== 'string' || typeof roleId !== 'string' || typeof sessionName !== 'string') return undefined;
-  return { roleArn, roleId, sessionName, expiresAt: typeof expiresAt === 'number' ? expiresAt : lease.expiresAt };
+/** Reads the revoke handle off a lease (from `intent` or `issue`, or an older version's); undefined when nothing was planned. */
+function handleOf(lease: LeaseRecord): AwsHandle | undefined {
+  const h = lease.handle;
+  const str = (v: unknown) => (typeof v === 'string' && v.length > 0 ? v : undefined);
+  const num = (v: unknown) => (typeof v === 'number' && Number.isFinite(v) ? v : undefined);
+  const roleArn = str(h.roleArn);
+  const sessionName = str(h.sessionName);
+  if (!roleArn || !sessionName) return undefined;
+  const out: AwsHandle = { roleArn, sessionName, expiresAt: num(h.expiresAt) ?? lease.expiresAt };
+  const taskDeadline = num(h.taskDeadline);
+  const taskTag = str(h.taskTag);
+  const sourceIdentity = str(h.sourceIdentity);
+  const tokenIssuedAt = num(h.tokenIssuedAt);
+  if (taskDeadline !== undefined) out.taskDeadline = taskDeadline;
+  if (taskTag !== undefined) out.taskTag = taskTag;
+  if (sourceIdentity !== undefined) out.sourceIdentity = sourceIdentity;
+  if (tokenIssuedAt !== undefined) out.tokenIssuedAt = tokenIssuedAt;
+  return out;
+}
+
+/**
+ * The unit of revocation for a reason: a whole task when the task ended (one
+ * statement however many sessions it had), the agent's sessions up to now
+ * when an admin revoked it, else the one session. Without the tag or the
+ * SourceIdentity on the session (disabled in settings), the session alone.
+ */
+function unitFor(reason: RevokeContext['reason'], h: AwsHandle, now: number): DenyUnit {
+  if ((reason === 'task_completed' || reason === 'task_expired') && h.taskTag !== undefined) {
+    // No session of the task outlives its deadline by more than STS's minimum, nor anything issued by now by more than 12 h.
+    const bound = Math.min((h.taskDeadline ?? Number.POSITIVE_INFINITY) + STS_MIN_DURATION * 1000, now + MAX_SESSION_MS);
+    return { kind: 'task', until: bound };
+  }
+  if (reason === 'revoked_by_admin' && h.sourceIdentity !== undefined && h.tokenIssuedAt !== undefined) return { kind: 'agent' };
+  return { kind: 'session' };
 }
 
 /**
@@ -36,13 +65,14 @@ function handleOf(lease: LeaseRecord): { roleArn: string; roleId: string; sessio
  */
 export function createAwsProvider(settings: AwsSettings, ctx: ProviderContext, opts: AwsProviderOptions = {}): AwsProvider {
   const logger = ctx.logger.child({ provider: 'aws' });
-  const clock = opts.clock ?? Date.now;
+  // Decisions about expiry are shared by every worker: on the broker's Redis-time estimate, not this process's clock.
+  const clock = ctx.clock ?? Date.now;
+  const skewMs = settings.clockSkewSeconds * 1000;
   const clients = new AwsClients(settings);
   const roles = new RoleInfoCache(clients, logger);
   const denyList = new DenyList({
     settings,
     clients,
-    roles,
     redis: ctx.redis,
     keyPrefix: ctx.keyPrefix,
     logger,
@@ -51,6 +81,10 @@ export function createAwsProvider(settings: AwsSettings, ctx: ProviderContext, o
   });
   let readyUntil = 0;
 
+  const prune = (roleArn: string) =>
+    // Housekeeping only: the credential has expired upstream whatever happens here, and every write prunes too.
+    denyList.prune(roleArn).catch((err) => logger.warn({ roleArn, code: awsErrorCode(err) }, 'pruning the aws deny list failed'));
+
   const provider: AwsProvider = {
     kind: 'aws',
     minTtlSeconds: STS_MIN_DURATION,
@@ -58,25 +92,44 @@ export function createAwsProvider(settings: AwsSettings, ctx: ProviderContext, o
     denyList,
     revocable: () => settings.revocation === 'iam-deny',
 
-    issue: (req: IssueRequest<AwsRoleConfig>): Promise<IssueResult> => issueAwsCredential({ settings, clients, roles, logger }, req),
+    intent(req) {
+      // A request that cannot be issued fails here, before anything is recorded.
+      sessionPolicy(req.scopes, req.role.resources);
+      // The orphan window: once the longest the STS call can take has passed, an unanswered issuance is revoked by its session name.
+      return { handle: { ...awsIntent(settings, clock, req) }, orphanMs: callAllowanceMs(settings) };
+    },
 
-    async revoke(lease) {
+    issue: (req: IssueRequest<AwsRoleConfig>): Promise<IssueResult> => issueAwsCredential({ settings, clients, roles, logger, clock }, req),
+
+    async revoke(lease, _role, ctx) {
       if (settings.revocation !== 'iam-deny') return; // honest: revocable=false, the credential lives until it expires
       const h = handleOf(lease);
-      if (!h) return; // never issued upstream: nothing to cut off
-      if (h.expiresAt <= clock()) return; // already expired on its own
-      await denyList.deny(h.roleArn, `${h.roleId}:${h.sessionName}`, h.expiresAt);
-      logger.info({ leaseId: lease.leaseId, roleArn: h.roleArn, sessionName: h.sessionName }, 'aws session denied');
+      if (!h) return; // nothing was ever asked of STS
+      const now = clock();
+      if (h.expiresAt + skewMs <= now) return; // expired on its own, even by a clock behind AWS's
+      if (ctx.reason === 'ttl_expired') {
+        await prune(h.roleArn); // its TTL is the session's Expiration: nothing left to cut off
+        return;
+      }
+      const unit = unitFor(ctx.reason, h, now);
+      const session = {
+        userId: `*:${h.sessionName}`,
+        expiresAt: h.expiresAt,
+        taskTag: h.taskTag,
+        sourceIdentity: h.sourceIdentity,
+        tokenIssuedAt: h.tokenIssuedAt,
+      };
+      const outcome = await denyList.deny(h.roleArn, session, unit);
+      logger.info(
+        { leaseId: lease.leaseId, roleArn: h.roleArn, sessionName: h.sessionName, reason: ctx.reason, unit: unit.kind, outcome },
+        'aws session denied',
+      );
     },
 
     async expire(lease) {
       if (settings.revocation !== 'iam-deny') return;
       const h = handleOf(lease);
-      if (!h) return;
-      // Housekeeping only; the credential has expired upstream whatever happens here, and the next write prunes too.
-      await denyList
-        .prune(h.roleArn)
-        .catch((err) => logger.warn({ roleArn: h.roleArn, code: awsErrorCode(err) }, 'pruning the aws deny list failed'));
+      if (h) await prune(h.roleArn);
     },
 
     async ready() {

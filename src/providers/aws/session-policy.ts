@@ -14,7 +14,9 @@ const IAM_ACTION = /^[a-zA-Z0-9-]+:[A-Za-z0-9*?]+$/;
  * it is a 400 here rather than a 502 from upstream.
  */
 export function sessionPolicy(scopes: readonly string[], resources: readonly string[]): string {
-  if (scopes.length === 0) throw badRequest('scopes_empty', 'An aws session needs at least one action (scope), such as s3:GetObject.');
+  // Without a session policy the session would get all of the role's permissions: never.
+  if (scopes.length === 0)
+    throw badRequest('scopes_empty', 'An aws credential needs at least one scope (an IAM action such as s3:GetObject).');
   const bad = scopes.filter((s) => !IAM_ACTION.test(s));
   if (bad.length > 0) throw badRequest('invalid_scope', `Scopes for aws roles are IAM actions like s3:GetObject; not: ${bad.join(', ')}.`);
   const policy = JSON.stringify({

@@ -80,6 +80,9 @@ export function parsePolicy(text: string): PolicyDocument {
     if (st.Condition !== undefined) out.Condition = parseCondition(st.Condition);
     return out;
   });
+  // IAM: "the Sid value must be unique within a JSON policy".
+  const sids = statements.map((s) => s.Sid).filter((sid): sid is string => sid !== undefined);
+  if (new Set(sids).size !== sids.length) throw malformedPolicy('Statement IDs (SID) in a single policy must be unique.');
   return { ...(typeof d.Version === 'string' ? { Version: d.Version } : {}), Statement: statements };
 }
 

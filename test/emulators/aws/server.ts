@@ -102,7 +102,8 @@ function readBody(req: IncomingMessage): Promise<Buffer> {
  */
 export async function startAwsEmulator(opts: AwsEmulatorOptions = {}): Promise<AwsEmulator> {
   let offset = 0;
-  const account = new Account(opts.accountId ?? '123456789012', () => Date.now() + offset);
+  // AWS keeps its own time: the emulator's clock does not follow the process's Date.now (which a test may skew).
+  const account = new Account(opts.accountId ?? '123456789012', () => Math.round(performance.timeOrigin + performance.now()) + offset);
   const packedPolicyLimit = opts.packedPolicyLimit ?? 2048;
   const faults: Fault[] = [];
   const log: RecordedRequest[] = [];
@@ -123,7 +124,8 @@ export async function startAwsEmulator(opts: AwsEmulatorOptions = {}): Promise<A
     const send = (status: number, xml: string) => {
       entry.status = status;
       log.push(entry);
-      res.writeHead(status, { 'Content-Type': 'text/xml', 'x-amzn-RequestId': requestId });
+      // SDKs correct their signing clock from Date; it must be the clock the signature window is checked against (sigv4.ts).
+      res.writeHead(status, { 'Content-Type': 'text/xml', 'x-amzn-RequestId': requestId, Date: new Date(Date.now()).toUTCString() });
       res.end(xml);
     };
     try {

@@ -198,7 +198,8 @@ describe('aws roles through the broker API', () => {
 
     expect(await whoAmI(creds)).toEqual({ ok: false, code: 'AccessDenied' });
     expect(emu.evaluate(creds.accessKeyId, 's3:GetObject', 'arn:aws:s3:::reports/q3.csv')).toBe('explicit-deny');
-    expect(JSON.stringify(emu.rolePolicy(role.roleName, POLICY))).toContain(`${role.roleId}:jit-${r.body.leaseId}`);
+    // The task ended: denied by its session tag, one statement however many sessions it had.
+    expect(JSON.stringify(emu.rolePolicy(role.roleName, POLICY))).toContain(`"aws:PrincipalTag/task":["${taskId}"]`);
     expect((await whoAmI(sessionCreds(keep.body.credentials))).ok).toBe(true);
 
     // The lease, even revoked, never held the secret.
@@ -279,6 +280,19 @@ describe('aws roles through the broker API', () => {
     });
     expect(bad.status).toBe(403);
     expect(await bad.json()).toMatchObject({ Code: 'not_task_agent' });
+  });
+
+  test('the container-credentials endpoint refuses a role of another kind before anything is issued', async () => {
+    const taskId = await openTask(t, [
+      { role: 'reports-bucket', scopes: ['s3:GetObject'] },
+      { role: 'tickets-api', scopes: ['tickets:read'] },
+    ]);
+    const headers = { authorization: `Bearer ${t.issuer.svid(AGENT, { ttl: 600 })}` };
+    const res = await fetch(`${t.url}/v1/aws/container-credentials/${taskId}/tickets-api`, { headers });
+    expect(res.status).toBe(400);
+    expect(await res.json()).toMatchObject({ Code: 'not_an_aws_role' });
+    const task = await call(t.url, 'GET', `/v1/tasks/${taskId}`, t.as(ORCH));
+    expect(task.body.leases).toEqual([]); // no token was minted and thrown away
   });
 
   test('an unmodified SDK: fromProcess runs scripts/aws-credential-process.ts against the broker and gets working credentials', async () => {

@@ -4,7 +4,7 @@ import { Redis } from 'ioredis';
 import { silentLogger } from '../../../src/logger.ts';
 import { awsRoleSchema, awsSettingsSchema, type AwsRoleConfig, type AwsSettings } from '../../../src/providers/aws/config.ts';
 import { createAwsProvider, type AwsProvider, type AwsProviderOptions } from '../../../src/providers/aws/provider.ts';
-import type { IssueRequest } from '../../../src/providers/types.ts';
+import type { IssueRequest, ProviderContext } from '../../../src/providers/types.ts';
 import type { LeaseRecord } from '../../../src/leases/types.ts';
 import type { TaskRecord } from '../../../src/tasks/types.ts';
 import { startAwsEmulator, type AwsEmulator, type EmulatedUser } from '../../emulators/aws/index.ts';
@@ -20,7 +20,8 @@ export interface AwsWorld {
   prefix: string;
   provider: AwsProvider;
   settings: AwsSettings;
-  makeProvider(overrides?: Record<string, unknown>, opts?: AwsProviderOptions): AwsProvider;
+  /** Another provider on the same emulator and Redis prefix (another worker); `ctx` replaces parts of its ProviderContext. */
+  makeProvider(overrides?: Record<string, unknown>, opts?: AwsProviderOptions, ctx?: Partial<ProviderContext>): AwsProvider;
   close(): Promise<void>;
 }
 
@@ -31,7 +32,7 @@ export async function awsWorld(name: string, overrides: Record<string, unknown> 
   const redis = new Redis(REDIS_URL);
   const prefix = `test-aws-${name}-${randomUUID().slice(0, 8)}`;
   const providers: AwsProvider[] = [];
-  const makeProvider = (more: Record<string, unknown> = {}, o: AwsProviderOptions = {}) => {
+  const makeProvider = (more: Record<string, unknown> = {}, o: AwsProviderOptions = {}, c: Partial<ProviderContext> = {}) => {
     const settings = awsSettingsSchema.parse({
       region: 'us-east-1',
       endpoint: emu.url,
@@ -43,7 +44,7 @@ export async function awsWorld(name: string, overrides: Record<string, unknown> 
       ...overrides,
       ...more,
     });
-    const p = createAwsProvider(settings, { logger: silentLogger, redis, keyPrefix: prefix }, { clock: emu.now, ...opts, ...o });
+    const p = createAwsProvider(settings, { logger: silentLogger, redis, keyPrefix: prefix, clock: emu.now, ...c }, { ...opts, ...o });
     providers.push(p);
     return p;
   };

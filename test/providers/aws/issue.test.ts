@@ -1,8 +1,8 @@
 import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
 import { GetCallerIdentityCommand } from '@aws-sdk/client-sts';
 import { BrokerError } from '../../../src/errors.ts';
-import { sessionNameFor, sourceIdentityFor, tagValue } from '../../../src/providers/aws/session-name.ts';
-import { awsWorld, issueRequest, roleConfig, stsAs, task, type AwsWorld } from './helpers.ts';
+import { sessionNameFor, sourceIdentityFor, tagValue, taskTagValue } from '../../../src/providers/aws/session-name.ts';
+import { awsWorld, issueRequest, roleConfig, stsAs, type AwsWorld } from './helpers.ts';
 
 let w: AwsWorld;
 
@@ -43,7 +43,7 @@ describe('issue', () => {
       RoleArn: w.role.arn,
       RoleSessionName: `jit-${req.leaseId}`,
       DurationSeconds: '1200',
-      SourceIdentity: 'example.org-agent-support',
+      SourceIdentity: 'example.org@agent@support',
       'Tags.member.1.Key': 'task',
       'Tags.member.1.Value': 't-4711',
       'Tags.member.2.Key': 'tenant',
@@ -60,7 +60,18 @@ describe('issue', () => {
     const c = out.credentials;
     expect(Object.keys(c).sort()).toEqual(['AccessKeyId', 'Expiration', 'SecretAccessKey', 'SessionToken']);
     expect(c.AccessKeyId).toMatch(/^ASIA/);
-    expect(out.handle).toEqual({ roleArn: w.role.arn, roleId: w.role.roleId, sessionName: `jit-${req.leaseId}`, expiresAt: out.expiresAt });
+    expect(out.handle).toEqual({
+      roleArn: w.role.arn,
+      sessionName: `jit-${req.leaseId}`,
+      expiresAt: out.expiresAt,
+      tokenIssuedAt: out.expiresAt - 1_200_000,
+      taskDeadline: req.task.expiresAt,
+      taskTag: 't-4711',
+      sourceIdentity: 'example.org@agent@support',
+    });
+    // What STS was told about the session is exactly what revocation will deny.
+    const session = w.emu.sessions().find((s) => s.accessKeyId === c.AccessKeyId)!;
+    expect(Math.floor(session.issuedAt / 1000) * 1000).toBe(out.handle.tokenIssuedAt);
     expect(JSON.stringify(out.handle)).not.toContain(String(c.SecretAccessKey));
     expect(new Date(String(c.Expiration)).getTime()).toBe(out.expiresAt);
     expect(Math.abs(out.expiresAt - (w.emu.now() + 1_200_000))).toBeLessThan(2000);
@@ -114,7 +125,7 @@ describe('issue', () => {
     });
     expect(await brokerError(w.provider.issue(issueRequest(roleConfig(w.role.arn), { scopes: [] })))).toMatchObject({
       status: 400,
-      code: 'scopes_required',
+      code: 'scopes_empty',
     });
   });
 
@@ -165,19 +176,58 @@ describe('issue', () => {
 
 describe('names STS accepts', () => {
   const NAME = /^[\w+=,.@-]{2,64}$/;
+  const TAG = /^[\p{L}\p{Z}\p{N}_.:/=+\-@]{0,256}$/u;
   it.each([
-    ['spiffe://example.org/agent/support', 'example.org-agent-support'],
-    ['https://token.actions.githubusercontent.com#repo:acme/app', 'token.actions.githubusercontent.com-repo-acme-app'],
-    [
-      'https://token.actions.githubusercontent.com#repo:acme/app:ref:refs/heads/main',
-      'githubusercontent.com-repo-acme-app-ref-refs-heads-main-467fe7c8',
-    ],
-    ['x', undefined],
-    [`spiffe://example.org/${'deep/'.repeat(30)}agent`, undefined],
+    ['spiffe://example.org/agent/support', 'example.org@agent@support'],
+    ['spiffe://example.org/agent/x-y', 'example.org@agent@x-y'],
+    ['spiffe://example.org/agent-x/y', 'example.org@agent-x@y'],
+    ['https://token.actions.githubusercontent.com#repo:acme/app', /^[\w.-]{1,47}githubusercontent\.com-repo-acme-app=[0-9a-f]{16}$/],
+    ['https://token.actions.githubusercontent.com#repo:acme/app:ref:refs/heads/main', /^[\w.-]{1,47}=[0-9a-f]{16}$/],
+    ['x', /^x=[0-9a-f]{16}$/],
+    [`spiffe://example.org/${'deep/'.repeat(30)}agent`, /^[\w.@-]{1,47}=[0-9a-f]{16}$/],
   ])('source identity for %s', (agent, expected) => {
     const s = sourceIdentityFor(agent);
     expect(s).toMatch(NAME);
-    if (expected) expect(s).toBe(expected);
+    if (typeof expected === 'string') expect(s).toBe(expected);
+    else expect(s).toMatch(expected);
+  });
+
+  it('source identities are one-to-one: revoking one agent never denies another', () => {
+    const agents = [
+      'spiffe://example.org/agent/x-y',
+      'spiffe://example.org/agent-x/y',
+      'spiffe://example.org/agent/x/y',
+      'spiffe://example.org-agent/x/y',
+      'https://issuer.example#example.org@agent@x@y',
+      'http://issuer.example#sub',
+      'https://issuer.example#sub',
+      `spiffe://example.org/${'a'.repeat(70)}`,
+      `spiffe://example.org/${'a'.repeat(69)}b`,
+    ];
+    const ids = agents.map(sourceIdentityFor);
+    expect(new Set(ids).size).toBe(agents.length);
+  });
+
+  it('task tags are one-to-one for every task id the broker makes, sub-tasks and 512-char ids included', () => {
+    const parent = 'T'.repeat(128);
+    const ids = [
+      't-4711',
+      't-4711~a',
+      't-4711~a~b',
+      't-4711~a.b',
+      't-4711.a~b',
+      'a:b.c-d_e',
+      `${parent}~${'x'.repeat(127)}`, // 256: still readable
+      `${parent}~${'x'.repeat(128)}`, // 257: hashed
+      `${parent}~${'x'.repeat(128)}~${'y'.repeat(128)}~${'z'.repeat(125)}`, // 512
+      `${parent}~${'x'.repeat(128)}~${'y'.repeat(128)}~${'z'.repeat(124)}Z`,
+    ];
+    const tags = ids.map(taskTagValue);
+    for (const t of tags) expect(t).toMatch(TAG);
+    expect(new Set(tags).size).toBe(ids.length);
+    expect(taskTagValue('t-4711~a~b')).toBe('t-4711/a/b');
+    expect(taskTagValue(`${parent}~${'x'.repeat(127)}`)).toBe(`${parent}/${'x'.repeat(127)}`);
+    expect(taskTagValue(ids[7]!)).toMatch(/^T{128}\/x{61}=[0-9a-f]{64}$/);
   });
 
   it('session names are unique per lease and valid even for odd lease ids', () => {
@@ -189,10 +239,9 @@ describe('names STS accepts', () => {
     expect(sessionNameFor('lease with spaces/and#marks')).toMatch(NAME);
   });
 
-  it('tag values keep allowed characters and lose the rest', () => {
+  it('informational tag values keep allowed characters and lose the rest', () => {
     expect(tagValue('spiffe://example.org/agent/x')).toBe('spiffe://example.org/agent/x');
     expect(tagValue('a#b"c')).toBe('a_b_c');
     expect(tagValue('v'.repeat(300))).toHaveLength(256);
-    expect(task().tenant).toBe('acme');
   });
 });

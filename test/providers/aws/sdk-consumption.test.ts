@@ -58,7 +58,12 @@ beforeAll(async () => {
         .json({ type: 'about:blank', title: 'Error', status: e.status, code: e.code, detail: e.message });
     }
   });
-  app.use(containerCredentialsRouter({ issue }));
+  app.use(
+    containerCredentialsRouter({
+      roles: { 'reports-bucket': { provider: 'aws' }, payroll: { provider: 'aws' }, 'orders-db': { provider: 'vault' } },
+      issue,
+    }),
+  );
   server = app.listen(0, '127.0.0.1');
   await new Promise((r) => server.once('listening', r));
   brokerUrl = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
@@ -104,7 +109,7 @@ describe('credential_process (fromProcess)', () => {
   it("fails with the broker's error on stderr and a non-zero exit", async () => {
     const config = file('config-bad', profile('bad', file('jwt-bad', 'not-the-jwt')));
     await expect(fromProcess({ profile: 'bad', configFilepath: config, filepath: file('credentials', '') })()).rejects.toThrow(
-      /401 invalid_identity/,
+      /401 identity_invalid/,
     );
   }, 30_000);
 });
@@ -126,7 +131,7 @@ describe('container credentials (fromHttp)', () => {
   it("answers errors in the AWS shape with the broker's status", async () => {
     const res = await fetch(uri(), { headers: { authorization: 'wrong' } });
     expect(res.status).toBe(401);
-    expect(await res.json()).toEqual({ Code: 'invalid_identity', Message: 'The workload identity is not valid.' });
+    expect(await res.json()).toEqual({ Code: 'identity_invalid', Message: 'The workload identity is not valid.' });
     expect((await fetch(uri())).status).toBe(401);
     const denied = await fetch(uri('payroll'), { headers: { authorization: `Bearer ${JWT}` } });
     expect(denied.status).toBe(403);
@@ -134,5 +139,18 @@ describe('container credentials (fromHttp)', () => {
     await expect(
       fromHttp({ awsContainerCredentialsFullUri: uri(), awsContainerAuthorizationToken: 'wrong', maxRetries: 0 })(),
     ).rejects.toThrow();
+  });
+
+  it('refuses a role that is not an aws role before asking the core to issue anything', async () => {
+    const before = seen.length;
+    const vault = await fetch(uri('orders-db'), { headers: { authorization: `Bearer ${JWT}` } });
+    expect(vault.status).toBe(400);
+    expect(await vault.json()).toMatchObject({ Code: 'not_an_aws_role' });
+    for (const name of ['nope', 'constructor', '__proto__']) {
+      const unknown = await fetch(uri(name), { headers: { authorization: `Bearer ${JWT}` } });
+      expect(unknown.status).toBe(400);
+      expect(await unknown.json()).toMatchObject({ Code: 'unknown_role' });
+    }
+    expect(seen).toHaveLength(before);
   });
 });
