@@ -17,6 +17,9 @@ import { Quarantine } from './identity/quarantine.ts';
 import { IdentityVerifier } from './identity/verifier.ts';
 import { LeaseService } from './leases/lease-service.ts';
 import { LeaseStore } from './leases/lease-store.ts';
+import { AuditReader } from './lists/audit-query.ts';
+import { CursorCodec } from './lists/cursor.ts';
+import { ListService } from './lists/list-service.ts';
 import { createLogger, type Logger } from './logger.ts';
 import { Metrics } from './metrics.ts';
 import { DataLossMonitor } from './ops/recovery.ts';
@@ -240,13 +243,17 @@ export async function startBroker(config: LoadedConfig, opts: BrokerOptions = {}
     };
     const rotation = new RotationService(deps, kek, redis);
     const taskService = new TaskService(deps);
+    const approvalService = new ApprovalService(deps);
+    const cursors = new CursorCodec(kek.derive('jit-broker list cursor v1'), () => clock.now());
     const services: Services = {
       tasks: taskService,
       credentials: new CredentialService(deps),
       leases: new LeaseService(deps),
-      approvals: new ApprovalService(deps),
+      approvals: approvalService,
       rotation,
       admin: new AdminService(deps, taskService, rotation),
+      lists: new ListService(deps, cursors, taskService, approvalService),
+      audit: new AuditReader(deps, cursors, taskService),
     };
     await rotation.applyDistributedSecrets();
 

@@ -8,6 +8,7 @@ import { problemHandler, sendProblem } from './problem.ts';
 import { credentialRoutes } from './routes/credentials.ts';
 import { oauthRoutes } from './routes/oauth.ts';
 import { adminRoutes, opsRoutes } from './routes/ops.ts';
+import { listRoutes } from './routes/lists.ts';
 import { taskRoutes } from './routes/tasks.ts';
 import { wellKnownRoutes } from './routes/wellknown.ts';
 
@@ -40,6 +41,7 @@ export function createApp(
     rateLimit(deps.config.server.rateLimit, deps.metrics),
     ...jsonBody(deps.config.server.bodyLimitBytes),
   );
+  app.use(listRoutes(services));
   app.use(taskRoutes(services));
   app.use(credentialRoutes(services));
   app.use((req, res) => sendProblem(res, notFound('route_not_found', `No route ${req.method} ${req.path}.`)));

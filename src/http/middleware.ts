@@ -69,6 +69,13 @@ export function validBody<T>(schema: ZodType<T>, body: unknown): T {
   return r.data;
 }
 
+/** Validates the query string (unknown parameters refused, like unknown body fields). */
+export function validQuery<T>(schema: ZodType<T>, query: unknown): T {
+  const r = schema.safeParse(query ?? {});
+  if (!r.success) throw fromZod(r.error);
+  return r.data;
+}
+
 /** Validates one path parameter. */
 export function validParam<T>(schema: ZodType<T>, value: unknown, name: string): T {
   const r = schema.safeParse(value);

@@ -1,4 +1,4 @@
-import { createCipheriv, createDecipheriv, randomBytes } from 'node:crypto';
+import { createCipheriv, createDecipheriv, hkdfSync, randomBytes } from 'node:crypto';
 import { ConfigError } from '../errors.ts';
 
 /**
@@ -21,6 +21,11 @@ export class Kek {
     c.setAAD(Buffer.from(aad));
     const body = Buffer.concat([c.update(plaintext, 'utf8'), c.final()]);
     return `v1.${iv.toString('base64url')}.${body.toString('base64url')}.${c.getAuthTag().toString('base64url')}`;
+  }
+
+  /** A key for another purpose, derived with HKDF-SHA256; never stored anywhere. */
+  derive(info: string): Buffer {
+    return Buffer.from(hkdfSync('sha256', this.key, Buffer.alloc(0), info, 32));
   }
 
   /** Throws if the key is wrong or the ciphertext was tampered with. */

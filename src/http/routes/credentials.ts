@@ -1,4 +1,5 @@
 import { Router } from 'express';
+import { publicApproval } from '../../approvals/approval-service.ts';
 import { z } from 'zod';
 import type { Services } from '../services.ts';
 import { identityOf, validBody, validParam } from '../middleware.ts';
@@ -27,12 +28,12 @@ export function credentialRoutes(s: Services): Router {
   });
   r.get('/v1/approvals/:approvalId', async (req, res) => {
     const id = validParam(approvalIdSchema, req.params.approvalId, 'approvalId');
-    res.json(await s.approvals.get(identityOf(res), id));
+    res.json(publicApproval(await s.approvals.get(identityOf(res), id)));
   });
   r.post('/v1/approvals/:approvalId', async (req, res) => {
     const id = validParam(approvalIdSchema, req.params.approvalId, 'approvalId');
     const body = validBody(approvalDecisionSchema, req.body);
-    res.json(await s.approvals.decide(identityOf(res), id, body.decision, body.reason));
+    res.json(publicApproval(await s.approvals.decide(identityOf(res), id, body.decision, body.reason)));
   });
   return r;
 }

@@ -3,11 +3,11 @@ import { secretRoutes } from './routes/secrets.ts';
 import { sysRoutes } from './routes/sys.ts';
 import { SYSTEM_MAX_TTL, tokenRoutes } from './routes/token.ts';
 import { approleRoutes } from './routes/approle.ts';
-import { dispatch, Front, type Dispatcher, type Fault, type RequestLogEntry } from './server.ts';
+import { dispatch, Front, type Dispatcher, type Fault, type Hold, makeHold, type RequestLogEntry } from './server.ts';
 import { VaultState, type AwsCredentialType, type TokenEntry } from './state.ts';
 import { uuid } from './util.ts';
 
-export type { Fault, RequestLogEntry } from './server.ts';
+export type { Fault, Hold, RequestLogEntry } from './server.ts';
 export type { TokenEntry } from './state.ts';
 
 export interface VaultEmulatorOptions {
@@ -55,6 +55,8 @@ export interface VaultEmulator {
   setDown(down: boolean): Promise<void>;
   /** The next `times` requests matching `path` answer with `status` and `errors`. */
   injectFault(fault: Omit<Fault, 'times' | 'errors'> & { times?: number; errors?: string[] }): void;
+  /** The next `times` requests matching `path` take effect at once, but their answers wait for `release()`. */
+  holdResponses(path: string | RegExp, times?: number): Hold;
   /** Moves the emulator's clock forward (token and lease expiry) without sleeping. */
   advanceTime(seconds: number): void;
   setPolicy(name: string, paths: string[]): void;
@@ -113,6 +115,7 @@ export async function startVaultEmulator(opts: VaultEmulatorOptions = {}): Promi
     log: [],
     unhandled: [],
     faults: [],
+    holds: [],
   };
   const front = new Front((req, res) => void dispatch(d, req, res));
   await front.start(opts.port ?? 0);
@@ -144,6 +147,11 @@ export async function startVaultEmulator(opts: VaultEmulatorOptions = {}): Promi
     setDown: (down) => (down ? front.down() : front.up()),
     injectFault: (f) => {
       d.faults.push({ times: 1, errors: [`injected ${f.status}`], ...f });
+    },
+    holdResponses: (path, times = 1) => {
+      const h = makeHold(path, times);
+      d.holds.push(h);
+      return h;
     },
     advanceTime: (seconds) => {
       state.clockOffsetMs += seconds * 1000;

@@ -32,6 +32,46 @@ export interface Dispatcher {
   /** Requests no route matched, or that crashed a handler: a test can assert this stays empty. */
   unhandled: string[];
   faults: Fault[];
+  /** Requests whose effect happens at once but whose answer waits for `release()` (a slow network on the way back). */
+  holds: Hold[];
+}
+
+/** Answers to matching requests held back: the upstream side effect is done, the caller does not know yet. */
+export interface Hold {
+  path: string | RegExp;
+  times: number;
+  /** How many answers are being held now. */
+  waiting: number;
+  release(): void;
+  /** Resolves once `n` answers are held. */
+  until(n: number): Promise<void>;
+}
+
+/** A hold for the next `times` requests matching `path`. */
+export function makeHold(path: string | RegExp, times: number): Hold & { park(): Promise<void> } {
+  let open: (() => void)[] = [];
+  let waiters: { n: number; resolve: () => void }[] = [];
+  const h = {
+    path,
+    times,
+    waiting: 0,
+    release() {
+      const o = open;
+      open = [];
+      h.waiting = 0;
+      for (const r of o) r();
+    },
+    until(n: number) {
+      return h.waiting >= n ? Promise.resolve() : new Promise<void>((resolve) => waiters.push({ n, resolve }));
+    },
+    park() {
+      h.waiting += 1;
+      const p = new Promise<void>((resolve) => open.push(resolve));
+      waiters = waiters.filter((w) => (h.waiting >= w.n ? (w.resolve(), false) : true));
+      return p;
+    },
+  };
+  return h;
 }
 
 /** Resolves `X-Vault-Namespace` + path into (namespace, relative path) against the known namespaces. */
@@ -170,6 +210,13 @@ export async function dispatch(d: Dispatcher, req: IncomingMessage, res: ServerR
       if (spent && token) d.state.revokeToken(token.id);
     }
     logged.status = reply.status;
+    const hold = d.holds.find((h) => h.times > 0 && (typeof h.path === 'string' ? h.path === rel : h.path.test(rel))) as
+      | ReturnType<typeof makeHold>
+      | undefined;
+    if (hold) {
+      hold.times -= 1;
+      await hold.park();
+    }
     if ('raw' in reply) send(res, reply.status, reply.raw, method === 'HEAD');
     else if ('envelope' in reply)
       send(res, reply.status, renderEnvelope(reply.envelope, ctx.warnings, reply.sys === true), method === 'HEAD');

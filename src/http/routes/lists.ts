@@ -1,0 +1,70 @@
+import { Router } from 'express';
+import { z } from 'zod';
+import { publicApproval } from '../../approvals/approval-service.ts';
+import type { Services } from '../services.ts';
+import { publicLease, publicTask } from '../../tasks/task-service.ts';
+import { identityOf, validParam, validQuery } from '../middleware.ts';
+import { taskRefSchema } from '../schemas.ts';
+
+/** `?limit=` (default 50, at most 500) and `?cursor=` of every list. */
+const paging = {
+  limit: z.coerce.number().int().min(1).max(500).default(50),
+  cursor: z.string().min(1).max(8192).optional(),
+};
+const identity = z.string().min(3).max(2048);
+const isoTime = z
+  .string()
+  .max(64)
+  .refine((s) => !Number.isNaN(Date.parse(s)), { message: 'must be an ISO 8601 time' })
+  .transform((s) => Date.parse(s));
+
+const taskQuery = z.strictObject({
+  ...paging,
+  status: z.enum(['open', 'completed', 'expired']).optional(),
+  agent: identity.optional(),
+  tenant: z.string().min(1).max(128).optional(),
+  orchestrator: identity.optional(),
+});
+const approvalQuery = z.strictObject({ ...paging, status: z.enum(['pending', 'approved', 'rejected', 'consumed', 'expired']).optional() });
+const auditQuery = z.strictObject({
+  ...paging,
+  taskId: taskRefSchema.optional(),
+  actor: identity.optional(),
+  action: z.string().min(1).max(64).optional(),
+  since: isoTime.optional(),
+  until: isoTime.optional(),
+});
+const evidenceQuery = z.strictObject(paging);
+
+/** The lists and the evidence of contract section 3 ("Finding things and stopping things"). */
+export function listRoutes(s: Services): Router {
+  const r = Router();
+  r.get('/v1/tasks', async (req, res) => {
+    const q = validQuery(taskQuery, req.query);
+    const page = await s.lists.tasksFor(identityOf(res), q);
+    res.json({ items: page.items.map((t) => publicTask(t)), nextCursor: page.nextCursor });
+  });
+  r.get('/v1/approvals', async (req, res) => {
+    const q = validQuery(approvalQuery, req.query);
+    const page = await s.lists.approvalsFor(identityOf(res), q);
+    res.json({ items: page.items.map(publicApproval), nextCursor: page.nextCursor });
+  });
+  r.get('/v1/audit', async (req, res) => {
+    const q = validQuery(auditQuery, req.query);
+    res.json(await s.audit.query(identityOf(res), q));
+  });
+  r.get('/v1/tasks/:taskId/evidence', async (req, res) => {
+    const taskId = validParam(taskRefSchema, req.params.taskId, 'taskId');
+    const q = validQuery(evidenceQuery, req.query);
+    const e = await s.audit.evidence(identityOf(res), taskId, q);
+    const statusOf = new Map(e.tree.map((t) => [t.taskId, t.status]));
+    res.json({
+      task: publicTask(e.task),
+      tree: e.tree.map((t) => publicTask(t)),
+      leases: e.leases.map((l) => publicLease(l, statusOf.get(l.taskId))),
+      audit: e.audit,
+      chain: e.chain,
+    });
+  });
+  return r;
+}

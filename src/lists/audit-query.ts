@@ -1,0 +1,198 @@
+import { type AuditRecord, GENESIS, hashRecord } from '../audit/record.ts';
+import type { Deps } from '../deps.ts';
+import { badRequest } from '../errors.ts';
+import type { WorkloadIdentity } from '../identity/types.ts';
+import type { LeaseRecord } from '../leases/types.ts';
+import type { AuditChain } from '../redis/keys.ts';
+import type { TaskService } from '../tasks/task-service.ts';
+import type { TaskRecord } from '../tasks/types.ts';
+import type { CursorCodec } from './cursor.ts';
+import type { Page } from './list-service.ts';
+
+/** A record as the audit API returns it: section 7's fields plus `seq`, `hash`, its chain and its place in the chain's stream. */
+export type AuditItem = AuditRecord & { chain: AuditChain; streamId: string };
+
+export interface AuditQuery {
+  taskId?: string | undefined;
+  actor?: string | undefined;
+  action?: string | undefined;
+  /** Epoch ms bounds (inclusive). */
+  since?: number | undefined;
+  until?: number | undefined;
+  limit: number;
+  cursor?: string | undefined;
+}
+
+/** Stream ids (`<ms>-<n>`) in order. */
+function cmpId(a: string, b: string): number {
+  const [am, an] = a.split('-').map(Number) as [number, number];
+  const [bm, bn] = b.split('-').map(Number) as [number, number];
+  return am - bm || an - bn;
+}
+
+const idMs = (id: string) => Number(id.slice(0, id.indexOf('-')));
+
+/** How many stream entries one page may read before answering with what it has. */
+const SCAN_BUDGET = 20_000;
+
+/**
+ * `GET /v1/audit` and the audit part of `GET /v1/tasks/{id}/evidence`: oldest
+ * first, paged forward. A task's records are read through the task's index
+ * (no scan of its chain); an admin's query without `taskId` merges every
+ * chain by time.
+ */
+export class AuditReader {
+  private readonly deps: Deps;
+  private readonly cursors: CursorCodec;
+  private readonly tasks: TaskService;
+
+  constructor(deps: Deps, cursors: CursorCodec, tasks: TaskService) {
+    this.deps = deps;
+    this.cursors = cursors;
+    this.tasks = tasks;
+  }
+
+  async query(who: WorkloadIdentity, q: AuditQuery): Promise<Page<AuditItem>> {
+    const admin = this.deps.patterns.admins.matches(who.id);
+    if (!q.taskId && !admin) throw badRequest('audit_task_required', 'Only admins may query the audit log without taskId.');
+    const filters = { list: 'audit', taskId: q.taskId, actor: q.actor, action: q.action, since: q.since, until: q.until };
+    const bind = { caller: who.id, filters };
+    const keep = (r: AuditRecord, id: string) =>
+      (!q.actor || r.actor === q.actor) &&
+      (!q.action || r.action === q.action) &&
+      (q.since === undefined || idMs(id) >= q.since) &&
+      (q.until === undefined || idMs(id) <= q.until);
+    if (q.taskId) {
+      if (!admin) await this.tasks.readable(who, q.taskId);
+      const after = q.cursor ? this.cursors.decode<string>(q.cursor, bind) : undefined;
+      return this.fromIds(this.deps.keys.bucketOfTask(q.taskId), await this.taskIds([q.taskId]), after, q.limit, bind, keep);
+    }
+    const after = q.cursor ? this.cursors.decode<Record<string, string>>(q.cursor, bind) : {};
+    return this.allChains(after, q, bind, keep);
+  }
+
+  /**
+   * Evidence that an agent stayed within its task: the task, its sub-task
+   * tree (with each delegation chain), every lease of the tree, the tree's
+   * audit records in chain order (paged), and whether those records are
+   * intact in their chain.
+   */
+  async evidence(
+    who: WorkloadIdentity,
+    taskId: string,
+    page: { limit: number; cursor?: string | undefined },
+  ): Promise<{ task: TaskRecord; tree: TaskRecord[]; leases: LeaseRecord[]; audit: Page<AuditItem>; chain: 'intact' | 'broken' }> {
+    const task = await this.tasks.readable(who, taskId);
+    const treeIds = await this.deps.tasks.subtree(taskId);
+    const tree = await this.deps.tasks.getMany(treeIds);
+    const leases = (await this.deps.leases.getMany((await Promise.all(treeIds.map((id) => this.deps.tasks.leaseIds(id)))).flat())).sort(
+      (a, b) => a.issuedAt - b.issuedAt || a.leaseId.localeCompare(b.leaseId),
+    );
+    const bind = { caller: who.id, filters: { list: 'evidence', taskId } };
+    const after = page.cursor ? this.cursors.decode<string>(page.cursor, bind) : undefined;
+    const chain = this.deps.keys.bucketOfTask(taskId);
+    const audit = await this.fromIds(chain, await this.taskIds(treeIds), after, page.limit, bind, () => true);
+    const intact = await this.intact(chain, audit.items);
+    return { task, tree, leases, audit, chain: intact ? 'intact' : 'broken' };
+  }
+
+  /** Stream ids of the records of these tasks, in chain order. */
+  private async taskIds(taskIds: readonly string[]): Promise<string[]> {
+    const lists = await Promise.all(taskIds.map((id) => this.deps.redis.lrange(this.deps.keys.taskAudit(id), 0, -1)));
+    return [...new Set(lists.flat())].sort(cmpId);
+  }
+
+  private async fromIds(
+    chain: AuditChain,
+    ids: string[],
+    after: string | undefined,
+    limit: number,
+    bind: { caller: string; filters: Record<string, unknown> },
+    keep: (r: AuditRecord, id: string) => boolean,
+  ): Promise<Page<AuditItem>> {
+    const rest = after ? ids.filter((id) => cmpId(id, after) > 0) : ids;
+    const items: AuditItem[] = [];
+    let last: string | undefined;
+    let i = 0;
+    const stream = this.deps.keys.auditStream(chain);
+    while (i < rest.length && items.length < limit && i < SCAN_BUDGET) {
+      const slice = rest.slice(i, i + Math.max(limit, 50));
+      const entries = await Promise.all(slice.map((id) => this.deps.redis.xrange(stream, id, id)));
+      for (let j = 0; j < slice.length && items.length < limit; j++) {
+        i += 1;
+        last = slice[j];
+        const raw = entries[j]?.[0]?.[1];
+        if (!raw) continue; // exported and trimmed from Redis
+        const r = JSON.parse(raw[raw.indexOf('r') + 1]!) as AuditRecord;
+        if (keep(r, slice[j]!)) items.push({ ...r, chain, streamId: slice[j]! });
+      }
+    }
+    return { items, nextCursor: i < rest.length && last ? this.cursors.encode(last, bind) : null };
+  }
+
+  private async allChains(
+    after: Record<string, string>,
+    q: AuditQuery,
+    bind: { caller: string; filters: Record<string, unknown> },
+    keep: (r: AuditRecord, id: string) => boolean,
+  ): Promise<Page<AuditItem>> {
+    const chains = this.deps.keys.auditChains();
+    const pos: Record<string, string> = { ...after };
+    const start = q.since === undefined ? '-' : `${q.since}-0`;
+    const buffers = new Map<AuditChain, [string, string[]][]>();
+    const done = new Set<AuditChain>();
+    const items: AuditItem[] = [];
+    let scanned = 0;
+    const fill = async (c: AuditChain) => {
+      const from = pos[String(c)] ? `(${pos[String(c)]}` : start;
+      const got = await this.deps.redis.xrange(
+        this.deps.keys.auditStream(c),
+        from,
+        q.until === undefined ? '+' : `${q.until}-18446744073709551615`,
+        'COUNT',
+        100,
+      );
+      buffers.set(c, got);
+      if (got.length === 0) done.add(c);
+    };
+    while (items.length < q.limit && scanned < SCAN_BUDGET) {
+      for (const c of chains) if (!done.has(c) && (buffers.get(c)?.length ?? 0) === 0) await fill(c);
+      let best: AuditChain | undefined;
+      for (const c of chains) {
+        const head = buffers.get(c)?.[0];
+        if (head && (best === undefined || cmpId(head[0], buffers.get(best)![0]![0]) < 0)) best = c;
+      }
+      if (best === undefined) break;
+      const [id, fields] = buffers.get(best)!.shift()!;
+      pos[String(best)] = id;
+      scanned += 1;
+      const r = JSON.parse(fields[fields.indexOf('r') + 1]!) as AuditRecord;
+      if (keep(r, id)) items.push({ ...r, chain: best, streamId: id });
+    }
+    const more = chains.some((c) => (buffers.get(c)?.length ?? 0) > 0 || !done.has(c));
+    return { items, nextCursor: more && items.length > 0 ? this.cursors.encode(pos, bind) : null };
+  }
+
+  /** Each record's own hash is right and it links to its predecessor in the chain (where Redis still holds it). */
+  private async intact(chain: AuditChain, records: AuditItem[]): Promise<boolean> {
+    const stream = this.deps.keys.auditStream(chain);
+    const exported = Number(((await this.deps.redis.get(this.deps.keys.auditExported(chain))) ?? '0:').split(':')[0]);
+    for (const r of records) {
+      const { hash, chain: _c, streamId, ...rest } = r;
+      if (hashRecord(rest) !== hash) return false;
+      if (r.seq === 1) {
+        if (r.prev !== GENESIS) return false;
+        continue;
+      }
+      const before = await this.deps.redis.xrevrange(stream, `(${streamId}`, '-', 'COUNT', 1);
+      const prevRaw = before[0]?.[1];
+      if (!prevRaw) {
+        if (r.seq - 1 > exported) return false; // its predecessor should still be in Redis
+        continue;
+      }
+      const p = JSON.parse(prevRaw[prevRaw.indexOf('r') + 1]!) as AuditRecord;
+      if (p.seq !== r.seq - 1 || p.hash !== r.prev) return false;
+    }
+    return true;
+  }
+}
