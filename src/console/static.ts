@@ -56,7 +56,8 @@ export function staticConsole(dist = CONSOLE_DIST): Router {
     res.setHeader('Cache-Control', 'no-cache');
     res.sendFile(index);
   };
-  r.get('/console', (_req, res) => res.redirect(301, '/console/'));
+  // Non-strict routing matches /console/ here too: only the bare path redirects.
+  r.get('/console', (req, res, next) => (req.path === '/console' ? res.redirect(301, '/console/') : next()));
   r.use(
     '/console/assets',
     express.static(`${dist}assets`, { index: false, immutable: true, maxAge: '365d', fallthrough: true, redirect: false }),
