@@ -113,6 +113,8 @@ export interface Approval {
   status: string;
   /** ISO 8601 in lists; epoch ms from GET /v1/approvals/{id}. */
   requestedAt: string | number;
+  /** The task's purpose, if the broker includes it (approvers may not read the task itself). */
+  purpose?: string;
   decidedBy?: string;
   reason?: string;
 }

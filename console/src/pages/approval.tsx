@@ -46,7 +46,7 @@ export function ApprovalPage() {
               </span>
             ) : null}
           </p>
-          <ApprovalFacts approval={data} purpose={purposes[data.taskId]} />
+          <ApprovalFacts approval={data} purpose={data.purpose ?? purposes[data.taskId]} />
           {data.status === 'pending' && session.approver ? (
             <Decide
               approval={data}

@@ -37,7 +37,7 @@ export function ApprovalsPage() {
         <ul class="cards">
           {data.items.map((a) => (
             <li key={a.approvalId} class="card">
-              <ApprovalFacts approval={a} purpose={purposes[a.taskId]} />
+              <ApprovalFacts approval={a} purpose={a.purpose ?? purposes[a.taskId]} />
               <Decide
                 approval={a}
                 onDecided={(m) => {
@@ -81,10 +81,14 @@ export function ApprovalFacts(props: { approval: Approval; purpose?: string }) {
   );
 }
 
-/** Each approval's task purpose (approvals do not carry it), read once per task. */
+/**
+ * The task purpose of approvals that do not carry it, read once per task. Only
+ * admins may read any task (approvers may not), so for others it stays unknown.
+ */
 export function usePurposes(approvals: Approval[]): Record<string, string> {
+  const { admin } = useSession();
   const [purposes, setPurposes] = useState<Record<string, string>>({});
-  const wanted = [...new Set(approvals.map((a) => a.taskId))].filter((id) => !(id in purposes));
+  const wanted = admin ? [...new Set(approvals.filter((a) => !a.purpose).map((a) => a.taskId))].filter((id) => !(id in purposes)) : [];
   const key = wanted.join('\n');
   useEffect(() => {
     if (!key) return;
