@@ -54,6 +54,10 @@ async function openTask(role: string): Promise<string> {
 }
 const ask = (taskId: string, role: string) => call(s.url, 'POST', '/v1/credentials', s.t.as(AGENT), { taskId, role });
 const heading = () => page.getByRole('heading', { level: 1 });
+async function auditRecords(): Promise<Record<string, unknown>[]> {
+  const { redis, keys } = s.t.broker.deps;
+  return (await redis.xrange(keys.auditStream(), '-', '+')).map(([, fields]) => JSON.parse(fields[1]!));
+}
 
 let taskId: string;
 
@@ -87,6 +91,9 @@ test('signing in goes through the provider and lands on the deep link; no token 
   expect(exposed.local).toBe('{}');
   expect(exposed.session).toBe('{}');
   expect(exposed.html).not.toMatch(/eyJ[A-Za-z0-9_-]{10,}\./); // no JWT anywhere in the page
+  expect(await auditRecords()).toContainEqual(
+    expect.objectContaining({ action: 'console.signin', actor: s.person('admin'), decision: 'allow' }),
+  );
   w.assertClean(PENDING_ENDPOINTS);
 });
 
@@ -192,6 +199,7 @@ test('signing out ends the session; someone without a role sees a clear page', a
   await page.goto(`${s.url}/console/approvals`);
   await page.getByRole('button', { name: 'Sign out' }).click();
   await page.getByText('You are signed out.').waitFor();
+  expect(await auditRecords()).toContainEqual(expect.objectContaining({ action: 'console.signout', actor: s.person('admin') }));
   const after = await page.evaluate(async () => (await fetch('/console/api/v1/tasks/x')).status);
   expect(after).toBe(401);
   w.assertClean([...PENDING_ENDPOINTS, /status of 401 .*\/console\/api\/v1\/tasks\/x/]); // that 401 was asked for
