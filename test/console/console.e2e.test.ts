@@ -56,7 +56,8 @@ const ask = (taskId: string, role: string) => call(s.url, 'POST', '/v1/credentia
 const heading = () => page.getByRole('heading', { level: 1 });
 async function auditRecords(): Promise<Record<string, unknown>[]> {
   const { redis, keys } = s.t.broker.deps;
-  return (await redis.xrange(keys.auditStream(), '-', '+')).map(([, fields]) => JSON.parse(fields[1]!));
+  // Sign-in and sign-out belong to no task: they go to the broker-wide `ops` chain.
+  return (await redis.xrange(keys.auditStream('ops'), '-', '+')).map(([, fields]) => JSON.parse(fields[1]!));
 }
 
 let taskId: string;

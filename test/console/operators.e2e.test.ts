@@ -92,7 +92,7 @@ test('a task page shows the sub-task tree with the act chain, and the audit trai
     parentTaskId: parent,
     agent: agentOf('/agent/helper'),
     tenant: 'acme',
-    purpose: 'delegated part',
+    purpose: `operators test ${n}`, // a sub-task keeps its parent's purpose
     ttlSeconds: 300,
     grants: [{ role: 'demo-api' }],
   });

@@ -3,7 +3,7 @@ import { quantile } from '../../src/console/metrics-history.ts';
 import { safeReturnTo } from '../../src/console/routes.ts';
 import { ConsoleSessionStore } from '../../src/console/sessions.ts';
 import { ConfigError } from '../../src/errors.ts';
-import { Keys } from '../../src/redis.ts';
+import { Keys } from '../../src/redis/keys.ts';
 import { ADMIN, AGENT, ORCH, call, startTestBroker, type TestBroker, testConfig } from '../helpers/broker.ts';
 import { TestIssuer } from '../helpers/identity.ts';
 import { CLIENT_ID } from './stack.ts';
@@ -131,7 +131,6 @@ test.each([
 describe('a broker with the console', () => {
   let t: TestBroker;
   let store: ConsoleSessionStore;
-  let redis: import('ioredis').Redis;
   const cookieName = () => `jit-console-${new URL(t.url).port}`;
 
   beforeAll(async () => {
@@ -146,8 +145,7 @@ describe('a broker with the console', () => {
         console: { issuer: IDP, clientId: CLIENT_ID },
       },
     });
-    redis = t.broker.deps.redis;
-    store = new ConsoleSessionStore({ redis, keys: new Keys(t.prefix) });
+    store = new ConsoleSessionStore({ redis: t.broker.deps.redis, keys: new Keys(t.prefix) });
   });
   afterAll(async () => {
     await t.close();
@@ -215,6 +213,16 @@ describe('a broker with the console', () => {
     expect(none.body.code).toBe('console_signed_out');
     // A workload token is not a session: /console/api takes only the cookie.
     expect((await call(t.url, 'GET', '/console/api/v1/tasks/t-console-1', t.as(ADMIN))).status).toBe(401);
+  });
+
+  test('a quarantined person is refused on /console/api exactly as a quarantined workload on /v1', async () => {
+    const cookie = await session('quarantined');
+    expect((await call(t.url, 'GET', '/console/api/v1/tasks/t-console-1', asPerson(cookie))).body.code).toBe('not_task_party');
+    const q = await call(t.url, 'POST', '/v1/admin/quarantine', t.as(ADMIN), { agent: `${IDP}#quarantined`, reason: 'lost laptop' });
+    expect(q.status).toBe(201);
+    const refused = await call(t.url, 'GET', '/console/api/v1/tasks/t-console-1', asPerson(cookie));
+    expect(refused.status).toBe(403);
+    expect(refused.body.code).toBe('identity_quarantined');
   });
 
   test('state-changing calls need the console header and a same-origin fetch; reads do not', async () => {
