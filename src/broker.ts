@@ -289,8 +289,17 @@ export async function startBroker(config: LoadedConfig, opts: BrokerOptions = {}
     let server: Server | undefined;
     let shuttingDown = false;
     let url: string | undefined;
+    let consoleApp: { close(): void } | undefined;
     if (runApi) {
       const routers = [...(opts.routers?.(deps, services) ?? [])];
+      if (config.console) {
+        // The web console (contract section 10): sign-in, the built page, and /console/api over the /v1 handlers.
+        const { createConsole } = await import('./console/routes.ts');
+        const c = createConsole(deps, services);
+        consoleApp = c;
+        undo.push(() => c.close());
+        routers.push(c.router);
+      }
       if (config.providers.aws) {
         // AWS SDKs fetch task credentials themselves (AWS_CONTAINER_CREDENTIALS_FULL_URI); same checks as POST /v1/credentials.
         const { containerCredentialsRouter } = await import('./providers/aws/container-credentials.ts');
@@ -344,6 +353,7 @@ export async function startBroker(config: LoadedConfig, opts: BrokerOptions = {}
           await closed;
           clearTimeout(grace);
         }
+        consoleApp?.close();
         sweeper?.stop();
         await scheduler?.close();
         await worker?.close();

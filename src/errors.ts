@@ -95,7 +95,17 @@ export const ERRORS = {
     means: 'The identity token carries a `jti` already used.',
     fix: 'Use a new token per request, or tokens without `jti`.',
   },
+  console_signed_out: {
+    status: 401,
+    means: 'A /console/api call without a console session, or its session ended (with its ID token, or by signing out).',
+    fix: 'Sign in to the console again.',
+  },
   // 403: the caller is known but not allowed.
+  console_csrf: {
+    status: 403,
+    means: 'A state-changing /console/api call came without the `x-jit-console: 1` header, or from another site.',
+    fix: "Use the console's own page; scripts call /v1 with a workload identity instead.",
+  },
   not_orchestrator: { status: 403, means: 'Only identities in `orchestrators` may open root tasks.', fix: 'Call as an orchestrator.' },
   not_task_agent: {
     status: 403,

@@ -22,7 +22,9 @@ export type AuditAction =
   | 'quarantine.remove'
   | 'admin.revoke'
   | 'signing.recreated'
-  | 'broker.data_loss';
+  | 'broker.data_loss'
+  | 'console.signin'
+  | 'console.signout';
 
 /** One audit record as callers describe it. Never put a secret in here. */
 export interface AuditEvent {

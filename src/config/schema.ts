@@ -4,6 +4,7 @@ import type { ZodType } from 'zod';
 import { jwtSettingsSchema, type JwtSettings } from '../providers/jwt/config.ts';
 import { PROVIDERS, type RoleConfig } from '../providers/index.ts';
 import { RESERVED_NAMES } from './roles.ts';
+import { checkConsoleConfig, consoleSchema } from '../console/config.ts';
 
 const jwksSchema = z.union([
   z.strictObject({ file: z.string().min(1) }),
@@ -178,8 +179,11 @@ export const configSchema = z
         switchGraceMs: z.int().min(0).max(60_000).default(2000),
       })
       .default({ schedule: {}, switchGraceMs: 2000 }),
+    /** The web console's sign-in provider (contract section 10); absent = no console. */
+    console: consoleSchema.optional(),
   })
   .superRefine((c, ctx) => {
+    checkConsoleConfig(c, (path, message) => ctx.addIssue({ code: 'custom', path, message }));
     const names = new Set<string>();
     c.trust.forEach((t, i) => {
       if (names.has(t.name)) ctx.addIssue({ code: 'custom', path: ['trust', i, 'name'], message: `duplicate trust name "${t.name}"` });

@@ -1,4 +1,4 @@
-import express, { type Express } from 'express';
+import express, { type Express, type RequestHandler, Router } from 'express';
 import type { Deps } from '../deps.ts';
 import { notFound } from '../errors.ts';
 import type { Services } from './services.ts';
@@ -32,19 +32,25 @@ export function createApp(
   app.use(opsRoutes(deps, opts));
   app.use(wellKnownRoutes(deps));
   app.use(oauthRoutes(deps, services));
-  app.use(adminRoutes(deps, services));
   for (const r of opts.extraRouters ?? []) app.use(r);
-  // Everything else under /v1 is JSON and needs a workload identity, checked before the body is even parsed.
-  app.use(
-    '/v1',
-    requireIdentity(deps),
-    rateLimit(deps.config.server.rateLimit, deps.metrics),
-    ...jsonBody(deps.config.server.bodyLimitBytes),
-  );
-  app.use(listRoutes(services));
-  app.use(taskRoutes(services));
-  app.use(credentialRoutes(services));
+  app.use(v1Routes(deps, services, requireIdentity(deps)));
   app.use((req, res) => sendProblem(res, notFound('route_not_found', `No route ${req.method} ${req.path}.`)));
   app.use(problemHandler(deps.logger));
   return app;
+}
+
+/**
+ * The authenticated /v1 API. `authenticate` sets the caller's identity: the
+ * workload JWT on /v1 itself, the console session on /console/api (mounted
+ * there by src/console), so both go through the very same handlers.
+ */
+export function v1Routes(deps: Deps, services: Services, authenticate: RequestHandler): Router {
+  const r = Router();
+  r.use(adminRoutes(deps, services, authenticate));
+  // Everything else under /v1 is JSON and needs an identity, checked before the body is even parsed.
+  r.use('/v1', authenticate, rateLimit(deps.config.server.rateLimit, deps.metrics), ...jsonBody(deps.config.server.bodyLimitBytes));
+  r.use(listRoutes(services));
+  r.use(taskRoutes(services));
+  r.use(credentialRoutes(services));
+  return r;
 }

@@ -1,9 +1,9 @@
-import { Router } from 'express';
+import { type RequestHandler, Router } from 'express';
 import { z } from 'zod';
 import type { Deps } from '../../deps.ts';
 import { identityPatternSchema } from '../../config/common.ts';
 import type { Services } from '../services.ts';
-import { identityOf, jsonBody, requireIdentity, validBody } from '../middleware.ts';
+import { identityOf, jsonBody, validBody } from '../middleware.ts';
 import { rotateSchema } from '../schemas.ts';
 
 /** Bounded wait for a readiness probe step. */
@@ -55,10 +55,13 @@ const revokeSchema = z.union([
 ]);
 const quarantineSchema = z.strictObject({ agent: identityPatternSchema, reason: z.string().min(1).max(1024) });
 
-/** /v1/admin: rotation, policy reload, kill switch, quarantine (admins; policy for rotate). */
-export function adminRoutes(deps: Deps, s: Services): Router {
+/**
+ * /v1/admin: rotation, policy reload, kill switch, quarantine (admins; policy for rotate).
+ * `authenticate` sets the caller's identity (a workload JWT, or a console session).
+ */
+export function adminRoutes(deps: Deps, s: Services, authenticate: RequestHandler): Router {
   const r = Router();
-  const admin = [requireIdentity(deps), ...jsonBody(deps.config.server.bodyLimitBytes)];
+  const admin = [authenticate, ...jsonBody(deps.config.server.bodyLimitBytes)];
   r.post('/v1/admin/rotate', ...admin, async (req, res) => {
     const who = identityOf(res);
     await s.admin.requireAdmin(who, 'rotate');
@@ -81,10 +84,10 @@ export function adminRoutes(deps: Deps, s: Services): Router {
     const { agent, reason } = validBody(quarantineSchema, req.body);
     res.status(201).json(await s.admin.quarantine(who, agent, reason));
   });
-  r.get('/v1/admin/quarantine', requireIdentity(deps), async (_req, res) => {
+  r.get('/v1/admin/quarantine', authenticate, async (_req, res) => {
     res.json({ items: await s.admin.quarantines(identityOf(res)), nextCursor: null });
   });
-  r.delete('/v1/admin/quarantine/:pattern', requireIdentity(deps), async (req, res) => {
+  r.delete('/v1/admin/quarantine/:pattern', authenticate, async (req, res) => {
     res.json(await s.admin.unquarantine(identityOf(res), String(req.params.pattern)));
   });
   return r;

@@ -1,0 +1,103 @@
+import { useEffect, useState } from 'preact/hooks';
+import { type Approval, api, type Page, seg, type Task } from '../api.ts';
+import { Decide } from '../components/decide.tsx';
+import { Forbidden, PageError } from '../components/problem.tsx';
+import { formatTime, formatTtl } from '../format.ts';
+import { usePageHeading, usePoll } from '../hooks.ts';
+import { useSession } from '../session.ts';
+
+/** Pending approvals, each with what it asks for and Approve / Reject. */
+export function ApprovalsPage() {
+  const session = useSession();
+  const heading = usePageHeading('Approvals');
+  const { data, error, reload } = usePoll(
+    async () => (session.approver ? api<Page<Approval>>('GET', '/v1/approvals?status=pending&limit=100') : { items: [], nextCursor: null }),
+    3000,
+    session.approver ? 'approvals' : 'none',
+  );
+  const purposes = usePurposes(data?.items ?? []);
+  const [message, setMessage] = useState('');
+
+  if (!session.approver) return <Forbidden what="approvals" needs="approvers" />;
+  return (
+    <>
+      <h1 ref={heading} tabIndex={-1}>
+        Pending approvals
+      </h1>
+      <p role="status" class="notice-line">
+        {message}
+      </p>
+      {error && !data ? (
+        <PageError error={error} what="approvals" needs="approvers" />
+      ) : !data ? (
+        <p class="loading">Loading approvals…</p>
+      ) : data.items.length === 0 ? (
+        <p class="muted">Nothing waits for an approver.</p>
+      ) : (
+        <ul class="cards">
+          {data.items.map((a) => (
+            <li key={a.approvalId} class="card">
+              <ApprovalFacts approval={a} purpose={a.purpose ?? purposes[a.taskId]} />
+              <Decide
+                approval={a}
+                onDecided={(m) => {
+                  setMessage(m);
+                  reload();
+                }}
+              />
+            </li>
+          ))}
+        </ul>
+      )}
+    </>
+  );
+}
+
+export function ApprovalFacts(props: { approval: Approval; purpose?: string }) {
+  const a = props.approval;
+  return (
+    <dl class="facts compact">
+      <dt>Task</dt>
+      <dd>
+        <a href={`/console/tasks/${seg(a.taskId)}`}>{a.taskId}</a>
+      </dd>
+      <dt>Purpose</dt>
+      <dd>{props.purpose ?? '—'}</dd>
+      <dt>Role</dt>
+      <dd>
+        <strong>{a.role}</strong>
+      </dd>
+      <dt>Scopes</dt>
+      <dd>{a.scopes.length ? a.scopes.join(' ') : <span class="muted">none</span>}</dd>
+      <dt>TTL</dt>
+      <dd>{formatTtl(a.ttlSeconds)}</dd>
+      <dt>Agent</dt>
+      <dd class="identity-cell">
+        <a href={`/console/agents/${seg(a.agent)}`}>{a.agent}</a>
+      </dd>
+      <dt>Requested</dt>
+      <dd>{formatTime(a.requestedAt)}</dd>
+    </dl>
+  );
+}
+
+/**
+ * The task purpose of approvals that do not carry it, read once per task. Only
+ * admins may read any task (approvers may not), so for others it stays unknown.
+ */
+export function usePurposes(approvals: Approval[]): Record<string, string> {
+  const { admin } = useSession();
+  const [purposes, setPurposes] = useState<Record<string, string>>({});
+  const wanted = admin ? [...new Set(approvals.filter((a) => !a.purpose).map((a) => a.taskId))].filter((id) => !(id in purposes)) : [];
+  const key = wanted.join('\n');
+  useEffect(() => {
+    if (!key) return;
+    for (const id of key.split('\n')) {
+      api<Task>('GET', `/v1/tasks/${seg(id)}`).then(
+        (t) => setPurposes((p) => ({ ...p, [id]: t.purpose })),
+        () => setPurposes((p) => ({ ...p, [id]: '(not readable)' })),
+      );
+    }
+  }, [key]);
+  return purposes;
+}

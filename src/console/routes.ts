@@ -1,0 +1,175 @@
+import { type RequestHandler, type Response, Router } from 'express';
+import type { Deps } from '../deps.ts';
+import { forbidden, unauthenticated } from '../errors.ts';
+import { v1Routes } from '../http/app.ts';
+import { refuseQuarantined } from '../http/middleware.ts';
+import type { Services } from '../http/services.ts';
+import type { ConsoleConfig } from './config.ts';
+import { ConsoleCookies } from './cookies.ts';
+import { MetricsHistory } from './metrics-history.ts';
+import { ConsoleOidcClient } from './oidc.ts';
+import { type ConsoleSession, ConsoleSessionStore } from './sessions.ts';
+import { securityHeaders, staticConsole } from './static.ts';
+
+/**
+ * The header every state-changing console call carries. A cross-site form
+ * cannot set a header, and a cross-site script cannot without a CORS
+ * preflight, which the broker never answers; so a request with it came from
+ * the console's own page (SameSite=Strict already keeps the cookie home).
+ */
+export const CSRF_HEADER = 'x-jit-console';
+const SAFE = new Set(['GET', 'HEAD']);
+
+/** Why a sign-in failed, as the page shows it (the cause goes to the log). */
+type SignInError = 'provider_unavailable' | 'provider_error' | 'state_unknown' | 'browser_mismatch' | 'token_invalid';
+
+/** The console as mounted by the composition root: its router and what to stop on shutdown. */
+export interface ConsoleApp {
+  router: Router;
+  close(): void;
+}
+
+/**
+ * The web console (contract section 10): sign-in as a backend-for-frontend
+ * (the broker exchanges the code and keeps the session; no token reaches the
+ * page), the built page with a strict CSP, and /console/api, which is the
+ * very same /v1 routers with the session as the caller's identity.
+ */
+export function createConsole(deps: Deps, services: Services, opts: { dist?: string; metricsIntervalMs?: number } = {}): ConsoleApp {
+  const cfg = deps.config.console as ConsoleConfig;
+  const publicUrl = deps.config.server.publicUrl;
+  const trust = deps.config.trust.filter((t) => t.kind === 'oidc' && t.issuer === cfg.issuer).at(-1)!;
+  const store = new ConsoleSessionStore({ redis: deps.redis, keys: deps.keys });
+  const cookies = new ConsoleCookies(publicUrl);
+  const oidc = new ConsoleOidcClient(cfg, publicUrl);
+  const history = new MetricsHistory(deps.metrics, { intervalMs: opts.metricsIntervalMs });
+  const { admins, approvers } = deps.patterns;
+  const log = deps.logger.child({ component: 'console' });
+
+  const r = Router();
+  r.use('/console', securityHeaders({ https: publicUrl.startsWith('https:') }));
+
+  const failSignIn = (res: Response, code: SignInError) => res.redirect(303, `/console/?signin_error=${code}`);
+
+  r.get('/console/login', async (req, res) => {
+    let start: Awaited<ReturnType<ConsoleOidcClient['start']>>;
+    try {
+      start = await oidc.start({ prompt: req.query.prompt === 'login' ? 'login' : undefined });
+    } catch (err) {
+      log.warn({ err: (err as Error).message, issuer: cfg.issuer }, 'console sign-in: provider discovery failed');
+      return failSignIn(res, 'provider_unavailable');
+    }
+    const ttlMs = cfg.loginTimeoutSeconds * 1000;
+    await store.savePending(start.state, { nonce: start.nonce, returnTo: safeReturnTo(req.query.return) }, ttlMs);
+    // The PKCE verifier stays in the person's browser (HttpOnly): a code is only redeemable by the browser
+    // that started the sign-in, so nobody can sign a victim into an attacker's session, and Redis holds no secret.
+    res.cookie(cookies.login, start.codeVerifier, cookies.loginOptions(ttlMs));
+    res.setHeader('Cache-Control', 'no-store');
+    res.redirect(303, start.url.href);
+  });
+
+  r.get('/console/callback', async (req, res) => {
+    res.setHeader('Cache-Control', 'no-store');
+    res.clearCookie(cookies.login, { ...cookies.loginOptions(0), maxAge: undefined });
+    if (typeof req.query.error === 'string') {
+      log.info({ error: req.query.error }, 'console sign-in: the provider answered with an error');
+      return failSignIn(res, 'provider_error');
+    }
+    const state = typeof req.query.state === 'string' ? req.query.state : '';
+    const pending = state ? await store.takePending(state) : undefined;
+    if (!pending) return failSignIn(res, 'state_unknown');
+    const codeVerifier = cookies.read(req, cookies.login);
+    if (!codeVerifier) return failSignIn(res, 'browser_mismatch');
+    let idToken: string;
+    try {
+      const query = req.originalUrl.slice(req.originalUrl.indexOf('?'));
+      idToken = await oidc.finish(new URL(`${publicUrl}/console/callback${query}`), { state, nonce: pending.nonce, codeVerifier });
+    } catch (err) {
+      log.warn({ err: (err as Error).message }, 'console sign-in: code exchange failed');
+      return failSignIn(res, 'provider_error');
+    }
+    let session: ConsoleSession;
+    try {
+      // The broker's own OIDC trust checks the signature, issuer, audience and lifetime, as for any caller.
+      const identity = await deps.verifier.verify(idToken);
+      if (identity.kind !== 'oidc' || identity.trust !== trust.name)
+        throw new Error(`verified by trust ${identity.trust}, not ${trust.name}`);
+      const now = Date.now();
+      const expiresAt = Math.min(identity.exp * 1000, now + cfg.sessionMaxAgeSeconds * 1000);
+      session = { identity: { ...identity, exp: Math.floor(expiresAt / 1000) }, createdAt: now, expiresAt };
+    } catch (err) {
+      log.warn({ err: (err as Error).message, code: (err as { code?: string }).code }, 'console sign-in: ID token refused');
+      return failSignIn(res, 'token_invalid');
+    }
+    const cookie = await store.create(session);
+    res.cookie(cookies.session, cookie, cookies.sessionOptions(session.expiresAt - Date.now()));
+    await deps.audit.append({ action: 'console.signin', actor: session.identity.id, decision: 'allow', detail: { trust: trust.name } });
+    log.info({ who: session.identity.id }, 'console sign-in');
+    res.redirect(303, pending.returnTo);
+  });
+
+  // Every /console/api call: a live session, never cached, and the anti-CSRF header on anything that changes state.
+  const signedIn: RequestHandler = async (req, res, next) => {
+    res.setHeader('Cache-Control', 'no-store');
+    if (!SAFE.has(req.method)) {
+      const site = req.headers['sec-fetch-site'];
+      if (req.headers[CSRF_HEADER] !== '1' || (site !== undefined && site !== 'same-origin')) {
+        throw forbidden('console_csrf', `State-changing console calls must come from the console page (header ${CSRF_HEADER}: 1).`);
+      }
+    }
+    const session = await store.get(cookies.read(req, cookies.session));
+    if (!session) throw unauthenticated('console_signed_out', 'Sign in to the console (the session is missing or has expired).');
+    // A quarantined person is stopped here exactly as a quarantined workload is on /v1.
+    await refuseQuarantined(deps, session.identity);
+    res.locals.identity = session.identity;
+    res.locals.consoleSession = session;
+    next();
+  };
+
+  // Who is signed in. Anonymous is an answer here, not an error: the page asks before it knows.
+  r.get('/console/api/session', async (req, res) => {
+    res.setHeader('Cache-Control', 'no-store');
+    const s = await store.get(cookies.read(req, cookies.session));
+    if (!s) {
+      res.json({ signedIn: false });
+      return;
+    }
+    const c = s.identity.claims;
+    res.json({
+      signedIn: true,
+      identity: s.identity.id,
+      issuer: c.iss,
+      subject: c.sub,
+      name: c.name ?? c.preferred_username ?? c.email ?? c.sub,
+      admin: admins.matches(s.identity.id),
+      approver: approvers.matches(s.identity.id),
+      expiresAt: new Date(s.expiresAt).toISOString(),
+    });
+  });
+
+  r.delete('/console/api/session', signedIn, async (req, res) => {
+    await store.delete(cookies.read(req, cookies.session));
+    res.clearCookie(cookies.session, { ...cookies.sessionOptions(0), maxAge: undefined });
+    const who = (res.locals.consoleSession as ConsoleSession).identity.id;
+    await deps.audit.append({ action: 'console.signout', actor: who, decision: 'ok' });
+    res.status(204).end();
+  });
+
+  r.get('/console/api/metrics', signedIn, (_req, res) => {
+    res.json({ intervalSeconds: history.intervalMs / 1000, points: history.points() });
+  });
+
+  // The console's data calls are the broker's own /v1 handlers: same checks, same answers, same audit.
+  r.use('/console/api', v1Routes(deps, services, signedIn));
+  r.use(staticConsole(opts.dist));
+
+  history.start();
+  return { router: r, close: () => history.stop() };
+}
+
+/** Only a path inside the console: never another origin (`//evil`, `/\evil`) nor anything outside /console/. */
+export function safeReturnTo(value: unknown): string {
+  if (typeof value !== 'string' || value.length > 2048) return '/console/';
+  if (!/^\/console\/[^\\]*$/.test(value) || value.startsWith('//') || /[\r\n]/.test(value)) return '/console/';
+  return value;
+}

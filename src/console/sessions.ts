@@ -1,0 +1,70 @@
+import { createHash, randomBytes } from 'node:crypto';
+import type { WorkloadIdentity } from '../identity/types.ts';
+import type { Keys } from '../redis/keys.ts';
+import type { RedisClient } from '../redis/scripts.ts';
+
+/** A signed-in person, as kept server-side. The ID token itself is never stored. */
+export interface ConsoleSession {
+  /** The person as a caller of the API: `<issuer>#<sub>`, kind oidc, the ID token's string claims. */
+  identity: WorkloadIdentity;
+  /** Epoch ms. */
+  createdAt: number;
+  /** Epoch ms: the ID token's `exp`, or earlier when `sessionMaxAgeSeconds` says so. */
+  expiresAt: number;
+}
+
+/** A sign-in in progress, keyed by its OAuth `state`; single use. */
+export interface PendingLogin {
+  nonce: string;
+  /** Where to send the person once signed in (a /console/ path). */
+  returnTo: string;
+}
+
+/** Redis keys hold a hash of the cookie, so a copy of Redis does not hand out live sessions. */
+const digest = (cookie: string) => createHash('sha256').update(cookie).digest('base64url');
+
+/**
+ * Console sessions and pending sign-ins in Redis, under the broker's prefix,
+ * so every instance behind a load balancer sees the same sessions. Both expire
+ * by Redis TTL; reads also check the expiry so a clock-skewed TTL cannot
+ * stretch a session.
+ */
+export class ConsoleSessionStore {
+  private readonly redis: RedisClient;
+  private readonly keys: Keys;
+
+  constructor(deps: { redis: RedisClient; keys: Keys }) {
+    this.redis = deps.redis;
+    this.keys = deps.keys;
+  }
+
+  /** Starts a session and returns the cookie value that names it. */
+  async create(session: ConsoleSession): Promise<string> {
+    const cookie = randomBytes(32).toString('base64url');
+    const ttl = Math.max(1, session.expiresAt - Date.now());
+    await this.redis.set(this.keys.plain('console:session', digest(cookie)), JSON.stringify(session), 'PX', ttl);
+    return cookie;
+  }
+
+  async get(cookie: string | undefined): Promise<ConsoleSession | undefined> {
+    if (!cookie || !/^[A-Za-z0-9_-]{43}$/.test(cookie)) return undefined;
+    const raw = await this.redis.get(this.keys.plain('console:session', digest(cookie)));
+    if (!raw) return undefined;
+    const s = JSON.parse(raw) as ConsoleSession;
+    return s.expiresAt > Date.now() ? s : undefined;
+  }
+
+  async delete(cookie: string | undefined): Promise<void> {
+    if (cookie) await this.redis.del(this.keys.plain('console:session', digest(cookie)));
+  }
+
+  async savePending(state: string, login: PendingLogin, ttlMs: number): Promise<void> {
+    await this.redis.set(this.keys.plain('console:login', digest(state)), JSON.stringify(login), 'PX', ttlMs);
+  }
+
+  /** Reads and forgets a pending sign-in: a callback URL works once. */
+  async takePending(state: string): Promise<PendingLogin | undefined> {
+    const raw = await this.redis.getdel(this.keys.plain('console:login', digest(state)));
+    return raw ? (JSON.parse(raw) as PendingLogin) : undefined;
+  }
+}

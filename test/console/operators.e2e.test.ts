@@ -1,0 +1,148 @@
+import { jest } from '@jest/globals';
+import type { Page } from 'playwright-core';
+import { AGENT, ADMIN, ORCH, call } from '../helpers/broker.ts';
+import { launchBrowser, screenshot, signIn, type Watch, watch } from './browser.ts';
+import { type ConsoleStack, startConsoleStack } from './stack.ts';
+
+// The operators' pages (contract section 10) over the list, evidence, revoke and
+// quarantine endpoints of contract section 3: GET /v1/tasks, GET /v1/approvals,
+// GET /v1/tasks/{id}/evidence, POST /v1/admin/revoke, /v1/admin/quarantine.
+// These tests fail until those endpoints exist in the broker.
+
+jest.setTimeout(90_000);
+
+let s: ConsoleStack;
+let browser: Awaited<ReturnType<typeof launchBrowser>>;
+let page: Page;
+let w: Watch;
+let n = 0;
+
+beforeAll(async () => {
+  s = await startConsoleStack('console-operators');
+  browser = await launchBrowser();
+  page = await browser.context.newPage();
+  w = await watch(page, s.url);
+  await page.goto(`${s.url}/console/tasks`);
+  await signIn(page, 'admin');
+});
+afterAll(async () => {
+  await browser?.close();
+  await s?.close();
+});
+afterEach(() => {
+  try {
+    w.assertClean();
+  } finally {
+    w.reset(); // one test's errors are not the next one's
+  }
+});
+
+const agentOf = (path: string) => `spiffe://dev.local${path}`;
+async function openTask(agentPath: string, role = 'demo-api', extra: Record<string, unknown> = {}): Promise<string> {
+  const taskId = `t-ops-${++n}`;
+  const r = await call(s.url, 'POST', '/v1/tasks', s.t.as(ORCH), {
+    taskId,
+    agent: agentOf(agentPath),
+    tenant: 'acme',
+    purpose: `operators test ${n}`,
+    ttlSeconds: 900,
+    grants: [{ role }],
+    ...extra,
+  });
+  expect(r.status).toBe(201);
+  return taskId;
+}
+
+test('a task opened anywhere appears on /console/tasks within 5 s, without a reload', async () => {
+  await page.goto(`${s.url}/console/tasks`);
+  await page.getByRole('heading', { name: 'Open tasks' }).waitFor();
+  await page.evaluate('window.__sameDocument = true');
+  const taskId = await openTask('/agent/live');
+  await page.getByRole('link', { name: taskId, exact: true }).waitFor({ timeout: 5000 });
+  expect(await page.evaluate('window.__sameDocument === true')).toBe(true);
+  // Newest first.
+  const first = await page.locator('tbody tr').first().getByRole('link').first().textContent();
+  expect(first).toBe(taskId);
+  await screenshot(page, 'tasks');
+});
+
+test('the approvals list shows what each request asks for; Approve from the list, and the agent gets its credential', async () => {
+  const taskId = await openTask(AGENT, 'prod-deploy');
+  const pending = await call(s.url, 'POST', '/v1/credentials', s.t.as(AGENT), { taskId, role: 'prod-deploy', ttlSeconds: 120 });
+  expect(pending.status).toBe(202);
+  await page.goto(`${s.url}/console/approvals`);
+  const card = page.locator('li.card').filter({ has: page.getByRole('link', { name: taskId, exact: true }) });
+  await card.waitFor();
+  for (const text of [`operators test ${n}`, 'prod-deploy', '2 min 0 s', agentOf(AGENT)]) await card.getByText(text).first().waitFor();
+  await screenshot(page, 'approvals');
+  await card.getByRole('button', { name: /^Approve/ }).click();
+  await page
+    .getByRole('status')
+    .filter({ hasText: `Approved prod-deploy for task ${taskId}.` })
+    .waitFor();
+  await card.waitFor({ state: 'detached' });
+  const issued = await call(s.url, 'POST', '/v1/credentials', s.t.as(AGENT), { taskId, role: 'prod-deploy', ttlSeconds: 120 });
+  expect(issued.status).toBe(201);
+});
+
+test('a task page shows the sub-task tree with the act chain, and the audit trail with its chain check', async () => {
+  const parent = await openTask(AGENT);
+  const sub = await call(s.url, 'POST', '/v1/tasks', s.t.as(AGENT), {
+    taskId: 'helper',
+    parentTaskId: parent,
+    agent: agentOf('/agent/helper'),
+    tenant: 'acme',
+    purpose: `operators test ${n}`, // a sub-task keeps its parent's purpose
+    ttlSeconds: 300,
+    grants: [{ role: 'demo-api' }],
+  });
+  expect(sub.status).toBe(201);
+  expect(
+    (await call(s.url, 'POST', '/v1/credentials', s.t.as('/agent/helper'), { taskId: sub.body.taskId, role: 'demo-api' })).status,
+  ).toBe(201);
+  await page.goto(`${s.url}/console/tasks/${encodeURIComponent(parent)}`);
+  const tree = page.locator('.tree');
+  await tree.getByRole('link', { name: sub.body.taskId }).waitFor();
+  await tree.getByText(`act: ${agentOf(AGENT)}`).waitFor();
+  await page.getByText('Chain check: intact').waitFor();
+  await page.getByRole('cell', { name: 'task.open' }).first().waitFor();
+  await screenshot(page, 'task-evidence');
+  await page.reload();
+  await page.getByText('Chain check: intact').waitFor();
+});
+
+test('Revoke all ends every open task and live lease of an agent', async () => {
+  const path = '/agent/revoke-me';
+  const taskId = await openTask(path);
+  const lease = await call(s.url, 'POST', '/v1/credentials', s.t.as(path), { taskId, role: 'demo-api' });
+  expect(lease.status).toBe(201);
+  await page.goto(`${s.url}/console/agents/${encodeURIComponent(agentOf(path))}`);
+  await page.getByRole('cell', { name: lease.body.leaseId }).waitFor();
+  await screenshot(page, 'agent');
+  page.once('dialog', (d) => void d.accept());
+  await page.getByRole('button', { name: /^Revoke all/ }).click();
+  await page.getByText('Revoked 1 task and 1 lease.').waitFor();
+  await page.getByRole('cell', { name: lease.body.leaseId }).waitFor({ state: 'detached' });
+  const task = await call(s.url, 'GET', `/v1/tasks/${taskId}`, s.t.as(ADMIN));
+  expect(task.body.status).toBe('completed');
+  expect(['revoking', 'revoked']).toContain(task.body.leases[0].status);
+});
+
+test('Quarantine with a reason stops the agent; Lift quarantine lets it back', async () => {
+  const path = '/agent/quarantine-me';
+  const taskId = await openTask(path);
+  await page.goto(`${s.url}/console/agents/${encodeURIComponent(agentOf(path))}`);
+  await page.getByText('Not quarantined.').waitFor();
+  await page.getByRole('textbox', { name: 'Quarantine reason' }).fill('leaked its token');
+  page.once('dialog', (d) => void d.accept());
+  await page.getByRole('button', { name: /^Quarantine/ }).click();
+  await page.getByText('leaked its token').waitFor();
+  const refused = await call(s.url, 'GET', `/v1/tasks/${taskId}`, s.t.as(path));
+  expect(refused.status).toBe(403);
+  expect(refused.body.code).toBe('identity_quarantined');
+
+  await page.getByRole('button', { name: 'Lift quarantine' }).click();
+  await page.getByText('Not quarantined.').waitFor();
+  const newTask = await openTask(path);
+  expect((await call(s.url, 'GET', `/v1/tasks/${newTask}`, s.t.as(path))).status).toBe(200);
+});
