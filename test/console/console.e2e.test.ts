@@ -10,17 +10,6 @@ import { type ConsoleStack, startConsoleStack } from './stack.ts';
 
 jest.setTimeout(90_000);
 
-/**
- * Endpoints the lead is adding (contract section 3) that pages call on the side:
- * the tasks list (under the charts), a task's evidence and the approvals list. Until they land they
- * answer 404 and the browser logs it; nothing else may log an error.
- */
-const PENDING_ENDPOINTS = [
-  /status of 404 .*\/console\/api\/v1\/tasks\?/,
-  /status of 404 .*\/console\/api\/v1\/tasks\/[^/?]+\/evidence/,
-  /status of 404 .*\/console\/api\/v1\/approvals\?/,
-];
-
 const agentId = `spiffe://dev.local${AGENT}`;
 let s: ConsoleStack;
 let browser: Awaited<ReturnType<typeof launchBrowser>>;
@@ -95,7 +84,7 @@ test('signing in goes through the provider and lands on the deep link; no token 
   expect(await auditRecords()).toContainEqual(
     expect.objectContaining({ action: 'console.signin', actor: s.person('admin'), decision: 'allow' }),
   );
-  w.assertClean(PENDING_ENDPOINTS);
+  w.assertClean();
 });
 
 test('a task page survives a reload, and reads on a phone', async () => {
@@ -110,7 +99,7 @@ test('a task page survives a reload, and reads on a phone', async () => {
   expect(await page.evaluate<number>('document.documentElement.scrollWidth')).toBeLessThanOrEqual(390);
   await screenshot(page, 'task-phone');
   await page.setViewportSize({ width: 1280, height: 800 });
-  w.assertClean(PENDING_ENDPOINTS);
+  w.assertClean();
 });
 
 test('an approver approves a pending request from its page, by keyboard; the agent then gets its credential', async () => {
@@ -138,7 +127,7 @@ test('an approver approves a pending request from its page, by keyboard; the age
   expect(issued.body.credentials.access_token).toEqual(expect.any(String));
   const record = await call(s.url, 'GET', `/v1/approvals/${pending.body.approvalId}`, s.t.as(ADMIN));
   expect(record.body).toMatchObject({ decidedBy: s.person('admin'), reason: 'change 42' });
-  w.assertClean(PENDING_ENDPOINTS);
+  w.assertClean();
 });
 
 test('Reject with a reason: the agent is refused', async () => {
@@ -153,7 +142,7 @@ test('Reject with a reason: the agent is refused', async () => {
   expect(refused.body.code).toBe('approval_rejected');
   const record = await call(s.url, 'GET', `/v1/approvals/${pending.body.approvalId}`, s.t.as(ADMIN));
   expect(record.body).toMatchObject({ status: 'rejected', decidedBy: s.person('admin'), reason: 'not during the freeze' });
-  w.assertClean(PENDING_ENDPOINTS);
+  w.assertClean();
 });
 
 test("charts draw issuance and revocation from the broker's own metrics", async () => {
@@ -169,7 +158,7 @@ test("charts draw issuance and revocation from the broker's own metrics", async 
   await page.getByRole('img', { name: /revoked or expired: latest [\d.]+ per minute, peak [1-9]/ }).waitFor({ timeout: 20_000 });
   await page.getByRole('img', { name: /^Revocation lag over .*p50: latest [\d.]+ seconds/ }).waitFor({ timeout: 20_000 });
   await screenshot(page, 'tasks');
-  w.assertClean(PENDING_ENDPOINTS);
+  w.assertClean();
 });
 
 test('a cross-site form cannot decide an approval, even while an approver is signed in', async () => {
@@ -203,7 +192,7 @@ test('signing out ends the session; someone without a role sees a clear page', a
   expect(await auditRecords()).toContainEqual(expect.objectContaining({ action: 'console.signout', actor: s.person('admin') }));
   const after = await page.evaluate(async () => (await fetch('/console/api/v1/tasks/x')).status);
   expect(after).toBe(401);
-  w.assertClean([...PENDING_ENDPOINTS, /status of 401 .*\/console\/api\/v1\/tasks\/x/]); // that 401 was asked for
+  w.assertClean([/status of 401 .*\/console\/api\/v1\/tasks\/x/]); // that 401 was asked for
   w.reset();
 
   await signIn(page, 'mallory'); // right after signing out, the provider asks for a login again
@@ -221,5 +210,5 @@ test('signing out ends the session; someone without a role sees a clear page', a
   await page.getByRole('heading', { name: 'You may not see this page' }).waitFor();
   await page.getByText(/may read it/).waitFor(); // the broker's own reason
   // The task read answers 403 (logged by the browser); nothing else may show up.
-  w.assertClean([...PENDING_ENDPOINTS, /status of 403 .*\/console\/api\/v1\/tasks\//]);
+  w.assertClean([/status of 403 .*\/console\/api\/v1\/tasks\//]);
 });
