@@ -11,6 +11,7 @@ import { readSecret, resolvePath, type LoadedConfig } from './config/load.ts';
 import { CredentialService } from './credentials/credential-service.ts';
 import type { Deps } from './deps.ts';
 import { createApp } from './http/app.ts';
+import { RateLimits } from './http/rate-limit.ts';
 import type { Services } from './http/services.ts';
 import { IdentityPatterns } from './identity/patterns.ts';
 import { IdentityVerifier } from './identity/verifier.ts';
@@ -137,7 +138,14 @@ export async function startBroker(config: LoadedConfig, opts: BrokerOptions = {}
     metrics.activeLeasesSource = () => leases.liveCount();
     const signing = new SigningKeyStore({ redis, keys, kek, logger, alg: config.providers.jwt.alg });
     await signing.init();
-    const verifier = new IdentityVerifier(config, { redis, keys, logger, fetchImpl: opts.fetchImpl, cacheMs: opts.identityCacheMs });
+    const verifier = new IdentityVerifier(config, {
+      redis,
+      keys,
+      logger,
+      metrics,
+      fetchImpl: opts.fetchImpl,
+      cacheMs: opts.identityCacheMs,
+    });
     await verifier.init();
     const policy = opts.policy ?? (await createCedarEngine({ dir: resolvePath(config.policies), logger, watch: true }));
     undo.push(() => policy.close());
@@ -171,6 +179,7 @@ export async function startBroker(config: LoadedConfig, opts: BrokerOptions = {}
         admins: new IdentityPatterns(config.admins),
         approvers: new IdentityPatterns(config.approvers),
       },
+      limits: new RateLimits({ redis, prefix: config.redis.prefix, config: config.server.rateLimit, metrics, logger }),
     };
     const rotation = new RotationService(deps, kek, redis);
     const services: Services = {
@@ -222,7 +231,9 @@ export async function startBroker(config: LoadedConfig, opts: BrokerOptions = {}
           containerCredentialsRouter({
             logger,
             issue: async (token, body) => {
-              const out = await services.credentials.request(await verifier.verify(token), body);
+              const who = await verifier.verify(token);
+              await deps.limits?.spendIdentity(who.id);
+              const out = await services.credentials.request(who, body);
               return 'credentials' in out ? { credentials: out.credentials } : {};
             },
           }),

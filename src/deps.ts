@@ -13,6 +13,7 @@ import type { RevocationQueue } from './revocation/queue.ts';
 import type { SigningKeyStore } from './signing/key-store.ts';
 import type { TaskStore } from './tasks/task-store.ts';
 import type { ApprovalStore } from './approvals/approval-store.ts';
+import type { RateLimits } from './http/rate-limit.ts';
 
 /** Everything the services need, built once by the composition root (src/broker.ts). */
 export interface Deps {
@@ -31,4 +32,6 @@ export interface Deps {
   approvals: ApprovalStore;
   queue: RevocationQueue;
   patterns: { orchestrators: IdentityPatterns; admins: IdentityPatterns; approvers: IdentityPatterns };
+  /** Rate limits at the HTTP edge (server.rateLimit); absent = none. */
+  limits?: RateLimits;
 }

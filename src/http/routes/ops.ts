@@ -1,6 +1,7 @@
 import { Router } from 'express';
 import type { Deps } from '../../deps.ts';
-import { forbidden } from '../../errors.ts';
+import { conflict, forbidden } from '../../errors.ts';
+import { PolicyLoadError } from '../../policy/errors.ts';
 import type { Services } from '../services.ts';
 import { identityOf, jsonBody, requireIdentity, validBody } from '../middleware.ts';
 import { rotateSchema } from '../schemas.ts';
@@ -46,7 +47,18 @@ export function adminRoutes(deps: Deps, s: Services): Router {
   });
   r.post('/v1/admin/policy/reload', ...admin, async (_req, res) => {
     requireAdmin(identityOf(res).id);
-    res.status(202).json(await s.rotation.broadcastPolicyReload());
+    try {
+      res.status(202).json(await s.rotation.broadcastPolicyReload());
+    } catch (err) {
+      // The admin's request is fine; the files on disk are in a state that cannot be loaded, and the
+      // old set stays in force: a conflict with the current state (409), not a broker failure (5xx)
+      // that would page someone and invite retries. An admin may see file names and Cedar's messages.
+      if (err instanceof PolicyLoadError)
+        throw conflict('policy_invalid', `The policy set was not reloaded; the previous set stays in force. ${err.message}`, {
+          extra: { issues: err.issues.map(({ code, file, line, column, message }) => ({ code, file, line, column, message })) },
+        });
+      throw err;
+    }
   });
   return r;
 }
