@@ -15,7 +15,7 @@ import { ROUTES, type FixtureIds, type RouteSpec } from './routes.ts';
  */
 
 const RUNS = Number(process.env.FUZZ_RUNS ?? 1500);
-const TIME_LIMIT_MS = Number(process.env.FUZZ_TIME_MS ?? 14_000);
+const TIME_LIMIT_MS = Number(process.env.FUZZ_TIME_MS ?? 10_000);
 const SEED = process.env.FUZZ_SEED === undefined ? undefined : Number(process.env.FUZZ_SEED);
 
 let t: TestBroker;
@@ -442,7 +442,7 @@ test('with the limits on, floods of malformed requests get 4xx (429 included), n
         const res = await send(limited.url, r);
         if (res.status >= 500) throw new Error(`${res.status} for ${describeRequest(r)}: ${res.body}`);
       }),
-      { numRuns: 300, interruptAfterTimeLimit: 4000, markInterruptAsFailure: false, seed: SEED },
+      { numRuns: 300, interruptAfterTimeLimit: 3000, markInterruptAsFailure: false, seed: SEED },
     );
   } finally {
     await limited.close();

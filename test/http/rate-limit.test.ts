@@ -81,7 +81,10 @@ describe('per identity, across instances', () => {
       const seq = [a, b, a, b, a, b];
       const out = [];
       for (const x of seq) out.push(await call(x.url, 'GET', '/v1/tasks/t-none', x.as(ORCH)));
-      expect(out.map((r) => r.status)).toEqual([404, 404, 404, 429, 429, 429]);
+      const statuses = out.map((r) => r.status);
+      expect(statuses.slice(0, 4)).toEqual([404, 404, 404, 429]);
+      // Per-instance buckets would give each instance 3. The one-second window may refill once on a slow machine.
+      expect(statuses.filter((x) => x === 404).length).toBeLessThanOrEqual(4);
       const r = out[3]!;
       expect(r.headers.get('content-type')).toContain('application/problem+json');
       expect(r.body).toMatchObject({ status: 429, code: 'rate_limited' });
