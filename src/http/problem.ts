@@ -3,7 +3,7 @@ import { ZodError } from 'zod';
 import { BrokerError, badRequest, tooLarge, unsupportedMediaType } from '../errors.ts';
 import { clip } from '../identity/log-safe.ts';
 import type { Logger } from '../logger.ts';
-import { RateLimited } from './rate-limit.ts';
+import { retryAfterOf } from './rate-limit.ts';
 
 /**
  * The RFC 6750 3.1 challenge for a 401: a request without credentials gets
@@ -16,7 +16,7 @@ export function bearerChallenge(code: string): string {
 /** Writes an RFC 9457 problem document. */
 export function sendProblem(res: Response, err: BrokerError): void {
   if (err.status === 401) res.setHeader('WWW-Authenticate', bearerChallenge(err.code));
-  if (err instanceof RateLimited) res.setHeader('Retry-After', String(err.retryAfterSeconds));
+  if (err.status === 429) res.setHeader('Retry-After', String(retryAfterOf(err)));
   res
     .status(err.status)
     .type('application/problem+json')

@@ -224,10 +224,20 @@ export function isOAuthPath(req: Request): boolean {
   return p === '/v1/token' || p === '/v1/introspect';
 }
 
+/**
+ * Seconds a 429 tells the caller to wait: the limiter's own figure, or 1 s for
+ * other limits (a task's lease ceiling) that carry none; the contract wants
+ * Retry-After on every 429.
+ */
+export function retryAfterOf(err: BrokerError): number {
+  const s = (err as { retryAfterSeconds?: unknown }).retryAfterSeconds;
+  return typeof s === 'number' && Number.isFinite(s) && s >= 1 ? Math.ceil(s) : 1;
+}
+
 /** The OAuth-shaped 429: `{ "error": "slow_down" }` (the RFC 8628 code, as the contract asks), with Retry-After. */
-export function sendSlowDown(res: Response, err: RateLimited): void {
+export function sendSlowDown(res: Response, err: BrokerError): void {
   res
     .status(429)
-    .set({ 'Retry-After': String(err.retryAfterSeconds), 'Cache-Control': 'no-store', Pragma: 'no-cache' })
+    .set({ 'Retry-After': String(retryAfterOf(err)), 'Cache-Control': 'no-store', Pragma: 'no-cache' })
     .json({ error: 'slow_down', error_description: err.message });
 }

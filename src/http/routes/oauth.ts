@@ -5,7 +5,7 @@ import { BrokerError } from '../../errors.ts';
 import type { Services } from '../services.ts';
 import { authenticate, bearerToken } from '../middleware.ts';
 import { bearerChallenge } from '../problem.ts';
-import { RateLimited, sendSlowDown } from '../rate-limit.ts';
+import { sendSlowDown } from '../rate-limit.ts';
 import { scopeSchema, roleNameSchema } from '../../config/common.ts';
 import { taskIdSchema } from '../schemas.ts';
 
@@ -182,7 +182,8 @@ export function oauthRoutes(deps: Deps, s: Services): Router {
         scope: c.scope,
       });
     } catch (err) {
-      if (err instanceof RateLimited) return sendSlowDown(res, err);
+      // Any limit (this identity's rate, a task's lease ceiling) is slow_down here (contract section 2).
+      if (err instanceof BrokerError && err.status === 429) return sendSlowDown(res, err);
       if (err instanceof OAuthError) return sendOAuthError(res, err);
       if (err instanceof BrokerError) return sendOAuthError(res, toOAuth(err));
       throw err;
@@ -196,8 +197,8 @@ export function oauthRoutes(deps: Deps, s: Services): Router {
       try {
         await authenticate(deps, req, res, bearerToken(req), 'introspect');
       } catch (err) {
-        if (err instanceof RateLimited) return sendSlowDown(res, err);
         if (!(err instanceof BrokerError)) throw err;
+        if (err.status === 429) return sendSlowDown(res, err);
         if (err.status !== 401) return sendOAuthError(res, toOAuth(err));
         res.setHeader('WWW-Authenticate', bearerChallenge(err.code));
         return sendOAuthError(
