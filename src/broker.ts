@@ -11,6 +11,7 @@ import { type LoadedConfig, readSecret, resolvePath } from './config/load.ts';
 import { CredentialService } from './credentials/credential-service.ts';
 import type { Deps } from './deps.ts';
 import { createApp } from './http/app.ts';
+import { RateLimits } from './http/rate-limit.ts';
 import type { Services } from './http/services.ts';
 import { IdentityPatterns } from './identity/patterns.ts';
 import { Quarantine } from './identity/quarantine.ts';
@@ -179,6 +180,7 @@ export async function startBroker(config: LoadedConfig, opts: BrokerOptions = {}
       redis,
       keys,
       logger,
+      metrics,
       ...(opts.fetchImpl ? { fetchImpl: opts.fetchImpl } : {}),
       ...(opts.identityCacheMs === undefined ? {} : { cacheMs: opts.identityCacheMs }),
     });
@@ -240,6 +242,7 @@ export async function startBroker(config: LoadedConfig, opts: BrokerOptions = {}
         admins: new IdentityPatterns(config.admins),
         approvers: new IdentityPatterns(config.approvers),
       },
+      limits: new RateLimits({ redis, prefix: config.redis.prefix, config: config.server.rateLimit, metrics, logger }),
     };
     const rotation = new RotationService(deps, kek, redis);
     const taskService = new TaskService(deps);
@@ -308,7 +311,9 @@ export async function startBroker(config: LoadedConfig, opts: BrokerOptions = {}
             logger,
             roles: config.roles,
             issue: async (token, body) => {
-              const out = await services.credentials.request(await verifier.verify(token), body);
+              const who = await verifier.verify(token);
+              await deps.limits?.spendIdentity(who.id);
+              const out = await services.credentials.request(who, body);
               return 'credentials' in out ? { credentials: out.credentials } : {};
             },
           }),

@@ -15,6 +15,7 @@ import type { RedisClient } from './redis/scripts.ts';
 import type { RevocationQueue } from './revocation/queue.ts';
 import type { SigningKeyStore } from './signing/key-store.ts';
 import type { TaskStore } from './tasks/task-store.ts';
+import type { RateLimits } from './http/rate-limit.ts';
 
 /** Everything the services need, built once by the composition root (src/broker.ts). */
 export interface Deps {
@@ -36,4 +37,6 @@ export interface Deps {
   queue: RevocationQueue;
   quarantine: Quarantine;
   patterns: { orchestrators: IdentityPatterns; admins: IdentityPatterns; approvers: IdentityPatterns };
+  /** Rate limits at the HTTP edge (server.rateLimit); absent = none. */
+  limits?: RateLimits;
 }

@@ -1,3 +1,4 @@
+import ipaddr from 'ipaddr.js';
 import { z } from 'zod';
 import { identityPatternSchema, roleNameSchema, secretSourceSchema } from './common.ts';
 import type { ZodType } from 'zod';
@@ -47,6 +48,42 @@ export const roleSchema = z.discriminatedUnion('provider', PROVIDERS.map((d) => 
 const providerSettings = Object.fromEntries(
   PROVIDERS.flatMap((d) => (d.kind !== 'jwt' && d.settingsSchema ? [[d.kind, d.settingsSchema.optional()]] : [])),
 ) as Record<string, ZodType<unknown>>;
+/** A budget: `perSecond` sustained, `burst` at once (default twice perSecond); perSecond 0 turns it off. */
+function budget(perSecond: number) {
+  return z
+    .strictObject({
+      perSecond: z.int().min(0).max(1_000_000).default(perSecond),
+      burst: z.int().min(1).max(10_000_000).optional(),
+    })
+    .transform((b) => ({ perSecond: b.perSecond, burst: b.burst ?? Math.max(1, 2 * b.perSecond) }))
+    .refine((b) => b.perSecond === 0 || b.burst >= b.perSecond, { message: 'burst must be at least perSecond', path: ['burst'] });
+}
+
+/** Express `trust proxy` names, or an address or CIDR. */
+const proxyEntry = z
+  .string()
+  .min(1)
+  .refine((v) => ['loopback', 'linklocal', 'uniquelocal'].includes(v) || ipaddr.isValid(v) || ipaddr.isValidCIDR(v), {
+    message: 'must be loopback, linklocal, uniquelocal, an IP address or a CIDR range',
+  });
+
+const rateLimitSchema = z
+  .strictObject({
+    ...budget(50).in.shape,
+    /** Per caller identity on /v1/introspect, instead of the identity budget. */
+    introspect: budget(1000).prefault({}),
+    /** Authentication failures per client address (IPv6: per /64); over it, refused before any signature check. */
+    unauthenticated: budget(20).prefault({}),
+    /**
+     * Which proxies may name the client in X-Forwarded-For (Express `trust proxy`): false (the socket
+     * address is the client), a hop count, or addresses/CIDRs/loopback|linklocal|uniquelocal.
+     */
+    trustProxy: z.union([z.boolean(), z.int().min(0).max(32), proxyEntry, z.array(proxyEntry).min(1)]).default(false),
+  })
+  .transform(({ perSecond, burst, ...rest }) => ({ perSecond, burst: burst ?? Math.max(1, 2 * perSecond), ...rest }))
+  .refine((b) => b.perSecond === 0 || b.burst >= b.perSecond, { message: 'burst must be at least perSecond', path: ['burst'] })
+  .prefault({});
+export type RateLimitConfig = z.infer<typeof rateLimitSchema>;
 
 export const configSchema = z
   .strictObject({
@@ -57,13 +94,8 @@ export const configSchema = z
       bodyLimitBytes: z.int().min(1024).max(1_048_576).default(65_536),
       /** How long to wait for in-flight requests on shutdown. */
       shutdownGraceMs: z.int().min(0).max(60_000).default(10_000),
-      /** Per-identity request rate limit on /v1 (token bucket per instance); 0 disables it. */
-      rateLimit: z
-        .strictObject({
-          perSecond: z.number().min(0).default(0),
-          burst: z.int().min(1).default(100),
-        })
-        .default({ perSecond: 0, burst: 100 }),
+      /** Rate limits (contract sections 2 and 3); see src/http/rate-limit.ts. */
+      rateLimit: rateLimitSchema,
     }),
     redis: z.strictObject({
       url: z.string().regex(/^rediss?:\/\//, 'must be a redis:// or rediss:// URL'),

@@ -1,9 +1,9 @@
 import express, { type Express, type RequestHandler, Router } from 'express';
 import type { Deps } from '../deps.ts';
 import { notFound } from '../errors.ts';
+import { clip } from '../identity/log-safe.ts';
 import type { Services } from './services.ts';
 import { jsonBody, requireIdentity } from './middleware.ts';
-import { rateLimit } from './rate-limit.ts';
 import { problemHandler, sendProblem } from './problem.ts';
 import { credentialRoutes } from './routes/credentials.ts';
 import { oauthRoutes } from './routes/oauth.ts';
@@ -21,6 +21,8 @@ export function createApp(
   const app = express();
   app.disable('x-powered-by');
   app.set('etag', false);
+  // Only the rate limiter reads the client address (req.ip); behind a proxy the operator says which hops to believe.
+  app.set('trust proxy', deps.config.server.rateLimit.trustProxy);
   app.use((req, res, next) => {
     const start = process.hrtime.bigint();
     res.on('finish', () => {
@@ -31,10 +33,12 @@ export function createApp(
   });
   app.use(opsRoutes(deps, opts));
   app.use(wellKnownRoutes(deps));
+  // Addresses over their authentication-failure budget are refused here, before any token is looked at.
+  if (deps.limits) app.use('/v1', deps.limits.gate());
   app.use(oauthRoutes(deps, services));
   for (const r of opts.extraRouters ?? []) app.use(r);
   app.use(v1Routes(deps, services, requireIdentity(deps)));
-  app.use((req, res) => sendProblem(res, notFound('route_not_found', `No route ${req.method} ${req.path}.`)));
+  app.use((req, res) => sendProblem(res, notFound('route_not_found', `No route ${clip(req.method, 16)} ${clip(req.path, 200)}.`)));
   app.use(problemHandler(deps.logger));
   return app;
 }
@@ -48,7 +52,8 @@ export function v1Routes(deps: Deps, services: Services, authenticate: RequestHa
   const r = Router();
   r.use(adminRoutes(deps, services, authenticate));
   // Everything else under /v1 is JSON and needs an identity, checked before the body is even parsed.
-  r.use('/v1', authenticate, rateLimit(deps.config.server.rateLimit, deps.metrics), ...jsonBody(deps.config.server.bodyLimitBytes));
+  // Everything else under /v1 is JSON and needs an identity (and its rate limit), checked before the body is even parsed.
+  r.use('/v1', authenticate, ...jsonBody(deps.config.server.bodyLimitBytes));
   r.use(listRoutes(services));
   r.use(taskRoutes(services));
   r.use(credentialRoutes(services));

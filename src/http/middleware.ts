@@ -2,7 +2,7 @@ import express, { type NextFunction, type Request, type RequestHandler, type Res
 import type { ZodType } from 'zod';
 import type { Deps } from '../deps.ts';
 import { denial } from '../authz.ts';
-import { badRequest, forbidden, unsupportedMediaType } from '../errors.ts';
+import { BrokerError, badRequest, forbidden, unsupportedMediaType } from '../errors.ts';
 import type { WorkloadIdentity } from '../identity/types.ts';
 import { fromZod } from './problem.ts';
 
@@ -11,26 +11,49 @@ export function identityOf(res: Response): WorkloadIdentity {
   return res.locals.identity as WorkloadIdentity;
 }
 
-/** Extracts the bearer token; malformed headers count as missing. */
+/**
+ * Extracts the bearer token. No header, or another scheme (RFC 6750 3.1: the
+ * client did not attempt bearer authentication), counts as missing; a bearer
+ * token of any shape is handed to the verifier, which refuses it as malformed.
+ */
 export function bearerToken(req: Request): string | undefined {
   const h = req.headers.authorization;
   if (!h) return undefined;
-  const m = /^Bearer ([A-Za-z0-9._~+/=-]+)$/i.exec(h.trim());
+  const m = /^Bearer +(\S.*)$/i.exec(h.trim());
   return m?.[1];
 }
 
-/** Verifies `Authorization: Bearer <workload JWT>` before anything else runs; a quarantined identity stops here. */
+/**
+ * Verifies a workload identity token and spends one request of its budget.
+ * A failure is charged to the client address first: the failure that goes
+ * over that budget answers 429 instead of 401.
+ */
+export async function authenticate(
+  deps: Deps,
+  req: Request,
+  res: Response,
+  token: string | undefined,
+  budget: 'identity' | 'introspect' = 'identity',
+): Promise<WorkloadIdentity> {
+  let who: WorkloadIdentity;
+  try {
+    who = await deps.verifier.verify(token);
+  } catch (err) {
+    if (err instanceof BrokerError && err.status === 401 && deps.limits) {
+      const over = await deps.limits.authFailed(req, res);
+      if (over) throw over;
+    }
+    throw err;
+  }
+  await refuseQuarantined(deps, who);
+  await deps.limits?.spendIdentity(who.id, budget);
+  return who;
+}
+
+/** Verifies `Authorization: Bearer <workload JWT>` and the caller's rate limit before anything else runs. */
 export function requireIdentity(deps: Deps): RequestHandler {
   return async (req, res, next) => {
-    let who: WorkloadIdentity;
-    try {
-      who = await deps.verifier.verify(bearerToken(req));
-    } catch (err) {
-      deps.metrics.denied.inc({ code: (err as { code?: string }).code ?? 'identity_invalid' });
-      throw err;
-    }
-    await refuseQuarantined(deps, who);
-    res.locals.identity = who;
+    res.locals.identity = await authenticate(deps, req, res, bearerToken(req));
     next();
   };
 }

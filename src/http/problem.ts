@@ -1,11 +1,22 @@
 import type { ErrorRequestHandler, Response } from 'express';
 import { ZodError } from 'zod';
-import { BrokerError, badRequest, tooLarge, unsupportedMediaType } from '../errors.ts';
+import { BrokerError, badRequest, tooLarge, unsupportedMediaType, type ErrorCode } from '../errors.ts';
+import { clip } from '../identity/log-safe.ts';
 import type { Logger } from '../logger.ts';
+import { retryAfterOf } from './rate-limit.ts';
+
+/**
+ * The RFC 6750 3.1 challenge for a 401: a request without credentials gets
+ * no error attribute, a request with a bad token `error="invalid_token"`.
+ */
+export function bearerChallenge(code: string): string {
+  return code === 'identity_missing' ? 'Bearer' : 'Bearer error="invalid_token"';
+}
 
 /** Writes an RFC 9457 problem document. */
 export function sendProblem(res: Response, err: BrokerError): void {
-  if (err.status === 401) res.setHeader('WWW-Authenticate', `Bearer error="invalid_token"`);
+  if (err.status === 401) res.setHeader('WWW-Authenticate', bearerChallenge(err.code));
+  if (err.status === 429) res.setHeader('Retry-After', String(retryAfterOf(err)));
   res
     .status(err.status)
     .type('application/problem+json')
@@ -40,18 +51,41 @@ export function fromBodyParser(err: { type?: string; status?: number }): BrokerE
   return undefined;
 }
 
+const CLIENT_ERRORS: Record<number, [code: ErrorCode, detail: string]> = {
+  400: ['malformed_body', 'The request could not be read.'],
+  404: ['route_not_found', 'No such route.'],
+  413: ['body_too_large', 'The request is too large.'],
+  415: ['unsupported_media_type', 'Unsupported content type or encoding.'],
+};
+
+/**
+ * Errors Express and its parsers raise for bad input (a path that does not
+ * decode, a body that does not inflate, too many parameters) carry a 4xx
+ * `status`. They are the caller's fault, so they are the caller's 4xx, with
+ * a fixed detail: their messages may quote the input.
+ */
+export function fromHttpError(err: { status?: unknown; statusCode?: unknown }): BrokerError | undefined {
+  const status = typeof err.status === 'number' ? err.status : err.statusCode;
+  if (typeof status !== 'number' || status < 400 || status > 499) return undefined;
+  const [code, detail] = CLIENT_ERRORS[status] ?? CLIENT_ERRORS[400]!;
+  return new BrokerError(code, detail);
+}
+
 /** The one error handler: known errors become problems; anything else is a logged 500 that reveals nothing. */
 export function problemHandler(logger: Logger): ErrorRequestHandler {
   return (err, req, res, _next) => {
     let problem: BrokerError | undefined;
     if (err instanceof BrokerError) problem = err;
     else if (err instanceof ZodError) problem = fromZod(err);
-    else problem = fromBodyParser(err);
+    else problem = fromBodyParser(err) ?? fromHttpError(err);
     if (!problem) {
-      logger.error({ err, path: req.path, method: req.method }, 'unhandled error');
+      logger.error({ err, path: clip(req.path, 200), method: clip(req.method, 16) }, 'unhandled error');
       problem = new BrokerError('internal_error', 'The broker failed to handle the request.');
     } else if (problem.status >= 500) {
-      logger.warn({ code: problem.code, cause: (problem.cause as Error | undefined)?.message, path: req.path }, 'request failed upstream');
+      logger.warn(
+        { code: problem.code, cause: (problem.cause as Error | undefined)?.message, path: clip(req.path, 200) },
+        'request failed upstream',
+      );
     }
     if (res.headersSent) return;
     sendProblem(res, problem);

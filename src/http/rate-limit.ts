@@ -1,31 +1,243 @@
-import type { RequestHandler } from 'express';
-import { tooManyRequests } from '../errors.ts';
+import { createHash } from 'node:crypto';
+import type { Request, RequestHandler, Response } from 'express';
+import type { Cluster, Redis } from 'ioredis';
+import ipaddr from 'ipaddr.js';
+import { Counter } from 'prom-client';
+import { BurstyRateLimiter, RateLimiterMemory, RateLimiterRedis, RateLimiterRes } from 'rate-limiter-flexible';
+import type { RateLimitConfig } from '../config/schema.ts';
+import { BrokerError } from '../errors.ts';
+import type { Logger } from '../logger.ts';
 import type { Metrics } from '../metrics.ts';
-import { identityOf } from './middleware.ts';
+
+/** A 429 that knows when to come back (`Retry-After`). */
+export class RateLimited extends BrokerError {
+  readonly retryAfterSeconds: number;
+  constructor(detail: string, retryAfterSeconds: number) {
+    super('rate_limited', detail);
+    this.retryAfterSeconds = retryAfterSeconds;
+  }
+}
+
+/** Which budget a request spends. */
+export type BudgetName = 'identity' | 'introspect' | 'unauthenticated';
 
 /**
- * A token bucket per caller identity, per instance: a runaway agent loop gets
- * 429 instead of starving everyone else. With N instances the effective limit
- * is up to N times this. Runs after identity verification, so an attacker
- * cannot spend another identity's budget.
+ * How long the reserve (burst − perSecond) takes to come back. Ten times the
+ * time a token bucket would take to refill it, so that a caller running flat
+ * out gets at most 1.1 × perSecond, while a caller that is quiet for a while
+ * can burst again.
  */
-export function rateLimit(opts: { perSecond: number; burst: number }, metrics: Metrics): RequestHandler {
-  const buckets = new Map<string, { tokens: number; at: number }>();
-  return (_req, res, next) => {
-    if (opts.perSecond <= 0) return next();
-    const id = identityOf(res).id;
-    const now = performance.now();
-    const b = buckets.get(id) ?? { tokens: opts.burst, at: now };
-    b.tokens = Math.min(opts.burst, b.tokens + ((now - b.at) / 1000) * opts.perSecond);
-    b.at = now;
-    if (buckets.size > 50_000) buckets.clear(); // bounded memory; a reset only grants a fresh burst
-    buckets.set(id, b);
-    if (b.tokens < 1) {
-      metrics.denied.inc({ code: 'rate_limited' });
-      res.setHeader('Retry-After', String(Math.ceil((1 - b.tokens) / opts.perSecond)));
-      throw tooManyRequests('rate_limited', 'Too many requests for this identity; slow down.');
+function reserveSeconds(perSecond: number, burst: number): number {
+  return Math.max(1, Math.ceil((10 * (burst - perSecond)) / perSecond));
+}
+
+/**
+ * One budget (`perSecond` sustained, `burst` at once) as rate-limiter-flexible
+ * limiters in Redis, shared by every instance: `perSecond` per one-second
+ * window, and when that is spent a reserve of `burst − perSecond` (a
+ * BurstyRateLimiter). Both windows block the key in memory once spent, so a
+ * caller over its budget costs no Redis round trip until the window ends: a
+ * request makes one round trip, or two the first time in a second that an
+ * instance finds the per-second window spent elsewhere. Every operation touches
+ * one key, so an ioredis Cluster works as well as a single node. If Redis
+ * fails the limiter falls back to the same budget per instance
+ * (rate-limiter-flexible's insurance limiter) instead of failing the request.
+ */
+class Budget {
+  private readonly limiter: BurstyRateLimiter | RateLimiterRedis;
+
+  constructor(redis: Redis | Cluster, keyPrefix: string, b: { perSecond: number; burst: number }) {
+    const window = (name: string, points: number, duration: number) =>
+      new RateLimiterRedis({
+        storeClient: redis,
+        keyPrefix: `${keyPrefix}:${name}`,
+        points,
+        duration,
+        inMemoryBlockOnConsumed: points,
+        insuranceLimiter: new RateLimiterMemory({ keyPrefix: `${keyPrefix}:${name}`, points, duration }),
+      });
+    const perSecond = window('s', b.perSecond, 1);
+    const reserve = b.burst - b.perSecond;
+    this.limiter = reserve > 0 ? new BurstyRateLimiter(perSecond, window('r', reserve, reserveSeconds(b.perSecond, b.burst))) : perSecond;
+  }
+
+  /** Spends one request; the seconds to wait when the budget is spent, else undefined. */
+  async spend(key: string): Promise<number | undefined> {
+    try {
+      await this.limiter.consume(key);
+      return undefined;
+    } catch (err) {
+      if (err instanceof RateLimiterRes) return Math.max(1, Math.ceil(err.msBeforeNext / 1000));
+      throw err;
     }
-    b.tokens -= 1;
-    next();
-  };
+  }
+}
+
+/** Redis keys stay short and printable whatever the identity string holds. */
+function keyFor(identity: string): string {
+  return identity.length <= 200 && /^[\x21-\x7e]+$/.test(identity)
+    ? identity
+    : `sha256:${createHash('sha256').update(identity).digest('base64url')}`;
+}
+
+/**
+ * The client an authentication failure is charged to: the address Express
+ * derives (`server.rateLimit.trustProxy` decides whether X-Forwarded-For is
+ * believed), IPv4-mapped IPv6 as IPv4, and IPv6 per /64, since one host
+ * usually holds a whole /64 and would otherwise get 2^64 budgets.
+ */
+export function clientKey(address: string | undefined): string {
+  if (!address) return 'unknown';
+  let a: ipaddr.IPv4 | ipaddr.IPv6;
+  try {
+    a = ipaddr.process(address);
+  } catch {
+    return keyFor(address);
+  }
+  if (a.kind() === 'ipv4') return a.toString();
+  const parts = (a as ipaddr.IPv6).parts.slice(0, 4);
+  return `${new ipaddr.IPv6([...parts, 0, 0, 0, 0]).toRFC5952String()}/64`;
+}
+
+/** At most this many client addresses are remembered as blocked per instance. */
+const MAX_BLOCKED = 100_000;
+
+/**
+ * Rate limits at the broker's edge (contract sections 2 and 3):
+ * - every authenticated route spends the caller identity's budget once its
+ *   token is verified (`/v1/token`, `/v1/admin/*` and the AWS container
+ *   endpoint included); `/v1/introspect` spends its own;
+ * - authentication failures spend the client address's budget, and an address
+ *   over it is refused by {@link RateLimits.gate} before any signature is
+ *   checked. The count is shared in Redis; the refusal itself is decided from
+ *   an in-memory block list that the shared count feeds, so it costs nothing.
+ * Keys live under `<redis.prefix>:rl:`.
+ */
+export class RateLimits {
+  private readonly budgets: Partial<Record<BudgetName, Budget>> = {};
+  private readonly blocked = new Map<string, number>();
+  private readonly limited: Counter<'budget'>;
+  private readonly metrics: Metrics;
+  private readonly logger: Logger;
+
+  constructor(opts: { redis: Redis | Cluster; prefix: string; config: RateLimitConfig; metrics: Metrics; logger: Logger }) {
+    const { config } = opts;
+    const set = (name: BudgetName, short: string, b: { perSecond: number; burst: number }) => {
+      if (b.perSecond > 0) this.budgets[name] = new Budget(opts.redis, `${opts.prefix}:rl:${short}`, b);
+    };
+    set('identity', 'id', config);
+    set('introspect', 'introspect', config.introspect);
+    set('unauthenticated', 'unauth', config.unauthenticated);
+    this.metrics = opts.metrics;
+    this.logger = opts.logger;
+    this.limited =
+      (opts.metrics.registry.getSingleMetric('jit_rate_limited_total') as Counter<'budget'> | undefined) ??
+      new Counter({
+        name: 'jit_rate_limited_total',
+        help: 'Requests refused with 429 by a rate limit, by budget',
+        labelNames: ['budget'],
+        registers: [opts.metrics.registry],
+      });
+  }
+
+  /** Spends one request of a verified identity's budget; throws {@link RateLimited} when it is spent. */
+  async spendIdentity(identity: string, budget: 'identity' | 'introspect' = 'identity'): Promise<void> {
+    const b = this.budgets[budget];
+    if (!b) return;
+    const wait = await b.spend(keyFor(identity));
+    if (wait !== undefined) throw this.refuse(budget, wait, 'Too many requests for this identity; slow down.');
+  }
+
+  /**
+   * Charges an authentication failure to the request's client address. Returns
+   * the 429 to answer instead of the 401 when this failure went over the
+   * budget (the address is then blocked in memory until the window ends).
+   */
+  async authFailed(req: Request, res: Response): Promise<RateLimited | undefined> {
+    res.locals.authFailureCounted = true;
+    const b = this.budgets.unauthenticated;
+    if (!b) return undefined;
+    const client = clientKey(req.ip ?? req.socket.remoteAddress);
+    let wait: number | undefined;
+    try {
+      wait = await b.spend(client);
+    } catch (err) {
+      this.logger.warn({ err: (err as Error).message }, 'counting an authentication failure failed');
+      return undefined;
+    }
+    if (wait === undefined) return undefined;
+    this.block(client, wait);
+    return this.refuse('unauthenticated', wait, 'Too many failed authentications from this address; slow down.');
+  }
+
+  /**
+   * Express middleware for every route that checks a token: an address over its
+   * authentication-failure budget is refused here, before the token is even
+   * read. Answers in the OAuth shape on the OAuth endpoints. Also charges 401s
+   * that a route answered itself without going through {@link authFailed}.
+   */
+  gate(): RequestHandler {
+    return (req, res, next) => {
+      if (this.budgets.unauthenticated) {
+        const client = clientKey(req.ip ?? req.socket.remoteAddress);
+        const until = this.blocked.get(client);
+        if (until !== undefined) {
+          const ms = until - Date.now();
+          if (ms > 0) {
+            const err = this.refuse(
+              'unauthenticated',
+              Math.ceil(ms / 1000),
+              'Too many failed authentications from this address; slow down.',
+            );
+            return isOAuthPath(req) ? sendSlowDown(res, err) : next(err);
+          }
+          this.blocked.delete(client);
+        }
+        res.on('finish', () => {
+          if (res.statusCode === 401 && !res.locals.authFailureCounted) void this.authFailed(req, res);
+        });
+      }
+      next();
+    };
+  }
+
+  private refuse(budget: BudgetName, seconds: number, detail: string): RateLimited {
+    this.limited.inc({ budget });
+    this.metrics.denied.inc({ code: 'rate_limited' });
+    return new RateLimited(detail, seconds);
+  }
+
+  private block(client: string, seconds: number): void {
+    if (this.blocked.size >= MAX_BLOCKED) {
+      const now = Date.now();
+      for (const [k, until] of this.blocked) if (until <= now) this.blocked.delete(k);
+      // Still full: forget the oldest. Forgetting only costs one more signature check for that address.
+      if (this.blocked.size >= MAX_BLOCKED) this.blocked.delete(this.blocked.keys().next().value!);
+    }
+    this.blocked.set(client, Date.now() + seconds * 1000);
+  }
+}
+
+/** `/v1/token` and `/v1/introspect` answer RFC 6749 errors, not problems. Paths match as Express routes them: case-insensitively. */
+export function isOAuthPath(req: Request): boolean {
+  const p = `${req.baseUrl}${req.path}`.toLowerCase().replace(/\/+$/, '');
+  return p === '/v1/token' || p === '/v1/introspect';
+}
+
+/**
+ * Seconds a 429 tells the caller to wait: the limiter's own figure, or 1 s for
+ * other limits (a task's lease ceiling) that carry none; the contract wants
+ * Retry-After on every 429.
+ */
+export function retryAfterOf(err: BrokerError): number {
+  const s = (err as { retryAfterSeconds?: unknown }).retryAfterSeconds;
+  return typeof s === 'number' && Number.isFinite(s) && s >= 1 ? Math.ceil(s) : 1;
+}
+
+/** The OAuth-shaped 429: `{ "error": "slow_down" }` (the RFC 8628 code, as the contract asks), with Retry-After. */
+export function sendSlowDown(res: Response, err: BrokerError): void {
+  res
+    .status(429)
+    .set({ 'Retry-After': String(retryAfterOf(err)), 'Cache-Control': 'no-store', Pragma: 'no-cache' })
+    .json({ error: 'slow_down', error_description: err.message });
 }

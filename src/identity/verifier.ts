@@ -1,13 +1,16 @@
 import { createHash } from 'node:crypto';
 import { decodeJwt, decodeProtectedHeader, errors as joseErrors, jwtVerify, type JWTPayload } from 'jose';
-import type { Redis } from 'ioredis';
+import type { RedisClient } from '../redis/scripts.ts';
 import type { LoadedConfig } from '../config/load.ts';
 import type { TrustConfig } from '../config/schema.ts';
-import { unauthenticated } from '../errors.ts';
+import { unavailable } from '../errors.ts';
 import type { Logger } from '../logger.ts';
 import type { Keys } from '../redis/keys.ts';
+import type { Metrics } from '../metrics.ts';
 import { KeySet } from './key-set.ts';
-import { parseSpiffeId } from './spiffe-id.ts';
+import { clip } from './log-safe.ts';
+import { IdentityRejection, RejectionLog, rejectionError } from './rejection.ts';
+import { looksLikeSpiffeId, parseSpiffeId } from './spiffe-id.ts';
 import type { WorkloadIdentity } from './types.ts';
 
 /** JWT-SVID allows exactly these (JWT-SVID.md 3); no HS*, no none, no EdDSA. */
@@ -15,42 +18,41 @@ const SPIFFE_ALGS = ['RS256', 'RS384', 'RS512', 'ES256', 'ES384', 'ES512', 'PS25
 const OIDC_ALGS = [...SPIFFE_ALGS, 'EdDSA'];
 /** Header parameters we accept. Anything else (jku, jwk, x5u, x5c, crit...) is refused outright. */
 const ALLOWED_HEADER = new Set(['alg', 'kid', 'typ']);
-
-/** Why a token was refused: logged for operators, never returned to the caller. */
-class IdentityRejection extends Error {
-  readonly code: 'identity_invalid' | 'identity_expired' | 'identity_replayed';
-  constructor(code: IdentityRejection['code'], reason: string) {
-    super(reason);
-    this.code = code;
-  }
-}
-
-const CLIENT_DETAIL: Record<IdentityRejection['code'], string> = {
-  identity_invalid: 'The workload identity token is not valid.',
-  identity_expired: 'The workload identity token has expired.',
-  identity_replayed: 'The workload identity token was already used.',
-};
+/**
+ * The largest NumericDate we take (9999-12-31T23:59:59Z). Anything beyond is
+ * no date at all, and would overflow what the replay guard hands to Redis.
+ */
+const MAX_NUMERIC_DATE = 253_402_300_799;
+/** OIDC Core 2: `sub` is at most 255 ASCII characters. Printable only: it becomes part of the identity string. */
+const OIDC_SUB = /^[\x20-\x7e]{1,255}$/;
 
 /**
  * Verifies workload identity tokens (SPIFFE JWT-SVIDs and OIDC ID tokens)
  * against the configured trust entries. The signature is always checked before
  * any claim is trusted; the unverified payload is only used to pick which
  * trust entry's keys to verify with.
+ *
+ * Every refusal is a 401 with a stable code and a fixed `reason` (see
+ * ./rejection.ts). What exactly was wrong goes to the log, clipped, because
+ * everything in a token that failed verification is attacker-controlled.
  */
 export class IdentityVerifier {
   private readonly spiffe = new Map<string, { trust: TrustConfig; keys: KeySet }>();
   private readonly oidc = new Map<string, { trust: TrustConfig; keys: KeySet }>();
   private readonly skew: number;
   private readonly maxLifetime: number;
-  private readonly redis: Redis;
+  private readonly redis: RedisClient;
   private readonly keys: Keys;
-  private readonly logger: Logger;
+  private readonly rejections: RejectionLog;
   /** Verified tokens without jti, reused until min(exp, cacheMs): verification is the hottest path. */
   private readonly cache = new Map<string, { identity: WorkloadIdentity; until: number }>();
   private readonly cacheMs: number;
   private static readonly CACHE_MAX = 10_000;
 
-  constructor(config: LoadedConfig, deps: { redis: Redis; keys: Keys; logger: Logger; fetchImpl?: typeof fetch; cacheMs?: number }) {
+  constructor(
+    config: LoadedConfig,
+    deps: { redis: RedisClient; keys: Keys; logger: Logger; metrics?: Metrics; fetchImpl?: typeof fetch; cacheMs?: number },
+  ) {
     const opts = {
       maxAgeMs: config.identity.jwksCacheSeconds * 1000,
       cooldownMs: config.identity.jwksRefetchCooldownSeconds * 1000,
@@ -65,7 +67,7 @@ export class IdentityVerifier {
     this.maxLifetime = config.identity.maxTokenLifetimeSeconds;
     this.redis = deps.redis;
     this.keys = deps.keys;
-    this.logger = deps.logger;
+    this.rejections = new RejectionLog({ logger: deps.logger, metrics: deps.metrics });
     this.cacheMs = deps.cacheMs ?? 30_000;
   }
 
@@ -76,40 +78,44 @@ export class IdentityVerifier {
 
   /**
    * Verifies `token` and returns the identity, or throws a 401 BrokerError
-   * with a stable code and a detail that tells an attacker nothing.
+   * with a stable code, a fixed `reason` and a detail that tells an attacker
+   * nothing.
    */
   async verify(token: string | undefined): Promise<WorkloadIdentity> {
-    if (!token) throw unauthenticated('identity_missing', 'A workload identity token is required (Authorization: Bearer <jwt>).');
+    if (!token) {
+      this.rejections.record('missing', 'no token');
+      throw rejectionError('missing');
+    }
     const cached = this.cache.get(token);
     if (cached && cached.until > Date.now()) return cached.identity;
     try {
       return await this.verifyUncached(token);
     } catch (err) {
       if (err instanceof IdentityRejection) {
-        this.logger.info({ code: err.code, reason: err.message }, 'identity rejected');
-        throw unauthenticated(err.code, CLIENT_DETAIL[err.code]);
+        this.rejections.record(err.reason, err.message);
+        throw rejectionError(err.reason);
       }
       throw err;
     }
   }
 
   private async verifyUncached(token: string): Promise<WorkloadIdentity> {
-    if (token.length > 16_384) throw new IdentityRejection('identity_invalid', 'token too large');
+    if (token.length > 16_384) throw new IdentityRejection('malformed', `token too large (${token.length} chars)`);
     let header: ReturnType<typeof decodeProtectedHeader>;
     let unverified: JWTPayload;
     try {
       header = decodeProtectedHeader(token);
       unverified = decodeJwt(token);
     } catch {
-      throw new IdentityRejection('identity_invalid', 'not a compact JWS JWT');
+      throw new IdentityRejection('malformed', 'not a compact JWS JWT');
     }
     for (const name of Object.keys(header)) {
-      if (!ALLOWED_HEADER.has(name)) throw new IdentityRejection('identity_invalid', `header parameter "${name}" not allowed`);
+      if (!ALLOWED_HEADER.has(name)) throw new IdentityRejection('malformed', `header parameter "${clip(name, 32)}" not allowed`);
     }
     if (header.typ !== undefined && header.typ !== 'JWT' && header.typ !== 'JOSE') {
-      throw new IdentityRejection('identity_invalid', `typ "${String(header.typ)}" not allowed`);
+      throw new IdentityRejection('malformed', `typ "${clip(header.typ, 32)}" not allowed`);
     }
-    if (typeof header.kid !== 'string' || header.kid === '') throw new IdentityRejection('identity_invalid', 'header has no kid');
+    if (typeof header.kid !== 'string' || header.kid === '') throw new IdentityRejection('malformed', 'header has no kid');
     const { trust, keys, algorithms } = this.route(unverified);
     const kid = header.kid;
     let payload: JWTPayload;
@@ -118,7 +124,7 @@ export class IdentityVerifier {
         token,
         async (h) => {
           const key = await keys.getKey(kid, h.alg);
-          if (!key) throw new IdentityRejection('identity_invalid', `kid "${kid}" not in trust ${trust.name}`);
+          if (!key) throw new IdentityRejection('unknown_key', `kid "${clip(kid)}" (alg ${clip(h.alg, 16)}) not in trust ${trust.name}`);
           return key;
         },
         {
@@ -130,45 +136,65 @@ export class IdentityVerifier {
         },
       ));
     } catch (err) {
-      if (err instanceof IdentityRejection) throw err;
-      if (err instanceof joseErrors.JWTExpired) throw new IdentityRejection('identity_expired', 'expired');
-      const code = (err as { code?: string }).code ?? 'unknown';
-      throw new IdentityRejection('identity_invalid', `${code}: ${(err as Error).message}`);
+      throw joseRejection(err, trust.name);
     }
     return this.accept(token, payload, trust);
   }
 
   /** Picks the trust entry from the unverified payload; verification then uses only that entry's keys. */
   private route(p: JWTPayload): { trust: TrustConfig; keys: KeySet; algorithms: string[] } {
-    if (typeof p.sub === 'string' && /^spiffe:\/\//i.test(p.sub)) {
+    if (typeof p.sub !== 'string' || p.sub === '') throw new IdentityRejection('malformed', 'sub missing or not a string');
+    if (looksLikeSpiffeId(p.sub)) {
+      // Any spelling of the scheme takes this path, so a non-canonical SPIFFE ID is refused rather than read as something else.
       const parsed = parseSpiffeId(p.sub);
-      if ('error' in parsed) throw new IdentityRejection('identity_invalid', `invalid SPIFFE ID: ${parsed.error}`);
+      if ('error' in parsed) throw new IdentityRejection('subject', `invalid SPIFFE ID ${clip(p.sub)}: ${parsed.error}`);
       const entry = this.spiffe.get(parsed.trustDomain);
-      if (!entry) throw new IdentityRejection('identity_invalid', `no trust entry for trust domain ${parsed.trustDomain}`);
+      if (!entry) throw new IdentityRejection('untrusted', `no trust entry for trust domain ${clip(parsed.trustDomain)}`);
       return { ...entry, algorithms: SPIFFE_ALGS };
     }
     const entry = typeof p.iss === 'string' ? this.oidc.get(p.iss) : undefined;
-    if (!entry) throw new IdentityRejection('identity_invalid', 'no trust entry for issuer');
+    if (!entry) throw new IdentityRejection('untrusted', `no trust entry for issuer ${clip(p.iss)}`);
+    if (!OIDC_SUB.test(p.sub)) throw new IdentityRejection('subject', `OIDC sub ${clip(p.sub)} is not 1-255 printable ASCII characters`);
     return { ...entry, algorithms: OIDC_ALGS };
   }
 
   private async accept(token: string, p: JWTPayload, trust: TrustConfig): Promise<WorkloadIdentity> {
     const now = Math.floor(Date.now() / 1000);
-    const exp = p.exp!;
-    if (typeof p.iat === 'number' && exp - p.iat > this.maxLifetime) {
-      throw new IdentityRejection('identity_invalid', 'token lifetime exceeds identity.maxTokenLifetimeSeconds');
+    for (const claim of ['exp', 'iat', 'nbf'] as const) {
+      const v = p[claim];
+      if (v !== undefined && !(Number.isSafeInteger(v) && v >= 0 && v <= MAX_NUMERIC_DATE)) {
+        throw new IdentityRejection('malformed', `${claim} ${clip(v, 32)} is not a whole number of seconds in range`);
+      }
     }
-    if (typeof p.iat === 'number' && p.iat > now + this.skew) throw new IdentityRejection('identity_invalid', 'iat in the future');
+    const exp = p.exp!;
+    const iat = p.iat;
+    if (iat !== undefined && iat > now + this.skew) throw new IdentityRejection('not_yet_valid', 'iat in the future');
+    // Contract: lifetime is exp - iat, or exp - now without iat. Measured from now, a token without iat cannot
+    // dodge the bound by omitting it, and one with an old iat cannot either.
+    const lifetime = exp - (iat ?? now);
+    if (lifetime > this.maxLifetime) {
+      throw new IdentityRejection(
+        'lifetime',
+        `lifetime ${lifetime} s (${iat === undefined ? 'exp - now' : 'exp - iat'}) exceeds identity.maxTokenLifetimeSeconds ${this.maxLifetime}`,
+      );
+    }
+    if (p.jti !== undefined && (typeof p.jti !== 'string' || p.jti === '')) throw new IdentityRejection('malformed', 'jti not a string');
     const id = trust.kind === 'spiffe' ? p.sub! : `${p.iss}#${p.sub}`;
     const claims: Record<string, string> = {};
     for (const [k, v] of Object.entries(p)) if (typeof v === 'string') claims[k] = v;
     const identity: WorkloadIdentity = Object.freeze({ id, trust: trust.name, kind: trust.kind, claims: Object.freeze(claims), exp });
     if (typeof p.jti === 'string') {
       // A token with a jti is single-use for its whole lifetime (plus skew), across every instance.
-      const ttlMs = Math.max(1, (exp + this.skew - now) * 1000);
+      // Bounded above by the lifetime check, so the PX value is always a small positive integer.
+      const ttlMs = Math.max(1000, (exp + this.skew - now) * 1000);
       const key = this.keys.replay(trust.name, createHash('sha256').update(p.jti).digest('base64url'));
-      const fresh = await this.redis.set(key, '1', 'PX', ttlMs, 'NX');
-      if (fresh === null) throw new IdentityRejection('identity_replayed', 'jti replayed');
+      let fresh: string | null;
+      try {
+        fresh = await this.redis.set(key, '1', 'PX', ttlMs, 'NX');
+      } catch (err) {
+        throw unavailable('not_ready', 'The broker cannot check identity replay right now; retry shortly.', { cause: err });
+      }
+      if (fresh === null) throw new IdentityRejection('replayed', `jti replayed (trust ${trust.name})`);
     } else {
       this.remember(token, identity, Math.min(exp * 1000, Date.now() + this.cacheMs));
     }
@@ -183,4 +209,18 @@ export class IdentityVerifier {
     }
     this.cache.set(token, { identity, until });
   }
+}
+
+/** Maps a jose failure to the reason the caller sees; the jose code and message (fixed texts) go to the log. */
+function joseRejection(err: unknown, trust: string): IdentityRejection {
+  if (err instanceof IdentityRejection) return err;
+  const code = (err as { code?: string }).code ?? 'unknown';
+  const detail = `${clip(code, 48)}: ${clip((err as Error).message, 120)} (trust ${trust})`;
+  if (err instanceof joseErrors.JWTExpired) return new IdentityRejection('expired', detail);
+  if (err instanceof joseErrors.JWSSignatureVerificationFailed) return new IdentityRejection('signature', detail);
+  if (err instanceof joseErrors.JWTClaimValidationFailed) {
+    if (err.claim === 'aud' && err.reason === 'check_failed') return new IdentityRejection('audience', detail);
+    if (err.claim === 'nbf' && err.reason === 'check_failed') return new IdentityRejection('not_yet_valid', detail);
+  }
+  return new IdentityRejection('malformed', detail);
 }

@@ -114,9 +114,12 @@ export class RotationService {
     try {
       r = await this.deps.policy.reload();
     } catch (err) {
-      const detail = err instanceof PolicyLoadError ? err.message : 'The policy set could not be loaded.';
+      if (!(err instanceof PolicyLoadError)) throw err;
       await this.deps.audit.append({ action: 'policy.reload', actor: who.id, decision: 'error', reason: 'policy_invalid' });
-      throw conflict('policy_invalid', `${detail} The previous policy set stays in force.`);
+      // An admin may see file names and Cedar's messages.
+      throw conflict('policy_invalid', `The policy set was not reloaded; the previous set stays in force. ${err.message}`, {
+        extra: { issues: err.issues.map(({ code, file, line, column, message }) => ({ code, file, line, column, message })) },
+      });
     }
     await this.announce({ type: 'policy-reload' });
     await this.deps.audit.append({

@@ -1,10 +1,12 @@
 import { createHmac, generateKeyPairSync, randomUUID } from 'node:crypto';
 import { createServer, type Server } from 'node:http';
+import { Writable } from 'node:stream';
+import { pino } from 'pino';
 import type { AddressInfo } from 'node:net';
 import { Redis } from 'ioredis';
 import { IdentityVerifier } from '../../src/identity/verifier.ts';
 import { BrokerError } from '../../src/errors.ts';
-import { silentLogger } from '../../src/logger.ts';
+import { silentLogger, type Logger } from '../../src/logger.ts';
 import { Keys } from '../../src/redis/keys.ts';
 import { TestIssuer } from '../helpers/identity.ts';
 import { dropPrefix, REDIS_URL, testConfig, uniquePrefix } from '../helpers/broker.ts';
@@ -35,9 +37,9 @@ afterAll(async () => {
   await redis.quit();
 });
 
-async function codeOf(token: string | undefined): Promise<string> {
+async function codeOf(token: string | undefined, v: IdentityVerifier = verifier): Promise<string> {
   try {
-    await verifier.verify(token);
+    await v.verify(token);
     return 'ok';
   } catch (err) {
     if (err instanceof BrokerError) {
@@ -45,6 +47,17 @@ async function codeOf(token: string | undefined): Promise<string> {
       return err.code;
     }
     throw err;
+  }
+}
+
+/** The fixed, non-secret `reason` member of the 401 problem (undefined when accepted). */
+async function reasonOf(token: string | undefined): Promise<string | undefined> {
+  try {
+    await verifier.verify(token);
+    return undefined;
+  } catch (err) {
+    if (!(err instanceof BrokerError)) throw err;
+    return err.extra?.reason as string;
   }
 }
 
@@ -158,6 +171,42 @@ describe('workload identity verification', () => {
     expect(await codeOf(make())).toBe(expected);
   });
 
+  // Each refusal says which check failed, as a fixed word (contract: 401 for all of them).
+  const reasons: [string, () => string | undefined, string, string][] = [
+    ['no token', () => undefined, 'identity_missing', 'missing'],
+    ['not a JWT', () => 'not.a.jwt', 'identity_invalid', 'malformed'],
+    ['alg none', () => `${b64({ alg: 'none', kid: issuer.kid })}.${b64(valid())}.`, 'identity_invalid', 'malformed'],
+    ['unknown kid', () => issuer.signRaw({ ...header(), kid: 'nope' }, valid()), 'identity_invalid', 'unknown_key'],
+    ['attacker key, right kid', () => issuer.signRaw(header(), valid(), attacker), 'identity_invalid', 'signature'],
+    ['wrong aud', () => issuer.signRaw(header(), { ...valid(), aud: ['someone-else'] }), 'identity_invalid', 'audience'],
+    ['expired', () => issuer.signRaw(header(), { ...valid(), exp: now() - 120 }), 'identity_expired', 'expired'],
+    ['nbf in the future', () => issuer.signRaw(header(), { ...valid(), nbf: now() + 600 }), 'identity_invalid', 'not_yet_valid'],
+    ['iat in the future', () => issuer.signRaw(header(), { ...valid(), iat: now() + 600 }), 'identity_invalid', 'not_yet_valid'],
+    [
+      'lifetime (exp - iat) too long',
+      () => issuer.signRaw(header(), { ...valid(), iat: now() - 10, exp: now() + 2 * 86_400 }),
+      'identity_invalid',
+      'lifetime',
+    ],
+    [
+      'unknown trust domain',
+      () => issuer.signRaw(header(), { ...valid(), sub: 'spiffe://evil.example/agent/support' }),
+      'identity_invalid',
+      'untrusted',
+    ],
+    [
+      'non-canonical SPIFFE ID',
+      () => issuer.signRaw(header(), { ...valid(), sub: 'SPIFFE://dev.local/agent/support' }),
+      'identity_invalid',
+      'subject',
+    ],
+  ];
+  test.each(reasons)('refusal reason: %s', async (_name, make, code, reason) => {
+    const token = make();
+    expect(await codeOf(token)).toBe(code);
+    expect(await reasonOf(token)).toBe(reason);
+  });
+
   test('a token with a jti is accepted once, then rejected as a replay', async () => {
     const token = issuer.svid('/agent/support', { jti: true });
     expect(await codeOf(token)).toBe('ok');
@@ -180,6 +229,105 @@ describe('workload identity verification', () => {
     );
     expect(id.id).toBe('https://ci.example#repo:acme/app');
     expect(id.kind).toBe('oidc');
+  });
+});
+
+describe('token lifetime and numeric dates', () => {
+  const header = () => ({ alg: 'ES256', kid: issuer.kid, typ: 'JWT' });
+  const sub = 'spiffe://dev.local/agent/support';
+  const tenYears = 10 * 365 * 86_400;
+
+  const cases: [string, () => Record<string, unknown>, string][] = [
+    // Without iat the lifetime is exp - now: a token valid for ten years is refused.
+    ['no iat, exp ten years out', () => ({ sub, aud: 'jit-broker', exp: now() + tenYears }), 'identity_invalid'],
+    ['no iat, exp one day + 1 h out', () => ({ sub, aud: 'jit-broker', exp: now() + 86_400 + 3600 }), 'identity_invalid'],
+    ['no iat, exp within the maximum', () => ({ sub, aud: 'jit-broker', exp: now() + 3600 }), 'ok'],
+    ['iat, exp - iat within the maximum', () => ({ sub, aud: 'jit-broker', iat: now() - 60, exp: now() + 3600 }), 'ok'],
+    ['old iat makes exp - iat too long', () => ({ sub, aud: 'jit-broker', iat: now() - 86_400, exp: now() + 60 }), 'identity_invalid'],
+    ['exp 1e16 with a jti', () => ({ sub, aud: 'jit-broker', exp: 1e16, jti: randomUUID() }), 'identity_invalid'],
+    ['exp 1e16 without iat or jti', () => ({ sub, aud: 'jit-broker', exp: 1e16 }), 'identity_invalid'],
+    ['exp 1e300', () => ({ sub, aud: 'jit-broker', iat: now(), exp: 1e300 }), 'identity_invalid'],
+    ['non-integer exp', () => ({ sub, aud: 'jit-broker', iat: now(), exp: now() + 60.5 }), 'identity_invalid'],
+    ['non-integer exp with a jti', () => ({ sub, aud: 'jit-broker', exp: now() + 60.25, jti: randomUUID() }), 'identity_invalid'],
+    ['negative iat', () => ({ sub, aud: 'jit-broker', iat: -1, exp: now() + 60 }), 'identity_invalid'],
+    ['non-integer iat', () => ({ sub, aud: 'jit-broker', iat: now() - 0.5, exp: now() + 60 }), 'identity_invalid'],
+    ['string exp', () => ({ sub, aud: 'jit-broker', exp: String(now() + 60) }), 'identity_invalid'],
+    ['negative nbf', () => ({ sub, aud: 'jit-broker', nbf: -5, exp: now() + 60 }), 'identity_invalid'],
+  ];
+  test.each(cases)('%s', async (_name, claims, expected) => {
+    expect(await codeOf(issuer.signRaw(header(), claims()))).toBe(expected);
+  });
+
+  test('the lifetime refusal says so', async () => {
+    expect(await reasonOf(issuer.signRaw(header(), { sub, aud: 'jit-broker', exp: now() + tenYears }))).toBe('lifetime');
+  });
+});
+
+describe('SPIFFE IDs must be canonical (lowercase scheme and trust domain, non-empty path)', () => {
+  const header = () => ({ alg: 'ES256', kid: issuer.kid, typ: 'JWT' });
+  const withSub = (sub: string) => issuer.signRaw(header(), { sub, aud: 'jit-broker', iat: now(), exp: now() + 60 });
+  test.each([
+    ['spiffe://dev.local/agent/support', 'ok'],
+    ['SPIFFE://dev.local/agent/support', 'identity_invalid'],
+    ['Spiffe://dev.local/agent/support', 'identity_invalid'],
+    ['spiffe://DEV.LOCAL/agent/support', 'identity_invalid'],
+    ['spiffe://Dev.local/agent/support', 'identity_invalid'],
+    ['spiffe://dev.local', 'identity_invalid'],
+    ['spiffe://dev.local/', 'identity_invalid'],
+    ['spiffe://dev.local//agent', 'identity_invalid'],
+    ['spiffe://dev.local:8443/agent', 'identity_invalid'],
+    ['spiffe://user@dev.local/agent', 'identity_invalid'],
+    ['spiffe://dev.local/agent%2Fsupport', 'identity_invalid'],
+    ['spiffe://dev.local/agent?x=1', 'identity_invalid'],
+    ['spiffe://dev.local/agent#frag', 'identity_invalid'],
+    [' spiffe://dev.local/agent', 'identity_invalid'],
+  ])('%s → %s', async (sub, expected) => {
+    expect(await codeOf(withSub(sub))).toBe(expected);
+  });
+});
+
+describe('what an unauthenticated token can make the broker log', () => {
+  function capture(level: string): { logger: Logger; lines: () => string[] } {
+    const chunks: string[] = [];
+    const stream = new Writable({
+      write(chunk, _enc, cb) {
+        chunks.push(String(chunk));
+        cb();
+      },
+    });
+    return { logger: pino({ level }, stream), lines: () => chunks.join('').split('\n').filter(Boolean) };
+  }
+  const bigKid = 'k'.repeat(8192);
+  const evil = () =>
+    issuer.signRaw(
+      { alg: 'ES256', kid: `${bigKid}\u001b[31m\n{"level":60}`, typ: 'JWT' },
+      { sub: 'spiffe://dev.local/agent/support', aud: 'jit-broker', iat: now(), exp: now() + 60 },
+    );
+
+  async function flood(logger: Logger, n: number): Promise<void> {
+    const config = testConfig(issuer, prefix);
+    const v = new IdentityVerifier(config, { redis, keys: new Keys(prefix), logger, cacheMs: 0 });
+    await v.init();
+    for (let i = 0; i < n; i++) expect(await codeOf(evil(), v)).toBe('identity_invalid');
+  }
+
+  test('every logged value from an unverified token is truncated and escaped', async () => {
+    const { logger, lines } = capture('debug');
+    await flood(logger, 3);
+    expect(lines().length).toBeGreaterThan(0);
+    for (const line of lines()) {
+      expect(line.length).toBeLessThan(1024);
+      expect(line).not.toContain('\u001b');
+      expect(JSON.parse(line)).toBeTruthy();
+    }
+  });
+
+  test('a flood of bad tokens produces bounded log volume at the default level', async () => {
+    const { logger, lines } = capture('info');
+    await flood(logger, 500);
+    const bytes = lines().reduce((n, l) => n + l.length, 0);
+    expect(lines().length).toBeLessThanOrEqual(5);
+    expect(bytes).toBeLessThan(4096);
   });
 });
 

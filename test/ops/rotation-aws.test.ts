@@ -73,6 +73,8 @@ beforeAll(async () => {
   role = emu.createRole('agent-reports', { maxSessionDuration: 3600, trust: [user.arn] });
   a = await startTestBroker('rotation-aws', {
     config: {
+      // The load below issues far beyond one identity's default budget (50/s); this file tests rotation, not limits.
+      server: { port: 0, publicUrl: 'http://127.0.0.1:8080', rateLimit: { perSecond: 0 } },
       providers: {
         jwt: { publishLeadSeconds: 1, retireGraceSeconds: 60 },
         aws: {

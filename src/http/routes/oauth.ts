@@ -1,8 +1,11 @@
-import express, { Router, type Request, type Response } from 'express';
+import express, { Router, type RequestHandler, type Response } from 'express';
+import type { LoadedConfig } from '../../config/load.ts';
 import type { Deps } from '../../deps.ts';
 import { BrokerError } from '../../errors.ts';
 import type { Services } from '../services.ts';
-import { bearerToken, refuseQuarantined } from '../middleware.ts';
+import { authenticate, bearerToken } from '../middleware.ts';
+import { bearerChallenge } from '../problem.ts';
+import { sendSlowDown } from '../rate-limit.ts';
 import { scopeSchema, roleNameSchema } from '../../config/common.ts';
 import { taskRefSchema } from '../schemas.ts';
 
@@ -23,9 +26,15 @@ class OAuthError extends Error {
   }
 }
 
+/** RFC 6749 5.1: token responses are never cached; `Pragma` for HTTP/1.0 caches. */
+function noStore(res: Response): void {
+  res.setHeader('Cache-Control', 'no-store');
+  res.setHeader('Pragma', 'no-cache');
+}
+
 function sendOAuthError(res: Response, e: OAuthError): void {
-  res.status(e.status).setHeader('Cache-Control', 'no-store');
-  res.json({ error: e.error, error_description: e.message, ...e.extra });
+  noStore(res);
+  res.status(e.status).json({ error: e.error, error_description: e.message, ...e.extra });
 }
 
 /** Maps the broker's stable codes to the RFC 6749 / 8693 error vocabulary. */
@@ -35,7 +44,7 @@ function toOAuth(err: BrokerError): OAuthError {
     case 'identity_invalid':
     case 'identity_expired':
     case 'identity_replayed':
-      return new OAuthError('invalid_grant', 'The subject_token is not a valid workload identity.');
+      return new OAuthError('invalid_grant', `The subject_token is not a valid workload identity: ${err.message}`);
     case 'role_not_granted':
       return new OAuthError('invalid_target', err.message);
     case 'scope_not_granted':
@@ -54,24 +63,73 @@ function toOAuth(err: BrokerError): OAuthError {
 }
 
 /** One value per parameter (RFC 6749 section 3.2: parameters must not repeat). */
-function param(body: Record<string, unknown>, name: string): string | undefined {
+function param(body: Record<string, unknown>, name: string, error = 'invalid_request'): string | undefined {
+  if (!Object.hasOwn(body, name)) return undefined;
   const v = body[name];
-  if (v === undefined) return undefined;
-  if (typeof v !== 'string') throw new OAuthError('invalid_request', `Parameter ${name} must appear once.`);
+  if (typeof v !== 'string') throw new OAuthError(error, `Parameter ${name} must appear once.`);
   return v;
 }
 
-function formBody(limit: number) {
-  const parse = express.urlencoded({ extended: false, limit, type: 'application/x-www-form-urlencoded', parameterLimit: 50 });
+/** The form parser's failures, as RFC 6749 errors rather than problems (or a 500). */
+function formParseError(err: { type?: string; status?: number }): OAuthError {
+  switch (err.type) {
+    case 'entity.too.large':
+      return new OAuthError('invalid_request', 'The request body is too large.', 413);
+    case 'parameters.too.many':
+      return new OAuthError('invalid_request', `More than ${MAX_FORM_FIELDS} form fields.`);
+    case 'charset.unsupported':
+    case 'encoding.unsupported':
+      return new OAuthError('invalid_request', 'Unsupported body charset or encoding.', 415);
+    default:
+      return new OAuthError('invalid_request', 'The request body could not be read.');
+  }
+}
+
+/** No OAuth request here has anywhere near this many fields; more is refused before it is parsed further. */
+const MAX_FORM_FIELDS = 50;
+
+function formBody(limit: number): RequestHandler[] {
+  const parse = express.urlencoded({ extended: false, limit, type: 'application/x-www-form-urlencoded', parameterLimit: MAX_FORM_FIELDS });
   return [
-    (req: Request, res: Response, next: () => void) => {
+    (req, res, next) => {
       if (!req.is('application/x-www-form-urlencoded')) {
         return sendOAuthError(res, new OAuthError('invalid_request', 'Send the request as application/x-www-form-urlencoded.', 415));
       }
-      next();
+      parse(req, res, (err?: unknown) => {
+        if (err) return sendOAuthError(res, formParseError(err as { type?: string }));
+        next();
+      });
     },
-    parse,
   ];
+}
+
+/**
+ * The jwt role a token exchange asks for: `audience` (a role name) and/or
+ * RFC 8707 `resource` (the role's audience URI, which must name exactly one
+ * jwt role). With both, they must name the same role.
+ */
+function targetRole(roles: LoadedConfig['roles'], audience: string | undefined, resource: string | undefined): string {
+  if (audience === undefined && resource === undefined)
+    throw new OAuthError('invalid_target', 'audience (a jwt role name) or resource (its audience URI) is required.');
+  let role: string | undefined;
+  if (audience !== undefined) {
+    if (!roleNameSchema.safeParse(audience).success || !Object.hasOwn(roles, audience) || roles[audience]!.provider !== 'jwt')
+      throw new OAuthError('invalid_target', `"${audience.slice(0, 64)}" is not a jwt role.`);
+    role = audience;
+  }
+  if (resource !== undefined) {
+    const named = Object.entries(roles)
+      .filter(([, r]) => r.provider === 'jwt' && r.audience === resource)
+      .map(([name]) => name);
+    if (named.length !== 1)
+      throw new OAuthError(
+        'invalid_target',
+        named.length === 0 ? 'resource is not the audience of a jwt role.' : 'resource is the audience of more than one role.',
+      );
+    if (role !== undefined && role !== named[0]) throw new OAuthError('invalid_target', 'audience and resource name different roles.');
+    role = named[0]!;
+  }
+  return role!;
 }
 
 /** POST /v1/token (RFC 8693), POST /v1/introspect (RFC 7662). */
@@ -99,24 +157,23 @@ export function oauthRoutes(deps: Deps, s: Services): Router {
       if (requested !== undefined && !ISSUABLE_TYPES.has(requested))
         throw new OAuthError('invalid_request', 'requested_token_type must be an access token.');
       const audience = param(b, 'audience');
-      if (!audience) throw new OAuthError('invalid_target', 'audience (a jwt role name) is required.');
-      if (!roleNameSchema.safeParse(audience).success || deps.config.roles[audience]?.provider !== 'jwt')
-        throw new OAuthError('invalid_target', `"${audience.slice(0, 64)}" is not a jwt role.`);
+      const resource = param(b, 'resource', 'invalid_target');
       const taskId = param(b, 'task_id');
       if (!taskId || !taskRefSchema.safeParse(taskId).success) throw new OAuthError('invalid_request', 'task_id is required (a task id).');
       const scopeParam = param(b, 'scope');
       const scopes = scopeParam === undefined ? undefined : scopeParam.split(' ').filter(Boolean);
       if (scopes && (!scopes.every((x) => scopeSchema.safeParse(x).success) || new Set(scopes).size !== scopes.length))
         throw new OAuthError('invalid_scope', 'scope is malformed.');
-      const who = await deps.verifier.verify(subject);
-      await refuseQuarantined(deps, who);
-      const out = await s.credentials.request(who, { taskId, role: audience, ...(scopes ? { scopes } : {}) });
+      // Which roles exist is said only to a verified caller, and only it spends an identity budget.
+      const who = await authenticate(deps, req, res, subject);
+      const role = targetRole(deps.config.roles, audience || undefined, resource);
+      const out = await s.credentials.request(who, { taskId, role, ...(scopes ? { scopes } : {}) });
       if ('approvalId' in out)
         throw new OAuthError('authorization_pending', 'This role needs an approval; retry once it is approved.', 400, {
           approval_id: out.approvalId,
         });
       const c = out.credentials as { access_token: string; expires_in: number; scope: string };
-      res.setHeader('Cache-Control', 'no-store');
+      noStore(res);
       res.json({
         access_token: c.access_token,
         issued_token_type: 'urn:ietf:params:oauth:token-type:access_token',
@@ -125,32 +182,45 @@ export function oauthRoutes(deps: Deps, s: Services): Router {
         scope: c.scope,
       });
     } catch (err) {
+      // Any limit (this identity's rate, a task's lease ceiling) is slow_down here (contract section 2).
+      if (err instanceof BrokerError && err.status === 429) return sendSlowDown(res, err);
       if (err instanceof OAuthError) return sendOAuthError(res, err);
       if (err instanceof BrokerError) return sendOAuthError(res, toOAuth(err));
       throw err;
     }
   });
 
-  r.post('/v1/introspect', ...formBody(limit), async (req, res) => {
-    try {
-      await deps.verifier.verify(bearerToken(req));
-    } catch {
-      res.setHeader('WWW-Authenticate', 'Bearer error="invalid_token"');
-      return sendOAuthError(
-        res,
-        new OAuthError('invalid_client', 'A workload identity (Authorization: Bearer) is required to introspect.', 401),
-      );
-    }
-    const b = (req.body ?? {}) as Record<string, unknown>;
-    let token: string | undefined;
-    try {
-      token = param(b, 'token');
-    } catch (err) {
-      return sendOAuthError(res, err as OAuthError);
-    }
-    if (!token) return sendOAuthError(res, new OAuthError('invalid_request', 'token is required.'));
-    res.setHeader('Cache-Control', 'no-store');
-    res.json(await s.leases.introspect(token));
-  });
+  // The caller is authenticated before its body is parsed, as on every other /v1 route.
+  r.post(
+    '/v1/introspect',
+    async (req, res, next) => {
+      try {
+        await authenticate(deps, req, res, bearerToken(req), 'introspect');
+      } catch (err) {
+        if (!(err instanceof BrokerError)) throw err;
+        if (err.status === 429) return sendSlowDown(res, err);
+        if (err.status !== 401) return sendOAuthError(res, toOAuth(err));
+        res.setHeader('WWW-Authenticate', bearerChallenge(err.code));
+        return sendOAuthError(
+          res,
+          new OAuthError('invalid_client', `A workload identity (Authorization: Bearer) is required to introspect: ${err.message}`, 401),
+        );
+      }
+      next();
+    },
+    ...formBody(limit),
+    async (req, res) => {
+      const b = (req.body ?? {}) as Record<string, unknown>;
+      let token: string | undefined;
+      try {
+        token = param(b, 'token');
+      } catch (err) {
+        return sendOAuthError(res, err as OAuthError);
+      }
+      if (!token) return sendOAuthError(res, new OAuthError('invalid_request', 'token is required.'));
+      noStore(res);
+      res.json(await s.leases.introspect(token));
+    },
+  );
   return r;
 }

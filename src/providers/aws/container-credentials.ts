@@ -68,7 +68,11 @@ export function containerCredentialsRouter(deps: ContainerCredentialsDeps): Rout
         .set('Cache-Control', 'no-store')
         .json({ AccessKeyId: c.AccessKeyId, SecretAccessKey: c.SecretAccessKey, Token: c.SessionToken, Expiration: c.Expiration });
     } catch (err) {
-      if (err instanceof BrokerError) return sendError(res, err.status, err.code, err.message);
+      if (err instanceof BrokerError) {
+        const retryAfter = (err as { retryAfterSeconds?: number }).retryAfterSeconds;
+        if (retryAfter !== undefined) res.set('Retry-After', String(retryAfter));
+        return sendError(res, err.status, err.code, err.message);
+      }
       deps.logger?.error({ err: (err as Error).message }, 'container credentials failed');
       sendError(res, 500, 'internal_error', 'The broker failed to issue the credential.');
     }

@@ -1,0 +1,29 @@
+/**
+ * Characters that are valid in JSON but mislead a human reading logs in a
+ * terminal: C1 controls, zero-width and bidi controls, line/paragraph
+ * separators, BOM. JSON.stringify already escapes C0 controls and lone
+ * surrogates.
+ */
+const MISLEADING = /[\u007f-\u009f\u00ad\u061c\u180e\u200b-\u200f\u2028-\u202e\u2060-\u206f\ufeff]/g;
+
+/**
+ * Makes a value taken from unverified input (a token header, a claim, a
+ * path) safe to log: at most `max` characters, escaped, with the length of
+ * what was cut. An attacker controls these bytes, so they never reach a log
+ * whole: a 8 KiB `kid` becomes 64 characters and a note.
+ */
+export function clip(value: unknown, max = 64): string {
+  let s: string;
+  if (typeof value === 'string') s = value;
+  else {
+    try {
+      s = JSON.stringify(value) ?? String(value);
+    } catch {
+      s = Object.prototype.toString.call(value);
+    }
+  }
+  const head = JSON.stringify(s.slice(0, max))
+    .slice(1, -1)
+    .replace(MISLEADING, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`);
+  return s.length > max ? `${head}…(+${s.length - max} chars)` : head;
+}

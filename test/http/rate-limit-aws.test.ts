@@ -1,0 +1,68 @@
+import { startAwsEmulator, type AwsEmulator } from '../emulators/aws/index.ts';
+import { AGENT, ORCH, call, startTestBroker, type TestBroker } from '../helpers/broker.ts';
+
+/** The AWS SDK container-credentials endpoint spends the caller identity's budget like every authenticated route. */
+
+let emu: AwsEmulator;
+let t: TestBroker;
+beforeAll(async () => {
+  emu = await startAwsEmulator();
+  const user = emu.createUser('jit-broker');
+  const role = emu.createRole('agent-reports', { maxSessionDuration: 3600, trust: [user.arn] });
+  t = await startTestBroker('rl-aws', {
+    config: {
+      server: {
+        port: 0,
+        publicUrl: 'http://127.0.0.1:8080',
+        rateLimit: { perSecond: 1, burst: 2, unauthenticated: { perSecond: 1, burst: 2 } },
+      },
+      providers: {
+        aws: {
+          region: 'us-east-1',
+          endpoint: emu.url,
+          userName: user.userName,
+          credentials: { accessKeyId: user.accessKeyId, secretAccessKey: user.secretAccessKey },
+          retryBaseDelayMs: 5,
+          requestTimeoutMs: 2000,
+        },
+      },
+      roles: { 'reports-bucket': { provider: 'aws', roleArn: role.arn, maxTtlSeconds: 3600 } },
+    },
+  });
+  const r = await call(t.url, 'POST', '/v1/tasks', t.as(ORCH), {
+    taskId: 't-rl-aws',
+    agent: `spiffe://dev.local${AGENT}`,
+    tenant: 'acme',
+    purpose: 'p',
+    ttlSeconds: 3600,
+    grants: [{ role: 'reports-bucket', scopes: ['s3:GetObject'] }],
+  });
+  expect(r.status).toBe(201);
+});
+afterAll(async () => {
+  await t?.close();
+  await emu?.stop();
+});
+
+const path = '/v1/aws/container-credentials/t-rl-aws/reports-bucket';
+
+test('a third poll within the burst is 429 with Retry-After', async () => {
+  const token = t.issuer.svid(AGENT, { ttl: 600 });
+  const out = [];
+  for (let i = 0; i < 3; i++) out.push(await call(t.url, 'GET', path, { authorization: token }));
+  expect(out.map((r) => r.status)).toEqual([200, 200, 429]);
+  expect(out[2]!.body.Code).toBe('rate_limited');
+  expect(Number(out[2]!.headers.get('retry-after'))).toBeGreaterThanOrEqual(1);
+});
+
+test('bad tokens count as authentication failures of the address', async () => {
+  await new Promise((r) => setTimeout(r, 1100));
+  const statuses = [];
+  for (let i = 0; i < 6; i++) {
+    statuses.push((await call(t.url, 'GET', path, { authorization: 'not-a-jwt' })).status);
+    // The endpoint answers its own 401s; they are counted as the response finishes.
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  expect(statuses.slice(0, 2)).toEqual([401, 401]);
+  expect(statuses.slice(3)).toEqual([429, 429, 429]);
+});

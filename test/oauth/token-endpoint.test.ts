@@ -1,0 +1,113 @@
+import { decodeJwt } from 'jose';
+import { AGENT, ORCH, call, startTestBroker, type TestBroker } from '../helpers/broker.ts';
+
+/** Token endpoint details: caching headers (RFC 6749 5.1), malformed forms, RFC 8707 `resource`. */
+
+let t: TestBroker;
+const agentId = `spiffe://dev.local${AGENT}`;
+beforeAll(async () => {
+  t = await startTestBroker('token-endpoint', {
+    config: {
+      roles: {
+        'tickets-api': { provider: 'jwt', audience: 'https://tickets.internal', maxTtlSeconds: 900, scopes: ['tickets:read'] },
+        'demo-api': { provider: 'jwt', audience: 'https://demo.internal', maxTtlSeconds: 300 },
+        // Two roles sharing one audience: a resource naming it is ambiguous.
+        'shared-a': { provider: 'jwt', audience: 'https://shared.internal', maxTtlSeconds: 300 },
+        'shared-b': { provider: 'jwt', audience: 'https://shared.internal', maxTtlSeconds: 300 },
+      },
+    },
+  });
+  const r = await call(t.url, 'POST', '/v1/tasks', t.as(ORCH), {
+    taskId: 't-te',
+    agent: agentId,
+    tenant: 'acme',
+    purpose: 'p',
+    ttlSeconds: 600,
+    grants: [{ role: 'tickets-api', scopes: ['tickets:read'] }, { role: 'shared-a' }],
+  });
+  expect(r.status).toBe(201);
+});
+afterAll(async () => {
+  await t.close();
+});
+
+const post = async (body: string | URLSearchParams) => {
+  const res = await fetch(`${t.url}/v1/token`, { method: 'POST', headers: { 'content-type': 'application/x-www-form-urlencoded' }, body });
+  return { status: res.status, headers: res.headers, body: (await res.json().catch(() => undefined)) as any };
+};
+const base = (over: Record<string, string | undefined> = {}) => {
+  const p: Record<string, string> = {};
+  const all = {
+    grant_type: 'urn:ietf:params:oauth:grant-type:token-exchange',
+    subject_token: t.issuer.svid(AGENT),
+    subject_token_type: 'urn:ietf:params:oauth:token-type:jwt',
+    audience: 'tickets-api',
+    task_id: 't-te',
+    ...over,
+  };
+  for (const [k, v] of Object.entries(all)) if (v !== undefined) p[k] = v;
+  return new URLSearchParams(p);
+};
+
+test('success and error responses carry Cache-Control: no-store and Pragma: no-cache', async () => {
+  const ok = await post(base());
+  expect(ok.status).toBe(200);
+  expect(ok.headers.get('cache-control')).toBe('no-store');
+  expect(ok.headers.get('pragma')).toBe('no-cache');
+  const bad = await post(base({ audience: 'nope' }));
+  expect(bad.status).toBe(400);
+  expect(bad.headers.get('cache-control')).toBe('no-store');
+  expect(bad.headers.get('pragma')).toBe('no-cache');
+});
+
+test('more than 50 form fields is invalid_request, not a 500', async () => {
+  const body = base();
+  for (let i = 0; i < 60; i++) body.append(`x${i}`, 'y');
+  const r = await post(body);
+  expect(r.status).toBe(400);
+  expect(r.body.error).toBe('invalid_request');
+});
+
+test.each([
+  ['%', 'a lone percent sign'],
+  ['grant_type=%E0%A4%A', 'a truncated escape'],
+  ['a=b&&&=&==', 'empty names'],
+])('odd form body %s (%s) is a 400, not a 500', async (raw) => {
+  const r = await post(raw);
+  expect(r.status).toBe(400);
+  expect(typeof r.body.error).toBe('string');
+});
+
+describe('RFC 8707 resource', () => {
+  test('a resource equal to exactly one jwt role audience selects that role', async () => {
+    const r = await post(base({ audience: undefined, resource: 'https://tickets.internal' }));
+    expect(r.status).toBe(200);
+    expect(decodeJwt(r.body.access_token)).toMatchObject({ aud: 'https://tickets.internal', task_id: 't-te' });
+  });
+
+  test('resource and audience together must agree', async () => {
+    expect((await post(base({ resource: 'https://tickets.internal' }))).status).toBe(200);
+    const r = await post(base({ resource: 'https://demo.internal' }));
+    expect(r.status).toBe(400);
+    expect(r.body.error).toBe('invalid_target');
+  });
+
+  test.each([
+    ['an unknown resource', 'https://nowhere.internal'],
+    ['a resource shared by two roles', 'https://shared.internal'],
+    ['a role name instead of a URI', 'tickets-api'],
+    ['a prefix of an audience', 'https://tickets.internal/'],
+  ])('%s is invalid_target', async (_n, resource) => {
+    const r = await post(base({ audience: undefined, resource }));
+    expect(r.status).toBe(400);
+    expect(r.body.error).toBe('invalid_target');
+  });
+
+  test('more than one resource is invalid_target', async () => {
+    const body = base({ audience: undefined, resource: 'https://tickets.internal' });
+    body.append('resource', 'https://demo.internal');
+    const r = await post(body);
+    expect(r.status).toBe(400);
+    expect(r.body.error).toBe('invalid_target');
+  });
+});
