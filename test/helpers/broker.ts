@@ -31,6 +31,18 @@ export async function dropPrefix(prefix: string): Promise<void> {
 
 /** A config for tests: dev.local trust (inline bundle from `issuer`), shipped policies, port 0. */
 export function testConfig(issuer: TestIssuer, prefix: string, overrides: Record<string, unknown> = {}): LoadedConfig {
+  return validateConfig(testRawConfig(issuer, prefix, overrides), {}, join(process.cwd(), 'config/test.yaml'));
+}
+
+/** The same config written to a file (JSON is YAML), for a broker started as its own process (`BROKER_CONFIG`). */
+export function testConfigFile(issuer: TestIssuer, prefix: string, overrides: Record<string, unknown> = {}): string {
+  const file = join(mkdtempSync(join(tmpdir(), 'jit-config-')), 'broker.yaml');
+  writeFileSync(file, JSON.stringify(testRawConfig(issuer, prefix, overrides)));
+  return file;
+}
+
+/** The raw (unvalidated) test config. */
+export function testRawConfig(issuer: TestIssuer, prefix: string, overrides: Record<string, unknown> = {}): Record<string, unknown> {
   const dir = mkdtempSync(join(tmpdir(), 'jit-kek-'));
   const kekFile = join(dir, 'kek');
   writeFileSync(kekFile, randomBytes(32).toString('base64'));
@@ -64,7 +76,7 @@ export function testConfig(issuer: TestIssuer, prefix: string, overrides: Record
     },
     ...overrides,
   };
-  return validateConfig(raw, {}, join(process.cwd(), 'config/test.yaml'));
+  return raw;
 }
 
 export interface TestBroker {
