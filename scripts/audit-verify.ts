@@ -8,6 +8,7 @@ import { loadConfig } from '../src/config/load.ts';
 import { Keys } from '../src/redis/keys.ts';
 
 const config = loadConfig();
+if (config.redis.url === undefined) throw new Error('audit:verify supports redis.url only for now');
 const redis = new Redis(config.redis.url);
 const keys = new Keys(config.redis.prefix);
 let broken = false;

@@ -125,9 +125,12 @@ export interface RunningBroker {
 
 /** Connections by purpose (one place to change when the topology changes). */
 function connections(config: LoadedConfig) {
+  const url = config.redis.url;
+  // Until this opens connections through src/redis/connection.ts, only redis.url is wired.
+  if (url === undefined) throw new Error('redis.cluster and redis.sentinel are not wired into the broker yet');
   const opened: RedisClient[] = [];
   const open = (o: { forBullmq?: boolean; name: string }) => {
-    const c = connectRedis(config.redis.url, o);
+    const c = connectRedis(url, o);
     opened.push(c);
     return c;
   };
@@ -135,7 +138,7 @@ function connections(config: LoadedConfig) {
     command: (name: string) => open({ name }),
     bullmq: (name: string) => open({ name, forBullmq: true }),
     subscriber: (name: string) => open({ name, forBullmq: true }),
-    describe: () => config.redis.url.replace(/\/\/[^@]*@/, '//***@'),
+    describe: () => url.replace(/\/\/[^@]*@/, '//***@'),
     close: async () => {
       await Promise.allSettled(opened.map((c) => c.quit()));
     },
