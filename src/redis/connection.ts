@@ -63,6 +63,7 @@ export function createConnector(config: RedisConfig, deps: { logger: Logger }): 
   const tls = tlsOptions(config);
   const opened: RedisClient[] = [];
   let closed = false;
+  let watcher: SwitchMasterWatcher | undefined;
 
   const common = (kind: Kind, name: string): RedisOptions => ({
     connectionName: name,
@@ -72,6 +73,9 @@ export function createConnector(config: RedisConfig, deps: { logger: Logger }): 
     // READONLY means we reached a replica (a demoted master after a failover): reconnect, which
     // asks Sentinel for the master again, and resend the command, which the replica did not run.
     reconnectOnError: (err: Error) => (err.message.startsWith('READONLY') ? 2 : false),
+    // After a disconnect (a close, a master switch) a socket that does not close by itself, such as a
+    // hung server or a half-done TLS handshake, is destroyed this much later instead of ioredis's 2 s.
+    disconnectTimeout: 500,
     ...(kind === 'command'
       ? { commandTimeout: config.commandTimeoutMs, maxRetriesPerRequest: 2, enableAutoPipelining: true }
       : { maxRetriesPerRequest: null }),
@@ -99,6 +103,23 @@ export function createConnector(config: RedisConfig, deps: { logger: Logger }): 
       const s = config.sentinel;
       const sentinels = s.sentinels.map((u) => parseRedisUrl(u, SENTINEL_PORT));
       const useTls = sentinels[0]?.tls === true;
+      const sentinelAuth = {
+        ...(s.sentinelUsername ? { sentinelUsername: s.sentinelUsername } : {}),
+        ...(s.sentinelPassword ? { sentinelPassword: readSecret(s.sentinelPassword, 'redis.sentinel.sentinelPassword') } : {}),
+      };
+      watcher ??= watchSwitchMaster({
+        sentinels,
+        masterName: s.name,
+        auth: sentinelAuth,
+        tls: useTls ? tls : undefined,
+        connectTimeoutMs: config.connectTimeoutMs,
+        logger: deps.logger,
+        // A client still on the old master would keep writing to a master nobody else
+        // uses until Sentinel demotes it (at its next INFO poll, up to 10 s): move it now.
+        onSwitch: (to) => {
+          for (const c of opened) if (c instanceof Redis && !isConnectedTo(c, to)) reconnectIfConnected(c);
+        },
+      });
       return track(
         new Redis({
           ...common(kind, name),
@@ -107,13 +128,12 @@ export function createConnector(config: RedisConfig, deps: { logger: Logger }): 
           role: 'master',
           ...(s.username ? { username: s.username } : {}),
           ...(s.password ? { password: readSecret(s.password, 'redis.sentinel.password') } : {}),
-          ...(s.sentinelUsername ? { sentinelUsername: s.sentinelUsername } : {}),
-          ...(s.sentinelPassword ? { sentinelPassword: readSecret(s.sentinelPassword, 'redis.sentinel.sentinelPassword') } : {}),
+          ...sentinelAuth,
           ...(useTls ? { tls, sentinelTLS: tls, enableTLSForSentinelMode: true } : {}),
-          // Subscribe to +switch-master on the sentinels and reconnect at once on a failover,
-          // rather than waiting for the old master's socket to fail or for a READONLY reply.
-          failoverDetector: true,
-          sentinelReconnectStrategy: (times: number) => Math.min(100 * times, 2000),
+          // Not ioredis's own failoverDetector: on +switch-master it disconnects the connector even
+          // while a reconnect is resolving the master, which ends the client for good ("Connection is
+          // closed." on every later command). The watcher above only touches connected clients.
+          failoverDetector: false,
           sentinelCommandTimeout: config.connectTimeoutMs,
         }),
         name,
@@ -149,9 +169,75 @@ export function createConnector(config: RedisConfig, deps: { logger: Logger }): 
     async close() {
       closed = true;
       const all = opened.splice(0);
-      await Promise.all(all.map(closeClient));
+      await Promise.all([...all.map(closeClient), watcher?.close()]);
     },
   };
+}
+
+interface SwitchMasterWatcher {
+  close(): Promise<void>;
+}
+
+/**
+ * Subscribes to `+switch-master` on every sentinel and calls `onSwitch` with
+ * the new master's address when `masterName` moves. A sentinel that goes away
+ * is reconnected and resubscribed by ioredis.
+ */
+function watchSwitchMaster(opts: {
+  sentinels: RedisEndpoint[];
+  masterName: string;
+  auth: { sentinelUsername?: string; sentinelPassword?: string };
+  tls: ConnectionOptions | undefined;
+  connectTimeoutMs: number;
+  logger: Logger;
+  onSwitch: (to: { host: string; port: number }) => void;
+}): SwitchMasterWatcher {
+  let lastSwitch = '';
+  const clients = opts.sentinels.map((e) => {
+    const c = new Redis({
+      host: e.host,
+      port: e.port,
+      ...(opts.auth.sentinelUsername ? { username: opts.auth.sentinelUsername } : {}),
+      ...(opts.auth.sentinelPassword ? { password: opts.auth.sentinelPassword } : {}),
+      ...(opts.tls ? { tls: opts.tls } : {}),
+      connectionName: 'jit-sentinel-watch',
+      connectTimeout: opts.connectTimeoutMs,
+      enableReadyCheck: false,
+      maxRetriesPerRequest: null,
+      retryStrategy: (times: number) => Math.min(100 * times, 2000),
+    });
+    logErrors(c, `sentinel ${endpointLabel(e)}`, opts.logger);
+    c.on('message', (_channel: string, message: string) => {
+      // "<master name> <old ip> <old port> <new ip> <new port>"; every sentinel sends it, act once.
+      const [name, , , host, port] = message.split(' ');
+      if (name !== opts.masterName || !host || !port || message === lastSwitch) return;
+      lastSwitch = message;
+      opts.logger.info({ master: name, to: `${host}:${port}` }, 'redis sentinel switched master');
+      opts.onSwitch({ host, port: Number(port) });
+    });
+    c.subscribe('+switch-master').catch(() => {});
+    return c;
+  });
+  return {
+    close: async () => {
+      await Promise.all(clients.map(closeClient));
+    },
+  };
+}
+
+/** Whether the client's socket already goes to `to` (then a switch needs no reconnect). */
+function isConnectedTo(c: Redis, to: { host: string; port: number }): boolean {
+  const stream = (c as unknown as { stream?: { remoteAddress?: string; remotePort?: number } }).stream;
+  return stream?.remotePort === to.port && stream.remoteAddress === to.host;
+}
+
+/**
+ * Reconnects a client that has a live connection; one that is already
+ * reconnecting asks Sentinel for the master anyway, and interrupting it is
+ * what breaks ioredis's own detector.
+ */
+function reconnectIfConnected(c: Redis): void {
+  if (c.status === 'ready' || c.status === 'connect') c.disconnect(true);
 }
 
 function credentials(e: RedisEndpoint): Pick<RedisOptions, 'username' | 'password'> {

@@ -1,6 +1,6 @@
 /**
  * Real Redis topologies for tests: a standalone server, a Redis Cluster, a
- * master + replica watched by Sentinel. Each runs as redis-server processes
+ * master + replicas watched by Sentinel. Each runs as redis-server processes
  * on free ports with data under os.tmpdir(), started from a test's beforeAll
  * and stopped (by PID) in its afterAll.
  *
@@ -115,6 +115,7 @@ export function adminClient(port: number, access: ServerAccess = {}, extra: Redi
     enableOfflineQueue: true,
     connectTimeout: 1000,
     commandTimeout: 2000,
+    disconnectTimeout: 200,
     ...extra,
   });
   c.on('error', () => {});
@@ -128,7 +129,8 @@ export async function adminCall(port: number, access: ServerAccess, ...args: (st
     await c.connect();
     return await c.call(String(args[0]), ...args.slice(1).map(String));
   } finally {
-    c.disconnect();
+    // After a refused connect the client is already 'end'; disconnecting it again would leave a 2 s timer behind.
+    if (c.status !== 'end') c.disconnect();
   }
 }
 
@@ -483,7 +485,9 @@ export interface SentinelOptions {
   downAfterMs?: number;
   /** How many sentinels (default 1); the quorum is a majority of them. */
   sentinels?: number;
-  /** requirepass/masterauth of master and replica. */
+  /** How many replicas (default 1); two let a test fail over twice without waiting for a demoted master to resync. */
+  replicas?: number;
+  /** requirepass/masterauth of master and replicas. */
   password?: string;
   /** requirepass of the sentinels themselves. */
   sentinelPassword?: string;
@@ -502,10 +506,15 @@ export interface RedisSentinel {
   client(port: number): Redis;
   /** SIGKILLs the current master; returns its port. */
   killMaster(): Promise<number>;
-  /** Asks the sentinels for a manual failover (SENTINEL FAILOVER): the old master stays up and is demoted to a replica. */
+  /**
+   * Asks the sentinels for a manual failover (SENTINEL FAILOVER). The old master
+   * keeps running as a master until the sentinel converts it to a replica at
+   * its next INFO poll (up to 10 s later): what clients see in between is up to
+   * them following +switch-master.
+   */
   failover(): Promise<number>;
-  /** Waits until the first sentinel sees a replica whose link to the master is up (so a failover has a candidate). */
-  waitForReplica(opts?: { timeoutMs?: number }): Promise<number>;
+  /** Waits until the first sentinel sees `count` (default 1) replicas whose link to the master is up; returns the first one's port. */
+  waitForReplica(opts?: { timeoutMs?: number; count?: number }): Promise<number>;
   /** Waits until the sentinels name a master other than `from` (default: the last one killed or failed over) and it answers ROLE master. */
   waitForFailover(opts?: { from?: number; timeoutMs?: number }): Promise<number>;
   logs(): string;
@@ -513,7 +522,7 @@ export interface RedisSentinel {
   startedInMs: number;
 }
 
-/** Starts a master, one replica and `sentinels` sentinels watching them, and waits until the sentinels know the replica. */
+/** Starts a master, `replicas` replicas and `sentinels` sentinels watching them, and waits until the sentinels know the replicas. */
 export async function startSentinel(opts: SentinelOptions = {}): Promise<RedisSentinel> {
   const t0 = Date.now();
   const name = opts.name ?? 'mymaster';
@@ -530,17 +539,22 @@ export async function startSentinel(opts: SentinelOptions = {}): Promise<RedisSe
     dir: join(dir, 'master'),
     port: masterPort,
     access: dataAccess,
-    // Diskless sync waits 5 s for more replicas by default; one replica is all there is.
+    // Diskless sync waits 5 s for more replicas by default; they are all there at once.
     argv: (port) => [...baseArgs(port, {}), ...auth, '--repl-diskless-sync-delay', '0'],
   });
-  const replica = new ServerProcess({
-    name: 'sentinel-replica',
-    dir: join(dir, 'replica'),
-    port: await freePort(),
-    access: dataAccess,
-    argv: (port) => [...baseArgs(port, {}), ...auth, '--repl-diskless-sync-delay', '0', '--replicaof', '127.0.0.1', String(masterPort)],
-  });
-  const dataNodes = [master, replica];
+  const replicas: ServerProcess[] = [];
+  for (let i = 0; i < (opts.replicas ?? 1); i++) {
+    replicas.push(
+      new ServerProcess({
+        name: `sentinel-replica-${i}`,
+        dir: join(dir, `replica-${i}`),
+        port: await freePort(),
+        access: dataAccess,
+        argv: (port) => [...baseArgs(port, {}), ...auth, '--repl-diskless-sync-delay', '0', '--replicaof', '127.0.0.1', String(masterPort)],
+      }),
+    );
+  }
+  const dataNodes = [master, ...replicas];
   const sentinels: ServerProcess[] = [];
   for (let i = 0; i < count; i++) {
     const sdir = join(dir, `sentinel-${i}`);
@@ -601,17 +615,23 @@ export async function startSentinel(opts: SentinelOptions = {}): Promise<RedisSe
       return port;
     },
     async waitForReplica(o = {}) {
+      const want = o.count ?? 1;
       return await until(
-        'a replica in sync that the sentinel could promote',
+        `${want} replica(s) in sync that the sentinel could promote`,
         o.timeoutMs ?? 20_000,
         async () => {
-          const replicas = (await adminCall(sentinels[0]!.port, sentinelAccess, 'SENTINEL', 'REPLICAS', name)) as string[][];
-          for (const flat of replicas) {
+          const seen = (await adminCall(sentinels[0]!.port, sentinelAccess, 'SENTINEL', 'REPLICAS', name)) as string[][];
+          const ok: number[] = [];
+          for (const flat of seen) {
             const r = new Map<string, string>();
             for (let i = 0; i + 1 < flat.length; i += 2) r.set(String(flat[i]), String(flat[i + 1]));
-            if (r.get('flags') === 'slave' && r.get('master-link-status') === 'ok') return Number(r.get('port'));
+            // The sentinel's own view of the link lags by up to 10 s (its INFO period); the replica's is current.
+            if (r.get('flags') !== 'slave') continue;
+            const port = Number(r.get('port'));
+            const info = String(await adminCall(port, dataAccess, 'INFO', 'replication'));
+            if (/master_link_status:up/.test(info)) ok.push(port);
           }
-          return false;
+          return ok.length >= want ? ok[0] : false;
         },
         logs,
       );
@@ -639,31 +659,22 @@ export async function startSentinel(opts: SentinelOptions = {}): Promise<RedisSe
   topologies.add(t);
   try {
     await master.start();
-    await replica.start();
-    await until(
-      'the replica to sync with the master',
-      10_000,
-      async () => /master_link_status:up/.test(String(await adminCall(replica.port, dataAccess, 'INFO', 'replication'))),
-      logs,
-    );
+    await Promise.all(replicas.map((r) => r.start()));
     await Promise.all(sentinels.map((s) => s.start()));
-    // A sentinel can only promote a replica it has seen, and (with several) only with peers it knows of.
-    await Promise.all(
-      sentinels.map((s) =>
-        until(
-          `${s.name} to see the replica${count > 1 ? ` and ${count - 1} other sentinels` : ''}`,
-          15_000,
-          async () => {
-            const replicas = (await adminCall(s.port, sentinelAccess, 'SENTINEL', 'REPLICAS', name)) as unknown[];
-            if (replicas.length < 1) return false;
-            if (count === 1) return true;
-            const peers = (await adminCall(s.port, sentinelAccess, 'SENTINEL', 'SENTINELS', name)) as unknown[];
-            return peers.length >= count - 1;
-          },
-          logs,
+    // A sentinel can only promote a replica it is connected to, and (with several) only with peers it knows of.
+    await t.waitForReplica({ timeoutMs: 15_000, count: replicas.length });
+    if (count > 1) {
+      await Promise.all(
+        sentinels.map((s) =>
+          until(
+            `${s.name} to know ${count - 1} other sentinels`,
+            15_000,
+            async () => ((await adminCall(s.port, sentinelAccess, 'SENTINEL', 'SENTINELS', name)) as unknown[]).length >= count - 1,
+            logs,
+          ),
         ),
-      ),
-    );
+      );
+    }
   } catch (err) {
     await stop();
     throw err;
