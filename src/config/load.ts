@@ -57,7 +57,11 @@ export function validateConfig(raw: unknown, env: NodeJS.ProcessEnv, file: strin
   const parsed = configSchema.safeParse(doc);
   if (!parsed.success) {
     const issue = parsed.error.issues[0]!;
-    throw new ConfigError(issue.path.map(String).join('.'), issue.message);
+    const path = issue.path.map(String).join('.');
+    throw new ConfigError(
+      path,
+      env.REDIS_URL !== undefined && path === 'redis.url' ? `${issue.message} (the value comes from REDIS_URL)` : issue.message,
+    );
   }
   return deepFreeze({ ...parsed.data, baseDir: dirname(resolve(file)), file: resolve(file) });
 }
