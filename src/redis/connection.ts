@@ -1,5 +1,5 @@
 import type { ConnectionOptions } from 'node:tls';
-import { Cluster, Redis, type ClusterOptions, type RedisOptions } from 'ioredis';
+import { Cluster, type ClusterOptions, type Command, Redis, type RedisOptions } from 'ioredis';
 import { readSecret } from '../config/load.ts';
 import { redisTopology, SENTINEL_PORT, type RedisConfig } from '../config/redis.ts';
 import type { Logger } from '../logger.ts';
@@ -145,19 +145,20 @@ export function createConnector(config: RedisConfig, deps: { logger: Logger }): 
     const { retryStrategy: _nodeRetry, ...redisOptions } = base;
     const options: ClusterOptions = {
       redisOptions: { ...redisOptions, ...credentials(first), ...(first.tls ? { tls } : {}) },
-      enableAutoPipelining: kind === 'command',
+      // Off on a Cluster: auto-pipelined commands wait for a cluster that is not ready in a queue
+      // no timeout reaches (see boundCommandTime).
+      enableAutoPipelining: false,
       clusterRetryStrategy: (times: number) => Math.min(100 * times, 2000),
       slotsRefreshTimeout: Math.min(config.connectTimeoutMs, 2000),
       // With TLS, keep host names as written so the certificate is checked against them (not a resolved IP).
       ...(first.tls ? { dnsLookup: (address: string, cb: (err: null, address: string) => void) => cb(null, address) } : {}),
     };
-    return track(
-      new Cluster(
-        nodes.map((n) => ({ host: n.host, port: n.port })),
-        options,
-      ),
-      name,
+    const cluster = new Cluster(
+      nodes.map((n) => ({ host: n.host, port: n.port })),
+      options,
     );
+    if (kind === 'command') boundCommandTime(cluster, config.commandTimeoutMs);
+    return track(cluster, name);
   };
 
   return {
@@ -171,6 +172,22 @@ export function createConnector(config: RedisConfig, deps: { logger: Logger }): 
       const all = opened.splice(0);
       await Promise.all([...all.map(closeClient), watcher?.close()]);
     },
+  };
+}
+
+/**
+ * ioredis applies `commandTimeout` per node, when a command is written to a
+ * node's socket. While the whole cluster is unreachable, commands wait in the
+ * Cluster's own offline queue with no timer at all, so a request would hang
+ * until Redis came back. Starting the command's timer (once: ioredis never
+ * restarts it) as it enters the Cluster bounds its whole life instead:
+ * queueing, redirections and the node's reply.
+ */
+function boundCommandTime(cluster: Cluster, timeoutMs: number): void {
+  const send = cluster.sendCommand.bind(cluster);
+  cluster.sendCommand = (command: Command, stream?: unknown, node?: unknown) => {
+    command.setTimeout(timeoutMs);
+    return send(command, stream as Parameters<typeof send>[1], node);
   };
 }
 

@@ -53,8 +53,25 @@ process.once('exit', () => {
   }
 });
 
-/** A TCP port nobody listens on right now (the kernel picks it). */
+const handedOut = new Set<number>();
+
+/**
+ * A TCP port nobody listens on right now (the kernel picks it), never one this
+ * process handed out before: the kernel may offer a just-closed port again.
+ * Another process can still take it before redis-server binds it; a first
+ * start that fails with "Address already in use" moves to another port.
+ */
 export async function freePort(): Promise<number> {
+  for (;;) {
+    const port = await kernelPort();
+    if (!handedOut.has(port)) {
+      handedOut.add(port);
+      return port;
+    }
+  }
+}
+
+async function kernelPort(): Promise<number> {
   return await new Promise((resolve, reject) => {
     const srv = createServer();
     srv.unref();
@@ -68,6 +85,9 @@ export async function freePort(): Promise<number> {
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
+/** Thrown inside an {@link until} probe to stop waiting at once (a process died: no point polling on). */
+class Fatal extends Error {}
+
 /** Polls `fn` until it returns a truthy value; on timeout throws naming `what`, with `details()` (log tails). */
 async function until<T>(what: string, timeoutMs: number, fn: () => Promise<T | undefined | false>, details: () => string): Promise<T> {
   const deadline = Date.now() + timeoutMs;
@@ -77,6 +97,7 @@ async function until<T>(what: string, timeoutMs: number, fn: () => Promise<T | u
       const v = await fn();
       if (v) return v;
     } catch (err) {
+      if (err instanceof Fatal) throw new Error(`while waiting for ${what}: ${err.message}\n${details()}`);
       lastErr = (err as Error).message;
     }
     if (Date.now() > deadline) {
@@ -142,16 +163,30 @@ class ServerProcess {
   readonly stdioFile: string;
   port: number;
   private readonly argv: (port: number) => string[];
+  private readonly repick?: () => Promise<void>;
   private readonly access: ServerAccess;
+  private started = false;
   private child?: ChildProcess;
   private exited?: Promise<void>;
   private resumeTimer?: NodeJS.Timeout;
 
-  constructor(opts: { name: string; dir: string; port: number; argv: (port: number) => string[]; access: ServerAccess }) {
+  /**
+   * `argv(port)` is called at every start; `repick` chooses any other port the
+   * argv uses (a cluster bus port) again when the first start finds a port taken.
+   */
+  constructor(opts: {
+    name: string;
+    dir: string;
+    port: number;
+    argv: (port: number) => string[];
+    access: ServerAccess;
+    repick?: () => Promise<void>;
+  }) {
     this.name = opts.name;
     this.dir = opts.dir;
     this.port = opts.port;
     this.argv = opts.argv;
+    if (opts.repick) this.repick = opts.repick;
     this.access = opts.access;
     this.logFile = join(opts.dir, 'redis.log');
     this.stdioFile = join(opts.dir, 'stdio.log');
@@ -168,6 +203,22 @@ class ServerProcess {
 
   /** Spawns the server and waits until it answers PING (not LOADING). */
   async start(timeoutMs = 10_000): Promise<void> {
+    for (let attempt = 1; ; attempt++) {
+      try {
+        await this.spawnAndWait(timeoutMs);
+        this.started = true;
+        return;
+      } catch (err) {
+        // Only a first start may move: after that, clients and peers know this port.
+        if (this.started || attempt >= 5 || !this.logs().includes('Address already in use')) throw err;
+        this.port = await freePort();
+        await this.repick?.();
+        rmSync(this.logFile, { force: true });
+      }
+    }
+  }
+
+  private async spawnAndWait(timeoutMs: number): Promise<void> {
     if (this.running) throw new Error(`${this.name} is already running`);
     ensureWatchdog();
     const out = openSync(this.stdioFile, 'a');
@@ -190,7 +241,7 @@ class ServerProcess {
       `${this.name} (port ${this.port}) to answer PING`,
       timeoutMs,
       async () => {
-        if (!this.running) throw new Error(`${this.name} exited with ${child.exitCode ?? child.signalCode}`);
+        if (!this.running) throw new Fatal(`${this.name} exited with ${child.exitCode ?? child.signalCode}`);
         return (await adminCall(this.port, this.access, 'PING')) === 'PONG';
       },
       () => this.logs(),
@@ -399,7 +450,7 @@ export async function startCluster(opts: ClusterOptions = {}): Promise<RedisClus
   const access = accessOf(opts);
   const servers: ServerProcess[] = [];
   for (let i = 0; i < n; i++) {
-    const busPort = await freePort();
+    let busPort = await freePort();
     servers.push(
       new ServerProcess({
         name: `cluster-node-${i}`,
@@ -418,6 +469,9 @@ export async function startCluster(opts: ClusterOptions = {}): Promise<RedisClus
           '--cluster-port',
           String(busPort),
         ],
+        repick: async () => {
+          busPort = await freePort();
+        },
       }),
     );
   }
@@ -427,9 +481,10 @@ export async function startCluster(opts: ClusterOptions = {}): Promise<RedisClus
     await Promise.all(servers.map((s) => s.kill()));
     removeDir(dir);
   };
+  // Ports are final once every node has started (a taken port moves a node to another).
   const t: RedisCluster = {
-    ports: servers.map((s) => s.port),
-    urls: servers.map((s) => urlOf('redis', s.port, access)),
+    ports: [],
+    urls: [],
     access,
     client: (i) => adminClient(servers[i]!.port, access),
     pause: (i, ms) => servers[i]!.pause(ms),
@@ -441,6 +496,8 @@ export async function startCluster(opts: ClusterOptions = {}): Promise<RedisClus
   topologies.add(t);
   try {
     await Promise.all(servers.map((s) => s.start()));
+    t.ports = servers.map((s) => s.port);
+    t.urls = servers.map((s) => urlOf('redis', s.port, access));
     const cliArgs = ['--cluster', 'create', ...servers.map((s) => `127.0.0.1:${s.port}`), '--cluster-replicas', '0', '--cluster-yes'];
     if (access.username) cliArgs.push('--user', access.username);
     await new Promise<void>((resolve, reject) => {
@@ -533,11 +590,10 @@ export async function startSentinel(opts: SentinelOptions = {}): Promise<RedisSe
   const dataAccess: ServerAccess = opts.password ? { password: opts.password } : {};
   const sentinelAccess: ServerAccess = opts.sentinelPassword ? { password: opts.sentinelPassword } : {};
   const auth = opts.password ? ['--requirepass', opts.password, '--masterauth', opts.password] : [];
-  const masterPort = await freePort();
   const master = new ServerProcess({
     name: 'sentinel-master',
     dir: join(dir, 'master'),
-    port: masterPort,
+    port: await freePort(),
     access: dataAccess,
     // Diskless sync waits 5 s for more replicas by default; they are all there at once.
     argv: (port) => [...baseArgs(port, {}), ...auth, '--repl-diskless-sync-delay', '0'],
@@ -550,7 +606,15 @@ export async function startSentinel(opts: SentinelOptions = {}): Promise<RedisSe
         dir: join(dir, `replica-${i}`),
         port: await freePort(),
         access: dataAccess,
-        argv: (port) => [...baseArgs(port, {}), ...auth, '--repl-diskless-sync-delay', '0', '--replicaof', '127.0.0.1', String(masterPort)],
+        argv: (port) => [
+          ...baseArgs(port, {}),
+          ...auth,
+          '--repl-diskless-sync-delay',
+          '0',
+          '--replicaof',
+          '127.0.0.1',
+          String(master.port),
+        ],
       }),
     );
   }
@@ -558,25 +622,27 @@ export async function startSentinel(opts: SentinelOptions = {}): Promise<RedisSe
   const sentinels: ServerProcess[] = [];
   for (let i = 0; i < count; i++) {
     const sdir = join(dir, `sentinel-${i}`);
-    const port = await freePort();
-    mkdirSync(sdir, { recursive: true });
     const conf = join(sdir, 'sentinel.conf');
-    // Sentinel rewrites its config file as it learns, so each gets its own writable copy.
-    writeFileSync(
-      conf,
-      [
-        `port ${port}`,
-        'bind 127.0.0.1',
-        `sentinel monitor ${name} 127.0.0.1 ${masterPort} ${quorum}`,
-        `sentinel down-after-milliseconds ${name} ${downAfterMs}`,
-        `sentinel failover-timeout ${name} 10000`,
-        `sentinel parallel-syncs ${name} 1`,
-        ...(opts.password ? [`sentinel auth-pass ${name} ${opts.password}`] : []),
-        ...(opts.sentinelPassword ? [`requirepass ${opts.sentinelPassword}`, `sentinel sentinel-pass ${opts.sentinelPassword}`] : []),
-        '',
-      ].join('\n'),
-    );
-    sentinels.push(new ServerProcess({ name: `sentinel-${i}`, dir: sdir, port, access: sentinelAccess, argv: () => [conf, '--sentinel'] }));
+    // Sentinel rewrites its config file as it learns, so each gets its own writable copy, written
+    // at start (when the master's port is final); the harness never restarts a sentinel.
+    const argv = (port: number) => {
+      writeFileSync(
+        conf,
+        [
+          `port ${port}`,
+          'bind 127.0.0.1',
+          `sentinel monitor ${name} 127.0.0.1 ${master.port} ${quorum}`,
+          `sentinel down-after-milliseconds ${name} ${downAfterMs}`,
+          `sentinel failover-timeout ${name} 10000`,
+          `sentinel parallel-syncs ${name} 1`,
+          ...(opts.password ? [`sentinel auth-pass ${name} ${opts.password}`] : []),
+          ...(opts.sentinelPassword ? [`requirepass ${opts.sentinelPassword}`, `sentinel sentinel-pass ${opts.sentinelPassword}`] : []),
+          '',
+        ].join('\n'),
+      );
+      return [conf, '--sentinel'];
+    };
+    sentinels.push(new ServerProcess({ name: `sentinel-${i}`, dir: sdir, port: await freePort(), access: sentinelAccess, argv }));
   }
   const all = [...dataNodes, ...sentinels];
   const logs = () => all.map((s) => s.logs()).join('\n');
@@ -594,8 +660,9 @@ export async function startSentinel(opts: SentinelOptions = {}): Promise<RedisSe
   };
   const t: RedisSentinel = {
     name,
-    sentinelUrls: sentinels.map((s) => `redis://127.0.0.1:${s.port}`),
-    sentinelPorts: sentinels.map((s) => s.port),
+    // Filled in once started: a taken port moves a server to another.
+    sentinelUrls: [],
+    sentinelPorts: [],
     ...(opts.password ? { password: opts.password } : {}),
     ...(opts.sentinelPassword ? { sentinelPassword: opts.sentinelPassword } : {}),
     masterPort: () => masterAddr(sentinels[0]!),
@@ -661,6 +728,8 @@ export async function startSentinel(opts: SentinelOptions = {}): Promise<RedisSe
     await master.start();
     await Promise.all(replicas.map((r) => r.start()));
     await Promise.all(sentinels.map((s) => s.start()));
+    t.sentinelUrls = sentinels.map((s) => `redis://127.0.0.1:${s.port}`);
+    t.sentinelPorts = sentinels.map((s) => s.port);
     // A sentinel can only promote a replica it is connected to, and (with several) only with peers it knows of.
     await t.waitForReplica({ timeoutMs: 15_000, count: replicas.length });
     if (count > 1) {

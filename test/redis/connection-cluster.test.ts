@@ -125,6 +125,8 @@ test('a subscriber gets what is published through every node of the cluster', as
   const deadline = Date.now() + 3000;
   while (got.length < 4 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
   expect(got.sort()).toEqual(['from-client', 'from-node-0', 'from-node-1', 'from-node-2']);
+  // Closed here: the tests below kill nodes, and ioredis's cluster subscriber would keep hunting for a live one.
+  await sub.quit();
 });
 
 test('a command to a frozen master fails after commandTimeoutMs; other masters keep answering', async () => {
@@ -168,3 +170,24 @@ test('writableMaster turns false once a master is gone and the cluster says so',
   for (let i = 0; i < 5; i++) checks.push(await writableMaster(c, { timeoutMs: 500 }));
   expect(checks).toEqual([false, false, false, false, false]);
 }, 20_000);
+
+// Last too: nothing is left running after it.
+test('with every node gone, a command still fails after commandTimeoutMs instead of waiting for the cluster to return', async () => {
+  const c = connector.command('jit-test-all-gone') as Cluster;
+  await Promise.all([cluster.kill(0), cluster.kill(1), cluster.kill(2)]);
+  const attempts: (() => Promise<unknown>)[] = [
+    () => c.get('jit:k:gone'),
+    () => c.evalsha('0'.repeat(40), 1, 'jit:k:gone'),
+    () => c.multi().set('jit:{a}:1', 'x').exec(),
+  ];
+  for (const attempt of attempts) {
+    const t0 = Date.now();
+    // Which error depends on where the command meets the dead cluster; what matters is that it ends.
+    await expect(attempt()).rejects.toThrow(/timed out|Connection is closed|None of startup nodes/i);
+    expect(Date.now() - t0).toBeLessThan(1500);
+  }
+  // Once the cluster client is reconnecting, the cluster's own queue holds commands: they time out too.
+  const t0 = Date.now();
+  await expect(c.get('jit:k:gone')).rejects.toThrow(/timed out|None of startup nodes/i);
+  expect(Date.now() - t0).toBeLessThan(1500);
+});
