@@ -33,7 +33,8 @@ export interface RedisConnector {
   /**
    * For API and worker commands: a command that gets no answer within
    * `redis.commandTimeoutMs` fails ("Command timed out") instead of hanging
-   * the request; few retries over reconnects; auto-pipelining on.
+   * the request, on a Cluster also while no node is reachable; at most two
+   * retries over reconnects; auto-pipelining on (except on a Cluster).
    */
   command(name: string): RedisClient;
   /** For BullMQ queues and workers: no command timeout, unlimited retries (`maxRetriesPerRequest: null`), as BullMQ requires. */
@@ -61,6 +62,7 @@ type Kind = 'command' | 'bullmq' | 'subscriber';
 export function createConnector(config: RedisConfig, deps: { logger: Logger }): RedisConnector {
   const topology = redisTopology(config);
   const tls = tlsOptions(config);
+  const sentinelSecrets = config.sentinel ? sentinelAuth(config.sentinel) : undefined;
   const opened: RedisClient[] = [];
   let closed = false;
   let watcher: SwitchMasterWatcher | undefined;
@@ -103,14 +105,11 @@ export function createConnector(config: RedisConfig, deps: { logger: Logger }): 
       const s = config.sentinel;
       const sentinels = s.sentinels.map((u) => parseRedisUrl(u, SENTINEL_PORT));
       const useTls = sentinels[0]?.tls === true;
-      const sentinelAuth = {
-        ...(s.sentinelUsername ? { sentinelUsername: s.sentinelUsername } : {}),
-        ...(s.sentinelPassword ? { sentinelPassword: readSecret(s.sentinelPassword, 'redis.sentinel.sentinelPassword') } : {}),
-      };
+      const { username, password, ...toSentinels } = sentinelSecrets ?? {};
       watcher ??= watchSwitchMaster({
         sentinels,
         masterName: s.name,
-        auth: sentinelAuth,
+        auth: toSentinels,
         tls: useTls ? tls : undefined,
         connectTimeoutMs: config.connectTimeoutMs,
         logger: deps.logger,
@@ -126,9 +125,9 @@ export function createConnector(config: RedisConfig, deps: { logger: Logger }): 
           sentinels: sentinels.map((e) => ({ host: e.host, port: e.port })),
           name: s.name,
           role: 'master',
-          ...(s.username ? { username: s.username } : {}),
-          ...(s.password ? { password: readSecret(s.password, 'redis.sentinel.password') } : {}),
-          ...sentinelAuth,
+          ...(username ? { username } : {}),
+          ...(password ? { password } : {}),
+          ...toSentinels,
           ...(useTls ? { tls, sentinelTLS: tls, enableTLSForSentinelMode: true } : {}),
           // Not ioredis's own failoverDetector: on +switch-master it disconnects the connector even
           // while a reconnect is resolving the master, which ends the client for good ("Connection is
@@ -255,6 +254,21 @@ function isConnectedTo(c: Redis, to: { host: string; port: number }): boolean {
  */
 function reconnectIfConnected(c: Redis): void {
   if (c.status === 'ready' || c.status === 'connect') c.disconnect(true);
+}
+
+/** Sentinel-mode credentials, secrets read from their files once. */
+function sentinelAuth(s: NonNullable<RedisConfig['sentinel']>): {
+  username?: string;
+  password?: string;
+  sentinelUsername?: string;
+  sentinelPassword?: string;
+} {
+  return {
+    ...(s.username ? { username: s.username } : {}),
+    ...(s.password ? { password: readSecret(s.password, 'redis.sentinel.password') } : {}),
+    ...(s.sentinelUsername ? { sentinelUsername: s.sentinelUsername } : {}),
+    ...(s.sentinelPassword ? { sentinelPassword: readSecret(s.sentinelPassword, 'redis.sentinel.sentinelPassword') } : {}),
+  };
 }
 
 function credentials(e: RedisEndpoint): Pick<RedisOptions, 'username' | 'password'> {

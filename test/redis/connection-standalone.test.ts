@@ -25,6 +25,14 @@ afterAll(async () => {
   await Promise.all(servers.map((s) => s.stop()));
 });
 
+test('a missing CA or password file fails when the connector is built, naming the key', () => {
+  const build = (redis: Record<string, unknown>) => () => createConnector(redisConfigSchema.parse(redis), { logger: silentLogger });
+  expect(build({ url: 'rediss://127.0.0.1:1', tls: { ca: { file: '/nonexistent/ca.pem' } } })).toThrow(/config redis\.tls\.ca: .*ENOENT/);
+  expect(build({ sentinel: { name: 'm', sentinels: ['redis://127.0.0.1:1'], password: { file: '/nonexistent/pw' } } })).toThrow(
+    /config redis\.sentinel\.password: .*ENOENT/,
+  );
+});
+
 describe('command timeout', () => {
   test('a command to a frozen Redis fails after about commandTimeoutMs, and the client works again once it resumes', async () => {
     const s = await server();
