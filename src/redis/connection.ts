@@ -3,10 +3,11 @@ import { Cluster, type ClusterOptions, type Command, Redis, type RedisOptions } 
 import { readSecret } from '../config/load.ts';
 import { redisTopology, SENTINEL_PORT, type RedisConfig } from '../config/redis.ts';
 import type { Logger } from '../logger.ts';
+import type { RedisClient } from './scripts.ts';
 import { endpointLabel, parseRedisUrl, type RedisEndpoint } from './url.ts';
 
-/** A connection to one node (single or through Sentinel) or to a whole Redis Cluster. */
-export type RedisClient = Redis | Cluster;
+/** A connection to one node (single or through Sentinel) or to a whole Redis Cluster (the type the Lua scripts run on). */
+export type { RedisClient };
 
 export type RedisTopology = 'single' | 'cluster' | 'sentinel';
 
@@ -45,7 +46,10 @@ export interface RedisConnector {
    * nodes, so it receives what is published through any node.
    */
   subscriber(name: string): RedisClient;
-  describe(): RedisDescription;
+  /** One line for logs and errors: `cluster 10.0.0.1:6379,10.0.0.2:6379 (tls, user broker)`. Never a password. */
+  describe(): string;
+  /** The same as data, for structured logs. */
+  readonly description: RedisDescription;
   /** Closes every connection this connector opened (QUIT, then a hard disconnect after a grace period). */
   close(): Promise<void>;
 }
@@ -63,6 +67,7 @@ export function createConnector(config: RedisConfig, deps: { logger: Logger }): 
   const topology = redisTopology(config);
   const tls = tlsOptions(config);
   const sentinelSecrets = config.sentinel ? sentinelAuth(config.sentinel) : undefined;
+  const description = Object.freeze(describe(config));
   const opened: RedisClient[] = [];
   let closed = false;
   let watcher: SwitchMasterWatcher | undefined;
@@ -165,7 +170,8 @@ export function createConnector(config: RedisConfig, deps: { logger: Logger }): 
     command: (name) => open('command', name),
     bullmq: (name) => open('bullmq', name),
     subscriber: (name) => open('subscriber', name),
-    describe: () => describe(config),
+    describe: () => describeLine(description),
+    description,
     async close() {
       closed = true;
       const all = opened.splice(0);
@@ -306,6 +312,12 @@ function describe(config: RedisConfig): RedisDescription {
     tls: first.tls,
     ...(first.username ? { user: first.username } : {}),
   };
+}
+
+function describeLine(d: RedisDescription): string {
+  const what = d.topology === 'sentinel' ? `sentinel ${d.master} via` : d.topology;
+  const extras = [...(d.tls ? ['tls'] : []), ...(d.user ? [`user ${d.user}`] : [])];
+  return `${what} ${d.nodes.join(',')}${extras.length ? ` (${extras.join(', ')})` : ''}`;
 }
 
 /**

@@ -33,11 +33,14 @@ async function nodeOf(c: Cluster, key: string): Promise<number> {
 
 test('the connector reports a cluster and describes it without the password', () => {
   expect(connector.topology).toBe('cluster');
-  const d = connector.describe();
+  const d = connector.description;
   expect(d).toMatchObject({ topology: 'cluster', tls: false, user: 'jit' });
   expect(d.nodes).toEqual(cluster.ports.map((p) => `127.0.0.1:${p}`));
-  expect(JSON.stringify(d)).not.toContain('cl/uster');
-  expect(JSON.stringify(d)).not.toContain(encodeURIComponent('cl/uster#pw'));
+  expect(connector.describe()).toBe(`cluster ${d.nodes.join(',')} (user jit)`);
+  for (const text of [JSON.stringify(d), connector.describe()]) {
+    expect(text).not.toContain('cl/uster');
+    expect(text).not.toContain(encodeURIComponent('cl/uster#pw'));
+  }
 });
 
 test('SET/GET reach every master, and a multi-key command across slots is refused (it really is a cluster)', async () => {

@@ -45,9 +45,10 @@ async function serverPort(c: Redis): Promise<number> {
 
 test('connects to the master the sentinel names, and describes the sentinels without passwords', async () => {
   expect(connector.topology).toBe('sentinel');
-  const d = connector.describe();
+  const d = connector.description;
   expect(d).toMatchObject({ topology: 'sentinel', master: 'mymaster', tls: false, nodes: topo.sentinelUrls.map((u) => u.slice(8)) });
-  expect(JSON.stringify(d)).not.toMatch(/data-pw|sentinel-pw/);
+  expect(connector.describe()).toBe(`sentinel mymaster via ${d.nodes.join(',')}`);
+  expect(JSON.stringify(d) + connector.describe()).not.toMatch(/data-pw|sentinel-pw/);
   const c = connector.command('jit-main') as Redis;
   expect(await c.set('jit:s:1', 'a')).toBe('OK');
   expect(await serverPort(c)).toBe(await topo.masterPort());

@@ -85,8 +85,9 @@ describe('ACL', () => {
       'config/x.yaml',
     );
     const connector = connect(config.redis as RedisConfig);
-    expect(connector.describe()).toEqual({ topology: 'single', nodes: [`127.0.0.1:${s.port}`], tls: false, user: 'broker' });
-    expect(JSON.stringify(connector.describe())).not.toContain('p@ss');
+    expect(connector.description).toEqual({ topology: 'single', nodes: [`127.0.0.1:${s.port}`], tls: false, user: 'broker' });
+    expect(connector.describe()).toBe(`single 127.0.0.1:${s.port} (user broker)`);
+    expect(JSON.stringify(connector.description) + connector.describe()).not.toMatch(/p@ss|p%40ss/);
     const c = connector.command('jit-main') as Redis;
     expect(await c.call('ACL', 'WHOAMI')).toBe('broker');
     expect(await c.set('k', 'v')).toBe('OK');
