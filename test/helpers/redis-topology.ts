@@ -19,17 +19,26 @@ import { Redis, type RedisOptions } from 'ioredis';
 import { generateTlsFiles, type TlsFiles } from './tls-certs.ts';
 
 const KEEP = process.env.JIT_KEEP_REDIS === '1';
-const BASE = mkdtempSync(join(tmpdir(), `jit-redis-${process.pid}-`));
-const PIDFILE = join(BASE, 'pids');
+// Made with the first topology (a test file that starts none leaves nothing behind); the watchdog removes it.
+let base: string | undefined;
+const pidFile = () => join(baseDir(), 'pids');
 const live = new Map<number, ChildProcess>();
 let watchdog: ChildProcess | undefined;
 
 function recordPids(): void {
-  writeFileSync(PIDFILE, [...live.keys()].join('\n'));
+  writeFileSync(pidFile(), [...live.keys()].join('\n'));
 }
 
-/** Kills whatever this process started once it is gone, however it died (even SIGKILL). */
-function ensureWatchdog(): void {
+function baseDir(): string {
+  if (!base) {
+    base = mkdtempSync(join(tmpdir(), `jit-redis-${process.pid}-`));
+    ensureWatchdog(base);
+  }
+  return base;
+}
+
+/** Kills whatever this process started once it is gone, however it died (even SIGKILL), then removes `dir`. */
+function ensureWatchdog(dir: string): void {
   if (watchdog) return;
   const script = [
     'while kill -0 "$1" 2>/dev/null; do sleep 1; done',
@@ -38,7 +47,7 @@ function ensureWatchdog(): void {
     'done; fi',
     '[ "$4" = 1 ] || rm -rf "$3"',
   ].join('\n');
-  watchdog = spawn('sh', ['-c', script, 'jit-redis-watchdog', String(process.pid), PIDFILE, BASE, KEEP ? '1' : '0'], {
+  watchdog = spawn('sh', ['-c', script, 'jit-redis-watchdog', String(process.pid), join(dir, 'pids'), dir, KEEP ? '1' : '0'], {
     detached: true,
     stdio: 'ignore',
   });
@@ -220,7 +229,6 @@ class ServerProcess {
 
   private async spawnAndWait(timeoutMs: number): Promise<void> {
     if (this.running) throw new Error(`${this.name} is already running`);
-    ensureWatchdog();
     const out = openSync(this.stdioFile, 'a');
     const args = [...this.argv(this.port), '--logfile', this.logFile, '--dir', this.dir];
     const child = spawn('redis-server', args, { cwd: this.dir, stdio: ['ignore', out, out] });
@@ -311,7 +319,7 @@ export async function stopAllTopologies(): Promise<void> {
 }
 
 function topologyDir(kind: string): string {
-  return mkdtempSync(join(BASE, `${kind}-`));
+  return mkdtempSync(join(baseDir(), `${kind}-`));
 }
 
 function removeDir(dir: string): void {

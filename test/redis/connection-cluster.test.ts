@@ -23,6 +23,16 @@ afterAll(async () => {
   await cluster?.stop();
 });
 
+/**
+ * A command client once connected: its timer (500 ms here) runs from the first command on, connecting
+ * included, which a loaded test machine can exceed.
+ */
+async function commandClient(name: string): Promise<Cluster> {
+  const c = connector.command(name) as Cluster;
+  if (c.status !== 'ready') await new Promise((resolve) => c.once('ready', resolve));
+  return c;
+}
+
 /** Which of the three masters holds `key` (by port). */
 async function nodeOf(c: Cluster, key: string): Promise<number> {
   const slot = Number(await c.cluster('KEYSLOT', key));
@@ -44,7 +54,7 @@ test('the connector reports a cluster and describes it without the password', ()
 });
 
 test('SET/GET reach every master, and a multi-key command across slots is refused (it really is a cluster)', async () => {
-  const c = connector.command('jit-test') as Cluster;
+  const c = await commandClient('jit-test');
   const keys = Array.from({ length: 30 }, (_, i) => `jit:k:${i}`);
   await Promise.all(keys.map((k) => c.set(k, `v-${k}`)));
   expect(await Promise.all(keys.map((k) => c.get(k)))).toEqual(keys.map((k) => `v-${k}`));
@@ -55,7 +65,7 @@ test('SET/GET reach every master, and a multi-key command across slots is refuse
 });
 
 test('EVALSHA of a script whose keys share a hash tag runs on whichever master owns the tag', async () => {
-  const c = connector.command('jit-test-lua') as Cluster;
+  const c = await commandClient('jit-test-lua');
   const lua = "redis.call('SET', KEYS[1], ARGV[1]); redis.call('SET', KEYS[2], ARGV[1]); return redis.call('MGET', KEYS[1], KEYS[2])";
   const sha = createHash('sha1').update(lua).digest('hex');
   const tags = Array.from({ length: 12 }, (_, i) => `t${i}`);
@@ -92,7 +102,7 @@ test('a BullMQ queue and worker with a hash-tagged prefix process a job on the c
     await expect(done).resolves.toBe(42);
     expect(await job.getState()).toBe('completed');
     // Every key BullMQ made lives in the one slot of the tag.
-    const c = connector.command('jit-test-bullmq') as Cluster;
+    const c = await commandClient('jit-test-bullmq');
     const owner = await nodeOf(c, `${prefix}:revocation:id`);
     const nodeIndex = cluster.ports.indexOf(owner);
     const admin = cluster.client(nodeIndex);
@@ -124,7 +134,7 @@ test('a subscriber gets what is published through every node of the cluster', as
       admin.disconnect();
     }
   }
-  await connector.command('jit-pub').publish('jit:events:broker', 'from-client');
+  await (await commandClient('jit-pub')).publish('jit:events:broker', 'from-client');
   const deadline = Date.now() + 3000;
   while (got.length < 4 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
   expect(got.sort()).toEqual(['from-client', 'from-node-0', 'from-node-1', 'from-node-2']);
@@ -133,7 +143,7 @@ test('a subscriber gets what is published through every node of the cluster', as
 });
 
 test('a command to a frozen master fails after commandTimeoutMs; other masters keep answering', async () => {
-  const c = connector.command('jit-test-timeout') as Cluster;
+  const c = await commandClient('jit-test-timeout');
   const frozenPort = cluster.ports[0]!;
   const keys = Array.from({ length: 30 }, (_, i) => `jit:timeout:${i}`);
   const owners = await Promise.all(keys.map((k) => nodeOf(c, k)));
@@ -155,7 +165,7 @@ test('a command to a frozen master fails after commandTimeoutMs; other masters k
 
 // Last: it breaks the shared cluster.
 test('writableMaster turns false once a master is gone and the cluster says so', async () => {
-  const c = connector.command('jit-test-ready') as Cluster;
+  const c = await commandClient('jit-test-ready');
   expect(await writableMaster(c)).toBe(true);
   await cluster.kill(2);
   // Once the surviving masters agree the cluster failed, every check answers false.
