@@ -685,8 +685,21 @@ export async function startSentinel(opts: SentinelOptions = {}): Promise<RedisSe
     },
     async failover() {
       const port = await masterAddr(sentinels[0]!);
+      // Refused while a failover is still finishing (INPROG) or no replica is in sync yet (NOGOODSLAVE): ask again.
+      await until(
+        'the sentinel to accept SENTINEL FAILOVER',
+        15_000,
+        async () => {
+          try {
+            return (await adminCall(sentinels[0]!.port, sentinelAccess, 'SENTINEL', 'FAILOVER', name)) === 'OK';
+          } catch (err) {
+            if (/INPROG|NOGOODSLAVE/.test((err as Error).message)) return false;
+            throw new Fatal((err as Error).message);
+          }
+        },
+        logs,
+      );
       lastFrom = port;
-      await adminCall(sentinels[0]!.port, sentinelAccess, 'SENTINEL', 'FAILOVER', name);
       return port;
     },
     async waitForReplica(o = {}) {
@@ -722,7 +735,11 @@ export async function startSentinel(opts: SentinelOptions = {}): Promise<RedisSe
           const next = ports[0]!;
           if (next === from || ports.some((p) => p !== next)) return false;
           const role = (await adminCall(next, dataAccess, 'ROLE')) as unknown[];
-          return role[0] === 'master' ? next : false;
+          if (role[0] !== 'master') return false;
+          // Done only when the sentinel has also finished reconfiguring the other replicas.
+          const flat = (await adminCall(sentinels[0]!.port, sentinelAccess, 'SENTINEL', 'MASTER', name)) as string[];
+          const flags = flat[flat.indexOf('flags') + 1] ?? '';
+          return flags.includes('failover_in_progress') ? false : next;
         },
         logs,
       );
