@@ -30,8 +30,8 @@ import { createCedarEngine } from './policy/cedar-engine.ts';
 import type { PolicyEngine } from './policy/types.ts';
 import { ProviderRegistry } from './providers/registry.ts';
 import type { Provider } from './providers/types.ts';
-import { connectRedis } from './redis.ts';
 import { RedisClock } from './redis/clock.ts';
+import { createConnector } from './redis/connection.ts';
 import { Keys } from './redis/keys.ts';
 import type { RedisClient } from './redis/scripts.ts';
 import { RevocationQueue } from './revocation/queue.ts';
@@ -123,25 +123,6 @@ export interface RunningBroker {
   close(): Promise<void>;
 }
 
-/** Connections by purpose (one place to change when the topology changes). */
-function connections(config: LoadedConfig) {
-  const opened: RedisClient[] = [];
-  const open = (o: { forBullmq?: boolean; name: string }) => {
-    const c = connectRedis(config.redis.url, o);
-    opened.push(c);
-    return c;
-  };
-  return {
-    command: (name: string) => open({ name }),
-    bullmq: (name: string) => open({ name, forBullmq: true }),
-    subscriber: (name: string) => open({ name, forBullmq: true }),
-    describe: () => config.redis.url.replace(/\/\/[^@]*@/, '//***@'),
-    close: async () => {
-      await Promise.allSettled(opened.map((c) => c.quit()));
-    },
-  };
-}
-
 /**
  * The composition root: builds every piece from the validated config, in the
  * order they depend on each other, and starts the API and/or the worker.
@@ -151,8 +132,8 @@ export async function startBroker(config: LoadedConfig, opts: BrokerOptions = {}
   const logger = opts.logger ?? createLogger();
   const runApi = opts.api ?? true;
   const runWorker = opts.worker ?? true;
-  const keys = new Keys(config.redis.prefix);
-  const conns = connections(config);
+  const keys = new Keys(config.redis.prefix, config.redis.buckets);
+  const conns = createConnector(config.redis, { logger });
   const redis = conns.command('jit-main');
   try {
     await redis.ping();

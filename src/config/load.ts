@@ -43,11 +43,25 @@ export function validateConfig(raw: unknown, env: NodeJS.ProcessEnv, file: strin
     doc.server = { ...(doc.server ?? {}), port: Number(env.PORT) };
   }
   if (env.HOST !== undefined) doc.server = { ...(doc.server ?? {}), host: env.HOST };
-  if (env.REDIS_URL !== undefined) doc.redis = { ...(doc.redis ?? {}), url: env.REDIS_URL };
+  if (env.REDIS_URL !== undefined) {
+    // Silently preferring either would point a broker at a Redis its operator did not mean: refuse instead.
+    const other = (['cluster', 'sentinel'] as const).find((k) => doc.redis?.[k] !== undefined);
+    if (other) {
+      throw new ConfigError(
+        `redis.${other}`,
+        `REDIS_URL is set, but ${file} configures redis.${other}; REDIS_URL replaces only redis.url, so unset REDIS_URL or remove redis.${other}`,
+      );
+    }
+    doc.redis = { ...(doc.redis ?? {}), url: env.REDIS_URL };
+  }
   const parsed = configSchema.safeParse(doc);
   if (!parsed.success) {
     const issue = parsed.error.issues[0]!;
-    throw new ConfigError(issue.path.map(String).join('.'), issue.message);
+    const path = issue.path.map(String).join('.');
+    throw new ConfigError(
+      path,
+      env.REDIS_URL !== undefined && path === 'redis.url' ? `${issue.message} (the value comes from REDIS_URL)` : issue.message,
+    );
   }
   return deepFreeze({ ...parsed.data, baseDir: dirname(resolve(file)), file: resolve(file) });
 }
