@@ -13,43 +13,55 @@ import { connectRedis } from '../src/redis.ts';
 import { Keys } from '../src/redis/keys.ts';
 
 const { values } = parseArgs({ options: { json: { type: 'boolean' }, file: { type: 'string' } } });
-const config = loadConfig();
-const redis = connectRedis(config.redis.url, { name: 'jit-audit-verify' });
-const keys = new Keys(config.redis.prefix);
-const file = resolvePath(values.file ?? config.audit.export.file);
-
-let sealKey: Buffer | undefined;
-let kekNote: string;
-if (config.secrets.kek) {
-  sealKey = deriveSealKey(readSecret(config.secrets.kek, 'secrets.kek'));
-  kekNote = 'seals checked with the key derived from secrets.kek';
-} else {
-  const inRedis = await redis.get(keys.secrets('kek'));
-  if (inRedis) {
-    sealKey = deriveSealKey(inRedis);
-    kekNote =
-      'secrets.kek is not set: the KEK lives in Redis, so seals were checked with it, but they prove nothing ' +
-      'against anyone who can read Redis (they could forge them). Set secrets.kek in production.';
-  } else {
-    kekNote = 'seals not checked: no KEK (secrets.kek is not set and Redis holds none)';
-  }
-}
-
-const reports = await verifyAudit(redis, keys, { exportFile: file, ...(sealKey ? { sealKey } : {}) });
-await redis.quit();
-const ok = reports.every((r) => r.ok);
-
-if (values.json) {
-  console.log(JSON.stringify({ ok, exportFile: file, seals: kekNote, chains: reports }, null, 2));
-} else {
-  console.log(`audit export: ${file}`);
-  console.log(kekNote);
-  const empty = reports.filter((r) => r.records === 0 && r.ok && r.warnings.length === 0);
-  for (const r of reports) if (!empty.includes(r)) print(r);
-  if (empty.length > 0) console.log(`${empty.length} chain(s) have no records: ${empty.map((r) => r.chain).join(', ')}`);
-  console.log(ok ? 'every chain is intact' : 'BROKEN: see above');
+let ok = false;
+try {
+  ok = await main();
+} catch (err) {
+  console.error(`audit:verify: ${(err as Error).message}`);
 }
 process.exit(ok ? 0 : 1);
+
+async function main(): Promise<boolean> {
+  const config = loadConfig();
+  const redis = connectRedis(config.redis.url, { name: 'jit-audit-verify' });
+  // The bucket count the data was written with (the broker records it), so bucket chains are found.
+  const buckets = Number(await redis.hget(new Keys(config.redis.prefix).meta(), 'buckets')) || undefined;
+  const keys = new Keys(config.redis.prefix, buckets);
+  const file = resolvePath(values.file ?? config.audit.export.file);
+
+  let sealKey: Buffer | undefined;
+  let kekNote: string;
+  if (config.secrets.kek) {
+    sealKey = deriveSealKey(readSecret(config.secrets.kek, 'secrets.kek'));
+    kekNote = 'seals checked with the key derived from secrets.kek';
+  } else {
+    const inRedis = await redis.get(keys.secrets('kek'));
+    if (inRedis) {
+      sealKey = deriveSealKey(inRedis);
+      kekNote =
+        'secrets.kek is not set: the KEK lives in Redis, so seals were checked with it, but they prove nothing ' +
+        'against anyone who can read Redis (they could forge them). Set secrets.kek in production.';
+    } else {
+      kekNote = 'seals not checked: no KEK (secrets.kek is not set and Redis holds none)';
+    }
+  }
+
+  const reports = await verifyAudit(redis, keys, { exportFile: file, ...(sealKey ? { sealKey } : {}) });
+  await redis.quit();
+  const ok = reports.every((r) => r.ok);
+
+  if (values.json) {
+    console.log(JSON.stringify({ ok, exportFile: file, seals: kekNote, chains: reports }, null, 2));
+  } else {
+    console.log(`audit export: ${file}`);
+    console.log(kekNote);
+    const empty = reports.filter((r) => r.records === 0 && r.ok && r.warnings.length === 0);
+    for (const r of reports) if (!empty.includes(r)) print(r);
+    if (empty.length > 0) console.log(`${empty.length} chain(s) have no records: ${empty.map((r) => r.chain).join(', ')}`);
+    console.log(ok ? 'every chain is intact' : 'BROKEN: see above');
+  }
+  return ok;
+}
 
 function where(at: Source): string {
   return at.in === 'file' ? `${at.file}:${at.line}` : at.streamId ? `Redis stream id ${at.streamId}` : `Redis ${at.key}`;
