@@ -17,6 +17,8 @@ export interface ExportResult {
   trimmed: Map<AuditChain, number>;
   /** Chains whose head was sealed in this pass. */
   sealed: AuditChain[];
+  /** Set when nothing was done because Redis lost its data and recovery has not continued the chains yet. */
+  skipped?: 'data_loss';
 }
 
 export interface AuditExporterOptions {
@@ -120,6 +122,7 @@ export class AuditExporter {
   async exportNow(chain?: AuditChain): Promise<ExportResult> {
     const res = await this.pass({ waitMs: this.o.waitMs ?? 10_000, trim: false, chains: chain === undefined ? undefined : [chain] });
     if (!res) throw new Error('audit export: another instance held the export lock for too long');
+    if (res.skipped) throw new Error('audit export: Redis lost its data and the chains are not recovered yet');
     return res;
   }
 
@@ -128,7 +131,7 @@ export class AuditExporter {
     const { redis, keys } = this.o;
     // After a data loss nothing is exported until recovery has continued the chains from the file,
     // or records of a new chain starting at seq 1 would land after the old chain's.
-    if ((await redis.get(keys.epoch())) === null) return { exported: new Map(), trimmed: new Map(), sealed: [] };
+    if ((await redis.get(keys.epoch())) === null) return { exported: new Map(), trimmed: new Map(), sealed: [], skipped: 'data_loss' };
     const got = await withLock(redis, keys.lock('audit-export'), { ttlMs: LOCK_TTL_MS, waitMs: opts.waitMs }, async (lock) => {
       const result: ExportResult = { exported: new Map(), trimmed: new Map(), sealed: [] };
       let failed: unknown;
