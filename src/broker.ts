@@ -212,6 +212,7 @@ export async function startBroker(config: LoadedConfig, opts: BrokerOptions = {}
       retentionIntervalMs: config.audit.retentionIntervalSeconds * 1000,
       now: () => clock.now(),
     });
+    await auditExport.assertOwned();
     const tasks = new TaskStore({ redis, keys, retentionMs });
     const quarantine = new Quarantine({ redis, keys, logger });
     await quarantine.start();

@@ -175,20 +175,7 @@ export class ExportFileWriter {
         return { fh, size: Buffer.byteLength(h), fresh: true };
       }
       if (this.checkedIno !== st.ino) {
-        const head = Buffer.alloc(Math.min(st.size, 4096));
-        await fh.read(head, 0, head.length, 0);
-        const first = head.toString('utf8').split('\n')[0] ?? '';
-        let prefix: unknown;
-        try {
-          const h = JSON.parse(first) as { export?: string; prefix?: unknown };
-          prefix = h.export === EXPORT_FORMAT ? h.prefix : undefined;
-        } catch {
-          prefix = undefined;
-        }
-        if (prefix !== this.prefix)
-          throw new ForeignExportError(
-            `audit export ${this.file} belongs to ${typeof prefix === 'string' ? `redis.prefix "${prefix}"` : 'something else (no export header)'}, not "${this.prefix}": refusing to mix two deployments in one file`,
-          );
+        this.assertOurs(await headerPrefix(fh, st.size));
         this.checkedIno = st.ino;
       }
       // A write cut short by a crash leaves a partial last line: end it, so the next line stays whole.
@@ -205,6 +192,30 @@ export class ExportFileWriter {
     }
   }
 
+  /**
+   * Throws unless the export (its newest file) belongs to this deployment:
+   * at startup, so a second deployment pointed at the same file fails at
+   * once rather than at its first export or data loss.
+   */
+  async assertOwned(): Promise<void> {
+    const newest = (await exportFiles(this.file)).at(-1);
+    if (!newest) return;
+    const fh = await open(newest, 'r');
+    try {
+      const st = await fh.stat();
+      if (st.size > 0) this.assertOurs(await headerPrefix(fh, st.size), newest);
+    } finally {
+      await fh.close();
+    }
+  }
+
+  private assertOurs(prefix: string | undefined, path = this.file): void {
+    if (prefix !== this.prefix)
+      throw new ForeignExportError(
+        `audit export ${path} belongs to ${prefix === undefined ? 'something else (no jit-broker export header)' : `redis.prefix "${prefix}"`}, not "${this.prefix}": refusing to mix two deployments in one file (set audit.export.file)`,
+      );
+  }
+
   /** Renames `<file>` to `<file>.<n+1>` (n = the highest in use). */
   private async rotate(): Promise<void> {
     const files = await exportFiles(this.file);
@@ -216,6 +227,18 @@ export class ExportFileWriter {
     }
     await rename(this.file, `${this.file}.${n + 1}`);
     await syncDir(dirname(this.file));
+  }
+}
+
+/** The prefix named by a file's header line, undefined when it has none. */
+async function headerPrefix(fh: FileHandle, size: number): Promise<string | undefined> {
+  const head = Buffer.alloc(Math.min(size, 4096));
+  await fh.read(head, 0, head.length, 0);
+  try {
+    const h = JSON.parse(head.toString('utf8').split('\n')[0] ?? '') as { export?: string; prefix?: unknown };
+    return h.export === EXPORT_FORMAT && typeof h.prefix === 'string' ? h.prefix : undefined;
+  } catch {
+    return undefined;
   }
 }
 

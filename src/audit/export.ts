@@ -90,6 +90,11 @@ export class AuditExporter {
     return this.o.file;
   }
 
+  /** Throws when the export file belongs to another deployment (checked at startup). */
+  async assertOwned(): Promise<void> {
+    await this.writer.assertOwned();
+  }
+
   /** Runs a pass every `sealIntervalMs` (skipped while another instance runs one). */
   start(): void {
     this.timer = setInterval(() => {
@@ -187,7 +192,7 @@ export class AuditExporter {
         try {
           r = JSON.parse(raw) as AuditRecord;
         } catch {
-          this.o.logger.error({ chain }, 'audit export: a stream entry is not a record (tampering?); exported as it is');
+          this.o.logger.error({ chain }, 'audit export: a stream entry is not a record (tampering?); skipped, verify reports it');
           continue;
         }
         if (r.seq <= expectSeq - 1 && marker) continue; // already in the file (the marker moved under a stale cursor)

@@ -2,6 +2,7 @@ import { appendFileSync, statSync } from 'node:fs';
 import { exportFiles } from '../../src/audit/export-file.ts';
 import { trimChain } from '../../src/audit/retention.ts';
 import { verifyAudit, verifyAuditChain } from '../../src/audit/verify.ts';
+import { dropPrefix, startTestBroker, uniquePrefix } from '../helpers/broker.ts';
 import { type AuditFixture, auditFixture, recordsOf } from './fixture.ts';
 
 let f: AuditFixture;
@@ -159,7 +160,14 @@ test('an export file of another deployment is never written to', async () => {
     await other.append(2);
     const e = other.exporter({ file: f.file });
     await expect(e.exportNow()).rejects.toThrow(/belongs to redis.prefix/);
+    await expect(e.assertOwned()).rejects.toThrow(/belongs to redis.prefix/);
     expect(recordsOf(await f.lines(), 'ops')).toHaveLength(3);
+    // A broker pointed at it refuses to start.
+    const prefix = uniquePrefix('audit-foreign');
+    await expect(startTestBroker('audit-foreign', { prefix, config: { audit: { export: { file: f.file } } } })).rejects.toThrow(
+      /audit export .* belongs to redis.prefix/,
+    );
+    await dropPrefix(prefix);
   } finally {
     await other.close();
   }
