@@ -158,7 +158,8 @@ export class ExportFileWriter {
   }
 
   private async write(fh: FileHandle, lines: string[]): Promise<void> {
-    if (lines.length > 0) await fh.write(lines.join(''));
+    // appendFile writes every byte (a single write(2) may write fewer); O_APPEND puts them at the end.
+    if (lines.length > 0) await fh.appendFile(lines.join(''));
   }
 
   /** Opens `<file>` for appending: writes the header of a new file, checks the header of an existing one. */
@@ -168,7 +169,7 @@ export class ExportFileWriter {
       const st = await fh.stat();
       if (st.size === 0) {
         const h = this.header();
-        await fh.write(h);
+        await fh.appendFile(h);
         await fh.sync();
         await syncDir(dirname(this.file));
         this.checkedIno = st.ino;
@@ -182,7 +183,7 @@ export class ExportFileWriter {
       const last = Buffer.alloc(1);
       await fh.read(last, 0, 1, st.size - 1);
       if (last[0] !== 0x0a) {
-        await fh.write('\n');
+        await fh.appendFile('\n');
         return { fh, size: st.size + 1, fresh: false };
       }
       return { fh, size: st.size, fresh: false };
