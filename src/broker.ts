@@ -9,7 +9,7 @@ import { ApprovalStore } from './approvals/approval-store.ts';
 import { AuditLog } from './audit/audit-log.ts';
 import { AuditExporter } from './audit/export.ts';
 import { readArchive } from './audit/restore.ts';
-import { deriveSealKey } from './audit/seal.ts';
+import { sealKeyOf } from './audit/seal.ts';
 import { type LoadedConfig, readSecret, resolvePath } from './config/load.ts';
 import { CredentialService } from './credentials/credential-service.ts';
 import type { Deps } from './deps.ts';
@@ -170,8 +170,7 @@ export async function startBroker(config: LoadedConfig, opts: BrokerOptions = {}
     const clock = new RedisClock(redis);
     await clock.start();
     undo.push(() => clock.stop());
-    const kekSecret = config.secrets.kek ? readSecret(config.secrets.kek, 'secrets.kek') : await kekFromRedis(redis, keys, logger);
-    const kek = new Kek(kekSecret);
+    const kek = new Kek(config.secrets.kek ? readSecret(config.secrets.kek, 'secrets.kek') : await kekFromRedis(redis, keys, logger));
     // Before creating anything: a KEK that cannot open what is already sealed in Redis means a
     // misconfigured instance, which must not add keys of its own or run with stale secrets.
     await assertKekOpens(redis, keys, kek, ['aws', 'vault']);
@@ -207,7 +206,7 @@ export async function startBroker(config: LoadedConfig, opts: BrokerOptions = {}
       file: auditFile,
       maxFileBytes: config.audit.export.maxFileBytes,
       retention: config.audit.retention,
-      sealKey: deriveSealKey(kekSecret),
+      sealKey: sealKeyOf(kek),
       sealIntervalMs: config.audit.sealIntervalSeconds * 1000,
       retentionIntervalMs: config.audit.retentionIntervalSeconds * 1000,
       now: () => clock.now(),

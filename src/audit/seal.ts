@@ -1,4 +1,4 @@
-import { createHmac, hkdfSync, timingSafeEqual } from 'node:crypto';
+import { createHmac, timingSafeEqual } from 'node:crypto';
 import type { AuditChain } from '../redis/keys.ts';
 import { Kek } from '../signing/kek.ts';
 
@@ -24,9 +24,13 @@ export interface Seal {
  * only in the memory of processes that hold the KEK: never in Redis, never in
  * a log, never in the export.
  */
+export function sealKeyOf(kek: Kek): Buffer {
+  return kek.derive(SEAL_INFO);
+}
+
+/** The seal key from the KEK as configured (base64 of 32 bytes). */
 export function deriveSealKey(kekBase64: string): Buffer {
-  new Kek(kekBase64); // the same length check and message as everywhere else
-  return Buffer.from(hkdfSync('sha256', Buffer.from(kekBase64.trim(), 'base64'), Buffer.alloc(0), SEAL_INFO, 32));
+  return sealKeyOf(new Kek(kekBase64));
 }
 
 function mac(key: Buffer, chain: AuditChain, seq: number, hash: string, time: string): string {
