@@ -7,6 +7,9 @@ import { AdminService } from './admin/admin-service.ts';
 import { ApprovalService } from './approvals/approval-service.ts';
 import { ApprovalStore } from './approvals/approval-store.ts';
 import { AuditLog } from './audit/audit-log.ts';
+import { AuditExporter } from './audit/export.ts';
+import { readArchive } from './audit/restore.ts';
+import { sealKeyOf } from './audit/seal.ts';
 import { type LoadedConfig, readSecret, resolvePath } from './config/load.ts';
 import { CredentialService } from './credentials/credential-service.ts';
 import type { Deps } from './deps.ts';
@@ -174,7 +177,22 @@ export async function startBroker(config: LoadedConfig, opts: BrokerOptions = {}
       logger,
       taskIndexMs: Math.max(retentionMs, config.audit.retention.maxAgeDays * 86_400_000),
       now: () => clock.now(),
+      guardEpoch: true,
     });
+    const auditFile = resolvePath(config.audit.export.file);
+    const auditExport = new AuditExporter({
+      redis,
+      keys,
+      logger,
+      file: auditFile,
+      maxFileBytes: config.audit.export.maxFileBytes,
+      retention: config.audit.retention,
+      sealKey: sealKeyOf(kek),
+      sealIntervalMs: config.audit.sealIntervalSeconds * 1000,
+      retentionIntervalMs: config.audit.retentionIntervalSeconds * 1000,
+      now: () => clock.now(),
+    });
+    await auditExport.assertOwned();
     const tasks = new TaskStore({ redis, keys, retentionMs });
     const quarantine = new Quarantine({ redis, keys, logger });
     await quarantine.start();
@@ -185,7 +203,7 @@ export async function startBroker(config: LoadedConfig, opts: BrokerOptions = {}
       logger,
       signing,
       audit,
-      archivedQuarantines: async () => [],
+      readArchive: () => readArchive(auditFile, keys.prefix),
       restoreQuarantines: (entries) => quarantine.restore(entries),
       clearCaches: () => tasks.clearCache(),
     });
@@ -235,7 +253,7 @@ export async function startBroker(config: LoadedConfig, opts: BrokerOptions = {}
       leases: new LeaseService(deps),
       approvals: approvalService,
       rotation,
-      admin: new AdminService(deps, taskService, rotation),
+      admin: new AdminService(deps, taskService, rotation, auditExport),
       lists: new ListService(deps, cursors, taskService, approvalService),
       audit: new AuditReader(deps, cursors, taskService),
     };
@@ -268,6 +286,9 @@ export async function startBroker(config: LoadedConfig, opts: BrokerOptions = {}
       scheduler = sch;
       undo.push(() => sch.close());
       await sch.start();
+      // Export, seal and retention run where the worker runs (one instance at a time, under a lock).
+      auditExport.start();
+      undo.push(() => auditExport.stop());
     }
 
     let server: Server | undefined;
@@ -345,6 +366,9 @@ export async function startBroker(config: LoadedConfig, opts: BrokerOptions = {}
         await worker?.close();
         await queue.close();
         await deps.audit.flush();
+        await auditExport.stop();
+        // What this instance wrote last reaches the file now rather than at another instance's next pass.
+        if (runWorker) await auditExport.pass({ waitMs: 0, trim: false }).catch(() => {});
         quarantine.stop();
         clock.stop();
         await policy.close();

@@ -46,7 +46,7 @@ export function testRawConfig(issuer: TestIssuer, prefix: string, overrides: Rec
   const dir = mkdtempSync(join(tmpdir(), 'jit-kek-'));
   const kekFile = join(dir, 'kek');
   writeFileSync(kekFile, randomBytes(32).toString('base64'));
-  const raw = {
+  const raw: Record<string, unknown> = {
     server: { port: 0, publicUrl: 'http://127.0.0.1:8080' },
     redis: { url: REDIS_URL, prefix },
     secrets: { kek: { file: kekFile } },
@@ -76,6 +76,9 @@ export function testRawConfig(issuer: TestIssuer, prefix: string, overrides: Rec
     },
     ...overrides,
   };
+  // Each test broker its own audit export (the default ./data/audit.jsonl would be shared by every test).
+  const audit = (overrides.audit ?? {}) as { export?: Record<string, unknown> };
+  raw.audit = { ...audit, export: { file: join(dir, 'audit.jsonl'), ...(audit.export ?? {}) } };
   return raw;
 }
 
