@@ -217,7 +217,9 @@ export async function startBroker(config: LoadedConfig, opts: BrokerOptions = {}
     );
     for (const [kind, p] of Object.entries(opts.providers ?? {})) providers.set(kind, p);
     undo.push(() => providers.close());
-    const queue = new RevocationQueue(conns.bullmq('jit-queue'), keys, config.revocation);
+    const queue = new RevocationQueue(conns.bullmq('jit-queue'), keys, config.revocation, (err) =>
+      logger.warn({ err: err.message }, 'revocation queue error'),
+    );
     undo.push(() => queue.close());
     const deps: Deps = {
       config,
