@@ -79,7 +79,7 @@ test.each<[string, Record<string, unknown>, string, RegExp]>([
   ],
   ['tls without any rediss:// URL', { url: 'redis://h', tls: { ca: 'PEM' } }, 'redis.tls', /no URL .* rediss:\/\//],
   ['a client cert without its key', { url: 'rediss://h', tls: { cert: 'PEM' } }, 'redis.tls.key', /cert and key go together/],
-  ['an unknown key', { url: 'redis://h', db: 3 }, 'redis', /db/],
+  ['an unknown key', { url: 'redis://h', db: 3 }, 'redis.db', /unknown key 'db'/],
   ['a command timeout of zero', { url: 'redis://h', commandTimeoutMs: 0 }, 'redis.commandTimeoutMs', /./],
   ['a bad prefix', { url: 'redis://h', prefix: 'a:b' }, 'redis.prefix', /letters, digits/],
 ])('refuses %s, naming the key', (_n, redis, path, message) => {
