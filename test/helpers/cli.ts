@@ -1,0 +1,90 @@
+import { execFileSync, spawn } from 'node:child_process';
+import { closeSync, existsSync, openSync, readdirSync, rmSync, statSync } from 'node:fs';
+import { join, resolve } from 'node:path';
+
+/**
+ * The machine's own Node 20: the CLI must run on it (AWS SDKs exec
+ * `credential_process` with whatever node is on PATH), not on the node@24
+ * dev dependency that runs the broker and jest.
+ */
+export const NODE20 = process.env.JIT_TEST_NODE20 ?? '/usr/bin/node';
+export const JIT = resolve('dist/cli/jit.js');
+
+/** The version of NODE20, checked to be 20.x (a test that thinks it runs Node 20 but does not proves nothing). */
+export function node20Version(): string {
+  const v = execFileSync(NODE20, ['--version'], { encoding: 'utf8' }).trim();
+  if (!/^v20\./.test(v)) throw new Error(`${NODE20} is ${v}, not Node 20`);
+  return v;
+}
+
+function newest(dir: string): number {
+  let t = 0;
+  for (const e of readdirSync(dir, { withFileTypes: true })) {
+    const p = join(dir, e.name);
+    t = Math.max(t, e.isDirectory() ? newest(p) : statSync(p).mtimeMs);
+  }
+  return t;
+}
+
+/**
+ * Builds dist/ (npm run build:cli) when it is missing or older than
+ * src/client or src/cli, so the tests never run a stale CLI. Test files run
+ * in parallel: a lock file lets one build while the others wait.
+ */
+export async function ensureBuilt(): Promise<void> {
+  const stale = () =>
+    !existsSync(JIT) ||
+    Math.max(newest('src/client'), newest('src/cli'), statSync('tsconfig.build.json').mtimeMs) >
+      Math.min(statSync(JIT).mtimeMs, statSync('dist/client/index.js').mtimeMs);
+  const lock = resolve('.build-cli.lock');
+  for (let i = 0; stale(); i++) {
+    let fd: number | undefined;
+    try {
+      fd = openSync(lock, 'wx');
+    } catch {
+      // Another file is building (or a crashed run left the lock: give up waiting after 60 s).
+      if (i > 600) rmSync(lock, { force: true });
+      await new Promise((r) => setTimeout(r, 100));
+      continue;
+    }
+    try {
+      // scripts/ are TypeScript: run them on the node@24 dev dependency, whatever runs jest.
+      const node24 = existsSync('node_modules/.bin/node') ? resolve('node_modules/.bin/node') : process.execPath;
+      if (stale()) execFileSync(node24, ['scripts/build-cli.ts'], { stdio: 'pipe' });
+    } finally {
+      closeSync(fd);
+      rmSync(lock, { force: true });
+    }
+  }
+}
+
+export interface JitResult {
+  code: number | null;
+  signal: NodeJS.Signals | null;
+  stdout: string;
+  stderr: string;
+}
+
+/**
+ * Runs the compiled CLI on Node 20 with exactly `env` (plus PATH), without
+ * blocking this process: the broker under test answers from it.
+ */
+export function jit(args: string[], env: Record<string, string | undefined> = {}, opts: { cwd?: string } = {}): Promise<JitResult> {
+  return new Promise((resolveRun, reject) => {
+    const child = spawn(NODE20, [JIT, ...args], {
+      env: { PATH: process.env.PATH, ...env } as NodeJS.ProcessEnv,
+      cwd: opts.cwd ?? process.cwd(),
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (d: Buffer) => {
+      stdout += d.toString();
+    });
+    child.stderr.on('data', (d: Buffer) => {
+      stderr += d.toString();
+    });
+    child.on('error', reject);
+    child.on('close', (code, signal) => resolveRun({ code, signal, stdout, stderr }));
+  });
+}
