@@ -9,6 +9,8 @@ import { join, resolve } from 'node:path';
  */
 export const NODE20 = process.env.JIT_TEST_NODE20 ?? '/usr/bin/node';
 export const JIT = resolve('dist/cli/jit.js');
+/** The node@24 dev dependency, which runs the TypeScript in scripts/ and docs/examples/ (type stripping). */
+export const NODE24 = existsSync('node_modules/.bin/node') ? resolve('node_modules/.bin/node') : process.execPath;
 
 /** The version of NODE20, checked to be 20.x (a test that thinks it runs Node 20 but does not proves nothing). */
 export function node20Version(): string {
@@ -48,9 +50,7 @@ export async function ensureBuilt(): Promise<void> {
       continue;
     }
     try {
-      // scripts/ are TypeScript: run them on the node@24 dev dependency, whatever runs jest.
-      const node24 = existsSync('node_modules/.bin/node') ? resolve('node_modules/.bin/node') : process.execPath;
-      if (stale()) execFileSync(node24, ['scripts/build-cli.ts'], { stdio: 'pipe' });
+      if (stale()) execFileSync(NODE24, ['scripts/build-cli.ts'], { stdio: 'pipe' });
     } finally {
       closeSync(fd);
       rmSync(lock, { force: true });
