@@ -1,6 +1,6 @@
 import { describe, expect, it } from '@jest/globals';
 import { parseDuration, parseGrant, parseGrantJson, parseLabels, UsageError } from '../../src/cli/args.ts';
-import { devSpiffeId } from '../../src/cli/commands/dev.ts';
+import { devSpiffeId } from '../../src/cli/dev-identity.ts';
 
 describe('--grant role[:scope,scope][@maxTtl]', () => {
   it.each([
