@@ -60,6 +60,8 @@ export interface WaitOptions {
   /** Give up (throwing ApprovalPendingError) after this long; default: wait until decided or the task ends. */
   timeoutMs?: number;
   signal?: AbortSignal;
+  /** Called once when the request turns out to wait for an approver (to tell the person at the terminal). */
+  onPending?: (approvalId: string) => void;
 }
 
 const enc = encodeURIComponent;
@@ -176,6 +178,7 @@ export class BrokerClient {
     if (!isPending(first)) return first;
     if (!wait) throw new ApprovalPendingError(first.approvalId);
     const w = wait === true ? {} : wait;
+    w.onPending?.(first.approvalId);
     await this.waitForApproval(first.approvalId, w);
     // Decided: the same request now answers 201 (approved) or 403 approval_rejected.
     const again = await this.requestCredential(req, { signal: w.signal });

@@ -262,6 +262,7 @@ describe('approvals: cred get on an approval role, jit approvals approve | rejec
     expect((await jit(['approvals', 'approve', approval], as(ADMIN))).code).toBe(0);
     const r = await waiting;
     expect(r.code).toBe(0);
+    expect(r.stderr).toBe(`jit: waiting for approval ${approval} (an approver runs \`jit approvals approve ${approval}\`)\n`);
     expect(JSON.parse(r.stdout)).toMatchObject({ taskId, role: 'prod-deploy' });
   }, 30_000);
 });

@@ -27,8 +27,11 @@ export function credentialRequest(flags: Flags): CredentialRequest {
 }
 
 /** One new credential (never cached: each run of the command is one lease). */
-export function issue(client: BrokerClient, flags: Flags): Promise<IssuedCredential> {
-  return client.getCredential(credentialRequest(flags), { fresh: true, waitForApproval: flags.bool('wait') });
+export function issue(client: BrokerClient, flags: Flags, note: (s: string) => void): Promise<IssuedCredential> {
+  const waitForApproval = flags.bool('wait')
+    ? { onPending: (id: string) => note(`jit: waiting for approval ${id} (an approver runs \`jit approvals approve ${id}\`)`) }
+    : false;
+  return client.getCredential(credentialRequest(flags), { fresh: true, waitForApproval });
 }
 
 const FORMATS = ['json', 'env', 'aws-process'] as const;
@@ -44,7 +47,7 @@ export const credGet: Command = {
     const format = (flags.str('format') ?? 'json') as (typeof FORMATS)[number];
     if (!FORMATS.includes(format)) throw new UsageError(`--format must be one of ${FORMATS.join(', ')}`, credGet.usage);
     const broker = client();
-    const cred = await issue(broker, flags);
+    const cred = await issue(broker, flags, (s) => out.note(s));
     if (format === 'json') out.json(cred);
     else if (format === 'env') {
       for (const [k, v] of Object.entries(credentialEnv(cred))) out.line(`export ${k}=${shellQuote(v)}`);

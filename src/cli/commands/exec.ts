@@ -13,10 +13,10 @@ export const exec: Command = {
   summary: 'run a command with a credential in its environment (not your identity), revoke the lease when it exits, exit with its code',
   options: { ...credentialOptions },
   takesRest: true,
-  async run({ flags, io, rest, client }) {
+  async run({ flags, io, out, rest, client }) {
     if (rest.length === 0) throw new UsageError('no command: put it after --', exec.usage);
     const broker = client();
-    const cred = await issue(broker, flags);
+    const cred = await issue(broker, flags, (s) => out.note(s));
     const env = childEnv(io.env, cred);
     const code = await new Promise<number>((resolve) => {
       const child = spawn(rest[0]!, rest.slice(1), { stdio: 'inherit', env, cwd: io.cwd });
