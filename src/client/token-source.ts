@@ -23,7 +23,7 @@ export function tokenSource(opts: { token?: TokenInput; tokenFile?: string; env?
   const fromEnv = env.JIT_TOKEN;
   if (fromEnv) return async () => nonEmpty(fromEnv, 'JIT_TOKEN');
   return async () => {
-    throw new ClientConfigError('no_identity', 'no workload identity: set JIT_TOKEN or JIT_TOKEN_FILE (or pass token / tokenFile)');
+    throw new ClientConfigError('no_identity', 'no workload identity: set JIT_TOKEN or JIT_TOKEN_FILE');
   };
 }
 

@@ -34,19 +34,20 @@ function newest(dir: string): number {
  * in parallel: a lock file lets one build while the others wait.
  */
 export async function ensureBuilt(): Promise<void> {
+  const outputs = [JIT, resolve('dist/client/index.js')];
   const stale = () =>
-    !existsSync(JIT) ||
+    !outputs.every((f) => existsSync(f)) ||
     Math.max(newest('src/client'), newest('src/cli'), statSync('tsconfig.build.json').mtimeMs) >
-      Math.min(statSync(JIT).mtimeMs, statSync('dist/client/index.js').mtimeMs);
+      Math.min(...outputs.map((f) => statSync(f).mtimeMs));
   const lock = resolve('.build-cli.lock');
-  for (let i = 0; stale(); i++) {
+  while (stale()) {
     let fd: number | undefined;
     try {
       fd = openSync(lock, 'wx');
     } catch {
-      // Another file is building (or a crashed run left the lock: give up waiting after 60 s).
-      if (i > 600) rmSync(lock, { force: true });
-      await new Promise((r) => setTimeout(r, 100));
+      // Another test file is building; a lock older than 5 minutes was left by a crashed run.
+      if (existsSync(lock) && Date.now() - statSync(lock).mtimeMs > 300_000) rmSync(lock, { force: true });
+      await new Promise((r) => setTimeout(r, 200));
       continue;
     }
     try {
