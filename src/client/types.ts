@@ -200,11 +200,13 @@ export interface AuditRecord {
 /** `GET /v1/tasks/{id}/evidence`. */
 export interface Evidence {
   task: Task;
-  /** The sub-task tree, as the broker nests it. */
-  subtasks?: unknown[];
+  /** The task and its sub-tasks. */
+  tree: Task[];
+  /** Every lease of the tree. */
   leases: Lease[];
-  records: Page<AuditRecord> | AuditRecord[];
-  nextCursor?: string | null;
+  /** The tree's audit records in chain order, paginated (`?limit=&cursor=`). */
+  audit: Page<AuditRecord>;
+  /** Whether those records' hash chain checks out. */
   chain: 'intact' | 'broken';
   [extra: string]: unknown;
 }
@@ -220,8 +222,13 @@ export interface RevokeResult {
 
 /** One quarantine in force. */
 export interface Quarantine {
-  agent: string;
-  reason?: string;
+  /** The identity pattern quarantined. */
+  pattern: string;
+  reason: string;
+  /** The admin who set it. */
+  by?: string;
+  /** When (ISO 8601). */
+  at?: string;
   [extra: string]: unknown;
 }
 

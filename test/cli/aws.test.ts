@@ -1,4 +1,4 @@
-import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
+import { afterAll, beforeAll, describe, expect, it, jest } from '@jest/globals';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { tmpdir } from 'node:os';
@@ -8,6 +8,9 @@ import { fromProcess } from '@aws-sdk/credential-providers';
 import { startAwsEmulator, type AwsEmulator } from '../emulators/aws/index.ts';
 import { AGENT, ORCH, call, startTestBroker, waitFor, type TestBroker } from '../helpers/broker.ts';
 import { JIT, NODE20, NODE24, ensureBuilt, jit, node20Version } from '../helpers/cli.ts';
+
+// Every step spawns a Node process; on a busy 2-core machine a test of ten steps needs more than jest's 20 s.
+jest.setTimeout(90_000);
 
 /**
  * The CLI with aws roles: the real broker's AWS provider against the strict
@@ -121,7 +124,35 @@ describe('credential_process = jit cred get --format aws-process', () => {
     await expect(fromProcess({ profile: 'agent', configFilepath: denied, filepath: file('aws-credentials', '') })()).rejects.toThrow(
       /403 role_not_granted/,
     );
-  }, 30_000);
+  });
+});
+
+describe('jit cred get --format env with an aws role', () => {
+  it('prints lines a shell evals into working AWS_* variables, a named profile cleared', async () => {
+    const taskId = await openTask();
+    const r = await jit(['cred', 'get', '--task', taskId, '--role', 'reports-bucket', '--format', 'env'], {
+      JIT_BROKER_URL: t.url,
+      JIT_TOKEN: t.issuer.svid(AGENT),
+    });
+    expect(r.code).toBe(0);
+    expect(r.stdout.split('\n')[0]).toBe(
+      'unset AWS_PROFILE AWS_DEFAULT_PROFILE AWS_SESSION_TOKEN AWS_SECURITY_TOKEN AWS_CREDENTIAL_EXPIRATION',
+    );
+    const { execFileSync } = await import('node:child_process');
+    const env = JSON.parse(
+      execFileSync('sh', ['-c', 'eval "$CRED"; node -e "process.stdout.write(JSON.stringify(process.env))"'], {
+        env: { PATH: process.env.PATH, CRED: r.stdout, AWS_PROFILE: 'someone-else' },
+        encoding: 'utf8',
+      }),
+    );
+    expect(env.AWS_PROFILE).toBeUndefined();
+    const who = await whoAmI({
+      accessKeyId: env.AWS_ACCESS_KEY_ID,
+      secretAccessKey: env.AWS_SECRET_ACCESS_KEY,
+      sessionToken: env.AWS_SESSION_TOKEN,
+    });
+    expect(who.Arn!.endsWith(env.JIT_LEASE_ID)).toBe(true);
+  });
 });
 
 describe('jit exec with an aws role', () => {
@@ -159,5 +190,5 @@ sts.send(new GetCallerIdentityCommand({})).then(
     // jit revoked the lease when the command exited: the worker denies the session at IAM.
     await waitFor(async () => (await call(t.url, 'GET', `/v1/leases/${seen.lease}`, t.as(ORCH))).body.status === 'revoked', 10_000, 50);
     expect(emu.rolePolicyNames(role.roleName)).toContain('jit-broker-revoked-sessions');
-  }, 30_000);
+  });
 });

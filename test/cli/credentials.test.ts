@@ -1,10 +1,13 @@
-import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
+import { afterAll, beforeAll, describe, expect, it, jest } from '@jest/globals';
 import { execFileSync } from 'node:child_process';
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { ADMIN, AGENT, ORCH, call, startTestBroker, waitFor, type TestBroker } from '../helpers/broker.ts';
 import { NODE20, ensureBuilt, jit, node20Version } from '../helpers/cli.ts';
+
+// Every step spawns a Node process; on a busy 2-core machine a test of ten steps needs more than jest's 20 s.
+jest.setTimeout(90_000);
 
 /**
  * `jit cred get`, `jit exec`, `jit lease` and deciding approvals, on Node 20
@@ -264,5 +267,5 @@ describe('approvals: cred get on an approval role, jit approvals approve | rejec
     expect(r.code).toBe(0);
     expect(r.stderr).toBe(`jit: waiting for approval ${approval} (an approver runs \`jit approvals approve ${approval}\`)\n`);
     expect(JSON.parse(r.stdout)).toMatchObject({ taskId, role: 'prod-deploy' });
-  }, 30_000);
+  });
 });

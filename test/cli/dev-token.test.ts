@@ -1,10 +1,13 @@
-import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
+import { afterAll, beforeAll, describe, expect, it, jest } from '@jest/globals';
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { decodeJwt, decodeProtectedHeader } from 'jose';
 import { ORCH, call, startTestBroker, type TestBroker } from '../helpers/broker.ts';
 import { ensureBuilt, jit, node20Version } from '../helpers/cli.ts';
+
+// Every step spawns a Node process; on a busy 2-core machine a test of ten steps needs more than jest's 20 s.
+jest.setTimeout(90_000);
 
 /**
  * `jit dev token` signs with the dev trust domain's key that `npm start`

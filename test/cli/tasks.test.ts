@@ -1,6 +1,9 @@
-import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
+import { afterAll, beforeAll, describe, expect, it, jest } from '@jest/globals';
 import { ADMIN, AGENT, ORCH, call, startTestBroker, type TestBroker } from '../helpers/broker.ts';
 import { ensureBuilt, jit, node20Version } from '../helpers/cli.ts';
+
+// Every step spawns a Node process; on a busy 2-core machine a test of ten steps needs more than jest's 20 s.
+jest.setTimeout(90_000);
 
 /**
  * `jit task ...` on the machine's Node 20 against a real broker (API +

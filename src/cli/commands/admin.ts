@@ -35,8 +35,8 @@ export const adminQuarantine: Command = {
         (page) => client.listQuarantines(page),
         (out, items: Quarantine[]) =>
           out.table(
-            ['AGENT', 'REASON', 'SINCE'],
-            items.map((q) => [q.agent, q.reason, q.since ?? q.createdAt]),
+            ['PATTERN', 'REASON', 'BY', 'SINCE'],
+            items.map((q) => [q.pattern, q.reason, q.by, q.at]),
           ),
       );
       return 0;

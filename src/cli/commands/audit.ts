@@ -132,7 +132,7 @@ export const auditVerify: Command = {
       );
     const client = ctx.client();
     const ev = await client.taskEvidence(taskId);
-    const records = Array.isArray(ev.records) ? ev.records.length : (ev.records?.items?.length ?? 0);
+    const records = ev.audit?.items?.length ?? 0;
     if (ctx.json) ctx.out.json({ taskId, chain: ev.chain });
     else
       ctx.out.line(

@@ -50,7 +50,11 @@ export const credGet: Command = {
     const cred = await issue(broker, flags, (s) => out.note(s));
     if (format === 'json') out.json(cred);
     else if (format === 'env') {
-      for (const [k, v] of Object.entries(credentialEnv(cred))) out.line(`export ${k}=${shellQuote(v)}`);
+      const env = credentialEnv(cred);
+      // As in `jit exec`: a named profile would make the JS SDK ignore the keys; an old session token would not match them.
+      if (env.AWS_ACCESS_KEY_ID !== undefined)
+        out.line('unset AWS_PROFILE AWS_DEFAULT_PROFILE AWS_SESSION_TOKEN AWS_SECURITY_TOKEN AWS_CREDENTIAL_EXPIRATION');
+      for (const [k, v] of Object.entries(env)) out.line(`export ${k}=${shellQuote(v)}`);
     } else {
       let processOut: ReturnType<typeof credentialProcessOutput>;
       try {

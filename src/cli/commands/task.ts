@@ -124,7 +124,7 @@ export const taskEvidence: Command = {
       return 0;
     }
     printTask(ctx.out, { ...ev.task, leases: ev.leases ?? [] });
-    const records = Array.isArray(ev.records) ? ev.records : (ev.records?.items ?? []);
+    const records = ev.audit?.items ?? [];
     ctx.out.line();
     ctx.out.table(
       ['SEQ', 'TIME', 'ACTOR', 'ACTION', 'DECISION', 'REASON'],
@@ -132,8 +132,9 @@ export const taskEvidence: Command = {
     );
     ctx.out.line();
     ctx.out.line(`audit chain: ${ev.chain}`);
-    const next = Array.isArray(ev.records) ? ev.nextCursor : ev.records?.nextCursor;
-    if (next) ctx.out.note(`more records: --cursor ${next}`);
+    const subtasks = (ev.tree ?? []).filter((t) => t.taskId !== ev.task.taskId);
+    if (subtasks.length > 0) ctx.out.note(`sub-tasks: ${subtasks.map((t) => `${t.taskId} (${t.status})`).join(', ')}`);
+    if (ev.audit?.nextCursor) ctx.out.note(`more records: --cursor ${ev.audit.nextCursor}`);
     return ev.chain === 'intact' ? 0 : 1;
   },
 };
