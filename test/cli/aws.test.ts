@@ -5,7 +5,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { GetCallerIdentityCommand, STSClient } from '@aws-sdk/client-sts';
 import { fromProcess } from '@aws-sdk/credential-providers';
-import { startAwsEmulator, type AwsEmulator } from '../emulators/aws/index.ts';
+import type { AwsEmulator } from '../emulators/aws/index.ts';
+import { awsForBroker } from '../providers/aws/helpers.ts';
 import { AGENT, ORCH, call, startTestBroker, waitFor, type TestBroker } from '../helpers/broker.ts';
 import { JIT, NODE20, NODE24, ensureBuilt, jit, node20Version } from '../helpers/cli.ts';
 
@@ -27,22 +28,13 @@ const agentId = 'spiffe://dev.local/agent/support';
 beforeAll(async () => {
   expect(node20Version()).toMatch(/^v20\./);
   await ensureBuilt();
-  emu = await startAwsEmulator();
-  const user = emu.createUser('jit-broker');
-  role = emu.createRole('agent-reports', { maxSessionDuration: 3600, trust: [user.arn] });
+  const aws = await awsForBroker();
+  emu = aws.emu;
+  role = aws.role;
   dir = mkdtempSync(join(tmpdir(), 'jit-cli-aws-'));
   t = await startTestBroker('cli-aws', {
     config: {
-      providers: {
-        aws: {
-          region: 'us-east-1',
-          endpoint: emu.url,
-          userName: user.userName,
-          credentials: { accessKeyId: user.accessKeyId, secretAccessKey: user.secretAccessKey },
-          retryBaseDelayMs: 5,
-          requestTimeoutMs: 2000,
-        },
-      },
+      providers: aws.providers,
       roles: {
         'reports-bucket': { provider: 'aws', roleArn: role.arn, maxTtlSeconds: 3600 },
         'tickets-api': { provider: 'jwt', audience: 'https://tickets.internal', maxTtlSeconds: 900 },

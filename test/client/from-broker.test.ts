@@ -1,7 +1,8 @@
 import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
 import { GetCallerIdentityCommand, STSClient } from '@aws-sdk/client-sts';
 import { BrokerClient, fromBroker } from '../../src/client/index.ts';
-import { startAwsEmulator, type AwsEmulator } from '../emulators/aws/index.ts';
+import type { AwsEmulator } from '../emulators/aws/index.ts';
+import { awsForBroker } from '../providers/aws/helpers.ts';
 import { AGENT, ORCH, call, startTestBroker, type TestBroker } from '../helpers/broker.ts';
 
 /**
@@ -14,21 +15,12 @@ let t: TestBroker;
 let n = 0;
 
 beforeAll(async () => {
-  emu = await startAwsEmulator();
-  const user = emu.createUser('jit-broker');
-  const role = emu.createRole('agent-reports', { maxSessionDuration: 3600, trust: [user.arn] });
+  const aws = await awsForBroker();
+  emu = aws.emu;
+  const role = aws.role;
   t = await startTestBroker('from-broker', {
     config: {
-      providers: {
-        aws: {
-          region: 'us-east-1',
-          endpoint: emu.url,
-          userName: user.userName,
-          credentials: { accessKeyId: user.accessKeyId, secretAccessKey: user.secretAccessKey },
-          retryBaseDelayMs: 5,
-          requestTimeoutMs: 2000,
-        },
-      },
+      providers: aws.providers,
       roles: {
         'reports-bucket': { provider: 'aws', roleArn: role.arn, maxTtlSeconds: 3600 },
         'tickets-api': { provider: 'jwt', audience: 'https://tickets.internal', maxTtlSeconds: 900 },

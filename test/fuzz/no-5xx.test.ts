@@ -1,7 +1,8 @@
 import { generateKeyPairSync, randomUUID } from 'node:crypto';
 import { request as httpRequest, Agent } from 'node:http';
 import fc from 'fast-check';
-import { startAwsEmulator, type AwsEmulator } from '../emulators/aws/index.ts';
+import type { AwsEmulator } from '../emulators/aws/index.ts';
+import { awsForBroker } from '../providers/aws/helpers.ts';
 import { ADMIN, AGENT, ORCH, call, startTestBroker, type TestBroker } from '../helpers/broker.ts';
 import { ROUTES, type FixtureIds, type RouteSpec } from './routes.ts';
 
@@ -25,9 +26,9 @@ let tokens: Record<string, string>;
 const agent = new Agent({ keepAlive: true, maxSockets: 4 });
 
 beforeAll(async () => {
-  emu = await startAwsEmulator();
-  const user = emu.createUser('jit-broker');
-  const role = emu.createRole('agent-reports', { maxSessionDuration: 3600, trust: [user.arn] });
+  const aws = await awsForBroker();
+  emu = aws.emu;
+  const role = aws.role;
   t = await startTestBroker('fuzz', {
     config: {
       // Limits off so malformed input reaches the handlers; the limited paths are fuzzed in their own property below.
@@ -36,16 +37,7 @@ beforeAll(async () => {
         publicUrl: 'http://127.0.0.1:8080',
         rateLimit: { perSecond: 0, introspect: { perSecond: 0 }, unauthenticated: { perSecond: 0 } },
       },
-      providers: {
-        aws: {
-          region: 'us-east-1',
-          endpoint: emu.url,
-          userName: user.userName,
-          credentials: { accessKeyId: user.accessKeyId, secretAccessKey: user.secretAccessKey },
-          retryBaseDelayMs: 5,
-          requestTimeoutMs: 2000,
-        },
-      },
+      providers: aws.providers,
       roles: {
         'tickets-api': {
           provider: 'jwt',

@@ -1,4 +1,5 @@
-import { startAwsEmulator, type AwsEmulator } from '../emulators/aws/index.ts';
+import type { AwsEmulator } from '../emulators/aws/index.ts';
+import { awsForBroker } from '../providers/aws/helpers.ts';
 import { AGENT, ORCH, call, startTestBroker, type TestBroker } from '../helpers/broker.ts';
 
 /** The AWS SDK container-credentials endpoint spends the caller identity's budget like every authenticated route. */
@@ -6,9 +7,9 @@ import { AGENT, ORCH, call, startTestBroker, type TestBroker } from '../helpers/
 let emu: AwsEmulator;
 let t: TestBroker;
 beforeAll(async () => {
-  emu = await startAwsEmulator();
-  const user = emu.createUser('jit-broker');
-  const role = emu.createRole('agent-reports', { maxSessionDuration: 3600, trust: [user.arn] });
+  const aws = await awsForBroker();
+  emu = aws.emu;
+  const role = aws.role;
   t = await startTestBroker('rl-aws', {
     config: {
       server: {
@@ -16,16 +17,7 @@ beforeAll(async () => {
         publicUrl: 'http://127.0.0.1:8080',
         rateLimit: { perSecond: 1, burst: 2, unauthenticated: { perSecond: 1, burst: 2 } },
       },
-      providers: {
-        aws: {
-          region: 'us-east-1',
-          endpoint: emu.url,
-          userName: user.userName,
-          credentials: { accessKeyId: user.accessKeyId, secretAccessKey: user.secretAccessKey },
-          retryBaseDelayMs: 5,
-          requestTimeoutMs: 2000,
-        },
-      },
+      providers: aws.providers,
       roles: { 'reports-bucket': { provider: 'aws', roleArn: role.arn, maxTtlSeconds: 3600 } },
     },
   });

@@ -25,6 +25,30 @@ export interface AwsWorld {
   close(): Promise<void>;
 }
 
+/**
+ * An AWS emulator with the broker's IAM user and an `agent-reports` role it may
+ * assume, and the `providers.aws` settings of a broker that uses them.
+ */
+export async function awsForBroker(): Promise<{
+  emu: AwsEmulator;
+  user: EmulatedUser;
+  role: { roleName: string; roleId: string; arn: string };
+  providers: { aws: Record<string, unknown> };
+}> {
+  const emu = await startAwsEmulator();
+  const user = emu.createUser('jit-broker');
+  const role = emu.createRole('agent-reports', { maxSessionDuration: 3600, trust: [user.arn] });
+  const aws = {
+    region: 'us-east-1',
+    endpoint: emu.url,
+    userName: user.userName,
+    credentials: { accessKeyId: user.accessKeyId, secretAccessKey: user.secretAccessKey },
+    retryBaseDelayMs: 5,
+    requestTimeoutMs: 2000,
+  };
+  return { emu, user, role, providers: { aws } };
+}
+
 export async function awsWorld(name: string, overrides: Record<string, unknown> = {}, opts: AwsProviderOptions = {}): Promise<AwsWorld> {
   const emu = await startAwsEmulator();
   const user = emu.createUser('jit-broker');
