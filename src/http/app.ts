@@ -32,6 +32,8 @@ export function createApp(
     });
     next();
   });
+  // Express would answer OPTIONS itself (200, the path's methods); the broker has no OPTIONS route and answers no CORS preflight.
+  app.use((req, res, next) => (req.method === 'OPTIONS' ? noRoute(req, res, next) : next()));
   app.use(opsRoutes(deps, opts));
   app.use(wellKnownRoutes(deps));
   app.use(openApiRoutes(deps.config.server.publicUrl));
