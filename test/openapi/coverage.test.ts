@@ -195,6 +195,9 @@ describe('tasks, credentials, leases, approvals, audit', () => {
     );
     expect((await req('GET', path, { authorization: b.t.issuer.svid('/agent/other') })).body.Code).toBe('not_task_agent');
     expect((await req('GET', '/v1/aws/container-credentials/nope/reports-bucket', { authorization: token })).status).toBe(404);
+    // A path Express cannot decode is refused in the same shape.
+    const undecodable = await req('GET', '/v1/aws/container-credentials/%C0%AF/reports-bucket', { authorization: token });
+    expect([undecodable.status, undecodable.body.Code]).toEqual([400, 'malformed_body']);
   });
 
   test('audit and evidence', async () => {

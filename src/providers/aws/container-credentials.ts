@@ -1,6 +1,6 @@
-import { Router, type Request, type Response } from 'express';
+import { type ErrorRequestHandler, Router, type Request, type Response } from 'express';
 import { BrokerError, type ErrorCode, fail } from '../../errors.ts';
-import { sendProblem } from '../../http/problem.ts';
+import { fromHttpError, sendProblem } from '../../http/problem.ts';
 import type { Logger } from '../../logger.ts';
 
 /** What the core supplies: the configured roles, and its normal credential path (`POST /v1/credentials`) as a function. */
@@ -80,5 +80,11 @@ export function containerCredentialsRouter(deps: ContainerCredentialsDeps): Rout
       refuse(res, 'internal_error', 'The broker failed to issue the credential.');
     }
   });
+  // Express's own refusals on this route (a path that does not percent-decode) in the endpoint's shape too.
+  router.use(((err, _req, res, next) => {
+    const problem = err instanceof BrokerError ? err : fromHttpError(err as { status?: unknown });
+    if (!problem || res.headersSent) return next(err);
+    sendError(res, problem);
+  }) as ErrorRequestHandler);
   return router;
 }
