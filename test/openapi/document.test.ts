@@ -21,7 +21,11 @@ test('docs/openapi.yaml is a valid OpenAPI 3.1 document', async () => {
   expect(result.warnings).toEqual([]);
 });
 
-test('every operation has an operationId, a tag and a 5xx or 2xx answer; ids are unique', () => {
+test("info.version is the package's version", () => {
+  expect(doc.info.version).toBe((JSON.parse(readFileSync('package.json', 'utf8')) as { version: string }).version);
+});
+
+test('every operation has a unique operationId, a tag and a success answer', () => {
   const ops = openApiChecker().operations;
   expect(ops.length).toBeGreaterThan(30);
   expect(new Set(ops.map((o) => o.id)).size).toBe(ops.length);
