@@ -1,24 +1,95 @@
 /**
- * `npm run audit:verify`: walks every audit chain in Redis (BROKER_CONFIG's
- * redis.url and prefix) and names the first broken record. Exit 0 if intact.
+ * `npm run audit:verify [-- --json] [-- --file <export file>]`: checks every
+ * audit chain of the broker named by BROKER_CONFIG (redis.url, redis.prefix,
+ * audit.export.file, secrets.kek) as one chain made of the export files and
+ * what is in Redis. Prints a verdict per chain; exit 0 when every chain is
+ * intact, 1 otherwise.
  */
-import { Redis } from 'ioredis';
-import { verifyAuditChain } from '../src/audit/verify.ts';
-import { loadConfig } from '../src/config/load.ts';
+import { parseArgs } from 'node:util';
+import { deriveSealKey } from '../src/audit/seal.ts';
+import { type ChainReport, type Source, verifyAudit } from '../src/audit/verify.ts';
+import { loadConfig, readSecret, resolvePath } from '../src/config/load.ts';
+import { silentLogger } from '../src/logger.ts';
+import { createConnector } from '../src/redis/connection.ts';
 import { Keys } from '../src/redis/keys.ts';
 
-const config = loadConfig();
-const redis = new Redis(config.redis.url);
-const keys = new Keys(config.redis.prefix);
-let broken = false;
-for (const chain of keys.auditChains()) {
-  const res = await verifyAuditChain(redis, keys, chain);
-  if (res.ok) {
-    if (res.records > 0) console.log(`chain ${chain}: intact, ${res.records} records, head ${res.head}`);
-    continue;
-  }
-  broken = true;
-  console.error(`chain ${chain}: BROKEN at record seq=${res.brokenAt.seq ?? '?'} (stream id ${res.brokenAt.streamId}): ${res.problem}`);
+const { values } = parseArgs({ options: { json: { type: 'boolean' }, file: { type: 'string' } } });
+let ok = false;
+try {
+  ok = await main();
+} catch (err) {
+  console.error(`audit:verify: ${(err as Error).message}`);
 }
-await redis.quit();
-process.exit(broken ? 1 : 0);
+process.exit(ok ? 0 : 1);
+
+async function main(): Promise<boolean> {
+  const config = loadConfig();
+  // The same connection code as the broker: one node, a Cluster or Sentinel.
+  const conns = createConnector(config.redis, { logger: silentLogger });
+  const redis = conns.command('jit-audit-verify');
+  // The bucket count the data was written with (the broker records it), so bucket chains are found.
+  const buckets = Number(await redis.hget(new Keys(config.redis.prefix).meta(), 'buckets')) || undefined;
+  const keys = new Keys(config.redis.prefix, buckets);
+  const file = resolvePath(values.file ?? config.audit.export.file);
+
+  let sealKey: Buffer | undefined;
+  let kekNote: string;
+  if (config.secrets.kek) {
+    sealKey = deriveSealKey(readSecret(config.secrets.kek, 'secrets.kek'));
+    kekNote = 'seals checked with the key derived from secrets.kek';
+  } else {
+    const inRedis = await redis.get(keys.secrets('kek'));
+    if (inRedis) {
+      sealKey = deriveSealKey(inRedis);
+      kekNote =
+        'secrets.kek is not set: the KEK lives in Redis, so seals were checked with it, but they prove nothing ' +
+        'against anyone who can read Redis (they could forge them). Set secrets.kek in production.';
+    } else {
+      kekNote = 'seals not checked: no KEK (secrets.kek is not set and Redis holds none)';
+    }
+  }
+
+  const reports = await verifyAudit(redis, keys, { exportFile: file, ...(sealKey ? { sealKey } : {}) });
+  await conns.close();
+  const ok = reports.every((r) => r.ok);
+
+  if (values.json) {
+    console.log(JSON.stringify({ ok, exportFile: file, seals: kekNote, chains: reports }, null, 2));
+  } else {
+    console.log(`audit export: ${file}`);
+    console.log(kekNote);
+    const empty = reports.filter((r) => r.records === 0 && r.ok && r.warnings.length === 0);
+    for (const r of reports) if (!empty.includes(r)) print(r);
+    if (empty.length > 0) console.log(`${empty.length} chain(s) have no records: ${empty.map((r) => r.chain).join(', ')}`);
+    console.log(ok ? 'every chain is intact' : 'BROKEN: see above');
+  }
+  return ok;
+}
+
+function where(at: Source): string {
+  return at.in === 'file' ? `${at.file}:${at.line}` : at.streamId ? `Redis stream id ${at.streamId}` : `Redis ${at.key}`;
+}
+
+function print(r: ChainReport): void {
+  const span =
+    r.firstSeq === undefined ? '' : ` (seq ${r.firstSeq}..${r.lastSeq}; ${r.fromFile} from the export, ${r.fromRedis} only in Redis)`;
+  console.log(`chain ${r.chain}: ${r.ok ? 'intact' : 'BROKEN'}, ${r.records} records${span}, head ${r.head || '(none)'}`);
+  for (const p of r.problems) console.log(`  ${p.seq === undefined ? '' : `seq ${p.seq}: `}${p.problem} [${where(p.at)}]`);
+  if (r.seals.last)
+    console.log(
+      `  last seal: seq ${r.seals.last.seq} at ${r.seals.last.time} (${r.seals.count} seals${r.seals.checked ? '' : ', not checked'})`,
+    );
+  else if (r.records > 0) console.log('  no seal yet');
+  if (r.unsealed > 0)
+    console.log(
+      `  ${r.unsealed} record(s) after the last seal are unsealed${r.unsealedSince ? ` (since ${r.unsealedSince})` : ''}: not yet provable`,
+    );
+  for (const l of r.losses) {
+    const lost =
+      l.lostFromSeq !== undefined && l.lostToSeq !== undefined
+        ? `records ${l.lostFromSeq}..${l.lostToSeq} (at least) were lost with Redis's data`
+        : 'no lost record is known (any written after the last export were lost)';
+    console.log(`  data loss recorded at seq ${l.seq} (${l.time}): the chain continues from seq ${l.continuedFromSeq}; ${lost}`);
+  }
+  for (const w of r.warnings) console.log(`  warning: ${w}`);
+}

@@ -8,7 +8,7 @@ import { spawn } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { DEV_CONSOLE_CLIENT, DEV_IDP_KEYS, DEV_IDP_PORT, startDevIdp } from './dev-idp.ts';
 
-const publicUrl = process.env.BROKER_PUBLIC_URL ?? 'http://127.0.0.1:8080';
+const publicUrl = process.env.BROKER_PUBLIC_URL ?? `http://127.0.0.1:${process.env.PORT ?? 8080}`;
 let idp: Awaited<ReturnType<typeof startDevIdp>>;
 try {
   idp = await startDevIdp({

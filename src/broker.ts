@@ -7,6 +7,9 @@ import { AdminService } from './admin/admin-service.ts';
 import { ApprovalService } from './approvals/approval-service.ts';
 import { ApprovalStore } from './approvals/approval-store.ts';
 import { AuditLog } from './audit/audit-log.ts';
+import { AuditExporter } from './audit/export.ts';
+import { readArchive } from './audit/restore.ts';
+import { sealKeyOf } from './audit/seal.ts';
 import { type LoadedConfig, readSecret, resolvePath } from './config/load.ts';
 import { CredentialService } from './credentials/credential-service.ts';
 import type { Deps } from './deps.ts';
@@ -30,8 +33,8 @@ import { createCedarEngine } from './policy/cedar-engine.ts';
 import type { PolicyEngine } from './policy/types.ts';
 import { ProviderRegistry } from './providers/registry.ts';
 import type { Provider } from './providers/types.ts';
-import { connectRedis } from './redis.ts';
 import { RedisClock } from './redis/clock.ts';
+import { createConnector } from './redis/connection.ts';
 import { Keys } from './redis/keys.ts';
 import type { RedisClient } from './redis/scripts.ts';
 import { RevocationQueue } from './revocation/queue.ts';
@@ -123,25 +126,6 @@ export interface RunningBroker {
   close(): Promise<void>;
 }
 
-/** Connections by purpose (one place to change when the topology changes). */
-function connections(config: LoadedConfig) {
-  const opened: RedisClient[] = [];
-  const open = (o: { forBullmq?: boolean; name: string }) => {
-    const c = connectRedis(config.redis.url, o);
-    opened.push(c);
-    return c;
-  };
-  return {
-    command: (name: string) => open({ name }),
-    bullmq: (name: string) => open({ name, forBullmq: true }),
-    subscriber: (name: string) => open({ name, forBullmq: true }),
-    describe: () => config.redis.url.replace(/\/\/[^@]*@/, '//***@'),
-    close: async () => {
-      await Promise.allSettled(opened.map((c) => c.quit()));
-    },
-  };
-}
-
 /**
  * The composition root: builds every piece from the validated config, in the
  * order they depend on each other, and starts the API and/or the worker.
@@ -151,8 +135,8 @@ export async function startBroker(config: LoadedConfig, opts: BrokerOptions = {}
   const logger = opts.logger ?? createLogger();
   const runApi = opts.api ?? true;
   const runWorker = opts.worker ?? true;
-  const keys = new Keys(config.redis.prefix);
-  const conns = connections(config);
+  const keys = new Keys(config.redis.prefix, config.redis.buckets);
+  const conns = createConnector(config.redis, { logger });
   const redis = conns.command('jit-main');
   try {
     await redis.ping();
@@ -193,7 +177,22 @@ export async function startBroker(config: LoadedConfig, opts: BrokerOptions = {}
       logger,
       taskIndexMs: Math.max(retentionMs, config.audit.retention.maxAgeDays * 86_400_000),
       now: () => clock.now(),
+      guardEpoch: true,
     });
+    const auditFile = resolvePath(config.audit.export.file);
+    const auditExport = new AuditExporter({
+      redis,
+      keys,
+      logger,
+      file: auditFile,
+      maxFileBytes: config.audit.export.maxFileBytes,
+      retention: config.audit.retention,
+      sealKey: sealKeyOf(kek),
+      sealIntervalMs: config.audit.sealIntervalSeconds * 1000,
+      retentionIntervalMs: config.audit.retentionIntervalSeconds * 1000,
+      now: () => clock.now(),
+    });
+    await auditExport.assertOwned();
     const tasks = new TaskStore({ redis, keys, retentionMs });
     const quarantine = new Quarantine({ redis, keys, logger });
     await quarantine.start();
@@ -204,7 +203,7 @@ export async function startBroker(config: LoadedConfig, opts: BrokerOptions = {}
       logger,
       signing,
       audit,
-      archivedQuarantines: async () => [],
+      readArchive: () => readArchive(auditFile, keys.prefix),
       restoreQuarantines: (entries) => quarantine.restore(entries),
       clearCaches: () => tasks.clearCache(),
     });
@@ -218,7 +217,9 @@ export async function startBroker(config: LoadedConfig, opts: BrokerOptions = {}
     );
     for (const [kind, p] of Object.entries(opts.providers ?? {})) providers.set(kind, p);
     undo.push(() => providers.close());
-    const queue = new RevocationQueue(conns.bullmq('jit-queue'), keys, config.revocation);
+    const queue = new RevocationQueue(conns.bullmq('jit-queue'), keys, config.revocation, (err) =>
+      logger.warn({ err: err.message }, 'revocation queue error'),
+    );
     undo.push(() => queue.close());
     const deps: Deps = {
       config,
@@ -254,7 +255,7 @@ export async function startBroker(config: LoadedConfig, opts: BrokerOptions = {}
       leases: new LeaseService(deps),
       approvals: approvalService,
       rotation,
-      admin: new AdminService(deps, taskService, rotation),
+      admin: new AdminService(deps, taskService, rotation, auditExport),
       lists: new ListService(deps, cursors, taskService, approvalService),
       audit: new AuditReader(deps, cursors, taskService),
     };
@@ -287,6 +288,9 @@ export async function startBroker(config: LoadedConfig, opts: BrokerOptions = {}
       scheduler = sch;
       undo.push(() => sch.close());
       await sch.start();
+      // Export, seal and retention run where the worker runs (one instance at a time, under a lock).
+      auditExport.start();
+      undo.push(() => auditExport.stop());
     }
 
     let server: Server | undefined;
@@ -364,6 +368,9 @@ export async function startBroker(config: LoadedConfig, opts: BrokerOptions = {}
         await worker?.close();
         await queue.close();
         await deps.audit.flush();
+        await auditExport.stop();
+        // What this instance wrote last reaches the file now rather than at another instance's next pass.
+        if (runWorker) await auditExport.pass({ waitMs: 0, trim: false }).catch(() => {});
         quarantine.stop();
         clock.stop();
         await policy.close();

@@ -109,6 +109,8 @@ export function writeBenchConfig(opts: {
     server: { port: opts.port, publicUrl: `http://127.0.0.1:${opts.port}`, rateLimit: benchRateLimit() },
     redis: { url: opts.redisUrl, prefix: opts.prefix },
     secrets: { kek: { file: join(dir, 'kek') } },
+    // Each bench broker its own export: the default ./data/audit.jsonl belongs to one prefix.
+    audit: { export: { file: join(dir, 'audit.jsonl') } },
     trust: [{ name: 'bench', kind: 'spiffe', trustDomain: 'bench.local', audiences: ['jit-broker'], jwks: { keys: opts.issuer.bundle } }],
     orchestrators: ['spiffe://bench.local/orchestrator/*'],
     admins: ['spiffe://bench.local/ops/*'],

@@ -1,11 +1,17 @@
 import { deny } from '../authz.ts';
 import type { Deps } from '../deps.ts';
-import { badRequest, notFound } from '../errors.ts';
+import { badRequest, notFound, unavailable } from '../errors.ts';
 import { IdentityPatterns } from '../identity/patterns.ts';
 import type { QuarantineEntry } from '../identity/quarantine.ts';
 import type { WorkloadIdentity } from '../identity/types.ts';
+import type { AuditChain } from '../redis/keys.ts';
 import type { RotationService } from '../ops/rotation.ts';
 import type { TaskService } from '../tasks/task-service.ts';
+
+/** The audit export as the admin service needs it (src/audit/export.ts). */
+export interface AuditArchive {
+  exportNow(chain?: AuditChain): Promise<unknown>;
+}
 
 /** Exactly one selector of the kill switch. */
 export type RevokeSelector = { agent: string } | { tenant: string } | { taskId: string };
@@ -19,11 +25,31 @@ export class AdminService {
   private readonly deps: Deps;
   private readonly tasks: TaskService;
   private readonly rotation: RotationService;
+  private readonly archive: AuditArchive | undefined;
 
-  constructor(deps: Deps, tasks: TaskService, rotation: RotationService) {
+  /** `archive`: the audit export, which must hold a quarantine change before it is answered. */
+  constructor(deps: Deps, tasks: TaskService, rotation: RotationService, archive?: AuditArchive) {
     this.deps = deps;
     this.tasks = tasks;
     this.rotation = rotation;
+    this.archive = archive;
+  }
+
+  /**
+   * Makes the ops chain's records durable in the audit export: that is what
+   * restores the quarantine list after Redis lost its data.
+   */
+  private async exportOps(what: string): Promise<void> {
+    if (!this.archive) return;
+    try {
+      await this.archive.exportNow('ops');
+    } catch (err) {
+      this.deps.logger.error({ err: (err as Error).message }, 'audit export failed after a quarantine change');
+      throw unavailable(
+        'not_ready',
+        `The ${what} is in force, but could not be written to the audit export yet, so it would not survive a Redis data loss. Retry to confirm it.`,
+      );
+    }
   }
 
   /** Refuses (403 not_admin, audited) unless `who` is an admin. */
@@ -57,10 +83,12 @@ export class AdminService {
     if (new IdentityPatterns([pattern]).matches(who.id)) throw badRequest('quarantine_self', 'That pattern matches your own identity.');
     const entry: QuarantineEntry = { pattern, reason, by: who.id, at: new Date(this.deps.clock.now()).toISOString() };
     // Recorded first: the audit export is what restores quarantines after a Redis data loss.
-    await this.deps.audit.append({ action: 'quarantine.add', actor: who.id, decision: 'ok', reason, detail: { pattern } });
+    await this.deps.audit.append({ action: 'quarantine.add', actor: who.id, decision: 'ok', reason, detail: { pattern, at: entry.at } });
     await this.deps.quarantine.add(entry);
     await this.rotation.announce({ type: 'quarantine' });
     const ended = await this.endMatching({ agent: pattern });
+    // Last: the tasks are ended even when the export is down (it answers 503 then, the quarantine in force).
+    await this.exportOps('quarantine');
     return { ...entry, ...ended };
   }
 
@@ -74,6 +102,7 @@ export class AdminService {
     await this.deps.audit.append({ action: 'quarantine.remove', actor: who.id, decision: 'ok', detail: { pattern } });
     await this.deps.quarantine.remove(pattern);
     await this.rotation.announce({ type: 'quarantine' });
+    await this.exportOps('lifting of the quarantine');
     return { pattern, lifted: true };
   }
 

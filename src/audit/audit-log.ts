@@ -49,13 +49,28 @@ export class AuditLog {
   private readonly logger: Logger;
   private readonly taskIndexMs: number;
   private readonly now: () => number;
+  private readonly guardEpoch: boolean;
 
-  constructor(deps: { redis: RedisClient; keys: Keys; logger: Logger; taskIndexMs: number; now?: () => number }) {
+  /**
+   * `guardEpoch`: before starting a chain at seq 1, wait until Redis holds the
+   * broker's data-loss marker (the epoch). After Redis lost its data, chains
+   * must continue from the export (recovery sets their heads before it
+   * writes the epoch); a record written meanwhile would start a second chain.
+   */
+  constructor(deps: {
+    redis: RedisClient;
+    keys: Keys;
+    logger: Logger;
+    taskIndexMs: number;
+    now?: () => number;
+    guardEpoch?: boolean;
+  }) {
     this.redis = deps.redis;
     this.keys = deps.keys;
     this.logger = deps.logger.child({ audit: true });
     this.taskIndexMs = deps.taskIndexMs;
     this.now = deps.now ?? Date.now;
+    this.guardEpoch = deps.guardEpoch ?? false;
   }
 
   /** The chain a record belongs to: its task's bucket, else `ops`. */
@@ -65,7 +80,15 @@ export class AuditLog {
 
   /** Resolves once the record is durable in Redis; callers that hand out credentials wait for it. */
   append(event: AuditEvent): Promise<void> {
-    const chain = this.chainOf(event);
+    return this.appendTo(this.chainOf(event), event);
+  }
+
+  /**
+   * Appends to a given chain (a record about the chain itself, e.g. that it
+   * continues after a data loss). `time` keeps a record's original time when
+   * it is re-chained.
+   */
+  appendTo(chain: AuditChain, event: AuditEvent, time?: string): Promise<void> {
     let st = this.chains.get(chain);
     if (!st) {
       st = { queue: [], writing: false, head: undefined };
@@ -73,7 +96,7 @@ export class AuditLog {
     }
     const state = st;
     return new Promise((resolve, reject) => {
-      state.queue.push({ event, time: new Date(this.now()).toISOString(), resolve, reject });
+      state.queue.push({ event, time: time ?? new Date(this.now()).toISOString(), resolve, reject });
       if (!state.writing) void this.drain(chain, state);
     });
   }
@@ -122,6 +145,13 @@ export class AuditLog {
     await this.appendAll(out).catch((err) => this.logger.error({ err }, 'audit: folded denials could not be written'));
   }
 
+  /** The chain heads (`seq:hash`) as this instance last saw them: after a data loss, the end of what was lost. */
+  knownHeads(): Map<AuditChain, string> {
+    const out = new Map<AuditChain, string>();
+    for (const [chain, st] of this.chains) if (st.head) out.set(chain, st.head);
+    return out;
+  }
+
   /** Forgets what it knew of the chain heads (after Redis lost its data). */
   resetHeads(): void {
     for (const st of this.chains.values()) st.head = undefined;
@@ -152,6 +182,7 @@ export class AuditLog {
     st.head ??= (await this.redis.get(headKey)) ?? '';
     for (let attempt = 0; attempt < 50; attempt++) {
       const expected: string = st.head ?? '';
+      if (expected === '' && this.guardEpoch) await this.awaitEpoch();
       const colon = expected.indexOf(':');
       let seq = expected ? Number(expected.slice(0, colon)) : 0;
       let prev = expected ? expected.slice(colon + 1) : GENESIS;
@@ -178,6 +209,14 @@ export class AuditLog {
       st.head = actual; // another instance appended: re-hash on the real head
     }
     throw new Error('audit chain contention: gave up after 50 attempts');
+  }
+
+  private async awaitEpoch(): Promise<void> {
+    const deadline = Date.now() + 15_000;
+    while ((await this.redis.get(this.keys.epoch())) === null) {
+      if (Date.now() > deadline) throw new Error('audit: Redis lost its data and the chains were not continued from the export yet');
+      await new Promise((r) => setTimeout(r, 50));
+    }
   }
 
   /** Waits for queued records to be written (shutdown), folded denials included. */

@@ -3,6 +3,7 @@ import { dirname, resolve } from 'node:path';
 import { parse as parseYaml } from 'yaml';
 import { ConfigError } from '../errors.ts';
 import { configSchema, type BrokerConfig } from './schema.ts';
+import { closest, keysAt } from './suggest.ts';
 
 /** The validated config plus where it came from (relative paths resolve against `baseDir`). */
 export type LoadedConfig = Readonly<BrokerConfig> & { readonly baseDir: string; readonly file: string };
@@ -43,11 +44,40 @@ export function validateConfig(raw: unknown, env: NodeJS.ProcessEnv, file: strin
     doc.server = { ...(doc.server ?? {}), port: Number(env.PORT) };
   }
   if (env.HOST !== undefined) doc.server = { ...(doc.server ?? {}), host: env.HOST };
-  if (env.REDIS_URL !== undefined) doc.redis = { ...(doc.redis ?? {}), url: env.REDIS_URL };
+  if (env.REDIS_URL !== undefined) {
+    // Silently preferring either would point a broker at a Redis its operator did not mean: refuse instead.
+    const other = (['cluster', 'sentinel'] as const).find((k) => doc.redis?.[k] !== undefined);
+    if (other) {
+      throw new ConfigError(
+        `redis.${other}`,
+        `REDIS_URL is set, but ${file} configures redis.${other}; REDIS_URL replaces only redis.url, so unset REDIS_URL or remove redis.${other}`,
+      );
+    }
+    doc.redis = { ...(doc.redis ?? {}), url: env.REDIS_URL };
+  }
+  // The iss of minted tokens defaults to where the broker listens, so PORT moves it too.
+  if (doc.server?.publicUrl === undefined) {
+    doc.server = { ...(doc.server ?? {}), publicUrl: `http://127.0.0.1:${(doc.server?.port as number | undefined) ?? 8080}` };
+  }
   const parsed = configSchema.safeParse(doc);
   if (!parsed.success) {
-    const issue = parsed.error.issues[0]!;
-    throw new ConfigError(issue.path.map(String).join('.'), issue.message);
+    // A typo shows up twice (an unknown key, and the key it meant as missing): name the typo, with what it meant.
+    const issue = parsed.error.issues.find((i) => i.code === 'unrecognized_keys') ?? parsed.error.issues[0]!;
+    if (issue.code === 'unrecognized_keys') {
+      const known = keysAt(configSchema, issue.path);
+      const key = issue.keys[0]!;
+      const guess = closest(key, known);
+      const at = [...issue.path.map(String), key].join('.');
+      throw new ConfigError(
+        at,
+        `unknown key '${key}'${guess ? ` (did you mean '${guess}'?)` : known.length ? ` (known keys: ${known.join(', ')})` : ''}`,
+      );
+    }
+    const path = issue.path.map(String).join('.');
+    throw new ConfigError(
+      path,
+      env.REDIS_URL !== undefined && path === 'redis.url' ? `${issue.message} (the value comes from REDIS_URL)` : issue.message,
+    );
   }
   return deepFreeze({ ...parsed.data, baseDir: dirname(resolve(file)), file: resolve(file) });
 }

@@ -1,6 +1,7 @@
 import ipaddr from 'ipaddr.js';
 import { z } from 'zod';
 import { identityPatternSchema, roleNameSchema, secretSourceSchema } from './common.ts';
+import { redisConfigSchema } from './redis.ts';
 import type { ZodType } from 'zod';
 import { jwtSettingsSchema, type JwtSettings } from '../providers/jwt/config.ts';
 import { PROVIDERS, type RoleConfig } from '../providers/index.ts';
@@ -97,15 +98,7 @@ export const configSchema = z
       /** Rate limits (contract sections 2 and 3); see src/http/rate-limit.ts. */
       rateLimit: rateLimitSchema,
     }),
-    redis: z.strictObject({
-      url: z.string().regex(/^rediss?:\/\//, 'must be a redis:// or rediss:// URL'),
-      prefix: z
-        .string()
-        .min(1)
-        .max(64)
-        .regex(/^[A-Za-z0-9_-]+$/, 'letters, digits, "_" and "-" only')
-        .default('jit'),
-    }),
+    redis: redisConfigSchema,
     identity: z
       .strictObject({
         clockSkewSeconds: z.int().min(0).max(300).default(30),

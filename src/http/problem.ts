@@ -1,6 +1,7 @@
 import type { ErrorRequestHandler, Response } from 'express';
 import { ZodError } from 'zod';
-import { BrokerError, badRequest, tooLarge, unsupportedMediaType, type ErrorCode } from '../errors.ts';
+import { BrokerError, badRequest, type ErrorCode, tooLarge, unavailable, unsupportedMediaType } from '../errors.ts';
+import { isRedisUnavailable } from '../redis/unavailable.ts';
 import { clip } from '../identity/log-safe.ts';
 import type { Logger } from '../logger.ts';
 import { retryAfterOf } from './rate-limit.ts';
@@ -78,6 +79,7 @@ export function problemHandler(logger: Logger): ErrorRequestHandler {
     let problem: BrokerError | undefined;
     if (err instanceof BrokerError) problem = err;
     else if (err instanceof ZodError) problem = fromZod(err);
+    else if (isRedisUnavailable(err)) problem = unavailable('not_ready', 'The broker cannot reach its data store right now; retry shortly.', { cause: err });
     else problem = fromBodyParser(err) ?? fromHttpError(err);
     if (!problem) {
       logger.error({ err, path: clip(req.path, 200), method: clip(req.method, 16) }, 'unhandled error');

@@ -22,6 +22,7 @@ export class RotationScheduler {
     this.rotation = rotation;
     this.connection = connection;
     this.queue = new Queue(QUEUE, { connection, prefix: deps.keys.queuePrefix('rotation') });
+    this.queue.on('error', (err) => deps.logger.warn({ err: err.message }, 'rotation queue error'));
   }
 
   async start(): Promise<void> {

@@ -35,12 +35,14 @@ export class RevocationQueue {
   private readonly keys: Keys;
   private readonly opts: JobsOptions;
 
-  constructor(connection: RedisClient, keys: Keys, settings: { queues: number }) {
+  constructor(connection: RedisClient, keys: Keys, settings: { queues: number }, onError: (err: Error) => void = () => {}) {
     this.keys = keys;
-    this.queues = Array.from(
-      { length: settings.queues },
-      (_, g) => new Queue<RevocationJob>(QUEUE_NAME, { connection, prefix: keys.queuePrefix(g) }),
-    );
+    this.queues = Array.from({ length: settings.queues }, (_, g) => {
+      const q = new Queue<RevocationJob>(QUEUE_NAME, { connection, prefix: keys.queuePrefix(g) });
+      // An 'error' event without a listener would crash the process (a Redis failover emits some).
+      q.on('error', onError);
+      return q;
+    });
     this.opts = { attempts: Number.MAX_SAFE_INTEGER, backoff: { type: 'capped' }, removeOnComplete: true, removeOnFail: true };
   }
 

@@ -62,7 +62,7 @@ test.each([
     async (ids: string[], k: Keys) => {
       await redis.xdel(k.auditStream('ops'), ids[ids.length - 1]!);
     },
-    19,
+    20,
   ],
 ])('verify names the first broken record after %s', async (_n, tamper, seq) => {
   const { prefix, keys } = await fresh(20);
@@ -70,7 +70,7 @@ test.each([
   await tamper(ids, keys);
   const res = await verifyAuditChain(redis, keys, 'ops');
   expect(res.ok).toBe(false);
-  if (!res.ok) expect(res.brokenAt.seq).toBe(seq);
+  expect(res.brokenAt?.seq).toBe(seq);
   await dropPrefix(prefix);
 });
 

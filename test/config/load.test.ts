@@ -56,8 +56,8 @@ test.each<[string, (c: any) => void, string, RegExp]>([
     (c) => {
       c.server.colour = 'blue';
     },
-    'server',
-    /colour/,
+    'server.colour',
+    /unknown key 'colour'/,
   ],
   [
     'spiffe without trustDomain',
@@ -149,4 +149,36 @@ test('the broker refuses to start on a bad config: message names the key, exit c
   });
   expect(r.status).toBe(2);
   expect(r.stderr).toMatch(/config server\.publicUrl: /);
+});
+
+describe('ergonomics', () => {
+  const minimal = () => ({
+    redis: { url: 'redis://127.0.0.1:6379' },
+    trust: [{ name: 'd', kind: 'spiffe', trustDomain: 'dev.local', audiences: ['jit-broker'], jwks: { keys: [{ kty: 'EC', kid: 'k' }] } }],
+    policies: 'config/policies',
+    roles: { r: { provider: 'jwt', audience: 'https://r' } },
+  });
+
+  test('PORT without server.publicUrl moves the default publicUrl (the iss of minted tokens) with it', () => {
+    expect(validateConfig(minimal(), { PORT: '9100' }, 'x.yaml').server).toMatchObject({ port: 9100, publicUrl: 'http://127.0.0.1:9100' });
+    expect(validateConfig(minimal(), {}, 'x.yaml').server.publicUrl).toBe('http://127.0.0.1:8080');
+    const set = validateConfig({ ...minimal(), server: { publicUrl: 'https://broker.example/' } }, { PORT: '9100' }, 'x.yaml');
+    expect(set.server.publicUrl).toBe('https://broker.example');
+  });
+
+  test.each([
+    [{ server: { publicURL: 'https://b' } }, 'server.publicURL', "unknown key 'publicURL' (did you mean 'publicUrl'?)"],
+    [{ tasks: { maxSubTasks: 3 } }, 'tasks.maxSubTasks', "unknown key 'maxSubTasks' (did you mean 'maxSubtasks'?)"],
+    [{ redis: { url: 'redis://h', prefx: 'x' } }, 'redis.prefx', "(did you mean 'prefix'?)"],
+    [{ rolse: {} }, 'rolse', "(did you mean 'roles'?)"],
+  ])('a typo names the key and what it probably meant: %j', (over, path, message) => {
+    let err: ConfigError | undefined;
+    try {
+      validateConfig({ ...minimal(), ...over }, {}, 'x.yaml');
+    } catch (e) {
+      err = e as ConfigError;
+    }
+    expect(err?.path).toBe(path);
+    expect(err?.message).toContain(message);
+  });
 });

@@ -31,10 +31,22 @@ export async function dropPrefix(prefix: string): Promise<void> {
 
 /** A config for tests: dev.local trust (inline bundle from `issuer`), shipped policies, port 0. */
 export function testConfig(issuer: TestIssuer, prefix: string, overrides: Record<string, unknown> = {}): LoadedConfig {
+  return validateConfig(testRawConfig(issuer, prefix, overrides), {}, join(process.cwd(), 'config/test.yaml'));
+}
+
+/** The same config written to a file (JSON is YAML), for a broker started as its own process (`BROKER_CONFIG`). */
+export function testConfigFile(issuer: TestIssuer, prefix: string, overrides: Record<string, unknown> = {}): string {
+  const file = join(mkdtempSync(join(tmpdir(), 'jit-config-')), 'broker.yaml');
+  writeFileSync(file, JSON.stringify(testRawConfig(issuer, prefix, overrides)));
+  return file;
+}
+
+/** The raw (unvalidated) test config. */
+export function testRawConfig(issuer: TestIssuer, prefix: string, overrides: Record<string, unknown> = {}): Record<string, unknown> {
   const dir = mkdtempSync(join(tmpdir(), 'jit-kek-'));
   const kekFile = join(dir, 'kek');
   writeFileSync(kekFile, randomBytes(32).toString('base64'));
-  const raw = {
+  const raw: Record<string, unknown> = {
     server: { port: 0, publicUrl: 'http://127.0.0.1:8080' },
     redis: { url: REDIS_URL, prefix },
     secrets: { kek: { file: kekFile } },
@@ -64,7 +76,10 @@ export function testConfig(issuer: TestIssuer, prefix: string, overrides: Record
     },
     ...overrides,
   };
-  return validateConfig(raw, {}, join(process.cwd(), 'config/test.yaml'));
+  // Each test broker its own audit export (the default ./data/audit.jsonl would be shared by every test).
+  const audit = (overrides.audit ?? {}) as { export?: Record<string, unknown> };
+  raw.audit = { ...audit, export: { file: join(dir, 'audit.jsonl'), ...(audit.export ?? {}) } };
+  return raw;
 }
 
 export interface TestBroker {

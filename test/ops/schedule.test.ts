@@ -1,4 +1,4 @@
-import { auditRecords, startSibling, startTestBroker, type TestBroker } from '../helpers/broker.ts';
+import { auditRecords, startSibling, startTestBroker, type TestBroker, waitFor } from '../helpers/broker.ts';
 
 /**
  * Scheduled rotation runs as a BullMQ job scheduler: with two instances on
@@ -13,7 +13,12 @@ test('a scheduled signing-key rotation fires once per period across two instance
     },
   });
   const b = await startSibling(a);
-  await new Promise((r) => setTimeout(r, 3500));
+  // Both instances run a scheduler; wait until it has fired a few times (a loaded machine may be slow to start).
+  await waitFor(
+    async () => (await auditRecords(a.broker.deps.redis, a.broker.deps.keys)).filter((r) => r.action === 'rotate').length >= 3,
+    15_000,
+    200,
+  );
   await b.broker.close();
   const elapsed = Date.now() - began;
   const records = (await auditRecords(a.broker.deps.redis, a.broker.deps.keys)).filter((r) => r.action === 'rotate');
@@ -26,4 +31,4 @@ test('a scheduled signing-key rotation fires once per period across two instance
   expect(records.every((r) => r.decision === 'ok' && r.actor === 'broker')).toBe(true);
   const times = records.map((r) => Date.parse(r.time));
   for (let i = 1; i < times.length; i++) expect(times[i]! - times[i - 1]!).toBeGreaterThan(500);
-}, 15_000);
+}, 30_000);

@@ -1,6 +1,7 @@
 import { type RequestHandler, Router } from 'express';
 import { z } from 'zod';
 import type { Deps } from '../../deps.ts';
+import { writableMaster } from '../../redis/connection.ts';
 import { identityPatternSchema } from '../../config/common.ts';
 import type { Services } from '../services.ts';
 import { identityOf, jsonBody, validBody } from '../middleware.ts';
@@ -30,11 +31,8 @@ export function opsRoutes(deps: Deps, state: { isShuttingDown: () => boolean; is
       accepting: !state.isShuttingDown(),
       signingKeys: state.isRecovered() && deps.signing.size > 0,
     };
-    try {
-      checks.redis = (await within(deps.redis.set(deps.keys.plain('readyz', 'probe'), '1', 'PX', 10_000), 1000)) === 'OK';
-    } catch {
-      checks.redis = false;
-    }
+    // A writable master (a replica left behind by a failover is not ready), within a second.
+    checks.redis = await writableMaster(deps.redis, { timeoutMs: 1000, probeKey: deps.keys.plain('readyz', 'probe') });
     const upstreams: Record<string, boolean> = {};
     for (const [kind, p] of deps.providers.all()) {
       if (p.ready) upstreams[kind] = await within(p.ready(), 1000).catch(() => false);

@@ -1,11 +1,12 @@
 import { afterAll, afterEach, beforeAll, describe, expect, test } from '@jest/globals';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join, resolve } from 'node:path';
+import { join } from 'node:path';
 import { GetCallerIdentityCommand, STSClient, type STSClientConfig } from '@aws-sdk/client-sts';
 import { fromHttp, fromProcess } from '@aws-sdk/credential-providers';
 import { startAwsEmulator, type AwsEmulator, type EmulatedUser } from '../../emulators/aws/index.ts';
 import { AGENT, ORCH, call, startTestBroker, waitFor, type TestBroker } from '../../helpers/broker.ts';
+import { JIT, NODE20, ensureBuilt } from '../../helpers/cli.ts';
 
 /**
  * The real broker (HTTP API + BullMQ worker, real Redis) with `providers.aws`
@@ -51,6 +52,7 @@ beforeAll(async () => {
   user = emu.createUser('jit-broker');
   role = emu.createRole('agent-reports', { maxSessionDuration: 3600, trust: [user.arn] });
   dir = mkdtempSync(join(tmpdir(), 'jit-aws-e2e-'));
+  await ensureBuilt();
   t = await startTestBroker('aws-e2e', { config: brokerConfig() });
 });
 afterAll(async () => {
@@ -295,13 +297,13 @@ describe('aws roles through the broker API', () => {
     expect(task.body.leases).toEqual([]); // no token was minted and thrown away
   });
 
-  test('an unmodified SDK: fromProcess runs scripts/aws-credential-process.ts against the broker and gets working credentials', async () => {
+  test('an unmodified SDK: fromProcess runs `jit cred get --format aws-process` against the broker and gets working credentials', async () => {
     const taskId = await openTask();
-    const script = resolve('scripts/aws-credential-process.ts');
+    const jit = `"${NODE20}" "${JIT}" cred get --format aws-process`;
     const tokenFile = file('process-jwt', `${t.issuer.svid(AGENT, { ttl: 600 })}\n`);
     const config = file(
       'aws-config',
-      `[profile agent]\ncredential_process = "${process.execPath}" "${script}" --broker ${t.url} --task ${taskId} --role reports-bucket --token-file ${tokenFile} --scope s3:GetObject --ttl 120\n`,
+      `[profile agent]\ncredential_process = ${jit} --broker ${t.url} --task ${taskId} --role reports-bucket --token-file ${tokenFile} --scopes s3:GetObject --ttl 120\n`,
     );
     const creds = await fromProcess({ profile: 'agent', configFilepath: config, filepath: file('aws-credentials', '') })();
     expect(creds.accessKeyId).toMatch(/^ASIA/);
@@ -315,7 +317,7 @@ describe('aws roles through the broker API', () => {
     // The broker's refusal reaches the SDK as an error (not-granted role).
     const denied = file(
       'aws-config-denied',
-      `[profile agent]\ncredential_process = "${process.execPath}" "${script}" --broker ${t.url} --task ${taskId} --role tickets-api --token-file ${tokenFile}\n`,
+      `[profile agent]\ncredential_process = ${jit} --broker ${t.url} --task ${taskId} --role tickets-api --token-file ${tokenFile}\n`,
     );
     await expect(fromProcess({ profile: 'agent', configFilepath: denied, filepath: file('aws-credentials', '') })()).rejects.toThrow(
       /403 role_not_granted/,

@@ -3,12 +3,13 @@ import { mkdtempSync, writeFileSync } from 'node:fs';
 import type { Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
-import { join, resolve } from 'node:path';
+import { join } from 'node:path';
 import express from 'express';
 import { GetCallerIdentityCommand, STSClient, type STSClientConfig } from '@aws-sdk/client-sts';
 import { fromHttp, fromProcess } from '@aws-sdk/credential-providers';
 import { forbidden, unauthenticated } from '../../../src/errors.ts';
 import { containerCredentialsRouter } from '../../../src/providers/aws/container-credentials.ts';
+import { JIT, NODE20, ensureBuilt } from '../../helpers/cli.ts';
 import { awsWorld, issueRequest, roleConfig, task, type AwsWorld } from './helpers.ts';
 
 /**
@@ -42,6 +43,7 @@ async function issue(identityToken: string, body: { taskId: string; role: string
 }
 
 beforeAll(async () => {
+  await ensureBuilt();
   w = await awsWorld('sdk');
   dir = mkdtempSync(join(tmpdir(), 'jit-aws-sdk-'));
   const app = express();
@@ -89,14 +91,13 @@ const whoAmI = async (credentials: NonNullable<STSClientConfig['credentials']>) 
   }
 };
 
-describe('credential_process (fromProcess)', () => {
-  const script = resolve('scripts/aws-credential-process.ts');
+describe('credential_process = jit cred get --format aws-process (fromProcess)', () => {
   const profile = (name: string, tokenFile: string, extra = '') =>
-    `[profile ${name}]\ncredential_process = "${process.execPath}" "${script}" --broker ${brokerUrl} --task t-1 --role reports-bucket --token-file ${tokenFile}${extra}\n`;
+    `[profile ${name}]\ncredential_process = "${NODE20}" "${JIT}" cred get --format aws-process --broker ${brokerUrl} --task t-1 --role reports-bucket --token-file ${tokenFile}${extra}\n`;
 
   it('prints Version 1 credentials the SDK accepts, and they work', async () => {
     const tokenFile = file('jwt', `${JWT}\n`);
-    const config = file('config', profile('agent', tokenFile, ' --scope s3:GetObject'));
+    const config = file('config', profile('agent', tokenFile, ' --scopes s3:GetObject'));
     const creds = await fromProcess({ profile: 'agent', configFilepath: config, filepath: file('credentials', '') })();
     expect(creds.accessKeyId).toMatch(/^ASIA/);
     expect(creds.sessionToken).toBeDefined();

@@ -307,3 +307,45 @@ describe('vault roles through the broker API', () => {
     expect(emu.isDbUserValid(db.body.credentials.username)).toBe(false);
   });
 });
+
+describe('least privilege and revocation truth (issue: scopes literal, late credentials revoked)', () => {
+  test('scopes: [] never means every policy of the role: 400 scopes_empty, for a request and for a grant', async () => {
+    const taskId = await openTask();
+    const before = createOrphanCalls();
+    const r = await issue({ taskId, role: 'vault-ops', scopes: [] });
+    expect(r.status).toBe(400);
+    expect(r.body.code).toBe('scopes_empty');
+    const narrow = await openTask([{ role: 'vault-ops', scopes: [] }]);
+    const g = await issue({ taskId: narrow, role: 'vault-ops' });
+    expect(g.status).toBe(400);
+    expect(g.body.code).toBe('scopes_empty');
+    // A sub-task granted [] cannot get a token either.
+    const sub = await call(t.url, 'POST', '/v1/tasks', t.as(AGENT), {
+      parentTaskId: taskId,
+      agent: agentId,
+      ttlSeconds: 60,
+      grants: [{ role: 'vault-ops', scopes: [] }],
+    });
+    expect(sub.status).toBe(201);
+    expect((await issue({ taskId: sub.body.taskId, role: 'vault-ops' })).body.code).toBe('scopes_empty');
+    expect(createOrphanCalls()).toBe(before); // Vault was never asked
+  });
+
+  test('a token Vault creates while its task is completing is revoked upstream, never handed out', async () => {
+    const taskId = await openTask();
+    const hold = emu.holdResponses('auth/token/create-orphan');
+    const pending = issue({ taskId, role: 'vault-ops', scopes: ['ops-read'] });
+    await hold.until(1); // Vault has made the token; the broker has not heard back yet
+    const made = [...emu.state.tokens.values()].at(-1)!;
+    expect(emu.isTokenValid(made.id)).toBe(true);
+    expect((await call(t.url, 'POST', `/v1/tasks/${taskId}/complete`, t.as(ORCH))).status).toBe(202);
+    hold.release();
+    const r = await pending;
+    expect(r.status).toBe(409);
+    expect(r.body.code).toBe('task_not_open');
+    await waitFor(async () => !emu.isTokenValid(made.id), 8000);
+    const task = await call(t.url, 'GET', `/v1/tasks/${taskId}`, t.as(ORCH));
+    expect(task.body.leases).toHaveLength(1);
+    expect(task.body.leases[0]).toMatchObject({ status: 'revoked', reason: 'task_completed' });
+  });
+});

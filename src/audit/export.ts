@@ -1,0 +1,296 @@
+import type { Logger } from '../logger.ts';
+import type { AuditChain, Keys } from '../redis/keys.ts';
+import { type HeldLock, withLock } from '../redis/lock.ts';
+import { type RedisClient, script } from '../redis/scripts.ts';
+import { ExportFileWriter, recordLine, sealLine } from './export-file.ts';
+import { GENESIS, hashRecord, type AuditRecord } from './record.ts';
+import { markerSeq, type RetentionLimits, trimChain } from './retention.ts';
+import { makeSeal, type Seal } from './seal.ts';
+
+const markScript = script('audit-mark');
+
+/** What one export pass did, per chain that moved. */
+export interface ExportResult {
+  /** Records appended to the file, by chain. */
+  exported: Map<AuditChain, number>;
+  /** Records removed from Redis by retention, by chain. */
+  trimmed: Map<AuditChain, number>;
+  /** Chains whose head was sealed in this pass. */
+  sealed: AuditChain[];
+  /** Set when nothing was done because Redis lost its data and recovery has not continued the chains yet. */
+  skipped?: 'data_loss';
+}
+
+export interface AuditExporterOptions {
+  redis: RedisClient;
+  keys: Keys;
+  logger: Logger;
+  /** Absolute path of the export file. */
+  file: string;
+  maxFileBytes: number;
+  retention: RetentionLimits;
+  /** Key derived from the KEK (seal.ts); without it heads are not sealed. */
+  sealKey: Buffer | undefined;
+  /** Export and seal every this many ms (`audit.sealIntervalSeconds`). */
+  sealIntervalMs: number;
+  /** Trim every this many ms (`audit.retentionIntervalSeconds`). */
+  retentionIntervalMs: number;
+  /** Redis's clock. */
+  now: () => number;
+  /** Records read from Redis per page (and per fsync). */
+  pageSize?: number;
+  /** How long exportNow waits for another instance's pass to finish. */
+  waitMs?: number;
+}
+
+const LOCK_TTL_MS = 30_000;
+
+/** Where this process last left off in a chain's stream: the stream id of the record the marker names. */
+interface Cursor {
+  marker: string;
+  id: string;
+}
+
+/**
+ * Continuous archival of the audit chains to the export file, their seals,
+ * and retention (contract section 7).
+ *
+ * Every `sealIntervalMs`, one instance at a time (the `audit-export` lock):
+ * for each chain, every record after the chain's export marker is appended to
+ * the file as a JSON line, in chain order, followed by a seal of the newest
+ * one (an HMAC with the KEK-derived key); the file is fsynced, then the marker
+ * moves (compare-and-set, so an exporter whose lock lapsed cannot move it
+ * twice) and the seal is stored in Redis. A crash between the fsync and the
+ * marker re-appends at most one page of lines; readers skip those exact
+ * duplicates. Every `retentionIntervalMs` the same pass then trims from
+ * Redis what is both exported and past `audit.retention`.
+ *
+ * Sealing with every export means every seal is in the file too: someone
+ * who can write Redis but not the file cannot roll the seals back, so what
+ * they could rewrite unnoticed is bounded by one seal interval.
+ *
+ * With several hosts the file must be one shared file (all instances may
+ * export, one at a time) or the hosts' files are each only part of the chain.
+ */
+export class AuditExporter {
+  private readonly o: AuditExporterOptions;
+  private readonly writer: ExportFileWriter;
+  private readonly cursors = new Map<AuditChain, Cursor>();
+  private timer: NodeJS.Timeout | undefined;
+  private running: Promise<unknown> | undefined;
+  private lastTrim = 0;
+  private lastError = '';
+
+  constructor(opts: AuditExporterOptions) {
+    this.o = opts;
+    this.writer = new ExportFileWriter({ file: opts.file, maxFileBytes: opts.maxFileBytes, prefix: opts.keys.prefix, now: opts.now });
+  }
+
+  get file(): string {
+    return this.o.file;
+  }
+
+  /** Throws when the export file belongs to another deployment (checked at startup). */
+  async assertOwned(): Promise<void> {
+    await this.writer.assertOwned();
+  }
+
+  /** Runs a pass every `sealIntervalMs` (skipped while another instance runs one). */
+  start(): void {
+    this.timer = setInterval(() => {
+      if (this.running) return;
+      const trim = this.o.now() - this.lastTrim >= this.o.retentionIntervalMs;
+      this.running = this.pass({ waitMs: 0, trim })
+        .then(() => {
+          this.lastError = '';
+        })
+        .catch((err) => this.reportError(err))
+        .finally(() => {
+          this.running = undefined;
+        });
+    }, this.o.sealIntervalMs);
+    this.timer.unref();
+  }
+
+  /** Stops the timer and waits for a running pass. */
+  async stop(): Promise<void> {
+    clearInterval(this.timer);
+    this.timer = undefined;
+    await this.running;
+  }
+
+  /**
+   * Exports (and seals) now, waiting for another instance's pass if one is
+   * running: when it resolves, every record appended to `chain` (or to every
+   * chain) before the call is in the file. Throws when that could not be done.
+   */
+  async exportNow(chain?: AuditChain): Promise<ExportResult> {
+    const res = await this.pass({ waitMs: this.o.waitMs ?? 10_000, trim: false, chains: chain === undefined ? undefined : [chain] });
+    if (!res) throw new Error('audit export: another instance held the export lock for too long');
+    if (res.skipped) throw new Error('audit export: Redis lost its data and the chains are not recovered yet');
+    return res;
+  }
+
+  /** One pass under the lock; undefined when the lock stayed busy. */
+  async pass(opts: { waitMs: number; trim: boolean; chains?: AuditChain[] }): Promise<ExportResult | undefined> {
+    const { redis, keys } = this.o;
+    // After a data loss nothing is exported until recovery has continued the chains from the file,
+    // or records of a new chain starting at seq 1 would land after the old chain's.
+    if ((await redis.get(keys.epoch())) === null) return { exported: new Map(), trimmed: new Map(), sealed: [], skipped: 'data_loss' };
+    const got = await withLock(redis, keys.lock('audit-export'), { ttlMs: LOCK_TTL_MS, waitMs: opts.waitMs }, async (lock) => {
+      const result: ExportResult = { exported: new Map(), trimmed: new Map(), sealed: [] };
+      let failed: unknown;
+      for (const chain of opts.chains ?? keys.auditChains()) {
+        // One chain failing (the file is down) still lets the others seal their heads in Redis.
+        try {
+          const n = await this.exportChain(chain, lock, result);
+          if (n > 0) result.exported.set(chain, n);
+        } catch (err) {
+          failed ??= err;
+        }
+      }
+      if (failed) throw failed;
+      if (opts.trim) {
+        this.lastTrim = this.o.now();
+        for (const chain of keys.auditChains()) {
+          if (!(await lock.extend(LOCK_TTL_MS))) break;
+          const n = await trimChain(redis, keys, chain, this.o.retention, this.o.now());
+          if (n > 0) result.trimmed.set(chain, n);
+        }
+      }
+      return result;
+    });
+    return got?.value;
+  }
+
+  private reportError(err: unknown): void {
+    const msg = (err as Error).message;
+    // Once per distinct failure: a full disk must not flood the log every few seconds.
+    if (msg !== this.lastError)
+      this.o.logger.error({ err: msg, file: this.o.file }, 'audit export failed; records stay in Redis until it works');
+    this.lastError = msg;
+  }
+
+  /** Appends a chain's unexported records (and a seal of the last) to the file; returns how many. */
+  private async exportChain(chain: AuditChain, lock: HeldLock, result: ExportResult): Promise<number> {
+    const { redis, keys } = this.o;
+    const stream = keys.auditStream(chain);
+    let marker = (await redis.get(keys.auditExported(chain))) ?? '';
+    let after = await this.locate(chain, marker);
+    const pageSize = this.o.pageSize ?? 1000;
+    let count = 0;
+    let expectSeq = markerSeq(marker) + 1;
+    let expectPrev = marker ? marker.slice(marker.indexOf(':') + 1) : GENESIS;
+    for (;;) {
+      const page = await redis.xrange(stream, after === '-' ? '-' : `(${after}`, '+', 'COUNT', pageSize);
+      if (page.length === 0) break;
+      const lines: string[] = [];
+      let last: AuditRecord | undefined;
+      for (const [, fields] of page) {
+        const raw = fields[fields.indexOf('r') + 1] ?? '';
+        let r: AuditRecord;
+        try {
+          r = JSON.parse(raw) as AuditRecord;
+        } catch {
+          this.o.logger.error({ chain }, 'audit export: a stream entry is not a record (tampering?); skipped, verify reports it');
+          continue;
+        }
+        if (r.seq <= expectSeq - 1 && marker) continue; // already in the file (the marker moved under a stale cursor)
+        if (r.seq !== expectSeq || r.prev !== expectPrev || hashRecord(withoutHash(r)) !== r.hash) {
+          // Exported anyway: the file is the evidence, and verify names the break.
+          this.o.logger.error(
+            { chain, seq: r.seq, expected: expectSeq },
+            'audit export: the chain in Redis is broken here (run npm run audit:verify)',
+          );
+        }
+        expectSeq = r.seq + 1;
+        expectPrev = r.hash;
+        lines.push(recordLine(chain, raw));
+        last = r;
+      }
+      const lastId = page[page.length - 1]![0];
+      if (!last) {
+        after = lastId;
+        continue;
+      }
+      const done = page.length < pageSize;
+      const seal = done ? this.seal(chain, last) : undefined;
+      if (seal) lines.push(sealLine(chain, seal));
+      if (!(await lock.held())) throw new Error('audit export: lost the export lock mid-pass');
+      try {
+        await this.writer.append(lines);
+      } catch (err) {
+        // The file is down, Redis is not: a seal in Redis still guards the head meanwhile.
+        if (seal) await redis.set(keys.auditSeal(chain), JSON.stringify({ chain, ...seal }));
+        throw err;
+      }
+      const next = `${last.seq}:${last.hash}`;
+      if ((await markScript.run(redis, [keys.auditExported(chain)], [marker, next])) !== 1) {
+        this.cursors.delete(chain);
+        this.o.logger.warn({ chain }, 'audit export: another exporter moved the marker; leaving this chain to it');
+        return count;
+      }
+      count += lines.length - (seal ? 1 : 0);
+      marker = next;
+      after = lastId;
+      this.cursors.set(chain, { marker, id: lastId });
+      if (seal) {
+        await redis.set(keys.auditSeal(chain), JSON.stringify({ chain, ...seal }));
+        result.sealed.push(chain);
+      }
+      await lock.extend(LOCK_TTL_MS);
+      if (done) break;
+    }
+    // A backlog that ended exactly on a page boundary: its last record still needs its seal.
+    if (count > 0 && !result.sealed.includes(chain)) {
+      const sep = marker.indexOf(':');
+      const seal = this.seal(chain, { seq: Number(marker.slice(0, sep)), hash: marker.slice(sep + 1) });
+      if (seal) {
+        await this.writer.append([sealLine(chain, seal)]);
+        await redis.set(keys.auditSeal(chain), JSON.stringify({ chain, ...seal }));
+        result.sealed.push(chain);
+      }
+    }
+    return count;
+  }
+
+  private seal(chain: AuditChain, r: { seq: number; hash: string }): Seal | undefined {
+    if (!this.o.sealKey) return undefined;
+    return makeSeal(this.o.sealKey, chain, r.seq, r.hash, new Date(this.o.now()).toISOString());
+  }
+
+  /**
+   * The stream id of the record the marker names ('-' to start at the
+   * beginning). Usually remembered from this process's last pass; otherwise
+   * found by reading the stream backwards from its end, which costs about
+   * as many records as are waiting to be exported.
+   */
+  private async locate(chain: AuditChain, marker: string): Promise<string> {
+    if (!marker) return '-';
+    const cached = this.cursors.get(chain);
+    if (cached?.marker === marker) return cached.id;
+    const seq = markerSeq(marker);
+    const stream = this.o.keys.auditStream(chain);
+    let end = '+';
+    for (;;) {
+      const page = await this.o.redis.xrevrange(stream, end, '-', 'COUNT', 500);
+      if (page.length === 0) return '-';
+      for (const [id, fields] of page) {
+        const raw = fields[fields.indexOf('r') + 1] ?? '';
+        let s: number | undefined;
+        try {
+          s = (JSON.parse(raw) as AuditRecord).seq;
+        } catch {
+          s = undefined;
+        }
+        if (s !== undefined && s <= seq) return id;
+      }
+      end = `(${page[page.length - 1]![0]}`;
+    }
+  }
+}
+
+function withoutHash(r: AuditRecord): Omit<AuditRecord, 'hash'> {
+  const { hash: _hash, ...rest } = r;
+  return rest;
+}

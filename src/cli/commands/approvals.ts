@@ -1,0 +1,80 @@
+import type { Approval, ApprovalStatus } from '../../client/types.ts';
+import type { Command } from '../command.ts';
+import type { Out } from '../output.ts';
+import { listOptions, printPage } from './paging.ts';
+
+export const approvalsList: Command = {
+  path: ['approvals', 'list'],
+  usage: 'jit approvals list [--status pending|approved|rejected|consumed|expired] [--limit N] [--cursor C] [--all]',
+  summary: 'approvals you may see (approvers: all; agents and orchestrators: their tasks’); default --status pending',
+  options: { status: { type: 'string' }, ...listOptions },
+  async run(ctx) {
+    const status = (ctx.flags.str('status') ?? 'pending') as ApprovalStatus;
+    const client = ctx.client();
+    await printPage(
+      ctx,
+      (page) => client.listApprovals({ status, ...page }),
+      (out, items: Approval[]) =>
+        out.table(
+          ['APPROVAL', 'STATUS', 'TASK', 'ROLE', 'SCOPES', 'TTL', 'AGENT', 'REQUESTED'],
+          items.map((a) => [a.approvalId, a.status, a.taskId, a.role, a.scopes?.join(','), a.ttlSeconds, a.agent, requested(a)]),
+        ),
+    );
+    return 0;
+  },
+};
+
+export const approvalsShow: Command = {
+  path: ['approvals', 'show'],
+  usage: 'jit approvals show <approvalId>',
+  summary: 'one approval and its status',
+  options: {},
+  args: ['approvalId'],
+  async run(ctx) {
+    const a = await ctx.client().getApproval(ctx.positionals[0]!);
+    if (ctx.json) ctx.out.json(a);
+    else print(ctx.out, a);
+    return 0;
+  },
+};
+
+function decide(verb: 'approve' | 'reject'): Command {
+  return {
+    path: ['approvals', verb],
+    usage: `jit approvals ${verb} <approvalId> [--reason TEXT]`,
+    summary: verb === 'approve' ? 'approve a pending credential request (approvers)' : 'reject a pending credential request (approvers)',
+    options: { reason: { type: 'string' } },
+    args: ['approvalId'],
+    async run(ctx) {
+      const client = ctx.client();
+      const id = ctx.positionals[0]!;
+      const reason = ctx.flags.str('reason');
+      const a = verb === 'approve' ? await client.approve(id, reason) : await client.reject(id, reason);
+      if (ctx.json) ctx.out.json(a);
+      else ctx.out.line(`approval ${a.approvalId}: ${a.status} (task ${a.taskId}, role ${a.role})`);
+      return 0;
+    },
+  };
+}
+
+export const approvalsApprove = decide('approve');
+export const approvalsReject = decide('reject');
+
+function requested(a: Approval): string {
+  return typeof a.requestedAt === 'number' ? new Date(a.requestedAt).toISOString() : a.requestedAt;
+}
+
+function print(out: Out, a: Approval): void {
+  out.fields([
+    ['approval', a.approvalId],
+    ['status', a.status],
+    ['task', a.taskId],
+    ['role', a.role],
+    ['scopes', a.scopes?.join(',')],
+    ['ttl', a.ttlSeconds === undefined ? undefined : `${a.ttlSeconds}s`],
+    ['agent', a.agent],
+    ['requested', requested(a)],
+    ['decidedBy', a.decidedBy],
+    ['reason', a.reason],
+  ]);
+}

@@ -1,0 +1,170 @@
+import { createWriteStream } from 'node:fs';
+import type { BrokerClient } from '../../client/broker-client.ts';
+import type { AuditFilter, AuditRecord } from '../../client/types.ts';
+import { UsageError } from '../args.ts';
+import type { Command, Ctx } from '../command.ts';
+import type { Out } from '../output.ts';
+import { listOptions, printPage } from './paging.ts';
+
+const filterOptions = {
+  task: { type: 'string' },
+  actor: { type: 'string' },
+  action: { type: 'string' },
+  since: { type: 'string' },
+  until: { type: 'string' },
+} as const;
+
+/** `--since`/`--until` take ISO 8601 or a duration back from now (`15m` = 15 minutes ago). */
+function time(ctx: Ctx, name: string): string | undefined {
+  const v = ctx.flags.str(name);
+  if (v === undefined) return undefined;
+  const ago = /^(\d+)([smhd])$/.exec(v);
+  if (ago) return new Date(Date.now() - Number(ago[1]) * { s: 1, m: 60, h: 3600, d: 86_400 }[ago[2] as 's']! * 1000).toISOString();
+  if (Number.isNaN(Date.parse(v))) ctx.flags.fail(`--${name} must be an ISO 8601 time or a duration ago (15m, 2h, 1d)`);
+  return new Date(v).toISOString();
+}
+
+function filter(ctx: Ctx): AuditFilter {
+  return {
+    taskId: ctx.flags.str('task'),
+    actor: ctx.flags.str('actor'),
+    action: ctx.flags.str('action'),
+    since: time(ctx, 'since'),
+    until: time(ctx, 'until'),
+  };
+}
+
+function table(out: Out, records: AuditRecord[]): void {
+  out.table(
+    ['SEQ', 'TIME', 'ACTOR', 'ACTION', 'DECISION', 'TASK', 'ROLE', 'REASON'],
+    records.map((r) => [r.seq, r.time, r.actor, r.action, r.decision, r.taskId, r.role, r.reason]),
+  );
+}
+
+export const auditQuery: Command = {
+  path: ['audit', 'query'],
+  usage: 'jit audit query [--task ID] [--actor A] [--action X] [--since T] [--until T] [--limit N] [--cursor C] [--all]',
+  summary: 'audit records, oldest first (admins: all; a task’s orchestrator and agent: that task’s, with --task)',
+  options: { ...filterOptions, ...listOptions },
+  async run(ctx) {
+    const f = filter(ctx);
+    const client = ctx.client();
+    await printPage(ctx, (page) => client.queryAudit({ ...f, ...page }), table);
+    return 0;
+  },
+};
+
+export const auditTail: Command = {
+  path: ['audit', 'tail'],
+  usage: 'jit audit tail [--task ID] [--actor A] [--action X] [--since T] [--interval S]',
+  summary: 'follow the audit log: records from --since (default now) as they are written, until interrupted',
+  options: {
+    task: filterOptions.task,
+    actor: filterOptions.actor,
+    action: filterOptions.action,
+    since: filterOptions.since,
+    interval: { type: 'string' },
+  },
+  async run(ctx) {
+    const base = filter(ctx);
+    const interval = (ctx.flags.seconds('interval') ?? 2) * 1000;
+    const client = ctx.client();
+    const stop = new AbortController();
+    const onSignal = () => stop.abort();
+    process.once('SIGINT', onSignal);
+    process.once('SIGTERM', onSignal);
+    try {
+      await follow(client, { ...base, since: base.since ?? new Date().toISOString() }, interval, stop.signal, (r) =>
+        ctx.json
+          ? ctx.io.stdout.write(`${JSON.stringify(r)}\n`)
+          : ctx.out.line(`${r.time}  ${r.actor}  ${r.action}  ${r.decision}  ${r.taskId ?? '-'}  ${r.reason ?? ''}`.trimEnd()),
+      );
+    } finally {
+      process.off('SIGINT', onSignal);
+      process.off('SIGTERM', onSignal);
+    }
+    return 0;
+  },
+};
+
+/**
+ * Polls `GET /v1/audit?since=` from the newest time seen. Records at that
+ * same instant come back on the next poll, so they are told apart by hash.
+ */
+async function follow(client: BrokerClient, f: AuditFilter, intervalMs: number, signal: AbortSignal, emit: (r: AuditRecord) => void) {
+  let since = f.since;
+  let seen = new Set<string>();
+  while (!signal.aborted) {
+    const fresh = new Set<string>();
+    for await (const r of client.paginate((cursor) => client.queryAudit({ ...f, since, cursor }))) {
+      if (signal.aborted) return;
+      fresh.add(r.hash);
+      if (seen.has(r.hash)) continue;
+      emit(r);
+      if (!since || r.time > since) since = r.time;
+    }
+    seen = new Set([...seen, ...fresh].slice(-5000));
+    await new Promise<void>((resolve) => {
+      const t = setTimeout(resolve, intervalMs);
+      signal.addEventListener(
+        'abort',
+        () => {
+          clearTimeout(t);
+          resolve();
+        },
+        { once: true },
+      );
+    });
+  }
+}
+
+export const auditVerify: Command = {
+  path: ['audit', 'verify'],
+  usage: 'jit audit verify --task ID',
+  summary: 'check the hash chain of a task’s audit records (exit 0 intact, 1 broken)',
+  options: { task: { type: 'string' } },
+  async run(ctx) {
+    const taskId = ctx.flags.str('task');
+    if (!taskId)
+      throw new UsageError(
+        'verifying the whole chain runs on the broker host (`npm run audit:verify`); over the API give --task ID',
+        auditVerify.usage,
+      );
+    const client = ctx.client();
+    const ev = await client.taskEvidence(taskId);
+    const records = ev.audit?.items?.length ?? 0;
+    if (ctx.json) ctx.out.json({ taskId, chain: ev.chain });
+    else
+      ctx.out.line(
+        `task ${taskId}: audit chain ${ev.chain}${ev.chain === 'intact' ? '' : ' (records were changed or removed)'} (${records} record(s) on the first page)`,
+      );
+    return ev.chain === 'intact' ? 0 : 1;
+  },
+};
+
+export const auditExport: Command = {
+  path: ['audit', 'export'],
+  usage: 'jit audit export [--task ID] [--actor A] [--action X] [--since T] [--until T] [--output FILE]',
+  summary: 'every matching audit record as JSON lines, oldest first, to stdout or --output',
+  options: { ...filterOptions, output: { type: 'string' } },
+  async run(ctx) {
+    const f = filter(ctx);
+    const client = ctx.client();
+    const file = ctx.flags.str('output');
+    const sink = file ? createWriteStream(file, { flags: 'w', mode: 0o600 }) : undefined;
+    let n = 0;
+    try {
+      for await (const r of client.paginate((cursor) => client.queryAudit({ ...f, limit: 500, cursor }))) {
+        const line = `${JSON.stringify(r)}\n`;
+        if (sink) {
+          if (!sink.write(line)) await new Promise<void>((r2) => sink.once('drain', () => r2()));
+        } else ctx.io.stdout.write(line);
+        n += 1;
+      }
+    } finally {
+      if (sink) await new Promise<void>((resolve, reject) => sink.end((err?: Error | null) => (err ? reject(err) : resolve())));
+    }
+    if (file) ctx.out.note(`exported ${n} record(s) to ${file}`);
+    return 0;
+  },
+};

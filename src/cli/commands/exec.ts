@@ -1,0 +1,45 @@
+import { spawn } from 'node:child_process';
+import { constants } from 'node:os';
+import { childEnv } from '../../client/env.ts';
+import { UsageError } from '../args.ts';
+import type { Command } from '../command.ts';
+import { credentialOptions, issue } from './cred.ts';
+
+const FORWARDED = ['SIGINT', 'SIGTERM', 'SIGHUP'] as const;
+
+export const exec: Command = {
+  path: ['exec'],
+  usage: 'jit exec --task T --role R [--scopes a,b] [--ttl S] [--wait] -- <command...>',
+  summary: 'run a command with a credential in its environment (not your identity), revoke the lease when it exits, exit with its code',
+  options: { ...credentialOptions },
+  takesRest: true,
+  async run({ flags, io, out, rest, client }) {
+    if (rest.length === 0) throw new UsageError('no command: put it after --', exec.usage);
+    const broker = client();
+    const cred = await issue(broker, flags, (s) => out.note(s));
+    const env = childEnv(io.env, cred);
+    const code = await new Promise<number>((resolve) => {
+      const child = spawn(rest[0]!, rest.slice(1), { stdio: 'inherit', env, cwd: io.cwd });
+      // Signals meant for the command (Ctrl-C, a supervisor's SIGTERM) reach it; jit waits to revoke.
+      const forward = (sig: NodeJS.Signals) => child.kill(sig);
+      for (const s of FORWARDED) process.on(s, forward);
+      const done = (c: number) => {
+        for (const s of FORWARDED) process.off(s, forward);
+        resolve(c);
+      };
+      child.on('error', (err: NodeJS.ErrnoException) => {
+        io.stderr.write(`jit: cannot run ${rest[0]}: ${err.code ?? err.message}\n`);
+        done(err.code === 'ENOENT' ? 127 : 126);
+      });
+      child.on('exit', (c, signal) => done(c ?? 128 + (signal ? (constants.signals[signal] ?? 0) : 0)));
+    });
+    try {
+      await broker.revokeLease(cred.leaseId);
+    } catch (err) {
+      io.stderr.write(
+        `jit: could not revoke lease ${cred.leaseId} (${(err as Error).message}); it ends at ${cred.expiresAt} or with its task\n`,
+      );
+    }
+    return code;
+  },
+};

@@ -1,0 +1,145 @@
+import { ApprovalPendingError, BrokerResponseError, BrokerUnreachableError, ClientConfigError, JitError } from '../client/errors.ts';
+import { parseFlags, UsageError } from './args.ts';
+import { type Command, makeCtx } from './command.ts';
+import { adminQuarantine, adminReloadPolicy, adminRevoke, adminRotate, adminUnquarantine } from './commands/admin.ts';
+import { approvalsApprove, approvalsList, approvalsReject, approvalsShow } from './commands/approvals.ts';
+import { auditExport, auditQuery, auditTail, auditVerify } from './commands/audit.ts';
+import { credGet } from './commands/cred.ts';
+import { devToken } from './commands/dev.ts';
+import { exec } from './commands/exec.ts';
+import { leaseRevoke, leaseShow } from './commands/lease.ts';
+import { taskComplete, taskEvidence, taskList, taskOpen, taskShow } from './commands/task.ts';
+import type { Io } from './output.ts';
+import { packageVersion } from './package.ts';
+
+/** Exit codes of contract section 9. */
+export const EXIT = { ok: 0, refused: 1, usage: 2, failed: 3 } as const;
+
+export const COMMANDS: Command[] = [
+  devToken,
+  taskOpen,
+  taskShow,
+  taskComplete,
+  taskList,
+  taskEvidence,
+  credGet,
+  exec,
+  leaseShow,
+  leaseRevoke,
+  approvalsList,
+  approvalsShow,
+  approvalsApprove,
+  approvalsReject,
+  adminRevoke,
+  adminQuarantine,
+  adminUnquarantine,
+  adminRotate,
+  adminReloadPolicy,
+  auditQuery,
+  auditTail,
+  auditVerify,
+  auditExport,
+];
+
+const ENVIRONMENT = `Environment:
+  JIT_BROKER_URL   the broker (default http://127.0.0.1:8080); --broker URL overrides it
+  JIT_TOKEN        your workload identity (a JWT)
+  JIT_TOKEN_FILE   a file holding it, re-read on every request (JIT_TOKEN wins if both are set;
+                   --token-file PATH overrides both)
+  JIT_DEV_DIR      where \`jit dev token\` finds dev-signer.private.jwk (default ./dev, then the checkout's dev/)
+
+Flags on every command: --json (machine-readable output on stdout), --broker URL, --token-file PATH, --help
+Exit codes: 0 success, 1 refused (4xx, a pending approval, a broken audit chain), 2 bad usage,
+            3 the broker or an upstream failed (5xx, no answer); \`jit exec\` exits with its command's code`;
+
+function help(commands: Command[] = COMMANDS): string {
+  return `jit ${packageVersion()}: the jit-broker command line
+
+${commands.map((c) => `  ${c.usage}\n      ${c.summary}`).join('\n')}
+
+${ENVIRONMENT}
+`;
+}
+
+/** Finds the command named by the leading words of argv. */
+function select(argv: string[]): { cmd: Command | undefined; rest: string[]; group: Command[] } {
+  const words = argv.slice(0, 2);
+  for (const c of COMMANDS) if (c.path.every((p, i) => words[i] === p)) return { cmd: c, rest: argv.slice(c.path.length), group: [c] };
+  const group = COMMANDS.filter((c) => c.path[0] === argv[0]);
+  return { cmd: undefined, rest: argv.slice(1), group };
+}
+
+/** Runs `jit` with `argv` (without node and the script); resolves to the exit code. */
+export async function main(argv: string[], io: Io): Promise<number> {
+  // Everything after the first `--` belongs to `jit exec`'s command.
+  const dd = argv.indexOf('--');
+  const own = dd < 0 ? argv : argv.slice(0, dd);
+  const after = dd < 0 ? [] : argv.slice(dd + 1);
+  if (own.length === 0 || own[0] === 'help' || own[0] === '--help' || own[0] === '-h') {
+    io.stdout.write(help());
+    return own.length === 0 ? EXIT.usage : EXIT.ok;
+  }
+  if (own[0] === '--version' || own[0] === 'version') {
+    io.stdout.write(`${packageVersion()}\n`);
+    return EXIT.ok;
+  }
+  const { cmd, rest, group } = select(own);
+  const json = own.includes('--json');
+  try {
+    if (!cmd) {
+      if (group.length > 0 && (rest.length === 0 || rest[0] === '--help' || rest[0] === '-h')) {
+        io.stdout.write(help(group));
+        return rest.length === 0 ? EXIT.usage : EXIT.ok;
+      }
+      const what = group.length > 0 ? `${own[0]} ${rest[0]}` : own[0];
+      throw new UsageError(`unknown command "${what}"; \`jit --help\` lists them`);
+    }
+    if (after.length > 0 && !cmd.takesRest) throw new UsageError(`unexpected arguments after --`, cmd.usage);
+    const { values, positionals } = parseFlags(rest, cmd.options, cmd.usage);
+    if (values.help) {
+      io.stdout.write(help([cmd]));
+      return EXIT.ok;
+    }
+    const ctx = makeCtx(cmd, io, values, positionals, after);
+    return (await cmd.run(ctx)) ?? EXIT.ok;
+  } catch (err) {
+    // Errors from argument helpers do not know which command they serve.
+    if (err instanceof UsageError && !err.usage && cmd) return report(new UsageError(err.message, cmd.usage), io, json);
+    return report(err, io, json);
+  }
+}
+
+/** Prints an error (short, on stderr; with --json also as JSON on stdout) and answers its exit code. */
+function report(err: unknown, io: Io, json: boolean): number {
+  let code: number;
+  let body: unknown;
+  let message: string;
+  if (err instanceof UsageError) {
+    code = EXIT.usage;
+    message = err.usage ? `${err.message}\nusage: ${err.usage}` : err.message;
+    body = { code: 'usage', detail: err.message };
+  } else if (err instanceof BrokerResponseError) {
+    code = err.status >= 400 && err.status < 500 ? EXIT.refused : EXIT.failed;
+    message = err.message;
+    body = err.body && typeof err.body === 'object' ? err.body : { status: err.status, code: err.code, detail: err.detail };
+  } else if (err instanceof ApprovalPendingError) {
+    code = EXIT.refused;
+    message = `${err.message}: an approver runs \`jit approvals approve ${err.approvalId}\`; then run this again (or add --wait)`;
+    body = { approvalId: err.approvalId, status: 'pending' };
+  } else if (err instanceof BrokerUnreachableError) {
+    code = EXIT.failed;
+    message = err.message;
+    body = { code: err.code, detail: err.message };
+  } else if (err instanceof ClientConfigError || err instanceof JitError) {
+    code = EXIT.usage;
+    message = err.message;
+    body = { code: err.code, detail: err.message };
+  } else {
+    code = EXIT.failed;
+    message = `unexpected error: ${err instanceof Error ? (io.env.JIT_DEBUG ? err.stack : err.message) : String(err)}`;
+    body = { code: 'internal', detail: message };
+  }
+  io.stderr.write(`jit: ${message}\n`);
+  if (json) io.stdout.write(`${JSON.stringify(body, null, 2)}\n`);
+  return code;
+}

@@ -1,0 +1,74 @@
+/** Where a command writes; the entry point passes the process's streams, tests may pass their own. */
+export interface Io {
+  stdout: { write(s: string): unknown };
+  stderr: { write(s: string): unknown };
+  env: NodeJS.ProcessEnv;
+  cwd: string;
+}
+
+/** Printing helpers bound to one command run. */
+export class Out {
+  private readonly io: Io;
+  constructor(io: Io) {
+    this.io = io;
+  }
+
+  line(s = ''): void {
+    this.io.stdout.write(`${s}\n`);
+  }
+
+  /** A note for the person at the terminal; never part of the machine-readable output. */
+  note(s: string): void {
+    this.io.stderr.write(`${s}\n`);
+  }
+
+  json(v: unknown): void {
+    this.io.stdout.write(`${JSON.stringify(v, null, 2)}\n`);
+  }
+
+  /** `key  value` lines, keys padded; undefined values skipped. */
+  fields(rows: [string, unknown][]): void {
+    const shown = rows.filter(([, v]) => v !== undefined && v !== '');
+    const w = Math.max(0, ...shown.map(([k]) => k.length));
+    for (const [k, v] of shown) this.line(`${k.padEnd(w)}  ${typeof v === 'string' ? v : JSON.stringify(v)}`);
+  }
+
+  /** A table with a header row; cells are stringified, columns padded. */
+  table(headers: string[], rows: unknown[][]): void {
+    const cells = rows.map((r) => r.map((c) => (c === undefined || c === null ? '-' : String(c))));
+    const widths = headers.map((h, i) => Math.max(h.length, ...cells.map((r) => r[i]!.length)));
+    const fmt = (r: string[]) =>
+      r
+        .map((c, i) => (i === r.length - 1 ? c : c.padEnd(widths[i]!)))
+        .join('  ')
+        .trimEnd();
+    this.line(fmt(headers));
+    for (const r of cells) this.line(fmt(r));
+  }
+}
+
+/** Single-quoted for POSIX shells: `it's` → `'it'\''s'`. */
+export function shellQuote(s: string): string {
+  return `'${s.replaceAll("'", `'\\''`)}'`;
+}
+
+/** `2026-11-23T10:02:00.000Z (in 4m 10s)` for an ISO time relative to now. */
+export function when(iso: string | undefined, now = Date.now()): string | undefined {
+  if (!iso) return undefined;
+  const t = Date.parse(iso);
+  if (Number.isNaN(t)) return iso;
+  const d = Math.round((t - now) / 1000);
+  return `${iso} (${d >= 0 ? `in ${span(d)}` : `${span(-d)} ago`})`;
+}
+
+function span(s: number): string {
+  if (s < 60) return `${s}s`;
+  if (s < 3600) return `${Math.floor(s / 60)}m ${s % 60}s`;
+  if (s < 86_400) return `${Math.floor(s / 3600)}h ${Math.floor((s % 3600) / 60)}m`;
+  return `${Math.floor(s / 86_400)}d ${Math.floor((s % 86_400) / 3600)}h`;
+}
+
+/** `tickets-api[tickets:read]@300s`, `tickets-api[]`, `tickets-api` (role's scopes). */
+export function grantText(g: { role: string; scopes?: string[]; maxTtlSeconds?: number }): string {
+  return `${g.role}${g.scopes ? `[${g.scopes.join(',')}]` : ''}${g.maxTtlSeconds ? `@${g.maxTtlSeconds}s` : ''}`;
+}

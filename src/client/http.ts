@@ -1,0 +1,128 @@
+import { BrokerResponseError, BrokerUnreachableError, ClientConfigError } from './errors.ts';
+import type { TokenSource } from './token-source.ts';
+
+/** What one call sends. */
+export interface CallOptions {
+  query?: Record<string, string | number | boolean | undefined>;
+  /** Sent as JSON. */
+  json?: unknown;
+  /** Sent as application/x-www-form-urlencoded (the OAuth endpoints). */
+  form?: Record<string, string | undefined>;
+  /** Default true: send the workload identity as a bearer token. */
+  auth?: boolean;
+  /** Statuses that are answers rather than errors (default: every 2xx). */
+  accept?: (status: number) => boolean;
+  signal?: AbortSignal;
+}
+
+/** A parsed answer. */
+export interface Answer<T> {
+  status: number;
+  body: T;
+  headers: Headers;
+}
+
+/** The transport under BrokerClient: one fetch per call, JSON in and out, errors as typed exceptions. */
+export class Transport {
+  readonly baseUrl: string;
+  private readonly token: TokenSource;
+  private readonly fetchFn: typeof fetch;
+  private readonly timeoutMs: number;
+  private readonly userAgent: string;
+
+  constructor(opts: { baseUrl: string; token: TokenSource; fetch?: typeof fetch; timeoutMs: number; userAgent: string }) {
+    this.baseUrl = normalizeBaseUrl(opts.baseUrl);
+    this.token = opts.token;
+    this.fetchFn = opts.fetch ?? globalThis.fetch;
+    this.timeoutMs = opts.timeoutMs;
+    this.userAgent = opts.userAgent;
+  }
+
+  /** The workload JWT the next request would carry. */
+  identity(): Promise<string> {
+    return this.token();
+  }
+
+  async call<T>(method: string, path: string, opts: CallOptions = {}): Promise<Answer<T>> {
+    const url = new URL(this.baseUrl + path);
+    for (const [k, v] of Object.entries(opts.query ?? {})) if (v !== undefined && v !== '') url.searchParams.set(k, String(v));
+    const headers: Record<string, string> = { accept: 'application/json, application/problem+json', 'user-agent': this.userAgent };
+    if (opts.auth !== false) headers.authorization = `Bearer ${await this.identity()}`;
+    let body: string | undefined;
+    if (opts.json !== undefined) {
+      headers['content-type'] = 'application/json';
+      body = JSON.stringify(opts.json);
+    } else if (opts.form) {
+      headers['content-type'] = 'application/x-www-form-urlencoded';
+      const form = new URLSearchParams();
+      for (const [k, v] of Object.entries(opts.form)) if (v !== undefined) form.set(k, v);
+      body = form.toString();
+    }
+    const timeout = AbortSignal.timeout(this.timeoutMs);
+    const signal = opts.signal ? AbortSignal.any([opts.signal, timeout]) : timeout;
+    let res: Response;
+    let text: string;
+    try {
+      res = await this.fetchFn(url, { method, headers, body, signal, redirect: 'error' });
+      text = await res.text();
+    } catch (err) {
+      if (opts.signal?.aborted) throw opts.signal.reason;
+      const timedOut = timeout.aborted;
+      const cause = (err as { cause?: { code?: string; message?: string } }).cause;
+      const why = timedOut ? `no answer within ${this.timeoutMs} ms` : (cause?.code ?? cause?.message ?? (err as Error).message);
+      throw new BrokerUnreachableError(timedOut ? 'timeout' : 'broker_unreachable', `cannot reach the broker at ${this.baseUrl}: ${why}`, {
+        cause: err,
+      });
+    }
+    const parsed = parseBody(text, res.headers.get('content-type'));
+    const accept = opts.accept ?? ((s: number) => s >= 200 && s < 300);
+    if (accept(res.status)) {
+      if (parsed === undefined && text.length > 0)
+        throw new BrokerUnreachableError(
+          'bad_response',
+          `${method} ${path}: the broker answered ${res.status} with a body that is not JSON`,
+        );
+      return { status: res.status, body: parsed as T, headers: res.headers };
+    }
+    throw toResponseError(res, parsed, text);
+  }
+}
+
+function normalizeBaseUrl(raw: string): string {
+  let u: URL;
+  try {
+    u = new URL(raw);
+  } catch {
+    throw new ClientConfigError('bad_broker_url', `the broker URL "${raw}" is not a URL`);
+  }
+  if (u.protocol !== 'http:' && u.protocol !== 'https:')
+    throw new ClientConfigError('bad_broker_url', `the broker URL "${raw}" must be http or https`);
+  return u.href.replace(/\/+$/, '');
+}
+
+function parseBody(text: string, contentType: string | null): unknown {
+  if (!text) return undefined;
+  if (contentType && !/json/i.test(contentType)) return undefined;
+  try {
+    return JSON.parse(text);
+  } catch {
+    return undefined;
+  }
+}
+
+/** A problem document, an OAuth error, or (from something that is not the broker) whatever came back. */
+function toResponseError(res: Response, body: unknown, text: string): BrokerResponseError {
+  const b = (body && typeof body === 'object' ? body : {}) as Record<string, unknown>;
+  const str = (v: unknown) => (typeof v === 'string' && v ? v : undefined);
+  const code = str(b.code) ?? str(b.error) ?? `http_${res.status}`;
+  const detail =
+    str(b.detail) ?? str(b.error_description) ?? str(b.title) ?? (text && !body ? text.slice(0, 200).trim() : undefined) ?? res.statusText;
+  const retryAfter = Number(res.headers.get('retry-after'));
+  return new BrokerResponseError(
+    res.status,
+    code,
+    detail || 'no detail',
+    body ?? text,
+    Number.isFinite(retryAfter) && retryAfter > 0 ? retryAfter : undefined,
+  );
+}

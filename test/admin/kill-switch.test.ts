@@ -1,0 +1,146 @@
+import { ADMIN, AGENT, ORCH, auditRecords, call, startSibling, startTestBroker, waitFor, type TestBroker } from '../helpers/broker.ts';
+
+/**
+ * Contract section 3, "Stopping things": the kill switch ends every matching
+ * task and revokes its leases; a quarantined identity is refused everywhere,
+ * on every instance, and stays so after a restart.
+ */
+let a: TestBroker;
+let b: TestBroker;
+const ROGUE = '/agent/rogue/one';
+const adminId = `spiffe://dev.local${ADMIN}`;
+let n = 0;
+
+beforeAll(async () => {
+  a = await startTestBroker('kill-switch');
+  b = await startSibling(a);
+});
+afterAll(async () => {
+  await b.close();
+  await a.close();
+});
+
+async function taskWithLeases(agentPath: string, count: number, tenant = 'acme'): Promise<{ taskId: string; leases: string[] }> {
+  const taskId = `t-kill-${++n}`;
+  const r = await call(a.url, 'POST', '/v1/tasks', a.as(ORCH), {
+    taskId,
+    agent: `spiffe://dev.local${agentPath}`,
+    tenant,
+    purpose: 'p',
+    ttlSeconds: 600,
+    grants: [{ role: 'demo-api' }],
+  });
+  expect(r.status).toBe(201);
+  const leases: string[] = [];
+  for (let i = 0; i < count; i++)
+    leases.push((await call(b.url, 'POST', '/v1/credentials', a.as(agentPath), { taskId, role: 'demo-api' })).body.leaseId);
+  return { taskId, leases };
+}
+
+test('POST /v1/admin/revoke by agent pattern ends its tasks (sub-tasks included) and revokes every lease', async () => {
+  const t1 = await taskWithLeases(ROGUE, 3);
+  const t2 = await taskWithLeases(ROGUE, 2);
+  const sub = await call(a.url, 'POST', '/v1/tasks', a.as(ROGUE), {
+    parentTaskId: t1.taskId,
+    agent: 'spiffe://dev.local/agent/helper',
+    ttlSeconds: 60,
+    grants: [{ role: 'demo-api' }],
+  });
+  const subLease = (await call(a.url, 'POST', '/v1/credentials', a.as('/agent/helper'), { taskId: sub.body.taskId, role: 'demo-api' })).body
+    .leaseId;
+  const bystander = await taskWithLeases(AGENT, 1);
+
+  const r = await call(b.url, 'POST', '/v1/admin/revoke', b.as(ADMIN), { agent: 'spiffe://dev.local/agent/rogue/*' });
+  expect(r.status).toBe(202);
+  expect(r.body).toEqual({ tasks: 3, leases: 6 });
+
+  for (const id of [...t1.leases, ...t2.leases, subLease]) {
+    const l = await waitFor(async () => {
+      const x = (await call(a.url, 'GET', `/v1/leases/${id}`, a.as(ADMIN))).body;
+      return x.status === 'revoked' && x;
+    });
+    expect(l.reason).toBe('revoked_by_admin');
+  }
+  for (const id of [t1.taskId, t2.taskId, sub.body.taskId]) {
+    expect((await call(a.url, 'GET', `/v1/tasks/${id}`, a.as(ADMIN))).body).toMatchObject({
+      status: 'completed',
+      reason: 'revoked_by_admin',
+    });
+  }
+  expect((await call(a.url, 'GET', `/v1/tasks/${bystander.taskId}`, a.as(ADMIN))).body.status).toBe('open');
+  const audit = await auditRecords(a.broker.deps.redis, a.broker.deps.keys);
+  expect(audit.find((x) => x.action === 'admin.revoke')).toMatchObject({
+    actor: adminId,
+    detail: { agent: 'spiffe://dev.local/agent/rogue/*', tasks: 3 },
+  });
+});
+
+test('by tenant and by task id; exactly one selector', async () => {
+  const globex = await taskWithLeases(AGENT, 1, 'globex-kill');
+  const other = await taskWithLeases(AGENT, 1);
+  expect((await call(a.url, 'POST', '/v1/admin/revoke', a.as(ADMIN), { tenant: 'globex-kill' })).body).toEqual({ tasks: 1, leases: 1 });
+  expect((await call(a.url, 'POST', '/v1/admin/revoke', a.as(ADMIN), { taskId: other.taskId })).body).toEqual({ tasks: 1, leases: 1 });
+  expect((await call(a.url, 'GET', `/v1/tasks/${globex.taskId}`, a.as(ADMIN))).body.status).toBe('completed');
+  const two = await call(a.url, 'POST', '/v1/admin/revoke', a.as(ADMIN), { tenant: 'x', taskId: 'y' });
+  expect(two.status).toBe(400);
+});
+
+test('quarantine: refused everywhere, on every instance, across a restart; lifted again', async () => {
+  const QA = '/agent/suspect';
+  const open = await taskWithLeases(QA, 1);
+  const q = await call(a.url, 'POST', '/v1/admin/quarantine', a.as(ADMIN), {
+    agent: `spiffe://dev.local${QA}`,
+    reason: 'prompt injection',
+  });
+  expect(q.status).toBe(201);
+  expect(q.body).toMatchObject({ pattern: `spiffe://dev.local${QA}`, reason: 'prompt injection', by: adminId, tasks: 1, leases: 1 });
+
+  // The other instance refuses it too (announced, and re-read every few seconds).
+  const refused = await waitFor(async () => {
+    const r = await call(b.url, 'GET', `/v1/tasks/${open.taskId}`, b.as(QA));
+    return r.status === 403 && r;
+  }, 5000);
+  expect(refused.body.code).toBe('identity_quarantined');
+  expect((await call(b.url, 'POST', '/v1/credentials', b.as(QA), { taskId: open.taskId, role: 'demo-api' })).body.code).toBe(
+    'identity_quarantined',
+  );
+  const token = await fetch(`${b.url}/v1/token`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/x-www-form-urlencoded' },
+    body: new URLSearchParams({
+      grant_type: 'urn:ietf:params:oauth:grant-type:token-exchange',
+      subject_token: b.issuer.svid(QA),
+      subject_token_type: 'urn:ietf:params:oauth:token-type:jwt',
+      audience: 'demo-api',
+      task_id: open.taskId,
+    }),
+  });
+  expect(token.status).toBe(400);
+  expect(((await token.json()) as { error: string }).error).toBe('unauthorized_client');
+  expect((await call(a.url, 'GET', `/v1/leases/${open.leases[0]}`, a.as(ADMIN))).body.reason).toBe('revoked_by_admin');
+
+  // An instance started after the quarantine refuses it from the start.
+  const c = await startSibling(a);
+  expect((await call(c.url, 'GET', `/v1/tasks/${open.taskId}`, c.as(QA))).body.code).toBe('identity_quarantined');
+  await c.close();
+
+  const listed = await call(a.url, 'GET', '/v1/admin/quarantine', a.as(ADMIN));
+  expect(listed.body.items).toEqual([expect.objectContaining({ pattern: `spiffe://dev.local${QA}`, reason: 'prompt injection' })]);
+  const lift = await call(b.url, 'DELETE', `/v1/admin/quarantine/${encodeURIComponent(`spiffe://dev.local${QA}`)}`, b.as(ADMIN));
+  expect(lift.status).toBe(200);
+  await waitFor(async () => (await call(a.url, 'GET', `/v1/tasks/${open.taskId}`, a.as(QA))).status === 200, 5000);
+  expect((await call(a.url, 'DELETE', `/v1/admin/quarantine/${encodeURIComponent(`spiffe://dev.local${QA}`)}`, a.as(ADMIN))).status).toBe(
+    404,
+  );
+  const actions = (await auditRecords(a.broker.deps.redis, a.broker.deps.keys)).filter((x) => x.action.startsWith('quarantine.'));
+  expect(actions.map((x) => [x.action, x.actor])).toEqual([
+    ['quarantine.add', adminId],
+    ['quarantine.remove', adminId],
+  ]);
+});
+
+test('a pattern that matches the admin is refused', async () => {
+  const r = await call(a.url, 'POST', '/v1/admin/quarantine', a.as(ADMIN), { agent: 'spiffe://dev.local/ops/*', reason: 'oops' });
+  expect(r.status).toBe(400);
+  expect(r.body.code).toBe('quarantine_self');
+});

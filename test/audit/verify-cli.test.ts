@@ -1,0 +1,96 @@
+import { execFile } from 'node:child_process';
+import { writeFileSync } from 'node:fs';
+import { join, resolve } from 'node:path';
+import { promisify } from 'node:util';
+import { type AuditRecord, hashRecord } from '../../src/audit/record.ts';
+import { REDIS_URL } from '../helpers/broker.ts';
+import { type AuditFixture, auditFixture } from './fixture.ts';
+
+const run = promisify(execFile);
+
+let f: AuditFixture;
+beforeEach(async () => {
+  f = await auditFixture('audit-cli');
+});
+afterEach(async () => {
+  await f.close();
+});
+
+/** A broker config for this fixture's prefix and export (with or without secrets.kek). */
+function config(withKek: boolean): string {
+  const kekFile = join(f.dir, 'kek');
+  writeFileSync(kekFile, f.kek);
+  const path = join(f.dir, 'broker.yaml');
+  writeFileSync(
+    path,
+    [
+      'server: { publicUrl: "http://127.0.0.1:8080" }',
+      `redis: { url: "${REDIS_URL}", prefix: "${f.prefix}" }`,
+      withKek ? `secrets: { kek: { file: "${kekFile}" } }` : '',
+      `audit: { export: { file: "${f.file}" } }`,
+      `policies: "${resolve('config/policies')}"`,
+      'trust: [{ name: t, kind: spiffe, trustDomain: dev.local, audiences: [jit-broker], jwks: { uri: "https://example.invalid/jwks" } }]',
+      'roles: { r: { provider: jwt, audience: "https://x.internal", maxTtlSeconds: 60 } }',
+    ].join('\n'),
+  );
+  return path;
+}
+
+async function verifyCli(cfg: string, ...args: string[]): Promise<{ code: number; out: string }> {
+  try {
+    const { stdout } = await run(process.execPath, ['scripts/audit-verify.ts', ...args], { env: { ...process.env, BROKER_CONFIG: cfg } });
+    return { code: 0, out: stdout };
+  } catch (err) {
+    const e = err as { code: number; stdout: string; stderr: string };
+    return { code: e.code, out: e.stdout + e.stderr };
+  }
+}
+
+test('npm run audit:verify: exit 0 and a verdict per chain; exit 1 naming the broken record', async () => {
+  await f.append(12);
+  await f.exporter().exportNow();
+  await f.append(3);
+  const cfg = config(true);
+  let res = await verifyCli(cfg);
+  expect(res.code).toBe(0);
+  expect(res.out).toContain('seals checked with the key derived from secrets.kek');
+  expect(res.out).toMatch(/chain ops: intact, 15 records \(seq 1\.\.15; 12 from the export, 3 only in Redis\)/);
+  expect(res.out).toMatch(/last seal: seq 12 at/);
+  expect(res.out).toMatch(/3 record\(s\) after the last seal are unsealed/);
+
+  // Someone rebuilds the stream with record 12 changed and its hash recomputed.
+  const stream = f.keys.auditStream('ops');
+  const all = await f.redis.xrange(stream, '-', '+');
+  const m = f.redis.multi().del(stream);
+  for (const [id, fields] of all) {
+    const r = JSON.parse(fields[1]!) as AuditRecord;
+    if (r.seq === 12) {
+      r.decision = 'deny';
+      const { hash: _h, ...rest } = r;
+      r.hash = hashRecord(rest);
+    }
+    m.xadd(stream, id, 'r', JSON.stringify(r));
+  }
+  await m.exec();
+  res = await verifyCli(cfg, '--json');
+  expect(res.code).toBe(1);
+  const json = JSON.parse(res.out);
+  expect(json.ok).toBe(false);
+  expect(json.chains.find((c: { chain: unknown }) => c.chain === 'ops')).toMatchObject({
+    ok: false,
+    records: 15,
+    unsealed: 3,
+    brokenAt: { seq: 12 },
+    problem: expect.stringMatching(/differs from the exported record/),
+  });
+});
+
+test('npm run audit:verify without secrets.kek says the KEK lives in Redis', async () => {
+  await f.append(2);
+  await f.exporter().exportNow();
+  await f.redis.set(f.keys.secrets('kek'), f.kek);
+  const res = await verifyCli(config(false));
+  expect(res.code).toBe(0);
+  expect(res.out).toContain('the KEK lives in Redis');
+  expect(res.out).toMatch(/last seal: seq 2 at .* \(1 seals\)/);
+});

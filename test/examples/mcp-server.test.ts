@@ -1,0 +1,163 @@
+import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { createServer, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { Client } from '@modelcontextprotocol/sdk/client/index.js';
+import { StdioClientTransport } from '@modelcontextprotocol/sdk/client/stdio.js';
+import { AGENT, ORCH, call, startTestBroker, waitFor, type TestBroker } from '../helpers/broker.ts';
+import { NODE24, ensureBuilt } from '../helpers/cli.ts';
+
+/**
+ * docs/examples/mcp-server.ts, run as its own process exactly as the docs
+ * say, driven by the MCP SDK's client, against a real broker and a resource
+ * server that checks every token by introspection.
+ */
+let t: TestBroker;
+let api: Server;
+let apiUrl: string;
+const seen: { path: string; active: boolean; scope?: string; task?: string }[] = [];
+const dir = mkdtempSync(join(tmpdir(), 'jit-mcp-'));
+const tokenFile = join(dir, 'svid');
+
+beforeAll(async () => {
+  await ensureBuilt(); // the example imports jit-broker/client, i.e. dist/
+  t = await startTestBroker('mcp-example');
+  writeFileSync(tokenFile, t.issuer.svid(AGENT, { ttl: 600 }));
+  // The tickets API: accepts a bearer token only while the broker says it is active.
+  api = createServer(async (req, res) => {
+    const token = (req.headers.authorization ?? '').replace(/^Bearer /, '');
+    const r = await fetch(`${t.url}/v1/introspect`, {
+      method: 'POST',
+      headers: { ...t.as('/resource/tickets'), 'content-type': 'application/x-www-form-urlencoded' },
+      body: new URLSearchParams({ token }),
+    });
+    const info = (await r.json()) as { active: boolean; scope?: string; task_id?: string };
+    seen.push({ path: req.url ?? '', active: info.active, scope: info.scope, task: info.task_id });
+    res.writeHead(info.active ? 200 : 401, { 'content-type': 'application/json' });
+    res.end(JSON.stringify(info.active ? { ticket: req.url?.split('/').pop(), status: 'open' } : { error: 'invalid_token' }));
+  });
+  await new Promise<void>((r) => api.listen(0, '127.0.0.1', r));
+  apiUrl = `http://127.0.0.1:${(api.address() as AddressInfo).port}/api`;
+}, 120_000);
+afterAll(async () => {
+  await new Promise((r) => api?.close(r));
+  await t?.close();
+});
+
+async function startServer(taskId: string): Promise<Client> {
+  const client = new Client({ name: 'test-host', version: '1.0.0' });
+  await client.connect(
+    new StdioClientTransport({
+      command: NODE24,
+      args: [resolve('docs/examples/mcp-server.ts')],
+      cwd: resolve('.'),
+      env: {
+        PATH: process.env.PATH ?? '',
+        JIT_BROKER_URL: t.url,
+        JIT_TOKEN_FILE: tokenFile,
+        JIT_TASK_ID: taskId,
+        JIT_ROLE: 'tickets-api',
+        JIT_RESOURCE_URL: apiUrl,
+      },
+      stderr: 'pipe',
+    }),
+  );
+  return client;
+}
+const text = (r: Awaited<ReturnType<Client['callTool']>>) => (r.content as { type: string; text: string }[]).map((c) => c.text).join('\n');
+
+describe('docs/examples/mcp-server.ts', () => {
+  it('calls the API with a task-scoped token the model never sees; revocation cuts it off; closing gives leases back', async () => {
+    const taskId = `t-mcp-${Date.now()}`;
+    const opened = await call(t.url, 'POST', '/v1/tasks', t.as(ORCH), {
+      taskId,
+      agent: 'spiffe://dev.local/agent/support',
+      tenant: 'acme',
+      purpose: 'mcp example',
+      ttlSeconds: 600,
+      grants: [{ role: 'tickets-api', scopes: ['tickets:read'] }],
+    });
+    expect(opened.status).toBe(201);
+    const client = await startServer(taskId);
+    try {
+      const tools = await client.listTools();
+      expect(tools.tools.map((x) => x.name).sort()).toEqual(['call_api', 'task_status']);
+
+      const first = await client.callTool({ name: 'call_api', arguments: { path: '/tickets/4711' } });
+      expect(first.isError).toBe(false);
+      expect(text(first)).toBe('HTTP 200\n{"ticket":"4711","status":"open"}');
+      expect(seen.at(-1)).toEqual({ path: '/api/tickets/4711', active: true, scope: 'tickets:read', task: taskId });
+      // A second call reuses the cached credential: still one lease.
+      await client.callTool({ name: 'call_api', arguments: { path: 'tickets/4712' } });
+      const task = await call(t.url, 'GET', `/v1/tasks/${taskId}`, t.as(ORCH));
+      expect(task.body.leases).toHaveLength(1);
+      const leaseId = task.body.leases[0].leaseId as string;
+
+      const status = await client.callTool({ name: 'task_status', arguments: {} });
+      expect(text(status)).toContain(`${leaseId} tickets-api active`);
+      // Nothing the model reads carries the token.
+      expect(JSON.stringify([first, status])).not.toMatch(/ey[A-Za-z0-9_-]{20,}/);
+
+      // The token only ever goes below JIT_RESOURCE_URL: a path cannot name another host or climb out.
+      const calls = seen.length;
+      const up = await client.callTool({ name: 'call_api', arguments: { path: '../admin/keys' } });
+      expect(up.isError).toBe(true);
+      expect(text(up)).toMatch(/is not below/);
+      expect(seen).toHaveLength(calls);
+      await client.callTool({ name: 'call_api', arguments: { path: '//evil.example/x' } });
+      expect(seen.at(-1)?.path).toBe('/api/evil.example/x');
+
+      // The orchestrator ends the task: the API now refuses the same cached token.
+      expect((await call(t.url, 'POST', `/v1/tasks/${taskId}/complete`, t.as(ORCH))).status).toBe(202);
+      const after = await client.callTool({ name: 'call_api', arguments: { path: '/tickets/4711' } });
+      expect(after.isError).toBe(true);
+      expect(text(after)).toMatch(/^HTTP 401/);
+    } finally {
+      await client.close();
+    }
+  }, 60_000);
+
+  it('gives its leases back when the host closes it', async () => {
+    const taskId = `t-mcp-close-${Date.now()}`;
+    await call(t.url, 'POST', '/v1/tasks', t.as(ORCH), {
+      taskId,
+      agent: 'spiffe://dev.local/agent/support',
+      tenant: 'acme',
+      purpose: 'mcp example',
+      ttlSeconds: 600,
+      grants: [{ role: 'tickets-api', scopes: ['tickets:read'] }],
+    });
+    const client = await startServer(taskId);
+    const r = await client.callTool({ name: 'call_api', arguments: { path: '/tickets/1' } });
+    expect(r.isError).toBe(false);
+    await client.close();
+    const leaseId = (await call(t.url, 'GET', `/v1/tasks/${taskId}`, t.as(ORCH))).body.leases[0].leaseId;
+    const lease = await waitFor(async () => {
+      const l = (await call(t.url, 'GET', `/v1/leases/${leaseId}`, t.as(ORCH))).body;
+      return l.status === 'revoked' ? l : undefined;
+    }, 8000);
+    expect(lease.reason).toBe('revoked_by_caller');
+  }, 60_000);
+
+  it('a refusal reaches the model as the broker’s reason', async () => {
+    const taskId = `t-mcp-refused-${Date.now()}`;
+    await call(t.url, 'POST', '/v1/tasks', t.as(ORCH), {
+      taskId,
+      agent: 'spiffe://dev.local/agent/support',
+      tenant: 'acme',
+      purpose: 'mcp example',
+      ttlSeconds: 600,
+      grants: [{ role: 'demo-api', scopes: [] }],
+    });
+    const client = await startServer(taskId);
+    try {
+      const r = await client.callTool({ name: 'call_api', arguments: { path: '/tickets/1' } });
+      expect(r.isError).toBe(true);
+      expect(text(r)).toMatch(/^the broker refused: 403 role_not_granted: /);
+    } finally {
+      await client.close();
+    }
+  }, 60_000);
+});

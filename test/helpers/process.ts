@@ -1,0 +1,60 @@
+import { type ChildProcess, spawn } from 'node:child_process';
+
+/** A broker started as its own process (`node src/main.ts`), so a test can SIGKILL it. */
+export interface BrokerProcess {
+  child: ChildProcess;
+  /** Base URL once it listens (API processes only). */
+  url: string;
+  /** Everything it printed, for a failing test's message. */
+  output(): string;
+  kill(signal?: NodeJS.Signals): Promise<void>;
+}
+
+/**
+ * Starts `src/main.ts` with `BROKER_CONFIG=configFile` on the project's Node
+ * (the one running jest) and waits until it logs that it is up.
+ */
+export async function startBrokerProcess(
+  configFile: string,
+  opts: { args?: string[]; env?: Record<string, string>; timeoutMs?: number } = {},
+): Promise<BrokerProcess> {
+  const child = spawn(process.execPath, ['src/main.ts', ...(opts.args ?? [])], {
+    env: { ...process.env, BROKER_CONFIG: configFile, LOG_LEVEL: 'info', ...opts.env },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let out = '';
+  const api = !opts.args?.includes('--worker');
+  const url = await new Promise<string>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`broker process did not start:\n${out}`)), opts.timeoutMs ?? 20_000);
+    const onData = (d: Buffer) => {
+      out += d.toString();
+      for (const line of out.split('\n')) {
+        if (api && line.includes('broker API listening')) {
+          clearTimeout(timer);
+          resolve(JSON.parse(line).url as string);
+        } else if (!api && line.includes('revocation worker running')) {
+          clearTimeout(timer);
+          resolve('');
+        }
+      }
+    };
+    child.stdout!.on('data', onData);
+    child.stderr!.on('data', onData);
+    child.on('exit', (code) => {
+      clearTimeout(timer);
+      reject(new Error(`broker process exited with ${code}:\n${out}`));
+    });
+  });
+  child.removeAllListeners('exit');
+  return {
+    child,
+    url,
+    output: () => out,
+    kill: (signal = 'SIGKILL') =>
+      new Promise<void>((resolve) => {
+        if (child.exitCode !== null || child.signalCode !== null) return resolve();
+        child.once('exit', () => resolve());
+        child.kill(signal);
+      }),
+  };
+}

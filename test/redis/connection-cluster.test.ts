@@ -1,0 +1,206 @@
+import { createHash } from 'node:crypto';
+import { Queue, Worker } from 'bullmq';
+import type { Cluster } from 'ioredis';
+import { redisConfigSchema } from '../../src/config/redis.ts';
+import { silentLogger } from '../../src/logger.ts';
+import { createConnector, type RedisConnector, writableMaster } from '../../src/redis/connection.ts';
+import { type RedisCluster, startCluster } from '../helpers/redis-topology.ts';
+
+// One 3-master cluster for the whole file; every node requires an ACL user, so
+// nothing below works unless the connector takes the credentials from the URLs.
+let cluster: RedisCluster;
+let connector: RedisConnector;
+
+beforeAll(async () => {
+  cluster = await startCluster({ masters: 3, aclUser: { name: 'jit', password: 'cl/uster#pw' } });
+  connector = createConnector(redisConfigSchema.parse({ cluster: { nodes: cluster.urls }, commandTimeoutMs: 500 }), {
+    logger: silentLogger,
+  });
+}, 30_000);
+
+afterAll(async () => {
+  await connector?.close();
+  await cluster?.stop();
+});
+
+/**
+ * A command client once connected: its timer (500 ms here) runs from the first command on, connecting
+ * included, which a loaded test machine can exceed.
+ */
+async function commandClient(name: string): Promise<Cluster> {
+  const c = connector.command(name) as Cluster;
+  if (c.status !== 'ready') await new Promise((resolve) => c.once('ready', resolve));
+  return c;
+}
+
+/** Which of the three masters holds `key` (by port). */
+async function nodeOf(c: Cluster, key: string): Promise<number> {
+  const slot = Number(await c.cluster('KEYSLOT', key));
+  const node = c.slots[slot]?.[0];
+  if (!node) throw new Error(`no node for slot ${slot}`);
+  return Number(node.split(':')[1]);
+}
+
+test('the connector reports a cluster and describes it without the password', () => {
+  expect(connector.topology).toBe('cluster');
+  const d = connector.description;
+  expect(d).toMatchObject({ topology: 'cluster', tls: false, user: 'jit' });
+  expect(d.nodes).toEqual(cluster.ports.map((p) => `127.0.0.1:${p}`));
+  expect(connector.describe()).toBe(`cluster ${d.nodes.join(',')} (user jit)`);
+  for (const text of [JSON.stringify(d), connector.describe()]) {
+    expect(text).not.toContain('cl/uster');
+    expect(text).not.toContain(encodeURIComponent('cl/uster#pw'));
+  }
+});
+
+test('SET/GET reach every master, and a multi-key command across slots is refused (it really is a cluster)', async () => {
+  const c = await commandClient('jit-test');
+  const keys = Array.from({ length: 30 }, (_, i) => `jit:k:${i}`);
+  await Promise.all(keys.map((k) => c.set(k, `v-${k}`)));
+  expect(await Promise.all(keys.map((k) => c.get(k)))).toEqual(keys.map((k) => `v-${k}`));
+  const owners = new Set(await Promise.all(keys.map((k) => nodeOf(c, k))));
+  expect(owners).toEqual(new Set(cluster.ports));
+  await expect(c.mget('jit:k:0', 'jit:k:1', 'jit:k:2', 'jit:k:3')).rejects.toThrow(/CROSSSLOT|same slot/);
+  expect(await writableMaster(c)).toBe(true);
+});
+
+test('EVALSHA of a script whose keys share a hash tag runs on whichever master owns the tag', async () => {
+  const c = await commandClient('jit-test-lua');
+  const lua = "redis.call('SET', KEYS[1], ARGV[1]); redis.call('SET', KEYS[2], ARGV[1]); return redis.call('MGET', KEYS[1], KEYS[2])";
+  const sha = createHash('sha1').update(lua).digest('hex');
+  const tags = Array.from({ length: 12 }, (_, i) => `t${i}`);
+  const owners = new Set<number>();
+  for (const tag of tags) {
+    const [a, b] = [`jit:{${tag}}:task`, `jit:{${tag}}:leases`];
+    owners.add(await nodeOf(c, a));
+    // Each master caches scripts on its own: the first EVALSHA on a node is NOSCRIPT, as after a restart.
+    const first = await c.evalsha(sha, 2, a, b, tag).catch((err: Error) => err);
+    if (first instanceof Error) {
+      expect(first.message).toMatch(/NOSCRIPT/);
+      await c.eval(lua, 2, a, b, tag);
+    }
+    expect(await c.evalsha(sha, 2, a, b, `${tag}!`)).toEqual([`${tag}!`, `${tag}!`]);
+  }
+  expect(owners.size).toBe(3);
+  await expect(c.eval(lua, 2, 'jit:{a}:x', 'jit:{b}:x', 'v')).rejects.toThrow(/CROSSSLOT|same slot/);
+});
+
+test('a BullMQ queue and worker with a hash-tagged prefix process a job on the cluster', async () => {
+  const prefix = 'jit:{jit:q0}';
+  const queue = new Queue('revocation', { connection: connector.bullmq('jit-queue'), prefix });
+  const worker = new Worker('revocation', async (job) => (job.data as { n: number }).n * 2, {
+    connection: connector.bullmq('jit-worker'),
+    prefix,
+    concurrency: 2,
+  });
+  try {
+    const done = new Promise<unknown>((resolve, reject) => {
+      worker.on('completed', (_job, result) => resolve(result));
+      worker.on('failed', (_job, err) => reject(err));
+    });
+    const job = await queue.add('revoke', { n: 21 }, { jobId: 'lease-1' });
+    await expect(done).resolves.toBe(42);
+    expect(await job.getState()).toBe('completed');
+    // Every key BullMQ made lives in the one slot of the tag.
+    const c = await commandClient('jit-test-bullmq');
+    const owner = await nodeOf(c, `${prefix}:revocation:id`);
+    const nodeIndex = cluster.ports.indexOf(owner);
+    const admin = cluster.client(nodeIndex);
+    try {
+      const keys = (await admin.keys(`${prefix}:*`)) as string[];
+      expect(keys.length).toBeGreaterThan(2);
+    } finally {
+      admin.disconnect();
+    }
+  } finally {
+    await worker.close();
+    await queue.close();
+  }
+});
+
+test('a subscriber gets what is published through every node of the cluster', async () => {
+  const sub = connector.subscriber('jit-sub');
+  const got: string[] = [];
+  sub.on('message', (channel: string, message: string) => {
+    if (channel === 'jit:events:broker') got.push(message);
+  });
+  await sub.subscribe('jit:events:broker');
+  // PUBLISH on each node directly, and once through the cluster client (which picks a node).
+  for (let i = 0; i < cluster.ports.length; i++) {
+    const admin = cluster.client(i);
+    try {
+      await admin.publish('jit:events:broker', `from-node-${i}`);
+    } finally {
+      admin.disconnect();
+    }
+  }
+  await (await commandClient('jit-pub')).publish('jit:events:broker', 'from-client');
+  const deadline = Date.now() + 3000;
+  while (got.length < 4 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+  expect(got.sort()).toEqual(['from-client', 'from-node-0', 'from-node-1', 'from-node-2']);
+  // Closed here: the tests below kill nodes, and ioredis's cluster subscriber would keep hunting for a live one.
+  await sub.quit();
+});
+
+test('a command to a frozen master fails after commandTimeoutMs; other masters keep answering', async () => {
+  const c = await commandClient('jit-test-timeout');
+  const frozenPort = cluster.ports[0]!;
+  const keys = Array.from({ length: 30 }, (_, i) => `jit:timeout:${i}`);
+  const owners = await Promise.all(keys.map((k) => nodeOf(c, k)));
+  const onFrozen = keys[owners.indexOf(frozenPort)]!;
+  const elsewhere = keys[owners.findIndex((p) => p !== frozenPort)]!;
+  const resumed = cluster.pause(0, 1500);
+  try {
+    const t0 = Date.now();
+    await expect(c.set(onFrozen, 'x')).rejects.toThrow(/timed out/i);
+    const elapsed = Date.now() - t0;
+    expect(elapsed).toBeGreaterThanOrEqual(450);
+    expect(elapsed).toBeLessThan(1500);
+    expect(await c.set(elsewhere, 'y')).toBe('OK');
+  } finally {
+    await resumed;
+  }
+  expect(await c.set(onFrozen, 'z')).toBe('OK');
+});
+
+// Last: it breaks the shared cluster.
+test('writableMaster turns false once a master is gone and the cluster says so', async () => {
+  const c = await commandClient('jit-test-ready');
+  expect(await writableMaster(c)).toBe(true);
+  await cluster.kill(2);
+  // Once the surviving masters agree the cluster failed, every check answers false.
+  const admin = cluster.client(0);
+  try {
+    const deadline = Date.now() + 10_000;
+    while (!/cluster_state:fail/.test(String(await admin.cluster('INFO')))) {
+      if (Date.now() > deadline) throw new Error(`cluster never noticed the dead master\n${cluster.logs()}`);
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  } finally {
+    admin.disconnect();
+  }
+  const checks = [];
+  for (let i = 0; i < 5; i++) checks.push(await writableMaster(c, { timeoutMs: 500 }));
+  expect(checks).toEqual([false, false, false, false, false]);
+}, 20_000);
+
+// Last too: nothing is left running after it.
+test('with every node gone, a command still fails after commandTimeoutMs instead of waiting for the cluster to return', async () => {
+  const c = connector.command('jit-test-all-gone') as Cluster;
+  await Promise.all([cluster.kill(0), cluster.kill(1), cluster.kill(2)]);
+  const attempts: (() => Promise<unknown>)[] = [
+    () => c.get('jit:k:gone'),
+    () => c.evalsha('0'.repeat(40), 1, 'jit:k:gone'),
+    () => c.multi().set('jit:{a}:1', 'x').exec(),
+  ];
+  for (const attempt of attempts) {
+    const t0 = Date.now();
+    // Which error depends on where the command meets the dead cluster; what matters is that it ends.
+    await expect(attempt()).rejects.toThrow(/timed out|Connection is closed|None of startup nodes/i);
+    expect(Date.now() - t0).toBeLessThan(1500);
+  }
+  // Once the cluster client is reconnecting, the cluster's own queue holds commands: they time out too.
+  const t0 = Date.now();
+  await expect(c.get('jit:k:gone')).rejects.toThrow(/timed out|None of startup nodes/i);
+  expect(Date.now() - t0).toBeLessThan(1500);
+});

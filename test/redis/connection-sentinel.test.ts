@@ -1,0 +1,129 @@
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import type { Redis } from 'ioredis';
+import { redisConfigSchema } from '../../src/config/redis.ts';
+import { silentLogger } from '../../src/logger.ts';
+import { createConnector, type RedisConnector, writableMaster } from '../../src/redis/connection.ts';
+import { type RedisSentinel, startSentinel } from '../helpers/redis-topology.ts';
+
+// Master + two replicas + one sentinel, all password-protected: the sentinel with its
+// own password, read from a file here as an operator would mount it. Two replicas
+// let the file fail over twice without waiting ~10 s for a demoted master to resync.
+let topo: RedisSentinel;
+let connector: RedisConnector;
+
+beforeAll(async () => {
+  topo = await startSentinel({ downAfterMs: 1000, replicas: 2, password: 'data-pw', sentinelPassword: 'sentinel-pw' });
+  const secrets = mkdtempSync(join(tmpdir(), 'jit-sentinel-secret-'));
+  writeFileSync(join(secrets, 'sentinel-password'), 'sentinel-pw\n');
+  connector = createConnector(
+    redisConfigSchema.parse({
+      sentinel: {
+        name: topo.name,
+        sentinels: topo.sentinelUrls,
+        password: 'data-pw',
+        sentinelPassword: { file: join(secrets, 'sentinel-password') },
+      },
+    }),
+    { logger: silentLogger },
+  );
+}, 30_000);
+
+afterAll(async () => {
+  await connector?.close();
+  await topo?.stop();
+});
+
+/** The port of the server this client is connected to, as the server itself says (CLIENT INFO laddr). */
+async function serverPort(c: Redis): Promise<number> {
+  const info = String(await c.client('INFO'));
+  const m = /laddr=[^ ]*:(\d+)/.exec(info);
+  if (!m) throw new Error(`no laddr in ${info}`);
+  return Number(m[1]);
+}
+
+test('connects to the master the sentinel names, and describes the sentinels without passwords', async () => {
+  expect(connector.topology).toBe('sentinel');
+  const d = connector.description;
+  expect(d).toMatchObject({ topology: 'sentinel', master: 'mymaster', tls: false, nodes: topo.sentinelUrls.map((u) => u.slice(8)) });
+  expect(connector.describe()).toBe(`sentinel mymaster via ${d.nodes.join(',')}`);
+  expect(JSON.stringify(d) + connector.describe()).not.toMatch(/data-pw|sentinel-pw/);
+  const c = connector.command('jit-main') as Redis;
+  expect(await c.set('jit:s:1', 'a')).toBe('OK');
+  expect(await serverPort(c)).toBe(await topo.masterPort());
+  expect(await writableMaster(c)).toBe(true);
+});
+
+test('writableMaster is false on a connection to a replica', async () => {
+  const replicaPort = await topo.waitForReplica();
+  const replica = topo.client(replicaPort);
+  try {
+    await replica.connect();
+    expect(await writableMaster(replica)).toBe(false);
+  } finally {
+    replica.disconnect();
+  }
+}, 30_000);
+
+test('the master is killed: after the failover the same client writes to the new master, and writableMaster is true again', async () => {
+  const c = connector.command('jit-main-2') as Redis;
+  expect(await c.set('jit:s:2', 'before')).toBe('OK');
+  await topo.waitForReplica();
+  const t0 = Date.now();
+  const killed = await topo.killMaster();
+  // While there is no master, commands fail within the command timeout instead of hanging.
+  const during = await c.set('jit:s:2', 'during').catch((err: Error) => err);
+  if (during instanceof Error) expect(during.message).not.toMatch(/READONLY/);
+  const promoted = await topo.waitForFailover();
+  const failoverMs = Date.now() - t0;
+  expect(promoted).not.toBe(killed);
+  expect(await c.set('jit:s:2', 'after')).toBe('OK');
+  expect(await serverPort(c)).toBe(promoted);
+  expect(await writableMaster(c)).toBe(true);
+  // The value written before the kill was replicated, so it is there (or overwritten by ours).
+  expect(await c.get('jit:s:2')).toBe('after');
+  expect(failoverMs).toBeLessThan(15_000);
+}, 30_000);
+
+// The old master stays up (Sentinel demotes it only at its next INFO poll), so only
+// following +switch-master moves the client: without that it would keep writing to
+// a master nobody else uses.
+test('a manual failover under continuous writes: no error reaches the caller, the client moves to the new master', async () => {
+  await topo.waitForReplica();
+  const c = connector.command('jit-writer') as Redis;
+  const before = await serverPort(c);
+  const errors: string[] = [];
+  let writes = 0;
+  let running = true;
+  const loop = (async () => {
+    while (running) {
+      try {
+        await c.incr('jit:s:counter');
+        writes++;
+      } catch (err) {
+        errors.push((err as Error).message);
+      }
+      await new Promise((r) => setTimeout(r, 5));
+    }
+  })();
+  try {
+    await topo.failover();
+    const after = await topo.waitForFailover();
+    expect(after).not.toBe(before);
+    // The old master stays a master until Sentinel's next INFO poll (~10 s): only following
+    // +switch-master moves the client this soon.
+    const deadline = Date.now() + 2000;
+    while ((await serverPort(c)) !== after && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+    expect(await serverPort(c)).toBe(after);
+    const n = writes;
+    await new Promise((r) => setTimeout(r, 300));
+    expect(writes).toBeGreaterThan(n);
+  } finally {
+    running = false;
+    await loop;
+  }
+  expect(errors.filter((e) => /READONLY/.test(e))).toEqual([]);
+  expect(errors).toEqual([]);
+  expect(await writableMaster(c)).toBe(true);
+}, 30_000);

@@ -1,0 +1,255 @@
+import { readdirSync, readFileSync } from 'node:fs';
+import { generateMulti } from 'cluster-key-slot';
+import { Redis } from 'ioredis';
+import { Keys } from '../../src/redis/keys.ts';
+import { script, scripts } from '../../src/redis/scripts.ts';
+import { dropPrefix, REDIS_URL, uniquePrefix } from '../helpers/broker.ts';
+
+/**
+ * Every Lua script: its header documents each KEYS and ARGV slot, it is
+ * refused when handed keys of two slots, and each does what its header says
+ * (one test per script, against the real Redis).
+ */
+let redis: Redis;
+const prefix = uniquePrefix('lua');
+const keys = new Keys(prefix, 16);
+beforeAll(() => {
+  redis = new Redis(REDIS_URL);
+});
+afterAll(async () => {
+  await dropPrefix(prefix);
+  await redis.quit();
+});
+
+const files = readdirSync(new URL('../../src/redis/lua/', import.meta.url)).filter((f) => f.endsWith('.lua'));
+
+test.each(files)('%s has a header: what it does, then every KEYS and ARGV slot it reads', (file) => {
+  const text = readFileSync(new URL(`../../src/redis/lua/${file}`, import.meta.url), 'utf8');
+  const name = file.replace(/\.lua$/, '');
+  expect(text.split('\n')[0]).toMatch(new RegExp(`^-- ${name}: \\S`));
+  const body = text
+    .split('\n')
+    .filter((l) => !l.startsWith('--'))
+    .join('\n');
+  const header = text
+    .split('\n')
+    .filter((l) => l.startsWith('--'))
+    .join('\n');
+  for (const m of body.matchAll(/KEYS\[(\d+)\]/g)) expect(header).toContain(`KEYS[${m[1]}]`);
+  for (const m of body.matchAll(/ARGV\[(\d+)\]/g)) expect(header).toMatch(new RegExp(`ARGV\\[${m[1]}(\\.\\.)?\\]`));
+  expect(scripts[name]?.maxKeys).toBeGreaterThan(0);
+});
+
+test('a script handed keys of two slots is refused before Redis sees it (it would fail on a Cluster)', async () => {
+  const a = keys.task('tree-a');
+  const b = [...Array(50).keys()].map((i) => keys.task(`other-${i}`)).find((k) => generateMulti([a, k]) === -1)!;
+  await expect(script('lock-release').run(redis, [a, b], ['x'])).rejects.toThrow(/more than one slot/);
+});
+
+test('every key of a task tree, its leases and its approvals shares one slot; buckets spread over the slot space', () => {
+  const tree = ['root', 'root~a', 'root~a~b'];
+  const b = keys.bucketOfTask('root');
+  const leaseId = Keys.newId(b, Buffer.alloc(16, 7));
+  const all = [
+    ...tree.flatMap((t) => [keys.task(t), keys.taskLeases(t), keys.taskChildren(t), keys.taskApprovals(t), keys.taskAudit(t)]),
+    keys.lease(leaseId),
+    keys.approval(leaseId),
+    keys.liveLeases(b),
+    keys.openTasks(b),
+    keys.tasksByTime(b),
+    keys.tasksByAgent(b, 'spiffe://x/y'),
+    keys.auditStream(b),
+    keys.auditHead(b),
+  ];
+  expect(generateMulti(all)).not.toBe(-1);
+  const slots = Array.from({ length: 16 }, (_, i) => generateMulti([keys.liveLeases(i)]));
+  slots.forEach((s, i) => {
+    expect(s).toBeGreaterThanOrEqual(Math.floor((i * 16384) / 16));
+    expect(s).toBeLessThan(Math.floor(((i + 1) * 16384) / 16));
+  });
+});
+
+/** A task in bucket `b`, opened through the script. */
+async function openTask(taskId: string, ttlMs = 60_000, parent?: string) {
+  const b = keys.bucketOfTask(taskId);
+  const k = [keys.task(taskId), keys.openTasks(b), keys.tasksByTime(b), keys.tasksByAgent(b, 'a'), keys.tasksByOpener(b, 'o')];
+  if (parent) k.push(keys.task(parent), keys.taskChildren(parent), keys.task(taskId.split('~')[0]!));
+  return (await script('task-open').run(redis, k, [JSON.stringify({ taskId }), ttlMs, taskId, 2, 'a', 'acme'])) as unknown[];
+}
+
+async function createLease(taskId: string, leaseId: string, status = 'active', expiresAt = Date.now() + 60_000, provider = 'jwt') {
+  const b = keys.bucketOfTask(taskId);
+  return (await script('lease-create').run(
+    redis,
+    [keys.task(taskId), keys.lease(leaseId), keys.taskLeases(taskId), keys.liveLeases(b)],
+    [JSON.stringify({ leaseId }), status, expiresAt, 1000, leaseId, '{}', 2, taskId, provider, 'role'],
+  )) as unknown[];
+}
+
+const lid = (taskId: string, n: number) => Keys.newId(keys.bucketOfTask(taskId), Buffer.alloc(16, n));
+
+describe('one test per script', () => {
+  test('task-open: creates once, checks the parent, counts sub-tasks on the root', async () => {
+    expect((await openTask('to'))[0]).toBe('created');
+    expect((await openTask('to'))[0]).toBe('exists');
+    expect((await openTask('to~1', 30_000, 'to'))[0]).toBe('created');
+    expect((await openTask('to~2', 120_000, 'to'))[0]).toBe('outlives_parent');
+    expect((await openTask('to~3', 30_000, 'to'))[0]).toBe('created');
+    expect((await openTask('to~4', 30_000, 'to'))[0]).toBe('limit');
+  });
+
+  test('task-end: ends the open subtree once; an expiry waits for the deadline', async () => {
+    await openTask('te', 60_000);
+    await openTask('te~c', 30_000, 'te');
+    const b = keys.bucketOfTask('te');
+    const end = (status: string) =>
+      script('task-end').run(
+        redis,
+        [keys.task('te'), keys.openTasks(b)],
+        [keys.base(b), status, 'task_completed', 'task_completed', 60_000, 'te'],
+      );
+    expect(((await end('expired')) as string[])[0]).toBe('early');
+    expect(((await end('completed')) as string[]).slice(2)).toEqual(['te', 'te~c']);
+    expect(await end('completed')).toEqual(['already', 'completed']);
+  });
+
+  test('lease-create: only while the task is open, under maxLeases', async () => {
+    await openTask('lc');
+    expect((await createLease('lc', lid('lc', 1)))[0]).toBe('ok');
+    expect((await createLease('lc', lid('lc', 2)))[0]).toBe('ok');
+    expect(await createLease('lc', lid('lc', 3))).toEqual(['limit']);
+    expect(await createLease('missing', lid('missing', 4))).toEqual(['no_task']);
+  });
+
+  test('lease-activate: records the answer; a task ended meanwhile hands it to revocation', async () => {
+    await openTask('la');
+    const id = lid('la', 1);
+    await createLease('la', id, 'issuing');
+    const b = keys.bucketOfTask('la');
+    await script('task-end').run(
+      redis,
+      [keys.task('la'), keys.openTasks(b)],
+      [keys.base(b), 'completed', 'task_completed', 'task_completed', 60_000, 'la'],
+    );
+    const res = await script('lease-activate').run(
+      redis,
+      [keys.lease(id), keys.task('la'), keys.liveLeases(b)],
+      ['{"a":1}', Date.now() + 1000, id],
+    );
+    expect(res).toEqual(['revoke', 'task_completed']);
+    expect(await redis.hmget(keys.lease(id), 'status', 'handle')).toEqual(['revoking', '{"a":1}']);
+  });
+
+  test('lease-update: ends once, keeps the first reason, lowers the live count', async () => {
+    await openTask('lu');
+    const id = lid('lu', 1);
+    await createLease('lu', id);
+    const b = keys.bucketOfTask('lu');
+    const end = (reason: string) =>
+      script('lease-update').run(redis, [keys.lease(id), keys.liveLeases(b)], [5000, id, keys.base(b), 'revoked', reason]);
+    expect(await end('revoked_by_caller')).toBe('active');
+    expect(await end('task_completed')).toBe('revoked');
+    expect(await redis.hmget(keys.lease(id), 'reason', 'status')).toEqual(['revoked_by_caller', 'revoked']);
+    expect(await redis.hget(keys.task('lu'), 'live')).toBe('0');
+  });
+
+  test('lease-request-end: live -> revoking; issuing -> marked', async () => {
+    await openTask('lr');
+    const [live, issuing] = [lid('lr', 1), lid('lr', 2)];
+    await createLease('lr', live);
+    await createLease('lr', issuing, 'issuing');
+    expect(await script('lease-request-end').run(redis, [keys.lease(live)], ['revoked_by_caller'])).toEqual([
+      'revoking',
+      'revoked_by_caller',
+    ]);
+    expect(await script('lease-request-end').run(redis, [keys.lease(issuing)], ['revoked_by_caller'])).toEqual(['deferred']);
+    expect(await redis.hget(keys.lease(issuing), 'endRequested')).toBe('revoked_by_caller');
+  });
+
+  test('leases-end: ends many at once, skipping issuing and ended ones', async () => {
+    await openTask('le');
+    const ids = [lid('le', 1), lid('le', 2)];
+    await createLease('le', ids[0]!);
+    await createLease('le', ids[1]!, 'issuing');
+    const b = keys.bucketOfTask('le');
+    const res = (await script('leases-end').run(
+      redis,
+      [keys.liveLeases(b)],
+      [keys.base(b), 'revoked', 'task_completed', 5000, ...ids],
+    )) as unknown[];
+    expect(res.slice(1)).toEqual([ids[0]]);
+  });
+
+  test("sweep: ends overdue tasks and due JWT leases on Redis's clock, hands the rest over once", async () => {
+    await openTask('sw', 1);
+    await openTask('sw2');
+    const [jwt, up] = [lid('sw2', 1), lid('sw2', 2)];
+    await createLease('sw2', jwt, 'active', Date.now() - 1);
+    await createLease('sw2', up, 'active', Date.now() - 1, 'vault');
+    await new Promise((r) => setTimeout(r, 5));
+    const b = keys.bucketOfTask('sw2');
+    const run = async (bucket: number) =>
+      (await script('sweep').run(
+        redis,
+        [keys.liveLeases(bucket), keys.openTasks(bucket)],
+        [keys.base(bucket), 100, 100, 5000, 60_000, 'jwt'],
+      )) as [number, string[], string[], string[][]];
+    const [, expired, handoff] = await run(b);
+    expect(expired[0]).toBe(jwt);
+    expect(handoff).toEqual([up]);
+    expect((await run(b))[2]).toEqual([]); // handed over once, not every sweep
+    const [, , , groups] = await run(keys.bucketOfTask('sw'));
+    expect(groups).toEqual([['sw']]);
+  });
+
+  test('approval-request and approval-swap: one approval per exact request, decided once, consumed once', async () => {
+    await openTask('ap');
+    const b = keys.bucketOfTask('ap');
+    const request = (id: string) =>
+      script('approval-request').run(
+        redis,
+        [keys.approvalFor(b, 'd'), keys.task('ap'), keys.taskApprovals('ap'), keys.approvals(b), keys.approval(id)],
+        [keys.base(b), id, '{}', 1, 60_000],
+      );
+    const [a1, a2] = [lid('ap', 1), lid('ap', 2)];
+    expect(((await request(a1)) as string[])[0]).toBe('created');
+    expect(await request(a2)).toEqual(['existing', a1]);
+    const swap = (from: string, to: string) =>
+      script('approval-swap').run(redis, [keys.approval(a1), keys.taskApprovals('ap'), keys.approvalFor(b, 'd')], [from, to, a1]);
+    expect(await swap('pending', 'approved')).toBe(1);
+    expect(await swap('pending', 'rejected')).toBe(0);
+    expect(await swap('approved', 'consumed')).toBe(1);
+    expect(await redis.exists(keys.approvalFor(b, 'd'))).toBe(0);
+  });
+
+  test('audit-append: compare-and-set on the head, indexing task records', async () => {
+    const [head, stream] = [keys.auditHead(3), keys.auditStream(3)];
+    expect(await script('audit-append').run(redis, [head, stream], ['', '1:h1', keys.base(3), 60_000, '{"seq":1}', 'tk'])).toBeNull();
+    expect(await script('audit-append').run(redis, [head, stream], ['', '1:h2', keys.base(3), 60_000, '{"seq":1}', ''])).toBe('1:h1');
+    expect(await redis.llen(`${keys.base(3)}task-audit:tk`)).toBe(1);
+  });
+
+  test('audit-mark: moves the export marker only from the value read', async () => {
+    const k = keys.auditExported('ops');
+    expect(await script('audit-mark').run(redis, [k], ['', '5:x'])).toBe(1);
+    expect(await script('audit-mark').run(redis, [k], ['', '6:y'])).toBe(0);
+  });
+
+  test("signing-key-first: one key, once, activated on Redis's clock", async () => {
+    const k = keys.signingKeys();
+    expect(await script('signing-key-first').run(redis, [k], ['k1', JSON.stringify({ kid: 'k1' })])).toBe(1);
+    expect(await script('signing-key-first').run(redis, [k], ['k2', JSON.stringify({ kid: 'k2' })])).toBe(0);
+    const stored = JSON.parse((await redis.hget(k, 'k1'))!);
+    const [s] = await redis.time();
+    expect(Math.abs(stored.activateAt - Number(s) * 1000)).toBeLessThan(5000);
+  });
+
+  test('lock-release and lock-extend: only with our token', async () => {
+    const k = keys.lock('x');
+    await redis.set(k, 'mine', 'PX', 10_000);
+    expect(await script('lock-extend').run(redis, [k], ['theirs', 60_000])).toBe(0);
+    expect(await script('lock-extend').run(redis, [k], ['mine', 60_000])).toBe(1);
+    expect(await script('lock-release').run(redis, [k], ['theirs'])).toBe(0);
+    expect(await script('lock-release').run(redis, [k], ['mine'])).toBe(1);
+  });
+});
