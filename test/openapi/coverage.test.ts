@@ -195,6 +195,18 @@ describe('tasks, credentials, leases, approvals, audit', () => {
     );
     expect((await req('GET', path, { authorization: b.t.issuer.svid('/agent/other') })).body.Code).toBe('not_task_agent');
     expect((await req('GET', '/v1/aws/container-credentials/nope/reports-bucket', { authorization: token })).status).toBe(404);
+    // Redis out of reach: 503 to retry, as on every route.
+    const { credentials } = b.t.broker.services;
+    const request = credentials.request;
+    credentials.request = async () => {
+      throw new Error('Connection is closed.');
+    };
+    try {
+      const down = await req('GET', path, { authorization: token });
+      expect([down.status, down.body.Code]).toEqual([503, 'not_ready']);
+    } finally {
+      credentials.request = request;
+    }
     // A path Express cannot decode is refused in the same shape.
     const undecodable = await req('GET', '/v1/aws/container-credentials/%C0%AF/reports-bucket', { authorization: token });
     expect([undecodable.status, undecodable.body.Code]).toEqual([400, 'malformed_body']);
