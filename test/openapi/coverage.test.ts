@@ -280,6 +280,7 @@ describe('console', () => {
     expect((await req('DELETE', '/console/api/session', { cookie, 'x-jit-console': '1' })).status).toBe(204);
     expect((await req('DELETE', '/console/api/session', { cookie, 'x-jit-console': '1' })).status).toBe(401);
     expect((await req('GET', '/console/api/nope', { cookie })).status).toBe(404);
+    expect((await req('GET', '/console/API/v1/nope', { cookie: await b.session('admin') })).body.code).toBe('route_not_found');
   });
 
   test('sign-in redirects, the page, deep links and assets', async () => {
@@ -288,6 +289,8 @@ describe('console', () => {
     expect((await raw('/console/callback?code=x&state=nope')).headers.get('location')).toBe('/console/?signin_error=state_unknown');
     expect((await raw('/console')).status).toBe(301);
     for (const path of ['/console/', '/console/tasks/t-1', '/console/favicon.svg']) expect((await raw(path)).status).toBe(200);
+    // Paths match case-insensitively: /console/API/... is the API (or no route), never the page.
+    expect((await raw('/console/API/x')).status).toBe(404);
     const asset = readdirSync(`${CONSOLE_DIST}assets`).find((f) => f.endsWith('.js'));
     expect((await raw(`/console/assets/${asset}`)).status).toBe(200);
     expect((await raw('/console/assets/nope.js')).status).toBe(404);

@@ -73,7 +73,7 @@ describe('a broker with every router mounted', () => {
     expect(app).toBeDefined();
     const checker = openApiChecker();
     // The console's page route is a regular expression: it serves /console/ and every deep link below it.
-    const REGEXP_ROUTES: Record<string, string[]> = { [String(/^\/console\/(?!api\/|assets\/).*/)]: ['/console/', '/console/{page}'] };
+    const REGEXP_ROUTES: Record<string, string[]> = { [String(/^\/console\/(?!api\/|assets\/).*/i)]: ['/console/', '/console/{page}'] };
     const registered = new Set<string>();
     const undocumented: string[] = [];
     for (const r of registeredRoutes(app as never)) {
