@@ -214,16 +214,11 @@ export class OpenApiChecker {
     const q = url.indexOf('?');
     const path = q < 0 ? url : url.slice(0, q);
     const query = new URLSearchParams(q < 0 ? '' : url.slice(q + 1));
-    let found = this.find(x.method, path);
-    let console = false;
+    // As the console's router does: everything below /console/api/v1/ is the /v1 handlers (or no route), never a page.
     const mirror = /^\/console\/api(\/v1\/.*)$/i.exec(path);
-    if (!found && mirror) {
-      const v1 = this.find(x.method, mirror[1]!);
-      if (v1?.operation.op['x-console-api']) {
-        found = v1;
-        console = true;
-      }
-    }
+    const v1 = mirror ? this.find(x.method, mirror[1]!) : undefined;
+    const console = mirror !== null;
+    const found = mirror ? (v1?.operation.op['x-console-api'] ? v1 : undefined) : this.find(x.method, path);
     const where = `${x.method} ${x.url.slice(0, 200)} → ${x.status}`;
     if (!found) {
       const errors = this.checkResponse(this.deref(this.doc.components.responses.NoSuchRoute), '#/components/responses/NoSuchRoute', x);
