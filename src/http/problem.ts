@@ -79,7 +79,8 @@ export function problemHandler(logger: Logger): ErrorRequestHandler {
     let problem: BrokerError | undefined;
     if (err instanceof BrokerError) problem = err;
     else if (err instanceof ZodError) problem = fromZod(err);
-    else if (isRedisUnavailable(err)) problem = unavailable('not_ready', 'The broker cannot reach its data store right now; retry shortly.', { cause: err });
+    else if (isRedisUnavailable(err))
+      problem = unavailable('not_ready', 'The broker cannot reach its data store right now; retry shortly.', { cause: err });
     else problem = fromBodyParser(err) ?? fromHttpError(err);
     if (!problem) {
       logger.error({ err, path: clip(req.path, 200), method: clip(req.method, 16) }, 'unhandled error');

@@ -10,7 +10,12 @@ export function isRedisUnavailable(err: unknown): boolean {
   const name = e.name ?? '';
   const message = e.message ?? '';
   if (['MaxRetriesPerRequestError', 'ClusterAllFailedError', 'AbortError'].includes(name)) return true;
-  if (/^(Command timed out|Connection is closed|Stream isn't writeable|Failed to refresh slots cache|None of startup nodes is available)/.test(message)) return true;
+  if (
+    /^(Command timed out|Connection is closed|Stream isn't writeable|Failed to refresh slots cache|None of startup nodes is available)/.test(
+      message,
+    )
+  )
+    return true;
   // Replies Redis gives while it cannot serve: loading after a restart, a cluster that is down, a replica, a paused write.
   if (/^(LOADING|CLUSTERDOWN|READONLY|MASTERDOWN|TRYAGAIN|NOREPLICAS|BUSY )/.test(message)) return true;
   return ['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EPIPE', 'ENOTFOUND', 'EHOSTUNREACH'].includes(e.code ?? '');

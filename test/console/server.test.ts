@@ -53,7 +53,7 @@ describe('config', () => {
       },
       'console.issuer',
     ],
-    ['an unknown key', { trust: [devTrust, oidcTrust], console: { issuer: IDP, clientId: CLIENT_ID, devLogin: true } }, 'console'],
+    ['an unknown key', { trust: [devTrust, oidcTrust], console: { issuer: IDP, clientId: CLIENT_ID, devLogin: true } }, 'console.devLogin'],
   ])('startup fails when %s', (_name, overrides, path) => {
     const err = configError(overrides);
     expect(err.path).toBe(path);

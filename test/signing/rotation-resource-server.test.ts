@@ -1,6 +1,16 @@
 import { createRemoteJWKSet, jwtVerify } from 'jose';
 import { validateConfig } from '../../src/config/load.ts';
-import { ADMIN, AGENT, ORCH, auditRecords, call, startTestBroker, testRawConfig, uniquePrefix, type TestBroker } from '../helpers/broker.ts';
+import {
+  ADMIN,
+  AGENT,
+  ORCH,
+  auditRecords,
+  call,
+  startTestBroker,
+  testRawConfig,
+  uniquePrefix,
+  type TestBroker,
+} from '../helpers/broker.ts';
 import { TestIssuer } from '../helpers/identity.ts';
 
 /**
