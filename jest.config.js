@@ -13,6 +13,8 @@ export default {
     ],
   },
   testMatch: ['<rootDir>/test/**/*.test.ts'],
+  // Every response a broker sends in a test is checked against docs/openapi.yaml.
+  setupFilesAfterEnv: ['<rootDir>/test/helpers/openapi-setup.ts'],
   testTimeout: 20000,
   maxWorkers: 2,
 };

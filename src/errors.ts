@@ -71,6 +71,11 @@ export const ERRORS = {
     means: 'Only admins may query the audit log without `taskId`.',
     fix: 'Add `taskId=` for a task you may read.',
   },
+  not_an_aws_role: {
+    status: 400,
+    means: 'The AWS container-credentials endpoint was asked for a role that does not issue AWS credentials.',
+    fix: 'Name an `aws` role in the URL.',
+  },
   quarantine_self: { status: 400, means: 'The quarantine pattern matches the admin who sent it.', fix: 'Use a narrower pattern.' },
   unknown_rotation_target: {
     status: 400,
@@ -177,6 +182,11 @@ export const ERRORS = {
     status: 409,
     means: 'A task with this id exists with a different request.',
     fix: 'Use another id, or repeat the exact original request.',
+  },
+  approval_pending: {
+    status: 409,
+    means: 'The AWS container-credentials endpoint cannot answer 202: the role waits for an approver.',
+    fix: 'Retry once an approver approved the request (GET /v1/approvals).',
   },
   approval_consumed: {
     status: 409,

@@ -64,6 +64,7 @@ export function staticConsole(dist = CONSOLE_DIST): Router {
   );
   // Unhashed files at the root of dist (favicon): revalidated.
   r.use('/console', express.static(dist, { index: false, maxAge: 0, redirect: false }));
-  r.get(/^\/console\/(?!api\/|assets\/).*/, (_req, res) => sendIndex(res));
+  // Case-insensitive like the /console/api and /console/assets mounts: /console/API/... is no page either.
+  r.get(/^\/console\/(?!api\/|assets\/).*/i, (_req, res) => sendIndex(res));
   return r;
 }

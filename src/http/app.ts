@@ -9,6 +9,7 @@ import { credentialRoutes } from './routes/credentials.ts';
 import { oauthRoutes } from './routes/oauth.ts';
 import { adminRoutes, opsRoutes } from './routes/ops.ts';
 import { listRoutes } from './routes/lists.ts';
+import { openApiRoutes } from './routes/openapi.ts';
 import { taskRoutes } from './routes/tasks.ts';
 import { wellKnownRoutes } from './routes/wellknown.ts';
 
@@ -31,17 +32,24 @@ export function createApp(
     });
     next();
   });
+  // Express would answer OPTIONS itself (200, the path's methods); the broker has no OPTIONS route and answers no CORS preflight.
+  app.use((req, res, next) => (req.method === 'OPTIONS' ? noRoute(req, res, next) : next()));
   app.use(opsRoutes(deps, opts));
   app.use(wellKnownRoutes(deps));
+  app.use(openApiRoutes(deps.config.server.publicUrl));
   // Addresses over their authentication-failure budget are refused here, before any token is looked at.
   if (deps.limits) app.use('/v1', deps.limits.gate());
   app.use(oauthRoutes(deps, services));
   for (const r of opts.extraRouters ?? []) app.use(r);
   app.use(v1Routes(deps, services, requireIdentity(deps)));
-  app.use((req, res) => sendProblem(res, notFound('route_not_found', `No route ${clip(req.method, 16)} ${clip(req.path, 200)}.`)));
+  app.use(noRoute);
   app.use(problemHandler(deps.logger));
   return app;
 }
+
+/** 404 `route_not_found`: what any method and path the API does not have answers. */
+const noRoute: RequestHandler = (req, res) =>
+  sendProblem(res, notFound('route_not_found', `No route ${clip(req.method, 16)} ${clip(req.path, 200)}.`));
 
 /**
  * The authenticated /v1 API. `authenticate` sets the caller's identity: the

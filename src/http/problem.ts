@@ -14,8 +14,8 @@ export function bearerChallenge(code: string): string {
   return code === 'identity_missing' ? 'Bearer' : 'Bearer error="invalid_token"';
 }
 
-/** Writes an RFC 9457 problem document. */
-export function sendProblem(res: Response, err: BrokerError): void {
+/** Writes an RFC 9457 problem document; `members` adds extension members (never secrets). */
+export function sendProblem(res: Response, err: BrokerError, members?: Record<string, unknown>): void {
   if (err.status === 401) res.setHeader('WWW-Authenticate', bearerChallenge(err.code));
   if (err.status === 429) res.setHeader('Retry-After', String(retryAfterOf(err)));
   res
@@ -29,6 +29,7 @@ export function sendProblem(res: Response, err: BrokerError): void {
         detail: err.message,
         code: err.code,
         ...(err.extra ?? {}),
+        ...members,
       }),
     );
 }

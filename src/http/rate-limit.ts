@@ -218,9 +218,14 @@ export class RateLimits {
   }
 }
 
-/** `/v1/token` and `/v1/introspect` answer RFC 6749 errors, not problems. Paths match as Express routes them: case-insensitively. */
+/**
+ * `POST /v1/token` and `POST /v1/introspect` answer RFC 6749 errors, not problems; any other method there has no
+ * route and answers problems like every other unknown route. Paths match as Express routes them: case-insensitively,
+ * with at most one trailing slash (`/v1/token//` is no route).
+ */
 export function isOAuthPath(req: Request): boolean {
-  const p = `${req.baseUrl}${req.path}`.toLowerCase().replace(/\/+$/, '');
+  if (req.method !== 'POST') return false;
+  const p = `${req.baseUrl}${req.path}`.toLowerCase().replace(/\/$/, '');
   return p === '/v1/token' || p === '/v1/introspect';
 }
 

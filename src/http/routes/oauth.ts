@@ -1,4 +1,4 @@
-import express, { Router, type RequestHandler, type Response } from 'express';
+import express, { type ErrorRequestHandler, Router, type RequestHandler, type Response } from 'express';
 import type { LoadedConfig } from '../../config/load.ts';
 import type { Deps } from '../../deps.ts';
 import { BrokerError } from '../../errors.ts';
@@ -8,6 +8,8 @@ import { bearerChallenge } from '../problem.ts';
 import { sendSlowDown } from '../rate-limit.ts';
 import { scopeSchema, roleNameSchema } from '../../config/common.ts';
 import { taskRefSchema } from '../schemas.ts';
+import { clip } from '../../identity/log-safe.ts';
+import { isRedisUnavailable } from '../../redis/unavailable.ts';
 
 const TOKEN_EXCHANGE = 'urn:ietf:params:oauth:grant-type:token-exchange';
 const SUBJECT_TYPES = new Set(['urn:ietf:params:oauth:token-type:jwt', 'urn:ietf:params:oauth:token-type:id_token']);
@@ -222,5 +224,18 @@ export function oauthRoutes(deps: Deps, s: Services): Router {
       res.json(await s.leases.introspect(token));
     },
   );
+
+  // Whatever else fails on these two endpoints (Redis unreachable, a bug) is an RFC 6749 error too, never a problem.
+  r.use(((err, req, res, next) => {
+    if (res.headersSent) return next(err);
+    if (err instanceof BrokerError) return err.status === 429 ? sendSlowDown(res, err) : sendOAuthError(res, toOAuth(err));
+    if (isRedisUnavailable(err))
+      return sendOAuthError(
+        res,
+        new OAuthError('temporarily_unavailable', 'The broker cannot reach its data store right now; retry shortly.', 503),
+      );
+    deps.logger.error({ err, path: clip(req.path, 200) }, 'unhandled error');
+    sendOAuthError(res, new OAuthError('server_error', 'The broker failed to handle the request.', 500));
+  }) as ErrorRequestHandler);
   return r;
 }

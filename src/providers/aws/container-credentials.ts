@@ -1,6 +1,8 @@
-import { Router, type Request, type Response } from 'express';
-import { BrokerError } from '../../errors.ts';
+import { type ErrorRequestHandler, Router, type Request, type Response } from 'express';
+import { BrokerError, type ErrorCode, fail } from '../../errors.ts';
+import { fromHttpError, sendProblem } from '../../http/problem.ts';
 import type { Logger } from '../../logger.ts';
+import { isRedisUnavailable } from '../../redis/unavailable.ts';
 
 /** What the core supplies: the configured roles, and its normal credential path (`POST /v1/credentials`) as a function. */
 export interface ContainerCredentialsDeps {
@@ -17,10 +19,16 @@ export interface ContainerCredentialsDeps {
 const TASK_ID = /^[A-Za-z0-9._:-]{1,128}$/;
 const ROLE = /^[A-Za-z0-9._-]{1,64}$/;
 
-/** Errors in the shape the SDK's `fromHttp` reads (`Code`, `Message`); the status decides retry vs fail. */
-function sendError(res: Response, status: number, code: string, message: string): void {
-  res.status(status).set('Cache-Control', 'no-store').json({ Code: code, Message: message });
+/**
+ * Errors are problems like on every /v1 route, with the `Code` and `Message` members the SDK's `fromHttp` reads
+ * (it parses any 4xx body as JSON); the status decides retry vs fail.
+ */
+function sendError(res: Response, err: BrokerError): void {
+  res.set('Cache-Control', 'no-store');
+  sendProblem(res, err, { Code: err.code, Message: err.message });
 }
+
+const refuse = (res: Response, code: ErrorCode, message: string) => sendError(res, fail(code, message));
 
 /** `?scope=a&scope=b` or `?scope=a b`; undefined = all of the grant's scopes. */
 function scopesFrom(req: Request): string[] | undefined {
@@ -43,18 +51,17 @@ export function containerCredentialsRouter(deps: ContainerCredentialsDeps): Rout
   router.get('/v1/aws/container-credentials/:taskId/:role', async (req: Request<{ taskId: string; role: string }>, res: Response) => {
     const { taskId, role } = req.params;
     const auth = req.get('authorization')?.trim();
-    if (!auth)
-      return sendError(res, 401, 'missing_identity', 'Set AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE to a file holding the workload JWT.');
+    if (!auth) return refuse(res, 'identity_missing', 'Set AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE to a file holding the workload JWT.');
     const token = auth.replace(/^Bearer\s+/i, '');
-    if (!TASK_ID.test(taskId) || !ROLE.test(role)) return sendError(res, 400, 'invalid_request', 'taskId or role is malformed.');
+    if (!TASK_ID.test(taskId) || !ROLE.test(role)) return refuse(res, 'invalid_request', 'taskId or role is malformed.');
     // Before anything is issued: a credential of another kind (a real Vault token, a JWT) would be made and then thrown away.
     const configured = Object.hasOwn(deps.roles, role) ? deps.roles[role] : undefined;
-    if (!configured) return sendError(res, 400, 'unknown_role', `Role "${role}" is not configured.`);
-    if (configured.provider !== 'aws') return sendError(res, 400, 'not_an_aws_role', `Role "${role}" does not issue AWS credentials.`);
+    if (!configured) return refuse(res, 'unknown_role', `Role "${role}" is not configured.`);
+    if (configured.provider !== 'aws') return refuse(res, 'not_an_aws_role', `Role "${role}" does not issue AWS credentials.`);
     const scopes = scopesFrom(req);
     try {
       const { credentials: c } = await deps.issue(token, { taskId, role, ...(scopes ? { scopes } : {}) });
-      if (!c) return sendError(res, 409, 'approval_pending', 'The credential is waiting for approval; retry once approved.');
+      if (!c) return refuse(res, 'approval_pending', 'The credential is waiting for approval; retry once approved.');
       if (
         typeof c.AccessKeyId !== 'string' ||
         typeof c.SecretAccessKey !== 'string' ||
@@ -68,14 +75,19 @@ export function containerCredentialsRouter(deps: ContainerCredentialsDeps): Rout
         .set('Cache-Control', 'no-store')
         .json({ AccessKeyId: c.AccessKeyId, SecretAccessKey: c.SecretAccessKey, Token: c.SessionToken, Expiration: c.Expiration });
     } catch (err) {
-      if (err instanceof BrokerError) {
-        const retryAfter = (err as { retryAfterSeconds?: number }).retryAfterSeconds;
-        if (retryAfter !== undefined) res.set('Retry-After', String(retryAfter));
-        return sendError(res, err.status, err.code, err.message);
-      }
+      // A 429 keeps its Retry-After (sendProblem reads it from the error).
+      if (err instanceof BrokerError) return sendError(res, err);
+      // As everywhere (src/http/problem.ts): Redis out of reach is a 503 to retry, not a 500.
+      if (isRedisUnavailable(err)) return refuse(res, 'not_ready', 'The broker cannot reach its data store right now; retry shortly.');
       deps.logger?.error({ err: (err as Error).message }, 'container credentials failed');
-      sendError(res, 500, 'internal_error', 'The broker failed to issue the credential.');
+      refuse(res, 'internal_error', 'The broker failed to issue the credential.');
     }
   });
+  // Express's own refusals on this route (a path that does not percent-decode) in the endpoint's shape too.
+  router.use(((err, _req, res, next) => {
+    const problem = err instanceof BrokerError ? err : fromHttpError(err as { status?: unknown });
+    if (!problem || res.headersSent) return next(err);
+    sendError(res, problem);
+  }) as ErrorRequestHandler);
   return router;
 }

@@ -129,10 +129,16 @@ describe('container credentials (fromHttp)', () => {
     expect((await whoAmI(provider)).UserId).toMatch(new RegExp(`^${w.role.roleId}:jit-`));
   });
 
-  it("answers errors in the AWS shape with the broker's status", async () => {
+  it("answers errors as problems carrying the AWS shape, with the broker's status", async () => {
     const res = await fetch(uri(), { headers: { authorization: 'wrong' } });
     expect(res.status).toBe(401);
-    expect(await res.json()).toEqual({ Code: 'identity_invalid', Message: 'The workload identity is not valid.' });
+    expect(res.headers.get('content-type')).toMatch(/^application\/problem\+json/);
+    expect(await res.json()).toMatchObject({
+      code: 'identity_invalid',
+      detail: 'The workload identity is not valid.',
+      Code: 'identity_invalid',
+      Message: 'The workload identity is not valid.',
+    });
     expect((await fetch(uri())).status).toBe(401);
     const denied = await fetch(uri('payroll'), { headers: { authorization: `Bearer ${JWT}` } });
     expect(denied.status).toBe(403);
