@@ -46,7 +46,7 @@ export function benchPolicyText(count: number): string {
         : `@id("p${i}")\npermit (principal, action == Action::"issue", resource == Role::"${role}")\nwhen {\n  principal.id like "spiffe://bench.local/agent/*" &&\n  context.task.agent == principal.id &&\n  context.task.roles.contains(resource.id) &&\n  context.task.tenant == "${tenant}" &&\n  principal.claims has tenant && principal.claims.tenant == context.task.tenant &&\n  context.ttlSeconds <= ${900 + i * 10} &&\n  ["${role}:read", "${role}:write"].containsAll(context.scopes)\n};`,
     );
   }
-  return out.join('\n\n') + '\n';
+  return `${out.join('\n\n')}\n`;
 }
 
 /** Distinct, realistic requests: an agent with a dozen token claims asking for a granted role. */

@@ -123,7 +123,7 @@ export class Sweeper {
       const inProgress: LeaseRecord[] = [];
       for (const l of records) {
         const t = byId.get(l.taskId);
-        if (!t || t.status !== 'open') {
+        if (t?.status !== 'open') {
           const reason = (t?.reason as TaskEndReason | undefined) ?? (t?.status === 'expired' ? 'task_expired' : 'task_completed');
           ofEndedTasks.set(reason, [...(ofEndedTasks.get(reason) ?? []), l]);
         } else if (l.status === 'revoking' || l.status === 'revoke_failed') {

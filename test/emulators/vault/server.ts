@@ -67,7 +67,9 @@ export function makeHold(path: string | RegExp, times: number): Hold & { park():
     park() {
       h.waiting += 1;
       const p = new Promise<void>((resolve) => open.push(resolve));
-      waiters = waiters.filter((w) => (h.waiting >= w.n ? (w.resolve(), false) : true));
+      const ready = waiters.filter((w) => h.waiting >= w.n);
+      waiters = waiters.filter((w) => h.waiting < w.n);
+      for (const w of ready) w.resolve();
       return p;
     },
   };
