@@ -1,3 +1,4 @@
+import { LRUCache } from 'lru-cache';
 import { createHash } from 'node:crypto';
 import { decodeJwt, decodeProtectedHeader, errors as joseErrors, jwtVerify, type JWTPayload } from 'jose';
 import type { RedisClient } from '../redis/scripts.ts';
@@ -36,6 +37,9 @@ const OIDC_SUB = /^[\x20-\x7e]{1,255}$/;
  * ./rejection.ts). What exactly was wrong goes to the log, clipped, because
  * everything in a token that failed verification is attacker-controlled.
  */
+/** Bound of the verified-token cache; 10,000 entries is a few MB. */
+const VERIFIED_CACHE_MAX = 10_000;
+
 export class IdentityVerifier {
   private readonly spiffe = new Map<string, { trust: TrustConfig; keys: KeySet }>();
   private readonly oidc = new Map<string, { trust: TrustConfig; keys: KeySet }>();
@@ -44,10 +48,13 @@ export class IdentityVerifier {
   private readonly redis: RedisClient;
   private readonly keys: Keys;
   private readonly rejections: RejectionLog;
-  /** Verified tokens without jti, reused until min(exp, cacheMs): verification is the hottest path. */
-  private readonly cache = new Map<string, { identity: WorkloadIdentity; until: number }>();
+  /**
+   * Verified tokens without jti, reused until min(exp, cacheMs): verification is
+   * the hottest path. lru-cache bounds it (least recently used evicted first), so
+   * a flood of distinct valid tokens cannot grow memory past VERIFIED_CACHE_MAX entries.
+   */
+  private readonly cache = new LRUCache<string, { identity: WorkloadIdentity; until: number }>({ max: VERIFIED_CACHE_MAX });
   private readonly cacheMs: number;
-  private static readonly CACHE_MAX = 10_000;
 
   constructor(
     config: LoadedConfig,
@@ -87,7 +94,10 @@ export class IdentityVerifier {
       throw rejectionError('missing');
     }
     const cached = this.cache.get(token);
-    if (cached && cached.until > Date.now()) return cached.identity;
+    if (cached) {
+      if (cached.until > Date.now()) return cached.identity;
+      this.cache.delete(token);
+    }
     try {
       return await this.verifyUncached(token);
     } catch (err) {
@@ -203,10 +213,6 @@ export class IdentityVerifier {
 
   private remember(token: string, identity: WorkloadIdentity, until: number): void {
     if (this.cacheMs <= 0) return;
-    if (this.cache.size >= IdentityVerifier.CACHE_MAX) {
-      // Drop the oldest entry; Map iterates in insertion order.
-      this.cache.delete(this.cache.keys().next().value!);
-    }
     this.cache.set(token, { identity, until });
   }
 }

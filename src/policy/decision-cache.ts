@@ -1,4 +1,5 @@
 import type { StatefulAuthorizationCall } from '@cedar-policy/cedar-wasm/nodejs';
+import { LRUCache } from 'lru-cache';
 import type { PolicyDecision } from './types.ts';
 
 /**
@@ -8,24 +9,23 @@ import type { PolicyDecision } from './types.ts';
  * the request (Cedar has no clock or I/O), the key is the serialised call
  * after projection, and each set gets its own cache, so a reload starts empty.
  * Why it helps: handing a request to cedar-wasm costs about 1-2 µs per value;
- * an agent repeating a request pays that once. Bounded, oldest evicted first.
+ * an agent repeating a request pays that once. Bounded by lru-cache: the
+ * least recently used decision goes first.
  */
 export class DecisionCache {
-  private readonly max: number;
-  private readonly entries = new Map<string, PolicyDecision>();
+  private readonly entries: LRUCache<string, PolicyDecision> | undefined;
 
   constructor(max: number) {
-    this.max = max;
+    this.entries = max > 0 ? new LRUCache({ max }) : undefined;
   }
 
   /** The remembered decision for `call`, or `compute()`'s (remembered). Always a fresh copy. */
   get(call: StatefulAuthorizationCall, compute: () => PolicyDecision): PolicyDecision {
-    if (this.max <= 0) return compute();
+    if (!this.entries) return compute();
     const key = JSON.stringify(call);
     let d = this.entries.get(key);
     if (!d) {
       d = compute();
-      if (this.entries.size >= this.max) this.entries.delete(this.entries.keys().next().value as string);
       this.entries.set(key, d);
     }
     return { allowed: d.allowed, policies: [...d.policies], errors: [...d.errors] };
