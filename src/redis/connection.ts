@@ -4,6 +4,7 @@ import { readSecret } from '../config/load.ts';
 import { redisTopology, SENTINEL_PORT, type RedisConfig } from '../config/redis.ts';
 import type { Logger } from '../logger.ts';
 import type { RedisClient } from './scripts.ts';
+import { guardStalls } from './stall-guard.ts';
 import { endpointLabel, parseRedisUrl, type RedisEndpoint } from './url.ts';
 
 /** A connection to one node (single or through Sentinel) or to a whole Redis Cluster (the type the Lua scripts run on). */
@@ -88,12 +89,17 @@ export function createConnector(config: RedisConfig, deps: { logger: Logger }): 
       : { maxRetriesPerRequest: null }),
   });
 
-  const track = <T extends RedisClient>(client: T, name: string): T => {
+  const track = <T extends RedisClient>(client: T, name: string, kind: Kind): T => {
     if (closed) {
       client.disconnect();
       throw new Error('Redis connector is closed');
     }
     logErrors(client, name, deps.logger);
+    if (kind === 'command') {
+      const guard = (r: Redis) => guardStalls(r, { timeoutMs: config.commandTimeoutMs, logger: deps.logger });
+      if (client instanceof Cluster) client.on('+node', guard);
+      else guard(client as Redis);
+    }
     opened.push(client);
     return client;
   };
@@ -104,6 +110,7 @@ export function createConnector(config: RedisConfig, deps: { logger: Logger }): 
       return track(
         new Redis({ ...common(kind, name), host: e.host, port: e.port, db: e.db ?? 0, ...credentials(e), ...(e.tls ? { tls } : {}) }),
         name,
+        kind,
       );
     }
     if (config.sentinel) {
@@ -141,6 +148,7 @@ export function createConnector(config: RedisConfig, deps: { logger: Logger }): 
           sentinelCommandTimeout: config.connectTimeoutMs,
         }),
         name,
+        kind,
       );
     }
     const nodes = (config.cluster?.nodes ?? []).map((u) => parseRedisUrl(u));
@@ -162,7 +170,7 @@ export function createConnector(config: RedisConfig, deps: { logger: Logger }): 
       options,
     );
     if (kind === 'command') boundCommandTime(cluster, config.commandTimeoutMs);
-    return track(cluster, name);
+    return track(cluster, name, kind);
   };
 
   return {

@@ -9,7 +9,7 @@ export function isRedisUnavailable(err: unknown): boolean {
   if (!e || typeof e !== 'object') return false;
   const name = e.name ?? '';
   const message = e.message ?? '';
-  if (['MaxRetriesPerRequestError', 'ClusterAllFailedError', 'AbortError'].includes(name)) return true;
+  if (['MaxRetriesPerRequestError', 'ClusterAllFailedError', 'AbortError', 'RedisStalledError'].includes(name)) return true;
   if (
     /^(Command timed out|Connection is closed|Stream isn't writeable|Failed to refresh slots cache|None of startup nodes is available)/.test(
       message,
