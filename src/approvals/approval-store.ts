@@ -1,4 +1,5 @@
 import { createHash, randomBytes } from 'node:crypto';
+import { indexWindow } from '../lists/index-window.ts';
 import { Keys } from '../redis/keys.ts';
 import { type RedisClient, script } from '../redis/scripts.ts';
 
@@ -70,8 +71,10 @@ export class ApprovalStore {
         this.keys.taskApprovals(req.taskId),
         this.keys.approvals(bucket),
         this.keys.approval(approvalId),
+        this.keys.approvalsOf(bucket, req.agent),
+        this.keys.approvalsOf(bucket, req.openedBy),
       ],
-      [this.keys.base(bucket), approvalId, JSON.stringify(fixed), maxPending, this.retentionMs],
+      [this.keys.base(bucket), approvalId, JSON.stringify(fixed), maxPending, this.retentionMs, indexWindow(this.retentionMs).horizonMs],
     )) as string[];
     if (res[0] === 'task_closed' || res[0] === 'limit') return { kind: res[0] };
     const record = await this.get(res[1]!);

@@ -32,7 +32,11 @@ function cmpId(a: string, b: string): number {
 
 const idMs = (id: string) => Number(id.slice(0, id.indexOf('-')));
 
-/** How many stream entries one page may read before answering with what it has. */
+/**
+ * How many stream entries one page may read before answering with what it has: then `nextCursor`
+ * resumes the scan where it stopped (possibly after a page with no items), so paging to the end
+ * finds every match.
+ */
 const SCAN_BUDGET = 20_000;
 
 /**
@@ -56,6 +60,9 @@ export class AuditReader {
     const admin = this.deps.patterns.admins.matches(who.id);
     if (!q.taskId && !admin) throw badRequest('audit_task_required', 'Only admins may query the audit log without taskId.');
     const filters = { list: 'audit', taskId: q.taskId, actor: q.actor, action: q.action, since: q.since, until: q.until };
+    // Stream ids hold ms since 1970, unsigned, and Date.parse accepts years down to -271821: a `since`
+    // before 1970 is clamped to 1970; an `until` before 1970 matches nothing (see allChains).
+    if (q.since !== undefined && q.since < 0) q = { ...q, since: 0 };
     const bind = { caller: who.id, filters };
     const keep = (r: AuditRecord, id: string) =>
       (!q.actor || r.actor === q.actor) &&
@@ -138,6 +145,7 @@ export class AuditReader {
   ): Promise<Page<AuditItem>> {
     const chains = this.deps.keys.auditChains();
     const pos: Record<string, string> = { ...after };
+    if (q.until !== undefined && q.until < 0) return { items: [], nextCursor: null };
     const start = q.since === undefined ? '-' : `${q.since}-0`;
     const buffers = new Map<AuditChain, [string, string[]][]>();
     const done = new Set<AuditChain>();
@@ -169,8 +177,9 @@ export class AuditReader {
       const r = JSON.parse(fields[fields.indexOf('r') + 1]!) as AuditRecord;
       if (keep(r, id)) items.push({ ...r, chain: best, streamId: id });
     }
+    // Every page that says "more" has moved `pos` on by at least one record, so paging always ends.
     const more = chains.some((c) => (buffers.get(c)?.length ?? 0) > 0 || !done.has(c));
-    return { items, nextCursor: more && items.length > 0 ? this.cursors.encode(pos, bind) : null };
+    return { items, nextCursor: more ? this.cursors.encode(pos, bind) : null };
   }
 
   /** Each record's own hash is right and it links to its predecessor in the chain (where Redis still holds it). */

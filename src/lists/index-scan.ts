@@ -6,6 +6,11 @@ export interface Pos {
   id: string;
 }
 
+/** An entry read from an index: its position and the index it came from. */
+export interface Entry extends Pos {
+  key: string;
+}
+
 /** Whether `a` comes after `b` in newest-first order (score desc, then id desc, as ZREVRANGEBYSCORE orders ties). */
 const after = (a: Pos, b: Pos) => a.s < b.s || (a.s === b.s && a.id < b.id);
 
@@ -15,7 +20,7 @@ class Source {
   private done = false;
   private last: Pos | undefined;
   private readonly redis: RedisClient;
-  private readonly key: string;
+  readonly key: string;
 
   constructor(redis: RedisClient, key: string, start: Pos | undefined) {
     this.redis = redis;
@@ -65,20 +70,22 @@ export async function* scanNewestFirst(
   keys: readonly string[],
   start: Pos | undefined,
   batch = 100,
-): AsyncGenerator<Pos> {
+): AsyncGenerator<Entry> {
   const sources = keys.map((k) => new Source(redis, k, start));
   let prev: Pos | undefined;
   for (;;) {
+    // Sources with an empty buffer read their next batch at the same time (one round trip, not one per index).
+    const heads = await Promise.all(sources.map((src) => src.peek(batch)));
     let best: { src: Source; pos: Pos } | undefined;
-    for (const src of sources) {
-      const p = await src.peek(batch);
+    sources.forEach((src, i) => {
+      const p = heads[i];
       if (p && (!best || after(best.pos, p))) best = { src, pos: p };
-    }
+    });
     if (!best) return;
     best.src.take();
     // The same id in two indexes (a caller who is both agent and orchestrator) is listed once.
     if (prev && prev.s === best.pos.s && prev.id === best.pos.id) continue;
     prev = best.pos;
-    yield best.pos;
+    yield { ...best.pos, key: best.src.key };
   }
 }

@@ -5,8 +5,11 @@ import { IdentityPatterns } from '../identity/patterns.ts';
 import type { WorkloadIdentity } from '../identity/types.ts';
 import type { TaskService } from '../tasks/task-service.ts';
 import type { TaskRecord, TaskStatus } from '../tasks/types.ts';
+import { script } from '../redis/scripts.ts';
 import type { CursorCodec } from './cursor.ts';
-import { type Pos, scanNewestFirst } from './index-scan.ts';
+import { type Entry, type Pos, scanNewestFirst } from './index-scan.ts';
+
+const forgetScript = script('index-forget');
 
 /** A page of a list (contract section 3): `nextCursor` is null on the last page. */
 export interface Page<T> {
@@ -29,7 +32,16 @@ export interface ApprovalQuery {
   cursor?: string | undefined;
 }
 
-/** How many index entries one page may look at before it answers with what it has (filters that match little). */
+/** A list index and the bucket it belongs to. */
+interface Index {
+  bucket: number;
+  key: string;
+}
+
+/**
+ * How many index entries one page may look at before it answers with what it has (filters that match
+ * little); the cursor resumes where the page stopped, so nothing is lost, only spread over calls.
+ */
 const SCAN_BUDGET = 5000;
 
 /**
@@ -37,6 +49,13 @@ const SCAN_BUDGET = 5000;
  * each caller sees only what it may read, newest first. A page may be
  * shorter than `limit` when filters match little (the scan per page is
  * bounded); `nextCursor` says whether there is more.
+ *
+ * A list reads only indexes of what the caller may see: its own per-identity
+ * indexes (tasks it is the agent or the opener of, approvals of those
+ * tasks), or the bucket-wide ones for admins and approvers. So a caller with
+ * nothing to see costs one empty range read per index and bucket, whatever
+ * everyone else has. Entries whose record has left Redis are dropped from
+ * their index as a read comes across them.
  */
 export class ListService {
   private readonly deps: Deps;
@@ -59,11 +78,15 @@ export class ListService {
     const start = q.cursor ? this.cursors.decode<Pos>(q.cursor, bind) : undefined;
     const buckets = Array.from({ length: keys.buckets }, (_, b) => b);
     const exactAgent = q.agent && !q.agent.endsWith('/*') ? q.agent : undefined;
-    let indexes: string[];
-    if (!patterns.admins.matches(who.id)) indexes = buckets.flatMap((b) => [keys.tasksByAgent(b, who.id), keys.tasksByOpener(b, who.id)]);
-    else if (exactAgent) indexes = buckets.map((b) => keys.tasksByAgent(b, exactAgent));
-    else if (q.orchestrator) indexes = buckets.map((b) => keys.tasksByOpener(b, q.orchestrator!));
-    else indexes = buckets.map((b) => keys.tasksByTime(b));
+    let indexes: Index[];
+    if (!patterns.admins.matches(who.id))
+      indexes = buckets.flatMap((b) => [
+        { bucket: b, key: keys.tasksByAgent(b, who.id) },
+        { bucket: b, key: keys.tasksByOpener(b, who.id) },
+      ]);
+    else if (exactAgent) indexes = buckets.map((b) => ({ bucket: b, key: keys.tasksByAgent(b, exactAgent) }));
+    else if (q.orchestrator) indexes = buckets.map((b) => ({ bucket: b, key: keys.tasksByOpener(b, q.orchestrator!) }));
+    else indexes = buckets.map((b) => ({ bucket: b, key: keys.tasksByTime(b) }));
     const agentMatch = q.agent ? new IdentityPatterns([q.agent]) : undefined;
     const keep = (t: TaskRecord) =>
       this.tasks.mayRead(who, t) &&
@@ -76,6 +99,7 @@ export class ListService {
       start,
       q.limit,
       bind,
+      'task:',
       (ids) => this.deps.tasks.getMany(ids),
       (t) => t.taskId,
       keep,
@@ -84,16 +108,21 @@ export class ListService {
 
   /** Approvers (and admins) see every approval; agents and orchestrators those of their tasks. */
   async approvalsFor(who: WorkloadIdentity, q: ApprovalQuery): Promise<Page<ApprovalRecord>> {
-    const { keys } = this.deps;
+    const { keys, patterns } = this.deps;
     const bind = { caller: who.id, filters: { list: 'approvals', status: q.status } };
     const start = q.cursor ? this.cursors.decode<Pos>(q.cursor, bind) : undefined;
-    const indexes = Array.from({ length: keys.buckets }, (_, b) => keys.approvals(b));
+    const everything = patterns.approvers.matches(who.id) || patterns.admins.matches(who.id);
+    const indexes = Array.from({ length: keys.buckets }, (_, b) => ({
+      bucket: b,
+      key: everything ? keys.approvals(b) : keys.approvalsOf(b, who.id),
+    }));
     const now = this.deps.clock.now();
     return this.page(
       indexes,
       start,
       q.limit,
       bind,
+      'approval:',
       (ids) => this.deps.approvals.getMany(ids, now),
       (r) => r.approvalId,
       (r) => this.approvals.mayRead(who, r) && (!q.status || r.status === q.status),
@@ -102,10 +131,11 @@ export class ListService {
 
   /** One page: walk the indexes newest first, load in batches, keep what passes, stop at `limit` or the scan budget. */
   private async page<T>(
-    indexes: string[],
+    indexes: Index[],
     start: Pos | undefined,
     limit: number,
     bind: { caller: string; filters: Record<string, unknown> },
+    kind: 'task:' | 'approval:',
     load: (ids: string[]) => Promise<T[]>,
     idOf: (t: T) => string,
     keep: (t: T) => boolean,
@@ -114,11 +144,17 @@ export class ListService {
     let last: Pos | undefined;
     let scanned = 0;
     let more = false;
-    const it = scanNewestFirst(this.deps.redis, indexes, start, Math.min(200, limit + 10))[Symbol.asyncIterator]();
+    const baseOf = new Map(indexes.map((i) => [i.key, this.deps.keys.base(i.bucket)]));
+    const it = scanNewestFirst(
+      this.deps.redis,
+      indexes.map((i) => i.key),
+      start,
+      Math.min(200, limit + 10),
+    )[Symbol.asyncIterator]();
     const hasNext = async () => !(await it.next()).done;
     const size = Math.max(20, Math.min(200, limit));
     outer: for (;;) {
-      const batch: Pos[] = [];
+      const batch: Entry[] = [];
       while (batch.length < size && scanned < SCAN_BUDGET) {
         const n = await it.next();
         if (n.done) break;
@@ -127,9 +163,14 @@ export class ListService {
       }
       if (batch.length === 0) break;
       const found = new Map((await load(batch.map((p) => p.id))).map((t) => [idOf(t), t]));
+      await this.forget(
+        kind,
+        baseOf,
+        batch.filter((p) => !found.has(p.id)),
+      );
       for (let i = 0; i < batch.length; i++) {
         const p = batch[i]!;
-        last = p;
+        last = { s: p.s, id: p.id };
         const t = found.get(p.id);
         if (t && keep(t)) items.push(t);
         if (items.length === limit) {
@@ -143,5 +184,20 @@ export class ListService {
       }
     }
     return { items, nextCursor: more && last ? this.cursors.encode(last, bind) : null };
+  }
+
+  /** Drops index entries whose record has expired (see index-forget.lua); a failure only leaves them for the next read. */
+  private async forget(kind: 'task:' | 'approval:', baseOf: Map<string, string>, gone: Entry[]): Promise<void> {
+    const byKey = new Map<string, Entry[]>();
+    for (const e of gone) byKey.set(e.key, [...(byKey.get(e.key) ?? []), e]);
+    await Promise.all(
+      [...byKey].map(async ([key, entries]) => {
+        try {
+          await forgetScript.run(this.deps.redis, [key], [baseOf.get(key)!, kind, ...entries.flatMap((e) => [e.id, e.s])]);
+        } catch (err) {
+          this.deps.logger.warn({ err: (err as Error).message }, 'dropping expired list-index entries failed');
+        }
+      }),
+    );
   }
 }

@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto';
 import calculateSlot from 'cluster-key-slot';
 
 /** Redis Cluster's slot count. */
@@ -30,6 +31,14 @@ export const ID_PATTERN = /^[0-9a-f]{32}$/;
  *   marker no other kind marker is a prefix of: two distinct ids can never
  *   name the same key, whatever characters a caller puts in them (a task named
  *   `t:leases` cannot touch the lease set of task `t`).
+ * - No key embeds an identity string (up to 2048 characters, and an agent
+ *   names its sub-tasks' agents freely): per-identity indexes are named by the
+ *   identity's SHA-256 (`party`). Task ids are the only caller-chosen part of a
+ *   key, bounded by their syntax (512 characters of `[A-Za-z0-9._:~-]`).
+ * - List indexes (sorted sets by creation time) expire: each entry leaves once
+ *   its record can no longer exist (trimmed on every write, and dropped on
+ *   read when its record is gone), and the index key's own TTL is pushed to
+ *   the last moment a record it lists can exist, so an idle index disappears.
  * - Broker-wide state (signing keys, quarantine list, data-loss marker, the
  *   ops audit chain, locks) lives under one global tag. Single-key state
  *   (replay markers, rate-limit counters) has no tag and spreads by key.
@@ -131,15 +140,19 @@ export class Keys {
   }
   /** Sorted set: tasks of one agent by creation time. */
   tasksByAgent(bucket: number, agent: string): string {
-    return `${this.base(bucket)}tasks-by-agent:${agent}`;
+    return `${this.base(bucket)}tasks-by-agent:${party(agent)}`;
   }
   /** Sorted set: tasks opened by one identity by creation time. */
   tasksByOpener(bucket: number, opener: string): string {
-    return `${this.base(bucket)}tasks-by-opener:${opener}`;
+    return `${this.base(bucket)}tasks-by-opener:${party(opener)}`;
   }
-  /** Sorted set: approvals by request time (status filtered when read). */
+  /** Sorted set: approvals by request time (status filtered when read): what approvers and admins list. */
   approvals(bucket: number): string {
     return `${this.base(bucket)}approvals-all`;
+  }
+  /** Sorted set: approvals of the tasks one identity is the agent or the opener of, by request time. */
+  approvalsOf(bucket: number, identity: string): string {
+    return `${this.base(bucket)}approvals-of:${party(identity)}`;
   }
   /** Approval index: the current approval of one exact request (task, role, scopes, ttl). */
   approvalFor(bucket: number, digest: string): string {
@@ -208,6 +221,11 @@ export class Keys {
   queuePrefix(group: number | string): string {
     return `${this.prefix}:{${this.prefix}:q${group}}`;
   }
+}
+
+/** How an identity appears in a key name: its SHA-256, base64url (43 characters, whatever the identity's length). */
+export function party(identity: string): string {
+  return createHash('sha256').update(identity).digest('base64url');
 }
 
 /** An audit chain: one per bucket, and `ops` for broker-wide events. */

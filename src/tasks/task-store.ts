@@ -1,4 +1,5 @@
 import { LRUCache } from 'lru-cache';
+import { indexWindow } from '../lists/index-window.ts';
 import type { Keys } from '../redis/keys.ts';
 import { type RedisClient, script } from '../redis/scripts.ts';
 import type { TaskEndReason, TaskFixed, TaskRecord, TaskSnapshot, TaskStatus } from './types.ts';
@@ -65,6 +66,7 @@ export class TaskStore {
     ];
     if (task.parentTaskId)
       keys.push(k.task(task.parentTaskId), k.taskChildren(task.parentTaskId), k.task(opts.rootTaskId ?? task.parentTaskId));
+    const window = indexWindow(this.retentionMs);
     const res = (await openScript.run(this.redis, keys, [
       JSON.stringify(task),
       task.ttlSeconds * 1000,
@@ -72,6 +74,8 @@ export class TaskStore {
       opts.maxSubtasks,
       task.agent,
       task.tenant,
+      window.afterDeadlineMs,
+      window.horizonMs,
     ])) as [string, ...unknown[]];
     switch (res[0]) {
       case 'created':

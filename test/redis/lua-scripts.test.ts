@@ -58,6 +58,9 @@ test('every key of a task tree, its leases and its approvals shares one slot; bu
     keys.openTasks(b),
     keys.tasksByTime(b),
     keys.tasksByAgent(b, 'spiffe://x/y'),
+    keys.tasksByOpener(b, 'spiffe://x/o'),
+    keys.approvals(b),
+    keys.approvalsOf(b, 'spiffe://x/y'),
     keys.auditStream(b),
     keys.auditHead(b),
   ];
@@ -74,7 +77,16 @@ async function openTask(taskId: string, ttlMs = 60_000, parent?: string) {
   const b = keys.bucketOfTask(taskId);
   const k = [keys.task(taskId), keys.openTasks(b), keys.tasksByTime(b), keys.tasksByAgent(b, 'a'), keys.tasksByOpener(b, 'o')];
   if (parent) k.push(keys.task(parent), keys.taskChildren(parent), keys.task(taskId.split('~')[0]!));
-  return (await script('task-open').run(redis, k, [JSON.stringify({ taskId }), ttlMs, taskId, 2, 'a', 'acme'])) as unknown[];
+  return (await script('task-open').run(redis, k, [
+    JSON.stringify({ taskId }),
+    ttlMs,
+    taskId,
+    2,
+    'a',
+    'acme',
+    5000,
+    3_600_000,
+  ])) as unknown[];
 }
 
 async function createLease(taskId: string, leaseId: string, status = 'active', expiresAt = Date.now() + 60_000, provider = 'jwt') {
@@ -96,6 +108,29 @@ describe('one test per script', () => {
     expect((await openTask('to~2', 120_000, 'to'))[0]).toBe('outlives_parent');
     expect((await openTask('to~3', 30_000, 'to'))[0]).toBe('created');
     expect((await openTask('to~4', 30_000, 'to'))[0]).toBe('limit');
+  });
+
+  test('task-open: indexes the task, trims what no record can outlive, keeps each index as long as what it lists', async () => {
+    const b = keys.bucketOfTask('ix');
+    await redis.zadd(keys.tasksByTime(b), Date.now() - 3_700_000, 'ancient');
+    expect((await openTask('ix', 60_000))[0]).toBe('created');
+    for (const k of [keys.tasksByTime(b), keys.tasksByAgent(b, 'a'), keys.tasksByOpener(b, 'o')]) {
+      expect(await redis.zscore(k, 'ix')).not.toBeNull();
+      expect(await redis.pttl(k)).toBeGreaterThan(60_000); // deadline (60 s) + 5 s after it
+    }
+    expect(await redis.zscore(keys.tasksByTime(b), 'ancient')).toBeNull();
+  });
+
+  test('index-forget: drops entries whose record is gone, only if unchanged since read', async () => {
+    const b = keys.bucketOfTask('fg');
+    await openTask('fg');
+    const index = keys.tasksByTime(b);
+    const score = Number(await redis.zscore(index, 'fg'));
+    await redis.zadd(index, 1000, 'fg-gone', 2000, 'fg-again');
+    const forget = (pairs: (string | number)[]) => script('index-forget').run(redis, [index], [keys.base(b), 'task:', ...pairs]);
+    // A live record stays; a changed score (re-created meanwhile) stays; a gone record with the score read goes.
+    expect(await forget(['fg', score, 'fg-again', 1999, 'fg-gone', 1000])).toBe(1);
+    expect(await redis.zmscore(index, 'fg', 'fg-again', 'fg-gone')).toEqual([String(score), '2000', null]);
   });
 
   test('task-end: ends the open subtree once; an expiry waits for the deadline', async () => {
@@ -208,12 +243,24 @@ describe('one test per script', () => {
     const request = (id: string) =>
       script('approval-request').run(
         redis,
-        [keys.approvalFor(b, 'd'), keys.task('ap'), keys.taskApprovals('ap'), keys.approvals(b), keys.approval(id)],
-        [keys.base(b), id, '{}', 1, 60_000],
+        [
+          keys.approvalFor(b, 'd'),
+          keys.task('ap'),
+          keys.taskApprovals('ap'),
+          keys.approvals(b),
+          keys.approval(id),
+          keys.approvalsOf(b, 'a'),
+          keys.approvalsOf(b, 'o'),
+        ],
+        [keys.base(b), id, '{}', 1, 60_000, 3_600_000],
       );
     const [a1, a2] = [lid('ap', 1), lid('ap', 2)];
     expect(((await request(a1)) as string[])[0]).toBe('created');
     expect(await request(a2)).toEqual(['existing', a1]);
+    for (const k of [keys.approvals(b), keys.approvalsOf(b, 'a'), keys.approvalsOf(b, 'o')]) {
+      expect(await redis.zrange(k, '0', '-1')).toEqual([a1]);
+      expect(await redis.pttl(k)).toBeGreaterThan(60_000); // the task's deadline + retention
+    }
     const swap = (from: string, to: string) =>
       script('approval-swap').run(redis, [keys.approval(a1), keys.taskApprovals('ap'), keys.approvalFor(b, 'd')], [from, to, a1]);
     expect(await swap('pending', 'approved')).toBe(1);

@@ -12,10 +12,14 @@ const paging = {
   cursor: z.string().min(1).max(8192).optional(),
 };
 const identity = z.string().min(3).max(2048);
+/**
+ * An RFC 3339 date-time with `Z` or an offset (what docs/openapi.yaml's `format: date-time` says), not
+ * whatever Date.parse accepts: that includes years down to -271821, which no stream id can hold.
+ */
 const isoTime = z
   .string()
   .max(64)
-  .refine((s) => !Number.isNaN(Date.parse(s)), { message: 'must be an ISO 8601 time' })
+  .pipe(z.iso.datetime({ offset: true, message: 'must be an RFC 3339 date-time, e.g. 2026-01-01T00:00:00Z' }))
   .transform((s) => Date.parse(s));
 
 const taskQuery = z.strictObject({

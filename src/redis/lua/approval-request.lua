@@ -6,11 +6,14 @@
 -- KEYS[3] the task's pending approvals (set)
 -- KEYS[4] approvals of the bucket (zset, by request time)
 -- KEYS[5] new approval hash (used only when one is created)
+-- KEYS[6] approvals of the task's agent (zset, by request time)
+-- KEYS[7] approvals of the task's opener (zset, by request time; may be KEYS[6])
 -- ARGV[1] key base of the bucket
 -- ARGV[2] new approval id
 -- ARGV[3] immutable part as JSON
 -- ARGV[4] maxPendingApprovals (0 = no bound)
 -- ARGV[5] retention in ms after the task's deadline
+-- ARGV[6] how long after its request any approval's index entry may stay (ms): the longest task ttl plus ARGV[5]
 -- Returns {'existing', id} | {'created', id, now} | {'task_closed'} | {'limit'}
 local cur = redis.call('GET', KEYS[1])
 if cur and redis.call('EXISTS', ARGV[1] .. 'approval:' .. cur) == 1 then return { 'existing', cur } end
@@ -25,5 +28,8 @@ redis.call('HSET', KEYS[5], 'd', ARGV[3], 'status', 'pending', 'requestedAt', no
 redis.call('PEXPIREAT', KEYS[5], deadline + tonumber(ARGV[5]))
 redis.call('SET', KEYS[1], ARGV[2], 'PXAT', deadline)
 redis.call('SADD', KEYS[3], ARGV[2])
-redis.call('ZADD', KEYS[4], now, ARGV[2])
+local horizon, keep_until = tonumber(ARGV[6]), deadline + tonumber(ARGV[5])
+index_add(KEYS[4], ARGV[2], now, horizon, keep_until)
+index_add(KEYS[6], ARGV[2], now, horizon, keep_until)
+if KEYS[7] ~= KEYS[6] then index_add(KEYS[7], ARGV[2], now, horizon, keep_until) end
 return { 'created', ARGV[2], now }

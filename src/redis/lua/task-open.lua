@@ -15,6 +15,8 @@
 -- ARGV[4] maxSubtasks over the tree's whole life (0 = no bound)
 -- ARGV[5] agent (kept as a plain field too, for filters and the kill switch)
 -- ARGV[6] tenant (likewise)
+-- ARGV[7] how long after its deadline the task's index entries must stay (ms): its retention, plus slack
+-- ARGV[8] how long after its creation any task's index entry may stay (ms): the longest ttl plus ARGV[7]
 -- Returns {'exists', <hash as flat list>} | {'created', createdAt, expiresAt}
 --       | {'parent_missing'} | {'parent_not_open'} | {'outlives_parent', parentExpiresAt} | {'limit'}
 if redis.call('EXISTS', KEYS[1]) == 1 then return { 'exists', redis.call('HGETALL', KEYS[1]) } end
@@ -39,7 +41,6 @@ end
 redis.call('HSET', KEYS[1], 'd', ARGV[1], 'status', 'open', 'createdAt', now, 'expiresAt', expires, 'live', 0,
   'agent', ARGV[5], 'tenant', ARGV[6])
 redis.call('ZADD', KEYS[2], expires, ARGV[3])
-redis.call('ZADD', KEYS[3], now, ARGV[3])
-redis.call('ZADD', KEYS[4], now, ARGV[3])
-redis.call('ZADD', KEYS[5], now, ARGV[3])
+local horizon, keep_until = tonumber(ARGV[8]), expires + tonumber(ARGV[7])
+for i = 3, 5 do index_add(KEYS[i], ARGV[3], now, horizon, keep_until) end
 return { 'created', now, expires }

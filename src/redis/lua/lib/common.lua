@@ -54,3 +54,14 @@ local function end_subtree(base, open_key, root, status, reason, child_reason, r
   end
   return ended
 end
+
+-- Adds `id` to a list index (a sorted set by creation time, newest listed first) and keeps the index bounded:
+-- entries created more than `horizon` ms ago are dropped (no record they point to can still exist), and the
+-- index key lives until `keep_until` (ms) at least, the last moment a record it lists can exist, so an index
+-- nobody writes to any more leaves Redis whole.
+local function index_add(key, id, now, horizon, keep_until)
+  redis.call('ZADD', key, now, id)
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', '(' .. string.format('%d', now - horizon))
+  local left = redis.call('PTTL', key)
+  if left < 0 or now + left < keep_until then redis.call('PEXPIREAT', key, string.format('%d', keep_until)) end
+end
