@@ -165,6 +165,7 @@ export async function startBroker(config: LoadedConfig, opts: BrokerOptions = {}
       keys,
       logger,
       metrics,
+      now: () => clock.now(),
       ...(opts.fetchImpl ? { fetchImpl: opts.fetchImpl } : {}),
       ...(opts.identityCacheMs === undefined ? {} : { cacheMs: opts.identityCacheMs }),
     });

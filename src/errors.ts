@@ -97,8 +97,8 @@ export const ERRORS = {
   identity_expired: { status: 401, means: 'The identity token has expired.', fix: 'Fetch a fresh token.' },
   identity_replayed: {
     status: 401,
-    means: 'The identity token carries a `jti` already used.',
-    fix: 'Use a new token per request, or tokens without `jti`.',
+    means: 'The identity token was already used, and its trust entry sets `singleUse: true` (each token accepted once, by its `jti`).',
+    fix: 'Mint a new token per request from that issuer, or drop `singleUse` from the trust entry if its tokens are meant to be reused.',
   },
   console_signed_out: {
     status: 401,

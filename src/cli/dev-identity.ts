@@ -44,7 +44,7 @@ export function findDevSigner(env: NodeJS.ProcessEnv, cwd: string): string {
 /**
  * A JWT-SVID for `sub` in the dev trust domain, signed with the key in
  * `signerFile` (a private JWK with `kid`, as scripts/dev-setup.ts writes it).
- * No `jti`: the broker accepts a token with one only once.
+ * No `jti`: nothing needs one (only a `singleUse` trust entry would, and the dev one is not).
  */
 export async function signDevIdentity(opts: { sub: string; signerFile: string; ttlSeconds?: number; audience?: string }): Promise<{
   token: string;

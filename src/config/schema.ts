@@ -32,6 +32,13 @@ export const trustSchema = z
     issuer: z.string().min(1).max(2048).optional(),
     audiences: z.array(z.string().min(1)).min(1),
     jwks: jwksSchema,
+    /**
+     * Each token is accepted once: it must carry a `jti`, remembered in Redis
+     * until the token expires. Off by default, because JWT-SVIDs, Kubernetes
+     * projected tokens and CI OIDC tokens are bearer tokens reused for their
+     * whole lifetime; turn it on for an issuer that mints one token per call.
+     */
+    singleUse: z.boolean().default(false),
   })
   .superRefine((t, ctx) => {
     if (t.kind === 'spiffe' && !t.trustDomain) ctx.addIssue({ code: 'custom', path: ['trustDomain'], message: 'required for kind spiffe' });

@@ -16,35 +16,56 @@ export interface AuthorizationStart {
  * with PKCE, openid-client doing the protocol). Discovery happens on the first
  * sign-in and is cached; a provider that is down does not stop the broker from
  * starting, it only makes sign-in fail with a clear page until it is back.
+ * openid-client's checks of the ID token's times use the broker's clock
+ * (Redis's), as every other time check does.
  */
 export class ConsoleOidcClient {
   private readonly cfg: ConsoleConfig;
   private readonly redirectUri: string;
+  private readonly now: () => number;
   private discovered: Promise<client.Configuration> | undefined;
 
-  constructor(cfg: ConsoleConfig, publicUrl: string) {
+  /** `now`: the broker's clock in ms (RedisClock.now); the process clock when absent. */
+  constructor(cfg: ConsoleConfig, publicUrl: string, opts: { now?: () => number } = {}) {
     this.cfg = cfg;
     this.redirectUri = `${publicUrl}/console/callback`;
+    this.now = opts.now ?? Date.now;
   }
 
-  private configuration(): Promise<client.Configuration> {
+  /**
+   * The discovered provider, as a client whose clock is the broker's: the offset
+   * from the process clock is taken afresh on every call (it is re-measured as
+   * Redis time is), so this builds a Configuration from the cached metadata.
+   */
+  private async configuration(): Promise<client.Configuration> {
     this.discovered ??= this.discover().catch((err) => {
       this.discovered = undefined; // try again on the next sign-in
       throw err;
     });
-    return this.discovered;
+    const discovered = await this.discovered;
+    const config = new client.Configuration(
+      discovered.serverMetadata(),
+      this.cfg.clientId,
+      { ...this.metadata(), [client.clockSkew]: Math.round((this.now() - Date.now()) / 1000) },
+      this.auth(),
+    );
+    config.timeout = discovered.timeout;
+    if (isLoopbackHttp(this.cfg.issuer)) client.allowInsecureRequests(config);
+    return config;
+  }
+
+  private metadata(): Partial<client.ClientMetadata> {
+    return { redirect_uris: [this.redirectUri], response_types: ['code'] };
+  }
+
+  private auth(): client.ClientAuth {
+    const secret = this.cfg.clientSecret ? readSecret(this.cfg.clientSecret, 'console.clientSecret') : undefined;
+    return secret ? client.ClientSecretBasic(secret) : client.None();
   }
 
   private async discover(): Promise<client.Configuration> {
-    const secret = this.cfg.clientSecret ? readSecret(this.cfg.clientSecret, 'console.clientSecret') : undefined;
     const execute = isLoopbackHttp(this.cfg.issuer) ? [client.allowInsecureRequests] : [];
-    return client.discovery(
-      new URL(this.cfg.issuer),
-      this.cfg.clientId,
-      { redirect_uris: [this.redirectUri], response_types: ['code'] },
-      secret ? client.ClientSecretBasic(secret) : client.None(),
-      { execute, timeout: 10 },
-    );
+    return client.discovery(new URL(this.cfg.issuer), this.cfg.clientId, this.metadata(), this.auth(), { execute, timeout: 10 });
   }
 
   /** Builds the authorization request: fresh state, nonce and PKCE verifier every time. */

@@ -1,13 +1,16 @@
-import { type RequestHandler, type Response, Router } from 'express';
+import { type Request, type RequestHandler, type Response, Router } from 'express';
+import { denial } from '../authz.ts';
 import type { Deps } from '../deps.ts';
 import { forbidden, unauthenticated } from '../errors.ts';
 import { v1Routes } from '../http/app.ts';
+import { clip } from '../identity/log-safe.ts';
 import { refuseQuarantined } from '../http/middleware.ts';
 import type { Services } from '../http/services.ts';
 import type { ConsoleConfig } from './config.ts';
 import { ConsoleCookies } from './cookies.ts';
 import { MetricsHistory } from './metrics-history.ts';
 import { ConsoleOidcClient } from './oidc.ts';
+import { decodePendingLogin, encodePendingLogin } from './pending-login.ts';
 import { type ConsoleSession, ConsoleSessionStore } from './sessions.ts';
 import { securityHeaders, staticConsole } from './static.ts';
 
@@ -39,9 +42,10 @@ export function createConsole(deps: Deps, services: Services, opts: { dist?: str
   const cfg = deps.config.console as ConsoleConfig;
   const publicUrl = deps.config.server.publicUrl;
   const trust = deps.config.trust.filter((t) => t.kind === 'oidc' && t.issuer === cfg.issuer).at(-1)!;
-  const store = new ConsoleSessionStore({ redis: deps.redis, keys: deps.keys });
+  const now = () => deps.clock.now();
+  const store = new ConsoleSessionStore({ redis: deps.redis, keys: deps.keys, now });
   const cookies = new ConsoleCookies(publicUrl);
-  const oidc = new ConsoleOidcClient(cfg, publicUrl);
+  const oidc = new ConsoleOidcClient(cfg, publicUrl, { now });
   const history = new MetricsHistory(deps.metrics, { intervalMs: opts.metricsIntervalMs });
   const { admins, approvers } = deps.patterns;
   const log = deps.logger.child({ component: 'console' });
@@ -50,6 +54,19 @@ export function createConsole(deps: Deps, services: Services, opts: { dist?: str
   r.use('/console', securityHeaders({ https: publicUrl.startsWith('https:') }));
 
   const failSignIn = (res: Response, code: SignInError) => res.redirect(303, `/console/?signin_error=${code}`);
+
+  // Anyone may start or finish a sign-in, and each costs the broker work (and the provider a request), so
+  // every one spends the client address's unauthenticated budget; an address over it is refused before
+  // anything else, as on /v1. (/console/api calls spend the signed-in person's budget instead: signedIn.)
+  if (deps.limits) {
+    const limits = deps.limits;
+    r.use(['/console/login', '/console/callback'], limits.gate());
+    r.use(['/console/login', '/console/callback'], async (req, _res, next) => {
+      const over = await limits.unauthenticatedCall(req);
+      if (over) throw over;
+      next();
+    });
+  }
 
   r.get('/console/login', async (req, res) => {
     let start: Awaited<ReturnType<ConsoleOidcClient['start']>>;
@@ -60,10 +77,10 @@ export function createConsole(deps: Deps, services: Services, opts: { dist?: str
       return failSignIn(res, 'provider_unavailable');
     }
     const ttlMs = cfg.loginTimeoutSeconds * 1000;
-    await store.savePending(start.state, { nonce: start.nonce, returnTo: safeReturnTo(req.query.return) }, ttlMs);
-    // The PKCE verifier stays in the person's browser (HttpOnly): a code is only redeemable by the browser
-    // that started the sign-in, so nobody can sign a victim into an attacker's session, and Redis holds no secret.
-    res.cookie(cookies.login, start.codeVerifier, cookies.loginOptions(ttlMs));
+    // The whole sign-in waits in the person's browser (HttpOnly), nothing in Redis: a code is only redeemable
+    // by the browser that started the sign-in (PKCE), so nobody can sign a victim into an attacker's session.
+    const pending = { state: start.state, nonce: start.nonce, codeVerifier: start.codeVerifier, returnTo: safeReturnTo(req.query.return) };
+    res.cookie(cookies.login, encodePendingLogin(pending), cookies.loginOptions(ttlMs));
     res.setHeader('Cache-Control', 'no-store');
     res.redirect(303, start.url.href);
   });
@@ -75,15 +92,15 @@ export function createConsole(deps: Deps, services: Services, opts: { dist?: str
       log.info({ error: req.query.error }, 'console sign-in: the provider answered with an error');
       return failSignIn(res, 'provider_error');
     }
-    const state = typeof req.query.state === 'string' ? req.query.state : '';
-    const pending = state ? await store.takePending(state) : undefined;
+    // No sign-in cookie: it expired (console.loginTimeoutSeconds), was used by an earlier callback, or never was here.
+    const pending = decodePendingLogin(cookies.read(req, cookies.login));
     if (!pending) return failSignIn(res, 'state_unknown');
-    const codeVerifier = cookies.read(req, cookies.login);
-    if (!codeVerifier) return failSignIn(res, 'browser_mismatch');
+    // This browser is waiting for another sign-in than the one this link finishes.
+    if (req.query.state !== pending.state) return failSignIn(res, 'browser_mismatch');
     let idToken: string;
     try {
       const query = req.originalUrl.slice(req.originalUrl.indexOf('?'));
-      idToken = await oidc.finish(new URL(`${publicUrl}/console/callback${query}`), { state, nonce: pending.nonce, codeVerifier });
+      idToken = await oidc.finish(new URL(`${publicUrl}/console/callback${query}`), pending);
     } catch (err) {
       log.warn({ err: (err as Error).message }, 'console sign-in: code exchange failed');
       return failSignIn(res, 'provider_error');
@@ -94,33 +111,42 @@ export function createConsole(deps: Deps, services: Services, opts: { dist?: str
       const identity = await deps.verifier.verify(idToken);
       if (identity.kind !== 'oidc' || identity.trust !== trust.name)
         throw new Error(`verified by trust ${identity.trust}, not ${trust.name}`);
-      const now = Date.now();
-      const expiresAt = Math.min(identity.exp * 1000, now + cfg.sessionMaxAgeSeconds * 1000);
-      session = { identity: { ...identity, exp: Math.floor(expiresAt / 1000) }, createdAt: now, expiresAt };
+      const at = now();
+      const expiresAt = Math.min(identity.exp * 1000, at + cfg.sessionMaxAgeSeconds * 1000);
+      session = { identity: { ...identity, exp: Math.floor(expiresAt / 1000) }, createdAt: at, expiresAt };
     } catch (err) {
       log.warn({ err: (err as Error).message, code: (err as { code?: string }).code }, 'console sign-in: ID token refused');
       return failSignIn(res, 'token_invalid');
     }
     const cookie = await store.create(session);
-    res.cookie(cookies.session, cookie, cookies.sessionOptions(session.expiresAt - Date.now()));
+    res.cookie(cookies.session, cookie, cookies.sessionOptions(session.expiresAt - now()));
     await deps.audit.append({ action: 'console.signin', actor: session.identity.id, decision: 'allow', detail: { trust: trust.name } });
     log.info({ who: session.identity.id }, 'console sign-in');
-    res.redirect(303, pending.returnTo);
+    res.redirect(303, safeReturnTo(pending.returnTo));
   });
 
-  // Every /console/api call: a live session, never cached, and the anti-CSRF header on anything that changes state.
+  // Every /console/api call: a live session, never cached, the anti-CSRF header on anything that changes state,
+  // and the person's rate limit, as for a workload on /v1.
   const signedIn: RequestHandler = async (req, res, next) => {
     res.setHeader('Cache-Control', 'no-store');
-    if (!SAFE.has(req.method)) {
-      const site = req.headers['sec-fetch-site'];
-      if (req.headers[CSRF_HEADER] !== '1' || (site !== undefined && site !== 'same-origin')) {
-        throw forbidden('console_csrf', `State-changing console calls must come from the console page (header ${CSRF_HEADER}: 1).`);
-      }
-    }
     const session = await store.get(cookies.read(req, cookies.session));
+    if (!SAFE.has(req.method) && !fromConsolePage(req)) {
+      const err = forbidden('console_csrf', `State-changing console calls must come from the console page (header ${CSRF_HEADER}: 1).`);
+      // Someone made a signed-in person's browser send this: a denial of that person, audited like any other.
+      // Without a session nothing was at stake (and no actor is known): counted in metrics only.
+      if (!session) {
+        deps.metrics.denied.inc({ code: err.code });
+        throw err;
+      }
+      throw await denial(deps, session.identity, err, {
+        action: 'access.deny',
+        detail: { method: clip(req.method, 16), path: clip(`${req.baseUrl}${req.path}`, 200) },
+      });
+    }
     if (!session) throw unauthenticated('console_signed_out', 'Sign in to the console (the session is missing or has expired).');
     // A quarantined person is stopped here exactly as a quarantined workload is on /v1.
     await refuseQuarantined(deps, session.identity);
+    await deps.limits?.spendIdentity(session.identity.id);
     res.locals.identity = session.identity;
     res.locals.consoleSession = session;
     next();
@@ -165,6 +191,15 @@ export function createConsole(deps: Deps, services: Services, opts: { dist?: str
 
   history.start();
   return { router: r, close: () => history.stop() };
+}
+
+/**
+ * Whether a state-changing call came from the console's own page: it carries
+ * the console header, and the browser (when it says) calls it same-origin.
+ */
+function fromConsolePage(req: Request): boolean {
+  const site = req.headers['sec-fetch-site'];
+  return req.headers[CSRF_HEADER] === '1' && (site === undefined || site === 'same-origin');
 }
 
 /** Only a path inside the console: never another origin (`//evil`, `/\evil`) nor anything outside /console/. */

@@ -13,35 +13,32 @@ export interface ConsoleSession {
   expiresAt: number;
 }
 
-/** A sign-in in progress, keyed by its OAuth `state`; single use. */
-export interface PendingLogin {
-  nonce: string;
-  /** Where to send the person once signed in (a /console/ path). */
-  returnTo: string;
-}
-
 /** Redis keys hold a hash of the cookie, so a copy of Redis does not hand out live sessions. */
 const digest = (cookie: string) => createHash('sha256').update(cookie).digest('base64url');
 
 /**
- * Console sessions and pending sign-ins in Redis, under the broker's prefix,
- * so every instance behind a load balancer sees the same sessions. Both expire
- * by Redis TTL; reads also check the expiry so a clock-skewed TTL cannot
- * stretch a session.
+ * Console sessions in Redis, under the broker's prefix, so every instance
+ * behind a load balancer sees the same sessions. They expire by Redis TTL;
+ * reads also check the expiry (on the broker's clock, Redis's) so a TTL cannot
+ * stretch a session. A sign-in in progress is not stored here: it waits in the
+ * browser that started it (./pending-login.ts).
  */
 export class ConsoleSessionStore {
   private readonly redis: RedisClient;
   private readonly keys: Keys;
+  private readonly now: () => number;
 
-  constructor(deps: { redis: RedisClient; keys: Keys }) {
+  /** `now`: the broker's clock in ms (RedisClock.now); the process clock when absent. */
+  constructor(deps: { redis: RedisClient; keys: Keys; now?: () => number }) {
     this.redis = deps.redis;
     this.keys = deps.keys;
+    this.now = deps.now ?? Date.now;
   }
 
   /** Starts a session and returns the cookie value that names it. */
   async create(session: ConsoleSession): Promise<string> {
     const cookie = randomBytes(32).toString('base64url');
-    const ttl = Math.max(1, session.expiresAt - Date.now());
+    const ttl = Math.max(1, session.expiresAt - this.now());
     await this.redis.set(this.keys.plain('console:session', digest(cookie)), JSON.stringify(session), 'PX', ttl);
     return cookie;
   }
@@ -51,20 +48,10 @@ export class ConsoleSessionStore {
     const raw = await this.redis.get(this.keys.plain('console:session', digest(cookie)));
     if (!raw) return undefined;
     const s = JSON.parse(raw) as ConsoleSession;
-    return s.expiresAt > Date.now() ? s : undefined;
+    return s.expiresAt > this.now() ? s : undefined;
   }
 
   async delete(cookie: string | undefined): Promise<void> {
     if (cookie) await this.redis.del(this.keys.plain('console:session', digest(cookie)));
-  }
-
-  async savePending(state: string, login: PendingLogin, ttlMs: number): Promise<void> {
-    await this.redis.set(this.keys.plain('console:login', digest(state)), JSON.stringify(login), 'PX', ttlMs);
-  }
-
-  /** Reads and forgets a pending sign-in: a callback URL works once. */
-  async takePending(state: string): Promise<PendingLogin | undefined> {
-    const raw = await this.redis.getdel(this.keys.plain('console:login', digest(state)));
-    return raw ? (JSON.parse(raw) as PendingLogin) : undefined;
   }
 }

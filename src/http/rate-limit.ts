@@ -155,6 +155,21 @@ export class RateLimits {
    */
   async authFailed(req: Request, res: Response): Promise<RateLimited | undefined> {
     res.locals.authFailureCounted = true;
+    return this.spendAddress(req, 'failed authentications');
+  }
+
+  /**
+   * Spends one request of the client address's unauthenticated budget for a
+   * route anyone may call without a token and that costs the broker work (the
+   * console's sign-in: a provider round trip, PKCE). Returns the 429 to answer
+   * when it is spent; the address is then refused by {@link gate} until the
+   * window ends, like one that failed authentication too often.
+   */
+  async unauthenticatedCall(req: Request): Promise<RateLimited | undefined> {
+    return this.spendAddress(req, 'sign-in requests');
+  }
+
+  private async spendAddress(req: Request, what: string): Promise<RateLimited | undefined> {
     const b = this.budgets.unauthenticated;
     if (!b) return undefined;
     const client = clientKey(req.ip ?? req.socket.remoteAddress);
@@ -162,12 +177,12 @@ export class RateLimits {
     try {
       wait = await b.spend(client);
     } catch (err) {
-      this.logger.warn({ err: (err as Error).message }, 'counting an authentication failure failed');
+      this.logger.warn({ err: (err as Error).message }, `counting ${what} failed`);
       return undefined;
     }
     if (wait === undefined) return undefined;
     this.block(client, wait);
-    return this.refuse('unauthenticated', wait, 'Too many failed authentications from this address; slow down.');
+    return this.refuse('unauthenticated', wait, `Too many ${what} from this address; slow down.`);
   }
 
   /**
@@ -187,7 +202,7 @@ export class RateLimits {
             const err = this.refuse(
               'unauthenticated',
               Math.ceil(ms / 1000),
-              'Too many failed authentications from this address; slow down.',
+              'Too many unauthenticated requests from this address; slow down.',
             );
             return isOAuthPath(req) ? sendSlowDown(res, err) : next(err);
           }

@@ -26,6 +26,8 @@ const ALLOWED_HEADER = new Set(['alg', 'kid', 'typ']);
 const MAX_NUMERIC_DATE = 253_402_300_799;
 /** OIDC Core 2: `sub` is at most 255 ASCII characters. Printable only: it becomes part of the identity string. */
 const OIDC_SUB = /^[\x20-\x7e]{1,255}$/;
+/** Bound of the verified-token cache; 10,000 entries is a few MB. */
+const VERIFIED_CACHE_MAX = 10_000;
 
 /**
  * Verifies workload identity tokens (SPIFFE JWT-SVIDs and OIDC ID tokens)
@@ -36,10 +38,17 @@ const OIDC_SUB = /^[\x20-\x7e]{1,255}$/;
  * Every refusal is a 401 with a stable code and a fixed `reason` (see
  * ./rejection.ts). What exactly was wrong goes to the log, clipped, because
  * everything in a token that failed verification is attacker-controlled.
+ *
+ * Times (`exp`, `nbf`, `iat`, the lifetime, the replay marker's TTL) are
+ * judged on Redis's clock like every other deadline of the broker, so an
+ * instance whose own clock is a minute off neither refuses fresh tokens nor
+ * accepts expired ones.
+ *
+ * A token is a bearer token, reused until it expires (JWT-SVIDs, Kubernetes
+ * projected tokens and CI OIDC tokens all carry on being presented). Only a
+ * trust entry with `singleUse: true` makes each token single-use: it must
+ * carry a `jti`, which is remembered across instances until the token expires.
  */
-/** Bound of the verified-token cache; 10,000 entries is a few MB. */
-const VERIFIED_CACHE_MAX = 10_000;
-
 export class IdentityVerifier {
   private readonly spiffe = new Map<string, { trust: TrustConfig; keys: KeySet }>();
   private readonly oidc = new Map<string, { trust: TrustConfig; keys: KeySet }>();
@@ -48,8 +57,10 @@ export class IdentityVerifier {
   private readonly redis: RedisClient;
   private readonly keys: Keys;
   private readonly rejections: RejectionLog;
+  /** Milliseconds since the epoch on the clock the broker decides time with (Redis's). */
+  private readonly now: () => number;
   /**
-   * Verified tokens without jti, reused until min(exp, cacheMs): verification is
+   * Verified tokens of trust entries that are not single-use, reused until min(exp, cacheMs): verification is
    * the hottest path. lru-cache bounds it (least recently used evicted first), so
    * a flood of distinct valid tokens cannot grow memory past VERIFIED_CACHE_MAX entries.
    */
@@ -58,7 +69,16 @@ export class IdentityVerifier {
 
   constructor(
     config: LoadedConfig,
-    deps: { redis: RedisClient; keys: Keys; logger: Logger; metrics?: Metrics; fetchImpl?: typeof fetch; cacheMs?: number },
+    deps: {
+      redis: RedisClient;
+      keys: Keys;
+      logger: Logger;
+      metrics?: Metrics;
+      fetchImpl?: typeof fetch;
+      cacheMs?: number;
+      /** The broker's clock in ms (RedisClock.now); the process clock when absent (unit tests). */
+      now?: () => number;
+    },
   ) {
     const opts = {
       maxAgeMs: config.identity.jwksCacheSeconds * 1000,
@@ -76,6 +96,7 @@ export class IdentityVerifier {
     this.keys = deps.keys;
     this.rejections = new RejectionLog({ logger: deps.logger, metrics: deps.metrics });
     this.cacheMs = deps.cacheMs ?? 30_000;
+    this.now = deps.now ?? Date.now;
   }
 
   /** Loads every trust entry's keys; a broken file or inline set fails startup. */
@@ -95,7 +116,7 @@ export class IdentityVerifier {
     }
     const cached = this.cache.get(token);
     if (cached) {
-      if (cached.until > Date.now()) return cached.identity;
+      if (cached.until > this.now()) return cached.identity;
       this.cache.delete(token);
     }
     try {
@@ -128,6 +149,7 @@ export class IdentityVerifier {
     if (typeof header.kid !== 'string' || header.kid === '') throw new IdentityRejection('malformed', 'header has no kid');
     const { trust, keys, algorithms } = this.route(unverified);
     const kid = header.kid;
+    const nowMs = this.now();
     let payload: JWTPayload;
     try {
       ({ payload } = await jwtVerify(
@@ -142,13 +164,14 @@ export class IdentityVerifier {
           audience: trust.audiences,
           issuer: trust.kind === 'oidc' ? trust.issuer : undefined,
           clockTolerance: this.skew,
-          requiredClaims: ['sub', 'exp', 'aud'],
+          currentDate: new Date(nowMs),
+          requiredClaims: trust.singleUse ? ['sub', 'exp', 'aud', 'jti'] : ['sub', 'exp', 'aud'],
         },
       ));
     } catch (err) {
       throw joseRejection(err, trust.name);
     }
-    return this.accept(token, payload, trust);
+    return this.accept(token, payload, trust, nowMs);
   }
 
   /** Picks the trust entry from the unverified payload; verification then uses only that entry's keys. */
@@ -168,8 +191,8 @@ export class IdentityVerifier {
     return { ...entry, algorithms: OIDC_ALGS };
   }
 
-  private async accept(token: string, p: JWTPayload, trust: TrustConfig): Promise<WorkloadIdentity> {
-    const now = Math.floor(Date.now() / 1000);
+  private async accept(token: string, p: JWTPayload, trust: TrustConfig, nowMs: number): Promise<WorkloadIdentity> {
+    const now = Math.floor(nowMs / 1000);
     for (const claim of ['exp', 'iat', 'nbf'] as const) {
       const v = p[claim];
       if (v !== undefined && !(Number.isSafeInteger(v) && v >= 0 && v <= MAX_NUMERIC_DATE)) {
@@ -193,11 +216,16 @@ export class IdentityVerifier {
     const claims: Record<string, string> = {};
     for (const [k, v] of Object.entries(p)) if (typeof v === 'string') claims[k] = v;
     const identity: WorkloadIdentity = Object.freeze({ id, trust: trust.name, kind: trust.kind, claims: Object.freeze(claims), exp });
-    if (typeof p.jti === 'string') {
-      // A token with a jti is single-use for its whole lifetime (plus skew), across every instance.
+    if (trust.singleUse) {
+      // Single-use for its whole lifetime (plus skew), across every instance; jose required the jti.
       // Bounded above by the lifetime check, so the PX value is always a small positive integer.
       const ttlMs = Math.max(1000, (exp + this.skew - now) * 1000);
-      const key = this.keys.replay(trust.name, createHash('sha256').update(p.jti).digest('base64url'));
+      const key = this.keys.replay(
+        trust.name,
+        createHash('sha256')
+          .update(p.jti as string)
+          .digest('base64url'),
+      );
       let fresh: string | null;
       try {
         fresh = await this.redis.set(key, '1', 'PX', ttlMs, 'NX');
@@ -206,7 +234,8 @@ export class IdentityVerifier {
       }
       if (fresh === null) throw new IdentityRejection('replayed', `jti replayed (trust ${trust.name})`);
     } else {
-      this.remember(token, identity, Math.min(exp * 1000, Date.now() + this.cacheMs));
+      // Never cached when single-use: every presentation must meet the replay marker.
+      this.remember(token, identity, Math.min(exp * 1000, nowMs + this.cacheMs));
     }
     return identity;
   }

@@ -12,6 +12,8 @@ test("the contract's example config loads as it is, frozen, with defaults filled
   expect(c.roles['orders-db']).toMatchObject({ provider: 'vault', path: 'database/creds/orders-readonly', maxTtlSeconds: 3600 });
   expect((c.providers.aws as { credentials?: { accessKeyId?: string } } | undefined)?.credentials?.accessKeyId).toBe('AKIAEXAMPLE');
   expect(c.identity.clockSkewSeconds).toBe(30);
+  // Tokens are bearer tokens unless a trust entry asks for single use.
+  expect(c.trust.map((t) => t.singleUse)).toEqual(c.trust.map(() => false));
   expect(c.secrets.kek).toBeUndefined();
   expect(Object.isFrozen(c.roles)).toBe(true);
   expect(() => {
@@ -66,6 +68,14 @@ test.each<[string, (c: any) => void, string, RegExp]>([
     },
     'trust.0.trustDomain',
     /required for kind spiffe/,
+  ],
+  [
+    'singleUse not a boolean',
+    (c) => {
+      c.trust[0].singleUse = 'yes';
+    },
+    'trust.0.singleUse',
+    /./,
   ],
   [
     'oidc without issuer',

@@ -1,6 +1,7 @@
 import { validateConfig } from '../../src/config/load.ts';
 import { quantile } from '../../src/console/metrics-history.ts';
 import { safeReturnTo } from '../../src/console/routes.ts';
+import { encodePendingLogin } from '../../src/console/pending-login.ts';
 import { ConsoleSessionStore } from '../../src/console/sessions.ts';
 import { ConfigError } from '../../src/errors.ts';
 import { Keys } from '../../src/redis/keys.ts';
@@ -277,11 +278,26 @@ describe('a broker with the console', () => {
     const login = await fetch(`${t.url}/console/login?return=/console/tasks`, { redirect: 'manual' });
     expect(login.status).toBe(303);
     expect(login.headers.get('location')).toBe('/console/?signin_error=provider_unavailable');
+    // No sign-in cookie: expired, used by an earlier callback, or started elsewhere.
     const unknown = await fetch(`${t.url}/console/callback?code=x&state=nope`, { redirect: 'manual' });
     expect(unknown.headers.get('location')).toBe('/console/?signin_error=state_unknown');
-    await store.savePending('known-state', { nonce: 'n', returnTo: '/console/tasks' }, 60_000);
-    const noCookie = await fetch(`${t.url}/console/callback?code=x&state=known-state`, { redirect: 'manual' });
-    expect(noCookie.headers.get('location')).toBe('/console/?signin_error=browser_mismatch');
+    const garbled = await fetch(`${t.url}/console/callback?code=x&state=nope`, {
+      redirect: 'manual',
+      headers: { cookie: `jit-console-login-${new URL(t.url).port}=not-a-pending-login` },
+    });
+    expect(garbled.headers.get('location')).toBe('/console/?signin_error=state_unknown');
+    // This browser waits for another sign-in than the one the link finishes.
+    const pending = encodePendingLogin({
+      state: 'a'.repeat(43),
+      nonce: 'n'.repeat(43),
+      codeVerifier: 'v'.repeat(43),
+      returnTo: '/console/tasks',
+    });
+    const otherState = await fetch(`${t.url}/console/callback?code=x&state=${'b'.repeat(43)}`, {
+      redirect: 'manual',
+      headers: { cookie: `jit-console-login-${new URL(t.url).port}=${pending}` },
+    });
+    expect(otherState.headers.get('location')).toBe('/console/?signin_error=browser_mismatch');
     const denied = await fetch(`${t.url}/console/callback?error=access_denied&state=s`, { redirect: 'manual' });
     expect(denied.headers.get('location')).toBe('/console/?signin_error=provider_error');
   });

@@ -4,6 +4,7 @@ import fc from 'fast-check';
 import type { AwsEmulator } from '../emulators/aws/index.ts';
 import { awsForBroker } from '../providers/aws/helpers.ts';
 import { ADMIN, AGENT, ORCH, call, startTestBroker, type TestBroker } from '../helpers/broker.ts';
+import { TestIssuer } from '../helpers/identity.ts';
 import { ROUTES, type FixtureIds, type RouteSpec } from './routes.ts';
 
 /**
@@ -23,14 +24,29 @@ let t: TestBroker;
 let emu: AwsEmulator;
 let ids: FixtureIds;
 let tokens: Record<string, string>;
+const once = new TestIssuer('once.local');
 const agent = new Agent({ keepAlive: true, maxSockets: 4 });
 
 beforeAll(async () => {
   const aws = await awsForBroker();
   emu = aws.emu;
   const role = aws.role;
+  const issuer = new TestIssuer();
   t = await startTestBroker('fuzz', {
+    issuer,
     config: {
+      trust: [
+        { name: 'dev', kind: 'spiffe', trustDomain: 'dev.local', audiences: ['jit-broker'], jwks: { keys: issuer.bundle().keys } },
+        // Single-use tokens, so a replayed one and absurd dates next to a replay marker get fuzzed too.
+        {
+          name: 'once',
+          kind: 'spiffe',
+          trustDomain: 'once.local',
+          audiences: ['jit-broker'],
+          jwks: { keys: once.bundle().keys },
+          singleUse: true,
+        },
+      ],
       // Limits off so malformed input reaches the handlers; the limited paths are fuzzed in their own property below.
       server: {
         port: 0,
@@ -74,7 +90,9 @@ beforeAll(async () => {
   const attacker = generateKeyPairSync('ec', { namedCurve: 'P-256' }).privateKey;
   const sub = agentId;
   const h = { alg: 'ES256', kid: t.issuer.kid, typ: 'JWT' };
-  const replayed = t.issuer.svid(AGENT, { jti: true, ttl: 3600 });
+  const replayed = once.svid(AGENT, { jti: true, ttl: 3600 });
+  const ho = { alg: 'ES256', kid: once.kid, typ: 'JWT' };
+  const onceSub = `spiffe://once.local${AGENT}`;
   tokens = {
     agent: t.issuer.svid(AGENT, { ttl: 3600 }),
     orchestrator: t.issuer.svid(ORCH, { ttl: 3600 }),
@@ -84,8 +102,8 @@ beforeAll(async () => {
     expired: t.issuer.signRaw(h, { sub, aud: 'jit-broker', iat: now - 7200, exp: now - 3600 }),
     wrongAudience: t.issuer.svid(AGENT, { aud: ['elsewhere'] }),
     tenYears: t.issuer.signRaw(h, { sub, aud: 'jit-broker', exp: now + 10 * 365 * 86_400 }),
-    hugeExp: t.issuer.signRaw(h, { sub, aud: 'jit-broker', exp: 1e16, jti: randomUUID() }),
-    fractionalExp: t.issuer.signRaw(h, { sub, aud: 'jit-broker', exp: now + 60.5, jti: randomUUID() }),
+    hugeExp: once.signRaw(ho, { sub: onceSub, aud: 'jit-broker', exp: 1e16, jti: randomUUID() }),
+    fractionalExp: once.signRaw(ho, { sub: onceSub, aud: 'jit-broker', exp: now + 60.5, jti: randomUUID() }),
     uppercaseScheme: t.issuer.signRaw(h, { sub: 'SPIFFE://dev.local/agent/support', aud: 'jit-broker', exp: now + 60 }),
     noPath: t.issuer.signRaw(h, { sub: 'spiffe://dev.local', aud: 'jit-broker', exp: now + 60 }),
     protoSub: t.issuer.signRaw(h, { sub: 'spiffe://dev.local/__proto__', aud: 'jit-broker', exp: now + 60 }),

@@ -1,10 +1,29 @@
 import { AGENT, call, startTestBroker, type TestBroker } from '../helpers/broker.ts';
+import { TestIssuer } from '../helpers/identity.ts';
 
 /** 401s: RFC 6750 section 3.1 challenges and a fixed, non-secret reason in the problem. */
 
 let t: TestBroker;
+/** Tokens of a trust entry with `singleUse: true`. */
+const once = new TestIssuer('once.local');
 beforeAll(async () => {
-  t = await startTestBroker('auth-errors');
+  const issuer = new TestIssuer();
+  t = await startTestBroker('auth-errors', {
+    issuer,
+    config: {
+      trust: [
+        { name: 'dev', kind: 'spiffe', trustDomain: 'dev.local', audiences: ['jit-broker'], jwks: { keys: issuer.bundle().keys } },
+        {
+          name: 'once',
+          kind: 'spiffe',
+          trustDomain: 'once.local',
+          audiences: ['jit-broker'],
+          jwks: { keys: once.bundle().keys },
+          singleUse: true,
+        },
+      ],
+    },
+  });
 });
 afterAll(async () => {
   await t.close();
@@ -46,8 +65,8 @@ test.each([
   expect(r.body.detail).not.toMatch(/kid|dev\.local|trust/i);
 });
 
-test('replayed token: identity_replayed', async () => {
-  const token = t.issuer.svid(AGENT, { jti: true });
+test('replayed token of a singleUse trust entry: identity_replayed', async () => {
+  const token = once.svid(AGENT, { jti: true });
   expect((await call(t.url, 'GET', '/v1/tasks/t-1', { authorization: `Bearer ${token}` })).status).toBe(404);
   const r = await call(t.url, 'GET', '/v1/tasks/t-1', { authorization: `Bearer ${token}` });
   expect(r.body).toMatchObject({ code: 'identity_replayed', reason: 'replayed' });

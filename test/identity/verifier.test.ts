@@ -1,4 +1,4 @@
-import { createHmac, generateKeyPairSync, randomUUID } from 'node:crypto';
+import { createHash, createHmac, generateKeyPairSync, randomUUID } from 'node:crypto';
 import { createServer, type Server } from 'node:http';
 import { Writable } from 'node:stream';
 import { pino } from 'pino';
@@ -14,6 +14,8 @@ import { dropPrefix, REDIS_URL, testConfig, uniquePrefix } from '../helpers/brok
 const issuer = new TestIssuer('dev.local');
 const oidcIssuer = new TestIssuer('unused');
 const prefix = uniquePrefix('identity');
+/** An issuer whose trust entry sets `singleUse: true`. */
+const ONCE = 'https://once.example';
 let redis: Redis;
 let verifier: IdentityVerifier;
 
@@ -26,6 +28,14 @@ beforeAll(async () => {
     trust: [
       { name: 'dev', kind: 'spiffe', trustDomain: 'dev.local', audiences: ['jit-broker'], jwks: { keys: issuer.bundle().keys } },
       { name: 'ci', kind: 'oidc', issuer: 'https://ci.example', audiences: ['jit-broker'], jwks: { keys: oidcIssuer.jwks().keys } },
+      {
+        name: 'once',
+        kind: 'oidc',
+        issuer: ONCE,
+        audiences: ['jit-broker'],
+        jwks: { keys: oidcIssuer.jwks().keys },
+        singleUse: true,
+      },
     ],
   });
   verifier = new IdentityVerifier(config, { redis, keys: new Keys(prefix), logger: silentLogger, cacheMs: 0 });
@@ -207,10 +217,31 @@ describe('workload identity verification', () => {
     expect(await reasonOf(token)).toBe(reason);
   });
 
-  test('a token with a jti is accepted once, then rejected as a replay', async () => {
+  test('a token with a jti is a bearer token like any other: accepted on every call', async () => {
     const token = issuer.svid('/agent/support', { jti: true });
     expect(await codeOf(token)).toBe('ok');
+    expect(await codeOf(token)).toBe('ok');
+    expect(await codeOf(token)).toBe('ok');
+    expect(await redis.keys(`${prefix}:jti:*`)).toEqual([]);
+  });
+
+  test('singleUse: true: a token is accepted once, then rejected as a replay', async () => {
+    const token = oidcIssuer.signRaw(
+      { alg: 'ES256', kid: oidcIssuer.kid },
+      { iss: ONCE, sub: 'job-1', aud: 'jit-broker', iat: now(), exp: now() + 60, jti: randomUUID() },
+    );
+    expect(await codeOf(token)).toBe('ok');
     expect(await codeOf(token)).toBe('identity_replayed');
+    expect(await reasonOf(token)).toBe('replayed');
+  });
+
+  test('singleUse: true: a token without a jti is refused (it could not be held to one use)', async () => {
+    const token = oidcIssuer.signRaw(
+      { alg: 'ES256', kid: oidcIssuer.kid },
+      { iss: ONCE, sub: 'job-1', aud: 'jit-broker', exp: now() + 60 },
+    );
+    expect(await codeOf(token)).toBe('identity_invalid');
+    expect(await reasonOf(token)).toBe('malformed');
   });
 
   test('the identity carries the SPIFFE ID, trust entry and string claims', async () => {
@@ -258,8 +289,78 @@ describe('token lifetime and numeric dates', () => {
     expect(await codeOf(issuer.signRaw(header(), claims()))).toBe(expected);
   });
 
+  // With singleUse the dates also size the replay marker in Redis: absurd ones must be refused before that.
+  test.each([
+    ['exp 1e16', () => ({ exp: 1e16 })],
+    ['non-integer exp', () => ({ exp: now() + 60.25 })],
+    ['ten years without iat', () => ({ exp: now() + tenYears })],
+  ])('singleUse, %s: refused, no replay marker written', async (_name, dates) => {
+    const token = oidcIssuer.signRaw(
+      { alg: 'ES256', kid: oidcIssuer.kid },
+      { iss: ONCE, sub: 'job-2', aud: 'jit-broker', jti: randomUUID(), ...dates() },
+    );
+    const before = (await redis.keys(`${prefix}:jti:once:*`)).length;
+    expect(await codeOf(token)).toBe('identity_invalid');
+    expect(await redis.keys(`${prefix}:jti:once:*`)).toHaveLength(before);
+  });
+
   test('the lifetime refusal says so', async () => {
     expect(await reasonOf(issuer.signRaw(header(), { sub, aud: 'jit-broker', exp: now() + tenYears }))).toBe('lifetime');
+  });
+});
+
+describe("times are judged on the broker's clock (Redis's), not the process clock", () => {
+  // The broker's clock ten minutes ahead of this process: as if this process's clock were ten minutes slow.
+  const AHEAD_S = 600;
+  const brokerNow = () => now() + AHEAD_S;
+  let v: IdentityVerifier;
+  beforeAll(async () => {
+    const config = testConfig(issuer, prefix, {
+      trust: [
+        { name: 'dev', kind: 'spiffe', trustDomain: 'dev.local', audiences: ['jit-broker'], jwks: { keys: issuer.bundle().keys } },
+        { name: 'once', kind: 'oidc', issuer: ONCE, audiences: ['jit-broker'], jwks: { keys: oidcIssuer.jwks().keys }, singleUse: true },
+      ],
+    });
+    v = new IdentityVerifier(config, {
+      redis,
+      keys: new Keys(prefix),
+      logger: silentLogger,
+      cacheMs: 0,
+      now: () => Date.now() + AHEAD_S * 1000,
+    });
+    await v.init();
+  });
+  const sub = 'spiffe://dev.local/agent/support';
+  const header = () => ({ alg: 'ES256', kid: issuer.kid, typ: 'JWT' });
+
+  test('a token minted just now by the issuer (iat and nbf = its now) is valid', async () => {
+    const t = issuer.signRaw(header(), { sub, aud: 'jit-broker', iat: brokerNow(), nbf: brokerNow(), exp: brokerNow() + 300 });
+    expect(await codeOf(t, v)).toBe('ok');
+  });
+
+  test('a token whose exp passed on the broker clock is expired, however early the process clock is', async () => {
+    const t = issuer.signRaw(header(), { sub, aud: 'jit-broker', iat: brokerNow() - 400, exp: brokerNow() - 100 });
+    expect(await codeOf(t, v)).toBe('identity_expired');
+  });
+
+  test('the lifetime without iat is measured from the broker clock', async () => {
+    // exp - brokerNow is just under a day: fine. Measured from the process clock it would be a day + 10 min.
+    const t = issuer.signRaw(header(), { sub, aud: 'jit-broker', exp: brokerNow() + 86_400 - 60 });
+    expect(await codeOf(t, v)).toBe('ok');
+  });
+
+  test("the replay marker lives until the token's exp (plus skew) on the broker clock", async () => {
+    const jti = randomUUID();
+    const t = oidcIssuer.signRaw(
+      { alg: 'ES256', kid: oidcIssuer.kid },
+      { iss: ONCE, sub: 'job-3', aud: 'jit-broker', iat: brokerNow(), exp: brokerNow() + 120, jti },
+    );
+    expect(await codeOf(t, v)).toBe('ok');
+    const key = new Keys(prefix).replay('once', createHash('sha256').update(jti).digest('base64url'));
+    const ttl = await redis.pttl(key);
+    // 120 s + 30 s skew; on the process clock it would have been 750 s.
+    expect(ttl).toBeGreaterThan(140_000);
+    expect(ttl).toBeLessThanOrEqual(150_000);
   });
 });
 

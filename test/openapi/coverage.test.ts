@@ -294,6 +294,16 @@ describe('console', () => {
     const asset = readdirSync(`${CONSOLE_DIST}assets`).find((f) => f.endsWith('.js'));
     expect((await raw(`/console/assets/${asset}`)).status).toBe(200);
     expect((await raw('/console/assets/nope.js')).status).toBe(404);
+    // Last, as it leaves this address blocked for a few seconds: sign-in requests spend the unauthenticated budget.
+    const limited = async (path: string) => {
+      for (let i = 0; i < 100; i++) {
+        const res = await raw(path);
+        if (res.status === 429) return res;
+      }
+      throw new Error(`${path} was never limited`);
+    };
+    expect(Number((await limited('/console/callback?code=x&state=nope')).headers.get('retry-after'))).toBeGreaterThanOrEqual(1);
+    expect((await limited('/console/login')).status).toBe(429);
   });
 });
 
