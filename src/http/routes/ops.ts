@@ -19,8 +19,28 @@ function within<T>(p: Promise<T>, ms: number): Promise<T> {
  * upstream being down is reported but does not take JWT traffic out of
  * rotation), /metrics.
  */
+/** How long one round of upstream readiness checks answers /readyz (ms). */
+const UPSTREAM_CHECK_MS = 1000;
+
 export function opsRoutes(deps: Deps, state: { isShuttingDown: () => boolean; isRecovered: () => boolean }): Router {
   const r = Router();
+  // /readyz is unauthenticated and probed often: one upstream round (Vault sys/health...) per UPSTREAM_CHECK_MS,
+  // shared by concurrent probes, so a flood of /readyz is never a flood of the upstreams.
+  let upstreamCheck: { at: number; result: Promise<Record<string, boolean>> } | undefined;
+  const upstreamChecks = () => {
+    const now = performance.now();
+    if (!upstreamCheck || now - upstreamCheck.at >= UPSTREAM_CHECK_MS) {
+      upstreamCheck = {
+        at: now,
+        result: (async () => {
+          const out: Record<string, boolean> = {};
+          for (const [kind, p] of deps.providers.all()) if (p.ready) out[kind] = await within(p.ready(), 1000).catch(() => false);
+          return out;
+        })(),
+      };
+    }
+    return upstreamCheck.result;
+  };
   r.get('/healthz', (_req, res) => {
     res.json({ status: 'ok' });
   });
@@ -33,10 +53,7 @@ export function opsRoutes(deps: Deps, state: { isShuttingDown: () => boolean; is
     };
     // A writable master (a replica left behind by a failover is not ready), within a second.
     checks.redis = await writableMaster(deps.redis, { timeoutMs: 1000, probeKey: deps.keys.plain('readyz', 'probe') });
-    const upstreams: Record<string, boolean> = {};
-    for (const [kind, p] of deps.providers.all()) {
-      if (p.ready) upstreams[kind] = await within(p.ready(), 1000).catch(() => false);
-    }
+    const upstreams = await upstreamChecks();
     const ready = Object.values(checks).every(Boolean);
     res.status(ready ? 200 : 503).json({ status: ready ? 'ready' : 'not_ready', checks, upstreams });
   });

@@ -240,6 +240,16 @@ describe('vault roles through the broker API', () => {
     }
   });
 
+  test('a flood of /readyz is not a flood of Vault: one sys/health per second at most, shared by concurrent probes', async () => {
+    await new Promise((r) => setTimeout(r, 1100));
+    const health = () => emu.requests.filter((q) => q.path === 'sys/health').length;
+    const before = health();
+    const answers = await Promise.all(Array.from({ length: 50 }, () => call(t.url, 'GET', '/readyz', {})));
+    expect(answers.every((a) => a.status === 200 && a.body.upstreams.vault === true)).toBe(true);
+    expect(health() - before).toBe(1);
+    await new Promise((r) => setTimeout(r, 1100));
+  });
+
   test('Vault sealed during issuance: 503 upstream_sealed, the lease is failed (not active), and /readyz reports the upstream down while staying ready', async () => {
     const taskId = await openTask();
     emu.seal();
