@@ -54,7 +54,8 @@ export function fromBodyParser(err: { type?: string; status?: number }): BrokerE
 }
 
 const CLIENT_ERRORS: Record<number, [code: ErrorCode, detail: string]> = {
-  400: ['malformed_body', 'The request could not be read.'],
+  // Body failures are typed (fromBodyParser); an untyped 400 is the URL: a path or query that does not decode.
+  400: ['invalid_request', 'The request URL could not be read.'],
   404: ['route_not_found', 'No such route.'],
   413: ['body_too_large', 'The request is too large.'],
   415: ['unsupported_media_type', 'Unsupported content type or encoding.'],

@@ -47,6 +47,20 @@ describe('bad input gets a clear error and loses nothing', () => {
     expect(r.body.code).toBe('route_not_found');
   });
 
+  test('400 invalid_request for a URL that does not decode (nothing was wrong with the body)', async () => {
+    const r = await raw('/v1/tasks/%E0%A4%A', { headers: t.as(AGENT) });
+    expect(r.status).toBe(400);
+    expect(r.body.code).toBe('invalid_request');
+  });
+
+  test('OPTIONS is not a method of the API (no CORS): 404 route_not_found, with or without a token', async () => {
+    for (const path of ['/v1/tasks', '/v1/leases/l-x', '/v1/admin/quarantine', '/v1/token'])
+      for (const headers of [t.as(AGENT), {}]) {
+        const res = await fetch(`${t.url}${path}`, { method: 'OPTIONS', headers });
+        expect([path, res.status, ((await res.json()) as any).code]).toEqual([path, 404, 'route_not_found']);
+      }
+  });
+
   test('the identity is checked before the body is parsed: no token + huge body is 401', async () => {
     const r = await raw('/v1/tasks', {
       method: 'POST',

@@ -209,7 +209,7 @@ describe('tasks, credentials, leases, approvals, audit', () => {
     }
     // A path Express cannot decode is refused in the same shape.
     const undecodable = await req('GET', '/v1/aws/container-credentials/%C0%AF/reports-bucket', { authorization: token });
-    expect([undecodable.status, undecodable.body.Code]).toEqual([400, 'malformed_body']);
+    expect([undecodable.status, undecodable.body.Code]).toEqual([400, 'invalid_request']);
   });
 
   test('audit and evidence', async () => {
