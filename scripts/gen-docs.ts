@@ -5,7 +5,7 @@
  * runs that, so docs and code cannot drift).
  */
 import { readFileSync, writeFileSync } from 'node:fs';
-import { ERRORS, type ErrorCode } from '../src/errors.ts';
+import { ERRORS, type ErrorCode, LEASE_ERRORS } from '../src/errors.ts';
 
 const STATUS_TITLE: Record<number, string> = {
   400: 'The request is wrong',
@@ -52,6 +52,16 @@ export function troubleshooting(): string {
     for (const code of byStatus.get(s)!) out.push(`| \`${code}\` | ${ERRORS[code].means} | ${ERRORS[code].fix} |`);
     out.push('');
   }
+  out.push(
+    '## Lease `lastError` codes',
+    '',
+    'A lease (`GET /v1/leases/{leaseId}`) whose revocation failed shows the last failure as `lastError`: an upstream',
+    'code from the tables above (`upstream_*`) or one of these, which only the revocation worker records.',
+    '',
+    '| code | what it means | what to do |',
+    '|---|---|---|',
+  );
+  for (const [code, e] of Object.entries(LEASE_ERRORS)) out.push(`| \`${code}\` | ${e.means} | ${e.fix} |`);
   return `${out.join('\n').trimEnd()}\n`;
 }
 

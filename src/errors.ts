@@ -269,6 +269,32 @@ export const ERRORS = {
 /** Every code the broker can answer with. */
 export type ErrorCode = keyof typeof ERRORS;
 
+/**
+ * Codes that only appear in a lease's `lastError` (and the revocation audit
+ * records), never as an HTTP answer: failures inside the worker. A lease's
+ * `lastError` is one of these or an upstream code of ERRORS (`upstream_*`).
+ */
+export const LEASE_ERRORS = {
+  issuance_interrupted: {
+    means: 'The process issuing this lease stopped (crash, restart) before the credential was recorded as handed out.',
+    fix: 'Nothing: the lease ends `failed` and whatever the upstream made is revoked or expires within its short first TTL.',
+  },
+  revocation_busy: {
+    means: "Another worker held the AWS role's deny-list lock, or the list kept changing under it.",
+    fix: 'Nothing: retried with backoff. If it persists, check that workers reach Redis and IAM.',
+  },
+  upstream_limit: {
+    means: "IAM refused the role's deny policy for a service limit (policy size or count) while revoking.",
+    fix: 'Check the role has room for one inline policy; the broker folds entries to fit (docs/providers/aws.md) and retries.',
+  },
+  provider_unavailable: {
+    means: "This worker has no configuration for the lease's provider (workers started with a different config than the API).",
+    fix: 'Give every worker the same `providers` config as the APIs; the lease is retried until its credential expires.',
+  },
+} as const satisfies Record<string, { means: string; fix: string }>;
+
+export type LeaseErrorCode = keyof typeof LEASE_ERRORS;
+
 /** The codes whose status is `S`. */
 export type CodeWithStatus<S extends number> = { [K in ErrorCode]: (typeof ERRORS)[K]['status'] extends S ? K : never }[ErrorCode];
 
@@ -357,8 +383,8 @@ export class ConfigError extends Error {
  * issuance path and the logs that the failure is expected to pass.
  */
 export class RetryableUpstreamError extends Error {
-  readonly code: string;
-  constructor(code: string, message: string, opts: { cause?: unknown } = {}) {
+  readonly code: ErrorCode | LeaseErrorCode;
+  constructor(code: ErrorCode | LeaseErrorCode, message: string, opts: { cause?: unknown } = {}) {
     super(message, opts.cause === undefined ? undefined : { cause: opts.cause });
     this.name = 'RetryableUpstreamError';
     this.code = code;
