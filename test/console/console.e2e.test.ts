@@ -90,12 +90,12 @@ test('signing in goes through the provider and lands on the deep link; no token 
 test('a task page survives a reload, and reads on a phone', async () => {
   await page.reload();
   await expect(heading().textContent()).resolves.toContain(taskId);
-  await page.getByRole('cell', { name: 'demo-api' }).waitFor();
+  await page.getByRole('cell', { name: 'demo-api', exact: true }).waitFor();
   await page.getByText('console test 1').waitFor();
   await screenshot(page, 'task');
   await page.setViewportSize({ width: 390, height: 844 });
   await page.reload();
-  await page.getByRole('cell', { name: 'demo-api' }).waitFor();
+  await page.getByRole('cell', { name: 'demo-api', exact: true }).waitFor();
   expect(await page.evaluate<number>('document.documentElement.scrollWidth')).toBeLessThanOrEqual(390);
   await screenshot(page, 'task-phone');
   await page.setViewportSize({ width: 1280, height: 800 });
