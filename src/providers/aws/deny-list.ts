@@ -288,7 +288,7 @@ export class DenyList {
   }
 
   private foldEvent(roleArn: string, d: FoldDecision, reason: DenyFoldEvent['reason'], who: Revoking): DenyFoldEvent {
-    const leaseIds = d.replaced.flatMap((id) => /^\*:jit-[a-z2-7]+-[a-z2-7]+-(.+)$/.exec(id)?.[1] ?? []);
+    const leaseIds = d.replaced.flatMap((id) => /^\*:jit-[a-z2-7]+-[a-z2-7]+-([^*]+)$/.exec(id)?.[1] ?? []);
     const e: DenyFoldEvent = {
       roleArn,
       scope: d.scope,
