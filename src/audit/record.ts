@@ -18,6 +18,7 @@ export type AuditAction =
   | 'rotate'
   | 'policy.reload'
   | 'aws.deny_fallback'
+  | 'aws.deny_fold'
   | 'quarantine.add'
   | 'quarantine.remove'
   | 'admin.revoke'

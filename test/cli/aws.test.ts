@@ -107,7 +107,7 @@ describe('credential_process = jit cred get --format aws-process', () => {
     expect(creds.accessKeyId).toMatch(/^ASIA/);
     expect(creds.expiration!.getTime()).toBeGreaterThan(Date.now() + 3_500_000);
     const who = await whoAmI(creds);
-    expect(who.Arn).toMatch(/:assumed-role\/agent-reports\/jit-[0-9a-f]{32}$/);
+    expect(who.Arn).toMatch(/:assumed-role\/agent-reports\/jit-[a-z2-7]{10}-[a-z2-7]{8}-[0-9a-f]{32}$/);
     // --scopes reached the session policy: one action allowed, the other not.
     expect(emu.evaluate(creds.accessKeyId, 's3:GetObject', '*')).toBe('allow');
     expect(emu.evaluate(creds.accessKeyId, 's3:ListBucket', '*')).not.toBe('allow');
@@ -173,7 +173,7 @@ sts.send(new GetCallerIdentityCommand({})).then(
     expect(r.code).toBe(0);
     const seen = JSON.parse(r.stdout);
     expect(seen).toMatchObject({
-      arn: expect.stringMatching(/:assumed-role\/agent-reports\/jit-[0-9a-f]{32}$/),
+      arn: expect.stringMatching(/:assumed-role\/agent-reports\/jit-[a-z2-7]{10}-[a-z2-7]{8}-[0-9a-f]{32}$/),
       profile: null,
       token: null,
     });

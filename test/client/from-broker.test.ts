@@ -67,7 +67,7 @@ describe('fromBroker({ taskId, role })', () => {
     const provider = fromBroker({ taskId, role: 'reports-bucket', url: t.url, token: () => t.issuer.svid(AGENT), now: () => clock });
 
     const arn1 = await whoAmI(provider);
-    expect(arn1).toMatch(/:assumed-role\/agent-reports\/jit-[0-9a-f]{32}$/);
+    expect(arn1).toMatch(/:assumed-role\/agent-reports\/jit-[a-z2-7]{10}-[a-z2-7]{8}-[0-9a-f]{32}$/);
     const [first] = await leases(taskId);
     expect(arn1.endsWith(first!.leaseId)).toBe(true);
     const c1 = await provider();

@@ -28,8 +28,35 @@ import {
   type SessionFacts,
 } from './deny-policy.ts';
 import { withLock } from '../../redis/lock.ts';
+import { type FoldDecision, foldToFit } from './deny-fold.ts';
 import { roleNameFromArn } from './role-info.ts';
+import { agentKeyFor, taskKeyFor } from './session-name.ts';
 import { awsErrorCode, classify, isTransient } from './upstream.ts';
+
+/**
+ * Reported when a role's deny list did not fit and entries were folded: the
+ * revoked sessions of one task or agent replaced by a wildcard on its session
+ * names, which also denies its unrevoked sessions issued before the cut-off.
+ */
+export interface DenyFoldEvent {
+  roleArn: string;
+  /** `task` or `agent`: what was widened; `regroup`: earlier folds moved to a later cut-off. */
+  scope: FoldDecision['scope'];
+  /** The `aws:userid` wildcards written (for `regroup`, those whose cut-off was raised). */
+  patterns: string[];
+  /** Sessions matching `patterns` issued before this instant are denied, revoked or not. */
+  cutoff: string;
+  /** The agent and task keys of the session names widened to (session-name.ts). */
+  agentKey?: string;
+  taskKey?: string;
+  /** The agent and task behind the keys, when the revocation that overflowed was theirs. */
+  agent?: string;
+  taskId?: string;
+  /** How many entries (revoked sessions, earlier folds) were replaced, and the first lease ids among them. */
+  replacedEntries: number;
+  leaseIds: string[];
+  reason: 'policy_size' | 'iam_limit';
+}
 
 /** Reported when a role's deny list no longer fits and the broker falls back to a TokenIssueTime cut-off. */
 export interface DenyFallbackEvent {
@@ -52,6 +79,13 @@ export interface DenyListDeps {
   logger: Logger;
   clock: () => number;
   onFallback?: (e: DenyFallbackEvent) => void | Promise<void>;
+  onFold?: (e: DenyFoldEvent) => void | Promise<void>;
+}
+
+/** Who the revocation being written is for: names the agent and task behind fold keys in reports. */
+interface Revoking {
+  agent?: string | undefined;
+  taskId?: string | undefined;
 }
 
 /** IAM's quota for all inline policies of one role together. */
@@ -60,6 +94,10 @@ const IAM_ROLE_INLINE_CHARS = 10_240;
 const IAM_SIZE_SLACK = 64;
 /** The fallback cut-off lies this far ahead of now, so skew cannot leave a just-revoked session before it. */
 const FALLBACK_LEAD_MS = 5000;
+/** Folding stops once the document is this share of its budget: room for the next revocations without folding again at once. */
+const FOLD_TARGET = 0.8;
+/** Lease ids named in one fold report (the rest are counted). */
+const REPORTED_LEASES = 20;
 /** The lock outlives the slowest IAM round trip with retries; `held()` catches the rest. */
 const LOCK = { ttlMs: 60_000, waitMs: 15_000 };
 /** How long a written document is remembered in Redis (for cheap "already denied" answers and IAM's read lag). */
@@ -79,9 +117,13 @@ const ROUNDS = 3;
  * is merged and written again.
  *
  * When the document outgrows its budget, statements with close ends are
- * merged (keeping the later end); if that is not enough, everything collapses
+ * merged (keeping the later end); then the revoked sessions of one task, or
+ * of one agent, are folded into a wildcard on their session names, the
+ * agent taking the most room first (deny-fold.ts; each fold logged and
+ * reported to `onFold`); only if that is not enough does everything collapse
  * into one `aws:TokenIssueTime` cut-off, which also cuts off the role's
- * unrevoked older sessions: logged loudly and reported to `onFallback`.
+ * unrevoked older sessions of every agent: logged at error level and reported
+ * to `onFallback`.
  */
 export class DenyList {
   private readonly d: DenyListDeps;
@@ -104,16 +146,20 @@ export class DenyList {
    * when something has to be written. Idempotent: 'covered' when nothing was
    * written because the policy already denies the session.
    */
-  async deny(roleArn: string, session: SessionFacts, unit: DenyUnit): Promise<'covered' | 'written'> {
+  async deny(roleArn: string, session: SessionFacts, unit: DenyUnit, who: Revoking = {}): Promise<'covered' | 'written'> {
     if (denies(await this.cached(roleArn), session)) return 'covered';
-    return this.update(roleArn, (m) => {
-      if (denies(m, session)) return;
-      const now = this.d.clock();
-      if (unit.kind === 'task' && session.taskTag !== undefined) addTask(m, session.taskTag, Math.max(unit.until, session.expiresAt));
-      else if (unit.kind === 'agent' && session.sourceIdentity !== undefined && session.tokenIssuedAt !== undefined)
-        addAgent(m, session.sourceIdentity, session.tokenIssuedAt, now);
-      else addSession(m, session.userId, session.expiresAt);
-    });
+    return this.update(
+      roleArn,
+      (m) => {
+        if (denies(m, session)) return;
+        const now = this.d.clock();
+        if (unit.kind === 'task' && session.taskTag !== undefined) addTask(m, session.taskTag, Math.max(unit.until, session.expiresAt));
+        else if (unit.kind === 'agent' && session.sourceIdentity !== undefined && session.tokenIssuedAt !== undefined)
+          addAgent(m, session.sourceIdentity, session.tokenIssuedAt, now);
+        else addSession(m, session.userId, session.expiresAt);
+      },
+      who,
+    );
   }
 
   /** Drops statements whose end of life (plus skew) has passed; writes IAM only if something goes. */
@@ -140,7 +186,7 @@ export class DenyList {
   }
 
   /** Read IAM, merge the remembered copy, apply `change`, prune, write if different; under the role's lock. */
-  private async update(roleArn: string, change: (m: DenyModel) => void): Promise<'covered' | 'written'> {
+  private async update(roleArn: string, change: (m: DenyModel) => void, who: Revoking = {}): Promise<'covered' | 'written'> {
     const k = this.keys(roleArn);
     for (let round = 0; round < ROUNDS; round++) {
       const outcome = await withLock(this.d.redis, k.lock, LOCK, async ({ held }) => {
@@ -150,7 +196,7 @@ export class DenyList {
         const model = mergeModels(parseDenyPolicy(iamText, now), await this.cached(roleArn));
         change(model);
         pruneModel(model, now, this.skewMs);
-        return this.commit(roleArn, model, iamText, held);
+        return this.commit(roleArn, model, iamText, held, who);
       });
       if (!outcome) throw new RetryableUpstreamError('revocation_busy', `the deny list of ${roleArn} is locked by another worker`);
       if (outcome.value !== 'lost') return outcome.value;
@@ -165,9 +211,10 @@ export class DenyList {
     model: DenyModel,
     iamText: string | undefined,
     held: () => Promise<boolean>,
+    who: Revoking,
   ): Promise<'covered' | 'written' | 'lost'> {
     const now = this.d.clock();
-    let { doc, fallback } = this.fit(roleArn, model, this.d.settings.revocationPolicyMaxChars, now, 'policy_size');
+    let { doc, fallback, folds } = this.fit(roleArn, model, this.d.settings.revocationPolicyMaxChars, now, 'policy_size', who);
     if (doc === (iamText === undefined ? undefined : JSON.stringify(JSON.parse(iamText)))) {
       await this.remember(roleArn, doc);
       return 'covered';
@@ -179,24 +226,30 @@ export class DenyList {
       if (classify(err) !== 'limit') throw this.failure(err, roleArn);
       // Other inline policies on the role leave less room than the budget assumed: measure it and fit again.
       const room = await this.roomLeft(roleArn);
-      const refit = this.fit(roleArn, model, room ?? 0, now, 'iam_limit');
+      const refit = this.fit(roleArn, model, room ?? 0, now, 'iam_limit', who);
       doc = refit.doc;
       fallback = refit.fallback ?? fallback; // the first fit may already have collapsed the list
+      folds = [...folds, ...refit.folds];
       if (!(await held())) return 'lost';
       await this.write(roleArn, doc).catch((e: unknown) => {
         throw this.failure(e, roleArn);
       });
     }
+    // A fallback replaced every fold: it is the one decision in force.
     if (fallback) await this.reportFallback(fallback);
+    else for (const f of folds) await this.reportFold(f);
     if (!(await held())) return 'lost';
     await this.remember(roleArn, doc);
     return 'written';
   }
 
   /**
-   * The document for the model within `budget` chars: as is, or with close
-   * statements merged, or (last resort) collapsed into a cut-off just after
-   * now. Every entry is a session issued before now, so the cut-off covers it.
+   * The document for the model within `budget` chars, escalating one step at
+   * a time: as is; with close statements merged; with the entries of one
+   * task, then one agent, folded (agent taking the most room first); and
+   * only as the last resort collapsed into a role-wide cut-off just after
+   * now. Every entry is a session issued before now, so a cut-off after now
+   * covers it.
    */
   private fit(
     roleArn: string,
@@ -204,18 +257,64 @@ export class DenyList {
     budget: number,
     now: number,
     reason: DenyFallbackEvent['reason'],
-  ): { doc: string | undefined; fallback?: DenyFallbackEvent } {
+    who: Revoking,
+  ): { doc: string | undefined; fallback?: DenyFallbackEvent; folds: DenyFoldEvent[] } {
     let doc = renderDenyPolicy(model);
     while (doc !== undefined && doc.length > budget && coarsen(model)) doc = renderDenyPolicy(model);
-    if (doc === undefined || doc.length <= budget) return { doc };
-    const at = Math.ceil(now / 1000) * 1000 + FALLBACK_LEAD_MS;
-    const before = model.sessions.size + model.tasks.size + model.agents.size;
+    if (doc === undefined || doc.length <= budget) return { doc, folds: [] };
+    // Folded on a copy: if even folding every agent cannot make it fit, the role-wide cut-off replaces all of it.
+    const folded = mergeModels(model, emptyModel());
+    // A broker clock up to clockSkewSeconds behind AWS's must not leave a folded session after the cut-off.
+    const cutoff = Math.ceil((now + Math.max(FALLBACK_LEAD_MS, this.skewMs)) / 1000) * 1000;
+    const size = (m: DenyModel) => renderDenyPolicy(m)?.length ?? 0;
+    const { decisions, fits } = foldToFit(folded, size, budget, Math.floor(budget * FOLD_TARGET), cutoff);
+    if (fits) {
+      Object.assign(model, folded);
+      return { doc: renderDenyPolicy(model), folds: decisions.map((d) => this.foldEvent(roleArn, d, reason, who)) };
+    }
+    // Never earlier than a fold's cut-off: the role-wide one then covers (and replaces) every fold.
+    const at = Math.max(Math.ceil(now / 1000) * 1000 + FALLBACK_LEAD_MS, ...[...model.folds.values()].map((f) => f.cutoff));
+    const before = model.sessions.size + model.tasks.size + model.agents.size + model.folds.size;
     model.sessions.clear();
     model.tasks.clear();
     model.cutoff = Math.max(model.cutoff ?? 0, at);
-    pruneModel(model, now, this.skewMs); // drops the agents the cut-off covers
-    const dropped = before - model.agents.size;
-    return { doc: renderDenyPolicy(model), fallback: { roleArn, cutoff: isoSeconds(model.cutoff), droppedEntries: dropped, reason } };
+    pruneModel(model, now, this.skewMs); // drops the agents and folds the cut-off covers
+    const dropped = before - model.agents.size - model.folds.size;
+    return {
+      doc: renderDenyPolicy(model),
+      fallback: { roleArn, cutoff: isoSeconds(model.cutoff), droppedEntries: dropped, reason },
+      folds: [],
+    };
+  }
+
+  private foldEvent(roleArn: string, d: FoldDecision, reason: DenyFoldEvent['reason'], who: Revoking): DenyFoldEvent {
+    const leaseIds = d.replaced.flatMap((id) => /^\*:jit-[a-z2-7]+-[a-z2-7]+-([^*]+)$/.exec(id)?.[1] ?? []);
+    const e: DenyFoldEvent = {
+      roleArn,
+      scope: d.scope,
+      patterns: d.patterns,
+      cutoff: isoSeconds(d.cutoff),
+      replacedEntries: d.replaced.length,
+      leaseIds: leaseIds.slice(0, REPORTED_LEASES),
+      reason,
+    };
+    if (d.agentKey !== undefined) e.agentKey = d.agentKey;
+    if (d.taskKey !== undefined) e.taskKey = d.taskKey;
+    if (who.agent !== undefined && d.agentKey === agentKeyFor(who.agent)) {
+      e.agent = who.agent;
+      if (who.taskId !== undefined && d.taskKey === taskKeyFor(who.taskId)) e.taskId = who.taskId;
+    }
+    return e;
+  }
+
+  private async reportFold(event: DenyFoldEvent): Promise<void> {
+    this.d.logger.warn(
+      event,
+      event.scope === 'regroup'
+        ? 'aws deny list overflowed: earlier folds moved to a later cut-off'
+        : `aws deny list overflowed: revoked sessions of one ${event.scope} folded into one entry, which also denies its unrevoked sessions issued before the cut-off`,
+    );
+    await this.d.onFold?.(event);
   }
 
   private async reportFallback(event: DenyFallbackEvent): Promise<void> {

@@ -21,10 +21,23 @@ export interface DenyModel {
   tasks: Map<string, number>;
   /** SourceIdentity → TokenIssueTime cut-off (epoch ms, whole second); end of life = cut-off + 12 h. */
   agents: Map<string, number>;
+  /**
+   * Folded entries (deny-fold.ts): `aws:userid` wildcards on one task's
+   * (`*:jit-<agent key>-<task key>-*`) or one agent's (`*:jit-<agent key>-*`)
+   * session names → the TokenIssueTime cut-off they apply before, and the end
+   * of life of the entries folded into them.
+   */
+  folds: Map<string, Fold>;
   /** The overflow fallback: every session issued before this; end of life = cut-off + 12 h. */
   cutoff: number | undefined;
   /** Statements the broker did not write (or no longer recognises): kept verbatim, never dropped. */
   foreign: unknown[];
+}
+
+/** One folded entry: sessions matching it issued before `cutoff` are denied until `end` (epoch ms). */
+export interface Fold {
+  cutoff: number;
+  end: number;
 }
 
 /** What is known about one session that must be denied until it expires. */
@@ -45,9 +58,16 @@ export interface SessionFacts {
  */
 export const ISSUE_TIME_SLACK_MS = 2000;
 
-export const emptyModel = (): DenyModel => ({ sessions: new Map(), tasks: new Map(), agents: new Map(), cutoff: undefined, foreign: [] });
+export const emptyModel = (): DenyModel => ({
+  sessions: new Map(),
+  tasks: new Map(),
+  agents: new Map(),
+  folds: new Map(),
+  cutoff: undefined,
+  foreign: [],
+});
 
-const OWN_SID = /^Jit(Sessions|Tasks|Agents|Cutoff)Until(\d{1,12})$/;
+const OWN_SID = /^Jit(Sessions|Tasks|Agents|Folds|Cutoff)Until(\d{1,12})$/;
 const DENY_ALL = { Effect: 'Deny', Action: '*', Resource: '*' } as const;
 
 type Json = Record<string, unknown>;
@@ -81,6 +101,12 @@ const dateOf = (values: string[] | undefined): number | undefined => {
 
 const raise = (m: Map<string, number>, key: string, value: number) => m.set(key, Math.max(m.get(key) ?? 0, value));
 
+/** Keeps a fold at least as wide (the later cut-off) and as long (the later end) as both. */
+export function raiseFold(m: Map<string, Fold>, pattern: string, f: Fold): void {
+  const had = m.get(pattern);
+  m.set(pattern, had ? { cutoff: Math.max(had.cutoff, f.cutoff), end: Math.max(had.end, f.end) } : { ...f });
+}
+
 /** Reads one statement into the model; false when it is not one of the broker's. */
 function readOwn(st: Json, m: DenyModel, now: number): boolean {
   const sid = typeof st.Sid === 'string' ? st.Sid : '';
@@ -98,6 +124,13 @@ function readOwn(st: Json, m: DenyModel, now: number): boolean {
       const c = ownCondition(st, { StringEquals: 'aws:PrincipalTag/task' });
       if (!c) return false;
       for (const v of c.StringEquals!) raise(m.tasks, v, end);
+      return true;
+    }
+    if (kind === 'Folds') {
+      const c = ownCondition(st, { StringLike: 'aws:userid', DateLessThan: 'aws:TokenIssueTime' });
+      const at = dateOf(c?.DateLessThan);
+      if (!c || at === undefined) return false;
+      for (const v of c.StringLike!) raiseFold(m.folds, v, { cutoff: at, end });
       return true;
     }
     if (kind === 'Agents') {
@@ -147,6 +180,7 @@ export function mergeModels(a: DenyModel, b: DenyModel): DenyModel {
     for (const [k, v] of src.sessions) raise(m.sessions, k, v);
     for (const [k, v] of src.tasks) raise(m.tasks, k, v);
     for (const [k, v] of src.agents) raise(m.agents, k, v);
+    for (const [k, f] of src.folds) raiseFold(m.folds, k, f);
     if (src.cutoff !== undefined) m.cutoff = Math.max(m.cutoff ?? 0, src.cutoff);
   }
   const seen = new Set<string>();
@@ -165,6 +199,7 @@ export function denies(m: DenyModel, s: SessionFacts): boolean {
   if (s.tokenIssuedAt === undefined) return false;
   // A TokenIssueTime cut-off outlives every session issued before it (12 h is STS's maximum).
   const needed = s.tokenIssuedAt + ISSUE_TIME_SLACK_MS;
+  for (const [pattern, f] of m.folds) if (f.cutoff >= needed && f.end >= s.expiresAt && foldMatches(pattern, s.userId)) return true;
   if (s.sourceIdentity !== undefined && (m.agents.get(s.sourceIdentity) ?? 0) >= needed) return true;
   return (m.cutoff ?? 0) >= needed;
 }
@@ -185,6 +220,9 @@ export function addAgent(m: DenyModel, sourceIdentity: string, tokenIssuedAt: nu
   raise(m.agents, sourceIdentity, shared.length > 0 ? Math.max(...shared) : target);
 }
 
+/** Whether a fold (`*:jit-<keys>-*`, a trailing wildcard only) matches a session's `*:<session name>`. */
+export const foldMatches = (pattern: string, userId: string) => pattern.endsWith('*') && userId.startsWith(pattern.slice(0, -1));
+
 /** Drops what has certainly expired (end of life + skew before now); returns how many entries went. */
 export function pruneModel(m: DenyModel, now: number, skewMs: number): number {
   let dropped = 0;
@@ -196,8 +234,9 @@ export function pruneModel(m: DenyModel, now: number, skewMs: number): number {
     m.cutoff = undefined;
     dropped++;
   }
-  // An agent's cut-off no later than the role-wide one denies nothing more.
+  // An agent's (or a fold's) cut-off no later than the role-wide one denies nothing more.
   for (const [k, at] of m.agents) if (gone(at + MAX_SESSION_MS) || at <= (m.cutoff ?? 0)) dropped += Number(m.agents.delete(k));
+  for (const [k, f] of m.folds) if (gone(f.end) || f.cutoff <= (m.cutoff ?? 0)) dropped += Number(m.folds.delete(k));
   return dropped;
 }
 
@@ -216,8 +255,8 @@ function byEnd(map: Map<string, number>): [number, string[]][] {
 
 /**
  * The policy document for a model (compact JSON, deterministic), or
- * undefined when it denies nothing. Statement order: cut-off, agents, tasks,
- * sessions, then foreign statements.
+ * undefined when it denies nothing. Statement order: cut-off, agents, folds,
+ * tasks, sessions, then foreign statements.
  */
 export function renderDenyPolicy(m: DenyModel): string | undefined {
   const taken = new Set(m.foreign.map((st) => (isObject(st) && typeof st.Sid === 'string' ? st.Sid : '')));
@@ -241,6 +280,21 @@ export function renderDenyPolicy(m: DenyModel): string | undefined {
       Sid: sid('Agents', at + MAX_SESSION_MS),
       ...DENY_ALL,
       Condition: { StringEquals: { 'aws:SourceIdentity': ids }, DateLessThan: { 'aws:TokenIssueTime': isoSeconds(at) } },
+    });
+  }
+  // One statement per cut-off; its Sid carries the latest end among its folds (later is always safe).
+  const folds = new Map<number, { end: number; patterns: string[] }>();
+  for (const [pattern, f] of m.folds) {
+    const g = folds.get(f.cutoff) ?? { end: 0, patterns: [] };
+    g.end = Math.max(g.end, f.end);
+    g.patterns.push(pattern);
+    folds.set(f.cutoff, g);
+  }
+  for (const [at, g] of [...folds.entries()].sort((a, b) => a[0] - b[0])) {
+    statements.push({
+      Sid: sid('Folds', g.end),
+      ...DENY_ALL,
+      Condition: { StringLike: { 'aws:userid': g.patterns.sort() }, DateLessThan: { 'aws:TokenIssueTime': isoSeconds(at) } },
     });
   }
   for (const [end, tags] of byEnd(m.tasks)) {

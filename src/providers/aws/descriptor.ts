@@ -24,6 +24,26 @@ export const awsDescriptor: ProviderDescriptor<AwsRoleConfig> = {
           reason: e.reason,
           detail: { roleArn: e.roleArn, cutoff: e.cutoff, droppedEntries: e.droppedEntries },
         }),
+      // A fold also denies the folded task's (agent's) unrevoked sessions issued before its cut-off: evidence too.
+      onDenyFold: (e) =>
+        ctx.audit?.({
+          action: 'aws.deny_fold',
+          actor: 'broker',
+          decision: 'ok',
+          reason: e.reason,
+          detail: {
+            roleArn: e.roleArn,
+            scope: e.scope,
+            patterns: e.patterns,
+            cutoff: e.cutoff,
+            replacedEntries: e.replacedEntries,
+            leaseIds: e.leaseIds,
+            ...(e.agentKey !== undefined ? { agentKey: e.agentKey } : {}),
+            ...(e.taskKey !== undefined ? { taskKey: e.taskKey } : {}),
+            ...(e.agent !== undefined ? { agent: e.agent } : {}),
+            ...(e.taskId !== undefined ? { taskId: e.taskId } : {}),
+          },
+        }),
       ...(ctx.clock ? { clock: ctx.clock } : {}),
     });
   },

@@ -25,7 +25,7 @@ export interface IssueDeps {
 
 /**
  * The revoke handle of a lease: identifiers and instants, no secret.
- * - `sessionName` (`jit-<leaseId>`) names exactly this session, known before STS is called;
+ * - `sessionName` (`jit-<agent key>-<task key>-<leaseId>`) names exactly this session, known before STS is called;
  * - `taskTag` / `sourceIdentity`: the `task` tag and SourceIdentity the session carries (absent when not sent);
  * - `taskDeadline`: the task's deadline (no session of the task outlives it by more than 900 s);
  * - `expiresAt`: STS's Expiration, or before the call the latest it can be;
@@ -56,7 +56,7 @@ export function callAllowanceMs(settings: AwsSettings): number {
 function baseHandle(settings: AwsSettings, req: IssueRequest<AwsRoleConfig>): Omit<AwsHandle, 'expiresAt'> {
   return {
     roleArn: req.role.roleArn,
-    sessionName: sessionNameFor(req.leaseId),
+    sessionName: sessionNameFor(req.leaseId, req.agent, req.task.taskId),
     taskDeadline: req.task.expiresAt,
     ...(settings.sessionTags ? { taskTag: taskTagValue(req.task.taskId) } : {}),
     ...(settings.sourceIdentity ? { sourceIdentity: sourceIdentityFor(req.agent) } : {}),

@@ -3,7 +3,7 @@ import type { IssueIntent, IssueRequest, IssueResult, Provider, ProviderContext,
 import { GetCallerIdentityCommand } from '@aws-sdk/client-sts';
 import { AwsClients } from './clients.ts';
 import type { AwsRoleConfig, AwsSettings } from './config.ts';
-import { DenyList, type DenyFallbackEvent, type DenyUnit } from './deny-list.ts';
+import { DenyList, type DenyFallbackEvent, type DenyFoldEvent, type DenyUnit } from './deny-list.ts';
 import { MAX_SESSION_MS } from './deny-policy.ts';
 import { type AwsHandle, awsIntent, callAllowanceMs, issueAwsCredential, STS_MIN_DURATION } from './issue.ts';
 import { RoleInfoCache } from './role-info.ts';
@@ -11,10 +11,12 @@ import { rotateAccessKey } from './rotate.ts';
 import { sessionPolicy } from './session-policy.ts';
 import { awsErrorCode } from './upstream.ts';
 
-/** Extras for embedding and tests; the registry passes `onDenyFallback`. */
+/** Extras for embedding and tests; the registry passes `onDenyFallback` and `onDenyFold`. */
 export interface AwsProviderOptions {
-  /** Told when a role's deny list overflows into a TokenIssueTime cut-off (wire it to the audit log). */
+  /** Told when a role's deny list overflows into a role-wide TokenIssueTime cut-off (wire it to the audit log). */
   onDenyFallback?: (e: DenyFallbackEvent) => void | Promise<void>;
+  /** Told when a role's deny list folds one task's or agent's revoked sessions into one entry (wire it to the audit log). */
+  onDenyFold?: (e: DenyFoldEvent) => void | Promise<void>;
 }
 
 /** The AWS provider, with the deny list exposed for tests and ops tooling. */
@@ -78,6 +80,7 @@ export function createAwsProvider(settings: AwsSettings, ctx: ProviderContext, o
     logger,
     clock,
     ...(opts.onDenyFallback ? { onFallback: opts.onDenyFallback } : {}),
+    ...(opts.onDenyFold ? { onFold: opts.onDenyFold } : {}),
   });
   let readyUntil = 0;
 
@@ -119,7 +122,7 @@ export function createAwsProvider(settings: AwsSettings, ctx: ProviderContext, o
         sourceIdentity: h.sourceIdentity,
         tokenIssuedAt: h.tokenIssuedAt,
       };
-      const outcome = await denyList.deny(h.roleArn, session, unit);
+      const outcome = await denyList.deny(h.roleArn, session, unit, { agent: lease.agent, taskId: lease.taskId });
       logger.info(
         { leaseId: lease.leaseId, roleArn: h.roleArn, sessionName: h.sessionName, reason: ctx.reason, unit: unit.kind, outcome },
         'aws session denied',

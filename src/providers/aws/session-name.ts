@@ -28,24 +28,48 @@ function nameSafe(s: string): string {
   return out;
 }
 
-/**
- * Fits a name into STS's 2-64 chars: too long keeps the most specific tail
- * plus a hash of the whole, so two long names never collide.
- */
-function fit(name: string, original: string): string {
-  if (name.length > 64) name = `${name.slice(-(64 - 9))}-${shortHash(original)}`.replace(/^-+/, '');
-  if (name.length < 2) name = `x-${shortHash(original)}`;
-  return name;
+/** Lengths of the agent and task keys in a session name (base32 characters: 50 and 40 bits). */
+export const AGENT_KEY_CHARS = 10;
+export const TASK_KEY_CHARS = 8;
+const BASE32 = 'abcdefghijklmnopqrstuvwxyz234567';
+
+/** The first `chars` base32 characters (lower case, 5 bits each) of SHA-256 of `s`. */
+function base32Hash(s: string, chars: number): string {
+  const bytes = createHash('sha256').update(s).digest();
+  let out = '';
+  for (let bit = 0; out.length < chars; bit += 5) {
+    const i = bit >> 3;
+    const v = ((bytes[i]! << 8) | (bytes[i + 1] ?? 0)) >> (11 - (bit & 7));
+    out += BASE32[v & 31];
+  }
+  return out;
 }
 
 /**
- * RoleSessionName for a lease: `jit-<leaseId>`. It is unique per lease and
- * known before STS is called, so revocation can name exactly this session
- * (`aws:userid` like `*:jit-<leaseId>`) without STS's answer, and CloudTrail
- * entries lead straight back to the lease.
+ * The key of an agent in session names: 10 base32 characters of SHA-256 of
+ * the identity (50 bits), so one `aws:userid` wildcard can deny every session
+ * of the agent on a role, and two agents' keys practically never meet.
  */
-export function sessionNameFor(leaseId: string): string {
-  return fit(nameSafe(`jit-${leaseId}`), leaseId);
+export const agentKeyFor = (agent: string) => base32Hash(`agent\n${agent}`, AGENT_KEY_CHARS);
+/** The key of a task in session names (40 bits; it only has to differ between the tasks of one agent). */
+export const taskKeyFor = (taskId: string) => base32Hash(`task\n${taskId}`, TASK_KEY_CHARS);
+
+/**
+ * RoleSessionName for a lease: `jit-<agent key>-<task key>-<leaseId>` (56
+ * chars for a broker lease id). It is unique per lease and known before STS
+ * is called, so revocation can name exactly this session (`aws:userid` like
+ * `*:<session name>`) without STS's answer, and CloudTrail entries lead
+ * straight back to the lease. The keys let the deny list fold many revoked
+ * sessions of one task (`*:jit-<agent>-<task>-*`) or of one agent
+ * (`*:jit-<agent>-*`) into one entry when the role's policy runs out of room,
+ * without touching anyone else's sessions (deny-fold.ts).
+ */
+export function sessionNameFor(leaseId: string, agent: string, taskId: string): string {
+  const prefix = `jit-${agentKeyFor(agent)}-${taskKeyFor(taskId)}-`;
+  let tail = nameSafe(leaseId);
+  // Too long keeps the most specific tail plus a hash of the whole, so two long lease ids never collide.
+  if (prefix.length + tail.length > 64) tail = `${tail.slice(-(64 - prefix.length - 9))}-${shortHash(leaseId)}`;
+  return `${prefix}${tail}`;
 }
 
 /**

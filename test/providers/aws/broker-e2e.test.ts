@@ -5,6 +5,7 @@ import { join } from 'node:path';
 import { GetCallerIdentityCommand, STSClient, type STSClientConfig } from '@aws-sdk/client-sts';
 import { fromHttp, fromProcess } from '@aws-sdk/credential-providers';
 import { startAwsEmulator, type AwsEmulator, type EmulatedUser } from '../../emulators/aws/index.ts';
+import { sessionNameFor } from '../../../src/providers/aws/session-name.ts';
 import { AGENT, ORCH, call, startTestBroker, waitFor, type TestBroker } from '../../helpers/broker.ts';
 import { JIT, NODE20, ensureBuilt } from '../../helpers/cli.ts';
 
@@ -139,7 +140,11 @@ describe('aws roles through the broker API', () => {
     // What the emulator received: DurationSeconds 900 (not 120, which STS refuses), signed by the broker user.
     const assume = emu.requests('AssumeRole').at(-1)!;
     expect(assume).toMatchObject({ accessKeyId: user.accessKeyId, status: 200 });
-    expect(assume.params).toMatchObject({ RoleArn: role.arn, RoleSessionName: `jit-${r.body.leaseId}`, DurationSeconds: '900' });
+    expect(assume.params).toMatchObject({
+      RoleArn: role.arn,
+      RoleSessionName: sessionNameFor(r.body.leaseId, agentId, taskId),
+      DurationSeconds: '900',
+    });
     const session = emu.sessions().find((s) => s.accessKeyId === c.AccessKeyId)!;
     expect(JSON.parse(session.policyText!)).toEqual({
       Version: '2012-10-17',
@@ -153,8 +158,8 @@ describe('aws roles through the broker API', () => {
     const who = await whoAmI(sessionCreds(c));
     expect(who).toEqual({
       ok: true,
-      arn: `arn:aws:sts::${emu.accountId}:assumed-role/agent-reports/jit-${r.body.leaseId}`,
-      userId: `${role.roleId}:jit-${r.body.leaseId}`,
+      arn: `arn:aws:sts::${emu.accountId}:assumed-role/agent-reports/${sessionNameFor(r.body.leaseId, agentId, taskId)}`,
+      userId: `${role.roleId}:${sessionNameFor(r.body.leaseId, agentId, taskId)}`,
     });
 
     // The lease: active, and the record in Redis holds no secret.
@@ -269,7 +274,10 @@ describe('aws roles through the broker API', () => {
     expect(creds.accessKeyId).toMatch(/^ASIA/);
     expect(creds.expiration!.getTime()).toBeGreaterThan(Date.now() + 800_000);
     const who = await whoAmI(creds);
-    expect(who).toMatchObject({ ok: true, userId: expect.stringMatching(new RegExp(`^${role.roleId}:jit-[0-9a-f]{32}$`)) });
+    expect(who).toMatchObject({
+      ok: true,
+      userId: expect.stringMatching(new RegExp(`^${role.roleId}:jit-[a-z2-7]{10}-[a-z2-7]{8}-[0-9a-f]{32}$`)),
+    });
     // It is an ordinary lease of the task.
     const task = await call(t.url, 'GET', `/v1/tasks/${taskId}`, t.as(ORCH));
     expect(task.body.leases).toEqual([expect.objectContaining({ role: 'reports-bucket', status: 'active' })]);
@@ -310,7 +318,10 @@ describe('aws roles through the broker API', () => {
     expect(creds.sessionToken).toEqual(expect.any(String));
     expect(creds.expiration!.getTime()).toBeGreaterThan(Date.now() + 800_000);
     const who = await whoAmI(creds);
-    expect(who).toMatchObject({ ok: true, arn: expect.stringMatching(/:assumed-role\/agent-reports\/jit-[0-9a-f]{32}$/) });
+    expect(who).toMatchObject({
+      ok: true,
+      arn: expect.stringMatching(/:assumed-role\/agent-reports\/jit-[a-z2-7]{10}-[a-z2-7]{8}-[0-9a-f]{32}$/),
+    });
     const task = await call(t.url, 'GET', `/v1/tasks/${taskId}`, t.as(ORCH));
     expect(task.body.leases).toEqual([expect.objectContaining({ role: 'reports-bucket', status: 'active' })]);
 

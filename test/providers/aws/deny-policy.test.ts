@@ -4,8 +4,10 @@ import {
   addSession,
   addTask,
   coarsen,
+  type DenyModel,
   denies,
   emptyModel,
+  isoSeconds,
   MAX_SESSION_MS,
   mergeModels,
   parseDenyPolicy,
@@ -13,6 +15,8 @@ import {
   renderDenyPolicy,
   WINDOW_MS,
 } from '../../../src/providers/aws/deny-policy.ts';
+import { foldToFit } from '../../../src/providers/aws/deny-fold.ts';
+import { agentKeyFor, taskKeyFor } from '../../../src/providers/aws/session-name.ts';
 import { parsePolicy } from '../../emulators/aws/policy.ts';
 
 const T0 = Date.parse('2026-11-23T10:00:00Z');
@@ -101,5 +105,82 @@ describe('the deny policy document', () => {
       expect.objectContaining({ Sid: `JitSessionsUntil${(T0 + WINDOW_MS) / 1000 + 1}` }),
       edited,
     ]);
+  });
+});
+
+describe('folding (deny-fold.ts)', () => {
+  const A = agentKeyFor('spiffe://example.org/agent/a');
+  const B = agentKeyFor('spiffe://example.org/agent/b');
+  const C = agentKeyFor('spiffe://example.org/agent/c');
+  const t = (id: string) => taskKeyFor(id);
+  const lease = (i: number) => i.toString(16).padStart(32, '0');
+  const entry = (agent: string, task: string, i: number) => `*:jit-${agent}-${task}-${lease(i)}`;
+  const size = (m: DenyModel) => renderDenyPolicy(m)?.length ?? 0;
+  const CUT = T0 + 300_000;
+
+  it('round-trips folds through IAM text, and a fold denies only its principal’s sessions issued before its cut-off', () => {
+    const m = emptyModel();
+    m.folds.set(`*:jit-${A}-${t('t1')}-*`, { cutoff: CUT, end: T0 + WINDOW_MS });
+    m.folds.set(`*:jit-${B}-*`, { cutoff: CUT, end: T0 + 2 * WINDOW_MS });
+    const text = renderDenyPolicy(m)!;
+    parsePolicy(text);
+    const st = JSON.parse(text).Statement;
+    expect(st).toEqual([
+      {
+        Sid: `JitFoldsUntil${(T0 + 2 * WINDOW_MS) / 1000}`,
+        Effect: 'Deny',
+        Action: '*',
+        Resource: '*',
+        Condition: {
+          StringLike: { 'aws:userid': [`*:jit-${A}-${t('t1')}-*`, `*:jit-${B}-*`].sort() },
+          DateLessThan: { 'aws:TokenIssueTime': isoSeconds(CUT) },
+        },
+      },
+    ]);
+    const back = parseDenyPolicy(text, T0);
+    expect(renderDenyPolicy(back)).toBe(text);
+    const s = { userId: entry(A, t('t1'), 1), expiresAt: T0 + 600_000, tokenIssuedAt: T0 - 300_000 };
+    expect(denies(back, s)).toBe(true);
+    expect(denies(back, { ...s, userId: entry(A, t('t2'), 1) })).toBe(false); // another task of A
+    expect(denies(back, { ...s, userId: entry(C, t('t1'), 1) })).toBe(false); // another agent
+    expect(denies(back, { ...s, userId: entry(B, t('t9'), 1) })).toBe(true); // B is folded as a whole
+    expect(denies(back, { ...s, tokenIssuedAt: CUT })).toBe(false); // issued after the cut-off
+    expect(denies(back, { ...s, tokenIssuedAt: undefined })).toBe(false); // unknown issue time: not assumed
+    // A role-wide cut-off at or after a fold's replaces it.
+    back.cutoff = CUT;
+    expect(pruneModel(back, T0, 0)).toBe(2);
+  });
+
+  it('folds the agent taking the most room first, its busiest task before the agent, and never anyone without an entry', () => {
+    const m = emptyModel();
+    for (let i = 0; i < 60; i++) addSession(m, entry(A, t('big'), i), T0 + WINDOW_MS);
+    for (let i = 0; i < 8; i++) addSession(m, entry(A, t(`small${i}`), 100 + i), T0 + WINDOW_MS);
+    for (let i = 0; i < 5; i++) addSession(m, entry(B, t('b'), 200 + i), T0 + 2 * WINDOW_MS);
+    addSession(m, '*:jit-0123456789abcdef0123456789abcdef', T0 + WINDOW_MS); // an older session name: never folded
+    const budget = size(m) - 1000;
+    const { decisions, fits } = foldToFit(m, size, budget, budget, CUT);
+    expect(fits).toBe(true);
+    expect(decisions).toEqual([
+      expect.objectContaining({ scope: 'task', agentKey: A, taskKey: t('big'), patterns: [`*:jit-${A}-${t('big')}-*`], cutoff: CUT }),
+    ]);
+    expect(decisions[0]!.replaced).toHaveLength(60);
+    expect(m.folds.get(`*:jit-${A}-${t('big')}-*`)).toEqual({ cutoff: CUT, end: T0 + WINDOW_MS });
+    expect(m.sessions.size).toBe(8 + 5 + 1);
+
+    // Tighter: A still takes the most room; its single-entry tasks are not folded one by one but A as a whole; B stays as it is.
+    const tight = size(m) - 300;
+    const more = foldToFit(m, size, tight, tight, CUT + 1000);
+    expect(more.fits).toBe(true);
+    expect(more.decisions.map((d) => [d.scope, d.agentKey])).toEqual([['agent', A]]);
+    expect([...m.folds.keys()]).toEqual([`*:jit-${A}-*`]);
+    expect([...m.sessions.keys()].filter((k) => k.includes(A))).toEqual([]);
+    expect([...m.sessions.keys()].filter((k) => k.includes(B))).toHaveLength(5);
+    expect([...m.folds.keys(), ...m.sessions.keys()].some((k) => k.includes(C))).toBe(false);
+  });
+
+  it('says when even folding every agent does not fit', () => {
+    const m = emptyModel();
+    for (let i = 0; i < 40; i++) addSession(m, entry(agentKeyFor(`agent-${i}`), t('x'), i), T0 + WINDOW_MS);
+    expect(foldToFit(m, size, 500, 400, CUT).fits).toBe(false);
   });
 });

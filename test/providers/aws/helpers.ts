@@ -5,6 +5,7 @@ import { silentLogger } from '../../../src/logger.ts';
 import { awsRoleSchema, awsSettingsSchema, type AwsRoleConfig, type AwsSettings } from '../../../src/providers/aws/config.ts';
 import { createAwsProvider, type AwsProvider, type AwsProviderOptions } from '../../../src/providers/aws/provider.ts';
 import type { IssueRequest, ProviderContext } from '../../../src/providers/types.ts';
+import { sessionNameFor } from '../../../src/providers/aws/session-name.ts';
 import type { LeaseRecord } from '../../../src/leases/types.ts';
 import type { TaskRecord } from '../../../src/tasks/types.ts';
 import { startAwsEmulator, type AwsEmulator, type EmulatedUser } from '../../emulators/aws/index.ts';
@@ -131,6 +132,9 @@ export function issueRequest(role: AwsRoleConfig, extra: Partial<IssueRequest<Aw
     ...extra,
   };
 }
+
+/** The session name the provider gives a request's session. */
+export const nameOf = (req: IssueRequest<AwsRoleConfig>) => sessionNameFor(req.leaseId, req.agent, req.task.taskId);
 
 /** The lease the core would store for an issued credential. */
 export function leaseFor(req: IssueRequest<AwsRoleConfig>, handle: LeaseRecord['handle'], expiresAt: number): LeaseRecord {

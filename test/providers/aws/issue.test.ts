@@ -1,7 +1,14 @@
 import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
 import { GetCallerIdentityCommand } from '@aws-sdk/client-sts';
 import { BrokerError } from '../../../src/errors.ts';
-import { sessionNameFor, sourceIdentityFor, tagValue, taskTagValue } from '../../../src/providers/aws/session-name.ts';
+import {
+  agentKeyFor,
+  sessionNameFor,
+  sourceIdentityFor,
+  tagValue,
+  taskKeyFor,
+  taskTagValue,
+} from '../../../src/providers/aws/session-name.ts';
 import { awsWorld, issueRequest, roleConfig, stsAs, type AwsWorld } from './helpers.ts';
 
 let w: AwsWorld;
@@ -41,7 +48,7 @@ describe('issue', () => {
     });
     expect(p).toMatchObject({
       RoleArn: w.role.arn,
-      RoleSessionName: `jit-${req.leaseId}`,
+      RoleSessionName: sessionNameFor(req.leaseId, req.agent, req.task.taskId),
       DurationSeconds: '1200',
       SourceIdentity: 'example.org@agent@support',
       'Tags.member.1.Key': 'task',
@@ -62,7 +69,7 @@ describe('issue', () => {
     expect(c.AccessKeyId).toMatch(/^ASIA/);
     expect(out.handle).toEqual({
       roleArn: w.role.arn,
-      sessionName: `jit-${req.leaseId}`,
+      sessionName: sessionNameFor(req.leaseId, req.agent, req.task.taskId),
       expiresAt: out.expiresAt,
       tokenIssuedAt: out.expiresAt - 1_200_000,
       taskDeadline: req.task.expiresAt,
@@ -78,7 +85,7 @@ describe('issue', () => {
 
     // The session works, and can do what the scopes allow on the role's resources, nothing more.
     const who = await stsAs(w.emu, c).send(new GetCallerIdentityCommand({}));
-    expect(who.UserId).toBe(`${w.role.roleId}:jit-${req.leaseId}`);
+    expect(who.UserId).toBe(`${w.role.roleId}:${sessionNameFor(req.leaseId, req.agent, req.task.taskId)}`);
     expect(w.emu.evaluate(String(c.AccessKeyId), 's3:GetObject', 'arn:aws:s3:::reports/q3.csv')).toBe('allow');
     expect(w.emu.evaluate(String(c.AccessKeyId), 's3:PutObject', 'arn:aws:s3:::reports/q3.csv')).toBe('implicit-deny');
     expect(w.emu.evaluate(String(c.AccessKeyId), 's3:GetObject', 'arn:aws:s3:::payroll/x')).toBe('implicit-deny');
@@ -230,13 +237,19 @@ describe('names STS accepts', () => {
     expect(taskTagValue(ids[7]!)).toMatch(/^T{128}\/x{61}=[0-9a-f]{64}$/);
   });
 
-  it('session names are unique per lease and valid even for odd lease ids', () => {
-    expect(sessionNameFor('0123abcd')).toBe('jit-0123abcd');
-    const long1 = sessionNameFor('a'.repeat(100));
-    const long2 = sessionNameFor(`b${'a'.repeat(99)}`);
+  it('session names are unique per lease, carry the agent and task keys, and are valid even for odd lease ids', () => {
+    const lease = '0123456789abcdef0123456789abcdef';
+    const name = sessionNameFor(lease, 'spiffe://example.org/agent/a', 't-1');
+    expect(name).toBe(`jit-${agentKeyFor('spiffe://example.org/agent/a')}-${taskKeyFor('t-1')}-${lease}`);
+    expect(name).toMatch(/^jit-[a-z2-7]{10}-[a-z2-7]{8}-[0-9a-f]{32}$/);
+    expect(agentKeyFor('spiffe://example.org/agent/b')).not.toBe(agentKeyFor('spiffe://example.org/agent/a'));
+    expect(taskKeyFor('t-1~sub')).not.toBe(taskKeyFor('t-1'));
+    const long1 = sessionNameFor('a'.repeat(100), 'x', 't');
+    const long2 = sessionNameFor(`b${'a'.repeat(99)}`, 'x', 't');
     expect(long1).toMatch(NAME);
+    expect(long1).toHaveLength(64);
     expect(long1).not.toBe(long2);
-    expect(sessionNameFor('lease with spaces/and#marks')).toMatch(NAME);
+    expect(sessionNameFor('lease with spaces/and#marks', 'x', 't')).toMatch(NAME);
   });
 
   it('informational tag values keep allowed characters and lose the rest', () => {

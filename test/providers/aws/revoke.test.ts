@@ -2,11 +2,11 @@ import { afterAll, beforeAll, describe, expect, it, jest } from '@jest/globals';
 import { AssumeRoleCommand, GetCallerIdentityCommand, STSClient } from '@aws-sdk/client-sts';
 import { IAMClient, PutRolePolicyCommand } from '@aws-sdk/client-iam';
 import { RetryableUpstreamError } from '../../../src/errors.ts';
-import type { DenyFallbackEvent } from '../../../src/providers/aws/deny-list.ts';
+import type { DenyFallbackEvent, DenyFoldEvent } from '../../../src/providers/aws/deny-list.ts';
 import type { AwsProvider } from '../../../src/providers/aws/provider.ts';
 import type { RevokeContext } from '../../../src/providers/types.ts';
 import type { TaskRecord } from '../../../src/tasks/types.ts';
-import { awsWorld, issueRequest, leaseFor, roleConfig, stsAs, task, type AwsWorld } from './helpers.ts';
+import { awsWorld, issueRequest, leaseFor, nameOf, roleConfig, stsAs, task, type AwsWorld } from './helpers.ts';
 
 let w: AwsWorld;
 const POLICY = 'jit-broker-revoked-sessions';
@@ -98,7 +98,7 @@ describe('one lease (DELETE, interrupted issuance): that session, by name', () =
           Effect: 'Deny',
           Action: '*',
           Resource: '*',
-          Condition: { StringLike: { 'aws:userid': [`*:jit-${a.req.leaseId}`] } },
+          Condition: { StringLike: { 'aws:userid': [`*:${nameOf(a.req)}`] } },
         },
       ],
     });
@@ -118,7 +118,7 @@ describe('one lease (DELETE, interrupted issuance): that session, by name', () =
     expect(w.emu.requests()).toHaveLength(before); // nothing asked of AWS to know it
     expect(intent).toEqual({
       roleArn: role.arn,
-      sessionName: `jit-${req.leaseId}`,
+      sessionName: nameOf(req),
       expiresAt: expect.any(Number),
       taskDeadline: req.task.expiresAt,
       taskTag: 't-4711',
@@ -132,7 +132,7 @@ describe('one lease (DELETE, interrupted issuance): that session, by name', () =
     await p.revoke(leaseFor(req, intent, Number(intent.expiresAt)), role.config, { reason: 'issuance_interrupted' });
     expect(await code(stsAs(w.emu, out.credentials))).toBe('AccessDenied');
     expect(await code(sibling.client)).toBe('ok');
-    expect(statements(role.roleName).map((s) => s.Condition.StringLike?.['aws:userid'])).toEqual([[`*:jit-${req.leaseId}`]]);
+    expect(statements(role.roleName).map((s) => s.Condition.StringLike?.['aws:userid'])).toEqual([[`*:${nameOf(req)}`]]);
   });
 
   it('refuses an empty scope list before anything is recorded', () => {
@@ -170,7 +170,7 @@ describe('IAM is the record: nothing is forgotten', () => {
     expect(await code(b.client)).toBe('AccessDenied');
     expect(await code(a.client)).toBe('AccessDenied');
     expect(statements(role.roleName).flatMap((s) => s.Condition.StringLike?.['aws:userid'])).toEqual(
-      expect.arrayContaining([`*:jit-${a.req.leaseId}`, `*:jit-${b.req.leaseId}`]),
+      expect.arrayContaining([`*:${nameOf(a.req)}`, `*:${nameOf(b.req)}`]),
     );
   });
 
@@ -292,7 +292,7 @@ describe('the clock', () => {
       await ahead.revoke(other.lease, role.config, caller);
       await ahead.expire!(s.lease, role.config);
       expect(await code(s.client)).toBe('AccessDenied');
-      expect(statements(role.roleName).flatMap((x) => x.Condition.StringLike!['aws:userid'])).toContain(`*:jit-${s.req.leaseId}`);
+      expect(statements(role.roleName).flatMap((x) => x.Condition.StringLike!['aws:userid'])).toContain(`*:${nameOf(s.req)}`);
     });
     // Long after both sessions ended (by any clock within the margin), the policy goes.
     await later(end - w.emu.now() + 900_000 + SKEW_MS, async () => {
@@ -460,44 +460,52 @@ describe('size', () => {
     expect(st.length).toBeLessThan(ttls.length);
     for (const s of sessions) {
       expect(verdict(s)).toBe('explicit-deny');
-      const holding = st.find((x) => (x.Condition.StringLike!['aws:userid'] as string[]).includes(`*:jit-${s.req.leaseId}`))!;
+      const holding = st.find((x) => (x.Condition.StringLike!['aws:userid'] as string[]).includes(`*:${nameOf(s.req)}`))!;
       expect(Number(holding.Sid.replace(/\D/g, '')) * 1000).toBeGreaterThanOrEqual(s.out.expiresAt);
     }
   });
 
-  it('falls back to a TokenIssueTime cut-off when nothing else fits, and says so', async () => {
+  it('falls back to a TokenIssueTime cut-off when even folding every agent does not fit, and says so', async () => {
     const role = freshRole('r-overflow');
     const events: DenyFallbackEvent[] = [];
-    const small = w.makeProvider({ revocationPolicyMaxChars: 512 }, { onDenyFallback: (e) => void events.push(e) });
+    const folds: DenyFoldEvent[] = [];
+    const small = w.makeProvider(
+      { revocationPolicyMaxChars: 512 },
+      { onDenyFallback: (e) => void events.push(e), onDenyFold: (e) => void folds.push(e) },
+    );
     const bystander = await issue(small, role); // never revoked
     const revoked = [];
-    for (let i = 0; i < 12; i++) {
-      const s = await issue(small, role);
+    // One session each of 30 agents: 30 agent folds alone take more than 512 characters.
+    for (let i = 0; i < 30; i++) {
+      const s = await issue(small, role, { task: task({ taskId: `t-o${i}`, agent: `spiffe://example.org/agent/o${i}` }) });
       await small.revoke(s.lease, role.config, caller);
       revoked.push(s);
     }
+    expect(folds.length).toBeGreaterThan(0); // folding came first
+    expect(folds.every((f) => f.scope === 'agent' || f.scope === 'regroup')).toBe(true);
     expect(events).toHaveLength(1);
     expect(events[0]).toMatchObject({ roleArn: role.arn, reason: 'policy_size' });
     expect(events[0]!.droppedEntries).toBeGreaterThan(4);
 
     const cut = statements(role.roleName).find((s) => s.Sid.startsWith('JitCutoffUntil'))!;
     expect(cut.Condition.DateLessThan!['aws:TokenIssueTime']).toBe(events[0]!.cutoff);
+    expect(statements(role.roleName).filter((s) => s.Sid.startsWith('JitFolds'))).toEqual([]); // the cut-off replaced them
     expect(JSON.stringify(w.emu.rolePolicy(role.roleName, POLICY)).length).toBeLessThanOrEqual(512);
     // Every revoked session is cut off, and so is the older unrevoked one: the documented price of the fallback.
     for (const s of revoked) expect(await code(s.client)).toBe('AccessDenied');
     expect(await code(bystander.client)).toBe('AccessDenied');
 
-    // Sessions issued after the cut-off work, and can still be revoked one by one.
-    await later(10_000, async () => {
+    // Sessions issued after the cut-off (at most the skew margin ahead: it covers the folds it replaced) work, and can still be revoked one by one.
+    await later(Date.parse(events[0]!.cutoff) - w.emu.now() + 5000, async () => {
       const next = await issue(small, role);
       expect(await code(next.client)).toBe('ok');
       await small.revoke(next.lease, role.config, caller);
       expect(await code(next.client)).toBe('AccessDenied');
-      expect(statements(role.roleName).flatMap((s) => s.Condition.StringLike?.['aws:userid'] ?? [])).toEqual([`*:jit-${next.req.leaseId}`]);
+      expect(statements(role.roleName).flatMap((s) => s.Condition.StringLike?.['aws:userid'] ?? [])).toEqual([`*:${nameOf(next.req)}`]);
     });
   });
 
-  it('measures the room other inline policies leave when IAM refuses the size, and falls back only when that is full', async () => {
+  it('measures the room other inline policies leave when IAM refuses the size, and folds into what is left', async () => {
     const role = freshRole('r-iam-limit');
     const filler = JSON.stringify({
       Version: '2012-10-17',
@@ -518,17 +526,21 @@ describe('size', () => {
     await iam.send(new PutRolePolicyCommand({ RoleName: role.roleName, PolicyName: 'app-permissions', PolicyDocument: filler }));
     iam.destroy();
     const events: DenyFallbackEvent[] = [];
-    const p = w.makeProvider({}, { onDenyFallback: (e) => void events.push(e) });
+    const folds: DenyFoldEvent[] = [];
+    const p = w.makeProvider({}, { onDenyFallback: (e) => void events.push(e), onDenyFold: (e) => void folds.push(e) });
+    const bystander = await issue(p, role, { task: task({ taskId: 't-by', agent: AGENT_B }) });
     const sessions = [];
-    for (let i = 0; i < 60 && events.length === 0; i++) {
+    for (let i = 0; i < 60 && folds.length === 0; i++) {
       const s = await issue(p, role);
       await p.revoke(s.lease, role.config, caller);
       sessions.push(s);
     }
-    expect(events).toEqual([expect.objectContaining({ reason: 'iam_limit' })]);
-    expect(sessions.length).toBeGreaterThan(25); // the room was used before falling back
+    expect(folds).toEqual([expect.objectContaining({ reason: 'iam_limit', scope: 'task', taskId: 't-4711' })]);
+    expect(events).toEqual([]);
+    expect(sessions.length).toBeGreaterThan(15); // the room was used before folding
     expect(w.emu.requests('ListRolePolicies').length).toBeGreaterThan(0);
     for (const s of sessions) expect(await code(s.client)).toBe('AccessDenied');
+    expect(await code(bystander.client)).toBe('ok');
   });
 });
 

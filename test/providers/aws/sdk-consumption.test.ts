@@ -104,7 +104,7 @@ describe('credential_process = jit cred get --format aws-process (fromProcess)',
     expect(creds.expiration!.getTime()).toBeGreaterThan(Date.now() + 800_000);
     expect(seen.at(-1)).toEqual({ taskId: 't-1', role: 'reports-bucket', scopes: ['s3:GetObject'] });
     const who = await whoAmI(creds);
-    expect(who.Arn).toMatch(/^arn:aws:sts::123456789012:assumed-role\/agent-reports\/jit-[0-9a-f]{32}$/);
+    expect(who.Arn).toMatch(/^arn:aws:sts::123456789012:assumed-role\/agent-reports\/jit-[a-z2-7]{10}-[a-z2-7]{8}-[0-9a-f]{32}$/);
   }, 30_000);
 
   it("fails with the broker's error on stderr and a non-zero exit", async () => {
