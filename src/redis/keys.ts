@@ -61,8 +61,10 @@ export class Keys {
   bucketOfTask(taskId: string): number {
     const tilde = taskId.indexOf('~');
     const root = tilde === -1 ? taskId : taskId.slice(0, tilde);
-    // Slot of the root id (a CRC16) spread over the buckets: stable across processes and restarts.
-    return calculateSlot(`task:${root}`) % this.buckets;
+    // Slot of the root id (a CRC16), mixed, spread over the buckets: stable across processes and restarts. CRC16 is
+    // linear, so ids differing in one character (`...-1`, `...-2`) had neighbouring slots, hence neighbouring buckets
+    // on one master; the murmur3 finalizer spreads them over all buckets.
+    return fmix32(calculateSlot(`task:${root}`)) % this.buckets;
   }
 
   /** The bucket encoded in a lease or approval id, or undefined for an id that cannot be ours. */
@@ -241,4 +243,12 @@ function bucketTag(prefix: string, i: number, n: number): string {
     if (s >= lo && s < hi) return tag;
   }
   return `${prefix}.${i}`;
+}
+
+/** murmur3's 32-bit finalizer: every input bit flips about half the output bits. */
+function fmix32(h: number): number {
+  let x = h >>> 0;
+  x = Math.imul(x ^ (x >>> 16), 0x85ebca6b);
+  x = Math.imul(x ^ (x >>> 13), 0xc2b2ae35);
+  return (x ^ (x >>> 16)) >>> 0;
 }
