@@ -8,6 +8,7 @@
  * 2. revocation lag from `complete` and from `exp` until the lease shows
  *    revoked/expired and introspection is inactive;
  * 3. Redis memory per active lease for 100,000 leases (BENCH_LEASES);
+ * 5. scale-out layouts (scripts/bench/scale.ts): 2 processes, a 3-master Cluster;
  * 4. the bare minimum per issuance (ES256 verify + sign + Redis write +
  *    BullMQ add, no Express) as a reference.
  */
@@ -19,12 +20,13 @@ import { measureLag } from './lag.ts';
 import { pacedLoad } from './paced.ts';
 import { benchAwsOverhead, benchVaultOverhead } from './upstream.ts';
 import { benchPolicy } from './policy.ts';
+import { benchScale } from './scale.ts';
 
 const PORT = 18_080;
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 10);
 const LEASES = Number(process.env.BENCH_LEASES ?? 100_000);
 /** BENCH_ONLY=issuance|lag|memory|reference (comma-separated) runs a subset. */
-const ALL = 'reference,issuance,policy,lag,upstream,memory';
+const ALL = 'reference,issuance,policy,lag,upstream,memory,scale';
 const ONLY = new Set((process.env.BENCH_ONLY ?? ALL).split(','));
 const results: Record<string, unknown> = {
   machine: { cpus: (await import('node:os')).cpus().length, node: process.version },
@@ -171,6 +173,18 @@ try {
     await redis.redis.flushall();
   }
   if (LEASES > 0 && ONLY.has('memory')) results.memory = await memory();
+  if (ONLY.has('scale')) {
+    // Reported, not targets: on 2 cores these show each layout's overhead, not its scale (docs/benchmarks.md).
+    results.scale = await benchScale(redis.url, {
+      issuer,
+      agentToken,
+      orchToken,
+      seconds: SECONDS,
+      leases: Number(process.env.BENCH_SCALE_LEASES ?? 20_000),
+      port: PORT,
+      log,
+    });
+  }
   const ref = (results.reference as { perSecond: number } | undefined)?.perSecond;
   const a = results.issuancePermitAll as Record<string, number> | undefined;
   const p = results.issuancePolicy as Record<string, number> | undefined;

@@ -102,13 +102,18 @@ export function writeBenchConfig(opts: {
   policiesDir: string;
   extra?: Record<string, unknown>;
   roles?: Record<string, unknown>;
+  /** Another config's KEK file: instances sharing a prefix must share the KEK. */
+  kekFile?: string;
 }): string {
   const dir = mkdtempSync(join(tmpdir(), 'jit-bench-'));
   writeFileSync(join(dir, 'kek'), randomBytes(32).toString('base64'));
+  const kek = opts.kekFile ?? join(dir, 'kek');
   const config = {
     server: { port: opts.port, publicUrl: `http://127.0.0.1:${opts.port}`, rateLimit: benchRateLimit() },
     redis: { url: opts.redisUrl, prefix: opts.prefix },
-    secrets: { kek: { file: join(dir, 'kek') } },
+    secrets: { kek: { file: kek } },
+    // The load piles tens of thousands of leases on one task: the per-task bound (1,000 live) would refuse them.
+    tasks: { maxLeases: 0 },
     // Each bench broker its own export: the default ./data/audit.jsonl belongs to one prefix.
     audit: { export: { file: join(dir, 'audit.jsonl') } },
     trust: [{ name: 'bench', kind: 'spiffe', trustDomain: 'bench.local', audiences: ['jit-broker'], jwks: { keys: opts.issuer.bundle } }],
