@@ -14,7 +14,12 @@
 -- ARGV[4] maxPendingApprovals (0 = no bound)
 -- ARGV[5] retention in ms after the task's deadline
 -- ARGV[6] how long after its request any approval's index entry may stay (ms): the longest task ttl plus ARGV[5]
--- Returns {'existing', id} | {'created', id, now} | {'task_closed'} | {'limit'}
+-- ARGV[7] createdAt (ms) of the task incarnation the caller decided on ('' = any)
+-- Returns {'existing', id} | {'created', id, now} | {'stale'} | {'task_closed'} | {'limit'}
+if ARGV[7] ~= '' then
+  local created = redis.call('HGET', KEYS[2], 'createdAt')
+  if created and tonumber(created) ~= tonumber(ARGV[7]) then return { 'stale' } end
+end
 local cur = redis.call('GET', KEYS[1])
 if cur and redis.call('EXISTS', ARGV[1] .. 'approval:' .. cur) == 1 then return { 'existing', cur } end
 local st = redis.call('HGET', KEYS[2], 'status')
