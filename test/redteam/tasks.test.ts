@@ -1,7 +1,7 @@
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { ORCH, call, startSibling, startTestBroker, testConfig, type TestBroker } from '../helpers/broker.ts';
+import { ADMIN, ORCH, call, startSibling, startTestBroker, testConfig, type TestBroker } from '../helpers/broker.ts';
 import { TestIssuer } from '../helpers/identity.ts';
 
 /**
@@ -93,6 +93,26 @@ describe('a task id opened again after its record is gone', () => {
     });
     expect({ status: owner.status, code: owner.body.code }).toEqual({ status: 201, code: undefined });
   });
+});
+
+test("an approval of the earlier task under the same id is not the new task's approval", async () => {
+  const taskId = 'rt-reuse-approval';
+  const grants = [{ role: 'prod-deploy' }];
+  expect((await open(a, { taskId, agent: id(ALPHA), grants })).status).toBe(201);
+  const asked = await call(a.url, 'POST', '/v1/credentials', a.as(ALPHA), { taskId, role: 'prod-deploy' });
+  expect(asked.status).toBe(202);
+  const decided = await call(a.url, 'POST', `/v1/approvals/${asked.body.approvalId}`, a.as(ADMIN), { decision: 'approve' });
+  expect(decided.status).toBe(200);
+  // Completed early: with a retention shorter than the time left, the task's records go before its deadline.
+  expect((await call(a.url, 'POST', `/v1/tasks/${taskId}/complete`, a.as(ORCH))).status).toBe(202);
+  await purge(taskId);
+  expect((await open(a, { taskId, agent: id(ALPHA), grants })).status).toBe(201);
+
+  for (const t of [a, b]) {
+    const again = await call(t.url, 'POST', '/v1/credentials', t.as(ALPHA), { taskId, role: 'prod-deploy' });
+    expect({ status: again.status, status2: again.body.status }).toEqual({ status: 202, status2: 'pending' });
+    expect(again.body.approvalId).not.toBe(asked.body.approvalId);
+  }
 });
 
 test('complete counts only the leases it revokes: not those already ended, none on a repeat', async () => {

@@ -25,14 +25,15 @@
 local f = redis.call('HMGET', KEYS[1], 'status', 'createdAt', 'expiresAt', 'live', 'leases')
 local st = f[1]
 if not st then return { 'no_task' } end
-if ARGV[12] ~= '' and tonumber(f[2]) ~= tonumber(ARGV[12]) then return { 'stale' } end
+local want = ARGV[12] or ''
+if want ~= '' and tonumber(f[2]) ~= tonumber(want) then return { 'stale' } end
 local now = now_ms()
 if st ~= 'open' or now >= tonumber(f[3]) then return { 'task_closed' } end
 local max = tonumber(ARGV[7])
 if max > 0 and tonumber(f[4] or '0') >= max then return { 'limit' } end
 -- Ended lease records stay for the retention period: a live-lease bound alone would let a loop of
 -- issue and revoke grow Redis without limit within one task.
-local total = tonumber(ARGV[11])
+local total = tonumber(ARGV[11] or '0')
 if total > 0 and tonumber(f[5] or '0') >= total then return { 'limit_total' } end
 redis.call('HINCRBY', KEYS[1], 'live', 1)
 redis.call('HINCRBY', KEYS[1], 'leases', 1)
