@@ -92,6 +92,8 @@ export class TaskStore {
     ])) as [string, ...unknown[]];
     switch (res[0]) {
       case 'created':
+        // Any entry under this id was an earlier incarnation (checked at use anyway; no need to keep it).
+        this.fixedCache.delete(task.taskId);
         return { kind: 'created', task: { ...task, status: 'open', createdAt: Number(res[1]), expiresAt: Number(res[2]), liveLeases: 0 } };
       case 'exists':
         return { kind: 'exists', task: taskFromHash(pairs(res[1] as string[]))! };
