@@ -2,11 +2,18 @@ import type { AuditAction, AuditEvent } from './audit/record.ts';
 import type { Deps } from './deps.ts';
 import { BrokerError, type CodeWithStatus, forbidden } from './errors.ts';
 import type { WorkloadIdentity } from './identity/types.ts';
+import { authorizeNarrowing } from './policy/narrowing.ts';
 import type { PolicyAction, PolicyRequest, PolicyTaskContext } from './policy/types.ts';
 import type { TaskFixed } from './tasks/types.ts';
 
 /** The task as Cedar sees it (`context.task`). */
 export function taskContext(t: TaskFixed): PolicyTaskContext {
+  const added = t.delegatedLabels ?? [];
+  let orchestratorLabels: Record<string, string> | undefined;
+  if (added.length > 0) {
+    orchestratorLabels = Object.create(null) as Record<string, string>;
+    for (const [k, v] of Object.entries(t.labels)) if (!added.includes(k)) orchestratorLabels[k] = v;
+  }
   return {
     id: t.taskId,
     tenant: t.tenant,
@@ -16,6 +23,7 @@ export function taskContext(t: TaskFixed): PolicyTaskContext {
     roles: t.grants.map((g) => g.role),
     depth: t.depth,
     ...(t.parentTaskId ? { parentId: t.parentTaskId } : {}),
+    ...(orchestratorLabels ? { orchestratorLabels } : {}),
   };
 }
 
@@ -41,13 +49,18 @@ export async function authorize(
   resource: PolicyRequest['resource'],
   context: PolicyRequest['context'],
   audit: { taskId?: string; role?: string; leaseId?: string },
+  opts: { beforeDenial?: () => Promise<void> } = {},
 ): Promise<string[]> {
-  const decision = deps.policy.authorize({
+  const decision = authorizeNarrowing(deps.policy, {
     principal: { id: who.id, trust: who.trust, kind: who.kind, claims: who.claims },
     action,
     resource,
     context,
   });
+  if (!decision.allowed) {
+    // E.g. the caller checks that a cached task is still current: a refusal must not rest on stale data.
+    await opts.beforeDenial?.();
+  }
   deps.metrics.policyDecisions.inc({ action, decision: decision.allowed ? 'allow' : 'deny' });
   if (!decision.allowed) {
     deps.metrics.denied.inc({ code: 'policy_denied' });
@@ -58,7 +71,7 @@ export async function authorize(
       reason: decision.errors.length ? 'policy_error' : 'policy_denied',
       policies: decision.policies,
       ...audit,
-      detail: { policyAction: action },
+      detail: { policyAction: action, ...(decision.delegatedLabels ? { delegatedLabels: true } : {}) },
     });
     throw forbidden('policy_denied', `Denied by policy: ${action} on ${resource.type} "${resource.id}".`, { extra: { reason: 'policy' } });
   }

@@ -114,9 +114,9 @@ export class AdminService {
 
   /** Ends every open task matching `sel` with its subtree; returns the tasks ended and their live leases. */
   private async endMatching(sel: RevokeSelector): Promise<{ tasks: number; leases: number }> {
-    const ids: string[] = [];
+    const found = new Set<string>();
     if ('taskId' in sel) {
-      ids.push(sel.taskId);
+      found.add(sel.taskId);
     } else {
       const match =
         'agent' in sel
@@ -126,20 +126,19 @@ export class AdminService {
             )(new IdentityPatterns([sel.agent]))
           : (t: { tenant: string }) => t.tenant === sel.tenant;
       for (let b = 0; b < this.deps.keys.buckets; b++) {
-        for await (const page of this.deps.tasks.openIn(b)) for (const t of page) if (match(t as never)) ids.push(t.taskId);
+        for await (const page of this.deps.tasks.openIn(b)) for (const t of page) if (match(t as never)) found.add(t.taskId);
       }
     }
+    const ids = [...found];
     let tasks = 0;
     let leases = 0;
     // Parents first, so a matching sub-task is ended with its parent's subtree rather than on its own.
     ids.sort((a, b) => a.length - b.length);
     for (const id of ids) {
-      const before = await this.deps.tasks.get(id);
       const res = await this.tasks.end(id, 'completed', 'revoked_by_admin');
       if (res.kind !== 'ended') continue;
       tasks += res.taskIds.length;
-      const all = await this.deps.tasks.getMany(res.taskIds);
-      leases += all.reduce((n, t) => n + t.liveLeases, 0) || (before?.liveLeases ?? 0);
+      leases += res.liveLeases;
       await this.deps.audit.appendAll(
         res.taskIds.map((taskId) => ({
           action: 'task.revoke' as const,

@@ -31,7 +31,8 @@ export interface ApprovalRecord extends ApprovalFixed {
   reason?: string;
 }
 
-export type RequestResult = { kind: 'created' | 'existing'; record: ApprovalRecord } | { kind: 'task_closed' | 'limit' };
+/** `stale`: the task under that id is not the incarnation the caller decided on (see `taskCreatedAt`). */
+export type RequestResult = { kind: 'created' | 'existing'; record: ApprovalRecord } | { kind: 'task_closed' | 'limit' | 'stale' };
 
 /**
  * Approvals for roles with `approval: required`. One approval covers one
@@ -58,8 +59,8 @@ export class ApprovalStore {
   }
 
   /** The approval of this exact request, creating a pending one (within the task's bound) if there is none. */
-  async findOrCreate(req: Omit<ApprovalFixed, 'approvalId'> & { maxPending: number }): Promise<RequestResult> {
-    const { maxPending, ...fixedReq } = req;
+  async findOrCreate(req: Omit<ApprovalFixed, 'approvalId'> & { maxPending: number; taskCreatedAt?: number }): Promise<RequestResult> {
+    const { maxPending, taskCreatedAt, ...fixedReq } = req;
     const bucket = this.keys.bucketOfTask(req.taskId);
     const approvalId = Keys.newId(bucket, randomBytes(16));
     const fixed: ApprovalFixed = { approvalId, ...fixedReq };
@@ -74,9 +75,17 @@ export class ApprovalStore {
         this.keys.approvalsOf(bucket, req.agent),
         this.keys.approvalsOf(bucket, req.openedBy),
       ],
-      [this.keys.base(bucket), approvalId, JSON.stringify(fixed), maxPending, this.retentionMs, indexWindow(this.retentionMs).horizonMs],
+      [
+        this.keys.base(bucket),
+        approvalId,
+        JSON.stringify(fixed),
+        maxPending,
+        this.retentionMs,
+        indexWindow(this.retentionMs).horizonMs,
+        taskCreatedAt ?? '',
+      ],
     )) as string[];
-    if (res[0] === 'task_closed' || res[0] === 'limit') return { kind: res[0] };
+    if (res[0] === 'task_closed' || res[0] === 'limit' || res[0] === 'stale') return { kind: res[0] };
     const record = await this.get(res[1]!);
     if (!record) return { kind: 'task_closed' };
     return { kind: res[0] === 'created' ? 'created' : 'existing', record };

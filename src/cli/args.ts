@@ -163,7 +163,8 @@ export function parseGrantJson(text: string): Grant[] {
 /** `--label k=v` (repeatable) → `{ k: v }`. */
 export function parseLabels(items: string[]): Record<string, string> | undefined {
   if (items.length === 0) return undefined;
-  const out: Record<string, string> = {};
+  // Null prototype: `--label __proto__=x` is a label like any other, not a prototype change.
+  const out: Record<string, string> = Object.create(null);
   for (const item of items) {
     const eq = item.indexOf('=');
     if (eq <= 0) throw new UsageError(`--label "${item}" must be key=value`);

@@ -133,6 +133,11 @@ export const configSchema = z
         maxSubtasks: z.int().min(0).max(1_000_000).default(50),
         /** Live leases one task may hold at once (0 = no bound). */
         maxLeases: z.int().min(0).max(10_000_000).default(1000),
+        /**
+         * Leases one task may ever have, ended ones included (0 = no bound): ended records are kept
+         * for the retention period, so issuing and revoking in a loop would otherwise grow Redis without limit.
+         */
+        maxLeasesTotal: z.int().min(0).max(100_000_000).default(10_000),
         /** Pending approvals one task may have at once (0 = no bound). */
         maxPendingApprovals: z.int().min(0).max(100_000).default(20),
         /** How long ended tasks, leases and approvals stay readable (seconds). */

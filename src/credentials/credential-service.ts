@@ -8,11 +8,12 @@ import { BrokerError, badRequest, conflict, notFound, upstreamFailed } from '../
 import type { CredentialRequest } from '../http/schemas.ts';
 import type { WorkloadIdentity } from '../identity/types.ts';
 import { type ClampedTtl, clampTtl } from '../leases/ttl.ts';
+import type { CreateRefusal } from '../leases/lease-store.ts';
 import type { LeaseFixed } from '../leases/types.ts';
 import { descriptorOf } from '../providers/index.ts';
 import type { IssueRequest, IssueResult, Provider } from '../providers/types.ts';
 import { Keys } from '../redis/keys.ts';
-import type { Grant, TaskFixed, TaskSnapshot } from '../tasks/types.ts';
+import type { Grant, TaskSnapshot } from '../tasks/types.ts';
 
 /** 201: a credential. */
 export interface IssuedCredential {
@@ -32,6 +33,12 @@ export interface PendingApproval {
   approvalId: string;
   status: 'pending';
 }
+
+/**
+ * Redis holds another incarnation of the task than the (cached) one the
+ * request was decided on: the id was purged and opened again.
+ */
+class StaleTask extends Error {}
 
 /** Everything decided about a request before anything is recorded. */
 interface Decided {
@@ -64,7 +71,28 @@ export class CredentialService {
   }
 
   async request(who: WorkloadIdentity, body: CredentialRequest): Promise<IssuedCredential | PendingApproval> {
+    try {
+      return await this.decideAndIssue(who, body);
+    } catch (err) {
+      if (!(err instanceof StaleTask)) throw err;
+      // The cached task was an earlier incarnation of this id (purged, then opened again): decide
+      // everything again on the task as it is now. A second change meanwhile is refused, not chased.
+      this.deps.tasks.forget(body.taskId);
+      try {
+        return await this.decideAndIssue(who, body);
+      } catch (again) {
+        if (again instanceof StaleTask) throw conflict('task_not_open', `Task ${body.taskId} changed while the request was decided.`);
+        throw again;
+      }
+    }
+  }
+
+  private async decideAndIssue(who: WorkloadIdentity, body: CredentialRequest): Promise<IssuedCredential | PendingApproval> {
     const task = await this.loadTask(who, body);
+    if (task.expiresAt <= this.deps.clock.now()) {
+      await this.current(task);
+      throw conflict('task_not_open', `Task ${task.taskId} is no longer open.`);
+    }
     const { grant, role, provider } = await this.resolveGrant(who, task, body.role);
     const scopes = await this.resolveScopes(who, task, body, grant, role);
     const ttl = this.clamp(task, body, grant, role, provider);
@@ -78,6 +106,7 @@ export class CredentialService {
       { type: 'Role', id: body.role },
       { task: taskContext(task), ttlSeconds: ttl.ttlSeconds, scopes, approved: needsApproval },
       { taskId: task.taskId, role: body.role },
+      { beforeDenial: () => this.current(task) },
     );
     const decided: Decided = { task, grant, role, provider, scopes, ttl, policies };
     if (needsApproval) {
@@ -86,6 +115,14 @@ export class CredentialService {
       decided.approval = found.approved;
     }
     return this.issue(who, body, decided);
+  }
+
+  /**
+   * Before refusing on what the cache says: throws StaleTask unless the cached
+   * snapshot is still the task under its id (one fresh read, on refusals only).
+   */
+  private async current(task: TaskSnapshot): Promise<void> {
+    if (!(await this.deps.tasks.isCurrent(task))) throw new StaleTask();
   }
 
   private async loadTask(who: WorkloadIdentity, body: CredentialRequest): Promise<TaskSnapshot> {
@@ -99,7 +136,7 @@ export class CredentialService {
 
   private async resolveGrant(
     who: WorkloadIdentity,
-    task: TaskFixed,
+    task: TaskSnapshot,
     roleName: string,
   ): Promise<{ grant: Grant; role: RoleConfig; provider: Provider }> {
     const grant = task.grants.find((g) => g.role === roleName);
@@ -112,7 +149,7 @@ export class CredentialService {
   /** Scopes are literal: omitted = all of the grant's; an explicit list (even `[]`) is exactly that list. */
   private async resolveScopes(
     who: WorkloadIdentity,
-    task: TaskFixed,
+    task: TaskSnapshot,
     body: CredentialRequest,
     grant: Grant,
     role: RoleConfig,
@@ -122,6 +159,7 @@ export class CredentialService {
     if (extra.length > 0)
       return this.deny(who, task, body.role, 'scope_not_granted', `Scopes not granted to this task: ${extra.join(', ')}.`);
     if (scopes.length === 0 && descriptorOf(role.provider)?.needsScope(role as never)) {
+      await this.current(task);
       throw badRequest(
         'scopes_empty',
         `A ${role.provider} credential for role "${body.role}" needs at least one scope; none was requested or granted.`,
@@ -201,6 +239,8 @@ export class CredentialService {
       expiresAt: result.expiresAt,
       handle: result.handle,
       maxLeases: this.deps.config.tasks.maxLeases,
+      maxLeasesTotal: this.deps.config.tasks.maxLeasesTotal,
+      taskCreatedAt: req.task.createdAt,
     });
     await this.recorded(who, fixed, created.kind);
     return result;
@@ -221,6 +261,8 @@ export class CredentialService {
       handle: intent.handle,
       orphanMs: this.deps.config.revocation.orphanMs ?? intent.orphanMs,
       maxLeases: this.deps.config.tasks.maxLeases,
+      maxLeasesTotal: this.deps.config.tasks.maxLeasesTotal,
+      taskCreatedAt: req.task.createdAt,
     });
     await this.recorded(who, fixed, created.kind);
     let result: IssueResult;
@@ -256,15 +298,19 @@ export class CredentialService {
   }
 
   /** Maps the lease-create outcome to the caller's answer. */
-  private async recorded(who: WorkloadIdentity, fixed: LeaseFixed, kind: 'ok' | 'no_task' | 'task_closed' | 'limit'): Promise<void> {
+  private async recorded(who: WorkloadIdentity, fixed: LeaseFixed, kind: 'ok' | CreateRefusal): Promise<void> {
     if (kind === 'ok') return;
     if (kind === 'no_task') throw notFound('task_not_found', `No task ${fixed.taskId}.`);
+    if (kind === 'stale') throw new StaleTask();
     if (kind === 'task_closed') throw conflict('task_not_open', `Task ${fixed.taskId} is no longer open.`);
+    const { maxLeases, maxLeasesTotal } = this.deps.config.tasks;
     await deny(
       this.deps,
       who,
       'limit_exceeded',
-      `A task may hold at most ${this.deps.config.tasks.maxLeases} live leases (tasks.maxLeases).`,
+      kind === 'limit'
+        ? `A task may hold at most ${maxLeases} live leases (tasks.maxLeases).`
+        : `A task may have at most ${maxLeasesTotal} leases over its life, ended ones included (tasks.maxLeasesTotal).`,
       {
         action: 'credential.deny',
         taskId: fixed.taskId,
@@ -295,7 +341,7 @@ export class CredentialService {
    */
   private async approval(
     who: WorkloadIdentity,
-    task: TaskFixed,
+    task: TaskSnapshot,
     body: CredentialRequest,
     grant: Grant,
     scopes: string[],
@@ -309,7 +355,9 @@ export class CredentialService {
       scopes,
       ttlSeconds: body.ttlSeconds ?? grant.maxTtlSeconds,
       maxPending: this.deps.config.tasks.maxPendingApprovals,
+      taskCreatedAt: task.createdAt,
     });
+    if (res.kind === 'stale') throw new StaleTask();
     if (res.kind === 'task_closed') throw conflict('task_not_open', `Task ${task.taskId} is no longer open.`);
     if (res.kind === 'limit') {
       return this.deny(
@@ -342,14 +390,16 @@ export class CredentialService {
     throw conflict('approval_expired', `The approval for this request is ${record.status}.`, { extra: { approvalId: record.approvalId } });
   }
 
-  private deny(
+  /** A refusal decided on `task` (possibly cached): made only once `task` is known to be current. */
+  private async deny(
     who: WorkloadIdentity,
-    task: TaskFixed,
+    task: TaskSnapshot,
     role: string,
     code: 'not_task_agent' | 'role_not_granted' | 'scope_not_granted' | 'approval_rejected' | 'limit_exceeded',
     detail: string,
     extra?: Record<string, string>,
   ): Promise<never> {
+    await this.current(task);
     return deny(this.deps, who, code, detail, {
       action: 'credential.deny',
       taskId: task.taskId,

@@ -21,6 +21,36 @@ const scopesSchema = z
   .max(100)
   .refine((s) => new Set(s).size === s.length, { message: 'scopes must not repeat' });
 
+const LABEL_KEY = /^[A-Za-z0-9_.-]{1,64}$/;
+/** Labels per task (a sub-task's inherited ones included). */
+export const MAX_LABELS = 32;
+
+/**
+ * Task labels: at most 32, keys 1-64 chars of [A-Za-z0-9_.-], string values
+ * of at most 256 chars, parsed into a null-prototype record. Checked by hand
+ * because z.record assigns keys onto a plain object: `__proto__` would set
+ * the prototype and vanish (unchecked) instead of being a label like any other.
+ */
+export const labelsSchema = z
+  .custom<Record<string, string>>((v) => v !== null && typeof v === 'object' && !Array.isArray(v), {
+    message: 'must be an object of string labels',
+  })
+  .check((ctx) => {
+    const entries = Object.entries(ctx.value);
+    if (entries.length > MAX_LABELS) ctx.issues.push({ code: 'custom', input: ctx.value, message: `at most ${MAX_LABELS} labels` });
+    for (const [k, v] of entries) {
+      if (!LABEL_KEY.test(k))
+        ctx.issues.push({ code: 'custom', input: k, path: [k], message: 'label keys are 1-64 chars of [A-Za-z0-9_.-]' });
+      else if (typeof v !== 'string' || v.length > 256)
+        ctx.issues.push({ code: 'custom', input: v, path: [k], message: 'label values are strings of at most 256 characters' });
+    }
+  })
+  .transform((v) => {
+    const out: Record<string, string> = Object.create(null);
+    for (const [k, val] of Object.entries(v)) out[k] = val;
+    return out;
+  });
+
 export const grantSchema = z.strictObject({
   role: roleNameSchema,
   /** Literal: omitted = the role's configured set; `[]` = none. */
@@ -48,10 +78,7 @@ export const openTaskSchema = z.strictObject({
     .min(1)
     .max(100)
     .refine((g) => new Set(g.map((x) => x.role)).size === g.length, { message: 'a role may appear in only one grant' }),
-  labels: z
-    .record(z.string().regex(/^[A-Za-z0-9_.-]{1,64}$/, 'label keys are 1-64 chars of [A-Za-z0-9_.-]'), z.string().max(256))
-    .refine((l) => Object.keys(l).length <= 32, { message: 'at most 32 labels' })
-    .optional(),
+  labels: labelsSchema.optional(),
 });
 export type OpenTaskBody = z.infer<typeof openTaskSchema>;
 

@@ -29,7 +29,9 @@ export function leaseFromHash(h: Record<string, string>): LeaseRecord | undefine
   return l;
 }
 
-export type CreateResult = { kind: 'ok'; now: number } | { kind: 'no_task' | 'task_closed' | 'limit' };
+export type CreateResult = { kind: 'ok'; now: number } | { kind: CreateRefusal };
+/** `stale`: the task under that id is not the incarnation the caller decided on. */
+export type CreateRefusal = 'no_task' | 'stale' | 'task_closed' | 'limit' | 'limit_total';
 
 /** Redis persistence of leases. A lease never holds a secret, only the revoke handle. */
 export class LeaseStore {
@@ -44,14 +46,24 @@ export class LeaseStore {
   }
 
   /**
-   * Records a lease while its task is open and under `maxLeases`: `active`
+   * Records a lease while its task is open, is the incarnation created at
+   * `taskCreatedAt`, and is under `maxLeases` (live) and `maxLeasesTotal`
+   * (over its life): `active`
    * with its expiry (nothing upstream), or `issuing` (the intent, written
    * before the upstream call) with the orphan window after which the sweeper
    * treats the issuance as interrupted.
    */
   async create(
     lease: LeaseFixed,
-    opts: { status: 'active' | 'issuing'; expiresAt: number; handle: LeaseRecord['handle']; orphanMs?: number; maxLeases: number },
+    opts: {
+      status: 'active' | 'issuing';
+      expiresAt: number;
+      handle: LeaseRecord['handle'];
+      orphanMs?: number;
+      maxLeases: number;
+      maxLeasesTotal: number;
+      taskCreatedAt?: number;
+    },
   ): Promise<CreateResult> {
     const bucket = this.keys.bucketOfTask(lease.taskId);
     const res = (await createScript.run(
@@ -68,9 +80,11 @@ export class LeaseStore {
         lease.taskId,
         lease.provider,
         lease.role,
+        opts.maxLeasesTotal,
+        opts.taskCreatedAt ?? '',
       ],
     )) as [string, number?];
-    return res[0] === 'ok' ? { kind: 'ok', now: Number(res[1]) } : { kind: res[0] as 'no_task' | 'task_closed' | 'limit' };
+    return res[0] === 'ok' ? { kind: 'ok', now: Number(res[1]) } : { kind: res[0] as CreateRefusal };
   }
 
   /** Records the upstream's answer on an `issuing` lease (see lease-activate.lua). */

@@ -2,7 +2,20 @@ import { z } from 'zod';
 import type { PolicyRequest } from './types.ts';
 
 const strings = z.array(z.string());
-const stringMap = z.record(z.string(), z.string());
+/** A string map into a null-prototype record: z.record would drop (and not check) a `__proto__` key. */
+const stringMap = z
+  .custom<Record<string, string>>((v) => v !== null && typeof v === 'object' && !Array.isArray(v), {
+    message: 'must be an object of strings',
+  })
+  .check((ctx) => {
+    for (const [k, v] of Object.entries(ctx.value))
+      if (typeof v !== 'string') ctx.issues.push({ code: 'custom', input: v, path: [k], message: 'must be a string' });
+  })
+  .transform((v) => {
+    const out: Record<string, string> = Object.create(null);
+    for (const [k, val] of Object.entries(v)) out[k] = val;
+    return out;
+  });
 
 /**
  * A {@link PolicyRequest} as JSON (what `scripts/policy.ts explain` reads).

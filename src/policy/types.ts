@@ -14,6 +14,12 @@ export interface PolicyTaskContext {
   parentId?: string;
   /** Delegation depth: 0 for a root task. */
   depth: number;
+  /**
+   * Not seen by Cedar. Present when delegation added labels (a sub-task): the
+   * labels the root task's orchestrator set. A request is permitted only if
+   * policy permits it with `labels` and with these (src/policy/narrowing.ts).
+   */
+  orchestratorLabels?: Record<string, string>;
 }
 
 /** One authorization question, in contract terms. */

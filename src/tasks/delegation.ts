@@ -10,7 +10,8 @@ const isSubset = (a: readonly string[], b: readonly string[]) => a.every((x) => 
  * "Delegation"). Everything Cedar sees about a task can only narrow:
  * - `tenant`: kept (omitted = inherited; another value is refused);
  * - `labels`: every parent label kept with its value (omitted = inherited);
- *   new keys may be added, an existing key never changed;
+ *   new keys may be added, an existing key never changed; added keys are
+ *   recorded (`delegatedLabels`) so that policy sees them only as narrowing;
  * - `purpose`: kept (omitted = inherited): free text cannot be judged narrower
  *   or wider, so a different purpose is refused;
  * - `grants`: roles the parent has, scopes within the parent grant's (literal),
@@ -23,15 +24,22 @@ const isSubset = (a: readonly string[], b: readonly string[]) => a.every((x) => 
 export function attenuate(
   parent: TaskFixed,
   child: { tenant?: string | undefined; purpose?: string | undefined; labels?: Record<string, string> | undefined; grants: Grant[] },
-): { tenant: string; purpose: string; labels: Record<string, string> } | { widens: Widening } {
+): { tenant: string; purpose: string; labels: Record<string, string>; delegatedLabels?: string[] } | { widens: Widening } {
   if (child.tenant !== undefined && child.tenant !== parent.tenant) return { widens: "A sub-task must keep its parent's tenant." };
   if (child.purpose !== undefined && child.purpose !== parent.purpose) return { widens: "A sub-task must keep its parent's purpose." };
+  // Null-prototype records and own-property checks: `__proto__` or `constructor` is a label like any other.
   const labels: Record<string, string> = Object.create(null);
   for (const [k, v] of Object.entries(parent.labels)) labels[k] = v;
+  // A new key can still widen under a policy that permits on its presence (`labels has approved`):
+  // the added keys are recorded, and policy must permit with and without them (src/policy/narrowing.ts).
+  const added = new Set(parent.delegatedLabels ?? []);
   for (const [k, v] of Object.entries(child.labels ?? {})) {
-    if (Object.hasOwn(parent.labels, k) && parent.labels[k] !== v)
-      return { widens: `A sub-task may not change the parent's label "${k}".` };
+    if (Object.hasOwn(parent.labels, k)) {
+      if (parent.labels[k] !== v) return { widens: `A sub-task may not change the parent's label "${k}".` };
+      continue;
+    }
     labels[k] = v;
+    added.add(k);
   }
   for (const g of child.grants) {
     const pg = parent.grants.find((x) => x.role === g.role);
@@ -39,5 +47,10 @@ export function attenuate(
     if (!isSubset(g.scopes, pg.scopes)) return { widens: `Grant "${g.role}" asks for scopes the parent's grant lacks.` };
     if (g.maxTtlSeconds > pg.maxTtlSeconds) return { widens: `Grant "${g.role}" has a longer TTL ceiling than the parent's.` };
   }
-  return { tenant: parent.tenant, purpose: parent.purpose, labels: { ...labels } };
+  return {
+    tenant: parent.tenant,
+    purpose: parent.purpose,
+    labels,
+    ...(added.size > 0 ? { delegatedLabels: [...added].sort() } : {}),
+  };
 }

@@ -4,12 +4,15 @@ import { authorize, deny, taskContext } from '../authz.ts';
 import { roleOf } from '../config/roles.ts';
 import type { Deps } from '../deps.ts';
 import { badRequest, conflict, notFound } from '../errors.ts';
-import type { OpenTaskBody } from '../http/schemas.ts';
+import { MAX_LABELS, type OpenTaskBody } from '../http/schemas.ts';
 import type { WorkloadIdentity } from '../identity/types.ts';
 import type { LeaseRecord } from '../leases/types.ts';
 import { descriptorOf } from '../providers/index.ts';
 import { attenuate } from './delegation.ts';
 import type { Grant, TaskEndReason, TaskFixed, TaskRecord } from './types.ts';
+
+/** The cached parent is an earlier incarnation of its id than the one Redis holds. */
+class StaleParent extends Error {}
 
 /** Longest task id the broker makes (a root id plus `~<name>` per delegation level). */
 const MAX_TASK_ID = 512;
@@ -64,6 +67,23 @@ export class TaskService {
 
   /** Opens a task; `created: false` means the same request was repeated (200). */
   async open(who: WorkloadIdentity, body: OpenTaskBody): Promise<{ created: boolean; task: TaskRecord }> {
+    try {
+      return await this.openOnce(who, body);
+    } catch (err) {
+      if (!(err instanceof StaleParent) || !body.parentTaskId) throw err;
+      // The cached parent was an earlier incarnation of its id (purged, then opened again): decide again.
+      this.deps.tasks.forget(body.parentTaskId);
+      try {
+        return await this.openOnce(who, body);
+      } catch (again) {
+        if (again instanceof StaleParent)
+          throw conflict('task_not_open', `Parent task ${body.parentTaskId} changed while the request was decided.`);
+        throw again;
+      }
+    }
+  }
+
+  private async openOnce(who: WorkloadIdentity, body: OpenTaskBody): Promise<{ created: boolean; task: TaskRecord }> {
     const { config } = this.deps;
     if (body.ttlSeconds > config.tasks.maxTtlSeconds)
       throw badRequest('ttl_too_long', `ttlSeconds may be at most ${config.tasks.maxTtlSeconds}.`);
@@ -74,7 +94,9 @@ export class TaskService {
     const requestHash = createHash('sha256')
       .update(canonicalJson({ ...rest, openedBy: who.id }))
       .digest('base64url');
-    const task = body.parentTaskId ? await this.subtask(who, body, grants, requestHash) : await this.root(who, body, grants, requestHash);
+    const { task, parentCreatedAt } = body.parentTaskId
+      ? await this.subtask(who, body, grants, requestHash)
+      : { task: await this.root(who, body, grants, requestHash), parentCreatedAt: undefined };
     const policies = await authorize(
       this.deps,
       who,
@@ -82,8 +104,22 @@ export class TaskService {
       { type: 'Task', id: task.taskId },
       { task: taskContext(task) },
       { taskId: task.taskId },
+      {
+        beforeDenial: async () => {
+          if (
+            task.parentTaskId &&
+            parentCreatedAt !== undefined &&
+            !(await this.deps.tasks.isCurrent({ taskId: task.parentTaskId, createdAt: parentCreatedAt }))
+          )
+            throw new StaleParent();
+        },
+      },
     );
-    const res = await this.deps.tasks.open(task, { maxSubtasks: config.tasks.maxSubtasks, rootTaskId: task.taskId.split('~')[0]! });
+    const res = await this.deps.tasks.open(task, {
+      maxSubtasks: config.tasks.maxSubtasks,
+      rootTaskId: task.taskId.split('~')[0]!,
+      ...(parentCreatedAt === undefined ? {} : { parentCreatedAt }),
+    });
     const d = (code: 'delegation_outlives_parent' | 'limit_exceeded', msg: string) =>
       deny(this.deps, who, code, msg, { action: 'access.deny', taskId: task.taskId });
     switch (res.kind) {
@@ -105,6 +141,8 @@ export class TaskService {
         throw notFound('task_not_found', `No parent task ${body.parentTaskId}.`);
       case 'parent_not_open':
         throw conflict('task_not_open', `Parent task ${body.parentTaskId} is not open.`);
+      case 'parent_stale':
+        throw new StaleParent();
       case 'outlives_parent':
         return d('delegation_outlives_parent', 'A sub-task must end no later than its parent.');
       case 'limit':
@@ -138,7 +176,10 @@ export class TaskService {
     return who.id === task.openedBy || who.id === task.agent || this.deps.patterns.admins.matches(who.id);
   }
 
-  /** Completes a task (and its sub-tasks); every lease is revoked by the worker. Idempotent. */
+  /**
+   * Completes a task (and its sub-tasks); every lease is revoked by the worker. Idempotent.
+   * `leases`: how many live leases this call is revoking (0 when the task had already ended).
+   */
   async complete(who: WorkloadIdentity, taskId: string): Promise<{ taskId: string; status: 'completed'; leases: number }> {
     const { tasks, patterns } = this.deps;
     const task = await tasks.get(taskId);
@@ -151,22 +192,25 @@ export class TaskService {
     }
     const policies = await authorize(this.deps, who, 'completeTask', { type: 'Task', id: taskId }, { task: taskContext(task) }, { taskId });
     if (task.status === 'expired') throw conflict('task_expired', `Task ${taskId} already expired; its leases were revoked.`);
+    // Only the leases this call takes away: live when the task ended (its subtree's too). A repeat revokes none.
+    let revoking = 0;
     if (task.status === 'open') {
       const res = await this.end(taskId, 'completed', 'task_completed');
       if (res.kind === 'ended') {
+        revoking = res.liveLeases;
         await this.deps.audit.append({
           action: 'task.complete',
           actor: who.id,
           decision: 'ok',
           taskId,
           policies,
-          detail: { tasks: res.taskIds.length },
+          detail: { tasks: res.taskIds.length, leases: res.liveLeases },
         });
       } else if (res.kind === 'already' && res.status === 'expired') {
         throw conflict('task_expired', `Task ${taskId} already expired; its leases were revoked.`);
       }
     }
-    return { taskId, status: 'completed', leases: await tasks.leaseCount(taskId) };
+    return { taskId, status: 'completed', leases: revoking };
   }
 
   /**
@@ -221,21 +265,35 @@ export class TaskService {
   }
 
   /** Attenuation: a sub-task may only narrow its parent; its id lives in the parent's namespace. */
-  private async subtask(who: WorkloadIdentity, body: OpenTaskBody, grants: Grant[], requestHash: string): Promise<TaskFixed> {
+  private async subtask(
+    who: WorkloadIdentity,
+    body: OpenTaskBody,
+    grants: Grant[],
+    requestHash: string,
+  ): Promise<{ task: TaskFixed; parentCreatedAt: number }> {
     const parentId = body.parentTaskId!;
     const taskId = `${parentId}~${body.taskId ?? `s-${randomBytes(6).toString('hex')}`}`;
     if (taskId.length > MAX_TASK_ID)
       throw badRequest('invalid_task_id', `Sub-task ids are at most ${MAX_TASK_ID} characters; use a shorter name.`);
     const parent = await this.deps.tasks.fixed(parentId);
     if (!parent) throw notFound('task_not_found', `No parent task ${parentId}.`);
-    const d = (code: 'not_parent_agent' | 'delegation_too_deep' | 'delegation_widens', msg: string) =>
-      deny(this.deps, who, code, msg, { action: 'access.deny', taskId });
+    const d = async (code: 'not_parent_agent' | 'delegation_too_deep' | 'delegation_widens', msg: string): Promise<never> => {
+      // The parent may come from the cache: refuse only on the parent as Redis holds it now.
+      if (!(await this.deps.tasks.isCurrent(parent))) throw new StaleParent();
+      return deny(this.deps, who, code, msg, { action: 'access.deny', taskId });
+    };
     if (who.id !== parent.agent) await d('not_parent_agent', "Only the parent task's agent may open a sub-task.");
     const depth = this.deps.config.tasks.maxDelegationDepth;
     if (parent.depth + 1 > depth) await d('delegation_too_deep', `Delegation depth is limited to ${depth}.`);
     const narrowed = attenuate(parent, { tenant: body.tenant, purpose: body.purpose, labels: body.labels, grants });
     if ('widens' in narrowed) return d('delegation_widens', narrowed.widens);
-    return {
+    // The request body allows 32 labels; inherited plus added ones are held to the same cap.
+    if (Object.keys(narrowed.labels).length > MAX_LABELS) {
+      throw badRequest('invalid_request', `labels: a task has at most ${MAX_LABELS} labels, inherited ones included`, {
+        extra: { field: 'labels' },
+      });
+    }
+    const task: TaskFixed = {
       taskId,
       agent: body.agent,
       ...narrowed,
@@ -247,5 +305,6 @@ export class TaskService {
       requestHash,
       ttlSeconds: body.ttlSeconds,
     };
+    return { task, parentCreatedAt: parent.createdAt };
   }
 }

@@ -31,11 +31,16 @@ function pairs(flat: string[]): Record<string, string> {
 export type OpenResult =
   | { kind: 'created'; task: TaskRecord }
   | { kind: 'exists'; task: TaskRecord }
-  | { kind: 'parent_missing' | 'parent_not_open' | 'limit' }
+  | { kind: 'parent_missing' | 'parent_not_open' | 'parent_stale' | 'limit' }
   | { kind: 'outlives_parent'; parentExpiresAt: number };
 
 export type EndResult =
-  | { kind: 'ended'; endedAt: number; taskIds: string[] }
+  | {
+      kind: 'ended';
+      endedAt: number;
+      taskIds: string[] /** Leases of these tasks not yet ended: the ones being revoked now. */;
+      liveLeases: number;
+    }
   | { kind: 'missing' | 'early' }
   | { kind: 'already'; status: TaskStatus };
 
@@ -44,7 +49,13 @@ export class TaskStore {
   private readonly redis: RedisClient;
   private readonly keys: Keys;
   private readonly retentionMs: number;
-  /** Immutable parts of tasks, so the issuance path skips a round trip; whether a task is open is never answered here. */
+  /**
+   * Immutable parts of tasks, so the issuance path skips a round trip; whether a task is open is never
+   * answered here. An entry is one incarnation of a task id: once that task is purged, the same id can
+   * be opened again for another agent, so every step that acts on an entry (lease-create, approval-request,
+   * task-open for a sub-task) checks in its own Lua step that the task's `createdAt` is still the entry's,
+   * and the caller forgets the entry and decides again when it is not.
+   */
   private readonly fixedCache = new LRUCache<string, TaskSnapshot>({ max: 10_000 });
 
   constructor(deps: { redis: RedisClient; keys: Keys; retentionMs: number }) {
@@ -54,7 +65,8 @@ export class TaskStore {
   }
 
   /** Stores a new task (a sub-task under its parent), or returns the one already under its id. */
-  async open(task: TaskFixed, opts: { maxSubtasks: number; rootTaskId?: string }): Promise<OpenResult> {
+  /** `parentCreatedAt`: the parent incarnation the sub-task was decided on (`parent_stale` if Redis holds another). */
+  async open(task: TaskFixed, opts: { maxSubtasks: number; rootTaskId?: string; parentCreatedAt?: number }): Promise<OpenResult> {
     const k = this.keys;
     const bucket = k.bucketOfTask(task.taskId);
     const keys = [
@@ -76,16 +88,19 @@ export class TaskStore {
       task.tenant,
       window.afterDeadlineMs,
       window.horizonMs,
+      opts.parentCreatedAt ?? '',
     ])) as [string, ...unknown[]];
     switch (res[0]) {
       case 'created':
+        // Any entry under this id was an earlier incarnation (checked at use anyway; no need to keep it).
+        this.fixedCache.delete(task.taskId);
         return { kind: 'created', task: { ...task, status: 'open', createdAt: Number(res[1]), expiresAt: Number(res[2]), liveLeases: 0 } };
       case 'exists':
         return { kind: 'exists', task: taskFromHash(pairs(res[1] as string[]))! };
       case 'outlives_parent':
         return { kind: 'outlives_parent', parentExpiresAt: Number(res[1]) };
       default:
-        return { kind: res[0] as 'parent_missing' | 'parent_not_open' | 'limit' };
+        return { kind: res[0] as 'parent_missing' | 'parent_not_open' | 'parent_stale' | 'limit' };
     }
   }
 
@@ -98,6 +113,19 @@ export class TaskStore {
     const t: TaskSnapshot = { ...(JSON.parse(d) as TaskFixed), createdAt: Number(createdAt), expiresAt: Number(expiresAt) };
     this.fixedCache.set(taskId, t);
     return t;
+  }
+
+  /** Whether Redis still holds this incarnation of the task (a fresh read; for paths about to refuse on a cached one). */
+  async isCurrent(t: Pick<TaskSnapshot, 'taskId' | 'createdAt'>): Promise<boolean> {
+    const createdAt = await this.redis.hget(this.keys.task(t.taskId), 'createdAt');
+    const current = createdAt !== null && Number(createdAt) === t.createdAt;
+    if (!current) this.forget(t.taskId);
+    return current;
+  }
+
+  /** Forgets one cached task (its id now holds another incarnation). */
+  forget(taskId: string): void {
+    this.fixedCache.delete(taskId);
   }
 
   /** Forgets cached tasks (after Redis lost its data). */
@@ -134,7 +162,7 @@ export class TaskStore {
     )) as string[];
     switch (res[0]) {
       case 'ended':
-        return { kind: 'ended', endedAt: Number(res[1]), taskIds: res.slice(2) };
+        return { kind: 'ended', endedAt: Number(res[1]), liveLeases: Number(res[2]), taskIds: res.slice(3) };
       case 'already':
         return { kind: 'already', status: res[1] as TaskStatus };
       default:
@@ -146,23 +174,26 @@ export class TaskStore {
     return this.redis.smembers(this.keys.taskLeases(taskId));
   }
 
-  async leaseCount(taskId: string): Promise<number> {
-    return this.redis.scard(this.keys.taskLeases(taskId));
-  }
-
   async children(taskId: string): Promise<string[]> {
     return this.redis.smembers(this.keys.taskChildren(taskId));
   }
 
-  /** Open tasks of one bucket with their agent and tenant (the kill switch's work list), in pages. */
+  /**
+   * Open tasks of one bucket with their agent and tenant (the kill switch's work list), in pages.
+   * A ZSCAN cursor, not an offset: tasks end and open while the walk runs (the sweeper expires the
+   * earliest deadlines, the first ranks), and an offset into a set that shrinks ahead of it skips
+   * entries. ZSCAN returns every task open for the whole walk, some possibly twice (callers dedupe).
+   */
   async *openIn(bucket: number, pageSize = 500): AsyncGenerator<{ taskId: string; agent: string; tenant: string }[]> {
-    for (let start = 0; ; start += pageSize) {
-      const ids = await this.redis.zrange(this.keys.openTasks(bucket), String(start), String(start + pageSize - 1));
-      if (ids.length === 0) return;
+    let cursor = '0';
+    do {
+      const [next, flat] = await this.redis.zscan(this.keys.openTasks(bucket), cursor, 'COUNT', pageSize);
+      cursor = next;
+      const ids = flat.filter((_, i) => i % 2 === 0);
+      if (ids.length === 0) continue;
       const rows = await Promise.all(ids.map((id) => this.redis.hmget(this.keys.task(id), 'agent', 'tenant')));
       yield ids.map((taskId, i) => ({ taskId, agent: rows[i]?.[0] ?? '', tenant: rows[i]?.[1] ?? '' }));
-      if (ids.length < pageSize) return;
-    }
+    } while (cursor !== '0');
   }
 
   /** The task and every task below it, breadth first (ids). */

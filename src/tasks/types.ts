@@ -19,6 +19,12 @@ export interface TaskFixed {
   purpose: string;
   grants: Grant[];
   labels: Record<string, string>;
+  /**
+   * Sub-tasks only: keys of `labels` that delegation added (set by an agent, not by the root task's
+   * orchestrator), sorted. Policy must permit a request both with all labels and without these.
+   * Absent on root tasks (and on sub-tasks stored before this field existed).
+   */
+  delegatedLabels?: string[];
   /** Identity that opened the task (an orchestrator, or the parent's agent for a sub-task). */
   openedBy: string;
   parentTaskId?: string;

@@ -73,7 +73,7 @@ test('every key of a task tree, its leases and its approvals shares one slot; bu
 });
 
 /** A task in bucket `b`, opened through the script. */
-async function openTask(taskId: string, ttlMs = 60_000, parent?: string) {
+async function openTask(taskId: string, ttlMs = 60_000, parent?: string, parentCreatedAt: number | '' = '') {
   const b = keys.bucketOfTask(taskId);
   const k = [keys.task(taskId), keys.openTasks(b), keys.tasksByTime(b), keys.tasksByAgent(b, 'a'), keys.tasksByOpener(b, 'o')];
   if (parent) k.push(keys.task(parent), keys.taskChildren(parent), keys.task(taskId.split('~')[0]!));
@@ -86,15 +86,36 @@ async function openTask(taskId: string, ttlMs = 60_000, parent?: string) {
     'acme',
     5000,
     3_600_000,
+    parentCreatedAt,
   ])) as unknown[];
 }
 
-async function createLease(taskId: string, leaseId: string, status = 'active', expiresAt = Date.now() + 60_000, provider = 'jwt') {
+async function createLease(
+  taskId: string,
+  leaseId: string,
+  status = 'active',
+  expiresAt = Date.now() + 60_000,
+  provider = 'jwt',
+  opts: { maxTotal?: number; createdAt?: number | '' } = {},
+) {
   const b = keys.bucketOfTask(taskId);
   return (await script('lease-create').run(
     redis,
     [keys.task(taskId), keys.lease(leaseId), keys.taskLeases(taskId), keys.liveLeases(b)],
-    [JSON.stringify({ leaseId }), status, expiresAt, 1000, leaseId, '{}', 2, taskId, provider, 'role'],
+    [
+      JSON.stringify({ leaseId }),
+      status,
+      expiresAt,
+      1000,
+      leaseId,
+      '{}',
+      2,
+      taskId,
+      provider,
+      'role',
+      opts.maxTotal ?? 0,
+      opts.createdAt ?? '',
+    ],
   )) as unknown[];
 }
 
@@ -102,11 +123,14 @@ const lid = (taskId: string, n: number) => Keys.newId(keys.bucketOfTask(taskId),
 
 describe('one test per script', () => {
   test('task-open: creates once, checks the parent, counts sub-tasks on the root', async () => {
-    expect((await openTask('to'))[0]).toBe('created');
+    const created = await openTask('to');
+    expect(created[0]).toBe('created');
     expect((await openTask('to'))[0]).toBe('exists');
+    // Decided on another incarnation of the parent id: refused before anything is written.
+    expect(await openTask('to~0', 30_000, 'to', Number(created[1]) - 1)).toEqual(['parent_stale']);
+    expect((await openTask('to~0', 30_000, 'to', Number(created[1])))[0]).toBe('created');
     expect((await openTask('to~1', 30_000, 'to'))[0]).toBe('created');
     expect((await openTask('to~2', 120_000, 'to'))[0]).toBe('outlives_parent');
-    expect((await openTask('to~3', 30_000, 'to'))[0]).toBe('created');
     expect((await openTask('to~4', 30_000, 'to'))[0]).toBe('limit');
   });
 
@@ -143,8 +167,18 @@ describe('one test per script', () => {
         [keys.task('te'), keys.openTasks(b)],
         [keys.base(b), status, 'task_completed', 'task_completed', 60_000, 'te'],
       );
+    await createLease('te', lid('te', 1));
+    await createLease('te~c', lid('te', 2));
+    await createLease('te~c', lid('te', 3));
+    await script('lease-update').run(
+      redis,
+      [keys.lease(lid('te', 3)), keys.liveLeases(b)],
+      [5000, lid('te', 3), keys.base(b), 'revoked', 'x'],
+    );
     expect(((await end('expired')) as string[])[0]).toBe('early');
-    expect(((await end('completed')) as string[]).slice(2)).toEqual(['te', 'te~c']);
+    const ended = (await end('completed')) as string[];
+    // The live leases of the ended tasks (the one already revoked not among them), then the ids.
+    expect([Number(ended[2]), ...ended.slice(3)]).toEqual([2, 'te', 'te~c']);
     expect(await end('completed')).toEqual(['already', 'completed']);
   });
 
@@ -154,6 +188,23 @@ describe('one test per script', () => {
     expect((await createLease('lc', lid('lc', 2)))[0]).toBe('ok');
     expect(await createLease('lc', lid('lc', 3))).toEqual(['limit']);
     expect(await createLease('missing', lid('missing', 4))).toEqual(['no_task']);
+  });
+
+  test('lease-create: only on the task incarnation decided on, under maxLeasesTotal', async () => {
+    const created = Number((await openTask('lt'))[1]);
+    expect(await createLease('lt', lid('lt', 1), 'active', Date.now() + 60_000, 'jwt', { createdAt: created + 1 })).toEqual(['stale']);
+    expect((await createLease('lt', lid('lt', 1), 'active', Date.now() + 60_000, 'jwt', { createdAt: created, maxTotal: 2 }))[0]).toBe(
+      'ok',
+    );
+    const b = keys.bucketOfTask('lt');
+    await script('lease-update').run(
+      redis,
+      [keys.lease(lid('lt', 1)), keys.liveLeases(b)],
+      [5000, lid('lt', 1), keys.base(b), 'revoked', 'x'],
+    );
+    expect((await createLease('lt', lid('lt', 2), 'active', Date.now() + 60_000, 'jwt', { maxTotal: 2 }))[0]).toBe('ok');
+    // One live lease (under maxLeases 2), two over the task's life: the total bound holds.
+    expect(await createLease('lt', lid('lt', 3), 'active', Date.now() + 60_000, 'jwt', { maxTotal: 2 })).toEqual(['limit_total']);
   });
 
   test('lease-activate: records the answer; a task ended meanwhile hands it to revocation', async () => {

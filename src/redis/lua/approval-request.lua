@@ -14,17 +14,30 @@
 -- ARGV[4] maxPendingApprovals (0 = no bound)
 -- ARGV[5] retention in ms after the task's deadline
 -- ARGV[6] how long after its request any approval's index entry may stay (ms): the longest task ttl plus ARGV[5]
--- Returns {'existing', id} | {'created', id, now} | {'task_closed'} | {'limit'}
+-- ARGV[7] createdAt (ms) of the task incarnation the caller decided on ('' = any)
+-- Returns {'existing', id} | {'created', id, now} | {'stale'} | {'task_closed'} | {'limit'}
+local t = redis.call('HMGET', KEYS[2], 'status', 'createdAt', 'expiresAt')
+local st, created = t[1], t[2]
+local want = ARGV[7] or ''
+if want ~= '' and created and tonumber(created) ~= tonumber(want) then return { 'stale' } end
 local cur = redis.call('GET', KEYS[1])
-if cur and redis.call('EXISTS', ARGV[1] .. 'approval:' .. cur) == 1 then return { 'existing', cur } end
-local st = redis.call('HGET', KEYS[2], 'status')
+if cur then
+  -- Only an approval of this incarnation of the task: a task id that was purged and opened again is
+  -- another task (approvals written before `taskCreatedAt` existed are matched by the task's deadline).
+  local a = redis.call('HMGET', ARGV[1] .. 'approval:' .. cur, 'status', 'taskCreatedAt', 'expiresAt')
+  if a[1] and created then
+    local same
+    if a[2] then same = tonumber(a[2]) == tonumber(created) else same = tonumber(a[3]) == tonumber(t[3]) end
+    if same then return { 'existing', cur } end
+  end
+end
 local now = now_ms()
 if st ~= 'open' then return { 'task_closed' } end
-local deadline = tonumber(redis.call('HGET', KEYS[2], 'expiresAt'))
+local deadline = tonumber(t[3])
 if now >= deadline then return { 'task_closed' } end
 local max = tonumber(ARGV[4])
 if max > 0 and redis.call('SCARD', KEYS[3]) >= max then return { 'limit' } end
-redis.call('HSET', KEYS[5], 'd', ARGV[3], 'status', 'pending', 'requestedAt', now, 'expiresAt', deadline)
+redis.call('HSET', KEYS[5], 'd', ARGV[3], 'status', 'pending', 'requestedAt', now, 'expiresAt', deadline, 'taskCreatedAt', created)
 redis.call('PEXPIREAT', KEYS[5], deadline + tonumber(ARGV[5]))
 redis.call('SET', KEYS[1], ARGV[2], 'PXAT', deadline)
 redis.call('SADD', KEYS[3], ARGV[2])

@@ -18,14 +18,25 @@
 -- ARGV[8] task id
 -- ARGV[9] provider kind
 -- ARGV[10] role name
--- Returns {'ok', now} | {'no_task'} | {'task_closed'} | {'limit'}
-local st = redis.call('HGET', KEYS[1], 'status')
+-- ARGV[11] maxLeasesTotal per task over its life, ended leases included (0 = no bound)
+-- ARGV[12] createdAt (ms) of the task incarnation the caller decided on ('' = any): a task id that was
+--          purged and opened again is another task, and what was decided about the old one does not hold
+-- Returns {'ok', now} | {'no_task'} | {'stale'} | {'task_closed'} | {'limit'} | {'limit_total'}
+local f = redis.call('HMGET', KEYS[1], 'status', 'createdAt', 'expiresAt', 'live', 'leases')
+local st = f[1]
 if not st then return { 'no_task' } end
+local want = ARGV[12] or ''
+if want ~= '' and tonumber(f[2]) ~= tonumber(want) then return { 'stale' } end
 local now = now_ms()
-if st ~= 'open' or now >= tonumber(redis.call('HGET', KEYS[1], 'expiresAt')) then return { 'task_closed' } end
+if st ~= 'open' or now >= tonumber(f[3]) then return { 'task_closed' } end
 local max = tonumber(ARGV[7])
-if max > 0 and tonumber(redis.call('HGET', KEYS[1], 'live') or '0') >= max then return { 'limit' } end
+if max > 0 and tonumber(f[4] or '0') >= max then return { 'limit' } end
+-- Ended lease records stay for the retention period: a live-lease bound alone would let a loop of
+-- issue and revoke grow Redis without limit within one task.
+local total = tonumber(ARGV[11] or '0')
+if total > 0 and tonumber(f[5] or '0') >= total then return { 'limit_total' } end
 redis.call('HINCRBY', KEYS[1], 'live', 1)
+redis.call('HINCRBY', KEYS[1], 'leases', 1)
 local score = tonumber(ARGV[3])
 redis.call('HSET', KEYS[2], 'd', ARGV[1], 't', ARGV[8], 'p', ARGV[9], 'r', ARGV[10], 'status', ARGV[2],
   'issuedAt', now, 'expiresAt', ARGV[3], 'handle', ARGV[6])

@@ -9,13 +9,16 @@
 -- ARGV[4] reason for the sub-tasks it ends
 -- ARGV[5] retention of ended records in ms
 -- ARGV[6] task id
--- Returns {'ended', endedAt, id, id, ...} | {'missing'} | {'already', status} | {'early'}
+-- Returns {'ended', endedAt, live, id, id, ...} | {'missing'} | {'already', status} | {'early'}
+--   live: leases of the ended tasks that had not ended yet (what this call hands to revocation)
 local st = redis.call('HGET', KEYS[1], 'status')
 if not st then return { 'missing' } end
 if st ~= 'open' then return { 'already', st } end
 local now = now_ms()
 if ARGV[2] == 'expired' and now < tonumber(redis.call('HGET', KEYS[1], 'expiresAt')) then return { 'early' } end
 local ended = end_subtree(ARGV[1], KEYS[2], ARGV[6], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5]), now)
-local out = { 'ended', now }
+local live = 0
+for _, id in ipairs(ended) do live = live + tonumber(redis.call('HGET', ARGV[1] .. 'task:' .. id, 'live') or '0') end
+local out = { 'ended', now, live }
 for _, id in ipairs(ended) do out[#out + 1] = id end
 return out

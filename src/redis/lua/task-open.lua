@@ -17,8 +17,14 @@
 -- ARGV[6] tenant (likewise)
 -- ARGV[7] how long after its deadline the task's index entries must stay (ms): its retention, plus slack
 -- ARGV[8] how long after its creation any task's index entry may stay (ms): the longest ttl plus ARGV[7]
--- Returns {'exists', <hash as flat list>} | {'created', createdAt, expiresAt}
+-- ARGV[9] createdAt (ms) of the parent incarnation the caller decided on ('' = any; sub-tasks only):
+--         a parent id that was purged and opened again is another task
+-- Returns {'exists', <hash as flat list>} | {'created', createdAt, expiresAt} | {'parent_stale'}
 --       | {'parent_missing'} | {'parent_not_open'} | {'outlives_parent', parentExpiresAt} | {'limit'}
+if #KEYS >= 8 and ARGV[9] and ARGV[9] ~= '' then
+  local pcreated = redis.call('HGET', KEYS[6], 'createdAt')
+  if pcreated and tonumber(pcreated) ~= tonumber(ARGV[9]) then return { 'parent_stale' } end
+end
 if redis.call('EXISTS', KEYS[1]) == 1 then return { 'exists', redis.call('HGETALL', KEYS[1]) } end
 local now = now_ms()
 local expires = now + tonumber(ARGV[2])
