@@ -29,6 +29,10 @@ export const trustSchema = z
       .regex(/^[A-Za-z0-9._-]+$/),
     kind: z.enum(['spiffe', 'oidc']),
     trustDomain: trustDomain.optional(),
+    /**
+     * oidc: the exact `iss` (required). spiffe: optional; when set, JWT-SVIDs must carry exactly this
+     * `iss` (SPIRE's `jwt_issuer`). The contract's example sets both keys on one entry, so both load.
+     */
     issuer: z.string().min(1).max(2048).optional(),
     audiences: z.array(z.string().min(1)).min(1),
     jwks: jwksSchema,
@@ -42,7 +46,6 @@ export const trustSchema = z
   })
   .superRefine((t, ctx) => {
     if (t.kind === 'spiffe' && !t.trustDomain) ctx.addIssue({ code: 'custom', path: ['trustDomain'], message: 'required for kind spiffe' });
-    if (t.kind === 'spiffe' && t.issuer) ctx.addIssue({ code: 'custom', path: ['issuer'], message: 'only for kind oidc' });
     if (t.kind === 'oidc' && !t.issuer) ctx.addIssue({ code: 'custom', path: ['issuer'], message: 'required for kind oidc' });
     if (t.kind === 'oidc' && t.trustDomain) ctx.addIssue({ code: 'custom', path: ['trustDomain'], message: 'only for kind spiffe' });
   });

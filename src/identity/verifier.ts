@@ -162,7 +162,7 @@ export class IdentityVerifier {
         {
           algorithms,
           audience: trust.audiences,
-          issuer: trust.kind === 'oidc' ? trust.issuer : undefined,
+          issuer: trust.issuer, // oidc: always set; spiffe: only when the entry names one
           clockTolerance: this.skew,
           currentDate: new Date(nowMs),
           requiredClaims: trust.singleUse ? ['sub', 'exp', 'aud', 'jti'] : ['sub', 'exp', 'aud'],
