@@ -1,0 +1,73 @@
+/**
+ * Contract section 3 (HTTP API): behaviours checked against the contract's
+ * text where the broker deviated from it.
+ */
+import { ADMIN, AGENT, call, ORCH, startTestBroker, type TestBroker } from '../helpers/broker.ts';
+
+let t: TestBroker;
+beforeAll(async () => {
+  t = await startTestBroker('contract-http');
+});
+afterAll(async () => {
+  await t.close();
+});
+
+const agentId = `spiffe://dev.local${AGENT}`;
+let seq = 0;
+async function openTask(over: Record<string, unknown> = {}): Promise<string> {
+  const r = await call(t.url, 'POST', '/v1/tasks', t.as(ORCH), {
+    taskId: `c-${++seq}-${Date.now()}`,
+    agent: agentId,
+    tenant: 'acme',
+    purpose: 'contract',
+    ttlSeconds: 600,
+    grants: [{ role: 'tickets-api', scopes: ['tickets:read'], maxTtlSeconds: 300 }],
+    ...over,
+  });
+  expect(r.status).toBe(201);
+  return r.body.taskId;
+}
+
+async function form(path: string, headers: Record<string, string>, fields: Record<string, string>) {
+  const res = await fetch(`${t.url}${path}`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/x-www-form-urlencoded', ...headers },
+    body: new URLSearchParams(fields).toString(),
+  });
+  return { status: res.status, body: (await res.json()) as Record<string, unknown> };
+}
+
+describe('quarantine: every /v1 call of a matching identity answers 403 identity_quarantined (only /v1/token answers 400)', () => {
+  const rs = '/agent/quarantined-rs';
+  beforeAll(async () => {
+    const q = await call(t.url, 'POST', '/v1/admin/quarantine', t.as(ADMIN), { agent: `spiffe://dev.local${rs}`, reason: 'contract' });
+    expect(q.status).toBe(201);
+  });
+  afterAll(async () => {
+    await call(t.url, 'DELETE', `/v1/admin/quarantine/${encodeURIComponent(`spiffe://dev.local${rs}`)}`, t.as(ADMIN));
+  });
+
+  test('POST /v1/introspect by a quarantined identity: 403 identity_quarantined', async () => {
+    const taskId = await openTask();
+    const cred = await call(t.url, 'POST', '/v1/credentials', t.as(AGENT), { taskId, role: 'tickets-api' });
+    const r = await form('/v1/introspect', t.as(rs), { token: cred.body.credentials.access_token });
+    expect(r.status).toBe(403);
+    expect(r.body).toMatchObject({ code: 'identity_quarantined' });
+    expect(r.body.active).toBeUndefined();
+  });
+
+  test('POST /v1/token by a quarantined identity stays 400 unauthorized_client', async () => {
+    const r = await form(
+      '/v1/token',
+      {},
+      {
+        grant_type: 'urn:ietf:params:oauth:grant-type:token-exchange',
+        subject_token: t.issuer.svid(rs),
+        subject_token_type: 'urn:ietf:params:oauth:token-type:jwt',
+        audience: 'tickets-api',
+        task_id: 'any-task',
+      },
+    );
+    expect(r).toMatchObject({ status: 400, body: { error: 'unauthorized_client' } });
+  });
+});
