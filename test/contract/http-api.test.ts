@@ -91,3 +91,40 @@ describe('delegation: a sub-task is refused (403) only for wider roles or scopes
     expect(r.body.grants).toEqual([{ role: 'tickets-api', scopes: ['tickets:read'], maxTtlSeconds: 300 }]);
   });
 });
+
+describe('GET /v1/admin/quarantine is a list like the others: ?limit= (1-500, default 50), ?cursor=, nextCursor', () => {
+  const patterns = ['spiffe://dev.local/agent/page-a/*', 'spiffe://dev.local/agent/page-b/*', 'spiffe://dev.local/agent/page-c/*'];
+  beforeAll(async () => {
+    for (const agent of patterns)
+      expect((await call(t.url, 'POST', '/v1/admin/quarantine', t.as(ADMIN), { agent, reason: 'paging' })).status).toBe(201);
+  });
+  afterAll(async () => {
+    for (const p of patterns) await call(t.url, 'DELETE', `/v1/admin/quarantine/${encodeURIComponent(p)}`, t.as(ADMIN));
+  });
+
+  test('pages of ?limit=2 follow nextCursor to the end and see every quarantine once', async () => {
+    const seen: string[] = [];
+    let cursor: string | null = null;
+    let pages = 0;
+    do {
+      const q: string = `/v1/admin/quarantine?limit=2${cursor ? `&cursor=${encodeURIComponent(cursor)}` : ''}`;
+      const r = await call(t.url, 'GET', q, t.as(ADMIN));
+      expect(r.status).toBe(200);
+      expect(r.body.items.length).toBeLessThanOrEqual(2);
+      seen.push(...r.body.items.map((i: { pattern: string }) => i.pattern));
+      cursor = r.body.nextCursor;
+      pages += 1;
+    } while (cursor && pages < 10);
+    expect(pages).toBeGreaterThanOrEqual(2);
+    expect(seen.filter((p) => patterns.includes(p)).sort()).toEqual(patterns);
+    expect(new Set(seen).size).toBe(seen.length);
+  });
+
+  test('?limit=501 and a forged cursor answer 400', async () => {
+    expect(await call(t.url, 'GET', '/v1/admin/quarantine?limit=501', t.as(ADMIN))).toMatchObject({ status: 400 });
+    expect(await call(t.url, 'GET', '/v1/admin/quarantine?cursor=forged', t.as(ADMIN))).toMatchObject({
+      status: 400,
+      body: { code: 'invalid_cursor' },
+    });
+  });
+});
