@@ -100,3 +100,38 @@ describe('jit audit verify without --task (admins): every record the broker hold
     expect(recordHash({ ...r, hash: 'x', chain: 3, streamId: '1-0' } as never)).toBe(hashRecord(r));
   });
 });
+
+describe('jit task open --parent: what the API inherits may be left out', () => {
+  test('without --tenant and --purpose a sub-task opens (the parent’s are inherited): exit 0, prints its id', async () => {
+    const parent = `t-parent-${Date.now()}`;
+    const open = await call(t.url, 'POST', '/v1/tasks', t.as(ORCH), {
+      taskId: parent,
+      agent: `spiffe://dev.local${AGENT}`,
+      tenant: 'acme',
+      purpose: 'triage ticket 4711',
+      ttlSeconds: 600,
+      grants: [{ role: 'tickets-api', scopes: ['tickets:read'], maxTtlSeconds: 300 }],
+    });
+    expect(open.status).toBe(201);
+    const r = await jit(
+      [
+        'task',
+        'open',
+        '--parent',
+        parent,
+        '--agent',
+        'spiffe://dev.local/agent/helper',
+        '--ttl',
+        '60',
+        '--grant',
+        'tickets-api:tickets:read@300',
+        '--task',
+        'lookup',
+      ],
+      as(AGENT),
+    );
+    expect(r).toMatchObject({ code: 0, stdout: `${parent}~lookup\n` });
+    const sub = await call(t.url, 'GET', `/v1/tasks/${parent}~lookup`, t.as(AGENT));
+    expect(sub.body).toMatchObject({ tenant: 'acme', purpose: 'triage ticket 4711', parentTaskId: parent });
+  });
+});
