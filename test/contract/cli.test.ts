@@ -135,3 +135,20 @@ describe('jit task open --parent: what the API inherits may be left out', () => 
     expect(sub.body).toMatchObject({ tenant: 'acme', purpose: 'triage ticket 4711', parentTaskId: parent });
   });
 });
+
+describe('global flags (--json, --broker, --token-file) before the command', () => {
+  test('jit --json --broker URL task show ID: JSON on stdout, exit 0', async () => {
+    const taskId = await busyTask(0);
+    const { JIT_TOKEN } = as(ORCH);
+    const r = await jit(['--json', '--broker', t.url, 'task', 'show', taskId], { JIT_TOKEN });
+    expect(r.code).toBe(0);
+    expect(JSON.parse(r.stdout)).toMatchObject({ taskId, status: 'open' });
+    const eq = await jit([`--broker=${t.url}`, '--json', 'task', 'show', taskId], { JIT_TOKEN });
+    expect(eq.code).toBe(0);
+    expect(JSON.parse(eq.stdout)).toMatchObject({ taskId });
+  });
+
+  test('an unknown flag before the command is still bad usage (exit 2)', async () => {
+    expect((await jit(['--colour', 'task', 'list'], as(ORCH))).code).toBe(2);
+  });
+});
