@@ -152,3 +152,10 @@ describe('global flags (--json, --broker, --token-file) before the command', () 
     expect((await jit(['--colour', 'task', 'list'], as(ORCH))).code).toBe(2);
   });
 });
+
+describe('bad usage is exit 2, before anything is sent', () => {
+  test.each([[['task', 'list', '--status', 'bogus']], [['approvals', 'list', '--status', 'bogus']]])('jit %j', async (args) => {
+    const r = await jit(args, as(ORCH));
+    expect(r).toMatchObject({ code: 2, stderr: expect.stringMatching(/--status must be one of/) });
+  });
+});

@@ -94,7 +94,7 @@ export const taskList: Command = {
   async run(ctx) {
     const f = ctx.flags;
     const filter = {
-      status: f.str('status') as Task['status'] | undefined,
+      status: f.oneOf<Task['status']>('status', ['open', 'completed', 'expired']),
       agent: f.str('agent'),
       tenant: f.str('tenant'),
       orchestrator: f.str('orchestrator'),
