@@ -30,8 +30,9 @@ export const trustSchema = z
     kind: z.enum(['spiffe', 'oidc']),
     trustDomain: trustDomain.optional(),
     /**
-     * oidc: the exact `iss` (required). spiffe: optional; when set, JWT-SVIDs must carry exactly this
-     * `iss` (SPIRE's `jwt_issuer`). The contract's example sets both keys on one entry, so both load.
+     * oidc: the exact `iss` (required). The contract's example sets it on a spiffe entry too ("oidc
+     * only"), so there it is accepted and ignored (the broker logs a warning at startup): a JWT-SVID's
+     * trust entry is chosen by its SPIFFE ID's trust domain.
      */
     issuer: z.string().min(1).max(2048).optional(),
     audiences: z.array(z.string().min(1)).min(1),

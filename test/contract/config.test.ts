@@ -5,7 +5,8 @@
 import { validateConfig } from '../../src/config/load.ts';
 import { parse as parseYaml } from 'yaml';
 import { TestIssuer } from '../helpers/identity.ts';
-import { call, startTestBroker, uniquePrefix } from '../helpers/broker.ts';
+import { pino } from 'pino';
+import { call, startTestBroker } from '../helpers/broker.ts';
 
 const env = { AWS_ACCESS_KEY_ID: 'AKIAEXAMPLE', AWS_SECRET_ACCESS_KEY: 'secret', VAULT_TOKEN: 'hvs.example' };
 
@@ -91,31 +92,32 @@ test('every limit of section 2 defaults to the contract value', () => {
   expect((c.providers.aws as { revocation: string }).revocation).toBe('iam-deny');
 });
 
-describe('a spiffe trust entry with an issuer', () => {
-  const issuer = new TestIssuer();
-  const trust = (extra: Record<string, unknown>) => [
-    { name: 'dev', kind: 'spiffe', trustDomain: 'dev.local', audiences: ['jit-broker'], jwks: { keys: issuer.bundle().keys }, ...extra },
-  ];
-
-  test('accepts only JWT-SVIDs whose iss is exactly that issuer', async () => {
-    const t = await startTestBroker('contract-spiffe-iss', { issuer, config: { trust: trust({ issuer: 'https://spire.dev.local' }) } });
+describe('a spiffe trust entry with an issuer (the contract example): "oidc only", so ignored, with a warning', () => {
+  test('JWT-SVIDs with any iss, or none, are accepted; startup warns that the key is ignored', async () => {
+    const issuer = new TestIssuer();
+    const lines: string[] = [];
+    const logger = pino({ level: 'warn' }, { write: (l: string) => lines.push(l) });
+    const t = await startTestBroker('contract-spiffe-iss', {
+      issuer,
+      broker: { logger },
+      config: {
+        trust: [
+          {
+            name: 'dev',
+            kind: 'spiffe',
+            trustDomain: 'dev.local',
+            issuer: 'https://issuer.example',
+            audiences: ['jit-broker'],
+            jwks: { keys: issuer.bundle().keys },
+          },
+        ],
+      },
+    });
     try {
       const as = (claims: Record<string, unknown>) => ({ authorization: `Bearer ${issuer.svid('/ops/alice', { claims })}` });
-      expect((await call(t.url, 'GET', '/v1/tasks', as({ iss: 'https://spire.dev.local' }))).status).toBe(200);
-      const other = await call(t.url, 'GET', '/v1/tasks', as({ iss: 'https://elsewhere.example' }));
-      expect(other).toMatchObject({ status: 401, body: { code: 'identity_invalid' } });
-      expect((await call(t.url, 'GET', '/v1/tasks', as({}))).status).toBe(401);
-    } finally {
-      await t.close();
-    }
-  });
-
-  test('without one, any iss (or none) is accepted as before', async () => {
-    const t = await startTestBroker('contract-spiffe-noiss', { issuer, prefix: uniquePrefix('contract-noiss') });
-    try {
-      const as = (claims: Record<string, unknown>) => ({ authorization: `Bearer ${issuer.svid('/ops/alice', { claims })}` });
-      expect((await call(t.url, 'GET', '/v1/tasks', as({ iss: 'https://anything.example' }))).status).toBe(200);
       expect((await call(t.url, 'GET', '/v1/tasks', as({}))).status).toBe(200);
+      expect((await call(t.url, 'GET', '/v1/tasks', as({ iss: 'https://elsewhere.example' }))).status).toBe(200);
+      expect(lines.some((l) => l.includes('sets issuer: ignored'))).toBe(true);
     } finally {
       await t.close();
     }
