@@ -86,6 +86,14 @@ export class Flags {
     return s;
   }
 
+  /** One of `allowed`, or undefined when absent; anything else is bad usage (exit 2), not a broker refusal. */
+  oneOf<T extends string>(name: string, allowed: readonly T[]): T | undefined {
+    const v = this.str(name);
+    if (v === undefined) return undefined;
+    if (!(allowed as readonly string[]).includes(v)) this.fail(`--${name} must be one of ${allowed.join(', ')}, not "${v}"`);
+    return v as T;
+  }
+
   int(name: string, min: number, max: number): number | undefined {
     const v = this.str(name);
     if (v === undefined) return undefined;

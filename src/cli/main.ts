@@ -1,5 +1,5 @@
 import { ApprovalPendingError, BrokerResponseError, BrokerUnreachableError, ClientConfigError, JitError } from '../client/errors.ts';
-import { parseFlags, UsageError } from './args.ts';
+import { GLOBAL_OPTIONS, parseFlags, UsageError } from './args.ts';
 import { type Command, makeCtx } from './command.ts';
 import { adminQuarantine, adminReloadPolicy, adminRevoke, adminRotate, adminUnquarantine } from './commands/admin.ts';
 import { approvalsApprove, approvalsList, approvalsReject, approvalsShow } from './commands/approvals.ts';
@@ -48,7 +48,7 @@ const ENVIRONMENT = `Environment:
                    --token-file PATH overrides both)
   JIT_DEV_DIR      where \`jit dev token\` finds dev-signer.private.jwk (default ./dev, then the checkout's dev/)
 
-Flags on every command: --json (machine-readable output on stdout), --broker URL, --token-file PATH, --help
+Flags on every command (also before it): --json (machine-readable output on stdout), --broker URL, --token-file PATH, --help
 Exit codes: 0 success, 1 refused (4xx, a pending approval, a broken audit chain), 2 bad usage,
             3 the broker or an upstream failed (5xx, no answer); \`jit exec\` exits with its command's code`;
 
@@ -73,7 +73,7 @@ function select(argv: string[]): { cmd: Command | undefined; rest: string[]; gro
 export async function main(argv: string[], io: Io): Promise<number> {
   // Everything after the first `--` belongs to `jit exec`'s command.
   const dd = argv.indexOf('--');
-  const own = dd < 0 ? argv : argv.slice(0, dd);
+  const own = hoistGlobalFlags(dd < 0 ? argv : argv.slice(0, dd));
   const after = dd < 0 ? [] : argv.slice(dd + 1);
   if (own.length === 0 || own[0] === 'help' || own[0] === '--help' || own[0] === '-h') {
     io.stdout.write(help());
@@ -107,6 +107,29 @@ export async function main(argv: string[], io: Io): Promise<number> {
     if (err instanceof UsageError && !err.usage && cmd) return report(new UsageError(err.message, cmd.usage), io, json);
     return report(err, io, json);
   }
+}
+
+/**
+ * Flags every command takes may also come before the command (`jit --json task show ID`, as with
+ * most CLIs): they are moved behind the command words, where the command's parser reads them.
+ */
+function hoistGlobalFlags(argv: string[]): string[] {
+  const hoisted: string[] = [];
+  let i = 0;
+  for (; i < argv.length; i++) {
+    const a = argv[i]!;
+    const name = /^--([a-z-]+)(?:=|$)/.exec(a)?.[1];
+    const spec = name && name !== 'help' ? GLOBAL_OPTIONS[name as keyof typeof GLOBAL_OPTIONS] : undefined;
+    if (!spec) break;
+    hoisted.push(a);
+    if (spec.type === 'string' && !a.includes('=') && i + 1 < argv.length) hoisted.push(argv[++i]!);
+  }
+  if (hoisted.length === 0) return argv;
+  const rest = argv.slice(i);
+  // The command words (one or two, e.g. `task show`, `exec`) stay first; the flags follow them.
+  const words = rest.findIndex((w) => w.startsWith('-'));
+  const cut = Math.min(words < 0 ? rest.length : words, 2);
+  return [...rest.slice(0, cut), ...hoisted, ...rest.slice(cut)];
 }
 
 /** Prints an error (short, on stderr; with --json also as JSON on stdout) and answers its exit code. */

@@ -20,7 +20,8 @@ export interface OpenTaskRequest {
   agent: string;
   /** Required for a task; a sub-task inherits its parent's when omitted. */
   tenant?: string;
-  purpose: string;
+  /** Required for a task; a sub-task inherits its parent's when omitted. */
+  purpose?: string;
   ttlSeconds: number;
   grants: Grant[];
   labels?: Record<string, string>;

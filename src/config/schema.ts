@@ -29,6 +29,11 @@ export const trustSchema = z
       .regex(/^[A-Za-z0-9._-]+$/),
     kind: z.enum(['spiffe', 'oidc']),
     trustDomain: trustDomain.optional(),
+    /**
+     * oidc: the exact `iss` (required). The contract's example sets it on a spiffe entry too ("oidc
+     * only"), so there it is accepted and ignored (the broker logs a warning at startup): a JWT-SVID's
+     * trust entry is chosen by its SPIFFE ID's trust domain.
+     */
     issuer: z.string().min(1).max(2048).optional(),
     audiences: z.array(z.string().min(1)).min(1),
     jwks: jwksSchema,
@@ -42,7 +47,6 @@ export const trustSchema = z
   })
   .superRefine((t, ctx) => {
     if (t.kind === 'spiffe' && !t.trustDomain) ctx.addIssue({ code: 'custom', path: ['trustDomain'], message: 'required for kind spiffe' });
-    if (t.kind === 'spiffe' && t.issuer) ctx.addIssue({ code: 'custom', path: ['issuer'], message: 'only for kind oidc' });
     if (t.kind === 'oidc' && !t.issuer) ctx.addIssue({ code: 'custom', path: ['issuer'], message: 'required for kind oidc' });
     if (t.kind === 'oidc' && t.trustDomain) ctx.addIssue({ code: 'custom', path: ['trustDomain'], message: 'only for kind spiffe' });
   });

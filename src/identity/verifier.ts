@@ -86,6 +86,8 @@ export class IdentityVerifier {
       fetchImpl: deps.fetchImpl,
     };
     for (const trust of config.trust) {
+      if (trust.kind === 'spiffe' && trust.issuer !== undefined)
+        deps.logger.warn({ trust: trust.name }, 'trust entry of kind spiffe sets issuer: ignored (only oidc entries match on iss)');
       const entry = { trust, keys: new KeySet(trust, opts) };
       if (trust.kind === 'spiffe') this.spiffe.set(trust.trustDomain!, entry);
       else this.oidc.set(trust.issuer!, entry);

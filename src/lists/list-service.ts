@@ -70,6 +70,26 @@ export class ListService {
     this.approvals = approvals;
   }
 
+  /**
+   * One page of a short list held whole in memory (the quarantines in force), ordered by `key`:
+   * the cursor is the last key served, so an entry added or lifted between pages shifts nothing.
+   */
+  pageOf<T>(
+    who: WorkloadIdentity,
+    list: string,
+    all: readonly T[],
+    key: (t: T) => string,
+    q: { limit: number; cursor?: string | undefined },
+  ): Page<T> {
+    const bind = { caller: who.id, filters: { list } };
+    const after = q.cursor ? this.cursors.decode<string>(q.cursor, bind) : undefined;
+    const sorted = [...all].sort((a, b) => (key(a) < key(b) ? -1 : key(a) > key(b) ? 1 : 0));
+    const rest = after === undefined ? sorted : sorted.filter((t) => key(t) > after);
+    const items = rest.slice(0, q.limit);
+    const more = rest.length > items.length;
+    return { items, nextCursor: more ? this.cursors.encode(key(items[items.length - 1]!), bind) : null };
+  }
+
   /** Admins see all tasks; orchestrators the tasks they opened; agents their own. */
   async tasksFor(who: WorkloadIdentity, q: TaskQuery): Promise<Page<TaskRecord>> {
     const { keys, patterns } = this.deps;

@@ -36,7 +36,12 @@ export function AgentPage() {
     3000,
     `agent-leases:${key}:${openIds.join(',')}`,
   );
-  const quarantine = usePoll(async () => (key ? api<Page<Quarantine>>('GET', '/v1/admin/quarantine') : none), 5000, `quarantine:${key}`);
+  // The list is paged (50 by default): one page of the most there can be in one call.
+  const quarantine = usePoll(
+    async () => (key ? api<Page<Quarantine>>('GET', '/v1/admin/quarantine?limit=500') : none),
+    5000,
+    `quarantine:${key}`,
+  );
   const now = useNow();
 
   if (!session.admin) return <Forbidden what="agents" needs="admins" />;

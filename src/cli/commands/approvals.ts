@@ -9,7 +9,7 @@ export const approvalsList: Command = {
   summary: 'approvals you may see (approvers: all; agents and orchestrators: their tasks’); default --status pending',
   options: { status: { type: 'string' }, ...listOptions },
   async run(ctx) {
-    const status = (ctx.flags.str('status') ?? 'pending') as ApprovalStatus;
+    const status = ctx.flags.oneOf<ApprovalStatus>('status', ['pending', 'approved', 'rejected', 'consumed', 'expired']) ?? 'pending';
     const client = ctx.client();
     await printPage(
       ctx,

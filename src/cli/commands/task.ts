@@ -9,7 +9,9 @@ export const taskOpen: Command = {
   usage:
     'jit task open --agent A --tenant T --purpose P --ttl S --grant role[:scope,scope][@maxTtl] [--grant ...] ' +
     '[--grant-json JSON] [--task ID] [--label k=v] [--parent ID]',
-  summary: 'open a task (orchestrators), or a sub-task with --parent (the parent task’s agent); prints the task id',
+  summary:
+    'open a task (orchestrators), or a sub-task with --parent (the parent task’s agent; --tenant and --purpose ' +
+    'then default to the parent’s); prints the task id',
   options: {
     agent: { type: 'string' },
     tenant: { type: 'string' },
@@ -26,13 +28,15 @@ export const taskOpen: Command = {
     const parent = flags.str('parent');
     const grants: Grant[] = [...flags.list('grant').map(parseGrant), ...flags.list('grant-json').flatMap(parseGrantJson)];
     if (grants.length === 0) flags.fail('at least one --grant or --grant-json is required');
+    // A sub-task inherits its parent's tenant and purpose when they are left out (and may only repeat them).
     const tenant = parent ? flags.str('tenant') : flags.required('tenant');
+    const purpose = parent ? flags.str('purpose') : flags.required('purpose');
     const req: OpenTaskRequest = {
       ...(flags.str('task') ? { taskId: flags.str('task') } : {}),
       ...(parent ? { parentTaskId: parent } : {}),
       agent: flags.required('agent'),
       ...(tenant ? { tenant } : {}),
-      purpose: flags.required('purpose'),
+      ...(purpose ? { purpose } : {}),
       ttlSeconds: flags.seconds('ttl') ?? flags.fail('--ttl is required'),
       grants,
     };
@@ -90,7 +94,7 @@ export const taskList: Command = {
   async run(ctx) {
     const f = ctx.flags;
     const filter = {
-      status: f.str('status') as Task['status'] | undefined,
+      status: f.oneOf<Task['status']>('status', ['open', 'completed', 'expired']),
       agent: f.str('agent'),
       tenant: f.str('tenant'),
       orchestrator: f.str('orchestrator'),

@@ -201,6 +201,10 @@ export function oauthRoutes(deps: Deps, s: Services): Router {
       } catch (err) {
         if (!(err instanceof BrokerError)) throw err;
         if (err.status === 429) return sendSlowDown(res, err);
+        // Contract: every /v1 call of a quarantined identity is 403 identity_quarantined; only /v1/token
+        // (where the identity is the subject_token) answers 400 unauthorized_client. Still OAuth-shaped here.
+        if (err.code === 'identity_quarantined')
+          return sendOAuthError(res, new OAuthError('access_denied', err.message, 403, { code: 'identity_quarantined' }));
         if (err.status !== 401) return sendOAuthError(res, toOAuth(err));
         res.setHeader('WWW-Authenticate', bearerChallenge(err.code));
         return sendOAuthError(

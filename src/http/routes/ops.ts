@@ -4,7 +4,7 @@ import type { Deps } from '../../deps.ts';
 import { writableMaster } from '../../redis/connection.ts';
 import { identityPatternSchema } from '../../config/common.ts';
 import type { Services } from '../services.ts';
-import { identityOf, jsonBody, validBody } from '../middleware.ts';
+import { identityOf, jsonBody, validBody, validQuery } from '../middleware.ts';
 import { rotateSchema } from '../schemas.ts';
 
 /** Bounded wait for a readiness probe step. */
@@ -69,6 +69,11 @@ const revokeSchema = z.union([
   z.strictObject({ taskId: z.string().min(1).max(512) }),
 ]);
 const quarantineSchema = z.strictObject({ agent: identityPatternSchema, reason: z.string().min(1).max(1024) });
+/** Paged like every list (contract section 3): `?limit=` 1-500, default 50, and `?cursor=`. */
+const quarantineQuery = z.strictObject({
+  limit: z.coerce.number().int().min(1).max(500).default(50),
+  cursor: z.string().min(1).max(8192).optional(),
+});
 
 /**
  * /v1/admin: rotation, policy reload, kill switch, quarantine (admins; policy for rotate).
@@ -99,8 +104,11 @@ export function adminRoutes(deps: Deps, s: Services, authenticate: RequestHandle
     const { agent, reason } = validBody(quarantineSchema, req.body);
     res.status(201).json(await s.admin.quarantine(who, agent, reason));
   });
-  r.get('/v1/admin/quarantine', authenticate, async (_req, res) => {
-    res.json({ items: await s.admin.quarantines(identityOf(res)), nextCursor: null });
+  r.get('/v1/admin/quarantine', authenticate, async (req, res) => {
+    const who = identityOf(res);
+    const all = await s.admin.quarantines(who);
+    const q = validQuery(quarantineQuery, req.query);
+    res.json(s.lists.pageOf(who, 'quarantine', all, (e) => e.pattern, q));
   });
   r.delete('/v1/admin/quarantine/:pattern', authenticate, async (req, res) => {
     res.json(await s.admin.unquarantine(identityOf(res), String(req.params.pattern)));
