@@ -89,14 +89,13 @@ export class TaskService {
       throw badRequest('ttl_too_long', `ttlSeconds may be at most ${config.tasks.maxTtlSeconds}.`);
     if (body.grants.length > config.tasks.maxGrants)
       throw badRequest('too_many_grants', `A task may have at most ${config.tasks.maxGrants} grants.`);
-    const grants = body.grants.map((g) => this.grant(g));
     const { taskId: _omit, ...rest } = body;
     const requestHash = createHash('sha256')
       .update(canonicalJson({ ...rest, openedBy: who.id }))
       .digest('base64url');
     const { task, parentCreatedAt } = body.parentTaskId
-      ? await this.subtask(who, body, grants, requestHash)
-      : { task: await this.root(who, body, grants, requestHash), parentCreatedAt: undefined };
+      ? await this.subtask(who, body, requestHash)
+      : { task: await this.root(who, body, body.grants.map((g) => this.grant(g)), requestHash), parentCreatedAt: undefined };
     const policies = await authorize(
       this.deps,
       who,
@@ -130,7 +129,7 @@ export class TaskService {
           decision: 'allow',
           taskId: task.taskId,
           policies,
-          detail: { agent: task.agent, tenant: task.tenant, roles: grants.map((g) => g.role), depth: task.depth },
+          detail: { agent: task.agent, tenant: task.tenant, roles: task.grants.map((g) => g.role), depth: task.depth },
         });
         return { created: true, task: res.task };
       case 'exists':
@@ -224,17 +223,20 @@ export class TaskService {
     return res;
   }
 
-  /** A grant as stored: role configured, scopes literal and allowed by the role, TTL ceiling defaulted to the role's. */
-  private grant(g: { role: string; scopes?: string[] | undefined; maxTtlSeconds?: number | undefined }): Grant {
+  /**
+   * A grant as stored: role configured, scopes literal and allowed by the role. What it omits comes from `inherit`
+   * (a sub-task: the parent's grant of the same role, so omitting a value never widens), else from the role.
+   */
+  private grant(g: { role: string; scopes?: string[] | undefined; maxTtlSeconds?: number | undefined }, inherit?: Grant): Grant {
     const role = roleOf(this.deps.config.roles, g.role);
     if (!role) throw badRequest('unknown_role', `Role "${g.role}" is not configured.`);
     const d = descriptorOf(role.provider)!;
-    const scopes = g.scopes ?? d.defaultScopes(role as never);
+    const scopes = g.scopes ?? inherit?.scopes ?? d.defaultScopes(role as never);
     if (scopes === undefined) throw badRequest('scopes_empty', `A grant of ${role.provider} role "${g.role}" must list its scopes.`);
     const allowed = d.allowedScopes(role as never);
     const outside = allowed ? scopes.filter((s) => !allowed.includes(s)) : [];
     if (outside.length > 0) throw badRequest('scope_not_allowed', `Role "${g.role}" does not allow scopes ${outside.join(', ')}.`);
-    return { role: g.role, scopes, maxTtlSeconds: g.maxTtlSeconds ?? role.maxTtlSeconds };
+    return { role: g.role, scopes, maxTtlSeconds: g.maxTtlSeconds ?? inherit?.maxTtlSeconds ?? role.maxTtlSeconds };
   }
 
   private async root(who: WorkloadIdentity, body: OpenTaskBody, grants: Grant[], requestHash: string): Promise<TaskFixed> {
@@ -268,7 +270,6 @@ export class TaskService {
   private async subtask(
     who: WorkloadIdentity,
     body: OpenTaskBody,
-    grants: Grant[],
     requestHash: string,
   ): Promise<{ task: TaskFixed; parentCreatedAt: number }> {
     const parentId = body.parentTaskId!;
@@ -285,6 +286,8 @@ export class TaskService {
     if (who.id !== parent.agent) await d('not_parent_agent', "Only the parent task's agent may open a sub-task.");
     const depth = this.deps.config.tasks.maxDelegationDepth;
     if (parent.depth + 1 > depth) await d('delegation_too_deep', `Delegation depth is limited to ${depth}.`);
+    // Omitted scopes and TTL ceilings are the parent grant's, as omitted labels are the parent's labels.
+    const grants = body.grants.map((g) => this.grant(g, parent.grants.find((p) => p.role === g.role)));
     const narrowed = attenuate(parent, { tenant: body.tenant, purpose: body.purpose, labels: body.labels, grants });
     if ('widens' in narrowed) return d('delegation_widens', narrowed.widens);
     // The request body allows 32 labels; inherited plus added ones are held to the same cap.

@@ -78,7 +78,7 @@ describe('delegation: a sub-task is refused (403) only for wider roles or scopes
   // 300 s, so a sub-task whose roles and scopes are a subset answers 403 delegation_widens. The
   // contract lists no TTL condition; an omitted ceiling should be the parent grant's. Flip to `test`
   // once src/tasks/task-service.ts defaults it so.
-  test.failing("a sub-task grant without maxTtlSeconds takes the parent grant's ceiling: 201", async () => {
+  test("a sub-task grant without maxTtlSeconds takes the parent grant's ceiling: 201", async () => {
     const parent = await openTask();
     const r = await call(t.url, 'POST', '/v1/tasks', t.as(AGENT), {
       parentTaskId: parent,
