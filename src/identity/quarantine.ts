@@ -44,8 +44,20 @@ export class Quarantine {
     return [...this.entries];
   }
 
-  async reload(): Promise<void> {
-    const all = await this.redis.hgetall(this.keys.quarantine());
+  /**
+   * Re-reads the list. Read with the dataset's epoch marker (same slot): with the marker gone, Redis lost its data
+   * and an empty list means nothing, so the list in force stays until recovery restores it from the audit export
+   * (`restore` forces the read). Replacing it with the empty read lifted every quarantine until then.
+   */
+  async reload(opts: { force?: boolean } = {}): Promise<void> {
+    const res = await this.redis.multi().hgetall(this.keys.quarantine()).exists(this.keys.epoch()).exec();
+    if (!res) throw new Error('quarantine read aborted');
+    for (const [err] of res) if (err) throw err;
+    const all = res[0]![1] as Record<string, string>;
+    if (res[1]![1] === 0 && !opts.force && this.entries.length > 0) {
+      this.logger.warn('quarantine list not re-read: Redis lost its data; the list in force stays until it is restored');
+      return;
+    }
     const entries = Object.entries(all).map(([pattern, raw]) => ({ pattern, ...(JSON.parse(raw) as Omit<QuarantineEntry, 'pattern'>) }));
     entries.sort((a, b) => a.at.localeCompare(b.at) || a.pattern.localeCompare(b.pattern));
     this.entries = entries;
@@ -84,6 +96,6 @@ export class Quarantine {
     const multi = this.redis.multi().del(this.keys.quarantine());
     for (const { pattern, ...rest } of entries) multi.hset(this.keys.quarantine(), pattern, JSON.stringify(rest));
     await multi.exec();
-    await this.reload();
+    await this.reload({ force: true });
   }
 }
