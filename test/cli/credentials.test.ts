@@ -258,9 +258,10 @@ describe('approvals: cred get on an approval role, jit approvals approve | rejec
   it('--wait waits for the approver, then prints the credential', async () => {
     const taskId = await openTask(prod);
     const waiting = ask(taskId, '--wait');
+    // The approval jit's own request created (asking here too could approve before jit ever saw it pending).
     const approval = await waitFor(async () => {
-      const task = await call(t.url, 'POST', '/v1/credentials', t.as(AGENT), { taskId, role: 'prod-deploy' });
-      return task.status === 202 ? (task.body.approvalId as string) : undefined;
+      const list = await call(t.url, 'GET', '/v1/approvals?status=pending', t.as(ADMIN));
+      return (list.body.items as { approvalId: string; taskId: string }[]).find((a) => a.taskId === taskId)?.approvalId;
     });
     expect((await jit(['approvals', 'approve', approval], as(ADMIN))).code).toBe(0);
     const r = await waiting;
