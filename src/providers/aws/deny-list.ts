@@ -36,8 +36,9 @@ import { awsErrorCode, classify, isTransient } from './upstream.ts';
 
 /**
  * Reported when a role's deny list did not fit and entries were folded: the
- * revoked sessions of one task or agent replaced by a wildcard on its session
- * names, which also denies its unrevoked sessions issued before the cut-off.
+ * revoked sessions (and ended tasks' tags) of one task or agent replaced by a
+ * wildcard on its session names, which also denies its unrevoked sessions
+ * issued before the cut-off.
  */
 export interface DenyFoldEvent {
   roleArn: string;
@@ -53,7 +54,7 @@ export interface DenyFoldEvent {
   /** The agent and task behind the keys, when the revocation that overflowed was theirs. */
   agent?: string;
   taskId?: string;
-  /** How many entries (revoked sessions, earlier folds) were replaced, and the first lease ids among them. */
+  /** How many entries (revoked sessions, earlier folds, ended tasks' tags) were replaced, and the first lease ids among them. */
   replacedEntries: number;
   leaseIds: string[];
   reason: 'policy_size' | 'iam_limit';
