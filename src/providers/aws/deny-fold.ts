@@ -15,13 +15,25 @@ import { AGENT_KEY_CHARS, TASK_KEY_CHARS } from './session-name.ts';
  * unrevoked sessions issued before the cut-off are denied too; nobody
  * else's are, since only principals that have a revoked entry are folded.
  *
+ * An ended task's entry is its `task` tag (up to 255 chars), which does not
+ * say whose task it was: the deny list learns the owner (agent and task key)
+ * from the session whose revocation wrote the tag and passes it in `owners`.
+ * Such a tag counts to its owner and folds into its task's wildcard (every
+ * session of an ended task may be denied, so this costs nobody anything) or
+ * its agent's. A tag of unknown owner (written by an earlier version, or
+ * its owner forgotten with Redis) counts to nobody and is never folded.
+ *
  * Order (the agent taking the most room first, so a busy agent pays for its
- * own revocations): that agent's tasks with more than one entry, most room
- * first, then the agent as a whole; then the next agent. Folding goes on to
- * a target below the budget, so the next revocations do not fold again at
- * once. Only if every agent is folded and it still does
- * not fit are fold statements of different cut-offs merged (raising the
- * earlier cut-off: wider, but still only for folded principals).
+ * own revocations): that agent's tasks whose entries are worth folding, most
+ * room first, then the agent as a whole; then the next agent. Folding stops
+ * once the document fits; it goes on to a target below the budget (so the
+ * next revocations do not fold again at once) only with agents whose own
+ * entries take at least the room still to be freed: a bystander with a
+ * revoked session or two is folded only if the document cannot fit without
+ * it (the alternative being the role-wide cut-off, which cuts it off too).
+ * Only if every agent is folded and it still does not fit are fold
+ * statements of different cut-offs merged (raising the earlier cut-off:
+ * wider, but still only for folded principals).
  */
 
 const KEY = (n: number) => `[a-z2-7]{${n}}`;
@@ -31,6 +43,25 @@ const AGENT_FOLD = new RegExp(`^\\*:jit-(${KEY(AGENT_KEY_CHARS)})-\\*$`);
 
 export const taskFoldPattern = (agentKey: string, taskKey: string) => `*:jit-${agentKey}-${taskKey}-*`;
 export const agentFoldPattern = (agentKey: string) => `*:jit-${agentKey}-*`;
+
+/** The agent and task keys of a task, as in its session names. */
+export interface TaskOwner {
+  agentKey: string;
+  taskKey: string;
+}
+/** `task` tag values → the task they name (deny-owners.ts keeps them). */
+export type TaskOwners = Map<string, TaskOwner>;
+
+/** The keys in a session's `*:<session name>`; undefined for names of earlier versions (`jit-<leaseId>`). */
+export function ownerOfSession(userId: string): TaskOwner | undefined {
+  const k = SESSION.exec(userId);
+  return k ? { agentKey: k[1]!, taskKey: k[2]! } : undefined;
+}
+
+const AGENT_KEY = new RegExp(`^${KEY(AGENT_KEY_CHARS)}$`);
+const TASK_KEY = new RegExp(`^${KEY(TASK_KEY_CHARS)}$`);
+/** Whether an owner read back from Redis has the shape of an agent key and a task key. */
+export const isOwner = (o: TaskOwner) => AGENT_KEY.test(o.agentKey) && TASK_KEY.test(o.taskKey);
 
 /** One widening the deny list decided on, for the log and the audit. */
 export interface FoldDecision {
@@ -42,7 +73,7 @@ export interface FoldDecision {
   taskKey?: string;
   /** Sessions issued before this (epoch ms) that match `patterns` are now denied, revoked or not. */
   cutoff: number;
-  /** The revoked sessions' entries (`*:<session name>`) and earlier folds replaced. */
+  /** The entries replaced: revoked sessions (`*:<session name>`), earlier folds, ended tasks' tags. */
   replaced: string[];
 }
 
@@ -53,6 +84,7 @@ interface TaskGroup {
   key: string;
   sessions: string[];
   fold?: string;
+  tag?: string;
   room: number;
 }
 interface AgentGroup {
@@ -62,57 +94,76 @@ interface AgentGroup {
   room: number;
 }
 
-/** The model's foldable entries, by agent key and task key (entries of older session names are not foldable). */
-function groups(m: DenyModel): AgentGroup[] {
+/**
+ * The model's foldable entries, by agent key and task key, each counted to
+ * its owner: revoked sessions, task folds, and ended tasks' tags whose owner
+ * is known. Entries of older session names and tags of unknown owner are not
+ * foldable; an agent's own SourceIdentity entry (one per agent, written by
+ * an admin) is not either.
+ */
+function groups(m: DenyModel, owners: TaskOwners): AgentGroup[] {
   const agents = new Map<string, AgentGroup>();
   const agent = (key: string): AgentGroup => {
     const g = agents.get(key) ?? { key, tasks: new Map(), room: 0 };
     agents.set(key, g);
     return g;
   };
-  const task = (a: AgentGroup, key: string): TaskGroup => {
+  const task = (agentKey: string, key: string, entry: string): TaskGroup => {
+    const a = agent(agentKey);
     const g = a.tasks.get(key) ?? { key, sessions: [], room: 0 };
     a.tasks.set(key, g);
+    g.room += cost(entry);
+    a.room += cost(entry);
     return g;
   };
   for (const id of m.sessions.keys()) {
     const k = SESSION.exec(id);
-    if (!k) continue;
-    const a = agent(k[1]!);
-    const t = task(a, k[2]!);
-    t.sessions.push(id);
-    t.room += cost(id);
-    a.room += cost(id);
+    if (k) task(k[1]!, k[2]!, id).sessions.push(id);
+  }
+  for (const tag of m.tasks.keys()) {
+    const o = owners.get(tag);
+    if (o) task(o.agentKey, o.taskKey, tag).tag = tag;
   }
   for (const pattern of m.folds.keys()) {
     const tk = TASK_FOLD.exec(pattern);
     const ak = AGENT_FOLD.exec(pattern);
-    if (tk) {
-      const a = agent(tk[1]!);
-      const t = task(a, tk[2]!);
-      t.fold = pattern;
-      t.room += cost(pattern);
-      a.room += cost(pattern);
-    } else if (ak) agent(ak[1]!).fold = pattern;
+    if (tk) task(tk[1]!, tk[2]!, pattern).fold = pattern;
+    else if (ak) agent(ak[1]!).fold = pattern;
   }
   return [...agents.values()].sort((x, y) => y.room - x.room || (x.key < y.key ? -1 : 1));
 }
 
-/** Replaces `replaced` by one fold; the fold lives as long as the longest of them. */
-function fold(m: DenyModel, pattern: string, replaced: string[], cutoff: number): void {
+/** Replaces `replaced` (session entries, folds) and `tags` by one fold; the fold lives as long as the longest of them. */
+function fold(m: DenyModel, pattern: string, replaced: string[], tags: string[], cutoff: number): void {
   let end = 0;
   for (const id of replaced) {
     end = Math.max(end, m.sessions.get(id) ?? 0, m.folds.get(id)?.end ?? 0);
     m.sessions.delete(id);
     if (id !== pattern) m.folds.delete(id);
   }
+  for (const tag of tags) {
+    end = Math.max(end, m.tasks.get(tag) ?? 0);
+    m.tasks.delete(tag);
+  }
   raiseFold(m.folds, pattern, { cutoff, end });
 }
 
 /**
- * Folds entries of `m` (in place) until `size(m) <= target`, or as far as it
- * goes; then, if still above `budget`, merges fold cut-offs. Returns what it
- * decided, and whether the result is within `budget`.
+ * Whether folding a task alone is worth it: it replaces more than one entry,
+ * or a tag longer than the wildcard. A task with one revoked session is not
+ * (it frees some 30 chars): the agent fold takes it.
+ */
+function worthFolding(t: TaskGroup, pattern: string): boolean {
+  const entries = t.sessions.length + (t.fold ? 1 : 0) + (t.tag !== undefined ? 1 : 0);
+  return entries > 1 || (t.tag !== undefined && cost(t.tag) > cost(pattern));
+}
+
+/**
+ * Folds entries of `m` (in place) until `size(m) <= target`, or as far as
+ * its principals' own entries justify (see the top of this file); then, if
+ * still above `budget`, merges fold cut-offs. `owners` names the task behind
+ * each `task` tag it knows. Returns what it decided, and whether the result
+ * is within `budget`.
  */
 export function foldToFit(
   m: DenyModel,
@@ -120,29 +171,34 @@ export function foldToFit(
   budget: number,
   target: number,
   cutoff: number,
+  owners: TaskOwners = new Map(),
 ): { decisions: FoldDecision[]; fits: boolean } {
   const decisions: FoldDecision[] = [];
-  for (const a of groups(m)) {
-    if (size(m) <= target) break;
-    // A task with one revoked session is not worth widening on its own (it frees some 30 chars): the agent fold takes it.
+  for (const a of groups(m, owners)) {
+    const now = size(m);
+    // Below the budget, only an agent whose own entries take the room still to be freed pays for the headroom.
+    const goal = a.room >= now - target ? target : budget;
+    if (now <= goal) break; // the agents after this one take even less room
     const tasks = [...a.tasks.values()]
-      .filter((t) => t.sessions.length + (t.fold ? 1 : 0) > 1)
+      .filter((t) => worthFolding(t, taskFoldPattern(a.key, t.key)))
       .sort((x, y) => y.room - x.room || (x.key < y.key ? -1 : 1));
     for (const t of tasks) {
-      if (size(m) <= target) break;
+      if (size(m) <= goal) break;
       const pattern = taskFoldPattern(a.key, t.key);
       const replaced = [...t.sessions, ...(t.fold ? [t.fold] : [])];
-      fold(m, pattern, replaced, cutoff);
-      decisions.push({ scope: 'task', patterns: [pattern], agentKey: a.key, taskKey: t.key, cutoff, replaced });
+      const tags = t.tag !== undefined ? [t.tag] : [];
+      fold(m, pattern, replaced, tags, cutoff);
+      decisions.push({ scope: 'task', patterns: [pattern], agentKey: a.key, taskKey: t.key, cutoff, replaced: [...replaced, ...tags] });
     }
-    if (size(m) <= target) break;
+    if (size(m) <= goal) break;
     const pattern = agentFoldPattern(a.key);
     const replaced = [...m.sessions.keys(), ...m.folds.keys()].filter(
       (id) => id !== pattern && (SESSION.exec(id)?.[1] === a.key || TASK_FOLD.exec(id)?.[1] === a.key),
     );
-    if (replaced.length === 0) continue; // already one fold: raising its cut-off frees nothing
-    fold(m, pattern, [...replaced, ...(m.folds.has(pattern) ? [pattern] : [])], cutoff);
-    decisions.push({ scope: 'agent', patterns: [pattern], agentKey: a.key, cutoff, replaced });
+    const tags = [...m.tasks.keys()].filter((tag) => owners.get(tag)?.agentKey === a.key);
+    if (replaced.length + tags.length === 0) continue; // already one fold: raising its cut-off frees nothing
+    fold(m, pattern, [...replaced, ...(m.folds.has(pattern) ? [pattern] : [])], tags, cutoff);
+    decisions.push({ scope: 'agent', patterns: [pattern], agentKey: a.key, cutoff, replaced: [...replaced, ...tags] });
   }
   // Every agent folded and still too big: fewer fold statements, by moving the earliest cut-off to the next one.
   for (;;) {

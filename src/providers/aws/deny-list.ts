@@ -28,15 +28,17 @@ import {
   type SessionFacts,
 } from './deny-policy.ts';
 import { withLock } from '../../redis/lock.ts';
-import { type FoldDecision, foldToFit } from './deny-fold.ts';
+import { type FoldDecision, foldToFit, ownerOfSession, type TaskOwner, type TaskOwners } from './deny-fold.ts';
+import { ownersToStore, parseOwners } from './deny-owners.ts';
 import { roleNameFromArn } from './role-info.ts';
 import { agentKeyFor, taskKeyFor } from './session-name.ts';
 import { awsErrorCode, classify, isTransient } from './upstream.ts';
 
 /**
  * Reported when a role's deny list did not fit and entries were folded: the
- * revoked sessions of one task or agent replaced by a wildcard on its session
- * names, which also denies its unrevoked sessions issued before the cut-off.
+ * revoked sessions (and ended tasks' tags) of one task or agent replaced by a
+ * wildcard on its session names, which also denies its unrevoked sessions
+ * issued before the cut-off.
  */
 export interface DenyFoldEvent {
   roleArn: string;
@@ -52,7 +54,7 @@ export interface DenyFoldEvent {
   /** The agent and task behind the keys, when the revocation that overflowed was theirs. */
   agent?: string;
   taskId?: string;
-  /** How many entries (revoked sessions, earlier folds) were replaced, and the first lease ids among them. */
+  /** How many entries (revoked sessions, earlier folds, ended tasks' tags) were replaced, and the first lease ids among them. */
   replacedEntries: number;
   leaseIds: string[];
   reason: 'policy_size' | 'iam_limit';
@@ -92,8 +94,8 @@ interface Revoking {
 const IAM_ROLE_INLINE_CHARS = 10_240;
 /** Room kept free when sizing against other inline policies (IAM's count may differ slightly from ours). */
 const IAM_SIZE_SLACK = 64;
-/** The fallback cut-off lies this far ahead of now, so skew cannot leave a just-revoked session before it. */
-const FALLBACK_LEAD_MS = 5000;
+/** Fold and fallback cut-offs lie at least this far ahead of now (and at least clockSkewSeconds), so no entry they replace is left after them. */
+const MIN_LEAD_MS = 5000;
 /** Folding stops once the document is this share of its budget: room for the next revocations without folding again at once. */
 const FOLD_TARGET = 0.8;
 /** Lease ids named in one fold report (the rest are counted). */
@@ -117,9 +119,10 @@ const ROUNDS = 3;
  * is merged and written again.
  *
  * When the document outgrows its budget, statements with close ends are
- * merged (keeping the later end); then the revoked sessions of one task, or
- * of one agent, are folded into a wildcard on their session names, the
- * agent taking the most room first (deny-fold.ts; each fold logged and
+ * merged (keeping the later end); then the entries of one task, or of one
+ * agent (revoked sessions, ended tasks' tags), are folded into a wildcard on
+ * their session names, the agent taking the most room first (deny-fold.ts,
+ * deny-owners.ts; each fold logged and
  * reported to `onFold`); only if that is not enough does everything collapse
  * into one `aws:TokenIssueTime` cut-off, which also cuts off the role's
  * unrevoked older sessions of every agent: logged at error level and reported
@@ -134,7 +137,7 @@ export class DenyList {
 
   private keys(roleArn: string) {
     const base = `${this.d.keyPrefix}:aws:deny:${roleArn}`;
-    return { doc: `${base}:doc`, lock: `${base}:lock` };
+    return { doc: `${base}:doc`, lock: `${base}:lock`, owners: `${base}:owners` };
   }
 
   private get skewMs(): number {
@@ -148,6 +151,8 @@ export class DenyList {
    */
   async deny(roleArn: string, session: SessionFacts, unit: DenyUnit, who: Revoking = {}): Promise<'covered' | 'written'> {
     if (denies(await this.cached(roleArn), session)) return 'covered';
+    // A task's tag does not say whose task it was; its session's name does (kept so the tag can be folded).
+    const owner = unit.kind === 'task' && session.taskTag !== undefined ? ownerOfSession(session.userId) : undefined;
     return this.update(
       roleArn,
       (m) => {
@@ -159,6 +164,7 @@ export class DenyList {
         else addSession(m, session.userId, session.expiresAt);
       },
       who,
+      owner && session.taskTag !== undefined ? [session.taskTag, owner] : undefined,
     );
   }
 
@@ -185,8 +191,17 @@ export class DenyList {
     return parse(await this.d.redis.get(this.keys(roleArn).doc), this.d.clock());
   }
 
-  /** Read IAM, merge the remembered copy, apply `change`, prune, write if different; under the role's lock. */
-  private async update(roleArn: string, change: (m: DenyModel) => void, who: Revoking = {}): Promise<'covered' | 'written'> {
+  /**
+   * Read IAM, merge the remembered copy, apply `change`, prune, write if
+   * different; under the role's lock. `owner`: the task behind a tag
+   * `change` may add.
+   */
+  private async update(
+    roleArn: string,
+    change: (m: DenyModel) => void,
+    who: Revoking = {},
+    owner?: [string, TaskOwner],
+  ): Promise<'covered' | 'written'> {
     const k = this.keys(roleArn);
     for (let round = 0; round < ROUNDS; round++) {
       const outcome = await withLock(this.d.redis, k.lock, LOCK, async ({ held }) => {
@@ -194,9 +209,12 @@ export class DenyList {
         const iamText = await this.readIam(roleArn);
         // What IAM holds must parse: a document we cannot read is never overwritten.
         const model = mergeModels(parseDenyPolicy(iamText, now), await this.cached(roleArn));
+        const stored = await this.d.redis.get(k.owners);
+        const owners = parseOwners(stored);
+        if (owner) owners.set(...owner);
         change(model);
         pruneModel(model, now, this.skewMs);
-        return this.commit(roleArn, model, iamText, held, who);
+        return this.commit(roleArn, model, iamText, held, who, { owners, stored });
       });
       if (!outcome) throw new RetryableUpstreamError('revocation_busy', `the deny list of ${roleArn} is locked by another worker`);
       if (outcome.value !== 'lost') return outcome.value;
@@ -212,11 +230,14 @@ export class DenyList {
     iamText: string | undefined,
     held: () => Promise<boolean>,
     who: Revoking,
+    tags: { owners: TaskOwners; stored: string | null },
   ): Promise<'covered' | 'written' | 'lost'> {
     const now = this.d.clock();
-    let { doc, fallback, folds } = this.fit(roleArn, model, this.d.settings.revocationPolicyMaxChars, now, 'policy_size', who);
+    const { owners } = tags;
+    let { doc, fallback, folds } = this.fit(roleArn, model, this.d.settings.revocationPolicyMaxChars, now, 'policy_size', who, owners);
     if (doc === (iamText === undefined ? undefined : JSON.stringify(JSON.parse(iamText)))) {
       await this.remember(roleArn, doc);
+      await this.rememberOwners(roleArn, model, tags, now);
       return 'covered';
     }
     if (!(await held())) return 'lost';
@@ -226,7 +247,7 @@ export class DenyList {
       if (classify(err) !== 'limit') throw this.failure(err, roleArn);
       // Other inline policies on the role leave less room than the budget assumed: measure it and fit again.
       const room = await this.roomLeft(roleArn);
-      const refit = this.fit(roleArn, model, room ?? 0, now, 'iam_limit', who);
+      const refit = this.fit(roleArn, model, room ?? 0, now, 'iam_limit', who, owners);
       doc = refit.doc;
       fallback = refit.fallback ?? fallback; // the first fit may already have collapsed the list
       folds = [...folds, ...refit.folds];
@@ -240,16 +261,18 @@ export class DenyList {
     else for (const f of folds) await this.reportFold(f);
     if (!(await held())) return 'lost';
     await this.remember(roleArn, doc);
+    await this.rememberOwners(roleArn, model, tags, now);
     return 'written';
   }
 
   /**
    * The document for the model within `budget` chars, escalating one step at
    * a time: as is; with close statements merged; with the entries of one
-   * task, then one agent, folded (agent taking the most room first); and
-   * only as the last resort collapsed into a role-wide cut-off just after
-   * now. Every entry is a session issued before now, so a cut-off after now
-   * covers it.
+   * task, then one agent, folded (agent taking the most room first; ended
+   * tasks' tags count to the owners in `owners`); and only as the last resort
+   * collapsed into a role-wide cut-off. Every entry is a session issued
+   * before now by the broker's clock, so a cut-off after now plus
+   * clockSkewSeconds (by which AWS's clock may be ahead) covers it.
    */
   private fit(
     roleArn: string,
@@ -258,22 +281,24 @@ export class DenyList {
     now: number,
     reason: DenyFallbackEvent['reason'],
     who: Revoking,
+    owners: TaskOwners,
   ): { doc: string | undefined; fallback?: DenyFallbackEvent; folds: DenyFoldEvent[] } {
     let doc = renderDenyPolicy(model);
     while (doc !== undefined && doc.length > budget && coarsen(model)) doc = renderDenyPolicy(model);
     if (doc === undefined || doc.length <= budget) return { doc, folds: [] };
     // Folded on a copy: if even folding every agent cannot make it fit, the role-wide cut-off replaces all of it.
     const folded = mergeModels(model, emptyModel());
-    // A broker clock up to clockSkewSeconds behind AWS's must not leave a folded session after the cut-off.
-    const cutoff = Math.ceil((now + Math.max(FALLBACK_LEAD_MS, this.skewMs)) / 1000) * 1000;
+    // A broker clock up to clockSkewSeconds behind AWS's must not leave a folded (or, below, dropped) session after the cut-off.
+    const cutoff = Math.ceil((now + Math.max(MIN_LEAD_MS, this.skewMs)) / 1000) * 1000;
     const size = (m: DenyModel) => renderDenyPolicy(m)?.length ?? 0;
-    const { decisions, fits } = foldToFit(folded, size, budget, Math.floor(budget * FOLD_TARGET), cutoff);
+    const { decisions, fits } = foldToFit(folded, size, budget, Math.floor(budget * FOLD_TARGET), cutoff, owners);
     if (fits) {
       Object.assign(model, folded);
       return { doc: renderDenyPolicy(model), folds: decisions.map((d) => this.foldEvent(roleArn, d, reason, who)) };
     }
-    // Never earlier than a fold's cut-off: the role-wide one then covers (and replaces) every fold.
-    const at = Math.max(Math.ceil(now / 1000) * 1000 + FALLBACK_LEAD_MS, ...[...model.folds.values()].map((f) => f.cutoff));
+    // As far ahead as a fold's (the entries it drops may be up to clockSkewSeconds younger by AWS's clock than by ours),
+    // and never earlier than a fold's cut-off: the role-wide one then covers (and replaces) every fold.
+    const at = Math.max(cutoff, ...[...model.folds.values()].map((f) => f.cutoff));
     const before = model.sessions.size + model.tasks.size + model.agents.size + model.folds.size;
     model.sessions.clear();
     model.tasks.clear();
@@ -327,6 +352,14 @@ export class DenyList {
 
   private async remember(roleArn: string, doc: string | undefined): Promise<void> {
     await this.d.redis.set(this.keys(roleArn).doc, doc ?? '', 'PX', CACHE_TTL_MS);
+  }
+
+  /** Keeps the owners of the tags left in the written model, as long as the latest of them (deny-owners.ts). */
+  private async rememberOwners(roleArn: string, model: DenyModel, tags: { owners: TaskOwners; stored: string | null }, now: number) {
+    const { text, ttlMs } = ownersToStore(tags.owners, model, now, this.skewMs);
+    const key = this.keys(roleArn).owners;
+    if (text !== undefined) await this.d.redis.set(key, text, 'PX', ttlMs);
+    else if (tags.stored !== null) await this.d.redis.del(key);
   }
 
   /** The broker's policy on the role as IAM holds it (decoded); undefined when there is none. */

@@ -16,6 +16,7 @@ import {
   WINDOW_MS,
 } from '../../../src/providers/aws/deny-policy.ts';
 import { foldToFit } from '../../../src/providers/aws/deny-fold.ts';
+import { ownersToStore, parseOwners } from '../../../src/providers/aws/deny-owners.ts';
 import { agentKeyFor, taskKeyFor } from '../../../src/providers/aws/session-name.ts';
 import { parsePolicy } from '../../emulators/aws/policy.ts';
 
@@ -176,6 +177,69 @@ describe('folding (deny-fold.ts)', () => {
     expect([...m.sessions.keys()].filter((k) => k.includes(A))).toEqual([]);
     expect([...m.sessions.keys()].filter((k) => k.includes(B))).toHaveLength(5);
     expect([...m.folds.keys(), ...m.sessions.keys()].some((k) => k.includes(C))).toBe(false);
+  });
+
+  it('counts an ended task’s tag to the agent it belongs to, and folds it into the task’s wildcard (regression: tags were never folded)', () => {
+    const m = emptyModel();
+    const tag = (i: number) => `t-root/${'m'.repeat(128)}/${'x'.repeat(50)}${i}`;
+    const owners = new Map<string, { agentKey: string; taskKey: string }>();
+    for (let i = 0; i < 12; i++) {
+      addTask(m, tag(i), T0 + WINDOW_MS);
+      owners.set(tag(i), { agentKey: A, taskKey: t(`sub-${i}`) });
+    }
+    addTask(m, 'legacy-task-of-nobody-known', T0 + WINDOW_MS); // an owner not known: counted to nobody, never folded
+    addSession(m, entry(B, t('b'), 1), T0 + WINDOW_MS); // a bystander with one revoked session
+    const budget = size(m) - 500;
+    const { decisions, fits } = foldToFit(m, size, budget, Math.floor(budget * 0.8), CUT, owners);
+    expect(fits).toBe(true);
+    expect(decisions.length).toBeGreaterThan(0);
+    for (const d of decisions) {
+      expect(d).toMatchObject({ scope: 'task', agentKey: A, cutoff: CUT });
+      expect(d.replaced).toHaveLength(1);
+      expect(m.tasks.has(d.replaced[0]!)).toBe(false);
+      expect(m.folds.get(`*:jit-${A}-${d.taskKey}-*`)).toEqual({ cutoff: CUT, end: T0 + WINDOW_MS });
+    }
+    expect(m.tasks.has('legacy-task-of-nobody-known')).toBe(true);
+    expect(m.sessions.has(entry(B, t('b'), 1))).toBe(true);
+    // Every session of a folded task issued before the cut-off is still denied.
+    const folded = decisions[0]!.taskKey!;
+    expect(denies(m, { userId: `*:jit-${A}-${folded}-x`, expiresAt: T0 + 600_000, tokenIssuedAt: T0 - 60_000 })).toBe(true);
+  });
+
+  it('makes headroom only at the expense of agents whose own entries take it (regression: it folded a bystander)', () => {
+    const m = emptyModel();
+    // Most of the room is taken by entries it cannot fold (tags of unknown owner), some by A, one session by B.
+    for (let i = 0; i < 30; i++) addTask(m, `${'u'.repeat(200)}${i}`, T0 + WINDOW_MS);
+    for (let i = 0; i < 20; i++) addSession(m, entry(A, t('a'), i), T0 + WINDOW_MS);
+    addSession(m, entry(B, t('b'), 100), T0 + WINDOW_MS);
+    const budget = size(m) - 200;
+    const { decisions, fits } = foldToFit(m, size, budget, Math.floor(budget * 0.8), CUT);
+    expect(fits).toBe(true);
+    expect(decisions.map((d) => [d.scope, d.agentKey])).toEqual([['task', A]]);
+    expect(m.sessions.has(entry(B, t('b'), 100))).toBe(true);
+    expect(size(m)).toBeGreaterThan(Math.floor(budget * 0.8)); // above the target: B's one entry does not pay for it
+
+    // When the document cannot fit otherwise, B is folded too: better than the role-wide cut-off, which would cut B off as well.
+    const tight = size(m) - 20;
+    const more = foldToFit(m, size, tight, Math.floor(tight * 0.8), CUT);
+    expect(more.fits).toBe(true);
+    expect(more.decisions.map((d) => [d.scope, d.agentKey])).toEqual([['agent', B]]); // B's entry now takes more room than A's fold
+  });
+
+  it('stores the owners of the tags still in the list, and reads back only well-formed ones', () => {
+    const m = emptyModel();
+    addTask(m, '__proto__', T0 + WINDOW_MS); // a legal task id
+    addTask(m, 't-2', T0 + 3 * WINDOW_MS);
+    const owners = new Map([
+      ['__proto__', { agentKey: A, taskKey: t('__proto__') }],
+      ['t-2', { agentKey: B, taskKey: t('t-2') }],
+      ['t-gone', { agentKey: B, taskKey: t('t-gone') }], // pruned or folded meanwhile: not kept
+    ]);
+    const { text, ttlMs } = ownersToStore(owners, m, T0, 300_000);
+    expect(ttlMs).toBe(3 * WINDOW_MS + 300_000);
+    expect(parseOwners(text)).toEqual(new Map([...owners].slice(0, 2)));
+    expect(ownersToStore(owners, emptyModel(), T0, 0).text).toBeUndefined();
+    for (const junk of [null, '', '{', '{"t":"a-b"}', '[["t","not-keys"]]', '[["t",1]]', '[null]']) expect(parseOwners(junk).size).toBe(0);
   });
 
   it('says when even folding every agent does not fit', () => {
