@@ -95,7 +95,15 @@ export class TaskService {
       .digest('base64url');
     const { task, parentCreatedAt } = body.parentTaskId
       ? await this.subtask(who, body, requestHash)
-      : { task: await this.root(who, body, body.grants.map((g) => this.grant(g)), requestHash), parentCreatedAt: undefined };
+      : {
+          task: await this.root(
+            who,
+            body,
+            body.grants.map((g) => this.grant(g)),
+            requestHash,
+          ),
+          parentCreatedAt: undefined,
+        };
     const policies = await authorize(
       this.deps,
       who,
@@ -287,7 +295,12 @@ export class TaskService {
     const depth = this.deps.config.tasks.maxDelegationDepth;
     if (parent.depth + 1 > depth) await d('delegation_too_deep', `Delegation depth is limited to ${depth}.`);
     // Omitted scopes and TTL ceilings are the parent grant's, as omitted labels are the parent's labels.
-    const grants = body.grants.map((g) => this.grant(g, parent.grants.find((p) => p.role === g.role)));
+    const grants = body.grants.map((g) =>
+      this.grant(
+        g,
+        parent.grants.find((p) => p.role === g.role),
+      ),
+    );
     const narrowed = attenuate(parent, { tenant: body.tenant, purpose: body.purpose, labels: body.labels, grants });
     if ('widens' in narrowed) return d('delegation_widens', narrowed.widens);
     // The request body allows 32 labels; inherited plus added ones are held to the same cap.
