@@ -115,6 +115,8 @@ export function writeBenchConfig(opts: {
     orchestrators: ['spiffe://bench.local/orchestrator/*'],
     admins: ['spiffe://bench.local/ops/*'],
     policies: opts.policiesDir,
+    // One bench task takes tens of thousands of leases: lift the per-task bound (default 1,000) or the load gets 403s.
+    tasks: { maxLeases: 0 },
     roles: {
       'tickets-api': {
         provider: 'jwt',
