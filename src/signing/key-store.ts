@@ -1,5 +1,6 @@
 import { createPrivateKey, createPublicKey, generateKeyPairSync, type KeyObject, randomUUID, sign as cryptoSign } from 'node:crypto';
 import { unavailable } from '../errors.ts';
+import { signEs256 } from './ecdsa.ts';
 import type { Logger } from '../logger.ts';
 import type { RedisClock } from '../redis/clock.ts';
 import type { Keys } from '../redis/keys.ts';
@@ -131,10 +132,8 @@ export class SigningKeyStore {
   sign(_header: { typ: 'at+jwt' }, payload: Record<string, unknown>): string {
     const key = this.current();
     const input = `${key.header}.${Buffer.from(JSON.stringify(payload)).toString('base64url')}`;
-    const sig =
-      key.alg === 'ES256'
-        ? cryptoSign('sha256', Buffer.from(input), { key: key.privateKey, dsaEncoding: 'ieee-p1363' })
-        : cryptoSign(null, Buffer.from(input), key.privateKey);
+    const data = Buffer.from(input);
+    const sig = key.alg === 'ES256' ? signEs256(data, key.privateKey) : cryptoSign(null, data, key.privateKey);
     return `${input}.${sig.toString('base64url')}`;
   }
 
