@@ -1,4 +1,5 @@
 import { type KeyObject, sign as cryptoSign, verify as cryptoVerify } from 'node:crypto';
+import { promisify } from 'node:util';
 
 /**
  * ES256 (ECDSA P-256 with SHA-256) in the JWS signature encoding (RFC 7518
@@ -13,10 +14,12 @@ import { type KeyObject, sign as cryptoSign, verify as cryptoVerify } from 'node
  * verify. The conversion below is a few hundred nanoseconds.
  */
 const SIZE = 32;
+/** crypto.sign with a callback: computed on libuv's thread pool, off the event loop. */
+const signAsync = promisify(cryptoSign);
 
-/** Signs `data` with a P-256 private key; the 64-byte r||s signature. */
-export function signEs256(data: Buffer, key: KeyObject): Buffer {
-  return derToP1363(cryptoSign('sha256', data, key));
+/** Signs `data` with a P-256 private key on the thread pool; the 64-byte r||s signature. */
+export async function signEs256(data: Buffer, key: KeyObject): Promise<Buffer> {
+  return derToP1363(await signAsync('sha256', data, key));
 }
 
 /** Verifies a 64-byte r||s signature over `data`; false for any malformed signature. */
