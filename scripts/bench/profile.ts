@@ -8,11 +8,15 @@
  * speedscope for the flame graph).
  *
  *   node scripts/bench/profile.ts [requests=40000]   (PROFILE_POLICIES=permit-all for one permit-all policy)
+ *
+ * PROFILE_RATE=2000 sends the requests open loop at that rate instead
+ * (scripts/bench/paced.ts), to see what else holds the event loop meanwhile.
  */
 import { mkdtempSync, readdirSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import autocannon from 'autocannon';
+import { pacedLoad } from './paced.ts';
 import { BenchIssuer, startBenchRedis, startBrokerProcess, writeBenchConfig, writePolicies } from './setup.ts';
 
 interface Node {
@@ -102,14 +106,17 @@ async function main(): Promise<void> {
   });
   if (open.status !== 201) throw new Error(`open task: ${open.status}`);
   const t0 = performance.now();
-  const r = await autocannon({
-    url: `${broker.url}/v1/credentials`,
-    method: 'POST',
-    connections: 64,
-    amount: requests,
-    headers: { authorization: `Bearer ${agent}`, 'content-type': 'application/json' },
-    body: JSON.stringify({ taskId: 't-prof', role: 'tickets-api', scopes: ['tickets:read'], ttlSeconds: 600 }),
-  });
+  const headers = { authorization: `Bearer ${agent}`, 'content-type': 'application/json' };
+  const body = JSON.stringify({ taskId: 't-prof', role: 'tickets-api', scopes: ['tickets:read'], ttlSeconds: 600 });
+  const rate = Number(process.env.PROFILE_RATE ?? 0);
+  let r: { '2xx': number; non2xx: number };
+  if (rate > 0) {
+    const p = await pacedLoad({ url: broker.url, path: '/v1/credentials', headers, body, rate, seconds: requests / rate });
+    r = { '2xx': p.ok, non2xx: p.failed };
+    console.log(`open loop at ${rate}/s: p50 ${p.p50Ms} ms, p99 ${p.p99Ms} ms, max ${p.maxMs} ms`);
+  } else {
+    r = await autocannon({ url: `${broker.url}/v1/credentials`, method: 'POST', connections: 64, amount: requests, headers, body });
+  }
   const seconds = (performance.now() - t0) / 1000;
   await broker.stop();
   await redis.stop();
