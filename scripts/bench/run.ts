@@ -104,14 +104,19 @@ async function measure(
 ): Promise<Record<string, number | LoopStats>> {
   await load(t, { connections: 16, seconds: 2 }); // warm-up (JIT, connections)
   const cpu0 = cpuMs(server.pid);
+  const main0 = cpuMs(server.pid, true);
   const sat = await load(t, { connections: 64, seconds: SECONDS });
   const cpu1 = cpuMs(server.pid);
+  const main1 = cpuMs(server.pid, true);
   const out: Record<string, number | LoopStats> = {
     saturationPerSecond: Math.round(sat['2xx'] / SECONDS),
     saturationNon2xx: sat.non2xx + sat.errors,
     saturationP99Ms: sat.latency.p99,
     ...(cpu0 !== undefined && cpu1 !== undefined && sat['2xx'] > 0
-      ? { saturationCpuUsPerRequest: Math.round(((cpu1 - cpu0) * 1000) / sat['2xx']) }
+      ? {
+          saturationCpuUsPerRequest: Math.round(((cpu1 - cpu0) * 1000) / sat['2xx']),
+          saturationMainThreadCpuUsPerRequest: Math.round(((main1! - main0!) * 1000) / sat['2xx']),
+        }
       : {}),
   };
   for (const rate of rates) {
@@ -127,11 +132,14 @@ async function measure(
   return out;
 }
 
-/** User + system CPU time of a process so far (ms), from /proc (Linux); undefined elsewhere. */
-function cpuMs(pid: number | undefined): number | undefined {
+/**
+ * User + system CPU time of a process so far (ms), all its threads or only the
+ * main one (the event loop), from /proc (Linux); undefined elsewhere.
+ */
+function cpuMs(pid: number | undefined, mainThread = false): number | undefined {
   if (pid === undefined) return undefined;
   try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const stat = readFileSync(mainThread ? `/proc/${pid}/task/${pid}/stat` : `/proc/${pid}/stat`, 'utf8');
     const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
     return ((Number(f[11]) + Number(f[12])) * 1000) / 100; // utime + stime, in USER_HZ (100/s)
   } catch {
@@ -141,7 +149,7 @@ function cpuMs(pid: number | undefined): number | undefined {
 
 const describe = (out: Record<string, number | LoopStats>, rates: number[]): string =>
   [
-    `${out.saturationPerSecond}/s at saturation (p99 ${out.saturationP99Ms} ms, non-2xx ${out.saturationNon2xx}${out.saturationCpuUsPerRequest ? `, ${out.saturationCpuUsPerRequest} µs CPU per request` : ''})`,
+    `${out.saturationPerSecond}/s at saturation (p99 ${out.saturationP99Ms} ms, non-2xx ${out.saturationNon2xx}${out.saturationCpuUsPerRequest ? `, CPU per request ${out.saturationCpuUsPerRequest} µs, ${out.saturationMainThreadCpuUsPerRequest} µs on the main thread` : ''})`,
     ...rates.map((rate) => {
       const loop = out[`at${rate}Loop`] as LoopStats | undefined;
       return `at ${rate}/s p50 ${out[`at${rate}PerSecondP50Ms`]} ms, p99 ${out[`at${rate}PerSecondP99Ms`]} ms, max ${out[`at${rate}PerSecondMaxMs`]} ms (${out[`at${rate}Achieved`]}/s achieved, non-2xx ${out[`at${rate}Non2xx`]})${loop ? `; event loop p99 ${loop.loopP99Ms} ms max ${loop.loopMaxMs} ms, GC ${loop.gcMsPerSecond} ms/s, ${loop.majorGcs} major` : ''}`;
