@@ -4,7 +4,9 @@
  * process against a private Redis; the load generator (autocannon) runs here.
  *
  * 1. issuance throughput at saturation and p50/p99 at 1,000 req/s, with a
- *    permit-all policy and with a realistic set of 24 Cedar policies;
+ *    permit-all policy and with a realistic set of 24 Cedar policies (that
+ *    one also at 2,000 req/s), next to the peer: node-oidc-provider issuing
+ *    ES256 JWT access tokens by client_credentials, same load (peer-oidc.ts);
  * 2. revocation lag from `complete` and from `exp` until the lease shows
  *    revoked/expired and introspection is inactive;
  * 3. Redis memory per active lease for 100,000 leases (BENCH_LEASES);
@@ -12,21 +14,25 @@
  * 4. the bare minimum per issuance (ES256 verify + sign + Redis write +
  *    BullMQ add, no Express) as a reference.
  */
-import { mkdirSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import autocannon from 'autocannon';
 import { BenchIssuer, startBenchRedis, startBrokerProcess, writeBenchConfig, writePolicies } from './setup.ts';
 import { measureReference } from './reference.ts';
 import { measureLag } from './lag.ts';
 import { pacedLoad } from './paced.ts';
+import { peerTokenRequest, startPeerOidc } from './peer-oidc.ts';
+import { type LoopStats, mark, since } from './loop-stats.ts';
 import { benchAwsOverhead, benchVaultOverhead } from './upstream.ts';
 import { benchPolicy } from './policy.ts';
 import { benchScale } from './scale.ts';
 
-const PORT = 18_080;
+const PORT = Number(process.env.BENCH_PORT ?? 18_080);
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 10);
 const LEASES = Number(process.env.BENCH_LEASES ?? 100_000);
-/** BENCH_ONLY=issuance|lag|memory|reference (comma-separated) runs a subset. */
+/** BENCH_ONLY=issuance|lag|memory|reference|scale (comma-separated) runs a subset; `issuance` includes the peer. */
 const ALL = 'reference,issuance,policy,lag,upstream,memory,scale';
+/** Open-loop rates for the 24-policy broker (and the peer); the permit-all one runs at the first only. */
+const RATES = (process.env.BENCH_RATES ?? '1000,2000').split(',').map(Number);
 const ONLY = new Set((process.env.BENCH_ONLY ?? ALL).split(','));
 const results: Record<string, unknown> = {
   machine: { cpus: (await import('node:os')).cpus().length, node: process.version },
@@ -55,49 +61,128 @@ async function openTask(url: string, taskId: string, ttlSeconds = 3600): Promise
   if (res.status !== 201) throw new Error(`open task: ${res.status} ${await res.text()}`);
 }
 
-function issueLoad(url: string, taskId: string, opts: { connections: number; overallRate?: number; seconds: number; amount?: number }) {
+interface Target {
+  url: string;
+  path: string;
+  headers: Record<string, string>;
+  body: string;
+}
+
+/** The broker's issuance request (the same on every call). */
+const issueTarget = (url: string, taskId: string): Target => ({
+  url,
+  path: '/v1/credentials',
+  headers: { authorization: `Bearer ${agentToken}`, 'content-type': 'application/json' },
+  body: JSON.stringify({ taskId, role: 'tickets-api', scopes: ['tickets:read'], ttlSeconds: 600 }),
+});
+
+/** Closed-loop load with autocannon: the same settings for the broker and the peer. */
+function load(t: Target, opts: { connections: number; overallRate?: number; seconds: number; amount?: number }) {
   return autocannon({
-    url: `${url}/v1/credentials`,
+    url: `${t.url}${t.path}`,
     method: 'POST',
     connections: opts.connections,
     duration: opts.seconds,
     ...(opts.amount ? { amount: opts.amount } : {}),
     ...(opts.overallRate ? { overallRate: opts.overallRate } : {}),
-    headers: { authorization: `Bearer ${agentToken}`, 'content-type': 'application/json' },
-    body: JSON.stringify({ taskId, role: 'tickets-api', scopes: ['tickets:read'], ttlSeconds: 600 }),
+    headers: t.headers,
+    body: t.body,
   });
 }
 
-async function issuance(label: string, policiesDir: string): Promise<Record<string, number>> {
+function issueLoad(url: string, taskId: string, opts: { connections: number; overallRate?: number; seconds: number; amount?: number }) {
+  return load(issueTarget(url, taskId), opts);
+}
+
+/**
+ * Warm-up, saturation (64 connections), then each open-loop rate; `loop`
+ * measures the server's event loop. `pid`: the server's CPU time per request
+ * at saturation (µs), which a busy shared machine disturbs less than the rate.
+ */
+async function measure(
+  t: Target,
+  rates: number[],
+  server: { pid?: number | undefined; loop?: string },
+): Promise<Record<string, number | LoopStats>> {
+  await load(t, { connections: 16, seconds: 2 }); // warm-up (JIT, connections)
+  const cpu0 = cpuMs(server.pid);
+  const main0 = cpuMs(server.pid, true);
+  const sat = await load(t, { connections: 64, seconds: SECONDS });
+  const cpu1 = cpuMs(server.pid);
+  const main1 = cpuMs(server.pid, true);
+  const out: Record<string, number | LoopStats> = {
+    saturationPerSecond: Math.round(sat['2xx'] / SECONDS),
+    saturationNon2xx: sat.non2xx + sat.errors,
+    saturationP99Ms: sat.latency.p99,
+    ...(cpu0 !== undefined && cpu1 !== undefined && sat['2xx'] > 0
+      ? {
+          saturationCpuUsPerRequest: Math.round(((cpu1 - cpu0) * 1000) / sat['2xx']),
+          saturationMainThreadCpuUsPerRequest: Math.round(((main1! - main0!) * 1000) / sat['2xx']),
+        }
+      : {}),
+  };
+  for (const rate of rates) {
+    const before = server.loop ? await mark(server.loop) : undefined;
+    const paced = await pacedLoad({ ...t, rate, seconds: SECONDS });
+    if (server.loop && before) out[`at${rate}Loop`] = await since(server.loop, before);
+    out[`at${rate}PerSecondP50Ms`] = paced.p50Ms;
+    out[`at${rate}PerSecondP99Ms`] = paced.p99Ms;
+    out[`at${rate}PerSecondMaxMs`] = paced.maxMs;
+    out[`at${rate}Achieved`] = Math.round(paced.ok / SECONDS);
+    out[`at${rate}Non2xx`] = paced.failed;
+  }
+  return out;
+}
+
+/**
+ * User + system CPU time of a process so far (ms), all its threads or only the
+ * main one (the event loop), from /proc (Linux); undefined elsewhere.
+ */
+function cpuMs(pid: number | undefined, mainThread = false): number | undefined {
+  if (pid === undefined) return undefined;
+  try {
+    const stat = readFileSync(mainThread ? `/proc/${pid}/task/${pid}/stat` : `/proc/${pid}/stat`, 'utf8');
+    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    return ((Number(f[11]) + Number(f[12])) * 1000) / 100; // utime + stime, in USER_HZ (100/s)
+  } catch {
+    return undefined;
+  }
+}
+
+const describe = (out: Record<string, number | LoopStats>, rates: number[]): string =>
+  [
+    `${out.saturationPerSecond}/s at saturation (p99 ${out.saturationP99Ms} ms, non-2xx ${out.saturationNon2xx}${out.saturationCpuUsPerRequest ? `, CPU per request ${out.saturationCpuUsPerRequest} µs, ${out.saturationMainThreadCpuUsPerRequest} µs on the main thread` : ''})`,
+    ...rates.map((rate) => {
+      const loop = out[`at${rate}Loop`] as LoopStats | undefined;
+      return `at ${rate}/s p50 ${out[`at${rate}PerSecondP50Ms`]} ms, p99 ${out[`at${rate}PerSecondP99Ms`]} ms, max ${out[`at${rate}PerSecondMaxMs`]} ms (${out[`at${rate}Achieved`]}/s achieved, non-2xx ${out[`at${rate}Non2xx`]})${loop ? `; event loop p99 ${loop.loopP99Ms} ms max ${loop.loopMaxMs} ms, GC ${loop.gcMsPerSecond} ms/s, ${loop.majorGcs} major` : ''}`;
+    }),
+  ].join('; ');
+
+/** The peer: node-oidc-provider, its own process, the same load. */
+async function peer(): Promise<Record<string, number | LoopStats>> {
+  const p = await startPeerOidc(PORT + 1);
+  try {
+    const out = await measure({ url: p.url, ...peerTokenRequest() }, RATES, { pid: p.child.pid });
+    log(`peer [oidc-provider, ES256 JWT client_credentials]: ${describe(out, RATES)}`);
+    return out;
+  } finally {
+    await p.stop();
+  }
+}
+
+async function issuance(label: string, policiesDir: string, rates: number[]): Promise<Record<string, number | LoopStats>> {
   const prefix = `bench-${label}`;
   const config = writeBenchConfig({ redisUrl: redis.url, prefix, port: PORT, issuer, policiesDir });
   const broker = await startBrokerProcess(config, PORT);
-  await openTask(broker.url, `t-${label}`);
-  await issueLoad(broker.url, `t-${label}`, { connections: 16, seconds: 2 }); // warm-up (JIT, connections)
-  const sat = await issueLoad(broker.url, `t-${label}`, { connections: 64, seconds: SECONDS });
-  const paced = await pacedLoad({
-    url: broker.url,
-    path: '/v1/credentials',
-    rate: 1000,
-    seconds: SECONDS,
-    headers: { authorization: `Bearer ${agentToken}`, 'content-type': 'application/json' },
-    body: JSON.stringify({ taskId: `t-${label}`, role: 'tickets-api', scopes: ['tickets:read'], ttlSeconds: 600 }),
-  });
-  await broker.stop();
+  let out: Record<string, number | LoopStats>;
+  try {
+    await openTask(broker.url, `t-${label}`);
+    out = await measure(issueTarget(broker.url, `t-${label}`), rates, { pid: broker.child.pid, loop: broker.url });
+  } finally {
+    await broker.stop();
+  }
   await redis.redis.flushall();
-  const out = {
-    saturationPerSecond: Math.round(sat['2xx'] / SECONDS),
-    saturationNon2xx: sat.non2xx,
-    saturationP99Ms: sat.latency.p99,
-    at1000PerSecondP50Ms: paced.p50Ms,
-    at1000PerSecondP99Ms: paced.p99Ms,
-    at1000PerSecondMaxMs: paced.maxMs,
-    at1000Achieved: Math.round(paced.ok / SECONDS),
-    at1000Non2xx: paced.failed,
-  };
-  log(
-    `issuance [${label}]: ${out.saturationPerSecond}/s at saturation (p99 ${out.saturationP99Ms} ms); at 1000/s p50 ${out.at1000PerSecondP50Ms} ms, p99 ${out.at1000PerSecondP99Ms} ms (${out.at1000Achieved}/s achieved, non-2xx ${out.saturationNon2xx + out.at1000Non2xx})`,
-  );
+  log(`issuance [${label}]: ${describe(out, rates)}`);
   return out;
 }
 
@@ -136,8 +221,9 @@ try {
     log(`reference (verify + sign + SET + BullMQ add, no Express): ${(results.reference as { perSecond: number }).perSecond}/s`);
   await redis.redis.flushall();
   if (ONLY.has('issuance')) {
-    results.issuancePermitAll = await issuance('permit-all', writePolicies('permit-all'));
-    results.issuancePolicy = await issuance('policy-24', writePolicies('realistic', 24));
+    results.peerOidcProvider = await peer();
+    results.issuancePermitAll = await issuance('permit-all', writePolicies('permit-all'), RATES.slice(0, 1));
+    results.issuancePolicy = await issuance('policy-24', writePolicies('realistic', 24), RATES);
   }
   if (ONLY.has('lag')) {
     const config = writeBenchConfig({
@@ -188,13 +274,27 @@ try {
   const ref = (results.reference as { perSecond: number } | undefined)?.perSecond;
   const a = results.issuancePermitAll as Record<string, number> | undefined;
   const p = results.issuancePolicy as Record<string, number> | undefined;
-  if (ref && a && p) {
-    results.ratios = {
-      brokerVsReference: +(a.saturationPerSecond! / ref).toFixed(2),
-      policyVsNoPolicy: +(p.saturationPerSecond! / a.saturationPerSecond!).toFixed(2),
-    };
+  const o = results.peerOidcProvider as Record<string, number> | undefined;
+  const ratios: Record<string, number> = {};
+  if (ref && a) ratios.brokerVsReference = +(a.saturationPerSecond! / ref).toFixed(2);
+  if (a && p) ratios.policyVsNoPolicy = +(p.saturationPerSecond! / a.saturationPerSecond!).toFixed(2);
+  if (a?.saturationCpuUsPerRequest && o?.saturationCpuUsPerRequest)
+    ratios.peerVsBrokerCpuPerRequest = +(o.saturationCpuUsPerRequest / a.saturationCpuUsPerRequest).toFixed(2);
+  if (a && o) ratios.brokerVsPeer = +(a.saturationPerSecond! / o.saturationPerSecond!).toFixed(2);
+  if (p && o) ratios.brokerPolicyVsPeer = +(p.saturationPerSecond! / o.saturationPerSecond!).toFixed(2);
+  if (Object.keys(ratios).length > 0) {
+    results.ratios = ratios;
     log(
-      `ratios: broker/reference ${(results.ratios as any).brokerVsReference}, with policy/without ${(results.ratios as any).policyVsNoPolicy}`,
+      `ratios: ${Object.entries({
+        'broker/reference': ratios.brokerVsReference,
+        'broker/peer (oidc-provider)': ratios.brokerVsPeer,
+        'broker with 24 policies/peer': ratios.brokerPolicyVsPeer,
+        'with policy/without': ratios.policyVsNoPolicy,
+        'CPU per request peer/broker': ratios.peerVsBrokerCpuPerRequest,
+      })
+        .filter(([, v]) => v !== undefined)
+        .map(([k, v]) => `${k} ${v}`)
+        .join(', ')}`,
     );
   }
   mkdirSync('bench-results', { recursive: true });

@@ -112,8 +112,8 @@ export function writeBenchConfig(opts: {
     server: { port: opts.port, publicUrl: `http://127.0.0.1:${opts.port}`, rateLimit: benchRateLimit() },
     redis: { url: opts.redisUrl, prefix: opts.prefix },
     secrets: { kek: { file: kek } },
-    // The load piles tens of thousands of leases on one task: the per-task bound (1,000 live) would refuse them.
-    tasks: { maxLeases: 0 },
+    // The load piles tens of thousands of leases on one task: the per-task bounds (1,000 live, 10,000 ever) would refuse them.
+    tasks: { maxLeases: 0, maxLeasesTotal: 0 },
     // Each bench broker its own export: the default ./data/audit.jsonl belongs to one prefix.
     audit: { export: { file: join(dir, 'audit.jsonl') } },
     trust: [{ name: 'bench', kind: 'spiffe', trustDomain: 'bench.local', audiences: ['jit-broker'], jwks: { keys: opts.issuer.bundle } }],

@@ -44,6 +44,9 @@ export interface AuditExporterOptions {
 }
 
 const LOCK_TTL_MS = 30_000;
+/** Records checked between two turns of the event loop (~1 ms of work). */
+const YIELD_EVERY = 100;
+const yieldToRequests = () => new Promise<void>((resolve) => setImmediate(resolve));
 
 /** Where this process last left off in a chain's stream: the stream id of the record the marker names. */
 interface Cursor {
@@ -186,7 +189,10 @@ export class AuditExporter {
       if (page.length === 0) break;
       const lines: string[] = [];
       let last: AuditRecord | undefined;
+      let checked = 0;
       for (const [, fields] of page) {
+        // Re-hashing a page takes ~10 ms of CPU: let requests in between (issuance p99 under load).
+        if (++checked % YIELD_EVERY === 0) await yieldToRequests();
         const raw = fields[fields.indexOf('r') + 1] ?? '';
         let r: AuditRecord;
         try {

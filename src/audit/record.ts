@@ -59,15 +59,28 @@ export function hashRecord(r: Omit<AuditRecord, 'hash'>): string {
   return createHash('sha256').update(r.prev).update('\n').update(canonicalJson(r)).digest('hex');
 }
 
-/** JSON with object keys sorted at every level, so the hash does not depend on key order. */
+/**
+ * JSON with object keys sorted at every level, so the hash does not depend on
+ * key order; properties whose value is undefined are left out. Built by
+ * concatenation (no intermediate arrays): every issuance hashes a record.
+ */
 export function canonicalJson(v: unknown): string {
-  if (Array.isArray(v)) return `[${v.map(canonicalJson).join(',')}]`;
-  if (v && typeof v === 'object') {
-    return `{${Object.keys(v)
-      .sort()
-      .filter((k) => (v as Record<string, unknown>)[k] !== undefined)
-      .map((k) => `${JSON.stringify(k)}:${canonicalJson((v as Record<string, unknown>)[k])}`)
-      .join(',')}}`;
+  if (typeof v !== 'object' || v === null) return JSON.stringify(v);
+  if (Array.isArray(v)) {
+    let out = '[';
+    for (let i = 0; i < v.length; i++) {
+      if (i > 0) out += ',';
+      out += canonicalJson(v[i]) ?? ''; // as Array.prototype.join writes an undefined element
+    }
+    return `${out}]`;
   }
-  return JSON.stringify(v);
+  const o = v as Record<string, unknown>;
+  let out = '{';
+  for (const k of Object.keys(o).sort()) {
+    const x = o[k];
+    if (x === undefined) continue;
+    if (out.length > 1) out += ',';
+    out += `${JSON.stringify(k)}:${canonicalJson(x)}`;
+  }
+  return `${out}}`;
 }

@@ -1,4 +1,3 @@
-import { randomBytes } from 'node:crypto';
 import type { ApprovalRecord } from '../approvals/approval-store.ts';
 import { authorize, deny, taskContext } from '../authz.ts';
 import { roleOf } from '../config/roles.ts';
@@ -186,7 +185,7 @@ export class CredentialService {
     }
     const bucket = this.deps.keys.bucketOfTask(task.taskId);
     const fixed: LeaseFixed = {
-      leaseId: Keys.newId(bucket, randomBytes(16)),
+      leaseId: Keys.newRandomId(bucket),
       taskId: task.taskId,
       role: body.role,
       provider: role.provider,

@@ -194,9 +194,10 @@ export class RateLimits {
   gate(): RequestHandler {
     return (req, res, next) => {
       if (this.budgets.unauthenticated) {
-        const client = clientKey(req.ip ?? req.socket.remoteAddress);
-        const until = this.blocked.get(client);
-        if (until !== undefined) {
+        // Nothing blocked (the usual case): no need to work out the client address (req.ip, ipaddr) per request.
+        const client = this.blocked.size > 0 ? clientKey(req.ip ?? req.socket.remoteAddress) : undefined;
+        const until = client === undefined ? undefined : this.blocked.get(client);
+        if (client !== undefined && until !== undefined) {
           const ms = until - Date.now();
           if (ms > 0) {
             const err = this.refuse(

@@ -4,6 +4,7 @@ import type { Deps } from '../deps.ts';
 import { notFound } from '../errors.ts';
 import type { WorkloadIdentity } from '../identity/types.ts';
 import { endLeases } from '../revocation/ending.ts';
+import { verifyEs256 } from '../signing/ecdsa.ts';
 import type { TaskRecord } from '../tasks/types.ts';
 import { LeaseStore } from './lease-store.ts';
 import type { LeaseRecord } from './types.ts';
@@ -103,12 +104,7 @@ export class LeaseService {
     if (!key) return INACTIVE;
     const input = Buffer.from(`${parts[0]}.${parts[1]}`);
     const sig = Buffer.from(parts[2]!, 'base64url');
-    const ok =
-      header.alg === 'ES256'
-        ? cryptoVerify('sha256', input, { key, dsaEncoding: 'ieee-p1363' }, sig)
-        : header.alg === 'EdDSA'
-          ? cryptoVerify(null, input, key, sig)
-          : false;
+    const ok = header.alg === 'ES256' ? verifyEs256(input, key, sig) : header.alg === 'EdDSA' ? cryptoVerify(null, input, key, sig) : false;
     if (!ok) return INACTIVE;
     if (claims.iss !== this.deps.config.server.publicUrl || typeof claims.exp !== 'number' || claims.exp * 1000 <= this.deps.clock.now())
       return INACTIVE;

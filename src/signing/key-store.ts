@@ -1,5 +1,7 @@
 import { createPrivateKey, createPublicKey, generateKeyPairSync, type KeyObject, randomUUID, sign as cryptoSign } from 'node:crypto';
+import { promisify } from 'node:util';
 import { unavailable } from '../errors.ts';
+import { signEs256 } from './ecdsa.ts';
 import type { Logger } from '../logger.ts';
 import type { RedisClock } from '../redis/clock.ts';
 import type { Keys } from '../redis/keys.ts';
@@ -9,6 +11,8 @@ import type { Kek } from './kek.ts';
 export type SigningAlg = 'ES256' | 'EdDSA';
 
 const storeFirst = script('signing-key-first');
+/** crypto.sign with a callback: computed on the thread pool. */
+const signAsync = promisify(cryptoSign);
 
 /** A signing key as kept in Redis: the private part sealed under the KEK. */
 interface StoredKey {
@@ -127,14 +131,17 @@ export class SigningKeyStore {
     return { keys: this.keys.filter((k) => k.retireAt === undefined || k.retireAt > now).map((k) => k.publicJwk) };
   }
 
-  /** Signs an at+jwt (JWS compact serialization) with the current key. */
-  sign(_header: { typ: 'at+jwt' }, payload: Record<string, unknown>): string {
+  /**
+   * Signs an at+jwt (JWS compact serialization) with the current key (chosen
+   * now). The signature itself is computed on libuv's thread pool: it is the
+   * largest single cost of an issuance, and off the event loop it runs beside
+   * the next request instead of in front of it.
+   */
+  async sign(_header: { typ: 'at+jwt' }, payload: Record<string, unknown>): Promise<string> {
     const key = this.current();
     const input = `${key.header}.${Buffer.from(JSON.stringify(payload)).toString('base64url')}`;
-    const sig =
-      key.alg === 'ES256'
-        ? cryptoSign('sha256', Buffer.from(input), { key: key.privateKey, dsaEncoding: 'ieee-p1363' })
-        : cryptoSign(null, Buffer.from(input), key.privateKey);
+    const data = Buffer.from(input);
+    const sig = key.alg === 'ES256' ? await signEs256(data, key.privateKey) : await signAsync(null, data, key.privateKey);
     return `${input}.${sig.toString('base64url')}`;
   }
 

@@ -49,7 +49,7 @@ export class JwtProvider implements Provider<JwtRoleConfig> {
     const exp = iat + req.ttlSeconds;
     const scope = req.scopes.join(' ');
     const act = actClaim(req.task.delegators);
-    const token = this.keys.sign(
+    const token = await this.keys.sign(
       { typ: 'at+jwt' },
       {
         iss: this.issuer,

@@ -1,0 +1,140 @@
+/**
+ * CPU profile of the broker's issuance path: starts the bench broker with
+ * `--cpu-prof` (24 Cedar policies, like the paced figures), drives
+ * POST /v1/credentials with autocannon (64 connections, a fixed number of
+ * requests), stops it and prints the heaviest frames by self time, and self
+ * time summed per source area (the broker's modules, its dependencies, node
+ * internals, GC). The .cpuprofile is kept (open it in Chrome DevTools or
+ * speedscope for the flame graph).
+ *
+ *   node scripts/bench/profile.ts [requests=40000]   (PROFILE_POLICIES=permit-all for one permit-all policy)
+ *
+ * PROFILE_RATE=2000 sends the requests open loop at that rate instead
+ * (scripts/bench/paced.ts), to see what else holds the event loop meanwhile.
+ */
+import { mkdtempSync, readdirSync, readFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import autocannon from 'autocannon';
+import { pacedLoad } from './paced.ts';
+import { BenchIssuer, startBenchRedis, startBrokerProcess, writeBenchConfig, writePolicies } from './setup.ts';
+
+interface Node {
+  id: number;
+  callFrame: { functionName: string; url: string; lineNumber: number };
+  children?: number[];
+}
+interface Profile {
+  nodes: Node[];
+  samples: number[];
+  timeDeltas: number[];
+}
+
+/**
+ * Self time per frame and per area (ms), from a V8 .cpuprofile, over the load
+ * only: from the first sample inside the issuance handler to the last (start-up
+ * and shutdown left out).
+ */
+export function summarize(profile: Profile): { total: number; frames: [string, number][]; areas: [string, number][] } {
+  const byId = new Map(profile.nodes.map((n) => [n.id, n]));
+  const parent = new Map<number, number>();
+  for (const n of profile.nodes) for (const c of n.children ?? []) parent.set(c, n.id);
+  const inIssuance = new Map<number, boolean>();
+  const issuing = (id: number): boolean => {
+    let v = inIssuance.get(id);
+    if (v === undefined) {
+      const p = parent.get(id);
+      const f = byId.get(id)!.callFrame;
+      v = (f.functionName === 'request' && f.url.endsWith('/src/credentials/credential-service.ts')) || (p !== undefined && issuing(p));
+      inIssuance.set(id, v);
+    }
+    return v;
+  };
+  const first = profile.samples.findIndex(issuing);
+  const last = profile.samples.findLastIndex(issuing);
+  const self = new Map<number, number>();
+  for (let i = Math.max(0, first); i <= last; i++) {
+    const id = profile.samples[i]!;
+    self.set(id, (self.get(id) ?? 0) + (profile.timeDeltas[i] ?? 0) / 1000);
+  }
+  const frames = new Map<string, number>();
+  const areas = new Map<string, number>();
+  let total = 0;
+  for (const [id, ms] of self) {
+    const f = byId.get(id)!.callFrame;
+    const file = f.url.replace(/^file:\/\//, '');
+    const short = file.replace(/^.*\/node_modules\//, '').replace(/^.*?\/(src|scripts)\//, '$1/');
+    const name = `${f.functionName || '(anonymous)'} ${short ? `${short}:${f.lineNumber + 1}` : ''}`.trim();
+    frames.set(name, (frames.get(name) ?? 0) + ms);
+    const area = !file
+      ? f.functionName // (program), (garbage collector), (idle), native
+      : file.includes('/node_modules/')
+        ? file.replace(/^.*\/node_modules\/((@[^/]+\/)?[^/]+).*$/, '$1')
+        : file.startsWith('node:')
+          ? file.split('/').slice(0, 2).join('/') // node:internal/crypto, node:_http_server
+          : file.replace(/^.*?\/(src\/[^/]+).*$/, '$1');
+    areas.set(area, (areas.get(area) ?? 0) + ms);
+    if (f.functionName !== '(idle)') total += ms;
+  }
+  const sorted = (m: Map<string, number>) => [...m].filter(([k]) => k !== '(idle)').sort((a, b) => b[1] - a[1]);
+  return { total, frames: sorted(frames), areas: sorted(areas) };
+}
+
+async function main(): Promise<void> {
+  const requests = Number(process.argv[2] ?? 40_000);
+  const port = Number(process.env.BENCH_PORT ?? 18_080) + 2;
+  const dir = mkdtempSync(join(tmpdir(), 'jit-prof-'));
+  const redis = await startBenchRedis();
+  const issuer = new BenchIssuer();
+  const policies = process.env.PROFILE_POLICIES === 'permit-all' ? writePolicies('permit-all') : writePolicies('realistic', 24);
+  const config = writeBenchConfig({ redisUrl: redis.url, prefix: 'bench-prof', port, issuer, policiesDir: policies });
+  process.env.BENCH_NODE_FLAGS = `--cpu-prof --cpu-prof-dir=${dir} --cpu-prof-interval=200`;
+  const broker = await startBrokerProcess(config, port);
+  const orch = issuer.svid('/orchestrator/bench');
+  const agent = issuer.svid('/agent/bench');
+  const open = await fetch(`${broker.url}/v1/tasks`, {
+    method: 'POST',
+    headers: { authorization: `Bearer ${orch}`, 'content-type': 'application/json' },
+    body: JSON.stringify({
+      taskId: 't-prof',
+      agent: 'spiffe://bench.local/agent/bench',
+      tenant: 'acme',
+      purpose: 'bench',
+      ttlSeconds: 3600,
+      grants: [{ role: 'tickets-api', scopes: ['tickets:read'] }],
+    }),
+  });
+  if (open.status !== 201) throw new Error(`open task: ${open.status}`);
+  const t0 = performance.now();
+  const headers = { authorization: `Bearer ${agent}`, 'content-type': 'application/json' };
+  const body = JSON.stringify({ taskId: 't-prof', role: 'tickets-api', scopes: ['tickets:read'], ttlSeconds: 600 });
+  const rate = Number(process.env.PROFILE_RATE ?? 0);
+  let r: { '2xx': number; non2xx: number };
+  if (rate > 0) {
+    const p = await pacedLoad({ url: broker.url, path: '/v1/credentials', headers, body, rate, seconds: requests / rate });
+    r = { '2xx': p.ok, non2xx: p.failed };
+    console.log(`open loop at ${rate}/s: p50 ${p.p50Ms} ms, p99 ${p.p99Ms} ms, max ${p.maxMs} ms`);
+  } else {
+    r = await autocannon({ url: `${broker.url}/v1/credentials`, method: 'POST', connections: 64, amount: requests, headers, body });
+  }
+  const seconds = (performance.now() - t0) / 1000;
+  await broker.stop();
+  await redis.stop();
+  const file = readdirSync(dir).find((f) => f.endsWith('.cpuprofile'));
+  if (!file) throw new Error(`no profile written in ${dir}`);
+  const { total, frames, areas } = summarize(JSON.parse(readFileSync(join(dir, file), 'utf8')) as Profile);
+  const pct = (ms: number) => `${((100 * ms) / total).toFixed(1).padStart(5)}% ${((ms * 1000) / r['2xx']).toFixed(1).padStart(6)} µs`;
+  console.log(
+    `${r['2xx']} issued (non-2xx ${r.non2xx}) in ${seconds.toFixed(1)} s; broker busy ${(total / 1000).toFixed(1)} s = ${Math.round((total * 1000) / r['2xx'])} µs CPU (on its main thread) per issuance`,
+  );
+  console.log('\nself time by area (share, µs per issuance):');
+  for (const [k, ms] of areas.slice(0, 16)) console.log(`${pct(ms)}  ${k}`);
+  console.log('\ntop frames by self time (share, µs per issuance):');
+  for (const [k, ms] of frames.slice(0, 30)) console.log(`${pct(ms)}  ${k}`);
+  console.log(`\nprofile: ${join(dir, file)}`);
+}
+
+if (import.meta.url === `file://${process.argv[1]}`) {
+  await main();
+  process.exit(0);
+}
