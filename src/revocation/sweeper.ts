@@ -4,7 +4,7 @@ import { LeaseStore } from '../leases/lease-store.ts';
 import type { LeaseRecord, RevokeReason } from '../leases/types.ts';
 import { script } from '../redis/scripts.ts';
 import type { TaskEndReason } from '../tasks/types.ts';
-import { endLeases } from './ending.ts';
+import { endLeases, localKinds } from './ending.ts';
 
 const sweepScript = script('sweep');
 
@@ -34,11 +34,7 @@ export class Sweeper {
 
   constructor(deps: Deps) {
     this.deps = deps;
-    this.localKinds = deps.providers
-      .all()
-      .filter(([, p]) => !p.upstream)
-      .map(([k]) => k)
-      .join(' ');
+    this.localKinds = localKinds(deps);
   }
 
   start(): void {
@@ -78,9 +74,9 @@ export class Sweeper {
       for (let i = 0; i + 3 < expired.length; i += 4) {
         const [leaseId, taskId, role, expiresAt] = [expired[i]!, expired[i + 1]!, expired[i + 2]!, Number(expired[i + 3])];
         metrics.revocationLag.observe({ reason: 'ttl_expired' }, Math.max(0, now - expiresAt) / 1000);
-        metrics.revocations.inc({ result: 'expired', reason: 'ttl_expired', provider: 'jwt' });
         events.push({ action: 'lease.expire', actor: 'broker', decision: 'ok', taskId, role, leaseId, reason: 'ttl_expired' });
       }
+      if (events.length > 0) metrics.revocations.inc({ result: 'expired', reason: 'ttl_expired', provider: 'jwt' }, events.length);
       for (const ids of groups) {
         const [root, ...children] = ids as [string, ...string[]];
         events.push({ action: 'task.expire', actor: 'broker', decision: 'ok', taskId: root });
@@ -125,7 +121,9 @@ export class Sweeper {
         const t = byId.get(l.taskId);
         if (t?.status !== 'open') {
           const reason = (t?.reason as TaskEndReason | undefined) ?? (t?.status === 'expired' ? 'task_expired' : 'task_completed');
-          ofEndedTasks.set(reason, [...(ofEndedTasks.get(reason) ?? []), l]);
+          const list = ofEndedTasks.get(reason);
+          if (list) list.push(l);
+          else ofEndedTasks.set(reason, [l]);
         } else if (l.status === 'revoking' || l.status === 'revoke_failed') {
           inProgress.push(l);
         }
