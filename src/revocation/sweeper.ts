@@ -28,7 +28,10 @@ export class Sweeper {
   private readonly deps: Deps;
   private sweepTimer: NodeJS.Timeout | undefined;
   private reconcileTimer: NodeJS.Timeout | undefined;
-  private sweeping = false;
+  /** Buckets whose sweep is running: a tick skips those (a busy bucket does not hold up the others). */
+  private readonly busy = new Set<number>();
+  /** Per bucket: the audit records of its last round, being written (resolves when durable, never rejects). */
+  private readonly writing = new Map<number, Promise<void>>();
   private reconciling = false;
   private readonly localKinds: string;
 
@@ -38,7 +41,7 @@ export class Sweeper {
   }
 
   start(): void {
-    this.sweepTimer = setInterval(() => void this.sweep(), this.deps.config.revocation.sweepMs);
+    this.sweepTimer = setInterval(() => void this.tick(), this.deps.config.revocation.sweepMs);
     this.reconcileTimer = setInterval(() => void this.reconcile(), this.deps.config.revocation.reconcileIntervalMs);
     this.sweepTimer.unref();
     this.reconcileTimer.unref();
@@ -49,21 +52,38 @@ export class Sweeper {
     clearInterval(this.reconcileTimer);
   }
 
-  /** One pass over every bucket. */
+  /** One pass over every bucket; resolves once the pass's audit records are durable. */
   async sweep(): Promise<void> {
-    if (this.sweeping) return;
-    this.sweeping = true;
-    try {
-      await Promise.all(Array.from({ length: this.deps.keys.buckets }, (_, b) => this.sweepBucket(b)));
-    } catch (err) {
-      this.deps.logger.warn({ err: (err as Error).message }, 'sweep failed');
-    } finally {
-      this.sweeping = false;
-    }
+    await this.tick();
+    await Promise.all(this.writing.values());
   }
 
+  /** What the timer runs: every bucket not still busy with the previous tick, in parallel. */
+  private async tick(): Promise<void> {
+    await Promise.all(
+      Array.from({ length: this.deps.keys.buckets }, async (_, b) => {
+        if (this.busy.has(b)) return;
+        this.busy.add(b);
+        try {
+          await this.sweepBucket(b);
+        } catch (err) {
+          this.deps.logger.warn({ err: (err as Error).message, bucket: b }, 'sweep failed');
+        } finally {
+          this.busy.delete(b);
+        }
+      }),
+    );
+  }
+
+  /**
+   * Sweeps one bucket. The leases end in the script (introspection answers
+   * inactive from then on); their audit records follow. A round does not wait
+   * for its own records before the next round or tick runs the script again,
+   * only for the previous round's: a burst of expiries is ended on time while
+   * the chain catches up, and at most two rounds of records are in flight.
+   */
   private async sweepBucket(bucket: number): Promise<void> {
-    const { keys, redis, leases, queue, audit, metrics } = this.deps;
+    const { keys, redis, leases, queue, metrics } = this.deps;
     for (let round = 0; round < 20; round++) {
       const [now, expired, handoff, groups] = (await sweepScript.run(
         redis,
@@ -86,10 +106,23 @@ export class Sweeper {
         await queue.endTasks(root, ids, 'task_expired', now);
       }
       await queue.endLeases(handoff.map((leaseId) => ({ leaseId, reason: 'ttl_expired' as const, requestedAt: now })));
-      await audit.appendAll(events);
+      if (events.length > 0) await this.record(bucket, events);
       // A full page means more may be due right now: go again rather than wait for the next tick.
       if (expired.length / 4 + handoff.length < 1000 && groups.length < 200) return;
     }
+  }
+
+  /** Queues a round's records behind the bucket's previous round, then waits for that previous round. */
+  private async record(bucket: number, events: AuditEvent[]): Promise<void> {
+    const previous = this.writing.get(bucket);
+    const mine = this.deps.audit.appendAll(events).catch((err: Error) => {
+      this.deps.logger.error({ err: err.message, bucket, records: events.length }, 'sweep: audit records could not be written');
+    });
+    this.writing.set(bucket, mine);
+    void mine.then(() => {
+      if (this.writing.get(bucket) === mine) this.writing.delete(bucket);
+    });
+    await previous;
   }
 
   /** Finds live leases whose revocation should have happened and finishes it. Returns how many. */
