@@ -22,6 +22,7 @@
  * Revocation timestamps are the broker's (Redis TIME, ms); the bench's own
  * clock is the same machine's, so the two compare directly.
  */
+import { readFileSync } from 'node:fs';
 import { Agent, request } from 'node:http';
 import { pathToFileURL } from 'node:url';
 import type { Redis } from 'ioredis';
@@ -37,7 +38,7 @@ const pct = (xs: number[], p: number) => {
 };
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-type Ctx = { url: string; issuer: BenchIssuer; redis: Redis; prefix: string };
+type Ctx = { url: string; issuer: BenchIssuer; redis: Redis; prefix: string; pid: number };
 
 /** POSTs JSON with a keep-alive agent; resolves status + body. */
 function post(agent: Agent, url: string, path: string, token: string, body: unknown): Promise<{ status: number; body: string }> {
@@ -127,6 +128,29 @@ async function leaseKeyOf(ctx: Ctx): Promise<(id: string) => string> {
   return (id) => keys.lease(id);
 }
 
+/** CPU time the broker process has used so far (user + system, ms; Linux /proc, 10 ms resolution). */
+function brokerCpuMs(ctx: Ctx): number {
+  try {
+    const f = readFileSync(`/proc/${ctx.pid}/stat`, 'utf8');
+    const rest = f.slice(f.lastIndexOf(')') + 2).split(' ');
+    return ((Number(rest[11]) + Number(rest[12])) * 1000) / 100;
+  } catch {
+    return Number.NaN;
+  }
+}
+
+/** Total time Redis spent executing commands so far (INFO commandstats), in ms, and per-command detail. */
+async function redisBusy(ctx: Ctx): Promise<{ totalMs: number; byCommand: Map<string, { calls: number; usec: number }>; cpuMs: number }> {
+  const info = await ctx.redis.info('commandstats');
+  const byCommand = new Map<string, { calls: number; usec: number }>();
+  let usec = 0;
+  for (const m of info.matchAll(/cmdstat_([a-z|]+):calls=(\d+),usec=(\d+)/g)) {
+    byCommand.set(m[1]!, { calls: Number(m[2]), usec: Number(m[3]) });
+    usec += Number(m[3]);
+  }
+  return { totalMs: usec / 1000, byCommand, cpuMs: brokerCpuMs(ctx) };
+}
+
 /** Waits until no lease is live (or `limitMs` passed); returns ms from `t0` to when that was seen. */
 async function untilNoneLive(ctx: Ctx, t0: number, limitMs: number): Promise<number> {
   while (performance.now() - t0 < limitMs) {
@@ -153,7 +177,7 @@ async function withBroker<T>(
   });
   const broker = await startBrokerProcess(config, PORT);
   try {
-    return await run({ url: broker.url, issuer, redis: redis.redis, prefix });
+    return await run({ url: broker.url, issuer, redis: redis.redis, prefix, pid: broker.child.pid! });
   } finally {
     await broker.stop();
     await redis.redis.flushall();
@@ -177,8 +201,11 @@ export async function burstExpiry(ctx: Ctx, n = N) {
   if (Date.now() >= T) throw new Error('burst expiry: issuance took past T; raise the lead time');
   const live = await liveCount(ctx);
   await sleep(T - Date.now());
+  const busy0 = await redisBusy(ctx);
   const t0 = performance.now();
   const seen = await untilNoneLive(ctx, t0, 30_000);
+  await sleep(1000); // the audit records follow the state change
+  const busy1 = await redisBusy(ctx);
   const recs = await records(ctx, ids);
   const notExpired = recs.filter((r) => r.status !== 'expired').length;
   const lag = recs.map((r) => r.revokedAt - r.expiresAt);
@@ -195,6 +222,17 @@ export async function burstExpiry(ctx: Ctx, n = N) {
     lagP99Ms: round(pct(lag, 99)),
     lagMaxMs: round(Math.max(...lag)),
     noneLiveSeenAfterMs: round(seen),
+    ...redisCost(busy0, busy1),
+  };
+}
+
+/** Redis's own execution time between two readings (the poll of this bench included: ZCARDs). */
+function redisCost(a: Awaited<ReturnType<typeof redisBusy>>, b: Awaited<ReturnType<typeof redisBusy>>) {
+  const scripts = ['evalsha', 'eval'].reduce((n, c) => n + (b.byCommand.get(c)?.usec ?? 0) - (a.byCommand.get(c)?.usec ?? 0), 0);
+  return {
+    redisBusyMs: round(b.totalMs - a.totalMs),
+    redisScriptsMs: round(scripts / 1000),
+    brokerCpuMs: round(b.cpuMs - a.cpuMs),
   };
 }
 
@@ -210,6 +248,7 @@ export async function completeMany(ctx: Ctx, n = N) {
   );
   const memory = await memoryBreakdown(ctx, ids, ['t-complete']);
   await sleep(500);
+  const busy0 = await redisBusy(ctx);
   const agent = new Agent({ keepAlive: false });
   const sentAt = Date.now();
   const t0 = performance.now();
@@ -218,6 +257,8 @@ export async function completeMany(ctx: Ctx, n = N) {
   agent.destroy();
   if (r.status >= 300) throw new Error(`complete: ${r.status} ${r.body}`);
   const seen = await untilNoneLive(ctx, t0, 60_000);
+  await sleep(1000);
+  const busy1 = await redisBusy(ctx);
   const recs = await records(ctx, ids);
   const lag = recs.map((x) => x.revokedAt - sentAt);
   return {
@@ -229,6 +270,7 @@ export async function completeMany(ctx: Ctx, n = N) {
       lagP50Ms: round(pct(lag, 50)),
       lagP99Ms: round(pct(lag, 99)),
       noneLiveSeenAfterMs: round(seen),
+      ...redisCost(busy0, busy1),
     },
     memory,
   };
@@ -248,11 +290,14 @@ export async function killSwitch(ctx: Ctx, n = N, tasks = 20) {
   const agent = new Agent({ keepAlive: false });
   const sentAt = Date.now();
   const t0 = performance.now();
+  const busy0 = await redisBusy(ctx);
   const r = await post(agent, ctx.url, '/v1/admin/revoke', ctx.issuer.svid('/ops/bench'), { agent: 'spiffe://bench.local/agent/kill' });
   const answeredMs = performance.now() - t0;
   agent.destroy();
   if (r.status >= 300) throw new Error(`admin revoke: ${r.status} ${r.body}`);
   const seen = await untilNoneLive(ctx, t0, 60_000);
+  await sleep(1000);
+  const busy1 = await redisBusy(ctx);
   const recs = await records(ctx, ids);
   const lag = recs.map((x) => x.revokedAt - sentAt);
   return {
@@ -264,6 +309,7 @@ export async function killSwitch(ctx: Ctx, n = N, tasks = 20) {
     lagP50Ms: round(pct(lag, 50)),
     lagP99Ms: round(pct(lag, 99)),
     noneLiveSeenAfterMs: round(seen),
+    ...redisCost(busy0, busy1),
   };
 }
 
