@@ -211,7 +211,19 @@ export async function burstExpiry(ctx: Ctx, n = N) {
   const lag = recs.map((r) => r.revokedAt - r.expiresAt);
   const lastEnd = Math.max(...recs.map((r) => r.revokedAt));
   const exp = recs.map((r) => r.expiresAt);
+  // How many ended in each 100 ms from T on, and how many were due in each: shows a stall at a glance.
+  const bins = (xs: number[]) => {
+    const out: number[] = [];
+    for (const x of xs) {
+      const i = Math.max(0, Math.floor((x - T) / 100));
+      while (out.length <= i) out.push(0);
+      out[i]! += 1;
+    }
+    return out.join(' ');
+  };
   return {
+    duePer100ms: bins(exp),
+    endedPer100ms: bins(recs.map((r) => r.revokedAt)),
     leases: ids.length,
     liveBefore: live,
     notExpired,
@@ -326,6 +338,8 @@ export async function memoryBreakdown(ctx: Ctx, ids: string[], taskIds: string[]
   let leaseHash = 0;
   for (const id of sample) leaseHash += await usage(keyOf(id));
   leaseHash /= sample.length;
+  // A hash with a value over hash-max-listpack-value (64 B by default) is a real hash table: ~2x the bytes.
+  const leaseEncoding = String(await ctx.redis.object('ENCODING', keyOf(sample[0]!)));
   const all = await ctx.redis.keys(`${ctx.prefix}:*`);
   const sum = async (match: (k: string) => boolean) => {
     let s = 0;
@@ -353,6 +367,7 @@ export async function memoryBreakdown(ctx: Ctx, ids: string[], taskIds: string[]
     taskAuditList: round(parts.taskAuditList),
     perLease: round(perLease),
     perTaskKeys: round(taskKeys / taskIds.length),
+    leaseEncoding,
   };
 }
 
@@ -378,6 +393,8 @@ export async function benchRevocation(redis: { url: string; redis: Redis }, log:
 
 if (import.meta.url === pathToFileURL(process.argv[1] ?? '').href) {
   const redis = await startBenchRedis();
+  // To see what Redis's own settings change (e.g. BENCH_REDIS_CONFIG="hash-max-listpack-value 1024").
+  if (process.env.BENCH_REDIS_CONFIG) await redis.redis.config('SET', ...(process.env.BENCH_REDIS_CONFIG.split(' ') as [string, string]));
   try {
     const only = new Set((process.env.BENCH_REVOKE_ONLY ?? 'burst,complete,kill').split(','));
     const out: Record<string, unknown> = {};
