@@ -8,6 +8,13 @@ import { endLeases, localKinds } from './ending.ts';
 
 const sweepScript = script('sweep');
 
+/**
+ * Audit records of one bucket the sweeper lets be unwritten before it waits:
+ * the leases are ended by then (their state is the revocation), the records
+ * follow; bounded so a chain that cannot keep up slows the sweep down.
+ */
+const MAX_UNWRITTEN = 5000;
+
 /** How long a due lease handed to the worker waits before the sweeper hands it over again. */
 const HANDOFF_RETRY_MS = 15_000;
 
@@ -30,8 +37,8 @@ export class Sweeper {
   private reconcileTimer: NodeJS.Timeout | undefined;
   /** Buckets whose sweep is running: a tick skips those (a busy bucket does not hold up the others). */
   private readonly busy = new Set<number>();
-  /** Per bucket: the audit records of its last round, being written (resolves when durable, never rejects). */
-  private readonly writing = new Map<number, Promise<void>>();
+  /** Per bucket: the rounds whose audit records are being written (`done` resolves when durable, never rejects). */
+  private readonly writing = new Map<number, { done: Promise<void>; count: number }[]>();
   private reconciling = false;
   private readonly localKinds: string;
 
@@ -55,7 +62,7 @@ export class Sweeper {
   /** One pass over every bucket; resolves once the pass's audit records are durable. */
   async sweep(): Promise<void> {
     await this.tick();
-    await Promise.all(this.writing.values());
+    await Promise.all([...this.writing.values()].flat().map((r) => r.done));
   }
 
   /** What the timer runs: every bucket not still busy with the previous tick, in parallel. */
@@ -78,9 +85,9 @@ export class Sweeper {
   /**
    * Sweeps one bucket. The leases end in the script (introspection answers
    * inactive from then on); their audit records follow. A round does not wait
-   * for its own records before the next round or tick runs the script again,
-   * only for the previous round's: a burst of expiries is ended on time while
-   * the chain catches up, and at most two rounds of records are in flight.
+   * for its records before the next round or tick runs the script again
+   * (only once MAX_UNWRITTEN records are pending): a burst of expiries is
+   * ended on time while the chain catches up.
    */
   private async sweepBucket(bucket: number): Promise<void> {
     const { keys, redis, leases, queue, metrics } = this.deps;
@@ -112,17 +119,25 @@ export class Sweeper {
     }
   }
 
-  /** Queues a round's records behind the bucket's previous round, then waits for that previous round. */
+  /**
+   * Queues a round's records on the bucket's chain (the audit log writes
+   * them in order); waits only while more than MAX_UNWRITTEN of the bucket's
+   * records are still unwritten, for the oldest rounds to be durable.
+   */
   private async record(bucket: number, events: AuditEvent[]): Promise<void> {
-    const previous = this.writing.get(bucket);
     const mine = this.deps.audit.appendAll(events).catch((err: Error) => {
       this.deps.logger.error({ err: err.message, bucket, records: events.length }, 'sweep: audit records could not be written');
     });
-    this.writing.set(bucket, mine);
+    const rounds = this.writing.get(bucket) ?? [];
+    this.writing.set(bucket, rounds);
+    const round = { done: mine, count: events.length };
+    rounds.push(round);
     void mine.then(() => {
-      if (this.writing.get(bucket) === mine) this.writing.delete(bucket);
+      const list = this.writing.get(bucket);
+      const i = list?.indexOf(round) ?? -1;
+      if (i >= 0) list!.splice(i, 1);
     });
-    await previous;
+    while (rounds.length > 0 && rounds.reduce((n, r) => n + r.count, 0) > MAX_UNWRITTEN) await rounds[0]!.done;
   }
 
   /** Finds live leases whose revocation should have happened and finishes it. Returns how many. */
