@@ -12,7 +12,10 @@
  * 3. Redis memory per active lease for 100,000 leases (BENCH_LEASES);
  * 5. scale-out layouts (scripts/bench/scale.ts): 2 processes, a 3-master Cluster;
  * 4. the bare minimum per issuance (ES256 verify + sign + Redis write +
- *    BullMQ add, no Express) as a reference.
+ *    BullMQ add, no Express) as a reference;
+ * 6. revocation at scale (scripts/bench/revocation.ts): 10,000 leases expiring
+ *    in one second, 10,000 leases of one completed task, the kill switch for
+ *    one agent with 10,000 leases, and Redis bytes per active lease by part.
  */
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import autocannon from 'autocannon';
@@ -25,12 +28,13 @@ import { type LoopStats, mark, since } from './loop-stats.ts';
 import { benchAwsOverhead, benchVaultOverhead } from './upstream.ts';
 import { benchPolicy } from './policy.ts';
 import { benchScale } from './scale.ts';
+import { benchRevocation } from './revocation.ts';
 
 const PORT = Number(process.env.BENCH_PORT ?? 18_080);
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 10);
 const LEASES = Number(process.env.BENCH_LEASES ?? 100_000);
-/** BENCH_ONLY=issuance|lag|memory|reference|scale (comma-separated) runs a subset; `issuance` includes the peer. */
-const ALL = 'reference,issuance,policy,lag,upstream,memory,scale';
+/** BENCH_ONLY=issuance|lag|revocation|memory|reference|scale (comma-separated) runs a subset; `issuance` includes the peer. */
+const ALL = 'reference,issuance,policy,lag,revocation,upstream,memory,scale';
 /** Open-loop rates for the 24-policy broker (and the peer); the permit-all one runs at the first only. */
 const RATES = (process.env.BENCH_RATES ?? '1000,2000').split(',').map(Number);
 const ONLY = new Set((process.env.BENCH_ONLY ?? ALL).split(','));
@@ -246,6 +250,7 @@ try {
     await broker.stop();
     await redis.redis.flushall();
   }
+  if (ONLY.has('revocation')) results.revocation = await benchRevocation(redis, log);
   if (ONLY.has('policy')) {
     results.policyEvaluation = await benchPolicy({ policies: 24 });
     log(`policy evaluation (24 policies, decision cache off): ${JSON.stringify(results.policyEvaluation)}`);

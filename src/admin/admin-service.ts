@@ -14,6 +14,9 @@ export interface AuditArchive {
 }
 
 /** Exactly one selector of the kill switch. */
+/** Tasks the kill switch ends at once (each a few round trips). */
+const KILL_CONCURRENCY = 64;
+
 export type RevokeSelector = { agent: string } | { tenant: string } | { taskId: string };
 
 /**
@@ -132,23 +135,41 @@ export class AdminService {
     const ids = [...found];
     let tasks = 0;
     let leases = 0;
-    // Parents first, so a matching sub-task is ended with its parent's subtree rather than on its own.
-    ids.sort((a, b) => a.length - b.length);
+    // Parents first, so a matching sub-task is ended with its parent's subtree rather than on its own:
+    // one wave per depth (sub-task ids are `<parent>~<name>`), the tasks of a wave ended concurrently
+    // (a kill switch for an agent with many tasks answers in a few round trips, not one per task).
+    const waves = new Map<number, string[]>();
     for (const id of ids) {
-      const res = await this.tasks.end(id, 'completed', 'revoked_by_admin');
-      if (res.kind !== 'ended') continue;
-      tasks += res.taskIds.length;
-      leases += res.liveLeases;
-      await this.deps.audit.appendAll(
-        res.taskIds.map((taskId) => ({
-          action: 'task.revoke' as const,
-          actor: 'broker',
-          decision: 'ok' as const,
-          taskId,
-          reason: 'revoked_by_admin',
-        })),
-      );
+      const depth = id.split('~').length;
+      const wave = waves.get(depth);
+      if (wave) wave.push(id);
+      else waves.set(depth, [id]);
+    }
+    for (const depth of [...waves.keys()].sort((a, b) => a - b)) {
+      const wave = waves.get(depth)!;
+      for (let i = 0; i < wave.length; i += KILL_CONCURRENCY) {
+        for (const c of await Promise.all(wave.slice(i, i + KILL_CONCURRENCY).map((id) => this.endOne(id)))) {
+          tasks += c.tasks;
+          leases += c.leases;
+        }
+      }
     }
     return { tasks, leases };
+  }
+
+  /** Ends one task with its open subtree for the kill switch; counts what it ended (nothing if it was not open). */
+  private async endOne(id: string): Promise<{ tasks: number; leases: number }> {
+    const res = await this.tasks.end(id, 'completed', 'revoked_by_admin');
+    if (res.kind !== 'ended') return { tasks: 0, leases: 0 };
+    await this.deps.audit.appendAll(
+      res.taskIds.map((taskId) => ({
+        action: 'task.revoke' as const,
+        actor: 'broker',
+        decision: 'ok' as const,
+        taskId,
+        reason: 'revoked_by_admin',
+      })),
+    );
+    return { tasks: res.taskIds.length, leases: res.liveLeases };
   }
 }

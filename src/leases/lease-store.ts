@@ -6,7 +6,7 @@ const createScript = script('lease-create');
 const activateScript = script('lease-activate');
 const updateScript = script('lease-update');
 const requestEndScript = script('lease-request-end');
-const endManyScript = script('leases-end');
+const endPageScript = script('leases-end');
 
 const ENDED: ReadonlySet<LeaseStatus> = new Set(['revoked', 'expired', 'failed']);
 
@@ -28,6 +28,9 @@ export function leaseFromHash(h: Record<string, string>): LeaseRecord | undefine
   if (h.endRequested) l.endRequested = h.endRequested as RevokeReason;
   return l;
 }
+
+/** A lease a bulk ending just ended: what its audit record and metrics need. */
+export type EndedLease = Pick<LeaseRecord, 'leaseId' | 'taskId' | 'role' | 'provider'>;
 
 export type CreateResult = { kind: 'ok'; now: number } | { kind: CreateRefusal };
 /** `stale`: the task under that id is not the incarnation the caller decided on. */
@@ -157,28 +160,29 @@ export class LeaseStore {
   }
 
   /**
-   * Ends many leases of one bucket at once (nothing upstream to call). Returns
-   * the ids this call ended and Redis's time. Leases still `issuing` are skipped.
+   * Ends one page of leases of one bucket in one step (leases-end.lua): live
+   * leases of `localKinds` (nothing upstream) end with `status`; other live
+   * ones are marked `revoking` and returned in `handoff` for the worker;
+   * `issuing` and ended ones are skipped. `now` is Redis's time.
    */
-  async endMany(
+  async endPage(
     bucket: number,
     leaseIds: readonly string[],
     status: 'revoked' | 'expired',
     reason: RevokeReason,
-  ): Promise<{ now: number; ended: string[] }> {
-    const ended: string[] = [];
-    let now = 0;
-    for (let i = 0; i < leaseIds.length; i += 500) {
-      const chunk = leaseIds.slice(i, i + 500);
-      const res = (await endManyScript.run(
-        this.redis,
-        [this.keys.liveLeases(bucket)],
-        [this.keys.base(bucket), status, reason, this.retentionMs, ...chunk],
-      )) as [number, ...string[]];
-      now = Number(res[0]);
-      ended.push(...(res.slice(1) as string[]));
+    localKinds: string,
+  ): Promise<{ now: number; ended: EndedLease[]; handoff: string[] }> {
+    if (leaseIds.length === 0) return { now: 0, ended: [], handoff: [] };
+    const [now, flat, handoff] = (await endPageScript.run(
+      this.redis,
+      [this.keys.liveLeases(bucket)],
+      [this.keys.base(bucket), status, reason, this.retentionMs, localKinds, ...leaseIds],
+    )) as [number, string[], string[]];
+    const ended: EndedLease[] = [];
+    for (let i = 0; i + 3 < flat.length; i += 4) {
+      ended.push({ leaseId: flat[i]!, taskId: flat[i + 1]!, role: flat[i + 2]!, provider: flat[i + 3]! });
     }
-    return { now, ended };
+    return { now: Number(now), ended, handoff };
   }
 
   /** Number of leases not yet ended, across buckets. */

@@ -1,56 +1,94 @@
 import type { AuditEvent } from '../audit/record.ts';
 import { roleOf } from '../config/roles.ts';
 import type { Deps } from '../deps.ts';
-import { LeaseStore } from '../leases/lease-store.ts';
 import type { LeaseRecord, RevokeReason } from '../leases/types.ts';
 
-/**
- * Ends the given live leases for `reason`: those whose provider has nothing
- * upstream (the broker's JWTs) at once, in bulk, with their audit records;
- * the others get one lease-end job each. Leases still `issuing` are left to
- * their activation, which sees the task closed (or the end requested) and
- * hands them to revocation itself. Returns how many were ended or queued.
- */
-export async function endLeases(deps: Deps, leases: readonly LeaseRecord[], reason: RevokeReason, requestedAt: number): Promise<number> {
-  const local = new Map<number, LeaseRecord[]>();
-  const upstream: LeaseRecord[] = [];
-  for (const l of leases) {
-    if (LeaseStore.isEnded(l.status) || l.status === 'issuing') continue;
-    if (deps.providers.get(l.provider)?.upstream === false) {
-      const b = deps.keys.bucketOfId(l.leaseId)!;
-      local.set(b, [...(local.get(b) ?? []), l]);
-    } else {
-      upstream.push(l);
-    }
-  }
-  let n = 0;
-  for (const [bucket, list] of local) {
-    const byId = new Map(list.map((l) => [l.leaseId, l]));
-    const { now, ended } = await deps.leases.endMany(
-      bucket,
-      list.map((l) => l.leaseId),
-      'revoked',
-      reason,
-    );
-    const events: AuditEvent[] = [];
-    for (const id of ended) {
-      const l = byId.get(id)!;
-      deps.metrics.revocationLag.observe({ reason }, Math.max(0, now - requestedAt) / 1000);
-      deps.metrics.revocations.inc({ result: 'revoked', reason, provider: l.provider });
-      events.push({ action: 'lease.revoke', actor: 'broker', decision: 'ok', taskId: l.taskId, role: l.role, leaseId: id, reason });
-    }
-    await deps.audit.appendAll(events);
-    n += ended.length;
-  }
-  for (const l of upstream) await deps.leases.requestEnd(l.leaseId, reason);
-  await deps.queue.endLeases(upstream.map((l) => ({ leaseId: l.leaseId, reason, requestedAt })));
-  return n + upstream.length;
+/** Leases one leases-end call takes: ~10-20 ms of Redis time, so other clients are not held up long. */
+const PAGE = 1000;
+
+/** The provider kinds with nothing to call upstream (the broker's JWTs), as the Lua scripts take them. */
+export function localKinds(deps: Pick<Deps, 'providers'>): string {
+  return deps.providers
+    .all()
+    .filter(([, p]) => !p.upstream)
+    .map(([k]) => k)
+    .join(' ');
 }
 
-/** The live leases of some tasks (one bucket). */
-export async function liveLeasesOf(deps: Deps, taskIds: readonly string[]): Promise<LeaseRecord[]> {
+/**
+ * Ends the given leases of one bucket for `reason`, a page per Lua call
+ * (leases-end.lua), without reading them into the process first: those whose
+ * provider has nothing upstream end at once, with their audit records; the
+ * others are marked `revoking` in the same step (the intent, before any
+ * upstream call) and get one lease-end job each (added in bulk). Leases still
+ * `issuing` are left to their activation, which sees the task closed (or the
+ * end requested) and hands them to revocation itself; ended ones are skipped.
+ * Returns how many were ended or handed to the worker.
+ *
+ * Pages go to Redis one after another without waiting for each page's audit
+ * records: those are queued at once (the audit log batches them per chain,
+ * in order) and awaited before returning, so a job is done only once every
+ * record is durable.
+ */
+export async function endLeaseIds(
+  deps: Deps,
+  bucket: number,
+  leaseIds: readonly string[],
+  reason: RevokeReason,
+  requestedAt: number,
+): Promise<number> {
+  const { leases, metrics, audit, queue } = deps;
+  const kinds = localKinds(deps);
+  const pending: Promise<void>[] = [];
+  // Awaited together below; a handler now so an early failure is not an unhandled rejection meanwhile.
+  const track = (p: Promise<void>) => {
+    p.catch(() => {});
+    pending.push(p);
+  };
+  let n = 0;
+  for (let i = 0; i < leaseIds.length; i += PAGE) {
+    const { now, ended, handoff } = await leases.endPage(bucket, leaseIds.slice(i, i + PAGE), 'revoked', reason, kinds);
+    const lag = Math.max(0, now - requestedAt) / 1000;
+    const events: AuditEvent[] = [];
+    const perProvider = new Map<string, number>();
+    for (const e of ended) {
+      metrics.revocationLag.observe({ reason }, lag);
+      perProvider.set(e.provider, (perProvider.get(e.provider) ?? 0) + 1);
+      events.push({ action: 'lease.revoke', actor: 'broker', decision: 'ok', taskId: e.taskId, role: e.role, leaseId: e.leaseId, reason });
+    }
+    for (const [provider, count] of perProvider) metrics.revocations.inc({ result: 'revoked', reason, provider }, count);
+    track(audit.appendAll(events));
+    if (handoff.length > 0) track(queue.endLeases(handoff.map((leaseId) => ({ leaseId, reason, requestedAt }))));
+    n += ended.length + handoff.length;
+  }
+  await Promise.all(pending);
+  return n;
+}
+
+/** Ends the given leases (any buckets) for `reason`; see endLeaseIds. */
+export async function endLeases(
+  deps: Deps,
+  leases: readonly Pick<LeaseRecord, 'leaseId'>[],
+  reason: RevokeReason,
+  requestedAt: number,
+): Promise<number> {
+  const byBucket = new Map<number, string[]>();
+  for (const l of leases) {
+    const b = deps.keys.bucketOfId(l.leaseId);
+    if (b === undefined) continue;
+    const list = byBucket.get(b);
+    if (list) list.push(l.leaseId);
+    else byBucket.set(b, [l.leaseId]);
+  }
+  const counts = await Promise.all([...byBucket].map(([b, ids]) => endLeaseIds(deps, b, ids, reason, requestedAt)));
+  return counts.reduce((a, b) => a + b, 0);
+}
+
+/** Ends every lease of some tasks (one task tree: one bucket) for `reason`. */
+export async function endTaskLeases(deps: Deps, taskIds: readonly string[], reason: RevokeReason, requestedAt: number): Promise<number> {
+  if (taskIds.length === 0) return 0;
   const ids = (await Promise.all(taskIds.map((t) => deps.tasks.leaseIds(t)))).flat();
-  return (await deps.leases.getMany(ids)).filter((l) => !LeaseStore.isEnded(l.status));
+  return endLeaseIds(deps, deps.keys.bucketOfTask(taskIds[0]!), ids, reason, requestedAt);
 }
 
 /** The role config of a lease (own property lookup; undefined if the role was removed from config). */

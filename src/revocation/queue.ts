@@ -72,7 +72,9 @@ export class RevocationQueue {
       const b = this.keys.bucketOfId(it.leaseId);
       if (b === undefined) continue;
       const g = this.groupOf(b);
-      byGroup.set(g, [...(byGroup.get(g) ?? []), it]);
+      const list = byGroup.get(g);
+      if (list) list.push(it);
+      else byGroup.set(g, [it]);
     }
     await Promise.all(
       [...byGroup].map(([g, list]) =>

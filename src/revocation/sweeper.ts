@@ -4,9 +4,16 @@ import { LeaseStore } from '../leases/lease-store.ts';
 import type { LeaseRecord, RevokeReason } from '../leases/types.ts';
 import { script } from '../redis/scripts.ts';
 import type { TaskEndReason } from '../tasks/types.ts';
-import { endLeases } from './ending.ts';
+import { endLeases, localKinds } from './ending.ts';
 
 const sweepScript = script('sweep');
+
+/**
+ * Audit records of one bucket the sweeper lets be unwritten before it waits:
+ * the leases are ended by then (their state is the revocation), the records
+ * follow; bounded so a chain that cannot keep up slows the sweep down.
+ */
+const MAX_UNWRITTEN = 5000;
 
 /** How long a due lease handed to the worker waits before the sweeper hands it over again. */
 const HANDOFF_RETRY_MS = 15_000;
@@ -28,21 +35,20 @@ export class Sweeper {
   private readonly deps: Deps;
   private sweepTimer: NodeJS.Timeout | undefined;
   private reconcileTimer: NodeJS.Timeout | undefined;
-  private sweeping = false;
+  /** Buckets whose sweep is running: a tick skips those (a busy bucket does not hold up the others). */
+  private readonly busy = new Set<number>();
+  /** Per bucket: the rounds whose audit records are being written (`done` resolves when durable, never rejects). */
+  private readonly writing = new Map<number, { done: Promise<void>; count: number }[]>();
   private reconciling = false;
   private readonly localKinds: string;
 
   constructor(deps: Deps) {
     this.deps = deps;
-    this.localKinds = deps.providers
-      .all()
-      .filter(([, p]) => !p.upstream)
-      .map(([k]) => k)
-      .join(' ');
+    this.localKinds = localKinds(deps);
   }
 
   start(): void {
-    this.sweepTimer = setInterval(() => void this.sweep(), this.deps.config.revocation.sweepMs);
+    this.sweepTimer = setInterval(() => void this.tick(), this.deps.config.revocation.sweepMs);
     this.reconcileTimer = setInterval(() => void this.reconcile(), this.deps.config.revocation.reconcileIntervalMs);
     this.sweepTimer.unref();
     this.reconcileTimer.unref();
@@ -53,21 +59,38 @@ export class Sweeper {
     clearInterval(this.reconcileTimer);
   }
 
-  /** One pass over every bucket. */
+  /** One pass over every bucket; resolves once the pass's audit records are durable. */
   async sweep(): Promise<void> {
-    if (this.sweeping) return;
-    this.sweeping = true;
-    try {
-      await Promise.all(Array.from({ length: this.deps.keys.buckets }, (_, b) => this.sweepBucket(b)));
-    } catch (err) {
-      this.deps.logger.warn({ err: (err as Error).message }, 'sweep failed');
-    } finally {
-      this.sweeping = false;
-    }
+    await this.tick();
+    await Promise.all([...this.writing.values()].flat().map((r) => r.done));
   }
 
+  /** What the timer runs: every bucket not still busy with the previous tick, in parallel. */
+  private async tick(): Promise<void> {
+    await Promise.all(
+      Array.from({ length: this.deps.keys.buckets }, async (_, b) => {
+        if (this.busy.has(b)) return;
+        this.busy.add(b);
+        try {
+          await this.sweepBucket(b);
+        } catch (err) {
+          this.deps.logger.warn({ err: (err as Error).message, bucket: b }, 'sweep failed');
+        } finally {
+          this.busy.delete(b);
+        }
+      }),
+    );
+  }
+
+  /**
+   * Sweeps one bucket. The leases end in the script (introspection answers
+   * inactive from then on); their audit records follow. A round does not wait
+   * for its records before the next round or tick runs the script again
+   * (only once MAX_UNWRITTEN records are pending): a burst of expiries is
+   * ended on time while the chain catches up.
+   */
   private async sweepBucket(bucket: number): Promise<void> {
-    const { keys, redis, leases, queue, audit, metrics } = this.deps;
+    const { keys, redis, leases, queue, metrics } = this.deps;
     for (let round = 0; round < 20; round++) {
       const [now, expired, handoff, groups] = (await sweepScript.run(
         redis,
@@ -78,9 +101,9 @@ export class Sweeper {
       for (let i = 0; i + 3 < expired.length; i += 4) {
         const [leaseId, taskId, role, expiresAt] = [expired[i]!, expired[i + 1]!, expired[i + 2]!, Number(expired[i + 3])];
         metrics.revocationLag.observe({ reason: 'ttl_expired' }, Math.max(0, now - expiresAt) / 1000);
-        metrics.revocations.inc({ result: 'expired', reason: 'ttl_expired', provider: 'jwt' });
         events.push({ action: 'lease.expire', actor: 'broker', decision: 'ok', taskId, role, leaseId, reason: 'ttl_expired' });
       }
+      if (events.length > 0) metrics.revocations.inc({ result: 'expired', reason: 'ttl_expired', provider: 'jwt' }, events.length);
       for (const ids of groups) {
         const [root, ...children] = ids as [string, ...string[]];
         events.push({ action: 'task.expire', actor: 'broker', decision: 'ok', taskId: root });
@@ -90,10 +113,31 @@ export class Sweeper {
         await queue.endTasks(root, ids, 'task_expired', now);
       }
       await queue.endLeases(handoff.map((leaseId) => ({ leaseId, reason: 'ttl_expired' as const, requestedAt: now })));
-      await audit.appendAll(events);
+      if (events.length > 0) await this.record(bucket, events);
       // A full page means more may be due right now: go again rather than wait for the next tick.
       if (expired.length / 4 + handoff.length < 1000 && groups.length < 200) return;
     }
+  }
+
+  /**
+   * Queues a round's records on the bucket's chain (the audit log writes
+   * them in order); waits only while more than MAX_UNWRITTEN of the bucket's
+   * records are still unwritten, for the oldest rounds to be durable.
+   */
+  private async record(bucket: number, events: AuditEvent[]): Promise<void> {
+    const mine = this.deps.audit.appendAll(events).catch((err: Error) => {
+      this.deps.logger.error({ err: err.message, bucket, records: events.length }, 'sweep: audit records could not be written');
+    });
+    const rounds = this.writing.get(bucket) ?? [];
+    this.writing.set(bucket, rounds);
+    const round = { done: mine, count: events.length };
+    rounds.push(round);
+    void mine.then(() => {
+      const list = this.writing.get(bucket);
+      const i = list?.indexOf(round) ?? -1;
+      if (i >= 0) list!.splice(i, 1);
+    });
+    while (rounds.length > 0 && rounds.reduce((n, r) => n + r.count, 0) > MAX_UNWRITTEN) await rounds[0]!.done;
   }
 
   /** Finds live leases whose revocation should have happened and finishes it. Returns how many. */
@@ -125,7 +169,9 @@ export class Sweeper {
         const t = byId.get(l.taskId);
         if (t?.status !== 'open') {
           const reason = (t?.reason as TaskEndReason | undefined) ?? (t?.status === 'expired' ? 'task_expired' : 'task_completed');
-          ofEndedTasks.set(reason, [...(ofEndedTasks.get(reason) ?? []), l]);
+          const list = ofEndedTasks.get(reason);
+          if (list) list.push(l);
+          else ofEndedTasks.set(reason, [l]);
         } else if (l.status === 'revoking' || l.status === 'revoke_failed') {
           inProgress.push(l);
         }

@@ -4,7 +4,7 @@ import { BrokerError, RetryableUpstreamError } from '../errors.ts';
 import { LeaseStore } from '../leases/lease-store.ts';
 import type { LeaseRecord, RevokeReason } from '../leases/types.ts';
 import type { RedisClient } from '../redis/scripts.ts';
-import { endLeases, liveLeasesOf, roleOfLease } from './ending.ts';
+import { endTaskLeases, roleOfLease } from './ending.ts';
 import { cappedBackoff, type LeaseEndJob, QUEUE_NAME, type RevocationJob, type TaskEndJob } from './queue.ts';
 
 /**
@@ -49,8 +49,7 @@ export class RevocationWorker {
   }
 
   private async endTasks(data: TaskEndJob): Promise<void> {
-    const live = await liveLeasesOf(this.deps, data.taskIds);
-    await endLeases(this.deps, live, data.reason, data.requestedAt);
+    await endTaskLeases(this.deps, data.taskIds, data.reason, data.requestedAt);
   }
 
   private async endLease(data: LeaseEndJob, attempt: number): Promise<void> {

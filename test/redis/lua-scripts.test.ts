@@ -252,18 +252,32 @@ describe('one test per script', () => {
     expect(await redis.hget(keys.lease(issuing), 'endRequested')).toBe('revoked_by_caller');
   });
 
-  test('leases-end: ends many at once, skipping issuing and ended ones', async () => {
+  test('leases-end: ends local leases at once, marks upstream ones revoking and hands them over, skips issuing and ended ones', async () => {
     await openTask('le');
-    const ids = [lid('le', 1), lid('le', 2)];
-    await createLease('le', ids[0]!);
-    await createLease('le', ids[1]!, 'issuing');
+    const [jwt, up, issuing] = [lid('le', 1), lid('le', 2), lid('le', 3)];
+    await createLease('le', jwt);
+    await createLease('le', up, 'active', Date.now() + 60_000, 'vault');
     const b = keys.bucketOfTask('le');
-    const res = (await script('leases-end').run(
-      redis,
-      [keys.liveLeases(b)],
-      [keys.base(b), 'revoked', 'task_completed', 5000, ...ids],
-    )) as unknown[];
-    expect(res.slice(1)).toEqual([ids[0]]);
+    const run = async (ids: string[]) =>
+      (await script('leases-end').run(redis, [keys.liveLeases(b)], [keys.base(b), 'revoked', 'task_completed', 5000, 'jwt', ...ids])) as [
+        number,
+        string[],
+        string[],
+      ];
+    const [, ended, handoff] = await run([jwt, up, lid('le', 9)]);
+    expect(ended).toEqual([jwt, 'le', 'role', 'jwt']);
+    expect(handoff).toEqual([up]);
+    expect(await redis.hmget(keys.lease(jwt), 'status', 'reason')).toEqual(['revoked', 'task_completed']);
+    expect(await redis.hmget(keys.lease(up), 'status', 'reason')).toEqual(['revoking', 'task_completed']);
+    expect(await redis.zscore(keys.liveLeases(b), jwt)).toBeNull();
+    expect(await redis.zscore(keys.liveLeases(b), up)).not.toBeNull();
+    expect(await redis.hget(keys.task('le'), 'live')).toBe('1');
+    expect(await redis.pttl(keys.lease(jwt))).toBeGreaterThan(0);
+    await createLease('le', issuing, 'issuing');
+    const [, again, handoff2] = await run([jwt, up, issuing]);
+    expect(again).toEqual([]);
+    expect(handoff2).toEqual([up]);
+    expect(await redis.hget(keys.lease(issuing), 'status')).toBe('issuing');
   });
 
   test("sweep: ends overdue tasks and due JWT leases on Redis's clock, hands the rest over once", async () => {

@@ -1,20 +1,46 @@
--- leases-end: ends many leases of one bucket at once where nothing upstream needs to be called
--- (the broker's own JWTs: introspection reads the lease), e.g. 10,000 leases of a completed task.
--- Leases still `issuing` are left alone (activation hands them over).
+-- leases-end: ends many leases of one bucket in one step, e.g. a page of the 10,000 leases of a completed
+-- task, without reading them into the process first.
+-- - Live leases of providers with nothing to call upstream (the broker's JWTs: introspection reads the
+--   lease) end here with ARGV[2].
+-- - Live leases of other providers are asked to end (as lease-request-end does: `active` becomes
+--   `revoking`, the first reason is kept): the intent is recorded before the worker's upstream call,
+--   and their ids are returned for lease-end jobs.
+-- - Leases still `issuing` are left alone (their activation sees the task closed and hands them to
+--   revocation), ended or missing ones skipped.
 -- uses: common
 -- KEYS[1] live leases of the bucket (zset)
 -- ARGV[1] key base of the bucket
 -- ARGV[2] status: revoked | expired
 -- ARGV[3] reason
 -- ARGV[4] retention in ms
--- ARGV[5..] lease ids
--- Returns {now, id, id, ...}: the leases this call ended.
+-- ARGV[5] provider kinds that need no upstream call, space separated (e.g. 'jwt')
+-- ARGV[6..] lease ids
+-- Returns {now, {ended: id, task, role, provider, ...}, {handed-over lease ids}}
+local base = ARGV[1]
 local now = now_ms()
-local out = { now }
-for i = 5, #ARGV do
-  local st = redis.call('HGET', ARGV[1] .. 'lease:' .. ARGV[i], 'status')
-  if st and st ~= 'issuing' and end_lease(ARGV[1], KEYS[1], ARGV[i], ARGV[2], ARGV[3], tonumber(ARGV[4]), now) then
-    out[#out + 1] = ARGV[i]
+local retention = tonumber(ARGV[4])
+local localKinds = {}
+for kind in string.gmatch(ARGV[5], '%S+') do localKinds[kind] = true end
+local ended, handoff = {}, {}
+local acc = bulk_end_new()
+for i = 6, #ARGV do
+  local id = ARGV[i]
+  local k = base .. 'lease:' .. id
+  local f = redis.call('HMGET', k, 'status', 'p', 't', 'r', 'reason')
+  local st = f[1]
+  if st and not ENDED[st] and st ~= 'issuing' then
+    if localKinds[f[2]] then
+      bulk_end_lease(acc, base, id, f[3], f[5], ARGV[2], ARGV[3], retention, now)
+      ended[#ended + 1] = id
+      ended[#ended + 1] = f[3]
+      ended[#ended + 1] = f[4]
+      ended[#ended + 1] = f[2]
+    else
+      if not f[5] then redis.call('HSET', k, 'reason', ARGV[3]) end
+      if st == 'active' then redis.call('HSET', k, 'status', 'revoking') end
+      handoff[#handoff + 1] = id
+    end
   end
 end
-return out
+bulk_end_finish(acc, base, KEYS[1])
+return { now, ended, handoff }

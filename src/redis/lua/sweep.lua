@@ -32,24 +32,24 @@ for _, id in ipairs(overdue) do
 end
 
 local expired, handoff = {}, {}
+local acc = bulk_end_new()
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'WITHSCORES', 'LIMIT', 0, tonumber(ARGV[2]))
 for i = 1, #due, 2 do
   local id, score = due[i], due[i + 1]
-  local k = base .. 'lease:' .. id
-  local f = redis.call('HMGET', k, 'status', 'p', 't', 'r')
+  local f = redis.call('HMGET', base .. 'lease:' .. id, 'status', 'p', 't', 'r', 'reason')
   local st = f[1]
   if not st or ENDED[st] then
     redis.call('ZREM', KEYS[1], id)
   elseif localKinds[f[2]] and st ~= 'issuing' then
-    if end_lease(base, KEYS[1], id, 'expired', 'ttl_expired', retention, now) then
-      expired[#expired + 1] = id
-      expired[#expired + 1] = f[3]
-      expired[#expired + 1] = f[4]
-      expired[#expired + 1] = score
-    end
+    bulk_end_lease(acc, base, id, f[3], f[5], 'expired', 'ttl_expired', retention, now)
+    expired[#expired + 1] = id
+    expired[#expired + 1] = f[3]
+    expired[#expired + 1] = f[4]
+    expired[#expired + 1] = score
   else
     handoff[#handoff + 1] = id
     redis.call('ZADD', KEYS[1], now + retry, id)
   end
 end
+bulk_end_finish(acc, base, KEYS[1])
 return { now, expired, handoff, groups }
