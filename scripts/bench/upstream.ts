@@ -134,7 +134,13 @@ export async function benchAwsOverhead(redisUrl: string, n = 300) {
 export async function benchVaultOverhead(redisUrl: string, n = 300) {
   const emu = await startVaultEmulator({
     policies: {
-      'jit-broker': ['auth/token/create-orphan', 'auth/token/revoke-accessor', 'auth/token/renew-accessor', 'sys/leases/revoke', 'database/creds/*'],
+      'jit-broker': [
+        'auth/token/create-orphan',
+        'auth/token/revoke-accessor',
+        'auth/token/renew-accessor',
+        'sys/leases/revoke',
+        'database/creds/*',
+      ],
       'ops-read': ['secret/ops/*'],
     },
   });
