@@ -33,6 +33,12 @@ import { awsWorld, issueRequest, leaseFor, roleConfig, stsAs, task, type AwsWorl
  * wildcards instead; without that memory (Redis lost its data, simulated here
  * after every revocation; IAM keeps every deny) the tags cannot be folded and
  * the list still overflows into the fallback, which must then hold.
+ *
+ * Ended tasks are now denied by the wildcard on their session names, which
+ * folds without Redis (aws-deny-fold-after-redis-loss.test.ts); tags are
+ * still written for sessions named by earlier versions (`jit-<leaseId>`, no
+ * keys), which is how these sessions are revoked here, so the fallback is
+ * still reached and must still hold.
  */
 let w: AwsWorld;
 /** The broker's clock (Redis time) 60 s behind AWS's: within the default clockSkewSeconds of 300. */
@@ -71,7 +77,9 @@ describe('role-wide fallback with the broker clock behind AWS', () => {
     const ended: Awaited<ReturnType<typeof issue>>[] = [];
     for (let i = 0; i < 45 && fallbacks.length === 0; i++) {
       const s = await issue(p, role.arn, task({ taskId: longId(i), agent: AGENT, depth: 2 }));
-      await p.revoke(s.lease, roleConfig(role.arn), { reason: 'task_completed' });
+      // Revoked as a session named by an earlier version: its task is denied by its `task` tag (which it carries).
+      const legacy = { ...s.lease, handle: { ...s.lease.handle, sessionName: `jit-${s.lease.leaseId}` } };
+      await p.revoke(legacy, roleConfig(role.arn), { reason: 'task_completed' });
       const lost = await w.redis.keys(`${w.prefix}:*`);
       if (lost.length > 0) await w.redis.del(...lost);
       // Denied at once, by its task's tag (until the overflow: see below).

@@ -15,13 +15,17 @@ import { AGENT_KEY_CHARS, TASK_KEY_CHARS } from './session-name.ts';
  * unrevoked sessions issued before the cut-off are denied too; nobody
  * else's are, since only principals that have a revoked entry are folded.
  *
- * An ended task's entry is its `task` tag (up to 255 chars), which does not
- * say whose task it was: the deny list learns the owner (agent and task key)
- * from the session whose revocation wrote the tag and passes it in `owners`.
- * Such a tag counts to its owner and folds into its task's wildcard (every
- * session of an ended task may be denied, so this costs nobody anything) or
- * its agent's. A tag of unknown owner (written by an earlier version, or
- * its owner forgotten with Redis) counts to nobody and is never folded.
+ * An ended task's entry is the wildcard on its session names,
+ * `*:jit-<agent>-<task>-*` without a time condition (no session can be
+ * issued for an ended task), so it counts to its agent and folds into the
+ * agent's wildcard from the policy text alone, Redis or not. Earlier
+ * versions wrote the task's `task` tag instead (up to 255 chars), which does
+ * not say whose task it was: such a tag counts to its owner when `owners`
+ * (deny-owners.ts, in Redis) knows it, and folds into its task's wildcard
+ * (every session of an ended task may be denied, so this costs nobody
+ * anything) or its agent's. A tag of unknown owner (its owner forgotten
+ * with Redis, or never learnt) counts to nobody and is never folded; tags
+ * expire as they always did.
  *
  * Order (the agent taking the most room first, so a busy agent pays for its
  * own revocations): that agent's tasks whose entries are worth folding, most
@@ -49,7 +53,7 @@ export interface TaskOwner {
   agentKey: string;
   taskKey: string;
 }
-/** `task` tag values → the task they name (deny-owners.ts keeps them). */
+/** `task` tag values (written by earlier versions) → the task they name (deny-owners.ts keeps them). */
 export type TaskOwners = Map<string, TaskOwner>;
 
 /** The keys in a session's `*:<session name>`; undefined for names of earlier versions (`jit-<leaseId>`). */
@@ -96,8 +100,8 @@ interface AgentGroup {
 
 /**
  * The model's foldable entries, by agent key and task key, each counted to
- * its owner: revoked sessions, task folds, and ended tasks' tags whose owner
- * is known. Entries of older session names and tags of unknown owner are not
+ * its owner: revoked sessions, ended tasks' wildcards, task folds, and ended
+ * tasks' tags (earlier versions) whose owner is known. Entries of older session names and tags of unknown owner are not
  * foldable; an agent's own SourceIdentity entry (one per agent, written by
  * an admin) is not either.
  */
@@ -117,7 +121,8 @@ function groups(m: DenyModel, owners: TaskOwners): AgentGroup[] {
     return g;
   };
   for (const id of m.sessions.keys()) {
-    const k = SESSION.exec(id);
+    // A revoked session, or an ended task's wildcard: both name their agent and task.
+    const k = SESSION.exec(id) ?? TASK_FOLD.exec(id);
     if (k) task(k[1]!, k[2]!, id).sessions.push(id);
   }
   for (const tag of m.tasks.keys()) {

@@ -14,6 +14,7 @@ import {
   addAgent,
   addSession,
   addTask,
+  addTaskSessions,
   coarsen,
   denies,
   type DenyModel,
@@ -28,7 +29,7 @@ import {
   type SessionFacts,
 } from './deny-policy.ts';
 import { withLock } from '../../redis/lock.ts';
-import { type FoldDecision, foldToFit, ownerOfSession, type TaskOwner, type TaskOwners } from './deny-fold.ts';
+import { type FoldDecision, foldToFit, ownerOfSession, type TaskOwners, taskFoldPattern } from './deny-fold.ts';
 import { ownersToStore, parseOwners } from './deny-owners.ts';
 import { roleNameFromArn } from './role-info.ts';
 import { agentKeyFor, taskKeyFor } from './session-name.ts';
@@ -36,7 +37,7 @@ import { awsErrorCode, classify, isTransient } from './upstream.ts';
 
 /**
  * Reported when a role's deny list did not fit and entries were folded: the
- * revoked sessions (and ended tasks' tags) of one task or agent replaced by a
+ * revoked sessions (and ended tasks) of one task or agent replaced by a
  * wildcard on its session names, which also denies its unrevoked sessions
  * issued before the cut-off.
  */
@@ -54,7 +55,7 @@ export interface DenyFoldEvent {
   /** The agent and task behind the keys, when the revocation that overflowed was theirs. */
   agent?: string;
   taskId?: string;
-  /** How many entries (revoked sessions, earlier folds, ended tasks' tags) were replaced, and the first lease ids among them. */
+  /** How many entries (revoked sessions, earlier folds, ended tasks' wildcards or tags) were replaced, and the first lease ids among them. */
   replacedEntries: number;
   leaseIds: string[];
   reason: 'policy_size' | 'iam_limit';
@@ -120,7 +121,7 @@ const ROUNDS = 3;
  *
  * When the document outgrows its budget, statements with close ends are
  * merged (keeping the later end); then the entries of one task, or of one
- * agent (revoked sessions, ended tasks' tags), are folded into a wildcard on
+ * agent (revoked sessions, ended tasks), are folded into a wildcard on
  * their session names, the agent taking the most room first (deny-fold.ts,
  * deny-owners.ts; each fold logged and
  * reported to `onFold`); only if that is not enough does everything collapse
@@ -151,20 +152,22 @@ export class DenyList {
    */
   async deny(roleArn: string, session: SessionFacts, unit: DenyUnit, who: Revoking = {}): Promise<'covered' | 'written'> {
     if (denies(await this.cached(roleArn), session)) return 'covered';
-    // A task's tag does not say whose task it was; its session's name does (kept so the tag can be folded).
-    const owner = unit.kind === 'task' && session.taskTag !== undefined ? ownerOfSession(session.userId) : undefined;
+    // An ended task is denied by the wildcard on its session names, which says whose task it is (deny-fold.ts):
+    // folding it needs nothing but the policy text. Names of earlier versions carry no keys: their task's tag.
+    const owner = ownerOfSession(session.userId);
     return this.update(
       roleArn,
       (m) => {
         if (denies(m, session)) return;
         const now = this.d.clock();
-        if (unit.kind === 'task' && session.taskTag !== undefined) addTask(m, session.taskTag, Math.max(unit.until, session.expiresAt));
+        const until = unit.kind === 'task' ? Math.max(unit.until, session.expiresAt) : 0;
+        if (unit.kind === 'task' && owner) addTaskSessions(m, taskFoldPattern(owner.agentKey, owner.taskKey), until);
+        else if (unit.kind === 'task' && session.taskTag !== undefined) addTask(m, session.taskTag, until);
         else if (unit.kind === 'agent' && session.sourceIdentity !== undefined && session.tokenIssuedAt !== undefined)
           addAgent(m, session.sourceIdentity, session.tokenIssuedAt, now);
         else addSession(m, session.userId, session.expiresAt);
       },
       who,
-      owner && session.taskTag !== undefined ? [session.taskTag, owner] : undefined,
     );
   }
 
@@ -193,15 +196,9 @@ export class DenyList {
 
   /**
    * Read IAM, merge the remembered copy, apply `change`, prune, write if
-   * different; under the role's lock. `owner`: the task behind a tag
-   * `change` may add.
+   * different; under the role's lock.
    */
-  private async update(
-    roleArn: string,
-    change: (m: DenyModel) => void,
-    who: Revoking = {},
-    owner?: [string, TaskOwner],
-  ): Promise<'covered' | 'written'> {
+  private async update(roleArn: string, change: (m: DenyModel) => void, who: Revoking = {}): Promise<'covered' | 'written'> {
     const k = this.keys(roleArn);
     for (let round = 0; round < ROUNDS; round++) {
       const outcome = await withLock(this.d.redis, k.lock, LOCK, async ({ held }) => {
@@ -210,8 +207,8 @@ export class DenyList {
         // What IAM holds must parse: a document we cannot read is never overwritten.
         const model = mergeModels(parseDenyPolicy(iamText, now), await this.cached(roleArn));
         const stored = await this.d.redis.get(k.owners);
+        // Owners of ended tasks' tags written by earlier versions (the only entries whose owner the policy does not say).
         const owners = parseOwners(stored);
-        if (owner) owners.set(...owner);
         change(model);
         pruneModel(model, now, this.skewMs);
         return this.commit(roleArn, model, iamText, held, who, { owners, stored });
@@ -269,7 +266,7 @@ export class DenyList {
    * The document for the model within `budget` chars, escalating one step at
    * a time: as is; with close statements merged; with the entries of one
    * task, then one agent, folded (agent taking the most room first; ended
-   * tasks' tags count to the owners in `owners`); and only as the last resort
+   * tasks' wildcards count to their agent, earlier versions' tags to the owners in `owners`); and only as the last resort
    * collapsed into a role-wide cut-off. Every entry is a session issued
    * before now by the broker's clock, so a cut-off after now plus
    * clockSkewSeconds (by which AWS's clock may be ahead) covers it.

@@ -13,6 +13,11 @@ import type { DenyModel } from './deny-policy.ts';
  * long as the latest tag in the list lives. Losing it loses no deny: the
  * tags stay in IAM, they are only no longer foldable (a list of them can
  * then still overflow into the role-wide cut-off, as before owners were kept).
+ *
+ * Only earlier versions wrote tags with a known owner: an ended task is now
+ * denied by the wildcard on its session names, which says its owner itself
+ * (deny-fold.ts). The owners already stored are read and kept until their
+ * tags are pruned; nothing new is added.
  */
 
 /** The owners stored for a role; anything that does not parse counts as nothing known. */

@@ -15,9 +15,18 @@ const ceilTo = (ms: number, step: number) => Math.ceil(ms / step) * step;
  * Redis, can tell what may go.
  */
 export interface DenyModel {
-  /** `aws:userid` patterns (`*:jit-<leaseId>`) → end of life (epoch ms, window-aligned). */
+  /**
+   * `aws:userid` patterns → end of life (epoch ms, window-aligned): one
+   * revoked session (`*:<session name>`), or every session of an ended task
+   * (`*:jit-<agent key>-<task key>-*`: it says whose task it is, so it can be
+   * counted and folded from the policy text alone, deny-fold.ts).
+   */
   sessions: Map<string, number>;
-  /** `task` session-tag values → end of life (epoch ms, window-aligned). */
+  /**
+   * `task` session-tag values → end of life (epoch ms, window-aligned).
+   * Written for ended tasks by earlier versions (and still for sessions whose
+   * names carry no keys); read and pruned, foldable only via deny-owners.ts.
+   */
   tasks: Map<string, number>;
   /** SourceIdentity → TokenIssueTime cut-off (epoch ms, whole second); end of life = cut-off + 12 h. */
   agents: Map<string, number>;
@@ -195,6 +204,8 @@ export function mergeModels(a: DenyModel, b: DenyModel): DenyModel {
 /** Whether the model already denies this session until it expires. */
 export function denies(m: DenyModel, s: SessionFacts): boolean {
   if ((m.sessions.get(s.userId) ?? 0) >= s.expiresAt) return true;
+  // An ended task's wildcard denies all of its sessions (no time condition: none can be issued after the task ended).
+  for (const [pattern, end] of m.sessions) if (end >= s.expiresAt && foldMatches(pattern, s.userId)) return true;
   if (s.taskTag !== undefined && (m.tasks.get(s.taskTag) ?? 0) >= s.expiresAt) return true;
   if (s.tokenIssuedAt === undefined) return false;
   // A TokenIssueTime cut-off outlives every session issued before it (12 h is STS's maximum).
@@ -205,6 +216,9 @@ export function denies(m: DenyModel, s: SessionFacts): boolean {
 }
 
 export const addSession = (m: DenyModel, userId: string, until: number) => raise(m.sessions, userId, ceilTo(until, WINDOW_MS));
+/** Denies every session of an ended task: its wildcard `*:jit-<agent key>-<task key>-*` (deny-fold.ts), no time condition. */
+export const addTaskSessions = (m: DenyModel, pattern: string, until: number) => raise(m.sessions, pattern, ceilTo(until, WINDOW_MS));
+/** An ended task's `task` tag: only for session names without keys (earlier versions). */
 export const addTask = (m: DenyModel, tag: string, until: number) => raise(m.tasks, tag, ceilTo(until, WINDOW_MS));
 
 /**

@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { GetCallerIdentityCommand, STSClient, type STSClientConfig } from '@aws-sdk/client-sts';
 import { fromHttp, fromProcess } from '@aws-sdk/credential-providers';
 import { startAwsEmulator, type AwsEmulator, type EmulatedUser } from '../../emulators/aws/index.ts';
-import { sessionNameFor } from '../../../src/providers/aws/session-name.ts';
+import { agentKeyFor, sessionNameFor, taskKeyFor } from '../../../src/providers/aws/session-name.ts';
 import { AGENT, ORCH, call, startTestBroker, waitFor, type TestBroker } from '../../helpers/broker.ts';
 import { JIT, NODE20, ensureBuilt } from '../../helpers/cli.ts';
 
@@ -205,8 +205,10 @@ describe('aws roles through the broker API', () => {
 
     expect(await whoAmI(creds)).toEqual({ ok: false, code: 'AccessDenied' });
     expect(emu.evaluate(creds.accessKeyId, 's3:GetObject', 'arn:aws:s3:::reports/q3.csv')).toBe('explicit-deny');
-    // The task ended: denied by its session tag, one statement however many sessions it had.
-    expect(JSON.stringify(emu.rolePolicy(role.roleName, POLICY))).toContain(`"aws:PrincipalTag/task":["${taskId}"]`);
+    // The task ended: denied by the wildcard on its session names, one entry however many sessions it had.
+    expect(JSON.stringify(emu.rolePolicy(role.roleName, POLICY))).toContain(
+      `"aws:userid":["*:jit-${agentKeyFor(agentId)}-${taskKeyFor(taskId)}-*"]`,
+    );
     expect((await whoAmI(sessionCreds(keep.body.credentials))).ok).toBe(true);
 
     // The lease, even revoked, never held the secret.

@@ -3,6 +3,7 @@ import {
   addAgent,
   addSession,
   addTask,
+  addTaskSessions,
   coarsen,
   type DenyModel,
   denies,
@@ -204,6 +205,26 @@ describe('folding (deny-fold.ts)', () => {
     // Every session of a folded task issued before the cut-off is still denied.
     const folded = decisions[0]!.taskKey!;
     expect(denies(m, { userId: `*:jit-${A}-${folded}-x`, expiresAt: T0 + 600_000, tokenIssuedAt: T0 - 60_000 })).toBe(true);
+  });
+
+  it('denies an ended task by the wildcard on its session names, and folds those to their agent from the text alone (no owners)', () => {
+    const m = emptyModel();
+    for (let i = 0; i < 40; i++) addTaskSessions(m, `*:jit-${A}-${t(`sub-${i}`)}-*`, T0 + WINDOW_MS);
+    addSession(m, entry(B, t('b'), 1), T0 + WINDOW_MS); // a bystander with one revoked session
+    // Read back from IAM text, as after a Redis data loss: nothing but the policy is known.
+    const back = parseDenyPolicy(renderDenyPolicy(m)!, T0);
+    // Every session of an ended task is denied, without a time condition; another task's is not.
+    const s = { userId: `*:jit-${A}-${t('sub-3')}-${lease(9)}`, expiresAt: T0 + 600_000 };
+    expect(denies(back, s)).toBe(true);
+    expect(denies(back, { ...s, expiresAt: T0 + WINDOW_MS + 1 })).toBe(false);
+    expect(denies(back, { ...s, userId: `*:jit-${A}-${t('other')}-${lease(9)}` })).toBe(false);
+    const budget = size(back) - 200;
+    const { decisions, fits } = foldToFit(back, size, budget, Math.floor(budget * 0.8), CUT);
+    expect(fits).toBe(true);
+    expect(decisions).toEqual([expect.objectContaining({ scope: 'agent', agentKey: A, patterns: [`*:jit-${A}-*`] })]);
+    expect(decisions[0]!.replaced).toHaveLength(40);
+    expect([...back.sessions.keys()]).toEqual([entry(B, t('b'), 1)]);
+    expect(denies(back, { ...s, tokenIssuedAt: T0 - 60_000 })).toBe(true);
   });
 
   it('makes headroom only at the expense of agents whose own entries take it (regression: it folded a bystander)', () => {
