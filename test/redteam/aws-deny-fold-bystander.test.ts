@@ -1,8 +1,8 @@
 import { afterAll, beforeAll, expect, test } from '@jest/globals';
-import { GetCallerIdentityCommand, STSClient } from '@aws-sdk/client-sts';
 import type { AwsEmulator } from '../emulators/aws/index.ts';
+import { awsAttack } from './aws-attack.ts';
 import { awsForBroker } from '../providers/aws/helpers.ts';
-import { AGENT, ORCH, call, startTestBroker, waitFor, type TestBroker } from '../helpers/broker.ts';
+import { AGENT, startTestBroker, waitFor, type TestBroker } from '../helpers/broker.ts';
 
 /**
  * Red team (after the fix-aws merge): one agent makes the broker FOLD ANOTHER
@@ -56,41 +56,7 @@ afterAll(async () => {
   await emu?.stop();
 });
 
-/** A call that waits out the caller's rate limit. */
-async function paced(method: string, path: string, who: string, body?: unknown) {
-  for (;;) {
-    const r = await call(t.url, method, path, t.as(who), body);
-    if (r.status !== 429) return r;
-    await new Promise((res) => setTimeout(res, 1000 * Number(r.headers.get('retry-after') ?? 1)));
-  }
-}
-
-async function whoAmI(c: Record<string, string>): Promise<string> {
-  const sts = new STSClient({
-    region: 'us-east-1',
-    endpoint: emu.url,
-    maxAttempts: 1,
-    credentials: { accessKeyId: c.AccessKeyId!, secretAccessKey: c.SecretAccessKey!, sessionToken: c.SessionToken! },
-  });
-  try {
-    await sts.send(new GetCallerIdentityCommand({}));
-    return 'ok';
-  } catch (err) {
-    return (err as { Code?: string }).Code ?? (err as Error).name;
-  } finally {
-    sts.destroy();
-  }
-}
-
-const openRoot = (taskId: string, agent: string) =>
-  paced('POST', '/v1/tasks', ORCH, {
-    taskId,
-    agent,
-    tenant: 'acme',
-    purpose: 'reports',
-    ttlSeconds: 7200,
-    grants: [{ role: 'reports-bucket', scopes: ['s3:GetObject'] }],
-  });
+const { paced, whoAmI, openRoot } = awsAttack(() => ({ t, emu }));
 const revoked = (who: string, leaseId: string) =>
   waitFor(async () => (await paced('GET', `/v1/leases/${leaseId}`, who)).body.status === 'revoked', 30_000, 100);
 const policyText = () => JSON.stringify(emu.rolePolicy('agent-reports', POLICY) ?? {});
