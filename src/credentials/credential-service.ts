@@ -12,6 +12,7 @@ import type { LeaseFixed } from '../leases/types.ts';
 import { descriptorOf } from '../providers/index.ts';
 import type { IssueRequest, IssueResult, Provider } from '../providers/types.ts';
 import { Keys } from '../redis/keys.ts';
+import { StaleTask } from '../tasks/task-store.ts';
 import type { Grant, TaskSnapshot } from '../tasks/types.ts';
 
 /** 201: a credential. */
@@ -32,12 +33,6 @@ export interface PendingApproval {
   approvalId: string;
   status: 'pending';
 }
-
-/**
- * Redis holds another incarnation of the task than the (cached) one the
- * request was decided on: the id was purged and opened again.
- */
-class StaleTask extends Error {}
 
 /** Everything decided about a request before anything is recorded. */
 interface Decided {
@@ -70,20 +65,8 @@ export class CredentialService {
   }
 
   async request(who: WorkloadIdentity, body: CredentialRequest): Promise<IssuedCredential | PendingApproval> {
-    try {
-      return await this.decideAndIssue(who, body);
-    } catch (err) {
-      if (!(err instanceof StaleTask)) throw err;
-      // The cached task was an earlier incarnation of this id (purged, then opened again): decide
-      // everything again on the task as it is now. A second change meanwhile is refused, not chased.
-      this.deps.tasks.forget(body.taskId);
-      try {
-        return await this.decideAndIssue(who, body);
-      } catch (again) {
-        if (again instanceof StaleTask) throw conflict('task_not_open', `Task ${body.taskId} changed while the request was decided.`);
-        throw again;
-      }
-    }
+    // The task may come from the cache: decided again if it was an earlier incarnation of its id.
+    return this.deps.tasks.onCurrent(body.taskId, () => this.decideAndIssue(who, body));
   }
 
   private async decideAndIssue(who: WorkloadIdentity, body: CredentialRequest): Promise<IssuedCredential | PendingApproval> {

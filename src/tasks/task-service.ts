@@ -9,10 +9,8 @@ import type { WorkloadIdentity } from '../identity/types.ts';
 import type { LeaseRecord } from '../leases/types.ts';
 import { descriptorOf } from '../providers/index.ts';
 import { attenuate } from './delegation.ts';
+import { StaleTask } from './task-store.ts';
 import type { Grant, TaskEndReason, TaskFixed, TaskRecord } from './types.ts';
-
-/** The cached parent is an earlier incarnation of its id than the one Redis holds. */
-class StaleParent extends Error {}
 
 /** Longest task id the broker makes (a root id plus `~<name>` per delegation level). */
 const MAX_TASK_ID = 512;
@@ -67,20 +65,8 @@ export class TaskService {
 
   /** Opens a task; `created: false` means the same request was repeated (200). */
   async open(who: WorkloadIdentity, body: OpenTaskBody): Promise<{ created: boolean; task: TaskRecord }> {
-    try {
-      return await this.openOnce(who, body);
-    } catch (err) {
-      if (!(err instanceof StaleParent) || !body.parentTaskId) throw err;
-      // The cached parent was an earlier incarnation of its id (purged, then opened again): decide again.
-      this.deps.tasks.forget(body.parentTaskId);
-      try {
-        return await this.openOnce(who, body);
-      } catch (again) {
-        if (again instanceof StaleParent)
-          throw conflict('task_not_open', `Parent task ${body.parentTaskId} changed while the request was decided.`);
-        throw again;
-      }
-    }
+    // A sub-task's parent may come from the cache: decided again if it was an earlier incarnation of its id.
+    return body.parentTaskId ? this.deps.tasks.onCurrent(body.parentTaskId, () => this.openOnce(who, body)) : this.openOnce(who, body);
   }
 
   private async openOnce(who: WorkloadIdentity, body: OpenTaskBody): Promise<{ created: boolean; task: TaskRecord }> {
@@ -95,15 +81,7 @@ export class TaskService {
       .digest('base64url');
     const { task, parentCreatedAt } = body.parentTaskId
       ? await this.subtask(who, body, requestHash)
-      : {
-          task: await this.root(
-            who,
-            body,
-            body.grants.map((g) => this.grant(g)),
-            requestHash,
-          ),
-          parentCreatedAt: undefined,
-        };
+      : { task: await this.root(who, body, requestHash), parentCreatedAt: undefined };
     const policies = await authorize(
       this.deps,
       who,
@@ -118,7 +96,7 @@ export class TaskService {
             parentCreatedAt !== undefined &&
             !(await this.deps.tasks.isCurrent({ taskId: task.parentTaskId, createdAt: parentCreatedAt }))
           )
-            throw new StaleParent();
+            throw new StaleTask();
         },
       },
     );
@@ -149,7 +127,7 @@ export class TaskService {
       case 'parent_not_open':
         throw conflict('task_not_open', `Parent task ${body.parentTaskId} is not open.`);
       case 'parent_stale':
-        throw new StaleParent();
+        throw new StaleTask();
       case 'outlives_parent':
         return d('delegation_outlives_parent', 'A sub-task must end no later than its parent.');
       case 'limit':
@@ -247,7 +225,8 @@ export class TaskService {
     return { role: g.role, scopes, maxTtlSeconds: g.maxTtlSeconds ?? inherit?.maxTtlSeconds ?? role.maxTtlSeconds };
   }
 
-  private async root(who: WorkloadIdentity, body: OpenTaskBody, grants: Grant[], requestHash: string): Promise<TaskFixed> {
+  private async root(who: WorkloadIdentity, body: OpenTaskBody, requestHash: string): Promise<TaskFixed> {
+    const grants = body.grants.map((g) => this.grant(g));
     const taskId = body.taskId ?? `t-${randomUUID()}`;
     if (!this.deps.patterns.orchestrators.matches(who.id)) {
       await deny(this.deps, who, 'not_orchestrator', "Only an orchestrator may open a task (or a task's agent a sub-task).", {
@@ -288,19 +267,15 @@ export class TaskService {
     if (!parent) throw notFound('task_not_found', `No parent task ${parentId}.`);
     const d = async (code: 'not_parent_agent' | 'delegation_too_deep' | 'delegation_widens', msg: string): Promise<never> => {
       // The parent may come from the cache: refuse only on the parent as Redis holds it now.
-      if (!(await this.deps.tasks.isCurrent(parent))) throw new StaleParent();
+      if (!(await this.deps.tasks.isCurrent(parent))) throw new StaleTask();
       return deny(this.deps, who, code, msg, { action: 'access.deny', taskId });
     };
     if (who.id !== parent.agent) await d('not_parent_agent', "Only the parent task's agent may open a sub-task.");
     const depth = this.deps.config.tasks.maxDelegationDepth;
     if (parent.depth + 1 > depth) await d('delegation_too_deep', `Delegation depth is limited to ${depth}.`);
     // Omitted scopes and TTL ceilings are the parent grant's, as omitted labels are the parent's labels.
-    const grants = body.grants.map((g) =>
-      this.grant(
-        g,
-        parent.grants.find((p) => p.role === g.role),
-      ),
-    );
+    const inherited = (role: string) => parent.grants.find((p) => p.role === role);
+    const grants = body.grants.map((g) => this.grant(g, inherited(g.role)));
     const narrowed = attenuate(parent, { tenant: body.tenant, purpose: body.purpose, labels: body.labels, grants });
     if ('widens' in narrowed) return d('delegation_widens', narrowed.widens);
     // The request body allows 32 labels; inherited plus added ones are held to the same cap.

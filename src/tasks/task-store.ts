@@ -1,8 +1,15 @@
 import { LRUCache } from 'lru-cache';
+import { conflict } from '../errors.ts';
 import { indexWindow } from '../lists/index-window.ts';
 import type { Keys } from '../redis/keys.ts';
 import { type RedisClient, script } from '../redis/scripts.ts';
 import type { TaskEndReason, TaskFixed, TaskRecord, TaskSnapshot, TaskStatus } from './types.ts';
+
+/**
+ * A decision was taken on a cached task that turned out to be an earlier
+ * incarnation of its id (purged, then opened again) than the one Redis holds.
+ */
+export class StaleTask extends Error {}
 
 const openScript = script('task-open');
 const endScript = script('task-end');
@@ -38,7 +45,8 @@ export type EndResult =
   | {
       kind: 'ended';
       endedAt: number;
-      taskIds: string[] /** Leases of these tasks not yet ended: the ones being revoked now. */;
+      taskIds: string[];
+      /** Leases of these tasks not yet ended: the ones being revoked now. */
       liveLeases: number;
     }
   | { kind: 'missing' | 'early' }
@@ -64,8 +72,10 @@ export class TaskStore {
     this.retentionMs = deps.retentionMs;
   }
 
-  /** Stores a new task (a sub-task under its parent), or returns the one already under its id. */
-  /** `parentCreatedAt`: the parent incarnation the sub-task was decided on (`parent_stale` if Redis holds another). */
+  /**
+   * Stores a new task (a sub-task under its parent), or returns the one already under its id.
+   * `parentCreatedAt`: the parent incarnation the sub-task was decided on (`parent_stale` if Redis holds another).
+   */
   async open(task: TaskFixed, opts: { maxSubtasks: number; rootTaskId?: string; parentCreatedAt?: number }): Promise<OpenResult> {
     const k = this.keys;
     const bucket = k.bucketOfTask(task.taskId);
@@ -126,6 +136,26 @@ export class TaskStore {
   /** Forgets one cached task (its id now holds another incarnation). */
   forget(taskId: string): void {
     this.fixedCache.delete(taskId);
+  }
+
+  /**
+   * Runs `decide`, which throws StaleTask when the cached `taskId` it decided on is outdated; then
+   * forgets that entry and decides once more on the task as Redis holds it now. A second change
+   * meanwhile is refused (409 task_not_open), not chased.
+   */
+  async onCurrent<T>(taskId: string, decide: () => Promise<T>): Promise<T> {
+    try {
+      return await decide();
+    } catch (err) {
+      if (!(err instanceof StaleTask)) throw err;
+      this.forget(taskId);
+      try {
+        return await decide();
+      } catch (again) {
+        if (again instanceof StaleTask) throw conflict('task_not_open', `Task ${taskId} changed while the request was decided.`);
+        throw again;
+      }
+    }
   }
 
   /** Forgets cached tasks (after Redis lost its data). */

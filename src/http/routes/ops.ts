@@ -7,6 +7,9 @@ import type { Services } from '../services.ts';
 import { identityOf, jsonBody, validBody, validQuery } from '../middleware.ts';
 import { rotateSchema } from '../schemas.ts';
 
+/** How long one round of upstream readiness checks answers /readyz (ms). */
+const UPSTREAM_CHECK_MS = 1000;
+
 /** Bounded wait for a readiness probe step. */
 function within<T>(p: Promise<T>, ms: number): Promise<T> {
   return Promise.race([p, new Promise<T>((_, rej) => setTimeout(() => rej(new Error('timeout')), ms).unref())]);
@@ -19,9 +22,6 @@ function within<T>(p: Promise<T>, ms: number): Promise<T> {
  * upstream being down is reported but does not take JWT traffic out of
  * rotation), /metrics.
  */
-/** How long one round of upstream readiness checks answers /readyz (ms). */
-const UPSTREAM_CHECK_MS = 1000;
-
 export function opsRoutes(deps: Deps, state: { isShuttingDown: () => boolean; isRecovered: () => boolean }): Router {
   const r = Router();
   // /readyz is unauthenticated and probed often: one upstream round (Vault sys/health...) per UPSTREAM_CHECK_MS,
