@@ -2,7 +2,7 @@ import { randomBytes } from 'node:crypto';
 import { once } from 'node:events';
 import type { Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import type { Router } from 'express';
+import type { RequestHandler, Router } from 'express';
 import { AdminService } from './admin/admin-service.ts';
 import { ApprovalService } from './approvals/approval-service.ts';
 import { ApprovalStore } from './approvals/approval-store.ts';
@@ -13,7 +13,7 @@ import { sealKeyOf } from './audit/seal.ts';
 import { type LoadedConfig, readSecret, resolvePath } from './config/load.ts';
 import { CredentialService } from './credentials/credential-service.ts';
 import type { Deps } from './deps.ts';
-import { createApp } from './http/app.ts';
+import { createApp, under } from './http/app.ts';
 import { RateLimits } from './http/rate-limit.ts';
 import { refuseQuarantined } from './http/middleware.ts';
 import type { Services } from './http/services.ts';
@@ -300,31 +300,34 @@ export async function startBroker(config: LoadedConfig, opts: BrokerOptions = {}
     let url: string | undefined;
     let consoleApp: { close(): void } | undefined;
     if (runApi) {
-      const routers = [...(opts.routers?.(deps, services) ?? [])];
+      const routers: (Router | RequestHandler)[] = [...(opts.routers?.(deps, services) ?? [])];
       if (config.console) {
         // The web console (contract section 10): sign-in, the built page, and /console/api over the /v1 handlers.
         const { createConsole } = await import('./console/routes.ts');
         const c = createConsole(deps, services);
         consoleApp = c;
         undo.push(() => c.close());
-        routers.push(c.router);
+        routers.push(under(['/console'], c.router));
       }
       if (config.providers.aws) {
         // AWS SDKs fetch task credentials themselves (AWS_CONTAINER_CREDENTIALS_FULL_URI); same checks as POST /v1/credentials.
         const { containerCredentialsRouter } = await import('./providers/aws/container-credentials.ts');
         routers.push(
-          containerCredentialsRouter({
-            logger,
-            roles: config.roles,
-            issue: async (token, body) => {
-              const who = await verifier.verify(token);
-              // As on every /v1 route (authenticate): a quarantined identity is refused before anything is issued.
-              await refuseQuarantined(deps, who);
-              await deps.limits?.spendIdentity(who.id);
-              const out = await services.credentials.request(who, body);
-              return 'credentials' in out ? { credentials: out.credentials } : {};
-            },
-          }),
+          under(
+            ['/v1/aws/'],
+            containerCredentialsRouter({
+              logger,
+              roles: config.roles,
+              issue: async (token, body) => {
+                const who = await verifier.verify(token);
+                // As on every /v1 route (authenticate): a quarantined identity is refused before anything is issued.
+                await refuseQuarantined(deps, who);
+                await deps.limits?.spendIdentity(who.id);
+                const out = await services.credentials.request(who, body);
+                return 'credentials' in out ? { credentials: out.credentials } : {};
+              },
+            }),
+          ),
         );
       }
       const app = createApp(deps, services, {

@@ -17,7 +17,7 @@ import { wellKnownRoutes } from './routes/wellknown.ts';
 export function createApp(
   deps: Deps,
   services: Services,
-  opts: { isShuttingDown: () => boolean; isRecovered: () => boolean; extraRouters?: express.Router[] },
+  opts: { isShuttingDown: () => boolean; isRecovered: () => boolean; extraRouters?: (express.Router | RequestHandler)[] },
 ): Express {
   const app = express();
   app.disable('x-powered-by');
@@ -34,12 +34,12 @@ export function createApp(
   });
   // Express would answer OPTIONS itself (200, the path's methods); the broker has no OPTIONS route and answers no CORS preflight.
   app.use((req, res, next) => (req.method === 'OPTIONS' ? noRoute(req, res, next) : next()));
-  app.use(opsRoutes(deps, opts));
-  app.use(wellKnownRoutes(deps));
-  app.use(openApiRoutes(deps.config.server.publicUrl));
+  app.use(under(['/healthz', '/readyz', '/metrics'], opsRoutes(deps, opts)));
+  app.use(under(['/.well-known/'], wellKnownRoutes(deps)));
+  app.use(under(['/openapi.json'], openApiRoutes(deps.config.server.publicUrl)));
   // Addresses over their authentication-failure budget are refused here, before any token is looked at.
   if (deps.limits) app.use('/v1', deps.limits.gate());
-  app.use(oauthRoutes(deps, services));
+  app.use(under(['/v1/token', '/v1/introspect'], oauthRoutes(deps, services)));
   for (const r of opts.extraRouters ?? []) app.use(r);
   app.use(v1Routes(deps, services, requireIdentity(deps)));
   app.use(noRoute);
@@ -58,12 +58,35 @@ const noRoute: RequestHandler = (req, res) =>
  */
 export function v1Routes(deps: Deps, services: Services, authenticate: RequestHandler): Router {
   const r = Router();
-  r.use(adminRoutes(deps, services, authenticate));
-  // Everything else under /v1 is JSON and needs an identity, checked before the body is even parsed.
+  r.use(under(['/v1/admin/'], adminRoutes(deps, services, authenticate)));
   // Everything else under /v1 is JSON and needs an identity (and its rate limit), checked before the body is even parsed.
   r.use('/v1', authenticate, ...jsonBody(deps.config.server.bodyLimitBytes));
-  r.use(listRoutes(services));
-  r.use(taskRoutes(services));
-  r.use(credentialRoutes(services));
+  r.use(under(['/v1/tasks', '/v1/approvals', '/v1/audit'], listRoutes(services)));
+  r.use(under(['/v1/tasks'], taskRoutes(services)));
+  r.use(under(['/v1/credentials', '/v1/leases/', '/v1/approvals/'], credentialRoutes(services)));
   return r;
+}
+
+/**
+ * Hands a request to `router` only when its path starts with one of
+ * `prefixes` (lower case; compared case-insensitively, as Express routes).
+ * A router mounted without a path is entered by every request, and entering
+ * one costs closures and a path match per route: across the app's routers
+ * that was ~25 KB of garbage and tens of µs per issuance (docs/benchmarks.md).
+ * Checked once, at start-up: a route outside the prefixes throws. The
+ * router stays reachable as `.router` for whatever lists the app's routes.
+ */
+export function under(prefixes: readonly string[], router: Router): RequestHandler & { router: Router } {
+  for (const layer of router.stack) {
+    const path: unknown = layer.route?.path;
+    if (typeof path === 'string' && !prefixes.some((p) => path.toLowerCase().startsWith(p))) {
+      throw new Error(`route ${path} is outside its router's prefixes (${prefixes.join(', ')})`);
+    }
+  }
+  const guard: RequestHandler = (req, res, next) => {
+    const path = req.path.toLowerCase();
+    if (prefixes.some((p) => path.startsWith(p))) router(req, res, next);
+    else next();
+  };
+  return Object.assign(guard, { router });
 }

@@ -339,7 +339,9 @@ export function registeredRoutes(app: { router: { stack: any[] } }): RegisteredR
         out.push({ methods, path: typeof p === 'string' ? prefix + p : p });
       } else {
         const mount = typeof layer.rawPath === 'string' && layer.rawPath !== '/' ? layer.rawPath : '';
-        if (Array.isArray(layer.handle?.stack)) walk(layer.handle.stack, prefix + mount);
+        // A router behind a path guard (src/http/app.ts `under`) is listed as if mounted directly.
+        const stack = layer.handle?.stack ?? layer.handle?.router?.stack;
+        if (Array.isArray(stack)) walk(stack, prefix + mount);
         // express.static answers GET and HEAD for every file below its mount.
         else if (layer.handle?.name === 'serveStatic') out.push({ methods: ['get'], path: `${prefix}${mount}/*` });
       }
