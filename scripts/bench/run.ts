@@ -130,7 +130,8 @@ async function measure(
   // records whose background work (export, reconcile) would otherwise land in the first open-loop run only.
   if (fresh) ({ t, server } = await fresh());
   for (const rate of rates) {
-    await load(t, { connections: 4, seconds: 1 }); // warm-up of this server
+    // Warm-up at this rate, not measured: a fresh process's first seconds are start-up (JIT, heap sizing), not its steady state.
+    await pacedLoad({ ...t, rate, seconds: 2 });
     const before = server.loop ? await mark(server.loop) : undefined;
     const paced = await pacedLoad({ ...t, rate, seconds: SECONDS });
     if (server.loop && before) out[`at${rate}Loop`] = await since(server.loop, before);
