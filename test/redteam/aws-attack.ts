@@ -1,6 +1,6 @@
-import { GetCallerIdentityCommand, STSClient } from '@aws-sdk/client-sts';
 import type { AwsEmulator } from '../emulators/aws/index.ts';
 import { ORCH, call, type TestBroker } from '../helpers/broker.ts';
+import { callerIdentityAs } from '../providers/aws/helpers.ts';
 
 /**
  * What the AWS deny-list attacks share: calls that wait out the caller's rate
@@ -19,21 +19,12 @@ export function awsAttack(world: () => { t: TestBroker; emu: AwsEmulator }) {
   }
 
   /** 'ok' when the session's keys still work, else the STS error code (AccessDenied once denied). */
-  async function whoAmI(c: Record<string, string>): Promise<string> {
-    const sts = new STSClient({
-      region: 'us-east-1',
-      endpoint: world().emu.url,
-      maxAttempts: 1,
-      credentials: { accessKeyId: c.AccessKeyId!, secretAccessKey: c.SecretAccessKey!, sessionToken: c.SessionToken! },
+  function whoAmI(c: Record<string, string>): Promise<string> {
+    return callerIdentityAs(world().emu.url, {
+      accessKeyId: c.AccessKeyId!,
+      secretAccessKey: c.SecretAccessKey!,
+      sessionToken: c.SessionToken!,
     });
-    try {
-      await sts.send(new GetCallerIdentityCommand({}));
-      return 'ok';
-    } catch (err) {
-      return (err as { Code?: string }).Code ?? (err as Error).name;
-    } finally {
-      sts.destroy();
-    }
   }
 
   const openRoot = (taskId: string, agent: string) =>

@@ -164,8 +164,11 @@ export function stsAs(emu: AwsEmulator, c: Record<string, unknown>): STSClient {
   });
 }
 
-/** GetCallerIdentity with a long-term key against `endpoint`: 'ok', or the AWS error code. */
-export async function callerIdentityAs(endpoint: string, keys: { accessKeyId: string; secretAccessKey: string }): Promise<string> {
+/** GetCallerIdentity with a long-term key or a session's keys against `endpoint`: 'ok', or the AWS error code. */
+export async function callerIdentityAs(
+  endpoint: string,
+  keys: { accessKeyId: string; secretAccessKey: string; sessionToken?: string },
+): Promise<string> {
   const sts = new STSClient({ region: 'us-east-1', endpoint, maxAttempts: 1, credentials: keys });
   try {
     await sts.send(new GetCallerIdentityCommand({}));
