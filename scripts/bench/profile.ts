@@ -17,7 +17,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import autocannon from 'autocannon';
 import { pacedLoad } from './paced.ts';
-import { BenchIssuer, startBenchRedis, startBrokerProcess, writeBenchConfig, writePolicies } from './setup.ts';
+import { BenchIssuer, openBenchTask, startBenchRedis, startBrokerProcess, writeBenchConfig, writePolicies } from './setup.ts';
 
 interface Node {
   id: number;
@@ -92,19 +92,7 @@ async function main(): Promise<void> {
   const broker = await startBrokerProcess(config, port);
   const orch = issuer.svid('/orchestrator/bench');
   const agent = issuer.svid('/agent/bench');
-  const open = await fetch(`${broker.url}/v1/tasks`, {
-    method: 'POST',
-    headers: { authorization: `Bearer ${orch}`, 'content-type': 'application/json' },
-    body: JSON.stringify({
-      taskId: 't-prof',
-      agent: 'spiffe://bench.local/agent/bench',
-      tenant: 'acme',
-      purpose: 'bench',
-      ttlSeconds: 3600,
-      grants: [{ role: 'tickets-api', scopes: ['tickets:read'] }],
-    }),
-  });
-  if (open.status !== 201) throw new Error(`open task: ${open.status}`);
+  await openBenchTask(broker.url, orch, 't-prof');
   const t0 = performance.now();
   const headers = { authorization: `Bearer ${agent}`, 'content-type': 'application/json' };
   const body = JSON.stringify({ taskId: 't-prof', role: 'tickets-api', scopes: ['tickets:read'], ttlSeconds: 600 });

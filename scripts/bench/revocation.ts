@@ -27,7 +27,7 @@ import { Agent, request } from 'node:http';
 import { pathToFileURL } from 'node:url';
 import type { Redis } from 'ioredis';
 import { Keys } from '../../src/redis/keys.ts';
-import { BenchIssuer, startBenchRedis, startBrokerProcess, writeBenchConfig, writePolicies } from './setup.ts';
+import { BenchIssuer, openBenchTask, startBenchRedis, startBrokerProcess, writeBenchConfig, writePolicies } from './setup.ts';
 
 const PORT = Number(process.env.BENCH_REVOKE_PORT ?? 18_084);
 const N = Number(process.env.BENCH_REVOKE_LEASES ?? 10_000);
@@ -65,19 +65,8 @@ function post(agent: Agent, url: string, path: string, token: string, body: unkn
   });
 }
 
-async function openTask(ctx: Ctx, taskId: string, agentPath: string): Promise<void> {
-  const agent = new Agent({ keepAlive: false });
-  const r = await post(agent, ctx.url, '/v1/tasks', ctx.issuer.svid('/orchestrator/bench'), {
-    taskId,
-    agent: `spiffe://bench.local${agentPath}`,
-    tenant: 'acme',
-    purpose: 'bench',
-    ttlSeconds: 3600,
-    grants: [{ role: 'demo-api' }],
-  });
-  agent.destroy();
-  if (r.status !== 201) throw new Error(`open task: ${r.status} ${r.body}`);
-}
+const openTask = (ctx: Ctx, taskId: string, agentPath: string) =>
+  openBenchTask(ctx.url, ctx.issuer.svid('/orchestrator/bench'), taskId, { agentPath, grants: [{ role: 'demo-api' }] });
 
 /** Issues `n` demo-api leases, 32 in flight; `ttl()` is asked per request. Returns the lease ids. */
 async function issueMany(ctx: Ctx, agentPath: string, n: number, taskOf: (i: number) => string, ttl: () => number): Promise<string[]> {

@@ -19,7 +19,7 @@
  */
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import autocannon from 'autocannon';
-import { BenchIssuer, startBenchRedis, startBrokerProcess, writeBenchConfig, writePolicies } from './setup.ts';
+import { BenchIssuer, openBenchTask, startBenchRedis, startBrokerProcess, writeBenchConfig, writePolicies } from './setup.ts';
 import { measureReference } from './reference.ts';
 import { measureLag } from './lag.ts';
 import { pacedLoad } from './paced.ts';
@@ -49,21 +49,8 @@ const issuer = new BenchIssuer();
 const agentToken = issuer.svid('/agent/bench');
 const orchToken = issuer.svid('/orchestrator/bench');
 
-async function openTask(url: string, taskId: string, ttlSeconds = 3600): Promise<void> {
-  const res = await fetch(`${url}/v1/tasks`, {
-    method: 'POST',
-    headers: { authorization: `Bearer ${orchToken}`, 'content-type': 'application/json' },
-    body: JSON.stringify({
-      taskId,
-      agent: 'spiffe://bench.local/agent/bench',
-      tenant: 'acme',
-      purpose: 'bench',
-      ttlSeconds,
-      grants: [{ role: 'tickets-api', scopes: ['tickets:read'] }, { role: 'demo-api' }],
-    }),
-  });
-  if (res.status !== 201) throw new Error(`open task: ${res.status} ${await res.text()}`);
-}
+const openTask = (url: string, taskId: string, ttlSeconds = 3600) =>
+  openBenchTask(url, orchToken, taskId, { ttlSeconds, grants: [{ role: 'tickets-api', scopes: ['tickets:read'] }, { role: 'demo-api' }] });
 
 interface Target {
   url: string;

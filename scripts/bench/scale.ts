@@ -15,7 +15,7 @@ import { dirname, join } from 'node:path';
 import autocannon from 'autocannon';
 import { Redis } from 'ioredis';
 import { startCluster } from '../../test/helpers/redis-topology.ts';
-import { type BenchIssuer, startBrokerProcess, writeBenchConfig, writePolicies } from './setup.ts';
+import { type BenchIssuer, openBenchTask, startBrokerProcess, writeBenchConfig, writePolicies } from './setup.ts';
 
 export interface ScaleRow {
   layout: string;
@@ -34,22 +34,6 @@ interface Ctx {
   leases: number;
   port: number;
   log(s: string): void;
-}
-
-async function openTask(url: string, orchToken: string, taskId: string): Promise<void> {
-  const res = await fetch(`${url}/v1/tasks`, {
-    method: 'POST',
-    headers: { authorization: `Bearer ${orchToken}`, 'content-type': 'application/json' },
-    body: JSON.stringify({
-      taskId,
-      agent: 'spiffe://bench.local/agent/bench',
-      tenant: 'acme',
-      purpose: 'bench',
-      ttlSeconds: 3600,
-      grants: [{ role: 'tickets-api', scopes: ['tickets:read'] }],
-    }),
-  });
-  if (res.status !== 201) throw new Error(`open task: ${res.status} ${await res.text()}`);
 }
 
 function load(url: string, ctx: Ctx, taskId: string, connections: number, opts: { seconds?: number; amount?: number }) {
@@ -73,7 +57,7 @@ async function usedMemory(nodes: Redis[]): Promise<number> {
 /** Runs the load over `urls` (64 connections split evenly), then measures bytes per lease over `nodes`. */
 async function measure(layout: string, urls: string[], nodes: Redis[], ctx: Ctx): Promise<ScaleRow> {
   const tag = layout.replace(/\W+/g, '-');
-  await openTask(urls[0]!, ctx.orchToken, `t-${tag}`);
+  await openBenchTask(urls[0]!, ctx.orchToken, `t-${tag}`);
   const per = Math.floor(64 / urls.length);
   await Promise.all(urls.map((u) => load(u, ctx, `t-${tag}`, per, { seconds: 2 }))); // warm-up
   const runs = await Promise.all(urls.map((u) => load(u, ctx, `t-${tag}`, per, { seconds: ctx.seconds })));
@@ -82,7 +66,7 @@ async function measure(layout: string, urls: string[], nodes: Redis[], ctx: Ctx)
   const p99Ms = Math.max(...runs.map((r) => r.latency.p99));
   // Memory: fresh tasks so the figure is per lease of a task of a realistic size (1,000 leases), not of one huge task.
   const tasks = Math.max(1, Math.ceil(ctx.leases / 1000));
-  for (let i = 0; i < tasks; i++) await openTask(urls[0]!, ctx.orchToken, `t-${tag}-mem-${i}`);
+  for (let i = 0; i < tasks; i++) await openBenchTask(urls[0]!, ctx.orchToken, `t-${tag}-mem-${i}`);
   await new Promise((r) => setTimeout(r, 500));
   const before = await usedMemory(nodes);
   for (let i = 0; i < tasks; i++) {

@@ -137,6 +137,32 @@ export function writeBenchConfig(opts: {
   return file;
 }
 
+/**
+ * Opens a bench task (tenant acme, purpose bench) by POST /v1/tasks as the
+ * orchestrator `orchToken`; defaults: agent /agent/bench, one hour, the
+ * tickets-api grant with tickets:read.
+ */
+export async function openBenchTask(
+  url: string,
+  orchToken: string,
+  taskId: string,
+  opts: { agentPath?: string; ttlSeconds?: number; grants?: unknown[] } = {},
+): Promise<void> {
+  const res = await fetch(`${url}/v1/tasks`, {
+    method: 'POST',
+    headers: { authorization: `Bearer ${orchToken}`, 'content-type': 'application/json' },
+    body: JSON.stringify({
+      taskId,
+      agent: `spiffe://bench.local${opts.agentPath ?? '/agent/bench'}`,
+      tenant: 'acme',
+      purpose: 'bench',
+      ttlSeconds: opts.ttlSeconds ?? 3600,
+      grants: opts.grants ?? [{ role: 'tickets-api', scopes: ['tickets:read'] }],
+    }),
+  });
+  if (res.status !== 201) throw new Error(`open task: ${res.status} ${await res.text()}`);
+}
+
 /** Starts `node src/main.ts` as its own process (the load generator stays in this one). */
 export async function startBrokerProcess(
   configFile: string,

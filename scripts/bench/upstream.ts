@@ -9,7 +9,7 @@ import { AssumeRoleCommand, STSClient } from '@aws-sdk/client-sts';
 import nodeVault from 'node-vault';
 import { startAwsEmulator } from '../../test/emulators/aws/index.ts';
 import { startVaultEmulator } from '../../test/emulators/vault/index.ts';
-import { BenchIssuer, startBrokerProcess, writeBenchConfig, writePolicies } from './setup.ts';
+import { BenchIssuer, openBenchTask, startBrokerProcess, writeBenchConfig, writePolicies } from './setup.ts';
 
 const pct = (xs: number[], p: number) => {
   const s = [...xs].sort((a, b) => a - b);
@@ -49,19 +49,7 @@ async function withBroker(
   const config = writeBenchConfig({ redisUrl, prefix, port, issuer, policiesDir: writePolicies('permit-all'), extra, roles });
   const broker = await startBrokerProcess(config, port);
   try {
-    const res = await fetch(`${broker.url}/v1/tasks`, {
-      method: 'POST',
-      headers: { authorization: `Bearer ${issuer.svid('/orchestrator/b')}`, 'content-type': 'application/json' },
-      body: JSON.stringify({
-        taskId: 't-up',
-        agent: 'spiffe://bench.local/agent/bench',
-        tenant: 'acme',
-        purpose: 'bench',
-        ttlSeconds: 3600,
-        grants,
-      }),
-    });
-    if (res.status !== 201) throw new Error(`open task: ${res.status} ${await res.text()}`);
+    await openBenchTask(broker.url, issuer.svid('/orchestrator/b'), 't-up', { grants });
     return await run(broker.url, issuer.svid('/agent/bench'));
   } finally {
     await broker.stop();
