@@ -237,6 +237,38 @@ function redisCost(a: Awaited<ReturnType<typeof redisBusy>>, b: Awaited<ReturnTy
   };
 }
 
+/**
+ * Sends the one call that ends every lease in `ids` (a complete, the kill
+ * switch) as `callerPath`, then waits until none is live: how long the call
+ * took to answer, each lease's lag from the moment it was sent until its
+ * `revokedAt`, and what Redis spent meanwhile.
+ */
+async function endAndMeasure(ctx: Ctx, ids: string[], path: string, callerPath: string, body: unknown) {
+  await sleep(500);
+  const busy0 = await redisBusy(ctx);
+  const agent = new Agent({ keepAlive: false });
+  const sentAt = Date.now();
+  const t0 = performance.now();
+  const r = await post(agent, ctx.url, path, ctx.issuer.svid(callerPath), body);
+  const answeredMs = performance.now() - t0;
+  agent.destroy();
+  if (r.status >= 300) throw new Error(`${path}: ${r.status} ${r.body}`);
+  const seen = await untilNoneLive(ctx, t0, 60_000);
+  await sleep(1000);
+  const busy1 = await redisBusy(ctx);
+  const recs = await records(ctx, ids);
+  const lag = recs.map((x) => x.revokedAt - sentAt);
+  return {
+    answeredMs: round(answeredMs),
+    notRevoked: recs.filter((x) => x.status !== 'revoked').length,
+    allRevokedMs: round(Math.max(...lag)),
+    lagP50Ms: round(pct(lag, 50)),
+    lagP99Ms: round(pct(lag, 99)),
+    noneLiveSeenAfterMs: round(seen),
+    ...redisCost(busy0, busy1),
+  };
+}
+
 /** One task with `n` live leases; complete it. */
 export async function completeMany(ctx: Ctx, n = N) {
   await openTask(ctx, 't-complete', '/agent/complete');
@@ -248,31 +280,9 @@ export async function completeMany(ctx: Ctx, n = N) {
     () => 600,
   );
   const memory = await memoryBreakdown(ctx, ids, ['t-complete']);
-  await sleep(500);
-  const busy0 = await redisBusy(ctx);
-  const agent = new Agent({ keepAlive: false });
-  const sentAt = Date.now();
-  const t0 = performance.now();
-  const r = await post(agent, ctx.url, '/v1/tasks/t-complete/complete', ctx.issuer.svid('/orchestrator/bench'), {});
-  const answeredMs = performance.now() - t0;
-  agent.destroy();
-  if (r.status >= 300) throw new Error(`complete: ${r.status} ${r.body}`);
-  const seen = await untilNoneLive(ctx, t0, 60_000);
-  await sleep(1000);
-  const busy1 = await redisBusy(ctx);
-  const recs = await records(ctx, ids);
-  const lag = recs.map((x) => x.revokedAt - sentAt);
+  const { answeredMs, ...ended } = await endAndMeasure(ctx, ids, '/v1/tasks/t-complete/complete', '/orchestrator/bench', {});
   return {
-    result: {
-      leases: ids.length,
-      notRevoked: recs.filter((x) => x.status !== 'revoked').length,
-      completeAnsweredMs: round(answeredMs),
-      allRevokedMs: round(Math.max(...lag)),
-      lagP50Ms: round(pct(lag, 50)),
-      lagP99Ms: round(pct(lag, 99)),
-      noneLiveSeenAfterMs: round(seen),
-      ...redisCost(busy0, busy1),
-    },
+    result: { leases: ids.length, completeAnsweredMs: answeredMs, ...ended },
     memory,
   };
 }
@@ -287,31 +297,10 @@ export async function killSwitch(ctx: Ctx, n = N, tasks = 20) {
     (i) => `t-kill-${i % tasks}`,
     () => 600,
   );
-  await sleep(500);
-  const agent = new Agent({ keepAlive: false });
-  const sentAt = Date.now();
-  const t0 = performance.now();
-  const busy0 = await redisBusy(ctx);
-  const r = await post(agent, ctx.url, '/v1/admin/revoke', ctx.issuer.svid('/ops/bench'), { agent: 'spiffe://bench.local/agent/kill' });
-  const answeredMs = performance.now() - t0;
-  agent.destroy();
-  if (r.status >= 300) throw new Error(`admin revoke: ${r.status} ${r.body}`);
-  const seen = await untilNoneLive(ctx, t0, 60_000);
-  await sleep(1000);
-  const busy1 = await redisBusy(ctx);
-  const recs = await records(ctx, ids);
-  const lag = recs.map((x) => x.revokedAt - sentAt);
-  return {
-    leases: ids.length,
-    tasks,
-    notRevoked: recs.filter((x) => x.status !== 'revoked').length,
-    revokeAnsweredMs: round(answeredMs),
-    allRevokedMs: round(Math.max(...lag)),
-    lagP50Ms: round(pct(lag, 50)),
-    lagP99Ms: round(pct(lag, 99)),
-    noneLiveSeenAfterMs: round(seen),
-    ...redisCost(busy0, busy1),
-  };
+  const { answeredMs, ...ended } = await endAndMeasure(ctx, ids, '/v1/admin/revoke', '/ops/bench', {
+    agent: 'spiffe://bench.local/agent/kill',
+  });
+  return { leases: ids.length, tasks, revokeAnsweredMs: answeredMs, ...ended };
 }
 
 /**
