@@ -7,6 +7,7 @@ import type { TaskEndReason } from '../tasks/types.ts';
 import { endLeases, localKinds } from './ending.ts';
 
 const sweepScript = script('sweep');
+const reconcilePageScript = script('reconcile-page');
 
 /**
  * Audit records of one bucket the sweeper lets be unwritten before it waits:
@@ -158,7 +159,14 @@ export class Sweeper {
   private async reconcileBucket(bucket: number): Promise<number> {
     const { leases, tasks, queue } = this.deps;
     let n = 0;
-    for await (const ids of leases.live(bucket)) {
+    for await (const page of leases.live(bucket)) {
+      // Redis picks the few leases needing work; only those are read here (see reconcile-page.lua).
+      const ids = (await reconcilePageScript.run(
+        this.deps.redis,
+        [this.deps.keys.liveLeases(bucket)],
+        [this.deps.keys.base(bucket), ...page],
+      )) as string[];
+      if (ids.length === 0) continue;
       const records = (await leases.getMany(ids)).filter((l) => !LeaseStore.isEnded(l.status) && l.status !== 'issuing');
       const taskIds = [...new Set(records.map((l) => l.taskId))];
       const found = await tasks.getMany(taskIds);

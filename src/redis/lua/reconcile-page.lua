@@ -1,0 +1,33 @@
+-- reconcile-page: of one page of a bucket's live leases, the few the reconciler must finish, decided in
+-- Redis: leases whose task is no longer open (or gone) and leases left `revoking` / `revoke_failed`
+-- (a lost job). Healthy leases of open tasks, nearly all of them, are not sent back, so a pass over
+-- 100,000 live leases costs the broker's event loop a page of ids each, not 100,000 parsed records.
+-- `issuing` and ended leases are skipped, as the reconciler skips them.
+-- uses: common
+-- KEYS[1] live leases of the bucket (zset; names the bucket's slot, not read)
+-- ARGV[1] key base of the bucket
+-- ARGV[2..] lease ids
+-- Returns the ids that need the reconciler
+local base = ARGV[1]
+local out = {}
+local openTask = {}
+for i = 2, #ARGV do
+  local id = ARGV[i]
+  local f = redis.call('HMGET', base .. 'lease:' .. id, 'status', 't')
+  local st = f[1]
+  if st and not ENDED[st] and st ~= 'issuing' then
+    local t = f[2]
+    if st == 'revoking' or st == 'revoke_failed' or not t then
+      -- (a record without its task id field is decided by the reconciler from the full record)
+      out[#out + 1] = id
+    else
+      local open = openTask[t]
+      if open == nil then
+        open = redis.call('HGET', base .. 'task:' .. t, 'status') == 'open'
+        openTask[t] = open
+      end
+      if not open then out[#out + 1] = id end
+    end
+  end
+end
+return out
