@@ -4,6 +4,7 @@ import { readSecret } from '../config/load.ts';
 import { redisTopology, SENTINEL_PORT, type RedisConfig } from '../config/redis.ts';
 import type { Logger } from '../logger.ts';
 import type { RedisClient } from './scripts.ts';
+import { coalesceWrites } from './coalesce.ts';
 import { guardStalls } from './stall-guard.ts';
 import { endpointLabel, parseRedisUrl, type RedisEndpoint } from './url.ts';
 
@@ -36,7 +37,8 @@ export interface RedisConnector {
    * For API and worker commands: a command that gets no answer within
    * `redis.commandTimeoutMs` fails ("Command timed out") instead of hanging
    * the request, on a Cluster also while no node is reachable; at most two
-   * retries over reconnects; auto-pipelining on (except on a Cluster).
+   * retries over reconnects; the commands of one event-loop turn go out in
+   * one socket write (coalesce.ts), without ioredis's auto-pipelining.
    */
   command(name: string): RedisClient;
   /** For BullMQ queues and workers: no command timeout, unlimited retries (`maxRetriesPerRequest: null`), as BullMQ requires. */
@@ -100,7 +102,10 @@ export function createConnector(config: RedisConfig, deps: { logger: Logger }): 
     }
     logErrors(client, name, deps.logger);
     if (kind === 'command') {
-      const guard = (r: Redis) => guardStalls(r, { timeoutMs: config.commandTimeoutMs, logger: deps.logger });
+      const guard = (r: Redis) => {
+        coalesceWrites(r);
+        guardStalls(r, { timeoutMs: config.commandTimeoutMs, logger: deps.logger });
+      };
       if (client instanceof Cluster) client.on('+node', guard);
       else guard(client as Redis);
     }

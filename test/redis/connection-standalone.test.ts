@@ -210,3 +210,39 @@ describe('restarts', () => {
     expect(await d.get('k')).toBeNull();
   });
 });
+
+describe('write coalescing', () => {
+  /** Counts the writes the command connection's socket hands to the OS (one per _write or _writev call). */
+  function countWrites(c: Redis): { writes: number; commands: number } {
+    const stream = (c as unknown as { stream: { _write: Function; _writev?: Function } }).stream;
+    const seen = { writes: 0, commands: 0 };
+    const write = stream._write.bind(stream);
+    const writev = stream._writev?.bind(stream);
+    stream._write = (chunk: unknown, enc: unknown, cb: unknown) => {
+      seen.writes += 1;
+      seen.commands += 1;
+      return write(chunk, enc, cb);
+    };
+    if (writev)
+      stream._writev = (chunks: unknown[], cb: unknown) => {
+        seen.writes += 1;
+        seen.commands += chunks.length;
+        return writev(chunks, cb);
+      };
+    return seen;
+  }
+
+  test('the commands of one event-loop turn go out in one socket write, and each gets its own answer', async () => {
+    const s = await server();
+    const c = connect({ url: s.url }).command('jit-main') as Redis;
+    await new Promise((resolve) => c.once('ready', resolve));
+    const seen = countWrites(c);
+    const answers = await Promise.all(Array.from({ length: 50 }, (_, i) => c.echo(`m${i}`)));
+    expect(answers).toEqual(Array.from({ length: 50 }, (_, i) => `m${i}`));
+    expect(seen.commands).toBe(50);
+    expect(seen.writes).toBe(1);
+    // Commands of later turns are their own writes: nothing waits for a batch to fill.
+    expect(await c.echo('alone')).toBe('alone');
+    expect(seen.writes).toBe(2);
+  });
+});
