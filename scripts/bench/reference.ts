@@ -15,7 +15,9 @@ export async function measureReference(opts: { redisUrl: string; seconds: number
   const key = await importJWK({ ...issuer.bundle[0], use: undefined } as never, 'ES256');
   const { privateKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' });
   const redis = new Redis(opts.redisUrl);
-  const queue = new Queue('reference', { connection: new Redis(opts.redisUrl, { maxRetriesPerRequest: null }), prefix: 'bench-ref' });
+  // BullMQ leaves a connection it was handed open on close: kept here to be closed below.
+  const queueConnection = new Redis(opts.redisUrl, { maxRetriesPerRequest: null });
+  const queue = new Queue('reference', { connection: queueConnection, prefix: 'bench-ref' });
   let done = 0;
   let i = 0;
   const until = Date.now() + opts.seconds * 1000;
@@ -35,6 +37,7 @@ export async function measureReference(opts: { redisUrl: string; seconds: number
   );
   await queue.obliterate({ force: true }).catch(() => {});
   await queue.close();
+  queueConnection.disconnect();
   await redis.quit();
   return { perSecond: Math.round(done / opts.seconds) };
 }
