@@ -1,6 +1,6 @@
 import type { Command, Redis } from 'ioredis';
 
-type Stream = { cork(): void; uncork(): void; writableCorked?: number };
+type Stream = { cork(): void; uncork(): void };
 
 /**
  * Coalesces the commands one connection sends in one turn of the event loop
