@@ -94,6 +94,11 @@ export class AuditExporter {
   private running: Promise<unknown> | undefined;
   private lastTrim = 0;
   private lastError = '';
+  /**
+   * Callers waiting for the export (exportNow, stop): while any is, a running
+   * background pass stops pacing itself, so they wait for the work, not the pauses.
+   */
+  private hurry = 0;
 
   constructor(opts: AuditExporterOptions) {
     this.o = opts;
@@ -130,7 +135,12 @@ export class AuditExporter {
   async stop(): Promise<void> {
     clearInterval(this.timer);
     this.timer = undefined;
-    await this.running;
+    this.hurry += 1;
+    try {
+      await this.running;
+    } finally {
+      this.hurry -= 1;
+    }
   }
 
   /**
@@ -139,7 +149,13 @@ export class AuditExporter {
    * chain) before the call is in the file. Throws when that could not be done.
    */
   async exportNow(chain?: AuditChain): Promise<ExportResult> {
-    const res = await this.pass({ waitMs: this.o.waitMs ?? 10_000, trim: false, chains: chain === undefined ? undefined : [chain] });
+    this.hurry += 1;
+    let res: ExportResult | undefined;
+    try {
+      res = await this.pass({ waitMs: this.o.waitMs ?? 10_000, trim: false, chains: chain === undefined ? undefined : [chain] });
+    } finally {
+      this.hurry -= 1;
+    }
     if (!res) throw new Error('audit export: another instance held the export lock for too long');
     if (res.skipped) throw new Error('audit export: Redis lost its data and the chains are not recovered yet');
     return res;
@@ -208,7 +224,7 @@ export class AuditExporter {
       for (const [, fields] of page) {
         // Re-hashing a page takes ~10-20 ms of CPU: let requests in between (issuance p99 under load).
         if (++checked % YIELD_EVERY === 0) {
-          await yieldToRequests(paced, performance.now() - sliceStart);
+          await yieldToRequests(paced && this.hurry === 0, performance.now() - sliceStart);
           sliceStart = performance.now();
         }
         const raw = fields[fields.indexOf('r') + 1] ?? '';
@@ -235,6 +251,7 @@ export class AuditExporter {
       const lastId = page[page.length - 1]![0];
       if (!last) {
         after = lastId;
+        await lock.extend(LOCK_TTL_MS);
         continue;
       }
       const done = page.length < pageSize;
