@@ -169,6 +169,22 @@ export const ORCH = '/orchestrator/main';
 export const AGENT = '/agent/support';
 export const ADMIN = '/ops/alice';
 
+/**
+ * Opens a task for the test agent (AGENT) as the test orchestrator (ORCH),
+ * 600 s, tenant acme, with `grants`; expects 201.
+ */
+export async function openAgentTask(t: TestBroker, taskId: string, grants: Record<string, unknown>[], purpose = 'test'): Promise<void> {
+  const r = await call(t.url, 'POST', '/v1/tasks', t.as(ORCH), {
+    taskId,
+    agent: `spiffe://dev.local${AGENT}`,
+    tenant: 'acme',
+    purpose,
+    ttlSeconds: 600,
+    grants,
+  });
+  expect(r.status).toBe(201);
+}
+
 /** Every audit record under a broker's prefix (all chains), oldest first. */
 export async function auditRecords(redis: RedisClient, keys: Keys): Promise<Record<string, any>[]> {
   const all: Record<string, any>[] = [];

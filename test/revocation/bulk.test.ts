@@ -1,6 +1,6 @@
 import { verifyAuditChain } from '../../src/audit/verify.ts';
 import { startVaultEmulator, type VaultEmulator } from '../emulators/vault/index.ts';
-import { AGENT, ORCH, auditRecords, call, startTestBroker, waitFor, type TestBroker } from '../helpers/broker.ts';
+import { AGENT, ORCH, auditRecords, call, openAgentTask, startTestBroker, waitFor, type TestBroker } from '../helpers/broker.ts';
 import { BROKER_POLICY } from '../providers/vault/helpers.ts';
 
 /**
@@ -13,7 +13,6 @@ import { BROKER_POLICY } from '../providers/vault/helpers.ts';
  */
 let emu: VaultEmulator;
 let t: TestBroker;
-const agentId = `spiffe://dev.local${AGENT}`;
 
 beforeAll(async () => {
   emu = await startVaultEmulator({ policies: { 'jit-broker': BROKER_POLICY, 'ops-read': ['secret/ops/*'] } });
@@ -36,17 +35,7 @@ afterAll(async () => {
   await emu?.stop();
 });
 
-async function openTask(taskId: string): Promise<void> {
-  const r = await call(t.url, 'POST', '/v1/tasks', t.as(ORCH), {
-    taskId,
-    agent: agentId,
-    tenant: 'acme',
-    purpose: 'bulk',
-    ttlSeconds: 600,
-    grants: [{ role: 'demo-api' }, { role: 'vault-ops', scopes: ['ops-read'] }],
-  });
-  expect(r.status).toBe(201);
-}
+const openTask = (taskId: string) => openAgentTask(t, taskId, [{ role: 'demo-api' }, { role: 'vault-ops', scopes: ['ops-read'] }], 'bulk');
 
 /** Issues `n` leases, 16 at a time. */
 async function issueMany(taskId: string, n: number, body: Record<string, unknown>): Promise<string[]> {

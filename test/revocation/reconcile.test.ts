@@ -1,4 +1,4 @@
-import { AGENT, ORCH, call, startTestBroker, waitFor, type TestBroker } from '../helpers/broker.ts';
+import { AGENT, call, openAgentTask, startTestBroker, waitFor, type TestBroker } from '../helpers/broker.ts';
 
 /**
  * The reconciler (every `revocation.reconcileIntervalMs`) finishes what a lost
@@ -10,7 +10,6 @@ import { AGENT, ORCH, call, startTestBroker, waitFor, type TestBroker } from '..
  * read.
  */
 let t: TestBroker;
-const agentId = `spiffe://dev.local${AGENT}`;
 
 beforeAll(async () => {
   t = await startTestBroker('reconcile', {
@@ -21,17 +20,7 @@ afterAll(async () => {
   await t?.close();
 });
 
-async function openTask(taskId: string): Promise<void> {
-  const r = await call(t.url, 'POST', '/v1/tasks', t.as(ORCH), {
-    taskId,
-    agent: agentId,
-    tenant: 'acme',
-    purpose: 'reconcile',
-    ttlSeconds: 600,
-    grants: [{ role: 'demo-api' }],
-  });
-  expect(r.status).toBe(201);
-}
+const openTask = (taskId: string) => openAgentTask(t, taskId, [{ role: 'demo-api' }], 'reconcile');
 
 async function issue(taskId: string, n: number): Promise<string[]> {
   const ids: string[] = [];
@@ -45,33 +34,26 @@ async function issue(taskId: string, n: number): Promise<string[]> {
 
 const statusOf = (id: string) => t.broker.deps.redis.hget(t.broker.deps.keys.lease(id), 'status');
 
-/** Counts the lease records the reconciler reads into the process. */
-function countReads(): { ids: number; restore(): void } {
+/** Runs the reconciler; what it returned and how many lease records it read into the process. */
+async function reconcileCountingReads(): Promise<{ requeued: number; read: number }> {
   const leases = t.broker.deps.leases;
   const original = leases.getMany.bind(leases);
-  const seen = {
-    ids: 0,
-    restore: () => {
-      leases.getMany = original;
-    },
-  };
+  let read = 0;
   leases.getMany = async (ids) => {
-    seen.ids += ids.length;
+    read += ids.length;
     return original(ids);
   };
-  return seen;
+  try {
+    return { requeued: await t.broker.sweeper!.reconcile(), read };
+  } finally {
+    leases.getMany = original;
+  }
 }
 
 test('a pass over healthy leases of open tasks reads none of their records', async () => {
   await openTask('t-healthy');
   await issue('t-healthy', 60);
-  const reads = countReads();
-  try {
-    expect(await t.broker.sweeper!.reconcile()).toBe(0);
-    expect(reads.ids).toBe(0);
-  } finally {
-    reads.restore();
-  }
+  expect(await reconcileCountingReads()).toEqual({ requeued: 0, read: 0 });
 });
 
 test('live leases of a task that ended without them (a lost job) are ended; healthy ones are left alone', async () => {
@@ -83,13 +65,7 @@ test('live leases of a task that ended without them (a lost job) are ended; heal
   const { redis, keys } = t.broker.deps;
   await redis.hset(keys.task('t-lost'), 'status', 'completed', 'reason', 'task_completed');
   await redis.zrem(keys.openTasks(keys.bucketOfTask('t-lost')), 't-lost');
-  const reads = countReads();
-  try {
-    expect(await t.broker.sweeper!.reconcile()).toBe(3);
-    expect(reads.ids).toBe(3);
-  } finally {
-    reads.restore();
-  }
+  expect(await reconcileCountingReads()).toEqual({ requeued: 3, read: 3 });
   await waitFor(async () => (await Promise.all(lost.map(statusOf))).every((s) => s === 'revoked'));
   expect(await Promise.all(kept.map(statusOf))).toEqual(['active', 'active']);
 });
