@@ -1,0 +1,22 @@
+import { setFlagsFromString } from 'node:v8';
+
+/**
+ * V8 settings for the broker process, applied before anything else is loaded
+ * (src/main.ts imports this first).
+ *
+ * `--no-allocation-site-pretenuring`: V8 watches which allocation sites'
+ * objects survive a young-generation GC and, past 85%, allocates that site's
+ * objects straight in the old generation. A fresh broker's code is still
+ * interpreted, keeps more alive across each scavenge, and some request-path
+ * sites (ioredis commands among them) sometimes get tenured then. From then on each such
+ * object, dead a millisecond later, still points at the young promise,
+ * callbacks and request objects it was handed; the scavenger treats those
+ * old-to-young pointers as roots, so every request's objects were promoted
+ * and collected only by mark-compacts: ~4 MB promoted per scavenge, GC time
+ * ~25 ms/s, a major GC every ~10 s, p99 at 2,000/s 15-20 ms, for the life of
+ * the process. Whether it happened depended on timing (2 runs in 5 here); with
+ * pretenuring off, 0 in 9 (docs/benchmarks.md, "The tail at 2,000/s").
+ * Everything the broker keeps for long (caches, keys, policies) is small, so
+ * allocating it young first costs next to nothing.
+ */
+setFlagsFromString('--no-allocation-site-pretenuring');
