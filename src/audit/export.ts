@@ -4,6 +4,7 @@ import { type HeldLock, withLock } from '../redis/lock.ts';
 import { type RedisClient, script } from '../redis/scripts.ts';
 import { ExportFileWriter, recordLine, sealLine } from './export-file.ts';
 import { GENESIS, hashRecord, type AuditRecord } from './record.ts';
+import { afterSlice } from '../ops/pace.ts';
 import { markerSeq, type RetentionLimits, trimChain } from './retention.ts';
 import { makeSeal, type Seal } from './seal.ts';
 
@@ -44,21 +45,8 @@ export interface AuditExporterOptions {
 }
 
 const LOCK_TTL_MS = 30_000;
-/** Records checked between two turns of the event loop (~1-2 ms of work). */
+/** Records checked between two turns of the event loop (~1-2 ms of work; paced by ops/pace.ts in the background). */
 const YIELD_EVERY = 100;
-/**
- * A background pass waits this many times as long as its last slice of work
- * took before the next one, so it takes at most a fifth of the event loop.
- * A pass every 30 s at 2,000 records/s re-hashes 60,000 records (~1 s of
- * CPU); with only a turn of the loop between slices it took half the loop
- * for that second, and requests queued behind it (p99 at 2,000/s: ~6 ms
- * outside the pass, 30-100 ms during it).
- */
-const PACE = 4;
-const MAX_PAUSE_MS = 20;
-const yieldToRequests = (paced: boolean, sliceMs: number) =>
-  new Promise<void>((resolve) => (paced ? setTimeout(resolve, Math.min(MAX_PAUSE_MS, sliceMs * PACE)) : setImmediate(resolve)));
-
 /** Where this process last left off in a chain's stream: the stream id of the record the marker names. */
 interface Cursor {
   marker: string;
@@ -210,7 +198,7 @@ export class AuditExporter {
     const stream = keys.auditStream(chain);
     let marker = (await redis.get(keys.auditExported(chain))) ?? '';
     let after = await this.locate(chain, marker);
-    const pageSize = this.o.pageSize ?? 1000;
+    const pageSize = this.o.pageSize ?? 250;
     let count = 0;
     let expectSeq = markerSeq(marker) + 1;
     let expectPrev = marker ? marker.slice(marker.indexOf(':') + 1) : GENESIS;
@@ -224,7 +212,7 @@ export class AuditExporter {
       for (const [, fields] of page) {
         // Re-hashing a page takes ~10-20 ms of CPU: let requests in between (issuance p99 under load).
         if (++checked % YIELD_EVERY === 0) {
-          await yieldToRequests(paced && this.hurry === 0, performance.now() - sliceStart);
+          await afterSlice(sliceStart, paced && this.hurry === 0);
           sliceStart = performance.now();
         }
         const raw = fields[fields.indexOf('r') + 1] ?? '';

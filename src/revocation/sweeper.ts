@@ -2,6 +2,7 @@ import type { AuditEvent } from '../audit/record.ts';
 import type { Deps } from '../deps.ts';
 import { LeaseStore } from '../leases/lease-store.ts';
 import type { LeaseRecord, RevokeReason } from '../leases/types.ts';
+import { afterSlice } from '../ops/pace.ts';
 import { script } from '../redis/scripts.ts';
 import type { TaskEndReason } from '../tasks/types.ts';
 import { endLeases, localKinds } from './ending.ts';
@@ -159,7 +160,11 @@ export class Sweeper {
   private async reconcileBucket(bucket: number): Promise<number> {
     const { leases, tasks, queue } = this.deps;
     let n = 0;
+    let sliceStart = performance.now();
     for await (const page of leases.live(bucket)) {
+      // A background pass: each page's script holds Redis for its 500 leases, so pages are paced (ops/pace.ts).
+      await afterSlice(sliceStart);
+      sliceStart = performance.now();
       // Redis picks the few leases needing work; only those are read here (see reconcile-page.lua).
       const ids = (await reconcilePageScript.run(
         this.deps.redis,
