@@ -42,6 +42,8 @@ export class Sweeper {
   /** Per bucket: the rounds whose audit records are being written (`done` resolves when durable, never rejects). */
   private readonly writing = new Map<number, { done: Promise<void>; count: number }[]>();
   private reconciling = false;
+  /** Set by stop(): a reconcile pass in its pauses ends at the next page instead of running on after shutdown. */
+  private stopped = false;
   private readonly localKinds: string;
 
   constructor(deps: Deps) {
@@ -50,6 +52,7 @@ export class Sweeper {
   }
 
   start(): void {
+    this.stopped = false;
     this.sweepTimer = setInterval(() => void this.tick(), this.deps.config.revocation.sweepMs);
     this.reconcileTimer = setInterval(() => void this.reconcile(), this.deps.config.revocation.reconcileIntervalMs);
     this.sweepTimer.unref();
@@ -57,6 +60,7 @@ export class Sweeper {
   }
 
   stop(): void {
+    this.stopped = true;
     clearInterval(this.sweepTimer);
     clearInterval(this.reconcileTimer);
   }
@@ -164,6 +168,7 @@ export class Sweeper {
     for await (const page of leases.live(bucket)) {
       // A background pass: each page's script holds Redis for its 500 leases, so pages are paced (ops/pace.ts).
       await afterSlice(sliceStart);
+      if (this.stopped) break; // the next pass (any instance's) picks up where this one stopped
       sliceStart = performance.now();
       // Redis picks the few leases needing work; only those are read here (see reconcile-page.lua).
       const ids = (await reconcilePageScript.run(
