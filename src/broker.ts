@@ -370,7 +370,8 @@ export async function startBroker(config: LoadedConfig, opts: BrokerOptions = {}
           clearTimeout(grace);
         }
         consoleApp?.close();
-        sweeper?.stop();
+        // Before the queue and the audit log close: a reconcile pass under way ends its page first.
+        await sweeper?.stop();
         await scheduler?.close();
         await worker?.close();
         await queue.close();

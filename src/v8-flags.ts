@@ -2,7 +2,8 @@ import { setFlagsFromString } from 'node:v8';
 
 /**
  * V8 settings for the broker process, applied before anything else is loaded
- * (src/main.ts imports this first).
+ * (src/main.ts, which npm start, the Dockerfile and the bench run, imports
+ * this first; a process that embeds `startBroker` chooses its own flags).
  *
  * `--no-allocation-site-pretenuring`: V8 watches which allocation sites'
  * objects survive a young-generation GC and, past 85%, allocates that site's

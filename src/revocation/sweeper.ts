@@ -42,6 +42,8 @@ export class Sweeper {
   /** Per bucket: the rounds whose audit records are being written (`done` resolves when durable, never rejects). */
   private readonly writing = new Map<number, { done: Promise<void>; count: number }[]>();
   private reconciling = false;
+  /** The reconcile pass under way, for stop() to wait on. */
+  private reconcilePass: Promise<number> | undefined;
   /** Set by stop(): a reconcile pass in its pauses ends at the next page instead of running on after shutdown. */
   private stopped = false;
   private readonly localKinds: string;
@@ -59,10 +61,12 @@ export class Sweeper {
     this.reconcileTimer.unref();
   }
 
-  stop(): void {
+  /** Stops the timers; resolves once a reconcile pass under way has ended (at its next pause). */
+  async stop(): Promise<void> {
     this.stopped = true;
     clearInterval(this.sweepTimer);
     clearInterval(this.reconcileTimer);
+    await this.reconcilePass;
   }
 
   /** One pass over every bucket; resolves once the pass's audit records are durable. */
@@ -150,13 +154,21 @@ export class Sweeper {
   async reconcile(): Promise<number> {
     if (this.reconciling) return 0;
     this.reconciling = true;
-    let requeued = 0;
+    this.reconcilePass = this.reconcileAll();
     try {
-      for (let b = 0; b < this.deps.keys.buckets; b++) requeued += await this.reconcileBucket(b);
-    } catch (err) {
-      this.deps.logger.warn({ err: (err as Error).message }, 'reconcile failed');
+      return await this.reconcilePass;
     } finally {
       this.reconciling = false;
+      this.reconcilePass = undefined;
+    }
+  }
+
+  private async reconcileAll(): Promise<number> {
+    let requeued = 0;
+    try {
+      for (let b = 0; b < this.deps.keys.buckets && !this.stopped; b++) requeued += await this.reconcileBucket(b);
+    } catch (err) {
+      this.deps.logger.warn({ err: (err as Error).message }, 'reconcile failed');
     }
     return requeued;
   }

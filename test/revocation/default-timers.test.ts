@@ -50,7 +50,7 @@ test("with the default timers: a TTL ends within a sweep, and a dead worker's re
   await call(first.url, 'DELETE', `/v1/leases/${cred.body.leaseId}`, first.as(AGENT));
   await waitFor(async () => hung > 0, 5000);
   await Promise.all(first.broker.worker!.workers.map((w) => w.close(true)));
-  first.broker.sweeper!.stop();
+  await first.broker.sweeper!.stop();
   const died = Date.now();
   second = await startSibling(first, { api: false, logger: silentLogger });
   await waitFor(async () => (await second!.broker.deps.leases.get(cred.body.leaseId))?.status === 'revoked', 20_000, 100);

@@ -47,7 +47,7 @@ test('a revocation interrupted by a worker crash is finished by another worker',
 
   // The crash: the worker stops without finishing or releasing its job.
   await Promise.all(first.broker.worker!.workers.map((w) => w.close(true)));
-  first.broker.sweeper!.stop();
+  await first.broker.sweeper!.stop();
 
   const second = await startSibling(first, { api: false, logger: silentLogger });
   const done = await waitFor(
