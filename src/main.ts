@@ -1,4 +1,4 @@
-import './v8-flags.ts'; // first: V8 settings before any other module allocates
+import './runtime-settings.ts'; // first: V8 and libuv settings before any other module allocates or uses the pool
 import { startBroker } from './broker.ts';
 import { loadConfig } from './config/load.ts';
 import { ConfigError } from './errors.ts';

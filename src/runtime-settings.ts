@@ -1,7 +1,7 @@
 import { setFlagsFromString } from 'node:v8';
 
 /**
- * V8 settings for the broker process, applied before anything else is loaded
+ * V8 and libuv settings for the broker process, applied before anything else is loaded
  * (src/main.ts, which npm start, the Dockerfile and the bench run, imports
  * this first; a process that embeds `startBroker` chooses its own flags).
  *
@@ -21,3 +21,15 @@ import { setFlagsFromString } from 'node:v8';
  * allocating it young first costs next to nothing.
  */
 setFlagsFromString('--no-allocation-site-pretenuring');
+
+/**
+ * libuv's thread pool: 2 threads unless UV_THREADPOOL_SIZE says otherwise
+ * (read when the pool first starts, which is after this). The pool signs
+ * every token (ES256 off the event loop) and writes the audit export. With
+ * libuv's default of 4 on two cores, the event loop spent ~16 µs per
+ * issuance handing the signature over (waiting on the pool's lock while a
+ * worker that held it waited for a core) for ~2.5 µs of work; with 2 it was
+ * ~11 µs and 40,000 issuances took 5 s instead of 6 (profile.ts). One thread
+ * would leave signatures queued behind an export fsync.
+ */
+process.env.UV_THREADPOOL_SIZE ??= '2';
