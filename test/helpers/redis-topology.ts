@@ -578,7 +578,10 @@ export interface RedisSentinel {
    * them following +switch-master.
    */
   failover(): Promise<number>;
-  /** Waits until the first sentinel sees `count` (default 1) replicas whose link to the master is up; returns the first one's port. */
+  /**
+   * Waits until the first sentinel sees `count` (default 1) replicas whose link to the master is up and that have
+   * acknowledged every write the master had when this was called; returns the first one's port.
+   */
   waitForReplica(opts?: { timeoutMs?: number; count?: number }): Promise<number>;
   /** Waits until the sentinels name a master other than `from` (default: the last one killed or failed over) and it answers ROLE master. */
   waitForFailover(opts?: { from?: number; timeoutMs?: number }): Promise<number>;
@@ -660,6 +663,18 @@ export async function startSentinel(opts: SentinelOptions = {}): Promise<RedisSe
     if (!r) throw new Error(`sentinel ${sentinel.port} does not know ${name}`);
     return Number(r[1]);
   };
+  /**
+   * Whether the master streams to the replica on `port` and the replica has acknowledged everything the master
+   * had written when asked. Its link is up as soon as the initial copy is loaded, but after a diskless sync the
+   * master holds back what was written since until the replica's first REPLCONF ACK (up to a second later): a
+   * master killed in between took those writes with it, the task the test had just opened among them.
+   */
+  const masterInfo = async () => String(await adminCall(await masterAddr(sentinels[0]!), dataAccess, 'INFO', 'replication'));
+  const writtenSoFar = async () => Number(/master_repl_offset:(\d+)/.exec(await masterInfo())?.[1] ?? 0);
+  const caughtUp = async (port: number, written: number): Promise<boolean> => {
+    const line = new RegExp(`slave\\d+:ip=[^,]+,port=${port},state=(\\w+),offset=(\\d+)`).exec(await masterInfo());
+    return line?.[1] === 'online' && Number(line[2]) >= written;
+  };
   let lastFrom: number | undefined;
   const stop = async () => {
     topologies.delete(t);
@@ -704,8 +719,9 @@ export async function startSentinel(opts: SentinelOptions = {}): Promise<RedisSe
     },
     async waitForReplica(o = {}) {
       const want = o.count ?? 1;
+      const written = await writtenSoFar();
       return await until(
-        `${want} replica(s) in sync that the sentinel could promote`,
+        `${want} replica(s) in sync that the sentinel could promote, with every write so far`,
         o.timeoutMs ?? 20_000,
         async () => {
           const seen = (await adminCall(sentinels[0]!.port, sentinelAccess, 'SENTINEL', 'REPLICAS', name)) as string[][];
@@ -717,7 +733,7 @@ export async function startSentinel(opts: SentinelOptions = {}): Promise<RedisSe
             if (r.get('flags') !== 'slave') continue;
             const port = Number(r.get('port'));
             const info = String(await adminCall(port, dataAccess, 'INFO', 'replication'));
-            if (/master_link_status:up/.test(info)) ok.push(port);
+            if (/master_link_status:up/.test(info) && (await caughtUp(port, written))) ok.push(port);
           }
           return ok.length >= want ? ok[0] : false;
         },
