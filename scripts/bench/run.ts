@@ -129,7 +129,7 @@ async function measure(
   // ~20,000 requests in, and until then kept more alive across each scavenge (docs/benchmarks.md).
   await load(t, { connections: 16, amount: WARM_REQUESTS, seconds: 60 });
   for (const rate of rates) {
-    // Warm-up at this rate, not measured: a fresh process's first seconds are start-up (JIT, heap sizing), not its steady state.
+    // Settling at this rate, not measured: the young generation resizes to the new allocation rate.
     await pacedLoad({ ...t, rate, seconds: 2 });
     const before = server.loop ? await mark(server.loop) : undefined;
     const paced = await pacedLoad({ ...t, rate, seconds: SECONDS });

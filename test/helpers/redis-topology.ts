@@ -663,14 +663,14 @@ export async function startSentinel(opts: SentinelOptions = {}): Promise<RedisSe
     if (!r) throw new Error(`sentinel ${sentinel.port} does not know ${name}`);
     return Number(r[1]);
   };
+  const masterInfo = async () => String(await adminCall(await masterAddr(sentinels[0]!), dataAccess, 'INFO', 'replication'));
+  const writtenSoFar = async () => Number(/master_repl_offset:(\d+)/.exec(await masterInfo())?.[1] ?? 0);
   /**
-   * Whether the master streams to the replica on `port` and the replica has acknowledged everything the master
-   * had written when asked. Its link is up as soon as the initial copy is loaded, but after a diskless sync the
+   * Whether the master streams to the replica on `port` and the replica has acknowledged the offset `written` (what the master
+   * had written when waitForReplica was called). Its link is up as soon as the initial copy is loaded, but after a diskless sync the
    * master holds back what was written since until the replica's first REPLCONF ACK (up to a second later): a
    * master killed in between took those writes with it, the task the test had just opened among them.
    */
-  const masterInfo = async () => String(await adminCall(await masterAddr(sentinels[0]!), dataAccess, 'INFO', 'replication'));
-  const writtenSoFar = async () => Number(/master_repl_offset:(\d+)/.exec(await masterInfo())?.[1] ?? 0);
   const caughtUp = async (port: number, written: number): Promise<boolean> => {
     const line = new RegExp(`slave\\d+:ip=[^,]+,port=${port},state=(\\w+),offset=(\\d+)`).exec(await masterInfo());
     return line?.[1] === 'online' && Number(line[2]) >= written;

@@ -103,23 +103,20 @@ async function reconcileTimingPages(onPage: (n: number) => void = () => {}): Pro
   const page = script('reconcile-page');
   const client = redis as unknown as { sendCommand(c: { name: string; args: unknown[]; promise: Promise<unknown> }): unknown };
   const send = client.sendCommand;
+  const time = (into: Timing[], done: Promise<unknown>) => {
+    const timing = { start: performance.now(), end: 0 };
+    into.push(timing);
+    void done.finally(() => {
+      timing.end = performance.now();
+    });
+  };
   client.sendCommand = function (this: unknown, command) {
     const out = send.call(this, command);
-    if (command.name === 'zscan' && command.args[0] === keys.liveLeases(bucket)) {
-      const read = { start: performance.now(), end: 0 };
-      reads.push(read);
-      void command.promise.finally(() => {
-        read.end = performance.now();
-      });
-    }
+    if (command.name === 'zscan' && command.args[0] === keys.liveLeases(bucket)) time(reads, command.promise);
     // The page script only (the sweeper's script, every 20 ms in tests, names the same live index).
     if (command.name === 'evalsha' ? command.args[0] === page.sha : command.name === 'eval' && command.args[0] === page.lua) {
-      const timing = { start: performance.now(), end: 0 };
-      pages.push(timing);
+      time(pages, command.promise);
       onPage(pages.length);
-      void command.promise.finally(() => {
-        timing.end = performance.now();
-      });
     }
     return out;
   };
