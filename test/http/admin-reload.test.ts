@@ -30,3 +30,12 @@ test('a broken policy file: 409 policy_invalid naming file and line; the old set
   const ok = await call(t.url, 'POST', '/v1/admin/policy/reload', t.as(ADMIN));
   expect(ok.status).toBe(202);
 });
+
+test('a body that is not an object is refused with 400, as docs/openapi.yaml says (found by the route fuzzer)', async () => {
+  // It used to be ignored (202): the document's request body is an optional JSON object.
+  const r = await call(t.url, 'POST', '/v1/admin/policy/reload', t.as(ADMIN), [1, 2]);
+  expect(r.status).toBe(400);
+  expect(r.headers.get('content-type')).toContain('application/problem+json');
+  expect((await call(t.url, 'POST', '/v1/admin/policy/reload', t.as(ADMIN), {})).status).toBe(202);
+  expect((await call(t.url, 'POST', '/v1/admin/policy/reload', t.as(ADMIN))).status).toBe(202);
+});

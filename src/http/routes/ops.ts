@@ -68,6 +68,8 @@ const revokeSchema = z.union([
   z.strictObject({ tenant: z.string().min(1).max(128) }),
   z.strictObject({ taskId: z.string().min(1).max(512) }),
 ]);
+/** The reload takes no fields; an optional body is any JSON object (docs/openapi.yaml), not an array. */
+const reloadSchema = z.looseObject({});
 const quarantineSchema = z.strictObject({ agent: identityPatternSchema, reason: z.string().min(1).max(1024) });
 /** Paged like every list (contract section 3): `?limit=` 1-500, default 50, and `?cursor=`. */
 const quarantineQuery = z.strictObject({
@@ -88,9 +90,10 @@ export function adminRoutes(deps: Deps, s: Services, authenticate: RequestHandle
     const { target, immediate } = validBody(rotateSchema, req.body);
     res.status(202).json(await s.rotation.rotate(who, target, { immediate: immediate === true }));
   });
-  r.post('/v1/admin/policy/reload', ...admin, async (_req, res) => {
+  r.post('/v1/admin/policy/reload', ...admin, async (req, res) => {
     const who = identityOf(res);
     await s.admin.requireAdmin(who, 'policy.reload');
+    validBody(reloadSchema, req.body); // nothing is read from it, but a body must be the object the API documents
     res.status(202).json(await s.rotation.broadcastPolicyReload(who));
   });
   r.post('/v1/admin/revoke', ...admin, async (req, res) => {
