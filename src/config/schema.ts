@@ -164,7 +164,14 @@ export const configSchema = z
          */
         backoffMs: z.int().min(10).max(60_000).default(500),
         maxBackoffMs: z.int().min(100).max(3_600_000).default(30_000),
+        /** How often the reconciler reads its work lists (ended tasks with live leases, revocations in progress). */
         reconcileIntervalMs: z.int().min(100).max(3_600_000).default(30_000),
+        /**
+         * How often a reconcile pass walks every live lease instead (and at start): a safety net for
+         * records its work lists do not name (written by a version before them). Paced, but its cost
+         * grows with the live leases.
+         */
+        fullReconcileIntervalMs: z.int().min(1000).max(604_800_000).default(3_600_000),
         concurrency: z.int().min(1).max(256).default(16),
         /** A job whose worker died is handed to another worker once its lock (this long) lapses. */
         lockMs: z.int().min(500).max(600_000).default(10_000),

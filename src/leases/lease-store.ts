@@ -98,7 +98,7 @@ export class LeaseStore {
     const bucket = this.keys.bucketOfTask(lease.taskId);
     const res = (await activateScript.run(
       this.redis,
-      [this.keys.lease(lease.leaseId), this.keys.task(lease.taskId), this.keys.liveLeases(bucket)],
+      [this.keys.lease(lease.leaseId), this.keys.task(lease.taskId), this.keys.liveLeases(bucket), this.keys.leasesRevoking(bucket)],
       [JSON.stringify(patch.handle), patch.expiresAt, lease.leaseId],
     )) as string[];
     if (res[0] === 'ok') return { kind: 'ok' };
@@ -153,7 +153,13 @@ export class LeaseStore {
     leaseId: string,
     reason: RevokeReason,
   ): Promise<{ kind: 'revoking'; reason: RevokeReason } | { kind: 'deferred' | 'ended' | 'no_lease' }> {
-    const res = (await requestEndScript.run(this.redis, [this.keys.lease(leaseId)], [reason])) as string[];
+    const bucket = this.keys.bucketOfId(leaseId);
+    if (bucket === undefined) return { kind: 'no_lease' };
+    const res = (await requestEndScript.run(
+      this.redis,
+      [this.keys.lease(leaseId), this.keys.leasesRevoking(bucket)],
+      [reason, leaseId],
+    )) as string[];
     return res[0] === 'revoking'
       ? { kind: 'revoking', reason: res[1] as RevokeReason }
       : { kind: res[0] as 'deferred' | 'ended' | 'no_lease' };
@@ -189,17 +195,6 @@ export class LeaseStore {
   async liveCount(): Promise<number> {
     const counts = await Promise.all(Array.from({ length: this.keys.buckets }, (_, b) => this.redis.zcard(this.keys.liveLeases(b))));
     return counts.reduce((a, b) => a + b, 0);
-  }
-
-  /** Walks one bucket's live index in pages (the reconciler). */
-  async *live(bucket: number, pageSize = 500): AsyncGenerator<string[]> {
-    let cursor = '0';
-    do {
-      const [next, flat] = await this.redis.zscan(this.keys.liveLeases(bucket), cursor, 'COUNT', pageSize);
-      cursor = next;
-      const ids = flat.filter((_, i) => i % 2 === 0);
-      if (ids.length > 0) yield ids;
-    } while (cursor !== '0');
   }
 
   static isEnded(status: LeaseStatus): boolean {

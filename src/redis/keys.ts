@@ -146,6 +146,22 @@ export class Keys {
   liveLeases(bucket: number): string {
     return `${this.base(bucket)}leases-live`;
   }
+  /**
+   * Sorted set: the reconciler's work list of ended tasks that still had live
+   * leases when they ended, scored by end time (Redis's clock). Written by the
+   * script that ends the task; an entry leaves when the task's last lease ends.
+   */
+  tasksEnding(bucket: number): string {
+    return `${this.base(bucket)}tasks-ending`;
+  }
+  /**
+   * Sorted set: the reconciler's work list of leases `revoking` or
+   * `revoke_failed`, scored by when the revocation was asked for. Written by
+   * the script that records the intent; an entry leaves when the lease ends.
+   */
+  leasesRevoking(bucket: number): string {
+    return `${this.base(bucket)}leases-revoking`;
+  }
   /** Sorted set: open tasks scored by deadline (ms). */
   openTasks(bucket: number): string {
     return `${this.base(bucket)}tasks-open`;

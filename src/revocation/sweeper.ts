@@ -3,12 +3,14 @@ import type { Deps } from '../deps.ts';
 import { LeaseStore } from '../leases/lease-store.ts';
 import type { LeaseRecord, RevokeReason } from '../leases/types.ts';
 import { afterSlice } from '../ops/pace.ts';
+import { scanIds } from '../redis/scan.ts';
 import { script } from '../redis/scripts.ts';
 import type { TaskEndReason } from '../tasks/types.ts';
 import { endLeases, localKinds } from './ending.ts';
 
 const sweepScript = script('sweep');
 const reconcilePageScript = script('reconcile-page');
+const reconcileTasksScript = script('reconcile-tasks');
 
 /**
  * Audit records of one bucket the sweeper lets be unwritten before it waits:
@@ -29,9 +31,12 @@ const HANDOFF_RETRY_MS = 15_000;
  *   other due leases (upstream TTL expiry, interrupted issuances) become
  *   lease-end jobs. Safe to run in every worker at once: each due item is
  *   taken by exactly one script run.
- * - Every `reconcileIntervalMs`: walks every live lease and finishes what a
- *   lost job (a crash, a Redis failover) left undone: leases of ended tasks,
- *   revocations in progress.
+ * - Every `reconcileIntervalMs`: finishes what a lost job (a crash, a Redis
+ *   failover) left undone: leases of ended tasks, revocations in progress. A
+ *   pass reads two per-bucket work lists that the task-ending and
+ *   revocation-asking scripts write (Keys.tasksEnding, Keys.leasesRevoking),
+ *   so its cost follows what is unfinished, not how many leases are live; every
+ *   `fullReconcileIntervalMs` (and first) it walks every live lease instead.
  */
 export class Sweeper {
   private readonly deps: Deps;
@@ -41,8 +46,9 @@ export class Sweeper {
   private readonly busy = new Set<number>();
   /** Per bucket: the rounds whose audit records are being written (`done` resolves when durable, never rejects). */
   private readonly writing = new Map<number, { done: Promise<void>; count: number }[]>();
-  private reconciling = false;
-  /** The reconcile pass under way, for stop() to wait on. */
+  /** When the last full walk started (performance.now()); -Infinity: the first pass is one. */
+  private lastFull = Number.NEGATIVE_INFINITY;
+  /** The reconcile pass under way, for stop() and reconcile() to wait on. */
   private reconcilePass: Promise<number> | undefined;
   /** Set by stop(): a reconcile pass in its pauses ends at the next page instead of running on after shutdown. */
   private stopped = false;
@@ -55,10 +61,13 @@ export class Sweeper {
 
   start(): void {
     this.stopped = false;
+    this.lastFull = Number.NEGATIVE_INFINITY; // what happened while it was stopped is not on record: walk everything first
     this.sweepTimer = setInterval(() => void this.tick(), this.deps.config.revocation.sweepMs);
-    this.reconcileTimer = setInterval(() => void this.reconcile(), this.deps.config.revocation.reconcileIntervalMs);
+    this.reconcileTimer = setInterval(() => void this.timerPass(), this.deps.config.revocation.reconcileIntervalMs);
     this.sweepTimer.unref();
     this.reconcileTimer.unref();
+    // The first pass, a full walk, runs now: it covers what was left while no broker ran (or before the work lists existed).
+    void this.timerPass();
   }
 
   /** Stops the timers; resolves once a reconcile pass under way has ended (at its next pause). */
@@ -150,45 +159,83 @@ export class Sweeper {
     while (rounds.length > 0 && rounds.reduce((n, r) => n + r.count, 0) > MAX_UNWRITTEN) await rounds[0]!.done;
   }
 
-  /** Finds live leases whose revocation should have happened and finishes it. Returns how many. */
-  async reconcile(): Promise<number> {
-    if (this.reconciling) return 0;
-    this.reconciling = true;
-    this.reconcilePass = this.reconcileAll();
+  /**
+   * Finds live leases whose revocation should have happened and finishes it;
+   * returns how many. Waits for a pass already under way, then runs its own.
+   * `full` walks every live lease instead of the two work lists.
+   */
+  async reconcile(opts: { full?: boolean } = {}): Promise<number> {
+    while (this.reconcilePass) await this.reconcilePass;
+    return this.runPass(opts.full ?? false);
+  }
+
+  /** The timer's pass: skipped while one runs; a full walk when the last is `fullReconcileIntervalMs` old. */
+  private async timerPass(): Promise<void> {
+    if (this.reconcilePass) return;
+    await this.runPass(performance.now() - this.lastFull >= this.deps.config.revocation.fullReconcileIntervalMs);
+  }
+
+  private async runPass(full: boolean): Promise<number> {
+    if (full) this.lastFull = performance.now();
+    this.reconcilePass = this.reconcileAll(full);
     try {
       return await this.reconcilePass;
     } finally {
-      this.reconciling = false;
       this.reconcilePass = undefined;
     }
   }
 
-  private async reconcileAll(): Promise<number> {
+  private async reconcileAll(full: boolean): Promise<number> {
     let requeued = 0;
     try {
-      for (let b = 0; b < this.deps.keys.buckets && !this.stopped; b++) requeued += await this.reconcileBucket(b);
+      for (let b = 0; b < this.deps.keys.buckets && !this.stopped; b++) requeued += await this.reconcileBucket(b, full);
     } catch (err) {
-      this.deps.logger.warn({ err: (err as Error).message }, 'reconcile failed');
+      this.deps.logger.warn({ err: (err as Error).message, full }, 'reconcile failed');
     }
     return requeued;
   }
 
-  private async reconcileBucket(bucket: number): Promise<number> {
-    const { leases, tasks, queue } = this.deps;
+  /**
+   * Pages of lease ids a pass looks at, with the work list to drop finished
+   * entries from. The work lists are written by the scripts that end a task
+   * or ask for a revocation, in the same step, so they hold every lease a
+   * lost job can leave behind; the full walk (at start and every
+   * `fullReconcileIntervalMs`) also covers records written before they existed.
+   */
+  private async *candidates(bucket: number, full: boolean): AsyncGenerator<{ ids: string[]; prune?: string }> {
+    const { keys, redis } = this.deps;
+    if (full) {
+      for await (const ids of scanIds(redis, keys.liveLeases(bucket), 'zset')) yield { ids };
+      return;
+    }
+    const revoking = keys.leasesRevoking(bucket);
+    for await (const ids of scanIds(redis, revoking, 'zset')) yield { ids, prune: revoking };
+    for await (const page of scanIds(redis, keys.tasksEnding(bucket), 'zset')) {
+      const stuck = (await reconcileTasksScript.run(redis, [keys.tasksEnding(bucket)], [keys.base(bucket), ...page])) as string[];
+      for (const taskId of stuck) for await (const ids of scanIds(redis, keys.taskLeases(taskId), 'set')) yield { ids };
+    }
+  }
+
+  private async reconcileBucket(bucket: number, full: boolean): Promise<number> {
+    const { leases, tasks, queue, keys } = this.deps;
     let n = 0;
+    /** Leases handled in this pass: one revoking lease of an ended task is on both work lists. */
+    const handled = new Set<string>();
     let sliceStart = performance.now();
-    for await (const page of leases.live(bucket)) {
+    for await (const page of this.candidates(bucket, full)) {
       // A background pass: each page's script holds Redis for its 500 leases, so pages are paced (ops/pace.ts).
       await afterSlice(sliceStart);
       if (this.stopped) break; // the next pass (any instance's) picks up where this one stopped
       sliceStart = performance.now();
       // Redis picks the few leases needing work; only those are read here (see reconcile-page.lua).
-      const ids = (await reconcilePageScript.run(
+      const picked = (await reconcilePageScript.run(
         this.deps.redis,
-        [this.deps.keys.liveLeases(bucket)],
-        [this.deps.keys.base(bucket), ...page],
+        page.prune ? [keys.liveLeases(bucket), page.prune] : [keys.liveLeases(bucket)],
+        [keys.base(bucket), ...page.ids],
       )) as string[];
+      const ids = picked.filter((id) => !handled.has(id));
       if (ids.length === 0) continue;
+      for (const id of ids) handled.add(id);
       const records = (await leases.getMany(ids)).filter((l) => !LeaseStore.isEnded(l.status) && l.status !== 'issuing');
       const taskIds = [...new Set(records.map((l) => l.taskId))];
       const found = await tasks.getMany(taskIds);

@@ -56,6 +56,8 @@ test('every key of a task tree, its leases and its approvals shares one slot; bu
     keys.approval(leaseId),
     keys.liveLeases(b),
     keys.openTasks(b),
+    keys.tasksEnding(b),
+    keys.leasesRevoking(b),
     keys.tasksByTime(b),
     keys.tasksByAgent(b, 'spiffe://x/y'),
     keys.tasksByOpener(b, 'spiffe://x/o'),
@@ -219,11 +221,18 @@ describe('one test per script', () => {
     );
     const res = await script('lease-activate').run(
       redis,
-      [keys.lease(id), keys.task('la'), keys.liveLeases(b)],
+      [keys.lease(id), keys.task('la'), keys.liveLeases(b), keys.leasesRevoking(b)],
       ['{"a":1}', Date.now() + 1000, id],
     );
     expect(res).toEqual(['revoke', 'task_completed']);
     expect(await redis.hmget(keys.lease(id), 'status', 'handle')).toEqual(['revoking', '{"a":1}']);
+    // The reconciler's work lists: the task ended with a live (issuing) lease; the lease is now revoking.
+    expect(await redis.zscore(keys.tasksEnding(b), 'la')).not.toBeNull();
+    expect(await redis.zscore(keys.leasesRevoking(b), id)).not.toBeNull();
+    // Its end takes it off both (it was the task's last live lease).
+    await script('lease-update').run(redis, [keys.lease(id), keys.liveLeases(b)], [5000, id, keys.base(b), 'revoked', '']);
+    expect(await redis.zscore(keys.tasksEnding(b), 'la')).toBeNull();
+    expect(await redis.zscore(keys.leasesRevoking(b), id)).toBeNull();
   });
 
   test('lease-update: ends once, keeps the first reason, lowers the live count', async () => {
@@ -244,12 +253,14 @@ describe('one test per script', () => {
     const [live, issuing] = [lid('lr', 1), lid('lr', 2)];
     await createLease('lr', live);
     await createLease('lr', issuing, 'issuing');
-    expect(await script('lease-request-end').run(redis, [keys.lease(live)], ['revoked_by_caller'])).toEqual([
-      'revoking',
-      'revoked_by_caller',
-    ]);
-    expect(await script('lease-request-end').run(redis, [keys.lease(issuing)], ['revoked_by_caller'])).toEqual(['deferred']);
+    const b = keys.bucketOfTask('lr');
+    const requestEnd = (id: string) =>
+      script('lease-request-end').run(redis, [keys.lease(id), keys.leasesRevoking(b)], ['revoked_by_caller', id]);
+    expect(await requestEnd(live)).toEqual(['revoking', 'revoked_by_caller']);
+    expect(await redis.zscore(keys.leasesRevoking(b), live)).not.toBeNull();
+    expect(await requestEnd(issuing)).toEqual(['deferred']);
     expect(await redis.hget(keys.lease(issuing), 'endRequested')).toBe('revoked_by_caller');
+    expect(await redis.zscore(keys.leasesRevoking(b), issuing)).toBeNull(); // its activation lists it
   });
 
   test('leases-end: ends local leases at once, marks upstream ones revoking and hands them over, skips issuing and ended ones', async () => {
@@ -271,6 +282,7 @@ describe('one test per script', () => {
     expect(await redis.hmget(keys.lease(up), 'status', 'reason')).toEqual(['revoking', 'task_completed']);
     expect(await redis.zscore(keys.liveLeases(b), jwt)).toBeNull();
     expect(await redis.zscore(keys.liveLeases(b), up)).not.toBeNull();
+    expect(await redis.zscore(keys.leasesRevoking(b), up)).not.toBeNull();
     expect(await redis.hget(keys.task('le'), 'live')).toBe('1');
     expect(await redis.pttl(keys.lease(jwt))).toBeGreaterThan(0);
     await createLease('le', issuing, 'issuing');
@@ -278,6 +290,29 @@ describe('one test per script', () => {
     expect(again).toEqual([]);
     expect(handoff2).toEqual([up]);
     expect(await redis.hget(keys.lease(issuing), 'status')).toBe('issuing');
+  });
+
+  test('reconcile-tasks: keeps the ended tasks that still have live leases, drops the rest from the work list', async () => {
+    // One tree, so one bucket: `rt` stays open, two sub-tasks end, one of them with a live lease.
+    await openTask('rt');
+    await openTask('rt~stuck', 30_000, 'rt');
+    await openTask('rt~done', 30_000, 'rt');
+    await createLease('rt~stuck', lid('rt', 1));
+    const b = keys.bucketOfTask('rt');
+    for (const id of ['rt~stuck', 'rt~done']) {
+      await script('task-end').run(
+        redis,
+        [keys.task(id), keys.openTasks(b)],
+        [keys.base(b), 'completed', 'task_completed', 'task_completed', 60_000, id],
+      );
+    }
+    // Only a task that ended with live leases is listed.
+    expect(await redis.zrange(keys.tasksEnding(b), '0', '-1')).toEqual(['rt~stuck']);
+    // Entries the list should not hold (an open task, a task gone) are dropped when read.
+    await redis.zadd(keys.tasksEnding(b), 1, 'rt', 1, 'rt~gone');
+    const run = () => script('reconcile-tasks').run(redis, [keys.tasksEnding(b)], [keys.base(b), 'rt~stuck', 'rt', 'rt~gone']);
+    expect(await run()).toEqual(['rt~stuck']);
+    expect(await redis.zrange(keys.tasksEnding(b), '0', '-1')).toEqual(['rt~stuck']);
   });
 
   test("sweep: ends overdue tasks and due JWT leases on Redis's clock, hands the rest over once", async () => {

@@ -6,6 +6,7 @@
 -- KEYS[1] lease hash
 -- KEYS[2] task hash
 -- KEYS[3] live leases of the bucket (zset)
+-- KEYS[4] leases revoking in the bucket (zset, the reconciler's work list)
 -- ARGV[1] handle as JSON
 -- ARGV[2] expiresAt (ms) of the credential
 -- ARGV[3] lease id
@@ -23,6 +24,7 @@ if not reason and tst == 'open' and now_ms() >= tonumber(redis.call('HGET', KEYS
 if not tst then reason = reason or 'task_completed' end
 if reason then
   redis.call('HSET', KEYS[1], 'status', 'revoking', 'reason', reason)
+  redis.call('ZADD', KEYS[4], 'NX', now_ms(), ARGV[3])
   return { 'revoke', reason }
 end
 redis.call('HSET', KEYS[1], 'status', 'active')

@@ -1,7 +1,10 @@
 -- lease-request-end: asks for a lease to end. A live lease goes to `revoking` (its first reason kept);
 -- an `issuing` one is marked so that activation hands it to revocation instead of the caller.
+-- uses: common
 -- KEYS[1] lease hash
+-- KEYS[2] leases revoking in the bucket (zset, the reconciler's work list: a lost job is found there)
 -- ARGV[1] reason
+-- ARGV[2] lease id
 -- Returns {'revoking', reason} | {'deferred'} | {'ended', status} | {'no_lease'}
 local st = redis.call('HGET', KEYS[1], 'status')
 if not st then return { 'no_lease' } end
@@ -16,4 +19,5 @@ if not reason then
   redis.call('HSET', KEYS[1], 'reason', reason)
 end
 if st == 'active' then redis.call('HSET', KEYS[1], 'status', 'revoking') end
+redis.call('ZADD', KEYS[2], 'NX', now_ms(), ARGV[2])
 return { 'revoking', reason }

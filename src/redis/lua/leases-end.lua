@@ -21,6 +21,7 @@ local now = now_ms()
 local retention = tonumber(ARGV[4])
 local localKinds = {}
 for kind in string.gmatch(ARGV[5], '%S+') do localKinds[kind] = true end
+local revoking = leases_revoking_key(base)
 local ended, handoff = {}, {}
 local acc = bulk_end_new()
 for i = 6, #ARGV do
@@ -38,6 +39,7 @@ for i = 6, #ARGV do
     else
       if not f[5] then redis.call('HSET', k, 'reason', ARGV[3]) end
       if st == 'active' then redis.call('HSET', k, 'status', 'revoking') end
+      redis.call('ZADD', revoking, 'NX', now, id)
       handoff[#handoff + 1] = id
     end
   end

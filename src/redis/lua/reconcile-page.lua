@@ -5,10 +5,13 @@
 -- `issuing` and ended leases are skipped, as the reconciler skips them.
 -- uses: common
 -- KEYS[1] live leases of the bucket (zset; names the bucket's slot, not read)
+-- KEYS[2] optional: the work list the ids were read from (Keys.leasesRevoking); ids that need nothing
+--         (ended, gone) leave it here
 -- ARGV[1] key base of the bucket
 -- ARGV[2..] lease ids
 -- Returns the ids that need the reconciler
 local base = ARGV[1]
+local prune = KEYS[2]
 local out = {}
 local openTask = {}
 for i = 2, #ARGV do
@@ -28,6 +31,8 @@ for i = 2, #ARGV do
       end
       if not open then out[#out + 1] = id end
     end
+  elseif prune then
+    redis.call('ZREM', prune, id)
   end
 end
 return out

@@ -8,6 +8,20 @@ end
 
 local ENDED = { revoked = true, expired = true, failed = true }
 
+-- The reconciler's two work lists (Keys.tasksEnding, Keys.leasesRevoking), written in the same step as the
+-- state they list, so a replica or a restart that has the state has the entry too: a reconcile pass visits
+-- these, not every live lease.
+local function tasks_ending_key(base) return base .. 'tasks-ending' end
+local function leases_revoking_key(base) return base .. 'leases-revoking' end
+
+-- A task's live-lease count went down by `n`: once none is left, the task needs no reconciling.
+local function task_lease_gone(base, t, n)
+  local tk = base .. 'task:' .. t
+  if redis.call('EXISTS', tk) == 1 and redis.call('HINCRBY', tk, 'live', -n) <= 0 then
+    redis.call('ZREM', tasks_ending_key(base), t)
+  end
+end
+
 -- Ends one lease: status, reason, revokedAt (Redis time), leaves the live index, kept for `retention` ms,
 -- and the task's live-lease count goes down. Returns false when it had already ended.
 local function end_lease(base, live_key, id, status, reason, retention, now)
@@ -18,11 +32,9 @@ local function end_lease(base, live_key, id, status, reason, retention, now)
   if reason and reason ~= '' and not redis.call('HGET', k, 'reason') then redis.call('HSET', k, 'reason', reason) end
   redis.call('PEXPIRE', k, retention)
   redis.call('ZREM', live_key, id)
+  redis.call('ZREM', leases_revoking_key(base), id)
   local t = redis.call('HGET', k, 't')
-  if t then
-    local tk = base .. 'task:' .. t
-    if redis.call('EXISTS', tk) == 1 then redis.call('HINCRBY', tk, 'live', -1) end
-  end
+  if t then task_lease_gone(base, t, 1) end
   return true
 end
 
@@ -47,13 +59,13 @@ local function bulk_end_new()
 end
 
 local function bulk_end_finish(acc, base, live_key)
+  local revoking = leases_revoking_key(base)
+  local any_revoking = redis.call('EXISTS', revoking) == 1
   for i = 1, #acc.ids, 500 do
     redis.call('ZREM', live_key, unpack(acc.ids, i, math.min(i + 499, #acc.ids)))
+    if any_revoking then redis.call('ZREM', revoking, unpack(acc.ids, i, math.min(i + 499, #acc.ids))) end
   end
-  for t, n in pairs(acc.tasks) do
-    local tk = base .. 'task:' .. t
-    if redis.call('EXISTS', tk) == 1 then redis.call('HINCRBY', tk, 'live', -n) end
-  end
+  for t, n in pairs(acc.tasks) do task_lease_gone(base, t, n) end
 end
 
 -- Ends one open task: status, endedAt, reason; leaves the open index; its keys are kept for `retention` ms.
@@ -61,6 +73,8 @@ local function end_task(base, open_key, id, status, reason, retention, now)
   local k = base .. 'task:' .. id
   redis.call('HSET', k, 'status', status, 'endedAt', now, 'reason', reason)
   redis.call('ZREM', open_key, id)
+  -- Its live leases are ended next, by the caller's job; if that job is lost, the reconciler finds the task here.
+  if tonumber(redis.call('HGET', k, 'live') or '0') > 0 then redis.call('ZADD', tasks_ending_key(base), now, id) end
   redis.call('PEXPIRE', k, retention)
   for _, kind in ipairs({ 'task-leases:', 'task-children:', 'task-approvals:' }) do
     redis.call('PEXPIRE', base .. kind .. id, retention)
