@@ -292,7 +292,7 @@ export async function startBroker(config: LoadedConfig, opts: BrokerOptions = {}
       await sch.start();
       // Export, seal and retention run where the worker runs (one instance at a time, under a lock).
       auditExport.start();
-      undo.push(() => auditExport.stop());
+      undo.push(() => auditExport.close());
     }
 
     let server: Server | undefined;
@@ -379,6 +379,7 @@ export async function startBroker(config: LoadedConfig, opts: BrokerOptions = {}
         await auditExport.stop();
         // What this instance wrote last reaches the file now rather than at another instance's next pass.
         if (runWorker) await auditExport.pass({ waitMs: 0, trim: false }).catch(() => {});
+        await auditExport.close();
         quarantine.stop();
         clock.stop();
         await policy.close();

@@ -105,7 +105,7 @@ export async function auditFixture(name: string): Promise<AuditFixture> {
       return out;
     },
     async close() {
-      await Promise.all(exporters.map((e) => e.stop()));
+      await Promise.all(exporters.map((e) => e.close()));
       await log.flush();
       await Promise.all(conns.map((c) => c.quit()));
       await dropPrefix(prefix);
