@@ -142,6 +142,72 @@ test('state the work lists do not name (written before them) is found by the ful
   await waitFor(async () => (await Promise.all([...old, stuck!].map(statusOf))).every((s) => s === 'revoked'));
 });
 
+/** What a task's retention leaves once it has passed: its hash and sets are gone (they expire together). */
+async function expireTaskRecords(taskId: string): Promise<void> {
+  const { redis, keys } = t.broker.deps;
+  await redis.del(keys.task(taskId), keys.taskLeases(taskId), keys.taskChildren(taskId), keys.taskApprovals(taskId));
+}
+
+test('a task whose records expired (retention) before a pass saw it: its live leases are still ended', async () => {
+  // retentionSeconds may be 60 while reconcileIntervalMs may be up to an hour (and a paced pass can take long):
+  // the task's hash can leave Redis while its entry on tasks-ending still names live leases.
+  await openTask('t-retained');
+  const ids = await issue('t-retained', 2);
+  expect((await t.broker.deps.tasks.end('t-retained', 'completed', 'task_completed')).kind).toBe('ended'); // job lost
+  await expireTaskRecords('t-retained');
+  expect(await t.broker.deps.redis.zscore(workLists('t-retained').ending, 't-retained')).not.toBeNull();
+  await t.broker.sweeper!.reconcile();
+  // The full walk ends leases whose task is gone; the indexed pass must not just drop the entry.
+  await waitFor(async () => (await Promise.all(ids.map(statusOf))).every((s) => s === 'revoked'), 3000);
+});
+
+test('a lease of an earlier incarnation of a task id ending does not take the new incarnation off tasks-ending', async () => {
+  const { redis } = t.broker.deps;
+  // Incarnation 1: a revocation in progress (an upstream refusing for longer than the task's retention).
+  await openTask('t-again');
+  const [old] = await issue('t-again', 1);
+  expect((await t.broker.deps.leases.requestEnd(old!, 'revoked_by_caller')).kind).toBe('revoking');
+  expect((await t.broker.deps.tasks.end('t-again', 'completed', 'task_completed')).kind).toBe('ended');
+  await expireTaskRecords('t-again');
+  // Incarnation 2 under the same id: one live lease, then the task ends and its job is lost.
+  await openTask('t-again');
+  const [fresh] = await issue('t-again', 1);
+  expect((await t.broker.deps.tasks.end('t-again', 'completed', 'task_completed')).kind).toBe('ended');
+  expect(await redis.zscore(workLists('t-again').ending, 't-again')).not.toBeNull();
+  // The old lease's revocation finally succeeds.
+  await t.broker.deps.leases.end(old!, 'revoked', { reason: 'revoked_by_caller' });
+  await t.broker.sweeper!.reconcile();
+  await waitFor(async () => (await statusOf(fresh!)) === 'revoked', 3000);
+});
+
+test('a full walk that fails (say, a failover as the broker starts) is walked again at the next pass, not an hour later', async () => {
+  const sweeper = t.broker.sweeper! as unknown as { timerPass(): Promise<void>; lastFull: number };
+  await t.broker.sweeper!.reconcile(); // no pass under way
+  const client = t.broker.deps.redis as unknown as { zscan: (...a: unknown[]) => Promise<unknown> };
+  const zscan = client.zscan;
+  let liveScans = 0;
+  let fail = true;
+  client.zscan = function (this: unknown, key: unknown, ...rest: unknown[]) {
+    if (typeof key === 'string' && key.endsWith('leases-live')) {
+      liveScans++;
+      if (fail) {
+        fail = false;
+        return Promise.reject(new Error("READONLY You can't write against a read only replica."));
+      }
+    }
+    return zscan.call(this, key, ...rest);
+  };
+  try {
+    sweeper.lastFull = Number.NEGATIVE_INFINITY; // as start() leaves it: the first timer pass is a full walk
+    await sweeper.timerPass(); // fails at its first bucket: no bucket was walked
+    expect(liveScans).toBe(1);
+    await sweeper.timerPass();
+    expect(liveScans).toBeGreaterThan(1);
+  } finally {
+    client.zscan = zscan;
+  }
+});
+
 interface Timing {
   start: number;
   end: number;
