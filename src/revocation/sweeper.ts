@@ -176,23 +176,29 @@ export class Sweeper {
   }
 
   private async runPass(full: boolean): Promise<number> {
-    if (full) this.lastFull = performance.now();
-    this.reconcilePass = this.reconcileAll(full);
+    const started = performance.now();
+    const pass = this.reconcileAll(full);
+    this.reconcilePass = pass.then((p) => p.requeued);
     try {
-      return await this.reconcilePass;
+      const { requeued, complete } = await pass;
+      // Only a walk that reached every bucket counts: one cut short (an error, a failover, stop()) is walked
+      // again at the next pass, not `fullReconcileIntervalMs` later.
+      if (full && complete) this.lastFull = started;
+      return requeued;
     } finally {
       this.reconcilePass = undefined;
     }
   }
 
-  private async reconcileAll(full: boolean): Promise<number> {
+  private async reconcileAll(full: boolean): Promise<{ requeued: number; complete: boolean }> {
     let requeued = 0;
     try {
       for (let b = 0; b < this.deps.keys.buckets && !this.stopped; b++) requeued += await this.reconcileBucket(b, full);
     } catch (err) {
       this.deps.logger.warn({ err: (err as Error).message, full }, 'reconcile failed');
+      return { requeued, complete: false };
     }
-    return requeued;
+    return { requeued, complete: !this.stopped };
   }
 
   /**
@@ -210,10 +216,22 @@ export class Sweeper {
     }
     const revoking = keys.leasesRevoking(bucket);
     for await (const ids of scanIds(redis, revoking, 'zset')) yield { ids, prune: revoking };
+    const gone: string[] = [];
     for await (const page of scanIds(redis, keys.tasksEnding(bucket), 'zset')) {
-      const stuck = (await reconcileTasksScript.run(redis, [keys.tasksEnding(bucket)], [keys.base(bucket), ...page])) as string[];
+      const [stuck, lost] = (await reconcileTasksScript.run(redis, [keys.tasksEnding(bucket)], [keys.base(bucket), '0', ...page])) as [
+        string[],
+        string[],
+      ];
+      gone.push(...lost);
       for (const taskId of stuck) for await (const ids of scanIds(redis, keys.taskLeases(taskId), 'set')) yield { ids };
     }
+    if (gone.length === 0) return;
+    // A task whose records left Redis (retention) while it still counted live leases: only the leases' own
+    // records name it now, so this bucket's live leases are walked (reconcile-page finds those of a gone task);
+    // then its entry goes (it stays if the walk was cut short, for the next pass).
+    for await (const ids of scanIds(redis, keys.liveLeases(bucket), 'zset')) yield { ids };
+    if (this.stopped) return;
+    await reconcileTasksScript.run(redis, [keys.tasksEnding(bucket)], [keys.base(bucket), '1', ...new Set(gone)]);
   }
 
   private async reconcileBucket(bucket: number, full: boolean): Promise<number> {

@@ -159,6 +159,8 @@ test('a task whose records expired (retention) before a pass saw it: its live le
   await t.broker.sweeper!.reconcile();
   // The full walk ends leases whose task is gone; the indexed pass must not just drop the entry.
   await waitFor(async () => (await Promise.all(ids.map(statusOf))).every((s) => s === 'revoked'), 3000);
+  // Once its bucket was walked, the entry goes: the next pass does not walk the bucket again.
+  expect(await t.broker.deps.redis.zscore(workLists('t-retained').ending, 't-retained')).toBeNull();
 });
 
 test('a lease of an earlier incarnation of a task id ending does not take the new incarnation off tasks-ending', async () => {

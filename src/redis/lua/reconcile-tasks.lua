@@ -1,18 +1,23 @@
 -- reconcile-tasks: of one page of a bucket's work list of ended tasks that had live leases when they
 -- ended, those that still have some: a job that should have ended them was lost, and their leases are
--- the reconciler's to finish. The others (every lease ended, the task gone, or the id open again as a
--- new task) leave the list here.
+-- the reconciler's to finish. The others (every lease ended, or the id open again as a new task) leave
+-- the list here. A task whose records are gone (its retention passed while the list still counted live
+-- leases) cannot name its leases any more: it is returned apart, and left on the list until the caller
+-- has walked the bucket's live leases and asks again with ARGV[2] = '1'.
 -- KEYS[1] ended tasks with live leases of the bucket (zset, Keys.tasksEnding)
 -- ARGV[1] key base of the bucket
--- ARGV[2..] task ids
--- Returns the task ids whose leases need the reconciler
-local out = {}
-for i = 2, #ARGV do
+-- ARGV[2] '1': drop entries whose task is gone (the caller walked every live lease of the bucket); '0': keep them
+-- ARGV[3..] task ids
+-- Returns {task ids whose leases need the reconciler, task ids that are gone}
+local out, gone = {}, {}
+for i = 3, #ARGV do
   local f = redis.call('HMGET', ARGV[1] .. 'task:' .. ARGV[i], 'status', 'live')
-  if f[1] and f[1] ~= 'open' and tonumber(f[2] or '0') > 0 then
+  if not f[1] then
+    if ARGV[2] == '1' then redis.call('ZREM', KEYS[1], ARGV[i]) else gone[#gone + 1] = ARGV[i] end
+  elseif f[1] ~= 'open' and tonumber(f[2] or '0') > 0 then
     out[#out + 1] = ARGV[i]
   else
     redis.call('ZREM', KEYS[1], ARGV[i])
   end
 end
-return out
+return { out, gone }
