@@ -27,11 +27,11 @@ local acc = bulk_end_new()
 for i = 6, #ARGV do
   local id = ARGV[i]
   local k = base .. 'lease:' .. id
-  local f = redis.call('HMGET', k, 'status', 'p', 't', 'r', 'reason')
+  local f = redis.call('HMGET', k, 'status', 'p', 't', 'r', 'reason', 'tc')
   local st = f[1]
   if st and not ENDED[st] and st ~= 'issuing' then
     if localKinds[f[2]] then
-      bulk_end_lease(acc, base, id, f[3], f[5], ARGV[2], ARGV[3], retention, now)
+      bulk_end_lease(acc, base, id, f[3], f[5], ARGV[2], ARGV[3], retention, now, f[6])
       ended[#ended + 1] = id
       ended[#ended + 1] = f[3]
       ended[#ended + 1] = f[4]

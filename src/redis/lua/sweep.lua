@@ -36,12 +36,12 @@ local acc = bulk_end_new()
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'WITHSCORES', 'LIMIT', 0, tonumber(ARGV[2]))
 for i = 1, #due, 2 do
   local id, score = due[i], due[i + 1]
-  local f = redis.call('HMGET', base .. 'lease:' .. id, 'status', 'p', 't', 'r', 'reason')
+  local f = redis.call('HMGET', base .. 'lease:' .. id, 'status', 'p', 't', 'r', 'reason', 'tc')
   local st = f[1]
   if not st or ENDED[st] then
     redis.call('ZREM', KEYS[1], id)
   elseif localKinds[f[2]] and st ~= 'issuing' then
-    bulk_end_lease(acc, base, id, f[3], f[5], 'expired', 'ttl_expired', retention, now)
+    bulk_end_lease(acc, base, id, f[3], f[5], 'expired', 'ttl_expired', retention, now, f[6])
     expired[#expired + 1] = id
     expired[#expired + 1] = f[3]
     expired[#expired + 1] = f[4]

@@ -15,9 +15,14 @@ local function tasks_ending_key(base) return base .. 'tasks-ending' end
 local function leases_revoking_key(base) return base .. 'leases-revoking' end
 
 -- A task's live-lease count went down by `n`: once none is left, the task needs no reconciling.
-local function task_lease_gone(base, t, n)
+-- `tc` is the createdAt of the task incarnation the leases were issued under (lease field `tc`; absent on
+-- records written before it): leases of an earlier incarnation of a purged and reopened id do not count
+-- against the new one (nor take it off the work list while its own leases are live).
+local function task_lease_gone(base, t, n, tc)
   local tk = base .. 'task:' .. t
-  if redis.call('EXISTS', tk) == 1 and redis.call('HINCRBY', tk, 'live', -n) <= 0 then
+  local cur = redis.call('HGET', tk, 'createdAt')
+  if not cur or (tc and tc ~= '' and tc ~= cur) then return end
+  if redis.call('HINCRBY', tk, 'live', -n) <= 0 then
     redis.call('ZREM', tasks_ending_key(base), t)
   end
 end
@@ -33,8 +38,8 @@ local function end_lease(base, live_key, id, status, reason, retention, now)
   redis.call('PEXPIRE', k, retention)
   redis.call('ZREM', live_key, id)
   redis.call('ZREM', leases_revoking_key(base), id)
-  local t = redis.call('HGET', k, 't')
-  if t then task_lease_gone(base, t, 1) end
+  local tf = redis.call('HMGET', k, 't', 'tc')
+  if tf[1] then task_lease_gone(base, tf[1], 1, tf[2]) end
   return true
 end
 
@@ -42,7 +47,7 @@ end
 -- `t`, `reason`): the same writes with fewer commands. Call bulk_end_lease per lease, then
 -- bulk_end_finish once: it takes them out of the live index and lowers each task's live-lease count
 -- (one command per task, not per lease).
-local function bulk_end_lease(acc, base, id, task, had_reason, status, reason, retention, now)
+local function bulk_end_lease(acc, base, id, task, had_reason, status, reason, retention, now, tc)
   local k = base .. 'lease:' .. id
   if had_reason or not reason or reason == '' then
     redis.call('HSET', k, 'status', status, 'revokedAt', now)
@@ -51,7 +56,12 @@ local function bulk_end_lease(acc, base, id, task, had_reason, status, reason, r
   end
   redis.call('PEXPIRE', k, retention)
   acc.ids[#acc.ids + 1] = id
-  if task then acc.tasks[task] = (acc.tasks[task] or 0) + 1 end
+  if task then
+    -- per task incarnation (task ids hold no space)
+    local key = task .. ' ' .. (tc or '')
+    local e = acc.tasks[key]
+    if e then e[3] = e[3] + 1 else acc.tasks[key] = { task, tc, 1 } end
+  end
 end
 
 local function bulk_end_new()
@@ -65,7 +75,7 @@ local function bulk_end_finish(acc, base, live_key)
     redis.call('ZREM', live_key, unpack(acc.ids, i, math.min(i + 499, #acc.ids)))
     if any_revoking then redis.call('ZREM', revoking, unpack(acc.ids, i, math.min(i + 499, #acc.ids))) end
   end
-  for t, n in pairs(acc.tasks) do task_lease_gone(base, t, n) end
+  for _, e in pairs(acc.tasks) do task_lease_gone(base, e[1], e[3], e[2]) end
 end
 
 -- Ends one open task: status, endedAt, reason; leaves the open index; its keys are kept for `retention` ms.
