@@ -292,6 +292,42 @@ describe('one test per script', () => {
     expect(await redis.hget(keys.lease(issuing), 'status')).toBe('issuing');
   });
 
+  test('leases-end / sweep: a revoking lease they end leaves the work list of revocations in progress', async () => {
+    await openTask('lw');
+    const [a, c] = [lid('lw', 1), lid('lw', 2)];
+    await createLease('lw', a);
+    await createLease('lw', c, 'active', Date.now() + 30);
+    const b = keys.bucketOfTask('lw');
+    for (const id of [a, c])
+      await script('lease-request-end').run(redis, [keys.lease(id), keys.leasesRevoking(b)], ['revoked_by_caller', id]);
+    await script('leases-end').run(redis, [keys.liveLeases(b)], [keys.base(b), 'revoked', 'task_completed', 5000, 'jwt', a]);
+    expect(await redis.zscore(keys.leasesRevoking(b), a)).toBeNull();
+    expect(await redis.zscore(keys.leasesRevoking(b), c)).not.toBeNull();
+    await new Promise((r) => setTimeout(r, 40));
+    await script('sweep').run(redis, [keys.liveLeases(b), keys.openTasks(b)], [keys.base(b), 1000, 200, 5000, 15_000, 'jwt']);
+    expect(await redis.hget(keys.lease(c), 'status')).toBe('expired');
+    expect(await redis.zscore(keys.leasesRevoking(b), c)).toBeNull();
+    expect(await redis.hget(keys.task('lw'), 'live')).toBe('0');
+  });
+
+  test("a lease of an earlier incarnation of a task id ending leaves the new incarnation's live count alone", async () => {
+    await openTask('li');
+    const [old, fresh] = [lid('li', 1), lid('li', 2)];
+    await createLease('li', old);
+    const b = keys.bucketOfTask('li');
+    await redis.del(keys.task('li')); // its retention passed while `old` was still live
+    await openTask('li');
+    await createLease('li', fresh);
+    await script('task-end').run(
+      redis,
+      [keys.task('li'), keys.openTasks(b)],
+      [keys.base(b), 'completed', 'task_completed', 'task_completed', 60_000, 'li'],
+    );
+    await script('lease-update').run(redis, [keys.lease(old), keys.liveLeases(b)], [5000, old, keys.base(b), 'revoked', '']);
+    expect(await redis.hget(keys.task('li'), 'live')).toBe('1');
+    expect(await redis.zscore(keys.tasksEnding(b), 'li')).not.toBeNull();
+  });
+
   test('reconcile-tasks: keeps the ended tasks that still have live leases, drops the rest from the work list', async () => {
     // One tree, so one bucket: `rt` stays open, two sub-tasks end, one of them with a live lease.
     await openTask('rt');

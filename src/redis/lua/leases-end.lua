@@ -31,7 +31,7 @@ for i = 6, #ARGV do
   local st = f[1]
   if st and not ENDED[st] and st ~= 'issuing' then
     if localKinds[f[2]] then
-      bulk_end_lease(acc, base, id, f[3], f[5], ARGV[2], ARGV[3], retention, now, f[6])
+      bulk_end_lease(acc, base, id, f[3], f[5], ARGV[2], ARGV[3], retention, now, f[6], st)
       ended[#ended + 1] = id
       ended[#ended + 1] = f[3]
       ended[#ended + 1] = f[4]

@@ -41,7 +41,7 @@ for i = 1, #due, 2 do
   if not st or ENDED[st] then
     redis.call('ZREM', KEYS[1], id)
   elseif localKinds[f[2]] and st ~= 'issuing' then
-    bulk_end_lease(acc, base, id, f[3], f[5], 'expired', 'ttl_expired', retention, now, f[6])
+    bulk_end_lease(acc, base, id, f[3], f[5], 'expired', 'ttl_expired', retention, now, f[6], st)
     expired[#expired + 1] = id
     expired[#expired + 1] = f[3]
     expired[#expired + 1] = f[4]

@@ -46,8 +46,9 @@ end
 -- Bulk form of end_lease for scripts that end many leases whose fields they just read (status live,
 -- `t`, `reason`): the same writes with fewer commands. Call bulk_end_lease per lease, then
 -- bulk_end_finish once: it takes them out of the live index and lowers each task's live-lease count
--- (one command per task, not per lease).
-local function bulk_end_lease(acc, base, id, task, had_reason, status, reason, retention, now, tc)
+-- (one command per task, not per lease). `tc`: the lease field `tc`; `was`: its status before (one `revoking` or
+-- `revoke_failed` also leaves the work list of revocations in progress).
+local function bulk_end_lease(acc, base, id, task, had_reason, status, reason, retention, now, tc, was)
   local k = base .. 'lease:' .. id
   if had_reason or not reason or reason == '' then
     redis.call('HSET', k, 'status', status, 'revokedAt', now)
@@ -56,6 +57,8 @@ local function bulk_end_lease(acc, base, id, task, had_reason, status, reason, r
   end
   redis.call('PEXPIRE', k, retention)
   acc.ids[#acc.ids + 1] = id
+  -- only a lease `revoking` / `revoke_failed` can be on the work list of revocations in progress
+  if was == 'revoking' or was == 'revoke_failed' then acc.revoking[#acc.revoking + 1] = id end
   if task then
     -- per task incarnation (task ids hold no space)
     local key = task .. ' ' .. (tc or '')
@@ -65,15 +68,15 @@ local function bulk_end_lease(acc, base, id, task, had_reason, status, reason, r
 end
 
 local function bulk_end_new()
-  return { ids = {}, tasks = {} }
+  return { ids = {}, tasks = {}, revoking = {} }
 end
 
 local function bulk_end_finish(acc, base, live_key)
-  local revoking = leases_revoking_key(base)
-  local any_revoking = redis.call('EXISTS', revoking) == 1
   for i = 1, #acc.ids, 500 do
     redis.call('ZREM', live_key, unpack(acc.ids, i, math.min(i + 499, #acc.ids)))
-    if any_revoking then redis.call('ZREM', revoking, unpack(acc.ids, i, math.min(i + 499, #acc.ids))) end
+  end
+  for i = 1, #acc.revoking, 500 do
+    redis.call('ZREM', leases_revoking_key(base), unpack(acc.revoking, i, math.min(i + 499, #acc.revoking)))
   end
   for _, e in pairs(acc.tasks) do task_lease_gone(base, e[1], e[3], e[2]) end
 end
