@@ -316,6 +316,8 @@ describe('one test per script', () => {
     await createLease('li', old);
     const b = keys.bucketOfTask('li');
     await redis.del(keys.task('li')); // its retention passed while `old` was still live
+    // (retention is at least a minute: the new task is created after `old` was issued, on Redis's ms clock)
+    await new Promise((r) => setTimeout(r, 5));
     await openTask('li');
     await createLease('li', fresh);
     await script('task-end').run(

@@ -39,7 +39,7 @@ redis.call('HINCRBY', KEYS[1], 'live', 1)
 redis.call('HINCRBY', KEYS[1], 'leases', 1)
 local score = tonumber(ARGV[3])
 redis.call('HSET', KEYS[2], 'd', ARGV[1], 't', ARGV[8], 'p', ARGV[9], 'r', ARGV[10], 'status', ARGV[2],
-  'issuedAt', now, 'expiresAt', ARGV[3], 'handle', ARGV[6], 'tc', f[2])
+  'issuedAt', now, 'expiresAt', ARGV[3], 'handle', ARGV[6])
 if ARGV[2] == 'issuing' then
   score = now + tonumber(ARGV[4])
   redis.call('HSET', KEYS[2], 'orphanAt', score)

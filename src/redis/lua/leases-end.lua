@@ -27,7 +27,7 @@ local acc = bulk_end_new()
 for i = 6, #ARGV do
   local id = ARGV[i]
   local k = base .. 'lease:' .. id
-  local f = redis.call('HMGET', k, 'status', 'p', 't', 'r', 'reason', 'tc')
+  local f = redis.call('HMGET', k, 'status', 'p', 't', 'r', 'reason', 'issuedAt')
   local st = f[1]
   if st and not ENDED[st] and st ~= 'issuing' then
     if localKinds[f[2]] then

@@ -36,7 +36,7 @@ local acc = bulk_end_new()
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'WITHSCORES', 'LIMIT', 0, tonumber(ARGV[2]))
 for i = 1, #due, 2 do
   local id, score = due[i], due[i + 1]
-  local f = redis.call('HMGET', base .. 'lease:' .. id, 'status', 'p', 't', 'r', 'reason', 'tc')
+  local f = redis.call('HMGET', base .. 'lease:' .. id, 'status', 'p', 't', 'r', 'reason', 'issuedAt')
   local st = f[1]
   if not st or ENDED[st] then
     redis.call('ZREM', KEYS[1], id)

@@ -14,15 +14,19 @@ local ENDED = { revoked = true, expired = true, failed = true }
 local function tasks_ending_key(base) return base .. 'tasks-ending' end
 local function leases_revoking_key(base) return base .. 'leases-revoking' end
 
--- A task's live-lease count went down by `n`: once none is left, the task needs no reconciling.
--- `tc` is the createdAt of the task incarnation the leases were issued under (lease field `tc`; absent on
--- records written before it): leases of an earlier incarnation of a purged and reopened id do not count
--- against the new one (nor take it off the work list while its own leases are live).
-local function task_lease_gone(base, t, n, tc)
+-- Leases of task `t` ended: its live-lease count goes down by those issued under the task as it is now, and
+-- once none is left the task needs no reconciling. `issued`: the leases' `issuedAt` (Redis time). A lease
+-- issued before the task's `createdAt` belongs to an earlier task of the same id (purged after retention,
+-- opened again): it neither counts against the new task nor takes it off the work list.
+local function task_lease_gone(base, t, issued)
   local tk = base .. 'task:' .. t
-  local cur = redis.call('HGET', tk, 'createdAt')
-  if not cur or (tc and tc ~= '' and tc ~= cur) then return end
-  if redis.call('HINCRBY', tk, 'live', -n) <= 0 then
+  local created = tonumber(redis.call('HGET', tk, 'createdAt'))
+  if not created then return end
+  local n = 0
+  for _, at in ipairs(issued) do
+    if not tonumber(at) or tonumber(at) >= created then n = n + 1 end
+  end
+  if n > 0 and redis.call('HINCRBY', tk, 'live', -n) <= 0 then
     redis.call('ZREM', tasks_ending_key(base), t)
   end
 end
@@ -38,17 +42,17 @@ local function end_lease(base, live_key, id, status, reason, retention, now)
   redis.call('PEXPIRE', k, retention)
   redis.call('ZREM', live_key, id)
   redis.call('ZREM', leases_revoking_key(base), id)
-  local tf = redis.call('HMGET', k, 't', 'tc')
-  if tf[1] then task_lease_gone(base, tf[1], 1, tf[2]) end
+  local tf = redis.call('HMGET', k, 't', 'issuedAt')
+  if tf[1] then task_lease_gone(base, tf[1], { tf[2] or false }) end
   return true
 end
 
 -- Bulk form of end_lease for scripts that end many leases whose fields they just read (status live,
 -- `t`, `reason`): the same writes with fewer commands. Call bulk_end_lease per lease, then
 -- bulk_end_finish once: it takes them out of the live index and lowers each task's live-lease count
--- (one command per task, not per lease). `tc`: the lease field `tc`; `was`: its status before (one `revoking` or
--- `revoke_failed` also leaves the work list of revocations in progress).
-local function bulk_end_lease(acc, base, id, task, had_reason, status, reason, retention, now, tc, was)
+-- (one command per task, not per lease). `issued`: the lease's `issuedAt`; `was`: its status before (one
+-- `revoking` or `revoke_failed` also leaves the work list of revocations in progress).
+local function bulk_end_lease(acc, base, id, task, had_reason, status, reason, retention, now, issued, was)
   local k = base .. 'lease:' .. id
   if had_reason or not reason or reason == '' then
     redis.call('HSET', k, 'status', status, 'revokedAt', now)
@@ -60,10 +64,8 @@ local function bulk_end_lease(acc, base, id, task, had_reason, status, reason, r
   -- only a lease `revoking` / `revoke_failed` can be on the work list of revocations in progress
   if was == 'revoking' or was == 'revoke_failed' then acc.revoking[#acc.revoking + 1] = id end
   if task then
-    -- per task incarnation (task ids hold no space)
-    local key = task .. ' ' .. (tc or '')
-    local e = acc.tasks[key]
-    if e then e[3] = e[3] + 1 else acc.tasks[key] = { task, tc, 1 } end
+    local list = acc.tasks[task]
+    if list then list[#list + 1] = issued or false else acc.tasks[task] = { issued or false } end
   end
 end
 
@@ -78,7 +80,7 @@ local function bulk_end_finish(acc, base, live_key)
   for i = 1, #acc.revoking, 500 do
     redis.call('ZREM', leases_revoking_key(base), unpack(acc.revoking, i, math.min(i + 499, #acc.revoking)))
   end
-  for _, e in pairs(acc.tasks) do task_lease_gone(base, e[1], e[3], e[2]) end
+  for t, issued in pairs(acc.tasks) do task_lease_gone(base, t, issued) end
 end
 
 -- Ends one open task: status, endedAt, reason; leaves the open index; its keys are kept for `retention` ms.
