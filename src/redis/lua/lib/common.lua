@@ -41,7 +41,8 @@ local function end_lease(base, live_key, id, status, reason, retention, now)
   if reason and reason ~= '' and not redis.call('HGET', k, 'reason') then redis.call('HSET', k, 'reason', reason) end
   redis.call('PEXPIRE', k, retention)
   redis.call('ZREM', live_key, id)
-  redis.call('ZREM', leases_revoking_key(base), id)
+  -- only a lease `revoking` / `revoke_failed` can be on the work list of revocations in progress
+  if st == 'revoking' or st == 'revoke_failed' then redis.call('ZREM', leases_revoking_key(base), id) end
   local tf = redis.call('HMGET', k, 't', 'issuedAt')
   if tf[1] then task_lease_gone(base, tf[1], { tf[2] or false }) end
   return true
