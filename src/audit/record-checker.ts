@@ -5,8 +5,8 @@ import { type CheckedRecord, checkRecords } from './record-check.ts';
 type Checked = (CheckedRecord | undefined)[];
 
 /**
- * Runs `checkRecords` in one worker thread, started on first use and unref'd
- * (it never keeps the process alive). Why a thread: re-hashing every record
+ * Runs `checkRecords` in one worker thread, started on first use; it keeps
+ * the process alive only while a page is in it. Why a thread: re-hashing every record
  * on its way to the export file took the event loop for ~6 µs per record,
  * in bursts every seal interval, and showed in issuance's p99. If the
  * thread cannot run (it failed to start or died), pages are checked on the
@@ -34,6 +34,8 @@ export class RecordChecker {
     const id = this.nextId++;
     return new Promise<Checked>((resolve) => {
       this.waiting.set(id, { resolve, raws });
+      // Held while a page is in it (the process waits for the answer), let go when idle.
+      worker.ref();
       worker.postMessage({ id, raws });
     });
   }
@@ -50,10 +52,10 @@ export class RecordChecker {
     if (this.worker) return this.worker;
     try {
       const w = new Worker(this.entry);
-      w.unref();
       w.on('message', (m: { id: number; checked: Checked }) => {
         const p = this.waiting.get(m.id);
         this.waiting.delete(m.id);
+        if (this.waiting.size === 0) w.unref();
         this.checked.thread += m.checked.length;
         p?.resolve(m.checked);
       });
@@ -69,6 +71,8 @@ export class RecordChecker {
       };
       w.on('error', fail);
       w.on('exit', fail);
+      // After the listeners: adding a 'message' listener refs the worker again.
+      w.unref();
       this.worker = w;
       return w;
     } catch (err) {

@@ -1,0 +1,69 @@
+import { Writable } from 'node:stream';
+import pino from 'pino';
+import { RecordChecker } from '../../src/audit/record-checker.ts';
+import { GENESIS, hashRecord } from '../../src/audit/record.ts';
+import type { Logger } from '../../src/logger.ts';
+
+function capturingLogger(): { logger: Logger; warns: () => number } {
+  const chunks: string[] = [];
+  const stream = new Writable({
+    write(chunk, _enc, cb) {
+      chunks.push(String(chunk));
+      cb();
+    },
+  });
+  return { logger: pino({ level: 'warn' }, stream), warns: () => chunks.join('').split('\n').filter(Boolean).length };
+}
+
+function raws(n: number): string[] {
+  const out: string[] = [];
+  let prev = GENESIS;
+  for (let seq = 1; seq <= n; seq++) {
+    const base = { seq, prev, at: '2026-01-01T00:00:00.000Z', event: { type: 'x' } } as never;
+    const hash = hashRecord(base);
+    out.push(JSON.stringify({ ...(base as object), hash }));
+    prev = hash;
+  }
+  return out;
+}
+
+for (const name of ['exit-on-message', 'throw-on-message']) {
+  test(`a thread that dies mid-page (${name}): the page is checked on the loop, once logged`, async () => {
+    const log = capturingLogger();
+    const c = new RecordChecker(log.logger, new URL(`./workers/${name}.ts`, import.meta.url));
+    const pages = await Promise.all([c.check(raws(5)), c.check(raws(3))]);
+    expect(pages.map((p) => p.length)).toEqual([5, 3]);
+    expect(c.checked).toEqual({ thread: 0, loop: 8 });
+    await c.check(raws(2));
+    expect(log.warns()).toBe(1);
+    await c.close();
+  });
+}
+
+test('close() while pages are in flight, many at once: every check resolves; a later check starts a new thread', async () => {
+  const log = capturingLogger();
+  const c = new RecordChecker(log.logger);
+  const inFlight = Array.from({ length: 20 }, () => c.check(raws(50)));
+  await c.close();
+  const got = await Promise.all(inFlight);
+  expect(got.every((p) => p.length === 50 && p.every((r) => r?.hashOk))).toBe(true);
+  expect(c.checked.thread + c.checked.loop).toBe(1000);
+  const again = await c.check(raws(10));
+  expect(again.every((r) => r?.hashOk)).toBe(true);
+  expect(c.checked.thread).toBeGreaterThanOrEqual(10);
+  expect((c as unknown as { waiting: Map<number, unknown> }).waiting.size).toBe(0);
+  await c.close();
+  expect(log.warns()).toBe(0);
+});
+
+test('the thread never keeps the process alive (a checker not closed), from any working directory', async () => {
+  const { spawnSync } = await import('node:child_process');
+  const { fileURLToPath } = await import('node:url');
+  const script = fileURLToPath(new URL('./workers/unclosed-checker.ts', import.meta.url));
+  const t0 = Date.now();
+  const r = spawnSync(process.execPath, [script], { cwd: '/', timeout: 10_000, encoding: 'utf8' });
+  expect(r.signal).toBeNull(); // not killed by the timeout
+  expect(r.status).toBe(0);
+  expect(JSON.parse(r.stdout.trim())).toMatchObject({ checked: { thread: 1, loop: 0 } });
+  expect(Date.now() - t0).toBeLessThan(10_000);
+}, 15_000);
