@@ -194,6 +194,8 @@ export async function startBroker(config: LoadedConfig, opts: BrokerOptions = {}
       retentionIntervalMs: config.audit.retentionIntervalSeconds * 1000,
       now: () => clock.now(),
     });
+    // Any pass (exportNow on an API-only instance too) may start its record-check thread.
+    undo.push(() => auditExport.close());
     await auditExport.assertOwned();
     const tasks = new TaskStore({ redis, keys, retentionMs });
     const quarantine = new Quarantine({ redis, keys, logger });
@@ -292,7 +294,7 @@ export async function startBroker(config: LoadedConfig, opts: BrokerOptions = {}
       await sch.start();
       // Export, seal and retention run where the worker runs (one instance at a time, under a lock).
       auditExport.start();
-      undo.push(() => auditExport.close());
+      undo.push(() => auditExport.stop());
     }
 
     let server: Server | undefined;
