@@ -20,7 +20,7 @@ if ARGV[1] ~= '0' then
   return st
 end
 if ARGV[4] ~= '' then redis.call('HSET', KEYS[1], 'status', ARGV[4]) end
-if ARGV[4] == 'revoking' or ARGV[4] == 'revoke_failed' then
+if REVOKING[ARGV[4]] then
   redis.call('ZADD', leases_revoking_key(ARGV[3]), 'NX', now_ms(), ARGV[2])
 end
 if ARGV[5] ~= '' and not redis.call('HGET', KEYS[1], 'reason') then redis.call('HSET', KEYS[1], 'reason', ARGV[5]) end

@@ -20,7 +20,7 @@ for i = 2, #ARGV do
   local st = f[1]
   if st and not ENDED[st] and st ~= 'issuing' then
     local t = f[2]
-    if st == 'revoking' or st == 'revoke_failed' or not t then
+    if REVOKING[st] or not t then
       -- (a record without its task id field is decided by the reconciler from the full record)
       out[#out + 1] = id
     else

@@ -7,6 +7,8 @@ local function now_ms()
 end
 
 local ENDED = { revoked = true, expired = true, failed = true }
+-- A revocation asked for and not confirmed yet: only such a lease is on the work list of revocations in progress.
+local REVOKING = { revoking = true, revoke_failed = true }
 
 -- The reconciler's two work lists (Keys.tasksEnding, Keys.leasesRevoking), written in the same step as the
 -- state they list, so a replica or a restart that has the state has the entry too: a reconcile pass visits
@@ -41,8 +43,7 @@ local function end_lease(base, live_key, id, status, reason, retention, now)
   if reason and reason ~= '' and not redis.call('HGET', k, 'reason') then redis.call('HSET', k, 'reason', reason) end
   redis.call('PEXPIRE', k, retention)
   redis.call('ZREM', live_key, id)
-  -- only a lease `revoking` / `revoke_failed` can be on the work list of revocations in progress
-  if st == 'revoking' or st == 'revoke_failed' then redis.call('ZREM', leases_revoking_key(base), id) end
+  if REVOKING[st] then redis.call('ZREM', leases_revoking_key(base), id) end
   local tf = redis.call('HMGET', k, 't', 'issuedAt')
   if tf[1] then task_lease_gone(base, tf[1], { tf[2] or false }) end
   return true
@@ -62,8 +63,7 @@ local function bulk_end_lease(acc, base, id, task, had_reason, status, reason, r
   end
   redis.call('PEXPIRE', k, retention)
   acc.ids[#acc.ids + 1] = id
-  -- only a lease `revoking` / `revoke_failed` can be on the work list of revocations in progress
-  if was == 'revoking' or was == 'revoke_failed' then acc.revoking[#acc.revoking + 1] = id end
+  if REVOKING[was] then acc.revoking[#acc.revoking + 1] = id end
   if task then
     local list = acc.tasks[task]
     if list then list[#list + 1] = issued or false else acc.tasks[task] = { issued or false } end
