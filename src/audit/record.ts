@@ -1,4 +1,4 @@
-import { createHash } from 'node:crypto';
+import { hash } from 'node:crypto';
 
 /** What happened, in the words the contract uses. */
 export type AuditAction =
@@ -54,9 +54,15 @@ export interface AuditRecord extends AuditEvent {
 
 export const GENESIS = '0'.repeat(64);
 
-/** Hash of a record: SHA-256 over the previous hash and the record's canonical JSON (keys sorted). */
+/**
+ * Hash of a record: SHA-256 over the previous hash, a newline and the record's
+ * canonical JSON (keys sorted), as UTF-8. One-shot `crypto.hash` rather than a
+ * `createHash` object: every issuance hashes a record (and the export re-hashes
+ * it), and each Hash object is a native wrapper that the young-generation GC
+ * must process when it dies; the one-shot call leaves none and is ~30% faster.
+ */
 export function hashRecord(r: Omit<AuditRecord, 'hash'>): string {
-  return createHash('sha256').update(r.prev).update('\n').update(canonicalJson(r)).digest('hex');
+  return hash('sha256', `${r.prev}\n${canonicalJson(r)}`, 'hex');
 }
 
 /**

@@ -92,7 +92,8 @@ describe('jit audit verify without --task (admins): every record the broker hold
       actor: 'spiffe://dev.local/agent/x',
       decision: 'allow',
       taskId: 't',
-      detail: { b: [1, 'x'], a: { z: true, y: null } },
+      // Not only ASCII: the broker hashes one concatenated string, the CLI three updates; both must be UTF-8.
+      detail: { b: [1, 'x'], a: { z: true, y: null }, note: 'é ✓ 𝄞' },
       seq: 7,
       time: '2026-01-01T00:00:00.000Z',
       prev: 'ab'.repeat(32),
