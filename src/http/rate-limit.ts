@@ -3,7 +3,7 @@ import type { Request, RequestHandler, Response } from 'express';
 import type { Cluster, Redis } from 'ioredis';
 import ipaddr from 'ipaddr.js';
 import { Counter } from 'prom-client';
-import { BurstyRateLimiter, RateLimiterMemory, RateLimiterRedis, RateLimiterRes } from 'rate-limiter-flexible';
+import { RateLimiterMemory, RateLimiterRedis, RateLimiterRes } from 'rate-limiter-flexible';
 import type { RateLimitConfig } from '../config/schema.ts';
 import { BrokerError } from '../errors.ts';
 import type { Logger } from '../logger.ts';
@@ -31,20 +31,43 @@ function reserveSeconds(perSecond: number, burst: number): number {
   return Math.max(1, Math.ceil((10 * (burst - perSecond)) / perSecond));
 }
 
+/** One request waiting for its budget's answer: seconds to wait when refused, else undefined. */
+interface Waiter {
+  resolve: (wait: number | undefined) => void;
+  reject: (err: unknown) => void;
+}
+
+/** A window's answer to spending some points at once, whether the library resolved or refused it. */
+interface Take {
+  fits: boolean;
+  res: RateLimiterRes;
+}
+
 /**
- * One budget (`perSecond` sustained, `burst` at once) as rate-limiter-flexible
- * limiters in Redis, shared by every instance: `perSecond` per one-second
- * window, and when that is spent a reserve of `burst − perSecond` (a
- * BurstyRateLimiter). Both windows block the key in memory once spent, so a
- * caller over its budget costs no Redis round trip until the window ends: a
- * request makes one round trip, or two the first time in a second that an
- * instance finds the per-second window spent elsewhere. Every operation touches
- * one key, so an ioredis Cluster works as well as a single node. If Redis
- * fails the limiter falls back to the same budget per instance
+ * One budget (`perSecond` sustained, `burst` at once) as two rate-limiter-flexible
+ * windows in Redis, shared by every instance: `perSecond` per one-second
+ * window, and when that is spent a reserve of `burst − perSecond` (what
+ * BurstyRateLimiter composes; done here so that one call can spend several
+ * points). Both windows block the key in memory once spent, so a caller over
+ * its budget costs no Redis round trip until the window ends. Every operation
+ * touches one key, so an ioredis Cluster works as well as a single node. If
+ * Redis fails the limiter falls back to the same budget per instance
  * (rate-limiter-flexible's insurance limiter) instead of failing the request.
+ *
+ * Requests of one key that arrive in the same turn of the event loop spend
+ * their points in one call (the turn's Redis writes go out together anyway,
+ * src/redis/coalesce.ts): under load one identity's concurrent requests cost
+ * one script call instead of one each. The count in Redis is the same as one
+ * call per request; of n requests spent at once the first ones that fit in
+ * the window are let through and the rest are refused, so a batch never gets
+ * more than the budget and, up to the reserve's one-call granularity, no less.
  */
 class Budget {
-  private readonly limiter: BurstyRateLimiter | RateLimiterRedis;
+  private readonly perSecond: RateLimiterRedis;
+  private readonly reserve: RateLimiterRedis | undefined;
+  private readonly points: number;
+  private readonly reservePoints: number;
+  private readonly pending = new Map<string, Waiter[]>();
 
   constructor(redis: Redis | Cluster, keyPrefix: string, b: { perSecond: number; burst: number }) {
     const window = (name: string, points: number, duration: number) =>
@@ -56,21 +79,71 @@ class Budget {
         inMemoryBlockOnConsumed: points,
         insuranceLimiter: new RateLimiterMemory({ keyPrefix: `${keyPrefix}:${name}`, points, duration }),
       });
-    const perSecond = window('s', b.perSecond, 1);
-    const reserve = b.burst - b.perSecond;
-    this.limiter = reserve > 0 ? new BurstyRateLimiter(perSecond, window('r', reserve, reserveSeconds(b.perSecond, b.burst))) : perSecond;
+    this.points = b.perSecond;
+    this.perSecond = window('s', b.perSecond, 1);
+    this.reservePoints = Math.max(0, b.burst - b.perSecond);
+    this.reserve = this.reservePoints > 0 ? window('r', this.reservePoints, reserveSeconds(b.perSecond, b.burst)) : undefined;
   }
 
   /** Spends one request; the seconds to wait when the budget is spent, else undefined. */
-  async spend(key: string): Promise<number | undefined> {
+  spend(key: string): Promise<number | undefined> {
+    return new Promise((resolve, reject) => {
+      let batch = this.pending.get(key);
+      if (!batch) {
+        batch = [];
+        this.pending.set(key, batch);
+        setImmediate(() => void this.flush(key));
+      }
+      batch.push({ resolve, reject });
+    });
+  }
+
+  private async flush(key: string): Promise<void> {
+    const batch = this.pending.get(key)!;
+    this.pending.delete(key);
     try {
-      await this.limiter.consume(key);
-      return undefined;
+      const { admitted, waitMs } = await this.take(key, batch.length);
+      const wait = Math.max(1, Math.ceil(waitMs / 1000));
+      for (let i = 0; i < batch.length; i++) batch[i]!.resolve(i < admitted ? undefined : wait);
     } catch (err) {
-      if (err instanceof RateLimiterRes) return Math.max(1, Math.ceil(err.msBeforeNext / 1000));
-      throw err;
+      for (const w of batch) w.reject(err);
     }
   }
+
+  /** Spends `n` points: how many fit (per-second window first, then the reserve), and when to come back for the rest. */
+  private async take(key: string, n: number): Promise<{ admitted: number; waitMs: number }> {
+    const first = await consume(this.perSecond, key, n);
+    let admitted = fitting(first, n, this.points);
+    let waitMs = first.res.msBeforeNext;
+    if (admitted < n && this.reserve) {
+      const rest = n - admitted;
+      const second = await consume(this.reserve, key, rest);
+      admitted += fitting(second, rest, this.reservePoints);
+      waitMs = Math.min(waitMs, second.res.msBeforeNext);
+    }
+    return { admitted, waitMs };
+  }
+}
+
+/** The library's answer either way; an error that is not a refusal (no insurance could answer) is thrown. */
+async function consume(limiter: RateLimiterRedis, key: string, n: number): Promise<Take> {
+  try {
+    return { fits: true, res: await limiter.consume(key, n) };
+  } catch (err) {
+    if (err instanceof RateLimiterRes) return { fits: false, res: err };
+    throw err;
+  }
+}
+
+/**
+ * How many of `n` points spent at once fit in a window of `points`: the window
+ * held `consumedPoints − n` before them. A refusal from the in-memory block
+ * carries no count (consumedPoints 0): none fit.
+ */
+function fitting(t: Take, n: number, points: number): number {
+  if (t.fits) return n;
+  if (t.res.consumedPoints <= points) return 0;
+  return Math.min(n, Math.max(0, points - (t.res.consumedPoints - n)));
 }
 
 /** Redis keys stay short and printable whatever the identity string holds. */

@@ -1,0 +1,105 @@
+import type { Command } from 'ioredis';
+import { Redis } from 'ioredis';
+import { RateLimits } from '../../src/http/rate-limit.ts';
+import { silentLogger } from '../../src/logger.ts';
+import { Metrics } from '../../src/metrics.ts';
+import { dropPrefix, REDIS_URL, uniquePrefix } from '../helpers/broker.ts';
+
+/**
+ * One identity's concurrent requests spend their budget in one Redis call per
+ * window (src/http/rate-limit.ts), against real Redis: the budget admits
+ * exactly what it would one call at a time, and the calls are counted.
+ */
+
+let redis: Redis;
+let calls = 0;
+const prefixes: string[] = [];
+beforeAll(() => {
+  redis = new Redis(REDIS_URL);
+  // Count the rate limiter's script calls: every command this connection sends that names a rate-limit key.
+  const send = redis.sendCommand.bind(redis);
+  redis.sendCommand = ((cmd: Command, stream?: never) => {
+    if (cmd.args.some((a) => String(a).includes(':rl:'))) calls++;
+    return send(cmd, stream);
+  }) as typeof redis.sendCommand;
+});
+afterAll(async () => {
+  for (const p of prefixes) await dropPrefix(p);
+  redis.disconnect();
+});
+
+function limits(perSecond: number, burst: number, conn: Redis = redis): RateLimits {
+  const prefix = uniquePrefix('rlb');
+  prefixes.push(prefix);
+  return new RateLimits({
+    redis: conn,
+    prefix,
+    config: { perSecond, burst, introspect: { perSecond: 0, burst: 1 }, unauthenticated: { perSecond: 0, burst: 1 }, trustProxy: false },
+    metrics: new Metrics(),
+    logger: silentLogger,
+  });
+}
+
+/** Spends `n` requests of one identity in the same turn of the event loop: 'ok' or the refusal's code, in order. */
+async function burst(l: RateLimits, n: number, identity = 'spiffe://dev.local/agent/a'): Promise<string[]> {
+  return Promise.all(
+    Array.from({ length: n }, () =>
+      l.spendIdentity(identity).then(
+        () => 'ok',
+        (err: { code: string }) => err.code,
+      ),
+    ),
+  );
+}
+
+/** Waits until the start of a fresh wall-clock second, so one test's spends fall in one one-second window. */
+async function freshSecond(): Promise<void> {
+  const ms = 1000 - (Date.now() % 1000);
+  if (ms < 900) await new Promise((r) => setTimeout(r, ms + 5));
+}
+
+test('20 concurrent requests, budget 5/s with a burst of 8: exactly 8 pass, in two script calls, not 20', async () => {
+  const l = limits(5, 8);
+  await freshSecond();
+  calls = 0;
+  const out = await burst(l, 20);
+  expect(out.filter((x) => x === 'ok')).toHaveLength(8);
+  expect(out.filter((x) => x === 'rate_limited')).toHaveLength(12);
+  // The first ones admitted, the later ones refused, as arrival order would have it.
+  expect(out.slice(0, 8)).toEqual(Array(8).fill('ok'));
+  expect(calls).toBe(2); // the per-second window, then the reserve
+  // Over budget now: refused from the in-memory block, no Redis call at all.
+  calls = 0;
+  expect(await burst(l, 5)).toEqual(Array(5).fill('rate_limited'));
+  expect(calls).toBe(0);
+});
+
+test('a batch that straddles the per-second window gets what is left of it, then the reserve', async () => {
+  const l = limits(5, 8);
+  await freshSecond();
+  for (let i = 0; i < 3; i++) await l.spendIdentity('spiffe://dev.local/agent/b');
+  // 2 left in the per-second window, 3 in the reserve.
+  const out = await burst(l, 7, 'spiffe://dev.local/agent/b');
+  expect(out).toEqual(['ok', 'ok', 'ok', 'ok', 'ok', 'rate_limited', 'rate_limited']);
+});
+
+test('without a reserve (burst = perSecond) the window admits exactly perSecond; other identities keep their own budget', async () => {
+  const l = limits(4, 4);
+  await freshSecond();
+  calls = 0;
+  const [a, b] = await Promise.all([burst(l, 10, 'spiffe://dev.local/agent/c'), burst(l, 3, 'spiffe://dev.local/agent/d')]);
+  expect(a.filter((x) => x === 'ok')).toHaveLength(4);
+  expect(b).toEqual(['ok', 'ok', 'ok']);
+  expect(calls).toBe(2); // one per identity
+});
+
+test('Redis down: a concurrent batch is admitted by the per-instance insurance limiter, exactly as far as the budget goes', async () => {
+  const dead = new Redis('redis://127.0.0.1:1', { lazyConnect: true, enableOfflineQueue: false, maxRetriesPerRequest: 0 });
+  dead.on('error', () => {});
+  try {
+    const out = await burst(limits(2, 3, dead), 6);
+    expect(out).toEqual(['ok', 'ok', 'ok', 'rate_limited', 'rate_limited', 'rate_limited']);
+  } finally {
+    dead.disconnect();
+  }
+});
