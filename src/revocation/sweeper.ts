@@ -261,7 +261,10 @@ export class Sweeper {
       const ofEndedTasks = new Map<TaskEndReason, LeaseRecord[]>();
       const inProgress: LeaseRecord[] = [];
       for (const l of records) {
-        const t = byId.get(l.taskId);
+        // A lease issued before its task id's current task was created is an earlier task's, which is gone
+        // (a missing time on either record keeps the task: never end an open task's lease on a guess).
+        const current = byId.get(l.taskId);
+        const t = current && current.createdAt > l.issuedAt ? undefined : current;
         if (t?.status !== 'open') {
           const reason = (t?.reason as TaskEndReason | undefined) ?? (t?.status === 'expired' ? 'task_expired' : 'task_completed');
           const list = ofEndedTasks.get(reason);

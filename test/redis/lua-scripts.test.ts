@@ -346,13 +346,15 @@ describe('one test per script', () => {
     }
     // Only a task that ended with live leases is listed.
     expect(await redis.zrange(keys.tasksEnding(b), '0', '-1')).toEqual(['rt~stuck']);
-    // Entries the list should not hold (an open task, a task gone) are dropped when read.
-    await redis.zadd(keys.tasksEnding(b), 1, 'rt', 1, 'rt~gone');
+    // Entries the list should not hold (an open task, a task gone) are dropped when read. An entry written
+    // before its id's open task was created (score 1) is an earlier task's under that id: gone, like a gone task.
+    await openTask('rt~re', 30_000, 'rt');
+    await redis.zadd(keys.tasksEnding(b), 9e15, 'rt', 1, 'rt~gone', 1, 'rt~re');
     const run = (dropGone: '0' | '1') =>
-      script('reconcile-tasks').run(redis, [keys.tasksEnding(b)], [keys.base(b), dropGone, 'rt~stuck', 'rt', 'rt~gone']);
+      script('reconcile-tasks').run(redis, [keys.tasksEnding(b)], [keys.base(b), dropGone, 'rt~stuck', 'rt', 'rt~gone', 'rt~re']);
     // A gone task's leases are named only by their own records: it stays listed until the caller walked them.
-    expect(await run('0')).toEqual([['rt~stuck'], ['rt~gone']]);
-    expect(await redis.zrange(keys.tasksEnding(b), '0', '-1')).toEqual(['rt~gone', 'rt~stuck']);
+    expect(await run('0')).toEqual([['rt~stuck'], ['rt~gone', 'rt~re']]);
+    expect(await redis.zrange(keys.tasksEnding(b), '0', '-1')).toEqual(['rt~gone', 'rt~re', 'rt~stuck']);
     expect(await run('1')).toEqual([['rt~stuck'], []]);
     expect(await redis.zrange(keys.tasksEnding(b), '0', '-1')).toEqual(['rt~stuck']);
   });

@@ -182,6 +182,40 @@ test('a lease of an earlier incarnation of a task id ending does not take the ne
   await waitFor(async () => (await statusOf(fresh!)) === 'revoked', 3000);
 });
 
+test('a live lease of an earlier task under a reopened id is ended by the full walk; the new task keeps its own', async () => {
+  const { redis, keys } = t.broker.deps;
+  await openTask('t-reborn');
+  const [old] = await issue('t-reborn', 1);
+  // Written as an earlier version would have: the task ended with its job lost and no work-list entry;
+  // then its retention passed and the id was opened again.
+  expect((await t.broker.deps.tasks.end('t-reborn', 'completed', 'task_completed')).kind).toBe('ended');
+  await redis.zrem(workLists('t-reborn').ending, 't-reborn');
+  await expireTaskRecords('t-reborn');
+  await openTask('t-reborn');
+  const [fresh] = await issue('t-reborn', 1);
+  await t.broker.sweeper!.reconcile({ full: true });
+  await waitFor(async () => (await statusOf(old!)) === 'revoked', 3000);
+  expect(await statusOf(fresh!)).toBe('active');
+  expect(await redis.hget(keys.task('t-reborn'), 'live')).toBe('1');
+});
+
+test("an entry on tasks-ending whose id is open again as a newer task: the indexed pass still ends the earlier task's leases", async () => {
+  const { redis } = t.broker.deps;
+  await openTask('t-reborn2');
+  const [old] = await issue('t-reborn2', 1);
+  // The task ended and its job was lost; its retention passed before a pass saw the entry; the id was opened again.
+  expect((await t.broker.deps.tasks.end('t-reborn2', 'completed', 'task_completed')).kind).toBe('ended');
+  await expireTaskRecords('t-reborn2');
+  await openTask('t-reborn2');
+  const [fresh] = await issue('t-reborn2', 1);
+  expect(await redis.zscore(workLists('t-reborn2').ending, 't-reborn2')).not.toBeNull();
+  await t.broker.sweeper!.reconcile();
+  await waitFor(async () => (await statusOf(old!)) === 'revoked', 3000);
+  expect(await statusOf(fresh!)).toBe('active');
+  // The earlier task's entry is done with; the open task is not on the list.
+  expect(await redis.zscore(workLists('t-reborn2').ending, 't-reborn2')).toBeNull();
+});
+
 test('a full walk that fails (say, a failover as the broker starts) is walked again at the next pass, not an hour later', async () => {
   const sweeper = t.broker.sweeper! as unknown as { timerPass(): Promise<void>; lastFull: number };
   await t.broker.sweeper!.reconcile(); // no pass under way

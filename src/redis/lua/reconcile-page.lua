@@ -1,6 +1,7 @@
 -- reconcile-page: of one page of a bucket's live leases, the few the reconciler must finish, decided in
 -- Redis: leases whose task is no longer open (or gone) and leases left `revoking` / `revoke_failed`
--- (a lost job). Healthy leases of open tasks, nearly all of them, are not sent back, so a pass over
+-- (a lost job). A lease issued before its task id's current task was created belongs to an earlier task
+-- under that id (purged after its retention, then opened again): its own task is gone. Healthy leases of open tasks, nearly all of them, are not sent back, so a pass over
 -- 100,000 live leases costs the broker's event loop a page of ids each, not 100,000 parsed records.
 -- `issuing` and ended leases are skipped, as the reconciler skips them.
 -- uses: common
@@ -13,10 +14,10 @@
 local base = ARGV[1]
 local prune = KEYS[2]
 local out = {}
-local openTask = {}
+local tasks = {}
 for i = 2, #ARGV do
   local id = ARGV[i]
-  local f = redis.call('HMGET', base .. 'lease:' .. id, 'status', 't')
+  local f = redis.call('HMGET', base .. 'lease:' .. id, 'status', 't', 'issuedAt')
   local st = f[1]
   if st and not ENDED[st] and st ~= 'issuing' then
     local t = f[2]
@@ -24,12 +25,14 @@ for i = 2, #ARGV do
       -- (a record without its task id field is decided by the reconciler from the full record)
       out[#out + 1] = id
     else
-      local open = openTask[t]
-      if open == nil then
-        open = redis.call('HGET', base .. 'task:' .. t, 'status') == 'open'
-        openTask[t] = open
+      local task = tasks[t]
+      if task == nil then
+        local tf = redis.call('HMGET', base .. 'task:' .. t, 'status', 'createdAt')
+        task = { open = tf[1] == 'open', created = tonumber(tf[2]) }
+        tasks[t] = task
       end
-      if not open then out[#out + 1] = id end
+      local issued = tonumber(f[3])
+      if not task.open or (task.created and issued and issued < task.created) then out[#out + 1] = id end
     end
   elseif prune then
     redis.call('ZREM', prune, id)
