@@ -418,6 +418,15 @@ describe('one test per script', () => {
     expect(await script('audit-append').run(redis, [head, stream], ['', '1:h1', keys.base(3), 60_000, '{"seq":1}', 'tk'])).toBeNull();
     expect(await script('audit-append').run(redis, [head, stream], ['', '1:h2', keys.base(3), 60_000, '{"seq":1}', ''])).toBe('1:h1');
     expect(await redis.llen(`${keys.base(3)}task-audit:tk`)).toBe(1);
+    // A batch of records of several tasks: each task's index lists its records' stream ids in chain order.
+    const records = ['tk', 'tq', '', 'tk', 'tk', 'tq'].flatMap((t, i) => [`{"seq":${i + 2}}`, t]);
+    expect(await script('audit-append').run(redis, [head, stream], ['1:h1', '7:h7', keys.base(3), 60_000, ...records])).toBeNull();
+    const entries = await redis.xrange(stream, '-', '+');
+    const idOf = (seq: number) => entries.find(([, f]) => f[1] === `{"seq":${seq}}`)![0];
+    expect(await redis.lrange(`${keys.base(3)}task-audit:tk`, 0, -1)).toEqual([idOf(1), idOf(2), idOf(5), idOf(6)]);
+    expect(await redis.lrange(`${keys.base(3)}task-audit:tq`, 0, -1)).toEqual([idOf(3), idOf(7)]);
+    expect(await redis.pttl(`${keys.base(3)}task-audit:tq`)).toBeGreaterThan(50_000);
+    expect(await redis.get(head)).toBe('7:h7');
   });
 
   test('audit-mark: moves the export marker only from the value read', async () => {

@@ -12,13 +12,26 @@
 local cur = redis.call('GET', KEYS[1]) or ''
 if cur ~= ARGV[1] then return cur end
 local keep = tonumber(ARGV[4])
+-- Each task's index gets one RPUSH of its ids (in chain order) and one PEXPIRE per batch, not one of each
+-- per record: a batch usually holds many records of few tasks, and every command costs Redis time here.
+local ids, tasks = {}, {}
 for i = 5, #ARGV, 2 do
   local id = redis.call('XADD', KEYS[2], '*', 'r', ARGV[i])
-  if ARGV[i + 1] ~= '' then
-    local idx = ARGV[3] .. 'task-audit:' .. ARGV[i + 1]
-    redis.call('RPUSH', idx, id)
-    redis.call('PEXPIRE', idx, keep)
+  local t = ARGV[i + 1]
+  if t ~= '' then
+    local of = ids[t]
+    if not of then
+      of = {}
+      ids[t] = of
+      tasks[#tasks + 1] = t
+    end
+    of[#of + 1] = id
   end
+end
+for _, t in ipairs(tasks) do
+  local idx = ARGV[3] .. 'task-audit:' .. t
+  redis.call('RPUSH', idx, unpack(ids[t]))
+  redis.call('PEXPIRE', idx, keep)
 end
 redis.call('SET', KEYS[1], ARGV[2])
 return false
