@@ -55,12 +55,16 @@ interface Take {
  * (rate-limiter-flexible's insurance limiter) instead of failing the request.
  *
  * Requests of one key that arrive in the same turn of the event loop spend
- * their points in one call (the turn's Redis writes go out together anyway,
- * src/redis/coalesce.ts): under load one identity's concurrent requests cost
- * one script call instead of one each. The count in Redis is the same as one
- * call per request; of n requests spent at once the first ones that fit in
- * the window are let through and the rest are refused, so a batch never gets
- * more than the budget and, up to the reserve's one-call granularity, no less.
+ * their points in one call: under load one identity's concurrent requests
+ * cost one script call instead of one each. The call is made from a
+ * setImmediate, so it does not join the turn's other Redis writes
+ * (src/redis/coalesce.ts uncorks those from its own setImmediate, usually
+ * queued first): it is written one loop iteration later, corked anew. The
+ * count in Redis is the same as one call per request; of n requests spent at
+ * once the first ones that fit in the window are let through and the rest are
+ * refused (the same number as one call each, since each window's count comes
+ * back with the answer), so a batch never gets more than the budget and no
+ * less, save that one call cannot straddle a window's end as n calls might.
  */
 class Budget {
   private readonly perSecond: RateLimiterRedis;
