@@ -6,6 +6,7 @@ import { Counter } from 'prom-client';
 import { RateLimiterMemory, RateLimiterRedis, RateLimiterRes } from 'rate-limiter-flexible';
 import type { RateLimitConfig } from '../config/schema.ts';
 import { BrokerError } from '../errors.ts';
+import { writeNow } from '../redis/coalesce.ts';
 import type { Logger } from '../logger.ts';
 import type { Metrics } from '../metrics.ts';
 
@@ -57,14 +58,14 @@ interface Take {
  * Requests of one key that arrive in the same turn of the event loop spend
  * their points in one call: under load one identity's concurrent requests
  * cost one script call instead of one each. The call is made from a
- * setImmediate, so it does not join the turn's other Redis writes
- * (src/redis/coalesce.ts uncorks those from its own setImmediate, usually
- * queued first): it is written one loop iteration later, corked anew. The
- * count in Redis is the same as one call per request; of n requests spent at
- * once the first ones that fit in the window are let through and the rest are
- * refused (the same number as one call each, since each window's count comes
- * back with the answer), so a batch never gets more than the budget and no
- * less, save that one call cannot straddle a window's end as n calls might.
+ * setImmediate, which usually runs after src/redis/coalesce.ts has written
+ * the turn's other Redis commands, so it is written at once (`writeNow`)
+ * rather than corked for another loop iteration. The count in Redis is the
+ * same as one call per request; of n requests spent at once the first ones
+ * that fit in the window are let through and the rest are refused (the same
+ * number as one call each, since each window's count comes back with the
+ * answer), so a batch never gets more than the budget and no less, save that
+ * one call cannot straddle a window's end as n calls might.
  */
 class Budget {
   private readonly perSecond: RateLimiterRedis;
@@ -72,8 +73,10 @@ class Budget {
   private readonly points: number;
   private readonly reservePoints: number;
   private readonly pending = new Map<string, Waiter[]>();
+  private readonly redis: Redis | Cluster;
 
   constructor(redis: Redis | Cluster, keyPrefix: string, b: { perSecond: number; burst: number }) {
+    this.redis = redis;
     const window = (name: string, points: number, duration: number) =>
       new RateLimiterRedis({
         storeClient: redis,
@@ -106,7 +109,9 @@ class Budget {
     const batch = this.pending.get(key)!;
     this.pending.delete(key);
     try {
-      const { admitted, waitMs } = await this.take(key, batch.length);
+      const taking = this.take(key, batch.length); // its first call is on the socket (corked) when this returns
+      writeNow(this.redis);
+      const { admitted, waitMs } = await taking;
       const wait = Math.max(1, Math.ceil(waitMs / 1000));
       for (let i = 0; i < batch.length; i++) batch[i]!.resolve(i < admitted ? undefined : wait);
     } catch (err) {

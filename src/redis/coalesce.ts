@@ -1,6 +1,9 @@
-import type { Command, Redis } from 'ioredis';
+import { Cluster, type Command, type Redis } from 'ioredis';
 
 type Stream = { cork(): void; uncork(): void };
+
+/** Each coalesced connection's "write what is corked now". */
+const flushers = new WeakMap<object, () => void>();
 
 /**
  * Coalesces the commands one connection sends in one turn of the event loop
@@ -23,6 +26,7 @@ export function coalesceWrites(client: Redis): void {
     corked = undefined;
     s?.uncork();
   };
+  flushers.set(client, flush);
   (client as { sendCommand: unknown }).sendCommand = (command: Command, stream?: unknown) => {
     const s = (client as unknown as { stream?: Stream }).stream;
     if (!corked && s && client.status === 'ready') {
@@ -32,4 +36,15 @@ export function coalesceWrites(client: Redis): void {
     }
     return send(command, stream);
   };
+}
+
+/**
+ * Writes what `client`'s connections hold corked now instead of when the
+ * turn's setImmediate comes. For a caller that sends from a setImmediate of
+ * its own (src/http/rate-limit.ts): that usually runs after the turn's
+ * uncork, so its command would be corked anew and wait a loop iteration.
+ */
+export function writeNow(client: Redis | Cluster): void {
+  if (client instanceof Cluster) for (const node of client.nodes()) flushers.get(node)?.();
+  else flushers.get(client)?.();
 }

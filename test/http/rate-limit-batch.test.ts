@@ -3,6 +3,7 @@ import { Redis } from 'ioredis';
 import { RateLimits } from '../../src/http/rate-limit.ts';
 import { silentLogger } from '../../src/logger.ts';
 import { Metrics } from '../../src/metrics.ts';
+import { coalesceWrites } from '../../src/redis/coalesce.ts';
 import { dropPrefix, REDIS_URL, uniquePrefix } from '../helpers/broker.ts';
 
 /**
@@ -101,5 +102,39 @@ test('Redis down: a concurrent batch is admitted by the per-instance insurance l
     expect(out).toEqual(['ok', 'ok', 'ok', 'rate_limited', 'rate_limited', 'rate_limited']);
   } finally {
     dead.disconnect();
+  }
+});
+
+test("the batch's script call is written in the loop turn it is made, not corked for another turn", async () => {
+  // As the broker's command connections are: writes of one turn corked until its setImmediate.
+  const conn = new Redis(REDIS_URL);
+  try {
+    await new Promise((resolve) => conn.once('ready', resolve));
+    coalesceWrites(conn);
+    type Write = (chunk: unknown, enc: unknown, cb: unknown) => void;
+    type Writev = (chunks: unknown[], cb: unknown) => void;
+    const stream = (conn as unknown as { stream: { _write: Write; _writev: Writev } }).stream;
+    let written = 0;
+    const count = (chunks: unknown[]) => {
+      if (chunks.some((c) => String((c as { chunk?: unknown }).chunk ?? c).includes(':rl:'))) written++;
+    };
+    const [write, writev] = [stream._write.bind(stream), stream._writev.bind(stream)];
+    stream._write = (chunk, enc, cb) => {
+      count([chunk]);
+      write(chunk, enc, cb);
+    };
+    stream._writev = (chunks, cb) => {
+      count(chunks);
+      writev(chunks, cb);
+    };
+    const l = limits(100, 100, conn);
+    await conn.ping(); // the limiter's script is defined; nothing corked
+    const spent = burst(l, 3);
+    // Queued after the batch's own setImmediate: runs right after it, in the same check phase.
+    await new Promise((r) => setImmediate(r));
+    expect(written).toBe(1);
+    expect(await spent).toEqual(['ok', 'ok', 'ok']);
+  } finally {
+    conn.disconnect();
   }
 });
