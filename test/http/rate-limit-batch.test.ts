@@ -15,8 +15,10 @@ import { dropPrefix, REDIS_URL, uniquePrefix } from '../helpers/broker.ts';
 let redis: Redis;
 let calls = 0;
 const prefixes: string[] = [];
-beforeAll(() => {
+beforeAll(async () => {
   redis = new Redis(REDIS_URL);
+  // Connected first: a command sent while connecting passes through sendCommand twice (queued, then sent).
+  await redis.ping();
   // Count the rate limiter's script calls: every command this connection sends that names a rate-limit key.
   const send = redis.sendCommand.bind(redis);
   redis.sendCommand = ((cmd: Command, stream?: never) => {
