@@ -10,6 +10,8 @@ import { endLeases, localKinds } from './ending.ts';
 
 const sweepScript = script('sweep');
 const reconcilePageScript = script('reconcile-page');
+/** common.lua's EARLIER_TASK_MARGIN_MS: how long before a task's creation a lease must be to be an earlier task's. */
+const EARLIER_TASK_MARGIN_MS = 30_000;
 const reconcileTasksScript = script('reconcile-tasks');
 
 /**
@@ -261,10 +263,10 @@ export class Sweeper {
       const ofEndedTasks = new Map<TaskEndReason, LeaseRecord[]>();
       const inProgress: LeaseRecord[] = [];
       for (const l of records) {
-        // A lease issued before its task id's current task was created is an earlier task's, which is gone
-        // (a missing time on either record keeps the task: never end an open task's lease on a guess).
+        // A lease of an earlier task under this id (common.lua `of_earlier_task`: issued more than 30 s before
+        // the current task was created) finds its own task gone; a missing time keeps the task.
         const current = byId.get(l.taskId);
-        const t = current && current.createdAt > l.issuedAt ? undefined : current;
+        const t = current && l.issuedAt < current.createdAt - EARLIER_TASK_MARGIN_MS ? undefined : current;
         if (t?.status !== 'open') {
           const reason = (t?.reason as TaskEndReason | undefined) ?? (t?.status === 'expired' ? 'task_expired' : 'task_completed');
           const list = ofEndedTasks.get(reason);

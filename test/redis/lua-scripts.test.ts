@@ -316,8 +316,8 @@ describe('one test per script', () => {
     await createLease('li', old);
     const b = keys.bucketOfTask('li');
     await redis.del(keys.task('li')); // its retention passed while `old` was still live
-    // (retention is at least a minute: the new task is created after `old` was issued, on Redis's ms clock)
-    await new Promise((r) => setTimeout(r, 5));
+    // Retention is at least a minute: `old` was issued a minute or more before the new task is created.
+    await redis.hset(keys.lease(old), 'issuedAt', Number(await redis.hget(keys.lease(old), 'issuedAt')) - 61_000);
     await openTask('li');
     await createLease('li', fresh);
     await script('task-end').run(
@@ -328,6 +328,17 @@ describe('one test per script', () => {
     await script('lease-update').run(redis, [keys.lease(old), keys.liveLeases(b)], [5000, old, keys.base(b), 'revoked', '']);
     expect(await redis.hget(keys.task('li'), 'live')).toBe('1');
     expect(await redis.zscore(keys.tasksEnding(b), 'li')).not.toBeNull();
+  });
+
+  test("a lease stamped a little before its task's createdAt (a failed-over Redis, its clock behind) still counts", async () => {
+    await openTask('ls');
+    const skewed = lid('ls', 1);
+    await createLease('ls', skewed);
+    const b = keys.bucketOfTask('ls');
+    const created = Number(await redis.hget(keys.task('ls'), 'createdAt'));
+    await redis.hset(keys.lease(skewed), 'issuedAt', created - 5_000);
+    await script('lease-update').run(redis, [keys.lease(skewed), keys.liveLeases(b)], [5000, skewed, keys.base(b), 'revoked', '']);
+    expect(await redis.hget(keys.task('ls'), 'live')).toBe('0');
   });
 
   test('reconcile-tasks: keeps the ended tasks that still have live leases, drops the rest from the work list', async () => {

@@ -142,6 +142,20 @@ test('state the work lists do not name (written before them) is found by the ful
   await waitFor(async () => (await Promise.all([...old, stuck!].map(statusOf))).every((s) => s === 'revoked'));
 });
 
+/**
+ * Moves a lease's `issuedAt` (and, given, a task's tasks-ending entry) back by a minute: what a task's
+ * retention (at least 60 s) puts between an earlier task's leases and a new task of the same id.
+ */
+async function backdate(leaseId: string, endingOf?: string): Promise<void> {
+  const { redis, keys } = t.broker.deps;
+  const at = Number(await redis.hget(keys.lease(leaseId), 'issuedAt'));
+  await redis.hset(keys.lease(leaseId), 'issuedAt', at - 61_000);
+  if (endingOf) {
+    const score = Number(await redis.zscore(workLists(endingOf).ending, endingOf));
+    await redis.zadd(workLists(endingOf).ending, 'XX', score - 61_000, endingOf);
+  }
+}
+
 /** What a task's retention leaves once it has passed: its hash and sets are gone (they expire together). */
 async function expireTaskRecords(taskId: string): Promise<void> {
   const { redis, keys } = t.broker.deps;
@@ -171,6 +185,7 @@ test('a lease of an earlier incarnation of a task id ending does not take the ne
   expect((await t.broker.deps.leases.requestEnd(old!, 'revoked_by_caller')).kind).toBe('revoking');
   expect((await t.broker.deps.tasks.end('t-again', 'completed', 'task_completed')).kind).toBe('ended');
   await expireTaskRecords('t-again');
+  await backdate(old!);
   // Incarnation 2 under the same id: one live lease, then the task ends and its job is lost.
   await openTask('t-again');
   const [fresh] = await issue('t-again', 1);
@@ -191,6 +206,7 @@ test('a live lease of an earlier task under a reopened id is ended by the full w
   expect((await t.broker.deps.tasks.end('t-reborn', 'completed', 'task_completed')).kind).toBe('ended');
   await redis.zrem(workLists('t-reborn').ending, 't-reborn');
   await expireTaskRecords('t-reborn');
+  await backdate(old!);
   await openTask('t-reborn');
   const [fresh] = await issue('t-reborn', 1);
   await t.broker.sweeper!.reconcile({ full: true });
@@ -206,6 +222,7 @@ test("an entry on tasks-ending whose id is open again as a newer task: the index
   // The task ended and its job was lost; its retention passed before a pass saw the entry; the id was opened again.
   expect((await t.broker.deps.tasks.end('t-reborn2', 'completed', 'task_completed')).kind).toBe('ended');
   await expireTaskRecords('t-reborn2');
+  await backdate(old!, 't-reborn2');
   await openTask('t-reborn2');
   const [fresh] = await issue('t-reborn2', 1);
   expect(await redis.zscore(workLists('t-reborn2').ending, 't-reborn2')).not.toBeNull();
@@ -214,6 +231,17 @@ test("an entry on tasks-ending whose id is open again as a newer task: the index
   expect(await statusOf(fresh!)).toBe('active');
   // The earlier task's entry is done with; the open task is not on the list.
   expect(await redis.zscore(workLists('t-reborn2').ending, 't-reborn2')).toBeNull();
+});
+
+test("a lease stamped a little before its open task's createdAt (a failed-over Redis, its clock behind) is kept", async () => {
+  const { redis, keys } = t.broker.deps;
+  await openTask('t-skew');
+  const [lease] = await issue('t-skew', 1);
+  const created = Number(await redis.hget(keys.task('t-skew'), 'createdAt'));
+  await redis.hset(keys.lease(lease!), 'issuedAt', created - 5_000);
+  await t.broker.sweeper!.reconcile({ full: true });
+  await t.broker.sweeper!.reconcile();
+  expect(await statusOf(lease!)).toBe('active');
 });
 
 test('a full walk that fails (say, a failover as the broker starts) is walked again at the next pass, not an hour later', async () => {

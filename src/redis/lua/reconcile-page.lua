@@ -1,7 +1,7 @@
 -- reconcile-page: of one page of a bucket's live leases, the few the reconciler must finish, decided in
 -- Redis: leases whose task is no longer open (or gone) and leases left `revoking` / `revoke_failed`
--- (a lost job). A lease issued before its task id's current task was created belongs to an earlier task
--- under that id (purged after its retention, then opened again): its own task is gone. Healthy leases of open tasks, nearly all of them, are not sent back, so a pass over
+-- (a lost job). A lease of an earlier task under its task id (common.lua `of_earlier_task`) is one whose
+-- own task is gone. Healthy leases of open tasks, nearly all of them, are not sent back, so a pass over
 -- 100,000 live leases costs the broker's event loop a page of ids each, not 100,000 parsed records.
 -- `issuing` and ended leases are skipped, as the reconciler skips them.
 -- uses: common
@@ -31,8 +31,7 @@ for i = 2, #ARGV do
         task = { open = tf[1] == 'open', created = tonumber(tf[2]) }
         tasks[t] = task
       end
-      local issued = tonumber(f[3])
-      if not task.open or (task.created and issued and issued < task.created) then out[#out + 1] = id end
+      if not task.open or of_earlier_task(f[3], task.created) then out[#out + 1] = id end
     end
   elseif prune then
     redis.call('ZREM', prune, id)

@@ -3,8 +3,9 @@
 -- the reconciler's to finish. The others (every lease ended, or the id open again as a new task) leave
 -- the list here. A task whose records are gone (its retention passed while the list still counted live
 -- leases) cannot name its leases any more: it is returned apart, and left on the list until the caller
--- has walked the bucket's live leases and asks again with ARGV[2] = '1'. So is an entry whose id is open
--- again as a task created after the entry was written (its score): the entry is the earlier task's.
+-- has walked the bucket's live leases and asks again with ARGV[2] = '1'. So is an entry written (its score)
+-- well before its id's open task was created (common.lua `of_earlier_task`): the entry is the earlier task's.
+-- uses: common
 -- KEYS[1] ended tasks with live leases of the bucket (zset, Keys.tasksEnding)
 -- ARGV[1] key base of the bucket
 -- ARGV[2] '1': drop entries whose task is gone (the caller walked every live lease of the bucket); '0': keep them
@@ -13,7 +14,7 @@
 local out, gone = {}, {}
 for i = 3, #ARGV do
   local f = redis.call('HMGET', ARGV[1] .. 'task:' .. ARGV[i], 'status', 'live', 'createdAt')
-  local reopened = f[1] == 'open' and tonumber(f[3]) and tonumber(f[3]) > tonumber(redis.call('ZSCORE', KEYS[1], ARGV[i]) or f[3])
+  local reopened = f[1] == 'open' and of_earlier_task(redis.call('ZSCORE', KEYS[1], ARGV[i]), f[3])
   if not f[1] or reopened then
     if ARGV[2] == '1' then redis.call('ZREM', KEYS[1], ARGV[i]) else gone[#gone + 1] = ARGV[i] end
   elseif f[1] ~= 'open' and tonumber(f[2] or '0') > 0 then

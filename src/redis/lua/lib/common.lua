@@ -16,17 +16,27 @@ local REVOKING = { revoking = true, revoke_failed = true }
 local function tasks_ending_key(base) return base .. 'tasks-ending' end
 local function leases_revoking_key(base) return base .. 'leases-revoking' end
 
+-- Whether a lease issued at `issued` belongs to an earlier task under the id of a task created at `created`
+-- (purged after its retention, then opened again). Such a lease was issued before the earlier task ended and
+-- that task's records lived on for its retention (at least 60 s), so it predates `created` by a minute or
+-- more; the 30-s margin keeps a lease of the current task that a failed-over Redis, its clock behind the old
+-- master's, stamped a little before `created` from ever counting as an earlier task's. Unknown times: not earlier.
+local EARLIER_TASK_MARGIN_MS = 30000
+local function of_earlier_task(issued, created)
+  issued, created = tonumber(issued), tonumber(created)
+  return issued ~= nil and created ~= nil and issued < created - EARLIER_TASK_MARGIN_MS
+end
+
 -- Leases of task `t` ended: its live-lease count goes down by those issued under the task as it is now, and
--- once none is left the task needs no reconciling. `issued`: the leases' `issuedAt` (Redis time). A lease
--- issued before the task's `createdAt` belongs to an earlier task of the same id (purged after retention,
--- opened again): it neither counts against the new task nor takes it off the work list.
+-- once none is left the task needs no reconciling. `issued`: the leases' `issuedAt` (Redis time). A lease of
+-- an earlier task of the same id neither counts against the new task nor takes it off the work list.
 local function task_lease_gone(base, t, issued)
   local tk = base .. 'task:' .. t
   local created = tonumber(redis.call('HGET', tk, 'createdAt'))
   if not created then return end
   local n = 0
   for _, at in ipairs(issued) do
-    if not tonumber(at) or tonumber(at) >= created then n = n + 1 end
+    if not of_earlier_task(at, created) then n = n + 1 end
   end
   if n > 0 and redis.call('HINCRBY', tk, 'live', -n) <= 0 then
     redis.call('ZREM', tasks_ending_key(base), t)
