@@ -96,15 +96,17 @@ function issueLoad(url: string, taskId: string, opts: { connections: number; ove
 async function measure(
   t: Target,
   rates: number[],
-  server: { pid?: number | undefined; loop?: string },
+  server: { pid?: number | undefined; loop?: string; usesRedis?: boolean },
   fresh?: () => Promise<{ t: Target; server: { pid?: number | undefined; loop?: string } }>,
 ): Promise<Record<string, number | LoopStats>> {
   await load(t, { connections: 16, seconds: 2 }); // warm-up (JIT, connections)
   const cpu0 = cpuMs(server.pid);
   const main0 = cpuMs(server.pid, true);
+  const redis0 = server.usesRedis ? await redisCpuMs() : undefined;
   const sat = await load(t, { connections: 64, seconds: SECONDS });
   const cpu1 = cpuMs(server.pid);
   const main1 = cpuMs(server.pid, true);
+  const redis1 = server.usesRedis ? await redisCpuMs() : undefined;
   const out: Record<string, number | LoopStats> = {
     saturationPerSecond: Math.round(sat['2xx'] / SECONDS),
     saturationNon2xx: sat.non2xx + sat.errors,
@@ -114,6 +116,10 @@ async function measure(
           saturationCpuUsPerRequest: Math.round(((cpu1 - cpu0) * 1000) / sat['2xx']),
           saturationMainThreadCpuUsPerRequest: Math.round(((main1! - main0!) * 1000) / sat['2xx']),
         }
+      : {}),
+    // The broker's Redis is CPU on the same two cores that the peer, which keeps nothing, does not spend.
+    ...(redis0 !== undefined && redis1 !== undefined && sat['2xx'] > 0
+      ? { saturationRedisCpuUsPerRequest: Math.round(((redis1 - redis0) * 1000) / sat['2xx']) }
       : {}),
   };
   // The open-loop runs start on a fresh server: the saturation run leaves ~100,000 leases and audit records whose
@@ -143,6 +149,13 @@ async function measure(
   return out;
 }
 
+/** CPU time the bench's Redis server has used so far (ms, `INFO cpu`: user + system, all its threads). */
+async function redisCpuMs(): Promise<number> {
+  const info = await redis.redis.info('cpu');
+  const field = (name: string) => Number(new RegExp(`^${name}:([\\d.]+)`, 'm').exec(info)?.[1] ?? Number.NaN);
+  return (field('used_cpu_sys') + field('used_cpu_user')) * 1000;
+}
+
 /**
  * User + system CPU time of a process so far (ms), all its threads or only the
  * main one (the event loop), from /proc (Linux); undefined elsewhere.
@@ -160,7 +173,7 @@ function cpuMs(pid: number | undefined, mainThread = false): number | undefined 
 
 const describe = (out: Record<string, number | LoopStats>, rates: number[]): string =>
   [
-    `${out.saturationPerSecond}/s at saturation (p99 ${out.saturationP99Ms} ms, non-2xx ${out.saturationNon2xx}${out.saturationCpuUsPerRequest ? `, CPU per request ${out.saturationCpuUsPerRequest} µs, ${out.saturationMainThreadCpuUsPerRequest} µs on the main thread` : ''})`,
+    `${out.saturationPerSecond}/s at saturation (p99 ${out.saturationP99Ms} ms, non-2xx ${out.saturationNon2xx}${out.saturationCpuUsPerRequest ? `, CPU per request ${out.saturationCpuUsPerRequest} µs, ${out.saturationMainThreadCpuUsPerRequest} µs on the main thread` : ''}${out.saturationRedisCpuUsPerRequest !== undefined ? `, ${out.saturationRedisCpuUsPerRequest} µs in Redis` : ''})`,
     ...(out.coldP99Ms === undefined
       ? []
       : [`cold start (a fresh process's first ${COLD_SECONDS} s, at ${rates[0]}/s) p99 ${out.coldP99Ms} ms, max ${out.coldMaxMs} ms`]),
@@ -193,13 +206,18 @@ async function issuance(label: string, policiesDir: string, rates: number[]): Pr
   let out: Record<string, number | LoopStats>;
   try {
     await openTask(broker.url, `t-${label}`);
-    out = await measure(issueTarget(broker.url, `t-${label}`), rates, { pid: broker.child.pid, loop: broker.url }, async () => {
-      await broker.stop();
-      await redis.redis.flushall();
-      broker = await startBrokerProcess(config, PORT);
-      await openTask(broker.url, `t-${label}`);
-      return { t: issueTarget(broker.url, `t-${label}`), server: { pid: broker.child.pid, loop: broker.url } };
-    });
+    out = await measure(
+      issueTarget(broker.url, `t-${label}`),
+      rates,
+      { pid: broker.child.pid, loop: broker.url, usesRedis: true },
+      async () => {
+        await broker.stop();
+        await redis.redis.flushall();
+        broker = await startBrokerProcess(config, PORT);
+        await openTask(broker.url, `t-${label}`);
+        return { t: issueTarget(broker.url, `t-${label}`), server: { pid: broker.child.pid, loop: broker.url } };
+      },
+    );
   } finally {
     await broker.stop();
   }
@@ -302,6 +320,11 @@ try {
   if (a && p) ratios.policyVsNoPolicy = +(p.saturationPerSecond! / a.saturationPerSecond!).toFixed(2);
   if (a?.saturationCpuUsPerRequest && o?.saturationCpuUsPerRequest)
     ratios.peerVsBrokerCpuPerRequest = +(o.saturationCpuUsPerRequest / a.saturationCpuUsPerRequest).toFixed(2);
+  if (a?.saturationCpuUsPerRequest && a.saturationRedisCpuUsPerRequest !== undefined && o?.saturationCpuUsPerRequest)
+    ratios.peerVsBrokerWithRedisCpuPerRequest = +(
+      o.saturationCpuUsPerRequest /
+      (a.saturationCpuUsPerRequest + a.saturationRedisCpuUsPerRequest)
+    ).toFixed(2);
   if (a && o) ratios.brokerVsPeer = +(a.saturationPerSecond! / o.saturationPerSecond!).toFixed(2);
   if (p && o) ratios.brokerPolicyVsPeer = +(p.saturationPerSecond! / o.saturationPerSecond!).toFixed(2);
   if (Object.keys(ratios).length > 0) {
@@ -313,6 +336,7 @@ try {
         'broker with 24 policies/peer': ratios.brokerPolicyVsPeer,
         'with policy/without': ratios.policyVsNoPolicy,
         'CPU per request peer/broker': ratios.peerVsBrokerCpuPerRequest,
+        'peer/(broker + its Redis)': ratios.peerVsBrokerWithRedisCpuPerRequest,
       })
         .filter(([, v]) => v !== undefined)
         .map(([k, v]) => `${k} ${v}`)
