@@ -150,6 +150,8 @@ export class Keys {
    * Sorted set: the reconciler's work list of ended tasks that still had live
    * leases when they ended, scored by end time (Redis's clock). Written by the
    * script that ends the task; an entry leaves when the task's last lease ends.
+   * An entry of an earlier task under the id (purged, opened again) keeps its
+   * score when the new task ends: reconcile-tasks.lua tells it by that score.
    */
   tasksEnding(bucket: number): string {
     return `${this.base(bucket)}tasks-ending`;

@@ -370,6 +370,30 @@ describe('one test per script', () => {
     expect(await redis.zrange(keys.tasksEnding(b), '0', '-1')).toEqual(['rt~stuck']);
   });
 
+  test("reconcile-tasks: an earlier task's entry under an id opened again and ended is walked, then kept as the new task's", async () => {
+    await openTask('rr');
+    await createLease('rr', lid('rr', 1));
+    const b = keys.bucketOfTask('rr');
+    const end = () =>
+      script('task-end').run(
+        redis,
+        [keys.task('rr'), keys.openTasks(b)],
+        [keys.base(b), 'completed', 'task_completed', 'task_completed', 60_000, 'rr'],
+      );
+    // The earlier task's entry, written a minute before the task now under the id was created (retention between).
+    const created = Number(await redis.hget(keys.task('rr'), 'createdAt'));
+    await redis.zadd(keys.tasksEnding(b), created - 61_000, 'rr');
+    await end();
+    // Ending the new task keeps the earlier score: only it tells the entry is the earlier task's.
+    expect(Number(await redis.zscore(keys.tasksEnding(b), 'rr'))).toBe(created - 61_000);
+    const run = (dropGone: '0' | '1') => script('reconcile-tasks').run(redis, [keys.tasksEnding(b)], [keys.base(b), dropGone, 'rr']);
+    expect(await run('0')).toEqual([[], ['rr']]);
+    // Walked: the entry now stands for the new task's live lease, with its end time.
+    expect(await run('1')).toEqual([[], []]);
+    expect(await redis.zscore(keys.tasksEnding(b), 'rr')).toBe(await redis.hget(keys.task('rr'), 'endedAt'));
+    expect(await run('0')).toEqual([['rr'], []]);
+  });
+
   test("sweep: ends overdue tasks and due JWT leases on Redis's clock, hands the rest over once", async () => {
     await openTask('sw', 1);
     await openTask('sw2');

@@ -233,6 +233,41 @@ test("an entry on tasks-ending whose id is open again as a newer task: the index
   expect(await redis.zscore(workLists('t-reborn2').ending, 't-reborn2')).toBeNull();
 });
 
+test("an earlier task's entry on tasks-ending whose id was opened again and ended with no lease: the indexed pass ends the earlier task's leases", async () => {
+  const { redis } = t.broker.deps;
+  await t.broker.sweeper!.reconcile(); // no pass under way (the full walk at start would find the lease)
+  await openTask('t-reborn3');
+  const [old] = await issue('t-reborn3', 1);
+  // The task ended and its job was lost; its retention passed before a pass saw the entry.
+  expect((await t.broker.deps.tasks.end('t-reborn3', 'completed', 'task_completed')).kind).toBe('ended');
+  await expireTaskRecords('t-reborn3');
+  await backdate(old!, 't-reborn3');
+  // The id is opened again as a short task that ends before the next pass, holding no lease (`live` 0).
+  await openTask('t-reborn3');
+  expect((await t.broker.deps.tasks.end('t-reborn3', 'completed', 'task_completed')).kind).toBe('ended');
+  expect(await redis.zscore(workLists('t-reborn3').ending, 't-reborn3')).not.toBeNull();
+  await t.broker.sweeper!.reconcile();
+  await waitFor(async () => (await statusOf(old!)) === 'revoked', 3000);
+  expect(await redis.zscore(workLists('t-reborn3').ending, 't-reborn3')).toBeNull();
+});
+
+test("an earlier task's entry on tasks-ending whose id was opened again and ended with live leases (job lost): the indexed pass ends both tasks' leases", async () => {
+  const { redis } = t.broker.deps;
+  await t.broker.sweeper!.reconcile(); // no pass under way (the full walk at start would find the lease)
+  await openTask('t-reborn4');
+  const [old] = await issue('t-reborn4', 1);
+  expect((await t.broker.deps.tasks.end('t-reborn4', 'completed', 'task_completed')).kind).toBe('ended');
+  await expireTaskRecords('t-reborn4');
+  await backdate(old!, 't-reborn4');
+  // The new task ends too, its job lost as well: ending it must not re-stamp the earlier task's entry as its own.
+  await openTask('t-reborn4');
+  const [fresh] = await issue('t-reborn4', 1);
+  expect((await t.broker.deps.tasks.end('t-reborn4', 'completed', 'task_completed')).kind).toBe('ended');
+  await t.broker.sweeper!.reconcile();
+  await waitFor(async () => (await Promise.all([old!, fresh!].map(statusOf))).every((s) => s === 'revoked'), 3000);
+  expect(await redis.zscore(workLists('t-reborn4').ending, 't-reborn4')).toBeNull();
+});
+
 test("a lease stamped a little before its open task's createdAt (a failed-over Redis, its clock behind) is kept", async () => {
   const { redis, keys } = t.broker.deps;
   await openTask('t-skew');

@@ -100,7 +100,10 @@ local function end_task(base, open_key, id, status, reason, retention, now)
   redis.call('HSET', k, 'status', status, 'endedAt', now, 'reason', reason)
   redis.call('ZREM', open_key, id)
   -- Its live leases are ended next, by the caller's job; if that job is lost, the reconciler finds the task here.
-  if tonumber(redis.call('HGET', k, 'live') or '0') > 0 then redis.call('ZADD', tasks_ending_key(base), now, id) end
+  -- NX: an entry already there is an earlier task's under this id (purged after its retention, opened again;
+  -- a task ends once), whose leases only its older score tells reconcile-tasks to look for. Re-stamped with
+  -- this task's end time, it would be taken for this task's and only this task's lease set walked.
+  if tonumber(redis.call('HGET', k, 'live') or '0') > 0 then redis.call('ZADD', tasks_ending_key(base), 'NX', now, id) end
   redis.call('PEXPIRE', k, retention)
   for _, kind in ipairs({ 'task-leases:', 'task-children:', 'task-approvals:' }) do
     redis.call('PEXPIRE', base .. kind .. id, retention)
