@@ -235,6 +235,29 @@ describe('one test per script', () => {
     expect(await redis.zscore(keys.leasesRevoking(b), id)).toBeNull();
   });
 
+  test('lease-activate: an issuance of an earlier task under a reopened id is not handed out (its task is gone)', async () => {
+    await openTask('lx');
+    const [slow, skewed] = [lid('lx', 1), lid('lx', 2)];
+    await createLease('lx', slow, 'issuing');
+    const b = keys.bucketOfTask('lx');
+    // The upstream call outlived the task's retention: the task was purged and its id opened again.
+    await redis.del(keys.task('lx'));
+    await redis.hset(keys.lease(slow), 'issuedAt', Number(await redis.hget(keys.lease(slow), 'issuedAt')) - 61_000);
+    await openTask('lx');
+    const activate = (id: string) =>
+      script('lease-activate').run(
+        redis,
+        [keys.lease(id), keys.task('lx'), keys.liveLeases(b), keys.leasesRevoking(b)],
+        ['{}', Date.now() + 1000, id],
+      );
+    expect(await activate(slow)).toEqual(['revoke', 'task_completed']);
+    // A lease of the task as it is now, stamped a little before its createdAt (a failed-over Redis): handed out.
+    await createLease('lx', skewed, 'issuing');
+    const created = Number(await redis.hget(keys.task('lx'), 'createdAt'));
+    await redis.hset(keys.lease(skewed), 'issuedAt', created - 5_000);
+    expect(await activate(skewed)).toEqual(['ok']);
+  });
+
   test('lease-update: ends once, keeps the first reason, lowers the live count', async () => {
     await openTask('lu');
     const id = lid('lu', 1);

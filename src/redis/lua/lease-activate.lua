@@ -1,7 +1,10 @@
 -- lease-activate: records the upstream's answer on an `issuing` lease. If the task ended (or its
 -- deadline passed) or an end was requested while the upstream call was in flight, the lease goes
 -- straight to `revoking` with the handle recorded, so what the upstream made is revoked, never lost.
--- If the sweeper already gave the issuance up (orphan deadline passed), nothing may be handed out.
+-- If the sweeper already gave the issuance up (orphan deadline passed), nothing may be handed out. A task
+-- now under the lease's task id that was created after the lease (common.lua `of_earlier_task`: the lease's
+-- own task was purged and the id opened again while the upstream call ran, possible when `orphanMs` exceeds
+-- the retention) is not the lease's task: its own is gone.
 -- uses: common
 -- KEYS[1] lease hash
 -- KEYS[2] task hash
@@ -18,6 +21,7 @@ redis.call('HSET', KEYS[1], 'handle', ARGV[1], 'expiresAt', ARGV[2])
 redis.call('ZADD', KEYS[3], tonumber(ARGV[2]), ARGV[3])
 local requested = redis.call('HGET', KEYS[1], 'endRequested')
 local tst = redis.call('HGET', KEYS[2], 'status')
+if tst and of_earlier_task(redis.call('HGET', KEYS[1], 'issuedAt'), redis.call('HGET', KEYS[2], 'createdAt')) then tst = nil end
 local reason = requested
 if not reason and tst ~= 'open' then reason = redis.call('HGET', KEYS[2], 'reason') or 'task_completed' end
 if not reason and tst == 'open' and now_ms() >= tonumber(redis.call('HGET', KEYS[2], 'expiresAt')) then reason = 'task_expired' end
