@@ -4,17 +4,26 @@ import { type CheckedRecord, checkRecords } from './record-check.ts';
 
 type Checked = (CheckedRecord | undefined)[];
 
+/** Longest wait before trying a new thread after failures. */
+const MAX_RETRY_MS = 3_600_000;
+
 /**
  * Runs `checkRecords` in one worker thread, started on first use; it keeps
  * the process alive only while a page is in it. Why a thread: re-hashing every record
  * on its way to the export file took the event loop for ~6 µs per record,
  * in bursts every seal interval, and showed in issuance's p99. If the
  * thread cannot run (it failed to start or died), pages are checked on the
- * event loop instead, as before: the export never stops for it.
+ * event loop instead, as before: the export never stops for it. A new thread
+ * is tried after `retryMs` (default 1 min), doubling up to an hour while it
+ * keeps failing, so one crash (say, out of memory) does not put the checks on
+ * the loop for the rest of the process's life.
  */
 export class RecordChecker {
   private worker: Worker | undefined;
-  private broken = false;
+  /** While the thread is unavailable: when to try a new one, and the wait after the next failure. */
+  private retryAt = 0;
+  private backoffMs: number;
+  private readonly retryMs: number;
   private nextId = 0;
   private readonly waiting = new Map<number, { resolve: (c: Checked) => void; raws: readonly string[] }>();
   private readonly logger: Logger;
@@ -23,13 +32,15 @@ export class RecordChecker {
   readonly checked = { thread: 0, loop: 0 };
 
   /** `entry`: the thread's module (tests give one that cannot start). */
-  constructor(logger: Logger, entry = new URL('./record-check-worker.ts', import.meta.url)) {
+  constructor(logger: Logger, entry = new URL('./record-check-worker.ts', import.meta.url), opts: { retryMs?: number } = {}) {
     this.logger = logger;
     this.entry = entry;
+    this.retryMs = opts.retryMs ?? 60_000;
+    this.backoffMs = this.retryMs;
   }
 
   check(raws: readonly string[]): Promise<Checked> {
-    const worker = this.broken ? undefined : this.start();
+    const worker = Date.now() < this.retryAt ? undefined : this.start();
     if (!worker) return Promise.resolve(this.onLoop(raws));
     const id = this.nextId++;
     return new Promise<Checked>((resolve) => {
@@ -56,16 +67,13 @@ export class RecordChecker {
         const p = this.waiting.get(m.id);
         this.waiting.delete(m.id);
         if (this.waiting.size === 0) w.unref();
+        this.backoffMs = this.retryMs; // it works: a later failure waits the shortest time again
         this.checked.thread += m.checked.length;
         p?.resolve(m.checked);
       });
       const fail = (err: Error | number) => {
         if (this.worker !== w) return;
-        this.logger.warn(
-          { err: typeof err === 'number' ? `exit ${err}` : err.message },
-          'audit export: record-check thread unavailable; checking on the event loop',
-        );
-        this.broken = true;
+        this.unavailable(typeof err === 'number' ? `exit ${err}` : err.message);
         this.worker = undefined;
         this.failWaiting();
       };
@@ -76,10 +84,18 @@ export class RecordChecker {
       this.worker = w;
       return w;
     } catch (err) {
-      this.logger.warn({ err: (err as Error).message }, 'audit export: record-check thread unavailable; checking on the event loop');
-      this.broken = true;
+      this.unavailable((err as Error).message);
       return undefined;
     }
+  }
+
+  private unavailable(err: string): void {
+    this.retryAt = Date.now() + this.backoffMs;
+    this.logger.warn(
+      { err, retryInMs: this.backoffMs },
+      'audit export: record-check thread unavailable; checking on the event loop until a new one is tried',
+    );
+    this.backoffMs = Math.min(this.backoffMs * 2, MAX_RETRY_MS);
   }
 
   /** Pages sent to a thread that is gone are checked here instead. */

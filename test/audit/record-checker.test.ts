@@ -1,8 +1,10 @@
+import { writeFileSync } from 'node:fs';
 import { Writable } from 'node:stream';
 import pino from 'pino';
 import { RecordChecker } from '../../src/audit/record-checker.ts';
 import { GENESIS, hashRecord } from '../../src/audit/record.ts';
 import type { Logger } from '../../src/logger.ts';
+import { DIE_FLAG } from './workers/die-once.ts';
 
 function capturingLogger(): { logger: Logger; warns: () => number } {
   const chunks: string[] = [];
@@ -39,6 +41,21 @@ for (const name of ['exit-on-message', 'throw-on-message']) {
     await c.close();
   });
 }
+
+test('a thread that died is tried again after retryMs: checks go back to a thread once one runs', async () => {
+  const log = capturingLogger();
+  const c = new RecordChecker(log.logger, new URL('./workers/die-once.ts', import.meta.url), { retryMs: 200 });
+  writeFileSync(DIE_FLAG, ''); // the first thread dies on its first page (and removes the flag)
+  expect((await c.check(raws(4))).every((r) => r?.hashOk)).toBe(true);
+  expect(c.checked).toEqual({ thread: 0, loop: 4 });
+  await c.check(raws(2)); // within retryMs: still on the loop, no new warning
+  expect(c.checked).toEqual({ thread: 0, loop: 6 });
+  await new Promise((r) => setTimeout(r, 250));
+  expect((await c.check(raws(3))).every((r) => r?.hashOk)).toBe(true);
+  expect(c.checked).toEqual({ thread: 3, loop: 6 });
+  expect(log.warns()).toBe(1);
+  await c.close();
+});
 
 test('close() while pages are in flight, many at once: every check resolves; a later check starts a new thread', async () => {
   const log = capturingLogger();
