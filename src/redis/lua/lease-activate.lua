@@ -23,7 +23,7 @@ local requested = redis.call('HGET', KEYS[1], 'endRequested')
 local tst = redis.call('HGET', KEYS[2], 'status')
 if tst and of_earlier_task(redis.call('HGET', KEYS[1], 'issuedAt'), redis.call('HGET', KEYS[2], 'createdAt')) then tst = nil end
 local reason = requested
-if not reason and tst ~= 'open' then reason = redis.call('HGET', KEYS[2], 'reason') or 'task_completed' end
+if not reason and tst and tst ~= 'open' then reason = redis.call('HGET', KEYS[2], 'reason') or 'task_completed' end
 if not reason and tst == 'open' and now_ms() >= tonumber(redis.call('HGET', KEYS[2], 'expiresAt')) then reason = 'task_expired' end
 if not tst then reason = reason or 'task_completed' end
 if reason then
