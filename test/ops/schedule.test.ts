@@ -29,6 +29,9 @@ test('a scheduled signing-key rotation fires once per period across two instance
   // At most one firing per elapsed second (plus the one at the start), never one per instance.
   expect(records.length).toBeLessThanOrEqual(Math.floor(elapsed / 1000) + 1);
   expect(records.every((r) => r.decision === 'ok' && r.actor === 'broker')).toBe(true);
+  // A double firing runs one period twice, back to back under the rotation lock: milliseconds apart. A firing
+  // that a loaded machine ran late comes less than a period before the next one (seen: 442 ms), so the gap
+  // asked for is a quarter period, not half.
   const times = records.map((r) => Date.parse(r.time));
-  for (let i = 1; i < times.length; i++) expect(times[i]! - times[i - 1]!).toBeGreaterThan(500);
+  for (let i = 1; i < times.length; i++) expect(times[i]! - times[i - 1]!).toBeGreaterThan(250);
 }, 30_000);
