@@ -165,6 +165,19 @@ async function expireTaskRecords(taskId: string): Promise<void> {
   await redis.del(keys.task(taskId), keys.taskLeases(taskId), keys.taskChildren(taskId), keys.taskApprovals(taskId));
 }
 
+/**
+ * An earlier task under `taskId`: it ended with one live lease and its end-of-task job was lost, then its
+ * retention passed (records gone, a minute between its lease and anything opened next). Its lease id.
+ */
+async function purgedTaskWithLiveLease(taskId: string): Promise<string> {
+  await openTask(taskId);
+  const [old] = await issue(taskId, 1);
+  expect((await t.broker.deps.tasks.end(taskId, 'completed', 'task_completed')).kind).toBe('ended');
+  await expireTaskRecords(taskId);
+  await backdate(old!, taskId);
+  return old!;
+}
+
 test('a task whose records expired (retention) before a pass saw it: its live leases are still ended', async () => {
   // retentionSeconds may be 60 while reconcileIntervalMs may be up to an hour (and a paced pass can take long):
   // the task's hash can leave Redis while its entry on tasks-ending still names live leases.
@@ -202,35 +215,27 @@ test('a lease of an earlier incarnation of a task id ending does not take the ne
 
 test('a live lease of an earlier task under a reopened id is ended by the full walk; the new task keeps its own', async () => {
   const { redis, keys } = t.broker.deps;
-  await openTask('t-reborn');
-  const [old] = await issue('t-reborn', 1);
   // Written as an earlier version would have: the task ended with its job lost and no work-list entry;
   // then its retention passed and the id was opened again.
-  expect((await t.broker.deps.tasks.end('t-reborn', 'completed', 'task_completed')).kind).toBe('ended');
+  const old = await purgedTaskWithLiveLease('t-reborn');
   await redis.zrem(workLists('t-reborn').ending, 't-reborn');
-  await expireTaskRecords('t-reborn');
-  await backdate(old!);
   await openTask('t-reborn');
   const [fresh] = await issue('t-reborn', 1);
   await t.broker.sweeper!.reconcile({ full: true });
-  await waitFor(async () => (await statusOf(old!)) === 'revoked', 3000);
+  await waitFor(async () => (await statusOf(old)) === 'revoked', 3000);
   expect(await statusOf(fresh!)).toBe('active');
   expect(await redis.hget(keys.task('t-reborn'), 'live')).toBe('1');
 });
 
 test("an entry on tasks-ending whose id is open again as a newer task: the indexed pass still ends the earlier task's leases", async () => {
   const { redis } = t.broker.deps;
-  await openTask('t-reborn2');
-  const [old] = await issue('t-reborn2', 1);
-  // The task ended and its job was lost; its retention passed before a pass saw the entry; the id was opened again.
-  expect((await t.broker.deps.tasks.end('t-reborn2', 'completed', 'task_completed')).kind).toBe('ended');
-  await expireTaskRecords('t-reborn2');
-  await backdate(old!, 't-reborn2');
+  // A purged task: it ended and its job was lost; its retention passed before a pass saw the entry; the id was opened again.
+  const old = await purgedTaskWithLiveLease('t-reborn2');
   await openTask('t-reborn2');
   const [fresh] = await issue('t-reborn2', 1);
   expect(await redis.zscore(workLists('t-reborn2').ending, 't-reborn2')).not.toBeNull();
   await t.broker.sweeper!.reconcile();
-  await waitFor(async () => (await statusOf(old!)) === 'revoked', 3000);
+  await waitFor(async () => (await statusOf(old)) === 'revoked', 3000);
   expect(await statusOf(fresh!)).toBe('active');
   // The earlier task's entry is done with; the open task is not on the list.
   expect(await redis.zscore(workLists('t-reborn2').ending, 't-reborn2')).toBeNull();
@@ -239,35 +244,27 @@ test("an entry on tasks-ending whose id is open again as a newer task: the index
 test("an earlier task's entry on tasks-ending whose id was opened again and ended with no lease: the indexed pass ends the earlier task's leases", async () => {
   const { redis } = t.broker.deps;
   await t.broker.sweeper!.reconcile(); // no pass under way (the full walk at start would find the lease)
-  await openTask('t-reborn3');
-  const [old] = await issue('t-reborn3', 1);
-  // The task ended and its job was lost; its retention passed before a pass saw the entry.
-  expect((await t.broker.deps.tasks.end('t-reborn3', 'completed', 'task_completed')).kind).toBe('ended');
-  await expireTaskRecords('t-reborn3');
-  await backdate(old!, 't-reborn3');
+  // A purged task: it ended and its job was lost; its retention passed before a pass saw the entry.
+  const old = await purgedTaskWithLiveLease('t-reborn3');
   // The id is opened again as a short task that ends before the next pass, holding no lease (`live` 0).
   await openTask('t-reborn3');
   expect((await t.broker.deps.tasks.end('t-reborn3', 'completed', 'task_completed')).kind).toBe('ended');
   expect(await redis.zscore(workLists('t-reborn3').ending, 't-reborn3')).not.toBeNull();
   await t.broker.sweeper!.reconcile();
-  await waitFor(async () => (await statusOf(old!)) === 'revoked', 3000);
+  await waitFor(async () => (await statusOf(old)) === 'revoked', 3000);
   expect(await redis.zscore(workLists('t-reborn3').ending, 't-reborn3')).toBeNull();
 });
 
 test("an earlier task's entry on tasks-ending whose id was opened again and ended with live leases (job lost): the indexed pass ends both tasks' leases", async () => {
   const { redis } = t.broker.deps;
   await t.broker.sweeper!.reconcile(); // no pass under way (the full walk at start would find the lease)
-  await openTask('t-reborn4');
-  const [old] = await issue('t-reborn4', 1);
-  expect((await t.broker.deps.tasks.end('t-reborn4', 'completed', 'task_completed')).kind).toBe('ended');
-  await expireTaskRecords('t-reborn4');
-  await backdate(old!, 't-reborn4');
+  const old = await purgedTaskWithLiveLease('t-reborn4');
   // The new task ends too, its job lost as well: ending it must not re-stamp the earlier task's entry as its own.
   await openTask('t-reborn4');
   const [fresh] = await issue('t-reborn4', 1);
   expect((await t.broker.deps.tasks.end('t-reborn4', 'completed', 'task_completed')).kind).toBe('ended');
   await t.broker.sweeper!.reconcile();
-  await waitFor(async () => (await Promise.all([old!, fresh!].map(statusOf))).every((s) => s === 'revoked'), 3000);
+  await waitFor(async () => (await Promise.all([old, fresh!].map(statusOf))).every((s) => s === 'revoked'), 3000);
   expect(await redis.zscore(workLists('t-reborn4').ending, 't-reborn4')).toBeNull();
 });
 
