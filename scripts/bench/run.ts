@@ -29,6 +29,7 @@ import { benchAwsOverhead, benchVaultOverhead } from './upstream.ts';
 import { benchPolicy } from './policy.ts';
 import { benchScale } from './scale.ts';
 import { benchRevocation } from './revocation.ts';
+import { damonState, kdamondCpuMs } from './host.ts';
 
 const PORT = Number(process.env.BENCH_PORT ?? 18_080);
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 10);
@@ -42,10 +43,11 @@ const ALL = 'reference,issuance,policy,lag,revocation,upstream,memory,scale';
 const RATES = (process.env.BENCH_RATES ?? '1000,2000').split(',').map(Number);
 const ONLY = new Set((process.env.BENCH_ONLY ?? ALL).split(','));
 const results: Record<string, unknown> = {
-  machine: { cpus: (await import('node:os')).cpus().length, node: process.version },
+  machine: { cpus: (await import('node:os')).cpus().length, node: process.version, damon: damonState() },
   at: new Date().toISOString(),
 };
 const log = (s: string) => console.log(s);
+log(`host: ${results.machine && (results.machine as { cpus: number }).cpus} cores, Node ${process.version}, kernel DAMON ${damonState()}`);
 
 const redis = await startBenchRedis();
 const issuer = new BenchIssuer();
@@ -138,7 +140,10 @@ async function measure(
     // Settling at this rate, not measured: the young generation resizes to the new allocation rate.
     await pacedLoad({ ...t, rate, seconds: 2 });
     const before = server.loop ? await mark(server.loop) : undefined;
+    const kdamond0 = kdamondCpuMs();
     const paced = await pacedLoad({ ...t, rate, seconds: SECONDS });
+    // The kernel's share of the phase: kdamond's stalls every 500 ms set this host's tail (host.ts).
+    out[`at${rate}KdamondMs`] = Math.round(kdamondCpuMs() - kdamond0);
     if (server.loop && before) out[`at${rate}Loop`] = await since(server.loop, before);
     out[`at${rate}PerSecondP50Ms`] = paced.p50Ms;
     out[`at${rate}PerSecondP99Ms`] = paced.p99Ms;
@@ -179,7 +184,7 @@ const describe = (out: Record<string, number | LoopStats>, rates: number[]): str
       : [`cold start (a fresh process's first ${COLD_SECONDS} s, at ${rates[0]}/s) p99 ${out.coldP99Ms} ms, max ${out.coldMaxMs} ms`]),
     ...rates.map((rate) => {
       const loop = out[`at${rate}Loop`] as LoopStats | undefined;
-      return `at ${rate}/s p50 ${out[`at${rate}PerSecondP50Ms`]} ms, p99 ${out[`at${rate}PerSecondP99Ms`]} ms, max ${out[`at${rate}PerSecondMaxMs`]} ms (${out[`at${rate}Achieved`]}/s achieved, non-2xx ${out[`at${rate}Non2xx`]})${loop ? `; event loop p99 ${loop.loopP99Ms} ms max ${loop.loopMaxMs} ms, GC ${loop.gcMsPerSecond} ms/s, ${loop.majorGcs} major` : ''}`;
+      return `at ${rate}/s p50 ${out[`at${rate}PerSecondP50Ms`]} ms, p99 ${out[`at${rate}PerSecondP99Ms`]} ms, max ${out[`at${rate}PerSecondMaxMs`]} ms (${out[`at${rate}Achieved`]}/s achieved, non-2xx ${out[`at${rate}Non2xx`]}, kdamond ${out[`at${rate}KdamondMs`]} ms)${loop ? `; event-loop delay p99 ${loop.loopP99Ms} ms max ${loop.loopMaxMs} ms, GC ${loop.gcMsPerSecond} ms/s, ${loop.majorGcs} major` : ''}`;
     }),
   ].join('; ');
 
