@@ -42,12 +42,13 @@ const ALL = 'reference,issuance,policy,lag,revocation,upstream,memory,scale';
 /** Open-loop rates for the 24-policy broker (and the peer); the permit-all one runs at the first only. */
 const RATES = (process.env.BENCH_RATES ?? '1000,2000').split(',').map(Number);
 const ONLY = new Set((process.env.BENCH_ONLY ?? ALL).split(','));
+const machine = { cpus: (await import('node:os')).cpus().length, node: process.version, damon: damonState() };
 const results: Record<string, unknown> = {
-  machine: { cpus: (await import('node:os')).cpus().length, node: process.version, damon: damonState() },
+  machine,
   at: new Date().toISOString(),
 };
 const log = (s: string) => console.log(s);
-log(`host: ${results.machine && (results.machine as { cpus: number }).cpus} cores, Node ${process.version}, kernel DAMON ${damonState()}`);
+log(`host: ${machine.cpus} cores, Node ${machine.node}, kernel DAMON ${machine.damon}`);
 
 const redis = await startBenchRedis();
 const issuer = new BenchIssuer();
