@@ -431,13 +431,19 @@ export interface ClusterOptions {
   appendonly?: 'everysec' | 'always' | 'no';
   /** How long until a node is considered failing (cluster-node-timeout). */
   nodeTimeoutMs?: number;
+  /**
+   * TLS only (no plain port), the cluster bus and CLUSTER SLOTS included, certificates from a CA
+   * generated now; `authClients` requires a client certificate.
+   */
+  tls?: boolean | { authClients?: boolean };
 }
 
 export interface RedisCluster {
   ports: number[];
-  /** One URL per master, with the credentials. */
+  /** One URL per master (`rediss://` with TLS), with the credentials. */
   urls: string[];
   access: ServerAccess;
+  tls?: TlsFiles;
   /** An admin client for node `i` (caller disconnects it). */
   client(i: number): Redis;
   /** Freezes node `i` (SIGSTOP) for `ms`; settles on resume. */
@@ -455,7 +461,9 @@ export async function startCluster(opts: ClusterOptions = {}): Promise<RedisClus
   const n = opts.masters ?? 3;
   if (n < 3) throw new Error('redis-cli --cluster create needs at least 3 masters');
   const dir = topologyDir('cluster');
-  const access = accessOf(opts);
+  const tlsOpt = opts.tls === true ? {} : opts.tls || undefined;
+  const tls = tlsOpt ? generateTlsFiles(join(dir, 'tls')) : undefined;
+  const access = accessOf(opts, tls);
   const servers: ServerProcess[] = [];
   for (let i = 0; i < n; i++) {
     let busPort = await freePort();
@@ -465,18 +473,45 @@ export async function startCluster(opts: ClusterOptions = {}): Promise<RedisClus
         dir: join(dir, `node-${i}`),
         port: await freePort(),
         access,
-        argv: (port) => [
-          ...baseArgs(port, opts),
-          ...authArgs(opts),
-          '--cluster-enabled',
-          'yes',
-          '--cluster-config-file',
-          'nodes.conf',
-          '--cluster-node-timeout',
-          String(opts.nodeTimeoutMs ?? 2000),
-          '--cluster-port',
-          String(busPort),
-        ],
+        argv: (port) => {
+          const args = [
+            ...baseArgs(port, opts),
+            ...authArgs(opts),
+            '--cluster-enabled',
+            'yes',
+            '--cluster-config-file',
+            'nodes.conf',
+            '--cluster-node-timeout',
+            String(opts.nodeTimeoutMs ?? 2000),
+            '--cluster-port',
+            String(busPort),
+          ];
+          if (!tls || !tlsOpt) return args;
+          // TLS only, as startStandalone: the plain port is closed. The cluster bus runs over TLS too, and
+          // with tls-cluster the nodes announce (and CLUSTER SLOTS reports) their TLS ports.
+          args[args.indexOf('--port') + 1] = '0';
+          return args.concat([
+            '--tls-port',
+            String(port),
+            '--tls-cert-file',
+            tls.certFile,
+            '--tls-key-file',
+            tls.keyFile,
+            '--tls-ca-cert-file',
+            tls.caFile,
+            '--tls-auth-clients',
+            tlsOpt.authClients ? 'yes' : 'no',
+            // A node dialling a peer (bus, replication) shows a certificate; the server one is for serverAuth only.
+            '--tls-client-cert-file',
+            tls.clientCertFile,
+            '--tls-client-key-file',
+            tls.clientKeyFile,
+            '--tls-cluster',
+            'yes',
+            '--tls-replication',
+            'yes',
+          ]);
+        },
         repick: async () => {
           busPort = await freePort();
         },
@@ -494,6 +529,7 @@ export async function startCluster(opts: ClusterOptions = {}): Promise<RedisClus
     ports: [],
     urls: [],
     access,
+    ...(tls ? { tls } : {}),
     client: (i) => adminClient(servers[i]!.port, access),
     pause: (i, ms) => servers[i]!.pause(ms),
     kill: (i) => servers[i]!.kill(),
@@ -505,9 +541,10 @@ export async function startCluster(opts: ClusterOptions = {}): Promise<RedisClus
   try {
     await Promise.all(servers.map((s) => s.start()));
     t.ports = servers.map((s) => s.port);
-    t.urls = servers.map((s) => urlOf('redis', s.port, access));
+    t.urls = servers.map((s) => urlOf(tls ? 'rediss' : 'redis', s.port, access));
     const cliArgs = ['--cluster', 'create', ...servers.map((s) => `127.0.0.1:${s.port}`), '--cluster-replicas', '0', '--cluster-yes'];
     if (access.username) cliArgs.push('--user', access.username);
+    if (tls) cliArgs.push('--tls', '--cacert', tls.caFile, '--cert', tls.clientCertFile, '--key', tls.clientKeyFile);
     await new Promise<void>((resolve, reject) => {
       execFile(
         'redis-cli',

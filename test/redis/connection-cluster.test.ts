@@ -204,3 +204,73 @@ test('with every node gone, a command still fails after commandTimeoutMs instead
   await expect(c.get('jit:k:gone')).rejects.toThrow(/timed out|None of startup nodes/i);
   expect(Date.now() - t0).toBeLessThan(1500);
 });
+
+describe('TLS', () => {
+  // A cluster of its own: TLS only (no plain port), cluster bus included, client certificates required.
+  let tlsCluster: RedisCluster;
+  const connectors: RedisConnector[] = [];
+
+  beforeAll(async () => {
+    tlsCluster = await startCluster({ masters: 3, aclUser: { name: 'jit', password: 'cl/uster#pw' }, tls: { authClients: true } });
+  }, 30_000);
+
+  afterAll(async () => {
+    await Promise.all(connectors.map((c) => c.close()));
+    await tlsCluster?.stop();
+  });
+
+  function connect(redis: Record<string, unknown>): RedisConnector {
+    const c = createConnector(redisConfigSchema.parse({ cluster: { nodes: tlsCluster.urls }, ...redis }), { logger: silentLogger });
+    connectors.push(c);
+    return c;
+  }
+
+  test('rediss:// nodes with a private CA and a client certificate from redis.tls files reach every master, Lua included', async () => {
+    const tls = tlsCluster.tls!;
+    expect(tlsCluster.urls.every((u) => u.startsWith('rediss://'))).toBe(true);
+    const connector = connect({
+      tls: { ca: { file: tls.caFile }, cert: { file: tls.clientCertFile }, key: { file: tls.clientKeyFile } },
+    });
+    expect(connector.description).toMatchObject({ topology: 'cluster', tls: true, user: 'jit' });
+    const c = connector.command('jit-tls') as Cluster;
+    const keys = Array.from({ length: 12 }, (_, i) => `jit:{tls${i}}:k`);
+    await Promise.all(keys.map((k) => c.set(k, `v-${k}`)));
+    expect(await Promise.all(keys.map((k) => c.get(k)))).toEqual(keys.map((k) => `v-${k}`));
+    // CLUSTER SLOTS reports the TLS ports (the plain ones are closed), and the keys landed on all three masters.
+    const owners = new Set(await Promise.all(keys.map((k) => nodeOf(c, k))));
+    expect(owners).toEqual(new Set(tlsCluster.ports));
+    for (let i = 0; i < tlsCluster.ports.length; i++) {
+      const admin = tlsCluster.client(i);
+      try {
+        expect(((await admin.keys('jit:{tls*')) as string[]).length).toBeGreaterThan(0);
+      } finally {
+        admin.disconnect();
+      }
+    }
+    const lua = "redis.call('SET', KEYS[1], ARGV[1]); return redis.call('GET', KEYS[2])";
+    expect(await c.eval(lua, 2, 'jit:{tls0}:lua', 'jit:{tls0}:k', 'x')).toBe('v-jit:{tls0}:k');
+    expect(await writableMaster(c)).toBe(true);
+  });
+
+  test('without the CA the server certificate is refused: commands fail within commandTimeoutMs', async () => {
+    const tls = tlsCluster.tls!;
+    const c = connect({
+      commandTimeoutMs: 500,
+      connectTimeoutMs: 500,
+      tls: { cert: { file: tls.clientCertFile }, key: { file: tls.clientKeyFile } },
+    }).command('jit-tls-untrusted') as Cluster;
+    const errors: { message: string; last?: string }[] = [];
+    c.on('error', (err: Error & { lastNodeError?: Error }) =>
+      errors.push({ message: err.message, ...(err.lastNodeError ? { last: err.lastNodeError.message } : {}) }),
+    );
+    const t0 = Date.now();
+    await expect(c.get('jit:k')).rejects.toThrow(/timed out|Failed to refresh slots cache|Connection is closed/i);
+    expect(Date.now() - t0).toBeLessThan(1500);
+    // Not a word about the certificate: ioredis asks for CLUSTER SLOTS on a throwaway copy of the node
+    // connection whose error events it drops, so the handshake's "unable to verify" never reaches the
+    // Cluster, only "Connection is closed." (the same config with the CA works: the test above).
+    expect(errors.length).toBeGreaterThan(0);
+    expect(errors[0]).toEqual({ message: 'Failed to refresh slots cache.', last: 'Connection is closed.' });
+    expect(c.status).not.toBe('ready');
+  });
+});
