@@ -1,4 +1,5 @@
-import type { ConnectionOptions } from 'node:tls';
+import { isIP } from 'node:net';
+import { type ConnectionOptions, connect as tlsConnect } from 'node:tls';
 import { Cluster, type ClusterOptions, type Command, Redis, type RedisOptions } from 'ioredis';
 import { readSecret } from '../config/load.ts';
 import { redisTopology, SENTINEL_PORT, type RedisConfig } from '../config/redis.ts';
@@ -95,12 +96,19 @@ export function createConnector(config: RedisConfig, deps: { logger: Logger }): 
       : { maxRetriesPerRequest: null }),
   });
 
+  /** On a TLS Cluster: one handshake with the first node, to say why the slots could not be read. */
+  const clusterTlsDiagnosis = (): (() => Promise<string | undefined>) | undefined => {
+    const first = config.cluster ? parseRedisUrl(config.cluster.nodes[0]!) : undefined;
+    if (!first?.tls) return undefined;
+    return () => tlsHandshakeError(first.host, first.port, tls, config.connectTimeoutMs);
+  };
+
   const track = <T extends RedisClient>(client: T, name: string, kind: Kind): T => {
     if (closed) {
       client.disconnect();
       throw new Error('Redis connector is closed');
     }
-    logErrors(client, name, deps.logger);
+    logErrors(client, name, deps.logger, client instanceof Cluster ? clusterTlsDiagnosis() : undefined);
     if (kind === 'command') {
       const guard = (r: Redis) => {
         coalesceWrites(r);
@@ -342,7 +350,7 @@ function describeLine(d: RedisDescription): string {
  * stderr; with one that logs each, a Redis outage floods the log. One line per
  * client per interval says what is wrong without drowning everything else.
  */
-function logErrors(client: RedisClient, name: string, logger: Logger): void {
+function logErrors(client: RedisClient, name: string, logger: Logger, diagnoseTls?: () => Promise<string | undefined>): void {
   let last = 0;
   let suppressed = 0;
   client.on('error', (err: Error) => {
@@ -352,8 +360,36 @@ function logErrors(client: RedisClient, name: string, logger: Logger): void {
       return;
     }
     last = now;
-    logger.warn({ redis: name, err: err.message, ...(suppressed ? { suppressed } : {}) }, 'redis connection error');
+    const line = { redis: name, err: err.message, ...(suppressed ? { suppressed } : {}) };
     suppressed = 0;
+    // ioredis reads a Cluster's slots on a throwaway connection and drops its errors, so an unknown CA
+    // or a refused client certificate shows only as this message; a handshake of our own says which.
+    if (diagnoseTls && err.message === 'Failed to refresh slots cache.') {
+      void diagnoseTls().then((tlsError) => logger.warn({ ...line, ...(tlsError ? { tls: tlsError } : {}) }, 'redis connection error'));
+      return;
+    }
+    logger.warn(line, 'redis connection error');
+  });
+}
+
+/**
+ * Opens a TLS connection with the broker's options and says why it failed:
+ * the handshake's error, the server closing it right after (TLS 1.3 refuses a
+ * client certificate only then), or a timeout; undefined when it stays up.
+ */
+export function tlsHandshakeError(host: string, port: number, options: ConnectionOptions, timeoutMs: number): Promise<string | undefined> {
+  return new Promise((resolve) => {
+    const socket = tlsConnect({ host, port, ...options, ...(options.servername || isIP(host) ? {} : { servername: host }) });
+    const done = (why: string | undefined) => {
+      clearTimeout(timer);
+      socket.destroy();
+      resolve(why);
+    };
+    const timer = setTimeout(() => done(`no TLS handshake within ${timeoutMs} ms`), timeoutMs);
+    socket.once('error', (err) => done(err.message));
+    socket.once('close', () => done('the server closed the connection after the handshake'));
+    // A server that refuses the client certificate says so just after the handshake: wait a moment for it.
+    socket.once('secureConnect', () => setTimeout(() => done(undefined), 200).unref());
   });
 }
 
