@@ -23,6 +23,9 @@ async function server(opts: Parameters<typeof startStandalone>[0] = {}): Promise
 afterAll(async () => {
   await Promise.all(connectors.map((c) => c.close()));
   await Promise.all(servers.map((s) => s.stop()));
+  // The TLS tests' refused clients end a socket that never closes: ioredis then destroys it after
+  // `disconnectTimeout` (500 ms) on a timer, which outlived the file and made jest force-exit its worker.
+  await new Promise((r) => setTimeout(r, 600));
 });
 
 test('a missing CA or password file fails when the connector is built, naming the key', () => {
