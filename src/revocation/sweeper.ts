@@ -10,8 +10,12 @@ import { endLeases, localKinds } from './ending.ts';
 
 const sweepScript = script('sweep');
 const reconcilePageScript = script('reconcile-page');
-/** common.lua's EARLIER_TASK_MARGIN_MS: how long before a task's creation a lease must be to be an earlier task's. */
-const EARLIER_TASK_MARGIN_MS = 30_000;
+/**
+ * common.lua's EARLIER_TASK_MARGIN_MS: how long before a task's creation a lease must be to be an
+ * earlier task's (the full walk decides in TypeScript what the scripts decide in Lua; a test keeps
+ * the two equal).
+ */
+export const EARLIER_TASK_MARGIN_MS = 30_000;
 const reconcileTasksScript = script('reconcile-tasks');
 
 /**

@@ -3,6 +3,7 @@ import { generateMulti } from 'cluster-key-slot';
 import { Redis } from 'ioredis';
 import { Keys } from '../../src/redis/keys.ts';
 import { script, scripts } from '../../src/redis/scripts.ts';
+import { EARLIER_TASK_MARGIN_MS } from '../../src/revocation/sweeper.ts';
 import { dropPrefix, REDIS_URL, uniquePrefix } from '../helpers/broker.ts';
 
 /**
@@ -510,4 +511,11 @@ describe('one test per script', () => {
     expect(await script('lock-release').run(redis, [k], ['theirs'])).toBe(0);
     expect(await script('lock-release').run(redis, [k], ['mine'])).toBe(1);
   });
+});
+
+test("the full walk's earlier-task margin is common.lua's", () => {
+  // The sweeper's full walk applies the rule in TypeScript; the reconcile and lease scripts in Lua.
+  const lua = readFileSync(new URL('../../src/redis/lua/lib/common.lua', import.meta.url), 'utf8');
+  const m = /^local EARLIER_TASK_MARGIN_MS = (\d+)$/m.exec(lua);
+  expect(Number(m?.[1])).toBe(EARLIER_TASK_MARGIN_MS);
 });
