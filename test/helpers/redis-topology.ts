@@ -593,15 +593,21 @@ export interface SentinelOptions {
   password?: string;
   /** requirepass of the sentinels themselves. */
   sentinelPassword?: string;
+  /**
+   * TLS only (no plain port) on master, replicas and sentinels, certificates from a CA generated now; replication and
+   * the sentinels' links to the data nodes run over TLS too. `authClients` requires a client certificate everywhere.
+   */
+  tls?: boolean | { authClients?: boolean };
 }
 
 export interface RedisSentinel {
   name: string;
-  /** `redis://127.0.0.1:<port>` of each sentinel (no credentials: those go in sentinelPassword). */
+  /** `redis://127.0.0.1:<port>` (`rediss://` with TLS) of each sentinel (no credentials: those go in sentinelPassword). */
   sentinelUrls: string[];
   sentinelPorts: number[];
   password?: string;
   sentinelPassword?: string;
+  tls?: TlsFiles;
   /** Port of the master as the sentinels currently name it. */
   masterPort(): Promise<number>;
   /** An admin client on the data node listening on `port` (caller disconnects it). */
@@ -627,6 +633,13 @@ export interface RedisSentinel {
   startedInMs: number;
 }
 
+/** `['--name', 'value', ...]` as config file lines (`name value`). */
+function directiveLines(args: string[]): string[] {
+  const lines: string[] = [];
+  for (let i = 0; i + 1 < args.length; i += 2) lines.push(`${args[i]!.slice(2)} ${args[i + 1]}`);
+  return lines;
+}
+
 /** Starts a master, `replicas` replicas and `sentinels` sentinels watching them, and waits until the sentinels know the replicas. */
 export async function startSentinel(opts: SentinelOptions = {}): Promise<RedisSentinel> {
   const t0 = Date.now();
@@ -635,16 +648,51 @@ export async function startSentinel(opts: SentinelOptions = {}): Promise<RedisSe
   const count = opts.sentinels ?? 1;
   const quorum = Math.floor(count / 2) + 1;
   const dir = topologyDir('sentinel');
-  const dataAccess: ServerAccess = opts.password ? { password: opts.password } : {};
-  const sentinelAccess: ServerAccess = opts.sentinelPassword ? { password: opts.sentinelPassword } : {};
+  const tlsOpt = opts.tls === true ? {} : opts.tls || undefined;
+  const tls = tlsOpt ? generateTlsFiles(join(dir, 'tls')) : undefined;
+  const dataAccess = accessOf(opts, tls);
+  const sentinelAccess = accessOf({ ...(opts.sentinelPassword ? { password: opts.sentinelPassword } : {}) }, tls);
   const auth = opts.password ? ['--requirepass', opts.password, '--masterauth', opts.password] : [];
+  /**
+   * The TLS directives (name, value) of a node or sentinel on `port`. Replication runs over TLS (a replica then announces
+   * its TLS port; a sentinel reaches master, replicas and its peers over TLS), and a server dialling another shows the
+   * client certificate (the server one is for serverAuth only).
+   */
+  const tlsDirectives = (port: number): string[] =>
+    !tls || !tlsOpt
+      ? []
+      : [
+          '--tls-port',
+          String(port),
+          '--tls-cert-file',
+          tls.certFile,
+          '--tls-key-file',
+          tls.keyFile,
+          '--tls-ca-cert-file',
+          tls.caFile,
+          '--tls-auth-clients',
+          tlsOpt.authClients ? 'yes' : 'no',
+          '--tls-client-cert-file',
+          tls.clientCertFile,
+          '--tls-client-key-file',
+          tls.clientKeyFile,
+          '--tls-replication',
+          'yes',
+        ];
+  /** TLS only, as startStandalone: the plain port is closed. */
+  const dataArgs = (port: number, extra: string[]): string[] => {
+    const args = [...baseArgs(port, {}), ...auth, '--repl-diskless-sync-delay', '0', ...extra];
+    if (!tls) return args;
+    args[args.indexOf('--port') + 1] = '0';
+    return args.concat(tlsDirectives(port));
+  };
   const master = new ServerProcess({
     name: 'sentinel-master',
     dir: join(dir, 'master'),
     port: await freePort(),
     access: dataAccess,
     // Diskless sync waits 5 s for more replicas by default; they are all there at once.
-    argv: (port) => [...baseArgs(port, {}), ...auth, '--repl-diskless-sync-delay', '0'],
+    argv: (port) => dataArgs(port, []),
   });
   const replicas: ServerProcess[] = [];
   for (let i = 0; i < (opts.replicas ?? 1); i++) {
@@ -654,15 +702,7 @@ export async function startSentinel(opts: SentinelOptions = {}): Promise<RedisSe
         dir: join(dir, `replica-${i}`),
         port: await freePort(),
         access: dataAccess,
-        argv: (port) => [
-          ...baseArgs(port, {}),
-          ...auth,
-          '--repl-diskless-sync-delay',
-          '0',
-          '--replicaof',
-          '127.0.0.1',
-          String(master.port),
-        ],
+        argv: (port) => dataArgs(port, ['--replicaof', '127.0.0.1', String(master.port)]),
       }),
     );
   }
@@ -677,7 +717,7 @@ export async function startSentinel(opts: SentinelOptions = {}): Promise<RedisSe
       writeFileSync(
         conf,
         [
-          `port ${port}`,
+          ...(tls ? ['port 0', ...directiveLines(tlsDirectives(port))] : [`port ${port}`]),
           'bind 127.0.0.1',
           `sentinel monitor ${name} 127.0.0.1 ${master.port} ${quorum}`,
           `sentinel down-after-milliseconds ${name} ${downAfterMs}`,
@@ -725,6 +765,7 @@ export async function startSentinel(opts: SentinelOptions = {}): Promise<RedisSe
     sentinelPorts: [],
     ...(opts.password ? { password: opts.password } : {}),
     ...(opts.sentinelPassword ? { sentinelPassword: opts.sentinelPassword } : {}),
+    ...(tls ? { tls } : {}),
     masterPort: () => masterAddr(sentinels[0]!),
     client: (port) => adminClient(port, dataAccess),
     async killMaster() {
@@ -806,7 +847,7 @@ export async function startSentinel(opts: SentinelOptions = {}): Promise<RedisSe
     await master.start();
     await Promise.all(replicas.map((r) => r.start()));
     await Promise.all(sentinels.map((s) => s.start()));
-    t.sentinelUrls = sentinels.map((s) => `redis://127.0.0.1:${s.port}`);
+    t.sentinelUrls = sentinels.map((s) => `${tls ? 'rediss' : 'redis'}://127.0.0.1:${s.port}`);
     t.sentinelPorts = sentinels.map((s) => s.port);
     // A sentinel can only promote a replica it is connected to, and (with several) only with peers it knows of.
     await t.waitForReplica({ timeoutMs: 15_000, count: replicas.length });

@@ -1,11 +1,13 @@
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { Writable } from 'node:stream';
 import type { Redis } from 'ioredis';
+import { pino } from 'pino';
 import { redisConfigSchema } from '../../src/config/redis.ts';
 import { silentLogger } from '../../src/logger.ts';
 import { createConnector, type RedisConnector, writableMaster } from '../../src/redis/connection.ts';
-import { type RedisSentinel, startSentinel } from '../helpers/redis-topology.ts';
+import { adminClient, type RedisSentinel, startSentinel } from '../helpers/redis-topology.ts';
 
 // Master + two replicas + one sentinel, all password-protected: the sentinel with its
 // own password, read from a file here as an operator would mount it. Two replicas
@@ -127,3 +129,89 @@ test('a manual failover under continuous writes: no error reaches the caller, th
   expect(errors).toEqual([]);
   expect(await writableMaster(c)).toBe(true);
 }, 30_000);
+
+describe('TLS', () => {
+  // A topology of its own: master, replica and sentinel on TLS ports only (no plain port), replication and the
+  // sentinel's links to the data nodes over TLS, client certificates required everywhere.
+  let tlsTopo: RedisSentinel;
+  const connectors: RedisConnector[] = [];
+
+  beforeAll(async () => {
+    tlsTopo = await startSentinel({ downAfterMs: 1000, replicas: 1, password: 'data-pw', tls: { authClients: true } });
+  }, 30_000);
+
+  afterAll(async () => {
+    await Promise.all(connectors.map((c) => c.close()));
+    await tlsTopo?.stop();
+  });
+
+  function connect(redis: Record<string, unknown>, logger = silentLogger): RedisConnector {
+    const c = createConnector(
+      redisConfigSchema.parse({ sentinel: { name: tlsTopo.name, sentinels: tlsTopo.sentinelUrls, password: 'data-pw' }, ...redis }),
+      { logger },
+    );
+    connectors.push(c);
+    return c;
+  }
+
+  test('rediss:// sentinels with a private CA and a client certificate: writes reach the master over TLS, also after a failover', async () => {
+    const tls = tlsTopo.tls!;
+    expect(tlsTopo.sentinelUrls.every((u) => u.startsWith('rediss://'))).toBe(true);
+    const connector = connect({ tls: { ca: { file: tls.caFile }, cert: { file: tls.clientCertFile }, key: { file: tls.clientKeyFile } } });
+    expect(connector.description).toMatchObject({ topology: 'sentinel', master: 'mymaster', tls: true });
+    expect(connector.describe()).toContain('(tls)');
+    const c = connector.command('jit-tls') as Redis;
+    expect(await c.set('jit:tls:1', 'a')).toBe('OK');
+    expect(await c.get('jit:tls:1')).toBe('a');
+    expect(await serverPort(c)).toBe(await tlsTopo.masterPort());
+    expect(await writableMaster(c)).toBe(true);
+    // The sentinel promotes the replica it reaches over TLS; the connector follows it there.
+    await tlsTopo.waitForReplica();
+    const before = await tlsTopo.failover();
+    const after = await tlsTopo.waitForFailover();
+    expect(after).not.toBe(before);
+    const deadline = Date.now() + 2000;
+    while ((await serverPort(c)) !== after && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+    expect(await serverPort(c)).toBe(after);
+    expect(await c.set('jit:tls:1', 'b')).toBe('OK');
+    expect(await c.get('jit:tls:1')).toBe('b');
+    expect(await writableMaster(c)).toBe(true);
+  }, 30_000);
+
+  test('a client without TLS gets nowhere: the sentinel has no plain port', async () => {
+    const plain = adminClient(tlsTopo.sentinelPorts[0]!, {});
+    try {
+      await expect(plain.connect().then(() => plain.ping())).rejects.toThrow();
+    } finally {
+      if (plain.status !== 'end') plain.disconnect();
+    }
+  });
+
+  test('without the CA the sentinel certificate is refused, commands fail within commandTimeoutMs, and the log says why', async () => {
+    const tls = tlsTopo.tls!;
+    const lines: { redis?: string; err?: string }[] = [];
+    const logger = pino(
+      { level: 'warn' },
+      new Writable({
+        write(chunk, _enc, cb) {
+          lines.push(JSON.parse(String(chunk)));
+          cb();
+        },
+      }),
+    );
+    const c = connect(
+      { commandTimeoutMs: 500, connectTimeoutMs: 500, tls: { cert: { file: tls.clientCertFile }, key: { file: tls.clientKeyFile } } },
+      logger,
+    ).command('jit-tls-untrusted') as Redis;
+    const t0 = Date.now();
+    await expect(c.get('jit:tls:1')).rejects.toThrow();
+    expect(Date.now() - t0).toBeLessThan(1500);
+    expect(c.status).not.toBe('ready');
+    // ioredis's own sentinel lookup drops the handshake error (the command client's line says only
+    // "All sentinels are unreachable ... Last error: Connection is closed."); the connector's
+    // +switch-master watcher connects to the sentinel itself, and its line names the certificate.
+    const sentinel = `sentinel ${tlsTopo.sentinelUrls[0]!.slice('rediss://'.length)}`;
+    for (let i = 0; i < 40 && !lines.some((l) => l.redis === sentinel); i++) await new Promise((r) => setTimeout(r, 50));
+    expect(lines.find((l) => l.redis === sentinel)?.err).toMatch(/self[- ]signed|unable to verify|certificate/i);
+  });
+});
