@@ -143,6 +143,11 @@ describe('TLS', () => {
   afterAll(async () => {
     await Promise.all(connectors.map((c) => c.close()));
     await tlsTopo?.stop();
+    // The refused client (no CA) keeps ioredis's sentinel lookup going for a while after its close: the
+    // pause between two rounds of sentinels is a plain timer that disconnect does not cancel, and one more
+    // attempt (up to connectTimeoutMs) follows it. Without this wait jest reported that it did not exit,
+    // or force-exited its worker; 1.2 s was not enough, 3 s was.
+    await new Promise((r) => setTimeout(r, 3000));
   });
 
   function connect(redis: Record<string, unknown>, logger = silentLogger): RedisConnector {
