@@ -361,6 +361,36 @@ export interface RedisStandalone {
   startedInMs: number;
 }
 
+/**
+ * The TLS directives (name, value) of a server on `port`. `peers`: it also dials other servers
+ * (replication, the cluster bus, a sentinel's master, replicas and peers), so it replicates over TLS
+ * and shows the client certificate (the server one is for serverAuth only).
+ */
+function tlsDirectives(port: number, tls: TlsFiles, opt: { authClients?: boolean }, peers: boolean): string[] {
+  return [
+    '--tls-port',
+    String(port),
+    '--tls-cert-file',
+    tls.certFile,
+    '--tls-key-file',
+    tls.keyFile,
+    '--tls-ca-cert-file',
+    tls.caFile,
+    '--tls-auth-clients',
+    opt.authClients ? 'yes' : 'no',
+    ...(peers
+      ? ['--tls-client-cert-file', tls.clientCertFile, '--tls-client-key-file', tls.clientKeyFile, '--tls-replication', 'yes']
+      : []),
+  ];
+}
+
+/** `args` for TLS only: the plain port is closed, so nothing can pass a test without TLS. */
+function tlsOnly(args: string[], directives: string[]): string[] {
+  const out = [...args];
+  out[out.indexOf('--port') + 1] = '0';
+  return out.concat(directives);
+}
+
 /** Starts one redis-server on a free port. */
 export async function startStandalone(opts: StandaloneOptions = {}): Promise<RedisStandalone> {
   const t0 = Date.now();
@@ -377,20 +407,7 @@ export async function startStandalone(opts: StandaloneOptions = {}): Promise<Red
     argv: (port) => {
       const args = [...baseArgs(port, opts), ...authArgs(opts)];
       if (!tls || !tlsOpt) return args;
-      // TLS only: the plain port is closed so nothing can pass the test without TLS.
-      args[args.indexOf('--port') + 1] = '0';
-      return args.concat([
-        '--tls-port',
-        String(port),
-        '--tls-cert-file',
-        tls.certFile,
-        '--tls-key-file',
-        tls.keyFile,
-        '--tls-ca-cert-file',
-        tls.caFile,
-        '--tls-auth-clients',
-        tlsOpt.authClients ? 'yes' : 'no',
-      ]);
+      return tlsOnly(args, tlsDirectives(port, tls, tlsOpt, false));
     },
   });
   await server.start();
@@ -487,30 +504,9 @@ export async function startCluster(opts: ClusterOptions = {}): Promise<RedisClus
             String(busPort),
           ];
           if (!tls || !tlsOpt) return args;
-          // TLS only, as startStandalone: the plain port is closed. The cluster bus runs over TLS too, and
-          // with tls-cluster the nodes announce (and CLUSTER SLOTS reports) their TLS ports.
-          args[args.indexOf('--port') + 1] = '0';
-          return args.concat([
-            '--tls-port',
-            String(port),
-            '--tls-cert-file',
-            tls.certFile,
-            '--tls-key-file',
-            tls.keyFile,
-            '--tls-ca-cert-file',
-            tls.caFile,
-            '--tls-auth-clients',
-            tlsOpt.authClients ? 'yes' : 'no',
-            // A node dialling a peer (bus, replication) shows a certificate; the server one is for serverAuth only.
-            '--tls-client-cert-file',
-            tls.clientCertFile,
-            '--tls-client-key-file',
-            tls.clientKeyFile,
-            '--tls-cluster',
-            'yes',
-            '--tls-replication',
-            'yes',
-          ]);
+          // The cluster bus runs over TLS too, and with tls-cluster the nodes announce (and CLUSTER SLOTS
+          // reports) their TLS ports.
+          return tlsOnly(args, [...tlsDirectives(port, tls, tlsOpt, true), '--tls-cluster', 'yes']);
         },
         repick: async () => {
           busPort = await freePort();
@@ -653,38 +649,10 @@ export async function startSentinel(opts: SentinelOptions = {}): Promise<RedisSe
   const dataAccess = accessOf(opts, tls);
   const sentinelAccess = accessOf({ ...(opts.sentinelPassword ? { password: opts.sentinelPassword } : {}) }, tls);
   const auth = opts.password ? ['--requirepass', opts.password, '--masterauth', opts.password] : [];
-  /**
-   * The TLS directives (name, value) of a node or sentinel on `port`. Replication runs over TLS (a replica then announces
-   * its TLS port; a sentinel reaches master, replicas and its peers over TLS), and a server dialling another shows the
-   * client certificate (the server one is for serverAuth only).
-   */
-  const tlsDirectives = (port: number): string[] =>
-    !tls || !tlsOpt
-      ? []
-      : [
-          '--tls-port',
-          String(port),
-          '--tls-cert-file',
-          tls.certFile,
-          '--tls-key-file',
-          tls.keyFile,
-          '--tls-ca-cert-file',
-          tls.caFile,
-          '--tls-auth-clients',
-          tlsOpt.authClients ? 'yes' : 'no',
-          '--tls-client-cert-file',
-          tls.clientCertFile,
-          '--tls-client-key-file',
-          tls.clientKeyFile,
-          '--tls-replication',
-          'yes',
-        ];
-  /** TLS only, as startStandalone: the plain port is closed. */
+  const directives = (port: number): string[] => (tls && tlsOpt ? tlsDirectives(port, tls, tlsOpt, true) : []);
   const dataArgs = (port: number, extra: string[]): string[] => {
     const args = [...baseArgs(port, {}), ...auth, '--repl-diskless-sync-delay', '0', ...extra];
-    if (!tls) return args;
-    args[args.indexOf('--port') + 1] = '0';
-    return args.concat(tlsDirectives(port));
+    return tls ? tlsOnly(args, directives(port)) : args;
   };
   const master = new ServerProcess({
     name: 'sentinel-master',
@@ -717,7 +685,7 @@ export async function startSentinel(opts: SentinelOptions = {}): Promise<RedisSe
       writeFileSync(
         conf,
         [
-          ...(tls ? ['port 0', ...directiveLines(tlsDirectives(port))] : [`port ${port}`]),
+          ...(tls ? ['port 0', ...directiveLines(directives(port))] : [`port ${port}`]),
           'bind 127.0.0.1',
           `sentinel monitor ${name} 127.0.0.1 ${master.port} ${quorum}`,
           `sentinel down-after-milliseconds ${name} ${downAfterMs}`,

@@ -1,12 +1,11 @@
 import { createHash } from 'node:crypto';
-import { Writable } from 'node:stream';
 import { Queue, Worker } from 'bullmq';
 import type { Cluster } from 'ioredis';
-import { pino } from 'pino';
 import { redisConfigSchema } from '../../src/config/redis.ts';
 import { silentLogger } from '../../src/logger.ts';
 import { createConnector, type RedisConnector, writableMaster } from '../../src/redis/connection.ts';
 import { type RedisCluster, startCluster } from '../helpers/redis-topology.ts';
+import { capturingLogger } from '../helpers/log-capture.ts';
 
 // One 3-master cluster for the whole file; every node requires an ACL user, so
 // nothing below works unless the connector takes the credentials from the URLs.
@@ -256,16 +255,7 @@ describe('TLS', () => {
 
   test('without the CA the server certificate is refused, commands fail within commandTimeoutMs, and the log says why', async () => {
     const tls = tlsCluster.tls!;
-    const lines: { err?: string; tls?: string }[] = [];
-    const logger = pino(
-      { level: 'warn' },
-      new Writable({
-        write(chunk, _enc, cb) {
-          lines.push(JSON.parse(String(chunk)));
-          cb();
-        },
-      }),
-    );
+    const { logger, lines } = capturingLogger<{ err?: string; tls?: string }>();
     const c = connect(
       { commandTimeoutMs: 500, connectTimeoutMs: 500, tls: { cert: { file: tls.clientCertFile }, key: { file: tls.clientKeyFile } } },
       logger,

@@ -1,13 +1,12 @@
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { Writable } from 'node:stream';
 import type { Redis } from 'ioredis';
-import { pino } from 'pino';
 import { redisConfigSchema } from '../../src/config/redis.ts';
 import { silentLogger } from '../../src/logger.ts';
 import { createConnector, type RedisConnector, writableMaster } from '../../src/redis/connection.ts';
 import { adminClient, type RedisSentinel, startSentinel } from '../helpers/redis-topology.ts';
+import { capturingLogger } from '../helpers/log-capture.ts';
 
 // Master + two replicas + one sentinel, all password-protected: the sentinel with its
 // own password, read from a file here as an operator would mount it. Two replicas
@@ -194,16 +193,7 @@ describe('TLS', () => {
 
   test('without the CA the sentinel certificate is refused, commands fail within commandTimeoutMs, and the log says why', async () => {
     const tls = tlsTopo.tls!;
-    const lines: { redis?: string; err?: string }[] = [];
-    const logger = pino(
-      { level: 'warn' },
-      new Writable({
-        write(chunk, _enc, cb) {
-          lines.push(JSON.parse(String(chunk)));
-          cb();
-        },
-      }),
-    );
+    const { logger, lines } = capturingLogger<{ redis?: string; err?: string }>();
     const c = connect(
       { commandTimeoutMs: 500, connectTimeoutMs: 500, tls: { cert: { file: tls.clientCertFile }, key: { file: tls.clientKeyFile } } },
       logger,
