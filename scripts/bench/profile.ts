@@ -11,10 +11,16 @@
  *
  * PROFILE_RATE=2000 sends the requests open loop at that rate instead
  * (scripts/bench/paced.ts), to see what else holds the event loop meanwhile.
+ *
+ * PROFILE_KIND=heap takes a sampling heap profile instead (heap-sampler.ts,
+ * one sample per 8 KiB allocated, freed objects included) and prints bytes allocated per issuance by
+ * area and by frame: allocation is what sets how often the young generation
+ * is scavenged, and each scavenge is a pause in the tail.
  */
 import { mkdtempSync, readdirSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import autocannon from 'autocannon';
 import { pacedLoad } from './paced.ts';
 import { BenchIssuer, openBenchTask, startBenchRedis, startBrokerProcess, writeBenchConfig, writePolicies } from './setup.ts';
@@ -28,6 +34,21 @@ interface Profile {
   nodes: Node[];
   samples: number[];
   timeDeltas: number[];
+}
+
+/** A frame's name (function file:line) and its area: a dependency, a node: module, a folder of src/. */
+function frameOf(f: Node['callFrame']): { name: string; area: string } {
+  const file = f.url.replace(/^file:\/\//, '');
+  const short = file.replace(/^.*\/node_modules\//, '').replace(/^.*?\/(src|scripts)\//, '$1/');
+  const name = `${f.functionName || '(anonymous)'} ${short ? `${short}:${f.lineNumber + 1}` : ''}`.trim();
+  const area = !file
+    ? f.functionName // (program), (garbage collector), (idle), native
+    : file.includes('/node_modules/')
+      ? file.replace(/^.*\/node_modules\/((@[^/]+\/)?[^/]+).*$/, '$1')
+      : file.startsWith('node:')
+        ? file.split('/').slice(0, 2).join('/') // node:internal/crypto, node:_http_server
+        : file.replace(/^.*?\/(src\/[^/]+).*$/, '$1');
+  return { name, area };
 }
 
 /**
@@ -62,21 +83,41 @@ export function summarize(profile: Profile): { total: number; frames: [string, n
   let total = 0;
   for (const [id, ms] of self) {
     const f = byId.get(id)!.callFrame;
-    const file = f.url.replace(/^file:\/\//, '');
-    const short = file.replace(/^.*\/node_modules\//, '').replace(/^.*?\/(src|scripts)\//, '$1/');
-    const name = `${f.functionName || '(anonymous)'} ${short ? `${short}:${f.lineNumber + 1}` : ''}`.trim();
+    const { name, area } = frameOf(f);
     frames.set(name, (frames.get(name) ?? 0) + ms);
-    const area = !file
-      ? f.functionName // (program), (garbage collector), (idle), native
-      : file.includes('/node_modules/')
-        ? file.replace(/^.*\/node_modules\/((@[^/]+\/)?[^/]+).*$/, '$1')
-        : file.startsWith('node:')
-          ? file.split('/').slice(0, 2).join('/') // node:internal/crypto, node:_http_server
-          : file.replace(/^.*?\/(src\/[^/]+).*$/, '$1');
     areas.set(area, (areas.get(area) ?? 0) + ms);
     if (f.functionName !== '(idle)') total += ms;
   }
   const sorted = (m: Map<string, number>) => [...m].filter(([k]) => k !== '(idle)').sort((a, b) => b[1] - a[1]);
+  return { total, frames: sorted(frames), areas: sorted(areas) };
+}
+
+interface HeapNode {
+  callFrame: Node['callFrame'];
+  selfSize: number;
+  children: HeapNode[];
+}
+
+/**
+ * Bytes allocated by frame and by area from a V8 sampling heap profile. The
+ * whole process's life is counted (the profile has no timeline); with tens
+ * of thousands of requests start-up is a small share.
+ */
+export function summarizeHeap(root: HeapNode): { total: number; frames: [string, number][]; areas: [string, number][] } {
+  const frames = new Map<string, number>();
+  const areas = new Map<string, number>();
+  let total = 0;
+  const visit = (n: HeapNode): void => {
+    if (n.selfSize > 0) {
+      const { name, area } = frameOf(n.callFrame);
+      frames.set(name, (frames.get(name) ?? 0) + n.selfSize);
+      areas.set(area, (areas.get(area) ?? 0) + n.selfSize);
+      total += n.selfSize;
+    }
+    for (const c of n.children) visit(c);
+  };
+  visit(root);
+  const sorted = (m: Map<string, number>) => [...m].sort((a, b) => b[1] - a[1]);
   return { total, frames: sorted(frames), areas: sorted(areas) };
 }
 
@@ -88,7 +129,11 @@ async function main(): Promise<void> {
   const issuer = new BenchIssuer();
   const policies = process.env.PROFILE_POLICIES === 'permit-all' ? writePolicies('permit-all') : writePolicies('realistic', 24);
   const config = writeBenchConfig({ redisUrl: redis.url, prefix: 'bench-prof', port, issuer, policiesDir: policies });
-  process.env.BENCH_NODE_FLAGS = `--cpu-prof --cpu-prof-dir=${dir} --cpu-prof-interval=200`;
+  const heap = process.env.PROFILE_KIND === 'heap';
+  if (heap) process.env.HEAP_PROFILE_FILE = join(dir, 'broker.heapprofile');
+  process.env.BENCH_NODE_FLAGS = heap
+    ? `--import=${fileURLToPath(new URL('./heap-sampler.ts', import.meta.url))}`
+    : `--cpu-prof --cpu-prof-dir=${dir} --cpu-prof-interval=200`;
   const broker = await startBrokerProcess(config, port);
   const orch = issuer.svid('/orchestrator/bench');
   const agent = issuer.svid('/agent/bench');
@@ -108,18 +153,35 @@ async function main(): Promise<void> {
   const seconds = (performance.now() - t0) / 1000;
   await broker.stop();
   await redis.stop();
-  const file = readdirSync(dir).find((f) => f.endsWith('.cpuprofile'));
+  const file = readdirSync(dir).find((f) => f.endsWith(heap ? '.heapprofile' : '.cpuprofile'));
   if (!file) throw new Error(`no profile written in ${dir}`);
-  const { total, frames, areas } = summarize(JSON.parse(readFileSync(join(dir, file), 'utf8')) as Profile);
-  const pct = (ms: number) => `${((100 * ms) / total).toFixed(1).padStart(5)}% ${((ms * 1000) / r['2xx']).toFixed(1).padStart(6)} µs`;
+  const data = JSON.parse(readFileSync(join(dir, file), 'utf8'));
+  console.log(`${r['2xx']} issued (non-2xx ${r.non2xx}) in ${seconds.toFixed(1)} s`);
+  if (heap) printHeap(summarizeHeap((data as { head: HeapNode }).head), r['2xx']);
+  else printCpu(summarize(data as Profile), r['2xx']);
+  console.log(`\nprofile: ${join(dir, file)}`);
+}
+
+type Summary = { total: number; frames: [string, number][]; areas: [string, number][] };
+
+function printCpu({ total, frames, areas }: Summary, issued: number): void {
+  const pct = (ms: number) => `${((100 * ms) / total).toFixed(1).padStart(5)}% ${((ms * 1000) / issued).toFixed(1).padStart(6)} µs`;
   console.log(
-    `${r['2xx']} issued (non-2xx ${r.non2xx}) in ${seconds.toFixed(1)} s; broker busy ${(total / 1000).toFixed(1)} s = ${Math.round((total * 1000) / r['2xx'])} µs CPU (on its main thread) per issuance`,
+    `broker busy ${(total / 1000).toFixed(1)} s = ${Math.round((total * 1000) / issued)} µs CPU (on its main thread) per issuance`,
   );
   console.log('\nself time by area (share, µs per issuance):');
   for (const [k, ms] of areas.slice(0, 16)) console.log(`${pct(ms)}  ${k}`);
   console.log('\ntop frames by self time (share, µs per issuance):');
   for (const [k, ms] of frames.slice(0, 30)) console.log(`${pct(ms)}  ${k}`);
-  console.log(`\nprofile: ${join(dir, file)}`);
+}
+
+function printHeap({ total, frames, areas }: Summary, issued: number): void {
+  const pct = (b: number) => `${((100 * b) / total).toFixed(1).padStart(5)}% ${(b / issued / 1024).toFixed(2).padStart(6)} KiB`;
+  console.log(`allocated ${(total / 2 ** 20).toFixed(0)} MiB (sampled) = ${(total / issued / 1024).toFixed(1)} KiB per issuance`);
+  console.log('\nallocated by area (share, KiB per issuance):');
+  for (const [k, b] of areas.slice(0, 16)) console.log(`${pct(b)}  ${k}`);
+  console.log('\ntop frames by bytes allocated (share, KiB per issuance):');
+  for (const [k, b] of frames.slice(0, 30)) console.log(`${pct(b)}  ${k}`);
 }
 
 if (import.meta.url === `file://${process.argv[1]}`) {
