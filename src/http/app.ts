@@ -84,19 +84,23 @@ export function v1Routes(deps: Deps, services: Services, authenticate: RequestHa
  * Checked once, at start-up: a route outside the prefixes throws. The
  * router stays reachable as `.router` for whatever lists the app's routes.
  */
-export function under(prefixes: readonly string[], router: Router): RequestHandler & { router: Router; prefixes: readonly string[] } {
+export function under(
+  prefixes: readonly string[],
+  router: Router,
+): RequestHandler & { router: Router; matches: (path: string) => boolean } {
   for (const layer of router.stack) {
     const path: unknown = layer.route?.path;
     if (typeof path === 'string' && !prefixes.some((p) => path.toLowerCase().startsWith(p))) {
       throw new Error(`route ${path} is outside its router's prefixes (${prefixes.join(', ')})`);
     }
   }
+  /** `path` lower-cased. */
+  const matches = (path: string) => prefixes.some((p) => path.startsWith(p));
   const guard: RequestHandler = (req, res, next) => {
-    const path = req.path.toLowerCase();
-    if (prefixes.some((p) => path.startsWith(p))) router(req, res, next);
+    if (matches(req.path.toLowerCase())) router(req, res, next);
     else next();
   };
-  return Object.assign(guard, { router, prefixes });
+  return Object.assign(guard, { router, matches });
 }
 
 type Guarded = ReturnType<typeof under>;
@@ -116,7 +120,7 @@ export function firstOf(...guards: Guarded[]): RequestHandler & { stack: unknown
     const from = (i: number): void => {
       for (; i < guards.length; i++) {
         const g = guards[i]!;
-        if (!g.prefixes.some((p) => path.startsWith(p))) continue;
+        if (!g.matches(path)) continue;
         const after = i + 1;
         // An error skips the remaining guards, as Express skips plain middleware while an error is pending.
         g.router(req, res, (err?: unknown) => (err ? next(err) : from(after)));
