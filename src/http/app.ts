@@ -88,14 +88,14 @@ export function under(
   prefixes: readonly string[],
   router: Router,
 ): RequestHandler & { router: Router; matches: (path: string) => boolean } {
+  /** `path` lower-cased. */
+  const matches = (path: string) => prefixes.some((p) => path.startsWith(p));
   for (const layer of router.stack) {
     const path: unknown = layer.route?.path;
-    if (typeof path === 'string' && !prefixes.some((p) => path.toLowerCase().startsWith(p))) {
+    if (typeof path === 'string' && !matches(path.toLowerCase())) {
       throw new Error(`route ${path} is outside its router's prefixes (${prefixes.join(', ')})`);
     }
   }
-  /** `path` lower-cased. */
-  const matches = (path: string) => prefixes.some((p) => path.startsWith(p));
   const guard: RequestHandler = (req, res, next) => {
     if (matches(req.path.toLowerCase())) router(req, res, next);
     else next();
