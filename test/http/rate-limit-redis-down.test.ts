@@ -5,7 +5,14 @@ import { Metrics } from '../../src/metrics.ts';
 
 /** With Redis unreachable the limits still hold, per instance (rate-limiter-flexible's insurance limiter), and never throw. */
 test('Redis down: the same budget per instance, no errors', async () => {
-  const dead = new Redis('redis://127.0.0.1:1', { lazyConnect: true, enableOfflineQueue: false, maxRetriesPerRequest: 0 });
+  // disconnectTimeout: ioredis arms a timer to destroy the socket on disconnect, and when the socket was
+  // already closed (refused) nothing clears it; its default 2 s outlived the file and made jest force-exit its worker.
+  const dead = new Redis('redis://127.0.0.1:1', {
+    lazyConnect: true,
+    enableOfflineQueue: false,
+    maxRetriesPerRequest: 0,
+    disconnectTimeout: 100,
+  });
   dead.on('error', () => {});
   const limits = new RateLimits({
     redis: dead,
