@@ -36,6 +36,9 @@ interface Profile {
   timeDeltas: number[];
 }
 
+/** Totals, and the same broken down by frame and by area, heaviest first. */
+type Summary = { total: number; frames: [string, number][]; areas: [string, number][] };
+
 /** A frame's name (function file:line) and its area: a dependency, a node: module, a folder of src/. */
 function frameOf(f: Node['callFrame']): { name: string; area: string } {
   const file = f.url.replace(/^file:\/\//, '');
@@ -56,7 +59,7 @@ function frameOf(f: Node['callFrame']): { name: string; area: string } {
  * only: from the first sample inside the issuance handler to the last (start-up
  * and shutdown left out).
  */
-export function summarize(profile: Profile): { total: number; frames: [string, number][]; areas: [string, number][] } {
+export function summarize(profile: Profile): Summary {
   const byId = new Map(profile.nodes.map((n) => [n.id, n]));
   const parent = new Map<number, number>();
   for (const n of profile.nodes) for (const c of n.children ?? []) parent.set(c, n.id);
@@ -103,7 +106,7 @@ interface HeapNode {
  * whole process's life is counted (the profile has no timeline); with tens
  * of thousands of requests start-up is a small share.
  */
-export function summarizeHeap(root: HeapNode): { total: number; frames: [string, number][]; areas: [string, number][] } {
+export function summarizeHeap(root: HeapNode): Summary {
   const frames = new Map<string, number>();
   const areas = new Map<string, number>();
   let total = 0;
@@ -162,26 +165,25 @@ async function main(): Promise<void> {
   console.log(`\nprofile: ${join(dir, file)}`);
 }
 
-type Summary = { total: number; frames: [string, number][]; areas: [string, number][] };
-
-function printCpu({ total, frames, areas }: Summary, issued: number): void {
-  const pct = (ms: number) => `${((100 * ms) / total).toFixed(1).padStart(5)}% ${((ms * 1000) / issued).toFixed(1).padStart(6)} µs`;
+function printCpu(s: Summary, issued: number): void {
   console.log(
-    `broker busy ${(total / 1000).toFixed(1)} s = ${Math.round((total * 1000) / issued)} µs CPU (on its main thread) per issuance`,
+    `broker busy ${(s.total / 1000).toFixed(1)} s = ${Math.round((s.total * 1000) / issued)} µs CPU (on its main thread) per issuance`,
   );
-  console.log('\nself time by area (share, µs per issuance):');
-  for (const [k, ms] of areas.slice(0, 16)) console.log(`${pct(ms)}  ${k}`);
-  console.log('\ntop frames by self time (share, µs per issuance):');
-  for (const [k, ms] of frames.slice(0, 30)) console.log(`${pct(ms)}  ${k}`);
+  printTop(s, (ms) => `${((ms * 1000) / issued).toFixed(1).padStart(6)} µs`, 'self time', 'µs');
 }
 
-function printHeap({ total, frames, areas }: Summary, issued: number): void {
-  const pct = (b: number) => `${((100 * b) / total).toFixed(1).padStart(5)}% ${(b / issued / 1024).toFixed(2).padStart(6)} KiB`;
-  console.log(`allocated ${(total / 2 ** 20).toFixed(0)} MiB (sampled) = ${(total / issued / 1024).toFixed(1)} KiB per issuance`);
-  console.log('\nallocated by area (share, KiB per issuance):');
-  for (const [k, b] of areas.slice(0, 16)) console.log(`${pct(b)}  ${k}`);
-  console.log('\ntop frames by bytes allocated (share, KiB per issuance):');
-  for (const [k, b] of frames.slice(0, 30)) console.log(`${pct(b)}  ${k}`);
+function printHeap(s: Summary, issued: number): void {
+  console.log(`allocated ${(s.total / 2 ** 20).toFixed(0)} MiB (sampled) = ${(s.total / issued / 1024).toFixed(1)} KiB per issuance`);
+  printTop(s, (b) => `${(b / issued / 1024).toFixed(2).padStart(6)} KiB`, 'bytes allocated', 'KiB');
+}
+
+/** The top areas and frames, each as a share of the total and per issuance (`perIssuance`). */
+function printTop({ total, frames, areas }: Summary, perIssuance: (v: number) => string, what: string, unit: string): void {
+  const row = (v: number) => `${((100 * v) / total).toFixed(1).padStart(5)}% ${perIssuance(v)}`;
+  console.log(`\n${what} by area (share, ${unit} per issuance):`);
+  for (const [k, v] of areas.slice(0, 16)) console.log(`${row(v)}  ${k}`);
+  console.log(`\ntop frames by ${what} (share, ${unit} per issuance):`);
+  for (const [k, v] of frames.slice(0, 30)) console.log(`${row(v)}  ${k}`);
 }
 
 if (import.meta.url === `file://${process.argv[1]}`) {
