@@ -8,6 +8,9 @@ import type { Keys } from '../redis/keys.ts';
 import { type RedisClient, script } from '../redis/scripts.ts';
 import type { Kek } from './kek.ts';
 
+/** How far back an immediate rotation dates the switch (more than any two instances' Redis-clock estimates differ). */
+const IMMEDIATE_SLACK_MS = 1000;
+
 export type SigningAlg = 'ES256' | 'EdDSA';
 
 const storeFirst = script('signing-key-first');
@@ -113,9 +116,9 @@ export class SigningKeyStore {
     this.keys = loaded;
   }
 
-  /** The key that signs now: the newest one already active on Redis's clock. */
+  /** The key that signs now: the newest one already active, and not retired, on Redis's clock. */
   current(now = this.clock.now()): LoadedKey {
-    const key = this.keys.find((k) => k.activateAt <= now);
+    const key = this.keys.find((k) => k.activateAt <= now && (k.retireAt === undefined || k.retireAt > now));
     if (!key) throw unavailable('not_ready', 'The broker has no active signing key right now; retry in a few seconds.');
     return key;
   }
@@ -158,9 +161,12 @@ export class SigningKeyStore {
   }> {
     await this.clock.sync().catch(() => {});
     const now = this.clock.now();
-    const next = this.generate(opts.immediate ? now : now + opts.leadMs, now);
+    // Immediate: dated a little in the past, so that every instance, whose estimate of Redis's clock
+    // may run milliseconds behind this one's, stops publishing and signing with the old key at once.
+    const at = opts.immediate ? now - IMMEDIATE_SLACK_MS : now + opts.leadMs;
+    const next = this.generate(at, now);
     await this.reload();
-    const retireAt = opts.immediate ? now : next.activateAt + opts.maxTokenTtlMs + opts.graceMs;
+    const retireAt = opts.immediate ? at : next.activateAt + opts.maxTokenTtlMs + opts.graceMs;
     const multi = this.redis.multi();
     const retired: string[] = [];
     const stored = await this.redis.hgetall(this.k.signingKeys());
