@@ -37,6 +37,7 @@ import type { Provider } from './providers/types.ts';
 import { RedisClock } from './redis/clock.ts';
 import { createConnector } from './redis/connection.ts';
 import { Keys } from './redis/keys.ts';
+import { ReplicaAck } from './redis/replica-ack.ts';
 import type { RedisClient } from './redis/scripts.ts';
 import { RevocationQueue } from './revocation/queue.ts';
 import { Sweeper } from './revocation/sweeper.ts';
@@ -101,6 +102,22 @@ async function assertKekOpens(redis: RedisClient, keys: Keys, kek: Kek, targets:
       throw new Error(`cannot decrypt the rotated ${target} secret in Redis: wrong secrets.kek? Refusing to run with a stale secret.`);
     }
   }
+}
+
+/** Waits for `work` at most `ms`; past that, calls `late` and returns (the work goes on unawaited). */
+async function settleWithin(work: Promise<unknown>, ms: number, late: () => void): Promise<void> {
+  let timer: NodeJS.Timeout | undefined;
+  const result = await Promise.race([
+    work.then(
+      () => 'done',
+      () => 'done',
+    ),
+    new Promise<'late'>((resolve) => {
+      timer = setTimeout(() => resolve('late'), ms);
+    }),
+  ]);
+  clearTimeout(timer);
+  if (result === 'late') late();
 }
 
 /** The bucket count cannot change under existing data (tasks would move); refuse a mismatch. */
@@ -225,6 +242,15 @@ export async function startBroker(config: LoadedConfig, opts: BrokerOptions = {}
       logger.warn({ err: err.message }, 'revocation queue error'),
     );
     undo.push(() => queue.close());
+    const { replicas: wanted, timeoutMs: ackMs } = config.redis.replicaAck;
+    const replicas = new ReplicaAck(conns.command('jit-replica-ack', { blockMs: ackMs }), {
+      replicas: wanted,
+      timeoutMs: ackMs,
+      logger,
+      onRound: (result) => metrics.replicaAcks.inc({ result }),
+    });
+    await replicas.start();
+    undo.push(() => replicas.stop());
     const deps: Deps = {
       config,
       redis,
@@ -241,6 +267,7 @@ export async function startBroker(config: LoadedConfig, opts: BrokerOptions = {}
       audit,
       tasks,
       quarantine,
+      replicas,
       approvals: new ApprovalStore({ redis, keys, retentionMs }),
       patterns: {
         orchestrators: new IdentityPatterns(config.orchestrators),
@@ -374,15 +401,29 @@ export async function startBroker(config: LoadedConfig, opts: BrokerOptions = {}
         consoleApp?.close();
         // Before the queue and the audit log close: a reconcile pass under way ends its page first.
         await sweeper?.stop();
-        await scheduler?.close();
-        await worker?.close();
-        await queue.close();
+        // BullMQ's closes wait forever while Redis is unreachable (a reconnecting client never emits
+        // `end`): bounded, then the connector ends every connection, BullMQ's copies included. A job
+        // cut off here is retried by another worker once its lock lapses.
+        await settleWithin(
+          (async () => {
+            await scheduler?.close();
+            await worker?.close();
+            await queue.close();
+          })(),
+          config.server.shutdownGraceMs,
+          () =>
+            logger.warn(
+              { graceMs: config.server.shutdownGraceMs },
+              'queues did not close in time (Redis unreachable?); closing their connections',
+            ),
+        );
         await deps.audit.flush();
         await auditExport.stop();
         // What this instance wrote last reaches the file now rather than at another instance's next pass.
         if (runWorker) await auditExport.pass({ waitMs: 0, trim: false }).catch(() => {});
         await auditExport.close();
         quarantine.stop();
+        replicas.stop();
         clock.stop();
         await policy.close();
         await providers.close();

@@ -10,6 +10,7 @@ import type { Metrics } from './metrics.ts';
 import type { PolicyEngine } from './policy/types.ts';
 import type { ProviderRegistry } from './providers/registry.ts';
 import type { RedisClock } from './redis/clock.ts';
+import type { ReplicaAck } from './redis/replica-ack.ts';
 import type { Keys } from './redis/keys.ts';
 import type { RedisClient } from './redis/scripts.ts';
 import type { RevocationQueue } from './revocation/queue.ts';
@@ -36,6 +37,8 @@ export interface Deps {
   approvals: ApprovalStore;
   queue: RevocationQueue;
   quarantine: Quarantine;
+  /** Waits for replicas after the writes a failover must not lose (src/redis/replica-ack.ts). */
+  replicas: ReplicaAck;
   patterns: { orchestrators: IdentityPatterns; admins: IdentityPatterns; approvers: IdentityPatterns };
   /** Rate limits at the HTTP edge (server.rateLimit); absent = none. */
   limits?: RateLimits;

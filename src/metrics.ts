@@ -11,6 +11,7 @@ export class Metrics {
   readonly httpDuration: Histogram<'route' | 'status'>;
   readonly policyDecisions: Counter<'action' | 'decision'>;
   readonly rotations: Counter<'target' | 'result'>;
+  readonly replicaAcks: Counter<'result'>;
 
   /** Where the active-lease gauge reads from on each scrape (set once the lease store exists). */
   activeLeasesSource: (() => Promise<number>) | undefined;
@@ -65,6 +66,12 @@ export class Metrics {
       registers,
     });
     this.rotations = new Counter({ name: 'jit_rotations_total', help: 'Secret rotations', labelNames: ['target', 'result'], registers });
+    this.replicaAcks = new Counter({
+      name: 'jit_redis_replica_acks_total',
+      help: 'Waits for replicas after writes a failover must not lose (redis.replicaAck), by result: acked, timeout, error',
+      labelNames: ['result'],
+      registers,
+    });
     if (opts.defaultMetrics) collectDefaultMetrics({ register: this.registry });
   }
 }

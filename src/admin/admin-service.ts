@@ -71,6 +71,8 @@ export class AdminService {
   async revoke(who: WorkloadIdentity, sel: RevokeSelector): Promise<{ tasks: number; leases: number }> {
     await this.requireAdmin(who, 'admin.revoke');
     const result = await this.endMatching(sel);
+    // The kill switch's answer must survive a failover: the tasks stay ended.
+    await this.deps.replicas.after(this.deps.keys.replicaFences());
     await this.deps.audit.append({
       action: 'admin.revoke',
       actor: who.id,
@@ -90,6 +92,7 @@ export class AdminService {
     await this.deps.quarantine.add(entry);
     await this.rotation.announce({ type: 'quarantine' });
     const ended = await this.endMatching({ agent: pattern });
+    await this.deps.replicas.after(this.deps.keys.replicaFences());
     // Last: the tasks are ended even when the export is down (it answers 503 then, the quarantine in force).
     await this.exportOps('quarantine');
     return { ...entry, ...ended };

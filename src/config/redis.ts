@@ -90,6 +90,18 @@ export const redisConfigSchema = z
      */
     buckets: z.int().min(1).max(1024).default(16),
     tls: redisTlsSchema.optional(),
+    /**
+     * Writes a failover must not lose (an upstream lease's intent and activation, a task's end, a
+     * revoke, the kill switch) wait until replicas have them, at most `timeoutMs`, then go on with a
+     * warning. `auto`: one replica whenever the master has had one in the last minute (no wait without
+     * replicas); 0: never wait.
+     */
+    replicaAck: z
+      .strictObject({
+        replicas: z.union([z.literal('auto'), z.int().min(0).max(16)]).default('auto'),
+        timeoutMs: z.int().min(10).max(10_000).default(1000),
+      })
+      .prefault({}),
   })
   .superRefine((r, ctx) => {
     const set = (['url', 'cluster', 'sentinel'] as const).filter((k) => r[k] !== undefined);

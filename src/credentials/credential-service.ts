@@ -247,6 +247,9 @@ export class CredentialService {
       taskCreatedAt: req.task.createdAt,
     });
     await this.recorded(who, fixed, created.kind);
+    // The intent must outlive a failover: revoke reads what it needs from it (AWS: the session name).
+    const fence = this.deps.keys.replicaFenceOfTask(fixed.taskId);
+    await this.deps.replicas.after([fence]);
     let result: IssueResult;
     try {
       result = await provider.issue(req);
@@ -266,6 +269,9 @@ export class CredentialService {
     if (activated.kind === 'gone') {
       throw upstreamFailed('upstream_error', 'The issuance took too long and was given up; what the upstream made is revoked.');
     }
+    // Before the credential is extended (Vault) and handed out: a failover must not bring back the
+    // handle-less `issuing` record, which revoke could not cut off.
+    await this.deps.replicas.after([fence]);
     try {
       await provider.confirm?.(req, result);
     } catch (err) {

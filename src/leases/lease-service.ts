@@ -58,12 +58,16 @@ export class LeaseService {
       policies,
       detail: { stage: 'requested' },
     });
+    // What the caller is told must survive a failover, or the lease would come back live.
+    const fence = [this.deps.keys.replicaFenceOfTask(lease.taskId)];
     if (this.deps.providers.get(lease.provider)?.upstream === false && lease.status !== 'issuing') {
       await endLeases(this.deps, [lease], 'revoked_by_caller', now);
+      await this.deps.replicas.after(fence);
       return { leaseId, status: 'revoked' };
     }
     const res = await this.deps.leases.requestEnd(leaseId, 'revoked_by_caller');
     if (res.kind === 'revoking') await this.deps.queue.endLease(lease, res.reason, now);
+    await this.deps.replicas.after(fence);
     return { leaseId, status: res.kind === 'deferred' ? 'issuing' : 'revoking' };
   }
 

@@ -41,7 +41,7 @@ export interface RedisConnector {
    * retries over reconnects; the commands of one event-loop turn go out in
    * one socket write (coalesce.ts), without ioredis's auto-pipelining.
    */
-  command(name: string): RedisClient;
+  command(name: string, opts?: CommandOptions): RedisClient;
   /** For BullMQ queues and workers: no command timeout, unlimited retries (`maxRetriesPerRequest: null`), as BullMQ requires. */
   bullmq(name: string): RedisClient;
   /**
@@ -56,6 +56,12 @@ export interface RedisConnector {
   readonly description: RedisDescription;
   /** Closes every connection this connector opened (QUIT, then a hard disconnect after a grace period). */
   close(): Promise<void>;
+}
+
+/** For a connection that sends commands Redis holds on purpose (a replica `WAIT`). */
+export interface CommandOptions {
+  /** Added to `redis.commandTimeoutMs` for this connection's commands: the longest a command is held on purpose. */
+  blockMs?: number;
 }
 
 const CLOSE_GRACE_MS = 2000;
@@ -76,7 +82,7 @@ export function createConnector(config: RedisConfig, deps: { logger: Logger }): 
   let closed = false;
   let watcher: SwitchMasterWatcher | undefined;
 
-  const common = (kind: Kind, name: string): RedisOptions => ({
+  const common = (kind: Kind, name: string, timeoutMs: number): RedisOptions => ({
     connectionName: name,
     connectTimeout: config.connectTimeoutMs,
     // Reconnect quickly and forever: a failover or a restart should cost about a second, not ioredis's default 5 s back-off.
@@ -92,7 +98,7 @@ export function createConnector(config: RedisConfig, deps: { logger: Logger }): 
     // issuances/s the young-generation GC promoted ~4 MB per scavenge with it and ~5 KB without, GC
     // time halved, and the broker issued more per second (docs/benchmarks.md, "The tail at 2,000/s").
     ...(kind === 'command'
-      ? { commandTimeout: config.commandTimeoutMs, maxRetriesPerRequest: 2, enableAutoPipelining: false }
+      ? { commandTimeout: timeoutMs, maxRetriesPerRequest: 2, enableAutoPipelining: false }
       : { maxRetriesPerRequest: null }),
   });
 
@@ -103,7 +109,7 @@ export function createConnector(config: RedisConfig, deps: { logger: Logger }): 
     return () => tlsHandshakeError(first.host, first.port, tls, config.connectTimeoutMs);
   };
 
-  const track = <T extends RedisClient>(client: T, name: string, kind: Kind): T => {
+  const track = <T extends RedisClient>(client: T, name: string, kind: Kind, timeoutMs: number): T => {
     if (closed) {
       client.disconnect();
       throw new Error('Redis connector is closed');
@@ -112,22 +118,37 @@ export function createConnector(config: RedisConfig, deps: { logger: Logger }): 
     if (kind === 'command') {
       const guard = (r: Redis) => {
         coalesceWrites(r);
-        guardStalls(r, { timeoutMs: config.commandTimeoutMs, logger: deps.logger });
+        guardStalls(r, { timeoutMs, logger: deps.logger });
       };
       if (client instanceof Cluster) client.on('+node', guard);
       else guard(client as Redis);
+    }
+    if (kind === 'bullmq') {
+      // BullMQ copies this client for its blocking commands: tracked too, so close() ends the copies
+      // (BullMQ's own close waits forever on a copy that is reconnecting).
+      const duplicate = client.duplicate.bind(client) as (...a: unknown[]) => RedisClient;
+      (client as { duplicate: unknown }).duplicate = (...a: unknown[]) => track(duplicate(...a), name, kind, timeoutMs);
     }
     opened.push(client);
     return client;
   };
 
-  const open = (kind: Kind, name: string): RedisClient => {
+  const open = (kind: Kind, name: string, opts: CommandOptions = {}): RedisClient => {
+    const timeoutMs = config.commandTimeoutMs + (opts.blockMs ?? 0);
     if (config.url) {
       const e = parseRedisUrl(config.url);
       return track(
-        new Redis({ ...common(kind, name), host: e.host, port: e.port, db: e.db ?? 0, ...credentials(e), ...(e.tls ? { tls } : {}) }),
+        new Redis({
+          ...common(kind, name, timeoutMs),
+          host: e.host,
+          port: e.port,
+          db: e.db ?? 0,
+          ...credentials(e),
+          ...(e.tls ? { tls } : {}),
+        }),
         name,
         kind,
+        timeoutMs,
       );
     }
     if (config.sentinel) {
@@ -150,7 +171,7 @@ export function createConnector(config: RedisConfig, deps: { logger: Logger }): 
       });
       return track(
         new Redis({
-          ...common(kind, name),
+          ...common(kind, name, timeoutMs),
           sentinels: sentinels.map((e) => ({ host: e.host, port: e.port })),
           name: s.name,
           role: 'master',
@@ -166,11 +187,12 @@ export function createConnector(config: RedisConfig, deps: { logger: Logger }): 
         }),
         name,
         kind,
+        timeoutMs,
       );
     }
     const nodes = (config.cluster?.nodes ?? []).map((u) => parseRedisUrl(u));
     const first = nodes[0]!;
-    const base = common(kind, name);
+    const base = common(kind, name, timeoutMs);
     const { retryStrategy: _nodeRetry, ...redisOptions } = base;
     const options: ClusterOptions = {
       redisOptions: { ...redisOptions, ...credentials(first), ...(first.tls ? { tls } : {}) },
@@ -186,13 +208,13 @@ export function createConnector(config: RedisConfig, deps: { logger: Logger }): 
       nodes.map((n) => ({ host: n.host, port: n.port })),
       options,
     );
-    if (kind === 'command') boundCommandTime(cluster, config.commandTimeoutMs);
-    return track(cluster, name, kind);
+    if (kind === 'command') boundCommandTime(cluster, timeoutMs);
+    return track(cluster, name, kind, timeoutMs);
   };
 
   return {
     topology,
-    command: (name) => open('command', name),
+    command: (name, opts) => open('command', name, opts),
     bullmq: (name) => open('bullmq', name),
     subscriber: (name) => open('subscriber', name),
     describe: () => describeLine(description),
@@ -395,6 +417,15 @@ export function tlsHandshakeError(host: string, port: number, options: Connectio
 
 async function closeClient(client: RedisClient): Promise<void> {
   if (client.status === 'end') return;
+  // Not connected (Redis down, reconnecting): no QUIT to wait for; stop the reconnect timer now.
+  if (client.status !== 'ready') {
+    client.disconnect();
+    // ioredis leaves a client closed while reconnecting in `reconnecting` and never emits `end`,
+    // which BullMQ's close waits for (it would wait forever, its lock timers running): end it.
+    const end = (client as unknown as { setStatus?: (s: string) => void }).setStatus;
+    if (client.status === 'reconnecting' && typeof end === 'function') end.call(client, 'end');
+    return;
+  }
   let timer: NodeJS.Timeout | undefined;
   try {
     await Promise.race([

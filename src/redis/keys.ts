@@ -239,6 +239,21 @@ export class Keys {
   lock(name: string): string {
     return `${this.globalBase}lock:${name}`;
   }
+  /**
+   * Counter written before a replica `WAIT` (src/redis/replica-ack.ts), in a bucket's slot or the
+   * global one, so the wait covers the writes already made on that slot's master. No value is read.
+   */
+  replicaFence(bucket: number | 'global'): string {
+    return `${bucket === 'global' ? this.globalBase : this.base(bucket)}replica-fence`;
+  }
+  /** The fence of a task's bucket (its tree, leases and approvals). */
+  replicaFenceOfTask(taskId: string): string {
+    return this.replicaFence(this.bucketOfTask(taskId));
+  }
+  /** Every bucket's fence and the global one: on a Cluster, one key on each master that holds broker data. */
+  replicaFences(): string[] {
+    return [...this.bases.keys(), 'global' as const].map((b) => this.replicaFence(b));
+  }
   /** Pub/sub channel (not a key; on a Cluster PUBLISH reaches every node). */
   channel(name: string): string {
     return `${this.prefix}:events:${name}`;

@@ -36,6 +36,17 @@ export function guardStalls(client: Redis, opts: { timeoutMs: number; logger: Lo
   const send = client.sendCommand.bind(client) as (command: Command, stream?: unknown) => unknown;
   let stalledSince: number | undefined;
   let probing: Promise<boolean> | undefined;
+  // Closed by us: stop probing. A client closed while reconnecting never reaches `end`, and each
+  // probe's PING holds a timer, so probing on would keep a shut-down process alive.
+  let closed = false;
+  client.once('end', () => {
+    closed = true;
+  });
+  const disconnect = client.disconnect.bind(client);
+  client.disconnect = (reconnect?: boolean) => {
+    if (!reconnect) closed = true;
+    return disconnect(reconnect);
+  };
 
   const probe = (): Promise<boolean> => {
     probing ??= new Promise<boolean>((resolve) => {
@@ -51,7 +62,7 @@ export function guardStalls(client: Redis, opts: { timeoutMs: number; logger: Lo
       if (answered && stalledSince !== undefined) {
         opts.logger.warn({ stalledMs: Date.now() - stalledSince }, 'Redis answers again; commands go through');
         stalledSince = undefined;
-      } else if (!answered && client.status !== 'end') {
+      } else if (!answered && !closed) {
         setTimeout(() => void probe(), PROBE_PAUSE_MS).unref();
       }
       return answered;

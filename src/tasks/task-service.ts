@@ -195,6 +195,8 @@ export class TaskService {
         throw conflict('task_expired', `Task ${taskId} already expired; its leases were revoked.`);
       }
     }
+    // The caller is told the task has ended: a failover must not reopen it with its leases live.
+    await this.deps.replicas.after([this.deps.keys.replicaFenceOfTask(taskId)]);
     return { taskId, status: 'completed', leases: revoking };
   }
 

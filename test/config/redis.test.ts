@@ -104,14 +104,22 @@ test('REDIS_URL replaces redis.url, and is a startup error next to redis.cluster
   }
 });
 
-test('defaults: prefix jit, commandTimeoutMs 2000, connectTimeoutMs 5000, 16 buckets', () => {
+test('defaults: prefix jit, commandTimeoutMs 2000, connectTimeoutMs 5000, 16 buckets, replicaAck auto within 1 s', () => {
   expect(redisConfigSchema.parse({ url: 'redis://h' })).toEqual({
     url: 'redis://h',
     prefix: 'jit',
     commandTimeoutMs: 2000,
     connectTimeoutMs: 5000,
     buckets: 16,
+    replicaAck: { replicas: 'auto', timeoutMs: 1000 },
   });
+});
+
+test('redis.replicaAck: auto, 0..16 replicas, a bounded timeout; nothing else', () => {
+  expect(redisConfigSchema.parse({ url: 'redis://h', replicaAck: { replicas: 2 } }).replicaAck).toEqual({ replicas: 2, timeoutMs: 1000 });
+  for (const bad of [{ replicas: -1 }, { replicas: 17 }, { replicas: 'all' }, { timeoutMs: 0 }, { timeoutMs: 60_000 }, { wait: true }]) {
+    expect(redisConfigSchema.safeParse({ url: 'redis://h', replicaAck: bad }).success).toBe(false);
+  }
 });
 
 test('a config error about a URL never repeats the password', () => {

@@ -443,6 +443,8 @@ export async function startStandalone(opts: StandaloneOptions = {}): Promise<Red
 
 export interface ClusterOptions {
   masters?: number;
+  /** Replicas per master (default 0); the first `masters` servers are the masters. */
+  replicasPerMaster?: number;
   /** Every node requires this ACL user (the default user is off), so clients must take credentials from the URLs. */
   aclUser?: { name: string; password: string };
   appendonly?: 'everysec' | 'always' | 'no';
@@ -457,7 +459,7 @@ export interface ClusterOptions {
 
 export interface RedisCluster {
   ports: number[];
-  /** One URL per master (`rediss://` with TLS), with the credentials. */
+  /** One URL per node, masters first (`rediss://` with TLS), with the credentials. */
   urls: string[];
   access: ServerAccess;
   tls?: TlsFiles;
@@ -475,8 +477,10 @@ export interface RedisCluster {
 /** Starts `masters` cluster-enabled servers, joins them with `redis-cli --cluster create`, waits for cluster_state:ok everywhere. */
 export async function startCluster(opts: ClusterOptions = {}): Promise<RedisCluster> {
   const t0 = Date.now();
-  const n = opts.masters ?? 3;
-  if (n < 3) throw new Error('redis-cli --cluster create needs at least 3 masters');
+  const masters = opts.masters ?? 3;
+  if (masters < 3) throw new Error('redis-cli --cluster create needs at least 3 masters');
+  const perMaster = opts.replicasPerMaster ?? 0;
+  const n = masters * (1 + perMaster);
   const dir = topologyDir('cluster');
   const tlsOpt = opts.tls === true ? {} : opts.tls || undefined;
   const tls = tlsOpt ? generateTlsFiles(join(dir, 'tls')) : undefined;
@@ -538,7 +542,14 @@ export async function startCluster(opts: ClusterOptions = {}): Promise<RedisClus
     await Promise.all(servers.map((s) => s.start()));
     t.ports = servers.map((s) => s.port);
     t.urls = servers.map((s) => urlOf(tls ? 'rediss' : 'redis', s.port, access));
-    const cliArgs = ['--cluster', 'create', ...servers.map((s) => `127.0.0.1:${s.port}`), '--cluster-replicas', '0', '--cluster-yes'];
+    const cliArgs = [
+      '--cluster',
+      'create',
+      ...servers.map((s) => `127.0.0.1:${s.port}`),
+      '--cluster-replicas',
+      String(perMaster),
+      '--cluster-yes',
+    ];
     if (access.username) cliArgs.push('--user', access.username);
     if (tls) cliArgs.push('--tls', '--cacert', tls.caFile, '--cert', tls.clientCertFile, '--key', tls.clientKeyFile);
     await new Promise<void>((resolve, reject) => {

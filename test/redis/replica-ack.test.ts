@@ -1,0 +1,93 @@
+import type { Cluster, Redis } from 'ioredis';
+import { redisConfigSchema } from '../../src/config/redis.ts';
+import { silentLogger } from '../../src/logger.ts';
+import { createConnector, type RedisConnector } from '../../src/redis/connection.ts';
+import { Keys } from '../../src/redis/keys.ts';
+import { ReplicaAck } from '../../src/redis/replica-ack.ts';
+import { type RedisCluster, type RedisStandalone, startCluster, startStandalone } from '../helpers/redis-topology.ts';
+
+/**
+ * ReplicaAck (src/redis/replica-ack.ts) on its own: who waits, for how long,
+ * on which master. The broker-level promise (a failover does not take an
+ * answer back) is test/topologies/replica-ack.test.ts.
+ */
+const keys = new Keys('ra', 16);
+const connectors: RedisConnector[] = [];
+afterAll(async () => {
+  for (const c of connectors) await c.close();
+});
+
+function ackOn(config: Record<string, unknown>, opts: { replicas: 'auto' | number; timeoutMs: number }) {
+  const connector = createConnector(redisConfigSchema.parse(config), { logger: silentLogger });
+  connectors.push(connector);
+  const rounds: string[] = [];
+  const client = connector.command('ack', { blockMs: opts.timeoutMs });
+  return { client, rounds, ack: new ReplicaAck(client, { ...opts, logger: silentLogger, onRound: (r) => rounds.push(r) }) };
+}
+
+async function timed(p: Promise<unknown>): Promise<number> {
+  const t0 = Date.now();
+  await p;
+  return Date.now() - t0;
+}
+
+describe('one node without replicas', () => {
+  let redis: RedisStandalone;
+  beforeAll(async () => {
+    redis = await startStandalone();
+  });
+  afterAll(() => redis?.stop());
+
+  test('auto never waits and writes nothing', async () => {
+    const { ack, client, rounds } = ackOn({ url: redis.url }, { replicas: 'auto', timeoutMs: 2000 });
+    await ack.start();
+    expect(await timed(ack.after([keys.replicaFence(3)]))).toBeLessThan(500);
+    expect(await (client as Redis).exists(keys.replicaFence(3))).toBe(0);
+    expect(rounds).toEqual([]);
+    ack.stop();
+  });
+
+  test('a fixed count waits out the timeout, counts it, and goes on; callers of one turn share one wait', async () => {
+    const { ack, rounds } = ackOn({ url: redis.url }, { replicas: 1, timeoutMs: 300 });
+    const took = await timed(Promise.all([ack.after([keys.replicaFence(1)]), ack.after([keys.replicaFence(2)])]));
+    expect(took).toBeGreaterThanOrEqual(290);
+    expect(rounds).toEqual(['timeout']);
+  });
+});
+
+describe('a Cluster with a replica per master', () => {
+  let cluster: RedisCluster;
+  beforeAll(async () => {
+    cluster = await startCluster({ masters: 3, replicasPerMaster: 1 });
+  }, 60_000);
+  afterAll(() => cluster?.stop());
+
+  test("auto waits for the replica of the key's own master, and only that one", async () => {
+    // CLUSTER SLOTS names a replica once its master knows it (gossip, a moment after create).
+    const admin = cluster.client(0);
+    const replicated = async () => ((await admin.call('CLUSTER', 'SLOTS')) as unknown[][]).every((range) => range.length === 4);
+    for (let i = 0; i < 100 && !(await replicated()); i++) await new Promise((r) => setTimeout(r, 100));
+    admin.disconnect();
+    const { ack, client, rounds } = ackOn({ cluster: { nodes: cluster.urls } }, { replicas: 'auto', timeoutMs: 5000 });
+    const c = client as Cluster;
+    if (c.status !== 'ready') await new Promise((r) => c.once('ready', r));
+    await ack.start();
+    const fence = keys.replicaFence(0);
+    const owners = c.slots[Number(await c.cluster('KEYSLOT', fence))]!;
+    expect(owners.length).toBe(2);
+    const index = (nodeKey: string) => cluster.ports.indexOf(Number(nodeKey.split(':')[1]));
+    const replica = index(owners[1]!);
+    const masterOf = async (key: string) => c.slots[Number(await c.cluster('KEYSLOT', key))]![0];
+    let other: string | undefined;
+    for (const k of keys.replicaFences()) if ((await masterOf(k)) !== owners[0]) other = k;
+    expect(await timed(ack.after([fence]))).toBeLessThan(500);
+
+    // Its replica frozen: the wait lasts until it resumes and acknowledges; another master's does not wait.
+    const paused = cluster.pause(replica, 700);
+    const [mine, theirs] = await Promise.all([timed(ack.after([fence])), timed(ack.after([other!]))]);
+    expect(mine).toBeGreaterThanOrEqual(600);
+    expect(theirs).toBeLessThan(500);
+    await paused;
+    expect(rounds).toEqual(['acked', 'acked', 'acked']);
+  }, 30_000);
+});
