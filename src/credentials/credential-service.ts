@@ -8,7 +8,7 @@ import type { CredentialRequest } from '../http/schemas.ts';
 import type { WorkloadIdentity } from '../identity/types.ts';
 import { type ClampedTtl, clampTtl } from '../leases/ttl.ts';
 import type { CreateRefusal } from '../leases/lease-store.ts';
-import type { LeaseFixed } from '../leases/types.ts';
+import type { LeaseFixed, LeaseRecord } from '../leases/types.ts';
 import { descriptorOf } from '../providers/index.ts';
 import type { IssueRequest, IssueResult, Provider } from '../providers/types.ts';
 import { Keys } from '../redis/keys.ts';
@@ -267,6 +267,7 @@ export class CredentialService {
       throw conflict('task_not_open', `Task ${fixed.taskId} ended while the credential was being issued; it is being revoked.`);
     }
     if (activated.kind === 'gone') {
+      await this.revokeInHand(fixed, provider, req, { ...intent.handle, ...result.handle }, result.expiresAt);
       throw upstreamFailed('upstream_error', 'The issuance took too long and was given up; what the upstream made is revoked.');
     }
     // Before the credential is extended (Vault) and handed out: a failover must not bring back the
@@ -283,6 +284,24 @@ export class CredentialService {
         : upstreamFailed('upstream_error', 'The upstream did not confirm the credential.', { cause: err });
     }
     return result;
+  }
+
+  /**
+   * The lease was given up (its orphan deadline passed) or is gone from Redis (lost in a failover or
+   * a wipe) while the upstream call ran: no record will ever lead revocation to what was just made,
+   * and only this process holds its handle. Cut it off now, once; a failure is logged (a Vault
+   * credential still dies within its short issue TTL; an AWS session lives to its own, unheld).
+   */
+  private async revokeInHand(fixed: LeaseFixed, provider: Provider, req: IssueRequest, handle: LeaseRecord['handle'], expiresAt: number) {
+    const lease: LeaseRecord = { ...fixed, status: 'revoking', issuedAt: this.deps.clock.now(), expiresAt, handle };
+    try {
+      await provider.revoke(lease, req.role, { reason: 'issuance_interrupted' });
+    } catch (err) {
+      this.deps.logger.warn(
+        { leaseId: fixed.leaseId, provider: fixed.provider, err: (err as Error).message },
+        'could not revoke a credential whose lease was given up during issuance',
+      );
+    }
   }
 
   /** Maps the lease-create outcome to the caller's answer. */

@@ -1,6 +1,8 @@
 import nodeVault from 'node-vault';
 import { startVaultEmulator, type VaultEmulator } from '../../emulators/vault/index.ts';
-import { AGENT, ORCH, auditRecords, call, startTestBroker, waitFor, type TestBroker } from '../../helpers/broker.ts';
+import { Redis } from 'ioredis';
+import { Keys } from '../../../src/redis/keys.ts';
+import { AGENT, ORCH, REDIS_URL, auditRecords, call, startTestBroker, waitFor, type TestBroker } from '../../helpers/broker.ts';
 import { BROKER_POLICY, vaultFailure } from './helpers.ts';
 
 /**
@@ -339,6 +341,27 @@ describe('least privilege and revocation truth (issue: scopes literal, late cred
     expect(sub.status).toBe(201);
     expect((await issue({ taskId: sub.body.taskId, role: 'vault-ops' })).body.code).toBe('scopes_empty');
     expect(createOrphanCalls()).toBe(before); // Vault was never asked
+  });
+
+  test('a token Vault creates after its lease record vanished (a failover or a wipe) is revoked by the issuing broker, never handed out', async () => {
+    const taskId = await openTask();
+    const hold = emu.holdResponses('auth/token/create-orphan');
+    const pending = issue({ taskId, role: 'vault-ops', scopes: ['ops-read'] });
+    await hold.until(1);
+    const made = [...emu.state.tokens.values()].at(-1)!;
+    const [issuing] = (await call(t.url, 'GET', `/v1/tasks/${taskId}`, t.as(ORCH))).body.leases as { leaseId: string }[];
+    const redis = new Redis(REDIS_URL);
+    try {
+      expect(await redis.del(new Keys(t.prefix).lease(issuing!.leaseId))).toBe(1);
+    } finally {
+      redis.disconnect();
+    }
+    hold.release();
+    const r = await pending;
+    expect(r.status).toBe(502);
+    expect(r.body.credentials).toBeUndefined();
+    // Before, nothing revoked it: the token lived out its issue TTL (and nothing held its accessor).
+    expect(emu.isTokenValid(made.id)).toBe(false);
   });
 
   test('a token Vault creates while its task is completing is revoked upstream, never handed out', async () => {
