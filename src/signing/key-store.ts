@@ -13,6 +13,9 @@ const IMMEDIATE_SLACK_MS = 1000;
 
 export type SigningAlg = 'ES256' | 'EdDSA';
 
+/** Still in the JWKS at `now` (not yet retired): the only keys that may verify or sign. */
+const published = (k: { retireAt?: number | undefined }, now: number): boolean => k.retireAt === undefined || k.retireAt > now;
+
 const storeFirst = script('signing-key-first');
 /** crypto.sign with a callback: computed on the thread pool. */
 const signAsync = promisify(cryptoSign);
@@ -118,7 +121,7 @@ export class SigningKeyStore {
 
   /** The key that signs now: the newest one already active, and not retired, on Redis's clock. */
   current(now = this.clock.now()): LoadedKey {
-    const key = this.keys.find((k) => k.activateAt <= now && (k.retireAt === undefined || k.retireAt > now));
+    const key = this.keys.find((k) => k.activateAt <= now && published(k, now));
     if (!key) throw unavailable('not_ready', 'The broker has no active signing key right now; retry in a few seconds.');
     return key;
   }
@@ -126,12 +129,12 @@ export class SigningKeyStore {
   /** Public key for a kid still published (for introspection). */
   publicKey(kid: string, now = this.clock.now()): KeyObject | undefined {
     const k = this.keys.find((x) => x.kid === kid);
-    return k && (k.retireAt === undefined || k.retireAt > now) ? k.publicKey : undefined;
+    return k && published(k, now) ? k.publicKey : undefined;
   }
 
   /** The JWKS: every key not yet retired, including one published but not yet signing. */
   jwks(now = this.clock.now()): { keys: Record<string, unknown>[] } {
-    return { keys: this.keys.filter((k) => k.retireAt === undefined || k.retireAt > now).map((k) => k.publicJwk) };
+    return { keys: this.keys.filter((k) => published(k, now)).map((k) => k.publicJwk) };
   }
 
   /**
