@@ -10,10 +10,13 @@ import { type ClampedTtl, clampTtl } from '../leases/ttl.ts';
 import type { CreateRefusal } from '../leases/lease-store.ts';
 import type { LeaseFixed, LeaseRecord } from '../leases/types.ts';
 import { descriptorOf } from '../providers/index.ts';
-import type { IssueRequest, IssueResult, Provider } from '../providers/types.ts';
+import type { IssueRequest, IssueResult, Provider, StartedIssue } from '../providers/types.ts';
 import { Keys } from '../redis/keys.ts';
 import { StaleTask } from '../tasks/task-store.ts';
 import type { Grant, TaskSnapshot } from '../tasks/types.ts';
+
+/** A credential already made, as a started one. */
+const made = (r: IssueResult): StartedIssue => ({ handle: r.handle, expiresAt: r.expiresAt, done: Promise.resolve(r) });
 
 /** 201: a credential. */
 export interface IssuedCredential {
@@ -213,19 +216,29 @@ export class CredentialService {
     };
   }
 
-  /** Nothing upstream (the broker's own JWT): sign, then record; the token leaves only once recorded. */
+  /**
+   * Nothing upstream (the broker's own JWT): the lease is recorded while the token is signed; the
+   * token leaves only once both are done. A refused lease leaves the signature unused.
+   */
   private async issueLocal(who: WorkloadIdentity, fixed: LeaseFixed, provider: Provider, req: IssueRequest): Promise<IssueResult> {
-    const result = await provider.issue(req);
+    const started = provider.start?.(req) ?? made(await provider.issue(req));
+    // Awaited below once the lease is recorded; a refusal or a Redis error before that drops it.
+    started.done.catch(() => {});
     const created = await this.deps.leases.create(fixed, {
       status: 'active',
-      expiresAt: result.expiresAt,
-      handle: result.handle,
+      expiresAt: started.expiresAt,
+      handle: started.handle,
       maxLeases: this.deps.config.tasks.maxLeases,
       maxLeasesTotal: this.deps.config.tasks.maxLeasesTotal,
       taskCreatedAt: req.task.createdAt,
     });
     await this.recorded(who, fixed, created.kind);
-    return result;
+    try {
+      return await started.done;
+    } catch (err) {
+      await this.failed(fixed, err);
+      throw err;
+    }
   }
 
   /**

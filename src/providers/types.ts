@@ -36,6 +36,13 @@ export interface IssueResult {
   expiresAt: number;
 }
 
+/** A credential being made: what the lease records now, and the credential once made. */
+export interface StartedIssue {
+  handle: Handle;
+  expiresAt: number;
+  done: Promise<IssueResult>;
+}
+
 /**
  * What is written down before the upstream call (Vault's WAL): the handle as
  * far as it is known beforehand, and how long an interrupted issuance may
@@ -82,6 +89,12 @@ export interface Provider<R extends RoleConfig = RoleConfig> {
   /** What to write down before the upstream call (required when `upstream`). */
   intent?(req: IssueRequest<R>): IssueIntent;
   issue(req: IssueRequest<R>): Promise<IssueResult>;
+  /**
+   * Nothing upstream only: `issue`, started, with the expiry and handle known
+   * at once, so the lease is recorded while the credential is made (a JWT's
+   * signature runs on the thread pool meanwhile: one wait fewer per issuance).
+   */
+  start?(req: IssueRequest<R>): StartedIssue;
   /**
    * Called once the lease is recorded: extends a credential created
    * short-lived (Vault) to its full TTL. A failure here revokes it and fails

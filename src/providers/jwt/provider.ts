@@ -1,6 +1,6 @@
 import type { LoadedConfig } from '../../config/load.ts';
 import type { SigningKeyStore } from '../../signing/key-store.ts';
-import type { IssueRequest, IssueResult, Provider, ProviderExtras, RotationResult } from '../types.ts';
+import type { IssueRequest, IssueResult, Provider, ProviderExtras, RotationResult, StartedIssue } from '../types.ts';
 import type { JwtRoleConfig } from './config.ts';
 
 /**
@@ -43,13 +43,18 @@ export class JwtProvider implements Provider<JwtRoleConfig> {
     return true;
   }
 
-  async issue(req: IssueRequest<JwtRoleConfig>): Promise<IssueResult> {
+  issue(req: IssueRequest<JwtRoleConfig>): Promise<IssueResult> {
+    return this.start(req).done;
+  }
+
+  /** The claims are fixed before signing, so the lease (its expiry = `exp`) can be recorded while it runs. */
+  start(req: IssueRequest<JwtRoleConfig>): StartedIssue {
     // iat/exp on Redis's clock (the lease expiry is decided on it too).
     const iat = Math.floor(this.keys.now() / 1000);
     const exp = iat + req.ttlSeconds;
     const scope = req.scopes.join(' ');
     const act = actClaim(req.task.delegators);
-    const token = await this.keys.sign(
+    const signed = this.keys.sign(
       { typ: 'at+jwt' },
       {
         iss: this.issuer,
@@ -64,11 +69,12 @@ export class JwtProvider implements Provider<JwtRoleConfig> {
         ...(act ? { act } : {}),
       },
     );
-    return {
+    const done = signed.then((token) => ({
       credentials: { access_token: token, token_type: 'Bearer', expires_in: req.ttlSeconds, scope },
       handle: {},
       expiresAt: exp * 1000,
-    };
+    }));
+    return { handle: {}, expiresAt: exp * 1000, done };
   }
 
   async revoke(): Promise<void> {

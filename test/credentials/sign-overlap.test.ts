@@ -1,0 +1,83 @@
+/**
+ * A JWT is signed while its lease is recorded (one wait fewer per issuance); the token still leaves
+ * only once both are done, a refused lease drops the signature, and a failed signature ends the
+ * lease it had recorded.
+ */
+import { AGENT, auditRecords, call, openAgentTask, startTestBroker, waitFor, type TestBroker } from '../helpers/broker.ts';
+
+let t: TestBroker;
+let realSign: TestBroker['broker']['deps']['signing']['sign'];
+beforeAll(async () => {
+  t = await startTestBroker('sign-overlap', { config: { tasks: { maxLeases: 1 } } });
+  realSign = t.broker.deps.signing.sign.bind(t.broker.deps.signing);
+});
+afterEach(() => {
+  t.broker.deps.signing.sign = realSign;
+});
+afterAll(async () => {
+  await t.close();
+});
+
+const leaseStatuses = async (taskId: string) => {
+  const ids = await t.broker.deps.tasks.leaseIds(taskId);
+  return Promise.all(ids.map(async (id) => (await t.broker.deps.leases.status(id)) ?? 'none'));
+};
+const grants = [{ role: 'demo-api' }];
+
+test('the lease is recorded while the token is being signed, and the token leaves once both are done', async () => {
+  await openAgentTask(t, 'so-overlap', grants);
+  let seen: string[] = [];
+  t.broker.deps.signing.sign = async (header, payload) => {
+    // Sequential code would sign first: the lease would never appear while this waits.
+    seen = await waitFor(async () => (await leaseStatuses('so-overlap')).length > 0 && leaseStatuses('so-overlap'), 2000, 5).catch(
+      () => [],
+    );
+    return realSign(header, payload);
+  };
+  const r = await call(t.url, 'POST', '/v1/credentials', t.as(AGENT), { taskId: 'so-overlap', role: 'demo-api' });
+  expect(r.status).toBe(201);
+  expect(seen).toEqual(['active']);
+  expect(r.body.credentials.access_token.split('.')).toHaveLength(3);
+});
+
+test('a signature that fails after the lease was recorded ends that lease failed, audited, and hands out nothing', async () => {
+  await openAgentTask(t, 'so-fail', grants);
+  t.broker.deps.signing.sign = async () => {
+    await waitFor(async () => (await leaseStatuses('so-fail')).length > 0, 2000, 5);
+    throw new Error('signing key unavailable');
+  };
+  const r = await call(t.url, 'POST', '/v1/credentials', t.as(AGENT), { taskId: 'so-fail', role: 'demo-api' });
+  expect(r.status).toBeGreaterThanOrEqual(500);
+  expect(JSON.stringify(r.body)).not.toContain('eyJ');
+  expect(await leaseStatuses('so-fail')).toEqual(['failed']);
+  const fail = (await auditRecords(t.broker.deps.redis, t.broker.deps.keys)).filter((a) => a.taskId === 'so-fail');
+  expect(fail.map((a) => a.action)).toContain('credential.fail');
+  expect(fail.map((a) => a.action)).not.toContain('credential.issue');
+  // The task's live-lease slot is free again.
+  t.broker.deps.signing.sign = realSign;
+  expect((await call(t.url, 'POST', '/v1/credentials', t.as(AGENT), { taskId: 'so-fail', role: 'demo-api' })).status).toBe(201);
+});
+
+test('a lease the task refuses drops the signature in flight, even one that then fails, without an unhandled rejection', async () => {
+  await openAgentTask(t, 'so-limit', grants);
+  expect((await call(t.url, 'POST', '/v1/credentials', t.as(AGENT), { taskId: 'so-limit', role: 'demo-api' })).status).toBe(201);
+  const unhandled: unknown[] = [];
+  const onUnhandled = (e: unknown) => unhandled.push(e);
+  process.on('unhandledRejection', onUnhandled);
+  try {
+    let signed = 0;
+    t.broker.deps.signing.sign = async () => {
+      signed++;
+      await new Promise((r) => setTimeout(r, 100));
+      throw new Error('late signing failure');
+    };
+    const over = await call(t.url, 'POST', '/v1/credentials', t.as(AGENT), { taskId: 'so-limit', role: 'demo-api' });
+    expect({ status: over.status, code: over.body.code }).toEqual({ status: 429, code: 'limit_exceeded' });
+    await new Promise((r) => setTimeout(r, 200));
+    expect(signed).toBe(1);
+    expect(unhandled).toEqual([]);
+    expect(await leaseStatuses('so-limit')).toEqual(['active']);
+  } finally {
+    process.off('unhandledRejection', onUnhandled);
+  }
+});
