@@ -217,6 +217,30 @@ describe('aws roles through the broker API', () => {
     expect(raw).not.toContain(creds.sessionToken);
   });
 
+  test('a session STS makes after its lease record vanished (a failover or a wipe) is denied upstream by the issuing broker, never handed out', async () => {
+    const taskId = await openTask();
+    const provider = t.broker.deps.providers.get('aws')!;
+    const realIssue = provider.issue.bind(provider);
+    let made: Record<string, string> | undefined;
+    // STS answers; before the broker records the answer, the lease record is gone (as after a failover to a replica without it).
+    provider.issue = async (req) => {
+      const out = await realIssue(req);
+      made = out.credentials as Record<string, string>;
+      expect(await t.broker.deps.redis.del(t.broker.deps.keys.lease(req.leaseId))).toBe(1);
+      return out;
+    };
+    try {
+      const r = await issue({ taskId, role: 'reports-bucket', scopes: ['s3:GetObject'] });
+      expect(r.status).toBe(502);
+      expect(r.body.credentials).toBeUndefined();
+    } finally {
+      provider.issue = realIssue;
+    }
+    // Before, nothing denied it: the session lived out its TTL, and no record led revocation to it.
+    expect(await whoAmI(sessionCreds(made!))).toEqual({ ok: false, code: 'AccessDenied' });
+    expect(emu.evaluate(made!.AccessKeyId!, 's3:GetObject', 'arn:aws:s3:::reports/q3.csv')).toBe('explicit-deny');
+  });
+
   test('STS unreachable: 502 with a stable code, the lease is not active, nothing half-issued', async () => {
     const taskId = await openTask();
     emu.setDown(true);
