@@ -3,8 +3,13 @@ import { Cluster, type Redis } from 'ioredis';
 import type { Logger } from '../logger.ts';
 import type { RedisClient } from './scripts.ts';
 
-/** How often the master's replicas are counted (`ROLE`) for `replicas: auto` on one node or Sentinel. */
-const ROLE_POLL_MS = 5000;
+/**
+ * How often the master's replicas are counted (`ROLE`) for `replicas: auto` on one node or Sentinel.
+ * Every second: a replica that finishes its sync (or a broker that starts while it syncs) is waited
+ * for within a second of being online, not after up to one more poll interval. ROLE costs Redis
+ * almost nothing.
+ */
+const ROLE_POLL_MS = 1000;
 /** `auto` keeps waiting for a replica this long after one was last seen, so a replica's brief reconnect is not a gap. */
 const AUTO_WINDOW_MS = 60_000;
 const WARN_INTERVAL_MS = 10_000;
@@ -65,7 +70,7 @@ export class ReplicaAck {
     this.now = opts.now ?? Date.now;
   }
 
-  /** For `auto` on one node or Sentinel: counts the master's replicas now and every few seconds. */
+  /** For `auto` on one node or Sentinel: counts the master's replicas now and every second. */
   async start(): Promise<void> {
     if (this.opts.replicas !== 'auto' || this.client instanceof Cluster) return;
     await this.countReplicas();

@@ -55,6 +55,44 @@ describe('one node without replicas', () => {
   });
 });
 
+describe('a replica that comes online after the broker started', () => {
+  let primary: RedisStandalone;
+  let replica: RedisStandalone;
+  beforeAll(async () => {
+    [primary, replica] = await Promise.all([startStandalone(), startStandalone()]);
+  });
+  afterAll(async () => {
+    await replica?.stop();
+    await primary?.stop();
+  });
+
+  test('auto waits for it within about a second of it being online (the count is not left for the next 5-s poll)', async () => {
+    const { ack, rounds } = ackOn({ url: primary.url }, { replicas: 'auto', timeoutMs: 400 });
+    await ack.start(); // no replica yet: nothing to wait for
+    expect(await timed(ack.after([keys.replicaFence(4)]))).toBeLessThan(300);
+    // Out of phase with any whole-5-s poll: the replica's sync (repl-diskless-sync-delay, 5 s) ends between polls.
+    await new Promise((res) => setTimeout(res, 2500));
+    const r = replica.client();
+    const p = primary.client();
+    try {
+      await r.replicaof('127.0.0.1', primary.port);
+      const online = async () => ((await p.call('ROLE')) as unknown[][])[2]!.length === 1;
+      for (let i = 0; i < 400 && !(await online()); i++) await new Promise((res) => setTimeout(res, 25));
+      expect(await online()).toBe(true);
+      await new Promise((res) => setTimeout(res, 1200));
+      // Frozen, it cannot acknowledge: a wait now lasts the timeout, which shows the replica is counted.
+      const frozen = replica.pause(1500);
+      expect(await timed(ack.after([keys.replicaFence(4)]))).toBeGreaterThanOrEqual(380);
+      expect(rounds).toEqual(['timeout']);
+      await frozen;
+    } finally {
+      r.disconnect();
+      p.disconnect();
+      ack.stop();
+    }
+  });
+});
+
 describe('a Cluster with a replica per master', () => {
   let cluster: RedisCluster;
   beforeAll(async () => {
