@@ -46,6 +46,7 @@ import { Kek } from './signing/kek.ts';
 import { SigningKeyStore } from './signing/key-store.ts';
 import { TaskService } from './tasks/task-service.ts';
 import { TaskStore } from './tasks/task-store.ts';
+import pTimeout from 'p-timeout';
 
 export interface BrokerOptions {
   /** Run the HTTP API (default true). */
@@ -102,22 +103,6 @@ async function assertKekOpens(redis: RedisClient, keys: Keys, kek: Kek, targets:
       throw new Error(`cannot decrypt the rotated ${target} secret in Redis: wrong secrets.kek? Refusing to run with a stale secret.`);
     }
   }
-}
-
-/** Waits for `work` at most `ms`; past that, calls `late` and returns (the work goes on unawaited). */
-async function settleWithin(work: Promise<unknown>, ms: number, late: () => void): Promise<void> {
-  let timer: NodeJS.Timeout | undefined;
-  const result = await Promise.race([
-    work.then(
-      () => 'done',
-      () => 'done',
-    ),
-    new Promise<'late'>((resolve) => {
-      timer = setTimeout(() => resolve('late'), ms);
-    }),
-  ]);
-  clearTimeout(timer);
-  if (result === 'late') late();
 }
 
 /** The bucket count cannot change under existing data (tasks would move); refuse a mismatch. */
@@ -404,19 +389,19 @@ export async function startBroker(config: LoadedConfig, opts: BrokerOptions = {}
         // BullMQ's closes wait forever while Redis is unreachable (a reconnecting client never emits
         // `end`): bounded, then the connector ends every connection, BullMQ's copies included. A job
         // cut off here is retried by another worker once its lock lapses.
-        await settleWithin(
-          (async () => {
-            await scheduler?.close();
-            await worker?.close();
-            await queue.close();
-          })(),
-          config.server.shutdownGraceMs,
-          () =>
+        const closing = (async () => {
+          await scheduler?.close();
+          await worker?.close();
+          await queue.close();
+        })().catch(() => {});
+        await pTimeout(closing, {
+          milliseconds: config.server.shutdownGraceMs,
+          fallback: () =>
             logger.warn(
               { graceMs: config.server.shutdownGraceMs },
               'queues did not close in time (Redis unreachable?); closing their connections',
             ),
-        );
+        });
         await deps.audit.flush();
         await auditExport.stop();
         // What this instance wrote last reaches the file now rather than at another instance's next pass.

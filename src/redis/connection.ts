@@ -8,6 +8,7 @@ import type { RedisClient } from './scripts.ts';
 import { coalesceWrites } from './coalesce.ts';
 import { guardStalls } from './stall-guard.ts';
 import { endpointLabel, parseRedisUrl, type RedisEndpoint } from './url.ts';
+import pTimeout from 'p-timeout';
 
 /** A connection to one node (single or through Sentinel) or to a whole Redis Cluster (the type the Lua scripts run on). */
 export type { RedisClient };
@@ -426,16 +427,12 @@ async function closeClient(client: RedisClient): Promise<void> {
     if (client.status === 'reconnecting' && typeof end === 'function') end.call(client, 'end');
     return;
   }
-  let timer: NodeJS.Timeout | undefined;
   try {
-    await Promise.race([
+    await pTimeout(
       client.quit().catch(() => {}),
-      new Promise<void>((resolve) => {
-        timer = setTimeout(resolve, CLOSE_GRACE_MS);
-      }),
-    ]);
+      { milliseconds: CLOSE_GRACE_MS, fallback: () => {} },
+    );
   } finally {
-    clearTimeout(timer);
     client.disconnect();
   }
 }
@@ -459,17 +456,9 @@ export async function writableMaster(client: RedisClient, opts: { timeoutMs?: nu
     const ok = await client.set(opts.probeKey ?? 'jit:readyz:probe', String(Date.now()), 'PX', 10_000);
     return ok === 'OK';
   };
-  let timer: NodeJS.Timeout | undefined;
   try {
-    return await Promise.race([
-      check(),
-      new Promise<boolean>((resolve) => {
-        timer = setTimeout(() => resolve(false), timeoutMs);
-      }),
-    ]);
+    return await pTimeout(check(), { milliseconds: timeoutMs, fallback: () => false });
   } catch {
     return false;
-  } finally {
-    clearTimeout(timer);
   }
 }

@@ -6,14 +6,13 @@ import { identityPatternSchema } from '../../config/common.ts';
 import type { Services } from '../services.ts';
 import { identityOf, jsonBody, validBody, validQuery } from '../middleware.ts';
 import { rotateSchema } from '../schemas.ts';
+import pTimeout from 'p-timeout';
 
 /** How long one round of upstream readiness checks answers /readyz (ms). */
 const UPSTREAM_CHECK_MS = 1000;
 
-/** Bounded wait for a readiness probe step. */
-function within<T>(p: Promise<T>, ms: number): Promise<T> {
-  return Promise.race([p, new Promise<T>((_, rej) => setTimeout(() => rej(new Error('timeout')), ms).unref())]);
-}
+/** Bounded wait for a readiness probe step (rejects with a TimeoutError past `ms`). */
+const within = <T>(p: Promise<T>, ms: number): Promise<T> => pTimeout(p, { milliseconds: ms });
 
 /**
  * /healthz (the process is alive: never depends on Redis, so a Redis outage

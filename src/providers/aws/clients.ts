@@ -3,6 +3,7 @@ import { STSClient } from '@aws-sdk/client-sts';
 import { readSecret } from '../../config/load.ts';
 import type { AwsSettings } from './config.ts';
 import { classify, withRetry } from './upstream.ts';
+import pTimeout from 'p-timeout';
 
 /** How long a call refused for bad credentials waits for another instance's rotation to reach this one. */
 const SWITCH_WAIT_MS = 2000;
@@ -90,13 +91,7 @@ export class AwsClients {
   /** Whether the keys were switched away from `pair`, waiting up to `ms` for it. */
   private async switchedSince(pair: ClientPair, ms: number): Promise<boolean> {
     if (this.pair !== pair) return true;
-    let timer: NodeJS.Timeout | undefined;
-    const timeout = new Promise<void>((resolve) => {
-      timer = setTimeout(resolve, Math.min(ms, this.settings.requestTimeoutMs));
-      timer.unref();
-    });
-    await Promise.race([this.switched.promise, timeout]);
-    clearTimeout(timer);
+    await pTimeout(this.switched.promise, { milliseconds: Math.min(ms, this.settings.requestTimeoutMs), fallback: () => {} });
     return this.pair !== pair;
   }
 
