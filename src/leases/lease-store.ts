@@ -7,6 +7,8 @@ const activateScript = script('lease-activate');
 const updateScript = script('lease-update');
 const requestEndScript = script('lease-request-end');
 const endPageScript = script('leases-end');
+const giveUpScript = script('lease-give-up');
+const failIssuanceScript = script('lease-fail-issuance');
 
 const ENDED: ReadonlySet<LeaseStatus> = new Set(['revoked', 'expired', 'failed']);
 
@@ -104,6 +106,35 @@ export class LeaseStore {
     if (res[0] === 'ok') return { kind: 'ok' };
     if (res[0] === 'revoke') return { kind: 'revoke', reason: res[1] as RevokeReason };
     return { kind: 'gone', ...(res[1] ? { status: res[1] as LeaseStatus } : {}) };
+  }
+
+  /**
+   * Gives up an issuance past its orphan deadline (Redis's clock), atomically with its state: a later
+   * activation is refused, an earlier one wins. `handle` is the raw handle JSON to revoke with.
+   */
+  async giveUp(
+    leaseId: string,
+  ): Promise<{ kind: 'given_up'; handle: string } | { kind: 'early' | 'no_lease' } | { kind: 'moved'; status: LeaseStatus }> {
+    if (this.keys.bucketOfId(leaseId) === undefined) return { kind: 'no_lease' };
+    const res = (await giveUpScript.run(this.redis, [this.keys.lease(leaseId)], [])) as string[];
+    if (res[0] === 'given_up') return { kind: 'given_up', handle: res[1]! };
+    if (res[0] === 'early' || res[0] === 'no_lease') return { kind: res[0] };
+    return { kind: 'moved', status: res[0] as LeaseStatus };
+  }
+
+  /**
+   * Ends a given-up issuance `failed`, unless a late activation recorded a handle other than `handle`
+   * (the one revoked). Returns 'failed' when it ended it now, 'moved' for another handle, else the status.
+   */
+  async failIssuance(leaseId: string, handle: string, lastError: string): Promise<'failed' | 'moved' | LeaseStatus | undefined> {
+    const bucket = this.keys.bucketOfId(leaseId);
+    if (bucket === undefined) return undefined;
+    const res = await failIssuanceScript.run(
+      this.redis,
+      [this.keys.lease(leaseId), this.keys.liveLeases(bucket)],
+      [handle, leaseId, this.keys.base(bucket), this.retentionMs, lastError],
+    );
+    return (res ?? undefined) as 'failed' | 'moved' | LeaseStatus | undefined;
   }
 
   async get(leaseId: string): Promise<LeaseRecord | undefined> {

@@ -8,6 +8,12 @@ import { endTaskLeases, roleOfLease } from './ending.ts';
 import { cappedBackoff, type LeaseEndJob, QUEUE_NAME, type RevocationJob, type TaskEndJob } from './queue.ts';
 
 /**
+ * A TTL hand-over of a live lease whose expiry is further away than this (on this process's estimate of
+ * Redis's clock, which can be off by milliseconds) is stale: the lease got its expiry after the job was made.
+ */
+const EXPIRY_SLACK_MS = 1000;
+
+/**
  * Processes revocation jobs: a task-end revokes every lease of the tasks that
  * ended together (in bulk where nothing upstream needs a call); a lease-end
  * calls the provider and records the outcome. Every step is idempotent, so a
@@ -59,13 +65,19 @@ export class RevocationWorker {
     const provider = providers.get(lease.provider);
     if (!provider) throw new RetryableUpstreamError('provider_unavailable', `provider ${lease.provider} is not configured in this worker`);
     if (lease.status === 'issuing') {
-      // Its issuing process died (the sweeper hands it over once the orphan window passed): revoke with
-      // what was written down before the call, or let a short-lived credential die; hand out nothing.
-      if (this.deps.clock.now() < (lease.orphanAt ?? 0)) return;
-      const role = roleOfLease(this.deps, lease) as never;
-      if ((await this.attempt(lease, attempt, () => provider.revoke(lease, role, { reason: 'issuance_interrupted' }))) === 'settled')
-        return;
-      if ((await leases.end(lease.leaseId, 'failed', { lastError: 'issuance_interrupted' })) === 'issuing') {
+      // Its issuing process died or stalled (the sweeper hands it over once the orphan window passed): give
+      // it up in Redis, so a late activation is refused, then revoke with what was written down (the
+      // intent, or what a late activation recorded) or let a short-lived credential die; hand out nothing.
+      const given = await leases.giveUp(lease.leaseId);
+      if (given.kind !== 'given_up') return; // not due yet, or activated first: the lease is live, not this job's
+      const held: LeaseRecord = { ...lease, handle: JSON.parse(given.handle) };
+      const role = roleOfLease(this.deps, held) as never;
+      const revoke = () => provider.revoke(held, role, { reason: 'issuance_interrupted' });
+      if ((await this.attempt(held, attempt, revoke, { keepStatus: true })) === 'settled') return;
+      const ended = await leases.failIssuance(lease.leaseId, given.handle, 'issuance_interrupted');
+      // A late activation recorded another handle meanwhile: revoke again, with it.
+      if (ended === 'moved') throw new RetryableUpstreamError('upstream_error', 'a late activation recorded another handle');
+      if (ended === 'failed') {
         await audit.append({
           action: 'credential.fail',
           actor: 'broker',
@@ -80,6 +92,9 @@ export class RevocationWorker {
     }
     const reason: RevokeReason = lease.reason ?? (data.reason === 'issuance_interrupted' ? 'ttl_expired' : data.reason);
     const expiry = reason === 'ttl_expired';
+    // A hand-over that no longer applies (an issuance's, activated after all; or a retry's whose lease
+    // got a new expiry): nothing is due before the credential's own expiry, when the sweeper hands it over again.
+    if (expiry && lease.status === 'active' && lease.expiresAt - this.deps.clock.now() > EXPIRY_SLACK_MS) return;
     if (lease.status === 'active' && !expiry) await leases.mark(lease.leaseId, { status: 'revoking', reason });
     const role = roleOfLease(this.deps, lease) as never;
     const call = () => (expiry ? (provider.expire?.(lease, role) ?? Promise.resolve()) : provider.revoke(lease, role, { reason }));
@@ -92,7 +107,12 @@ export class RevocationWorker {
    * has passed there is nothing left to cut off (the lease ends `expired`,
    * last error kept); before that it shows `revoke_failed` and is retried.
    */
-  private async attempt(lease: LeaseRecord, attempt: number, call: () => Promise<void>): Promise<'done' | 'settled'> {
+  private async attempt(
+    lease: LeaseRecord,
+    attempt: number,
+    call: () => Promise<void>,
+    opts: { keepStatus?: boolean } = {},
+  ): Promise<'done' | 'settled'> {
     try {
       await call();
       return 'done';
@@ -103,7 +123,12 @@ export class RevocationWorker {
         await this.finish(lease, 'expired', lease.reason ?? 'ttl_expired', lease.expiresAt, attempt, code);
         return 'settled';
       }
-      await leases.mark(lease.leaseId, { status: 'revoke_failed', lastError: code, attempts: attempt });
+      // A given-up issuance stays `issuing` (activation refuses it), so its retry takes the same path.
+      await leases.mark(lease.leaseId, {
+        ...(opts.keepStatus ? {} : { status: 'revoke_failed' as const }),
+        lastError: code,
+        attempts: attempt,
+      });
       metrics.revocations.inc({ result: 'failed', reason: lease.reason ?? 'ttl_expired', provider: lease.provider });
       logger.warn({ leaseId: lease.leaseId, code, attempt, err: (err as Error).message }, 'revocation attempt failed; retrying');
       if (attempt === 1) {

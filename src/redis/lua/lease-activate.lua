@@ -1,7 +1,9 @@
 -- lease-activate: records the upstream's answer on an `issuing` lease. If the task ended (or its
 -- deadline passed) or an end was requested while the upstream call was in flight, the lease goes
 -- straight to `revoking` with the handle recorded, so what the upstream made is revoked, never lost.
--- If the sweeper already gave the issuance up (orphan deadline passed), nothing may be handed out. A task
+-- Past the orphan deadline (or once the worker gave the issuance up), nothing may be handed out: the handle
+-- is recorded for the worker, which revokes it and ends the lease `failed`, and the lease is made due so the
+-- sweeper hands it over even if the worker's job is gone. A task
 -- now under the lease's task id that was created after the lease (common.lua `of_earlier_task`: the lease's
 -- own task was purged and the id opened again while the upstream call ran, possible when `orphanMs` exceeds
 -- the retention) is not the lease's task: its own is gone.
@@ -17,6 +19,12 @@
 local st = redis.call('HGET', KEYS[1], 'status')
 if not st then return { 'no_lease' } end
 if st ~= 'issuing' then return { 'gone', st } end
+local late = redis.call('HMGET', KEYS[1], 'givenUp', 'orphanAt')
+if late[1] or now_ms() >= (tonumber(late[2]) or math.huge) then
+  redis.call('HSET', KEYS[1], 'handle', ARGV[1], 'expiresAt', ARGV[2], 'givenUp', late[1] or now_ms())
+  redis.call('ZADD', KEYS[3], now_ms(), ARGV[3])
+  return { 'gone', 'issuing' }
+end
 redis.call('HSET', KEYS[1], 'handle', ARGV[1], 'expiresAt', ARGV[2])
 redis.call('ZADD', KEYS[3], tonumber(ARGV[2]), ARGV[3])
 local requested = redis.call('HGET', KEYS[1], 'endRequested')
