@@ -112,6 +112,11 @@ export class ApprovalStore {
     return this.swap(r, 'approved', 'consumed', {});
   }
 
+  /** consumed -> approved: the credential it was consumed for was not handed out (a refusal, an upstream failure). */
+  async giveBack(r: ApprovalRecord): Promise<boolean> {
+    return this.swap(r, 'consumed', 'approved', {});
+  }
+
   private async swap(r: ApprovalRecord, from: ApprovalStatus, to: ApprovalStatus, patch: Record<string, string>): Promise<boolean> {
     const res = await swapScript.run(
       this.redis,

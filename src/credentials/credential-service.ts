@@ -189,9 +189,14 @@ export class CredentialService {
       scopes,
       ttlSeconds: ttl.ttlSeconds,
     };
-    const result = provider.upstream
-      ? await this.issueUpstream(who, fixed, provider, req)
-      : await this.issueLocal(who, fixed, provider, req);
+    let result: IssueResult;
+    try {
+      result = provider.upstream ? await this.issueUpstream(who, fixed, provider, req) : await this.issueLocal(who, fixed, provider, req);
+    } catch (err) {
+      // Nothing was handed out under the approval: it still covers the same request (one approval, one credential).
+      if (d.approval) await this.deps.approvals.giveBack(d.approval).catch(() => {});
+      throw err;
+    }
     this.deps.metrics.issued.inc({ provider: role.provider, role: body.role });
     await this.deps.audit.append({
       action: 'credential.issue',

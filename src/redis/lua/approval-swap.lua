@@ -1,6 +1,8 @@
 -- approval-swap: compare-and-set on an approval's status (pending -> approved|rejected by an approver;
--- approved -> consumed by the one credential it covers). Leaving `pending` takes it off the task's
--- pending set; consuming clears the request index so the next identical request asks again.
+-- approved -> consumed by the one credential it covers; consumed -> approved when that credential was
+-- not handed out after all). Leaving `pending` takes it off the task's pending set; consuming clears the
+-- request index so the next identical request asks again, and giving it back sets the index again
+-- (unless another approval of the same request holds it by now).
 -- uses: common
 -- KEYS[1] approval hash
 -- KEYS[2] the task's pending approvals (set)
@@ -16,4 +18,8 @@ if ARGV[1] == 'pending' then redis.call('HSET', KEYS[1], 'decidedAt', now_ms()) 
 for i = 4, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 if ARGV[1] == 'pending' then redis.call('SREM', KEYS[2], ARGV[3]) end
 if ARGV[2] == 'consumed' and redis.call('GET', KEYS[3]) == ARGV[3] then redis.call('DEL', KEYS[3]) end
+if ARGV[1] == 'consumed' then
+  local deadline = tonumber(redis.call('HGET', KEYS[1], 'expiresAt'))
+  if deadline and deadline > now_ms() then redis.call('SET', KEYS[3], ARGV[3], 'PXAT', deadline, 'NX') end
+end
 return 1
