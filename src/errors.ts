@@ -190,7 +190,8 @@ export const ERRORS = {
   },
   approval_consumed: {
     status: 409,
-    means: 'The approval was already used for a credential (one approval, one credential).',
+    means:
+      'The approval was already used for a credential (one approval, one credential). A request it covered that was then refused or failed (a limit, an upstream error) does not use it up.',
     fix: 'Request again; a new approval is created.',
   },
   approval_decided: { status: 409, means: 'The approval was already approved or rejected.', fix: 'Nothing to do.' },

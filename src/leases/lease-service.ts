@@ -8,6 +8,7 @@ import { verifyEs256 } from '../signing/ecdsa.ts';
 import type { TaskRecord } from '../tasks/types.ts';
 import { LeaseStore } from './lease-store.ts';
 import type { LeaseRecord } from './types.ts';
+import { taskOfLease } from '../tasks/incarnation.ts';
 
 /** RFC 7662 answer. Anything not active is exactly `{ active: false }`. */
 export type Introspection = { active: false } | ({ active: true } & Record<string, unknown>);
@@ -75,7 +76,8 @@ export class LeaseService {
   private async load(who: WorkloadIdentity, leaseId: string): Promise<{ lease: LeaseRecord; task?: TaskRecord }> {
     const lease = await this.deps.leases.get(leaseId);
     if (!lease) throw notFound('lease_not_found', `No lease ${leaseId}.`);
-    const task = await this.deps.tasks.get(lease.taskId);
+    // Under a reused task id, the orchestrator of the task there now is not this lease's.
+    const task = taskOfLease(lease, await this.deps.tasks.get(lease.taskId));
     if (who.id !== lease.agent && who.id !== task?.openedBy && !this.deps.patterns.admins.matches(who.id)) {
       await deny(this.deps, who, 'not_lease_party', "Only the lease's agent, its task's orchestrator or an admin may read it.", {
         action: 'access.deny',

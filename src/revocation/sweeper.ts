@@ -7,15 +7,10 @@ import { scanIds } from '../redis/scan.ts';
 import { script } from '../redis/scripts.ts';
 import type { TaskEndReason } from '../tasks/types.ts';
 import { endLeases, localKinds } from './ending.ts';
+import { taskOfLease } from '../tasks/incarnation.ts';
 
 const sweepScript = script('sweep');
 const reconcilePageScript = script('reconcile-page');
-/**
- * common.lua's EARLIER_TASK_MARGIN_MS: how long before a task's creation a lease must be to be an
- * earlier task's (the full walk decides in TypeScript what the scripts decide in Lua; a test keeps
- * the two equal).
- */
-export const EARLIER_TASK_MARGIN_MS = 30_000;
 const reconcileTasksScript = script('reconcile-tasks');
 
 /**
@@ -269,8 +264,7 @@ export class Sweeper {
       for (const l of records) {
         // A lease of an earlier task under this id (common.lua `of_earlier_task`: issued more than 30 s before
         // the current task was created) finds its own task gone; a missing time keeps the task.
-        const current = byId.get(l.taskId);
-        const t = current && l.issuedAt < current.createdAt - EARLIER_TASK_MARGIN_MS ? undefined : current;
+        const t = taskOfLease(l, byId.get(l.taskId));
         if (t?.status !== 'open') {
           const reason = (t?.reason as TaskEndReason | undefined) ?? (t?.status === 'expired' ? 'task_expired' : 'task_completed');
           const list = ofEndedTasks.get(reason);

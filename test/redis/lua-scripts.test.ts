@@ -3,7 +3,7 @@ import { generateMulti } from 'cluster-key-slot';
 import { Redis } from 'ioredis';
 import { Keys } from '../../src/redis/keys.ts';
 import { script, scripts } from '../../src/redis/scripts.ts';
-import { EARLIER_TASK_MARGIN_MS } from '../../src/revocation/sweeper.ts';
+import { EARLIER_TASK_MARGIN_MS } from '../../src/tasks/incarnation.ts';
 import { dropPrefix, REDIS_URL, uniquePrefix } from '../helpers/broker.ts';
 
 /**

@@ -49,4 +49,8 @@ redis.call('HSET', KEYS[1], 'd', ARGV[1], 'status', 'open', 'createdAt', now, 'e
 redis.call('ZADD', KEYS[2], expires, ARGV[3])
 local horizon, keep_until = tonumber(ARGV[8]), expires + tonumber(ARGV[7])
 for i = 3, 5 do index_add(KEYS[i], ARGV[3], now, horizon, keep_until) end
+-- An earlier task under this id (purged after its retention) left its audit index, which outlives the task
+-- record: it is not this task's, and its orchestrator may be another. Its records stay in the chain.
+local base = string.sub(KEYS[1], 1, #KEYS[1] - #('task:' .. ARGV[3]))
+redis.call('DEL', base .. 'task-audit:' .. ARGV[3])
 return { 'created', now, expires }
