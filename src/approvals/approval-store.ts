@@ -92,14 +92,31 @@ export class ApprovalStore {
   }
 
   async get(approvalId: string, now = Date.now()): Promise<ApprovalRecord | undefined> {
-    if (this.keys.bucketOfId(approvalId) === undefined) return undefined;
-    return fromHash(await this.redis.hgetall(this.keys.approval(approvalId)), now);
+    return (await this.getMany([approvalId], now))[0];
   }
 
   async getMany(ids: readonly string[], now = Date.now()): Promise<ApprovalRecord[]> {
     const valid = ids.filter((id) => this.keys.bucketOfId(id) !== undefined);
-    const all = await Promise.all(valid.map((id) => this.redis.hgetall(this.keys.approval(id))));
-    return all.map((h) => fromHash(h, now)).filter((r): r is ApprovalRecord => r !== undefined);
+    const hashes = await Promise.all(valid.map((id) => this.redis.hgetall(this.keys.approval(id))));
+    const records = hashes.map((h) => fromHash(h, now));
+    await this.endWithTasks(hashes, records);
+    return records.filter((r): r is ApprovalRecord => r !== undefined);
+  }
+
+  /**
+   * Approvals end with their task (contract section 3): a pending or approved one whose task is no
+   * longer open, or whose task id now holds another task (purged and opened again), reads `expired`.
+   * Its own deadline (the task's) is checked in `fromHash`; this covers a task completed before it.
+   */
+  private async endWithTasks(hashes: Record<string, string>[], records: (ApprovalRecord | undefined)[]): Promise<void> {
+    const live = records.flatMap((r, i) => (r && (r.status === 'pending' || r.status === 'approved') ? [i] : []));
+    if (live.length === 0) return;
+    const tasks = await Promise.all(live.map((i) => this.redis.hmget(this.keys.task(records[i]!.taskId), 'status', 'createdAt')));
+    live.forEach((i, j) => {
+      const [status, createdAt] = tasks[j]!;
+      const own = hashes[i]!.taskCreatedAt;
+      if (status !== 'open' || (own && createdAt !== own)) records[i]!.status = 'expired';
+    });
   }
 
   /** pending -> approved|rejected; false if it was no longer pending (lost a race). */

@@ -1,5 +1,5 @@
 import type { ApprovalRecord } from '../approvals/approval-store.ts';
-import { authorize, deny, taskContext } from '../authz.ts';
+import { authorize, deny, denial, taskContext } from '../authz.ts';
 import { roleOf } from '../config/roles.ts';
 import type { RoleConfig } from '../config/schema.ts';
 import type { Deps } from '../deps.ts';
@@ -14,6 +14,9 @@ import type { IssueRequest, IssueResult, Provider, StartedIssue } from '../provi
 import { Keys } from '../redis/keys.ts';
 import { StaleTask } from '../tasks/task-store.ts';
 import type { Grant, TaskSnapshot } from '../tasks/types.ts';
+
+/** Refusals decided on the task's or approval's state rather than by policy: audited as denials too. */
+const STATE_REFUSALS: ReadonlySet<string> = new Set(['task_not_open', 'scopes_empty', 'approval_consumed', 'approval_expired']);
 
 /** A credential already made, as a started one. */
 const made = (r: IssueResult): StartedIssue => ({ handle: r.handle, expiresAt: r.expiresAt, done: Promise.resolve(r) });
@@ -68,8 +71,17 @@ export class CredentialService {
   }
 
   async request(who: WorkloadIdentity, body: CredentialRequest): Promise<IssuedCredential | PendingApproval> {
-    // The task may come from the cache: decided again if it was an earlier incarnation of its id.
-    return this.deps.tasks.onCurrent(body.taskId, () => this.decideAndIssue(who, body));
+    try {
+      // The task may come from the cache: decided again if it was an earlier incarnation of its id.
+      return await this.deps.tasks.onCurrent(body.taskId, () => this.decideAndIssue(who, body));
+    } catch (err) {
+      // Refused on the task's state: a denial like the 403s (audited, folded per minute), e.g. an agent still
+      // asking for credentials after its task ended.
+      if (err instanceof BrokerError && STATE_REFUSALS.has(err.code)) {
+        throw await denial(this.deps, who, err, { action: 'credential.deny', taskId: body.taskId, role: body.role });
+      }
+      throw err;
+    }
   }
 
   private async decideAndIssue(who: WorkloadIdentity, body: CredentialRequest): Promise<IssuedCredential | PendingApproval> {

@@ -72,3 +72,27 @@ test('approvals end with their task', async () => {
   const r = await call(t.url, 'POST', `/v1/approvals/${body.approvalId}`, t.as(ADMIN), { decision: 'approve' });
   expect(r.status === 409 || r.status === 404).toBe(true);
 });
+
+test('approvals end with their task: once it is completed, pending and approved ones read expired and are not listed as such', async () => {
+  const pendingTask = await openTask();
+  const pending = await ask(pendingTask);
+  const approvedTask = await openTask();
+  const approved = await ask(approvedTask);
+  expect([pending.status, approved.status]).toEqual([202, 202]);
+  const ok = await call(t.url, 'POST', `/v1/approvals/${approved.body.approvalId}`, t.as(ADMIN), { decision: 'approve' });
+  expect(ok.status).toBe(200);
+  for (const taskId of [pendingTask, approvedTask]) {
+    expect((await call(t.url, 'POST', `/v1/tasks/${taskId}/complete`, t.as(ORCH))).status).toBe(202);
+  }
+  // Before: `pending` and `approved` until the task's original deadline.
+  for (const id of [pending.body.approvalId, approved.body.approvalId]) {
+    expect((await call(t.url, 'GET', `/v1/approvals/${id}`, t.as(ADMIN))).body.status).toBe('expired');
+  }
+  const listed = async (status: string) =>
+    ((await call(t.url, 'GET', `/v1/approvals?status=${status}&limit=500`, t.as(ADMIN))).body.items as { approvalId: string }[]).map(
+      (i) => i.approvalId,
+    );
+  expect(await listed('pending')).not.toContain(pending.body.approvalId);
+  expect(await listed('approved')).not.toContain(approved.body.approvalId);
+  expect(await listed('expired')).toEqual(expect.arrayContaining([pending.body.approvalId, approved.body.approvalId]));
+});

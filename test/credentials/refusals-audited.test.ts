@@ -1,0 +1,35 @@
+import { afterAll, beforeAll, expect, test } from '@jest/globals';
+import { AGENT, ORCH, auditRecords, call, openAgentTask, startTestBroker, type TestBroker } from '../helpers/broker.ts';
+
+/**
+ * Every denial is audited (contract section 7: a credential issued or denied, with the reason), not only
+ * the 403s of policy and grants. Found from outside: an agent still asking for credentials after its
+ * task was completed got 409 task_not_open and left no record.
+ */
+let t: TestBroker;
+beforeAll(async () => {
+  t = await startTestBroker('refusals-audited');
+});
+afterAll(async () => {
+  await t?.close();
+});
+
+const denials = async (taskId: string) =>
+  (await auditRecords(t.broker.deps.redis, t.broker.deps.keys))
+    .filter((a) => a.taskId === taskId && a.action === 'credential.deny')
+    .map((a) => ({ actor: a.actor, decision: a.decision, reason: a.reason, role: a.role, count: a.count }));
+
+test('a credential request on a completed task is a denial: audited with its reason, repeats folded', async () => {
+  await openAgentTask(t, 'ra-1', [{ role: 'demo-api' }]);
+  expect((await call(t.url, 'POST', '/v1/tasks/ra-1/complete', t.as(ORCH))).status).toBe(202);
+  for (let i = 0; i < 3; i++) {
+    const r = await call(t.url, 'POST', '/v1/credentials', t.as(AGENT), { taskId: 'ra-1', role: 'demo-api' });
+    expect({ status: r.status, code: r.body.code }).toEqual({ status: 409, code: 'task_not_open' });
+  }
+  await t.broker.deps.audit.flushFolds(true);
+  const actor = `spiffe://dev.local${AGENT}`;
+  expect(await denials('ra-1')).toEqual([
+    { actor, decision: 'deny', reason: 'task_not_open', role: 'demo-api', count: undefined },
+    { actor, decision: 'deny', reason: 'task_not_open', role: 'demo-api', count: 2 },
+  ]);
+});
