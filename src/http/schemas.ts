@@ -1,5 +1,5 @@
 import { z } from 'zod';
-import { roleNameSchema, scopeSchema } from '../config/common.ts';
+import { scopeSchema } from '../config/common.ts';
 
 /** A task id a caller chooses: 1-128 chars of [A-Za-z0-9._:-] (contract section 3); `~` is reserved for sub-task ids. */
 export const TASK_NAME = /^[A-Za-z0-9._:-]{1,128}$/;
@@ -51,8 +51,15 @@ export const labelsSchema = z
     return out;
   });
 
+/**
+ * A role named by a caller: any short string. Only configured roles are roles, and naming anything else
+ * is answered by what the name is used for (contract section 3: a grant answers 400 `unknown_role`, a
+ * credential request 403 `role_not_granted`), not as a malformed body.
+ */
+const roleRefSchema = z.string().min(1).max(256);
+
 export const grantSchema = z.strictObject({
-  role: roleNameSchema,
+  role: roleRefSchema,
   /** Literal: omitted = the role's configured set; `[]` = none. */
   scopes: scopesSchema.optional(),
   maxTtlSeconds: z
@@ -84,7 +91,7 @@ export type OpenTaskBody = z.infer<typeof openTaskSchema>;
 
 export const credentialRequestSchema = z.strictObject({
   taskId: taskRefSchema,
-  role: roleNameSchema,
+  role: roleRefSchema,
   scopes: scopesSchema.optional(),
   ttlSeconds: z
     .int()

@@ -154,12 +154,13 @@ describe('task ids are namespaced', () => {
 });
 
 test('only configured roles are roles: inherited object names answer 400 unknown_role', async () => {
-  for (const role of ['constructor', '__proto__', 'toString', 'hasOwnProperty', 'prototype']) {
+  // Names no role could have (spaces, too long) too: before, those were refused as a malformed body (invalid_request).
+  for (const role of ['constructor', '__proto__', 'toString', 'hasOwnProperty', 'prototype', 'no such role', 'r'.repeat(65)]) {
     const r = await open({ grants: [{ role }] });
     expect([role, r.status, r.body.code]).toEqual([role, 400, 'unknown_role']);
   }
   const task = await open({});
-  for (const role of ['constructor', 'toString']) {
+  for (const role of ['constructor', 'toString', 'no such role', 'r'.repeat(65)]) {
     const r = await cred(task.body.taskId, { role });
     expect(r.status).toBe(403);
     expect(r.body.code).toBe('role_not_granted');
