@@ -15,7 +15,7 @@ import { CredentialService } from './credentials/credential-service.ts';
 import type { Deps } from './deps.ts';
 import { createApp, under } from './http/app.ts';
 import { RateLimits } from './http/rate-limit.ts';
-import { refuseQuarantined } from './http/middleware.ts';
+import { admitIdentity } from './http/middleware.ts';
 import type { Services } from './http/services.ts';
 import { IdentityPatterns } from './identity/patterns.ts';
 import { Quarantine } from './identity/quarantine.ts';
@@ -335,8 +335,7 @@ export async function startBroker(config: LoadedConfig, opts: BrokerOptions = {}
               issue: async (token, body) => {
                 const who = await verifier.verify(token);
                 // As on every /v1 route (authenticate): a quarantined identity is refused before anything is issued.
-                await refuseQuarantined(deps, who);
-                await deps.limits?.spendIdentity(who.id);
+                await admitIdentity(deps, who);
                 const out = await services.credentials.request(who, body);
                 return 'credentials' in out ? { credentials: out.credentials } : {};
               },

@@ -4,7 +4,7 @@ import type { Deps } from '../deps.ts';
 import { forbidden, unauthenticated } from '../errors.ts';
 import { v1Routes } from '../http/app.ts';
 import { clip } from '../identity/log-safe.ts';
-import { refuseQuarantined } from '../http/middleware.ts';
+import { admitIdentity } from '../http/middleware.ts';
 import type { Services } from '../http/services.ts';
 import type { ConsoleConfig } from './config.ts';
 import { ConsoleCookies } from './cookies.ts';
@@ -145,8 +145,7 @@ export function createConsole(deps: Deps, services: Services, opts: { dist?: str
     }
     if (!session) throw unauthenticated('console_signed_out', 'Sign in to the console (the session is missing or has expired).');
     // A quarantined person is stopped here exactly as a quarantined workload is on /v1.
-    await refuseQuarantined(deps, session.identity);
-    await deps.limits?.spendIdentity(session.identity.id);
+    await admitIdentity(deps, session.identity);
     res.locals.identity = session.identity;
     res.locals.consoleSession = session;
     next();

@@ -5,6 +5,7 @@ import { denial } from '../authz.ts';
 import { BrokerError, badRequest, forbidden, unsupportedMediaType } from '../errors.ts';
 import type { WorkloadIdentity } from '../identity/types.ts';
 import { fromZod } from './problem.ts';
+import { RateLimited } from './rate-limit.ts';
 
 /** The verified caller, set by `requireIdentity`. */
 export function identityOf(res: Response): WorkloadIdentity {
@@ -45,9 +46,27 @@ export async function authenticate(
     }
     throw err;
   }
-  await refuseQuarantined(deps, who);
-  await deps.limits?.spendIdentity(who.id, budget);
+  await admitIdentity(deps, who, budget);
   return who;
+}
+
+/**
+ * What every verified caller passes before its route runs (the /v1 API, the AWS container endpoint,
+ * the console): not quarantined, and within its rate limit. Both refusals are audited denials (contract
+ * section 7: every denial is a record, whatever the route); a flood's 429s fold into one record per
+ * identity and minute.
+ */
+export async function admitIdentity(deps: Deps, who: WorkloadIdentity, budget: 'identity' | 'introspect' = 'identity'): Promise<void> {
+  await refuseQuarantined(deps, who);
+  try {
+    await deps.limits?.spendIdentity(who.id, budget);
+  } catch (err) {
+    if (err instanceof RateLimited) {
+      // Counted in metrics by the limiter already: only the record here.
+      await deps.audit.denial({ action: 'access.deny', actor: who.id, decision: 'deny', reason: err.code, detail: { budget } });
+    }
+    throw err;
+  }
 }
 
 /** Verifies `Authorization: Bearer <workload JWT>` and the caller's rate limit before anything else runs. */
@@ -59,7 +78,7 @@ export function requireIdentity(deps: Deps): RequestHandler {
 }
 
 /** 403 identity_quarantined (audited) when an admin quarantined `who`. */
-export async function refuseQuarantined(deps: Deps, who: WorkloadIdentity): Promise<void> {
+async function refuseQuarantined(deps: Deps, who: WorkloadIdentity): Promise<void> {
   const pattern = deps.quarantine.match(who.id);
   if (pattern === undefined) return;
   throw await denial(deps, who, forbidden('identity_quarantined', 'This identity is quarantined by an admin; every call is refused.'), {

@@ -1,5 +1,5 @@
 import { jest } from '@jest/globals';
-import { ADMIN, AGENT, ORCH, call, startSibling, startTestBroker, type TestBroker } from '../helpers/broker.ts';
+import { ADMIN, AGENT, ORCH, auditRecords, call, startSibling, startTestBroker, type TestBroker } from '../helpers/broker.ts';
 
 /**
  * Rate limits (contract sections 2 and 3): per identity string on every
@@ -95,6 +95,24 @@ describe('per identity, across instances', () => {
     } finally {
       await b.close();
     }
+  });
+
+  test('a 429 is an audited denial: one record per identity and minute, the repeats folded into a count', async () => {
+    const a = await broker('rl-audited', { perSecond: 1, burst: 1 });
+    const statuses: number[] = [];
+    for (let i = 0; i < 6; i++) statuses.push((await call(a.url, 'GET', '/v1/tasks/t-none', a.as(ORCH))).status);
+    expect(statuses.filter((s) => s === 429).length).toBeGreaterThanOrEqual(4);
+    await a.broker.deps.audit.flushFolds(true);
+    const records = (await auditRecords(a.broker.deps.redis, a.broker.deps.keys)).filter((r) => r.reason === 'rate_limited');
+    // Before: none (only the jit_rate_limited_total metric counted them).
+    expect(records.map((r) => ({ action: r.action, actor: r.actor, decision: r.decision, budget: r.detail?.budget }))[0]).toEqual({
+      action: 'access.deny',
+      actor: `spiffe://dev.local${ORCH}`,
+      decision: 'deny',
+      budget: 'identity',
+    });
+    expect(records.length).toBeLessThanOrEqual(2);
+    expect(1 + (records[1]?.count ?? 0)).toBe(statuses.filter((s) => s === 429).length);
   });
 
   test('the budget recovers: after Retry-After seconds the identity may call again', async () => {
