@@ -1,4 +1,4 @@
-import { BrokerError, RetryableUpstreamError, upstreamFailed, unavailable } from '../../errors.ts';
+import { BrokerError, RetryableUpstreamError, upstreamFailed } from '../../errors.ts';
 
 /** What kind of failure a Vault call ended in, from the HTTP status and message. */
 export type VaultFailureKind = 'sealed' | 'unavailable' | 'denied' | 'not_found' | 'invalid' | 'unknown';
@@ -70,7 +70,7 @@ export function issueError(err: unknown, action: string): BrokerError {
   const cause = safeCause(err);
   switch (f.kind) {
     case 'sealed':
-      return unavailable('upstream_sealed', 'Vault is sealed; try again later.', { cause });
+      return upstreamFailed('upstream_sealed', 'Vault is sealed; try again later.', { cause });
     case 'unavailable':
       return upstreamFailed('upstream_unavailable', `Vault is unavailable (${action}).`, { cause });
     case 'denied':

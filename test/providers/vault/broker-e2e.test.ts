@@ -252,15 +252,15 @@ describe('vault roles through the broker API', () => {
     await new Promise((r) => setTimeout(r, 1100));
   });
 
-  test('Vault sealed during issuance: 503 upstream_sealed, the lease is failed (not active), and /readyz reports the upstream down while staying ready', async () => {
+  test('Vault sealed during issuance: 502 upstream_sealed (contract: 502 upstream failed), the lease is failed (not active), and /readyz reports the upstream down while staying ready', async () => {
     const taskId = await openTask();
     emu.seal();
     for (const role of ['vault-ops', 'orders-db']) {
       const r = await issue({ taskId, role });
-      expect(r.status).toBe(503);
+      expect(r.status).toBe(502);
       expect(r.headers.get('content-type')).toMatch(/^application\/problem\+json/);
       expect(r.body).toMatchObject({
-        status: 503,
+        status: 502,
         code: 'upstream_sealed',
         type: expect.any(String),
         title: expect.any(String),

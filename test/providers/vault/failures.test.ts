@@ -20,12 +20,12 @@ afterEach(() => {
 });
 
 describe('Vault failing during issuance', () => {
-  test('sealed: 503 upstream_sealed, and not ready', async () => {
+  test('sealed: 502 upstream_sealed (an upstream failure), and the upstream not ready', async () => {
     emu.seal();
     for (const role of [tokenRole(['ops-read']), pathRole('database/creds/orders')]) {
       const err = await rejection(p.issue(request(role)));
       expect(err).toBeInstanceOf(BrokerError);
-      expect(err).toMatchObject({ status: 503, code: 'upstream_sealed' });
+      expect(err).toMatchObject({ status: 502, code: 'upstream_sealed' });
     }
     expect(await p.ready()).toBe(false);
     emu.unseal();

@@ -85,9 +85,9 @@ describe('rotating the AppRole secret-id', () => {
     expect([...emu.state.space('').approles.get('approle/jit-broker')!.secretIds.keys()]).toEqual([secretId]);
     expect((await p.issue(request(tokenRole(['ops-read'])))).credentials.token).toEqual(expect.any(String));
 
-    // Sealed before anything happened: same outcome, 503.
+    // Sealed before anything happened: same outcome, 502 (an upstream failure).
     emu.seal();
-    expect(await rejection(p.rotate())).toMatchObject({ status: 503, code: 'upstream_sealed' });
+    expect(await rejection(p.rotate())).toMatchObject({ status: 502, code: 'upstream_sealed' });
     emu.unseal();
     expect((await login(secretId)).auth.client_token).toEqual(expect.any(String));
   });
