@@ -259,7 +259,11 @@ export const ERRORS = {
     means: 'A rotation failed; the previous secret is still in use.',
     fix: 'Retry; the audit record says which step failed.',
   },
-  upstream_sealed: { status: 502, means: 'Vault is sealed (an upstream failure: the broker itself stays ready).', fix: 'Retry once Vault is unsealed.' },
+  upstream_sealed: {
+    status: 502,
+    means: 'Vault is sealed (an upstream failure: the broker itself stays ready).',
+    fix: 'Retry once Vault is unsealed.',
+  },
   not_ready: {
     status: 503,
     means: 'The broker cannot issue right now (Redis unreachable, signing key being recreated after data loss).',
