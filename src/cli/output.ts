@@ -1,3 +1,5 @@
+import { terminalSafe } from './terminal.ts';
+
 /** Where a command writes; the entry point passes the process's streams, tests may pass their own. */
 export interface Io {
   stdout: { write(s: string): unknown };
@@ -30,12 +32,12 @@ export class Out {
   fields(rows: [string, unknown][]): void {
     const shown = rows.filter(([, v]) => v !== undefined && v !== '');
     const w = Math.max(0, ...shown.map(([k]) => k.length));
-    for (const [k, v] of shown) this.line(`${k.padEnd(w)}  ${typeof v === 'string' ? v : JSON.stringify(v)}`);
+    for (const [k, v] of shown) this.line(`${k.padEnd(w)}  ${terminalSafe(typeof v === 'string' ? v : JSON.stringify(v))}`);
   }
 
-  /** A table with a header row; cells are stringified, columns padded. */
+  /** A table with a header row; cells are stringified (controls escaped, see terminalSafe), columns padded. */
   table(headers: string[], rows: unknown[][]): void {
-    const cells = rows.map((r) => r.map((c) => (c === undefined || c === null ? '-' : String(c))));
+    const cells = rows.map((r) => r.map((c) => (c === undefined || c === null ? '-' : terminalSafe(String(c)))));
     const widths = headers.map((h, i) => Math.max(h.length, ...cells.map((r) => r[i]!.length)));
     const fmt = (r: string[]) =>
       r

@@ -1,5 +1,6 @@
 import { z } from 'zod';
 import { scopeSchema } from '../config/common.ts';
+import { hasControls } from '../cli/terminal.ts';
 
 /** A task id a caller chooses: 1-128 chars of [A-Za-z0-9._:-] (contract section 3); `~` is reserved for sub-task ids. */
 export const TASK_NAME = /^[A-Za-z0-9._:-]{1,128}$/;
@@ -56,7 +57,11 @@ export const labelsSchema = z
  * is answered by what the name is used for (contract section 3: a grant answers 400 `unknown_role`, a
  * credential request 403 `role_not_granted`), not as a malformed body.
  */
-const roleRefSchema = z.string().min(1).max(256);
+const roleRefSchema = z
+  .string()
+  .min(1)
+  .max(256)
+  .refine((s) => !hasControls(s), 'role names hold no control, bidi or zero-width characters');
 
 export const grantSchema = z.strictObject({
   role: roleRefSchema,

@@ -1,10 +1,7 @@
-/**
- * Characters that are valid in JSON but mislead a human reading logs in a
- * terminal: C1 controls, zero-width and bidi controls, line/paragraph
- * separators, BOM. JSON.stringify already escapes C0 controls and lone
- * surrogates.
- */
-const MISLEADING = /[\u007f-\u009f\u00ad\u061c\u180e\u200b-\u200f\u2028-\u202e\u2060-\u206f\ufeff]/g;
+import { MISLEADING } from '../cli/terminal.ts';
+
+// MISLEADING: what misleads a human reading a terminal (C1, bidi, zero-width); JSON.stringify already
+// escapes C0 controls and lone surrogates.
 
 /**
  * Makes a value taken from unverified input (a token header, a claim, a

@@ -1,0 +1,68 @@
+import { afterAll, beforeAll, expect, test } from '@jest/globals';
+import { main } from '../../src/cli/main.ts';
+import { AGENT, ORCH, call, openAgentTask, startTestBroker, type TestBroker } from '../helpers/broker.ts';
+
+/**
+ * What a caller sends must not repaint an operator's terminal. Found by a review of the change that
+ * let callers name any role: a role name with ESC, C1, bidi and CR/LF bytes reached the audit record
+ * and `jit audit query` printed it raw (colours, a cleared line, a forged row of its own). Role names
+ * with such characters are now malformed input, and the CLI escapes control characters in every
+ * table cell and field, since free text (a task's purpose) may still carry them.
+ */
+let t: TestBroker;
+beforeAll(async () => {
+  t = await startTestBroker('cli-terminal-safe');
+});
+afterAll(async () => {
+  await t?.close();
+});
+
+const FORGED = '999  2026-01-01T00:00:00.000Z  spiffe://dev.local/ops/alice  task.complete  ok';
+const EVIL = `x\u001b[2K\u001b[31m\u009b0m\u202e\r\n${FORGED}`;
+
+async function jit(args: string[], as: string): Promise<{ code: number; stdout: string }> {
+  let stdout = '';
+  const code = await main(args, {
+    stdout: { write: (s: string) => (stdout += s) },
+    stderr: { write: () => true },
+    env: { JIT_BROKER_URL: t.url, JIT_TOKEN: t.issuer.svid(as, { ttl: 600 }) },
+    cwd: process.cwd(),
+  });
+  return { code, stdout };
+}
+
+test('a role name with control, bidi or line-break characters is malformed input, in a grant and in a request', async () => {
+  await openAgentTask(t, 'ts-1', [{ role: 'demo-api' }]);
+  const r = await call(t.url, 'POST', '/v1/credentials', t.as(AGENT), { taskId: 'ts-1', role: EVIL });
+  expect({ status: r.status, code: r.body.code }).toEqual({ status: 400, code: 'invalid_request' });
+  const g = await call(t.url, 'POST', '/v1/tasks', t.as(ORCH), {
+    agent: `spiffe://dev.local${AGENT}`,
+    tenant: 'acme',
+    purpose: 'p',
+    ttlSeconds: 60,
+    grants: [{ role: EVIL }],
+  });
+  expect({ status: g.status, code: g.body.code }).toEqual({ status: 400, code: 'invalid_request' });
+});
+
+test('the CLI escapes control characters in what it prints: a purpose with an ESC sequence and a forged line', async () => {
+  const open = await call(t.url, 'POST', '/v1/tasks', t.as(ORCH), {
+    taskId: 'ts-2',
+    agent: `spiffe://dev.local${AGENT}`,
+    tenant: 'acme',
+    purpose: EVIL,
+    ttlSeconds: 60,
+    grants: [{ role: 'demo-api' }],
+  });
+  expect(open.status).toBe(201);
+  for (const args of [
+    ['task', 'show', 'ts-2'],
+    ['audit', 'query', '--task', 'ts-2'],
+  ]) {
+    const out = await jit(args, ORCH);
+    expect(out.code).toBe(0);
+    if (args[0] === 'task') expect(out.stdout).toContain('x\\u001b[2K');
+    for (const c of ['\u001b', '\u009b', '\u202e', '\r']) expect(out.stdout).not.toContain(c);
+    expect(out.stdout.split('\n').some((line) => line.startsWith(FORGED))).toBe(false);
+  }
+});
