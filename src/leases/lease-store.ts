@@ -124,9 +124,10 @@ export class LeaseStore {
 
   /**
    * Ends a given-up issuance `failed`, unless a late activation recorded a handle other than `handle`
-   * (the one revoked). Returns 'failed' when it ended it now, 'moved' for another handle, else the status.
+   * (the one revoked). Returns 'ended_now' when this call ended it, 'moved' for another handle, else the
+   * status it has (e.g. 'failed' when its issuing process ended it first).
    */
-  async failIssuance(leaseId: string, handle: string, lastError: string): Promise<'failed' | 'moved' | LeaseStatus | undefined> {
+  async failIssuance(leaseId: string, handle: string, lastError: string): Promise<'ended_now' | 'moved' | LeaseStatus | undefined> {
     const bucket = this.keys.bucketOfId(leaseId);
     if (bucket === undefined) return undefined;
     const res = await failIssuanceScript.run(
@@ -134,7 +135,7 @@ export class LeaseStore {
       [this.keys.lease(leaseId), this.keys.liveLeases(bucket)],
       [handle, leaseId, this.keys.base(bucket), this.retentionMs, lastError],
     );
-    return (res ?? undefined) as 'failed' | 'moved' | LeaseStatus | undefined;
+    return (res ?? undefined) as 'ended_now' | 'moved' | LeaseStatus | undefined;
   }
 
   async get(leaseId: string): Promise<LeaseRecord | undefined> {

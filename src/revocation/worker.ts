@@ -77,7 +77,8 @@ export class RevocationWorker {
       const ended = await leases.failIssuance(lease.leaseId, given.handle, 'issuance_interrupted');
       // A late activation recorded another handle meanwhile: revoke again, with it.
       if (ended === 'moved') throw new RetryableUpstreamError('upstream_error', 'a late activation recorded another handle');
-      if (ended === 'failed') {
+      // Only the call that ended it audits it (the issuing process may have ended it `failed` first, audited).
+      if (ended === 'ended_now') {
         await audit.append({
           action: 'credential.fail',
           actor: 'broker',

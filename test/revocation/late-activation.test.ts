@@ -1,9 +1,10 @@
 import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
 import type { AwsEmulator } from '../emulators/aws/index.ts';
 import { startVaultEmulator, type VaultEmulator } from '../emulators/vault/index.ts';
-import { AGENT, ORCH, call, startTestBroker, waitFor, type TestBroker } from '../helpers/broker.ts';
+import { AGENT, ORCH, auditRecords, call, startTestBroker, waitFor, type TestBroker } from '../helpers/broker.ts';
 import { awsForBroker, callerIdentityAs } from '../providers/aws/helpers.ts';
 import { BROKER_POLICY } from '../providers/vault/helpers.ts';
+import { upstreamFailed } from '../../src/errors.ts';
 import { leaseEndJobId } from '../../src/revocation/queue.ts';
 
 /**
@@ -167,6 +168,40 @@ describe('vault', () => {
       expect(emu.tokenByAccessor(accessor)).toBeUndefined();
     } finally {
       deps.leases.giveUp = realGiveUp;
+    }
+  }, 60_000);
+
+  test('a given-up issuance that its caller ended failed meanwhile (the upstream call failed late) gets one credential.fail record', async () => {
+    await openTask(t, 'la-vault-2', 'vault-ops');
+    const deps = t.broker.deps;
+    const vault = deps.providers.get('vault')!;
+    const realIssue = vault.issue.bind(vault);
+    const realRevoke = vault.revoke.bind(vault);
+    const leaseHash = async () => {
+      const [id] = await deps.tasks.leaseIds('la-vault-2');
+      return id ? deps.redis.hgetall(deps.keys.lease(id)) : {};
+    };
+    // The upstream call stalls past the orphan deadline, then fails; the worker's revoke is slower still.
+    vault.issue = async () => {
+      await waitFor(async () => (await leaseHash()).givenUp !== undefined, 15_000, 10);
+      throw upstreamFailed('upstream_error', 'upstream timed out');
+    };
+    vault.revoke = async (lease, role, opts) => {
+      await waitFor(async () => (await leaseHash()).status === 'failed', 15_000, 10);
+      return realRevoke(lease, role, opts);
+    };
+    try {
+      const res = await call(t.url, 'POST', '/v1/credentials', t.as(AGENT), { taskId: 'la-vault-2', role: 'vault-ops' });
+      expect(res.status).toBe(502);
+      const [leaseId] = await deps.tasks.leaseIds('la-vault-2');
+      const q = deps.queue.queues[deps.queue.groupOf(deps.keys.bucketOfId(leaseId!)!)]!;
+      await waitFor(async () => !(await q.getJob(leaseEndJobId(leaseId!))), 15_000, 50);
+      const fails = (await auditRecords(deps.redis, deps.keys)).filter((x) => x.leaseId === leaseId && x.action === 'credential.fail');
+      // Before: two, the caller's (upstream_error) and the worker's (issuance_interrupted).
+      expect(fails.map((f) => f.reason)).toEqual(['upstream_error']);
+    } finally {
+      vault.issue = realIssue;
+      vault.revoke = realRevoke;
     }
   }, 60_000);
 });

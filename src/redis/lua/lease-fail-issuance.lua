@@ -8,11 +8,12 @@
 -- ARGV[3] key base of the bucket
 -- ARGV[4] retention in ms
 -- ARGV[5] lastError
--- Returns 'failed' (ended now) | 'moved' (another handle was recorded) | the status when not issuing | false
+-- Returns 'ended_now' (ended failed by this call) | 'moved' (another handle was recorded) | the status when not
+-- issuing (e.g. 'failed' when the issuing process ended it first) | false
 local f = redis.call('HMGET', KEYS[1], 'status', 'handle')
 if not f[1] then return false end
 if f[1] ~= 'issuing' then return f[1] end
 if (f[2] or '{}') ~= ARGV[1] then return 'moved' end
 redis.call('HSET', KEYS[1], 'lastError', ARGV[5])
 end_lease(ARGV[3], KEYS[2], ARGV[2], 'failed', '', tonumber(ARGV[4]), now_ms())
-return 'failed'
+return 'ended_now'
