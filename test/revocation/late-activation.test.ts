@@ -177,7 +177,7 @@ describe('vault', () => {
     const vault = deps.providers.get('vault')!;
     const realIssue = vault.issue.bind(vault);
     const realRevoke = vault.revoke.bind(vault);
-    const leaseHash = async () => {
+    const leaseHash = async (): Promise<Record<string, string>> => {
       const [id] = await deps.tasks.leaseIds('la-vault-2');
       return id ? deps.redis.hgetall(deps.keys.lease(id)) : {};
     };
