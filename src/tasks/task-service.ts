@@ -106,7 +106,15 @@ export class TaskService {
       ...(parentCreatedAt === undefined ? {} : { parentCreatedAt }),
     });
     const d = (code: 'delegation_outlives_parent' | 'limit_exceeded', msg: string) =>
-      deny(this.deps, who, code, msg, { action: 'access.deny', taskId: task.taskId });
+      deny(
+        this.deps,
+        who,
+        code,
+        msg,
+        task.parentTaskId
+          ? { action: 'access.deny', taskId: task.parentTaskId, detail: { subtask: task.taskId } }
+          : { action: 'access.deny', taskId: task.taskId },
+      );
     switch (res.kind) {
       case 'created':
         await this.deps.audit.append({
@@ -270,7 +278,8 @@ export class TaskService {
     const d = async (code: 'not_parent_agent' | 'delegation_too_deep' | 'delegation_widens', msg: string): Promise<never> => {
       // The parent may come from the cache: refuse only on the parent as Redis holds it now.
       if (!(await this.deps.tasks.isCurrent(parent))) throw new StaleTask();
-      return deny(this.deps, who, code, msg, { action: 'access.deny', taskId });
+      // Recorded under the parent, which exists: its evidence shows the attempt whether or not the sub-task ever opens.
+      return deny(this.deps, who, code, msg, { action: 'access.deny', taskId: parentId, detail: { subtask: taskId } });
     };
     if (who.id !== parent.agent) await d('not_parent_agent', "Only the parent task's agent may open a sub-task.");
     const depth = this.deps.config.tasks.maxDelegationDepth;

@@ -1,5 +1,5 @@
 import { afterAll, beforeAll, expect, test } from '@jest/globals';
-import { AGENT, ORCH, call, startTestBroker, type TestBroker } from '../helpers/broker.ts';
+import { AGENT, ORCH, call, openAgentTask, startTestBroker, type TestBroker } from '../helpers/broker.ts';
 
 /**
  * A task id whose task was purged (its retention passed) may be opened again, by any orchestrator.
@@ -58,4 +58,27 @@ test("a task opened under a purged task's id shows only its own audit records", 
   await deps.redis.hset(deps.keys.lease(cred.body.leaseId), 'issuedAt', issuedAt - 120_000);
   expect((await call(t.url, 'GET', `/v1/leases/${cred.body.leaseId}`, t.as(OTHER))).status).toBe(403);
   expect((await call(t.url, 'GET', `/v1/leases/${cred.body.leaseId}`, t.as(AGENT))).status).toBe(200);
+});
+
+test("an agent's refused sub-task is in the parent's evidence, before and after that sub-task opens", async () => {
+  await openAgentTask(t, 'reuse-root', [{ role: 'tickets-api', scopes: ['tickets:read'] }]);
+  const sub = (scopes: string[]) =>
+    call(t.url, 'POST', '/v1/tasks', t.as(AGENT), {
+      parentTaskId: 'reuse-root',
+      taskId: 'x',
+      agent: `spiffe://dev.local${AGENT}`,
+      ttlSeconds: 60,
+      grants: [{ role: 'tickets-api', scopes }],
+    });
+  const widen = await sub(['tickets:read', 'tickets:write']);
+  expect([widen.status, widen.body.code]).toEqual([403, 'delegation_widens']);
+  const refusals = async () =>
+    ((await call(t.url, 'GET', '/v1/tasks/reuse-root/evidence', t.as(ORCH))).body.audit.items as Record<string, any>[])
+      .filter((r) => r.action === 'access.deny')
+      .map((r) => ({ reason: r.reason, taskId: r.taskId, subtask: r.detail?.subtask }));
+  const expected = [{ reason: 'delegation_widens', taskId: 'reuse-root', subtask: 'reuse-root~x' }];
+  // Before: recorded under the sub-task's id, which is in no tree until it opens, and whose index its open dropped.
+  expect(await refusals()).toEqual(expected);
+  expect((await sub(['tickets:read'])).status).toBe(201);
+  expect(await refusals()).toEqual(expected);
 });
