@@ -1,5 +1,7 @@
 import { afterAll, beforeAll, expect, test } from '@jest/globals';
-import { ADMIN, AGENT, call, openAgentTask, startTestBroker, type TestBroker } from '../helpers/broker.ts';
+import { upstreamFailed } from '../../src/errors.ts';
+import type { StartedIssue } from '../../src/providers/types.ts';
+import { ADMIN, AGENT, call, openAgentTask, startTestBroker, waitFor, type TestBroker } from '../helpers/broker.ts';
 
 /**
  * One approval, one credential (contract section 3): an approval is consumed by the credential it
@@ -40,4 +42,45 @@ test('an approved request refused by the live-lease bound keeps its approval; on
   const third = await call(t.url, 'POST', '/v1/credentials', t.as(AGENT), req);
   expect(third.status).toBe(202);
   expect(third.body.approvalId).not.toBe(approvalId);
+});
+
+test('an approval handed back while the same request opened a new pending one takes the request back; the new one is withdrawn', async () => {
+  await openAgentTask(t, 'gb-2', [{ role: 'prod-deploy' }]);
+  const req = { taskId: 'gb-2', role: 'prod-deploy', ttlSeconds: 60 };
+  const p = await call(t.url, 'POST', '/v1/credentials', t.as(AGENT), req);
+  expect(p.status).toBe(202);
+  const x = p.body.approvalId as string;
+  expect((await call(t.url, 'POST', `/v1/approvals/${x}`, t.as(ADMIN), { decision: 'approve' })).status).toBe(200);
+
+  // Request A consumes X and records its lease; its signature then fails. Request B, the same, comes in between.
+  const jwt = t.broker.deps.providers.get('jwt')!;
+  const realStart = jwt.start!.bind(jwt);
+  let release!: () => void;
+  const gate = new Promise<void>((r) => {
+    release = r;
+  });
+  let started = 0;
+  jwt.start = (r): StartedIssue => {
+    const s = realStart(r);
+    started++;
+    return { ...s, done: gate.then(() => Promise.reject(upstreamFailed('upstream_error', 'signing failed'))) };
+  };
+  let a: Promise<{ status: number; body: any }>;
+  let y: string;
+  try {
+    a = call(t.url, 'POST', '/v1/credentials', t.as(AGENT), req);
+    await waitFor(async () => started > 0 && (await call(t.url, 'GET', `/v1/approvals/${x}`, t.as(ADMIN))).body.status === 'consumed');
+    const b = await call(t.url, 'POST', '/v1/credentials', t.as(AGENT), req);
+    expect(b.status).toBe(202);
+    y = b.body.approvalId;
+    expect(y).not.toBe(x);
+  } finally {
+    release();
+    jwt.start = realStart;
+  }
+  expect((await a).status).toBe(502);
+  expect((await call(t.url, 'GET', `/v1/approvals/${x}`, t.as(ADMIN))).body.status).toBe('approved');
+  expect((await call(t.url, 'GET', `/v1/approvals/${y}`, t.as(ADMIN))).body.status).toBe('expired');
+  // Before: 202 with Y, and X stayed approved with nothing able to use it.
+  expect((await call(t.url, 'POST', '/v1/credentials', t.as(AGENT), req)).status).toBe(201);
 });

@@ -20,6 +20,19 @@ if ARGV[1] == 'pending' then redis.call('SREM', KEYS[2], ARGV[3]) end
 if ARGV[2] == 'consumed' and redis.call('GET', KEYS[3]) == ARGV[3] then redis.call('DEL', KEYS[3]) end
 if ARGV[1] == 'consumed' then
   local deadline = tonumber(redis.call('HGET', KEYS[1], 'expiresAt'))
-  if deadline and deadline > now_ms() then redis.call('SET', KEYS[3], ARGV[3], 'PXAT', deadline, 'NX') end
+  if deadline and deadline > now_ms() then
+    -- The same request asked again meanwhile and got a new pending approval: the one given back covers it
+    -- already, so it takes the index back and the pending one is withdrawn (an approver need not decide twice).
+    local cur = redis.call('GET', KEYS[3])
+    if cur and cur ~= ARGV[3] then
+      local other = string.sub(KEYS[1], 1, #KEYS[1] - #ARGV[3]) .. cur
+      if redis.call('HGET', other, 'status') == 'pending' then
+        redis.call('HSET', other, 'status', 'expired', 'decidedAt', now_ms())
+        redis.call('SREM', KEYS[2], cur)
+        cur = nil
+      end
+    end
+    if not cur then redis.call('SET', KEYS[3], ARGV[3], 'PXAT', deadline) end
+  end
 end
 return 1
