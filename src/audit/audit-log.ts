@@ -50,6 +50,7 @@ export class AuditLog {
   private readonly taskIndexMs: number;
   private readonly now: () => number;
   private readonly guardEpoch: boolean;
+  private readonly foldMaxKeys: number;
 
   /**
    * `guardEpoch`: before starting a chain at seq 1, wait until Redis holds the
@@ -64,6 +65,8 @@ export class AuditLog {
     taskIndexMs: number;
     now?: () => number;
     guardEpoch?: boolean;
+    /** Distinct (actor, code, action) denials tracked per minute before the rest fold per (code, action). */
+    foldMaxKeys?: number;
   }) {
     this.redis = deps.redis;
     this.keys = deps.keys;
@@ -71,6 +74,7 @@ export class AuditLog {
     this.taskIndexMs = deps.taskIndexMs;
     this.now = deps.now ?? Date.now;
     this.guardEpoch = deps.guardEpoch ?? false;
+    this.foldMaxKeys = deps.foldMaxKeys ?? FOLD_MAX_KEYS;
   }
 
   /** The chain a record belongs to: its task's bucket, else `ops`. */
@@ -112,15 +116,16 @@ export class AuditLog {
    */
   async denial(event: AuditEvent): Promise<void> {
     const minute = Math.floor(this.now() / 60_000);
-    const key = `${minute}\u0000${event.actor}\u0000${event.reason ?? ''}\u0000${event.action}`;
+    let key = `${minute}\u0000${event.actor}\u0000${event.reason ?? ''}\u0000${event.action}`;
+    if (this.folds.size >= this.foldMaxKeys && !this.folds.has(key)) {
+      // Too many distinct denying callers this minute to track each: fold the rest per (code, action), whoever
+      // they are (the first one's record names its actor; the minute's count says how many followed).
+      key = `${minute}\u0000*\u0000${event.reason ?? ''}\u0000${event.action}`;
+      event = { ...event, detail: { ...(event.detail ?? {}), overflow: true } };
+    }
     const fold = this.folds.get(key);
     if (fold) {
       fold.count += 1;
-      return;
-    }
-    if (this.folds.size >= FOLD_MAX_KEYS) {
-      // Too many distinct denying callers to track: record each (bounded by the rate limits instead).
-      await this.append(event);
       return;
     }
     this.folds.set(key, { event, count: 0 });

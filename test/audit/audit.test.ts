@@ -82,3 +82,22 @@ test('records never contain the secrets they describe (issuance path)', async ()
     expect(Object.keys(JSON.parse(f[1]!)).sort()).toEqual(['action', 'actor', 'decision', 'hash', 'leaseId', 'prev', 'seq', 'time']);
   await dropPrefix(prefix);
 });
+
+test('denials from more distinct callers in a minute than the fold table holds fold per code and action, not one record each', async () => {
+  const prefix = uniquePrefix('audit-fold');
+  const keys = new Keys(prefix);
+  const log = new AuditLog({ redis, keys, logger: silentLogger, taskIndexMs: 60_000, foldMaxKeys: 5 });
+  const deny = (i: number) =>
+    log.denial({ action: 'access.deny', actor: `spiffe://dev.local/agent/${i}`, decision: 'deny', reason: 'rate_limited' });
+  for (let i = 0; i < 45; i++) await deny(i);
+  await log.flushFolds(true);
+  const records = (await redis.xrange(keys.auditStream('ops'), '-', '+')).map(([, f]) => JSON.parse(f[1]!));
+  // Five callers tracked one by one, then the 40 others as one record at once and one with the count of the rest.
+  // Before: 45 records, one per caller past the table's size.
+  expect(records).toHaveLength(7);
+  expect(records.slice(5).map((r) => ({ count: r.count, overflow: r.detail?.overflow }))).toEqual([
+    { count: undefined, overflow: true },
+    { count: 39, overflow: true },
+  ]);
+  await dropPrefix(prefix);
+});
