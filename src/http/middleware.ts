@@ -62,8 +62,11 @@ export async function admitIdentity(deps: Deps, who: WorkloadIdentity, budget: '
     await deps.limits?.spendIdentity(who.id, budget);
   } catch (err) {
     if (err instanceof RateLimited) {
-      // Counted in metrics by the limiter already: only the record here.
-      await deps.audit.denial({ action: 'access.deny', actor: who.id, decision: 'deny', reason: err.code, detail: { budget } });
+      // Counted in metrics by the limiter already: only the record here. A record that cannot be written (Redis
+      // down: the limiter fell back to its in-memory count) does not turn the 429 into another answer.
+      await deps.audit
+        .denial({ action: 'access.deny', actor: who.id, decision: 'deny', reason: err.code, detail: { budget } })
+        .catch((e: unknown) => deps.logger.warn({ err: (e as Error).message }, 'could not audit a rate-limit denial'));
     }
     throw err;
   }
