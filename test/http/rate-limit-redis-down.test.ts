@@ -1,5 +1,8 @@
 import { Redis } from 'ioredis';
-import { RateLimits } from '../../src/http/rate-limit.ts';
+import type { Deps } from '../../src/deps.ts';
+import { admitIdentity } from '../../src/http/middleware.ts';
+import { RateLimited, RateLimits } from '../../src/http/rate-limit.ts';
+import type { WorkloadIdentity } from '../../src/identity/types.ts';
 import { silentLogger } from '../../src/logger.ts';
 import { Metrics } from '../../src/metrics.ts';
 
@@ -40,4 +43,48 @@ test('Redis down: the same budget per instance, no errors', async () => {
   // Budgets that are off cost nothing, even without Redis.
   await expect(limits.spendIdentity('spiffe://dev.local/agent/a', 'introspect')).resolves.toBeUndefined();
   dead.disconnect();
+});
+
+test('Redis down: a 429 stays a 429 though its audit record cannot be written', async () => {
+  const dead = new Redis('redis://127.0.0.1:1', {
+    lazyConnect: true,
+    enableOfflineQueue: false,
+    maxRetriesPerRequest: 0,
+    disconnectTimeout: 100,
+  });
+  dead.on('error', () => {});
+  const limits = new RateLimits({
+    redis: dead,
+    prefix: 'down-audit',
+    config: {
+      perSecond: 1,
+      burst: 1,
+      introspect: { perSecond: 0, burst: 1 },
+      unauthenticated: { perSecond: 0, burst: 1 },
+      trustProxy: false,
+    },
+    metrics: new Metrics(),
+    logger: silentLogger,
+  });
+  const deps = {
+    limits,
+    quarantine: { match: () => undefined },
+    logger: silentLogger,
+    audit: { denial: () => Promise.reject(new Error('Connection is closed.')) },
+  } as unknown as Deps;
+  try {
+    const out: string[] = [];
+    for (let i = 0; i < 3; i++) {
+      try {
+        await admitIdentity(deps, { id: 'spiffe://dev.local/agent/b' } as WorkloadIdentity);
+        out.push('ok');
+      } catch (err) {
+        out.push(err instanceof RateLimited ? `429 ${err.code}` : `other: ${(err as Error).message}`);
+      }
+    }
+    // Before: the failed audit write replaced the 429 (a 503, or a 500 on the AWS container endpoint).
+    expect(out).toEqual(['ok', '429 rate_limited', '429 rate_limited']);
+  } finally {
+    dead.disconnect();
+  }
 });
