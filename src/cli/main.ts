@@ -11,6 +11,7 @@ import { leaseRevoke, leaseShow } from './commands/lease.ts';
 import { taskComplete, taskEvidence, taskList, taskOpen, taskShow } from './commands/task.ts';
 import type { Io } from './output.ts';
 import { packageVersion } from './package.ts';
+import { terminalSafe } from './terminal.ts';
 
 /** Exit codes of contract section 9. */
 export const EXIT = { ok: 0, refused: 1, usage: 2, failed: 3 } as const;
@@ -143,7 +144,8 @@ function report(err: unknown, io: Io, json: boolean): number {
     body = { code: 'usage', detail: err.message };
   } else if (err instanceof BrokerResponseError) {
     code = err.status >= 400 && err.status < 500 ? EXIT.refused : EXIT.failed;
-    message = err.message;
+    // The broker's `detail` may quote what a caller sent: escaped like every table cell (terminal.ts).
+    message = terminalSafe(err.message);
     body = err.body && typeof err.body === 'object' ? err.body : { status: err.status, code: err.code, detail: err.detail };
   } else if (err instanceof ApprovalPendingError) {
     code = EXIT.refused;
