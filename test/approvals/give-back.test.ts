@@ -1,7 +1,7 @@
 import { afterAll, beforeAll, expect, test } from '@jest/globals';
 import { upstreamFailed } from '../../src/errors.ts';
 import type { StartedIssue } from '../../src/providers/types.ts';
-import { ADMIN, AGENT, call, openAgentTask, startTestBroker, waitFor, type TestBroker } from '../helpers/broker.ts';
+import { ADMIN, AGENT, ORCH, call, openAgentTask, startTestBroker, waitFor, type TestBroker } from '../helpers/broker.ts';
 
 /**
  * One approval, one credential (contract section 3): an approval is consumed by the credential it
@@ -83,4 +83,57 @@ test('an approval handed back while the same request opened a new pending one ta
   expect((await call(t.url, 'GET', `/v1/approvals/${y}`, t.as(ADMIN))).body.status).toBe('expired');
   // Before: 202 with Y, and X stayed approved with nothing able to use it.
   expect((await call(t.url, 'POST', '/v1/credentials', t.as(AGENT), req)).status).toBe(201);
+});
+
+test("a give-back by a task whose id was purged and opened again leaves the new task's pending approval alone", async () => {
+  const taskId = 'gb-3';
+  await openAgentTask(t, taskId, [{ role: 'prod-deploy' }]);
+  const req = { taskId, role: 'prod-deploy', ttlSeconds: 60 };
+  const p = await call(t.url, 'POST', '/v1/credentials', t.as(AGENT), req);
+  const x = p.body.approvalId as string;
+  expect((await call(t.url, 'POST', `/v1/approvals/${x}`, t.as(ADMIN), { decision: 'approve' })).status).toBe(200);
+  const jwt = t.broker.deps.providers.get('jwt')!;
+  const realStart = jwt.start!.bind(jwt);
+  let release!: () => void;
+  const gate = new Promise<void>((r) => {
+    release = r;
+  });
+  let started = 0;
+  jwt.start = (r): StartedIssue => {
+    const s = realStart(r);
+    started++;
+    return { ...s, done: gate.then(() => Promise.reject(upstreamFailed('upstream_error', 'signing failed'))) };
+  };
+  let a: Promise<{ status: number; body: any }>;
+  let y: string;
+  const other = '/agent/other';
+  try {
+    a = call(t.url, 'POST', '/v1/credentials', t.as(AGENT), req);
+    await waitFor(async () => started > 0 && (await call(t.url, 'GET', `/v1/approvals/${x}`, t.as(ADMIN))).body.status === 'consumed');
+    jwt.start = realStart;
+    // The task ends and is purged (its retention passes); another orchestrator opens the id for another agent.
+    expect((await call(t.url, 'POST', `/v1/tasks/${taskId}/complete`, t.as(ORCH))).status).toBe(202);
+    const deps = t.broker.deps;
+    await deps.redis.del(deps.keys.task(taskId), deps.keys.taskApprovals(taskId));
+    const reopened = await call(t.url, 'POST', '/v1/tasks', t.as('/orchestrator/other'), {
+      taskId,
+      agent: `spiffe://dev.local${other}`,
+      tenant: 'globex',
+      purpose: 'another task',
+      ttlSeconds: 600,
+      grants: [{ role: 'prod-deploy' }],
+    });
+    expect(reopened.status).toBe(201);
+    const b = await call(t.url, 'POST', '/v1/credentials', t.as(other), req);
+    expect(b.status).toBe(202);
+    y = b.body.approvalId;
+  } finally {
+    release();
+    jwt.start = realStart;
+  }
+  expect((await a).status).toBe(502);
+  // Before (5e124f9): the earlier task's give-back withdrew Y as if it were its twin.
+  expect((await call(t.url, 'GET', `/v1/approvals/${y}`, t.as(ADMIN))).body.status).toBe('pending');
+  expect((await call(t.url, 'POST', `/v1/approvals/${y}`, t.as(ADMIN), { decision: 'approve' })).status).toBe(200);
+  expect((await call(t.url, 'POST', '/v1/credentials', t.as(other), req)).status).toBe(201);
 });

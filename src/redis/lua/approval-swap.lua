@@ -23,15 +23,21 @@ if ARGV[1] == 'consumed' then
   if deadline and deadline > now_ms() then
     -- The same request asked again meanwhile and got a new pending approval: the one given back covers it
     -- already, so it takes the index back and the pending one is withdrawn (an approver need not decide twice).
+    -- Only a twin of the same task incarnation: a task id purged and opened again is another task, whose
+    -- approvals this one must not touch (the index key names the task id, not its incarnation).
     local cur = redis.call('GET', KEYS[3])
+    local mine = redis.call('HGET', KEYS[1], 'taskCreatedAt')
     if cur and cur ~= ARGV[3] then
       local other = string.sub(KEYS[1], 1, #KEYS[1] - #ARGV[3]) .. cur
-      if redis.call('HGET', other, 'status') == 'pending' then
+      local o = redis.call('HMGET', other, 'status', 'taskCreatedAt')
+      if o[1] == 'pending' and mine and o[2] == mine then
         redis.call('HSET', other, 'status', 'expired', 'decidedAt', now_ms())
         redis.call('SREM', KEYS[2], cur)
         cur = nil
       end
     end
+    -- (Pointing the index at an approval of an earlier incarnation is harmless: approval-request.lua only
+    -- reuses one of the incarnation asking.)
     if not cur then redis.call('SET', KEYS[3], ARGV[3], 'PXAT', deadline) end
   end
 end
