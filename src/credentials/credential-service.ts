@@ -7,7 +7,7 @@ import { BrokerError, badRequest, conflict, notFound, upstreamFailed } from '../
 import type { CredentialRequest } from '../http/schemas.ts';
 import type { WorkloadIdentity } from '../identity/types.ts';
 import { type ClampedTtl, clampTtl } from '../leases/ttl.ts';
-import type { CreateRefusal } from '../leases/lease-store.ts';
+import { type CreateRefusal, LeaseStore } from '../leases/lease-store.ts';
 import type { LeaseFixed, LeaseRecord } from '../leases/types.ts';
 import { descriptorOf } from '../providers/index.ts';
 import type { IssueRequest, IssueResult, Provider, StartedIssue } from '../providers/types.ts';
@@ -359,7 +359,9 @@ export class CredentialService {
   /** The upstream refused: nothing was handed out; the lease ends `failed`. */
   private async failed(fixed: LeaseFixed, err: unknown): Promise<void> {
     const code = err instanceof BrokerError ? err.code : 'upstream_error';
-    await this.deps.leases.end(fixed.leaseId, 'failed', { lastError: code });
+    const before = await this.deps.leases.end(fixed.leaseId, 'failed', { lastError: code });
+    // The worker may have given the issuance up and ended it first (audited there): one record per lease.
+    if (before === undefined || LeaseStore.isEnded(before)) return;
     await this.deps.audit.append({
       action: 'credential.fail',
       actor: fixed.agent,

@@ -204,4 +204,29 @@ describe('vault', () => {
       vault.revoke = realRevoke;
     }
   }, 60_000);
+
+  test('the worker ends a given-up issuance first, then its upstream call fails: still one credential.fail record', async () => {
+    await openTask(t, 'la-vault-3', 'vault-ops');
+    const deps = t.broker.deps;
+    const vault = deps.providers.get('vault')!;
+    const realIssue = vault.issue.bind(vault);
+    const leaseHash = async (): Promise<Record<string, string>> => {
+      const [id] = await deps.tasks.leaseIds('la-vault-3');
+      return id ? deps.redis.hgetall(deps.keys.lease(id)) : {};
+    };
+    vault.issue = async () => {
+      await waitFor(async () => (await leaseHash()).status === 'failed', 20_000, 10);
+      throw upstreamFailed('upstream_error', 'upstream timed out');
+    };
+    try {
+      const res = await call(t.url, 'POST', '/v1/credentials', t.as(AGENT), { taskId: 'la-vault-3', role: 'vault-ops' });
+      expect(res.status).toBe(502);
+      const [leaseId] = await deps.tasks.leaseIds('la-vault-3');
+      const fails = (await auditRecords(deps.redis, deps.keys)).filter((x) => x.leaseId === leaseId && x.action === 'credential.fail');
+      // Before: the worker's (issuance_interrupted) and then the caller's (upstream_error).
+      expect(fails.map((f) => f.reason)).toEqual(['issuance_interrupted']);
+    } finally {
+      vault.issue = realIssue;
+    }
+  }, 60_000);
 });
