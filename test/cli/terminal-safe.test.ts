@@ -1,6 +1,6 @@
 import { afterAll, beforeAll, expect, test } from '@jest/globals';
 import { main } from '../../src/cli/main.ts';
-import { AGENT, ORCH, call, openAgentTask, startTestBroker, type TestBroker } from '../helpers/broker.ts';
+import { ADMIN, AGENT, ORCH, call, openAgentTask, startTestBroker, type TestBroker } from '../helpers/broker.ts';
 
 /**
  * What a caller sends must not repaint an operator's terminal. Found by a review of the change that
@@ -65,4 +65,30 @@ test('the CLI escapes control characters in what it prints: a purpose with an ES
     for (const c of ['\u001b', '\u009b', '\u202e', '\r']) expect(out.stdout).not.toContain(c);
     expect(out.stdout.split('\n').some((line) => line.startsWith(FORGED))).toBe(false);
   }
+});
+
+test("jit audit tail escapes them too: an approver's reason with an ESC sequence and a forged line", async () => {
+  await openAgentTask(t, 'ts-3', [{ role: 'prod-deploy' }]);
+  const p = await call(t.url, 'POST', '/v1/credentials', t.as(AGENT), { taskId: 'ts-3', role: 'prod-deploy' });
+  expect(p.status).toBe(202);
+  const reason = `x\u001b[2K\u001b[31m\u009b0m\u202e\r\n2026-01-01T00:00:00.000Z  spiffe://dev.local/ops/alice  task.complete  ok  ts-3`;
+  expect((await call(t.url, 'POST', `/v1/approvals/${p.body.approvalId}`, t.as(ADMIN), { decision: 'approve', reason })).status).toBe(200);
+  let stdout = '';
+  const STOP = new Error('stop');
+  await main(['audit', 'tail', '--task', 'ts-3', '--since', '1h', '--interval', '1'], {
+    stdout: {
+      write: (s: string) => {
+        stdout += s;
+        if (stdout.includes('approval.decide')) throw STOP; // one poll is enough
+        return true;
+      },
+    },
+    stderr: { write: () => true },
+    env: { JIT_BROKER_URL: t.url, JIT_TOKEN: t.issuer.svid(ORCH, { ttl: 600 }) },
+    cwd: process.cwd(),
+  });
+  expect(stdout).toContain('approval.decide');
+  // Before: printed raw (the query command escaped it, tail did not).
+  for (const c of ['\u001b', '\u009b', '\u202e', '\r']) expect(stdout).not.toContain(c);
+  expect(stdout.split('\n').some((line) => line.startsWith('2026-01-01T00:00:00.000Z'))).toBe(false);
 });

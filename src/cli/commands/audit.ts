@@ -7,6 +7,7 @@ import { type ApiAuditRecord, ChainChecker } from '../audit-chain.ts';
 import type { Command, Ctx } from '../command.ts';
 import type { Out } from '../output.ts';
 import { listOptions, printPage } from './paging.ts';
+import { terminalSafe } from '../terminal.ts';
 
 const filterOptions = {
   task: { type: 'string' },
@@ -79,7 +80,9 @@ export const auditTail: Command = {
       await follow(client, { ...base, since: base.since ?? new Date().toISOString() }, interval, stop.signal, (r) =>
         ctx.json
           ? ctx.io.stdout.write(`${JSON.stringify(r)}\n`)
-          : ctx.out.line(`${r.time}  ${r.actor}  ${r.action}  ${r.decision}  ${r.taskId ?? '-'}  ${r.reason ?? ''}`.trimEnd()),
+          : ctx.out.line(
+              terminalSafe(`${r.time}  ${r.actor}  ${r.action}  ${r.decision}  ${r.taskId ?? '-'}  ${r.reason ?? ''}`.trimEnd()),
+            ),
       );
     } finally {
       process.off('SIGINT', onSignal);

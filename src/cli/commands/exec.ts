@@ -4,6 +4,7 @@ import { childEnv } from '../../client/env.ts';
 import { UsageError } from '../args.ts';
 import type { Command } from '../command.ts';
 import { credentialOptions, issue } from './cred.ts';
+import { terminalSafe } from '../terminal.ts';
 
 const FORWARDED = ['SIGINT', 'SIGTERM', 'SIGHUP'] as const;
 
@@ -37,7 +38,7 @@ export const exec: Command = {
       await broker.revokeLease(cred.leaseId);
     } catch (err) {
       io.stderr.write(
-        `jit: could not revoke lease ${cred.leaseId} (${(err as Error).message}); it ends at ${cred.expiresAt} or with its task\n`,
+        `jit: could not revoke lease ${cred.leaseId} (${terminalSafe((err as Error).message)}); it ends at ${cred.expiresAt} or with its task\n`,
       );
     }
     return code;
