@@ -48,7 +48,7 @@ export async function authorize(
   action: PolicyAction,
   resource: PolicyRequest['resource'],
   context: PolicyRequest['context'],
-  audit: { taskId?: string; role?: string; leaseId?: string },
+  audit: { taskId?: string; role?: string; leaseId?: string; detail?: AuditEvent['detail'] },
   opts: { beforeDenial?: () => Promise<void> } = {},
 ): Promise<string[]> {
   const decision = authorizeNarrowing(deps.policy, {
@@ -71,7 +71,7 @@ export async function authorize(
       reason: decision.errors.length ? 'policy_error' : 'policy_denied',
       policies: decision.policies,
       ...audit,
-      detail: { policyAction: action, ...(decision.delegatedLabels ? { delegatedLabels: true } : {}) },
+      detail: { ...audit.detail, policyAction: action, ...(decision.delegatedLabels ? { delegatedLabels: true } : {}) },
     });
     throw forbidden('policy_denied', `Denied by policy: ${action} on ${resource.type} "${resource.id}".`, { extra: { reason: 'policy' } });
   }

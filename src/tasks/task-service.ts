@@ -88,7 +88,8 @@ export class TaskService {
       'openTask',
       { type: 'Task', id: task.taskId },
       { task: taskContext(task) },
-      { taskId: task.taskId },
+      // A sub-task's refusal is recorded under its parent, which exists (see openSubtask's refusals).
+      task.parentTaskId ? { taskId: task.parentTaskId, detail: { subtask: task.taskId } } : { taskId: task.taskId },
       {
         beforeDenial: async () => {
           if (

@@ -82,3 +82,33 @@ test("an agent's refused sub-task is in the parent's evidence, before and after 
   expect((await sub(['tickets:read'])).status).toBe(201);
   expect(await refusals()).toEqual(expected);
 });
+
+test("a sub-task refused by policy is recorded under its parent too, in the parent's evidence", async () => {
+  await openAgentTask(t, 'reuse-pd', [{ role: 'tickets-api', scopes: ['tickets:read'] }]);
+  const sub = (parent: string, name: string) =>
+    call(t.url, 'POST', '/v1/tasks', t.as(AGENT), {
+      parentTaskId: parent,
+      taskId: name,
+      agent: `spiffe://dev.local${AGENT}`,
+      ttlSeconds: 500 - 100 * parent.split('~').length, // each within its parent's deadline
+      grants: [{ role: 'tickets-api', scopes: ['tickets:read'] }],
+    });
+  let parent = 'reuse-pd';
+  let refused: { status: number; body: any } | undefined;
+  for (const name of ['a', 'b', 'c', 'd']) {
+    const r = await sub(parent, name);
+    if (r.status !== 201) {
+      refused = r;
+      break;
+    }
+    parent = r.body.taskId;
+  }
+  // The shipped policy lets agents delegate to depth 2, under the configured limit of 3.
+  expect({ status: refused?.status, code: refused?.body.code }).toEqual({ status: 403, code: 'policy_denied' });
+  const ev = await call(t.url, 'GET', '/v1/tasks/reuse-pd/evidence', t.as(ORCH)); // the tree's evidence
+  const denials = (ev.body.audit.items as Record<string, any>[]).filter((r) => r.action === 'access.deny');
+  // Before: recorded under the sub-task's id, which is in no tree.
+  expect(denials.map((r) => ({ reason: r.reason, taskId: r.taskId, subtask: r.detail?.subtask }))).toEqual([
+    { reason: 'policy_denied', taskId: parent, subtask: `${parent}~${['a', 'b', 'c', 'd'][parent.split('~').length - 1]}` },
+  ]);
+});
