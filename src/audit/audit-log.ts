@@ -118,9 +118,12 @@ export class AuditLog {
     const minute = Math.floor(this.now() / 60_000);
     let key = `${minute}\u0000${event.actor}\u0000${event.reason ?? ''}\u0000${event.action}`;
     if (this.folds.size >= this.foldMaxKeys && !this.folds.has(key)) {
-      // Too many distinct denying callers this minute to track each: fold the rest per (code, action), whoever
-      // they are (the first one's record names its actor; the minute's count says how many followed).
-      key = `${minute}\u0000*\u0000${event.reason ?? ''}\u0000${event.action}`;
+      // Too many distinct denying callers this minute to track each: fold the rest per (task, code, action),
+      // whoever they are, so a flood of decoys cannot hide a denial about another task from that task's
+      // evidence (the first one's record names its actor; the minute's count says how many followed). Past
+      // twice the table, per (code, action) only: memory stays bounded whatever the flood.
+      const perTask = this.folds.size < 2 * this.foldMaxKeys;
+      key = `${minute}\u0000*\u0000${event.reason ?? ''}\u0000${event.action}\u0000${perTask ? (event.taskId ?? '') : '*'}`;
       event = { ...event, detail: { ...(event.detail ?? {}), overflow: true } };
     }
     const fold = this.folds.get(key);

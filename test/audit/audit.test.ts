@@ -101,3 +101,18 @@ test('denials from more distinct callers in a minute than the fold table holds f
   ]);
   await dropPrefix(prefix);
 });
+
+test("past the fold table, a flood of decoy denials on one task does not hide another caller's denial about another task", async () => {
+  const prefix = uniquePrefix('audit-fold-task');
+  const keys = new Keys(prefix);
+  const log = new AuditLog({ redis, keys, logger: silentLogger, taskIndexMs: 60_000, foldMaxKeys: 3 });
+  const deny = (who: string, taskId: string) =>
+    log.denial({ action: 'credential.deny', actor: `spiffe://dev.local/agent/${who}`, decision: 'deny', reason: 'not_task_agent', taskId });
+  for (let i = 0; i < 10; i++) await deny(`d${i}`, 'decoy');
+  await deny('mallory', 'victim');
+  await log.flushFolds(true);
+  const victim = (await redis.lrange(keys.taskAudit('victim'), 0, -1)).length;
+  // Before: mallory's denial folded into the decoys' overflow record, under the decoy task.
+  expect(victim).toBe(1);
+  await dropPrefix(prefix);
+});
