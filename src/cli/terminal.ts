@@ -20,7 +20,10 @@ export function terminalSafe(s: string): string {
   return s.replace(CONTROL, escaped).replace(MISLEADING, escaped);
 }
 
-/** Whether `s` holds a character {@link terminalSafe} would escape. */
+/** The same two sets, not global (a global regex's `test` keeps state between calls). */
+const ANY = new RegExp(`[\\u0000-\\u001f]|${MISLEADING.source}`);
+
+/** Whether `s` holds a character {@link terminalSafe} would escape (checked on every request naming a role). */
 export function hasControls(s: string): boolean {
-  return /[\u0000-\u001f]/.test(s) || new RegExp(MISLEADING.source).test(s);
+  return ANY.test(s);
 }
