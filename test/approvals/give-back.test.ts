@@ -17,6 +17,26 @@ afterAll(async () => {
   await t?.close();
 });
 
+/**
+ * The JWT provider's next signatures hang until `release()`, then fail: the lease is recorded (so the
+ * approval was consumed) and nothing is handed out. `restore()` puts the real provider back.
+ */
+function failingSignature(): { started: () => number; release: () => void; restore: () => void } {
+  const jwt = t.broker.deps.providers.get('jwt')!;
+  const realStart = jwt.start!.bind(jwt);
+  let release!: () => void;
+  const gate = new Promise<void>((r) => {
+    release = r;
+  });
+  let started = 0;
+  jwt.start = (r): StartedIssue => {
+    const s = realStart(r);
+    started++;
+    return { ...s, done: gate.then(() => Promise.reject(upstreamFailed('upstream_error', 'signing failed'))) };
+  };
+  return { started: () => started, release, restore: () => (jwt.start = realStart) };
+}
+
 test('an approved request refused by the live-lease bound keeps its approval; once the slot is free it answers 201, once', async () => {
   await openAgentTask(t, 'gb-1', [{ role: 'demo-api' }, { role: 'prod-deploy' }]);
   const filler = await call(t.url, 'POST', '/v1/credentials', t.as(AGENT), { taskId: 'gb-1', role: 'demo-api' });
@@ -53,30 +73,21 @@ test('an approval handed back while the same request opened a new pending one ta
   expect((await call(t.url, 'POST', `/v1/approvals/${x}`, t.as(ADMIN), { decision: 'approve' })).status).toBe(200);
 
   // Request A consumes X and records its lease; its signature then fails. Request B, the same, comes in between.
-  const jwt = t.broker.deps.providers.get('jwt')!;
-  const realStart = jwt.start!.bind(jwt);
-  let release!: () => void;
-  const gate = new Promise<void>((r) => {
-    release = r;
-  });
-  let started = 0;
-  jwt.start = (r): StartedIssue => {
-    const s = realStart(r);
-    started++;
-    return { ...s, done: gate.then(() => Promise.reject(upstreamFailed('upstream_error', 'signing failed'))) };
-  };
+  const signing = failingSignature();
   let a: Promise<{ status: number; body: any }>;
   let y: string;
   try {
     a = call(t.url, 'POST', '/v1/credentials', t.as(AGENT), req);
-    await waitFor(async () => started > 0 && (await call(t.url, 'GET', `/v1/approvals/${x}`, t.as(ADMIN))).body.status === 'consumed');
+    await waitFor(
+      async () => signing.started() > 0 && (await call(t.url, 'GET', `/v1/approvals/${x}`, t.as(ADMIN))).body.status === 'consumed',
+    );
     const b = await call(t.url, 'POST', '/v1/credentials', t.as(AGENT), req);
     expect(b.status).toBe(202);
     y = b.body.approvalId;
     expect(y).not.toBe(x);
   } finally {
-    release();
-    jwt.start = realStart;
+    signing.release();
+    signing.restore();
   }
   expect((await a).status).toBe(502);
   expect((await call(t.url, 'GET', `/v1/approvals/${x}`, t.as(ADMIN))).body.status).toBe('approved');
@@ -92,25 +103,16 @@ test("a give-back by a task whose id was purged and opened again leaves the new 
   const p = await call(t.url, 'POST', '/v1/credentials', t.as(AGENT), req);
   const x = p.body.approvalId as string;
   expect((await call(t.url, 'POST', `/v1/approvals/${x}`, t.as(ADMIN), { decision: 'approve' })).status).toBe(200);
-  const jwt = t.broker.deps.providers.get('jwt')!;
-  const realStart = jwt.start!.bind(jwt);
-  let release!: () => void;
-  const gate = new Promise<void>((r) => {
-    release = r;
-  });
-  let started = 0;
-  jwt.start = (r): StartedIssue => {
-    const s = realStart(r);
-    started++;
-    return { ...s, done: gate.then(() => Promise.reject(upstreamFailed('upstream_error', 'signing failed'))) };
-  };
+  const signing = failingSignature();
   let a: Promise<{ status: number; body: any }>;
   let y: string;
   const other = '/agent/other';
   try {
     a = call(t.url, 'POST', '/v1/credentials', t.as(AGENT), req);
-    await waitFor(async () => started > 0 && (await call(t.url, 'GET', `/v1/approvals/${x}`, t.as(ADMIN))).body.status === 'consumed');
-    jwt.start = realStart;
+    await waitFor(
+      async () => signing.started() > 0 && (await call(t.url, 'GET', `/v1/approvals/${x}`, t.as(ADMIN))).body.status === 'consumed',
+    );
+    signing.restore();
     // The task ends and is purged (its retention passes); another orchestrator opens the id for another agent.
     expect((await call(t.url, 'POST', `/v1/tasks/${taskId}/complete`, t.as(ORCH))).status).toBe(202);
     const deps = t.broker.deps;
@@ -128,8 +130,8 @@ test("a give-back by a task whose id was purged and opened again leaves the new 
     expect(b.status).toBe(202);
     y = b.body.approvalId;
   } finally {
-    release();
-    jwt.start = realStart;
+    signing.release();
+    signing.restore();
   }
   expect((await a).status).toBe(502);
   // Before (5e124f9): the earlier task's give-back withdrew Y as if it were its twin.
