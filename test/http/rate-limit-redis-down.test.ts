@@ -6,8 +6,8 @@ import type { WorkloadIdentity } from '../../src/identity/types.ts';
 import { silentLogger } from '../../src/logger.ts';
 import { Metrics } from '../../src/metrics.ts';
 
-/** With Redis unreachable the limits still hold, per instance (rate-limiter-flexible's insurance limiter), and never throw. */
-test('Redis down: the same budget per instance, no errors', async () => {
+/** Rate limits on a Redis that refuses every connection: an identity budget of `perSecond`/`burst`, the others off. */
+function limitsWithoutRedis(prefix: string, perSecond: number, burst: number): { dead: Redis; limits: RateLimits } {
   // disconnectTimeout: ioredis arms a timer to destroy the socket on disconnect, and when the socket was
   // already closed (refused) nothing clears it; its default 2 s outlived the file and made jest force-exit its worker.
   const dead = new Redis('redis://127.0.0.1:1', {
@@ -19,17 +19,17 @@ test('Redis down: the same budget per instance, no errors', async () => {
   dead.on('error', () => {});
   const limits = new RateLimits({
     redis: dead,
-    prefix: 'down',
-    config: {
-      perSecond: 2,
-      burst: 3,
-      introspect: { perSecond: 0, burst: 1 },
-      unauthenticated: { perSecond: 0, burst: 1 },
-      trustProxy: false,
-    },
+    prefix,
+    config: { perSecond, burst, introspect: { perSecond: 0, burst: 1 }, unauthenticated: { perSecond: 0, burst: 1 }, trustProxy: false },
     metrics: new Metrics(),
     logger: silentLogger,
   });
+  return { dead, limits };
+}
+
+/** With Redis unreachable the limits still hold, per instance (rate-limiter-flexible's insurance limiter), and never throw. */
+test('Redis down: the same budget per instance, no errors', async () => {
+  const { dead, limits } = limitsWithoutRedis('down', 2, 3);
   const out: string[] = [];
   for (let i = 0; i < 5; i++) {
     try {
@@ -46,26 +46,7 @@ test('Redis down: the same budget per instance, no errors', async () => {
 });
 
 test('Redis down: a 429 stays a 429 though its audit record cannot be written', async () => {
-  const dead = new Redis('redis://127.0.0.1:1', {
-    lazyConnect: true,
-    enableOfflineQueue: false,
-    maxRetriesPerRequest: 0,
-    disconnectTimeout: 100,
-  });
-  dead.on('error', () => {});
-  const limits = new RateLimits({
-    redis: dead,
-    prefix: 'down-audit',
-    config: {
-      perSecond: 1,
-      burst: 1,
-      introspect: { perSecond: 0, burst: 1 },
-      unauthenticated: { perSecond: 0, burst: 1 },
-      trustProxy: false,
-    },
-    metrics: new Metrics(),
-    logger: silentLogger,
-  });
+  const { dead, limits } = limitsWithoutRedis('down-audit', 1, 1);
   const deps = {
     limits,
     quarantine: { match: () => undefined },
