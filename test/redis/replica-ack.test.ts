@@ -111,7 +111,14 @@ describe('a Cluster with a replica per master', () => {
     if (c.status !== 'ready') await new Promise((r) => c.once('ready', r));
     await ack.start();
     const fence = keys.replicaFence(0);
-    const owners = c.slots[Number(await c.cluster('KEYSLOT', fence))]!;
+    const slot = Number(await c.cluster('KEYSLOT', fence));
+    // The client's slot map came from whichever node answered first, which may not have known the replica yet
+    // (gossip): refresh it until it lists one, as ioredis does by itself every few seconds.
+    for (let i = 0; i < 100 && (c.slots[slot]?.length ?? 0) < 2; i++) {
+      await new Promise<void>((r) => c.refreshSlotsCache(() => r()));
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    const owners = c.slots[slot]!;
     expect(owners.length).toBe(2);
     const index = (nodeKey: string) => cluster.ports.indexOf(Number(nodeKey.split(':')[1]));
     const replica = index(owners[1]!);
