@@ -282,7 +282,7 @@ export class CredentialService {
     await this.deps.replicas.after([fence]);
     let result: IssueResult;
     try {
-      result = await provider.issue(req);
+      result = await provider.issue({ ...req, intent: intent.handle });
     } catch (err) {
       await this.failed(fixed, err);
       throw err;

@@ -22,6 +22,12 @@ export interface IssueRequest<R extends RoleConfig = RoleConfig> {
   scopes: string[];
   /** Effective TTL, already clamped (including the provider's minimum). */
   ttlSeconds: number;
+  /**
+   * The handle recorded before the upstream call (`Provider.intent`), when there was one. Revocation
+   * of a given-up issuance relies on it, so a credential made late (the process stalled past its
+   * orphan deadline before calling) must hold nothing beyond what it promised (AWS: its `expiresAt`).
+   */
+  intent?: Handle;
 }
 
 /**

@@ -101,6 +101,36 @@ describe('aws', () => {
     }
   }, 60_000);
 
+  test('a session made after a stall before the STS call is denied, and its policy ends at the deadline the lease recorded', async () => {
+    await openTask(t, 'la-aws-3', 'reports-bucket', ['s3:GetObject']);
+    const deps = t.broker.deps;
+    const aws = deps.providers.get('aws')!;
+    const realIssue = aws.issue.bind(aws);
+    let leaseId = '';
+    aws.issue = async (req) => {
+      leaseId = req.leaseId;
+      // The issuing process stalls before calling STS until the worker has given the issuance up.
+      await waitFor(async () => (await deps.leases.get(req.leaseId))?.status === 'failed', 10_000);
+      return realIssue(req);
+    };
+    try {
+      const res = await call(t.url, 'POST', '/v1/credentials', t.as(AGENT), { taskId: 'la-aws-3', role: 'reports-bucket' });
+      expect(res.status).toBe(502);
+      const lease = (await deps.leases.get(leaseId))!;
+      expect(lease.lastError).toBe('issuance_interrupted');
+      const session = emu.sessions().at(-1)!;
+      expect(session.sessionName).toBe(lease.handle.sessionName);
+      // What was recorded before the call bounds the session, not the (later) time of the call.
+      const deadline = new Date(Math.ceil((Number(lease.handle.expiresAt) + 300_000) / 1000) * 1000).toISOString().replace('.000Z', 'Z');
+      expect(JSON.parse(session.policyText!).Statement[0].Condition).toEqual({ DateLessThan: { 'aws:CurrentTime': deadline } });
+      expect(
+        await whoAmI({ AccessKeyId: session.accessKeyId, SecretAccessKey: session.secretAccessKey, SessionToken: session.sessionToken }),
+      ).toBe('AccessDenied');
+    } finally {
+      aws.issue = realIssue;
+    }
+  }, 60_000);
+
   test('a stale TTL hand-over for a live lease does not end it: completing the task still denies the session', async () => {
     await openTask(t, 'la-aws-2', 'reports-bucket', ['s3:GetObject']);
     const deps = t.broker.deps;

@@ -81,7 +81,9 @@ export function awsIntent(settings: AwsSettings, clock: () => number, req: Issue
  */
 export async function issueAwsCredential(deps: IssueDeps, req: IssueRequest<AwsRoleConfig>): Promise<IssueResult> {
   const { settings, clients, logger } = deps;
-  const policy = sessionPolicy(req.scopes, req.role.resources);
+  // The deadline the recorded intent promised (a late call keeps it; see sessionPolicy).
+  const planned = typeof req.intent?.expiresAt === 'number' ? req.intent.expiresAt : awsIntent(settings, deps.clock, req).expiresAt;
+  const policy = sessionPolicy(req.scopes, req.role.resources, planned + settings.clockSkewSeconds * 1000);
   const roleArn = req.role.roleArn;
   const base = baseHandle(settings, req);
   const info = await deps.roles.get(roleArn);

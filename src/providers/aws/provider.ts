@@ -96,10 +96,11 @@ export function createAwsProvider(settings: AwsSettings, ctx: ProviderContext, o
     revocable: () => settings.revocation === 'iam-deny',
 
     intent(req) {
+      const handle = awsIntent(settings, clock, req);
       // A request that cannot be issued fails here, before anything is recorded.
-      sessionPolicy(req.scopes, req.role.resources);
+      sessionPolicy(req.scopes, req.role.resources, handle.expiresAt + skewMs);
       // The orphan window: once the longest the STS call can take has passed, an unanswered issuance is revoked by its session name.
-      return { handle: { ...awsIntent(settings, clock, req) }, orphanMs: callAllowanceMs(settings) };
+      return { handle: { ...handle }, orphanMs: callAllowanceMs(settings) };
     },
 
     issue: (req: IssueRequest<AwsRoleConfig>): Promise<IssueResult> => issueAwsCredential({ settings, clients, roles, logger, clock }, req),
@@ -117,7 +118,9 @@ export function createAwsProvider(settings: AwsSettings, ctx: ProviderContext, o
       const unit = unitFor(ctx.reason, h, now);
       const session = {
         userId: `*:${h.sessionName}`,
-        expiresAt: h.expiresAt,
+        // An interrupted issuance's session may be made late, valid until its session policy's deadline
+        // (expiresAt + skew by AWS's clock): the deny lasts as long, whichever way the clocks differ.
+        expiresAt: ctx.reason === 'issuance_interrupted' ? h.expiresAt + skewMs : h.expiresAt,
         taskTag: h.taskTag,
         sourceIdentity: h.sourceIdentity,
         tokenIssuedAt: h.tokenIssuedAt,

@@ -6,14 +6,22 @@ export const SESSION_POLICY_MAX_CHARS = 2048;
 /** An IAM action as a scope: `service:Action`, wildcards allowed (`s3:Get*`). */
 const IAM_ACTION = /^[a-zA-Z0-9-]+:[A-Za-z0-9*?]+$/;
 
+/** IAM's date form, to the second, rounded up. */
+const iamDate = (ms: number) => new Date(Math.ceil(ms / 1000) * 1000).toISOString().replace('.000Z', 'Z');
+
 /**
  * The inline session policy for a credential: Allow the granted scopes (IAM
- * actions) on the role's resources, in one statement. STS intersects it with
- * the role's own permissions, so the session can do at most what both allow.
+ * actions) on the role's resources, in one statement, only before `notAfter`.
+ * STS intersects it with the role's own permissions, so the session can do at
+ * most what both allow. `notAfter` is the latest the broker's record promised
+ * the session could live (the intent's `expiresAt` plus the clock-skew margin):
+ * a session STS makes later than planned, after a stall that outlasted the
+ * issuance's orphan deadline, is useless once the deny written when the
+ * issuance was given up lapses. A session made in time expires before it.
  * Too large for STS is the caller's problem (too many scopes or resources), so
  * it is a 400 here rather than a 502 from upstream.
  */
-export function sessionPolicy(scopes: readonly string[], resources: readonly string[]): string {
+export function sessionPolicy(scopes: readonly string[], resources: readonly string[], notAfter: number): string {
   // Without a session policy the session would get all of the role's permissions: never.
   if (scopes.length === 0)
     throw badRequest('scopes_empty', 'An aws credential needs at least one scope (an IAM action such as s3:GetObject).');
@@ -21,7 +29,14 @@ export function sessionPolicy(scopes: readonly string[], resources: readonly str
   if (bad.length > 0) throw badRequest('invalid_scope', `Scopes for aws roles are IAM actions like s3:GetObject; not: ${bad.join(', ')}.`);
   const policy = JSON.stringify({
     Version: '2012-10-17',
-    Statement: [{ Effect: 'Allow', Action: [...new Set(scopes)].sort(), Resource: [...new Set(resources)] }],
+    Statement: [
+      {
+        Effect: 'Allow',
+        Action: [...new Set(scopes)].sort(),
+        Resource: [...new Set(resources)],
+        Condition: { DateLessThan: { 'aws:CurrentTime': iamDate(notAfter) } },
+      },
+    ],
   });
   if (policy.length > SESSION_POLICY_MAX_CHARS) {
     throw badRequest(

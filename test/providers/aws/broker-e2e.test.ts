@@ -146,10 +146,22 @@ describe('aws roles through the broker API', () => {
       DurationSeconds: '900',
     });
     const session = emu.sessions().find((s) => s.accessKeyId === c.AccessKeyId)!;
-    expect(JSON.parse(session.policyText!)).toEqual({
+    const policy = JSON.parse(session.policyText!);
+    expect(policy).toEqual({
       Version: '2012-10-17',
-      Statement: [{ Effect: 'Allow', Action: ['s3:GetObject'], Resource: ['*'] }],
+      Statement: [
+        {
+          Effect: 'Allow',
+          Action: ['s3:GetObject'],
+          Resource: ['*'],
+          Condition: { DateLessThan: { 'aws:CurrentTime': expect.any(String) } },
+        },
+      ],
     });
+    // Useless after the deadline its recorded intent promised: after STS's Expiration, never long after.
+    const notAfter = Date.parse(policy.Statement[0].Condition.DateLessThan['aws:CurrentTime']);
+    expect(notAfter).toBeGreaterThan(exp);
+    expect(notAfter).toBeLessThanOrEqual(exp + 10 * 60_000);
     expect(emu.evaluate(c.AccessKeyId, 's3:GetObject', 'arn:aws:s3:::reports/q3.csv')).toBe('allow');
     expect(emu.evaluate(c.AccessKeyId, 's3:PutObject', 'arn:aws:s3:::reports/q3.csv')).toBe('implicit-deny');
     expect(emu.evaluate(c.AccessKeyId, 's3:ListBucket', 'arn:aws:s3:::reports')).toBe('implicit-deny');

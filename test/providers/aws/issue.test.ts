@@ -43,9 +43,18 @@ describe('issue', () => {
     expect(JSON.parse(p.Policy!)).toEqual({
       Version: '2012-10-17',
       Statement: [
-        { Effect: 'Allow', Action: ['s3:GetObject', 's3:ListBucket'], Resource: ['arn:aws:s3:::reports', 'arn:aws:s3:::reports/*'] },
+        {
+          Effect: 'Allow',
+          Action: ['s3:GetObject', 's3:ListBucket'],
+          Resource: ['arn:aws:s3:::reports', 'arn:aws:s3:::reports/*'],
+          // The latest the session could live as planned, plus the skew margin (300 s by default).
+          Condition: { DateLessThan: { 'aws:CurrentTime': expect.any(String) } },
+        },
       ],
     });
+    const notAfter = Date.parse(JSON.parse(p.Policy!).Statement[0].Condition.DateLessThan['aws:CurrentTime']);
+    expect(notAfter).toBeGreaterThanOrEqual(out.expiresAt + 300_000);
+    expect(notAfter).toBeLessThanOrEqual(Number(w.provider.intent(req).handle.expiresAt) + 301_000);
     expect(p).toMatchObject({
       RoleArn: w.role.arn,
       RoleSessionName: sessionNameFor(req.leaseId, req.agent, req.task.taskId),

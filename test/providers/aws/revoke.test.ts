@@ -135,6 +135,34 @@ describe('one lease (DELETE, interrupted issuance): that session, by name', () =
     expect(statements(role.roleName).map((s) => s.Condition.StringLike?.['aws:userid'])).toEqual([[`*:${nameOf(req)}`]]);
   });
 
+  it('a session STS makes after its issuance was given up holds nothing once the deny on its name lapses', async () => {
+    // Found from outside: a process that stalled (a frozen container) between recording its intent and
+    // calling STS for longer than the call allowance made its session after the worker had given the
+    // issuance up. The worker's deny lasted only until the intent's expiry; the late session outlived it
+    // (a 15-minute session after a 40-minute stall), held by a lease ended `failed` that nothing revokes.
+    const role = freshRole('r-late-session');
+    const req = issueRequest(role.config, { ttlSeconds: 900 });
+    const { handle: intent } = w.provider.intent(req);
+    const worker = w.makeProvider(); // gives the unanswered issuance up and revokes by the intent's handle
+    await worker.revoke(leaseFor(req, intent, Number(intent.expiresAt)), role.config, { reason: 'issuance_interrupted' });
+    w.emu.advanceTime(40 * 60_000); // the issuing process resumes and calls STS, then dies before recording anything
+    const late = await w.provider.issue({ ...req, intent });
+    const key = String(late.credentials.AccessKeyId);
+    const resource = 'arn:aws:s3:::reports/q3.csv';
+    expect(w.emu.evaluate(key, 's3:GetObject', resource)).toBe('explicit-deny');
+    // A minute before STS's own expiry, the deny's end of life and its margins have passed: the entry is pruned.
+    w.emu.advanceTime(late.expiresAt - 60_000 - w.emu.now());
+    await worker.denyList.prune(role.arn);
+    expect(statements(role.roleName)).toEqual([]);
+    // Before: 'allow' for another ~15 minutes. Now the session policy itself ends at the intent's deadline.
+    expect(w.emu.evaluate(key, 's3:GetObject', resource)).toBe('implicit-deny');
+    // A session made in time is not cut short by that deadline (it ends no earlier than STS's Expiration).
+    const inTime = issueRequest(role.config, { ttlSeconds: 900 });
+    const made = await w.provider.issue({ ...inTime, intent: w.provider.intent(inTime).handle });
+    w.emu.advanceTime(made.expiresAt - w.emu.now() - 1000);
+    expect(w.emu.evaluate(String(made.credentials.AccessKeyId), 's3:GetObject', resource)).toBe('allow');
+  });
+
   it('refuses an empty scope list before anything is recorded', () => {
     const role = freshRole('r-intent-empty');
     expect(() => w.provider.intent(issueRequest(role.config, { scopes: [] }))).toThrow(
