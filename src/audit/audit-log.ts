@@ -18,7 +18,10 @@ interface ChainState {
 /** Denials folded per (actor, code, minute) in this process. */
 interface Fold {
   event: AuditEvent;
+  /** Denials after the first (the first too when its own record could not be written). */
   count: number;
+  /** The first denial's record could not be written: it is in `count`. */
+  firstUnwritten?: boolean;
 }
 
 const FOLD_MAX_KEYS = 10_000;
@@ -131,26 +134,51 @@ export class AuditLog {
       fold.count += 1;
       return;
     }
-    this.folds.set(key, { event, count: 0 });
+    const entry: Fold = { event, count: 0 };
+    this.folds.set(key, entry);
     this.foldTimer ??= setInterval(() => void this.flushFolds(false), 5_000);
     this.foldTimer.unref();
-    await this.append(event);
+    try {
+      await this.append(event);
+    } catch (err) {
+      // Not recorded (Redis failing): counted in the minute's folded record instead, which says so. The
+      // rest of the minute's denials fold as usual rather than each waiting on a failing Redis.
+      entry.count += 1;
+      entry.firstUnwritten = true;
+      throw err;
+    }
   }
 
   /** Writes the counted records of finished minutes (all minutes with `all`). */
   async flushFolds(all: boolean): Promise<void> {
     const minute = Math.floor(this.now() / 60_000);
-    const out: AuditEvent[] = [];
+    const taken: [string, Fold][] = [];
     for (const [key, fold] of this.folds) {
       if (!all && Number(key.slice(0, key.indexOf('\u0000'))) >= minute) continue;
       this.folds.delete(key);
-      if (fold.count > 0) out.push({ ...fold.event, count: fold.count, detail: { ...(fold.event.detail ?? {}), folded: true } });
+      if (fold.count > 0) taken.push([key, fold]);
     }
     if (this.folds.size === 0 && this.foldTimer) {
       clearInterval(this.foldTimer);
       this.foldTimer = undefined;
     }
-    await this.appendAll(out).catch((err) => this.logger.error({ err }, 'audit: folded denials could not be written'));
+    const out = taken.map(([, f]) => ({
+      ...f.event,
+      count: f.count,
+      detail: { ...(f.event.detail ?? {}), folded: true, ...(f.firstUnwritten ? { firstUnwritten: true } : {}) },
+    }));
+    await this.appendAll(out).catch((err) => {
+      // Kept for the next flush, merged with anything folded under the same key meanwhile. appendAll may
+      // have written some of them: a count written twice overstates, where one dropped would hide denials.
+      this.logger.error({ err }, 'audit: folded denials could not be written; retrying at the next flush');
+      for (const [key, fold] of taken) {
+        const now = this.folds.get(key);
+        if (now) now.count += fold.count;
+        else this.folds.set(key, fold);
+      }
+      this.foldTimer ??= setInterval(() => void this.flushFolds(false), 5_000);
+      this.foldTimer.unref();
+    });
   }
 
   /** The chain heads (`seq:hash`) as this instance last saw them: after a data loss, the end of what was lost. */

@@ -116,3 +116,52 @@ test("past the fold table, a flood of decoy denials on one task does not hide an
   expect(victim).toBe(1);
   await dropPrefix(prefix);
 });
+
+/** A client whose every command fails while `down.now` is set (Redis unreachable), and works again after. */
+function flakyRedis(down: { now: boolean }): Redis {
+  return new Proxy(redis, {
+    get(target, prop, receiver) {
+      const v = Reflect.get(target, prop, receiver);
+      if (typeof v !== 'function') return v;
+      return (...args: unknown[]) => {
+        if (down.now) throw new Error('Connection is closed.');
+        return v.apply(target, args);
+      };
+    },
+  });
+}
+
+test("a denial whose record could not be written is counted in the minute's folded record, which says so", async () => {
+  const prefix = uniquePrefix('audit-fold-lost');
+  const keys = new Keys(prefix);
+  const down = { now: true };
+  const log = new AuditLog({ redis: flakyRedis(down), keys, logger: silentLogger, taskIndexMs: 60_000 });
+  const deny = () => log.denial({ action: 'access.deny', actor: 'spiffe://dev.local/agent/x', decision: 'deny', reason: 'not_task_agent' });
+  await expect(deny()).rejects.toThrow(); // Redis down: its caller gets an error
+  down.now = false;
+  await deny(); // folded, as the second denial of the minute (no wait on a failing Redis per denial)
+  await log.flushFolds(true);
+  const records = (await redis.xrange(keys.auditStream('ops'), '-', '+')).map(([, f]) => JSON.parse(f[1]!));
+  // Before: count 1, as if the first had its own record; it had none.
+  expect(records.map((r) => ({ reason: r.reason, count: r.count, detail: r.detail }))).toEqual([
+    { reason: 'not_task_agent', count: 2, detail: { folded: true, firstUnwritten: true } },
+  ]);
+  await dropPrefix(prefix);
+});
+
+test('folded counts that could not be written are kept and written by the next flush', async () => {
+  const prefix = uniquePrefix('audit-fold-retry');
+  const keys = new Keys(prefix);
+  const down = { now: false };
+  const log = new AuditLog({ redis: flakyRedis(down), keys, logger: silentLogger, taskIndexMs: 60_000 });
+  const deny = () => log.denial({ action: 'access.deny', actor: 'spiffe://dev.local/agent/y', decision: 'deny', reason: 'not_task_agent' });
+  for (let i = 0; i < 3; i++) await deny();
+  down.now = true;
+  await log.flushFolds(true); // logged, not thrown
+  down.now = false;
+  await log.flushFolds(true);
+  const records = (await redis.xrange(keys.auditStream('ops'), '-', '+')).map(([, f]) => JSON.parse(f[1]!));
+  // Before: the count of the two folded denials was dropped with the failed write.
+  expect(records.map((r) => r.count)).toEqual([undefined, 2]);
+  await dropPrefix(prefix);
+});
