@@ -15,7 +15,7 @@ interface ChainState {
   head: string | undefined;
 }
 
-/** Denials folded per (actor, code, minute) in this process. */
+/** Denials folded per (actor, code, task, minute) in this process. */
 interface Fold {
   event: AuditEvent;
   /** Denials after the first (the first too when its own record could not be written). */
@@ -39,7 +39,7 @@ const FOLD_MAX_KEYS = 10_000;
  * another instance moved the head meanwhile, the batch is re-hashed on the
  * real head and retried.
  *
- * Repeated denials (same actor, code and minute) are folded: the first is
+ * Repeated denials (same actor, code, task and minute) are folded: the first is
  * written at once, the rest become one record with their `count` when the
  * minute is over, so a denied caller looping cannot grow the log without bound.
  */
@@ -114,12 +114,13 @@ export class AuditLog {
   }
 
   /**
-   * A denial: written at once the first time this minute for (actor, code),
+   * A denial: written at once the first time this minute for (actor, code, task),
    * folded into one counted record at the end of the minute after that.
    */
   async denial(event: AuditEvent): Promise<void> {
     const minute = Math.floor(this.now() / 60_000);
-    let key = `${minute}\u0000${event.actor}\u0000${event.reason ?? ''}\u0000${event.action}`;
+    // Per task too: a denial about one task folded into a record under another would be missing from its evidence.
+    let key = `${minute}\u0000${event.actor}\u0000${event.reason ?? ''}\u0000${event.action}\u0000${event.taskId ?? ''}`;
     if (this.folds.size >= this.foldMaxKeys && !this.folds.has(key)) {
       // Too many distinct denying callers this minute to track each: fold the rest per (task, code, action),
       // whoever they are, so a flood of decoys cannot hide a denial about another task from that task's

@@ -165,3 +165,19 @@ test('folded counts that could not be written are kept and written by the next f
   expect(records.map((r) => r.count)).toEqual([undefined, 2]);
   await dropPrefix(prefix);
 });
+
+test("one caller's denials about two tasks in one minute are each under their own task", async () => {
+  const prefix = uniquePrefix('audit-fold-two-tasks');
+  const keys = new Keys(prefix);
+  const log = new AuditLog({ redis, keys, logger: silentLogger, taskIndexMs: 60_000 });
+  const deny = (taskId: string) =>
+    log.denial({ action: 'credential.deny', actor: 'spiffe://dev.local/agent/z', decision: 'deny', reason: 'role_not_granted', taskId });
+  await deny('first');
+  await deny('second');
+  await deny('second');
+  await log.flushFolds(true);
+  // Before: the second task's denials folded into the first task's record, missing from its own evidence.
+  expect(await redis.llen(keys.taskAudit('second'))).toBe(2);
+  expect(await redis.llen(keys.taskAudit('first'))).toBe(1);
+  await dropPrefix(prefix);
+});
