@@ -1,5 +1,5 @@
 import { decodeJwt } from 'jose';
-import { AGENT, ORCH, call, startTestBroker, type TestBroker } from '../helpers/broker.ts';
+import { AGENT, ORCH, auditRecords, call, startTestBroker, type TestBroker } from '../helpers/broker.ts';
 
 /** Token endpoint details: caching headers (RFC 6749 5.1), malformed forms, RFC 8707 `resource`. */
 
@@ -26,6 +26,15 @@ beforeAll(async () => {
     grants: [{ role: 'tickets-api', scopes: ['tickets:read'] }, { role: 'shared-a' }],
   });
   expect(r.status).toBe(201);
+  const d = await call(t.url, 'POST', '/v1/tasks', t.as(ORCH), {
+    taskId: 't-te-deny',
+    agent: agentId,
+    tenant: 'acme',
+    purpose: 'p',
+    ttlSeconds: 600,
+    grants: [{ role: 'tickets-api', scopes: ['tickets:read'] }],
+  });
+  expect(d.status).toBe(201);
 });
 afterAll(async () => {
   await t.close();
@@ -58,6 +67,41 @@ test('success and error responses carry Cache-Control: no-store and Pragma: no-c
   expect(bad.status).toBe(400);
   expect(bad.headers.get('cache-control')).toBe('no-store');
   expect(bad.headers.get('pragma')).toBe('no-cache');
+});
+
+test("an agent's refused audience or resource is audited as a credential denial under its task, like POST /v1/credentials", async () => {
+  // Found from outside: invalid_target left no record, so an agent could probe role names and audiences unseen.
+  const refused = [{ audience: 'no-such-role' }, { audience: '__proto__' }, { audience: undefined, resource: 'https://evil.example' }];
+  for (const over of refused) {
+    const r = await post(base({ ...over, task_id: 't-te-deny' }));
+    expect(r.body.error).toBe('invalid_target');
+  }
+  const denials = (await auditRecords(t.broker.deps.redis, t.broker.deps.keys)).filter(
+    (a) => a.taskId === 't-te-deny' && a.action === 'credential.deny',
+  );
+  expect(denials).toEqual([
+    expect.objectContaining({
+      action: 'credential.deny',
+      actor: agentId,
+      decision: 'deny',
+      reason: 'role_not_granted',
+      role: 'no-such-role',
+    }),
+  ]);
+  // The three refusals share (actor, code, minute): one record now, their count at the minute's end.
+  await t.broker.deps.audit.flushFolds(true);
+  const folded = (await auditRecords(t.broker.deps.redis, t.broker.deps.keys)).filter(
+    (a) => a.taskId === 't-te-deny' && a.action === 'credential.deny',
+  );
+  expect(folded.map((a) => a.count ?? 1).reduce((x, y) => x + y)).toBe(3);
+  // Not the task's agent: recorded, but not under a task the caller has no part in.
+  const other = await post(base({ audience: 'no-such-role', task_id: 't-te-deny', subject_token: t.issuer.svid('/agent/other') }));
+  expect(other.body.error).toBe('invalid_target');
+  const stranger = (await auditRecords(t.broker.deps.redis, t.broker.deps.keys)).filter(
+    (a) => a.actor === 'spiffe://dev.local/agent/other',
+  );
+  expect(stranger).toEqual([expect.objectContaining({ action: 'credential.deny', reason: 'role_not_granted' })]);
+  expect(stranger[0]!.taskId).toBeUndefined();
 });
 
 test('more than 50 form fields is invalid_request, not a 500', async () => {

@@ -2,6 +2,8 @@ import express, { type ErrorRequestHandler, Router, type RequestHandler, type Re
 import type { LoadedConfig } from '../../config/load.ts';
 import type { Deps } from '../../deps.ts';
 import { BrokerError } from '../../errors.ts';
+import { denial } from '../../authz.ts';
+import type { WorkloadIdentity } from '../../identity/types.ts';
 import type { Services } from '../services.ts';
 import { authenticate, bearerToken } from '../middleware.ts';
 import { bearerChallenge } from '../problem.ts';
@@ -134,6 +136,28 @@ function targetRole(roles: LoadedConfig['roles'], audience: string | undefined, 
   return role!;
 }
 
+/**
+ * The target role, or invalid_target recorded as the denial it is: what POST /v1/credentials answers
+ * 403 role_not_granted (audited), so an agent cannot probe role names and audiences unseen. Under the
+ * task only when the caller is its agent: a stranger's refusals do not go into another task's evidence.
+ */
+async function refusedTarget(deps: Deps, who: WorkloadIdentity, taskId: string, audience: string | undefined, pick: () => string) {
+  try {
+    return pick();
+  } catch (err) {
+    if (!(err instanceof OAuthError)) throw err;
+    const task = await deps.tasks.fixed(taskId);
+    const named = audience && roleNameSchema.safeParse(audience).success ? audience : undefined;
+    await denial(deps, who, new BrokerError('role_not_granted', err.message), {
+      action: 'credential.deny',
+      ...(task && task.agent === who.id ? { taskId } : {}),
+      ...(named ? { role: named } : {}),
+      detail: { oauthError: 'invalid_target' },
+    });
+    throw err;
+  }
+}
+
 /** POST /v1/token (RFC 8693), POST /v1/introspect (RFC 7662). */
 export function oauthRoutes(deps: Deps, s: Services): Router {
   const r = Router();
@@ -168,7 +192,7 @@ export function oauthRoutes(deps: Deps, s: Services): Router {
         throw new OAuthError('invalid_scope', 'scope is malformed.');
       // Which roles exist is said only to a verified caller, and only it spends an identity budget.
       const who = await authenticate(deps, req, res, subject);
-      const role = targetRole(deps.config.roles, audience || undefined, resource);
+      const role = await refusedTarget(deps, who, taskId, audience, () => targetRole(deps.config.roles, audience || undefined, resource));
       const out = await s.credentials.request(who, { taskId, role, ...(scopes ? { scopes } : {}) });
       if ('approvalId' in out)
         throw new OAuthError('authorization_pending', 'This role needs an approval; retry once it is approved.', 400, {
