@@ -1,4 +1,4 @@
-import { verify as cryptoVerify } from 'node:crypto';
+import { type KeyObject, verify as cryptoVerify } from 'node:crypto';
 import { authorize, deny, taskContext } from '../authz.ts';
 import type { Deps } from '../deps.ts';
 import { notFound } from '../errors.ts';
@@ -14,6 +14,20 @@ import { taskOfLease } from '../tasks/incarnation.ts';
 export type Introspection = { active: false } | ({ active: true } & Record<string, unknown>);
 
 const INACTIVE: Introspection = Object.freeze({ active: false });
+
+/**
+ * The key decides how a signature is checked; the token's header only has to agree with it. Letting
+ * the header choose handed an Ed25519 key to ECDSA-SHA-256, which node:crypto refuses by throwing.
+ */
+function verifiedBy(key: KeyObject, alg: unknown, input: Buffer, sig: Buffer): boolean {
+  try {
+    if (key.asymmetricKeyType === 'ec') return alg === 'ES256' && verifyEs256(input, key, sig);
+    if (key.asymmetricKeyType === 'ed25519') return alg === 'EdDSA' && cryptoVerify(null, input, key, sig);
+  } catch {
+    // A signature node:crypto cannot even parse is not a valid one.
+  }
+  return false;
+}
 
 /** Reading, revoking and introspecting leases. */
 export class LeaseService {
@@ -110,8 +124,7 @@ export class LeaseService {
     if (!key) return INACTIVE;
     const input = Buffer.from(`${parts[0]}.${parts[1]}`);
     const sig = Buffer.from(parts[2]!, 'base64url');
-    const ok = header.alg === 'ES256' ? verifyEs256(input, key, sig) : header.alg === 'EdDSA' ? cryptoVerify(null, input, key, sig) : false;
-    if (!ok) return INACTIVE;
+    if (!verifiedBy(key, header.alg, input, sig)) return INACTIVE;
     if (claims.iss !== this.deps.config.server.publicUrl || typeof claims.exp !== 'number' || claims.exp * 1000 <= this.deps.clock.now())
       return INACTIVE;
     if (typeof claims.jti !== 'string' || typeof claims.task_id !== 'string') return INACTIVE;
