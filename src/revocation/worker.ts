@@ -63,7 +63,14 @@ export class RevocationWorker {
     const lease = await leases.get(data.leaseId);
     if (!lease || LeaseStore.isEnded(lease.status)) return;
     const provider = providers.get(lease.provider);
-    if (!provider) throw new RetryableUpstreamError('provider_unavailable', `provider ${lease.provider} is not configured in this worker`);
+    if (!provider) {
+      // Its provider was removed from this instance's configuration while the lease was live: a revocation
+      // that cannot run is a failed one (`revoke_failed`, audited, counted), retried until the provider is
+      // back or the credential expires.
+      const missing = new RetryableUpstreamError('provider_unavailable', `provider ${lease.provider} is not configured in this worker`);
+      await this.attempt(lease, attempt, () => Promise.reject(missing), { keepStatus: lease.status === 'issuing' });
+      return;
+    }
     if (lease.status === 'issuing') {
       // Its issuing process died or stalled (the sweeper hands it over once the orphan window passed): give
       // it up in Redis, so a late activation is refused, then revoke with what was written down (the
