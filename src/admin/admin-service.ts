@@ -91,7 +91,8 @@ export class AdminService {
     await this.deps.audit.append({ action: 'quarantine.add', actor: who.id, decision: 'ok', reason, detail: { pattern, at: entry.at } });
     await this.deps.quarantine.add(entry);
     await this.rotation.announce({ type: 'quarantine' });
-    const ended = await this.endMatching({ agent: pattern });
+    // Its tasks as an agent, and as an orchestrator: the grants a compromised identity made are not trusted either.
+    const ended = await this.endMatching({ agent: pattern }, { openedBy: true });
     await this.deps.replicas.after(this.deps.keys.replicaFences());
     // Last: the tasks are ended even when the export is down (it answers 503 then, the quarantine in force).
     await this.exportOps('quarantine');
@@ -119,7 +120,7 @@ export class AdminService {
   }
 
   /** Ends every open task matching `sel` with its subtree; returns the tasks ended and their live leases. */
-  private async endMatching(sel: RevokeSelector): Promise<{ tasks: number; leases: number }> {
+  private async endMatching(sel: RevokeSelector, opts: { openedBy?: boolean } = {}): Promise<{ tasks: number; leases: number }> {
     const found = new Set<string>();
     if ('taskId' in sel) {
       found.add(sel.taskId);
@@ -127,12 +128,13 @@ export class AdminService {
       const match =
         'agent' in sel
           ? (
-              (p: IdentityPatterns) => (t: { agent: string }) =>
-                p.matches(t.agent)
+              (p: IdentityPatterns) => (t: { agent: string; openedBy: string }) =>
+                p.matches(t.agent) || (opts.openedBy === true && p.matches(t.openedBy))
             )(new IdentityPatterns([sel.agent]))
           : (t: { tenant: string }) => t.tenant === sel.tenant;
       for (let b = 0; b < this.deps.keys.buckets; b++) {
-        for await (const page of this.deps.tasks.openIn(b)) for (const t of page) if (match(t as never)) found.add(t.taskId);
+        for await (const page of this.deps.tasks.openIn(b, 500, opts.openedBy))
+          for (const t of page) if (match(t as never)) found.add(t.taskId);
       }
     }
     const ids = [...found];

@@ -52,6 +52,17 @@ export type EndResult =
   | { kind: 'missing' | 'early' }
   | { kind: 'already'; status: TaskStatus };
 
+/** The opener in a task's stored record, or '' (not read, or unreadable). */
+function openerOf(d: string | null | undefined): string {
+  if (!d) return '';
+  try {
+    const v = (JSON.parse(d) as { openedBy?: unknown }).openedBy;
+    return typeof v === 'string' ? v : '';
+  } catch {
+    return '';
+  }
+}
+
 /** Redis persistence of tasks. Every step that decides on time runs in Lua on Redis's clock. */
 export class TaskStore {
   private readonly redis: RedisClient;
@@ -214,15 +225,21 @@ export class TaskStore {
    * earliest deadlines, the first ranks), and an offset into a set that shrinks ahead of it skips
    * entries. ZSCAN returns every task open for the whole walk, some possibly twice (callers dedupe).
    */
-  async *openIn(bucket: number, pageSize = 500): AsyncGenerator<{ taskId: string; agent: string; tenant: string }[]> {
+  async *openIn(
+    bucket: number,
+    pageSize = 500,
+    withOpener = false,
+  ): AsyncGenerator<{ taskId: string; agent: string; tenant: string; openedBy: string }[]> {
     let cursor = '0';
     do {
       const [next, flat] = await this.redis.zscan(this.keys.openTasks(bucket), cursor, 'COUNT', pageSize);
       cursor = next;
       const ids = flat.filter((_, i) => i % 2 === 0);
       if (ids.length === 0) continue;
-      const rows = await Promise.all(ids.map((id) => this.redis.hmget(this.keys.task(id), 'agent', 'tenant')));
-      yield ids.map((taskId, i) => ({ taskId, agent: rows[i]?.[0] ?? '', tenant: rows[i]?.[1] ?? '' }));
+      // The opener is only in the task's record (`d`): read (and parsed) only when asked for (a quarantine).
+      const fields = withOpener ? ['agent', 'tenant', 'd'] : ['agent', 'tenant'];
+      const rows = await Promise.all(ids.map((id) => this.redis.hmget(this.keys.task(id), ...fields)));
+      yield ids.map((taskId, i) => ({ taskId, agent: rows[i]?.[0] ?? '', tenant: rows[i]?.[1] ?? '', openedBy: openerOf(rows[i]?.[2]) }));
     } while (cursor !== '0');
   }
 

@@ -144,3 +144,31 @@ test('a pattern that matches the admin is refused', async () => {
   expect(r.status).toBe(400);
   expect(r.body.code).toBe('quarantine_self');
 });
+
+test('quarantining an orchestrator ends the tasks it opened, as well as any it is the agent of', async () => {
+  // Found from outside: a compromised orchestrator's grants stayed in force (tasks 0, leases 0): its tasks
+  // stayed open, their tokens active, and their agents kept getting credentials.
+  const rogueOrch = '/orchestrator/rogue';
+  const taskId = `t-kill-orch-${++n}`;
+  const open = await call(a.url, 'POST', '/v1/tasks', a.as(rogueOrch), {
+    taskId,
+    agent: `spiffe://dev.local${AGENT}`,
+    tenant: 'acme',
+    purpose: 'granted by an orchestrator later found compromised',
+    ttlSeconds: 600,
+    grants: [{ role: 'demo-api' }],
+  });
+  expect(open.status).toBe(201);
+  const lease = await call(a.url, 'POST', '/v1/credentials', a.as(AGENT), { taskId, role: 'demo-api' });
+  expect(lease.status).toBe(201);
+  const bystander = await taskWithLeases(AGENT, 1); // opened by another orchestrator: untouched
+  const pattern = `spiffe://dev.local${rogueOrch}`;
+  const q = await call(a.url, 'POST', '/v1/admin/quarantine', a.as(ADMIN), { agent: pattern, reason: 'orchestrator key leaked' });
+  expect(q.status).toBe(201);
+  expect(q.body).toMatchObject({ tasks: 1, leases: 1 });
+  expect((await call(a.url, 'GET', `/v1/tasks/${taskId}`, a.as(ADMIN))).body.status).toBe('completed');
+  expect((await call(a.url, 'POST', '/v1/credentials', a.as(AGENT), { taskId, role: 'demo-api' })).status).toBe(409);
+  await waitFor(async () => (await a.broker.deps.leases.get(lease.body.leaseId))?.status === 'revoked', 10_000);
+  expect((await call(a.url, 'GET', `/v1/tasks/${bystander.taskId}`, a.as(ADMIN))).body.status).toBe('open');
+  await call(a.url, 'DELETE', `/v1/admin/quarantine/${encodeURIComponent(pattern)}`, a.as(ADMIN));
+});
