@@ -262,6 +262,7 @@ export async function startBroker(config: LoadedConfig, opts: BrokerOptions = {}
       limits: new RateLimits({ redis, prefix: config.redis.prefix, config: config.server.rateLimit, metrics, logger }),
     };
     const rotation = new RotationService(deps, kek, redis);
+    undo.push(() => rotation.policySync.close());
     const taskService = new TaskService(deps);
     const approvalService = new ApprovalService(deps);
     const cursors = new CursorCodec(kek.derive('jit-broker list cursor v1'), () => clock.now());
@@ -346,6 +347,7 @@ export async function startBroker(config: LoadedConfig, opts: BrokerOptions = {}
       const app = createApp(deps, services, {
         isShuttingDown: () => shuttingDown,
         isRecovered: () => recovery.ready,
+        policyInSync: () => rotation.policySync.inSync,
         extraRouters: routers,
       });
       server = app.listen(config.server.port, config.server.host);

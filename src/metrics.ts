@@ -12,6 +12,7 @@ export class Metrics {
   readonly policyDecisions: Counter<'action' | 'decision'>;
   readonly rotations: Counter<'target' | 'result'>;
   readonly replicaAcks: Counter<'result'>;
+  readonly policyInSync: Gauge;
 
   /** Where the active-lease gauge reads from on each scrape (set once the lease store exists). */
   activeLeasesSource: (() => Promise<number>) | undefined;
@@ -70,6 +71,11 @@ export class Metrics {
       name: 'jit_redis_replica_acks_total',
       help: 'Waits for replicas after writes a failover must not lose (redis.replicaAck), by result: acked, timeout, error',
       labelNames: ['result'],
+      registers,
+    });
+    this.policyInSync = new Gauge({
+      name: 'jit_policy_in_sync',
+      help: 'Whether the policy set in force is the one the last reload announced (0: not ready until it loads)',
       registers,
     });
     if (opts.defaultMetrics) collectDefaultMetrics({ register: this.registry });

@@ -17,7 +17,12 @@ import { wellKnownRoutes } from './routes/wellknown.ts';
 export function createApp(
   deps: Deps,
   services: Services,
-  opts: { isShuttingDown: () => boolean; isRecovered: () => boolean; extraRouters?: (express.Router | RequestHandler)[] },
+  opts: {
+    isShuttingDown: () => boolean;
+    isRecovered: () => boolean;
+    policyInSync?: () => boolean;
+    extraRouters?: (express.Router | RequestHandler)[];
+  },
 ): Express {
   const app = express();
   app.disable('x-powered-by');

@@ -3,13 +3,14 @@ import type { Deps } from '../deps.ts';
 import { BrokerError, badRequest, conflict, upstreamFailed } from '../errors.ts';
 import type { WorkloadIdentity } from '../identity/types.ts';
 import { PolicyLoadError } from '../policy/errors.ts';
+import { PolicySync } from './policy-sync.ts';
 import { ProviderRegistry } from '../providers/registry.ts';
 import { acquireLock } from '../redis/lock.ts';
 import type { RedisClient } from '../redis/scripts.ts';
 import type { Kek } from '../signing/kek.ts';
 
 /** Broadcast on `${prefix}:events:broker` so every instance follows. */
-export type BrokerEvent = { type: 'rotated'; target: string } | { type: 'policy-reload' } | { type: 'quarantine' };
+export type BrokerEvent = { type: 'rotated'; target: string } | { type: 'policy-reload'; version?: string } | { type: 'quarantine' };
 
 /**
  * Rotation of the broker's own secrets (signing key, Vault AppRole secret-id,
@@ -22,11 +23,14 @@ export class RotationService {
   private readonly deps: Deps;
   private readonly kek: Kek;
   private readonly publisher: RedisClient;
+  /** Follows reloads announced by other instances (and says when it cannot). */
+  readonly policySync: PolicySync;
 
   constructor(deps: Deps, kek: Kek, publisher: RedisClient) {
     this.deps = deps;
     this.kek = kek;
     this.publisher = publisher;
+    this.policySync = new PolicySync(deps);
   }
 
   /** Targets this instance can rotate. */
@@ -121,7 +125,8 @@ export class RotationService {
         extra: { issues: err.issues.map(({ code, file, line, column, message }) => ({ code, file, line, column, message })) },
       });
     }
-    await this.announce({ type: 'policy-reload' });
+    this.policySync.loaded();
+    await this.announce({ type: 'policy-reload', version: r.version });
     await this.deps.audit.append({
       action: 'policy.reload',
       actor: who.id,
@@ -136,10 +141,7 @@ export class RotationService {
     const ev = JSON.parse(raw) as BrokerEvent;
     if (ev.type === 'rotated') await this.applyDistributedSecrets(ev.target);
     else if (ev.type === 'quarantine') await this.deps.quarantine.reload();
-    else
-      await this.deps.policy
-        .reload()
-        .catch((err) => this.deps.logger.error({ err: (err as Error).message }, 'policy reload refused; old set stays'));
+    else await this.policySync.follow(ev.version);
   }
 
   async announce(ev: BrokerEvent): Promise<void> {

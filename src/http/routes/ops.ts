@@ -21,7 +21,10 @@ const within = <T>(p: Promise<T>, ms: number): Promise<T> => pTimeout(p, { milli
  * upstream being down is reported but does not take JWT traffic out of
  * rotation), /metrics.
  */
-export function opsRoutes(deps: Deps, state: { isShuttingDown: () => boolean; isRecovered: () => boolean }): Router {
+export function opsRoutes(
+  deps: Deps,
+  state: { isShuttingDown: () => boolean; isRecovered: () => boolean; policyInSync?: () => boolean },
+): Router {
   const r = Router();
   // /readyz is unauthenticated and probed often: one upstream round (Vault sys/health...) per UPSTREAM_CHECK_MS,
   // shared by concurrent probes, so a flood of /readyz is never a flood of the upstreams.
@@ -46,7 +49,8 @@ export function opsRoutes(deps: Deps, state: { isShuttingDown: () => boolean; is
   r.get('/readyz', async (_req, res) => {
     const checks: Record<string, boolean> = {
       config: true,
-      policy: deps.policy.version !== '',
+      // Loaded, and the set the last reload announced (an instance left behind decides under a replaced set).
+      policy: deps.policy.version !== '' && (state.policyInSync?.() ?? true),
       accepting: !state.isShuttingDown(),
       signingKeys: state.isRecovered() && deps.signing.size > 0,
     };
