@@ -108,7 +108,7 @@ export function createConsole(deps: Deps, services: Services, opts: { dist?: str
     let session: ConsoleSession;
     try {
       // The broker's own OIDC trust checks the signature, issuer, audience and lifetime, as for any caller.
-      const identity = await deps.verifier.verify(idToken);
+      const identity = await deps.verifier.verify(idToken, 'console-sign-in');
       if (identity.kind !== 'oidc' || identity.trust !== trust.name)
         throw new Error(`verified by trust ${identity.trust}, not ${trust.name}`);
       const at = now();

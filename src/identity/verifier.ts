@@ -66,6 +66,8 @@ export class IdentityVerifier {
    */
   private readonly cache = new LRUCache<string, { identity: WorkloadIdentity; until: number }>({ max: VERIFIED_CACHE_MAX });
   private readonly cacheMs: number;
+  /** The console's sign-in client: its ID tokens start a console session, they are not bearer identities. */
+  private readonly consoleClient: { issuer: string; clientId: string } | undefined;
 
   constructor(
     config: LoadedConfig,
@@ -99,6 +101,7 @@ export class IdentityVerifier {
     this.rejections = new RejectionLog({ logger: deps.logger, metrics: deps.metrics });
     this.cacheMs = deps.cacheMs ?? 30_000;
     this.now = deps.now ?? Date.now;
+    this.consoleClient = config.console ? { issuer: config.console.issuer, clientId: config.console.clientId } : undefined;
   }
 
   /** Loads every trust entry's keys; a broken file or inline set fails startup. */
@@ -111,18 +114,19 @@ export class IdentityVerifier {
    * with a stable code, a fixed `reason` and a detail that tells an attacker
    * nothing.
    */
-  async verify(token: string | undefined): Promise<WorkloadIdentity> {
+  async verify(token: string | undefined, use: 'bearer' | 'console-sign-in' = 'bearer'): Promise<WorkloadIdentity> {
     if (!token) {
       this.rejections.record('missing', 'no token');
       throw rejectionError('missing');
     }
-    const cached = this.cache.get(token);
+    // The cache holds bearer identities only: a console ID token verified at sign-in must not be one later.
+    const cached = use === 'bearer' ? this.cache.get(token) : undefined;
     if (cached) {
       if (cached.until > this.now()) return cached.identity;
       this.cache.delete(token);
     }
     try {
-      return await this.verifyUncached(token);
+      return await this.verifyUncached(token, use);
     } catch (err) {
       if (err instanceof IdentityRejection) {
         this.rejections.record(err.reason, err.message);
@@ -132,7 +136,7 @@ export class IdentityVerifier {
     }
   }
 
-  private async verifyUncached(token: string): Promise<WorkloadIdentity> {
+  private async verifyUncached(token: string, use: 'bearer' | 'console-sign-in'): Promise<WorkloadIdentity> {
     if (token.length > 16_384) throw new IdentityRejection('malformed', `token too large (${token.length} chars)`);
     let header: ReturnType<typeof decodeProtectedHeader>;
     let unverified: JWTPayload;
@@ -150,6 +154,9 @@ export class IdentityVerifier {
     }
     if (typeof header.kid !== 'string' || header.kid === '') throw new IdentityRejection('malformed', 'header has no kid');
     const { trust, keys, algorithms } = this.route(unverified);
+    const audience = this.audiencesFor(trust, use);
+    if (audience.length === 0)
+      throw new IdentityRejection('audience', `an ID token of the console's sign-in client is not a bearer identity (trust ${trust.name})`);
     const kid = header.kid;
     const nowMs = this.now();
     let payload: JWTPayload;
@@ -163,7 +170,7 @@ export class IdentityVerifier {
         },
         {
           algorithms,
-          audience: trust.audiences,
+          audience,
           issuer: trust.kind === 'oidc' ? trust.issuer : undefined,
           clockTolerance: this.skew,
           currentDate: new Date(nowMs),
@@ -173,7 +180,18 @@ export class IdentityVerifier {
     } catch (err) {
       throw joseRejection(err, trust.name);
     }
-    return this.accept(token, payload, trust, nowMs);
+    return this.accept(token, payload, trust, nowMs, use);
+  }
+
+  /**
+   * The audiences a token may carry for `use`. A person's ID token (audience: the console's client id) is
+   * for the console's sign-in only (OIDC: an ID token is for its client, not an access token): as a
+   * bearer on /v1 it would skip the console's session bounds, sign-out and anti-CSRF header.
+   */
+  private audiencesFor(trust: TrustConfig, use: 'bearer' | 'console-sign-in'): string[] {
+    const c = this.consoleClient;
+    if (use === 'console-sign-in' || trust.kind !== 'oidc' || !c || trust.issuer !== c.issuer) return trust.audiences;
+    return trust.audiences.filter((a) => a !== c.clientId);
   }
 
   /** Picks the trust entry from the unverified payload; verification then uses only that entry's keys. */
@@ -193,7 +211,13 @@ export class IdentityVerifier {
     return { ...entry, algorithms: OIDC_ALGS };
   }
 
-  private async accept(token: string, p: JWTPayload, trust: TrustConfig, nowMs: number): Promise<WorkloadIdentity> {
+  private async accept(
+    token: string,
+    p: JWTPayload,
+    trust: TrustConfig,
+    nowMs: number,
+    use: 'bearer' | 'console-sign-in',
+  ): Promise<WorkloadIdentity> {
     const now = Math.floor(nowMs / 1000);
     for (const claim of ['exp', 'iat', 'nbf'] as const) {
       const v = p[claim];
@@ -237,7 +261,7 @@ export class IdentityVerifier {
       if (fresh === null) throw new IdentityRejection('replayed', `jti replayed (trust ${trust.name})`);
     } else {
       // Never cached when single-use: every presentation must meet the replay marker.
-      this.remember(token, identity, Math.min(exp * 1000, nowMs + this.cacheMs));
+      if (use === 'bearer') this.remember(token, identity, Math.min(exp * 1000, nowMs + this.cacheMs));
     }
     return identity;
   }

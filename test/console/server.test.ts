@@ -274,6 +274,19 @@ describe('a broker with the console', () => {
     expect((await call(t.url, 'GET', '/console/api/v1/tasks/t-console-1', asPerson(cookie))).status).toBe(401);
   });
 
+  test("a person's ID token (audience: the console's client) is not a bearer identity on /v1; it still verifies for sign-in", async () => {
+    // Found from outside: accepted as a bearer, it skipped the console's session bounds, sign-out and anti-CSRF header.
+    const now = Math.floor(Date.now() / 1000);
+    const idToken = issuer.signRaw({ alg: 'ES256', kid: issuer.kid }, { iss: IDP, sub: 'admin', aud: CLIENT_ID, exp: now + 300, iat: now });
+    for (let i = 0; i < 2; i++) {
+      const r = await call(t.url, 'GET', '/v1/admin/quarantine', { authorization: `Bearer ${idToken}` });
+      expect(r.status).toBe(401);
+    }
+    // What the console's callback does with the same token (after sign-in, it is not cached as a bearer either).
+    expect((await t.broker.deps.verifier.verify(idToken, 'console-sign-in')).id).toBe(`${IDP}#admin`);
+    expect((await call(t.url, 'GET', '/v1/admin/quarantine', { authorization: `Bearer ${idToken}` })).status).toBe(401);
+  });
+
   test('sign-in fails with a clear page, never a 500: provider down, unknown state, missing browser cookie', async () => {
     const login = await fetch(`${t.url}/console/login?return=/console/tasks`, { redirect: 'manual' });
     expect(login.status).toBe(303);
