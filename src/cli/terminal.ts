@@ -1,13 +1,20 @@
 /**
  * Characters that are valid in JSON but mislead a human reading text in a
- * terminal: C1 controls, zero-width and bidi controls, line/paragraph
- * separators, BOM. (Here, in the CLI's part of the code, because the `jit`
- * command is compiled on its own and may not import the server; the server's
- * log escaping uses the same set.)
+ * terminal: C1 controls, line/paragraph separators, and every default-ignorable
+ * code point (Unicode's list of what renders as nothing: zero-width and bidi
+ * controls, BOM, soft hyphen, variation selectors, tag characters, Hangul
+ * fillers), which would let one name pass for another. (Here, in the CLI's part
+ * of the code, because the `jit` command is compiled on its own and may not
+ * import the server; the server's log escaping uses the same set.)
  */
-export const MISLEADING = /[\u007f-\u009f\u00ad\u061c\u180e\u200b-\u200f\u2028-\u202e\u2060-\u206f\ufeff]/g;
+export const MISLEADING = /[\u007f-\u009f\u2028\u2029\p{Default_Ignorable_Code_Point}]/gu;
 const CONTROL = /[\u0000-\u001f]/g;
-const escaped = (c: string) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`;
+
+/** `\u001b`, or `\u{e0041}` beyond the 16-bit range. */
+export function escapeChar(c: string): string {
+  const code = c.codePointAt(0)!;
+  return code > 0xffff ? `\\u{${code.toString(16)}}` : `\\u${code.toString(16).padStart(4, '0')}`;
+}
 
 /**
  * A string as a terminal may show it: C0 and C1 controls, bidi and
@@ -17,11 +24,11 @@ const escaped = (c: string) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0
  * operator's screen or forge a line.
  */
 export function terminalSafe(s: string): string {
-  return s.replace(CONTROL, escaped).replace(MISLEADING, escaped);
+  return s.replace(CONTROL, escapeChar).replace(MISLEADING, escapeChar);
 }
 
 /** The same two sets, not global (a global regex's `test` keeps state between calls). */
-const ANY = new RegExp(`[\\u0000-\\u001f]|${MISLEADING.source}`);
+const ANY = new RegExp(`[\\u0000-\\u001f]|${MISLEADING.source}`, 'u');
 
 /** Whether `s` holds a character {@link terminalSafe} would escape (checked on every request naming a role). */
 export function hasControls(s: string): boolean {

@@ -1,6 +1,6 @@
-import { MISLEADING } from '../cli/terminal.ts';
+import { escapeChar, MISLEADING } from '../cli/terminal.ts';
 
-// MISLEADING: what misleads a human reading a terminal (C1, bidi, zero-width); JSON.stringify already
+// MISLEADING: what misleads a human reading a terminal (C1, bidi, zero-width, default-ignorable); JSON.stringify already
 // escapes C0 controls and lone surrogates.
 
 /**
@@ -19,8 +19,6 @@ export function clip(value: unknown, max = 64): string {
       s = Object.prototype.toString.call(value);
     }
   }
-  const head = JSON.stringify(s.slice(0, max))
-    .slice(1, -1)
-    .replace(MISLEADING, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`);
+  const head = JSON.stringify(s.slice(0, max)).slice(1, -1).replace(MISLEADING, escapeChar);
   return s.length > max ? `${head}…(+${s.length - max} chars)` : head;
 }

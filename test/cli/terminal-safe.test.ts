@@ -1,5 +1,6 @@
 import { afterAll, beforeAll, expect, test } from '@jest/globals';
 import { main } from '../../src/cli/main.ts';
+import { hasControls, terminalSafe } from '../../src/cli/terminal.ts';
 import { ADMIN, AGENT, ORCH, call, openAgentTask, startTestBroker, type TestBroker } from '../helpers/broker.ts';
 
 /**
@@ -91,4 +92,16 @@ test("jit audit tail escapes them too: an approver's reason with an ESC sequence
   // Before: printed raw (the query command escaped it, tail did not).
   for (const c of ['\u001b', '\u009b', '\u202e', '\r']) expect(stdout).not.toContain(c);
   expect(stdout.split('\n').some((line) => line.startsWith('2026-01-01T00:00:00.000Z'))).toBe(false);
+});
+
+test('invisible characters (tag characters, variation selectors, Hangul fillers) are escaped too, and refused in role names', async () => {
+  // Found in review: outside the escaped set, they let a role name look like another in an audit record or table.
+  const lookalike = 'demo-api\u{e0041}\u{e0042}\ufe0f\u3164\u034f';
+  expect(terminalSafe(lookalike)).toBe('demo-api\\u{e0041}\\u{e0042}\\ufe0f\\u3164\\u034f');
+  expect(hasControls(lookalike)).toBe(true);
+  expect(hasControls('demo-api')).toBe(false);
+  expect(hasControls('støre-ärende-読み取り')).toBe(false); // letters of any script are names, not tricks
+  await openAgentTask(t, 'ts-4', [{ role: 'demo-api' }]);
+  const r = await call(t.url, 'POST', '/v1/credentials', t.as(AGENT), { taskId: 'ts-4', role: lookalike });
+  expect({ status: r.status, code: r.body.code }).toEqual({ status: 400, code: 'invalid_request' });
 });
