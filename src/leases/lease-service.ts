@@ -62,6 +62,8 @@ export class LeaseService {
     );
     if (LeaseStore.isEnded(lease.status)) return { leaseId, status: lease.status };
     const now = this.deps.clock.now();
+    // A party to the lease revokes its own; anyone else here is an admin (load refused everyone else).
+    const reason = who.id === lease.agent || who.id === task?.openedBy ? 'revoked_by_caller' : 'revoked_by_admin';
     await this.deps.audit.append({
       action: 'lease.revoke',
       actor: who.id,
@@ -69,18 +71,18 @@ export class LeaseService {
       taskId: lease.taskId,
       role: lease.role,
       leaseId,
-      reason: 'revoked_by_caller',
+      reason,
       policies,
       detail: { stage: 'requested' },
     });
     // What the caller is told must survive a failover, or the lease would come back live.
     const fence = [this.deps.keys.replicaFenceOfTask(lease.taskId)];
     if (this.deps.providers.get(lease.provider)?.upstream === false && lease.status !== 'issuing') {
-      await endLeases(this.deps, [lease], 'revoked_by_caller', now);
+      await endLeases(this.deps, [lease], reason, now);
       await this.deps.replicas.after(fence);
       return { leaseId, status: 'revoked' };
     }
-    const res = await this.deps.leases.requestEnd(leaseId, 'revoked_by_caller');
+    const res = await this.deps.leases.requestEnd(leaseId, reason);
     if (res.kind === 'revoking') await this.deps.queue.endLease(lease, res.reason, now);
     await this.deps.replicas.after(fence);
     return { leaseId, status: res.kind === 'deferred' ? 'issuing' : 'revoking' };

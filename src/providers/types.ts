@@ -65,6 +65,12 @@ export interface IssueIntent {
 /** Why a lease is revoked; decides how wide the upstream cut is (one session, a task's, an agent's). */
 export interface RevokeContext {
   reason: RevokeReason | 'issuance_interrupted';
+  /**
+   * With `revoked_by_admin`: the lease's task was ended by an admin (the kill switch, a quarantine), so
+   * every credential of the agent is being stopped and the cut may be as wide (AWS: by SourceIdentity).
+   * Absent for an admin's DELETE of one lease: that credential only.
+   */
+  agentStopped?: boolean;
 }
 
 /**

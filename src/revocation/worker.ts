@@ -105,7 +105,10 @@ export class RevocationWorker {
     if (expiry && lease.status === 'active' && lease.expiresAt - this.deps.clock.now() > EXPIRY_SLACK_MS) return;
     if (lease.status === 'active' && !expiry) await leases.mark(lease.leaseId, { status: 'revoking', reason });
     const role = roleOfLease(this.deps, lease) as never;
-    const call = () => (expiry ? (provider.expire?.(lease, role) ?? Promise.resolve()) : provider.revoke(lease, role, { reason }));
+    // An admin's revocation is as wide as the agent only when an admin ended the task (a kill switch), not for one DELETE.
+    const agentStopped = reason === 'revoked_by_admin' && (await this.deps.tasks.get(lease.taskId))?.reason === 'revoked_by_admin';
+    const call = () =>
+      expiry ? (provider.expire?.(lease, role) ?? Promise.resolve()) : provider.revoke(lease, role, { reason, agentStopped });
     if ((await this.attempt(lease, attempt, call)) === 'settled') return;
     await this.finish(lease, expiry ? 'expired' : 'revoked', reason, expiry ? lease.expiresAt : data.requestedAt, attempt);
   }

@@ -6,7 +6,7 @@ import { GetCallerIdentityCommand, STSClient, type STSClientConfig } from '@aws-
 import { fromHttp, fromProcess } from '@aws-sdk/credential-providers';
 import { startAwsEmulator, type AwsEmulator, type EmulatedUser } from '../../emulators/aws/index.ts';
 import { agentKeyFor, sessionNameFor, taskKeyFor } from '../../../src/providers/aws/session-name.ts';
-import { AGENT, ORCH, call, startTestBroker, waitFor, type TestBroker } from '../../helpers/broker.ts';
+import { ADMIN, AGENT, ORCH, call, startTestBroker, waitFor, type TestBroker } from '../../helpers/broker.ts';
 import { JIT, NODE20, ensureBuilt } from '../../helpers/cli.ts';
 
 /**
@@ -227,6 +227,24 @@ describe('aws roles through the broker API', () => {
     const raw = JSON.stringify(await t.broker.deps.redis.hgetall(t.broker.deps.keys.lease(r.body.leaseId)));
     expect(raw).not.toContain(creds.secretAccessKey);
     expect(raw).not.toContain(creds.sessionToken);
+  });
+
+  test("an admin's DELETE of one lease records revoked_by_admin and denies that session only; the agent's other sessions work", async () => {
+    // Before: recorded as revoked_by_caller (the contract's reasons tell an admin's revocation apart). And
+    // revoked_by_admin alone must not widen the deny to every session of the agent, as the kill switch does.
+    const taskId = await openTask();
+    const r = await issue({ taskId, role: 'reports-bucket' });
+    const sibling = await issue({ taskId, role: 'reports-bucket' });
+    expect([r.status, sibling.status]).toEqual([201, 201]);
+    expect((await call(t.url, 'DELETE', `/v1/leases/${r.body.leaseId}`, t.as(ADMIN))).status).toBe(202);
+    const ended = await waitFor(async () => {
+      const l = await lease(r.body.leaseId);
+      return l.status === 'revoked' && l;
+    }, 8000);
+    expect(ended.reason).toBe('revoked_by_admin');
+    expect(await whoAmI(sessionCreds(r.body.credentials))).toEqual({ ok: false, code: 'AccessDenied' });
+    expect((await whoAmI(sessionCreds(sibling.body.credentials))).ok).toBe(true);
+    expect((await lease(sibling.body.leaseId)).status).toBe('active');
   });
 
   test('a session STS makes after its lease record vanished (a failover or a wipe) is denied upstream by the issuing broker, never handed out', async () => {

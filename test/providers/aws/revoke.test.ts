@@ -18,7 +18,7 @@ const AGENT_B = 'spiffe://example.org/agent/b';
 
 const caller: RevokeContext = { reason: 'revoked_by_caller' };
 const completed: RevokeContext = { reason: 'task_completed' };
-const admin: RevokeContext = { reason: 'revoked_by_admin' };
+const admin: RevokeContext = { reason: 'revoked_by_admin', agentStopped: true }; // the kill switch or a quarantine
 
 beforeAll(async () => {
   w = await awsWorld('revoke');
