@@ -63,15 +63,8 @@ export class RevocationWorker {
     const lease = await leases.get(data.leaseId);
     if (!lease || LeaseStore.isEnded(lease.status)) return;
     const provider = providers.get(lease.provider);
-    if (!provider) {
-      // Its provider was removed from this instance's configuration while the lease was live: a revocation
-      // that cannot run is a failed one (`revoke_failed`, audited, counted), retried until the provider is
-      // back or the credential expires.
-      const missing = new RetryableUpstreamError('provider_unavailable', `provider ${lease.provider} is not configured in this worker`);
-      await this.attempt(lease, attempt, () => Promise.reject(missing), { keepStatus: lease.status === 'issuing' });
-      return;
-    }
     if (lease.status === 'issuing') {
+      if (!provider) return this.providerMissing(lease, attempt);
       // Its issuing process died or stalled (the sweeper hands it over once the orphan window passed): give
       // it up in Redis, so a late activation is refused, then revoke with what was written down (the
       // intent, or what a late activation recorded) or let a short-lived credential die; hand out nothing.
@@ -103,6 +96,8 @@ export class RevocationWorker {
     // A hand-over that no longer applies (an issuance's, activated after all; or a retry's whose lease
     // got a new expiry): nothing is due before the credential's own expiry, when the sweeper hands it over again.
     if (expiry && lease.status === 'active' && lease.expiresAt - this.deps.clock.now() > EXPIRY_SLACK_MS) return;
+    // After that check: a stale hand-over must not mark a live lease failed on a worker without its provider.
+    if (!provider) return this.providerMissing(lease, attempt);
     if (lease.status === 'active' && !expiry) await leases.mark(lease.leaseId, { status: 'revoking', reason });
     const role = roleOfLease(this.deps, lease) as never;
     // An admin's revocation is as wide as the agent only when an admin ended the task (a kill switch), not for one DELETE.
@@ -111,6 +106,16 @@ export class RevocationWorker {
       expiry ? (provider.expire?.(lease, role) ?? Promise.resolve()) : provider.revoke(lease, role, { reason, agentStopped });
     if ((await this.attempt(lease, attempt, call)) === 'settled') return;
     await this.finish(lease, expiry ? 'expired' : 'revoked', reason, expiry ? lease.expiresAt : data.requestedAt, attempt);
+  }
+
+  /**
+   * The lease's provider was removed from this instance's configuration while the lease was live: a
+   * revocation that cannot run is a failed one (`revoke_failed`, audited, counted), retried until the
+   * provider is back or the credential expires. An issuance stays `issuing` (see `attempt`).
+   */
+  private async providerMissing(lease: LeaseRecord, attempt: number): Promise<void> {
+    const missing = new RetryableUpstreamError('provider_unavailable', `provider ${lease.provider} is not configured in this worker`);
+    await this.attempt(lease, attempt, () => Promise.reject(missing), { keepStatus: lease.status === 'issuing' });
   }
 
   /**

@@ -1,4 +1,4 @@
-import { afterAll, expect, test } from '@jest/globals';
+import { afterAll, beforeAll, expect, test } from '@jest/globals';
 import { startVaultEmulator, type VaultEmulator } from '../emulators/vault/index.ts';
 import { join } from 'node:path';
 import { validateConfig } from '../../src/config/load.ts';
@@ -16,6 +16,7 @@ import {
 } from '../helpers/broker.ts';
 import { TestIssuer } from '../helpers/identity.ts';
 import { BROKER_POLICY } from '../providers/vault/helpers.ts';
+import { leaseEndJobId } from '../../src/revocation/queue.ts';
 
 /**
  * A restart without the provider of live leases (an operator removed `providers.vault` while tokens
@@ -36,16 +37,14 @@ afterAll(async () => {
 const CONFIG_PATH = join(process.cwd(), 'config/test.yaml');
 const revocation = { backoffMs: 50, maxBackoffMs: 300, reconcileIntervalMs: 60_000, sweepMs: 50 };
 
-test('a lease whose provider is no longer configured shows revoke_failed, audited, and is revoked once the provider is back', async () => {
-  emu = await startVaultEmulator({ policies: { 'jit-broker': BROKER_POLICY, 'ops-read': ['secret/ops/*'] } });
+/** Starts instances on one prefix and KEK (they share the Redis data), with or without providers.vault. */
+function setup() {
   const { token } = emu.createToken({ policies: ['jit-broker', 'ops-read'] });
-  const withVault = {
+  const raw = testRawConfig(issuer, prefix, {
     providers: { vault: { address: emu.url, auth: { token }, requestTimeoutMs: 5000 } },
     roles: { 'vault-ops': { provider: 'vault', token: { policies: ['ops-read'] }, maxTtlSeconds: 3600 } },
     revocation,
-  };
-  // One raw config (one KEK) for every start: the instances share the Redis data.
-  const raw = testRawConfig(issuer, prefix, withVault);
+  });
   const without = structuredClone(raw) as { providers: Record<string, unknown>; roles: Record<string, unknown> };
   delete without.providers.vault;
   without.roles = { 'tickets-api': { provider: 'jwt', audience: 'https://tickets.internal', maxTtlSeconds: 300 } };
@@ -54,9 +53,12 @@ test('a lease whose provider is no longer configured shows revoke_failed, audite
     brokers.push(b);
     return b;
   };
-  const a = await start(raw);
-  const open = await call(a.url, 'POST', '/v1/tasks', a.as(ORCH), {
-    taskId: 'pr-1',
+  return { start: (vault: boolean) => start(vault ? raw : without) };
+}
+
+async function vaultLease(b: TestBroker, taskId: string, ttlSeconds?: number) {
+  const open = await call(b.url, 'POST', '/v1/tasks', b.as(ORCH), {
+    taskId,
     agent: `spiffe://dev.local${AGENT}`,
     tenant: 'acme',
     purpose: 'provider removed',
@@ -64,11 +66,23 @@ test('a lease whose provider is no longer configured shows revoke_failed, audite
     grants: [{ role: 'vault-ops', scopes: ['ops-read'] }],
   });
   expect(open.status).toBe(201);
-  const c = await call(a.url, 'POST', '/v1/credentials', a.as(AGENT), { taskId: 'pr-1', role: 'vault-ops' });
+  const c = await call(b.url, 'POST', '/v1/credentials', b.as(AGENT), { taskId, role: 'vault-ops', ...(ttlSeconds ? { ttlSeconds } : {}) });
   expect(c.status).toBe(201);
+  return c.body as { leaseId: string; credentials: { token: string } };
+}
+
+let start: ReturnType<typeof setup>['start'];
+beforeAll(async () => {
+  emu = await startVaultEmulator({ policies: { 'jit-broker': BROKER_POLICY, 'ops-read': ['secret/ops/*'] } });
+  ({ start } = setup());
+});
+
+test('a lease whose provider is no longer configured shows revoke_failed, audited, and is revoked once the provider is back', async () => {
+  const a = await start(true);
+  const c = { body: await vaultLease(a, 'pr-1') };
   await a.broker.close(); // keeps its Redis data (TestBroker.close drops the prefix)
 
-  const b = await start(without);
+  const b = await start(false);
   expect((await call(b.url, 'POST', '/v1/tasks/pr-1/complete', b.as(ORCH))).status).toBe(202);
   // Before: `revoking` for good, no lastError, no record.
   const failed = await waitFor(async () => {
@@ -83,7 +97,23 @@ test('a lease whose provider is no longer configured shows revoke_failed, audite
   expect(emu.isTokenValid(c.body.credentials.token)).toBe(true);
   await b.broker.close();
 
-  const back = await start(raw);
+  const back = await start(true);
   await waitFor(async () => (await back.broker.deps.leases.get(c.body.leaseId))!.status === 'revoked', 20_000);
   expect(emu.isTokenValid(c.body.credentials.token)).toBe(false);
+}, 60_000);
+
+test('a stale TTL hand-over reaching a worker without the provider leaves the live lease alone', async () => {
+  // Found in review of the fix above: the missing-provider check ran before the stale hand-over check, so
+  // the live lease went revoke_failed, and a worker with the provider later ended it `expired` ~50 min early.
+  const a = await start(true);
+  const c = { body: await vaultLease(a, 'pr-2', 3000) };
+  await a.broker.close();
+  const b = await start(false);
+  const { queue } = b.broker.deps;
+  await queue.endLease({ leaseId: c.body.leaseId }, 'ttl_expired', Date.now()); // what a stale sweeper hand-over queues
+  const q = queue.queues[queue.groupOf(b.broker.deps.keys.bucketOfId(c.body.leaseId)!)]!;
+  await waitFor(async () => !(await q.getJob(leaseEndJobId(c.body.leaseId))), 10_000, 25);
+  const l = (await b.broker.deps.leases.get(c.body.leaseId))!;
+  expect({ status: l.status, lastError: l.lastError }).toEqual({ status: 'active', lastError: undefined });
+  expect(emu.isTokenValid(c.body.credentials.token)).toBe(true);
 }, 60_000);
