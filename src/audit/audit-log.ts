@@ -1,6 +1,7 @@
 import type { Logger } from '../logger.ts';
 import type { AuditChain, Keys } from '../redis/keys.ts';
 import { type RedisClient, script } from '../redis/scripts.ts';
+import { DenialFolds } from './denial-folds.ts';
 import { type AuditEvent, type AuditRecord, GENESIS, hashRecord } from './record.ts';
 
 const appendScript = script('audit-append');
@@ -14,17 +15,6 @@ interface ChainState {
   /** The chain head as this instance last saw it (`seq:hash`), '' when the chain is empty; undefined until read. */
   head: string | undefined;
 }
-
-/** Denials folded per (actor, code, task, minute) in this process. */
-interface Fold {
-  event: AuditEvent;
-  /** Denials after the first (the first too when its own record could not be written). */
-  count: number;
-  /** The first denial's record could not be written: it is in `count`. */
-  firstUnwritten?: boolean;
-}
-
-const FOLD_MAX_KEYS = 10_000;
 
 /**
  * Appends hash-chained audit records to Redis streams shared by every
@@ -41,11 +31,12 @@ const FOLD_MAX_KEYS = 10_000;
  *
  * Repeated denials (same actor, code, task and minute) are folded: the first is
  * written at once, the rest become one record with their `count` when the
- * minute is over, so a denied caller looping cannot grow the log without bound.
+ * minute is over, so a denied caller looping cannot grow the log without bound
+ * (the table and its bounds: src/audit/denial-folds.ts).
  */
 export class AuditLog {
   private readonly chains = new Map<AuditChain, ChainState>();
-  private readonly folds = new Map<string, Fold>();
+  private readonly folds: DenialFolds;
   private foldTimer: NodeJS.Timeout | undefined;
   private readonly redis: RedisClient;
   private readonly keys: Keys;
@@ -53,7 +44,6 @@ export class AuditLog {
   private readonly taskIndexMs: number;
   private readonly now: () => number;
   private readonly guardEpoch: boolean;
-  private readonly foldMaxKeys: number;
 
   /**
    * `guardEpoch`: before starting a chain at seq 1, wait until Redis holds the
@@ -68,7 +58,7 @@ export class AuditLog {
     taskIndexMs: number;
     now?: () => number;
     guardEpoch?: boolean;
-    /** Distinct (actor, code, action) denials tracked per minute before the rest fold per (code, action). */
+    /** Distinct keys tracked per minute before the rest fold per (task, code, action) (src/audit/denial-folds.ts). */
     foldMaxKeys?: number;
   }) {
     this.redis = deps.redis;
@@ -77,7 +67,7 @@ export class AuditLog {
     this.taskIndexMs = deps.taskIndexMs;
     this.now = deps.now ?? Date.now;
     this.guardEpoch = deps.guardEpoch ?? false;
-    this.foldMaxKeys = deps.foldMaxKeys ?? FOLD_MAX_KEYS;
+    this.folds = new DenialFolds(deps.foldMaxKeys);
   }
 
   /** The chain a record belongs to: its task's bucket, else `ops`. */
@@ -118,68 +108,42 @@ export class AuditLog {
    * folded into one counted record at the end of the minute after that.
    */
   async denial(event: AuditEvent): Promise<void> {
-    const minute = Math.floor(this.now() / 60_000);
-    // Per task too: a denial about one task folded into a record under another would be missing from its evidence.
-    let key = `${minute}\u0000${event.actor}\u0000${event.reason ?? ''}\u0000${event.action}\u0000${event.taskId ?? ''}`;
-    if (this.folds.size >= this.foldMaxKeys && !this.folds.has(key)) {
-      // Too many distinct denying callers this minute to track each: fold the rest per (task, code, action),
-      // whoever they are, so a flood of decoys cannot hide a denial about another task from that task's
-      // evidence (the first one's record names its actor; the minute's count says how many followed). Past
-      // twice the table, per (code, action) only: memory stays bounded whatever the flood.
-      const perTask = this.folds.size < 2 * this.foldMaxKeys;
-      key = `${minute}\u0000*\u0000${event.reason ?? ''}\u0000${event.action}\u0000${perTask ? (event.taskId ?? '') : '*'}`;
-      event = { ...event, detail: { ...(event.detail ?? {}), overflow: true } };
-    }
-    const fold = this.folds.get(key);
-    if (fold) {
-      fold.count += 1;
-      return;
-    }
-    const entry: Fold = { event, count: 0 };
-    this.folds.set(key, entry);
-    this.foldTimer ??= setInterval(() => void this.flushFolds(false), 5_000);
-    this.foldTimer.unref();
+    const first = this.folds.admit(event, Math.floor(this.now() / 60_000));
+    if (!first) return;
+    this.startFoldTimer();
     try {
-      await this.append(event);
+      await this.append(first.entry.event);
     } catch (err) {
       // Not recorded (Redis failing): counted in the minute's folded record instead, which says so. The
       // rest of the minute's denials fold as usual rather than each waiting on a failing Redis.
-      entry.count += 1;
-      entry.firstUnwritten = true;
+      this.folds.unwritten(first.key, first.entry);
+      this.startFoldTimer();
       throw err;
     }
   }
 
   /** Writes the counted records of finished minutes (all minutes with `all`). */
   async flushFolds(all: boolean): Promise<void> {
-    const minute = Math.floor(this.now() / 60_000);
-    const taken: [string, Fold][] = [];
-    for (const [key, fold] of this.folds) {
-      if (!all && Number(key.slice(0, key.indexOf('\u0000'))) >= minute) continue;
-      this.folds.delete(key);
-      if (fold.count > 0) taken.push([key, fold]);
-    }
+    const taken = this.folds.take(Math.floor(this.now() / 60_000), all);
     if (this.folds.size === 0 && this.foldTimer) {
       clearInterval(this.foldTimer);
       this.foldTimer = undefined;
     }
-    const out = taken.map(([, f]) => ({
-      ...f.event,
-      count: f.count,
-      detail: { ...(f.event.detail ?? {}), folded: true, ...(f.firstUnwritten ? { firstUnwritten: true } : {}) },
-    }));
-    await this.appendAll(out).catch((err) => {
-      // Kept for the next flush, merged with anything folded under the same key meanwhile. appendAll may
-      // have written some of them: a count written twice overstates, where one dropped would hide denials.
-      this.logger.error({ err }, 'audit: folded denials could not be written; retrying at the next flush');
-      for (const [key, fold] of taken) {
-        const now = this.folds.get(key);
-        if (now) now.count += fold.count;
-        else this.folds.set(key, fold);
-      }
-      this.foldTimer ??= setInterval(() => void this.flushFolds(false), 5_000);
-      this.foldTimer.unref();
-    });
+    // Each record on its own: only those not written go back (one written twice would overstate a count).
+    const results = await Promise.allSettled(taken.map(([, f]) => this.append(DenialFolds.record(f))));
+    const failed = taken.filter((_, i) => results[i]!.status === 'rejected');
+    if (failed.length === 0) return;
+    this.logger.error(
+      { err: (results.find((r) => r.status === 'rejected') as PromiseRejectedResult).reason, records: failed.length },
+      'audit: folded denials could not be written; retrying at the next flush',
+    );
+    for (const [key, fold] of failed) this.folds.putBack(key, fold);
+    this.startFoldTimer();
+  }
+
+  private startFoldTimer(): void {
+    this.foldTimer ??= setInterval(() => void this.flushFolds(false), 5_000);
+    this.foldTimer.unref();
   }
 
   /** The chain heads (`seq:hash`) as this instance last saw them: after a data loss, the end of what was lost. */

@@ -240,9 +240,10 @@ export class TaskService {
     const grants = body.grants.map((g) => this.grant(g));
     const taskId = body.taskId ?? `t-${randomUUID()}`;
     if (!this.deps.patterns.orchestrators.matches(who.id)) {
+      // Under the task only when the caller named one: an id generated for a refused open names nothing.
       await deny(this.deps, who, 'not_orchestrator', "Only an orchestrator may open a task (or a task's agent a sub-task).", {
         action: 'access.deny',
-        taskId,
+        ...(body.taskId !== undefined ? { taskId } : {}),
       });
     }
     if (body.tenant === undefined)

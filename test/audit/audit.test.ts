@@ -3,7 +3,7 @@ import { AuditLog } from '../../src/audit/audit-log.ts';
 import { verifyAuditChain } from '../../src/audit/verify.ts';
 import { silentLogger } from '../../src/logger.ts';
 import { Keys } from '../../src/redis/keys.ts';
-import { dropPrefix, REDIS_URL, uniquePrefix } from '../helpers/broker.ts';
+import { auditRecords, dropPrefix, REDIS_URL, uniquePrefix } from '../helpers/broker.ts';
 
 let redis: Redis;
 beforeAll(() => {
@@ -179,5 +179,87 @@ test("one caller's denials about two tasks in one minute are each under their ow
   // Before: the second task's denials folded into the first task's record, missing from its own evidence.
   expect(await redis.llen(keys.taskAudit('second'))).toBe(2);
   expect(await redis.llen(keys.taskAudit('first'))).toBe(1);
+  await dropPrefix(prefix);
+});
+
+/** Redis failing slowly, as ioredis does with a command timeout and retries: each command rejects after `ms`. */
+function slowFailing(state: { down: boolean; ms: number }): Redis {
+  return new Proxy(redis, {
+    get(target, prop, receiver) {
+      const v = Reflect.get(target, prop, receiver);
+      if (typeof v !== 'function') return v;
+      return (...args: unknown[]) => {
+        if (state.down) return new Promise((_, reject) => setTimeout(() => reject(new Error('Command timed out')), state.ms));
+        return v.apply(target, args);
+      };
+    },
+  });
+}
+
+const folded = async (keys: Keys) =>
+  (await redis.xrange(keys.auditStream('ops'), '-', '+')).map(([, f]) => JSON.parse(f[1]!)).filter((r) => r.detail?.folded);
+
+test('a first denial whose write fails only after the minute was flushed is still counted (found in review)', async () => {
+  const prefix = uniquePrefix('audit-fold-race');
+  const keys = new Keys(prefix);
+  const state = { down: true, ms: 300 };
+  let now = Date.UTC(2026, 11, 1, 16, 0, 59, 900); // 100 ms before the minute ends
+  const log = new AuditLog({ redis: slowFailing(state), keys, logger: silentLogger, taskIndexMs: 60_000, now: () => now });
+  const first = log
+    .denial({ action: 'access.deny', actor: 'spiffe://dev.local/agent/x', decision: 'deny', reason: 'not_task_agent' })
+    .catch(() => 'rejected');
+  now += 5_000;
+  await log.flushFolds(false); // takes the minute's entry while its first write is still failing
+  expect(await first).toBe('rejected');
+  state.down = false;
+  await log.flushFolds(true);
+  // Before: the count went to a detached entry; no record at all.
+  expect((await folded(keys)).map((r) => ({ count: r.count, firstUnwritten: r.detail.firstUnwritten }))).toEqual([
+    { count: 1, firstUnwritten: true },
+  ]);
+  await dropPrefix(prefix);
+});
+
+test('folded records that fail part-way are retried one by one: no count written twice (found in review)', async () => {
+  const prefix = uniquePrefix('audit-fold-dup');
+  const keys = new Keys(prefix);
+  const state = { down: false, ms: 200 };
+  const log = new AuditLog({ redis: slowFailing(state), keys, logger: silentLogger, taskIndexMs: 60_000, foldMaxKeys: 100_000 });
+  const n = 1500;
+  const deny = (i: number) =>
+    log.denial({ action: 'access.deny', actor: `spiffe://dev.local/agent/${i}`, decision: 'deny', reason: 'not_task_agent' });
+  await Promise.all(Array.from({ length: n }, (_, i) => deny(i)));
+  for (let i = 0; i < n; i++) await deny(i); // one repeat each
+  state.down = true;
+  const failing = log.flushFolds(true); // the first batch fails; the ones queued behind it are written once Redis is back
+  await new Promise((r) => setTimeout(r, 100));
+  state.down = false;
+  await failing;
+  await log.flushFolds(true);
+  // Before: 2,499; every record went back to the table though most were written.
+  expect((await folded(keys)).reduce((sum, r) => sum + r.count, 0)).toBe(n);
+  await dropPrefix(prefix);
+}, 60_000);
+
+test('one caller denied about many tasks in a minute: a few tasks get their own record, the rest fold together (found in review)', async () => {
+  const prefix = uniquePrefix('audit-fold-many-tasks');
+  const keys = new Keys(prefix);
+  const now = Date.UTC(2026, 11, 1, 16, 0, 10); // one minute for all of them
+  const log = new AuditLog({ redis, keys, logger: silentLogger, taskIndexMs: 60_000, now: () => now });
+  for (let i = 0; i < 50; i++)
+    await log.denial({
+      action: 'access.deny',
+      actor: 'spiffe://dev.local/agent/m',
+      decision: 'deny',
+      reason: 'not_orchestrator',
+      taskId: `m-${i}`,
+    });
+  await log.flushFolds(true);
+  const all = await auditRecords(redis, keys);
+  // Before: 50 records at once, and 50 task indexes: a caller naming a new task each time grew the log.
+  expect(all.length).toBeLessThanOrEqual(5);
+  expect(all.reduce((sum, r) => sum + (r.count ?? 1), 0)).toBe(50);
+  expect(all.flatMap((r) => (r.taskId === undefined ? [] : [r.taskId])).sort()).toEqual(['m-0', 'm-1', 'm-2']);
+  expect(all.find((r) => r.detail?.manyTasks && r.count === undefined)).toMatchObject({ detail: { manyTasks: true } });
   await dropPrefix(prefix);
 });

@@ -33,3 +33,25 @@ test('a credential request on a completed task is a denial: audited with its rea
     { actor, decision: 'deny', reason: 'task_not_open', role: 'demo-api', count: 2 },
   ]);
 });
+
+test("an agent's refused task opens without a task id fold into at most two records a minute (found in review)", async () => {
+  // Each refused open got a generated task id, and with denials folded per task every one was a new record.
+  const agentId = `spiffe://dev.local${AGENT}`;
+  for (let i = 0; i < 40; i++) {
+    const r = await call(t.url, 'POST', '/v1/tasks', t.as(AGENT), {
+      agent: agentId,
+      tenant: 'acme',
+      purpose: 'flood',
+      ttlSeconds: 60,
+      grants: [{ role: 'demo-api' }],
+    });
+    expect(r.status).toBe(403);
+  }
+  await t.broker.deps.audit.flushFolds(true);
+  const records = (await auditRecords(t.broker.deps.redis, t.broker.deps.keys)).filter(
+    (a) => a.actor === agentId && a.reason === 'not_orchestrator',
+  );
+  expect(records.length).toBeLessThanOrEqual(4); // two per minute, and the loop may straddle a minute
+  expect(records.reduce((sum, a) => sum + (a.count ?? 1), 0)).toBe(40);
+  expect(records.every((a) => a.taskId === undefined)).toBe(true);
+});

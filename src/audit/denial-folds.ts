@@ -1,0 +1,120 @@
+import type { AuditEvent } from './record.ts';
+
+/** Distinct (actor, code, action) denials tracked one by one per minute before the rest fold together. */
+export const FOLD_MAX_KEYS = 10_000;
+/** Tasks one caller's denials (one code and action) are recorded under per minute before the rest fold together. */
+export const FOLD_TASKS_PER_CALLER = 3;
+
+/** One folded key: its first denial, and how many followed (the first too when its record was not written). */
+export interface Fold {
+  event: AuditEvent;
+  count: number;
+  /** The first denial's record could not be written: it is in `count`. */
+  firstUnwritten?: boolean;
+}
+
+/**
+ * The table of denials folded per minute (src/audit/audit-log.ts writes what it decides). Keys are
+ * (minute, actor, code, action, task), so a task's evidence shows the denials about it, within bounds
+ * that no caller can push:
+ * - one caller's denials about more than {@link FOLD_TASKS_PER_CALLER} tasks in a minute fold together,
+ *   under no task (`detail.manyTasks`): naming a new task id each time cannot grow the log;
+ * - past `maxKeys` keys in a minute (many callers), the rest fold per (task, code, action) whoever they
+ *   are (`detail.overflow`), so decoys cannot hide a denial about another task; past twice that, per
+ *   (code, action) only.
+ */
+export class DenialFolds {
+  private readonly folds = new Map<string, Fold>();
+  /** Per (minute, actor, code, action): how many tasks have their own key. */
+  private readonly tasksOf = new Map<string, number>();
+  private readonly maxKeys: number;
+
+  constructor(maxKeys = FOLD_MAX_KEYS) {
+    this.maxKeys = maxKeys;
+  }
+
+  get size(): number {
+    return this.folds.size;
+  }
+
+  /**
+   * Folds `event` into its key. Returns the record to write now and its entry when it is the first of
+   * its key, or undefined when it was counted into an earlier one.
+   */
+  admit(event: AuditEvent, minute: number): { key: string; entry: Fold } | undefined {
+    const caller = `${minute}\u0000${event.actor}\u0000${event.reason ?? ''}\u0000${event.action}`;
+    let key = `${caller}\u0000${event.taskId ?? ''}`;
+    if (!this.folds.has(key)) {
+      if (this.folds.size >= this.maxKeys) {
+        const perTask = this.folds.size < 2 * this.maxKeys;
+        key = `${minute}\u0000*\u0000${event.reason ?? ''}\u0000${event.action}\u0000${perTask ? (event.taskId ?? '') : '*'}`;
+        event = { ...event, detail: { ...(event.detail ?? {}), overflow: true } };
+      } else if (event.taskId !== undefined) {
+        const tasks = this.tasksOf.get(caller) ?? 0;
+        if (tasks >= FOLD_TASKS_PER_CALLER) {
+          key = `${caller}\u0000*`;
+          const { taskId: _many, ...rest } = event;
+          event = { ...rest, detail: { ...(event.detail ?? {}), manyTasks: true } };
+        } else {
+          this.tasksOf.set(caller, tasks + 1);
+        }
+      }
+    }
+    const fold = this.folds.get(key);
+    if (fold) {
+      fold.count += 1;
+      return undefined;
+    }
+    const entry: Fold = { event, count: 0 };
+    this.folds.set(key, entry);
+    return { key, entry };
+  }
+
+  /**
+   * The first denial of `key` could not be written: counted in the folded record, which says so. The
+   * entry may have been taken by a flush meanwhile (the write took long to fail): it goes back.
+   */
+  unwritten(key: string, entry: Fold): void {
+    const now = this.folds.get(key);
+    if (now === entry || now === undefined) {
+      entry.count += 1;
+      entry.firstUnwritten = true;
+      this.folds.set(key, entry);
+    } else {
+      now.count += 1;
+      now.firstUnwritten = true;
+    }
+  }
+
+  /** Takes the keys of finished minutes (all with `all`); those with a count become records. */
+  take(minute: number, all: boolean): [string, Fold][] {
+    const taken: [string, Fold][] = [];
+    const done = (key: string) => all || Number(key.slice(0, key.indexOf('\u0000'))) < minute;
+    for (const [key, fold] of this.folds) {
+      if (!done(key)) continue;
+      this.folds.delete(key);
+      if (fold.count > 0) taken.push([key, fold]);
+    }
+    for (const key of this.tasksOf.keys()) if (done(key)) this.tasksOf.delete(key);
+    return taken;
+  }
+
+  /** A taken fold whose record could not be written, back for the next flush (merged with a newer one). */
+  putBack(key: string, fold: Fold): void {
+    const now = this.folds.get(key);
+    if (!now) this.folds.set(key, fold);
+    else {
+      now.count += fold.count;
+      now.firstUnwritten ||= fold.firstUnwritten;
+    }
+  }
+
+  /** The record a taken fold becomes. */
+  static record(f: Fold): AuditEvent {
+    return {
+      ...f.event,
+      count: f.count,
+      detail: { ...(f.event.detail ?? {}), folded: true, ...(f.firstUnwritten ? { firstUnwritten: true } : {}) },
+    };
+  }
+}
