@@ -266,12 +266,13 @@ export class CredentialService {
    * hand the new credential to revocation, never to the caller.
    */
   private async issueUpstream(who: WorkloadIdentity, fixed: LeaseFixed, provider: Provider, req: IssueRequest): Promise<IssueResult> {
-    const intent = provider.intent?.(req) ?? { handle: {}, orphanMs: 60_000 };
+    const configured = this.deps.config.revocation.orphanMs;
+    const intent = provider.intent?.(req, configured === undefined ? {} : { orphanMs: configured }) ?? { handle: {}, orphanMs: 60_000 };
     const created = await this.deps.leases.create(fixed, {
       status: 'issuing',
       expiresAt: this.deps.clock.now() + req.ttlSeconds * 1000 + intent.orphanMs,
       handle: intent.handle,
-      orphanMs: this.deps.config.revocation.orphanMs ?? intent.orphanMs,
+      orphanMs: configured ?? intent.orphanMs,
       maxLeases: this.deps.config.tasks.maxLeases,
       maxLeasesTotal: this.deps.config.tasks.maxLeasesTotal,
       taskCreatedAt: req.task.createdAt,

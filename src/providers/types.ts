@@ -98,8 +98,12 @@ export interface Provider<R extends RoleConfig = RoleConfig> {
   readonly upstream: boolean;
   /** Whether revoking cuts the credential off upstream before it expires (contract section 5). */
   revocable(role: R): boolean;
-  /** What to write down before the upstream call (required when `upstream`). */
-  intent?(req: IssueRequest<R>): IssueIntent;
+  /**
+   * What to write down before the upstream call (required when `upstream`). `orphanMs`: the configured
+   * orphan window (`revocation.orphanMs`), when it overrides the provider's own: a credential answered
+   * within it is handed out, so what the handle promises must cover it.
+   */
+  intent?(req: IssueRequest<R>, opts?: { orphanMs?: number }): IssueIntent;
   issue(req: IssueRequest<R>): Promise<IssueResult>;
   /**
    * Nothing upstream only: `issue`, started, with the expiry and handle known

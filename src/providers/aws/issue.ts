@@ -66,11 +66,16 @@ function baseHandle(settings: AwsSettings, req: IssueRequest<AwsRoleConfig>): Om
 /**
  * What revoke needs, known before STS is called: the session name is derived
  * from the lease id, and `expiresAt` is the latest the session can expire if
- * STS is called now (the planned duration, the longest the call can take).
+ * STS is called now: the planned duration after the longest the call can take,
+ * or after the configured orphan window (`orphanMs`) when that is longer, since
+ * an answer within it is handed out.
  */
-export function awsIntent(settings: AwsSettings, clock: () => number, req: IssueRequest<AwsRoleConfig>): AwsHandle {
+export function awsIntent(settings: AwsSettings, clock: () => number, req: IssueRequest<AwsRoleConfig>, orphanMs = 0): AwsHandle {
   const now = clock();
-  return { ...baseHandle(settings, req), expiresAt: now + plannedDuration(req, now) * 1000 + callAllowanceMs(settings) };
+  return {
+    ...baseHandle(settings, req),
+    expiresAt: now + plannedDuration(req, now) * 1000 + Math.max(callAllowanceMs(settings), orphanMs),
+  };
 }
 
 /**

@@ -20,7 +20,10 @@ export interface AwsProviderOptions {
 }
 
 /** The AWS provider, with the deny list exposed for tests and ops tooling. */
-export type AwsProvider = Provider<AwsRoleConfig> & { readonly denyList: DenyList; intent(req: IssueRequest<AwsRoleConfig>): IssueIntent };
+export type AwsProvider = Provider<AwsRoleConfig> & {
+  readonly denyList: DenyList;
+  intent(req: IssueRequest<AwsRoleConfig>, opts?: { orphanMs?: number }): IssueIntent;
+};
 
 const READY_CACHE_MS = 30_000;
 
@@ -97,8 +100,8 @@ export function createAwsProvider(settings: AwsSettings, ctx: ProviderContext, o
     denyList,
     revocable: () => settings.revocation === 'iam-deny',
 
-    intent(req) {
-      const handle = awsIntent(settings, clock, req);
+    intent(req, opts = {}) {
+      const handle = awsIntent(settings, clock, req, opts.orphanMs);
       // A request that cannot be issued fails here, before anything is recorded.
       sessionPolicy(req.scopes, req.role.resources, handle.expiresAt + skewMs);
       // The orphan window: once the longest the STS call can take has passed, an unanswered issuance is revoked by its session name.

@@ -119,6 +119,31 @@ describe('issue', () => {
     expect(Object.keys(p).filter((k) => k.startsWith('Tags') || k.startsWith('Transitive') || k === 'SourceIdentity')).toEqual([]);
   });
 
+  it('a session policy that fits STS only without its deadline is still issued, without it (found in review)', async () => {
+    // Just under 2048 characters without the ~70-character deadline: it was issued before the deadline existed.
+    const scopes: string[] = [];
+    const plain = () =>
+      JSON.stringify({ Version: '2012-10-17', Statement: [{ Effect: 'Allow', Action: [...scopes].sort(), Resource: ['*'] }] });
+    for (let i = 0; plain().length <= 2048 - 24; i++) scopes.push(`s3:GetObjectV${String(i).padStart(4, '0')}`);
+    expect(plain().length).toBeLessThanOrEqual(2048);
+    const req = issueRequest(roleConfig(w.role.arn), { scopes });
+    const before = w.emu.requests('AssumeRole').length;
+    await w.provider.issue({ ...req, intent: w.provider.intent(req).handle });
+    const sent = JSON.parse(w.emu.requests('AssumeRole').slice(before)[0]!.params.Policy!);
+    expect(sent.Statement[0].Condition).toBeUndefined();
+    expect(sent.Statement[0].Action).toHaveLength(scopes.length);
+  });
+
+  it('with revocation.orphanMs above the call allowance, a session answered within it is not cut short (found in review)', async () => {
+    const req = issueRequest(roleConfig(w.role.arn), { ttlSeconds: 900 });
+    const { handle } = w.provider.intent(req, { orphanMs: 10 * 60_000 }); // the core hands out answers within 10 minutes
+    w.emu.advanceTime(8 * 60_000);
+    const made = await w.provider.issue({ ...req, intent: handle });
+    w.emu.advanceTime(made.expiresAt - 60_000 - w.emu.now()); // a minute before the Expiration the caller was given
+    // Before: implicit-deny, the deadline counted only the call allowance.
+    expect(w.emu.evaluate(String(made.credentials.AccessKeyId), 's3:GetObject', 'arn:aws:s3:::reports/q3.csv')).toBe('allow');
+  });
+
   it('refuses a session policy over 2048 chars with 400 policy_too_large before calling STS', async () => {
     const resources = Array.from({ length: 50 }, (_, i) => `arn:aws:s3:::bucket-${i}/some/long/prefix/*`);
     const before = w.emu.requests().length;
