@@ -32,10 +32,11 @@ const dirs: string[] = [];
 afterAll(async () => {
   for (const b of brokers) await b.broker.close().catch(() => {});
   for (const d of dirs) rmSync(d, { recursive: true, force: true });
-  await dropPrefix(prefix);
+  for (const p of ['invalid', 'newer']) await dropPrefix(`${prefix}-${p}`);
 });
 
-test('an instance that cannot load the announced policy set is not ready, audited, and catches up', async () => {
+/** Two instances on one prefix, each with its own copy of the policy directory (as with mounted volumes). */
+async function twoInstances(name: string) {
   const copy = () => {
     const d = mkdtempSync(join(tmpdir(), 'jit-policy-split-'));
     cpSync(resolve('config/policies'), d, { recursive: true });
@@ -43,12 +44,24 @@ test('an instance that cannot load the announced policy set is not ready, audite
     return d;
   };
   const [dirA, dirB] = [copy(), copy()];
-  const raw = testRawConfig(issuer, prefix, { policies: dirA });
+  const p = `${prefix}-${name}`;
+  const raw = testRawConfig(issuer, p, { policies: dirA });
   const configPath = join(process.cwd(), 'config/test.yaml');
-  const a = await startTestBroker('policy-split', { prefix, issuer, loaded: validateConfig(raw, {}, configPath) });
+  const a = await startTestBroker('policy-split', { prefix: p, issuer, loaded: validateConfig(raw, {}, configPath) });
   brokers.push(a);
-  const b = await startTestBroker('policy-split', { prefix, issuer, loaded: validateConfig({ ...raw, policies: dirB }, {}, configPath) });
+  const b = await startTestBroker('policy-split', {
+    prefix: p,
+    issuer,
+    loaded: validateConfig({ ...raw, policies: dirB }, {}, configPath),
+  });
   brokers.push(b);
+  return { a, b, dirA, dirB, prefix: p };
+}
+const ready = async (t: TestBroker) => (await call(t.url, 'GET', '/readyz', {})).status;
+const FORBID = 'forbid (principal, action == Action::"issue", resource == Role::"tickets-api");\n';
+
+test('an instance whose files do not load after an announced reload is not ready, audited, and catches up', async () => {
+  const { a, b, dirA, dirB } = await twoInstances('invalid');
   const open = await call(a.url, 'POST', '/v1/tasks', a.as(ORCH), {
     taskId: 'ps-1',
     agent: `spiffe://dev.local${AGENT}`,
@@ -58,12 +71,10 @@ test('an instance that cannot load the announced policy set is not ready, audite
     grants: [{ role: 'tickets-api' }],
   });
   expect(open.status).toBe(201);
-  const forbid = 'forbid (principal, action == Action::"issue", resource == Role::"tickets-api");\n';
-  writeFileSync(join(dirA, 'zz-incident.cedar'), forbid);
-  writeFileSync(join(dirB, 'zz-incident.cedar'), forbid.slice(0, 60)); // half-written on B
+  writeFileSync(join(dirA, 'zz-incident.cedar'), FORBID);
+  writeFileSync(join(dirB, 'zz-incident.cedar'), FORBID.slice(0, 60)); // half-written on B
   const r = await call(a.url, 'POST', '/v1/admin/policy/reload', a.as(ADMIN), {});
   expect(r.status).toBe(202);
-  const ready = async (t: TestBroker) => (await call(t.url, 'GET', '/readyz', {})).status;
   // Before: 200 on both, and B went on issuing tickets-api under the replaced set.
   await waitFor(async () => (await ready(b)) === 503, 5000);
   expect(await ready(a)).toBe(200);
@@ -80,8 +91,28 @@ test('an instance that cannot load the announced policy set is not ready, audite
   const metrics = await (await fetch(`${b.url}/metrics`)).text();
   expect(metrics).toMatch(/^jit_policy_in_sync 0$/m);
   // The volume catches up: B loads the announced set by itself and is ready again, with the forbid.
-  writeFileSync(join(dirB, 'zz-incident.cedar'), forbid);
+  writeFileSync(join(dirB, 'zz-incident.cedar'), FORBID);
   await waitFor(async () => (await ready(b)) === 200, 15_000);
   expect(b.broker.deps.policy.version).toBe(r.body.version);
   expect((await call(b.url, 'POST', '/v1/credentials', b.as(AGENT), { taskId: 'ps-1', role: 'tickets-api' })).status).toBe(403);
+}, 60_000);
+
+test('an instance whose files load as a newer set than the one announced stays ready; the mismatch is audited (found in review)', async () => {
+  // The new files reach B first and its watcher loads them; the admin's reload lands on A, still on the old
+  // files. Before the review's fix, B went 503 for good: its retries could never load the announced (older) set.
+  const { a, b, dirA, dirB } = await twoInstances('newer');
+  writeFileSync(join(dirB, 'zz-incident.cedar'), FORBID);
+  await waitFor(async () => b.broker.deps.policy.version !== a.broker.deps.policy.version, 5000);
+  const r = await call(a.url, 'POST', '/v1/admin/policy/reload', a.as(ADMIN), {});
+  expect(r.status).toBe(202);
+  const records = async () =>
+    (await auditRecords(a.broker.deps.redis, a.broker.deps.keys)).filter((x) => x.action === 'policy.reload' && x.decision === 'error');
+  await waitFor(async () => (await records()).length > 0, 5000);
+  expect(await records()).toEqual([
+    expect.objectContaining({ reason: 'policy_mismatch', detail: { expected: r.body.version, inForce: b.broker.deps.policy.version } }),
+  ]);
+  expect([await ready(a), await ready(b)]).toEqual([200, 200]);
+  writeFileSync(join(dirA, 'zz-incident.cedar'), FORBID);
+  await waitFor(async () => a.broker.deps.policy.version === b.broker.deps.policy.version, 5000);
+  expect([await ready(a), await ready(b)]).toEqual([200, 200]);
 }, 60_000);
