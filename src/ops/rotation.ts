@@ -73,7 +73,9 @@ export class RotationService {
     } catch (err) {
       this.deps.metrics.rotations.inc({ target, result: 'failed' });
       const code = err instanceof BrokerError ? err.code : 'rotation_failed';
-      await this.deps.audit.append({ action: 'rotate', actor, decision: 'error', reason: code, detail: { target, oldSecretInUse: true } });
+      // rotation_incomplete: the instances could not all be switched back, so both secrets were kept valid.
+      const state: Record<string, boolean> = code === 'rotation_incomplete' ? { bothSecretsValid: true } : { oldSecretInUse: true };
+      await this.deps.audit.append({ action: 'rotate', actor, decision: 'error', reason: code, detail: { target, ...state } });
       if (err instanceof BrokerError) throw err;
       throw upstreamFailed('rotation_failed', `Rotating ${target} failed; the previous secret is still in use.`, { cause: err });
     } finally {

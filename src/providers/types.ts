@@ -116,7 +116,9 @@ export interface Provider<R extends RoleConfig = RoleConfig> {
   /**
    * Creates a new upstream secret, switches to it, retires the old one. A
    * failure halfway leaves the old one in use. `distribute` must be awaited
-   * after the new secret is known to work and BEFORE the old one is retired.
+   * after the new secret is known to work and BEFORE the old one is retired;
+   * a failure after it must hand the old secret out again (`distribute` with
+   * it) before the new one is retired, or keep both valid.
    */
   rotate?(distribute?: (secret: Record<string, string>) => Promise<void>, opts?: { immediate?: boolean }): Promise<RotationResult>;
   /** Switches to secret material rotated by another instance (from RotationResult.secret). */

@@ -8,6 +8,8 @@ import type { AwsClients, ClientPair, StaticKeys } from './clients.ts';
 import type { AwsSettings } from './config.ts';
 import { awsErrorCode, classify } from './upstream.ts';
 
+const DISTRIBUTING = 'distributing the new key';
+
 export interface RotateDeps {
   settings: AwsSettings;
   clients: AwsClients;
@@ -19,7 +21,11 @@ export interface RotateDeps {
  * (GetCallerIdentity, retried while IAM propagates it), switch to it,
  * deactivate the old key, delete it. Until the old key is deactivated every
  * failure switches back and deletes the new key, so a failure halfway leaves
- * the old key in use. A failed final delete only leaves an inactive key,
+ * the old key in use. Once the new key was handed to the other instances, the
+ * old one is handed out again (sealed into Redis and announced) before the new
+ * one is deleted; if that fails too, both keys are kept (every instance keeps
+ * working, whichever it holds) and the rotation answers 502
+ * rotation_incomplete. A failed final delete only leaves an inactive key,
  * which the next rotation removes first.
  */
 export async function rotateAccessKey(
@@ -49,7 +55,28 @@ export async function rotateAccessKey(
   const fresh: StaticKeys = { accessKeyId: created.AccessKeyId, secretAccessKey: created.SecretAccessKey };
   const oldPair = clients.current;
   const newPair = clients.build(fresh, oldPair.generation + 1);
+  // Whether `distribute` was called with the new key: the other instances (and Redis, for instances
+  // started later) may hold it, so undoing must hand them the old key back before the new one is deleted.
+  let handedOut = false;
   const undo = async (step: string, err: unknown) => {
+    if (handedOut) {
+      try {
+        await distribute({ accessKeyId: old.accessKeyId, secretAccessKey: old.secretAccessKey });
+      } catch (e) {
+        // Nobody can tell which key each instance holds now: keep both keys working, this instance on the
+        // one Redis most likely names (the new one, unless handing it out is what failed).
+        if (step === DISTRIBUTING && clients.current === newPair) clients.use(old, clients.build(old, newPair.generation + 1));
+        logger.error(
+          { step, code: awsErrorCode(err), accessKeyId: fresh.accessKeyId, previous: old.accessKeyId },
+          'aws access key rotation failed after the new key was handed out, and the old key could not be handed back: both keys stay active',
+        );
+        return upstreamFailed(
+          'rotation_incomplete',
+          `Rotating the AWS access key failed at ${step} and the other instances could not be switched back; both keys stay active.`,
+          { cause: e },
+        );
+      }
+    }
     if (clients.current === newPair) clients.use(old, clients.build(old, newPair.generation + 1));
     await clients
       .run((c) => c.iam.send(new DeleteAccessKeyCommand({ AccessKeyId: fresh.accessKeyId, ...(UserName ? { UserName } : {}) })))
@@ -67,9 +94,10 @@ export async function rotateAccessKey(
   clients.use(fresh, newPair);
   try {
     // Every instance switches before the old key stops working.
+    handedOut = true;
     await distribute({ accessKeyId: fresh.accessKeyId, secretAccessKey: fresh.secretAccessKey });
   } catch (err) {
-    throw await undo('distributing the new key', err);
+    throw await undo(DISTRIBUTING, err);
   }
   try {
     await clients.run((c) =>
