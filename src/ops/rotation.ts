@@ -7,6 +7,7 @@ import { ProviderRegistry } from '../providers/registry.ts';
 import { acquireLock } from '../redis/lock.ts';
 import type { RedisClient } from '../redis/scripts.ts';
 import type { Kek } from '../signing/kek.ts';
+import { SealedSecrets } from './sealed-secrets.ts';
 
 /** Broadcast on `${prefix}:events:broker` so every instance follows. */
 export type BrokerEvent = { type: 'rotated'; target: string } | { type: 'policy-reload' } | { type: 'quarantine' };
@@ -20,12 +21,12 @@ export type BrokerEvent = { type: 'rotated'; target: string } | { type: 'policy-
  */
 export class RotationService {
   private readonly deps: Deps;
-  private readonly kek: Kek;
+  private readonly sealed: SealedSecrets;
   private readonly publisher: RedisClient;
 
   constructor(deps: Deps, kek: Kek, publisher: RedisClient) {
     this.deps = deps;
-    this.kek = kek;
+    this.sealed = new SealedSecrets(deps.redis, deps.keys, kek);
     this.publisher = publisher;
   }
 
@@ -54,7 +55,7 @@ export class RotationService {
     try {
       let distributed = false;
       const result = await provider.rotate(async (secret) => {
-        await this.deps.redis.set(this.deps.keys.secrets(target), this.kek.encrypt(JSON.stringify(secret), `secret:${target}`));
+        await this.sealed.write(target, secret);
         await this.announce({ type: 'rotated', target });
         distributed = true;
         // Give every instance time to switch before the provider retires the old secret.
@@ -93,15 +94,35 @@ export class RotationService {
         continue;
       }
       if (!p.useSecret) continue;
-      const sealed = await this.deps.redis.get(this.deps.keys.secrets(target));
-      if (!sealed) continue;
-      let secret: Record<string, string>;
+      let found: Awaited<ReturnType<SealedSecrets['read']>>;
       try {
-        secret = JSON.parse(this.kek.decrypt(sealed, `secret:${target}`));
+        found = await this.sealed.read(target);
       } catch {
         throw new Error(`cannot decrypt the rotated ${target} secret in Redis: wrong secrets.kek? Refusing to run with a stale secret.`);
       }
-      await p.useSecret(secret);
+      if (!found) continue;
+      await p.useSecret(found.secret);
+      this.sealed.hold(target, found.stored);
+    }
+  }
+
+  /**
+   * After Redis lost its data: writes back the rotated secrets this instance
+   * runs with (sealed; never over a newer one) and announces them, so
+   * instances started later, or started during the loss on the configured
+   * secret the rotation retired, switch to them.
+   */
+  async restoreSecrets(): Promise<void> {
+    for (const target of await this.sealed.restore()) {
+      this.deps.logger.warn({ target }, 'wrote the rotated secret back to Redis after a data loss');
+      await this.deps.audit.append({
+        action: 'secret.restored',
+        actor: 'broker',
+        decision: 'ok',
+        reason: 'redis_data_lost',
+        detail: { target },
+      });
+      await this.announce({ type: 'rotated', target });
     }
   }
 

@@ -114,6 +114,13 @@ export interface Provider<R extends RoleConfig = RoleConfig> {
   /** Readiness of the upstream connection (reported by /readyz, which does not depend on it). */
   ready?(): Promise<boolean>;
   /**
+   * True when the upstream refused the broker's own credentials at the last
+   * `ready()` (e.g. a key a rotation retired): unlike an upstream being down,
+   * that is this instance's fault, and it cannot revoke either, so /readyz
+   * answers 503 and traffic goes to instances that can.
+   */
+  credentialsRefused?(): boolean;
+  /**
    * Creates a new upstream secret, switches to it, retires the old one. A
    * failure halfway leaves the old one in use. `distribute` must be awaited
    * after the new secret is known to work and BEFORE the old one is retired;
