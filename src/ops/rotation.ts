@@ -4,10 +4,14 @@ import { BrokerError, badRequest, conflict, upstreamFailed } from '../errors.ts'
 import type { WorkloadIdentity } from '../identity/types.ts';
 import { PolicyLoadError } from '../policy/errors.ts';
 import { ProviderRegistry } from '../providers/registry.ts';
+import type { RotationIds, RotationJournal } from '../providers/types.ts';
 import { acquireLock } from '../redis/lock.ts';
 import type { RedisClient } from '../redis/scripts.ts';
 import type { Kek } from '../signing/kek.ts';
 import { SealedSecrets } from './sealed-secrets.ts';
+
+/** TTL of the rotation lock, renewed every third of it while the rotation runs. */
+const LOCK_TTL_MS = 30_000;
 
 /** Broadcast on `${prefix}:events:broker` so every instance follows. */
 export type BrokerEvent = { type: 'rotated'; target: string } | { type: 'policy-reload' } | { type: 'quarantine' };
@@ -49,18 +53,27 @@ export class RotationService {
     const provider = found?.[1];
     if (!provider?.rotate) throw badRequest('unknown_rotation_target', `Cannot rotate "${target}"; targets: ${this.targets().join(', ')}.`);
     if (opts.immediate && target !== 'signing-key') throw badRequest('invalid_request', '`immediate` applies to the signing key only.');
-    // One rotation per target at a time across all instances.
-    const lock = await acquireLock(this.deps.redis, this.deps.keys.lock(`rotate:${target}`), { ttlMs: 120_000 });
+    // One rotation per target at a time across all instances. Short-lived and renewed while the rotation
+    // runs, so a process that dies mid-rotation blocks the next one for seconds, not minutes.
+    const lock = await acquireLock(this.deps.redis, this.deps.keys.lock(`rotate:${target}`), { ttlMs: LOCK_TTL_MS });
     if (!lock) throw conflict('rotation_in_progress', `A rotation of ${target} is already running.`);
+    const keep = setInterval(() => void lock.extend(LOCK_TTL_MS).catch(() => {}), LOCK_TTL_MS / 3);
     try {
+      // Start from the secret the others run with (Redis's), so "not in use" below means not in use anywhere.
+      if (target !== 'signing-key') await this.applyDistributedSecrets(target);
+      const journal = await this.journal(target);
       let distributed = false;
-      const result = await provider.rotate(async (secret) => {
-        await this.sealed.write(target, secret);
-        await this.announce({ type: 'rotated', target });
-        distributed = true;
-        // Give every instance time to switch before the provider retires the old secret.
-        await new Promise((r) => setTimeout(r, this.deps.config.rotation.switchGraceMs));
-      }, opts);
+      const result = await provider.rotate(
+        async (secret) => {
+          await this.sealed.write(target, secret);
+          await this.announce({ type: 'rotated', target });
+          distributed = true;
+          // Give every instance time to switch before the provider retires the old secret.
+          await new Promise((r) => setTimeout(r, this.deps.config.rotation.switchGraceMs));
+        },
+        opts,
+        journal,
+      );
       if (!distributed) await this.announce({ type: 'rotated', target }); // signing key: instances reload from Redis
       this.deps.metrics.rotations.inc({ target, result: 'ok' });
       await this.deps.audit.append({
@@ -80,8 +93,29 @@ export class RotationService {
       if (err instanceof BrokerError) throw err;
       throw upstreamFailed('rotation_failed', `Rotating ${target} failed; the previous secret is still in use.`, { cause: err });
     } finally {
+      clearInterval(keep);
       await lock.release();
     }
+  }
+
+  /** The rotation intent of `target` in Redis (identifiers only), as the provider's journal. */
+  private async journal(target: string): Promise<RotationJournal> {
+    const key = this.deps.keys.rotationIntent(target);
+    const raw = await this.deps.redis.get(key);
+    const leftover = raw ? (JSON.parse(raw) as RotationIds) : undefined;
+    if (leftover) this.deps.logger.warn({ target, leftover }, 'an earlier rotation was interrupted: retiring what it left');
+    return {
+      leftover,
+      record: async (ids) => {
+        await this.deps.redis.set(key, JSON.stringify(ids));
+      },
+      clear: async () => {
+        // Not clearing only makes the next rotation retire what is already gone.
+        await this.deps.redis
+          .del(key)
+          .catch((err) => this.deps.logger.warn({ target, err: (err as Error).message }, 'rotation intent not cleared'));
+      },
+    };
   }
 
   /** At startup and on announcements: switch to the newest distributed secret of every provider. */

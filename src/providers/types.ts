@@ -75,6 +75,24 @@ export interface RevokeContext {
  */
 export type RotationResult = { target: string; rotated: string[]; detail?: Record<string, unknown>; secret: Record<string, string> };
 
+/** Identifiers (access key ids, secret-id accessors; never secrets) of one rotation's old and new secret. */
+export type RotationIds = { old?: string; new?: string };
+
+/**
+ * Rotation intent kept in Redis, written before each upstream side effect. A
+ * rotation that ends cleanly clears it; one that finds it set knows the one
+ * before was interrupted (the process died, or both secrets were kept) and
+ * first retires the recorded secrets it does not run with.
+ */
+export interface RotationJournal {
+  readonly leftover: RotationIds | undefined;
+  record(ids: RotationIds): Promise<void>;
+  clear(): Promise<void>;
+}
+
+/** For callers without Redis (unit tests of a provider): nothing recorded, nothing left over. */
+export const noJournal: RotationJournal = { leftover: undefined, record: async () => {}, clear: async () => {} };
+
 /**
  * One upstream kind, as the core drives it. `revoke` is required and must be
  * idempotent: an upstream "not found" or "already revoked" is success. Any
@@ -127,7 +145,11 @@ export interface Provider<R extends RoleConfig = RoleConfig> {
    * a failure after it must hand the old secret out again (`distribute` with
    * it) before the new one is retired, or keep both valid.
    */
-  rotate?(distribute?: (secret: Record<string, string>) => Promise<void>, opts?: { immediate?: boolean }): Promise<RotationResult>;
+  rotate?(
+    distribute?: (secret: Record<string, string>) => Promise<void>,
+    opts?: { immediate?: boolean },
+    journal?: RotationJournal,
+  ): Promise<RotationResult>;
   /** Switches to secret material rotated by another instance (from RotationResult.secret). */
   useSecret?(secret: Record<string, string>): Promise<void>;
   close(): Promise<void>;

@@ -3,7 +3,7 @@ import { GetCallerIdentityCommand } from '@aws-sdk/client-sts';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { badRequest, upstreamFailed } from '../../errors.ts';
 import type { Logger } from '../../logger.ts';
-import type { RotationResult } from '../types.ts';
+import { noJournal, type RotationJournal, type RotationResult } from '../types.ts';
 import type { AwsClients, ClientPair, StaticKeys } from './clients.ts';
 import type { AwsSettings } from './config.ts';
 import { awsErrorCode, classify } from './upstream.ts';
@@ -31,6 +31,7 @@ export interface RotateDeps {
 export async function rotateAccessKey(
   deps: RotateDeps,
   distribute: (secret: Record<string, string>) => Promise<void> = async () => {},
+  journal: RotationJournal = noJournal,
 ): Promise<RotationResult> {
   const { settings, clients, logger } = deps;
   const old = clients.staticKeys;
@@ -44,11 +45,15 @@ export async function rotateAccessKey(
     });
   };
 
+  await retireLeftovers(deps, old.accessKeyId, journal);
   await removeInactiveKeys(deps, old.accessKeyId);
+  // Recorded before anything is created: a process dying from here on leaves the next rotation enough to clean up.
+  await journal.record({ old: old.accessKeyId });
   let created;
   try {
     created = (await clients.run((c) => c.iam.send(new CreateAccessKeyCommand({ ...(UserName ? { UserName } : {}) })))).AccessKey;
   } catch (err) {
+    await journal.clear();
     throw fail('CreateAccessKey', err);
   }
   if (!created?.AccessKeyId || !created.SecretAccessKey) throw fail('CreateAccessKey', new Error('incomplete CreateAccessKey response'));
@@ -80,11 +85,14 @@ export async function rotateAccessKey(
     if (clients.current === newPair) clients.use(old, clients.build(old, newPair.generation + 1));
     await clients
       .run((c) => c.iam.send(new DeleteAccessKeyCommand({ AccessKeyId: fresh.accessKeyId, ...(UserName ? { UserName } : {}) })))
+      // The intent stays recorded when the delete fails: the next rotation retires the new key.
+      .then(() => journal.clear())
       .catch((e) => logger.warn({ accessKeyId: fresh.accessKeyId, code: awsErrorCode(e) }, 'could not delete the unused new access key'));
     return fail(step, err);
   };
 
   try {
+    await journal.record({ old: old.accessKeyId, new: fresh.accessKeyId });
     await verify(deps, newPair);
   } catch (err) {
     newPair.sts.destroy();
@@ -114,6 +122,8 @@ export async function rotateAccessKey(
         'old access key deactivated but not deleted; the next rotation removes it',
       ),
     );
+  // The old key is inactive at least (an inactive leftover is removed by the next rotation either way).
+  await journal.clear();
   logger.info({ accessKeyId: fresh.accessKeyId, retired: old.accessKeyId }, 'aws access key rotated');
   return {
     target: 'aws',
@@ -134,6 +144,32 @@ async function verify(deps: RotateDeps, pair: ClientPair): Promise<void> {
       const kind = classify(err);
       if (!(kind === 'auth' || kind === 'throttled' || kind === 'unavailable') || attempt >= attempts) throw err;
       await sleep(delay);
+    }
+  }
+}
+
+/**
+ * Keys an interrupted rotation recorded (the one it was retiring, the one it
+ * created) that this instance does not use: the core switched it to the key
+ * Redis names, which is the one every instance uses. They are still active
+ * (a process killed mid-rotation, or both kept by rotation_incomplete) and
+ * would stay valid for good, and IAM allows only two keys per user. A
+ * failure here is left to CreateAccessKey to report.
+ */
+async function retireLeftovers(deps: RotateDeps, current: string, journal: RotationJournal): Promise<void> {
+  const { clients, settings, logger } = deps;
+  const UserName = settings.userName;
+  for (const id of new Set([journal.leftover?.old, journal.leftover?.new])) {
+    if (!id || id === current) continue;
+    try {
+      await clients.run((c) =>
+        c.iam.send(new UpdateAccessKeyCommand({ AccessKeyId: id, Status: 'Inactive', ...(UserName ? { UserName } : {}) })),
+      );
+      await clients.run((c) => c.iam.send(new DeleteAccessKeyCommand({ AccessKeyId: id, ...(UserName ? { UserName } : {}) })));
+      logger.warn({ accessKeyId: id }, 'retired an access key an interrupted rotation left active');
+    } catch (err) {
+      if (classify(err) !== 'not_found')
+        logger.error({ accessKeyId: id, code: awsErrorCode(err) }, 'could not retire a leftover access key');
     }
   }
 }
