@@ -29,6 +29,7 @@ import { createLogger, type Logger } from './logger.ts';
 import { Metrics } from './metrics.ts';
 import { DataLossMonitor } from './ops/recovery.ts';
 import { RotationService } from './ops/rotation.ts';
+import { parseStored } from './ops/sealed-secrets.ts';
 import { RotationScheduler } from './ops/schedule.ts';
 import { createCedarEngine } from './policy/cedar-engine.ts';
 import type { PolicyEngine } from './policy/types.ts';
@@ -95,10 +96,10 @@ async function assertKekOpens(redis: RedisClient, keys: Keys, kek: Kek, targets:
     }
   }
   for (const target of targets) {
-    const sealed = await redis.get(keys.secrets(target));
-    if (!sealed) continue;
+    const raw = await redis.get(keys.secrets(target));
+    if (!raw) continue;
     try {
-      kek.decrypt(sealed, `secret:${target}`);
+      kek.decrypt(parseStored(raw).sealed, `secret:${target}`);
     } catch {
       throw new Error(`cannot decrypt the rotated ${target} secret in Redis: wrong secrets.kek? Refusing to run with a stale secret.`);
     }
@@ -203,6 +204,7 @@ export async function startBroker(config: LoadedConfig, opts: BrokerOptions = {}
     const quarantine = new Quarantine({ redis, keys, logger });
     await quarantine.start();
     undo.push(() => quarantine.stop());
+    let restoreSecrets = async (): Promise<void> => {};
     const recovery = new DataLossMonitor({
       redis,
       keys,
@@ -212,6 +214,8 @@ export async function startBroker(config: LoadedConfig, opts: BrokerOptions = {}
       readArchive: () => readArchive(auditFile, keys.prefix),
       restoreQuarantines: (entries) => quarantine.restore(entries),
       clearCaches: () => tasks.clearCache(),
+      // Set once the providers exist (below): the first look at an empty Redis runs before them, holding nothing.
+      restoreSecrets: () => restoreSecrets(),
     });
     await recovery.init();
     recovery.start(opts.dataLossCheckMs ?? 1000);
@@ -263,6 +267,7 @@ export async function startBroker(config: LoadedConfig, opts: BrokerOptions = {}
     };
     const rotation = new RotationService(deps, kek, redis);
     undo.push(() => rotation.policySync.close());
+    restoreSecrets = () => rotation.restoreSecrets();
     const taskService = new TaskService(deps);
     const approvalService = new ApprovalService(deps);
     const cursors = new CursorCodec(kek.derive('jit-broker list cursor v1'), () => clock.now());

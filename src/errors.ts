@@ -259,6 +259,12 @@ export const ERRORS = {
     means: 'A rotation failed; the previous secret is still in use.',
     fix: 'Retry; the audit record says which step failed.',
   },
+  rotation_incomplete: {
+    status: 502,
+    means:
+      'A rotation failed after the new secret was handed to the other instances, and they could not be switched back: the old and the new secret are both kept valid.',
+    fix: 'Check Redis, then rotate again: the next rotation retires whichever of the two is not in use.',
+  },
   upstream_sealed: {
     status: 502,
     means: 'Vault is sealed (an upstream failure: the broker itself stays ready).',

@@ -23,6 +23,7 @@ export type AuditAction =
   | 'quarantine.remove'
   | 'admin.revoke'
   | 'signing.recreated'
+  | 'secret.restored'
   | 'broker.data_loss'
   | 'console.signin'
   | 'console.signout';

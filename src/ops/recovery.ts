@@ -26,6 +26,8 @@ export interface RecoveryDeps {
   restoreQuarantines: (entries: QuarantineEntry[]) => Promise<void>;
   /** Caches that describe data which may be gone (tasks). */
   clearCaches: () => void;
+  /** Writes back the rotated upstream secrets this instance runs with (their only shared copy was in Redis). */
+  restoreSecrets: () => Promise<void>;
 }
 
 /**
@@ -40,7 +42,8 @@ export interface RecoveryDeps {
  *   follows in Redis stay one chain), restores the quarantine list by
  *   replaying the export's quarantine records, and writes a
  *   `broker.data_loss` record into each chain saying what was lost; every
- *   instance drops its caches and reloads.
+ *   instance drops its caches and reloads, and writes back the rotated
+ *   upstream secrets it runs with (sealed; the newest generation wins).
  *
  * An empty Redis next to an export of this deployment is a data loss too,
  * even for a process that never saw the data (all instances restarted).
@@ -143,6 +146,8 @@ export class DataLossMonitor {
       }
     });
     if (!done) throw new Error('another instance is recovering; will look again');
+    // Every instance that survived writes back what it runs with (the newest generation wins), before answering ready.
+    await this.d.restoreSecrets();
     await this.d.signing.reload();
     this.epoch = (await this.d.redis.get(this.d.keys.epoch())) ?? undefined;
     this.healthy = this.epoch !== undefined && this.d.signing.size > 0;

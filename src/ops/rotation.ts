@@ -5,9 +5,14 @@ import type { WorkloadIdentity } from '../identity/types.ts';
 import { PolicyLoadError } from '../policy/errors.ts';
 import { PolicySync } from './policy-sync.ts';
 import { ProviderRegistry } from '../providers/registry.ts';
+import type { RotationIds, RotationJournal } from '../providers/types.ts';
 import { acquireLock } from '../redis/lock.ts';
 import type { RedisClient } from '../redis/scripts.ts';
 import type { Kek } from '../signing/kek.ts';
+import { SealedSecrets } from './sealed-secrets.ts';
+
+/** TTL of the rotation lock, renewed every third of it while the rotation runs. */
+const LOCK_TTL_MS = 30_000;
 
 /** Broadcast on `${prefix}:events:broker` so every instance follows. */
 export type BrokerEvent = { type: 'rotated'; target: string } | { type: 'policy-reload'; version?: string } | { type: 'quarantine' };
@@ -21,14 +26,14 @@ export type BrokerEvent = { type: 'rotated'; target: string } | { type: 'policy-
  */
 export class RotationService {
   private readonly deps: Deps;
-  private readonly kek: Kek;
+  private readonly sealed: SealedSecrets;
   private readonly publisher: RedisClient;
   /** Follows reloads announced by other instances (and says when it cannot). */
   readonly policySync: PolicySync;
 
   constructor(deps: Deps, kek: Kek, publisher: RedisClient) {
     this.deps = deps;
-    this.kek = kek;
+    this.sealed = new SealedSecrets(deps.redis, deps.keys, kek);
     this.publisher = publisher;
     this.policySync = new PolicySync(deps);
   }
@@ -52,18 +57,27 @@ export class RotationService {
     const provider = found?.[1];
     if (!provider?.rotate) throw badRequest('unknown_rotation_target', `Cannot rotate "${target}"; targets: ${this.targets().join(', ')}.`);
     if (opts.immediate && target !== 'signing-key') throw badRequest('invalid_request', '`immediate` applies to the signing key only.');
-    // One rotation per target at a time across all instances.
-    const lock = await acquireLock(this.deps.redis, this.deps.keys.lock(`rotate:${target}`), { ttlMs: 120_000 });
+    // One rotation per target at a time across all instances. Short-lived and renewed while the rotation
+    // runs, so a process that dies mid-rotation blocks the next one for seconds, not minutes.
+    const lock = await acquireLock(this.deps.redis, this.deps.keys.lock(`rotate:${target}`), { ttlMs: LOCK_TTL_MS });
     if (!lock) throw conflict('rotation_in_progress', `A rotation of ${target} is already running.`);
+    const keep = setInterval(() => void lock.extend(LOCK_TTL_MS).catch(() => {}), LOCK_TTL_MS / 3);
     try {
+      // Start from the secret the others run with (Redis's), so "not in use" below means not in use anywhere.
+      if (target !== 'signing-key') await this.applyDistributedSecrets(target);
+      const journal = await this.journal(target);
       let distributed = false;
-      const result = await provider.rotate(async (secret) => {
-        await this.deps.redis.set(this.deps.keys.secrets(target), this.kek.encrypt(JSON.stringify(secret), `secret:${target}`));
-        await this.announce({ type: 'rotated', target });
-        distributed = true;
-        // Give every instance time to switch before the provider retires the old secret.
-        await new Promise((r) => setTimeout(r, this.deps.config.rotation.switchGraceMs));
-      }, opts);
+      const result = await provider.rotate(
+        async (secret) => {
+          await this.sealed.write(target, secret);
+          await this.announce({ type: 'rotated', target });
+          distributed = true;
+          // Give every instance time to switch before the provider retires the old secret.
+          await new Promise((r) => setTimeout(r, this.deps.config.rotation.switchGraceMs));
+        },
+        opts,
+        journal,
+      );
       if (!distributed) await this.announce({ type: 'rotated', target }); // signing key: instances reload from Redis
       this.deps.metrics.rotations.inc({ target, result: 'ok' });
       await this.deps.audit.append({
@@ -77,12 +91,35 @@ export class RotationService {
     } catch (err) {
       this.deps.metrics.rotations.inc({ target, result: 'failed' });
       const code = err instanceof BrokerError ? err.code : 'rotation_failed';
-      await this.deps.audit.append({ action: 'rotate', actor, decision: 'error', reason: code, detail: { target, oldSecretInUse: true } });
+      // rotation_incomplete: the instances could not all be switched back, so both secrets were kept valid.
+      const state: Record<string, boolean> = code === 'rotation_incomplete' ? { bothSecretsValid: true } : { oldSecretInUse: true };
+      await this.deps.audit.append({ action: 'rotate', actor, decision: 'error', reason: code, detail: { target, ...state } });
       if (err instanceof BrokerError) throw err;
       throw upstreamFailed('rotation_failed', `Rotating ${target} failed; the previous secret is still in use.`, { cause: err });
     } finally {
+      clearInterval(keep);
       await lock.release();
     }
+  }
+
+  /** The rotation intent of `target` in Redis (identifiers only), as the provider's journal. */
+  private async journal(target: string): Promise<RotationJournal> {
+    const key = this.deps.keys.rotationIntent(target);
+    const raw = await this.deps.redis.get(key);
+    const leftover = raw ? (JSON.parse(raw) as RotationIds) : undefined;
+    if (leftover) this.deps.logger.warn({ target, leftover }, 'an earlier rotation was interrupted: retiring what it left');
+    return {
+      leftover,
+      record: async (ids) => {
+        await this.deps.redis.set(key, JSON.stringify(ids));
+      },
+      clear: async () => {
+        // Not clearing only makes the next rotation retire what is already gone.
+        await this.deps.redis
+          .del(key)
+          .catch((err) => this.deps.logger.warn({ target, err: (err as Error).message }, 'rotation intent not cleared'));
+      },
+    };
   }
 
   /** At startup and on announcements: switch to the newest distributed secret of every provider. */
@@ -95,15 +132,35 @@ export class RotationService {
         continue;
       }
       if (!p.useSecret) continue;
-      const sealed = await this.deps.redis.get(this.deps.keys.secrets(target));
-      if (!sealed) continue;
-      let secret: Record<string, string>;
+      let found: Awaited<ReturnType<SealedSecrets['read']>>;
       try {
-        secret = JSON.parse(this.kek.decrypt(sealed, `secret:${target}`));
+        found = await this.sealed.read(target);
       } catch {
         throw new Error(`cannot decrypt the rotated ${target} secret in Redis: wrong secrets.kek? Refusing to run with a stale secret.`);
       }
-      await p.useSecret(secret);
+      if (!found) continue;
+      await p.useSecret(found.secret);
+      this.sealed.hold(target, found.stored);
+    }
+  }
+
+  /**
+   * After Redis lost its data: writes back the rotated secrets this instance
+   * runs with (sealed; never over a newer one) and announces them, so
+   * instances started later, or started during the loss on the configured
+   * secret the rotation retired, switch to them.
+   */
+  async restoreSecrets(): Promise<void> {
+    for (const target of await this.sealed.restore()) {
+      this.deps.logger.warn({ target }, 'wrote the rotated secret back to Redis after a data loss');
+      await this.deps.audit.append({
+        action: 'secret.restored',
+        actor: 'broker',
+        decision: 'ok',
+        reason: 'redis_data_lost',
+        detail: { target },
+      });
+      await this.announce({ type: 'rotated', target });
     }
   }
 

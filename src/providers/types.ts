@@ -81,6 +81,24 @@ export interface RevokeContext {
  */
 export type RotationResult = { target: string; rotated: string[]; detail?: Record<string, unknown>; secret: Record<string, string> };
 
+/** Identifiers (access key ids, secret-id accessors; never secrets) of one rotation's old and new secret. */
+export type RotationIds = { old?: string; new?: string };
+
+/**
+ * Rotation intent kept in Redis, written before each upstream side effect. A
+ * rotation that ends cleanly clears it; one that finds it set knows the one
+ * before was interrupted (the process died, or both secrets were kept) and
+ * first retires the recorded secrets it does not run with.
+ */
+export interface RotationJournal {
+  readonly leftover: RotationIds | undefined;
+  record(ids: RotationIds): Promise<void>;
+  clear(): Promise<void>;
+}
+
+/** For callers without Redis (unit tests of a provider): nothing recorded, nothing left over. */
+export const noJournal: RotationJournal = { leftover: undefined, record: async () => {}, clear: async () => {} };
+
 /**
  * One upstream kind, as the core drives it. `revoke` is required and must be
  * idempotent: an upstream "not found" or "already revoked" is success. Any
@@ -124,11 +142,24 @@ export interface Provider<R extends RoleConfig = RoleConfig> {
   /** Readiness of the upstream connection (reported by /readyz, which does not depend on it). */
   ready?(): Promise<boolean>;
   /**
+   * True when the upstream refused the broker's own credentials at the last
+   * `ready()` (e.g. a key a rotation retired): unlike an upstream being down,
+   * that is this instance's fault, and it cannot revoke either, so /readyz
+   * answers 503 and traffic goes to instances that can.
+   */
+  credentialsRefused?(): boolean;
+  /**
    * Creates a new upstream secret, switches to it, retires the old one. A
    * failure halfway leaves the old one in use. `distribute` must be awaited
-   * after the new secret is known to work and BEFORE the old one is retired.
+   * after the new secret is known to work and BEFORE the old one is retired;
+   * a failure after it must hand the old secret out again (`distribute` with
+   * it) before the new one is retired, or keep both valid.
    */
-  rotate?(distribute?: (secret: Record<string, string>) => Promise<void>, opts?: { immediate?: boolean }): Promise<RotationResult>;
+  rotate?(
+    distribute?: (secret: Record<string, string>) => Promise<void>,
+    opts?: { immediate?: boolean },
+    journal?: RotationJournal,
+  ): Promise<RotationResult>;
   /** Switches to secret material rotated by another instance (from RotationResult.secret). */
   useSecret?(secret: Record<string, string>): Promise<void>;
   close(): Promise<void>;

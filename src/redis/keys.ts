@@ -236,6 +236,10 @@ export class Keys {
   secrets(target: string): string {
     return `${this.globalBase}secrets:${target}`;
   }
+  /** JSON: identifiers (never secrets) of what a running rotation of `target` retires and creates; gone once it ends cleanly. */
+  rotationIntent(target: string): string {
+    return `${this.globalBase}rotation-intent:${target}`;
+  }
   lock(name: string): string {
     return `${this.globalBase}lock:${name}`;
   }

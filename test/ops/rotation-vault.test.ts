@@ -249,7 +249,7 @@ describe('POST /v1/admin/rotate {"target":"vault"}', () => {
       expect((await login(fresh!)).auth.client_token).toEqual(expect.any(String));
       // Distributed sealed, never in the clear: not in Redis, not in the answer, not in the audit log.
       const sealed = await a.broker.deps.redis.get(a.broker.deps.keys.secrets('vault'));
-      expect(sealed).toMatch(/^v1\./);
+      expect(sealed).toMatch(/^g\d+\.v1\./);
       expect(sealed).not.toContain(fresh);
       const audit = await auditOf(a);
       expect(JSON.stringify(audit)).not.toContain(fresh);

@@ -57,6 +57,8 @@ export function opsRoutes(
     // A writable master (a replica left behind by a failover is not ready), within a second.
     checks.redis = await writableMaster(deps.redis, { timeoutMs: 1000, probeKey: deps.keys.plain('readyz', 'probe') });
     const upstreams = await upstreamChecks();
+    // An upstream that is down is reported only; one that refuses this instance's own credentials makes it unready.
+    checks.upstreamCredentials = !deps.providers.all().some(([, p]) => p.credentialsRefused?.());
     const ready = Object.values(checks).every(Boolean);
     res.status(ready ? 200 : 503).json({ status: ready ? 'ready' : 'not_ready', checks, upstreams });
   });

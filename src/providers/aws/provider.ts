@@ -9,7 +9,7 @@ import { type AwsHandle, awsIntent, callAllowanceMs, issueAwsCredential, STS_MIN
 import { RoleInfoCache } from './role-info.ts';
 import { rotateAccessKey } from './rotate.ts';
 import { sessionPolicy } from './session-policy.ts';
-import { awsErrorCode } from './upstream.ts';
+import { awsErrorCode, classify } from './upstream.ts';
 
 /** Extras for embedding and tests; the registry passes `onDenyFallback` and `onDenyFold`. */
 export interface AwsProviderOptions {
@@ -88,6 +88,7 @@ export function createAwsProvider(settings: AwsSettings, ctx: ProviderContext, o
     ...(opts.onDenyFold ? { onFold: opts.onDenyFold } : {}),
   });
   let readyUntil = 0;
+  let refused = false;
 
   const prune = (roleArn: string) =>
     // Housekeeping only: the credential has expired upstream whatever happens here, and every write prunes too.
@@ -148,19 +149,24 @@ export function createAwsProvider(settings: AwsSettings, ctx: ProviderContext, o
       try {
         await clients.current.sts.send(new GetCallerIdentityCommand({}));
         readyUntil = Date.now() + READY_CACHE_MS;
+        refused = false;
         return true;
       } catch (err) {
+        refused = classify(err) === 'auth';
         logger.warn({ code: awsErrorCode(err) }, 'aws not ready');
         return false;
       }
     },
+
+    credentialsRefused: () => refused,
 
     async close() {
       clients.close();
     },
   };
   if (clients.rotatable) {
-    provider.rotate = (distribute): Promise<RotationResult> => rotateAccessKey({ settings, clients, logger }, distribute);
+    provider.rotate = (distribute, _opts, journal): Promise<RotationResult> =>
+      rotateAccessKey({ settings, clients, logger }, distribute, journal);
     provider.useSecret = async (secret) => {
       const { accessKeyId, secretAccessKey } = secret;
       if (!accessKeyId || !secretAccessKey) throw new Error('aws secret needs accessKeyId and secretAccessKey');

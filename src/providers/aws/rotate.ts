@@ -3,10 +3,12 @@ import { GetCallerIdentityCommand } from '@aws-sdk/client-sts';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { badRequest, upstreamFailed } from '../../errors.ts';
 import type { Logger } from '../../logger.ts';
-import type { RotationResult } from '../types.ts';
+import { noJournal, type RotationJournal, type RotationResult } from '../types.ts';
 import type { AwsClients, ClientPair, StaticKeys } from './clients.ts';
 import type { AwsSettings } from './config.ts';
 import { awsErrorCode, classify } from './upstream.ts';
+
+const DISTRIBUTING = 'distributing the new key';
 
 export interface RotateDeps {
   settings: AwsSettings;
@@ -19,12 +21,17 @@ export interface RotateDeps {
  * (GetCallerIdentity, retried while IAM propagates it), switch to it,
  * deactivate the old key, delete it. Until the old key is deactivated every
  * failure switches back and deletes the new key, so a failure halfway leaves
- * the old key in use. A failed final delete only leaves an inactive key,
+ * the old key in use. Once the new key was handed to the other instances, the
+ * old one is handed out again (sealed into Redis and announced) before the new
+ * one is deleted; if that fails too, both keys are kept (every instance keeps
+ * working, whichever it holds) and the rotation answers 502
+ * rotation_incomplete. A failed final delete only leaves an inactive key,
  * which the next rotation removes first.
  */
 export async function rotateAccessKey(
   deps: RotateDeps,
   distribute: (secret: Record<string, string>) => Promise<void> = async () => {},
+  journal: RotationJournal = noJournal,
 ): Promise<RotationResult> {
   const { settings, clients, logger } = deps;
   const old = clients.staticKeys;
@@ -38,26 +45,54 @@ export async function rotateAccessKey(
     });
   };
 
+  await retireLeftovers(deps, old.accessKeyId, journal);
   await removeInactiveKeys(deps, old.accessKeyId);
+  // Recorded before anything is created: a process dying from here on leaves the next rotation enough to clean up.
+  await journal.record({ old: old.accessKeyId });
   let created;
   try {
     created = (await clients.run((c) => c.iam.send(new CreateAccessKeyCommand({ ...(UserName ? { UserName } : {}) })))).AccessKey;
   } catch (err) {
+    await journal.clear();
     throw fail('CreateAccessKey', err);
   }
   if (!created?.AccessKeyId || !created.SecretAccessKey) throw fail('CreateAccessKey', new Error('incomplete CreateAccessKey response'));
   const fresh: StaticKeys = { accessKeyId: created.AccessKeyId, secretAccessKey: created.SecretAccessKey };
   const oldPair = clients.current;
   const newPair = clients.build(fresh, oldPair.generation + 1);
+  // Whether `distribute` was called with the new key: the other instances (and Redis, for instances
+  // started later) may hold it, so undoing must hand them the old key back before the new one is deleted.
+  let handedOut = false;
   const undo = async (step: string, err: unknown) => {
+    if (handedOut) {
+      try {
+        await distribute({ accessKeyId: old.accessKeyId, secretAccessKey: old.secretAccessKey });
+      } catch (e) {
+        // Nobody can tell which key each instance holds now: keep both keys working, this instance on the
+        // one Redis most likely names (the new one, unless handing it out is what failed).
+        if (step === DISTRIBUTING && clients.current === newPair) clients.use(old, clients.build(old, newPair.generation + 1));
+        logger.error(
+          { step, code: awsErrorCode(err), accessKeyId: fresh.accessKeyId, previous: old.accessKeyId },
+          'aws access key rotation failed after the new key was handed out, and the old key could not be handed back: both keys stay active',
+        );
+        return upstreamFailed(
+          'rotation_incomplete',
+          `Rotating the AWS access key failed at ${step} and the other instances could not be switched back; both keys stay active.`,
+          { cause: e },
+        );
+      }
+    }
     if (clients.current === newPair) clients.use(old, clients.build(old, newPair.generation + 1));
     await clients
       .run((c) => c.iam.send(new DeleteAccessKeyCommand({ AccessKeyId: fresh.accessKeyId, ...(UserName ? { UserName } : {}) })))
+      // The intent stays recorded when the delete fails: the next rotation retires the new key.
+      .then(() => journal.clear())
       .catch((e) => logger.warn({ accessKeyId: fresh.accessKeyId, code: awsErrorCode(e) }, 'could not delete the unused new access key'));
     return fail(step, err);
   };
 
   try {
+    await journal.record({ old: old.accessKeyId, new: fresh.accessKeyId });
     await verify(deps, newPair);
   } catch (err) {
     newPair.sts.destroy();
@@ -67,9 +102,10 @@ export async function rotateAccessKey(
   clients.use(fresh, newPair);
   try {
     // Every instance switches before the old key stops working.
+    handedOut = true;
     await distribute({ accessKeyId: fresh.accessKeyId, secretAccessKey: fresh.secretAccessKey });
   } catch (err) {
-    throw await undo('distributing the new key', err);
+    throw await undo(DISTRIBUTING, err);
   }
   try {
     await clients.run((c) =>
@@ -86,6 +122,8 @@ export async function rotateAccessKey(
         'old access key deactivated but not deleted; the next rotation removes it',
       ),
     );
+  // The old key is inactive at least (an inactive leftover is removed by the next rotation either way).
+  await journal.clear();
   logger.info({ accessKeyId: fresh.accessKeyId, retired: old.accessKeyId }, 'aws access key rotated');
   return {
     target: 'aws',
@@ -106,6 +144,32 @@ async function verify(deps: RotateDeps, pair: ClientPair): Promise<void> {
       const kind = classify(err);
       if (!(kind === 'auth' || kind === 'throttled' || kind === 'unavailable') || attempt >= attempts) throw err;
       await sleep(delay);
+    }
+  }
+}
+
+/**
+ * Keys an interrupted rotation recorded (the one it was retiring, the one it
+ * created) that this instance does not use: the core switched it to the key
+ * Redis names, which is the one every instance uses. They are still active
+ * (a process killed mid-rotation, or both kept by rotation_incomplete) and
+ * would stay valid for good, and IAM allows only two keys per user. A
+ * failure here is left to CreateAccessKey to report.
+ */
+async function retireLeftovers(deps: RotateDeps, current: string, journal: RotationJournal): Promise<void> {
+  const { clients, settings, logger } = deps;
+  const UserName = settings.userName;
+  for (const id of new Set([journal.leftover?.old, journal.leftover?.new])) {
+    if (!id || id === current) continue;
+    try {
+      await clients.run((c) =>
+        c.iam.send(new UpdateAccessKeyCommand({ AccessKeyId: id, Status: 'Inactive', ...(UserName ? { UserName } : {}) })),
+      );
+      await clients.run((c) => c.iam.send(new DeleteAccessKeyCommand({ AccessKeyId: id, ...(UserName ? { UserName } : {}) })));
+      logger.warn({ accessKeyId: id }, 'retired an access key an interrupted rotation left active');
+    } catch (err) {
+      if (classify(err) !== 'not_found')
+        logger.error({ accessKeyId: id, code: awsErrorCode(err) }, 'could not retire a leftover access key');
     }
   }
 }

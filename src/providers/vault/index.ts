@@ -2,7 +2,7 @@ import { ConfigError } from '../../errors.ts';
 import type { Logger } from '../../logger.ts';
 import type { LeaseRecord } from '../../leases/types.ts';
 import { Keys } from '../../redis/keys.ts';
-import type { IssueIntent, IssueRequest, IssueResult, Provider, ProviderContext, RotationResult } from '../types.ts';
+import type { IssueIntent, IssueRequest, IssueResult, Provider, ProviderContext, RotationJournal, RotationResult } from '../types.ts';
 import { vaultSettingsSchema, type VaultRoleConfig, type VaultSettings } from './config.ts';
 import { issueDynamicSecret } from './dynamic-secret.ts';
 import { issueError } from './errors.ts';
@@ -88,8 +88,12 @@ export class VaultProvider implements Provider<VaultRoleConfig> {
     }
   }
 
-  rotate(distribute?: (secret: Record<string, string>) => Promise<void>): Promise<RotationResult> {
-    return rotateSecretId(this.session, this.logger, distribute);
+  rotate(
+    distribute?: (secret: Record<string, string>) => Promise<void>,
+    _opts?: { immediate?: boolean },
+    journal?: RotationJournal,
+  ): Promise<RotationResult> {
+    return rotateSecretId(this.session, this.logger, distribute, journal);
   }
 
   useSecret(secret: Record<string, string>): Promise<void> {

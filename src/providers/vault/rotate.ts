@@ -1,6 +1,6 @@
 import { badRequest } from '../../errors.ts';
 import type { Logger } from '../../logger.ts';
-import type { RotationResult } from '../types.ts';
+import { noJournal, type RotationJournal, type RotationResult } from '../types.ts';
 import { classify, isAlreadyGone, issueError, safeCause } from './errors.ts';
 import type { VaultSession } from './session.ts';
 
@@ -24,8 +24,11 @@ export async function rotateSecretId(
   session: VaultSession,
   logger: Logger,
   distribute: (secret: Record<string, string>) => Promise<void> = async () => {},
+  journal: RotationJournal = noJournal,
 ): Promise<RotationResult> {
   const base = roleBase(session);
+  const destroy = (accessor: string) =>
+    session.call((c) => c.write(`${base}/secret-id-accessor/destroy`, { secret_id_accessor: accessor }));
   return session.exclusive(async () => {
     let oldAccessor: string | undefined;
     let fresh: { secret_id: string; secret_id_accessor: string };
@@ -33,21 +36,31 @@ export async function rotateSecretId(
       // 204 (empty) when the current secret-id is already gone: then there is nothing to destroy.
       const looked = await session.call((c) => c.write(`${base}/secret-id/lookup`, { secret_id: session.secretId }));
       oldAccessor = looked?.data?.secret_id_accessor;
+    } catch (err) {
+      throw issueError(err, 'looking up the current AppRole secret-id');
+    }
+    await retireLeftovers(destroy, logger, oldAccessor, journal);
+    // Recorded before anything is created: a process dying from here on leaves the next rotation enough to clean up.
+    await journal.record(oldAccessor ? { old: oldAccessor } : {});
+    try {
       const made = await session.call((c) =>
         c.write(`${base}/secret-id`, { metadata: JSON.stringify({ created_by: 'jit-broker', reason: 'rotation' }) }),
       );
       fresh = made?.data;
       if (!fresh?.secret_id || !fresh.secret_id_accessor) throw new Error('Vault answered secret-id generation without a secret-id');
     } catch (err) {
+      await journal.clear();
       throw issueError(err, 'generating a new AppRole secret-id');
     }
 
     let token;
     try {
+      await journal.record({ ...(oldAccessor ? { old: oldAccessor } : {}), new: fresh.secret_id_accessor });
       token = await session.login(fresh.secret_id);
     } catch (err) {
-      await session
-        .call((c) => c.write(`${base}/secret-id-accessor/destroy`, { secret_id_accessor: fresh.secret_id_accessor }))
+      // The intent stays recorded when the destroy fails: the next rotation destroys the new secret-id.
+      await destroy(fresh.secret_id_accessor)
+        .then(() => journal.clear())
         .catch((e: unknown) =>
           logger.warn({ secretIdAccessor: fresh.secret_id_accessor, err: safeCause(e) }, 'vault: could not destroy an unused secret-id'),
         );
@@ -67,7 +80,7 @@ export async function rotateSecretId(
     let oldDestroyed = oldAccessor === undefined;
     if (oldAccessor !== undefined) {
       try {
-        await session.call((c) => c.write(`${base}/secret-id-accessor/destroy`, { secret_id_accessor: oldAccessor }));
+        await destroy(oldAccessor);
         oldDestroyed = true;
       } catch (err) {
         oldDestroyed = isAlreadyGone(err);
@@ -78,6 +91,8 @@ export async function rotateSecretId(
           );
       }
     }
+    // An old secret-id that could not be destroyed stays recorded: the next rotation destroys it.
+    if (oldDestroyed) await journal.clear();
     logger.info(
       { secretIdAccessor: fresh.secret_id_accessor, oldSecretIdAccessor: oldAccessor, oldDestroyed },
       'vault: AppRole secret-id rotated',
@@ -93,6 +108,31 @@ export async function rotateSecretId(
       secret: { secretId: fresh.secret_id },
     };
   });
+}
+
+/**
+ * Secret-ids an interrupted rotation recorded (the one it was retiring, the
+ * one it generated) other than the one in use: the core switched this
+ * instance to the secret-id Redis names, the one every instance uses. Left
+ * alone they stay valid for good (the accessor was only in the dead process's
+ * memory before).
+ */
+async function retireLeftovers(
+  destroy: (accessor: string) => Promise<unknown>,
+  logger: Logger,
+  current: string | undefined,
+  journal: RotationJournal,
+): Promise<void> {
+  for (const accessor of new Set([journal.leftover?.old, journal.leftover?.new])) {
+    if (!accessor || accessor === current) continue;
+    try {
+      await destroy(accessor);
+      logger.warn({ secretIdAccessor: accessor }, 'vault: destroyed a secret-id an interrupted rotation left valid');
+    } catch (err) {
+      if (!isAlreadyGone(err))
+        logger.error({ secretIdAccessor: accessor, err: safeCause(err) }, 'vault: could not destroy a leftover secret-id');
+    }
+  }
 }
 
 /** Switches to a secret-id rotated by another instance: log in with it first, switch only if that worked. */

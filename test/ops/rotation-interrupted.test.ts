@@ -1,0 +1,127 @@
+import { afterAll, describe, expect, test } from '@jest/globals';
+import { Redis } from 'ioredis';
+import { startAwsEmulator, type AwsEmulator } from '../emulators/aws/index.ts';
+import type { VaultEmulator } from '../emulators/vault/index.ts';
+import { ADMIN, REDIS_URL, call, dropPrefix, testConfigFile, uniquePrefix } from '../helpers/broker.ts';
+import { TestIssuer } from '../helpers/identity.ts';
+import { type BrokerProcess, startBrokerProcess } from '../helpers/process.ts';
+import { callerIdentityAs } from '../providers/aws/helpers.ts';
+import { vaultClient, vaultWithBroker } from '../providers/vault/helpers.ts';
+import { Keys } from '../../src/redis/keys.ts';
+
+/**
+ * A broker SIGKILLed in the middle of a rotation (the new secret handed out,
+ * the old one not yet retired) used to leave the old secret valid for good:
+ * the next rotation did not know it. The rotation intent (identifiers only)
+ * is recorded in Redis before each side effect, and the next rotation first
+ * retires the recorded secrets nobody uses.
+ */
+
+const issuer = new TestIssuer();
+const procs: BrokerProcess[] = [];
+const prefixes: string[] = [];
+let aws: AwsEmulator | undefined;
+let vault: VaultEmulator | undefined;
+afterAll(async () => {
+  for (const p of procs) await p.kill();
+  await aws?.stop();
+  await vault?.stop();
+  for (const p of prefixes) await dropPrefix(p);
+});
+const as = (path: string) => ({ authorization: `Bearer ${issuer.svid(path)}` });
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+const rotate = (p: BrokerProcess, target: string) => call(p.url, 'POST', '/v1/admin/rotate', as(ADMIN), { target });
+
+/**
+ * Starts a broker process on `file`, starts a rotation of `target`, and SIGKILLs the process once
+ * the new secret was handed out (sealed in Redis), while it waits out the switch grace before
+ * retiring the old one.
+ */
+async function killMidRotation(file: string, target: string, prefix: string): Promise<void> {
+  const keys = new Keys(prefix);
+  const p1 = await startBrokerProcess(file);
+  procs.push(p1);
+  const pending = rotate(p1, target).catch(() => undefined);
+  const redis = new Redis(REDIS_URL);
+  try {
+    for (let i = 0; i < 400 && !(await redis.get(keys.secrets(target))); i++) await sleep(25);
+    expect(await redis.get(keys.secrets(target))).toEqual(expect.any(String));
+    await p1.kill('SIGKILL');
+    await pending;
+    // The dead process's rotation lock lapses within 30 s; the test does not wait for it.
+    await redis.del(keys.lock(`rotate:${target}`));
+  } finally {
+    await redis.quit();
+  }
+}
+
+describe('a rotation whose process was killed midway is finished by the next one', () => {
+  test('aws: the original key is retired, not left active for good, and rotations work again', async () => {
+    aws = await startAwsEmulator();
+    const user = aws.createUser('jit-broker');
+    const role = aws.createRole('agent-reports', { maxSessionDuration: 3600, trust: [user.arn] });
+    const prefix = uniquePrefix('rot-killed-aws');
+    prefixes.push(prefix);
+    const file = testConfigFile(issuer, prefix, {
+      rotation: { switchGraceMs: 8000 },
+      providers: {
+        aws: {
+          region: 'us-east-1',
+          endpoint: aws!.url,
+          userName: user.userName,
+          revocation: 'iam-deny',
+          credentials: { accessKeyId: user.accessKeyId, secretAccessKey: user.secretAccessKey },
+          retryBaseDelayMs: 5,
+          rotationVerifyAttempts: 3,
+          rotationVerifyDelayMs: 5,
+        },
+      },
+      roles: { 'reports-bucket': { provider: 'aws', roleArn: role.arn, maxTtlSeconds: 3600 } },
+    });
+    const original = { accessKeyId: user.accessKeyId, secretAccessKey: user.secretAccessKey };
+    await killMidRotation(file, 'aws', prefix);
+    expect(aws.accessKeys(user.userName)).toHaveLength(2);
+    expect(await callerIdentityAs(aws.url, original)).toBe('ok');
+
+    const p2 = await startBrokerProcess(file);
+    procs.push(p2);
+    const r = await rotate(p2, 'aws');
+    expect(r.status).toBe(202);
+    // The original is gone; one key is left, the one the rotation made.
+    expect(await callerIdentityAs(aws.url, original)).toBe('InvalidClientTokenId');
+    expect(aws.accessKeys(user.userName)).toEqual([{ accessKeyId: r.body.accessKeyId, status: 'Active' }]);
+    expect((await rotate(p2, 'aws')).status).toBe(202);
+  }, 90_000);
+
+  test('vault: the original secret-id is destroyed by the next rotation', async () => {
+    const v = await vaultWithBroker();
+    vault = v.emu;
+    const prefix = uniquePrefix('rot-killed-vault');
+    prefixes.push(prefix);
+    const file = testConfigFile(issuer, prefix, {
+      rotation: { switchGraceMs: 8000 },
+      providers: {
+        vault: {
+          address: vault!.url,
+          auth: { approle: { roleId: v.roleId, secretId: v.secretId, mount: 'approle', roleName: 'jit-broker' } },
+        },
+      },
+      roles: { 'vault-ops': { provider: 'vault', token: { policies: ['ops-read'] } } },
+    });
+    const login = (secretId: string) =>
+      vaultClient(vault!, '')
+        .write('auth/approle/login', { role_id: v.roleId, secret_id: secretId })
+        .then(
+          () => 'ok',
+          () => 'refused',
+        );
+    await killMidRotation(file, 'vault', prefix);
+    expect(await login(v.secretId)).toBe('ok');
+
+    const p2 = await startBrokerProcess(file);
+    procs.push(p2);
+    const r = await rotate(p2, 'vault');
+    expect(r.status).toBe(202);
+    expect(await login(v.secretId)).toBe('refused');
+  }, 90_000);
+});
