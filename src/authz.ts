@@ -1,6 +1,6 @@
 import type { AuditAction, AuditEvent } from './audit/record.ts';
 import type { Deps } from './deps.ts';
-import { BrokerError, type CodeWithStatus, forbidden } from './errors.ts';
+import { BrokerError, type CodeWithStatus, forbidden, unavailable } from './errors.ts';
 import type { WorkloadIdentity } from './identity/types.ts';
 import { authorizeNarrowing } from './policy/narrowing.ts';
 import type { PolicyAction, PolicyRequest, PolicyTaskContext } from './policy/types.ts';
@@ -51,6 +51,11 @@ export async function authorize(
   audit: { taskId?: string; role?: string; leaseId?: string; detail?: AuditEvent['detail'] },
   opts: { beforeDenial?: () => Promise<void> } = {},
 ): Promise<string[]> {
+  if (deps.policyBehind?.())
+    throw unavailable(
+      'not_ready',
+      "This instance's policy set is behind the last policy reload; retry shortly (another instance may answer).",
+    );
   const decision = authorizeNarrowing(deps.policy, {
     principal: { id: who.id, trust: who.trust, kind: who.kind, claims: who.claims },
     action,

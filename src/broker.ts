@@ -267,6 +267,7 @@ export async function startBroker(config: LoadedConfig, opts: BrokerOptions = {}
     };
     const rotation = new RotationService(deps, kek, redis);
     undo.push(() => rotation.policySync.close());
+    deps.policyBehind = () => !rotation.policySync.inSync;
     restoreSecrets = () => rotation.restoreSecrets();
     const taskService = new TaskService(deps);
     const approvalService = new ApprovalService(deps);

@@ -42,4 +42,9 @@ export interface Deps {
   patterns: { orchestrators: IdentityPatterns; admins: IdentityPatterns; approvers: IdentityPatterns };
   /** Rate limits at the HTTP edge (server.rateLimit); absent = none. */
   limits?: RateLimits;
+  /**
+   * True while this instance's policy set disagrees with the last reload announced (src/ops/policy-sync.ts):
+   * decisions answer 503 rather than follow a set the operators replaced. Absent = never.
+   */
+  policyBehind?: () => boolean;
 }

@@ -1,101 +1,130 @@
+import { randomUUID } from 'node:crypto';
 import type { Deps } from '../deps.ts';
 
-/** How often an instance that could not follow a reload tries again (its watcher or SIGHUP may be sooner). */
-const RETRY_MS = 5_000;
+/** How often a follower left behind checks again, and how often an instance says which set it has. */
+const CHECK_MS = 5_000;
+/** An instance's word on its set lives this long without a refresh (then it is taken as gone). */
+const VERSION_TTL_MS = 30_000;
 
 /**
- * Follows the policy reloads other instances announce. Every instance reloads its own copy of the files;
- * which copy is newer cannot be told from here (files reach instances at different times), so:
- * - files that do not load (half-written, say without the end of an incident's forbid): the previous set
- *   stays in force, as for any failed reload, but this instance is not ready until its files load (a
- *   retry every few seconds, its watcher, SIGHUP). Otherwise it would go on deciding under a set the
- *   operators replaced while the admin was told the reload worked. Audited once per announcement
- *   (`policy.reload`, decision `error`, `policy_invalid`); `jit_policy_in_sync` is 0 meanwhile;
- * - files that load as another set than the one announced: audited (`policy_mismatch`) and logged, and
- *   the instance stays ready; its watcher loads the files as they change.
+ * Follows the policy reloads other instances announce. Every instance reloads its own copy of the files,
+ * and copies reach instances at different times; the set to be on is the one the announcing instance has
+ * now (it says so in Redis every few seconds, its watcher's reloads included), not the one it announced:
+ * - this instance's files do not load (half-written, say without the end of an incident's forbid), or
+ *   load as another set than the announcer's: the set loaded stays in force, but the instance is not
+ *   ready and its policy decisions answer 503 until they agree, rather than go on deciding under a set
+ *   the operators replaced while the admin was told the reload worked. It checks again every few seconds (reloading its files); its
+ *   watcher or SIGHUP may be sooner. Audited once per announcement and reason (`policy.reload`, decision
+ *   `error`, `policy_invalid` or `policy_mismatch`); `jit_policy_in_sync` is 0 meanwhile;
+ * - the announcer's files change afterwards (they were the older copy): the followers follow that, so a
+ *   reload made through an instance with older files does not leave the newer ones out of rotation;
+ * - the announcer is gone (its word expired): nothing to agree with; the follower is ready (logged).
  */
 export class PolicySync {
   private readonly deps: Deps;
-  /** Files that did not load after an announcement: the version in force then. */
-  private behind: { inForce: string } | undefined;
-  private reported: string | undefined;
-  /** The last announcement: a retry for an earlier one gives way to it. */
+  /** This process, as other instances' announcements and checks name it. */
+  readonly instance = randomUUID();
+  /** The announcement being followed, while this instance disagrees with it. */
+  private behind: { announcer: string } | undefined;
+  private reported = new Set<string>();
   private latest: string | undefined;
   private timer: NodeJS.Timeout | undefined;
+  private readonly heartbeat: NodeJS.Timeout;
 
   constructor(deps: Deps) {
     this.deps = deps;
     deps.metrics.policyInSync.set(1);
+    this.heartbeat = setInterval(() => void this.publish().catch(() => {}), CHECK_MS);
+    this.heartbeat.unref();
   }
 
-  /**
-   * Whether this instance decides under a set it could load since the announcement (for /readyz). A set
-   * loaded by other means (its watcher, SIGHUP) counts at once; the next retry confirms it.
-   */
+  /** Whether this instance may decide (for /readyz): it agrees with the last announcer it heard of. */
   get inSync(): boolean {
-    return this.behind === undefined || this.deps.policy.version !== this.behind.inForce;
+    return this.behind === undefined;
   }
 
-  /** Another instance reloaded and announced `version` (undefined from a version that sent none): reload here. */
-  async follow(version: string | undefined): Promise<void> {
-    this.latest = version;
-    this.reported = undefined;
-    await this.attempt(version);
+  /** Says which set this instance has now (also when its watcher reloaded it). */
+  async publish(): Promise<void> {
+    await this.deps.redis.set(this.key(this.instance), this.deps.policy.version, 'PX', VERSION_TTL_MS);
+  }
+
+  /** Another instance reloaded and announced (an older version may send neither version nor instance). */
+  async follow(ev: { version?: string; instance?: string }): Promise<void> {
+    if (ev.instance === this.instance) return; // its own announcement: already reloaded
+    if (ev.instance === undefined) {
+      await this.deps.policy.reload().catch((err) => this.deps.logger.error({ err: (err as Error).message }, 'policy reload refused'));
+      return;
+    }
+    this.latest = ev.instance;
+    this.reported.clear();
+    await this.check(ev.instance);
   }
 
   /** This instance reloaded its own files and announced them. */
-  loaded(): void {
+  async loaded(): Promise<void> {
     this.latest = undefined;
     this.settle();
+    await this.publish();
   }
 
   close(): void {
     clearTimeout(this.timer);
+    clearInterval(this.heartbeat);
+  }
+
+  private key(instance: string): string {
+    return this.deps.keys.plain('policy-version', instance);
   }
 
   private settle(): void {
     clearTimeout(this.timer);
     this.timer = undefined;
-    if (this.behind) this.deps.logger.info({ version: this.deps.policy.version }, 'policy files load again; ready');
+    if (this.behind) this.deps.logger.info({ version: this.deps.policy.version }, 'policy set agrees with the last reload; ready');
     this.behind = undefined;
     this.deps.metrics.policyInSync.set(1);
   }
 
-  private async attempt(wanted: string | undefined): Promise<void> {
+  private async check(announcer: string): Promise<void> {
     let problem: string | undefined;
     try {
       await this.deps.policy.reload();
     } catch (err) {
       problem = (err as Error).message;
     }
-    if (wanted !== this.latest) return; // a newer announcement (or this instance's own reload) took over
+    const target = await this.deps.redis.get(this.key(announcer)).catch(() => undefined);
+    if (announcer !== this.latest) return; // a newer announcement (or this instance's own reload) took over
+    void this.publish().catch(() => {});
     const inForce = this.deps.policy.version;
-    if (problem === undefined) {
+    const reason =
+      problem !== undefined
+        ? 'policy_invalid'
+        : target === null || target === undefined || target === inForce
+          ? undefined
+          : 'policy_mismatch';
+    if (reason === undefined) {
+      if (target === null)
+        this.deps.logger.warn({ announcer }, 'the instance that announced the policy reload is gone; nothing to agree with');
       this.settle();
-      if (wanted !== undefined && inForce !== wanted) {
-        this.deps.logger.warn({ announced: wanted, inForce }, 'policy files here load as another set than the one announced');
-        await this.report('policy_mismatch', wanted, inForce);
-      }
       return;
     }
-    this.behind = { inForce };
+    this.behind = { announcer };
     this.deps.metrics.policyInSync.set(0);
     this.deps.logger.error(
-      { announced: wanted, inForce, err: problem },
-      'policy files do not load after a reload; not ready until they do',
+      { announcer, expected: target, inForce, err: problem },
+      'policy set disagrees with the last reload; not ready until it agrees',
     );
-    await this.report('policy_invalid', wanted, inForce);
+    await this.report(reason, announcer, target ?? '', inForce);
     clearTimeout(this.timer);
-    this.timer = setTimeout(() => void this.attempt(wanted), RETRY_MS);
+    this.timer = setTimeout(() => void this.check(announcer), CHECK_MS);
     this.timer.unref();
   }
 
-  /** One record per announcement and outcome. */
-  private async report(reason: 'policy_invalid' | 'policy_mismatch', wanted: string | undefined, inForce: string): Promise<void> {
-    if (this.reported === reason) return;
-    this.reported = reason;
+  /** One record per announcement and reason. */
+  private async report(reason: string, announcer: string, expected: string, inForce: string): Promise<void> {
+    if (this.reported.has(reason)) return;
+    this.reported.add(reason);
     await this.deps.audit
-      .append({ action: 'policy.reload', actor: 'broker', decision: 'error', reason, detail: { expected: wanted ?? '', inForce } })
+      .append({ action: 'policy.reload', actor: 'broker', decision: 'error', reason, detail: { announcer, expected, inForce } })
       .catch((err) => this.deps.logger.error({ err: (err as Error).message }, 'could not audit a policy reload left behind'));
   }
 }

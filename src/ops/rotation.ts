@@ -15,7 +15,10 @@ import { SealedSecrets } from './sealed-secrets.ts';
 const LOCK_TTL_MS = 30_000;
 
 /** Broadcast on `${prefix}:events:broker` so every instance follows. */
-export type BrokerEvent = { type: 'rotated'; target: string } | { type: 'policy-reload'; version?: string } | { type: 'quarantine' };
+export type BrokerEvent =
+  | { type: 'rotated'; target: string }
+  | { type: 'policy-reload'; version?: string; instance?: string }
+  | { type: 'quarantine' };
 
 /**
  * Rotation of the broker's own secrets (signing key, Vault AppRole secret-id,
@@ -182,8 +185,8 @@ export class RotationService {
         extra: { issues: err.issues.map(({ code, file, line, column, message }) => ({ code, file, line, column, message })) },
       });
     }
-    this.policySync.loaded();
-    await this.announce({ type: 'policy-reload', version: r.version });
+    await this.policySync.loaded();
+    await this.announce({ type: 'policy-reload', version: r.version, instance: this.policySync.instance });
     await this.deps.audit.append({
       action: 'policy.reload',
       actor: who.id,
@@ -198,7 +201,7 @@ export class RotationService {
     const ev = JSON.parse(raw) as BrokerEvent;
     if (ev.type === 'rotated') await this.applyDistributedSecrets(ev.target);
     else if (ev.type === 'quarantine') await this.deps.quarantine.reload();
-    else await this.policySync.follow(ev.version);
+    else await this.policySync.follow(ev);
   }
 
   async announce(ev: BrokerEvent): Promise<void> {

@@ -32,7 +32,7 @@ const dirs: string[] = [];
 afterAll(async () => {
   for (const b of brokers) await b.broker.close().catch(() => {});
   for (const d of dirs) rmSync(d, { recursive: true, force: true });
-  for (const p of ['invalid', 'newer']) await dropPrefix(`${prefix}-${p}`);
+  for (const p of ['invalid', 'older', 'newer']) await dropPrefix(`${prefix}-${p}`);
 });
 
 /** Two instances on one prefix, each with its own copy of the policy directory (as with mounted volumes). */
@@ -57,13 +57,9 @@ async function twoInstances(name: string) {
   brokers.push(b);
   return { a, b, dirA, dirB, prefix: p };
 }
-const ready = async (t: TestBroker) => (await call(t.url, 'GET', '/readyz', {})).status;
-const FORBID = 'forbid (principal, action == Action::"issue", resource == Role::"tickets-api");\n';
-
-test('an instance whose files do not load after an announced reload is not ready, audited, and catches up', async () => {
-  const { a, b, dirA, dirB } = await twoInstances('invalid');
-  const open = await call(a.url, 'POST', '/v1/tasks', a.as(ORCH), {
-    taskId: 'ps-1',
+async function openTicketsTask(t: TestBroker, taskId: string): Promise<void> {
+  const open = await call(t.url, 'POST', '/v1/tasks', t.as(ORCH), {
+    taskId,
     agent: `spiffe://dev.local${AGENT}`,
     tenant: 'acme',
     purpose: 'policy split',
@@ -71,6 +67,13 @@ test('an instance whose files do not load after an announced reload is not ready
     grants: [{ role: 'tickets-api' }],
   });
   expect(open.status).toBe(201);
+}
+const ready = async (t: TestBroker) => (await call(t.url, 'GET', '/readyz', {})).status;
+const FORBID = 'forbid (principal, action == Action::"issue", resource == Role::"tickets-api");\n';
+
+test('an instance whose files do not load after an announced reload is not ready, audited, and catches up', async () => {
+  const { a, b, dirA, dirB } = await twoInstances('invalid');
+  await openTicketsTask(a, 'ps-1');
   writeFileSync(join(dirA, 'zz-incident.cedar'), FORBID);
   writeFileSync(join(dirB, 'zz-incident.cedar'), FORBID.slice(0, 60)); // half-written on B
   const r = await call(a.url, 'POST', '/v1/admin/policy/reload', a.as(ADMIN), {});
@@ -97,22 +100,34 @@ test('an instance whose files do not load after an announced reload is not ready
   expect((await call(b.url, 'POST', '/v1/credentials', b.as(AGENT), { taskId: 'ps-1', role: 'tickets-api' })).status).toBe(403);
 }, 60_000);
 
-test('an instance whose files load as a newer set than the one announced stays ready; the mismatch is audited (found in review)', async () => {
-  // The new files reach B first and its watcher loads them; the admin's reload lands on A, still on the old
-  // files. Before the review's fix, B went 503 for good: its retries could never load the announced (older) set.
+test('an instance whose files are older than the announced set is not ready and does not issue until they arrive (found in review)', async () => {
+  // The incident's forbid reaches A; the admin reloads through A; B's copy is still the old, valid set.
+  // Before the review's fix, B stayed ready and issued what the new set forbids.
+  const { a, b, dirA, dirB } = await twoInstances('older');
+  await openTicketsTask(a, 'ps-2');
+  writeFileSync(join(dirA, 'zz-incident.cedar'), FORBID);
+  const r = await call(a.url, 'POST', '/v1/admin/policy/reload', a.as(ADMIN), {});
+  expect(r.status).toBe(202);
+  await waitFor(async () => (await ready(b)) === 503, 5000);
+  const viaB = await call(b.url, 'POST', '/v1/credentials', b.as(AGENT), { taskId: 'ps-2', role: 'tickets-api' });
+  expect({ status: viaB.status, code: viaB.body.code }).toEqual({ status: 503, code: 'not_ready' });
+  const records = (await auditRecords(a.broker.deps.redis, a.broker.deps.keys)).filter((x) => x.action === 'policy.reload');
+  expect(records).toContainEqual(expect.objectContaining({ decision: 'error', reason: 'policy_mismatch' }));
+  writeFileSync(join(dirB, 'zz-incident.cedar'), FORBID); // the files arrive
+  await waitFor(async () => (await ready(b)) === 200, 15_000);
+  expect((await call(b.url, 'POST', '/v1/credentials', b.as(AGENT), { taskId: 'ps-2', role: 'tickets-api' })).status).toBe(403);
+}, 60_000);
+
+test('a reload made through an instance with older files holds the newer ones back only until its own files catch up (found in review)', async () => {
+  // The new files reach B first; the admin's reload lands on A, still on the old ones. B waits for A, and
+  // once A's watcher loads the same set, B is ready again (an earlier version of the fix kept it out for good).
   const { a, b, dirA, dirB } = await twoInstances('newer');
   writeFileSync(join(dirB, 'zz-incident.cedar'), FORBID);
   await waitFor(async () => b.broker.deps.policy.version !== a.broker.deps.policy.version, 5000);
-  const r = await call(a.url, 'POST', '/v1/admin/policy/reload', a.as(ADMIN), {});
-  expect(r.status).toBe(202);
-  const records = async () =>
-    (await auditRecords(a.broker.deps.redis, a.broker.deps.keys)).filter((x) => x.action === 'policy.reload' && x.decision === 'error');
-  await waitFor(async () => (await records()).length > 0, 5000);
-  expect(await records()).toEqual([
-    expect.objectContaining({ reason: 'policy_mismatch', detail: { expected: r.body.version, inForce: b.broker.deps.policy.version } }),
-  ]);
-  expect([await ready(a), await ready(b)]).toEqual([200, 200]);
+  expect((await call(a.url, 'POST', '/v1/admin/policy/reload', a.as(ADMIN), {})).status).toBe(202);
+  await waitFor(async () => (await ready(b)) === 503, 5000);
   writeFileSync(join(dirA, 'zz-incident.cedar'), FORBID);
-  await waitFor(async () => a.broker.deps.policy.version === b.broker.deps.policy.version, 5000);
-  expect([await ready(a), await ready(b)]).toEqual([200, 200]);
+  await waitFor(async () => (await ready(b)) === 200, 20_000);
+  expect(await ready(a)).toBe(200);
+  expect(a.broker.deps.policy.version).toBe(b.broker.deps.policy.version);
 }, 60_000);
