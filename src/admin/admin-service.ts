@@ -121,23 +121,28 @@ export class AdminService {
 
   /** Ends every open task matching `sel` with its subtree; returns the tasks ended and their live leases. */
   private async endMatching(sel: RevokeSelector, opts: { openedBy?: boolean } = {}): Promise<{ tasks: number; leases: number }> {
-    const found = new Set<string>();
+    // Each task found, with whether its agent is the one being stopped ('agent': the contract's kill switch,
+    // an AWS deny by SourceIdentity) or only the orchestrator that opened it ('task': its agent is not suspect).
+    const found = new Map<string, 'agent' | 'task'>();
     if ('taskId' in sel) {
-      found.add(sel.taskId);
+      found.set(sel.taskId, 'agent');
     } else {
-      const match =
-        'agent' in sel
-          ? (
-              (p: IdentityPatterns) => (t: { agent: string; openedBy: string }) =>
-                p.matches(t.agent) || (opts.openedBy === true && p.matches(t.openedBy))
-            )(new IdentityPatterns([sel.agent]))
-          : (t: { tenant: string }) => t.tenant === sel.tenant;
+      const p = 'agent' in sel ? new IdentityPatterns([sel.agent]) : undefined;
+      const match = (t: { agent: string; tenant: string; openedBy: string }): 'agent' | 'task' | undefined => {
+        if (!p) return t.tenant === (sel as { tenant: string }).tenant ? 'agent' : undefined;
+        if (p.matches(t.agent)) return 'agent';
+        return opts.openedBy === true && p.matches(t.openedBy) ? 'task' : undefined;
+      };
       for (let b = 0; b < this.deps.keys.buckets; b++) {
-        for await (const page of this.deps.tasks.openIn(b, 500, opts.openedBy))
-          for (const t of page) if (match(t as never)) found.add(t.taskId);
+        for await (const page of this.deps.tasks.openIn(b, 500, opts.openedBy)) {
+          for (const t of page) {
+            const how = match(t);
+            if (how) found.set(t.taskId, how);
+          }
+        }
       }
     }
-    const ids = [...found];
+    const ids = [...found.keys()];
     let tasks = 0;
     let leases = 0;
     // Parents first, so a matching sub-task is ended with its parent's subtree rather than on its own:
@@ -153,7 +158,9 @@ export class AdminService {
     for (const depth of [...waves.keys()].sort((a, b) => a - b)) {
       const wave = waves.get(depth)!;
       for (let i = 0; i < wave.length; i += KILL_CONCURRENCY) {
-        for (const c of await Promise.all(wave.slice(i, i + KILL_CONCURRENCY).map((id) => this.endOne(id)))) {
+        for (const c of await Promise.all(
+          wave.slice(i, i + KILL_CONCURRENCY).map((id) => this.endOne(id, found.get(id) === 'task' ? 'task' : undefined)),
+        )) {
           tasks += c.tasks;
           leases += c.leases;
         }
@@ -163,8 +170,8 @@ export class AdminService {
   }
 
   /** Ends one task with its open subtree for the kill switch; counts what it ended (nothing if it was not open). */
-  private async endOne(id: string): Promise<{ tasks: number; leases: number }> {
-    const res = await this.tasks.end(id, 'completed', 'revoked_by_admin');
+  private async endOne(id: string, adminScope?: 'task'): Promise<{ tasks: number; leases: number }> {
+    const res = await this.tasks.end(id, 'completed', 'revoked_by_admin', adminScope);
     if (res.kind !== 'ended') return { tasks: 0, leases: 0 };
     await this.deps.audit.appendAll(
       res.taskIds.map((taskId) => ({

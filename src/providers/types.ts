@@ -66,11 +66,14 @@ export interface IssueIntent {
 export interface RevokeContext {
   reason: RevokeReason | 'issuance_interrupted';
   /**
-   * With `revoked_by_admin`: the lease's task was ended by an admin (the kill switch, a quarantine), so
-   * every credential of the agent is being stopped and the cut may be as wide (AWS: by SourceIdentity).
-   * Absent for an admin's DELETE of one lease: that credential only.
+   * With `revoked_by_admin`, how far the admin's action reaches: `agent` when it ended the task to stop
+   * its agent (the kill switch, quarantining the agent), so the cut may be as wide as the agent (AWS: by
+   * SourceIdentity); `task` when it ended the task for another reason (quarantining the orchestrator that
+   * opened it: the agent is not suspect); absent for an admin's DELETE of one lease: that credential only.
    */
-  agentStopped?: boolean;
+  adminScope?: 'agent' | 'task';
+  /** When the revocation was asked for: an agent-wide cut spares what was issued after it (AWS: TokenIssueTime). */
+  requestedAt?: number;
 }
 
 /**

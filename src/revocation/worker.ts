@@ -100,12 +100,23 @@ export class RevocationWorker {
     if (!provider) return this.providerMissing(lease, attempt);
     if (lease.status === 'active' && !expiry) await leases.mark(lease.leaseId, { status: 'revoking', reason });
     const role = roleOfLease(this.deps, lease) as never;
-    // An admin's revocation is as wide as the agent only when an admin ended the task (a kill switch), not for one DELETE.
-    const agentStopped = reason === 'revoked_by_admin' && (await this.deps.tasks.get(lease.taskId))?.reason === 'revoked_by_admin';
+    const adminScope = reason === 'revoked_by_admin' ? await this.adminScope(lease.taskId) : undefined;
     const call = () =>
-      expiry ? (provider.expire?.(lease, role) ?? Promise.resolve()) : provider.revoke(lease, role, { reason, agentStopped });
+      expiry
+        ? (provider.expire?.(lease, role) ?? Promise.resolve())
+        : provider.revoke(lease, role, { reason, requestedAt: data.requestedAt, ...(adminScope ? { adminScope } : {}) });
     if ((await this.attempt(lease, attempt, call)) === 'settled') return;
     await this.finish(lease, expiry ? 'expired' : 'revoked', reason, expiry ? lease.expiresAt : data.requestedAt, attempt);
+  }
+
+  /**
+   * How far an admin's revocation of a lease of `taskId` reaches (RevokeContext.adminScope): read from the
+   * task, so a lost job rebuilt by the sweeper decides the same. A task an admin did not end: a DELETE.
+   */
+  private async adminScope(taskId: string): Promise<'agent' | 'task' | undefined> {
+    const [reason, scope] = await this.deps.redis.hmget(this.deps.keys.task(taskId), 'reason', 'adminScope');
+    if (reason !== 'revoked_by_admin') return undefined;
+    return scope === 'task' ? 'task' : 'agent';
   }
 
   /**

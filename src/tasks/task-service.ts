@@ -214,8 +214,8 @@ export class TaskService {
    * leases. The status change comes first: from then on no lease can join
    * any of these tasks, so the job sees every lease they will ever have.
    */
-  async end(taskId: string, status: 'completed' | 'expired', reason: TaskEndReason) {
-    const res = await this.deps.tasks.end(taskId, status, reason);
+  async end(taskId: string, status: 'completed' | 'expired', reason: TaskEndReason, adminScope?: 'task') {
+    const res = await this.deps.tasks.end(taskId, status, reason, adminScope);
     if (res.kind === 'ended') await this.deps.queue.endTasks(taskId, res.taskIds, reason, res.endedAt);
     return res;
   }

@@ -193,13 +193,14 @@ export class TaskStore {
    * Ends an open task and its open subtree in one step. `expired` only once
    * the deadline has passed on Redis's clock. Sub-tasks end `completed`.
    */
-  async end(taskId: string, status: 'completed' | 'expired', reason: TaskEndReason): Promise<EndResult> {
+  /** `adminScope` 'task': an admin ended the task without suspecting its agent (RevokeContext.adminScope). */
+  async end(taskId: string, status: 'completed' | 'expired', reason: TaskEndReason, adminScope?: 'task'): Promise<EndResult> {
     const bucket = this.keys.bucketOfTask(taskId);
     const childReason = reason === 'revoked_by_admin' ? 'revoked_by_admin' : 'task_completed';
     const res = (await endScript.run(
       this.redis,
       [this.keys.task(taskId), this.keys.openTasks(bucket)],
-      [this.keys.base(bucket), status, reason, childReason, this.retentionMs, taskId],
+      [this.keys.base(bucket), status, reason, childReason, this.retentionMs, taskId, adminScope ?? ''],
     )) as string[];
     switch (res[0]) {
       case 'ended':

@@ -72,7 +72,8 @@ export interface DenyFallbackEvent {
 }
 
 /** What one revocation denies: the session alone, its whole task, or its agent's sessions issued up to now. */
-export type DenyUnit = { kind: 'session' } | { kind: 'task'; until: number } | { kind: 'agent' };
+/** `at` (agent): the cut-off, when the revocation was asked for (sessions issued later are spared); default now. */
+export type DenyUnit = { kind: 'session' } | { kind: 'task'; until: number } | { kind: 'agent'; at?: number };
 
 export interface DenyListDeps {
   settings: AwsSettings;
@@ -164,7 +165,7 @@ export class DenyList {
         if (unit.kind === 'task' && owner) addTaskSessions(m, taskFoldPattern(owner.agentKey, owner.taskKey), until);
         else if (unit.kind === 'task' && session.taskTag !== undefined) addTask(m, session.taskTag, until);
         else if (unit.kind === 'agent' && session.sourceIdentity !== undefined && session.tokenIssuedAt !== undefined)
-          addAgent(m, session.sourceIdentity, session.tokenIssuedAt, now);
+          addAgent(m, session.sourceIdentity, session.tokenIssuedAt, unit.at ?? now);
         else addSession(m, session.userId, session.expiresAt);
       },
       who,

@@ -50,18 +50,20 @@ function handleOf(lease: LeaseRecord): AwsHandle | undefined {
 /**
  * The unit of revocation for a reason: a whole task when the task ended (one
  * statement however many sessions it had), the agent's sessions up to now
- * when an admin stopped it (the kill switch, a quarantine), else the one
- * session (an admin's DELETE of one lease included). Without the tag or the
+ * when an admin stopped it (the kill switch, quarantining it; issued before the
+ * revocation was asked for), else the one session (an admin's DELETE of one
+ * lease included). Without the tag or the
  * SourceIdentity on the session (disabled in settings), the session alone.
  */
-function unitFor({ reason, agentStopped }: RevokeContext, h: AwsHandle, now: number): DenyUnit {
-  if ((reason === 'task_completed' || reason === 'task_expired') && h.taskTag !== undefined) {
+function unitFor({ reason, adminScope, requestedAt }: RevokeContext, h: AwsHandle, now: number): DenyUnit {
+  const taskEnded = reason === 'task_completed' || reason === 'task_expired' || (reason === 'revoked_by_admin' && adminScope === 'task');
+  if (taskEnded && h.taskTag !== undefined) {
     // No session of the task outlives its deadline by more than STS's minimum, nor anything issued by now by more than 12 h.
     const bound = Math.min((h.taskDeadline ?? Number.POSITIVE_INFINITY) + STS_MIN_DURATION * 1000, now + MAX_SESSION_MS);
     return { kind: 'task', until: bound };
   }
-  if (reason === 'revoked_by_admin' && agentStopped && h.sourceIdentity !== undefined && h.tokenIssuedAt !== undefined)
-    return { kind: 'agent' };
+  if (reason === 'revoked_by_admin' && adminScope === 'agent' && h.sourceIdentity !== undefined && h.tokenIssuedAt !== undefined)
+    return { kind: 'agent', at: Math.min(requestedAt ?? now, now) };
   return { kind: 'session' };
 }
 

@@ -9,6 +9,8 @@
 -- ARGV[4] reason for the sub-tasks it ends
 -- ARGV[5] retention of ended records in ms
 -- ARGV[6] task id
+-- ARGV[7] (optional) adminScope recorded on every task it ends: 'task' when an admin ended them without
+--         suspecting their agent (quarantining the orchestrator that opened them)
 -- Returns {'ended', endedAt, live, id, id, ...} | {'missing'} | {'already', status} | {'early'}
 --   live: leases of the ended tasks that had not ended yet (what this call hands to revocation)
 local st = redis.call('HGET', KEYS[1], 'status')
@@ -18,7 +20,10 @@ local now = now_ms()
 if ARGV[2] == 'expired' and now < tonumber(redis.call('HGET', KEYS[1], 'expiresAt')) then return { 'early' } end
 local ended = end_subtree(ARGV[1], KEYS[2], ARGV[6], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5]), now)
 local live = 0
-for _, id in ipairs(ended) do live = live + tonumber(redis.call('HGET', ARGV[1] .. 'task:' .. id, 'live') or '0') end
+for _, id in ipairs(ended) do
+  live = live + tonumber(redis.call('HGET', ARGV[1] .. 'task:' .. id, 'live') or '0')
+  if ARGV[7] and ARGV[7] ~= '' then redis.call('HSET', ARGV[1] .. 'task:' .. id, 'adminScope', ARGV[7]) end
+end
 local out = { 'ended', now, live }
 for _, id in ipairs(ended) do out[#out + 1] = id end
 return out

@@ -247,6 +247,31 @@ describe('aws roles through the broker API', () => {
     expect((await lease(sibling.body.leaseId)).status).toBe('active');
   });
 
+  test("quarantining an orchestrator denies its tasks' sessions, not their agent's sessions in other tasks (found in review)", async () => {
+    const rogue = '/orchestrator/rogue-aws';
+    const opened = await call(t.url, 'POST', '/v1/tasks', t.as(rogue), {
+      taskId: `t-aws-rogue-${++n}`,
+      agent: agentId,
+      tenant: 'acme',
+      purpose: 'opened by an orchestrator later quarantined',
+      ttlSeconds: 7200,
+      grants: [{ role: 'reports-bucket', scopes: ['s3:GetObject'] }],
+    });
+    expect(opened.status).toBe(201);
+    const bad = await issue({ taskId: opened.body.taskId, role: 'reports-bucket' });
+    const good = await issue({ taskId: await openTask(), role: 'reports-bucket' });
+    expect([bad.status, good.status]).toEqual([201, 201]);
+    const pattern = `spiffe://dev.local${rogue}`;
+    const q = await call(t.url, 'POST', '/v1/admin/quarantine', t.as(ADMIN), { agent: pattern, reason: 'key leaked' });
+    expect(q.status).toBe(201);
+    await waitFor(async () => (await lease(bad.body.leaseId)).status === 'revoked', 8000);
+    expect(await whoAmI(sessionCreds(bad.body.credentials))).toEqual({ ok: false, code: 'AccessDenied' });
+    // Before: denied too (a deny on the agent's SourceIdentity), while its lease still said active.
+    expect((await whoAmI(sessionCreds(good.body.credentials))).ok).toBe(true);
+    expect((await lease(good.body.leaseId)).status).toBe('active');
+    await call(t.url, 'DELETE', `/v1/admin/quarantine/${encodeURIComponent(pattern)}`, t.as(ADMIN));
+  });
+
   test('a session STS makes after its lease record vanished (a failover or a wipe) is denied upstream by the issuing broker, never handed out', async () => {
     const taskId = await openTask();
     const provider = t.broker.deps.providers.get('aws')!;

@@ -18,7 +18,7 @@ const AGENT_B = 'spiffe://example.org/agent/b';
 
 const caller: RevokeContext = { reason: 'revoked_by_caller' };
 const completed: RevokeContext = { reason: 'task_completed' };
-const admin: RevokeContext = { reason: 'revoked_by_admin', agentStopped: true }; // the kill switch or a quarantine
+const admin: RevokeContext = { reason: 'revoked_by_admin', adminScope: 'agent' }; // the kill switch, or quarantining the agent
 
 beforeAll(async () => {
   w = await awsWorld('revoke');
@@ -451,6 +451,19 @@ describe('an agent revoked by an admin: its SourceIdentity, issued before the re
       expect(await code(a3.client)).toBe('AccessDenied');
       expect(await code(b1.client)).toBe('ok');
     });
+  });
+
+  it('cuts off at the time the revocation was asked for: a session issued after it keeps working (found in review)', async () => {
+    // IAM failing made the worker's deny land seconds after the kill switch; the cut-off was taken then, so a
+    // session of a task opened after the kill was denied while its lease stayed active.
+    const role = freshRole('r-agent-late');
+    const a1 = await issue(w.provider, role, { task: task({ taskId: 't-late-1', agent: AGENT_A }) });
+    const killedAt = w.emu.now();
+    w.emu.advanceTime(5_000);
+    const a2 = await issue(w.provider, role, { task: task({ taskId: 't-late-2', agent: AGENT_A }) });
+    await w.provider.revoke(a1.lease, role.config, { ...admin, requestedAt: killedAt });
+    expect(await code(a1.client)).toBe('AccessDenied');
+    expect(await code(a2.client)).toBe('ok');
   });
 
   it('agents revoked together share a statement', async () => {
