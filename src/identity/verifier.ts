@@ -154,9 +154,6 @@ export class IdentityVerifier {
     }
     if (typeof header.kid !== 'string' || header.kid === '') throw new IdentityRejection('malformed', 'header has no kid');
     const { trust, keys, algorithms } = this.route(unverified);
-    const audience = this.audiencesFor(trust, use);
-    if (audience.length === 0)
-      throw new IdentityRejection('audience', `an ID token of the console's sign-in client is not a bearer identity (trust ${trust.name})`);
     const kid = header.kid;
     const nowMs = this.now();
     let payload: JWTPayload;
@@ -170,7 +167,7 @@ export class IdentityVerifier {
         },
         {
           algorithms,
-          audience,
+          audience: trust.audiences,
           issuer: trust.kind === 'oidc' ? trust.issuer : undefined,
           clockTolerance: this.skew,
           currentDate: new Date(nowMs),
@@ -180,18 +177,22 @@ export class IdentityVerifier {
     } catch (err) {
       throw joseRejection(err, trust.name);
     }
+    if (use === 'bearer' && this.forConsole(trust, payload))
+      throw new IdentityRejection('audience', `an ID token of the console's sign-in client is not a bearer identity (trust ${trust.name})`);
     return this.accept(token, payload, trust, nowMs, use);
   }
 
   /**
-   * The audiences a token may carry for `use`. A person's ID token (audience: the console's client id) is
-   * for the console's sign-in only (OIDC: an ID token is for its client, not an access token): as a
-   * bearer on /v1 it would skip the console's session bounds, sign-out and anti-CSRF header.
+   * Whether a verified token was issued to the console's sign-in client: its issuer's, naming the client id
+   * in `aud` (alone or among others) or `azp`. A person's ID token is for the console's sign-in only (OIDC:
+   * an ID token is for its client, not an access token): as a bearer on /v1 it would skip the console's
+   * session bounds, sign-out and anti-CSRF header.
    */
-  private audiencesFor(trust: TrustConfig, use: 'bearer' | 'console-sign-in'): string[] {
+  private forConsole(trust: TrustConfig, p: JWTPayload): boolean {
     const c = this.consoleClient;
-    if (use === 'console-sign-in' || trust.kind !== 'oidc' || !c || trust.issuer !== c.issuer) return trust.audiences;
-    return trust.audiences.filter((a) => a !== c.clientId);
+    if (!c || trust.kind !== 'oidc' || trust.issuer !== c.issuer) return false;
+    const aud = Array.isArray(p.aud) ? p.aud : [p.aud];
+    return aud.includes(c.clientId) || p.azp === c.clientId;
   }
 
   /** Picks the trust entry from the unverified payload; verification then uses only that entry's keys. */

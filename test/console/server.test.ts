@@ -16,7 +16,14 @@ import { CLIENT_ID } from './stack.ts';
 const IDP = 'http://127.0.0.1:9'; // nothing listens there: discovery is lazy, and sign-in must fail cleanly
 const agentId = `spiffe://dev.local${AGENT}`;
 const issuer = new TestIssuer();
-const oidcTrust = { name: 'people', kind: 'oidc', issuer: IDP, audiences: [CLIENT_ID], jwks: { keys: [issuer.jwks().keys[0]] } };
+// The same provider also issues workload tokens (audience jit-broker): those stay bearer identities.
+const oidcTrust = {
+  name: 'people',
+  kind: 'oidc',
+  issuer: IDP,
+  audiences: [CLIENT_ID, 'jit-broker'],
+  jwks: { keys: [issuer.jwks().keys[0]] },
+};
 const devTrust = { name: 'dev', kind: 'spiffe', trustDomain: 'dev.local', audiences: ['jit-broker'], jwks: { keys: issuer.bundle().keys } };
 
 function configError(overrides: Record<string, unknown>): ConfigError {
@@ -277,11 +284,16 @@ describe('a broker with the console', () => {
   test("a person's ID token (audience: the console's client) is not a bearer identity on /v1; it still verifies for sign-in", async () => {
     // Found from outside: accepted as a bearer, it skipped the console's session bounds, sign-out and anti-CSRF header.
     const now = Math.floor(Date.now() / 1000);
-    const idToken = issuer.signRaw({ alg: 'ES256', kid: issuer.kid }, { iss: IDP, sub: 'admin', aud: CLIENT_ID, exp: now + 300, iat: now });
-    for (let i = 0; i < 2; i++) {
-      const r = await call(t.url, 'GET', '/v1/admin/quarantine', { authorization: `Bearer ${idToken}` });
-      expect(r.status).toBe(401);
-    }
+    const token = (claims: Record<string, unknown>) =>
+      issuer.signRaw({ alg: 'ES256', kid: issuer.kid }, { iss: IDP, sub: 'admin', exp: now + 300, iat: now, ...claims });
+    const idToken = token({ aud: CLIENT_ID });
+    const bearer = async (tok: string) => (await call(t.url, 'GET', '/v1/admin/quarantine', { authorization: `Bearer ${tok}` })).status;
+    for (let i = 0; i < 2; i++) expect(await bearer(idToken)).toBe(401);
+    // The client id among other audiences, or as the authorized party, is the console's too (found in review).
+    expect(await bearer(token({ aud: [CLIENT_ID, 'jit-broker'] }))).toBe(401);
+    expect(await bearer(token({ aud: 'jit-broker', azp: CLIENT_ID }))).toBe(401);
+    // A token of the same provider for the broker is a bearer identity as before.
+    expect(await bearer(token({ aud: 'jit-broker' }))).toBe(200);
     // What the console's callback does with the same token (after sign-in, it is not cached as a bearer either).
     expect((await t.broker.deps.verifier.verify(idToken, 'console-sign-in')).id).toBe(`${IDP}#admin`);
     expect((await call(t.url, 'GET', '/v1/admin/quarantine', { authorization: `Bearer ${idToken}` })).status).toBe(401);
