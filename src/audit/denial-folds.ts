@@ -71,18 +71,17 @@ export class DenialFolds {
   }
 
   /**
-   * The first denial of `key` could not be written: counted in the folded record, which says so. The
-   * entry may have been taken by a flush meanwhile (the write took long to fail): it goes back.
+   * The first denial of `key` could not be written: counted in the folded record, which says so. A flush
+   * may have taken the entry meanwhile (the write took long to fail) and written or put back its repeats:
+   * only this one denial is added, to what the table holds now or as a new entry.
    */
   unwritten(key: string, entry: Fold): void {
     const now = this.folds.get(key);
-    if (now === entry || now === undefined) {
-      entry.count += 1;
-      entry.firstUnwritten = true;
-      this.folds.set(key, entry);
-    } else {
+    if (now) {
       now.count += 1;
       now.firstUnwritten = true;
+    } else {
+      this.folds.set(key, { event: entry.event, count: 1, firstUnwritten: true });
     }
   }
 
@@ -102,6 +101,7 @@ export class DenialFolds {
   /** A taken fold whose record could not be written, back for the next flush (merged with a newer one). */
   putBack(key: string, fold: Fold): void {
     const now = this.folds.get(key);
+    if (now === fold) return;
     if (!now) this.folds.set(key, fold);
     else {
       now.count += fold.count;

@@ -263,3 +263,28 @@ test('one caller denied about many tasks in a minute: a few tasks get their own 
   expect(all.find((r) => r.detail?.manyTasks && r.count === undefined)).toMatchObject({ detail: { manyTasks: true } });
   await dropPrefix(prefix);
 });
+
+test.each([
+  ['the flush writes the entry it took', false],
+  ['the flush fails to write it too', true],
+])('a first write failing after a flush took its entry with repeats: counts stay exact, %s (found in review)', async (_, flushFails) => {
+  const prefix = uniquePrefix('audit-fold-taken');
+  const keys = new Keys(prefix);
+  const state = { down: true, ms: 300 };
+  let now = Date.UTC(2026, 11, 1, 16, 0, 59, 900);
+  const log = new AuditLog({ redis: slowFailing(state), keys, logger: silentLogger, taskIndexMs: 60_000, now: () => now });
+  const ev = { action: 'access.deny' as const, actor: 'spiffe://dev.local/agent/x', decision: 'deny' as const, reason: 'not_task_agent' };
+  const first = log.denial(ev).catch(() => 'rejected');
+  await log.denial(ev);
+  await log.denial(ev); // two repeats, counted
+  now += 5_000;
+  if (!flushFails) state.down = false; // Redis back before the slow first write gives up
+  const flushing = log.flushFolds(false); // takes the entry (count 2)
+  expect(await first).toBe('rejected');
+  await flushing;
+  state.down = false;
+  await log.flushFolds(true);
+  // Three denials, none with a record of its own. Before: 5 (the written entry put back) or 6 (added to itself).
+  expect((await folded(keys)).reduce((sum, r) => sum + r.count, 0)).toBe(3);
+  await dropPrefix(prefix);
+});
