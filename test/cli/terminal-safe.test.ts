@@ -101,6 +101,11 @@ test('invisible characters (tag characters, variation selectors, Hangul fillers)
   expect(hasControls(lookalike)).toBe(true);
   expect(hasControls('demo-api')).toBe(false);
   expect(hasControls('støre-ärende-読み取り')).toBe(false); // letters of any script are names, not tricks
+  // Outside the default-ignorable set (found in review): a blank braille pattern, annotation marks that hide
+  // text, Arabic and hieroglyph format controls, a no-break space that passes for a space, a lone surrogate.
+  for (const c of ['\u2800', '\ufff9', '\u0600', '\u{13430}', '\u00a0', '\ud800']) expect(hasControls(`demo${c}api`)).toBe(true);
+  expect(terminalSafe('demo\u00a0api\u{13430}')).toBe('demo\\u00a0api\\u{13430}');
+  expect(hasControls('demo api')).toBe(false);
   await openAgentTask(t, 'ts-4', [{ role: 'demo-api' }]);
   const r = await call(t.url, 'POST', '/v1/credentials', t.as(AGENT), { taskId: 'ts-4', role: lookalike });
   expect({ status: r.status, code: r.body.code }).toEqual({ status: 400, code: 'invalid_request' });
