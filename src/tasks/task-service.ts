@@ -1,9 +1,9 @@
 import { createHash, randomBytes, randomUUID } from 'node:crypto';
 import { canonicalJson } from '../audit/record.ts';
-import { authorize, deny, taskContext } from '../authz.ts';
+import { authorize, deny, denial, taskContext } from '../authz.ts';
 import { roleOf } from '../config/roles.ts';
 import type { Deps } from '../deps.ts';
-import { badRequest, conflict, notFound } from '../errors.ts';
+import { badRequest, conflict, forbidden, notFound } from '../errors.ts';
 import { MAX_LABELS, type OpenTaskBody } from '../http/schemas.ts';
 import type { WorkloadIdentity } from '../identity/types.ts';
 import type { LeaseRecord } from '../leases/types.ts';
@@ -126,7 +126,7 @@ export class TaskService {
           policies,
           detail: { agent: task.agent, tenant: task.tenant, roles: task.grants.map((g) => g.role), depth: task.depth },
         });
-        return { created: true, task: res.task };
+        return { created: true, task: await this.afterQuarantine(who, res.task) };
       case 'exists':
         if (res.task.requestHash !== requestHash)
           throw conflict('task_id_conflict', `Task ${task.taskId} already exists with a different request.`);
@@ -207,6 +207,40 @@ export class TaskService {
     // The caller is told the task has ended: a failover must not reopen it with its leases live.
     await this.deps.replicas.after([this.deps.keys.replicaFenceOfTask(taskId)]);
     return { taskId, status: 'completed', leases: revoking };
+  }
+
+  /**
+   * A quarantine written between this caller's admission (checked on a list up to 2 s old) and its task's
+   * creation: the admin's scan, which runs after the quarantine is written, may have missed the task. Read
+   * again from Redis now that the task exists (one of the two reads sees the other's write): a quarantined
+   * opener is refused and its task ended; a task of a quarantined agent is ended as the scan would have.
+   */
+  private async afterQuarantine(who: WorkloadIdentity, task: TaskRecord): Promise<TaskRecord> {
+    await this.deps.quarantine.reload();
+    const asOpener = this.deps.quarantine.match(who.id);
+    const asAgent = this.deps.quarantine.match(task.agent);
+    if (asOpener === undefined && asAgent === undefined) return task;
+    await this.end(task.taskId, 'completed', 'revoked_by_admin', asAgent === undefined ? 'task' : undefined);
+    await this.deps.audit.append({
+      action: 'task.revoke',
+      actor: 'broker',
+      decision: 'ok',
+      taskId: task.taskId,
+      reason: 'revoked_by_admin',
+    });
+    if (asOpener !== undefined) {
+      throw await denial(
+        this.deps,
+        who,
+        forbidden('identity_quarantined', 'This identity is quarantined by an admin; every call is refused.'),
+        {
+          action: 'access.deny',
+          taskId: task.taskId,
+          detail: { pattern: asOpener },
+        },
+      );
+    }
+    return (await this.deps.tasks.get(task.taskId)) ?? task;
   }
 
   /**

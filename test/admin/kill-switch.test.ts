@@ -172,3 +172,41 @@ test('quarantining an orchestrator ends the tasks it opened, as well as any it i
   expect((await call(a.url, 'GET', `/v1/tasks/${bystander.taskId}`, a.as(ADMIN))).body.status).toBe('open');
   await call(a.url, 'DELETE', `/v1/admin/quarantine/${encodeURIComponent(pattern)}`, a.as(ADMIN));
 });
+
+test('a task opened while the quarantine was being written is ended, not missed by the scan (found in review)', async () => {
+  // An instance checks callers against a list up to 2 s old: an orchestrator (or a task's agent) quarantined on
+  // another instance could open a task here after the admin's scan, and it stayed open for good.
+  a.broker.deps.quarantine.stop(); // this instance has not re-read the list yet
+  try {
+    const lateOrch = '/orchestrator/late';
+    const redis = a.broker.deps.redis;
+    const entry = () => JSON.stringify({ reason: 'race', by: adminId, at: new Date().toISOString() });
+    await redis.hset(a.broker.deps.keys.quarantine(), `spiffe://dev.local${lateOrch}`, entry());
+    const byOrch = await call(a.url, 'POST', '/v1/tasks', a.as(lateOrch), {
+      taskId: `t-kill-late-${++n}`,
+      agent: `spiffe://dev.local${AGENT}`,
+      tenant: 'acme',
+      purpose: 'opened in the window',
+      ttlSeconds: 600,
+      grants: [{ role: 'demo-api' }],
+    });
+    // Before: 201 and an open task.
+    expect({ status: byOrch.status, code: byOrch.body.code }).toEqual({ status: 403, code: 'identity_quarantined' });
+    const lateAgent = '/agent/late';
+    await redis.hset(a.broker.deps.keys.quarantine(), `spiffe://dev.local${lateAgent}`, entry());
+    const forAgent = await call(a.url, 'POST', '/v1/tasks', a.as(ORCH), {
+      taskId: `t-kill-late-${++n}`,
+      agent: `spiffe://dev.local${lateAgent}`,
+      tenant: 'acme',
+      purpose: 'for an agent quarantined in the window',
+      ttlSeconds: 600,
+      grants: [{ role: 'demo-api' }],
+    });
+    expect(forAgent.status).toBe(201);
+    expect((await call(a.url, 'GET', `/v1/tasks/${forAgent.body.taskId}`, a.as(ADMIN))).body.status).toBe('completed');
+    for (const p of [lateOrch, lateAgent])
+      await call(a.url, 'DELETE', `/v1/admin/quarantine/${encodeURIComponent(`spiffe://dev.local${p}`)}`, a.as(ADMIN));
+  } finally {
+    await a.broker.deps.quarantine.start();
+  }
+});
