@@ -51,7 +51,8 @@ export async function authorize(
   audit: { taskId?: string; role?: string; leaseId?: string; detail?: AuditEvent['detail'] },
   opts: { beforeDenial?: () => Promise<void> } = {},
 ): Promise<string[]> {
-  if (deps.policyBehind?.())
+  // Only what grants waits for the policy set to agree; ending a task or revoking (safety) goes ahead.
+  if ((action === 'issue' || action === 'openTask') && deps.policyBehind?.())
     throw unavailable(
       'not_ready',
       "This instance's policy set is behind the last policy reload; retry shortly (another instance may answer).",

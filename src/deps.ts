@@ -44,7 +44,8 @@ export interface Deps {
   limits?: RateLimits;
   /**
    * True while this instance's policy set disagrees with the last reload announced (src/ops/policy-sync.ts):
-   * decisions answer 503 rather than follow a set the operators replaced. Absent = never.
+   * decisions that grant (issue, openTask) answer 503 rather than follow a set the operators replaced;
+   * ending and revoking go ahead. Absent = never.
    */
   policyBehind?: () => boolean;
 }

@@ -12,7 +12,7 @@ const VERSION_TTL_MS = 30_000;
  * now (it says so in Redis every few seconds, its watcher's reloads included), not the one it announced:
  * - this instance's files do not load (half-written, say without the end of an incident's forbid), or
  *   load as another set than the announcer's: the set loaded stays in force, but the instance is not
- *   ready and its policy decisions answer 503 until they agree, rather than go on deciding under a set
+ *   ready and its policy decisions that grant answer 503 until they agree, rather than go on deciding under a set
  *   the operators replaced while the admin was told the reload worked. It checks again every few seconds (reloading its files); its
  *   watcher or SIGHUP may be sooner. Audited once per announcement and reason (`policy.reload`, decision
  *   `error`, `policy_invalid` or `policy_mismatch`); `jit_policy_in_sync` is 0 meanwhile;

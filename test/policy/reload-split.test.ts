@@ -105,12 +105,15 @@ test('an instance whose files are older than the announced set is not ready and 
   // Before the review's fix, B stayed ready and issued what the new set forbids.
   const { a, b, dirA, dirB } = await twoInstances('older');
   await openTicketsTask(a, 'ps-2');
+  await openTicketsTask(a, 'ps-3');
   writeFileSync(join(dirA, 'zz-incident.cedar'), FORBID);
   const r = await call(a.url, 'POST', '/v1/admin/policy/reload', a.as(ADMIN), {});
   expect(r.status).toBe(202);
   await waitFor(async () => (await ready(b)) === 503, 5000);
   const viaB = await call(b.url, 'POST', '/v1/credentials', b.as(AGENT), { taskId: 'ps-2', role: 'tickets-api' });
   expect({ status: viaB.status, code: viaB.body.code }).toEqual({ status: 503, code: 'not_ready' });
+  // What ends things goes ahead: completing a task through B still works.
+  expect((await call(b.url, 'POST', '/v1/tasks/ps-3/complete', b.as(ORCH))).status).toBe(202);
   const records = (await auditRecords(a.broker.deps.redis, a.broker.deps.keys)).filter((x) => x.action === 'policy.reload');
   expect(records).toContainEqual(expect.objectContaining({ decision: 'error', reason: 'policy_mismatch' }));
   writeFileSync(join(dirB, 'zz-incident.cedar'), FORBID); // the files arrive
