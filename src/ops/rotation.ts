@@ -69,6 +69,12 @@ export class RotationService {
       // Start from the secret the others run with (Redis's), so "not in use" below means not in use anywhere.
       if (target !== 'signing-key') await this.applyDistributedSecrets(target);
       const journal = await this.journal(target);
+      if (journal.leftover && target !== 'signing-key') {
+        // A rotation killed between sealing a secret into Redis and announcing it left the others on the one it
+        // was retiring: tell them of Redis's first, and give them time to switch, before leftovers are retired.
+        await this.announce({ type: 'rotated', target });
+        await new Promise((r) => setTimeout(r, this.deps.config.rotation.switchGraceMs));
+      }
       let distributed = false;
       const result = await provider.rotate(
         async (secret) => {

@@ -1,0 +1,81 @@
+import { afterAll, beforeAll, expect, test } from '@jest/globals';
+import { CreateAccessKeyCommand, IAMClient } from '@aws-sdk/client-iam';
+import { readSecret } from '../../src/config/load.ts';
+import { SealedSecrets } from '../../src/ops/sealed-secrets.ts';
+import { Kek } from '../../src/signing/kek.ts';
+import { startAwsEmulator, type AwsEmulator, type EmulatedUser } from '../emulators/aws/index.ts';
+import { ADMIN, AGENT, ORCH, call, startSibling, startTestBroker, type TestBroker } from '../helpers/broker.ts';
+
+/**
+ * What a rotation killed between sealing the new key into Redis and announcing it leaves behind: Redis
+ * names K1, every running instance still uses K0, and the intent says {old: K0, new: K1}. Found in review
+ * of the interrupted-rotation fix: the next rotation retired K0 before any instance had been told of K1,
+ * so the instances still on K0 answered 502 and could not revoke until a later rotation succeeded.
+ */
+let emu: AwsEmulator;
+let user: EmulatedUser;
+let a: TestBroker;
+let b: TestBroker;
+const agentId = `spiffe://dev.local${AGENT}`;
+
+beforeAll(async () => {
+  emu = await startAwsEmulator();
+  user = emu.createUser('jit-broker');
+  const role = emu.createRole('agent-reports', { maxSessionDuration: 3600, trust: [user.arn] });
+  a = await startTestBroker('rotation-leftover', {
+    config: {
+      providers: {
+        aws: {
+          region: 'us-east-1',
+          endpoint: emu.url,
+          userName: user.userName,
+          credentials: { accessKeyId: user.accessKeyId, secretAccessKey: user.secretAccessKey },
+          revocation: 'iam-deny',
+          retryBaseDelayMs: 5,
+          requestTimeoutMs: 2000,
+          rotationVerifyAttempts: 3,
+          rotationVerifyDelayMs: 5,
+        },
+      },
+      roles: { 'reports-bucket': { provider: 'aws', roleArn: role.arn, maxTtlSeconds: 3600 } },
+      rotation: { switchGraceMs: 300 },
+    },
+  });
+  b = await startSibling(a);
+});
+afterAll(async () => {
+  await b?.close();
+  await a?.close();
+  await emu?.stop();
+});
+
+test('the next rotation tells every instance of the key Redis names before retiring the one they use', async () => {
+  const { redis, keys } = a.broker.deps;
+  const iam = new IAMClient({
+    region: 'us-east-1',
+    endpoint: emu.url,
+    credentials: { accessKeyId: user.accessKeyId, secretAccessKey: user.secretAccessKey },
+  });
+  const k1 = (await iam.send(new CreateAccessKeyCommand({ UserName: user.userName }))).AccessKey!;
+  iam.destroy();
+  const kek = new Kek(readSecret((a.config as unknown as { secrets: { kek: string } }).secrets.kek, 'secrets.kek'));
+  await new SealedSecrets(redis, keys, kek).write('aws', { accessKeyId: k1.AccessKeyId!, secretAccessKey: k1.SecretAccessKey! });
+  await redis.set(keys.rotationIntent('aws'), JSON.stringify({ old: user.accessKeyId, new: k1.AccessKeyId }));
+  const open = await call(a.url, 'POST', '/v1/tasks', a.as(ORCH), {
+    taskId: 'left-1',
+    agent: agentId,
+    tenant: 'acme',
+    purpose: 'leftover',
+    ttlSeconds: 7200,
+    grants: [{ role: 'reports-bucket', scopes: ['s3:GetObject'] }],
+  });
+  expect(open.status).toBe(201);
+  // The next rotation goes through B, and IAM refuses to create a key (a limit, throttling).
+  emu.failNext(5, { action: 'CreateAccessKey' });
+  const rot = await call(b.url, 'POST', '/v1/admin/rotate', b.as(ADMIN), { target: 'aws' });
+  expect(rot.status).toBe(502);
+  // Before: A was still on K0, which B had deleted: 502 upstream_auth_failed.
+  const viaA = await call(a.url, 'POST', '/v1/credentials', a.as(AGENT), { taskId: 'left-1', role: 'reports-bucket' });
+  expect({ status: viaA.status, code: viaA.body.code }).toMatchObject({ status: 201 });
+  expect((await call(b.url, 'POST', '/v1/credentials', b.as(AGENT), { taskId: 'left-1', role: 'reports-bucket' })).status).toBe(201);
+}, 60_000);
