@@ -18,7 +18,10 @@ const VERSION_TTL_MS = 30_000;
  *   `error`, `policy_invalid` or `policy_mismatch`); `jit_policy_in_sync` is 0 meanwhile;
  * - the announcer's files change afterwards (they were the older copy): the followers follow that, so a
  *   reload made through an instance with older files does not leave the newer ones out of rotation;
- * - the announcer is gone (its word expired): nothing to agree with; the follower is ready (logged).
+ * - the announcer's word cannot be read (Redis failing) or has expired (it is gone): the set it announced
+ *   is the one to agree with, so a blip never lets a follower on a replaced set back in;
+ * - two reloads at once: the later announcement wins (each carries its time on the broker's clock); an
+ *   instance ignores one older than its own, so the two cannot end up waiting on each other.
  */
 export class PolicySync {
   private readonly deps: Deps;
@@ -28,6 +31,10 @@ export class PolicySync {
   private behind: { announcer: string } | undefined;
   private reported = new Set<string>();
   private latest: string | undefined;
+  /** The version the followed announcement named (the target when the announcer's word cannot be read). */
+  private announced: string | undefined;
+  /** When this instance last announced a reload of its own (the broker's clock). */
+  private ownAt: number | undefined;
   private timer: NodeJS.Timeout | undefined;
   private readonly heartbeat: NodeJS.Timeout;
 
@@ -49,22 +56,26 @@ export class PolicySync {
   }
 
   /** Another instance reloaded and announced (an older version may send neither version nor instance). */
-  async follow(ev: { version?: string; instance?: string }): Promise<void> {
+  async follow(ev: { version?: string; instance?: string; at?: number }): Promise<void> {
     if (ev.instance === this.instance) return; // its own announcement: already reloaded
+    if (ev.at !== undefined && this.ownAt !== undefined && ev.at < this.ownAt) return; // its own reload is the later one
     if (ev.instance === undefined) {
       await this.deps.policy.reload().catch((err) => this.deps.logger.error({ err: (err as Error).message }, 'policy reload refused'));
       return;
     }
     this.latest = ev.instance;
+    this.announced = ev.version;
     this.reported.clear();
     await this.check(ev.instance);
   }
 
-  /** This instance reloaded its own files and announced them. */
-  async loaded(): Promise<void> {
+  /** This instance reloaded its own files and is about to announce them (at `at`, the broker's clock). */
+  async loaded(at: number): Promise<void> {
     this.latest = undefined;
+    this.ownAt = at;
     this.settle();
-    await this.publish();
+    // Best effort: the heartbeat says it again within seconds; the reload itself has happened.
+    await this.publish().catch((err) => this.deps.logger.warn({ err: (err as Error).message }, 'could not publish the policy version'));
   }
 
   close(): void {
@@ -91,19 +102,13 @@ export class PolicySync {
     } catch (err) {
       problem = (err as Error).message;
     }
-    const target = await this.deps.redis.get(this.key(announcer)).catch(() => undefined);
+    // Unreadable or expired: the version it announced (fail closed, never open on a Redis blip).
+    const target = (await this.deps.redis.get(this.key(announcer)).catch(() => null)) ?? this.announced;
     if (announcer !== this.latest) return; // a newer announcement (or this instance's own reload) took over
     void this.publish().catch(() => {});
     const inForce = this.deps.policy.version;
-    const reason =
-      problem !== undefined
-        ? 'policy_invalid'
-        : target === null || target === undefined || target === inForce
-          ? undefined
-          : 'policy_mismatch';
+    const reason = problem !== undefined ? 'policy_invalid' : target === undefined || target === inForce ? undefined : 'policy_mismatch';
     if (reason === undefined) {
-      if (target === null)
-        this.deps.logger.warn({ announcer }, 'the instance that announced the policy reload is gone; nothing to agree with');
       this.settle();
       return;
     }

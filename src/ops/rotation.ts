@@ -17,7 +17,7 @@ const LOCK_TTL_MS = 30_000;
 /** Broadcast on `${prefix}:events:broker` so every instance follows. */
 export type BrokerEvent =
   | { type: 'rotated'; target: string }
-  | { type: 'policy-reload'; version?: string; instance?: string }
+  | { type: 'policy-reload'; version?: string; instance?: string; at?: number }
   | { type: 'quarantine' };
 
 /**
@@ -191,8 +191,9 @@ export class RotationService {
         extra: { issues: err.issues.map(({ code, file, line, column, message }) => ({ code, file, line, column, message })) },
       });
     }
-    await this.policySync.loaded();
-    await this.announce({ type: 'policy-reload', version: r.version, instance: this.policySync.instance });
+    const at = this.deps.clock.now();
+    await this.policySync.loaded(at);
+    await this.announce({ type: 'policy-reload', version: r.version, instance: this.policySync.instance, at });
     await this.deps.audit.append({
       action: 'policy.reload',
       actor: who.id,

@@ -32,7 +32,7 @@ const dirs: string[] = [];
 afterAll(async () => {
   for (const b of brokers) await b.broker.close().catch(() => {});
   for (const d of dirs) rmSync(d, { recursive: true, force: true });
-  for (const p of ['invalid', 'older', 'newer']) await dropPrefix(`${prefix}-${p}`);
+  for (const p of ['invalid', 'older', 'newer', 'gone', 'cross']) await dropPrefix(`${prefix}-${p}`);
 });
 
 /** Two instances on one prefix, each with its own copy of the policy directory (as with mounted volumes). */
@@ -133,4 +133,44 @@ test('a reload made through an instance with older files holds the newer ones ba
   await waitFor(async () => (await ready(b)) === 200, 20_000);
   expect(await ready(a)).toBe(200);
   expect(a.broker.deps.policy.version).toBe(b.broker.deps.policy.version);
+}, 60_000);
+
+test('the announcing instance gone and its word expired: a follower on an older copy stays out until its files arrive (found in review)', async () => {
+  // Before: a Redis read that failed, or an announcer gone, counted as agreement: the follower was ready again
+  // on the replaced set.
+  const { a, b, dirA, dirB, prefix: p } = await twoInstances('gone');
+  writeFileSync(join(dirA, 'zz-incident.cedar'), FORBID);
+  const r = await call(a.url, 'POST', '/v1/admin/policy/reload', a.as(ADMIN), {});
+  expect(r.status).toBe(202);
+  await waitFor(async () => (await ready(b)) === 503, 5000);
+  await a.broker.close();
+  const redis = b.broker.deps.redis;
+  const words = await redis.keys(`${p}:*policy-version*`); // A's word expired (B's own does not matter to B)
+  expect(words.length).toBeGreaterThan(0);
+  await redis.del(...words);
+  await new Promise((res) => setTimeout(res, 6000)); // a check period
+  expect(await ready(b)).toBe(503);
+  writeFileSync(join(dirB, 'zz-incident.cedar'), FORBID);
+  await waitFor(async () => (await ready(b)) === 200, 15_000);
+  expect(b.broker.deps.policy.version).toBe(r.body.version);
+}, 60_000);
+
+test("two reloads at once: an announcement older than an instance's own reload is ignored, so the two cannot wait on each other (found in review)", async () => {
+  // Crossing reloads through instances with different copies left each waiting for the other's set: the whole
+  // fleet unready for as long as the copies differed. Here the crossing is made exact: A reloads (B, on
+  // another copy, follows it), then an announcement of B's set stamped before A's reload reaches A.
+  const { a, b, dirB } = await twoInstances('cross');
+  writeFileSync(join(dirB, 'zz-incident.cedar'), FORBID);
+  await waitFor(async () => b.broker.deps.policy.version !== a.broker.deps.policy.version, 5000);
+  expect((await call(a.url, 'POST', '/v1/admin/policy/reload', a.as(ADMIN), {})).status).toBe(202);
+  await waitFor(async () => (await ready(b)) === 503, 5000);
+  const { redis, keys } = a.broker.deps;
+  await redis.set(keys.plain('policy-version', 'crossing'), b.broker.deps.policy.version, 'PX', 30_000); // its word
+  await redis.publish(
+    keys.channel('broker'),
+    JSON.stringify({ type: 'policy-reload', version: b.broker.deps.policy.version, instance: 'crossing', at: 1 }),
+  );
+  await new Promise((res) => setTimeout(res, 1000));
+  // Before: A followed it too, and both answered 503.
+  expect(await ready(a)).toBe(200);
 }, 60_000);
