@@ -100,23 +100,26 @@ export class RevocationWorker {
     if (!provider) return this.providerMissing(lease, attempt);
     if (lease.status === 'active' && !expiry) await leases.mark(lease.leaseId, { status: 'revoking', reason });
     const role = roleOfLease(this.deps, lease) as never;
-    const adminScope = reason === 'revoked_by_admin' ? await this.adminScope(lease.taskId) : undefined;
+    const admin = reason === 'revoked_by_admin' ? await this.adminScope(lease.taskId) : undefined;
+    // The kill's own time, also when the sweeper rebuilt a lost job (stamped with its own time then).
+    const requestedAt = Math.min(data.requestedAt, admin?.endedAt ?? Number.POSITIVE_INFINITY);
     const call = () =>
       expiry
         ? (provider.expire?.(lease, role) ?? Promise.resolve())
-        : provider.revoke(lease, role, { reason, requestedAt: data.requestedAt, ...(adminScope ? { adminScope } : {}) });
+        : provider.revoke(lease, role, { reason, requestedAt, ...(admin ? { adminScope: admin.scope } : {}) });
     if ((await this.attempt(lease, attempt, call)) === 'settled') return;
     await this.finish(lease, expiry ? 'expired' : 'revoked', reason, expiry ? lease.expiresAt : data.requestedAt, attempt);
   }
 
   /**
-   * How far an admin's revocation of a lease of `taskId` reaches (RevokeContext.adminScope): read from the
-   * task, so a lost job rebuilt by the sweeper decides the same. A task an admin did not end: a DELETE.
+   * How far an admin's revocation of a lease of `taskId` reaches (RevokeContext.adminScope), and when the
+   * task was ended: read from the task, so a lost job rebuilt by the sweeper decides the same. A task an
+   * admin did not end: a DELETE.
    */
-  private async adminScope(taskId: string): Promise<'agent' | 'task' | undefined> {
-    const [reason, scope] = await this.deps.redis.hmget(this.deps.keys.task(taskId), 'reason', 'adminScope');
+  private async adminScope(taskId: string): Promise<{ scope: 'agent' | 'task'; endedAt?: number } | undefined> {
+    const [reason, scope, endedAt] = await this.deps.redis.hmget(this.deps.keys.task(taskId), 'reason', 'adminScope', 'endedAt');
     if (reason !== 'revoked_by_admin') return undefined;
-    return scope === 'task' ? 'task' : 'agent';
+    return { scope: scope === 'task' ? 'task' : 'agent', ...(endedAt ? { endedAt: Number(endedAt) } : {}) };
   }
 
   /**
