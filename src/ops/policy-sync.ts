@@ -12,9 +12,9 @@ const VERSION_TTL_MS = 30_000;
  * now (it says so in Redis every few seconds, its watcher's reloads included), not the one it announced:
  * - this instance's files do not load (half-written, say without the end of an incident's forbid), or
  *   load as another set than the announcer's: the set loaded stays in force, but the instance is not
- *   ready and its policy decisions that grant answer 503 until they agree, rather than go on deciding under a set
- *   the operators replaced while the admin was told the reload worked. It checks again every few seconds (reloading its files); its
- *   watcher or SIGHUP may be sooner. Audited once per announcement and reason (`policy.reload`, decision
+ *   ready and its policy decisions that grant answer 503 until they agree, rather than go on deciding
+ *   under a set the operators replaced while the admin was told the reload worked. It checks again every
+ *   few seconds (reloading its files); its watcher or SIGHUP may be sooner. Audited once per announcement and reason (`policy.reload`, decision
  *   `error`, `policy_invalid` or `policy_mismatch`); `jit_policy_in_sync` is 0 meanwhile;
  * - the announcer's files change afterwards (they were the older copy): the followers follow that, so a
  *   reload made through an instance with older files does not leave the newer ones out of rotation;
@@ -27,8 +27,8 @@ export class PolicySync {
   private readonly deps: Deps;
   /** This process, as other instances' announcements and checks name it. */
   readonly instance = randomUUID();
-  /** The announcement being followed, while this instance disagrees with it. */
-  private behind: { announcer: string } | undefined;
+  /** This instance disagrees with the announcement it follows. */
+  private behind = false;
   private reported = new Set<string>();
   private latest: string | undefined;
   /** The version the followed announcement named (the target when the announcer's word cannot be read). */
@@ -47,7 +47,7 @@ export class PolicySync {
 
   /** Whether this instance may decide (for /readyz): it agrees with the last announcer it heard of. */
   get inSync(): boolean {
-    return this.behind === undefined;
+    return !this.behind;
   }
 
   /** Says which set this instance has now (also when its watcher reloaded it). */
@@ -91,7 +91,7 @@ export class PolicySync {
     clearTimeout(this.timer);
     this.timer = undefined;
     if (this.behind) this.deps.logger.info({ version: this.deps.policy.version }, 'policy set agrees with the last reload; ready');
-    this.behind = undefined;
+    this.behind = false;
     this.deps.metrics.policyInSync.set(1);
   }
 
@@ -112,7 +112,7 @@ export class PolicySync {
       this.settle();
       return;
     }
-    this.behind = { announcer };
+    this.behind = true;
     this.deps.metrics.policyInSync.set(0);
     this.deps.logger.error(
       { announcer, expected: target, inForce, err: problem },
