@@ -31,6 +31,7 @@ export class PolicySync {
   private behind = false;
   private reported = new Set<string>();
   private latest: string | undefined;
+  private latestAt: number | undefined;
   /** The version the followed announcement named (the target when the announcer's word cannot be read). */
   private announced: string | undefined;
   /** When this instance last announced a reload of its own (the broker's clock). */
@@ -58,12 +59,19 @@ export class PolicySync {
   /** Another instance reloaded and announced (an older version may send neither version nor instance). */
   async follow(ev: { version?: string; instance?: string; at?: number }): Promise<void> {
     if (ev.instance === this.instance) return; // its own announcement: already reloaded
-    if (ev.at !== undefined && this.ownAt !== undefined && ev.at < this.ownAt) return; // its own reload is the later one
+    if (ev.instance !== undefined && ev.at !== undefined) {
+      // The later announcement wins, the instance id breaking a tie: one older than this instance's own reload,
+      // or than the one it follows (a message arriving late), is ignored.
+      const later = (at: number | undefined, id: string | undefined) =>
+        at === undefined || ev.at! > at || (ev.at === at && (id === undefined || ev.instance! > id));
+      if (!later(this.ownAt, this.instance) || !later(this.latestAt, this.latest)) return;
+    }
     if (ev.instance === undefined) {
       await this.deps.policy.reload().catch((err) => this.deps.logger.error({ err: (err as Error).message }, 'policy reload refused'));
       return;
     }
     this.latest = ev.instance;
+    this.latestAt = ev.at;
     this.announced = ev.version;
     this.reported.clear();
     await this.check(ev.instance);
@@ -72,6 +80,7 @@ export class PolicySync {
   /** This instance reloaded its own files and is about to announce them (at `at`, the broker's clock). */
   async loaded(at: number): Promise<void> {
     this.latest = undefined;
+    this.latestAt = undefined;
     this.ownAt = at;
     this.settle();
     // Best effort: the heartbeat says it again within seconds; the reload itself has happened.

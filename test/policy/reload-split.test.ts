@@ -32,7 +32,7 @@ const dirs: string[] = [];
 afterAll(async () => {
   for (const b of brokers) await b.broker.close().catch(() => {});
   for (const d of dirs) rmSync(d, { recursive: true, force: true });
-  for (const p of ['invalid', 'older', 'newer', 'gone', 'cross']) await dropPrefix(`${prefix}-${p}`);
+  for (const p of ['invalid', 'older', 'newer', 'gone', 'cross', 'late']) await dropPrefix(`${prefix}-${p}`);
 });
 
 /** Two instances on one prefix, each with its own copy of the policy directory (as with mounted volumes). */
@@ -173,4 +173,20 @@ test("two reloads at once: an announcement older than an instance's own reload i
   await new Promise((res) => setTimeout(res, 1000));
   // Before: A followed it too, and both answered 503.
   expect(await ready(a)).toBe(200);
+}, 60_000);
+
+test('an announcement older than the one an instance follows, arriving late, does not replace it (found in review)', async () => {
+  const { b } = await twoInstances('late');
+  const { redis, keys } = b.broker.deps;
+  const announce = async (instance: string, version: string, at: number) => {
+    await redis.set(keys.plain('policy-version', instance), version, 'PX', 30_000);
+    await redis.publish(keys.channel('broker'), JSON.stringify({ type: 'policy-reload', version, instance, at }));
+  };
+  await announce('newer', b.broker.deps.policy.version, 2_000); // B agrees with it
+  await new Promise((res) => setTimeout(res, 500));
+  expect(await ready(b)).toBe(200);
+  await announce('older', 'a-set-nobody-has', 1_000); // stamped earlier, delivered later
+  await new Promise((res) => setTimeout(res, 1000));
+  // Before: B followed it and was out (503) for a set no instance has now.
+  expect(await ready(b)).toBe(200);
 }, 60_000);
