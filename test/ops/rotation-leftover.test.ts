@@ -3,8 +3,9 @@ import { CreateAccessKeyCommand, IAMClient } from '@aws-sdk/client-iam';
 import { readSecret } from '../../src/config/load.ts';
 import { SealedSecrets } from '../../src/ops/sealed-secrets.ts';
 import { Kek } from '../../src/signing/kek.ts';
-import { startAwsEmulator, type AwsEmulator, type EmulatedUser } from '../emulators/aws/index.ts';
+import type { AwsEmulator, EmulatedUser } from '../emulators/aws/index.ts';
 import { ADMIN, AGENT, ORCH, call, startSibling, startTestBroker, type TestBroker } from '../helpers/broker.ts';
+import { awsForBroker } from '../providers/aws/helpers.ts';
 
 /**
  * What a rotation killed between sealing the new key into Redis and announcing it leaves behind: Redis
@@ -19,25 +20,13 @@ let b: TestBroker;
 const agentId = `spiffe://dev.local${AGENT}`;
 
 beforeAll(async () => {
-  emu = await startAwsEmulator();
-  user = emu.createUser('jit-broker');
-  const role = emu.createRole('agent-reports', { maxSessionDuration: 3600, trust: [user.arn] });
+  const aws = await awsForBroker();
+  emu = aws.emu;
+  user = aws.user;
   a = await startTestBroker('rotation-leftover', {
     config: {
-      providers: {
-        aws: {
-          region: 'us-east-1',
-          endpoint: emu.url,
-          userName: user.userName,
-          credentials: { accessKeyId: user.accessKeyId, secretAccessKey: user.secretAccessKey },
-          revocation: 'iam-deny',
-          retryBaseDelayMs: 5,
-          requestTimeoutMs: 2000,
-          rotationVerifyAttempts: 3,
-          rotationVerifyDelayMs: 5,
-        },
-      },
-      roles: { 'reports-bucket': { provider: 'aws', roleArn: role.arn, maxTtlSeconds: 3600 } },
+      providers: { aws: { ...aws.providers.aws, revocation: 'iam-deny', rotationVerifyAttempts: 3, rotationVerifyDelayMs: 5 } },
+      roles: { 'reports-bucket': { provider: 'aws', roleArn: aws.role.arn, maxTtlSeconds: 3600 } },
       rotation: { switchGraceMs: 300 },
     },
   });

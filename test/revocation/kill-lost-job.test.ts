@@ -1,7 +1,7 @@
 import { afterAll, beforeAll, expect, test } from '@jest/globals';
-import { startAwsEmulator, type AwsEmulator } from '../emulators/aws/index.ts';
+import type { AwsEmulator } from '../emulators/aws/index.ts';
 import { ADMIN, AGENT, ORCH, call, startSibling, startTestBroker, waitFor, type TestBroker } from '../helpers/broker.ts';
-import { callerIdentityAs } from '../providers/aws/helpers.ts';
+import { awsForBroker, callerIdentityAs } from '../providers/aws/helpers.ts';
 
 /**
  * The kill switch's agent-wide AWS deny spares sessions issued after the kill, also when its job was lost
@@ -14,24 +14,13 @@ let w: TestBroker | undefined;
 const agentId = `spiffe://dev.local${AGENT}`;
 
 beforeAll(async () => {
-  emu = await startAwsEmulator();
-  const user = emu.createUser('jit-broker');
-  const role = emu.createRole('agent-reports', { maxSessionDuration: 3600, trust: [user.arn] });
+  const aws = await awsForBroker();
+  emu = aws.emu;
   a = await startTestBroker('kill-lost-job', {
     broker: { worker: false }, // no worker yet: the job is lost before any worker sees it
     config: {
-      providers: {
-        aws: {
-          region: 'us-east-1',
-          endpoint: emu.url,
-          userName: user.userName,
-          credentials: { accessKeyId: user.accessKeyId, secretAccessKey: user.secretAccessKey },
-          revocation: 'iam-deny',
-          retryBaseDelayMs: 5,
-          requestTimeoutMs: 2000,
-        },
-      },
-      roles: { 'reports-bucket': { provider: 'aws', roleArn: role.arn, maxTtlSeconds: 3600 } },
+      providers: { aws: { ...aws.providers.aws, revocation: 'iam-deny' } },
+      roles: { 'reports-bucket': { provider: 'aws', roleArn: aws.role.arn, maxTtlSeconds: 3600 } },
     },
   });
 });
