@@ -3,7 +3,7 @@ import { GetCallerIdentityCommand, STSClient } from '@aws-sdk/client-sts';
 import { createRemoteJWKSet, decodeProtectedHeader, jwtVerify } from 'jose';
 import { startAwsEmulator, type AwsEmulator, type EmulatedUser } from '../emulators/aws/index.ts';
 import { ADMIN, AGENT, ORCH, call, startSibling, startTestBroker, waitFor, type TestBroker, auditRecords } from '../helpers/broker.ts';
-import { callerIdentityAs } from '../providers/aws/helpers.ts';
+import { ROTATABLE, brokerAwsSettings, callerIdentityAs } from '../providers/aws/helpers.ts';
 
 /**
  * Issue 6 for target `aws` (the broker's own IAM user access key) and for the
@@ -77,17 +77,7 @@ beforeAll(async () => {
       server: { port: 0, publicUrl: 'http://127.0.0.1:8080', rateLimit: { perSecond: 0 } },
       providers: {
         jwt: { publishLeadSeconds: 1, retireGraceSeconds: 60 },
-        aws: {
-          region: 'us-east-1',
-          endpoint: emu.url,
-          userName: user.userName,
-          revocation: 'iam-deny',
-          credentials: { accessKeyId: user.accessKeyId, secretAccessKey: user.secretAccessKey },
-          retryBaseDelayMs: 5,
-          requestTimeoutMs: 2000,
-          rotationVerifyAttempts: 3,
-          rotationVerifyDelayMs: 5,
-        },
+        aws: brokerAwsSettings(emu.url, user, { ...ROTATABLE, requestTimeoutMs: 2000 }),
       },
       roles: {
         'reports-bucket': { provider: 'aws', roleArn: role.arn, maxTtlSeconds: 3600 },

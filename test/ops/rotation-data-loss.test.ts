@@ -14,6 +14,7 @@ import {
   type TestBroker,
   auditRecords,
 } from '../helpers/broker.ts';
+import { ROTATABLE, brokerAwsSettings } from '../providers/aws/helpers.ts';
 import { vaultWithBroker } from '../providers/vault/helpers.ts';
 
 /**
@@ -81,16 +82,7 @@ describe('a rotated upstream secret survives a Redis data loss', () => {
       config: {
         rotation: { switchGraceMs: 100 },
         providers: {
-          aws: {
-            region: 'us-east-1',
-            endpoint: aws.url,
-            userName: user.userName,
-            revocation: 'iam-deny',
-            credentials: { accessKeyId: user.accessKeyId, secretAccessKey: user.secretAccessKey },
-            retryBaseDelayMs: 5,
-            rotationVerifyAttempts: 3,
-            rotationVerifyDelayMs: 5,
-          },
+          aws: brokerAwsSettings(aws.url, user, ROTATABLE),
         },
         roles: { 'reports-bucket': { provider: 'aws', roleArn: role.arn, maxTtlSeconds: 3600 } },
       },

@@ -5,7 +5,7 @@ import type { VaultEmulator } from '../emulators/vault/index.ts';
 import { ADMIN, REDIS_URL, call, dropPrefix, testConfigFile, uniquePrefix } from '../helpers/broker.ts';
 import { TestIssuer } from '../helpers/identity.ts';
 import { type BrokerProcess, startBrokerProcess } from '../helpers/process.ts';
-import { callerIdentityAs } from '../providers/aws/helpers.ts';
+import { ROTATABLE, brokerAwsSettings, callerIdentityAs } from '../providers/aws/helpers.ts';
 import { vaultClient, vaultWithBroker } from '../providers/vault/helpers.ts';
 import { Keys } from '../../src/redis/keys.ts';
 
@@ -65,16 +65,7 @@ describe('a rotation whose process was killed midway is finished by the next one
     const file = testConfigFile(issuer, prefix, {
       rotation: { switchGraceMs: 8000 },
       providers: {
-        aws: {
-          region: 'us-east-1',
-          endpoint: aws!.url,
-          userName: user.userName,
-          revocation: 'iam-deny',
-          credentials: { accessKeyId: user.accessKeyId, secretAccessKey: user.secretAccessKey },
-          retryBaseDelayMs: 5,
-          rotationVerifyAttempts: 3,
-          rotationVerifyDelayMs: 5,
-        },
+        aws: brokerAwsSettings(aws!.url, user, ROTATABLE),
       },
       roles: { 'reports-bucket': { provider: 'aws', roleArn: role.arn, maxTtlSeconds: 3600 } },
     });

@@ -5,7 +5,7 @@ import { SealedSecrets } from '../../src/ops/sealed-secrets.ts';
 import { Kek } from '../../src/signing/kek.ts';
 import type { AwsEmulator, EmulatedUser } from '../emulators/aws/index.ts';
 import { ADMIN, AGENT, ORCH, call, startSibling, startTestBroker, type TestBroker } from '../helpers/broker.ts';
-import { awsForBroker } from '../providers/aws/helpers.ts';
+import { ROTATABLE, awsForBroker } from '../providers/aws/helpers.ts';
 
 /**
  * What a rotation killed between sealing the new key into Redis and announcing it leaves behind: Redis
@@ -25,7 +25,7 @@ beforeAll(async () => {
   user = aws.user;
   a = await startTestBroker('rotation-leftover', {
     config: {
-      providers: { aws: { ...aws.providers.aws, revocation: 'iam-deny', rotationVerifyAttempts: 3, rotationVerifyDelayMs: 5 } },
+      providers: { aws: { ...aws.providers.aws, ...ROTATABLE } },
       roles: { 'reports-bucket': { provider: 'aws', roleArn: aws.role.arn, maxTtlSeconds: 3600 } },
       rotation: { switchGraceMs: 300 },
     },

@@ -12,7 +12,7 @@ import {
   type TestBroker,
   auditRecords,
 } from '../helpers/broker.ts';
-import { callerIdentityAs } from '../providers/aws/helpers.ts';
+import { ROTATABLE, brokerAwsSettings, callerIdentityAs } from '../providers/aws/helpers.ts';
 
 /**
  * An AWS rotation that fails after the new key was handed to the other
@@ -59,17 +59,7 @@ beforeAll(async () => {
     config: {
       rotation: { switchGraceMs: 200 },
       providers: {
-        aws: {
-          region: 'us-east-1',
-          endpoint: emu.url,
-          userName: user.userName,
-          revocation: 'iam-deny',
-          credentials: { accessKeyId: user.accessKeyId, secretAccessKey: user.secretAccessKey },
-          retryBaseDelayMs: 5,
-          requestTimeoutMs: 2000,
-          rotationVerifyAttempts: 3,
-          rotationVerifyDelayMs: 5,
-        },
+        aws: brokerAwsSettings(emu.url, user, { ...ROTATABLE, requestTimeoutMs: 2000 }),
       },
       roles: { 'reports-bucket': { provider: 'aws', roleArn: role.arn, maxTtlSeconds: 3600 } },
     },

@@ -8,6 +8,7 @@ import {
   AGENT,
   ORCH,
   auditRecords,
+  openAgentTask,
   call,
   dropPrefix,
   startTestBroker,
@@ -57,23 +58,12 @@ async function twoInstances(name: string) {
   brokers.push(b);
   return { a, b, dirA, dirB, prefix: p };
 }
-async function openTicketsTask(t: TestBroker, taskId: string): Promise<void> {
-  const open = await call(t.url, 'POST', '/v1/tasks', t.as(ORCH), {
-    taskId,
-    agent: `spiffe://dev.local${AGENT}`,
-    tenant: 'acme',
-    purpose: 'policy split',
-    ttlSeconds: 600,
-    grants: [{ role: 'tickets-api' }],
-  });
-  expect(open.status).toBe(201);
-}
 const ready = async (t: TestBroker) => (await call(t.url, 'GET', '/readyz', {})).status;
 const FORBID = 'forbid (principal, action == Action::"issue", resource == Role::"tickets-api");\n';
 
 test('an instance whose files do not load after an announced reload is not ready, audited, and catches up', async () => {
   const { a, b, dirA, dirB } = await twoInstances('invalid');
-  await openTicketsTask(a, 'ps-1');
+  await openAgentTask(a, 'ps-1', [{ role: 'tickets-api' }], 'policy split');
   writeFileSync(join(dirA, 'zz-incident.cedar'), FORBID);
   writeFileSync(join(dirB, 'zz-incident.cedar'), FORBID.slice(0, 60)); // half-written on B
   const r = await call(a.url, 'POST', '/v1/admin/policy/reload', a.as(ADMIN), {});
@@ -104,8 +94,8 @@ test('an instance whose files are older than the announced set is not ready and 
   // The incident's forbid reaches A; the admin reloads through A; B's copy is still the old, valid set.
   // Before the review's fix, B stayed ready and issued what the new set forbids.
   const { a, b, dirA, dirB } = await twoInstances('older');
-  await openTicketsTask(a, 'ps-2');
-  await openTicketsTask(a, 'ps-3');
+  await openAgentTask(a, 'ps-2', [{ role: 'tickets-api' }], 'policy split');
+  await openAgentTask(a, 'ps-3', [{ role: 'tickets-api' }], 'policy split');
   writeFileSync(join(dirA, 'zz-incident.cedar'), FORBID);
   const r = await call(a.url, 'POST', '/v1/admin/policy/reload', a.as(ADMIN), {});
   expect(r.status).toBe(202);

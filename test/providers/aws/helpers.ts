@@ -39,16 +39,23 @@ export async function awsForBroker(): Promise<{
   const emu = await startAwsEmulator();
   const user = emu.createUser('jit-broker');
   const role = emu.createRole('agent-reports', { maxSessionDuration: 3600, trust: [user.arn] });
-  const aws = {
+  return { emu, user, role, providers: { aws: brokerAwsSettings(emu.url, user, { requestTimeoutMs: 2000 }) } };
+}
+
+/** A broker's `providers.aws` signing as an emulator user; `more` adds what a test varies. */
+export function brokerAwsSettings(endpoint: string, user: EmulatedUser, more: Record<string, unknown> = {}): Record<string, unknown> {
+  return {
     region: 'us-east-1',
-    endpoint: emu.url,
+    endpoint,
     userName: user.userName,
     credentials: { accessKeyId: user.accessKeyId, secretAccessKey: user.secretAccessKey },
     retryBaseDelayMs: 5,
-    requestTimeoutMs: 2000,
+    ...more,
   };
-  return { emu, user, role, providers: { aws } };
 }
+
+/** What the rotation tests add: denials to revoke with, and a quick check of the new key. */
+export const ROTATABLE = { revocation: 'iam-deny', rotationVerifyAttempts: 3, rotationVerifyDelayMs: 5 };
 
 export async function awsWorld(name: string, overrides: Record<string, unknown> = {}, opts: AwsProviderOptions = {}): Promise<AwsWorld> {
   const emu = await startAwsEmulator();
