@@ -1,20 +1,9 @@
 import type { Logger } from '../logger.ts';
 import type { AuditChain, Keys } from '../redis/keys.ts';
-import { type RedisClient, script } from '../redis/scripts.ts';
+import type { RedisClient } from '../redis/scripts.ts';
+import { ChainWriter } from './chain-writer.ts';
 import { DenialFolds } from './denial-folds.ts';
-import { type AuditEvent, type AuditRecord, GENESIS, hashRecord } from './record.ts';
-
-const appendScript = script('audit-append');
-
-type Pending = { event: AuditEvent; time: string; resolve: () => void; reject: (e: unknown) => void };
-
-/** One chain's write state in this process. */
-interface ChainState {
-  queue: Pending[];
-  writing: boolean;
-  /** The chain head as this instance last saw it (`seq:hash`), '' when the chain is empty; undefined until read. */
-  head: string | undefined;
-}
+import type { AuditEvent } from './record.ts';
 
 /**
  * Appends hash-chained audit records to Redis streams shared by every
@@ -23,11 +12,10 @@ interface ChainState {
  * broker-wide events. Each record carries the previous record's hash, so
  * editing or deleting one breaks its chain (`npm run audit:verify`).
  *
- * Appends are batched per chain: while one batch is being written, new
- * records queue up and go in the next one, hashed in order against the head
- * this instance last saw and written in one compare-and-set script; if
- * another instance moved the head meanwhile, the batch is re-hashed on the
- * real head and retried.
+ * Appends are batched per chain and written as compare-and-set scripts on
+ * the chain head, a few batches in flight at once (src/audit/chain-writer.ts);
+ * if another instance moved the head meanwhile, the records are re-hashed on
+ * the real head and sent again.
  *
  * Repeated denials (same actor, code, task and minute) are folded: the first is
  * written at once, the rest become one record with their `count` when the
@@ -35,15 +23,12 @@ interface ChainState {
  * (the table and its bounds: src/audit/denial-folds.ts).
  */
 export class AuditLog {
-  private readonly chains = new Map<AuditChain, ChainState>();
+  private readonly writer: ChainWriter;
   private readonly folds: DenialFolds;
   private foldTimer: NodeJS.Timeout | undefined;
-  private readonly redis: RedisClient;
   private readonly keys: Keys;
   private readonly logger: Logger;
-  private readonly taskIndexMs: number;
   private readonly now: () => number;
-  private readonly guardEpoch: boolean;
 
   /**
    * `guardEpoch`: before starting a chain at seq 1, wait until Redis holds the
@@ -61,12 +46,16 @@ export class AuditLog {
     /** Distinct keys tracked per minute before the rest fold per (task, code, action) (src/audit/denial-folds.ts). */
     foldMaxKeys?: number;
   }) {
-    this.redis = deps.redis;
     this.keys = deps.keys;
     this.logger = deps.logger.child({ audit: true });
-    this.taskIndexMs = deps.taskIndexMs;
     this.now = deps.now ?? Date.now;
-    this.guardEpoch = deps.guardEpoch ?? false;
+    this.writer = new ChainWriter({
+      redis: deps.redis,
+      keys: deps.keys,
+      logger: this.logger,
+      taskIndexMs: deps.taskIndexMs,
+      guardEpoch: deps.guardEpoch ?? false,
+    });
     this.folds = new DenialFolds(deps.foldMaxKeys);
   }
 
@@ -86,15 +75,23 @@ export class AuditLog {
    * it is re-chained.
    */
   appendTo(chain: AuditChain, event: AuditEvent, time?: string): Promise<void> {
-    let st = this.chains.get(chain);
-    if (!st) {
-      st = { queue: [], writing: false, head: undefined };
-      this.chains.set(chain, st);
-    }
-    const state = st;
+    return this.write(chain, event, '', time).then(() => undefined);
+  }
+
+  /**
+   * Appends `event` only if `key` (in the record's chain slot) exists when Redis runs the append; resolves
+   * whether it was written. For the record of what a command sent just before wrote (a lease): sent
+   * without waiting for that command's answer, it travels in the same socket write and costs no round
+   * trip of its own, and is not written if the command refused. False can also mean Redis ran the two
+   * in the other order (a Cluster redirect): the caller then appends it plainly.
+   */
+  appendIf(event: AuditEvent, key: string): Promise<boolean> {
+    return this.write(this.chainOf(event), event, key);
+  }
+
+  private write(chain: AuditChain, event: AuditEvent, requires: string, time?: string): Promise<boolean> {
     return new Promise((resolve, reject) => {
-      state.queue.push({ event, time: time ?? new Date(this.now()).toISOString(), resolve, reject });
-      if (!state.writing) void this.drain(chain, state);
+      this.writer.write(chain, { event, time: time ?? new Date(this.now()).toISOString(), requires, attempts: 0, resolve, reject });
     });
   }
 
@@ -148,82 +145,17 @@ export class AuditLog {
 
   /** The chain heads (`seq:hash`) as this instance last saw them: after a data loss, the end of what was lost. */
   knownHeads(): Map<AuditChain, string> {
-    const out = new Map<AuditChain, string>();
-    for (const [chain, st] of this.chains) if (st.head) out.set(chain, st.head);
-    return out;
+    return this.writer.knownHeads();
   }
 
   /** Forgets what it knew of the chain heads (after Redis lost its data). */
   resetHeads(): void {
-    for (const st of this.chains.values()) st.head = undefined;
-  }
-
-  private async drain(chain: AuditChain, st: ChainState): Promise<void> {
-    st.writing = true;
-    try {
-      while (st.queue.length > 0) {
-        const batch = st.queue.splice(0, 500);
-        try {
-          const records = await this.writeBatch(chain, st, batch);
-          if (this.logger.isLevelEnabled('debug')) for (const r of records) this.logger.debug({ audit: r }, 'audit');
-          for (const p of batch) p.resolve();
-        } catch (err) {
-          st.head = undefined;
-          this.logger.error({ err }, 'audit append failed');
-          for (const p of batch) p.reject(err);
-        }
-      }
-    } finally {
-      st.writing = false;
-    }
-  }
-
-  private async writeBatch(chain: AuditChain, st: ChainState, batch: Pending[]): Promise<AuditRecord[]> {
-    const headKey = this.keys.auditHead(chain);
-    st.head ??= (await this.redis.get(headKey)) ?? '';
-    for (let attempt = 0; attempt < 50; attempt++) {
-      const expected: string = st.head ?? '';
-      if (expected === '' && this.guardEpoch) await this.awaitEpoch();
-      const colon = expected.indexOf(':');
-      let seq = expected ? Number(expected.slice(0, colon)) : 0;
-      let prev = expected ? expected.slice(colon + 1) : GENESIS;
-      const records: AuditRecord[] = [];
-      const args: string[] = [];
-      for (const p of batch) {
-        seq += 1;
-        const base = { ...p.event, seq, time: p.time, prev };
-        const record: AuditRecord = { ...base, hash: hashRecord(base) };
-        records.push(record);
-        args.push(JSON.stringify(record), record.taskId ?? '');
-        prev = record.hash;
-      }
-      const next = `${seq}:${prev}`;
-      const actual = (await appendScript.run(
-        this.redis,
-        [headKey, this.keys.auditStream(chain)],
-        [expected, next, this.keys.auditBase(chain), this.taskIndexMs, ...args],
-      )) as string | null;
-      if (actual === null) {
-        st.head = next;
-        return records;
-      }
-      st.head = actual; // another instance appended: re-hash on the real head
-    }
-    throw new Error('audit chain contention: gave up after 50 attempts');
-  }
-
-  private async awaitEpoch(): Promise<void> {
-    const deadline = Date.now() + 15_000;
-    while ((await this.redis.get(this.keys.epoch())) === null) {
-      if (Date.now() > deadline) throw new Error('audit: Redis lost its data and the chains were not continued from the export yet');
-      await new Promise((r) => setTimeout(r, 50));
-    }
+    this.writer.resetHeads();
   }
 
   /** Waits for queued records to be written (shutdown), folded denials included. */
   async flush(): Promise<void> {
     await this.flushFolds(true);
-    const busy = () => [...this.chains.values()].some((s) => s.writing || s.queue.length > 0);
-    while (busy()) await new Promise((r) => setTimeout(r, 5));
+    while (this.writer.busy()) await new Promise((r) => setTimeout(r, 5));
   }
 }

@@ -1,4 +1,5 @@
 import type { ApprovalRecord } from '../approvals/approval-store.ts';
+import type { AuditEvent } from '../audit/record.ts';
 import { authorize, deny, denial, taskContext } from '../authz.ts';
 import { roleOf } from '../config/roles.ts';
 import type { RoleConfig } from '../config/schema.ts';
@@ -201,16 +202,7 @@ export class CredentialService {
       scopes,
       ttlSeconds: ttl.ttlSeconds,
     };
-    let result: IssueResult;
-    try {
-      result = provider.upstream ? await this.issueUpstream(who, fixed, provider, req) : await this.issueLocal(who, fixed, provider, req);
-    } catch (err) {
-      // Nothing was handed out under the approval: it still covers the same request (one approval, one credential).
-      if (d.approval) await this.deps.approvals.giveBack(d.approval).catch(() => {});
-      throw err;
-    }
-    this.deps.metrics.issued.inc({ provider: role.provider, role: body.role });
-    await this.deps.audit.append({
+    const record: AuditEvent = {
       action: 'credential.issue',
       actor: who.id,
       decision: 'allow',
@@ -219,7 +211,20 @@ export class CredentialService {
       leaseId: fixed.leaseId,
       policies: d.policies,
       detail: { ttlSeconds: ttl.ttlSeconds, ttlBoundBy: ttl.boundBy, scopes, ...(d.approval ? { approvalId: d.approval.approvalId } : {}) },
-    });
+    };
+    let result: IssueResult;
+    try {
+      result = provider.upstream
+        ? await this.issueUpstream(who, fixed, provider, req)
+        : await this.issueLocal(who, fixed, provider, req, record);
+    } catch (err) {
+      // Nothing was handed out under the approval: it still covers the same request (one approval, one credential).
+      if (d.approval) await this.deps.approvals.giveBack(d.approval).catch(() => {});
+      throw err;
+    }
+    this.deps.metrics.issued.inc({ provider: role.provider, role: body.role });
+    // The local path wrote it with the lease; an upstream credential's record waits for the upstream's answer.
+    if (provider.upstream) await this.deps.audit.append(record);
     return {
       leaseId: fixed.leaseId,
       taskId: task.taskId,
@@ -234,14 +239,24 @@ export class CredentialService {
   }
 
   /**
-   * Nothing upstream (the broker's own JWT): the lease is recorded while the token is signed; the
-   * token leaves only once both are done. A refused lease leaves the signature unused.
+   * Nothing upstream (the broker's own JWT): the lease is recorded while the token is signed, and
+   * its audit record is sent right behind the lease script (written only if the lease is), so the
+   * two cost one round trip; the token leaves only once all three are done. A refused lease leaves
+   * the signature unused and the record unwritten. A signature that fails after the lease was
+   * recorded (none is expected: the key is the broker's own) ends the lease `failed`, recorded
+   * after the issue record.
    */
-  private async issueLocal(who: WorkloadIdentity, fixed: LeaseFixed, provider: Provider, req: IssueRequest): Promise<IssueResult> {
+  private async issueLocal(
+    who: WorkloadIdentity,
+    fixed: LeaseFixed,
+    provider: Provider,
+    req: IssueRequest,
+    record: AuditEvent,
+  ): Promise<IssueResult> {
     const started = provider.start?.(req) ?? made(await provider.issue(req));
     // Awaited below once the lease is recorded; a refusal or a Redis error before that drops it.
     started.done.catch(() => {});
-    const created = await this.deps.leases.create(fixed, {
+    const creating = this.deps.leases.create(fixed, {
       status: 'active',
       expiresAt: started.expiresAt,
       handle: started.handle,
@@ -249,13 +264,20 @@ export class CredentialService {
       maxLeasesTotal: this.deps.config.tasks.maxLeasesTotal,
       taskCreatedAt: req.task.createdAt,
     });
-    await this.recorded(who, fixed, created.kind);
+    const audited = this.deps.audit.appendIf(record, this.deps.keys.lease(fixed.leaseId));
+    audited.catch(() => {});
+    await this.recorded(who, fixed, (await creating).kind);
+    let result: IssueResult;
     try {
-      return await started.done;
+      result = await started.done;
     } catch (err) {
+      await audited.catch(() => {});
       await this.failed(fixed, err);
       throw err;
     }
+    // Not written though the lease was: Redis ran the record first (a Cluster redirect can reorder them).
+    if (!(await audited)) await this.deps.audit.append(record);
+    return result;
   }
 
   /**

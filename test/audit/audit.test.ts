@@ -1,9 +1,12 @@
 import { Redis } from 'ioredis';
 import { AuditLog } from '../../src/audit/audit-log.ts';
+import type { AuditEvent } from '../../src/audit/record.ts';
 import { verifyAuditChain } from '../../src/audit/verify.ts';
 import { silentLogger } from '../../src/logger.ts';
+import { coalesceWrites } from '../../src/redis/coalesce.ts';
 import { Keys } from '../../src/redis/keys.ts';
 import { auditRecords, dropPrefix, REDIS_URL, uniquePrefix } from '../helpers/broker.ts';
+import { countWrites } from '../helpers/socket-writes.ts';
 
 let redis: Redis;
 beforeAll(() => {
@@ -287,4 +290,71 @@ test.each([
   // Three denials, none with a record of its own. Before: 5 (the written entry put back) or 6 (added to itself).
   expect((await folded(keys)).reduce((sum, r) => sum + r.count, 0)).toBe(3);
   await dropPrefix(prefix);
+});
+
+describe('records sent behind what they record', () => {
+  const event = (i: number): AuditEvent => ({
+    action: 'credential.issue',
+    actor: 'spiffe://dev.local/agent/a',
+    decision: 'allow',
+    leaseId: `l${i}`,
+  });
+
+  test('a record whose key is absent is not written; the records around it are, in order, on a valid chain', async () => {
+    const prefix = uniquePrefix('audit-if');
+    const keys = new Keys(prefix);
+    const log = new AuditLog({ redis, keys, logger: silentLogger, taskIndexMs: 60_000 });
+    await log.append(event(0));
+    await redis.set(`${prefix}present`, '1');
+    // Three batches: the first refused (its key is absent), the second sent behind it refused with it, sent again.
+    const results = await Promise.all([
+      log.appendIf(event(1), `${prefix}absent`),
+      log.append(event(2)),
+      log.appendIf(event(3), `${prefix}present`),
+    ]);
+    expect(results).toEqual([false, undefined, true]);
+    const leases = (await redis.xrange(keys.auditStream('ops'), '-', '+')).map(([, f]) => JSON.parse(f[1]!).leaseId);
+    expect(leases).toEqual(['l0', 'l2', 'l3']);
+    expect(await verifyAuditChain(redis, keys, 'ops')).toMatchObject({ ok: true, records: 3 });
+    await dropPrefix(prefix);
+  });
+
+  test('a record sent while another batch is in flight goes out in the same socket write as the command before it', async () => {
+    const prefix = uniquePrefix('audit-pipe');
+    const keys = new Keys(prefix);
+    const c = new Redis(REDIS_URL);
+    coalesceWrites(c);
+    await new Promise((resolve) => c.once('ready', resolve));
+    const log = new AuditLog({ redis: c, keys, logger: silentLogger, taskIndexMs: 60_000 });
+    await log.append(event(0));
+    const seen = countWrites(c);
+    const inFlight = log.append(event(1));
+    void c.set(`${prefix}lease`, '1'); // what the record is about (the lease script)
+    const record = log.appendIf(event(2), `${prefix}lease`);
+    expect(await record).toBe(true);
+    await inFlight;
+    // Before: the second record waited for the first batch's answer and went in a write of its own.
+    expect(seen).toEqual({ writes: 1, commands: 3 });
+    expect(await verifyAuditChain(redis, keys, 'ops')).toMatchObject({ ok: true, records: 3 });
+    await c.quit();
+    await dropPrefix(prefix);
+  });
+
+  test('two instances appending over many turns, batches in flight on both, form one valid chain', async () => {
+    const prefix = uniquePrefix('audit-race');
+    const keys = new Keys(prefix);
+    const conns = [new Redis(REDIS_URL), new Redis(REDIS_URL)];
+    const logs = conns.map((c) => new AuditLog({ redis: c, keys, logger: silentLogger, taskIndexMs: 60_000 }));
+    const all: Promise<void>[] = [];
+    for (let i = 0; i < 400; i++) {
+      all.push(logs[i % 2]!.append(event(i)));
+      if (i % 3 === 0) await new Promise((r) => setImmediate(r));
+    }
+    await Promise.all(all);
+    expect(await verifyAuditChain(redis, keys, 'ops')).toMatchObject({ ok: true, records: 400 });
+    const leases = new Set((await redis.xrange(keys.auditStream('ops'), '-', '+')).map(([, f]) => JSON.parse(f[1]!).leaseId));
+    expect(leases.size).toBe(400);
+    await Promise.all(conns.map((c) => c.quit()));
+    await dropPrefix(prefix);
+  });
 });

@@ -4,6 +4,7 @@ import { type RedisConfig, redisConfigSchema } from '../../src/config/redis.ts';
 import { silentLogger } from '../../src/logger.ts';
 import { createConnector, type RedisConnector, writableMaster } from '../../src/redis/connection.ts';
 import { type RedisStandalone, startStandalone } from '../helpers/redis-topology.ts';
+import { countWrites } from '../helpers/socket-writes.ts';
 
 const connectors: RedisConnector[] = [];
 const servers: RedisStandalone[] = [];
@@ -215,26 +216,6 @@ describe('restarts', () => {
 });
 
 describe('write coalescing', () => {
-  /** Counts the writes the command connection's socket hands to the OS (one per _write or _writev call). */
-  function countWrites(c: Redis): { writes: number; commands: number } {
-    const stream = (c as unknown as { stream: { _write: Function; _writev?: Function } }).stream;
-    const seen = { writes: 0, commands: 0 };
-    const write = stream._write.bind(stream);
-    const writev = stream._writev?.bind(stream);
-    stream._write = (chunk: unknown, enc: unknown, cb: unknown) => {
-      seen.writes += 1;
-      seen.commands += 1;
-      return write(chunk, enc, cb);
-    };
-    if (writev)
-      stream._writev = (chunks: unknown[], cb: unknown) => {
-        seen.writes += 1;
-        seen.commands += chunks.length;
-        return writev(chunks, cb);
-      };
-    return seen;
-  }
-
   test('the commands of one event-loop turn go out in one socket write, and each gets its own answer', async () => {
     const s = await server();
     const c = connect({ url: s.url }).command('jit-main') as Redis;

@@ -474,11 +474,11 @@ describe('one test per script', () => {
 
   test('audit-append: compare-and-set on the head, indexing task records', async () => {
     const [head, stream] = [keys.auditHead(3), keys.auditStream(3)];
-    expect(await script('audit-append').run(redis, [head, stream], ['', '1:h1', keys.base(3), 60_000, '{"seq":1}', 'tk'])).toBeNull();
-    expect(await script('audit-append').run(redis, [head, stream], ['', '1:h2', keys.base(3), 60_000, '{"seq":1}', ''])).toBe('1:h1');
+    expect(await script('audit-append').run(redis, [head, stream], ['', '1:h1', keys.base(3), 60_000, '{"seq":1}', 'tk', ''])).toBeNull();
+    expect(await script('audit-append').run(redis, [head, stream], ['', '1:h2', keys.base(3), 60_000, '{"seq":1}', '', ''])).toBe('1:h1');
     expect(await redis.llen(`${keys.base(3)}task-audit:tk`)).toBe(1);
     // A batch of records of several tasks: each task's index lists its records' stream ids in chain order.
-    const records = ['tk', 'tq', '', 'tk', 'tk', 'tq'].flatMap((t, i) => [`{"seq":${i + 2}}`, t]);
+    const records = ['tk', 'tq', '', 'tk', 'tk', 'tq'].flatMap((t, i) => [`{"seq":${i + 2}}`, t, '']);
     expect(await script('audit-append').run(redis, [head, stream], ['1:h1', '7:h7', keys.base(3), 60_000, ...records])).toBeNull();
     const entries = await redis.xrange(stream, '-', '+');
     const idOf = (seq: number) => entries.find(([, f]) => f[1] === `{"seq":${seq}}`)![0];
@@ -486,6 +486,19 @@ describe('one test per script', () => {
     expect(await redis.lrange(`${keys.base(3)}task-audit:tq`, 0, -1)).toEqual([idOf(3), idOf(7)]);
     expect(await redis.pttl(`${keys.base(3)}task-audit:tq`)).toBeGreaterThan(50_000);
     expect(await redis.get(head)).toBe('7:h7');
+  });
+
+  test('audit-append: a record whose required key is absent refuses its whole batch, naming it', async () => {
+    const [head, stream] = [keys.auditHead(4), keys.auditStream(4)];
+    const present = keys.lease(Keys.newRandomId(4));
+    await redis.set(present, '1');
+    const absent = keys.lease(Keys.newRandomId(4));
+    const batch = (need: string) => ['{"seq":1}', 'tk', present, '{"seq":2}', '', '', '{"seq":3}', 'tk', need];
+    expect(await script('audit-append').run(redis, [head, stream], ['', '3:h3', keys.base(4), 60_000, ...batch(absent)])).toEqual(['', 3]);
+    expect(await redis.xlen(stream)).toBe(0);
+    expect(await redis.get(head)).toBeNull();
+    expect(await script('audit-append').run(redis, [head, stream], ['', '3:h3', keys.base(4), 60_000, ...batch(present)])).toBeNull();
+    expect(await redis.xlen(stream)).toBe(3);
   });
 
   test('audit-mark: moves the export marker only from the value read', async () => {

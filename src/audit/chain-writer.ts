@@ -1,0 +1,229 @@
+import type { Logger } from '../logger.ts';
+import type { AuditChain, Keys } from '../redis/keys.ts';
+import { type RedisClient, script } from '../redis/scripts.ts';
+import { type AuditEvent, type AuditRecord, GENESIS, hashRecord } from './record.ts';
+
+const appendScript = script('audit-append');
+
+/** Batches one chain may have in Redis's hands at once. */
+const MAX_IN_FLIGHT = 2;
+/** Records per batch (one script call). */
+const MAX_BATCH = 500;
+/** Times one record is re-hashed on a head another instance moved before it is given up. */
+const MAX_ATTEMPTS = 50;
+
+export interface Pending {
+  event: AuditEvent;
+  time: string;
+  /** A key that must exist for the record to be written (see `AuditLog.appendIf`); '' for none. */
+  requires: string;
+  attempts: number;
+  resolve: (written: boolean) => void;
+  reject: (e: unknown) => void;
+}
+
+/** One chain's write state in this process. */
+interface ChainState {
+  queue: Pending[];
+  inFlight: number;
+  /**
+   * The head the next batch is hashed on: the chain head (`seq:hash`, '' when empty) as it will be once
+   * the batches in flight are written; undefined until read from Redis.
+   */
+  head: string | undefined;
+  /** The head as last confirmed by Redis (what was durably written), for `knownHeads`. */
+  confirmed: string | undefined;
+  /** Set once a batch in flight was refused: its records (and those of every later batch) to send again, in order. */
+  resend: Pending[] | undefined;
+  /** What the latest answer said the head is, while `resend` is set; undefined when it is unknown (an error). */
+  reported: string | undefined;
+  /** The head is being read, or the data-loss marker awaited: nothing is sent meanwhile. */
+  waiting: boolean;
+  /** The data-loss marker was seen since the head was last learned from Redis (see `guardEpoch`). */
+  epochSeen: boolean;
+}
+
+/**
+ * Writes records to the hash chains, each batch a compare-and-set on the
+ * chain head (src/redis/lua/audit-append.lua). Up to MAX_IN_FLIGHT batches
+ * are in Redis's hands at once, each hashed on the head the one before it
+ * will leave: a record sent right behind the command it records (a lease
+ * script) then travels in the same socket write and its answer comes back
+ * with that command's, where one batch at a time made it wait a round trip
+ * of its own after the previous batch. When a batch is refused (another
+ * instance moved the head, or a record's required key is absent), every
+ * batch after it is refused too, since it was hashed on the refused one:
+ * once all in flight have answered, their records are re-hashed on the real
+ * head and sent again, in their order.
+ */
+export class ChainWriter {
+  private readonly chains = new Map<AuditChain, ChainState>();
+  private readonly redis: RedisClient;
+  private readonly keys: Keys;
+  private readonly logger: Logger;
+  private readonly taskIndexMs: number;
+  private readonly guardEpoch: boolean;
+
+  constructor(deps: { redis: RedisClient; keys: Keys; logger: Logger; taskIndexMs: number; guardEpoch: boolean }) {
+    this.redis = deps.redis;
+    this.keys = deps.keys;
+    this.logger = deps.logger;
+    this.taskIndexMs = deps.taskIndexMs;
+    this.guardEpoch = deps.guardEpoch;
+  }
+
+  /** Queues a record; sent at once when the chain has room in flight (so in the caller's socket write). */
+  write(chain: AuditChain, p: Pending): void {
+    let st = this.chains.get(chain);
+    if (!st) {
+      st = {
+        queue: [],
+        inFlight: 0,
+        head: undefined,
+        confirmed: undefined,
+        resend: undefined,
+        reported: undefined,
+        waiting: false,
+        epochSeen: false,
+      };
+      this.chains.set(chain, st);
+    }
+    st.queue.push(p);
+    this.pump(chain, st);
+  }
+
+  /** The chain heads as Redis last confirmed them: after a data loss, the end of what was lost. */
+  knownHeads(): Map<AuditChain, string> {
+    const out = new Map<AuditChain, string>();
+    for (const [chain, st] of this.chains) if (st.confirmed) out.set(chain, st.confirmed);
+    return out;
+  }
+
+  /** Forgets the chain heads (after Redis lost its data): each is read again before the next batch. */
+  resetHeads(): void {
+    for (const st of this.chains.values()) {
+      st.head = undefined;
+      st.confirmed = undefined;
+      st.epochSeen = false;
+    }
+  }
+
+  /** Whether any record is queued or in flight. */
+  busy(): boolean {
+    for (const st of this.chains.values()) if (st.inFlight > 0 || st.queue.length > 0 || st.resend || st.waiting) return true;
+    return false;
+  }
+
+  private pump(chain: AuditChain, st: ChainState): void {
+    if (st.resend || st.waiting) return;
+    if (st.head === undefined || (st.head === '' && this.guardEpoch && !st.epochSeen)) {
+      // Read (or wait for the data-loss marker) only with nothing in flight: those batches decide the head.
+      if (st.inFlight === 0 && st.queue.length > 0) void this.prepare(chain, st);
+      return;
+    }
+    while (st.queue.length > 0 && st.inFlight < MAX_IN_FLIGHT) this.send(chain, st, st.queue.splice(0, MAX_BATCH));
+  }
+
+  /**
+   * Reads the head. With `guardEpoch`, an empty chain first waits for the data-loss marker: after Redis
+   * lost its data, chains continue from the export, and a record written before that would start a
+   * second chain at seq 1.
+   */
+  private async prepare(chain: AuditChain, st: ChainState): Promise<void> {
+    st.waiting = true;
+    try {
+      st.head ??= (await this.redis.get(this.keys.auditHead(chain))) ?? '';
+      if (st.head === '' && this.guardEpoch) await this.awaitEpoch();
+      st.epochSeen = true;
+      st.confirmed ??= st.head || undefined;
+    } catch (err) {
+      st.head = undefined;
+      this.logger.error({ err }, 'audit append failed');
+      for (const p of st.queue.splice(0)) p.reject(err);
+      return;
+    } finally {
+      st.waiting = false;
+    }
+    this.pump(chain, st);
+  }
+
+  private send(chain: AuditChain, st: ChainState, batch: Pending[]): void {
+    const expected = st.head ?? '';
+    const colon = expected.indexOf(':');
+    let seq = expected ? Number(expected.slice(0, colon)) : 0;
+    let prev = expected ? expected.slice(colon + 1) : GENESIS;
+    const records: AuditRecord[] = [];
+    const args: string[] = [];
+    for (const p of batch) {
+      seq += 1;
+      const base = { ...p.event, seq, time: p.time, prev };
+      const record: AuditRecord = { ...base, hash: hashRecord(base) };
+      records.push(record);
+      args.push(JSON.stringify(record), record.taskId ?? '', p.requires);
+      prev = record.hash;
+    }
+    const next = `${seq}:${prev}`;
+    st.head = next;
+    st.inFlight += 1;
+    appendScript
+      .run(
+        this.redis,
+        [this.keys.auditHead(chain), this.keys.auditStream(chain)],
+        [expected, next, this.keys.auditBase(chain), this.taskIndexMs, ...args],
+      )
+      .then(
+        (answer) => this.answered(st, batch, records, next, answer as string | [string, number] | null),
+        (err: unknown) => this.failed(st, batch, err),
+      )
+      .finally(() => {
+        st.inFlight -= 1;
+        this.settle(chain, st);
+      });
+  }
+
+  private answered(st: ChainState, batch: Pending[], records: AuditRecord[], next: string, answer: string | [string, number] | null) {
+    if (answer === null) {
+      st.confirmed = next;
+      if (st.resend) st.reported = next;
+      if (this.logger.isLevelEnabled('debug')) for (const r of records) this.logger.debug({ audit: r }, 'audit');
+      for (const p of batch) p.resolve(true);
+      return;
+    }
+    // Refused: another instance moved the head, a record's key is absent, or a batch before this one was refused.
+    const [real, absent] = typeof answer === 'string' ? [answer, 0] : [String(answer[0]), Number(answer[1])];
+    st.reported = real;
+    st.resend ??= [];
+    batch.forEach((p, i) => {
+      if (i + 1 === absent) p.resolve(false);
+      else if (++p.attempts >= MAX_ATTEMPTS) p.reject(new Error(`audit chain contention: gave up after ${MAX_ATTEMPTS} attempts`));
+      else st.resend!.push(p);
+    });
+  }
+
+  private failed(st: ChainState, batch: Pending[], err: unknown): void {
+    this.logger.error({ err }, 'audit append failed');
+    for (const p of batch) p.reject(err);
+    // Whether it was written is unknown: later batches hashed on it are sent again on the head read anew.
+    st.reported = undefined;
+    st.resend ??= [];
+  }
+
+  private settle(chain: AuditChain, st: ChainState): void {
+    if (st.resend && st.inFlight === 0) {
+      st.queue = st.resend.concat(st.queue);
+      st.resend = undefined;
+      st.head = st.reported;
+      st.reported = undefined;
+      st.epochSeen = false;
+    }
+    this.pump(chain, st);
+  }
+
+  private async awaitEpoch(): Promise<void> {
+    const deadline = Date.now() + 15_000;
+    while ((await this.redis.get(this.keys.epoch())) === null) {
+      if (Date.now() > deadline) throw new Error('audit: Redis lost its data and the chains were not continued from the export yet');
+      await new Promise((r) => setTimeout(r, 50));
+    }
+  }
+}
