@@ -162,7 +162,8 @@ export const ERRORS = {
   },
   identity_quarantined: {
     status: 403,
-    means: 'An admin quarantined this identity; every call is refused.',
+    means:
+      'An admin quarantined this identity (the caller, or the agent a task is opened for); every call by it, and every task for it, is refused.',
     fix: 'Contact your operators.',
   },
   // 404: not found.

@@ -28,6 +28,7 @@ export function leaseFromHash(h: Record<string, string>): LeaseRecord | undefine
   if (h.attempts) l.attempts = Number(h.attempts);
   if (h.orphanAt) l.orphanAt = Number(h.orphanAt);
   if (h.endRequested) l.endRequested = h.endRequested as RevokeReason;
+  if (h.givenUp) l.givenUp = Number(h.givenUp);
   return l;
 }
 

@@ -1,6 +1,7 @@
 /**
  * `issuing`: written before the upstream call (intent), `active`, `revoking`,
- * `revoke_failed` (still being retried), then one of the ended statuses:
+ * `revoke_failed` (still being retried; also a given-up issuance whose revoke
+ * failed), then one of the ended statuses:
  * `revoked`, `expired` (TTL ran out, or the credential expired before the
  * upstream confirmed a revocation), `failed` (issuance failed; nothing was
  * handed out and whatever the upstream made is revoked or died by itself).
@@ -42,4 +43,9 @@ export interface LeaseRecord extends LeaseFixed {
   orphanAt?: number;
   /** An end was asked for while the lease was still `issuing`. */
   endRequested?: RevokeReason;
+  /**
+   * When the issuance was given up (Redis's clock): no activation is accepted from then on, and the
+   * worker revokes what it may have made, showing `revoke_failed` while that fails, then ends it `failed`.
+   */
+  givenUp?: number;
 }

@@ -133,7 +133,7 @@ export class Keys {
   }
 
   // --- per lease / approval (bucket from the id) ---
-  /** Hash: `d` (immutable JSON), t (task id), p (provider), status, expiresAt, handle, reason, revokedAt, lastError, attempts, endRequested. */
+  /** Hash: `d` (immutable JSON), t (task id), p (provider), status, expiresAt, handle, reason, revokedAt, lastError, attempts, orphanAt, givenUp, endRequested. */
   lease(leaseId: string): string {
     return this.inId('lease', leaseId);
   }

@@ -63,7 +63,9 @@ export class RevocationWorker {
     const lease = await leases.get(data.leaseId);
     if (!lease || LeaseStore.isEnded(lease.status)) return;
     const provider = providers.get(lease.provider);
-    if (lease.status === 'issuing') {
+    // An issuance, or one given up earlier whose revoke failed (`revoke_failed`): the same path, whatever reason
+    // the job carries (a DELETE, a task end or the reconciler asking again), for it ends `failed`, not revoked.
+    if (lease.status === 'issuing' || lease.givenUp !== undefined) {
       if (!provider) return this.providerMissing(lease, attempt);
       // Its issuing process died or stalled (the sweeper hands it over once the orphan window passed): give
       // it up in Redis, so a late activation is refused, then revoke with what was written down (the
@@ -73,7 +75,7 @@ export class RevocationWorker {
       const held: LeaseRecord = { ...lease, handle: JSON.parse(given.handle) };
       const role = roleOfLease(this.deps, held) as never;
       const revoke = () => provider.revoke(held, role, { reason: 'issuance_interrupted' });
-      if ((await this.attempt(held, attempt, revoke, { keepStatus: true })) === 'settled') return;
+      if ((await this.attempt(held, attempt, revoke)) === 'settled') return;
       const ended = await leases.failIssuance(lease.leaseId, given.handle, 'issuance_interrupted');
       // A late activation recorded another handle meanwhile: revoke again, with it.
       if (ended === 'moved') throw new RetryableUpstreamError('upstream_error', 'a late activation recorded another handle');
@@ -125,11 +127,13 @@ export class RevocationWorker {
   /**
    * The lease's provider was removed from this instance's configuration while the lease was live: a
    * revocation that cannot run is a failed one (`revoke_failed`, audited, counted), retried until the
-   * provider is back or the credential expires. An issuance stays `issuing` (see `attempt`).
+   * provider is back or the credential expires. An issuance not given up stays `issuing`: it was not
+   * given up here (that needs the provider), so its activation may still win.
    */
   private async providerMissing(lease: LeaseRecord, attempt: number): Promise<void> {
     const missing = new RetryableUpstreamError('provider_unavailable', `provider ${lease.provider} is not configured in this worker`);
-    await this.attempt(lease, attempt, () => Promise.reject(missing), { keepStatus: lease.status === 'issuing' });
+    const keepStatus = lease.status === 'issuing' && lease.givenUp === undefined;
+    await this.attempt(lease, attempt, () => Promise.reject(missing), { keepStatus });
   }
 
   /**
@@ -153,7 +157,9 @@ export class RevocationWorker {
         await this.finish(lease, 'expired', lease.reason ?? 'ttl_expired', lease.expiresAt, attempt, code);
         return 'settled';
       }
-      // A given-up issuance stays `issuing` (activation refuses it), so its retry takes the same path.
+      // A given-up issuance shows `revoke_failed` like any failing revocation (on the reconciler's work list,
+      // as lease-update puts it there); its `givenUp` keeps activation refusing it and its retry on the
+      // give-up path. Only an issuance not given up keeps `issuing` (providerMissing).
       await leases.mark(lease.leaseId, {
         ...(opts.keepStatus ? {} : { status: 'revoke_failed' as const }),
         lastError: code,

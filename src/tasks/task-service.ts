@@ -82,6 +82,7 @@ export class TaskService {
     const { task, parentCreatedAt } = body.parentTaskId
       ? await this.subtask(who, body, requestHash)
       : { task: await this.root(who, body, requestHash), parentCreatedAt: undefined };
+    await this.refuseQuarantinedAgent(who, task, body.taskId !== undefined);
     const policies = await authorize(
       this.deps,
       who,
@@ -207,6 +208,27 @@ export class TaskService {
     // The caller is told the task has ended: a failover must not reopen it with its leases live.
     await this.deps.replicas.after([this.deps.keys.replicaFenceOfTask(taskId)]);
     return { taskId, status: 'completed', leases: revoking };
+  }
+
+  /**
+   * Deny by default: no task is opened for an agent an admin has quarantined (its every call would be
+   * refused anyway, and a task for it is a grant nobody may use). Decided on this instance's list (up to
+   * 2 s old); a quarantine written since is caught once the task exists (afterQuarantine). A sub-task's
+   * refusal is recorded under its parent, as its other refusals are; a task's under its id only when the
+   * caller named one (a generated id names nothing).
+   */
+  private async refuseQuarantinedAgent(who: WorkloadIdentity, task: TaskFixed, named: boolean): Promise<void> {
+    const pattern = this.deps.quarantine.match(task.agent);
+    if (pattern === undefined) return;
+    await deny(
+      this.deps,
+      who,
+      'identity_quarantined',
+      `The task's agent ${task.agent} is quarantined by an admin; no task can be opened for it.`,
+      task.parentTaskId
+        ? { action: 'access.deny', taskId: task.parentTaskId, detail: { subtask: task.taskId, agent: task.agent, pattern } }
+        : { action: 'access.deny', ...(named ? { taskId: task.taskId } : {}), detail: { agent: task.agent, pattern } },
+    );
   }
 
   /**

@@ -210,3 +210,55 @@ test('a task opened while the quarantine was being written is ended, not missed 
     await a.broker.deps.quarantine.start();
   }
 });
+
+test('a task for an agent already quarantined is refused up front: 403 identity_quarantined, no task, audited', async () => {
+  // Before: 201 with a task already `completed` (opened, then ended by the re-read of the quarantine list).
+  const QA = '/agent/quarantined-before';
+  const pattern = `spiffe://dev.local${QA}`;
+  expect((await call(a.url, 'POST', '/v1/admin/quarantine', a.as(ADMIN), { agent: pattern, reason: 'known bad' })).status).toBe(201);
+  try {
+    const taskId = `t-kill-pre-${++n}`;
+    const r = await call(a.url, 'POST', '/v1/tasks', a.as(ORCH), {
+      taskId,
+      agent: pattern,
+      tenant: 'acme',
+      purpose: 'for a quarantined agent',
+      ttlSeconds: 600,
+      grants: [{ role: 'demo-api' }],
+    });
+    expect(r.status).toBe(403);
+    expect(r.headers.get('content-type')).toContain('application/problem+json');
+    expect(r.body.code).toBe('identity_quarantined');
+    expect(r.body.detail).toContain('agent');
+    expect((await call(a.url, 'GET', `/v1/tasks/${taskId}`, a.as(ADMIN))).status).toBe(404);
+    // A sub-task handed to it by another task's agent is refused the same way, recorded under its parent.
+    const parent = await taskWithLeases(AGENT, 0);
+    const sub = await call(a.url, 'POST', '/v1/tasks', a.as(AGENT), {
+      parentTaskId: parent.taskId,
+      taskId: 'helper',
+      agent: pattern,
+      ttlSeconds: 60,
+      grants: [{ role: 'demo-api' }],
+    });
+    expect({ status: sub.status, code: sub.body.code }).toEqual({ status: 403, code: 'identity_quarantined' });
+    expect((await call(a.url, 'GET', `/v1/tasks/${parent.taskId}~helper`, a.as(ADMIN))).status).toBe(404);
+    const denials = (await auditRecords(a.broker.deps.redis, a.broker.deps.keys)).filter((x) => x.reason === 'identity_quarantined');
+    expect(denials).toEqual(
+      expect.arrayContaining([
+        expect.objectContaining({ action: 'access.deny', decision: 'deny', actor: `spiffe://dev.local${ORCH}`, taskId }),
+        expect.objectContaining({
+          action: 'access.deny',
+          decision: 'deny',
+          actor: `spiffe://dev.local${AGENT}`,
+          taskId: parent.taskId,
+          detail: expect.objectContaining({ subtask: `${parent.taskId}~helper` }),
+        }),
+      ]),
+    );
+    expect((await auditRecords(a.broker.deps.redis, a.broker.deps.keys)).some((x) => x.taskId === taskId && x.action === 'task.open')).toBe(
+      false,
+    );
+  } finally {
+    await call(a.url, 'DELETE', `/v1/admin/quarantine/${encodeURIComponent(pattern)}`, a.as(ADMIN));
+  }
+});

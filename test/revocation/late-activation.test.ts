@@ -4,7 +4,7 @@ import { startVaultEmulator, type VaultEmulator } from '../emulators/vault/index
 import { AGENT, ORCH, auditRecords, call, startTestBroker, waitFor, type TestBroker } from '../helpers/broker.ts';
 import { awsForBroker, callerIdentityAs } from '../providers/aws/helpers.ts';
 import { BROKER_POLICY } from '../providers/vault/helpers.ts';
-import { upstreamFailed } from '../../src/errors.ts';
+import { RetryableUpstreamError, upstreamFailed } from '../../src/errors.ts';
 import { leaseEndJobId } from '../../src/revocation/queue.ts';
 
 /**
@@ -59,6 +59,11 @@ describe('aws', () => {
   });
   const whoAmI = (c: Record<string, string>) =>
     callerIdentityAs(emu.url, { accessKeyId: c.AccessKeyId!, secretAccessKey: c.SecretAccessKey!, sessionToken: c.SessionToken! });
+  /** Failed aws revocation attempts counted in jit_revocations_total. */
+  const failedRevocations = async () =>
+    (await t.broker.deps.metrics.revocations.get()).values
+      .filter((v) => v.labels.result === 'failed' && v.labels.provider === 'aws')
+      .reduce((n, v) => n + v.value, 0);
 
   test('a session STS made before the deadline but recorded after it, with the hand-over still queued, is never handed out and is denied', async () => {
     await openTask(t, 'la-aws-1', 'reports-bucket', ['s3:GetObject']);
@@ -128,6 +133,76 @@ describe('aws', () => {
       ).toBe('AccessDenied');
     } finally {
       aws.issue = realIssue;
+    }
+  }, 60_000);
+
+  test('a given-up issuance whose revoke keeps failing shows revoke_failed, is on the work list, refuses a late activation, then ends failed', async () => {
+    await openTask(t, 'la-aws-4', 'reports-bucket', ['s3:GetObject']);
+    const deps = t.broker.deps;
+    const aws = deps.providers.get('aws')!;
+    const realIssue = aws.issue.bind(aws);
+    const realRevoke = aws.revoke.bind(aws);
+    let leaseId = '';
+    let proceed!: () => void;
+    const stalled = new Promise<void>((r) => {
+      proceed = r;
+    });
+    let made: Record<string, string> | undefined;
+    // The issuing process stalls before calling STS, past its orphan deadline, until the test lets it go.
+    aws.issue = async (req) => {
+      leaseId = req.leaseId;
+      await stalled;
+      const out = await realIssue(req);
+      made = out.credentials as Record<string, string>;
+      return out;
+    };
+    let failing = true;
+    aws.revoke = async (lease, role, ctx) => {
+      if (failing) throw new RetryableUpstreamError('upstream_error', 'iam unreachable');
+      return realRevoke(lease, role, ctx);
+    };
+    const failedBefore = await failedRevocations();
+    try {
+      const pending = call(t.url, 'POST', '/v1/credentials', t.as(AGENT), { taskId: 'la-aws-4', role: 'reports-bucket' });
+      await waitFor(async () => leaseId !== '' && (await deps.redis.hget(deps.keys.lease(leaseId), 'attempts')) !== null, 15_000, 10);
+      // Before: `issuing` (with lastError) until the credential's expiry, and on no work list.
+      const shown = await call(t.url, 'GET', `/v1/leases/${leaseId}`, t.as(AGENT));
+      expect(shown.status).toBe(200);
+      expect(shown.body).toMatchObject({ status: 'revoke_failed', lastError: 'upstream_error' });
+      const bucket = deps.keys.bucketOfId(leaseId)!;
+      expect(await deps.redis.zscore(deps.keys.leasesRevoking(bucket), leaseId)).not.toBeNull();
+      // The reconciler takes it up as it does any revoke_failed lease of an open task.
+      expect(await t.broker.sweeper!.reconcile()).toBeGreaterThanOrEqual(1);
+      const records = (await auditRecords(deps.redis, deps.keys)).filter((x) => x.leaseId === leaseId);
+      expect(records.filter((x) => x.action === 'lease.revoke_failed').map((x) => x.reason)).toContain('upstream_error');
+      expect(await failedRevocations()).toBeGreaterThan(failedBefore);
+      // A DELETE asks for the revocation again; the lease still ends `failed`, for no revoke reason.
+      expect((await call(t.url, 'DELETE', `/v1/leases/${leaseId}`, t.as(AGENT))).status).toBe(202);
+      expect(await deps.leases.get(leaseId)).toMatchObject({ status: 'revoke_failed' });
+      // The stalled issuance now gets STS's answer: refused (a 502, nothing handed out), its handle kept for revocation.
+      expect((await deps.leases.get(leaseId))!.handle.tokenIssuedAt).toBeUndefined();
+      proceed();
+      const res = await pending;
+      expect(res.status).toBe(502);
+      expect(res.body.credentials).toBeUndefined();
+      const after = (await deps.leases.get(leaseId))!;
+      expect(after.status).toBe('revoke_failed');
+      expect(after.handle.tokenIssuedAt).toBeDefined();
+      failing = false;
+      const ended = await waitFor(async () => {
+        const l = (await deps.leases.get(leaseId))!;
+        return l.status === 'failed' && l;
+      }, 15_000);
+      expect(ended.lastError).toBe('issuance_interrupted');
+      expect(ended.reason).toBeUndefined();
+      expect(await deps.redis.zscore(deps.keys.leasesRevoking(bucket), leaseId)).toBeNull();
+      expect(await whoAmI(made!)).toBe('AccessDenied');
+      const fails = (await auditRecords(deps.redis, deps.keys)).filter((x) => x.leaseId === leaseId && x.action === 'credential.fail');
+      expect(fails.map((f) => f.reason)).toEqual(['issuance_interrupted']);
+    } finally {
+      proceed();
+      aws.issue = realIssue;
+      aws.revoke = realRevoke;
     }
   }, 60_000);
 

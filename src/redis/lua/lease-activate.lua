@@ -2,7 +2,8 @@
 -- deadline passed) or an end was requested while the upstream call was in flight, the lease goes
 -- straight to `revoking` with the handle recorded, so what the upstream made is revoked, never lost.
 -- Past the orphan deadline (or once the worker gave the issuance up), nothing may be handed out: the handle
--- is recorded for the worker, which revokes it and ends the lease `failed`, and the lease is made due so the
+-- is recorded for the worker, which revokes it and ends the lease `failed` (`revoke_failed` while that revoke
+-- fails, refused here alike), and the lease is made due so the
 -- sweeper hands it over even if the worker's job is gone. A task
 -- now under the lease's task id that was created after the lease (common.lua `of_earlier_task`: the lease's
 -- own task was purged and the id opened again while the upstream call ran, possible when `orphanMs` exceeds
@@ -18,8 +19,10 @@
 -- Returns {'ok'} | {'revoke', reason} | {'gone', status} | {'no_lease'}
 local st = redis.call('HGET', KEYS[1], 'status')
 if not st then return { 'no_lease' } end
-if st ~= 'issuing' then return { 'gone', st } end
 local late = redis.call('HMGET', KEYS[1], 'givenUp', 'orphanAt')
+-- A given-up issuance whose revoke failed shows `revoke_failed`; it is refused like one still `issuing`, and
+-- its handle recorded all the same, so the worker's retry revokes what this answer names.
+if st ~= 'issuing' and not (st == 'revoke_failed' and late[1]) then return { 'gone', st } end
 if late[1] or now_ms() >= (tonumber(late[2]) or math.huge) then
   redis.call('HSET', KEYS[1], 'handle', ARGV[1], 'expiresAt', ARGV[2], 'givenUp', late[1] or now_ms())
   redis.call('ZADD', KEYS[3], now_ms(), ARGV[3])

@@ -1,5 +1,7 @@
 -- lease-fail-issuance: ends a given-up issuance `failed` once the worker revoked what its handle names,
 -- unless a late activation recorded another handle meanwhile (then the worker revokes again, with it).
+-- Its status is `issuing`, or `revoke_failed` once a revoke of it failed; ending it takes it off the
+-- reconciler's work list too (end_lease).
 -- uses: common
 -- KEYS[1] lease hash
 -- KEYS[2] live leases of the bucket (zset)
@@ -9,10 +11,10 @@
 -- ARGV[4] retention in ms
 -- ARGV[5] lastError
 -- Returns 'ended_now' (ended failed by this call) | 'moved' (another handle was recorded) | the status when not
--- issuing (e.g. 'failed' when the issuing process ended it first) | false
-local f = redis.call('HMGET', KEYS[1], 'status', 'handle')
+-- a given-up issuance (e.g. 'failed' when the issuing process ended it first) | false
+local f = redis.call('HMGET', KEYS[1], 'status', 'handle', 'givenUp')
 if not f[1] then return false end
-if f[1] ~= 'issuing' then return f[1] end
+if f[1] ~= 'issuing' and not (f[1] == 'revoke_failed' and f[3]) then return f[1] end
 if (f[2] or '{}') ~= ARGV[1] then return 'moved' end
 redis.call('HSET', KEYS[1], 'lastError', ARGV[5])
 end_lease(ARGV[3], KEYS[2], ARGV[2], 'failed', '', tonumber(ARGV[4]), now_ms())

@@ -13,6 +13,12 @@ if st == 'issuing' then
   if not redis.call('HGET', KEYS[1], 'endRequested') then redis.call('HSET', KEYS[1], 'endRequested', ARGV[1]) end
   return { 'deferred' }
 end
+-- A given-up issuance whose revoke failed (`revoke_failed`, `givenUp`) is already being revoked, and ends
+-- `failed`, not for a reason: its revocation is just asked for again (the caller's job retries it now).
+if redis.call('HGET', KEYS[1], 'givenUp') then
+  redis.call('ZADD', KEYS[2], 'NX', now_ms(), ARGV[2])
+  return { 'revoking', ARGV[1] }
+end
 local reason = redis.call('HGET', KEYS[1], 'reason')
 if not reason then
   reason = ARGV[1]

@@ -6,7 +6,8 @@
 --   `revoking`, the first reason is kept): the intent is recorded before the worker's upstream call,
 --   and their ids are returned for lease-end jobs.
 -- - Leases still `issuing` are left alone (their activation sees the task closed and hands them to
---   revocation), ended or missing ones skipped.
+--   revocation), ended or missing ones skipped. A given-up issuance whose revoke failed (`revoke_failed`,
+--   `givenUp`) is handed over again as it is: no reason is recorded, it ends `failed`.
 -- uses: common
 -- KEYS[1] live leases of the bucket (zset)
 -- ARGV[1] key base of the bucket
@@ -27,7 +28,7 @@ local acc = bulk_end_new()
 for i = 6, #ARGV do
   local id = ARGV[i]
   local k = base .. 'lease:' .. id
-  local f = redis.call('HMGET', k, 'status', 'p', 't', 'r', 'reason', 'issuedAt')
+  local f = redis.call('HMGET', k, 'status', 'p', 't', 'r', 'reason', 'issuedAt', 'givenUp')
   local st = f[1]
   if st and not ENDED[st] and st ~= 'issuing' then
     if localKinds[f[2]] then
@@ -37,7 +38,8 @@ for i = 6, #ARGV do
       ended[#ended + 1] = f[4]
       ended[#ended + 1] = f[2]
     else
-      if not f[5] then redis.call('HSET', k, 'reason', ARGV[3]) end
+      -- A given-up issuance (`revoke_failed` while its revoke fails) ends `failed`, for no reason: handed over only.
+      if not f[5] and not f[7] then redis.call('HSET', k, 'reason', ARGV[3]) end
       if st == 'active' then redis.call('HSET', k, 'status', 'revoking') end
       redis.call('ZADD', revoking, 'NX', now, id)
       handoff[#handoff + 1] = id
