@@ -177,7 +177,9 @@ export async function startBroker(config: LoadedConfig, opts: BrokerOptions = {}
     const policy = opts.policy ?? (await createCedarEngine({ dir: resolvePath(config.policies), logger, watch: true }));
     undo.push(() => policy.close());
     const audit = new AuditLog({
-      redis: conns.command('jit-audit'),
+      // The lease store's connection: a JWT's issue record is sent right behind its lease script and must
+      // reach Redis after it (AuditLog.appendIf); commands of two connections have no order between them.
+      redis,
       keys,
       logger,
       taskIndexMs: Math.max(retentionMs, config.audit.retention.maxAgeDays * 86_400_000),

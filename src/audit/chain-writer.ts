@@ -5,6 +5,9 @@ import { type AuditEvent, type AuditRecord, GENESIS, hashRecord } from './record
 
 const appendScript = script('audit-append');
 
+/** The seq of a head (`seq:hash`), 0 for an empty chain. */
+const seqOf = (head: string): number => (head ? Number(head.slice(0, head.indexOf(':'))) : 0);
+
 /** Batches one chain may have in Redis's hands at once. */
 const MAX_IN_FLIGHT = 2;
 /** Records per batch (one script call). */
@@ -25,7 +28,8 @@ export interface Pending {
 /** One chain's write state in this process. */
 interface ChainState {
   queue: Pending[];
-  inFlight: number;
+  /** The batches in Redis's hands, in the order sent, each with the head it leaves. */
+  flying: { next: string }[];
   /**
    * The head the next batch is hashed on: the chain head (`seq:hash`, '' when empty) as it will be once
    * the batches in flight are written; undefined until read from Redis.
@@ -78,7 +82,7 @@ export class ChainWriter {
     if (!st) {
       st = {
         queue: [],
-        inFlight: 0,
+        flying: [],
         head: undefined,
         confirmed: undefined,
         resend: undefined,
@@ -110,7 +114,7 @@ export class ChainWriter {
 
   /** Whether any record is queued or in flight. */
   busy(): boolean {
-    for (const st of this.chains.values()) if (st.inFlight > 0 || st.queue.length > 0 || st.resend || st.waiting) return true;
+    for (const st of this.chains.values()) if (st.flying.length > 0 || st.queue.length > 0 || st.resend || st.waiting) return true;
     return false;
   }
 
@@ -118,10 +122,10 @@ export class ChainWriter {
     if (st.resend || st.waiting) return;
     if (st.head === undefined || (st.head === '' && this.guardEpoch && !st.epochSeen)) {
       // Read (or wait for the data-loss marker) only with nothing in flight: those batches decide the head.
-      if (st.inFlight === 0 && st.queue.length > 0) void this.prepare(chain, st);
+      if (st.flying.length === 0 && st.queue.length > 0) void this.prepare(chain, st);
       return;
     }
-    while (st.queue.length > 0 && st.inFlight < MAX_IN_FLIGHT) this.send(chain, st, st.queue.splice(0, MAX_BATCH));
+    while (st.queue.length > 0 && st.flying.length < MAX_IN_FLIGHT) this.send(chain, st, st.queue.splice(0, MAX_BATCH));
   }
 
   /**
@@ -135,7 +139,7 @@ export class ChainWriter {
       st.head ??= (await this.redis.get(this.keys.auditHead(chain))) ?? '';
       if (st.head === '' && this.guardEpoch) await this.awaitEpoch();
       st.epochSeen = true;
-      st.confirmed ??= st.head || undefined;
+      this.learn(st, st.head);
     } catch (err) {
       st.head = undefined;
       this.logger.error({ err }, 'audit append failed');
@@ -147,50 +151,71 @@ export class ChainWriter {
     this.pump(chain, st);
   }
 
-  private send(chain: AuditChain, st: ChainState, batch: Pending[]): void {
+  private send(chain: AuditChain, st: ChainState, taken: Pending[]): void {
     const expected = st.head ?? '';
-    const colon = expected.indexOf(':');
-    let seq = expected ? Number(expected.slice(0, colon)) : 0;
-    let prev = expected ? expected.slice(colon + 1) : GENESIS;
+    let seq = seqOf(expected);
+    let prev = expected ? expected.slice(expected.indexOf(':') + 1) : GENESIS;
+    const batch: Pending[] = [];
     const records: AuditRecord[] = [];
     const args: string[] = [];
-    for (const p of batch) {
+    for (const p of taken) {
+      let record: AuditRecord;
+      let json: string;
+      try {
+        const base = { ...p.event, seq: seq + 1, time: p.time, prev };
+        record = { ...base, hash: hashRecord(base) };
+        json = JSON.stringify(record);
+      } catch (err) {
+        // A record that cannot be serialised fails alone; the others are chained without it.
+        p.reject(err);
+        continue;
+      }
       seq += 1;
-      const base = { ...p.event, seq, time: p.time, prev };
-      const record: AuditRecord = { ...base, hash: hashRecord(base) };
+      batch.push(p);
       records.push(record);
-      args.push(JSON.stringify(record), record.taskId ?? '', p.requires);
+      args.push(json, record.taskId ?? '', p.requires);
       prev = record.hash;
     }
-    const next = `${seq}:${prev}`;
-    st.head = next;
-    st.inFlight += 1;
+    if (batch.length === 0) return;
+    const flight = { next: `${seq}:${prev}` };
+    st.head = flight.next;
+    st.flying.push(flight);
     appendScript
       .run(
         this.redis,
         [this.keys.auditHead(chain), this.keys.auditStream(chain)],
-        [expected, next, this.keys.auditBase(chain), this.taskIndexMs, ...args],
+        [expected, flight.next, this.keys.auditBase(chain), this.taskIndexMs, ...args],
       )
       .then(
-        (answer) => this.answered(st, batch, records, next, answer as string | [string, number] | null),
+        (answer) => this.answered(st, flight, batch, records, answer as string | [string, number] | null),
         (err: unknown) => this.failed(st, batch, err),
       )
       .finally(() => {
-        st.inFlight -= 1;
+        st.flying.splice(st.flying.indexOf(flight), 1);
         this.settle(chain, st);
       });
   }
 
-  private answered(st: ChainState, batch: Pending[], records: AuditRecord[], next: string, answer: string | [string, number] | null) {
-    if (answer === null) {
-      st.confirmed = next;
-      if (st.resend) st.reported = next;
+  private answered(
+    st: ChainState,
+    flight: { next: string },
+    batch: Pending[],
+    records: AuditRecord[],
+    answer: string | [string, number] | null,
+  ): void {
+    const real = answer === null ? flight.next : typeof answer === 'string' ? answer : String(answer[0]);
+    // A refusal naming the head this batch, or one sent after it, leaves was written after all: the
+    // client sent it again after a connection dropped its answer (ioredis resends unanswered commands).
+    const written = answer === null || st.flying.slice(st.flying.indexOf(flight)).some((f) => f.next === real);
+    this.learn(st, written ? flight.next : real);
+    if (st.resend) st.reported = real;
+    if (written) {
       if (this.logger.isLevelEnabled('debug')) for (const r of records) this.logger.debug({ audit: r }, 'audit');
       for (const p of batch) p.resolve(true);
       return;
     }
     // Refused: another instance moved the head, a record's key is absent, or a batch before this one was refused.
-    const [real, absent] = typeof answer === 'string' ? [answer, 0] : [String(answer[0]), Number(answer[1])];
+    const absent = Array.isArray(answer) ? Number(answer[1]) : 0;
     st.reported = real;
     st.resend ??= [];
     batch.forEach((p, i) => {
@@ -198,6 +223,11 @@ export class ChainWriter {
       else if (++p.attempts >= MAX_ATTEMPTS) p.reject(new Error(`audit chain contention: gave up after ${MAX_ATTEMPTS} attempts`));
       else st.resend!.push(p);
     });
+  }
+
+  /** Moves the confirmed head forward (never back) to one Redis reported. */
+  private learn(st: ChainState, head: string): void {
+    if (head && seqOf(head) > seqOf(st.confirmed ?? '')) st.confirmed = head;
   }
 
   private failed(st: ChainState, batch: Pending[], err: unknown): void {
@@ -209,7 +239,7 @@ export class ChainWriter {
   }
 
   private settle(chain: AuditChain, st: ChainState): void {
-    if (st.resend && st.inFlight === 0) {
+    if (st.resend && st.flying.length === 0) {
       st.queue = st.resend.concat(st.queue);
       st.resend = undefined;
       st.head = st.reported;

@@ -266,7 +266,17 @@ export class CredentialService {
     });
     const audited = this.deps.audit.appendIf(record, this.deps.keys.lease(fixed.leaseId));
     audited.catch(() => {});
-    await this.recorded(who, fixed, (await creating).kind);
+    let created: Awaited<typeof creating>;
+    try {
+      created = await creating;
+    } catch (err) {
+      // No answer (a command timeout while Redis stalled), yet the script may have run, and the issue
+      // record behind it. Nothing is handed out: a lease that exists ends `failed`, recorded as such.
+      await audited.catch(() => {});
+      await this.failed(fixed, err).catch(() => {});
+      throw err;
+    }
+    await this.recorded(who, fixed, created.kind);
     let result: IssueResult;
     try {
       result = await started.done;

@@ -358,3 +358,57 @@ describe('records sent behind what they record', () => {
     await dropPrefix(prefix);
   });
 });
+
+test('a batch written whose answer was lost and that the client sent again is not written twice, nor the batch behind it', async () => {
+  const prefix = uniquePrefix('audit-resent');
+  const keys = new Keys(prefix);
+  const event = (i: number): AuditEvent => ({
+    action: 'credential.issue',
+    actor: 'spiffe://dev.local/agent/a',
+    decision: 'allow',
+    leaseId: `l${i}`,
+  });
+  // What ioredis does after a dropped connection: each unanswered script runs again, and its second answer counts.
+  const twice = new Proxy(redis, {
+    get(target, prop, receiver) {
+      const v = Reflect.get(target, prop, receiver);
+      if (prop !== 'evalsha') return typeof v === 'function' ? v.bind(target) : v;
+      return (...args: unknown[]) => v.apply(target, args).then(() => v.apply(target, args));
+    },
+  });
+  const log = new AuditLog({ redis: twice, keys, logger: silentLogger, taskIndexMs: 60_000 });
+  await log.append(event(0));
+  // Two batches in flight: each runs, then runs again once the first answer is in (after both first runs).
+  await Promise.all([log.append(event(1)), log.append(event(2))]);
+  const leases = (await redis.xrange(keys.auditStream('ops'), '-', '+')).map(([, f]) => JSON.parse(f[1]!).leaseId);
+  // Before: l1 again after l2 (its second run was refused as contention and its record re-hashed and sent).
+  expect(leases).toEqual(['l0', 'l1', 'l2']);
+  expect(await verifyAuditChain(redis, keys, 'ops')).toMatchObject({ ok: true, records: 3 });
+  await dropPrefix(prefix);
+});
+
+test('a record that cannot be serialised fails alone; the records of its batch are written', async () => {
+  const prefix = uniquePrefix('audit-poison');
+  const keys = new Keys(prefix);
+  const log = new AuditLog({ redis, keys, logger: silentLogger, taskIndexMs: 60_000 });
+  const event = (i: number, detail?: AuditEvent['detail']): AuditEvent => ({
+    action: 'credential.issue',
+    actor: 'spiffe://dev.local/agent/a',
+    decision: 'allow',
+    leaseId: `l${i}`,
+    ...(detail ? { detail } : {}),
+  });
+  await log.append(event(0));
+  const results = await Promise.allSettled([
+    log.append(event(1)),
+    log.append(event(2)),
+    log.append(event(3, { n: 1n as unknown as number })),
+    log.append(event(4)),
+  ]);
+  expect(results.map((r) => r.status)).toEqual(['fulfilled', 'fulfilled', 'rejected', 'fulfilled']);
+  await log.flush();
+  const leases = (await redis.xrange(keys.auditStream('ops'), '-', '+')).map(([, f]) => JSON.parse(f[1]!).leaseId);
+  expect(leases).toEqual(['l0', 'l1', 'l2', 'l4']);
+  expect(await verifyAuditChain(redis, keys, 'ops')).toMatchObject({ ok: true, records: 4 });
+  await dropPrefix(prefix);
+});

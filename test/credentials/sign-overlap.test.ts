@@ -3,6 +3,8 @@
  * only once both are done, a refused lease drops the signature, and a failed signature ends the
  * lease it had recorded.
  */
+import type { Redis } from 'ioredis';
+import { script } from '../../src/redis/scripts.ts';
 import { AGENT, auditRecords, call, openAgentTask, startTestBroker, waitFor, type TestBroker } from '../helpers/broker.ts';
 
 let t: TestBroker;
@@ -81,4 +83,53 @@ test('a lease the task refuses drops the signature in flight, even one that then
   } finally {
     process.off('unhandledRejection', onUnhandled);
   }
+});
+
+test("the issue record goes to Redis in the lease script's socket write, on the lease's connection", async () => {
+  await openAgentTask(t, 'so-one-write', grants);
+  const redis = t.broker.deps.redis as Redis;
+  const stream = (redis as unknown as { stream: { _writev?: Function; _write: Function } }).stream;
+  const writes: string[] = [];
+  const [write, writev] = [stream._write, stream._writev];
+  stream._write = function (this: unknown, chunk: Buffer | string, ...rest: unknown[]) {
+    writes.push(String(chunk));
+    return write.call(this, chunk, ...rest);
+  };
+  stream._writev = function (this: unknown, chunks: { chunk: Buffer | string }[], cb: unknown) {
+    writes.push(chunks.map((c) => String(c.chunk)).join(''));
+    return writev!.call(this, chunks, cb);
+  };
+  try {
+    const r = await call(t.url, 'POST', '/v1/credentials', t.as(AGENT), { taskId: 'so-one-write', role: 'demo-api' });
+    expect(r.status).toBe(201);
+  } finally {
+    stream._write = write;
+    stream._writev = writev;
+  }
+  // Before: the record went on a connection of its own, after the lease script's answer.
+  const both = writes.filter((w) => w.includes(script('lease-create').sha) && w.includes(script('audit-append').sha));
+  expect(both).toHaveLength(1);
+});
+
+test('a lease script whose answer never came (a command timeout) yet ran ends its lease failed, recorded, and hands out nothing', async () => {
+  await openAgentTask(t, 'so-timeout', grants);
+  const leases = t.broker.deps.leases;
+  const realCreate = leases.create.bind(leases);
+  leases.create = async (...args: Parameters<typeof realCreate>) => {
+    await realCreate(...args);
+    throw new Error('Command timed out');
+  };
+  try {
+    const r = await call(t.url, 'POST', '/v1/credentials', t.as(AGENT), { taskId: 'so-timeout', role: 'demo-api' });
+    expect(r.status).toBeGreaterThanOrEqual(500);
+    expect(JSON.stringify(r.body)).not.toContain('eyJ');
+  } finally {
+    leases.create = realCreate;
+  }
+  // Before: the lease stayed active under an issue record, with nothing handed out.
+  expect(await leaseStatuses('so-timeout')).toEqual(['failed']);
+  const actions = (await auditRecords(t.broker.deps.redis, t.broker.deps.keys))
+    .filter((a) => a.taskId === 'so-timeout')
+    .map((a) => a.action);
+  expect(actions).toEqual(['task.open', 'credential.issue', 'credential.fail']);
 });

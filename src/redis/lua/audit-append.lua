@@ -11,9 +11,12 @@
 -- ARGV[3] key base of the chain's bucket (for the task indexes)
 -- ARGV[4] how long a task index is kept, in ms
 -- ARGV[5..] triples: record JSON, task id ('' for none), key that must exist ('' for none; in the chain's slot)
--- Returns false when appended; else nothing is written and it returns the real head, or
+-- Returns false when appended (or when the head already is the new head: this batch was written before);
+-- else nothing is written and it returns the real head, or
 -- {real head, n} when the n-th record's key is absent.
 local cur = redis.call('GET', KEYS[1]) or ''
+-- Already written: the client sent it again after a dropped connection lost the answer.
+if cur == ARGV[2] then return false end
 if cur ~= ARGV[1] then return cur end
 for i = 7, #ARGV, 3 do
   if ARGV[i] ~= '' and redis.call('EXISTS', ARGV[i]) == 0 then return { cur, (i - 4) / 3 } end
