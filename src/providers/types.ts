@@ -84,8 +84,16 @@ export interface RevokeContext {
  */
 export type RotationResult = { target: string; rotated: string[]; detail?: Record<string, unknown>; secret: Record<string, string> };
 
-/** Identifiers (access key ids, secret-id accessors; never secrets) of one rotation's old and new secret. */
-export type RotationIds = { old?: string; new?: string };
+/**
+ * Identifiers (access key ids, secret-id accessors; never secrets) of one rotation's old and new secret.
+ * `creating`: when (ms, the broker's clock) it asked the upstream for a new secret whose identifier it has
+ * not recorded yet; set without `new`, it says a process may have died holding the only copy of that
+ * identifier, so the next rotation (or the startup pass) looks for what was created around then.
+ */
+export type RotationIds = { old?: string; new?: string; creating?: number };
+
+/** What retiring an interrupted rotation's leftovers did: identifiers retired, and those that could not be. */
+export type LeftoverOutcome = { retired: string[]; failed: string[] };
 
 /**
  * Rotation intent kept in Redis, written before each upstream side effect. A

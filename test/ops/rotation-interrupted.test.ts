@@ -34,18 +34,20 @@ const rotate = (p: BrokerProcess, target: string) => call(p.url, 'POST', '/v1/ad
 
 /**
  * Starts a broker process on `file`, starts a rotation of `target`, and SIGKILLs the process once
- * the new secret was handed out (sealed in Redis), while it waits out the switch grace before
- * retiring the old one.
+ * `reached` holds: by default once the new secret was handed out (sealed in Redis), while it waits out
+ * the switch grace before retiring the old one.
  */
-async function killMidRotation(file: string, target: string, prefix: string): Promise<void> {
+async function killMidRotation(file: string, target: string, prefix: string, reached?: () => boolean): Promise<void> {
   const keys = new Keys(prefix);
   const p1 = await startBrokerProcess(file);
   procs.push(p1);
   const pending = rotate(p1, target).catch(() => undefined);
   const redis = new Redis(REDIS_URL);
+  const handedOut = async () => (await redis.get(keys.secrets(target))) !== null;
+  const there = async () => (reached ? reached() : handedOut());
   try {
-    for (let i = 0; i < 400 && !(await redis.get(keys.secrets(target))); i++) await sleep(25);
-    expect(await redis.get(keys.secrets(target))).toEqual(expect.any(String));
+    for (let i = 0; i < 400 && !(await there()); i++) await sleep(25);
+    expect(await there()).toBe(true);
     await p1.kill('SIGKILL');
     await pending;
     // The dead process's rotation lock lapses within 30 s; the test does not wait for it.
@@ -55,33 +57,55 @@ async function killMidRotation(file: string, target: string, prefix: string): Pr
   }
 }
 
+/** An emulator with the broker's user and role, and a broker config file on it under a fresh prefix. */
+async function awsSetup(name: string) {
+  const emu = await startAwsEmulator();
+  aws = emu;
+  const user = emu.createUser('jit-broker');
+  const role = emu.createRole('agent-reports', { maxSessionDuration: 3600, trust: [user.arn] });
+  const prefix = uniquePrefix(name);
+  prefixes.push(prefix);
+  const file = testConfigFile(issuer, prefix, {
+    rotation: { switchGraceMs: 8000 },
+    providers: { aws: brokerAwsSettings(emu.url, user, ROTATABLE) },
+    roles: { 'reports-bucket': { provider: 'aws', roleArn: role.arn, maxTtlSeconds: 3600 } },
+  });
+  return { emu, user, prefix, file, original: { accessKeyId: user.accessKeyId, secretAccessKey: user.secretAccessKey } };
+}
+
 describe('a rotation whose process was killed midway is finished by the next one', () => {
   test('aws: the original key is retired, not left active for good, and rotations work again', async () => {
-    aws = await startAwsEmulator();
-    const user = aws.createUser('jit-broker');
-    const role = aws.createRole('agent-reports', { maxSessionDuration: 3600, trust: [user.arn] });
-    const prefix = uniquePrefix('rot-killed-aws');
-    prefixes.push(prefix);
-    const file = testConfigFile(issuer, prefix, {
-      rotation: { switchGraceMs: 8000 },
-      providers: {
-        aws: brokerAwsSettings(aws!.url, user, ROTATABLE),
-      },
-      roles: { 'reports-bucket': { provider: 'aws', roleArn: role.arn, maxTtlSeconds: 3600 } },
-    });
-    const original = { accessKeyId: user.accessKeyId, secretAccessKey: user.secretAccessKey };
+    const { emu, user, prefix, file, original } = await awsSetup('rot-killed-aws');
     await killMidRotation(file, 'aws', prefix);
-    expect(aws.accessKeys(user.userName)).toHaveLength(2);
-    expect(await callerIdentityAs(aws.url, original)).toBe('ok');
+    expect(emu.accessKeys(user.userName)).toHaveLength(2);
+    expect(await callerIdentityAs(emu.url, original)).toBe('ok');
 
     const p2 = await startBrokerProcess(file);
     procs.push(p2);
     const r = await rotate(p2, 'aws');
     expect(r.status).toBe(202);
     // The original is gone; one key is left, the one the rotation made.
-    expect(await callerIdentityAs(aws.url, original)).toBe('InvalidClientTokenId');
-    expect(aws.accessKeys(user.userName)).toEqual([{ accessKeyId: r.body.accessKeyId, status: 'Active' }]);
+    expect(await callerIdentityAs(emu.url, original)).toBe('InvalidClientTokenId');
+    expect(emu.accessKeys(user.userName)).toEqual([{ accessKeyId: r.body.accessKeyId, status: 'Active' }]);
     expect((await rotate(p2, 'aws')).status).toBe(202);
+  }, 90_000);
+
+  test("aws: a key created by a rotation killed before it learnt the key id is retired by the next one (not left to hit IAM's two-key limit)", async () => {
+    await aws?.stop();
+    const { emu, user, prefix, file, original } = await awsSetup('rot-killed-create');
+    // IAM creates the key; its answer (the only place its id is) never reaches the broker, which dies.
+    emu.holdAnswer('CreateAccessKey', 4000);
+    await killMidRotation(file, 'aws', prefix, () => emu.accessKeys(user.userName).length === 2);
+    const orphan = emu.accessKeys(user.userName).find((k) => k.accessKeyId !== original.accessKeyId)!;
+
+    const p2 = await startBrokerProcess(file);
+    procs.push(p2);
+    // Before: 502, CreateAccessKey refused with LimitExceeded until someone deleted the orphan by hand.
+    const r = await rotate(p2, 'aws');
+    expect({ status: r.status, code: r.body.code }).toEqual({ status: 202, code: undefined });
+    expect(emu.accessKeys(user.userName)).toEqual([{ accessKeyId: r.body.accessKeyId, status: 'Active' }]);
+    expect(r.body.accessKeyId).not.toBe(orphan.accessKeyId);
+    expect(await callerIdentityAs(emu.url, original)).toBe('InvalidClientTokenId');
   }, 90_000);
 
   test('vault: the original secret-id is destroyed by the next rotation', async () => {

@@ -167,8 +167,8 @@ export function createAwsProvider(settings: AwsSettings, ctx: ProviderContext, o
     },
   };
   if (clients.rotatable) {
-    provider.rotate = (distribute, _opts, journal): Promise<RotationResult> =>
-      rotateAccessKey({ settings, clients, logger }, distribute, journal);
+    const rotateDeps = { settings, clients, logger, clock };
+    provider.rotate = (distribute, _opts, journal): Promise<RotationResult> => rotateAccessKey(rotateDeps, distribute, journal);
     provider.useSecret = async (secret) => {
       const { accessKeyId, secretAccessKey } = secret;
       if (!accessKeyId || !secretAccessKey) throw new Error('aws secret needs accessKeyId and secretAccessKey');

@@ -58,6 +58,11 @@ export interface AwsEmulator {
   failNext(n: number, opts?: { action?: string; status?: number; code?: string }): void;
   /** While down, every connection is reset without a response. */
   setDown(down?: boolean): void;
+  /**
+   * The next request of `action` is carried out, and its answer held back for `ms` (a slow or lost
+   * answer: the side effect happened, the caller does not know it yet; a test can kill the caller meanwhile).
+   */
+  holdAnswer(action: string, ms: number): void;
   /** A newly created access key answers InvalidClientTokenId for its first `calls` requests (IAM eventual consistency). */
   setKeyPropagationDelay(calls: number): void;
   createRole(
@@ -109,6 +114,7 @@ export async function startAwsEmulator(opts: AwsEmulatorOptions = {}): Promise<A
   const log: RecordedRequest[] = [];
   let down = false;
   let propagationDelay = 0;
+  const holds: { action: string; ms: number }[] = [];
   const sockets = new Set<Socket>();
 
   const takeFault = (action: string): Fault | undefined => {
@@ -175,6 +181,8 @@ export async function startAwsEmulator(opts: AwsEmulatorOptions = {}): Promise<A
       account.checkNotExpired(principal);
 
       const result = handler({ account, principal, params, packedPolicyLimit, keyPropagationDelay: propagationDelay });
+      const hold = holds.findIndex((h) => h.action === params.Action);
+      if (hold >= 0) await new Promise((r) => setTimeout(r, holds.splice(hold, 1)[0]!.ms).unref());
       send(200, successXml(ns, params.Action, result, requestId));
     } catch (err) {
       if (err instanceof AwsError) {
@@ -220,6 +228,9 @@ export async function startAwsEmulator(opts: AwsEmulatorOptions = {}): Promise<A
       }),
     setDown: (d = true) => {
       down = d;
+    },
+    holdAnswer: (action, ms) => {
+      holds.push({ action, ms });
     },
     setKeyPropagationDelay: (calls) => {
       propagationDelay = calls;
