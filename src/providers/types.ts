@@ -171,6 +171,13 @@ export interface Provider<R extends RoleConfig = RoleConfig> {
     opts?: { immediate?: boolean },
     journal?: RotationJournal,
   ): Promise<RotationResult>;
+  /**
+   * Retires what an interrupted rotation left (`journal.leftover`) without rotating: the recorded secrets
+   * this instance does not run with, and what an unfinished create made. The core calls it under the
+   * rotation lock, after it switched to Redis's secret, announced it, and waited the switch grace, so
+   * nothing retired here is in use anywhere. Never retires the secret this instance runs with.
+   */
+  retireLeftovers?(journal: RotationJournal): Promise<LeftoverOutcome>;
   /** Switches to secret material rotated by another instance (from RotationResult.secret). */
   useSecret?(secret: Record<string, string>): Promise<void>;
   close(): Promise<void>;

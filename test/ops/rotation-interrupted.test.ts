@@ -76,12 +76,13 @@ async function awsSetup(name: string) {
 describe('a rotation whose process was killed midway is finished by the next one', () => {
   test('aws: the original key is retired, not left active for good, and rotations work again', async () => {
     const { emu, user, prefix, file, original } = await awsSetup('rot-killed-aws');
+    // Up before the kill, so its startup pass finds nothing: the next rotation is what finishes it.
+    const p2 = await startBrokerProcess(file);
+    procs.push(p2);
     await killMidRotation(file, 'aws', prefix);
     expect(emu.accessKeys(user.userName)).toHaveLength(2);
     expect(await callerIdentityAs(emu.url, original)).toBe('ok');
 
-    const p2 = await startBrokerProcess(file);
-    procs.push(p2);
     const r = await rotate(p2, 'aws');
     expect(r.status).toBe(202);
     // The original is gone; one key is left, the one the rotation made.
@@ -93,13 +94,14 @@ describe('a rotation whose process was killed midway is finished by the next one
   test("aws: a key created by a rotation killed before it learnt the key id is retired by the next one (not left to hit IAM's two-key limit)", async () => {
     await aws?.stop();
     const { emu, user, prefix, file, original } = await awsSetup('rot-killed-create');
+    // Up before the kill, so its startup pass finds nothing: the next rotation is what finishes it.
+    const p2 = await startBrokerProcess(file);
+    procs.push(p2);
     // IAM creates the key; its answer (the only place its id is) never reaches the broker, which dies.
     emu.holdAnswer('CreateAccessKey', 4000);
     await killMidRotation(file, 'aws', prefix, () => emu.accessKeys(user.userName).length === 2);
     const orphan = emu.accessKeys(user.userName).find((k) => k.accessKeyId !== original.accessKeyId)!;
 
-    const p2 = await startBrokerProcess(file);
-    procs.push(p2);
     // Before: 502, CreateAccessKey refused with LimitExceeded until someone deleted the orphan by hand.
     const r = await rotate(p2, 'aws');
     expect({ status: r.status, code: r.body.code }).toEqual({ status: 202, code: undefined });
@@ -108,35 +110,95 @@ describe('a rotation whose process was killed midway is finished by the next one
     expect(await callerIdentityAs(emu.url, original)).toBe('InvalidClientTokenId');
   }, 90_000);
 
-  test('vault: the original secret-id is destroyed by the next rotation', async () => {
-    const v = await vaultWithBroker();
-    vault = v.emu;
-    const prefix = uniquePrefix('rot-killed-vault');
-    prefixes.push(prefix);
-    const file = testConfigFile(issuer, prefix, {
-      rotation: { switchGraceMs: 8000 },
-      providers: {
-        vault: {
-          address: vault!.url,
-          auth: { approle: { roleId: v.roleId, secretId: v.secretId, mount: 'approle', roleName: 'jit-broker' } },
-        },
-      },
-      roles: { 'vault-ops': { provider: 'vault', token: { policies: ['ops-read'] } } },
-    });
-    const login = (secretId: string) =>
-      vaultClient(vault!, '')
-        .write('auth/approle/login', { role_id: v.roleId, secret_id: secretId })
-        .then(
-          () => 'ok',
-          () => 'refused',
-        );
-    await killMidRotation(file, 'vault', prefix);
-    expect(await login(v.secretId)).toBe('ok');
+  test('aws: a broker that starts after the kill retires the leftovers itself (announced first), without another rotation', async () => {
+    await aws?.stop();
+    const { emu, user, prefix, file, original } = await awsSetup('rot-killed-start');
+    await killMidRotation(file, 'aws', prefix);
+    const handedOut = emu.accessKeys(user.userName).find((k) => k.accessKeyId !== original.accessKeyId)!;
 
+    const sub = new Redis(REDIS_URL);
+    const announced: string[] = [];
+    sub.on('message', (_ch: string, m: string) => announced.push(m));
+    await sub.subscribe(new Keys(prefix).channel('broker'));
+    // Before: nothing happened until someone rotated again; the original stayed valid for good meanwhile.
     const p2 = await startBrokerProcess(file);
     procs.push(p2);
+    try {
+      for (let i = 0; i < 200 && (await callerIdentityAs(emu.url, original)) === 'ok'; i++) await sleep(100);
+      expect(await callerIdentityAs(emu.url, original)).toBe('InvalidClientTokenId');
+      // Other instances were told to switch to Redis's key (the one kept) before the original was retired.
+      expect(announced).toContain(JSON.stringify({ type: 'rotated', target: 'aws' }));
+    } finally {
+      await sub.quit();
+    }
+    // The key the dead rotation handed out is the one kept, and the one the new broker runs with.
+    expect(emu.accessKeys(user.userName)).toEqual([{ accessKeyId: handedOut.accessKeyId, status: 'Active' }]);
+    const audit = await call(p2.url, 'GET', '/v1/audit?action=rotate.leftovers', as(ADMIN));
+    expect(audit.body.items).toEqual([
+      expect.objectContaining({ actor: 'broker', decision: 'ok', reason: 'aws', detail: { retired: [original.accessKeyId] } }),
+    ]);
+    const redis = new Redis(REDIS_URL);
+    try {
+      expect(await redis.exists(new Keys(prefix).rotationIntent('aws'))).toBe(0);
+    } finally {
+      await redis.quit();
+    }
+    expect((await rotate(p2, 'aws')).status).toBe(202);
+  }, 90_000);
+
+  test('vault: the original secret-id is destroyed by the next rotation', async () => {
+    const { prefix, file, original, login } = await vaultSetup('rot-killed-vault');
+    // Up before the kill, so its startup pass finds nothing: the next rotation is what finishes it.
+    const p2 = await startBrokerProcess(file);
+    procs.push(p2);
+    await killMidRotation(file, 'vault', prefix);
+    expect(await login(original)).toBe('ok');
+
     const r = await rotate(p2, 'vault');
     expect(r.status).toBe(202);
-    expect(await login(v.secretId)).toBe('refused');
+    expect(await login(original)).toBe('refused');
+  }, 90_000);
+
+  test('vault: a broker that starts after the kill destroys the original secret-id itself, without another rotation', async () => {
+    await vault?.stop();
+    const { prefix, file, original, login } = await vaultSetup('rot-killed-vault-start');
+    await killMidRotation(file, 'vault', prefix);
+    expect(await login(original)).toBe('ok');
+
+    // Before: it stayed valid until someone rotated again.
+    const p2 = await startBrokerProcess(file);
+    procs.push(p2);
+    for (let i = 0; i < 200 && (await login(original)) === 'ok'; i++) await sleep(100);
+    expect(await login(original)).toBe('refused');
+    const audit = await call(p2.url, 'GET', '/v1/audit?action=rotate.leftovers', as(ADMIN));
+    expect(audit.body.items).toEqual([
+      expect.objectContaining({ decision: 'ok', reason: 'vault', detail: { retired: [expect.any(String)] } }),
+    ]);
   }, 90_000);
 });
+
+/** A Vault emulator with the broker's AppRole, a broker config file on it under a fresh prefix, and a login check. */
+async function vaultSetup(name: string) {
+  const v = await vaultWithBroker();
+  vault = v.emu;
+  const prefix = uniquePrefix(name);
+  prefixes.push(prefix);
+  const file = testConfigFile(issuer, prefix, {
+    rotation: { switchGraceMs: 8000 },
+    providers: {
+      vault: {
+        address: v.emu.url,
+        auth: { approle: { roleId: v.roleId, secretId: v.secretId, mount: 'approle', roleName: 'jit-broker' } },
+      },
+    },
+    roles: { 'vault-ops': { provider: 'vault', token: { policies: ['ops-read'] } } },
+  });
+  const login = (secretId: string) =>
+    vaultClient(v.emu, '')
+      .write('auth/approle/login', { role_id: v.roleId, secret_id: secretId })
+      .then(
+        () => 'ok',
+        () => 'refused',
+      );
+  return { prefix, file, original: v.secretId, login };
+}

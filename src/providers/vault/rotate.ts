@@ -1,6 +1,6 @@
 import { badRequest } from '../../errors.ts';
 import type { Logger } from '../../logger.ts';
-import { noJournal, type RotationJournal, type RotationResult } from '../types.ts';
+import { type LeftoverOutcome, noJournal, type RotationJournal, type RotationResult } from '../types.ts';
 import { classify, isAlreadyGone, issueError, safeCause } from './errors.ts';
 import type { VaultSession } from './session.ts';
 
@@ -27,18 +27,10 @@ export async function rotateSecretId(
   journal: RotationJournal = noJournal,
 ): Promise<RotationResult> {
   const base = roleBase(session);
-  const destroy = (accessor: string) =>
-    session.call((c) => c.write(`${base}/secret-id-accessor/destroy`, { secret_id_accessor: accessor }));
+  const destroy = destroyer(session, base);
   return session.exclusive(async () => {
-    let oldAccessor: string | undefined;
     let fresh: { secret_id: string; secret_id_accessor: string };
-    try {
-      // 204 (empty) when the current secret-id is already gone: then there is nothing to destroy.
-      const looked = await session.call((c) => c.write(`${base}/secret-id/lookup`, { secret_id: session.secretId }));
-      oldAccessor = looked?.data?.secret_id_accessor;
-    } catch (err) {
-      throw issueError(err, 'looking up the current AppRole secret-id');
-    }
+    const oldAccessor = await currentAccessor(session, base);
     await retireLeftovers(destroy, logger, oldAccessor, journal);
     // Recorded before anything is created: a process dying from here on leaves the next rotation enough to clean up.
     await journal.record(oldAccessor ? { old: oldAccessor } : {});
@@ -110,6 +102,27 @@ export async function rotateSecretId(
   });
 }
 
+const destroyer = (session: VaultSession, base: string) => (accessor: string) =>
+  session.call((c) => c.write(`${base}/secret-id-accessor/destroy`, { secret_id_accessor: accessor }));
+
+/** Accessor of the secret-id this instance runs with; undefined when Vault says it is already gone (204). */
+async function currentAccessor(session: VaultSession, base: string): Promise<string | undefined> {
+  try {
+    const looked = await session.call((c) => c.write(`${base}/secret-id/lookup`, { secret_id: session.secretId }));
+    return looked?.data?.secret_id_accessor;
+  } catch (err) {
+    throw issueError(err, 'looking up the current AppRole secret-id');
+  }
+}
+
+/** Without rotating (the core's startup pass): destroys the secret-ids an interrupted rotation recorded, other than the one in use. */
+export async function retireSecretIdLeftovers(session: VaultSession, logger: Logger, journal: RotationJournal): Promise<LeftoverOutcome> {
+  // Token auth, or no role name: this broker never rotated a secret-id, so it recorded none.
+  if (!session.approle?.roleName) return { retired: [], failed: [] };
+  const base = roleBase(session);
+  return session.exclusive(async () => retireLeftovers(destroyer(session, base), logger, await currentAccessor(session, base), journal));
+}
+
 /**
  * Secret-ids an interrupted rotation recorded (the one it was retiring, the
  * one it generated) other than the one in use: the core switched this
@@ -122,17 +135,22 @@ async function retireLeftovers(
   logger: Logger,
   current: string | undefined,
   journal: RotationJournal,
-): Promise<void> {
+): Promise<LeftoverOutcome> {
+  const out: LeftoverOutcome = { retired: [], failed: [] };
   for (const accessor of new Set([journal.leftover?.old, journal.leftover?.new])) {
     if (!accessor || accessor === current) continue;
     try {
       await destroy(accessor);
+      out.retired.push(accessor);
       logger.warn({ secretIdAccessor: accessor }, 'vault: destroyed a secret-id an interrupted rotation left valid');
     } catch (err) {
-      if (!isAlreadyGone(err))
+      if (!isAlreadyGone(err)) {
+        out.failed.push(accessor);
         logger.error({ secretIdAccessor: accessor, err: safeCause(err) }, 'vault: could not destroy a leftover secret-id');
+      }
     }
   }
+  return out;
 }
 
 /** Switches to a secret-id rotated by another instance: log in with it first, switch only if that worked. */
