@@ -57,12 +57,12 @@ export async function rotateAccessKey(
   try {
     created = (await clients.run((c) => c.iam.send(new CreateAccessKeyCommand({ ...(UserName ? { UserName } : {}) })))).AccessKey;
   } catch (err) {
-    await journal.clear();
+    // The intent (with `creating`) stays: an attempt whose answer was lost (a reset, a 5xx, a retry refused
+    // with LimitExceeded) may have made a key nobody knows. The next rotation or start lists and retires it.
     if (awsErrorCode(err) === 'LimitExceeded')
-      // No unfinished rotation accounts for the second key (retireLeftovers above looked): it is not the broker's to delete.
       logger.error(
         { userName: UserName },
-        'IAM allows two access keys per user and the user already has a key this broker does not know; delete it by hand',
+        "IAM allows two access keys per user and the user has two: one made by this rotation whose answer was lost is retired by the next rotation or start; any other is not the broker's to delete (delete it by hand)",
       );
     throw fail('CreateAccessKey', err);
   }
