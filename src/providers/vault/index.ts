@@ -102,7 +102,7 @@ export class VaultProvider implements Provider<VaultRoleConfig> {
     _opts?: { immediate?: boolean },
     journal?: RotationJournal,
   ): Promise<RotationResult> {
-    return rotateSecretId(this.session, this.logger, distribute, journal);
+    return rotateSecretId(this.session, this.logger, distribute, journal, this.now);
   }
 
   retireLeftovers(journal: RotationJournal): Promise<LeftoverOutcome> {
