@@ -58,6 +58,12 @@ export interface AwsEmulator {
   failNext(n: number, opts?: { action?: string; status?: number; code?: string }): void;
   /** While down, every connection is reset without a response. */
   setDown(down?: boolean): void;
+  /**
+   * The next request of `action` is carried out, and its answer held back for `ms` (a slow or lost
+   * answer: the side effect happened, the caller does not know it yet; a test can kill the caller meanwhile).
+   * `lose`: then the connection is reset instead of answered (the caller never learns the outcome).
+   */
+  holdAnswer(action: string, ms: number, opts?: { lose?: boolean }): void;
   /** A newly created access key answers InvalidClientTokenId for its first `calls` requests (IAM eventual consistency). */
   setKeyPropagationDelay(calls: number): void;
   createRole(
@@ -109,6 +115,7 @@ export async function startAwsEmulator(opts: AwsEmulatorOptions = {}): Promise<A
   const log: RecordedRequest[] = [];
   let down = false;
   let propagationDelay = 0;
+  const holds: { action: string; ms: number; lose: boolean }[] = [];
   const sockets = new Set<Socket>();
 
   const takeFault = (action: string): Fault | undefined => {
@@ -175,6 +182,15 @@ export async function startAwsEmulator(opts: AwsEmulatorOptions = {}): Promise<A
       account.checkNotExpired(principal);
 
       const result = handler({ account, principal, params, packedPolicyLimit, keyPropagationDelay: propagationDelay });
+      const at = holds.findIndex((h) => h.action === params.Action);
+      const hold = at >= 0 ? holds.splice(at, 1)[0] : undefined;
+      if (hold) await new Promise((r) => setTimeout(r, hold.ms).unref());
+      if (hold?.lose) {
+        entry.code = 'ConnectionReset';
+        log.push(entry);
+        req.socket.destroy();
+        return;
+      }
       send(200, successXml(ns, params.Action, result, requestId));
     } catch (err) {
       if (err instanceof AwsError) {
@@ -220,6 +236,9 @@ export async function startAwsEmulator(opts: AwsEmulatorOptions = {}): Promise<A
       }),
     setDown: (d = true) => {
       down = d;
+    },
+    holdAnswer: (action, ms, o = {}) => {
+      holds.push({ action, ms, lose: o.lose === true });
     },
     setKeyPropagationDelay: (calls) => {
       propagationDelay = calls;
