@@ -106,7 +106,13 @@ export class AwsClients {
       region: this.settings.region,
       // One retry policy, ours (upstream.ts): the SDK must not retry underneath it.
       maxAttempts: 1,
-      requestHandler: { requestTimeout: this.settings.requestTimeoutMs, connectionTimeout: Math.min(this.settings.requestTimeoutMs, 3000) },
+      // throwOnRequestTimeout: without it this SDK only logs a warning past requestTimeout and waits on a
+      // silent upstream for good, and every deadline computed from requestTimeoutMs (the orphan window) is wrong.
+      requestHandler: {
+        requestTimeout: this.settings.requestTimeoutMs,
+        connectionTimeout: Math.min(this.settings.requestTimeoutMs, 3000),
+        throwOnRequestTimeout: true,
+      },
       ...(keys ? { credentials: keys } : {}),
     };
     const iamEndpoint = this.settings.iamEndpoint ?? this.settings.endpoint;

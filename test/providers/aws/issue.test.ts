@@ -31,6 +31,16 @@ async function brokerError(p: Promise<unknown>): Promise<BrokerError> {
 }
 
 describe('issue', () => {
+  it('an STS that takes the call and never answers is given up after requestTimeoutMs, not waited on', async () => {
+    const p = w.makeProvider({ requestTimeoutMs: 300, maxAttempts: 1 });
+    w.emu.holdAnswer('AssumeRole', 6000);
+    const t0 = Date.now();
+    const err = await brokerError(p.issue(issueRequest(roleConfig(w.role.arn), { scopes: ['s3:GetObject'] })));
+    // Before: the SDK only warned past its requestTimeout and waited the whole 6 s for the answer.
+    expect(Date.now() - t0).toBeLessThan(3000);
+    expect(err.status).toBeGreaterThanOrEqual(500);
+  });
+
   it('assumes the role with a scoped-down session policy, lease-named session, tags and source identity', async () => {
     const role = roleConfig(w.role.arn, { resources: ['arn:aws:s3:::reports', 'arn:aws:s3:::reports/*'] });
     const req = issueRequest(role, { scopes: ['s3:ListBucket', 's3:GetObject'], ttlSeconds: 1200 });
