@@ -31,9 +31,8 @@ path "auth/token/create-orphan"   { capabilities = ["create", "update"] }
 path "auth/token/revoke-accessor" { capabilities = ["update"] }
 path "sys/leases/revoke"          { capabilities = ["update"] }
 path "database/creds/*"           { capabilities = ["read"] }
-path "auth/approle/role/jit-broker/secret-id"                   { capabilities = ["update", "list"] }
+path "auth/approle/role/jit-broker/secret-id"                   { capabilities = ["update"] }
 path "auth/approle/role/jit-broker/secret-id/lookup"            { capabilities = ["update"] }
-path "auth/approle/role/jit-broker/secret-id-accessor/lookup"   { capabilities = ["update"] }
 path "auth/approle/role/jit-broker/secret-id-accessor/destroy"  { capabilities = ["update"] }
 HCL
 

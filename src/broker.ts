@@ -297,15 +297,6 @@ export async function startBroker(config: LoadedConfig, opts: BrokerOptions = {}
     const keyRefresh = setInterval(() => void signing.reload().catch(() => {}), 10_000);
     keyRefresh.unref();
     undo.push(() => clearInterval(keyRefresh));
-    // What a rotation killed midway left is retired now, not at the next rotation (in the background: it may
-    // wait for a dead process's rotation lock, then the switch grace). Ended, not awaited out, at shutdown.
-    const leftovers = rotation
-      .retireLeftovers()
-      .catch((err) => logger.error({ err: (err as Error).message }, 'retiring rotation leftovers at startup failed'));
-    undo.push(() => {
-      rotation.stop();
-      return leftovers;
-    });
 
     let worker: RevocationWorker | undefined;
     let sweeper: Sweeper | undefined;
@@ -387,8 +378,6 @@ export async function startBroker(config: LoadedConfig, opts: BrokerOptions = {}
         shuttingDown = true;
         clearInterval(keyRefresh);
         recovery.stop();
-        rotation.stop();
-        await leftovers;
         if (server) {
           const srv = server;
           const closed = new Promise<void>((resolve) => srv.close(() => resolve()));

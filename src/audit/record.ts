@@ -16,7 +16,6 @@ export type AuditAction =
   | 'lease.revoke_failed'
   | 'approval.decide'
   | 'rotate'
-  | 'rotate.leftovers'
   | 'policy.reload'
   | 'aws.deny_fallback'
   | 'aws.deny_fold'

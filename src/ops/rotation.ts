@@ -10,12 +10,9 @@ import { acquireLock } from '../redis/lock.ts';
 import type { RedisClient } from '../redis/scripts.ts';
 import type { Kek } from '../signing/kek.ts';
 import { SealedSecrets } from './sealed-secrets.ts';
-import { setTimeout as sleep } from 'node:timers/promises';
 
 /** TTL of the rotation lock, renewed every third of it while the rotation runs. */
 const LOCK_TTL_MS = 30_000;
-/** How long the startup pass waits for a target's rotation lock: a process that died holding it lets it lapse within its TTL. */
-const LEFTOVER_LOCK_WAIT_MS = LOCK_TTL_MS + 5_000;
 
 /** Broadcast on `${prefix}:events:broker` so every instance follows. */
 export type BrokerEvent =
@@ -34,8 +31,6 @@ export class RotationService {
   private readonly deps: Deps;
   private readonly sealed: SealedSecrets;
   private readonly publisher: RedisClient;
-  /** Aborted at shutdown: ends the startup pass's waits (the lock, the switch grace) at once. */
-  private readonly stopping = new AbortController();
   /** Follows reloads announced by other instances (and says when it cannot). */
   readonly policySync: PolicySync;
 
@@ -74,7 +69,12 @@ export class RotationService {
       // Start from the secret the others run with (Redis's), so "not in use" below means not in use anywhere.
       if (target !== 'signing-key') await this.applyDistributedSecrets(target);
       const journal = await this.journal(target);
-      if (journal.leftover && target !== 'signing-key') await this.settle(target);
+      if (journal.leftover && target !== 'signing-key') {
+        // A rotation killed between sealing a secret into Redis and announcing it left the others on the one it
+        // was retiring: tell them of Redis's first, and give them time to switch, before leftovers are retired.
+        await this.announce({ type: 'rotated', target });
+        await new Promise((r) => setTimeout(r, this.deps.config.rotation.switchGraceMs));
+      }
       let distributed = false;
       const result = await provider.rotate(
         async (secret) => {
@@ -109,75 +109,6 @@ export class RotationService {
       clearInterval(keep);
       await lock.release();
     }
-  }
-
-  /**
-   * Before leftovers are retired: a rotation killed between sealing a secret into Redis and announcing it
-   * left the others on the one it was retiring. Tells them of Redis's first, and gives them time to switch.
-   */
-  private async settle(target: string, signal?: AbortSignal): Promise<void> {
-    await this.announce({ type: 'rotated', target });
-    await sleep(this.deps.config.rotation.switchGraceMs, undefined, signal ? { signal } : {});
-  }
-
-  /**
-   * At startup: retires what interrupted rotations left (their recorded intent), without rotating, so a
-   * crash does not leave an old secret valid, or an orphan AWS key holding IAM's two-key limit, until
-   * someone rotates again. The same steps and safety as the next rotation's: under the target's rotation
-   * lock (a rotation under way finishes it instead), switched to Redis's secret, announced, after the
-   * switch grace; never the secret in use. Audited like a rotation (`rotate.leftovers`). Without an
-   * intent in Redis (the usual start) it is one EXISTS per target.
-   */
-  async retireLeftovers(): Promise<void> {
-    const signal = this.stopping.signal;
-    for (const [kind, p] of this.deps.providers.all()) {
-      if (!p.retireLeftovers || signal.aborted) continue;
-      const target = ProviderRegistry.targetOf(kind);
-      if (!(await this.deps.redis.exists(this.deps.keys.rotationIntent(target)))) continue;
-      const lockKey = this.deps.keys.lock(`rotate:${target}`);
-      const deadline = Date.now() + LEFTOVER_LOCK_WAIT_MS;
-      let lock = await acquireLock(this.deps.redis, lockKey, { ttlMs: LOCK_TTL_MS });
-      // Polled once a second (not acquireLock's wait) so shutdown does not wait for it.
-      while (!lock && Date.now() < deadline && !signal.aborted) {
-        await sleep(1000, undefined, { signal }).catch(() => {});
-        lock = await acquireLock(this.deps.redis, lockKey, { ttlMs: LOCK_TTL_MS });
-      }
-      if (!lock) {
-        if (!signal.aborted) this.deps.logger.warn({ target }, 'rotation lock busy: leftovers are left to the next rotation');
-        continue;
-      }
-      const keep = setInterval(() => void lock.extend(LOCK_TTL_MS).catch(() => {}), LOCK_TTL_MS / 3);
-      try {
-        await this.applyDistributedSecrets(target);
-        const journal = await this.journal(target);
-        if (!journal.leftover) continue; // a rotation finished it while this waited for the lock
-        await this.settle(target, signal);
-        const out = await p.retireLeftovers(journal);
-        // Kept when something could not be retired: the next rotation (or start) tries again.
-        if (out.failed.length === 0) await journal.clear();
-        await this.deps.audit.append({
-          action: 'rotate.leftovers',
-          actor: 'broker',
-          decision: out.failed.length === 0 ? 'ok' : 'error',
-          reason: target,
-          detail: { retired: out.retired, ...(out.failed.length > 0 ? { failed: out.failed } : {}) },
-        });
-      } catch (err) {
-        if (signal.aborted) continue;
-        this.deps.logger.error({ target, err: (err as Error).message }, 'retiring the leftovers of an interrupted rotation failed');
-        await this.deps.audit
-          .append({ action: 'rotate.leftovers', actor: 'broker', decision: 'error', reason: target, detail: { leftoversKept: true } })
-          .catch(() => {});
-      } finally {
-        clearInterval(keep);
-        await lock.release().catch(() => {});
-      }
-    }
-  }
-
-  /** Ends the startup pass's waits (shutdown). */
-  stop(): void {
-    this.stopping.abort();
   }
 
   /** The rotation intent of `target` in Redis (identifiers only), as the provider's journal. */

@@ -84,16 +84,8 @@ export interface RevokeContext {
  */
 export type RotationResult = { target: string; rotated: string[]; detail?: Record<string, unknown>; secret: Record<string, string> };
 
-/**
- * Identifiers (access key ids, secret-id accessors; never secrets) of one rotation's old and new secret.
- * `creating`: when (ms, the broker's clock) it asked the upstream for a new secret whose identifier it has
- * not recorded yet; set without `new`, it says a process may have died holding the only copy of that
- * identifier, so the next rotation (or the startup pass) looks for what was created around then.
- */
-export type RotationIds = { old?: string; new?: string; creating?: number };
-
-/** What retiring an interrupted rotation's leftovers did: identifiers retired, and those that could not be. */
-export type LeftoverOutcome = { retired: string[]; failed: string[] };
+/** Identifiers (access key ids, secret-id accessors; never secrets) of one rotation's old and new secret. */
+export type RotationIds = { old?: string; new?: string };
 
 /**
  * Rotation intent kept in Redis, written before each upstream side effect. A
@@ -171,13 +163,6 @@ export interface Provider<R extends RoleConfig = RoleConfig> {
     opts?: { immediate?: boolean },
     journal?: RotationJournal,
   ): Promise<RotationResult>;
-  /**
-   * Retires what an interrupted rotation left (`journal.leftover`) without rotating: the recorded secrets
-   * this instance does not run with, and what an unfinished create made. The core calls it under the
-   * rotation lock, after it switched to Redis's secret, announced it, and waited the switch grace, so
-   * nothing retired here is in use anywhere. Never retires the secret this instance runs with.
-   */
-  retireLeftovers?(journal: RotationJournal): Promise<LeftoverOutcome>;
   /** Switches to secret material rotated by another instance (from RotationResult.secret). */
   useSecret?(secret: Record<string, string>): Promise<void>;
   close(): Promise<void>;

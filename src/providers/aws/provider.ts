@@ -7,7 +7,7 @@ import { DenyList, type DenyFallbackEvent, type DenyFoldEvent, type DenyUnit } f
 import { MAX_SESSION_MS } from './deny-policy.ts';
 import { type AwsHandle, awsIntent, callAllowanceMs, issueAwsCredential, STS_MIN_DURATION } from './issue.ts';
 import { RoleInfoCache } from './role-info.ts';
-import { retireLeftovers, rotateAccessKey } from './rotate.ts';
+import { rotateAccessKey } from './rotate.ts';
 import { sessionPolicy } from './session-policy.ts';
 import { awsErrorCode, classify } from './upstream.ts';
 
@@ -167,13 +167,8 @@ export function createAwsProvider(settings: AwsSettings, ctx: ProviderContext, o
     },
   };
   if (clients.rotatable) {
-    const rotateDeps = { settings, clients, logger, clock };
-    provider.rotate = (distribute, _opts, journal): Promise<RotationResult> => rotateAccessKey(rotateDeps, distribute, journal);
-    provider.retireLeftovers = async (journal) => {
-      const current = clients.staticKeys?.accessKeyId;
-      // Without a long-term key of its own the broker never rotated one: nothing to retire.
-      return current ? retireLeftovers(rotateDeps, current, journal) : { retired: [], failed: [] };
-    };
+    provider.rotate = (distribute, _opts, journal): Promise<RotationResult> =>
+      rotateAccessKey({ settings, clients, logger }, distribute, journal);
     provider.useSecret = async (secret) => {
       const { accessKeyId, secretAccessKey } = secret;
       if (!accessKeyId || !secretAccessKey) throw new Error('aws secret needs accessKeyId and secretAccessKey');

@@ -1,10 +1,9 @@
 import { CreateAccessKeyCommand, DeleteAccessKeyCommand, ListAccessKeysCommand, UpdateAccessKeyCommand } from '@aws-sdk/client-iam';
 import { GetCallerIdentityCommand } from '@aws-sdk/client-sts';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { readSecret } from '../../config/load.ts';
 import { badRequest, upstreamFailed } from '../../errors.ts';
 import type { Logger } from '../../logger.ts';
-import { type LeftoverOutcome, noJournal, type RotationIds, type RotationJournal, type RotationResult } from '../types.ts';
+import { noJournal, type RotationJournal, type RotationResult } from '../types.ts';
 import type { AwsClients, ClientPair, StaticKeys } from './clients.ts';
 import type { AwsSettings } from './config.ts';
 import { awsErrorCode, classify } from './upstream.ts';
@@ -15,8 +14,6 @@ export interface RotateDeps {
   settings: AwsSettings;
   clients: AwsClients;
   logger: Logger;
-  /** The broker's clock (Redis's), for the time an unfinished create is recorded at. */
-  clock: () => number;
 }
 
 /**
@@ -36,7 +33,7 @@ export async function rotateAccessKey(
   distribute: (secret: Record<string, string>) => Promise<void> = async () => {},
   journal: RotationJournal = noJournal,
 ): Promise<RotationResult> {
-  const { settings, clients, logger, clock } = deps;
+  const { settings, clients, logger } = deps;
   const old = clients.staticKeys;
   if (!old || !clients.rotatable)
     throw badRequest('rotation_unsupported', 'AWS key rotation needs providers.aws.credentials with a long-term access key.');
@@ -50,20 +47,13 @@ export async function rotateAccessKey(
 
   await retireLeftovers(deps, old.accessKeyId, journal);
   await removeInactiveKeys(deps, old.accessKeyId);
-  // Recorded before anything is created: a process dying from here on leaves the next rotation enough to clean up,
-  // even when it dies before CreateAccessKey's answer (the only copy of the new key's id) was recorded.
-  await journal.record({ old: old.accessKeyId, creating: clock() });
+  // Recorded before anything is created: a process dying from here on leaves the next rotation enough to clean up.
+  await journal.record({ old: old.accessKeyId });
   let created;
   try {
     created = (await clients.run((c) => c.iam.send(new CreateAccessKeyCommand({ ...(UserName ? { UserName } : {}) })))).AccessKey;
   } catch (err) {
-    // The intent (with `creating`) stays: an attempt whose answer was lost (a reset, a 5xx, a retry refused
-    // with LimitExceeded) may have made a key nobody knows. The next rotation or start lists and retires it.
-    if (awsErrorCode(err) === 'LimitExceeded')
-      logger.error(
-        { userName: UserName },
-        "IAM allows two access keys per user and the user has two: one made by this rotation whose answer was lost is retired by the next rotation or start; any other is not the broker's to delete (delete it by hand)",
-      );
+    await journal.clear();
     throw fail('CreateAccessKey', err);
   }
   if (!created?.AccessKeyId || !created.SecretAccessKey) throw fail('CreateAccessKey', new Error('incomplete CreateAccessKey response'));
@@ -163,72 +153,25 @@ async function verify(deps: RotateDeps, pair: ClientPair): Promise<void> {
  * created) that this instance does not use: the core switched it to the key
  * Redis names, which is the one every instance uses. They are still active
  * (a process killed mid-rotation, or both kept by rotation_incomplete) and
- * would stay valid for good, and IAM allows only two keys per user. When the
- * rotation died around CreateAccessKey (`creating` recorded, `new` not), the
- * key it made is found by listing the user's keys (`unrecordedKeys`). Within a
- * rotation a failure here is left to CreateAccessKey to report.
+ * would stay valid for good, and IAM allows only two keys per user. A
+ * failure here is left to CreateAccessKey to report.
  */
-export async function retireLeftovers(deps: RotateDeps, current: string, journal: RotationJournal): Promise<LeftoverOutcome> {
+async function retireLeftovers(deps: RotateDeps, current: string, journal: RotationJournal): Promise<void> {
   const { clients, settings, logger } = deps;
   const UserName = settings.userName;
-  const out: LeftoverOutcome = { retired: [], failed: [] };
-  const left = journal.leftover;
-  const ids = new Set([left?.old, left?.new]);
-  if (left?.creating !== undefined && !left.new) {
-    try {
-      for (const id of await unrecordedKeys(deps, current, left)) ids.add(id);
-    } catch (err) {
-      logger.error({ code: awsErrorCode(err) }, 'could not list access keys to find the one an interrupted rotation created');
-      out.failed.push('ListAccessKeys');
-    }
-  }
-  for (const id of ids) {
+  for (const id of new Set([journal.leftover?.old, journal.leftover?.new])) {
     if (!id || id === current) continue;
     try {
       await clients.run((c) =>
         c.iam.send(new UpdateAccessKeyCommand({ AccessKeyId: id, Status: 'Inactive', ...(UserName ? { UserName } : {}) })),
       );
       await clients.run((c) => c.iam.send(new DeleteAccessKeyCommand({ AccessKeyId: id, ...(UserName ? { UserName } : {}) })));
-      out.retired.push(id);
       logger.warn({ accessKeyId: id }, 'retired an access key an interrupted rotation left active');
     } catch (err) {
-      if (classify(err) !== 'not_found') {
-        out.failed.push(id);
+      if (classify(err) !== 'not_found')
         logger.error({ accessKeyId: id, code: awsErrorCode(err) }, 'could not retire a leftover access key');
-      }
     }
   }
-  return out;
-}
-
-/**
- * The user's keys an unfinished CreateAccessKey may have made: created (by
- * IAM's clock) within `clockSkewSeconds` of the recorded start, or up to the
- * longest the call could have taken after it, and neither the key this
- * instance runs with, nor the one the rotation was retiring, nor the
- * configured one. Conservative: a key an operator made outside that window
- * is never touched (a rotation then fails on IAM's two-key limit and says so),
- * and within it IAM's limit makes a second new key unlikely: the create that
- * died would have been refused.
- */
-async function unrecordedKeys(deps: RotateDeps, current: string, left: RotationIds): Promise<string[]> {
-  const { clients, settings } = deps;
-  const UserName = settings.userName;
-  const at = left.creating!;
-  const skew = settings.clockSkewSeconds * 1000;
-  const from = at - skew;
-  const to = at + skew + settings.requestTimeoutMs * settings.maxAttempts;
-  const configured = settings.credentials && readSecret(settings.credentials.accessKeyId, 'providers.aws.credentials.accessKeyId');
-  const known = new Set([current, left.old, configured]);
-  const listed = await clients.run((c) => c.iam.send(new ListAccessKeysCommand({ ...(UserName ? { UserName } : {}) })));
-  return (listed.AccessKeyMetadata ?? [])
-    .filter((k) => k.AccessKeyId && !known.has(k.AccessKeyId))
-    .filter((k) => {
-      // IAM gives CreateDate in whole seconds.
-      const made = k.CreateDate?.getTime();
-      return made !== undefined && made >= Math.floor(from / 1000) * 1000 && made <= to;
-    })
-    .map((k) => k.AccessKeyId!);
 }
 
 /** Leftovers of an earlier rotation that failed after deactivating: IAM allows only two keys per user. */

@@ -2,21 +2,12 @@ import { ConfigError } from '../../errors.ts';
 import type { Logger } from '../../logger.ts';
 import type { LeaseRecord } from '../../leases/types.ts';
 import { Keys } from '../../redis/keys.ts';
-import type {
-  IssueIntent,
-  IssueRequest,
-  IssueResult,
-  LeftoverOutcome,
-  Provider,
-  ProviderContext,
-  RotationJournal,
-  RotationResult,
-} from '../types.ts';
+import type { IssueIntent, IssueRequest, IssueResult, Provider, ProviderContext, RotationJournal, RotationResult } from '../types.ts';
 import { vaultSettingsSchema, type VaultRoleConfig, type VaultSettings } from './config.ts';
 import { issueDynamicSecret } from './dynamic-secret.ts';
 import { issueError } from './errors.ts';
 import { revokeHandle } from './revoke.ts';
-import { retireSecretIdLeftovers, rotateSecretId, useSecretId } from './rotate.ts';
+import { rotateSecretId, useSecretId } from './rotate.ts';
 import { VaultSession } from './session.ts';
 import { issueTokenRole } from './token-role.ts';
 
@@ -102,11 +93,7 @@ export class VaultProvider implements Provider<VaultRoleConfig> {
     _opts?: { immediate?: boolean },
     journal?: RotationJournal,
   ): Promise<RotationResult> {
-    return rotateSecretId(this.session, this.logger, distribute, journal, this.now);
-  }
-
-  retireLeftovers(journal: RotationJournal): Promise<LeftoverOutcome> {
-    return retireSecretIdLeftovers(this.session, this.logger, journal);
+    return rotateSecretId(this.session, this.logger, distribute, journal);
   }
 
   useSecret(secret: Record<string, string>): Promise<void> {
