@@ -40,7 +40,7 @@ test('a quarantined agent gets no AWS keys from the container endpoint', async (
   expect((await call(t.url, 'GET', path, { authorization: token })).status).toBe(200);
   const q = await call(t.url, 'POST', '/v1/admin/quarantine', t.as(ADMIN), { agent: `spiffe://dev.local${AGENT}`, reason: 'red team' });
   expect(q.status).toBe(201);
-  // Quarantine ended the task; a task opened afterwards for the same agent must not hand it keys either.
+  // Quarantine ended the task; a task for the same agent is refused now, and the container endpoint hands it nothing.
   const again = await call(t.url, 'POST', '/v1/tasks', t.as(ORCH), {
     taskId: 't-rt-container-2',
     agent: `spiffe://dev.local${AGENT}`,
@@ -49,9 +49,10 @@ test('a quarantined agent gets no AWS keys from the container endpoint', async (
     ttlSeconds: 3600,
     grants: [{ role: 'reports-bucket', scopes: ['s3:GetObject'] }],
   });
-  expect(again.status).toBe(201);
+  expect(again.status).toBe(403);
+  expect(again.body.code).toBe('identity_quarantined');
   const before = emu.sessions().length;
-  const refused = await call(t.url, 'GET', '/v1/aws/container-credentials/t-rt-container-2/reports-bucket', { authorization: token });
+  const refused = await call(t.url, 'GET', path, { authorization: token });
   expect(refused.status).toBe(403);
   expect(refused.body.Code).toBe('identity_quarantined');
   expect(emu.sessions().length).toBe(before);
