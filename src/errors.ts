@@ -197,7 +197,11 @@ export const ERRORS = {
   },
   approval_decided: { status: 409, means: 'The approval was already approved or rejected.', fix: 'Nothing to do.' },
   approval_expired: { status: 409, means: 'The approval ended with its task.', fix: 'Open a new task and request again.' },
-  rotation_in_progress: { status: 409, means: 'A rotation of this target is already running somewhere.', fix: 'Retry in a minute.' },
+  rotation_in_progress: {
+    status: 409,
+    means: 'A rotation of this target is already running somewhere (or took over from this one, whose lock had lapsed).',
+    fix: 'Retry in a minute.',
+  },
   policy_invalid: {
     status: 409,
     means: 'The policy files on disk do not load; the previous set stays in force.',

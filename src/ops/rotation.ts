@@ -5,8 +5,8 @@ import type { WorkloadIdentity } from '../identity/types.ts';
 import { PolicyLoadError } from '../policy/errors.ts';
 import { PolicySync } from './policy-sync.ts';
 import { ProviderRegistry } from '../providers/registry.ts';
-import type { RotationIds, RotationJournal } from '../providers/types.ts';
-import { acquireLock } from '../redis/lock.ts';
+import { type RotationIds, type RotationJournal, RotationLockLost } from '../providers/types.ts';
+import { acquireLock, type HeldLock } from '../redis/lock.ts';
 import type { RedisClient } from '../redis/scripts.ts';
 import type { Kek } from '../signing/kek.ts';
 import { SealedSecrets } from './sealed-secrets.ts';
@@ -68,7 +68,7 @@ export class RotationService {
     try {
       // Start from the secret the others run with (Redis's), so "not in use" below means not in use anywhere.
       if (target !== 'signing-key') await this.applyDistributedSecrets(target);
-      const journal = await this.journal(target);
+      const journal = await this.journal(target, lock);
       if (journal.leftover && target !== 'signing-key') {
         // A rotation killed between sealing a secret into Redis and announcing it left the others on the one it
         // was retiring: tell them of Redis's first, and give them time to switch, before leftovers are retired.
@@ -78,7 +78,8 @@ export class RotationService {
       let distributed = false;
       const result = await provider.rotate(
         async (secret) => {
-          await this.sealed.write(target, secret);
+          // Fenced: a rotation whose lock lapsed must not hand out its key over the current holder's work.
+          await this.sealed.write(target, secret, lock);
           await this.announce({ type: 'rotated', target });
           distributed = true;
           // Give every instance time to switch before the provider retires the old secret.
@@ -99,6 +100,12 @@ export class RotationService {
       return { target, rotated: result.rotated, ...(result.detail ?? {}) };
     } catch (err) {
       this.deps.metrics.rotations.inc({ target, result: 'failed' });
+      if (err instanceof RotationLockLost) {
+        // Run with what the rotation holding the lock now distributes, not with a key it may retire.
+        await this.applyDistributedSecrets(target).catch(() => {});
+        await this.deps.audit.append({ action: 'rotate', actor, decision: 'error', reason: err.code, detail: { target, lockLost: true } });
+        throw err;
+      }
       const code = err instanceof BrokerError ? err.code : 'rotation_failed';
       // rotation_incomplete: the instances could not all be switched back, so both secrets were kept valid.
       const state: Record<string, boolean> = code === 'rotation_incomplete' ? { bothSecretsValid: true } : { oldSecretInUse: true };
@@ -111,8 +118,11 @@ export class RotationService {
     }
   }
 
-  /** The rotation intent of `target` in Redis (identifiers only), as the provider's journal. */
-  private async journal(target: string): Promise<RotationJournal> {
+  /**
+   * The rotation intent of `target` in Redis (identifiers only), as the provider's journal; every write
+   * and the fence check that the rotation lock is still this instance's.
+   */
+  private async journal(target: string, lock: HeldLock): Promise<RotationJournal> {
     const key = this.deps.keys.rotationIntent(target);
     const raw = await this.deps.redis.get(key);
     const leftover = raw ? (JSON.parse(raw) as RotationIds) : undefined;
@@ -120,13 +130,15 @@ export class RotationService {
     return {
       leftover,
       record: async (ids) => {
-        await this.deps.redis.set(key, JSON.stringify(ids));
+        if (!(await lock.write(key, JSON.stringify(ids)))) throw new RotationLockLost();
       },
       clear: async () => {
-        // Not clearing only makes the next rotation retire what is already gone.
-        await this.deps.redis
-          .del(key)
-          .catch((err) => this.deps.logger.warn({ target, err: (err as Error).message }, 'rotation intent not cleared'));
+        // Not clearing only makes the next rotation retire what is already gone; a lapsed lock leaves the
+        // intent to the rotation that holds it now.
+        await lock.write(key).catch((err) => this.deps.logger.warn({ target, err: (err as Error).message }, 'rotation intent not cleared'));
+      },
+      fence: async () => {
+        if (!(await lock.held())) throw new RotationLockLost();
       },
     };
   }

@@ -1,4 +1,6 @@
+import { RotationLockLost } from '../providers/types.ts';
 import type { Keys } from '../redis/keys.ts';
+import type { HeldLock } from '../redis/lock.ts';
 import { type RedisClient, script } from '../redis/scripts.ts';
 import type { Kek } from '../signing/kek.ts';
 
@@ -39,12 +41,16 @@ export class SealedSecrets {
     this.kek = kek;
   }
 
-  /** Seals and stores a new secret of `target`, one generation above any seen here or in Redis. */
-  async write(target: string, secret: Record<string, string>): Promise<void> {
+  /**
+   * Seals and stores a new secret of `target`, one generation above any seen here or in Redis; with
+   * `fence`, only while that lock is still held (else RotationLockLost, nothing written).
+   */
+  async write(target: string, secret: Record<string, string>, fence?: HeldLock): Promise<void> {
     const raw = await this.redis.get(this.keys.secrets(target));
     const seen = Math.max(raw ? parseStored(raw).generation : 0, this.held.get(target)?.generation ?? 0);
     const stored = { generation: seen + 1, sealed: this.kek.encrypt(JSON.stringify(secret), aad(target)) };
-    await this.redis.set(this.keys.secrets(target), format(stored));
+    if (!fence) await this.redis.set(this.keys.secrets(target), format(stored));
+    else if (!(await fence.write(this.keys.secrets(target), format(stored)))) throw new RotationLockLost();
     this.held.set(target, stored);
   }
 

@@ -1,5 +1,6 @@
 import type { ZodType } from 'zod';
 import type { AuditEvent } from '../audit/record.ts';
+import { BrokerError } from '../errors.ts';
 import type { RoleConfig } from '../config/schema.ts';
 import type { LeaseRecord, RevokeReason } from '../leases/types.ts';
 import type { Logger } from '../logger.ts';
@@ -95,12 +96,40 @@ export type RotationIds = { old?: string; new?: string };
  */
 export interface RotationJournal {
   readonly leftover: RotationIds | undefined;
+  /** Records the intent; throws RotationLockLost (nothing written) once the rotation lock is not ours. */
   record(ids: RotationIds): Promise<void>;
   clear(): Promise<void>;
+  /**
+   * Throws RotationLockLost when the rotation lock lapsed: called before every step that retires,
+   * deactivates or deletes something upstream, undoing included.
+   */
+  fence(): Promise<void>;
+}
+
+/**
+ * The rotation lock lapsed (this instance was cut off from Redis or stalled past its TTL) and another
+ * rotation may hold it, and may be retiring what this one made as an interrupted rotation's leftovers.
+ * This one stops at once, without undoing anything: what it made is in the intent the other reads.
+ */
+export class RotationLockLost extends BrokerError {
+  constructor() {
+    super('rotation_in_progress', 'This rotation lost its lock to another one and stopped; that rotation retires what this one made.');
+  }
+}
+
+/** Whether the rotation lock is still ours (false once lost; other errors thrown). */
+export async function stillHeld(journal: RotationJournal): Promise<boolean> {
+  try {
+    await journal.fence();
+    return true;
+  } catch (err) {
+    if (err instanceof RotationLockLost) return false;
+    throw err;
+  }
 }
 
 /** For callers without Redis (unit tests of a provider): nothing recorded, nothing left over. */
-export const noJournal: RotationJournal = { leftover: undefined, record: async () => {}, clear: async () => {} };
+export const noJournal: RotationJournal = { leftover: undefined, record: async () => {}, clear: async () => {}, fence: async () => {} };
 
 /**
  * One upstream kind, as the core drives it. `revoke` is required and must be

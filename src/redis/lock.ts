@@ -4,12 +4,18 @@ import { type RedisClient, script } from './scripts.ts';
 
 const release = script('lock-release');
 const extend = script('lock-extend');
+const fencedWrite = script('lock-fenced-write');
 
 /** A held lock: extend it while work goes on; release it when done (only if still ours). */
 export interface HeldLock {
   extend(ttlMs: number): Promise<boolean>;
   /** Whether the lock is still ours (it can lapse under a slow upstream call). */
   held(): Promise<boolean>;
+  /**
+   * Sets (value given) or deletes `key`, in the lock's slot, only while the lock is ours, in one step;
+   * false when it lapsed (nothing written).
+   */
+  write(key: string, value?: string): Promise<boolean>;
   release(): Promise<void>;
 }
 
@@ -33,6 +39,8 @@ export async function acquireLock(
   return {
     extend: async (ttlMs) => (await extend.run(redis, [key], [token, ttlMs])) === 1,
     held: async () => (await redis.get(key)) === token,
+    write: async (target, value) =>
+      (await fencedWrite.run(redis, [key, target], value === undefined ? [token, 'del'] : [token, 'set', value])) === 1,
     release: async () => {
       await release.run(redis, [key], [token]);
     },

@@ -119,15 +119,16 @@ describe('an AWS rotation failing after the new key was handed out', () => {
       // Redis takes the new key's sealed copy, then refuses the old key's (a Redis failing mid-rotation).
       const redis = a.broker.deps.redis;
       const secretKey = a.broker.deps.keys.secrets('aws');
-      const set = redis.set.bind(redis);
+      // The sealed copy is written by a script fenced on the rotation lock: KEYS are the lock, then the secret.
+      const evalsha = redis.evalsha.bind(redis);
       let writes = 0;
-      (redis as unknown as { set: (...args: unknown[]) => Promise<unknown> }).set = (...args: unknown[]) => {
-        if (args[0] === secretKey && ++writes > 1) return Promise.reject(new Error('READONLY injected'));
-        return (set as (...x: unknown[]) => Promise<unknown>)(...args);
+      (redis as unknown as { evalsha: (...args: unknown[]) => Promise<unknown> }).evalsha = (...args: unknown[]) => {
+        if (args[3] === secretKey && ++writes > 1) return Promise.reject(new Error('READONLY injected'));
+        return (evalsha as (...x: unknown[]) => Promise<unknown>)(...args);
       };
       emu.failNext(20, { action: 'UpdateAccessKey' });
       const r = await rotate(a);
-      (redis as unknown as { set: unknown }).set = set;
+      (redis as unknown as { evalsha: unknown }).evalsha = evalsha;
       expect(r.status).toBe(502);
       expect(r.body).toMatchObject({ code: 'rotation_incomplete' });
       const keys = emu.accessKeys(user.userName);

@@ -3,7 +3,7 @@ import { GetCallerIdentityCommand } from '@aws-sdk/client-sts';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { badRequest, upstreamFailed } from '../../errors.ts';
 import type { Logger } from '../../logger.ts';
-import { noJournal, type RotationJournal, type RotationResult } from '../types.ts';
+import { noJournal, type RotationJournal, RotationLockLost, type RotationResult, stillHeld } from '../types.ts';
 import type { AwsClients, ClientPair, StaticKeys } from './clients.ts';
 import type { AwsSettings } from './config.ts';
 import { awsErrorCode, classify } from './upstream.ts';
@@ -46,6 +46,7 @@ export async function rotateAccessKey(
   };
 
   await retireLeftovers(deps, old.accessKeyId, journal);
+  await journal.fence();
   await removeInactiveKeys(deps, old.accessKeyId);
   // Recorded before anything is created: a process dying from here on leaves the next rotation enough to clean up.
   await journal.record({ old: old.accessKeyId });
@@ -64,6 +65,16 @@ export async function rotateAccessKey(
   // started later) may hold it, so undoing must hand them the old key back before the new one is deleted.
   let handedOut = false;
   const undo = async (step: string, err: unknown) => {
+    // Lost the lock: another rotation now reads this one's intent and retires what it made; undoing here
+    // would retire, or hand back, keys under its feet.
+    if (err instanceof RotationLockLost) {
+      // Nobody else got the new key (its sealing is what the lock refused, or it was never handed out):
+      // this instance goes back to the old one too, which the rotation holding the lock treats as in use.
+      if ((step === DISTRIBUTING || !handedOut) && clients.current === newPair)
+        clients.use(old, clients.build(old, newPair.generation + 1));
+      return err;
+    }
+    await journal.fence();
     if (handedOut) {
       try {
         await distribute({ accessKeyId: old.accessKeyId, secretAccessKey: old.secretAccessKey });
@@ -108,12 +119,15 @@ export async function rotateAccessKey(
     throw await undo(DISTRIBUTING, err);
   }
   try {
+    await journal.fence();
     await clients.run((c) =>
       c.iam.send(new UpdateAccessKeyCommand({ AccessKeyId: old.accessKeyId, Status: 'Inactive', ...(UserName ? { UserName } : {}) })),
     );
   } catch (err) {
     throw await undo('UpdateAccessKey', err);
   }
+  // The rotation has happened; a lock lost from here on only leaves the inactive old key to whoever holds it.
+  if (!(await stillHeld(journal))) return rotated(fresh);
   await clients
     .run((c) => c.iam.send(new DeleteAccessKeyCommand({ AccessKeyId: old.accessKeyId, ...(UserName ? { UserName } : {}) })))
     .catch((err) =>
@@ -125,13 +139,15 @@ export async function rotateAccessKey(
   // The old key is inactive at least (an inactive leftover is removed by the next rotation either way).
   await journal.clear();
   logger.info({ accessKeyId: fresh.accessKeyId, retired: old.accessKeyId }, 'aws access key rotated');
-  return {
-    target: 'aws',
-    rotated: ['iam-access-key'],
-    detail: { accessKeyId: fresh.accessKeyId },
-    secret: { accessKeyId: fresh.accessKeyId, secretAccessKey: fresh.secretAccessKey },
-  };
+  return rotated(fresh);
 }
+
+const rotated = (fresh: StaticKeys): RotationResult => ({
+  target: 'aws',
+  rotated: ['iam-access-key'],
+  detail: { accessKeyId: fresh.accessKeyId },
+  secret: { accessKeyId: fresh.accessKeyId, secretAccessKey: fresh.secretAccessKey },
+});
 
 /** A new key is not usable everywhere at once: InvalidClientTokenId is retried for a while. */
 async function verify(deps: RotateDeps, pair: ClientPair): Promise<void> {
@@ -161,6 +177,7 @@ async function retireLeftovers(deps: RotateDeps, current: string, journal: Rotat
   const UserName = settings.userName;
   for (const id of new Set([journal.leftover?.old, journal.leftover?.new])) {
     if (!id || id === current) continue;
+    await journal.fence();
     try {
       await clients.run((c) =>
         c.iam.send(new UpdateAccessKeyCommand({ AccessKeyId: id, Status: 'Inactive', ...(UserName ? { UserName } : {}) })),

@@ -1,6 +1,6 @@
 import { badRequest } from '../../errors.ts';
 import type { Logger } from '../../logger.ts';
-import { noJournal, type RotationJournal, type RotationResult } from '../types.ts';
+import { noJournal, type RotationJournal, RotationLockLost, type RotationResult, stillHeld } from '../types.ts';
 import { classify, isAlreadyGone, issueError, safeCause } from './errors.ts';
 import type { VaultSession } from './session.ts';
 
@@ -57,7 +57,12 @@ export async function rotateSecretId(
     try {
       await journal.record({ ...(oldAccessor ? { old: oldAccessor } : {}), new: fresh.secret_id_accessor });
       token = await session.login(fresh.secret_id);
+      // Last check before this instance switches: a lapsed lock leaves the new secret-id to its holder.
+      await journal.fence();
     } catch (err) {
+      // Lost the lock: the rotation holding it reads the intent and destroys the new secret-id itself.
+      if (err instanceof RotationLockLost) throw err;
+      await journal.fence();
       // The intent stays recorded when the destroy fails: the next rotation destroys the new secret-id.
       await destroy(fresh.secret_id_accessor)
         .then(() => journal.clear())
@@ -66,19 +71,31 @@ export async function rotateSecretId(
         );
       throw issueError(err, 'logging in with the new AppRole secret-id');
     }
+    const oldSecretId = session.secretId;
     await session.switchTo(token, { revokeOld: true, secretId: fresh.secret_id });
     // Every instance learns the new secret-id before the old one is destroyed. If that fails the
     // old secret-id is kept (other instances may still need it to log in) and the failure is reported.
     try {
       await distribute({ secretId: fresh.secret_id });
     } catch (err) {
+      if (err instanceof RotationLockLost) {
+        // Its sealing is what the lock refused: nobody else has the new secret-id, which the rotation
+        // holding the lock destroys. Back to the old one (best effort; that rotation announces its own).
+        if (oldSecretId)
+          await session
+            .login(oldSecretId)
+            .then((back) => session.switchTo(back, { revokeOld: true, secretId: oldSecretId }))
+            .catch((e: unknown) => logger.warn({ err: safeCause(e) }, 'vault: could not log in again with the previous secret-id'));
+        throw err;
+      }
       logger.error({ err: safeCause(err) }, 'vault: could not distribute the new secret-id; the old one is kept');
       throw issueError(err, 'distributing the new AppRole secret-id');
     }
 
-    // After the switch the rotation has happened; an old secret-id that cannot be destroyed now is reported, not fatal.
+    // After the switch the rotation has happened; an old secret-id that cannot be destroyed now is reported, not
+    // fatal. A lock lost by now leaves it to the rotation holding the lock (the intent names it).
     let oldDestroyed = oldAccessor === undefined;
-    if (oldAccessor !== undefined) {
+    if (oldAccessor !== undefined && (await stillHeld(journal))) {
       try {
         await destroy(oldAccessor);
         oldDestroyed = true;
@@ -125,6 +142,7 @@ async function retireLeftovers(
 ): Promise<void> {
   for (const accessor of new Set([journal.leftover?.old, journal.leftover?.new])) {
     if (!accessor || accessor === current) continue;
+    await journal.fence();
     try {
       await destroy(accessor);
       logger.warn({ secretIdAccessor: accessor }, 'vault: destroyed a secret-id an interrupted rotation left valid');

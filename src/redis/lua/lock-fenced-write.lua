@@ -1,0 +1,16 @@
+-- lock-fenced-write: writes (or deletes) a key only while a lock still holds our token, in one step: an
+-- instance whose lock lapsed while it worked (cut off from Redis, stalled) can no longer write what the
+-- lock guards, e.g. a rotation's sealed secret or intent, over the work of the instance that holds it now.
+-- KEYS[1] lock
+-- KEYS[2] key to write (in the lock's slot)
+-- ARGV[1] our token
+-- ARGV[2] 'set' | 'del'
+-- ARGV[3] value (set)
+-- Returns 1 when written, 0 when the lock is not ours any more (nothing written).
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+if ARGV[2] == 'del' then
+  redis.call('DEL', KEYS[2])
+else
+  redis.call('SET', KEYS[2], ARGV[3])
+end
+return 1
