@@ -19,6 +19,15 @@ import type { Grant, TaskSnapshot } from '../tasks/types.ts';
 /** Refusals decided on the task's or approval's state rather than by policy: audited as denials too. */
 const STATE_REFUSALS: ReadonlySet<string> = new Set(['task_not_open', 'scopes_empty', 'approval_consumed', 'approval_expired']);
 
+/** Codes of upstream errors after which the call may still have made the credential (no answer, or none understood). */
+const UNANSWERED: ReadonlySet<string> = new Set(['upstream_unavailable', 'upstream_error']);
+
+/** Whether an upstream issuance error leaves open whether the credential was made (see withRetry's `unanswered`). */
+function outcomeUnknown(err: unknown): boolean {
+  if (!(err instanceof BrokerError)) return true;
+  return UNANSWERED.has(err.code) || (err.cause as { unanswered?: boolean } | undefined)?.unanswered === true;
+}
+
 /** A credential already made, as a started one. */
 const made = (r: IssueResult): StartedIssue => ({ handle: r.handle, expiresAt: r.expiresAt, done: Promise.resolve(r) });
 
@@ -317,7 +326,12 @@ export class CredentialService {
     try {
       result = await provider.issue({ ...req, intent: intent.handle });
     } catch (err) {
-      await this.failed(fixed, err);
+      // No answer is not a refusal: what the call made may exist. With a handle revoke can act on (the
+      // AWS session name), the lease stays `issuing` for the worker, which gives it up at its orphan
+      // deadline, revokes what the intent names and ends it `failed`. Without one (Vault: its credential
+      // dies within its short issue TTL unless confirmed), it ends `failed` now.
+      if (outcomeUnknown(err) && Object.keys(intent.handle).length > 0) await this.unknownOutcome(fixed, err);
+      else await this.failed(fixed, err);
       throw err;
     }
     const activated = await this.deps.leases.activate(fixed, {
@@ -387,6 +401,12 @@ export class CredentialService {
         role: fixed.role,
       },
     );
+  }
+
+  /** The upstream call's outcome is unknown: the error is recorded; the lease is left to the worker. */
+  private async unknownOutcome(fixed: LeaseFixed, err: unknown): Promise<void> {
+    const code = err instanceof BrokerError ? err.code : 'upstream_error';
+    await this.deps.leases.mark(fixed.leaseId, { lastError: code }).catch(() => {});
   }
 
   /** The upstream refused: nothing was handed out; the lease ends `failed`. */

@@ -89,13 +89,20 @@ export interface RetryOptions {
  * exponential backoff (half fixed, half random, so retries spread out), capped, for a few attempts; anything else fails at once.
  */
 export async function withRetry<T>(call: () => Promise<T>, opts: RetryOptions): Promise<T> {
+  let unanswered = false;
   for (let attempt = 1; ; attempt++) {
     try {
       return await call();
     } catch (err) {
       const kind = classify(err);
       const retry = isTransient(kind) || (opts.retryIf?.(err, kind) ?? false);
-      if (!retry || attempt >= opts.attempts) throw err;
+      if (!retry || attempt >= opts.attempts) {
+        // An earlier attempt got no answer (timeout, reset, 5xx): it may have done what was asked, whatever
+        // the last attempt answered. Callers that must revoke what a call made read this (credential-service).
+        if (unanswered && err !== null && typeof err === 'object') (err as { unanswered?: boolean }).unanswered = true;
+        throw err;
+      }
+      if (kind === 'unavailable') unanswered = true;
       const cap = Math.min(5000, opts.baseDelayMs * 2 ** (attempt - 1));
       await sleep(Math.round(cap / 2 + Math.random() * (cap / 2)));
     }

@@ -311,10 +311,9 @@ describe('aws roles through the broker API', () => {
     expect(task.body.leases).toHaveLength(1);
     const [l] = task.body.leases;
     expect(l.status).not.toBe('active');
-    expect((await lease(l.leaseId)).status).toBe('failed');
-    expect(
-      await t.broker.deps.redis.zscore(t.broker.deps.keys.liveLeases(t.broker.deps.keys.bucketOfId(l.leaseId)!), l.leaseId),
-    ).toBeNull();
+    // A reset connection may come after STS made the session: the lease is left to the worker, which gives
+    // it up at its orphan deadline, revokes the session name and ends it failed (test/revocation/unknown-outcome).
+    expect(await lease(l.leaseId)).toMatchObject({ status: 'issuing', lastError: 'upstream_unavailable' });
 
     // Back up: the same request succeeds.
     const ok = await issue({ taskId, role: 'reports-bucket' });
