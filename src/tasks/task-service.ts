@@ -82,7 +82,15 @@ export class TaskService {
     const { task, parentCreatedAt } = body.parentTaskId
       ? await this.subtask(who, body, requestHash)
       : { task: await this.root(who, body, requestHash), parentCreatedAt: undefined };
-    await this.refuseQuarantinedAgent(who, task, body.taskId !== undefined);
+    // A refusal decided on a cached parent is made only once that parent is known to be current.
+    const beforeDenial = async () => {
+      if (
+        task.parentTaskId &&
+        parentCreatedAt !== undefined &&
+        !(await this.deps.tasks.isCurrent({ taskId: task.parentTaskId, createdAt: parentCreatedAt }))
+      )
+        throw new StaleTask();
+    };
     const policies = await authorize(
       this.deps,
       who,
@@ -91,17 +99,10 @@ export class TaskService {
       { task: taskContext(task) },
       // A sub-task's refusal is recorded under its parent, which exists (see openSubtask's refusals).
       task.parentTaskId ? { taskId: task.parentTaskId, detail: { subtask: task.taskId } } : { taskId: task.taskId },
-      {
-        beforeDenial: async () => {
-          if (
-            task.parentTaskId &&
-            parentCreatedAt !== undefined &&
-            !(await this.deps.tasks.isCurrent({ taskId: task.parentTaskId, createdAt: parentCreatedAt }))
-          )
-            throw new StaleTask();
-        },
-      },
+      { beforeDenial },
     );
+    // After policy: a caller policy refuses learns nothing about quarantines.
+    await this.refuseQuarantinedAgent(who, task, body.taskId !== undefined, beforeDenial);
     const res = await this.deps.tasks.open(task, {
       maxSubtasks: config.tasks.maxSubtasks,
       rootTaskId: task.taskId.split('~')[0]!,
@@ -217,9 +218,15 @@ export class TaskService {
    * refusal is recorded under its parent, as its other refusals are; a task's under its id only when the
    * caller named one (a generated id names nothing).
    */
-  private async refuseQuarantinedAgent(who: WorkloadIdentity, task: TaskFixed, named: boolean): Promise<void> {
+  private async refuseQuarantinedAgent(
+    who: WorkloadIdentity,
+    task: TaskFixed,
+    named: boolean,
+    beforeDenial: () => Promise<void>,
+  ): Promise<void> {
     const pattern = this.deps.quarantine.match(task.agent);
     if (pattern === undefined) return;
+    await beforeDenial();
     await deny(
       this.deps,
       who,

@@ -258,6 +258,31 @@ test('a task for an agent already quarantined is refused up front: 403 identity_
     expect((await auditRecords(a.broker.deps.redis, a.broker.deps.keys)).some((x) => x.taskId === taskId && x.action === 'task.open')).toBe(
       false,
     );
+    // A caller policy refuses anyway gets its policy's refusal, and learns nothing of the quarantine (found in
+    // review: the check ran before policy). The shipped policies let agents delegate to depth 2 only.
+    const root = await taskWithLeases(AGENT, 0);
+    let at = root.taskId;
+    for (const [i, agent] of ['/agent/d1', '/agent/d2'].entries()) {
+      const by = i === 0 ? AGENT : '/agent/d1';
+      const d = await call(a.url, 'POST', '/v1/tasks', a.as(by), {
+        parentTaskId: at,
+        taskId: `d${i + 1}`,
+        agent: `spiffe://dev.local${agent}`,
+        ttlSeconds: 50 - i * 10,
+        grants: [{ role: 'demo-api' }],
+      });
+      expect(d.status === 201 ? 'ok' : `${d.status} ${d.body.code} ${d.body.detail}`).toBe('ok');
+      at = d.body.taskId;
+    }
+    const deep = await call(a.url, 'POST', '/v1/tasks', a.as('/agent/d2'), {
+      parentTaskId: at,
+      taskId: 'd3',
+      agent: pattern,
+      ttlSeconds: 20,
+      grants: [{ role: 'demo-api' }],
+    });
+    expect(deep.status).toBe(403);
+    expect(deep.body.code).not.toBe('identity_quarantined');
   } finally {
     await call(a.url, 'DELETE', `/v1/admin/quarantine/${encodeURIComponent(pattern)}`, a.as(ADMIN));
   }
