@@ -226,6 +226,9 @@ export class TaskService {
   ): Promise<void> {
     const pattern = this.deps.quarantine.match(task.agent);
     if (pattern === undefined) return;
+    // A replay of an open that created its task answers as opens of an existing id do (200 with that task,
+    // or 409 for another request): nothing new is created, and a client retrying sees what it made.
+    if (named && (await this.deps.tasks.get(task.taskId))) return;
     await beforeDenial();
     await deny(
       this.deps,

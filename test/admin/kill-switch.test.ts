@@ -258,6 +258,24 @@ test('a task for an agent already quarantined is refused up front: 403 identity_
     expect((await auditRecords(a.broker.deps.redis, a.broker.deps.keys)).some((x) => x.taskId === taskId && x.action === 'task.open')).toBe(
       false,
     );
+    // A replay of an open made before the quarantine answers as opens of an existing id do: 200, that task.
+    await call(a.url, 'DELETE', `/v1/admin/quarantine/${encodeURIComponent(pattern)}`, a.as(ADMIN));
+    const made = await taskWithLeases(QA, 0);
+    expect((await call(a.url, 'POST', '/v1/admin/quarantine', a.as(ADMIN), { agent: pattern, reason: 'known bad' })).status).toBe(201);
+    const replay = await call(a.url, 'POST', '/v1/tasks', a.as(ORCH), {
+      taskId: made.taskId,
+      agent: pattern,
+      tenant: 'acme',
+      purpose: 'p',
+      ttlSeconds: 600,
+      grants: [{ role: 'demo-api' }],
+    });
+    // Before: 403, though the task exists (ended by the quarantine).
+    expect({ status: replay.status, taskId: replay.body.taskId, status2: replay.body.status }).toEqual({
+      status: 200,
+      taskId: made.taskId,
+      status2: 'completed',
+    });
     // A caller policy refuses anyway gets its policy's refusal, and learns nothing of the quarantine (found in
     // review: the check ran before policy). The shipped policies let agents delegate to depth 2 only.
     const root = await taskWithLeases(AGENT, 0);
