@@ -19,13 +19,15 @@ import type { Grant, TaskSnapshot } from '../tasks/types.ts';
 /** Refusals decided on the task's or approval's state rather than by policy: audited as denials too. */
 const STATE_REFUSALS: ReadonlySet<string> = new Set(['task_not_open', 'scopes_empty', 'approval_consumed', 'approval_expired']);
 
-/** Codes of upstream errors after which the call may still have made the credential (no answer, or none understood). */
-const UNANSWERED: ReadonlySet<string> = new Set(['upstream_unavailable', 'upstream_error']);
-
-/** Whether an upstream issuance error leaves open whether the credential was made (see withRetry's `unanswered`). */
+/**
+ * Whether an upstream issuance error leaves open whether the credential was made: an attempt was sent and
+ * got no answer understood (the provider marks its cause `unanswered`, src/providers/aws/upstream.ts), or an
+ * answer came that the provider could not use (`upstream_error` of its own, e.g. an incomplete one).
+ */
 function outcomeUnknown(err: unknown): boolean {
   if (!(err instanceof BrokerError)) return true;
-  return UNANSWERED.has(err.code) || (err.cause as { unanswered?: boolean } | undefined)?.unanswered === true;
+  if ((err.cause as { unanswered?: boolean } | undefined)?.unanswered === true) return true;
+  return err.code === 'upstream_error' && err.cause === undefined;
 }
 
 /** A credential already made, as a started one. */

@@ -100,9 +100,10 @@ export class RotationService {
       return { target, rotated: result.rotated, ...(result.detail ?? {}) };
     } catch (err) {
       this.deps.metrics.rotations.inc({ target, result: 'failed' });
+      // Run with the secret Redis names (what the others run with, or what the rotation that took the
+      // lock distributes), not with one a failed step left this instance on.
+      if (target !== 'signing-key') await this.applyDistributedSecrets(target).catch(() => {});
       if (err instanceof RotationLockLost) {
-        // Run with what the rotation holding the lock now distributes, not with a key it may retire.
-        await this.applyDistributedSecrets(target).catch(() => {});
         await this.deps.audit.append({ action: 'rotate', actor, decision: 'error', reason: err.code, detail: { target, lockLost: true } });
         throw err;
       }

@@ -63,3 +63,23 @@ test('a rotation that lost its lock stops before its next step, and every instan
   // One key left, the one B made; A's new key retired.
   await waitFor(async () => emu.accessKeys(user.userName).length === 1, 5000);
 }, 60_000);
+
+test('a key made while the lock lapsed, whose id no intent holds, is deleted by the rotation that made it', async () => {
+  const { redis, keys } = a.broker.deps;
+  // IAM carries out A's CreateAccessKey but answers late; meanwhile A's lock lapses and B rotates.
+  emu.holdAnswer('CreateAccessKey', 1500);
+  const viaA = call(a.url, 'POST', '/v1/admin/rotate', a.as(ADMIN), { target: 'aws' });
+  await waitFor(async () => emu.accessKeys(user.userName).length === 2, 5000);
+  await redis.del(keys.lock('rotate:aws'));
+  await call(b.url, 'POST', '/v1/admin/rotate', b.as(ADMIN), { target: 'aws' });
+  const first = await viaA;
+  expect({ status: first.status, code: first.body.code }).toEqual({ status: 409, code: 'rotation_in_progress' });
+  // Before: A left its new key alone for the lock holder, which had never heard of it: two active keys for
+  // good, and every later rotation failed on IAM's two-key limit.
+  expect(emu.accessKeys(user.userName)).toHaveLength(1);
+  expect((await call(a.url, 'POST', '/v1/admin/rotate', a.as(ADMIN), { target: 'aws' })).status).toBe(202);
+  for (const x of [a, b]) {
+    const r = await call(x.url, 'POST', '/v1/credentials', x.as(AGENT), { taskId: 'lapse-1', role: 'reports-bucket' });
+    expect(r.status).toBe(201);
+  }
+}, 60_000);

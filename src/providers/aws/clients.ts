@@ -2,7 +2,7 @@ import { IAMClient } from '@aws-sdk/client-iam';
 import { STSClient } from '@aws-sdk/client-sts';
 import { readSecret } from '../../config/load.ts';
 import type { AwsSettings } from './config.ts';
-import { classify, withRetry } from './upstream.ts';
+import { classify, markUnanswered, wasUnanswered, withRetry } from './upstream.ts';
 import pTimeout from 'p-timeout';
 
 /** How long a call refused for bad credentials waits for another instance's rotation to reach this one. */
@@ -84,7 +84,13 @@ export class AwsClients {
       // announcement arrives only after the old key is deactivated. Wait briefly
       // for the switch and retry once on the new keys, rather than fail the request.
       if (classify(err) !== 'auth' || !this.rotatable || !(await this.switchedSince(used, SWITCH_WAIT_MS))) throw err;
-      return await attempt();
+      try {
+        return await attempt();
+      } catch (again) {
+        // The first round's unanswered attempts may have been carried out: say so on the final error too.
+        if (wasUnanswered(err)) markUnanswered(again);
+        throw again;
+      }
     }
   }
 

@@ -65,20 +65,17 @@ export async function rotateAccessKey(
   // started later) may hold it, so undoing must hand them the old key back before the new one is deleted.
   let handedOut = false;
   const undo = async (step: string, err: unknown) => {
-    // Lost the lock: another rotation now reads this one's intent and retires what it made; undoing here
-    // would retire, or hand back, keys under its feet.
-    if (err instanceof RotationLockLost) {
-      // Nobody else got the new key (its sealing is what the lock refused, or it was never handed out):
-      // this instance goes back to the old one too, which the rotation holding the lock treats as in use.
-      if ((step === DISTRIBUTING || !handedOut) && clients.current === newPair)
-        clients.use(old, clients.build(old, newPair.generation + 1));
-      return err;
-    }
-    await journal.fence();
-    if (handedOut) {
+    const lost = err instanceof RotationLockLost;
+    // Sealed into Redis, the new key may be in use anywhere; unsealed (never handed out, or its sealing
+    // is what a lapsed lock refused) it is this instance's alone, and this instance deletes it whatever
+    // the lock: the rotation holding it may not know of it (its id may not have reached the intent).
+    if (handedOut && !(lost && step === DISTRIBUTING)) {
+      // Others may hold it: with the lock lost, the rotation holding it decides (it reads Redis and the intent).
+      if (lost) return err;
       try {
         await distribute({ accessKeyId: old.accessKeyId, secretAccessKey: old.secretAccessKey });
       } catch (e) {
+        if (e instanceof RotationLockLost) return e;
         // Nobody can tell which key each instance holds now: keep both keys working, this instance on the
         // one Redis most likely names (the new one, unless handing it out is what failed).
         if (step === DISTRIBUTING && clients.current === newPair) clients.use(old, clients.build(old, newPair.generation + 1));
@@ -99,6 +96,8 @@ export async function rotateAccessKey(
       // The intent stays recorded when the delete fails: the next rotation retires the new key.
       .then(() => journal.clear())
       .catch((e) => logger.warn({ accessKeyId: fresh.accessKeyId, code: awsErrorCode(e) }, 'could not delete the unused new access key'));
+    // A step that failed because another rotation took over (it retired this one's key, say) says so.
+    if (lost || !(await stillHeld(journal).catch(() => true))) return lost ? err : new RotationLockLost();
     return fail(step, err);
   };
 

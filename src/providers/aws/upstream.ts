@@ -51,6 +51,26 @@ const NETWORK = new Set([
   'ECONNABORTED',
 ]);
 
+/** Network errors raised before a request left this host: nothing can have been done upstream. */
+const NOT_SENT = new Set(['ECONNREFUSED', 'EHOSTUNREACH', 'ENETUNREACH', 'ENOTFOUND', 'EAI_AGAIN']);
+
+/** Whether a failed call may still have been carried out upstream: sent, and no answer understood. */
+export function maybeDone(err: unknown): boolean {
+  const kind = classify(err);
+  return (kind === 'unavailable' || kind === 'other') && !NOT_SENT.has(((err ?? {}) as SdkErrorLike).code ?? '');
+}
+
+/**
+ * Marks `err` as following an attempt that may have been carried out (`unanswered`), so a caller that must
+ * revoke what a call made does not take the final refusal for the whole story (credential-service).
+ */
+export function markUnanswered(err: unknown): void {
+  if (err !== null && typeof err === 'object') (err as { unanswered?: boolean }).unanswered = true;
+}
+
+/** Whether `markUnanswered` marked it. */
+export const wasUnanswered = (err: unknown): boolean => (err as { unanswered?: boolean } | undefined)?.unanswered === true;
+
 /** The AWS error code (`AccessDenied`, `Throttling`, …) or a network errno, for logs. */
 export function awsErrorCode(err: unknown): string {
   const e = (err ?? {}) as SdkErrorLike;
@@ -96,13 +116,13 @@ export async function withRetry<T>(call: () => Promise<T>, opts: RetryOptions): 
     } catch (err) {
       const kind = classify(err);
       const retry = isTransient(kind) || (opts.retryIf?.(err, kind) ?? false);
+      // An attempt that got no answer (timeout, reset, 5xx) may have done what was asked, whatever a later
+      // attempt answers. Callers that must revoke what a call made read this (credential-service).
+      if (maybeDone(err)) unanswered = true;
       if (!retry || attempt >= opts.attempts) {
-        // An earlier attempt got no answer (timeout, reset, 5xx): it may have done what was asked, whatever
-        // the last attempt answered. Callers that must revoke what a call made read this (credential-service).
-        if (unanswered && err !== null && typeof err === 'object') (err as { unanswered?: boolean }).unanswered = true;
+        if (unanswered) markUnanswered(err);
         throw err;
       }
-      if (kind === 'unavailable') unanswered = true;
       const cap = Math.min(5000, opts.baseDelayMs * 2 ** (attempt - 1));
       await sleep(Math.round(cap / 2 + Math.random() * (cap / 2)));
     }

@@ -57,19 +57,17 @@ export async function rotateSecretId(
     try {
       await journal.record({ ...(oldAccessor ? { old: oldAccessor } : {}), new: fresh.secret_id_accessor });
       token = await session.login(fresh.secret_id);
-      // Last check before this instance switches: a lapsed lock leaves the new secret-id to its holder.
-      await journal.fence();
     } catch (err) {
-      // Lost the lock: the rotation holding it reads the intent and destroys the new secret-id itself.
-      if (err instanceof RotationLockLost) throw err;
-      await journal.fence();
+      // Not handed out: this instance's alone, destroyed here whatever the lock (with the lock lost, the
+      // rotation holding it may not know of it: its accessor may not have reached the intent). No token
+      // from it is kept: the login failed, or was not reached.
       // The intent stays recorded when the destroy fails: the next rotation destroys the new secret-id.
       await destroy(fresh.secret_id_accessor)
         .then(() => journal.clear())
         .catch((e: unknown) =>
           logger.warn({ secretIdAccessor: fresh.secret_id_accessor, err: safeCause(e) }, 'vault: could not destroy an unused secret-id'),
         );
-      throw issueError(err, 'logging in with the new AppRole secret-id');
+      throw err instanceof RotationLockLost ? err : issueError(err, 'logging in with the new AppRole secret-id');
     }
     const oldSecretId = session.secretId;
     await session.switchTo(token, { revokeOld: true, secretId: fresh.secret_id });
@@ -79,13 +77,15 @@ export async function rotateSecretId(
       await distribute({ secretId: fresh.secret_id });
     } catch (err) {
       if (err instanceof RotationLockLost) {
-        // Its sealing is what the lock refused: nobody else has the new secret-id, which the rotation
-        // holding the lock destroys. Back to the old one (best effort; that rotation announces its own).
+        // Its sealing is what the lock refused: nobody else has the new secret-id. Back to the old one
+        // (its login revokes the new one's token; best effort: that rotation announces its own), and the
+        // new secret-id destroyed here as well as by the rotation holding the lock (the intent names it).
         if (oldSecretId)
           await session
             .login(oldSecretId)
             .then((back) => session.switchTo(back, { revokeOld: true, secretId: oldSecretId }))
             .catch((e: unknown) => logger.warn({ err: safeCause(e) }, 'vault: could not log in again with the previous secret-id'));
+        await destroy(fresh.secret_id_accessor).catch(() => {});
         throw err;
       }
       logger.error({ err: safeCause(err) }, 'vault: could not distribute the new secret-id; the old one is kept');
