@@ -99,7 +99,8 @@ export class RotationService {
       });
       return { target, rotated: result.rotated, ...(result.detail ?? {}) };
     } catch (err) {
-      this.deps.metrics.rotations.inc({ target, result: 'failed' });
+      // A takeover (the lock lapsed, another rotation goes on) is not a failed rotation for alerting.
+      this.deps.metrics.rotations.inc({ target, result: err instanceof RotationLockLost ? 'taken_over' : 'failed' });
       // Run with the secret Redis names (what the others run with, or what the rotation that took the
       // lock distributes), not with one a failed step left this instance on.
       if (target !== 'signing-key') await this.applyDistributedSecrets(target).catch(() => {});
