@@ -294,7 +294,9 @@ export async function startBroker(config: LoadedConfig, opts: BrokerOptions = {}
       (_ch: string, msg: string) =>
         void rotation.onEvent(msg).catch((err) => logger.error({ err: (err as Error).message }, 'broker event failed')),
     );
-    const keyRefresh = setInterval(() => void signing.reload().catch(() => {}), 10_000);
+    // Signing keys, and the upstream secrets rotations distribute (a no-op when unchanged): an instance that
+    // missed an announcement (its subscriber cut off while another rotated) catches up within 10 s.
+    const keyRefresh = setInterval(() => void rotation.applyDistributedSecrets().catch(() => {}), 10_000);
     keyRefresh.unref();
     undo.push(() => clearInterval(keyRefresh));
 

@@ -524,6 +524,24 @@ describe('one test per script', () => {
     expect(await script('lock-release').run(redis, [k], ['theirs'])).toBe(0);
     expect(await script('lock-release').run(redis, [k], ['mine'])).toBe(1);
   });
+
+  test('lock-fenced-write: only while the lock is ours; a write resent after the lock lapsed still counts', async () => {
+    const [lock, target] = [keys.lock('fenced'), keys.secrets('fenced')];
+    await redis.set(lock, 'mine', 'PX', 10_000);
+    expect(await script('lock-fenced-write').run(redis, [lock, target], ['theirs', 'set', 'v0'])).toBe(0);
+    expect(await redis.get(target)).toBeNull();
+    expect(await script('lock-fenced-write').run(redis, [lock, target], ['mine', 'set', 'v1'])).toBe(1);
+    // The lock lapses; the client sends the same write again (its first answer was lost): written, it says so.
+    // Before: 0, and the rotation deleted the key whose sealed copy Redis held.
+    await redis.del(lock);
+    expect(await script('lock-fenced-write').run(redis, [lock, target], ['mine', 'set', 'v1'])).toBe(1);
+    expect(await script('lock-fenced-write').run(redis, [lock, target], ['mine', 'set', 'v2'])).toBe(0);
+    expect(await script('lock-fenced-write').run(redis, [lock, target], ['mine', 'del'])).toBe(0);
+    expect(await redis.get(target)).toBe('v1');
+    await redis.set(lock, 'mine', 'PX', 10_000);
+    expect(await script('lock-fenced-write').run(redis, [lock, target], ['mine', 'del'])).toBe(1);
+    expect(await redis.get(target)).toBeNull();
+  });
 });
 
 test("the full walk's earlier-task margin is common.lua's", () => {

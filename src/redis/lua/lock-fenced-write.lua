@@ -6,7 +6,11 @@
 -- ARGV[1] our token
 -- ARGV[2] 'set' | 'del'
 -- ARGV[3] value (set)
--- Returns 1 when written, 0 when the lock is not ours any more (nothing written).
+-- Returns 1 when written (or already holding exactly that value), 0 when the lock is not ours any more.
+-- Already holding the value counts as written: the client sends a command again after a dropped
+-- connection lost its answer, and by then the lock may have lapsed; a sealed secret (random IV) can only
+-- match the write that made it, so "refused" there would make the rotation delete a key Redis names.
+if ARGV[2] == 'set' and redis.call('GET', KEYS[2]) == ARGV[3] then return 1 end
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 if ARGV[2] == 'del' then
   redis.call('DEL', KEYS[2])
