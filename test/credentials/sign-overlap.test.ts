@@ -5,6 +5,7 @@
  */
 import type { Redis } from 'ioredis';
 import { script } from '../../src/redis/scripts.ts';
+import { countWrites } from '../helpers/socket-writes.ts';
 import { AGENT, auditRecords, call, openAgentTask, startTestBroker, waitFor, type TestBroker } from '../helpers/broker.ts';
 
 let t: TestBroker;
@@ -87,27 +88,11 @@ test('a lease the task refuses drops the signature in flight, even one that then
 
 test("the issue record goes to Redis in the lease script's socket write, on the lease's connection", async () => {
   await openAgentTask(t, 'so-one-write', grants);
-  const redis = t.broker.deps.redis as Redis;
-  const stream = (redis as unknown as { stream: { _writev?: Function; _write: Function } }).stream;
-  const writes: string[] = [];
-  const [write, writev] = [stream._write, stream._writev];
-  stream._write = function (this: unknown, chunk: Buffer | string, ...rest: unknown[]) {
-    writes.push(String(chunk));
-    return write.call(this, chunk, ...rest);
-  };
-  stream._writev = function (this: unknown, chunks: { chunk: Buffer | string }[], cb: unknown) {
-    writes.push(chunks.map((c) => String(c.chunk)).join(''));
-    return writev!.call(this, chunks, cb);
-  };
-  try {
-    const r = await call(t.url, 'POST', '/v1/credentials', t.as(AGENT), { taskId: 'so-one-write', role: 'demo-api' });
-    expect(r.status).toBe(201);
-  } finally {
-    stream._write = write;
-    stream._writev = writev;
-  }
+  const seen = countWrites(t.broker.deps.redis as Redis);
+  const r = await call(t.url, 'POST', '/v1/credentials', t.as(AGENT), { taskId: 'so-one-write', role: 'demo-api' });
+  expect(r.status).toBe(201);
   // Before: the record went on a connection of its own, after the lease script's answer.
-  const both = writes.filter((w) => w.includes(script('lease-create').sha) && w.includes(script('audit-append').sha));
+  const both = seen.texts.filter((w) => w.includes(script('lease-create').sha) && w.includes(script('audit-append').sha));
   expect(both).toHaveLength(1);
 });
 

@@ -1,11 +1,7 @@
 import { afterAll, beforeAll, expect, test } from '@jest/globals';
-import { CreateAccessKeyCommand, IAMClient } from '@aws-sdk/client-iam';
-import { readSecret } from '../../src/config/load.ts';
-import { SealedSecrets } from '../../src/ops/sealed-secrets.ts';
-import { Kek } from '../../src/signing/kek.ts';
 import type { AwsEmulator, EmulatedUser } from '../emulators/aws/index.ts';
 import { ADMIN, AGENT, ORCH, call, startSibling, startTestBroker, type TestBroker } from '../helpers/broker.ts';
-import { ROTATABLE, awsForBroker } from '../providers/aws/helpers.ts';
+import { ROTATABLE, awsForBroker, createAccessKey, sealAwsSecret } from '../providers/aws/helpers.ts';
 
 /**
  * What a rotation killed between sealing the new key into Redis and announcing it leaves behind: Redis
@@ -40,16 +36,9 @@ afterAll(async () => {
 
 test('the next rotation tells every instance of the key Redis names before retiring the one they use', async () => {
   const { redis, keys } = a.broker.deps;
-  const iam = new IAMClient({
-    region: 'us-east-1',
-    endpoint: emu.url,
-    credentials: { accessKeyId: user.accessKeyId, secretAccessKey: user.secretAccessKey },
-  });
-  const k1 = (await iam.send(new CreateAccessKeyCommand({ UserName: user.userName }))).AccessKey!;
-  iam.destroy();
-  const kek = new Kek(readSecret((a.config as unknown as { secrets: { kek: string } }).secrets.kek, 'secrets.kek'));
-  await new SealedSecrets(redis, keys, kek).write('aws', { accessKeyId: k1.AccessKeyId!, secretAccessKey: k1.SecretAccessKey! });
-  await redis.set(keys.rotationIntent('aws'), JSON.stringify({ old: user.accessKeyId, new: k1.AccessKeyId }));
+  const k1 = await createAccessKey(emu, user);
+  await sealAwsSecret(a, k1);
+  await redis.set(keys.rotationIntent('aws'), JSON.stringify({ old: user.accessKeyId, new: k1.accessKeyId }));
   const open = await call(a.url, 'POST', '/v1/tasks', a.as(ORCH), {
     taskId: 'left-1',
     agent: agentId,

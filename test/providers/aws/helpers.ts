@@ -1,7 +1,11 @@
 import { randomBytes, randomUUID } from 'node:crypto';
+import { CreateAccessKeyCommand, IAMClient } from '@aws-sdk/client-iam';
 import { GetCallerIdentityCommand, STSClient } from '@aws-sdk/client-sts';
 import { Redis } from 'ioredis';
+import { readSecret } from '../../../src/config/load.ts';
 import { silentLogger } from '../../../src/logger.ts';
+import { SealedSecrets } from '../../../src/ops/sealed-secrets.ts';
+import { Kek } from '../../../src/signing/kek.ts';
 import { awsRoleSchema, awsSettingsSchema, type AwsRoleConfig, type AwsSettings } from '../../../src/providers/aws/config.ts';
 import { createAwsProvider, type AwsProvider, type AwsProviderOptions } from '../../../src/providers/aws/provider.ts';
 import type { IssueRequest, ProviderContext } from '../../../src/providers/types.ts';
@@ -9,6 +13,7 @@ import { sessionNameFor } from '../../../src/providers/aws/session-name.ts';
 import type { LeaseRecord } from '../../../src/leases/types.ts';
 import type { TaskRecord } from '../../../src/tasks/types.ts';
 import { startAwsEmulator, type AwsEmulator, type EmulatedUser } from '../../emulators/aws/index.ts';
+import type { TestBroker } from '../../helpers/broker.ts';
 
 export const REDIS_URL = process.env.REDIS_URL ?? 'redis://127.0.0.1:6379';
 
@@ -185,4 +190,25 @@ export async function callerIdentityAs(
   } finally {
     sts.destroy();
   }
+}
+
+/** A second access key of `user`, made straight in IAM (as another instance's rotation would). */
+export async function createAccessKey(emu: AwsEmulator, user: EmulatedUser): Promise<{ accessKeyId: string; secretAccessKey: string }> {
+  const iam = new IAMClient({
+    region: 'us-east-1',
+    endpoint: emu.url,
+    credentials: { accessKeyId: user.accessKeyId, secretAccessKey: user.secretAccessKey },
+  });
+  try {
+    const k = (await iam.send(new CreateAccessKeyCommand({ UserName: user.userName }))).AccessKey!;
+    return { accessKeyId: k.AccessKeyId!, secretAccessKey: k.SecretAccessKey! };
+  } finally {
+    iam.destroy();
+  }
+}
+
+/** Seals `keys` into the Redis of broker `t` as the distributed AWS secret, as a rotation does, without announcing it. */
+export async function sealAwsSecret(t: TestBroker, keys: { accessKeyId: string; secretAccessKey: string }): Promise<void> {
+  const kek = new Kek(readSecret((t.config as unknown as { secrets: { kek: string } }).secrets.kek, 'secrets.kek'));
+  await new SealedSecrets(t.broker.deps.redis, t.broker.deps.keys, kek).write('aws', keys);
 }
