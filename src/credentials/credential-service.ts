@@ -11,7 +11,7 @@ import { type ClampedTtl, clampTtl } from '../leases/ttl.ts';
 import { type CreateRefusal, LeaseStore } from '../leases/lease-store.ts';
 import type { LeaseFixed, LeaseRecord } from '../leases/types.ts';
 import { descriptorOf } from '../providers/index.ts';
-import type { IssueRequest, IssueResult, Provider, StartedIssue } from '../providers/types.ts';
+import { type IssueRequest, type IssueResult, type Provider, type StartedIssue, wasUnanswered } from '../providers/types.ts';
 import { Keys } from '../redis/keys.ts';
 import { StaleTask } from '../tasks/task-store.ts';
 import type { Grant, TaskSnapshot } from '../tasks/types.ts';
@@ -21,12 +21,12 @@ const STATE_REFUSALS: ReadonlySet<string> = new Set(['task_not_open', 'scopes_em
 
 /**
  * Whether an upstream issuance error leaves open whether the credential was made: an attempt was sent and
- * got no answer understood (the provider marks its cause `unanswered`, src/providers/aws/upstream.ts), or an
+ * got no answer understood (the provider marks its cause, `markUnanswered` in src/providers/types.ts), or an
  * answer came that the provider could not use (`upstream_error` of its own, e.g. an incomplete one).
  */
 function outcomeUnknown(err: unknown): boolean {
   if (!(err instanceof BrokerError)) return true;
-  if ((err.cause as { unanswered?: boolean } | undefined)?.unanswered === true) return true;
+  if (wasUnanswered(err.cause)) return true;
   return err.code === 'upstream_error' && err.cause === undefined;
 }
 

@@ -117,6 +117,19 @@ export class RotationLockLost extends BrokerError {
   }
 }
 
+/**
+ * Marks a provider's error as following an upstream attempt that was sent and got no answer understood
+ * (a timeout, a reset, a 5xx): the call may have been carried out, whatever a later attempt answered.
+ * The core then does not take the failure for a refusal (credential-service: it leaves the lease to
+ * the worker, which revokes what the intent names).
+ */
+export function markUnanswered(err: unknown): void {
+  if (err !== null && typeof err === 'object') (err as { unanswered?: boolean }).unanswered = true;
+}
+
+/** Whether `markUnanswered` marked it. */
+export const wasUnanswered = (err: unknown): boolean => (err as { unanswered?: boolean } | undefined)?.unanswered === true;
+
 /** Whether the rotation lock is still ours (false once lost; other errors thrown). */
 export async function stillHeld(journal: RotationJournal): Promise<boolean> {
   try {

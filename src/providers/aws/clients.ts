@@ -2,7 +2,8 @@ import { IAMClient } from '@aws-sdk/client-iam';
 import { STSClient } from '@aws-sdk/client-sts';
 import { readSecret } from '../../config/load.ts';
 import type { AwsSettings } from './config.ts';
-import { classify, markUnanswered, wasUnanswered, withRetry } from './upstream.ts';
+import { markUnanswered, wasUnanswered } from '../types.ts';
+import { classify, withRetry } from './upstream.ts';
 import pTimeout from 'p-timeout';
 
 /** How long a call refused for bad credentials waits for another instance's rotation to reach this one. */

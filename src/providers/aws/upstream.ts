@@ -1,4 +1,5 @@
 import { setTimeout as sleep } from 'node:timers/promises';
+import { markUnanswered } from '../types.ts';
 
 /** The parts of an AWS SDK v3 error (or a network error) the broker looks at. */
 interface SdkErrorLike {
@@ -59,17 +60,6 @@ export function maybeDone(err: unknown): boolean {
   const kind = classify(err);
   return (kind === 'unavailable' || kind === 'other') && !NOT_SENT.has(((err ?? {}) as SdkErrorLike).code ?? '');
 }
-
-/**
- * Marks `err` as following an attempt that may have been carried out (`unanswered`), so a caller that must
- * revoke what a call made does not take the final refusal for the whole story (credential-service).
- */
-export function markUnanswered(err: unknown): void {
-  if (err !== null && typeof err === 'object') (err as { unanswered?: boolean }).unanswered = true;
-}
-
-/** Whether `markUnanswered` marked it. */
-export const wasUnanswered = (err: unknown): boolean => (err as { unanswered?: boolean } | undefined)?.unanswered === true;
 
 /** The AWS error code (`AccessDenied`, `Throttling`, …) or a network errno, for logs. */
 export function awsErrorCode(err: unknown): string {

@@ -1,5 +1,6 @@
 import { expect, test } from '@jest/globals';
-import { wasUnanswered, withRetry } from '../../../src/providers/aws/upstream.ts';
+import { withRetry } from '../../../src/providers/aws/upstream.ts';
+import { wasUnanswered } from '../../../src/providers/types.ts';
 
 /** What an issuance failure says about whether the upstream may have done the call (credential-service). */
 const sdkError = (o: { name?: string; code?: string; Code?: string; status?: number; fault?: string }) =>
