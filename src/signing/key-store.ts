@@ -17,6 +17,7 @@ export type SigningAlg = 'ES256' | 'EdDSA';
 const published = (k: { retireAt?: number | undefined }, now: number): boolean => k.retireAt === undefined || k.retireAt > now;
 
 const storeFirst = script('signing-key-first');
+const storeRotated = script('signing-key-rotate');
 /** crypto.sign with a callback: computed on the thread pool. */
 const signAsync = promisify(cryptoSign);
 
@@ -168,24 +169,14 @@ export class SigningKeyStore {
     // may run milliseconds behind this one's, stops publishing and signing with the old key at once.
     const at = opts.immediate ? now - IMMEDIATE_SLACK_MS : now + opts.leadMs;
     const next = this.generate(at, now);
-    await this.reload();
     const retireAt = opts.immediate ? at : next.activateAt + opts.maxTokenTtlMs + opts.graceMs;
-    const multi = this.redis.multi();
-    const retired: string[] = [];
-    const stored = await this.redis.hgetall(this.k.signingKeys());
-    for (const k of this.keys) {
-      if (k.retireAt !== undefined && k.retireAt <= now) {
-        multi.hdel(this.k.signingKeys(), k.kid); // long gone from the JWKS: forget it
-        continue;
-      }
-      if (k.retireAt === undefined || k.retireAt > retireAt) {
-        retired.push(k.kid);
-        const s = stored[k.kid];
-        if (s) multi.hset(this.k.signingKeys(), k.kid, JSON.stringify({ ...(JSON.parse(s) as StoredKey), retireAt }));
-      }
-    }
-    multi.hset(this.k.signingKeys(), next.kid, JSON.stringify(next));
-    await multi.exec();
+    // One script, not read-then-write: a rotation that stalled past its lock and lands late must not move
+    // back the retireAt a later (immediate) rotation set, or a compromised key would return to the JWKS.
+    const retired = (await storeRotated.run(
+      this.redis,
+      [this.k.signingKeys()],
+      [next.kid, JSON.stringify(next), retireAt, now],
+    )) as string[];
     await this.reload();
     this.logger.info(
       { kid: next.kid, activateAt: new Date(next.activateAt).toISOString(), retired, immediate: opts.immediate === true },

@@ -516,6 +516,26 @@ describe('one test per script', () => {
     expect(Math.abs(stored.activateAt - Number(s) * 1000)).toBeLessThan(5000);
   });
 
+  test('signing-key-rotate: retireAt only moves earlier; gone keys forgotten; a resend changes nothing', async () => {
+    const k = keys.signingKeys();
+    await redis.del(k);
+    const key = (kid: string, extra: Record<string, number> = {}) => JSON.stringify({ kid, activateAt: 1, ...extra });
+    await redis.hset(k, 'open', key('open'), 'soon', key('soon', { retireAt: 500 }), 'gone', key('gone', { retireAt: 90 }));
+    const rotate = (kid: string, retireAt: number) => script('signing-key-rotate').run(redis, [k], [kid, key(kid), retireAt, 100]);
+    expect(((await rotate('new', 1000)) as string[]).sort()).toEqual(['open']);
+    const stored = async (kid: string) => JSON.parse((await redis.hget(k, kid))!) as { retireAt?: number };
+    expect((await stored('open')).retireAt).toBe(1000);
+    expect((await stored('soon')).retireAt).toBe(500);
+    expect(await redis.hexists(k, 'gone')).toBe(0);
+    expect((await stored('new')).retireAt).toBeUndefined();
+    // Sent again (its answer lost): the new key keeps what later rotations gave it.
+    await script('signing-key-rotate').run(redis, [k], ['newer', key('newer'), 200, 100]);
+    expect(await rotate('new', 1000)).toEqual([]);
+    expect((await stored('new')).retireAt).toBe(200);
+    expect((await stored('open')).retireAt).toBe(200);
+    expect((await stored('newer')).retireAt).toBeUndefined();
+  });
+
   test('lock-release and lock-extend: only with our token', async () => {
     const k = keys.lock('x');
     await redis.set(k, 'mine', 'PX', 10_000);

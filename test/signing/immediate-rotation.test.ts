@@ -49,3 +49,60 @@ test('an instance whose clock estimate runs 200 ms behind neither publishes nor 
   expect(b.publicKey(old)).toBeUndefined();
   expect(old).not.toBe(kid);
 });
+
+/**
+ * A rotation whose lock lapsed (its instance stalled past the lock's TTL) can land after a later
+ * immediate rotation. It used to read the keys, then write each one's retireAt back from what it had
+ * read: landing late, it moved the compromised key's retireAt forward again, and the key was back in
+ * every instance's JWKS for the longest token TTL.
+ */
+test('a stalled normal rotation landing after an immediate one does not bring the retired key back', async () => {
+  const keys = new Keys(uniquePrefix('stalled-rotation'));
+  const kek = new Kek(randomBytes(32).toString('base64'));
+  let release!: () => void;
+  const gate = new Promise<void>((r) => {
+    release = r;
+  });
+  let reached!: () => void;
+  const writing = new Promise<void>((r) => {
+    reached = r;
+  });
+  // The stalled instance's connection: its first write of the key set waits until the other rotation is done.
+  const held = async <T>(write: () => Promise<T>): Promise<T> => {
+    reached();
+    await gate;
+    return write();
+  };
+  const stalled = new Proxy(redis, {
+    get(target, prop, receiver) {
+      if (prop === 'evalsha')
+        return (...args: unknown[]) => held(() => (target.evalsha as (...a: unknown[]) => Promise<unknown>).apply(target, args));
+      if (prop === 'multi')
+        return () => {
+          const m = target.multi();
+          const exec = m.exec.bind(m);
+          return Object.assign(m, { exec: () => held(exec) });
+        };
+      return Reflect.get(target, prop, receiver);
+    },
+  });
+  const clock = new RedisClock(redis);
+  await clock.sync();
+  const a = new SigningKeyStore({ redis: stalled as Redis, keys, kek, logger: silentLogger, alg: 'ES256', clock });
+  const b = new SigningKeyStore({ redis, keys, kek, logger: silentLogger, alg: 'ES256', clock });
+  await b.ensure();
+  await a.reload();
+  // The first key activates at Redis's TIME, which this estimate may trail by a millisecond: read its id.
+  const compromised = (await redis.hkeys(keys.signingKeys()))[0] ?? '';
+
+  const late = a.rotate({ leadMs: 90_000, maxTokenTtlMs: 900_000, graceMs: 60_000 });
+  await writing;
+  const { kid } = await b.rotate({ leadMs: 90_000, maxTokenTtlMs: 900_000, graceMs: 60_000, immediate: true });
+  release();
+  await late;
+  await b.reload();
+  expect(b.publicKey(compromised)).toBeUndefined();
+  expect(b.jwks().keys.map((k) => k.kid)).not.toContain(compromised);
+  expect(b.current().kid).toBe(kid);
+  await dropPrefix(keys.prefix);
+});
