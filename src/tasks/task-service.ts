@@ -303,8 +303,9 @@ export class TaskService {
   }
 
   private async root(who: WorkloadIdentity, body: OpenTaskBody, requestHash: string): Promise<TaskFixed> {
-    const grants = body.grants.map((g) => this.grant(g));
     const taskId = body.taskId ?? `t-${randomUUID()}`;
+    // Before the grants are checked: a caller that may not open tasks learns nothing of which roles and
+    // scopes are configured (unknown_role, scope_not_allowed), and its attempt is audited.
     if (!this.deps.patterns.orchestrators.matches(who.id)) {
       // Under the task only when the caller named one: an id generated for a refused open names nothing.
       await deny(this.deps, who, 'not_orchestrator', "Only an orchestrator may open a task (or a task's agent a sub-task).", {
@@ -316,6 +317,7 @@ export class TaskService {
       throw badRequest('invalid_request', 'tenant: required for a task without parentTaskId', { extra: { field: 'tenant' } });
     if (body.purpose === undefined)
       throw badRequest('invalid_request', 'purpose: required for a task without parentTaskId', { extra: { field: 'purpose' } });
+    const grants = body.grants.map((g) => this.grant(g));
     return {
       taskId,
       agent: body.agent,

@@ -68,6 +68,16 @@ describe('opening tasks', () => {
   });
 
   test.each([
+    ['a role that is not configured', { grants: [{ role: 'nope', scopes: [] }] }],
+    ['a scope the role does not allow', { grants: [{ role: 'tickets-api', scopes: ['tickets:delete'] }] }],
+  ])('a caller that may not open tasks learns nothing from %s: 403 not_orchestrator (found by red team)', async (_n, over) => {
+    // The grants were checked first: unknown_role / scope_not_allowed (unaudited) told an agent which roles exist.
+    const r = await call(t.url, 'POST', '/v1/tasks', t.as(AGENT), body({ taskId: 't-probe', ...over }));
+    expect(r.status).toBe(403);
+    expect(r.body.code).toBe('not_orchestrator');
+  });
+
+  test.each([
     ['unknown role', { grants: [{ role: 'nope', scopes: [] }] }, 'unknown_role'],
     ['scope the role does not allow', { grants: [{ role: 'tickets-api', scopes: ['tickets:delete'] }] }, 'scope_not_allowed'],
     ['bad taskId', { taskId: 'has space' }, 'invalid_request'],
