@@ -136,7 +136,11 @@ export const ERRORS = {
   },
   not_approver: { status: 403, means: 'Only identities in `approvers` may decide approvals.', fix: 'Ask an approver.' },
   not_admin: { status: 403, means: 'Only identities in `admins` may do this.', fix: 'Ask an admin.' },
-  self_approval: { status: 403, means: 'An agent cannot approve its own request.', fix: 'Ask another approver.' },
+  self_approval: {
+    status: 403,
+    means: 'An agent cannot approve its own request, nor one made by a sub-task it delegated to.',
+    fix: 'Ask another approver.',
+  },
   role_not_granted: { status: 403, means: "The role is not among the task's grants.", fix: 'Open a task that grants the role.' },
   scope_not_granted: { status: 403, means: "A requested scope is not in the task's grant.", fix: 'Ask for granted scopes only.' },
   policy_denied: {

@@ -59,8 +59,9 @@ export class ApprovalService {
     }
     const r = await this.deps.approvals.get(approvalId, this.deps.clock.now());
     if (!r) throw notFound('approval_not_found', `No approval ${approvalId}.`);
-    if (who.id === r.agent) {
-      await deny(this.deps, who, 'self_approval', 'An agent cannot approve its own request.', {
+    // Its own request, or one made inside a delegation it is part of (the sub-task's agent acts for it).
+    if (who.id === r.agent || (await this.deps.tasks.fixed(r.taskId))?.delegators.includes(who.id)) {
+      await deny(this.deps, who, 'self_approval', 'An agent cannot approve its own request, nor one made on its behalf.', {
         action: 'approval.decide',
         taskId: r.taskId,
         detail: { approvalId },
