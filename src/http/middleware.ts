@@ -5,6 +5,7 @@ import { denial } from '../authz.ts';
 import { BrokerError, badRequest, forbidden, unsupportedMediaType } from '../errors.ts';
 import type { WorkloadIdentity } from '../identity/types.ts';
 import { fromZod } from './problem.ts';
+import { illFormedField } from './well-formed.ts';
 import { RateLimited } from './rate-limit.ts';
 
 /** The verified caller, set by `requireIdentity`. */
@@ -104,6 +105,12 @@ export function jsonBody(limit: number): RequestHandler[] {
       next();
     },
     parse,
+    (req: Request, _res: Response, next: NextFunction) => {
+      const field = illFormedField(req.body);
+      if (field !== undefined)
+        throw badRequest('invalid_request', `${field}: not well-formed Unicode (an unpaired surrogate escape).`, { extra: { field } });
+      next();
+    },
   ];
 }
 

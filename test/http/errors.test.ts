@@ -39,6 +39,27 @@ describe('bad input gets a clear error and loses nothing', () => {
     expect(r.body.code).toBe('malformed_json');
   });
 
+  test('400 for a string that is not well-formed Unicode (a lone surrogate escape), value or key (found by red team)', async () => {
+    // Stored, it read back as U+FFFD: the task answered with a tenant no kill switch or filter could name.
+    const open = (body: string) =>
+      raw('/v1/tasks', { method: 'POST', headers: { ...t.as(ORCH), 'content-type': 'application/json' }, body });
+    const task = (over: string) =>
+      `{"agent":"spiffe://dev.local/agent/x","tenant":"acme","purpose":"p","ttlSeconds":60,"grants":[{"role":"demo-api"}]${over}}`;
+    for (const [over, field] of [
+      [',"tenant":"acme\\ud800"', 'tenant'],
+      [',"labels":{"k\\udc00":"v"}', 'labels'],
+      [',"labels":{"ticket":"\\udbff\\udbff"}', 'labels.ticket'],
+    ] as const) {
+      const r = await open(task(over));
+      expect([field, r.status, r.body.code, r.body.field]).toEqual([field, 400, 'invalid_request', field]);
+    }
+    // A surrogate pair is a character like any other.
+    expect((await open(task(',"purpose":"deploy \\ud83d\\ude80"'))).status).toBe(201);
+    // Deep nesting is refused as input, never a stack overflow (500).
+    const deep = (await open(`{"labels":${'['.repeat(30_000)}${']'.repeat(30_000)}}`)).status;
+    expect(deep).toBe(400);
+  });
+
   test('400 for an invalid lease id; 404 for an unknown one; 404 for unknown routes', async () => {
     expect((await call(t.url, 'GET', '/v1/leases/NOT-HEX', t.as(AGENT))).body.code).toBe('invalid_id');
     expect((await call(t.url, 'GET', `/v1/leases/${'a'.repeat(32)}`, t.as(AGENT))).status).toBe(404);
