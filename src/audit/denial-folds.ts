@@ -4,6 +4,8 @@ import type { AuditEvent } from './record.ts';
 export const FOLD_MAX_KEYS = 10_000;
 /** Tasks one caller's denials (one code and action) are recorded under per minute before the rest fold together. */
 export const FOLD_TASKS_PER_CALLER = 3;
+/** Distinct roles a folded record names (`detail.roles`) before it says only that there were more. */
+export const FOLD_ROLES_MAX = 16;
 
 /** One folded key: its first denial, and how many followed (the first too when its record was not written). */
 export interface Fold {
@@ -11,6 +13,20 @@ export interface Fold {
   count: number;
   /** The first denial's record could not be written: it is in `count`. */
   firstUnwritten?: boolean;
+  /**
+   * Roles the folded denials named besides the first's: without them, one harmless first denial hid
+   * which roles an agent then probed for the rest of the minute.
+   */
+  roles?: string[];
+  rolesTruncated?: boolean;
+}
+
+/** Notes `role` among a fold's roles (bounded). */
+function noteRole(fold: Fold, role: string | undefined): void {
+  if (role === undefined || role === fold.event.role || fold.roles?.includes(role)) return;
+  fold.roles ??= [];
+  if (fold.roles.length < FOLD_ROLES_MAX) fold.roles.push(role);
+  else fold.rolesTruncated = true;
 }
 
 /**
@@ -63,6 +79,7 @@ export class DenialFolds {
     const fold = this.folds.get(key);
     if (fold) {
       fold.count += 1;
+      noteRole(fold, event.role);
       return undefined;
     }
     const entry: Fold = { event, count: 0 };
@@ -80,6 +97,7 @@ export class DenialFolds {
     if (now) {
       now.count += 1;
       now.firstUnwritten = true;
+      noteRole(now, entry.event.role);
     } else {
       this.folds.set(key, { event: entry.event, count: 1, firstUnwritten: true });
     }
@@ -106,6 +124,8 @@ export class DenialFolds {
     else {
       now.count += fold.count;
       now.firstUnwritten ||= fold.firstUnwritten;
+      for (const role of [fold.event.role, ...(fold.roles ?? [])]) noteRole(now, role);
+      if (fold.rolesTruncated) now.rolesTruncated = true;
     }
   }
 
@@ -114,7 +134,14 @@ export class DenialFolds {
     return {
       ...f.event,
       count: f.count,
-      detail: { ...(f.event.detail ?? {}), folded: true, ...(f.firstUnwritten ? { firstUnwritten: true } : {}) },
+      detail: {
+        ...(f.event.detail ?? {}),
+        folded: true,
+        ...(f.firstUnwritten ? { firstUnwritten: true } : {}),
+        // Every role the minute's denials named, the first's included.
+        ...(f.roles ? { roles: [...(f.event.role === undefined ? [] : [f.event.role]), ...f.roles] } : {}),
+        ...(f.rolesTruncated ? { rolesTruncated: true } : {}),
+      },
     };
   }
 }

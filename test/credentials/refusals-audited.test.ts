@@ -55,3 +55,18 @@ test("an agent's refused task opens without a task id fold into at most two reco
   expect(records.reduce((sum, a) => sum + (a.count ?? 1), 0)).toBe(40);
   expect(records.every((a) => a.taskId === undefined)).toBe(true);
 });
+
+test("a folded record names every role the minute's denials named (found by red team)", async () => {
+  // The fold's key has no role: after one harmless denial, the roles an agent probed next were nowhere.
+  await openAgentTask(t, 'ra-roles', [{ role: 'tickets-api', scopes: ['tickets:read'] }]);
+  for (const role of ['demo-api', 'prod-deploy', 'demo-api', 'no-such-role']) {
+    const r = await call(t.url, 'POST', '/v1/credentials', t.as(AGENT), { taskId: 'ra-roles', role });
+    expect(r.status).toBeGreaterThanOrEqual(400);
+  }
+  await t.broker.deps.audit.flushFolds(true);
+  const records = (await auditRecords(t.broker.deps.redis, t.broker.deps.keys)).filter(
+    (a) => a.taskId === 'ra-roles' && a.action === 'credential.deny',
+  );
+  const named = new Set(records.flatMap((a) => [a.role, ...(((a.detail?.roles as string[] | undefined) ?? []) as string[])]));
+  expect([...named].filter((r) => r !== undefined).sort()).toEqual(expect.arrayContaining(['demo-api', 'prod-deploy']));
+});
