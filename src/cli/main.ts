@@ -11,7 +11,7 @@ import { leaseRevoke, leaseShow } from './commands/lease.ts';
 import { taskComplete, taskEvidence, taskList, taskOpen, taskShow } from './commands/task.ts';
 import type { Io } from './output.ts';
 import { packageVersion } from './package.ts';
-import { terminalSafe } from './terminal.ts';
+import { terminalLines, terminalSafe } from './terminal.ts';
 
 /** Exit codes of contract section 9. */
 export const EXIT = { ok: 0, refused: 1, usage: 2, failed: 3 } as const;
@@ -164,7 +164,7 @@ function report(err: unknown, io: Io, json: boolean): number {
     message = `unexpected error: ${err instanceof Error ? (io.env.JIT_DEBUG ? err.stack : err.message) : String(err)}`;
     body = { code: 'internal', detail: message };
   }
-  io.stderr.write(`jit: ${message}\n`);
-  if (json) io.stdout.write(`${JSON.stringify(body, null, 2)}\n`);
+  io.stderr.write(`jit: ${terminalLines(message)}\n`);
+  if (json) io.stdout.write(`${terminalLines(JSON.stringify(body, null, 2))}\n`);
   return code;
 }

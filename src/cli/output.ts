@@ -1,4 +1,4 @@
-import { terminalSafe } from './terminal.ts';
+import { terminalLines, terminalSafe } from './terminal.ts';
 
 /** Where a command writes; the entry point passes the process's streams, tests may pass their own. */
 export interface Io {
@@ -15,17 +15,19 @@ export class Out {
     this.io = io;
   }
 
+  /** A line of output; characters that would act on the terminal are escaped (terminalLines). */
   line(s = ''): void {
-    this.io.stdout.write(`${s}\n`);
+    this.io.stdout.write(`${terminalLines(s)}\n`);
   }
 
   /** A note for the person at the terminal; never part of the machine-readable output. */
   note(s: string): void {
-    this.io.stderr.write(`${s}\n`);
+    this.io.stderr.write(`${terminalLines(s)}\n`);
   }
 
+  /** JSON with bidi, zero-width and C1 characters escaped too (`\\uXXXX`: the same JSON value). */
   json(v: unknown): void {
-    this.io.stdout.write(`${JSON.stringify(v, null, 2)}\n`);
+    this.io.stdout.write(`${terminalLines(JSON.stringify(v, null, 2))}\n`);
   }
 
   /** `key  value` lines, keys padded; undefined values skipped. */

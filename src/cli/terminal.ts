@@ -38,3 +38,13 @@ const ANY = new RegExp(`[\\u0000-\\u001f]|${MISLEADING.source}`, 'u');
 export function hasControls(s: string): boolean {
   return ANY.test(s);
 }
+
+/**
+ * {@link terminalSafe} line by line, keeping the line breaks: for every message and line the CLI
+ * prints, since most carry something the broker sent (ids, times, names), and a hostile or broken
+ * broker must not reach the terminal with an escape sequence through any of them. What it escapes is
+ * written as `\uXXXX`, which inside a JSON string reads back as the same character.
+ */
+export function terminalLines(s: string): string {
+  return s.split('\n').map(terminalSafe).join('\n');
+}

@@ -110,3 +110,53 @@ test('invisible characters (tag characters, variation selectors, Hangul fillers)
   const r = await call(t.url, 'POST', '/v1/credentials', t.as(AGENT), { taskId: 'ts-4', role: lookalike });
   expect({ status: r.status, code: r.body.code }).toEqual({ status: 400, code: 'invalid_request' });
 });
+
+test('nothing a hostile broker answers reaches the terminal raw: task open, list cursor, pending approval (found by red team)', async () => {
+  // The CLI escaped table cells and problem details, but printed ids and times in its own lines and notes
+  // as the broker sent them: an ESC/OSC sequence could retitle or clear the operator's terminal.
+  const { createServer } = await import('node:http');
+  const evil = '\u001b]0;pwned\u0007\u001b[2J\u001b[31mFAKE\u001b[0m\u202e';
+  const server = createServer((req, res) => {
+    const send = (status: number, body: unknown) => {
+      res.writeHead(status, { 'content-type': 'application/json' });
+      res.end(JSON.stringify(body));
+    };
+    const path = new URL(req.url ?? '/', 'http://x').pathname;
+    if (req.method === 'POST' && path === '/v1/credentials') return send(202, { approvalId: `a${evil}`, status: 'pending' });
+    if (req.method === 'POST' && path === '/v1/tasks')
+      return send(201, {
+        taskId: `T${evil}`,
+        agent: `A${evil}`,
+        tenant: 't',
+        status: 'open',
+        expiresAt: `E${evil}`,
+        grants: [{ role: `R${evil}`, scopes: [`S${evil}`] }],
+      });
+    if (req.method === 'GET' && path === '/v1/tasks') return send(200, { items: [], nextCursor: `C${evil}` });
+    send(404, { code: 'route_not_found', detail: 'no' });
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
+  const url = `http://127.0.0.1:${(server.address() as { port: number }).port}`;
+  const run = async (args: string[]) => {
+    let printed = '';
+    const write = (s: string) => {
+      printed += s;
+      return true;
+    };
+    await main(args, { stdout: { write }, stderr: { write }, env: { JIT_BROKER_URL: url, JIT_TOKEN: 'x.y.z' }, cwd: process.cwd() });
+    return printed;
+  };
+  try {
+    for (const args of [
+      ['task', 'open', '--agent', 'spiffe://dev.local/agent/a', '--tenant', 't', '--purpose', 'p', '--ttl', '60', '--grant', 'demo-api'],
+      ['task', 'list'],
+      ['cred', 'get', '--task', 't', '--role', 'demo-api'],
+    ]) {
+      const printed = await run(args);
+      expect([args.join(' '), printed.includes('\\u001b')]).toEqual([args.join(' '), true]); // the broker's value, escaped
+      for (const c of ['\u001b', '\u0007', '\u202e']) expect([args.join(' '), printed.includes(c)]).toEqual([args.join(' '), false]);
+    }
+  } finally {
+    server.close();
+  }
+});

@@ -38,7 +38,7 @@ export const exec: Command = {
       await broker.revokeLease(cred.leaseId);
     } catch (err) {
       io.stderr.write(
-        `jit: could not revoke lease ${cred.leaseId} (${terminalSafe((err as Error).message)}); it ends at ${cred.expiresAt} or with its task\n`,
+        `jit: could not revoke lease ${terminalSafe(cred.leaseId)} (${terminalSafe((err as Error).message)}); it ends at ${terminalSafe(cred.expiresAt)} or with its task\n`,
       );
     }
     return code;
