@@ -6,6 +6,21 @@ export const SESSION_POLICY_MAX_CHARS = 2048;
 /** An IAM action as a scope: `service:Action`, wildcards allowed (`s3:Get*`). */
 const IAM_ACTION = /^[a-zA-Z0-9-]+:[A-Za-z0-9*?]+$/;
 
+/**
+ * STS actions that make a new session from this one. A chained session gets a name and a lifetime the
+ * agent picks, and no session policy unless the agent adds one: the deny that ends a task (by session
+ * name) does not reach it, so it could outlive the task with the role's full permissions.
+ */
+const CHAINING = ['AssumeRole', 'AssumeRoleWithSAML', 'AssumeRoleWithWebIdentity', 'AssumeRoot', 'GetFederationToken'];
+
+/** Whether a scope (an IAM action pattern; IAM matches actions case-insensitively) covers one of {@link CHAINING}. */
+function chains(scope: string): boolean {
+  const [service, action = ''] = scope.split(':');
+  if (service?.toLowerCase() !== 'sts') return false;
+  const glob = new RegExp(`^${action.replace(/[*?]/g, (c) => (c === '*' ? '.*' : '.'))}$`, 'i');
+  return CHAINING.some((a) => glob.test(a));
+}
+
 /** IAM's date form, to the second, rounded up. */
 const iamDate = (ms: number) => new Date(Math.ceil(ms / 1000) * 1000).toISOString().replace('.000Z', 'Z');
 
@@ -27,6 +42,12 @@ export function sessionPolicy(scopes: readonly string[], resources: readonly str
     throw badRequest('scopes_empty', 'An aws credential needs at least one scope (an IAM action such as s3:GetObject).');
   const bad = scopes.filter((s) => !IAM_ACTION.test(s));
   if (bad.length > 0) throw badRequest('invalid_scope', `Scopes for aws roles are IAM actions like s3:GetObject; not: ${bad.join(', ')}.`);
+  const chaining = scopes.filter(chains);
+  if (chaining.length > 0)
+    throw badRequest(
+      'invalid_scope',
+      `Scopes may not let the session assume a role (${chaining.join(', ')}): a chained session would outlive the task and escape its revocation.`,
+    );
   const allow = { Effect: 'Allow', Action: [...new Set(scopes)].sort(), Resource: [...new Set(resources)] };
   const bounded = JSON.stringify({
     Version: '2012-10-17',
