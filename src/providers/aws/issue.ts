@@ -125,6 +125,11 @@ export async function issueAwsCredential(deps: IssueDeps, req: IssueRequest<AwsR
     'aws session issued',
   );
   const handle: AwsHandle = { ...base, expiresAt, tokenIssuedAt: expiresAt - duration * 1000 };
+  // The lease ends on the broker's clock, Expiration is on AWS's: with AWS's clock behind, the lease would
+  // end (and a task's end revoke nothing) while the session still works. STS made the session before its
+  // answer arrived and gives exactly DurationSeconds, so it is gone by now + duration here, whatever
+  // AWS's clock says (+1 s: Expiration is to the second).
+  const leaseExpiresAt = Math.max(expiresAt, deps.clock() + duration * 1000 + 1000);
   return {
     credentials: {
       AccessKeyId: c.AccessKeyId,
@@ -133,7 +138,7 @@ export async function issueAwsCredential(deps: IssueDeps, req: IssueRequest<AwsR
       Expiration: c.Expiration.toISOString(),
     },
     handle: { ...handle },
-    expiresAt,
+    expiresAt: leaseExpiresAt,
   };
 }
 
