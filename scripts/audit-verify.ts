@@ -5,6 +5,7 @@
  * what is in Redis. Prints a verdict per chain; exit 0 when every chain is
  * intact, 1 otherwise.
  */
+import { existsSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { deriveSealKey } from '../src/audit/seal.ts';
 import { type ChainReport, type Source, verifyAudit } from '../src/audit/verify.ts';
@@ -31,6 +32,9 @@ async function main(): Promise<boolean> {
   const buckets = Number(await redis.hget(new Keys(config.redis.prefix).meta(), 'buckets')) || undefined;
   const keys = new Keys(config.redis.prefix, buckets);
   const file = resolvePath(values.file ?? config.audit.export.file);
+  // A file named on the command line must exist: a mistyped archive path would otherwise "verify" as an
+  // intact, empty export. (The configured one may not exist yet: a broker that never exported.)
+  if (values.file !== undefined && !existsSync(file)) throw new Error(`no such export file: ${file}`);
 
   let sealKey: Buffer | undefined;
   let kekNote: string;

@@ -20,7 +20,7 @@ import { PolicyLoadError } from '../src/policy/errors.ts';
 import { loadPolicySet } from '../src/policy/load.ts';
 import { policyRequestSchema } from '../src/policy/request-schema.ts';
 
-const USAGE = 'usage: node scripts/policy.ts check [dir]\n       node scripts/policy.ts explain <request.json> [dir]';
+const USAGE = 'usage: npm run -s policy -- check [dir]\n       npm run -s policy -- explain <request.json> [dir]';
 
 function defaultDir(): string {
   const file = process.env.BROKER_CONFIG ?? 'config/broker.yaml';

@@ -146,7 +146,7 @@ export const ERRORS = {
   policy_denied: {
     status: 403,
     means: 'Cedar policy denied the request (no permit matched, or a forbid did).',
-    fix: 'Check the policies with `npm run policy -- explain`; the audit record names the deciding policies.',
+    fix: 'Check the policies with `npm run policy -- explain <request.json>` (examples in config/policies/examples/); the audit record names the deciding policies.',
   },
   delegation_widens: {
     status: 403,

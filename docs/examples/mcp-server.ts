@@ -19,7 +19,7 @@
  * leases it holds are revoked.
  *
  * Run from a checkout (after `npm install`, which builds jit-broker/client):
- *   node docs/examples/mcp-server.ts
+ *   node_modules/.bin/node docs/examples/mcp-server.ts   (the project's Node 24: the machine's node may not run .ts)
  * test/examples/mcp-server.test.ts drives it with the MCP SDK's own client.
  */
 import { McpServer } from '@modelcontextprotocol/sdk/server/mcp.js';

@@ -133,6 +133,12 @@ function hoistGlobalFlags(argv: string[]): string[] {
   return [...rest.slice(0, cut), ...hoisted, ...rest.slice(cut)];
 }
 
+/** What to do next, for the refusals a person at the terminal meets most. */
+const NEXT_STEP: Record<string, string> = {
+  identity_expired: ' (get a fresh identity token; in development: `jit dev token --sub <identity>`)',
+  identity_quarantined: ' (an admin lifts it with `jit admin unquarantine <pattern>`; `jit admin quarantine --list` shows the patterns)',
+};
+
 /** Prints an error (short, on stderr; with --json also as JSON on stdout) and answers its exit code. */
 function report(err: unknown, io: Io, json: boolean): number {
   let code: number;
@@ -145,7 +151,7 @@ function report(err: unknown, io: Io, json: boolean): number {
   } else if (err instanceof BrokerResponseError) {
     code = err.status >= 400 && err.status < 500 ? EXIT.refused : EXIT.failed;
     // The broker's `detail` may quote what a caller sent: escaped like every table cell (terminal.ts).
-    message = terminalSafe(err.message);
+    message = terminalSafe(err.message) + (NEXT_STEP[err.code] ?? '');
     body = err.body && typeof err.body === 'object' ? err.body : { status: err.status, code: err.code, detail: err.detail };
   } else if (err instanceof ApprovalPendingError) {
     code = EXIT.refused;
@@ -153,7 +159,7 @@ function report(err: unknown, io: Io, json: boolean): number {
     body = { approvalId: err.approvalId, status: 'pending' };
   } else if (err instanceof BrokerUnreachableError) {
     code = EXIT.failed;
-    message = err.message;
+    message = `${err.message} (is the broker running? \`npm start\` runs one; JIT_BROKER_URL names it)`;
     body = { code: err.code, detail: err.message };
   } else if (err instanceof ClientConfigError || err instanceof JitError) {
     code = EXIT.usage;

@@ -46,7 +46,10 @@ export class CredentialCache {
     e.inflight ??= issue()
       .then((cred) => {
         const issuedAt = this.now();
-        const expiresAt = Date.parse(cred.expiresAt);
+        // The earlier of the lease's end and the credential's own (an AWS session's Expiration, on AWS's
+        // clock, may come a little before the lease's end, which the broker keeps on its own clock).
+        const own = Date.parse(String((cred.credentials as { Expiration?: unknown } | undefined)?.Expiration ?? ''));
+        const expiresAt = Number.isNaN(own) ? Date.parse(cred.expiresAt) : Math.min(own, Date.parse(cred.expiresAt));
         const lifetime = Math.max(0, expiresAt - issuedAt);
         e.value = cred;
         e.expiresAt = expiresAt;

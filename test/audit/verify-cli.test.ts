@@ -94,3 +94,10 @@ test('npm run audit:verify without secrets.kek says the KEK lives in Redis', asy
   expect(res.out).toContain('the KEK lives in Redis');
   expect(res.out).toMatch(/last seal: seq 2 at .* \(1 seals\)/);
 });
+
+test('npm run audit:verify -- --file with a path that does not exist refuses (exit 1), not "intact" (found by a newcomer)', async () => {
+  const res = await verifyCli(config(true), '--file', join(f.dir, 'no-such-archive.jsonl'));
+  expect(res.code).toBe(1);
+  expect(res.out).toContain('no such export file');
+  expect(res.out).not.toContain('every chain is intact');
+});

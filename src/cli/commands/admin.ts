@@ -66,7 +66,7 @@ export const adminUnquarantine: Command = {
 
 export const adminRotate: Command = {
   path: ['admin', 'rotate'],
-  usage: 'jit admin rotate <signing-key|provider> [--immediate]',
+  usage: 'jit admin rotate <signing-key|aws|vault> [--immediate]',
   summary: 'rotate the signing key or a provider’s secret (admins); --immediate: a compromised signing key, old key dropped at once',
   options: { immediate: { type: 'boolean' } },
   args: ['target'],
