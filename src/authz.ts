@@ -22,6 +22,8 @@ export function taskContext(t: TaskFixed): PolicyTaskContext {
     labels: t.labels,
     roles: t.grants.map((g) => g.role),
     depth: t.depth,
+    // Sub-task ids are `<parent>~<name>`, and a caller's own names hold no `~`.
+    rootId: t.taskId.split('~', 1)[0]!,
     ...(t.parentTaskId ? { parentId: t.parentTaskId } : {}),
     ...(orchestratorLabels ? { orchestratorLabels } : {}),
   };

@@ -78,6 +78,7 @@ export function benchRequests(n: number): PolicyRequest[] {
       context: {
         task: {
           id: `t-${i}`,
+          rootId: `t-${i}`,
           tenant,
           purpose: `ticket ${i}`,
           agent,

@@ -42,7 +42,10 @@ export const policyRequestSchema = z.strictObject({
           roles: strings,
           parentId: z.string().optional(),
           depth: z.int().min(0).default(0),
+          // As the broker derives it when a request file leaves it out: the first name of the id.
+          rootId: z.string().optional(),
         })
+        .transform((t) => ({ ...t, rootId: t.rootId ?? (t.id.split('~', 1)[0] as string) }))
         .optional(),
       ttlSeconds: z.int().optional(),
       scopes: strings.optional(),

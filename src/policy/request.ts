@@ -45,6 +45,7 @@ function contextOf(req: PolicyRequest): Record<string, unknown> {
       labels: task.labels,
       roles: task.roles,
       depth: task.depth,
+      rootId: task.rootId,
       ...(task.parentId === undefined ? {} : { parentId: task.parentId }),
     };
   }

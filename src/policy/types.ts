@@ -12,6 +12,11 @@ export interface PolicyTaskContext {
   roles: string[];
   /** Present for a sub-task: the parent task id. */
   parentId?: string;
+  /**
+   * The root task of its delegation chain (its own id for a root task): the one id a sub-task cannot
+   * change, so a rule about a task (an incident's forbid) reaches every sub-task an agent opens under it.
+   */
+  rootId: string;
   /** Delegation depth: 0 for a root task. */
   depth: number;
   /**

@@ -96,7 +96,8 @@ export class TaskService {
       who,
       'openTask',
       { type: 'Task', id: task.taskId },
-      { task: taskContext(task) },
+      // The contract's openTask context: the requested lifetime and the union of the grants' scopes.
+      { task: taskContext(task), ttlSeconds: task.ttlSeconds, scopes: [...new Set(task.grants.flatMap((g) => g.scopes))] },
       // A sub-task's refusal is recorded under its parent, which exists (see openSubtask's refusals).
       task.parentTaskId ? { taskId: task.parentTaskId, detail: { subtask: task.taskId } } : { taskId: task.taskId },
       { beforeDenial },

@@ -22,7 +22,8 @@ export const ORCHESTRATOR = 'spiffe://dev.local/orchestrator/o1';
 export const ADMIN = 'spiffe://dev.local/ops/alice';
 
 export function task(over: Partial<PolicyTaskContext> = {}): PolicyTaskContext {
-  return { id: 't-1', tenant: 'acme', purpose: 'test', agent: AGENT, labels: {}, roles: ['tickets-api'], depth: 0, ...over };
+  const t = { id: 't-1', tenant: 'acme', purpose: 'test', agent: AGENT, labels: {}, roles: ['tickets-api'], depth: 0, ...over };
+  return { ...t, rootId: over.rootId ?? t.id.split('~', 1)[0]! };
 }
 
 /** An `issue` request for `role` by `agent` in its own task; `over` replaces parts of it. */
