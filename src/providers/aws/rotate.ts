@@ -3,10 +3,11 @@ import { GetCallerIdentityCommand } from '@aws-sdk/client-sts';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { badRequest, upstreamFailed } from '../../errors.ts';
 import type { Logger } from '../../logger.ts';
-import { noJournal, type RotationJournal, RotationLockLost, type RotationResult, stillHeld } from '../types.ts';
+import { noJournal, type RotationJournal, RotationLockLost, type RotationResult, stillHeld, wasUnanswered } from '../types.ts';
 import type { AwsClients, ClientPair, StaticKeys } from './clients.ts';
 import type { AwsSettings } from './config.ts';
-import { awsErrorCode, classify } from './upstream.ts';
+import { retireKey, retireUnrecordedKeys } from './unrecorded-keys.ts';
+import { awsErrorCode, classify, maybeDone } from './upstream.ts';
 
 const DISTRIBUTING = 'distributing the new key';
 
@@ -14,6 +15,8 @@ export interface RotateDeps {
   settings: AwsSettings;
   clients: AwsClients;
   logger: Logger;
+  /** The broker's clock (its Redis-time estimate): when CreateAccessKey was sent, for the intent. */
+  clock: () => number;
 }
 
 /**
@@ -26,7 +29,10 @@ export interface RotateDeps {
  * one is deleted; if that fails too, both keys are kept (every instance keeps
  * working, whichever it holds) and the rotation answers 502
  * rotation_incomplete. A failed final delete only leaves an inactive key,
- * which the next rotation removes first.
+ * which the next rotation removes first. A CreateAccessKey whose answer was
+ * lost may have made a key nobody knows: the intent keeps the time it was
+ * sent, and the next rotation retires the key created then
+ * (unrecorded-keys.ts).
  */
 export async function rotateAccessKey(
   deps: RotateDeps,
@@ -45,16 +51,29 @@ export async function rotateAccessKey(
     });
   };
 
-  await retireLeftovers(deps, old.accessKeyId, journal);
+  try {
+    await retireLeftovers(deps, old.accessKeyId, journal);
+    await retireUnrecordedKeys(deps, old.accessKeyId, journal);
+  } catch (err) {
+    // The intent stays (recording this rotation's would replace it): the next rotation tries again.
+    if (err instanceof RotationLockLost) throw err;
+    throw fail("retiring an interrupted rotation's keys", err);
+  }
   await journal.fence();
-  await removeInactiveKeys(deps, old.accessKeyId);
-  // Recorded before anything is created: a process dying from here on leaves the next rotation enough to clean up.
-  await journal.record({ old: old.accessKeyId });
+  const existing = await removeInactiveKeys(deps, old.accessKeyId);
+  // Recorded before anything is created, with the time: the new key's id is known only from IAM's answer,
+  // and if that never arrives (or this process dies first) the next rotation finds the key by its
+  // CreateDate (unrecorded-keys.ts).
+  await journal.record({ old: old.accessKeyId, creating: deps.clock(), ...(existing ? { existing } : {}) });
   let created;
   try {
     created = (await clients.run((c) => c.iam.send(new CreateAccessKeyCommand({ ...(UserName ? { UserName } : {}) })))).AccessKey;
   } catch (err) {
-    await journal.clear();
+    // Only a refusal (LimitExceeded, AccessDenied, ...) with no attempt left unanswered made nothing. Otherwise
+    // IAM may hold a key whose id never reached us: the intent stays, for the next rotation to retire it.
+    if (wasUnanswered(err) || maybeDone(err))
+      logger.warn({ code: awsErrorCode(err) }, 'CreateAccessKey may have made a key whose answer was lost; the next rotation retires it');
+    else await journal.clear();
     throw fail('CreateAccessKey', err);
   }
   if (!created?.AccessKeyId || !created.SecretAccessKey) throw fail('CreateAccessKey', new Error('incomplete CreateAccessKey response'));
@@ -168,42 +187,44 @@ async function verify(deps: RotateDeps, pair: ClientPair): Promise<void> {
  * created) that this instance does not use: the core switched it to the key
  * Redis names, which is the one every instance uses. They are still active
  * (a process killed mid-rotation, or both kept by rotation_incomplete) and
- * would stay valid for good, and IAM allows only two keys per user. A
- * failure here is left to CreateAccessKey to report.
+ * would stay valid for good, and IAM allows only two keys per user. A key
+ * that could not be deactivated throws: going on would replace the intent
+ * that names it.
  */
 async function retireLeftovers(deps: RotateDeps, current: string, journal: RotationJournal): Promise<void> {
-  const { clients, settings, logger } = deps;
-  const UserName = settings.userName;
   for (const id of new Set([journal.leftover?.old, journal.leftover?.new])) {
     if (!id || id === current) continue;
-    await journal.fence();
-    try {
-      await clients.run((c) =>
-        c.iam.send(new UpdateAccessKeyCommand({ AccessKeyId: id, Status: 'Inactive', ...(UserName ? { UserName } : {}) })),
-      );
-      await clients.run((c) => c.iam.send(new DeleteAccessKeyCommand({ AccessKeyId: id, ...(UserName ? { UserName } : {}) })));
-      logger.warn({ accessKeyId: id }, 'retired an access key an interrupted rotation left active');
-    } catch (err) {
-      if (classify(err) !== 'not_found')
-        logger.error({ accessKeyId: id, code: awsErrorCode(err) }, 'could not retire a leftover access key');
-    }
+    if (await retireKey(deps, id, journal))
+      deps.logger.warn({ accessKeyId: id }, 'retired an access key an interrupted rotation left active');
   }
 }
 
-/** Leftovers of an earlier rotation that failed after deactivating: IAM allows only two keys per user. */
-async function removeInactiveKeys(deps: RotateDeps, current: string): Promise<void> {
+/**
+ * Leftovers of an earlier rotation that failed after deactivating: IAM allows only two keys per user.
+ * Returns the ids listed (for the intent: keys that exist before CreateAccessKey are not its), or
+ * undefined when the listing failed.
+ */
+async function removeInactiveKeys(deps: RotateDeps, current: string): Promise<string[] | undefined> {
   const { clients, settings, logger } = deps;
   const UserName = settings.userName;
+  let listed;
   try {
-    const listed = await clients.run((c) => c.iam.send(new ListAccessKeysCommand({ ...(UserName ? { UserName } : {}) })));
-    for (const k of listed.AccessKeyMetadata ?? []) {
+    listed =
+      (await clients.run((c) => c.iam.send(new ListAccessKeysCommand({ ...(UserName ? { UserName } : {}) })))).AccessKeyMetadata ?? [];
+  } catch (err) {
+    // Not fatal: without iam:ListAccessKeys CreateAccessKey still works unless the user already has two keys.
+    logger.warn({ code: awsErrorCode(err) }, 'could not list access keys before rotating');
+    return undefined;
+  }
+  try {
+    for (const k of listed) {
       if (k.AccessKeyId && k.AccessKeyId !== current && k.Status === 'Inactive') {
         await clients.run((c) => c.iam.send(new DeleteAccessKeyCommand({ AccessKeyId: k.AccessKeyId, ...(UserName ? { UserName } : {}) })));
         logger.info({ accessKeyId: k.AccessKeyId }, 'deleted an inactive leftover access key before rotating');
       }
     }
   } catch (err) {
-    // Not fatal: without iam:ListAccessKeys CreateAccessKey still works unless the user already has two keys.
-    logger.warn({ code: awsErrorCode(err) }, 'could not list access keys before rotating');
+    logger.warn({ code: awsErrorCode(err) }, 'could not delete an inactive access key before rotating');
   }
+  return listed.flatMap((k) => (k.AccessKeyId ? [k.AccessKeyId] : []));
 }

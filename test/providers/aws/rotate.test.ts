@@ -1,6 +1,8 @@
 import { afterAll, beforeEach, describe, expect, it } from '@jest/globals';
 import { CreateAccessKeyCommand, IAMClient, UpdateAccessKeyCommand } from '@aws-sdk/client-iam';
 import { BrokerError } from '../../../src/errors.ts';
+import { awsSettingsSchema } from '../../../src/providers/aws/config.ts';
+import { createWindow } from '../../../src/providers/aws/unrecorded-keys.ts';
 import { awsWorld, callerIdentityAs, issueRequest, roleConfig, type AwsWorld } from './helpers.ts';
 
 let w: AwsWorld | undefined;
@@ -101,6 +103,11 @@ describe("rotate the broker's own access key", () => {
     await other.useSecret!(result.secret);
     await other.issue(issueRequest(roleConfig(w!.role.arn)));
     expect(emu.requests('AssumeRole').at(-1)).toMatchObject({ accessKeyId: result.secret.accessKeyId, status: 200 });
+  });
+
+  it("takes a key for a lost CreateAccessKey's only if created from 6 s before the call to 38.2 s after (the defaults, as documented)", () => {
+    // 2 rounds x (3 attempts x 5 s timeout + backoffs 0.2 + 0.4 s) + 2 s switch wait = 33.2 s; 1 s CreateDate rounding; 5 s clocks.
+    expect(createWindow(awsSettingsSchema.parse({}), 1_000_000)).toEqual({ from: 1_000_000 - 6000, to: 1_000_000 + 38_200 });
   });
 
   it('is only offered with long-term keys in the config', () => {
