@@ -95,6 +95,11 @@ export type RotationIds = {
    * never reached the intent, and the next rotation looks for what was created around then (AWS).
    */
   creating?: number;
+  /**
+   * With `creating`: the latest the call can have sent an attempt (epoch ms, the broker's clock), fixed when
+   * it was sent, so a later change of timeout settings does not move the window the next rotation searches.
+   */
+  until?: number;
   /** Ids listed just before `creating`: they existed before the call, so the rotation did not make them. */
   existing?: string[];
 };

@@ -13,8 +13,9 @@ const SWITCH_WAIT_MS = 2000;
  * The longest `AwsClients.run` can go on sending attempts of one call, from its start: every attempt up to
  * `requestTimeoutMs` (the handler's timer runs from the request's start, connecting included, and ends the
  * attempt: throwOnRequestTimeout), every backoff at its cap, and the second round after waiting for a switch
- * of keys. Tight on purpose, unlike issue.ts's `callAllowanceMs` (an expiry, where more is safe): rotation's
- * recovery takes a key created within this long of a lost CreateAccessKey for the rotation's own.
+ * of keys. Tight on purpose, unlike issue.ts's `callAllowanceMs` (an expiry, where more is safe): it sets
+ * the end (`until`, capped) of a CreateAccessKey's window, inside which the next rotation takes a key
+ * created after a lost answer for the rotation's own (unrecorded-keys.ts).
  */
 export function longestRunMs(settings: AwsSettings): number {
   const round =

@@ -1,15 +1,24 @@
-import { CreateAccessKeyCommand, DeleteAccessKeyCommand, ListAccessKeysCommand, UpdateAccessKeyCommand } from '@aws-sdk/client-iam';
+import {
+  type AccessKeyMetadata,
+  CreateAccessKeyCommand,
+  DeleteAccessKeyCommand,
+  ListAccessKeysCommand,
+  UpdateAccessKeyCommand,
+} from '@aws-sdk/client-iam';
 import { GetCallerIdentityCommand } from '@aws-sdk/client-sts';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { badRequest, upstreamFailed } from '../../errors.ts';
+import { BrokerError, badRequest, upstreamFailed } from '../../errors.ts';
 import type { Logger } from '../../logger.ts';
 import { noJournal, type RotationJournal, RotationLockLost, type RotationResult, stillHeld, wasUnanswered } from '../types.ts';
 import type { AwsClients, ClientPair, StaticKeys } from './clients.ts';
 import type { AwsSettings } from './config.ts';
-import { retireKey, retireUnrecordedKeys } from './unrecorded-keys.ts';
+import { createDeadline, deactivateLostKeys, lostCreate, pastCreateWindow, retireKey } from './unrecorded-keys.ts';
 import { awsErrorCode, classify, maybeDone } from './upstream.ts';
 
 const DISTRIBUTING = 'distributing the new key';
+
+/** The rotation's failure for `step`, logged. */
+type Fail = (step: string, err: unknown) => BrokerError;
 
 export interface RotateDeps {
   settings: AwsSettings;
@@ -30,9 +39,10 @@ export interface RotateDeps {
  * working, whichever it holds) and the rotation answers 502
  * rotation_incomplete. A failed final delete only leaves an inactive key,
  * which the next rotation removes first. A CreateAccessKey whose answer was
- * lost may have made a key nobody knows: the intent keeps the time it was
- * sent, and the next rotation retires the key created then
- * (unrecorded-keys.ts).
+ * lost may have made a key nobody knows: the intent keeps when it was sent
+ * and when its last attempt ended, and the next rotation, once IAM can be
+ * trusted to list that key, deactivates the key created then
+ * (unrecorded-keys.ts). Every rotation needs iam:ListAccessKeys for that.
  */
 export async function rotateAccessKey(
   deps: RotateDeps,
@@ -44,31 +54,19 @@ export async function rotateAccessKey(
   if (!old || !clients.rotatable)
     throw badRequest('rotation_unsupported', 'AWS key rotation needs providers.aws.credentials with a long-term access key.');
   const UserName = settings.userName;
-  const fail = (step: string, err: unknown) => {
+  const fail: Fail = (step, err) => {
     logger.error({ step, code: awsErrorCode(err) }, 'aws access key rotation failed; the previous key is still in use');
     return upstreamFailed('rotation_failed', `Rotating the AWS access key failed at ${step}; the previous key is still in use.`, {
       cause: err,
     });
   };
 
-  try {
-    await retireLeftovers(deps, old.accessKeyId, journal);
-    await retireUnrecordedKeys(deps, old.accessKeyId, journal);
-  } catch (err) {
-    // The intent stays (recording this rotation's would replace it): the next rotation tries again.
-    if (err instanceof RotationLockLost) throw err;
-    throw fail("retiring an interrupted rotation's keys", err);
-  }
-  await journal.fence();
-  const existing = await removeInactiveKeys(deps, old.accessKeyId);
-  // Recorded before anything is created, with the time: the new key's id is known only from IAM's answer,
-  // and if that never arrives (or this process dies first) the next rotation finds the key by its
-  // CreateDate (unrecorded-keys.ts).
-  await journal.record({ old: old.accessKeyId, creating: deps.clock(), ...(existing ? { existing } : {}) });
+  const existing = await beforeCreate(deps, old.accessKeyId, journal, fail);
   let created;
   try {
-    created = (await clients.run((c) => c.iam.send(new CreateAccessKeyCommand({ ...(UserName ? { UserName } : {}) })))).AccessKey;
+    created = await createKey(deps, old.accessKeyId, existing, journal);
   } catch (err) {
+    if (err instanceof RotationLockLost) throw err; // the intent was not written, nothing was sent
     // Only a refusal (LimitExceeded, AccessDenied, ...) with no attempt left unanswered made nothing. Otherwise
     // IAM may hold a key whose id never reached us: the intent stays, for the next rotation to retire it.
     if (wasUnanswered(err) || maybeDone(err))
@@ -200,22 +198,71 @@ async function retireLeftovers(deps: RotateDeps, current: string, journal: Rotat
 }
 
 /**
- * Leftovers of an earlier rotation that failed after deactivating: IAM allows only two keys per user.
- * Returns the ids listed (for the intent: keys that exist before CreateAccessKey are not its), or
- * undefined when the listing failed.
+ * What comes before CreateAccessKey, on one listing of the user's keys (also the intent's `existing`, so a
+ * key either is checked against an interrupted rotation's lost call or was not listed yet): retire what an
+ * interrupted rotation left, deactivate the key its lost CreateAccessKey made, delete inactive keys. Any
+ * failure throws before this rotation's intent replaces that one.
  */
-async function removeInactiveKeys(deps: RotateDeps, current: string): Promise<string[] | undefined> {
+async function beforeCreate(deps: RotateDeps, current: string, journal: RotationJournal, fail: Fail): Promise<string[]> {
+  // Until a lost key can be looked for, 409 with nothing done: the interrupted rotation's intent stays.
+  const lost = lostCreate(deps.settings, journal.leftover, deps.clock());
+  let listed: AccessKeyMetadata[];
+  try {
+    await retireLeftovers(deps, current, journal);
+    await journal.fence();
+    listed = await listKeys(deps).catch((err) => {
+      throw fail('ListAccessKeys (rotation needs iam:ListAccessKeys on the broker user)', err);
+    });
+    // Deactivated, not deleted (an operator's key in the window can be reactivated): with it the user
+    // has two keys, so this rotation stops and the next deletes it.
+    const deactivated = lost ? await deactivateLostKeys(deps, current, lost, listed, journal) : [];
+    if (deactivated.length) {
+      await journal.clear();
+      throw upstreamFailed(
+        'rotation_failed',
+        `An earlier rotation's CreateAccessKey answer was lost; the key it made (${deactivated.join(', ')}) is now inactive, and the next rotation deletes it and rotates. The previous key is still in use.`,
+      );
+    }
+  } catch (err) {
+    if (err instanceof BrokerError) throw err; // RotationLockLost, or it says which step failed
+    throw fail("retiring an interrupted rotation's keys", err);
+  }
+  return removeInactiveKeys(deps, current, listed);
+}
+
+/**
+ * Records the intent, then calls CreateAccessKey. The new key's id is known only from IAM's answer: if
+ * that never arrives (or this process dies first) the next rotation finds the key by its CreateDate, in
+ * the window the intent records (unrecorded-keys.ts); no attempt is sent after its end, `until`.
+ */
+async function createKey(deps: RotateDeps, current: string, existing: string[], journal: RotationJournal) {
+  const UserName = deps.settings.userName;
+  const creating = deps.clock();
+  const until = createDeadline(deps.settings, creating);
+  await journal.record({ old: current, creating, until, existing });
+  const deadline = AbortSignal.timeout(Math.max(0, until - deps.clock()));
+  const call = (c: ClientPair) => {
+    if (deadline.aborted) throw pastCreateWindow();
+    return c.iam.send(new CreateAccessKeyCommand({ ...(UserName ? { UserName } : {}) }), { abortSignal: deadline });
+  };
+  return (await deps.clients.run(call)).AccessKey;
+}
+
+/** The broker user's keys; every rotation needs them (`existing`, a lost key, inactive leftovers). */
+async function listKeys(deps: RotateDeps): Promise<AccessKeyMetadata[]> {
+  const UserName = deps.settings.userName;
+  const listed = await deps.clients.run((c) => c.iam.send(new ListAccessKeysCommand({ ...(UserName ? { UserName } : {}) })));
+  return listed.AccessKeyMetadata ?? [];
+}
+
+/**
+ * Deletes the inactive keys of `listed` other than the one in use: an earlier rotation that failed after
+ * deactivating, or a lost key deactivated by the one before (IAM allows only two keys per user). Returns
+ * the ids listed, for the intent: keys that exist before CreateAccessKey are not its.
+ */
+async function removeInactiveKeys(deps: RotateDeps, current: string, listed: AccessKeyMetadata[]): Promise<string[]> {
   const { clients, settings, logger } = deps;
   const UserName = settings.userName;
-  let listed;
-  try {
-    listed =
-      (await clients.run((c) => c.iam.send(new ListAccessKeysCommand({ ...(UserName ? { UserName } : {}) })))).AccessKeyMetadata ?? [];
-  } catch (err) {
-    // Not fatal: without iam:ListAccessKeys CreateAccessKey still works unless the user already has two keys.
-    logger.warn({ code: awsErrorCode(err) }, 'could not list access keys before rotating');
-    return undefined;
-  }
   try {
     for (const k of listed) {
       if (k.AccessKeyId && k.AccessKeyId !== current && k.Status === 'Inactive') {
