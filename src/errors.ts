@@ -203,8 +203,9 @@ export const ERRORS = {
   approval_expired: { status: 409, means: 'The approval ended with its task.', fix: 'Open a new task and request again.' },
   rotation_in_progress: {
     status: 409,
-    means: 'A rotation of this target is already running somewhere (or took over from this one, whose lock had lapsed).',
-    fix: 'Retry in a minute.',
+    means:
+      'A rotation of this target is already running somewhere (or took over from this one, whose lock had lapsed); or (AWS) an earlier rotation lost its CreateAccessKey answer and IAM cannot be checked for the key yet: `Retry-After` says when.',
+    fix: 'Retry after `Retry-After` seconds, or in a minute.',
   },
   policy_invalid: {
     status: 409,
@@ -332,7 +333,7 @@ const TITLES: Record<number, string> = {
   503: 'Service Unavailable',
 };
 
-type ErrorOpts = { cause?: unknown; extra?: Record<string, unknown> };
+type ErrorOpts = { cause?: unknown; extra?: Record<string, unknown>; retryAfterSeconds?: number };
 
 /** One error type for everything the broker reports to a caller. */
 export class BrokerError extends Error {
@@ -341,6 +342,8 @@ export class BrokerError extends Error {
   readonly title: string;
   /** Extra members for the problem document (never secrets). */
   readonly extra: Record<string, unknown> | undefined;
+  /** When to try again, for the `Retry-After` header (every 429; other statuses only when set). */
+  readonly retryAfterSeconds: number | undefined;
 
   constructor(code: ErrorCode, detail: string, opts: ErrorOpts = {}) {
     super(detail, opts.cause === undefined ? undefined : { cause: opts.cause });
@@ -349,6 +352,7 @@ export class BrokerError extends Error {
     this.status = ERRORS[code].status;
     this.title = TITLES[this.status] ?? 'Error';
     this.extra = opts.extra;
+    this.retryAfterSeconds = opts.retryAfterSeconds;
   }
 }
 

@@ -17,7 +17,7 @@ export function bearerChallenge(code: string): string {
 /** Writes an RFC 9457 problem document; `members` adds extension members (never secrets). */
 export function sendProblem(res: Response, err: BrokerError, members?: Record<string, unknown>): void {
   if (err.status === 401) res.setHeader('WWW-Authenticate', bearerChallenge(err.code));
-  if (err.status === 429) res.setHeader('Retry-After', String(retryAfterOf(err)));
+  if (err.status === 429 || err.retryAfterSeconds !== undefined) res.setHeader('Retry-After', String(retryAfterOf(err)));
   res
     .status(err.status)
     .type('application/problem+json')

@@ -12,10 +12,8 @@ import type { Metrics } from '../metrics.ts';
 
 /** A 429 that knows when to come back (`Retry-After`). */
 export class RateLimited extends BrokerError {
-  readonly retryAfterSeconds: number;
   constructor(detail: string, retryAfterSeconds: number) {
-    super('rate_limited', detail);
-    this.retryAfterSeconds = retryAfterSeconds;
+    super('rate_limited', detail, { retryAfterSeconds });
   }
 }
 
@@ -333,7 +331,7 @@ export function isOAuthPath(req: Request): boolean {
  * Retry-After on every 429.
  */
 export function retryAfterOf(err: BrokerError): number {
-  const s = (err as { retryAfterSeconds?: unknown }).retryAfterSeconds;
+  const s = err.retryAfterSeconds;
   return typeof s === 'number' && Number.isFinite(s) && s >= 1 ? Math.ceil(s) : 1;
 }
 

@@ -86,7 +86,23 @@ export interface RevokeContext {
 export type RotationResult = { target: string; rotated: string[]; detail?: Record<string, unknown>; secret: Record<string, string> };
 
 /** Identifiers (access key ids, secret-id accessors; never secrets) of one rotation's old and new secret. */
-export type RotationIds = { old?: string; new?: string };
+export type RotationIds = {
+  old?: string;
+  new?: string;
+  /**
+   * When the new secret was asked for (epoch ms, the broker's clock), recorded before the call while its id
+   * cannot be known yet (AWS access keys take no client-chosen id or tag): with no `new`, the call's answer
+   * never reached the intent, and the next rotation looks for what was created around then (AWS).
+   */
+  creating?: number;
+  /**
+   * With `creating`: the latest the call can have sent an attempt (epoch ms, the broker's clock), fixed when
+   * it was sent, so a later change of timeout settings does not move the window the next rotation searches.
+   */
+  until?: number;
+  /** Ids listed just before `creating`: they existed before the call, so the rotation did not make them. */
+  existing?: string[];
+};
 
 /**
  * Rotation intent kept in Redis, written before each upstream side effect. A

@@ -112,6 +112,14 @@ describe('POST /v1/admin/rotate {"target":"aws"}', () => {
     expect(create.headers.get('content-type')).toMatch(/^application\/problem\+json/);
     expect(create.body).toMatchObject({ status: 502, code: 'rotation_failed' });
     expect(emu.requests('CreateAccessKey').map((r) => r.status)).toEqual([500, 500, 500]);
+    // IAM may have made a key: the intent keeps the call's window, and the next rotation waits for IAM to be
+    // able to list it (409 until 35 s after the window). Moved back 2 minutes here, as if it had failed then.
+    const { redis, keys } = a.broker.deps;
+    const kept = JSON.parse((await redis.get(keys.rotationIntent('aws')))!);
+    await redis.set(
+      keys.rotationIntent('aws'),
+      JSON.stringify({ ...kept, creating: kept.creating - 120_000, until: kept.until - 120_000 }),
+    );
 
     // 2) The new key is created but never verifies: it is deleted again.
     emu.failNext(3, { action: 'GetCallerIdentity' });

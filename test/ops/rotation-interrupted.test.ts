@@ -21,10 +21,12 @@ const issuer = new TestIssuer();
 const procs: BrokerProcess[] = [];
 const prefixes: string[] = [];
 let aws: AwsEmulator | undefined;
+const emus: AwsEmulator[] = [];
 let vault: VaultEmulator | undefined;
 afterAll(async () => {
   for (const p of procs) await p.kill();
   await aws?.stop();
+  for (const e of emus) await e.stop();
   await vault?.stop();
   for (const p of prefixes) await dropPrefix(p);
 });
@@ -82,6 +84,63 @@ describe('a rotation whose process was killed midway is finished by the next one
     expect(await callerIdentityAs(aws.url, original)).toBe('InvalidClientTokenId');
     expect(aws.accessKeys(user.userName)).toEqual([{ accessKeyId: r.body.accessKeyId, status: 'Active' }]);
     expect((await rotate(p2, 'aws')).status).toBe(202);
+  }, 90_000);
+
+  test('aws: killed while IAM makes the new key (its id never recorded): once IAM can be checked, the next rotations retire that key', async () => {
+    const emu = await startAwsEmulator();
+    emus.push(emu);
+    const user = emu.createUser('jit-broker');
+    const role = emu.createRole('agent-reports', { maxSessionDuration: 3600, trust: [user.arn] });
+    const prefix = uniquePrefix('rot-killed-create');
+    prefixes.push(prefix);
+    const file = testConfigFile(issuer, prefix, {
+      providers: { aws: brokerAwsSettings(emu.url, user, ROTATABLE) },
+      roles: { 'reports-bucket': { provider: 'aws', roleArn: role.arn, maxTtlSeconds: 3600 } },
+    });
+    const keys = new Keys(prefix);
+    const p1 = await startBrokerProcess(file);
+    procs.push(p1);
+    // The killed rotation runs with IAM's clock 2 minutes behind; its intent's times are moved back as far
+    // below: as if it had run 2 minutes ago, past its window and the 30-s listing lag after it.
+    const AGO = 120_000;
+    emu.advanceTime(-AGO);
+    // IAM makes the key at once and holds its answer: the process dies between the call and recording the key.
+    emu.holdAnswer('CreateAccessKey', 20_000);
+    const pending = rotate(p1, 'aws').catch(() => undefined);
+    for (let i = 0; i < 400 && emu.accessKeys(user.userName).length < 2; i++) await sleep(25);
+    await p1.kill('SIGKILL');
+    await pending;
+    const made = emu.accessKeys(user.userName).find((k) => k.accessKeyId !== user.accessKeyId);
+    expect(made).toMatchObject({ status: 'Active' });
+    const redis = new Redis(REDIS_URL);
+    const p2 = await startBrokerProcess(file);
+    procs.push(p2);
+    try {
+      const intent = JSON.parse((await redis.get(keys.rotationIntent('aws')))!);
+      expect(intent).toMatchObject({ old: user.accessKeyId, creating: expect.any(Number), until: expect.any(Number) });
+      await redis.del(keys.lock('rotate:aws'));
+      // Too early to trust a listing: 409, and the intent stays.
+      const early = await rotate(p2, 'aws');
+      expect({ status: early.status, code: early.body.code }).toEqual({ status: 409, code: 'rotation_in_progress' });
+      expect(Number(early.headers.get('retry-after'))).toBeGreaterThan(0);
+      expect(JSON.parse((await redis.get(keys.rotationIntent('aws')))!)).toEqual(intent);
+      emu.advanceTime(AGO);
+      await redis.set(
+        keys.rotationIntent('aws'),
+        JSON.stringify({ ...intent, creating: intent.creating - AGO, until: intent.until - AGO }),
+      );
+    } finally {
+      await redis.quit();
+    }
+
+    // Before: 502, IAM refusing a third key, at this rotation and every later one.
+    const r = await rotate(p2, 'aws');
+    expect({ status: r.status, detail: r.body.detail }).toEqual({ status: 502, detail: expect.stringContaining(made!.accessKeyId) });
+    expect(emu.accessKeys(user.userName)).toContainEqual({ accessKeyId: made!.accessKeyId, status: 'Inactive' });
+    const r2 = await rotate(p2, 'aws');
+    expect(r2.status).toBe(202);
+    expect(emu.accessKeys(user.userName)).toEqual([{ accessKeyId: r2.body.accessKeyId, status: 'Active' }]);
+    expect(emu.requests('DeleteAccessKey').map((x) => x.params.AccessKeyId)).toEqual(expect.arrayContaining([made!.accessKeyId]));
   }, 90_000);
 
   test('vault: the original secret-id is destroyed by the next rotation', async () => {

@@ -71,12 +71,18 @@ test('a key made while the lock lapsed, whose id no intent holds, is deleted by 
   const viaA = call(a.url, 'POST', '/v1/admin/rotate', a.as(ADMIN), { target: 'aws' });
   await waitFor(async () => emu.accessKeys(user.userName).length === 2, 5000);
   await redis.del(keys.lock('rotate:aws'));
-  await call(b.url, 'POST', '/v1/admin/rotate', b.as(ADMIN), { target: 'aws' });
+  // B finds A's intent with a CreateAccessKey still in its window: it does nothing and says when to come back.
+  const viaB = await call(b.url, 'POST', '/v1/admin/rotate', b.as(ADMIN), { target: 'aws' });
+  expect({ status: viaB.status, code: viaB.body.code }).toEqual({ status: 409, code: 'rotation_in_progress' });
+  expect(Number(viaB.headers.get('retry-after'))).toBeGreaterThan(0);
   const first = await viaA;
   expect({ status: first.status, code: first.body.code }).toEqual({ status: 409, code: 'rotation_in_progress' });
   // Before: A left its new key alone for the lock holder, which had never heard of it: two active keys for
   // good, and every later rotation failed on IAM's two-key limit.
   expect(emu.accessKeys(user.userName)).toHaveLength(1);
+  // A's intent (its window; A could not clear it) stays until a rotation may check IAM: moved back 2 minutes here.
+  const kept = JSON.parse((await redis.get(keys.rotationIntent('aws')))!);
+  await redis.set(keys.rotationIntent('aws'), JSON.stringify({ ...kept, creating: kept.creating - 120_000, until: kept.until - 120_000 }));
   expect((await call(a.url, 'POST', '/v1/admin/rotate', a.as(ADMIN), { target: 'aws' })).status).toBe(202);
   for (const x of [a, b]) {
     const r = await call(x.url, 'POST', '/v1/credentials', x.as(AGENT), { taskId: 'lapse-1', role: 'reports-bucket' });

@@ -3,11 +3,26 @@ import { STSClient } from '@aws-sdk/client-sts';
 import { readSecret } from '../../config/load.ts';
 import type { AwsSettings } from './config.ts';
 import { markUnanswered, wasUnanswered } from '../types.ts';
-import { classify, withRetry } from './upstream.ts';
+import { classify, longestBackoffMs, withRetry } from './upstream.ts';
 import pTimeout from 'p-timeout';
 
 /** How long a call refused for bad credentials waits for another instance's rotation to reach this one. */
 const SWITCH_WAIT_MS = 2000;
+
+/**
+ * The longest `AwsClients.run` can go on sending attempts of one call, from its start: every attempt up to
+ * `requestTimeoutMs` (the handler's timer runs from the request's start, connecting included, and ends the
+ * attempt: throwOnRequestTimeout), every backoff at its cap, and the second round after waiting for a switch
+ * of keys. Tight on purpose, unlike issue.ts's `callAllowanceMs` (an expiry, where more is safe): it sets
+ * the end (`until`, capped) of a CreateAccessKey's window, inside which the next rotation takes a key
+ * created after a lost answer for the rotation's own (unrecorded-keys.ts).
+ */
+export function longestRunMs(settings: AwsSettings): number {
+  const round =
+    settings.maxAttempts * settings.requestTimeoutMs +
+    longestBackoffMs({ attempts: settings.maxAttempts, baseDelayMs: settings.retryBaseDelayMs });
+  return 2 * round + Math.min(SWITCH_WAIT_MS, settings.requestTimeoutMs);
+}
 
 /** Static keys of the broker's own IAM user (the only kind that can be rotated). */
 export interface StaticKeys {

@@ -168,7 +168,7 @@ export function createAwsProvider(settings: AwsSettings, ctx: ProviderContext, o
   };
   if (clients.rotatable) {
     provider.rotate = (distribute, _opts, journal): Promise<RotationResult> =>
-      rotateAccessKey({ settings, clients, logger }, distribute, journal);
+      rotateAccessKey({ settings, clients, logger, clock }, distribute, journal);
     provider.useSecret = async (secret) => {
       const { accessKeyId, secretAccessKey } = secret;
       if (!accessKeyId || !secretAccessKey) throw new Error('aws secret needs accessKeyId and secretAccessKey');

@@ -1,19 +1,31 @@
-import { CreateAccessKeyCommand, DeleteAccessKeyCommand, ListAccessKeysCommand, UpdateAccessKeyCommand } from '@aws-sdk/client-iam';
+import {
+  type AccessKeyMetadata,
+  CreateAccessKeyCommand,
+  DeleteAccessKeyCommand,
+  ListAccessKeysCommand,
+  UpdateAccessKeyCommand,
+} from '@aws-sdk/client-iam';
 import { GetCallerIdentityCommand } from '@aws-sdk/client-sts';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { badRequest, upstreamFailed } from '../../errors.ts';
+import { BrokerError, badRequest, upstreamFailed } from '../../errors.ts';
 import type { Logger } from '../../logger.ts';
-import { noJournal, type RotationJournal, RotationLockLost, type RotationResult, stillHeld } from '../types.ts';
+import { noJournal, type RotationJournal, RotationLockLost, type RotationResult, stillHeld, wasUnanswered } from '../types.ts';
 import type { AwsClients, ClientPair, StaticKeys } from './clients.ts';
 import type { AwsSettings } from './config.ts';
-import { awsErrorCode, classify } from './upstream.ts';
+import { createDeadline, deactivateLostKeys, lostCreate, pastCreateWindow, retireKey } from './unrecorded-keys.ts';
+import { awsErrorCode, classify, maybeDone } from './upstream.ts';
 
 const DISTRIBUTING = 'distributing the new key';
+
+/** The rotation's failure for `step`, logged. */
+type Fail = (step: string, err: unknown) => BrokerError;
 
 export interface RotateDeps {
   settings: AwsSettings;
   clients: AwsClients;
   logger: Logger;
+  /** The broker's clock (its Redis-time estimate): when CreateAccessKey was sent, for the intent. */
+  clock: () => number;
 }
 
 /**
@@ -26,7 +38,11 @@ export interface RotateDeps {
  * one is deleted; if that fails too, both keys are kept (every instance keeps
  * working, whichever it holds) and the rotation answers 502
  * rotation_incomplete. A failed final delete only leaves an inactive key,
- * which the next rotation removes first.
+ * which the next rotation removes first. A CreateAccessKey whose answer was
+ * lost may have made a key nobody knows: the intent keeps when it was sent
+ * and when its last attempt ended, and the next rotation, once IAM can be
+ * trusted to list that key, deactivates the key created then
+ * (unrecorded-keys.ts). Every rotation needs iam:ListAccessKeys for that.
  */
 export async function rotateAccessKey(
   deps: RotateDeps,
@@ -38,23 +54,24 @@ export async function rotateAccessKey(
   if (!old || !clients.rotatable)
     throw badRequest('rotation_unsupported', 'AWS key rotation needs providers.aws.credentials with a long-term access key.');
   const UserName = settings.userName;
-  const fail = (step: string, err: unknown) => {
+  const fail: Fail = (step, err) => {
     logger.error({ step, code: awsErrorCode(err) }, 'aws access key rotation failed; the previous key is still in use');
     return upstreamFailed('rotation_failed', `Rotating the AWS access key failed at ${step}; the previous key is still in use.`, {
       cause: err,
     });
   };
 
-  await retireLeftovers(deps, old.accessKeyId, journal);
-  await journal.fence();
-  await removeInactiveKeys(deps, old.accessKeyId);
-  // Recorded before anything is created: a process dying from here on leaves the next rotation enough to clean up.
-  await journal.record({ old: old.accessKeyId });
+  const existing = await beforeCreate(deps, old.accessKeyId, journal, fail);
   let created;
   try {
-    created = (await clients.run((c) => c.iam.send(new CreateAccessKeyCommand({ ...(UserName ? { UserName } : {}) })))).AccessKey;
+    created = await createKey(deps, old.accessKeyId, existing, journal);
   } catch (err) {
-    await journal.clear();
+    if (err instanceof RotationLockLost) throw err; // the intent was not written, nothing was sent
+    // Only a refusal (LimitExceeded, AccessDenied, ...) with no attempt left unanswered made nothing. Otherwise
+    // IAM may hold a key whose id never reached us: the intent stays, for the next rotation to retire it.
+    if (wasUnanswered(err) || maybeDone(err))
+      logger.warn({ code: awsErrorCode(err) }, 'CreateAccessKey may have made a key whose answer was lost; the next rotation retires it');
+    else await journal.clear();
     throw fail('CreateAccessKey', err);
   }
   if (!created?.AccessKeyId || !created.SecretAccessKey) throw fail('CreateAccessKey', new Error('incomplete CreateAccessKey response'));
@@ -168,42 +185,93 @@ async function verify(deps: RotateDeps, pair: ClientPair): Promise<void> {
  * created) that this instance does not use: the core switched it to the key
  * Redis names, which is the one every instance uses. They are still active
  * (a process killed mid-rotation, or both kept by rotation_incomplete) and
- * would stay valid for good, and IAM allows only two keys per user. A
- * failure here is left to CreateAccessKey to report.
+ * would stay valid for good, and IAM allows only two keys per user. A key
+ * that could not be deactivated throws: going on would replace the intent
+ * that names it.
  */
 async function retireLeftovers(deps: RotateDeps, current: string, journal: RotationJournal): Promise<void> {
-  const { clients, settings, logger } = deps;
-  const UserName = settings.userName;
   for (const id of new Set([journal.leftover?.old, journal.leftover?.new])) {
     if (!id || id === current) continue;
-    await journal.fence();
-    try {
-      await clients.run((c) =>
-        c.iam.send(new UpdateAccessKeyCommand({ AccessKeyId: id, Status: 'Inactive', ...(UserName ? { UserName } : {}) })),
-      );
-      await clients.run((c) => c.iam.send(new DeleteAccessKeyCommand({ AccessKeyId: id, ...(UserName ? { UserName } : {}) })));
-      logger.warn({ accessKeyId: id }, 'retired an access key an interrupted rotation left active');
-    } catch (err) {
-      if (classify(err) !== 'not_found')
-        logger.error({ accessKeyId: id, code: awsErrorCode(err) }, 'could not retire a leftover access key');
-    }
+    if (await retireKey(deps, id, journal))
+      deps.logger.warn({ accessKeyId: id }, 'retired an access key an interrupted rotation left active');
   }
 }
 
-/** Leftovers of an earlier rotation that failed after deactivating: IAM allows only two keys per user. */
-async function removeInactiveKeys(deps: RotateDeps, current: string): Promise<void> {
+/**
+ * What comes before CreateAccessKey, on one listing of the user's keys (also the intent's `existing`, so a
+ * key either is checked against an interrupted rotation's lost call or was not listed yet): retire what an
+ * interrupted rotation left, deactivate the key its lost CreateAccessKey made, delete inactive keys. Any
+ * failure throws before this rotation's intent replaces that one.
+ */
+async function beforeCreate(deps: RotateDeps, current: string, journal: RotationJournal, fail: Fail): Promise<string[]> {
+  // Until a lost key can be looked for, 409 with nothing done: the interrupted rotation's intent stays.
+  const lost = lostCreate(deps.settings, journal.leftover, deps.clock());
+  let listed: AccessKeyMetadata[];
+  try {
+    await retireLeftovers(deps, current, journal);
+    await journal.fence();
+    listed = await listKeys(deps).catch((err) => {
+      throw fail('ListAccessKeys (rotation needs iam:ListAccessKeys on the broker user)', err);
+    });
+    // Deactivated, not deleted (an operator's key in the window can be reactivated): with it the user
+    // has two keys, so this rotation stops and the next deletes it.
+    const deactivated = lost ? await deactivateLostKeys(deps, current, lost, listed, journal) : [];
+    if (deactivated.length) {
+      await journal.clear();
+      throw upstreamFailed(
+        'rotation_failed',
+        `An earlier rotation's CreateAccessKey answer was lost; the key it made (${deactivated.join(', ')}) is now inactive, and the next rotation deletes it and rotates. The previous key is still in use.`,
+      );
+    }
+  } catch (err) {
+    if (err instanceof BrokerError) throw err; // RotationLockLost, or it says which step failed
+    throw fail("retiring an interrupted rotation's keys", err);
+  }
+  return removeInactiveKeys(deps, current, listed);
+}
+
+/**
+ * Records the intent, then calls CreateAccessKey. The new key's id is known only from IAM's answer: if
+ * that never arrives (or this process dies first) the next rotation finds the key by its CreateDate, in
+ * the window the intent records (unrecorded-keys.ts); no attempt is sent after its end, `until`.
+ */
+async function createKey(deps: RotateDeps, current: string, existing: string[], journal: RotationJournal) {
+  const UserName = deps.settings.userName;
+  const creating = deps.clock();
+  const until = createDeadline(deps.settings, creating);
+  await journal.record({ old: current, creating, until, existing });
+  const deadline = AbortSignal.timeout(Math.max(0, until - deps.clock()));
+  const call = (c: ClientPair) => {
+    if (deadline.aborted) throw pastCreateWindow();
+    return c.iam.send(new CreateAccessKeyCommand({ ...(UserName ? { UserName } : {}) }), { abortSignal: deadline });
+  };
+  return (await deps.clients.run(call)).AccessKey;
+}
+
+/** The broker user's keys; every rotation needs them (`existing`, a lost key, inactive leftovers). */
+async function listKeys(deps: RotateDeps): Promise<AccessKeyMetadata[]> {
+  const UserName = deps.settings.userName;
+  const listed = await deps.clients.run((c) => c.iam.send(new ListAccessKeysCommand({ ...(UserName ? { UserName } : {}) })));
+  return listed.AccessKeyMetadata ?? [];
+}
+
+/**
+ * Deletes the inactive keys of `listed` other than the one in use: an earlier rotation that failed after
+ * deactivating, or a lost key deactivated by the one before (IAM allows only two keys per user). Returns
+ * the ids listed, for the intent: keys that exist before CreateAccessKey are not its.
+ */
+async function removeInactiveKeys(deps: RotateDeps, current: string, listed: AccessKeyMetadata[]): Promise<string[]> {
   const { clients, settings, logger } = deps;
   const UserName = settings.userName;
   try {
-    const listed = await clients.run((c) => c.iam.send(new ListAccessKeysCommand({ ...(UserName ? { UserName } : {}) })));
-    for (const k of listed.AccessKeyMetadata ?? []) {
+    for (const k of listed) {
       if (k.AccessKeyId && k.AccessKeyId !== current && k.Status === 'Inactive') {
         await clients.run((c) => c.iam.send(new DeleteAccessKeyCommand({ AccessKeyId: k.AccessKeyId, ...(UserName ? { UserName } : {}) })));
         logger.info({ accessKeyId: k.AccessKeyId }, 'deleted an inactive leftover access key before rotating');
       }
     }
   } catch (err) {
-    // Not fatal: without iam:ListAccessKeys CreateAccessKey still works unless the user already has two keys.
-    logger.warn({ code: awsErrorCode(err) }, 'could not list access keys before rotating');
+    logger.warn({ code: awsErrorCode(err) }, 'could not delete an inactive access key before rotating');
   }
+  return listed.flatMap((k) => (k.AccessKeyId ? [k.AccessKeyId] : []));
 }

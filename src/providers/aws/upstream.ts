@@ -86,6 +86,19 @@ export function classify(err: unknown): FailureKind {
 
 export const isTransient = (kind: FailureKind) => kind === 'throttled' || kind === 'unavailable';
 
+/** The cap of one backoff between attempts. */
+const MAX_BACKOFF_MS = 5000;
+
+/** The longest wait before retry number `attempt` (1 = before the second attempt); the wait is half to all of it. */
+const backoffCapMs = (attempt: number, baseDelayMs: number) => Math.min(MAX_BACKOFF_MS, baseDelayMs * 2 ** (attempt - 1));
+
+/** The longest `withRetry` can spend waiting between attempts, in total. */
+export function longestBackoffMs(opts: Pick<RetryOptions, 'attempts' | 'baseDelayMs'>): number {
+  let total = 0;
+  for (let attempt = 1; attempt < opts.attempts; attempt++) total += backoffCapMs(attempt, opts.baseDelayMs);
+  return total;
+}
+
 export interface RetryOptions {
   attempts: number;
   baseDelayMs: number;
@@ -113,7 +126,7 @@ export async function withRetry<T>(call: () => Promise<T>, opts: RetryOptions): 
         if (unanswered) markUnanswered(err);
         throw err;
       }
-      const cap = Math.min(5000, opts.baseDelayMs * 2 ** (attempt - 1));
+      const cap = backoffCapMs(attempt, opts.baseDelayMs);
       await sleep(Math.round(cap / 2 + Math.random() * (cap / 2)));
     }
   }

@@ -1,6 +1,9 @@
 import { afterAll, beforeEach, describe, expect, it } from '@jest/globals';
 import { CreateAccessKeyCommand, IAMClient, UpdateAccessKeyCommand } from '@aws-sdk/client-iam';
 import { BrokerError } from '../../../src/errors.ts';
+import { awsSettingsSchema } from '../../../src/providers/aws/config.ts';
+import { createDeadline, createWindow, MAX_CREATE_WINDOW_MS } from '../../../src/providers/aws/unrecorded-keys.ts';
+import type { RotationIds, RotationJournal } from '../../../src/providers/types.ts';
 import { awsWorld, callerIdentityAs, issueRequest, roleConfig, type AwsWorld } from './helpers.ts';
 
 let w: AwsWorld | undefined;
@@ -101,6 +104,53 @@ describe("rotate the broker's own access key", () => {
     await other.useSecret!(result.secret);
     await other.issue(issueRequest(roleConfig(w!.role.arn)));
     expect(emu.requests('AssumeRole').at(-1)).toMatchObject({ accessKeyId: result.secret.accessKeyId, status: 200 });
+  });
+
+  it("takes a key for a lost CreateAccessKey's only if created from 6 s before the call to 38.2 s after (the defaults, as documented)", () => {
+    // 2 rounds x (3 attempts x 5 s timeout + backoffs 0.2 + 0.4 s) + 2 s switch wait = 33.2 s; 1 s CreateDate rounding; 5 s clocks.
+    const until = createDeadline(awsSettingsSchema.parse({}), 1_000_000);
+    expect(until).toBe(1_000_000 + 33_200);
+    expect(createWindow({ creating: 1_000_000, until })).toEqual({ from: 1_000_000 - 6000, to: 1_000_000 + 38_200 });
+  });
+
+  it('caps the window at 60 s whatever the timeout settings (3 x 30 s would give 183 s)', () => {
+    expect(createDeadline(awsSettingsSchema.parse({ requestTimeoutMs: 30_000 }), 1_000_000)).toBe(1_000_000 + MAX_CREATE_WINDOW_MS);
+    expect(MAX_CREATE_WINDOW_MS).toBe(60_000);
+  });
+
+  it('sends no CreateAccessKey attempt past the recorded `until`, and keeps the intent', async () => {
+    const { emu, user } = w!;
+    // The broker's clock jumps to 300 ms before `until` once the intent is recorded (as after a long first attempt).
+    let jump = 0;
+    const provider = w!.makeProvider({ requestTimeoutMs: 30_000 }, {}, { clock: () => emu.now() + jump });
+    const recorded: RotationIds[] = [];
+    let cleared = false;
+    const journal: RotationJournal = {
+      leftover: undefined,
+      record: async (ids) => {
+        recorded.push(ids);
+        if (ids.until !== undefined) jump = ids.until - emu.now() - 300;
+      },
+      clear: async () => {
+        cleared = true;
+      },
+      fence: async () => {},
+    };
+    // IAM makes the key and holds its answer for 2.5 s: within the 30-s request timeout, past `until`.
+    emu.holdAnswer('CreateAccessKey', 2500);
+    const started = Date.now();
+    // Before: the held answer arrived and the rotation went on, 2 s after the window the intent recorded had closed.
+    await expect(provider.rotate!(async () => {}, {}, journal)).rejects.toMatchObject({ code: 'rotation_failed' });
+    expect(Date.now() - started).toBeLessThan(2000);
+    expect(recorded).toEqual([
+      { old: user.accessKeyId, creating: expect.any(Number), until: expect.any(Number), existing: [user.accessKeyId] },
+    ]);
+    expect(recorded[0]!.until! - recorded[0]!.creating!).toBe(MAX_CREATE_WINDOW_MS);
+    expect(cleared).toBe(false);
+    // The cut-off attempt is logged once its held answer goes out; no other attempt was sent.
+    await new Promise((r) => setTimeout(r, 3000));
+    expect(emu.requests('CreateAccessKey')).toHaveLength(1);
+    expect(emu.accessKeys(user.userName)).toHaveLength(2);
   });
 
   it('is only offered with long-term keys in the config', () => {
