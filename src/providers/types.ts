@@ -85,8 +85,13 @@ export interface RevokeContext {
  */
 export type RotationResult = { target: string; rotated: string[]; detail?: Record<string, unknown>; secret: Record<string, string> };
 
-/** Identifiers (access key ids, secret-id accessors; never secrets) of one rotation's old and new secret. */
-export type RotationIds = { old?: string; new?: string };
+/**
+ * What one rotation retires and creates. `old`, `new`: identifiers (access key ids, secret-id accessors;
+ * never secrets). `pending`: a secret the provider chose itself and is about to create upstream (Vault: a
+ * custom secret-id), recorded before the call so that a lost answer or a dead process cannot leave it valid
+ * and named nowhere. The core seals it under the KEK before it reaches Redis and never logs it.
+ */
+export type RotationIds = { old?: string; new?: string; pending?: string };
 
 /**
  * Rotation intent kept in Redis, written before each upstream side effect. A

@@ -236,7 +236,10 @@ export class Keys {
   secrets(target: string): string {
     return `${this.globalBase}secrets:${target}`;
   }
-  /** JSON: identifiers (never secrets) of what a running rotation of `target` retires and creates; gone once it ends cleanly. */
+  /**
+   * JSON: what a running rotation of `target` retires and creates (identifiers, and a secret it chose itself
+   * sealed under the KEK, never in plaintext); gone once it ends cleanly.
+   */
   rotationIntent(target: string): string {
     return `${this.globalBase}rotation-intent:${target}`;
   }

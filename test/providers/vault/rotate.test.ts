@@ -1,4 +1,5 @@
 import { BrokerError } from '../../../src/errors.ts';
+import type { RotationIds, RotationJournal } from '../../../src/providers/types.ts';
 import type { VaultProvider } from '../../../src/providers/vault/index.ts';
 import type { VaultEmulator } from '../../emulators/vault/index.ts';
 import {
@@ -90,6 +91,58 @@ describe('rotating the AppRole secret-id', () => {
     expect(await rejection(p.rotate())).toMatchObject({ status: 502, code: 'upstream_sealed' });
     emu.unseal();
     expect((await login(secretId)).auth.client_token).toEqual(expect.any(String));
+  });
+
+  test('the new secret-id is in the intent before Vault is asked; a failed call destroys it by value and keeps the intent unless Vault refused', async () => {
+    // An in-memory journal (the core's seals `pending` into Redis; see test/ops/rotation-vault-pending.test.ts).
+    const events: string[] = [];
+    let intent: RotationIds | undefined;
+    const recorded: string[] = [];
+    const journal: RotationJournal = {
+      leftover: undefined,
+      record: async (ids) => {
+        intent = ids;
+        if (ids.pending) recorded.push(ids.pending);
+        events.push(`record ${ids.pending ? 'pending' : '-'} (after ${emu.requests.length} requests)`);
+      },
+      clear: async () => {
+        intent = undefined;
+        events.push('clear');
+      },
+      fence: async () => {},
+    };
+    const base = 'auth/approle/role/jit-broker';
+    const seen = () => emu.requests.length;
+
+    // A 5xx: Vault may have made it. Destroyed at once by value, and the intent still names it.
+    emu.injectFault({ path: `${base}/custom-secret-id`, status: 500, errors: ['internal error'] });
+    let before = seen();
+    expect(await rejection(p.rotate(undefined, undefined, journal))).toMatchObject({ status: 502, code: 'upstream_unavailable' });
+    const pending = intent?.pending;
+    expect(pending).toMatch(/^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/);
+    expect(events).toEqual([`record pending (after ${before + 1} requests)`]);
+    expect(emu.requests.slice(before).map((r) => `${r.path.slice(base.length + 1)} ${r.status}`)).toEqual([
+      'secret-id/lookup 200',
+      'custom-secret-id 500',
+      'secret-id/destroy 204',
+    ]);
+
+    // Vault refused it plainly (400): destroyed all the same, and the intent cleared.
+    events.length = 0;
+    emu.injectFault({ path: `${base}/custom-secret-id`, status: 400, errors: ['bad request'] });
+    before = seen();
+    expect(await rejection(p.rotate(undefined, undefined, journal))).toMatchObject({ status: 502 });
+    expect(events).toEqual([`record pending (after ${before + 1} requests)`, 'clear']);
+    expect(intent).toBeUndefined();
+
+    // A clean rotation: the secret-id in use is the one recorded before the call.
+    events.length = 0;
+    before = seen();
+    const r = await p.rotate(undefined, undefined, journal);
+    expect(recorded.at(-1)).toBe(r.secret.secretId);
+    expect(events).toEqual([`record pending (after ${before + 1} requests)`, 'clear']);
+    expect(emu.isSecretIdValid('jit-broker', r.secret.secretId!)).toBe(true);
+    expect([...emu.state.space('').approles.get('approle/jit-broker')!.secretIds.keys()]).toEqual([r.secret.secretId]);
   });
 
   test('useSecret: another instance picks up the rotated secret-id', async () => {
