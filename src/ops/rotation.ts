@@ -123,7 +123,7 @@ export class RotationService {
 
   /** The rotation intent of `target`, as the provider's journal (src/ops/rotation-journal.ts). */
   private journal(target: string, lock: HeldLock): Promise<RotationJournal> {
-    return openJournal(this.deps.redis, this.deps.keys.rotationIntent(target), target, lock, this.sealed, this.deps.logger);
+    return openJournal(this.deps.redis, this.deps.keys, target, lock, this.sealed, this.deps.logger);
   }
 
   /** At startup and on announcements: switch to the newest distributed secret of every provider. */

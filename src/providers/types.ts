@@ -87,11 +87,15 @@ export type RotationResult = { target: string; rotated: string[]; detail?: Recor
 
 /**
  * What one rotation retires and creates. `old`, `new`: identifiers (access key ids, secret-id accessors;
- * never secrets). `pending`: a secret the provider chose itself and is about to create upstream (Vault: a
- * custom secret-id), recorded before the call so that a lost answer or a dead process cannot leave it valid
- * and named nowhere. The core seals it under the KEK before it reaches Redis and never logs it.
+ * never secrets). `pending`: secrets the provider chose itself and sent upstream to be created (Vault:
+ * custom secret-ids), each with when it was sent (Redis's clock), recorded before the call so that a lost
+ * or late answer, or a dead process, cannot leave one valid and named nowhere. The core seals the list
+ * under the KEK before it reaches Redis (in a key of its own) and never logs it; absent in a `record`,
+ * the recorded list is left as it is.
  */
-export type RotationIds = { old?: string; new?: string; pending?: string };
+export type RotationIds = { old?: string; new?: string; pending?: PendingSecret[] };
+/** `handedOut`: recorded before the secret was handed to the other instances (they may run with it). */
+export type PendingSecret = { secret: string; sentAt: number; handedOut?: true };
 
 /**
  * Rotation intent kept in Redis, written before each upstream side effect. A
@@ -101,6 +105,11 @@ export type RotationIds = { old?: string; new?: string; pending?: string };
  */
 export interface RotationJournal {
   readonly leftover: RotationIds | undefined;
+  /**
+   * False when Redis holds no distributed secret of the target (never rotated, or the key was lost while the
+   * intent survived): a recorded secret that was handed out may then be what the other instances run with.
+   */
+  readonly distributed?: boolean;
   /** Records the intent; throws RotationLockLost (nothing written) once the rotation lock is not ours. */
   record(ids: RotationIds): Promise<void>;
   clear(): Promise<void>;

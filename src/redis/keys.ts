@@ -236,12 +236,17 @@ export class Keys {
   secrets(target: string): string {
     return `${this.globalBase}secrets:${target}`;
   }
-  /**
-   * JSON: what a running rotation of `target` retires and creates (identifiers, and a secret it chose itself
-   * sealed under the KEK, never in plaintext); gone once it ends cleanly.
-   */
+  /** JSON: identifiers (never secrets) of what a running rotation of `target` retires and creates; gone once it ends cleanly. */
   rotationIntent(target: string): string {
     return `${this.globalBase}rotation-intent:${target}`;
+  }
+  /**
+   * Secrets rotations of `target` sent upstream to be created (Vault: custom secret-ids), with when, sealed
+   * under the KEK as one list; gone once none may still be valid. A key of its own, not a field of the
+   * intent: an instance of a version before it rewrites the intent knowing nothing of it, and would drop it.
+   */
+  rotationPending(target: string): string {
+    return `${this.globalBase}rotation-pending:${target}`;
   }
   lock(name: string): string {
     return `${this.globalBase}lock:${name}`;

@@ -1,8 +1,10 @@
 import { badRequest } from '../../errors.ts';
 import type { Logger } from '../../logger.ts';
 import { noJournal, type RotationJournal, RotationLockLost, type RotationResult, stillHeld } from '../types.ts';
+import { VAULT_MAX_REQUEST_DURATION_SECONDS } from './config.ts';
 import { classify, isAlreadyGone, issueError, safeCause } from './errors.ts';
-import { createSecretId, retireLeftovers } from './secret-id.ts';
+import { type LateCreates, retireLeftovers, settle } from './leftovers.ts';
+import { createSecretId } from './secret-id.ts';
 import type { VaultSession } from './session.ts';
 
 const unsupported = (why: string) => badRequest('rotation_unsupported', why);
@@ -26,6 +28,7 @@ export async function rotateSecretId(
   logger: Logger,
   distribute: (secret: Record<string, string>) => Promise<void> = async () => {},
   journal: RotationJournal = noJournal,
+  late: LateCreates = { now: Date.now, withinMs: VAULT_MAX_REQUEST_DURATION_SECONDS * 1000 },
 ): Promise<RotationResult> {
   const base = roleBase(session);
   const destroy = (accessor: string) =>
@@ -39,10 +42,11 @@ export async function rotateSecretId(
     } catch (err) {
       throw issueError(err, 'looking up the current AppRole secret-id');
     }
-    await retireLeftovers(session, base, logger, { accessor: oldAccessor, secretId: session.secretId }, journal);
+    // What earlier rotations sent that may still land: every record of this one carries it.
+    const kept = await retireLeftovers(session, base, logger, { accessor: oldAccessor, secretId: session.secretId }, journal, late);
     const old = oldAccessor ? { old: oldAccessor } : {};
     // Records the intent (the old secret-id, and the new one when the broker chooses it) before Vault is asked.
-    const fresh = await createSecretId(session, base, logger, journal, old);
+    const fresh = await createSecretId(session, base, logger, journal, old, kept, late);
 
     let token;
     try {
@@ -57,7 +61,7 @@ export async function rotateSecretId(
       // No token from it is kept: the login failed, or was not reached. The intent stays recorded when the
       // destroy fails: the next rotation destroys the new secret-id.
       await destroy(fresh.accessor)
-        .then(() => journal.clear())
+        .then(() => settle(journal, logger, kept))
         .catch((e: unknown) =>
           logger.warn({ secretIdAccessor: fresh.accessor, err: safeCause(e) }, 'vault: could not destroy an unused secret-id'),
         );
@@ -68,6 +72,9 @@ export async function rotateSecretId(
     // Every instance learns the new secret-id before the old one is destroyed. If that fails the
     // old secret-id is kept (other instances may still need it to log in) and the failure is reported.
     try {
+      // Once Redis names it the others may run with it: a later rotation that finds no distributed secret-id
+      // in Redis (lost) must not destroy it as a leftover.
+      if (fresh.pending) await journal.record({ ...old, pending: [...kept, { ...fresh.pending, handedOut: true }] });
       await distribute({ secretId: fresh.secretId });
     } catch (err) {
       if (err instanceof RotationLockLost) {
@@ -103,7 +110,7 @@ export async function rotateSecretId(
       }
     }
     // An old secret-id that could not be destroyed stays recorded: the next rotation destroys it.
-    if (oldDestroyed) await journal.clear();
+    if (oldDestroyed) await settle(journal, logger, kept);
     logger.info({ secretIdAccessor: fresh.accessor, oldSecretIdAccessor: oldAccessor, oldDestroyed }, 'vault: AppRole secret-id rotated');
     return {
       target: 'vault',
