@@ -31,9 +31,11 @@ path "auth/token/create-orphan"   { capabilities = ["create", "update"] }
 path "auth/token/revoke-accessor" { capabilities = ["update"] }
 path "sys/leases/revoke"          { capabilities = ["update"] }
 path "database/creds/*"           { capabilities = ["read"] }
-path "auth/approle/role/jit-broker/secret-id"                   { capabilities = ["update"] }
+path "auth/approle/role/jit-broker/custom-secret-id"            { capabilities = ["update"] }
 path "auth/approle/role/jit-broker/secret-id/lookup"            { capabilities = ["update"] }
+path "auth/approle/role/jit-broker/secret-id/destroy"           { capabilities = ["update"] }
 path "auth/approle/role/jit-broker/secret-id-accessor/destroy"  { capabilities = ["update"] }
+path "auth/approle/role/jit-broker/secret-id"                   { capabilities = ["update"] }
 HCL
 
 # A child token's policies must be a subset of the broker's, so the broker

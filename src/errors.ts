@@ -267,7 +267,7 @@ export const ERRORS = {
   rotation_failed: {
     status: 502,
     means: 'A rotation failed; the previous secret is still in use.',
-    fix: 'Retry; the audit record says which step failed.',
+    fix: 'Retry; the audit record says which step failed. If every rotation fails the same way (a rotation intent this KEK cannot open, secret-ids of failed rotations Vault will not destroy), see docs/operations.md, "A rotation that fails every time".',
   },
   rotation_incomplete: {
     status: 502,

@@ -5,10 +5,11 @@ import type { WorkloadIdentity } from '../identity/types.ts';
 import { PolicyLoadError } from '../policy/errors.ts';
 import { PolicySync } from './policy-sync.ts';
 import { ProviderRegistry } from '../providers/registry.ts';
-import { type RotationIds, type RotationJournal, RotationLockLost } from '../providers/types.ts';
+import { type RotationJournal, RotationLockLost } from '../providers/types.ts';
 import { acquireLock, type HeldLock } from '../redis/lock.ts';
 import type { RedisClient } from '../redis/scripts.ts';
 import type { Kek } from '../signing/kek.ts';
+import { openJournal } from './rotation-journal.ts';
 import { SealedSecrets } from './sealed-secrets.ts';
 
 /** TTL of the rotation lock, renewed every third of it while the rotation runs. */
@@ -120,29 +121,9 @@ export class RotationService {
     }
   }
 
-  /**
-   * The rotation intent of `target` in Redis (identifiers only), as the provider's journal; every write
-   * and the fence check that the rotation lock is still this instance's.
-   */
-  private async journal(target: string, lock: HeldLock): Promise<RotationJournal> {
-    const key = this.deps.keys.rotationIntent(target);
-    const raw = await this.deps.redis.get(key);
-    const leftover = raw ? (JSON.parse(raw) as RotationIds) : undefined;
-    if (leftover) this.deps.logger.warn({ target, leftover }, 'an earlier rotation was interrupted: retiring what it left');
-    return {
-      leftover,
-      record: async (ids) => {
-        if (!(await lock.write(key, JSON.stringify(ids)))) throw new RotationLockLost();
-      },
-      clear: async () => {
-        // Not clearing only makes the next rotation retire what is already gone; a lapsed lock leaves the
-        // intent to the rotation that holds it now.
-        await lock.write(key).catch((err) => this.deps.logger.warn({ target, err: (err as Error).message }, 'rotation intent not cleared'));
-      },
-      fence: async () => {
-        if (!(await lock.held())) throw new RotationLockLost();
-      },
-    };
+  /** The rotation intent of `target`, as the provider's journal (src/ops/rotation-journal.ts). */
+  private journal(target: string, lock: HeldLock): Promise<RotationJournal> {
+    return openJournal(this.deps.redis, this.deps.keys, target, lock, this.sealed, this.deps.logger);
   }
 
   /** At startup and on announcements: switch to the newest distributed secret of every provider. */

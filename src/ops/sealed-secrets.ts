@@ -62,6 +62,16 @@ export class SealedSecrets {
     return { secret: JSON.parse(this.kek.decrypt(stored.sealed, aad(target))) as Record<string, string>, stored };
   }
 
+  /** Seals a secret a rotation of `target` is about to create upstream, for its intent (bound to that purpose). */
+  sealPending(target: string, secret: string): string {
+    return this.kek.encrypt(secret, `intent:${target}`);
+  }
+
+  /** Opens what `sealPending` sealed; throws when the KEK cannot. */
+  openPending(target: string, sealed: string): string {
+    return this.kek.decrypt(sealed, `intent:${target}`);
+  }
+
   /** Records that this instance now runs with `stored` (after its provider switched to it). */
   hold(target: string, stored: StoredSecret): void {
     this.held.set(target, stored);

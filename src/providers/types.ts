@@ -85,10 +85,18 @@ export interface RevokeContext {
  */
 export type RotationResult = { target: string; rotated: string[]; detail?: Record<string, unknown>; secret: Record<string, string> };
 
-/** Identifiers (access key ids, secret-id accessors; never secrets) of one rotation's old and new secret. */
+/**
+ * What one rotation retires and creates. `old`, `new`: identifiers (access key ids, secret-id accessors;
+ * never secrets). `pending`: secrets the provider chose itself and sent upstream to be created (Vault:
+ * custom secret-ids), each with when it was sent (Redis's clock), recorded before the call so that a lost
+ * or late answer, or a dead process, cannot leave one valid and named nowhere. The core seals the list
+ * under the KEK before it reaches Redis (in a key of its own) and never logs it; absent in a `record`,
+ * the recorded list is left as it is.
+ */
 export type RotationIds = {
   old?: string;
   new?: string;
+  pending?: PendingSecret[];
   /**
    * When the new secret was asked for (epoch ms, the broker's clock), recorded before the call while its id
    * cannot be known yet (AWS access keys take no client-chosen id or tag): with no `new`, the call's answer
@@ -103,6 +111,8 @@ export type RotationIds = {
   /** Ids listed just before `creating`: they existed before the call, so the rotation did not make them. */
   existing?: string[];
 };
+/** `handedOut`: recorded before the secret was handed to the other instances (they may run with it). */
+export type PendingSecret = { secret: string; sentAt: number; handedOut?: true };
 
 /**
  * Rotation intent kept in Redis, written before each upstream side effect. A
@@ -112,6 +122,11 @@ export type RotationIds = {
  */
 export interface RotationJournal {
   readonly leftover: RotationIds | undefined;
+  /**
+   * False when Redis holds no distributed secret of the target (never rotated, or the key was lost while the
+   * intent survived): a recorded secret that was handed out may then be what the other instances run with.
+   */
+  readonly distributed?: boolean;
   /** Records the intent; throws RotationLockLost (nothing written) once the rotation lock is not ours. */
   record(ids: RotationIds): Promise<void>;
   clear(): Promise<void>;

@@ -240,6 +240,14 @@ export class Keys {
   rotationIntent(target: string): string {
     return `${this.globalBase}rotation-intent:${target}`;
   }
+  /**
+   * Secrets rotations of `target` sent upstream to be created (Vault: custom secret-ids), with when, sealed
+   * under the KEK as one list; gone once none may still be valid. A key of its own, not a field of the
+   * intent: an instance of a version before it rewrites the intent knowing nothing of it, and would drop it.
+   */
+  rotationPending(target: string): string {
+    return `${this.globalBase}rotation-pending:${target}`;
+  }
   lock(name: string): string {
     return `${this.globalBase}lock:${name}`;
   }

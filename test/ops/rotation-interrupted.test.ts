@@ -23,11 +23,13 @@ const prefixes: string[] = [];
 let aws: AwsEmulator | undefined;
 const emus: AwsEmulator[] = [];
 let vault: VaultEmulator | undefined;
+const vaults: VaultEmulator[] = [];
 afterAll(async () => {
   for (const p of procs) await p.kill();
   await aws?.stop();
   for (const e of emus) await e.stop();
   await vault?.stop();
+  for (const v of vaults) await v.stop();
   for (const p of prefixes) await dropPrefix(p);
 });
 const as = (path: string) => ({ authorization: `Bearer ${issuer.svid(path)}` });
@@ -173,5 +175,48 @@ describe('a rotation whose process was killed midway is finished by the next one
     const r = await rotate(p2, 'vault');
     expect(r.status).toBe(202);
     expect(await login(v.secretId)).toBe('refused');
+  }, 90_000);
+
+  test('vault: a secret-id Vault made for a rotation whose process died before the answer is destroyed by the next one', async () => {
+    const v = await vaultWithBroker();
+    vaults.push(v.emu);
+    const prefix = uniquePrefix('rot-killed-vault-new');
+    prefixes.push(prefix);
+    const file = testConfigFile(issuer, prefix, {
+      providers: {
+        vault: {
+          address: v.emu.url,
+          auth: { approle: { roleId: v.roleId, secretId: v.secretId, mount: 'approle', roleName: 'jit-broker' } },
+        },
+      },
+      roles: { 'vault-ops': { provider: 'vault', token: { policies: ['ops-read'] } } },
+    });
+    const secretIds = () => [...v.emu.state.space('').approles.get('approle/jit-broker')!.secretIds.keys()];
+    const p1 = await startBrokerProcess(file);
+    procs.push(p1);
+    // Vault makes the new secret-id; the process dies before its answer arrives (custom or generated alike).
+    const hold = v.emu.holdResponses(/^auth\/approle\/role\/jit-broker\/(custom-)?secret-id$/);
+    const pending = rotate(p1, 'vault').catch(() => undefined);
+    await hold.until(1);
+    await p1.kill('SIGKILL');
+    await pending;
+    hold.release();
+    const [made] = secretIds().filter((s) => s !== v.secretId);
+    expect(made).toEqual(expect.any(String));
+    expect(v.emu.isSecretIdValid('jit-broker', made!)).toBe(true);
+    const redis = new Redis(REDIS_URL);
+    try {
+      await redis.del(new Keys(prefix).lock('rotate:vault'));
+    } finally {
+      await redis.quit();
+    }
+
+    const p2 = await startBrokerProcess(file);
+    procs.push(p2);
+    expect((await rotate(p2, 'vault')).status).toBe(202);
+    // Before: it stayed valid for good, in no intent (two secret-ids left).
+    expect(v.emu.isSecretIdValid('jit-broker', made!)).toBe(false);
+    expect(secretIds()).toHaveLength(1);
+    expect(v.emu.isSecretIdValid('jit-broker', v.secretId)).toBe(false);
   }, 90_000);
 });

@@ -138,32 +138,36 @@ describe('POST /v1/admin/rotate {"target":"vault"}', () => {
     expect(unknown.status).toBe(400);
     expect(unknown.body.code).toBe('unknown_rotation_target');
     expect(secretIds()).toEqual([initialSecretId]);
-    expect(emu.requests.filter((r) => r.path.startsWith(`auth/approle/role/${ROLE}/secret-id`))).toEqual([]);
+    expect(emu.requests.filter((r) => /secret-id/.test(r.path))).toEqual([]);
   });
 
   test('a rotation that fails halfway answers an error, keeps the old secret-id in use, and is audited', async () => {
     const taskId = await openTask(a);
     const accessor = vaultOf(a).tokenAccessor!;
 
-    // 1) Generating the new secret-id fails.
-    emu.injectFault({ path: `auth/approle/role/${ROLE}/secret-id`, method: 'POST', status: 500, errors: ['internal error'] });
+    // 1) Creating the new secret-id fails with a 5xx. Vault may still carry a create out that it had not
+    // answered, so the broker token that sent it is replaced (same secret-id) and revoked.
+    emu.injectFault({ path: `auth/approle/role/${ROLE}/custom-secret-id`, method: 'POST', status: 500, errors: ['internal error'] });
     const gen = await rotate(a);
     expect(gen.status).toBe(502);
     expect(gen.headers.get('content-type')).toMatch(/^application\/problem\+json/);
     expect(gen.body).toMatchObject({ status: 502, code: 'upstream_unavailable' });
+    const relogged = vaultOf(a).tokenAccessor!;
+    expect(relogged).not.toBe(accessor);
+    expect(emu.tokenByAccessor(accessor)).toBeUndefined();
 
     // 2) The new secret-id is made but logging in with it fails: the unused one is destroyed again.
     emu.injectFault({ path: 'auth/approle/login', status: 500, errors: ['internal error'] });
     const half = await rotate(a);
     expect(half.status).toBe(502);
     expect(half.body).toMatchObject({ status: 502, code: 'upstream_unavailable' });
-    expect(emu.requests.filter((r) => r.path === `auth/approle/role/${ROLE}/secret-id` && r.status === 200)).toHaveLength(1);
+    expect(emu.requests.filter((r) => r.path === `auth/approle/role/${ROLE}/custom-secret-id` && r.status === 200)).toHaveLength(1);
 
-    // The old secret-id and the old broker token are still the ones in use, and work.
+    // The old secret-id and a broker token from it are still the ones in use, and work.
     expect(secretIds()).toEqual([initialSecretId]);
     expect((await login(initialSecretId)).auth.client_token).toEqual(expect.any(String));
-    expect(vaultOf(a).tokenAccessor).toBe(accessor);
-    expect(emu.tokenByAccessor(accessor)).toBeDefined();
+    expect(vaultOf(a).tokenAccessor).toBe(relogged);
+    expect(emu.tokenByAccessor(relogged)).toBeDefined();
     expect(await a.broker.deps.redis.get(a.broker.deps.keys.secrets('vault'))).toBeNull();
     const ok = await issue(a, taskId);
     expect(ok.status).toBe(201);

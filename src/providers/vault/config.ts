@@ -38,6 +38,12 @@ export const vaultRoleSchema = z
   .refine((r) => (r.path === undefined) !== (r.token === undefined), { message: 'a vault role needs exactly one of `path` or `token`' });
 export type VaultRoleConfig = z.infer<typeof vaultRoleSchema>;
 
+/**
+ * Vault's default `max_request_duration` (90 s): Vault gives up on a request that runs longer, so a create it
+ * received cannot take effect later than this after it arrived. The default for `maxRequestDurationSeconds`.
+ */
+export const VAULT_MAX_REQUEST_DURATION_SECONDS = 90;
+
 export const vaultSettingsSchema = z.strictObject({
   address: z.url().default('http://127.0.0.1:8200'),
   namespace: z.string().min(1).optional(),
@@ -66,5 +72,12 @@ export const vaultSettingsSchema = z.strictObject({
    */
   issueTtlSeconds: z.int().min(5).max(3600).default(60),
   rotationPeriodSeconds: z.int().min(60).optional(),
+  /**
+   * How long after the broker sent it a request may still take effect in Vault: Vault's
+   * `max_request_duration` (Vault's default 90 s), plus however long a proxy in front of Vault may
+   * hold a request. A rotation keeps a secret-id whose create got no answer in its intent, and destroys
+   * it again at every rotation, until one destroyed it longer than this after it was sent.
+   */
+  maxRequestDurationSeconds: z.int().min(1).max(3600).default(VAULT_MAX_REQUEST_DURATION_SECONDS),
 });
 export type VaultSettings = z.infer<typeof vaultSettingsSchema>;

@@ -3,7 +3,7 @@ import type { Logger } from '../../logger.ts';
 import type { LeaseRecord } from '../../leases/types.ts';
 import { Keys } from '../../redis/keys.ts';
 import type { IssueIntent, IssueRequest, IssueResult, Provider, ProviderContext, RotationJournal, RotationResult } from '../types.ts';
-import { vaultSettingsSchema, type VaultRoleConfig, type VaultSettings } from './config.ts';
+import { VAULT_MAX_REQUEST_DURATION_SECONDS, vaultSettingsSchema, type VaultRoleConfig, type VaultSettings } from './config.ts';
 import { issueDynamicSecret } from './dynamic-secret.ts';
 import { issueError } from './errors.ts';
 import { revokeHandle } from './revoke.ts';
@@ -27,12 +27,18 @@ export class VaultProvider implements Provider<VaultRoleConfig> {
   private readonly logger: Logger;
   private readonly issueTtl: number;
   private readonly now: () => number;
+  private readonly maxRequestMs: number;
 
-  constructor(session: VaultSession, logger: Logger, opts: { issueTtlSeconds: number; clock?: (() => number) | undefined }) {
+  constructor(
+    session: VaultSession,
+    logger: Logger,
+    opts: { issueTtlSeconds: number; clock?: (() => number) | undefined; maxRequestDurationSeconds?: number },
+  ) {
     this.session = session;
     this.logger = logger;
     this.issueTtl = opts.issueTtlSeconds;
     this.now = opts.clock ?? Date.now;
+    this.maxRequestMs = (opts.maxRequestDurationSeconds ?? VAULT_MAX_REQUEST_DURATION_SECONDS) * 1000;
   }
 
   revocable(): boolean {
@@ -93,7 +99,7 @@ export class VaultProvider implements Provider<VaultRoleConfig> {
     _opts?: { immediate?: boolean },
     journal?: RotationJournal,
   ): Promise<RotationResult> {
-    return rotateSecretId(this.session, this.logger, distribute, journal);
+    return rotateSecretId(this.session, this.logger, distribute, journal, { now: this.now, withinMs: this.maxRequestMs });
   }
 
   useSecret(secret: Record<string, string>): Promise<void> {
@@ -139,5 +145,9 @@ export async function createVaultProvider(settings: VaultSettings, ctx: Provider
       throw err;
     logger.warn('vault: the configured AppRole secret-id was refused; switching to the rotated one distributed in Redis');
   }
-  return new VaultProvider(session, logger, { issueTtlSeconds: parsed.data.issueTtlSeconds, clock: ctx.clock });
+  return new VaultProvider(session, logger, {
+    issueTtlSeconds: parsed.data.issueTtlSeconds,
+    clock: ctx.clock,
+    maxRequestDurationSeconds: parsed.data.maxRequestDurationSeconds,
+  });
 }

@@ -1,7 +1,10 @@
 import { badRequest } from '../../errors.ts';
 import type { Logger } from '../../logger.ts';
 import { noJournal, type RotationJournal, RotationLockLost, type RotationResult, stillHeld } from '../types.ts';
+import { VAULT_MAX_REQUEST_DURATION_SECONDS } from './config.ts';
 import { classify, isAlreadyGone, issueError, safeCause } from './errors.ts';
+import { type LateCreates, retireLeftovers, settle } from './leftovers.ts';
+import { createSecretId } from './secret-id.ts';
 import type { VaultSession } from './session.ts';
 
 const unsupported = (why: string) => badRequest('rotation_unsupported', why);
@@ -15,23 +18,23 @@ function roleBase(session: VaultSession): string {
 }
 
 /**
- * Rotates the broker's AppRole secret-id: generate a new one, log in with it,
- * switch, then destroy the old one and revoke the old token once idle.
- * Everything before the switch can fail without effect (the old secret-id
- * and token stay in use; a new secret-id that did not work is destroyed).
+ * Rotates the broker's AppRole secret-id: create a new one (named in the intent before Vault is asked,
+ * src/providers/vault/secret-id.ts), log in with it, switch, then destroy the old one and revoke the old
+ * token once idle. Everything before the switch can fail without effect (the old secret-id and token
+ * stay in use; a new secret-id that did not work is destroyed, or left to the next rotation by the intent).
  */
 export async function rotateSecretId(
   session: VaultSession,
   logger: Logger,
   distribute: (secret: Record<string, string>) => Promise<void> = async () => {},
   journal: RotationJournal = noJournal,
+  late: LateCreates = { now: Date.now, withinMs: VAULT_MAX_REQUEST_DURATION_SECONDS * 1000 },
 ): Promise<RotationResult> {
   const base = roleBase(session);
   const destroy = (accessor: string) =>
     session.call((c) => c.write(`${base}/secret-id-accessor/destroy`, { secret_id_accessor: accessor }));
   return session.exclusive(async () => {
     let oldAccessor: string | undefined;
-    let fresh: { secret_id: string; secret_id_accessor: string };
     try {
       // 204 (empty) when the current secret-id is already gone: then there is nothing to destroy.
       const looked = await session.call((c) => c.write(`${base}/secret-id/lookup`, { secret_id: session.secretId }));
@@ -39,42 +42,40 @@ export async function rotateSecretId(
     } catch (err) {
       throw issueError(err, 'looking up the current AppRole secret-id');
     }
-    await retireLeftovers(destroy, logger, oldAccessor, journal);
-    // Recorded before anything is created: a process dying from here on leaves the next rotation enough to clean up.
-    await journal.record(oldAccessor ? { old: oldAccessor } : {});
-    try {
-      const made = await session.call((c) =>
-        c.write(`${base}/secret-id`, { metadata: JSON.stringify({ created_by: 'jit-broker', reason: 'rotation' }) }),
-      );
-      fresh = made?.data;
-      if (!fresh?.secret_id || !fresh.secret_id_accessor) throw new Error('Vault answered secret-id generation without a secret-id');
-    } catch (err) {
-      await journal.clear();
-      throw issueError(err, 'generating a new AppRole secret-id');
-    }
+    // What earlier rotations sent that may still land: every record of this one carries it.
+    const kept = await retireLeftovers(session, base, logger, { accessor: oldAccessor, secretId: session.secretId }, journal, late);
+    const old = oldAccessor ? { old: oldAccessor } : {};
+    // Records the intent (the old secret-id, and the new one when the broker chooses it) before Vault is asked.
+    const fresh = await createSecretId(session, base, logger, journal, old, kept, late);
 
     let token;
     try {
-      await journal.record({ ...(oldAccessor ? { old: oldAccessor } : {}), new: fresh.secret_id_accessor });
-      token = await session.login(fresh.secret_id);
+      // A generated one's accessor reaches the intent only now. A custom one is named already: the fence
+      // stops a rotation whose lock lapsed during the call (the rotation holding it destroys the new one too).
+      if (fresh.generated) await journal.record({ ...old, new: fresh.accessor });
+      else await journal.fence();
+      token = await session.login(fresh.secretId);
     } catch (err) {
       // Not handed out: this instance's alone, destroyed here whatever the lock (with the lock lost, the
-      // rotation holding it may not know of it: its accessor may not have reached the intent). No token
-      // from it is kept: the login failed, or was not reached.
-      // The intent stays recorded when the destroy fails: the next rotation destroys the new secret-id.
-      await destroy(fresh.secret_id_accessor)
-        .then(() => journal.clear())
+      // rotation holding it may not know of it: a generated one's accessor may not have reached the intent).
+      // No token from it is kept: the login failed, or was not reached. The intent stays recorded when the
+      // destroy fails: the next rotation destroys the new secret-id.
+      await destroy(fresh.accessor)
+        .then(() => settle(journal, logger, kept))
         .catch((e: unknown) =>
-          logger.warn({ secretIdAccessor: fresh.secret_id_accessor, err: safeCause(e) }, 'vault: could not destroy an unused secret-id'),
+          logger.warn({ secretIdAccessor: fresh.accessor, err: safeCause(e) }, 'vault: could not destroy an unused secret-id'),
         );
       throw err instanceof RotationLockLost ? err : issueError(err, 'logging in with the new AppRole secret-id');
     }
     const oldSecretId = session.secretId;
-    await session.switchTo(token, { revokeOld: true, secretId: fresh.secret_id });
+    await session.switchTo(token, { revokeOld: true, secretId: fresh.secretId });
     // Every instance learns the new secret-id before the old one is destroyed. If that fails the
     // old secret-id is kept (other instances may still need it to log in) and the failure is reported.
     try {
-      await distribute({ secretId: fresh.secret_id });
+      // Once Redis names it the others may run with it: a later rotation that finds no distributed secret-id
+      // in Redis (lost) must not destroy it as a leftover.
+      if (fresh.pending) await journal.record({ ...old, pending: [...kept, { ...fresh.pending, handedOut: true }] });
+      await distribute({ secretId: fresh.secretId });
     } catch (err) {
       if (err instanceof RotationLockLost) {
         // Its sealing is what the lock refused: nobody else has the new secret-id. Back to the old one
@@ -85,7 +86,7 @@ export async function rotateSecretId(
             .login(oldSecretId)
             .then((back) => session.switchTo(back, { revokeOld: true, secretId: oldSecretId }))
             .catch((e: unknown) => logger.warn({ err: safeCause(e) }, 'vault: could not log in again with the previous secret-id'));
-        await destroy(fresh.secret_id_accessor).catch(() => {});
+        await destroy(fresh.accessor).catch(() => {});
         throw err;
       }
       logger.error({ err: safeCause(err) }, 'vault: could not distribute the new secret-id; the old one is kept');
@@ -109,48 +110,19 @@ export async function rotateSecretId(
       }
     }
     // An old secret-id that could not be destroyed stays recorded: the next rotation destroys it.
-    if (oldDestroyed) await journal.clear();
-    logger.info(
-      { secretIdAccessor: fresh.secret_id_accessor, oldSecretIdAccessor: oldAccessor, oldDestroyed },
-      'vault: AppRole secret-id rotated',
-    );
+    if (oldDestroyed) await settle(journal, logger, kept);
+    logger.info({ secretIdAccessor: fresh.accessor, oldSecretIdAccessor: oldAccessor, oldDestroyed }, 'vault: AppRole secret-id rotated');
     return {
       target: 'vault',
       rotated: ['approle-secret-id', 'vault-token'],
       detail: {
-        secretIdAccessor: fresh.secret_id_accessor,
+        secretIdAccessor: fresh.accessor,
         ...(oldAccessor ? { oldSecretIdAccessor: oldAccessor } : {}),
         oldSecretIdDestroyed: oldDestroyed,
       },
-      secret: { secretId: fresh.secret_id },
+      secret: { secretId: fresh.secretId },
     };
   });
-}
-
-/**
- * Secret-ids an interrupted rotation recorded (the one it was retiring, the
- * one it generated) other than the one in use: the core switched this
- * instance to the secret-id Redis names, the one every instance uses. Left
- * alone they stay valid for good (the accessor was only in the dead process's
- * memory before).
- */
-async function retireLeftovers(
-  destroy: (accessor: string) => Promise<unknown>,
-  logger: Logger,
-  current: string | undefined,
-  journal: RotationJournal,
-): Promise<void> {
-  for (const accessor of new Set([journal.leftover?.old, journal.leftover?.new])) {
-    if (!accessor || accessor === current) continue;
-    await journal.fence();
-    try {
-      await destroy(accessor);
-      logger.warn({ secretIdAccessor: accessor }, 'vault: destroyed a secret-id an interrupted rotation left valid');
-    } catch (err) {
-      if (!isAlreadyGone(err))
-        logger.error({ secretIdAccessor: accessor, err: safeCause(err) }, 'vault: could not destroy a leftover secret-id');
-    }
-  }
 }
 
 /** Switches to a secret-id rotated by another instance: log in with it first, switch only if that worked. */

@@ -234,6 +234,44 @@ describe('approle', () => {
     });
     expect(await c.write('auth/approle/role/broker/secret-id/lookup', { secret_id: gen.data.secret_id })).toBe('');
   });
+
+  test('custom-secret-id: the caller chooses the value, answered like generate; missing 400, already registered 500; denied by a policy without the path', async () => {
+    emu.setPolicy('custom', ['auth/approle/role/custom/*']);
+    emu.setPolicy('custom-generate-only', ['auth/approle/role/custom/secret-id', 'auth/approle/role/custom/secret-id/*']);
+    const { roleId } = emu.createAppRole({ name: 'custom', policies: ['custom'] });
+    const c = client(emu.createToken({ policies: ['custom'] }).token);
+    const mine = '0b6c8f7e-3d1a-4c2b-9e5f-7a8d6c4b2e1f';
+    const made = await c.write('auth/approle/role/custom/custom-secret-id', { secret_id: mine, metadata: JSON.stringify({ by: 'test' }) });
+    expect(Object.keys(made.data).sort()).toEqual(['secret_id', 'secret_id_accessor', 'secret_id_num_uses', 'secret_id_ttl']);
+    expect(made.data).toMatchObject({ secret_id: mine, secret_id_accessor: expect.any(String), secret_id_ttl: 0, secret_id_num_uses: 0 });
+    expect((await client().write('auth/approle/login', { role_id: roleId, secret_id: mine })).auth.client_token).toEqual(
+      expect.any(String),
+    );
+    expect((await c.write('auth/approle/role/custom/secret-id/lookup', { secret_id: mine })).data.metadata).toEqual({ by: 'test' });
+
+    expect(await failure(c.write('auth/approle/role/custom/custom-secret-id', {}))).toMatchObject({
+      status: 400,
+      errors: ['missing secret_id'],
+    });
+    // Vault answers registerSecretIDEntry's error as an internal one.
+    expect(await failure(c.write('auth/approle/role/custom/custom-secret-id', { secret_id: mine }))).toMatchObject({
+      status: 500,
+      errors: ['1 error occurred:\n\t* failed to store secret_id: SecretID is already registered\n\n'],
+    });
+    // Destroyed by value, it can be registered again; an unknown one destroys as 204.
+    await c.write('auth/approle/role/custom/secret-id/destroy', { secret_id: mine });
+    expect(await c.write('auth/approle/role/custom/secret-id/destroy', { secret_id: mine })).toBe('');
+    expect(emu.isSecretIdValid('custom', mine)).toBe(false);
+
+    // A policy granting generate but not custom-secret-id: 403 permission denied, nothing registered.
+    const narrow = client(emu.createToken({ policies: ['custom-generate-only'] }).token);
+    expect(await failure(narrow.write('auth/approle/role/custom/custom-secret-id', { secret_id: mine }))).toMatchObject({
+      status: 403,
+      errors: ['1 error occurred:\n\t* permission denied\n\n'],
+    });
+    expect(emu.isSecretIdValid('custom', mine)).toBe(false);
+    expect((await narrow.write('auth/approle/role/custom/secret-id', {})).data.secret_id).toEqual(expect.any(String));
+  });
 });
 
 describe('namespaces', () => {

@@ -16,6 +16,7 @@ export const BROKER_POLICY = [
   'sys/leases/revoke',
   'database/creds/*',
   'auth/approle/role/jit-broker/secret-id*',
+  'auth/approle/role/jit-broker/custom-secret-id',
 ];
 
 /** An emulator with the broker's AppRole, an `orders` database role and the ops policies. */

@@ -1,6 +1,6 @@
-import { fields, noContent, ok, type RequestContext, type Route } from '../context.ts';
+import { fields, noContent, ok, type Reply, type RequestContext, type Route } from '../context.ts';
 import type { AppRoleEntry, AppRoleSecretId } from '../state.ts';
-import { badRequest, rfc3339, unsupportedPath, uuid, VaultHttpError } from '../util.ts';
+import { badRequest, multiError, rfc3339, unsupportedPath, uuid, VaultHttpError } from '../util.ts';
 import { authBlock } from './token.ts';
 
 const NEVER = '0001-01-01T00:00:00Z';
@@ -26,11 +26,11 @@ function mountOf(ctx: RequestContext): string {
 export function generateSecretId(
   now: number,
   r: AppRoleEntry,
-  opts: { ttl?: number; numUses?: number; metadata?: Record<string, string>; cidrList?: string[] } = {},
+  opts: { ttl?: number; numUses?: number; metadata?: Record<string, string>; cidrList?: string[]; secretId?: string } = {},
 ): AppRoleSecretId {
   const ttl = opts.ttl ?? r.secretIdTtl;
   const entry: AppRoleSecretId = {
-    secretId: uuid(),
+    secretId: opts.secretId ?? uuid(),
     accessor: uuid(),
     creationTime: now,
     expireAt: ttl > 0 ? now + ttl * 1000 : null,
@@ -71,6 +71,45 @@ function secretIdByAccessor(ctx: RequestContext) {
 
 const accessorMissing = (accessor: string) =>
   new VaultHttpError(404, [`failed to find accessor entry for secret_id_accessor: "${accessor}"`]);
+
+/**
+ * `secret-id` (Vault chooses it) and `custom-secret-id` (the caller does), one handler as in Vault
+ * (handleRoleSecretIDCommon): same fields besides `secret_id`, same answer.
+ */
+function createSecretId(ctx: RequestContext, custom: boolean): Reply {
+  const common = { metadata: 'string', cidr_list: 'strings', token_bound_cidrs: 'strings', num_uses: 'int', ttl: 'duration' } as const;
+  const f = custom ? fields(ctx, { ...common, secret_id: 'string' }) : fields(ctx, common);
+  const secretId = custom ? (f as { secret_id?: string }).secret_id : undefined;
+  if (custom && !secretId) throw badRequest('missing secret_id');
+  const r = role(ctx);
+  // Vault answers registerSecretIDEntry's error as an internal one: a 500, not a 400.
+  if (secretId !== undefined && r.secretIds.has(secretId))
+    throw new VaultHttpError(500, [multiError('failed to store secret_id: SecretID is already registered')]);
+  let metadata: Record<string, string> = {};
+  if (f.metadata !== undefined) {
+    try {
+      metadata = JSON.parse(f.metadata) as Record<string, string>;
+    } catch {
+      throw badRequest('failed to parse metadata: invalid JSON');
+    }
+  }
+  const s = generateSecretId(ctx.state.now(), r, {
+    ttl: f.ttl,
+    numUses: f.num_uses,
+    metadata,
+    cidrList: f.cidr_list,
+    ...(secretId !== undefined ? { secretId } : {}),
+  });
+  return ok({
+    data: {
+      secret_id_accessor: s.accessor,
+      secret_id: s.secretId,
+      secret_id_ttl: s.expireAt === null ? 0 : Math.round((s.expireAt - s.creationTime) / 1000),
+      secret_id_num_uses: s.numUses,
+    },
+    mount_type: 'approle',
+  });
+}
 
 export const approleRoutes: Route[] = [
   {
@@ -115,34 +154,17 @@ export const approleRoutes: Route[] = [
   {
     pattern: /^auth\/(?<mount>[\w-]+)\/role\/(?<role>[\w.-]+)\/secret-id\/?$/,
     ops: {
-      write: (ctx) => {
-        const r = role(ctx);
-        const f = fields(ctx, { metadata: 'string', cidr_list: 'strings', token_bound_cidrs: 'strings', num_uses: 'int', ttl: 'duration' });
-        let metadata: Record<string, string> = {};
-        if (f.metadata !== undefined) {
-          try {
-            metadata = JSON.parse(f.metadata) as Record<string, string>;
-          } catch {
-            throw badRequest('failed to parse metadata: invalid JSON');
-          }
-        }
-        const s = generateSecretId(ctx.state.now(), r, { ttl: f.ttl, numUses: f.num_uses, metadata, cidrList: f.cidr_list });
-        return ok({
-          data: {
-            secret_id_accessor: s.accessor,
-            secret_id: s.secretId,
-            secret_id_ttl: s.expireAt === null ? 0 : Math.round((s.expireAt - s.creationTime) / 1000),
-            secret_id_num_uses: s.numUses,
-          },
-          mount_type: 'approle',
-        });
-      },
+      write: (ctx) => createSecretId(ctx, false),
       list: (ctx) => {
         const keys = [...role(ctx).secretIds.values()].map((s) => s.accessor);
         if (!keys.length) throw new VaultHttpError(404, []);
         return ok({ data: { keys }, mount_type: 'approle' });
       },
     },
+  },
+  {
+    pattern: /^auth\/(?<mount>[\w-]+)\/role\/(?<role>[\w.-]+)\/custom-secret-id$/,
+    ops: { write: (ctx) => createSecretId(ctx, true) },
   },
   {
     pattern: /^auth\/(?<mount>[\w-]+)\/role\/(?<role>[\w.-]+)\/secret-id\/lookup$/,
