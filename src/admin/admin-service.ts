@@ -171,17 +171,12 @@ export class AdminService {
 
   /** Ends one task with its open subtree for the kill switch; counts what it ended (nothing if it was not open). */
   private async endOne(id: string, adminScope?: 'task'): Promise<{ tasks: number; leases: number }> {
-    const res = await this.tasks.end(id, 'completed', 'revoked_by_admin', adminScope);
+    // One task.revoke record per task it ends, put in the audit outbox with the ending (task-end.lua), so
+    // an admin process that dies right after loses none of them.
+    const record = { action: 'task.revoke' as const, actor: 'broker', decision: 'ok' as const, reason: 'revoked_by_admin' };
+    const res = await this.tasks.end(id, 'completed', 'revoked_by_admin', adminScope, { task: { ...record, taskId: id }, subtask: record });
     if (res.kind !== 'ended') return { tasks: 0, leases: 0 };
-    await this.deps.audit.appendAll(
-      res.taskIds.map((taskId) => ({
-        action: 'task.revoke' as const,
-        actor: 'broker',
-        decision: 'ok' as const,
-        taskId,
-        reason: 'revoked_by_admin',
-      })),
-    );
+    await this.deps.audit.appendOutbox(this.deps.keys.bucketOfTask(id), res.records, res.endedAt);
     return { tasks: res.taskIds.length, leases: res.liveLeases };
   }
 }

@@ -89,9 +89,30 @@ export class AuditLog {
     return this.write(this.chainOf(event), event, key);
   }
 
-  private write(chain: AuditChain, event: AuditEvent, requires: string, time?: string): Promise<boolean> {
+  /**
+   * Appends records a script put in `chain`'s audit outbox (lib/outbox.lua) when it made the decision they
+   * record; `at` is the outbox score (Redis ms, the decision's time), the records' time. Each is written
+   * only while its member is in the outbox and leaves it in the same step, so it lands exactly once: by
+   * this call, or by recovery (src/audit/outbox.ts) if this process died first or took too long. Resolves
+   * once every record is in the chain, whoever wrote it.
+   */
+  async appendOutbox(chain: AuditChain, members: readonly string[], at: number): Promise<void> {
+    if (members.length === 0) return;
+    const time = new Date(at).toISOString();
+    await Promise.all(members.map((m) => this.write(chain, JSON.parse(m) as AuditEvent, '', time, m)));
+  }
+
+  private write(chain: AuditChain, event: AuditEvent, requires: string, time?: string, outbox = ''): Promise<boolean> {
     return new Promise((resolve, reject) => {
-      this.writer.write(chain, { event, time: time ?? new Date(this.now()).toISOString(), requires, attempts: 0, resolve, reject });
+      this.writer.write(chain, {
+        event,
+        time: time ?? new Date(this.now()).toISOString(),
+        requires,
+        outbox,
+        attempts: 0,
+        resolve,
+        reject,
+      });
     });
   }
 

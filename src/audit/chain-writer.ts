@@ -20,6 +20,11 @@ export interface Pending {
   time: string;
   /** A key that must exist for the record to be written (see `AuditLog.appendIf`); '' for none. */
   requires: string;
+  /**
+   * The record's member of the chain's audit outbox (see `AuditLog.appendOutbox`); '' for none. Written
+   * only while the member is there, which it leaves in the same step: an absent one was written already.
+   */
+  outbox: string;
   attempts: number;
   resolve: (written: boolean) => void;
   reject: (e: unknown) => void;
@@ -58,7 +63,8 @@ interface ChainState {
  * instance moved the head, or a record's required key is absent), every
  * batch after it is refused too, since it was hashed on the refused one:
  * once all in flight have answered, their records are re-hashed on the real
- * head and sent again, in their order.
+ * head and sent again, in their order (without those the refusal named: a
+ * required key absent, or an outbox member already written).
  */
 export class ChainWriter {
   private readonly chains = new Map<AuditChain, ChainState>();
@@ -173,7 +179,7 @@ export class ChainWriter {
       seq += 1;
       batch.push(p);
       records.push(record);
-      args.push(json, record.taskId ?? '', p.requires);
+      args.push(json, record.taskId ?? '', p.requires, p.outbox);
       prev = record.hash;
     }
     if (batch.length === 0) return;
@@ -187,7 +193,7 @@ export class ChainWriter {
         [expected, flight.next, this.keys.auditBase(chain), this.taskIndexMs, ...args],
       )
       .then(
-        (answer) => this.answered(st, flight, batch, records, answer as string | [string, number] | null),
+        (answer) => this.answered(st, flight, batch, records, answer as string | [string, ...number[]] | null),
         (err: unknown) => this.failed(st, batch, err),
       )
       .finally(() => {
@@ -201,7 +207,7 @@ export class ChainWriter {
     flight: { next: string },
     batch: Pending[],
     records: AuditRecord[],
-    answer: string | [string, number] | null,
+    answer: string | [string, ...number[]] | null,
   ): void {
     const real = answer === null ? flight.next : typeof answer === 'string' ? answer : String(answer[0]);
     // A refusal naming the head this batch, or one sent after it, leaves was written after all: the
@@ -214,12 +220,13 @@ export class ChainWriter {
       for (const p of batch) p.resolve(true);
       return;
     }
-    // Refused: another instance moved the head, a record's key is absent, or a batch before this one was refused.
-    const absent = Array.isArray(answer) ? Number(answer[1]) : 0;
+    // Refused: another instance moved the head, records' keys or outbox members are absent, or a batch
+    // before this one was refused. Those records are not sent again: resolved false (see Pending).
+    const absent = new Set(Array.isArray(answer) ? answer.slice(1).map(Number) : []);
     st.reported = real;
     st.resend ??= [];
     batch.forEach((p, i) => {
-      if (i + 1 === absent) p.resolve(false);
+      if (absent.has(i + 1)) p.resolve(false);
       else if (++p.attempts >= MAX_ATTEMPTS) p.reject(new Error(`audit chain contention: gave up after ${MAX_ATTEMPTS} attempts`));
       else st.resend!.push(p);
     });

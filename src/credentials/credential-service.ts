@@ -8,7 +8,7 @@ import { BrokerError, badRequest, conflict, notFound, upstreamFailed } from '../
 import type { CredentialRequest } from '../http/schemas.ts';
 import type { WorkloadIdentity } from '../identity/types.ts';
 import { type ClampedTtl, clampTtl } from '../leases/ttl.ts';
-import { type CreateRefusal, LeaseStore } from '../leases/lease-store.ts';
+import type { CreateRefusal } from '../leases/lease-store.ts';
 import type { LeaseFixed, LeaseRecord } from '../leases/types.ts';
 import { descriptorOf } from '../providers/index.ts';
 import { type IssueRequest, type IssueResult, type Provider, type StartedIssue, wasUnanswered } from '../providers/types.ts';
@@ -414,18 +414,23 @@ export class CredentialService {
   /** The upstream refused: nothing was handed out; the lease ends `failed`. */
   private async failed(fixed: LeaseFixed, err: unknown): Promise<void> {
     const code = err instanceof BrokerError ? err.code : 'upstream_error';
-    const before = await this.deps.leases.end(fixed.leaseId, 'failed', { lastError: code });
-    // The worker may have given the issuance up and ended it first (audited there): one record per lease.
-    if (before === undefined || LeaseStore.isEnded(before)) return;
-    await this.deps.audit.append({
-      action: 'credential.fail',
-      actor: fixed.agent,
-      decision: 'error',
-      taskId: fixed.taskId,
-      role: fixed.role,
-      leaseId: fixed.leaseId,
-      reason: code,
-    });
+    // Its record goes to the audit outbox with the ending (lease-update.lua). The worker may have given the
+    // issuance up and ended it first (recorded there): only the call that ends it records it, once.
+    const { recorded } = await this.deps.leases.end(
+      fixed.leaseId,
+      'failed',
+      { lastError: code },
+      {
+        action: 'credential.fail',
+        actor: fixed.agent,
+        decision: 'error',
+        taskId: fixed.taskId,
+        role: fixed.role,
+        leaseId: fixed.leaseId,
+        reason: code,
+      },
+    );
+    if (recorded) await this.deps.audit.appendOutbox(this.deps.keys.bucketOfId(fixed.leaseId)!, [recorded.member], recorded.at);
   }
 
   /**

@@ -1,3 +1,4 @@
+import type { AuditEvent } from '../audit/record.ts';
 import type { Keys } from '../redis/keys.ts';
 import { type RedisClient, script } from '../redis/scripts.ts';
 import type { LeaseFixed, LeaseRecord, LeaseStatus, RevokeReason } from './types.ts';
@@ -32,8 +33,15 @@ export function leaseFromHash(h: Record<string, string>): LeaseRecord | undefine
   return l;
 }
 
-/** A lease a bulk ending just ended: what its audit record and metrics need. */
-export type EndedLease = Pick<LeaseRecord, 'leaseId' | 'taskId' | 'role' | 'provider'>;
+/**
+ * What a change of one lease did: its status before (undefined: no lease), and, when the caller gave an audit
+ * record and the lease changed, that record as put in the bucket's audit outbox at `at` (Redis ms), for
+ * AuditLog.appendOutbox.
+ */
+export interface LeaseChange {
+  before: LeaseStatus | undefined;
+  recorded?: { member: string; at: number };
+}
 
 export type CreateResult = { kind: 'ok'; now: number } | { kind: CreateRefusal };
 /** `stale`: the task under that id is not the incarnation the caller decided on. */
@@ -128,15 +136,22 @@ export class LeaseStore {
    * (the one revoked). Returns 'ended_now' when this call ended it, 'moved' for another handle, else the
    * status it has (e.g. 'failed' when its issuing process ended it first).
    */
-  async failIssuance(leaseId: string, handle: string, lastError: string): Promise<'ended_now' | 'moved' | LeaseStatus | undefined> {
+  async failIssuance(
+    leaseId: string,
+    handle: string,
+    lastError: string,
+    record?: AuditEvent,
+  ): Promise<{ kind: 'ended_now'; recorded?: { member: string; at: number } } | { kind: 'moved' | LeaseStatus | undefined }> {
     const bucket = this.keys.bucketOfId(leaseId);
-    if (bucket === undefined) return undefined;
-    const res = await failIssuanceScript.run(
+    if (bucket === undefined) return { kind: undefined };
+    const member = record ? JSON.stringify(record) : '';
+    const res = (await failIssuanceScript.run(
       this.redis,
       [this.keys.lease(leaseId), this.keys.liveLeases(bucket)],
-      [handle, leaseId, this.keys.base(bucket), this.retentionMs, lastError],
-    );
-    return (res ?? undefined) as 'ended_now' | 'moved' | LeaseStatus | undefined;
+      [handle, leaseId, this.keys.base(bucket), this.retentionMs, lastError, member],
+    )) as [string, number] | 'moved' | LeaseStatus | null;
+    if (Array.isArray(res)) return { kind: 'ended_now', ...(member ? { recorded: { member, at: Number(res[1]) } } : {}) };
+    return { kind: res ?? undefined };
   }
 
   async get(leaseId: string): Promise<LeaseRecord | undefined> {
@@ -158,24 +173,33 @@ export class LeaseStore {
     return ((await this.redis.hget(this.keys.lease(leaseId), 'status')) ?? undefined) as LeaseStatus | undefined;
   }
 
-  /** Ends one lease (revoked, expired, failed); revokedAt on Redis's clock. Returns the status before. */
+  /**
+   * Ends one lease (revoked, expired, failed); revokedAt on Redis's clock. `record`: its audit record, put
+   * in the audit outbox in the same step if this call ends it (LeaseChange.recorded).
+   */
   async end(
     leaseId: string,
     status: 'revoked' | 'expired' | 'failed',
     fields: { reason?: RevokeReason | undefined; lastError?: string | undefined } = {},
-  ): Promise<LeaseStatus | undefined> {
-    return this.update(leaseId, status, fields.reason, fields.lastError === undefined ? {} : { lastError: fields.lastError }, true);
+    record?: AuditEvent,
+  ): Promise<LeaseChange> {
+    const extra: Record<string, string> = fields.lastError === undefined ? {} : { lastError: fields.lastError };
+    return this.update(leaseId, status, fields.reason, extra, true, record);
   }
 
-  /** Updates a live lease (revoking, revoke_failed with the error and attempt count). Returns the status before. */
+  /**
+   * Updates a live lease (revoking, revoke_failed with the error and attempt count). `record`: an audit
+   * record, put in the audit outbox in the same step if the lease is still live (LeaseChange.recorded).
+   */
   async mark(
     leaseId: string,
     fields: { status?: LeaseStatus; reason?: RevokeReason; lastError?: string; attempts?: number },
-  ): Promise<LeaseStatus | undefined> {
+    record?: AuditEvent,
+  ): Promise<LeaseChange> {
     const extra: Record<string, string | number> = {};
     if (fields.lastError !== undefined) extra.lastError = fields.lastError;
     if (fields.attempts !== undefined) extra.attempts = fields.attempts;
-    return this.update(leaseId, fields.status, fields.reason, extra, false);
+    return this.update(leaseId, fields.status, fields.reason, extra, false, record);
   }
 
   /**
@@ -202,7 +226,10 @@ export class LeaseStore {
    * Ends one page of leases of one bucket in one step (leases-end.lua): live
    * leases of `localKinds` (nothing upstream) end with `status`; other live
    * ones are marked `revoking` and returned in `handoff` for the worker;
-   * `issuing` and ended ones are skipped. `now` is Redis's time.
+   * `issuing` and ended ones are skipped. `now` is Redis's time. `records`:
+   * the audit record of each lease it ended, put in the bucket's audit outbox
+   * at `now` (AuditLog.appendOutbox appends them); `providers`: each one's
+   * provider, in the same order.
    */
   async endPage(
     bucket: number,
@@ -210,18 +237,14 @@ export class LeaseStore {
     status: 'revoked' | 'expired',
     reason: RevokeReason,
     localKinds: string,
-  ): Promise<{ now: number; ended: EndedLease[]; handoff: string[] }> {
-    if (leaseIds.length === 0) return { now: 0, ended: [], handoff: [] };
-    const [now, flat, handoff] = (await endPageScript.run(
+  ): Promise<{ now: number; providers: string[]; handoff: string[]; records: string[] }> {
+    if (leaseIds.length === 0) return { now: 0, providers: [], handoff: [], records: [] };
+    const [now, providers, handoff, records] = (await endPageScript.run(
       this.redis,
       [this.keys.liveLeases(bucket)],
       [this.keys.base(bucket), status, reason, this.retentionMs, localKinds, ...leaseIds],
-    )) as [number, string[], string[]];
-    const ended: EndedLease[] = [];
-    for (let i = 0; i + 3 < flat.length; i += 4) {
-      ended.push({ leaseId: flat[i]!, taskId: flat[i + 1]!, role: flat[i + 2]!, provider: flat[i + 3]! });
-    }
-    return { now: Number(now), ended, handoff };
+    )) as [number, string[], string[], string[]];
+    return { now: Number(now), providers, handoff, records };
   }
 
   /** Number of leases not yet ended, across buckets. */
@@ -240,14 +263,17 @@ export class LeaseStore {
     reason: RevokeReason | undefined,
     extra: Record<string, string | number>,
     ending: boolean,
-  ): Promise<LeaseStatus | undefined> {
+    record: AuditEvent | undefined,
+  ): Promise<LeaseChange> {
     const bucket = this.keys.bucketOfId(leaseId);
-    if (bucket === undefined) return undefined;
-    const before = await updateScript.run(
+    if (bucket === undefined) return { before: undefined };
+    const member = record ? JSON.stringify(record) : '';
+    const res = (await updateScript.run(
       this.redis,
       [this.keys.lease(leaseId), this.keys.liveLeases(bucket)],
-      [ending ? this.retentionMs : 0, leaseId, this.keys.base(bucket), status ?? '', reason ?? '', ...Object.entries(extra).flat()],
-    );
-    return (before ?? undefined) as LeaseStatus | undefined;
+      [ending ? this.retentionMs : 0, leaseId, this.keys.base(bucket), status ?? '', reason ?? '', member, ...Object.entries(extra).flat()],
+    )) as [LeaseStatus, number] | LeaseStatus | null;
+    if (Array.isArray(res)) return { before: res[0], recorded: { member, at: Number(res[1]) } };
+    return { before: res ?? undefined };
   }
 }

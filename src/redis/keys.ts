@@ -212,6 +212,15 @@ export class Keys {
   auditExported(chain: AuditChain): string {
     return `${this.auditBase(chain)}audit-exported`;
   }
+  /**
+   * Sorted set: the chain's audit outbox. A script that decides something (ends leases or a task) adds
+   * the decision's record here (member: the record's JSON, score: Redis ms) in the same step; the append
+   * that writes it to the chain removes it in its own step (audit-append.lua), and recovery appends what
+   * a dead process left (src/audit/outbox.ts). Scripts build it as `<base>audit-outbox` (lib/common.lua).
+   */
+  auditOutbox(chain: AuditChain): string {
+    return `${this.auditBase(chain)}audit-outbox`;
+  }
   /** Every chain id, ops first. */
   auditChains(): AuditChain[] {
     return ['ops', ...Array.from({ length: this.buckets }, (_, i) => i)];

@@ -1,4 +1,3 @@
-import type { AuditEvent } from '../audit/record.ts';
 import { roleOf } from '../config/roles.ts';
 import type { Deps } from '../deps.ts';
 import type { LeaseRecord, RevokeReason } from '../leases/types.ts';
@@ -25,10 +24,13 @@ export function localKinds(deps: Pick<Deps, 'providers'>): string {
  * end requested) and hands them to revocation itself; ended ones are skipped.
  * Returns how many were ended or handed to the worker.
  *
- * Pages go to Redis one after another without waiting for each page's audit
- * records: those are queued at once (the audit log batches them per chain,
- * in order) and awaited before returning, so a job is done only once every
- * record is durable.
+ * Each page's script puts the audit records of the leases it ends in the
+ * bucket's audit outbox in the same step (so they survive this process).
+ * Pages go to Redis one after another without waiting for each page's
+ * records to be appended: those are queued at once (the audit log batches
+ * them per chain, in order) and awaited before returning, so a job is done
+ * only once every record is durable; one left unwritten (a crash, a failed
+ * append) is appended from the outbox by recovery (src/audit/outbox.ts).
  */
 export async function endLeaseIds(
   deps: Deps,
@@ -47,19 +49,17 @@ export async function endLeaseIds(
   };
   let n = 0;
   for (let i = 0; i < leaseIds.length; i += PAGE) {
-    const { now, ended, handoff } = await leases.endPage(bucket, leaseIds.slice(i, i + PAGE), 'revoked', reason, kinds);
+    const { now, providers, handoff, records } = await leases.endPage(bucket, leaseIds.slice(i, i + PAGE), 'revoked', reason, kinds);
     const lag = Math.max(0, now - requestedAt) / 1000;
-    const events: AuditEvent[] = [];
     const perProvider = new Map<string, number>();
-    for (const e of ended) {
+    for (const provider of providers) {
       metrics.revocationLag.observe({ reason }, lag);
-      perProvider.set(e.provider, (perProvider.get(e.provider) ?? 0) + 1);
-      events.push({ action: 'lease.revoke', actor: 'broker', decision: 'ok', taskId: e.taskId, role: e.role, leaseId: e.leaseId, reason });
+      perProvider.set(provider, (perProvider.get(provider) ?? 0) + 1);
     }
     for (const [provider, count] of perProvider) metrics.revocations.inc({ result: 'revoked', reason, provider }, count);
-    track(audit.appendAll(events));
+    track(audit.appendOutbox(bucket, records, now));
     if (handoff.length > 0) track(queue.endLeases(handoff.map((leaseId) => ({ leaseId, reason, requestedAt }))));
-    n += ended.length + handoff.length;
+    n += providers.length + handoff.length;
   }
   await Promise.all(pending);
   return n;

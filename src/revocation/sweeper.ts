@@ -1,4 +1,4 @@
-import type { AuditEvent } from '../audit/record.ts';
+import { OUTBOX_GRACE_MS, recoverOutbox } from '../audit/outbox.ts';
 import type { Deps } from '../deps.ts';
 import { LeaseStore } from '../leases/lease-store.ts';
 import type { LeaseRecord, RevokeReason } from '../leases/types.ts';
@@ -38,6 +38,8 @@ const HANDOFF_RETRY_MS = 15_000;
  *   revocation-asking scripts write (Keys.tasksEnding, Keys.leasesRevoking),
  *   so its cost follows what is unfinished, not how many leases are live; every
  *   `fullReconcileIntervalMs` (and first) it walks every live lease instead.
+ *   Each pass (the first at start) also appends the audit records a process
+ *   left in a bucket's outbox (src/audit/outbox.ts).
  */
 export class Sweeper {
   private readonly deps: Deps;
@@ -104,7 +106,8 @@ export class Sweeper {
 
   /**
    * Sweeps one bucket. The leases end in the script (introspection answers
-   * inactive from then on); their audit records follow. A round does not wait
+   * inactive from then on), which puts their audit records in the bucket's
+   * outbox; they are appended from here. A round does not wait
    * for its records before the next round or tick runs the script again
    * (only once MAX_UNWRITTEN records are pending): a burst of expiries is
    * ended on time while the chain catches up.
@@ -112,45 +115,40 @@ export class Sweeper {
   private async sweepBucket(bucket: number): Promise<void> {
     const { keys, redis, leases, queue, metrics } = this.deps;
     for (let round = 0; round < 20; round++) {
-      const [now, expired, handoff, groups] = (await sweepScript.run(
+      const [now, expired, handoff, groups, records] = (await sweepScript.run(
         redis,
         [keys.liveLeases(bucket), keys.openTasks(bucket)],
         [keys.base(bucket), 1000, 200, leases.retentionMs, HANDOFF_RETRY_MS, this.localKinds],
-      )) as [number, string[], string[], string[][]];
-      const events: AuditEvent[] = [];
-      for (let i = 0; i + 3 < expired.length; i += 4) {
-        const [leaseId, taskId, role, expiresAt] = [expired[i]!, expired[i + 1]!, expired[i + 2]!, Number(expired[i + 3])];
-        metrics.revocationLag.observe({ reason: 'ttl_expired' }, Math.max(0, now - expiresAt) / 1000);
-        events.push({ action: 'lease.expire', actor: 'broker', decision: 'ok', taskId, role, leaseId, reason: 'ttl_expired' });
-      }
-      if (events.length > 0) metrics.revocations.inc({ result: 'expired', reason: 'ttl_expired', provider: 'jwt' }, events.length);
-      for (const ids of groups) {
-        const [root, ...children] = ids as [string, ...string[]];
-        events.push({ action: 'task.expire', actor: 'broker', decision: 'ok', taskId: root });
-        for (const c of children) {
-          events.push({ action: 'task.complete', actor: 'broker', decision: 'ok', taskId: c, reason: 'parent_task_expired' });
-        }
-        await queue.endTasks(root, ids, 'task_expired', now);
-      }
+      )) as [number, string[], string[], string[][], string[]];
+      for (const expiresAt of expired)
+        metrics.revocationLag.observe({ reason: 'ttl_expired' }, Math.max(0, now - Number(expiresAt)) / 1000);
+      if (expired.length > 0) metrics.revocations.inc({ result: 'expired', reason: 'ttl_expired', provider: 'jwt' }, expired.length);
+      for (const ids of groups) await queue.endTasks(ids[0]!, ids, 'task_expired', now);
       await queue.endLeases(handoff.map((leaseId) => ({ leaseId, reason: 'ttl_expired' as const, requestedAt: now })));
-      if (events.length > 0) await this.record(bucket, events);
+      // The script put these records (lease.expire, task.expire, task.complete) in the bucket's outbox as it
+      // decided: appended from there now, or by recovery if this process dies first.
+      if (records.length > 0) await this.record(bucket, now, records);
       // A full page means more may be due right now: go again rather than wait for the next tick.
-      if (expired.length / 4 + handoff.length < 1000 && groups.length < 200) return;
+      if (expired.length + handoff.length < 1000 && groups.length < 200) return;
     }
   }
 
   /**
-   * Queues a round's records on the bucket's chain (the audit log writes
-   * them in order); waits only while more than MAX_UNWRITTEN of the bucket's
-   * records are still unwritten, for the oldest rounds to be durable.
+   * Queues a round's outbox records on the bucket's chain (the audit log
+   * writes them in order); waits only while more than MAX_UNWRITTEN of the
+   * bucket's records are still unwritten, for the oldest rounds to be durable.
    */
-  private async record(bucket: number, events: AuditEvent[]): Promise<void> {
-    const mine = this.deps.audit.appendAll(events).catch((err: Error) => {
-      this.deps.logger.error({ err: err.message, bucket, records: events.length }, 'sweep: audit records could not be written');
+  private async record(bucket: number, at: number, records: string[]): Promise<void> {
+    const mine = this.deps.audit.appendOutbox(bucket, records, at).catch((err: Error) => {
+      // Still in the outbox: the reconcile pass appends them once OUTBOX_GRACE_MS has passed.
+      this.deps.logger.error(
+        { err: err.message, bucket, records: records.length },
+        'sweep: audit records not written yet; left to recovery',
+      );
     });
     const rounds = this.writing.get(bucket) ?? [];
     this.writing.set(bucket, rounds);
-    const round = { done: mine, count: events.length };
+    const round = { done: mine, count: records.length };
     rounds.push(round);
     void mine.then(() => {
       const list = this.writing.get(bucket);
@@ -194,12 +192,29 @@ export class Sweeper {
   private async reconcileAll(full: boolean): Promise<{ requeued: number; complete: boolean }> {
     let requeued = 0;
     try {
-      for (let b = 0; b < this.deps.keys.buckets && !this.stopped; b++) requeued += await this.reconcileBucket(b, full);
+      for (let b = 0; b < this.deps.keys.buckets && !this.stopped; b++) {
+        await this.recoverRecords(b);
+        requeued += await this.reconcileBucket(b, full);
+      }
     } catch (err) {
       this.deps.logger.warn({ err: (err as Error).message, full }, 'reconcile failed');
       return { requeued, complete: false };
     }
     return { requeued, complete: !this.stopped };
+  }
+
+  /**
+   * Appends the audit records a process left in the bucket's outbox (it died, or its append failed
+   * between a script's decision and the record): those put there more than OUTBOX_GRACE_MS ago, on
+   * Redis's clock. A failure is logged and left to the next pass; the leases are reconciled anyway.
+   */
+  private async recoverRecords(bucket: number): Promise<void> {
+    try {
+      const n = await recoverOutbox(this.deps, bucket, this.deps.clock.now() - OUTBOX_GRACE_MS);
+      if (n > 0) this.deps.logger.warn({ bucket, records: n }, 'audit outbox: appended records a process left unwritten');
+    } catch (err) {
+      this.deps.logger.warn({ err: (err as Error).message, bucket }, 'audit outbox recovery failed; retrying at the next pass');
+    }
   }
 
   /**

@@ -59,7 +59,7 @@ export class RevocationWorker {
   }
 
   private async endLease(data: LeaseEndJob, attempt: number): Promise<void> {
-    const { leases, providers, audit } = this.deps;
+    const { leases, providers } = this.deps;
     const lease = await leases.get(data.leaseId);
     if (!lease || LeaseStore.isEnded(lease.status)) return;
     const provider = providers.get(lease.provider);
@@ -76,21 +76,20 @@ export class RevocationWorker {
       const role = roleOfLease(this.deps, held) as never;
       const revoke = () => provider.revoke(held, role, { reason: 'issuance_interrupted' });
       if ((await this.attempt(held, attempt, revoke)) === 'settled') return;
-      const ended = await leases.failIssuance(lease.leaseId, given.handle, 'issuance_interrupted');
+      // Its record goes to the audit outbox with the ending (lease-fail-issuance.lua): only the call that ends it
+      // records it (the issuing process may have ended it `failed` first, recorded there), and a crash loses nothing.
+      const ended = await leases.failIssuance(lease.leaseId, given.handle, 'issuance_interrupted', {
+        action: 'credential.fail',
+        actor: 'broker',
+        decision: 'error',
+        taskId: lease.taskId,
+        role: lease.role,
+        leaseId: lease.leaseId,
+        reason: 'issuance_interrupted',
+      });
       // A late activation recorded another handle meanwhile: revoke again, with it.
-      if (ended === 'moved') throw new RetryableUpstreamError('upstream_error', 'a late activation recorded another handle');
-      // Only the call that ended it audits it (the issuing process may have ended it `failed` first, audited).
-      if (ended === 'ended_now') {
-        await audit.append({
-          action: 'credential.fail',
-          actor: 'broker',
-          decision: 'error',
-          taskId: lease.taskId,
-          role: lease.role,
-          leaseId: lease.leaseId,
-          reason: 'issuance_interrupted',
-        });
-      }
+      if (ended.kind === 'moved') throw new RetryableUpstreamError('upstream_error', 'a late activation recorded another handle');
+      if (ended.kind === 'ended_now' && ended.recorded) await this.appendRecorded(lease.leaseId, ended.recorded);
       return;
     }
     const reason: RevokeReason = lease.reason ?? (data.reason === 'issuance_interrupted' ? 'ttl_expired' : data.reason);
@@ -152,7 +151,7 @@ export class RevocationWorker {
       return 'done';
     } catch (err) {
       const code = err instanceof BrokerError || err instanceof RetryableUpstreamError ? err.code : 'upstream_error';
-      const { leases, metrics, audit, logger } = this.deps;
+      const { leases, metrics, logger } = this.deps;
       if (this.deps.clock.now() >= lease.expiresAt) {
         await this.finish(lease, 'expired', lease.reason ?? 'ttl_expired', lease.expiresAt, attempt, code);
         return 'settled';
@@ -160,25 +159,27 @@ export class RevocationWorker {
       // A given-up issuance shows `revoke_failed` like any failing revocation (on the reconciler's work list,
       // as lease-update puts it there); its `givenUp` keeps activation refusing it and its retry on the
       // give-up path. Only an issuance not given up keeps `issuing` (providerMissing).
-      await leases.mark(lease.leaseId, {
-        ...(opts.keepStatus ? {} : { status: 'revoke_failed' as const }),
-        lastError: code,
-        attempts: attempt,
-      });
+      // The first failure's record goes to the audit outbox with the change (lease-update.lua).
+      const first = attempt === 1;
+      const { recorded } = await leases.mark(
+        lease.leaseId,
+        { ...(opts.keepStatus ? {} : { status: 'revoke_failed' as const }), lastError: code, attempts: attempt },
+        first
+          ? {
+              action: 'lease.revoke_failed',
+              actor: 'broker',
+              decision: 'error',
+              taskId: lease.taskId,
+              role: lease.role,
+              leaseId: lease.leaseId,
+              reason: code,
+              detail: { attempt },
+            }
+          : undefined,
+      );
       metrics.revocations.inc({ result: 'failed', reason: lease.reason ?? 'ttl_expired', provider: lease.provider });
       logger.warn({ leaseId: lease.leaseId, code, attempt, err: (err as Error).message }, 'revocation attempt failed; retrying');
-      if (attempt === 1) {
-        await audit.append({
-          action: 'lease.revoke_failed',
-          actor: 'broker',
-          decision: 'error',
-          taskId: lease.taskId,
-          role: lease.role,
-          leaseId: lease.leaseId,
-          reason: code,
-          detail: { attempt },
-        });
-      }
+      if (recorded) await this.appendRecorded(lease.leaseId, recorded);
       throw err;
     }
   }
@@ -191,22 +192,34 @@ export class RevocationWorker {
     attempt: number,
     lastError?: string,
   ) {
-    const { leases, metrics, audit } = this.deps;
-    const before = await leases.end(lease.leaseId, status, { reason, lastError });
+    const { leases, metrics } = this.deps;
+    // The record goes to the audit outbox with the ending (lease-update.lua): a worker that dies before
+    // appending it loses nothing, and the job re-run after it finds the lease ended and records nothing twice.
+    const { before, recorded } = await leases.end(
+      lease.leaseId,
+      status,
+      { reason, lastError },
+      {
+        action: status === 'expired' ? 'lease.expire' : 'lease.revoke',
+        actor: 'broker',
+        decision: lastError ? 'error' : 'ok',
+        taskId: lease.taskId,
+        role: lease.role,
+        leaseId: lease.leaseId,
+        reason,
+        detail: { attempt, upstream: lease.revocable, ...(lastError ? { lastError } : {}) },
+      },
+    );
     if (before === undefined || LeaseStore.isEnded(before)) return; // someone else finished it first
     const now = this.deps.clock.now();
     metrics.revocationLag.observe({ reason }, Math.max(0, now - startedAt) / 1000);
     metrics.revocations.inc({ result: status, reason, provider: lease.provider });
-    await audit.append({
-      action: status === 'expired' ? 'lease.expire' : 'lease.revoke',
-      actor: 'broker',
-      decision: lastError ? 'error' : 'ok',
-      taskId: lease.taskId,
-      role: lease.role,
-      leaseId: lease.leaseId,
-      reason,
-      detail: { attempt, upstream: lease.revocable, ...(lastError ? { lastError } : {}) },
-    });
+    if (recorded) await this.appendRecorded(lease.leaseId, recorded);
+  }
+
+  /** Appends a record a lease script put in its bucket's audit outbox. */
+  private async appendRecorded(leaseId: string, recorded: { member: string; at: number }): Promise<void> {
+    await this.deps.audit.appendOutbox(this.deps.keys.bucketOfId(leaseId)!, [recorded.member], recorded.at);
   }
 
   async close(): Promise<void> {

@@ -9,7 +9,7 @@ import type { WorkloadIdentity } from '../identity/types.ts';
 import type { LeaseRecord } from '../leases/types.ts';
 import { descriptorOf } from '../providers/index.ts';
 import { attenuate } from './delegation.ts';
-import { StaleTask } from './task-store.ts';
+import { StaleTask, type TaskStore } from './task-store.ts';
 import type { Grant, TaskEndReason, TaskFixed, TaskRecord } from './types.ts';
 
 /** Longest task id the broker makes (a root id plus `~<name>` per delegation level). */
@@ -192,17 +192,14 @@ export class TaskService {
     // Only the leases this call takes away: live when the task ended (its subtree's too). A repeat revokes none.
     let revoking = 0;
     if (task.status === 'open') {
-      const res = await this.end(taskId, 'completed', 'task_completed');
+      // The record goes to the outbox with the ending (task-end.lua): it is appended even if this process dies now.
+      const res = await this.end(taskId, 'completed', 'task_completed', undefined, {
+        task: { action: 'task.complete', actor: who.id, decision: 'ok', taskId, policies },
+        counts: true,
+      });
       if (res.kind === 'ended') {
         revoking = res.liveLeases;
-        await this.deps.audit.append({
-          action: 'task.complete',
-          actor: who.id,
-          decision: 'ok',
-          taskId,
-          policies,
-          detail: { tasks: res.taskIds.length, leases: res.liveLeases },
-        });
+        await this.deps.audit.appendOutbox(this.deps.keys.bucketOfTask(taskId), res.records, res.endedAt);
       } else if (res.kind === 'already' && res.status === 'expired') {
         throw conflict('task_expired', `Task ${taskId} already expired; its leases were revoked.`);
       }
@@ -253,14 +250,11 @@ export class TaskService {
     const asOpener = this.deps.quarantine.match(who.id);
     const asAgent = this.deps.quarantine.match(task.agent);
     if (asOpener === undefined && asAgent === undefined) return task;
-    await this.end(task.taskId, 'completed', 'revoked_by_admin', asAgent === undefined ? 'task' : undefined);
-    await this.deps.audit.append({
-      action: 'task.revoke',
-      actor: 'broker',
-      decision: 'ok',
-      taskId: task.taskId,
-      reason: 'revoked_by_admin',
+    // Recorded only by the call that ends it (the admin's scan may have ended it first, recorded there).
+    const res = await this.end(task.taskId, 'completed', 'revoked_by_admin', asAgent === undefined ? 'task' : undefined, {
+      task: { action: 'task.revoke', actor: 'broker', decision: 'ok', taskId: task.taskId, reason: 'revoked_by_admin' },
     });
+    if (res.kind === 'ended') await this.deps.audit.appendOutbox(this.deps.keys.bucketOfTask(task.taskId), res.records, res.endedAt);
     if (asOpener !== undefined) {
       throw await denial(
         this.deps,
@@ -280,9 +274,16 @@ export class TaskService {
    * Ends a task and its open subtree, then has the worker revoke their
    * leases. The status change comes first: from then on no lease can join
    * any of these tasks, so the job sees every lease they will ever have.
+   * `audit`: the ending's records, put in the audit outbox with it (TaskStore.end); the caller appends them.
    */
-  async end(taskId: string, status: 'completed' | 'expired', reason: TaskEndReason, adminScope?: 'task') {
-    const res = await this.deps.tasks.end(taskId, status, reason, adminScope);
+  async end(
+    taskId: string,
+    status: 'completed' | 'expired',
+    reason: TaskEndReason,
+    adminScope?: 'task',
+    audit?: Parameters<TaskStore['end']>[4],
+  ) {
+    const res = await this.deps.tasks.end(taskId, status, reason, adminScope, audit);
     if (res.kind === 'ended') await this.deps.queue.endTasks(taskId, res.taskIds, reason, res.endedAt);
     return res;
   }

@@ -1,4 +1,5 @@
 import { LRUCache } from 'lru-cache';
+import type { AuditEvent } from '../audit/record.ts';
 import { conflict } from '../errors.ts';
 import { indexWindow } from '../lists/index-window.ts';
 import type { Keys } from '../redis/keys.ts';
@@ -48,6 +49,8 @@ export type EndResult =
       taskIds: string[];
       /** Leases of these tasks not yet ended: the ones being revoked now. */
       liveLeases: number;
+      /** The ending's audit records, put in the bucket's audit outbox at `endedAt` (AuditLog.appendOutbox appends them). */
+      records: string[];
     }
   | { kind: 'missing' | 'early' }
   | { kind: 'already'; status: TaskStatus };
@@ -192,19 +195,45 @@ export class TaskStore {
   /**
    * Ends an open task and its open subtree in one step. `expired` only once
    * the deadline has passed on Redis's clock. Sub-tasks end `completed`.
+   * `adminScope` 'task': an admin ended the task without suspecting its agent (RevokeContext.adminScope).
+   * `audit`: the ending's records, put in the bucket's audit outbox in the same step (task-end.lua):
+   * `task` for the task (with `detail: {tasks, leases}` added when `counts`), `subtask` for each sub-task
+   * it ends (its `taskId` added).
    */
-  /** `adminScope` 'task': an admin ended the task without suspecting its agent (RevokeContext.adminScope). */
-  async end(taskId: string, status: 'completed' | 'expired', reason: TaskEndReason, adminScope?: 'task'): Promise<EndResult> {
+  async end(
+    taskId: string,
+    status: 'completed' | 'expired',
+    reason: TaskEndReason,
+    adminScope?: 'task',
+    audit: { task?: AuditEvent; subtask?: Omit<AuditEvent, 'taskId'>; counts?: boolean } = {},
+  ): Promise<EndResult> {
     const bucket = this.keys.bucketOfTask(taskId);
     const childReason = reason === 'revoked_by_admin' ? 'revoked_by_admin' : 'task_completed';
     const res = (await endScript.run(
       this.redis,
       [this.keys.task(taskId), this.keys.openTasks(bucket)],
-      [this.keys.base(bucket), status, reason, childReason, this.retentionMs, taskId, adminScope ?? ''],
-    )) as string[];
+      [
+        this.keys.base(bucket),
+        status,
+        reason,
+        childReason,
+        this.retentionMs,
+        taskId,
+        adminScope ?? '',
+        audit.task ? JSON.stringify(audit.task) : '',
+        audit.subtask ? JSON.stringify(audit.subtask) : '',
+        audit.counts ? '1' : '',
+      ],
+    )) as [string, ...unknown[]];
     switch (res[0]) {
       case 'ended':
-        return { kind: 'ended', endedAt: Number(res[1]), liveLeases: Number(res[2]), taskIds: res.slice(3) };
+        return {
+          kind: 'ended',
+          endedAt: Number(res[1]),
+          liveLeases: Number(res[2]),
+          records: res[3] as string[],
+          taskIds: res.slice(4) as string[],
+        };
       case 'already':
         return { kind: 'already', status: res[1] as TaskStatus };
       default:

@@ -66,6 +66,7 @@ test('every key of a task tree, its leases and its approvals shares one slot; bu
     keys.approvalsOf(b, 'spiffe://x/y'),
     keys.auditStream(b),
     keys.auditHead(b),
+    keys.auditOutbox(b),
   ];
   expect(generateMulti(all)).not.toBe(-1);
   const slots = Array.from({ length: 16 }, (_, i) => generateMulti([keys.liveLeases(i)]));
@@ -179,10 +180,38 @@ describe('one test per script', () => {
       [5000, lid('te', 3), keys.base(b), 'revoked', 'x'],
     );
     expect(((await end('expired')) as string[])[0]).toBe('early');
-    const ended = (await end('completed')) as string[];
-    // The live leases of the ended tasks (the one already revoked not among them), then the ids.
-    expect([Number(ended[2]), ...ended.slice(3)]).toEqual([2, 'te', 'te~c']);
+    const ended = (await end('completed')) as unknown[];
+    // The live leases of the ended tasks (the one already revoked not among them), no records asked for, then the ids.
+    expect([Number(ended[2]), ended[3], ...ended.slice(4)]).toEqual([2, [], 'te', 'te~c']);
     expect(await end('completed')).toEqual(['already', 'completed']);
+  });
+
+  test("task-end: the ending's audit records go to the outbox in the same step, at its endedAt", async () => {
+    await openTask('td', 60_000);
+    await openTask('td~c', 30_000, 'td');
+    await createLease('td~c', lid('td', 1));
+    const b = keys.bucketOfTask('td');
+    const task = JSON.stringify({ action: 'task.revoke', actor: 'broker', decision: 'ok', taskId: 'td', policies: [], reason: 'r' });
+    const sub = JSON.stringify({ action: 'task.revoke', actor: 'broker', decision: 'ok', reason: 'r' });
+    const end = () =>
+      script('task-end').run(
+        redis,
+        [keys.task('td'), keys.openTasks(b)],
+        [keys.base(b), 'completed', 'revoked_by_admin', 'revoked_by_admin', 60_000, 'td', '', task, sub, '1'],
+      );
+    const ended = (await end()) as [string, number, number, string[], ...string[]];
+    const records = ended[3].map((m) => JSON.parse(m));
+    expect(records).toEqual([
+      // Built as the caller's JSON with fields added: an empty array stays an array (no cjson decoding).
+      { action: 'task.revoke', actor: 'broker', decision: 'ok', taskId: 'td', policies: [], reason: 'r', detail: { tasks: 2, leases: 1 } },
+      { action: 'task.revoke', actor: 'broker', decision: 'ok', reason: 'r', taskId: 'td~c' },
+    ]);
+    expect(await redis.zrange(keys.auditOutbox(b), '0', '-1', 'WITHSCORES')).toEqual(
+      [...ended[3]].sort().flatMap((m) => [m, String(ended[1])]),
+    );
+    // Ended once, recorded once. (Bucket 10: no other test here uses it.)
+    expect(((await end()) as string[])[0]).toBe('already');
+    expect(await redis.zcard(keys.auditOutbox(b))).toBe(2);
   });
 
   test('lease-create: only while the task is open, under maxLeases', async () => {
@@ -272,6 +301,29 @@ describe('one test per script', () => {
     expect(await redis.hget(keys.task('lu'), 'live')).toBe('0');
   });
 
+  test('lease-update: a record given goes to the outbox only when the lease changes', async () => {
+    await openTask('lo');
+    const id = lid('lo', 1);
+    await createLease('lo', id);
+    const b = keys.bucketOfTask('lo');
+    const rec = (n: number) => JSON.stringify({ action: 'lease.revoke_failed', leaseId: id, detail: { attempt: n } });
+    const mark = await script('lease-update').run(
+      redis,
+      [keys.lease(id), keys.liveLeases(b)],
+      [0, id, keys.base(b), 'revoke_failed', '', rec(1), 'attempts', 1],
+    );
+    expect(mark).toEqual(['active', expect.any(Number)]);
+    expect(await redis.hmget(keys.lease(id), 'status', 'attempts')).toEqual(['revoke_failed', '1']);
+    const end = (r: string) =>
+      script('lease-update').run(redis, [keys.lease(id), keys.liveLeases(b)], [5000, id, keys.base(b), 'revoked', 'x', r]);
+    const ended = (await end(rec(2))) as [string, number];
+    expect(ended[0]).toBe('revoke_failed');
+    expect(await redis.zscore(keys.auditOutbox(b), rec(2))).toBe(String(ended[1]));
+    // Already ended: nothing changes, nothing is recorded.
+    expect(await end(rec(3))).toBe('revoked');
+    expect(await redis.zrange(keys.auditOutbox(b), '0', '-1')).toEqual([rec(1), rec(2)].sort());
+  });
+
   test('lease-request-end: live -> revoking; issuing -> marked', async () => {
     await openTask('lr');
     const [live, issuing] = [lid('lr', 1), lid('lr', 2)];
@@ -298,10 +350,16 @@ describe('one test per script', () => {
         number,
         string[],
         string[],
+        string[],
       ];
-    const [, ended, handoff] = await run([jwt, up, lid('le', 9)]);
-    expect(ended).toEqual([jwt, 'le', 'role', 'jwt']);
+    const [now, providers, handoff, records] = await run([jwt, up, lid('le', 9)]);
+    expect(providers).toEqual(['jwt']);
     expect(handoff).toEqual([up]);
+    // The ended lease's record, in the bucket's outbox at the script's time; the handed-over one is recorded by the worker.
+    expect(records.map((m) => JSON.parse(m))).toEqual([
+      { action: 'lease.revoke', actor: 'broker', decision: 'ok', taskId: 'le', role: 'role', leaseId: jwt, reason: 'task_completed' },
+    ]);
+    expect(await redis.zscore(keys.auditOutbox(b), records[0]!)).toBe(String(now));
     expect(await redis.hmget(keys.lease(jwt), 'status', 'reason')).toEqual(['revoked', 'task_completed']);
     expect(await redis.hmget(keys.lease(up), 'status', 'reason')).toEqual(['revoking', 'task_completed']);
     expect(await redis.zscore(keys.liveLeases(b), jwt)).toBeNull();
@@ -310,8 +368,10 @@ describe('one test per script', () => {
     expect(await redis.hget(keys.task('le'), 'live')).toBe('1');
     expect(await redis.pttl(keys.lease(jwt))).toBeGreaterThan(0);
     await createLease('le', issuing, 'issuing');
-    const [, again, handoff2] = await run([jwt, up, issuing]);
+    const [, again, handoff2, none] = await run([jwt, up, issuing]);
     expect(again).toEqual([]);
+    expect(none).toEqual([]);
+    expect(await redis.zcard(keys.auditOutbox(b))).toBe(1);
     expect(handoff2).toEqual([up]);
     expect(await redis.hget(keys.lease(issuing), 'status')).toBe('issuing');
   });
@@ -431,13 +491,19 @@ describe('one test per script', () => {
         redis,
         [keys.liveLeases(bucket), keys.openTasks(bucket)],
         [keys.base(bucket), 100, 100, 5000, 60_000, 'jwt'],
-      )) as [number, string[], string[], string[][]];
-    const [, expired, handoff] = await run(b);
-    expect(expired[0]).toBe(jwt);
+      )) as [number, string[], string[], string[][], string[]];
+    const [now, expired, handoff, , records] = await run(b);
+    expect(expired).toEqual([await redis.hget(keys.lease(jwt), 'expiresAt')]);
     expect(handoff).toEqual([up]);
+    expect(records.map((m) => JSON.parse(m))).toEqual([
+      { action: 'lease.expire', actor: 'broker', decision: 'ok', taskId: 'sw2', role: 'role', leaseId: jwt, reason: 'ttl_expired' },
+    ]);
+    expect(await redis.zscore(keys.auditOutbox(b), records[0]!)).toBe(String(now));
     expect((await run(b))[2]).toEqual([]); // handed over once, not every sweep
-    const [, , , groups] = await run(keys.bucketOfTask('sw'));
+    const [, , , groups, taskRecords] = await run(keys.bucketOfTask('sw'));
     expect(groups).toEqual([['sw']]);
+    expect(taskRecords.map((m) => JSON.parse(m))).toEqual([{ action: 'task.expire', actor: 'broker', decision: 'ok', taskId: 'sw' }]);
+    expect(await redis.zscore(keys.auditOutbox(keys.bucketOfTask('sw')), taskRecords[0]!)).not.toBeNull();
   });
 
   test('approval-request and approval-swap: one approval per exact request, decided once, consumed once', async () => {
@@ -474,11 +540,15 @@ describe('one test per script', () => {
 
   test('audit-append: compare-and-set on the head, indexing task records', async () => {
     const [head, stream] = [keys.auditHead(3), keys.auditStream(3)];
-    expect(await script('audit-append').run(redis, [head, stream], ['', '1:h1', keys.base(3), 60_000, '{"seq":1}', 'tk', ''])).toBeNull();
-    expect(await script('audit-append').run(redis, [head, stream], ['', '1:h2', keys.base(3), 60_000, '{"seq":1}', '', ''])).toBe('1:h1');
+    expect(
+      await script('audit-append').run(redis, [head, stream], ['', '1:h1', keys.base(3), 60_000, '{"seq":1}', 'tk', '', '']),
+    ).toBeNull();
+    expect(await script('audit-append').run(redis, [head, stream], ['', '1:h2', keys.base(3), 60_000, '{"seq":1}', '', '', ''])).toBe(
+      '1:h1',
+    );
     expect(await redis.llen(`${keys.base(3)}task-audit:tk`)).toBe(1);
     // A batch of records of several tasks: each task's index lists its records' stream ids in chain order.
-    const records = ['tk', 'tq', '', 'tk', 'tk', 'tq'].flatMap((t, i) => [`{"seq":${i + 2}}`, t, '']);
+    const records = ['tk', 'tq', '', 'tk', 'tk', 'tq'].flatMap((t, i) => [`{"seq":${i + 2}}`, t, '', '']);
     expect(await script('audit-append').run(redis, [head, stream], ['1:h1', '7:h7', keys.base(3), 60_000, ...records])).toBeNull();
     const entries = await redis.xrange(stream, '-', '+');
     const idOf = (seq: number) => entries.find(([, f]) => f[1] === `{"seq":${seq}}`)![0];
@@ -493,11 +563,50 @@ describe('one test per script', () => {
     const present = keys.lease(Keys.newRandomId(4));
     await redis.set(present, '1');
     const absent = keys.lease(Keys.newRandomId(4));
-    const batch = (need: string) => ['{"seq":1}', 'tk', present, '{"seq":2}', '', '', '{"seq":3}', 'tk', need];
+    const batch = (need: string) => ['{"seq":1}', 'tk', present, '', '{"seq":2}', '', '', '', '{"seq":3}', 'tk', need, ''];
     expect(await script('audit-append').run(redis, [head, stream], ['', '3:h3', keys.base(4), 60_000, ...batch(absent)])).toEqual(['', 3]);
     expect(await redis.xlen(stream)).toBe(0);
     expect(await redis.get(head)).toBeNull();
     expect(await script('audit-append').run(redis, [head, stream], ['', '3:h3', keys.base(4), 60_000, ...batch(present)])).toBeNull();
+    expect(await redis.xlen(stream)).toBe(3);
+  });
+
+  test('audit-append: a record naming an outbox member is written only while it is there, and takes it out', async () => {
+    const [head, stream, outbox] = [keys.auditHead(5), keys.auditStream(5), keys.auditOutbox(5)];
+    const [m1, m2, m3] = ['{"action":"a","n":1}', '{"action":"a","n":2}', '{"action":"a","n":3}'];
+    await redis.zadd(outbox, 1000, m1, 1000, m2);
+    const append = (expected: string, next: string, recs: [string, string][]) =>
+      script('audit-append').run(
+        redis,
+        [head, stream],
+        [expected, next, keys.base(5), 60_000, ...recs.flatMap(([r, m]) => [r, 'tk', '', m])],
+      );
+    // m3 was never put there, and m1 is named twice in one batch: both refused, named, nothing written.
+    expect(
+      await append('', '4:h4', [
+        ['{"seq":1}', m1],
+        ['{"seq":2}', m3],
+        ['{"seq":3}', ''],
+        ['{"seq":4}', m1],
+      ]),
+    ).toEqual(['', 2, 4]);
+    expect(await redis.xlen(stream)).toBe(0);
+    expect(await redis.zmscore(outbox, m1, m2, m3)).toEqual(['1000', '1000', null]);
+    // Without them: written, and each named member leaves the outbox in the same step.
+    expect(
+      await append('', '2:h2', [
+        ['{"seq":1}', m1],
+        ['{"seq":2}', ''],
+      ]),
+    ).toBeNull();
+    expect(await redis.zmscore(outbox, m1, m2)).toEqual([null, '1000']);
+    // m1 again (recovery and its caller both appending it): refused, so it lands once; m2 still goes in.
+    expect(await append('2:h2', '3:h3', [['{"seq":3}', m1]])).toEqual(['2:h2', 1]);
+    expect(await append('2:h2', '3:h3', [['{"seq":3}', m2]])).toBeNull();
+    expect(await redis.zmscore(outbox, m1, m2)).toEqual([null, null]);
+    expect(await redis.xlen(stream)).toBe(3);
+    // A batch resent after a lost answer (head already the new head) is not refused for its members being gone.
+    expect(await append('2:h2', '3:h3', [['{"seq":3}', m2]])).toBeNull();
     expect(await redis.xlen(stream)).toBe(3);
   });
 

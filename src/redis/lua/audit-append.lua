@@ -3,29 +3,59 @@
 -- Records of a task are also indexed under the task, for evidence without scanning the chain.
 -- A record may name a key that must exist for it to be written: the record of a lease is sent right
 -- behind the script that creates the lease, without waiting for its answer, and is written only if the
--- lease was. One absent key refuses the whole batch (its hashes were chained through that record).
+-- lease was. A record may also name its member of the chain's audit outbox (lib/outbox.lua): it is written
+-- only while that member is there, and the member leaves in this step, so a record a script put in the
+-- outbox is written exactly once, by its caller or by recovery, whichever comes first. One absent key or
+-- member refuses the whole batch (its hashes were chained through that record); the reply names every
+-- such record, and the caller drops them and sends the rest again.
 -- KEYS[1] chain head (`<seq>:<hash>`)
 -- KEYS[2] chain stream
 -- ARGV[1] expected head ('' for an empty chain)
 -- ARGV[2] new head
--- ARGV[3] key base of the chain's bucket (for the task indexes)
+-- ARGV[3] key base of the chain (for the task indexes and the outbox `<base>audit-outbox`)
 -- ARGV[4] how long a task index is kept, in ms
--- ARGV[5..] triples: record JSON, task id ('' for none), key that must exist ('' for none; in the chain's slot)
+-- ARGV[5..] quadruples: record JSON, task id ('' for none), key that must exist ('' for none; in the chain's
+--   slot), outbox member ('' for none)
 -- Returns false when appended (or when the head already is the new head: this batch was written before);
 -- else nothing is written and it returns the real head, or
--- {real head, n} when the n-th record's key is absent.
+-- {real head, n, ...} naming the records (1-based) whose key or outbox member is absent.
 local cur = redis.call('GET', KEYS[1]) or ''
 -- Already written: the client sent it again after a dropped connection lost the answer.
 if cur == ARGV[2] then return false end
 if cur ~= ARGV[1] then return cur end
-for i = 7, #ARGV, 3 do
-  if ARGV[i] ~= '' and redis.call('EXISTS', ARGV[i]) == 0 then return { cur, (i - 4) / 3 } end
+local outbox = ARGV[3] .. 'audit-outbox'
+local absent, members, at, seen = {}, {}, {}, {}
+for i = 5, #ARGV, 4 do
+  local n = (i - 1) / 4
+  if ARGV[i + 2] ~= '' and redis.call('EXISTS', ARGV[i + 2]) == 0 then
+    absent[#absent + 1] = n
+  elseif seen[ARGV[i + 3]] then
+    -- The same member twice in one batch (its caller's append and recovery's, queued in one process): once.
+    absent[#absent + 1] = n
+  elseif ARGV[i + 3] ~= '' then
+    seen[ARGV[i + 3]] = true
+    members[#members + 1] = ARGV[i + 3]
+    at[#at + 1] = n
+  end
+end
+-- One ZMSCORE for the batch's outbox records (at most 500, within unpack's limit), not one command per record.
+if #members > 0 then
+  local scores = redis.call('ZMSCORE', outbox, unpack(members))
+  for j = 1, #members do
+    if not scores[j] then absent[#absent + 1] = at[j] end
+  end
+end
+if #absent > 0 then
+  table.sort(absent)
+  local out = { cur }
+  for _, n in ipairs(absent) do out[#out + 1] = n end
+  return out
 end
 local keep = tonumber(ARGV[4])
 -- Each task's index gets one RPUSH of its ids (in chain order) and one PEXPIRE per batch, not one of each
 -- per record: a batch usually holds many records of few tasks, and every command costs Redis time here.
 local ids, tasks = {}, {}
-for i = 5, #ARGV, 3 do
+for i = 5, #ARGV, 4 do
   local id = redis.call('XADD', KEYS[2], '*', 'r', ARGV[i])
   local t = ARGV[i + 1]
   if t ~= '' then
@@ -43,5 +73,6 @@ for _, t in ipairs(tasks) do
   redis.call('RPUSH', idx, unpack(ids[t]))
   redis.call('PEXPIRE', idx, keep)
 end
+if #members > 0 then redis.call('ZREM', outbox, unpack(members)) end
 redis.call('SET', KEYS[1], ARGV[2])
 return false

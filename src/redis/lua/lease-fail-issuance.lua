@@ -1,8 +1,9 @@
 -- lease-fail-issuance: ends a given-up issuance `failed` once the worker revoked what its handle names,
 -- unless a late activation recorded another handle meanwhile (then the worker revokes again, with it).
 -- Its status is `issuing`, or `revoke_failed` once a revoke of it failed; ending it takes it off the
--- reconciler's work list too (end_lease).
--- uses: common
+-- reconciler's work list too (end_lease). Its audit record (ARGV[6]) goes to the bucket's audit outbox in
+-- the same step (lib/outbox.lua), so a worker that dies before appending it loses nothing.
+-- uses: common, outbox
 -- KEYS[1] lease hash
 -- KEYS[2] live leases of the bucket (zset)
 -- ARGV[1] the handle JSON the worker revoked
@@ -10,12 +11,16 @@
 -- ARGV[3] key base of the bucket
 -- ARGV[4] retention in ms
 -- ARGV[5] lastError
--- Returns 'ended_now' (ended failed by this call) | 'moved' (another handle was recorded) | the status when not
--- a given-up issuance (e.g. 'failed' when the issuing process ended it first) | false
+-- ARGV[6] audit record (JSON) of the failure, '' (or absent) for none
+-- Returns {'ended_now', now} (ended failed by this call, its record put in the outbox at `now`) | 'moved'
+-- (another handle was recorded) | the status when not a given-up issuance (e.g. 'failed' when the issuing
+-- process ended it first) | false
 local f = redis.call('HMGET', KEYS[1], 'status', 'handle', 'givenUp')
 if not f[1] then return false end
 if f[1] ~= 'issuing' and not (f[1] == 'revoke_failed' and f[3]) then return f[1] end
 if (f[2] or '{}') ~= ARGV[1] then return 'moved' end
 redis.call('HSET', KEYS[1], 'lastError', ARGV[5])
-end_lease(ARGV[3], KEYS[2], ARGV[2], 'failed', '', tonumber(ARGV[4]), now_ms())
-return 'ended_now'
+local now = now_ms()
+end_lease(ARGV[3], KEYS[2], ARGV[2], 'failed', '', tonumber(ARGV[4]), now)
+if ARGV[6] and ARGV[6] ~= '' then outbox_add(ARGV[3], now, { ARGV[6] }) end
+return { 'ended_now', now }

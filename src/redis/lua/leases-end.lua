@@ -8,7 +8,9 @@
 -- - Leases still `issuing` are left alone (their activation sees the task closed and hands them to
 --   revocation), ended or missing ones skipped. A given-up issuance whose revoke failed (`revoke_failed`,
 --   `givenUp`) is handed over again as it is: no reason is recorded, it ends `failed`.
--- uses: common
+-- - The audit record of each lease it ends (lease.revoke, or lease.expire for ARGV[2] `expired`) goes to the
+--   bucket's audit outbox in this step (lib/outbox.lua), so a process that dies before appending it loses none.
+-- uses: common, outbox
 -- KEYS[1] live leases of the bucket (zset)
 -- ARGV[1] key base of the bucket
 -- ARGV[2] status: revoked | expired
@@ -16,14 +18,16 @@
 -- ARGV[4] retention in ms
 -- ARGV[5] provider kinds that need no upstream call, space separated (e.g. 'jwt')
 -- ARGV[6..] lease ids
--- Returns {now, {ended: id, task, role, provider, ...}, {handed-over lease ids}}
+-- Returns {now, {provider of each lease it ended}, {handed-over lease ids}, {the audit records it put in the outbox, at
+--   `now`, one per lease ended, in the same order}} (the records name the leases)
 local base = ARGV[1]
 local now = now_ms()
 local retention = tonumber(ARGV[4])
 local localKinds = {}
 for kind in string.gmatch(ARGV[5], '%S+') do localKinds[kind] = true end
 local revoking = leases_revoking_key(base)
-local ended, handoff = {}, {}
+local ended, handoff, records, heads = {}, {}, {}, {}
+local action = ARGV[2] == 'expired' and 'lease.expire' or 'lease.revoke'
 local acc = bulk_end_new()
 for i = 6, #ARGV do
   local id = ARGV[i]
@@ -33,10 +37,8 @@ for i = 6, #ARGV do
   if st and not ENDED[st] and st ~= 'issuing' then
     if localKinds[f[2]] then
       bulk_end_lease(acc, base, id, f[3], f[5], ARGV[2], ARGV[3], retention, now, f[6], st)
-      ended[#ended + 1] = id
-      ended[#ended + 1] = f[3]
-      ended[#ended + 1] = f[4]
       ended[#ended + 1] = f[2]
+      records[#records + 1] = lease_record(heads, action, f[3], f[4], id, ARGV[3])
     else
       -- A given-up issuance (`revoke_failed` while its revoke fails) ends `failed`, for no reason: handed over only.
       if not f[5] and not f[7] then redis.call('HSET', k, 'reason', ARGV[3]) end
@@ -47,4 +49,5 @@ for i = 6, #ARGV do
   end
 end
 bulk_end_finish(acc, base, KEYS[1])
-return { now, ended, handoff }
+outbox_add(base, now, records)
+return { now, ended, handoff, records }

@@ -1,6 +1,8 @@
 -- task-end: ends an open task and its whole open subtree in one step (so no sub-task can take a lease
 -- after its parent ended). An expiry only happens once the deadline has passed on Redis's clock.
--- uses: common
+-- The audit records of the ending (ARGV[8..10]) go to the bucket's audit outbox in this step
+-- (lib/outbox.lua), so a process that dies before appending them loses none.
+-- uses: common, outbox
 -- KEYS[1] task hash
 -- KEYS[2] open tasks of the bucket (zset)
 -- ARGV[1] key base of the bucket
@@ -11,7 +13,11 @@
 -- ARGV[6] task id
 -- ARGV[7] (optional) adminScope recorded on every task it ends: 'task' when an admin ended them without
 --         suspecting their agent (quarantining the orchestrator that opened them)
--- Returns {'ended', endedAt, live, id, id, ...} | {'missing'} | {'already', status} | {'early'}
+-- ARGV[8] (optional) audit record of the task's ending (a JSON object), '' for none
+-- ARGV[9] (optional) audit record of each sub-task it ends, without its `taskId` (added here), '' for none
+-- ARGV[10] (optional) '1': the task's record gets `detail: {tasks, leases}` (tasks ended, their live leases)
+-- Returns {'ended', endedAt, live, {audit records put in the outbox at endedAt}, id, id, ...} | {'missing'} |
+--   {'already', status} | {'early'}
 --   live: leases of the ended tasks that had not ended yet (what this call hands to revocation)
 local st = redis.call('HGET', KEYS[1], 'status')
 if not st then return { 'missing' } end
@@ -24,6 +30,15 @@ for _, id in ipairs(ended) do
   live = live + tonumber(redis.call('HGET', ARGV[1] .. 'task:' .. id, 'live') or '0')
   if ARGV[7] and ARGV[7] ~= '' then redis.call('HSET', ARGV[1] .. 'task:' .. id, 'adminScope', ARGV[7]) end
 end
-local out = { 'ended', now, live }
+local records = {}
+if ARGV[8] and ARGV[8] ~= '' then
+  local counts = ARGV[10] == '1' and { raw = audit_json({ 'tasks', #ended, 'leases', live }) } or false
+  records[1] = audit_extend(ARGV[8], { 'detail', counts })
+end
+if ARGV[9] and ARGV[9] ~= '' then
+  for i = 2, #ended do records[#records + 1] = audit_extend(ARGV[9], { 'taskId', ended[i] }) end
+end
+outbox_add(ARGV[1], now, records)
+local out = { 'ended', now, live, records }
 for _, id in ipairs(ended) do out[#out + 1] = id end
 return out
