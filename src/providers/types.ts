@@ -273,6 +273,8 @@ export interface ProviderDescriptor<R extends { provider: string } = { provider:
   allowedScopes(role: R): readonly string[] | undefined;
   /** True when a credential without any scope would be unusable or too wide: such a request answers 400 scopes_empty. */
   needsScope(role: R): boolean;
+  /** Throws (400) for scopes no credential of this kind may ever carry, so a grant naming one is refused when the task opens. */
+  checkScopes?(scopes: readonly string[]): void;
   /** Builds the provider (heavy modules are imported here, so an unconfigured upstream costs nothing). */
   create(settings: unknown, ctx: ProviderContext, extra: ProviderExtras): Promise<Provider>;
 }

@@ -298,6 +298,7 @@ export class TaskService {
     const d = descriptorOf(role.provider)!;
     const scopes = g.scopes ?? inherit?.scopes ?? d.defaultScopes(role as never);
     if (scopes === undefined) throw badRequest('scopes_empty', `A grant of ${role.provider} role "${g.role}" must list its scopes.`);
+    d.checkScopes?.(scopes);
     const allowed = d.allowedScopes(role as never);
     const outside = allowed ? scopes.filter((s) => !allowed.includes(s)) : [];
     if (outside.length > 0) throw badRequest('scope_not_allowed', `Role "${g.role}" does not allow scopes ${outside.join(', ')}.`);

@@ -1,5 +1,6 @@
 import type { ProviderDescriptor } from '../types.ts';
 import { type AwsRoleConfig, awsRoleSchema, awsSettingsSchema } from './config.ts';
+import { refuseChaining } from './session-policy.ts';
 
 /** AWS STS: a scope is an IAM action allowed by the session policy; a grant must list them. */
 export const awsDescriptor: ProviderDescriptor<AwsRoleConfig> = {
@@ -11,6 +12,7 @@ export const awsDescriptor: ProviderDescriptor<AwsRoleConfig> = {
   allowedScopes: () => undefined,
   // A session policy with no action allows nothing, and no session policy would allow the whole role.
   needsScope: () => true,
+  checkScopes: refuseChaining,
   async create(settings, ctx) {
     // The AWS SDK is loaded only when an aws provider is configured.
     const { createAwsProvider } = await import('./provider.ts');

@@ -21,6 +21,16 @@ function chains(scope: string): boolean {
   return CHAINING.some((a) => glob.test(a));
 }
 
+/** 400 invalid_scope for scopes that would let a session chain (checked when a task opens and at issuance). */
+export function refuseChaining(scopes: readonly string[]): void {
+  const chaining = scopes.filter(chains);
+  if (chaining.length > 0)
+    throw badRequest(
+      'invalid_scope',
+      `Scopes may not let the session assume a role (${chaining.join(', ')}): a chained session would outlive the task and escape its revocation.`,
+    );
+}
+
 /** IAM's date form, to the second, rounded up. */
 const iamDate = (ms: number) => new Date(Math.ceil(ms / 1000) * 1000).toISOString().replace('.000Z', 'Z');
 
@@ -42,12 +52,7 @@ export function sessionPolicy(scopes: readonly string[], resources: readonly str
     throw badRequest('scopes_empty', 'An aws credential needs at least one scope (an IAM action such as s3:GetObject).');
   const bad = scopes.filter((s) => !IAM_ACTION.test(s));
   if (bad.length > 0) throw badRequest('invalid_scope', `Scopes for aws roles are IAM actions like s3:GetObject; not: ${bad.join(', ')}.`);
-  const chaining = scopes.filter(chains);
-  if (chaining.length > 0)
-    throw badRequest(
-      'invalid_scope',
-      `Scopes may not let the session assume a role (${chaining.join(', ')}): a chained session would outlive the task and escape its revocation.`,
-    );
+  refuseChaining(scopes);
   const allow = { Effect: 'Allow', Action: [...new Set(scopes)].sort(), Resource: [...new Set(resources)] };
   const bounded = JSON.stringify({
     Version: '2012-10-17',

@@ -1,5 +1,6 @@
 import { startAwsEmulator, type AwsEmulator } from '../../emulators/aws/index.ts';
 import { AGENT, ORCH, call, startTestBroker, type TestBroker } from '../../helpers/broker.ts';
+import { sessionPolicy } from '../../../src/providers/aws/session-policy.ts';
 import { brokerAwsSettings } from './helpers.ts';
 
 /**
@@ -34,7 +35,8 @@ test.each([
   ['sts:A*'],
   ['sts:AssumeRoleWith?AML'],
   ['sts:GetFederationToken'],
-])('a credential whose scopes include %s is refused: 400 invalid_scope', async (scope) => {
+])('a grant whose scopes include %s is refused when the task opens: 400 invalid_scope', async (scope) => {
+  // A newcomer found such a grant accepted and every issuance of it refused: it now fails where it is written.
   const taskId = `t-chain-${scope.replace(/[^a-z]/gi, '')}`;
   const open = await call(t.url, 'POST', '/v1/tasks', t.as(ORCH), {
     taskId,
@@ -44,9 +46,7 @@ test.each([
     ttlSeconds: 600,
     grants: [{ role: 'reports-bucket', scopes: ['s3:GetObject', scope] }],
   });
-  expect(open.status).toBe(201);
-  const cred = await call(t.url, 'POST', '/v1/credentials', t.as(AGENT), { taskId, role: 'reports-bucket' });
-  expect({ status: cred.status, code: cred.body.code }).toEqual({ status: 400, code: 'invalid_scope' });
+  expect({ status: open.status, code: open.body.code }).toEqual({ status: 400, code: 'invalid_scope' });
 });
 
 test('other STS actions are scopes like any other', async () => {
@@ -60,4 +60,9 @@ test('other STS actions are scopes like any other', async () => {
   });
   expect(open.status).toBe(201);
   expect((await call(t.url, 'POST', '/v1/credentials', t.as(AGENT), { taskId: 't-chain-ok', role: 'reports-bucket' })).status).toBe(201);
+});
+
+test('the session policy refuses them too, whatever reached it (a grant stored before this check)', () => {
+  expect(() => sessionPolicy(['s3:GetObject', 'sts:assume*'], ['*'], Date.now() + 60_000)).toThrow(/may not let the session assume a role/);
+  expect(() => sessionPolicy(['s3:GetObject', 'sts:GetCallerIdentity'], ['*'], Date.now() + 60_000)).not.toThrow();
 });
