@@ -4,7 +4,7 @@ import { BrokerError, type CodeWithStatus, forbidden, unavailable } from './erro
 import type { WorkloadIdentity } from './identity/types.ts';
 import { authorizeNarrowing } from './policy/narrowing.ts';
 import type { PolicyAction, PolicyRequest, PolicyTaskContext } from './policy/types.ts';
-import type { TaskFixed } from './tasks/types.ts';
+import { rootTaskId, type TaskFixed } from './tasks/types.ts';
 
 /** The task as Cedar sees it (`context.task`). */
 export function taskContext(t: TaskFixed): PolicyTaskContext {
@@ -22,8 +22,7 @@ export function taskContext(t: TaskFixed): PolicyTaskContext {
     labels: t.labels,
     roles: t.grants.map((g) => g.role),
     depth: t.depth,
-    // Sub-task ids are `<parent>~<name>`, and a caller's own names hold no `~`.
-    rootId: t.taskId.split('~', 1)[0]!,
+    rootId: rootTaskId(t.taskId),
     ...(t.parentTaskId ? { parentId: t.parentTaskId } : {}),
     ...(orchestratorLabels ? { orchestratorLabels } : {}),
   };

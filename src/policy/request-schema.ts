@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import { rootTaskId } from '../tasks/types.ts';
 import type { PolicyRequest } from './types.ts';
 
 const strings = z.array(z.string());
@@ -45,7 +46,7 @@ export const policyRequestSchema = z.strictObject({
           // As the broker derives it when a request file leaves it out: the first name of the id.
           rootId: z.string().optional(),
         })
-        .transform((t) => ({ ...t, rootId: t.rootId ?? (t.id.split('~', 1)[0] as string) }))
+        .transform((t) => ({ ...t, rootId: t.rootId ?? rootTaskId(t.id) }))
         .optional(),
       ttlSeconds: z.int().optional(),
       scopes: strings.optional(),

@@ -1,5 +1,6 @@
 import { createHash, randomFillSync } from 'node:crypto';
 import calculateSlot from 'cluster-key-slot';
+import { rootTaskId } from '../tasks/types.ts';
 
 /** Redis Cluster's slot count. */
 export const SLOTS = 16_384;
@@ -63,8 +64,7 @@ export class Keys {
 
   /** The bucket a task (and its whole tree) lives in. */
   bucketOfTask(taskId: string): number {
-    const tilde = taskId.indexOf('~');
-    const root = tilde === -1 ? taskId : taskId.slice(0, tilde);
+    const root = rootTaskId(taskId);
     // Slot of the root id (a CRC16), mixed, spread over the buckets: stable across processes and restarts. CRC16 is
     // linear, so ids differing in one character (`...-1`, `...-2`) had neighbouring slots, hence neighbouring buckets
     // on one master; the murmur3 finalizer spreads them over all buckets.

@@ -10,7 +10,7 @@ import type { LeaseRecord } from '../leases/types.ts';
 import { descriptorOf } from '../providers/index.ts';
 import { attenuate } from './delegation.ts';
 import { StaleTask, type TaskStore } from './task-store.ts';
-import type { Grant, TaskEndReason, TaskFixed, TaskRecord } from './types.ts';
+import { type Grant, rootTaskId, type TaskEndReason, type TaskFixed, type TaskRecord } from './types.ts';
 
 /** Longest task id the broker makes (a root id plus `~<name>` per delegation level). */
 const MAX_TASK_ID = 512;
@@ -106,7 +106,7 @@ export class TaskService {
     await this.refuseQuarantinedAgent(who, task, body.taskId !== undefined, beforeDenial);
     const res = await this.deps.tasks.open(task, {
       maxSubtasks: config.tasks.maxSubtasks,
-      rootTaskId: task.taskId.split('~')[0]!,
+      rootTaskId: rootTaskId(task.taskId),
       ...(parentCreatedAt === undefined ? {} : { parentCreatedAt }),
     });
     const d = (code: 'delegation_outlives_parent' | 'limit_exceeded', msg: string) =>

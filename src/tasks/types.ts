@@ -8,6 +8,12 @@ export interface Grant {
 
 export type TaskStatus = 'open' | 'completed' | 'expired';
 
+/** The root task of a task's delegation chain: sub-task ids are `<parent>~<name>`, and no name holds a `~`. */
+export function rootTaskId(taskId: string): string {
+  const tilde = taskId.indexOf('~');
+  return tilde === -1 ? taskId : taskId.slice(0, tilde);
+}
+
 /** Why a task ended; its leases are revoked with the same reason. */
 export type TaskEndReason = 'task_completed' | 'task_expired' | 'revoked_by_admin';
 

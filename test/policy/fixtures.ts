@@ -2,6 +2,7 @@ import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { PolicyRequest, PolicyTaskContext } from '../../src/policy/types.ts';
+import { rootTaskId } from '../../src/tasks/types.ts';
 
 /** A temp policy directory with the given files; `cleanup` removes it. */
 export async function policyDir(
@@ -23,7 +24,7 @@ export const ADMIN = 'spiffe://dev.local/ops/alice';
 
 export function task(over: Partial<PolicyTaskContext> = {}): PolicyTaskContext {
   const t = { id: 't-1', tenant: 'acme', purpose: 'test', agent: AGENT, labels: {}, roles: ['tickets-api'], depth: 0, ...over };
-  return { ...t, rootId: over.rootId ?? t.id.split('~', 1)[0]! };
+  return { ...t, rootId: over.rootId ?? rootTaskId(t.id) };
 }
 
 /** An `issue` request for `role` by `agent` in its own task; `over` replaces parts of it. */
