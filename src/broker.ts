@@ -23,6 +23,7 @@ import { IdentityVerifier } from './identity/verifier.ts';
 import { LeaseService } from './leases/lease-service.ts';
 import { LeaseStore } from './leases/lease-store.ts';
 import { AuditReader } from './lists/audit-query.ts';
+import { TaskLeaseReader } from './lists/task-leases.ts';
 import { CursorCodec } from './lists/cursor.ts';
 import { ListService } from './lists/list-service.ts';
 import { createLogger, type Logger } from './logger.ts';
@@ -274,6 +275,7 @@ export async function startBroker(config: LoadedConfig, opts: BrokerOptions = {}
     const taskService = new TaskService(deps);
     const approvalService = new ApprovalService(deps);
     const cursors = new CursorCodec(kek.derive('jit-broker list cursor v1'), () => clock.now());
+    const taskLeases = new TaskLeaseReader(deps, cursors);
     const services: Services = {
       tasks: taskService,
       credentials: new CredentialService(deps),
@@ -282,7 +284,8 @@ export async function startBroker(config: LoadedConfig, opts: BrokerOptions = {}
       rotation,
       admin: new AdminService(deps, taskService, rotation, auditExport),
       lists: new ListService(deps, cursors, taskService, approvalService),
-      audit: new AuditReader(deps, cursors, taskService),
+      audit: new AuditReader(deps, cursors, taskService, taskLeases),
+      taskLeases,
     };
     await rotation.applyDistributedSecrets();
 

@@ -96,6 +96,8 @@ export interface Task {
   depth?: number;
   endedAt?: string;
   leases?: Lease[];
+  /** More leases than `leases` holds: the cursor for GET /v1/tasks/{id}/leases. */
+  leasesNextCursor?: string | null;
 }
 
 export interface Page<T> {

@@ -327,14 +327,14 @@ export async function memoryBreakdown(ctx: Ctx, ids: string[], taskIds: string[]
   const n = ids.length;
   const parts = {
     leaseHash: leaseHash,
-    taskLeaseSet: (await sum((k) => k.includes('}:task-leases:'))) / n,
+    taskLeaseSet: (await sum((k) => k.includes('}:task-lease-ids:'))) / n,
     liveIndex: (await sum((k) => k.endsWith('}:leases-live'))) / n,
     auditStream: (await sum((k) => k.endsWith('}:audit'))) / n,
     taskAuditList: (await sum((k) => k.includes('}:task-audit:'))) / n,
   };
   const perLease = Object.values(parts).reduce((a, b) => a + b, 0);
   const taskKeys = await sum(
-    (k) => /\}:(task|tasks-[a-z-]+(:.*)?)(:|$)/.test(k) && !k.includes('task-leases') && !k.includes('task-audit'),
+    (k) => /\}:(task|tasks-[a-z-]+(:.*)?)(:|$)/.test(k) && !k.includes('task-lease-ids') && !k.includes('task-audit'),
   );
   return {
     leases: n,

@@ -8,7 +8,7 @@ import { credGet } from './commands/cred.ts';
 import { devToken } from './commands/dev.ts';
 import { exec } from './commands/exec.ts';
 import { leaseRevoke, leaseShow } from './commands/lease.ts';
-import { taskComplete, taskEvidence, taskList, taskOpen, taskShow } from './commands/task.ts';
+import { taskComplete, taskEvidence, taskLeases, taskList, taskOpen, taskShow } from './commands/task.ts';
 import type { Io } from './output.ts';
 import { packageVersion } from './package.ts';
 import { terminalLines, terminalSafe } from './terminal.ts';
@@ -23,6 +23,7 @@ export const COMMANDS: Command[] = [
   taskComplete,
   taskList,
   taskEvidence,
+  taskLeases,
   credGet,
   exec,
   leaseShow,

@@ -23,6 +23,7 @@ import type {
   RevokeSelector,
   Task,
   TaskDetail,
+  TaskLeasesParams,
   TaskFilter,
   TokenExchangeResult,
 } from './types.ts';
@@ -131,9 +132,14 @@ export class BrokerClient {
     return (await this.http.call<Task>('POST', '/v1/tasks', { json: req })).body;
   }
 
-  /** `GET /v1/tasks/{id}`: the task and its leases. */
+  /** `GET /v1/tasks/{id}`: the task and its first 100 leases (`taskLeases` pages them all). */
   async getTask(taskId: string): Promise<TaskDetail> {
     return (await this.http.call<TaskDetail>('GET', `/v1/tasks/${enc(taskId)}`)).body;
+  }
+
+  /** `GET /v1/tasks/{id}/leases`: one page of a task's leases (with `tree`, its sub-tasks' too), in issue order. */
+  async taskLeases(taskId: string, params: TaskLeasesParams = {}): Promise<Page<Lease>> {
+    return (await this.http.call<Page<Lease>>('GET', `/v1/tasks/${enc(taskId)}/leases`, { query: { ...params } })).body;
   }
 
   /** `POST /v1/tasks/{id}/complete`: every lease is revoked. Idempotent. */

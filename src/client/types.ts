@@ -65,7 +65,15 @@ export interface Lease {
 
 /** `GET /v1/tasks/{id}`: the task with its leases. */
 export interface TaskDetail extends Task {
+  /** The task's first 100 leases, in issue order. */
   leases: Lease[];
+  /** Null when `leases` is all; otherwise the cursor for `taskLeases` (the rest). */
+  leasesNextCursor?: string | null;
+}
+
+/** `GET /v1/tasks/{id}/leases`: `tree` adds every sub-task's leases (the task's first, then breadth first). */
+export interface TaskLeasesParams extends PageParams {
+  tree?: boolean;
 }
 
 /** `POST /v1/tasks/{id}/complete`. */
@@ -203,8 +211,9 @@ export interface Evidence {
   task: Task;
   /** The task and its sub-tasks. */
   tree: Task[];
-  /** Every lease of the tree. */
+  /** The tree's first 100 leases (the rest through `taskLeases(id, { tree: true, cursor: leasesNextCursor })`). */
   leases: Lease[];
+  leasesNextCursor?: string | null;
   /** The tree's audit records in chain order, paginated (`?limit=&cursor=`). */
   audit: Page<AuditRecord>;
   /** Whether those records' hash chain checks out. */

@@ -4,6 +4,7 @@ import type { CredentialService } from '../credentials/credential-service.ts';
 import type { LeaseService } from '../leases/lease-service.ts';
 import type { AuditReader } from '../lists/audit-query.ts';
 import type { ListService } from '../lists/list-service.ts';
+import type { TaskLeaseReader } from '../lists/task-leases.ts';
 import type { RotationService } from '../ops/rotation.ts';
 import type { TaskService } from '../tasks/task-service.ts';
 
@@ -17,4 +18,5 @@ export interface Services {
   admin: AdminService;
   lists: ListService;
   audit: AuditReader;
+  taskLeases: TaskLeaseReader;
 }

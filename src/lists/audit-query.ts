@@ -7,7 +7,11 @@ import type { AuditChain } from '../redis/keys.ts';
 import type { TaskService } from '../tasks/task-service.ts';
 import type { TaskRecord } from '../tasks/types.ts';
 import type { CursorCodec } from './cursor.ts';
+import { EMBEDDED_LEASES, type TaskLeaseReader } from './task-leases.ts';
 import type { Page } from './list-service.ts';
+import { script } from '../redis/scripts.ts';
+
+const auditPageScript = script('task-audit-page');
 
 /** A record as the audit API returns it: section 7's fields plus `seq`, `hash`, its chain and its place in the chain's stream. */
 export type AuditItem = AuditRecord & { chain: AuditChain; streamId: string };
@@ -50,10 +54,13 @@ export class AuditReader {
   private readonly cursors: CursorCodec;
   private readonly tasks: TaskService;
 
-  constructor(deps: Deps, cursors: CursorCodec, tasks: TaskService) {
+  private readonly leaseReader: TaskLeaseReader;
+
+  constructor(deps: Deps, cursors: CursorCodec, tasks: TaskService, leaseReader: TaskLeaseReader) {
     this.deps = deps;
     this.cursors = cursors;
     this.tasks = tasks;
+    this.leaseReader = leaseReader;
   }
 
   async query(who: WorkloadIdentity, q: AuditQuery): Promise<Page<AuditItem>> {
@@ -72,7 +79,14 @@ export class AuditReader {
     if (q.taskId) {
       if (!admin) await this.tasks.readable(who, q.taskId);
       const after = q.cursor ? this.cursors.decode<string>(q.cursor, bind) : undefined;
-      return this.fromIds(this.deps.keys.bucketOfTask(q.taskId), await this.taskIds([q.taskId]), after, q.limit, bind, keep);
+      return this.fromIds(
+        this.deps.keys.bucketOfTask(q.taskId),
+        await this.taskIds([q.taskId], after, q.limit),
+        after,
+        q.limit,
+        bind,
+        keep,
+      );
     }
     const after = q.cursor ? this.cursors.decode<Record<string, string>>(q.cursor, bind) : {};
     return this.allChains(after, q, bind, keep);
@@ -80,7 +94,8 @@ export class AuditReader {
 
   /**
    * Evidence that an agent stayed within its task: the task, its sub-task
-   * tree (with each delegation chain), every lease of the tree, the tree's
+   * tree (with each delegation chain), the tree's first leases (the rest paged
+   * through `GET /v1/tasks/{id}/leases?tree=true`), the tree's
    * audit records in chain order (paged), and whether those records are
    * intact in their chain.
    */
@@ -88,30 +103,50 @@ export class AuditReader {
     who: WorkloadIdentity,
     taskId: string,
     page: { limit: number; cursor?: string | undefined },
-  ): Promise<{ task: TaskRecord; tree: TaskRecord[]; leases: LeaseRecord[]; audit: Page<AuditItem>; chain: 'intact' | 'broken' }> {
+  ): Promise<{ task: TaskRecord; tree: TaskRecord[]; leases: Page<LeaseRecord>; audit: Page<AuditItem>; chain: 'intact' | 'broken' }> {
     const task = await this.tasks.readable(who, taskId);
     const treeIds = await this.deps.tasks.subtree(taskId);
     const tree = await this.deps.tasks.getMany(treeIds);
-    const leases = (await this.deps.leases.getMany((await Promise.all(treeIds.map((id) => this.deps.tasks.leaseIds(id)))).flat())).sort(
-      (a, b) => a.issuedAt - b.issuedAt || a.leaseId.localeCompare(b.leaseId),
+    const leases = await this.leaseReader.page(
+      who.id,
+      tree.map((t) => t.taskId),
+      true,
+      EMBEDDED_LEASES,
     );
     const bind = { caller: who.id, filters: { list: 'evidence', taskId } };
     const after = page.cursor ? this.cursors.decode<string>(page.cursor, bind) : undefined;
     const chain = this.deps.keys.bucketOfTask(taskId);
-    const audit = await this.fromIds(chain, await this.taskIds(treeIds), after, page.limit, bind, () => true);
+    const audit = await this.fromIds(chain, await this.taskIds(treeIds, after, page.limit), after, page.limit, bind, () => true);
     const intact = await this.intact(chain, audit.items);
     return { task, tree, leases, audit, chain: intact ? 'intact' : 'broken' };
   }
 
-  /** Stream ids of the records of these tasks, in chain order. */
-  private async taskIds(taskIds: readonly string[]): Promise<string[]> {
-    const lists = await Promise.all(taskIds.map((id) => this.deps.redis.lrange(this.deps.keys.taskAudit(id), 0, -1)));
-    return [...new Set(lists.flat())].sort(cmpId);
+  /**
+   * Stream ids of the records of these tasks after `after`, in chain order: from each task's index at most
+   * `perTask` (about 2,000 over the tree, at least `limit` each). `complete`: no index had more, so the ids
+   * are all there is; otherwise they are cut at the earliest last id of an index that had more, so that no
+   * id before the cut is missing.
+   */
+  private async taskIds(
+    taskIds: readonly string[],
+    after: string | undefined,
+    limit: number,
+  ): Promise<{ ids: string[]; complete: boolean }> {
+    const perTask = Math.max(limit, Math.ceil(2000 / taskIds.length));
+    const keys = taskIds.map((id) => this.deps.keys.taskAudit(id));
+    const lists = (await auditPageScript.run(this.deps.redis, keys, [after ?? '', perTask])) as string[][];
+    let cut: string | undefined;
+    for (const l of lists) {
+      const last = l.at(-1);
+      if (l.length >= perTask && last && (cut === undefined || cmpId(last, cut) < 0)) cut = last;
+    }
+    const ids = [...new Set(lists.flat())].sort(cmpId);
+    return { ids: cut === undefined ? ids : ids.filter((id) => cmpId(id, cut) <= 0), complete: cut === undefined };
   }
 
   private async fromIds(
     chain: AuditChain,
-    ids: string[],
+    { ids, complete }: { ids: string[]; complete: boolean },
     after: string | undefined,
     limit: number,
     bind: { caller: string; filters: Record<string, unknown> },
@@ -134,7 +169,7 @@ export class AuditReader {
         if (keep(r, slice[j]!)) items.push({ ...r, chain, streamId: slice[j]! });
       }
     }
-    return { items, nextCursor: i < rest.length && last ? this.cursors.encode(last, bind) : null };
+    return { items, nextCursor: (i < rest.length || !complete) && last ? this.cursors.encode(last, bind) : null };
   }
 
   private async allChains(

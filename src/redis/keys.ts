@@ -115,8 +115,12 @@ export class Keys {
   task(taskId: string): string {
     return this.inTask('task', taskId);
   }
-  /** Set of every lease id of a task. */
+  /** Sorted set of every lease id of a task, scored by issuedAt (paged reads in issue order). */
   taskLeases(taskId: string): string {
+    return this.inTask('task-lease-ids', taskId);
+  }
+  /** The plain set of lease ids older releases kept per task; task-lease-page.lua moves it into `taskLeases`. */
+  taskLeasesLegacy(taskId: string): string {
     return this.inTask('task-leases', taskId);
   }
   /** Set of the sub-task ids of a task. */

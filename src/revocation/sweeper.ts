@@ -239,7 +239,10 @@ export class Sweeper {
         string[],
       ];
       gone.push(...lost);
-      for (const taskId of stuck) for await (const ids of scanIds(redis, keys.taskLeases(taskId), 'set')) yield { ids };
+      for (const taskId of stuck) {
+        const ids = await this.deps.tasks.leaseIds(taskId);
+        for (let i = 0; i < ids.length; i += 500) yield { ids: ids.slice(i, i + 500) };
+      }
     }
     if (gone.length === 0) return;
     // A task whose records left Redis (retention) while it still counted live leases: only the leases' own

@@ -147,12 +147,9 @@ export class TaskService {
     }
   }
 
-  /** Reads a task with its leases; for the orchestrator that opened it, its agent, or an admin. */
-  async get(who: WorkloadIdentity, taskId: string): Promise<{ task: TaskRecord; leases: LeaseRecord[] }> {
-    const task = await this.readable(who, taskId);
-    const leases = await this.deps.leases.getMany(await this.deps.tasks.leaseIds(taskId));
-    leases.sort((a, b) => a.issuedAt - b.issuedAt || a.leaseId.localeCompare(b.leaseId));
-    return { task, leases };
+  /** A task and every task below it, breadth first (a sub-task whose record left Redis is left out). */
+  async tree(taskId: string): Promise<TaskRecord[]> {
+    return this.deps.tasks.getMany(await this.deps.tasks.subtree(taskId));
   }
 
   /** The task if `who` may read it (its orchestrator, its agent, an admin); denials are audited. */

@@ -14,6 +14,13 @@ export class StaleTask extends Error {}
 
 const openScript = script('task-open');
 const endScript = script('task-end');
+const leasePageScript = script('task-lease-page');
+
+/** A lease's place in its task's lease index: its id and issue time (ms). */
+export interface LeasePosition {
+  id: string;
+  at: number;
+}
 
 /** Rebuilds a TaskRecord from its hash fields (undefined when the hash is empty). */
 export function taskFromHash(h: Record<string, string>): TaskRecord | undefined {
@@ -241,8 +248,24 @@ export class TaskStore {
     }
   }
 
+  /** Every lease id of a task, in issue order (ending a task, the reconciler). */
   async leaseIds(taskId: string): Promise<string[]> {
-    return this.redis.smembers(this.keys.taskLeases(taskId));
+    return (await this.leasePage(taskId, undefined, 0)).map((p) => p.id);
+  }
+
+  /**
+   * Up to `limit` lease ids of a task in issue order (0: all), after `after` (the previous page's
+   * last): a read costs what its page holds, not what the task ever issued (tasks.maxLeasesTotal).
+   */
+  async leasePage(taskId: string, after: LeasePosition | undefined, limit: number): Promise<LeasePosition[]> {
+    const flat = (await leasePageScript.run(
+      this.redis,
+      [this.keys.taskLeases(taskId), this.keys.taskLeasesLegacy(taskId)],
+      [after?.id ?? '', after?.at ?? 0, limit],
+    )) as string[];
+    const out: LeasePosition[] = [];
+    for (let i = 0; i + 1 < flat.length; i += 2) out.push({ id: flat[i]!, at: Number(flat[i + 1]) });
+    return out;
   }
 
   async children(taskId: string): Promise<string[]> {

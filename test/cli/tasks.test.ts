@@ -281,3 +281,27 @@ describe('jit task evidence (GET /v1/tasks/{id}/evidence)', () => {
     expect(json).toMatchObject({ task: { taskId }, chain: 'intact' });
   });
 });
+
+describe('jit task leases (GET /v1/tasks/{id}/leases)', () => {
+  it('task show says where the leases past the first 100 are; task leases --all pages them all', async () => {
+    const taskId = id();
+    await open(taskId, '--grant', 'tickets-api:tickets:read');
+    for (let i = 0; i < 105; i += 35) {
+      // Within the default rate limit (50/s, burst 100).
+      if (i > 0) await new Promise((r) => setTimeout(r, 1000));
+      const batch = Array.from({ length: 35 }, () => call(t.url, 'POST', '/v1/credentials', t.as(AGENT), { taskId, role: 'tickets-api' }));
+      for (const r of await Promise.all(batch)) expect(r.status).toBe(201);
+    }
+    const show = await jit(['task', 'show', taskId], as(ORCH));
+    expect(show.code).toBe(0);
+    expect(show.stderr).toContain(`more leases: jit task leases ${taskId} --cursor `);
+    const all = await jit(['task', 'leases', taskId, '--all', '--limit', '40', '--json'], as(ORCH));
+    expect(all.code).toBe(0);
+    const page = JSON.parse(all.stdout);
+    expect(page.nextCursor).toBeNull();
+    expect(new Set(page.items.map((l: { leaseId: string }) => l.leaseId)).size).toBe(105);
+    const tree = await jit(['task', 'leases', taskId, '--tree', '--limit', '2'], as(AGENT));
+    expect(tree.code).toBe(0);
+    expect(tree.stdout).toContain(taskId);
+  });
+});

@@ -102,6 +102,38 @@ test('a task page survives a reload, and reads on a phone', async () => {
   w.assertClean();
 });
 
+test('a task with more than 100 leases shows the first 100, and the rest on request', async () => {
+  // An agent of its own: its 103 requests spend its rate limit, not the other tests' agent's.
+  const many = `t-e2e-many-${++n}`;
+  const opened = await call(s.url, 'POST', '/v1/tasks', s.t.as(ORCH), {
+    taskId: many,
+    agent: 'spiffe://dev.local/agent/many',
+    tenant: 'acme',
+    purpose: 'many leases',
+    ttlSeconds: 900,
+    grants: [{ role: 'demo-api' }],
+  });
+  expect(opened.status).toBe(201);
+  for (let i = 0; i < 103; i += 52) {
+    // Within the default rate limit (50/s, burst 100).
+    if (i > 0) await new Promise((r) => setTimeout(r, 1100));
+    const batch = await Promise.all(
+      Array.from({ length: Math.min(52, 103 - i) }, () =>
+        call(s.url, 'POST', '/v1/credentials', s.t.as('/agent/many'), { taskId: many, role: 'demo-api' }),
+      ),
+    );
+    for (const r of batch) expect(r.status).toBe(201);
+  }
+  await page.goto(`${s.url}/console/tasks/${many}`);
+  const rows = page.locator('section[aria-labelledby="leases-title"] tbody tr');
+  await page.getByRole('button', { name: 'Load more leases' }).waitFor();
+  expect(await rows.count()).toBe(100);
+  await page.getByRole('button', { name: 'Load more leases' }).click();
+  await page.waitForFunction('document.querySelectorAll(\'section[aria-labelledby="leases-title"] tbody tr\').length === 103');
+  expect(await page.getByRole('button', { name: 'Load more leases' }).count()).toBe(0);
+  w.assertClean();
+});
+
 test('an approver approves a pending request from its page, by keyboard; the agent then gets its credential', async () => {
   const t = await openTask('prod-deploy');
   const pending = await ask(t, 'prod-deploy');

@@ -223,6 +223,9 @@ describe('tasks, credentials, leases, approvals, audit', () => {
     expect(evidence.body.chain).toBe('intact');
     expect(evidence.body.tree).toHaveLength(2);
     expect((await req('GET', '/v1/tasks/nope/evidence', t(ORCH))).status).toBe(404);
+    const leases = await req('GET', '/v1/tasks/t-cover/leases?tree=true&limit=1', t(ORCH));
+    expect(leases.status).toBe(200);
+    expect((await req('GET', '/v1/tasks/t-cover/leases?tree=maybe', t(ORCH))).status).toBe(400);
   });
 
   test('complete: 202 (twice), and the refusals', async () => {

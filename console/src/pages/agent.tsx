@@ -30,7 +30,10 @@ export function AgentPage() {
   const openIds = (tasks.data?.items ?? []).filter((t) => t.status === 'open').map((t) => t.taskId);
   const leases = usePoll(
     async () => {
-      const all = await Promise.all(openIds.map((id) => api<Task>('GET', `/v1/tasks/${seg(id)}`).then((t) => t.leases ?? [])));
+      // One page of each open task's leases, of the most one call may ask for.
+      const all = await Promise.all(
+        openIds.map((id) => api<Page<Lease>>('GET', `/v1/tasks/${seg(id)}/leases?limit=500`).then((p) => p.items)),
+      );
       return all.flat().filter((l: Lease) => LIVE.has(l.status));
     },
     3000,

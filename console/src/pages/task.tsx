@@ -1,6 +1,7 @@
 import { useRoute } from 'preact-iso';
 import { useState } from 'preact/hooks';
-import { type ApiError, type AuditRecord, api, type Evidence, type Lease, seg, type Task, type TreeNode } from '../api.ts';
+import type { ComponentChildren } from 'preact';
+import { type ApiError, type AuditRecord, api, type Evidence, type Lease, type Page, seg, type Task, type TreeNode } from '../api.ts';
 import { LoadError, PageError } from '../components/problem.tsx';
 import { Status } from '../components/status.tsx';
 import { formatTime, timeLeft } from '../format.ts';
@@ -29,7 +30,7 @@ export function TaskPage() {
       ) : (
         <>
           <TaskSummary task={task} now={now} />
-          <Leases leases={task.leases ?? []} now={now} />
+          <TaskLeases task={task} now={now} />
           <EvidenceSections taskId={taskId} />
         </>
       )}
@@ -105,7 +106,34 @@ function TaskSummary(props: { task: Task; now: number }) {
 
 const ENDED = new Set(['revoked', 'expired', 'failed']);
 
-export function Leases(props: { leases: Lease[]; now: number; title?: string; showTask?: boolean }) {
+/** The task's first leases (GET /v1/tasks/{id} holds 100), the rest from its lease list on request. */
+function TaskLeases(props: { task: Task; now: number }) {
+  const [more, setMore] = useState<{ items: Lease[]; nextCursor: string | null; error?: ApiError }>();
+  const cursor = more ? more.nextCursor : (props.task.leasesNextCursor ?? null);
+  const loadMore = async () => {
+    try {
+      const next = await api<Page<Lease>>(
+        'GET',
+        `/v1/tasks/${seg(props.task.taskId)}/leases?limit=500&cursor=${encodeURIComponent(cursor!)}`,
+      );
+      setMore({ items: [...(more?.items ?? []), ...next.items], nextCursor: next.nextCursor });
+    } catch (err) {
+      setMore({ items: more?.items ?? [], nextCursor: cursor, error: err as ApiError });
+    }
+  };
+  return (
+    <Leases leases={[...(props.task.leases ?? []), ...(more?.items ?? [])]} now={props.now}>
+      {more?.error ? <LoadError error={more.error} /> : null}
+      {cursor ? (
+        <button type="button" class="secondary" onClick={loadMore}>
+          Load more leases
+        </button>
+      ) : null}
+    </Leases>
+  );
+}
+
+export function Leases(props: { leases: Lease[]; now: number; title?: string; showTask?: boolean; children?: ComponentChildren }) {
   return (
     <section aria-labelledby="leases-title">
       <h2 id="leases-title">{props.title ?? 'Leases'}</h2>
@@ -148,6 +176,7 @@ export function Leases(props: { leases: Lease[]; now: number; title?: string; sh
           </table>
         </div>
       )}
+      {props.children}
     </section>
   );
 }

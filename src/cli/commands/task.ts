@@ -1,4 +1,4 @@
-import type { Grant, OpenTaskRequest, Task, TaskDetail } from '../../client/types.ts';
+import type { Grant, Lease, OpenTaskRequest, Task, TaskDetail } from '../../client/types.ts';
 import { parseGrant, parseGrantJson, parseLabels } from '../args.ts';
 import type { Command, Ctx } from '../command.ts';
 import { grantText, type Out, when } from '../output.ts';
@@ -113,6 +113,24 @@ export const taskList: Command = {
   },
 };
 
+export const taskLeases: Command = {
+  path: ['task', 'leases'],
+  usage: 'jit task leases <taskId> [--tree] [--limit N] [--cursor C] [--all]',
+  summary: "a task's leases in issue order (with --tree, its sub-tasks' too), paged",
+  options: { tree: { type: 'boolean' }, ...listOptions },
+  args: ['taskId'],
+  async run(ctx) {
+    const client = ctx.client();
+    const tree = ctx.flags.bool('tree');
+    await printPage(
+      ctx,
+      (page) => client.taskLeases(ctx.positionals[0]!, { ...page, ...(tree ? { tree } : {}) }),
+      (out, items: Lease[]) => leaseTable(out, items, tree),
+    );
+    return 0;
+  },
+};
+
 export const taskEvidence: Command = {
   path: ['task', 'evidence'],
   usage: 'jit task evidence <taskId> [--limit N] [--cursor C]',
@@ -127,7 +145,7 @@ export const taskEvidence: Command = {
       ctx.out.json(ev);
       return 0;
     }
-    printTask(ctx.out, { ...ev.task, leases: ev.leases ?? [] });
+    printTask(ctx.out, { ...ev.task, leases: ev.leases ?? [], leasesNextCursor: ev.leasesNextCursor ?? null }, true);
     const records = ev.audit?.items ?? [];
     ctx.out.line();
     ctx.out.table(
@@ -143,7 +161,7 @@ export const taskEvidence: Command = {
   },
 };
 
-function printTask(out: Out, t: TaskDetail): void {
+function printTask(out: Out, t: TaskDetail, tree = false): void {
   out.fields([
     ['task', t.taskId],
     ['status', t.status],
@@ -163,9 +181,22 @@ function printTask(out: Out, t: TaskDetail): void {
   ]);
   if (t.leases.length > 0) {
     out.line();
-    out.table(
-      ['LEASE', 'ROLE', 'STATUS', 'EXPIRES', 'REASON'],
-      t.leases.map((l) => [l.leaseId, l.role, l.status, l.revokedAt ? `revoked ${l.revokedAt}` : l.expiresAt, l.reason]),
-    );
+    leaseTable(out, t.leases, tree);
   }
+  if (t.leasesNextCursor)
+    out.note(`more leases: jit task leases ${t.taskId}${tree ? ' --tree' : ''} --cursor ${t.leasesNextCursor} (or --all)`);
+}
+
+function leaseTable(out: Out, leases: Lease[], withTask: boolean): void {
+  out.table(
+    ['LEASE', ...(withTask ? ['TASK'] : []), 'ROLE', 'STATUS', 'EXPIRES', 'REASON'],
+    leases.map((l) => [
+      l.leaseId,
+      ...(withTask ? [l.taskId] : []),
+      l.role,
+      l.status,
+      l.revokedAt ? `revoked ${l.revokedAt}` : l.expiresAt,
+      l.reason,
+    ]),
+  );
 }

@@ -39,6 +39,7 @@ const auditQuery = z.strictObject({
   until: isoTime.optional(),
 });
 const evidenceQuery = z.strictObject(paging);
+const taskLeasesQuery = z.strictObject({ ...paging, tree: z.enum(['true', 'false']).default('false') });
 
 /** The lists and the evidence of contract section 3 ("Finding things and stopping things"). */
 export function listRoutes(s: Services): Router {
@@ -65,10 +66,27 @@ export function listRoutes(s: Services): Router {
     res.json({
       task: publicTask(e.task),
       tree: e.tree.map((t) => publicTask(t)),
-      leases: e.leases.map((l) => publicLease(l, statusOf.get(l.taskId))),
+      leases: e.leases.items.map((l) => publicLease(l, statusOf.get(l.taskId))),
+      leasesNextCursor: e.leases.nextCursor,
       audit: e.audit,
       chain: e.chain,
     });
+  });
+  r.get('/v1/tasks/:taskId/leases', async (req, res) => {
+    const taskId = validParam(taskRefSchema, req.params.taskId, 'taskId');
+    const q = validQuery(taskLeasesQuery, req.query);
+    const who = identityOf(res);
+    const task = await s.tasks.readable(who, taskId);
+    const tree = q.tree === 'true' ? await s.tasks.tree(task.taskId) : [task];
+    const page = await s.taskLeases.page(
+      who.id,
+      tree.map((t) => t.taskId),
+      q.tree === 'true',
+      q.limit,
+      q.cursor,
+    );
+    const statusOf = new Map(tree.map((t) => [t.taskId, t.status]));
+    res.json({ items: page.items.map((l) => publicLease(l, statusOf.get(l.taskId))), nextCursor: page.nextCursor });
   });
   return r;
 }

@@ -5,8 +5,9 @@ import type { Services } from '../services.ts';
 import { identityOf, validBody, validParam } from '../middleware.ts';
 import { openTaskSchema, taskRefSchema } from '../schemas.ts';
 import { publicLease, publicTask } from '../../tasks/task-service.ts';
+import { EMBEDDED_LEASES } from '../../lists/task-leases.ts';
 
-/** POST /v1/tasks, GET /v1/tasks/:taskId, POST /v1/tasks/:taskId/complete. */
+/** POST /v1/tasks, GET /v1/tasks/:taskId (with its first leases), POST /v1/tasks/:taskId/complete. */
 export function taskRoutes(s: Services): Router {
   const r = Router();
   r.post('/v1/tasks', async (req, res) => {
@@ -20,8 +21,10 @@ export function taskRoutes(s: Services): Router {
   });
   r.get('/v1/tasks/:taskId', async (req, res) => {
     const taskId = validParam(taskRefSchema, req.params.taskId, 'taskId');
-    const { task, leases } = await s.tasks.get(identityOf(res), taskId);
-    res.json({ ...publicTask(task), leases: leases.map((l) => publicLease(l, task.status)) });
+    const who = identityOf(res);
+    const task = await s.tasks.readable(who, taskId);
+    const leases = await s.taskLeases.page(who.id, [taskId], false, EMBEDDED_LEASES);
+    res.json({ ...publicTask(task), leases: leases.items.map((l) => publicLease(l, task.status)), leasesNextCursor: leases.nextCursor });
   });
   r.post('/v1/tasks/:taskId/complete', async (req, res) => {
     const taskId = validParam(taskRefSchema, req.params.taskId, 'taskId');

@@ -6,7 +6,7 @@
 -- uses: common
 -- KEYS[1] task hash
 -- KEYS[2] lease hash
--- KEYS[3] task's lease set
+-- KEYS[3] task's lease index (zset, score = issuedAt)
 -- KEYS[4] live leases of the bucket (zset)
 -- ARGV[1] immutable part as JSON
 -- ARGV[2] status: active | issuing
@@ -44,6 +44,6 @@ if ARGV[2] == 'issuing' then
   score = now + tonumber(ARGV[4])
   redis.call('HSET', KEYS[2], 'orphanAt', score)
 end
-redis.call('SADD', KEYS[3], ARGV[5])
+redis.call('ZADD', KEYS[3], now, ARGV[5])
 redis.call('ZADD', KEYS[4], score, ARGV[5])
 return { 'ok', now }

@@ -105,7 +105,8 @@ local function end_task(base, open_key, id, status, reason, retention, now)
   -- this task's end time, it would be taken for this task's and only this task's lease set walked.
   if tonumber(redis.call('HGET', k, 'live') or '0') > 0 then redis.call('ZADD', tasks_ending_key(base), 'NX', now, id) end
   redis.call('PEXPIRE', k, retention)
-  for _, kind in ipairs({ 'task-leases:', 'task-children:', 'task-approvals:' }) do
+  -- 'task-leases:': the lease set of a task opened by an older release (task-lease-page moves it on first read).
+  for _, kind in ipairs({ 'task-lease-ids:', 'task-leases:', 'task-children:', 'task-approvals:' }) do
     redis.call('PEXPIRE', base .. kind .. id, retention)
   end
 end

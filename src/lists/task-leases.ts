@@ -1,0 +1,67 @@
+import type { Deps } from '../deps.ts';
+import { badRequest } from '../errors.ts';
+import type { LeaseRecord } from '../leases/types.ts';
+import type { CursorCodec } from './cursor.ts';
+import type { Page } from './list-service.ts';
+
+/**
+ * How many leases `GET /v1/tasks/{id}` and its evidence carry; the rest are paged through
+ * `GET /v1/tasks/{id}/leases`. A task may issue `tasks.maxLeasesTotal` (10,000) leases over its life
+ * and a tree 51 times that: read whole, one caller's reads held Redis for seconds and answered
+ * megabytes, and ten of them made the broker answer 503 to everyone.
+ */
+export const EMBEDDED_LEASES = 100;
+
+/** A page's last lease: its task (in a tree read), id and issue time. */
+interface Position {
+  t: string;
+  id: string;
+  at: number;
+}
+
+function isPosition(p: unknown): p is Position {
+  const q = p as Position | null;
+  return typeof q === 'object' && q !== null && typeof q.t === 'string' && typeof q.id === 'string' && Number.isFinite(q.at);
+}
+
+/**
+ * A task's leases (or its tree's: the task first, then its sub-tasks breadth first), each task's in
+ * issue order, in pages whose cost is the page, read from each task's lease index.
+ */
+export class TaskLeaseReader {
+  private readonly deps: Deps;
+  private readonly cursors: CursorCodec;
+
+  constructor(deps: Deps, cursors: CursorCodec) {
+    this.deps = deps;
+    this.cursors = cursors;
+  }
+
+  /**
+   * One page. `taskIds`: the task alone, or its subtree root first (`tree`); the caller has checked
+   * that `caller` may read the root. The cursor is bound to the caller, the root and `tree`.
+   */
+  async page(caller: string, taskIds: readonly string[], tree: boolean, limit: number, cursor?: string): Promise<Page<LeaseRecord>> {
+    const bind = { caller, filters: { list: 'task-leases', taskId: taskIds[0], tree } };
+    const from = cursor === undefined ? undefined : this.cursors.decode<unknown>(cursor, bind);
+    if (from !== undefined && !isPosition(from))
+      throw badRequest('invalid_cursor', 'The cursor is malformed, expired, or for another caller or other filters.');
+    let i = from ? taskIds.indexOf(from.t) : 0;
+    // A tree only grows while its root's records exist, so a task of the cursor that is gone means the tree was purged.
+    if (i < 0) throw badRequest('invalid_cursor', 'The cursor is malformed, expired, or for another caller or other filters.');
+    // One more than asked for says whether another page follows.
+    const got: Position[] = [];
+    let after = from;
+    for (; i < taskIds.length && got.length <= limit; i++) {
+      const t = taskIds[i]!;
+      const want = limit + 1 - got.length;
+      for (const p of await this.deps.tasks.leasePage(t, after?.t === t ? after : undefined, want)) got.push({ t, ...p });
+      after = undefined;
+    }
+    const shown = got.slice(0, limit);
+    const last = shown.at(-1);
+    // A lease whose record left Redis (retention) is skipped: the page may hold fewer than `limit`.
+    const items = await this.deps.leases.getMany(shown.map((p) => p.id));
+    return { items, nextCursor: got.length > limit && last ? this.cursors.encode(last, bind) : null };
+  }
+}
