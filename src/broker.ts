@@ -7,6 +7,7 @@ import { AdminService } from './admin/admin-service.ts';
 import { ApprovalService } from './approvals/approval-service.ts';
 import { ApprovalStore } from './approvals/approval-store.ts';
 import { AuditLog } from './audit/audit-log.ts';
+import { OutboxRecovery, outboxStats } from './audit/outbox.ts';
 import { AuditExporter } from './audit/export.ts';
 import { readArchive } from './audit/restore.ts';
 import { sealKeyOf } from './audit/seal.ts';
@@ -127,6 +128,8 @@ export interface RunningBroker {
   sweeper?: Sweeper;
   worker?: RevocationWorker;
   recovery: DataLossMonitor;
+  /** Appends what dead processes left in the audit outboxes (every process kind runs it). */
+  outbox: OutboxRecovery;
   /** Graceful shutdown: stop accepting, finish in-flight requests and jobs, close queues and connections. */
   close(): Promise<void>;
 }
@@ -179,7 +182,7 @@ export async function startBroker(config: LoadedConfig, opts: BrokerOptions = {}
     undo.push(() => policy.close());
     const audit = new AuditLog({
       // The lease store's connection: a JWT's issue record is sent right behind its lease script and must
-      // reach Redis after it (AuditLog.appendIf); commands of two connections have no order between them.
+      // reach Redis after it (AuditLog.appendMember); commands of two connections have no order between them.
       redis,
       keys,
       logger,
@@ -303,6 +306,13 @@ export async function startBroker(config: LoadedConfig, opts: BrokerOptions = {}
     keyRefresh.unref();
     undo.push(() => clearInterval(keyRefresh));
 
+    // Every process kind, API-only ones included: each makes decisions whose records go through an outbox,
+    // and a deployment may run APIs without a worker beside them (docs/audit.md).
+    const outbox = new OutboxRecovery({ redis, keys, audit, logger, clock, metrics }, config.revocation.reconcileIntervalMs);
+    metrics.outboxSource = () => outboxStats({ redis, keys, clock });
+    outbox.start();
+    undo.push(() => outbox.stop());
+
     let worker: RevocationWorker | undefined;
     let sweeper: Sweeper | undefined;
     let scheduler: RotationScheduler | undefined;
@@ -379,6 +389,7 @@ export async function startBroker(config: LoadedConfig, opts: BrokerOptions = {}
       sweeper,
       worker,
       recovery,
+      outbox,
       async close() {
         shuttingDown = true;
         clearInterval(keyRefresh);
@@ -400,6 +411,7 @@ export async function startBroker(config: LoadedConfig, opts: BrokerOptions = {}
         consoleApp?.close();
         // Before the queue and the audit log close: a reconcile pass under way ends its page first.
         await sweeper?.stop();
+        await outbox.stop();
         // BullMQ's closes wait forever while Redis is unreachable (a reconnecting client never emits
         // `end`): bounded, then the connector ends every connection, BullMQ's copies included. A job
         // cut off here is retried by another worker once its lock lapses.

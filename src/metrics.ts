@@ -13,9 +13,16 @@ export class Metrics {
   readonly rotations: Counter<'target' | 'result'>;
   readonly replicaAcks: Counter<'result'>;
   readonly policyInSync: Gauge;
+  readonly outboxRecords: Gauge;
+  readonly outboxOldest: Gauge;
+  readonly outboxParkedNow: Gauge;
+  readonly outboxRecovered: Counter;
+  readonly outboxParked: Counter;
 
   /** Where the active-lease gauge reads from on each scrape (set once the lease store exists). */
   activeLeasesSource: (() => Promise<number>) | undefined;
+  /** Where the audit outbox gauges read from on each scrape (src/audit/outbox.ts `outboxStats`). */
+  outboxSource: (() => Promise<{ records: number; oldestSeconds: number; parked: number }>) | undefined;
 
   constructor(opts: { defaultMetrics?: boolean } = {}) {
     const registers = [this.registry];
@@ -76,6 +83,52 @@ export class Metrics {
     this.policyInSync = new Gauge({
       name: 'jit_policy_in_sync',
       help: 'Whether the policy set in force is the one the last reload announced (0: not ready until it loads)',
+      registers,
+    });
+    // The audit outboxes (docs/audit.md): records of decisions on their way to their chain. One read per scrape
+    // serves the three gauges (each scrape collects them in turn; the first one reads).
+    let reading: Promise<{ records: number; oldestSeconds: number; parked: number } | undefined> | undefined;
+    const outbox = () => {
+      reading ??= (metrics.outboxSource?.() ?? Promise.resolve(undefined))
+        .catch(() => undefined) // Redis failing: the gauges keep their last values
+        .finally(() => setImmediate(() => (reading = undefined)));
+      return reading;
+    };
+    this.outboxRecords = new Gauge({
+      name: 'jit_audit_outbox_records',
+      help: 'Audit records in the outboxes, not yet in their chain (normally 0 or a few; growing: appends failing, or no recovery running)',
+      registers,
+      async collect() {
+        const s = await outbox();
+        if (s) this.set(s.records);
+      },
+    });
+    this.outboxOldest = new Gauge({
+      name: 'jit_audit_outbox_oldest_seconds',
+      help: 'Age of the oldest audit record in the outboxes, on Redis clock (recovery appends those past 10 s; alert past a minute)',
+      registers,
+      async collect() {
+        const s = await outbox();
+        if (s) this.set(s.oldestSeconds);
+      },
+    });
+    this.outboxParkedNow = new Gauge({
+      name: 'jit_audit_outbox_parked',
+      help: 'Outbox members that were not audit records, parked by recovery (each audited as audit.outbox_poison; alert above 0)',
+      registers,
+      async collect() {
+        const s = await outbox();
+        if (s) this.set(s.parked);
+      },
+    });
+    this.outboxRecovered = new Counter({
+      name: 'jit_audit_outbox_recovered_total',
+      help: 'Audit records this process appended from an outbox because the process that made the decision did not (it died, or its append failed)',
+      registers,
+    });
+    this.outboxParked = new Counter({
+      name: 'jit_audit_outbox_poison_total',
+      help: 'Outbox members this process parked as not being audit records',
       registers,
     });
     if (opts.defaultMetrics) collectDefaultMetrics({ register: this.registry });

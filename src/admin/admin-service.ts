@@ -1,3 +1,4 @@
+import { outboxIntent } from '../audit/outbox.ts';
 import { deny } from '../authz.ts';
 import type { Deps } from '../deps.ts';
 import { badRequest, notFound, unavailable } from '../errors.ts';
@@ -70,16 +71,24 @@ export class AdminService {
    */
   async revoke(who: WorkloadIdentity, sel: RevokeSelector): Promise<{ tasks: number; leases: number }> {
     await this.requireAdmin(who, 'admin.revoke');
-    const result = await this.endMatching(sel);
-    // The kill switch's answer must survive a failover: the tasks stay ended.
-    await this.deps.replicas.after(this.deps.keys.replicaFences());
-    await this.deps.audit.append({
-      action: 'admin.revoke',
-      actor: who.id,
-      decision: 'ok',
-      reason: 'revoked_by_admin',
-      detail: { ...sel, tasks: result.tasks, leases: result.leases },
-    });
+    const record = { action: 'admin.revoke' as const, actor: who.id, decision: 'ok' as const, reason: 'revoked_by_admin' };
+    // The kill switch ends its tasks in many scripts (one per task tree, each putting its task.revoke records
+    // in the outbox), so its own record cannot ride in one of them: it goes to the ops outbox before the
+    // first ending, saying `interrupted`, and is kept there while the endings run. A process that dies
+    // part-way leaves that record for recovery; one that finishes writes the outcome in its place.
+    const intent = await outboxIntent(this.deps, 'ops', { ...record, detail: { ...sel, interrupted: true } });
+    let result: { tasks: number; leases: number };
+    try {
+      result = await this.endMatching(sel);
+      // The kill switch's answer must survive a failover: the tasks stay ended.
+      await this.deps.replicas.after(this.deps.keys.replicaFences());
+    } finally {
+      intent.stop();
+    }
+    const outcome = { ...record, detail: { ...sel, tasks: result.tasks, leases: result.leases } };
+    // Not written: recovery appended the `interrupted` record meanwhile (the endings outlasted the grace
+    // period while Redis stalled); the outcome follows it.
+    if (!(await this.deps.audit.appendMember(outcome, intent.member, 'ops'))) await this.deps.audit.appendTo('ops', outcome);
     return result;
   }
 

@@ -71,9 +71,9 @@ export class ApprovalService {
     if (r.status === 'expired' || taskStatus !== 'open') throw conflict('approval_expired', 'The approval ended with its task.');
     if (r.status !== 'pending') throw conflict('approval_decided', `The approval is already ${r.status}.`);
     const status = decision === 'approve' ? 'approved' : 'rejected';
-    if (!(await this.deps.approvals.decide(r, status, who.id, reason)))
-      throw conflict('approval_decided', 'The approval was decided concurrently.');
-    await this.deps.audit.append({
+    // The record goes to the bucket's audit outbox with the decision (approval-swap.lua): a process that
+    // dies before appending it loses nothing.
+    const decided = await this.deps.approvals.decide(r, status, who.id, reason, {
       action: 'approval.decide',
       actor: who.id,
       decision: decision === 'approve' ? 'allow' : 'deny',
@@ -82,6 +82,10 @@ export class ApprovalService {
       ...(reason ? { reason } : {}),
       detail: { approvalId, ttlSeconds: r.ttlSeconds, scopes: r.scopes },
     });
+    if (!decided) throw conflict('approval_decided', 'The approval was decided concurrently.');
+    if (decided.recorded) {
+      await this.deps.audit.appendOutbox(this.deps.keys.bucketOfTask(r.taskId), [decided.recorded.member], decided.recorded.at);
+    }
     const after = await this.deps.approvals.get(approvalId, this.deps.clock.now());
     if (!after) throw forbidden('not_approval_party', 'The approval is gone.');
     return after;

@@ -1,4 +1,6 @@
 import { createHash, randomBytes } from 'node:crypto';
+import { outboxMember } from '../audit/outbox-member.ts';
+import type { AuditEvent } from '../audit/record.ts';
 import { indexWindow } from '../lists/index-window.ts';
 import { Keys } from '../redis/keys.ts';
 import { type RedisClient, script } from '../redis/scripts.ts';
@@ -31,8 +33,14 @@ export interface ApprovalRecord extends ApprovalFixed {
   reason?: string;
 }
 
-/** `stale`: the task under that id is not the incarnation the caller decided on (see `taskCreatedAt`). */
-export type RequestResult = { kind: 'created' | 'existing'; record: ApprovalRecord } | { kind: 'task_closed' | 'limit' | 'stale' };
+/**
+ * `stale`: the task under that id is not the incarnation the caller decided on (see `taskCreatedAt`).
+ * `recorded`: the audit record of one created, as put in the bucket's audit outbox at `at` (Redis ms).
+ */
+export type RequestResult =
+  | { kind: 'created'; record: ApprovalRecord; recorded?: { member: string; at: number } }
+  | { kind: 'existing'; record: ApprovalRecord }
+  | { kind: 'task_closed' | 'limit' | 'stale' };
 
 /**
  * Approvals for roles with `approval: required`. One approval covers one
@@ -58,12 +66,18 @@ export class ApprovalStore {
     return this.keys.approvalFor(this.keys.bucketOfTask(r.taskId), digest);
   }
 
-  /** The approval of this exact request, creating a pending one (within the task's bound) if there is none. */
-  async findOrCreate(req: Omit<ApprovalFixed, 'approvalId'> & { maxPending: number; taskCreatedAt?: number }): Promise<RequestResult> {
-    const { maxPending, taskCreatedAt, ...fixedReq } = req;
+  /**
+   * The approval of this exact request, creating a pending one (within the task's bound) if there is none.
+   * `audit`: the record of one created (given its id), put in the bucket's audit outbox in the same step.
+   */
+  async findOrCreate(
+    req: Omit<ApprovalFixed, 'approvalId'> & { maxPending: number; taskCreatedAt?: number; audit?: (approvalId: string) => AuditEvent },
+  ): Promise<RequestResult> {
+    const { maxPending, taskCreatedAt, audit, ...fixedReq } = req;
     const bucket = this.keys.bucketOfTask(req.taskId);
     const approvalId = Keys.newId(bucket, randomBytes(16));
     const fixed: ApprovalFixed = { approvalId, ...fixedReq };
+    const member = audit ? outboxMember(audit(approvalId)) : '';
     const res = (await requestScript.run(
       this.redis,
       [
@@ -83,12 +97,15 @@ export class ApprovalStore {
         this.retentionMs,
         indexWindow(this.retentionMs).horizonMs,
         taskCreatedAt ?? '',
+        member,
       ],
     )) as string[];
     if (res[0] === 'task_closed' || res[0] === 'limit' || res[0] === 'stale') return { kind: res[0] };
     const record = await this.get(res[1]!);
+    // (Created but gone already: its record, in the outbox, is appended by recovery.)
     if (!record) return { kind: 'task_closed' };
-    return { kind: res[0] === 'created' ? 'created' : 'existing', record };
+    if (res[0] === 'created') return { kind: 'created', record, ...(member ? { recorded: { member, at: Number(res[2]) } } : {}) };
+    return { kind: 'existing', record };
   }
 
   async get(approvalId: string, now = Date.now()): Promise<ApprovalRecord | undefined> {
@@ -119,27 +136,47 @@ export class ApprovalStore {
     });
   }
 
-  /** pending -> approved|rejected; false if it was no longer pending (lost a race). */
-  async decide(r: ApprovalRecord, decision: 'approved' | 'rejected', by: string, reason?: string): Promise<boolean> {
-    return this.swap(r, 'pending', decision, { decidedBy: by, ...(reason ? { reason } : {}) });
+  /**
+   * pending -> approved|rejected; false if it was no longer pending (lost a race). `audit`: the decision's
+   * record, put in the bucket's audit outbox in the same step (`recorded`, at Redis ms `at`).
+   */
+  async decide(
+    r: ApprovalRecord,
+    decision: 'approved' | 'rejected',
+    by: string,
+    reason?: string,
+    audit?: AuditEvent,
+  ): Promise<false | { recorded?: { member: string; at: number } }> {
+    const member = audit ? outboxMember(audit) : '';
+    const res = await this.swap(r, 'pending', decision, { decidedBy: by, ...(reason ? { reason } : {}) }, member);
+    if (res === false) return false;
+    return res === true ? {} : { recorded: { member, at: res } };
   }
 
   /** approved -> consumed, exactly once; the request index is cleared so the next request asks again. */
   async consume(r: ApprovalRecord): Promise<boolean> {
-    return this.swap(r, 'approved', 'consumed', {});
+    return (await this.swap(r, 'approved', 'consumed', {})) !== false;
   }
 
   /** consumed -> approved: the credential it was consumed for was not handed out (a refusal, an upstream failure). */
   async giveBack(r: ApprovalRecord): Promise<boolean> {
-    return this.swap(r, 'consumed', 'approved', {});
+    return (await this.swap(r, 'consumed', 'approved', {})) !== false;
   }
 
-  private async swap(r: ApprovalRecord, from: ApprovalStatus, to: ApprovalStatus, patch: Record<string, string>): Promise<boolean> {
-    const res = await swapScript.run(
-      this.redis,
-      [this.keys.approval(r.approvalId), this.keys.taskApprovals(r.taskId), this.indexKey(r)],
-      [from, to, r.approvalId, ...Object.entries(patch).flat()],
-    );
+  /** False when not swapped; true, or the Redis time at which `member` was put in the outbox. */
+  private async swap(
+    r: ApprovalRecord,
+    from: ApprovalStatus,
+    to: ApprovalStatus,
+    patch: Record<string, string>,
+    member = '',
+  ): Promise<boolean | number> {
+    const keys = [this.keys.approval(r.approvalId), this.keys.taskApprovals(r.taskId), this.indexKey(r)];
+    if (member) keys.push(this.keys.auditOutbox(this.keys.bucketOfTask(r.taskId)));
+    const res = (await swapScript.run(this.redis, keys, [from, to, r.approvalId, member, ...Object.entries(patch).flat()])) as
+      | number
+      | [number, number];
+    if (Array.isArray(res)) return Number(res[1]);
     return res === 1;
   }
 }

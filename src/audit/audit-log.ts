@@ -3,6 +3,7 @@ import type { AuditChain, Keys } from '../redis/keys.ts';
 import type { RedisClient } from '../redis/scripts.ts';
 import { ChainWriter } from './chain-writer.ts';
 import { DenialFolds } from './denial-folds.ts';
+import { parseOutboxMember } from './outbox-member.ts';
 import type { AuditEvent } from './record.ts';
 
 /**
@@ -75,18 +76,7 @@ export class AuditLog {
    * it is re-chained.
    */
   appendTo(chain: AuditChain, event: AuditEvent, time?: string): Promise<void> {
-    return this.write(chain, event, '', time).then(() => undefined);
-  }
-
-  /**
-   * Appends `event` only if `key` (in the record's chain slot) exists when Redis runs the append; resolves
-   * whether it was written. For the record of what a command sent just before wrote (a lease): sent
-   * without waiting for that command's answer, it travels in the same socket write and costs no round
-   * trip of its own, and is not written if the command refused. False can also mean Redis ran the two
-   * in the other order (a Cluster redirect): the caller then appends it plainly.
-   */
-  appendIf(event: AuditEvent, key: string): Promise<boolean> {
-    return this.write(this.chainOf(event), event, key);
+    return this.write(chain, event, time).then(() => undefined);
   }
 
   /**
@@ -99,15 +89,33 @@ export class AuditLog {
   async appendOutbox(chain: AuditChain, members: readonly string[], at: number): Promise<void> {
     if (members.length === 0) return;
     const time = new Date(at).toISOString();
-    await Promise.all(members.map((m) => this.write(chain, JSON.parse(m) as AuditEvent, '', time, m)));
+    await Promise.all(
+      members.map((m) => {
+        const event = parseOutboxMember(m);
+        return event ? this.write(chain, event, time, m) : Promise.reject(new Error('audit outbox: a member that is not a record'));
+      }),
+    );
   }
 
-  private write(chain: AuditChain, event: AuditEvent, requires: string, time?: string, outbox = ''): Promise<boolean> {
+  /**
+   * Appends `event` naming its outbox `member` (outboxMember), which a script sent just before on the same
+   * connection adds when it makes the decision (a lease it records): sent without waiting for that script's
+   * answer, it travels in the same socket write and costs no round trip of its own, and is written only if
+   * the script added the member. Resolves whether this call wrote it: false when the member was absent (the
+   * script refused, or Redis ran the two in the other order, e.g. after a Cluster redirect: the caller then
+   * appends it with appendOutbox, which writes it only if the member is there), or taken by recovery already.
+   * `event` may say more than the member's record (what was learnt after the script); recovery writes the
+   * member's.
+   */
+  appendMember(event: AuditEvent, member: string, chain: AuditChain = this.chainOf(event)): Promise<boolean> {
+    return this.write(chain, event, undefined, member);
+  }
+
+  private write(chain: AuditChain, event: AuditEvent, time?: string, outbox = ''): Promise<boolean> {
     return new Promise((resolve, reject) => {
       this.writer.write(chain, {
         event,
         time: time ?? new Date(this.now()).toISOString(),
-        requires,
         outbox,
         attempts: 0,
         resolve,

@@ -18,11 +18,10 @@ const MAX_ATTEMPTS = 50;
 export interface Pending {
   event: AuditEvent;
   time: string;
-  /** A key that must exist for the record to be written (see `AuditLog.appendIf`); '' for none. */
-  requires: string;
   /**
    * The record's member of the chain's audit outbox (see `AuditLog.appendOutbox`); '' for none. Written
-   * only while the member is there, which it leaves in the same step: an absent one was written already.
+   * only while the member is there, which it leaves in the same step: an absent one was written already
+   * (or, for a record sent right behind its script, the script did not add it).
    */
   outbox: string;
   attempts: number;
@@ -60,11 +59,11 @@ interface ChainState {
  * script) then travels in the same socket write and its answer comes back
  * with that command's, where one batch at a time made it wait a round trip
  * of its own after the previous batch. When a batch is refused (another
- * instance moved the head, or a record's required key is absent), every
+ * instance moved the head, or a record's outbox member is absent), every
  * batch after it is refused too, since it was hashed on the refused one:
  * once all in flight have answered, their records are re-hashed on the real
- * head and sent again, in their order (without those the refusal named: a
- * required key absent, or an outbox member already written).
+ * head and sent again, in their order (without those the refusal named: an
+ * outbox member already written, or never added).
  */
 export class ChainWriter {
   private readonly chains = new Map<AuditChain, ChainState>();
@@ -179,7 +178,7 @@ export class ChainWriter {
       seq += 1;
       batch.push(p);
       records.push(record);
-      args.push(json, record.taskId ?? '', p.requires, p.outbox);
+      args.push(json, record.taskId ?? '', p.outbox);
       prev = record.hash;
     }
     if (batch.length === 0) return;
@@ -220,7 +219,7 @@ export class ChainWriter {
       for (const p of batch) p.resolve(true);
       return;
     }
-    // Refused: another instance moved the head, records' keys or outbox members are absent, or a batch
+    // Refused: another instance moved the head, records' outbox members are absent, or a batch
     // before this one was refused. Those records are not sent again: resolved false (see Pending).
     const absent = new Set(Array.isArray(answer) ? answer.slice(1).map(Number) : []);
     st.reported = real;

@@ -1,7 +1,15 @@
+import { createHash } from 'node:crypto';
 import type { Logger } from '../logger.ts';
+import type { Metrics } from '../metrics.ts';
+import type { RedisClock } from '../redis/clock.ts';
 import type { AuditChain, Keys } from '../redis/keys.ts';
-import type { RedisClient } from '../redis/scripts.ts';
+import { acquireLock } from '../redis/lock.ts';
+import { type RedisClient, script } from '../redis/scripts.ts';
 import type { AuditLog } from './audit-log.ts';
+import { outboxMember, parseOutboxMember } from './outbox-member.ts';
+import type { AuditEvent } from './record.ts';
+
+const parkScript = script('audit-outbox-park');
 
 /**
  * How long a record may sit in a chain's audit outbox before recovery appends it itself. A normal append
@@ -19,42 +27,205 @@ export const OUTBOX_GRACE_MS = 10_000;
 /** Records recovery reads (and appends) per round trip. */
 const PAGE = 500;
 
+/** Parked members (poison) a chain keeps for inspection; the oldest leave first. Each has its audit record. */
+export const PARKED_MAX = 1000;
+
+/** How long one process holds a chain's recovery (other processes skip the chain meanwhile). */
+const RECOVERY_LOCK_MS = 30_000;
+
+export interface OutboxDeps {
+  redis: RedisClient;
+  keys: Keys;
+  audit: AuditLog;
+  logger: Logger;
+  clock: Pick<RedisClock, 'now'>;
+  metrics?: Metrics;
+}
+
 /**
  * Appends the records in `chain`'s outbox that were put there before `before` (Redis ms), oldest first,
  * through the usual append path: each lands exactly once whichever process appends it. Returns how many
- * this pass took. A member that is not a record (none is expected: only the broker's scripts write
- * here) is left where it is and logged, never deleted.
+ * this pass took. A member that is not a record of this chain (poison: none is expected, only the broker's
+ * scripts write here, but one would never leave) is parked: moved to the chain's parked set with, in the
+ * same step, an `audit.outbox_poison` record put in the outbox (appended here), and logged.
  */
-export async function recoverOutbox(
-  deps: { redis: RedisClient; keys: Keys; audit: AuditLog; logger: Logger },
-  chain: AuditChain,
-  before: number,
-): Promise<number> {
+export async function recoverOutbox(deps: OutboxDeps, chain: AuditChain, before: number): Promise<number> {
   const key = deps.keys.auditOutbox(chain);
   let taken = 0;
-  let skip = 0;
+  let first: string | undefined;
   for (;;) {
-    const flat = await deps.redis.zrangebyscore(key, '-inf', `(${before}`, 'WITHSCORES', 'LIMIT', skip, PAGE);
-    if (flat.length === 0) return taken;
+    const flat = await deps.redis.zrangebyscore(key, '-inf', `(${before}`, 'WITHSCORES', 'LIMIT', 0, PAGE);
+    // Empty, or the page before did not leave (none is expected to stay): the next pass goes on.
+    if (flat.length === 0 || flat[0] === first) return taken;
+    first = flat[0];
     const appends: Promise<void>[] = [];
     for (let i = 0; i + 1 < flat.length; i += 2) {
       const member = flat[i]!;
-      let ok = false;
-      try {
-        ok = typeof (JSON.parse(member) as { action?: unknown }).action === 'string';
-      } catch {
-        ok = false;
-      }
-      if (!ok) {
-        skip += 1;
-        deps.logger.error({ chain, member: member.slice(0, 200) }, 'audit outbox: a member that is not a record is left in place');
+      const event = parseOutboxMember(member);
+      if (!event || deps.audit.chainOf(event) !== chain) {
+        appends.push(park(deps, chain, member));
         continue;
       }
       appends.push(deps.audit.appendOutbox(chain, [member], Number(flat[i + 1])));
+      taken += 1;
     }
-    // A failure (Redis unavailable) ends the pass: what is left is taken by the next one.
+    // A failure (Redis unavailable) ends the pass: what is left is taken by the next one. Every member of
+    // this page has left the outbox (appended or parked), so the next page starts at the front again.
     await Promise.all(appends);
-    taken += appends.length;
     if (flat.length < PAGE * 2) return taken;
+  }
+}
+
+/** Parks a poison member (audit-outbox-park.lua) and appends the record of that. */
+async function park(deps: OutboxDeps, chain: AuditChain, member: string): Promise<void> {
+  const { keys, redis, logger, audit, metrics } = deps;
+  const record: AuditEvent = {
+    action: 'audit.outbox_poison',
+    actor: 'broker',
+    decision: 'error',
+    reason: 'not_a_record',
+    detail: {
+      // What identifies it, not what it says (it could hold anything): the member itself is in the parked set.
+      sha256: createHash('sha256').update(member).digest('hex'),
+      bytes: Buffer.byteLength(member),
+      parkedIn: keys.auditOutboxParked(chain),
+    },
+  };
+  const note = outboxMember(record);
+  const at = await parkScript.run(redis, [keys.auditOutbox(chain), keys.auditOutboxParked(chain)], [member, note, PARKED_MAX]);
+  if (at === null) return; // another process parked it first
+  metrics?.outboxParked.inc();
+  logger.error(
+    { chain, sha256: record.detail!.sha256, bytes: record.detail!.bytes, parkedIn: keys.auditOutboxParked(chain) },
+    'audit outbox: a member that is not a record of this chain was parked',
+  );
+  await audit.appendOutbox(chain, [note], Number(at));
+}
+
+/**
+ * Puts `event` in `chain`'s outbox before a decision made in many steps (the kill switch: one task-end
+ * script per task), so that a process that dies part-way leaves a record of it for recovery; its score
+ * is moved forward every quarter grace period until `stop()`, so recovery leaves it alone while the
+ * decision is being made, however long that takes. The caller appends the outcome naming `member`
+ * (AuditLog.appendMember) once done; `event` is what recovery appends if it never does.
+ */
+export async function outboxIntent(
+  deps: Pick<OutboxDeps, 'redis' | 'keys' | 'clock'>,
+  chain: AuditChain,
+  event: AuditEvent,
+): Promise<{ member: string; stop(): void }> {
+  const key = deps.keys.auditOutbox(chain);
+  const member = outboxMember(event);
+  await deps.redis.zadd(key, 'NX', deps.clock.now(), member);
+  const timer = setInterval(() => void deps.redis.zadd(key, 'XX', deps.clock.now(), member).catch(() => {}), OUTBOX_GRACE_MS / 4);
+  timer.unref();
+  return { member, stop: () => clearInterval(timer) };
+}
+
+/** What the outbox gauges show (src/metrics.ts), over every chain. */
+export interface OutboxStats {
+  /** Records waiting in the outboxes. */
+  records: number;
+  /** Age of the oldest of them on Redis's clock, in seconds (0 when none). */
+  oldestSeconds: number;
+  /** Poison members parked (each also has its `audit.outbox_poison` record). */
+  parked: number;
+}
+
+/** Reads the outboxes of every chain (three commands per chain, sent together). */
+export async function outboxStats(deps: Pick<OutboxDeps, 'redis' | 'keys' | 'clock'>): Promise<OutboxStats> {
+  const chains = deps.keys.auditChains();
+  const rows = await Promise.all(
+    chains.map((c) =>
+      Promise.all([
+        deps.redis.zcard(deps.keys.auditOutbox(c)),
+        deps.redis.zrange(deps.keys.auditOutbox(c), '0', '0', 'WITHSCORES'),
+        deps.redis.zcard(deps.keys.auditOutboxParked(c)),
+      ]),
+    ),
+  );
+  const now = deps.clock.now();
+  let records = 0;
+  let parked = 0;
+  let oldest = now;
+  for (const [n, first, p] of rows) {
+    records += n;
+    parked += p;
+    if (first.length === 2) oldest = Math.min(oldest, Number(first[1]));
+  }
+  return { records, oldestSeconds: Math.max(0, now - oldest) / 1000, parked };
+}
+
+/**
+ * Appends what dead or failed processes left in the audit outboxes, in every process that runs (API or
+ * worker: an API-only instance makes outbox decisions too, and a deployment need not run a worker beside
+ * each). A pass, at start and every `intervalMs`, looks at every chain (one read each when nothing is due);
+ * a chain with records older than OUTBOX_GRACE_MS is recovered by one process at a time (a lock per chain,
+ * so many instances do not all append the same records; were two to, each record is still written once).
+ */
+export class OutboxRecovery {
+  private readonly deps: OutboxDeps;
+  private readonly intervalMs: number;
+  private timer: NodeJS.Timeout | undefined;
+  private running: Promise<number> | undefined;
+  private stopped = false;
+
+  constructor(deps: OutboxDeps, intervalMs: number) {
+    this.deps = deps;
+    this.intervalMs = intervalMs;
+  }
+
+  start(): void {
+    this.stopped = false;
+    this.timer = setInterval(() => void this.pass(), this.intervalMs);
+    this.timer.unref();
+    void this.pass();
+  }
+
+  /** Stops the timer; resolves once a pass under way has ended. */
+  async stop(): Promise<void> {
+    this.stopped = true;
+    clearInterval(this.timer);
+    await this.running?.catch(() => 0);
+  }
+
+  /** One pass over every chain (waits for one under way first); returns how many records it appended. */
+  async pass(): Promise<number> {
+    while (this.running) await this.running.catch(() => 0);
+    const run = this.run();
+    this.running = run;
+    try {
+      return await run;
+    } finally {
+      this.running = undefined;
+    }
+  }
+
+  private async run(): Promise<number> {
+    const { redis, keys, logger, clock, metrics } = this.deps;
+    let total = 0;
+    for (const chain of keys.auditChains()) {
+      if (this.stopped) break;
+      try {
+        const before = clock.now() - OUTBOX_GRACE_MS;
+        const due = await redis.zrangebyscore(keys.auditOutbox(chain), '-inf', `(${before}`, 'LIMIT', 0, 1);
+        if (due.length === 0) continue;
+        const lock = await acquireLock(redis, keys.lock(`audit-outbox:${chain}`), { ttlMs: RECOVERY_LOCK_MS });
+        if (!lock) continue; // another instance is on it
+        try {
+          const n = await recoverOutbox(this.deps, chain, before);
+          total += n;
+          if (n > 0) {
+            metrics?.outboxRecovered.inc(n);
+            logger.warn({ chain, records: n }, 'audit outbox: appended records a process left unwritten');
+          }
+        } finally {
+          await lock.release().catch(() => {});
+        }
+      } catch (err) {
+        logger.warn({ err: (err as Error).message, chain }, 'audit outbox recovery failed; retrying at the next pass');
+      }
+    }
+    return total;
   }
 }

@@ -25,6 +25,7 @@ export type AuditAction =
   | 'signing.recreated'
   | 'secret.restored'
   | 'broker.data_loss'
+  | 'audit.outbox_poison'
   | 'console.signin'
   | 'console.signout';
 

@@ -1,4 +1,5 @@
 import type { ApprovalRecord } from '../approvals/approval-store.ts';
+import { outboxMember } from '../audit/outbox-member.ts';
 import type { AuditEvent } from '../audit/record.ts';
 import { authorize, deny, denial, taskContext } from '../authz.ts';
 import { roleOf } from '../config/roles.ts';
@@ -223,19 +224,21 @@ export class CredentialService {
       policies: d.policies,
       detail: { ttlSeconds: ttl.ttlSeconds, ttlBoundBy: ttl.boundBy, scopes, ...(d.approval ? { approvalId: d.approval.approvalId } : {}) },
     };
+    // The record goes to the bucket's audit outbox with the state change that makes the credential the
+    // caller's (the lease recorded `active`, or the upstream's answer recorded), in that script: a process
+    // that dies before appending it loses nothing (recovery appends it, once).
+    const member = outboxMember(record);
     let result: IssueResult;
     try {
       result = provider.upstream
-        ? await this.issueUpstream(who, fixed, provider, req)
-        : await this.issueLocal(who, fixed, provider, req, record);
+        ? await this.issueUpstream(who, fixed, provider, req, member)
+        : await this.issueLocal(who, fixed, provider, req, record, member);
     } catch (err) {
       // Nothing was handed out under the approval: it still covers the same request (one approval, one credential).
       if (d.approval) await this.deps.approvals.giveBack(d.approval).catch(() => {});
       throw err;
     }
     this.deps.metrics.issued.inc({ provider: role.provider, role: body.role });
-    // The local path wrote it with the lease; an upstream credential's record waits for the upstream's answer.
-    if (provider.upstream) await this.deps.audit.append(record);
     return {
       leaseId: fixed.leaseId,
       taskId: task.taskId,
@@ -250,12 +253,12 @@ export class CredentialService {
   }
 
   /**
-   * Nothing upstream (the broker's own JWT): the lease is recorded while the token is signed, and
-   * its audit record is sent right behind the lease script (written only if the lease is), so the
-   * two cost one round trip; the token leaves only once all three are done. A refused lease leaves
-   * the signature unused and the record unwritten. A signature that fails after the lease was
-   * recorded (none is expected: the key is the broker's own) ends the lease `failed`, recorded
-   * after the issue record.
+   * Nothing upstream (the broker's own JWT): the lease is recorded while the token is signed; the lease
+   * script puts the issue record in the bucket's audit outbox, and the append naming it is sent right
+   * behind that script (written only if the lease is), so the two cost one round trip; the token leaves
+   * only once all three are done. A refused lease leaves the signature unused and the record unwritten.
+   * A signature that fails after the lease was recorded (none is expected: the key is the broker's own)
+   * ends the lease `failed`, recorded after the issue record.
    */
   private async issueLocal(
     who: WorkloadIdentity,
@@ -263,6 +266,7 @@ export class CredentialService {
     provider: Provider,
     req: IssueRequest,
     record: AuditEvent,
+    member: string,
   ): Promise<IssueResult> {
     const started = provider.start?.(req) ?? made(await provider.issue(req));
     // Awaited below once the lease is recorded; a refusal or a Redis error before that drops it.
@@ -274,30 +278,37 @@ export class CredentialService {
       maxLeases: this.deps.config.tasks.maxLeases,
       maxLeasesTotal: this.deps.config.tasks.maxLeasesTotal,
       taskCreatedAt: req.task.createdAt,
+      member,
     });
-    const audited = this.deps.audit.appendIf(record, this.deps.keys.lease(fixed.leaseId));
+    const audited = this.deps.audit.appendMember(record, member);
     audited.catch(() => {});
+    // Not written though the lease may be: Redis ran the record first (a Cluster redirect can reorder them),
+    // or it was refused. Appended again only while the script's member is there: never twice.
+    const reappend = async (at: number) => {
+      if (!(await audited)) await this.deps.audit.appendOutbox(this.deps.keys.bucketOfTask(fixed.taskId), [member], at);
+    };
     let created: Awaited<typeof creating>;
     try {
       created = await creating;
     } catch (err) {
       // No answer (a command timeout while Redis stalled), yet the script may have run, and the issue
-      // record behind it. Nothing is handed out: a lease that exists ends `failed`, recorded as such.
-      await audited.catch(() => {});
+      // record behind it. Nothing is handed out: a lease that exists ends `failed`, recorded as such
+      // after its issue record (which recovery appends if it cannot be now).
+      await reappend(this.deps.clock.now()).catch(() => {});
       await this.failed(fixed, err).catch(() => {});
       throw err;
     }
     await this.recorded(who, fixed, created.kind);
+    const at = created.kind === 'ok' ? created.now : this.deps.clock.now();
     let result: IssueResult;
     try {
       result = await started.done;
     } catch (err) {
-      await audited.catch(() => {});
+      await reappend(at).catch(() => {});
       await this.failed(fixed, err);
       throw err;
     }
-    // Not written though the lease was: Redis ran the record first (a Cluster redirect can reorder them).
-    if (!(await audited)) await this.deps.audit.append(record);
+    await reappend(at);
     return result;
   }
 
@@ -308,7 +319,13 @@ export class CredentialService {
    * orphan window has passed; a task that ends meanwhile makes activation
    * hand the new credential to revocation, never to the caller.
    */
-  private async issueUpstream(who: WorkloadIdentity, fixed: LeaseFixed, provider: Provider, req: IssueRequest): Promise<IssueResult> {
+  private async issueUpstream(
+    who: WorkloadIdentity,
+    fixed: LeaseFixed,
+    provider: Provider,
+    req: IssueRequest,
+    member: string,
+  ): Promise<IssueResult> {
     const configured = this.deps.config.revocation.orphanMs;
     const intent = provider.intent?.(req, configured === undefined ? {} : { orphanMs: configured }) ?? { handle: {}, orphanMs: 60_000 };
     const created = await this.deps.leases.create(fixed, {
@@ -336,10 +353,12 @@ export class CredentialService {
       else await this.failed(fixed, err);
       throw err;
     }
-    const activated = await this.deps.leases.activate(fixed, {
-      handle: { ...intent.handle, ...result.handle },
-      expiresAt: result.expiresAt,
-    });
+    // The issue record goes to the outbox with the answer, only when the credential is the caller's (`ok`).
+    const activated = await this.deps.leases.activate(
+      fixed,
+      { handle: { ...intent.handle, ...result.handle }, expiresAt: result.expiresAt },
+      member,
+    );
     if (activated.kind === 'revoke') {
       // The task ended (or an end was asked for) while the upstream call was in flight: revoke what was made.
       await this.deps.queue.endLease(fixed, activated.reason, this.deps.clock.now());
@@ -355,13 +374,15 @@ export class CredentialService {
     try {
       await provider.confirm?.(req, result);
     } catch (err) {
-      // Not extended: hand out nothing, revoke what exists.
-      await this.deps.leases.requestEnd(fixed.leaseId, 'revoked_by_caller');
+      // Not extended: hand out nothing, revoke what exists; its issue record is withdrawn with the request
+      // (unless recovery appended it already: then the revocation's record follows it).
+      await this.deps.leases.requestEnd(fixed.leaseId, 'revoked_by_caller', member);
       await this.deps.queue.endLease(fixed, 'revoked_by_caller', this.deps.clock.now());
       throw err instanceof BrokerError
         ? err
         : upstreamFailed('upstream_error', 'The upstream did not confirm the credential.', { cause: err });
     }
+    await this.deps.audit.appendOutbox(this.deps.keys.bucketOfTask(fixed.taskId), [member], activated.at);
     return result;
   }
 
@@ -455,6 +476,16 @@ export class CredentialService {
       ttlSeconds: body.ttlSeconds ?? grant.maxTtlSeconds,
       maxPending: this.deps.config.tasks.maxPendingApprovals,
       taskCreatedAt: task.createdAt,
+      // Put in the bucket's audit outbox when the approval is created (approval-request.lua): a process that
+      // dies before appending it loses nothing.
+      audit: (approvalId) => ({
+        action: 'credential.pending',
+        actor: who.id,
+        decision: 'ok',
+        taskId: task.taskId,
+        role: body.role,
+        detail: { approvalId, ttlSeconds: body.ttlSeconds ?? grant.maxTtlSeconds, scopes },
+      }),
     });
     if (res.kind === 'stale') throw new StaleTask();
     if (res.kind === 'task_closed') throw conflict('task_not_open', `Task ${task.taskId} is no longer open.`);
@@ -469,15 +500,8 @@ export class CredentialService {
     }
     if (!('record' in res)) throw conflict('task_not_open', `Task ${task.taskId} is no longer open.`);
     const record = res.record;
-    if (res.kind === 'created') {
-      await this.deps.audit.append({
-        action: 'credential.pending',
-        actor: who.id,
-        decision: 'ok',
-        taskId: task.taskId,
-        role: body.role,
-        detail: { approvalId: record.approvalId, ttlSeconds: record.ttlSeconds, scopes },
-      });
+    if (res.kind === 'created' && res.recorded) {
+      await this.deps.audit.appendOutbox(this.deps.keys.bucketOfTask(task.taskId), [res.recorded.member], res.recorded.at);
     }
     if (record.status === 'pending') return { pending: { approvalId: record.approvalId, status: 'pending' } };
     if (record.status === 'approved') return { approved: record };

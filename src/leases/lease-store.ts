@@ -1,3 +1,4 @@
+import { outboxMember } from '../audit/outbox-member.ts';
 import type { AuditEvent } from '../audit/record.ts';
 import type { Keys } from '../redis/keys.ts';
 import { type RedisClient, script } from '../redis/scripts.ts';
@@ -65,7 +66,8 @@ export class LeaseStore {
    * (over its life): `active`
    * with its expiry (nothing upstream), or `issuing` (the intent, written
    * before the upstream call) with the orphan window after which the sweeper
-   * treats the issuance as interrupted.
+   * treats the issuance as interrupted. `member`: the issue record's outbox member (outboxMember), put in
+   * the bucket's audit outbox at `now` when the lease is recorded (lease-create.lua).
    */
   async create(
     lease: LeaseFixed,
@@ -77,42 +79,57 @@ export class LeaseStore {
       maxLeases: number;
       maxLeasesTotal: number;
       taskCreatedAt?: number;
+      member?: string;
     },
   ): Promise<CreateResult> {
     const bucket = this.keys.bucketOfTask(lease.taskId);
-    const res = (await createScript.run(
-      this.redis,
-      [this.keys.task(lease.taskId), this.keys.lease(lease.leaseId), this.keys.taskLeases(lease.taskId), this.keys.liveLeases(bucket)],
-      [
-        JSON.stringify(lease),
-        opts.status,
-        opts.expiresAt,
-        opts.orphanMs ?? 0,
-        lease.leaseId,
-        JSON.stringify(opts.handle),
-        opts.maxLeases,
-        lease.taskId,
-        lease.provider,
-        lease.role,
-        opts.maxLeasesTotal,
-        opts.taskCreatedAt ?? '',
-      ],
-    )) as [string, number?];
+    const keys = [
+      this.keys.task(lease.taskId),
+      this.keys.lease(lease.leaseId),
+      this.keys.taskLeases(lease.taskId),
+      this.keys.liveLeases(bucket),
+    ];
+    if (opts.member) keys.push(this.keys.auditOutbox(bucket));
+    const res = (await createScript.run(this.redis, keys, [
+      JSON.stringify(lease),
+      opts.status,
+      opts.expiresAt,
+      opts.orphanMs ?? 0,
+      lease.leaseId,
+      JSON.stringify(opts.handle),
+      opts.maxLeases,
+      lease.taskId,
+      lease.provider,
+      lease.role,
+      opts.maxLeasesTotal,
+      opts.taskCreatedAt ?? '',
+      opts.member ?? '',
+    ])) as [string, number?];
     return res[0] === 'ok' ? { kind: 'ok', now: Number(res[1]) } : { kind: res[0] as CreateRefusal };
   }
 
-  /** Records the upstream's answer on an `issuing` lease (see lease-activate.lua). */
+  /**
+   * Records the upstream's answer on an `issuing` lease (see lease-activate.lua). `member`: the issue
+   * record's outbox member, put in the bucket's audit outbox at `at` when the credential is the caller's (`ok`).
+   */
   async activate(
     lease: Pick<LeaseFixed, 'leaseId' | 'taskId'>,
     patch: { handle: LeaseRecord['handle']; expiresAt: number },
-  ): Promise<{ kind: 'ok' } | { kind: 'revoke'; reason: RevokeReason } | { kind: 'gone'; status?: LeaseStatus }> {
+    member = '',
+  ): Promise<{ kind: 'ok'; at: number } | { kind: 'revoke'; reason: RevokeReason } | { kind: 'gone'; status?: LeaseStatus }> {
     const bucket = this.keys.bucketOfTask(lease.taskId);
-    const res = (await activateScript.run(
-      this.redis,
-      [this.keys.lease(lease.leaseId), this.keys.task(lease.taskId), this.keys.liveLeases(bucket), this.keys.leasesRevoking(bucket)],
-      [JSON.stringify(patch.handle), patch.expiresAt, lease.leaseId],
-    )) as string[];
-    if (res[0] === 'ok') return { kind: 'ok' };
+    const keys = [
+      this.keys.lease(lease.leaseId),
+      this.keys.task(lease.taskId),
+      this.keys.liveLeases(bucket),
+      this.keys.leasesRevoking(bucket),
+    ];
+    if (member) keys.push(this.keys.auditOutbox(bucket));
+    const res = (await activateScript.run(this.redis, keys, [JSON.stringify(patch.handle), patch.expiresAt, lease.leaseId, member])) as [
+      string,
+      (string | number)?,
+    ];
+    if (res[0] === 'ok') return { kind: 'ok', at: Number(res[1]) };
     if (res[0] === 'revoke') return { kind: 'revoke', reason: res[1] as RevokeReason };
     return { kind: 'gone', ...(res[1] ? { status: res[1] as LeaseStatus } : {}) };
   }
@@ -144,7 +161,7 @@ export class LeaseStore {
   ): Promise<{ kind: 'ended_now'; recorded?: { member: string; at: number } } | { kind: 'moved' | LeaseStatus | undefined }> {
     const bucket = this.keys.bucketOfId(leaseId);
     if (bucket === undefined) return { kind: undefined };
-    const member = record ? JSON.stringify(record) : '';
+    const member = record ? outboxMember(record) : '';
     const res = (await failIssuanceScript.run(
       this.redis,
       [this.keys.lease(leaseId), this.keys.liveLeases(bucket)],
@@ -204,19 +221,20 @@ export class LeaseStore {
 
   /**
    * Asks for a lease to end: a live one goes to `revoking`; an `issuing` one
-   * is marked, and its activation hands it to revocation.
+   * is marked, and its activation hands it to revocation. `withdraw`: an
+   * outbox member taken out in the same step (the issue record of a
+   * credential that was not handed out after all).
    */
   async requestEnd(
     leaseId: string,
     reason: RevokeReason,
+    withdraw = '',
   ): Promise<{ kind: 'revoking'; reason: RevokeReason } | { kind: 'deferred' | 'ended' | 'no_lease' }> {
     const bucket = this.keys.bucketOfId(leaseId);
     if (bucket === undefined) return { kind: 'no_lease' };
-    const res = (await requestEndScript.run(
-      this.redis,
-      [this.keys.lease(leaseId), this.keys.leasesRevoking(bucket)],
-      [reason, leaseId],
-    )) as string[];
+    const keys = [this.keys.lease(leaseId), this.keys.leasesRevoking(bucket)];
+    if (withdraw) keys.push(this.keys.auditOutbox(bucket));
+    const res = (await requestEndScript.run(this.redis, keys, [reason, leaseId, withdraw])) as string[];
     return res[0] === 'revoking'
       ? { kind: 'revoking', reason: res[1] as RevokeReason }
       : { kind: res[0] as 'deferred' | 'ended' | 'no_lease' };
@@ -267,7 +285,7 @@ export class LeaseStore {
   ): Promise<LeaseChange> {
     const bucket = this.keys.bucketOfId(leaseId);
     if (bucket === undefined) return { before: undefined };
-    const member = record ? JSON.stringify(record) : '';
+    const member = record ? outboxMember(record) : '';
     const res = (await updateScript.run(
       this.redis,
       [this.keys.lease(leaseId), this.keys.liveLeases(bucket)],

@@ -225,6 +225,13 @@ export class Keys {
   auditOutbox(chain: AuditChain): string {
     return `${this.auditBase(chain)}audit-outbox`;
   }
+  /**
+   * Sorted set: members of the chain's audit outbox that were not records (poison), moved here by recovery
+   * (audit-outbox-park.lua) with an `audit.outbox_poison` record each; the newest PARKED_MAX are kept.
+   */
+  auditOutboxParked(chain: AuditChain): string {
+    return `${this.auditBase(chain)}audit-outbox-parked`;
+  }
   /** Every chain id, ops first. */
   auditChains(): AuditChain[] {
     return ['ops', ...Array.from({ length: this.buckets }, (_, i) => i)];

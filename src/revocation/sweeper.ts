@@ -1,4 +1,3 @@
-import { OUTBOX_GRACE_MS, recoverOutbox } from '../audit/outbox.ts';
 import type { Deps } from '../deps.ts';
 import { LeaseStore } from '../leases/lease-store.ts';
 import type { LeaseRecord, RevokeReason } from '../leases/types.ts';
@@ -140,7 +139,7 @@ export class Sweeper {
    */
   private async record(bucket: number, at: number, records: string[]): Promise<void> {
     const mine = this.deps.audit.appendOutbox(bucket, records, at).catch((err: Error) => {
-      // Still in the outbox: the reconcile pass appends them once OUTBOX_GRACE_MS has passed.
+      // Still in the outbox: recovery (src/audit/outbox.ts) appends them once OUTBOX_GRACE_MS has passed.
       this.deps.logger.error(
         { err: err.message, bucket, records: records.length },
         'sweep: audit records not written yet; left to recovery',
@@ -193,7 +192,6 @@ export class Sweeper {
     let requeued = 0;
     try {
       for (let b = 0; b < this.deps.keys.buckets && !this.stopped; b++) {
-        await this.recoverRecords(b);
         requeued += await this.reconcileBucket(b, full);
       }
     } catch (err) {
@@ -201,20 +199,6 @@ export class Sweeper {
       return { requeued, complete: false };
     }
     return { requeued, complete: !this.stopped };
-  }
-
-  /**
-   * Appends the audit records a process left in the bucket's outbox (it died, or its append failed
-   * between a script's decision and the record): those put there more than OUTBOX_GRACE_MS ago, on
-   * Redis's clock. A failure is logged and left to the next pass; the leases are reconciled anyway.
-   */
-  private async recoverRecords(bucket: number): Promise<void> {
-    try {
-      const n = await recoverOutbox(this.deps, bucket, this.deps.clock.now() - OUTBOX_GRACE_MS);
-      if (n > 0) this.deps.logger.warn({ bucket, records: n }, 'audit outbox: appended records a process left unwritten');
-    } catch (err) {
-      this.deps.logger.warn({ err: (err as Error).message, bucket }, 'audit outbox recovery failed; retrying at the next pass');
-    }
   }
 
   /**

@@ -104,10 +104,20 @@ export class TaskService {
     );
     // After policy: a caller policy refuses learns nothing about quarantines.
     await this.refuseQuarantinedAgent(who, task, body.taskId !== undefined, beforeDenial);
+    // The record goes to the bucket's audit outbox with the task (task-open.lua): a process that dies before
+    // appending it loses nothing (recovery appends it, once).
     const res = await this.deps.tasks.open(task, {
       maxSubtasks: config.tasks.maxSubtasks,
       rootTaskId: rootTaskId(task.taskId),
       ...(parentCreatedAt === undefined ? {} : { parentCreatedAt }),
+      audit: {
+        action: 'task.open',
+        actor: who.id,
+        decision: 'allow',
+        taskId: task.taskId,
+        policies,
+        detail: { agent: task.agent, tenant: task.tenant, roles: task.grants.map((g) => g.role), depth: task.depth },
+      },
     });
     const d = (code: 'delegation_outlives_parent' | 'limit_exceeded', msg: string) =>
       deny(
@@ -121,14 +131,7 @@ export class TaskService {
       );
     switch (res.kind) {
       case 'created':
-        await this.deps.audit.append({
-          action: 'task.open',
-          actor: who.id,
-          decision: 'allow',
-          taskId: task.taskId,
-          policies,
-          detail: { agent: task.agent, tenant: task.tenant, roles: task.grants.map((g) => g.role), depth: task.depth },
-        });
+        if (res.recorded) await this.deps.audit.appendOutbox(this.deps.keys.bucketOfTask(task.taskId), [res.recorded], res.task.createdAt);
         return { created: true, task: await this.afterQuarantine(who, res.task) };
       case 'exists':
         if (res.task.requestHash !== requestHash)

@@ -1,4 +1,5 @@
 import { LRUCache } from 'lru-cache';
+import { outboxMember } from '../audit/outbox-member.ts';
 import type { AuditEvent } from '../audit/record.ts';
 import { conflict } from '../errors.ts';
 import { indexWindow } from '../lists/index-window.ts';
@@ -44,7 +45,8 @@ function pairs(flat: string[]): Record<string, string> {
 }
 
 export type OpenResult =
-  | { kind: 'created'; task: TaskRecord }
+  /** `recorded`: the `task.open` record as put in the bucket's audit outbox at the task's `createdAt`. */
+  | { kind: 'created'; task: TaskRecord; recorded?: string }
   | { kind: 'exists'; task: TaskRecord }
   | { kind: 'parent_missing' | 'parent_not_open' | 'parent_stale' | 'limit' }
   | { kind: 'outlives_parent'; parentExpiresAt: number };
@@ -96,8 +98,12 @@ export class TaskStore {
   /**
    * Stores a new task (a sub-task under its parent), or returns the one already under its id.
    * `parentCreatedAt`: the parent incarnation the sub-task was decided on (`parent_stale` if Redis holds another).
+   * `audit`: the record of its opening, put in the bucket's audit outbox in the same step when it is created.
    */
-  async open(task: TaskFixed, opts: { maxSubtasks: number; rootTaskId?: string; parentCreatedAt?: number }): Promise<OpenResult> {
+  async open(
+    task: TaskFixed,
+    opts: { maxSubtasks: number; rootTaskId?: string; parentCreatedAt?: number; audit?: AuditEvent },
+  ): Promise<OpenResult> {
     const k = this.keys;
     const bucket = k.bucketOfTask(task.taskId);
     const keys = [
@@ -110,6 +116,7 @@ export class TaskStore {
     if (task.parentTaskId)
       keys.push(k.task(task.parentTaskId), k.taskChildren(task.parentTaskId), k.task(opts.rootTaskId ?? task.parentTaskId));
     const window = indexWindow(this.retentionMs);
+    const member = opts.audit ? outboxMember(opts.audit) : '';
     const res = (await openScript.run(this.redis, keys, [
       JSON.stringify(task),
       task.ttlSeconds * 1000,
@@ -120,12 +127,17 @@ export class TaskStore {
       window.afterDeadlineMs,
       window.horizonMs,
       opts.parentCreatedAt ?? '',
+      member,
     ])) as [string, ...unknown[]];
     switch (res[0]) {
       case 'created':
         // Any entry under this id was an earlier incarnation (checked at use anyway; no need to keep it).
         this.fixedCache.delete(task.taskId);
-        return { kind: 'created', task: { ...task, status: 'open', createdAt: Number(res[1]), expiresAt: Number(res[2]), liveLeases: 0 } };
+        return {
+          kind: 'created',
+          task: { ...task, status: 'open', createdAt: Number(res[1]), expiresAt: Number(res[2]), liveLeases: 0 },
+          ...(member ? { recorded: member } : {}),
+        };
       case 'exists':
         return { kind: 'exists', task: taskFromHash(pairs(res[1] as string[]))! };
       case 'outlives_parent':

@@ -1,5 +1,6 @@
 import { Redis } from 'ioredis';
 import { AuditLog } from '../../src/audit/audit-log.ts';
+import { outboxMember } from '../../src/audit/outbox-member.ts';
 import type { AuditEvent } from '../../src/audit/record.ts';
 import { verifyAuditChain } from '../../src/audit/verify.ts';
 import { silentLogger } from '../../src/logger.ts';
@@ -300,19 +301,17 @@ describe('records sent behind what they record', () => {
     leaseId: `l${i}`,
   });
 
-  test('a record whose key is absent is not written; the records around it are, in order, on a valid chain', async () => {
+  test('a record whose outbox member is absent is not written; the records around it are, in order, on a valid chain', async () => {
     const prefix = uniquePrefix('audit-if');
     const keys = new Keys(prefix);
     const log = new AuditLog({ redis, keys, logger: silentLogger, taskIndexMs: 60_000 });
     await log.append(event(0));
-    await redis.set(`${prefix}present`, '1');
-    // Three batches: the first refused (its key is absent), the second sent behind it refused with it, sent again.
-    const results = await Promise.all([
-      log.appendIf(event(1), `${prefix}absent`),
-      log.append(event(2)),
-      log.appendIf(event(3), `${prefix}present`),
-    ]);
+    const [absent, present] = [outboxMember(event(1)), outboxMember(event(3))];
+    await redis.zadd(keys.auditOutbox('ops'), Date.now(), present);
+    // Three batches: the first refused (its member is absent), the second sent behind it refused with it, sent again.
+    const results = await Promise.all([log.appendMember(event(1), absent), log.append(event(2)), log.appendMember(event(3), present)]);
     expect(results).toEqual([false, undefined, true]);
+    expect(await redis.zcard(keys.auditOutbox('ops'))).toBe(0);
     const leases = (await redis.xrange(keys.auditStream('ops'), '-', '+')).map(([, f]) => JSON.parse(f[1]!).leaseId);
     expect(leases).toEqual(['l0', 'l2', 'l3']);
     expect(await verifyAuditChain(redis, keys, 'ops')).toMatchObject({ ok: true, records: 3 });
@@ -329,8 +328,9 @@ describe('records sent behind what they record', () => {
     await log.append(event(0));
     const seen = countWrites(c);
     const inFlight = log.append(event(1));
-    void c.set(`${prefix}lease`, '1'); // what the record is about (the lease script)
-    const record = log.appendIf(event(2), `${prefix}lease`);
+    const member = outboxMember(event(2));
+    void c.zadd(keys.auditOutbox('ops'), Date.now(), member); // what the record is about (the lease script adds its member)
+    const record = log.appendMember(event(2), member);
     expect(await record).toBe(true);
     await inFlight;
     // Before: the second record waited for the first batch's answer and went in a write of its own.

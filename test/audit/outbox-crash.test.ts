@@ -1,6 +1,10 @@
 import { afterAll, expect, test } from '@jest/globals';
 import { Redis } from 'ioredis';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { loadConfig } from '../../src/config/load.ts';
+import { script } from '../../src/redis/scripts.ts';
 import {
   AGENT,
   auditRecords,
@@ -11,11 +15,13 @@ import {
   startTestBroker,
   type TestBroker,
   testConfigFile,
+  testRawConfig,
   uniquePrefix,
   waitFor,
 } from '../helpers/broker.ts';
 import { TestIssuer } from '../helpers/identity.ts';
 import { type BrokerProcess, startBrokerProcess } from '../helpers/process.ts';
+import { redisCutProxy } from '../helpers/redis-cut-proxy.ts';
 
 /**
  * The sweeper ends a burst of JWT leases and their task in sweep.lua; their `lease.expire` and
@@ -104,3 +110,94 @@ test('records of leases and a task the sweeper ended survive the worker being ki
     await r.quit();
   }
 }, 180_000);
+
+/**
+ * An API process SIGKILLed between a decision's script and the append of its record: opening a task
+ * (task-open.lua, then `task.open`) and issuing a broker-signed JWT (lease-create.lua, with the
+ * `credential.issue` append sent right behind it in the same socket write). The proxy lets the script
+ * through and cuts the process off at the append, which never reaches Redis; then it is killed. Those
+ * records used to be lost for good (the task open, the lease active, no record). They are in the bucket's
+ * outbox since the script's step; an API-only instance (no worker anywhere) appends each exactly once.
+ */
+test('task.open and credential.issue survive an API process killed between the decision and its record; an API-only instance recovers them', async () => {
+  const kprefix = uniquePrefix('outbox-kill-api');
+  const proxy = await redisCutProxy(REDIS_URL);
+  // One config (one KEK) in two files: the processes to kill reach Redis through the proxy, the survivor directly.
+  const raw = testRawConfig(issuer, kprefix, {
+    server: { port: 0, publicUrl: 'http://127.0.0.1:8080', rateLimit: { perSecond: 0 } },
+    revocation: {
+      backoffMs: 50,
+      maxBackoffMs: 500,
+      reconcileIntervalMs: 1000,
+      concurrency: 8,
+      lockMs: 1000,
+      stalledCheckMs: 500,
+      sweepMs: 20,
+    },
+  });
+  const dir = mkdtempSync(join(tmpdir(), 'jit-outbox-kill-'));
+  const [viaProxy, direct] = [join(dir, 'proxy.yaml'), join(dir, 'direct.yaml')];
+  writeFileSync(viaProxy, JSON.stringify({ ...raw, redis: { ...(raw.redis as object), url: proxy.url } }));
+  writeFileSync(direct, JSON.stringify(raw));
+  const appendSha = script('audit-append').sha;
+  let victim: BrokerProcess | undefined;
+  let survivor: TestBroker | undefined;
+  const as = (path: string) => ({ authorization: `Bearer ${issuer.svid(path)}` });
+  /** Starts an API process through the proxy, sends `request` with the proxy armed, and kills it once cut off. */
+  const killMidway = async (request: (url: string) => Promise<unknown>, decided: () => Promise<boolean>) => {
+    victim = await startBrokerProcess(viaProxy, { args: ['--api'] });
+    const cut = proxy.arm(appendSha);
+    const pending = request(victim.url).catch(() => undefined);
+    await cut;
+    await waitFor(decided, 5000);
+    await victim.kill('SIGKILL');
+    await pending;
+  };
+  try {
+    survivor = await startTestBroker('outbox-kill-survivor', {
+      prefix: kprefix,
+      issuer,
+      loaded: loadConfig({}, direct),
+      broker: { worker: false },
+    });
+    const k = survivor.broker.deps.keys;
+    const r = survivor.broker.deps.redis;
+    await killMidway(
+      (url) =>
+        call(url, 'POST', '/v1/tasks', as(ORCH), {
+          taskId: 't-killed',
+          agent: `spiffe://dev.local${AGENT}`,
+          tenant: 'acme',
+          purpose: 'p',
+          ttlSeconds: 600,
+          grants: [{ role: 'demo-api' }],
+        }),
+      async () => (await r.hget(k.task('t-killed'), 'status')) === 'open',
+    );
+    await killMidway(
+      (url) => call(url, 'POST', '/v1/credentials', as(AGENT), { taskId: 't-killed', role: 'demo-api' }),
+      async () => (await r.scard(k.taskLeases('t-killed'))) === 1,
+    );
+    const [leaseId] = await r.smembers(k.taskLeases('t-killed'));
+    expect(await r.hget(k.lease(leaseId!), 'status')).toBe('active');
+    const of = async (action: string) => (await auditRecords(r, k)).filter((x) => x.action === action && x.taskId === 't-killed');
+    // Recovery takes what is older than its 10-s grace period, at its next pass (every second here).
+    await waitFor(async () => (await of('task.open')).length > 0 && (await of('credential.issue')).length > 0, 30_000, 250).catch(
+      () => undefined,
+    );
+    const opened = await of('task.open');
+    expect(opened).toHaveLength(1);
+    expect(opened[0]).toMatchObject({ actor: `spiffe://dev.local${ORCH}`, decision: 'allow', detail: { roles: ['demo-api'] } });
+    const issued = await of('credential.issue');
+    expect(issued).toHaveLength(1);
+    expect(issued[0]).toMatchObject({ actor: `spiffe://dev.local${AGENT}`, leaseId, role: 'demo-api', decision: 'allow' });
+    expect(await r.zcard(k.auditOutbox(k.bucketOfTask('t-killed')))).toBe(0);
+    const ev = (await call(survivor.url, 'GET', '/v1/tasks/t-killed/evidence?limit=1', survivor.as(ORCH))).body;
+    expect(ev.chain).toBe('intact');
+  } finally {
+    await victim?.kill();
+    await survivor?.broker.close();
+    await proxy.close();
+    await dropPrefix(kprefix);
+  }
+}, 90_000);

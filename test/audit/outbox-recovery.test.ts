@@ -1,14 +1,17 @@
+import { createHash } from 'node:crypto';
 import { afterAll, beforeAll, expect, test } from '@jest/globals';
 import type { Pending } from '../../src/audit/chain-writer.ts';
+import { outboxMember } from '../../src/audit/outbox-member.ts';
 import type { WorkloadIdentity } from '../../src/identity/types.ts';
 import type { AuditChain } from '../../src/redis/keys.ts';
 import { ADMIN, AGENT, auditRecords, call, ORCH, openAgentTask, startTestBroker, type TestBroker, waitFor } from '../helpers/broker.ts';
 
 /**
- * A process that ends a task (task-end.lua) or its leases (leases-end.lua) and dies before appending
- * the audit records: here its appends never reach Redis (each fails, as on a crash nothing would be
- * sent). Those records used to be lost for good while the tasks and leases stayed ended. They are in
- * the bucket's audit outbox since the script's step, and recovery appends them, each exactly once.
+ * A process that makes a decision in a script (ends a task or its leases, opens an approval, decides one,
+ * issues a credential, runs the kill switch) and dies before appending the audit records: here its appends
+ * never reach Redis (each fails, as on a crash nothing would be sent). Those records used to be lost for
+ * good while the decision stood. They are in the chain's audit outbox since the script's step, and
+ * recovery (OutboxRecovery, in every process) appends them, each exactly once.
  */
 let t: TestBroker;
 beforeAll(async () => {
@@ -30,9 +33,9 @@ const who = (path: string): WorkloadIdentity => ({
  * Recovery takes records older than its grace period: ages those in bucket `b`'s outbox as the clock
  * would (same members, older scores). The key is spelt out as the scripts build it (`<base>audit-outbox`).
  */
-async function ageOutbox(b: number): Promise<string> {
+async function ageOutbox(b: AuditChain): Promise<string> {
   const { keys, redis } = t.broker.deps;
-  const outbox = `${keys.base(b)}audit-outbox`;
+  const outbox = `${keys.auditBase(b)}audit-outbox`;
   const flat = await redis.zrange(outbox, '0', '-1', 'WITHSCORES');
   for (let i = 0; i < flat.length; i += 2) await redis.zadd(outbox, 'XX', Number(flat[i + 1]) - 60_000, flat[i]!);
   return outbox;
@@ -52,7 +55,7 @@ function killAppends(): { revive(): void } {
 }
 
 test("records of a completed task, its JWT leases and a kill switch's tasks are appended by recovery after a crash", async () => {
-  const { deps, services, sweeper } = t.broker;
+  const { deps, services } = t.broker;
   const { keys, redis } = deps;
   await openAgentTask(t, 't-done', [{ role: 'demo-api' }]);
   const leases: string[] = [];
@@ -86,7 +89,8 @@ test("records of a completed task, its JWT leases and a kill switch's tasks are 
 
   const buckets = [...new Set(['t-done', 't-kill'].map((id) => keys.bucketOfTask(id)))];
   for (const b of buckets) await ageOutbox(b);
-  await sweeper!.reconcile();
+  await ageOutbox('ops');
+  await t.broker.outbox.pass();
 
   const recs = await auditRecords(redis, keys);
   const of = (action: string, taskId: string) => recs.filter((r) => r.action === action && r.taskId === taskId);
@@ -100,7 +104,13 @@ test("records of a completed task, its JWT leases and a kill switch's tasks are 
     expect(of('task.revoke', id)).toHaveLength(1);
     expect(of('task.revoke', id)[0]).toMatchObject({ actor: 'broker', reason: 'revoked_by_admin' });
   }
+  // The kill switch's own record: it died part-way, so the record put in the ops outbox before the first
+  // ending says so (before: none at all).
+  const kill = recs.filter((r) => r.action === 'admin.revoke');
+  expect(kill).toHaveLength(1);
+  expect(kill[0]).toMatchObject({ actor: `spiffe://dev.local${ADMIN}`, chain: 'ops', detail: { taskId: 't-kill', interrupted: true } });
   for (const b of buckets) expect(await redis.zcard(`${keys.base(b)}audit-outbox`)).toBe(0);
+  expect(await redis.zcard(keys.auditOutbox('ops'))).toBe(0);
 
   // The dead process's append arriving after all (it was only slow): dropped, the record stays single.
   const member = JSON.stringify({ action: 'task.complete', actor: 'broker', decision: 'ok', taskId: 't-done', reason: 'late' });
@@ -111,7 +121,7 @@ test("records of a completed task, its JWT leases and a kill switch's tasks are 
 });
 
 test("the worker's record of an upstream revocation it finished is appended by recovery after a crash", async () => {
-  const { deps, sweeper } = t.broker;
+  const { deps } = t.broker;
   const { keys, redis } = deps;
   // The broker's JWT provider posing as an upstream one: its leases end through a lease-end job (worker.finish).
   const real = deps.providers.get('jwt')!;
@@ -126,11 +136,127 @@ test("the worker's record of an upstream revocation it finished is appended by r
     await waitFor(async () => (await deps.leases.get(leaseId))?.status === 'revoked', 10_000);
     crash.revive();
     await ageOutbox(keys.bucketOfId(leaseId)!);
-    await sweeper!.reconcile();
+    await t.broker.outbox.pass();
     const recs = (await auditRecords(redis, keys)).filter((x) => x.action === 'lease.revoke' && x.leaseId === leaseId);
     expect(recs).toHaveLength(1);
     expect(recs[0]).toMatchObject({ actor: 'broker', decision: 'ok', reason: 'revoked_by_caller', detail: { attempt: 1 } });
   } finally {
     deps.providers.set('jwt', real);
   }
+});
+
+test('records of a task opened, an approval asked for and decided, and an upstream credential issued are appended by recovery after a crash', async () => {
+  const { deps, services } = t.broker;
+  const { keys, redis } = deps;
+  const real = deps.providers.get('jwt')!;
+  // The broker's JWT provider posing as an upstream one: its issue record goes with lease-activate.lua.
+  deps.providers.set('jwt', Object.assign(Object.create(Object.getPrototypeOf(real)), real, { upstream: true, revoke: async () => {} }));
+  const crash = killAppends();
+  let approvalId: string | undefined;
+  try {
+    // Each decision is made in Redis, then its process "dies" before the record is appended.
+    const opened = await call(t.url, 'POST', '/v1/tasks', t.as(ORCH), {
+      taskId: 't-open',
+      agent: `spiffe://dev.local${AGENT}`,
+      tenant: 'acme',
+      purpose: 'crash',
+      ttlSeconds: 600,
+      grants: [{ role: 'demo-api' }, { role: 'prod-deploy' }],
+    });
+    expect(opened.status).not.toBe(201);
+    expect((await deps.tasks.get('t-open'))?.status).toBe('open');
+    const asked = await call(t.url, 'POST', '/v1/credentials', t.as(AGENT), { taskId: 't-open', role: 'prod-deploy' });
+    expect(asked.status).not.toBe(202);
+    [approvalId] = await redis.zrange(keys.approvals(keys.bucketOfTask('t-open')), '0', '-1');
+    await expect(services.approvals.decide(who(ADMIN), approvalId!, 'approve')).rejects.toThrow(/died/);
+    expect((await deps.approvals.get(approvalId!))?.status).toBe('approved');
+    const issued = await call(t.url, 'POST', '/v1/credentials', t.as(AGENT), { taskId: 't-open', role: 'demo-api' });
+    expect(issued.status).not.toBe(201);
+    const [leaseId] = await deps.tasks.leaseIds('t-open');
+    expect((await deps.leases.get(leaseId!))?.status).toBe('active');
+  } finally {
+    crash.revive();
+    deps.providers.set('jwt', real);
+  }
+  await ageOutbox(keys.bucketOfTask('t-open'));
+  await t.broker.outbox.pass();
+  const recs = (await auditRecords(redis, keys)).filter((r) => r.taskId === 't-open');
+  const of = (action: string) => recs.filter((r) => r.action === action);
+  expect(of('task.open')).toHaveLength(1);
+  expect(of('task.open')[0]).toMatchObject({
+    actor: `spiffe://dev.local${ORCH}`,
+    decision: 'allow',
+    detail: { agent: `spiffe://dev.local${AGENT}`, tenant: 'acme', roles: ['demo-api', 'prod-deploy'], depth: 0 },
+  });
+  expect(of('credential.pending')).toHaveLength(1);
+  expect(of('credential.pending')[0]).toMatchObject({ actor: `spiffe://dev.local${AGENT}`, role: 'prod-deploy', detail: { approvalId } });
+  expect(of('approval.decide')).toHaveLength(1);
+  expect(of('approval.decide')[0]).toMatchObject({ actor: `spiffe://dev.local${ADMIN}`, decision: 'allow', detail: { approvalId } });
+  const issue = of('credential.issue');
+  expect(issue).toHaveLength(1);
+  expect(issue[0]).toMatchObject({ actor: `spiffe://dev.local${AGENT}`, role: 'demo-api', decision: 'allow' });
+  expect(await redis.zcard(keys.auditOutbox(keys.bucketOfTask('t-open')))).toBe(0);
+  expect((await call(t.url, 'GET', '/v1/tasks/t-open/evidence?limit=1', t.as(ORCH))).body.chain).toBe('intact');
+});
+
+test('two decisions whose records are identical are two outbox members: both records land', async () => {
+  const { deps } = t.broker;
+  const { keys, redis } = deps;
+  await openAgentTask(t, 't-twice', [{ role: 'demo-api' }]);
+  const r = await call(t.url, 'POST', '/v1/credentials', t.as(AGENT), { taskId: 't-twice', role: 'demo-api' });
+  const leaseId: string = r.body.leaseId;
+  // Two jobs of one lease (the sweeper handed it over again while the first retried) each record their first
+  // failed revoke: the same record twice. As one outbox member, the second was dropped as already written.
+  const record = {
+    action: 'lease.revoke_failed' as const,
+    actor: 'broker',
+    decision: 'error' as const,
+    taskId: 't-twice',
+    role: 'demo-api',
+    leaseId,
+    reason: 'upstream_error',
+    detail: { attempt: 1 },
+  };
+  const fields = { status: 'revoke_failed' as const, lastError: 'upstream_error', attempts: 1 };
+  const [a, b] = [await deps.leases.mark(leaseId, fields, record), await deps.leases.mark(leaseId, fields, record)];
+  const bucket = keys.bucketOfTask('t-twice');
+  await Promise.all([a, b].map((x) => deps.audit.appendOutbox(bucket, [x.recorded!.member], x.recorded!.at)));
+  const recs = (await auditRecords(redis, keys)).filter((x) => x.action === 'lease.revoke_failed' && x.leaseId === leaseId);
+  expect(recs).toHaveLength(2);
+  expect(await redis.zcard(keys.auditOutbox(bucket))).toBe(0);
+});
+
+/** The value of an unlabelled metric in Prometheus text. */
+async function metric(name: string): Promise<number> {
+  const text = await t.broker.deps.metrics.registry.metrics();
+  const line = text.split('\n').find((l) => l.startsWith(`${name} `));
+  return Number(line?.split(' ')[1]);
+}
+
+test('a member that is not a record of its chain is parked and audited without holding up the rest; the gauges show the outbox', async () => {
+  const { deps } = t.broker;
+  const { keys, redis } = deps;
+  const b = keys.bucketOfTask('t-poison');
+  const other = ['x1', 'x2', 'x3', 'x4', 'x5'].find((id) => keys.bucketOfTask(id) !== b)!;
+  const good = outboxMember({ action: 'task.complete', actor: 'broker', decision: 'ok', taskId: 't-poison', reason: 'behind' });
+  const elsewhere = outboxMember({ action: 'task.complete', actor: 'broker', decision: 'ok', taskId: other });
+  const old = Date.now() - 120_000;
+  await redis.zadd(keys.auditOutbox(b), old, 'not a record', old, '{"action":1}', old + 1, elsewhere, old + 2, good);
+  expect(await metric('jit_audit_outbox_records')).toBe(4);
+  expect(await metric('jit_audit_outbox_oldest_seconds')).toBeGreaterThanOrEqual(119);
+  await t.broker.outbox.pass();
+  const recs = await auditRecords(redis, keys);
+  expect(recs.filter((r) => r.reason === 'behind')).toHaveLength(1);
+  const poison = recs.filter((r) => r.action === 'audit.outbox_poison');
+  expect(poison).toHaveLength(3);
+  expect(poison.every((r) => r.chain === b && r.decision === 'error' && r.actor === 'broker' && r.reason === 'not_a_record')).toBe(true);
+  expect(poison.map((r) => r.detail.sha256).sort()).toEqual(
+    ['not a record', '{"action":1}', elsewhere].map((m) => createHash('sha256').update(m).digest('hex')).sort(),
+  );
+  expect(await redis.zcard(keys.auditOutbox(b))).toBe(0);
+  expect((await redis.zrange(keys.auditOutboxParked(b), '0', '-1')).sort()).toEqual(['not a record', '{"action":1}', elsewhere].sort());
+  expect(await metric('jit_audit_outbox_records')).toBe(0);
+  expect(await metric('jit_audit_outbox_oldest_seconds')).toBe(0);
+  expect(await metric('jit_audit_outbox_parked')).toBe(3);
+  expect(await metric('jit_audit_outbox_poison_total')).toBe(3);
 });

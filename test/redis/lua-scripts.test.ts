@@ -1,6 +1,7 @@
 import { readdirSync, readFileSync } from 'node:fs';
 import { generateMulti } from 'cluster-key-slot';
 import { Redis } from 'ioredis';
+import { outboxMember, parseOutboxMember } from '../../src/audit/outbox-member.ts';
 import { Keys } from '../../src/redis/keys.ts';
 import { script, scripts } from '../../src/redis/scripts.ts';
 import { EARLIER_TASK_MARGIN_MS } from '../../src/tasks/incarnation.ts';
@@ -200,7 +201,9 @@ describe('one test per script', () => {
         [keys.base(b), 'completed', 'revoked_by_admin', 'revoked_by_admin', 60_000, 'td', '', task, sub, '1'],
       );
     const ended = (await end()) as [string, number, number, string[], ...string[]];
-    const records = ended[3].map((m) => JSON.parse(m));
+    // Each member tagged with the script's time (two decisions with identical records stay two members).
+    expect(ended[3].every((m) => m.startsWith(`${ended[1]} {`))).toBe(true);
+    const records = ended[3].map((m) => parseOutboxMember(m));
     expect(records).toEqual([
       // Built as the caller's JSON with fields added: an empty array stays an array (no cjson decoding).
       { action: 'task.revoke', actor: 'broker', decision: 'ok', taskId: 'td', policies: [], reason: 'r', detail: { tasks: 2, leases: 1 } },
@@ -285,7 +288,7 @@ describe('one test per script', () => {
     await createLease('lx', skewed, 'issuing');
     const created = Number(await redis.hget(keys.task('lx'), 'createdAt'));
     await redis.hset(keys.lease(skewed), 'issuedAt', created - 5_000);
-    expect(await activate(skewed)).toEqual(['ok']);
+    expect(await activate(skewed)).toEqual(['ok', expect.any(Number)]);
   });
 
   test('lease-update: ends once, keeps the first reason, lowers the live count', async () => {
@@ -356,9 +359,10 @@ describe('one test per script', () => {
     expect(providers).toEqual(['jwt']);
     expect(handoff).toEqual([up]);
     // The ended lease's record, in the bucket's outbox at the script's time; the handed-over one is recorded by the worker.
-    expect(records.map((m) => JSON.parse(m))).toEqual([
+    expect(records.map((m) => parseOutboxMember(m))).toEqual([
       { action: 'lease.revoke', actor: 'broker', decision: 'ok', taskId: 'le', role: 'role', leaseId: jwt, reason: 'task_completed' },
     ]);
+    expect(records[0]!.startsWith(`${now} {`)).toBe(true);
     expect(await redis.zscore(keys.auditOutbox(b), records[0]!)).toBe(String(now));
     expect(await redis.hmget(keys.lease(jwt), 'status', 'reason')).toEqual(['revoked', 'task_completed']);
     expect(await redis.hmget(keys.lease(up), 'status', 'reason')).toEqual(['revoking', 'task_completed']);
@@ -495,14 +499,17 @@ describe('one test per script', () => {
     const [now, expired, handoff, , records] = await run(b);
     expect(expired).toEqual([await redis.hget(keys.lease(jwt), 'expiresAt')]);
     expect(handoff).toEqual([up]);
-    expect(records.map((m) => JSON.parse(m))).toEqual([
+    expect(records.map((m) => parseOutboxMember(m))).toEqual([
       { action: 'lease.expire', actor: 'broker', decision: 'ok', taskId: 'sw2', role: 'role', leaseId: jwt, reason: 'ttl_expired' },
     ]);
+    expect(records[0]!.startsWith(`${now} {`)).toBe(true);
     expect(await redis.zscore(keys.auditOutbox(b), records[0]!)).toBe(String(now));
     expect((await run(b))[2]).toEqual([]); // handed over once, not every sweep
     const [, , , groups, taskRecords] = await run(keys.bucketOfTask('sw'));
     expect(groups).toEqual([['sw']]);
-    expect(taskRecords.map((m) => JSON.parse(m))).toEqual([{ action: 'task.expire', actor: 'broker', decision: 'ok', taskId: 'sw' }]);
+    expect(taskRecords.map((m) => parseOutboxMember(m))).toEqual([
+      { action: 'task.expire', actor: 'broker', decision: 'ok', taskId: 'sw' },
+    ]);
     expect(await redis.zscore(keys.auditOutbox(keys.bucketOfTask('sw')), taskRecords[0]!)).not.toBeNull();
   });
 
@@ -540,15 +547,11 @@ describe('one test per script', () => {
 
   test('audit-append: compare-and-set on the head, indexing task records', async () => {
     const [head, stream] = [keys.auditHead(3), keys.auditStream(3)];
-    expect(
-      await script('audit-append').run(redis, [head, stream], ['', '1:h1', keys.base(3), 60_000, '{"seq":1}', 'tk', '', '']),
-    ).toBeNull();
-    expect(await script('audit-append').run(redis, [head, stream], ['', '1:h2', keys.base(3), 60_000, '{"seq":1}', '', '', ''])).toBe(
-      '1:h1',
-    );
+    expect(await script('audit-append').run(redis, [head, stream], ['', '1:h1', keys.base(3), 60_000, '{"seq":1}', 'tk', ''])).toBeNull();
+    expect(await script('audit-append').run(redis, [head, stream], ['', '1:h2', keys.base(3), 60_000, '{"seq":1}', '', ''])).toBe('1:h1');
     expect(await redis.llen(`${keys.base(3)}task-audit:tk`)).toBe(1);
     // A batch of records of several tasks: each task's index lists its records' stream ids in chain order.
-    const records = ['tk', 'tq', '', 'tk', 'tk', 'tq'].flatMap((t, i) => [`{"seq":${i + 2}}`, t, '', '']);
+    const records = ['tk', 'tq', '', 'tk', 'tk', 'tq'].flatMap((t, i) => [`{"seq":${i + 2}}`, t, '']);
     expect(await script('audit-append').run(redis, [head, stream], ['1:h1', '7:h7', keys.base(3), 60_000, ...records])).toBeNull();
     const entries = await redis.xrange(stream, '-', '+');
     const idOf = (seq: number) => entries.find(([, f]) => f[1] === `{"seq":${seq}}`)![0];
@@ -558,29 +561,12 @@ describe('one test per script', () => {
     expect(await redis.get(head)).toBe('7:h7');
   });
 
-  test('audit-append: a record whose required key is absent refuses its whole batch, naming it', async () => {
-    const [head, stream] = [keys.auditHead(4), keys.auditStream(4)];
-    const present = keys.lease(Keys.newRandomId(4));
-    await redis.set(present, '1');
-    const absent = keys.lease(Keys.newRandomId(4));
-    const batch = (need: string) => ['{"seq":1}', 'tk', present, '', '{"seq":2}', '', '', '', '{"seq":3}', 'tk', need, ''];
-    expect(await script('audit-append').run(redis, [head, stream], ['', '3:h3', keys.base(4), 60_000, ...batch(absent)])).toEqual(['', 3]);
-    expect(await redis.xlen(stream)).toBe(0);
-    expect(await redis.get(head)).toBeNull();
-    expect(await script('audit-append').run(redis, [head, stream], ['', '3:h3', keys.base(4), 60_000, ...batch(present)])).toBeNull();
-    expect(await redis.xlen(stream)).toBe(3);
-  });
-
   test('audit-append: a record naming an outbox member is written only while it is there, and takes it out', async () => {
     const [head, stream, outbox] = [keys.auditHead(5), keys.auditStream(5), keys.auditOutbox(5)];
     const [m1, m2, m3] = ['{"action":"a","n":1}', '{"action":"a","n":2}', '{"action":"a","n":3}'];
     await redis.zadd(outbox, 1000, m1, 1000, m2);
     const append = (expected: string, next: string, recs: [string, string][]) =>
-      script('audit-append').run(
-        redis,
-        [head, stream],
-        [expected, next, keys.base(5), 60_000, ...recs.flatMap(([r, m]) => [r, 'tk', '', m])],
-      );
+      script('audit-append').run(redis, [head, stream], [expected, next, keys.base(5), 60_000, ...recs.flatMap(([r, m]) => [r, 'tk', m])]);
     // m3 was never put there, and m1 is named twice in one batch: both refused, named, nothing written.
     expect(
       await append('', '4:h4', [
@@ -608,6 +594,131 @@ describe('one test per script', () => {
     // A batch resent after a lost answer (head already the new head) is not refused for its members being gone.
     expect(await append('2:h2', '3:h3', [['{"seq":3}', m2]])).toBeNull();
     expect(await redis.xlen(stream)).toBe(3);
+  });
+
+  test("task-open, lease-create, lease-activate, approval-request, approval-swap: a decision's record goes to the outbox in its step, only when decided", async () => {
+    const rec = (n: number) => outboxMember({ action: 'task.open', actor: 'x', decision: 'allow', detail: { n } });
+    const outbox = (b: number) => redis.zrange(keys.auditOutbox(b), '0', '-1', 'WITHSCORES');
+    // task-open: at createdAt; the same id again is `exists` and adds nothing. (Task ids of bucket-unique tests.)
+    const tb = keys.bucketOfTask('ox');
+    const open = (m: string) =>
+      script('task-open').run(
+        redis,
+        [keys.task('ox'), keys.openTasks(tb), keys.tasksByTime(tb), keys.tasksByAgent(tb, 'a'), keys.tasksByOpener(tb, 'o')],
+        [JSON.stringify({ taskId: 'ox' }), 60_000, 'ox', 2, 'a', 'acme', 5000, 3_600_000, '', m],
+      ) as Promise<[string, number]>;
+    const [m1, m2, m3, m4, m5, m6, m7, m8] = [1, 2, 3, 4, 5, 6, 7, 8].map(rec) as string[] as [
+      string,
+      string,
+      string,
+      string,
+      string,
+      string,
+      string,
+      string,
+    ];
+    expect(new Set([m1, m2, m3]).size).toBe(3); // one tag each, though the records differ only in `n`
+    expect(await outbox(tb)).toEqual([]);
+    const opened = await open(m1);
+    expect(opened[0]).toBe('created');
+    expect((await open(m2))[0]).toBe('exists');
+    expect(await outbox(tb)).toEqual([m1, String(opened[1])]);
+    // lease-create: at the lease's issuedAt when recorded; a refusal (maxLeases 2) adds nothing.
+    const create = (id: string, m: string) =>
+      script('lease-create').run(
+        redis,
+        [keys.task('ox'), keys.lease(id), keys.taskLeases('ox'), keys.liveLeases(tb), keys.auditOutbox(tb)],
+        [JSON.stringify({ leaseId: id }), 'active', Date.now() + 60_000, 0, id, '{}', 2, 'ox', 'jwt', 'role', 0, '', m],
+      ) as Promise<[string, number?]>;
+    const made = await create(lid('ox', 1), m3);
+    expect(made).toEqual(['ok', expect.any(Number)]);
+    expect(await redis.zscore(keys.auditOutbox(tb), m3)).toBe(String(made[1]));
+    await create(lid('ox', 2), '');
+    expect(await create(lid('ox', 3), m4)).toEqual(['limit']);
+    expect(await redis.zscore(keys.auditOutbox(tb), m4)).toBeNull();
+    // lease-activate: only when the credential is the caller's (`ok`); handed to revocation, nothing.
+    await script('lease-update').run(
+      redis,
+      [keys.lease(lid('ox', 2)), keys.liveLeases(tb)],
+      [5000, lid('ox', 2), keys.base(tb), 'revoked', 'x'],
+    );
+    const issuing = lid('ox', 4);
+    expect((await create(issuing, ''))[0]).toBe('ok');
+    await redis.hset(keys.lease(issuing), 'status', 'issuing');
+    const activate = (m: string) =>
+      script('lease-activate').run(
+        redis,
+        [keys.lease(issuing), keys.task('ox'), keys.liveLeases(tb), keys.leasesRevoking(tb), keys.auditOutbox(tb)],
+        ['{}', Date.now() + 1000, issuing, m],
+      ) as Promise<[string, number?]>;
+    const activated = await activate(m5);
+    expect(activated).toEqual(['ok', expect.any(Number)]);
+    expect(await redis.zscore(keys.auditOutbox(tb), m5)).toBe(String(activated[1]));
+    expect((await activate(m6))[0]).toBe('gone');
+    expect(await redis.zscore(keys.auditOutbox(tb), m6)).toBeNull();
+    // lease-request-end withdraws the issue record of a credential not handed out after all.
+    await script('lease-request-end').run(
+      redis,
+      [keys.lease(issuing), keys.leasesRevoking(tb), keys.auditOutbox(tb)],
+      ['revoked_by_caller', issuing, m5],
+    );
+    expect(await redis.zscore(keys.auditOutbox(tb), m5)).toBeNull();
+    expect(await redis.hget(keys.lease(issuing), 'status')).toBe('revoking');
+    // approval-request: when it creates one; approval-swap: when an approver decides it, {1, now}.
+    const request = (id: string, m: string) =>
+      script('approval-request').run(
+        redis,
+        [
+          keys.approvalFor(tb, 'ox'),
+          keys.task('ox'),
+          keys.taskApprovals('ox'),
+          keys.approvals(tb),
+          keys.approval(id),
+          keys.approvalsOf(tb, 'a'),
+          keys.approvalsOf(tb, 'o'),
+        ],
+        [keys.base(tb), id, '{}', 0, 60_000, 3_600_000, '', m],
+      ) as Promise<[string, string, number?]>;
+    const a1 = lid('ox', 7);
+    const asked = await request(a1, m6);
+    expect(asked).toEqual(['created', a1, expect.any(Number)]);
+    expect(await redis.zscore(keys.auditOutbox(tb), m6)).toBe(String(asked[2]));
+    expect(await request(lid('ox', 8), m7)).toEqual(['existing', a1]);
+    expect(await redis.zscore(keys.auditOutbox(tb), m7)).toBeNull();
+    const swap = (m: string) =>
+      script('approval-swap').run(
+        redis,
+        [keys.approval(a1), keys.taskApprovals('ox'), keys.approvalFor(tb, 'ox'), keys.auditOutbox(tb)],
+        ['pending', 'approved', a1, m, 'decidedBy', 'z'],
+      );
+    const decided = (await swap(m7)) as [number, number];
+    expect(decided).toEqual([1, expect.any(Number)]);
+    expect(await redis.zscore(keys.auditOutbox(tb), m7)).toBe(String(decided[1]));
+    expect(await redis.hmget(keys.approval(a1), 'status', 'decidedBy')).toEqual(['approved', 'z']);
+    expect(await swap(m8)).toBe(0);
+    expect(await redis.zscore(keys.auditOutbox(tb), m8)).toBeNull();
+  });
+
+  test('audit-outbox-park: moves a poison member aside and puts the record of that in the outbox, in one step', async () => {
+    const [outbox, parked] = [keys.auditOutbox(6), keys.auditOutboxParked(6)];
+    const notes = [1, 2, 3, 4].map((n) =>
+      outboxMember({ action: 'audit.outbox_poison', actor: 'broker', decision: 'error', detail: { n } }),
+    );
+    const note = (n: number) => notes[n - 1]!;
+    await redis.zadd(outbox, 1, 'garbage-1', 2, 'garbage-2', 3, 'garbage-3');
+    const park = (m: string, n: number) => script('audit-outbox-park').run(redis, [outbox, parked], [m, note(n), 2]);
+    const at = (await park('garbage-1', 1)) as number;
+    expect(at).toBeGreaterThan(Date.now() - 60_000);
+    expect(await redis.zscore(outbox, 'garbage-1')).toBeNull();
+    expect(await redis.zscore(parked, 'garbage-1')).toBe(String(at));
+    expect(await redis.zscore(outbox, note(1))).toBe(String(at));
+    // Not there (another process parked it): nothing.
+    expect(await park('garbage-1', 2)).toBeNull();
+    expect(await redis.zscore(outbox, note(2))).toBeNull();
+    // The parked set keeps the newest 2.
+    await park('garbage-2', 3);
+    await park('garbage-3', 4);
+    expect(await redis.zrange(parked, '0', '-1')).toEqual(['garbage-2', 'garbage-3']);
   });
 
   test('audit-mark: moves the export marker only from the value read', async () => {

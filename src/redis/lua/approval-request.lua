@@ -1,5 +1,7 @@
 -- approval-request: the approval of one exact request (task, role, scopes, ttl as sent), creating a
--- pending one if there is none, under the task's bound on pending approvals.
+-- pending one if there is none, under the task's bound on pending approvals. The `credential.pending` record
+-- of one it creates (ARGV[8]) goes to the bucket's audit outbox in the same step (lib/outbox.lua), so a
+-- process that dies before appending it loses nothing.
 -- uses: common
 -- KEYS[1] index: the current approval of this exact request
 -- KEYS[2] task hash
@@ -15,6 +17,7 @@
 -- ARGV[5] retention in ms after the task's deadline
 -- ARGV[6] how long after its request any approval's index entry may stay (ms): the longest task ttl plus ARGV[5]
 -- ARGV[7] createdAt (ms) of the task incarnation the caller decided on ('' = any)
+-- ARGV[8] (optional) outbox member (tagged record JSON) added at `now` when one is created, '' for none
 -- Returns {'existing', id} | {'created', id, now} | {'stale'} | {'task_closed'} | {'limit'}
 local t = redis.call('HMGET', KEYS[2], 'status', 'createdAt', 'expiresAt')
 local st, created = t[1], t[2]
@@ -45,4 +48,5 @@ local horizon, keep_until = tonumber(ARGV[6]), deadline + tonumber(ARGV[5])
 index_add(KEYS[4], ARGV[2], now, horizon, keep_until)
 index_add(KEYS[6], ARGV[2], now, horizon, keep_until)
 if KEYS[7] ~= KEYS[6] then index_add(KEYS[7], ARGV[2], now, horizon, keep_until) end
+if ARGV[8] and ARGV[8] ~= '' then redis.call('ZADD', ARGV[1] .. 'audit-outbox', 'NX', now, ARGV[8]) end
 return { 'created', ARGV[2], now }

@@ -2,20 +2,24 @@
 -- approved -> consumed by the one credential it covers; consumed -> approved when that credential was
 -- not handed out after all). Leaving `pending` takes it off the task's pending set; consuming clears the
 -- request index so the next identical request asks again, and giving it back sets the index again
--- (unless another approval of the same request holds it by now).
+-- (unless another approval of the same request holds it by now). An approver's decision puts its
+-- `approval.decide` record (ARGV[4]) in the bucket's audit outbox in the same step (lib/outbox.lua), so a
+-- process that dies before appending it loses nothing.
 -- uses: common
 -- KEYS[1] approval hash
 -- KEYS[2] the task's pending approvals (set)
 -- KEYS[3] request index of this approval
+-- KEYS[4] (optional) the bucket's audit outbox (zset), with ARGV[4]
 -- ARGV[1] expected status
 -- ARGV[2] new status
 -- ARGV[3] approval id
--- ARGV[4..] more field/value pairs
--- Returns 1 when swapped, 0 otherwise.
+-- ARGV[4] outbox member (tagged record JSON) added when swapped, '' for none
+-- ARGV[5..] more field/value pairs
+-- Returns 1 when swapped ({1, now} when it put ARGV[4] in the outbox at `now`), 0 otherwise.
 if redis.call('HGET', KEYS[1], 'status') ~= ARGV[1] then return 0 end
 redis.call('HSET', KEYS[1], 'status', ARGV[2])
 if ARGV[1] == 'pending' then redis.call('HSET', KEYS[1], 'decidedAt', now_ms()) end
-for i = 4, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+for i = 5, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 if ARGV[1] == 'pending' then redis.call('SREM', KEYS[2], ARGV[3]) end
 if ARGV[2] == 'consumed' and redis.call('GET', KEYS[3]) == ARGV[3] then redis.call('DEL', KEYS[3]) end
 if ARGV[1] == 'consumed' then
@@ -40,5 +44,10 @@ if ARGV[1] == 'consumed' then
     -- reuses one of the incarnation asking.)
     if not cur then redis.call('SET', KEYS[3], ARGV[3], 'PXAT', deadline) end
   end
+end
+if KEYS[4] and ARGV[4] and ARGV[4] ~= '' then
+  local now = now_ms()
+  redis.call('ZADD', KEYS[4], 'NX', now, ARGV[4])
+  return { 1, now }
 end
 return 1

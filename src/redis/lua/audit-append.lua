@@ -1,40 +1,38 @@
 -- audit-append: appends a batch of hash-chained records to one chain, only if the chain head is still
 -- what the caller hashed against (compare-and-set), so concurrent instances never fork a chain.
 -- Records of a task are also indexed under the task, for evidence without scanning the chain.
--- A record may name a key that must exist for it to be written: the record of a lease is sent right
--- behind the script that creates the lease, without waiting for its answer, and is written only if the
--- lease was. A record may also name its member of the chain's audit outbox (lib/outbox.lua): it is written
--- only while that member is there, and the member leaves in this step, so a record a script put in the
--- outbox is written exactly once, by its caller or by recovery, whichever comes first. One absent key or
--- member refuses the whole batch (its hashes were chained through that record); the reply names every
--- such record, and the caller drops them and sends the rest again.
+-- A record may name its member of the chain's audit outbox (lib/outbox.lua), which the script that made
+-- the decision added in its own step: it is written only while that member is there, and the member
+-- leaves in this step, so such a record is written exactly once, by its caller or by recovery, whichever
+-- comes first. The record of a lease is sent right behind the script that creates the lease (and adds its
+-- member), without waiting for its answer: it is written only if the lease was. One absent member refuses
+-- the whole batch (its hashes were chained through that record); the reply names every such record, and
+-- the caller drops them and sends the rest again.
 -- KEYS[1] chain head (`<seq>:<hash>`)
 -- KEYS[2] chain stream
 -- ARGV[1] expected head ('' for an empty chain)
 -- ARGV[2] new head
 -- ARGV[3] key base of the chain (for the task indexes and the outbox `<base>audit-outbox`)
 -- ARGV[4] how long a task index is kept, in ms
--- ARGV[5..] quadruples: record JSON, task id ('' for none), key that must exist ('' for none; in the chain's
---   slot), outbox member ('' for none)
+-- ARGV[5..] triples: record JSON, task id ('' for none), outbox member ('' for none)
 -- Returns false when appended (or when the head already is the new head: this batch was written before);
 -- else nothing is written and it returns the real head, or
--- {real head, n, ...} naming the records (1-based) whose key or outbox member is absent.
+-- {real head, n, ...} naming the records (1-based) whose outbox member is absent.
 local cur = redis.call('GET', KEYS[1]) or ''
 -- Already written: the client sent it again after a dropped connection lost the answer.
 if cur == ARGV[2] then return false end
 if cur ~= ARGV[1] then return cur end
 local outbox = ARGV[3] .. 'audit-outbox'
 local absent, members, at, seen = {}, {}, {}, {}
-for i = 5, #ARGV, 4 do
-  local n = (i - 1) / 4
-  if ARGV[i + 2] ~= '' and redis.call('EXISTS', ARGV[i + 2]) == 0 then
-    absent[#absent + 1] = n
-  elseif seen[ARGV[i + 3]] then
+for i = 5, #ARGV, 3 do
+  local n = (i - 2) / 3
+  local m = ARGV[i + 2]
+  if seen[m] then
     -- The same member twice in one batch (its caller's append and recovery's, queued in one process): once.
     absent[#absent + 1] = n
-  elseif ARGV[i + 3] ~= '' then
-    seen[ARGV[i + 3]] = true
-    members[#members + 1] = ARGV[i + 3]
+  elseif m ~= '' then
+    seen[m] = true
+    members[#members + 1] = m
     at[#at + 1] = n
   end
 end
@@ -55,7 +53,7 @@ local keep = tonumber(ARGV[4])
 -- Each task's index gets one RPUSH of its ids (in chain order) and one PEXPIRE per batch, not one of each
 -- per record: a batch usually holds many records of few tasks, and every command costs Redis time here.
 local ids, tasks = {}, {}
-for i = 5, #ARGV, 4 do
+for i = 5, #ARGV, 3 do
   local id = redis.call('XADD', KEYS[2], '*', 'r', ARGV[i])
   local t = ARGV[i + 1]
   if t ~= '' then

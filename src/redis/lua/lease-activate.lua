@@ -8,15 +8,19 @@
 -- now under the lease's task id that was created after the lease (common.lua `of_earlier_task`: the lease's
 -- own task was purged and the id opened again while the upstream call ran, possible when `orphanMs` exceeds
 -- the retention) is not the lease's task: its own is gone.
+-- When the credential is recorded for its caller (`ok`), its issue record (ARGV[4]) goes to the bucket's
+-- audit outbox in the same step (lib/outbox.lua), so a process that dies before appending it loses nothing.
 -- uses: common
 -- KEYS[1] lease hash
 -- KEYS[2] task hash
 -- KEYS[3] live leases of the bucket (zset)
 -- KEYS[4] leases revoking in the bucket (zset, the reconciler's work list)
+-- KEYS[5] (optional) the bucket's audit outbox (zset), with ARGV[4]
 -- ARGV[1] handle as JSON
 -- ARGV[2] expiresAt (ms) of the credential
 -- ARGV[3] lease id
--- Returns {'ok'} | {'revoke', reason} | {'gone', status} | {'no_lease'}
+-- ARGV[4] (optional) outbox member (tagged record JSON) added on `ok`, '' for none
+-- Returns {'ok', now} | {'revoke', reason} | {'gone', status} | {'no_lease'}
 local st = redis.call('HGET', KEYS[1], 'status')
 if not st then return { 'no_lease' } end
 local late = redis.call('HMGET', KEYS[1], 'givenUp', 'orphanAt')
@@ -43,4 +47,6 @@ if reason then
   return { 'revoke', reason }
 end
 redis.call('HSET', KEYS[1], 'status', 'active')
-return { 'ok' }
+local now = now_ms()
+if KEYS[5] and ARGV[4] and ARGV[4] ~= '' then redis.call('ZADD', KEYS[5], 'NX', now, ARGV[4]) end
+return { 'ok', now }

@@ -3,11 +3,15 @@
 -- left `open`, no lease can join it, so ending a task sees every lease it will ever have.
 -- An `issuing` lease is the intent written before an upstream call: its live-index score is the orphan
 -- deadline, after which the sweeper treats the issuance as interrupted.
+-- The issue record of an `active` lease (ARGV[13], the broker's own JWT) goes to the bucket's audit outbox
+-- in the same step (lib/outbox.lua): the caller's append, sent right behind this script, names it, and a
+-- process that dies before that append reaches Redis loses nothing (recovery appends it).
 -- uses: common
 -- KEYS[1] task hash
 -- KEYS[2] lease hash
 -- KEYS[3] task's lease index (zset, score = issuedAt)
 -- KEYS[4] live leases of the bucket (zset)
+-- KEYS[5] (optional) the bucket's audit outbox (zset), with ARGV[13]
 -- ARGV[1] immutable part as JSON
 -- ARGV[2] status: active | issuing
 -- ARGV[3] expiresAt (ms): the credential's expiry (active) or the latest it could have (issuing)
@@ -21,6 +25,7 @@
 -- ARGV[11] maxLeasesTotal per task over its life, ended leases included (0 = no bound)
 -- ARGV[12] createdAt (ms) of the task incarnation the caller decided on ('' = any): a task id that was
 --          purged and opened again is another task, and what was decided about the old one does not hold
+-- ARGV[13] (optional) outbox member (tagged record JSON) added at `now` when the lease is recorded, '' for none
 -- Returns {'ok', now} | {'no_task'} | {'stale'} | {'task_closed'} | {'limit'} | {'limit_total'}
 local f = redis.call('HMGET', KEYS[1], 'status', 'createdAt', 'expiresAt', 'live', 'leases')
 local st = f[1]
@@ -46,4 +51,5 @@ if ARGV[2] == 'issuing' then
 end
 redis.call('ZADD', KEYS[3], now, ARGV[5])
 redis.call('ZADD', KEYS[4], score, ARGV[5])
+if KEYS[5] and ARGV[13] and ARGV[13] ~= '' then redis.call('ZADD', KEYS[5], 'NX', now, ARGV[13]) end
 return { 'ok', now }

@@ -38,7 +38,7 @@ for i = 6, #ARGV do
     if localKinds[f[2]] then
       bulk_end_lease(acc, base, id, f[3], f[5], ARGV[2], ARGV[3], retention, now, f[6], st)
       ended[#ended + 1] = f[2]
-      records[#records + 1] = lease_record(heads, action, f[3], f[4], id, ARGV[3])
+      records[#records + 1] = lease_record(heads, now, action, f[3], f[4], id, ARGV[3])
     else
       -- A given-up issuance (`revoke_failed` while its revoke fails) ends `failed`, for no reason: handed over only.
       if not f[5] and not f[7] then redis.call('HSET', k, 'reason', ARGV[3]) end

@@ -32,11 +32,11 @@ for _, id in ipairs(overdue) do
   if redis.call('HGET', k, 'status') == 'open' then
     local ended = end_subtree(base, KEYS[2], id, 'expired', 'task_expired', 'task_completed', retention, now)
     groups[#groups + 1] = ended
-    records[#records + 1] = audit_json({ 'action', 'task.expire', 'actor', 'broker', 'decision', 'ok', 'taskId', id })
+    records[#records + 1] = outbox_member(now, audit_json({ 'action', 'task.expire', 'actor', 'broker', 'decision', 'ok', 'taskId', id }))
     for j = 2, #ended do
-      records[#records + 1] = audit_json({
+      records[#records + 1] = outbox_member(now, audit_json({
         'action', 'task.complete', 'actor', 'broker', 'decision', 'ok', 'taskId', ended[j], 'reason', 'parent_task_expired',
-      })
+      }))
     end
   else
     redis.call('ZREM', KEYS[2], id)
@@ -55,7 +55,7 @@ for i = 1, #due, 2 do
   elseif localKinds[f[2]] and st ~= 'issuing' then
     bulk_end_lease(acc, base, id, f[3], f[5], 'expired', 'ttl_expired', retention, now, f[6], st)
     expired[#expired + 1] = score
-    records[#records + 1] = lease_record(heads, 'lease.expire', f[3], f[4], id, 'ttl_expired')
+    records[#records + 1] = lease_record(heads, now, 'lease.expire', f[3], f[4], id, 'ttl_expired')
   else
     handoff[#handoff + 1] = id
     redis.call('ZADD', KEYS[1], now + retry, id)

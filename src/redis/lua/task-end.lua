@@ -33,10 +33,10 @@ end
 local records = {}
 if ARGV[8] and ARGV[8] ~= '' then
   local counts = ARGV[10] == '1' and { raw = audit_json({ 'tasks', #ended, 'leases', live }) } or false
-  records[1] = audit_extend(ARGV[8], { 'detail', counts })
+  records[1] = outbox_member(now, audit_extend(ARGV[8], { 'detail', counts }))
 end
 if ARGV[9] and ARGV[9] ~= '' then
-  for i = 2, #ended do records[#records + 1] = audit_extend(ARGV[9], { 'taskId', ended[i] }) end
+  for i = 2, #ended do records[#records + 1] = outbox_member(now, audit_extend(ARGV[9], { 'taskId', ended[i] })) end
 end
 outbox_add(ARGV[1], now, records)
 local out = { 'ended', now, live, records }

@@ -1,5 +1,7 @@
 -- task-open: creates a task if its id is free, registers it in every index in the same step,
 -- and for a sub-task checks the parent (open, deadline) and the tree's sub-task budget.
+-- Its `task.open` record (ARGV[10]) goes to the bucket's audit outbox in the same step (lib/outbox.lua), so a
+-- process that dies before appending it loses nothing (recovery appends it).
 -- uses: common
 -- KEYS[1] task hash
 -- KEYS[2] open tasks (zset, by deadline)
@@ -19,6 +21,7 @@
 -- ARGV[8] how long after its creation any task's index entry may stay (ms): the longest ttl plus ARGV[7]
 -- ARGV[9] createdAt (ms) of the parent incarnation the caller decided on ('' = any; sub-tasks only):
 --         a parent id that was purged and opened again is another task
+-- ARGV[10] (optional) outbox member (tagged record JSON) added at createdAt when the task is created, '' for none
 -- Returns {'exists', <hash as flat list>} | {'created', createdAt, expiresAt} | {'parent_stale'}
 --       | {'parent_missing'} | {'parent_not_open'} | {'outlives_parent', parentExpiresAt} | {'limit'}
 if #KEYS >= 8 and ARGV[9] and ARGV[9] ~= '' then
@@ -53,4 +56,5 @@ for i = 3, 5 do index_add(KEYS[i], ARGV[3], now, horizon, keep_until) end
 -- record: it is not this task's, and its orchestrator may be another. Its records stay in the chain.
 local base = string.sub(KEYS[1], 1, #KEYS[1] - #('task:' .. ARGV[3]))
 redis.call('DEL', base .. 'task-audit:' .. ARGV[3])
+if ARGV[10] and ARGV[10] ~= '' then redis.call('ZADD', base .. 'audit-outbox', 'NX', now, ARGV[10]) end
 return { 'created', now, expires }

@@ -1,0 +1,64 @@
+import { connect, createServer, type Server, type Socket } from 'node:net';
+
+/**
+ * A TCP proxy in front of Redis for a process a test is about to SIGKILL. Once armed with a Lua script's
+ * SHA-1, the first connection to send an EVALSHA of that script has its commands cut there: what it sent
+ * before that command (in the same write too) reaches Redis, that command and everything after it never
+ * does, while Redis's answers still reach the process. So the process is caught exactly between a command
+ * and the next (a decision's script and the audit append behind it), however close together it sends
+ * them, and the test kills it there: what it had not sent is lost, as on a crash.
+ *
+ * Commands are found by the script's SHA-1 (40 hex characters) in the chunk read; a command split across
+ * two reads at that spot would slip through (the writes here are small: one read each).
+ */
+export async function redisCutProxy(redisUrl: string) {
+  const target = new URL(redisUrl);
+  let armed: string | undefined;
+  let onCut: (() => void) | undefined;
+  const sockets = new Set<Socket>();
+  const server: Server = createServer((client) => {
+    const upstream = connect(Number(target.port || 6379), target.hostname);
+    sockets.add(client).add(upstream);
+    let cut = false;
+    client.on('data', (chunk: Buffer) => {
+      if (cut) return;
+      const at = armed ? chunk.indexOf(armed, 0, 'latin1') : -1;
+      if (at < 0) {
+        upstream.write(chunk);
+        return;
+      }
+      // The command starts at its array header (`*<n>\r\n$7\r\nevalsha\r\n$40\r\n<sha>`): no `*` in between.
+      const start = chunk.lastIndexOf('*', at, 'latin1');
+      if (start > 0) upstream.write(chunk.subarray(0, start));
+      cut = true;
+      armed = undefined;
+      onCut?.();
+    });
+    upstream.on('data', (chunk: Buffer) => client.write(chunk));
+    const end = () => {
+      client.destroy();
+      upstream.destroy();
+      sockets.delete(client);
+      sockets.delete(upstream);
+    };
+    client.on('close', end).on('error', end);
+    upstream.on('close', end).on('error', end);
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
+  const { port } = server.address() as { port: number };
+  return {
+    url: `redis://127.0.0.1:${port}`,
+    /** Cuts the next connection to run `sha`, at that command; resolves once it did. */
+    arm(sha: string): Promise<void> {
+      armed = sha;
+      return new Promise<void>((r) => {
+        onCut = r;
+      });
+    },
+    close: () =>
+      new Promise<void>((r) => {
+        for (const s of sockets) s.destroy();
+        server.close(() => r());
+      }),
+  };
+}
