@@ -33,6 +33,7 @@ import { DataLossMonitor } from './ops/recovery.ts';
 import { RotationService } from './ops/rotation.ts';
 import { parseStored } from './ops/sealed-secrets.ts';
 import { RotationScheduler } from './ops/schedule.ts';
+import { RotationResume } from './ops/rotation-resume.ts';
 import { createCedarEngine } from './policy/cedar-engine.ts';
 import type { PolicyEngine } from './policy/types.ts';
 import { ProviderRegistry } from './providers/registry.ts';
@@ -328,6 +329,9 @@ export async function startBroker(config: LoadedConfig, opts: BrokerOptions = {}
       scheduler = sch;
       undo.push(() => sch.close());
       await sch.start();
+      const resume = new RotationResume(deps, rotation);
+      resume.start();
+      undo.push(() => resume.stop());
       // Export, seal and retention run where the worker runs (one instance at a time, under a lock).
       auditExport.start();
       undo.push(() => auditExport.stop());

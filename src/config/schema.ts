@@ -225,8 +225,13 @@ export const configSchema = z
         schedule: z.record(z.string().min(1), z.int().min(1)).default({}),
         /** After announcing a rotated upstream secret, how long to wait before the old one is retired. */
         switchGraceMs: z.int().min(0).max(60_000).default(2000),
+        /**
+         * How often a worker looks for a rotation that died or failed half-way (its intent left in Redis,
+         * its lock free) and rotates that target again, retiring what it left upstream; 0 = never.
+         */
+        resumeInterruptedSeconds: z.int().min(0).max(86_400).default(60),
       })
-      .default({ schedule: {}, switchGraceMs: 2000 }),
+      .default({ schedule: {}, switchGraceMs: 2000, resumeInterruptedSeconds: 60 }),
     /** The web console's sign-in provider (contract section 10); absent = no console. */
     console: consoleSchema.optional(),
   })

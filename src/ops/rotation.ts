@@ -54,7 +54,11 @@ export class RotationService {
    * Rotates `target`. `immediate` (signing key only: a compromised key) makes
    * the new key sign at once and drops the old one from the JWKS.
    */
-  async rotate(who: WorkloadIdentity | 'schedule', target: string, opts: { immediate?: boolean } = {}): Promise<Record<string, unknown>> {
+  async rotate(
+    who: WorkloadIdentity | 'schedule',
+    target: string,
+    opts: { immediate?: boolean; resumed?: boolean } = {},
+  ): Promise<Record<string, unknown>> {
     const actor = who === 'schedule' ? 'broker' : who.id;
     if (who !== 'schedule') await authorize(this.deps, who, 'rotate', { type: 'Broker', id: 'broker' }, { target }, {});
     const found = this.deps.providers.byRotationTarget(target);
@@ -96,7 +100,7 @@ export class RotationService {
         actor,
         decision: 'ok',
         reason: target,
-        detail: { rotated: result.rotated, ...(opts.immediate ? { immediate: true } : {}) },
+        detail: { rotated: result.rotated, ...(opts.immediate ? { immediate: true } : {}), ...(opts.resumed ? { resumed: true } : {}) },
       });
       return { target, rotated: result.rotated, ...(result.detail ?? {}) };
     } catch (err) {
@@ -112,7 +116,13 @@ export class RotationService {
       const code = err instanceof BrokerError ? err.code : 'rotation_failed';
       // rotation_incomplete: the instances could not all be switched back, so both secrets were kept valid.
       const state: Record<string, boolean> = code === 'rotation_incomplete' ? { bothSecretsValid: true } : { oldSecretInUse: true };
-      await this.deps.audit.append({ action: 'rotate', actor, decision: 'error', reason: code, detail: { target, ...state } });
+      await this.deps.audit.append({
+        action: 'rotate',
+        actor,
+        decision: 'error',
+        reason: code,
+        detail: { target, ...state, ...(opts.resumed ? { resumed: true } : {}) },
+      });
       if (err instanceof BrokerError) throw err;
       throw upstreamFailed('rotation_failed', `Rotating ${target} failed; the previous secret is still in use.`, { cause: err });
     } finally {

@@ -79,6 +79,9 @@ export function testRawConfig(issuer: TestIssuer, prefix: string, overrides: Rec
   // Each test broker its own audit export (the default ./data/audit.jsonl would be shared by every test).
   const audit = (overrides.audit ?? {}) as { export?: Record<string, unknown> };
   raw.audit = { ...audit, export: { file: join(dir, 'audit.jsonl'), ...(audit.export ?? {}) } };
+  // Tests that leave a rotation unfinished on purpose check what the next rotation does: the worker's own
+  // pass that finishes it (test/ops/rotation-resume.test.ts turns it on) would race them.
+  raw.rotation = { resumeInterruptedSeconds: 0, ...((overrides.rotation as Record<string, unknown> | undefined) ?? {}) };
   return raw;
 }
 
