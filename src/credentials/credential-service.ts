@@ -373,14 +373,11 @@ export class CredentialService {
    */
   private async revokeInHand(fixed: LeaseFixed, provider: Provider, req: IssueRequest, handle: LeaseRecord['handle'], expiresAt: number) {
     const lease: LeaseRecord = { ...fixed, status: 'revoking', issuedAt: this.deps.clock.now(), expiresAt, handle };
-    // Counted like the worker's revocations of given-up issuances (reason `issuance_interrupted`), once.
-    const count = (result: 'revoked' | 'failed') =>
-      this.deps.metrics.revocations.inc({ result, reason: 'issuance_interrupted', provider: fixed.provider });
     try {
       await provider.revoke(lease, req.role, { reason: 'issuance_interrupted' });
-      count('revoked');
     } catch (err) {
-      count('failed');
+      // A failed revocation attempt like the worker's (its lease's end is counted there): nobody retries this one.
+      this.deps.metrics.revocations.inc({ result: 'failed', reason: 'issuance_interrupted', provider: fixed.provider });
       this.deps.logger.warn(
         { leaseId: fixed.leaseId, provider: fixed.provider, err: (err as Error).message },
         'could not revoke a credential whose lease was given up during issuance',

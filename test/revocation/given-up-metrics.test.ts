@@ -96,6 +96,38 @@ test('a given-up issuance whose revoke fails is counted as issuance_interrupted,
   expect(records.filter((r) => r.action === 'credential.fail').map((r) => r.reason)).toEqual(['issuance_interrupted']);
 }, 60_000);
 
+test("the issuing process's own revoke of a session recorded past its deadline, failing, is counted as issuance_interrupted", async () => {
+  const open = await call(t.url, 'POST', '/v1/tasks', t.as(ORCH), {
+    taskId: 't-gum-3',
+    agent: `spiffe://dev.local${AGENT}`,
+    tenant: 'acme',
+    purpose: 'given-up metrics',
+    ttlSeconds: 7200,
+    grants: [{ role: 'reports-bucket', scopes: ['s3:GetObject'] }],
+  });
+  expect(open.status).toBe(201);
+  const deps = t.broker.deps;
+  const workers = t.broker.worker!.workers;
+  await Promise.all(workers.map((w) => w.pause())); // the worker's own revoke waits: only the issuing process's runs
+  try {
+    const before = await counted();
+    // STS makes the session at once; its answer arrives past the 1-s orphan deadline (within the 2-s request timeout).
+    emu.holdAnswer('AssumeRole', 1500);
+    emu.failNext(3, { action: 'GetRolePolicy' }); // and the issuing process's revoke of it fails
+    const res = await call(t.url, 'POST', '/v1/credentials', t.as(AGENT), { taskId: 't-gum-3', role: 'reports-bucket' });
+    expect(res.status).toBe(502);
+    const after = await counted();
+    // Before: not counted at all (only logged), though the session it holds lives on until the worker revokes it.
+    expect((after['failed/issuance_interrupted'] ?? 0) - (before['failed/issuance_interrupted'] ?? 0)).toBe(1);
+    await Promise.all(workers.map((w) => w.resume()));
+    const [leaseId] = await deps.tasks.leaseIds('t-gum-3');
+    await waitFor(async () => (await deps.leases.get(leaseId!))?.status === 'failed', 20_000);
+    expect(((await counted())['revoked/issuance_interrupted'] ?? 0) - (before['revoked/issuance_interrupted'] ?? 0)).toBe(1);
+  } finally {
+    await Promise.all(workers.map((w) => w.resume()));
+  }
+}, 60_000);
+
 test('a given-up issuance whose revoke fails until its credential expires ends failed, counted expired with issuance_interrupted', async () => {
   const before = await counted();
   emu.failNext(100_000, { action: 'GetRolePolicy' }); // IAM never answers the revoke (the last test: the emulator stops after it)
