@@ -40,13 +40,14 @@ export class Metrics {
     });
     this.revocations = new Counter({
       name: 'jit_revocations_total',
-      help: 'Lease revocations and expiries by result',
+      // `reason`: a lease's RevokeReason or `issuance_interrupted` (a given-up issuance): a fixed set.
+      help: 'Lease revocations and expiries by result (revoked, expired; failed: one failed upstream attempt) and reason',
       labelNames: ['result', 'reason', 'provider'],
       registers,
     });
     this.revocationLag = new Histogram({
       name: 'jit_revocation_lag_seconds',
-      help: 'From the revocation trigger (task end, TTL, DELETE) to the lease being ended',
+      help: "From the revocation trigger (task end, TTL, DELETE, an interrupted issuance's orphan deadline) to the lease being ended",
       labelNames: ['reason'],
       buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60],
       registers,

@@ -397,6 +397,8 @@ export class CredentialService {
     try {
       await provider.revoke(lease, req.role, { reason: 'issuance_interrupted' });
     } catch (err) {
+      // A failed revocation attempt like the worker's (its lease's end is counted there): nobody retries this one.
+      this.deps.metrics.revocations.inc({ result: 'failed', reason: 'issuance_interrupted', provider: fixed.provider });
       this.deps.logger.warn(
         { leaseId: fixed.leaseId, provider: fixed.provider, err: (err as Error).message },
         'could not revoke a credential whose lease was given up during issuance',

@@ -215,6 +215,12 @@ export interface Provider<R extends RoleConfig = RoleConfig> {
   revoke(lease: LeaseRecord, role: R | undefined, ctx: RevokeContext): Promise<void>;
   /** Called when the lease's TTL runs out; default: nothing to do upstream. */
   expire?(lease: LeaseRecord, role: R | undefined): Promise<void>;
+  /**
+   * Upkeep the sweeper's reconcile pass runs (every `revocation.reconcileIntervalMs`, in every worker):
+   * checks that what revocation wrote upstream is still there and writes back what is not (AWS: a deny
+   * that a late PutRolePolicy erased). Failures are the provider's to log; a throw is logged and retried.
+   */
+  reconcile?(): Promise<void>;
   /** Readiness of the upstream connection (reported by /readyz, which does not depend on it). */
   ready?(): Promise<boolean>;
   /**

@@ -12,10 +12,10 @@ export interface HeldLock {
   /** Whether the lock is still ours (it can lapse under a slow upstream call). */
   held(): Promise<boolean>;
   /**
-   * Sets (value given) or deletes `key`, in the lock's slot, only while the lock is ours, in one step;
-   * false when it lapsed (nothing written).
+   * Sets (value given; for `ttlMs` when given) or deletes `key`, in the lock's slot, only while the lock
+   * is ours, in one step; false when it lapsed (nothing written).
    */
-  write(key: string, value?: string): Promise<boolean>;
+  write(key: string, value?: string, ttlMs?: number): Promise<boolean>;
   release(): Promise<void>;
 }
 
@@ -39,8 +39,11 @@ export async function acquireLock(
   return {
     extend: async (ttlMs) => (await extend.run(redis, [key], [token, ttlMs])) === 1,
     held: async () => (await redis.get(key)) === token,
-    write: async (target, value) =>
-      (await fencedWrite.run(redis, [key, target], value === undefined ? [token, 'del'] : [token, 'set', value])) === 1,
+    write: async (target, value, ttlMs) => {
+      const args =
+        value === undefined ? [token, 'del'] : [token, 'set', value, ...(ttlMs === undefined ? [] : [Math.max(1, Math.ceil(ttlMs))])];
+      return (await fencedWrite.run(redis, [key, target], args)) === 1;
+    },
     release: async () => {
       await release.run(redis, [key], [token]);
     },

@@ -197,8 +197,21 @@ export class Sweeper {
     } catch (err) {
       this.deps.logger.warn({ err: (err as Error).message, full }, 'reconcile failed');
       return { requeued, complete: false };
+    } finally {
+      if (!this.stopped) await this.reconcileProviders();
     }
     return { requeued, complete: !this.stopped };
+  }
+
+  /** Each provider's own upkeep (Provider.reconcile: AWS re-adds a deny a late write erased), whatever the leases' pass did. */
+  private async reconcileProviders(): Promise<void> {
+    for (const [kind, provider] of this.deps.providers.all()) {
+      try {
+        await provider.reconcile?.();
+      } catch (err) {
+        this.deps.logger.warn({ err: (err as Error).message, provider: kind }, 'provider reconcile failed; retrying at the next pass');
+      }
+    }
   }
 
   /**

@@ -66,7 +66,7 @@ export class RevocationWorker {
     // An issuance, or one given up earlier whose revoke failed (`revoke_failed`): the same path, whatever reason
     // the job carries (a DELETE, a task end or the reconciler asking again), for it ends `failed`, not revoked.
     if (lease.status === 'issuing' || lease.givenUp !== undefined) {
-      if (!provider) return this.providerMissing(lease, attempt);
+      if (!provider) return this.providerMissing(lease, attempt, 'issuance_interrupted');
       // Its issuing process died or stalled (the sweeper hands it over once the orphan window passed): give
       // it up in Redis, so a late activation is refused, then revoke with what was written down (the
       // intent, or what a late activation recorded) or let a short-lived credential die; hand out nothing.
@@ -75,21 +75,11 @@ export class RevocationWorker {
       const held: LeaseRecord = { ...lease, handle: JSON.parse(given.handle) };
       const role = roleOfLease(this.deps, held) as never;
       const revoke = () => provider.revoke(held, role, { reason: 'issuance_interrupted' });
-      if ((await this.attempt(held, attempt, revoke)) === 'settled') return;
-      // Its record goes to the audit outbox with the ending (lease-fail-issuance.lua): only the call that ends it
-      // records it (the issuing process may have ended it `failed` first, recorded there), and a crash loses nothing.
-      const ended = await leases.failIssuance(lease.leaseId, given.handle, 'issuance_interrupted', {
-        action: 'credential.fail',
-        actor: 'broker',
-        decision: 'error',
-        taskId: lease.taskId,
-        role: lease.role,
-        leaseId: lease.leaseId,
-        reason: 'issuance_interrupted',
-      });
-      // A late activation recorded another handle meanwhile: revoke again, with it.
-      if (ended.kind === 'moved') throw new RetryableUpstreamError('upstream_error', 'a late activation recorded another handle');
-      if (ended.kind === 'ended_now' && ended.recorded) await this.appendRecorded(lease.leaseId, ended.recorded);
+      // Counted and ended as what it is, an issuance that failed: never as a TTL that ran out (nothing was
+      // handed out), also when the revoke kept failing until the credential's own expiry.
+      const fail = (lastError?: string) => this.failGivenUp(lease, given.handle, attempt, lastError);
+      if ((await this.attempt(held, attempt, revoke, { reason: 'issuance_interrupted', expired: fail })) === 'settled') return;
+      await fail();
       return;
     }
     const reason: RevokeReason = lease.reason ?? (data.reason === 'issuance_interrupted' ? 'ttl_expired' : data.reason);
@@ -98,7 +88,7 @@ export class RevocationWorker {
     // got a new expiry): nothing is due before the credential's own expiry, when the sweeper hands it over again.
     if (expiry && lease.status === 'active' && lease.expiresAt - this.deps.clock.now() > EXPIRY_SLACK_MS) return;
     // After that check: a stale hand-over must not mark a live lease failed on a worker without its provider.
-    if (!provider) return this.providerMissing(lease, attempt);
+    if (!provider) return this.providerMissing(lease, attempt, reason);
     if (lease.status === 'active' && !expiry) await leases.mark(lease.leaseId, { status: 'revoking', reason });
     const role = roleOfLease(this.deps, lease) as never;
     const admin = reason === 'revoked_by_admin' ? await this.adminScope(lease.taskId) : undefined;
@@ -108,8 +98,38 @@ export class RevocationWorker {
       expiry
         ? (provider.expire?.(lease, role) ?? Promise.resolve())
         : provider.revoke(lease, role, { reason, requestedAt, ...(admin ? { adminScope: admin.scope } : {}) });
-    if ((await this.attempt(lease, attempt, call)) === 'settled') return;
+    if ((await this.attempt(lease, attempt, call, { reason })) === 'settled') return;
     await this.finish(lease, expiry ? 'expired' : 'revoked', reason, expiry ? lease.expiresAt : data.requestedAt, attempt);
+  }
+
+  /**
+   * Ends a given-up issuance `failed` once the worker revoked what its handle names (`lastError` unset), or
+   * once its credential expired while the revoke kept failing (`lastError`: the last failure's code). Its
+   * record goes to the audit outbox with the ending (lease-fail-issuance.lua): only the call that ends it
+   * records and counts it (the issuing process may have ended it `failed` first, recorded there), and a
+   * crash loses nothing.
+   */
+  private async failGivenUp(lease: LeaseRecord, handle: string, attempt: number, lastError?: string): Promise<void> {
+    const { leases, metrics } = this.deps;
+    const ended = await leases.failIssuance(lease.leaseId, handle, 'issuance_interrupted', {
+      action: 'credential.fail',
+      actor: 'broker',
+      decision: 'error',
+      taskId: lease.taskId,
+      role: lease.role,
+      leaseId: lease.leaseId,
+      reason: 'issuance_interrupted',
+      ...(lastError ? { detail: { revoke: 'expired', lastError, attempt } } : {}),
+    });
+    // A late activation recorded another handle meanwhile: revoke again, with it.
+    if (ended.kind === 'moved') throw new RetryableUpstreamError('upstream_error', 'a late activation recorded another handle');
+    if (ended.kind !== 'ended_now') return;
+    // From its orphan deadline, when it became due, to its ending.
+    const due = lease.orphanAt ?? lease.givenUp;
+    if (due !== undefined)
+      metrics.revocationLag.observe({ reason: 'issuance_interrupted' }, Math.max(0, this.deps.clock.now() - due) / 1000);
+    metrics.revocations.inc({ result: lastError ? 'expired' : 'revoked', reason: 'issuance_interrupted', provider: lease.provider });
+    if (ended.recorded) await this.appendRecorded(lease.leaseId, ended.recorded);
   }
 
   /**
@@ -129,10 +149,17 @@ export class RevocationWorker {
    * provider is back or the credential expires. An issuance not given up stays `issuing`: it was not
    * given up here (that needs the provider), so its activation may still win.
    */
-  private async providerMissing(lease: LeaseRecord, attempt: number): Promise<void> {
+  private async providerMissing(lease: LeaseRecord, attempt: number, reason: LeaseEndJob['reason']): Promise<void> {
     const missing = new RetryableUpstreamError('provider_unavailable', `provider ${lease.provider} is not configured in this worker`);
     const keepStatus = lease.status === 'issuing' && lease.givenUp === undefined;
-    await this.attempt(lease, attempt, () => Promise.reject(missing), { keepStatus });
+    const fail = () => Promise.reject(missing);
+    if (reason !== 'issuance_interrupted') return void (await this.attempt(lease, attempt, fail, { keepStatus, reason }));
+    // An issuance (given up or not) still ends `failed` at its credential's expiry, with the handle it holds.
+    const expired = async (code: string) => {
+      const handle = (await this.deps.redis.hget(this.deps.keys.lease(lease.leaseId), 'handle')) ?? '{}';
+      await this.failGivenUp(lease, handle, attempt, code);
+    };
+    await this.attempt(lease, attempt, fail, { keepStatus, reason, expired });
   }
 
   /**
@@ -144,7 +171,11 @@ export class RevocationWorker {
     lease: LeaseRecord,
     attempt: number,
     call: () => Promise<void>,
-    opts: { keepStatus?: boolean } = {},
+    opts: { keepStatus?: boolean } & (
+      | { reason: RevokeReason }
+      // A given-up issuance: `expired` ends it (`failed`) once its credential's own expiry has passed.
+      | { reason: 'issuance_interrupted'; expired: (lastError: string) => Promise<void> }
+    ),
   ): Promise<'done' | 'settled'> {
     try {
       await call();
@@ -153,7 +184,8 @@ export class RevocationWorker {
       const code = err instanceof BrokerError || err instanceof RetryableUpstreamError ? err.code : 'upstream_error';
       const { leases, metrics, logger } = this.deps;
       if (this.deps.clock.now() >= lease.expiresAt) {
-        await this.finish(lease, 'expired', lease.reason ?? 'ttl_expired', lease.expiresAt, attempt, code);
+        if (opts.reason === 'issuance_interrupted') await opts.expired(code);
+        else await this.finish(lease, 'expired', opts.reason, lease.expiresAt, attempt, code);
         return 'settled';
       }
       // A given-up issuance shows `revoke_failed` like any failing revocation (on the reconciler's work list,
@@ -177,7 +209,8 @@ export class RevocationWorker {
             }
           : undefined,
       );
-      metrics.revocations.inc({ result: 'failed', reason: lease.reason ?? 'ttl_expired', provider: lease.provider });
+      // The reason this revocation is for (the `lease` read before it was marked may not carry it yet).
+      metrics.revocations.inc({ result: 'failed', reason: opts.reason, provider: lease.provider });
       logger.warn({ leaseId: lease.leaseId, code, attempt, err: (err as Error).message }, 'revocation attempt failed; retrying');
       if (recorded) await this.appendRecorded(lease.leaseId, recorded);
       throw err;

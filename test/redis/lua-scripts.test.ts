@@ -781,6 +781,11 @@ describe('one test per script', () => {
     await redis.set(lock, 'mine', 'PX', 10_000);
     expect(await script('lock-fenced-write').run(redis, [lock, target], ['mine', 'del'])).toBe(1);
     expect(await redis.get(target)).toBeNull();
+    // With a time to live (an AWS role's deny ledger): kept that long; without one, for good.
+    expect(await script('lock-fenced-write').run(redis, [lock, target], ['mine', 'set', 'v3', 5000])).toBe(1);
+    expect(await redis.pttl(target)).toBeGreaterThan(4000);
+    expect(await script('lock-fenced-write').run(redis, [lock, target], ['mine', 'set', 'v4'])).toBe(1);
+    expect(await redis.pttl(target)).toBe(-1);
   });
 });
 

@@ -63,6 +63,11 @@ export const awsSettingsSchema = z.strictObject({
    * deny is kept this much longer than the latest expiry of what it denies.
    */
   clockSkewSeconds: z.int().min(0).max(3600).default(300),
+  /**
+   * How often each role's deny policy is read back and any deny the broker wrote, but a write that landed
+   * late erased, is written again (the sweeper's reconcile pass; one instance per role per interval).
+   */
+  revocationVerifySeconds: z.int().min(1).max(3600).default(30),
   /** After rotation, how often to try the new key while IAM propagates it. */
   rotationVerifyAttempts: z.int().min(1).max(60).default(10),
   rotationVerifyDelayMs: z.int().min(1).max(30_000).default(1000),

@@ -16,11 +16,14 @@ import {
   addTask,
   addTaskSessions,
   coarsen,
+  covers,
   denies,
   type DenyModel,
   emptyModel,
   isoSeconds,
+  lastEnd,
   mergeModels,
+  ownOnly,
   parseDenyPolicy,
   policySize,
   prunable,
@@ -28,7 +31,7 @@ import {
   renderDenyPolicy,
   type SessionFacts,
 } from './deny-policy.ts';
-import { withLock } from '../../redis/lock.ts';
+import { type HeldLock, withLock } from '../../redis/lock.ts';
 import { type FoldDecision, foldToFit, ownerOfSession, type TaskOwners, taskFoldPattern } from './deny-fold.ts';
 import { ownersToStore, parseOwners } from './deny-owners.ts';
 import { roleNameFromArn } from './role-info.ts';
@@ -104,8 +107,8 @@ const FOLD_TARGET = 0.8;
 const REPORTED_LEASES = 20;
 /** The lock outlives the slowest IAM round trip with retries; `held()` catches the rest. */
 const LOCK = { ttlMs: 60_000, waitMs: 15_000 };
-/** How long a written document is remembered in Redis (for cheap "already denied" answers and IAM's read lag). */
-const CACHE_TTL_MS = 15 * 60_000;
+/** How long "IAM holds no deny of ours" is remembered (saves a GetRolePolicy per TTL expiry on such a role). */
+const EMPTY_TTL_MS = 15 * 60_000;
 const ROUNDS = 3;
 
 /**
@@ -114,11 +117,20 @@ const ROUNDS = 3;
  * IAM is the durable record: each write reads the policy (`GetRolePolicy`),
  * merges, drops only what has certainly expired (the end of life is in each
  * statement's Sid) and writes the whole policy back, so losing Redis loses no
- * deny. Redis holds a per-role lock and a copy of the last document written:
- * the copy answers "already denied" without calling IAM (a task's hundreds
- * of sessions cost one write) and is merged into every write, covering IAM's
+ * deny. Redis holds a per-role lock and the ledger: the broker's own entries
+ * as last written, kept as long as the latest of them must last. The ledger
+ * answers "already denied" without calling IAM (a task's hundreds of sessions
+ * cost one write) and is merged into every write, covering IAM's
  * read-after-write lag between workers. A write whose lock lapsed meanwhile
- * is merged and written again.
+ * is merged and written again; the ledger is written only while the lock is
+ * ours (lock-fenced-write.lua).
+ *
+ * The lock orders the writers that are alive, not the requests on the wire,
+ * and IAM has no conditional write: an attempt that timed out (retried, the
+ * writer gone on) can still land after a later document and put back one
+ * without that writer's deny. So `verifyAll` (the sweeper's reconcile pass,
+ * every `revocationVerifySeconds` per role) re-reads each role that has a
+ * ledger and writes back whatever deny of it IAM no longer holds.
  *
  * When the document outgrows its budget, statements with close ends are
  * merged (keeping the later end); then the entries of one task, or of one
@@ -137,9 +149,20 @@ export class DenyList {
     this.d = deps;
   }
 
-  private keys(roleArn: string) {
+  /**
+   * The role's keys. The ledger's hash tag is the lock's whole name, so both are in one slot (a Redis
+   * Cluster hashes only the tag): the ledger is written by a script that checks the lock in the same step.
+   * The lock keeps the name earlier versions use, so they and this one never write at once.
+   */
+  keys(roleArn: string) {
     const base = `${this.d.keyPrefix}:aws:deny:${roleArn}`;
-    return { doc: `${base}:doc`, lock: `${base}:lock`, owners: `${base}:owners` };
+    const lock = `${base}:lock`;
+    return { ledger: `${this.d.keyPrefix}:aws:deny-ledger:{${lock}}`, lock, owners: `${base}:owners`, verified: `${base}:verified` };
+  }
+
+  /** The roles that have a ledger, scored by when it expires (what `verifyAll` looks at). */
+  private get rolesKey(): string {
+    return `${this.d.keyPrefix}:aws:deny-roles`;
   }
 
   private get skewMs(): number {
@@ -175,14 +198,60 @@ export class DenyList {
   /** Drops statements whose end of life (plus skew) has passed; writes IAM only if something goes. */
   async prune(roleArn: string): Promise<void> {
     const k = this.keys(roleArn);
-    let text = await this.d.redis.get(k.doc);
+    const now = this.d.clock();
+    let model: DenyModel;
+    const text = await this.d.redis.get(k.ledger);
     if (text === null) {
-      // Nothing remembered (a restart, a wiped Redis): IAM knows. Remember it, without replacing a newer copy.
-      text = (await this.readIam(roleArn)) ?? '';
-      await this.d.redis.set(k.doc, text, 'PX', CACHE_TTL_MS, 'NX');
-    }
-    if (!prunable(parse(text, this.d.clock()), this.d.clock(), this.skewMs)) return;
+      // No ledger (a restart, a wiped Redis): IAM knows. Remember what it holds, without replacing a newer ledger.
+      model = parseDenyPolicy(await this.readIam(roleArn), now);
+      const ledger = this.ledger(model, now);
+      await this.d.redis.set(k.ledger, ledger.text, 'PX', ledger.ttlMs, 'NX');
+      if (ledger.until !== undefined) await this.d.redis.zadd(this.rolesKey, 'GT', ledger.until, roleArn);
+    } else model = parse(text, now);
+    if (!prunable(model, now, this.skewMs)) return;
     await this.update(roleArn, () => {});
+  }
+
+  /**
+   * Writes back any deny of the role's ledger that IAM no longer holds (a write that landed late put back
+   * an older document): 'repaired' when it wrote, 'ok' when IAM holds it all, 'none' when there is no ledger.
+   */
+  async verify(roleArn: string): Promise<'ok' | 'repaired' | 'none'> {
+    const now = this.d.clock();
+    const ledger = await this.cached(roleArn);
+    pruneModel(ledger, now, this.skewMs);
+    if (lastEnd(ledger) === undefined) return 'none';
+    if (covers(parseDenyPolicy(await this.readIam(roleArn), now), ledger)) return 'ok';
+    // Merged and written under the lock, from a second read: one that only lagged behind a write just made
+    // (IAM is eventually consistent) finds it all there now, and nothing is written or reported.
+    if ((await this.update(roleArn, () => {})) === 'covered') return 'ok';
+    this.d.logger.error(
+      { roleArn },
+      'aws deny list: a deny the broker wrote was missing from the role policy (a write that landed late replaced it); written again',
+    );
+    return 'repaired';
+  }
+
+  /**
+   * `verify` for every role with a ledger, each at most once per `revocationVerifySeconds` across all
+   * instances (every worker's reconcile pass calls this). Returns how many roles were repaired; a role
+   * whose check failed is logged and looked at again at the next pass.
+   */
+  async verifyAll(): Promise<number> {
+    const { redis, logger } = this.d;
+    await redis.zremrangebyscore(this.rolesKey, '-inf', this.d.clock());
+    let repaired = 0;
+    for (const roleArn of await redis.zrange(this.rolesKey, '0', '-1')) {
+      const claim = this.keys(roleArn).verified;
+      if (!(await redis.set(claim, '1', 'PX', this.d.settings.revocationVerifySeconds * 1000, 'NX'))) continue;
+      try {
+        if ((await this.verify(roleArn)) === 'repaired') repaired++;
+      } catch (err) {
+        await redis.del(claim);
+        logger.warn({ roleArn, code: awsErrorCode(err) }, 'checking the aws deny list failed; retrying at the next pass');
+      }
+    }
+    return repaired;
   }
 
   /** What IAM holds for the role now (for tests and ops tooling). */
@@ -190,9 +259,9 @@ export class DenyList {
     return parseDenyPolicy(await this.readIam(roleArn), this.d.clock());
   }
 
-  /** The remembered copy of the last document written (empty when none). */
+  /** The ledger: the broker's own entries as last written (empty when none). */
   private async cached(roleArn: string): Promise<DenyModel> {
-    return parse(await this.d.redis.get(this.keys(roleArn).doc), this.d.clock());
+    return parse(await this.d.redis.get(this.keys(roleArn).ledger), this.d.clock());
   }
 
   /**
@@ -202,7 +271,7 @@ export class DenyList {
   private async update(roleArn: string, change: (m: DenyModel) => void, who: Revoking = {}): Promise<'covered' | 'written'> {
     const k = this.keys(roleArn);
     for (let round = 0; round < ROUNDS; round++) {
-      const outcome = await withLock(this.d.redis, k.lock, LOCK, async ({ held }) => {
+      const outcome = await withLock(this.d.redis, k.lock, LOCK, async (lock) => {
         const now = this.d.clock();
         const iamText = await this.readIam(roleArn);
         // What IAM holds must parse: a document we cannot read is never overwritten.
@@ -212,7 +281,7 @@ export class DenyList {
         const owners = parseOwners(stored);
         change(model);
         pruneModel(model, now, this.skewMs);
-        return this.commit(roleArn, model, iamText, held, who, { owners, stored });
+        return this.commit(roleArn, model, iamText, lock, who, { owners, stored });
       });
       if (!outcome) throw new RetryableUpstreamError('revocation_busy', `the deny list of ${roleArn} is locked by another worker`);
       if (outcome.value !== 'lost') return outcome.value;
@@ -226,7 +295,7 @@ export class DenyList {
     roleArn: string,
     model: DenyModel,
     iamText: string | undefined,
-    held: () => Promise<boolean>,
+    lock: HeldLock,
     who: Revoking,
     tags: { owners: TaskOwners; stored: string | null },
   ): Promise<'covered' | 'written' | 'lost'> {
@@ -234,13 +303,14 @@ export class DenyList {
     const { owners } = tags;
     let { doc, fallback, folds } = this.fit(roleArn, model, this.d.settings.revocationPolicyMaxChars, now, 'policy_size', who, owners);
     if (doc === (iamText === undefined ? undefined : JSON.stringify(JSON.parse(iamText)))) {
-      await this.remember(roleArn, doc);
+      if (!(await this.remember(roleArn, model, lock, now))) return 'lost';
       await this.rememberOwners(roleArn, model, tags, now);
       return 'covered';
     }
-    if (!(await held())) return 'lost';
+    if (!(await lock.held())) return 'lost';
+    let written: 'written' | 'role_gone';
     try {
-      await this.write(roleArn, doc);
+      written = await this.write(roleArn, doc);
     } catch (err) {
       if (classify(err) !== 'limit') throw this.failure(err, roleArn);
       // Other inline policies on the role leave less room than the budget assumed: measure it and fit again.
@@ -249,18 +319,18 @@ export class DenyList {
       doc = refit.doc;
       fallback = refit.fallback ?? fallback; // the first fit may already have collapsed the list
       folds = [...folds, ...refit.folds];
-      if (!(await held())) return 'lost';
-      await this.write(roleArn, doc).catch((e: unknown) => {
+      if (!(await lock.held())) return 'lost';
+      written = await this.write(roleArn, doc).catch((e: unknown) => {
         throw this.failure(e, roleArn);
       });
     }
     // A fallback replaced every fold: it is the one decision in force.
     if (fallback) await this.reportFallback(fallback);
     else for (const f of folds) await this.reportFold(f);
-    if (!(await held())) return 'lost';
-    await this.remember(roleArn, doc);
+    // A deleted role: AWS refuses its sessions, and there is nothing left to keep denied (or to verify).
+    if (!(await this.remember(roleArn, written === 'role_gone' ? emptyModel() : model, lock, now))) return 'lost';
     await this.rememberOwners(roleArn, model, tags, now);
-    return 'written';
+    return written === 'role_gone' ? 'covered' : 'written';
   }
 
   /**
@@ -348,8 +418,23 @@ export class DenyList {
     await this.d.onFallback?.(event);
   }
 
-  private async remember(roleArn: string, doc: string | undefined): Promise<void> {
-    await this.d.redis.set(this.keys(roleArn).doc, doc ?? '', 'PX', CACHE_TTL_MS);
+  /** The ledger of a model: its own entries' document ('' for none), until when it is needed, and for how long to keep it. */
+  private ledger(model: DenyModel, now: number): { text: string; until?: number; ttlMs: number } {
+    const end = lastEnd(model);
+    if (end === undefined) return { text: '', ttlMs: EMPTY_TTL_MS };
+    const until = end + this.skewMs;
+    return { text: renderDenyPolicy(ownOnly(model)) ?? '', until, ttlMs: Math.max(1000, until - now) };
+  }
+
+  /**
+   * Writes the ledger of what was just written, only while the lock is ours (false when it lapsed: the
+   * caller merges and writes again), and lists the role for `verifyAll` until the ledger expires.
+   */
+  private async remember(roleArn: string, model: DenyModel, lock: HeldLock, now: number): Promise<boolean> {
+    const ledger = this.ledger(model, now);
+    // Listed first: a process that dies between the two steps leaves a role listed with nothing to check, never the reverse.
+    if (ledger.until !== undefined) await this.d.redis.zadd(this.rolesKey, 'GT', ledger.until, roleArn);
+    return lock.write(this.keys(roleArn).ledger, ledger.text, ledger.ttlMs);
   }
 
   /** Keeps the owners of the tags left in the written model, as long as the latest of them (deny-owners.ts). */
@@ -374,15 +459,17 @@ export class DenyList {
     }
   }
 
-  private async write(roleArn: string, doc: string | undefined): Promise<void> {
+  /** 'role_gone' when IAM has no such role (PutRolePolicy: NoSuchEntity). */
+  private async write(roleArn: string, doc: string | undefined): Promise<'written' | 'role_gone'> {
     const RoleName = roleNameFromArn(roleArn);
     const PolicyName = this.d.settings.revocationPolicyName;
     try {
       if (doc === undefined) await this.d.clients.run((c) => c.iam.send(new DeleteRolePolicyCommand({ RoleName, PolicyName })));
       else await this.d.clients.run((c) => c.iam.send(new PutRolePolicyCommand({ RoleName, PolicyName, PolicyDocument: doc })));
+      return 'written';
     } catch (err) {
       // The policy is already gone, or the role is: a deleted role's sessions are refused by AWS anyway.
-      if (classify(err) === 'not_found') return;
+      if (classify(err) === 'not_found') return doc === undefined ? 'written' : 'role_gone';
       throw err;
     }
   }

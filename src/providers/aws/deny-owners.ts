@@ -7,7 +7,7 @@ import type { DenyModel } from './deny-policy.ts';
  * say it (it is the task id, or a hash of it), but the session whose
  * revocation writes it does: its name carries the agent and task keys.
  *
- * Kept in Redis next to the copy of the document
+ * Kept in Redis next to the ledger (deny-list.ts)
  * (`<prefix>:aws:deny:<roleArn>:owners`: JSON, a list of
  * `[tag, "<agent key>-<task key>"]`), read and written under the role's lock, for as
  * long as the latest tag in the list lives. Losing it loses no deny: the

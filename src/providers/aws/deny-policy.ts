@@ -201,6 +201,30 @@ export function mergeModels(a: DenyModel, b: DenyModel): DenyModel {
   return m;
 }
 
+/** The model's own entries only (statements not written by the broker left out). */
+export const ownOnly = (m: DenyModel): DenyModel => ({ ...mergeModels(m, emptyModel()), foreign: [] });
+
+/** The latest end of life among the model's own entries (epoch ms); undefined when it has none. */
+export function lastEnd(m: DenyModel): number | undefined {
+  const ends = [
+    ...m.sessions.values(),
+    ...m.tasks.values(),
+    ...[...m.agents.values()].map((at) => at + MAX_SESSION_MS),
+    ...[...m.folds.values()].map((f) => f.end),
+    ...(m.cutoff === undefined ? [] : [m.cutoff + MAX_SESSION_MS]),
+  ];
+  return ends.length === 0 ? undefined : Math.max(...ends);
+}
+
+/**
+ * Whether `m` denies at least what `ledger` does, each entry as long (the broker's own entries; a
+ * statement added by hand is not the broker's to keep). Compared as documents: merging the ledger in
+ * changes nothing exactly when every entry of it is already there with an end at least as late.
+ */
+export function covers(m: DenyModel, ledger: DenyModel): boolean {
+  return renderDenyPolicy(ownOnly(mergeModels(m, ledger))) === renderDenyPolicy(ownOnly(m));
+}
+
 /** Whether the model already denies this session until it expires. */
 export function denies(m: DenyModel, s: SessionFacts): boolean {
   if ((m.sessions.get(s.userId) ?? 0) >= s.expiresAt) return true;

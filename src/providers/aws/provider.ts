@@ -140,6 +140,11 @@ export function createAwsProvider(settings: AwsSettings, ctx: ProviderContext, o
       );
     },
 
+    async reconcile() {
+      if (settings.revocation !== 'iam-deny') return;
+      await denyList.verifyAll();
+    },
+
     async expire(lease) {
       if (settings.revocation !== 'iam-deny') return;
       const h = handleOf(lease);

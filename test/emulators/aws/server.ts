@@ -64,12 +64,20 @@ export interface AwsEmulator {
    * `lose`: then the connection is reset instead of answered (the caller never learns the outcome).
    */
   holdAnswer(action: string, ms: number, opts?: { lose?: boolean }): void;
+  /**
+   * The next request of `action` is held BEFORE it is carried out (stuck on its way to IAM: its caller
+   * may time out, retry and go on while it has still to land) until `release()`; `landed` resolves once
+   * it has been carried out. Its answer goes to a caller that may be long gone.
+   */
+  holdRequest(action: string): { release(): void; landed: Promise<void> };
   /** A newly created access key answers InvalidClientTokenId for its first `calls` requests (IAM eventual consistency). */
   setKeyPropagationDelay(calls: number): void;
   createRole(
     name: string,
     opts?: { maxSessionDuration?: number; trust?: string[]; externalId?: string; path?: string },
   ): { roleName: string; roleId: string; arn: string };
+  /** Deletes a role (its inline policies with it; IAM refuses its sessions from then on). */
+  deleteRole(name: string): void;
   createUser(name: string): EmulatedUser;
   /** An inline policy of a role, parsed; undefined when absent. */
   rolePolicy(roleName: string, policyName: string): unknown;
@@ -116,6 +124,7 @@ export async function startAwsEmulator(opts: AwsEmulatorOptions = {}): Promise<A
   let down = false;
   let propagationDelay = 0;
   const holds: { action: string; ms: number; lose: boolean }[] = [];
+  const stuck: { action: string; gate: Promise<void>; landed: () => void }[] = [];
   const sockets = new Set<Socket>();
 
   const takeFault = (action: string): Fault | undefined => {
@@ -181,7 +190,15 @@ export async function startAwsEmulator(opts: AwsEmulatorOptions = {}): Promise<A
         throw new AwsError('IncompleteSignature', 400, 'X-Amz-Security-Token must be signed.');
       account.checkNotExpired(principal);
 
-      const result = handler({ account, principal, params, packedPolicyLimit, keyPropagationDelay: propagationDelay });
+      const at0 = stuck.findIndex((h) => h.action === params.Action);
+      const held = at0 >= 0 ? stuck.splice(at0, 1)[0] : undefined;
+      if (held) await held.gate;
+      let result: string | undefined;
+      try {
+        result = handler({ account, principal, params, packedPolicyLimit, keyPropagationDelay: propagationDelay });
+      } finally {
+        held?.landed();
+      }
       const at = holds.findIndex((h) => h.action === params.Action);
       const hold = at >= 0 ? holds.splice(at, 1)[0] : undefined;
       if (hold) await new Promise((r) => setTimeout(r, hold.ms).unref());
@@ -240,12 +257,27 @@ export async function startAwsEmulator(opts: AwsEmulatorOptions = {}): Promise<A
     holdAnswer: (action, ms, o = {}) => {
       holds.push({ action, ms, lose: o.lose === true });
     },
+    holdRequest: (action) => {
+      let release!: () => void;
+      let landed!: () => void;
+      const gate = new Promise<void>((r) => {
+        release = r;
+      });
+      const done = new Promise<void>((r) => {
+        landed = r;
+      });
+      stuck.push({ action, gate, landed });
+      return { release, landed: done };
+    },
     setKeyPropagationDelay: (calls) => {
       propagationDelay = calls;
     },
     createRole: (name, o) => {
       const r = account.createRole(name, o);
       return { roleName: r.roleName, roleId: r.roleId, arn: r.arn };
+    },
+    deleteRole: (name) => {
+      account.roles.delete(name);
     },
     createUser: (name) => {
       const user = account.createUser(name);

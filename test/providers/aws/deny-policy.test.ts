@@ -5,10 +5,12 @@ import {
   addTask,
   addTaskSessions,
   coarsen,
+  covers,
   type DenyModel,
   denies,
   emptyModel,
   isoSeconds,
+  lastEnd,
   MAX_SESSION_MS,
   mergeModels,
   parseDenyPolicy,
@@ -107,6 +109,43 @@ describe('the deny policy document', () => {
       expect.objectContaining({ Sid: `JitSessionsUntil${(T0 + WINDOW_MS) / 1000 + 1}` }),
       edited,
     ]);
+  });
+});
+
+describe('the ledger (what the broker wrote, checked against IAM)', () => {
+  it('is covered by a policy holding each of its entries at least as long, foreign statements aside', () => {
+    const ledger = emptyModel();
+    addSession(ledger, '*:jit-a', T0 + 100_000);
+    addAgent(ledger, 'example.org@agent@x', T0 - 5000, T0);
+    const iam = parseDenyPolicy(renderDenyPolicy(ledger), T0);
+    expect(covers(iam, ledger)).toBe(true);
+    // A later end (coarsened, or raised by a later revocation) still covers; entries IAM has besides do too.
+    addSession(iam, '*:jit-a', T0 + 3 * WINDOW_MS);
+    addSession(iam, '*:jit-b', T0 + WINDOW_MS);
+    expect(covers(iam, ledger)).toBe(true);
+    // A missing entry, an earlier end or an earlier cut-off does not.
+    const lost = parseDenyPolicy(renderDenyPolicy(iam), T0);
+    lost.sessions.delete('*:jit-a');
+    expect(covers(lost, ledger)).toBe(false);
+    const shorter = emptyModel();
+    addSession(shorter, '*:jit-a', T0);
+    shorter.agents.set('example.org@agent@x', T0);
+    addSession(ledger, '*:jit-a', T0 + 2 * WINDOW_MS);
+    expect(covers(shorter, ledger)).toBe(false);
+    // A statement added by hand is not the broker's to put back.
+    const mine = parseDenyPolicy(renderDenyPolicy(ledger), T0);
+    const withManual = mergeModels(mine, emptyModel());
+    withManual.foreign.push({ Sid: 'OpsManual', Effect: 'Deny', Action: 's3:DeleteBucket', Resource: '*' });
+    expect(covers(mine, withManual)).toBe(true);
+  });
+
+  it('lasts until its latest entry has expired: a cut-off 12 h past it', () => {
+    const m = emptyModel();
+    expect(lastEnd(m)).toBeUndefined();
+    addSession(m, '*:jit-a', T0 + 100_000);
+    expect(lastEnd(m)).toBe(T0 + WINDOW_MS);
+    addAgent(m, 'x', T0 - 5000, T0);
+    expect(lastEnd(m)).toBe(T0 + MAX_SESSION_MS);
   });
 });
 
