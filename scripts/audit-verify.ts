@@ -1,9 +1,10 @@
 /**
- * `npm run audit:verify [-- --json] [-- --file <export file>]`: checks every
+ * `npm run audit:verify [-- --json] [-- --file <export file>] [-- --max-seal-age <seconds>]`: checks every
  * audit chain of the broker named by BROKER_CONFIG (redis.url, redis.prefix,
- * audit.export.file, secrets.kek) as one chain made of the export files and
+ * audit.export.file, secrets.kek, audit.sealMaxAgeSeconds) as one chain made of the export files and
  * what is in Redis. Prints a verdict per chain; exit 0 when every chain is
- * intact, 1 otherwise.
+ * intact, 1 otherwise (records left unsealed for longer than the bound included:
+ * they could have been rewritten undetected).
  */
 import { existsSync } from 'node:fs';
 import { parseArgs } from 'node:util';
@@ -14,7 +15,9 @@ import { silentLogger } from '../src/logger.ts';
 import { createConnector } from '../src/redis/connection.ts';
 import { Keys } from '../src/redis/keys.ts';
 
-const { values } = parseArgs({ options: { json: { type: 'boolean' }, file: { type: 'string' } } });
+const { values } = parseArgs({
+  options: { json: { type: 'boolean' }, file: { type: 'string' }, 'max-seal-age': { type: 'string' } },
+});
 let ok = false;
 try {
   ok = await main();
@@ -53,12 +56,23 @@ async function main(): Promise<boolean> {
     }
   }
 
-  const reports = await verifyAudit(redis, keys, { exportFile: file, ...(sealKey ? { sealKey } : {}) });
+  const maxSealAgeS = values['max-seal-age'] === undefined ? config.audit.sealMaxAgeSeconds : Number(values['max-seal-age']);
+  if (!Number.isSafeInteger(maxSealAgeS) || maxSealAgeS < 1)
+    throw new Error(`--max-seal-age must be a whole number of seconds (at least 1), not "${values['max-seal-age']}"`);
+  // Seals carry Redis's clock: their age is measured on it, not on this host's.
+  const [s, us] = await redis.time();
+  const now = Number(s) * 1000 + Math.floor(Number(us) / 1000);
+  const reports = await verifyAudit(redis, keys, {
+    exportFile: file,
+    ...(sealKey ? { sealKey } : {}),
+    maxSealAgeMs: maxSealAgeS * 1000,
+    now,
+  });
   await conns.close();
   const ok = reports.every((r) => r.ok);
 
   if (values.json) {
-    console.log(JSON.stringify({ ok, exportFile: file, seals: kekNote, chains: reports }, null, 2));
+    console.log(JSON.stringify({ ok, exportFile: file, seals: kekNote, maxSealAgeSeconds: maxSealAgeS, chains: reports }, null, 2));
   } else {
     console.log(`audit export: ${file}`);
     console.log(kekNote);
@@ -86,7 +100,8 @@ function print(r: ChainReport): void {
   else if (r.records > 0) console.log('  no seal yet');
   if (r.unsealed > 0)
     console.log(
-      `  ${r.unsealed} record(s) after the last seal are unsealed${r.unsealedSince ? ` (since ${r.unsealedSince})` : ''}: not yet provable`,
+      `  ${r.unsealed} record(s) after the last seal are unsealed${r.unsealedSince ? ` (since ${r.unsealedSince})` : ''}: not yet provable` +
+        (r.sealAgeSeconds === undefined ? '' : `; no seal for ${r.sealAgeSeconds} s`),
     );
   for (const l of r.losses) {
     const lost =

@@ -11,6 +11,7 @@ import { OutboxRecovery, outboxStats } from './audit/outbox.ts';
 import { AuditExporter } from './audit/export.ts';
 import { readArchive } from './audit/restore.ts';
 import { sealKeyOf } from './audit/seal.ts';
+import { sealStatus } from './audit/seal-status.ts';
 import { type LoadedConfig, readSecret, resolvePath } from './config/load.ts';
 import { CredentialService } from './credentials/credential-service.ts';
 import type { Deps } from './deps.ts';
@@ -191,6 +192,9 @@ export async function startBroker(config: LoadedConfig, opts: BrokerOptions = {}
       now: () => clock.now(),
       guardEpoch: true,
     });
+    const sealKey = sealKeyOf(kek);
+    // Read from Redis on each scrape, so every instance reports the deployment's sealing, not only its own.
+    metrics.sealStatusSource = () => sealStatus(redis, keys, sealKey, clock.now(), config.audit.sealMaxAgeSeconds * 1000);
     const auditFile = resolvePath(config.audit.export.file);
     const auditExport = new AuditExporter({
       redis,
@@ -199,8 +203,10 @@ export async function startBroker(config: LoadedConfig, opts: BrokerOptions = {}
       file: auditFile,
       maxFileBytes: config.audit.export.maxFileBytes,
       retention: config.audit.retention,
-      sealKey: sealKeyOf(kek),
+      sealKey,
       sealIntervalMs: config.audit.sealIntervalSeconds * 1000,
+      sealMaxAgeMs: config.audit.sealMaxAgeSeconds * 1000,
+      audit: (e) => audit.append(e),
       retentionIntervalMs: config.audit.retentionIntervalSeconds * 1000,
       now: () => clock.now(),
     });

@@ -1,4 +1,5 @@
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import type { SealStatus } from './audit/seal-status.ts';
 
 /** Every metric the broker exports, on one registry per process (tests create their own). */
 export class Metrics {
@@ -21,8 +22,12 @@ export class Metrics {
 
   /** Where the active-lease gauge reads from on each scrape (set once the lease store exists). */
   activeLeasesSource: (() => Promise<number>) | undefined;
+  readonly sealAge: Gauge<'chain'>;
+
   /** Where the audit outbox gauges read from on each scrape (src/audit/outbox.ts `outboxStats`). */
   outboxSource: (() => Promise<{ records: number; oldestSeconds: number; parked: number }>) | undefined;
+  /** Where the seal-age gauge reads from on each scrape (set once the seal key exists). */
+  sealStatusSource: (() => Promise<SealStatus[]>) | undefined;
 
   constructor(opts: { defaultMetrics?: boolean } = {}) {
     const registers = [this.registry];
@@ -131,6 +136,21 @@ export class Metrics {
       name: 'jit_audit_outbox_poison_total',
       help: 'Outbox members this process parked as not being audit records',
       registers,
+    });
+    this.sealAge = new Gauge({
+      name: 'jit_audit_seal_age_seconds',
+      help:
+        'Per audit chain with records: seconds since its newest valid seal (every pass re-seals every chain, so above ' +
+        'audit.sealMaxAgeSeconds means sealing stopped); +Inf when Redis holds records but no seal that verifies',
+      labelNames: ['chain'],
+      registers,
+      async collect() {
+        if (!metrics.sealStatusSource) return;
+        this.reset();
+        // Redis unreachable: no sample rather than a stale one (and /metrics still answers).
+        const status = await metrics.sealStatusSource().catch(() => []);
+        for (const s of status) if (s.ageMs !== undefined) this.set({ chain: String(s.chain) }, s.ageMs / 1000);
+      },
     });
     if (opts.defaultMetrics) collectDefaultMetrics({ register: this.registry });
   }

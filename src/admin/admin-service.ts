@@ -5,6 +5,7 @@ import { badRequest, notFound, unavailable } from '../errors.ts';
 import { IdentityPatterns } from '../identity/patterns.ts';
 import type { QuarantineEntry } from '../identity/quarantine.ts';
 import type { WorkloadIdentity } from '../identity/types.ts';
+import type { SealStatus } from '../audit/seal-status.ts';
 import type { AuditChain } from '../redis/keys.ts';
 import type { RotationService } from '../ops/rotation.ts';
 import type { TaskService } from '../tasks/task-service.ts';
@@ -12,6 +13,20 @@ import type { TaskService } from '../tasks/task-service.ts';
 /** The audit export as the admin service needs it (src/audit/export.ts). */
 export interface AuditArchive {
   exportNow(chain?: AuditChain): Promise<unknown>;
+  sealStatus(): Promise<{ maxAgeMs: number; chains: SealStatus[] } | undefined>;
+}
+
+/** One chain in `GET /v1/admin/audit/seals` (docs/openapi.yaml, AuditSeals). */
+export interface PublicSealStatus {
+  chain: AuditChain;
+  headSeq: number;
+  sealedSeq: number | null;
+  sealedAt: string | null;
+  invalidSeal: boolean;
+  unsealed: number;
+  /** Seconds without a seal; null for a chain with no record, or when unknown (no valid seal, no record in Redis). */
+  ageSeconds: number | null;
+  stale: boolean;
 }
 
 /** Exactly one selector of the kill switch. */
@@ -54,6 +69,30 @@ export class AdminService {
         `The ${what} is in force, but could not be written to the audit export yet, so it would not survive a Redis data loss. Retry to confirm it.`,
       );
     }
+  }
+
+  /**
+   * Where sealing stands, per chain (admins): what `jit audit verify` needs, with no KEK, to refuse to
+   * call the log intact while records stay unsealed for longer than `audit.sealMaxAgeSeconds`. Read from
+   * Redis with the seal MACs checked here, so a forged fresh seal does not count.
+   */
+  async auditSeals(who: WorkloadIdentity): Promise<{ maxSealAgeSeconds: number; chains: PublicSealStatus[] }> {
+    await this.requireAdmin(who, 'audit.seals');
+    const got = await this.archive?.sealStatus();
+    if (!got) throw unavailable('not_ready', 'This instance has no seal key, so it cannot check the audit seals.');
+    return {
+      maxSealAgeSeconds: got.maxAgeMs / 1000,
+      chains: got.chains.map((s) => ({
+        chain: s.chain,
+        headSeq: s.headSeq,
+        sealedSeq: s.sealed?.seq ?? null,
+        sealedAt: s.sealed?.time ?? null,
+        invalidSeal: s.invalidSeal,
+        unsealed: s.unsealed,
+        ageSeconds: s.ageMs === undefined || !Number.isFinite(s.ageMs) ? null : Math.floor(s.ageMs / 1000),
+        stale: s.stale,
+      })),
+    };
   }
 
   /** Refuses (403 not_admin, audited) unless `who` is an admin. */

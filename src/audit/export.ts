@@ -1,13 +1,14 @@
 import type { Logger } from '../logger.ts';
 import type { AuditChain, Keys } from '../redis/keys.ts';
-import { type HeldLock, withLock } from '../redis/lock.ts';
+import { type HeldLock, reportTakeover, withLock } from '../redis/lock.ts';
 import { type RedisClient, script } from '../redis/scripts.ts';
 import { ExportFileWriter, recordLine, sealLine } from './export-file.ts';
-import { GENESIS, type AuditRecord } from './record.ts';
+import { GENESIS, type AuditEvent, type AuditRecord } from './record.ts';
 import { RecordChecker } from './record-checker.ts';
 import { afterSlice } from '../ops/pace.ts';
 import { markerSeq, type RetentionLimits, trimChain } from './retention.ts';
 import { makeSeal, type Seal } from './seal.ts';
+import { DEFAULT_SEAL_MAX_AGE_MS, type SealStatus, sealStatus } from './seal-status.ts';
 
 const markScript = script('audit-mark');
 
@@ -19,6 +20,8 @@ export interface ExportResult {
   trimmed: Map<AuditChain, number>;
   /** Chains whose head was sealed in this pass. */
   sealed: AuditChain[];
+  /** Chains with nothing new whose head was sealed again (in Redis), so that a fresh seal means sealing runs. */
+  resealed: AuditChain[];
   /** Set when nothing was done because Redis lost its data and recovery has not continued the chains yet. */
   skipped?: 'data_loss';
 }
@@ -35,6 +38,10 @@ export interface AuditExporterOptions {
   sealKey: Buffer | undefined;
   /** Export and seal every this many ms (`audit.sealIntervalSeconds`). */
   sealIntervalMs: number;
+  /** A chain without a seal for longer than this is logged as an error (`audit.sealMaxAgeSeconds`). */
+  sealMaxAgeMs?: number;
+  /** Appends an audit record: the export lock taken over from a key no broker could have set. */
+  audit: ((e: AuditEvent) => Promise<void>) | undefined;
   /** Trim every this many ms (`audit.retentionIntervalSeconds`). */
   retentionIntervalMs: number;
   /** Redis's clock. */
@@ -83,6 +90,8 @@ export class AuditExporter {
   private running: Promise<unknown> | undefined;
   private lastTrim = 0;
   private lastError = '';
+  /** When the stale-seal error was last logged (at most once a minute). */
+  private lastSealAlarm = 0;
   /**
    * Callers waiting for the export (exportNow, stop): while any is, a running
    * background pass stops pacing itself, so they wait for the work, not the pauses.
@@ -114,6 +123,9 @@ export class AuditExporter {
           this.lastError = '';
         })
         .catch((err) => this.reportError(err))
+        // Whether or not this pass ran (another instance's turn, or a lock someone keeps taking): sealing must not stop unseen.
+        .then(() => this.watchSeals())
+        .catch((err) => this.o.logger.warn({ err: (err as Error).message }, 'audit seal check failed'))
         .finally(() => {
           this.running = undefined;
         });
@@ -165,9 +177,13 @@ export class AuditExporter {
     const { redis, keys } = this.o;
     // After a data loss nothing is exported until recovery has continued the chains from the file,
     // or records of a new chain starting at seq 1 would land after the old chain's.
-    if ((await redis.get(keys.epoch())) === null) return { exported: new Map(), trimmed: new Map(), sealed: [], skipped: 'data_loss' };
-    const got = await withLock(redis, keys.lock('audit-export'), { ttlMs: LOCK_TTL_MS, waitMs: opts.waitMs }, async (lock) => {
-      const result: ExportResult = { exported: new Map(), trimmed: new Map(), sealed: [] };
+    if ((await redis.get(keys.epoch())) === null)
+      return { exported: new Map(), trimmed: new Map(), sealed: [], resealed: [], skipped: 'data_loss' };
+    // A lock key without an expiry (or with a longer TTL than ours) would stop every export, seal and
+    // trim for good, silently: it is taken over, logged and audited (src/redis/lock.ts).
+    const lockOpts = { ttlMs: LOCK_TTL_MS, waitMs: opts.waitMs, onTakeover: reportTakeover(this.o.logger, this.o.audit) };
+    const got = await withLock(redis, keys.lock('audit-export'), lockOpts, async (lock) => {
+      const result: ExportResult = { exported: new Map(), trimmed: new Map(), sealed: [], resealed: [] };
       let failed: unknown;
       for (const chain of opts.chains ?? keys.auditChains()) {
         // One chain failing (the file is down) still lets the others seal their heads in Redis.
@@ -190,6 +206,42 @@ export class AuditExporter {
       return result;
     });
     return got?.value;
+  }
+
+  /**
+   * Logs an error while any chain has gone without a seal for longer than `sealMaxAgeMs` (at most once
+   * a minute): every chain with records is sealed on every pass, so that means no pass ran for several
+   * intervals (the export lock held by someone, passes failing), and records after the last seal can
+   * be rewritten undetected. A seal in Redis that does not verify is logged too.
+   */
+  async watchSeals(): Promise<void> {
+    const { redis, keys } = this.o;
+    const got = await this.sealStatus();
+    if (!got) return;
+    const { maxAgeMs, chains: status } = got;
+    const now = this.o.now();
+    const late = status.filter((s) => s.ageMs !== undefined && s.ageMs > maxAgeMs);
+    const invalid = status.filter((s) => s.invalidSeal).map((s) => s.chain);
+    if ((late.length === 0 && invalid.length === 0) || now - this.lastSealAlarm < 60_000) return;
+    this.lastSealAlarm = now;
+    const lockPttlMs = await redis.pttl(keys.lock('audit-export'));
+    this.o.logger.error(
+      {
+        chains: late.map((s) => ({ chain: s.chain, ageSeconds: Math.round((s.ageMs ?? 0) / 1000), unsealed: s.unsealed })),
+        ...(invalid.length > 0 ? { invalidSeals: invalid } : {}),
+        maxAgeSeconds: maxAgeMs / 1000,
+        lockPttlMs,
+      },
+      'audit chains have gone unsealed for longer than audit.sealMaxAgeSeconds (or hold a seal that does not verify): ' +
+        'records after the last seal can be rewritten undetected; is the export lock held by someone, or are passes failing?',
+    );
+  }
+
+  /** Every chain's seal status (seal-status.ts) with this exporter's key and bound; undefined without a seal key. */
+  async sealStatus(): Promise<{ maxAgeMs: number; chains: SealStatus[] } | undefined> {
+    if (!this.o.sealKey) return undefined;
+    const maxAgeMs = this.o.sealMaxAgeMs ?? DEFAULT_SEAL_MAX_AGE_MS;
+    return { maxAgeMs, chains: await sealStatus(this.o.redis, this.o.keys, this.o.sealKey, this.o.now(), maxAgeMs) };
   }
 
   private reportError(err: unknown): void {
@@ -278,6 +330,16 @@ export class AuditExporter {
       }
       await lock.extend(LOCK_TTL_MS);
       if (done) break;
+    }
+    // Nothing new: the head is sealed again, in Redis only (the file would grow a line per chain per pass),
+    // so a seal's age says whether sealing runs (metrics, audit:verify), idle chains included.
+    if (count === 0 && marker) {
+      const sep = marker.indexOf(':');
+      const seal = this.seal(chain, { seq: markerSeq(marker), hash: marker.slice(sep + 1) });
+      if (seal && (await lock.held())) {
+        await redis.set(keys.auditSeal(chain), JSON.stringify({ chain, ...seal }));
+        result.resealed.push(chain);
+      }
     }
     // A backlog that ended exactly on a page boundary: its last record still needs its seal.
     if (count > 0 && !result.sealed.includes(chain)) {

@@ -3,7 +3,7 @@ import type { Logger } from '../logger.ts';
 import type { Metrics } from '../metrics.ts';
 import type { RedisClock } from '../redis/clock.ts';
 import type { AuditChain, Keys } from '../redis/keys.ts';
-import { acquireLock } from '../redis/lock.ts';
+import { acquireLock, reportTakeover } from '../redis/lock.ts';
 import { type RedisClient, script } from '../redis/scripts.ts';
 import type { AuditLog } from './audit-log.ts';
 import { outboxMember, parseOutboxMember } from './outbox-member.ts';
@@ -210,7 +210,10 @@ export class OutboxRecovery {
         const before = clock.now() - OUTBOX_GRACE_MS;
         const due = await redis.zrangebyscore(keys.auditOutbox(chain), '-inf', `(${before}`, 'LIMIT', 0, 1);
         if (due.length === 0) continue;
-        const lock = await acquireLock(redis, keys.lock(`audit-outbox:${chain}`), { ttlMs: RECOVERY_LOCK_MS });
+        const lock = await acquireLock(redis, keys.lock(`audit-outbox:${chain}`), {
+          ttlMs: RECOVERY_LOCK_MS,
+          onTakeover: reportTakeover(logger, (e) => this.deps.audit.append(e)),
+        });
         if (!lock) continue; // another instance is on it
         try {
           const n = await recoverOutbox(this.deps, chain, before);

@@ -23,6 +23,7 @@ export type AuditAction =
   | 'quarantine.remove'
   | 'admin.revoke'
   | 'signing.recreated'
+  | 'lock.takeover'
   | 'secret.restored'
   | 'broker.data_loss'
   | 'audit.outbox_poison'

@@ -3,6 +3,7 @@ import type { RedisClient } from '../redis/scripts.ts';
 import { readExport } from './export-file.ts';
 import { type AuditRecord, GENESIS, hashRecord } from './record.ts';
 import { isSeal, type Seal, sealIsValid } from './seal.ts';
+import { DEFAULT_SEAL_MAX_AGE_MS } from './seal-status.ts';
 
 /** Where a record or seal was read. */
 export type Source = { in: 'file'; file: string; line: number } | { in: 'redis'; streamId?: string; key?: string };
@@ -27,7 +28,7 @@ export interface Loss {
 /** The verdict on one chain: the export files and Redis read as one chain. */
 export interface ChainReport {
   chain: AuditChain;
-  /** No problem found (unsealed records and losses the chain records are not problems). */
+  /** No problem found (losses the chain records, and records unsealed for less than the bound, are not problems). */
   ok: boolean;
   /** Distinct records. */
   records: number;
@@ -53,6 +54,11 @@ export interface ChainReport {
   unsealed: number;
   /** Time of the first unsealed record. */
   unsealedSince?: string;
+  /**
+   * While records are unsealed: how long the chain has gone without a seal (since its newest seal, or,
+   * never sealed, since its first record). Past `maxSealAgeMs` that is a problem.
+   */
+  sealAgeSeconds?: number;
   losses: Loss[];
   warnings: string[];
 }
@@ -66,6 +72,13 @@ export interface VerifyOptions {
   chains?: AuditChain[];
   /** Problems reported per chain before giving up on listing more. */
   maxProblems?: number;
+  /**
+   * Records may stay unsealed this long (since the chain's newest seal, or its first record when it was
+   * never sealed); longer is a problem (`audit.sealMaxAgeSeconds`; default {@link DEFAULT_SEAL_MAX_AGE_MS}).
+   */
+  maxSealAgeMs?: number;
+  /** Now, in ms since 1970 (default the local clock; audit:verify passes Redis's, the clock seals are made on). */
+  now?: number;
 }
 
 const WINDOW = 100_000;
@@ -119,6 +132,7 @@ class ChainCheck {
   readonly report: ChainReport;
   private readonly key: Buffer | undefined;
   private readonly max: number;
+  private readonly maxSealAgeMs: number;
   private next = 1;
   private prev = GENESIS;
   private started = false;
@@ -128,9 +142,10 @@ class ChainCheck {
   /** The first record after the newest seal seen so far. */
   private afterSeal: { seq: number; time: string } | undefined;
 
-  constructor(chain: AuditChain, redisFirstSeq: number, key: Buffer | undefined, maxProblems: number) {
+  constructor(chain: AuditChain, redisFirstSeq: number, key: Buffer | undefined, maxProblems: number, maxSealAgeMs: number) {
     this.key = key;
     this.max = maxProblems;
+    this.maxSealAgeMs = maxSealAgeMs;
     this.hashes = new Hashes(redisFirstSeq);
     this.report = {
       chain,
@@ -252,6 +267,35 @@ class ChainCheck {
       );
   }
 
+  /**
+   * Unsealed records are not evidence: anyone who can write Redis can rewrite or drop them without a
+   * trace. Every pass seals every chain (at least once a minute), so records that stay unsealed longer
+   * than the bound mean sealing stopped (the export lock held by someone, passes failing), and the
+   * chain cannot be reported intact. A chain never sealed yet is judged by the time of its first record.
+   */
+  private unsealedTooLong(now: number): void {
+    const r = this.report;
+    const last = r.seals.last;
+    const since = last ? Date.parse(last.time) : this.afterSeal ? Date.parse(this.afterSeal.time) : Number.NaN;
+    const ageS = Math.max(0, Math.round((now - since) / 1000));
+    const maxS = Math.round(this.maxSealAgeMs / 1000);
+    if (Number.isFinite(since)) r.sealAgeSeconds = ageS;
+    // An unreadable time proves nothing about freshness: too old.
+    if (Number.isFinite(since) && now - since <= this.maxSealAgeMs) return;
+    const age = Number.isFinite(since) ? `${ageS} s` : 'an unknown time';
+    const firstUnsealed = (last?.seq ?? (r.firstSeq ?? 1) - 1) + 1;
+    const why =
+      'sealing has stopped (the export lock held by someone? export passes failing?), so they could have been ' +
+      'rewritten or removed without a trace';
+    this.problem(
+      { in: 'redis', key: 'seal' },
+      last
+        ? `the newest seal (seq ${last.seq}, ${last.time}) is ${age} old, more than the bound of ${maxS} s, and ${r.unsealed} record(s) follow it: ${why}`
+        : `${r.unsealed} record(s) were never sealed, the first written ${age} ago, more than the bound of ${maxS} s: ${why}`,
+      firstUnsealed,
+    );
+  }
+
   /** After every record: seals past the end, the stored head, what is unsealed. */
   finish(head: string | null, now: number): ChainReport {
     const r = this.report;
@@ -282,10 +326,7 @@ class ChainCheck {
     const sealed = r.seals.last?.seq ?? 0;
     r.unsealed = r.lastSeq === undefined ? 0 : Math.max(0, r.lastSeq - Math.max(sealed, (r.firstSeq ?? 1) - 1));
     if (r.unsealed > 0 && this.afterSeal) r.unsealedSince = this.afterSeal.time;
-    if (r.seals.last && r.unsealed > 0) {
-      const ageS = Math.round((now - Date.parse(r.seals.last.time)) / 1000);
-      if (ageS > 120) r.warnings.push(`the last seal is ${ageS} s old while ${r.unsealed} records follow it: is sealing running?`);
-    }
+    if (r.unsealed > 0) this.unsealedTooLong(now);
     if (!r.seals.checked && r.seals.count > 0) r.warnings.push('seals not checked (no KEK)');
     return r;
   }
@@ -310,13 +351,16 @@ async function firstSeq(redis: RedisClient, stream: string): Promise<number> {
  * and every seal: its MAC (with the key) and that the record it names still
  * has the sealed hash, so a chain rewritten with recomputed hashes, or cut
  * below its last seal, is reported. Records after the last seal are counted
- * as unsealed, not as broken: nothing can tell whether they were rewritten.
+ * as unsealed, not as broken: nothing can tell whether they were rewritten;
+ * but records left unsealed for longer than `maxSealAgeMs` (sealing stopped) are a problem: the chain
+ * cannot be called intact when its tail could have been rewritten undetected.
  *
  * Reads the export once for all chains; memory grows with the number of
  * records both exported and still in Redis (32 bytes each).
  */
 export async function verifyAudit(redis: RedisClient, keys: Keys, opts: VerifyOptions = {}): Promise<ChainReport[]> {
   const max = opts.maxProblems ?? 20;
+  const maxSealAgeMs = opts.maxSealAgeMs ?? DEFAULT_SEAL_MAX_AGE_MS;
   const checks = new Map<AuditChain, ChainCheck>();
   // Head and seal first: what is appended while verify runs cannot then look like a cut tail.
   const heads = new Map<AuditChain, string | null>();
@@ -327,7 +371,7 @@ export async function verifyAudit(redis: RedisClient, keys: Keys, opts: VerifyOp
     if (c) return c;
     if (!inRedis(chain)) {
       // In the export but not a bucket of this broker (the bucket count changed?): the file alone.
-      c = new ChainCheck(chain, Number.POSITIVE_INFINITY, opts.sealKey, max);
+      c = new ChainCheck(chain, Number.POSITIVE_INFINITY, opts.sealKey, max, maxSealAgeMs);
       c.report.warnings.push(
         `chain ${chain} is in the export but is not one of the ${keys.buckets} buckets: checked from the export alone`,
       );
@@ -340,7 +384,7 @@ export async function verifyAudit(redis: RedisClient, keys: Keys, opts: VerifyOp
       redis.get(keys.auditSeal(chain)),
       firstSeq(redis, keys.auditStream(chain)),
     ]);
-    c = new ChainCheck(chain, first, opts.sealKey, max);
+    c = new ChainCheck(chain, first, opts.sealKey, max, maxSealAgeMs);
     checks.set(chain, c);
     heads.set(chain, head);
     if (sealRaw) {
@@ -403,7 +447,7 @@ export async function verifyAudit(redis: RedisClient, keys: Keys, opts: VerifyOp
       }
       cursor = `(${page[page.length - 1]![0]}`;
     }
-    out.push(c.finish(heads.get(chain) ?? null, Date.now()));
+    out.push(c.finish(heads.get(chain) ?? null, opts.now ?? Date.now()));
   }
   // Lines that are not records (a write cut short by a crash is harmless once its records came again): said once.
   if (out[0] && fileWarnings.length > 0) out[0].warnings.push(...fileWarnings.map((w) => `export: ${w}`));

@@ -7,6 +7,7 @@ import type {
   ApprovalFilter,
   AuditFilter,
   AuditRecord,
+  AuditSeals,
   CompleteTaskResult,
   CredentialRequest,
   CredentialResponse,
@@ -287,6 +288,11 @@ export class BrokerClient {
   /** `GET /v1/audit`: one page, oldest first. */
   async queryAudit(filter: AuditFilter = {}): Promise<Page<AuditRecord>> {
     return (await this.http.call<Page<AuditRecord>>('GET', '/v1/audit', { query: { ...filter } })).body;
+  }
+
+  /** `GET /v1/admin/audit/seals` (admins): each chain's newest valid seal, its age, and whether that is too old. */
+  async auditSeals(): Promise<AuditSeals> {
+    return (await this.http.call<AuditSeals>('GET', '/v1/admin/audit/seals')).body;
   }
 
   // ---- OAuth

@@ -206,6 +206,26 @@ export interface AuditRecord {
   [extra: string]: unknown;
 }
 
+/** `GET /v1/admin/audit/seals`: where sealing of each audit chain stands (docs/audit.md). */
+export interface AuditSeals {
+  /** `audit.sealMaxAgeSeconds`: the bound of `stale`. */
+  maxSealAgeSeconds: number;
+  chains: {
+    chain: number | 'ops';
+    headSeq: number;
+    sealedSeq: number | null;
+    sealedAt: string | null;
+    /** Redis holds a seal whose MAC does not verify (forged?). */
+    invalidSeal: boolean;
+    /** Records after the newest valid seal. */
+    unsealed: number;
+    /** Seconds without a seal; null for a chain with no record, or when unknown. */
+    ageSeconds: number | null;
+    /** Records follow the seal and the chain went without one for longer than the bound. */
+    stale: boolean;
+  }[];
+}
+
 /** `GET /v1/tasks/{id}/evidence`. */
 export interface Evidence {
   task: Task;

@@ -205,6 +205,12 @@ export const configSchema = z
           .prefault({}),
         /** How often each chain head is HMAC-sealed (at most 60 s). */
         sealIntervalSeconds: z.int().min(1).max(60).default(30),
+        /**
+         * A chain without a seal for longer than this, while records follow its last one, is a failure:
+         * `jit_audit_seal_age_seconds` past it, an error in the worker's log, `audit:verify` exits 1.
+         * At least three seal intervals (a dead export-lock holder costs one lock TTL, 30 s).
+         */
+        sealMaxAgeSeconds: z.int().min(3).max(86_400).default(180),
         /** How often retention runs (the export, then the trim). */
         retentionIntervalSeconds: z.int().min(1).max(86_400).default(60),
       })
@@ -237,6 +243,12 @@ export const configSchema = z
   })
   .superRefine((c, ctx) => {
     checkConsoleConfig(c, (path, message) => ctx.addIssue({ code: 'custom', path, message }));
+    if (c.audit.sealMaxAgeSeconds < 3 * c.audit.sealIntervalSeconds)
+      ctx.addIssue({
+        code: 'custom',
+        path: ['audit', 'sealMaxAgeSeconds'],
+        message: `must be at least 3 × audit.sealIntervalSeconds (${3 * c.audit.sealIntervalSeconds})`,
+      });
     const names = new Set<string>();
     c.trust.forEach((t, i) => {
       if (names.has(t.name)) ctx.addIssue({ code: 'custom', path: ['trust', i, 'name'], message: `duplicate trust name "${t.name}"` });

@@ -5,7 +5,7 @@ import type { AuditEvent, AuditRecord } from '../audit/record.ts';
 import type { QuarantineEntry } from '../identity/quarantine.ts';
 import type { Logger } from '../logger.ts';
 import type { Keys } from '../redis/keys.ts';
-import { withLock } from '../redis/lock.ts';
+import { reportTakeover, withLock } from '../redis/lock.ts';
 import type { RedisClient } from '../redis/scripts.ts';
 import type { SigningKeyStore } from '../signing/key-store.ts';
 
@@ -109,42 +109,47 @@ export class DataLossMonitor {
     const knownHeads = this.d.audit.knownHeads();
     this.d.clearCaches();
     this.d.audit.resetHeads();
-    const done = await withLock(this.d.redis, this.d.keys.lock('recovery'), { ttlMs: 30_000, waitMs: 30_000 }, async (lock) => {
-      // Reading a large export can outlast the lock's TTL.
-      const keep = setInterval(() => void lock.extend(30_000).catch(() => {}), 10_000);
-      try {
-        let lost = lostSeen;
-        const current = await this.d.redis.get(this.d.keys.epoch());
-        const created = await this.d.signing.ensure();
-        if (!current) {
-          const archive = await this.d.readArchive();
-          if (!lost && archive.chains.size > 0) {
-            lost = true;
-            this.d.logger.error('Redis holds no data but the audit export does: continuing from the export (Redis lost its data)');
+    const done = await withLock(
+      this.d.redis,
+      this.d.keys.lock('recovery'),
+      { ttlMs: 30_000, waitMs: 30_000, onTakeover: reportTakeover(this.d.logger, (e) => this.d.audit.append(e)) },
+      async (lock) => {
+        // Reading a large export can outlast the lock's TTL.
+        const keep = setInterval(() => void lock.extend(30_000).catch(() => {}), 10_000);
+        try {
+          let lost = lostSeen;
+          const current = await this.d.redis.get(this.d.keys.epoch());
+          const created = await this.d.signing.ensure();
+          if (!current) {
+            const archive = await this.d.readArchive();
+            if (!lost && archive.chains.size > 0) {
+              lost = true;
+              this.d.logger.error('Redis holds no data but the audit export does: continuing from the export (Redis lost its data)');
+            }
+            let continued: Continuation[] = [];
+            if (lost) {
+              continued = await continueChains(this.d.redis, this.d.keys, archive, knownHeads);
+              await this.d.restoreQuarantines(archive.quarantines);
+              // Records that slipped in after the loss go behind the export's last record, with their own time.
+              await Promise.all(continued.flatMap((c) => c.orphans.map((o) => this.d.audit.appendTo(c.chain, strip(o.record), o.time))));
+            }
+            await this.d.redis.set(this.d.keys.epoch(), randomUUID(), 'NX');
+            if (lost) await this.recordLoss(continued, archive.quarantines.length);
           }
-          let continued: Continuation[] = [];
-          if (lost) {
-            continued = await continueChains(this.d.redis, this.d.keys, archive, knownHeads);
-            await this.d.restoreQuarantines(archive.quarantines);
-            // Records that slipped in after the loss go behind the export's last record, with their own time.
-            await Promise.all(continued.flatMap((c) => c.orphans.map((o) => this.d.audit.appendTo(c.chain, strip(o.record), o.time))));
+          if (created && lost) {
+            await this.d.audit.append({
+              action: 'signing.recreated',
+              actor: 'broker',
+              decision: 'ok',
+              reason: 'redis_data_lost',
+              detail: { immediate: true },
+            });
           }
-          await this.d.redis.set(this.d.keys.epoch(), randomUUID(), 'NX');
-          if (lost) await this.recordLoss(continued, archive.quarantines.length);
+        } finally {
+          clearInterval(keep);
         }
-        if (created && lost) {
-          await this.d.audit.append({
-            action: 'signing.recreated',
-            actor: 'broker',
-            decision: 'ok',
-            reason: 'redis_data_lost',
-            detail: { immediate: true },
-          });
-        }
-      } finally {
-        clearInterval(keep);
-      }
-    });
+      },
+    );
     if (!done) throw new Error('another instance is recovering; will look again');
     // Every instance that survived writes back what it runs with (the newest generation wins), before answering ready.
     await this.d.restoreSecrets();

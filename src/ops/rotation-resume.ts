@@ -49,7 +49,8 @@ export class RotationResume {
         if (wait && Date.now() < wait.at) continue;
         const { redis, keys } = this.deps;
         // Separate reads: on a Cluster the two keys may live in different slots.
-        if (!(await redis.exists(keys.rotationIntent(target))) || (await redis.exists(keys.lock(`rotate:${target}`)))) continue;
+        // A lock with a TTL: a rotation is running. One without (no broker sets that) the rotation takes over.
+        if (!(await redis.exists(keys.rotationIntent(target))) || (await redis.pttl(keys.lock(`rotate:${target}`))) > 0) continue;
         try {
           this.deps.logger.warn({ target }, 'rotation: an earlier rotation did not finish; rotating again to retire what it left');
           await this.rotation.rotate('schedule', target, { resumed: true });

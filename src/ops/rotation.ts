@@ -6,7 +6,7 @@ import { PolicyLoadError } from '../policy/errors.ts';
 import { PolicySync } from './policy-sync.ts';
 import { ProviderRegistry } from '../providers/registry.ts';
 import { type RotationJournal, RotationLockLost } from '../providers/types.ts';
-import { acquireLock, type HeldLock } from '../redis/lock.ts';
+import { acquireLock, type HeldLock, reportTakeover } from '../redis/lock.ts';
 import type { RedisClient } from '../redis/scripts.ts';
 import type { Kek } from '../signing/kek.ts';
 import { openJournal } from './rotation-journal.ts';
@@ -67,7 +67,10 @@ export class RotationService {
     if (opts.immediate && target !== 'signing-key') throw badRequest('invalid_request', '`immediate` applies to the signing key only.');
     // One rotation per target at a time across all instances. Short-lived and renewed while the rotation
     // runs, so a process that dies mid-rotation blocks the next one for seconds, not minutes.
-    const lock = await acquireLock(this.deps.redis, this.deps.keys.lock(`rotate:${target}`), { ttlMs: LOCK_TTL_MS });
+    const lock = await acquireLock(this.deps.redis, this.deps.keys.lock(`rotate:${target}`), {
+      ttlMs: LOCK_TTL_MS,
+      onTakeover: reportTakeover(this.deps.logger, (e) => this.deps.audit.append(e)),
+    });
     if (!lock) throw conflict('rotation_in_progress', `A rotation of ${target} is already running.`);
     const keep = setInterval(() => void lock.extend(LOCK_TTL_MS).catch(() => {}), LOCK_TTL_MS / 3);
     try {

@@ -1,7 +1,10 @@
 import { randomBytes } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
+import type { AuditEvent } from '../audit/record.ts';
+import type { Logger } from '../logger.ts';
 import { type RedisClient, script } from './scripts.ts';
 
+const acquire = script('lock-acquire');
 const release = script('lock-release');
 const extend = script('lock-extend');
 const fencedWrite = script('lock-fenced-write');
@@ -19,25 +22,54 @@ export interface HeldLock {
   release(): Promise<void>;
 }
 
+/** A lock key replaced because no broker could have set it (see lock-acquire.lua). */
+export interface LockTakeover {
+  key: string;
+  /** What its PTTL was: -1 for no expiry, else longer than any holder of the lock sets. */
+  pttlMs: number;
+}
+
+export interface LockOptions {
+  /**
+   * The lock's TTL: the longest any holder of this lock ever sets, when taking it and when extending
+   * it. A key of the lock with a longer TTL, or none, is taken over.
+   */
+  ttlMs: number;
+  /** How long to wait for a lock someone holds (0 or absent: try once). */
+  waitMs?: number;
+  /**
+   * Told of every takeover. Required, so that no lock of the broker can be taken over (or, before,
+   * held forever) without a trace: pass {@link reportTakeover}.
+   */
+  onTakeover: (t: LockTakeover) => void;
+}
+
 /**
  * One Redis lock for the whole broker (SET NX PX with a random token). The
  * release and extension are token-checked in Lua, so an instance whose lock
  * lapsed can never delete or extend the lock another instance now holds.
+ * A lock key that cannot be a broker's (no expiry, or a TTL longer than
+ * `ttlMs`: written by hand or by an attacker with Redis write access, to make
+ * every instance skip what the lock guards, for good) is taken over at once
+ * and reported to `onTakeover`.
  * Returns undefined when the lock stays taken for `waitMs` (0: try once).
  */
-export async function acquireLock(
-  redis: RedisClient,
-  key: string,
-  opts: { ttlMs: number; waitMs?: number },
-): Promise<HeldLock | undefined> {
+export async function acquireLock(redis: RedisClient, key: string, opts: LockOptions): Promise<HeldLock | undefined> {
   const token = randomBytes(12).toString('hex');
   const deadline = Date.now() + (opts.waitMs ?? 0);
-  while (!(await redis.set(key, token, 'PX', opts.ttlMs, 'NX'))) {
+  for (;;) {
+    const [got, pttl] = (await acquire.run(redis, [key], [token, opts.ttlMs])) as [number, number?];
+    if (got === 2) opts.onTakeover({ key, pttlMs: Number(pttl) });
+    if (got !== 0) break;
     if (Date.now() >= deadline) return undefined;
     await sleep(20 + Math.random() * 40);
   }
   return {
-    extend: async (ttlMs) => (await extend.run(redis, [key], [token, ttlMs])) === 1,
+    extend: async (ttlMs) => {
+      // A longer TTL would make our own lock look like one to take over (and outlive a dead holder longer).
+      if (ttlMs > opts.ttlMs) throw new RangeError(`lock ${key}: extend(${ttlMs}) beyond its ttlMs ${opts.ttlMs}`);
+      return (await extend.run(redis, [key], [token, ttlMs])) === 1;
+    },
     held: async () => (await redis.get(key)) === token,
     write: async (target, value, ttlMs) => {
       const args =
@@ -54,7 +86,7 @@ export async function acquireLock(
 export async function withLock<T>(
   redis: RedisClient,
   key: string,
-  opts: { ttlMs: number; waitMs?: number },
+  opts: LockOptions,
   fn: (lock: HeldLock) => Promise<T>,
 ): Promise<{ value: T } | undefined> {
   const lock = await acquireLock(redis, key, opts);
@@ -64,4 +96,22 @@ export async function withLock<T>(
   } finally {
     await lock.release();
   }
+}
+
+/**
+ * The usual {@link LockOptions.onTakeover}: a warning, and an audit record (`lock.takeover` on the ops
+ * chain) when `audit` is given. The record is not awaited: the lock's work goes on meanwhile, and an
+ * append that waits for recovery (after a data loss) must not hold up the recovery lock's own work.
+ */
+export function reportTakeover(logger: Logger, audit: ((e: AuditEvent) => Promise<void>) | undefined): (t: LockTakeover) => void {
+  return ({ key, pttlMs }) => {
+    const reason = pttlMs === -1 ? 'lock_without_expiry' : 'lock_ttl_too_long';
+    logger.warn(
+      { lock: key, pttlMs, reason },
+      'took over a lock key no broker could have set (no expiry, or a longer TTL than the broker sets): someone with Redis write access?',
+    );
+    void audit?.({ action: 'lock.takeover', actor: 'broker', decision: 'ok', reason, detail: { lock: key, pttlMs } }).catch((err) =>
+      logger.error({ err: (err as Error).message, lock: key }, 'could not audit a lock takeover'),
+    );
+  };
 }

@@ -68,6 +68,7 @@ export async function auditFixture(name: string): Promise<AuditFixture> {
         maxFileBytes: 1024 * 1024,
         retention: { maxAgeDays: 30, maxRecords: 1_000_000 },
         sealKey,
+        audit: (e) => log.append(e),
         sealIntervalMs: 1000,
         retentionIntervalMs: 1000,
         now: Date.now,

@@ -101,3 +101,28 @@ test('npm run audit:verify -- --file with a path that does not exist refuses (ex
   expect(res.out).toContain('no such export file');
   expect(res.out).not.toContain('every chain is intact');
 });
+
+test('npm run audit:verify fails (exit 1, naming it) when sealing stopped and records followed the last seal; --max-seal-age moves the bound', async () => {
+  await f.append(5);
+  // The last seal was made 10 minutes ago; since then the export lock was hijacked and records followed.
+  await f.exporter({ now: () => Date.now() - 600_000 }).exportNow();
+  await f.append(2);
+  const cfg = config(true);
+  let res = await verifyCli(cfg);
+  expect(res.code).toBe(1);
+  expect(res.out).toMatch(/chain ops: BROKEN/);
+  expect(res.out).toMatch(
+    /the newest seal \(seq 5, .*\) is 6\d\d s old, more than the bound of 180 s, and 2 record\(s\) follow it: sealing has stopped/,
+  );
+  expect(res.out).not.toContain('every chain is intact');
+
+  res = await verifyCli(cfg, '--max-seal-age', '3600', '--json');
+  expect(res.code).toBe(0);
+  const json = JSON.parse(res.out);
+  expect(json).toMatchObject({ ok: true, maxSealAgeSeconds: 3600 });
+  expect(json.chains.find((c: { chain: unknown }) => c.chain === 'ops')).toMatchObject({ ok: true, unsealed: 2 });
+  expect(json.chains.find((c: { chain: unknown }) => c.chain === 'ops').sealAgeSeconds).toBeGreaterThanOrEqual(599);
+  res = await verifyCli(cfg, '--max-seal-age', 'soon');
+  expect(res.code).toBe(1);
+  expect(res.out).toContain('--max-seal-age must be a whole number of seconds');
+}, 60_000);

@@ -68,6 +68,34 @@ describe('jit audit verify without --task (admins): every record the broker hold
     await u?.close();
   });
 
+  // Before the test below breaks a chain of `u`.
+  test('records left unsealed for longer than the bound (the export lock kept by someone): exit 1, not "intact"', async () => {
+    const { deps } = u.broker;
+    // Someone keeps the export lock the way a broker holds it (a plausible TTL): no pass runs, nothing is sealed.
+    await deps.redis.set(deps.keys.lock('audit-export'), 'someone', 'PX', 29_000);
+    try {
+      await busyTask(1, u);
+      await new Promise((r) => setTimeout(r, 3000));
+      const r = await jit(['audit', 'verify', '--max-seal-age', '2', '--json'], asU(ADMIN));
+      expect(r.code).toBe(1);
+      const out = JSON.parse(r.stdout);
+      expect(out).toMatchObject({ chain: 'unsealed', seals: { maxSealAgeSeconds: 2 } });
+      expect(out.seals.problems).toContainEqual({
+        chain: expect.any(String),
+        problem: expect.stringMatching(/record\(s\) unsealed for \d+ s, longer than the bound of 2 s: sealing has stopped/),
+      });
+      const text = await jit(['audit', 'verify', '--max-seal-age', '2'], asU(ADMIN));
+      expect(text).toMatchObject({
+        code: 1,
+        stdout: expect.stringMatching(/audit log: chain not provable \(records unsealed for too long\)/),
+      });
+      // The broker's bound (audit.sealMaxAgeSeconds, 180 s) is not reached yet.
+      expect(await jit(['audit', 'verify'], asU(ADMIN))).toMatchObject({ code: 0 });
+    } finally {
+      await deps.redis.del(deps.keys.lock('audit-export'));
+    }
+  });
+
   test('intact: exit 0; a record deleted from a chain: exit 1, broken; non-admins: exit 2 (give --task)', async () => {
     const taskId = await busyTask(3, u);
     const ok = await jit(['audit', 'verify', '--json'], asU(ADMIN));

@@ -265,6 +265,14 @@ describe('admin', () => {
     expect((await req('DELETE', `/v1/admin/quarantine/${encodeURIComponent(pattern)}`, t(ADMIN))).body).toEqual({ pattern, lifted: true });
     expect((await req('DELETE', `/v1/admin/quarantine/${encodeURIComponent(pattern)}`, t(ADMIN))).body.code).toBe('quarantine_not_found');
   });
+
+  test('audit seals: every chain for an admin (the ops chain has records), 403 for anyone else, 400 for a parameter', async () => {
+    const seals = await req('GET', '/v1/admin/audit/seals', t(ADMIN));
+    expect(seals.status).toBe(200);
+    expect(seals.body.chains.find((c: { chain: unknown }) => c.chain === 'ops')).toMatchObject({ headSeq: expect.any(Number) });
+    expect((await req('GET', '/v1/admin/audit/seals', t(ORCH))).status).toBe(403);
+    expect((await req('GET', '/v1/admin/audit/seals?x=1', t(ADMIN))).status).toBe(400);
+  });
 });
 
 describe('console', () => {

@@ -756,6 +756,30 @@ describe('one test per script', () => {
     expect((await stored('newer')).retireAt).toBeUndefined();
   });
 
+  test('lock-acquire: takes a free lock, waits for a held one, takes over a key no broker could have set', async () => {
+    const k = keys.lock('acquire');
+    expect(await script('lock-acquire').run(redis, [k], ['a', 30_000])).toEqual([1]);
+    expect(await redis.get(k)).toBe('a');
+    // Held within the TTL a broker sets: someone else's turn.
+    const [busy, left] = (await script('lock-acquire').run(redis, [k], ['b', 30_000])) as number[];
+    expect([busy, left! > 0 && left! <= 30_000]).toEqual([0, true]);
+    expect(await redis.get(k)).toBe('a');
+    // No expiry: taken over, with our TTL.
+    await redis.set(k, 'forever');
+    expect(await script('lock-acquire').run(redis, [k], ['b', 30_000])).toEqual([2, -1]);
+    expect(await redis.get(k)).toBe('b');
+    expect(await redis.pttl(k)).toBeGreaterThan(29_000);
+    // A longer TTL than any holder sets: taken over.
+    await redis.set(k, 'an-hour', 'PX', 3_600_000);
+    const [over, was] = (await script('lock-acquire').run(redis, [k], ['c', 30_000])) as number[];
+    expect([over, was! > 3_000_000]).toEqual([2, true]);
+    // Not even a string (SET NX refuses it, it never expires): taken over.
+    await redis.del(k);
+    await redis.rpush(k, 'x');
+    expect(await script('lock-acquire').run(redis, [k], ['d', 30_000])).toEqual([2, -1]);
+    expect(await redis.get(k)).toBe('d');
+  });
+
   test('lock-release and lock-extend: only with our token', async () => {
     const k = keys.lock('x');
     await redis.set(k, 'mine', 'PX', 10_000);

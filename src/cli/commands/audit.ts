@@ -125,15 +125,17 @@ async function follow(client: BrokerClient, f: AuditFilter, intervalMs: number, 
 
 export const auditVerify: Command = {
   path: ['audit', 'verify'],
-  usage: 'jit audit verify [--task ID]',
+  usage: 'jit audit verify [--task ID] [--max-seal-age S]',
   summary:
-    'check the hash chain of a task’s audit records (with its sub-tasks), or (admins) of every record in Redis; ' +
-    'exit 0 intact, 1 broken',
-  options: { task: { type: 'string' } },
+    'check the hash chain of a task’s audit records (with its sub-tasks), or (admins) of every record in Redis ' +
+    'and that sealing keeps up; exit 0 intact, 1 broken or unsealed for too long',
+  options: { task: { type: 'string' }, 'max-seal-age': { type: 'string' } },
   async run(ctx) {
     const taskId = ctx.flags.str('task');
+    const maxSealAge = ctx.flags.seconds('max-seal-age');
+    if (taskId && maxSealAge !== undefined) ctx.flags.fail('--max-seal-age applies without --task only (the seals of every chain)');
     const client = ctx.client();
-    if (!taskId) return verifyAll(ctx, client);
+    if (!taskId) return verifyAll(ctx, client, maxSealAge);
     // The broker judges the records of each evidence page: every page is read, so a record changed or
     // removed anywhere in the task's trail is found, not only on the first page.
     let chain: 'intact' | 'broken' = 'intact';
@@ -156,10 +158,13 @@ export const auditVerify: Command = {
 
 /**
  * An admin's `jit audit verify`: every record the broker still holds, read page by page and
- * checked here (each record's hash, each chain's links). The export file and the seals need the
+ * checked here (each record's hash, each chain's links), then whether sealing keeps up
+ * (`GET /v1/admin/audit/seals`, whose MACs the broker checks): records that stay unsealed longer
+ * than the bound could have been rewritten in Redis with their hashes recomputed, which no check
+ * of the chain itself can see, so the log is not called intact then. The export file needs the
  * broker host: `npm run audit:verify`.
  */
-async function verifyAll(ctx: Ctx, client: BrokerClient): Promise<number> {
+async function verifyAll(ctx: Ctx, client: BrokerClient, maxSealAge: number | undefined): Promise<number> {
   const checker = new ChainChecker();
   try {
     for await (const r of client.paginate((cursor) => client.queryAudit({ limit: 500, cursor })))
@@ -171,14 +176,33 @@ async function verifyAll(ctx: Ctx, client: BrokerClient): Promise<number> {
   }
   const chains = checker.report();
   const records = Object.values(chains).reduce((n, c) => n + c.records, 0);
-  const chain = checker.intact ? 'intact' : 'broken';
-  if (ctx.json) ctx.out.json({ chain, records, chains });
+  const seals = await client.auditSeals();
+  const bound = maxSealAge ?? seals.maxSealAgeSeconds;
+  const sealProblems = seals.chains.flatMap((s) => {
+    const out: { chain: string; problem: string }[] = [];
+    const chain = String(s.chain);
+    if (s.invalidSeal)
+      out.push({ chain, problem: 'Redis holds a seal of this chain whose MAC does not verify (forged, or made with another KEK)' });
+    // An age nobody knows proves nothing: too old.
+    if (s.unsealed > 0 && (s.ageSeconds === null || s.ageSeconds > bound))
+      out.push({
+        chain,
+        problem:
+          `${s.unsealed} record(s) unsealed for ${s.ageSeconds === null ? 'an unknown time' : `${s.ageSeconds} s`}, longer than ` +
+          `the bound of ${bound} s: sealing has stopped, so they could have been rewritten undetected`,
+      });
+    return out;
+  });
+  const chain = !checker.intact ? 'broken' : sealProblems.length > 0 ? 'unsealed' : 'intact';
+  if (ctx.json) ctx.out.json({ chain, records, chains, seals: { maxSealAgeSeconds: bound, problems: sealProblems, chains: seals.chains } });
   else {
-    ctx.out.line(`audit log: chain ${chain} (${records} record(s) in ${Object.keys(chains).length} chain(s) checked)`);
+    const what = chain === 'unsealed' ? 'not provable (records unsealed for too long)' : chain;
+    ctx.out.line(`audit log: chain ${what} (${records} record(s) in ${Object.keys(chains).length} chain(s) checked)`);
     for (const [name, c] of Object.entries(chains)) if (c.problem) ctx.out.line(`  chain ${name}: ${c.problem}`);
-    ctx.out.note('the export file and the chain seals are checked on the broker host: npm run audit:verify');
+    for (const p of sealProblems) ctx.out.line(`  chain ${p.chain}: ${p.problem}`);
+    ctx.out.note('the export file is checked on the broker host: npm run audit:verify');
   }
-  return checker.intact ? 0 : 1;
+  return chain === 'intact' ? 0 : 1;
 }
 
 export const auditExport: Command = {

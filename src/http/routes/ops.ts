@@ -82,6 +82,9 @@ const quarantineQuery = z.strictObject({
   cursor: z.string().min(1).max(8192).optional(),
 });
 
+/** `GET /v1/admin/audit/seals` takes no parameters. */
+const noQuery = z.strictObject({});
+
 /**
  * /v1/admin: rotation, policy reload, kill switch, quarantine (admins; policy for rotate).
  * `authenticate` sets the caller's identity (a workload JWT, or a console session).
@@ -117,6 +120,10 @@ export function adminRoutes(deps: Deps, s: Services, authenticate: RequestHandle
     const all = await s.admin.quarantines(who);
     const q = validQuery(quarantineQuery, req.query);
     res.json(s.lists.pageOf(who, 'quarantine', all, (e) => e.pattern, q));
+  });
+  r.get('/v1/admin/audit/seals', authenticate, async (req, res) => {
+    validQuery(noQuery, req.query);
+    res.json(await s.admin.auditSeals(identityOf(res)));
   });
   r.delete('/v1/admin/quarantine/:pattern', authenticate, async (req, res) => {
     res.json(await s.admin.unquarantine(identityOf(res), String(req.params.pattern)));

@@ -5,6 +5,7 @@ import {
   PutRolePolicyCommand,
   type ListRolePoliciesCommandOutput,
 } from '@aws-sdk/client-iam';
+import type { AuditEvent } from '../../audit/record.ts';
 import type { RedisClient } from '../../redis/scripts.ts';
 import { RetryableUpstreamError } from '../../errors.ts';
 import type { Logger } from '../../logger.ts';
@@ -31,7 +32,7 @@ import {
   renderDenyPolicy,
   type SessionFacts,
 } from './deny-policy.ts';
-import { type HeldLock, withLock } from '../../redis/lock.ts';
+import { type HeldLock, reportTakeover, withLock } from '../../redis/lock.ts';
 import { type FoldDecision, foldToFit, ownerOfSession, type TaskOwners, taskFoldPattern } from './deny-fold.ts';
 import { ownersToStore, parseOwners } from './deny-owners.ts';
 import { roleNameFromArn } from './role-info.ts';
@@ -87,6 +88,8 @@ export interface DenyListDeps {
   clock: () => number;
   onFallback?: (e: DenyFallbackEvent) => void | Promise<void>;
   onFold?: (e: DenyFoldEvent) => void | Promise<void>;
+  /** Audits a role lock taken over from a key no broker could have set (src/redis/lock.ts). */
+  audit?: (event: AuditEvent) => Promise<void>;
 }
 
 /** Who the revocation being written is for: names the agent and task behind fold keys in reports. */
@@ -271,18 +274,23 @@ export class DenyList {
   private async update(roleArn: string, change: (m: DenyModel) => void, who: Revoking = {}): Promise<'covered' | 'written'> {
     const k = this.keys(roleArn);
     for (let round = 0; round < ROUNDS; round++) {
-      const outcome = await withLock(this.d.redis, k.lock, LOCK, async (lock) => {
-        const now = this.d.clock();
-        const iamText = await this.readIam(roleArn);
-        // What IAM holds must parse: a document we cannot read is never overwritten.
-        const model = mergeModels(parseDenyPolicy(iamText, now), await this.cached(roleArn));
-        const stored = await this.d.redis.get(k.owners);
-        // Owners of ended tasks' tags written by earlier versions (the only entries whose owner the policy does not say).
-        const owners = parseOwners(stored);
-        change(model);
-        pruneModel(model, now, this.skewMs);
-        return this.commit(roleArn, model, iamText, lock, who, { owners, stored });
-      });
+      const outcome = await withLock(
+        this.d.redis,
+        k.lock,
+        { ...LOCK, onTakeover: reportTakeover(this.d.logger, this.d.audit) },
+        async (lock) => {
+          const now = this.d.clock();
+          const iamText = await this.readIam(roleArn);
+          // What IAM holds must parse: a document we cannot read is never overwritten.
+          const model = mergeModels(parseDenyPolicy(iamText, now), await this.cached(roleArn));
+          const stored = await this.d.redis.get(k.owners);
+          // Owners of ended tasks' tags written by earlier versions (the only entries whose owner the policy does not say).
+          const owners = parseOwners(stored);
+          change(model);
+          pruneModel(model, now, this.skewMs);
+          return this.commit(roleArn, model, iamText, lock, who, { owners, stored });
+        },
+      );
       if (!outcome) throw new RetryableUpstreamError('revocation_busy', `the deny list of ${roleArn} is locked by another worker`);
       if (outcome.value !== 'lost') return outcome.value;
       this.d.logger.warn({ roleArn }, 'aws deny list lock lapsed during a write; merging again');

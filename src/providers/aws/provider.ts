@@ -86,6 +86,7 @@ export function createAwsProvider(settings: AwsSettings, ctx: ProviderContext, o
     keyPrefix: ctx.keyPrefix,
     logger,
     clock,
+    ...(ctx.audit ? { audit: ctx.audit } : {}),
     ...(opts.onDenyFallback ? { onFallback: opts.onDenyFallback } : {}),
     ...(opts.onDenyFold ? { onFold: opts.onDenyFold } : {}),
   });

@@ -1,0 +1,49 @@
+import { Redis } from 'ioredis';
+import { Keys } from '../../src/redis/keys.ts';
+import { acquireLock, type LockTakeover, withLock } from '../../src/redis/lock.ts';
+import { dropPrefix, REDIS_URL, uniquePrefix } from '../helpers/broker.ts';
+
+/**
+ * src/redis/lock.ts: a lock key no broker could have set (no expiry, or a TTL longer than its holders
+ * set) is taken over and reported, never waited for: before, a `SET <lock> x` by anyone with Redis write
+ * access stopped what the lock guards (the audit export and sealing, rotations, AWS revocations) for good.
+ */
+let redis: Redis;
+const prefix = uniquePrefix('lock');
+const keys = new Keys(prefix, 4);
+beforeAll(() => {
+  redis = new Redis(REDIS_URL);
+});
+afterAll(async () => {
+  await dropPrefix(prefix);
+  await redis.quit();
+});
+
+test('a lock key without an expiry is taken over at once (even with waitMs), reported once, and then ours', async () => {
+  const key = keys.lock('no-expiry');
+  await redis.set(key, 'stuck');
+  const seen: LockTakeover[] = [];
+  const started = Date.now();
+  const got = await withLock(redis, key, { ttlMs: 5000, waitMs: 10_000, onTakeover: (t) => seen.push(t) }, async (lock) => {
+    expect(await lock.held()).toBe(true);
+    expect(await redis.pttl(key)).toBeGreaterThan(4000);
+    return 'ran';
+  });
+  expect(got).toEqual({ value: 'ran' });
+  expect(Date.now() - started).toBeLessThan(2000);
+  expect(seen).toEqual([{ key, pttlMs: -1 }]);
+  expect(await redis.exists(key)).toBe(0);
+});
+
+test('a holder within the TTL is waited for, not taken over; our own extend may not go beyond the TTL', async () => {
+  const key = keys.lock('plausible');
+  const seen: LockTakeover[] = [];
+  const onTakeover = (t: LockTakeover) => seen.push(t);
+  const first = await acquireLock(redis, key, { ttlMs: 5000, onTakeover });
+  expect(first).toBeDefined();
+  expect(await acquireLock(redis, key, { ttlMs: 5000, onTakeover })).toBeUndefined();
+  await expect(first!.extend(60_000)).rejects.toThrow(RangeError);
+  expect(await first!.extend(5000)).toBe(true);
+  await first!.release();
+  expect(seen).toEqual([]);
+});
