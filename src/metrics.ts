@@ -13,6 +13,7 @@ export class Metrics {
   readonly rotations: Counter<'target' | 'result'>;
   readonly replicaAcks: Counter<'result'>;
   readonly policyInSync: Gauge;
+  readonly dataLoss: Counter<'kind'>;
 
   /** Where the active-lease gauge reads from on each scrape (set once the lease store exists). */
   activeLeasesSource: (() => Promise<number>) | undefined;
@@ -76,6 +77,12 @@ export class Metrics {
     this.policyInSync = new Gauge({
       name: 'jit_policy_in_sync',
       help: 'Whether the policy set in force is the one the last reload announced (0: not ready until it loads)',
+      registers,
+    });
+    this.dataLoss = new Counter({
+      name: 'jit_redis_data_loss_total',
+      help: 'Redis data losses this instance noticed, by kind: lost (Redis came back empty), rolled_back (Redis went back in time, e.g. restarted from an older snapshot)',
+      labelNames: ['kind'],
       registers,
     });
     if (opts.defaultMetrics) collectDefaultMetrics({ register: this.registry });
