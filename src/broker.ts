@@ -30,7 +30,8 @@ import { CursorCodec } from './lists/cursor.ts';
 import { ListService } from './lists/list-service.ts';
 import { createLogger, type Logger } from './logger.ts';
 import { Metrics } from './metrics.ts';
-import { DataLossMonitor } from './ops/recovery.ts';
+import { reapplyEndings } from './ops/reapply.ts';
+import { DataLossMonitor, type RecoveryDeps } from './ops/recovery.ts';
 import { RotationService } from './ops/rotation.ts';
 import { parseStored } from './ops/sealed-secrets.ts';
 import { RotationScheduler } from './ops/schedule.ts';
@@ -218,6 +219,7 @@ export async function startBroker(config: LoadedConfig, opts: BrokerOptions = {}
     await quarantine.start();
     undo.push(() => quarantine.stop());
     let restoreSecrets = async (): Promise<void> => {};
+    let reapply: RecoveryDeps['reapply'] = () => Promise.reject(new Error('the services are not started yet'));
     const recovery = new DataLossMonitor({
       redis,
       keys,
@@ -229,9 +231,12 @@ export async function startBroker(config: LoadedConfig, opts: BrokerOptions = {}
       clearCaches: () => tasks.clearCache(),
       // Set once the providers exist (below): the first look at an empty Redis runs before them, holding nothing.
       restoreSecrets: () => restoreSecrets(),
+      metrics,
+      exportFile: auditFile,
+      // Set once the services exist (below); the periodic checks, which run it, start after that.
+      reapply: (records) => reapply(records),
     });
     await recovery.init();
-    recovery.start(opts.dataLossCheckMs ?? 1000);
     undo.push(() => recovery.stop());
     const providers = await ProviderRegistry.create(
       config,
@@ -297,6 +302,8 @@ export async function startBroker(config: LoadedConfig, opts: BrokerOptions = {}
       audit: new AuditReader(deps, cursors, taskService, taskLeases),
       taskLeases,
     };
+    reapply = (records) => reapplyEndings(deps, { tasks: taskService, admin: services.admin }, records);
+    recovery.start(opts.dataLossCheckMs ?? 1000);
     await rotation.applyDistributedSecrets();
 
     // Other instances announce rotations, policy reloads and quarantines here; periodic reloads cover a missed message.

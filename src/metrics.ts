@@ -19,6 +19,7 @@ export class Metrics {
   readonly outboxParkedNow: Gauge;
   readonly outboxRecovered: Counter;
   readonly outboxParked: Counter;
+  readonly dataLoss: Counter<'kind'>;
 
   /** Where the active-lease gauge reads from on each scrape (set once the lease store exists). */
   activeLeasesSource: (() => Promise<number>) | undefined;
@@ -151,6 +152,12 @@ export class Metrics {
         const status = await metrics.sealStatusSource().catch(() => []);
         for (const s of status) if (s.ageMs !== undefined) this.set({ chain: String(s.chain) }, s.ageMs / 1000);
       },
+    });
+    this.dataLoss = new Counter({
+      name: 'jit_redis_data_loss_total',
+      help: 'Redis data losses this instance noticed, by kind: lost (Redis came back empty), rolled_back (Redis went back in time, e.g. restarted from an older snapshot)',
+      labelNames: ['kind'],
+      registers,
     });
     if (opts.defaultMetrics) collectDefaultMetrics({ register: this.registry });
   }

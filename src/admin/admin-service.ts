@@ -167,6 +167,14 @@ export class AdminService {
     return this.deps.quarantine.list();
   }
 
+  /**
+   * Ends what a quarantine of `pattern` ends (its tasks as an agent and as an orchestrator), for a
+   * quarantine told again to a Redis that went back in time (ops/reapply.ts).
+   */
+  endQuarantined(pattern: string): Promise<{ tasks: number; leases: number }> {
+    return this.endMatching({ agent: pattern }, { openedBy: true });
+  }
+
   /** Ends every open task matching `sel` with its subtree; returns the tasks ended and their live leases. */
   private async endMatching(sel: RevokeSelector, opts: { openedBy?: boolean } = {}): Promise<{ tasks: number; leases: number }> {
     // Each task found, with whether its agent is the one being stopped ('agent': the contract's kill switch,

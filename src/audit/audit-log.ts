@@ -4,7 +4,7 @@ import type { RedisClient } from '../redis/scripts.ts';
 import { ChainWriter } from './chain-writer.ts';
 import { DenialFolds } from './denial-folds.ts';
 import { parseOutboxMember } from './outbox-member.ts';
-import type { AuditEvent } from './record.ts';
+import type { AuditEvent, AuditRecord } from './record.ts';
 
 /**
  * Appends hash-chained audit records to Redis streams shared by every
@@ -175,6 +175,15 @@ export class AuditLog {
   /** The chain heads (`seq:hash`) as this instance last saw them: after a data loss, the end of what was lost. */
   knownHeads(): Map<AuditChain, string> {
     return this.writer.knownHeads();
+  }
+
+  /** The ending records this process wrote, newest last (see ChainWriter.endings). */
+  endings(): { chain: AuditChain; record: AuditRecord }[] {
+    return this.writer.endings();
+  }
+
+  forgetEndings(): void {
+    this.writer.forgetEndings();
   }
 
   /** Forgets what it knew of the chain heads (after Redis lost its data). */

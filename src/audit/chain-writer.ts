@@ -1,7 +1,7 @@
 import type { Logger } from '../logger.ts';
 import type { AuditChain, Keys } from '../redis/keys.ts';
 import { type RedisClient, script } from '../redis/scripts.ts';
-import { type AuditEvent, type AuditRecord, GENESIS, hashRecord } from './record.ts';
+import { type AuditEvent, type AuditRecord, ENDING_ACTIONS, GENESIS, hashRecord } from './record.ts';
 
 const appendScript = script('audit-append');
 
@@ -12,6 +12,8 @@ const seqOf = (head: string): number => (head ? Number(head.slice(0, head.indexO
 const MAX_IN_FLIGHT = 2;
 /** Records per batch (one script call). */
 const MAX_BATCH = 500;
+/** Ending records (ENDING_ACTIONS) this process remembers having written, for a Redis that went back in time. */
+const MAX_ENDINGS = 10_000;
 /** Times one record is re-hashed on a head another instance moved before it is given up. */
 const MAX_ATTEMPTS = 50;
 
@@ -67,6 +69,8 @@ interface ChainState {
  */
 export class ChainWriter {
   private readonly chains = new Map<AuditChain, ChainState>();
+  /** The last MAX_ENDINGS ending records this process wrote, oldest first (see `endings`). */
+  private recent: { chain: AuditChain; record: AuditRecord }[] = [];
   private readonly redis: RedisClient;
   private readonly keys: Keys;
   private readonly logger: Logger;
@@ -106,6 +110,19 @@ export class ChainWriter {
     const out = new Map<AuditChain, string>();
     for (const [chain, st] of this.chains) if (st.confirmed) out.set(chain, st.confirmed);
     return out;
+  }
+
+  /**
+   * The ending records (a task or lease ended, a quarantine changed) this process wrote, newest last:
+   * after Redis went back in time, what this process can tell it again even when the export never got them.
+   */
+  endings(): { chain: AuditChain; record: AuditRecord }[] {
+    return [...this.recent];
+  }
+
+  /** Forgets the remembered ending records (once told again, or after a data loss). */
+  forgetEndings(): void {
+    this.recent = [];
   }
 
   /** Forgets the chain heads (after Redis lost its data): each is read again before the next batch. */
@@ -192,7 +209,7 @@ export class ChainWriter {
         [expected, flight.next, this.keys.auditBase(chain), this.taskIndexMs, ...args],
       )
       .then(
-        (answer) => this.answered(st, flight, batch, records, answer as string | [string, ...number[]] | null),
+        (answer) => this.answered(chain, st, flight, batch, records, answer as string | [string, ...number[]] | null),
         (err: unknown) => this.failed(st, batch, err),
       )
       .finally(() => {
@@ -202,6 +219,7 @@ export class ChainWriter {
   }
 
   private answered(
+    chain: AuditChain,
     st: ChainState,
     flight: { next: string },
     batch: Pending[],
@@ -216,6 +234,8 @@ export class ChainWriter {
     if (st.resend) st.reported = real;
     if (written) {
       if (this.logger.isLevelEnabled('debug')) for (const r of records) this.logger.debug({ audit: r }, 'audit');
+      for (const r of records) if (ENDING_ACTIONS.has(r.action)) this.recent.push({ chain, record: r });
+      if (this.recent.length > 2 * MAX_ENDINGS) this.recent = this.recent.slice(-MAX_ENDINGS);
       for (const p of batch) p.resolve(true);
       return;
     }

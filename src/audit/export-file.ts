@@ -60,31 +60,34 @@ function chainOf(v: unknown): AuditChain | undefined {
  * judge; a file whose header names another prefix comes back as its header.
  */
 export async function* readExport(file: string): AsyncGenerator<ExportEntry> {
-  for (const path of await exportFiles(file)) {
-    const rl = createInterface({ input: createReadStream(path, { encoding: 'utf8' }), crlfDelay: Number.POSITIVE_INFINITY });
-    let n = 0;
-    for await (const text of rl) {
-      n += 1;
-      if (text === '') continue;
-      let v: Record<string, unknown>;
-      try {
-        v = JSON.parse(text) as Record<string, unknown>;
-      } catch {
-        yield { kind: 'bad', file: path, line: n, problem: 'not valid JSON (a write cut short by a crash?)' };
-        continue;
-      }
-      if (v.export === EXPORT_FORMAT && typeof v.prefix === 'string') {
-        yield { kind: 'header', prefix: v.prefix, file: path, line: n };
-        continue;
-      }
-      const chain = chainOf(v.chain);
-      if (chain !== undefined && v.record && typeof v.record === 'object') {
-        yield { kind: 'record', chain, record: v.record as AuditRecord, file: path, line: n };
-      } else if (chain !== undefined && v.seal && typeof v.seal === 'object') {
-        yield { kind: 'seal', chain, seal: v.seal as Seal, file: path, line: n };
-      } else {
-        yield { kind: 'bad', file: path, line: n, problem: 'not an audit export line' };
-      }
+  for (const path of await exportFiles(file)) yield* readExportFile(path);
+}
+
+/** Every line of one file of the export (one of `exportFiles`), parsed as `readExport` does. */
+export async function* readExportFile(path: string): AsyncGenerator<ExportEntry> {
+  const rl = createInterface({ input: createReadStream(path, { encoding: 'utf8' }), crlfDelay: Number.POSITIVE_INFINITY });
+  let n = 0;
+  for await (const text of rl) {
+    n += 1;
+    if (text === '') continue;
+    let v: Record<string, unknown>;
+    try {
+      v = JSON.parse(text) as Record<string, unknown>;
+    } catch {
+      yield { kind: 'bad', file: path, line: n, problem: 'not valid JSON (a write cut short by a crash?)' };
+      continue;
+    }
+    if (v.export === EXPORT_FORMAT && typeof v.prefix === 'string') {
+      yield { kind: 'header', prefix: v.prefix, file: path, line: n };
+      continue;
+    }
+    const chain = chainOf(v.chain);
+    if (chain !== undefined && v.record && typeof v.record === 'object') {
+      yield { kind: 'record', chain, record: v.record as AuditRecord, file: path, line: n };
+    } else if (chain !== undefined && v.seal && typeof v.seal === 'object') {
+      yield { kind: 'seal', chain, seal: v.seal as Seal, file: path, line: n };
+    } else {
+      yield { kind: 'bad', file: path, line: n, problem: 'not an audit export line' };
     }
   }
 }

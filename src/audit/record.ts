@@ -30,6 +30,19 @@ export type AuditAction =
   | 'console.signin'
   | 'console.signout';
 
+/**
+ * Records of decisions that end something (a task, a lease) or change the
+ * quarantine list: what a Redis that went back in time must be told again
+ * (src/ops/reapply.ts). Expiries are left out: the deadlines are in Redis and pass again.
+ */
+export const ENDING_ACTIONS: ReadonlySet<AuditAction> = new Set<AuditAction>([
+  'task.complete',
+  'task.revoke',
+  'lease.revoke',
+  'quarantine.add',
+  'quarantine.remove',
+]);
+
 /** One audit record as callers describe it. Never put a secret in here. */
 export interface AuditEvent {
   action: AuditAction;

@@ -7,7 +7,7 @@ import { endLeases } from '../revocation/ending.ts';
 import { verifyEs256 } from '../signing/ecdsa.ts';
 import type { TaskRecord } from '../tasks/types.ts';
 import { LeaseStore } from './lease-store.ts';
-import type { LeaseRecord } from './types.ts';
+import type { LeaseRecord, RevokeReason } from './types.ts';
 import { taskOfLease } from '../tasks/incarnation.ts';
 
 /** RFC 7662 answer. Anything not active is exactly `{ active: false }`. */
@@ -75,17 +75,10 @@ export class LeaseService {
       policies,
       detail: { stage: 'requested' },
     });
+    const status = await endOneLease(this.deps, lease, reason, now);
     // What the caller is told must survive a failover, or the lease would come back live.
-    const fence = [this.deps.keys.replicaFenceOfTask(lease.taskId)];
-    if (this.deps.providers.get(lease.provider)?.upstream === false && lease.status !== 'issuing') {
-      await endLeases(this.deps, [lease], reason, now);
-      await this.deps.replicas.after(fence);
-      return { leaseId, status: 'revoked' };
-    }
-    const res = await this.deps.leases.requestEnd(leaseId, reason);
-    if (res.kind === 'revoking') await this.deps.queue.endLease(lease, res.reason, now);
-    await this.deps.replicas.after(fence);
-    return { leaseId, status: res.kind === 'deferred' ? 'issuing' : 'revoking' };
+    await this.deps.replicas.after([this.deps.keys.replicaFenceOfTask(lease.taskId)]);
+    return { leaseId, status };
   }
 
   /** The lease and its task, if `who` may see them; a refusal is audited. */
@@ -135,4 +128,24 @@ export class LeaseService {
     const { scope, sub, aud, iss, exp, iat, jti, client_id, task_id, act } = claims;
     return { active: true, token_type: 'Bearer', scope, sub, aud, iss, exp, iat, jti, client_id, task_id, ...(act ? { act } : {}) };
   }
+}
+
+/**
+ * Ends one lease for `reason` (its revoke already recorded): a credential with nothing upstream at once,
+ * an upstream one by the worker (an `issuing` one as soon as its issuance finishes). Returns the status
+ * the lease has now. Also what re-applies a revocation a Redis that went back in time lost (ops/reapply.ts).
+ */
+export async function endOneLease(
+  deps: Deps,
+  lease: LeaseRecord,
+  reason: RevokeReason,
+  now: number,
+): Promise<'revoked' | 'revoking' | 'issuing'> {
+  if (deps.providers.get(lease.provider)?.upstream === false && lease.status !== 'issuing') {
+    await endLeases(deps, [lease], reason, now);
+    return 'revoked';
+  }
+  const res = await deps.leases.requestEnd(lease.leaseId, reason);
+  if (res.kind === 'revoking') await deps.queue.endLease(lease, res.reason, now);
+  return res.kind === 'deferred' ? 'issuing' : 'revoking';
 }

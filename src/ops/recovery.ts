@@ -4,10 +4,14 @@ import { type Archive, type Continuation, continueChains } from '../audit/restor
 import type { AuditEvent, AuditRecord } from '../audit/record.ts';
 import type { QuarantineEntry } from '../identity/quarantine.ts';
 import type { Logger } from '../logger.ts';
-import type { Keys } from '../redis/keys.ts';
+import type { Metrics } from '../metrics.ts';
+import type { AuditChain, Keys } from '../redis/keys.ts';
 import { reportTakeover, withLock } from '../redis/lock.ts';
+import { markerSeq } from '../audit/retention.ts';
 import type { RedisClient } from '../redis/scripts.ts';
 import type { SigningKeyStore } from '../signing/key-store.ts';
+import type { Reapplied } from './reapply.ts';
+import { type ChainRepair, type RollbackSign, RollbackWatch, repairChains } from './rollback.ts';
 
 /** What recovery needs from the rest of the broker. */
 export interface RecoveryDeps {
@@ -28,6 +32,11 @@ export interface RecoveryDeps {
   clearCaches: () => void;
   /** Writes back the rotated upstream secrets this instance runs with (their only shared copy was in Redis). */
   restoreSecrets: () => Promise<void>;
+  metrics: Metrics;
+  /** Absolute path of the audit export (what a Redis that went back in time is compared with). */
+  exportFile: string;
+  /** Applies again the endings a Redis that went back in time lost (ops/reapply.ts). */
+  reapply: (records: AuditRecord[]) => Promise<Reapplied>;
 }
 
 /**
@@ -47,6 +56,15 @@ export interface RecoveryDeps {
  *
  * An empty Redis next to an export of this deployment is a data loss too,
  * even for a process that never saw the data (all instances restarted).
+ *
+ * Redis going back in time (restarted from an older snapshot: the marker is
+ * in it) is noticed by RollbackWatch (ops/rollback.ts) and handled the same
+ * way, not-ready meanwhile: under the recovery lock each chain is continued
+ * from the export where the export reaches further, the endings Redis lost
+ * (tasks ended, leases revoked, quarantines added or lifted: the export's,
+ * and those this instance remembers writing) are applied again, rotated
+ * secrets are written back, and `broker.data_loss` records (reason
+ * `redis_rolled_back`) say what was lost.
  */
 export class DataLossMonitor {
   private readonly d: RecoveryDeps;
@@ -54,9 +72,15 @@ export class DataLossMonitor {
   private timer: NodeJS.Timeout | undefined;
   private recovering: Promise<void> | undefined;
   private healthy = false;
+  private readonly watch: RollbackWatch;
+  /** A rollback noticed and not yet recovered from (recovery runs again at every check until it succeeds). */
+  private rolledBack: RollbackSign | undefined;
+  /** The chain heads this instance knew of when it noticed the rollback (what is known lost). */
+  private knownAtRollback: Map<AuditChain, string> | undefined;
 
   constructor(deps: RecoveryDeps) {
     this.d = deps;
+    this.watch = new RollbackWatch({ redis: deps.redis, keys: deps.keys, audit: deps.audit, instance: randomUUID() });
   }
 
   /** True while the broker holds what it needs to issue. */
@@ -86,13 +110,29 @@ export class DataLossMonitor {
     if (this.recovering) return this.recovering;
     const [epoch, keyCount] = await Promise.all([this.d.redis.get(this.d.keys.epoch()), this.d.redis.hlen(this.d.keys.signingKeys())]);
     if (epoch && keyCount > 0 && epoch === this.epoch) {
-      this.healthy = true;
-      return;
+      const sign = this.rolledBack ?? (await this.watch.look());
+      if (!sign) {
+        this.healthy = true;
+        return;
+      }
+      this.noticed(sign);
+      this.recovering = this.recoverRollback(sign).finally(() => {
+        this.recovering = undefined;
+      });
+      return this.recovering;
     }
     if (epoch && keyCount > 0 && this.epoch === undefined) {
-      // First look at a dataset another instance set up.
+      // First look at a dataset another instance set up: was it rolled back while nobody watched?
+      this.healthy = false;
+      const sign = await this.watch.againstExport(this.d.exportFile, this.d.keys.prefix);
       this.epoch = epoch;
       await this.d.signing.reload();
+      if (sign) {
+        // Recovered at the next check (start() runs once the services that apply endings exist).
+        this.noticed(sign);
+        return;
+      }
+      await this.watch.look();
       this.healthy = true;
       return;
     }
@@ -102,9 +142,126 @@ export class DataLossMonitor {
     return this.recovering;
   }
 
+  /** Said once per rollback, however many attempts its recovery takes. */
+  private noticed(sign: RollbackSign): void {
+    this.healthy = false;
+    if (this.rolledBack) return;
+    this.rolledBack = sign;
+    this.d.metrics.dataLoss.inc({ kind: 'rolled_back' });
+    this.d.logger.error(
+      { ...sign },
+      'Redis went back in time (restarted from an older snapshot?): what was decided after it is gone; not ready until the chains are continued from the export and the endings it lost are applied again',
+    );
+  }
+
+  /**
+   * After Redis went back in time: under the recovery lock (and the export
+   * lock, so no export runs on a chain being repaired), continues the chains
+   * from the export, then appends again the records that clashed with it,
+   * applies the lost endings again, and records what happened. Throws (and
+   * runs again at the next check) when it could not finish.
+   */
+  private async recoverRollback(sign: RollbackSign): Promise<void> {
+    this.healthy = false;
+    // Taken at the first attempt: a failed attempt already forgot the heads this instance wrote.
+    this.knownAtRollback ??= this.watch.known();
+    const known = this.knownAtRollback;
+    // What the export (or this instance) showed existed counts as known too.
+    if (sign.chain !== undefined && markerSeq(sign.known) > markerSeq(known.get(sign.chain))) known.set(sign.chain, sign.known);
+    const remembered = this.d.audit.endings();
+    this.d.clearCaches();
+    this.d.audit.resetHeads();
+    const onTakeover = reportTakeover(this.d.logger, (e) => this.d.audit.append(e));
+    const done = await withLock(this.d.redis, this.d.keys.lock('recovery'), { ttlMs: 30_000, waitMs: 30_000, onTakeover }, async (lock) => {
+      const keep = setInterval(() => void lock.extend(30_000).catch(() => {}), 10_000);
+      try {
+        // Emptied since: a data loss, which the next check handles.
+        if ((await this.d.redis.get(this.d.keys.epoch())) !== this.epoch) return 'lost' as const;
+        // The export's own TTL (30 s), kept alive: a longer one is a lock no broker sets, which exporters take over.
+        const repaired = await withLock(
+          this.d.redis,
+          this.d.keys.lock('audit-export'),
+          { ttlMs: 30_000, waitMs: 30_000, onTakeover },
+          async (exportLock) => {
+            const keepExport = setInterval(() => void exportLock.extend(30_000).catch(() => {}), 10_000);
+            try {
+              return await repairChains({ redis: this.d.redis, keys: this.d.keys, file: this.d.exportFile }, known, remembered);
+            } finally {
+              clearInterval(keepExport);
+            }
+          },
+        );
+        if (!repaired) throw new Error('the audit export lock stayed busy; will look again');
+        const repair = repaired.value;
+        // Records written on the rolled-back chains before this was noticed, behind the export's end, with their own time.
+        await Promise.all(repair.orphans.map((o) => this.d.audit.appendTo(o.chain, strip(o.record), o.record.time)));
+        const reapplied = await this.d.reapply(repair.reapply);
+        await this.recordRollback(sign, repair.chains, reapplied);
+        return 'done' as const;
+      } finally {
+        clearInterval(keep);
+      }
+    });
+    if (!done) throw new Error('another instance is recovering; will look again');
+    if (done.value === 'lost') return;
+    await this.d.restoreSecrets();
+    await this.d.signing.reload();
+    this.d.audit.forgetEndings();
+    this.rolledBack = undefined;
+    this.knownAtRollback = undefined;
+    this.watch.reset();
+    await this.watch.look();
+    this.d.logger.warn('recovered from Redis going back in time (see the broker.data_loss audit records for what was lost)');
+    this.healthy = true;
+  }
+
+  /** One `broker.data_loss` record (reason `redis_rolled_back`) in `ops` and in each chain the repair changed. */
+  private async recordRollback(sign: RollbackSign, chains: ChainRepair[], reapplied: Reapplied): Promise<void> {
+    const byChain = new Map(chains.map((c) => [c.chain, c]));
+    if (!byChain.has('ops')) byChain.set('ops', { chain: 'ops', redisHead: '', continuedFrom: '', rechained: 0 });
+    await Promise.all(
+      [...byChain.values()].map((c) => {
+        const detail: Record<string, string | number | boolean> = {
+          kind: 'rollback',
+          continuedFromSeq: markerSeq(c.continuedFrom),
+          redisSeq: markerSeq(c.redisHead),
+        };
+        if (c.lostFromSeq !== undefined && c.lostToSeq !== undefined) {
+          detail.lostFromSeq = c.lostFromSeq;
+          detail.lostToSeq = c.lostToSeq;
+          detail.lost = `at least ${c.lostFromSeq}..${c.lostToSeq}`;
+        } else {
+          detail.lost = 'none known';
+        }
+        if (c.rechained > 0) detail.rechained = c.rechained;
+        if (c.chain === 'ops') {
+          detail.seen = sign.seen;
+          detail.tasksEndedAgain = reapplied.tasks;
+          detail.leasesRevokedAgain = reapplied.leases;
+          detail.quarantinesAppliedAgain = reapplied.quarantines;
+        }
+        return this.d.audit.appendTo(c.chain, {
+          action: 'broker.data_loss',
+          actor: 'broker',
+          decision: 'ok',
+          reason: 'redis_rolled_back',
+          detail,
+        });
+      }),
+    );
+  }
+
   private async recover(lostSeen: boolean): Promise<void> {
     this.healthy = false;
-    if (lostSeen) this.d.logger.error('Redis lost its data: recreating the signing key and restoring quarantines before answering ready');
+    if (lostSeen) {
+      this.d.logger.error('Redis lost its data: recreating the signing key and restoring quarantines before answering ready');
+      this.d.metrics.dataLoss.inc({ kind: 'lost' });
+    }
+    // What was remembered of the lost dataset means nothing on the new one (its tasks and leases are gone).
+    this.rolledBack = undefined;
+    this.knownAtRollback = undefined;
+    this.watch.reset();
+    this.d.audit.forgetEndings();
     // What this instance knew of the chains is the best record of how much was lost.
     const knownHeads = this.d.audit.knownHeads();
     this.d.clearCaches();

@@ -245,6 +245,13 @@ export class Keys {
   epoch(): string {
     return `${this.globalBase}epoch`;
   }
+  /**
+   * One instance's generation counter, bumped at every data-loss check: its value going back means Redis
+   * went back in time (src/ops/rollback.ts). Expires a day after the instance's last check.
+   */
+  generation(instance: string): string {
+    return `${this.globalBase}generation:${instance}`;
+  }
   /** Hash: settings that must not change under existing data (bucket count). */
   meta(): string {
     return `${this.globalBase}meta`;

@@ -1,0 +1,264 @@
+import type { AuditLog } from '../audit/audit-log.ts';
+import { readExportTail } from '../audit/export-tail.ts';
+import { type AuditRecord, ENDING_ACTIONS } from '../audit/record.ts';
+import { markerSeq } from '../audit/retention.ts';
+import type { AuditChain, Keys } from '../redis/keys.ts';
+import { type RedisClient, script } from '../redis/scripts.ts';
+
+const markScript = script('audit-mark');
+
+/** How long an instance's generation counter outlives the instance (refreshed at every look). */
+const GENERATION_TTL_MS = 86_400_000;
+
+/** What showed that Redis went back in time. */
+export interface RollbackSign {
+  /** generation: this instance's counter went back; chain: a chain head this instance wrote went back; export: the export is ahead of Redis. */
+  seen: 'generation' | 'chain' | 'export';
+  chain?: AuditChain;
+  /** What Redis holds (a head `seq:hash`, or the counter). */
+  redis: string;
+  /** What this instance (or the export) knows existed. */
+  known: string;
+}
+
+const hashOf = (head: string): string => head.slice(head.indexOf(':') + 1);
+
+/** Whether Redis's head `redis` is behind `known`: a lower seq, or the same seq with another hash (another history). */
+export function isBehind(redis: string, known: string): boolean {
+  if (!known) return false;
+  const [r, k] = [markerSeq(redis), markerSeq(known)];
+  return r < k || (r === k && hashOf(redis) !== hashOf(known));
+}
+
+/**
+ * Notices Redis going back in time: restarted from an older RDB snapshot, a
+ * restored backup, a lagging replica promoted. The epoch marker is in the
+ * snapshot, so the data-loss check sees the same dataset; what is gone is
+ * everything decided after the snapshot. Two monotonic markers show it:
+ * - a generation counter of this instance (a key only it writes, bumped at
+ *   every look): a bump that does not land above the last one means Redis
+ *   lost a write this instance saw acknowledged;
+ * - the head (`seq:hash`) of each audit chain this instance wrote since its
+ *   last look (covering writes after the last bump): Redis's head behind it
+ *   (a lower seq, or the same seq with another hash) means the same.
+ * And at the first look of a process that saw nothing yet, the export: a
+ * chain whose exported end is ahead of Redis's head.
+ */
+export class RollbackWatch {
+  private readonly redis: RedisClient;
+  private readonly keys: Keys;
+  private readonly audit: AuditLog;
+  private readonly instance: string;
+  private generation: number | undefined;
+  private seen = new Map<AuditChain, string>();
+
+  constructor(deps: { redis: RedisClient; keys: Keys; audit: AuditLog; instance: string }) {
+    this.redis = deps.redis;
+    this.keys = deps.keys;
+    this.audit = deps.audit;
+    this.instance = deps.instance;
+  }
+
+  /** The chain heads this instance knows existed (what it wrote and confirmed, what it last compared). */
+  known(): Map<AuditChain, string> {
+    const out = new Map(this.seen);
+    for (const [chain, head] of this.audit.knownHeads()) if (markerSeq(head) >= markerSeq(out.get(chain))) out.set(chain, head);
+    return out;
+  }
+
+  /** Starts over (after a recovery): the next look takes Redis as it is. */
+  reset(): void {
+    this.generation = undefined;
+    this.seen = new Map();
+  }
+
+  /** One look: bumps the generation, compares the heads written since the last look. */
+  async look(): Promise<RollbackSign | undefined> {
+    const written = this.audit.knownHeads();
+    const changed = [...written].filter(([chain, head]) => this.seen.get(chain) !== head);
+    const key = this.keys.generation(this.instance);
+    const res = await this.redis.multi().incr(key).pexpire(key, GENERATION_TTL_MS).exec();
+    if (!res) throw new Error('generation bump aborted');
+    for (const [err] of res) if (err) throw err;
+    const generation = Number(res[0]![1]);
+    const before = this.generation;
+    this.generation = generation;
+    // A repeated INCR (a connection dropped its answer) only moves it further: going back is the sign.
+    if (before !== undefined && generation <= before) return { seen: 'generation', redis: String(generation), known: String(before) };
+    const heads = await Promise.all(changed.map(([chain]) => this.redis.get(this.keys.auditHead(chain))));
+    for (let i = 0; i < changed.length; i++) {
+      const [chain, head] = changed[i]!;
+      const redis = heads[i] ?? '';
+      if (isBehind(redis, head)) return { seen: 'chain', chain, redis, known: head };
+      this.seen.set(chain, head);
+    }
+    return undefined;
+  }
+
+  /**
+   * A process's first look at a dataset: whether the export holds any chain
+   * further than Redis (a rollback while no instance ran, or one no running
+   * instance noticed). Reads the export from its newest file back only as far
+   * as Redis's heads.
+   */
+  async againstExport(file: string, prefix: string): Promise<RollbackSign | undefined> {
+    const chains = this.keys.auditChains();
+    const heads = await Promise.all(chains.map((c) => this.redis.get(this.keys.auditHead(c))));
+    const headOf = new Map(chains.map((c, i) => [c, heads[i] ?? '']));
+    const withHead = chains.filter((c) => headOf.get(c));
+    const tail = await readExportTail(
+      file,
+      prefix,
+      (c) => (headOf.get(c) ? markerSeq(headOf.get(c)) : undefined),
+      () => false,
+      withHead,
+      { hashes: false },
+    );
+    for (const [chain, t] of tail) {
+      if (!t.last) continue;
+      const exported = `${t.last.seq}:${t.last.hash}`;
+      const redis = headOf.get(chain) ?? '';
+      if (isBehind(redis, exported)) return { seen: 'export', chain, redis, known: exported };
+    }
+    return undefined;
+  }
+}
+
+/** What the repair did to one chain (the detail of its `broker.data_loss` record). */
+export interface ChainRepair {
+  chain: AuditChain;
+  /** Redis's head when the repair began. */
+  redisHead: string;
+  /** Where the chain goes on from (the export's last record when it was ahead, else Redis's own head). */
+  continuedFrom: string;
+  /** Records Redis wrote on the old history after the snapshot, moved behind `continuedFrom` (see `orphans`). */
+  rechained: number;
+  /** Known lost: records after `continuedFrom` up to the highest head known to have existed (none: undefined). */
+  lostFromSeq?: number;
+  lostToSeq?: number;
+}
+
+export interface Repair {
+  chains: ChainRepair[];
+  /** Ending records Redis no longer holds (from the export and from this process's memory), chain order. */
+  reapply: AuditRecord[];
+  /** Records written on the rolled-back chain that clash with the export: to append again behind its end. */
+  orphans: { chain: AuditChain; record: AuditRecord }[];
+}
+
+/** A chain's records in Redis after `afterSeq` (read backwards from the end, so only those), in chain order. */
+async function recordsAfter(redis: RedisClient, keys: Keys, chain: AuditChain, afterSeq: number) {
+  const out: { id: string; record: AuditRecord }[] = [];
+  let end = '+';
+  for (;;) {
+    const page = await redis.xrevrange(keys.auditStream(chain), end, '-', 'COUNT', 500);
+    if (page.length === 0) break;
+    let reached = false;
+    for (const [id, fields] of page) {
+      let r: AuditRecord | undefined;
+      try {
+        r = JSON.parse(fields[fields.indexOf('r') + 1] ?? '') as AuditRecord;
+      } catch {
+        continue; // not a record (verify reports it)
+      }
+      if (r.seq <= afterSeq) {
+        reached = true;
+        break;
+      }
+      out.push({ id, record: r });
+    }
+    if (reached) break;
+    end = `(${page[page.length - 1]![0]}`;
+  }
+  return out.reverse();
+}
+
+/**
+ * Puts the chains right after Redis went back in time, under the recovery
+ * and export locks (no export runs meanwhile). For each chain, Redis's
+ * records after its export marker (the snapshot's) are compared with the
+ * export's records after that marker:
+ * - where they differ, Redis went on with another history after the snapshot
+ *   (records written before the rollback was noticed): those records are
+ *   removed and returned, to be appended again behind the export's end;
+ * - when the export reaches further, the chain's head and export marker are
+ *   set to its last record (as after a data loss), so new records continue
+ *   the chain the export holds and verify reads one chain.
+ * The ending records (ENDING_ACTIONS) Redis no longer holds are returned to
+ * be applied again: the export's after the point where Redis stops or
+ * differs, and those `remembered` by this process that neither Redis nor the
+ * export holds.
+ */
+export async function repairChains(
+  deps: { redis: RedisClient; keys: Keys; file: string },
+  known: Map<AuditChain, string>,
+  remembered: readonly { chain: AuditChain; record: AuditRecord }[],
+): Promise<Repair> {
+  const { redis, keys } = deps;
+  const chains = keys.auditChains();
+  const [heads, markers] = await Promise.all([
+    Promise.all(chains.map((c) => redis.get(keys.auditHead(c)))),
+    Promise.all(chains.map((c) => redis.get(keys.auditExported(c)))),
+  ]);
+  const markerOf = new Map(chains.map((c, i) => [c, markers[i] ?? '']));
+  const tail = await readExportTail(
+    deps.file,
+    keys.prefix,
+    (c) => markerSeq(markerOf.get(c)),
+    (r) => ENDING_ACTIONS.has(r.action),
+    chains,
+    { hashes: true },
+  );
+  const out: Repair = { chains: [], reapply: [], orphans: [] };
+  for (let i = 0; i < chains.length; i++) {
+    const chain = chains[i]!;
+    const head = heads[i] ?? '';
+    const marker = markerOf.get(chain) ?? '';
+    const t = tail.get(chain);
+    const inRedis = await recordsAfter(redis, keys, chain, markerSeq(marker));
+    const redisHash = new Map(inRedis.map((x) => [x.record.seq, x.record.hash]));
+    // The first record where Redis's history and the export's differ.
+    const diverged = inRedis.find((x) => {
+      const h = t?.hashes.get(x.record.seq);
+      return h !== undefined && h !== x.record.hash;
+    })?.record.seq;
+    const orphans = diverged === undefined ? [] : inRedis.filter((x) => x.record.seq >= diverged);
+    const base = diverged === undefined ? markerSeq(head) : diverged - 1;
+    const last = t?.last;
+    let continuedFrom = head;
+    if (last && last.seq > base) {
+      continuedFrom = `${last.seq}:${last.hash}`;
+      if ((await markScript.run(redis, [keys.auditHead(chain)], [head, continuedFrom])) !== 1)
+        throw new Error(`audit chain ${chain} moved during the rollback repair; trying again`);
+      await redis.set(keys.auditExported(chain), continuedFrom);
+      if (orphans.length > 0) await redis.xdel(keys.auditStream(chain), ...orphans.map((o) => o.id));
+    } else if (last && last.seq > markerSeq(marker) && redisHash.get(last.seq) === last.hash) {
+      // The export already holds Redis's records up to here: not exported a second time.
+      await redis.set(keys.auditExported(chain), `${last.seq}:${last.hash}`);
+    }
+    for (const o of orphans) out.orphans.push({ chain, record: o.record });
+    // The export's endings Redis lost: after the point where Redis stops or differs.
+    const lost = (t?.kept ?? []).filter((r) => r.seq > base);
+    const told = new Set(lost.map((r) => r.hash));
+    // What this process wrote that neither Redis (before the repair) nor the export holds.
+    for (const { chain: c, record } of remembered) {
+      if (c !== chain || told.has(record.hash) || record.seq <= markerSeq(marker)) continue;
+      if (redisHash.get(record.seq) === record.hash || t?.hashes.get(record.seq) === record.hash) continue;
+      lost.push(record);
+      told.add(record.hash);
+    }
+    out.reapply.push(...lost.sort((a, b) => a.seq - b.seq));
+    const knownTo = Math.max(markerSeq(known.get(chain)), last?.seq ?? 0);
+    const from = markerSeq(continuedFrom) + 1;
+    const changed = continuedFrom !== head || orphans.length > 0 || lost.length > 0 || knownTo >= from;
+    if (!changed) continue;
+    out.chains.push({
+      chain,
+      redisHead: head,
+      continuedFrom,
+      rechained: orphans.length,
+      ...(knownTo >= from ? { lostFromSeq: from, lostToSeq: knownTo } : {}),
+    });
+  }
+  return out;
+}

@@ -1,0 +1,172 @@
+import { readFileSync } from 'node:fs';
+import { deriveSealKey } from '../../src/audit/seal.ts';
+import { verifyAudit } from '../../src/audit/verify.ts';
+import { readSecret, resolvePath } from '../../src/config/load.ts';
+import { ADMIN, AGENT, ORCH, auditRecords, call, startTestBroker, type TestBroker, uniquePrefix, waitFor } from '../helpers/broker.ts';
+import { type RedisStandalone, startStandalone } from '../helpers/redis-topology.ts';
+
+/**
+ * Redis restarted from an older RDB snapshot (a restored backup, Redis without AOF killed and restarted, a
+ * lagging replica promoted): the epoch marker is in the snapshot, so it is not an empty Redis, yet what was
+ * decided after the snapshot is gone. The broker must notice, answer 503 meanwhile, and apply the lost
+ * endings again: completed tasks end again, revoked leases are revoked again, quarantines hold.
+ */
+let redis: RedisStandalone;
+const brokers: TestBroker[] = [];
+
+beforeAll(async () => {
+  redis = await startStandalone();
+}, 30_000);
+afterAll(async () => {
+  for (const b of brokers) await b.broker.close().catch(() => {});
+  await redis?.stop();
+});
+
+const agentId = `spiffe://dev.local${AGENT}`;
+const LEAKY = '/agent/leaky';
+
+async function start(prefix: string, extra: Partial<TestBroker> = {}): Promise<TestBroker> {
+  const b = await startTestBroker('rollback', {
+    prefix,
+    ...(extra.config ? { loaded: extra.config, issuer: extra.issuer! } : { config: { redis: { url: redis.url, prefix } } }),
+    // The periodic check is driven by hand (recovery.check()), so each step is seen in order.
+    broker: { dataLossCheckMs: 600_000 },
+  });
+  brokers.push(b);
+  return b;
+}
+
+async function introspect(b: TestBroker, token: string): Promise<boolean> {
+  const res = await fetch(`${b.url}/v1/introspect`, {
+    method: 'POST',
+    headers: { ...b.as('/resource/tickets'), 'content-type': 'application/x-www-form-urlencoded' },
+    body: new URLSearchParams({ token }).toString(),
+  });
+  return ((await res.json()) as { active: boolean }).active;
+}
+
+async function openAndIssue(b: TestBroker, taskId: string): Promise<{ leaseId: string; token: string }> {
+  const opened = await call(b.url, 'POST', '/v1/tasks', b.as(ORCH), {
+    taskId,
+    agent: agentId,
+    tenant: 'acme',
+    purpose: 'p',
+    ttlSeconds: 600,
+    grants: [{ role: 'demo-api' }],
+  });
+  expect(opened.status).toBe(201);
+  const issued = await call(b.url, 'POST', '/v1/credentials', b.as(AGENT), { taskId, role: 'demo-api' });
+  expect(issued.status).toBe(201);
+  return { leaseId: issued.body.leaseId, token: issued.body.credentials.access_token };
+}
+
+async function snapshot(): Promise<void> {
+  const admin = redis.client();
+  await admin.connect();
+  expect(await admin.call('SAVE')).toBe('OK');
+  admin.disconnect();
+}
+
+const readyz = async (b: TestBroker) => (await fetch(`${b.url}/readyz`)).status;
+
+/** What the agent, its orchestrator and a resource server see of a task and its token. */
+async function state(b: TestBroker, taskId: string, token: string) {
+  const task = await call(b.url, 'GET', `/v1/tasks/${taskId}`, b.as(ORCH));
+  const again = await call(b.url, 'POST', '/v1/credentials', b.as(AGENT), { taskId, role: 'demo-api' });
+  return { task: task.body.status, issueAgain: again.status, tokenActive: await introspect(b, token) };
+}
+
+test('a running broker notices Redis going back to an older snapshot: 503 until the lost endings are applied again, one chain kept', async () => {
+  const prefix = uniquePrefix('rollback-live');
+  const b = await start(prefix);
+  const { keys } = b.broker.deps;
+  const completed = await openAndIssue(b, 'rb-done');
+  const revoked = await openAndIssue(b, 'rb-lease');
+  await snapshot();
+
+  // After the snapshot: a task completed, a lease revoked by its agent, a quarantine (exported at once).
+  expect((await call(b.url, 'POST', '/v1/tasks/rb-done/complete', b.as(ORCH))).status).toBe(202);
+  expect((await call(b.url, 'DELETE', `/v1/leases/${revoked.leaseId}`, b.as(AGENT))).status).toBe(202);
+  expect(
+    (await call(b.url, 'POST', '/v1/admin/quarantine', b.as(ADMIN), { agent: `spiffe://dev.local${LEAKY}`, reason: 'leaked' })).status,
+  ).toBe(201);
+  await waitFor(async () => !(await introspect(b, completed.token)) && !(await introspect(b, revoked.token)), 10_000);
+
+  await redis.restart({ keepData: true });
+  // Redis answers with the snapshot's state: the ending is gone (what the red team saw).
+  await waitFor(async () => (await state(b, 'rb-done', completed.token)).task === 'open', 10_000, 50);
+  // Records written on the rolled-back chains before the broker noticed: an ops record where the export holds another.
+  expect((await call(b.url, 'GET', '/v1/admin/quarantine', b.as(ORCH))).status).toBe(403);
+
+  // Another instance holds the recovery lock: this one stays not-ready meanwhile (fail closed).
+  const lockKey = keys.lock('recovery');
+  const admin = redis.client();
+  await admin.connect();
+  await admin.set(lockKey, 'held-by-test', 'PX', 60_000);
+  const checking = b.broker.recovery.check();
+  await waitFor(async () => (await readyz(b)) === 503, 5000);
+  const metrics = await (await fetch(`${b.url}/metrics`)).text();
+  expect(metrics).toMatch(/jit_redis_data_loss_total\{kind="rolled_back"\} 1/);
+  await admin.del(lockKey);
+  admin.disconnect();
+  await checking;
+  expect(await readyz(b)).toBe(200);
+
+  await waitFor(async () => !(await introspect(b, completed.token)), 10_000);
+  expect(await state(b, 'rb-done', completed.token)).toEqual({ task: 'completed', issueAgain: 409, tokenActive: false });
+  const lease = await call(b.url, 'GET', `/v1/leases/${revoked.leaseId}`, b.as(ORCH));
+  expect({ status: lease.body.status, active: await introspect(b, revoked.token) }).toEqual({ status: 'revoked', active: false });
+  const q = await call(b.url, 'GET', '/v1/tasks/none', b.as(LEAKY));
+  expect({ status: q.status, code: q.body?.code }).toEqual({ status: 403, code: 'identity_quarantined' });
+
+  // Said in the audit log, and the chains stay one chain with the export (verify reads both).
+  await b.broker.deps.audit.flush();
+  const records = await auditRecords(b.broker.deps.redis, keys);
+  const losses = records.filter((r) => r.action === 'broker.data_loss');
+  expect(losses.length).toBeGreaterThan(0);
+  expect(losses.every((r) => r.reason === 'redis_rolled_back')).toBe(true);
+  const ops = losses.find((r) => r.chain === 'ops')!;
+  // No periodic check ran since the snapshot (the generation did not move): the chain heads it wrote showed it.
+  expect(ops.detail).toMatchObject({ kind: 'rollback', seen: 'chain', rechained: 1 });
+  expect(ops.detail.tasksEndedAgain).toBeGreaterThanOrEqual(1);
+  expect(records.some((r) => r.action === 'task.complete' && r.taskId === 'rb-done' && r.detail?.reapplied === 'redis_rolled_back')).toBe(
+    true,
+  );
+  const sealKey = deriveSealKey(readSecret(b.config.secrets.kek!, 'secrets.kek'));
+  const reports = await verifyAudit(b.broker.deps.redis, keys, { exportFile: resolvePath(b.config.audit.export.file), sealKey });
+  for (const r of reports) expect({ chain: r.chain, problems: r.problems }).toEqual({ chain: r.chain, problems: [] });
+  expect(reports.find((r) => r.chain === 'ops')!.losses.length).toBe(1);
+
+  // Recovered once: later checks find nothing.
+  await b.broker.recovery.check();
+  await b.broker.deps.audit.flush();
+  expect((await auditRecords(b.broker.deps.redis, keys)).filter((r) => r.action === 'broker.data_loss')).toHaveLength(losses.length);
+  await b.broker.close();
+}, 90_000);
+
+test('a broker started after the rollback sees the export ahead of Redis: not ready until the endings in the export are applied again', async () => {
+  const prefix = uniquePrefix('rollback-fresh');
+  const first = await start(prefix);
+  const { token } = await openAndIssue(first, 'rb-fresh');
+  await snapshot();
+  expect((await call(first.url, 'POST', '/v1/tasks/rb-fresh/complete', first.as(ORCH))).status).toBe(202);
+  await waitFor(async () => !(await introspect(first, token)), 10_000);
+  await first.broker.close(); // exports what it wrote
+  const file = resolvePath(first.config.audit.export.file);
+  expect(readFileSync(file, 'utf8')).toContain('"action":"task.complete"');
+
+  await redis.restart({ keepData: true }); // every instance down, Redis back on the snapshot
+  const b = await start(prefix, { config: first.config, issuer: first.issuer });
+  expect(await readyz(b)).toBe(503);
+  expect(b.broker.recovery.ready).toBe(false);
+  await b.broker.recovery.check();
+  expect(await readyz(b)).toBe(200);
+  await waitFor(async () => !(await introspect(b, token)), 10_000);
+  expect(await state(b, 'rb-fresh', token)).toEqual({ task: 'completed', issueAgain: 409, tokenActive: false });
+  await b.broker.deps.audit.flush();
+  const ops = (await auditRecords(b.broker.deps.redis, b.broker.deps.keys)).find(
+    (r) => r.action === 'broker.data_loss' && r.chain === 'ops',
+  );
+  expect(ops).toMatchObject({ reason: 'redis_rolled_back', detail: expect.objectContaining({ seen: 'export', tasksEndedAgain: 1 }) });
+  await b.broker.close();
+}, 90_000);
