@@ -3,7 +3,9 @@
 -- not handed out after all). Leaving `pending` takes it off the task's pending set; consuming clears the
 -- request index so the next identical request asks again, and giving it back sets the index again
 -- (unless another approval of the same request holds it by now).
--- uses: common
+-- Giving a consumed approval back reads and may withdraw its twin, a key built from KEYS[1]'s base, not
+-- declared: lib/slot.lua.
+-- uses: common, slot
 -- KEYS[1] approval hash
 -- KEYS[2] the task's pending approvals (set)
 -- KEYS[3] request index of this approval
@@ -11,8 +13,13 @@
 -- ARGV[2] new status
 -- ARGV[3] approval id
 -- ARGV[4..] more field/value pairs
--- Returns 1 when swapped, 0 otherwise.
+-- Returns 1 when swapped, 0 otherwise; a TRYAGAIN error while the bucket's slot moves and a consumed approval is
+-- given back (nothing written).
 if redis.call('HGET', KEYS[1], 'status') ~= ARGV[1] then return 0 end
+if ARGV[1] == 'consumed' then
+  local moving = slot_guard(string.sub(KEYS[1], 1, #KEYS[1] - #('approval:' .. ARGV[3])))
+  if moving then return moving end
+end
 redis.call('HSET', KEYS[1], 'status', ARGV[2])
 if ARGV[1] == 'pending' then redis.call('HSET', KEYS[1], 'decidedAt', now_ms()) end
 for i = 4, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end

@@ -8,6 +8,9 @@
 -- outbox is written exactly once, by its caller or by recovery, whichever comes first. One absent key or
 -- member refuses the whole batch (its hashes were chained through that record); the reply names every
 -- such record, and the caller drops them and sends the rest again.
+-- The task indexes, the keys records require and the outbox are keys built from ARGV[3], not declared:
+-- lib/slot.lua.
+-- uses: slot
 -- KEYS[1] chain head (`<seq>:<hash>`)
 -- KEYS[2] chain stream
 -- ARGV[1] expected head ('' for an empty chain)
@@ -18,11 +21,14 @@
 --   slot), outbox member ('' for none)
 -- Returns false when appended (or when the head already is the new head: this batch was written before);
 -- else nothing is written and it returns the real head, or
--- {real head, n, ...} naming the records (1-based) whose key or outbox member is absent.
+-- {real head, n, ...} naming the records (1-based) whose key or outbox member is absent; a TRYAGAIN error while
+-- the chain's slot moves (nothing written).
 local cur = redis.call('GET', KEYS[1]) or ''
 -- Already written: the client sent it again after a dropped connection lost the answer.
 if cur == ARGV[2] then return false end
 if cur ~= ARGV[1] then return cur end
+local moving = slot_guard(ARGV[3])
+if moving then return moving end
 local outbox = ARGV[3] .. 'audit-outbox'
 local absent, members, at, seen = {}, {}, {}, {}
 for i = 5, #ARGV, 4 do
