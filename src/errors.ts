@@ -282,8 +282,9 @@ export const ERRORS = {
   },
   not_ready: {
     status: 503,
-    means: 'The broker cannot issue right now (Redis unreachable, signing key being recreated after data loss).',
-    fix: 'Retry in a few seconds.',
+    means:
+      'The broker cannot issue right now (Redis unreachable, a Redis Cluster slot of its data being moved, signing key being recreated after data loss).',
+    fix: 'Retry in a few seconds (`Retry-After` when Redis is the cause).',
   },
 } as const satisfies Record<string, { status: number; means: string; fix: string }>;
 

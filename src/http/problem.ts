@@ -1,7 +1,7 @@
 import type { ErrorRequestHandler, Response } from 'express';
 import { ZodError } from 'zod';
 import { BrokerError, badRequest, type ErrorCode, tooLarge, unavailable, unsupportedMediaType } from '../errors.ts';
-import { isRedisUnavailable } from '../redis/unavailable.ts';
+import { isRedisUnavailable, REDIS_RETRY_AFTER_S } from '../redis/unavailable.ts';
 import { clip } from '../identity/log-safe.ts';
 import type { Logger } from '../logger.ts';
 import { retryAfterOf } from './rate-limit.ts';
@@ -81,7 +81,10 @@ export function problemHandler(logger: Logger): ErrorRequestHandler {
     if (err instanceof BrokerError) problem = err;
     else if (err instanceof ZodError) problem = fromZod(err);
     else if (isRedisUnavailable(err))
-      problem = unavailable('not_ready', 'The broker cannot reach its data store right now; retry shortly.', { cause: err });
+      problem = unavailable('not_ready', 'The broker cannot reach its data store right now; retry shortly.', {
+        cause: err,
+        retryAfterSeconds: REDIS_RETRY_AFTER_S,
+      });
     else problem = fromBodyParser(err) ?? fromHttpError(err);
     if (!problem) {
       logger.error({ err, path: clip(req.path, 200), method: clip(req.method, 16) }, 'unhandled error');

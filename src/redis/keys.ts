@@ -36,6 +36,9 @@ export const ID_PATTERN = /^[0-9a-f]{32}$/;
  *   marker no other kind marker is a prefix of: two distinct ids can never
  *   name the same key, whatever characters a caller puts in them (a task named
  *   `t:leases` cannot touch the lease set of task `t`).
+ * - `<base>slot-probe:a` and `:b` are never written: scripts that reach keys
+ *   they do not declare check them to learn whether a Cluster reshard is
+ *   moving the bucket's slot (src/redis/lua/lib/slot.lua).
  * - No key embeds an identity string (up to 2048 characters, and an agent
  *   names its sub-tasks' agents freely): per-identity indexes are named by the
  *   identity's SHA-256 (`party`). Task ids are the only caller-chosen part of a

@@ -1,8 +1,11 @@
+/** `Retry-After` (seconds) of a 503 not_ready while Redis cannot serve: a failover, a restart or a slot move lasts seconds. */
+export const REDIS_RETRY_AFTER_S = 1;
+
 /**
  * Whether an error means "Redis could not be reached or did not answer in
  * time" (a failover in progress, a paused or restarting server, a cluster
- * without a majority): the broker cannot decide anything, so the caller gets
- * 503 not_ready and retries, never a 500.
+ * without a majority, a Cluster slot being moved): the broker cannot decide
+ * anything, so the caller gets 503 not_ready and retries, never a 500.
  */
 export function isRedisUnavailable(err: unknown): boolean {
   const e = err as { name?: string; message?: string; code?: string } | undefined;
@@ -16,7 +19,13 @@ export function isRedisUnavailable(err: unknown): boolean {
     )
   )
     return true;
-  // Replies Redis gives while it cannot serve: loading after a restart, a cluster that is down, a replica, a paused write.
+  // Replies Redis gives while it cannot serve: loading after a restart, a cluster that is down, a replica, a paused write,
+  // a slot being moved (TRYAGAIN, also what a script answers when its slot moves: src/redis/lua/lib/slot.lua).
   if (/^(LOADING|CLUSTERDOWN|READONLY|MASTERDOWN|TRYAGAIN|NOREPLICAS|BUSY )/.test(message)) return true;
+  // A Cluster's redirections still bouncing when ioredis gives up (a reshard in progress: ASK, TRYAGAIN), and what
+  // Redis says when a script reaches a key of a slot that is moving or not served: the data is there, not here yet.
+  if (/^Too many Cluster redirections/.test(message)) return true;
+  if (/Script attempted to access (a non local key|a slot not served)|undeclared keys were accessed during rehashing/.test(message))
+    return true;
   return ['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EPIPE', 'ENOTFOUND', 'EHOSTUNREACH'].includes(e.code ?? '');
 }

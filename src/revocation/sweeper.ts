@@ -4,13 +4,14 @@ import type { LeaseRecord, RevokeReason } from '../leases/types.ts';
 import { afterSlice } from '../ops/pace.ts';
 import { scanIds } from '../redis/scan.ts';
 import { script } from '../redis/scripts.ts';
-import type { TaskEndReason } from '../tasks/types.ts';
-import { endLeases, localKinds } from './ending.ts';
+import { TASK_END_REASONS, type TaskEndReason } from '../tasks/types.ts';
+import { endLeases, endTaskLeases, localKinds } from './ending.ts';
 import { taskOfLease } from '../tasks/incarnation.ts';
 
 const sweepScript = script('sweep');
 const reconcilePageScript = script('reconcile-page');
 const reconcileTasksScript = script('reconcile-tasks');
+const reconcileSubtasksScript = script('reconcile-subtasks');
 
 /**
  * Audit records of one bucket the sweeper lets be unwritten before it waits:
@@ -38,7 +39,8 @@ const HANDOFF_RETRY_MS = 15_000;
  *   so its cost follows what is unfinished, not how many leases are live; every
  *   `fullReconcileIntervalMs` (and first) it walks every live lease instead.
  *   Each pass (the first at start) also appends the audit records a process
- *   left in a bucket's outbox (src/audit/outbox.ts).
+ *   left in a bucket's outbox (src/audit/outbox.ts), and ends the sub-tasks
+ *   left open under a parent that ended (see healSubtasks).
  */
 export class Sweeper {
   private readonly deps: Deps;
@@ -190,9 +192,20 @@ export class Sweeper {
 
   private async reconcileAll(full: boolean): Promise<{ requeued: number; complete: boolean }> {
     let requeued = 0;
+    let complete = true;
     try {
       for (let b = 0; b < this.deps.keys.buckets && !this.stopped; b++) {
-        requeued += await this.reconcileBucket(b, full);
+        try {
+          requeued += await this.healSubtasks(b);
+          requeued += await this.reconcileBucket(b, full);
+        } catch (err) {
+          // A bucket whose slot a Cluster reshard is moving refuses the pass's scripts until the move ends
+          // (TRYAGAIN, src/redis/lua/lib/slot.lua): the other buckets are reconciled meanwhile. Anything else
+          // (Redis out of reach) ends the pass, rather than wait out every bucket's timeout.
+          if (!/TRYAGAIN/.test((err as Error).message)) throw err;
+          this.deps.logger.warn({ err: (err as Error).message, bucket: b, full }, 'reconcile: bucket skipped while its slot moves');
+          complete = false;
+        }
       }
     } catch (err) {
       this.deps.logger.warn({ err: (err as Error).message, full }, 'reconcile failed');
@@ -200,7 +213,7 @@ export class Sweeper {
     } finally {
       if (!this.stopped) await this.reconcileProviders();
     }
-    return { requeued, complete: !this.stopped };
+    return { requeued, complete: complete && !this.stopped };
   }
 
   /** Each provider's own upkeep (Provider.reconcile: AWS re-adds a deny a late write erased), whatever the leases' pass did. */
@@ -212,6 +225,59 @@ export class Sweeper {
         this.deps.logger.warn({ err: (err as Error).message, provider: kind }, 'provider reconcile failed; retrying at the next pass');
       }
     }
+  }
+
+  /**
+   * Ends the open sub-tasks of one bucket whose parent has ended (or is gone), with their leases. task-end and
+   * sweep end a task with its open subtree in one step, so there should be none; a step cut short after ending
+   * the parent leaves one (an older release's script during a Cluster reshard: src/redis/lua/lib/slot.lua), and
+   * its agent could still take credentials until its own deadline. Ended as ending the parent would have
+   * (`completed`, the parent's reason for sub-tasks; its leases revoked for the parent's reason), within a pass.
+   * The work list is the bucket's open-task index, read in ZSCAN pages (paced): a pass costs a page per 500 open
+   * tasks, and a script per page holding sub-tasks, which looks up their parents in Redis, one HMGET per parent
+   * (reconcile-subtasks.lua). Returns the leases it ended or handed over.
+   */
+  private async healSubtasks(bucket: number): Promise<number> {
+    const { keys, redis } = this.deps;
+    let n = 0;
+    let sliceStart = performance.now();
+    let cursor = '0';
+    do {
+      await afterSlice(sliceStart);
+      if (this.stopped) break;
+      sliceStart = performance.now();
+      // A ZSCAN cursor (see TaskStore.openIn), with the scores: a sub-task's deadline is all the script needs of it.
+      const [next, flat] = await redis.zscan(keys.openTasks(bucket), cursor, 'COUNT', 500);
+      cursor = next;
+      // Root tasks (no `~`) have no parent: only pages holding sub-tasks cost a script.
+      const pairs: string[] = [];
+      for (let i = 0; i + 1 < flat.length; i += 2) if (flat[i]!.includes('~')) pairs.push(flat[i]!, flat[i + 1]!);
+      if (pairs.length === 0) continue;
+      const found = (await reconcileSubtasksScript.run(redis, [keys.openTasks(bucket)], [keys.base(bucket), ...pairs])) as string[];
+      for (let i = 0; i + 2 < found.length; i += 3) n += await this.endOrphan(bucket, found[i]!, found[i + 1]!, found[i + 2]!);
+    } while (cursor !== '0');
+    return n;
+  }
+
+  /** Ends an open sub-task (and its open subtree) whose parent ended for `parentReason` ('' when it is gone). */
+  private async endOrphan(bucket: number, taskId: string, parentReason: string, parentScope: string): Promise<number> {
+    const leaseReason: TaskEndReason = (TASK_END_REASONS as readonly string[]).includes(parentReason)
+      ? (parentReason as TaskEndReason)
+      : 'task_completed';
+    // As task-end.lua ends the sub-tasks below the task it ends (TaskStore.end's reason for them).
+    const reason: TaskEndReason = leaseReason === 'revoked_by_admin' ? 'revoked_by_admin' : 'task_completed';
+    const record = { action: 'task.complete', actor: 'broker', decision: 'ok', reason: 'parent_task_ended' } as const;
+    const res = await this.deps.tasks.end(taskId, 'completed', reason, parentScope === 'task' ? 'task' : undefined, {
+      task: { ...record, taskId },
+      subtask: record,
+    });
+    if (res.kind !== 'ended') return 0;
+    this.deps.logger.warn(
+      { taskId, tasks: res.taskIds.length, leases: res.liveLeases, parentReason },
+      'reconcile: ended a sub-task left open under a parent that ended',
+    );
+    await this.record(bucket, res.endedAt, res.records);
+    return endTaskLeases(this.deps, res.taskIds, leaseReason, res.endedAt);
   }
 
   /**

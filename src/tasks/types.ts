@@ -15,7 +15,8 @@ export function rootTaskId(taskId: string): string {
 }
 
 /** Why a task ended; its leases are revoked with the same reason. */
-export type TaskEndReason = 'task_completed' | 'task_expired' | 'revoked_by_admin';
+export const TASK_END_REASONS = ['task_completed', 'task_expired', 'revoked_by_admin'] as const;
+export type TaskEndReason = (typeof TASK_END_REASONS)[number];
 
 /** The part of a task that never changes after it is opened (safe to cache). */
 export interface TaskFixed {

@@ -42,6 +42,51 @@ test.each(files)('%s has a header: what it does, then every KEYS and ARGV slot i
   expect(scripts[name]?.maxKeys).toBeGreaterThan(0);
 });
 
+/** A script's own text, without its header and comments. */
+const bodyOf = (file: string) =>
+  readFileSync(new URL(`../../src/redis/lua/${file}`, import.meta.url), 'utf8')
+    .split('\n')
+    .filter((l) => !l.trimStart().startsWith('--'))
+    .join('\n');
+/** Reaching a key not in KEYS: one built onto a key base, one named in ARGV, or through the libraries' helpers that do. */
+const UNDECLARED =
+  /\.\.\s*'[a-z-]+:?'|string\.sub\(KEYS\[|redis\.call\('EXISTS', ARGV|\b(end_subtree|end_task|end_lease|bulk_end_lease|bulk_end_finish|task_lease_gone|outbox_add|tasks_ending_key|leases_revoking_key)\(/;
+const WRITE =
+  /redis\.call\('(HSET|HINCRBY|HDEL|ZADD|ZREM|ZREMRANGEBYSCORE|SADD|SREM|DEL|SET|PEXPIRE|PEXPIREAT|XADD|RPUSH)'|\b(end_subtree|end_task|end_lease|bulk_end_lease|bulk_end_finish|task_lease_gone|outbox_add|index_add)\(/;
+
+test.each(files)('%s: reaching keys it does not declare, it checks its slot (lib/slot.lua) before its first write', (file) => {
+  // Redis checks only declared KEYS against a slot a Cluster reshard is moving; a script reaching others could fail
+  // (or read what has not arrived as absent) after its first write, and Redis does not roll a script back.
+  const body = bodyOf(file);
+  const reaches = UNDECLARED.test(body);
+  const guard = body.search(/\bslot_guard\(/);
+  const write = body.search(WRITE);
+  expect({ reaches, guarded: guard >= 0, beforeWrite: guard >= 0 && (write < 0 || guard < write) }).toEqual(
+    reaches ? { reaches, guarded: true, beforeWrite: true } : { reaches, guarded: guard >= 0, beforeWrite: guard >= 0 },
+  );
+  if (reaches) expect(scripts[file.replace(/\.lua$/, '')]!.lua).toContain('local function slot_guard(base)');
+});
+
+test('the scripts known to reach undeclared keys are the ones the check above finds', () => {
+  expect(files.filter((f) => UNDECLARED.test(bodyOf(f))).sort()).toEqual(
+    [
+      'approval-request.lua',
+      'approval-swap.lua',
+      'audit-append.lua',
+      'index-forget.lua',
+      'lease-fail-issuance.lua',
+      'lease-update.lua',
+      'leases-end.lua',
+      'reconcile-page.lua',
+      'reconcile-subtasks.lua',
+      'reconcile-tasks.lua',
+      'sweep.lua',
+      'task-end.lua',
+      'task-open.lua',
+    ].sort(),
+  );
+});
+
 test('a script handed keys of two slots is refused before Redis sees it (it would fail on a Cluster)', async () => {
   const a = keys.task('tree-a');
   const b = [...Array(50).keys()].map((i) => keys.task(`other-${i}`)).find((k) => generateMulti([a, k]) === -1)!;
@@ -480,6 +525,35 @@ describe('one test per script', () => {
     expect(await run('1')).toEqual([[], []]);
     expect(await redis.zscore(keys.tasksEnding(b), 'rr')).toBe(await redis.hget(keys.task('rr'), 'endedAt'));
     expect(await run('0')).toEqual([['rr'], []]);
+  });
+
+  test('reconcile-subtasks: names the open sub-tasks whose parent ended or is gone, with the reason their parent ended for', async () => {
+    // One tree per case (task-open here allows two sub-tasks per tree): `<root>~c` under the case's `<root>`.
+    const cases = { 'rsu-ended': 'ended', 'rsu-admin': 'admin', 'rsu-gone': 'gone', 'rsu-later': 'later', 'rsu-open': 'open' };
+    const found: Record<string, unknown> = {};
+    for (const [root, kind] of Object.entries(cases)) {
+      await openTask(root);
+      await openTask(`${root}~c`, 30_000, root);
+      await openTask(`${root}~c~g`, 20_000, `${root}~c`);
+      const k = keys.task(root);
+      if (kind === 'ended') await redis.hset(k, 'status', 'completed', 'reason', 'task_completed');
+      if (kind === 'admin') await redis.hset(k, 'status', 'completed', 'reason', 'revoked_by_admin', 'adminScope', 'task');
+      if (kind === 'gone') await redis.del(k);
+      const b = keys.bucketOfTask(root);
+      const deadline = async (id: string) => Number(await redis.zscore(keys.openTasks(b), id));
+      // The id opened again after its sub-task's deadline: a later task, whatever its status; the sub-task's parent is gone.
+      if (kind === 'later') await redis.hset(k, 'createdAt', (await deadline(`${root}~c`)) + 1);
+      const page = [`${root}~c`, await deadline(`${root}~c`), `${root}~c~g`, await deadline(`${root}~c~g`)];
+      found[kind] = await script('reconcile-subtasks').run(redis, [keys.openTasks(b)], [keys.base(b), ...page]);
+    }
+    // The grandchild's own parent (`~c`) is open: not named (ending `~c` ends it).
+    expect(found).toEqual({
+      ended: ['rsu-ended~c', 'task_completed', ''],
+      admin: ['rsu-admin~c', 'revoked_by_admin', 'task'],
+      gone: ['rsu-gone~c', '', ''],
+      later: ['rsu-later~c', '', ''],
+      open: [],
+    });
   });
 
   test("sweep: ends overdue tasks and due JWT leases on Redis's clock, hands the rest over once", async () => {

@@ -1,6 +1,6 @@
 import { script } from '../../src/redis/scripts.ts';
 import { MAX_PAUSE_MS } from '../../src/ops/pace.ts';
-import { AGENT, ORCH, call, openAgentTask, startTestBroker, waitFor, type TestBroker } from '../helpers/broker.ts';
+import { AGENT, ORCH, auditRecords, call, openAgentTask, startTestBroker, waitFor, type TestBroker } from '../helpers/broker.ts';
 
 /**
  * The reconciler (every `revocation.reconcileIntervalMs`) finishes what a lost
@@ -353,6 +353,93 @@ async function reconcileTimingPages(onPage: (n: number) => void = () => {}): Pro
   }
   return { pages, reads };
 }
+
+test('a sub-task left open under a parent that ended (an ending cut short): the pass ends it, its subtree and leases', async () => {
+  const { redis, keys } = t.broker.deps;
+  const HELPER = '/agent/helper';
+  const GRAND = '/agent/grand';
+  /** A task, a sub-task for HELPER (a grandchild for GRAND under it when `deep`), a live lease in each sub-task. */
+  const tree = async (name: string, deep: boolean) => {
+    await openTask(name);
+    const sub = async (parentTaskId: string, as: string, agent: string, ttlSeconds: number) => {
+      const r = await call(t.url, 'POST', '/v1/tasks', t.as(as), {
+        parentTaskId,
+        taskId: 'sub',
+        agent: `spiffe://dev.local${agent}`,
+        ttlSeconds,
+        grants: [{ role: 'demo-api' }],
+      });
+      expect(r.status).toBe(201);
+      const c = await call(t.url, 'POST', '/v1/credentials', t.as(agent), { taskId: r.body.taskId, role: 'demo-api' });
+      expect(c.status).toBe(201);
+      return { taskId: r.body.taskId as string, leaseId: c.body.leaseId as string };
+    };
+    const child = await sub(name, AGENT, HELPER, 300);
+    return { child, grandchild: deep ? await sub(child.taskId, HELPER, GRAND, 200) : undefined };
+  };
+  const completed = await tree('t-orphan', true);
+  const revoked = await tree('t-orphan-admin', false);
+  const healthy = await tree('t-orphan-healthy', false);
+  // What a task-end cut short after its first writes leaves (an older release's script during a Cluster reshard):
+  // the parent ended and out of the open index, its sub-tasks untouched.
+  const halfEnd = async (taskId: string, reason: string, adminScope?: string) => {
+    const now = Number((await redis.time())[0]) * 1000;
+    await redis.hset(
+      keys.task(taskId),
+      'status',
+      'completed',
+      'endedAt',
+      now,
+      'reason',
+      reason,
+      ...(adminScope ? ['adminScope', adminScope] : []),
+    );
+    await redis.zrem(keys.openTasks(keys.bucketOfTask(taskId)), taskId);
+  };
+  await halfEnd('t-orphan', 'task_completed');
+  await halfEnd('t-orphan-admin', 'revoked_by_admin', 'task');
+  const task = async (taskId: string) => {
+    const [status, reason, adminScope] = await redis.hmget(keys.task(taskId), 'status', 'reason', 'adminScope');
+    return { status, reason, adminScope };
+  };
+  const before = (await auditRecords(redis, keys)).length;
+
+  await t.broker.sweeper!.reconcile();
+  expect({
+    child: await task(completed.child.taskId),
+    grandchild: await task(completed.grandchild!.taskId),
+    adminChild: await task(revoked.child.taskId),
+    healthyChild: await task(healthy.child.taskId),
+  }).toEqual({
+    // As task-end.lua ends the sub-tasks of the task it ends: `completed`, task_completed or revoked_by_admin.
+    child: { status: 'completed', reason: 'task_completed', adminScope: null },
+    grandchild: { status: 'completed', reason: 'task_completed', adminScope: null },
+    adminChild: { status: 'completed', reason: 'revoked_by_admin', adminScope: 'task' },
+    healthyChild: { status: 'open', reason: null, adminScope: null },
+  });
+  // Their leases are revoked in the pass (the broker's JWTs end at once), for the parent's reason; the healthy one stays.
+  const lease = (id: string) => redis.hmget(keys.lease(id), 'status', 'reason');
+  expect(await Promise.all([completed.child, completed.grandchild!, revoked.child, healthy.child].map((s) => lease(s.leaseId)))).toEqual([
+    ['revoked', 'task_completed'],
+    ['revoked', 'task_completed'],
+    ['revoked', 'revoked_by_admin'],
+    ['active', null],
+  ]);
+  // No sub-task of an ended parent takes a credential any more; each ending is on the record.
+  const again = await call(t.url, 'POST', '/v1/credentials', t.as(HELPER), { taskId: completed.child.taskId, role: 'demo-api' });
+  expect(again.status).toBe(409);
+  await waitFor(async () => (await auditRecords(redis, keys)).filter((r) => r.reason === 'parent_task_ended').length === 3);
+  const records = (await auditRecords(redis, keys)).slice(before).filter((r) => r.action === 'task.complete');
+  expect(records.map((r) => [r.taskId, r.actor, r.reason]).sort()).toEqual(
+    [
+      [completed.child.taskId, 'broker', 'parent_task_ended'],
+      [completed.grandchild!.taskId, 'broker', 'parent_task_ended'],
+      [revoked.child.taskId, 'broker', 'parent_task_ended'],
+    ].sort(),
+  );
+  // Healed: the next pass finds nothing to end.
+  expect(await t.broker.sweeper!.reconcile()).toBe(0);
+});
 
 test('a pass is paced: between two pages it waits longer than the pages hold Redis', async () => {
   // Unpaced, the pages ran back to back and a pass over 50,000 live leases took issuance p99 at 2,000/s

@@ -11,7 +11,7 @@ import { sendSlowDown } from '../rate-limit.ts';
 import { scopeSchema, roleNameSchema } from '../../config/common.ts';
 import { taskRefSchema } from '../schemas.ts';
 import { clip } from '../../identity/log-safe.ts';
-import { isRedisUnavailable } from '../../redis/unavailable.ts';
+import { isRedisUnavailable, REDIS_RETRY_AFTER_S } from '../../redis/unavailable.ts';
 
 const TOKEN_EXCHANGE = 'urn:ietf:params:oauth:grant-type:token-exchange';
 const SUBJECT_TYPES = new Set(['urn:ietf:params:oauth:token-type:jwt', 'urn:ietf:params:oauth:token-type:id_token']);
@@ -257,11 +257,13 @@ export function oauthRoutes(deps: Deps, s: Services): Router {
   r.use(((err, req, res, next) => {
     if (res.headersSent) return next(err);
     if (err instanceof BrokerError) return err.status === 429 ? sendSlowDown(res, err) : sendOAuthError(res, toOAuth(err));
-    if (isRedisUnavailable(err))
+    if (isRedisUnavailable(err)) {
+      res.setHeader('Retry-After', String(REDIS_RETRY_AFTER_S));
       return sendOAuthError(
         res,
         new OAuthError('temporarily_unavailable', 'The broker cannot reach its data store right now; retry shortly.', 503),
       );
+    }
     deps.logger.error({ err, path: clip(req.path, 200) }, 'unhandled error');
     sendOAuthError(res, new OAuthError('server_error', 'The broker failed to handle the request.', 500));
   }) as ErrorRequestHandler);

@@ -2,7 +2,7 @@ import { type ErrorRequestHandler, Router, type Request, type Response } from 'e
 import { BrokerError, type ErrorCode, fail } from '../../errors.ts';
 import { fromHttpError, sendProblem } from '../../http/problem.ts';
 import type { Logger } from '../../logger.ts';
-import { isRedisUnavailable } from '../../redis/unavailable.ts';
+import { isRedisUnavailable, REDIS_RETRY_AFTER_S } from '../../redis/unavailable.ts';
 
 /** What the core supplies: the configured roles, and its normal credential path (`POST /v1/credentials`) as a function. */
 export interface ContainerCredentialsDeps {
@@ -78,7 +78,11 @@ export function containerCredentialsRouter(deps: ContainerCredentialsDeps): Rout
       // A 429 keeps its Retry-After (sendProblem reads it from the error).
       if (err instanceof BrokerError) return sendError(res, err);
       // As everywhere (src/http/problem.ts): Redis out of reach is a 503 to retry, not a 500.
-      if (isRedisUnavailable(err)) return refuse(res, 'not_ready', 'The broker cannot reach its data store right now; retry shortly.');
+      if (isRedisUnavailable(err))
+        return sendError(
+          res,
+          fail('not_ready', 'The broker cannot reach its data store right now; retry shortly.', { retryAfterSeconds: REDIS_RETRY_AFTER_S }),
+        );
       deps.logger?.error({ err: (err as Error).message }, 'container credentials failed');
       refuse(res, 'internal_error', 'The broker failed to issue the credential.');
     }

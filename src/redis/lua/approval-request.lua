@@ -2,7 +2,9 @@
 -- pending one if there is none, under the task's bound on pending approvals. The `credential.pending` record
 -- of one it creates (ARGV[8]) goes to the bucket's audit outbox in the same step (lib/outbox.lua), so a
 -- process that dies before appending it loses nothing.
--- uses: common
+-- The approval the request index names is a key built from ARGV[1], not declared: lib/slot.lua (on a slot half
+-- moved it could read as absent, and a second approval of the same request be created).
+-- uses: common, slot
 -- KEYS[1] index: the current approval of this exact request
 -- KEYS[2] task hash
 -- KEYS[3] the task's pending approvals (set)
@@ -18,13 +20,16 @@
 -- ARGV[6] how long after its request any approval's index entry may stay (ms): the longest task ttl plus ARGV[5]
 -- ARGV[7] createdAt (ms) of the task incarnation the caller decided on ('' = any)
 -- ARGV[8] (optional) outbox member (tagged record JSON) added at `now` when one is created, '' for none
--- Returns {'existing', id} | {'created', id, now} | {'stale'} | {'task_closed'} | {'limit'}
+-- Returns {'existing', id} | {'created', id, now} | {'stale'} | {'task_closed'} | {'limit'} | a TRYAGAIN error while
+--   the bucket's slot moves (nothing written)
 local t = redis.call('HMGET', KEYS[2], 'status', 'createdAt', 'expiresAt')
 local st, created = t[1], t[2]
 local want = ARGV[7] or ''
 if want ~= '' and created and tonumber(created) ~= tonumber(want) then return { 'stale' } end
 local cur = redis.call('GET', KEYS[1])
 if cur then
+  local moving = slot_guard(ARGV[1])
+  if moving then return moving end
   -- Only an approval of this incarnation of the task: a task id that was purged and opened again is
   -- another task (approvals written before `taskCreatedAt` existed are matched by the task's deadline).
   local a = redis.call('HMGET', ARGV[1] .. 'approval:' .. cur, 'status', 'taskCreatedAt', 'expiresAt')

@@ -5,7 +5,9 @@
 -- (unless another approval of the same request holds it by now). An approver's decision puts its
 -- `approval.decide` record (ARGV[4]) in the bucket's audit outbox in the same step (lib/outbox.lua), so a
 -- process that dies before appending it loses nothing.
--- uses: common
+-- Giving a consumed approval back reads and may withdraw its twin, a key built from KEYS[1]'s base, not
+-- declared: lib/slot.lua.
+-- uses: common, slot
 -- KEYS[1] approval hash
 -- KEYS[2] the task's pending approvals (set)
 -- KEYS[3] request index of this approval
@@ -15,8 +17,13 @@
 -- ARGV[3] approval id
 -- ARGV[4] outbox member (tagged record JSON) added when swapped, '' for none
 -- ARGV[5..] more field/value pairs
--- Returns 1 when swapped ({1, now} when it put ARGV[4] in the outbox at `now`), 0 otherwise.
+-- Returns 1 when swapped ({1, now} when it put ARGV[4] in the outbox at `now`), 0 otherwise; a TRYAGAIN error
+-- while the bucket's slot moves and a consumed approval is given back (nothing written).
 if redis.call('HGET', KEYS[1], 'status') ~= ARGV[1] then return 0 end
+if ARGV[1] == 'consumed' then
+  local moving = slot_guard(string.sub(KEYS[1], 1, #KEYS[1] - #('approval:' .. ARGV[3])))
+  if moving then return moving end
+end
 redis.call('HSET', KEYS[1], 'status', ARGV[2])
 if ARGV[1] == 'pending' then redis.call('HSET', KEYS[1], 'decidedAt', now_ms()) end
 for i = 5, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end

@@ -8,6 +8,8 @@
 -- member), without waiting for its answer: it is written only if the lease was. One absent member refuses
 -- the whole batch (its hashes were chained through that record); the reply names every such record, and
 -- the caller drops them and sends the rest again.
+-- The task indexes and the outbox are keys built from ARGV[3], not declared: lib/slot.lua.
+-- uses: slot
 -- KEYS[1] chain head (`<seq>:<hash>`)
 -- KEYS[2] chain stream
 -- ARGV[1] expected head ('' for an empty chain)
@@ -17,11 +19,14 @@
 -- ARGV[5..] triples: record JSON, task id ('' for none), outbox member ('' for none)
 -- Returns false when appended (or when the head already is the new head: this batch was written before);
 -- else nothing is written and it returns the real head, or
--- {real head, n, ...} naming the records (1-based) whose outbox member is absent.
+-- {real head, n, ...} naming the records (1-based) whose outbox member is absent; a TRYAGAIN error while
+-- the chain's slot moves (nothing written).
 local cur = redis.call('GET', KEYS[1]) or ''
 -- Already written: the client sent it again after a dropped connection lost the answer.
 if cur == ARGV[2] then return false end
 if cur ~= ARGV[1] then return cur end
+local moving = slot_guard(ARGV[3])
+if moving then return moving end
 local outbox = ARGV[3] .. 'audit-outbox'
 local absent, members, at, seen = {}, {}, {}, {}
 for i = 5, #ARGV, 3 do

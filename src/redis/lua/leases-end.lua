@@ -10,7 +10,8 @@
 --   `givenUp`) is handed over again as it is: no reason is recorded, it ends `failed`.
 -- - The audit record of each lease it ends (lease.revoke, or lease.expire for ARGV[2] `expired`) goes to the
 --   bucket's audit outbox in this step (lib/outbox.lua), so a process that dies before appending it loses none.
--- uses: common, outbox
+-- The leases, their tasks and the outbox are keys built from ARGV[1], not declared: lib/slot.lua.
+-- uses: common, outbox, slot
 -- KEYS[1] live leases of the bucket (zset)
 -- ARGV[1] key base of the bucket
 -- ARGV[2] status: revoked | expired
@@ -19,8 +20,11 @@
 -- ARGV[5] provider kinds that need no upstream call, space separated (e.g. 'jwt')
 -- ARGV[6..] lease ids
 -- Returns {now, {provider of each lease it ended}, {handed-over lease ids}, {the audit records it put in the outbox, at
---   `now`, one per lease ended, in the same order}} (the records name the leases)
+--   `now`, one per lease ended, in the same order}} (the records name the leases); a TRYAGAIN error while the
+--   bucket's slot moves (nothing written)
 local base = ARGV[1]
+local moving = slot_guard(base)
+if moving then return moving end
 local now = now_ms()
 local retention = tonumber(ARGV[4])
 local localKinds = {}

@@ -4,14 +4,18 @@
 -- own task is gone. Healthy leases of open tasks, nearly all of them, are not sent back, so a pass over
 -- 100,000 live leases costs the broker's event loop a page of ids each, not 100,000 parsed records.
 -- `issuing` and ended leases are skipped, as the reconciler skips them.
--- uses: common
+-- The leases and tasks it reads are keys built from ARGV[1], not declared: lib/slot.lua (an absent read on a
+-- slot half moved would drop a lease still revoking from KEYS[2]).
+-- uses: common, slot
 -- KEYS[1] live leases of the bucket (zset; names the bucket's slot, not read)
 -- KEYS[2] optional: the work list the ids were read from (Keys.leasesRevoking); ids that need nothing
 --         (ended, gone) leave it here
 -- ARGV[1] key base of the bucket
 -- ARGV[2..] lease ids
--- Returns the ids that need the reconciler
+-- Returns the ids that need the reconciler; a TRYAGAIN error while the bucket's slot moves (nothing written)
 local base = ARGV[1]
+local moving = slot_guard(base)
+if moving then return moving end
 local prune = KEYS[2]
 local out = {}
 local tasks = {}

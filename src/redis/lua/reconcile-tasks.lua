@@ -8,12 +8,17 @@
 -- ended too: the entry is the earlier task's (end_task keeps its score), and the current task's lease set does
 -- not name the earlier task's leases. Once the bucket was walked, such an entry of an ended task that still
 -- counts live leases stays as that task's own (re-scored with its endedAt); otherwise it goes.
--- uses: common
+-- The tasks it reads are keys built from ARGV[1], not declared: lib/slot.lua (an absent read on a slot half
+-- moved would take a task that is still there for one that is gone).
+-- uses: common, slot
 -- KEYS[1] ended tasks with live leases of the bucket (zset, Keys.tasksEnding)
 -- ARGV[1] key base of the bucket
 -- ARGV[2] '1': drop entries whose task is gone (the caller walked every live lease of the bucket); '0': keep them
 -- ARGV[3..] task ids
--- Returns {task ids whose leases need the reconciler, task ids that are gone}
+-- Returns {task ids whose leases need the reconciler, task ids that are gone}; a TRYAGAIN error while the bucket's
+-- slot moves (nothing written)
+local moving = slot_guard(ARGV[1])
+if moving then return moving end
 local out, gone = {}, {}
 for i = 3, #ARGV do
   local f = redis.call('HMGET', ARGV[1] .. 'task:' .. ARGV[i], 'status', 'live', 'createdAt', 'endedAt')

@@ -6,7 +6,8 @@
 -- - The audit record of each lease and task it ends goes to the bucket's audit outbox in this step
 --   (lib/outbox.lua), so a process that dies before appending them loses none: lease.expire per lease,
 --   task.expire per overdue task, task.complete (parent_task_expired) per sub-task ended with it.
--- uses: common, outbox
+-- Every task and lease it reads is a key built from ARGV[1], not declared: lib/slot.lua.
+-- uses: common, outbox, slot
 -- KEYS[1] live leases of the bucket (zset)
 -- KEYS[2] open tasks of the bucket (zset)
 -- ARGV[1] key base of the bucket
@@ -17,8 +18,11 @@
 -- ARGV[6] provider kinds that need no upstream call, space separated (e.g. 'jwt')
 -- Returns {now, {expiresAt of each lease it ended}, {handed-over lease ids}, {ended task groups, each {root, id...}},
 --   {the audit records it put in the outbox, at `now`}} (the records name the leases: nothing else is returned
---   per lease, as every returned string costs Redis time in a burst)
+--   per lease, as every returned string costs Redis time in a burst); a TRYAGAIN error while the bucket's slot
+--   moves (nothing written)
 local base = ARGV[1]
+local moving = slot_guard(base)
+if moving then return moving end
 local now = now_ms()
 local retention = tonumber(ARGV[4])
 local retry = tonumber(ARGV[5])

@@ -2,7 +2,8 @@
 -- after its parent ended). An expiry only happens once the deadline has passed on Redis's clock.
 -- The audit records of the ending (ARGV[8..10]) go to the bucket's audit outbox in this step
 -- (lib/outbox.lua), so a process that dies before appending them loses none.
--- uses: common, outbox
+-- Its sub-tasks, their counts and the outbox are keys it builds from ARGV[1]: lib/slot.lua.
+-- uses: common, outbox, slot
 -- KEYS[1] task hash
 -- KEYS[2] open tasks of the bucket (zset)
 -- ARGV[1] key base of the bucket
@@ -17,13 +18,15 @@
 -- ARGV[9] (optional) audit record of each sub-task it ends, without its `taskId` (added here), '' for none
 -- ARGV[10] (optional) '1': the task's record gets `detail: {tasks, leases}` (tasks ended, their live leases)
 -- Returns {'ended', endedAt, live, {audit records put in the outbox at endedAt}, id, id, ...} | {'missing'} |
---   {'already', status} | {'early'}
+--   {'already', status} | {'early'} | a TRYAGAIN error while the bucket's slot moves (nothing written)
 --   live: leases of the ended tasks that had not ended yet (what this call hands to revocation)
 local st = redis.call('HGET', KEYS[1], 'status')
 if not st then return { 'missing' } end
 if st ~= 'open' then return { 'already', st } end
 local now = now_ms()
 if ARGV[2] == 'expired' and now < tonumber(redis.call('HGET', KEYS[1], 'expiresAt')) then return { 'early' } end
+local moving = slot_guard(ARGV[1])
+if moving then return moving end
 local ended = end_subtree(ARGV[1], KEYS[2], ARGV[6], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5]), now)
 local live = 0
 for _, id in ipairs(ended) do

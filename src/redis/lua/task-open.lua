@@ -2,7 +2,8 @@
 -- and for a sub-task checks the parent (open, deadline) and the tree's sub-task budget.
 -- Its `task.open` record (ARGV[10]) goes to the bucket's audit outbox in the same step (lib/outbox.lua), so a
 -- process that dies before appending it loses nothing (recovery appends it).
--- uses: common
+-- It deletes an earlier task's audit index, a key built from the task hash's base, not declared: lib/slot.lua.
+-- uses: common, slot
 -- KEYS[1] task hash
 -- KEYS[2] open tasks (zset, by deadline)
 -- KEYS[3] all tasks (zset, by creation time)
@@ -24,11 +25,15 @@
 -- ARGV[10] (optional) outbox member (tagged record JSON) added at createdAt when the task is created, '' for none
 -- Returns {'exists', <hash as flat list>} | {'created', createdAt, expiresAt} | {'parent_stale'}
 --       | {'parent_missing'} | {'parent_not_open'} | {'outlives_parent', parentExpiresAt} | {'limit'}
+--       | a TRYAGAIN error while the bucket's slot moves (nothing written)
 if #KEYS >= 8 and ARGV[9] and ARGV[9] ~= '' then
   local pcreated = redis.call('HGET', KEYS[6], 'createdAt')
   if pcreated and tonumber(pcreated) ~= tonumber(ARGV[9]) then return { 'parent_stale' } end
 end
 if redis.call('EXISTS', KEYS[1]) == 1 then return { 'exists', redis.call('HGETALL', KEYS[1]) } end
+local base = string.sub(KEYS[1], 1, #KEYS[1] - #('task:' .. ARGV[3]))
+local moving = slot_guard(base)
+if moving then return moving end
 local now = now_ms()
 local expires = now + tonumber(ARGV[2])
 if #KEYS >= 8 then
@@ -54,7 +59,6 @@ local horizon, keep_until = tonumber(ARGV[8]), expires + tonumber(ARGV[7])
 for i = 3, 5 do index_add(KEYS[i], ARGV[3], now, horizon, keep_until) end
 -- An earlier task under this id (purged after its retention) left its audit index, which outlives the task
 -- record: it is not this task's, and its orchestrator may be another. Its records stay in the chain.
-local base = string.sub(KEYS[1], 1, #KEYS[1] - #('task:' .. ARGV[3]))
 redis.call('DEL', base .. 'task-audit:' .. ARGV[3])
 if ARGV[10] and ARGV[10] ~= '' then redis.call('ZADD', base .. 'audit-outbox', 'NX', now, ARGV[10]) end
 return { 'created', now, expires }
