@@ -21,12 +21,20 @@
 -- else nothing is written and it returns the real head, or
 -- {real head, n, ...} naming the records (1-based) whose outbox member is absent; a TRYAGAIN error while
 -- the chain's slot moves (nothing written).
-local cur = redis.call('GET', KEYS[1]) or ''
--- Already written: the client sent it again after a dropped connection lost the answer.
-if cur == ARGV[2] then return false end
-if cur ~= ARGV[1] then return cur end
 local moving = slot_guard(ARGV[3])
 if moving then return moving end
+local cur = redis.call('GET', KEYS[1]) or ''
+-- Already written: the client sent it again after a dropped connection lost the answer. Its outbox members
+-- leave again (a script resent before it may have put one back): each record is in the chain once.
+if cur == ARGV[2] then
+  local again = {}
+  for i = 7, #ARGV, 3 do
+    if ARGV[i] ~= '' then again[#again + 1] = ARGV[i] end
+  end
+  if #again > 0 then redis.call('ZREM', ARGV[3] .. 'audit-outbox', unpack(again)) end
+  return false
+end
+if cur ~= ARGV[1] then return cur end
 local outbox = ARGV[3] .. 'audit-outbox'
 local absent, members, at, seen = {}, {}, {}, {}
 for i = 5, #ARGV, 3 do

@@ -27,6 +27,11 @@
 --          purged and opened again is another task, and what was decided about the old one does not hold
 -- ARGV[13] (optional) outbox member (tagged record JSON) added at `now` when the lease is recorded, '' for none
 -- Returns {'ok', now} | {'no_task'} | {'stale'} | {'task_closed'} | {'limit'} | {'limit_total'}
+-- A lease id is 112 random bits: the lease already there is this call's own, sent again by the client after
+-- a dropped connection lost the answer (ioredis resends what was unanswered). Done already: counting it in
+-- the task twice, or putting its issue record back in the outbox the append emptied, would be wrong.
+local issued = redis.call('HGET', KEYS[2], 'issuedAt')
+if issued then return { 'ok', tonumber(issued) } end
 local f = redis.call('HMGET', KEYS[1], 'status', 'createdAt', 'expiresAt', 'live', 'leases')
 local st = f[1]
 if not st then return { 'no_task' } end
