@@ -86,6 +86,8 @@ const rateLimitSchema = z
     introspect: budget(1000).prefault({}),
     /** Authentication failures per client address (IPv6: per /64); over it, refused before any signature check. */
     unauthenticated: budget(20).prefault({}),
+    /** Reads of lists, tasks, evidence and the audit log one caller may have running at once per instance (0 = no bound). */
+    concurrentReads: z.int().min(0).max(1000).default(16),
     /**
      * Which proxies may name the client in X-Forwarded-For (Express `trust proxy`): false (the socket
      * address is the client), a hop count, or addresses/CIDRs/loopback|linklocal|uniquelocal.

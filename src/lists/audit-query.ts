@@ -44,6 +44,12 @@ const idMs = (id: string) => Number(id.slice(0, id.indexOf('-')));
 const SCAN_BUDGET = 20_000;
 
 /**
+ * How many of a task's records one filtered page of `GET /v1/audit?taskId=` reads at most (each a stream
+ * read) before answering with what matched; its cursor goes on from there.
+ */
+const FILTERED_SCAN = 500;
+
+/**
  * `GET /v1/audit` and the audit part of `GET /v1/tasks/{id}/evidence`: oldest
  * first, paged forward. A task's records are read through the task's index
  * (no scan of its chain); an admin's query without `taskId` merges every
@@ -71,6 +77,7 @@ export class AuditReader {
     // before 1970 is clamped to 1970; an `until` before 1970 matches nothing (see allChains).
     if (q.since !== undefined && q.since < 0) q = { ...q, since: 0 };
     const bind = { caller: who.id, filters };
+    const filtered = q.actor !== undefined || q.action !== undefined || q.since !== undefined || q.until !== undefined;
     const keep = (r: AuditRecord, id: string) =>
       (!q.actor || r.actor === q.actor) &&
       (!q.action || r.action === q.action) &&
@@ -78,10 +85,15 @@ export class AuditReader {
       (q.until === undefined || idMs(id) <= q.until);
     if (q.taskId) {
       if (!admin) await this.tasks.readable(who, q.taskId);
-      const after = q.cursor ? this.cursors.decode<string>(q.cursor, bind) : undefined;
+      // Without a cursor, a `since` is where the index is entered (its binary search), not a filter over all before it.
+      const after = q.cursor
+        ? this.cursors.decode<string>(q.cursor, bind)
+        : q.since !== undefined && q.since > 0
+          ? `${q.since - 1}-${Number.MAX_SAFE_INTEGER}`
+          : undefined;
       return this.fromIds(
         this.deps.keys.bucketOfTask(q.taskId),
-        await this.taskIds([q.taskId], after, q.limit),
+        await this.taskIds([q.taskId], after, filtered ? Math.max(q.limit, FILTERED_SCAN) : q.limit),
         after,
         q.limit,
         bind,
@@ -122,26 +134,17 @@ export class AuditReader {
   }
 
   /**
-   * Stream ids of the records of these tasks after `after`, in chain order: from each task's index at most
-   * `perTask` (about 2,000 over the tree, at least `limit` each). `complete`: no index had more, so the ids
-   * are all there is; otherwise they are cut at the earliest last id of an index that had more, so that no
-   * id before the cut is missing.
+   * The next `count` stream ids of the records of these tasks after `after`, in chain order, merged in
+   * Redis from each task's sorted index (task-audit-page.lua). `complete`: nothing follows them.
    */
   private async taskIds(
     taskIds: readonly string[],
     after: string | undefined,
-    limit: number,
+    count: number,
   ): Promise<{ ids: string[]; complete: boolean }> {
-    const perTask = Math.max(limit, Math.ceil(2000 / taskIds.length));
     const keys = taskIds.map((id) => this.deps.keys.taskAudit(id));
-    const lists = (await auditPageScript.run(this.deps.redis, keys, [after ?? '', perTask])) as string[][];
-    let cut: string | undefined;
-    for (const l of lists) {
-      const last = l.at(-1);
-      if (l.length >= perTask && last && (cut === undefined || cmpId(last, cut) < 0)) cut = last;
-    }
-    const ids = [...new Set(lists.flat())].sort(cmpId);
-    return { ids: cut === undefined ? ids : ids.filter((id) => cmpId(id, cut) <= 0), complete: cut === undefined };
+    const [ids, more] = (await auditPageScript.run(this.deps.redis, keys, [after ?? '', count])) as [string[], number];
+    return { ids, complete: more === 0 };
   }
 
   private async fromIds(
@@ -158,7 +161,8 @@ export class AuditReader {
     let i = 0;
     const stream = this.deps.keys.auditStream(chain);
     while (i < rest.length && items.length < limit && i < SCAN_BUDGET) {
-      const slice = rest.slice(i, i + Math.max(limit, 50));
+      // At most 100 stream reads in flight per request: a page of 500 is five rounds, not 500 commands at once.
+      const slice = rest.slice(i, i + Math.min(100, Math.max(limit, 50)));
       const entries = await Promise.all(slice.map((id) => this.deps.redis.xrange(stream, id, id)));
       for (let j = 0; j < slice.length && items.length < limit; j++) {
         i += 1;
@@ -221,15 +225,20 @@ export class AuditReader {
   private async intact(chain: AuditChain, records: AuditItem[]): Promise<boolean> {
     const stream = this.deps.keys.auditStream(chain);
     const exported = Number(((await this.deps.redis.get(this.deps.keys.auditExported(chain))) ?? '0:').split(':')[0]);
-    for (const r of records) {
-      const { hash, chain: _c, streamId, ...rest } = r;
+    // Each record's predecessor in the chain, read in chunks of 100 at once (not one round trip per record).
+    const befores: [string, string[]][][] = [];
+    for (let i = 0; i < records.length; i += 100) {
+      const chunk = records.slice(i, i + 100);
+      befores.push(...(await Promise.all(chunk.map((r) => this.deps.redis.xrevrange(stream, `(${r.streamId}`, '-', 'COUNT', 1)))));
+    }
+    for (const [i, r] of records.entries()) {
+      const { hash, chain: _c, streamId: _s, ...rest } = r;
       if (hashRecord(rest) !== hash) return false;
       if (r.seq === 1) {
         if (r.prev !== GENESIS) return false;
         continue;
       }
-      const before = await this.deps.redis.xrevrange(stream, `(${streamId}`, '-', 'COUNT', 1);
-      const prevRaw = before[0]?.[1];
+      const prevRaw = befores[i]?.[0]?.[1];
       if (!prevRaw) {
         if (r.seq - 1 > exported) return false; // its predecessor should still be in Redis
         continue;

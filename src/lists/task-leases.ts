@@ -61,7 +61,10 @@ export class TaskLeaseReader {
     const shown = got.slice(0, limit);
     const last = shown.at(-1);
     // A lease whose record left Redis (retention) is skipped: the page may hold fewer than `limit`.
-    const items = await this.deps.leases.getMany(shown.map((p) => p.id));
+    // At most 100 reads in flight per request: 40 pages of 500 at once queued 20,000 commands on the shared
+    // connection, and the stall guard took that for Redis stalling (503 for everyone).
+    const items: LeaseRecord[] = [];
+    for (let i = 0; i < shown.length; i += 100) items.push(...(await this.deps.leases.getMany(shown.slice(i, i + 100).map((p) => p.id))));
     return { items, nextCursor: got.length > limit && last ? this.cursors.encode(last, bind) : null };
   }
 }

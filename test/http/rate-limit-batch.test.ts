@@ -37,7 +37,14 @@ function limits(perSecond: number, burst: number, conn: Redis = redis): RateLimi
   return new RateLimits({
     redis: conn,
     prefix,
-    config: { perSecond, burst, introspect: { perSecond: 0, burst: 1 }, unauthenticated: { perSecond: 0, burst: 1 }, trustProxy: false },
+    config: {
+      perSecond,
+      burst,
+      introspect: { perSecond: 0, burst: 1 },
+      unauthenticated: { perSecond: 0, burst: 1 },
+      concurrentReads: 0,
+      trustProxy: false,
+    },
     metrics: new Metrics(),
     logger: silentLogger,
   });

@@ -20,7 +20,14 @@ function limitsWithoutRedis(prefix: string, perSecond: number, burst: number): {
   const limits = new RateLimits({
     redis: dead,
     prefix,
-    config: { perSecond, burst, introspect: { perSecond: 0, burst: 1 }, unauthenticated: { perSecond: 0, burst: 1 }, trustProxy: false },
+    config: {
+      perSecond,
+      burst,
+      introspect: { perSecond: 0, burst: 1 },
+      unauthenticated: { perSecond: 0, burst: 1 },
+      concurrentReads: 0,
+      trustProxy: false,
+    },
     metrics: new Metrics(),
     logger: silentLogger,
   });

@@ -17,7 +17,7 @@ const SUB_ISSUED = 30;
 
 beforeAll(async () => {
   t = await startTestBroker('task-leases', {
-    config: { server: { port: 0, publicUrl: 'http://127.0.0.1:8080', rateLimit: { perSecond: 0 } } },
+    config: { server: { port: 0, publicUrl: 'http://127.0.0.1:8080', rateLimit: { perSecond: 0, concurrentReads: 2 } } },
   });
   redis = new Redis(REDIS_URL);
   keys = new Keys(t.prefix);
@@ -169,4 +169,19 @@ test('a task whose leases an older release kept in a plain set is read, and ende
     const r = await call(t.url, 'GET', '/v1/tasks/tl-legacy', t.as(ORCH));
     return r.body.leases.length === 12 && r.body.leases.every((l: any) => l.status === 'revoked' && l.reason === 'task_completed');
   }, 10_000);
+});
+
+test('one caller’s reads run a few at a time: the rest answer 429 with Retry-After, never 503 for everyone', async () => {
+  // Review: forty pages of 500 leases at once from one agent queued 20,000 Redis commands on the shared
+  // connection; the stall guard took that for Redis stalling and everyone got 503. Now a caller has at most
+  // server.rateLimit.concurrentReads (2 here) reads running, each with at most 100 Redis reads in flight.
+  const pages = await Promise.all(Array.from({ length: 12 }, () => call(t.url, 'GET', '/v1/tasks/tl-1/leases?limit=500', t.as(AGENT))));
+  const statuses = pages.map((p) => p.status);
+  expect(statuses.every((s) => s === 200 || s === 429)).toBe(true);
+  expect(statuses.filter((s) => s === 429).length).toBeGreaterThan(0);
+  const refused = pages.find((p) => p.status === 429)!;
+  expect(refused.body.code).toBe('rate_limited');
+  expect(refused.headers.get('retry-after')).toBe('1');
+  // Another caller is not held up by it.
+  expect((await call(t.url, 'GET', '/v1/tasks/tl-1/leases?limit=5', t.as(ORCH))).status).toBe(200);
 });
