@@ -3,6 +3,7 @@ import type { ApprovalService } from '../approvals/approval-service.ts';
 import type { Deps } from '../deps.ts';
 import { IdentityPatterns } from '../identity/patterns.ts';
 import type { WorkloadIdentity } from '../identity/types.ts';
+import type { TaskHead } from '../tasks/task-store.ts';
 import type { TaskService } from '../tasks/task-service.ts';
 import type { TaskRecord, TaskStatus } from '../tasks/types.ts';
 import { script } from '../redis/scripts.ts';
@@ -43,6 +44,15 @@ interface Index {
  * little); the cursor resumes where the page stopped, so nothing is lost, only spread over calls.
  */
 const SCAN_BUDGET = 5000;
+
+/**
+ * How many bytes of records (as JSON) a page holds before it answers with what it has: a task record may be
+ * ~36 KB within every bound, so 500 of them would be ~18 MB read and sent at once. At least one item always.
+ */
+const PAGE_BYTES = 2_000_000;
+
+/** How many kept records a page reads whole at once (see PAGE_BYTES). */
+const FULL_READS = 50;
 
 /**
  * The authorization-filtered, cursor-paginated lists of contract section 3:
@@ -108,22 +118,19 @@ export class ListService {
     else if (q.orchestrator) indexes = buckets.map((b) => ({ bucket: b, key: keys.tasksByOpener(b, q.orchestrator!) }));
     else indexes = buckets.map((b) => ({ bucket: b, key: keys.tasksByTime(b) }));
     const agentMatch = q.agent ? new IdentityPatterns([q.agent]) : undefined;
-    const keep = (t: TaskRecord) =>
+    // Only the small fields the filters need are read for every scanned task; the record only for those kept.
+    const keep = (t: TaskHead) =>
       this.tasks.mayRead(who, t) &&
       (!q.status || t.status === q.status) &&
       (!agentMatch || agentMatch.matches(t.agent)) &&
       (!q.tenant || t.tenant === q.tenant) &&
       (!q.orchestrator || t.openedBy === q.orchestrator);
-    return this.page(
-      indexes,
-      start,
-      q.limit,
-      bind,
-      'task:',
-      (ids) => this.deps.tasks.getMany(ids),
-      (t) => t.taskId,
+    return this.page<TaskHead, TaskRecord>(indexes, start, q.limit, bind, 'task:', {
+      heads: (ids) => this.deps.tasks.headsOf(ids),
       keep,
-    );
+      full: (ids) => this.deps.tasks.getMany(ids),
+      idOf: (t) => t.taskId,
+    });
   }
 
   /** Approvers (and admins) see every approval; agents and orchestrators those of their tasks. */
@@ -137,32 +144,40 @@ export class ListService {
       key: everything ? keys.approvals(b) : keys.approvalsOf(b, who.id),
     }));
     const now = this.deps.clock.now();
-    return this.page(
-      indexes,
-      start,
-      q.limit,
-      bind,
-      'approval:',
-      (ids) => this.deps.approvals.getMany(ids, now),
-      (r) => r.approvalId,
-      (r) => this.approvals.mayRead(who, r) && (!q.status || r.status === q.status),
-    );
+    // An approval record is small: its heads are the whole records, read once.
+    const read = new Map<string, ApprovalRecord>();
+    return this.page<ApprovalRecord, ApprovalRecord>(indexes, start, q.limit, bind, 'approval:', {
+      heads: async (ids) => {
+        for (const r of await this.deps.approvals.getMany(ids, now)) read.set(r.approvalId, r);
+        return ids.map((id) => read.get(id));
+      },
+      keep: (r) => this.approvals.mayRead(who, r) && (!q.status || r.status === q.status),
+      full: async (ids) => ids.flatMap((id) => read.get(id) ?? []),
+      idOf: (r) => r.approvalId,
+    });
   }
 
-  /** One page: walk the indexes newest first, load in batches, keep what passes, stop at `limit` or the scan budget. */
-  private async page<T>(
+  /**
+   * One page: walk the indexes newest first, read each batch's heads (`heads`: what `keep` needs, small),
+   * read whole (`full`) only what is kept, stop at `limit`, the scan budget or the byte budget.
+   */
+  private async page<H, T extends H>(
     indexes: Index[],
     start: Pos | undefined,
     limit: number,
     bind: { caller: string; filters: Record<string, unknown> },
     kind: 'task:' | 'approval:',
-    load: (ids: string[]) => Promise<T[]>,
-    idOf: (t: T) => string,
-    keep: (t: T) => boolean,
+    src: {
+      heads: (ids: string[]) => Promise<(H | undefined)[]>;
+      keep: (h: H) => boolean;
+      full: (ids: string[]) => Promise<T[]>;
+      idOf: (t: T) => string;
+    },
   ): Promise<Page<T>> {
     const items: T[] = [];
     let last: Pos | undefined;
     let scanned = 0;
+    let bytes = 0;
     let more = false;
     const baseOf = new Map(indexes.map((i) => [i.key, this.deps.keys.base(i.bucket)]));
     const it = scanNewestFirst(
@@ -182,22 +197,35 @@ export class ListService {
         scanned += 1;
       }
       if (batch.length === 0) break;
-      const found = new Map((await load(batch.map((p) => p.id))).map((t) => [idOf(t), t]));
+      const heads = await src.heads(batch.map((p) => p.id));
       await this.forget(
         kind,
         baseOf,
-        batch.filter((p) => !found.has(p.id)),
+        batch.filter((_, i) => heads[i] === undefined),
       );
-      for (let i = 0; i < batch.length; i++) {
-        const p = batch[i]!;
-        last = { s: p.s, id: p.id };
-        const t = found.get(p.id);
-        if (t && keep(t)) items.push(t);
-        if (items.length === limit) {
-          more = i < batch.length - 1 || (await hasNext());
-          break outer;
+      const picked = batch.flatMap((_, i) => (heads[i] !== undefined && src.keep(heads[i]) ? [i] : []));
+      // Read whole no more at a time than the page still has room for, and few enough that a page stopping
+      // at its byte budget has read little more than it answers.
+      for (let k = 0; k < picked.length; ) {
+        const chunk = picked.slice(k, k + Math.min(FULL_READS, limit - items.length));
+        k += chunk.length;
+        const found = new Map((await src.full(chunk.map((i) => batch[i]!.id))).map((t) => [src.idOf(t), t]));
+        for (const i of chunk) {
+          const p = batch[i]!;
+          last = { s: p.s, id: p.id };
+          // Gone or changed between the two reads: left out (a later read drops a gone one's index entry).
+          const t = found.get(p.id);
+          if (!t || !src.keep(t)) continue;
+          items.push(t);
+          bytes += JSON.stringify(t).length;
+          if (items.length === limit || bytes >= PAGE_BYTES) {
+            more = i < batch.length - 1 || (await hasNext());
+            break outer;
+          }
         }
       }
+      const end = batch[batch.length - 1]!;
+      last = { s: end.s, id: end.id };
       if (scanned >= SCAN_BUDGET) {
         more = await hasNext();
         break;

@@ -17,6 +17,15 @@ const openScript = script('task-open');
 const endScript = script('task-end');
 const leasePageScript = script('task-lease-page');
 
+/** What list filters read of a task (TaskStore.headsOf). */
+export interface TaskHead {
+  taskId: string;
+  status: TaskStatus;
+  agent: string;
+  tenant: string;
+  openedBy: string;
+}
+
 /** A lease's place in its task's lease index: its id and issue time (ms). */
 export interface LeasePosition {
   id: string;
@@ -128,6 +137,7 @@ export class TaskStore {
       window.horizonMs,
       opts.parentCreatedAt ?? '',
       member,
+      task.openedBy,
     ])) as [string, ...unknown[]];
     switch (res[0]) {
       case 'created':
@@ -204,6 +214,25 @@ export class TaskStore {
     if (taskIds.length === 0) return [];
     const all = await Promise.all(taskIds.map((id) => this.redis.hgetall(this.keys.task(id))));
     return all.map(taskFromHash).filter((t): t is TaskRecord => t !== undefined);
+  }
+
+  /**
+   * The small fields list filters need (no `d`: a record may be tens of KB), in `taskIds` order, undefined
+   * where the task is gone. `d` is read only for a task stored before its opener was a plain field.
+   */
+  async headsOf(taskIds: readonly string[]): Promise<(TaskHead | undefined)[]> {
+    const rows = await Promise.all(taskIds.map((id) => this.redis.hmget(this.keys.task(id), 'status', 'agent', 'tenant', 'openedBy')));
+    return Promise.all(
+      rows.map(async ([status, agent, tenant, openedBy], i) => {
+        if (!status) return undefined;
+        const head = { taskId: taskIds[i]!, status: status as TaskStatus };
+        if (agent != null && tenant != null && openedBy != null) return { ...head, agent, tenant, openedBy };
+        const d = await this.redis.hget(this.keys.task(taskIds[i]!), 'd');
+        if (!d) return undefined;
+        const f = JSON.parse(d) as TaskFixed;
+        return { ...head, agent: f.agent, tenant: f.tenant, openedBy: f.openedBy };
+      }),
+    );
   }
 
   /** Status only (the introspection hot path needs nothing else). */

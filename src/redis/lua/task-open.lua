@@ -23,6 +23,8 @@
 -- ARGV[9] createdAt (ms) of the parent incarnation the caller decided on ('' = any; sub-tasks only):
 --         a parent id that was purged and opened again is another task
 -- ARGV[10] (optional) outbox member (tagged record JSON) added at createdAt when the task is created, '' for none
+-- ARGV[11] (optional) opener, kept as a plain field so list filters need not read `d` (tasks opened before it
+--          was kept have none: readers fall back to `d`)
 -- Returns {'exists', <hash as flat list>} | {'created', createdAt, expiresAt} | {'parent_stale'}
 --       | {'parent_missing'} | {'parent_not_open'} | {'outlives_parent', parentExpiresAt} | {'limit'}
 --       | a TRYAGAIN error while the bucket's slot moves (nothing written)
@@ -54,6 +56,7 @@ if #KEYS >= 8 then
 end
 redis.call('HSET', KEYS[1], 'd', ARGV[1], 'status', 'open', 'createdAt', now, 'expiresAt', expires, 'live', 0,
   'agent', ARGV[5], 'tenant', ARGV[6])
+if ARGV[11] and ARGV[11] ~= '' then redis.call('HSET', KEYS[1], 'openedBy', ARGV[11]) end
 redis.call('ZADD', KEYS[2], expires, ARGV[3])
 local horizon, keep_until = tonumber(ARGV[8]), expires + tonumber(ARGV[7])
 for i = 3, 5 do index_add(KEYS[i], ARGV[3], now, horizon, keep_until) end
