@@ -44,6 +44,7 @@ import { RedisClock } from './redis/clock.ts';
 import { createConnector } from './redis/connection.ts';
 import { Keys } from './redis/keys.ts';
 import { ReplicaAck } from './redis/replica-ack.ts';
+import { RedisRequirements } from './redis/requirements.ts';
 import type { RedisClient } from './redis/scripts.ts';
 import { RevocationQueue } from './revocation/queue.ts';
 import { Sweeper } from './revocation/sweeper.ts';
@@ -158,6 +159,16 @@ export async function startBroker(config: LoadedConfig, opts: BrokerOptions = {}
   // Anything opened below is closed again if startup fails part-way: nothing half-starts, nothing leaks.
   const undo: (() => unknown)[] = [];
   try {
+    // First, before any BullMQ queue or worker exists (BullMQ spins when INFO is refused): an evicting
+    // policy or an ACL missing a command fails startup naming it, rather than 500s on every request.
+    const requirements = new RedisRequirements({
+      redis,
+      keys,
+      logger,
+      blocking: runWorker,
+      wait: config.redis.replicaAck.replicas !== 0,
+    });
+    await requirements.assertMet(conns.describe());
     await assertBuckets(redis, keys);
     const clock = new RedisClock(redis);
     await clock.start();
@@ -388,6 +399,7 @@ export async function startBroker(config: LoadedConfig, opts: BrokerOptions = {}
         isShuttingDown: () => shuttingDown,
         isRecovered: () => recovery.ready,
         policyInSync: () => rotation.policySync.inSync,
+        redisProblems: () => requirements.readiness(),
         extraRouters: routers,
       });
       server = app.listen(config.server.port, config.server.host);

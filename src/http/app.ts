@@ -22,6 +22,8 @@ export function createApp(
     isShuttingDown: () => boolean;
     isRecovered: () => boolean;
     policyInSync?: () => boolean;
+    /** What the Redis lacks that the broker needs (src/redis/requirements.ts); empty when it suits. */
+    redisProblems?: () => Promise<string[]>;
     extraRouters?: (express.Router | RequestHandler)[];
   },
 ): Express {

@@ -300,6 +300,10 @@ export class Keys {
   channel(name: string): string {
     return `${this.prefix}:events:${name}`;
   }
+  /** Throwaway keys of the Redis requirements probe (redis-probe.lua): one tag of their own, so one slot. */
+  probe(kind: string): string {
+    return `${this.prefix}:{${this.prefix}:probe}:${kind}`;
+  }
   /** Console sessions and other single-key state: no hash tag, spread by key. */
   plain(kind: string, id: string): string {
     return `${this.prefix}:${kind}:${id}`;

@@ -857,6 +857,27 @@ describe('one test per script', () => {
     expect(await redis.get(k)).toBe('d');
   });
 
+  test("redis-probe: refuses nothing where everything is allowed, leaves no key, and runs every command the broker's and BullMQ's scripts call", async () => {
+    const probeKeys = ['string', 'hash', 'zset', 'set', 'stream', 'list', 'moved'].map((k) => keys.probe(k));
+    expect(await script('redis-probe').run(redis, probeKeys, [])).toEqual([]);
+    expect(await redis.exists(...probeKeys)).toBe(0);
+    // A script calling a command the probe does not run would pass the startup check on an ACL without it.
+    const read = (dir: URL) =>
+      readdirSync(dir)
+        .filter((f) => f.endsWith('.lua'))
+        .map((f) => readFileSync(new URL(f, dir), 'utf8'));
+    const lua = new URL('../../src/redis/lua/', import.meta.url);
+    const bull = new URL('../../node_modules/bullmq/dist/cjs/commands/', import.meta.url);
+    const texts = [...read(lua), ...read(new URL('lib/', lua)), ...read(bull), ...read(new URL('includes/', bull))];
+    const called = new Set(
+      texts.flatMap((t) => [...t.matchAll(/\b(?:redis\.p?call|rcall)\(\s*['"](\w+)['"]/g)].map((m) => m[1]!.toUpperCase())),
+    );
+    expect(called.size).toBeGreaterThan(40);
+    const probe = readFileSync(new URL('redis-probe.lua', lua), 'utf8');
+    const probed = new Set([...probe.matchAll(/\{ '([A-Z]+)'/g)].map((m) => m[1]!));
+    expect([...called].filter((c) => !probed.has(c)).sort()).toEqual([]);
+  });
+
   test('lock-release and lock-extend: only with our token', async () => {
     const k = keys.lock('x');
     await redis.set(k, 'mine', 'PX', 10_000);

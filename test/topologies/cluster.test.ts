@@ -133,3 +133,22 @@ test('a policy reload and a signing-key rotation on one instance reach the other
   // Immediate: the old key left the JWKS at once.
   for (const kid of before) expect(after).not.toContain(kid);
 }, 30_000);
+
+test('one master of the Cluster switched to allkeys-lru: /readyz 503 naming that node; noeviction again: ready', async () => {
+  const node = cluster.client(1);
+  await node.config('SET', 'maxmemory-policy', 'allkeys-lru');
+  try {
+    const r = await waitFor(async () => {
+      const r = await call(a.url, 'GET', '/readyz', {});
+      return r.status === 503 && r;
+    });
+    expect(r.body.checks).toMatchObject({ redis: true, redisSetup: false });
+    expect(r.body.problems).toEqual([
+      expect.stringMatching(new RegExp(`^maxmemory-policy is allkeys-lru on 127\\.0\\.0\\.1:${cluster.ports[1]}; `)),
+    ]);
+  } finally {
+    await node.config('SET', 'maxmemory-policy', 'noeviction');
+    await node.quit();
+  }
+  await waitFor(async () => (await call(a.url, 'GET', '/readyz', {})).status === 200);
+});

@@ -23,6 +23,30 @@ afterAll(async () => {
   await sentinel?.stop();
 });
 
+test("the master's maxmemory-policy decides readiness: an evicting replica does not, an evicting master does", async () => {
+  const replica = sentinel.client(await sentinel.waitForReplica());
+  const master = sentinel.client(await sentinel.masterPort());
+  const readyz = () => call(t.url, 'GET', '/readyz', {});
+  try {
+    await replica.config('SET', 'maxmemory-policy', 'allkeys-lru');
+    // A new round of checks (at most one a second) still finds the master on noeviction.
+    await new Promise((r) => setTimeout(r, 1100));
+    expect((await readyz()).status).toBe(200);
+    await master.config('SET', 'maxmemory-policy', 'volatile-lru');
+    const r = await waitFor(async () => {
+      const r = await readyz();
+      return r.status === 503 && r;
+    });
+    expect(r.body.problems).toEqual([expect.stringMatching(/^maxmemory-policy is volatile-lru; the broker needs noeviction/)]);
+  } finally {
+    await master.config('SET', 'maxmemory-policy', 'noeviction');
+    await replica.config('SET', 'maxmemory-policy', 'noeviction');
+    master.disconnect();
+    replica.disconnect();
+  }
+  await waitFor(async () => (await readyz()).status === 200);
+}, 30_000);
+
 test('a master killed mid-traffic: no 500s, then issuance and revocation on the new master', async () => {
   const agent = `spiffe://dev.local${AGENT}`;
   const open = await call(t.url, 'POST', '/v1/tasks', t.as(ORCH), {

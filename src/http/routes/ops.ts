@@ -17,13 +17,19 @@ const within = <T>(p: Promise<T>, ms: number): Promise<T> => pTimeout(p, { milli
 /**
  * /healthz (the process is alive: never depends on Redis, so a Redis outage
  * does not get every container restarted), /readyz (the broker can issue:
- * Redis reachable and writable, signing keys present, policy loaded; an
+ * Redis reachable and writable and suited to the broker (noeviction, every
+ * command its ACL user needs), signing keys present, policy loaded; an
  * upstream being down is reported but does not take JWT traffic out of
  * rotation), /metrics.
  */
 export function opsRoutes(
   deps: Deps,
-  state: { isShuttingDown: () => boolean; isRecovered: () => boolean; policyInSync?: () => boolean },
+  state: {
+    isShuttingDown: () => boolean;
+    isRecovered: () => boolean;
+    policyInSync?: () => boolean;
+    redisProblems?: () => Promise<string[]>;
+  },
 ): Router {
   const r = Router();
   // /readyz is unauthenticated and probed often: one upstream round (Vault sys/health...) per UPSTREAM_CHECK_MS,
@@ -55,12 +61,20 @@ export function opsRoutes(
       signingKeys: state.isRecovered() && deps.signing.size > 0,
     };
     // A writable master (a replica left behind by a failover is not ready), within a second.
-    checks.redis = await writableMaster(deps.redis, { timeoutMs: 1000, probeKey: deps.keys.plain('readyz', 'probe') });
+    // An evicting policy, an ACL that lost a command: the broker would lose records or fail every request.
+    const [writable, problems] = await Promise.all([
+      writableMaster(deps.redis, { timeoutMs: 1000, probeKey: deps.keys.plain('readyz', 'probe') }),
+      state.redisProblems?.() ?? [],
+    ]);
+    checks.redis = writable;
+    checks.redisSetup = problems.length === 0;
     const upstreams = await upstreamChecks();
     // An upstream that is down is reported only; one that refuses this instance's own credentials makes it unready.
     checks.upstreamCredentials = !deps.providers.all().some(([, p]) => p.credentialsRefused?.());
     const ready = Object.values(checks).every(Boolean);
-    res.status(ready ? 200 : 503).json({ status: ready ? 'ready' : 'not_ready', checks, upstreams });
+    res
+      .status(ready ? 200 : 503)
+      .json({ status: ready ? 'ready' : 'not_ready', checks, upstreams, ...(problems.length ? { problems } : {}) });
   });
   r.get('/metrics', async (_req, res) => {
     res.type(deps.metrics.registry.contentType).send(await deps.metrics.registry.metrics());
