@@ -140,7 +140,7 @@ test('graceful shutdown lets in-flight requests finish', async () => {
   expect(ok).toBeGreaterThan(0);
   // Lose nothing: every lease the broker recorded was answered with its 201.
   const r = new Redis(REDIS_URL);
-  const leases = await r.smembers(t.broker.deps.keys.taskLeases('t-shut'));
+  const leases = await r.zrange(t.broker.deps.keys.taskLeases('t-shut'), '0', '-1');
   await r.quit();
   expect(leases.length).toBe(ok);
   await dropPrefix(t.prefix);

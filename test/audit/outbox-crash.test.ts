@@ -176,9 +176,9 @@ test('task.open and credential.issue survive an API process killed between the d
     );
     await killMidway(
       (url) => call(url, 'POST', '/v1/credentials', as(AGENT), { taskId: 't-killed', role: 'demo-api' }),
-      async () => (await r.scard(k.taskLeases('t-killed'))) === 1,
+      async () => (await r.zcard(k.taskLeases('t-killed'))) === 1,
     );
-    const [leaseId] = await r.smembers(k.taskLeases('t-killed'));
+    const [leaseId] = await r.zrange(k.taskLeases('t-killed'), '0', '-1');
     expect(await r.hget(k.lease(leaseId!), 'status')).toBe('active');
     const of = async (action: string) => (await auditRecords(r, k)).filter((x) => x.action === action && x.taskId === 't-killed');
     // Recovery takes what is older than its 10-s grace period, at its next pass (every second here).

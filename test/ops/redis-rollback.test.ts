@@ -102,7 +102,8 @@ test('a running broker notices Redis going back to an older snapshot: 503 until 
   const lockKey = keys.lock('recovery');
   const admin = redis.client();
   await admin.connect();
-  await admin.set(lockKey, 'held-by-test', 'PX', 60_000);
+  // With the TTL another instance's recovery sets (30 s): a longer one is no broker's, and would be taken over.
+  await admin.set(lockKey, 'held-by-test', 'PX', 30_000);
   const checking = b.broker.recovery.check();
   await waitFor(async () => (await readyz(b)) === 503, 5000);
   const metrics = await (await fetch(`${b.url}/metrics`)).text();
