@@ -49,6 +49,9 @@ test('a rotation that lost its lock stops before its next step, and every instan
   const created = emu.requests('CreateAccessKey').length;
   const viaA = call(a.url, 'POST', '/v1/admin/rotate', a.as(ADMIN), { target: 'aws' });
   await waitFor(async () => emu.requests('CreateAccessKey').length > created, 5000);
+  // Until A has recorded the new key's id, its intent says a create may have landed unanswered, and B rightly
+  // waits for IAM to list it (409 with Retry-After): on a loaded machine that answer can be late.
+  await waitFor(async () => JSON.parse((await redis.get(keys.rotationIntent('aws'))) ?? '{}').new, 10_000);
   await redis.del(keys.lock('rotate:aws'));
   const viaB = await call(b.url, 'POST', '/v1/admin/rotate', b.as(ADMIN), { target: 'aws' });
   const first = await viaA;
