@@ -232,7 +232,7 @@ export class AdminService {
     const record = { action: 'task.revoke' as const, actor: 'broker', decision: 'ok' as const, reason: 'revoked_by_admin' };
     const res = await this.tasks.end(id, 'completed', 'revoked_by_admin', adminScope, { task: { ...record, taskId: id }, subtask: record });
     if (res.kind !== 'ended') return { tasks: 0, leases: 0 };
-    await this.deps.audit.appendOutbox(this.deps.keys.bucketOfTask(id), res.records, res.endedAt);
+    await this.deps.audit.settleOutbox(this.deps.keys.bucketOfTask(id), res.records, res.endedAt);
     return { tasks: res.taskIds.length, leases: res.liveLeases };
   }
 }

@@ -84,7 +84,7 @@ export class ApprovalService {
     });
     if (!decided) throw conflict('approval_decided', 'The approval was decided concurrently.');
     if (decided.recorded) {
-      await this.deps.audit.appendOutbox(this.deps.keys.bucketOfTask(r.taskId), [decided.recorded.member], decided.recorded.at);
+      await this.deps.audit.settleOutbox(this.deps.keys.bucketOfTask(r.taskId), [decided.recorded.member], decided.recorded.at);
     }
     const after = await this.deps.approvals.get(approvalId, this.deps.clock.now());
     if (!after) throw forbidden('not_approval_party', 'The approval is gone.');

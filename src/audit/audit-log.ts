@@ -98,6 +98,26 @@ export class AuditLog {
   }
 
   /**
+   * appendOutbox for a caller whose answer must not depend on the append: the decision and its records are
+   * already in Redis (the script that made it put them in the outbox), so the decision is made and will be
+   * recorded whatever happens here. A failed append (Redis failed between the script and the append, a
+   * command timeout, chain contention given up) is logged, and recovery (src/audit/outbox.ts) appends the
+   * records from the outbox after its grace period. Answering an error instead would tell the caller that
+   * nothing happened when something did: an issued credential (counted against `tasks.maxLeases`, alive
+   * upstream) handed to nobody, a task open under an id a retry cannot reuse, a kill switch stopped part-way.
+   */
+  async settleOutbox(chain: AuditChain, members: readonly string[], at: number): Promise<void> {
+    try {
+      await this.appendOutbox(chain, members, at);
+    } catch (err) {
+      this.logger.warn(
+        { chain, records: members.length, err: (err as Error).message },
+        'audit append failed after the decision was made; recovery appends its records from the outbox',
+      );
+    }
+  }
+
+  /**
    * Appends `event` naming its outbox `member` (outboxMember), which a script sent just before on the same
    * connection adds when it makes the decision (a lease it records): sent without waiting for that script's
    * answer, it travels in the same socket write and costs no round trip of its own, and is written only if

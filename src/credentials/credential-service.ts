@@ -308,7 +308,14 @@ export class CredentialService {
       await this.failed(fixed, err);
       throw err;
     }
-    await reappend(at);
+    // The lease and its record are in Redis: the credential is the caller's even if this append fails
+    // (AuditLog.settleOutbox: recovery appends the record from the outbox).
+    await reappend(at).catch((err: Error) =>
+      this.deps.logger.warn(
+        { leaseId: fixed.leaseId, err: err.message },
+        'audit append failed after issuance; recovery appends its record',
+      ),
+    );
     return result;
   }
 
@@ -382,7 +389,7 @@ export class CredentialService {
         ? err
         : upstreamFailed('upstream_error', 'The upstream did not confirm the credential.', { cause: err });
     }
-    await this.deps.audit.appendOutbox(this.deps.keys.bucketOfTask(fixed.taskId), [member], activated.at);
+    await this.deps.audit.settleOutbox(this.deps.keys.bucketOfTask(fixed.taskId), [member], activated.at);
     return result;
   }
 
@@ -503,7 +510,7 @@ export class CredentialService {
     if (!('record' in res)) throw conflict('task_not_open', `Task ${task.taskId} is no longer open.`);
     const record = res.record;
     if (res.kind === 'created' && res.recorded) {
-      await this.deps.audit.appendOutbox(this.deps.keys.bucketOfTask(task.taskId), [res.recorded.member], res.recorded.at);
+      await this.deps.audit.settleOutbox(this.deps.keys.bucketOfTask(task.taskId), [res.recorded.member], res.recorded.at);
     }
     if (record.status === 'pending') return { pending: { approvalId: record.approvalId, status: 'pending' } };
     if (record.status === 'approved') return { approved: record };

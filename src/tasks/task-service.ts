@@ -131,7 +131,7 @@ export class TaskService {
       );
     switch (res.kind) {
       case 'created':
-        if (res.recorded) await this.deps.audit.appendOutbox(this.deps.keys.bucketOfTask(task.taskId), [res.recorded], res.task.createdAt);
+        if (res.recorded) await this.deps.audit.settleOutbox(this.deps.keys.bucketOfTask(task.taskId), [res.recorded], res.task.createdAt);
         return { created: true, task: await this.afterQuarantine(who, res.task) };
       case 'exists':
         if (res.task.requestHash !== requestHash)
@@ -199,7 +199,7 @@ export class TaskService {
       });
       if (res.kind === 'ended') {
         revoking = res.liveLeases;
-        await this.deps.audit.appendOutbox(this.deps.keys.bucketOfTask(taskId), res.records, res.endedAt);
+        await this.deps.audit.settleOutbox(this.deps.keys.bucketOfTask(taskId), res.records, res.endedAt);
       } else if (res.kind === 'already' && res.status === 'expired') {
         throw conflict('task_expired', `Task ${taskId} already expired; its leases were revoked.`);
       }
@@ -254,7 +254,7 @@ export class TaskService {
     const res = await this.end(task.taskId, 'completed', 'revoked_by_admin', asAgent === undefined ? 'task' : undefined, {
       task: { action: 'task.revoke', actor: 'broker', decision: 'ok', taskId: task.taskId, reason: 'revoked_by_admin' },
     });
-    if (res.kind === 'ended') await this.deps.audit.appendOutbox(this.deps.keys.bucketOfTask(task.taskId), res.records, res.endedAt);
+    if (res.kind === 'ended') await this.deps.audit.settleOutbox(this.deps.keys.bucketOfTask(task.taskId), res.records, res.endedAt);
     if (asOpener !== undefined) {
       throw await denial(
         this.deps,

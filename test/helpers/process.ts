@@ -25,7 +25,12 @@ export async function startBrokerProcess(
   let out = '';
   const api = !opts.args?.includes('--worker');
   const url = await new Promise<string>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`broker process did not start:\n${out}`)), opts.timeoutMs ?? 20_000);
+    // A process that did not start in time is killed: left running, it outlived the test run (an orphan
+    // `src/main.ts` holding Redis connections and, for an API, a port).
+    const timer = setTimeout(() => {
+      child.kill('SIGKILL');
+      reject(new Error(`broker process did not start:\n${out}`));
+    }, opts.timeoutMs ?? 20_000);
     const onData = (d: Buffer) => {
       out += d.toString();
       for (const line of out.split('\n')) {
