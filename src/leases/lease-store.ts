@@ -88,6 +88,7 @@ export class LeaseStore {
       this.keys.lease(lease.leaseId),
       this.keys.taskLeases(lease.taskId),
       this.keys.liveLeases(bucket),
+      this.keys.taskLeasesLegacy(lease.taskId),
     ];
     if (opts.member) keys.push(this.keys.auditOutbox(bucket));
     const res = (await createScript.run(this.redis, keys, [

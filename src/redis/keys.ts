@@ -122,7 +122,10 @@ export class Keys {
   taskLeases(taskId: string): string {
     return this.inTask('task-lease-ids', taskId);
   }
-  /** The plain set of lease ids older releases kept per task; task-lease-page.lua moves it into `taskLeases`. */
+  /**
+   * The plain set of lease ids the previous release keeps and reads per task: lease-create.lua writes it too (for
+   * that release's workers during a rolling upgrade), task-lease-page.lua copies what only they added into `taskLeases`.
+   */
   taskLeasesLegacy(taskId: string): string {
     return this.inTask('task-leases', taskId);
   }

@@ -16,9 +16,11 @@ export interface BrokerProcess {
  */
 export async function startBrokerProcess(
   configFile: string,
-  opts: { args?: string[]; env?: Record<string, string>; timeoutMs?: number } = {},
+  opts: { args?: string[]; env?: Record<string, string>; timeoutMs?: number; cwd?: string } = {},
 ): Promise<BrokerProcess> {
+  // `cwd`: another checkout of the broker (an older release, test/ops/upgrade.test.ts) runs its own src/main.ts.
   const child = spawn(process.execPath, ['src/main.ts', ...(opts.args ?? [])], {
+    ...(opts.cwd ? { cwd: opts.cwd } : {}),
     env: { ...process.env, BROKER_CONFIG: configFile, LOG_LEVEL: 'info', ...opts.env },
     stdio: ['ignore', 'pipe', 'pipe'],
   });

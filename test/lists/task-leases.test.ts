@@ -159,7 +159,9 @@ test('a task whose leases an older release kept in a plain set is read, and ende
   await redis.sadd(keys.taskLeasesLegacy('tl-legacy'), ...ids);
   const { items } = await allPages('/v1/tasks/tl-legacy/leases?limit=5');
   expect(new Set(items.map((l) => l.leaseId))).toEqual(new Set(ids));
-  expect(await redis.exists(keys.taskLeasesLegacy('tl-legacy'))).toBe(0);
+  // Copied into the index, and left in place for a process of that release still running (a rolling upgrade).
+  expect(new Set(await redis.zrange(keys.taskLeases('tl-legacy'), '0', '-1'))).toEqual(new Set(ids));
+  expect(await redis.scard(keys.taskLeasesLegacy('tl-legacy'))).toBe(12);
   // Again, and this time the task ends before anything read it: ending it revokes every lease.
   await redis.del(keys.taskLeases('tl-legacy'));
   await redis.sadd(keys.taskLeasesLegacy('tl-legacy'), ...ids);

@@ -152,7 +152,7 @@ async function createLease(
   const b = keys.bucketOfTask(taskId);
   return (await script('lease-create').run(
     redis,
-    [keys.task(taskId), keys.lease(leaseId), keys.taskLeases(taskId), keys.liveLeases(b)],
+    [keys.task(taskId), keys.lease(leaseId), keys.taskLeases(taskId), keys.liveLeases(b), keys.taskLeasesLegacy(taskId)],
     [
       JSON.stringify({ leaseId }),
       status,
@@ -704,7 +704,7 @@ describe('one test per script', () => {
     const create = (id: string, m: string) =>
       script('lease-create').run(
         redis,
-        [keys.task('ox'), keys.lease(id), keys.taskLeases('ox'), keys.liveLeases(tb), keys.auditOutbox(tb)],
+        [keys.task('ox'), keys.lease(id), keys.taskLeases('ox'), keys.liveLeases(tb), keys.taskLeasesLegacy('ox'), keys.auditOutbox(tb)],
         [JSON.stringify({ leaseId: id }), 'active', Date.now() + 60_000, 0, id, '{}', 2, 'ox', 'jwt', 'role', 0, '', m],
       ) as Promise<[string, number?]>;
     const made = await create(lid('ox', 1), m3);

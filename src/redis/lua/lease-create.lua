@@ -11,7 +11,9 @@
 -- KEYS[2] lease hash
 -- KEYS[3] task's lease index (zset, score = issuedAt)
 -- KEYS[4] live leases of the bucket (zset)
--- KEYS[5] (optional) the bucket's audit outbox (zset), with ARGV[13]
+-- KEYS[5] the task's lease set as the previous release reads it (set): written too, so that a worker of that
+--         release ending the task during a rolling upgrade finds this lease (see task-lease-page.lua)
+-- KEYS[6] (optional) the bucket's audit outbox (zset), with ARGV[13]
 -- ARGV[1] immutable part as JSON
 -- ARGV[2] status: active | issuing
 -- ARGV[3] expiresAt (ms): the credential's expiry (active) or the latest it could have (issuing)
@@ -55,6 +57,7 @@ if ARGV[2] == 'issuing' then
   redis.call('HSET', KEYS[2], 'orphanAt', score)
 end
 redis.call('ZADD', KEYS[3], now, ARGV[5])
+redis.call('SADD', KEYS[5], ARGV[5])
 redis.call('ZADD', KEYS[4], score, ARGV[5])
-if KEYS[5] and ARGV[13] and ARGV[13] ~= '' then redis.call('ZADD', KEYS[5], 'NX', now, ARGV[13]) end
+if KEYS[6] and ARGV[13] and ARGV[13] ~= '' then redis.call('ZADD', KEYS[6], 'NX', now, ARGV[13]) end
 return { 'ok', now }

@@ -1,14 +1,17 @@
 -- task-lease-page: one page of a task's lease ids in issue order (the Redis time lease-create gave each),
--- read from the task's lease index. A task whose leases an older release recorded in a plain set has them
--- moved into the index first, in this same step and once (score 0: listed first, in id order).
+-- read from the task's lease index. The previous release kept a task's lease ids in a plain set, and its
+-- processes read only that set (its worker ends a task's leases from it). So that one of them still running
+-- beside this release (a rolling upgrade) finds every lease, lease-create writes both and the set is left in
+-- place here; what only the previous release added to it is copied into the index, once (score 0: listed
+-- first, in id order). The index holds a subset of the set (every id goes to both, or to the set only), so a
+-- set no larger than the index has nothing to copy: a read costs its page, not the set.
 -- KEYS[1] the task's lease index (zset, score = issuedAt in ms)
--- KEYS[2] the task's lease set as older releases wrote it (moved into KEYS[1], then deleted)
+-- KEYS[2] the task's lease set as the previous release reads and writes it
 -- ARGV[1] the last lease id of the previous page ('' = from the start)
 -- ARGV[2] its score: where to go on if that id has left the index (the task was purged and opened again)
 -- ARGV[3] how many ids at most (0 = all)
 -- Returns {id, score, id, score, ...}
-if redis.call('EXISTS', KEYS[2]) == 1 then
-  local ttl = redis.call('PTTL', KEYS[2])
+if redis.call('SCARD', KEYS[2]) > redis.call('ZCARD', KEYS[1]) then
   local ids = redis.call('SMEMBERS', KEYS[2])
   for i = 1, #ids, 500 do
     local args = {}
@@ -18,10 +21,10 @@ if redis.call('EXISTS', KEYS[2]) == 1 then
     end
     redis.call('ZADD', KEYS[1], 'NX', unpack(args))
   end
-  -- An ended task's set was kept for its retention: so is the index it became.
-  if ttl > 0 and redis.call('PTTL', KEYS[1]) == -1 then redis.call('PEXPIRE', KEYS[1], ttl) end
-  redis.call('DEL', KEYS[2])
 end
+-- A task the previous release ended had only its set's expiry set (its retention): the index keeps as long.
+local ttl = redis.call('PTTL', KEYS[2])
+if ttl > 0 and redis.call('PTTL', KEYS[1]) == -1 then redis.call('PEXPIRE', KEYS[1], ttl) end
 local limit = tonumber(ARGV[3])
 local from = 0
 if ARGV[1] ~= '' then

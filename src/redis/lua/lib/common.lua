@@ -105,7 +105,7 @@ local function end_task(base, open_key, id, status, reason, retention, now)
   -- this task's end time, it would be taken for this task's and only this task's lease set walked.
   if tonumber(redis.call('HGET', k, 'live') or '0') > 0 then redis.call('ZADD', tasks_ending_key(base), 'NX', now, id) end
   redis.call('PEXPIRE', k, retention)
-  -- 'task-leases:': the lease set of a task opened by an older release (task-lease-page moves it on first read).
+  -- 'task-leases:': the task's lease set as the previous release reads it (lease-create.lua writes it too).
   for _, kind in ipairs({ 'task-lease-ids:', 'task-leases:', 'task-children:', 'task-approvals:' }) do
     redis.call('PEXPIRE', base .. kind .. id, retention)
   end

@@ -1,0 +1,47 @@
+import { execFileSync } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { mkdtempSync, readFileSync, rmSync, symlinkSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+
+/**
+ * The previous release (the commit the last upgrade note is about), run by the upgrade tests
+ * (test/ops/upgrade*.test.ts) as real processes from its own tree: `git archive` of the commit into a
+ * temporary directory, with this checkout's node_modules (package.json and the lockfile did not change
+ * between the two releases). Bump it with each release, to the one before.
+ */
+export const PREVIOUS_RELEASE = 'dd78339';
+
+/** Whether the clone holds the previous release (a shallow clone does not); a reason to skip when not. */
+export function previousReleaseMissing(): string | undefined {
+  try {
+    execFileSync('git', ['cat-file', '-e', `${PREVIOUS_RELEASE}^{commit}`], { stdio: 'ignore' });
+    return undefined;
+  } catch {
+    return `commit ${PREVIOUS_RELEASE} (the previous release) is not in this clone (a shallow clone? git fetch --unshallow)`;
+  }
+}
+
+/** Extracts the previous release; `remove()` deletes it. */
+export function extractPreviousRelease(): { dir: string; remove(): void } {
+  const dir = mkdtempSync(join(tmpdir(), 'jit-previous-release-'));
+  execFileSync('sh', ['-c', `git archive ${PREVIOUS_RELEASE} | tar -x -C "${dir}"`]);
+  symlinkSync(resolve('node_modules'), join(dir, 'node_modules'));
+  return { dir, remove: () => rmSync(dir, { recursive: true, force: true }) };
+}
+
+/** The config of the previous release for `raw` (testRawConfig): its own policies, without keys it does not know (its schema is strict). */
+export function previousReleaseConfig(dir: string, raw: Record<string, unknown>): Record<string, unknown> {
+  const out: Record<string, unknown> = { ...raw, policies: join(dir, 'config/policies') };
+  delete out.rotation; // rotation.resumeInterruptedSeconds is new
+  return out;
+}
+
+/** A Lua script's SHA-1 as a tree's src/redis/scripts.ts loads it (the libraries of `-- uses:` prepended). */
+export function scriptSha(root: string, name: string): string {
+  const dir = join(root, 'src/redis/lua');
+  let body = readFileSync(join(dir, `${name}.lua`), 'utf8');
+  const uses = /^-- uses: (.+)$/m.exec(body)?.[1]?.split(/[ ,]+/) ?? [];
+  for (const lib of uses.reverse()) body = `${readFileSync(join(dir, 'lib', `${lib}.lua`), 'utf8')}\n${body}`;
+  return createHash('sha1').update(body).digest('hex');
+}
