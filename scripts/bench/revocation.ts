@@ -328,6 +328,8 @@ export async function memoryBreakdown(ctx: Ctx, ids: string[], taskIds: string[]
   const parts = {
     leaseHash: leaseHash,
     taskLeaseSet: (await sum((k) => k.includes('}:task-lease-ids:'))) / n,
+    // The set the previous release reads, written beside the index for a rolling upgrade (lease-create.lua).
+    legacyLeaseSet: (await sum((k) => k.includes('}:task-leases:'))) / n,
     liveIndex: (await sum((k) => k.endsWith('}:leases-live'))) / n,
     auditStream: (await sum((k) => k.endsWith('}:audit'))) / n,
     taskAuditList: (await sum((k) => k.includes('}:task-audit:'))) / n,
@@ -340,6 +342,7 @@ export async function memoryBreakdown(ctx: Ctx, ids: string[], taskIds: string[]
     leases: n,
     leaseHash: round(parts.leaseHash),
     taskLeaseSet: round(parts.taskLeaseSet),
+    legacyLeaseSet: round(parts.legacyLeaseSet),
     liveIndex: round(parts.liveIndex),
     auditStream: round(parts.auditStream),
     taskAuditList: round(parts.taskAuditList),
@@ -360,7 +363,7 @@ export async function benchRevocation(redis: { url: string; redis: Redis }, log:
   );
   const m = complete.memory;
   log(
-    `memory per active lease: ${m.perLease} B = lease hash ${m.leaseHash} + task lease set ${m.taskLeaseSet} + live index ${m.liveIndex} + audit record ${m.auditStream} + task-audit entry ${m.taskAuditList}; task keys ${m.perTaskKeys} B per task`,
+    `memory per active lease: ${m.perLease} B = lease hash ${m.leaseHash} + task lease index ${m.taskLeaseSet} + previous release's lease set ${m.legacyLeaseSet} + live index ${m.liveIndex} + audit record ${m.auditStream} + task-audit entry ${m.taskAuditList}; task keys ${m.perTaskKeys} B per task`,
   );
   const kill = await withBroker(redis, 'bench-kill', (ctx) => killSwitch(ctx));
   log(
