@@ -4,6 +4,9 @@ import type { Deps } from '../deps.ts';
 import { identityOf } from './middleware.ts';
 import { RateLimited } from './rate-limit.ts';
 
+/** How long the slot of a read whose caller hung up stays taken if its route never answers. */
+const ABANDONED_MS = 60_000;
+
 /**
  * How many reads of lists, tasks, evidence and the audit log one caller identity may have running at once
  * in this process (`server.rateLimit.concurrentReads`). A page may read 500 records: forty at once from one
@@ -45,15 +48,38 @@ export function readSlots(deps: Pick<Deps, 'config' | 'metrics' | 'audit' | 'log
     }
     busy.set(id, n + 1);
     let freed = false;
+    let answered = false;
+    let done = false;
+    let lapse: NodeJS.Timeout | undefined;
     const free = () => {
       if (freed) return;
       freed = true;
+      clearTimeout(lapse);
       const left = (busy.get(id) ?? 1) - 1;
       if (left <= 0) busy.delete(id);
       else busy.set(id, left);
     };
-    res.on('finish', free);
-    res.on('close', free);
+    // The slot is the read's and its answer's, not the connection's: it is freed once the route has answered
+    // (every route and the problem handler end the response when their reads are done) AND the answer has
+    // gone out or its caller has gone. Freed on close alone, a caller that hung up at once had its read go on
+    // in the broker while the slot served its next request: sent one after another, any number of reads ran
+    // at once. Freed on the answer alone, a caller that never reads its answers would have the broker buffer
+    // any number of pages of up to 2 MB.
+    const end = res.end;
+    res.end = function (this: typeof res, ...args: unknown[]) {
+      answered = true;
+      if (done) free();
+      return (end as (...a: unknown[]) => typeof res).apply(this, args);
+    } as typeof res.end;
+    const gone = () => {
+      done = true;
+      if (answered) free();
+      // Only a safety net, should a route never end a response its caller abandoned: no read runs this long
+      // (each Redis command times out in redis.commandTimeoutMs), and a lost slot would refuse this caller for good.
+      else if (!freed) lapse ??= setTimeout(free, ABANDONED_MS).unref();
+    };
+    res.on('finish', gone);
+    res.on('close', gone);
     next();
   };
 }

@@ -78,3 +78,40 @@ test('a read refused by concurrentReads is an audited denial', async () => {
   expect(denials).toHaveLength(1);
   expect(denials[0]).toMatchObject({ decision: 'deny', detail: { budget: 'reads' } });
 });
+
+test('a caller that hangs up keeps its read slot until the read is done', async () => {
+  // The slot was freed on the socket's close: a caller that hung up at once had its read go on in the
+  // broker, every Redis read of it, while the slot served its next request; sent one after another, any
+  // number of reads ran at once.
+  const leases = t.broker.deps.leases as unknown as { getMany: (ids: string[]) => Promise<unknown[]> };
+  const real = leases.getMany.bind(leases);
+  let running = 0;
+  let most = 0;
+  leases.getMany = async (ids: string[]) => {
+    running += 1;
+    most = Math.max(most, running);
+    try {
+      await new Promise((r) => setTimeout(r, 400));
+      return await real(ids);
+    } finally {
+      running -= 1;
+    }
+  };
+  try {
+    for (let i = 0; i < 8; i++) {
+      const stop = new AbortController();
+      const sent = fetch(`${t.url}/v1/tasks/rs-1/leases?limit=500`, { headers: t.as(AGENT), signal: stop.signal }).catch(() => undefined);
+      await new Promise((r) => setTimeout(r, 40));
+      stop.abort();
+      await sent;
+      await new Promise((r) => setTimeout(r, 10));
+    }
+    await new Promise((r) => setTimeout(r, 500));
+  } finally {
+    leases.getMany = real;
+  }
+  expect(most).toBeLessThanOrEqual(2);
+  expect(running).toBe(0);
+  // Once those reads are done the caller reads again.
+  expect((await call(t.url, 'GET', '/v1/tasks/rs-1/leases?limit=5', t.as(AGENT))).status).toBe(200);
+});
