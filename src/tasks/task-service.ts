@@ -10,7 +10,7 @@ import type { LeaseRecord } from '../leases/types.ts';
 import { descriptorOf } from '../providers/index.ts';
 import { attenuate } from './delegation.ts';
 import { StaleTask, type TaskStore } from './task-store.ts';
-import { type Grant, rootTaskId, type TaskEndReason, type TaskFixed, type TaskRecord } from './types.ts';
+import { type Grant, rootTaskId, type TaskEndReason, type TaskFixed, type TaskRecord, type TaskStatus } from './types.ts';
 
 /** Longest task id the broker makes (a root id plus `~<name>` per delegation level). */
 const MAX_TASK_ID = 512;
@@ -150,9 +150,16 @@ export class TaskService {
     }
   }
 
-  /** A task and every task below it, breadth first (a sub-task whose record left Redis is left out). */
-  async tree(taskId: string): Promise<TaskRecord[]> {
-    return this.deps.tasks.getMany(await this.deps.tasks.subtree(taskId));
+  /** The ids of a task and every task below it, breadth first. */
+  async subtreeIds(taskId: string): Promise<string[]> {
+    return this.deps.tasks.subtree(taskId);
+  }
+
+  /** The status of each of these tasks, by id (a task whose record left Redis is left out). */
+  async statusesOf(taskIds: readonly string[]): Promise<Map<string, TaskStatus>> {
+    const unique = [...new Set(taskIds)];
+    const got = await this.deps.tasks.statusesOf(unique);
+    return new Map(unique.flatMap((id, i) => (got[i] ? [[id, got[i]] as const] : [])));
   }
 
   /** The task if `who` may read it (its orchestrator, its agent, an admin); denials are audited. */
