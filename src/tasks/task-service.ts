@@ -140,7 +140,12 @@ export class TaskService {
       case 'parent_missing':
         throw notFound('task_not_found', `No parent task ${body.parentTaskId}.`);
       case 'parent_not_open':
-        throw conflict('task_not_open', `Parent task ${body.parentTaskId} is not open.`);
+        // A 409 on an ended task is a denial like the 403s (docs/audit.md): recorded under the parent, as the others.
+        throw await denial(this.deps, who, conflict('task_not_open', `Parent task ${body.parentTaskId} is not open.`), {
+          action: 'access.deny',
+          taskId: body.parentTaskId,
+          detail: { subtask: task.taskId },
+        });
       case 'parent_stale':
         throw new StaleTask();
       case 'outlives_parent':
@@ -195,7 +200,13 @@ export class TaskService {
       });
     }
     const policies = await authorize(this.deps, who, 'completeTask', { type: 'Task', id: taskId }, { task: taskContext(task) }, { taskId });
-    if (task.status === 'expired') throw conflict('task_expired', `Task ${taskId} already expired; its leases were revoked.`);
+    // Completing a task that expired is refused on the task's state: a denial like the 403s (docs/audit.md).
+    const expired = async () =>
+      denial(this.deps, who, conflict('task_expired', `Task ${taskId} already expired; its leases were revoked.`), {
+        action: 'access.deny',
+        taskId,
+      });
+    if (task.status === 'expired') throw await expired();
     // Only the leases this call takes away: live when the task ended (its subtree's too). A repeat revokes none.
     let revoking = 0;
     if (task.status === 'open') {
@@ -208,7 +219,7 @@ export class TaskService {
         revoking = res.liveLeases;
         await this.deps.audit.appendOutbox(this.deps.keys.bucketOfTask(taskId), res.records, res.endedAt);
       } else if (res.kind === 'already' && res.status === 'expired') {
-        throw conflict('task_expired', `Task ${taskId} already expired; its leases were revoked.`);
+        throw await expired();
       }
     }
     // The caller is told the task has ended: a failover must not reopen it with its leases live.
