@@ -177,7 +177,7 @@ export async function startBroker(config: LoadedConfig, opts: BrokerOptions = {}
     // Before creating anything: a KEK that cannot open what is already sealed in Redis means a
     // misconfigured instance, which must not add keys of its own or run with stale secrets.
     await assertKekOpens(redis, keys, kek, ['aws', 'vault']);
-    const metrics = new Metrics({ defaultMetrics: true });
+    const metrics = new Metrics({ defaultMetrics: true, refreshMs: config.server.metricsRefreshSeconds * 1000 });
     const retentionMs = config.tasks.retentionSeconds * 1000;
     const leases = new LeaseStore({ redis, keys, retentionMs });
     metrics.activeLeasesSource = () => leases.liveCount();
@@ -205,7 +205,7 @@ export async function startBroker(config: LoadedConfig, opts: BrokerOptions = {}
       guardEpoch: true,
     });
     const sealKey = sealKeyOf(kek);
-    // Read from Redis on each scrape, so every instance reports the deployment's sealing, not only its own.
+    // Read from Redis (one reading per server.metricsRefreshSeconds), so every instance reports the deployment's sealing, not only its own.
     metrics.sealStatusSource = () => sealStatus(redis, keys, sealKey, clock.now(), config.audit.sealMaxAgeSeconds * 1000);
     const auditFile = resolvePath(config.audit.export.file);
     const auditExport = new AuditExporter({

@@ -1,5 +1,14 @@
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import type { SealStatus } from './audit/seal-status.ts';
+import { SharedReading } from './shared-reading.ts';
+
+/**
+ * Default of `server.metricsRefreshSeconds`: how long the Redis-backed gauges (active leases, seal ages,
+ * audit outboxes) reuse one reading. /metrics is unauthenticated, and one reading is several commands per
+ * bucket (about 6,000 at `redis.buckets: 1024`); with this, a flood of scrapes costs one reading per
+ * interval per process. Prometheus scrapes every 15-60 s, and every alert on these gauges is over minutes.
+ */
+export const DEFAULT_METRICS_REFRESH_MS = 15_000;
 
 /** Every metric the broker exports, on one registry per process (tests create their own). */
 export class Metrics {
@@ -21,17 +30,37 @@ export class Metrics {
   readonly outboxParked: Counter;
   readonly dataLoss: Counter<'kind'>;
 
-  /** Where the active-lease gauge reads from on each scrape (set once the lease store exists). */
+  /** Where the active-lease gauge reads from (set once the lease store exists); read at most once per refresh interval. */
   activeLeasesSource: (() => Promise<number>) | undefined;
   readonly sealAge: Gauge<'chain'>;
 
-  /** Where the audit outbox gauges read from on each scrape (src/audit/outbox.ts `outboxStats`). */
+  /** Where the audit outbox gauges read from (src/audit/outbox.ts `outboxStats`); at most once per refresh interval. */
   outboxSource: (() => Promise<{ records: number; oldestSeconds: number; parked: number }>) | undefined;
-  /** Where the seal-age gauge reads from on each scrape (set once the seal key exists). */
+  /** Where the seal-age gauge reads from (set once the seal key exists); at most once per refresh interval. */
   sealStatusSource: (() => Promise<SealStatus[]>) | undefined;
 
-  constructor(opts: { defaultMetrics?: boolean } = {}) {
+  /** The shared readings behind the Redis-backed gauges (SharedReading: one per interval, concurrent scrapes share it). */
+  readonly readings: {
+    activeLeases: SharedReading<number>;
+    sealStatus: SharedReading<SealStatus[]>;
+    outbox: SharedReading<{ records: number; oldestSeconds: number; parked: number }>;
+  };
+
+  /** `refreshMs`: how long the Redis-backed gauges reuse a reading (`server.metricsRefreshSeconds`). */
+  constructor(opts: { defaultMetrics?: boolean; refreshMs?: number } = {}) {
     const registers = [this.registry];
+    const every = opts.refreshMs ?? DEFAULT_METRICS_REFRESH_MS;
+    // Only read once its source is set (each collect() checks that first).
+    const unset = () => Promise.reject(new Error('not set'));
+    this.readings = {
+      activeLeases: new SharedReading(every, () => this.activeLeasesSource?.() ?? unset()),
+      // Redis unreachable: no sample rather than a stale one (and /metrics still answers).
+      sealStatus: new SharedReading(every, () => (this.sealStatusSource?.() ?? unset()).catch(() => [])),
+      // Redis failing: the gauges keep their last values.
+      outbox: new SharedReading(every, () => this.outboxSource?.() ?? unset()),
+    };
+    /** Seconds since a reading was taken: ages grow between readings, so an alert on them is never late by a reading's age. */
+    const since = (at: number) => (performance.now() - at) / 1000;
     this.issued = new Counter({
       name: 'jit_credentials_issued_total',
       help: 'Credentials issued',
@@ -64,7 +93,9 @@ export class Metrics {
       help: 'Leases not yet ended',
       registers,
       async collect() {
-        if (metrics.activeLeasesSource) this.set(await metrics.activeLeasesSource());
+        if (!metrics.activeLeasesSource) return;
+        const { value } = await metrics.readings.activeLeases.get();
+        if (value !== undefined) this.set(value);
       },
     });
     this.httpDuration = new Histogram({
@@ -92,14 +123,12 @@ export class Metrics {
       help: 'Whether the policy set in force is the one the last reload announced (0: not ready until it loads)',
       registers,
     });
-    // The audit outboxes (docs/audit.md): records of decisions on their way to their chain. One read per scrape
-    // serves the three gauges (each scrape collects them in turn; the first one reads).
-    let reading: Promise<{ records: number; oldestSeconds: number; parked: number } | undefined> | undefined;
-    const outbox = () => {
-      reading ??= (metrics.outboxSource?.() ?? Promise.resolve(undefined))
-        .catch(() => undefined) // Redis failing: the gauges keep their last values
-        .finally(() => setImmediate(() => (reading = undefined)));
-      return reading;
+    // The audit outboxes (docs/audit.md): records of decisions on their way to their chain. One reading serves
+    // the three gauges.
+    const outbox = async () => {
+      if (!metrics.outboxSource) return undefined;
+      const { value, at } = await metrics.readings.outbox.get();
+      return value && { ...value, oldestSeconds: value.records > 0 ? value.oldestSeconds + since(at) : 0 };
     };
     this.outboxRecords = new Gauge({
       name: 'jit_audit_outbox_records',
@@ -147,10 +176,9 @@ export class Metrics {
       registers,
       async collect() {
         if (!metrics.sealStatusSource) return;
+        const { value, at } = await metrics.readings.sealStatus.get();
         this.reset();
-        // Redis unreachable: no sample rather than a stale one (and /metrics still answers).
-        const status = await metrics.sealStatusSource().catch(() => []);
-        for (const s of status) if (s.ageMs !== undefined) this.set({ chain: String(s.chain) }, s.ageMs / 1000);
+        for (const s of value ?? []) if (s.ageMs !== undefined) this.set({ chain: String(s.chain) }, s.ageMs / 1000 + since(at));
       },
     });
     this.dataLoss = new Counter({

@@ -1,4 +1,4 @@
-import { deny } from '../authz.ts';
+import { deny, denial } from '../authz.ts';
 import type { Deps } from '../deps.ts';
 import { conflict, forbidden, notFound } from '../errors.ts';
 import type { WorkloadIdentity } from '../identity/types.ts';
@@ -68,7 +68,14 @@ export class ApprovalService {
       });
     }
     const taskStatus = await this.deps.tasks.status(r.taskId);
-    if (r.status === 'expired' || taskStatus !== 'open') throw conflict('approval_expired', 'The approval ended with its task.');
+    // Deciding on an ended task is a denial like the 403s (docs/audit.md: 409s on an ended task are records).
+    if (r.status === 'expired' || taskStatus !== 'open') {
+      throw await denial(this.deps, who, conflict('approval_expired', 'The approval ended with its task.'), {
+        action: 'approval.decide',
+        taskId: r.taskId,
+        detail: { approvalId },
+      });
+    }
     if (r.status !== 'pending') throw conflict('approval_decided', `The approval is already ${r.status}.`);
     const status = decision === 'approve' ? 'approved' : 'rejected';
     // The record goes to the bucket's audit outbox with the decision (approval-swap.lua): a process that

@@ -7,6 +7,7 @@ import { jwtSettingsSchema, type JwtSettings } from '../providers/jwt/config.ts'
 import { PROVIDERS, type RoleConfig } from '../providers/index.ts';
 import { RESERVED_NAMES } from './roles.ts';
 import { checkConsoleConfig, consoleSchema } from '../console/config.ts';
+import { DEFAULT_METRICS_REFRESH_MS } from '../metrics.ts';
 
 const jwksSchema = z.union([
   z.strictObject({ file: z.string().min(1) }),
@@ -110,6 +111,15 @@ export const configSchema = z
       shutdownGraceMs: z.int().min(0).max(60_000).default(10_000),
       /** Rate limits (contract sections 2 and 3); see src/http/rate-limit.ts. */
       rateLimit: rateLimitSchema,
+      /**
+       * How long the Redis-backed gauges of /metrics (active leases, seal ages, audit outboxes) reuse one
+       * reading: /metrics is unauthenticated, and a reading is several commands per bucket (src/metrics.ts).
+       */
+      metricsRefreshSeconds: z
+        .int()
+        .min(1)
+        .max(300)
+        .default(DEFAULT_METRICS_REFRESH_MS / 1000),
     }),
     redis: redisConfigSchema,
     identity: z

@@ -73,7 +73,7 @@ export function v1Routes(deps: Deps, services: Services, authenticate: RequestHa
   r.use(under(['/v1/admin/'], adminRoutes(deps, services, authenticate)));
   // Everything else under /v1 is JSON and needs an identity (and its rate limit), checked before the body is even parsed.
   r.use('/v1', authenticate, ...jsonBody(deps.config.server.bodyLimitBytes));
-  r.use(['/v1/tasks', '/v1/approvals', '/v1/audit'], readSlots(deps.config.server.rateLimit.concurrentReads, deps.metrics));
+  r.use(['/v1/tasks', '/v1/approvals', '/v1/audit'], readSlots(deps));
   r.use(
     firstOf(
       under(['/v1/tasks', '/v1/approvals', '/v1/audit'], listRoutes(services)),

@@ -9,6 +9,7 @@ import type { TaskRecord } from '../tasks/types.ts';
 import { LeaseStore } from './lease-store.ts';
 import type { LeaseRecord, RevokeReason } from './types.ts';
 import { taskOfLease } from '../tasks/incarnation.ts';
+import { type VerifiedToken, VerifiedTokens } from './verified-tokens.ts';
 
 /** RFC 7662 answer. Anything not active is exactly `{ active: false }`. */
 export type Introspection = { active: false } | ({ active: true } & Record<string, unknown>);
@@ -32,6 +33,8 @@ function verifiedBy(key: KeyObject, alg: unknown, input: Buffer, sig: Buffer): b
 /** Reading, revoking and introspecting leases. */
 export class LeaseService {
   private readonly deps: Deps;
+  /** Tokens whose signature introspection checked already (signature only: see verified-tokens.ts). */
+  private readonly verified = new VerifiedTokens();
   constructor(deps: Deps) {
     this.deps = deps;
   }
@@ -104,29 +107,56 @@ export class LeaseService {
    */
   async introspect(token: string | undefined): Promise<Introspection> {
     if (!token || token.length > 8192) return INACTIVE;
+    const now = this.deps.clock.now();
+    const signed = this.signed(token, now);
+    if (!signed) return INACTIVE;
+    const { claims } = signed;
+    if (claims.iss !== this.deps.config.server.publicUrl || typeof claims.exp !== 'number' || claims.exp * 1000 <= now) return INACTIVE;
+    if (typeof claims.jti !== 'string' || typeof claims.task_id !== 'string') return INACTIVE;
+    const [leaseStatus, taskStatus] = await Promise.all([this.deps.leases.status(claims.jti), this.deps.tasks.status(claims.task_id)]);
+    if (leaseStatus !== 'active' || taskStatus !== 'open') return INACTIVE;
+    const { scope, sub, aud, iss, exp, iat, jti, client_id, task_id, act } = claims;
+    return { active: true, token_type: 'Bearer', scope, sub, aud, iss, exp, iat, jti, client_id, task_id, ...(act ? { act } : {}) };
+  }
+
+  /**
+   * The token's header and claims if it is an at+jwt whose signature verifies with a key the broker
+   * publishes now. The same token seen before (with an `exp` not past) is not verified again, as long
+   * as the key it verified with is still the one published for its kid.
+   */
+  private signed(token: string, now: number): VerifiedToken | undefined {
+    const id = VerifiedTokens.id(token);
+    const seen = this.verified.get(id, now);
+    if (seen) {
+      const key = this.deps.signing.publicKey(seen.header.kid as string, now);
+      if (!key) return undefined; // its key left the JWKS (retired, or rotated away at once)
+      // Keys are re-read from Redis every few seconds (new objects, same key material).
+      if (key === seen.key || key.equals(seen.key)) {
+        seen.key = key;
+        return seen;
+      }
+    }
     const parts = token.split('.');
-    if (parts.length !== 3) return INACTIVE;
+    if (parts.length !== 3) return undefined;
     let header: Record<string, unknown>;
     let claims: Record<string, unknown>;
     try {
       header = JSON.parse(Buffer.from(parts[0]!, 'base64url').toString('utf8'));
       claims = JSON.parse(Buffer.from(parts[1]!, 'base64url').toString('utf8'));
     } catch {
-      return INACTIVE;
+      return undefined;
     }
-    if (header.typ !== 'at+jwt' || typeof header.kid !== 'string') return INACTIVE;
-    const key = this.deps.signing.publicKey(header.kid);
-    if (!key) return INACTIVE;
+    if (!header || !claims || typeof claims !== 'object') return undefined;
+    if (header.typ !== 'at+jwt' || typeof header.kid !== 'string') return undefined;
+    const key = this.deps.signing.publicKey(header.kid, now);
+    if (!key) return undefined;
     const input = Buffer.from(`${parts[0]}.${parts[1]}`);
     const sig = Buffer.from(parts[2]!, 'base64url');
-    if (!verifiedBy(key, header.alg, input, sig)) return INACTIVE;
-    if (claims.iss !== this.deps.config.server.publicUrl || typeof claims.exp !== 'number' || claims.exp * 1000 <= this.deps.clock.now())
-      return INACTIVE;
-    if (typeof claims.jti !== 'string' || typeof claims.task_id !== 'string') return INACTIVE;
-    const [leaseStatus, taskStatus] = await Promise.all([this.deps.leases.status(claims.jti), this.deps.tasks.status(claims.task_id)]);
-    if (leaseStatus !== 'active' || taskStatus !== 'open') return INACTIVE;
-    const { scope, sub, aud, iss, exp, iat, jti, client_id, task_id, act } = claims;
-    return { active: true, token_type: 'Bearer', scope, sub, aud, iss, exp, iat, jti, client_id, task_id, ...(act ? { act } : {}) };
+    if (!verifiedBy(key, header.alg, input, sig)) return undefined;
+    const verified = { key, header, claims };
+    // Only until its exp: after that it is inactive whatever its signature (and a token without one is not kept).
+    if (typeof claims.exp === 'number' && Number.isFinite(claims.exp)) this.verified.remember(id, verified, claims.exp * 1000);
+    return verified;
   }
 }
 

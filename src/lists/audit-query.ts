@@ -44,10 +44,14 @@ const idMs = (id: string) => Number(id.slice(0, id.indexOf('-')));
 const SCAN_BUDGET = 20_000;
 
 /**
- * How many of a task's records one filtered page of `GET /v1/audit?taskId=` reads at most (each a stream
- * read) before answering with what matched; its cursor goes on from there.
+ * How many of a task's records one filtered page of `GET /v1/audit?taskId=` (`actor`, `action`, `since`,
+ * `until`) reads at most, whatever its `limit`, before answering with what matched (possibly nothing);
+ * its `nextCursor` goes on from the last record read, so paging to the end finds every match. Each record
+ * is a stream read, and a filter that matches nothing returns nothing for them: at 500 a page cost 500
+ * Redis reads for an empty answer, and the task's agent may ask that 50 times a second. One round of the
+ * reads a request may have in flight (fromIds), so a filtered page is one round trip of at most 100 reads.
  */
-const FILTERED_SCAN = 500;
+export const FILTERED_READS = 100;
 
 /**
  * `GET /v1/audit` and the audit part of `GET /v1/tasks/{id}/evidence`: oldest
@@ -93,7 +97,7 @@ export class AuditReader {
           : undefined;
       return this.fromIds(
         this.deps.keys.bucketOfTask(q.taskId),
-        await this.taskIds([q.taskId], after, filtered ? Math.max(q.limit, FILTERED_SCAN) : q.limit),
+        await this.taskIds([q.taskId], after, filtered ? FILTERED_READS : q.limit),
         after,
         q.limit,
         bind,

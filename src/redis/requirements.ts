@@ -7,8 +7,14 @@ import { isPermissionReply, isRedisUnavailable, redisReply } from './unavailable
 
 /** How long one round of checks may take before /readyz keeps the last round's answer (ms). */
 const CHECK_MS = 1000;
-/** /readyz runs the checks at most this often, shared by concurrent probes (ms). */
-const CHECK_EVERY_MS = 1000;
+/**
+ * /readyz runs the checks at most this often, shared by concurrent probes (ms). A round is about ten
+ * requests (one a script running ~70 commands), and what it checks changes only when an operator changes
+ * Redis (its eviction policy, the ACL user); a request that meets a refused command answers 503 at once
+ * anyway. So a problem shows on /readyz within this plus CHECK_MS (about 6 s), and a flood of /readyz
+ * costs one round per interval. Whether Redis answers and takes writes is /readyz's own probe, every second.
+ */
+export const CHECK_EVERY_MS = 5000;
 
 const probe = script('redis-probe');
 
@@ -132,7 +138,7 @@ export class RedisRequirements {
   }
 
   /**
-   * For /readyz: the problems, checked at most once a second (concurrent probes share a round). A round that
+   * For /readyz: the problems, checked at most once per CHECK_EVERY_MS (concurrent probes share a round). A round that
    * cannot finish in time, or finds nothing while some check could not run (Redis down, stalled or full, which
    * `checks.redis` reports), keeps the last answer.
    * Logs each change: an error naming the problems when one appears, a line when they are gone.

@@ -10,7 +10,7 @@ import type { LeaseRecord } from '../leases/types.ts';
 import { descriptorOf } from '../providers/index.ts';
 import { attenuate } from './delegation.ts';
 import { StaleTask, type TaskStore } from './task-store.ts';
-import { type Grant, rootTaskId, type TaskEndReason, type TaskFixed, type TaskRecord } from './types.ts';
+import { type Grant, rootTaskId, type TaskEndReason, type TaskFixed, type TaskRecord, type TaskStatus } from './types.ts';
 
 /** Longest task id the broker makes (a root id plus `~<name>` per delegation level). */
 const MAX_TASK_ID = 512;
@@ -140,7 +140,12 @@ export class TaskService {
       case 'parent_missing':
         throw notFound('task_not_found', `No parent task ${body.parentTaskId}.`);
       case 'parent_not_open':
-        throw conflict('task_not_open', `Parent task ${body.parentTaskId} is not open.`);
+        // A 409 on an ended task is a denial like the 403s (docs/audit.md): recorded under the parent, as the others.
+        throw await denial(this.deps, who, conflict('task_not_open', `Parent task ${body.parentTaskId} is not open.`), {
+          action: 'access.deny',
+          taskId: body.parentTaskId,
+          detail: { subtask: task.taskId },
+        });
       case 'parent_stale':
         throw new StaleTask();
       case 'outlives_parent':
@@ -150,9 +155,16 @@ export class TaskService {
     }
   }
 
-  /** A task and every task below it, breadth first (a sub-task whose record left Redis is left out). */
-  async tree(taskId: string): Promise<TaskRecord[]> {
-    return this.deps.tasks.getMany(await this.deps.tasks.subtree(taskId));
+  /** The ids of a task and every task below it, breadth first. */
+  async subtreeIds(taskId: string): Promise<string[]> {
+    return this.deps.tasks.subtree(taskId);
+  }
+
+  /** The status of each of these tasks, by id (a task whose record left Redis is left out). */
+  async statusesOf(taskIds: readonly string[]): Promise<Map<string, TaskStatus>> {
+    const unique = [...new Set(taskIds)];
+    const got = await this.deps.tasks.statusesOf(unique);
+    return new Map(unique.flatMap((id, i) => (got[i] ? [[id, got[i]] as const] : [])));
   }
 
   /** The task if `who` may read it (its orchestrator, its agent, an admin); denials are audited. */
@@ -188,7 +200,13 @@ export class TaskService {
       });
     }
     const policies = await authorize(this.deps, who, 'completeTask', { type: 'Task', id: taskId }, { task: taskContext(task) }, { taskId });
-    if (task.status === 'expired') throw conflict('task_expired', `Task ${taskId} already expired; its leases were revoked.`);
+    // Completing a task that expired is refused on the task's state: a denial like the 403s (docs/audit.md).
+    const expired = async () =>
+      denial(this.deps, who, conflict('task_expired', `Task ${taskId} already expired; its leases were revoked.`), {
+        action: 'access.deny',
+        taskId,
+      });
+    if (task.status === 'expired') throw await expired();
     // Only the leases this call takes away: live when the task ended (its subtree's too). A repeat revokes none.
     let revoking = 0;
     if (task.status === 'open') {
@@ -201,7 +219,7 @@ export class TaskService {
         revoking = res.liveLeases;
         await this.deps.audit.settleOutbox(this.deps.keys.bucketOfTask(taskId), res.records, res.endedAt);
       } else if (res.kind === 'already' && res.status === 'expired') {
-        throw conflict('task_expired', `Task ${taskId} already expired; its leases were revoked.`);
+        throw await expired();
       }
     }
     // The caller is told the task has ended: a failover must not reopen it with its leases live.

@@ -217,6 +217,15 @@ export class TaskStore {
   }
 
   /**
+   * Each task's status, in `taskIds` order (undefined where the task is gone): what a lease page shows of its
+   * leases' tasks, without reading whole records (a tree's may be 51 of ~36 KB each).
+   */
+  async statusesOf(taskIds: readonly string[]): Promise<(TaskStatus | undefined)[]> {
+    const rows = await Promise.all(taskIds.map((id) => this.redis.hget(this.keys.task(id), 'status')));
+    return rows.map((s) => (s ?? undefined) as TaskStatus | undefined);
+  }
+
+  /**
    * The small fields list filters need (no `d`: a record may be tens of KB), in `taskIds` order, undefined
    * where the task is gone. `d` is read only for a task stored before its opener was a plain field.
    */

@@ -15,7 +15,10 @@ import { ADMIN, AGENT, auditRecords, call, ORCH, openAgentTask, startTestBroker,
  */
 let t: TestBroker;
 beforeAll(async () => {
-  t = await startTestBroker('outbox-recovery');
+  // The outbox gauges reuse one reading for metricsRefreshSeconds (src/metrics.ts): the shortest, so they follow below.
+  t = await startTestBroker('outbox-recovery', {
+    config: { server: { port: 0, publicUrl: 'http://127.0.0.1:8080', metricsRefreshSeconds: 1 } },
+  });
 });
 afterAll(async () => {
   await t.close();
@@ -274,7 +277,7 @@ test('a member that is not a record of its chain is parked and audited without h
   const elsewhere = outboxMember({ action: 'task.complete', actor: 'broker', decision: 'ok', taskId: other });
   const old = Date.now() - 120_000;
   await redis.zadd(keys.auditOutbox(b), old, 'not a record', old, '{"action":1}', old + 1, elsewhere, old + 2, good);
-  expect(await metric('jit_audit_outbox_records')).toBe(4);
+  await waitFor(async () => (await metric('jit_audit_outbox_records')) === 4, 5000);
   expect(await metric('jit_audit_outbox_oldest_seconds')).toBeGreaterThanOrEqual(119);
   await t.broker.outbox.pass();
   const recs = await auditRecords(redis, keys);
@@ -287,7 +290,8 @@ test('a member that is not a record of its chain is parked and audited without h
   );
   expect(await redis.zcard(keys.auditOutbox(b))).toBe(0);
   expect((await redis.zrange(keys.auditOutboxParked(b), '0', '-1')).sort()).toEqual(['not a record', '{"action":1}', elsewhere].sort());
-  expect(await metric('jit_audit_outbox_records')).toBe(0);
+  // The next reading (at most a refresh interval later) shows the outbox emptied and the parked members.
+  await waitFor(async () => (await metric('jit_audit_outbox_records')) === 0, 5000);
   expect(await metric('jit_audit_outbox_oldest_seconds')).toBe(0);
   expect(await metric('jit_audit_outbox_parked')).toBe(3);
   expect(await metric('jit_audit_outbox_poison_total')).toBe(3);

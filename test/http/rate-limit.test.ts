@@ -57,8 +57,10 @@ describe('defaults', () => {
     });
     const orch = t.as(ORCH);
     const started = Date.now();
+    // A lease read, not a task read: 300 task reads at once would also meet server.rateLimit.concurrentReads
+    // (16 running at once), and the burst would not all pass.
     const statuses = await Promise.all(
-      Array.from({ length: 300 }, async () => (await call(t.url, 'GET', '/v1/tasks/t-none', orch)).status),
+      Array.from({ length: 300 }, async () => (await call(t.url, 'GET', `/v1/leases/${'0'.repeat(32)}`, orch)).status),
     );
     const seconds = (Date.now() - started) / 1000;
     const ok = statuses.filter((s) => s === 404).length;
@@ -161,7 +163,8 @@ describe('per identity, across instances', () => {
   });
 
   test('perSecond: 0 turns a limit off', async () => {
-    const t = await broker('rl-off', { perSecond: 0, unauthenticated: { perSecond: 0 } });
+    // concurrentReads: 0 too: 150 reads at once would otherwise meet that bound (16), whatever perSecond says.
+    const t = await broker('rl-off', { perSecond: 0, unauthenticated: { perSecond: 0 }, concurrentReads: 0 });
     const statuses = await Promise.all(
       Array.from({ length: 150 }, async () => (await call(t.url, 'GET', '/v1/tasks/t-none', t.as(ORCH))).status),
     );

@@ -4,6 +4,7 @@ import { Redis } from 'ioredis';
 import { silentLogger } from '../../src/logger.ts';
 import { Keys } from '../../src/redis/keys.ts';
 import { RedisRequirements } from '../../src/redis/requirements.ts';
+import { CHECK_EVERY_MS } from '../../src/redis/requirements.ts';
 import { AGENT, ORCH, call, startTestBroker, testConfigFile, waitFor } from '../helpers/broker.ts';
 import { TestIssuer } from '../helpers/identity.ts';
 import { type RedisStandalone, startStandalone } from '../helpers/redis-topology.ts';
@@ -129,17 +130,18 @@ test('a user losing ZADD while the broker runs: /readyz 503 naming it, requests 
   try {
     expect((await open(t, 'before')).status).toBe(201);
     await brokerUser('+@all', '-zadd');
+    // The setup checks run at most every CHECK_EVERY_MS (5 s; src/redis/requirements.ts).
     const ready = await waitFor(async () => {
       const r = await call(t.url, 'GET', '/readyz', {});
       return r.status === 503 && r;
-    });
+    }, CHECK_EVERY_MS + 5000);
     expect(ready.body.checks).toMatchObject({ redis: true, redisSetup: false });
     expect(ready.body.problems).toEqual([expect.stringMatching(/^the Redis user may not run ZADD \(NOPERM\)/)]);
     // Before: 500 internal_error.
     const refused = await open(t, 'during');
     expect({ status: refused.status, code: refused.body.code }).toEqual({ status: 503, code: 'not_ready' });
     await brokerUser('+@all');
-    await waitFor(async () => (await call(t.url, 'GET', '/readyz', {})).status === 200);
+    await waitFor(async () => (await call(t.url, 'GET', '/readyz', {})).status === 200, CHECK_EVERY_MS + 5000);
     expect((await open(t, 'after')).status).toBe(201);
   } finally {
     await t.broker.close();

@@ -1,4 +1,5 @@
 import type { Redis } from 'ioredis';
+import { CHECK_EVERY_MS } from '../../src/redis/requirements.ts';
 import { call, startTestBroker, waitFor } from '../helpers/broker.ts';
 import { capturingLogger } from '../helpers/log-capture.ts';
 import { type RedisStandalone, startStandalone } from '../helpers/redis-topology.ts';
@@ -49,20 +50,21 @@ test('a Redis switched to volatile-lru under a running broker: /readyz 503 namin
   try {
     expect((await call(t.url, 'GET', '/readyz', {})).body).toMatchObject({ status: 'ready', checks: { redisSetup: true } });
     await setPolicy('volatile-lru');
+    // The setup checks run at most every CHECK_EVERY_MS (5 s; src/redis/requirements.ts).
     const r = await waitFor(async () => {
       const r = await call(t.url, 'GET', '/readyz', {});
       return r.status === 503 && r;
-    });
+    }, CHECK_EVERY_MS + 5000);
     expect(r.body.checks).toMatchObject({ redis: true, redisSetup: false });
     expect(r.body.problems).toEqual([expect.stringMatching(/^maxmemory-policy is volatile-lru; the broker needs noeviction/)]);
-    // Still not ready a second later (a new round), and said once in the log, not once per probe.
-    await new Promise((res) => setTimeout(res, 1100));
+    // Still not ready after a new round, and said once in the log, not once per probe.
+    await new Promise((res) => setTimeout(res, CHECK_EVERY_MS + 100));
     expect((await call(t.url, 'GET', '/readyz', {})).status).toBe(503);
     const said = lines.filter((l) => l.msg.startsWith('Redis does not suit the broker'));
     expect(said).toEqual([expect.objectContaining({ problems: r.body.problems })]);
 
     await setPolicy('noeviction');
-    await waitFor(async () => (await call(t.url, 'GET', '/readyz', {})).status === 200);
+    await waitFor(async () => (await call(t.url, 'GET', '/readyz', {})).status === 200, CHECK_EVERY_MS + 5000);
     expect(lines.filter((l) => l.msg === 'Redis suits the broker again')).toHaveLength(1);
   } finally {
     await setPolicy('noeviction');

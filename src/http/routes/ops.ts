@@ -7,9 +7,18 @@ import type { Services } from '../services.ts';
 import { identityOf, jsonBody, validBody, validQuery } from '../middleware.ts';
 import { rotateSchema } from '../schemas.ts';
 import pTimeout from 'p-timeout';
+import { SharedReading } from '../../shared-reading.ts';
 
 /** How long one round of upstream readiness checks answers /readyz (ms). */
 const UPSTREAM_CHECK_MS = 1000;
+
+/**
+ * How long one Redis probe of /readyz (ROLE and a write, or CLUSTER INFO) answers every probe of this
+ * instance (ms). /readyz is unauthenticated: without this each request was two Redis commands. With it a
+ * flood costs one probe a second, and /readyz answers 503 at most REDIS_PROBE_MS plus the probe's own 1 s
+ * deadline (about 2 s) after Redis stops answering or taking writes.
+ */
+export const REDIS_PROBE_MS = 1000;
 
 /** Bounded wait for a readiness probe step (rejects with a TimeoutError past `ms`). */
 const within = <T>(p: Promise<T>, ms: number): Promise<T> => pTimeout(p, { milliseconds: ms });
@@ -49,6 +58,10 @@ export function opsRoutes(
     }
     return upstreamCheck.result;
   };
+  // Concurrent probes share one; writableMaster never throws (a Redis that does not answer in 1 s is `false`).
+  const redisProbe = new SharedReading(REDIS_PROBE_MS, () =>
+    writableMaster(deps.redis, { timeoutMs: 1000, probeKey: deps.keys.plain('readyz', 'probe') }),
+  );
   r.get('/healthz', (_req, res) => {
     res.json({ status: 'ok' });
   });
@@ -60,13 +73,10 @@ export function opsRoutes(
       accepting: !state.isShuttingDown(),
       signingKeys: state.isRecovered() && deps.signing.size > 0,
     };
-    // A writable master (a replica left behind by a failover is not ready), within a second.
+    // A writable master (a replica left behind by a failover is not ready), within a second (REDIS_PROBE_MS).
     // An evicting policy, an ACL that lost a command: the broker would lose records or fail every request.
-    const [writable, problems] = await Promise.all([
-      writableMaster(deps.redis, { timeoutMs: 1000, probeKey: deps.keys.plain('readyz', 'probe') }),
-      state.redisProblems?.() ?? [],
-    ]);
-    checks.redis = writable;
+    const [writable, problems] = await Promise.all([redisProbe.get(), state.redisProblems?.() ?? []]);
+    checks.redis = writable.value === true;
     checks.redisSetup = problems.length === 0;
     const upstreams = await upstreamChecks();
     // An upstream that is down is reported only; one that refuses this instance's own credentials makes it unready.

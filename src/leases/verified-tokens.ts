@@ -1,0 +1,60 @@
+import { hash, type KeyObject } from 'node:crypto';
+
+/**
+ * Tokens the broker minted whose signature introspection has already checked. A resource server
+ * introspects the same token on every call it receives, and the signature check (ECDSA P-256 verify,
+ * ~100-200 µs) was the largest part of an introspection's CPU. Checking it again for the same bytes
+ * under the same key gives the same answer, so a token seen before skips it; everything else (the key
+ * still published, the claims, the lease and task status in Redis) is checked on every call.
+ *
+ * Only tokens whose signature verified are kept, so only the broker's own tokens (each one an issuance)
+ * can fill it, and it holds at most MAX_ENTRIES of them, each until its `exp`, the oldest leaving first.
+ * Keyed by the SHA-256 of the whole token: the tokens themselves (bearer credentials) are not kept.
+ */
+export const MAX_ENTRIES = 10_000;
+
+export interface VerifiedToken {
+  /** The key the signature verified with (compared with the key published for `kid` on every use). */
+  key: KeyObject;
+  header: Record<string, unknown>;
+  claims: Record<string, unknown>;
+}
+
+export class VerifiedTokens {
+  private readonly entries = new Map<string, VerifiedToken & { untilMs: number }>();
+  private readonly max: number;
+
+  constructor(max = MAX_ENTRIES) {
+    this.max = max;
+  }
+
+  /** What a token is kept under: its SHA-256 (one-shot `crypto.hash`: a createHash object costs more than the hash). */
+  static id(token: string): string {
+    return hash('sha256', token, 'base64url');
+  }
+
+  /** The entry of token id `id` if it verified before and its `exp` (ms) is not past at `nowMs`. */
+  get(id: string, nowMs: number): VerifiedToken | undefined {
+    const e = this.entries.get(id);
+    if (!e) return undefined;
+    if (e.untilMs <= nowMs) {
+      this.entries.delete(id);
+      return undefined;
+    }
+    return e;
+  }
+
+  /** Remembers a token whose signature verified under `key`, until `untilMs` (its exp). */
+  remember(id: string, entry: VerifiedToken, untilMs: number): void {
+    if (this.entries.size >= this.max) {
+      // Oldest first (Map keeps insertion order); an expired one would have left on its next get.
+      const oldest = this.entries.keys().next().value;
+      if (oldest !== undefined) this.entries.delete(oldest);
+    }
+    this.entries.set(id, { ...entry, untilMs });
+  }
+
+  get size(): number {
+    return this.entries.size;
+  }
+}

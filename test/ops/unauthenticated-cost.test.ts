@@ -1,0 +1,143 @@
+import { afterAll, beforeAll, expect, test } from '@jest/globals';
+import type { Redis } from 'ioredis';
+import { outboxMember } from '../../src/audit/outbox-member.ts';
+import { REDIS_PROBE_MS } from '../../src/http/routes/ops.ts';
+import { AGENT, ORCH, call, startTestBroker, type TestBroker, waitFor } from '../helpers/broker.ts';
+import { type RedisStandalone, startStandalone } from '../helpers/redis-topology.ts';
+
+/**
+ * What anyone who can reach the broker makes it send to Redis through the unauthenticated routes. Found in
+ * review: one `GET /metrics` was about 6,000 commands at `redis.buckets: 1024` (the active-lease, seal-age
+ * and outbox gauges read every bucket on every scrape), so a scrape flood was a flood of Redis (and the
+ * stall guard answered 503 to everyone); every `GET /readyz` sent ROLE and SET. Counted here with INFO
+ * commandstats on a Redis of this file's own, so nothing else's commands are counted.
+ */
+let redis: RedisStandalone;
+let admin: Redis;
+let t: TestBroker;
+const BUCKETS = 64;
+
+beforeAll(async () => {
+  redis = await startStandalone();
+  admin = redis.client();
+  t = await startTestBroker('unauth-cost', {
+    config: {
+      server: { port: 0, publicUrl: 'http://127.0.0.1:8080', metricsRefreshSeconds: 1 },
+      redis: { url: redis.url, prefix: 'cost', buckets: BUCKETS },
+    },
+    // API only, no periodic data-loss check: the broker's own background commands stay few.
+    broker: { worker: false, dataLossCheckMs: 600_000 },
+  });
+}, 60_000);
+afterAll(async () => {
+  await t?.broker.close().catch(() => {});
+  admin?.disconnect();
+  await redis?.stop();
+});
+
+/** Calls per command since the server started (INFO commandstats). */
+async function commandStats(): Promise<Record<string, number>> {
+  const out: Record<string, number> = {};
+  for (const line of String(await admin.info('commandstats')).split('\n')) {
+    const m = /^cmdstat_([^:]+):calls=(\d+)/.exec(line);
+    if (m) out[m[1]!] = Number(m[2]);
+  }
+  return out;
+}
+
+/** Commands the broker sent while `f` ran (this test's own INFO excluded), by command. */
+async function sent(f: () => Promise<unknown>): Promise<{ total: number; by: Record<string, number> }> {
+  const before = await commandStats();
+  await f();
+  const after = await commandStats();
+  const by: Record<string, number> = {};
+  let total = 0;
+  for (const [k, v] of Object.entries(after)) {
+    const d = v - (before[k] ?? 0);
+    if (k === 'info' || d <= 0) continue;
+    by[k] = d;
+    total += d;
+  }
+  return { total, by };
+}
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+const get = async (path: string) => {
+  const res = await fetch(`${t.url}${path}`);
+  return { status: res.status, text: await res.text() };
+};
+const gauge = (text: string, name: string) =>
+  Number(
+    text
+      .split('\n')
+      .find((l) => l.startsWith(`${name} `))
+      ?.split(' ')[1],
+  );
+
+test('a flood of /metrics scrapes costs one reading of Redis per interval, and the gauges still follow Redis', async () => {
+  await sleep(1100); // whatever startup read is stale now
+  const one = await sent(() => get('/metrics'));
+  // The reading: a ZCARD per bucket (leases), two GETs per chain (seal), three reads per chain (outbox).
+  expect(one.total).toBeGreaterThanOrEqual(6 * BUCKETS);
+  await sleep(1100);
+  const flood = await sent(async () => {
+    const answers = await Promise.all(Array.from({ length: 50 }, () => get('/metrics')));
+    expect(answers.every((a) => a.status === 200 && a.text.includes('jit_active_leases'))).toBe(true);
+  });
+  // Fifty concurrent scrapes share one reading (before: fifty readings, 50 × 6 × 64 commands).
+  expect(flood.total).toBeLessThanOrEqual(one.total + 20);
+  // Within the interval: no reading at all.
+  const again = await sent(() => Promise.all(Array.from({ length: 20 }, () => get('/metrics'))));
+  expect(again.total).toBeLessThanOrEqual(10);
+
+  // The state changes: the gauges show it once the interval has passed.
+  const taskId = 'cost-task';
+  expect(
+    (
+      await call(t.url, 'POST', '/v1/tasks', t.as(ORCH), {
+        taskId,
+        agent: `spiffe://dev.local${AGENT}`,
+        tenant: 'acme',
+        purpose: 'p',
+        ttlSeconds: 600,
+        grants: [{ role: 'demo-api' }],
+      })
+    ).status,
+  ).toBe(201);
+  expect((await call(t.url, 'POST', '/v1/credentials', t.as(AGENT), { taskId, role: 'demo-api' })).status).toBe(201);
+  const { keys } = t.broker.deps;
+  const old = Date.now() - 60_000;
+  await t.broker.deps.redis.zadd(keys.auditOutbox(3), old, outboxMember({ action: 'task.complete', actor: 'broker', decision: 'ok' }));
+  const moved = await waitFor(async () => {
+    const m = (await get('/metrics')).text;
+    return gauge(m, 'jit_active_leases') === 1 && gauge(m, 'jit_audit_outbox_records') === 1 && m;
+  }, 5000);
+  // The oldest record's age, as of the scrape: at least what it was when read.
+  expect(gauge(moved, 'jit_audit_outbox_oldest_seconds')).toBeGreaterThanOrEqual(59);
+  await t.broker.deps.redis.del(keys.auditOutbox(3));
+  await waitFor(async () => gauge((await get('/metrics')).text, 'jit_audit_outbox_records') === 0, 5000);
+}, 60_000);
+
+test('a flood of /readyz costs one Redis probe a second, and /readyz turns 503 within about 2 s of Redis going away', async () => {
+  await get('/readyz');
+  const started = performance.now();
+  const flood = await sent(async () => {
+    for (let round = 0; round < 10; round++) {
+      const answers = await Promise.all(Array.from({ length: 20 }, () => get('/readyz')));
+      expect(answers.every((a) => a.status === 200)).toBe(true);
+    }
+  });
+  const seconds = (performance.now() - started) / 1000;
+  // 200 probes: one ROLE and one SET per second at most (before: one each per probe).
+  expect(flood.by.set ?? 0).toBeLessThanOrEqual(Math.ceil(seconds * (1000 / REDIS_PROBE_MS)) + 1);
+  expect(flood.by.role ?? 0).toBeLessThanOrEqual(Math.ceil(seconds * (1000 / REDIS_PROBE_MS)) + 2);
+  expect(flood.total).toBeLessThan(200);
+
+  // Redis goes away: /readyz says so within the probe's reuse (1 s) plus its deadline (1 s), with slack.
+  await redis.kill();
+  const down = performance.now();
+  await waitFor(async () => (await get('/readyz')).status === 503, 5000, 50);
+  expect(performance.now() - down).toBeLessThan(REDIS_PROBE_MS + 1000 + 1000);
+  await redis.restart();
+  await waitFor(async () => (await get('/readyz')).status === 200, 15_000, 100);
+}, 60_000);
