@@ -1,4 +1,5 @@
 import { hash, type KeyObject } from 'node:crypto';
+import { LRUCache } from 'lru-cache';
 
 /**
  * Tokens the broker minted whose signature introspection has already checked. A resource server
@@ -8,7 +9,8 @@ import { hash, type KeyObject } from 'node:crypto';
  * still published, the claims, the lease and task status in Redis) is checked on every call.
  *
  * Only tokens whose signature verified are kept, so only the broker's own tokens (each one an issuance)
- * can fill it, and it holds at most MAX_ENTRIES of them, each until its `exp`, the oldest leaving first.
+ * can fill it, and it holds at most MAX_ENTRIES of them, each until its `exp` (on the broker's clock), the
+ * least recently used leaving first (lru-cache: a token introspected on every call stays).
  * Keyed by the SHA-256 of the whole token: the tokens themselves (bearer credentials) are not kept.
  */
 export const MAX_ENTRIES = 10_000;
@@ -21,11 +23,10 @@ export interface VerifiedToken {
 }
 
 export class VerifiedTokens {
-  private readonly entries = new Map<string, VerifiedToken & { untilMs: number }>();
-  private readonly max: number;
+  private readonly entries: LRUCache<string, VerifiedToken & { untilMs: number }>;
 
   constructor(max = MAX_ENTRIES) {
-    this.max = max;
+    this.entries = new LRUCache({ max });
   }
 
   /** What a token is kept under: its SHA-256 (one-shot `crypto.hash`: a createHash object costs more than the hash). */
@@ -46,11 +47,6 @@ export class VerifiedTokens {
 
   /** Remembers a token whose signature verified under `key`, until `untilMs` (its exp). */
   remember(id: string, entry: VerifiedToken, untilMs: number): void {
-    if (this.entries.size >= this.max) {
-      // Oldest first (Map keeps insertion order); an expired one would have left on its next get.
-      const oldest = this.entries.keys().next().value;
-      if (oldest !== undefined) this.entries.delete(oldest);
-    }
     this.entries.set(id, { ...entry, untilMs });
   }
 
