@@ -27,11 +27,13 @@ interface Reading {
  * few records reads the last few kilobytes, not the whole history (a file
  * grows to `audit.export.maxFileBytes`; rotated files are kept forever), in
  * bounded memory (a chunk, a line, and the records after each `since`). A
- * chain whose `since` is undefined is only reported from what is read
- * anyway. A chain with a `since` absent from the end of the export (idle,
- * or never exported) sends the read further back, up to every file.
- * Duplicated lines (a crash between append and marker) are read once. A file
- * of another deployment fails.
+ * chain whose `since` is undefined is only reported from what is read. A
+ * chain with a `since` absent from the end of the export (idle, or never
+ * exported) sends the read further back, up to every file. With
+ * `opts.before`, the read instead stops at the first line (from the end) it
+ * accepts: what the export held before that line does not matter to the
+ * caller. Duplicated lines (a crash between append and marker) are read
+ * once. A file of another deployment fails.
  */
 export async function readExportTail(
   file: string,
@@ -39,7 +41,7 @@ export async function readExportTail(
   since: (chain: AuditChain) => number | undefined,
   keep: (r: AuditRecord) => boolean,
   chains: readonly AuditChain[],
-  opts: { hashes: boolean },
+  opts: { hashes: boolean; before?: (chain: AuditChain, seq: number) => boolean },
 ): Promise<Map<AuditChain, ChainTail>> {
   const out = new Map<AuditChain, Reading>();
   const of = (chain: AuditChain): Reading => {
@@ -52,9 +54,11 @@ export async function readExportTail(
   };
   // Seqs only go down as the read goes back: done once every chain reached back to its `since`.
   const open = new Set(chains.filter((c) => since(c) !== undefined));
+  const done = () => (opts.before ? false : open.size === 0);
+  let stopped = false;
   const files = (await exportFiles(file)).reverse();
   for (const path of files) {
-    if (open.size === 0) break;
+    if (stopped || done()) break;
     const f = await openExportFileBackward(path);
     try {
       if (f.header !== prefix) {
@@ -68,6 +72,10 @@ export async function readExportTail(
         if (e.kind !== 'record') continue;
         const r = e.record;
         if (!Number.isSafeInteger(r.seq) || typeof r.hash !== 'string') continue;
+        if (opts.before?.(e.chain, r.seq)) {
+          stopped = true;
+          break;
+        }
         const t = of(e.chain);
         t.reached = Math.min(t.reached, r.seq);
         if (!t.last || r.seq > t.last.seq) t.last = { seq: r.seq, hash: r.hash };
@@ -76,7 +84,7 @@ export async function readExportTail(
           if (opts.hashes && !t.hashes.has(r.seq)) t.hashes.set(r.seq, r.hash);
           if (!t.kept.has(r.seq) && keep(r)) t.kept.set(r.seq, r);
         }
-        if (s !== undefined && t.reached <= s + 1 && open.delete(e.chain) && open.size === 0) break;
+        if (s !== undefined && t.reached <= s + 1 && open.delete(e.chain) && done()) break;
       }
     } finally {
       await f.close();

@@ -144,22 +144,30 @@ export class RollbackWatch {
   /**
    * A process's first look at a dataset: whether the export holds any chain
    * further than Redis (a rollback while no instance ran, or one no running
-   * instance noticed). Reads the export from its newest file back only as far
-   * as Redis's heads.
+   * instance noticed). Reads the export from its end back to the first line
+   * of a record Redis's export markers say was exported: that line, and every
+   * line before it, was written before that marker, so before Redis's state
+   * (a snapshot, or what a promoted replica had received) was taken, and
+   * holds a record Redis has. Only lines after it can be ahead of Redis; in
+   * a steady deployment that is the last few lines. (No marker at all: the
+   * whole export, as everything in it may be newer than Redis's state.)
    */
   async againstExport(file: string, prefix: string): Promise<RollbackSign | undefined> {
     if (this.generation === undefined) this.recoveries = await this.redis.lrange(this.keys.rollbackRecoveries(), 0, -1);
     const chains = this.keys.auditChains();
-    const heads = await Promise.all(chains.map((c) => this.redis.get(this.keys.auditHead(c))));
+    const [heads, markers] = await Promise.all([
+      Promise.all(chains.map((c) => this.redis.get(this.keys.auditHead(c)))),
+      Promise.all(chains.map((c) => this.redis.get(this.keys.auditExported(c)))),
+    ]);
     const headOf = new Map(chains.map((c, i) => [c, heads[i] ?? '']));
-    const withHead = chains.filter((c) => headOf.get(c));
+    const markerOf = new Map(chains.map((c, i) => [c, markers[i] ? markerSeq(markers[i]) : 0]));
     const tail = await readExportTail(
       file,
       prefix,
-      (c) => (headOf.get(c) ? markerSeq(headOf.get(c)) : undefined),
+      () => undefined,
       () => false,
-      withHead,
-      { hashes: false },
+      chains,
+      { hashes: false, before: (c, seq) => seq <= (markerOf.get(c) ?? 0) },
     );
     for (const [chain, t] of tail) {
       if (!t.last) continue;

@@ -60,15 +60,17 @@ test('the startup comparison with a large export reads its end only, and still s
   bigExport(f.file, f.prefix, N);
   const watch = new RollbackWatch({ redis: f.redis, keys: f.keys, audit: f.log, instance: 'export-tail' });
 
-  // Redis holds the export's last record: nothing went back.
+  // Redis holds the export's last record and knows it exported it: nothing went back.
   await f.redis.set(f.keys.auditHead('ops'), `${N}:${hashOf(N)}`);
+  await f.redis.set(f.keys.auditExported('ops'), `${N}:${hashOf(N)}`);
   let before = bytesRead();
   expect(await watch.againstExport(f.file, f.prefix)).toBeUndefined();
   expect(bytesRead() - before).toBeLessThan(1024 * 1024);
 
-  // Redis's head two records behind the export's end (a write cut short by a crash at the end, too).
+  // Redis back on a snapshot two records before the export's end, its marker too (and a torn last line).
   appendFileSync(f.file, '{"chain":"ops","record":{"seq":');
   await f.redis.set(f.keys.auditHead('ops'), `${N - 2}:${hashOf(N - 2)}`);
+  await f.redis.set(f.keys.auditExported('ops'), `${N - 3}:${hashOf(N - 3)}`);
   before = bytesRead();
   expect(await watch.againstExport(f.file, f.prefix)).toMatchObject({
     seen: 'export',

@@ -210,3 +210,35 @@ test('two instances that both notice one rollback: one broker.data_loss record, 
   await b.broker.close();
   await a.broker.close();
 }, 90_000);
+
+test('an instance whose generation went back but whose own records survived still notices records the export holds and Redis lost', async () => {
+  const prefix = uniquePrefix('rollback-export');
+  const a = await start(prefix);
+  const b = await start(prefix, { config: a.config, issuer: a.issuer });
+  await openAndIssue(a, 'rb-exp-a');
+  await a.broker.deps.audit.flush();
+  await a.broker.recovery.check(); // A's last good look: its records are in Redis before the snapshot
+  await snapshot();
+  await a.broker.recovery.check(); // a bump the snapshot does not hold
+  // Only B writes after the snapshot (a quarantine: exported before it is answered), and dies.
+  const leaky = { agent: `spiffe://dev.local${LEAKY}`, reason: 'leaked' };
+  expect((await call(b.url, 'POST', '/v1/admin/quarantine', b.as(ADMIN), leaky)).status).toBe(201);
+  await b.broker.close();
+  expect(readFileSync(resolvePath(a.config.audit.export.file), 'utf8')).toContain('"action":"quarantine.add"');
+
+  await redis.restart({ keepData: true });
+  await waitFor(async () => (await call(a.url, 'GET', '/v1/tasks/rb-exp-a', a.as(ORCH))).status === 200, 10_000, 50);
+  // A's generation went back, none of A's records is gone: only the export shows what was lost.
+  await a.broker.recovery.check();
+  await a.broker.recovery.check();
+  expect(await readyz(a)).toBe(200);
+  await a.broker.deps.audit.flush();
+  const ops = (await auditRecords(a.broker.deps.redis, a.broker.deps.keys)).filter(
+    (r) => r.action === 'broker.data_loss' && r.chain === 'ops',
+  );
+  expect(ops).toHaveLength(1);
+  expect(ops[0]!.detail).toMatchObject({ seen: 'generation', quarantinesAppliedAgain: 1 });
+  const q = await call(a.url, 'GET', '/v1/tasks/none', a.as(LEAKY));
+  expect({ status: q.status, code: q.body?.code }).toEqual({ status: 403, code: 'identity_quarantined' });
+  await a.broker.close();
+}, 90_000);
