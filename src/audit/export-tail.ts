@@ -30,9 +30,8 @@ interface Reading {
  * chain whose `since` is undefined is only reported from what is read. A
  * chain with a `since` absent from the end of the export (idle, or never
  * exported) sends the read further back, up to every file. With
- * `opts.before`, the read instead stops at the first line (from the end) it
- * accepts: what the export held before that line does not matter to the
- * caller. Duplicated lines (a crash between append and marker) are read
+ * `opts.backTo`, the read instead goes back until each chain it names has a
+ * line at or below that seq (none named: every file). Duplicated lines (a crash between append and marker) are read
  * once. A file of another deployment fails.
  */
 export async function readExportTail(
@@ -41,7 +40,7 @@ export async function readExportTail(
   since: (chain: AuditChain) => number | undefined,
   keep: (r: AuditRecord) => boolean,
   chains: readonly AuditChain[],
-  opts: { hashes: boolean; before?: (chain: AuditChain, seq: number) => boolean },
+  opts: { hashes: boolean; backTo?: (chain: AuditChain) => number | undefined },
 ): Promise<Map<AuditChain, ChainTail>> {
   const out = new Map<AuditChain, Reading>();
   const of = (chain: AuditChain): Reading => {
@@ -52,13 +51,14 @@ export async function readExportTail(
     }
     return t;
   };
-  // Seqs only go down as the read goes back: done once every chain reached back to its `since`.
-  const open = new Set(chains.filter((c) => since(c) !== undefined));
-  const done = () => (opts.before ? false : open.size === 0);
-  let stopped = false;
+  // Seqs only go down as the read goes back: done once every chain reached back to its `since` (or `backTo`).
+  const bound = opts.backTo ?? since;
+  const open = new Set(chains.filter((c) => bound(c) !== undefined));
+  const everything = opts.backTo !== undefined && open.size === 0;
+  const done = () => !everything && open.size === 0;
   const files = (await exportFiles(file)).reverse();
   for (const path of files) {
-    if (stopped || done()) break;
+    if (done()) break;
     const f = await openExportFileBackward(path);
     try {
       if (f.header !== prefix) {
@@ -72,10 +72,6 @@ export async function readExportTail(
         if (e.kind !== 'record') continue;
         const r = e.record;
         if (!Number.isSafeInteger(r.seq) || typeof r.hash !== 'string') continue;
-        if (opts.before?.(e.chain, r.seq)) {
-          stopped = true;
-          break;
-        }
         const t = of(e.chain);
         t.reached = Math.min(t.reached, r.seq);
         if (!t.last || r.seq > t.last.seq) t.last = { seq: r.seq, hash: r.hash };
@@ -84,7 +80,9 @@ export async function readExportTail(
           if (opts.hashes && !t.hashes.has(r.seq)) t.hashes.set(r.seq, r.hash);
           if (!t.kept.has(r.seq) && keep(r)) t.kept.set(r.seq, r);
         }
-        if (s !== undefined && t.reached <= s + 1 && open.delete(e.chain) && done()) break;
+        const b = bound(e.chain);
+        const reachedBack = opts.backTo ? b !== undefined && r.seq <= b : s !== undefined && t.reached <= s + 1;
+        if (reachedBack && open.delete(e.chain) && done()) break;
       }
     } finally {
       await f.close();

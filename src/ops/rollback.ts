@@ -144,13 +144,14 @@ export class RollbackWatch {
   /**
    * A process's first look at a dataset: whether the export holds any chain
    * further than Redis (a rollback while no instance ran, or one no running
-   * instance noticed). Reads the export from its end back to the first line
-   * of a record Redis's export markers say was exported: that line, and every
-   * line before it, was written before that marker, so before Redis's state
-   * (a snapshot, or what a promoted replica had received) was taken, and
-   * holds a record Redis has. Only lines after it can be ahead of Redis; in
-   * a steady deployment that is the last few lines. (No marker at all: the
-   * whole export, as everything in it may be newer than Redis's state.)
+   * instance noticed). Reads the export from its end back until each chain
+   * with an export marker in Redis reaches a line of a record that marker
+   * covers: the exporter appends before it moves the marker, so such a line
+   * was written before Redis's state (a snapshot, what a promoted replica
+   * had) was taken, and the lost records of that chain come after it; a
+   * chain Redis lost whole (no marker, no head) was exported after it too.
+   * In a steady deployment that is the last few lines. No marker at all: the
+   * whole export (everything in it may be newer than Redis's state).
    */
   async againstExport(file: string, prefix: string): Promise<RollbackSign | undefined> {
     if (this.generation === undefined) this.recoveries = await this.redis.lrange(this.keys.rollbackRecoveries(), 0, -1);
@@ -160,14 +161,14 @@ export class RollbackWatch {
       Promise.all(chains.map((c) => this.redis.get(this.keys.auditExported(c)))),
     ]);
     const headOf = new Map(chains.map((c, i) => [c, heads[i] ?? '']));
-    const markerOf = new Map(chains.map((c, i) => [c, markers[i] ? markerSeq(markers[i]) : 0]));
+    const markerOf = new Map(chains.map((c, i) => [c, markers[i] ? markerSeq(markers[i]) : undefined]));
     const tail = await readExportTail(
       file,
       prefix,
       () => undefined,
       () => false,
       chains,
-      { hashes: false, before: (c, seq) => seq <= (markerOf.get(c) ?? 0) },
+      { hashes: false, backTo: (c) => markerOf.get(c) },
     );
     for (const [chain, t] of tail) {
       if (!t.last) continue;
