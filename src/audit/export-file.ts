@@ -69,27 +69,102 @@ export async function* readExportFile(path: string): AsyncGenerator<ExportEntry>
   let n = 0;
   for await (const text of rl) {
     n += 1;
-    if (text === '') continue;
-    let v: Record<string, unknown>;
-    try {
-      v = JSON.parse(text) as Record<string, unknown>;
-    } catch {
-      yield { kind: 'bad', file: path, line: n, problem: 'not valid JSON (a write cut short by a crash?)' };
-      continue;
-    }
-    if (v.export === EXPORT_FORMAT && typeof v.prefix === 'string') {
-      yield { kind: 'header', prefix: v.prefix, file: path, line: n };
-      continue;
-    }
-    const chain = chainOf(v.chain);
-    if (chain !== undefined && v.record && typeof v.record === 'object') {
-      yield { kind: 'record', chain, record: v.record as AuditRecord, file: path, line: n };
-    } else if (chain !== undefined && v.seal && typeof v.seal === 'object') {
-      yield { kind: 'seal', chain, seal: v.seal as Seal, file: path, line: n };
-    } else {
-      yield { kind: 'bad', file: path, line: n, problem: 'not an audit export line' };
-    }
+    const e = parseExportLine(text, path, n);
+    if (e) yield e;
   }
+}
+
+/** Bytes read at a time from the end of a file. */
+const BACKWARD_CHUNK = 64 * 1024;
+
+/**
+ * The lines of one file of the export from its last to its first, parsed as
+ * `readExport` does but numbered 0 (unknown when reading from the end), the
+ * header (first line) excepted: `header` is the prefix it names (undefined:
+ * none). What a caller reads is what it consumes: a reader that stops after
+ * the last few records read the last chunk or two, not the file, and holds
+ * one chunk and one line at a time. Splitting bytes at '\n' is safe in UTF-8
+ * (no multi-byte character holds the byte 0x0a).
+ */
+export async function openExportFileBackward(path: string): Promise<{
+  header: string | undefined;
+  lines: AsyncGenerator<ExportEntry>;
+  close: () => Promise<void>;
+}> {
+  const fh = await open(path, 'r');
+  try {
+    const { size } = await fh.stat();
+    const header = size > 0 ? await headerPrefix(fh, size) : undefined;
+    const firstLineEnd = size > 0 ? await lineEnd(fh, size) : 0;
+    async function* lines(): AsyncGenerator<ExportEntry> {
+      let pos = size;
+      let carry = Buffer.alloc(0);
+      while (pos > firstLineEnd) {
+        const len = Math.min(BACKWARD_CHUNK, pos - firstLineEnd);
+        pos -= len;
+        const chunk = Buffer.alloc(len);
+        await readFully(fh, chunk, pos);
+        const buf = carry.length > 0 ? Buffer.concat([chunk, carry]) : chunk;
+        // Every line after the first newline in `buf` is whole; the part before it may go on in the previous chunk.
+        let end = buf.length;
+        for (let i = buf.length - 1; i >= 0; i--) {
+          if (buf[i] !== 0x0a) continue;
+          const e = parseExportLine(buf.toString('utf8', i + 1, end), path, 0);
+          if (e) yield e;
+          end = i;
+        }
+        carry = Buffer.from(buf.subarray(0, end));
+      }
+      if (carry.length > 0) {
+        const e = parseExportLine(carry.toString('utf8'), path, 0);
+        if (e) yield e;
+      }
+    }
+    return { header, lines: lines(), close: () => fh.close() };
+  } catch (err) {
+    await fh.close().catch(() => {});
+    throw err;
+  }
+}
+
+/** Offset just past the first line's newline (the header line), or `size` when the file has one line. */
+async function lineEnd(fh: FileHandle, size: number): Promise<number> {
+  const buf = Buffer.alloc(Math.min(size, 4096));
+  for (let at = 0; at < size; at += buf.length) {
+    const { bytesRead } = await fh.read(buf, 0, Math.min(buf.length, size - at), at);
+    const i = buf.subarray(0, bytesRead).indexOf(0x0a);
+    if (i >= 0) return at + i + 1;
+    if (bytesRead === 0) break;
+  }
+  return size;
+}
+
+async function readFully(fh: FileHandle, into: Buffer, at: number): Promise<void> {
+  let done = 0;
+  while (done < into.length) {
+    const { bytesRead } = await fh.read(into, done, into.length - done, at + done);
+    if (bytesRead === 0) throw new Error('audit export file shrank while being read');
+    done += bytesRead;
+  }
+}
+
+/** One line of the export parsed (undefined: an empty line). */
+function parseExportLine(text: string, path: string, n: number): ExportEntry | undefined {
+  if (text === '') return undefined;
+  let v: Record<string, unknown>;
+  try {
+    v = JSON.parse(text) as Record<string, unknown>;
+  } catch {
+    return { kind: 'bad', file: path, line: n, problem: 'not valid JSON (a write cut short by a crash?)' };
+  }
+  if (v.export === EXPORT_FORMAT && typeof v.prefix === 'string') return { kind: 'header', prefix: v.prefix, file: path, line: n };
+  const chain = chainOf(v.chain);
+  if (chain !== undefined && v.record && typeof v.record === 'object') {
+    return { kind: 'record', chain, record: v.record as AuditRecord, file: path, line: n };
+  }
+  if (chain !== undefined && v.seal && typeof v.seal === 'object')
+    return { kind: 'seal', chain, seal: v.seal as Seal, file: path, line: n };
+  return { kind: 'bad', file: path, line: n, problem: 'not an audit export line' };
 }
 
 /** The line of a record as the exporter writes it (`raw` is the record's JSON exactly as stored in Redis). */

@@ -1,5 +1,5 @@
 import type { AuditChain } from '../redis/keys.ts';
-import { exportFiles, ForeignExportError, readExportFile } from './export-file.ts';
+import { exportFiles, ForeignExportError, openExportFileBackward } from './export-file.ts';
 import type { AuditRecord } from './record.ts';
 
 /** What the export holds of one chain past a given seq. */
@@ -16,18 +16,22 @@ interface Reading {
   last: ChainTail['last'];
   hashes: Map<number, string>;
   kept: Map<number, AuditRecord>;
-  /** The lowest seq seen so far (files are read newest first). */
+  /** The lowest seq seen so far (read from the end backwards). */
   reached: number;
 }
 
 /**
  * The end of each chain in the export: every record after `since(chain)`,
- * read newest file first and stopping once each chain with a `since` reaches
- * back to it, so a broker looking at the last few records does not read the
- * whole history (rotated files are kept forever). A chain whose `since` is
- * undefined is only reported from the files read anyway. A chain absent from
- * the newer files (idle, or never written) sends the read further back, up to
- * every file. Duplicated lines (a crash between append and marker) are read
+ * read from the end of the newest file backwards, stopping as soon as each
+ * chain with a `since` reaches back to it, so a broker looking at the last
+ * few records reads the last few kilobytes, not the whole history (a file
+ * grows to `audit.export.maxFileBytes`; rotated files are kept forever), in
+ * bounded memory (a chunk, a line, and the records after each `since`). A
+ * chain whose `since` is undefined is only reported from what is read. A
+ * chain with a `since` absent from the end of the export (idle, or never
+ * exported) sends the read further back, up to every file. With
+ * `opts.backTo`, the read instead goes back until each chain it names has a
+ * line at or below that seq (none named: every file). Duplicated lines (a crash between append and marker) are read
  * once. A file of another deployment fails.
  */
 export async function readExportTail(
@@ -36,7 +40,7 @@ export async function readExportTail(
   since: (chain: AuditChain) => number | undefined,
   keep: (r: AuditRecord) => boolean,
   chains: readonly AuditChain[],
-  opts: { hashes: boolean },
+  opts: { hashes: boolean; backTo?: (chain: AuditChain) => number | undefined },
 ): Promise<Map<AuditChain, ChainTail>> {
   const out = new Map<AuditChain, Reading>();
   const of = (chain: AuditChain): Reading => {
@@ -47,34 +51,42 @@ export async function readExportTail(
     }
     return t;
   };
+  // Seqs only go down as the read goes back: done once every chain reached back to its `since` (or `backTo`).
+  const bound = opts.backTo ?? since;
+  const open = new Set(chains.filter((c) => bound(c) !== undefined));
+  const everything = opts.backTo !== undefined && open.size === 0;
+  const done = () => !everything && open.size === 0;
   const files = (await exportFiles(file)).reverse();
   for (const path of files) {
-    let headerOk = false;
-    for await (const e of readExportFile(path)) {
-      if (e.kind === 'header') {
-        if (e.prefix !== prefix)
-          throw new ForeignExportError(`audit export ${e.file} belongs to redis.prefix "${e.prefix}", not "${prefix}"`);
-        headerOk = true;
-        continue;
+    if (done()) break;
+    const f = await openExportFileBackward(path);
+    try {
+      if (f.header !== prefix) {
+        throw new ForeignExportError(
+          f.header === undefined
+            ? `audit export ${path} has no jit-broker header: not reading it`
+            : `audit export ${path} belongs to redis.prefix "${f.header}", not "${prefix}"`,
+        );
       }
-      if (e.kind !== 'record') continue;
-      if (!headerOk) throw new ForeignExportError(`audit export ${e.file} has no jit-broker header: not reading it`);
-      const r = e.record;
-      if (!Number.isSafeInteger(r.seq) || typeof r.hash !== 'string') continue;
-      const t = of(e.chain);
-      t.reached = Math.min(t.reached, r.seq);
-      if (!t.last || r.seq > t.last.seq) t.last = { seq: r.seq, hash: r.hash };
-      if (r.seq > (since(e.chain) ?? Number.POSITIVE_INFINITY)) {
-        if (opts.hashes && !t.hashes.has(r.seq)) t.hashes.set(r.seq, r.hash);
-        if (!t.kept.has(r.seq) && keep(r)) t.kept.set(r.seq, r);
+      for await (const e of f.lines) {
+        if (e.kind !== 'record') continue;
+        const r = e.record;
+        if (!Number.isSafeInteger(r.seq) || typeof r.hash !== 'string') continue;
+        const t = of(e.chain);
+        t.reached = Math.min(t.reached, r.seq);
+        if (!t.last || r.seq > t.last.seq) t.last = { seq: r.seq, hash: r.hash };
+        const s = since(e.chain);
+        if (r.seq > (s ?? Number.POSITIVE_INFINITY)) {
+          if (opts.hashes && !t.hashes.has(r.seq)) t.hashes.set(r.seq, r.hash);
+          if (!t.kept.has(r.seq) && keep(r)) t.kept.set(r.seq, r);
+        }
+        const b = bound(e.chain);
+        const reachedBack = opts.backTo ? b !== undefined && r.seq <= b : s !== undefined && t.reached <= s + 1;
+        if (reachedBack && open.delete(e.chain) && done()) break;
       }
+    } finally {
+      await f.close();
     }
-    // Older files hold only lower seqs of each chain: done once every chain reached back to its `since`.
-    const done = chains.every((c) => {
-      const s = since(c);
-      return s === undefined || (out.get(c)?.reached ?? Number.POSITIVE_INFINITY) <= s + 1;
-    });
-    if (done) break;
   }
   const result = new Map<AuditChain, ChainTail>();
   for (const [chain, t] of out) {

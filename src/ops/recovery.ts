@@ -110,8 +110,14 @@ export class DataLossMonitor {
     if (this.recovering) return this.recovering;
     const [epoch, keyCount] = await Promise.all([this.d.redis.get(this.d.keys.epoch()), this.d.redis.hlen(this.d.keys.signingKeys())]);
     if (epoch && keyCount > 0 && epoch === this.epoch) {
-      const sign = this.rolledBack ?? (await this.watch.look());
+      const sign = this.rolledBack ?? (await this.watch.look({ exportFile: this.d.exportFile }));
       if (!sign) {
+        const bumps = this.watch.takeLostBumps();
+        if (bumps > 0)
+          this.d.logger.warn(
+            { lostGenerationBumps: bumps },
+            'Redis lost writes of this instance (a failover?), but no audit record it wrote and nothing the export holds: not a rollback',
+          );
         this.healthy = true;
         return;
       }
@@ -196,7 +202,20 @@ export class DataLossMonitor {
         // Records written on the rolled-back chains before this was noticed, behind the export's end, with their own time.
         await Promise.all(repair.orphans.map((o) => this.d.audit.appendTo(o.chain, strip(o.record), o.record.time)));
         const reapplied = await this.d.reapply(repair.reapply);
-        await this.recordRollback(sign, repair.chains, reapplied);
+        // One record per rollback: a recovery listed since this instance's last good look handled it (every
+        // instance still repairs and applies again what it remembers; those records are each audited).
+        const listed = await this.d.redis.lrange(this.d.keys.rollbackRecoveries(), 0, -1);
+        const by = listed.find((id) => !sign.recoveriesSeen.includes(id));
+        if (by) {
+          this.d.logger.warn(
+            { recovery: by, ...reapplied },
+            'this rollback was already recorded by another instance; applied again what this one remembered',
+          );
+        } else {
+          const id = randomUUID();
+          await this.recordRollback(sign, repair.chains, reapplied, id);
+          await this.d.redis.multi().lpush(this.d.keys.rollbackRecoveries(), id).ltrim(this.d.keys.rollbackRecoveries(), 0, 19).exec();
+        }
         return 'done' as const;
       } finally {
         clearInterval(keep);
@@ -216,7 +235,7 @@ export class DataLossMonitor {
   }
 
   /** One `broker.data_loss` record (reason `redis_rolled_back`) in `ops` and in each chain the repair changed. */
-  private async recordRollback(sign: RollbackSign, chains: ChainRepair[], reapplied: Reapplied): Promise<void> {
+  private async recordRollback(sign: RollbackSign, chains: ChainRepair[], reapplied: Reapplied, recovery: string): Promise<void> {
     const byChain = new Map(chains.map((c) => [c.chain, c]));
     if (!byChain.has('ops')) byChain.set('ops', { chain: 'ops', redisHead: '', continuedFrom: '', rechained: 0 });
     await Promise.all(
@@ -236,6 +255,7 @@ export class DataLossMonitor {
         if (c.rechained > 0) detail.rechained = c.rechained;
         if (c.chain === 'ops') {
           detail.seen = sign.seen;
+          detail.recovery = recovery;
           detail.tasksEndedAgain = reapplied.tasks;
           detail.leasesRevokedAgain = reapplied.leases;
           detail.quarantinesAppliedAgain = reapplied.quarantines;

@@ -19,6 +19,12 @@ export interface RollbackSign {
   redis: string;
   /** What this instance (or the export) knows existed. */
   known: string;
+  /**
+   * The rollback recoveries Redis listed at this instance's last good look (at the first look: when it
+   * looked). A recovery listed later that is not among them happened after this instance's writes were
+   * lost, so it handled this rollback (see DataLossMonitor).
+   */
+  recoveriesSeen: string[];
 }
 
 const hashOf = (head: string): string => head.slice(head.indexOf(':') + 1);
@@ -51,6 +57,8 @@ export class RollbackWatch {
   private readonly instance: string;
   private generation: number | undefined;
   private seen = new Map<AuditChain, string>();
+  private recoveries: string[] = [];
+  private lostBumps = 0;
 
   constructor(deps: { redis: RedisClient; keys: Keys; audit: AuditLog; instance: string }) {
     this.redis = deps.redis;
@@ -70,27 +78,65 @@ export class RollbackWatch {
   reset(): void {
     this.generation = undefined;
     this.seen = new Map();
+    this.recoveries = [];
   }
 
-  /** One look: bumps the generation, compares the heads written since the last look. */
-  async look(): Promise<RollbackSign | undefined> {
+  /**
+   * One look: bumps the generation, compares the heads written since the last look. A generation that
+   * went back is confirmed before it is called a rollback (see `confirm`).
+   */
+  async look(opts: { exportFile?: string } = {}): Promise<RollbackSign | undefined> {
     const written = this.audit.knownHeads();
     const changed = [...written].filter(([chain, head]) => this.seen.get(chain) !== head);
     const key = this.keys.generation(this.instance);
-    const res = await this.redis.multi().incr(key).pexpire(key, GENERATION_TTL_MS).exec();
+    const res = await this.redis.multi().incr(key).pexpire(key, GENERATION_TTL_MS).lrange(this.keys.rollbackRecoveries(), 0, -1).exec();
     if (!res) throw new Error('generation bump aborted');
     for (const [err] of res) if (err) throw err;
     const generation = Number(res[0]![1]);
+    const recoveries = (res[2]![1] as string[]) ?? [];
     const before = this.generation;
+    const recoveriesSeen = this.recoveries;
     this.generation = generation;
     // A repeated INCR (a connection dropped its answer) only moves it further: going back is the sign.
-    if (before !== undefined && generation <= before) return { seen: 'generation', redis: String(generation), known: String(before) };
+    if (before !== undefined && generation <= before) {
+      const sign = await this.confirm(written, opts.exportFile);
+      if (sign) return { ...sign, seen: 'generation', redis: String(generation), known: String(before), recoveriesSeen };
+      this.recoveries = recoveries;
+      this.lostBumps = before - generation + 1;
+      return undefined;
+    }
     const heads = await Promise.all(changed.map(([chain]) => this.redis.get(this.keys.auditHead(chain))));
     for (let i = 0; i < changed.length; i++) {
       const [chain, head] = changed[i]!;
       const redis = heads[i] ?? '';
-      if (isBehind(redis, head)) return { seen: 'chain', chain, redis, known: head };
+      if (isBehind(redis, head)) return { seen: 'chain', chain, redis, known: head, recoveriesSeen };
       this.seen.set(chain, head);
+    }
+    this.recoveries = recoveries;
+    return undefined;
+  }
+
+  /** Generation bumps of this instance lost at the last look although no record was (see `confirm`); 0 once read. */
+  takeLostBumps(): number {
+    const n = this.lostBumps;
+    this.lostBumps = 0;
+    return n;
+  }
+
+  /**
+   * Whether a generation that went back lost more than the bumps themselves. A Sentinel failover loses
+   * whatever clients wrote to the old master between the replica's promotion and their switch (up to a
+   * second, SENTINEL FAILOVER included): this instance's periodic bumps always land there, so the
+   * generation alone would call every failover a rollback. What a rollback recovery restores is what the
+   * audit chains hold (every ending is a record), so it is one when a record this instance wrote is gone
+   * (its last one on each chain: the same seq with the same hash, the chain links every earlier one), or
+   * when the export holds records Redis lost (another instance's, perhaps one gone since).
+   */
+  private async confirm(written: Map<AuditChain, string>, exportFile: string | undefined): Promise<{ chain?: AuditChain } | undefined> {
+    for (const [chain, head] of written) if (!(await holds(this.redis, this.keys, chain, head))) return { chain };
+    if (exportFile) {
+      const sign = await this.againstExport(exportFile, this.keys.prefix);
+      if (sign) return sign.chain === undefined ? {} : { chain: sign.chain };
     }
     return undefined;
   }
@@ -98,27 +144,37 @@ export class RollbackWatch {
   /**
    * A process's first look at a dataset: whether the export holds any chain
    * further than Redis (a rollback while no instance ran, or one no running
-   * instance noticed). Reads the export from its newest file back only as far
-   * as Redis's heads.
+   * instance noticed). Reads the export from its end back until each chain
+   * with an export marker in Redis reaches a line of a record that marker
+   * covers: the exporter appends before it moves the marker, so such a line
+   * was written before Redis's state (a snapshot, what a promoted replica
+   * had) was taken, and the lost records of that chain come after it; a
+   * chain Redis lost whole (no marker, no head) was exported after it too.
+   * In a steady deployment that is the last few lines. No marker at all: the
+   * whole export (everything in it may be newer than Redis's state).
    */
   async againstExport(file: string, prefix: string): Promise<RollbackSign | undefined> {
+    if (this.generation === undefined) this.recoveries = await this.redis.lrange(this.keys.rollbackRecoveries(), 0, -1);
     const chains = this.keys.auditChains();
-    const heads = await Promise.all(chains.map((c) => this.redis.get(this.keys.auditHead(c))));
+    const [heads, markers] = await Promise.all([
+      Promise.all(chains.map((c) => this.redis.get(this.keys.auditHead(c)))),
+      Promise.all(chains.map((c) => this.redis.get(this.keys.auditExported(c)))),
+    ]);
     const headOf = new Map(chains.map((c, i) => [c, heads[i] ?? '']));
-    const withHead = chains.filter((c) => headOf.get(c));
+    const markerOf = new Map(chains.map((c, i) => [c, markers[i] ? markerSeq(markers[i]) : undefined]));
     const tail = await readExportTail(
       file,
       prefix,
-      (c) => (headOf.get(c) ? markerSeq(headOf.get(c)) : undefined),
+      () => undefined,
       () => false,
-      withHead,
-      { hashes: false },
+      chains,
+      { hashes: false, backTo: (c) => markerOf.get(c) },
     );
     for (const [chain, t] of tail) {
       if (!t.last) continue;
       const exported = `${t.last.seq}:${t.last.hash}`;
       const redis = headOf.get(chain) ?? '';
-      if (isBehind(redis, exported)) return { seen: 'export', chain, redis, known: exported };
+      if (isBehind(redis, exported)) return { seen: 'export', chain, redis, known: exported, recoveriesSeen: this.recoveries };
     }
     return undefined;
   }
@@ -144,6 +200,34 @@ export interface Repair {
   reapply: AuditRecord[];
   /** Records written on the rolled-back chain that clash with the export: to append again behind its end. */
   orphans: { chain: AuditChain; record: AuditRecord }[];
+}
+
+/**
+ * Whether Redis's chain holds the record `head` (`seq:hash`): its head is that record, or the record at
+ * that seq, read back from the end, has that hash. One trimmed away by retention (the stream starts
+ * after it) was exported long ago: it counts as held.
+ */
+async function holds(redis: RedisClient, keys: Keys, chain: AuditChain, head: string): Promise<boolean> {
+  const current = (await redis.get(keys.auditHead(chain))) ?? '';
+  if (current === head) return true;
+  const seq = markerSeq(head);
+  if (markerSeq(current) < seq) return false;
+  let end = '+';
+  for (;;) {
+    const page = await redis.xrevrange(keys.auditStream(chain), end, '-', 'COUNT', 500);
+    if (page.length === 0) return true;
+    for (const [, fields] of page) {
+      let r: AuditRecord;
+      try {
+        r = JSON.parse(fields[fields.indexOf('r') + 1] ?? '') as AuditRecord;
+      } catch {
+        continue;
+      }
+      if (r.seq === seq) return r.hash === hashOf(head);
+      if (r.seq < seq) return false;
+    }
+    end = `(${page[page.length - 1]![0]}`;
+  }
 }
 
 /** A chain's records in Redis after `afterSeq` (read backwards from the end, so only those), in chain order. */

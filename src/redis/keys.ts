@@ -258,6 +258,14 @@ export class Keys {
   generation(instance: string): string {
     return `${this.globalBase}generation:${instance}`;
   }
+  /**
+   * List: the ids of the last rollback recoveries (newest first, a few kept). An instance that noticed a
+   * rollback and finds an id it had not seen at its last good look knows another instance already
+   * recorded that rollback (src/ops/recovery.ts): one `broker.data_loss` record per rollback.
+   */
+  rollbackRecoveries(): string {
+    return `${this.globalBase}rollback-recoveries`;
+  }
   /** Hash: settings that must not change under existing data (bucket count). */
   meta(): string {
     return `${this.globalBase}meta`;

@@ -171,3 +171,74 @@ test('a broker started after the rollback sees the export ahead of Redis: not re
   expect(ops).toMatchObject({ reason: 'redis_rolled_back', detail: expect.objectContaining({ seen: 'export', tasksEndedAgain: 1 }) });
   await b.broker.close();
 }, 90_000);
+
+test('two instances that both notice one rollback: one broker.data_loss record, each counts and logs it', async () => {
+  const prefix = uniquePrefix('rollback-two');
+  const a = await start(prefix);
+  const b = await start(prefix, { config: a.config, issuer: a.issuer });
+  const one = await openAndIssue(a, 'rb-two-a');
+  const two = await openAndIssue(b, 'rb-two-b');
+  await snapshot();
+  // Each instance ends a task after the snapshot: each wrote records Redis is about to lose.
+  expect((await call(a.url, 'POST', '/v1/tasks/rb-two-a/complete', a.as(ORCH))).status).toBe(202);
+  expect((await call(b.url, 'POST', '/v1/tasks/rb-two-b/complete', b.as(ORCH))).status).toBe(202);
+  await waitFor(async () => !(await introspect(a, one.token)) && !(await introspect(b, two.token)), 10_000);
+  await Promise.all([a.broker.deps.audit.flush(), b.broker.deps.audit.flush()]);
+
+  await redis.restart({ keepData: true });
+  await waitFor(async () => (await state(a, 'rb-two-a', one.token)).task === 'open', 10_000, 50);
+  // Both notice before either recovered; they recover one after the other under the recovery lock.
+  await Promise.all([a.broker.recovery.check(), b.broker.recovery.check()]);
+  expect([await readyz(a), await readyz(b)]).toEqual([200, 200]);
+  for (const t of [a, b]) {
+    const metrics = await (await fetch(`${t.url}/metrics`)).text();
+    expect(metrics).toMatch(/jit_redis_data_loss_total\{kind="rolled_back"\} 1/);
+  }
+  expect(await state(a, 'rb-two-a', one.token)).toEqual({ task: 'completed', issueAgain: 409, tokenActive: false });
+  expect(await state(b, 'rb-two-b', two.token)).toEqual({ task: 'completed', issueAgain: 409, tokenActive: false });
+
+  await Promise.all([a.broker.deps.audit.flush(), b.broker.deps.audit.flush()]);
+  const records = await auditRecords(a.broker.deps.redis, a.broker.deps.keys);
+  const ops = records.filter((r) => r.action === 'broker.data_loss' && r.chain === 'ops');
+  expect(ops).toHaveLength(1);
+  expect(ops[0]!.detail.recovery).toEqual(expect.any(String));
+  // Later checks on either instance find nothing more.
+  await Promise.all([a.broker.recovery.check(), b.broker.recovery.check()]);
+  await Promise.all([a.broker.deps.audit.flush(), b.broker.deps.audit.flush()]);
+  const again = await auditRecords(a.broker.deps.redis, a.broker.deps.keys);
+  expect(again.filter((r) => r.action === 'broker.data_loss' && r.chain === 'ops')).toHaveLength(1);
+  await b.broker.close();
+  await a.broker.close();
+}, 90_000);
+
+test('an instance whose generation went back but whose own records survived still notices records the export holds and Redis lost', async () => {
+  const prefix = uniquePrefix('rollback-export');
+  const a = await start(prefix);
+  const b = await start(prefix, { config: a.config, issuer: a.issuer });
+  await openAndIssue(a, 'rb-exp-a');
+  await a.broker.deps.audit.flush();
+  await a.broker.recovery.check(); // A's last good look: its records are in Redis before the snapshot
+  await snapshot();
+  await a.broker.recovery.check(); // a bump the snapshot does not hold
+  // Only B writes after the snapshot (a quarantine: exported before it is answered), and dies.
+  const leaky = { agent: `spiffe://dev.local${LEAKY}`, reason: 'leaked' };
+  expect((await call(b.url, 'POST', '/v1/admin/quarantine', b.as(ADMIN), leaky)).status).toBe(201);
+  await b.broker.close();
+  expect(readFileSync(resolvePath(a.config.audit.export.file), 'utf8')).toContain('"action":"quarantine.add"');
+
+  await redis.restart({ keepData: true });
+  await waitFor(async () => (await call(a.url, 'GET', '/v1/tasks/rb-exp-a', a.as(ORCH))).status === 200, 10_000, 50);
+  // A's generation went back, none of A's records is gone: only the export shows what was lost.
+  await a.broker.recovery.check();
+  await a.broker.recovery.check();
+  expect(await readyz(a)).toBe(200);
+  await a.broker.deps.audit.flush();
+  const ops = (await auditRecords(a.broker.deps.redis, a.broker.deps.keys)).filter(
+    (r) => r.action === 'broker.data_loss' && r.chain === 'ops',
+  );
+  expect(ops).toHaveLength(1);
+  expect(ops[0]!.detail).toMatchObject({ seen: 'generation', quarantinesAppliedAgain: 1 });
+  const q = await call(a.url, 'GET', '/v1/tasks/none', a.as(LEAKY));
+  expect({ status: q.status, code: q.body?.code }).toEqual({ status: 403, code: 'identity_quarantined' });
+  await a.broker.close();
+}, 90_000);
