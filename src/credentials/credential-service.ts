@@ -1,6 +1,6 @@
 import type { ApprovalRecord } from '../approvals/approval-store.ts';
 import { outboxMember } from '../audit/outbox-member.ts';
-import type { AuditEvent } from '../audit/record.ts';
+import type { AuditEvent, OutboxEvent } from '../audit/record.ts';
 import { authorize, deny, denial, taskContext } from '../authz.ts';
 import { roleOf } from '../config/roles.ts';
 import type { RoleConfig } from '../config/schema.ts';
@@ -214,7 +214,7 @@ export class CredentialService {
       scopes,
       ttlSeconds: ttl.ttlSeconds,
     };
-    const record: AuditEvent = {
+    const record: OutboxEvent = {
       action: 'credential.issue',
       actor: who.id,
       decision: 'allow',
@@ -298,6 +298,8 @@ export class CredentialService {
       await this.failed(fixed, err).catch(() => {});
       throw err;
     }
+    // Refused: the issue record behind the script will not be written; it must not take other callers' records with it.
+    if (created.kind !== 'ok') this.deps.audit.withdraw(this.deps.keys.bucketOfTask(fixed.taskId), member);
     await this.recorded(who, fixed, created.kind);
     const at = created.kind === 'ok' ? created.now : this.deps.clock.now();
     let result: IssueResult;
