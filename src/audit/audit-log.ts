@@ -39,6 +39,9 @@ export const TIME_SLACK_MS = 5_000;
 export class AuditLog {
   private readonly writer: ChainWriter;
   private readonly redis: RedisClient;
+  /** appendTo calls with a time waiting for their lateness to be noted, and the last of them (see appendTo). */
+  private lateWaiting = 0;
+  private lateTail: Promise<unknown> = Promise.resolve();
   private readonly folds: DenialFolds;
   private foldTimer: NodeJS.Timeout | undefined;
   private readonly keys: Keys;
@@ -91,7 +94,19 @@ export class AuditLog {
    * it is re-chained.
    */
   async appendTo(chain: AuditChain, event: AuditEvent, time?: string): Promise<void> {
-    if (time !== undefined && this.isLate(Date.parse(time))) await this.noteLate(chain, Date.parse(time));
+    if (time !== undefined && (this.lateWaiting > 0 || this.isLate(Date.parse(time)))) {
+      // Re-chained records are appended in the order given (Promise.all of many): a late one waits for its
+      // lateness to be noted, and the ones after it wait behind it rather than overtake it.
+      const at = Date.parse(time);
+      const mine = this.lateTail.then(() => (this.isLate(at) ? this.noteLate(chain, at) : undefined));
+      this.lateTail = mine.catch(() => {});
+      this.lateWaiting += 1;
+      try {
+        await mine;
+      } finally {
+        this.lateWaiting -= 1;
+      }
+    }
     await this.write(chain, event, time);
   }
 

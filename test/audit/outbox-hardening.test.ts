@@ -219,6 +219,8 @@ test('a record recovered long after its decision is found by an audit query whos
   const member = outboxMember({ action: 'task.complete', actor: 'broker', decision: 'ok', taskId: 't-window', reason: 'recovered-late' });
   await redis.zadd(keys.auditOutbox(keys.bucketOfTask('t-window')), decided, member);
   await t.broker.outbox.pass();
+  // Appended a minute after its time: the chain's lateness says so, and queries by time read that far past `until`.
+  expect(Number(await redis.zscore(keys.auditLate(keys.bucketOfTask('t-window')), 'max'))).toBeGreaterThanOrEqual(60_000);
   const window = `since=${new Date(decided - 1_000).toISOString()}&until=${new Date(decided + 1_000).toISOString()}`;
   for (const path of [`/v1/audit?${window}&limit=500`, `/v1/audit?taskId=t-window&${window}`]) {
     const r = await call(t.url, 'GET', path, t.as(ADMIN));
