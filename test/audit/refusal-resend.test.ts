@@ -92,3 +92,28 @@ test('nothing is hashed on a refused record already in flight: the record append
   expect(await verifyAuditChain(redis, keys, 'ops')).toMatchObject({ ok: true, records: 2 });
   await dropPrefix(prefix);
 });
+
+test('an agent still asking after its task ended reaches the lease script once: later requests are refused before it', async () => {
+  const { startTestBroker, openAgentTask, call, AGENT, ORCH } = await import('../helpers/broker.ts');
+  const t = await startTestBroker('refusal-closed');
+  try {
+    await openAgentTask(t, 't-closed', [{ role: 'demo-api' }]);
+    expect((await call(t.url, 'POST', '/v1/credentials', t.as(AGENT), { taskId: 't-closed', role: 'demo-api' })).status).toBe(201);
+    expect((await call(t.url, 'POST', '/v1/tasks/t-closed/complete', t.as(ORCH), {})).status).toBeLessThan(300);
+    const leases = t.broker.deps.leases;
+    const create = leases.create.bind(leases);
+    let scripts = 0;
+    leases.create = (...args) => {
+      scripts += 1;
+      return create(...args);
+    };
+    for (let i = 0; i < 5; i++) {
+      const r = await call(t.url, 'POST', '/v1/credentials', t.as(AGENT), { taskId: 't-closed', role: 'demo-api' });
+      expect([r.status, r.body.code]).toEqual([409, 'task_not_open']);
+    }
+    // Before: five lease scripts, each with an issue record behind it refused (and what was hashed on it sent again).
+    expect(scripts).toBe(1);
+  } finally {
+    await t.close();
+  }
+});
