@@ -1,4 +1,5 @@
 import { outboxIntent } from '../audit/outbox.ts';
+import { outboxMember } from '../audit/outbox-member.ts';
 import { deny } from '../authz.ts';
 import type { Deps } from '../deps.ts';
 import { badRequest, notFound, unavailable } from '../errors.ts';
@@ -135,9 +136,12 @@ export class AdminService {
     await this.requireAdmin(who, 'quarantine.add');
     if (new IdentityPatterns([pattern]).matches(who.id)) throw badRequest('quarantine_self', 'That pattern matches your own identity.');
     const entry: QuarantineEntry = { pattern, reason, by: who.id, at: new Date(this.deps.clock.now()).toISOString() };
-    // Recorded first: the audit export is what restores quarantines after a Redis data loss.
-    await this.deps.audit.append({ action: 'quarantine.add', actor: who.id, decision: 'ok', reason, detail: { pattern, at: entry.at } });
-    await this.deps.quarantine.add(entry);
+    // The record goes to the ops chain's audit outbox in the step that puts the quarantine in force
+    // (quarantine-add.lua): a process that dies in between can leave neither without the other, and the
+    // record is what restores quarantines after a Redis data loss (the export below holds it before the answer).
+    const member = outboxMember({ action: 'quarantine.add', actor: who.id, decision: 'ok', reason, detail: { pattern, at: entry.at } });
+    const at = await this.deps.quarantine.add(entry, member);
+    await this.deps.audit.appendOutbox('ops', [member], at!);
     await this.rotation.announce({ type: 'quarantine' });
     // Its tasks as an agent, and as an orchestrator: the grants a compromised identity made are not trusted either.
     const ended = await this.endMatching({ agent: pattern }, { openedBy: true });

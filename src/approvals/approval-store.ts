@@ -1,6 +1,6 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { outboxMember } from '../audit/outbox-member.ts';
-import type { AuditEvent } from '../audit/record.ts';
+import type { OutboxEvent } from '../audit/record.ts';
 import { indexWindow } from '../lists/index-window.ts';
 import { Keys } from '../redis/keys.ts';
 import { type RedisClient, script } from '../redis/scripts.ts';
@@ -71,7 +71,7 @@ export class ApprovalStore {
    * `audit`: the record of one created (given its id), put in the bucket's audit outbox in the same step.
    */
   async findOrCreate(
-    req: Omit<ApprovalFixed, 'approvalId'> & { maxPending: number; taskCreatedAt?: number; audit?: (approvalId: string) => AuditEvent },
+    req: Omit<ApprovalFixed, 'approvalId'> & { maxPending: number; taskCreatedAt?: number; audit?: (approvalId: string) => OutboxEvent },
   ): Promise<RequestResult> {
     const { maxPending, taskCreatedAt, audit, ...fixedReq } = req;
     const bucket = this.keys.bucketOfTask(req.taskId);
@@ -145,7 +145,7 @@ export class ApprovalStore {
     decision: 'approved' | 'rejected',
     by: string,
     reason?: string,
-    audit?: AuditEvent,
+    audit?: OutboxEvent,
   ): Promise<false | { recorded?: { member: string; at: number } }> {
     const member = audit ? outboxMember(audit) : '';
     const res = await this.swap(r, 'pending', decision, { decidedBy: by, ...(reason ? { reason } : {}) }, member);

@@ -23,8 +23,25 @@ import type { AuditEvent, AuditRecord } from './record.ts';
  * minute is over, so a denied caller looping cannot grow the log without bound
  * (the table and its bounds: src/audit/denial-folds.ts).
  */
+/**
+ * A record appended more than this after its `time` is late: the chain's lateness (Keys.auditLate) is
+ * raised before it is written. Below it, audit queries read TIME_SLACK_MS past their window anyway.
+ */
+export const LATE_MS = 1_000;
+/**
+ * How far an audit query by time reads beyond its window in stream-id terms (src/lists/audit-query.ts): a
+ * record's `time` and its stream id (Redis's clock when appended) differ by the append's own delay (a
+ * command timeout, 2 s by default, at most) and by the process clock's skew to Redis's for records a
+ * process times itself (the broker warns from 1 s of skew).
+ */
+export const TIME_SLACK_MS = 5_000;
+
 export class AuditLog {
   private readonly writer: ChainWriter;
+  private readonly redis: RedisClient;
+  /** appendTo calls with a time waiting for their lateness to be noted, and the last of them (see appendTo). */
+  private lateWaiting = 0;
+  private lateTail: Promise<unknown> = Promise.resolve();
   private readonly folds: DenialFolds;
   private foldTimer: NodeJS.Timeout | undefined;
   private readonly keys: Keys;
@@ -48,6 +65,7 @@ export class AuditLog {
     foldMaxKeys?: number;
   }) {
     this.keys = deps.keys;
+    this.redis = deps.redis;
     this.logger = deps.logger.child({ audit: true });
     this.now = deps.now ?? Date.now;
     this.writer = new ChainWriter({
@@ -75,8 +93,35 @@ export class AuditLog {
    * continues after a data loss). `time` keeps a record's original time when
    * it is re-chained.
    */
-  appendTo(chain: AuditChain, event: AuditEvent, time?: string): Promise<void> {
-    return this.write(chain, event, time).then(() => undefined);
+  async appendTo(chain: AuditChain, event: AuditEvent, time?: string): Promise<void> {
+    if (time !== undefined && (this.lateWaiting > 0 || this.isLate(Date.parse(time)))) {
+      // Re-chained records are appended in the order given (Promise.all of many): a late one waits for its
+      // lateness to be noted, and the ones after it wait behind it rather than overtake it.
+      const at = Date.parse(time);
+      const mine = this.lateTail.then(() => (this.isLate(at) ? this.noteLate(chain, at) : undefined));
+      this.lateTail = mine.catch(() => {});
+      this.lateWaiting += 1;
+      try {
+        await mine;
+      } finally {
+        this.lateWaiting -= 1;
+      }
+    }
+    await this.write(chain, event, time);
+  }
+
+  private isLate(at: number): boolean {
+    return this.now() - at > LATE_MS;
+  }
+
+  /**
+   * Before a record timed `at` (ms) is written, if that is more than LATE_MS ago (isLate): raises the chain's
+   * lateness (Keys.auditLate), so that a query whose window covers `at` reads far enough to find it.
+   */
+  private async noteLate(chain: AuditChain, at: number): Promise<void> {
+    const late = this.now() - at;
+    // Rounded up to the second and with the slack: the process clock is not Redis's.
+    await this.redis.zadd(this.keys.auditLate(chain), 'GT', Math.ceil((late + TIME_SLACK_MS) / 1000) * 1000, 'max');
   }
 
   /**
@@ -87,14 +132,25 @@ export class AuditLog {
    * once every record is in the chain, whoever wrote it.
    */
   async appendOutbox(chain: AuditChain, members: readonly string[], at: number): Promise<void> {
-    if (members.length === 0) return;
+    await this.appendOutboxCounted(chain, members, at);
+  }
+
+  /**
+   * appendOutbox, resolving with how many of the records this call wrote: the others were in the chain
+   * already (for recovery: appended by the process that made the decision after all).
+   */
+  async appendOutboxCounted(chain: AuditChain, members: readonly string[], at: number): Promise<number> {
+    if (members.length === 0) return 0;
+    // Checked without a microtask when on time: callers' records are sent in the order they were appended.
+    if (this.isLate(at)) await this.noteLate(chain, at);
     const time = new Date(at).toISOString();
-    await Promise.all(
+    const written = await Promise.all(
       members.map((m) => {
         const event = parseOutboxMember(m);
         return event ? this.write(chain, event, time, m) : Promise.reject(new Error('audit outbox: a member that is not a record'));
       }),
     );
+    return written.filter(Boolean).length;
   }
 
   /**
@@ -129,6 +185,15 @@ export class AuditLog {
    */
   appendMember(event: AuditEvent, member: string, chain: AuditChain = this.chainOf(event)): Promise<boolean> {
     return this.write(chain, event, undefined, member);
+  }
+
+  /**
+   * The script that was to add outbox `member` refused (the caller of appendMember learnt it from the
+   * script's answer): the record naming it is not sent if it has not left yet, and nothing more is hashed
+   * on it if it has (ChainWriter.withdraw), so the refusal does not make other callers' records be sent again.
+   */
+  withdraw(chain: AuditChain, member: string): void {
+    this.writer.withdraw(chain, member);
   }
 
   private write(chain: AuditChain, event: AuditEvent, time?: string, outbox = ''): Promise<boolean> {

@@ -31,11 +31,22 @@ export interface Pending {
   reject: (e: unknown) => void;
 }
 
+/** A batch in Redis's hands. */
+interface Flight {
+  /** The head it leaves when written. */
+  next: string;
+  batch: Pending[];
+  /** It holds a withdrawn record: it will be refused. */
+  doomed?: boolean;
+}
+
 /** One chain's write state in this process. */
 interface ChainState {
   queue: Pending[];
-  /** The batches in Redis's hands, in the order sent, each with the head it leaves. */
-  flying: { next: string }[];
+  /** The batches in Redis's hands, in the order sent, each with the head it leaves and its records. */
+  flying: Flight[];
+  /** Flights in `flying` holding a record withdrawn (see `withdraw`): nothing is hashed on them. */
+  doomed: number;
   /**
    * The head the next batch is hashed on: the chain head (`seq:hash`, '' when empty) as it will be once
    * the batches in flight are written; undefined until read from Redis.
@@ -92,6 +103,7 @@ export class ChainWriter {
       st = {
         queue: [],
         flying: [],
+        doomed: 0,
         head: undefined,
         confirmed: undefined,
         resend: undefined,
@@ -140,8 +152,33 @@ export class ChainWriter {
     return false;
   }
 
+  /**
+   * The script that was to add outbox `member` refused (a lease-create that did not record the lease): the
+   * record sent or queued behind it, naming that member, will not be written. Still queued: it leaves the
+   * queue unsent, so it cannot refuse a batch of other callers' records. Already in flight: no batch is
+   * hashed on that flight any more (each would be refused with it and sent again); the records that would
+   * have been wait for its answer, then go out on the head it leaves. Only a batch sent behind it before
+   * this call is refused with it (the chain is hashed: its records are re-hashed and sent again).
+   */
+  withdraw(chain: AuditChain, member: string): void {
+    const st = this.chains.get(chain);
+    if (!st || member === '') return;
+    const drop = (list: Pending[]): boolean => {
+      const i = list.findIndex((p) => p.outbox === member);
+      if (i < 0) return false;
+      list.splice(i, 1)[0]!.resolve(false);
+      return true;
+    };
+    if (drop(st.queue) || (st.resend && drop(st.resend))) return;
+    const flight = st.flying.find((f) => !f.doomed && f.batch.some((p) => p.outbox === member));
+    if (flight) {
+      flight.doomed = true;
+      st.doomed += 1;
+    }
+  }
+
   private pump(chain: AuditChain, st: ChainState): void {
-    if (st.resend || st.waiting) return;
+    if (st.resend || st.waiting || st.doomed > 0) return;
     if (st.head === undefined || (st.head === '' && this.guardEpoch && !st.epochSeen)) {
       // Read (or wait for the data-loss marker) only with nothing in flight: those batches decide the head.
       if (st.flying.length === 0 && st.queue.length > 0) void this.prepare(chain, st);
@@ -199,7 +236,7 @@ export class ChainWriter {
       prev = record.hash;
     }
     if (batch.length === 0) return;
-    const flight = { next: `${seq}:${prev}` };
+    const flight: Flight = { next: `${seq}:${prev}`, batch };
     st.head = flight.next;
     st.flying.push(flight);
     appendScript
@@ -214,6 +251,7 @@ export class ChainWriter {
       )
       .finally(() => {
         st.flying.splice(st.flying.indexOf(flight), 1);
+        if (flight.doomed) st.doomed -= 1;
         this.settle(chain, st);
       });
   }
@@ -221,7 +259,7 @@ export class ChainWriter {
   private answered(
     chain: AuditChain,
     st: ChainState,
-    flight: { next: string },
+    flight: Flight,
     batch: Pending[],
     records: AuditRecord[],
     answer: string | [string, ...number[]] | null,

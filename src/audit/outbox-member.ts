@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import type { AuditEvent } from './record.ts';
+import { OUTBOX_ACTION_SET, type OutboxEvent } from './record.ts';
 
 /**
  * Members of a chain's audit outbox (lib/outbox.lua): `<tag> <record JSON>`. The outbox is a sorted set, which
@@ -15,21 +15,44 @@ import type { AuditEvent } from './record.ts';
 const PROCESS_TAG = randomBytes(6).toString('base64url');
 let counter = 0;
 
-/** A new outbox member for `event`. */
-export function outboxMember(event: AuditEvent): string {
+/** A new outbox member for `event` (an action of OUTBOX_ACTIONS: recovery would park any other as poison). */
+export function outboxMember(event: OutboxEvent): string {
+  if (!OUTBOX_ACTION_SET.has(event.action)) throw new Error(`audit outbox: ${event.action} is not an outbox action (OUTBOX_ACTIONS)`);
   counter = (counter + 1) % Number.MAX_SAFE_INTEGER;
   return `${PROCESS_TAG}.${counter.toString(36)} ${JSON.stringify(event)}`;
 }
 
+/**
+ * The largest member read as a record. The largest record the broker puts in an outbox is a
+ * `credential.issue` with 100 scopes of 256 characters (the request schema's bounds, ~26 KB), a 2 KB
+ * identity, a 512-character task id and its determining policies: under 40 KB. Four times a
+ * `credential.issue` with a thousand long policy ids still fits. Above this, a member is poison: JSON.parse
+ * of it would cost milliseconds per pass, every pass, and nothing the broker writes comes near it.
+ */
+export const OUTBOX_MEMBER_MAX_BYTES = 256 * 1024;
+/** Fields of `detail` (a record's `detail` is flat: strings, finite numbers, booleans, string arrays). */
+const MAX_DETAIL_KEYS = 64;
+
 const DECISIONS: ReadonlySet<unknown> = new Set(['allow', 'deny', 'ok', 'error']);
 const OPTIONAL_STRINGS = ['taskId', 'role', 'leaseId', 'reason'] as const;
+/** Every field an AuditEvent has: any other field (`hash`, `seq`, `prev`, `time`, ...) makes a member poison. */
+const FIELDS: ReadonlySet<string> = new Set(['action', 'actor', 'decision', 'policies', 'count', 'detail', ...OPTIONAL_STRINGS]);
+
+const isStrings = (v: unknown): v is string[] => Array.isArray(v) && v.every((x) => typeof x === 'string');
+const isDetailValue = (v: unknown): boolean =>
+  typeof v === 'string' || typeof v === 'boolean' || (typeof v === 'number' && Number.isFinite(v)) || isStrings(v);
 
 /**
- * The record in an outbox member, or undefined when the member is not one (poison: see
- * src/audit/outbox.ts). A record is a JSON object with a string `action` and `actor`, a known `decision`,
- * and fields of the types AuditEvent gives them.
+ * The record in an outbox member, or undefined when the member is not one (poison: see src/audit/outbox.ts).
+ * Strict, because the outbox is the one way into the hash-chained log that is not the broker's own code:
+ * whoever can write the outbox key can put anything there (docs/audit.md, "What a Redis writer can do"). A
+ * record is at most OUTBOX_MEMBER_MAX_BYTES, a JSON object with exactly AuditEvent's fields (a `hash` or
+ * `seq` copied into the chained record would break verify), an action of OUTBOX_ACTIONS, a string `actor`,
+ * a known `decision`, and the other fields of the types AuditEvent gives them; `detail` flat (so nothing
+ * in it nests: hashing and serialising it cannot overflow the stack). Every check is iterative.
  */
-export function parseOutboxMember(member: string): AuditEvent | undefined {
+export function parseOutboxMember(member: string): OutboxEvent | undefined {
+  if (member.length > OUTBOX_MEMBER_MAX_BYTES || Buffer.byteLength(member) > OUTBOX_MEMBER_MAX_BYTES) return undefined;
   const json = member.startsWith('{') ? member : member.slice(member.indexOf(' ') + 1);
   let v: unknown;
   try {
@@ -39,10 +62,17 @@ export function parseOutboxMember(member: string): AuditEvent | undefined {
   }
   if (typeof v !== 'object' || v === null || Array.isArray(v)) return undefined;
   const r = v as Record<string, unknown>;
-  if (typeof r.action !== 'string' || r.action === '' || typeof r.actor !== 'string' || !DECISIONS.has(r.decision)) return undefined;
+  for (const k of Object.keys(r)) if (!FIELDS.has(k)) return undefined;
+  if (typeof r.action !== 'string' || !OUTBOX_ACTION_SET.has(r.action)) return undefined;
+  if (typeof r.actor !== 'string' || r.actor === '' || !DECISIONS.has(r.decision)) return undefined;
   for (const f of OPTIONAL_STRINGS) if (r[f] !== undefined && typeof r[f] !== 'string') return undefined;
-  if (r.policies !== undefined && !(Array.isArray(r.policies) && r.policies.every((p) => typeof p === 'string'))) return undefined;
-  if (r.count !== undefined && typeof r.count !== 'number') return undefined;
-  if (r.detail !== undefined && (typeof r.detail !== 'object' || r.detail === null || Array.isArray(r.detail))) return undefined;
-  return r as unknown as AuditEvent;
+  if (r.policies !== undefined && !isStrings(r.policies)) return undefined;
+  if (r.count !== undefined && !(typeof r.count === 'number' && Number.isSafeInteger(r.count) && r.count > 0)) return undefined;
+  if (r.detail !== undefined) {
+    if (typeof r.detail !== 'object' || r.detail === null || Array.isArray(r.detail)) return undefined;
+    const keys = Object.keys(r.detail);
+    if (keys.length > MAX_DETAIL_KEYS) return undefined;
+    for (const k of keys) if (!isDetailValue((r.detail as Record<string, unknown>)[k])) return undefined;
+  }
+  return r as unknown as OutboxEvent;
 }

@@ -7,7 +7,7 @@ import { acquireLock, reportTakeover } from '../redis/lock.ts';
 import { type RedisClient, script } from '../redis/scripts.ts';
 import type { AuditLog } from './audit-log.ts';
 import { outboxMember, parseOutboxMember } from './outbox-member.ts';
-import type { AuditEvent } from './record.ts';
+import type { OutboxEvent } from './record.ts';
 
 const parkScript = script('audit-outbox-park');
 
@@ -45,41 +45,47 @@ export interface OutboxDeps {
 /**
  * Appends the records in `chain`'s outbox that were put there before `before` (Redis ms), oldest first,
  * through the usual append path: each lands exactly once whichever process appends it. Returns how many
- * this pass took. A member that is not a record of this chain (poison: none is expected, only the broker's
- * scripts write here, but one would never leave) is parked: moved to the chain's parked set with, in the
- * same step, an `audit.outbox_poison` record put in the outbox (appended here), and logged.
+ * records this pass wrote itself (a member whose own process appended it meanwhile is not counted: nothing
+ * was recovered), and counts them in `jit_audit_outbox_recovered_total` as it goes. A member that is not a
+ * record of this chain (poison: parseOutboxMember; only the broker's scripts are expected to write here, but
+ * anyone who can write Redis can) is parked: moved to the chain's parked set with, in the same step, an
+ * `audit.outbox_poison` record put in the outbox (appended here), and logged. Each member is handled on its
+ * own: one that fails does not keep the pass from the others of its page.
  */
 export async function recoverOutbox(deps: OutboxDeps, chain: AuditChain, before: number): Promise<number> {
   const key = deps.keys.auditOutbox(chain);
-  let taken = 0;
+  let written = 0;
   let first: string | undefined;
   for (;;) {
     const flat = await deps.redis.zrangebyscore(key, '-inf', `(${before}`, 'WITHSCORES', 'LIMIT', 0, PAGE);
     // Empty, or the page before did not leave (none is expected to stay): the next pass goes on.
-    if (flat.length === 0 || flat[0] === first) return taken;
+    if (flat.length === 0 || flat[0] === first) return written;
     first = flat[0];
-    const appends: Promise<void>[] = [];
+    const work: Promise<number>[] = [];
     for (let i = 0; i + 1 < flat.length; i += 2) {
       const member = flat[i]!;
       const event = parseOutboxMember(member);
-      if (!event || deps.audit.chainOf(event) !== chain) {
-        appends.push(park(deps, chain, member));
-        continue;
-      }
-      appends.push(deps.audit.appendOutbox(chain, [member], Number(flat[i + 1])));
-      taken += 1;
+      if (!event || deps.audit.chainOf(event) !== chain) work.push(park(deps, chain, member).then(() => 0));
+      else work.push(deps.audit.appendOutboxCounted(chain, [member], Number(flat[i + 1])));
     }
-    // A failure (Redis unavailable) ends the pass: what is left is taken by the next one. Every member of
-    // this page has left the outbox (appended or parked), so the next page starts at the front again.
-    await Promise.all(appends);
-    if (flat.length < PAGE * 2) return taken;
+    const results = await Promise.allSettled(work);
+    let page = 0;
+    for (const r of results) if (r.status === 'fulfilled') page += r.value;
+    written += page;
+    if (page > 0) deps.metrics?.outboxRecovered.inc(page);
+    // A failure (Redis unavailable) ends the pass once the page is done: what is left is taken by the next
+    // one. Every other member of this page has left the outbox (appended or parked), so the next page
+    // starts at the front again.
+    const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+    if (failed) throw Object.assign(new Error(`audit outbox recovery: ${(failed.reason as Error)?.message}`), { written });
+    if (flat.length < PAGE * 2) return written;
   }
 }
 
 /** Parks a poison member (audit-outbox-park.lua) and appends the record of that. */
 async function park(deps: OutboxDeps, chain: AuditChain, member: string): Promise<void> {
   const { keys, redis, logger, audit, metrics } = deps;
-  const record: AuditEvent = {
+  const record: OutboxEvent = {
     action: 'audit.outbox_poison',
     actor: 'broker',
     decision: 'error',
@@ -112,7 +118,7 @@ async function park(deps: OutboxDeps, chain: AuditChain, member: string): Promis
 export async function outboxIntent(
   deps: Pick<OutboxDeps, 'redis' | 'keys' | 'clock'>,
   chain: AuditChain,
-  event: AuditEvent,
+  event: OutboxEvent,
 ): Promise<{ member: string; stop(): void }> {
   const key = deps.keys.auditOutbox(chain);
   const member = outboxMember(event);
@@ -202,7 +208,7 @@ export class OutboxRecovery {
   }
 
   private async run(): Promise<number> {
-    const { redis, keys, logger, clock, metrics } = this.deps;
+    const { redis, keys, logger, clock } = this.deps;
     let total = 0;
     for (const chain of keys.auditChains()) {
       if (this.stopped) break;
@@ -216,12 +222,10 @@ export class OutboxRecovery {
         });
         if (!lock) continue; // another instance is on it
         try {
+          // Counted in jit_audit_outbox_recovered_total by recoverOutbox, page by page, even if a later page fails.
           const n = await recoverOutbox(this.deps, chain, before);
           total += n;
-          if (n > 0) {
-            metrics?.outboxRecovered.inc(n);
-            logger.warn({ chain, records: n }, 'audit outbox: appended records a process left unwritten');
-          }
+          if (n > 0) logger.warn({ chain, records: n }, 'audit outbox: appended records a process left unwritten');
         } finally {
           await lock.release().catch(() => {});
         }

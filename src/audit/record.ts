@@ -43,6 +43,35 @@ export const ENDING_ACTIONS: ReadonlySet<AuditAction> = new Set<AuditAction>([
   'quarantine.remove',
 ]);
 
+/**
+ * The actions whose records may sit in a chain's audit outbox (src/audit/outbox.ts): what the broker's
+ * scripts build there (lib/outbox.lua callers, sweep.lua and leases-end.lua spell theirs out) and what the
+ * broker puts there itself. The one list: `outboxMember` refuses any other action, and recovery parks a
+ * member with another action as poison (a Redis writer's `console.signin` or `quarantine.remove` is not
+ * chained). test/audit/outbox-hardening.test.ts checks that every action a Lua script writes is here.
+ */
+export const OUTBOX_ACTIONS = [
+  'task.open',
+  'task.complete',
+  'task.expire',
+  'task.revoke',
+  'credential.issue',
+  'credential.pending',
+  'credential.fail',
+  'lease.revoke',
+  'lease.expire',
+  'lease.revoke_failed',
+  'approval.decide',
+  'admin.revoke',
+  'quarantine.add',
+  'rotate',
+  'policy.reload',
+  'audit.outbox_poison',
+] as const satisfies readonly AuditAction[];
+
+export type OutboxAction = (typeof OUTBOX_ACTIONS)[number];
+export const OUTBOX_ACTION_SET: ReadonlySet<string> = new Set<string>(OUTBOX_ACTIONS);
+
 /** One audit record as callers describe it. Never put a secret in here. */
 export interface AuditEvent {
   action: AuditAction;
@@ -59,6 +88,9 @@ export interface AuditEvent {
   count?: number;
   detail?: Record<string, string | number | boolean | string[]>;
 }
+
+/** A record that may go to an audit outbox (OUTBOX_ACTIONS). */
+export type OutboxEvent = AuditEvent & { action: OutboxAction };
 
 /** A record as stored: the event plus its place in its chain. */
 export interface AuditRecord extends AuditEvent {

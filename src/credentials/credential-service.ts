@@ -1,6 +1,6 @@
 import type { ApprovalRecord } from '../approvals/approval-store.ts';
 import { outboxMember } from '../audit/outbox-member.ts';
-import type { AuditEvent } from '../audit/record.ts';
+import type { AuditEvent, OutboxEvent } from '../audit/record.ts';
 import { authorize, deny, denial, taskContext } from '../authz.ts';
 import { roleOf } from '../config/roles.ts';
 import type { RoleConfig } from '../config/schema.ts';
@@ -65,6 +65,9 @@ interface Decided {
   approval?: ApprovalRecord;
 }
 
+/** Task incarnations the lease script found closed, remembered per process (the oldest leave first). */
+const MAX_CLOSED = 10_000;
+
 /**
  * Turns a credential request into a credential, in named steps:
  * 1. `loadTask`: the task exists and the caller is its agent;
@@ -79,6 +82,13 @@ interface Decided {
  */
 export class CredentialService {
   private readonly deps: Deps;
+  /**
+   * Task id -> createdAt of incarnations the lease script refused as closed: an agent still asking after its
+   * task ended is refused here, before a lease script whose issue record (sent behind it) would be refused
+   * too and take the records of other callers hashed on it along (docs/audit.md, Chains). Closed is final
+   * for an incarnation; a task id opened again is another createdAt.
+   */
+  private readonly closed = new Map<string, number>();
   constructor(deps: Deps) {
     this.deps = deps;
   }
@@ -99,7 +109,7 @@ export class CredentialService {
 
   private async decideAndIssue(who: WorkloadIdentity, body: CredentialRequest): Promise<IssuedCredential | PendingApproval> {
     const task = await this.loadTask(who, body);
-    if (task.expiresAt <= this.deps.clock.now()) {
+    if (task.expiresAt <= this.deps.clock.now() || this.closed.get(task.taskId) === task.createdAt) {
       await this.current(task);
       throw conflict('task_not_open', `Task ${task.taskId} is no longer open.`);
     }
@@ -214,7 +224,7 @@ export class CredentialService {
       scopes,
       ttlSeconds: ttl.ttlSeconds,
     };
-    const record: AuditEvent = {
+    const record: OutboxEvent = {
       action: 'credential.issue',
       actor: who.id,
       decision: 'allow',
@@ -234,6 +244,8 @@ export class CredentialService {
         ? await this.issueUpstream(who, fixed, provider, req, member)
         : await this.issueLocal(who, fixed, provider, req, record, member);
     } catch (err) {
+      // The lease script found this incarnation closed (recorded()): later requests are refused before it.
+      if (err instanceof BrokerError && err.code === 'task_not_open') this.rememberClosed(task.taskId, task.createdAt);
       // Nothing was handed out under the approval: it still covers the same request (one approval, one credential).
       if (d.approval) await this.deps.approvals.giveBack(d.approval).catch(() => {});
       throw err;
@@ -298,6 +310,8 @@ export class CredentialService {
       await this.failed(fixed, err).catch(() => {});
       throw err;
     }
+    // Refused: the issue record behind the script will not be written; it must not take other callers' records with it.
+    if (created.kind !== 'ok') this.deps.audit.withdraw(this.deps.keys.bucketOfTask(fixed.taskId), member);
     await this.recorded(who, fixed, created.kind);
     const at = created.kind === 'ok' ? created.now : this.deps.clock.now();
     let result: IssueResult;
@@ -411,6 +425,11 @@ export class CredentialService {
         'could not revoke a credential whose lease was given up during issuance',
       );
     }
+  }
+
+  private rememberClosed(taskId: string, createdAt: number): void {
+    if (this.closed.size >= MAX_CLOSED) this.closed.delete(this.closed.keys().next().value!);
+    this.closed.set(taskId, createdAt);
   }
 
   /** Maps the lease-create outcome to the caller's answer. */

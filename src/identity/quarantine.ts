@@ -1,7 +1,9 @@
 import type { Logger } from '../logger.ts';
 import type { Keys } from '../redis/keys.ts';
-import type { RedisClient } from '../redis/scripts.ts';
+import { type RedisClient, script } from '../redis/scripts.ts';
 import { IdentityPatterns } from './patterns.ts';
+
+const addScript = script('quarantine-add');
 
 /** One quarantine in force. */
 export interface QuarantineEntry {
@@ -78,10 +80,20 @@ export class Quarantine {
     clearInterval(this.timer);
   }
 
-  async add(entry: QuarantineEntry): Promise<void> {
+  /**
+   * Puts `entry` in force. `member`: its `quarantine.add` record's outbox member (outboxMember), put in the
+   * ops chain's audit outbox in the same step (quarantine-add.lua); returns its score (Redis ms) then.
+   */
+  async add(entry: QuarantineEntry, member?: string): Promise<number | undefined> {
     const { pattern, ...rest } = entry;
-    await this.redis.hset(this.keys.quarantine(), pattern, JSON.stringify(rest));
+    let at: number | undefined;
+    if (member)
+      at = Number(
+        await addScript.run(this.redis, [this.keys.quarantine(), this.keys.auditOutbox('ops')], [pattern, JSON.stringify(rest), member]),
+      );
+    else await this.redis.hset(this.keys.quarantine(), pattern, JSON.stringify(rest));
     await this.reload();
+    return at;
   }
 
   /** Returns false when no such quarantine was in force. */

@@ -1,5 +1,5 @@
 import { outboxMember } from '../audit/outbox-member.ts';
-import type { AuditEvent } from '../audit/record.ts';
+import type { OutboxEvent } from '../audit/record.ts';
 import type { Keys } from '../redis/keys.ts';
 import { type RedisClient, script } from '../redis/scripts.ts';
 import type { LeaseFixed, LeaseRecord, LeaseStatus, RevokeReason } from './types.ts';
@@ -158,7 +158,7 @@ export class LeaseStore {
     leaseId: string,
     handle: string,
     lastError: string,
-    record?: AuditEvent,
+    record?: OutboxEvent,
   ): Promise<{ kind: 'ended_now'; recorded?: { member: string; at: number } } | { kind: 'moved' | LeaseStatus | undefined }> {
     const bucket = this.keys.bucketOfId(leaseId);
     if (bucket === undefined) return { kind: undefined };
@@ -199,7 +199,7 @@ export class LeaseStore {
     leaseId: string,
     status: 'revoked' | 'expired' | 'failed',
     fields: { reason?: RevokeReason | undefined; lastError?: string | undefined } = {},
-    record?: AuditEvent,
+    record?: OutboxEvent,
   ): Promise<LeaseChange> {
     const extra: Record<string, string> = fields.lastError === undefined ? {} : { lastError: fields.lastError };
     return this.update(leaseId, status, fields.reason, extra, true, record);
@@ -212,7 +212,7 @@ export class LeaseStore {
   async mark(
     leaseId: string,
     fields: { status?: LeaseStatus; reason?: RevokeReason; lastError?: string; attempts?: number },
-    record?: AuditEvent,
+    record?: OutboxEvent,
   ): Promise<LeaseChange> {
     const extra: Record<string, string | number> = {};
     if (fields.lastError !== undefined) extra.lastError = fields.lastError;
@@ -282,7 +282,7 @@ export class LeaseStore {
     reason: RevokeReason | undefined,
     extra: Record<string, string | number>,
     ending: boolean,
-    record: AuditEvent | undefined,
+    record: OutboxEvent | undefined,
   ): Promise<LeaseChange> {
     const bucket = this.keys.bucketOfId(leaseId);
     if (bucket === undefined) return { before: undefined };

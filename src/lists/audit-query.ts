@@ -1,3 +1,4 @@
+import { TIME_SLACK_MS } from '../audit/audit-log.ts';
 import { type AuditRecord, GENESIS, hashRecord } from '../audit/record.ts';
 import type { Deps } from '../deps.ts';
 import { badRequest } from '../errors.ts';
@@ -33,8 +34,6 @@ function cmpId(a: string, b: string): number {
   const [bm, bn] = b.split('-').map(Number) as [number, number];
   return am - bm || an - bn;
 }
-
-const idMs = (id: string) => Number(id.slice(0, id.indexOf('-')));
 
 /**
  * How many stream entries one page may read before answering with what it has: then `nextCursor`
@@ -82,18 +81,22 @@ export class AuditReader {
     if (q.since !== undefined && q.since < 0) q = { ...q, since: 0 };
     const bind = { caller: who.id, filters };
     const filtered = q.actor !== undefined || q.action !== undefined || q.since !== undefined || q.until !== undefined;
-    const keep = (r: AuditRecord, id: string) =>
-      (!q.actor || r.actor === q.actor) &&
-      (!q.action || r.action === q.action) &&
-      (q.since === undefined || idMs(id) >= q.since) &&
-      (q.until === undefined || idMs(id) <= q.until);
+    // `since`/`until` bound the record's `time` (its decision, as the record says), not when it was appended:
+    // a record recovered from an audit outbox is appended well after its decision, and must be found by a
+    // window that covers the decision (docs/audit.md, "Querying by time").
+    const keep = (r: AuditRecord, _id: string) => {
+      if ((q.actor && r.actor !== q.actor) || (q.action && r.action !== q.action)) return false;
+      if (q.since === undefined && q.until === undefined) return true;
+      const at = Date.parse(r.time);
+      return (q.since === undefined || at >= q.since) && (q.until === undefined || at <= q.until);
+    };
     if (q.taskId) {
       if (!admin) await this.tasks.readable(who, q.taskId);
       // Without a cursor, a `since` is where the index is entered (its binary search), not a filter over all before it.
       const after = q.cursor
         ? this.cursors.decode<string>(q.cursor, bind)
-        : q.since !== undefined && q.since > 0
-          ? `${q.since - 1}-${Number.MAX_SAFE_INTEGER}`
+        : q.since !== undefined && q.since > TIME_SLACK_MS
+          ? `${q.since - TIME_SLACK_MS - 1}-${Number.MAX_SAFE_INTEGER}`
           : undefined;
       return this.fromIds(
         this.deps.keys.bucketOfTask(q.taskId),
@@ -189,7 +192,14 @@ export class AuditReader {
     const chains = this.deps.keys.auditChains();
     const pos: Record<string, string> = { ...after };
     if (q.until !== undefined && q.until < 0) return { items: [], nextCursor: null };
-    const start = q.since === undefined ? '-' : `${q.since}-0`;
+    // Stream ids are append times: a record's `time` may be up to TIME_SLACK_MS after its id (a process
+    // clock ahead of Redis's), and before it by as much as the chain's lateness (Keys.auditLate) plus that.
+    const start = q.since === undefined ? '-' : `${Math.max(0, q.since - TIME_SLACK_MS)}-0`;
+    const late = new Map<AuditChain, number>();
+    if (q.until !== undefined) {
+      const scores = await Promise.all(chains.map((c) => this.deps.redis.zscore(this.deps.keys.auditLate(c), 'max')));
+      for (const [i, c] of chains.entries()) late.set(c, Number(scores[i] ?? 0));
+    }
     const buffers = new Map<AuditChain, [string, string[]][]>();
     const done = new Set<AuditChain>();
     const items: AuditItem[] = [];
@@ -199,7 +209,7 @@ export class AuditReader {
       const got = await this.deps.redis.xrange(
         this.deps.keys.auditStream(c),
         from,
-        q.until === undefined ? '+' : `${q.until}-18446744073709551615`,
+        q.until === undefined ? '+' : `${q.until + TIME_SLACK_MS + (late.get(c) ?? 0)}-18446744073709551615`,
         'COUNT',
         100,
       );

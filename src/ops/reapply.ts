@@ -1,5 +1,6 @@
 import type { AdminService } from '../admin/admin-service.ts';
-import type { AuditEvent, AuditRecord } from '../audit/record.ts';
+import { outboxMember } from '../audit/outbox-member.ts';
+import type { AuditRecord, OutboxEvent } from '../audit/record.ts';
 import type { Deps } from '../deps.ts';
 import { endOneLease } from '../leases/lease-service.ts';
 import { LeaseStore } from '../leases/lease-store.ts';
@@ -50,7 +51,7 @@ export async function reapplyEndings(
     const again = { reapplied: 'redis_rolled_back', originalSeq: r.seq, originalTime: r.time, originalActor: r.actor };
     if ((r.action === 'task.complete' || r.action === 'task.revoke') && r.taskId) {
       const byAdmin = r.action === 'task.revoke' || r.reason === 'revoked_by_admin';
-      const record: AuditEvent = {
+      const record: OutboxEvent = {
         action: r.action,
         actor: 'broker',
         decision: 'ok',
@@ -86,15 +87,17 @@ export async function reapplyEndings(
       const pattern = r.detail.pattern;
       const at = typeof r.detail.at === 'string' ? r.detail.at : r.time;
       if (!(await deps.redis.hexists(deps.keys.quarantine(), pattern))) {
-        // Recorded first, as an admin's quarantine is: the export is what restores quarantines after a data loss.
-        await deps.audit.append({
+        // Recorded in the step that puts it in force, as an admin's quarantine is (quarantine-add.lua): the
+        // export is what restores quarantines after a data loss.
+        const member = outboxMember({
           action: 'quarantine.add',
           actor: 'broker',
           decision: 'ok',
           reason: r.reason ?? '',
           detail: { pattern, at, ...again },
         });
-        await deps.redis.hset(deps.keys.quarantine(), pattern, JSON.stringify({ reason: r.reason ?? '', by: r.actor, at }));
+        const added = await deps.quarantine.add({ pattern, reason: r.reason ?? '', by: r.actor, at }, member);
+        await deps.audit.appendOutbox('ops', [member], added!);
         out.quarantines += 1;
         quarantineChanged = true;
       }

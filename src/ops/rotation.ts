@@ -1,3 +1,5 @@
+import { outboxIntent } from '../audit/outbox.ts';
+import type { OutboxEvent } from '../audit/record.ts';
 import { authorize } from '../authz.ts';
 import type { Deps } from '../deps.ts';
 import { BrokerError, badRequest, conflict, upstreamFailed } from '../errors.ts';
@@ -72,6 +74,29 @@ export class RotationService {
       onTakeover: reportTakeover(this.deps.logger, (e) => this.deps.audit.append(e)),
     });
     if (!lock) throw conflict('rotation_in_progress', `A rotation of ${target} is already running.`);
+    const flags = { ...(opts.immediate ? { immediate: true } : {}), ...(opts.resumed ? { resumed: true } : {}) };
+    // A rotation changes state in many steps (Redis, the provider, every instance), so its record cannot ride
+    // in one script: it goes to the ops chain's outbox before the first step, saying `interrupted`, and is
+    // kept there while the rotation runs. A process that dies part-way leaves that record for recovery
+    // (src/audit/outbox.ts); one that finishes writes the outcome in its place.
+    let intent: Awaited<ReturnType<typeof outboxIntent>>;
+    try {
+      intent = await outboxIntent(this.deps, 'ops', {
+        action: 'rotate',
+        actor,
+        decision: 'error',
+        reason: 'rotation_interrupted',
+        detail: { target, interrupted: true, ...flags },
+      });
+    } catch (err) {
+      await lock.release().catch(() => {});
+      throw err;
+    }
+    const record = async (outcome: OutboxEvent) => {
+      intent.stop();
+      // Not written: recovery appended the `interrupted` record meanwhile; the outcome follows it.
+      if (!(await this.deps.audit.appendMember(outcome, intent.member, 'ops'))) await this.deps.audit.appendTo('ops', outcome);
+    };
     const keep = setInterval(() => void lock.extend(LOCK_TTL_MS).catch(() => {}), LOCK_TTL_MS / 3);
     try {
       // Start from the secret the others run with (Redis's), so "not in use" below means not in use anywhere.
@@ -98,13 +123,7 @@ export class RotationService {
       );
       if (!distributed) await this.announce({ type: 'rotated', target }); // signing key: instances reload from Redis
       this.deps.metrics.rotations.inc({ target, result: 'ok' });
-      await this.deps.audit.append({
-        action: 'rotate',
-        actor,
-        decision: 'ok',
-        reason: target,
-        detail: { rotated: result.rotated, ...(opts.immediate ? { immediate: true } : {}), ...(opts.resumed ? { resumed: true } : {}) },
-      });
+      await record({ action: 'rotate', actor, decision: 'ok', reason: target, detail: { rotated: result.rotated, ...flags } });
       return { target, rotated: result.rotated, ...(result.detail ?? {}) };
     } catch (err) {
       // A takeover (the lock lapsed, another rotation goes on) is not a failed rotation for alerting.
@@ -113,13 +132,13 @@ export class RotationService {
       // lock distributes), not with one a failed step left this instance on.
       if (target !== 'signing-key') await this.applyDistributedSecrets(target).catch(() => {});
       if (err instanceof RotationLockLost) {
-        await this.deps.audit.append({ action: 'rotate', actor, decision: 'error', reason: err.code, detail: { target, lockLost: true } });
+        await record({ action: 'rotate', actor, decision: 'error', reason: err.code, detail: { target, lockLost: true } });
         throw err;
       }
       const code = err instanceof BrokerError ? err.code : 'rotation_failed';
       // rotation_incomplete: the instances could not all be switched back, so both secrets were kept valid.
       const state: Record<string, boolean> = code === 'rotation_incomplete' ? { bothSecretsValid: true } : { oldSecretInUse: true };
-      await this.deps.audit.append({
+      await record({
         action: 'rotate',
         actor,
         decision: 'error',
@@ -129,6 +148,7 @@ export class RotationService {
       if (err instanceof BrokerError) throw err;
       throw upstreamFailed('rotation_failed', `Rotating ${target} failed; the previous secret is still in use.`, { cause: err });
     } finally {
+      intent.stop();
       clearInterval(keep);
       await lock.release();
     }
@@ -199,15 +219,24 @@ export class RotationService {
         extra: { issues: err.issues.map(({ code, file, line, column, message }) => ({ code, file, line, column, message })) },
       });
     }
-    const at = this.deps.clock.now();
-    await this.policySync.loaded(at);
-    await this.announce({ type: 'policy-reload', version: r.version, instance: this.policySync.instance, at });
-    await this.deps.audit.append({
+    const outcome: OutboxEvent = {
       action: 'policy.reload',
       actor: who.id,
       decision: 'ok',
       detail: { policies: r.policies, version: r.version },
-    });
+    };
+    // Recorded with the reload's own state change (the version in force, then the announcement), which is two
+    // steps: the record goes to the ops chain's outbox first, saying `interrupted`, so a process that dies in
+    // between leaves it for recovery; the finished reload writes the outcome in its place.
+    const intent = await outboxIntent(this.deps, 'ops', { ...outcome, detail: { ...outcome.detail, interrupted: true } });
+    try {
+      const at = this.deps.clock.now();
+      await this.policySync.loaded(at);
+      await this.announce({ type: 'policy-reload', version: r.version, instance: this.policySync.instance, at });
+    } finally {
+      intent.stop();
+    }
+    if (!(await this.deps.audit.appendMember(outcome, intent.member, 'ops'))) await this.deps.audit.appendTo('ops', outcome);
     return { reloaded: true, policies: r.policies, version: r.version };
   }
 

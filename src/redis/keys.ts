@@ -238,6 +238,14 @@ export class Keys {
   auditOutboxParked(chain: AuditChain): string {
     return `${this.auditBase(chain)}audit-outbox-parked`;
   }
+  /**
+   * Sorted set with one member, `max`: the most a record of the chain was appended after its `time`, in ms
+   * (recovered outbox records, records chained again with their original time), so an audit query by time
+   * reads far enough past its `until` (src/lists/audit-query.ts). Only ever raised (ZADD GT).
+   */
+  auditLate(chain: AuditChain): string {
+    return `${this.auditBase(chain)}audit-late`;
+  }
   /** Every chain id, ops first. */
   auditChains(): AuditChain[] {
     return ['ops', ...Array.from({ length: this.buckets }, (_, i) => i)];

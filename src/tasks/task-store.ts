@@ -1,6 +1,6 @@
 import { LRUCache } from 'lru-cache';
 import { outboxMember } from '../audit/outbox-member.ts';
-import type { AuditEvent } from '../audit/record.ts';
+import type { OutboxEvent } from '../audit/record.ts';
 import { conflict } from '../errors.ts';
 import { indexWindow } from '../lists/index-window.ts';
 import type { Keys } from '../redis/keys.ts';
@@ -111,7 +111,7 @@ export class TaskStore {
    */
   async open(
     task: TaskFixed,
-    opts: { maxSubtasks: number; rootTaskId?: string; parentCreatedAt?: number; audit?: AuditEvent },
+    opts: { maxSubtasks: number; rootTaskId?: string; parentCreatedAt?: number; audit?: OutboxEvent },
   ): Promise<OpenResult> {
     const k = this.keys;
     const bucket = k.bucketOfTask(task.taskId);
@@ -262,7 +262,7 @@ export class TaskStore {
     status: 'completed' | 'expired',
     reason: TaskEndReason,
     adminScope?: 'task',
-    audit: { task?: AuditEvent; subtask?: Omit<AuditEvent, 'taskId'>; counts?: boolean } = {},
+    audit: { task?: OutboxEvent; subtask?: Omit<OutboxEvent, 'taskId'>; counts?: boolean } = {},
   ): Promise<EndResult> {
     const bucket = this.keys.bucketOfTask(taskId);
     const childReason = reason === 'revoked_by_admin' ? 'revoked_by_admin' : 'task_completed';

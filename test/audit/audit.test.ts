@@ -1,7 +1,7 @@
 import { Redis } from 'ioredis';
 import { AuditLog } from '../../src/audit/audit-log.ts';
 import { outboxMember } from '../../src/audit/outbox-member.ts';
-import type { AuditEvent } from '../../src/audit/record.ts';
+import type { AuditEvent, OutboxEvent } from '../../src/audit/record.ts';
 import { verifyAuditChain } from '../../src/audit/verify.ts';
 import { silentLogger } from '../../src/logger.ts';
 import { coalesceWrites } from '../../src/redis/coalesce.ts';
@@ -294,7 +294,7 @@ test.each([
 });
 
 describe('records sent behind what they record', () => {
-  const event = (i: number): AuditEvent => ({
+  const event = (i: number): OutboxEvent => ({
     action: 'credential.issue',
     actor: 'spiffe://dev.local/agent/a',
     decision: 'allow',
@@ -362,7 +362,7 @@ describe('records sent behind what they record', () => {
 test('a batch written whose answer was lost and that the client sent again is not written twice, nor the batch behind it', async () => {
   const prefix = uniquePrefix('audit-resent');
   const keys = new Keys(prefix);
-  const event = (i: number): AuditEvent => ({
+  const event = (i: number): OutboxEvent => ({
     action: 'credential.issue',
     actor: 'spiffe://dev.local/agent/a',
     decision: 'allow',
