@@ -1,3 +1,4 @@
+import { LRUCache } from 'lru-cache';
 import type { ApprovalRecord } from '../approvals/approval-store.ts';
 import { outboxMember } from '../audit/outbox-member.ts';
 import type { AuditEvent, OutboxEvent } from '../audit/record.ts';
@@ -65,7 +66,7 @@ interface Decided {
   approval?: ApprovalRecord;
 }
 
-/** Task incarnations the lease script found closed, remembered per process (the oldest leave first). */
+/** Task incarnations the lease script found closed, remembered per process (the least recently asked leave first). */
 const MAX_CLOSED = 10_000;
 
 /**
@@ -88,7 +89,7 @@ export class CredentialService {
    * too and take the records of other callers hashed on it along (docs/audit.md, Chains). Closed is final
    * for an incarnation; a task id opened again is another createdAt.
    */
-  private readonly closed = new Map<string, number>();
+  private readonly closed = new LRUCache<string, number>({ max: MAX_CLOSED });
   constructor(deps: Deps) {
     this.deps = deps;
   }
@@ -245,7 +246,7 @@ export class CredentialService {
         : await this.issueLocal(who, fixed, provider, req, record, member);
     } catch (err) {
       // The lease script found this incarnation closed (recorded()): later requests are refused before it.
-      if (err instanceof BrokerError && err.code === 'task_not_open') this.rememberClosed(task.taskId, task.createdAt);
+      if (err instanceof BrokerError && err.code === 'task_not_open') this.closed.set(task.taskId, task.createdAt);
       // Nothing was handed out under the approval: it still covers the same request (one approval, one credential).
       if (d.approval) await this.deps.approvals.giveBack(d.approval).catch(() => {});
       throw err;
@@ -425,11 +426,6 @@ export class CredentialService {
         'could not revoke a credential whose lease was given up during issuance',
       );
     }
-  }
-
-  private rememberClosed(taskId: string, createdAt: number): void {
-    if (this.closed.size >= MAX_CLOSED) this.closed.delete(this.closed.keys().next().value!);
-    this.closed.set(taskId, createdAt);
   }
 
   /** Maps the lease-create outcome to the caller's answer. */
