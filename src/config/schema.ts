@@ -61,6 +61,9 @@ export const roleSchema = z.discriminatedUnion('provider', PROVIDERS.map((d) => 
 const providerSettings = Object.fromEntries(
   PROVIDERS.flatMap((d) => (d.kind !== 'jwt' && d.settingsSchema ? [[d.kind, d.settingsSchema.optional()]] : [])),
 ) as Record<string, ZodType<unknown>>;
+/** The most `tasks.maxSubtasks` may be (see there). */
+export const MAX_SUBTASKS = 1000;
+
 /** A budget: `perSecond` sustained, `burst` at once (default twice perSecond); perSecond 0 turns it off. */
 function budget(perSecond: number) {
   return z
@@ -145,8 +148,17 @@ export const configSchema = z
           .default(86_400),
         maxDelegationDepth: z.int().min(0).max(10).default(3),
         maxGrants: z.int().min(1).max(100).default(20),
-        /** Sub-tasks a task tree may ever have, ended ones included (0 = no bound). */
-        maxSubtasks: z.int().min(0).max(1_000_000).default(50),
+        /**
+         * Sub-tasks a task tree may ever have, ended ones included: 1 to MAX_SUBTASKS, no "0 = no bound".
+         * The evidence shows the whole tree and merges every task's audit index in Redis on each page
+         * (task-audit-page.lua): Redis time grows with the tree (~2 ms a page at 51 tasks, ~15-25 ms at
+         * 1,001, ~100-170 ms at 10,001), so a larger tree is one whose evidence cannot be served.
+         */
+        maxSubtasks: z
+          .int()
+          .min(1, 'must be 1 to 1000: the evidence of a task shows its whole tree, so a tree is bounded')
+          .max(MAX_SUBTASKS, 'must be 1 to 1000: the evidence of a task shows its whole tree, so a tree is bounded')
+          .default(50),
         /** Live leases one task may hold at once (0 = no bound). */
         maxLeases: z.int().min(0).max(10_000_000).default(1000),
         /**

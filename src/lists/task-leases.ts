@@ -12,6 +12,12 @@ import type { Page } from './list-service.ts';
  */
 export const EMBEDDED_LEASES = 100;
 
+/**
+ * The most tasks' lease indexes a tree page reads at once: each answers at most the page's `limit + 1`
+ * ids, so a batch reads at most this many times the page in ids (ids only, no records), in one round trip.
+ */
+const TASKS_AT_ONCE = 16;
+
 /** A page's last lease: its task (in a tree read), id and issue time. */
 interface Position {
   t: string;
@@ -52,10 +58,16 @@ export class TaskLeaseReader {
     // One more than asked for says whether another page follows.
     const got: Position[] = [];
     let after = from;
-    for (; i < taskIds.length && got.length <= limit; i++) {
-      const t = taskIds[i]!;
+    // Tasks whose indexes turn out empty are read more at once (1, 2, 4, ... TASKS_AT_ONCE): a tree of tasks
+    // without leases cost a round trip per task, one after another (tasks.maxSubtasks + 1), while a task that
+    // has leases is still read alone, for no more ids than the page needs.
+    for (let at = 1; i < taskIds.length && got.length <= limit; ) {
       const want = limit + 1 - got.length;
-      for (const p of await this.deps.tasks.leasePage(t, after?.t === t ? after : undefined, want)) got.push({ t, ...p });
+      const batch = taskIds.slice(i, i + at);
+      const pages = await Promise.all(batch.map((t) => this.deps.tasks.leasePage(t, after?.t === t ? after : undefined, want)));
+      for (const [j, t] of batch.entries()) for (const p of pages[j]!) got.push({ t, ...p });
+      if (limit + 1 - got.length === want) at = Math.min(at * 2, TASKS_AT_ONCE);
+      i += batch.length;
       after = undefined;
     }
     const shown = got.slice(0, limit);

@@ -169,7 +169,9 @@ export class TaskService {
 
   /** The task if `who` may read it (its orchestrator, its agent, an admin); denials are audited. */
   async readable(who: WorkloadIdentity, taskId: string): Promise<TaskRecord> {
-    const task = await this.deps.tasks.get(taskId);
+    // The changing fields fresh, the immutable rest (up to ~36 KB) from the task cache: every read route
+    // starts here, and a task's own agent may call them over and over.
+    const [task] = await this.deps.tasks.recordsOf([taskId]);
     if (!task) throw notFound('task_not_found', `No task ${taskId}.`);
     if (!this.mayRead(who, task)) {
       await deny(this.deps, who, 'not_task_party', "Only the task's orchestrator, its agent or an admin may read it.", {

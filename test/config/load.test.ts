@@ -191,4 +191,18 @@ describe('ergonomics', () => {
     expect(err?.path).toBe(path);
     expect(err?.message).toContain(message);
   });
+
+  test.each([0, 1001, 1_000_000])('tasks.maxSubtasks %d is refused: the evidence shows the whole tree, so a tree is bounded', (n) => {
+    // 0 was "no bound" and 1,000,000 the most: an evidence page merges every task's audit index in Redis
+    // (~100-170 ms of Redis a page at 10,001 tasks), and read every record of the tree whole.
+    let err: ConfigError | undefined;
+    try {
+      validateConfig({ ...minimal(), tasks: { maxSubtasks: n } }, {}, 'x.yaml');
+    } catch (e) {
+      err = e as ConfigError;
+    }
+    expect(err?.path).toBe('tasks.maxSubtasks');
+    expect(err?.message).toContain('must be 1 to 1000');
+    expect(validateConfig({ ...minimal(), tasks: { maxSubtasks: 1000 } }, {}, 'x.yaml').tasks.maxSubtasks).toBe(1000);
+  });
 });

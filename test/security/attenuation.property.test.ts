@@ -11,7 +11,7 @@ import { ORCH, call, startTestBroker, type TestBroker } from '../helpers/broker.
 let t: TestBroker;
 beforeAll(async () => {
   t = await startTestBroker('attenuation', {
-    config: { tasks: { maxSubtasks: 0, maxLeases: 0, maxPendingApprovals: 0, maxDelegationDepth: 3 } },
+    config: { tasks: { maxSubtasks: 1000, maxLeases: 0, maxPendingApprovals: 0, maxDelegationDepth: 3 } },
   });
 });
 afterAll(async () => {

@@ -15,7 +15,7 @@
 -- ARGV[1] immutable part as JSON
 -- ARGV[2] ttl in ms (deadline = Redis time + ttl)
 -- ARGV[3] task id
--- ARGV[4] maxSubtasks over the tree's whole life (0 = no bound)
+-- ARGV[4] maxSubtasks over the tree's whole life (0 = no bound; the config allows 1-1000)
 -- ARGV[5] agent (kept as a plain field too, for filters and the kill switch)
 -- ARGV[6] tenant (likewise)
 -- ARGV[7] how long after its deadline the task's index entries must stay (ms): its retention, plus slack
