@@ -1,4 +1,4 @@
-import { afterAll, expect, test } from '@jest/globals';
+import { afterAll, expect, jest, test } from '@jest/globals';
 import { Redis } from 'ioredis';
 import { outboxStats } from '../../src/audit/outbox.ts';
 import { Metrics } from '../../src/metrics.ts';
@@ -50,4 +50,28 @@ test('an outbox age keeps counting from the last good reading while readings fai
   // And it grew with the time that passed (before: it stayed within one interval of the first value).
   expect(last).toBeGreaterThanOrEqual(first + 0.5);
   expect(metrics.readings.outbox.taken).toBeGreaterThan(3);
+});
+
+test('records in flight at each reading do not make an outbox age that grows with the refresh interval', async () => {
+  // Found in review: the age was counted on from every reading with records, and on a busy broker every
+  // reading finds a few in flight (written by a script, appended a few ms later). With
+  // server.metricsRefreshSeconds above the documented alert (60 s) the gauge crossed it on every interval.
+  jest.useFakeTimers({ doNotFake: ['nextTick', 'setImmediate', 'queueMicrotask'] });
+  try {
+    const metrics = new Metrics({ refreshMs: 300_000 });
+    let oldest = 0.002;
+    metrics.outboxSource = async () => ({ records: 2, oldestSeconds: oldest, parked: 0 });
+    expect(await gauge(metrics, 'jit_audit_outbox_oldest_seconds')).toBeCloseTo(0.002, 3);
+    jest.advanceTimersByTime(120_000);
+    // What the reading saw was appended long ago; nothing says anything is waiting 2 minutes.
+    expect(await gauge(metrics, 'jit_audit_outbox_oldest_seconds')).toBeLessThanOrEqual(10);
+    // A record recovery had not taken at the reading (past its 10 s grace) is still counted on.
+    jest.advanceTimersByTime(300_000);
+    oldest = 30;
+    expect(await gauge(metrics, 'jit_audit_outbox_oldest_seconds')).toBeCloseTo(30, 1);
+    jest.advanceTimersByTime(100_000);
+    expect(await gauge(metrics, 'jit_audit_outbox_oldest_seconds')).toBeCloseTo(130, 1);
+  } finally {
+    jest.useRealTimers();
+  }
 });
