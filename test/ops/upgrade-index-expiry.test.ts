@@ -98,3 +98,38 @@ test("this release's own ending still gives the index the retention from the tas
   expect(ttl).toBeGreaterThan(0);
   expect(ttl).toBeLessThanOrEqual(RETENTION_S * 1000);
 });
+
+maybe('a task id opened again while the index an earlier task left still lives: the index lasts as long as the new task', async () => {
+  const { keys, redis } = t.broker.deps;
+  const opened = await call(t.url, 'POST', '/v1/tasks', t.as(ORCH), {
+    taskId: 't-again',
+    agent: `spiffe://dev.local${AGENT}`,
+    tenant: 'acme',
+    purpose: 'first',
+    ttlSeconds: 60,
+    grants: [{ role: 'demo-api' }],
+  });
+  expect(opened.status).toBe(201);
+  expect((await call(t.url, 'POST', '/v1/credentials', t.as(AGENT), { taskId: 't-again', role: 'demo-api' })).status).toBe(201);
+  const b = keys.bucketOfTask('t-again');
+  await redis.eval(
+    previousScript('task-end'),
+    2,
+    keys.task('t-again'),
+    keys.openTasks(b),
+    keys.base(b),
+    'completed',
+    'task_completed',
+    'task_completed',
+    RETENTION_S * 1000,
+    't-again',
+  );
+  // Its records purged (as their retention would; the index, given the earlier task's deadline, is still there).
+  await redis.del(keys.task('t-again'), keys.taskLeasesLegacy('t-again'), keys.taskChildren('t-again'), keys.taskApprovals('t-again'));
+  const before = await redis.pttl(keys.taskLeases('t-again'));
+  expect(before).toBeLessThanOrEqual((60 + RETENTION_S) * 1000);
+  await openAgentTask(t, 't-again', [{ role: 'demo-api' }]);
+  expect((await call(t.url, 'POST', '/v1/credentials', t.as(AGENT), { taskId: 't-again', role: 'demo-api' })).status).toBe(201);
+  // The new task's deadline is 600 s away: its index must outlast it by the retention.
+  expect(await redis.pttl(keys.taskLeases('t-again'))).toBeGreaterThan((590 + RETENTION_S) * 1000);
+});

@@ -64,9 +64,15 @@ redis.call('ZADD', KEYS[3], now, ARGV[5])
 -- with the latest its task's records can live: the deadline (the sweeper ends the task then) plus the
 -- retention. Should it still go first (a sweeper down longer than the retention), the lease set (KEYS[5])
 -- holds every id, and task-lease-page.lua copies them back.
+-- At least that long: an index an earlier task under this id left (ended by the previous release, so expiring
+-- at its own deadline plus the retention) is this task's now, and must not expire while it is open.
 local keep = tonumber(ARGV[14] or '')
-if keep and keep > 0 and redis.call('PTTL', KEYS[3]) == -1 then
-  redis.call('PEXPIREAT', KEYS[3], string.format('%d', tonumber(f[3]) + keep))
+if keep and keep > 0 then
+  local until_ms = tonumber(f[3]) + keep
+  local left = redis.call('PTTL', KEYS[3])
+  if left == -1 or (left > 0 and now + left < until_ms) then
+    redis.call('PEXPIREAT', KEYS[3], string.format('%d', until_ms))
+  end
 end
 redis.call('SADD', KEYS[5], ARGV[5])
 redis.call('ZADD', KEYS[4], score, ARGV[5])
