@@ -1,5 +1,6 @@
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import type { SealStatus } from './audit/seal-status.ts';
+import { OUTBOX_GRACE_MS } from './audit/outbox.ts';
 import { SharedReading } from './shared-reading.ts';
 
 /**
@@ -124,11 +125,20 @@ export class Metrics {
       registers,
     });
     // The audit outboxes (docs/audit.md): records of decisions on their way to their chain. One reading serves
-    // the three gauges.
+    // the three gauges. The oldest record's age is counted on from the reading only as far as what the reading
+    // showed supports: a record recovery had not taken (past its grace) is still there unless a later reading
+    // says otherwise, but one younger than that is normally one in flight, appended a few ms later, and a busy
+    // broker has some at every reading. Counted on without bound, those made the gauge reach the refresh
+    // interval every interval (above the 60 s alert with server.metricsRefreshSeconds >= 60); they count on
+    // up to the grace, and past it only once a reading shows them still there.
+    const graceSeconds = OUTBOX_GRACE_MS / 1000;
     const outbox = async () => {
       if (!metrics.outboxSource) return undefined;
       const { value, at } = await metrics.readings.outbox.get();
-      return value && { ...value, oldestSeconds: value.records > 0 ? value.oldestSeconds + since(at) : 0 };
+      if (!value) return undefined;
+      const aged = value.oldestSeconds + since(at);
+      const oldest = value.oldestSeconds >= graceSeconds ? aged : Math.min(aged, graceSeconds);
+      return { ...value, oldestSeconds: value.records > 0 ? oldest : 0 };
     };
     this.outboxRecords = new Gauge({
       name: 'jit_audit_outbox_records',

@@ -5,11 +5,19 @@
  * a slow reading does not make them back to back), and callers that ask while one is under way share it
  * (single flight). A reading that fails keeps the last value (undefined before the first success) and
  * counts as taken: a Redis that is down is not asked again by every caller.
+ *
+ * `at` is when the value was read, not when a reading was last tried: a failed reading leaves it where
+ * it was, so an age counted on from it (src/metrics.ts) keeps growing while readings fail. Stamped with
+ * the failure's time, each failed reading set such an age back by an interval, and an alert on it (an
+ * outbox nobody appends while Redis fails) never fired.
  */
 export class SharedReading<T> {
   private readonly everyMs: number;
   private readonly read: () => Promise<T>;
+  /** The last value read, and when (performance.now() ms); undefined before the first success. */
   private last: { value: T | undefined; at: number } | undefined;
+  /** When the last reading, good or failed, ended: what `everyMs` counts from. */
+  private triedAt: number | undefined;
   private pending: Promise<{ value: T | undefined; at: number }> | undefined;
   /** Readings taken so far (tests, and the bound's documentation). */
   taken = 0;
@@ -22,19 +30,26 @@ export class SharedReading<T> {
   /** The current value and when it was read (performance.now() ms): the last one if fresh, else a new one. */
   async get(): Promise<{ value: T | undefined; at: number }> {
     if (this.pending) return this.pending;
-    if (this.last && performance.now() - this.last.at < this.everyMs) return this.last;
+    if (this.triedAt !== undefined && performance.now() - this.triedAt < this.everyMs) return this.current();
     this.taken += 1;
-    const before = this.last?.value;
     const pending = this.read().then(
-      (value) => ({ value, at: performance.now() }),
-      () => ({ value: before, at: performance.now() }),
+      (value) => {
+        this.last = { value, at: performance.now() };
+        return this.last;
+      },
+      () => this.current(),
     );
     this.pending = pending;
     try {
-      this.last = await pending;
-      return this.last;
+      return await pending;
     } finally {
+      this.triedAt = performance.now();
       this.pending = undefined;
     }
+  }
+
+  /** The last value read, or none (dated now: nothing to count an age from). */
+  private current(): { value: T | undefined; at: number } {
+    return this.last ?? { value: undefined, at: performance.now() };
   }
 }

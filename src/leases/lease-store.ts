@@ -105,6 +105,7 @@ export class LeaseStore {
       opts.maxLeasesTotal,
       opts.taskCreatedAt ?? '',
       opts.member ?? '',
+      this.retentionMs,
     ])) as [string, number?];
     return res[0] === 'ok' ? { kind: 'ok', now: Number(res[1]) } : { kind: res[0] as CreateRefusal };
   }

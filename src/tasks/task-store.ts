@@ -352,8 +352,8 @@ export class TaskStore {
   async leasePage(taskId: string, after: LeasePosition | undefined, limit: number): Promise<LeasePosition[]> {
     const flat = (await leasePageScript.run(
       this.redis,
-      [this.keys.taskLeases(taskId), this.keys.taskLeasesLegacy(taskId)],
-      [after?.id ?? '', after?.at ?? 0, limit],
+      [this.keys.taskLeases(taskId), this.keys.taskLeasesLegacy(taskId), this.keys.task(taskId)],
+      [after?.id ?? '', after?.at ?? 0, limit, this.retentionMs],
     )) as string[];
     const out: LeasePosition[] = [];
     for (let i = 0; i + 1 < flat.length; i += 2) out.push({ id: flat[i]!, at: Number(flat[i + 1]) });

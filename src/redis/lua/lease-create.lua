@@ -28,6 +28,8 @@
 -- ARGV[12] createdAt (ms) of the task incarnation the caller decided on ('' = any): a task id that was
 --          purged and opened again is another task, and what was decided about the old one does not hold
 -- ARGV[13] (optional) outbox member (tagged record JSON) added at `now` when the lease is recorded, '' for none
+-- ARGV[14] (optional) retention of ended records in ms: the task's lease index, when this lease creates it, expires
+--          at the task's deadline plus this (see below); '' or absent: no expiry given here
 -- Returns {'ok', now} | {'no_task'} | {'stale'} | {'task_closed'} | {'limit'} | {'limit_total'}
 -- A lease id is 112 random bits: the lease already there is this call's own, sent again by the client after
 -- a dropped connection lost the answer (ioredis resends what was unanswered). Done already: counting it in
@@ -57,6 +59,21 @@ if ARGV[2] == 'issuing' then
   redis.call('HSET', KEYS[2], 'orphanAt', score)
 end
 redis.call('ZADD', KEYS[3], now, ARGV[5])
+-- The index ends up with the task's retention when the task ends (end_task), but a process of the previous
+-- release ending the task (a rolling upgrade) does not know it, and it would stay for good. So it is created
+-- with the latest its task's records can live: the deadline (the sweeper ends the task then) plus the
+-- retention. Should it still go first (a sweeper down longer than the retention), the lease set (KEYS[5])
+-- holds every id, and task-lease-page.lua copies them back.
+-- At least that long: an index an earlier task under this id left (ended by the previous release, so expiring
+-- at its own deadline plus the retention) is this task's now, and must not expire while it is open.
+local keep = tonumber(ARGV[14] or '')
+if keep and keep > 0 then
+  local until_ms = tonumber(f[3]) + keep
+  local left = redis.call('PTTL', KEYS[3])
+  if left == -1 or (left > 0 and now + left < until_ms) then
+    redis.call('PEXPIREAT', KEYS[3], string.format('%d', until_ms))
+  end
+end
 redis.call('SADD', KEYS[5], ARGV[5])
 redis.call('ZADD', KEYS[4], score, ARGV[5])
 if KEYS[6] and ARGV[13] and ARGV[13] ~= '' then redis.call('ZADD', KEYS[6], 'NX', now, ARGV[13]) end

@@ -10,6 +10,8 @@
 -- ARGV[1] the last lease id of the previous page ('' = from the start)
 -- ARGV[2] its score: where to go on if that id has left the index (the task was purged and opened again)
 -- ARGV[3] how many ids at most (0 = all)
+-- KEYS[3] (optional) the task hash, with ARGV[4] (retention of ended records in ms): an index still without an
+--         expiry after the copy gets the one lease-create.lua gives it (the task's deadline plus the retention)
 -- Returns {id, score, id, score, ...}
 if redis.call('SCARD', KEYS[2]) > redis.call('ZCARD', KEYS[1]) then
   local ids = redis.call('SMEMBERS', KEYS[2])
@@ -25,6 +27,13 @@ end
 -- A task the previous release ended had only its set's expiry set (its retention): the index keeps as long.
 local ttl = redis.call('PTTL', KEYS[2])
 if ttl > 0 and redis.call('PTTL', KEYS[1]) == -1 then redis.call('PEXPIRE', KEYS[1], ttl) end
+-- An index the copy created for a task still open (only the previous release had issued under it) has no expiry,
+-- and a process of that release ending the task would leave it for good: it gets lease-create.lua's.
+local keep = tonumber(ARGV[4] or '')
+if KEYS[3] and keep and keep > 0 and redis.call('PTTL', KEYS[1]) == -1 then
+  local deadline = tonumber(redis.call('HGET', KEYS[3], 'expiresAt') or '')
+  if deadline then redis.call('PEXPIREAT', KEYS[1], string.format('%d', deadline + keep)) end
+end
 local limit = tonumber(ARGV[3])
 local from = 0
 if ARGV[1] ~= '' then
