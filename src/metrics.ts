@@ -21,6 +21,7 @@ export class Metrics {
   readonly activeLeases: Gauge;
   readonly httpDuration: Histogram<'route' | 'status'>;
   readonly policyDecisions: Counter<'action' | 'decision'>;
+  readonly introspectSignatures: Counter<'check'>;
   readonly rotations: Counter<'target' | 'result'>;
   readonly replicaAcks: Counter<'result'>;
   readonly policyInSync: Gauge;
@@ -110,6 +111,14 @@ export class Metrics {
       name: 'jit_policy_decisions_total',
       help: 'Policy decisions',
       labelNames: ['action', 'decision'],
+      registers,
+    });
+    // `remembered`: the token's signature verified before (src/leases/verified-tokens.ts); a falling share of
+    // those under steady traffic is the cache churning (variant tokens sent to evict the ones in use).
+    this.introspectSignatures = new Counter({
+      name: 'jit_introspection_signatures_total',
+      help: 'Introspected tokens by how their signature was checked: verified, or remembered as verified before',
+      labelNames: ['check'],
       registers,
     });
     this.rotations = new Counter({ name: 'jit_rotations_total', help: 'Secret rotations', labelNames: ['target', 'result'], registers });

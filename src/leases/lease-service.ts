@@ -133,6 +133,7 @@ export class LeaseService {
       // Keys are re-read from Redis every few seconds (new objects, same key material).
       if (key === seen.key || key.equals(seen.key)) {
         seen.key = key;
+        this.deps.metrics.introspectSignatures.inc({ check: 'remembered' });
         return seen;
       }
     }
@@ -152,6 +153,7 @@ export class LeaseService {
     if (!key) return undefined;
     const input = Buffer.from(`${parts[0]}.${parts[1]}`);
     const sig = Buffer.from(parts[2]!, 'base64url');
+    this.deps.metrics.introspectSignatures.inc({ check: 'verified' });
     if (!verifiedBy(key, header.alg, input, sig)) return undefined;
     const verified = { key, header, claims };
     // Only until its exp: after that it is inactive whatever its signature (and a token without one is not kept).

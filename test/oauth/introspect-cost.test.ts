@@ -1,5 +1,4 @@
 import { afterAll, beforeAll, expect, test } from '@jest/globals';
-import { verifyEs256 } from '../../src/signing/ecdsa.ts';
 import { ADMIN, AGENT, ORCH, call, startTestBroker, type TestBroker } from '../helpers/broker.ts';
 
 /**
@@ -48,43 +47,22 @@ async function introspect(token: string): Promise<Record<string, unknown>> {
   return (await res.json()) as Record<string, unknown>;
 }
 
-/** CPU (µs) of `f` run `times` times, 8 at once. */
-async function cpu(times: number, f: () => Promise<unknown> | unknown): Promise<number> {
-  let left = times;
-  const u0 = process.cpuUsage();
-  await Promise.all(
-    Array.from({ length: 8 }, async () => {
-      while (left-- > 0) await f();
-    }),
-  );
-  const u = process.cpuUsage(u0);
-  return u.user + u.system;
+/** How many introspected tokens had their signature checked in each way (`verified`, `remembered`). */
+async function signatures(): Promise<Record<string, number>> {
+  const { values } = await t.broker.deps.metrics.introspectSignatures.get();
+  return Object.fromEntries(values.map((v) => [String(v.labels.check), v.value]));
 }
 
-test('introspecting a token again does not verify its signature again: it costs less CPU than the verify alone', async () => {
+test('introspecting a token again does not verify its signature again', async () => {
   const { token } = await mint();
-  const { leases, signing } = { leases: t.broker.services.leases, signing: t.broker.deps.signing };
-  const [h, p, s] = token.split('.') as [string, string, string];
-  const kid = JSON.parse(Buffer.from(h, 'base64url').toString()).kid as string;
-  const key = signing.publicKey(kid)!;
-  const input = Buffer.from(`${h}.${p}`);
-  const sig = Buffer.from(s, 'base64url');
-  expect(verifyEs256(input, key, sig)).toBe(true);
-  expect((await leases.introspect(token)).active).toBe(true);
-  // Interleaved, best of five, so that load on the host weighs on both alike.
-  const verify: number[] = [];
-  const again: number[] = [];
-  for (let round = 0; round < 5; round++) {
-    verify.push(await cpu(300, () => verifyEs256(input, key, sig)));
-    again.push(
-      await cpu(300, async () => {
-        if (!(await leases.introspect(token)).active) throw new Error('inactive');
-      }),
-    );
-  }
-  // Before: every introspection verified (the verify, plus two Redis reads and the rest), always more.
-  expect(Math.min(...again)).toBeLessThan(Math.min(...verify));
-}, 60_000);
+  const before = await signatures();
+  for (let i = 0; i < 300; i++) expect(await introspect(token)).toMatchObject({ active: true });
+  const after = await signatures();
+  // Before: every introspection verified the ES256 signature (~100-200 µs of CPU each, the largest part of
+  // an introspection's own work). Counted, not timed: CPU figures belong to `npm run bench`.
+  expect((after.verified ?? 0) - (before.verified ?? 0)).toBe(1);
+  expect((after.remembered ?? 0) - (before.remembered ?? 0)).toBe(299);
+});
 
 test('a token seen before is still checked: a changed signature, a revoked lease, an ended task, a key rotated away', async () => {
   const a = await mint();

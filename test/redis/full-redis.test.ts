@@ -52,6 +52,9 @@ function open(taskId: string) {
  * denial again within a minute is counted into one folded record, not written on its own).
  */
 async function everyWrite(who: string): Promise<Record<string, string>> {
+  // /readyz answers from a write probe at most a second old (docs/operations.md: 503 within about 2 s of Redis
+  // refusing writes): wait that long for it, then take its answer.
+  await waitFor(async () => (await call(t.url, 'GET', '/readyz', {})).status === 503, 3000, 100).catch(() => {});
   const seen: Record<string, { status: number; body: { code?: string; status?: string } }> = {
     readyz: await call(t.url, 'GET', '/readyz', {}),
     openTask: await open('full-2'),
