@@ -262,6 +262,11 @@ export class AuditLog {
     return this.writer.knownHeads();
   }
 
+  /** Confirmed heads a reported head replaced since the last call (see ChainWriter.takeReplaced). */
+  takeReplaced(): Map<AuditChain, { heads: string[]; overflow: boolean }> {
+    return this.writer.takeReplaced();
+  }
+
   /** The ending records this process wrote, newest last (see ChainWriter.endings). */
   endings(): { chain: AuditChain; record: AuditRecord }[] {
     return this.writer.endings();

@@ -16,6 +16,8 @@ const MAX_BATCH = 500;
 const MAX_ENDINGS = 10_000;
 /** Times one record is re-hashed on a head another instance moved before it is given up. */
 const MAX_ATTEMPTS = 50;
+/** Heads one chain keeps for the rollback check between two looks (see `takeReplaced`); past it, `overflow`. */
+const MAX_REPLACED = 1000;
 
 export interface Pending {
   event: AuditEvent;
@@ -54,6 +56,13 @@ interface ChainState {
   head: string | undefined;
   /** The head as last confirmed by Redis (what was durably written), for `knownHeads`. */
   confirmed: string | undefined;
+  /**
+   * Confirmed heads that a head Redis reported (not one this process wrote on them) replaced or contradicted
+   * since the rollback watch last took them: nothing says the reported head descends from them (see
+   * `takeReplaced`). `overflow`: more than MAX_REPLACED, some dropped.
+   */
+  replaced: string[];
+  overflow: boolean;
   /** Set once a batch in flight was refused: its records (and those of every later batch) to send again, in order. */
   resend: Pending[] | undefined;
   /** What the latest answer said the head is, while `resend` is set; undefined when it is unknown (an error). */
@@ -106,6 +115,8 @@ export class ChainWriter {
         doomed: 0,
         head: undefined,
         confirmed: undefined,
+        replaced: [],
+        overflow: false,
         resend: undefined,
         reported: undefined,
         waiting: false,
@@ -121,6 +132,24 @@ export class ChainWriter {
   knownHeads(): Map<AuditChain, string> {
     const out = new Map<AuditChain, string>();
     for (const [chain, st] of this.chains) if (st.confirmed) out.set(chain, st.confirmed);
+    return out;
+  }
+
+  /**
+   * The confirmed heads replaced or contradicted by a head Redis reported since the last call, per chain
+   * (then forgotten). `knownHeads` alone cannot show that Redis lost them: after a rollback, records written
+   * on the rolled-back history (this process's, re-hashed on the head Redis reports, or other instances')
+   * can carry the chain past the head this process had confirmed, and the confirmed head then moves onto
+   * that other history. The rollback watch checks that Redis still holds each of these.
+   */
+  takeReplaced(): Map<AuditChain, { heads: string[]; overflow: boolean }> {
+    const out = new Map<AuditChain, { heads: string[]; overflow: boolean }>();
+    for (const [chain, st] of this.chains) {
+      if (st.replaced.length === 0 && !st.overflow) continue;
+      out.set(chain, { heads: st.replaced, overflow: st.overflow });
+      st.replaced = [];
+      st.overflow = false;
+    }
     return out;
   }
 
@@ -142,6 +171,8 @@ export class ChainWriter {
     for (const st of this.chains.values()) {
       st.head = undefined;
       st.confirmed = undefined;
+      st.replaced = [];
+      st.overflow = false;
       st.epochSeen = false;
     }
   }
@@ -198,7 +229,7 @@ export class ChainWriter {
       st.head ??= (await this.redis.get(this.keys.auditHead(chain))) ?? '';
       if (st.head === '' && this.guardEpoch) await this.awaitEpoch();
       st.epochSeen = true;
-      this.learn(st, st.head);
+      this.learn(st, st.head, true);
     } catch (err) {
       st.head = undefined;
       this.logger.error({ err }, 'audit append failed');
@@ -268,7 +299,7 @@ export class ChainWriter {
     // A refusal naming the head this batch, or one sent after it, leaves was written after all: the
     // client sent it again after a connection dropped its answer (ioredis resends unanswered commands).
     const written = answer === null || st.flying.slice(st.flying.indexOf(flight)).some((f) => f.next === real);
-    this.learn(st, written ? flight.next : real);
+    this.learn(st, written ? flight.next : real, !written);
     if (st.resend) st.reported = real;
     if (written) {
       if (this.logger.isLevelEnabled('debug')) for (const r of records) this.logger.debug({ audit: r }, 'audit');
@@ -289,8 +320,17 @@ export class ChainWriter {
     });
   }
 
-  /** Moves the confirmed head forward (never back) to one Redis reported. */
-  private learn(st: ChainState, head: string): void {
+  /**
+   * Moves the confirmed head forward (never back) to one Redis reported. A head Redis reported (`reported`:
+   * a refusal's, or one read) other than the confirmed one may be on another history (Redis went back in
+   * time): the confirmed head is kept for the rollback watch (see `takeReplaced`). One this process wrote
+   * descends from the head it was hashed on: either the confirmed one, or a reported one (kept then).
+   */
+  private learn(st: ChainState, head: string, reported: boolean): void {
+    if (reported && head && st.confirmed && head !== st.confirmed && st.replaced.at(-1) !== st.confirmed) {
+      if (st.replaced.length < MAX_REPLACED) st.replaced.push(st.confirmed);
+      else st.overflow = true;
+    }
     if (head && seqOf(head) > seqOf(st.confirmed ?? '')) st.confirmed = head;
   }
 

@@ -59,6 +59,10 @@ export class RollbackWatch {
   private seen = new Map<AuditChain, string>();
   private recoveries: string[] = [];
   private lostBumps = 0;
+  /** Heads this instance had confirmed that a head Redis reported replaced since the last completed look. */
+  private replaced = new Map<AuditChain, { heads: Set<string>; overflow: boolean }>();
+  /** The generation known before one that went back, while its confirmation has not completed (it threw). */
+  private unconfirmed: number | undefined;
 
   constructor(deps: { redis: RedisClient; keys: Keys; audit: AuditLog; instance: string }) {
     this.redis = deps.redis;
@@ -79,6 +83,9 @@ export class RollbackWatch {
     this.generation = undefined;
     this.seen = new Map();
     this.recoveries = [];
+    this.unconfirmed = undefined;
+    this.replaced = new Map();
+    this.audit.takeReplaced();
   }
 
   /**
@@ -96,16 +103,30 @@ export class RollbackWatch {
     const recoveries = (res[2]![1] as string[]) ?? [];
     const before = this.generation;
     const recoveriesSeen = this.recoveries;
-    this.generation = generation;
+    // Kept until a look completes: one that throws leaves them (and the generation) for the next.
+    for (const [chain, r] of this.audit.takeReplaced()) {
+      const into = this.replaced.get(chain) ?? { heads: new Set<string>(), overflow: false };
+      for (const h of r.heads) into.heads.add(h);
+      into.overflow ||= r.overflow;
+      this.replaced.set(chain, into);
+    }
     // A repeated INCR (a connection dropped its answer) only moves it further: going back is the sign.
-    if (before !== undefined && generation <= before) {
+    if (this.unconfirmed !== undefined || (before !== undefined && generation <= before)) {
+      // Remembered until confirm completes: the next bump lands above this one, so it would not show again.
+      this.unconfirmed ??= before!;
+      const known = this.unconfirmed;
+      this.generation = generation;
       const sign = await this.confirm(written, opts.exportFile);
-      if (sign) return { ...sign, seen: 'generation', redis: String(generation), known: String(before), recoveriesSeen };
+      this.unconfirmed = undefined;
+      this.replaced = new Map();
+      if (sign) return { ...sign, seen: 'generation', redis: String(generation), known: String(known), recoveriesSeen };
       this.recoveries = recoveries;
-      this.lostBumps = before - generation + 1;
+      this.lostBumps = Math.max(1, known - generation + 1);
       return undefined;
     }
+    this.generation = generation;
     const heads = await Promise.all(changed.map(([chain]) => this.redis.get(this.keys.auditHead(chain))));
+    this.replaced = new Map();
     for (let i = 0; i < changed.length; i++) {
       const [chain, head] = changed[i]!;
       const redis = heads[i] ?? '';
@@ -134,6 +155,13 @@ export class RollbackWatch {
    */
   private async confirm(written: Map<AuditChain, string>, exportFile: string | undefined): Promise<{ chain?: AuditChain } | undefined> {
     for (const [chain, head] of written) if (!(await holds(this.redis, this.keys, chain, head))) return { chain };
+    // Records written on the rolled-back history (this instance's or others') may have carried a chain past
+    // the head this instance had confirmed: those it confirmed before are checked too. Too many to keep:
+    // taken as lost (a rollback, as the generation alone said).
+    for (const [chain, r] of this.replaced) {
+      if (r.overflow) return { chain };
+      for (const head of r.heads) if (!(await holds(this.redis, this.keys, chain, head))) return { chain };
+    }
     if (exportFile) {
       const sign = await this.againstExport(exportFile, this.keys.prefix);
       if (sign) return sign.chain === undefined ? {} : { chain: sign.chain };

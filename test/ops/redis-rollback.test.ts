@@ -1,4 +1,4 @@
-import { readFileSync } from 'node:fs';
+import { readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { deriveSealKey } from '../../src/audit/seal.ts';
 import { verifyAudit } from '../../src/audit/verify.ts';
 import { readSecret, resolvePath } from '../../src/config/load.ts';
@@ -240,5 +240,77 @@ test('an instance whose generation went back but whose own records survived stil
   expect(ops[0]!.detail).toMatchObject({ seen: 'generation', quarantinesAppliedAgain: 1 });
   const q = await call(a.url, 'GET', '/v1/tasks/none', a.as(LEAKY));
   expect({ status: q.status, code: q.body?.code }).toEqual({ status: 403, code: 'identity_quarantined' });
+  await a.broker.close();
+}, 90_000);
+
+test('records written after the rollback that carry a chain past what this instance had written do not hide the rollback', async () => {
+  const prefix = uniquePrefix('rollback-passed');
+  const b = await start(prefix);
+  const { keys, redis: client } = b.broker.deps;
+  const revoked = await openAndIssue(b, 'rb-passed');
+  await snapshot();
+  // After the snapshot: a lease revoked by its agent (an ending record on the task's chain), then a periodic check.
+  expect((await call(b.url, 'DELETE', `/v1/leases/${revoked.leaseId}`, b.as(AGENT))).status).toBe(202);
+  await waitFor(async () => !(await introspect(b, revoked.token)), 10_000);
+  await b.broker.deps.audit.flush();
+  await b.broker.recovery.check();
+  const before = b.broker.deps.audit.knownHeads();
+  const chain = keys.auditChains().find((c) => c !== 'ops' && before.has(c))!;
+  const lostTo = Number(before.get(chain)!.split(':')[0]);
+
+  await redis.restart({ keepData: true });
+  await waitFor(async () => (await introspect(b, revoked.token)) === true, 10_000, 50);
+  // A busy chain: records written after the rollback (before the next check) carry it past the head this
+  // instance had written, on the rolled-back history.
+  for (let i = 0; i < 50; i++) {
+    const head = (await client.get(keys.auditHead(chain))) ?? '';
+    if (Number(head.split(':')[0]) > lostTo) break;
+    expect((await call(b.url, 'POST', '/v1/credentials', b.as(AGENT), { taskId: 'rb-passed', role: 'demo-api' })).status).toBe(201);
+    await b.broker.deps.audit.flush();
+  }
+  expect(Number(((await client.get(keys.auditHead(chain))) ?? '').split(':')[0])).toBeGreaterThan(lostTo);
+
+  await b.broker.recovery.check();
+  const metrics = await (await fetch(`${b.url}/metrics`)).text();
+  expect(metrics).toMatch(/jit_redis_data_loss_total\{kind="rolled_back"\} 1/);
+  expect(await readyz(b)).toBe(200);
+  // The revocation Redis lost is applied again.
+  await waitFor(async () => !(await introspect(b, revoked.token)), 10_000);
+  const lease = await call(b.url, 'GET', `/v1/leases/${revoked.leaseId}`, b.as(ORCH));
+  expect(lease.body.status).toBe('revoked');
+  await b.broker.close();
+}, 90_000);
+
+test('a generation that went back is still checked at the next look when checking it failed', async () => {
+  const prefix = uniquePrefix('rollback-retry');
+  const a = await start(prefix);
+  const b = await start(prefix, { config: a.config, issuer: a.issuer });
+  await openAndIssue(a, 'rb-retry-a');
+  await a.broker.deps.audit.flush();
+  await a.broker.recovery.check();
+  await snapshot();
+  await a.broker.recovery.check(); // a bump the snapshot does not hold
+  const leaky = { agent: `spiffe://dev.local${LEAKY}`, reason: 'leaked' };
+  expect((await call(b.url, 'POST', '/v1/admin/quarantine', b.as(ADMIN), leaky)).status).toBe(201);
+  await b.broker.close();
+
+  await redis.restart({ keepData: true });
+  await waitFor(async () => (await call(a.url, 'GET', '/v1/tasks/rb-retry-a', a.as(ORCH))).status === 200, 10_000, 50);
+  // The look that sees the generation go back cannot read the export (here: another file in its place).
+  const file = resolvePath(a.config.audit.export.file);
+  renameSync(file, `${file}.aside`);
+  writeFileSync(file, '{"not":"an export"}\n');
+  await expect(a.broker.recovery.check()).rejects.toThrow();
+  renameSync(`${file}.aside`, file);
+  // The next looks bump above the lost one: the regression must not be forgotten with the failed look.
+  await a.broker.recovery.check();
+  await a.broker.recovery.check();
+  expect(await readyz(a)).toBe(200);
+  await a.broker.deps.audit.flush();
+  const ops = (await auditRecords(a.broker.deps.redis, a.broker.deps.keys)).filter(
+    (r) => r.action === 'broker.data_loss' && r.chain === 'ops',
+  );
+  expect(ops).toHaveLength(1);
+  expect(ops[0]!.detail).toMatchObject({ seen: 'generation', quarantinesAppliedAgain: 1 });
   await a.broker.close();
 }, 90_000);
