@@ -141,11 +141,13 @@ export class AdminService {
     // record is what restores quarantines after a Redis data loss (the export below holds it before the answer).
     const member = outboxMember({ action: 'quarantine.add', actor: who.id, decision: 'ok', reason, detail: { pattern, at: entry.at } });
     const at = await this.deps.quarantine.add(entry, member);
-    await this.deps.audit.appendOutbox('ops', [member], at!);
     await this.rotation.announce({ type: 'quarantine' });
     // Its tasks as an agent, and as an orchestrator: the grants a compromised identity made are not trusted either.
+    // Ended before the record is appended: the quarantine is in force from the script on, so a failed append
+    // must not leave its tasks open and their leases live (the record waits in the outbox for recovery).
     const ended = await this.endMatching({ agent: pattern }, { openedBy: true });
     await this.deps.replicas.after(this.deps.keys.replicaFences());
+    await this.deps.audit.appendOutbox('ops', [member], at!);
     // Last: the tasks are ended even when the export is down (it answers 503 then, the quarantine in force).
     await this.exportOps('quarantine');
     return { ...entry, ...ended };

@@ -65,7 +65,7 @@ export async function recoverOutbox(deps: OutboxDeps, chain: AuditChain, before:
     for (let i = 0; i + 1 < flat.length; i += 2) {
       const member = flat[i]!;
       const event = parseOutboxMember(member);
-      if (!event || deps.audit.chainOf(event) !== chain) work.push(park(deps, chain, member).then(() => 0));
+      if (!event || !ofChain(deps, event, chain)) work.push(park(deps, chain, member).then(() => 0));
       else work.push(deps.audit.appendOutboxCounted(chain, [member], Number(flat[i + 1])));
     }
     const results = await Promise.allSettled(work);
@@ -80,6 +80,17 @@ export async function recoverOutbox(deps: OutboxDeps, chain: AuditChain, before:
     if (failed) throw Object.assign(new Error(`audit outbox recovery: ${(failed.reason as Error)?.message}`), { written });
     if (flat.length < PAGE * 2) return written;
   }
+}
+
+/**
+ * Whether `event` belongs to `chain`: its task's bucket, or the ops chain for one without a task, except
+ * the record of a parking (park below), which has no task and goes to the chain it was parked in, which
+ * its `parkedIn` names: left in a bucket's outbox when its append failed, it is that bucket's record.
+ */
+function ofChain(deps: OutboxDeps, event: OutboxEvent, chain: AuditChain): boolean {
+  if (event.action === 'audit.outbox_poison' && event.taskId === undefined)
+    return event.detail?.parkedIn === deps.keys.auditOutboxParked(chain);
+  return deps.audit.chainOf(event) === chain;
 }
 
 /** Parks a poison member (audit-outbox-park.lua) and appends the record of that. */

@@ -245,8 +245,6 @@ export class CredentialService {
         ? await this.issueUpstream(who, fixed, provider, req, member)
         : await this.issueLocal(who, fixed, provider, req, record, member);
     } catch (err) {
-      // The lease script found this incarnation closed (recorded()): later requests are refused before it.
-      if (err instanceof BrokerError && err.code === 'task_not_open') this.closed.set(task.taskId, task.createdAt);
       // Nothing was handed out under the approval: it still covers the same request (one approval, one credential).
       if (d.approval) await this.deps.approvals.giveBack(d.approval).catch(() => {});
       throw err;
@@ -313,7 +311,7 @@ export class CredentialService {
     }
     // Refused: the issue record behind the script will not be written; it must not take other callers' records with it.
     if (created.kind !== 'ok') this.deps.audit.withdraw(this.deps.keys.bucketOfTask(fixed.taskId), member);
-    await this.recorded(who, fixed, created.kind);
+    await this.recorded(who, fixed, created.kind, req.task.createdAt);
     const at = created.kind === 'ok' ? created.now : this.deps.clock.now();
     let result: IssueResult;
     try {
@@ -359,7 +357,7 @@ export class CredentialService {
       maxLeasesTotal: this.deps.config.tasks.maxLeasesTotal,
       taskCreatedAt: req.task.createdAt,
     });
-    await this.recorded(who, fixed, created.kind);
+    await this.recorded(who, fixed, created.kind, req.task.createdAt);
     // The intent must outlive a failover: revoke reads what it needs from it (AWS: the session name).
     const fence = this.deps.keys.replicaFenceOfTask(fixed.taskId);
     await this.deps.replicas.after([fence]);
@@ -429,11 +427,17 @@ export class CredentialService {
   }
 
   /** Maps the lease-create outcome to the caller's answer. */
-  private async recorded(who: WorkloadIdentity, fixed: LeaseFixed, kind: 'ok' | CreateRefusal): Promise<void> {
+  private async recorded(who: WorkloadIdentity, fixed: LeaseFixed, kind: 'ok' | CreateRefusal, taskCreatedAt: number): Promise<void> {
     if (kind === 'ok') return;
     if (kind === 'no_task') throw notFound('task_not_found', `No task ${fixed.taskId}.`);
     if (kind === 'stale') throw new StaleTask();
-    if (kind === 'task_closed') throw conflict('task_not_open', `Task ${fixed.taskId} is no longer open.`);
+    if (kind === 'task_closed') {
+      // Only lease-create's own answer on the task's status closes the incarnation for later requests: a
+      // task_not_open thrown later (lease-activate's `revoke`) may be this lease's own end, asked for while
+      // the upstream call ran, under a task still open.
+      this.closed.set(fixed.taskId, taskCreatedAt);
+      throw conflict('task_not_open', `Task ${fixed.taskId} is no longer open.`);
+    }
     const { maxLeases, maxLeasesTotal } = this.deps.config.tasks;
     await deny(
       this.deps,
