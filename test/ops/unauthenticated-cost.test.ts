@@ -80,15 +80,18 @@ test('a flood of /metrics scrapes costs one reading of Redis per interval, and t
   // The reading: a ZCARD per bucket (leases), two GETs per chain (seal), three reads per chain (outbox).
   expect(one.total).toBeGreaterThanOrEqual(6 * BUCKETS);
   await sleep(1100);
+  const floodStarted = Date.now();
   const flood = await sent(async () => {
     const answers = await Promise.all(Array.from({ length: 50 }, () => get('/metrics')));
     expect(answers.every((a) => a.status === 200 && a.text.includes('jit_active_leases'))).toBe(true);
   });
   // Fifty concurrent scrapes share one reading (before: fifty readings, 50 × 6 × 64 commands).
   expect(flood.total).toBeLessThanOrEqual(one.total + 20);
-  // Within the interval: no reading at all.
+  // Within the interval: no reading at all. A loaded machine can take longer than the 1-s interval over the
+  // flood: then the next scrapes may share one new reading, never more (before: twenty readings).
+  const againStarted = Date.now();
   const again = await sent(() => Promise.all(Array.from({ length: 20 }, () => get('/metrics'))));
-  expect(again.total).toBeLessThanOrEqual(10);
+  expect(again.total).toBeLessThanOrEqual(againStarted - floodStarted < 900 ? 10 : one.total + 20);
 
   // The state changes: the gauges show it once the interval has passed.
   const taskId = 'cost-task';
