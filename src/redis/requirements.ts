@@ -1,6 +1,7 @@
 import { Cluster, type Redis } from 'ioredis';
 import pTimeout from 'p-timeout';
 import type { Logger } from '../logger.ts';
+import { SharedReading } from '../shared-reading.ts';
 import type { Keys } from './keys.ts';
 import { type RedisClient, script } from './scripts.ts';
 import { isPermissionReply, isRedisUnavailable, redisReply } from './unavailable.ts';
@@ -50,7 +51,16 @@ export interface RequirementsOptions {
  */
 export class RedisRequirements {
   private last: string[] = [];
-  private round: { at: number; result: Promise<string[]> } | undefined;
+  /** /readyz's rounds: one per CHECK_EVERY_MS, shared by concurrent probes; a round never rejects. */
+  private readonly rounds = new SharedReading(CHECK_EVERY_MS, () =>
+    pTimeout(this.check(), { milliseconds: CHECK_MS })
+      .then(({ problems, unsure }) => {
+        if (unsure && problems.length === 0) return this.last;
+        this.report(problems);
+        return problems;
+      })
+      .catch(() => this.last),
+  );
   private readonly o: RequirementsOptions;
 
   constructor(o: RequirementsOptions) {
@@ -143,19 +153,8 @@ export class RedisRequirements {
    * `checks.redis` reports), keeps the last answer.
    * Logs each change: an error naming the problems when one appears, a line when they are gone.
    */
-  readiness(): Promise<string[]> {
-    const now = performance.now();
-    if (!this.round || now - this.round.at >= CHECK_EVERY_MS) {
-      const result = pTimeout(this.check(), { milliseconds: CHECK_MS })
-        .then(({ problems, unsure }) => {
-          if (unsure && problems.length === 0) return this.last;
-          this.report(problems);
-          return problems;
-        })
-        .catch(() => this.last);
-      this.round = { at: now, result };
-    }
-    return this.round.result;
+  async readiness(): Promise<string[]> {
+    return (await this.rounds.get()).value ?? this.last;
   }
 
   private report(problems: string[]): void {

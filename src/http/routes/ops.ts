@@ -43,21 +43,12 @@ export function opsRoutes(
   const r = Router();
   // /readyz is unauthenticated and probed often: one upstream round (Vault sys/health...) per UPSTREAM_CHECK_MS,
   // shared by concurrent probes, so a flood of /readyz is never a flood of the upstreams.
-  let upstreamCheck: { at: number; result: Promise<Record<string, boolean>> } | undefined;
-  const upstreamChecks = () => {
-    const now = performance.now();
-    if (!upstreamCheck || now - upstreamCheck.at >= UPSTREAM_CHECK_MS) {
-      upstreamCheck = {
-        at: now,
-        result: (async () => {
-          const out: Record<string, boolean> = {};
-          for (const [kind, p] of deps.providers.all()) if (p.ready) out[kind] = await within(p.ready(), 1000).catch(() => false);
-          return out;
-        })(),
-      };
-    }
-    return upstreamCheck.result;
-  };
+  // A round never rejects (an upstream that fails or does not answer in 1 s is `false`).
+  const upstreamRounds = new SharedReading(UPSTREAM_CHECK_MS, async () => {
+    const out: Record<string, boolean> = {};
+    for (const [kind, p] of deps.providers.all()) if (p.ready) out[kind] = await within(p.ready(), 1000).catch(() => false);
+    return out;
+  });
   // Concurrent probes share one; writableMaster never throws (a Redis that does not answer in 1 s is `false`).
   const redisProbe = new SharedReading(REDIS_PROBE_MS, () =>
     writableMaster(deps.redis, { timeoutMs: 1000, probeKey: deps.keys.plain('readyz', 'probe') }),
@@ -78,7 +69,7 @@ export function opsRoutes(
     const [writable, problems] = await Promise.all([redisProbe.get(), state.redisProblems?.() ?? []]);
     checks.redis = writable.value === true;
     checks.redisSetup = problems.length === 0;
-    const upstreams = await upstreamChecks();
+    const upstreams = (await upstreamRounds.get()).value ?? {};
     // An upstream that is down is reported only; one that refuses this instance's own credentials makes it unready.
     checks.upstreamCredentials = !deps.providers.all().some(([, p]) => p.credentialsRefused?.());
     const ready = Object.values(checks).every(Boolean);
