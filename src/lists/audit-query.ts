@@ -4,6 +4,7 @@ import type { Deps } from '../deps.ts';
 import { badRequest } from '../errors.ts';
 import type { WorkloadIdentity } from '../identity/types.ts';
 import type { LeaseRecord } from '../leases/types.ts';
+import { inRounds, READS_IN_FLIGHT } from '../redis/in-rounds.ts';
 import type { AuditChain } from '../redis/keys.ts';
 import type { TaskService } from '../tasks/task-service.ts';
 import type { TaskRecord } from '../tasks/types.ts';
@@ -170,8 +171,9 @@ export class AuditReader {
     let i = 0;
     const stream = this.deps.keys.auditStream(chain);
     while (i < rest.length && items.length < limit && i < SCAN_BUDGET) {
-      // At most 100 stream reads in flight per request: a page of 500 is five rounds, not 500 commands at once.
-      const slice = rest.slice(i, i + Math.min(100, Math.max(limit, 50)));
+      // At most READS_IN_FLIGHT stream reads in flight per request: a page of 500 is five rounds, not 500
+      // commands at once.
+      const slice = rest.slice(i, i + Math.min(READS_IN_FLIGHT, Math.max(limit, 50)));
       const entries = await Promise.all(slice.map((id) => this.deps.redis.xrange(stream, id, id)));
       for (let j = 0; j < slice.length && items.length < limit; j++) {
         i += 1;
@@ -241,12 +243,8 @@ export class AuditReader {
   private async intact(chain: AuditChain, records: AuditItem[]): Promise<boolean> {
     const stream = this.deps.keys.auditStream(chain);
     const exported = Number(((await this.deps.redis.get(this.deps.keys.auditExported(chain))) ?? '0:').split(':')[0]);
-    // Each record's predecessor in the chain, read in chunks of 100 at once (not one round trip per record).
-    const befores: [string, string[]][][] = [];
-    for (let i = 0; i < records.length; i += 100) {
-      const chunk = records.slice(i, i + 100);
-      befores.push(...(await Promise.all(chunk.map((r) => this.deps.redis.xrevrange(stream, `(${r.streamId}`, '-', 'COUNT', 1)))));
-    }
+    // Each record's predecessor in the chain, read in rounds (not one round trip per record).
+    const befores = await inRounds(records, (r) => this.deps.redis.xrevrange(stream, `(${r.streamId}`, '-', 'COUNT', 1));
     for (const [i, r] of records.entries()) {
       const { hash, chain: _c, streamId: _s, ...rest } = r;
       if (hashRecord(rest) !== hash) return false;

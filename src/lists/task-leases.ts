@@ -1,6 +1,7 @@
 import type { Deps } from '../deps.ts';
 import { badRequest } from '../errors.ts';
 import type { LeaseRecord } from '../leases/types.ts';
+import { READS_IN_FLIGHT } from '../redis/in-rounds.ts';
 import type { CursorCodec } from './cursor.ts';
 import type { Page } from './list-service.ts';
 
@@ -73,10 +74,10 @@ export class TaskLeaseReader {
     const shown = got.slice(0, limit);
     const last = shown.at(-1);
     // A lease whose record left Redis (retention) is skipped: the page may hold fewer than `limit`.
-    // At most 100 reads in flight per request: 40 pages of 500 at once queued 20,000 commands on the shared
-    // connection, and the stall guard took that for Redis stalling (503 for everyone).
+    // At most READS_IN_FLIGHT reads in flight per request (src/redis/in-rounds.ts).
     const items: LeaseRecord[] = [];
-    for (let i = 0; i < shown.length; i += 100) items.push(...(await this.deps.leases.getMany(shown.slice(i, i + 100).map((p) => p.id))));
+    for (let i = 0; i < shown.length; i += READS_IN_FLIGHT)
+      items.push(...(await this.deps.leases.getMany(shown.slice(i, i + READS_IN_FLIGHT).map((p) => p.id))));
     return { items, nextCursor: got.length > limit && last ? this.cursors.encode(last, bind) : null };
   }
 }

@@ -3,6 +3,7 @@ import { outboxMember } from '../audit/outbox-member.ts';
 import type { OutboxEvent } from '../audit/record.ts';
 import { conflict } from '../errors.ts';
 import { indexWindow } from '../lists/index-window.ts';
+import { inRounds } from '../redis/in-rounds.ts';
 import type { Keys } from '../redis/keys.ts';
 import { type RedisClient, script } from '../redis/scripts.ts';
 import type { TaskEndReason, TaskFixed, TaskRecord, TaskSnapshot, TaskStatus } from './types.ts';
@@ -222,38 +223,32 @@ export class TaskStore {
    * ~36 KB) from the cache of `fixed`, read from Redis only for a task not cached or cached as an earlier
    * incarnation of its id (its `createdAt` differs). The evidence shows a whole tree on every call: 51
    * records read whole were ~1.9 MB from Redis per call, and a task's own agent may call it over and over.
-   * At most 100 reads in flight (the stall guard takes a burst of thousands for Redis stalling).
+   * Reads go out in rounds (src/redis/in-rounds.ts: the stall guard takes a burst of thousands for Redis stalling).
    */
   async recordsOf(taskIds: readonly string[]): Promise<TaskRecord[]> {
+    const rows = await inRounds(taskIds, (id) => this.redis.hmget(this.keys.task(id), 'createdAt', 'status', 'live', 'endedAt', 'reason'));
+    const fixed = await inRounds([...taskIds.keys()], async (j) => {
+      const id = taskIds[j]!;
+      const createdAt = rows[j]![0];
+      if (createdAt == null) return undefined;
+      const hit = this.fixedCache.get(id);
+      if (hit && hit.createdAt === Number(createdAt)) return hit;
+      this.forget(id);
+      const again = await this.fixed(id);
+      // Opened again between the two reads: shown at the next call, not mixed with this one's fields.
+      return again?.createdAt === Number(createdAt) ? again : undefined;
+    });
     const out: TaskRecord[] = [];
-    for (let i = 0; i < taskIds.length; i += 100) {
-      const ids = taskIds.slice(i, i + 100);
-      const rows = await Promise.all(
-        ids.map((id) => this.redis.hmget(this.keys.task(id), 'createdAt', 'status', 'live', 'endedAt', 'reason')),
-      );
-      const fixed = await Promise.all(
-        ids.map(async (id, j) => {
-          const createdAt = rows[j]![0];
-          if (createdAt == null) return undefined;
-          const hit = this.fixedCache.get(id);
-          if (hit && hit.createdAt === Number(createdAt)) return hit;
-          this.forget(id);
-          const again = await this.fixed(id);
-          // Opened again between the two reads: shown at the next call, not mixed with this one's fields.
-          return again?.createdAt === Number(createdAt) ? again : undefined;
-        }),
-      );
-      for (const [j, f] of fixed.entries()) {
-        if (!f) continue;
-        const [, status, live, endedAt, reason] = rows[j]!;
-        out.push({
-          ...f,
-          status: (status ?? 'open') as TaskStatus,
-          liveLeases: Number(live ?? 0),
-          ...(endedAt ? { endedAt: Number(endedAt) } : {}),
-          ...(reason ? { reason } : {}),
-        });
-      }
+    for (const [j, f] of fixed.entries()) {
+      if (!f) continue;
+      const [, status, live, endedAt, reason] = rows[j]!;
+      out.push({
+        ...f,
+        status: (status ?? 'open') as TaskStatus,
+        liveLeases: Number(live ?? 0),
+        ...(endedAt ? { endedAt: Number(endedAt) } : {}),
+        ...(reason ? { reason } : {}),
+      });
     }
     return out;
   }
@@ -263,7 +258,7 @@ export class TaskStore {
    * leases' tasks, without reading whole records (a tree's may be 51 of ~36 KB each).
    */
   async statusesOf(taskIds: readonly string[]): Promise<(TaskStatus | undefined)[]> {
-    const rows = await Promise.all(taskIds.map((id) => this.redis.hget(this.keys.task(id), 'status')));
+    const rows = await inRounds(taskIds, (id) => this.redis.hget(this.keys.task(id), 'status'));
     return rows.map((s) => (s ?? undefined) as TaskStatus | undefined);
   }
 
@@ -390,15 +385,11 @@ export class TaskStore {
 
   /** The task and every task below it, breadth first (ids). */
   async subtree(taskId: string): Promise<string[]> {
-    // One level at a time, its children sets read together (at most 100 in flight): a round trip per
-    // level (tasks.maxDelegationDepth + 1 at most), not one per task of the tree.
+    // One level at a time, its children sets read together (in rounds: src/redis/in-rounds.ts): a round trip
+    // per level (tasks.maxDelegationDepth + 1 at most), not one per task of the tree.
     const out = [taskId];
     for (let level = [taskId]; level.length > 0; ) {
-      const next: string[] = [];
-      for (let i = 0; i < level.length; i += 100) {
-        const sets = await Promise.all(level.slice(i, i + 100).map((id) => this.children(id)));
-        for (const kids of sets) next.push(...kids.sort());
-      }
+      const next = (await inRounds(level, (id) => this.children(id))).flatMap((kids) => kids.sort());
       out.push(...next);
       level = next;
     }
