@@ -59,7 +59,7 @@ export class RotationService {
   async rotate(
     who: WorkloadIdentity | 'schedule',
     target: string,
-    opts: { immediate?: boolean; resumed?: boolean } = {},
+    opts: { immediate?: boolean; resumed?: boolean; scheduledFor?: string } = {},
   ): Promise<Record<string, unknown>> {
     const actor = who === 'schedule' ? 'broker' : who.id;
     if (who !== 'schedule') await authorize(this.deps, who, 'rotate', { type: 'Broker', id: 'broker' }, { target }, {});
@@ -74,7 +74,12 @@ export class RotationService {
       onTakeover: reportTakeover(this.deps.logger, (e) => this.deps.audit.append(e)),
     });
     if (!lock) throw conflict('rotation_in_progress', `A rotation of ${target} is already running.`);
-    const flags = { ...(opts.immediate ? { immediate: true } : {}), ...(opts.resumed ? { resumed: true } : {}) };
+    const flags = {
+      ...(opts.immediate ? { immediate: true } : {}),
+      ...(opts.resumed ? { resumed: true } : {}),
+      // A scheduled firing names its slot, so a late run is told from a double one (two records, one slot).
+      ...(opts.scheduledFor ? { scheduledFor: opts.scheduledFor } : {}),
+    };
     // A rotation changes state in many steps (Redis, the provider, every instance), so its record cannot ride
     // in one script: it goes to the ops chain's outbox before the first step, saying `interrupted`, and is
     // kept there while the rotation runs. A process that dies part-way leaves that record for recovery

@@ -5,6 +5,12 @@ import type { RotationService } from './rotation.ts';
 
 const QUEUE = 'rotation';
 
+/** The period a scheduler's job stands for: BullMQ names it `repeat:<scheduler id>:<slot ms>`. */
+function slotOf(jobId: string | undefined): string | undefined {
+  const m = /:(\d{10,})$/.exec(jobId ?? '');
+  return m ? new Date(Number(m[1])).toISOString() : undefined;
+}
+
 /**
  * Scheduled rotation: one BullMQ job scheduler per target in
  * `rotation.schedule` (seconds). BullMQ hands each firing to exactly one
@@ -39,7 +45,7 @@ export class RotationScheduler {
     this.worker = new Worker(
       QUEUE,
       async (job) => {
-        await this.rotation.rotate('schedule', (job.data as { target: string }).target);
+        await this.rotation.rotate('schedule', (job.data as { target: string }).target, { scheduledFor: slotOf(job.id) });
       },
       { connection: this.connection, prefix: this.deps.keys.queuePrefix('rotation'), concurrency: 1 },
     );

@@ -29,9 +29,11 @@ test('a scheduled signing-key rotation fires once per period across two instance
   // At most one firing per elapsed second (plus the one at the start), never one per instance.
   expect(records.length).toBeLessThanOrEqual(Math.floor(elapsed / 1000) + 1);
   expect(records.every((r) => r.decision === 'ok' && r.actor === 'broker')).toBe(true);
-  // A double firing runs one period twice, back to back under the rotation lock: milliseconds apart. A firing
-  // that a loaded machine ran late comes less than a period before the next one (seen: 442 ms), so the gap
-  // asked for is a quarter period, not half.
-  const times = records.map((r) => Date.parse(r.time));
-  for (let i = 1; i < times.length; i++) expect(times[i]! - times[i - 1]!).toBeGreaterThan(250);
+  // Each record names the period it ran for. A double firing is one period run twice (the same slot twice, or
+  // two schedulers' slots less than a period apart); a firing a loaded machine ran late keeps its own slot, so
+  // this holds whatever the load (wall-clock gaps between records do not: 94 ms was seen on a busy CI host).
+  const slots = records.map((r) => Date.parse(String(r.detail?.scheduledFor)));
+  expect(slots.every((s) => Number.isFinite(s))).toBe(true);
+  for (let i = 1; i < slots.length; i++) expect(slots[i]! - slots[i - 1]!).toBeGreaterThanOrEqual(1000);
+  expect(slots.every((s) => (s - slots[0]!) % 1000 === 0)).toBe(true);
 }, 30_000);
