@@ -10,7 +10,7 @@ import type { TaskService } from '../tasks/task-service.ts';
 import type { TaskRecord } from '../tasks/types.ts';
 import type { CursorCodec } from './cursor.ts';
 import { EMBEDDED_LEASES, type TaskLeaseReader } from './task-leases.ts';
-import type { Page } from './list-service.ts';
+import { PAGE_BYTES, type Page } from './list-service.ts';
 import { script } from '../redis/scripts.ts';
 
 const auditPageScript = script('task-audit-page');
@@ -122,25 +122,72 @@ export class AuditReader {
   async evidence(
     who: WorkloadIdentity,
     taskId: string,
-    page: { limit: number; cursor?: string | undefined },
-  ): Promise<{ task: TaskRecord; tree: TaskRecord[]; leases: Page<LeaseRecord>; audit: Page<AuditItem>; chain: 'intact' | 'broken' }> {
+    page: { limit: number; cursor?: string | undefined; treeCursor?: string | undefined },
+  ): Promise<{
+    task: TaskRecord;
+    tree: Page<TaskRecord>;
+    leases: Page<LeaseRecord>;
+    /** The status of each task a shown lease belongs to (whether or not its task is on this tree page). */
+    leaseTaskStatus: Map<string, string | undefined>;
+    audit: Page<AuditItem>;
+    chain: 'intact' | 'broken';
+  }> {
     const task = await this.tasks.readable(who, taskId);
-    // The tree's ids a level at a time, then each record's changing fields; the immutable rest (grants,
-    // labels, purpose) comes from the task cache, so a call repeated costs ~100 bytes per task, not ~36 KB.
+    // The tree's ids a level at a time (ids only); then the records of one tree page (see treePage).
     const treeIds = await this.deps.tasks.subtree(taskId);
-    const tree = await this.deps.tasks.recordsOf(treeIds);
-    const leases = await this.leaseReader.page(
-      who.id,
-      tree.map((t) => t.taskId),
-      true,
-      EMBEDDED_LEASES,
-    );
+    const tree = await this.treePage(who.id, taskId, treeIds, page.treeCursor);
+    const leases = await this.leaseReader.page(who.id, treeIds, true, EMBEDDED_LEASES);
+    const leaseTasks = [...new Set(leases.items.map((l) => l.taskId))];
+    const statuses = await this.deps.tasks.statusesOf(leaseTasks);
+    const leaseTaskStatus = new Map(leaseTasks.map((id, i) => [id, statuses[i]]));
     const bind = { caller: who.id, filters: { list: 'evidence', taskId } };
     const after = page.cursor ? this.cursors.decode<string>(page.cursor, bind) : undefined;
     const chain = this.deps.keys.bucketOfTask(taskId);
     const audit = await this.fromIds(chain, await this.taskIds(treeIds, after, page.limit), after, page.limit, bind, () => true);
     const intact = await this.intact(chain, audit.items);
-    return { task, tree, leases, audit, chain: intact ? 'intact' : 'broken' };
+    return { task, tree, leases, leaseTaskStatus, audit, chain: intact ? 'intact' : 'broken' };
+  }
+
+  /**
+   * One page of a task's sub-task tree (`treeIds`: the task first, then breadth first): its tasks whole, up to
+   * PAGE_BYTES of them as lists stop (at least one), then `nextCursor` (the last task shown, bound to the caller
+   * and the task) goes on. A task's record may be ~36 KB within every bound, and a sub-task inherits its parent's
+   * grants, labels and purpose from a request of a few hundred bytes: the whole tree in one answer was ~36 MB at
+   * `tasks.maxSubtasks` 1,000, sent again with every page of the audit records. A tree within the defaults
+   * (51 tasks) fits in one page. The changing fields are read fresh, the immutable rest comes from the task cache.
+   */
+  private async treePage(
+    caller: string,
+    taskId: string,
+    treeIds: readonly string[],
+    cursor: string | undefined,
+  ): Promise<Page<TaskRecord>> {
+    const bind = { caller, filters: { list: 'evidence-tree', taskId } };
+    let i = 0;
+    if (cursor !== undefined) {
+      const last = this.cursors.decode<unknown>(cursor, bind);
+      // A task of the cursor that left the tree means the tree was purged (a tree only grows while its root exists).
+      i = typeof last === 'string' ? treeIds.indexOf(last) + 1 : 0;
+      if (i <= 0) throw badRequest('invalid_cursor', 'The cursor is malformed, expired, or for another caller or other filters.');
+    }
+    const items: TaskRecord[] = [];
+    let bytes = 0;
+    let last: string | undefined;
+    while (i < treeIds.length && bytes < PAGE_BYTES) {
+      const ids = treeIds.slice(i, i + 50);
+      const records = new Map((await this.deps.tasks.recordsOf(ids)).map((t) => [t.taskId, t]));
+      for (const id of ids) {
+        i += 1;
+        last = id;
+        // Gone from Redis (its retention passed): left out, as before.
+        const t = records.get(id);
+        if (!t) continue;
+        items.push(t);
+        bytes += JSON.stringify(t).length;
+        if (bytes >= PAGE_BYTES) break;
+      }
+    }
+    return { items, nextCursor: i < treeIds.length && last ? this.cursors.encode(last, bind) : null };
   }
 
   /**
