@@ -53,6 +53,9 @@ const SCAN_BUDGET = 20_000;
  */
 export const FILTERED_READS = 100;
 
+/** How many records one round of a task's page reads at once (a page stops at PAGE_BYTES: see fromIds). */
+const AUDIT_READS = Math.min(50, READS_IN_FLIGHT);
+
 /**
  * `GET /v1/audit` and the audit part of `GET /v1/tasks/{id}/evidence`: oldest
  * first, paged forward. A task's records are read through the task's index
@@ -216,19 +219,26 @@ export class AuditReader {
     const items: AuditItem[] = [];
     let last: string | undefined;
     let i = 0;
+    // A record may be ~26 KB within every bound (a credential.issue names its lease's scopes, up to 100 of 256
+    // characters): a page stops once it holds PAGE_BYTES of records (at least one), as list pages do, and reads
+    // at most AUDIT_READS records past that; 500 such records were ~13 MB read and answered at once.
+    let bytes = 0;
     const stream = this.deps.keys.auditStream(chain);
-    while (i < rest.length && items.length < limit && i < SCAN_BUDGET) {
-      // At most READS_IN_FLIGHT stream reads in flight per request: a page of 500 is five rounds, not 500
+    while (i < rest.length && items.length < limit && i < SCAN_BUDGET && bytes < PAGE_BYTES) {
+      // At most READS_IN_FLIGHT stream reads in flight per request: a page of 500 is several rounds, not 500
       // commands at once.
-      const slice = rest.slice(i, i + Math.min(READS_IN_FLIGHT, Math.max(limit, 50)));
+      const slice = rest.slice(i, i + Math.min(AUDIT_READS, Math.max(limit, 50)));
       const entries = await Promise.all(slice.map((id) => this.deps.redis.xrange(stream, id, id)));
-      for (let j = 0; j < slice.length && items.length < limit; j++) {
+      for (let j = 0; j < slice.length && items.length < limit && bytes < PAGE_BYTES; j++) {
         i += 1;
         last = slice[j];
         const raw = entries[j]?.[0]?.[1];
         if (!raw) continue; // exported and trimmed from Redis
-        const r = JSON.parse(raw[raw.indexOf('r') + 1]!) as AuditRecord;
-        if (keep(r, slice[j]!)) items.push({ ...r, chain, streamId: slice[j]! });
+        const json = raw[raw.indexOf('r') + 1]!;
+        const r = JSON.parse(json) as AuditRecord;
+        if (!keep(r, slice[j]!)) continue;
+        items.push({ ...r, chain, streamId: slice[j]! });
+        bytes += json.length;
       }
     }
     return { items, nextCursor: (i < rest.length || !complete) && last ? this.cursors.encode(last, bind) : null };
@@ -255,6 +265,7 @@ export class AuditReader {
     const done = new Set<AuditChain>();
     const items: AuditItem[] = [];
     let scanned = 0;
+    let bytes = 0; // as fromIds: a page stops at PAGE_BYTES of records (at least one)
     const fill = async (c: AuditChain) => {
       const from = pos[String(c)] ? `(${pos[String(c)]}` : start;
       const got = await this.deps.redis.xrange(
@@ -267,7 +278,7 @@ export class AuditReader {
       buffers.set(c, got);
       if (got.length === 0) done.add(c);
     };
-    while (items.length < q.limit && scanned < SCAN_BUDGET) {
+    while (items.length < q.limit && scanned < SCAN_BUDGET && bytes < PAGE_BYTES) {
       for (const c of chains) if (!done.has(c) && (buffers.get(c)?.length ?? 0) === 0) await fill(c);
       let best: AuditChain | undefined;
       for (const c of chains) {
@@ -278,8 +289,12 @@ export class AuditReader {
       const [id, fields] = buffers.get(best)!.shift()!;
       pos[String(best)] = id;
       scanned += 1;
-      const r = JSON.parse(fields[fields.indexOf('r') + 1]!) as AuditRecord;
-      if (keep(r, id)) items.push({ ...r, chain: best, streamId: id });
+      const json = fields[fields.indexOf('r') + 1]!;
+      const r = JSON.parse(json) as AuditRecord;
+      if (keep(r, id)) {
+        items.push({ ...r, chain: best, streamId: id });
+        bytes += json.length;
+      }
     }
     // Every page that says "more" has moved `pos` on by at least one record, so paging always ends.
     const more = chains.some((c) => (buffers.get(c)?.length ?? 0) > 0 || !done.has(c));
