@@ -71,15 +71,18 @@ export async function authorize(
   deps.metrics.policyDecisions.inc({ action, decision: decision.allowed ? 'allow' : 'deny' });
   if (!decision.allowed) {
     deps.metrics.denied.inc({ code: 'policy_denied' });
-    await deps.audit.denial({
-      action: action === 'issue' ? 'credential.deny' : 'access.deny',
-      actor: who.id,
-      decision: 'deny',
-      reason: decision.errors.length ? 'policy_error' : 'policy_denied',
-      policies: decision.policies,
-      ...audit,
-      detail: { ...audit.detail, policyAction: action, ...(decision.delegatedLabels ? { delegatedLabels: true } : {}) },
-    });
+    await deps.audit.denial(
+      {
+        action: action === 'issue' ? 'credential.deny' : 'access.deny',
+        actor: who.id,
+        decision: 'deny',
+        reason: decision.errors.length ? 'policy_error' : 'policy_denied',
+        policies: decision.policies,
+        ...audit,
+        detail: { ...audit.detail, policyAction: action, ...(decision.delegatedLabels ? { delegatedLabels: true } : {}) },
+      },
+      { ownTask: await ownsTask(deps, who, audit.taskId) },
+    );
     throw forbidden('policy_denied', `Denied by policy: ${action} on ${resource.type} "${resource.id}".`, { extra: { reason: 'policy' } });
   }
   return decision.policies;
@@ -100,14 +103,34 @@ export async function deny(
 export async function denial(deps: Deps, who: WorkloadIdentity, err: BrokerError, audit: DenialRecord): Promise<BrokerError> {
   deps.metrics.denied.inc({ code: err.code });
   const { taskId, role, leaseId, ...rest } = audit;
-  await deps.audit.denial({
-    actor: who.id,
-    decision: 'deny',
-    reason: err.code,
-    ...rest,
-    ...(taskId ? { taskId } : {}),
-    ...(role ? { role } : {}),
-    ...(leaseId ? { leaseId } : {}),
-  });
+  await deps.audit.denial(
+    {
+      actor: who.id,
+      decision: 'deny',
+      reason: err.code,
+      ...rest,
+      ...(taskId ? { taskId } : {}),
+      ...(role ? { role } : {}),
+      ...(leaseId ? { leaseId } : {}),
+    },
+    { ownTask: await ownsTask(deps, who, taskId) },
+  );
   return err;
+}
+
+/**
+ * Whether `who` is the agent or the orchestrator of task `taskId`: its denials about that task keep the
+ * task past the per-caller fold bound (src/audit/denial-folds.ts), so an agent cannot push its attempts on
+ * its own task out of that task's evidence by first being denied on three others. The task's immutable part
+ * comes from the task cache (the route that denies has just read it); a failed read counts as not a party
+ * (the record is then folded as before, never lost).
+ */
+async function ownsTask(deps: Deps, who: WorkloadIdentity, taskId: string | undefined): Promise<boolean> {
+  if (!taskId) return false;
+  try {
+    const task = await deps.tasks.fixed(taskId);
+    return task !== undefined && (task.agent === who.id || task.openedBy === who.id);
+  } catch {
+    return false;
+  }
 }

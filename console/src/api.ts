@@ -147,6 +147,8 @@ export interface AuditRecord {
 export interface Evidence {
   task: Task;
   tree: TreeNode | TreeNode[];
+  /** The next part of a tree over ~2 MB of task records (`?treeCursor=`); null when `tree` is the rest. */
+  treeNextCursor?: string | null;
   leases: Lease[];
   audit: Page<AuditRecord>;
   chain: 'intact' | 'broken';

@@ -216,10 +216,11 @@ export class AuditLog {
 
   /**
    * A denial: written at once the first time this minute for (actor, code, task),
-   * folded into one counted record at the end of the minute after that.
+   * folded into one counted record at the end of the minute after that. `ownTask`: the actor is a party
+   * of the record's task (its agent or orchestrator), whose denials keep their task (denial-folds.ts).
    */
-  async denial(event: AuditEvent): Promise<void> {
-    const first = this.folds.admit(event, Math.floor(this.now() / 60_000));
+  async denial(event: AuditEvent, opts: { ownTask?: boolean } = {}): Promise<void> {
+    const first = this.folds.admit(event, Math.floor(this.now() / 60_000), opts.ownTask === true);
     if (!first) return;
     this.startFoldTimer();
     try {

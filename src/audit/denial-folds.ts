@@ -34,7 +34,11 @@ function noteRole(fold: Fold, role: string | undefined): void {
  * (minute, actor, code, action, task), so a task's evidence shows the denials about it, within bounds
  * that no caller can push:
  * - one caller's denials about more than {@link FOLD_TASKS_PER_CALLER} tasks in a minute fold together,
- *   under no task (`detail.manyTasks`): naming a new task id each time cannot grow the log;
+ *   under no task (`detail.manyTasks`): naming a new task id each time cannot grow the log. Tasks the
+ *   caller is a party of (`own`: their agent or orchestrator) keep their own key past that: an agent's
+ *   denials about its own task are what that task's evidence is for, and three decoy tasks (sub-tasks it
+ *   opened for itself) hid every later attempt on the task from it. Those keys are bounded by the tasks
+ *   the caller holds, each opened with a record of its own;
  * - past `maxKeys` keys in a minute (many callers), the rest fold per (task, code, action) whoever they
  *   are (`detail.overflow`), so decoys cannot hide a denial about another task; past twice that, per
  *   (code, action) only.
@@ -57,7 +61,7 @@ export class DenialFolds {
    * Folds `event` into its key. Returns the record to write now and its entry when it is the first of
    * its key, or undefined when it was counted into an earlier one.
    */
-  admit(event: AuditEvent, minute: number): { key: string; entry: Fold } | undefined {
+  admit(event: AuditEvent, minute: number, own = false): { key: string; entry: Fold } | undefined {
     const caller = `${minute}\u0000${event.actor}\u0000${event.reason ?? ''}\u0000${event.action}`;
     let key = `${caller}\u0000${event.taskId ?? ''}`;
     if (!this.folds.has(key)) {
@@ -65,7 +69,7 @@ export class DenialFolds {
         const perTask = this.folds.size < 2 * this.maxKeys;
         key = `${minute}\u0000*\u0000${event.reason ?? ''}\u0000${event.action}\u0000${perTask ? (event.taskId ?? '') : '*'}`;
         event = { ...event, detail: { ...(event.detail ?? {}), overflow: true } };
-      } else if (event.taskId !== undefined) {
+      } else if (event.taskId !== undefined && !own) {
         const tasks = this.tasksOf.get(caller) ?? 0;
         if (tasks >= FOLD_TASKS_PER_CALLER) {
           key = `${caller}\u0000*`;

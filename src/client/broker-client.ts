@@ -12,6 +12,7 @@ import type {
   CredentialRequest,
   CredentialResponse,
   Evidence,
+  EvidenceParams,
   Introspection,
   IssuedCredential,
   Lease,
@@ -154,7 +155,7 @@ export class BrokerClient {
   }
 
   /** `GET /v1/tasks/{id}/evidence`: task, sub-tasks, leases, audit records and whether their chain is intact. */
-  async taskEvidence(taskId: string, page: PageParams = {}): Promise<Evidence> {
+  async taskEvidence(taskId: string, page: EvidenceParams = {}): Promise<Evidence> {
     return (await this.http.call<Evidence>('GET', `/v1/tasks/${enc(taskId)}/evidence`, { query: { ...page } })).body;
   }
 

@@ -169,6 +169,11 @@ export interface PageParams {
   cursor?: string;
 }
 
+/** `GET /v1/tasks/{id}/evidence`: `cursor` pages the audit records, `treeCursor` the sub-task tree. */
+export interface EvidenceParams extends PageParams {
+  treeCursor?: string;
+}
+
 /** Filters of `GET /v1/tasks`. */
 export interface TaskFilter extends PageParams {
   status?: TaskStatus;
@@ -229,8 +234,10 @@ export interface AuditSeals {
 /** `GET /v1/tasks/{id}/evidence`. */
 export interface Evidence {
   task: Task;
-  /** The task and its sub-tasks. */
+  /** The task and its sub-tasks, breadth first: about 2 MB of them per answer (the rest with `treeNextCursor`). */
   tree: Task[];
+  /** Null when `tree` holds the rest of the tree; otherwise `taskEvidence(id, { treeCursor })` gives the next part. */
+  treeNextCursor?: string | null;
   /** The tree's first 100 leases (the rest through `taskLeases(id, { tree: true, cursor: leasesNextCursor })`). */
   leases: Lease[];
   leasesNextCursor?: string | null;

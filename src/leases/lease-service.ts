@@ -17,6 +17,14 @@ export type Introspection = { active: false } | ({ active: true } & Record<strin
 const INACTIVE: Introspection = Object.freeze({ active: false });
 
 /**
+ * The longest token introspection looks at. It was 8,192 characters, but the broker mints longer ones within
+ * every bound (a token holds its scopes, up to 100 of 256 characters, and its `act` chain): those were answered
+ * `active: false` while valid. The longest it can mint is ~70 KB (10 delegation levels of 2 KB identities);
+ * the form body limit (`server.bodyLimitBytes`) bounds what arrives anyway.
+ */
+const MAX_INTROSPECTED_CHARS = 131_072;
+
+/**
  * The key decides how a signature is checked; the token's header only has to agree with it. Letting
  * the header choose handed an Ed25519 key to ECDSA-SHA-256, which node:crypto refuses by throwing.
  */
@@ -106,7 +114,7 @@ export class LeaseService {
    * open. Revocation is visible here the moment the lease or task changes.
    */
   async introspect(token: string | undefined): Promise<Introspection> {
-    if (!token || token.length > 8192) return INACTIVE;
+    if (!token || token.length > MAX_INTROSPECTED_CHARS) return INACTIVE;
     const now = this.deps.clock.now();
     const signed = this.signed(token, now);
     if (!signed) return INACTIVE;
@@ -157,7 +165,8 @@ export class LeaseService {
     if (!verifiedBy(key, header.alg, input, sig)) return undefined;
     const verified = { key, header, claims };
     // Only until its exp: after that it is inactive whatever its signature (and a token without one is not kept).
-    if (typeof claims.exp === 'number' && Number.isFinite(claims.exp)) this.verified.remember(id, verified, claims.exp * 1000);
+    if (typeof claims.exp === 'number' && Number.isFinite(claims.exp))
+      this.verified.remember(id, verified, claims.exp * 1000, token.length);
     return verified;
   }
 }

@@ -9,11 +9,17 @@ import { LRUCache } from 'lru-cache';
  * still published, the claims, the lease and task status in Redis) is checked on every call.
  *
  * Only tokens whose signature verified are kept, so only the broker's own tokens (each one an issuance)
- * can fill it, and it holds at most MAX_ENTRIES of them, each until its `exp` (on the broker's clock), the
- * least recently used leaving first (lru-cache: a token introspected on every call stays).
+ * can fill it, and it holds at most MAX_ENTRIES of them and MAX_CHARS of their length, each until its `exp`
+ * (on the broker's clock), the least recently used leaving first (lru-cache: a token introspected on every
+ * call stays). The length bound because a token holds its scopes (up to 100 of 256 characters) and its `act`
+ * chain: tens of KB each within every bound, so 10,000 of them would be hundreds of MB per instance, and any
+ * agent with such a grant can have that many minted and introspected. A typical token (under 1 KB) meets the
+ * count first; one longer than MAX_CHARS is not kept (verified on every call, as before this cache).
  * Keyed by the SHA-256 of the whole token: the tokens themselves (bearer credentials) are not kept.
  */
 export const MAX_ENTRIES = 10_000;
+/** The most token characters the entries stand for at once (their header and claims are held parsed). */
+export const MAX_CHARS = 16_000_000;
 
 export interface VerifiedToken {
   /** The key the signature verified with (compared with the key published for `kid` on every use). */
@@ -23,10 +29,10 @@ export interface VerifiedToken {
 }
 
 export class VerifiedTokens {
-  private readonly entries: LRUCache<string, VerifiedToken & { untilMs: number }>;
+  private readonly entries: LRUCache<string, VerifiedToken & { untilMs: number; chars: number }>;
 
-  constructor(max = MAX_ENTRIES) {
-    this.entries = new LRUCache({ max });
+  constructor(max = MAX_ENTRIES, maxChars = MAX_CHARS) {
+    this.entries = new LRUCache({ max, maxSize: maxChars, sizeCalculation: (e) => Math.max(1, e.chars) });
   }
 
   /** What a token is kept under: its SHA-256 (one-shot `crypto.hash`: a createHash object costs more than the hash). */
@@ -45,9 +51,9 @@ export class VerifiedTokens {
     return e;
   }
 
-  /** Remembers a token whose signature verified under `key`, until `untilMs` (its exp). */
-  remember(id: string, entry: VerifiedToken, untilMs: number): void {
-    this.entries.set(id, { ...entry, untilMs });
+  /** Remembers a token (`chars` long) whose signature verified under `key`, until `untilMs` (its exp). */
+  remember(id: string, entry: VerifiedToken, untilMs: number, chars: number): void {
+    this.entries.set(id, { ...entry, untilMs, chars });
   }
 
   get size(): number {

@@ -10,7 +10,7 @@ import type { TaskService } from '../tasks/task-service.ts';
 import type { TaskRecord } from '../tasks/types.ts';
 import type { CursorCodec } from './cursor.ts';
 import { EMBEDDED_LEASES, type TaskLeaseReader } from './task-leases.ts';
-import type { Page } from './list-service.ts';
+import { PAGE_BYTES, type Page } from './list-service.ts';
 import { script } from '../redis/scripts.ts';
 import TinyQueue from 'tinyqueue';
 
@@ -53,6 +53,9 @@ const SCAN_BUDGET = 20_000;
  * reads a request may have in flight (fromIds), so a filtered page is one round trip of at most 100 reads.
  */
 export const FILTERED_READS = 100;
+
+/** How many records one round of a task's page reads at once (a page stops at PAGE_BYTES: see fromIds). */
+const AUDIT_READS = Math.min(50, READS_IN_FLIGHT);
 
 /**
  * `GET /v1/audit` and the audit part of `GET /v1/tasks/{id}/evidence`: oldest
@@ -123,25 +126,72 @@ export class AuditReader {
   async evidence(
     who: WorkloadIdentity,
     taskId: string,
-    page: { limit: number; cursor?: string | undefined },
-  ): Promise<{ task: TaskRecord; tree: TaskRecord[]; leases: Page<LeaseRecord>; audit: Page<AuditItem>; chain: 'intact' | 'broken' }> {
+    page: { limit: number; cursor?: string | undefined; treeCursor?: string | undefined },
+  ): Promise<{
+    task: TaskRecord;
+    tree: Page<TaskRecord>;
+    leases: Page<LeaseRecord>;
+    /** The status of each task a shown lease belongs to (whether or not its task is on this tree page). */
+    leaseTaskStatus: Map<string, string | undefined>;
+    audit: Page<AuditItem>;
+    chain: 'intact' | 'broken';
+  }> {
     const task = await this.tasks.readable(who, taskId);
-    // The tree's ids a level at a time, then each record's changing fields; the immutable rest (grants,
-    // labels, purpose) comes from the task cache, so a call repeated costs ~100 bytes per task, not ~36 KB.
+    // The tree's ids a level at a time (ids only); then the records of one tree page (see treePage).
     const treeIds = await this.deps.tasks.subtree(taskId);
-    const tree = await this.deps.tasks.recordsOf(treeIds);
-    const leases = await this.leaseReader.page(
-      who.id,
-      tree.map((t) => t.taskId),
-      true,
-      EMBEDDED_LEASES,
-    );
+    const tree = await this.treePage(who.id, taskId, treeIds, page.treeCursor);
+    const leases = await this.leaseReader.page(who.id, treeIds, true, EMBEDDED_LEASES);
+    const leaseTasks = [...new Set(leases.items.map((l) => l.taskId))];
+    const statuses = await this.deps.tasks.statusesOf(leaseTasks);
+    const leaseTaskStatus = new Map(leaseTasks.map((id, i) => [id, statuses[i]]));
     const bind = { caller: who.id, filters: { list: 'evidence', taskId } };
     const after = page.cursor ? this.cursors.decode<string>(page.cursor, bind) : undefined;
     const chain = this.deps.keys.bucketOfTask(taskId);
     const audit = await this.fromIds(chain, await this.taskIds(treeIds, after, page.limit), after, page.limit, bind, () => true);
     const intact = await this.intact(chain, audit.items);
-    return { task, tree, leases, audit, chain: intact ? 'intact' : 'broken' };
+    return { task, tree, leases, leaseTaskStatus, audit, chain: intact ? 'intact' : 'broken' };
+  }
+
+  /**
+   * One page of a task's sub-task tree (`treeIds`: the task first, then breadth first): its tasks whole, up to
+   * PAGE_BYTES of them as lists stop (at least one), then `nextCursor` (the last task shown, bound to the caller
+   * and the task) goes on. A task's record may be ~36 KB within every bound, and a sub-task inherits its parent's
+   * grants, labels and purpose from a request of a few hundred bytes: the whole tree in one answer was ~36 MB at
+   * `tasks.maxSubtasks` 1,000, sent again with every page of the audit records. A tree within the defaults
+   * (51 tasks) fits in one page. The changing fields are read fresh, the immutable rest comes from the task cache.
+   */
+  private async treePage(
+    caller: string,
+    taskId: string,
+    treeIds: readonly string[],
+    cursor: string | undefined,
+  ): Promise<Page<TaskRecord>> {
+    const bind = { caller, filters: { list: 'evidence-tree', taskId } };
+    let i = 0;
+    if (cursor !== undefined) {
+      const last = this.cursors.decode<unknown>(cursor, bind);
+      // A task of the cursor that left the tree means the tree was purged (a tree only grows while its root exists).
+      i = typeof last === 'string' ? treeIds.indexOf(last) + 1 : 0;
+      if (i <= 0) throw badRequest('invalid_cursor', 'The cursor is malformed, expired, or for another caller or other filters.');
+    }
+    const items: TaskRecord[] = [];
+    let bytes = 0;
+    let last: string | undefined;
+    while (i < treeIds.length && bytes < PAGE_BYTES) {
+      const ids = treeIds.slice(i, i + 50);
+      const records = new Map((await this.deps.tasks.recordsOf(ids)).map((t) => [t.taskId, t]));
+      for (const id of ids) {
+        i += 1;
+        last = id;
+        // Gone from Redis (its retention passed): left out, as before.
+        const t = records.get(id);
+        if (!t) continue;
+        items.push(t);
+        bytes += JSON.stringify(t).length;
+        if (bytes >= PAGE_BYTES) break;
+      }
+    }
+    return { items, nextCursor: i < treeIds.length && last ? this.cursors.encode(last, bind) : null };
   }
 
   /**
@@ -170,19 +220,26 @@ export class AuditReader {
     const items: AuditItem[] = [];
     let last: string | undefined;
     let i = 0;
+    // A record may be ~26 KB within every bound (a credential.issue names its lease's scopes, up to 100 of 256
+    // characters): a page stops once it holds PAGE_BYTES of records (at least one), as list pages do, and reads
+    // at most AUDIT_READS records past that; 500 such records were ~13 MB read and answered at once.
+    let bytes = 0;
     const stream = this.deps.keys.auditStream(chain);
-    while (i < rest.length && items.length < limit && i < SCAN_BUDGET) {
-      // At most READS_IN_FLIGHT stream reads in flight per request: a page of 500 is five rounds, not 500
+    while (i < rest.length && items.length < limit && i < SCAN_BUDGET && bytes < PAGE_BYTES) {
+      // At most READS_IN_FLIGHT stream reads in flight per request: a page of 500 is several rounds, not 500
       // commands at once.
-      const slice = rest.slice(i, i + Math.min(READS_IN_FLIGHT, Math.max(limit, 50)));
+      const slice = rest.slice(i, i + Math.min(AUDIT_READS, Math.max(limit, 50)));
       const entries = await Promise.all(slice.map((id) => this.deps.redis.xrange(stream, id, id)));
-      for (let j = 0; j < slice.length && items.length < limit; j++) {
+      for (let j = 0; j < slice.length && items.length < limit && bytes < PAGE_BYTES; j++) {
         i += 1;
         last = slice[j];
         const raw = entries[j]?.[0]?.[1];
         if (!raw) continue; // exported and trimmed from Redis
-        const r = JSON.parse(raw[raw.indexOf('r') + 1]!) as AuditRecord;
-        if (keep(r, slice[j]!)) items.push({ ...r, chain, streamId: slice[j]! });
+        const json = raw[raw.indexOf('r') + 1]!;
+        const r = JSON.parse(json) as AuditRecord;
+        if (!keep(r, slice[j]!)) continue;
+        items.push({ ...r, chain, streamId: slice[j]! });
+        bytes += json.length;
       }
     }
     return { items, nextCursor: (i < rest.length || !complete) && last ? this.cursors.encode(last, bind) : null };
@@ -209,6 +266,7 @@ export class AuditReader {
     const done = new Set<AuditChain>();
     const items: AuditItem[] = [];
     let scanned = 0;
+    let bytes = 0; // as fromIds: a page stops at PAGE_BYTES of records (at least one)
     // The merge needs only each chain's head: a page starts from a few records of every chain and reads more only
     // of the chains it takes records from. Reading 100 of each up front was ~100,000 records (tens of MB) for a
     // page of 10 at `redis.buckets: 1024`. A filter may skip most of what it reads, so its refills are full.
@@ -231,7 +289,7 @@ export class AuditReader {
     const heads = new TinyQueue<AuditChain>([], (a, b) => cmpId(buffers.get(a)![0]![0], buffers.get(b)![0]![0]));
     await inRounds(chains, (c) => fill(c, first));
     let drained: AuditChain | undefined; // taken from last and not read further: it may hold more
-    while (items.length < q.limit && scanned < SCAN_BUDGET) {
+    while (items.length < q.limit && scanned < SCAN_BUDGET && bytes < PAGE_BYTES) {
       if (drained !== undefined) await fill(drained, filtered ? 100 : Math.min(100, q.limit - items.length + 1));
       drained = undefined;
       const best = heads.pop();
@@ -242,8 +300,12 @@ export class AuditReader {
       else drained = best;
       pos[String(best)] = id;
       scanned += 1;
-      const r = JSON.parse(fields[fields.indexOf('r') + 1]!) as AuditRecord;
-      if (keep(r, id)) items.push({ ...r, chain: best, streamId: id });
+      const json = fields[fields.indexOf('r') + 1]!;
+      const r = JSON.parse(json) as AuditRecord;
+      if (keep(r, id)) {
+        items.push({ ...r, chain: best, streamId: id });
+        bytes += json.length;
+      }
     }
     // Every page that says "more" has moved `pos` on by at least one record, so paging always ends.
     const more = heads.length > 0 || drained !== undefined;

@@ -49,7 +49,7 @@ const SCAN_BUDGET = 5000;
  * How many bytes of records (as JSON) a page holds before it answers with what it has: a task record may be
  * ~36 KB within every bound, so 500 of them would be ~18 MB read and sent at once. At least one item always.
  */
-const PAGE_BYTES = 2_000_000;
+export const PAGE_BYTES = 2_000_000;
 
 /** How many kept records a page reads whole at once (see PAGE_BYTES). */
 const FULL_READS = 50;

@@ -185,6 +185,8 @@ export function Leases(props: { leases: Lease[]; now: number; title?: string; sh
 function EvidenceSections(props: { taskId: string }) {
   const { data, error } = usePoll(() => api<Evidence>('GET', `/v1/tasks/${seg(props.taskId)}/evidence`), 5000, `evidence:${props.taskId}`);
   const [more, setMore] = useState<{ items: AuditRecord[]; nextCursor: string | null; error?: ApiError }>();
+  // A tree over ~2 MB of task records comes in parts (treeNextCursor), loaded on request like the audit records.
+  const [moreTree, setMoreTree] = useState<{ items: TreeNode[]; nextCursor: string | null; error?: ApiError }>();
   if (error && !data) {
     return (
       <section aria-labelledby="evidence-title">
@@ -204,7 +206,17 @@ function EvidenceSections(props: { taskId: string }) {
       setMore({ items: more?.items ?? [], nextCursor: cursor, error: err as ApiError });
     }
   };
-  const roots = Array.isArray(data.tree) ? data.tree : [data.tree];
+  const treeCursor = moreTree ? moreTree.nextCursor : (data.treeNextCursor ?? null);
+  const loadMoreTree = async () => {
+    try {
+      const next = await api<Evidence>('GET', `/v1/tasks/${seg(props.taskId)}/evidence?treeCursor=${encodeURIComponent(treeCursor!)}`);
+      const items = Array.isArray(next.tree) ? next.tree : [next.tree];
+      setMoreTree({ items: [...(moreTree?.items ?? []), ...items], nextCursor: next.treeNextCursor ?? null });
+    } catch (err) {
+      setMoreTree({ items: moreTree?.items ?? [], nextCursor: treeCursor, error: err as ApiError });
+    }
+  };
+  const roots = [...(Array.isArray(data.tree) ? data.tree : [data.tree]), ...(moreTree?.items ?? [])];
   return (
     <>
       <section aria-labelledby="tree-title">
@@ -214,6 +226,12 @@ function EvidenceSections(props: { taskId: string }) {
             <TreeItem key={n.taskId} node={n} chain={[]} current={props.taskId} />
           ))}
         </ul>
+        {moreTree?.error ? <LoadError error={moreTree.error} /> : null}
+        {treeCursor ? (
+          <button type="button" class="secondary" onClick={loadMoreTree}>
+            Load more sub-tasks
+          </button>
+        ) : null}
       </section>
       <section aria-labelledby="audit-title">
         <div class="list-head">

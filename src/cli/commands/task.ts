@@ -133,14 +133,15 @@ export const taskLeases: Command = {
 
 export const taskEvidence: Command = {
   path: ['task', 'evidence'],
-  usage: 'jit task evidence <taskId> [--limit N] [--cursor C]',
+  usage: 'jit task evidence <taskId> [--limit N] [--cursor C] [--tree-cursor C]',
   summary: 'the task, its sub-tasks, leases and audit records, and whether their hash chain is intact',
-  options: { ...listOptions },
+  options: { ...listOptions, 'tree-cursor': { type: 'string' } },
   args: ['taskId'],
   async run(ctx: Ctx) {
     const limit = ctx.flags.int('limit', 1, 500);
     const cursor = ctx.flags.str('cursor');
-    const ev = await ctx.client().taskEvidence(ctx.positionals[0]!, { limit, cursor });
+    const treeCursor = ctx.flags.str('tree-cursor');
+    const ev = await ctx.client().taskEvidence(ctx.positionals[0]!, { limit, cursor, ...(treeCursor ? { treeCursor } : {}) });
     if (ctx.json) {
       ctx.out.json(ev);
       return 0;
@@ -156,6 +157,7 @@ export const taskEvidence: Command = {
     ctx.out.line(`audit chain: ${ev.chain}`);
     const subtasks = (ev.tree ?? []).filter((t) => t.taskId !== ev.task.taskId);
     if (subtasks.length > 0) ctx.out.note(`sub-tasks: ${subtasks.map((t) => `${t.taskId} (${t.status})`).join(', ')}`);
+    if (ev.treeNextCursor) ctx.out.note(`more sub-tasks: --tree-cursor ${ev.treeNextCursor}`);
     if (ev.audit?.nextCursor) ctx.out.note(`more records: --cursor ${ev.audit.nextCursor}`);
     return ev.chain === 'intact' ? 0 : 1;
   },

@@ -38,7 +38,8 @@ const auditQuery = z.strictObject({
   since: isoTime.optional(),
   until: isoTime.optional(),
 });
-const evidenceQuery = z.strictObject(paging);
+/** `cursor` pages the audit records, `treeCursor` (the previous answer's `treeNextCursor`) the sub-task tree. */
+const evidenceQuery = z.strictObject({ ...paging, treeCursor: paging.cursor });
 const taskLeasesQuery = z.strictObject({ ...paging, tree: z.enum(['true', 'false']).default('false') });
 
 /** The lists and the evidence of contract section 3 ("Finding things and stopping things"). */
@@ -62,11 +63,11 @@ export function listRoutes(s: Services): Router {
     const taskId = validParam(taskRefSchema, req.params.taskId, 'taskId');
     const q = validQuery(evidenceQuery, req.query);
     const e = await s.audit.evidence(identityOf(res), taskId, q);
-    const statusOf = new Map(e.tree.map((t) => [t.taskId, t.status]));
     res.json({
       task: publicTask(e.task),
-      tree: e.tree.map((t) => publicTask(t)),
-      leases: e.leases.items.map((l) => publicLease(l, statusOf.get(l.taskId))),
+      tree: e.tree.items.map((t) => publicTask(t)),
+      treeNextCursor: e.tree.nextCursor,
+      leases: e.leases.items.map((l) => publicLease(l, e.leaseTaskStatus.get(l.taskId))),
       leasesNextCursor: e.leases.nextCursor,
       audit: e.audit,
       chain: e.chain,
