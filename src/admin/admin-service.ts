@@ -115,7 +115,9 @@ export class AdminService {
     // The kill switch ends its tasks in many scripts (one per task tree, each putting its task.revoke records
     // in the outbox), so its own record cannot ride in one of them: it goes to the ops outbox before the
     // first ending, saying `interrupted`, and is kept there while the endings run. A process that dies
-    // part-way leaves that record for recovery; one that finishes writes the outcome in its place.
+    // part-way leaves that record for recovery; one that finishes puts the outcome in its place in the outbox
+    // (one step) and appends it, so a failed append or a death right after still leaves the outcome, not
+    // `interrupted`, for recovery (OutboxIntent.finish).
     const intent = await outboxIntent(this.deps, 'ops', { ...record, detail: { ...sel, interrupted: true } });
     let result: { tasks: number; leases: number };
     try {
@@ -125,10 +127,7 @@ export class AdminService {
     } finally {
       intent.stop();
     }
-    const outcome = { ...record, detail: { ...sel, tasks: result.tasks, leases: result.leases } };
-    // Not written: recovery appended the `interrupted` record meanwhile (the endings outlasted the grace
-    // period while Redis stalled); the outcome follows it.
-    if (!(await this.deps.audit.appendMember(outcome, intent.member, 'ops'))) await this.deps.audit.appendTo('ops', outcome);
+    await intent.finish({ ...record, detail: { ...sel, tasks: result.tasks, leases: result.leases } });
     return result;
   }
 
