@@ -14,6 +14,7 @@ import {
   type TestBroker,
   testRawConfig,
   uniquePrefix,
+  waitFor,
 } from '../helpers/broker.ts';
 import { TestIssuer } from '../helpers/identity.ts';
 import { type BrokerProcess, startBrokerProcess } from '../helpers/process.ts';
@@ -30,6 +31,9 @@ import { redisCutProxy } from '../helpers/redis-cut-proxy.ts';
  *   recovery appended it: the audit trail said `interrupted` and the outcome (tasks and leases ended, keys
  *   rotated) was lost. The outcome now takes the intent's place in the outbox (audit-outbox-swap.lua) before
  *   it is appended.
+ * - A quarantine is put in force with its record in the outbox (quarantine-add.lua); its identity's open
+ *   tasks are ended after. Cut off in between, the quarantine stood but the tasks stayed open and their
+ *   leases live until their TTL: nothing ended them. Recovery now ends them before it appends the record.
  */
 const issuer = new TestIssuer();
 const prefix = uniquePrefix('crash-after-decision');
@@ -140,4 +144,37 @@ test('a rotation that completed is recorded with what it rotated, not as rotatio
   const records = await opsRecords('rotate');
   // Before: `decision: error`, `reason: rotation_interrupted`.
   expect(records).toEqual([expect.objectContaining({ decision: 'ok', reason: 'signing-key', detail: { rotated: expect.anything() } })]);
+}, 60_000);
+
+test("a quarantine whose process dies before ending the identity's tasks has them ended by recovery, before its record", async () => {
+  const suspect = '/agent/crash-suspect';
+  const leaseId = await openTask('t-cad-q', suspect);
+  const { redis, keys } = survivor.broker.deps;
+  const pattern = `spiffe://dev.local${suspect}`;
+  // Cut off at the first task ending (task-end.lua): the quarantine and its record are in Redis, the task is open.
+  await killAt(script('task-end').sha, 't-cad-q', (url) =>
+    call(url, 'POST', '/v1/admin/quarantine', as(ADMIN), { agent: pattern, reason: 'suspect' }),
+  );
+  expect(await redis.hexists(keys.quarantine(), pattern)).toBe(1);
+  expect(await redis.hget(keys.task('t-cad-q'), 'status')).toBe('open');
+  await recover();
+  // Before: still `open`, its lease `active` until its TTL.
+  const task = await call(survivor.url, 'GET', '/v1/tasks/t-cad-q', survivor.as(ADMIN));
+  expect([task.body.status, task.body.reason]).toEqual(['completed', 'revoked_by_admin']);
+  const lease = await waitFor(async () => {
+    const l = (await call(survivor.url, 'GET', `/v1/leases/${leaseId}`, survivor.as(ADMIN))).body;
+    return l.status === 'revoked' && l;
+  });
+  expect(lease.reason).toBe('revoked_by_admin');
+  const all = await auditRecords(redis, keys);
+  const added = all.filter((r) => r.action === 'quarantine.add');
+  const revoked = all.filter((r) => r.action === 'task.revoke' && r.taskId === 't-cad-q');
+  expect(added).toHaveLength(1);
+  expect(added[0]).toMatchObject({ actor: `spiffe://dev.local${ADMIN}`, detail: { pattern } });
+  expect(revoked).toHaveLength(1);
+  // A second pass ends nothing more and writes nothing more.
+  await recover();
+  const again = await auditRecords(redis, keys);
+  expect(again.filter((r) => r.action === 'quarantine.add' || (r.action === 'task.revoke' && r.taskId === 't-cad-q'))).toHaveLength(2);
+  expect(await redis.zcard(keys.auditOutbox('ops'))).toBe(0);
 }, 60_000);
