@@ -3,7 +3,7 @@ import { outboxIntent } from '../../src/audit/outbox.ts';
 import { outboxMember } from '../../src/audit/outbox-member.ts';
 import type { OutboxEvent } from '../../src/audit/record.ts';
 import { script } from '../../src/redis/scripts.ts';
-import { auditRecords, startTestBroker, type TestBroker } from '../helpers/broker.ts';
+import { auditRecords, startTestBroker, type TestBroker, waitFor } from '../helpers/broker.ts';
 
 /**
  * An operation made in many steps puts its outcome in the ops outbox in place of its `interrupted` intent
@@ -87,3 +87,40 @@ test('a swap sent again after its answer was lost adds nothing, even once its ou
   await recoverNow();
   expect((await ops('sw-4')).map((r) => r.detail)).toEqual([{ tenant: 'sw-4', tasks: 1, leases: 1 }]);
 });
+
+/**
+ * The deps of `t` with a Redis whose first run of the swap script fails as a command timeout does: before it
+ * reaches Redis (`ran: false`), or after Redis ran it (`ran: true`: the answer lost). Everything else is the
+ * real client.
+ */
+function swapFailsOnce(ran: boolean) {
+  const { redis } = t.broker.deps;
+  const sha = script('audit-outbox-swap').sha;
+  let failed = false;
+  const flaky = new Proxy(redis, {
+    get(target, prop, receiver) {
+      if (prop !== 'evalsha') return Reflect.get(target, prop, receiver);
+      return async (...args: unknown[]) => {
+        if (args[0] !== sha || failed) return (target.evalsha as (...a: unknown[]) => Promise<unknown>).apply(target, args);
+        failed = true;
+        if (ran) await (target.evalsha as (...a: unknown[]) => Promise<unknown>).apply(target, args);
+        throw new Error('Command timed out');
+      };
+    },
+  });
+  return { ...t.broker.deps, redis: flaky };
+}
+
+for (const ran of [false, true]) {
+  test(`a swap that fails (${ran ? 'run by Redis, its answer lost' : 'never reaching Redis'}) is made again in the background: the outcome lands once`, async () => {
+    const tenant = `sw-retry-${ran}`;
+    const deps = swapFailsOnce(ran);
+    const intent = await outboxIntent(deps, 'ops', record({ tenant, interrupted: true }));
+    await expect(intent.finish(record({ tenant, tasks: 5, leases: 6 }))).rejects.toThrow(/timed out/);
+    // Tried again every quarter grace period (2.5 s).
+    await waitFor(async () => (await ops(tenant)).length > 0, 10_000, 100);
+    await recoverNow();
+    expect((await ops(tenant)).map((r) => r.detail)).toEqual([{ tenant, tasks: 5, leases: 6 }]);
+    expect(await t.broker.deps.redis.zcard(t.broker.deps.keys.auditOutbox('ops'))).toBe(0);
+  }, 20_000);
+}
