@@ -1,4 +1,4 @@
-import { keepFresh, outboxIntent } from '../audit/outbox.ts';
+import { keepFresh, outboxIntent } from '../audit/outbox-intent.ts';
 import { outboxMember } from '../audit/outbox-member.ts';
 import type { OutboxEvent } from '../audit/record.ts';
 import { deny } from '../authz.ts';

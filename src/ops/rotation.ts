@@ -1,4 +1,4 @@
-import { outboxIntent } from '../audit/outbox.ts';
+import { outboxIntent } from '../audit/outbox-intent.ts';
 import type { OutboxEvent } from '../audit/record.ts';
 import { authorize } from '../authz.ts';
 import type { Deps } from '../deps.ts';

@@ -1,5 +1,5 @@
 import { afterAll, beforeAll, expect, test } from '@jest/globals';
-import { outboxIntent } from '../../src/audit/outbox.ts';
+import { outboxIntent } from '../../src/audit/outbox-intent.ts';
 import { outboxMember } from '../../src/audit/outbox-member.ts';
 import type { OutboxEvent } from '../../src/audit/record.ts';
 import { script } from '../../src/redis/scripts.ts';

@@ -1,5 +1,5 @@
 -- audit-outbox-swap: puts the outcome of an operation made in many steps (the kill switch, a rotation, a policy
--- reload) in a chain's audit outbox in place of its `interrupted` intent (src/audit/outbox.ts, outboxIntent),
+-- reload) in a chain's audit outbox in place of its `interrupted` intent (src/audit/outbox-intent.ts, outboxIntent),
 -- in one step, before the outcome is appended: from the moment the operation is done, what recovery would
 -- append is its outcome, never the intent, whether the append right after fails or the process dies first.
 -- An intent that has left the outbox already was appended by recovery (the operation outlasted the grace
