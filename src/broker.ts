@@ -8,6 +8,7 @@ import { ApprovalService } from './approvals/approval-service.ts';
 import { ApprovalStore } from './approvals/approval-store.ts';
 import { AuditLog } from './audit/audit-log.ts';
 import { OutboxRecovery, outboxStats } from './audit/outbox.ts';
+import { endSwapRetries } from './audit/outbox-intent.ts';
 import type { OutboxEvent } from './audit/record.ts';
 import { AuditExporter } from './audit/export.ts';
 import { readArchive } from './audit/restore.ts';
@@ -460,6 +461,9 @@ export async function startBroker(config: LoadedConfig, opts: BrokerOptions = {}
               'queues did not close in time (Redis unreachable?); closing their connections',
             ),
         });
+        // An operation's outcome whose swap Redis failed (OutboxIntent.finish) gets a last try while the
+        // connections are open; no retry outlives the broker.
+        await endSwapRetries(deps.audit);
         await deps.audit.flush();
         await auditExport.stop();
         // What this instance wrote last reaches the file now rather than at another instance's next pass.

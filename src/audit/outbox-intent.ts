@@ -29,8 +29,9 @@ export interface OutboxIntent {
    * then appends it. Once the swap is made, the outcome is what lands in the chain, by this call or by
    * recovery: a failed append is logged, not thrown (AuditLog.settleOutbox). An intent recovery appended
    * already (the operation outlasted the grace period) is followed by the outcome. A swap Redis failed
-   * is tried again every quarter grace period for SWAP_RETRY_MS in the background, and the error thrown:
-   * the outcome is not recorded yet, and only a process that dies before a retry succeeds leaves the
+   * is tried again every quarter grace period for SWAP_RETRY_MS in the background (the intent kept fresh
+   * meanwhile), and once more at shutdown (endSwapRetries), and the error thrown: the outcome is not
+   * recorded yet, and only a process that dies, or shuts down, before a try succeeds leaves the
    * `interrupted` record for the outcome.
    */
   finish(outcome: OutboxEvent): Promise<void>;
@@ -58,6 +59,7 @@ export async function outboxIntent(
     member,
     stop: fresh.stop,
     async finish(outcome) {
+      // Stopped here, not after the swap: a failed swap keeps the intent fresh in its retry.
       fresh.stop();
       const next = outboxMember(outcome);
       const swap = async (): Promise<number | undefined> => {
@@ -72,7 +74,7 @@ export async function outboxIntent(
       try {
         at = await swap();
       } catch (err) {
-        retrySwap(deps, chain, outcome, swap, next);
+        retrySwap(deps, chain, member, { event: outcome, member: next }, swap);
         throw err;
       }
       // undefined: a swap sent before (its answer lost) was made and its outcome appended since.
@@ -81,39 +83,91 @@ export async function outboxIntent(
   };
 }
 
-/** Tries a failed swap (OutboxIntent.finish) again in the background until it is made, then appends the outcome. */
+/** A failed swap being tried again (retrySwap). */
+interface SwapRetry {
+  /** One try now (or the one under way); resolves whether the swap is made. */
+  attempt(): Promise<boolean>;
+  /** Stops trying: the intent stands for the outcome. */
+  giveUp(why: string): void;
+}
+
+/**
+ * The swaps each broker (its AuditLog) is still trying, so that its shutdown can try each a last time and stop
+ * them (endSwapRetries): a retry left running would fire on closed connections for SWAP_RETRY_MS.
+ */
+const retrying = new WeakMap<object, Set<SwapRetry>>();
+
+/**
+ * Tries a failed swap (OutboxIntent.finish) again every quarter grace period until it is made, then appends
+ * the outcome; gives up after SWAP_RETRY_MS or at shutdown (endSwapRetries). The intent is kept fresh
+ * meanwhile: while this process may still record the outcome, recovery must not append `interrupted` for
+ * an operation that finished (it would once Redis is back, were the intent's score left to age).
+ */
 function retrySwap(
-  deps: Pick<OutboxDeps, 'clock' | 'audit' | 'logger'>,
+  deps: Pick<OutboxDeps, 'redis' | 'keys' | 'clock' | 'audit' | 'logger'>,
   chain: AuditChain,
-  outcome: OutboxEvent,
+  intent: string,
+  outcome: { event: OutboxEvent; member: string },
   swap: () => Promise<number | undefined>,
-  member: string,
 ): void {
+  const fresh = keepFresh(deps, chain, intent);
   const since = deps.clock.now();
-  let busy = false;
-  const timer = setInterval(() => {
-    if (busy) return;
-    if (deps.clock.now() - since > SWAP_RETRY_MS) {
-      clearInterval(timer);
+  const all = retrying.get(deps.audit) ?? new Set<SwapRetry>();
+  retrying.set(deps.audit, all);
+  let current: Promise<boolean> | undefined;
+  const end = () => {
+    clearInterval(timer);
+    fresh.stop();
+    all.delete(retry);
+  };
+  const retry: SwapRetry = {
+    attempt() {
+      current ??= swap().then(
+        async (at) => {
+          end();
+          deps.logger.warn(
+            { chain, action: outcome.event.action },
+            'audit outbox: recorded an outcome after Redis failed at its first try',
+          );
+          // undefined: an earlier try was made after all (its answer lost) and its outcome appended since.
+          if (at !== undefined) await deps.audit.settleOutbox(chain, [outcome.member], at);
+          return true;
+        },
+        () => {
+          current = undefined;
+          return false;
+        },
+      );
+      return current;
+    },
+    giveUp(why) {
+      end();
       deps.logger.error(
-        { chain, action: outcome.action },
+        { chain, action: outcome.event.action, why },
         'audit outbox: gave up recording an outcome; its `interrupted` record stands for it',
       );
-      return;
-    }
-    busy = true;
-    swap().then(
-      async (at) => {
-        clearInterval(timer);
-        deps.logger.warn({ chain, action: outcome.action }, 'audit outbox: recorded an outcome after Redis failed at its first try');
-        if (at !== undefined) await deps.audit.settleOutbox(chain, [member], at);
-      },
-      () => {
-        busy = false;
-      },
-    );
+    },
+  };
+  all.add(retry);
+  const timer = setInterval(() => {
+    if (deps.clock.now() - since > SWAP_RETRY_MS) retry.giveUp('retried for SWAP_RETRY_MS');
+    else void retry.attempt();
   }, OUTBOX_GRACE_MS / 4);
   timer.unref();
+}
+
+/**
+ * At shutdown, before the broker's connections close: tries each swap it is still retrying (retrySwap) once
+ * more, and gives up those that fail (their intents stand for their outcomes, for another process's
+ * recovery). Each try is bounded by the command timeout.
+ */
+export async function endSwapRetries(audit: object): Promise<void> {
+  const all = [...(retrying.get(audit) ?? [])];
+  await Promise.all(
+    all.map(async (r) => {
+      if (!(await r.attempt())) r.giveUp('shutdown');
+    }),
+  );
 }
 
 /**
