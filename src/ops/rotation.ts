@@ -130,7 +130,14 @@ export class RotationService {
               : upstreamFailed('rotation_failed', `Rotating ${target} failed; the previous secret is still in use.`, { cause: err });
         }
       }
-      await intent.finish(outcome);
+      try {
+        await intent.finish(outcome);
+      } catch (err) {
+        // Redis failed at the swap: the outcome is tried again in the background (and the intent stands for
+        // it should the process die first). The answer stays the rotation's: a 503 for a rotation that was
+        // done would have the caller rotate again, and one for a failed rotation would hide its code.
+        this.deps.logger.warn({ target, err: (err as Error).message }, 'rotation: its outcome record is not in Redis yet; retrying');
+      }
     } finally {
       intent.stop();
       clearInterval(keep);

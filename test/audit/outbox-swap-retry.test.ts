@@ -3,7 +3,7 @@ import { Redis } from 'ioredis';
 import { outboxIntent } from '../../src/audit/outbox-intent.ts';
 import type { OutboxEvent } from '../../src/audit/record.ts';
 import { script } from '../../src/redis/scripts.ts';
-import { auditRecords, dropPrefix, REDIS_URL, startTestBroker, type TestBroker, waitFor } from '../helpers/broker.ts';
+import { ADMIN, auditRecords, call, dropPrefix, REDIS_URL, startTestBroker, type TestBroker, waitFor } from '../helpers/broker.ts';
 
 /**
  * The background retry of a swap Redis failed (OutboxIntent.finish): what it does while it retries, and what
@@ -106,5 +106,39 @@ test('a swap that fails its last try at shutdown is given up: no retry outlives 
     expect(await check.zscore(keys.auditOutbox('ops'), intent.member)).not.toBeNull();
   } finally {
     await dropPrefix(keys.prefix);
+  }
+}, 30_000);
+
+test('a rotation that succeeded is answered as done when Redis fails at its swap, and its outcome is recorded by the retry', async () => {
+  const t = await startTestBroker('swap-retry-rotate', { broker: { worker: false }, config: { rotation: { switchGraceMs: 0 } } });
+  const { redis } = t.broker.deps;
+  const sha = script('audit-outbox-swap').sha;
+  // The broker's own client fails the first swap as a command timeout does (before it reaches Redis).
+  const evalsha = redis.evalsha;
+  let failed = false;
+  redis.evalsha = (async (...args: unknown[]) => {
+    if (args[0] === sha && !failed) {
+      failed = true;
+      throw new Error('Command timed out');
+    }
+    return (evalsha as (...a: unknown[]) => Promise<unknown>).apply(redis, args);
+  }) as typeof redis.evalsha;
+  try {
+    const res = await call(t.url, 'POST', '/v1/admin/rotate', t.as(ADMIN), { target: 'signing-key' });
+    expect(failed).toBe(true);
+    // Before: 503 not_ready for a rotation that was done (a retry by the caller rotates again).
+    expect(res.status).toBe(202);
+    const rotated = await waitFor(
+      async () => {
+        const r = (await auditRecords(check, t.broker.deps.keys)).filter((x) => x.chain === 'ops' && x.action === 'rotate');
+        return r.length > 0 && r;
+      },
+      10_000,
+      100,
+    );
+    expect(rotated).toEqual([expect.objectContaining({ decision: 'ok', reason: 'signing-key' })]);
+  } finally {
+    redis.evalsha = evalsha;
+    await t.close();
   }
 }, 30_000);
