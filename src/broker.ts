@@ -8,6 +8,8 @@ import { ApprovalService } from './approvals/approval-service.ts';
 import { ApprovalStore } from './approvals/approval-store.ts';
 import { AuditLog } from './audit/audit-log.ts';
 import { OutboxRecovery, outboxStats } from './audit/outbox.ts';
+import { endSwapRetries } from './audit/outbox-intent.ts';
+import type { OutboxEvent } from './audit/record.ts';
 import { AuditExporter } from './audit/export.ts';
 import { readArchive } from './audit/restore.ts';
 import { sealKeyOf } from './audit/seal.ts';
@@ -42,7 +44,7 @@ import { ProviderRegistry } from './providers/registry.ts';
 import type { Provider } from './providers/types.ts';
 import { RedisClock } from './redis/clock.ts';
 import { createConnector } from './redis/connection.ts';
-import { Keys } from './redis/keys.ts';
+import { type AuditChain, Keys } from './redis/keys.ts';
 import { ReplicaAck } from './redis/replica-ack.ts';
 import { RedisRequirements } from './redis/requirements.ts';
 import type { RedisClient } from './redis/scripts.ts';
@@ -333,7 +335,9 @@ export async function startBroker(config: LoadedConfig, opts: BrokerOptions = {}
 
     // Every process kind, API-only ones included: each makes decisions whose records go through an outbox,
     // and a deployment may run APIs without a worker beside them (docs/audit.md).
-    const outbox = new OutboxRecovery({ redis, keys, audit, logger, clock, metrics }, config.revocation.reconcileIntervalMs);
+    // A quarantine.add record left in the ops outbox may mean its tasks were not all ended: recovery ends them first.
+    const before = (chain: AuditChain, e: OutboxEvent) => (chain === 'ops' ? services.admin.recoveredQuarantine(e) : Promise.resolve());
+    const outbox = new OutboxRecovery({ redis, keys, audit, logger, clock, metrics, before }, config.revocation.reconcileIntervalMs);
     metrics.outboxSource = () => outboxStats({ redis, keys, clock });
     outbox.start();
     undo.push(() => outbox.stop());
@@ -457,6 +461,9 @@ export async function startBroker(config: LoadedConfig, opts: BrokerOptions = {}
               'queues did not close in time (Redis unreachable?); closing their connections',
             ),
         });
+        // An operation's outcome whose swap Redis failed (OutboxIntent.finish) gets a last try while the
+        // connections are open; no retry outlives the broker.
+        await endSwapRetries(deps.audit);
         await deps.audit.flush();
         await auditExport.stop();
         // What this instance wrote last reaches the file now rather than at another instance's next pass.

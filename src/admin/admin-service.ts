@@ -1,5 +1,6 @@
-import { outboxIntent } from '../audit/outbox.ts';
+import { keepFresh, outboxIntent } from '../audit/outbox-intent.ts';
 import { outboxMember } from '../audit/outbox-member.ts';
+import type { OutboxEvent } from '../audit/record.ts';
 import { deny } from '../authz.ts';
 import type { Deps } from '../deps.ts';
 import { badRequest, notFound, unavailable } from '../errors.ts';
@@ -115,7 +116,9 @@ export class AdminService {
     // The kill switch ends its tasks in many scripts (one per task tree, each putting its task.revoke records
     // in the outbox), so its own record cannot ride in one of them: it goes to the ops outbox before the
     // first ending, saying `interrupted`, and is kept there while the endings run. A process that dies
-    // part-way leaves that record for recovery; one that finishes writes the outcome in its place.
+    // part-way leaves that record for recovery; one that finishes puts the outcome in its place in the outbox
+    // (one step) and appends it, so a failed append or a death right after still leaves the outcome, not
+    // `interrupted`, for recovery (OutboxIntent.finish).
     const intent = await outboxIntent(this.deps, 'ops', { ...record, detail: { ...sel, interrupted: true } });
     let result: { tasks: number; leases: number };
     try {
@@ -125,10 +128,7 @@ export class AdminService {
     } finally {
       intent.stop();
     }
-    const outcome = { ...record, detail: { ...sel, tasks: result.tasks, leases: result.leases } };
-    // Not written: recovery appended the `interrupted` record meanwhile (the endings outlasted the grace
-    // period while Redis stalled); the outcome follows it.
-    if (!(await this.deps.audit.appendMember(outcome, intent.member, 'ops'))) await this.deps.audit.appendTo('ops', outcome);
+    await intent.finish({ ...record, detail: { ...sel, tasks: result.tasks, leases: result.leases } });
     return result;
   }
 
@@ -141,12 +141,21 @@ export class AdminService {
     // record is what restores quarantines after a Redis data loss (the export below holds it before the answer).
     const member = outboxMember({ action: 'quarantine.add', actor: who.id, decision: 'ok', reason, detail: { pattern, at: entry.at } });
     const at = await this.deps.quarantine.add(entry, member);
-    await this.rotation.announce({ type: 'quarantine' });
     // Its tasks as an agent, and as an orchestrator: the grants a compromised identity made are not trusted either.
     // Ended before the record is appended: the quarantine is in force from the script on, so a failed append
-    // must not leave its tasks open and their leases live (the record waits in the outbox for recovery).
-    const ended = await this.endMatching({ agent: pattern }, { openedBy: true });
-    await this.deps.replicas.after(this.deps.keys.replicaFences());
+    // must not leave its tasks open and their leases live (the record waits in the outbox for recovery). A
+    // process that dies before they are all ended leaves the record in the outbox too, and recovery ends them
+    // before it appends it (recoveredQuarantine); the record is kept fresh meanwhile, so recovery leaves it
+    // to this process while it lives, however long the endings take.
+    const fresh = keepFresh(this.deps, 'ops', member);
+    let ended: { tasks: number; leases: number };
+    try {
+      await this.rotation.announce({ type: 'quarantine' });
+      ended = await this.endMatching({ agent: pattern }, { openedBy: true });
+      await this.deps.replicas.after(this.deps.keys.replicaFences());
+    } finally {
+      fresh.stop();
+    }
     await this.deps.audit.appendOutbox('ops', [member], at!);
     // Last: the tasks are ended even when the export is down (it answers 503 then, the quarantine in force).
     await this.exportOps('quarantine');
@@ -179,6 +188,24 @@ export class AdminService {
    */
   endQuarantined(pattern: string): Promise<{ tasks: number; leases: number }> {
     return this.endMatching({ agent: pattern }, { openedBy: true });
+  }
+
+  /**
+   * For outbox recovery (src/audit/outbox.ts, OutboxDeps.before), before it appends a `quarantine.add` record a
+   * process left: ends what that quarantine ends. Its process ends the tasks before it appends the record, so
+   * a record left in the outbox may mean it died before ending them all (the quarantine in force, the tasks
+   * open, their leases live until their TTL). Only while that quarantine is still in force: one lifted since
+   * must not end tasks opened after the lift. Ending an ended task does nothing, so a quarantine whose process
+   * ended everything (and failed at the append) costs a scan of the open tasks, no more.
+   */
+  async recoveredQuarantine(event: OutboxEvent): Promise<void> {
+    const pattern = event.detail?.pattern;
+    if (event.action !== 'quarantine.add' || typeof pattern !== 'string') return;
+    if (!(await this.deps.redis.hexists(this.deps.keys.quarantine(), pattern))) return;
+    const ended = await this.endQuarantined(pattern);
+    await this.deps.replicas.after(this.deps.keys.replicaFences());
+    if (ended.tasks > 0)
+      this.deps.logger.warn({ pattern, ...ended }, "outbox recovery: ended a quarantined identity's tasks its quarantine had left open");
   }
 
   /** Ends every open task matching `sel` with its subtree; returns the tasks ended and their live leases. */

@@ -40,6 +40,13 @@ export interface OutboxDeps {
   logger: Logger;
   clock: Pick<RedisClock, 'now'>;
   metrics?: Metrics;
+  /**
+   * Work a record's decision still owes, which recovery does before it appends a record a process left (and
+   * leaves the record in the outbox, for the next pass, if that fails): a quarantine's endings
+   * (AdminService.recoveredQuarantine), which the process that put it in force does before appending its
+   * record. Must be idempotent: the process may have done it all, or a part.
+   */
+  before?: (chain: AuditChain, event: OutboxEvent) => Promise<void>;
 }
 
 /**
@@ -49,7 +56,8 @@ export interface OutboxDeps {
  * was recovered), and counts them in `jit_audit_outbox_recovered_total` as it goes. A member that is not a
  * record of this chain (poison: parseOutboxMember; only the broker's scripts are expected to write here, but
  * anyone who can write Redis can) is parked: moved to the chain's parked set with, in the same step, an
- * `audit.outbox_poison` record put in the outbox (appended here), and logged. Each member is handled on its
+ * `audit.outbox_poison` record put in the outbox (appended here), and logged. A record whose decision may
+ * still owe work (OutboxDeps.before: a quarantine's endings) has it done first. Each member is handled on its
  * own: one that fails does not keep the pass from the others of its page.
  */
 export async function recoverOutbox(deps: OutboxDeps, chain: AuditChain, before: number): Promise<number> {
@@ -66,7 +74,11 @@ export async function recoverOutbox(deps: OutboxDeps, chain: AuditChain, before:
       const member = flat[i]!;
       const event = parseOutboxMember(member);
       if (!event || !ofChain(deps, event, chain)) work.push(park(deps, chain, member).then(() => 0));
-      else work.push(deps.audit.appendOutboxCounted(chain, [member], Number(flat[i + 1])));
+      else {
+        const at = Number(flat[i + 1]);
+        const owed = deps.before ? deps.before(chain, event) : Promise.resolve();
+        work.push(owed.then(() => deps.audit.appendOutboxCounted(chain, [member], at)));
+      }
     }
     const results = await Promise.allSettled(work);
     let page = 0;
@@ -117,26 +129,6 @@ async function park(deps: OutboxDeps, chain: AuditChain, member: string): Promis
     'audit outbox: a member that is not a record of this chain was parked',
   );
   await audit.appendOutbox(chain, [note], Number(at));
-}
-
-/**
- * Puts `event` in `chain`'s outbox before a decision made in many steps (the kill switch: one task-end
- * script per task), so that a process that dies part-way leaves a record of it for recovery; its score
- * is moved forward every quarter grace period until `stop()`, so recovery leaves it alone while the
- * decision is being made, however long that takes. The caller appends the outcome naming `member`
- * (AuditLog.appendMember) once done; `event` is what recovery appends if it never does.
- */
-export async function outboxIntent(
-  deps: Pick<OutboxDeps, 'redis' | 'keys' | 'clock'>,
-  chain: AuditChain,
-  event: OutboxEvent,
-): Promise<{ member: string; stop(): void }> {
-  const key = deps.keys.auditOutbox(chain);
-  const member = outboxMember(event);
-  await deps.redis.zadd(key, 'NX', deps.clock.now(), member);
-  const timer = setInterval(() => void deps.redis.zadd(key, 'XX', deps.clock.now(), member).catch(() => {}), OUTBOX_GRACE_MS / 4);
-  timer.unref();
-  return { member, stop: () => clearInterval(timer) };
 }
 
 /** What the outbox gauges show (src/metrics.ts), over every chain. */

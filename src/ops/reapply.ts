@@ -86,6 +86,7 @@ export async function reapplyEndings(
     } else if (r.action === 'quarantine.add' && r.decision === 'ok' && typeof r.detail?.pattern === 'string') {
       const pattern = r.detail.pattern;
       const at = typeof r.detail.at === 'string' ? r.detail.at : r.time;
+      let added: { member: string; at: number } | undefined;
       if (!(await deps.redis.hexists(deps.keys.quarantine(), pattern))) {
         // Recorded in the step that puts it in force, as an admin's quarantine is (quarantine-add.lua): the
         // export is what restores quarantines after a data loss.
@@ -96,15 +97,17 @@ export async function reapplyEndings(
           reason: r.reason ?? '',
           detail: { pattern, at, ...again },
         });
-        const added = await deps.quarantine.add({ pattern, reason: r.reason ?? '', by: r.actor, at }, member);
-        await deps.audit.appendOutbox('ops', [member], added!);
+        added = { member, at: (await deps.quarantine.add({ pattern, reason: r.reason ?? '', by: r.actor, at }, member))! };
         out.quarantines += 1;
         quarantineChanged = true;
       }
       // Its tasks may have come back open with the snapshot (their task.revoke records may never have been exported).
+      // Ended before the record is appended, as an admin's quarantine does: a failed append must not leave them
+      // open (the record waits in the outbox, and recovery ends them again before appending it).
       const ended = await services.admin.endQuarantined(pattern);
       out.tasks += ended.tasks;
       out.leases += ended.leases;
+      if (added !== undefined) await deps.audit.appendOutbox('ops', [added.member], added.at);
     } else if (r.action === 'quarantine.remove' && r.decision === 'ok' && typeof r.detail?.pattern === 'string') {
       const pattern = r.detail.pattern;
       if (await deps.redis.hexists(deps.keys.quarantine(), pattern)) {

@@ -1,4 +1,4 @@
-import { outboxIntent } from '../audit/outbox.ts';
+import { outboxIntent } from '../audit/outbox-intent.ts';
 import type { OutboxEvent } from '../audit/record.ts';
 import { authorize } from '../authz.ts';
 import type { Deps } from '../deps.ts';
@@ -7,7 +7,7 @@ import type { WorkloadIdentity } from '../identity/types.ts';
 import { PolicyLoadError } from '../policy/errors.ts';
 import { PolicySync } from './policy-sync.ts';
 import { ProviderRegistry } from '../providers/registry.ts';
-import { type RotationJournal, RotationLockLost } from '../providers/types.ts';
+import { type RotationJournal, RotationLockLost, type RotationResult } from '../providers/types.ts';
 import { acquireLock, type HeldLock, reportTakeover } from '../redis/lock.ts';
 import type { RedisClient } from '../redis/scripts.ts';
 import type { Kek } from '../signing/kek.ts';
@@ -83,7 +83,7 @@ export class RotationService {
     // A rotation changes state in many steps (Redis, the provider, every instance), so its record cannot ride
     // in one script: it goes to the ops chain's outbox before the first step, saying `interrupted`, and is
     // kept there while the rotation runs. A process that dies part-way leaves that record for recovery
-    // (src/audit/outbox.ts); one that finishes writes the outcome in its place.
+    // (src/audit/outbox.ts); one that finishes puts the outcome in its place (OutboxIntent.finish).
     let intent: Awaited<ReturnType<typeof outboxIntent>>;
     try {
       intent = await outboxIntent(this.deps, 'ops', {
@@ -97,66 +97,92 @@ export class RotationService {
       await lock.release().catch(() => {});
       throw err;
     }
-    const record = async (outcome: OutboxEvent) => {
-      intent.stop();
-      // Not written: recovery appended the `interrupted` record meanwhile; the outcome follows it.
-      if (!(await this.deps.audit.appendMember(outcome, intent.member, 'ops'))) await this.deps.audit.appendTo('ops', outcome);
-    };
     const keep = setInterval(() => void lock.extend(LOCK_TTL_MS).catch(() => {}), LOCK_TTL_MS / 3);
+    // The outcome is recorded once, after the rotation succeeded or failed: a failed record of a rotation that
+    // succeeded must not be taken for a failed rotation (its record said `rotation_failed`, `oldSecretInUse`).
+    let outcome: OutboxEvent;
+    let answer: Record<string, unknown> | undefined;
+    let failure: unknown;
     try {
-      // Start from the secret the others run with (Redis's), so "not in use" below means not in use anywhere.
-      if (target !== 'signing-key') await this.applyDistributedSecrets(target);
-      const journal = await this.journal(target, lock);
-      if (journal.leftover && target !== 'signing-key') {
-        // A rotation killed between sealing a secret into Redis and announcing it left the others on the one it
-        // was retiring: tell them of Redis's first, and give them time to switch, before leftovers are retired.
-        await this.announce({ type: 'rotated', target });
-        await new Promise((r) => setTimeout(r, this.deps.config.rotation.switchGraceMs));
+      try {
+        const result = await this.rotateHeld(target, provider, lock, opts);
+        this.deps.metrics.rotations.inc({ target, result: 'ok' });
+        outcome = { action: 'rotate', actor, decision: 'ok', reason: target, detail: { rotated: result.rotated, ...flags } };
+        answer = { target, rotated: result.rotated, ...(result.detail ?? {}) };
+      } catch (err) {
+        // A takeover (the lock lapsed, another rotation goes on) is not a failed rotation for alerting.
+        this.deps.metrics.rotations.inc({ target, result: err instanceof RotationLockLost ? 'taken_over' : 'failed' });
+        // Run with the secret Redis names (what the others run with, or what the rotation that took the
+        // lock distributes), not with one a failed step left this instance on.
+        if (target !== 'signing-key') await this.applyDistributedSecrets(target).catch(() => {});
+        if (err instanceof RotationLockLost) {
+          outcome = { action: 'rotate', actor, decision: 'error', reason: err.code, detail: { target, lockLost: true } };
+          failure = err;
+        } else {
+          const code = err instanceof BrokerError ? err.code : 'rotation_failed';
+          // rotation_incomplete: the instances could not all be switched back, so both secrets were kept valid.
+          const state: Record<string, boolean> = code === 'rotation_incomplete' ? { bothSecretsValid: true } : { oldSecretInUse: true };
+          outcome = {
+            action: 'rotate',
+            actor,
+            decision: 'error',
+            reason: code,
+            detail: { target, ...state, ...(opts.resumed ? { resumed: true } : {}) },
+          };
+          failure =
+            err instanceof BrokerError
+              ? err
+              : upstreamFailed('rotation_failed', `Rotating ${target} failed; the previous secret is still in use.`, { cause: err });
+        }
       }
-      let distributed = false;
-      const result = await provider.rotate(
-        async (secret) => {
-          // Fenced: a rotation whose lock lapsed must not hand out its key over the current holder's work.
-          await this.sealed.write(target, secret, lock);
-          await this.announce({ type: 'rotated', target });
-          distributed = true;
-          // Give every instance time to switch before the provider retires the old secret.
-          await new Promise((r) => setTimeout(r, this.deps.config.rotation.switchGraceMs));
-        },
-        opts,
-        journal,
-      );
-      if (!distributed) await this.announce({ type: 'rotated', target }); // signing key: instances reload from Redis
-      this.deps.metrics.rotations.inc({ target, result: 'ok' });
-      await record({ action: 'rotate', actor, decision: 'ok', reason: target, detail: { rotated: result.rotated, ...flags } });
-      return { target, rotated: result.rotated, ...(result.detail ?? {}) };
-    } catch (err) {
-      // A takeover (the lock lapsed, another rotation goes on) is not a failed rotation for alerting.
-      this.deps.metrics.rotations.inc({ target, result: err instanceof RotationLockLost ? 'taken_over' : 'failed' });
-      // Run with the secret Redis names (what the others run with, or what the rotation that took the
-      // lock distributes), not with one a failed step left this instance on.
-      if (target !== 'signing-key') await this.applyDistributedSecrets(target).catch(() => {});
-      if (err instanceof RotationLockLost) {
-        await record({ action: 'rotate', actor, decision: 'error', reason: err.code, detail: { target, lockLost: true } });
-        throw err;
+      try {
+        await intent.finish(outcome);
+      } catch (err) {
+        // Redis failed at the swap: the outcome is tried again in the background (and the intent stands for
+        // it should the process die first). The answer stays the rotation's: a 503 for a rotation that was
+        // done would have the caller rotate again, and one for a failed rotation would hide its code.
+        this.deps.logger.warn({ target, err: (err as Error).message }, 'rotation: its outcome record is not in Redis yet; retrying');
       }
-      const code = err instanceof BrokerError ? err.code : 'rotation_failed';
-      // rotation_incomplete: the instances could not all be switched back, so both secrets were kept valid.
-      const state: Record<string, boolean> = code === 'rotation_incomplete' ? { bothSecretsValid: true } : { oldSecretInUse: true };
-      await record({
-        action: 'rotate',
-        actor,
-        decision: 'error',
-        reason: code,
-        detail: { target, ...state, ...(opts.resumed ? { resumed: true } : {}) },
-      });
-      if (err instanceof BrokerError) throw err;
-      throw upstreamFailed('rotation_failed', `Rotating ${target} failed; the previous secret is still in use.`, { cause: err });
     } finally {
       intent.stop();
       clearInterval(keep);
       await lock.release();
     }
+    if (failure !== undefined) throw failure;
+    return answer!;
+  }
+
+  /** The steps of a rotation of `target`, under its lock (rotate). */
+  private async rotateHeld(
+    target: string,
+    provider: NonNullable<ReturnType<Deps['providers']['byRotationTarget']>>[1],
+    lock: HeldLock,
+    opts: { immediate?: boolean; resumed?: boolean },
+  ): Promise<Pick<RotationResult, 'rotated' | 'detail'>> {
+    // Start from the secret the others run with (Redis's), so "not in use" below means not in use anywhere.
+    if (target !== 'signing-key') await this.applyDistributedSecrets(target);
+    const journal = await this.journal(target, lock);
+    if (journal.leftover && target !== 'signing-key') {
+      // A rotation killed between sealing a secret into Redis and announcing it left the others on the one it
+      // was retiring: tell them of Redis's first, and give them time to switch, before leftovers are retired.
+      await this.announce({ type: 'rotated', target });
+      await new Promise((r) => setTimeout(r, this.deps.config.rotation.switchGraceMs));
+    }
+    let distributed = false;
+    const result = await provider.rotate!(
+      async (secret) => {
+        // Fenced: a rotation whose lock lapsed must not hand out its key over the current holder's work.
+        await this.sealed.write(target, secret, lock);
+        await this.announce({ type: 'rotated', target });
+        distributed = true;
+        // Give every instance time to switch before the provider retires the old secret.
+        await new Promise((r) => setTimeout(r, this.deps.config.rotation.switchGraceMs));
+      },
+      opts,
+      journal,
+    );
+    if (!distributed) await this.announce({ type: 'rotated', target }); // signing key: instances reload from Redis
+    return result;
   }
 
   /** The rotation intent of `target`, as the provider's journal (src/ops/rotation-journal.ts). */
@@ -241,7 +267,7 @@ export class RotationService {
     } finally {
       intent.stop();
     }
-    if (!(await this.deps.audit.appendMember(outcome, intent.member, 'ops'))) await this.deps.audit.appendTo('ops', outcome);
+    await intent.finish(outcome);
     return { reloaded: true, policies: r.policies, version: r.version };
   }
 

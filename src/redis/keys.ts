@@ -239,6 +239,13 @@ export class Keys {
     return `${this.auditBase(chain)}audit-outbox-parked`;
   }
   /**
+   * Sorted set: tags of the intents (outboxIntent) whose outcome took their place in the chain's outbox, by
+   * when (audit-outbox-swap.lua), so a swap sent again after its answer was lost adds nothing; a day's worth.
+   */
+  auditOutboxSwapped(chain: AuditChain): string {
+    return `${this.auditBase(chain)}audit-outbox-swapped`;
+  }
+  /**
    * Sorted set with one member, `max`: the most a record of the chain was appended after its `time`, in ms
    * (recovered outbox records, records chained again with their original time), so an audit query by time
    * reads far enough past its `until` (src/lists/audit-query.ts). Only ever raised (ZADD GT).

@@ -1,5 +1,17 @@
 import { connect, createServer, type Server, type Socket } from 'node:net';
 
+/** Where in `chunk` the first EVALSHA of `sha` starts whose command contains `containing` (any, without it); -1 if none. */
+function cutAt(chunk: Buffer, sha: string, containing: string | undefined): number {
+  for (let at = chunk.indexOf(sha, 0, 'latin1'); at >= 0; at = chunk.indexOf(sha, at + sha.length, 'latin1')) {
+    if (containing === undefined) return at;
+    // The command's arguments run to the next command of this script at most: checked within them.
+    const next = chunk.indexOf(sha, at + sha.length, 'latin1');
+    const found = chunk.indexOf(containing, at, 'latin1');
+    if (found >= 0 && (next < 0 || found < next)) return at;
+  }
+  return -1;
+}
+
 /**
  * A TCP proxy in front of Redis for a process a test is about to SIGKILL. Once armed with a Lua script's
  * SHA-1, the first connection to send an EVALSHA of that script has its commands cut there: what it sent
@@ -14,6 +26,7 @@ import { connect, createServer, type Server, type Socket } from 'node:net';
 export async function redisCutProxy(redisUrl: string) {
   const target = new URL(redisUrl);
   let armed: string | undefined;
+  let armedWith: string | undefined;
   let onCut: (() => void) | undefined;
   const sockets = new Set<Socket>();
   const server: Server = createServer((client) => {
@@ -22,7 +35,7 @@ export async function redisCutProxy(redisUrl: string) {
     let cut = false;
     client.on('data', (chunk: Buffer) => {
       if (cut) return;
-      const at = armed ? chunk.indexOf(armed, 0, 'latin1') : -1;
+      const at = armed ? cutAt(chunk, armed, armedWith) : -1;
       if (at < 0) {
         upstream.write(chunk);
         return;
@@ -32,6 +45,7 @@ export async function redisCutProxy(redisUrl: string) {
       if (start > 0) upstream.write(chunk.subarray(0, start));
       cut = true;
       armed = undefined;
+      armedWith = undefined;
       onCut?.();
     });
     upstream.on('data', (chunk: Buffer) => client.write(chunk));
@@ -48,9 +62,13 @@ export async function redisCutProxy(redisUrl: string) {
   const { port } = server.address() as { port: number };
   return {
     url: `redis://127.0.0.1:${port}`,
-    /** Cuts the next connection to run `sha`, at that command; resolves once it did. */
-    arm(sha: string): Promise<void> {
+    /**
+     * Cuts the next connection to run `sha`, at that command; resolves once it did. `containing`: only a
+     * command of that script whose arguments (up to the next command in the chunk) contain it.
+     */
+    arm(sha: string, containing?: string): Promise<void> {
       armed = sha;
+      armedWith = containing;
       return new Promise<void>((r) => {
         onCut = r;
       });
