@@ -36,6 +36,13 @@ afterAll(async () => {
 
 const as = (path: string) => ({ authorization: `Bearer ${issuer.svid(path)}` });
 
+// Long enough that a loaded machine does not let the task or the lease really expire over the calls that set
+// them up (a task of 6 s did: the credential call was answered 409 on a machine running the suite beside two
+// others), short against the skew: a worker deciding on its own clock, 60 s fast, ends both at once.
+// Each test starts a broker process first: its timeout allows for the helper's START_TIMEOUT_MS (60 s) and 60 s more.
+const TASK_S = 15;
+const LEASE_S = 5;
+
 test('a worker 60 s fast ends neither tasks nor leases early', async () => {
   const prefix = uniquePrefix('skew-worker');
   prefixes.push(prefix);
@@ -51,30 +58,39 @@ test('a worker 60 s fast ends neither tasks nor leases early', async () => {
     agent: `spiffe://dev.local${AGENT}`,
     tenant: 'acme',
     purpose: 'p',
-    ttlSeconds: 6,
+    ttlSeconds: TASK_S,
     grants: [{ role: 'demo-api' }],
   });
   expect(open.status).toBe(201);
   const beforeIssue = Date.now();
-  const cred = await call(t.url, 'POST', '/v1/credentials', as(AGENT), { taskId: 't-skew', role: 'demo-api', ttlSeconds: 3 });
-  expect(cred.status).toBe(201);
-  await new Promise((r) => setTimeout(r, 1500));
-  const beforeRead = Date.now();
-  const seen = (await call(t.url, 'GET', '/v1/tasks/t-skew', as(ORCH))).body;
-  // Not ended before their time: judged against the time read before the read was sent (a loaded machine can
-  // take seconds over the calls above, and then the deadlines may really have passed), with the same margins
-  // as the checks below (exp is rounded to whole seconds).
-  if (beforeRead - beforeIssue < 1900) expect(seen.leases).toMatchObject([{ status: 'active' }]);
-  if (beforeRead - beforeOpen < 5500) expect(seen.status).toBe('open');
-  const expired = await waitFor(async () => {
-    const l = (await call(t.url, 'GET', `/v1/leases/${cred.body.leaseId}`, as(AGENT))).body;
-    return l.status === 'expired' && l;
-  }, 8000);
-  expect(Date.now() - beforeIssue).toBeGreaterThanOrEqual(1900); // 3 s, less the rounding of exp to whole seconds
+  const cred = await call(t.url, 'POST', '/v1/credentials', as(AGENT), { taskId: 't-skew', role: 'demo-api', ttlSeconds: LEASE_S });
+  // With what it said and when, should a loaded machine ever make it fail again (it was 409 with a 6-s task).
+  expect({ status: cred.status, body: cred.body, sinceOpenMs: Date.now() - beforeOpen }).toMatchObject({ status: 201 });
+  // Not ended before their time: seen ended no sooner than their deadlines after the call (lower bounds: a
+  // loaded machine only makes them later), and on the record, ended (revokedAt, endedAt: the sweep's time) not
+  // before the deadline and not after now (a sweep stamping its own clock, 60 s fast, would be). Not by the
+  // status read some time after the issue: on a loaded machine the calls took seconds, and the lease's deadline
+  // had really passed by the read.
+  const { redis, keys } = t.broker.deps;
+  const endedOnTime = async (key: string, endedField: string) => {
+    const [deadline, ended] = (await redis.hmget(key, 'expiresAt', endedField)).map(Number);
+    expect(ended).toBeGreaterThanOrEqual(deadline!);
+    expect(ended).toBeLessThanOrEqual(Date.now());
+  };
+  const expired = await waitFor(
+    async () => {
+      const l = (await call(t.url, 'GET', `/v1/leases/${cred.body.leaseId}`, as(AGENT))).body;
+      return l.status === 'expired' && l;
+    },
+    LEASE_S * 1000 + 5000,
+  );
+  expect(Date.now() - beforeIssue).toBeGreaterThanOrEqual(LEASE_S * 1000 - 1100); // less the rounding of exp to whole seconds
   expect(expired.reason).toBe('ttl_expired');
-  await waitFor(async () => (await call(t.url, 'GET', '/v1/tasks/t-skew', as(ORCH))).body.status === 'expired', 8000);
-  expect(Date.now() - beforeOpen).toBeGreaterThanOrEqual(5500);
-}, 30_000);
+  await endedOnTime(keys.lease(cred.body.leaseId), 'revokedAt');
+  await waitFor(async () => (await call(t.url, 'GET', '/v1/tasks/t-skew', as(ORCH))).body.status === 'expired', TASK_S * 1000 + 5000);
+  expect(Date.now() - beforeOpen).toBeGreaterThanOrEqual(TASK_S * 1000 - 500);
+  await endedOnTime(keys.task('t-skew'), 'endedAt');
+}, 120_000);
 
 test('an instance 60 s fast that starts first creates a signing key every instance signs with at once', async () => {
   const prefix = uniquePrefix('skew-key');
@@ -100,4 +116,4 @@ test('an instance 60 s fast that starts first creates a signing key every instan
     const exp = JSON.parse(Buffer.from(c.body.credentials.access_token.split('.')[1], 'base64url').toString()).exp;
     expect(Math.abs(exp * 1000 - (Date.now() + 60_000))).toBeLessThan(5_000); // the task's 60 s bound the TTL
   }
-}, 30_000);
+}, 120_000);

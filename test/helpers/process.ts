@@ -10,6 +10,9 @@ export interface BrokerProcess {
   kill(signal?: NodeJS.Signals): Promise<void>;
 }
 
+/** How long a broker process may take to say it is up (a test that starts one allows for this in its own timeout). */
+export const START_TIMEOUT_MS = 60_000;
+
 /**
  * Starts `src/main.ts` with `BROKER_CONFIG=configFile` on the project's Node
  * (the one running jest) and waits until it logs that it is up.
@@ -28,11 +31,12 @@ export async function startBrokerProcess(
   const api = !opts.args?.includes('--worker');
   const url = await new Promise<string>((resolve, reject) => {
     // A process that did not start in time is killed: left running, it outlived the test run (an orphan
-    // `src/main.ts` holding Redis connections and, for an API, a port).
+    // `src/main.ts` holding Redis connections and, for an API, a port). Generous: only a process that never
+    // starts should meet it, and on a loaded 2-core machine (the whole suite beside it) a start took over 20 s.
     const timer = setTimeout(() => {
       child.kill('SIGKILL');
-      reject(new Error(`broker process did not start:\n${out}`));
-    }, opts.timeoutMs ?? 20_000);
+      reject(new Error(`broker process did not start within ${opts.timeoutMs ?? START_TIMEOUT_MS} ms:\n${out}`));
+    }, opts.timeoutMs ?? START_TIMEOUT_MS);
     const onData = (d: Buffer) => {
       out += d.toString();
       for (const line of out.split('\n')) {
