@@ -4,7 +4,7 @@ import { authorize, deny, denial, taskContext } from '../authz.ts';
 import { roleOf } from '../config/roles.ts';
 import type { Deps } from '../deps.ts';
 import { badRequest, conflict, forbidden, notFound } from '../errors.ts';
-import { MAX_LABELS, type OpenTaskBody } from '../http/schemas.ts';
+import { MAX_LABELS, type OpenTaskBody, textWithControls } from '../http/schemas.ts';
 import type { WorkloadIdentity } from '../identity/types.ts';
 import type { LeaseRecord } from '../leases/types.ts';
 import { descriptorOf } from '../providers/index.ts';
@@ -71,6 +71,25 @@ export class TaskService {
 
   private async openOnce(who: WorkloadIdentity, body: OpenTaskBody): Promise<{ created: boolean; task: TaskRecord }> {
     const { config } = this.deps;
+    const field = textWithControls(body);
+    if (field !== undefined) {
+      // Audited, unlike other malformed bodies: control characters in text that audit records, lists and the console
+      // show are an attempt to forge what a reader sees. Recorded where the other refusals of an open are: under the
+      // parent for a sub-task, under the task only when the caller named it (an id never used names nothing).
+      const err = badRequest('invalid_request', `${field}: holds control, bidi or zero-width characters`, { extra: { field } });
+      throw await denial(
+        this.deps,
+        who,
+        err,
+        body.parentTaskId
+          ? {
+              action: 'access.deny',
+              taskId: body.parentTaskId,
+              detail: { field, ...(body.taskId !== undefined ? { subtask: `${body.parentTaskId}~${body.taskId}` } : {}) },
+            }
+          : { action: 'access.deny', ...(body.taskId !== undefined ? { taskId: body.taskId } : {}), detail: { field } },
+      );
+    }
     if (body.ttlSeconds > config.tasks.maxTtlSeconds)
       throw badRequest('ttl_too_long', `ttlSeconds may be at most ${config.tasks.maxTtlSeconds}.`);
     if (body.grants.length > config.tasks.maxGrants)
