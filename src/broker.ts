@@ -71,6 +71,8 @@ export interface BrokerOptions {
   identityCacheMs?: number;
   /** How often every instance looks for a Redis data loss (ms, default 1000). */
   dataLossCheckMs?: number;
+  /** The task cache's length bound in characters (tests; default TASK_CACHE_CHARS in src/tasks/task-store.ts). */
+  taskCacheChars?: number;
   /** Extra routers mounted before the /v1 catch-all. */
   routers?: (deps: Deps, services: Services) => Router[];
 }
@@ -225,7 +227,7 @@ export async function startBroker(config: LoadedConfig, opts: BrokerOptions = {}
     // Any pass (exportNow on an API-only instance too) may start its record-check thread.
     undo.push(() => auditExport.close());
     await auditExport.assertOwned();
-    const tasks = new TaskStore({ redis, keys, retentionMs });
+    const tasks = new TaskStore({ redis, keys, retentionMs, ...(opts.taskCacheChars ? { cacheChars: opts.taskCacheChars } : {}) });
     const quarantine = new Quarantine({ redis, keys, logger });
     await quarantine.start();
     undo.push(() => quarantine.stop());

@@ -190,7 +190,8 @@ export class TaskService {
   async readable(who: WorkloadIdentity, taskId: string): Promise<TaskRecord> {
     // The changing fields fresh, the immutable rest (up to ~36 KB) from the task cache: every read route
     // starts here, and a task's own agent may call them over and over.
-    const [task] = await this.deps.tasks.recordsOf([taskId]);
+    // Cached only for a caller who may read it: a stranger naming task ids does not fill the cache.
+    const [task] = await this.deps.tasks.recordsOf([taskId], (t) => this.mayRead(who, t));
     if (!task) throw notFound('task_not_found', `No task ${taskId}.`);
     if (!this.mayRead(who, task)) {
       await deny(this.deps, who, 'not_task_party', "Only the task's orchestrator, its agent or an admin may read it.", {
@@ -385,7 +386,8 @@ export class TaskService {
     const taskId = `${parentId}~${body.taskId ?? `s-${randomBytes(6).toString('hex')}`}`;
     if (taskId.length > MAX_TASK_ID)
       throw badRequest('invalid_task_id', `Sub-task ids are at most ${MAX_TASK_ID} characters; use a shorter name.`);
-    const parent = await this.deps.tasks.fixed(parentId);
+    // Cached only for the parent's agent, the one caller that may delegate from it.
+    const parent = await this.deps.tasks.fixed(parentId, (p) => p.agent === who.id);
     if (!parent) throw notFound('task_not_found', `No parent task ${parentId}.`);
     const d = async (code: 'not_parent_agent' | 'delegation_too_deep' | 'delegation_widens', msg: string): Promise<never> => {
       // The parent may come from the cache: refuse only on the parent as Redis holds it now.
