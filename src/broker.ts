@@ -71,6 +71,8 @@ export interface BrokerOptions {
   identityCacheMs?: number;
   /** How often every instance looks for a Redis data loss (ms, default 1000). */
   dataLossCheckMs?: number;
+  /** Distinct denial keys folded one by one per minute (tests; default FOLD_MAX_KEYS in src/audit/denial-folds.ts). */
+  auditFoldMaxKeys?: number;
   /** The task cache's length bound in characters (tests; default TASK_CACHE_CHARS in src/tasks/task-store.ts). */
   taskCacheChars?: number;
   /** Extra routers mounted before the /v1 catch-all. */
@@ -205,6 +207,7 @@ export async function startBroker(config: LoadedConfig, opts: BrokerOptions = {}
       taskIndexMs: Math.max(retentionMs, config.audit.retention.maxAgeDays * 86_400_000),
       now: () => clock.now(),
       guardEpoch: true,
+      ...(opts.auditFoldMaxKeys ? { foldMaxKeys: opts.auditFoldMaxKeys } : {}),
     });
     const sealKey = sealKeyOf(kek);
     // Read from Redis (one reading per server.metricsRefreshSeconds), so every instance reports the deployment's sealing, not only its own.
