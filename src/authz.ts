@@ -128,8 +128,9 @@ export async function denial(deps: Deps, who: WorkloadIdentity, err: BrokerError
 async function ownsTask(deps: Deps, who: WorkloadIdentity, taskId: string | undefined): Promise<boolean> {
   if (!taskId) return false;
   try {
-    const task = await deps.tasks.fixed(taskId);
-    return task !== undefined && (task.agent === who.id || task.openedBy === who.id);
+    const party = (t: { agent: string; openedBy: string }) => t.agent === who.id || t.openedBy === who.id;
+    const task = await deps.tasks.fixed(taskId, party);
+    return task !== undefined && party(task);
   } catch {
     return false;
   }

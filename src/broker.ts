@@ -73,6 +73,10 @@ export interface BrokerOptions {
   identityCacheMs?: number;
   /** How often every instance looks for a Redis data loss (ms, default 1000). */
   dataLossCheckMs?: number;
+  /** Distinct denial keys folded one by one per minute (tests; default FOLD_MAX_KEYS in src/audit/denial-folds.ts). */
+  auditFoldMaxKeys?: number;
+  /** The task cache's length bound in characters (tests; default TASK_CACHE_CHARS in src/tasks/task-store.ts). */
+  taskCacheChars?: number;
   /** Extra routers mounted before the /v1 catch-all. */
   routers?: (deps: Deps, services: Services) => Router[];
 }
@@ -205,6 +209,7 @@ export async function startBroker(config: LoadedConfig, opts: BrokerOptions = {}
       taskIndexMs: Math.max(retentionMs, config.audit.retention.maxAgeDays * 86_400_000),
       now: () => clock.now(),
       guardEpoch: true,
+      ...(opts.auditFoldMaxKeys ? { foldMaxKeys: opts.auditFoldMaxKeys } : {}),
     });
     const sealKey = sealKeyOf(kek);
     // Read from Redis (one reading per server.metricsRefreshSeconds), so every instance reports the deployment's sealing, not only its own.
@@ -227,7 +232,7 @@ export async function startBroker(config: LoadedConfig, opts: BrokerOptions = {}
     // Any pass (exportNow on an API-only instance too) may start its record-check thread.
     undo.push(() => auditExport.close());
     await auditExport.assertOwned();
-    const tasks = new TaskStore({ redis, keys, retentionMs });
+    const tasks = new TaskStore({ redis, keys, retentionMs, ...(opts.taskCacheChars ? { cacheChars: opts.taskCacheChars } : {}) });
     const quarantine = new Quarantine({ redis, keys, logger });
     await quarantine.start();
     undo.push(() => quarantine.stop());

@@ -6,6 +6,10 @@ export const FOLD_MAX_KEYS = 10_000;
 export const FOLD_TASKS_PER_CALLER = 3;
 /** Distinct roles a folded record names (`detail.roles`) before it says only that there were more. */
 export const FOLD_ROLES_MAX = 16;
+/** Distinct callers a folded overflow record names (`detail.actors`) before it says only that there were more. */
+export const FOLD_ACTORS_MAX = 16;
+/** The actor of a folded overflow record: it counts many callers' denials, so it names none of them as its actor. */
+export const OVERFLOW_ACTOR = 'broker';
 
 /** One folded key: its first denial, and how many followed (the first too when its record was not written). */
 export interface Fold {
@@ -19,6 +23,13 @@ export interface Fold {
    */
   roles?: string[];
   rolesTruncated?: boolean;
+  /**
+   * An overflow key's (past the table's bound, folded whoever the caller): the callers its count stands
+   * for. Its first denial's caller was the folded record's actor, as if every denial counted were theirs.
+   */
+  overflow?: boolean;
+  actors?: string[];
+  actorsTruncated?: boolean;
 }
 
 /** Notes `role` among a fold's roles (bounded). */
@@ -27,6 +38,20 @@ function noteRole(fold: Fold, role: string | undefined): void {
   fold.roles ??= [];
   if (fold.roles.length < FOLD_ROLES_MAX) fold.roles.push(role);
   else fold.rolesTruncated = true;
+}
+
+/** Notes `actor` among an overflow fold's callers (bounded). */
+function noteActor(fold: Fold, actor: string): void {
+  if (!fold.overflow || fold.actors?.includes(actor)) return;
+  fold.actors ??= [];
+  if (fold.actors.length < FOLD_ACTORS_MAX) fold.actors.push(actor);
+  else fold.actorsTruncated = true;
+}
+
+/** Notes one more denial counted into `fold`: its role and, for an overflow key, its caller. */
+function noteCounted(fold: Fold, event: AuditEvent): void {
+  noteRole(fold, event.role);
+  noteActor(fold, event.actor);
 }
 
 /**
@@ -41,7 +66,8 @@ function noteRole(fold: Fold, role: string | undefined): void {
  *   the caller holds, each opened with a record of its own;
  * - past `maxKeys` keys in a minute (many callers), the rest fold per (task, code, action) whoever they
  *   are (`detail.overflow`), so decoys cannot hide a denial about another task; past twice that, per
- *   (code, action) only.
+ *   (code, action) only. The first denial of such a key is written at once as its caller's; the folded
+ *   record of the rest has actor {@link OVERFLOW_ACTOR} and lists the callers it counts (`detail.actors`).
  */
 export class DenialFolds {
   private readonly folds = new Map<string, Fold>();
@@ -64,11 +90,13 @@ export class DenialFolds {
   admit(event: AuditEvent, minute: number, own = false): { key: string; entry: Fold } | undefined {
     const caller = `${minute}\u0000${event.actor}\u0000${event.reason ?? ''}\u0000${event.action}`;
     let key = `${caller}\u0000${event.taskId ?? ''}`;
+    let overflow = false;
     if (!this.folds.has(key)) {
       if (this.folds.size >= this.maxKeys) {
         const perTask = this.folds.size < 2 * this.maxKeys;
         key = `${minute}\u0000*\u0000${event.reason ?? ''}\u0000${event.action}\u0000${perTask ? (event.taskId ?? '') : '*'}`;
         event = { ...event, detail: { ...(event.detail ?? {}), overflow: true } };
+        overflow = true;
       } else if (event.taskId !== undefined && !own) {
         const tasks = this.tasksOf.get(caller) ?? 0;
         if (tasks >= FOLD_TASKS_PER_CALLER) {
@@ -83,10 +111,10 @@ export class DenialFolds {
     const fold = this.folds.get(key);
     if (fold) {
       fold.count += 1;
-      noteRole(fold, event.role);
+      noteCounted(fold, event);
       return undefined;
     }
-    const entry: Fold = { event, count: 0 };
+    const entry: Fold = { event, count: 0, ...(overflow ? { overflow } : {}) };
     this.folds.set(key, entry);
     return { key, entry };
   }
@@ -101,9 +129,11 @@ export class DenialFolds {
     if (now) {
       now.count += 1;
       now.firstUnwritten = true;
-      noteRole(now, entry.event.role);
+      noteCounted(now, entry.event);
     } else {
-      this.folds.set(key, { event: entry.event, count: 1, firstUnwritten: true });
+      const fold: Fold = { event: entry.event, count: 1, firstUnwritten: true, ...(entry.overflow ? { overflow: true } : {}) };
+      noteActor(fold, entry.event.actor);
+      this.folds.set(key, fold);
     }
   }
 
@@ -130,6 +160,8 @@ export class DenialFolds {
       now.firstUnwritten ||= fold.firstUnwritten;
       for (const role of [fold.event.role, ...(fold.roles ?? [])]) noteRole(now, role);
       if (fold.rolesTruncated) now.rolesTruncated = true;
+      for (const actor of fold.actors ?? []) noteActor(now, actor);
+      if (fold.actorsTruncated) now.actorsTruncated = true;
     }
   }
 
@@ -137,6 +169,8 @@ export class DenialFolds {
   static record(f: Fold): AuditEvent {
     return {
       ...f.event,
+      // Many callers' denials: none of them is the record's actor; `detail.actors` names them.
+      ...(f.overflow ? { actor: OVERFLOW_ACTOR } : {}),
       count: f.count,
       detail: {
         ...(f.event.detail ?? {}),
@@ -145,6 +179,8 @@ export class DenialFolds {
         // Every role the minute's denials named, the first's included.
         ...(f.roles ? { roles: [...(f.event.role === undefined ? [] : [f.event.role]), ...f.roles] } : {}),
         ...(f.rolesTruncated ? { rolesTruncated: true } : {}),
+        ...(f.overflow ? { actors: f.actors ?? [] } : {}),
+        ...(f.actorsTruncated ? { actorsTruncated: true } : {}),
       },
     };
   }

@@ -148,7 +148,8 @@ export class CredentialService {
 
   private async loadTask(who: WorkloadIdentity, body: CredentialRequest): Promise<TaskSnapshot> {
     // The cached immutable part: whether the task is still open is decided when the lease is recorded.
-    const task = await this.deps.tasks.fixed(body.taskId);
+    // Cached only for the task's agent: another caller naming task ids does not fill the cache.
+    const task = await this.deps.tasks.fixed(body.taskId, (t) => t.agent === who.id);
     if (!task) throw notFound('task_not_found', `No task ${body.taskId}.`);
     if (who.id !== task.agent)
       return this.deny(who, task, body.role, 'not_task_agent', "Only the task's agent may request its credentials.");

@@ -10,6 +10,7 @@ import { oauthRoutes } from './routes/oauth.ts';
 import { adminRoutes, opsRoutes } from './routes/ops.ts';
 import { listRoutes } from './routes/lists.ts';
 import { readSlots } from './read-slots.ts';
+import { chargeReads } from './read-cost.ts';
 import { openApiRoutes } from './routes/openapi.ts';
 import { taskRoutes } from './routes/tasks.ts';
 import { wellKnownRoutes } from './routes/wellknown.ts';
@@ -73,7 +74,8 @@ export function v1Routes(deps: Deps, services: Services, authenticate: RequestHa
   r.use(under(['/v1/admin/'], adminRoutes(deps, services, authenticate)));
   // Everything else under /v1 is JSON and needs an identity (and its rate limit), checked before the body is even parsed.
   r.use('/v1', authenticate, ...jsonBody(deps.config.server.bodyLimitBytes));
-  r.use(['/v1/tasks', '/v1/approvals', '/v1/audit'], readSlots(deps));
+  // Expensive reads spend more of the caller's rate limit (src/http/read-cost.ts), then wait for a read slot.
+  r.use(['/v1/tasks', '/v1/approvals', '/v1/audit'], chargeReads(deps), readSlots(deps));
   r.use(
     firstOf(
       under(['/v1/tasks', '/v1/approvals', '/v1/audit'], listRoutes(services)),

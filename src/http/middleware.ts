@@ -59,14 +59,33 @@ export async function authenticate(
  */
 export async function admitIdentity(deps: Deps, who: WorkloadIdentity, budget: 'identity' | 'introspect' = 'identity'): Promise<void> {
   await refuseQuarantined(deps, who);
+  await spendBudget(deps, who, budget, 1);
+}
+
+/**
+ * Spends `points` of `who`'s rate-limit budget: 1 when it is admitted, more for an expensive read
+ * (src/http/read-cost.ts). Over it: 429, an audited denial (`detail.points` when it cost more than 1).
+ */
+export async function spendBudget(
+  deps: Pick<Deps, 'limits' | 'audit' | 'logger'>,
+  who: WorkloadIdentity,
+  budget: 'identity' | 'introspect',
+  points: number,
+): Promise<void> {
   try {
-    await deps.limits?.spendIdentity(who.id, budget);
+    await deps.limits?.spendIdentity(who.id, budget, points);
   } catch (err) {
     if (err instanceof RateLimited) {
       // Counted in metrics by the limiter already: only the record here. A record that cannot be written (Redis
       // down: the limiter fell back to its in-memory count) does not turn the 429 into another answer.
       await deps.audit
-        .denial({ action: 'access.deny', actor: who.id, decision: 'deny', reason: err.code, detail: { budget } })
+        .denial({
+          action: 'access.deny',
+          actor: who.id,
+          decision: 'deny',
+          reason: err.code,
+          detail: { budget, ...(points > 1 ? { points } : {}) },
+        })
         .catch((e: unknown) => deps.logger.warn({ err: (e as Error).message }, 'could not audit a rate-limit denial'));
     }
     throw err;

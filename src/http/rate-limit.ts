@@ -32,6 +32,8 @@ function reserveSeconds(perSecond: number, burst: number): number {
 
 /** One request waiting for its budget's answer: seconds to wait when refused, else undefined. */
 interface Waiter {
+  /** What it costs (1 for most requests; more for expensive reads: src/http/read-cost.ts). */
+  points: number;
   resolve: (wait: number | undefined) => void;
   reject: (err: unknown) => void;
 }
@@ -63,13 +65,17 @@ interface Take {
  * that fit in the window are let through and the rest are refused (the same
  * number as one call each, since each window's count comes back with the
  * answer), so a batch never gets more than the budget and no less, save that
- * one call cannot straddle a window's end as n calls might.
+ * one call cannot straddle a window's end as n calls might. A request may cost
+ * several points (an expensive read); the batch spends their sum, and requests
+ * are let through in order while their points fit.
  */
 class Budget {
   private readonly perSecond: RateLimiterRedis;
   private readonly reserve: RateLimiterRedis | undefined;
   private readonly points: number;
   private readonly reservePoints: number;
+  /** The most one request may cost: the whole budget (perSecond plus the reserve), so that it can ever fit. */
+  readonly maxCost: number;
   private readonly pending = new Map<string, Waiter[]>();
   private readonly redis: Redis | Cluster;
 
@@ -88,10 +94,11 @@ class Budget {
     this.perSecond = window('s', b.perSecond, 1);
     this.reservePoints = Math.max(0, b.burst - b.perSecond);
     this.reserve = this.reservePoints > 0 ? window('r', this.reservePoints, reserveSeconds(b.perSecond, b.burst)) : undefined;
+    this.maxCost = b.perSecond + this.reservePoints;
   }
 
-  /** Spends one request; the seconds to wait when the budget is spent, else undefined. */
-  spend(key: string): Promise<number | undefined> {
+  /** Spends one request of `points` (at most {@link maxCost}); the seconds to wait when the budget is spent, else undefined. */
+  spend(key: string, points = 1): Promise<number | undefined> {
     return new Promise((resolve, reject) => {
       let batch = this.pending.get(key);
       if (!batch) {
@@ -99,7 +106,7 @@ class Budget {
         this.pending.set(key, batch);
         setImmediate(() => void this.flush(key));
       }
-      batch.push({ resolve, reject });
+      batch.push({ points: Math.min(Math.max(1, Math.floor(points)), this.maxCost), resolve, reject });
     });
   }
 
@@ -107,11 +114,19 @@ class Budget {
     const batch = this.pending.get(key)!;
     this.pending.delete(key);
     try {
-      const taking = this.take(key, batch.length); // its first call is on the socket (corked) when this returns
+      const total = batch.reduce((n, w) => n + w.points, 0);
+      const taking = this.take(key, total); // its first call is on the socket (corked) when this returns
       writeNow(this.redis);
       const { admitted, waitMs } = await taking;
       const wait = Math.max(1, Math.ceil(waitMs / 1000));
-      for (let i = 0; i < batch.length; i++) batch[i]!.resolve(i < admitted ? undefined : wait);
+      // In arrival order while their points fit; once one does not, neither do the ones after it.
+      let spent = 0;
+      let fits = true;
+      for (const w of batch) {
+        fits &&= spent + w.points <= admitted;
+        spent += w.points;
+        w.resolve(fits ? undefined : wait);
+      }
     } catch (err) {
       for (const w of batch) w.reject(err);
     }
@@ -220,11 +235,14 @@ export class RateLimits {
       });
   }
 
-  /** Spends one request of a verified identity's budget; throws {@link RateLimited} when it is spent. */
-  async spendIdentity(identity: string, budget: 'identity' | 'introspect' = 'identity'): Promise<void> {
+  /**
+   * Spends one request of a verified identity's budget, `points` of it (more than 1 for expensive reads, at
+   * most the whole budget); throws {@link RateLimited} when it is spent.
+   */
+  async spendIdentity(identity: string, budget: 'identity' | 'introspect' = 'identity', points = 1): Promise<void> {
     const b = this.budgets[budget];
     if (!b) return;
-    const wait = await b.spend(keyFor(identity));
+    const wait = await b.spend(keyFor(identity), points);
     if (wait !== undefined) throw this.refuse(budget, wait, 'Too many requests for this identity; slow down.');
   }
 

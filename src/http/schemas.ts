@@ -94,6 +94,26 @@ export const openTaskSchema = z.strictObject({
 });
 export type OpenTaskBody = z.infer<typeof openTaskSchema>;
 
+/**
+ * A purpose is free text a human reads (an approver deciding, an auditor): it may hold any script, joiners and
+ * emoji, but no control character (C0, DEL, C1: NUL, ESC, CR forge lines and repaint terminals), no line or
+ * paragraph separator and no bidi embedding, override or isolate (text shown in another order than it was sent).
+ */
+const PURPOSE_CONTROLS = /[\p{Cc}\u2028\u2029\u202a-\u202e\u2066-\u2069]/u;
+
+/**
+ * The first text field of a task to open that holds characters a task may not carry, as `fromZod` names fields, or
+ * undefined. `tenant` and label values name things (policies and filters compare them, a lookalike must not pass
+ * for another), so they are held to the role names' rule ({@link hasControls}); `purpose` to {@link PURPOSE_CONTROLS}.
+ * Checked by the task service, not the schema, so that the refusal is audited as a denial of its caller.
+ */
+export function textWithControls(body: Pick<OpenTaskBody, 'tenant' | 'purpose' | 'labels'>): string | undefined {
+  if (body.tenant !== undefined && hasControls(body.tenant)) return 'tenant';
+  if (body.purpose !== undefined && PURPOSE_CONTROLS.test(body.purpose)) return 'purpose';
+  for (const [k, v] of Object.entries(body.labels ?? {})) if (hasControls(v)) return `labels.${k}`;
+  return undefined;
+}
+
 export const credentialRequestSchema = z.strictObject({
   taskId: taskRefSchema,
   role: roleRefSchema,

@@ -4,7 +4,7 @@ import { authorize, deny, denial, taskContext } from '../authz.ts';
 import { roleOf } from '../config/roles.ts';
 import type { Deps } from '../deps.ts';
 import { badRequest, conflict, forbidden, notFound } from '../errors.ts';
-import { MAX_LABELS, type OpenTaskBody } from '../http/schemas.ts';
+import { MAX_LABELS, type OpenTaskBody, textWithControls } from '../http/schemas.ts';
 import type { WorkloadIdentity } from '../identity/types.ts';
 import type { LeaseRecord } from '../leases/types.ts';
 import { descriptorOf } from '../providers/index.ts';
@@ -71,6 +71,25 @@ export class TaskService {
 
   private async openOnce(who: WorkloadIdentity, body: OpenTaskBody): Promise<{ created: boolean; task: TaskRecord }> {
     const { config } = this.deps;
+    const field = textWithControls(body);
+    if (field !== undefined) {
+      // Audited, unlike other malformed bodies: control characters in text that audit records, lists and the console
+      // show are an attempt to forge what a reader sees. Recorded where the other refusals of an open are: under the
+      // parent for a sub-task, under the task only when the caller named it (an id never used names nothing).
+      const err = badRequest('invalid_request', `${field}: holds control, bidi or zero-width characters`, { extra: { field } });
+      throw await denial(
+        this.deps,
+        who,
+        err,
+        body.parentTaskId
+          ? {
+              action: 'access.deny',
+              taskId: body.parentTaskId,
+              detail: { field, ...(body.taskId !== undefined ? { subtask: `${body.parentTaskId}~${body.taskId}` } : {}) },
+            }
+          : { action: 'access.deny', ...(body.taskId !== undefined ? { taskId: body.taskId } : {}), detail: { field } },
+      );
+    }
     if (body.ttlSeconds > config.tasks.maxTtlSeconds)
       throw badRequest('ttl_too_long', `ttlSeconds may be at most ${config.tasks.maxTtlSeconds}.`);
     if (body.grants.length > config.tasks.maxGrants)
@@ -171,7 +190,8 @@ export class TaskService {
   async readable(who: WorkloadIdentity, taskId: string): Promise<TaskRecord> {
     // The changing fields fresh, the immutable rest (up to ~36 KB) from the task cache: every read route
     // starts here, and a task's own agent may call them over and over.
-    const [task] = await this.deps.tasks.recordsOf([taskId]);
+    // Cached only for a caller who may read it: a stranger naming task ids does not fill the cache.
+    const [task] = await this.deps.tasks.recordsOf([taskId], (t) => this.mayRead(who, t));
     if (!task) throw notFound('task_not_found', `No task ${taskId}.`);
     if (!this.mayRead(who, task)) {
       await deny(this.deps, who, 'not_task_party', "Only the task's orchestrator, its agent or an admin may read it.", {
@@ -366,7 +386,8 @@ export class TaskService {
     const taskId = `${parentId}~${body.taskId ?? `s-${randomBytes(6).toString('hex')}`}`;
     if (taskId.length > MAX_TASK_ID)
       throw badRequest('invalid_task_id', `Sub-task ids are at most ${MAX_TASK_ID} characters; use a shorter name.`);
-    const parent = await this.deps.tasks.fixed(parentId);
+    // Cached only for the parent's agent, the one caller that may delegate from it.
+    const parent = await this.deps.tasks.fixed(parentId, (p) => p.agent === who.id);
     if (!parent) throw notFound('task_not_found', `No parent task ${parentId}.`);
     const d = async (code: 'not_parent_agent' | 'delegation_too_deep' | 'delegation_widens', msg: string): Promise<never> => {
       // The parent may come from the cache: refuse only on the parent as Redis holds it now.

@@ -85,6 +85,23 @@ function openerOf(d: string | null | undefined): string {
   }
 }
 
+/** How many tasks the per-process task cache holds at most. */
+export const TASK_CACHE_ENTRIES = 10_000;
+/**
+ * The most characters of stored task JSON (`d`) the task cache stands for at once. A record holds its grants'
+ * scopes, 32 labels of 256 characters and a purpose of 1,024: tens of KB each within every bound, so 10,000 of
+ * them were hundreds of MB per instance. Typical records (1-2 KB) meet the count first; 32 M characters still
+ * hold a whole tree of `tasks.maxSubtasks` (1,000) records of ~32 KB, so its evidence stays cached.
+ */
+export const TASK_CACHE_CHARS = 32_000_000;
+
+/**
+ * Which tasks a read may add to the task cache: those its caller is a party to, so that a caller
+ * refused the task cannot fill the cache (and push out the tasks others use) by naming task ids.
+ * A task already cached is answered from it whatever this says.
+ */
+export type KeepIf = (task: TaskFixed) => boolean;
+
 /** Redis persistence of tasks. Every step that decides on time runs in Lua on Redis's clock. */
 export class TaskStore {
   private readonly redis: RedisClient;
@@ -97,12 +114,18 @@ export class TaskStore {
    * task-open for a sub-task) checks in its own Lua step that the task's `createdAt` is still the entry's,
    * and the caller forgets the entry and decides again when it is not.
    */
-  private readonly fixedCache = new LRUCache<string, TaskSnapshot>({ max: 10_000 });
+  private readonly fixedCache: LRUCache<string, { task: TaskSnapshot; chars: number }>;
 
-  constructor(deps: { redis: RedisClient; keys: Keys; retentionMs: number }) {
+  /** `cacheChars`: the task cache's length bound (tests make it small; default TASK_CACHE_CHARS). */
+  constructor(deps: { redis: RedisClient; keys: Keys; retentionMs: number; cacheChars?: number }) {
     this.redis = deps.redis;
     this.keys = deps.keys;
     this.retentionMs = deps.retentionMs;
+    this.fixedCache = new LRUCache({
+      max: TASK_CACHE_ENTRIES,
+      maxSize: deps.cacheChars ?? TASK_CACHE_CHARS,
+      sizeCalculation: (e) => Math.max(1, e.chars),
+    });
   }
 
   /**
@@ -158,14 +181,18 @@ export class TaskStore {
     }
   }
 
-  /** The immutable part of a task and its times (cached: none of it ever changes). */
-  async fixed(taskId: string): Promise<TaskSnapshot | undefined> {
+  /**
+   * The immutable part of a task and its times (cached: none of it ever changes). `keepIf`: cache what was
+   * read only if it says so (the caller is a party to the task); without it, always.
+   */
+  async fixed(taskId: string, keepIf?: KeepIf): Promise<TaskSnapshot | undefined> {
     const hit = this.fixedCache.get(taskId);
-    if (hit) return hit;
+    if (hit) return hit.task;
     const [d, createdAt, expiresAt] = await this.redis.hmget(this.keys.task(taskId), 'd', 'createdAt', 'expiresAt');
     if (!d) return undefined;
     const t: TaskSnapshot = { ...(JSON.parse(d) as TaskFixed), createdAt: Number(createdAt), expiresAt: Number(expiresAt) };
-    this.fixedCache.set(taskId, t);
+    // Sized by the stored JSON's length (what it was parsed from); one longer than the whole bound is not kept.
+    if (!keepIf || keepIf(t)) this.fixedCache.set(taskId, { task: t, chars: d.length });
     return t;
   }
 
@@ -224,17 +251,18 @@ export class TaskStore {
    * incarnation of its id (its `createdAt` differs). The evidence shows a whole tree on every call: 51
    * records read whole were ~1.9 MB from Redis per call, and a task's own agent may call it over and over.
    * Reads go out in rounds (src/redis/in-rounds.ts: the stall guard takes a burst of thousands for Redis stalling).
+   * `keepIf` as for {@link fixed}.
    */
-  async recordsOf(taskIds: readonly string[]): Promise<TaskRecord[]> {
+  async recordsOf(taskIds: readonly string[], keepIf?: KeepIf): Promise<TaskRecord[]> {
     const rows = await inRounds(taskIds, (id) => this.redis.hmget(this.keys.task(id), 'createdAt', 'status', 'live', 'endedAt', 'reason'));
     const fixed = await inRounds([...taskIds.keys()], async (j) => {
       const id = taskIds[j]!;
       const createdAt = rows[j]![0];
       if (createdAt == null) return undefined;
-      const hit = this.fixedCache.get(id);
+      const hit = this.fixedCache.get(id)?.task;
       if (hit && hit.createdAt === Number(createdAt)) return hit;
       this.forget(id);
-      const again = await this.fixed(id);
+      const again = await this.fixed(id, keepIf);
       // Opened again between the two reads: shown at the next call, not mixed with this one's fields.
       return again?.createdAt === Number(createdAt) ? again : undefined;
     });

@@ -103,6 +103,9 @@ test('denials from more distinct callers in a minute than the fold table holds f
     { count: undefined, overflow: true },
     { count: 39, overflow: true },
   ]);
+  // The folded one counts 39 callers: it is none of theirs, and names the first 16 of them.
+  expect(records[6]).toMatchObject({ actor: 'broker', detail: { actorsTruncated: true } });
+  expect(records[6].detail.actors).toEqual(Array.from({ length: 16 }, (_, i) => `spiffe://dev.local/agent/${i + 6}`));
   await dropPrefix(prefix);
 });
 

@@ -7,8 +7,9 @@ import { ADMIN, AGENT, ORCH, call, openAgentTask, startTestBroker, type TestBrok
  * What a caller sends must not repaint an operator's terminal. Found by a review of the change that
  * let callers name any role: a role name with ESC, C1, bidi and CR/LF bytes reached the audit record
  * and `jit audit query` printed it raw (colours, a cleared line, a forged row of its own). Role names
- * with such characters are now malformed input, and the CLI escapes control characters in every
- * table cell and field, since free text (a task's purpose) may still carry them.
+ * with such characters are now malformed input (so are a task's tenant, purpose and label values), and
+ * the CLI escapes control characters in every table cell and field, since text stored by an earlier
+ * release, an approver's reason or a hostile broker may still carry them.
  */
 let t: TestBroker;
 beforeAll(async () => {
@@ -47,15 +48,16 @@ test('a role name with control, bidi or line-break characters is malformed input
 });
 
 test('the CLI escapes control characters in what it prints: a purpose with an ESC sequence and a forged line', async () => {
-  const open = await call(t.url, 'POST', '/v1/tasks', t.as(ORCH), {
-    taskId: 'ts-2',
-    agent: `spiffe://dev.local${AGENT}`,
-    tenant: 'acme',
-    purpose: EVIL,
-    ttlSeconds: 60,
-    grants: [{ role: 'demo-api' }],
-  });
-  expect(open.status).toBe(201);
+  const body = { taskId: 'ts-2', agent: `spiffe://dev.local${AGENT}`, tenant: 'acme', ttlSeconds: 60, grants: [{ role: 'demo-api' }] };
+  // Such a purpose is malformed input now (test/redteam/task-text-controls.test.ts); a task stored by an earlier
+  // release may still hold one, so the stored record is given it behind the broker's back.
+  const refused = await call(t.url, 'POST', '/v1/tasks', t.as(ORCH), { ...body, purpose: EVIL });
+  expect({ status: refused.status, code: refused.body.code }).toEqual({ status: 400, code: 'invalid_request' });
+  expect((await call(t.url, 'POST', '/v1/tasks', t.as(ORCH), { ...body, purpose: 'p' })).status).toBe(201);
+  const { redis, keys, tasks } = t.broker.deps;
+  const stored = JSON.parse((await redis.hget(keys.task('ts-2'), 'd'))!);
+  await redis.hset(keys.task('ts-2'), 'd', JSON.stringify({ ...stored, purpose: EVIL }));
+  tasks.forget('ts-2');
   for (const args of [
     ['task', 'show', 'ts-2'],
     ['audit', 'query', '--task', 'ts-2'],

@@ -146,7 +146,7 @@ async function refusedTarget(deps: Deps, who: WorkloadIdentity, taskId: string, 
     return pick();
   } catch (err) {
     if (!(err instanceof OAuthError)) throw err;
-    const task = await deps.tasks.fixed(taskId);
+    const task = await deps.tasks.fixed(taskId, (t) => t.agent === who.id);
     const named = audience && roleNameSchema.safeParse(audience).success ? audience : undefined;
     await denial(deps, who, new BrokerError('role_not_granted', err.message), {
       action: 'credential.deny',

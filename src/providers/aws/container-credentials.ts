@@ -1,6 +1,7 @@
 import { type ErrorRequestHandler, Router, type Request, type Response } from 'express';
 import { BrokerError, type ErrorCode, fail } from '../../errors.ts';
 import { fromHttpError, sendProblem } from '../../http/problem.ts';
+import { taskRefSchema } from '../../http/schemas.ts';
 import type { Logger } from '../../logger.ts';
 import { isRedisUnavailable, REDIS_RETRY_AFTER_S } from '../../redis/unavailable.ts';
 
@@ -16,7 +17,6 @@ export interface ContainerCredentialsDeps {
   logger?: Logger;
 }
 
-const TASK_ID = /^[A-Za-z0-9._:-]{1,128}$/;
 const ROLE = /^[A-Za-z0-9._-]{1,64}$/;
 
 /**
@@ -53,7 +53,8 @@ export function containerCredentialsRouter(deps: ContainerCredentialsDeps): Rout
     const auth = req.get('authorization')?.trim();
     if (!auth) return refuse(res, 'identity_missing', 'Set AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE to a file holding the workload JWT.');
     const token = auth.replace(/^Bearer\s+/i, '');
-    if (!TASK_ID.test(taskId) || !ROLE.test(role)) return refuse(res, 'invalid_request', 'taskId or role is malformed.');
+    // Any task id the broker makes, sub-task ids (`<parent>~<name>`) included: the same schema as POST /v1/credentials.
+    if (!taskRefSchema.safeParse(taskId).success || !ROLE.test(role)) return refuse(res, 'invalid_request', 'taskId or role is malformed.');
     // Before anything is issued: a credential of another kind (a real Vault token, a JWT) would be made and then thrown away.
     const configured = Object.hasOwn(deps.roles, role) ? deps.roles[role] : undefined;
     if (!configured) return refuse(res, 'unknown_role', `Role "${role}" is not configured.`);

@@ -1,0 +1,44 @@
+import type { RequestHandler } from 'express';
+import type { Deps } from '../deps.ts';
+import { identityOf, spendBudget } from './middleware.ts';
+
+/**
+ * What an evidence page costs of its caller's rate limit, in requests. One evidence call reads the task's
+ * tree, its leases and a merge of every tree task's audit index, and cost the broker ~35-40 ms of CPU (a
+ * credential request: about 1 ms): at the 50 requests a second one identity may make, one agent kept a
+ * core busy with evidence alone.
+ */
+export const EVIDENCE_POINTS = 10;
+/** A list page costs one request per this many records it may hold (`?limit=`, up to 500: 5). */
+export const LIST_POINTS_PER = 100;
+
+const EVIDENCE = /\/v1\/tasks\/[^/]+\/evidence\/?$/i;
+const LISTS = /\/v1\/(?:tasks|approvals|audit|tasks\/[^/]+\/leases)\/?$/i;
+
+/**
+ * What a read costs of its caller's budget (server.rateLimit), in requests: {@link EVIDENCE_POINTS} for an
+ * evidence page, `ceil(limit / 100)` for a list page, else 1 (what authentication already spent). `path` is
+ * the whole path (the console mounts the same routes under /console/api).
+ */
+export function readCost(method: string, path: string, limit: unknown): number {
+  if (method !== 'GET' && method !== 'HEAD') return 1;
+  if (EVIDENCE.test(path)) return EVIDENCE_POINTS;
+  if (!LISTS.test(path)) return 1;
+  // An unreadable limit is refused by the route (400); the default is 50.
+  const n = typeof limit === 'string' ? Number(limit) : 50;
+  return Number.isInteger(n) && n > 0 ? Math.max(1, Math.ceil(Math.min(n, 500) / LIST_POINTS_PER)) : 1;
+}
+
+/**
+ * Charges expensive reads the rest of their cost (authentication spent 1) before they run: an agent may
+ * make as many cheap calls as before, and fewer of the reads that cost the broker most. Over the budget:
+ * 429 `rate_limited` with Retry-After, an audited denial (`detail.points`). HEAD costs as GET does (Express
+ * runs the GET route for it).
+ */
+export function chargeReads(deps: Pick<Deps, 'limits' | 'audit' | 'logger'>): RequestHandler {
+  return async (req, res, next) => {
+    const cost = readCost(req.method, `${req.baseUrl}${req.path}`, req.query.limit);
+    if (cost > 1) await spendBudget(deps, identityOf(res), 'identity', cost - 1);
+    next();
+  };
+}

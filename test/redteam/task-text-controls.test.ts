@@ -1,0 +1,95 @@
+import { AGENT, ORCH, auditRecords, call, startTestBroker, type TestBroker } from '../helpers/broker.ts';
+
+/**
+ * Red team: a task's `tenant`, `purpose` and label values took NUL, ESC and
+ * other control characters, which then sat in the task, its audit records and
+ * every list and console page showing them. Opening such a task is a 400
+ * `invalid_request` naming the field, recorded as a denial.
+ */
+let t: TestBroker;
+const A = `spiffe://dev.local${AGENT}`;
+beforeAll(async () => {
+  t = await startTestBroker('rt-task-text');
+  const r = await call(t.url, 'POST', '/v1/tasks', t.as(ORCH), {
+    taskId: 'tt-parent',
+    agent: A,
+    tenant: 'acme',
+    purpose: 'root',
+    ttlSeconds: 600,
+    grants: [{ role: 'tickets-api', scopes: ['tickets:read'] }],
+  });
+  expect(r.status).toBe(201);
+});
+afterAll(async () => {
+  await t?.close();
+});
+
+const root = (id: string, over: Record<string, unknown>) => ({
+  taskId: id,
+  agent: A,
+  tenant: 'acme',
+  purpose: 'p',
+  ttlSeconds: 600,
+  grants: [{ role: 'tickets-api', scopes: ['tickets:read'] }],
+  ...over,
+});
+
+const BAD: [string, Record<string, unknown>, string][] = [
+  ['NUL in tenant', { tenant: 'ac\u0000me' }, 'tenant'],
+  ['ESC in tenant', { tenant: '\u001b[31macme' }, 'tenant'],
+  ['a right-to-left override in tenant', { tenant: 'acme\u202e' }, 'tenant'],
+  ['a zero-width space in tenant', { tenant: 'ac\u200bme' }, 'tenant'],
+  ['NUL in purpose', { purpose: 'triage\u0000' }, 'purpose'],
+  ['a carriage return in purpose', { purpose: 'triage\rforged line' }, 'purpose'],
+  ['a newline in purpose', { purpose: 'triage\nforged line' }, 'purpose'],
+  ['a tab in purpose', { purpose: 'triage\tx' }, 'purpose'],
+  ['a C1 control in purpose', { purpose: 'triage\u009b2J' }, 'purpose'],
+  ['a right-to-left override in purpose', { purpose: 'approve \u202eetaler' }, 'purpose'],
+  ['a line separator in purpose', { purpose: 'a\u2028b' }, 'purpose'],
+  ['ESC in a label value', { labels: { ticket: '4711\u001b]0;x\u0007' } }, 'labels.ticket'],
+];
+
+// One orchestrator per case: one caller's denials on more than three task ids a minute fold under no task (docs/audit.md).
+test.each(BAD.map((b, i) => [...b, i] as const))(
+  '%s is a 400 invalid_request naming the field, audited as a denial',
+  async (_n, over, field, i) => {
+    const id = `tt-${field.replace(/\W/g, '')}-${i}`;
+    const orch = `/orchestrator/o-${i}`;
+    const r = await call(t.url, 'POST', '/v1/tasks', t.as(orch), root(id, over));
+    expect(r.status).toBe(400);
+    expect(r.body.code).toBe('invalid_request');
+    expect(r.body.field).toBe(field);
+    expect((await call(t.url, 'GET', `/v1/tasks/${id}`, t.as(ORCH))).status).toBe(404);
+    const denials = (await auditRecords(t.broker.deps.redis, t.broker.deps.keys)).filter(
+      (x) => x.action === 'access.deny' && x.reason === 'invalid_request' && x.taskId === id,
+    );
+    expect(denials).toHaveLength(1);
+    expect(denials[0]).toMatchObject({ actor: `spiffe://dev.local${orch}`, decision: 'deny', detail: { field } });
+  },
+);
+
+test("a sub-task's purpose with a control character is refused and recorded under its parent", async () => {
+  const r = await call(t.url, 'POST', '/v1/tasks', t.as(AGENT), {
+    taskId: 'tt-sub',
+    parentTaskId: 'tt-parent',
+    agent: 'spiffe://dev.local/agent/researcher',
+    purpose: 'root\u0007',
+    ttlSeconds: 300,
+    grants: [{ role: 'tickets-api' }],
+  });
+  expect(r.status).toBe(400);
+  expect(r.body).toMatchObject({ code: 'invalid_request', field: 'purpose' });
+  const denials = (await auditRecords(t.broker.deps.redis, t.broker.deps.keys)).filter(
+    (x) => x.action === 'access.deny' && x.reason === 'invalid_request' && x.taskId === 'tt-parent',
+  );
+  expect(denials).toHaveLength(1);
+  expect(denials[0]).toMatchObject({ actor: A, detail: { field: 'purpose', subtask: 'tt-parent~tt-sub' } });
+});
+
+test('ordinary text is still a purpose: other scripts, joiners, emoji and spaces', async () => {
+  const purpose = 'Ticket 4711 – prüfen: می‌خواهم 👩‍💻 ❤️ done';
+  const r = await call(t.url, 'POST', '/v1/tasks', t.as(ORCH), root('tt-ok', { purpose, tenant: 'acme-eu', labels: { ticket: '4711' } }));
+  expect(r.status).toBe(201);
+  const got = await call(t.url, 'GET', '/v1/tasks/tt-ok', t.as(ORCH));
+  expect(got.body.purpose).toBe(purpose);
+});
