@@ -90,21 +90,26 @@ test("with the default timers: a TTL ends within a sweep, and a dead worker's re
     15_000,
     20,
   );
-  late.stop();
   const bucket = first.broker.deps.keys.bucketOfId(short.body.leaseId)!;
-  const ofBucket = sweeps.filter((w) => w.bucket === bucket);
+  const ofBucket = () => sweeps.filter((w) => w.bucket === bucket && Number.isFinite(w.end));
   // Within a sweep: the first sweep of its bucket that began after it expired ended it (revokedAt: the time the
-  // sweep's script ran, on Redis's clock).
-  const firstAfter = ofBucket.find((w) => w.start > expired.expiresAt);
-  expect(firstAfter).toBeDefined();
-  expect(expired.revokedAt).toBeLessThanOrEqual(firstAfter!.end);
-  // And sweeps come every sweepMs: each began within 100 ms of the one before it ending (a bucket still busy
-  // is skipped, not queued), plus however late this process's timers ran in between.
-  expect(ofBucket.length).toBeGreaterThanOrEqual(2);
-  for (let i = 1; i < ofBucket.length; i++) {
-    const [before, next] = [ofBucket[i - 1]!, ofBucket[i]!];
-    expect(next.start - before.end).toBeLessThanOrEqual(100 + late.worst(before.end, next.start) + 20);
-  }
+  // sweep's script ran, on Redis's clock). None may have begun after it: a sweep that began just before its
+  // deadline, whose script ran after it (a loaded Redis took that long), ended it first.
+  const firstAfter = ofBucket().find((w) => w.start > expired.expiresAt);
+  if (firstAfter) expect(expired.revokedAt).toBeLessThanOrEqual(firstAfter.end);
+  expect(expired.revokedAt).toBeGreaterThanOrEqual(expired.expiresAt);
+  // And sweeps come every sweepMs: each begins 100 ms after the one before it ended (a bucket still busy is
+  // skipped, not queued), plus however late this process's timers ran in between. Judged over the next several
+  // sweeps, on the median gap less that lateness: one gap can outrun the reference timer's ticks on a loaded host
+  // (166 ms against a bound of 151 in CI), while a sweep every 300 ms puts every gap, and the median, near 300.
+  await waitFor(async () => ofBucket().length >= 8, 30_000, 50);
+  late.stop();
+  const done = ofBucket();
+  const beyondLateness = done
+    .slice(1)
+    .map((next, i) => next.start - done[i]!.end - late.worst(done[i]!.end, next.start))
+    .sort((a, b) => a - b);
+  expect(beyondLateness[Math.floor(beyondLateness.length / 2)]).toBeLessThanOrEqual(130);
   sweeper.sweepBucket = sweepBucket;
 
   // A worker whose upstream call never returns, then dies.
