@@ -246,6 +246,11 @@ export class RateLimits {
     if (wait !== undefined) throw this.refuse(budget, wait, 'Too many requests for this identity; slow down.');
   }
 
+  /** The most one request may spend of a budget (its `burst`: the per-second window and the reserve); undefined when it is off. */
+  maxCost(budget: 'identity' | 'introspect'): number | undefined {
+    return this.budgets[budget]?.maxCost;
+  }
+
   /**
    * Charges an authentication failure to the request's client address. Returns
    * the 429 to answer instead of the 401 when this failure went over the

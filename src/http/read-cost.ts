@@ -37,7 +37,9 @@ export function readCost(method: string, path: string, limit: unknown): number {
  */
 export function chargeReads(deps: Pick<Deps, 'limits' | 'audit' | 'logger'>): RequestHandler {
   return async (req, res, next) => {
-    const cost = readCost(req.method, `${req.baseUrl}${req.path}`, req.query.limit);
+    // A cost over the whole budget (`burst`) is cut to it, authentication's point included: cut to `burst` on top
+    // of that point, a read costing more than `burst` could never be answered, whatever the caller waited.
+    const cost = Math.min(readCost(req.method, `${req.baseUrl}${req.path}`, req.query.limit), deps.limits?.maxCost('identity') ?? 1);
     if (cost > 1) await spendBudget(deps, identityOf(res), 'identity', cost - 1);
     next();
   };
