@@ -67,7 +67,8 @@ interface Take {
  * answer), so a batch never gets more than the budget and no less, save that
  * one call cannot straddle a window's end as n calls might. A request may cost
  * several points (an expensive read); the batch spends their sum, and requests
- * are let through in order while their points fit.
+ * are let through in order as long as their points fit in what was admitted: one
+ * that does not fit is refused, and cheaper ones behind it may still fit.
  */
 class Budget {
   private readonly perSecond: RateLimiterRedis;
@@ -119,12 +120,13 @@ class Budget {
       writeNow(this.redis);
       const { admitted, waitMs } = await taking;
       const wait = Math.max(1, Math.ceil(waitMs / 1000));
-      // In arrival order while their points fit; once one does not, neither do the ones after it.
+      // In arrival order, each that still fits in what the batch was admitted; one that does not (an expensive
+      // read over what is left) is refused without taking the rest from the cheaper requests behind it: the
+      // batch's points are counted in Redis either way, and the admitted ones never sum to more than `admitted`.
       let spent = 0;
-      let fits = true;
       for (const w of batch) {
-        fits &&= spent + w.points <= admitted;
-        spent += w.points;
+        const fits = spent + w.points <= admitted;
+        if (fits) spent += w.points;
         w.resolve(fits ? undefined : wait);
       }
     } catch (err) {

@@ -147,3 +147,20 @@ test("the batch's script call is written in the loop turn it is made, not corked
     conn.disconnect();
   }
 });
+
+test('a cheap request in the same batch as an expensive one that does not fit is admitted while the batch has points for it', async () => {
+  // Review of 50cc898: requests were let through in order "while their points fit", so one expensive read over
+  // what was left refused every cheap request queued behind it, though the batch had points for them (spent in
+  // Redis either way). perSecond 1, a reserve of 9 (90 s to come back): 8 spent, 2 or 3 left (3 if a second ticks).
+  const l = limits(1, 10);
+  const who = 'spiffe://dev.local/agent/mixed';
+  await l.spendIdentity(who, 'identity', 8);
+  const spend = (points: number) =>
+    l.spendIdentity(who, 'identity', points).then(
+      () => 'ok',
+      (err: { code: string }) => err.code,
+    );
+  // One turn of the event loop: one batch [5, 1, 1] with 2-3 points left.
+  const got = await Promise.all([spend(5), spend(1), spend(1)]);
+  expect(got).toEqual(['rate_limited', 'ok', 'ok']);
+});
