@@ -1,6 +1,7 @@
 import type { RequestHandler } from 'express';
 import type { Deps } from '../deps.ts';
 import { identityOf, spendBudget } from './middleware.ts';
+import { LIST_LIMIT_DEFAULT, LIST_LIMIT_MAX } from './schemas.ts';
 
 /**
  * What an evidence page costs of its caller's rate limit, in requests. One evidence call reads the task's
@@ -9,7 +10,7 @@ import { identityOf, spendBudget } from './middleware.ts';
  * core busy with evidence alone.
  */
 export const EVIDENCE_POINTS = 10;
-/** A list page costs one request per this many records it may hold (`?limit=`, up to 500: 5). */
+/** A list page costs one request per this many records it may hold (`?limit=`, up to LIST_LIMIT_MAX: 5). */
 export const LIST_POINTS_PER = 100;
 
 const EVIDENCE = /\/v1\/tasks\/[^/]+\/evidence\/?$/i;
@@ -24,9 +25,9 @@ export function readCost(method: string, path: string, limit: unknown): number {
   if (method !== 'GET' && method !== 'HEAD') return 1;
   if (EVIDENCE.test(path)) return EVIDENCE_POINTS;
   if (!LISTS.test(path)) return 1;
-  // An unreadable limit is refused by the route (400); the default is 50.
-  const n = typeof limit === 'string' ? Number(limit) : 50;
-  return Number.isInteger(n) && n > 0 ? Math.max(1, Math.ceil(Math.min(n, 500) / LIST_POINTS_PER)) : 1;
+  // An unreadable limit is refused by the route (400).
+  const n = typeof limit === 'string' ? Number(limit) : LIST_LIMIT_DEFAULT;
+  return Number.isInteger(n) && n > 0 ? Math.max(1, Math.ceil(Math.min(n, LIST_LIMIT_MAX) / LIST_POINTS_PER)) : 1;
 }
 
 /**

@@ -10,6 +10,14 @@ export const taskRefSchema = z
   .string()
   .max(512)
   .regex(/^[A-Za-z0-9._:-]{1,128}(~[A-Za-z0-9._:-]{1,128})*$/, 'must be a task id (names of [A-Za-z0-9._:-] joined by "~")');
+/** `?limit=` of every list page (contract section 3): at most this many items, this many when absent. */
+export const LIST_LIMIT_MAX = 500;
+export const LIST_LIMIT_DEFAULT = 50;
+/** `?limit=` and `?cursor=` of every list (the cursor is opaque, bound to its caller and filters). */
+export const paging = {
+  limit: z.coerce.number().int().min(1).max(LIST_LIMIT_MAX).default(LIST_LIMIT_DEFAULT),
+  cursor: z.string().min(1).max(8192).optional(),
+};
 /** Lease and approval ids are ours: 32 lowercase hex characters. */
 export const leaseIdSchema = z.string().regex(/^[a-f0-9]{32}$/, 'must be 32 lowercase hex characters');
 const identitySchema = z

@@ -4,13 +4,8 @@ import { publicApproval } from '../../approvals/approval-service.ts';
 import type { Services } from '../services.ts';
 import { publicLease, publicTask } from '../../tasks/task-service.ts';
 import { identityOf, validParam, validQuery } from '../middleware.ts';
-import { taskRefSchema } from '../schemas.ts';
+import { paging, taskRefSchema } from '../schemas.ts';
 
-/** `?limit=` (default 50, at most 500) and `?cursor=` of every list. */
-const paging = {
-  limit: z.coerce.number().int().min(1).max(500).default(50),
-  cursor: z.string().min(1).max(8192).optional(),
-};
 const identity = z.string().min(3).max(2048);
 /**
  * An RFC 3339 date-time with `Z` or an offset (what docs/openapi.yaml's `format: date-time` says), not

@@ -5,7 +5,7 @@ import { writableMaster } from '../../redis/connection.ts';
 import { identityPatternSchema } from '../../config/common.ts';
 import type { Services } from '../services.ts';
 import { identityOf, jsonBody, validBody, validQuery } from '../middleware.ts';
-import { rotateSchema } from '../schemas.ts';
+import { paging, rotateSchema } from '../schemas.ts';
 import pTimeout from 'p-timeout';
 import { SharedReading } from '../../shared-reading.ts';
 
@@ -92,10 +92,7 @@ const revokeSchema = z.union([
 const reloadSchema = z.looseObject({});
 const quarantineSchema = z.strictObject({ agent: identityPatternSchema, reason: z.string().min(1).max(1024) });
 /** Paged like every list (contract section 3): `?limit=` 1-500, default 50, and `?cursor=`. */
-const quarantineQuery = z.strictObject({
-  limit: z.coerce.number().int().min(1).max(500).default(50),
-  cursor: z.string().min(1).max(8192).optional(),
-});
+const quarantineQuery = z.strictObject(paging);
 
 /** `GET /v1/admin/audit/seals` takes no parameters. */
 const noQuery = z.strictObject({});
