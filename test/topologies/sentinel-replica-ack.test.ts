@@ -53,7 +53,19 @@ test('a Vault token handed out just before Sentinel fails the master over is rev
   });
   expect(open.status).toBe(201);
   const replicaPort = await sentinel.waitForReplica();
-  await new Promise((r) => setTimeout(r, 1500)); // the broker counts the replica (ROLE, every second)
+  // The broker counts the replica (ROLE, every second): waited for as a wait of its own that the replica
+  // acknowledges, not slept on (a loaded machine runs the count seconds late, and then the answer below did
+  // not wait for the replica at all).
+  const acked = async () => (await t.broker.deps.metrics.replicaAcks.get()).values.find((v) => v.labels.result === 'acked')?.value ?? 0;
+  await waitFor(
+    async () => {
+      const before = await acked();
+      await t.broker.deps.replicas.after([new Keys(t.prefix).replicaFence(0)]);
+      return (await acked()) > before;
+    },
+    15_000,
+    100,
+  );
 
   // Freeze the replica and close its link: the master cannot even leave the writes in its socket buffer.
   const replica = sentinel.client(replicaPort);
