@@ -431,6 +431,8 @@ export async function startBroker(config: LoadedConfig, opts: BrokerOptions = {}
       async close() {
         shuttingDown = true;
         clearInterval(keyRefresh);
+        // Its heartbeat (every 5 s) would go on writing to the closed connections for as long as the process lives.
+        rotation.policySync.close();
         recovery.stop();
         if (server) {
           const srv = server;
