@@ -13,9 +13,12 @@ import { type RedisCluster, type RedisStandalone, startCluster, startStandalone 
  */
 const keys = new Keys('ra', 16);
 const connectors: RedisConnector[] = [];
-afterAll(async () => {
-  for (const c of connectors) await c.close();
-});
+// Closed before their servers stop: a client closed once its server is gone (its socket already closed)
+// holds ioredis's 500-ms disconnect fallback timer, and a jest worker exiting then is force-killed.
+const closeConnectors = async () => {
+  for (const c of connectors.splice(0)) await c.close();
+};
+afterAll(closeConnectors);
 
 function ackOn(config: Record<string, unknown>, opts: { replicas: 'auto' | number; timeoutMs: number }) {
   const connector = createConnector(redisConfigSchema.parse(config), { logger: silentLogger });
@@ -36,7 +39,10 @@ describe('one node without replicas', () => {
   beforeAll(async () => {
     redis = await startStandalone();
   });
-  afterAll(() => redis?.stop());
+  afterAll(async () => {
+    await closeConnectors();
+    await redis?.stop();
+  });
 
   test('auto never waits and writes nothing', async () => {
     const { ack, client, rounds } = ackOn({ url: redis.url }, { replicas: 'auto', timeoutMs: 2000 });
@@ -63,6 +69,7 @@ describe('a replica that comes online after the broker started', () => {
     [primary, replica] = await Promise.all([startStandalone(), startStandalone()]);
   });
   afterAll(async () => {
+    await closeConnectors();
     await replica?.stop();
     await primary?.stop();
   });
@@ -124,7 +131,10 @@ describe('a Cluster with a replica per master', () => {
   beforeAll(async () => {
     cluster = await startCluster({ masters: 3, replicasPerMaster: 1 });
   }, 60_000);
-  afterAll(() => cluster?.stop());
+  afterAll(async () => {
+    await closeConnectors();
+    await cluster?.stop();
+  });
 
   test("auto waits for the replica of the key's own master, and only that one", async () => {
     // CLUSTER SLOTS names a replica once its master knows it (gossip, a moment after create).
