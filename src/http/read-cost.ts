@@ -14,7 +14,8 @@ export const EVIDENCE_POINTS = 10;
 export const LIST_POINTS_PER = 100;
 
 const EVIDENCE = /\/v1\/tasks\/[^/]+\/evidence\/?$/i;
-const LISTS = /\/v1\/(?:tasks|approvals|audit|tasks\/[^/]+\/leases)\/?$/i;
+/** Every list page (each reads its `?limit=` with `paging`): the one table of what is weighted as a list. */
+const LISTS = /\/v1\/(?:tasks|approvals|audit|tasks\/[^/]+\/leases|admin\/quarantine)\/?$/i;
 
 /**
  * What a read costs of its caller's budget (server.rateLimit), in requests: {@link EVIDENCE_POINTS} for an
