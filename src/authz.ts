@@ -1,6 +1,6 @@
 import type { AuditAction, AuditEvent } from './audit/record.ts';
 import type { Deps } from './deps.ts';
-import { BrokerError, type CodeWithStatus, forbidden, unavailable } from './errors.ts';
+import { BrokerError, badRequest, type CodeWithStatus, forbidden, unavailable } from './errors.ts';
 import type { WorkloadIdentity } from './identity/types.ts';
 import { authorizeNarrowing } from './policy/narrowing.ts';
 import type { PolicyAction, PolicyRequest, PolicyTaskContext } from './policy/types.ts';
@@ -97,6 +97,16 @@ export async function deny(
   audit: DenialRecord,
 ): Promise<never> {
   throw await denial(deps, who, new BrokerError(code, detail), audit);
+}
+
+/**
+ * 400 `invalid_request` naming `field` (src/http/schemas.ts fieldWithControls found control, bidi or invisible
+ * characters in it), audited as a denial with `detail.field`: unlike other malformed bodies, such text in what
+ * audit records, lists and the console show is an attempt to forge what a reader sees.
+ */
+export async function refuseControls(deps: Deps, who: WorkloadIdentity, field: string, audit: DenialRecord): Promise<never> {
+  const err = badRequest('invalid_request', `${field}: holds control, bidi or zero-width characters`, { extra: { field } });
+  throw await denial(deps, who, err, { ...audit, detail: { ...audit.detail, field } });
 }
 
 /** Records `err` as a denial of `who` (metrics + audit) and returns it for throwing. */

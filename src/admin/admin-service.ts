@@ -1,7 +1,8 @@
 import { keepFresh, outboxIntent } from '../audit/outbox-intent.ts';
 import { outboxMember } from '../audit/outbox-member.ts';
 import type { OutboxEvent } from '../audit/record.ts';
-import { deny } from '../authz.ts';
+import { deny, refuseControls } from '../authz.ts';
+import { fieldWithControls } from '../http/schemas.ts';
 import type { Deps } from '../deps.ts';
 import { badRequest, notFound, unavailable } from '../errors.ts';
 import { IdentityPatterns } from '../identity/patterns.ts';
@@ -112,6 +113,13 @@ export class AdminService {
    */
   async revoke(who: WorkloadIdentity, sel: RevokeSelector): Promise<{ tasks: number; leases: number }> {
     await this.requireAdmin(who, 'admin.revoke');
+    // Its selector is recorded and shown (the kill switch's record, the console).
+    const field = fieldWithControls([
+      ['agent', 'agent' in sel ? sel.agent : undefined, 'name'],
+      ['tenant', 'tenant' in sel ? sel.tenant : undefined, 'name'],
+      ['taskId', 'taskId' in sel ? sel.taskId : undefined, 'name'],
+    ]);
+    if (field !== undefined) await refuseControls(this.deps, who, field, { action: 'access.deny' });
     const record = { action: 'admin.revoke' as const, actor: who.id, decision: 'ok' as const, reason: 'revoked_by_admin' };
     // The kill switch ends its tasks in many scripts (one per task tree, each putting its task.revoke records
     // in the outbox), so its own record cannot ride in one of them: it goes to the ops outbox before the
@@ -134,6 +142,12 @@ export class AdminService {
 
   async quarantine(who: WorkloadIdentity, pattern: string, reason: string): Promise<QuarantineEntry & { tasks: number; leases: number }> {
     await this.requireAdmin(who, 'quarantine.add');
+    // Both are recorded and shown (the quarantine list, its audit record, the console).
+    const field = fieldWithControls([
+      ['agent', pattern, 'name'],
+      ['reason', reason, 'text'],
+    ]);
+    if (field !== undefined) await refuseControls(this.deps, who, field, { action: 'access.deny' });
     if (new IdentityPatterns([pattern]).matches(who.id)) throw badRequest('quarantine_self', 'That pattern matches your own identity.');
     const entry: QuarantineEntry = { pattern, reason, by: who.id, at: new Date(this.deps.clock.now()).toISOString() };
     // The record goes to the ops chain's audit outbox in the step that puts the quarantine in force

@@ -1,4 +1,5 @@
-import { deny, denial } from '../authz.ts';
+import { deny, denial, refuseControls } from '../authz.ts';
+import { fieldWithControls } from '../http/schemas.ts';
 import type { Deps } from '../deps.ts';
 import { conflict, forbidden, notFound } from '../errors.ts';
 import type { WorkloadIdentity } from '../identity/types.ts';
@@ -59,6 +60,10 @@ export class ApprovalService {
     }
     const r = await this.deps.approvals.get(approvalId, this.deps.clock.now());
     if (!r) throw notFound('approval_not_found', `No approval ${approvalId}.`);
+    // The reason is shown with the decision (approval lists, the console, its audit record).
+    if (fieldWithControls([['reason', reason, 'text']]) !== undefined) {
+      await refuseControls(this.deps, who, 'reason', { action: 'access.deny', taskId: r.taskId, detail: { approvalId } });
+    }
     // Its own request, or one made inside a delegation it is part of (the sub-task's agent acts for it).
     if (who.id === r.agent || (await this.deps.tasks.fixed(r.taskId))?.delegators.includes(who.id)) {
       await deny(this.deps, who, 'self_approval', 'An agent cannot approve its own request, nor one made on its behalf.', {

@@ -60,15 +60,19 @@ interface Take {
  * cost one script call instead of one each. The call is made from a
  * setImmediate, which usually runs after src/redis/coalesce.ts has written
  * the turn's other Redis commands, so it is written at once (`writeNow`)
- * rather than corked for another loop iteration. The count in Redis is the
- * same as one call per request; of n requests spent at once the first ones
- * that fit in the window are let through and the rest are refused (the same
- * number as one call each, since each window's count comes back with the
- * answer), so a batch never gets more than the budget and no less, save that
- * one call cannot straddle a window's end as n calls might. A request may cost
- * several points (an expensive read); the batch spends their sum, and requests
- * are let through in order as long as their points fit in what was admitted: one
- * that does not fit is refused, and cheaper ones behind it may still fit.
+ * rather than corked for another loop iteration. Of n requests spent at once
+ * the first ones that fit in the window are let through and the rest are
+ * refused (the same number as one call each, since each window's count comes
+ * back with the answer), so a batch never gets more than the budget and no
+ * less, save that one call cannot straddle a window's end as n calls might.
+ * A request may cost several points (an expensive read); the batch spends
+ * their sum, and requests are let through in order as long as their points fit
+ * in what was admitted: one that does not fit is refused, and cheaper ones
+ * behind it may still fit. A refused request spends nothing: the library
+ * counts every point asked for, so what the batch was refused (and what fit
+ * but went unused) is given back ({@link Budget.refund}) before the answers go
+ * out. Between the two calls another instance may see the window fuller than
+ * it is, never emptier.
  */
 class Budget {
   private readonly perSecond: RateLimiterRedis;
@@ -118,35 +122,95 @@ class Budget {
       const total = batch.reduce((n, w) => n + w.points, 0);
       const taking = this.take(key, total); // its first call is on the socket (corked) when this returns
       writeNow(this.redis);
-      const { admitted, waitMs } = await taking;
-      const wait = Math.max(1, Math.ceil(waitMs / 1000));
+      const took = await taking;
+      const wait = Math.max(1, Math.ceil(took.waitMs / 1000));
       // In arrival order, each that still fits in what the batch was admitted; one that does not (an expensive
       // read over what is left) is refused without taking the rest from the cheaper requests behind it: the
-      // batch's points are counted in Redis either way, and the admitted ones never sum to more than `admitted`.
+      // admitted ones never sum to more than `admitted`.
       let spent = 0;
-      for (const w of batch) {
-        const fits = spent + w.points <= admitted;
+      const answers = batch.map((w) => {
+        const fits = spent + w.points <= took.admitted;
         if (fits) spent += w.points;
-        w.resolve(fits ? undefined : wait);
-      }
+        return fits ? undefined : wait;
+      });
+      // A refused request spends nothing: when it left admitted points unused, what it counted is given back first.
+      if (spent < took.admitted) await this.refund(key, took, spent);
+      for (const [i, w] of batch.entries()) w.resolve(answers[i]);
     } catch (err) {
       for (const w of batch) w.reject(err);
     }
   }
 
-  /** Spends `n` points: how many fit (per-second window first, then the reserve), and when to come back for the rest. */
-  private async take(key: string, n: number): Promise<{ admitted: number; waitMs: number }> {
+  /**
+   * Spends `n` points: how many fit (per-second window first, then the reserve), when to come back for the
+   * rest, and what each window counted (to give back what was refused).
+   */
+  private async take(key: string, n: number): Promise<Taken> {
     const first = await consume(this.perSecond, key, n);
     let admitted = fitting(first, n, this.points);
+    const firstAdmitted = admitted;
     let waitMs = first.res.msBeforeNext;
+    let reserve: Taken['reserve'];
     if (admitted < n && this.reserve) {
       const rest = n - admitted;
       const second = await consume(this.reserve, key, rest);
-      admitted += fitting(second, rest, this.reservePoints);
+      const fit = fitting(second, rest, this.reservePoints);
+      admitted += fit;
       waitMs = Math.min(waitMs, second.res.msBeforeNext);
+      reserve = { counted: counted(second) ? rest : 0, admitted: fit };
     }
-    return { admitted, waitMs };
+    return { admitted, waitMs, first: { counted: counted(first) ? n : 0, admitted: firstAdmitted }, reserve };
   }
+
+  /**
+   * Gives back what a batch counted but did not spend (`spent` of what it was admitted, per-second window
+   * first, as {@link take} admits): a refused expensive read must not drain the points it was refused for, nor
+   * the points that did fit but that it could not use. rate-limiter-flexible counts every point asked for,
+   * refused or not (and an over-full window stays over-full until it ends). A window that has room again once
+   * refunded is no longer blocked in memory. Failing to refund (Redis lost meanwhile) only leaves the old
+   * over-count (the behaviour before refunds), and never fails the request.
+   */
+  private async refund(key: string, took: Taken, spent: number): Promise<void> {
+    const keptFirst = Math.min(spent, took.first.admitted);
+    const back = async (limiter: RateLimiterRedis, points: number, w: { counted: number; admitted: number }, kept: number) => {
+      // Only a window with admitted points left unused has room to give back: one that was spent to its end
+      // stays full until it ends whatever it counted past that, so its over-count costs nobody anything.
+      if (w.admitted <= kept || w.counted <= kept) return;
+      const res = await limiter.reward(key, w.counted - kept).catch(() => undefined);
+      if (!res) return;
+      // The window ended between the two calls: the refund opened a new one below zero. Back to zero, not a gift.
+      if (res.consumedPoints < 0) await limiter.penalty(key, -res.consumedPoints).catch(() => undefined);
+      if (res.consumedPoints < points) unblockInMemory(limiter, key);
+    };
+    await Promise.all([
+      back(this.perSecond, this.points, took.first, keptFirst),
+      took.reserve && this.reserve ? back(this.reserve, this.reservePoints, took.reserve, spent - keptFirst) : undefined,
+    ]);
+  }
+}
+
+/** What one {@link Budget.take} counted and admitted, per window. */
+interface Taken {
+  admitted: number;
+  waitMs: number;
+  first: { counted: number; admitted: number };
+  reserve?: { counted: number; admitted: number };
+}
+
+/** Whether a window counted the points it was asked for: a refusal from its in-memory block counts none (consumedPoints 0). */
+function counted(t: Take): boolean {
+  return t.fits || t.res.consumedPoints > 0;
+}
+
+/**
+ * Lifts a window's in-memory block of `key` (set once it reported itself full): rate-limiter-flexible has no
+ * public call for one key that keeps the count (`delete` drops it), so this reaches its BlockedKeys. If a
+ * library version renames it, nothing is lifted: the key stays blocked until the window ends, as before
+ * (test/http/rate-limit-refund.test.ts then fails).
+ */
+function unblockInMemory(limiter: RateLimiterRedis, key: string): void {
+  const blocked = (limiter as unknown as { _inMemoryBlockedKeys?: { delete?: (k: string) => void } })._inMemoryBlockedKeys;
+  blocked?.delete?.(limiter.getKey(key));
 }
 
 /** The library's answer either way; an error that is not a refusal (no insurance could answer) is thrown. */

@@ -1,7 +1,7 @@
 import type { RequestHandler } from 'express';
 import type { Deps } from '../deps.ts';
 import { identityOf, spendBudget } from './middleware.ts';
-import { LIST_LIMIT_DEFAULT, LIST_LIMIT_MAX } from './schemas.ts';
+import { paging } from './schemas.ts';
 
 /**
  * What an evidence page costs of its caller's rate limit, in requests. One evidence call reads the task's
@@ -14,20 +14,23 @@ export const EVIDENCE_POINTS = 10;
 export const LIST_POINTS_PER = 100;
 
 const EVIDENCE = /\/v1\/tasks\/[^/]+\/evidence\/?$/i;
-const LISTS = /\/v1\/(?:tasks|approvals|audit|tasks\/[^/]+\/leases)\/?$/i;
+/** Every list page (each reads its `?limit=` with `paging`): the one table of what is weighted as a list. */
+const LISTS = /\/v1\/(?:tasks|approvals|audit|tasks\/[^/]+\/leases|admin\/quarantine)\/?$/i;
 
 /**
  * What a read costs of its caller's budget (server.rateLimit), in requests: {@link EVIDENCE_POINTS} for an
- * evidence page, `ceil(limit / 100)` for a list page, else 1 (what authentication already spent). `path` is
+ * evidence page, `ceil(limit / 100)` for a list page, else 1 (what authentication already spent; a limit the
+ * route refuses with 400 too). `path` is
  * the whole path (the console mounts the same routes under /console/api).
  */
 export function readCost(method: string, path: string, limit: unknown): number {
   if (method !== 'GET' && method !== 'HEAD') return 1;
   if (EVIDENCE.test(path)) return EVIDENCE_POINTS;
   if (!LISTS.test(path)) return 1;
-  // An unreadable limit is refused by the route (400).
-  const n = typeof limit === 'string' ? Number(limit) : LIST_LIMIT_DEFAULT;
-  return Number.isInteger(n) && n > 0 ? Math.max(1, Math.ceil(Math.min(n, LIST_LIMIT_MAX) / LIST_POINTS_PER)) : 1;
+  // Read as the route reads it (one schema): a limit the route refuses (400: over LIST_LIMIT_MAX, not a whole
+  // number, repeated) costs nothing more than authentication's point, as the 400 costs the broker nothing more.
+  const n = paging.limit.safeParse(limit);
+  return n.success ? Math.max(1, Math.ceil(n.data / LIST_POINTS_PER)) : 1;
 }
 
 /**

@@ -110,16 +110,32 @@ export type OpenTaskBody = z.infer<typeof openTaskSchema>;
 const PURPOSE_CONTROLS = /[\p{Cc}\u2028\u2029\u202a-\u202e\u2066-\u2069]/u;
 
 /**
- * The first text field of a task to open that holds characters a task may not carry, as `fromZod` names fields, or
- * undefined. `tenant` and label values name things (policies and filters compare them, a lookalike must not pass
- * for another), so they are held to the role names' rule ({@link hasControls}); `purpose` to {@link PURPOSE_CONTROLS}.
- * Checked by the task service, not the schema, so that the refusal is audited as a denial of its caller.
+ * A caller's text and the rule it is held to: a `name` (compared by policies, filters and patterns, so a lookalike
+ * must not pass for another) to the role names' rule ({@link hasControls}); `text` a human reads (a purpose, a
+ * reason) to {@link PURPOSE_CONTROLS}.
  */
-export function textWithControls(body: Pick<OpenTaskBody, 'tenant' | 'purpose' | 'labels'>): string | undefined {
-  if (body.tenant !== undefined && hasControls(body.tenant)) return 'tenant';
-  if (body.purpose !== undefined && PURPOSE_CONTROLS.test(body.purpose)) return 'purpose';
-  for (const [k, v] of Object.entries(body.labels ?? {})) if (hasControls(v)) return `labels.${k}`;
+export type CheckedText = readonly [field: string, value: string | undefined, rule: 'name' | 'text'];
+
+/**
+ * The first of `fields` whose value holds characters it may not carry, by its field name, or undefined: the one
+ * check of text the broker records into audit and shows in lists and the console (task opening, approval
+ * decisions, quarantines, the kill switch). Callers refuse it with {@link import('../authz.ts').refuseControls},
+ * an audited denial, which is why it is not a schema refinement (a schema's 400 is not audited).
+ */
+export function fieldWithControls(fields: Iterable<CheckedText>): string | undefined {
+  for (const [field, value, rule] of fields) {
+    if (value !== undefined && (rule === 'name' ? hasControls(value) : PURPOSE_CONTROLS.test(value))) return field;
+  }
   return undefined;
+}
+
+/** The first text field of a task to open that holds characters a task may not carry, as `fromZod` names fields. */
+export function textWithControls(body: Pick<OpenTaskBody, 'tenant' | 'purpose' | 'labels'>): string | undefined {
+  return fieldWithControls([
+    ['tenant', body.tenant, 'name'],
+    ['purpose', body.purpose, 'text'],
+    ...Object.entries(body.labels ?? {}).map(([k, v]): CheckedText => [`labels.${k}`, v, 'name']),
+  ]);
 }
 
 export const credentialRequestSchema = z.strictObject({

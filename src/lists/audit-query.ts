@@ -54,6 +54,14 @@ const SCAN_BUDGET = 20_000;
  */
 export const FILTERED_READS = 100;
 
+/**
+ * How many stream records an admin's query over every chain holds at once at most (each chain its share,
+ * at least one: the merge needs every chain's head): ~4 MB of typical records, and what a page may read
+ * past the records it scans. A filter that skipped most records had every chain refilled 100 at a time:
+ * ~100,000 records held at `redis.buckets: 1024`.
+ */
+export const AUDIT_HELD_MAX = 4096;
+
 /** How many records one round of a task's page reads at once (a page stops at PAGE_BYTES: see fromIds). */
 const AUDIT_READS = Math.min(50, READS_IN_FLIGHT);
 
@@ -269,28 +277,55 @@ export class AuditReader {
     let bytes = 0; // as fromIds: a page stops at PAGE_BYTES of records (at least one)
     // The merge needs only each chain's head: a page starts from a few records of every chain and reads more only
     // of the chains it takes records from. Reading 100 of each up front was ~100,000 records (tens of MB) for a
-    // page of 10 at `redis.buckets: 1024`. A filter may skip most of what it reads, so its refills are full.
+    // page of 10 at `redis.buckets: 1024`. A chain's reads follow the page size (a filter may skip most of what
+    // it reads, so its reads are the page's `limit`, not what is left of it), and no chain holds more than its
+    // share of AUDIT_HELD_MAX: a filter that skipped most records refilled every chain with 100, ~100,000 held.
     const filtered = q.actor !== undefined || q.action !== undefined;
-    const first = Math.min(100, Math.max(1, Math.ceil((2 * q.limit) / chains.length)));
-    const fill = async (c: AuditChain, count: number) => {
-      const from = pos[String(c)] ? `(${pos[String(c)]}` : start;
+    const share = Math.max(1, Math.floor(AUDIT_HELD_MAX / chains.length));
+    const first = Math.min(100, share, Math.max(1, Math.ceil((2 * q.limit) / chains.length)));
+    const size = () => Math.min(100, share, filtered ? Math.max(first, q.limit) : q.limit - items.length + 1);
+    /** Chains whose stream had nothing past their buffer when last read: not topped up again in this page. */
+    const ended = new Set<AuditChain>();
+    /** Chains down to their last buffered record: topped up with the next chain that runs dry, in the same round. */
+    const low = new Set<AuditChain>();
+    const read = async (c: AuditChain, count: number) => {
+      const buffer = buffers.get(c);
+      const last = buffer?.length ? buffer[buffer.length - 1]![0] : pos[String(c)];
       const got = await this.deps.redis.xrange(
         this.deps.keys.auditStream(c),
-        from,
+        last ? `(${last}` : start,
         q.until === undefined ? '+' : `${q.until + TIME_SLACK_MS + (late.get(c) ?? 0)}-18446744073709551615`,
         'COUNT',
         count,
       );
+      if (got.length < count) ended.add(c);
+      return got;
+    };
+    const fill = async (c: AuditChain, count: number) => {
+      low.delete(c);
+      const got = await read(c, count);
       buffers.set(c, got);
       if (got.length === 0) done.add(c);
       else heads.push(c);
+    };
+    const topUp = async (c: AuditChain, count: number) => {
+      const got = await read(c, count);
+      low.delete(c);
+      buffers.get(c)!.push(...got); // its head, and so its place in the heap, is unchanged
     };
     // The chains by their head's stream id: one step of the merge is O(log chains), not a pass over 1,025 of them.
     const heads = new TinyQueue<AuditChain>([], (a, b) => cmpId(buffers.get(a)![0]![0], buffers.get(b)![0]![0]));
     await inRounds(chains, (c) => fill(c, first));
     let drained: AuditChain | undefined; // taken from last and not read further: it may hold more
     while (items.length < q.limit && scanned < SCAN_BUDGET && bytes < PAGE_BYTES) {
-      if (drained !== undefined) await fill(drained, filtered ? 100 : Math.min(100, q.limit - items.length + 1));
+      if (drained !== undefined) {
+        // Chains merged by time run low together: the others nearly dry are read in the same round, so small
+        // reads per chain do not cost one round trip per few records.
+        const n = size();
+        const others = n > 1 ? [...low].filter((c) => c !== drained && !ended.has(c)).slice(0, READS_IN_FLIGHT - 1) : [];
+        const c = drained;
+        await Promise.all([ended.has(c) ? done.add(c) : fill(c, n), ...others.map((o) => topUp(o, n - 1))]);
+      }
       drained = undefined;
       const best = heads.pop();
       if (best === undefined) break;
@@ -298,6 +333,8 @@ export class AuditReader {
       const [id, fields] = buffer.shift()!;
       if (buffer.length > 0) heads.push(best);
       else drained = best;
+      if (buffer.length === 1 && !ended.has(best)) low.add(best);
+      else if (buffer.length === 0) low.delete(best);
       pos[String(best)] = id;
       scanned += 1;
       const json = fields[fields.indexOf('r') + 1]!;

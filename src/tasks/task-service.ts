@@ -1,6 +1,6 @@
 import { createHash, randomBytes, randomUUID } from 'node:crypto';
 import { canonicalJson } from '../audit/record.ts';
-import { authorize, deny, denial, taskContext } from '../authz.ts';
+import { authorize, deny, denial, refuseControls, taskContext } from '../authz.ts';
 import { roleOf } from '../config/roles.ts';
 import type { Deps } from '../deps.ts';
 import { badRequest, conflict, forbidden, notFound } from '../errors.ts';
@@ -73,21 +73,19 @@ export class TaskService {
     const { config } = this.deps;
     const field = textWithControls(body);
     if (field !== undefined) {
-      // Audited, unlike other malformed bodies: control characters in text that audit records, lists and the console
-      // show are an attempt to forge what a reader sees. Recorded where the other refusals of an open are: under the
-      // parent for a sub-task, under the task only when the caller named it (an id never used names nothing).
-      const err = badRequest('invalid_request', `${field}: holds control, bidi or zero-width characters`, { extra: { field } });
-      throw await denial(
+      // Recorded where the other refusals of an open are: under the parent for a sub-task, under the task only when
+      // the caller named it (an id never used names nothing).
+      await refuseControls(
         this.deps,
         who,
-        err,
+        field,
         body.parentTaskId
           ? {
               action: 'access.deny',
               taskId: body.parentTaskId,
-              detail: { field, ...(body.taskId !== undefined ? { subtask: `${body.parentTaskId}~${body.taskId}` } : {}) },
+              detail: body.taskId !== undefined ? { subtask: `${body.parentTaskId}~${body.taskId}` } : {},
             }
-          : { action: 'access.deny', ...(body.taskId !== undefined ? { taskId: body.taskId } : {}), detail: { field } },
+          : { action: 'access.deny', ...(body.taskId !== undefined ? { taskId: body.taskId } : {}) },
       );
     }
     if (body.ttlSeconds > config.tasks.maxTtlSeconds)

@@ -1,4 +1,5 @@
 import { afterAll, beforeAll, expect, test } from '@jest/globals';
+import { AUDIT_HELD_MAX } from '../../src/lists/audit-query.ts';
 import { READS_IN_FLIGHT } from '../../src/redis/in-rounds.ts';
 import { ADMIN, call, REDIS_URL, startTestBroker, uniquePrefix, type TestBroker } from '../helpers/broker.ts';
 
@@ -12,6 +13,9 @@ import { ADMIN, call, REDIS_URL, startTestBroker, uniquePrefix, type TestBroker 
 let t: TestBroker;
 const BUCKETS = 256;
 const PER_CHAIN = 40;
+/** One record in 8 of each chain has another actor, for a filter that skips most of what it reads. */
+const RARE = 'spiffe://dev.local/rare';
+const actorOf = (n: number) => (n % 8 === 0 ? RARE : 'broker');
 
 beforeAll(async () => {
   const prefix = uniquePrefix('audit-all-chains');
@@ -28,7 +32,7 @@ beforeAll(async () => {
     await Promise.all(
       keys
         .auditChains()
-        .map((c) => audit.appendTo(c, { action: 'task.open', actor: 'broker', decision: 'ok', detail: { c: String(c), n } })),
+        .map((c) => audit.appendTo(c, { action: 'task.open', actor: actorOf(n), decision: 'ok', detail: { c: String(c), n } })),
     );
 }, 120_000);
 afterAll(async () => {
@@ -36,12 +40,13 @@ afterAll(async () => {
 });
 
 /** Runs `fn`, counting the stream entries the broker's XRANGE/XREVRANGE replies carried, and the most reads in flight at once. */
-async function counting<T>(fn: () => Promise<T>): Promise<{ value: T; entries: number; inFlight: number }> {
+async function counting<T>(fn: () => Promise<T>): Promise<{ value: T; entries: number; inFlight: number; most: number }> {
   const client = t.broker.deps.redis as unknown as { sendCommand(c: { name: string; promise: Promise<unknown> }): unknown };
   const send = client.sendCommand;
   let entries = 0;
   let open = 0;
   let inFlight = 0;
+  let most = 0;
   client.sendCommand = function (this: unknown, c) {
     if (c.name === 'xrange' || c.name === 'xrevrange') {
       open += 1;
@@ -50,6 +55,7 @@ async function counting<T>(fn: () => Promise<T>): Promise<{ value: T; entries: n
         (r) => {
           open -= 1;
           entries += Array.isArray(r) ? r.length : 0;
+          most = Math.max(most, Array.isArray(r) ? r.length : 0);
         },
         () => {
           open -= 1;
@@ -59,7 +65,7 @@ async function counting<T>(fn: () => Promise<T>): Promise<{ value: T; entries: n
     return send.call(this, c);
   };
   try {
-    return { value: await fn(), entries, inFlight };
+    return { value: await fn(), entries, inFlight, most };
   } finally {
     client.sendCommand = send;
   }
@@ -85,7 +91,7 @@ test('paging to the end still returns every record once, merged in stream order'
     const r = await call(t.url, 'GET', path, t.as(ADMIN));
     expect(r.status).toBe(200);
     for (const it of r.body.items) {
-      if (it.action !== 'task.open' || it.actor !== 'broker') continue;
+      if (it.action !== 'task.open' || it.detail?.c === undefined) continue;
       seen.push(`${it.detail.c}:${it.detail.n}`);
       ids.push({ chain: String(it.chain), streamId: it.streamId });
     }
@@ -101,4 +107,72 @@ test('paging to the end still returns every record once, merged in stream order'
     const [b, bn] = ms(ids[i]!.streamId);
     expect(a < b || (a === b && (an <= bn || ids[i - 1]!.chain !== ids[i]!.chain))).toBe(true);
   }
+}, 60_000);
+
+/** Pages `GET /v1/audit?<query>` to the end: the seeded records it returned, in order, and their stream ids. */
+async function pageAll(query: string, limit: number): Promise<{ seen: string[]; ids: { chain: string; streamId: string }[] }> {
+  const seen: string[] = [];
+  const ids: { chain: string; streamId: string }[] = [];
+  let cursor: string | null = null;
+  let pages = 0;
+  do {
+    const path: string = `/v1/audit?${query}&limit=${limit}${cursor ? `&cursor=${encodeURIComponent(cursor)}` : ''}`;
+    const r = await call(t.url, 'GET', path, t.as(ADMIN));
+    expect(r.status).toBe(200);
+    for (const it of r.body.items) {
+      if (it.action !== 'task.open' || it.detail?.c === undefined) continue;
+      seen.push(`${it.detail.c}:${it.detail.n}`);
+      ids.push({ chain: String(it.chain), streamId: it.streamId });
+    }
+    cursor = r.body.nextCursor;
+    pages += 1;
+  } while (cursor && pages < 200);
+  expect(cursor).toBeNull();
+  return { seen, ids };
+}
+
+test('a filtered page holds at most AUDIT_HELD_MAX records: each chain reads its share, not 100', async () => {
+  // Review leftover: a filter that matched nothing refilled every chain it ran dry with 100 records, so a page
+  // held nearly every record of every chain it scanned (here 257 x 39; ~100,000 at redis.buckets: 1024).
+  const share = Math.floor(AUDIT_HELD_MAX / (BUCKETS + 1));
+  expect(share).toBeLessThan(PER_CHAIN - 1); // so the old reads (all 39 left of a chain at once) show here
+  const { value: r, most, inFlight } = await counting(() => call(t.url, 'GET', '/v1/audit?action=no.such.action&limit=500', t.as(ADMIN)));
+  expect(r.status).toBe(200);
+  expect(r.body.items).toEqual([]);
+  // No chain's read carries more than its share, and a chain is read again only once it ran dry (or down to one
+  // record): what the page holds is at most every chain's share, AUDIT_HELD_MAX.
+  expect(most).toBeLessThanOrEqual(share);
+  expect(most * (BUCKETS + 1)).toBeLessThanOrEqual(AUDIT_HELD_MAX);
+  expect(inFlight).toBeLessThanOrEqual(READS_IN_FLIGHT);
+});
+
+test('a filter that skips most records, paged to the end, returns every match once and in stream order', async () => {
+  // One record in 8 matches: chains run dry and are read again (and topped up together) all through each page.
+  const { value, most } = await counting(() => pageAll(`actor=${encodeURIComponent(RARE)}`, 500));
+  const { seen, ids } = value;
+  expect(most).toBeLessThanOrEqual(Math.floor(AUDIT_HELD_MAX / (BUCKETS + 1)));
+  const rare = Array.from({ length: PER_CHAIN }, (_, n) => n).filter((n) => actorOf(n) === RARE).length;
+  expect(new Set(seen).size).toBe((BUCKETS + 1) * rare);
+  expect(seen).toHaveLength((BUCKETS + 1) * rare);
+  const ms = (id: string) => id.split('-').map(Number) as [number, number];
+  for (let i = 1; i < ids.length; i++) {
+    const [a, an] = ms(ids[i - 1]!.streamId);
+    const [b, bn] = ms(ids[i]!.streamId);
+    expect(a < b || (a === b && (an <= bn || ids[i - 1]!.chain !== ids[i]!.chain))).toBe(true);
+  }
+  // Within one chain, its records come in the order they were appended.
+  const byChain = new Map<string, number[]>();
+  for (const k of seen) {
+    const [c, n] = k.split(':') as [string, string];
+    byChain.set(c, [...(byChain.get(c) ?? []), Number(n)]);
+  }
+  for (const ns of byChain.values()) expect(ns).toEqual([...ns].sort((x, y) => x - y));
+}, 120_000);
+
+test('a small filtered page reads per chain no more than the page holds', async () => {
+  // limit=7: reads of at most 7 per chain.
+  const { value: r, most } = await counting(() => call(t.url, 'GET', '/v1/audit?action=task.open&limit=7', t.as(ADMIN)));
+  expect(r.status).toBe(200);
+  expect(r.body.items).toHaveLength(7);
+  expect(most).toBeLessThanOrEqual(7);
 }, 60_000);

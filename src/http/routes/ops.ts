@@ -5,6 +5,7 @@ import { writableMaster } from '../../redis/connection.ts';
 import { identityPatternSchema } from '../../config/common.ts';
 import type { Services } from '../services.ts';
 import { identityOf, jsonBody, validBody, validQuery } from '../middleware.ts';
+import { chargeReads } from '../read-cost.ts';
 import { paging, rotateSchema } from '../schemas.ts';
 import pTimeout from 'p-timeout';
 import { SharedReading } from '../../shared-reading.ts';
@@ -127,7 +128,8 @@ export function adminRoutes(deps: Deps, s: Services, authenticate: RequestHandle
     const { agent, reason } = validBody(quarantineSchema, req.body);
     res.status(201).json(await s.admin.quarantine(who, agent, reason));
   });
-  r.get('/v1/admin/quarantine', authenticate, async (req, res) => {
+  // A list page: weighted by its `?limit=` like the other lists (src/http/read-cost.ts).
+  r.get('/v1/admin/quarantine', authenticate, chargeReads(deps), async (req, res) => {
     const who = identityOf(res);
     const all = await s.admin.quarantines(who);
     const q = validQuery(quarantineQuery, req.query);
