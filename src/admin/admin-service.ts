@@ -196,20 +196,24 @@ export class AdminService {
    * a record left in the outbox may mean it died before ending them all (the quarantine in force, the tasks
    * open, their leases live until their TTL). Only while that quarantine is still in force: one lifted since
    * must not end tasks opened after the lift. Ending an ended task does nothing, so a quarantine whose process
-   * ended everything (and failed at the append) costs a scan of the open tasks, no more.
+   * ended everything (and failed at the append) costs a scan of the open tasks, no more. Stops (throws) once
+   * `signal` is aborted: recovery lost its lock, and another instance may be running the same endings.
    */
-  async recoveredQuarantine(event: OutboxEvent): Promise<void> {
+  async recoveredQuarantine(event: OutboxEvent, signal?: AbortSignal): Promise<void> {
     const pattern = event.detail?.pattern;
     if (event.action !== 'quarantine.add' || typeof pattern !== 'string') return;
     if (!(await this.deps.redis.hexists(this.deps.keys.quarantine(), pattern))) return;
-    const ended = await this.endQuarantined(pattern);
+    const ended = await this.endMatching({ agent: pattern }, { openedBy: true, signal });
     await this.deps.replicas.after(this.deps.keys.replicaFences());
     if (ended.tasks > 0)
       this.deps.logger.warn({ pattern, ...ended }, "outbox recovery: ended a quarantined identity's tasks its quarantine had left open");
   }
 
   /** Ends every open task matching `sel` with its subtree; returns the tasks ended and their live leases. */
-  private async endMatching(sel: RevokeSelector, opts: { openedBy?: boolean } = {}): Promise<{ tasks: number; leases: number }> {
+  private async endMatching(
+    sel: RevokeSelector,
+    opts: { openedBy?: boolean; signal?: AbortSignal } = {},
+  ): Promise<{ tasks: number; leases: number }> {
     // Each task found, with whether its agent is the one being stopped ('agent': the contract's kill switch,
     // an AWS deny by SourceIdentity) or only the orchestrator that opened it ('task': its agent is not suspect).
     const found = new Map<string, 'agent' | 'task'>();
@@ -224,6 +228,7 @@ export class AdminService {
       };
       for (let b = 0; b < this.deps.keys.buckets; b++) {
         for await (const page of this.deps.tasks.openIn(b, 500, opts.openedBy)) {
+          opts.signal?.throwIfAborted();
           for (const t of page) {
             const how = match(t);
             if (how) found.set(t.taskId, how);
@@ -247,6 +252,7 @@ export class AdminService {
     for (const depth of [...waves.keys()].sort((a, b) => a - b)) {
       const wave = waves.get(depth)!;
       for (let i = 0; i < wave.length; i += KILL_CONCURRENCY) {
+        opts.signal?.throwIfAborted();
         for (const c of await Promise.all(
           wave.slice(i, i + KILL_CONCURRENCY).map((id) => this.endOne(id, found.get(id) === 'task' ? 'task' : undefined)),
         )) {
