@@ -343,7 +343,13 @@ export async function startBroker(config: LoadedConfig, opts: BrokerOptions = {}
     // A quarantine.add record left in the ops outbox may mean its tasks were not all ended: recovery ends them first.
     const before = (chain: AuditChain, e: OutboxEvent, signal?: AbortSignal) =>
       chain === 'ops' ? services.admin.recoveredQuarantine(e, signal) : Promise.resolve();
-    const outbox = new OutboxRecovery({ redis, keys, audit, logger, clock, metrics, before }, config.revocation.reconcileIntervalMs);
+    // An intent left there whose decision state shows took effect is recorded with that outcome (recovered).
+    const settle = (chain: AuditChain, e: OutboxEvent, signal?: AbortSignal) =>
+      chain === 'ops' ? services.admin.recoveredOutcome(e, signal) : Promise.resolve(undefined);
+    const outbox = new OutboxRecovery(
+      { redis, keys, audit, logger, clock, metrics, before, settle },
+      config.revocation.reconcileIntervalMs,
+    );
     metrics.outboxSource = () => outboxStats({ redis, keys, clock });
     outbox.start();
     undo.push(() => outbox.stop());

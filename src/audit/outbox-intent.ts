@@ -1,7 +1,7 @@
 import type { AuditChain } from '../redis/keys.ts';
-import { script } from '../redis/scripts.ts';
 import { OUTBOX_GRACE_MS, type OutboxDeps } from './outbox.ts';
 import { outboxMember } from './outbox-member.ts';
+import { memberTag, swapOutbox } from './outbox-swap.ts';
 import type { OutboxEvent } from './record.ts';
 
 /*
@@ -18,13 +18,6 @@ import type { OutboxEvent } from './record.ts';
 export const SWAP_RETRY_FIRST_MS = OUTBOX_GRACE_MS / 4;
 /** The longest wait between two tries of a failed swap: Redis back, the outcome lands within this. */
 export const SWAP_RETRY_MAX_MS = 60_000;
-/**
- * How long Redis remembers a swap (audit-outbox-swap.lua): far longer than the wait between two tries, so a
- * try whose answer was lost (made all the same) is still remembered at the next.
- */
-const SWAP_MEMORY_MS = 24 * 60 * 60_000;
-
-const swapScript = script('audit-outbox-swap');
 
 /** A decision made in many steps, with its `interrupted` record waiting in an outbox (outboxIntent). */
 export interface OutboxIntent {
@@ -68,14 +61,7 @@ export async function outboxIntent(
       // Stopped here, not after the swap: a failed swap keeps the intent fresh in its retry.
       fresh.stop();
       const next = outboxMember(outcome);
-      const swap = async (): Promise<number | undefined> => {
-        const at = await swapScript.run(
-          deps.redis,
-          [key, deps.keys.auditOutboxSwapped(chain)],
-          [member, next, member.slice(0, member.indexOf(' ')), SWAP_MEMORY_MS],
-        );
-        return at === null ? undefined : Number(at);
-      };
+      const swap = () => swapOutbox(deps, chain, member, next, memberTag(member)!);
       let at: number | undefined;
       try {
         at = await swap();

@@ -7,6 +7,7 @@ import { acquireLock, type HeldLock, reportTakeover } from '../redis/lock.ts';
 import { type RedisClient, script } from '../redis/scripts.ts';
 import type { AuditLog } from './audit-log.ts';
 import { outboxMember, parseOutboxMember } from './outbox-member.ts';
+import { memberTag, swapOutbox } from './outbox-swap.ts';
 import type { OutboxEvent } from './record.ts';
 
 const parkScript = script('audit-outbox-park');
@@ -52,6 +53,13 @@ export interface OutboxDeps {
    * recovery lock is lost (another instance may be doing the same work): stop, and throw.
    */
   before?: (chain: AuditChain, event: OutboxEvent, signal?: AbortSignal) => Promise<void>;
+  /**
+   * For an intent (`detail.interrupted: true`) a process left: the outcome Redis's state shows its decision
+   * had (AdminService.recoveredOutcome: a kill switch with no matching task left open), with
+   * `detail.recovered: true`, which recovery records in the intent's place; undefined where state cannot
+   * tell (the intent is appended: `interrupted`).
+   */
+  settle?: (chain: AuditChain, event: OutboxEvent, signal?: AbortSignal) => Promise<OutboxEvent | undefined>;
 }
 
 /**
@@ -85,9 +93,16 @@ export async function recoverOutbox(deps: OutboxDeps, chain: AuditChain, before:
         const owed = deps.before ? deps.before(chain, event, signal) : Promise.resolve();
         // The lock lost while the owed work ran: another instance may hold the chain now; this one stops.
         work.push(
-          owed.then(() => {
+          owed.then(async () => {
             signal?.throwIfAborted();
-            return deps.audit.appendOutboxCounted(chain, [member], at);
+            const outcome = await settled(deps, chain, member, event, signal);
+            signal?.throwIfAborted();
+            if (!outcome) return deps.audit.appendOutboxCounted(chain, [member], at);
+            // In the intent's place in one step, remembered by a tag of recovery's own: a swap by the intent's
+            // process arriving late (it was slow, not dead) still adds its outcome, which follows this one.
+            const next = outboxMember(outcome);
+            const when = await swapOutbox(deps, chain, member, next, `recovered:${memberTag(member)}`);
+            return when === undefined ? 0 : deps.audit.appendOutboxCounted(chain, [next], when);
           }),
         );
       }
@@ -104,6 +119,21 @@ export async function recoverOutbox(deps: OutboxDeps, chain: AuditChain, before:
     if (failed) throw Object.assign(new Error(`audit outbox recovery: ${(failed.reason as Error)?.message}`), { written });
     if (flat.length < PAGE * 2) return written;
   }
+}
+
+/** The outcome state shows for an intent (OutboxDeps.settle); undefined for any other record, or where state cannot tell. */
+async function settled(
+  deps: OutboxDeps,
+  chain: AuditChain,
+  member: string,
+  event: OutboxEvent,
+  signal?: AbortSignal,
+): Promise<OutboxEvent | undefined> {
+  if (!deps.settle || event.detail?.interrupted !== true || memberTag(member) === undefined) return undefined;
+  const outcome = await deps.settle(chain, event, signal);
+  if (outcome === undefined) return undefined;
+  if (outcome.detail?.recovered !== true) throw new Error('audit outbox: a recovered outcome must say `detail.recovered: true`');
+  return outcome;
 }
 
 /**
