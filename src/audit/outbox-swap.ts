@@ -22,7 +22,8 @@ export function memberTag(member: string): string | undefined {
 /**
  * Puts `next` in `chain`'s outbox in `intent`'s place, remembered by `tag` (the same tag sent again adds
  * nothing). Returns `next`'s score (its time), or undefined when this swap was made before and `next`
- * appended since.
+ * appended since. `onlyPresent` (recovery): nothing is added once the intent has left the outbox (its process
+ * swapped its own outcome meanwhile, or it was appended), and undefined is returned.
  */
 export async function swapOutbox(
   deps: { redis: RedisClient; keys: Keys },
@@ -30,11 +31,12 @@ export async function swapOutbox(
   intent: string,
   next: string,
   tag: string,
+  onlyPresent = false,
 ): Promise<number | undefined> {
   const at = await swapScript.run(
     deps.redis,
     [deps.keys.auditOutbox(chain), deps.keys.auditOutboxSwapped(chain)],
-    [intent, next, tag, SWAP_MEMORY_MS],
+    [intent, next, tag, SWAP_MEMORY_MS, ...(onlyPresent ? ['1'] : [])],
   );
   return at === null ? undefined : Number(at);
 }

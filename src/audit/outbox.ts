@@ -98,10 +98,11 @@ export async function recoverOutbox(deps: OutboxDeps, chain: AuditChain, before:
             const outcome = await settled(deps, chain, member, event, signal);
             signal?.throwIfAborted();
             if (!outcome) return deps.audit.appendOutboxCounted(chain, [member], at);
-            // In the intent's place in one step, remembered by a tag of recovery's own: a swap by the intent's
-            // process arriving late (it was slow, not dead) still adds its outcome, which follows this one.
+            // In the intent's place in one step, while it is there (its process, slow rather than dead, may have
+            // swapped its own outcome meanwhile), remembered by a tag of recovery's own: a swap by that process
+            // arriving later still adds its outcome, which follows this one.
             const next = outboxMember(outcome);
-            const when = await swapOutbox(deps, chain, member, next, `recovered:${memberTag(member)}`);
+            const when = await swapOutbox(deps, chain, member, next, `recovered:${memberTag(member)}`, true);
             return when === undefined ? 0 : deps.audit.appendOutboxCounted(chain, [next], when);
           }),
         );
