@@ -341,8 +341,15 @@ export async function startBroker(config: LoadedConfig, opts: BrokerOptions = {}
     // Every process kind, API-only ones included: each makes decisions whose records go through an outbox,
     // and a deployment may run APIs without a worker beside them (docs/audit.md).
     // A quarantine.add record left in the ops outbox may mean its tasks were not all ended: recovery ends them first.
-    const before = (chain: AuditChain, e: OutboxEvent) => (chain === 'ops' ? services.admin.recoveredQuarantine(e) : Promise.resolve());
-    const outbox = new OutboxRecovery({ redis, keys, audit, logger, clock, metrics, before }, config.revocation.reconcileIntervalMs);
+    const before = (chain: AuditChain, e: OutboxEvent, signal?: AbortSignal) =>
+      chain === 'ops' ? services.admin.recoveredQuarantine(e, signal) : Promise.resolve();
+    // An intent left there whose decision state shows took effect is recorded with that outcome (recovered).
+    const settle = (chain: AuditChain, e: OutboxEvent, signal?: AbortSignal) =>
+      chain === 'ops' ? services.admin.recoveredOutcome(e, signal) : Promise.resolve(undefined);
+    const outbox = new OutboxRecovery(
+      { redis, keys, audit, logger, clock, metrics, before, settle },
+      config.revocation.reconcileIntervalMs,
+    );
     metrics.outboxSource = () => outboxStats({ redis, keys, clock });
     outbox.start();
     undo.push(() => outbox.stop());

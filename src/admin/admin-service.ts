@@ -210,34 +210,63 @@ export class AdminService {
    * a record left in the outbox may mean it died before ending them all (the quarantine in force, the tasks
    * open, their leases live until their TTL). Only while that quarantine is still in force: one lifted since
    * must not end tasks opened after the lift. Ending an ended task does nothing, so a quarantine whose process
-   * ended everything (and failed at the append) costs a scan of the open tasks, no more.
+   * ended everything (and failed at the append) costs a scan of the open tasks, no more. Stops (throws) once
+   * `signal` is aborted: recovery lost its lock, and another instance may be running the same endings.
    */
-  async recoveredQuarantine(event: OutboxEvent): Promise<void> {
+  async recoveredQuarantine(event: OutboxEvent, signal?: AbortSignal): Promise<void> {
     const pattern = event.detail?.pattern;
     if (event.action !== 'quarantine.add' || typeof pattern !== 'string') return;
     if (!(await this.deps.redis.hexists(this.deps.keys.quarantine(), pattern))) return;
-    const ended = await this.endQuarantined(pattern);
+    const ended = await this.endMatching({ agent: pattern }, { openedBy: true, signal });
     await this.deps.replicas.after(this.deps.keys.replicaFences());
     if (ended.tasks > 0)
       this.deps.logger.warn({ pattern, ...ended }, "outbox recovery: ended a quarantined identity's tasks its quarantine had left open");
   }
 
+  /**
+   * For outbox recovery (src/audit/outbox.ts, OutboxDeps.settle), for an intent a process left: the outcome of
+   * a kill switch (`admin.revoke`) whose process died after its endings but before its outcome took the intent's
+   * place, when state shows it: no task matching its selector is open. Recorded with `detail.recovered: true`
+   * and without the counts (unknown: its `task.revoke` records name what it ended). Undefined (the intent stands:
+   * `interrupted`) while one is open, and for the other intents, whose state cannot tell (docs/audit.md).
+   */
+  async recoveredOutcome(event: OutboxEvent, signal?: AbortSignal): Promise<OutboxEvent | undefined> {
+    if (event.action !== 'admin.revoke' || event.detail?.interrupted !== true) return undefined;
+    const { agent, tenant, taskId } = event.detail;
+    const sel: RevokeSelector | undefined =
+      typeof agent === 'string' ? { agent } : typeof tenant === 'string' ? { tenant } : typeof taskId === 'string' ? { taskId } : undefined;
+    if (sel === undefined || (await this.anyOpen(sel, signal))) return undefined;
+    return { action: 'admin.revoke', actor: event.actor, decision: 'ok', reason: 'revoked_by_admin', detail: { ...sel, recovered: true } };
+  }
+
+  /** Whether a task `sel` matches (as the kill switch matches them) is open. */
+  private async anyOpen(sel: RevokeSelector, signal?: AbortSignal): Promise<boolean> {
+    if ('taskId' in sel) return (await this.deps.tasks.get(sel.taskId))?.status === 'open';
+    const match = matcher(sel, false);
+    for (let b = 0; b < this.deps.keys.buckets; b++) {
+      for await (const page of this.deps.tasks.openIn(b, 500, false)) {
+        signal?.throwIfAborted();
+        if (page.some((t) => match(t) !== undefined)) return true;
+      }
+    }
+    return false;
+  }
+
   /** Ends every open task matching `sel` with its subtree; returns the tasks ended and their live leases. */
-  private async endMatching(sel: RevokeSelector, opts: { openedBy?: boolean } = {}): Promise<{ tasks: number; leases: number }> {
+  private async endMatching(
+    sel: RevokeSelector,
+    opts: { openedBy?: boolean; signal?: AbortSignal } = {},
+  ): Promise<{ tasks: number; leases: number }> {
     // Each task found, with whether its agent is the one being stopped ('agent': the contract's kill switch,
     // an AWS deny by SourceIdentity) or only the orchestrator that opened it ('task': its agent is not suspect).
     const found = new Map<string, 'agent' | 'task'>();
     if ('taskId' in sel) {
       found.set(sel.taskId, 'agent');
     } else {
-      const p = 'agent' in sel ? new IdentityPatterns([sel.agent]) : undefined;
-      const match = (t: { agent: string; tenant: string; openedBy: string }): 'agent' | 'task' | undefined => {
-        if (!p) return t.tenant === (sel as { tenant: string }).tenant ? 'agent' : undefined;
-        if (p.matches(t.agent)) return 'agent';
-        return opts.openedBy === true && p.matches(t.openedBy) ? 'task' : undefined;
-      };
+      const match = matcher(sel, opts.openedBy === true);
       for (let b = 0; b < this.deps.keys.buckets; b++) {
         for await (const page of this.deps.tasks.openIn(b, 500, opts.openedBy)) {
+          opts.signal?.throwIfAborted();
           for (const t of page) {
             const how = match(t);
             if (how) found.set(t.taskId, how);
@@ -261,6 +290,7 @@ export class AdminService {
     for (const depth of [...waves.keys()].sort((a, b) => a - b)) {
       const wave = waves.get(depth)!;
       for (let i = 0; i < wave.length; i += KILL_CONCURRENCY) {
+        opts.signal?.throwIfAborted();
         for (const c of await Promise.all(
           wave.slice(i, i + KILL_CONCURRENCY).map((id) => this.endOne(id, found.get(id) === 'task' ? 'task' : undefined)),
         )) {
@@ -282,4 +312,21 @@ export class AdminService {
     await this.deps.audit.settleOutbox(this.deps.keys.bucketOfTask(id), res.records, res.endedAt);
     return { tasks: res.taskIds.length, leases: res.liveLeases };
   }
+}
+
+/**
+ * How an open task matches an agent or tenant selector: 'agent' when its agent is the one being stopped (the
+ * contract's kill switch, an AWS deny by SourceIdentity), 'task' when only the orchestrator that opened it is
+ * (`openedBy`: a quarantine; its agent is not suspect).
+ */
+function matcher(
+  sel: { agent: string } | { tenant: string },
+  openedBy: boolean,
+): (t: { agent: string; tenant: string; openedBy: string }) => 'agent' | 'task' | undefined {
+  if (!('agent' in sel)) return (t) => (t.tenant === sel.tenant ? 'agent' : undefined);
+  const p = new IdentityPatterns([sel.agent]);
+  return (t) => {
+    if (p.matches(t.agent)) return 'agent';
+    return openedBy && p.matches(t.openedBy) ? 'task' : undefined;
+  };
 }

@@ -1,7 +1,7 @@
 import type { AuditChain } from '../redis/keys.ts';
-import { script } from '../redis/scripts.ts';
 import { OUTBOX_GRACE_MS, type OutboxDeps } from './outbox.ts';
 import { outboxMember } from './outbox-member.ts';
+import { memberTag, swapOutbox } from './outbox-swap.ts';
 import type { OutboxEvent } from './record.ts';
 
 /*
@@ -11,14 +11,13 @@ import type { OutboxEvent } from './record.ts';
  */
 
 /**
- * How long a process keeps trying to put an operation's outcome in place of its intent (OutboxIntent.finish)
- * when Redis failed at that moment. Past it, the intent stands for the outcome (recovery appends it).
+ * The wait before a failed swap (OutboxIntent.finish) is tried again, doubled after each failed try up to
+ * SWAP_RETRY_MAX_MS. It is tried for as long as the process lives: given up, its outcome would be lost, and
+ * recovery would later append `interrupted` for an operation that completed.
  */
-export const SWAP_RETRY_MS = 60 * 60_000;
-/** How long Redis remembers a swap (audit-outbox-swap.lua): longer than a process retries one. */
-const SWAP_MEMORY_MS = 24 * 60 * 60_000;
-
-const swapScript = script('audit-outbox-swap');
+export const SWAP_RETRY_FIRST_MS = OUTBOX_GRACE_MS / 4;
+/** The longest wait between two tries of a failed swap: Redis back, the outcome lands within this. */
+export const SWAP_RETRY_MAX_MS = 60_000;
 
 /** A decision made in many steps, with its `interrupted` record waiting in an outbox (outboxIntent). */
 export interface OutboxIntent {
@@ -29,10 +28,10 @@ export interface OutboxIntent {
    * then appends it. Once the swap is made, the outcome is what lands in the chain, by this call or by
    * recovery: a failed append is logged, not thrown (AuditLog.settleOutbox). An intent recovery appended
    * already (the operation outlasted the grace period) is followed by the outcome. A swap Redis failed
-   * is tried again every quarter grace period for SWAP_RETRY_MS in the background (the intent kept fresh
-   * meanwhile), and once more at shutdown (endSwapRetries), and the error thrown: the outcome is not
-   * recorded yet, and only a process that dies, or shuts down, before a try succeeds leaves the
-   * `interrupted` record for the outcome.
+   * is tried again in the background for as long as the process lives (the wait doubling from a quarter
+   * grace period to SWAP_RETRY_MAX_MS; the intent kept fresh meanwhile), and once more at shutdown
+   * (endSwapRetries), and the error thrown: the outcome is not recorded yet, and only a process that dies,
+   * or shuts down, before a try succeeds leaves the `interrupted` record for the outcome.
    */
   finish(outcome: OutboxEvent): Promise<void>;
   /** Stops keeping the intent fresh without an outcome (the operation failed part-way): the intent stands. */
@@ -62,14 +61,7 @@ export async function outboxIntent(
       // Stopped here, not after the swap: a failed swap keeps the intent fresh in its retry.
       fresh.stop();
       const next = outboxMember(outcome);
-      const swap = async (): Promise<number | undefined> => {
-        const at = await swapScript.run(
-          deps.redis,
-          [key, deps.keys.auditOutboxSwapped(chain)],
-          [member, next, member.slice(0, member.indexOf(' ')), SWAP_MEMORY_MS],
-        );
-        return at === null ? undefined : Number(at);
-      };
+      const swap = () => swapOutbox(deps, chain, member, next, memberTag(member)!);
       let at: number | undefined;
       try {
         at = await swap();
@@ -93,15 +85,16 @@ interface SwapRetry {
 
 /**
  * The swaps each broker (its AuditLog) is still trying, so that its shutdown can try each a last time and stop
- * them (endSwapRetries): a retry left running would fire on closed connections for SWAP_RETRY_MS.
+ * them (endSwapRetries): a retry left running would fire on closed connections for good.
  */
 const retrying = new WeakMap<object, Set<SwapRetry>>();
 
 /**
- * Tries a failed swap (OutboxIntent.finish) again every quarter grace period until it is made, then appends
- * the outcome; gives up after SWAP_RETRY_MS or at shutdown (endSwapRetries). The intent is kept fresh
- * meanwhile: while this process may still record the outcome, recovery must not append `interrupted` for
- * an operation that finished (it would once Redis is back, were the intent's score left to age).
+ * Tries a failed swap (OutboxIntent.finish) again until it is made, then appends the outcome: first after a
+ * quarter grace period, the wait doubling after each failed try up to SWAP_RETRY_MAX_MS, for as long as the
+ * process lives (stopped only at shutdown, endSwapRetries). The intent is kept fresh meanwhile: while this
+ * process may still record the outcome, recovery must not append `interrupted` for an operation that finished
+ * (it would once Redis is back, were the intent's score left to age).
  */
 function retrySwap(
   deps: Pick<OutboxDeps, 'redis' | 'keys' | 'clock' | 'audit' | 'logger'>,
@@ -111,12 +104,15 @@ function retrySwap(
   swap: () => Promise<number | undefined>,
 ): void {
   const fresh = keepFresh(deps, chain, intent);
-  const since = deps.clock.now();
   const all = retrying.get(deps.audit) ?? new Set<SwapRetry>();
   retrying.set(deps.audit, all);
   let current: Promise<boolean> | undefined;
+  let timer: NodeJS.Timeout | undefined;
+  let ended = false;
+  let wait = SWAP_RETRY_FIRST_MS;
   const end = () => {
-    clearInterval(timer);
+    ended = true;
+    clearTimeout(timer);
     fresh.stop();
     all.delete(retry);
   };
@@ -149,11 +145,20 @@ function retrySwap(
     },
   };
   all.add(retry);
-  const timer = setInterval(() => {
-    if (deps.clock.now() - since > SWAP_RETRY_MS) retry.giveUp('retried for SWAP_RETRY_MS');
-    else void retry.attempt();
-  }, OUTBOX_GRACE_MS / 4);
-  timer.unref();
+  const next = () => {
+    timer = setTimeout(async () => {
+      if (ended || (await retry.attempt()) || ended) return;
+      if (wait < SWAP_RETRY_MAX_MS && wait * 2 >= SWAP_RETRY_MAX_MS)
+        deps.logger.error(
+          { chain, action: outcome.event.action, everyMs: SWAP_RETRY_MAX_MS },
+          'audit outbox: an outcome still cannot be recorded; trying again for as long as this process runs',
+        );
+      wait = Math.min(wait * 2, SWAP_RETRY_MAX_MS);
+      next();
+    }, wait);
+    timer.unref();
+  };
+  next();
 }
 
 /**

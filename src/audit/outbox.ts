@@ -3,10 +3,11 @@ import type { Logger } from '../logger.ts';
 import type { Metrics } from '../metrics.ts';
 import type { RedisClock } from '../redis/clock.ts';
 import type { AuditChain, Keys } from '../redis/keys.ts';
-import { acquireLock, reportTakeover } from '../redis/lock.ts';
+import { acquireLock, type HeldLock, reportTakeover } from '../redis/lock.ts';
 import { type RedisClient, script } from '../redis/scripts.ts';
 import type { AuditLog } from './audit-log.ts';
 import { outboxMember, parseOutboxMember } from './outbox-member.ts';
+import { memberTag, swapOutbox } from './outbox-swap.ts';
 import type { OutboxEvent } from './record.ts';
 
 const parkScript = script('audit-outbox-park');
@@ -30,8 +31,12 @@ const PAGE = 500;
 /** Parked members (poison) a chain keeps for inspection; the oldest leave first. Each has its audit record. */
 export const PARKED_MAX = 1000;
 
-/** How long one process holds a chain's recovery (other processes skip the chain meanwhile). */
-const RECOVERY_LOCK_MS = 30_000;
+/**
+ * The TTL of a chain's recovery lock (other processes skip the chain while one holds it). It is extended every
+ * third of it while the pass runs (a quarantine's endings can take far longer), so it lapses only within this
+ * of its process dying.
+ */
+export const RECOVERY_LOCK_MS = 30_000;
 
 export interface OutboxDeps {
   redis: RedisClient;
@@ -44,9 +49,17 @@ export interface OutboxDeps {
    * Work a record's decision still owes, which recovery does before it appends a record a process left (and
    * leaves the record in the outbox, for the next pass, if that fails): a quarantine's endings
    * (AdminService.recoveredQuarantine), which the process that put it in force does before appending its
-   * record. Must be idempotent: the process may have done it all, or a part.
+   * record. Must be idempotent: the process may have done it all, or a part. `signal` is aborted when the
+   * recovery lock is lost (another instance may be doing the same work): stop, and throw.
    */
-  before?: (chain: AuditChain, event: OutboxEvent) => Promise<void>;
+  before?: (chain: AuditChain, event: OutboxEvent, signal?: AbortSignal) => Promise<void>;
+  /**
+   * For an intent (`detail.interrupted: true`) a process left: the outcome Redis's state shows its decision
+   * had (AdminService.recoveredOutcome: a kill switch with no matching task left open), with
+   * `detail.recovered: true`, which recovery records in the intent's place; undefined where state cannot
+   * tell (the intent is appended: `interrupted`).
+   */
+  settle?: (chain: AuditChain, event: OutboxEvent, signal?: AbortSignal) => Promise<OutboxEvent | undefined>;
 }
 
 /**
@@ -60,11 +73,12 @@ export interface OutboxDeps {
  * still owe work (OutboxDeps.before: a quarantine's endings) has it done first. Each member is handled on its
  * own: one that fails does not keep the pass from the others of its page.
  */
-export async function recoverOutbox(deps: OutboxDeps, chain: AuditChain, before: number): Promise<number> {
+export async function recoverOutbox(deps: OutboxDeps, chain: AuditChain, before: number, signal?: AbortSignal): Promise<number> {
   const key = deps.keys.auditOutbox(chain);
   let written = 0;
   let first: string | undefined;
   for (;;) {
+    signal?.throwIfAborted();
     const flat = await deps.redis.zrangebyscore(key, '-inf', `(${before}`, 'WITHSCORES', 'LIMIT', 0, PAGE);
     // Empty, or the page before did not leave (none is expected to stay): the next pass goes on.
     if (flat.length === 0 || flat[0] === first) return written;
@@ -76,8 +90,22 @@ export async function recoverOutbox(deps: OutboxDeps, chain: AuditChain, before:
       if (!event || !ofChain(deps, event, chain)) work.push(park(deps, chain, member).then(() => 0));
       else {
         const at = Number(flat[i + 1]);
-        const owed = deps.before ? deps.before(chain, event) : Promise.resolve();
-        work.push(owed.then(() => deps.audit.appendOutboxCounted(chain, [member], at)));
+        const owed = deps.before ? deps.before(chain, event, signal) : Promise.resolve();
+        // The lock lost while the owed work ran: another instance may hold the chain now; this one stops.
+        work.push(
+          owed.then(async () => {
+            signal?.throwIfAborted();
+            const outcome = await settled(deps, chain, member, event, signal);
+            signal?.throwIfAborted();
+            if (!outcome) return deps.audit.appendOutboxCounted(chain, [member], at);
+            // In the intent's place in one step, while it is there (its process, slow rather than dead, may have
+            // swapped its own outcome meanwhile), remembered by a tag of recovery's own: a swap by that process
+            // arriving later still adds its outcome, which follows this one.
+            const next = outboxMember(outcome);
+            const when = await swapOutbox(deps, chain, member, next, `recovered:${memberTag(member)}`, true);
+            return when === undefined ? 0 : deps.audit.appendOutboxCounted(chain, [next], when);
+          }),
+        );
       }
     }
     const results = await Promise.allSettled(work);
@@ -92,6 +120,21 @@ export async function recoverOutbox(deps: OutboxDeps, chain: AuditChain, before:
     if (failed) throw Object.assign(new Error(`audit outbox recovery: ${(failed.reason as Error)?.message}`), { written });
     if (flat.length < PAGE * 2) return written;
   }
+}
+
+/** The outcome state shows for an intent (OutboxDeps.settle); undefined for any other record, or where state cannot tell. */
+async function settled(
+  deps: OutboxDeps,
+  chain: AuditChain,
+  member: string,
+  event: OutboxEvent,
+  signal?: AbortSignal,
+): Promise<OutboxEvent | undefined> {
+  if (!deps.settle || event.detail?.interrupted !== true || memberTag(member) === undefined) return undefined;
+  const outcome = await deps.settle(chain, event, signal);
+  if (outcome === undefined) return undefined;
+  if (outcome.detail?.recovered !== true) throw new Error('audit outbox: a recovered outcome must say `detail.recovered: true`');
+  return outcome;
 }
 
 /**
@@ -129,6 +172,31 @@ async function park(deps: OutboxDeps, chain: AuditChain, member: string): Promis
     'audit outbox: a member that is not a record of this chain was parked',
   );
   await audit.appendOutbox(chain, [note], Number(at));
+}
+
+/**
+ * Extends `lock` every third of its TTL while a pass runs (a quarantine's endings, OutboxDeps.before, can take
+ * longer than the TTL: lapsed, another instance would take the chain and run the same endings at once). The
+ * signal is aborted when the lock is lost: an extension refused (another holder), or none confirmed for a
+ * whole TTL (Redis unreachable: it may have lapsed).
+ */
+function keepLock(lock: HeldLock, ttlMs: number): { signal: AbortSignal; stop(): void } {
+  const ctl = new AbortController();
+  let confirmed = Date.now();
+  const lost = (why: string) => ctl.abort(new Error(`audit outbox recovery: lock lost (${why}); another instance may hold the chain`));
+  const timer = setInterval(() => {
+    lock.extend(ttlMs).then(
+      (ok) => {
+        if (ok) confirmed = Date.now();
+        else lost('taken');
+      },
+      () => {
+        if (Date.now() - confirmed >= ttlMs) lost('not extended for its TTL');
+      },
+    );
+  }, ttlMs / 3);
+  timer.unref();
+  return { signal: ctl.signal, stop: () => clearInterval(timer) };
 }
 
 /** What the outbox gauges show (src/metrics.ts), over every chain. */
@@ -175,13 +243,16 @@ export async function outboxStats(deps: Pick<OutboxDeps, 'redis' | 'keys' | 'clo
 export class OutboxRecovery {
   private readonly deps: OutboxDeps;
   private readonly intervalMs: number;
+  private readonly lockMs: number;
   private timer: NodeJS.Timeout | undefined;
   private running: Promise<number> | undefined;
   private stopped = false;
 
-  constructor(deps: OutboxDeps, intervalMs: number) {
+  /** `lockMs`: the recovery lock's TTL (RECOVERY_LOCK_MS; shorter in tests). */
+  constructor(deps: OutboxDeps, intervalMs: number, opts: { lockMs?: number } = {}) {
     this.deps = deps;
     this.intervalMs = intervalMs;
+    this.lockMs = opts.lockMs ?? RECOVERY_LOCK_MS;
   }
 
   start(): void {
@@ -220,16 +291,18 @@ export class OutboxRecovery {
         const due = await redis.zrangebyscore(keys.auditOutbox(chain), '-inf', `(${before}`, 'LIMIT', 0, 1);
         if (due.length === 0) continue;
         const lock = await acquireLock(redis, keys.lock(`audit-outbox:${chain}`), {
-          ttlMs: RECOVERY_LOCK_MS,
+          ttlMs: this.lockMs,
           onTakeover: reportTakeover(logger, (e) => this.deps.audit.append(e)),
         });
         if (!lock) continue; // another instance is on it
+        const held = keepLock(lock, this.lockMs);
         try {
           // Counted in jit_audit_outbox_recovered_total by recoverOutbox, page by page, even if a later page fails.
-          const n = await recoverOutbox(this.deps, chain, before);
+          const n = await recoverOutbox(this.deps, chain, before, held.signal);
           total += n;
           if (n > 0) logger.warn({ chain, records: n }, 'audit outbox: appended records a process left unwritten');
         } finally {
+          held.stop();
           await lock.release().catch(() => {});
         }
       } catch (err) {

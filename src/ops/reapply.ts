@@ -1,4 +1,5 @@
 import type { AdminService } from '../admin/admin-service.ts';
+import { keepFresh } from '../audit/outbox-intent.ts';
 import { outboxMember } from '../audit/outbox-member.ts';
 import type { AuditRecord, OutboxEvent } from '../audit/record.ts';
 import type { Deps } from '../deps.ts';
@@ -103,8 +104,16 @@ export async function reapplyEndings(
       }
       // Its tasks may have come back open with the snapshot (their task.revoke records may never have been exported).
       // Ended before the record is appended, as an admin's quarantine does: a failed append must not leave them
-      // open (the record waits in the outbox, and recovery ends them again before appending it).
-      const ended = await services.admin.endQuarantined(pattern);
+      // open (the record waits in the outbox, and recovery ends them again before appending it). The record is
+      // kept fresh meanwhile, as an admin's quarantine keeps its own: endings that outlast the grace period would
+      // otherwise have another instance's recovery take it for a dead process's and run the same endings at once.
+      const fresh = added === undefined ? undefined : keepFresh(deps, 'ops', added.member);
+      let ended: { tasks: number; leases: number };
+      try {
+        ended = await services.admin.endQuarantined(pattern);
+      } finally {
+        fresh?.stop();
+      }
       out.tasks += ended.tasks;
       out.leases += ended.leases;
       if (added !== undefined) await deps.audit.appendOutbox('ops', [added.member], added.at);

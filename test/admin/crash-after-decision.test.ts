@@ -129,6 +129,41 @@ test('a kill switch that completed is recorded with its outcome, not as interrup
   ]);
 }, 60_000);
 
+test('a kill switch whose process dies after its endings but before its outcome takes its place is recorded as recovered, not interrupted', async () => {
+  const rogue = '/agent/crash-swap';
+  const pattern = `spiffe://dev.local${rogue}`;
+  await openTask('t-cad-swap', rogue);
+  // Cut off at the swap (audit-outbox-swap.lua) itself: the task is ended, the intent alone is in the outbox.
+  await killAt(script('audit-outbox-swap').sha, '"admin.revoke"', (url) =>
+    call(url, 'POST', '/v1/admin/revoke', as(ADMIN), { agent: pattern }),
+  );
+  expect(await survivor.broker.deps.redis.hget(survivor.broker.deps.keys.task('t-cad-swap'), 'status')).toBe('completed');
+  await recover();
+  // Before: `detail: { agent, interrupted: true }`, though no task of the agent was left open. State shows the
+  // outcome (not its counts: the task.revoke records name what was ended).
+  const records = (await opsRecords('admin.revoke')).filter((r) => r.detail?.agent === pattern);
+  expect(records).toEqual([
+    expect.objectContaining({
+      actor: `spiffe://dev.local${ADMIN}`,
+      decision: 'ok',
+      reason: 'revoked_by_admin',
+      detail: { agent: pattern, recovered: true },
+    }),
+  ]);
+  expect(await survivor.broker.deps.redis.zcard(survivor.broker.deps.keys.auditOutbox('ops'))).toBe(0);
+}, 60_000);
+
+test('a kill switch whose process dies before ending its tasks stays interrupted: state shows a task it had to end still open', async () => {
+  const rogue = '/agent/crash-midway';
+  const pattern = `spiffe://dev.local${rogue}`;
+  await openTask('t-cad-midway', rogue);
+  await killAt(script('task-end').sha, 't-cad-midway', (url) => call(url, 'POST', '/v1/admin/revoke', as(ADMIN), { agent: pattern }));
+  expect(await survivor.broker.deps.redis.hget(survivor.broker.deps.keys.task('t-cad-midway'), 'status')).toBe('open');
+  await recover();
+  const records = (await opsRecords('admin.revoke')).filter((r) => r.detail?.agent === pattern);
+  expect(records).toEqual([expect.objectContaining({ decision: 'ok', detail: { agent: pattern, interrupted: true } })]);
+}, 60_000);
+
 test('a policy reload that completed is recorded as done, not as interrupted, when its process dies at the outcome append', async () => {
   await killAt(appendSha, '"policy.reload"', (url) => call(url, 'POST', '/v1/admin/policy/reload', as(ADMIN), {}));
   await recover();

@@ -26,8 +26,8 @@ const record = (detail: Record<string, string | number | boolean>): OutboxEvent 
   detail,
 });
 
-/** `t`'s deps with a swap that fails while `state.down`, counting the swaps tried once `state.closed`. */
-function flakySwap(t: TestBroker, state: { down: boolean; closed: boolean; afterClose: number }) {
+/** `t`'s deps with a swap that fails while `state.down`, counting the swaps tried (`tries`) and those once `state.closed`. */
+function flakySwap(t: TestBroker, state: { down: boolean; closed: boolean; afterClose: number; tries?: number }) {
   const { redis } = t.broker.deps;
   const sha = script('audit-outbox-swap').sha;
   const evalsha = redis.evalsha as (...a: unknown[]) => Promise<unknown>;
@@ -35,6 +35,7 @@ function flakySwap(t: TestBroker, state: { down: boolean; closed: boolean; after
     get(target, prop, receiver) {
       if (prop !== 'evalsha') return Reflect.get(target, prop, receiver);
       return async (...args: unknown[]) => {
+        if (args[0] === sha) state.tries = (state.tries ?? 0) + 1;
         if (args[0] === sha && state.closed) state.afterClose += 1;
         if (args[0] === sha && state.down) throw new Error('Command timed out');
         return evalsha.apply(target, args);
@@ -71,6 +72,29 @@ test('an intent whose swap is being retried is kept fresh: recovery does not rec
     await t.close();
   }
 }, 30_000);
+
+test('a swap Redis fails for more than an hour is still tried: once Redis is back its outcome lands, not `interrupted`', async () => {
+  const t = await startTestBroker('swap-retry-long', { broker: { worker: false } });
+  try {
+    const { keys } = t.broker.deps;
+    const state = { down: true, closed: false, afterClose: 0, tries: 0 };
+    // The process's clock as read by the retry: moved two hours on once the swap has failed (an outage that long).
+    let offset = 0;
+    const deps = { ...flakySwap(t, state), clock: { now: () => Date.now() + offset } };
+    const intent = await outboxIntent(deps, 'ops', record({ tenant: 'rl', interrupted: true }));
+    await expect(intent.finish(record({ tenant: 'rl', tasks: 4, leases: 1 }))).rejects.toThrow(/timed out/);
+    offset = 2 * 60 * 60_000;
+    const before = state.tries;
+    // Before: the retry gave up after an hour (SWAP_RETRY_MS), and the outcome of a finished kill switch was lost.
+    await waitFor(async () => state.tries > before, 10_000, 100);
+    state.down = false;
+    await waitFor(async () => (await ops(t, 'rl')).length > 0, 20_000, 100);
+    expect((await ops(t, 'rl')).map((r) => r.detail)).toEqual([{ tenant: 'rl', tasks: 4, leases: 1 }]);
+    expect(await check.zcard(keys.auditOutbox('ops'))).toBe(0);
+  } finally {
+    await t.close();
+  }
+}, 40_000);
 
 test('a swap still retried at shutdown is tried once more before the connections close: its outcome lands', async () => {
   const t = await startTestBroker('swap-retry-close', { broker: { worker: false } });

@@ -1,6 +1,7 @@
 import { afterAll, beforeAll, expect, test } from '@jest/globals';
 import { outboxIntent } from '../../src/audit/outbox-intent.ts';
 import { outboxMember } from '../../src/audit/outbox-member.ts';
+import { memberTag, swapOutbox } from '../../src/audit/outbox-swap.ts';
 import type { OutboxEvent } from '../../src/audit/record.ts';
 import { script } from '../../src/redis/scripts.ts';
 import { auditRecords, startTestBroker, type TestBroker, waitFor } from '../helpers/broker.ts';
@@ -50,8 +51,10 @@ test('an intent recovery appended while the operation ran is followed by the out
   intent.stop();
   await recoverNow();
   await intent.finish(record({ tenant: 'sw-2', tasks: 1, leases: 0 }));
+  // No task of the tenant is open: recovery records the outcome that state shows (`recovered`, no counts) in
+  // the intent's place, under a tag of its own, so the process's own outcome, arriving late, still follows.
   expect((await ops('sw-2')).map((r) => r.detail)).toEqual([
-    { tenant: 'sw-2', interrupted: true },
+    { tenant: 'sw-2', recovered: true },
     { tenant: 'sw-2', tasks: 1, leases: 0 },
   ]);
   expect(await t.broker.deps.redis.zcard(t.broker.deps.keys.auditOutbox('ops'))).toBe(0);
@@ -124,3 +127,16 @@ for (const ran of [false, true]) {
     expect(await t.broker.deps.redis.zcard(t.broker.deps.keys.auditOutbox('ops'))).toBe(0);
   }, 20_000);
 }
+
+test("recovery's swap (only while the intent is there) adds nothing once the intent has left: no second record", async () => {
+  const { redis, keys } = t.broker.deps;
+  const intent = await outboxIntent(t.broker.deps, 'ops', record({ tenant: 'sw-gone', interrupted: true }));
+  // Its process, slow rather than dead, records its own outcome between recovery's read and its swap.
+  await intent.finish(record({ tenant: 'sw-gone', tasks: 1, leases: 1 }));
+  const recovered = outboxMember(record({ tenant: 'sw-gone', recovered: true }));
+  const tag = `recovered:${memberTag(intent.member)}`;
+  expect(await swapOutbox(t.broker.deps, 'ops', intent.member, recovered, tag, true)).toBeUndefined();
+  expect(await redis.zcard(keys.auditOutbox('ops'))).toBe(0);
+  await recoverNow();
+  expect((await ops('sw-gone')).map((r) => r.detail)).toEqual([{ tenant: 'sw-gone', tasks: 1, leases: 1 }]);
+});

@@ -1,7 +1,7 @@
 import { afterAll, beforeAll, expect, test } from '@jest/globals';
 import type { AuditRecord } from '../../src/audit/record.ts';
 import { reapplyEndings } from '../../src/ops/reapply.ts';
-import { ADMIN, AGENT, auditRecords, call, openAgentTask, startTestBroker, type TestBroker } from '../helpers/broker.ts';
+import { ADMIN, AGENT, auditRecords, call, ORCH, openAgentTask, startTestBroker, type TestBroker, waitFor } from '../helpers/broker.ts';
 
 /**
  * A quarantine told again to a Redis that went back in time (src/ops/reapply.ts) is put in force with its
@@ -68,3 +68,52 @@ test("a failed append of a quarantine told again does not leave the identity's t
   ]);
   expect(recs.filter((r) => r.action === 'task.revoke' && r.taskId === 'rq-1')).toHaveLength(1);
 });
+
+test('the record of a quarantine told again is kept fresh while its tasks are ended: recovery leaves it to the process', async () => {
+  const agent = '/agent/rq-fresh';
+  const pattern = `spiffe://dev.local${agent}`;
+  const open = await call(t.url, 'POST', '/v1/tasks', t.as(ORCH), {
+    taskId: 'rq-fresh',
+    agent: pattern,
+    tenant: 'acme',
+    purpose: 'p',
+    ttlSeconds: 600,
+    grants: [{ role: 'demo-api' }],
+  });
+  expect(open.status).toBe(201);
+  const lost: AuditRecord = {
+    seq: 8,
+    time: new Date().toISOString(),
+    prev: '0'.repeat(64),
+    hash: '1'.repeat(64),
+    action: 'quarantine.add',
+    actor: `spiffe://dev.local${ADMIN}`,
+    decision: 'ok',
+    reason: 'suspect',
+    detail: { pattern, at: new Date().toISOString() },
+  };
+  const { deps, services } = t.broker;
+  const { redis, keys } = deps;
+  const outbox = keys.auditOutbox('ops');
+  let recoveredMeanwhile: number | undefined;
+  // Endings that outlast the grace period (many tasks): here the record is aged past it while they run.
+  const slowAdmin = Object.assign(Object.create(services.admin), {
+    endQuarantined: async (p: string) => {
+      const [member] = (await redis.zrange(outbox, '0', '-1')).filter((m) => m.includes('"quarantine.add"') && m.includes(pattern));
+      const aged = Number(await redis.zscore(outbox, member!)) - 60_000;
+      await redis.zadd(outbox, 'XX', aged, member!);
+      // Moved forward again by the process still ending the tasks (every 2.5 s). Before: nothing did, and
+      // another instance's recovery took the record, ending the same tasks at the same time.
+      await waitFor(async () => Number(await redis.zscore(outbox, member!)) > aged, 10_000, 100);
+      recoveredMeanwhile = await t.broker.outbox.pass();
+      return services.admin.endQuarantined(p);
+    },
+  });
+  await reapplyEndings(deps, { tasks: services.tasks, admin: slowAdmin }, [lost]);
+  expect(recoveredMeanwhile).toBe(0);
+  expect((await deps.tasks.get('rq-fresh'))?.status).toBe('completed');
+  const recs = (await auditRecords(redis, keys)).filter((r) => r.action === 'quarantine.add' && r.detail?.pattern === pattern);
+  expect(recs).toHaveLength(1);
+  expect(recs[0]!.detail).toMatchObject({ reapplied: 'redis_rolled_back' });
+  expect(await redis.zcard(outbox)).toBe(0);
+}, 30_000);

@@ -14,14 +14,17 @@
 -- ARGV[2] the outcome's outbox member
 -- ARGV[3] the intent's tag (its member up to the first space)
 -- ARGV[4] how long a swap is remembered, in ms
+-- ARGV[5] optional, '1': only while the intent is in the outbox (recovery's swap, src/audit/outbox.ts: an
+--         intent gone meanwhile had its own outcome, or was appended, and nothing more is to be added)
 -- Returns the outcome member's score (Redis ms: the outcome's time) while it is in the outbox; false when this
--- swap was made before and its outcome has been appended since.
+-- swap was made before and its outcome has been appended since, or (ARGV[5]) the intent is gone.
 local now = now_ms()
 if redis.call('ZSCORE', KEYS[2], ARGV[3]) then
   local at = redis.call('ZSCORE', KEYS[1], ARGV[2])
   if not at then return false end
   return tonumber(at)
 end
+if ARGV[5] == '1' and not redis.call('ZSCORE', KEYS[1], ARGV[1]) then return false end
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - tonumber(ARGV[4]))
 redis.call('ZREM', KEYS[1], ARGV[1])
 redis.call('ZADD', KEYS[1], 'NX', now, ARGV[2])
