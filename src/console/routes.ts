@@ -61,6 +61,11 @@ export function createConsole(deps: Deps, services: Services, opts: { dist?: str
   if (deps.limits) {
     const limits = deps.limits;
     r.use(['/console/login', '/console/callback'], limits.gate());
+    // The console's API as /v1: an address over that budget is refused before any session is looked up, and a
+    // call answered 401 (no live session: a made-up or ended cookie, each one a Redis read) spends it, as a
+    // token that fails does on /v1. The signed-in person's own calls spend their identity's budget (signedIn).
+    // (Not /console/api/session: "who is signed in" is always an answer, the page asks it before it knows.)
+    r.use(['/console/api/v1', '/console/api/metrics'], limits.gate());
     r.use(['/console/login', '/console/callback'], async (req, _res, next) => {
       const over = await limits.unauthenticatedCall(req);
       if (over) throw over;
