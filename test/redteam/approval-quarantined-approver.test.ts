@@ -1,7 +1,9 @@
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { ORCH, auditRecords, call, startTestBroker, type TestBroker } from '../helpers/broker.ts';
+import { validateConfig } from '../../src/config/load.ts';
+import { ORCH, auditRecords, call, dropPrefix, startTestBroker, testRawConfig, type TestBroker, uniquePrefix } from '../helpers/broker.ts';
+import { TestIssuer } from '../helpers/identity.ts';
 
 /**
  * Red team: quarantining an approver did not take back what it had approved. An approver approves a
@@ -73,4 +75,48 @@ test('an approval decided by an approver quarantined since hands out nothing; th
   const issued = await ask();
   expect(issued.status).toBe(201);
   expect(issued.body.credentials.access_token).toEqual(expect.any(String));
+});
+
+test('an approval decided by an identity that is no longer an approver (config changed, broker restarted) hands out nothing', async () => {
+  const issuer = new TestIssuer();
+  const prefix = uniquePrefix('rt-approver-removed');
+  const policies = mkdtempSync(join(tmpdir(), 'rt-approver-removed-'));
+  writeFileSync(join(policies, 'all.cedar'), 'permit (principal, action, resource);\n');
+  // One raw config (one KEK), started twice on one prefix: first with bob an approver, then without.
+  const raw = testRawConfig(issuer, prefix, { policies });
+  const before = await startTestBroker('rt-approver-removed', { issuer, prefix, loaded: validateConfig(raw, {}, 'config/test.yaml') });
+  const as = (p: string) => ({ authorization: `Bearer ${issuer.svid(p)}` });
+  let after: TestBroker | undefined;
+  try {
+    expect(
+      (
+        await call(before.url, 'POST', '/v1/tasks', as(ORCH), {
+          taskId: 'rt-ar-1',
+          agent: id(AGENT),
+          tenant: 'acme',
+          purpose: 'deploy',
+          ttlSeconds: 600,
+          grants: [{ role: 'prod-deploy' }],
+        })
+      ).status,
+    ).toBe(201);
+    const first = await call(before.url, 'POST', '/v1/credentials', as(AGENT), { taskId: 'rt-ar-1', role: 'prod-deploy' });
+    expect(first.status).toBe(202);
+    expect((await call(before.url, 'POST', `/v1/approvals/${first.body.approvalId}`, as(BOB), { decision: 'approve' })).status).toBe(200);
+    await before.broker.close();
+
+    // Ops take bob off the approvers and restart.
+    const loaded = validateConfig({ ...raw, approvers: [id(ALICE)] }, {}, 'config/test.yaml');
+    after = await startTestBroker('rt-approver-removed', { issuer, prefix, loaded });
+    const again = await call(after.url, 'POST', '/v1/credentials', as(AGENT), { taskId: 'rt-ar-1', role: 'prod-deploy' });
+    expect({ status: again.status, status2: again.body.status }).toEqual({ status: 202, status2: 'pending' });
+    expect(again.body.approvalId).not.toBe(first.body.approvalId);
+    const records = await auditRecords(after.broker.deps.redis, after.broker.deps.keys);
+    expect(records.filter((r) => r.action === 'approval.decide' && r.actor === 'broker')).toEqual([
+      expect.objectContaining({ reason: 'approver_removed', detail: expect.objectContaining({ decidedBy: id(BOB) }) }),
+    ]);
+  } finally {
+    await after?.broker.close();
+    await dropPrefix(prefix);
+  }
 });
