@@ -49,8 +49,11 @@ test('an approval decided by an approver quarantined since hands out nothing; th
   const q = await call(t.url, 'POST', '/v1/admin/quarantine', t.as(ALICE), { agent: id(BOB), reason: 'approver key leaked' });
   expect(q.status).toBe(201);
 
-  // The agent comes back: no credential on bob's word; a new approval, pending.
-  const again = await ask();
+  // The agent comes back, several requests at once: no credential on bob's word; one new approval, pending.
+  const burst = await Promise.all(Array.from({ length: 5 }, ask));
+  expect(burst.map((r) => r.status)).toEqual([202, 202, 202, 202, 202]);
+  expect(new Set(burst.map((r) => r.body.approvalId)).size).toBe(1);
+  const again = burst[0]!;
   expect({ status: again.status, body: again.body }).toEqual({ status: 202, body: { approvalId: expect.any(String), status: 'pending' } });
   expect(again.body.approvalId).not.toBe(first.body.approvalId);
   const old = await call(t.url, 'GET', `/v1/approvals/${first.body.approvalId}`, t.as(ALICE));
