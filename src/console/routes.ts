@@ -139,9 +139,11 @@ export function createConsole(deps: Deps, services: Services, opts: { dist?: str
       const err = forbidden('console_csrf', `State-changing console calls must come from the console page (header ${CSRF_HEADER}: 1).`);
       // Someone made a signed-in person's browser send this: a denial of that person, audited like any other.
       // Without a session nothing was at stake (and no actor is known): counted in metrics only.
+      // It spends the address's unauthenticated budget as a 401 does (the session lookup was a Redis read).
       if (!session) {
         deps.metrics.denied.inc({ code: err.code });
-        throw err;
+        const over = await deps.limits?.authFailed(req, res);
+        throw over ?? err;
       }
       throw await denial(deps, session.identity, err, {
         action: 'access.deny',

@@ -13,11 +13,10 @@ import { CLIENT_ID, freePort } from '../console/stack.ts';
  */
 const issuer = new TestIssuer();
 const IDP = 'https://people.example';
-let t: TestBroker;
-
-beforeAll(async () => {
+/** A broker with the console, whose unauthenticated budget (per address, in Redis) is its own. */
+async function consoleBroker(name: string): Promise<TestBroker> {
   const port = await freePort();
-  t = await startTestBroker('rt-console-signed-out', {
+  return startTestBroker(name, {
     issuer,
     config: {
       server: {
@@ -32,12 +31,16 @@ beforeAll(async () => {
       console: { issuer: IDP, clientId: CLIENT_ID },
     },
   });
-});
-afterAll(async () => {
-  await t.close();
+}
+
+// Each test its own broker: the first leaves this address over its budget.
+let t: TestBroker;
+afterEach(async () => {
+  await t?.close();
 });
 
 test('made-up console sessions spend the address budget and meet a 429, as bad tokens on /v1 do', async () => {
+  t = await consoleBroker('rt-console-signed-out');
   const statuses: number[] = [];
   let retryAfter: string | null = null;
   for (let i = 0; i < 60; i++) {
@@ -53,4 +56,16 @@ test('made-up console sessions spend the address budget and meet a 429, as bad t
   // The page's own "who is signed in" question stays an answer, even from an address over its budget.
   const who = await call(t.url, 'GET', '/console/api/session', {});
   expect({ status: who.status, body: who.body }).toEqual({ status: 200, body: { signedIn: false } });
+});
+
+test('made-up sessions on state-changing calls without the console header (403 console_csrf) spend it too', async () => {
+  t = await consoleBroker('rt-console-csrf-signed-out');
+  const statuses: number[] = [];
+  for (let i = 0; i < 60; i++) {
+    const cookie = `jit-console-${new URL(t.url).port}=${randomBytes(32).toString('base64url')}`;
+    const r = await call(t.url, 'POST', '/console/api/v1/tasks', { cookie }, {});
+    statuses.push(r.status);
+  }
+  expect(statuses).toContain(429);
+  expect(statuses.filter((s) => s !== 429 && s !== 403)).toEqual([]);
 });
