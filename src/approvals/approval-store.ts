@@ -153,6 +153,18 @@ export class ApprovalStore {
     return res === true ? {} : { recorded: { member, at: res } };
   }
 
+  /**
+   * approved -> expired: the broker takes back an approval not used yet (its approver was quarantined since);
+   * the request index is cleared so the same request asks again. `audit`: the record, put in the bucket's
+   * audit outbox in the same step. False if it was no longer approved (used or voided meanwhile).
+   */
+  async void(r: ApprovalRecord, audit: OutboxEvent): Promise<false | { recorded: { member: string; at: number } }> {
+    const member = outboxMember(audit);
+    const res = await this.swap(r, 'approved', 'expired', {}, member);
+    if (res === false) return false;
+    return { recorded: { member, at: res === true ? Date.now() : res } };
+  }
+
   /** approved -> consumed, exactly once; the request index is cleared so the next request asks again. */
   async consume(r: ApprovalRecord): Promise<boolean> {
     return (await this.swap(r, 'approved', 'consumed', {})) !== false;

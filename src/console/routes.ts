@@ -61,6 +61,11 @@ export function createConsole(deps: Deps, services: Services, opts: { dist?: str
   if (deps.limits) {
     const limits = deps.limits;
     r.use(['/console/login', '/console/callback'], limits.gate());
+    // The console's API as /v1: an address over that budget is refused before any session is looked up, and a
+    // call answered 401 (no live session: a made-up or ended cookie, each one a Redis read) spends it, as a
+    // token that fails does on /v1. The signed-in person's own calls spend their identity's budget (signedIn).
+    // (Not /console/api/session: "who is signed in" is always an answer, the page asks it before it knows.)
+    r.use(['/console/api/v1', '/console/api/metrics'], limits.gate());
     r.use(['/console/login', '/console/callback'], async (req, _res, next) => {
       const over = await limits.unauthenticatedCall(req);
       if (over) throw over;
@@ -134,9 +139,11 @@ export function createConsole(deps: Deps, services: Services, opts: { dist?: str
       const err = forbidden('console_csrf', `State-changing console calls must come from the console page (header ${CSRF_HEADER}: 1).`);
       // Someone made a signed-in person's browser send this: a denial of that person, audited like any other.
       // Without a session nothing was at stake (and no actor is known): counted in metrics only.
+      // It spends the address's unauthenticated budget as a 401 does (the session lookup was a Redis read).
       if (!session) {
         deps.metrics.denied.inc({ code: err.code });
-        throw err;
+        const over = await deps.limits?.authFailed(req, res);
+        throw over ?? err;
       }
       throw await denial(deps, session.identity, err, {
         action: 'access.deny',

@@ -244,6 +244,8 @@ export function oauthRoutes(deps: Deps, s: Services): Router {
       let token: string | undefined;
       try {
         token = param(b, 'token');
+        // Not used (the broker introspects only its own access tokens), but a parameter appears once (RFC 6749 3.2).
+        param(b, 'token_type_hint');
       } catch (err) {
         return sendOAuthError(res, err as OAuthError);
       }

@@ -1,6 +1,7 @@
 -- approval-swap: compare-and-set on an approval's status (pending -> approved|rejected by an approver;
 -- approved -> consumed by the one credential it covers; consumed -> approved when that credential was
--- not handed out after all). Leaving `pending` takes it off the task's pending set; consuming clears the
+-- not handed out after all; approved -> expired when the broker voids it: its approver was quarantined
+-- since). Leaving `pending` takes it off the task's pending set; consuming or voiding clears the
 -- request index so the next identical request asks again, and giving it back sets the index again
 -- (unless another approval of the same request holds it by now). An approver's decision puts its
 -- `approval.decide` record (ARGV[4]) in the bucket's audit outbox in the same step (lib/outbox.lua), so a
@@ -28,7 +29,7 @@ redis.call('HSET', KEYS[1], 'status', ARGV[2])
 if ARGV[1] == 'pending' then redis.call('HSET', KEYS[1], 'decidedAt', now_ms()) end
 for i = 5, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 if ARGV[1] == 'pending' then redis.call('SREM', KEYS[2], ARGV[3]) end
-if ARGV[2] == 'consumed' and redis.call('GET', KEYS[3]) == ARGV[3] then redis.call('DEL', KEYS[3]) end
+if (ARGV[2] == 'consumed' or ARGV[2] == 'expired') and redis.call('GET', KEYS[3]) == ARGV[3] then redis.call('DEL', KEYS[3]) end
 if ARGV[1] == 'consumed' then
   local deadline = tonumber(redis.call('HGET', KEYS[1], 'expiresAt'))
   if deadline and deadline > now_ms() then

@@ -1,0 +1,125 @@
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { validateConfig } from '../../src/config/load.ts';
+import { ORCH, auditRecords, call, dropPrefix, startTestBroker, testRawConfig, type TestBroker, uniquePrefix } from '../helpers/broker.ts';
+import { TestIssuer } from '../helpers/identity.ts';
+
+/**
+ * Red team: quarantining an approver did not take back what it had approved. An approver approves a
+ * pending request (say it was compromised and approves a colluding agent's prod deploy); an admin
+ * quarantines it before the agent comes back for the credential. On the code this was written against,
+ * the agent's next identical request answered 201 with the credential all the same: the quarantine
+ * stopped the approver's own calls, not the approval it left behind. Quarantining an orchestrator ends the
+ * tasks it opened ("a compromised orchestrator's grants are not trusted", docs/security.md); likewise a
+ * quarantined approver's approvals not yet used are void, and the request waits for another approver.
+ */
+let t: TestBroker;
+beforeAll(async () => {
+  // Policy permits everything, so only the broker's own approval checks stand.
+  const policies = mkdtempSync(join(tmpdir(), 'rt-approval-quarantine-'));
+  writeFileSync(join(policies, 'all.cedar'), 'permit (principal, action, resource);\n');
+  t = await startTestBroker('rt-approval-quarantine', { config: { policies } });
+});
+afterAll(async () => {
+  await t.close();
+});
+
+const AGENT = '/agent/deployer';
+const BOB = '/ops/bob'; // an approver (and admin) in the test config
+const ALICE = '/ops/alice';
+const id = (p: string) => `spiffe://dev.local${p}`;
+
+test('an approval decided by an approver quarantined since hands out nothing; the request waits for another approver', async () => {
+  const open = await call(t.url, 'POST', '/v1/tasks', t.as(ORCH), {
+    taskId: 'rt-aq-1',
+    agent: id(AGENT),
+    tenant: 'acme',
+    purpose: 'deploy',
+    ttlSeconds: 600,
+    grants: [{ role: 'prod-deploy' }],
+  });
+  expect(open.status).toBe(201);
+  const ask = () => call(t.url, 'POST', '/v1/credentials', t.as(AGENT), { taskId: 'rt-aq-1', role: 'prod-deploy' });
+  const first = await ask();
+  expect(first.status).toBe(202);
+  const approved = await call(t.url, 'POST', `/v1/approvals/${first.body.approvalId}`, t.as(BOB), { decision: 'approve' });
+  expect(approved.body.status).toBe('approved');
+
+  const q = await call(t.url, 'POST', '/v1/admin/quarantine', t.as(ALICE), { agent: id(BOB), reason: 'approver key leaked' });
+  expect(q.status).toBe(201);
+
+  // The agent comes back, several requests at once: no credential on bob's word; one new approval, pending.
+  const burst = await Promise.all(Array.from({ length: 5 }, ask));
+  expect(burst.map((r) => r.status)).toEqual([202, 202, 202, 202, 202]);
+  expect(new Set(burst.map((r) => r.body.approvalId)).size).toBe(1);
+  const again = burst[0]!;
+  expect({ status: again.status, body: again.body }).toEqual({ status: 202, body: { approvalId: expect.any(String), status: 'pending' } });
+  expect(again.body.approvalId).not.toBe(first.body.approvalId);
+  const old = await call(t.url, 'GET', `/v1/approvals/${first.body.approvalId}`, t.as(ALICE));
+  expect(old.body).toMatchObject({ status: 'expired', decidedBy: id(BOB) });
+  // Asking again is the same pending approval, not another.
+  expect((await ask()).body.approvalId).toBe(again.body.approvalId);
+
+  // Recorded: the broker voided bob's approval, naming the quarantine.
+  const records = await auditRecords(t.broker.deps.redis, t.broker.deps.keys);
+  expect(records.filter((r) => r.action === 'approval.decide' && r.actor === 'broker')).toEqual([
+    expect.objectContaining({
+      taskId: 'rt-aq-1',
+      role: 'prod-deploy',
+      decision: 'deny',
+      reason: 'approver_quarantined',
+      detail: expect.objectContaining({ approvalId: first.body.approvalId, decidedBy: id(BOB), pattern: id(BOB) }),
+    }),
+  ]);
+
+  // Another approver's approval works as ever, once.
+  expect((await call(t.url, 'POST', `/v1/approvals/${again.body.approvalId}`, t.as(ALICE), { decision: 'approve' })).status).toBe(200);
+  const issued = await ask();
+  expect(issued.status).toBe(201);
+  expect(issued.body.credentials.access_token).toEqual(expect.any(String));
+});
+
+test('an approval decided by an identity that is no longer an approver (config changed, broker restarted) hands out nothing', async () => {
+  const issuer = new TestIssuer();
+  const prefix = uniquePrefix('rt-approver-removed');
+  const policies = mkdtempSync(join(tmpdir(), 'rt-approver-removed-'));
+  writeFileSync(join(policies, 'all.cedar'), 'permit (principal, action, resource);\n');
+  // One raw config (one KEK), started twice on one prefix: first with bob an approver, then without.
+  const raw = testRawConfig(issuer, prefix, { policies });
+  const before = await startTestBroker('rt-approver-removed', { issuer, prefix, loaded: validateConfig(raw, {}, 'config/test.yaml') });
+  const as = (p: string) => ({ authorization: `Bearer ${issuer.svid(p)}` });
+  let after: TestBroker | undefined;
+  try {
+    expect(
+      (
+        await call(before.url, 'POST', '/v1/tasks', as(ORCH), {
+          taskId: 'rt-ar-1',
+          agent: id(AGENT),
+          tenant: 'acme',
+          purpose: 'deploy',
+          ttlSeconds: 600,
+          grants: [{ role: 'prod-deploy' }],
+        })
+      ).status,
+    ).toBe(201);
+    const first = await call(before.url, 'POST', '/v1/credentials', as(AGENT), { taskId: 'rt-ar-1', role: 'prod-deploy' });
+    expect(first.status).toBe(202);
+    expect((await call(before.url, 'POST', `/v1/approvals/${first.body.approvalId}`, as(BOB), { decision: 'approve' })).status).toBe(200);
+    await before.broker.close();
+
+    // Ops take bob off the approvers and restart.
+    const loaded = validateConfig({ ...raw, approvers: [id(ALICE)] }, {}, 'config/test.yaml');
+    after = await startTestBroker('rt-approver-removed', { issuer, prefix, loaded });
+    const again = await call(after.url, 'POST', '/v1/credentials', as(AGENT), { taskId: 'rt-ar-1', role: 'prod-deploy' });
+    expect({ status: again.status, status2: again.body.status }).toEqual({ status: 202, status2: 'pending' });
+    expect(again.body.approvalId).not.toBe(first.body.approvalId);
+    const records = await auditRecords(after.broker.deps.redis, after.broker.deps.keys);
+    expect(records.filter((r) => r.action === 'approval.decide' && r.actor === 'broker')).toEqual([
+      expect.objectContaining({ reason: 'approver_removed', detail: expect.objectContaining({ decidedBy: id(BOB) }) }),
+    ]);
+  } finally {
+    await after?.broker.close();
+    await dropPrefix(prefix);
+  }
+});
