@@ -274,9 +274,25 @@ export const configSchema = z
         message: `must be at least 3 × audit.sealIntervalSeconds (${3 * c.audit.sealIntervalSeconds})`,
       });
     const names = new Set<string>();
+    // A token's trust entry is picked by its trust domain (spiffe) or `iss` (oidc), then by its `aud`: entries of one
+    // source must have disjoint audiences, or a token could be taken under either entry's name, keys and singleUse.
+    const audiences = new Map<string, { name: string; audiences: string[] }[]>();
     c.trust.forEach((t, i) => {
       if (names.has(t.name)) ctx.addIssue({ code: 'custom', path: ['trust', i, 'name'], message: `duplicate trust name "${t.name}"` });
       names.add(t.name);
+      const source = t.kind === 'spiffe' ? t.trustDomain : t.issuer;
+      if (source === undefined) return;
+      const earlier = audiences.get(`${t.kind} ${source}`) ?? [];
+      for (const e of earlier) {
+        const shared = t.audiences.find((a) => e.audiences.includes(a));
+        if (shared !== undefined)
+          ctx.addIssue({
+            code: 'custom',
+            path: ['trust', i, 'audiences'],
+            message: `"${shared}" is also an audience of trust entry "${e.name}" for the same ${t.kind === 'spiffe' ? 'trust domain' : 'issuer'} "${source}": entries of one source need disjoint audiences`,
+          });
+      }
+      audiences.set(`${t.kind} ${source}`, [...earlier, { name: t.name, audiences: t.audiences }]);
     });
     for (const [name, role] of Object.entries(c.roles)) {
       if (RESERVED_NAMES.has(name)) ctx.addIssue({ code: 'custom', path: ['roles', name], message: `"${name}" cannot be a role name` });

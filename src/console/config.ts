@@ -40,6 +40,15 @@ interface TrustLike {
 }
 
 /**
+ * The trust entry that verifies the console's ID tokens: of the entries for its issuer, the one listing the client
+ * id among its audiences (the verifier picks an issuer's entry by the token's `aud`), else the issuer's first.
+ */
+export function consoleTrust<T extends TrustLike>(trust: readonly T[], con: Pick<ConsoleConfig, 'issuer' | 'clientId'>): T | undefined {
+  const entries = trust.filter((t) => t.kind === 'oidc' && t.issuer === con.issuer);
+  return entries.find((t) => t.audiences.includes(con.clientId)) ?? entries[0];
+}
+
+/**
  * Cross-field rules, checked once at load: the ID token is verified through
  * the broker's own OIDC trust, so an entry for this issuer must accept the
  * client id as audience; and the session cookie is Secure, so the broker must
@@ -51,8 +60,7 @@ export function checkConsoleConfig(
 ): void {
   const con = c.console;
   if (!con) return;
-  // The verifier keeps one entry per issuer, the last one listed: check that one.
-  const entry = c.trust.filter((t) => t.kind === 'oidc' && t.issuer === con.issuer).at(-1);
+  const entry = consoleTrust(c.trust, con);
   if (!entry) {
     addIssue(
       ['console', 'issuer'],

@@ -6,7 +6,7 @@ import { v1Routes } from '../http/app.ts';
 import { clip } from '../identity/log-safe.ts';
 import { admitIdentity } from '../http/middleware.ts';
 import type { Services } from '../http/services.ts';
-import type { ConsoleConfig } from './config.ts';
+import { type ConsoleConfig, consoleTrust } from './config.ts';
 import { ConsoleCookies } from './cookies.ts';
 import { MetricsHistory } from './metrics-history.ts';
 import { ConsoleOidcClient } from './oidc.ts';
@@ -41,7 +41,7 @@ export interface ConsoleApp {
 export function createConsole(deps: Deps, services: Services, opts: { dist?: string; metricsIntervalMs?: number } = {}): ConsoleApp {
   const cfg = deps.config.console as ConsoleConfig;
   const publicUrl = deps.config.server.publicUrl;
-  const trust = deps.config.trust.filter((t) => t.kind === 'oidc' && t.issuer === cfg.issuer).at(-1)!;
+  const trust = consoleTrust(deps.config.trust, cfg)!;
   const now = () => deps.clock.now();
   const store = new ConsoleSessionStore({ redis: deps.redis, keys: deps.keys, now });
   const cookies = new ConsoleCookies(publicUrl);

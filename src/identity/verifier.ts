@@ -50,8 +50,13 @@ const VERIFIED_CACHE_MAX = 10_000;
  * carry a `jti`, which is remembered across instances until the token expires.
  */
 export class IdentityVerifier {
-  private readonly spiffe = new Map<string, { trust: TrustConfig; keys: KeySet }>();
-  private readonly oidc = new Map<string, { trust: TrustConfig; keys: KeySet }>();
+  /**
+   * Trust entries by trust domain (spiffe) and issuer (oidc). One source may have several entries with disjoint
+   * audiences (config validation refuses an overlap), e.g. the console's sign-in client and the agents of one
+   * IdP under different names for policy: a token's `aud` picks the entry (route).
+   */
+  private readonly spiffe = new Map<string, TrustEntry[]>();
+  private readonly oidc = new Map<string, TrustEntry[]>();
   private readonly skew: number;
   private readonly maxLifetime: number;
   private readonly redis: RedisClient;
@@ -91,8 +96,8 @@ export class IdentityVerifier {
       if (trust.kind === 'spiffe' && trust.issuer !== undefined)
         deps.logger.warn({ trust: trust.name }, 'trust entry of kind spiffe sets issuer: ignored (only oidc entries match on iss)');
       const entry = { trust, keys: new KeySet(trust, opts) };
-      if (trust.kind === 'spiffe') this.spiffe.set(trust.trustDomain!, entry);
-      else this.oidc.set(trust.issuer!, entry);
+      const [bySource, source] = trust.kind === 'spiffe' ? [this.spiffe, trust.trustDomain!] : [this.oidc, trust.issuer!];
+      bySource.set(source, [...(bySource.get(source) ?? []), entry]);
     }
     this.skew = config.identity.clockSkewSeconds;
     this.maxLifetime = config.identity.maxTokenLifetimeSeconds;
@@ -106,7 +111,7 @@ export class IdentityVerifier {
 
   /** Loads every trust entry's keys; a broken file or inline set fails startup. */
   async init(): Promise<void> {
-    await Promise.all([...this.spiffe.values(), ...this.oidc.values()].map((e) => e.keys.init()));
+    await Promise.all([...this.spiffe.values(), ...this.oidc.values()].flat().map((e) => e.keys.init()));
   }
 
   /**
@@ -202,12 +207,13 @@ export class IdentityVerifier {
       // Any spelling of the scheme takes this path, so a non-canonical SPIFFE ID is refused rather than read as something else.
       const parsed = parseSpiffeId(p.sub);
       if ('error' in parsed) throw new IdentityRejection('subject', `invalid SPIFFE ID ${clip(p.sub)}: ${parsed.error}`);
-      const entry = this.spiffe.get(parsed.trustDomain);
-      if (!entry) throw new IdentityRejection('untrusted', `no trust entry for trust domain ${clip(parsed.trustDomain)}`);
-      return { ...entry, algorithms: SPIFFE_ALGS };
+      const entries = this.spiffe.get(parsed.trustDomain);
+      if (!entries) throw new IdentityRejection('untrusted', `no trust entry for trust domain ${clip(parsed.trustDomain)}`);
+      return { ...byAudience(entries, p.aud), algorithms: SPIFFE_ALGS };
     }
-    const entry = typeof p.iss === 'string' ? this.oidc.get(p.iss) : undefined;
-    if (!entry) throw new IdentityRejection('untrusted', `no trust entry for issuer ${clip(p.iss)}`);
+    const entries = typeof p.iss === 'string' ? this.oidc.get(p.iss) : undefined;
+    if (!entries) throw new IdentityRejection('untrusted', `no trust entry for issuer ${clip(p.iss)}`);
+    const entry = byAudience(entries, p.aud);
     if (!OIDC_SUB.test(p.sub)) throw new IdentityRejection('subject', `OIDC sub ${clip(p.sub)} is not 1-255 printable ASCII characters`);
     return { ...entry, algorithms: OIDC_ALGS };
   }
@@ -271,6 +277,19 @@ export class IdentityVerifier {
     if (this.cacheMs <= 0) return;
     this.cache.set(token, { identity, until });
   }
+}
+
+type TrustEntry = { trust: TrustConfig; keys: KeySet };
+
+/**
+ * The entry of one source whose audiences the (unverified) token names; verification then checks the signature
+ * against that entry's keys only, and `aud` again. Audiences of one source's entries are disjoint (config), so at
+ * most one matches; with none, the first entry is taken and its audience check refuses the token (401 audience).
+ */
+function byAudience(entries: TrustEntry[], aud: unknown): TrustEntry {
+  if (entries.length === 1) return entries[0]!;
+  const named = Array.isArray(aud) ? aud : [aud];
+  return entries.find((e) => e.trust.audiences.some((a) => named.includes(a))) ?? entries[0]!;
 }
 
 /** Maps a jose failure to the reason the caller sees; the jose code and message (fixed texts) go to the log. */
