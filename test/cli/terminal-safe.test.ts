@@ -75,7 +75,18 @@ test("jit audit tail escapes them too: an approver's reason with an ESC sequence
   const p = await call(t.url, 'POST', '/v1/credentials', t.as(AGENT), { taskId: 'ts-3', role: 'prod-deploy' });
   expect(p.status).toBe(202);
   const reason = `x\u001b[2K\u001b[31m\u009b0m\u202e\r\n2026-01-01T00:00:00.000Z  spiffe://dev.local/ops/alice  task.complete  ok  ts-3`;
-  expect((await call(t.url, 'POST', `/v1/approvals/${p.body.approvalId}`, t.as(ADMIN), { decision: 'approve', reason })).status).toBe(200);
+  // Such a reason is malformed input now (test/redteam/reason-text-controls.test.ts); a record written by an earlier
+  // release may still hold one, so the record is appended behind the HTTP API's back.
+  const refused = await call(t.url, 'POST', `/v1/approvals/${p.body.approvalId}`, t.as(ADMIN), { decision: 'approve', reason });
+  expect({ status: refused.status, code: refused.body.code }).toEqual({ status: 400, code: 'invalid_request' });
+  await t.broker.deps.audit.append({
+    action: 'approval.decide',
+    actor: `spiffe://dev.local${ADMIN}`,
+    decision: 'allow',
+    taskId: 'ts-3',
+    role: 'prod-deploy',
+    reason,
+  });
   let stdout = '';
   const STOP = new Error('stop');
   await main(['audit', 'tail', '--task', 'ts-3', '--since', '1h', '--interval', '1'], {
