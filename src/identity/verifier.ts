@@ -283,13 +283,17 @@ type TrustEntry = { trust: TrustConfig; keys: KeySet };
 
 /**
  * The entry of one source whose audiences the (unverified) token names; verification then checks the signature
- * against that entry's keys only, and `aud` again. Audiences of one source's entries are disjoint (config), so at
- * most one matches; with none, the first entry is taken and its audience check refuses the token (401 audience).
+ * against that entry's keys only, and `aud` again. Audiences of one source's entries are disjoint (config); a token
+ * naming audiences of two of them is refused: the caller would pick which entry's name, policy and `singleUse`
+ * apply. With none, the first entry is taken and its audience check refuses the token (401 audience).
  */
 function byAudience(entries: TrustEntry[], aud: unknown): TrustEntry {
   if (entries.length === 1) return entries[0]!;
   const named = Array.isArray(aud) ? aud : [aud];
-  return entries.find((e) => e.trust.audiences.some((a) => named.includes(a))) ?? entries[0]!;
+  const matching = entries.filter((e) => e.trust.audiences.some((a) => named.includes(a)));
+  if (matching.length > 1)
+    throw new IdentityRejection('audience', `aud names audiences of trust entries ${matching.map((e) => e.trust.name).join(', ')}`);
+  return matching[0] ?? entries[0]!;
 }
 
 /** Maps a jose failure to the reason the caller sees; the jose code and message (fixed texts) go to the log. */

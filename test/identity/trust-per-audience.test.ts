@@ -84,6 +84,15 @@ test("the token's audience picks the entry of its source: each identity carries 
   expect(await verdict(oidc(['other', 'ci-alt']))).toBe('ok idp-ci');
 });
 
+test("a token naming audiences of two entries of its source is refused: the caller does not pick the entry's singleUse", async () => {
+  const both = issuer.signRaw(
+    { alg: 'ES256', kid: issuer.kid },
+    { sub: 'spiffe://dev.local/agent/a', aud: ['legacy-broker', 'jit-broker'], iat: now(), exp: now() + 60, jti: randomUUID() },
+  );
+  expect(await verdict(both)).toBe('401 audience');
+  expect(await verdict(oidc(['jit-broker', 'ci-broker']))).toBe('401 audience');
+});
+
 test('an audience no entry of the source lists is refused as audience', async () => {
   expect(await verdict(oidc('nobody'))).toBe('401 audience');
   expect(await verdict(svid('nobody'))).toBe('401 audience');
