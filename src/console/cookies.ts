@@ -7,7 +7,7 @@ import { isLoopbackHttp } from './config.ts';
  * loopback address (where a browser would drop a Secure cookie). The sign-in
  * cookie carries the PKCE verifier from /console/login to /console/callback; it
  * must survive the provider's redirect back, a cross-site navigation, so it is
- * SameSite=Lax and scoped to the callback path alone.
+ * SameSite=Lax; over https it is a __Host- cookie (Path=/, no Domain).
  */
 export class ConsoleCookies {
   readonly session: string;
@@ -21,7 +21,10 @@ export class ConsoleCookies {
     // ports would share a cookie of the same name (cookies ignore ports), so the port goes in the name.
     const port = u.port || (u.protocol === 'https:' ? '443' : '80');
     this.session = this.secure ? '__Host-jit-console' : `jit-console-${port}`;
-    this.login = this.secure ? '__Secure-jit-console-login' : `jit-console-login-${port}`;
+    // The sign-in cookie holds the PKCE verifier and state: __Host- too, so a sibling subdomain cannot toss in
+    // its own (a sign-in it started itself) and sign a victim into the attacker's session when the victim
+    // follows a link to the callback. __Host- requires Path=/ (loginOptions).
+    this.login = this.secure ? '__Host-jit-console-login' : `jit-console-login-${port}`;
   }
 
   sessionOptions(maxAgeMs: number): CookieOptions {
@@ -29,7 +32,8 @@ export class ConsoleCookies {
   }
 
   loginOptions(maxAgeMs: number): CookieOptions {
-    return { httpOnly: true, secure: this.secure, sameSite: 'lax', path: '/console/callback', maxAge: maxAgeMs };
+    // On loopback http (no cookie prefixes there) it stays scoped to the callback path alone.
+    return { httpOnly: true, secure: this.secure, sameSite: 'lax', path: this.secure ? '/' : '/console/callback', maxAge: maxAgeMs };
   }
 
   /** Reads one cookie from the request header (the broker has no cookie-parsing middleware elsewhere). */
