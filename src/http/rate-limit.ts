@@ -7,6 +7,7 @@ import { RateLimiterMemory, RateLimiterRedis, RateLimiterRes } from 'rate-limite
 import type { RateLimitConfig } from '../config/schema.ts';
 import { BrokerError } from '../errors.ts';
 import { writeNow } from '../redis/coalesce.ts';
+import { script } from '../redis/scripts.ts';
 import type { Logger } from '../logger.ts';
 import type { Metrics } from '../metrics.ts';
 
@@ -157,9 +158,14 @@ class Budget {
       const fit = fitting(second, rest, this.reservePoints);
       admitted += fit;
       waitMs = Math.min(waitMs, second.res.msBeforeNext);
-      reserve = { counted: counted(second) ? rest : 0, admitted: fit };
+      reserve = { counted: counted(second) ? rest : 0, admitted: fit, ttlMs: second.res.msBeforeNext };
     }
-    return { admitted, waitMs, first: { counted: counted(first) ? n : 0, admitted: firstAdmitted }, reserve };
+    return {
+      admitted,
+      waitMs,
+      first: { counted: counted(first) ? n : 0, admitted: firstAdmitted, ttlMs: first.res.msBeforeNext },
+      reserve,
+    };
   }
 
   /**
@@ -172,15 +178,15 @@ class Budget {
    */
   private async refund(key: string, took: Taken, spent: number): Promise<void> {
     const keptFirst = Math.min(spent, took.first.admitted);
-    const back = async (limiter: RateLimiterRedis, points: number, w: { counted: number; admitted: number }, kept: number) => {
+    const back = async (limiter: RateLimiterRedis, points: number, w: Counted, kept: number) => {
       // Only a window with admitted points left unused has room to give back: one that was spent to its end
       // stays full until it ends whatever it counted past that, so its over-count costs nobody anything.
       if (w.admitted <= kept || w.counted <= kept) return;
-      const res = await limiter.reward(key, w.counted - kept).catch(() => undefined);
-      if (!res) return;
-      // The window ended between the two calls: the refund opened a new one below zero. Back to zero, not a gift.
-      if (res.consumedPoints < 0) await limiter.penalty(key, -res.consumedPoints).catch(() => undefined);
-      if (res.consumedPoints < points) unblockInMemory(limiter, key);
+      // Not the library's reward: that lands in whatever window the key holds now (a new one if the counted one
+      // ended between the two calls, taking points from its requests: more than the budget), and falls back to
+      // the insurance limiter's memory when Redis fails. The script gives back in the counted window only.
+      const after = await REFUND.run(this.redis, [limiter.getKey(key)], [w.counted - kept, w.ttlMs]).catch(() => null);
+      if (typeof after === 'number' && after < points) unblockInMemory(limiter, key);
     };
     await Promise.all([
       back(this.perSecond, this.points, took.first, keptFirst),
@@ -189,12 +195,21 @@ class Budget {
   }
 }
 
+const REFUND = script('rate-limit-refund');
+
+/** What one window counted of a {@link Budget.take} and admitted, and its key's TTL then (which window it was). */
+interface Counted {
+  counted: number;
+  admitted: number;
+  ttlMs: number;
+}
+
 /** What one {@link Budget.take} counted and admitted, per window. */
 interface Taken {
   admitted: number;
   waitMs: number;
-  first: { counted: number; admitted: number };
-  reserve?: { counted: number; admitted: number };
+  first: Counted;
+  reserve?: Counted;
 }
 
 /** Whether a window counted the points it was asked for: a refusal from its in-memory block counts none (consumedPoints 0). */
