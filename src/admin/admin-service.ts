@@ -1,7 +1,7 @@
 import { keepFresh, outboxIntent } from '../audit/outbox-intent.ts';
 import { outboxMember } from '../audit/outbox-member.ts';
 import type { OutboxEvent } from '../audit/record.ts';
-import { deny, refuseControls } from '../authz.ts';
+import { denial, deny, refuseControls } from '../authz.ts';
 import { fieldWithControls } from '../http/schemas.ts';
 import type { Deps } from '../deps.ts';
 import { badRequest, notFound, unavailable } from '../errors.ts';
@@ -148,7 +148,12 @@ export class AdminService {
       ['reason', reason, 'text'],
     ]);
     if (field !== undefined) await refuseControls(this.deps, who, field, { action: 'access.deny' });
-    if (new IdentityPatterns([pattern]).matches(who.id)) throw badRequest('quarantine_self', 'That pattern matches your own identity.');
+    // A refused decision, audited like every other denial (an admin locking itself out is worth a record).
+    if (new IdentityPatterns([pattern]).matches(who.id))
+      throw await denial(this.deps, who, badRequest('quarantine_self', 'That pattern matches your own identity.'), {
+        action: 'quarantine.add',
+        detail: { pattern },
+      });
     const entry: QuarantineEntry = { pattern, reason, by: who.id, at: new Date(this.deps.clock.now()).toISOString() };
     // The record goes to the ops chain's audit outbox in the step that puts the quarantine in force
     // (quarantine-add.lua): a process that dies in between can leave neither without the other, and the

@@ -147,6 +147,11 @@ test('a pattern that matches the admin is refused', async () => {
   const r = await call(a.url, 'POST', '/v1/admin/quarantine', a.as(ADMIN), { agent: 'spiffe://dev.local/ops/*', reason: 'oops' });
   expect(r.status).toBe(400);
   expect(r.body.code).toBe('quarantine_self');
+  // Audited like every denial (before: no record at all).
+  const records = (await auditRecords(a.broker.deps.redis, a.broker.deps.keys)).filter((x) => x.reason === 'quarantine_self');
+  expect(records.map((x) => [x.action, x.actor, x.decision, x.detail?.pattern])).toEqual([
+    ['quarantine.add', `spiffe://dev.local${ADMIN}`, 'deny', 'spiffe://dev.local/ops/*'],
+  ]);
 });
 
 test('quarantining an orchestrator ends the tasks it opened, as well as any it is the agent of', async () => {
