@@ -8,6 +8,7 @@
  */
 import { existsSync } from 'node:fs';
 import { parseArgs } from 'node:util';
+import { type ExportEntry, readExportFile } from '../src/audit/export-file.ts';
 import { deriveSealKey } from '../src/audit/seal.ts';
 import { type ChainReport, type Source, verifyAudit } from '../src/audit/verify.ts';
 import { loadConfig, readSecret, resolvePath } from '../src/config/load.ts';
@@ -38,6 +39,8 @@ async function main(): Promise<boolean> {
   // A file named on the command line must exist: a mistyped archive path would otherwise "verify" as an
   // intact, empty export. (The configured one may not exist yet: a broker that never exported.)
   if (values.file !== undefined && !existsSync(file)) throw new Error(`no such export file: ${file}`);
+  // Nor may it be some other file: its lines would be skipped with a warning and the chains "verified" from Redis alone.
+  if (values.file !== undefined) await checkHeader(file, config.redis.prefix);
 
   let sealKey: Buffer | undefined;
   let kekNote: string;
@@ -82,6 +85,25 @@ async function main(): Promise<boolean> {
     console.log(ok ? 'every chain is intact' : 'BROKEN: see above');
   }
   return ok;
+}
+
+/**
+ * A file named with --file must start as the broker writes every export file: the jit-broker header naming
+ * this deployment's prefix. (`jit audit export` output is the API's records, not an export file.)
+ */
+async function checkHeader(file: string, prefix: string): Promise<void> {
+  let first: ExportEntry | undefined;
+  for await (const e of readExportFile(file)) {
+    first = e;
+    break;
+  }
+  if (first?.kind !== 'header')
+    throw new Error(
+      `${file} is not a broker audit export: its first line is not the jit-broker header (a \`jit audit export\` file is ` +
+        "not one: it holds the API's records; name the broker's audit.export.file or an archived copy of it)",
+    );
+  if (first.prefix !== prefix)
+    throw new Error(`${file} is the export of redis.prefix "${first.prefix}", not "${prefix}": BROKER_CONFIG names another deployment`);
 }
 
 function where(at: Source): string {

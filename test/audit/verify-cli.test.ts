@@ -102,6 +102,36 @@ test('npm run audit:verify -- --file with a path that does not exist refuses (ex
   expect(res.out).not.toContain('every chain is intact');
 });
 
+test('npm run audit:verify -- --file with a file that is not this broker\'s export refuses (exit 1), not "intact" (found by a newcomer)', async () => {
+  await f.append(3);
+  await f.exporter().exportNow();
+  const cfg = config(true);
+  // What `jit audit export` writes: the API's records, one per line, without the export's header or chain wrapper.
+  const apiLines = (await f.redis.xrange(f.keys.auditStream('ops'), '-', '+')).map(([, fields]) => fields[1]).join('\n');
+  const jitExport = join(f.dir, 'jit-audit-export.jsonl');
+  writeFileSync(jitExport, `${apiLines}\n`);
+  let res = await verifyCli(cfg, '--file', jitExport);
+  expect(res.code).toBe(1);
+  expect(res.out).toContain('is not a broker audit export');
+  expect(res.out).not.toContain('every chain is intact');
+
+  // The export of another deployment (another redis.prefix): its lines are not this broker's, so nothing was checked.
+  const foreign = join(f.dir, 'other.jsonl');
+  writeFileSync(
+    foreign,
+    `${JSON.stringify({ export: 'jit-broker audit', version: 1, prefix: 'other', created: new Date().toISOString() })}\n`,
+  );
+  res = await verifyCli(cfg, '--file', foreign);
+  expect(res.code).toBe(1);
+  expect(res.out).toContain('redis.prefix "other"');
+  expect(res.out).not.toContain('every chain is intact');
+
+  // The broker's own export, named explicitly, still verifies.
+  res = await verifyCli(cfg, '--file', f.file);
+  expect(res.code).toBe(0);
+  expect(res.out).toContain('every chain is intact');
+});
+
 test('npm run audit:verify fails (exit 1, naming it) when sealing stopped and records followed the last seal; --max-seal-age moves the bound', async () => {
   await f.append(5);
   // The last seal was made 10 minutes ago; since then the export lock was hijacked and records followed.

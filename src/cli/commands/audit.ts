@@ -101,7 +101,9 @@ async function follow(client: BrokerClient, f: AuditFilter, intervalMs: number, 
   let seen = new Set<string>();
   while (!signal.aborted) {
     const fresh = new Set<string>();
-    for await (const r of client.paginate((cursor) => client.queryAudit({ ...f, since, cursor }))) {
+    // One poll pages with the filter it started with: a cursor is bound to its filters, and `since` moves on below.
+    const from = since;
+    for await (const r of client.paginate((cursor) => client.queryAudit({ ...f, since: from, cursor }))) {
       if (signal.aborted) return;
       fresh.add(r.hash);
       if (seen.has(r.hash)) continue;
