@@ -17,7 +17,8 @@ import {
   waitFor,
 } from '../helpers/broker.ts';
 import { TestIssuer } from '../helpers/identity.ts';
-import { type BrokerProcess, startBrokerProcess } from '../helpers/process.ts';
+import { jest } from '@jest/globals';
+import { type BrokerProcess, START_TIMEOUT_MS, startBrokerProcess } from '../helpers/process.ts';
 import { redisCutProxy } from '../helpers/redis-cut-proxy.ts';
 
 /**
@@ -69,6 +70,9 @@ afterAll(async () => {
  * Starts an API process through the proxy, sends `request` to it with the proxy armed to cut it off at the
  * first EVALSHA of `sha` carrying `containing`, and SIGKILLs it once cut off.
  */
+// Each test below starts an API process (killAt), allowed START_TIMEOUT_MS, and does a few seconds of work.
+jest.setTimeout(START_TIMEOUT_MS + 60_000);
+
 async function killAt(sha: string, containing: string, request: (url: string) => Promise<unknown>): Promise<void> {
   const victim = await startBrokerProcess(viaProxy, { args: ['--api'] });
   victims.push(victim);
@@ -127,7 +131,7 @@ test('a kill switch that completed is recorded with its outcome, not as interrup
       detail: { agent: `spiffe://dev.local${rogue}`, tasks: 1, leases: 1 },
     }),
   ]);
-}, 60_000);
+});
 
 test('a kill switch whose process dies after its endings but before its outcome takes its place is recorded as recovered, not interrupted', async () => {
   const rogue = '/agent/crash-swap';
@@ -151,7 +155,7 @@ test('a kill switch whose process dies after its endings but before its outcome 
     }),
   ]);
   expect(await survivor.broker.deps.redis.zcard(survivor.broker.deps.keys.auditOutbox('ops'))).toBe(0);
-}, 60_000);
+});
 
 test('a kill switch whose process dies before ending its tasks stays interrupted: state shows a task it had to end still open', async () => {
   const rogue = '/agent/crash-midway';
@@ -162,7 +166,7 @@ test('a kill switch whose process dies before ending its tasks stays interrupted
   await recover();
   const records = (await opsRecords('admin.revoke')).filter((r) => r.detail?.agent === pattern);
   expect(records).toEqual([expect.objectContaining({ decision: 'ok', detail: { agent: pattern, interrupted: true } })]);
-}, 60_000);
+});
 
 test('a policy reload that completed is recorded as done, not as interrupted, when its process dies at the outcome append', async () => {
   await killAt(appendSha, '"policy.reload"', (url) => call(url, 'POST', '/v1/admin/policy/reload', as(ADMIN), {}));
@@ -171,7 +175,7 @@ test('a policy reload that completed is recorded as done, not as interrupted, wh
   // Before: `detail.interrupted: true`.
   expect(records).toHaveLength(1);
   expect(records[0]!.detail).toEqual({ policies: expect.any(Number), version: expect.any(String) });
-}, 60_000);
+});
 
 test('a rotation that completed is recorded with what it rotated, not as rotation_interrupted, when its process dies at the outcome append', async () => {
   await killAt(appendSha, '"action":"rotate"', (url) => call(url, 'POST', '/v1/admin/rotate', as(ADMIN), { target: 'signing-key' }));
@@ -179,7 +183,7 @@ test('a rotation that completed is recorded with what it rotated, not as rotatio
   const records = await opsRecords('rotate');
   // Before: `decision: error`, `reason: rotation_interrupted`.
   expect(records).toEqual([expect.objectContaining({ decision: 'ok', reason: 'signing-key', detail: { rotated: expect.anything() } })]);
-}, 60_000);
+});
 
 test("a quarantine whose process dies before ending the identity's tasks has them ended by recovery, before its record", async () => {
   const suspect = '/agent/crash-suspect';
@@ -212,4 +216,4 @@ test("a quarantine whose process dies before ending the identity's tasks has the
   const again = await auditRecords(redis, keys);
   expect(again.filter((r) => r.action === 'quarantine.add' || (r.action === 'task.revoke' && r.taskId === 't-cad-q'))).toHaveLength(2);
   expect(await redis.zcard(keys.auditOutbox('ops'))).toBe(0);
-}, 60_000);
+});

@@ -20,7 +20,8 @@ import {
   waitFor,
 } from '../helpers/broker.ts';
 import { TestIssuer } from '../helpers/identity.ts';
-import { type BrokerProcess, startBrokerProcess } from '../helpers/process.ts';
+import { jest } from '@jest/globals';
+import { type BrokerProcess, START_TIMEOUT_MS, startBrokerProcess } from '../helpers/process.ts';
 import { redisCutProxy } from '../helpers/redis-cut-proxy.ts';
 
 /**
@@ -30,6 +31,8 @@ import { redisCutProxy } from '../helpers/redis-cut-proxy.ts';
  * puts each record in the bucket's audit outbox in the same step, and another worker's recovery
  * appends what was left there: every ended lease has exactly one record.
  */
+// The tests that kill broker processes start two, one after the other, each allowed START_TIMEOUT_MS.
+jest.setTimeout(2 * START_TIMEOUT_MS + 60_000);
 const issuer = new TestIssuer();
 const prefix = uniquePrefix('outbox-kill');
 let worker: BrokerProcess | undefined;
@@ -109,7 +112,7 @@ test('records of leases and a task the sweeper ended survive the worker being ki
   } finally {
     await r.quit();
   }
-}, 180_000);
+});
 
 /**
  * An API process SIGKILLed between a decision's script and the append of its record: opening a task
@@ -200,4 +203,4 @@ test('task.open and credential.issue survive an API process killed between the d
     await proxy.close();
     await dropPrefix(kprefix);
   }
-}, 90_000);
+});

@@ -8,6 +8,12 @@ import { startStandalone } from '../helpers/redis-topology.ts';
  * reconnecting ioredis client never emits: a SIGTERM during a Redis outage
  * left the process running, and stayed stuck after Redis came back.
  */
+// Each case closes the broker while its Redis is down or its clients still reconnect: ioredis arms its disconnect
+// timer (disconnectTimeout, 500 ms in the connector) on sockets already closed, and no close event comes to clear
+// it. Let them lapse before the file ends: left running, they keep a jest worker that ends with this file alive
+// past jest's grace, and it is force-killed ("failed to exit gracefully").
+afterAll(() => new Promise((r) => setTimeout(r, 600)));
+
 test.each([
   ['while Redis is down', false],
   ['right after Redis restarted empty', true],

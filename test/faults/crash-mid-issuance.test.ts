@@ -12,7 +12,8 @@ import {
   type TestBroker,
 } from '../helpers/broker.ts';
 import { TestIssuer } from '../helpers/identity.ts';
-import { type BrokerProcess, startBrokerProcess } from '../helpers/process.ts';
+import { jest } from '@jest/globals';
+import { type BrokerProcess, START_TIMEOUT_MS, startBrokerProcess } from '../helpers/process.ts';
 import { BROKER_POLICY } from '../providers/vault/helpers.ts';
 
 /**
@@ -22,6 +23,8 @@ import { BROKER_POLICY } from '../providers/vault/helpers.ts';
  * each dies by itself, and the stuck `issuing` leases end `failed`. Before,
  * half of 32 such tokens lived on for their full TTL, never revoked.
  */
+// The test starts an API process, allowed START_TIMEOUT_MS, then works for a few seconds.
+jest.setTimeout(START_TIMEOUT_MS + 60_000);
 let emu: VaultEmulator;
 let api: BrokerProcess | undefined;
 let worker: TestBroker | undefined;
@@ -89,4 +92,4 @@ test('tokens Vault made for a broker that died before recording them all die; th
   // Vault's side: every token made for the dead broker is gone once its short TTL has passed.
   emu.advanceTime(6);
   for (const t of made) expect(emu.isTokenValid(t.id)).toBe(false);
-}, 60_000);
+});

@@ -467,6 +467,8 @@ export interface RedisCluster {
   client(i: number): Redis;
   /** Freezes node `i` (SIGSTOP) for `ms`; settles on resume. */
   pause(i: number, ms: number): Promise<void>;
+  /** Node `i`'s process id (to freeze it until a test says so: SIGSTOP, then SIGCONT). */
+  pid(i: number): number | undefined;
   /** SIGKILLs node `i`. */
   kill(i: number): Promise<void>;
   logs(): string;
@@ -532,6 +534,7 @@ export async function startCluster(opts: ClusterOptions = {}): Promise<RedisClus
     ...(tls ? { tls } : {}),
     client: (i) => adminClient(servers[i]!.port, access),
     pause: (i, ms) => servers[i]!.pause(ms),
+    pid: (i) => servers[i]!.pid,
     kill: (i) => servers[i]!.kill(),
     logs,
     stop,

@@ -19,7 +19,7 @@ import {
 } from '../helpers/broker.ts';
 import { TestIssuer } from '../helpers/identity.ts';
 import { extractPreviousRelease, previousReleaseConfig, previousReleaseMissing } from '../helpers/old-release.ts';
-import { type BrokerProcess, startBrokerProcess } from '../helpers/process.ts';
+import { type BrokerProcess, START_TIMEOUT_MS, startBrokerProcess } from '../helpers/process.ts';
 
 /**
  * A rolling upgrade: processes of the previous release (dd78339) and of this one on one Redis at once. Not
@@ -76,8 +76,8 @@ maybe(
     try {
       // APIs of both releases; the workers are the previous release's (an upgrade that began with the APIs).
       const [oldApi, oldWorker, newApi] = await Promise.all([
-        startBrokerProcess(oldFile, { cwd: old.dir, args: ['--api'], timeoutMs: 30_000 }),
-        startBrokerProcess(oldFile, { cwd: old.dir, args: ['--worker'], timeoutMs: 30_000 }),
+        startBrokerProcess(oldFile, { cwd: old.dir, args: ['--api'] }),
+        startBrokerProcess(oldFile, { cwd: old.dir, args: ['--worker'] }),
         startTestBroker('upgrade-mixed', { prefix, issuer, loaded: loadConfig({}, newFile), broker: { worker: false } }),
       ]);
       procs.push(oldApi, oldWorker);
@@ -155,5 +155,6 @@ maybe(
       await r.quit();
     }
   },
-  90_000,
+  // The old release's processes may take START_TIMEOUT_MS to start on a loaded machine; the rest takes ~60 s.
+  START_TIMEOUT_MS + 60_000,
 );

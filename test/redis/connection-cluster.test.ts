@@ -22,6 +22,11 @@ beforeAll(async () => {
 afterAll(async () => {
   await connector?.close();
   await cluster?.stop();
+  // The last tests kill the nodes, so the connector closes after its servers are gone: ioredis arms its
+  // disconnect timer (disconnectTimeout, 500 ms in the connector) on each node socket already closed, and no
+  // close event comes to clear it. Let them lapse here: left running, they keep a jest worker that ends with
+  // this file alive past jest's grace, and it is force-killed ("failed to exit gracefully").
+  await new Promise((r) => setTimeout(r, 600));
 });
 
 /**

@@ -1,7 +1,7 @@
 import { resolve } from 'node:path';
 import { AGENT, ORCH, call, dropPrefix, testConfigFile, uniquePrefix } from '../helpers/broker.ts';
 import { TestIssuer } from '../helpers/identity.ts';
-import { type BrokerProcess, startBrokerProcess } from '../helpers/process.ts';
+import { type BrokerProcess, START_TIMEOUT_MS, startBrokerProcess } from '../helpers/process.ts';
 
 /**
  * Red team, a bad day: an API process whose clock is a minute slow (a VM
@@ -21,7 +21,7 @@ beforeAll(async () => {
   api = await startBrokerProcess(testConfigFile(issuer, prefix), {
     env: { NODE_OPTIONS: `--import=${SHIM}`, JIT_TEST_CLOCK_SKEW_MS: String(-60_000) },
   });
-});
+}, START_TIMEOUT_MS + 10_000);
 afterAll(async () => {
   await api?.kill();
   await dropPrefix(prefix);

@@ -4,7 +4,7 @@ import { join, resolve } from 'node:path';
 import { loadConfig } from '../../src/config/load.ts';
 import { ADMIN, AGENT, ORCH, call, startTestBroker, testConfigFile, uniquePrefix, waitFor, type TestBroker } from '../helpers/broker.ts';
 import { TestIssuer } from '../helpers/identity.ts';
-import { type BrokerProcess, startBrokerProcess } from '../helpers/process.ts';
+import { type BrokerProcess, START_TIMEOUT_MS, startBrokerProcess } from '../helpers/process.ts';
 import { type RedisCluster, startCluster } from '../helpers/redis-topology.ts';
 
 /**
@@ -31,7 +31,7 @@ beforeAll(async () => {
   });
   a = await startTestBroker('cluster-a', { prefix, issuer, loaded: loadConfig({}, file) });
   b = await startBrokerProcess(file, { args: ['--api'] });
-}, 60_000);
+}, START_TIMEOUT_MS + 60_000);
 afterAll(async () => {
   await b?.kill('SIGTERM');
   await a?.broker.close();
