@@ -3,7 +3,7 @@ import type { Logger } from '../logger.ts';
 import type { Metrics } from '../metrics.ts';
 import type { RedisClock } from '../redis/clock.ts';
 import type { AuditChain, Keys } from '../redis/keys.ts';
-import { acquireLock, type HeldLock, reportTakeover } from '../redis/lock.ts';
+import { acquireLock, keepLock, reportTakeover } from '../redis/lock.ts';
 import { type RedisClient, script } from '../redis/scripts.ts';
 import type { AuditLog } from './audit-log.ts';
 import { outboxMember, parseOutboxMember } from './outbox-member.ts';
@@ -174,31 +174,6 @@ async function park(deps: OutboxDeps, chain: AuditChain, member: string): Promis
   await audit.appendOutbox(chain, [note], Number(at));
 }
 
-/**
- * Extends `lock` every third of its TTL while a pass runs (a quarantine's endings, OutboxDeps.before, can take
- * longer than the TTL: lapsed, another instance would take the chain and run the same endings at once). The
- * signal is aborted when the lock is lost: an extension refused (another holder), or none confirmed for a
- * whole TTL (Redis unreachable: it may have lapsed).
- */
-function keepLock(lock: HeldLock, ttlMs: number): { signal: AbortSignal; stop(): void } {
-  const ctl = new AbortController();
-  let confirmed = Date.now();
-  const lost = (why: string) => ctl.abort(new Error(`audit outbox recovery: lock lost (${why}); another instance may hold the chain`));
-  const timer = setInterval(() => {
-    lock.extend(ttlMs).then(
-      (ok) => {
-        if (ok) confirmed = Date.now();
-        else lost('taken');
-      },
-      () => {
-        if (Date.now() - confirmed >= ttlMs) lost('not extended for its TTL');
-      },
-    );
-  }, ttlMs / 3);
-  timer.unref();
-  return { signal: ctl.signal, stop: () => clearInterval(timer) };
-}
-
 /** What the outbox gauges show (src/metrics.ts), over every chain. */
 export interface OutboxStats {
   /** Records waiting in the outboxes. */
@@ -295,7 +270,9 @@ export class OutboxRecovery {
           onTakeover: reportTakeover(logger, (e) => this.deps.audit.append(e)),
         });
         if (!lock) continue; // another instance is on it
-        const held = keepLock(lock, this.lockMs);
+        // Extended while the pass runs (a quarantine's endings, OutboxDeps.before, can outlast the TTL: lapsed,
+        // another instance would take the chain and run the same endings at once); the pass stops if it is lost.
+        const held = keepLock(lock, this.lockMs, 'audit outbox recovery');
         try {
           // Counted in jit_audit_outbox_recovered_total by recoverOutbox, page by page, even if a later page fails.
           const n = await recoverOutbox(this.deps, chain, before, held.signal);

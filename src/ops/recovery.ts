@@ -6,7 +6,7 @@ import type { QuarantineEntry } from '../identity/quarantine.ts';
 import type { Logger } from '../logger.ts';
 import type { Metrics } from '../metrics.ts';
 import type { AuditChain, Keys } from '../redis/keys.ts';
-import { reportTakeover, withLock } from '../redis/lock.ts';
+import { keepLock, reportTakeover, withLock } from '../redis/lock.ts';
 import { markerSeq } from '../audit/retention.ts';
 import type { RedisClient } from '../redis/scripts.ts';
 import type { SigningKeyStore } from '../signing/key-store.ts';
@@ -179,7 +179,7 @@ export class DataLossMonitor {
     this.d.audit.resetHeads();
     const onTakeover = reportTakeover(this.d.logger, (e) => this.d.audit.append(e));
     const done = await withLock(this.d.redis, this.d.keys.lock('recovery'), { ttlMs: 30_000, waitMs: 30_000, onTakeover }, async (lock) => {
-      const keep = setInterval(() => void lock.extend(30_000).catch(() => {}), 10_000);
+      const keep = keepLock(lock, 30_000, 'recovery');
       try {
         // Emptied since: a data loss, which the next check handles.
         if ((await this.d.redis.get(this.d.keys.epoch())) !== this.epoch) return 'lost' as const;
@@ -189,11 +189,11 @@ export class DataLossMonitor {
           this.d.keys.lock('audit-export'),
           { ttlMs: 30_000, waitMs: 30_000, onTakeover },
           async (exportLock) => {
-            const keepExport = setInterval(() => void exportLock.extend(30_000).catch(() => {}), 10_000);
+            const keepExport = keepLock(exportLock, 30_000, 'recovery: audit export repair');
             try {
               return await repairChains({ redis: this.d.redis, keys: this.d.keys, file: this.d.exportFile }, known, remembered);
             } finally {
-              clearInterval(keepExport);
+              keepExport.stop();
             }
           },
         );
@@ -218,7 +218,7 @@ export class DataLossMonitor {
         }
         return 'done' as const;
       } finally {
-        clearInterval(keep);
+        keep.stop();
       }
     });
     if (!done) throw new Error('another instance is recovering; will look again');
@@ -292,7 +292,7 @@ export class DataLossMonitor {
       { ttlMs: 30_000, waitMs: 30_000, onTakeover: reportTakeover(this.d.logger, (e) => this.d.audit.append(e)) },
       async (lock) => {
         // Reading a large export can outlast the lock's TTL.
-        const keep = setInterval(() => void lock.extend(30_000).catch(() => {}), 10_000);
+        const keep = keepLock(lock, 30_000, 'recovery');
         try {
           let lost = lostSeen;
           const current = await this.d.redis.get(this.d.keys.epoch());
@@ -323,7 +323,7 @@ export class DataLossMonitor {
             });
           }
         } finally {
-          clearInterval(keep);
+          keep.stop();
         }
       },
     );

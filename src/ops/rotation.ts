@@ -8,7 +8,7 @@ import { PolicyLoadError } from '../policy/errors.ts';
 import { PolicySync } from './policy-sync.ts';
 import { ProviderRegistry } from '../providers/registry.ts';
 import { type RotationJournal, RotationLockLost, type RotationResult } from '../providers/types.ts';
-import { acquireLock, type HeldLock, reportTakeover } from '../redis/lock.ts';
+import { acquireLock, type HeldLock, keepLock, reportTakeover } from '../redis/lock.ts';
 import type { RedisClient } from '../redis/scripts.ts';
 import type { Kek } from '../signing/kek.ts';
 import { openJournal } from './rotation-journal.ts';
@@ -97,7 +97,7 @@ export class RotationService {
       await lock.release().catch(() => {});
       throw err;
     }
-    const keep = setInterval(() => void lock.extend(LOCK_TTL_MS).catch(() => {}), LOCK_TTL_MS / 3);
+    const keep = keepLock(lock, LOCK_TTL_MS, 'rotation');
     // The outcome is recorded once, after the rotation succeeded or failed: a failed record of a rotation that
     // succeeded must not be taken for a failed rotation (its record said `rotation_failed`, `oldSecretInUse`).
     let outcome: OutboxEvent;
@@ -145,7 +145,7 @@ export class RotationService {
       }
     } finally {
       intent.stop();
-      clearInterval(keep);
+      keep.stop();
       await lock.release();
     }
     if (failure !== undefined) throw failure;

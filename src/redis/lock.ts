@@ -22,6 +22,31 @@ export interface HeldLock {
   release(): Promise<void>;
 }
 
+/**
+ * Extends `lock` every third of `ttlMs` while work goes on, until `stop()`. The signal is aborted when the lock
+ * is lost: an extension refused (another holder has it), or none confirmed for a whole TTL (Redis unreachable:
+ * it may have lapsed). Work that must not run beside another holder checks the signal; work that is idempotent
+ * may ignore it. `what` names the work in the abort reason.
+ */
+export function keepLock(lock: HeldLock, ttlMs: number, what: string): { signal: AbortSignal; stop(): void } {
+  const ctl = new AbortController();
+  let confirmed = Date.now();
+  const lost = (why: string) => ctl.abort(new Error(`${what}: lock lost (${why}); another instance may hold it`));
+  const timer = setInterval(() => {
+    lock.extend(ttlMs).then(
+      (ok) => {
+        if (ok) confirmed = Date.now();
+        else lost('taken');
+      },
+      () => {
+        if (Date.now() - confirmed >= ttlMs) lost('not extended for its TTL');
+      },
+    );
+  }, ttlMs / 3);
+  timer.unref();
+  return { signal: ctl.signal, stop: () => clearInterval(timer) };
+}
+
 /** A lock key replaced because no broker could have set it (see lock-acquire.lua). */
 export interface LockTakeover {
   key: string;
