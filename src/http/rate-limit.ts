@@ -3,13 +3,12 @@ import type { Request, RequestHandler, Response } from 'express';
 import type { Cluster, Redis } from 'ioredis';
 import ipaddr from 'ipaddr.js';
 import { Counter } from 'prom-client';
-import { RateLimiterMemory, RateLimiterRedis, RateLimiterRes } from 'rate-limiter-flexible';
 import type { RateLimitConfig } from '../config/schema.ts';
 import { BrokerError } from '../errors.ts';
 import { writeNow } from '../redis/coalesce.ts';
-import { script } from '../redis/scripts.ts';
 import type { Logger } from '../logger.ts';
 import type { Metrics } from '../metrics.ts';
+import { type Charge, RateWindow } from './rate-window.ts';
 
 /** A 429 that knows when to come back (`Retry-After`). */
 export class RateLimited extends BrokerError {
@@ -39,22 +38,13 @@ interface Waiter {
   reject: (err: unknown) => void;
 }
 
-/** A window's answer to spending some points at once, whether the library resolved or refused it. */
-interface Take {
-  fits: boolean;
-  res: RateLimiterRes;
-}
-
 /**
- * One budget (`perSecond` sustained, `burst` at once) as two rate-limiter-flexible
- * windows in Redis, shared by every instance: `perSecond` per one-second
- * window, and when that is spent a reserve of `burst − perSecond` (what
- * BurstyRateLimiter composes; done here so that one call can spend several
- * points). Both windows block the key in memory once spent, so a caller over
- * its budget costs no Redis round trip until the window ends. Every operation
- * touches one key, so an ioredis Cluster works as well as a single node. If
- * Redis fails the limiter falls back to the same budget per instance
- * (rate-limiter-flexible's insurance limiter) instead of failing the request.
+ * One budget (`perSecond` sustained, `burst` at once) as two fixed windows in Redis, shared by every instance
+ * (src/http/rate-window.ts): `perSecond` per one-second window, and when that is spent a reserve of
+ * `burst − perSecond` (what rate-limiter-flexible's BurstyRateLimiter composes, which the broker used before).
+ * Both windows block the key in memory once spent, so a caller over its budget costs no Redis round trip until
+ * the window ends. Every operation touches one key, so an ioredis Cluster works as well as a single node. If
+ * Redis fails each window falls back to the same budget per instance instead of failing the request.
  *
  * Requests of one key that arrive in the same turn of the event loop spend
  * their points in one call: under load one identity's concurrent requests
@@ -69,17 +59,15 @@ interface Take {
  * A request may cost several points (an expensive read); the batch spends
  * their sum, and requests are let through in order as long as their points fit
  * in what was admitted: one that does not fit is refused, and cheaper ones
- * behind it may still fit. A refused request spends nothing: the library
- * counts every point asked for, so what the batch was refused (and what fit
- * but went unused) is given back ({@link Budget.refund}) before the answers go
- * out. Between the two calls another instance may see the window fuller than
- * it is, never emptier.
+ * behind it may still fit. A refused request spends nothing: a window counts
+ * every point asked for, so what the batch was refused (and what fit but went
+ * unused) is given back ({@link Budget.refund}) before the answers go out, in
+ * the window that counted it only. Between the two calls another instance may
+ * see the window fuller than it is, never emptier.
  */
 class Budget {
-  private readonly perSecond: RateLimiterRedis;
-  private readonly reserve: RateLimiterRedis | undefined;
-  private readonly points: number;
-  private readonly reservePoints: number;
+  private readonly perSecond: RateWindow;
+  private readonly reserve: RateWindow | undefined;
   /** The most one request may cost: the whole budget (perSecond plus the reserve), so that it can ever fit. */
   readonly maxCost: number;
   private readonly pending = new Map<string, Waiter[]>();
@@ -87,20 +75,11 @@ class Budget {
 
   constructor(redis: Redis | Cluster, keyPrefix: string, b: { perSecond: number; burst: number }) {
     this.redis = redis;
-    const window = (name: string, points: number, duration: number) =>
-      new RateLimiterRedis({
-        storeClient: redis,
-        keyPrefix: `${keyPrefix}:${name}`,
-        points,
-        duration,
-        inMemoryBlockOnConsumed: points,
-        insuranceLimiter: new RateLimiterMemory({ keyPrefix: `${keyPrefix}:${name}`, points, duration }),
-      });
-    this.points = b.perSecond;
-    this.perSecond = window('s', b.perSecond, 1);
-    this.reservePoints = Math.max(0, b.burst - b.perSecond);
-    this.reserve = this.reservePoints > 0 ? window('r', this.reservePoints, reserveSeconds(b.perSecond, b.burst)) : undefined;
-    this.maxCost = b.perSecond + this.reservePoints;
+    this.perSecond = new RateWindow(redis, `${keyPrefix}:s`, b.perSecond, 1);
+    const reservePoints = Math.max(0, b.burst - b.perSecond);
+    this.reserve =
+      reservePoints > 0 ? new RateWindow(redis, `${keyPrefix}:r`, reservePoints, reserveSeconds(b.perSecond, b.burst)) : undefined;
+    this.maxCost = b.perSecond + reservePoints;
   }
 
   /** Spends one request of `points` (at most {@link maxCost}); the seconds to wait when the budget is spent, else undefined. */
@@ -144,109 +123,50 @@ class Budget {
 
   /**
    * Spends `n` points: how many fit (per-second window first, then the reserve), when to come back for the
-   * rest, and what each window counted (to give back what was refused).
+   * rest, and what each window counted and where (to give back what was refused).
    */
   private async take(key: string, n: number): Promise<Taken> {
-    const first = await consume(this.perSecond, key, n);
-    let admitted = fitting(first, n, this.points);
-    const firstAdmitted = admitted;
-    let waitMs = first.res.msBeforeNext;
-    let reserve: Taken['reserve'];
+    const first = await this.perSecond.charge(key, n);
+    let admitted = first.admitted;
+    let waitMs = first.msBeforeNext;
+    let reserve: Charge | undefined;
     if (admitted < n && this.reserve) {
-      const rest = n - admitted;
-      const second = await consume(this.reserve, key, rest);
-      const fit = fitting(second, rest, this.reservePoints);
-      admitted += fit;
-      waitMs = Math.min(waitMs, second.res.msBeforeNext);
-      reserve = { counted: counted(second) ? rest : 0, admitted: fit, ttlMs: second.res.msBeforeNext };
+      reserve = await this.reserve.charge(key, n - admitted);
+      admitted += reserve.admitted;
+      waitMs = Math.min(waitMs, reserve.msBeforeNext);
     }
-    return {
-      admitted,
-      waitMs,
-      first: { counted: counted(first) ? n : 0, admitted: firstAdmitted, ttlMs: first.res.msBeforeNext },
-      reserve,
-    };
+    return { admitted, waitMs, first, reserve };
   }
 
   /**
    * Gives back what a batch counted but did not spend (`spent` of what it was admitted, per-second window
    * first, as {@link take} admits): a refused expensive read must not drain the points it was refused for, nor
-   * the points that did fit but that it could not use. rate-limiter-flexible counts every point asked for,
-   * refused or not (and an over-full window stays over-full until it ends). A window that has room again once
-   * refunded is no longer blocked in memory. Failing to refund (Redis lost meanwhile) only leaves the old
-   * over-count (the behaviour before refunds), and never fails the request.
+   * the points that did fit but that it could not use. A window counts every point asked for, refused or not
+   * (and an over-full window stays over-full until it ends). Each window gives back in the window that counted
+   * (a Redis window by its name, or this instance's insurance window), never in a later one. Failing to refund
+   * (Redis lost meanwhile) only leaves the over-count, and never fails the request.
    */
   private async refund(key: string, took: Taken, spent: number): Promise<void> {
     const keptFirst = Math.min(spent, took.first.admitted);
-    const back = async (limiter: RateLimiterRedis, points: number, w: Counted, kept: number) => {
+    const back = async (window: RateWindow, c: Charge, kept: number) => {
       // Only a window with admitted points left unused has room to give back: one that was spent to its end
       // stays full until it ends whatever it counted past that, so its over-count costs nobody anything.
-      if (w.admitted <= kept || w.counted <= kept) return;
-      // Not the library's reward: that lands in whatever window the key holds now (a new one if the counted one
-      // ended between the two calls, taking points from its requests: more than the budget), and falls back to
-      // the insurance limiter's memory when Redis fails. The script gives back in the counted window only.
-      const after = await REFUND.run(this.redis, [limiter.getKey(key)], [w.counted - kept, w.ttlMs]).catch(() => null);
-      if (typeof after === 'number' && after < points) unblockInMemory(limiter, key);
+      if (c.admitted <= kept || c.counted <= kept) return;
+      await window.refund(key, c, c.counted - kept);
     };
     await Promise.all([
-      back(this.perSecond, this.points, took.first, keptFirst),
-      took.reserve && this.reserve ? back(this.reserve, this.reservePoints, took.reserve, spent - keptFirst) : undefined,
+      back(this.perSecond, took.first, keptFirst),
+      took.reserve && this.reserve ? back(this.reserve, took.reserve, spent - keptFirst) : undefined,
     ]);
   }
 }
 
-const REFUND = script('rate-limit-refund');
-
-/** What one window counted of a {@link Budget.take} and admitted, and its key's TTL then (which window it was). */
-interface Counted {
-  counted: number;
-  admitted: number;
-  ttlMs: number;
-}
-
-/** What one {@link Budget.take} counted and admitted, per window. */
+/** What one {@link Budget.take} admitted, and what each window counted and where. */
 interface Taken {
   admitted: number;
   waitMs: number;
-  first: Counted;
-  reserve?: Counted;
-}
-
-/** Whether a window counted the points it was asked for: a refusal from its in-memory block counts none (consumedPoints 0). */
-function counted(t: Take): boolean {
-  return t.fits || t.res.consumedPoints > 0;
-}
-
-/**
- * Lifts a window's in-memory block of `key` (set once it reported itself full): rate-limiter-flexible has no
- * public call for one key that keeps the count (`delete` drops it), so this reaches its BlockedKeys. If a
- * library version renames it, nothing is lifted: the key stays blocked until the window ends, as before
- * (test/http/rate-limit-refund.test.ts then fails).
- */
-function unblockInMemory(limiter: RateLimiterRedis, key: string): void {
-  const blocked = (limiter as unknown as { _inMemoryBlockedKeys?: { delete?: (k: string) => void } })._inMemoryBlockedKeys;
-  blocked?.delete?.(limiter.getKey(key));
-}
-
-/** The library's answer either way; an error that is not a refusal (no insurance could answer) is thrown. */
-async function consume(limiter: RateLimiterRedis, key: string, n: number): Promise<Take> {
-  try {
-    return { fits: true, res: await limiter.consume(key, n) };
-  } catch (err) {
-    if (err instanceof RateLimiterRes) return { fits: false, res: err };
-    throw err;
-  }
-}
-
-/**
- * How many of `n` points spent at once fit in a window of `points`: the window
- * held `consumedPoints − n` before them. A refusal from the in-memory block
- * carries no count (consumedPoints 0): none fit.
- */
-function fitting(t: Take, n: number, points: number): number {
-  if (t.fits) return n;
-  if (t.res.consumedPoints <= points) return 0;
-  return Math.min(n, Math.max(0, points - (t.res.consumedPoints - n)));
+  first: Charge;
+  reserve?: Charge;
 }
 
 /** Redis keys stay short and printable whatever the identity string holds. */

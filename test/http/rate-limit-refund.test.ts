@@ -1,8 +1,8 @@
-import { Redis } from 'ioredis';
-import { RateLimiterRedis } from 'rate-limiter-flexible';
+import { type Command, Redis } from 'ioredis';
 import { RateLimits } from '../../src/http/rate-limit.ts';
 import { silentLogger } from '../../src/logger.ts';
 import { Metrics } from '../../src/metrics.ts';
+import { script } from '../../src/redis/scripts.ts';
 import { dropPrefix, REDIS_URL, uniquePrefix } from '../helpers/broker.ts';
 
 /**
@@ -92,66 +92,118 @@ test('a caller over its budget is still refused from memory, and a refusal gives
   expect(reserve).toBeGreaterThanOrEqual(2); // full (2 of 2), or past it: never given back below its end
 });
 
+/** A connection of its own whose commands `hook` may hold or fail (the real Redis behind it, nothing stubbed in the broker). */
+function hookedRedis(hook: (cmd: Command) => Promise<void> | undefined): Redis {
+  const c = new Redis(REDIS_URL);
+  others.push(c);
+  const send = c.sendCommand.bind(c);
+  c.sendCommand = ((cmd: Command) => {
+    const held = hook(cmd);
+    if (!held) return send(cmd);
+    held.then(
+      () => send(cmd),
+      (err: Error) => cmd.reject(err),
+    );
+    return cmd.promise;
+  }) as typeof c.sendCommand;
+  return c;
+}
+
+const config = (perSecond: number, burst: number) => ({
+  perSecond,
+  burst,
+  introspect: { perSecond: 0, burst: 1 },
+  unauthenticated: { perSecond: 0, burst: 1 },
+  concurrentReads: 0,
+  trustProxy: false,
+});
+const instance = (client: Redis, prefix: string) =>
+  new RateLimits({ redis: client, prefix, config: config(5, 5), metrics: new Metrics(), logger: silentLogger });
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+const isRefund = (cmd: Command) => cmd.name === 'evalsha' && String(cmd.args[0]) === script('rate-limit-refund').sha;
+
 /**
- * Review: the refund was the library's `reward`, which lands in whatever window the key holds when it arrives. When
- * the counted window ended between the charge and its refund and another instance had already spent the new window,
- * the refund took its points back from the new window: more than `perSecond` admitted in one second. The window's
- * end is made to fall between the two calls by holding the library's consume until the window is gone (a real
- * expiry, nothing stubbed), while a second broker instance on the same Redis spends the new window.
+ * Review: the refund was the library's `reward`, which lands in whatever window the key holds when it arrives; then
+ * a check that the key's TTL had not grown since the charge, which a refund arriving a whole window late passes
+ * once the next window has run down below the charged TTL. Either way the refund took its points back from the new
+ * window's requests: more than `perSecond` admitted in one second. The charge now names its window (its end on
+ * Redis's clock) and the refund gives back there only. The refund is held (a real expiry, real clients) until the
+ * counted window is gone, a second broker instance on the same Redis has spent the new window, and that window's
+ * TTL is below the one the charge saw.
  */
-test('a refund whose window ended meanwhile gives nothing back in the new window', async () => {
-  const { l: a, prefix } = limits(5, 5);
-  const other = new Redis(REDIS_URL);
-  others.push(other);
-  const b = new RateLimits({
-    redis: other,
-    prefix,
-    config: {
-      perSecond: 5,
-      burst: 5,
-      introspect: { perSecond: 0, burst: 1 },
-      unauthenticated: { perSecond: 0, burst: 1 },
-      concurrentReads: 0,
-      trustProxy: false,
-    },
-    metrics: new Metrics(),
-    logger: silentLogger,
-  });
+test('a refund arriving after its window ended gives nothing back in the next window, however far that has run down', async () => {
+  const { prefix } = limits(5, 5);
   const who = 'spiffe://dev.local/agent/refund-window-end';
   const key = `${prefix}:rl:id:s:${who}`;
-  expect(await spend(a, who, 3)).toBe('ok');
-  // The window opened by that charge must not be a fresh one when the next charge counts (see the script's header).
-  await new Promise((r) => setTimeout(r, 200));
-  const proto = RateLimiterRedis.prototype as unknown as { consume: (k: string, n: number) => Promise<unknown> };
-  const consume = proto.consume;
-  let armed = true;
+  const bc = new Redis(REDIS_URL);
+  others.push(bc);
+  const b = instance(bc, prefix);
+  let charged = 0;
   let inNewWindow: string[] = [];
-  proto.consume = async function (this: RateLimiterRedis, k: string, n: number) {
-    const hold = armed && n === 5;
-    if (hold) armed = false;
-    const settled = await consume.call(this, k, n).then(
-      (r) => ({ ok: true, r }),
-      (r) => ({ ok: false, r }),
-    );
-    if (hold) {
-      while ((await redis.pttl(key)) > 0) await new Promise((r) => setTimeout(r, 20));
-      inNewWindow = await Promise.all([1, 2, 3, 4, 5].map(() => spend(b, who, 1)));
-    }
-    if (settled.ok) return settled.r;
-    throw settled.r;
-  };
-  try {
-    // 3 of 5 spent: a 5-point charge is refused (2 fit), and its 5 counted points are to be given back.
-    expect(await spend(a, who, 5)).toBe('rate_limited');
-  } finally {
-    proto.consume = consume;
-  }
+  let armed = false;
+  const a = instance(
+    hookedRedis((cmd) => {
+      if (!armed || !isRefund(cmd)) return undefined;
+      armed = false;
+      return (async () => {
+        while ((await redis.pttl(key)) > 0) await sleep(20);
+        inNewWindow = await Promise.all([1, 2, 3, 4, 5].map(() => spend(b, who, 1)));
+        while ((await redis.pttl(key)) > charged - 150) await sleep(20);
+      })();
+    }),
+    prefix,
+  );
+  expect(await spend(a, who, 3)).toBe('ok');
+  // The charge below must not open its window: it sees at most this TTL.
+  await sleep(200);
+  charged = await redis.pttl(key);
+  armed = true;
+  // 3 of 5 spent: a 5-point charge is refused (2 fit), and its 5 counted points are to be given back.
+  expect(await spend(a, who, 5)).toBe('rate_limited');
   expect(inNewWindow).toEqual(['ok', 'ok', 'ok', 'ok', 'ok']);
   // The new window holds the 5 the other instance spent (before: 0, the refund taken from them).
   const [[, count], [, ttl]] = (await redis.multi().get(key).pttl(key).exec()) as [[null, string], [null, number]];
   expect(ttl).toBeGreaterThan(0);
   expect(Number(count)).toBe(5);
-  // So this second admits nothing more (before: 5 more, 10 in one second of a budget of 5).
-  const more = await Promise.all([1, 2, 3, 4, 5].map(() => spend(a, who, 1)));
+  // So this window admits nothing more (before: 5 more, 10 in one second of a budget of 5).
+  const more = await Promise.all([1, 2, 3, 4, 5].map(() => spend(b, who, 1)));
   expect(more.filter((x) => x === 'ok')).toHaveLength(0);
+});
+
+/**
+ * Review: a charge the insurance window answered (Redis failed) was refunded in Redis when Redis was back by the
+ * refund, from a window that never counted it: there another instance's requests lost the points. It is now given
+ * back where it was counted, in this instance's insurance window.
+ */
+test('a charge counted by the insurance window while Redis failed is refunded there, not in Redis', async () => {
+  const { prefix } = limits(5, 5);
+  const who = 'spiffe://dev.local/agent/refund-insured';
+  const key = `${prefix}:rl:id:s:${who}`;
+  const bc = new Redis(REDIS_URL);
+  others.push(bc);
+  const b = instance(bc, prefix);
+  // Another instance spends this second's window in Redis.
+  expect(await Promise.all([1, 2, 3, 4, 5].map(() => spend(b, who, 1)))).toEqual(['ok', 'ok', 'ok', 'ok', 'ok']);
+  await sleep(50);
+  // This instance's Redis fails its charges (as a lost connection does), and is back by the second one's refund.
+  let failing = 2;
+  const a = instance(
+    hookedRedis((cmd) => {
+      if (failing <= 0 || (cmd.name !== 'evalsha' && cmd.name !== 'eval') || isRefund(cmd)) return undefined;
+      failing--;
+      return Promise.reject(new Error('Connection is closed.'));
+    }),
+    prefix,
+  );
+  expect(await spend(a, who, 3)).toBe('ok'); // counted in memory: 3 of 5
+  expect(await spend(a, who, 5)).toBe('rate_limited'); // 8 of 5 in memory, 5 to give back
+  expect(failing).toBe(0);
+  // Redis's window still holds the other instance's 5 (before: 0, the refund taken from a window that never counted it).
+  expect(Number(await redis.get(key))).toBe(5);
+  expect(await spend(b, who, 1)).toBe('rate_limited');
+  // And the insurance window got them back: with Redis failing again, 2 more fit there (3 of 5), not a third.
+  failing = Number.POSITIVE_INFINITY;
+  const again = [];
+  for (let i = 0; i < 3; i++) again.push(await spend(a, who, 1));
+  expect(again).toEqual(['ok', 'ok', 'rate_limited']);
 });

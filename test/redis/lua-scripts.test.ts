@@ -909,6 +909,32 @@ describe('one test per script', () => {
     expect(await script('lock-fenced-write').run(redis, [lock, target], ['mine', 'set', 'v4'])).toBe(1);
     expect(await redis.pttl(target)).toBe(-1);
   });
+
+  test('rate-limit-charge / rate-limit-refund: a charge names its window by its end; a refund gives back there only', async () => {
+    const k = `${prefix}:rl:w`;
+    const charge = script('rate-limit-charge');
+    const refund = script('rate-limit-refund');
+    const [c1, ttl, end] = (await charge.run(redis, [k], [3, 1])) as number[];
+    expect(c1).toBe(3);
+    expect(ttl).toBeGreaterThan(900);
+    const [c2, , end2] = (await charge.run(redis, [k], [4, 1])) as number[];
+    expect(c2).toBe(7);
+    expect(Math.abs(end2! - end!)).toBeLessThanOrEqual(2); // the same window, named alike
+    // Given back in the named window; never below zero.
+    expect(await refund.run(redis, [k], [2, end!])).toBe(5);
+    expect(await refund.run(redis, [k], [9, end!])).toBe(0);
+    // Another window's name (the next one ends at least a second later): nothing given back.
+    await redis.set(k, 4, 'PX', 1000);
+    const [, , next] = (await charge.run(redis, [k], [1, 1])) as number[];
+    expect(await refund.run(redis, [k], [1, next! - 1000])).toBeNull();
+    expect(await redis.get(k)).toBe('5');
+    // Nor to a count without a window: a charge gives such a key one.
+    await redis.set(k, 2);
+    expect(await refund.run(redis, [k], [1, next!])).toBeNull();
+    const [, fixed] = (await charge.run(redis, [k], [1, 2])) as number[];
+    expect(fixed).toBe(2000);
+    expect(await redis.pttl(k)).toBeGreaterThan(1000);
+  });
 });
 
 test("the full walk's earlier-task margin is common.lua's", () => {

@@ -1,0 +1,151 @@
+import { performance } from 'node:perf_hooks';
+import type { Cluster, Redis } from 'ioredis';
+import { script } from '../redis/scripts.ts';
+
+/** At most this many keys are remembered per window and instance, as blocked or as insurance counts. */
+const MAX_KEYS = 100_000;
+
+const CHARGE = script('rate-limit-charge');
+const REFUND = script('rate-limit-refund');
+
+/** One insurance window of one key in this process: counted here while Redis did not answer. */
+interface LocalWindow {
+  count: number;
+  /** performance.now() at which it ends. */
+  endsAt: number;
+}
+
+/**
+ * Where a charge was counted, so that its refund goes there and nowhere else: the Redis window that ends at
+ * `redisEnd` (Redis's clock, ms: the window's name, rate-limit-charge.lua), this process's insurance window, or
+ * nowhere (refused from the in-memory block without asking anyone).
+ */
+type CountedIn = { redisEnd: number } | { local: LocalWindow } | undefined;
+
+/** What one window answered to `n` points spent at once. */
+export interface Charge {
+  /** Points counted (all `n`, or 0 when refused from the in-memory block). */
+  counted: number;
+  /** How many of the `n` fit: the window held `count − n` before them. */
+  admitted: number;
+  /** Milliseconds before the window ends (or the in-memory block lifts). */
+  msBeforeNext: number;
+  where: CountedIn;
+}
+
+/** A map of at most {@link MAX_KEYS} entries: when full, the ones `gone` says are over leave, then the oldest. */
+function bounded<V>(m: Map<string, V>, gone: (v: V) => boolean): void {
+  if (m.size < MAX_KEYS) return;
+  for (const [k, v] of m) if (gone(v)) m.delete(k);
+  // Still full: forget the oldest. Forgetting a block costs one more Redis call; an insurance count, a fresh window.
+  if (m.size >= MAX_KEYS) m.delete(m.keys().next().value!);
+}
+
+/**
+ * One fixed window of `points` per `seconds`, counted in Redis and shared by every instance (the broker's own
+ * scripts: rate-limit-charge.lua, rate-limit-refund.lua). Done here rather than with rate-limiter-flexible, which
+ * the broker used before, for three things its public API does not give:
+ * - a charge names the window that counted it (its end on Redis's clock), so a refund gives back in that window
+ *   only, however late it arrives (the library's answer carries only the TTL, which cannot tell a window from
+ *   the next one once the counted one has ended);
+ * - a charge counted by the insurance window (Redis failed) is refunded there, never in a Redis window that did
+ *   not count it (the library's fallback is invisible to its caller);
+ * - the in-memory block of a key is lifted when a refund leaves room (the library keeps it in a private field).
+ *
+ * Once a window reports itself full the key is blocked in memory until the window ends, so a caller over its
+ * budget costs no Redis round trip. If Redis fails, this instance counts the same budget on its own (the
+ * insurance window) rather than failing the request.
+ */
+export class RateWindow {
+  private readonly blocked = new Map<string, number>();
+  private readonly local = new Map<string, LocalWindow>();
+
+  private readonly redis: Redis | Cluster;
+  private readonly keyPrefix: string;
+  /** Points per window. */
+  readonly points: number;
+  /** The window's length. */
+  readonly seconds: number;
+
+  constructor(redis: Redis | Cluster, keyPrefix: string, points: number, seconds: number) {
+    this.redis = redis;
+    this.keyPrefix = keyPrefix;
+    this.points = points;
+    this.seconds = seconds;
+  }
+
+  /** The Redis key of `key`'s window (`<keyPrefix>:<key>`, as rate-limiter-flexible named it). */
+  keyOf(key: string): string {
+    return `${this.keyPrefix}:${key}`;
+  }
+
+  /**
+   * Spends `n` points of `key`'s window. The Redis call is on the socket when this returns (synchronously), so a
+   * caller may flush it at once (src/redis/coalesce.ts `writeNow`). Never rejects: a Redis failure is counted in
+   * the insurance window.
+   */
+  charge(key: string, n: number): Promise<Charge> {
+    const rlKey = this.keyOf(key);
+    const until = this.blocked.get(rlKey);
+    if (until !== undefined) {
+      const ms = until - performance.now();
+      if (ms > 0) return Promise.resolve({ counted: 0, admitted: 0, msBeforeNext: Math.ceil(ms), where: undefined });
+      this.blocked.delete(rlKey);
+    }
+    return CHARGE.run(this.redis, [rlKey], [n, this.seconds]).then(
+      (reply) => {
+        const [count, ttl, end] = (reply as [number, number, number]).map(Number) as [number, number, number];
+        if (count >= this.points) this.block(rlKey, ttl);
+        return { counted: n, admitted: this.fitting(count, n), msBeforeNext: ttl, where: { redisEnd: end } };
+      },
+      () => {
+        const w = this.localWindow(rlKey);
+        w.count += n;
+        const ms = Math.max(1, Math.ceil(w.endsAt - performance.now()));
+        return { counted: n, admitted: this.fitting(w.count, n), msBeforeNext: ms, where: { local: w } };
+      },
+    );
+  }
+
+  /**
+   * Gives back `points` of what `c` counted, in the window that counted them only: nothing when that window has
+   * ended meanwhile. A window that has room again is no longer blocked in memory. Never rejects: failing to give
+   * back (Redis lost meanwhile) only leaves the over-count until the window ends.
+   */
+  async refund(key: string, c: Charge, points: number): Promise<void> {
+    const rlKey = this.keyOf(key);
+    if (!c.where || points <= 0) return;
+    if ('local' in c.where) {
+      const w = c.where.local;
+      if (this.local.get(rlKey) !== w || w.endsAt <= performance.now()) return;
+      w.count -= Math.min(points, w.count);
+      return;
+    }
+    const after = await REFUND.run(this.redis, [rlKey], [points, c.where.redisEnd]).catch(() => null);
+    if (typeof after === 'number' && after < this.points) this.blocked.delete(rlKey);
+  }
+
+  /** How many of `n` points spent at once fit, the window holding `count` after them. */
+  private fitting(count: number, n: number): number {
+    if (count <= this.points) return n;
+    return Math.min(n, Math.max(0, this.points - (count - n)));
+  }
+
+  private block(rlKey: string, ms: number): void {
+    const now = performance.now();
+    bounded(this.blocked, (until) => until <= now);
+    this.blocked.set(rlKey, now + ms);
+  }
+
+  /** `rlKey`'s current insurance window, a new one when it has none or it has ended. */
+  private localWindow(rlKey: string): LocalWindow {
+    const now = performance.now();
+    const w = this.local.get(rlKey);
+    if (w && w.endsAt > now) return w;
+    if (w) this.local.delete(rlKey);
+    bounded(this.local, (x) => x.endsAt <= now);
+    const fresh = { count: 0, endsAt: now + this.seconds * 1000 };
+    this.local.set(rlKey, fresh);
+    return fresh;
+  }
+}
