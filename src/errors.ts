@@ -200,7 +200,11 @@ export const ERRORS = {
     fix: 'Request again; a new approval is created.',
   },
   approval_decided: { status: 409, means: 'The approval was already approved or rejected.', fix: 'Nothing to do.' },
-  approval_expired: { status: 409, means: 'The approval ended with its task.', fix: 'Open a new task and request again.' },
+  approval_expired: {
+    status: 409,
+    means: 'The approval ended with its task, or was taken back (its approver was quarantined or is no longer one).',
+    fix: 'Ended with its task: open a new task and request again. Taken back: request again; it waits for another approver.',
+  },
   rotation_in_progress: {
     status: 409,
     means:

@@ -4,6 +4,7 @@ import type { Deps } from '../deps.ts';
 import { conflict, forbidden, notFound } from '../errors.ts';
 import type { WorkloadIdentity } from '../identity/types.ts';
 import type { ApprovalRecord } from './approval-store.ts';
+import { settleApprovals } from './approver-gone.ts';
 
 /** An approval as the API shows it (ISO 8601 times, like tasks and leases). */
 export function publicApproval(r: ApprovalRecord): Record<string, unknown> {
@@ -48,6 +49,8 @@ export class ApprovalService {
         detail: { approvalId },
       });
     }
+    // As it stands: an approval whose approver was quarantined or removed since reads `expired`, not `approved`.
+    await settleApprovals(this.deps, [r]);
     return r;
   }
 
@@ -60,6 +63,7 @@ export class ApprovalService {
     }
     const r = await this.deps.approvals.get(approvalId, this.deps.clock.now());
     if (!r) throw notFound('approval_not_found', `No approval ${approvalId}.`);
+    await settleApprovals(this.deps, [r]);
     // The reason is shown with the decision (approval lists, the console, its audit record).
     if (fieldWithControls([['reason', reason, 'text']]) !== undefined) {
       await refuseControls(this.deps, who, 'reason', { action: 'access.deny', taskId: r.taskId, detail: { approvalId } });
@@ -75,7 +79,12 @@ export class ApprovalService {
     const taskStatus = await this.deps.tasks.status(r.taskId);
     // Deciding on an ended task is a denial like the 403s (docs/audit.md: 409s on an ended task are records).
     if (r.status === 'expired' || taskStatus !== 'open') {
-      throw await denial(this.deps, who, conflict('approval_expired', 'The approval ended with its task.'), {
+      // Expired with its task open: taken back, its approver no longer standing behind it (src/approvals/approver-gone.ts).
+      const why =
+        taskStatus === 'open' && r.decidedBy
+          ? 'The approval was taken back: its approver no longer stands.'
+          : 'The approval ended with its task.';
+      throw await denial(this.deps, who, conflict('approval_expired', why), {
         action: 'approval.decide',
         taskId: r.taskId,
         detail: { approvalId },

@@ -1,5 +1,6 @@
 import { LRUCache } from 'lru-cache';
 import type { ApprovalRecord } from '../approvals/approval-store.ts';
+import { approverGone, voidApproval } from '../approvals/approver-gone.ts';
 import { outboxMember } from '../audit/outbox-member.ts';
 import type { AuditEvent, OutboxEvent } from '../audit/record.ts';
 import { authorize, deny, denial, taskContext } from '../authz.ts';
@@ -536,13 +537,13 @@ export class CredentialService {
     if (record.status === 'pending') return { pending: { approvalId: record.approvalId, status: 'pending' } };
     if (record.status === 'approved') {
       const by = record.decidedBy;
-      const why = by === undefined ? undefined : this.approverGone(by);
+      const why = by === undefined ? undefined : approverGone(this.deps, by);
       if (by === undefined || why === undefined) return { approved: record };
       // Its approver was quarantined since (or is no longer one): its word no longer stands, as a quarantined
       // orchestrator's tasks end. Voided, and the same request asks again: a new pending approval for another approver.
       if (voided)
         throw conflict('approval_expired', 'The approval for this request was taken back.', { extra: { approvalId: record.approvalId } });
-      await this.voidApproval(task, record, by, why);
+      await voidApproval(this.deps, record, why);
       return this.approval(who, task, body, grant, scopes, true);
     }
     if (record.status === 'rejected') {
@@ -551,39 +552,6 @@ export class CredentialService {
       });
     }
     throw conflict('approval_expired', `The approval for this request is ${record.status}.`, { extra: { approvalId: record.approvalId } });
-  }
-
-  /**
-   * Why an approval decided by `by` no longer stands: `by` is quarantined (this instance's list), or no longer
-   * matches `approvers` (the config changed since it decided). Undefined while it still stands.
-   */
-  private approverGone(by: string): { reason: 'approver_quarantined'; pattern: string } | { reason: 'approver_removed' } | undefined {
-    const pattern = this.deps.quarantine.match(by);
-    if (pattern !== undefined) return { reason: 'approver_quarantined', pattern };
-    if (!this.deps.patterns.approvers.matches(by)) return { reason: 'approver_removed' };
-    return undefined;
-  }
-
-  /**
-   * Takes back an approval its approver can no longer stand behind, recorded as the broker's
-   * `approval.decide` denial in the same step. Lost to a concurrent use or void: nothing to do.
-   */
-  private async voidApproval(
-    task: TaskSnapshot,
-    record: ApprovalRecord,
-    decidedBy: string,
-    why: NonNullable<ReturnType<CredentialService['approverGone']>>,
-  ): Promise<void> {
-    const res = await this.deps.approvals.void(record, {
-      action: 'approval.decide',
-      actor: 'broker',
-      decision: 'deny',
-      taskId: task.taskId,
-      role: record.role,
-      reason: why.reason,
-      detail: { approvalId: record.approvalId, decidedBy, ...('pattern' in why ? { pattern: why.pattern } : {}) },
-    });
-    if (res) await this.deps.audit.settleOutbox(this.deps.keys.bucketOfTask(task.taskId), [res.recorded.member], res.recorded.at);
   }
 
   /** A refusal decided on `task` (possibly cached): made only once `task` is known to be current. */

@@ -1,5 +1,6 @@
 import type { ApprovalRecord, ApprovalStatus } from '../approvals/approval-store.ts';
 import type { ApprovalService } from '../approvals/approval-service.ts';
+import { settleApprovals } from '../approvals/approver-gone.ts';
 import type { Deps } from '../deps.ts';
 import { IdentityPatterns } from '../identity/patterns.ts';
 import type { WorkloadIdentity } from '../identity/types.ts';
@@ -148,7 +149,10 @@ export class ListService {
     const read = new Map<string, ApprovalRecord>();
     return this.page<ApprovalRecord, ApprovalRecord>(indexes, start, q.limit, bind, 'approval:', {
       heads: async (ids) => {
-        for (const r of await this.deps.approvals.getMany(ids, now)) read.set(r.approvalId, r);
+        const records = await this.deps.approvals.getMany(ids, now);
+        // As they stand: one whose approver was quarantined or removed since reads (and filters as) `expired`.
+        await settleApprovals(this.deps, records);
+        for (const r of records) read.set(r.approvalId, r);
         return ids.map((id) => read.get(id));
       },
       keep: (r) => this.approvals.mayRead(who, r) && (!q.status || r.status === q.status),

@@ -80,6 +80,68 @@ test('an approval decided by an approver quarantined since hands out nothing; th
   expect(issued.body.credentials.access_token).toEqual(expect.any(String));
 });
 
+/**
+ * Review: a voided approval showed `approved` in reads and lists until the agent came back (the void happened only
+ * on the agent's next request), so approvers and the console saw a live approval that could hand out nothing. Reads
+ * and lists now void it as the agent's request would, once: one `approval.decide` by the broker, however many reads.
+ */
+test('reads and lists show an approval whose approver was quarantined as expired at once, voided once', async () => {
+  const CAROL = '/ops/carol';
+  const open = await call(t.url, 'POST', '/v1/tasks', t.as(ORCH), {
+    taskId: 'rt-aq-2',
+    agent: id(AGENT),
+    tenant: 'acme',
+    purpose: 'deploy',
+    ttlSeconds: 600,
+    grants: [{ role: 'prod-deploy' }],
+  });
+  expect(open.status).toBe(201);
+  const ask = () => call(t.url, 'POST', '/v1/credentials', t.as(AGENT), { taskId: 'rt-aq-2', role: 'prod-deploy' });
+  const first = await ask();
+  expect(first.status).toBe(202);
+  const approvalId = first.body.approvalId as string;
+  expect((await call(t.url, 'POST', `/v1/approvals/${approvalId}`, t.as(CAROL), { decision: 'approve' })).status).toBe(200);
+  const listed = async (who: string, status: string) =>
+    ((await call(t.url, 'GET', `/v1/approvals?status=${status}&limit=500`, t.as(who))).body.items as { approvalId: string }[])
+      .map((a) => a.approvalId)
+      .includes(approvalId);
+  expect(await listed(ALICE, 'approved')).toBe(true);
+
+  expect((await call(t.url, 'POST', '/v1/admin/quarantine', t.as(ALICE), { agent: id(CAROL), reason: 'key leaked' })).status).toBe(201);
+
+  // Before the agent comes back: every read, by every party, at once, shows the truth (before: `approved`).
+  const reads = await Promise.all([
+    call(t.url, 'GET', `/v1/approvals/${approvalId}`, t.as(ALICE)),
+    call(t.url, 'GET', `/v1/approvals/${approvalId}`, t.as(AGENT)),
+    call(t.url, 'GET', `/v1/approvals/${approvalId}`, t.as(ORCH)),
+    call(t.url, 'GET', '/v1/approvals?status=approved&limit=500', t.as(ALICE)),
+    call(t.url, 'GET', '/v1/approvals?limit=500', t.as(AGENT)),
+  ]);
+  for (const r of reads.slice(0, 3)) expect(r.body).toMatchObject({ approvalId, status: 'expired', decidedBy: id(CAROL) });
+  expect((reads[3]!.body.items as { approvalId: string }[]).map((a) => a.approvalId)).not.toContain(approvalId);
+  expect((reads[4]!.body.items as { approvalId: string; status: string }[]).find((a) => a.approvalId === approvalId)?.status).toBe(
+    'expired',
+  );
+  expect(await listed(ALICE, 'approved')).toBe(false);
+  expect(await listed(ALICE, 'expired')).toBe(true);
+  // Deciding on it again says why.
+  const decide = await call(t.url, 'POST', `/v1/approvals/${approvalId}`, t.as(ALICE), { decision: 'approve' });
+  expect({ status: decide.status, code: decide.body.code }).toEqual({ status: 409, code: 'approval_expired' });
+
+  // The agent comes back: a new pending approval, as before; still one void on record.
+  const again = await ask();
+  expect(again.status).toBe(202);
+  expect(again.body.approvalId).not.toBe(approvalId);
+  const records = await auditRecords(t.broker.deps.redis, t.broker.deps.keys);
+  expect(records.filter((r) => r.action === 'approval.decide' && r.actor === 'broker' && r.taskId === 'rt-aq-2')).toEqual([
+    expect.objectContaining({
+      decision: 'deny',
+      reason: 'approver_quarantined',
+      detail: expect.objectContaining({ approvalId, decidedBy: id(CAROL), pattern: id(CAROL) }),
+    }),
+  ]);
+});
+
 test('an approval decided by an identity that is no longer an approver (config changed, broker restarted) hands out nothing', async () => {
   const issuer = new TestIssuer();
   const prefix = uniquePrefix('rt-approver-removed');
@@ -111,6 +173,13 @@ test('an approval decided by an identity that is no longer an approver (config c
     // Ops take bob off the approvers and restart.
     const loaded = validateConfig({ ...raw, approvers: [id(ALICE)] }, {}, 'config/test.yaml');
     after = await startTestBroker('rt-approver-removed', { issuer, prefix, loaded });
+    // Lists show it as it stands before the agent comes back (before: `approved`).
+    const list = await call(after.url, 'GET', '/v1/approvals?limit=500', as(ALICE));
+    expect((list.body.items as { approvalId: string; status: string }[]).find((a) => a.approvalId === first.body.approvalId)).toMatchObject(
+      {
+        status: 'expired',
+      },
+    );
     const again = await call(after.url, 'POST', '/v1/credentials', as(AGENT), { taskId: 'rt-ar-1', role: 'prod-deploy' });
     expect({ status: again.status, status2: again.body.status }).toEqual({ status: 202, status2: 'pending' });
     expect(again.body.approvalId).not.toBe(first.body.approvalId);
