@@ -1,6 +1,7 @@
 import type { AuditAction, AuditEvent } from './audit/record.ts';
 import type { Deps } from './deps.ts';
 import { BrokerError, badRequest, type CodeWithStatus, forbidden, unavailable } from './errors.ts';
+import { REFUSED_CHARACTERS, type RefusedText } from './http/schemas.ts';
 import type { WorkloadIdentity } from './identity/types.ts';
 import { authorizeNarrowing } from './policy/narrowing.ts';
 import type { PolicyAction, PolicyRequest, PolicyTaskContext } from './policy/types.ts';
@@ -100,12 +101,13 @@ export async function deny(
 }
 
 /**
- * 400 `invalid_request` naming `field` (src/http/schemas.ts fieldWithControls found control, bidi or invisible
- * characters in it), audited as a denial with `detail.field`: unlike other malformed bodies, such text in what
- * audit records, lists and the console show is an attempt to forge what a reader sees.
+ * 400 `invalid_request` naming the field src/http/schemas.ts fieldWithControls refused and saying what its rule
+ * refuses, audited as a denial with `detail.field`: unlike other malformed bodies, such text in what audit
+ * records, lists and the console show is an attempt to forge what a reader sees.
  */
-export async function refuseControls(deps: Deps, who: WorkloadIdentity, field: string, audit: DenialRecord): Promise<never> {
-  const err = badRequest('invalid_request', `${field}: holds control, bidi or zero-width characters`, { extra: { field } });
+export async function refuseControls(deps: Deps, who: WorkloadIdentity, refused: RefusedText, audit: DenialRecord): Promise<never> {
+  const { field, rule } = refused;
+  const err = badRequest('invalid_request', `${field}: may not hold ${REFUSED_CHARACTERS[rule]}`, { extra: { field } });
   throw await denial(deps, who, err, { ...audit, detail: { ...audit.detail, field } });
 }
 

@@ -114,12 +114,12 @@ export class AdminService {
   async revoke(who: WorkloadIdentity, sel: RevokeSelector): Promise<{ tasks: number; leases: number }> {
     await this.requireAdmin(who, 'admin.revoke');
     // Its selector is recorded and shown (the kill switch's record, the console).
-    const field = fieldWithControls([
+    const refused = fieldWithControls([
       ['agent', 'agent' in sel ? sel.agent : undefined, 'name'],
       ['tenant', 'tenant' in sel ? sel.tenant : undefined, 'name'],
       ['taskId', 'taskId' in sel ? sel.taskId : undefined, 'name'],
     ]);
-    if (field !== undefined) await refuseControls(this.deps, who, field, { action: 'access.deny' });
+    if (refused !== undefined) await refuseControls(this.deps, who, refused, { action: 'access.deny' });
     const record = { action: 'admin.revoke' as const, actor: who.id, decision: 'ok' as const, reason: 'revoked_by_admin' };
     // The kill switch ends its tasks in many scripts (one per task tree, each putting its task.revoke records
     // in the outbox), so its own record cannot ride in one of them: it goes to the ops outbox before the
@@ -143,11 +143,11 @@ export class AdminService {
   async quarantine(who: WorkloadIdentity, pattern: string, reason: string): Promise<QuarantineEntry & { tasks: number; leases: number }> {
     await this.requireAdmin(who, 'quarantine.add');
     // Both are recorded and shown (the quarantine list, its audit record, the console).
-    const field = fieldWithControls([
+    const refused = fieldWithControls([
       ['agent', pattern, 'name'],
       ['reason', reason, 'text'],
     ]);
-    if (field !== undefined) await refuseControls(this.deps, who, field, { action: 'access.deny' });
+    if (refused !== undefined) await refuseControls(this.deps, who, refused, { action: 'access.deny' });
     // A refused decision, audited like every other denial (an admin locking itself out is worth a record).
     if (new IdentityPatterns([pattern]).matches(who.id))
       throw await denial(this.deps, who, badRequest('quarantine_self', 'That pattern matches your own identity.'), {

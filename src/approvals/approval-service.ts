@@ -65,8 +65,9 @@ export class ApprovalService {
     if (!r) throw notFound('approval_not_found', `No approval ${approvalId}.`);
     await settleApprovals(this.deps, [r]);
     // The reason is shown with the decision (approval lists, the console, its audit record).
-    if (fieldWithControls([['reason', reason, 'text']]) !== undefined) {
-      await refuseControls(this.deps, who, 'reason', { action: 'access.deny', taskId: r.taskId, detail: { approvalId } });
+    const refused = fieldWithControls([['reason', reason, 'text']]);
+    if (refused !== undefined) {
+      await refuseControls(this.deps, who, refused, { action: 'access.deny', taskId: r.taskId, detail: { approvalId } });
     }
     // Its own request, or one made inside a delegation it is part of (the sub-task's agent acts for it).
     if (who.id === r.agent || (await this.deps.tasks.fixed(r.taskId))?.delegators.includes(who.id)) {

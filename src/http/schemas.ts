@@ -61,6 +61,20 @@ export const labelsSchema = z
   });
 
 /**
+ * What each rule refuses, as a refusal says it: exactly the characters its check matches ({@link hasControls},
+ * {@link PURPOSE_CONTROLS}), so a caller told its text was refused knows what to take out, and that free text may
+ * keep what it is meant to (zero-width joiners in emoji and scripts, bidi marks).
+ */
+export const REFUSED_CHARACTERS = {
+  name:
+    'control characters, line or paragraph separators, invisible characters (zero-width, bidi controls and every other ' +
+    'default-ignorable or format character), lone surrogates, spaces other than the ASCII space, or the blank braille pattern',
+  text:
+    'control characters (C0, DEL, C1), line or paragraph separators (U+2028, U+2029), or bidi embeddings, overrides ' +
+    'and isolates (U+202A-U+202E, U+2066-U+2069); any other character, zero-width joiners and emoji included, is allowed',
+} as const satisfies Record<CheckedText[2], string>;
+
+/**
  * A role named by a caller: any short string. Only configured roles are roles, and naming anything else
  * is answered by what the name is used for (contract section 3: a grant answers 400 `unknown_role`, a
  * credential request 403 `role_not_granted`), not as a malformed body.
@@ -69,7 +83,7 @@ const roleRefSchema = z
   .string()
   .min(1)
   .max(256)
-  .refine((s) => !hasControls(s), 'role names hold no control, bidi or zero-width characters');
+  .refine((s) => !hasControls(s), `role names may not hold ${REFUSED_CHARACTERS.name}`);
 
 export const grantSchema = z.strictObject({
   role: roleRefSchema,
@@ -116,21 +130,27 @@ const PURPOSE_CONTROLS = /[\p{Cc}\u2028\u2029\u202a-\u202e\u2066-\u2069]/u;
  */
 export type CheckedText = readonly [field: string, value: string | undefined, rule: 'name' | 'text'];
 
+/** A field {@link fieldWithControls} refused, and the rule it was held to. */
+export interface RefusedText {
+  field: string;
+  rule: CheckedText[2];
+}
+
 /**
- * The first of `fields` whose value holds characters it may not carry, by its field name, or undefined: the one
- * check of text the broker records into audit and shows in lists and the console (task opening, approval
+ * The first of `fields` whose value holds characters it may not carry, with its field name and rule, or undefined:
+ * the one check of text the broker records into audit and shows in lists and the console (task opening, approval
  * decisions, quarantines, the kill switch). Callers refuse it with {@link import('../authz.ts').refuseControls},
  * an audited denial, which is why it is not a schema refinement (a schema's 400 is not audited).
  */
-export function fieldWithControls(fields: Iterable<CheckedText>): string | undefined {
+export function fieldWithControls(fields: Iterable<CheckedText>): RefusedText | undefined {
   for (const [field, value, rule] of fields) {
-    if (value !== undefined && (rule === 'name' ? hasControls(value) : PURPOSE_CONTROLS.test(value))) return field;
+    if (value !== undefined && (rule === 'name' ? hasControls(value) : PURPOSE_CONTROLS.test(value))) return { field, rule };
   }
   return undefined;
 }
 
 /** The first text field of a task to open that holds characters a task may not carry, as `fromZod` names fields. */
-export function textWithControls(body: Pick<OpenTaskBody, 'tenant' | 'purpose' | 'labels'>): string | undefined {
+export function textWithControls(body: Pick<OpenTaskBody, 'tenant' | 'purpose' | 'labels'>): RefusedText | undefined {
   return fieldWithControls([
     ['tenant', body.tenant, 'name'],
     ['purpose', body.purpose, 'text'],

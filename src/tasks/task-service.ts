@@ -71,14 +71,14 @@ export class TaskService {
 
   private async openOnce(who: WorkloadIdentity, body: OpenTaskBody): Promise<{ created: boolean; task: TaskRecord }> {
     const { config } = this.deps;
-    const field = textWithControls(body);
-    if (field !== undefined) {
+    const refused = textWithControls(body);
+    if (refused !== undefined) {
       // Recorded where the other refusals of an open are: under the parent for a sub-task, under the task only when
       // the caller named it (an id never used names nothing).
       await refuseControls(
         this.deps,
         who,
-        field,
+        refused,
         body.parentTaskId
           ? {
               action: 'access.deny',

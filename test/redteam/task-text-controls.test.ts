@@ -93,3 +93,31 @@ test('ordinary text is still a purpose: other scripts, joiners, emoji and spaces
   const got = await call(t.url, 'GET', '/v1/tasks/tt-ok', t.as(ORCH));
   expect(got.body.purpose).toBe(purpose);
 });
+
+/**
+ * Review: the refusal said "holds control, bidi or zero-width characters" for free text too, which keeps zero-width
+ * joiners by design (above): a caller told so would strip the joiners out of its text (breaking emoji and scripts)
+ * and still be refused. Each rule's refusal now says exactly what that rule refuses.
+ */
+test('a refusal says what its field may not hold: free text keeps zero-width characters, names do not', async () => {
+  const purpose = await call(
+    t.url,
+    'POST',
+    '/v1/tasks',
+    t.as('/orchestrator/o-msg-1'),
+    root('tt-msg-1', { purpose: '👩‍💻 ok \u202eetaler' }),
+  );
+  expect(purpose.status).toBe(400);
+  const said = purpose.body.detail as string;
+  expect(said).toMatch(/^purpose: may not hold /);
+  expect(said).toContain('bidi embeddings, overrides and isolates');
+  expect(said).toContain('zero-width joiners');
+  expect(said).not.toMatch(/zero-width characters/);
+  // What it says holds: the same text without the override, its joiner (and a zero-width space) kept, is a purpose.
+  const fixed = await call(t.url, 'POST', '/v1/tasks', t.as(ORCH), root('tt-msg-ok', { purpose: '👩‍💻 ok\u200b etaler' }));
+  expect(fixed.status).toBe(201);
+
+  const tenant = await call(t.url, 'POST', '/v1/tasks', t.as('/orchestrator/o-msg-2'), root('tt-msg-2', { tenant: 'ac\u200dme' }));
+  expect(tenant.status).toBe(400);
+  expect(tenant.body.detail).toMatch(/^tenant: may not hold .*invisible characters \(zero-width, bidi controls/);
+});
