@@ -71,7 +71,7 @@ export interface TaskDetail extends Task {
   leasesNextCursor?: string | null;
 }
 
-/** `GET /v1/tasks/{id}/leases`: `tree` adds every sub-task's leases (the task's first, then breadth first). */
+/** `GET /v1/tasks/{id}/leases`: `tree` adds every sub-task's leases (the task's first, then the sub-tasks' in opening order). */
 export interface TaskLeasesParams extends PageParams {
   tree?: boolean;
 }
@@ -234,7 +234,7 @@ export interface AuditSeals {
 /** `GET /v1/tasks/{id}/evidence`. */
 export interface Evidence {
   task: Task;
-  /** The task and its sub-tasks, breadth first: about 2 MB of them per answer (the rest with `treeNextCursor`). */
+  /** The task and its sub-tasks in opening order: about 2 MB of them per answer (the rest with `treeNextCursor`). */
   tree: Task[];
   /** Null when `tree` holds the rest of the tree; otherwise `taskEvidence(id, { treeCursor })` gives the next part. */
   treeNextCursor?: string | null;

@@ -161,7 +161,7 @@ export class AuditReader {
   }
 
   /**
-   * One page of a task's sub-task tree (`treeIds`: the task first, then breadth first): its tasks whole, up to
+   * One page of a task's sub-task tree (`treeIds`: the task first, then in opening order): its tasks whole, up to
    * PAGE_BYTES of them as lists stop (at least one), then `nextCursor` (the last task shown, bound to the caller
    * and the task) goes on. A task's record may be ~36 KB within every bound, and a sub-task inherits its parent's
    * grants, labels and purpose from a request of a few hundred bytes: the whole tree in one answer was ~36 MB at

@@ -38,7 +38,7 @@ function isPosition(p: unknown): p is Position {
 }
 
 /**
- * A task's leases (or its tree's: the task first, then its sub-tasks breadth first), each task's in
+ * A task's leases (or its tree's: the task first, then its sub-tasks in opening order), each task's in
  * issue order, in pages whose cost is the page, read from each task's lease index.
  */
 export class TaskLeaseReader {

@@ -411,16 +411,26 @@ export class TaskStore {
     } while (cursor !== '0');
   }
 
-  /** The task and every task below it, breadth first (ids). */
+  /**
+   * The task and every task below it (ids), the task first, then its sub-tasks in the order they were opened
+   * (their `seq`, numbered by task-open.lua on the root): so a parent comes before its sub-tasks, and a sub-task
+   * opened while a client pages through the tree (evidence, `leases?tree=true`: cursors that name the last task
+   * read) comes after every page already read, never before the cursor where it would be missed. (Breadth
+   * first with each level sorted by id, as before, put a new sub-task wherever its id sorted.) Sub-tasks opened
+   * by a release before this one carry no `seq`: they come first, breadth first as that release ordered them.
+   */
   async subtree(taskId: string): Promise<string[]> {
     // One level at a time, its children sets read together (in rounds: src/redis/in-rounds.ts): a round trip
-    // per level (tasks.maxDelegationDepth + 1 at most), not one per task of the tree.
-    const out = [taskId];
+    // per level (tasks.maxDelegationDepth + 1 at most), not one per task of the tree; then each one's `seq`.
+    const below: string[] = [];
     for (let level = [taskId]; level.length > 0; ) {
       const next = (await inRounds(level, (id) => this.children(id))).flatMap((kids) => kids.sort());
-      out.push(...next);
+      below.push(...next);
       level = next;
     }
-    return out;
+    const seqs = await inRounds(below, (id) => this.redis.hget(this.keys.task(id), 'seq'));
+    const order = below.map((id, i) => ({ id, i, seq: seqs[i] == null ? -1 : Number(seqs[i]) }));
+    order.sort((a, b) => a.seq - b.seq || a.i - b.i);
+    return [taskId, ...order.map((o) => o.id)];
   }
 }

@@ -47,8 +47,10 @@ beforeAll(async () => {
 }, 120_000);
 afterAll(async () => t?.close());
 
-test('an evidence answer holds ~2 MB of the tree at most; treeNextCursor pages through the rest, each task once, breadth first', async () => {
+/** Every page of the tree: its task ids, in order, and how many pages; `between` runs after the first page. */
+async function walk(between?: () => Promise<void>): Promise<{ ids: string[]; created: number[]; pages: number }> {
   const ids: string[] = [];
+  const created: number[] = [];
   let cursor: string | null = null;
   let pages = 0;
   do {
@@ -61,12 +63,22 @@ test('an evidence answer holds ~2 MB of the tree at most; treeNextCursor pages t
     expect(body.task.taskId).toBe('eb');
     expect(body.tree.length).toBeGreaterThan(0);
     ids.push(...body.tree.map((x: { taskId: string }) => x.taskId));
+    created.push(...body.tree.map((x: { createdAt: string }) => Date.parse(x.createdAt)));
     cursor = body.treeNextCursor;
     pages += 1;
+    if (pages === 1) await between?.();
   } while (cursor && pages < 10);
   expect(cursor).toBeNull();
+  return { ids, created, pages };
+}
+
+test('an evidence answer holds ~2 MB of the tree at most; treeNextCursor pages through the rest, each task once, as opened', async () => {
+  const { ids, created, pages } = await walk();
   expect(pages).toBeGreaterThan(1);
-  expect(ids).toEqual(['eb', ...Array.from({ length: SUBS }, (_, i) => `eb~s${String(i).padStart(3, '0')}`)]);
+  expect(ids[0]).toBe('eb');
+  expect([...ids].sort()).toEqual(['eb', ...Array.from({ length: SUBS }, (_, i) => `eb~s${String(i).padStart(3, '0')}`)]);
+  // In the order they were opened (ten at a time, so not by id).
+  expect(created).toEqual([...created].sort((x, y) => x - y));
 }, 60_000);
 
 test('a tree cursor is bound to its caller and its task', async () => {
@@ -81,3 +93,25 @@ test('a tree cursor is bound to its caller and its task', async () => {
   const mixed = await call(t.url, 'GET', `/v1/tasks/eb/evidence?cursor=${encodeURIComponent(first.treeNextCursor)}`, t.as(AGENT));
   expect([mixed.status, mixed.body.code]).toEqual([400, 'invalid_cursor']);
 });
+
+/**
+ * Review: the tree was breadth first with each level sorted by id, and its cursor names the last task read: a
+ * sub-task opened mid-walk whose id sorted before that task was never shown. Sub-tasks now come in opening order.
+ */
+test('a sub-task opened while a client pages through the tree is shown, whatever its id', async () => {
+  const opened = async () => {
+    const r = await call(t.url, 'POST', '/v1/tasks', t.as(AGENT), {
+      parentTaskId: 'eb',
+      taskId: 'a-late',
+      agent: `spiffe://dev.local${AGENT}`,
+      ttlSeconds: 600,
+      grants: [{ role: 'demo-api' }],
+    });
+    expect(r.status).toBe(201);
+  };
+  const { ids } = await walk(opened);
+  // Before: missing (it sorted first, among the tasks the first page had shown).
+  expect(ids.at(-1)).toBe('eb~a-late');
+  expect(new Set(ids).size).toBe(ids.length);
+  expect(ids).toHaveLength(SUBS + 2);
+}, 60_000);

@@ -11,7 +11,7 @@
 -- KEYS[5] tasks of the opener (zset)
 -- KEYS[6] parent task hash        (sub-tasks only)
 -- KEYS[7] parent's children (set) (sub-tasks only)
--- KEYS[8] root task hash          (sub-tasks only: holds the tree's sub-task count)
+-- KEYS[8] root task hash          (sub-tasks only: holds the tree's sub-task count, which numbers them: `seq`)
 -- ARGV[1] immutable part as JSON
 -- ARGV[2] ttl in ms (deadline = Redis time + ttl)
 -- ARGV[3] task id
@@ -38,6 +38,7 @@ local moving = slot_guard(base)
 if moving then return moving end
 local now = now_ms()
 local expires = now + tonumber(ARGV[2])
+local seq
 if #KEYS >= 8 then
   local pst = redis.call('HGET', KEYS[6], 'status')
   if not pst then return { 'parent_missing' } end
@@ -45,17 +46,19 @@ if #KEYS >= 8 then
   if pst ~= 'open' or now >= pexp then return { 'parent_not_open' } end
   if expires > pexp then return { 'outlives_parent', pexp } end
   local max = tonumber(ARGV[4])
-  if max > 0 then
-    -- Counted on the root and never decremented: ending and reopening, or nesting, cannot get round it.
-    if redis.call('HINCRBY', KEYS[8], 'subtasks', 1) > max then
-      redis.call('HINCRBY', KEYS[8], 'subtasks', -1)
-      return { 'limit' }
-    end
+  -- Counted on the root and never decremented: ending and reopening, or nesting, cannot get round it.
+  seq = redis.call('HINCRBY', KEYS[8], 'subtasks', 1)
+  if max > 0 and seq > max then
+    redis.call('HINCRBY', KEYS[8], 'subtasks', -1)
+    return { 'limit' }
   end
   redis.call('SADD', KEYS[7], ARGV[3])
 end
 redis.call('HSET', KEYS[1], 'd', ARGV[1], 'status', 'open', 'createdAt', now, 'expiresAt', expires, 'live', 0,
   'agent', ARGV[5], 'tenant', ARGV[6])
+-- A sub-task's place in its tree's opening order (the root's count when it opened): tree pages follow it, so a
+-- sub-task opened while a client pages through the tree comes after every page already read (src/tasks/task-store.ts).
+if seq then redis.call('HSET', KEYS[1], 'seq', seq) end
 if ARGV[11] and ARGV[11] ~= '' then redis.call('HSET', KEYS[1], 'openedBy', ARGV[11]) end
 redis.call('ZADD', KEYS[2], expires, ARGV[3])
 local horizon, keep_until = tonumber(ARGV[8]), expires + tonumber(ARGV[7])
