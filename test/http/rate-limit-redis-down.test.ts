@@ -34,7 +34,7 @@ function limitsWithoutRedis(prefix: string, perSecond: number, burst: number): {
   return { dead, limits };
 }
 
-/** With Redis unreachable the limits still hold, per instance (rate-limiter-flexible's insurance limiter), and never throw. */
+/** With Redis unreachable the limits still hold, per instance (each window's insurance window in memory), and never throw. */
 test('Redis down: the same budget per instance, no errors', async () => {
   const { dead, limits } = limitsWithoutRedis('down', 2, 3);
   const out: string[] = [];
