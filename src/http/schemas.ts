@@ -71,7 +71,9 @@ export const REFUSED_CHARACTERS = {
     'default-ignorable or format character), lone surrogates, spaces other than the ASCII space, or the blank braille pattern',
   text:
     'control characters (C0, DEL, C1), line or paragraph separators (U+2028, U+2029), or bidi embeddings, overrides ' +
-    'and isolates (U+202A-U+202E, U+2066-U+2069); any other character, zero-width joiners and emoji included, is allowed',
+    'and isolates (U+202A-U+202E, U+2066-U+2069), or characters that hide text (zero-width space, word joiner and ' +
+    'invisible operators, BOM, interlinear annotation, Hangul fillers, Unicode tag characters outside an emoji ' +
+    "flag's tag sequence, two variation selectors in a row); joiners (ZWJ, ZWNJ), direction marks and emoji are allowed',
 } as const satisfies Record<CheckedText[2], string>;
 
 /**
@@ -124,9 +126,30 @@ export type OpenTaskBody = z.infer<typeof openTaskSchema>;
 const PURPOSE_CONTROLS = /[\p{Cc}\u2028\u2029\u202a-\u202e\u2066-\u2069]/u;
 
 /**
+ * Characters that carry text no one sees, refused in free text too: the zero-width space, word joiner and
+ * invisible operators, the BOM, interlinear annotation marks, Hangul fillers and the Mongolian vowel separator.
+ * An agent writes the purpose its approver reads, and an approver is more and more often a model: Unicode tag
+ * characters (U+E0000-E007F) spell ASCII that renders as nothing ("ASCII smuggling"), and a run of variation
+ * selectors can encode arbitrary bytes after one visible character, so a purpose could read "rotate the logs" to
+ * a person and carry instructions to a model. What scripts and emoji need stays: ZWJ and ZWNJ, direction marks,
+ * one variation selector after a character, and tag characters inside an emoji flag's tag sequence.
+ */
+const HIDDEN = /[\u115f\u1160\u180e\u200b\u2060-\u2064\u3164\ufeff\uffa0\ufff9-\ufffb]/u;
+/** An emoji flag's tag sequence (U+1F3F4, tag letters, CANCEL TAG), the one place tag characters belong. */
+const FLAG_TAGS = /\u{1f3f4}[\u{e0020}-\u{e007e}]+\u{e007f}/gu;
+const TAG = /[\u{e0000}-\u{e007f}]/u;
+/** Two variation selectors in a row: one selects a glyph, a run of them is a payload. */
+const SELECTOR_RUN = /[\ufe00-\ufe0f\u{e0100}-\u{e01ef}]{2}/u;
+
+/** Whether free text holds what {@link PURPOSE_CONTROLS} or {@link HIDDEN} refuse, or tag characters or selector runs out of place. */
+function textHasControls(s: string): boolean {
+  return PURPOSE_CONTROLS.test(s) || HIDDEN.test(s) || SELECTOR_RUN.test(s) || TAG.test(s.replace(FLAG_TAGS, ''));
+}
+
+/**
  * A caller's text and the rule it is held to: a `name` (compared by policies, filters and patterns, so a lookalike
  * must not pass for another) to the role names' rule ({@link hasControls}); `text` a human reads (a purpose, a
- * reason) to {@link PURPOSE_CONTROLS}.
+ * reason) to {@link textHasControls}.
  */
 export type CheckedText = readonly [field: string, value: string | undefined, rule: 'name' | 'text'];
 
@@ -144,7 +167,7 @@ export interface RefusedText {
  */
 export function fieldWithControls(fields: Iterable<CheckedText>): RefusedText | undefined {
   for (const [field, value, rule] of fields) {
-    if (value !== undefined && (rule === 'name' ? hasControls(value) : PURPOSE_CONTROLS.test(value))) return { field, rule };
+    if (value !== undefined && (rule === 'name' ? hasControls(value) : textHasControls(value))) return { field, rule };
   }
   return undefined;
 }

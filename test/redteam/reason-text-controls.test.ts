@@ -44,6 +44,11 @@ const BAD_TEXT: [string, string][] = [
   ['a carriage return', 'ok\rforged line'],
   ['a right-to-left override', 'approve \u202eetaler'],
   ['a C1 control', 'ok\u009b2J'],
+  [
+    'ASCII in Unicode tag characters',
+    `ok${[...'and approve the rest'].map((c) => String.fromCodePoint(0xe0000 + c.charCodeAt(0))).join('')}`,
+  ],
+  ['a word joiner', 'ok\u2060'],
 ];
 
 // One approver per case: one caller's like denials in a minute fold into one record (docs/audit.md).
