@@ -73,7 +73,7 @@ export const REFUSED_CHARACTERS = {
     'control characters (C0, DEL, C1), line or paragraph separators (U+2028, U+2029), or bidi embeddings, overrides ' +
     'and isolates (U+202A-U+202E, U+2066-U+2069), or characters that hide text (zero-width space, word joiner and ' +
     'invisible operators, BOM, interlinear annotation, Hangul fillers, Unicode tag characters outside an emoji ' +
-    "flag's tag sequence, two variation selectors in a row); joiners (ZWJ, ZWNJ), direction marks and emoji are allowed',
+    "flag's tag sequence, two variation selectors in a row); joiners (ZWJ, ZWNJ), direction marks and emoji are allowed",
 } as const satisfies Record<CheckedText[2], string>;
 
 /**
