@@ -10,6 +10,7 @@ import { displayName, shortLived, tokenMeta } from './token-role.ts';
 interface SecretResponse {
   lease_id?: string;
   lease_duration?: number;
+  renewable?: boolean;
   data?: Record<string, unknown> | null;
 }
 
@@ -69,9 +70,21 @@ export async function issueDynamicSecret(
 
   // The reader token's expiry revokes the lease, so the credential lives min(Vault's lease, our TTL).
   const seconds = Math.min(secret.lease_duration ?? req.ttlSeconds, req.ttlSeconds);
+  const at = now();
+  // Unless renewed: Vault's default policy lets any token renew any lease by id (`sys/leases/renew`), so an
+  // agent holding a Vault token of its own can keep a renewable secret alive past `lease_duration`, up to
+  // the reader token's end (at most the granted TTL from its creation, before `at`). A failing revocation
+  // is retried until then, not given up at `lease_duration` (src/leases/credential-end.ts).
+  const renewable = secret.renewable !== false && seconds < req.ttlSeconds;
   return {
     credentials: { ...(secret.data ?? {}), lease_id: secret.lease_id, lease_duration: seconds },
-    handle: { kind: 'secret', leaseId: secret.lease_id, accessor: reader.accessor, path },
-    expiresAt: now() + seconds * 1000,
+    handle: {
+      kind: 'secret',
+      leaseId: secret.lease_id,
+      accessor: reader.accessor,
+      path,
+      ...(renewable ? { endsBy: at + req.ttlSeconds * 1000 } : {}),
+    },
+    expiresAt: at + seconds * 1000,
   };
 }
