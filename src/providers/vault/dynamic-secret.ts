@@ -15,6 +15,18 @@ interface SecretResponse {
 }
 
 /**
+ * Whether a secret's data are AWS STS credentials (Vault's AWS engine, `aws/sts/<role>` or `aws/creds/<role>`
+ * of an `assumed_role`, `federation_token` or `session_token` role): they carry a session token (Vault before
+ * 1.16 named it `security_token`), where an `iam_user` credential has null. STS cannot revoke a session, so
+ * revoking its Vault lease ends nothing on AWS, and the session lives the engine role's `default_sts_ttl`
+ * whatever TTL the broker granted: like a secret without a lease, it could never be cut off.
+ */
+function stsCredentials(data: Record<string, unknown> | null | undefined): boolean {
+  const token = data?.session_token ?? data?.security_token;
+  return typeof token === 'string' && token.length > 0;
+}
+
+/**
  * A dynamic secret (database/creds/<role>, aws/creds/<role>, ...), read with
  * a per-lease orphan "reader" token whose TTL is the effective TTL.
  *
@@ -55,6 +67,11 @@ export async function issueDynamicSecret(
     secret = await session.clientFor(reader.client_token).read(path);
     if (!secret?.lease_id)
       throw upstreamFailed('upstream_not_leased', `Vault path ${path} is not a dynamic secret (no lease_id): it cannot be revoked.`);
+    if (stsCredentials(secret.data))
+      throw upstreamFailed(
+        'upstream_not_leased',
+        `Vault path ${path} answered with AWS STS credentials: revoking their Vault lease does not end them, and they live the engine's TTL, not the granted one. Use an aws role.`,
+      );
   } catch (err) {
     // The reader token must not outlive a failed issue.
     await session
