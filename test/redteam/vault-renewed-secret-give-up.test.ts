@@ -22,8 +22,8 @@ beforeAll(async () => {
   emu = await startVaultEmulator({
     policies: { 'jit-broker': BROKER_POLICY, 'ops-read': ['secret/ops/*'] },
   });
-  // Vault's lease on the database user: 2 s, renewable up to 10 min.
-  emu.createDatabaseRole('orders-short', { defaultTtl: 2, maxTtl: 600 });
+  // Vault's lease on the database user: 5 s, renewable up to 10 min.
+  emu.createDatabaseRole('orders-short', { defaultTtl: 5, maxTtl: 600 });
   const { token } = emu.createToken({ policies: ['jit-broker', 'ops-read'] });
   t = await startTestBroker('rt3-renewed', {
     config: {
@@ -63,11 +63,11 @@ test('a renewed Vault secret whose revocation fails past its first lease_duratio
     grants: [{ role: 'orders-db' }, { role: 'vault-self' }],
   });
   expect(open.status).toBe(201);
-  const db = await call(t.url, 'POST', '/v1/credentials', t.as(AGENT), { taskId, role: 'orders-db', ttlSeconds: 300 });
-  expect(db.status).toBe(201);
-  expect(db.body.credentials.lease_duration).toBe(2);
   const self = await call(t.url, 'POST', '/v1/credentials', t.as(AGENT), { taskId, role: 'vault-self', ttlSeconds: 300 });
   expect(self.status).toBe(201);
+  const db = await call(t.url, 'POST', '/v1/credentials', t.as(AGENT), { taskId, role: 'orders-db', ttlSeconds: 300 });
+  expect(db.status).toBe(201);
+  expect(db.body.credentials.lease_duration).toBe(5);
 
   // The agent renews the database user's Vault lease with its own token (the default policy allows it).
   const agentVault = nodeVault({ endpoint: emu.url, token: self.body.credentials.token });
@@ -78,7 +78,8 @@ test('a renewed Vault secret whose revocation fails past its first lease_duratio
   emu.seal();
   expect((await call(t.url, 'POST', `/v1/tasks/${taskId}/complete`, t.as(ORCH))).status).toBe(202);
   await waitFor(async () => (await lease(db.body.leaseId)).status === 'revoke_failed', 8000, 25);
-  await new Promise((r) => setTimeout(r, 3000));
+  // Past the secret's first lease_duration (the lease's expiresAt), with a second of slack.
+  await new Promise((r) => setTimeout(r, Math.max(0, Date.parse(db.body.expiresAt) + 1000 - Date.now())));
   // The database user still works upstream: the broker must not have called it expired.
   expect(emu.isDbUserValid(db.body.credentials.username)).toBe(true);
   expect((await lease(db.body.leaseId)).status).toBe('revoke_failed');
@@ -109,15 +110,15 @@ test('a renewed Vault secret whose TTL-end revocation fails is retried, not ende
     grants: [{ role: 'orders-db' }, { role: 'vault-self' }],
   });
   expect(open.status).toBe(201);
-  const db = await call(t.url, 'POST', '/v1/credentials', t.as(AGENT), { taskId, role: 'orders-db', ttlSeconds: 300 });
   const self = await call(t.url, 'POST', '/v1/credentials', t.as(AGENT), { taskId, role: 'vault-self', ttlSeconds: 300 });
+  const db = await call(t.url, 'POST', '/v1/credentials', t.as(AGENT), { taskId, role: 'orders-db', ttlSeconds: 300 });
   expect([db.status, self.status]).toEqual([201, 201]);
   const agentVault = nodeVault({ endpoint: emu.url, token: self.body.credentials.token });
   await agentVault.write('sys/leases/renew', { lease_id: db.body.credentials.lease_id, increment: '300s' });
 
-  // Vault is sealed when the broker's record of the secret runs out (its first lease_duration, 2 s).
+  // Vault is sealed when the broker's record of the secret runs out (its first lease_duration, 5 s).
   emu.seal();
-  await waitFor(async () => (await lease(db.body.leaseId)).status === 'revoke_failed', 8000, 25);
+  await waitFor(async () => (await lease(db.body.leaseId)).status === 'revoke_failed', 12_000, 25);
   await new Promise((r) => setTimeout(r, 500));
   expect(emu.isDbUserValid(db.body.credentials.username)).toBe(true);
   expect((await lease(db.body.leaseId)).status).toBe('revoke_failed');
