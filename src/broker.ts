@@ -293,7 +293,7 @@ export async function startBroker(config: LoadedConfig, opts: BrokerOptions = {}
       tasks,
       quarantine,
       replicas,
-      approvals: new ApprovalStore({ redis, keys, retentionMs }),
+      approvals: new ApprovalStore({ redis, keys, retentionMs, now: () => clock.now() }),
       patterns: {
         orchestrators: new IdentityPatterns(config.orchestrators),
         admins: new IdentityPatterns(config.admins),

@@ -265,8 +265,9 @@ export const ERRORS = {
   },
   upstream_not_leased: {
     status: 502,
-    means: 'The Vault path is not a dynamic secret (no lease), so it could never be revoked.',
-    fix: 'Operators: point the role at a leased path.',
+    means:
+      'The Vault path is not a secret Vault can revoke: no lease (a static secret), or AWS STS credentials (revoking their Vault lease does not end them).',
+    fix: 'Operators: point the role at a leased, revocable path; for AWS STS use an aws role.',
   },
   rotation_failed: {
     status: 502,

@@ -52,11 +52,17 @@ export class ApprovalStore {
   private readonly redis: RedisClient;
   private readonly keys: Keys;
   private readonly retentionMs: number;
+  /**
+   * The broker's clock (Redis's): whether an approval has passed its deadline is decided on it like every
+   * deadline, not on this process's clock (an instance running minutes fast read live approvals `expired`).
+   */
+  private readonly now: () => number;
 
-  constructor(deps: { redis: RedisClient; keys: Keys; retentionMs: number }) {
+  constructor(deps: { redis: RedisClient; keys: Keys; retentionMs: number; now?: () => number }) {
     this.redis = deps.redis;
     this.keys = deps.keys;
     this.retentionMs = deps.retentionMs;
+    this.now = deps.now ?? Date.now;
   }
 
   private indexKey(r: Pick<ApprovalFixed, 'taskId' | 'role' | 'scopes' | 'ttlSeconds'>): string {
@@ -108,11 +114,11 @@ export class ApprovalStore {
     return { kind: 'existing', record };
   }
 
-  async get(approvalId: string, now = Date.now()): Promise<ApprovalRecord | undefined> {
+  async get(approvalId: string, now = this.now()): Promise<ApprovalRecord | undefined> {
     return (await this.getMany([approvalId], now))[0];
   }
 
-  async getMany(ids: readonly string[], now = Date.now()): Promise<ApprovalRecord[]> {
+  async getMany(ids: readonly string[], now = this.now()): Promise<ApprovalRecord[]> {
     const valid = ids.filter((id) => this.keys.bucketOfId(id) !== undefined);
     const hashes = await Promise.all(valid.map((id) => this.redis.hgetall(this.keys.approval(id))));
     const records = hashes.map((h) => fromHash(h, now));
@@ -162,7 +168,7 @@ export class ApprovalStore {
     const member = outboxMember(audit);
     const res = await this.swap(r, 'approved', 'expired', {}, member);
     if (res === false) return false;
-    return { recorded: { member, at: res === true ? Date.now() : res } };
+    return { recorded: { member, at: res === true ? this.now() : res } };
   }
 
   /** approved -> consumed, exactly once; the request index is cleared so the next request asks again. */

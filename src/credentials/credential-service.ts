@@ -181,6 +181,18 @@ export class CredentialService {
     const extra = scopes.filter((s) => !grant.scopes.includes(s));
     if (extra.length > 0)
       return this.deny(who, task, body.role, 'scope_not_granted', `Scopes not granted to this task: ${extra.join(', ')}.`);
+    // The grant was checked against the role when the task opened; an operator may have narrowed the role since
+    // (a config rollout): what the role no longer allows is not issued, as its TTL bound already follows the role.
+    const allowed = descriptorOf(role.provider)?.allowedScopes(role as never);
+    const dropped = allowed ? scopes.filter((s) => !allowed.includes(s)) : [];
+    if (dropped.length > 0)
+      return this.deny(
+        who,
+        task,
+        body.role,
+        'scope_not_granted',
+        `Scopes role "${body.role}" no longer allows (its configuration was narrowed since the task opened): ${dropped.join(', ')}.`,
+      );
     if (scopes.length === 0 && descriptorOf(role.provider)?.needsScope(role as never)) {
       await this.current(task);
       throw badRequest(

@@ -1,6 +1,7 @@
 import { type Job, Worker } from 'bullmq';
 import type { Deps } from '../deps.ts';
 import { BrokerError, RetryableUpstreamError } from '../errors.ts';
+import { credentialEndsBy } from '../leases/credential-end.ts';
 import { LeaseStore } from '../leases/lease-store.ts';
 import type { LeaseRecord, RevokeReason } from '../leases/types.ts';
 import type { RedisClient } from '../redis/scripts.ts';
@@ -183,7 +184,8 @@ export class RevocationWorker {
     } catch (err) {
       const code = err instanceof BrokerError || err instanceof RetryableUpstreamError ? err.code : 'upstream_error';
       const { leases, metrics, logger } = this.deps;
-      if (this.deps.clock.now() >= lease.expiresAt) {
+      // The credential's own end, which a renewable upstream lease may put past the lease's `expiresAt`.
+      if (this.deps.clock.now() >= credentialEndsBy(lease)) {
         if (opts.reason === 'issuance_interrupted') await opts.expired(code);
         else await this.finish(lease, 'expired', opts.reason, lease.expiresAt, attempt, code);
         return 'settled';

@@ -7,11 +7,22 @@ export const SESSION_POLICY_MAX_CHARS = 2048;
 const IAM_ACTION = /^[a-zA-Z0-9-]+:[A-Za-z0-9*?]+$/;
 
 /**
- * STS actions that make a new session from this one. A chained session gets a name and a lifetime the
+ * STS actions that make a new credential from this session. A chained session gets a name and a lifetime the
  * agent picks, and no session policy unless the agent adds one: the deny that ends a task (by session
- * name) does not reach it, so it could outlive the task with the role's full permissions.
+ * name) does not reach it, so it could outlive the task with the role's full permissions. The same holds
+ * for `GetWebIdentityToken` (an AWS-signed JWT of this identity, good for up to 1 h at external services,
+ * which an IAM deny never reaches) and `GetDelegatedAccessToken` (credentials of another principal, traded
+ * for a token, outside the broker's session names).
  */
-const CHAINING = ['AssumeRole', 'AssumeRoleWithSAML', 'AssumeRoleWithWebIdentity', 'AssumeRoot', 'GetFederationToken'];
+const CHAINING = [
+  'AssumeRole',
+  'AssumeRoleWithSAML',
+  'AssumeRoleWithWebIdentity',
+  'AssumeRoot',
+  'GetFederationToken',
+  'GetWebIdentityToken',
+  'GetDelegatedAccessToken',
+];
 
 /** Whether a scope (an IAM action pattern; IAM matches actions case-insensitively) covers one of {@link CHAINING}. */
 function chains(scope: string): boolean {
@@ -27,7 +38,7 @@ export function refuseChaining(scopes: readonly string[]): void {
   if (chaining.length > 0)
     throw badRequest(
       'invalid_scope',
-      `Scopes may not let the session assume a role (${chaining.join(', ')}): a chained session would outlive the task and escape its revocation.`,
+      `Scopes may not let the session assume a role or mint a credential of its own (${chaining.join(', ')}): it would outlive the task and escape its revocation.`,
     );
 }
 

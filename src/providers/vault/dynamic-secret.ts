@@ -10,7 +10,20 @@ import { displayName, shortLived, tokenMeta } from './token-role.ts';
 interface SecretResponse {
   lease_id?: string;
   lease_duration?: number;
+  renewable?: boolean;
   data?: Record<string, unknown> | null;
+}
+
+/**
+ * Whether a secret's data are AWS STS credentials (Vault's AWS engine, `aws/sts/<role>` or `aws/creds/<role>`
+ * of an `assumed_role`, `federation_token` or `session_token` role): they carry a session token (Vault before
+ * 1.16 named it `security_token`), where an `iam_user` credential has null. STS cannot revoke a session, so
+ * revoking its Vault lease ends nothing on AWS, and the session lives the engine role's `default_sts_ttl`
+ * whatever TTL the broker granted: like a secret without a lease, it could never be cut off.
+ */
+function stsCredentials(data: Record<string, unknown> | null | undefined): boolean {
+  const token = data?.session_token ?? data?.security_token;
+  return typeof token === 'string' && token.length > 0;
 }
 
 /**
@@ -54,6 +67,11 @@ export async function issueDynamicSecret(
     secret = await session.clientFor(reader.client_token).read(path);
     if (!secret?.lease_id)
       throw upstreamFailed('upstream_not_leased', `Vault path ${path} is not a dynamic secret (no lease_id): it cannot be revoked.`);
+    if (stsCredentials(secret.data))
+      throw upstreamFailed(
+        'upstream_not_leased',
+        `Vault path ${path} answered with AWS STS credentials: revoking their Vault lease does not end them, and they live the engine's TTL, not the granted one. Use an aws role.`,
+      );
   } catch (err) {
     // The reader token must not outlive a failed issue.
     await session
@@ -69,9 +87,21 @@ export async function issueDynamicSecret(
 
   // The reader token's expiry revokes the lease, so the credential lives min(Vault's lease, our TTL).
   const seconds = Math.min(secret.lease_duration ?? req.ttlSeconds, req.ttlSeconds);
+  const at = now();
+  // Unless renewed: Vault's default policy lets any token renew any lease by id (`sys/leases/renew`), so an
+  // agent holding a Vault token of its own can keep a renewable secret alive past `lease_duration`, up to
+  // the reader token's end (at most the granted TTL from its creation, before `at`). A failing revocation
+  // is retried until then, not given up at `lease_duration` (src/leases/credential-end.ts).
+  const renewable = secret.renewable !== false && seconds < req.ttlSeconds;
   return {
     credentials: { ...(secret.data ?? {}), lease_id: secret.lease_id, lease_duration: seconds },
-    handle: { kind: 'secret', leaseId: secret.lease_id, accessor: reader.accessor, path },
-    expiresAt: now() + seconds * 1000,
+    handle: {
+      kind: 'secret',
+      leaseId: secret.lease_id,
+      accessor: reader.accessor,
+      path,
+      ...(renewable ? { endsBy: at + req.ttlSeconds * 1000 } : {}),
+    },
+    expiresAt: at + seconds * 1000,
   };
 }

@@ -1,0 +1,75 @@
+import { jest } from '@jest/globals';
+import { loadConfig } from '../../src/config/load.ts';
+import type { AwsEmulator } from '../emulators/aws/index.ts';
+import {
+  AGENT,
+  ORCH,
+  call,
+  dropPrefix,
+  startTestBroker,
+  testConfigFile,
+  uniquePrefix,
+  waitFor,
+  type TestBroker,
+} from '../helpers/broker.ts';
+import { TestIssuer } from '../helpers/identity.ts';
+import { type BrokerProcess, START_TIMEOUT_MS, startBrokerProcess } from '../helpers/process.ts';
+import { awsForBroker, callerIdentityAs } from '../providers/aws/helpers.ts';
+
+/**
+ * Red team, the revocation promise across a SIGKILL on the AWS side (test/revocation/unknown-outcome.test.ts
+ * covers a late answer to a live process): the API process is killed after STS made the sessions and before
+ * their answers came back. The session names were written down before the calls, so another instance gives
+ * the issuances up at their orphan deadline and denies each session in IAM; every lease ends `failed`.
+ */
+jest.setTimeout(START_TIMEOUT_MS + 90_000);
+let emu: AwsEmulator;
+let api: BrokerProcess | undefined;
+let worker: TestBroker | undefined;
+const prefix = uniquePrefix('rt3-crash-aws');
+const issuer = new TestIssuer();
+const as = (path: string) => ({ authorization: `Bearer ${issuer.svid(path)}` });
+
+afterAll(async () => {
+  await api?.kill();
+  await worker?.broker.close();
+  await emu?.stop();
+  await dropPrefix(prefix);
+});
+
+test('sessions STS made for an API process killed before their answers are denied by another instance', async () => {
+  const aws = await awsForBroker();
+  emu = aws.emu;
+  const file = testConfigFile(issuer, prefix, {
+    providers: { aws: { ...aws.providers.aws, revocation: 'iam-deny', requestTimeoutMs: 20_000, maxAttempts: 1 } },
+    roles: { 'reports-bucket': { provider: 'aws', roleArn: aws.role.arn, maxTtlSeconds: 3600 } },
+    revocation: { backoffMs: 50, maxBackoffMs: 500, sweepMs: 20, orphanMs: 1000, lockMs: 1000, stalledCheckMs: 500 },
+  });
+  api = await startBrokerProcess(file, { args: ['--api'] });
+  const open = await call(api.url, 'POST', '/v1/tasks', as(ORCH), {
+    taskId: 't-crash-aws',
+    agent: `spiffe://dev.local${AGENT}`,
+    tenant: 'acme',
+    purpose: 'crash',
+    ttlSeconds: 7200,
+    grants: [{ role: 'reports-bucket', scopes: ['s3:GetObject', 'sts:GetCallerIdentity'] }],
+  });
+  expect(open.status).toBe(201);
+  const before = emu.sessions().length;
+  const N = 3;
+  for (let i = 0; i < N; i++) emu.holdAnswer('AssumeRole', 60_000);
+  const inflight = Array.from({ length: N }, () =>
+    call(api!.url, 'POST', '/v1/credentials', as(AGENT), { taskId: 't-crash-aws', role: 'reports-bucket' }).catch(() => undefined),
+  );
+  await waitFor(async () => emu.sessions().length - before === N, 10_000, 25);
+  const made = emu.sessions().slice(before);
+  for (const s of made) expect(await callerIdentityAs(emu.url, s)).toBe('ok');
+  await api.kill('SIGKILL');
+  await Promise.all(inflight);
+
+  worker = await startTestBroker('rt3-crash-aws-worker', { prefix, issuer, loaded: loadConfig({}, file), broker: { api: false } });
+  const ids = await worker.broker.deps.tasks.leaseIds('t-crash-aws');
+  expect(ids).toHaveLength(N);
+  await waitFor(async () => (await worker!.broker.deps.leases.getMany(ids)).every((l) => l.status === 'failed'), 20_000, 100);
+  for (const s of made) expect(await callerIdentityAs(emu.url, s)).not.toBe('ok');
+});
