@@ -1,4 +1,5 @@
-import { Queue, Worker } from 'bullmq';
+import { Queue } from 'bullmq';
+import { Worker } from '../redis/bullmq-worker.ts';
 import type { RedisClient } from '../redis/scripts.ts';
 import type { Deps } from '../deps.ts';
 import type { RotationService } from './rotation.ts';

@@ -1,4 +1,5 @@
-import { type Job, Worker } from 'bullmq';
+import type { Job } from 'bullmq';
+import { Worker } from '../redis/bullmq-worker.ts';
 import type { Deps } from '../deps.ts';
 import { BrokerError, RetryableUpstreamError } from '../errors.ts';
 import { credentialEndsBy } from '../leases/credential-end.ts';

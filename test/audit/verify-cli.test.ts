@@ -2,11 +2,15 @@ import { execFile } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { promisify } from 'node:util';
+import { jest } from '@jest/globals';
 import { type AuditRecord, hashRecord } from '../../src/audit/record.ts';
 import { REDIS_URL } from '../helpers/broker.ts';
 import { type AuditFixture, auditFixture } from './fixture.ts';
 
 const run = promisify(execFile);
+// Each `npm run audit:verify` starts npm and node: seconds apiece on a loaded machine (a test running it three
+// times exceeded jest's 20-s default at load 12), and a test here runs it up to three times.
+jest.setTimeout(90_000);
 
 let f: AuditFixture;
 beforeEach(async () => {
@@ -155,4 +159,4 @@ test('npm run audit:verify fails (exit 1, naming it) when sealing stopped and re
   res = await verifyCli(cfg, '--max-seal-age', 'soon');
   expect(res.code).toBe(1);
   expect(res.out).toContain('--max-seal-age must be a whole number of seconds');
-}, 60_000);
+});

@@ -53,8 +53,9 @@ function open(taskId: string) {
  */
 async function everyWrite(who: string): Promise<Record<string, string>> {
   // /readyz answers from a write probe at most a second old (docs/operations.md: 503 within about 2 s of Redis
-  // refusing writes): wait that long for it, then take its answer.
-  await waitFor(async () => (await call(t.url, 'GET', '/readyz', {})).status === 503, 3000, 100).catch(() => {});
+  // refusing writes): wait for it (generously: a loaded machine is slow, and the wait ends at the first 503), then
+  // take its answer.
+  await waitFor(async () => (await call(t.url, 'GET', '/readyz', {})).status === 503, 20_000, 100).catch(() => {});
   const seen: Record<string, { status: number; body: { code?: string; status?: string } }> = {
     readyz: await call(t.url, 'GET', '/readyz', {}),
     openTask: await open('full-2'),
@@ -76,8 +77,8 @@ test('Redis out of memory under noeviction: /readyz and every write answer 503 n
   } finally {
     await admin.config('SET', 'maxmemory', '0');
   }
-  await waitFor(async () => (await call(t.url, 'GET', '/readyz', {})).status === 200, 5000, 100);
-}, 30_000);
+  await waitFor(async () => (await call(t.url, 'GET', '/readyz', {})).status === 200, 20_000, 100);
+}, 90_000);
 
 test('Redis refusing writes after a failed RDB save (MISCONF): 503 not_ready everywhere, never 500', async () => {
   const dir = String(((await admin.config('GET', 'dir')) as string[])[1]);
@@ -95,8 +96,8 @@ test('Redis refusing writes after a failed RDB save (MISCONF): 503 not_ready eve
     await admin.bgsave();
     await waitFor(async () => /rdb_last_bgsave_status:ok/.test(await admin.info('persistence')), 10_000, 100);
   }
-  await waitFor(async () => (await call(t.url, 'GET', '/readyz', {})).status === 200, 5000, 100);
-}, 30_000);
+  await waitFor(async () => (await call(t.url, 'GET', '/readyz', {})).status === 200, 20_000, 100);
+}, 90_000);
 
 test('the refusals are recognised inside a Redis 6 script error and an aborted transaction too', () => {
   const wrapped = (reply: string) =>

@@ -5,7 +5,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parentPort } from 'node:worker_threads';
 
-export const DIE_FLAG = join(tmpdir(), 'jit-record-check-die-once');
+// Per process (a thread has its parent's pid): two runs of the test at once must not take each other's flag.
+export const DIE_FLAG = join(tmpdir(), `jit-record-check-die-once-${process.pid}`);
 
 if (existsSync(DIE_FLAG))
   parentPort?.on('message', () => {
