@@ -4,7 +4,9 @@
  * HEAP_PROFILE_FILE when the process exits. `--heap-prof` keeps only what
  * is still alive at exit, which says nothing about the garbage a request
  * makes; the inspector's sampling can keep what the scavenger and the
- * major GC collected as well.
+ * major GC collected as well. HEAP_PROFILE_PROMOTED=1 leaves out what the
+ * scavenger collected: what is left was promoted (or is still alive), the
+ * bytes that fill the old generation and bring its mark-compacts.
  */
 import { writeFileSync } from 'node:fs';
 import { Session } from 'node:inspector';
@@ -16,7 +18,7 @@ if (file) {
   session.post('HeapProfiler.startSampling', {
     samplingInterval: 8192,
     includeObjectsCollectedByMajorGC: true,
-    includeObjectsCollectedByMinorGC: true,
+    includeObjectsCollectedByMinorGC: process.env.HEAP_PROFILE_PROMOTED !== '1',
   });
   // A session on this thread answers synchronously, so this works in 'exit'.
   process.on('exit', () => {

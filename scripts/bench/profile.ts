@@ -172,7 +172,7 @@ function printCpu(s: Summary, issued: number): void {
   printTop(s, (ms) => `${((ms * 1000) / issued).toFixed(1).padStart(6)} µs`, 'self time', 'µs');
 }
 
-function printHeap(s: Summary, issued: number): void {
+export function printHeap(s: Summary, issued: number): void {
   console.log(`allocated ${(s.total / 2 ** 20).toFixed(0)} MiB (sampled) = ${(s.total / issued / 1024).toFixed(1)} KiB per issuance`);
   printTop(s, (b) => `${(b / issued / 1024).toFixed(2).padStart(6)} KiB`, 'bytes allocated', 'KiB');
 }

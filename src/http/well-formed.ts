@@ -10,6 +10,39 @@ const wellFormed = (s: string): boolean => (s as unknown as { isWellFormed(): bo
 
 /** The path of the first string (value or key) in `body` that is not well-formed Unicode, if any. */
 export function illFormedField(body: unknown): string | undefined {
+  return allWellFormed(body) ? undefined : firstIllFormed(body);
+}
+
+/**
+ * Whether every string (value or key) in `body` is well-formed: the check every body passes, so it
+ * builds no field paths (those are built only for a body that fails it, by {@link firstIllFormed}).
+ */
+function allWellFormed(body: unknown): boolean {
+  if (typeof body === 'string') return wellFormed(body);
+  if (body === null || typeof body !== 'object') return true;
+  // Iterative: a deeply nested body must not exhaust the stack.
+  const stack: object[] = [body];
+  for (let value = stack.pop(); value !== undefined; value = stack.pop()) {
+    if (Array.isArray(value)) {
+      for (const v of value as unknown[]) {
+        if (typeof v === 'string') {
+          if (!wellFormed(v)) return false;
+        } else if (v !== null && typeof v === 'object') stack.push(v);
+      }
+      continue;
+    }
+    for (const k of Object.keys(value)) {
+      if (!wellFormed(k)) return false;
+      const v = (value as Record<string, unknown>)[k];
+      if (typeof v === 'string') {
+        if (!wellFormed(v)) return false;
+      } else if (v !== null && typeof v === 'object') stack.push(v);
+    }
+  }
+  return true;
+}
+
+function firstIllFormed(body: unknown): string | undefined {
   // Iterative: a deeply nested body must not exhaust the stack.
   const stack: [unknown, string][] = [[body, '']];
   for (let item = stack.pop(); item !== undefined; item = stack.pop()) {

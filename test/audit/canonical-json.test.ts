@@ -63,3 +63,21 @@ test('matches the original canonical form on random values (audit hashes unchang
   };
   expect(canonicalJson(record)).toBe(reference(record));
 });
+
+test('sorts key lists of every length as the original did (few keys in place, long lists by sort())', () => {
+  const seed = { n: 7 };
+  const r = () => {
+    seed.n = (seed.n * 1103515245 + 12345) % 2147483648;
+    return seed.n / 2147483648;
+  };
+  const names = ['a', 'B', 'b', 'aa', 'Z', '10', '2', '0', 'é', 'e\u0301', '\ud83d\ude80', 'k"q', '_', '~', ' '];
+  for (const size of [0, 1, 2, 23, 24, 25, 60]) {
+    for (let round = 0; round < 40; round++) {
+      const o: Record<string, unknown> = {};
+      for (let i = 0; i < size; i++)
+        o[`${names[Math.floor(r() * names.length)]}${Math.floor(r() * (size + 1))}`] = i % 7 === 0 ? undefined : i;
+      expect(canonicalJson(o)).toBe(reference(o));
+      expect(canonicalJson({ nested: o, list: [o] })).toBe(reference({ nested: o, list: [o] }));
+    }
+  }
+});

@@ -3,6 +3,7 @@ import { publicApproval } from '../../approvals/approval-service.ts';
 import { z } from 'zod';
 import type { Services } from '../services.ts';
 import { identityOf, validBody, validParam } from '../middleware.ts';
+import { sendJson } from '../send-json.ts';
 import { approvalDecisionSchema, credentialRequestSchema, leaseIdSchema } from '../schemas.ts';
 import { publicLease } from '../../tasks/task-service.ts';
 
@@ -15,7 +16,7 @@ export function credentialRoutes(s: Services): Router {
     const body = validBody(credentialRequestSchema, req.body);
     const out = await s.credentials.request(identityOf(res), body);
     res.setHeader('Cache-Control', 'no-store');
-    res.status('approvalId' in out ? 202 : 201).json(out);
+    sendJson(res, 'approvalId' in out ? 202 : 201, out);
   });
   r.get('/v1/leases/:leaseId', async (req, res) => {
     const leaseId = validParam(leaseIdSchema, req.params.leaseId, 'leaseId');
