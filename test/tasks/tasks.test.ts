@@ -8,6 +8,12 @@ afterAll(async () => {
   await t.close();
 });
 
+/** Redis's clock in ms, truncated as the broker's scripts truncate it. */
+async function redisNow(): Promise<number> {
+  const [s, us] = await t.broker.deps.redis.time();
+  return Number(s) * 1000 + Math.floor(Number(us) / 1000);
+}
+
 const agentId = `spiffe://dev.local${AGENT}`;
 const body = (over: Record<string, unknown> = {}) => ({
   agent: agentId,
@@ -21,7 +27,11 @@ const body = (over: Record<string, unknown> = {}) => ({
 
 describe('opening tasks', () => {
   test('an orchestrator opens a task: 201 with the contract fields', async () => {
+    // The deadline is set on Redis's clock (task-open.lua: Redis TIME + ttl), so it is judged on that clock, read
+    // just before and just after the call: this process's Date.now may be off Redis's by any amount.
+    const before = await redisNow();
     const r = await call(t.url, 'POST', '/v1/tasks', t.as(ORCH), body({ taskId: 't-open-1' }));
+    const after = await redisNow();
     expect(r.status).toBe(201);
     expect(r.body).toMatchObject({
       taskId: 't-open-1',
@@ -30,9 +40,9 @@ describe('opening tasks', () => {
       status: 'open',
       grants: [{ role: 'tickets-api', scopes: ['tickets:read'], maxTtlSeconds: 300 }],
     });
-    const left = Date.parse(r.body.expiresAt) - Date.now();
-    expect(left).toBeGreaterThan(590_000);
-    expect(left).toBeLessThanOrEqual(600_000);
+    const deadline = Date.parse(r.body.expiresAt);
+    expect(deadline).toBeGreaterThanOrEqual(before + 600_000);
+    expect(deadline).toBeLessThanOrEqual(after + 600_000);
   });
 
   test('a generated taskId when absent', async () => {

@@ -88,7 +88,11 @@ export async function issueAwsCredential(deps: IssueDeps, req: IssueRequest<AwsR
   const { settings, clients, logger } = deps;
   // The deadline the recorded intent promised (a late call keeps it; see sessionPolicy).
   const planned = typeof req.intent?.expiresAt === 'number' ? req.intent.expiresAt : awsIntent(settings, deps.clock, req).expiresAt;
-  const policy = sessionPolicy(req.scopes, req.role.resources, planned + settings.clockSkewSeconds * 1000);
+  // Never past the task's deadline either (on the broker's clock, hence the skew margin): a session that STS's
+  // 900-s minimum lets outlive its task holds no permission once the task is over, even if IAM is unreachable
+  // when the task ends and its deny cannot be written.
+  const notAfter = Math.min(planned, req.task.expiresAt) + settings.clockSkewSeconds * 1000;
+  const policy = sessionPolicy(req.scopes, req.role.resources, notAfter);
   const roleArn = req.role.roleArn;
   const base = baseHandle(settings, req);
   const info = await deps.roles.get(roleArn);
@@ -97,6 +101,7 @@ export async function issueAwsCredential(deps: IssueDeps, req: IssueRequest<AwsR
   const tags = [
     // One-to-one with the task id: revoking a task denies this tag.
     { Key: 'task', Value: taskTagValue(req.task.taskId) },
+    // One-to-one too: an operator may grant by them (ABAC), so two tenants or agents never share a value.
     { Key: 'tenant', Value: tagValue(req.task.tenant) },
     { Key: 'agent', Value: tagValue(req.agent) },
   ];

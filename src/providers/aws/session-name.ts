@@ -94,9 +94,33 @@ export function sourceIdentityFor(agent: string): string {
   return `${readable || 'id'}=${sha256(agent).slice(0, 16)}`;
 }
 
-/** A tag value STS accepts: disallowed characters become `_`, at most 256 chars (informational tags only). */
+/** A tag value kept as it is: only characters STS accepts, and no `=` (which marks a hashed value). */
+const TAG_VALUE_AS_IS = /^[\p{L}\p{Z}\p{N}_.:/+\-@]*$/u;
+
+/** The longest prefix of `s` of at most `max` UTF-16 units that does not split a surrogate pair. */
+function headOf(s: string, max: number): string {
+  let out = '';
+  for (const ch of s) {
+    if (out.length + ch.length > max) break;
+    out += ch;
+  }
+  return out;
+}
+
+/**
+ * The `tenant` and `agent` session tags, one-to-one, because an operator may
+ * grant by them (attribute-based access control: `aws:PrincipalTag/tenant`):
+ * two tenants or two agents must never share a value. A value that STS accepts
+ * as it is (its characters, at most 256 of them) and holds no `=` is kept
+ * unchanged. Anything else becomes a readable head (refused characters as `_`,
+ * at most 190), `=`, and the SHA-256 of the whole value in hex: kept values hold
+ * no `=`, so the two forms never meet, and two values with the same head differ
+ * in the hash. (Before, refused characters became `_` and values were cut at
+ * 256, so `acme!prod` and `acme_prod` got the same tag.)
+ */
 export function tagValue(value: string): string {
-  return value.replace(TAG_DISALLOWED, '_').slice(0, 256);
+  if (value.length <= 256 && TAG_VALUE_AS_IS.test(value)) return value;
+  return `${headOf(value.replace(TAG_DISALLOWED, '_'), 190)}=${sha256(value)}`;
 }
 
 /**

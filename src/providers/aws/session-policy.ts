@@ -49,11 +49,13 @@ const iamDate = (ms: number) => new Date(Math.ceil(ms / 1000) * 1000).toISOStrin
  * The inline session policy for a credential: Allow the granted scopes (IAM
  * actions) on the role's resources, in one statement, only before `notAfter`.
  * STS intersects it with the role's own permissions, so the session can do at
- * most what both allow. `notAfter` is the latest the broker's record promised
- * the session could live (the intent's `expiresAt` plus the clock-skew margin):
- * a session STS makes later than planned, after a stall that outlasted the
- * issuance's orphan deadline, is useless once the deny written when the
- * issuance was given up lapses. A session made in time expires before it.
+ * most what both allow. `notAfter` is the earlier of the task's deadline and
+ * the latest the broker's record promised the session could live (the intent's
+ * `expiresAt`), plus the clock-skew margin: a session is useless once its task
+ * is over (STS's 900-s minimum may outlast the task), even while IAM is
+ * unreachable and no deny can be written; and a session STS makes later than
+ * planned, after a stall that outlasted the issuance's orphan deadline, is
+ * useless once the deny written when the issuance was given up lapses.
  * Too large for STS is the caller's problem (too many scopes or resources), so
  * it is a 400 here rather than a 502 from upstream.
  */

@@ -176,7 +176,9 @@ export class Account {
       keys: {
         'aws:userid': `${session.role.roleId}:${session.sessionName}`,
         'aws:tokenissuetime': isoSeconds(session.issuedAt),
-        'aws:currenttime': isoSeconds(this.clock()),
+        // The request's time to the millisecond (the strict reading): truncated to the second, a bound that is
+        // not a whole second (DateLessThan 10:00:00.500Z) would still hold at 10:00:00.700.
+        'aws:currenttime': new Date(this.clock()).toISOString(),
         ...(session.sourceIdentity ? { 'aws:sourceidentity': session.sourceIdentity } : {}),
         ...Object.fromEntries(session.tags.map((t) => [`aws:principaltag/${t.Key.toLowerCase()}`, t.Value])),
       },

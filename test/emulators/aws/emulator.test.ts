@@ -253,6 +253,31 @@ describe('AssumeRole', () => {
     expect(emu.evaluate(id, 's3:GetObject', 'arn:aws:s3:::payroll/x')).toBe('implicit-deny');
   });
 
+  it("judges a session policy's aws:CurrentTime bound by the request's time, not its second", async () => {
+    // A bound half a second into a second: judged by the request's second, a request 200 ms past it would pass.
+    const bound = Math.ceil(emu.now() / 1000) * 1000 + 5500;
+    const policy = JSON.stringify({
+      Version: '2012-10-17',
+      Statement: [
+        {
+          Effect: 'Allow',
+          Action: ['s3:GetObject'],
+          Resource: ['*'],
+          Condition: { DateLessThan: { 'aws:CurrentTime': new Date(bound).toISOString() } },
+        },
+      ],
+    });
+    const id = (await assume({ Policy: policy })).Credentials!.AccessKeyId!;
+    const start = emu.now();
+    try {
+      expect(emu.evaluate(id, 's3:GetObject', 'arn:aws:s3:::r/x')).toBe('allow');
+      emu.advanceTime(bound + 200 - emu.now());
+      expect(emu.evaluate(id, 's3:GetObject', 'arn:aws:s3:::r/x')).toBe('implicit-deny');
+    } finally {
+      emu.advanceTime(start - emu.now());
+    }
+  });
+
   it('expires sessions by the emulator clock', async () => {
     const out = await assume();
     const client = stsWith({

@@ -157,7 +157,9 @@ describe('one lease (DELETE, interrupted issuance): that session, by name', () =
     // Before: 'allow' for another ~15 minutes. Now the session policy itself ends at the intent's deadline.
     expect(w.emu.evaluate(key, 's3:GetObject', resource)).toBe('implicit-deny');
     // A session made in time is not cut short by that deadline (it ends no earlier than STS's Expiration).
-    const inTime = issueRequest(role.config, { ttlSeconds: 900 });
+    // Its task ends in an hour on the broker's clock (the emulator's, now 40 minutes ahead of the process's):
+    // the session policy also ends at the task's deadline plus the margin.
+    const inTime = issueRequest(role.config, { ttlSeconds: 900, task: task({ expiresAt: w.emu.now() + 3_600_000 }) });
     const made = await w.provider.issue({ ...inTime, intent: w.provider.intent(inTime).handle });
     w.emu.advanceTime(made.expiresAt - w.emu.now() - 1000);
     expect(w.emu.evaluate(String(made.credentials.AccessKeyId), 's3:GetObject', resource)).toBe('allow');
