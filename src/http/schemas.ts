@@ -1,6 +1,7 @@
 import { z } from 'zod';
 import { scopeSchema } from '../config/common.ts';
 import { hasControls } from '../cli/terminal.ts';
+import { textHasControls } from './hidden-text.ts';
 
 /** A task id a caller chooses: 1-128 chars of [A-Za-z0-9._:-] (contract section 3); `~` is reserved for sub-task ids. */
 export const TASK_NAME = /^[A-Za-z0-9._:-]{1,128}$/;
@@ -62,7 +63,7 @@ export const labelsSchema = z
 
 /**
  * What each rule refuses, as a refusal says it: exactly the characters its check matches ({@link hasControls},
- * {@link PURPOSE_CONTROLS}), so a caller told its text was refused knows what to take out, and that free text may
+ * src/http/hidden-text.ts `textHasControls`), so a caller told its text was refused knows what to take out, and that free text may
  * keep what it is meant to (zero-width joiners in emoji and scripts, bidi marks).
  */
 export const REFUSED_CHARACTERS = {
@@ -73,7 +74,8 @@ export const REFUSED_CHARACTERS = {
     'control characters (C0, DEL, C1), line or paragraph separators (U+2028, U+2029), or bidi embeddings, overrides ' +
     'and isolates (U+202A-U+202E, U+2066-U+2069), or characters that hide text (zero-width space, word joiner and ' +
     'invisible operators, BOM, interlinear annotation, Hangul fillers, Unicode tag characters outside an emoji ' +
-    "flag's tag sequence, two variation selectors in a row); joiners (ZWJ, ZWNJ), direction marks and emoji are allowed",
+    "flag's tag sequence, two invisible characters in a row, a variation selector that selects no glyph, other " +
+    'default-ignorable characters); joiners (ZWJ, ZWNJ), direction marks and emoji are allowed',
 } as const satisfies Record<CheckedText[2], string>;
 
 /**
@@ -117,34 +119,6 @@ export const openTaskSchema = z.strictObject({
   labels: labelsSchema.optional(),
 });
 export type OpenTaskBody = z.infer<typeof openTaskSchema>;
-
-/**
- * A purpose is free text a human reads (an approver deciding, an auditor): it may hold any script, joiners and
- * emoji, but no control character (C0, DEL, C1: NUL, ESC, CR forge lines and repaint terminals), no line or
- * paragraph separator and no bidi embedding, override or isolate (text shown in another order than it was sent).
- */
-const PURPOSE_CONTROLS = /[\p{Cc}\u2028\u2029\u202a-\u202e\u2066-\u2069]/u;
-
-/**
- * Characters that carry text no one sees, refused in free text too: the zero-width space, word joiner and
- * invisible operators, the BOM, interlinear annotation marks, Hangul fillers and the Mongolian vowel separator.
- * An agent writes the purpose its approver reads, and an approver is more and more often a model: Unicode tag
- * characters (U+E0000-E007F) spell ASCII that renders as nothing ("ASCII smuggling"), and a run of variation
- * selectors can encode arbitrary bytes after one visible character, so a purpose could read "rotate the logs" to
- * a person and carry instructions to a model. What scripts and emoji need stays: ZWJ and ZWNJ, direction marks,
- * one variation selector after a character, and tag characters inside an emoji flag's tag sequence.
- */
-const HIDDEN = /[\u115f\u1160\u180e\u200b\u2060-\u2064\u3164\ufeff\uffa0\ufff9-\ufffb]/u;
-/** An emoji flag's tag sequence (U+1F3F4, tag letters, CANCEL TAG), the one place tag characters belong. */
-const FLAG_TAGS = /\u{1f3f4}[\u{e0020}-\u{e007e}]+\u{e007f}/gu;
-const TAG = /[\u{e0000}-\u{e007f}]/u;
-/** Two variation selectors in a row: one selects a glyph, a run of them is a payload. */
-const SELECTOR_RUN = /[\ufe00-\ufe0f\u{e0100}-\u{e01ef}]{2}/u;
-
-/** Whether free text holds what {@link PURPOSE_CONTROLS} or {@link HIDDEN} refuse, or tag characters or selector runs out of place. */
-function textHasControls(s: string): boolean {
-  return PURPOSE_CONTROLS.test(s) || HIDDEN.test(s) || SELECTOR_RUN.test(s) || TAG.test(s.replace(FLAG_TAGS, ''));
-}
 
 /**
  * A caller's text and the rule it is held to: a `name` (compared by policies, filters and patterns, so a lookalike

@@ -1,0 +1,66 @@
+/**
+ * Free text a human reads (a purpose, a reason): any script, joiners and emoji, but nothing that carries text
+ * its reader does not see while a model reading it for an approver still does (src/http/schemas.ts
+ * `fieldWithControls`, rule `text`).
+ */
+
+/**
+ * Control characters (C0, DEL, C1: NUL, ESC, CR forge lines and repaint terminals), line and paragraph
+ * separators, and bidi embeddings, overrides and isolates (text shown in another order than it was sent).
+ */
+const CONTROLS = /[\p{Cc}\u2028\u2029\u202a-\u202e\u2066-\u2069]/u;
+
+/**
+ * Characters that carry text no one sees: the zero-width space, word joiner and invisible operators, the BOM,
+ * interlinear annotation marks, Hangul fillers and the Mongolian vowel separator.
+ */
+const HIDDEN = /[\u115f\u1160\u180e\u200b\u2060-\u2064\u3164\ufeff\uffa0\ufff9-\ufffb]/u;
+
+/**
+ * An emoji flag's tag sequence (U+1F3F4, a subdivision code, CANCEL TAG; UTS #51): the one place tag characters
+ * belong. A subdivision code is a region and a suffix of 3 to 7 lowercase letters and digits ("gbeng", "usca");
+ * any tag character in any number would let a flag wrap a whole sentence of tag-spelled ASCII.
+ */
+const FLAG_TAGS = /\u{1f3f4}[\u{e0030}-\u{e0039}\u{e0061}-\u{e007a}]{3,7}\u{e007f}/gu;
+
+/**
+ * The default-ignorable characters (rendered as nothing) that real text needs, one at a time: soft hyphen,
+ * combining grapheme joiner (Hebrew), Arabic letter mark, Mongolian free variation selectors, ZWNJ and ZWJ
+ * (Indic, Persian, emoji), direction marks, and variation selectors (held to their bases below). Every other one
+ * (tag characters outside a flag, Khmer inherent vowels, shorthand and musical format controls, the unassigned
+ * ones of U+E0000-U+E0FFF) is refused: none of them is needed to write anything, and each hides a payload.
+ */
+const STRAY_INVISIBLE =
+  // biome-ignore lint/suspicious/noMisleadingCharacterClass: the class lists invisible characters one by one, it composes none
+  /(?!\u034f|[\u00ad\u061c\u180b-\u180d\u180f\u200c-\u200f\ufe00-\ufe0f\u{e0100}-\u{e01ef}])\p{Default_Ignorable_Code_Point}/u;
+
+/**
+ * Two invisible characters in a row: text needs one at a time (a joiner between two letters or emoji, a mark
+ * after a letter). A run, say ZWJ, ZWNJ and direction marks in turn, spells bits no reader sees. The one pair
+ * real text holds, an emoji's presentation selector before the ZWJ of a ZWJ sequence (❤️‍🔥), is folded first.
+ */
+const INVISIBLE_RUN = /\p{Default_Ignorable_Code_Point}{2}/u;
+const EMOJI_SELECTOR_THEN_ZWJ = /[\ufe0e\ufe0f]\u200d/gu;
+
+/**
+ * A variation selector where none selects a glyph: each one picks one of 16 (U+FE00-FE0F) or 240
+ * (U+E0100-E01EF) values, so one after each character of ordinary text, or after an invisible character, carries
+ * a hidden byte per character. Text (U+FE0E) and emoji (U+FE0F) presentation only after an emoji character (the
+ * digits, # and * of keycaps included); ideographic variation selectors only after an ideograph; the others only
+ * after a character outside ASCII that is not itself invisible, a mark or a space (mathematical symbols, CJK, Myanmar).
+ */
+const MISPLACED_SELECTOR = new RegExp(
+  [
+    '(?:^|[^\\p{Emoji}])[\\ufe0e\\ufe0f]',
+    '(?:^|[^\\p{Ideographic}])[\\u{e0100}-\\u{e01ef}]',
+    '(?:^|[\\x00-\\x7f\\p{Default_Ignorable_Code_Point}\\p{M}\\p{Z}])[\\ufe00-\\ufe0d]',
+  ].join('|'),
+  'u',
+);
+
+/** Whether free text holds a control character or anything that hides text from its reader (see above). */
+export function textHasControls(s: string): boolean {
+  if (CONTROLS.test(s) || HIDDEN.test(s)) return true;
+  const t = s.replace(FLAG_TAGS, '\u{1f3f4}');
+  return STRAY_INVISIBLE.test(t) || MISPLACED_SELECTOR.test(t) || INVISIBLE_RUN.test(t.replace(EMOJI_SELECTOR_THEN_ZWJ, '\u200d'));
+}
