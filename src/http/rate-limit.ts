@@ -42,8 +42,8 @@ interface Waiter {
  * One budget (`perSecond` sustained, `burst` at once) as two fixed windows in Redis, shared by every instance
  * (src/http/rate-window.ts): `perSecond` per one-second window, and when that is spent a reserve of
  * `burst − perSecond` (what rate-limiter-flexible's BurstyRateLimiter composes, which the broker used before).
- * Both windows block the key in memory once spent, so a caller over its budget costs no Redis round trip until
- * the window ends. Every operation touches one key, so an ioredis Cluster works as well as a single node. If
+ * Both windows block the key in memory once spent (a second at most: another instance may give points back), so
+ * a caller over its budget costs at most one Redis round trip a second per instance. Every operation touches one key, so an ioredis Cluster works as well as a single node. If
  * Redis fails each window falls back to the same budget per instance instead of failing the request.
  *
  * Requests of one key that arrive in the same turn of the event loop spend
@@ -60,10 +60,11 @@ interface Waiter {
  * their sum, and requests are let through in order as long as their points fit
  * in what was admitted: one that does not fit is refused, and cheaper ones
  * behind it may still fit. A refused request spends nothing: a window counts
- * every point asked for, so what the batch was refused (and what fit but went
- * unused) is given back ({@link Budget.refund}) before the answers go out, in
- * the window that counted it only. Between the two calls another instance may
- * see the window fuller than it is, never emptier.
+ * only the points that fit (rate-limit-charge.lua), and what fit but went
+ * unused (a request refused for its cost) is given back ({@link Budget.refund})
+ * before the answers go out, in the window that counted it only. Between the
+ * two calls another instance may see the window fuller than it is, never
+ * emptier; a charge refused meanwhile counts nothing, so nothing of it stays.
  */
 class Budget {
   private readonly perSecond: RateWindow;
@@ -141,17 +142,16 @@ class Budget {
   /**
    * Gives back what a batch counted but did not spend (`spent` of what it was admitted, per-second window
    * first, as {@link take} admits): a refused expensive read must not drain the points it was refused for, nor
-   * the points that did fit but that it could not use. A window counts every point asked for, refused or not
-   * (and an over-full window stays over-full until it ends). Each window gives back in the window that counted
+   * the points that did fit but that it could not use. A window counts only what fit (what it admitted), so that
+   * is all there is to give back. Each window gives back in the window that counted
    * (a Redis window by its name, or this instance's insurance window), never in a later one. Failing to refund
    * (Redis lost meanwhile) only leaves the over-count, and never fails the request.
    */
   private async refund(key: string, took: Taken, spent: number): Promise<void> {
     const keptFirst = Math.min(spent, took.first.admitted);
     const back = async (window: RateWindow, c: Charge, kept: number) => {
-      // Only a window with admitted points left unused has room to give back: one that was spent to its end
-      // stays full until it ends whatever it counted past that, so its over-count costs nobody anything.
-      if (c.admitted <= kept || c.counted <= kept) return;
+      // A window counted only what it admitted: with all of that kept there is nothing to give back.
+      if (c.counted <= kept) return;
       await window.refund(key, c, c.counted - kept);
     };
     await Promise.all([

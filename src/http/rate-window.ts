@@ -4,6 +4,13 @@ import { script } from '../redis/scripts.ts';
 
 /** At most this many keys are remembered per window and instance, as blocked or as insurance counts. */
 const MAX_KEYS = 100_000;
+/**
+ * The longest a key stays blocked in memory before Redis is asked again: a window read full may have room a moment
+ * later (another instance gives back what a refused expensive read was charged), and a block for the rest of a long
+ * window (the reserve's, up to minutes) would refuse the caller points it has. One round trip a second per instance
+ * for a caller over its budget.
+ */
+const MAX_BLOCK_MS = 1000;
 
 const CHARGE = script('rate-limit-charge');
 const REFUND = script('rate-limit-refund');
@@ -24,9 +31,9 @@ type CountedIn = { redisEnd: number } | { local: LocalWindow } | undefined;
 
 /** What one window answered to `n` points spent at once. */
 export interface Charge {
-  /** Points counted (all `n`, or 0 when refused from the in-memory block). */
+  /** Points counted: those of the `n` that fit, and only those (a refused point is never counted). */
   counted: number;
-  /** How many of the `n` fit: the window held `count − n` before them. */
+  /** How many of the `n` fit (the same as `counted`). */
   admitted: number;
   /** Milliseconds before the window ends (or the in-memory block lifts). */
   msBeforeNext: number;
@@ -52,12 +59,13 @@ function bounded<V>(m: Map<string, V>, gone: (v: V) => boolean): void {
  *   not count it (the library's fallback is invisible to its caller);
  * - the in-memory block of a key is lifted when a refund leaves room (the library keeps it in a private field).
  *
- * Once a window reports itself full the key is blocked in memory until the window ends, so a caller over its
- * budget costs no Redis round trip. If Redis fails, this instance counts the same budget on its own (the
+ * Once a window reports itself full the key is blocked in memory (for a second at most, {@link MAX_BLOCK_MS}), so a
+ * caller over its budget costs at most one Redis round trip a second per instance. If Redis fails, this instance counts the same budget on its own (the
  * insurance window) rather than failing the request.
  */
 export class RateWindow {
-  private readonly blocked = new Map<string, number>();
+  /** Blocked keys: until when (then Redis is asked again), and when their window ends (what a refusal says). */
+  private readonly blocked = new Map<string, { until: number; ends: number }>();
   private readonly local = new Map<string, LocalWindow>();
 
   private readonly redis: Redis | Cluster;
@@ -86,23 +94,24 @@ export class RateWindow {
    */
   charge(key: string, n: number): Promise<Charge> {
     const rlKey = this.keyOf(key);
-    const until = this.blocked.get(rlKey);
-    if (until !== undefined) {
-      const ms = until - performance.now();
-      if (ms > 0) return Promise.resolve({ counted: 0, admitted: 0, msBeforeNext: Math.ceil(ms), where: undefined });
+    const b = this.blocked.get(rlKey);
+    if (b !== undefined) {
+      const now = performance.now();
+      if (b.until > now) return Promise.resolve({ counted: 0, admitted: 0, msBeforeNext: Math.ceil(b.ends - now), where: undefined });
       this.blocked.delete(rlKey);
     }
-    return CHARGE.run(this.redis, [rlKey], [n, this.seconds]).then(
+    return CHARGE.run(this.redis, [rlKey], [n, this.seconds, this.points]).then(
       (reply) => {
-        const [count, ttl, end] = (reply as [number, number, number]).map(Number) as [number, number, number];
+        const [count, ttl, end, fit] = (reply as number[]).map(Number) as [number, number, number, number];
         if (count >= this.points) this.block(rlKey, ttl);
-        return { counted: n, admitted: this.fitting(count, n), msBeforeNext: ttl, where: { redisEnd: end } };
+        return { counted: fit, admitted: fit, msBeforeNext: ttl, where: { redisEnd: end } };
       },
       () => {
         const w = this.localWindow(rlKey);
-        w.count += n;
+        const fit = Math.min(n, Math.max(0, this.points - w.count));
+        w.count += fit;
         const ms = Math.max(1, Math.ceil(w.endsAt - performance.now()));
-        return { counted: n, admitted: this.fitting(w.count, n), msBeforeNext: ms, where: { local: w } };
+        return { counted: fit, admitted: fit, msBeforeNext: ms, where: { local: w } };
       },
     );
   }
@@ -125,16 +134,10 @@ export class RateWindow {
     if (typeof after === 'number' && after < this.points) this.blocked.delete(rlKey);
   }
 
-  /** How many of `n` points spent at once fit, the window holding `count` after them. */
-  private fitting(count: number, n: number): number {
-    if (count <= this.points) return n;
-    return Math.min(n, Math.max(0, this.points - (count - n)));
-  }
-
   private block(rlKey: string, ms: number): void {
     const now = performance.now();
-    bounded(this.blocked, (until) => until <= now);
-    this.blocked.set(rlKey, now + ms);
+    bounded(this.blocked, (b) => b.until <= now);
+    this.blocked.set(rlKey, { until: now + Math.min(ms, MAX_BLOCK_MS), ends: now + ms });
   }
 
   /** `rlKey`'s current insurance window, a new one when it has none or it has ended. */

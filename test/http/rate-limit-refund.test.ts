@@ -207,3 +207,44 @@ test('a charge counted by the insurance window while Redis failed is refunded th
   for (let i = 0; i < 3; i++) again.push(await spend(a, who, 1));
   expect(again).toEqual(['ok', 'ok', 'rate_limited']);
 });
+
+/**
+ * Review 3: a charge refused because another instance's refund was still in flight kept its points and its
+ * in-memory block. The window counted every point asked for and only an admitting charge was refunded, so a charge
+ * that found the window over-full for a moment (another instance's refused expensive read, counted and not yet given
+ * back) stayed counted once that refund landed, and its instance kept the caller blocked in memory until the window
+ * ended (here the reserve: 100 s): points the caller never spent, taken until then. Instance A's refunds are held (a
+ * real Redis behind a client of its own) until instance B's charge has been refused.
+ */
+test("a charge refused while another instance's refund is in flight takes nothing, and blocks the caller briefly only", async () => {
+  const { prefix } = limits(1, 11);
+  const who = 'spiffe://dev.local/agent/refund-in-flight';
+  const reserveKey = `${prefix}:rl:id:r:${who}`;
+  const bc = new Redis(REDIS_URL);
+  others.push(bc);
+  const mk = (client: Redis) =>
+    new RateLimits({ redis: client, prefix, config: config(1, 11), metrics: new Metrics(), logger: silentLogger });
+  const b = mk(bc);
+  let armed = false;
+  let meanwhile: Promise<string> | undefined;
+  const a = mk(
+    hookedRedis((cmd) => {
+      if (!armed || !isRefund(cmd)) return undefined;
+      meanwhile ??= spend(b, who, 1);
+      return meanwhile.then(() => undefined);
+    }),
+  );
+  expect(await spend(a, who, 9)).toBe('ok'); // 1 of the per-second window, 8 of the reserve's 10
+  armed = true;
+  // 4 points with 2 (or 3, if a second ticks) left: refused, and what A counted is given back once B was answered.
+  expect(await spend(a, who, 4)).toBe('rate_limited');
+  expect(await meanwhile).toBe('rate_limited'); // the window was full while A's refund was in flight
+  armed = false;
+  // What is spent: A's 8 (before: 9, B's refused point kept).
+  expect(Number(await redis.get(reserveKey))).toBe(8);
+  // Past the per-second window (B's in-memory block of the reserve lasts no longer): B's caller has the 2 the
+  // reserve has left and the next second's point. Before: refused, B blocked in memory for the reserve's 100 s.
+  await sleep(1100);
+  expect(await spend(b, who, 3)).toBe('ok');
+  expect(Number(await redis.get(reserveKey))).toBe(10);
+});

@@ -914,24 +914,33 @@ describe('one test per script', () => {
     const k = `${prefix}:rl:w`;
     const charge = script('rate-limit-charge');
     const refund = script('rate-limit-refund');
-    const [c1, ttl, end] = (await charge.run(redis, [k], [3, 1])) as number[];
-    expect(c1).toBe(3);
+    const [c1, ttl, end, fit1] = (await charge.run(redis, [k], [3, 1, 10])) as number[];
+    expect([c1, fit1]).toEqual([3, 3]);
     expect(ttl).toBeGreaterThan(900);
-    const [c2, , end2] = (await charge.run(redis, [k], [4, 1])) as number[];
+    const [c2, , end2] = (await charge.run(redis, [k], [4, 1, 10])) as number[];
     expect(c2).toBe(7);
     expect(Math.abs(end2! - end!)).toBeLessThanOrEqual(2); // the same window, named alike
+    // Only what fits is counted (review 3: a refused point stayed counted when its refund never came).
+    const [c3, , , fit3] = (await charge.run(redis, [k], [5, 1, 10])) as number[];
+    expect([c3, fit3]).toEqual([10, 3]);
+    const [c4, , , fit4] = (await charge.run(redis, [k], [2, 1, 10])) as number[];
+    expect([c4, fit4]).toEqual([10, 0]);
     // Given back in the named window; never below zero.
-    expect(await refund.run(redis, [k], [2, end!])).toBe(5);
+    expect(await refund.run(redis, [k], [5, end!])).toBe(5);
     expect(await refund.run(redis, [k], [9, end!])).toBe(0);
     // Another window's name (the next one ends at least a second later): nothing given back.
     await redis.set(k, 4, 'PX', 1000);
-    const [, , next] = (await charge.run(redis, [k], [1, 1])) as number[];
+    const [, , next] = (await charge.run(redis, [k], [1, 1, 10])) as number[];
     expect(await refund.run(redis, [k], [1, next! - 1000])).toBeNull();
     expect(await redis.get(k)).toBe('5');
+    // A count the previous release left past the budget (it counted every point asked for) admits nothing, as it is.
+    await redis.set(k, 14, 'PX', 1000);
+    expect(((await charge.run(redis, [k], [1, 1, 10])) as number[])[3]).toBe(0);
+    expect(await redis.get(k)).toBe('14');
     // Nor to a count without a window: a charge gives such a key one.
     await redis.set(k, 2);
     expect(await refund.run(redis, [k], [1, next!])).toBeNull();
-    const [, fixed] = (await charge.run(redis, [k], [1, 2])) as number[];
+    const [, fixed] = (await charge.run(redis, [k], [1, 2, 10])) as number[];
     expect(fixed).toBe(2000);
     expect(await redis.pttl(k)).toBeGreaterThan(1000);
   });
