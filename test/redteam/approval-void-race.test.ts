@@ -1,0 +1,63 @@
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { ORCH, auditRecords, call, startTestBroker, type TestBroker } from '../helpers/broker.ts';
+
+/**
+ * Review 3 (held): an approval whose approver was quarantined is voided by whichever call finds it first: a read,
+ * a list, another approver's decision or the agent's next request. All of them at once void it once: one broker
+ * record, no 5xx, and every answer shows it `expired` or asks again.
+ */
+let t: TestBroker;
+beforeAll(async () => {
+  const policies = mkdtempSync(join(tmpdir(), 'rt-approval-void-race-'));
+  writeFileSync(join(policies, 'all.cedar'), 'permit (principal, action, resource);\n');
+  t = await startTestBroker('rt-approval-void-race', { config: { policies } });
+});
+afterAll(async () => {
+  await t.close();
+});
+
+const AGENT = '/agent/deployer';
+const BOB = '/ops/bob';
+const ALICE = '/ops/alice';
+const id = (p: string) => `spiffe://dev.local${p}`;
+
+test('reads, lists, decisions and requests racing to void one approval record it once and never fail', async () => {
+  const open = await call(t.url, 'POST', '/v1/tasks', t.as(ORCH), {
+    taskId: 'rt-avr-1',
+    agent: id(AGENT),
+    tenant: 'acme',
+    purpose: 'deploy',
+    ttlSeconds: 600,
+    grants: [{ role: 'prod-deploy' }],
+  });
+  expect(open.status).toBe(201);
+  const ask = () => call(t.url, 'POST', '/v1/credentials', t.as(AGENT), { taskId: 'rt-avr-1', role: 'prod-deploy' });
+  const first = await ask();
+  expect(first.status).toBe(202);
+  const approvalId = first.body.approvalId as string;
+  expect((await call(t.url, 'POST', `/v1/approvals/${approvalId}`, t.as(BOB), { decision: 'approve' })).body.status).toBe('approved');
+  expect((await call(t.url, 'POST', '/v1/admin/quarantine', t.as(ALICE), { agent: id(BOB), reason: 'key leaked' })).status).toBe(201);
+
+  const answers = await Promise.all([
+    ...Array.from({ length: 4 }, () => call(t.url, 'GET', `/v1/approvals/${approvalId}`, t.as(ALICE))),
+    ...Array.from({ length: 3 }, () => call(t.url, 'GET', '/v1/approvals?status=approved&limit=500', t.as(ALICE))),
+    ...Array.from({ length: 2 }, () => call(t.url, 'POST', `/v1/approvals/${approvalId}`, t.as(ALICE), { decision: 'approve' })),
+    ...Array.from({ length: 2 }, ask),
+  ]);
+  expect(answers.filter((r) => r.status >= 500)).toEqual([]);
+  for (const r of answers.slice(0, 4)) expect(r.body).toMatchObject({ status: 'expired' });
+  for (const r of answers.slice(4, 7)) {
+    expect(r.status).toBe(200);
+    // Filtered as it stands: not among the approved ones.
+    expect((r.body.items as { approvalId: string }[]).map((a) => a.approvalId)).not.toContain(approvalId);
+  }
+  for (const r of answers.slice(7, 9)) expect([r.status, r.body.code]).toEqual([409, 'approval_expired']);
+  for (const r of answers.slice(9)) expect(r.status).toBe(202);
+  const voids = (await auditRecords(t.broker.deps.redis, t.broker.deps.keys)).filter(
+    (r) => r.action === 'approval.decide' && r.actor === 'broker' && r.detail?.approvalId === approvalId,
+  );
+  expect(voids).toHaveLength(1);
+  expect(voids[0]).toMatchObject({ decision: 'deny', reason: 'approver_quarantined' });
+});
