@@ -558,6 +558,10 @@ export class CredentialService {
       await voidApproval(this.deps, record, why);
       return this.approval(who, task, body, grant, scopes, true);
     }
+    // Voided (its approver gone) between the index lookup and the read, by a read, a list or this request's twin:
+    // the void cleared the index, so asking again is the new pending approval, as if this request had voided it.
+    if (record.status === 'expired' && !voided && record.decidedBy !== undefined && approverGone(this.deps, record.decidedBy))
+      return this.approval(who, task, body, grant, scopes, true);
     if (record.status === 'rejected') {
       return this.deny(who, task, body.role, 'approval_rejected', 'The approval for this request was rejected.', {
         approvalId: record.approvalId,

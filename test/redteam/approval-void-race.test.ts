@@ -61,3 +61,48 @@ test('reads, lists, decisions and requests racing to void one approval record it
   expect(voids).toHaveLength(1);
   expect(voids[0]).toMatchObject({ decision: 'deny', reason: 'approver_quarantined' });
 });
+
+/**
+ * Review 3: the agent's request found its approval by the request index, then read it; voided in between (by a read,
+ * a list, or the same agent's other request, as above: 409 for 2 of 5 requests at once, now and then), it answered
+ * 409 `approval_expired` instead of asking again. The void is made to land there: the approval is read (and so
+ * voided, a real GET) right after the request's index lookup named it.
+ */
+test('a request whose approval is voided between its lookup and its read asks again (202), not 409', async () => {
+  const open = await call(t.url, 'POST', '/v1/tasks', t.as(ORCH), {
+    taskId: 'rt-avr-2',
+    agent: id(AGENT),
+    tenant: 'acme',
+    purpose: 'deploy',
+    ttlSeconds: 600,
+    grants: [{ role: 'prod-deploy' }],
+  });
+  expect(open.status).toBe(201);
+  const ask = () => call(t.url, 'POST', '/v1/credentials', t.as(AGENT), { taskId: 'rt-avr-2', role: 'prod-deploy' });
+  const first = await ask();
+  expect(first.status).toBe(202);
+  const approvalId = first.body.approvalId as string;
+  const CAROL = '/ops/carol';
+  expect((await call(t.url, 'POST', `/v1/approvals/${approvalId}`, t.as(CAROL), { decision: 'approve' })).body.status).toBe('approved');
+  expect((await call(t.url, 'POST', '/v1/admin/quarantine', t.as(ALICE), { agent: id(CAROL), reason: 'key leaked' })).status).toBe(201);
+
+  const store = t.broker.deps.approvals;
+  const get = store.get.bind(store);
+  let armed = true;
+  let read: Awaited<ReturnType<typeof call>> | undefined;
+  store.get = async (aid, now) => {
+    if (armed && aid === approvalId) {
+      armed = false;
+      read = await call(t.url, 'GET', `/v1/approvals/${approvalId}`, t.as(ALICE));
+    }
+    return get(aid, now);
+  };
+  try {
+    const again = await ask();
+    expect(read?.body.status).toBe('expired'); // voided by the read, between the lookup and the request's own read
+    expect([again.status, again.body.status]).toEqual([202, 'pending']);
+    expect(again.body.approvalId).not.toBe(approvalId);
+  } finally {
+    store.get = get;
+  }
+});
