@@ -39,7 +39,7 @@ beforeAll(async () => {
     labels,
   });
   expect(root.status).toBe(201);
-  // Opened out of name order (children sets are unordered): the tree lists each level sorted.
+  // Opened out of name order, ten at a time: the tree lists each level in opening order (test/lists/tree-paging.test.ts).
   const first = Array.from({ length: SUBS - NESTED }, (_, i) => `s${SUBS - NESTED - 1 - i}`);
   for (let i = 0; i < first.length; i += 10) {
     const rs = await Promise.all(first.slice(i, i + 10).map((id) => call(t.url, 'POST', '/v1/tasks', t.as(AGENT), sub('et', id))));
@@ -100,9 +100,17 @@ test('the tree is complete and current: breadth first, each task as GET /v1/task
   const r = await evidence();
   expect(r.status).toBe(200);
   const ids = r.body.tree.map((x: { taskId: string }) => x.taskId);
-  const level1 = Array.from({ length: SUBS - NESTED }, (_, i) => `et~s${i}`).sort();
-  const level2 = Array.from({ length: NESTED }, (_, i) => `et~s0~n${i}`).sort();
-  expect(ids).toEqual(['et', ...level1, ...level2]);
+  // Breadth first in opening order: the root, its sub-tasks batch by batch (the order within one concurrent batch
+  // is the order Redis ran them), then the nested ones, opened one after another.
+  const level1 = Array.from({ length: SUBS - NESTED }, (_, i) => `et~s${SUBS - NESTED - 1 - i}`);
+  const level2 = Array.from({ length: NESTED }, (_, i) => `et~s0~n${i}`);
+  expect(ids).toHaveLength(1 + level1.length + level2.length);
+  expect(ids[0]).toBe('et');
+  for (let i = 0; i < level1.length; i += 10) {
+    const batch = level1.slice(i, i + 10);
+    expect(ids.slice(1 + i, 1 + i + batch.length).sort()).toEqual(batch.sort());
+  }
+  expect(ids.slice(1 + level1.length)).toEqual(level2);
   for (const task of r.body.tree) {
     const one = await call(t.url, 'GET', `/v1/tasks/${encodeURIComponent(task.taskId)}`, t.as(AGENT));
     const { leases: _l, leasesNextCursor: _c, ...fields } = one.body;
