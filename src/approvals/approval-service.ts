@@ -4,7 +4,7 @@ import type { Deps } from '../deps.ts';
 import { conflict, forbidden, notFound } from '../errors.ts';
 import type { WorkloadIdentity } from '../identity/types.ts';
 import type { ApprovalRecord } from './approval-store.ts';
-import { settleApprovals } from './approver-gone.ts';
+import { approverGone, settleApprovals } from './approver-gone.ts';
 
 /** An approval as the API shows it (ISO 8601 times, like tasks and leases). */
 export function publicApproval(r: ApprovalRecord): Record<string, unknown> {
@@ -80,9 +80,10 @@ export class ApprovalService {
     const taskStatus = await this.deps.tasks.status(r.taskId);
     // Deciding on an ended task is a denial like the 403s (docs/audit.md: 409s on an ended task are records).
     if (r.status === 'expired' || taskStatus !== 'open') {
-      // Expired with its task open: taken back, its approver no longer standing behind it (src/approvals/approver-gone.ts).
+      // Taken back only when its approver no longer stands behind it (src/approvals/approver-gone.ts); an approval
+      // past its own deadline reads `expired` too, while its task's record may still read `open` until swept.
       const why =
-        taskStatus === 'open' && r.decidedBy
+        taskStatus === 'open' && r.decidedBy && approverGone(this.deps, r.decidedBy)
           ? 'The approval was taken back: its approver no longer stands.'
           : 'The approval ended with its task.';
       throw await denial(this.deps, who, conflict('approval_expired', why), {

@@ -18,10 +18,12 @@ const HIDDEN = /[\u115f\u1160\u180e\u200b\u2060-\u2064\u3164\ufeff\uffa0\ufff9-\
 
 /**
  * An emoji flag's tag sequence (U+1F3F4, a subdivision code, CANCEL TAG; UTS #51): the one place tag characters
- * belong. A subdivision code is a region and a suffix of 3 to 7 lowercase letters and digits ("gbeng", "usca");
- * any tag character in any number would let a flag wrap a whole sentence of tag-spelled ASCII.
+ * belong, and only the three that Unicode recommends for general interchange (RGI) and platforms draw: England,
+ * Scotland, Wales. Any other code renders as a plain black flag, so allowing every well-formed subdivision code
+ * ("usca", 3-7 letters and digits) let a row of black flags carry 7 hidden characters each.
  */
-const FLAG_TAGS = /\u{1f3f4}[\u{e0030}-\u{e0039}\u{e0061}-\u{e007a}]{3,7}\u{e007f}/gu;
+const FLAG_TAGS =
+  /\u{1f3f4}(?:\u{e0067}\u{e0062}(?:\u{e0065}\u{e006e}\u{e0067}|\u{e0073}\u{e0063}\u{e0074}|\u{e0077}\u{e006c}\u{e0073}))\u{e007f}/gu;
 
 /**
  * The default-ignorable characters (rendered as nothing) that real text needs, one at a time: soft hyphen,
@@ -43,17 +45,26 @@ const INVISIBLE_RUN = /\p{Default_Ignorable_Code_Point}{2}/u;
 const EMOJI_SELECTOR_THEN_ZWJ = /[\ufe0e\ufe0f]\u200d/gu;
 
 /**
+ * Where U+FE00-FE0D select a glyph (Unicode's StandardizedVariants.txt lists every base): the digit zero (a
+ * short-stroke zero), mathematical operators, Myanmar, Phags-pa, CJK ideographs (compatibility variants),
+ * Manichaean and Egyptian hieroglyphs. After any other character (a Latin, Cyrillic or Greek letter, say) one
+ * selects nothing and carries 4 hidden bits.
+ */
+const STANDARDIZED_BASES =
+  '0\\u2200-\\u22ff\\u2a00-\\u2aff\\u1000-\\u109f\\ua9e0-\\ua9ff\\uaa60-\\uaa7f\\ua840-\\ua877\\p{Ideographic}\\u{10ac0}-\\u{10aff}\\u{13000}-\\u{1345f}';
+
+/**
  * A variation selector where none selects a glyph: each one picks one of 16 (U+FE00-FE0F) or 240
  * (U+E0100-E01EF) values, so one after each character of ordinary text, or after an invisible character, carries
  * a hidden byte per character. Text (U+FE0E) and emoji (U+FE0F) presentation only after an emoji character (the
  * digits, # and * of keycaps included); ideographic variation selectors only after an ideograph; the others only
- * after a character outside ASCII that is not itself invisible, a mark or a space (mathematical symbols, CJK, Myanmar).
+ * after a base of a standardized variant ({@link STANDARDIZED_BASES}).
  */
 const MISPLACED_SELECTOR = new RegExp(
   [
     '(?:^|[^\\p{Emoji}])[\\ufe0e\\ufe0f]',
     '(?:^|[^\\p{Ideographic}])[\\u{e0100}-\\u{e01ef}]',
-    '(?:^|[\\x00-\\x7f\\p{Default_Ignorable_Code_Point}\\p{M}\\p{Z}])[\\ufe00-\\ufe0d]',
+    `(?:^|[^${STANDARDIZED_BASES}])[\\ufe00-\\ufe0d]`,
   ].join('|'),
   'u',
 );

@@ -172,7 +172,7 @@ export class TaskService {
     }
   }
 
-  /** The ids of a task and every task below it, breadth first. */
+  /** The ids of a task and every task below it, in the order they were opened (TaskStore.subtree). */
   async subtreeIds(taskId: string): Promise<string[]> {
     return this.deps.tasks.subtree(taskId);
   }

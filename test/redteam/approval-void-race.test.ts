@@ -106,3 +106,30 @@ test('a request whose approval is voided between its lookup and its read asks ag
     store.get = get;
   }
 });
+
+/**
+ * Review 4: a decision on an approval past its own deadline, its task's record still reading `open` (the sweep
+ * had not come yet), was told the approval "was taken back: its approver no longer stands", and to ask again.
+ * Only an approval whose approver is gone says so.
+ */
+test('an approval past its own deadline is not said to be taken back', async () => {
+  const open = await call(t.url, 'POST', '/v1/tasks', t.as(ORCH), {
+    taskId: 'rt-avr-deadline',
+    agent: id(AGENT),
+    tenant: 'acme',
+    purpose: 'deploy',
+    ttlSeconds: 600,
+    grants: [{ role: 'prod-deploy' }],
+  });
+  expect(open.status).toBe(201);
+  const ask = await call(t.url, 'POST', '/v1/credentials', t.as(AGENT), { taskId: 'rt-avr-deadline', role: 'prod-deploy' });
+  expect(ask.status).toBe(202);
+  const approvalId = ask.body.approvalId as string;
+  const dave = '/ops/dave';
+  expect((await call(t.url, 'POST', `/v1/approvals/${approvalId}`, t.as(dave), { decision: 'approve' })).body.status).toBe('approved');
+  // Its deadline passed (moved behind the API: the task stays open, as between a deadline and its sweep).
+  await t.broker.deps.redis.hset(t.broker.deps.keys.approval(approvalId), 'expiresAt', String(Date.now() - 60_000));
+  const r = await call(t.url, 'POST', `/v1/approvals/${approvalId}`, t.as(dave), { decision: 'approve' });
+  expect([r.status, r.body.code]).toEqual([409, 'approval_expired']);
+  expect(r.body.detail).not.toMatch(/taken back/);
+});
