@@ -1,4 +1,3 @@
-import { LRUCache } from 'lru-cache';
 import { performance } from 'node:perf_hooks';
 import type { Cluster, Redis } from 'ioredis';
 import { script } from '../redis/scripts.ts';
@@ -41,6 +40,14 @@ export interface Charge {
   where: CountedIn;
 }
 
+/** A map of at most {@link MAX_KEYS} entries: when full, the ones `gone` says are over leave, then the oldest. */
+function bounded<V>(m: Map<string, V>, gone: (v: V) => boolean): void {
+  if (m.size < MAX_KEYS) return;
+  for (const [k, v] of m) if (gone(v)) m.delete(k);
+  // Still full: forget the oldest. Forgetting a block costs one more Redis call; an insurance count, a fresh window.
+  if (m.size >= MAX_KEYS) m.delete(m.keys().next().value!);
+}
+
 /**
  * One fixed window of `points` per `seconds`, counted in Redis and shared by every instance (the broker's own
  * scripts: rate-limit-charge.lua, rate-limit-refund.lua). Done here rather than with rate-limiter-flexible, which
@@ -58,10 +65,8 @@ export interface Charge {
  */
 export class RateWindow {
   /** Blocked keys: until when (then Redis is asked again), and when their window ends (what a refusal says). */
-  // At most MAX_KEYS each (least recently used forgotten first), each entry dropped once over (its TTL). Forgetting a
-  // block costs one more Redis call; forgetting an insurance count, a fresh window.
-  private readonly blocked = new LRUCache<string, { until: number; ends: number }>({ max: MAX_KEYS });
-  private readonly local = new LRUCache<string, LocalWindow>({ max: MAX_KEYS });
+  private readonly blocked = new Map<string, { until: number; ends: number }>();
+  private readonly local = new Map<string, LocalWindow>();
 
   private readonly redis: Redis | Cluster;
   private readonly keyPrefix: string;
@@ -131,8 +136,8 @@ export class RateWindow {
 
   private block(rlKey: string, ms: number): void {
     const now = performance.now();
-    const until = Math.min(ms, MAX_BLOCK_MS);
-    this.blocked.set(rlKey, { until: now + until, ends: now + ms }, { ttl: Math.max(1, Math.ceil(until)) });
+    bounded(this.blocked, (b) => b.until <= now);
+    this.blocked.set(rlKey, { until: now + Math.min(ms, MAX_BLOCK_MS), ends: now + ms });
   }
 
   /** `rlKey`'s current insurance window, a new one when it has none or it has ended. */
@@ -141,8 +146,9 @@ export class RateWindow {
     const w = this.local.get(rlKey);
     if (w && w.endsAt > now) return w;
     if (w) this.local.delete(rlKey);
+    bounded(this.local, (x) => x.endsAt <= now);
     const fresh = { count: 0, endsAt: now + this.seconds * 1000 };
-    this.local.set(rlKey, fresh, { ttl: this.seconds * 1000 });
+    this.local.set(rlKey, fresh);
     return fresh;
   }
 }
