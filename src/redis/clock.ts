@@ -1,5 +1,9 @@
 import type { RedisClient } from './scripts.ts';
 
+/** Round trips measured per sync at most, and one short enough to stop at (its error is at most half of it). */
+const SAMPLES = 4;
+const GOOD_RTT_MS = 4;
+
 /**
  * Redis's clock as seen from this process: the offset between Redis `TIME`
  * and the local clock, re-measured periodically. Deadlines, expiries and key
@@ -32,13 +36,24 @@ export class RedisClock {
     return this.synced;
   }
 
-  /** Measures the offset once: half the round trip is assumed on each side. */
-  async sync(): Promise<void> {
-    const t0 = Date.now();
-    const [s, us] = await this.redis.time();
-    const t1 = Date.now();
-    const redisMs = Number(s) * 1000 + Math.floor(Number(us) / 1000);
-    this.offsetMs = redisMs - Math.round((t0 + t1) / 2);
+  /**
+   * Measures the offset: half the round trip is assumed on each side, so a sample is off by at most half its
+   * round trip, and one whose reply sat unread (the process descheduled, a GC pause) is off by half that wait.
+   * The sample with the shortest round trip of a few is kept (as NTP does), stopping at one of a few ms.
+   */
+  async sync(samples = SAMPLES): Promise<void> {
+    let best: { rtt: number; offset: number } | undefined;
+    for (let i = 0; i < samples; i++) {
+      const t0 = Date.now();
+      const [s, us] = await this.redis.time();
+      const t1 = Date.now();
+      const redisMs = Number(s) * 1000 + Math.floor(Number(us) / 1000);
+      const sample = { rtt: t1 - t0, offset: redisMs - Math.round((t0 + t1) / 2) };
+      if (!best || sample.rtt < best.rtt) best = sample;
+      if (best.rtt <= GOOD_RTT_MS) break;
+    }
+    if (!best) return;
+    this.offsetMs = best.offset;
     this.synced = true;
   }
 

@@ -8,7 +8,10 @@ import type { Keys } from '../redis/keys.ts';
 import { type RedisClient, script } from '../redis/scripts.ts';
 import type { Kek } from './kek.ts';
 
-/** How far back an immediate rotation dates the switch (more than any two instances' Redis-clock estimates differ). */
+/**
+ * How far back an immediate rotation dates the switch, and the first key its activation: more than any
+ * instance's estimate of Redis's clock is off (so more than any two instances' estimates differ).
+ */
 const IMMEDIATE_SLACK_MS = 1000;
 
 export type SigningAlg = 'ES256' | 'EdDSA';
@@ -79,7 +82,7 @@ export class SigningKeyStore {
   async ensure(): Promise<boolean> {
     await this.reload();
     if (this.keys.length > 0) return false;
-    const created = (await storeFirst.run(this.redis, [this.k.signingKeys()], [...this.generateArgs()])) === 1;
+    const created = (await storeFirst.run(this.redis, [this.k.signingKeys()], [...this.generateArgs(), IMMEDIATE_SLACK_MS])) === 1;
     await this.reload();
     if (this.keys.length === 0) throw new Error('no signing key could be created or loaded');
     if (created) this.logger.warn({ kid: this.keys[0]?.kid }, 'signing key created (Redis held none); it signs at once');

@@ -804,13 +804,14 @@ describe('one test per script', () => {
     expect(await script('audit-mark').run(redis, [k], ['', '6:y'])).toBe(0);
   });
 
-  test("signing-key-first: one key, once, activated on Redis's clock", async () => {
+  test("signing-key-first: one key, once, created on Redis's clock and active from the given time before", async () => {
     const k = keys.signingKeys();
-    expect(await script('signing-key-first').run(redis, [k], ['k1', JSON.stringify({ kid: 'k1' })])).toBe(1);
-    expect(await script('signing-key-first').run(redis, [k], ['k2', JSON.stringify({ kid: 'k2' })])).toBe(0);
+    expect(await script('signing-key-first').run(redis, [k], ['k1', JSON.stringify({ kid: 'k1' }), 1000])).toBe(1);
+    expect(await script('signing-key-first').run(redis, [k], ['k2', JSON.stringify({ kid: 'k2' }), 1000])).toBe(0);
     const stored = JSON.parse((await redis.hget(k, 'k1'))!);
     const [s] = await redis.time();
-    expect(Math.abs(stored.activateAt - Number(s) * 1000)).toBeLessThan(5000);
+    expect(Math.abs(stored.createdAt - Number(s) * 1000)).toBeLessThan(5000);
+    expect(stored.activateAt).toBe(stored.createdAt - 1000);
   });
 
   test('signing-key-rotate: retireAt only moves earlier; gone keys forgotten; a resend changes nothing', async () => {
