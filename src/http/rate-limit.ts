@@ -1,3 +1,4 @@
+import { makeRoom } from './bounded-map.ts';
 import { createHash } from 'node:crypto';
 import type { Request, RequestHandler, Response } from 'express';
 import type { Cluster, Redis } from 'ioredis';
@@ -328,13 +329,11 @@ export class RateLimits {
   }
 
   private block(client: string, seconds: number): void {
-    if (this.blocked.size >= MAX_BLOCKED) {
-      const now = Date.now();
-      for (const [k, until] of this.blocked) if (until <= now) this.blocked.delete(k);
-      // Still full: forget the oldest. Forgetting only costs one more signature check for that address.
-      if (this.blocked.size >= MAX_BLOCKED) this.blocked.delete(this.blocked.keys().next().value!);
-    }
-    this.blocked.set(client, Date.now() + seconds * 1000);
+    const now = Date.now();
+    // Forgetting a block only costs one more signature check for that address.
+    this.blocked.delete(client);
+    makeRoom(this.blocked, MAX_BLOCKED, (until) => until <= now);
+    this.blocked.set(client, now + seconds * 1000);
   }
 }
 

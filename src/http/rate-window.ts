@@ -1,6 +1,7 @@
 import { performance } from 'node:perf_hooks';
 import type { Cluster, Redis } from 'ioredis';
 import { script } from '../redis/scripts.ts';
+import { makeRoom } from './bounded-map.ts';
 
 /** At most this many keys are remembered per window and instance, as blocked or as insurance counts. */
 const MAX_KEYS = 100_000;
@@ -38,14 +39,6 @@ export interface Charge {
   /** Milliseconds before the window ends (or the in-memory block lifts). */
   msBeforeNext: number;
   where: CountedIn;
-}
-
-/** A map of at most {@link MAX_KEYS} entries: when full, the ones `gone` says are over leave, then the oldest. */
-function bounded<V>(m: Map<string, V>, gone: (v: V) => boolean): void {
-  if (m.size < MAX_KEYS) return;
-  for (const [k, v] of m) if (gone(v)) m.delete(k);
-  // Still full: forget the oldest. Forgetting a block costs one more Redis call; an insurance count, a fresh window.
-  if (m.size >= MAX_KEYS) m.delete(m.keys().next().value!);
 }
 
 /**
@@ -136,7 +129,9 @@ export class RateWindow {
 
   private block(rlKey: string, ms: number): void {
     const now = performance.now();
-    bounded(this.blocked, (b) => b.until <= now);
+    // Deleted first, so that a key blocked again moves to the end: entries stay in the order they end.
+    this.blocked.delete(rlKey);
+    makeRoom(this.blocked, MAX_KEYS, (b) => b.until <= now);
     this.blocked.set(rlKey, { until: now + Math.min(ms, MAX_BLOCK_MS), ends: now + ms });
   }
 
@@ -146,7 +141,7 @@ export class RateWindow {
     const w = this.local.get(rlKey);
     if (w && w.endsAt > now) return w;
     if (w) this.local.delete(rlKey);
-    bounded(this.local, (x) => x.endsAt <= now);
+    makeRoom(this.local, MAX_KEYS, (x) => x.endsAt <= now);
     const fresh = { count: 0, endsAt: now + this.seconds * 1000 };
     this.local.set(rlKey, fresh);
     return fresh;
