@@ -1,4 +1,5 @@
 import type { Deps } from '../deps.ts';
+import { isRedisUnavailable } from '../redis/unavailable.ts';
 import type { ApprovalRecord } from './approval-store.ts';
 
 /** Why an approval's approver no longer stands behind it. */
@@ -54,7 +55,17 @@ export async function settleApprovals(deps: Deps, records: ApprovalRecord[]): Pr
   if (gone.length === 0) return;
   await Promise.all(
     gone.map(async ({ r, why }) => {
-      if (await voidApproval(deps, r, why)) {
+      let voided: boolean;
+      try {
+        voided = await voidApproval(deps, r, why);
+      } catch (err) {
+        // Redis refusing writes (full, a failed save) must not take reads down with it: the approval is shown as
+        // it stands, and the first call that can write voids it (the agent's request cannot be granted meanwhile).
+        if (!isRedisUnavailable(err)) throw err;
+        r.status = 'expired';
+        return;
+      }
+      if (voided) {
         r.status = 'expired';
         return;
       }
