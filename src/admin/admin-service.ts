@@ -11,6 +11,7 @@ import type { WorkloadIdentity } from '../identity/types.ts';
 import type { SealStatus } from '../audit/seal-status.ts';
 import type { AuditChain } from '../redis/keys.ts';
 import type { RotationService } from '../ops/rotation.ts';
+import { endLeaseIds } from '../revocation/ending.ts';
 import type { TaskService } from '../tasks/task-service.ts';
 
 /** The audit export as the admin service needs it (src/audit/export.ts). */
@@ -140,7 +141,11 @@ export class AdminService {
     return result;
   }
 
-  async quarantine(who: WorkloadIdentity, pattern: string, reason: string): Promise<QuarantineEntry & { tasks: number; leases: number }> {
+  async quarantine(
+    who: WorkloadIdentity,
+    pattern: string,
+    reason: string,
+  ): Promise<QuarantineEntry & { tasks: number; leases: number; approvedLeases: number }> {
     await this.requireAdmin(who, 'quarantine.add');
     // Both are recorded and shown (the quarantine list, its audit record, the console).
     const refused = fieldWithControls([
@@ -167,10 +172,14 @@ export class AdminService {
     // before it appends it (recoveredQuarantine); the record is kept fresh meanwhile, so recovery leaves it
     // to this process while it lives, however long the endings take.
     const fresh = keepFresh(this.deps, 'ops', member);
+    // And the credentials issued on its word as an approver: a compromised approver's approvals are not trusted
+    // either (those not used yet are voided as they are found: approver-gone.ts).
     let ended: { tasks: number; leases: number };
+    let approvedLeases: number;
     try {
       await this.rotation.announce({ type: 'quarantine' });
       ended = await this.endMatching({ agent: pattern }, { openedBy: true });
+      approvedLeases = await this.endApproved(pattern);
       await this.deps.replicas.after(this.deps.keys.replicaFences());
     } finally {
       fresh.stop();
@@ -178,7 +187,7 @@ export class AdminService {
     await this.deps.audit.appendOutbox('ops', [member], at!);
     // Last: the tasks are ended even when the export is down (it answers 503 then, the quarantine in force).
     await this.exportOps('quarantine');
-    return { ...entry, ...ended };
+    return { ...entry, ...ended, approvedLeases };
   }
 
   async unquarantine(who: WorkloadIdentity, pattern: string): Promise<{ pattern: string; lifted: true }> {
@@ -202,11 +211,12 @@ export class AdminService {
   }
 
   /**
-   * Ends what a quarantine of `pattern` ends (its tasks as an agent and as an orchestrator), for a
-   * quarantine told again to a Redis that went back in time (ops/reapply.ts).
+   * Ends what a quarantine of `pattern` ends (its tasks as an agent and as an orchestrator, the leases issued
+   * under its approvals), for a quarantine told again to a Redis that went back in time (ops/reapply.ts).
    */
-  endQuarantined(pattern: string): Promise<{ tasks: number; leases: number }> {
-    return this.endMatching({ agent: pattern }, { openedBy: true });
+  async endQuarantined(pattern: string): Promise<{ tasks: number; leases: number }> {
+    const ended = await this.endMatching({ agent: pattern }, { openedBy: true });
+    return { tasks: ended.tasks, leases: ended.leases + (await this.endApproved(pattern)) };
   }
 
   /**
@@ -223,9 +233,44 @@ export class AdminService {
     if (event.action !== 'quarantine.add' || typeof pattern !== 'string') return;
     if (!(await this.deps.redis.hexists(this.deps.keys.quarantine(), pattern))) return;
     const ended = await this.endMatching({ agent: pattern }, { openedBy: true, signal });
+    const approvedLeases = await this.endApproved(pattern, signal);
     await this.deps.replicas.after(this.deps.keys.replicaFences());
-    if (ended.tasks > 0)
-      this.deps.logger.warn({ pattern, ...ended }, "outbox recovery: ended a quarantined identity's tasks its quarantine had left open");
+    if (ended.tasks > 0 || approvedLeases > 0)
+      this.deps.logger.warn(
+        { pattern, ...ended, approvedLeases },
+        "outbox recovery: ended a quarantined identity's tasks and approved leases its quarantine had left live",
+      );
+  }
+
+  /**
+   * Revokes every live lease issued under an approval that an identity matching `pattern` approved, for
+   * `approver_quarantined`: a quarantined approver's word is not trusted, as a quarantined orchestrator's grants
+   * are not. Found in each bucket's index of leases issued under an approval (Keys.approvedLeases, written by
+   * lease-create.lua). Ended as the kill switch ends a task's leases (leases-end.lua: nothing upstream ends at
+   * once, its lease.revoke record in the outbox in that step; an upstream one goes `revoking` and to the
+   * worker, which records its end); one still `issuing` is marked, and its activation hands it to revocation.
+   * Idempotent: an ended lease is left alone, a revoking one keeps its first reason. Returns how many it ended
+   * or handed over. Only for a quarantine: an approver taken off `approvers` in the config is no compromise.
+   */
+  private async endApproved(pattern: string, signal?: AbortSignal): Promise<number> {
+    const p = new IdentityPatterns([pattern]);
+    let n = 0;
+    for (let b = 0; b < this.deps.keys.buckets; b++) {
+      for await (const page of this.deps.leases.approvedIn(b)) {
+        signal?.throwIfAborted();
+        const hit = page.filter((l) => p.matches(l.approvedBy));
+        const now = this.deps.clock.now();
+        const active = hit.filter((l) => l.status === 'active').map((l) => l.leaseId);
+        if (active.length > 0) n += await endLeaseIds(this.deps, b, active, 'approver_quarantined', now);
+        for (const l of hit.filter((h) => h.status === 'issuing')) {
+          const res = await this.deps.leases.requestEnd(l.leaseId, 'approver_quarantined');
+          // Activated meanwhile: `revoking` now, for the worker.
+          if (res.kind === 'revoking') await this.deps.queue.endLease(l, res.reason, now);
+          if (res.kind === 'revoking' || res.kind === 'deferred') n += 1;
+        }
+      }
+    }
+    return n;
   }
 
   /**

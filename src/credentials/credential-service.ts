@@ -11,7 +11,8 @@ import { BrokerError, badRequest, conflict, notFound, upstreamFailed } from '../
 import type { CredentialRequest } from '../http/schemas.ts';
 import type { WorkloadIdentity } from '../identity/types.ts';
 import { type ClampedTtl, clampTtl } from '../leases/ttl.ts';
-import type { CreateRefusal } from '../leases/lease-store.ts';
+import { endOneLease } from '../leases/lease-service.ts';
+import { type CreateRefusal, LeaseStore } from '../leases/lease-store.ts';
 import type { LeaseFixed, LeaseRecord } from '../leases/types.ts';
 import { descriptorOf } from '../providers/index.ts';
 import { type IssueRequest, type IssueResult, type Provider, type StartedIssue, wasUnanswered } from '../providers/types.ts';
@@ -229,6 +230,8 @@ export class CredentialService {
       scopes,
       revocable: provider.revocable(role as never),
       ttlSeconds: ttl.ttlSeconds,
+      // Indexed by lease-create.lua, so that quarantining its approver finds it (AdminService.endApproved).
+      ...(d.approval?.decidedBy !== undefined ? { approvalId: d.approval.approvalId, approvedBy: d.approval.decidedBy } : {}),
     };
     const req: IssueRequest = {
       leaseId: fixed.leaseId,
@@ -263,6 +266,7 @@ export class CredentialService {
       if (d.approval) await this.deps.approvals.giveBack(d.approval).catch(() => {});
       throw err;
     }
+    if (fixed.approvedBy !== undefined) await this.approverStillStands(fixed);
     this.deps.metrics.issued.inc({ provider: role.provider, role: body.role });
     return {
       leaseId: fixed.leaseId,
@@ -494,6 +498,21 @@ export class CredentialService {
       },
     );
     if (recorded) await this.deps.audit.appendOutbox(this.deps.keys.bucketOfId(fixed.leaseId)!, [recorded.member], recorded.at);
+  }
+
+  /**
+   * A quarantine of the approver written while this credential was being issued (the approval was checked on
+   * this instance's list, a few seconds old at most): the admin's scan of the leases issued under its approvals
+   * (AdminService.endApproved) may have run before this lease was indexed. Read again from Redis now that the
+   * lease is (one of the two reads sees the other's write): a quarantined approver's lease is revoked, as the
+   * scan would have, and nothing is handed out.
+   */
+  private async approverStillStands(fixed: LeaseFixed): Promise<void> {
+    await this.deps.quarantine.reload();
+    if (this.deps.quarantine.match(fixed.approvedBy!) === undefined) return;
+    const lease = await this.deps.leases.get(fixed.leaseId);
+    if (lease && !LeaseStore.isEnded(lease.status)) await endOneLease(this.deps, lease, 'approver_quarantined', this.deps.clock.now());
+    throw conflict('approval_expired', 'The approval for this request was taken back.', { extra: { approvalId: fixed.approvalId! } });
   }
 
   /**

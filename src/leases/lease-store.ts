@@ -1,5 +1,6 @@
 import { outboxMember } from '../audit/outbox-member.ts';
 import type { OutboxEvent } from '../audit/record.ts';
+import { indexWindow } from '../lists/index-window.ts';
 import type { Keys } from '../redis/keys.ts';
 import { type RedisClient, script } from '../redis/scripts.ts';
 import type { LeaseFixed, LeaseRecord, LeaseStatus, RevokeReason } from './types.ts';
@@ -90,7 +91,9 @@ export class LeaseStore {
       this.keys.liveLeases(bucket),
       this.keys.taskLeasesLegacy(lease.taskId),
     ];
-    if (opts.member) keys.push(this.keys.auditOutbox(bucket));
+    // Issued under an approval: indexed for quarantining its approver (the outbox key comes first, used or not).
+    if (opts.member || lease.approvedBy !== undefined) keys.push(this.keys.auditOutbox(bucket));
+    if (lease.approvedBy !== undefined) keys.push(this.keys.approvedLeases(bucket));
     const res = (await createScript.run(this.redis, keys, [
       JSON.stringify(lease),
       opts.status,
@@ -106,6 +109,7 @@ export class LeaseStore {
       opts.taskCreatedAt ?? '',
       opts.member ?? '',
       this.retentionMs,
+      indexWindow(this.retentionMs).horizonMs,
     ])) as [string, number?];
     return res[0] === 'ok' ? { kind: 'ok', now: Number(res[1]) } : { kind: res[0] as CreateRefusal };
   }
@@ -265,6 +269,34 @@ export class LeaseStore {
       [this.keys.base(bucket), status, reason, this.retentionMs, localKinds, ...leaseIds],
     )) as [number, string[], string[], string[]];
     return { now: Number(now), providers, handoff, records };
+  }
+
+  /**
+   * The leases of `bucket` issued under an approval (Keys.approvedLeases) that have not ended, a page at a time,
+   * each with its status and approver. Entries of ended or purged leases are dropped as they are read: only a
+   * live lease is worth finding again.
+   */
+  async *approvedIn(bucket: number, count = 500): AsyncGenerator<{ leaseId: string; status: LeaseStatus; approvedBy: string }[]> {
+    const key = this.keys.approvedLeases(bucket);
+    let cursor = '0';
+    do {
+      const [next, flat] = await this.redis.zscan(key, cursor, 'COUNT', count);
+      cursor = next;
+      const ids = flat.filter((_, i) => i % 2 === 0 && this.keys.bucketOfId(flat[i]!) === bucket);
+      const fields = await Promise.all(ids.map((id) => this.redis.hmget(this.keys.lease(id), 'status', 'd')));
+      const gone: string[] = [];
+      const live: { leaseId: string; status: LeaseStatus; approvedBy: string }[] = [];
+      ids.forEach((leaseId, i) => {
+        const [status, d] = fields[i]!;
+        if (!status || !d || ENDED.has(status as LeaseStatus)) gone.push(leaseId);
+        else {
+          const { approvedBy } = JSON.parse(d) as LeaseFixed;
+          if (approvedBy !== undefined) live.push({ leaseId, status: status as LeaseStatus, approvedBy });
+        }
+      });
+      if (gone.length > 0) await this.redis.zrem(key, ...gone);
+      if (live.length > 0) yield live;
+    } while (cursor !== '0');
   }
 
   /** Number of leases not yet ended, across buckets. */

@@ -7,7 +7,14 @@
  * handed out and whatever the upstream made is revoked or died by itself).
  */
 export type LeaseStatus = 'issuing' | 'active' | 'revoking' | 'revoked' | 'expired' | 'revoke_failed' | 'failed';
-export type RevokeReason = 'task_completed' | 'task_expired' | 'ttl_expired' | 'revoked_by_caller' | 'revoked_by_admin';
+/** `approver_quarantined`: issued under an approval whose approver an admin quarantined since (its word is not trusted). */
+export type RevokeReason =
+  | 'task_completed'
+  | 'task_expired'
+  | 'ttl_expired'
+  | 'revoked_by_caller'
+  | 'revoked_by_admin'
+  | 'approver_quarantined';
 
 /** The part of a lease that never changes. */
 export interface LeaseFixed {
@@ -20,6 +27,10 @@ export interface LeaseFixed {
   revocable: boolean;
   /** TTL granted (s). */
   ttlSeconds: number;
+  /** Issued under this approval (a role with `approval: required`). */
+  approvalId?: string;
+  /** Who approved it: quarantining that identity revokes the lease (AdminService.endApproved). */
+  approvedBy?: string;
 }
 
 /**

@@ -198,6 +198,14 @@ export class Keys {
   approvalsOf(bucket: number, identity: string): string {
     return `${this.base(bucket)}approvals-of:${party(identity)}`;
   }
+  /**
+   * Sorted set: the leases issued under an approval, by issue time (their approver is in each lease's `d`): what
+   * quarantining an approver reads to revoke the credentials issued on its word. Trimmed as the list indexes are
+   * (index_add: nothing older than the longest a task and its records live), and of ended leases when read.
+   */
+  approvedLeases(bucket: number): string {
+    return `${this.base(bucket)}leases-approved`;
+  }
   /** Approval index: the current approval of one exact request (task, role, scopes, ttl). */
   approvalFor(bucket: number, digest: string): string {
     return `${this.base(bucket)}approval-for:${digest}`;

@@ -217,3 +217,46 @@ test("a quarantine whose process dies before ending the identity's tasks has the
   expect(again.filter((r) => r.action === 'quarantine.add' || (r.action === 'task.revoke' && r.taskId === 't-cad-q'))).toHaveLength(2);
   expect(await redis.zcard(keys.auditOutbox('ops'))).toBe(0);
 });
+
+test('a quarantine of an approver whose process dies before revoking the leases issued on its word has them revoked by recovery', async () => {
+  const approver = '/ops/crash-approver';
+  const agent = '/agent/crash-approved';
+  const pattern = `spiffe://dev.local${approver}`;
+  const { redis, keys } = survivor.broker.deps;
+  const open = await call(survivor.url, 'POST', '/v1/tasks', survivor.as(ORCH), {
+    taskId: 't-cad-approved',
+    agent: `spiffe://dev.local${agent}`,
+    tenant: 'acme',
+    purpose: 'p',
+    ttlSeconds: 600,
+    grants: [{ role: 'prod-deploy' }],
+  });
+  expect(open.status).toBe(201);
+  const ask = () => call(survivor.url, 'POST', '/v1/credentials', survivor.as(agent), { taskId: 't-cad-approved', role: 'prod-deploy' });
+  const pending = await ask();
+  expect(pending.status).toBe(202);
+  expect((await call(survivor.url, 'POST', `/v1/approvals/${pending.body.approvalId}`, as(approver), { decision: 'approve' })).status).toBe(
+    200,
+  );
+  const issued = await ask();
+  expect(issued.status).toBe(201);
+  const leaseId = issued.body.leaseId as string;
+  // Cut off at the revocation of the approved lease (leases-end.lua): the quarantine and its record are in Redis,
+  // the lease is live.
+  await killAt(script('leases-end').sha, leaseId, (url) =>
+    call(url, 'POST', '/v1/admin/quarantine', as(ADMIN), { agent: pattern, reason: 'approver key leaked' }),
+  );
+  expect(await redis.hexists(keys.quarantine(), pattern)).toBe(1);
+  expect(await redis.hget(keys.lease(leaseId), 'status')).toBe('active');
+  await recover();
+  // Before: `active` until its TTL (recovery ended the quarantined identity's tasks only).
+  const lease = (await call(survivor.url, 'GET', `/v1/leases/${leaseId}`, survivor.as(ADMIN))).body;
+  expect([lease.status, lease.reason]).toEqual(['revoked', 'approver_quarantined']);
+  expect((await call(survivor.url, 'GET', '/v1/tasks/t-cad-approved', survivor.as(ADMIN))).body.status).toBe('open');
+  const all = await auditRecords(redis, keys);
+  expect(all.filter((r) => r.action === 'quarantine.add' && r.detail?.pattern === pattern)).toHaveLength(1);
+  expect(all.filter((r) => r.action === 'lease.revoke' && r.leaseId === leaseId)).toEqual([
+    expect.objectContaining({ actor: 'broker', reason: 'approver_quarantined' }),
+  ]);
+  expect(await redis.zcard(keys.auditOutbox('ops'))).toBe(0);
+});

@@ -36,6 +36,7 @@ beforeAll(async () => {
       roles: {
         'orders-db': { provider: 'vault', path: 'database/creds/orders-readonly' },
         'vault-ops': { provider: 'vault', token: { policies: ['ops-read', 'ops-write'] } },
+        'vault-ops-approved': { provider: 'vault', token: { policies: ['ops-read'] }, approval: 'required' },
       },
       revocation: {
         backoffMs: 50,
@@ -219,6 +220,35 @@ describe('vault roles through the broker API', () => {
     expect((await call(t.url, 'DELETE', `/v1/leases/${db.body.leaseId}`, t.as(ORCH))).status).toBe(202);
     expect((await leaseStatus(db.body.leaseId, 'revoked')).reason).toBe('revoked_by_caller');
     expect(emu.isDbUserValid(db.body.credentials.username)).toBe(false);
+  });
+
+  test('quarantining an approver revokes upstream the credentials issued on its word, and no other', async () => {
+    const APPROVER = '/ops/vault-approver';
+    const taskId = await openTask([{ role: 'vault-ops-approved', scopes: ['ops-read'] }, { role: 'vault-ops' }]);
+    const pending = await issue({ taskId, role: 'vault-ops-approved' });
+    expect(pending.status).toBe(202);
+    const decided = await call(t.url, 'POST', `/v1/approvals/${pending.body.approvalId}`, t.as(APPROVER), { decision: 'approve' });
+    expect(decided.status).toBe(200);
+    const approved = await issue({ taskId, role: 'vault-ops-approved' });
+    expect(approved.status).toBe(201);
+    const other = await issue({ taskId, role: 'vault-ops' });
+    expect(other.status).toBe(201);
+
+    const q = await call(t.url, 'POST', '/v1/admin/quarantine', t.as('/ops/alice'), {
+      agent: `spiffe://dev.local${APPROVER}`,
+      reason: 'approver compromised',
+    });
+    expect(q.status).toBe(201);
+    expect(q.body).toMatchObject({ tasks: 0, approvedLeases: 1 });
+    // The worker revokes it upstream (before: the token worked until its TTL).
+    expect((await leaseStatus(approved.body.leaseId, 'revoked')).reason).toBe('approver_quarantined');
+    expect((await vaultFailure(vault(approved.body.credentials.token).tokenLookupSelf())).status).toBe(403);
+    expect((await vault(other.body.credentials.token).tokenLookupSelf()).data.accessor).toBe(other.body.credentials.accessor);
+    expect((await lease(other.body.leaseId)).status).toBe('active');
+    const records = await auditRecords(t.broker.deps.redis, t.broker.deps.keys);
+    expect(records.filter((r) => r.action === 'lease.revoke' && r.leaseId === approved.body.leaseId)).toEqual([
+      expect.objectContaining({ actor: 'broker', decision: 'ok', reason: 'approver_quarantined' }),
+    ]);
   });
 
   test("TTL expiry: the broker revokes at the TTL (Vault's clock is then held back, so Vault alone would not end them yet)", async () => {

@@ -1,0 +1,123 @@
+import { ADMIN, ORCH, auditRecords, call, startTestBroker, waitFor, type TestBroker } from '../helpers/broker.ts';
+
+/**
+ * Quarantining an approver ends the credentials issued on its word. Before, it only took back the approvals it
+ * decided that nothing was issued under yet (test/redteam/approval-quarantined-approver.test.ts): a credential
+ * already issued under a compromised approver's approval stayed live until its TTL, and the operator had to find
+ * it by hand. As quarantining an orchestrator ends the tasks it opened, quarantining an approver now revokes every
+ * live lease issued under an approval it approved (`approver_quarantined`), and nothing else.
+ */
+let t: TestBroker;
+beforeAll(async () => {
+  t = await startTestBroker('quarantine-approver');
+});
+afterAll(async () => {
+  await t.close();
+});
+
+const id = (p: string) => `spiffe://dev.local${p}`;
+let n = 0;
+
+/** Opens a task for `agent` with prod-deploy (approval required) and demo-api. */
+async function openTask(agent: string): Promise<string> {
+  const taskId = `t-qa-${++n}`;
+  const r = await call(t.url, 'POST', '/v1/tasks', t.as(ORCH), {
+    taskId,
+    agent: id(agent),
+    tenant: 'acme',
+    purpose: 'deploy',
+    ttlSeconds: 600,
+    grants: [{ role: 'prod-deploy' }, { role: 'demo-api' }],
+  });
+  expect(r.status).toBe(201);
+  return taskId;
+}
+
+/** A prod-deploy credential for `agent` on `taskId`, approved by `approver`: its lease id. */
+async function approvedLease(taskId: string, agent: string, approver: string): Promise<string> {
+  const ask = () => call(t.url, 'POST', '/v1/credentials', t.as(agent), { taskId, role: 'prod-deploy' });
+  const pending = await ask();
+  expect(pending.status).toBe(202);
+  const decided = await call(t.url, 'POST', `/v1/approvals/${pending.body.approvalId}`, t.as(approver), { decision: 'approve' });
+  expect(decided.status).toBe(200);
+  const issued = await ask();
+  expect(issued.status).toBe(201);
+  return issued.body.leaseId as string;
+}
+
+const lease = async (leaseId: string) => (await call(t.url, 'GET', `/v1/leases/${leaseId}`, t.as(ADMIN))).body;
+
+test('quarantining an approver revokes the leases issued under its approvals, and only those', async () => {
+  const BOB = '/ops/qa/bob';
+  const CAROL = '/ops/carol-qa';
+  const agent = '/agent/deployer-qa';
+  const taskA = await openTask(agent);
+  const taskB = await openTask(agent);
+  const byBob = await approvedLease(taskA, agent, BOB);
+  const byBob2 = await approvedLease(taskB, agent, BOB);
+  const byCarol = await approvedLease(taskA, agent, CAROL);
+  const plain = (await call(t.url, 'POST', '/v1/credentials', t.as(agent), { taskId: taskA, role: 'demo-api' })).body.leaseId as string;
+
+  const q = await call(t.url, 'POST', '/v1/admin/quarantine', t.as(ADMIN), { agent: id(BOB), reason: 'approver key leaked' });
+  expect(q.status).toBe(201);
+  // Bob opened no task and is no task's agent: only the leases issued on his word.
+  expect(q.body).toMatchObject({ pattern: id(BOB), tasks: 0, leases: 0, approvedLeases: 2 });
+
+  for (const leaseId of [byBob, byBob2]) {
+    const l = await waitFor(async () => {
+      const x = await lease(leaseId);
+      return x.status === 'revoked' && x;
+    });
+    expect(l.reason).toBe('approver_quarantined');
+  }
+  // Before: both still `active` until their TTL.
+  for (const leaseId of [byCarol, plain]) expect((await lease(leaseId)).status).toBe('active');
+  // The tasks stay open: their agent and orchestrator are not suspect.
+  for (const taskId of [taskA, taskB]) expect((await call(t.url, 'GET', `/v1/tasks/${taskId}`, t.as(ADMIN))).body.status).toBe('open');
+
+  const records = await auditRecords(t.broker.deps.redis, t.broker.deps.keys);
+  const revokes = records.filter((r) => r.action === 'lease.revoke');
+  expect(revokes.map((r) => r.leaseId).sort()).toEqual([byBob, byBob2].sort());
+  for (const r of revokes) expect(r).toMatchObject({ actor: 'broker', decision: 'ok', reason: 'approver_quarantined' });
+  expect(records.filter((r) => r.action === 'quarantine.add' && r.detail?.pattern === id(BOB))).toHaveLength(1);
+
+  // A second quarantine of a pattern that also matches bob revokes nothing twice, and leaves Carol's alone.
+  const again = await call(t.url, 'POST', '/v1/admin/quarantine', t.as(ADMIN), { agent: id('/ops/qa/*'), reason: 'again' });
+  expect(again.body).toMatchObject({ approvedLeases: 0 });
+  expect((await lease(byCarol)).status).toBe('active');
+  const after = await auditRecords(t.broker.deps.redis, t.broker.deps.keys);
+  expect(after.filter((r) => r.action === 'lease.revoke')).toHaveLength(2);
+  // The ended leases left the index when the second scan read them.
+  const { redis, keys } = t.broker.deps;
+  const indexed = (
+    await Promise.all(Array.from({ length: keys.buckets }, (_, b) => redis.zrange(keys.approvedLeases(b), '0', '-1')))
+  ).flat();
+  expect(indexed.sort()).toEqual([byCarol]);
+});
+
+test('an approved credential issued while its approver is being quarantined is revoked and not handed out', async () => {
+  const DAVE = '/ops/dave-qa';
+  const agent = '/agent/deployer-qa-race';
+  const taskId = await openTask(agent);
+  const ask = () => call(t.url, 'POST', '/v1/credentials', t.as(agent), { taskId, role: 'prod-deploy' });
+  const pending = await ask();
+  expect((await call(t.url, 'POST', `/v1/approvals/${pending.body.approvalId}`, t.as(DAVE), { decision: 'approve' })).status).toBe(200);
+
+  // The quarantine is in Redis, and its scan of the approved leases is done (there were none), but this instance's
+  // list is still the one from before (it is re-read every few seconds: held here): the approval is taken as it
+  // stands. The issuance reads the list again once its lease is indexed.
+  const { redis, keys, quarantine } = t.broker.deps;
+  quarantine.stop();
+  try {
+    await redis.hset(keys.quarantine(), id(DAVE), JSON.stringify({ reason: 'race', by: id(ADMIN), at: new Date().toISOString() }));
+    const issued = await ask();
+    // Before: 201 with the credential, its lease live (the scan had run before it existed).
+    expect({ status: issued.status, code: issued.body.code }).toEqual({ status: 409, code: 'approval_expired' });
+    const task = await call(t.url, 'GET', `/v1/tasks/${taskId}`, t.as(ADMIN));
+    expect(task.body.leases).toHaveLength(1);
+    expect(task.body.leases[0]).toMatchObject({ status: 'revoked', reason: 'approver_quarantined' });
+  } finally {
+    await redis.hdel(keys.quarantine(), id(DAVE));
+    await quarantine.start();
+  }
+});
