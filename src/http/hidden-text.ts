@@ -69,9 +69,45 @@ const MISPLACED_SELECTOR = new RegExp(
   'u',
 );
 
+/**
+ * A run of blanks: spaces (any kind), the blank braille pattern, and the invisible characters let through one at a
+ * time above. Variation selectors are not part of one: each belongs to the character before it (never a blank:
+ * {@link MISPLACED_SELECTOR}) and is taken out first.
+ */
+const BLANK_RUN = /[\p{Zs}\u2800\p{Default_Ignorable_Code_Point}]{2,}/gu;
+const SELECTORS = /[\ufe00-\ufe0f\u{e0100}-\u{e01ef}]/gu;
+const INVISIBLE = /\p{Default_Ignorable_Code_Point}/u;
+
+/**
+ * Whether a run of blanks carries more than its length: spaces of more than one kind, or more than one invisible
+ * character. Real text needs one kind of space in a gap (double ASCII spaces, a French non-breaking space, the
+ * ideographic space) and at most one mark beside it (a direction mark before Hebrew). Spaces that look alike, one
+ * picked per character from sixteen (NBSP, U+2000-200A, U+202F, U+3000, U+2800...), or spaces with a joiner or a
+ * direction mark between each pair, made a run a reader sees as trailing whitespace and a model reads in full: a
+ * payload of any length with no visible character to carry it.
+ */
+function blankRunCarries(t: string): boolean {
+  for (const [run] of t.replace(SELECTORS, '').matchAll(BLANK_RUN)) {
+    let space: string | undefined;
+    let invisible = 0;
+    for (const ch of run) {
+      if (INVISIBLE.test(ch)) {
+        if (++invisible > 1) return true;
+      } else if (space === undefined) space = ch;
+      else if (ch !== space) return true;
+    }
+  }
+  return false;
+}
+
 /** Whether free text holds a control character or anything that hides text from its reader (see above). */
 export function textHasControls(s: string): boolean {
   if (CONTROLS.test(s) || HIDDEN.test(s)) return true;
   const t = s.replace(FLAG_TAGS, '\u{1f3f4}');
-  return STRAY_INVISIBLE.test(t) || MISPLACED_SELECTOR.test(t) || INVISIBLE_RUN.test(t.replace(EMOJI_SELECTOR_THEN_ZWJ, '\u200d'));
+  return (
+    STRAY_INVISIBLE.test(t) ||
+    MISPLACED_SELECTOR.test(t) ||
+    INVISIBLE_RUN.test(t.replace(EMOJI_SELECTOR_THEN_ZWJ, '\u200d')) ||
+    blankRunCarries(t)
+  );
 }

@@ -75,7 +75,8 @@ export const REFUSED_CHARACTERS = {
     'and isolates (U+202A-U+202E, U+2066-U+2069), or characters that hide text (zero-width space, word joiner and ' +
     'invisible operators, BOM, interlinear annotation, Hangul fillers, Unicode tag characters outside the flags of ' +
     'England, Scotland and Wales, two invisible characters in a row, a variation selector that selects no glyph, other ' +
-    'default-ignorable characters); joiners (ZWJ, ZWNJ), direction marks and emoji are allowed',
+    'default-ignorable characters, a run of blanks holding spaces of more than one kind or more than one invisible ' +
+    'character); joiners (ZWJ, ZWNJ), direction marks and emoji are allowed',
 } as const satisfies Record<CheckedText[2], string>;
 
 /**
