@@ -95,6 +95,25 @@ test("a verified caller learns of a role only as its task's agent, and every ref
   expect(roles(A, 'not_an_aws_role')).toEqual(new Set(['tickets-api']));
 });
 
+/**
+ * The same route took its scopes from the query without the schema POST /v1/credentials holds them to: one granted
+ * scope repeated a thousand times made a lease and a credential.issue record naming it a thousand times (15 KB).
+ */
+test('scopes in the query are held to the schema of POST /v1/credentials', async () => {
+  const agent = { authorization: t.issuer.svid(AGENT, { ttl: 600 }) };
+  const sessions = emu.sessions().length;
+  for (const q of [
+    `scope=${Array(1000).fill('s3:GetObject').join('+')}`,
+    'scope=s3:GetObject+s3:GetObject',
+    `scope=${'s3:Get'.repeat(100)}`,
+  ]) {
+    const r = await call(t.url, 'GET', `${path('t-probe', 'reports-bucket')}?${q}`, agent);
+    expect([r.status, r.body.Code]).toEqual([400, 'invalid_request']);
+    expect(r.body.field).toMatch(/^scopes/);
+  }
+  expect(emu.sessions().length).toBe(sessions);
+});
+
 test('the granted aws role still issues', async () => {
   const r = await call(t.url, 'GET', path('t-probe', 'reports-bucket'), { authorization: t.issuer.svid(AGENT, { ttl: 600 }) });
   expect(r.status).toBe(200);

@@ -1,7 +1,7 @@
 import { type ErrorRequestHandler, Router, type Request, type Response } from 'express';
 import { BrokerError, type ErrorCode, fail } from '../../errors.ts';
-import { fromHttpError, sendProblem } from '../../http/problem.ts';
-import { taskRefSchema } from '../../http/schemas.ts';
+import { fromHttpError, fromZod, sendProblem } from '../../http/problem.ts';
+import { credentialRequestSchema, taskRefSchema } from '../../http/schemas.ts';
 import type { Logger } from '../../logger.ts';
 import { isRedisUnavailable, REDIS_RETRY_AFTER_S } from '../../redis/unavailable.ts';
 
@@ -60,8 +60,12 @@ export function containerCredentialsRouter(deps: ContainerCredentialsDeps): Rout
     // The role is judged by the core once the token is verified (`issue`), not here: answering `unknown_role` or
     // `not_an_aws_role` before that told anyone, token or not, which roles exist and which issue AWS keys, unaudited.
     const scopes = scopesFrom(req);
+    // The body POST /v1/credentials would take, held to its schema: scopes well-formed, at most 100, none repeated
+    // (a query of one granted scope a thousand times over made a lease and an issue record of them all).
+    const body = credentialRequestSchema.safeParse({ taskId, role, ...(scopes ? { scopes } : {}) });
+    if (!body.success) return sendError(res, fromZod(body.error));
     try {
-      const { credentials: c } = await deps.issue(token, { taskId, role, ...(scopes ? { scopes } : {}) });
+      const { credentials: c } = await deps.issue(token, body.data);
       if (!c) return refuse(res, 'approval_pending', 'The credential is waiting for approval; retry once approved.');
       if (
         typeof c.AccessKeyId !== 'string' ||
