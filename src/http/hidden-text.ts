@@ -12,9 +12,11 @@ const CONTROLS = /[\p{Cc}\u2028\u2029\u202a-\u202e\u2066-\u2069]/u;
 
 /**
  * Characters that carry text no one sees: the zero-width space, word joiner and invisible operators, the BOM,
- * interlinear annotation marks, Hangul fillers and the Mongolian vowel separator.
+ * interlinear annotation marks, Hangul fillers, the Mongolian vowel separator, and two blank glyphs that are
+ * neither spaces nor default-ignorable (the musical null notehead, the Khitan small script filler): set between
+ * spaces of different kinds, each kept a run of blanks apart and spelled a payload no one sees.
  */
-const HIDDEN = /[\u115f\u1160\u180e\u200b\u2060-\u2064\u3164\ufeff\uffa0\ufff9-\ufffb]/u;
+const HIDDEN = /[\u115f\u1160\u180e\u200b\u2060-\u2064\u3164\ufeff\uffa0\ufff9-\ufffb\u{16fe4}\u{1d159}]/u;
 
 /**
  * An emoji flag's tag sequence (U+1F3F4, a subdivision code, CANCEL TAG; UTS #51): the one place tag characters

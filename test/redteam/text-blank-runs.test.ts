@@ -44,6 +44,9 @@ const BAD: [string, string][] = [
   ['a run of blank braille patterns and spaces between two words', `rotate ${asSpaces('ok')}\u2800 the logs`],
   ['a trailing run of spaces and joiners', `rotate the logs${asMarkedSpaces('APPROVE')}`],
   ['spaces of two kinds in one gap', 'rotate\u00a0\u2009the logs'],
+  // Blank glyphs that are neither spaces nor invisible characters, set between the spaces to keep each run apart.
+  ['spaces kept apart by musical null noteheads', `rotate the logs${[...asSpaces('APPROVE')].join('\u{1d159}')}`],
+  ['spaces kept apart by Khitan fillers', `rotate the logs${[...asSpaces('APPROVE')].join('\u{16fe4}')}`],
 ];
 
 test.each(BAD.map((b, i) => [...b, i] as const))('%s in a purpose is a 400 naming the field, audited', async (_n, purpose, i) => {
