@@ -69,7 +69,8 @@ export const labelsSchema = z
 export const REFUSED_CHARACTERS = {
   name:
     'control characters, line or paragraph separators, invisible characters (zero-width, bidi controls and every other ' +
-    'default-ignorable or format character), lone surrogates, spaces other than the ASCII space, or the blank braille pattern',
+    'default-ignorable or format character), lone surrogates, spaces other than the ASCII space, or blank glyphs (the ' +
+    'blank braille pattern, the Khitan filler, the musical null notehead)',
   text:
     'control characters (C0, DEL, C1), line or paragraph separators (U+2028, U+2029), or bidi embeddings, overrides ' +
     'and isolates (U+202A-U+202E, U+2066-U+2069), or characters that hide text (zero-width space, word joiner and ' +
