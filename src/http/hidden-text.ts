@@ -72,17 +72,18 @@ const MISPLACED_SELECTOR = new RegExp(
 );
 
 /**
- * A run of blanks: spaces (any kind), the blank braille pattern, and the invisible characters let through one at a
- * time above. Variation selectors are not part of one: each belongs to the character before it (never a blank:
- * {@link MISPLACED_SELECTOR}) and is taken out first.
+ * A run of blanks: spaces (any kind), the blank braille pattern, the invisible characters let through one at a
+ * time above, and format characters (Egyptian hieroglyph format controls, Arabic number signs: outside their
+ * script they render as nothing, or a box at most). Variation selectors are not part of one: each belongs to the
+ * character before it (never a blank: {@link MISPLACED_SELECTOR}) and is taken out first.
  */
-const BLANK_RUN = /[\p{Zs}\u2800\p{Default_Ignorable_Code_Point}]{2,}/gu;
+const BLANK_RUN = /[\p{Zs}\u2800\p{Default_Ignorable_Code_Point}\p{Cf}]{2,}/gu;
 const SELECTORS = /[\ufe00-\ufe0f\u{e0100}-\u{e01ef}]/gu;
-const INVISIBLE = /\p{Default_Ignorable_Code_Point}/u;
+const INVISIBLE = /[\p{Default_Ignorable_Code_Point}\p{Cf}]/u;
 
 /**
  * Whether a run of blanks carries more than its length: spaces of more than one kind, or more than one invisible
- * character. Real text needs one kind of space in a gap (double ASCII spaces, a French non-breaking space, the
+ * or format character. Real text needs one kind of space in a gap (double ASCII spaces, a French non-breaking space, the
  * ideographic space) and at most one mark beside it (a direction mark before Hebrew). Spaces that look alike, one
  * picked per character from sixteen (NBSP, U+2000-200A, U+202F, U+3000, U+2800...), or spaces with a joiner or a
  * direction mark between each pair, made a run a reader sees as trailing whitespace and a model reads in full: a

@@ -78,7 +78,7 @@ export const REFUSED_CHARACTERS = {
     'tag characters outside the flags of ' +
     'England, Scotland and Wales, two invisible characters in a row, a variation selector that selects no glyph, other ' +
     'default-ignorable characters, a run of blanks holding spaces of more than one kind or more than one invisible ' +
-    'character); joiners (ZWJ, ZWNJ), direction marks and emoji are allowed',
+    'or format character); joiners (ZWJ, ZWNJ), direction marks and emoji are allowed',
 } as const satisfies Record<CheckedText[2], string>;
 
 /**
