@@ -83,8 +83,8 @@ const INVISIBLE = /[\p{Default_Ignorable_Code_Point}\p{Cf}]/u;
 
 /**
  * Whether a run of blanks carries more than its length: spaces of more than one kind, or more than one invisible
- * or format character. Real text needs one kind of space in a gap (double ASCII spaces, a French non-breaking space, the
- * ideographic space) and at most one mark beside it (a direction mark before Hebrew). Spaces that look alike, one
+ * or format character. Real text needs one kind of space in a gap (double ASCII spaces, a French non-breaking
+ * space, the ideographic space) and at most one mark beside it (a direction mark before Hebrew). Spaces that look alike, one
  * picked per character from sixteen (NBSP, U+2000-200A, U+202F, U+3000, U+2800...), or spaces with a joiner or a
  * direction mark between each pair, made a run a reader sees as trailing whitespace and a model reads in full: a
  * payload of any length with no visible character to carry it.
