@@ -399,12 +399,12 @@ export async function startBroker(config: LoadedConfig, opts: BrokerOptions = {}
             ['/v1/aws/'],
             containerCredentialsRouter({
               logger,
-              roles: config.roles,
               issue: async (token, body) => {
                 const who = await verifier.verify(token);
                 // As on every /v1 route (authenticate): a quarantined identity is refused before anything is issued.
                 await admitIdentity(deps, who);
-                const out = await services.credentials.request(who, body);
+                // Only an aws role: one of another kind is refused (audited) before a credential is made and thrown away.
+                const out = await services.credentials.request(who, body, 'aws');
                 return 'credentials' in out ? { credentials: out.credentials } : {};
               },
             }),

@@ -73,7 +73,8 @@ export const ERRORS = {
   },
   not_an_aws_role: {
     status: 400,
-    means: 'The AWS container-credentials endpoint was asked for a role that does not issue AWS credentials.',
+    means:
+      "The AWS container-credentials endpoint was asked, by the task's agent, for a role granted to the task that does not issue AWS credentials.",
     fix: 'Name an `aws` role in the URL.',
   },
   quarantine_self: { status: 400, means: 'The quarantine pattern matches the admin who sent it.', fix: 'Use a narrower pattern.' },

@@ -5,13 +5,14 @@
  * controls, BOM, soft hyphen, variation selectors, tag characters, Hangul
  * fillers), every other format character (interlinear annotation marks, which
  * hide text; Arabic and hieroglyph format controls), lone surrogates, spaces
- * other than the ASCII one (NBSP looks like a space and is not) and the blank
- * braille pattern: each would let one name pass for another. (Here, in the CLI's part
+ * other than the ASCII one (NBSP looks like a space and is not), the blank
+ * braille pattern, the Khitan filler and the musical null notehead (blank glyphs):
+ * each would let one name pass for another. (Here, in the CLI's part
  * of the code, because the `jit` command is compiled on its own and may not
  * import the server; the server's log escaping uses the same set.)
  */
 export const MISLEADING =
-  /[\u007f-\u009f\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u2800\u3000\p{Default_Ignorable_Code_Point}\p{Cf}\p{Cs}]/gu;
+  /[\u007f-\u009f\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u2800\u3000\u{16fe4}\u{1d159}\p{Default_Ignorable_Code_Point}\p{Cf}\p{Cs}]/gu;
 const CONTROL = /[\u0000-\u001f]/g;
 
 /** `\u001b`, or `\u{e0041}` beyond the 16-bit range. */

@@ -96,10 +96,15 @@ export class CredentialService {
     this.deps = deps;
   }
 
-  async request(who: WorkloadIdentity, body: CredentialRequest): Promise<IssuedCredential | PendingApproval> {
+  /**
+   * `only`: the provider kind the route can hand out (the AWS container endpoint: `aws`). A granted role of another
+   * kind is refused (400 `not_an_aws_role`, audited) once the caller is known to be the task's agent and the role
+   * granted, before anything is issued: which roles exist, and what they issue, is said to nobody else.
+   */
+  async request(who: WorkloadIdentity, body: CredentialRequest, only?: 'aws'): Promise<IssuedCredential | PendingApproval> {
     try {
       // The task may come from the cache: decided again if it was an earlier incarnation of its id.
-      return await this.deps.tasks.onCurrent(body.taskId, () => this.decideAndIssue(who, body));
+      return await this.deps.tasks.onCurrent(body.taskId, () => this.decideAndIssue(who, body, only));
     } catch (err) {
       // Refused on the task's state: a denial like the 403s (audited, folded per minute), e.g. an agent still
       // asking for credentials after its task ended.
@@ -110,13 +115,25 @@ export class CredentialService {
     }
   }
 
-  private async decideAndIssue(who: WorkloadIdentity, body: CredentialRequest): Promise<IssuedCredential | PendingApproval> {
+  private async decideAndIssue(
+    who: WorkloadIdentity,
+    body: CredentialRequest,
+    only: 'aws' | undefined,
+  ): Promise<IssuedCredential | PendingApproval> {
     const task = await this.loadTask(who, body);
     if (task.expiresAt <= this.deps.clock.now() || this.closed.get(task.taskId) === task.createdAt) {
       await this.current(task);
       throw conflict('task_not_open', `Task ${task.taskId} is no longer open.`);
     }
     const { grant, role, provider } = await this.resolveGrant(who, task, body.role);
+    if (only !== undefined && role.provider !== only) {
+      await this.current(task);
+      throw await denial(this.deps, who, badRequest('not_an_aws_role', `Role "${body.role}" does not issue AWS credentials.`), {
+        action: 'credential.deny',
+        taskId: task.taskId,
+        role: body.role,
+      });
+    }
     const scopes = await this.resolveScopes(who, task, body, grant, role);
     const ttl = this.clamp(task, body, grant, role, provider);
     // For a role that needs approval, policy is asked as if approved first: a request policy

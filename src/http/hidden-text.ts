@@ -12,9 +12,11 @@ const CONTROLS = /[\p{Cc}\u2028\u2029\u202a-\u202e\u2066-\u2069]/u;
 
 /**
  * Characters that carry text no one sees: the zero-width space, word joiner and invisible operators, the BOM,
- * interlinear annotation marks, Hangul fillers and the Mongolian vowel separator.
+ * interlinear annotation marks, Hangul fillers, the Mongolian vowel separator, and two blank glyphs that are
+ * neither spaces nor default-ignorable (the musical null notehead, the Khitan small script filler): set between
+ * spaces of different kinds, each kept a run of blanks apart and spelled a payload no one sees.
  */
-const HIDDEN = /[\u115f\u1160\u180e\u200b\u2060-\u2064\u3164\ufeff\uffa0\ufff9-\ufffb]/u;
+const HIDDEN = /[\u115f\u1160\u180e\u200b\u2060-\u2064\u3164\ufeff\uffa0\ufff9-\ufffb\u{16fe4}\u{1d159}]/u;
 
 /**
  * An emoji flag's tag sequence (U+1F3F4, a subdivision code, CANCEL TAG; UTS #51): the one place tag characters
@@ -69,9 +71,46 @@ const MISPLACED_SELECTOR = new RegExp(
   'u',
 );
 
+/**
+ * A run of blanks: spaces (any kind), the blank braille pattern, the invisible characters let through one at a
+ * time above, and format characters (Egyptian hieroglyph format controls, Arabic number signs: outside their
+ * script they render as nothing, or a box at most). Variation selectors are not part of one: each belongs to the
+ * character before it (never a blank: {@link MISPLACED_SELECTOR}) and is taken out first.
+ */
+const BLANK_RUN = /[\p{Zs}\u2800\p{Default_Ignorable_Code_Point}\p{Cf}]{2,}/gu;
+const SELECTORS = /[\ufe00-\ufe0f\u{e0100}-\u{e01ef}]/gu;
+const INVISIBLE = /[\p{Default_Ignorable_Code_Point}\p{Cf}]/u;
+
+/**
+ * Whether a run of blanks carries more than its length: spaces of more than one kind, or more than one invisible
+ * or format character. Real text needs one kind of space in a gap (double ASCII spaces, a French non-breaking
+ * space, the ideographic space) and at most one mark beside it (a direction mark before Hebrew). Spaces that look alike, one
+ * picked per character from sixteen (NBSP, U+2000-200A, U+202F, U+3000, U+2800...), or spaces with a joiner or a
+ * direction mark between each pair, made a run a reader sees as trailing whitespace and a model reads in full: a
+ * payload of any length with no visible character to carry it.
+ */
+function blankRunCarries(t: string): boolean {
+  for (const [run] of t.replace(SELECTORS, '').matchAll(BLANK_RUN)) {
+    let space: string | undefined;
+    let invisible = 0;
+    for (const ch of run) {
+      if (INVISIBLE.test(ch)) {
+        if (++invisible > 1) return true;
+      } else if (space === undefined) space = ch;
+      else if (ch !== space) return true;
+    }
+  }
+  return false;
+}
+
 /** Whether free text holds a control character or anything that hides text from its reader (see above). */
 export function textHasControls(s: string): boolean {
   if (CONTROLS.test(s) || HIDDEN.test(s)) return true;
   const t = s.replace(FLAG_TAGS, '\u{1f3f4}');
-  return STRAY_INVISIBLE.test(t) || MISPLACED_SELECTOR.test(t) || INVISIBLE_RUN.test(t.replace(EMOJI_SELECTOR_THEN_ZWJ, '\u200d'));
+  return (
+    STRAY_INVISIBLE.test(t) ||
+    MISPLACED_SELECTOR.test(t) ||
+    INVISIBLE_RUN.test(t.replace(EMOJI_SELECTOR_THEN_ZWJ, '\u200d')) ||
+    blankRunCarries(t)
+  );
 }

@@ -69,13 +69,16 @@ export const labelsSchema = z
 export const REFUSED_CHARACTERS = {
   name:
     'control characters, line or paragraph separators, invisible characters (zero-width, bidi controls and every other ' +
-    'default-ignorable or format character), lone surrogates, spaces other than the ASCII space, or the blank braille pattern',
+    'default-ignorable or format character), lone surrogates, spaces other than the ASCII space, or blank glyphs (the ' +
+    'blank braille pattern, the Khitan filler, the musical null notehead)',
   text:
     'control characters (C0, DEL, C1), line or paragraph separators (U+2028, U+2029), or bidi embeddings, overrides ' +
     'and isolates (U+202A-U+202E, U+2066-U+2069), or characters that hide text (zero-width space, word joiner and ' +
-    'invisible operators, BOM, interlinear annotation, Hangul fillers, Unicode tag characters outside the flags of ' +
-    'England, Scotland and Wales, two invisible characters in a row, a variation selector that selects no glyph, other ' +
-    'default-ignorable characters); joiners (ZWJ, ZWNJ), direction marks and emoji are allowed',
+    'invisible operators, BOM, interlinear annotation, Hangul and Khitan fillers, the musical null notehead, Unicode ' +
+    'tag characters outside the flags of England, Scotland and Wales, two invisible characters in a row, a variation ' +
+    'selector that selects no glyph, other ' +
+    'default-ignorable characters, a run of blanks holding spaces of more than one kind or more than one invisible ' +
+    'or format character); joiners (ZWJ, ZWNJ), direction marks and emoji are allowed',
 } as const satisfies Record<CheckedText[2], string>;
 
 /**

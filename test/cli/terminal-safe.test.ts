@@ -117,6 +117,8 @@ test('invisible characters (tag characters, variation selectors, Hangul fillers)
   // Outside the default-ignorable set (found in review): a blank braille pattern, annotation marks that hide
   // text, Arabic and hieroglyph format controls, a no-break space that passes for a space, a lone surrogate.
   for (const c of ['\u2800', '\ufff9', '\u0600', '\u{13430}', '\u00a0', '\ud800']) expect(hasControls(`demo${c}api`)).toBe(true);
+  // Blank glyphs that are neither spaces nor default-ignorable (red team): `acme` + one of them reads as `acme`.
+  for (const c of ['\u{1d159}', '\u{16fe4}']) expect([c, hasControls(`acme${c}`)]).toEqual([c, true]);
   expect(terminalSafe('demo\u00a0api\u{13430}')).toBe('demo\\u00a0api\\u{13430}');
   expect(hasControls('demo api')).toBe(false);
   await openAgentTask(t, 'ts-4', [{ role: 'demo-api' }]);

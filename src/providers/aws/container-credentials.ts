@@ -1,15 +1,17 @@
 import { type ErrorRequestHandler, Router, type Request, type Response } from 'express';
 import { BrokerError, type ErrorCode, fail } from '../../errors.ts';
-import { fromHttpError, sendProblem } from '../../http/problem.ts';
-import { taskRefSchema } from '../../http/schemas.ts';
+import { fromHttpError, fromZod, sendProblem } from '../../http/problem.ts';
+import { credentialRequestSchema, taskRefSchema } from '../../http/schemas.ts';
 import type { Logger } from '../../logger.ts';
 import { isRedisUnavailable, REDIS_RETRY_AFTER_S } from '../../redis/unavailable.ts';
 
-/** What the core supplies: the configured roles, and its normal credential path (`POST /v1/credentials`) as a function. */
+/** What the core supplies: its normal credential path (`POST /v1/credentials`) as a function. */
 export interface ContainerCredentialsDeps {
-  /** The configured roles by name (only `provider` is read). */
-  roles: Readonly<Record<string, { provider: string }>>;
-  /** Issues a credential for `body` on behalf of the workload identity `identityToken` (a JWT). */
+  /**
+   * Issues a credential for `body` on behalf of the workload identity `identityToken` (a JWT): verifies it first,
+   * then judges the role as POST /v1/credentials does (the task's agent, a granted role), and refuses a granted
+   * role that is not an `aws` role (400 `not_an_aws_role`) before anything is issued, each refusal audited.
+   */
   issue(
     identityToken: string,
     body: { taskId: string; role: string; scopes?: string[] },
@@ -55,13 +57,15 @@ export function containerCredentialsRouter(deps: ContainerCredentialsDeps): Rout
     const token = auth.replace(/^Bearer\s+/i, '');
     // Any task id the broker makes, sub-task ids (`<parent>~<name>`) included: the same schema as POST /v1/credentials.
     if (!taskRefSchema.safeParse(taskId).success || !ROLE.test(role)) return refuse(res, 'invalid_request', 'taskId or role is malformed.');
-    // Before anything is issued: a credential of another kind (a real Vault token, a JWT) would be made and then thrown away.
-    const configured = Object.hasOwn(deps.roles, role) ? deps.roles[role] : undefined;
-    if (!configured) return refuse(res, 'unknown_role', `Role "${role}" is not configured.`);
-    if (configured.provider !== 'aws') return refuse(res, 'not_an_aws_role', `Role "${role}" does not issue AWS credentials.`);
+    // The role is judged by the core once the token is verified (`issue`), not here: answering `unknown_role` or
+    // `not_an_aws_role` before that told anyone, token or not, which roles exist and which issue AWS keys, unaudited.
     const scopes = scopesFrom(req);
+    // The body POST /v1/credentials would take, held to its schema: scopes well-formed, at most 100, none repeated
+    // (a query of one granted scope a thousand times over made a lease and an issue record of them all).
+    const body = credentialRequestSchema.safeParse({ taskId, role, ...(scopes ? { scopes } : {}) });
+    if (!body.success) return sendError(res, fromZod(body.error));
     try {
-      const { credentials: c } = await deps.issue(token, { taskId, role, ...(scopes ? { scopes } : {}) });
+      const { credentials: c } = await deps.issue(token, body.data);
       if (!c) return refuse(res, 'approval_pending', 'The credential is waiting for approval; retry once approved.');
       if (
         typeof c.AccessKeyId !== 'string' ||

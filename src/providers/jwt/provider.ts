@@ -51,7 +51,11 @@ export class JwtProvider implements Provider<JwtRoleConfig> {
   start(req: IssueRequest<JwtRoleConfig>): StartedIssue {
     // iat/exp on Redis's clock (the lease expiry is decided on it too).
     const iat = Math.floor(this.keys.now() / 1000);
-    const exp = iat + req.ttlSeconds;
+    // Never past the task's deadline: the TTL was clamped to the time left when the request was decided, and
+    // everything since (policy, an approval's lookup and use, each a Redis round trip a loaded Redis answers late)
+    // would otherwise be added past it, as would the 1-s minimum with under a second left. A verifier offline
+    // accepts the token until `exp`, whatever became of its task.
+    const exp = Math.min(iat + req.ttlSeconds, Math.floor(req.task.expiresAt / 1000));
     const scope = req.scopes.join(' ');
     const act = actClaim(req.task.delegators);
     const signed = this.keys.sign(
@@ -70,7 +74,7 @@ export class JwtProvider implements Provider<JwtRoleConfig> {
       },
     );
     const done = signed.then((token) => ({
-      credentials: { access_token: token, token_type: 'Bearer', expires_in: req.ttlSeconds, scope },
+      credentials: { access_token: token, token_type: 'Bearer', expires_in: Math.max(0, exp - iat), scope },
       handle: {},
       expiresAt: exp * 1000,
     }));
