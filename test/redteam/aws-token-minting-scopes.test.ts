@@ -50,3 +50,40 @@ test('the session policy refuses them too (a grant stored before this check); ha
   expect(() => sessionPolicy(['sts:getdelegatedaccesstoken'], ['*'], Date.now() + 60_000)).toThrow(/invalid|may not/i);
   expect(() => sessionPolicy(['s3:GetObject', 'sts:GetCallerIdentity', 'sts:GetAccessKeyInfo'], ['*'], Date.now() + 60_000)).not.toThrow();
 });
+
+/**
+ * Red team (fourteenth session): a grant of IAM actions let the session make a credential that lives until someone
+ * deletes it (an IAM user's access key, console password, service-specific credential, SSH or signing key), or
+ * change the role's own policies, where the deny that ends the task lives (`PutRolePolicy` overwrites it,
+ * `DeleteRolePolicy` removes it), or whom it trusts. Refused like chaining, `iam:*` and `iam:Put*` included.
+ */
+test.each([
+  ['iam:CreateAccessKey'],
+  ['IAM:createloginprofile'],
+  ['iam:UpdateLoginProfile'],
+  ['iam:CreateServiceSpecificCredential'],
+  ['iam:UploadSSHPublicKey'],
+  ['iam:PutRolePolicy'],
+  ['iam:DeleteRolePolicy'],
+  ['iam:UpdateAssumeRolePolicy'],
+  ['iam:*'],
+  ['iam:Put*'],
+  ['iam:Create*'],
+])('a grant whose scopes include %s is refused when the task opens: 400 invalid_scope', async (scope) => {
+  const open = await call(t.url, 'POST', '/v1/tasks', t.as(ORCH), {
+    taskId: `t-iam-${scope.replace(/[^a-z]/gi, '')}`,
+    agent: `spiffe://dev.local${AGENT}`,
+    tenant: 'acme',
+    purpose: 'p',
+    ttlSeconds: 600,
+    grants: [{ role: 'reports-bucket', scopes: ['s3:GetObject', scope] }],
+  });
+  expect({ status: open.status, code: open.body.code }).toEqual({ status: 400, code: 'invalid_scope' });
+});
+
+test('IAM reads and actions that make nothing long-lived still pass', () => {
+  expect(() =>
+    sessionPolicy(['iam:GetRole', 'iam:List*', 'iam:Get*', 'iam:PassRole', 'iam:TagRole'], ['*'], Date.now() + 60_000),
+  ).not.toThrow();
+  expect(() => sessionPolicy(['iam:createaccesskey'], ['*'], Date.now() + 60_000)).toThrow(/may not/i);
+});

@@ -7,38 +7,62 @@ export const SESSION_POLICY_MAX_CHARS = 2048;
 const IAM_ACTION = /^[a-zA-Z0-9-]+:[A-Za-z0-9*?]+$/;
 
 /**
- * STS actions that make a new credential from this session. A chained session gets a name and a lifetime the
- * agent picks, and no session policy unless the agent adds one: the deny that ends a task (by session
- * name) does not reach it, so it could outlive the task with the role's full permissions. The same holds
- * for `GetWebIdentityToken` (an AWS-signed JWT of this identity, good for up to 1 h at external services,
- * which an IAM deny never reaches) and `GetDelegatedAccessToken` (credentials of another principal, traded
- * for a token, outside the broker's session names).
+ * Actions that let a session escape the deny that ends its task, refused as scopes, by service (IAM matches
+ * both parts case-insensitively).
+ *
+ * STS: a new credential made from this session. A chained session gets a name and a lifetime the agent picks,
+ * and no session policy unless the agent adds one: the deny that ends a task (by session name) does not reach
+ * it, so it could outlive the task with the role's full permissions. The same holds for `GetWebIdentityToken`
+ * (an AWS-signed JWT of this identity, good for up to 1 h at external services, which an IAM deny never
+ * reaches) and `GetDelegatedAccessToken` (credentials of another principal, traded for a token, outside the
+ * broker's session names).
+ *
+ * IAM: a long-lived credential of an IAM user (an access key, a console password, a service-specific
+ * credential, an SSH or signing key), which lives until someone deletes it; and the role's own policies, where
+ * the broker's deny lives (`PutRolePolicy` overwrites it, `DeleteRolePolicy` removes it) and whom it trusts
+ * (`UpdateAssumeRolePolicy`: anyone, later). The role's permissions should not allow these either; refusing
+ * the scope keeps an agent from being granted them by a grant that says `iam:*`.
  */
-const CHAINING = [
-  'AssumeRole',
-  'AssumeRoleWithSAML',
-  'AssumeRoleWithWebIdentity',
-  'AssumeRoot',
-  'GetFederationToken',
-  'GetWebIdentityToken',
-  'GetDelegatedAccessToken',
-];
+const ESCAPING: Record<string, readonly string[]> = {
+  sts: [
+    'AssumeRole',
+    'AssumeRoleWithSAML',
+    'AssumeRoleWithWebIdentity',
+    'AssumeRoot',
+    'GetFederationToken',
+    'GetWebIdentityToken',
+    'GetDelegatedAccessToken',
+  ],
+  iam: [
+    'CreateAccessKey',
+    'CreateLoginProfile',
+    'UpdateLoginProfile',
+    'CreateServiceSpecificCredential',
+    'ResetServiceSpecificCredential',
+    'UploadSSHPublicKey',
+    'UploadSigningCertificate',
+    'PutRolePolicy',
+    'DeleteRolePolicy',
+    'UpdateAssumeRolePolicy',
+  ],
+};
 
-/** Whether a scope (an IAM action pattern; IAM matches actions case-insensitively) covers one of {@link CHAINING}. */
+/** Whether a scope (an IAM action pattern; IAM matches actions case-insensitively) covers one of {@link ESCAPING}. */
 function chains(scope: string): boolean {
-  const [service, action = ''] = scope.split(':');
-  if (service?.toLowerCase() !== 'sts') return false;
+  const [service = '', action = ''] = scope.split(':');
+  const actions = Object.hasOwn(ESCAPING, service.toLowerCase()) ? ESCAPING[service.toLowerCase()]! : [];
+  if (actions.length === 0) return false;
   const glob = new RegExp(`^${action.replace(/[*?]/g, (c) => (c === '*' ? '.*' : '.'))}$`, 'i');
-  return CHAINING.some((a) => glob.test(a));
+  return actions.some((a) => glob.test(a));
 }
 
-/** 400 invalid_scope for scopes that would let a session chain (checked when a task opens and at issuance). */
+/** 400 invalid_scope for scopes that would let a session escape its task's end (checked when a task opens and at issuance). */
 export function refuseChaining(scopes: readonly string[]): void {
   const chaining = scopes.filter(chains);
   if (chaining.length > 0)
     throw badRequest(
       'invalid_scope',
-      `Scopes may not let the session assume a role or mint a credential of its own (${chaining.join(', ')}): it would outlive the task and escape its revocation.`,
+      `Scopes may not let the session assume a role, mint a credential of its own or change the role's policies (${chaining.join(', ')}): it would outlive the task and escape its revocation.`,
     );
 }
 
