@@ -34,7 +34,8 @@ import { BROKER_POLICY } from '../providers/vault/helpers.ts';
  * SIGKILLed while it revokes a task's credentials (its Vault calls refused by a sealed Vault, its deny write
  * to IAM on the wire); this release, started on the same Redis, must end upstream everything the old one
  * issued: when a task is completed, when a task's deadline passes, when a lease's TTL runs out, and what the
- * killed process had begun (its leases `revoke_failed` / `revoking`, its jobs in the queue). The old process's
+ * killed process had begun (its leases `revoke_failed` / `revoking`, its jobs in the queue, an AWS issuance whose
+ * session STS made but whose answer it never had: given up, the session denied by its name). The old process's
  * deny write, held until then, lands late over this release's denies: this release's read-back of the deny
  * list (providers.aws.revocationVerifySeconds) must put them back.
  *
@@ -117,6 +118,8 @@ maybe(
         lockMs: 1000,
         stalledCheckMs: 500,
         sweepMs: 20,
+        // An issuance unconfirmed for 10 s is interrupted (AWS's own window is over a minute).
+        orphanMs: 10_000,
       },
     });
     const dir = mkdtempSync(join(tmpdir(), 'jit-upgrade-upstream-'));
@@ -184,6 +187,7 @@ maybe(
       const lapsingToken = await issue('t-ttl', 'vault-ops', 15);
       const lapsing = [lapsingToken, await renewed('t-ttl', lapsingToken)];
       await open('t-deadline', 20);
+      await open('t-issuing', 600);
       const deadline = [await issue('t-deadline', 'vault-ops', 300), await issue('t-deadline', 'reports', 900)];
       // Completed by the old process, which dies revoking them.
       await open('t-kill', 600);
@@ -210,7 +214,17 @@ maybe(
       const vaultKilled = killed.filter((c) => c.kind !== 'aws');
       await waitFor(async () => (await statuses(vaultKilled)).every((s) => s === 'revoke_failed'), 20_000, 50);
       expect(await status(killed[2]!.leaseId)).toBe('revoking');
+      // And an issuance under way: STS made the session, its answer is held; the process dies before it learns it.
+      const sessionCount = a.sessions().length;
+      a.holdAnswer('AssumeRole', 600_000);
+      const issuing = call(before.url, 'POST', '/v1/credentials', as(AGENT), { taskId: 't-issuing', role: 'reports', ttlSeconds: 900 });
+      await waitFor(async () => a.sessions().length > sessionCount, 20_000, 20);
+      // The previous release keeps a task's lease ids in the plain set alone.
+      const [orphanLease] = await r.smembers(keys.taskLeasesLegacy('t-issuing'));
+      expect(await status(orphanLease!)).toBe('issuing');
+      const orphan: Issued = { leaseId: orphanLease!, kind: 'aws', accessKeyId: a.sessions().at(-1)!.accessKeyId };
       await before.kill('SIGKILL');
+      await issuing.catch(() => undefined);
       // The old process gives up a failing revocation once the lease's recorded end has passed (this release's
       // bug too, for the old release's secrets): killed before the renewed secrets' recorded ends (30 s after
       // they were issued), what happens past them is this release's doing. On a machine so loaded that it was
@@ -265,12 +279,15 @@ maybe(
         expect(await r.hmget(keys.lease(c.leaseId), 'status', 'reason')).toEqual(['expired', 'ttl_expired']);
       expect(await r.hget(keys.task('t-deadline'), 'status')).toBe('expired');
       expect(await r.hmget(keys.lease(deadline[1]!.leaseId), 'status', 'reason')).toEqual(['revoked', 'task_expired']);
+      // The interrupted issuance is given up once its window passed: `failed`, its session denied by name.
+      await waitFor(async () => (await status(orphan.leaseId)) === 'failed', 30_000, 100);
+      const upstream = [...checked, orphan];
 
       // ... and upstream: Vault tokens and secrets (with their reader tokens) revoked, AWS sessions denied.
       const allEnded = () =>
-        waitFor(async () => (await Promise.all(checked.map(live))).every((l) => !l), 20_000, 100).catch(async () => {
-          const liveNow = await Promise.all(checked.map(live));
-          const left = checked.filter((_, i) => liveNow[i]);
+        waitFor(async () => (await Promise.all(upstream.map(live))).every((l) => !l), 20_000, 100).catch(async () => {
+          const liveNow = await Promise.all(upstream.map(live));
+          const left = upstream.filter((_, i) => liveNow[i]);
           throw new Error(`still live upstream: ${left.map((c) => `${c.kind} of ${c.leaseId}`).join(', ')}`);
         });
       await allEnded();
@@ -287,6 +304,7 @@ maybe(
       const recs = await auditRecords(r, keys);
       for (const c of checked)
         expect(recs.filter((x) => ['lease.revoke', 'lease.expire'].includes(x.action) && x.leaseId === c.leaseId)).toHaveLength(1);
+      expect(recs.filter((x) => x.action === 'credential.fail' && x.leaseId === orphan.leaseId)).toHaveLength(1);
       expect(v.unhandled).toEqual([]);
     } finally {
       await r.quit();
