@@ -36,6 +36,12 @@ export function extractPreviousRelease(): { dir: string; remove(): void } {
 export function previousReleaseConfig(dir: string, raw: Record<string, unknown>): Record<string, unknown> {
   const out: Record<string, unknown> = { ...raw, policies: join(dir, 'config/policies') };
   delete out.rotation; // rotation.resumeInterruptedSeconds is new
+  const providers = raw.providers as { aws?: Record<string, unknown> } | undefined;
+  if (providers?.aws) {
+    // providers.aws.revocationVerifySeconds is new (the deny list's read-back, src/providers/aws/deny-list.ts).
+    const { revocationVerifySeconds: _new, ...aws } = providers.aws;
+    out.providers = { ...providers, aws };
+  }
   return out;
 }
 

@@ -91,8 +91,11 @@ export async function issueDynamicSecret(
   // Unless renewed: Vault's default policy lets any token renew any lease by id (`sys/leases/renew`), so an
   // agent holding a Vault token of its own can keep a renewable secret alive past `lease_duration`, up to
   // the reader token's end (at most the granted TTL from its creation, before `at`). A failing revocation
-  // is retried until then, not given up at `lease_duration` (src/leases/credential-end.ts).
+  // is retried until then, not given up at `lease_duration` (src/leases/credential-end.ts). Recorded for
+  // every secret, the lease's own end when it cannot be renewed: a handle without it is the previous
+  // release's, which credentialEndsBy takes as possibly renewed.
   const renewable = secret.renewable !== false && seconds < req.ttlSeconds;
+  const expiresAt = at + seconds * 1000;
   return {
     credentials: { ...(secret.data ?? {}), lease_id: secret.lease_id, lease_duration: seconds },
     handle: {
@@ -100,8 +103,8 @@ export async function issueDynamicSecret(
       leaseId: secret.lease_id,
       accessor: reader.accessor,
       path,
-      ...(renewable ? { endsBy: at + req.ttlSeconds * 1000 } : {}),
+      endsBy: renewable ? at + req.ttlSeconds * 1000 : expiresAt,
     },
-    expiresAt: at + seconds * 1000,
+    expiresAt,
   };
 }

@@ -67,9 +67,10 @@ export interface AwsEmulator {
   /**
    * The next request of `action` is held BEFORE it is carried out (stuck on its way to IAM: its caller
    * may time out, retry and go on while it has still to land) until `release()`; `landed` resolves once
-   * it has been carried out. Its answer goes to a caller that may be long gone.
+   * it has been carried out; `arrived` once it is being held (its caller is waiting on it). Its answer goes
+   * to a caller that may be long gone.
    */
-  holdRequest(action: string): { release(): void; landed: Promise<void> };
+  holdRequest(action: string): { release(): void; arrived: Promise<void>; landed: Promise<void> };
   /** A newly created access key answers InvalidClientTokenId for its first `calls` requests (IAM eventual consistency). */
   setKeyPropagationDelay(calls: number): void;
   createRole(
@@ -124,7 +125,7 @@ export async function startAwsEmulator(opts: AwsEmulatorOptions = {}): Promise<A
   let down = false;
   let propagationDelay = 0;
   const holds: { action: string; ms: number; lose: boolean }[] = [];
-  const stuck: { action: string; gate: Promise<void>; landed: () => void }[] = [];
+  const stuck: { action: string; gate: Promise<void>; arrived: () => void; landed: () => void }[] = [];
   const sockets = new Set<Socket>();
 
   const takeFault = (action: string): Fault | undefined => {
@@ -192,7 +193,10 @@ export async function startAwsEmulator(opts: AwsEmulatorOptions = {}): Promise<A
 
       const at0 = stuck.findIndex((h) => h.action === params.Action);
       const held = at0 >= 0 ? stuck.splice(at0, 1)[0] : undefined;
-      if (held) await held.gate;
+      if (held) {
+        held.arrived();
+        await held.gate;
+      }
       let result: string | undefined;
       try {
         result = handler({ account, principal, params, packedPolicyLimit, keyPropagationDelay: propagationDelay });
@@ -259,15 +263,19 @@ export async function startAwsEmulator(opts: AwsEmulatorOptions = {}): Promise<A
     },
     holdRequest: (action) => {
       let release!: () => void;
+      let arrived!: () => void;
       let landed!: () => void;
       const gate = new Promise<void>((r) => {
         release = r;
       });
+      const here = new Promise<void>((r) => {
+        arrived = r;
+      });
       const done = new Promise<void>((r) => {
         landed = r;
       });
-      stuck.push({ action, gate, landed });
-      return { release, landed: done };
+      stuck.push({ action, gate, arrived, landed });
+      return { release, arrived: here, landed: done };
     },
     setKeyPropagationDelay: (calls) => {
       propagationDelay = calls;

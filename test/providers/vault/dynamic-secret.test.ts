@@ -34,6 +34,9 @@ describe('vault dynamic secrets', () => {
       accessor: expect.any(String),
     });
     expect(JSON.stringify(res.handle)).not.toContain(res.credentials.password as string);
+    // Vault's lease outlasts the TTL: the secret ends with the lease, and the handle says so (a handle without
+    // endsBy is the previous release's, src/leases/credential-end.ts).
+    expect(res.handle.endsBy).toBe(res.expiresAt);
     expect(emu.isDbUserValid(res.credentials.username as string)).toBe(true);
     // Read with a per-lease reader token that Vault expires at the effective TTL.
     expect(emu.tokenByAccessor(res.handle.accessor as string)).toMatchObject({
