@@ -117,6 +117,15 @@ test('an approved credential issued while its approver is being quarantined is r
     const task = await call(t.url, 'GET', `/v1/tasks/${taskId}`, t.as(ADMIN));
     expect(task.body.leases).toHaveLength(1);
     expect(task.body.leases[0]).toMatchObject({ status: 'revoked', reason: 'approver_quarantined' });
+    // The refusal is audited once; the approval stays consumed (its approver's word no longer stands), and the
+    // same request asks again: a new approval.
+    const records = (await auditRecords(redis, keys)).filter((r) => r.taskId === taskId);
+    expect(records.filter((r) => r.action === 'credential.deny')).toEqual([expect.objectContaining({ reason: 'approval_expired' })]);
+    expect(records.filter((r) => r.action === 'lease.revoke')).toEqual([expect.objectContaining({ reason: 'approver_quarantined' })]);
+    expect((await call(t.url, 'GET', `/v1/approvals/${pending.body.approvalId}`, t.as(ADMIN))).body.status).toBe('consumed');
+    const again = await ask();
+    expect(again.status).toBe(202);
+    expect(again.body.approvalId).not.toBe(pending.body.approvalId);
   } finally {
     await redis.hdel(keys.quarantine(), id(DAVE));
     await quarantine.start();
