@@ -256,7 +256,7 @@ export class AdminService {
     const p = new IdentityPatterns([pattern]);
     let n = 0;
     for (let b = 0; b < this.deps.keys.buckets; b++) {
-      for await (const page of this.deps.leases.approvedIn(b)) {
+      for await (const page of this.deps.leases.approvedIn(b, this.deps.clock.now())) {
         signal?.throwIfAborted();
         const hit = page.filter((l) => p.matches(l.approvedBy));
         const now = this.deps.clock.now();

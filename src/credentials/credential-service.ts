@@ -23,6 +23,11 @@ import type { Grant, TaskSnapshot } from '../tasks/types.ts';
 /** Refusals decided on the task's or approval's state rather than by policy: audited as denials too. */
 const STATE_REFUSALS: ReadonlySet<string> = new Set(['task_not_open', 'scopes_empty', 'approval_consumed', 'approval_expired']);
 
+/** The answer to a credential issued under an approval whose approver was quarantined meanwhile (revoked, not handed out). */
+function approvalTakenBack(fixed: LeaseFixed): BrokerError {
+  return conflict('approval_expired', 'The approval for this request was taken back.', { extra: { approvalId: fixed.approvalId! } });
+}
+
 /**
  * Whether an upstream issuance error leaves open whether the credential was made: an attempt was sent and
  * got no answer understood (the provider marks its cause, `markUnanswered` in src/providers/types.ts), or an
@@ -279,8 +284,10 @@ export class CredentialService {
         ? await this.issueUpstream(who, fixed, provider, req, member)
         : await this.issueLocal(who, fixed, provider, req, record, member);
     } catch (err) {
-      // Nothing was handed out under the approval: it still covers the same request (one approval, one credential).
-      if (d.approval) await this.deps.approvals.giveBack(d.approval).catch(() => {});
+      // Nothing was handed out under the approval: it still covers the same request (one approval, one credential),
+      // unless its approver was quarantined meanwhile: its word no longer stands (as after approverStillStands).
+      const taken = err instanceof BrokerError && err.code === 'approval_expired';
+      if (d.approval && !taken) await this.deps.approvals.giveBack(d.approval).catch(() => {});
       throw err;
     }
     if (fixed.approvedBy !== undefined) await this.approverStillStands(fixed);
@@ -417,6 +424,8 @@ export class CredentialService {
     if (activated.kind === 'revoke') {
       // The task ended (or an end was asked for) while the upstream call was in flight: revoke what was made.
       await this.deps.queue.endLease(fixed, activated.reason, this.deps.clock.now());
+      // Its approver's quarantine found it `issuing` (AdminService.endApproved): the task is open, the approval taken back.
+      if (activated.reason === 'approver_quarantined') throw approvalTakenBack(fixed);
       throw conflict('task_not_open', `Task ${fixed.taskId} ended while the credential was being issued; it is being revoked.`);
     }
     if (activated.kind === 'gone') {
@@ -529,7 +538,7 @@ export class CredentialService {
     if (this.deps.quarantine.match(fixed.approvedBy!) === undefined) return;
     const lease = await this.deps.leases.get(fixed.leaseId);
     if (lease && !LeaseStore.isEnded(lease.status)) await endOneLease(this.deps, lease, 'approver_quarantined', this.deps.clock.now());
-    throw conflict('approval_expired', 'The approval for this request was taken back.', { extra: { approvalId: fixed.approvalId! } });
+    throw approvalTakenBack(fixed);
   }
 
   /**

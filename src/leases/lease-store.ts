@@ -1,6 +1,5 @@
 import { outboxMember } from '../audit/outbox-member.ts';
 import type { OutboxEvent } from '../audit/record.ts';
-import { indexWindow } from '../lists/index-window.ts';
 import type { Keys } from '../redis/keys.ts';
 import { type RedisClient, script } from '../redis/scripts.ts';
 import type { LeaseFixed, LeaseRecord, LeaseStatus, RevokeReason } from './types.ts';
@@ -14,6 +13,13 @@ const giveUpScript = script('lease-give-up');
 const failIssuanceScript = script('lease-fail-issuance');
 
 const ENDED: ReadonlySet<LeaseStatus> = new Set(['revoked', 'expired', 'failed']);
+
+/**
+ * How long past the latest its credential can be valid a lease stays in its bucket's index of leases issued under
+ * an approval (Keys.approvedLeases): clock skew between the broker, Redis and the upstream, and an upstream
+ * credential's confirmation after its answer. Past that, revoking it would cut off nothing.
+ */
+export const APPROVED_INDEX_SLACK_MS = 3_600_000;
 
 /** Rebuilds a LeaseRecord from its hash fields. */
 export function leaseFromHash(h: Record<string, string>): LeaseRecord | undefined {
@@ -109,7 +115,7 @@ export class LeaseStore {
       opts.taskCreatedAt ?? '',
       opts.member ?? '',
       this.retentionMs,
-      indexWindow(this.retentionMs).horizonMs,
+      APPROVED_INDEX_SLACK_MS,
     ])) as [string, number?];
     return res[0] === 'ok' ? { kind: 'ok', now: Number(res[1]) } : { kind: res[0] as CreateRefusal };
   }
@@ -274,17 +280,28 @@ export class LeaseStore {
   /**
    * The leases of `bucket` issued under an approval (Keys.approvedLeases) that have not ended, a page at a time,
    * each with its status and approver. Entries of ended or purged leases are dropped as they are read: only a
-   * live lease is worth finding again.
+   * live lease is worth finding again; so are those whose credential has died (`now`, Redis ms, past the
+   * entry's score and its slack), unread: the sweeper ends their leases.
    */
-  async *approvedIn(bucket: number, count = 500): AsyncGenerator<{ leaseId: string; status: LeaseStatus; approvedBy: string }[]> {
+  async *approvedIn(
+    bucket: number,
+    now: number,
+    count = 500,
+  ): AsyncGenerator<{ leaseId: string; status: LeaseStatus; approvedBy: string }[]> {
     const key = this.keys.approvedLeases(bucket);
     let cursor = '0';
     do {
       const [next, flat] = await this.redis.zscan(key, cursor, 'COUNT', count);
       cursor = next;
-      const ids = flat.filter((_, i) => i % 2 === 0 && this.keys.bucketOfId(flat[i]!) === bucket);
-      const fields = await Promise.all(ids.map((id) => this.redis.hmget(this.keys.lease(id), 'status', 'd')));
+      const ids: string[] = [];
       const gone: string[] = [];
+      for (let i = 0; i + 1 < flat.length; i += 2) {
+        const id = flat[i]!;
+        if (this.keys.bucketOfId(id) !== bucket) continue;
+        if (Number(flat[i + 1]) < now - APPROVED_INDEX_SLACK_MS) gone.push(id);
+        else ids.push(id);
+      }
+      const fields = await Promise.all(ids.map((id) => this.redis.hmget(this.keys.lease(id), 'status', 'd')));
       const live: { leaseId: string; status: LeaseStatus; approvedBy: string }[] = [];
       ids.forEach((leaseId, i) => {
         const [status, d] = fields[i]!;

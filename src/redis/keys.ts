@@ -199,9 +199,10 @@ export class Keys {
     return `${this.base(bucket)}approvals-of:${party(identity)}`;
   }
   /**
-   * Sorted set: the leases issued under an approval, by issue time (their approver is in each lease's `d`): what
-   * quarantining an approver reads to revoke the credentials issued on its word. Trimmed as the list indexes are
-   * (index_add: nothing older than the longest a task and its records live), and of ended leases when read.
+   * Sorted set: the leases issued under an approval, scored by the latest each one's credential can be valid
+   * (their approver is in each lease's `d`): what quarantining an approver reads to revoke the credentials issued
+   * on its word. Entries leave with their credential (plus a slack, lease-create.lua) and, for ended leases, when
+   * read: it holds about the live approved leases, not every one of the list indexes' week.
    */
   approvedLeases(bucket: number): string {
     return `${this.base(bucket)}leases-approved`;

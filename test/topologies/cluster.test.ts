@@ -103,6 +103,53 @@ test('TTL expiry and sub-tasks on the Cluster', async () => {
   expect(expired.reason).toBe('ttl_expired');
 });
 
+test('quarantining an approver on one instance revokes the credentials issued on its word in every bucket, sub-tasks included', async () => {
+  const APPROVER = '/ops/cl-approver';
+  const HELPER = '/agent/cl-helper';
+  const leases: string[] = [];
+  for (let i = 0; i < 8; i++) {
+    const taskId = `t-cl-appr-${i}`;
+    const o = await call(a.url, 'POST', '/v1/tasks', as(ORCH), {
+      taskId,
+      agent,
+      tenant: 'acme',
+      purpose: 'p',
+      ttlSeconds: 600,
+      grants: [{ role: 'prod-deploy' }],
+    });
+    expect(o.status).toBe(201);
+    // Every other one in a sub-task delegated to a helper (its own bucket, maybe its own master).
+    let on = { taskId, who: AGENT };
+    if (i % 2 === 1) {
+      const sub = await call(b.url, 'POST', '/v1/tasks', as(AGENT), {
+        parentTaskId: taskId,
+        agent: `spiffe://dev.local${HELPER}`,
+        ttlSeconds: 300,
+        grants: [{ role: 'prod-deploy' }],
+      });
+      expect(sub.status).toBe(201);
+      on = { taskId: sub.body.taskId, who: HELPER };
+    }
+    const ask = () => call(i % 2 === 0 ? a.url : b.url, 'POST', '/v1/credentials', as(on.who), { taskId: on.taskId, role: 'prod-deploy' });
+    const pending = await ask();
+    expect(pending.status).toBe(202);
+    expect((await call(b.url, 'POST', `/v1/approvals/${pending.body.approvalId}`, as(APPROVER), { decision: 'approve' })).status).toBe(200);
+    const issued = await ask();
+    expect(issued.status).toBe(201);
+    leases.push(issued.body.leaseId);
+  }
+  const q = await call(b.url, 'POST', '/v1/admin/quarantine', as(ADMIN), {
+    agent: `spiffe://dev.local${APPROVER}`,
+    reason: 'approver key leaked',
+  });
+  expect(q.status).toBe(201);
+  expect(q.body).toMatchObject({ tasks: 0, approvedLeases: 8 });
+  for (const leaseId of leases) {
+    const l = (await call(a.url, 'GET', `/v1/leases/${leaseId}`, as(ADMIN))).body;
+    expect([l.status, l.reason]).toEqual(['revoked', 'approver_quarantined']);
+  }
+});
+
 test('a policy reload and a signing-key rotation on one instance reach the other', async () => {
   // A policy that forbids demo-api, written to disk; only `a` is told to reload.
   writeFileSync(

@@ -14,8 +14,9 @@
 -- KEYS[5] the task's lease set as the previous release reads it (set): written too, so that a worker of that
 --         release ending the task during a rolling upgrade finds this lease (see task-lease-page.lua)
 -- KEYS[6] (optional) the bucket's audit outbox (zset), with ARGV[13] (given, unused, when only KEYS[7] is needed)
--- KEYS[7] (optional) the bucket's leases issued under an approval (zset, by issue time): this lease is added (its
---         approver is in ARGV[1]), so that quarantining the approver finds it (AdminService.endApproved)
+-- KEYS[7] (optional) the bucket's leases issued under an approval (zset, scored by the latest its credential can be
+--         valid): this lease is added (its approver is in ARGV[1]), so that quarantining the approver finds it
+--         (AdminService.endApproved); entries whose credential has died are dropped (ARGV[15])
 -- ARGV[1] immutable part as JSON
 -- ARGV[2] status: active | issuing
 -- ARGV[3] expiresAt (ms): the credential's expiry (active) or the latest it could have (issuing)
@@ -32,8 +33,8 @@
 -- ARGV[13] (optional) outbox member (tagged record JSON) added at `now` when the lease is recorded, '' for none
 -- ARGV[14] (optional) retention of ended records in ms: the task's lease index, when this lease creates it, expires
 --          at the task's deadline plus this (see below); '' or absent: no expiry given here
--- ARGV[15] (with KEYS[7]) how long after its issue the lease's entry in KEYS[7] may stay (ms): the longest task ttl
---          plus the retention, as for the list indexes (index_add)
+-- ARGV[15] (with KEYS[7]) how long past that score an entry stays (ms): clock skew (the broker's, Redis's, the
+--          upstream's) and an upstream credential's confirmation; older entries are dropped on this write
 -- Returns {'ok', now} | {'no_task'} | {'stale'} | {'task_closed'} | {'limit'} | {'limit_total'}
 -- A lease id is 112 random bits: the lease already there is this call's own, sent again by the client after
 -- a dropped connection lost the answer (ioredis resends what was unanswered). Done already: counting it in
@@ -81,5 +82,16 @@ end
 redis.call('SADD', KEYS[5], ARGV[5])
 redis.call('ZADD', KEYS[4], score, ARGV[5])
 if KEYS[6] and ARGV[13] and ARGV[13] ~= '' then redis.call('ZADD', KEYS[6], 'NX', now, ARGV[13]) end
-if KEYS[7] then index_add(KEYS[7], ARGV[5], now, tonumber(ARGV[15]), tonumber(f[3]) + (tonumber(ARGV[14] or '') or 0)) end
+-- Scored by when its credential dies, not by its issue: a quarantine reads the leases that may still be worth
+-- revoking, not every approved lease of the last week (the list indexes' horizon), and the key leaves Redis with
+-- the last of them. An `issuing` lease's credential is made by its orphan deadline at the latest (else given up).
+if KEYS[7] then
+  local dies = tonumber(ARGV[3])
+  if ARGV[2] == 'issuing' then dies = dies + tonumber(ARGV[4]) end
+  local slack = tonumber(ARGV[15])
+  redis.call('ZADD', KEYS[7], dies, ARGV[5])
+  redis.call('ZREMRANGEBYSCORE', KEYS[7], '-inf', '(' .. string.format('%d', now - slack))
+  local left = redis.call('PTTL', KEYS[7])
+  if left < 0 or now + left < dies + slack then redis.call('PEXPIREAT', KEYS[7], string.format('%d', dies + slack)) end
+end
 return { 'ok', now }

@@ -41,6 +41,7 @@ function brokerConfig(more: Record<string, unknown> = {}) {
     providers: { aws: awsSettings(more) },
     roles: {
       'reports-bucket': { provider: 'aws', roleArn: role.arn, maxTtlSeconds: 3600 },
+      'reports-approved': { provider: 'aws', roleArn: role.arn, maxTtlSeconds: 3600, approval: 'required' },
       // A well-formed ARN of a role that does not exist in the account.
       'ghost-bucket': { provider: 'aws', roleArn: `arn:aws:iam::${emu.accountId}:role/no-such-role`, maxTtlSeconds: 3600 },
       'tickets-api': { provider: 'jwt', audience: 'https://tickets.internal', maxTtlSeconds: 900 },
@@ -271,6 +272,35 @@ describe('aws roles through the broker API', () => {
     // Before: denied too (a deny on the agent's SourceIdentity), while its lease still said active.
     expect((await whoAmI(sessionCreds(good.body.credentials))).ok).toBe(true);
     expect((await lease(good.body.leaseId)).status).toBe('active');
+    await call(t.url, 'DELETE', `/v1/admin/quarantine/${encodeURIComponent(pattern)}`, t.as(ADMIN));
+  });
+
+  test("quarantining an approver denies the session issued on its word only: not the task's other sessions", async () => {
+    const APPROVER = '/ops/aws-approver';
+    const taskId = await openTask(t, [
+      { role: 'reports-bucket', scopes: ['s3:GetObject'] },
+      { role: 'reports-approved', scopes: ['s3:GetObject'] },
+    ]);
+    const pending = await issue({ taskId, role: 'reports-approved' });
+    expect(pending.status).toBe(202);
+    expect((await call(t.url, 'POST', `/v1/approvals/${pending.body.approvalId}`, t.as(APPROVER), { decision: 'approve' })).status).toBe(
+      200,
+    );
+    const approved = await issue({ taskId, role: 'reports-approved' });
+    const sibling = await issue({ taskId, role: 'reports-bucket' });
+    expect([approved.status, sibling.status]).toEqual([201, 201]);
+    const pattern = `spiffe://dev.local${APPROVER}`;
+    const q = await call(t.url, 'POST', '/v1/admin/quarantine', t.as(ADMIN), { agent: pattern, reason: 'approver key leaked' });
+    expect(q.body).toMatchObject({ tasks: 0, approvedLeases: 1 });
+    const ended = await waitFor(async () => {
+      const l = await lease(approved.body.leaseId);
+      return l.status === 'revoked' && l;
+    }, 8000);
+    expect(ended.reason).toBe('approver_quarantined');
+    expect(await whoAmI(sessionCreds(approved.body.credentials))).toEqual({ ok: false, code: 'AccessDenied' });
+    // The task, its agent and its other session are not suspect: no deny by task tag or SourceIdentity.
+    expect((await whoAmI(sessionCreds(sibling.body.credentials))).ok).toBe(true);
+    expect((await lease(sibling.body.leaseId)).status).toBe('active');
     await call(t.url, 'DELETE', `/v1/admin/quarantine/${encodeURIComponent(pattern)}`, t.as(ADMIN));
   });
 

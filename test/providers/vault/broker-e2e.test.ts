@@ -251,6 +251,49 @@ describe('vault roles through the broker API', () => {
     ]);
   });
 
+  test('an approved credential Vault makes while its approver is being quarantined is revoked upstream, answered 409 approval_expired, its approval not given back', async () => {
+    const APPROVER = '/ops/vault-approver-held';
+    const taskId = await openTask([{ role: 'vault-ops-approved', scopes: ['ops-read'] }]);
+    const ask = () => issue({ taskId, role: 'vault-ops-approved' });
+    const pending = await ask();
+    expect((await call(t.url, 'POST', `/v1/approvals/${pending.body.approvalId}`, t.as(APPROVER), { decision: 'approve' })).status).toBe(
+      200,
+    );
+    const hold = emu.holdResponses('auth/token/create-orphan');
+    const issuing = ask();
+    await hold.until(1); // Vault has made the token; the broker has not heard back: the lease is `issuing`
+    const made = [...emu.state.tokens.values()].at(-1)!;
+    const q = await call(t.url, 'POST', '/v1/admin/quarantine', t.as('/ops/alice'), {
+      agent: `spiffe://dev.local${APPROVER}`,
+      reason: 'approver compromised',
+    });
+    expect(q.status).toBe(201);
+    expect(q.body).toMatchObject({ tasks: 0, approvedLeases: 1 });
+    hold.release();
+    const r = await issuing;
+    // Before: 409 task_not_open ("Task ... ended while the credential was being issued") for a task that is open,
+    // audited as such, and the quarantined approver's approval handed back as `approved`.
+    expect({ status: r.status, code: r.body.code, credentials: r.body.credentials }).toEqual({
+      status: 409,
+      code: 'approval_expired',
+      credentials: undefined,
+    });
+    await waitFor(async () => !emu.isTokenValid(made.id), 8000);
+    const task = (await call(t.url, 'GET', `/v1/tasks/${taskId}`, t.as(ORCH))).body;
+    expect(task.status).toBe('open');
+    expect(task.leases).toHaveLength(1);
+    expect((await leaseStatus(task.leases[0].leaseId, 'revoked')).reason).toBe('approver_quarantined');
+    expect((await call(t.url, 'GET', `/v1/approvals/${pending.body.approvalId}`, t.as(ORCH))).body.status).toBe('consumed');
+    const records = (await auditRecords(t.broker.deps.redis, t.broker.deps.keys)).filter((x) => x.taskId === taskId);
+    expect(records.filter((x) => x.action === 'credential.deny')).toEqual([expect.objectContaining({ reason: 'approval_expired' })]);
+    expect(records.filter((x) => x.action === 'credential.issue')).toEqual([]);
+    expect(records.filter((x) => x.action === 'approval.decide' && x.decision === 'deny')).toEqual([]);
+    // The same request asks again: a new approval, for another approver.
+    const again = await ask();
+    expect(again.status).toBe(202);
+    expect(again.body.approvalId).not.toBe(pending.body.approvalId);
+  });
+
   test("TTL expiry: the broker revokes at the TTL (Vault's clock is then held back, so Vault alone would not end them yet)", async () => {
     const taskId = await openTask();
     const tok = await issue({ taskId, role: 'vault-ops', ttlSeconds: 1 });
