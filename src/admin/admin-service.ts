@@ -243,8 +243,8 @@ export class AdminService {
   }
 
   /**
-   * Revokes every live lease issued under an approval that an identity matching `pattern` approved, for
-   * `approver_quarantined`: a quarantined approver's word is not trusted, as a quarantined orchestrator's grants
+   * Revokes every live lease issued under an approval that an identity matching `pattern` approved (reason
+   * `revoked_by_admin`, the contract's, its task left open): a quarantined approver's word is not trusted, as a quarantined orchestrator's grants
    * are not. Found in each bucket's index of leases issued under an approval (Keys.approvedLeases, written by
    * lease-create.lua). Ended as the kill switch ends a task's leases (leases-end.lua: nothing upstream ends at
    * once, its lease.revoke record in the outbox in that step; an upstream one goes `revoking` and to the
@@ -261,9 +261,9 @@ export class AdminService {
         const hit = page.filter((l) => p.matches(l.approvedBy));
         const now = this.deps.clock.now();
         const active = hit.filter((l) => l.status === 'active').map((l) => l.leaseId);
-        if (active.length > 0) n += await endLeaseIds(this.deps, b, active, 'approver_quarantined', now);
+        if (active.length > 0) n += await endLeaseIds(this.deps, b, active, 'revoked_by_admin', now);
         for (const l of hit.filter((h) => h.status === 'issuing')) {
-          const res = await this.deps.leases.requestEnd(l.leaseId, 'approver_quarantined');
+          const res = await this.deps.leases.requestEnd(l.leaseId, 'revoked_by_admin');
           // Activated meanwhile: `revoking` now, for the worker.
           if (res.kind === 'revoking') await this.deps.queue.endLease(l, res.reason, now);
           if (res.kind === 'revoking' || res.kind === 'deferred') n += 1;

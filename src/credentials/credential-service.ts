@@ -425,7 +425,7 @@ export class CredentialService {
       // The task ended (or an end was asked for) while the upstream call was in flight: revoke what was made.
       await this.deps.queue.endLease(fixed, activated.reason, this.deps.clock.now());
       // Its approver's quarantine found it `issuing` (AdminService.endApproved): the task is open, the approval taken back.
-      if (activated.reason === 'approver_quarantined') throw approvalTakenBack(fixed);
+      if (activated.reason === 'revoked_by_admin' && (await this.approverQuarantined(fixed))) throw approvalTakenBack(fixed);
       throw conflict('task_not_open', `Task ${fixed.taskId} ended while the credential was being issued; it is being revoked.`);
     }
     if (activated.kind === 'gone') {
@@ -534,11 +534,17 @@ export class CredentialService {
    * scan would have, and nothing is handed out.
    */
   private async approverStillStands(fixed: LeaseFixed): Promise<void> {
-    await this.deps.quarantine.reload();
-    if (this.deps.quarantine.match(fixed.approvedBy!) === undefined) return;
+    if (!(await this.approverQuarantined(fixed))) return;
     const lease = await this.deps.leases.get(fixed.leaseId);
-    if (lease && !LeaseStore.isEnded(lease.status)) await endOneLease(this.deps, lease, 'approver_quarantined', this.deps.clock.now());
+    if (lease && !LeaseStore.isEnded(lease.status)) await endOneLease(this.deps, lease, 'revoked_by_admin', this.deps.clock.now());
     throw approvalTakenBack(fixed);
+  }
+
+  /** Whether the lease was issued under an approval whose approver is quarantined now (the list read again from Redis). */
+  private async approverQuarantined(fixed: LeaseFixed): Promise<boolean> {
+    if (fixed.approvedBy === undefined) return false;
+    await this.deps.quarantine.reload();
+    return this.deps.quarantine.match(fixed.approvedBy) !== undefined;
   }
 
   /**

@@ -7,14 +7,11 @@
  * handed out and whatever the upstream made is revoked or died by itself).
  */
 export type LeaseStatus = 'issuing' | 'active' | 'revoking' | 'revoked' | 'expired' | 'revoke_failed' | 'failed';
-/** `approver_quarantined`: issued under an approval whose approver an admin quarantined since (its word is not trusted). */
-export type RevokeReason =
-  | 'task_completed'
-  | 'task_expired'
-  | 'ttl_expired'
-  | 'revoked_by_caller'
-  | 'revoked_by_admin'
-  | 'approver_quarantined';
+/**
+ * The contract's five. A lease issued under an approval whose approver an admin quarantined since ends
+ * `revoked_by_admin` (the quarantine is the admin's act; its task stays open, as after an admin's DELETE).
+ */
+export type RevokeReason = 'task_completed' | 'task_expired' | 'ttl_expired' | 'revoked_by_caller' | 'revoked_by_admin';
 
 /** The part of a lease that never changes. */
 export interface LeaseFixed {

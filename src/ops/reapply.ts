@@ -24,7 +24,6 @@ const REVOKE_REASONS: ReadonlySet<string> = new Set<RevokeReason>([
   'ttl_expired',
   'revoked_by_caller',
   'revoked_by_admin',
-  'approver_quarantined',
 ]);
 
 /**

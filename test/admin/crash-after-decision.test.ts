@@ -251,12 +251,12 @@ test('a quarantine of an approver whose process dies before revoking the leases 
   await recover();
   // Before: `active` until its TTL (recovery ended the quarantined identity's tasks only).
   const lease = (await call(survivor.url, 'GET', `/v1/leases/${leaseId}`, survivor.as(ADMIN))).body;
-  expect([lease.status, lease.reason]).toEqual(['revoked', 'approver_quarantined']);
+  expect([lease.status, lease.reason]).toEqual(['revoked', 'revoked_by_admin']);
   expect((await call(survivor.url, 'GET', '/v1/tasks/t-cad-approved', survivor.as(ADMIN))).body.status).toBe('open');
   const all = await auditRecords(redis, keys);
   expect(all.filter((r) => r.action === 'quarantine.add' && r.detail?.pattern === pattern)).toHaveLength(1);
   expect(all.filter((r) => r.action === 'lease.revoke' && r.leaseId === leaseId)).toEqual([
-    expect.objectContaining({ actor: 'broker', reason: 'approver_quarantined' }),
+    expect.objectContaining({ actor: 'broker', reason: 'revoked_by_admin' }),
   ]);
   expect(await redis.zcard(keys.auditOutbox('ops'))).toBe(0);
 });

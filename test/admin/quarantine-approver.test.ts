@@ -6,7 +6,7 @@ import { Keys } from '../../src/redis/keys.ts';
  * decided that nothing was issued under yet (test/redteam/approval-quarantined-approver.test.ts): a credential
  * already issued under a compromised approver's approval stayed live until its TTL, and the operator had to find
  * it by hand. As quarantining an orchestrator ends the tasks it opened, quarantining an approver now revokes every
- * live lease issued under an approval it approved (`approver_quarantined`), and nothing else.
+ * live lease issued under an approval it approved (`revoked_by_admin`, its task left open), and nothing else.
  */
 let t: TestBroker;
 beforeAll(async () => {
@@ -69,7 +69,7 @@ test('quarantining an approver revokes the leases issued under its approvals, an
       const x = await lease(leaseId);
       return x.status === 'revoked' && x;
     });
-    expect(l.reason).toBe('approver_quarantined');
+    expect(l.reason).toBe('revoked_by_admin');
   }
   // Before: both still `active` until their TTL.
   for (const leaseId of [byCarol, plain]) expect((await lease(leaseId)).status).toBe('active');
@@ -79,7 +79,7 @@ test('quarantining an approver revokes the leases issued under its approvals, an
   const records = await auditRecords(t.broker.deps.redis, t.broker.deps.keys);
   const revokes = records.filter((r) => r.action === 'lease.revoke');
   expect(revokes.map((r) => r.leaseId).sort()).toEqual([byBob, byBob2].sort());
-  for (const r of revokes) expect(r).toMatchObject({ actor: 'broker', decision: 'ok', reason: 'approver_quarantined' });
+  for (const r of revokes) expect(r).toMatchObject({ actor: 'broker', decision: 'ok', reason: 'revoked_by_admin' });
   expect(records.filter((r) => r.action === 'quarantine.add' && r.detail?.pattern === id(BOB))).toHaveLength(1);
 
   // A second quarantine of a pattern that also matches bob revokes nothing twice, and leaves Carol's alone.
@@ -116,12 +116,12 @@ test('an approved credential issued while its approver is being quarantined is r
     expect({ status: issued.status, code: issued.body.code }).toEqual({ status: 409, code: 'approval_expired' });
     const task = await call(t.url, 'GET', `/v1/tasks/${taskId}`, t.as(ADMIN));
     expect(task.body.leases).toHaveLength(1);
-    expect(task.body.leases[0]).toMatchObject({ status: 'revoked', reason: 'approver_quarantined' });
+    expect(task.body.leases[0]).toMatchObject({ status: 'revoked', reason: 'revoked_by_admin' });
     // The refusal is audited once; the approval stays consumed (its approver's word no longer stands), and the
     // same request asks again: a new approval.
     const records = (await auditRecords(redis, keys)).filter((r) => r.taskId === taskId);
     expect(records.filter((r) => r.action === 'credential.deny')).toEqual([expect.objectContaining({ reason: 'approval_expired' })]);
-    expect(records.filter((r) => r.action === 'lease.revoke')).toEqual([expect.objectContaining({ reason: 'approver_quarantined' })]);
+    expect(records.filter((r) => r.action === 'lease.revoke')).toEqual([expect.objectContaining({ reason: 'revoked_by_admin' })]);
     expect((await call(t.url, 'GET', `/v1/approvals/${pending.body.approvalId}`, t.as(ADMIN))).body.status).toBe('consumed');
     const again = await ask();
     expect(again.status).toBe(202);

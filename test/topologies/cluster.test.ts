@@ -146,7 +146,7 @@ test('quarantining an approver on one instance revokes the credentials issued on
   expect(q.body).toMatchObject({ tasks: 0, approvedLeases: 8 });
   for (const leaseId of leases) {
     const l = (await call(a.url, 'GET', `/v1/leases/${leaseId}`, as(ADMIN))).body;
-    expect([l.status, l.reason]).toEqual(['revoked', 'approver_quarantined']);
+    expect([l.status, l.reason]).toEqual(['revoked', 'revoked_by_admin']);
   }
 });
 

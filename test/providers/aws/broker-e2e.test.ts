@@ -296,7 +296,7 @@ describe('aws roles through the broker API', () => {
       const l = await lease(approved.body.leaseId);
       return l.status === 'revoked' && l;
     }, 8000);
-    expect(ended.reason).toBe('approver_quarantined');
+    expect(ended.reason).toBe('revoked_by_admin');
     expect(await whoAmI(sessionCreds(approved.body.credentials))).toEqual({ ok: false, code: 'AccessDenied' });
     // The task, its agent and its other session are not suspect: no deny by task tag or SourceIdentity.
     expect((await whoAmI(sessionCreds(sibling.body.credentials))).ok).toBe(true);

@@ -241,13 +241,13 @@ describe('vault roles through the broker API', () => {
     expect(q.status).toBe(201);
     expect(q.body).toMatchObject({ tasks: 0, approvedLeases: 1 });
     // The worker revokes it upstream (before: the token worked until its TTL).
-    expect((await leaseStatus(approved.body.leaseId, 'revoked')).reason).toBe('approver_quarantined');
+    expect((await leaseStatus(approved.body.leaseId, 'revoked')).reason).toBe('revoked_by_admin');
     expect((await vaultFailure(vault(approved.body.credentials.token).tokenLookupSelf())).status).toBe(403);
     expect((await vault(other.body.credentials.token).tokenLookupSelf()).data.accessor).toBe(other.body.credentials.accessor);
     expect((await lease(other.body.leaseId)).status).toBe('active');
     const records = await auditRecords(t.broker.deps.redis, t.broker.deps.keys);
     expect(records.filter((r) => r.action === 'lease.revoke' && r.leaseId === approved.body.leaseId)).toEqual([
-      expect.objectContaining({ actor: 'broker', decision: 'ok', reason: 'approver_quarantined' }),
+      expect.objectContaining({ actor: 'broker', decision: 'ok', reason: 'revoked_by_admin' }),
     ]);
   });
 
@@ -282,7 +282,7 @@ describe('vault roles through the broker API', () => {
     const task = (await call(t.url, 'GET', `/v1/tasks/${taskId}`, t.as(ORCH))).body;
     expect(task.status).toBe('open');
     expect(task.leases).toHaveLength(1);
-    expect((await leaseStatus(task.leases[0].leaseId, 'revoked')).reason).toBe('approver_quarantined');
+    expect((await leaseStatus(task.leases[0].leaseId, 'revoked')).reason).toBe('revoked_by_admin');
     expect((await call(t.url, 'GET', `/v1/approvals/${pending.body.approvalId}`, t.as(ORCH))).body.status).toBe('consumed');
     const records = (await auditRecords(t.broker.deps.redis, t.broker.deps.keys)).filter((x) => x.taskId === taskId);
     expect(records.filter((x) => x.action === 'credential.deny')).toEqual([expect.objectContaining({ reason: 'approval_expired' })]);
