@@ -29,7 +29,7 @@ beforeAll(async () => {
   const config = validateConfig(
     {
       ...shipped,
-      server: { port: 0 },
+      server: { port: 0, publicUrl: 'http://127.0.0.1:8080' },
       redis: { url: REDIS_URL, prefix: uniquePrefix('walkthrough') },
       secrets: { kek: { file: kek } },
       trust: [{ name: 'dev', kind: 'spiffe', trustDomain: 'dev.local', audiences: ['jit-broker'], jwks: { keys: issuer.bundle().keys } }],
@@ -80,19 +80,37 @@ test("README's 'A credential in a minute' runs as written", async () => {
   expect(r.stdout).toMatch(/completed; \d+ lease\(s\) being revoked/); // jit task complete
 });
 
-test('docs/getting-started.md runs as written, one terminal', async () => {
+test('docs/getting-started.md runs as written, the approver in a second terminal', async () => {
   const blocks = shellBlocks(readFileSync('docs/getting-started.md', 'utf8'));
-  // Not pasted here: installing and starting (the test's broker stands in) and step 5, which waits in one
-  // terminal for an approval given in another.
-  const elsewhere = blocks.filter((b) => /npm start|--wait|<approvalId>/.test(b));
-  expect(elsewhere).toHaveLength(3);
-  const r = await bash(blocks.filter((b) => !elsewhere.includes(b)).join('\n'));
+  // Installing and starting: the test's broker stands in.
+  const install = blocks.filter((b) => /npm start/.test(b));
+  expect(install).toHaveLength(1);
+  // Step 5 waits in one terminal for the approval given in another: the waiting command runs in the background,
+  // and the approver's command gets the approval id it printed, as a person would copy it.
+  const script = blocks
+    .filter((b) => !install.includes(b))
+    .map((b) => {
+      if (b.includes('--wait')) {
+        return `( ${b.trim()} ) > "$HOME/wait.out" 2> "$HOME/wait.err" & WAITER=$!
+trap 'kill $WAITER 2>/dev/null || true' EXIT
+for i in $(seq 600); do grep -q 'waiting for approval' "$HOME/wait.err" && break; sleep 0.1; done
+APPROVAL_ID=$(grep -o 'waiting for approval [0-9a-f]*' "$HOME/wait.err" | cut -d' ' -f4)
+`;
+      }
+      if (b.includes('<approvalId>')) return `${b.replaceAll('<approvalId>', '$APPROVAL_ID')}wait $WAITER; cat "$HOME/wait.out"\n`;
+      return b;
+    });
+  expect(script.filter((b) => b.includes('APPROVAL_ID'))).toHaveLength(2);
+  const r = await bash(script.join('\n'));
   expect({ code: r.code, stderr: r.code ? r.stderr : '' }).toEqual({ code: 0, stderr: '' });
   expect(r.stdout).toMatch(/^lease [0-9a-f]{32}: a \d+-character token; JIT_TOKEN is unset$/m); // step 3: jit exec
-  expect(r.stdout).toContain('"scope":"tickets:read"'); // step 4: introspection of a live token
-  expect(r.stdout).toContain('{"active":false}'); // step 6: the same token once the task ended
+  // Each curl answer on a line of its own (they once ran together with what came next).
+  expect(r.stdout).toMatch(/^\{"active":true,.*"scope":"tickets:read".*\}$/m); // step 4: introspection of a live token
+  expect(r.stdout).toMatch(/^approval [0-9a-f]{32}: approved \(task t-[0-9a-f-]+, role prod-deploy\)$/m); // step 5
+  expect(r.stdout).toContain('"role": "prod-deploy"'); // step 5: the waiting command's credential
+  expect(r.stdout).toMatch(/^\{"active":false\}$/m); // step 6: the same token once the task ended
   expect(r.stdout).toMatch(/revoked .*task_completed/); // step 6: task show
-  // The curl walk-through: each answer on a line of its own (they once ran together into one line).
+  // The curl walk-through.
   expect(r.stdout).toMatch(/^\{"taskId":"t-curl-\d+",.*"status":"open".*\}$/m);
   expect(r.stdout).toMatch(/^\{"leaseId":.*"taskId":"t-curl-\d+".*\}$/m);
   expect(r.stdout).toMatch(/^\{"taskId":"t-curl-\d+","status":"completed","leases":1\}$/m);
