@@ -54,7 +54,13 @@ async function explain(requestFile: string, dir: string): Promise<number> {
     const d = engine.authorize(parsed.data);
     console.log(d.allowed ? 'ALLOW' : 'DENY');
     if (d.policies.length === 0) console.log('  no permit applies (deny by default)');
-    for (const id of d.policies) {
+    // Cedar names the deciding policies in no set order (a hash set's): list them by file and line, so the
+    // same request explains the same way every time and as docs/policy.md shows it.
+    const place = (id: string) => {
+      const p = engine.policy(id);
+      return p ? `${p.file}\0${String(p.line).padStart(9, '0')}` : `\uffff${id}`;
+    };
+    for (const id of [...d.policies].sort((a, b) => (place(a) < place(b) ? -1 : place(a) > place(b) ? 1 : 0))) {
       const p = engine.policy(id);
       console.log(`  ${p?.effect ?? 'policy'} ${id}${p ? ` (${join(dir, p.file)}:${p.line})` : ''}`);
     }

@@ -103,7 +103,8 @@ async function assertKekOpens(redis: RedisClient, keys: Keys, kek: Kek, targets:
     } catch {
       throw new Error(
         `secrets.kek cannot decrypt signing key ${kid} in Redis (prefix ${keys.prefix}): wrong KEK? Refusing to start. ` +
-          '(A second dev checkout with its own dev/kek on the same Redis: use another redis.prefix or REDIS_URL.)',
+          '(A second dev checkout with its own dev/kek on the same Redis? Give it another Redis database, ' +
+          'e.g. REDIS_URL=redis://127.0.0.1:6379/1 npm start, or its config another redis.prefix.)',
       );
     }
   }

@@ -182,7 +182,10 @@ test(
       const { baseDir: _b, file: _f, ...raw } = JSON.parse(JSON.stringify(a.config)) as Record<string, unknown>;
       const wrong = validateConfig({ ...raw, secrets: { kek: { file: join(dir, 'kek') } } }, {}, a.config.file);
       const before = await a.broker.deps.redis.hgetall(a.broker.deps.keys.signingKeys());
-      await expect(startBroker(wrong, { logger: silentLogger })).rejects.toThrow(/cannot decrypt signing key/);
+      const refused = startBroker(wrong, { logger: silentLogger });
+      await expect(refused).rejects.toThrow(/cannot decrypt signing key/);
+      // A newcomer's second checkout on the same Redis gets a command that works, not just a key to look up.
+      await expect(refused).rejects.toThrow('REDIS_URL=redis://127.0.0.1:6379/1 npm start');
       expect(await a.broker.deps.redis.hgetall(a.broker.deps.keys.signingKeys())).toEqual(before);
     } finally {
       await a.close();

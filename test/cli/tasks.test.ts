@@ -114,6 +114,22 @@ describe('jit task open', () => {
     expect(r.stderr).toMatch(/^jit: .+\nusage: jit task open /);
   });
 
+  it.each([['support'], ['/agent/support'], ['agent/support']])(
+    '--agent %s, not an identity, is bad usage, not a task its agent can never use',
+    async (agent) => {
+      // Found by a newcomer: `jit dev token --sub /agent/support` takes the path, so `--agent` was given it too; the
+      // task opened, and the agent's `jit cred get` was refused with 403 not_task_agent.
+      const taskId = id();
+      const r = await jit(
+        ['task', 'open', '--task', taskId, '--agent', agent, '--tenant', 'acme', '--purpose', 'p', '--ttl', '10m', '--grant', 'demo-api:'],
+        as(ORCH),
+      );
+      expect(r).toMatchObject({ code: 2, stdout: '' });
+      expect(r.stderr).toContain(`--agent "${agent}" is not an identity: give a SPIFFE ID (spiffe://dev.local/agent/support)`);
+      expect((await call(t.url, 'GET', `/v1/tasks/${taskId}`, t.as(ORCH))).status).toBe(404);
+    },
+  );
+
   it('a missing required flag is bad usage', async () => {
     const r = await jit(['task', 'open', '--agent', agentId, '--grant', 'demo-api:', '--purpose', 'p', '--ttl', '60'], as(ORCH));
     expect(r).toMatchObject({ code: 2, stderr: expect.stringContaining('--tenant is required') });

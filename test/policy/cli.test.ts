@@ -1,5 +1,6 @@
 import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
 import { execFile } from 'node:child_process';
+import { readFileSync } from 'node:fs';
 import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { policyDir } from './fixtures.ts';
@@ -60,6 +61,18 @@ describe('scripts/policy.ts', () => {
     const r = await run(['explain', 'config/policies/examples/prod-deploy-unapproved.json', 'config/policies']);
     expect(r.code).toBe(2);
     expect(r.stdout).toMatch(/^DENY\n {2}forbid prod-deploy-needs-approval \(config\/policies\/dev-assistant\.cedar:\d+\)/);
+  });
+
+  test('explain: prints what docs/policy.md shows, in file and line order', async () => {
+    // Found by a newcomer: Cedar names the deciding policies in a hash set's order, so the first example printed
+    // support-agent.cedar:10 before base.cedar:35, the other way round from the docs.
+    const doc = readFileSync('docs/policy.md', 'utf8');
+    const examples = [...doc.matchAll(/^\$ npm run -s policy -- (explain \S+)\n((?:(?!\$ |```).*\n)+)/gm)];
+    expect(examples.length).toBe(2);
+    for (const [, command, shown] of examples) {
+      const r = await run(command!.split(' '));
+      expect(r.stdout).toBe(shown);
+    }
   });
 
   test('explain: a malformed request names the field', async () => {

@@ -31,10 +31,18 @@ export const taskOpen: Command = {
     // A sub-task inherits its parent's tenant and purpose when they are left out (and may only repeat them).
     const tenant = parent ? flags.str('tenant') : flags.required('tenant');
     const purpose = parent ? flags.str('purpose') : flags.required('purpose');
+    const agent = flags.required('agent');
+    // Identities are SPIFFE IDs or <issuer>#<sub>. A task for `support` or `/agent/support` (the short form that
+    // `jit dev token --sub` takes) opened fine and could never be used: its agent got 403 not_task_agent.
+    if (!agent.startsWith('spiffe://') && !agent.includes('#')) {
+      flags.fail(
+        `--agent ${JSON.stringify(agent)} is not an identity: give a SPIFFE ID (spiffe://dev.local/agent/support) or <issuer>#<sub>`,
+      );
+    }
     const req: OpenTaskRequest = {
       ...(flags.str('task') ? { taskId: flags.str('task') } : {}),
       ...(parent ? { parentTaskId: parent } : {}),
-      agent: flags.required('agent'),
+      agent,
       ...(tenant ? { tenant } : {}),
       ...(purpose ? { purpose } : {}),
       ttlSeconds: flags.seconds('ttl') ?? flags.fail('--ttl is required'),
