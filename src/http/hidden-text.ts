@@ -83,7 +83,7 @@ const INVISIBLE = /[\p{Default_Ignorable_Code_Point}\p{Cf}]/u;
 
 /**
  * Whether a run of blanks carries more than its length: spaces of more than one kind (but for an ASCII space
- * taking turns with one other, {@link alternates}), or more than one invisible or format character. Real text
+ * beside one other as software writes them, {@link writtenBySoftware}), or more than one invisible or format character. Real text
  * needs one kind of space in a gap (double ASCII spaces, a French non-breaking space, the ideographic space) and at
  * most one mark beside it (a direction mark before Hebrew). Spaces that look alike, one picked per character from
  * sixteen (NBSP, U+2000-200A, U+202F, U+3000, U+2800...), or spaces with a joiner or a direction mark between each
@@ -99,7 +99,7 @@ function blankRunCarries(t: string): boolean {
         if (++invisible > 1) return true;
       } else spaces.push(ch);
     }
-    if (new Set(spaces).size > 1 && !alternates(spaces)) return true;
+    if (new Set(spaces).size > 1 && !writtenBySoftware(spaces)) return true;
   }
   return false;
 }
@@ -112,13 +112,16 @@ function blankRunCarries(t: string): boolean {
 const TYPED_BESIDE_SPACE = new Set(['\u00a0', '\u202f', '\u3000']);
 
 /**
- * Whether a run of two kinds of spaces is an ASCII space and one of {@link TYPED_BESIDE_SPACE} taking turns: text
- * pasted from a web page ("Done.&nbsp; Next"), a space typed beside an ideographic one. Taking turns, the run says
- * nothing its length and its first space do not: no more than a run of one kind.
+ * Whether a run of two kinds of spaces is an ASCII space and one of {@link TYPED_BESIDE_SPACE} as software writes
+ * them: taking turns (text pasted from a web page: "Done.&nbsp; Next", indentation as NBSP and space in turn), or
+ * one of the two once (a space typed beside an ideographic one; Word's tab pasted as HTML, NBSPs then a space). Such
+ * a run says little beyond its length: its first space, or where the odd one is, not one bit a space.
  */
-function alternates(spaces: readonly string[]): boolean {
+function writtenBySoftware(spaces: readonly string[]): boolean {
   const kinds = new Set(spaces);
   if (kinds.size !== 2 || !kinds.has(' ') || ![...kinds].some((k) => TYPED_BESIDE_SPACE.has(k))) return false;
+  const ascii = spaces.filter((ch) => ch === ' ').length;
+  if (ascii === 1 || ascii === spaces.length - 1) return true;
   return spaces.every((ch, i) => i === 0 || ch !== spaces[i - 1]);
 }
 

@@ -111,9 +111,10 @@ test('text that uses spaces and marks as writing does is still a purpose', async
 /**
  * An ASCII space beside another kind that software writes: a web editor keeps two typed spaces apart with a
  * non-breaking one (HTML folds two ASCII spaces), so text copied from a web page holds "&nbsp; " wherever its
- * author typed two spaces, and indentation as NBSP and space in turn; an input method types an ideographic space
- * beside the ASCII one; French typography puts a narrow non-breaking space before a ! the user typed a space after.
- * Each was refused as a run of two kinds of spaces; taking turns, such a run says no more than its length.
+ * author typed two spaces, and indentation as NBSP and space in turn; Word writes a tab as NBSPs then a space; an
+ * input method types an ideographic space beside the ASCII one; French typography puts a narrow non-breaking
+ * space before a ! the user typed a space after. Each was refused as a run of two kinds of spaces; taking turns,
+ * or with one of the two once, such a run says little beyond its length.
  */
 test('text pasted from a web page or typed through an input method is still a purpose', async () => {
   const texts = [
@@ -121,6 +122,7 @@ test('text pasted from a web page or typed through an input method is still a pu
     'Deploy the fix. \u00a0Then rotate the keys.',
     'Steps:\u00a0 \u00a0 1. drain\u00a0 \u00a0 2. rotate',
     '東京\u3000 大阪へ移行',
+    'Name:\u00a0\u00a0\u00a0\u00a0\u00a0\u00a0\u00a0 build-42',
     'Déployer\u00a0 : le service «\u00a0 prod\u00a0»',
     'Attention\u202f ! redémarrage',
   ];
