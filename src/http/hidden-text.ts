@@ -82,25 +82,47 @@ const SELECTORS = /[\ufe00-\ufe0f\u{e0100}-\u{e01ef}]/gu;
 const INVISIBLE = /[\p{Default_Ignorable_Code_Point}\p{Cf}]/u;
 
 /**
- * Whether a run of blanks carries more than its length: spaces of more than one kind, or more than one invisible
- * or format character. Real text needs one kind of space in a gap (double ASCII spaces, a French non-breaking
- * space, the ideographic space) and at most one mark beside it (a direction mark before Hebrew). Spaces that look alike, one
- * picked per character from sixteen (NBSP, U+2000-200A, U+202F, U+3000, U+2800...), or spaces with a joiner or a
- * direction mark between each pair, made a run a reader sees as trailing whitespace and a model reads in full: a
- * payload of any length with no visible character to carry it.
+ * Whether a run of blanks carries more than its length: spaces of more than one kind (but for an ASCII space
+ * beside one other as software writes them, {@link writtenBySoftware}), or more than one invisible or format character. Real text
+ * needs one kind of space in a gap (double ASCII spaces, a French non-breaking space, the ideographic space) and at
+ * most one mark beside it (a direction mark before Hebrew). Spaces that look alike, one picked per character from
+ * sixteen (NBSP, U+2000-200A, U+202F, U+3000, U+2800...), or spaces with a joiner or a direction mark between each
+ * pair, made a run a reader sees as trailing whitespace and a model reads in full: a payload of any length with no
+ * visible character to carry it.
  */
 function blankRunCarries(t: string): boolean {
   for (const [run] of t.replace(SELECTORS, '').matchAll(BLANK_RUN)) {
-    let space: string | undefined;
+    const spaces: string[] = [];
     let invisible = 0;
     for (const ch of run) {
       if (INVISIBLE.test(ch)) {
         if (++invisible > 1) return true;
-      } else if (space === undefined) space = ch;
-      else if (ch !== space) return true;
+      } else spaces.push(ch);
     }
+    if (new Set(spaces).size > 1 && !writtenBySoftware(spaces)) return true;
   }
   return false;
+}
+
+/**
+ * Spaces that software writes next to the ASCII space a user typed: the non-breaking space a web editor puts in
+ * every other place of a run of spaces (HTML would fold two ASCII spaces into one: "a&nbsp; b"), the narrow one
+ * French typography puts before ; ! ?, and the ideographic space a Japanese or Chinese input method types.
+ */
+const TYPED_BESIDE_SPACE = new Set(['\u00a0', '\u202f', '\u3000']);
+
+/**
+ * Whether a run of two kinds of spaces is an ASCII space and one of {@link TYPED_BESIDE_SPACE} as software writes
+ * them: taking turns (text pasted from a web page: "Done.&nbsp; Next", indentation as NBSP and space in turn), or
+ * one of the two once (a space typed beside an ideographic one; Word's tab pasted as HTML, NBSPs then a space). Such
+ * a run says little beyond its length: its first space, or where the odd one is, not one bit a space.
+ */
+function writtenBySoftware(spaces: readonly string[]): boolean {
+  const kinds = new Set(spaces);
+  if (kinds.size !== 2 || !kinds.has(' ') || ![...kinds].some((k) => TYPED_BESIDE_SPACE.has(k))) return false;
+  const ascii = spaces.filter((ch) => ch === ' ').length;
+  if (ascii === 1 || ascii === spaces.length - 1) return true;
+  return spaces.every((ch, i) => i === 0 || ch !== spaces[i - 1]);
 }
 
 /** Whether free text holds a control character or anything that hides text from its reader (see above). */

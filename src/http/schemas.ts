@@ -77,8 +77,9 @@ export const REFUSED_CHARACTERS = {
     'invisible operators, BOM, interlinear annotation, Hangul and Khitan fillers, the musical null notehead, Unicode ' +
     'tag characters outside the flags of England, Scotland and Wales, two invisible characters in a row, a variation ' +
     'selector that selects no glyph, other ' +
-    'default-ignorable characters, a run of blanks holding spaces of more than one kind or more than one invisible ' +
-    'or format character); joiners (ZWJ, ZWNJ), direction marks and emoji are allowed',
+    'default-ignorable characters, a run of blanks holding spaces of more than one kind (but an ASCII space beside a ' +
+    'no-break, narrow no-break or ideographic one, the two taking turns or one of them once) or more than one ' +
+    'invisible or format character); joiners (ZWJ, ZWNJ), direction marks and emoji are allowed',
 } as const satisfies Record<CheckedText[2], string>;
 
 /**

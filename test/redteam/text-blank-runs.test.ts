@@ -44,6 +44,12 @@ const BAD: [string, string][] = [
   ['a run of blank braille patterns and spaces between two words', `rotate ${asSpaces('ok')}\u2800 the logs`],
   ['a trailing run of spaces and joiners', `rotate the logs${asMarkedSpaces('APPROVE')}`],
   ['spaces of two kinds in one gap', 'rotate\u00a0\u2009the logs'],
+  // An ASCII space and a non-breaking one, not taking turns as an editor writes them: one bit a space.
+  [
+    'ASCII and non-breaking spaces not taking turns',
+    `rotate the logs${[...Buffer.from('APPROVE')].map((b) => (b & 1 ? ' \u00a0\u00a0' : '  \u00a0')).join('')}`,
+  ],
+  ['ASCII spaces beside two other kinds', 'rotate \u00a0 \u3000 the logs'],
   // Blank glyphs that are neither spaces nor invisible characters, set between the spaces to keep each run apart.
   ['spaces kept apart by musical null noteheads', `rotate the logs${[...asSpaces('APPROVE')].join('\u{1d159}')}`],
   ['spaces kept apart by Khitan fillers', `rotate the logs${[...asSpaces('APPROVE')].join('\u{16fe4}')}`],
@@ -98,6 +104,30 @@ test('text that uses spaces and marks as writing does is still a purpose', async
   ];
   for (const [i, purpose] of texts.entries()) {
     const r = await call(t.url, 'POST', '/v1/tasks', t.as(ORCH), root(`tb-ok-${i}`, purpose));
+    expect([i, r.status]).toEqual([i, 201]);
+  }
+});
+
+/**
+ * An ASCII space beside another kind that software writes: a web editor keeps two typed spaces apart with a
+ * non-breaking one (HTML folds two ASCII spaces), so text copied from a web page holds "&nbsp; " wherever its
+ * author typed two spaces, and indentation as NBSP and space in turn; Word writes a tab as NBSPs then a space; an
+ * input method types an ideographic space beside the ASCII one; French typography puts a narrow non-breaking
+ * space before a ! the user typed a space after. Each was refused as a run of two kinds of spaces; taking turns,
+ * or with one of the two once, such a run says little beyond its length.
+ */
+test('text pasted from a web page or typed through an input method is still a purpose', async () => {
+  const texts = [
+    'Deploy the fix.\u00a0 Then rotate the keys.',
+    'Deploy the fix. \u00a0Then rotate the keys.',
+    'Steps:\u00a0 \u00a0 1. drain\u00a0 \u00a0 2. rotate',
+    '東京\u3000 大阪へ移行',
+    'Name:\u00a0\u00a0\u00a0\u00a0\u00a0\u00a0\u00a0 build-42',
+    'Déployer\u00a0 : le service «\u00a0 prod\u00a0»',
+    'Attention\u202f ! redémarrage',
+  ];
+  for (const [i, purpose] of texts.entries()) {
+    const r = await call(t.url, 'POST', '/v1/tasks', t.as(ORCH), root(`tb-paste-${i}`, purpose));
     expect([i, r.status]).toEqual([i, 201]);
   }
 });

@@ -20,7 +20,9 @@ const IAM_ACTION = /^[a-zA-Z0-9-]+:[A-Za-z0-9*?]+$/;
  * IAM: a long-lived credential of an IAM user (an access key, a console password, a service-specific
  * credential, an SSH or signing key), which lives until someone deletes it; and the role's own policies, where
  * the broker's deny lives (`PutRolePolicy` overwrites it, `DeleteRolePolicy` removes it) and whom it trusts
- * (`UpdateAssumeRolePolicy`: anyone, later). The role's permissions should not allow these either; refusing
+ * (`UpdateAssumeRolePolicy`: anyone, later), or a new role that trusts anyone from the start (`CreateRole`: its
+ * trust policy is written when it is made; `AttachRolePolicy` then gives it what it needs, and it lives on,
+ * outside any deny of the broker's). The role's permissions should not allow these either; refusing
  * the scope keeps an agent from being granted them by a grant that says `iam:*`.
  */
 const ESCAPING: Record<string, readonly string[]> = {
@@ -44,6 +46,7 @@ const ESCAPING: Record<string, readonly string[]> = {
     'PutRolePolicy',
     'DeleteRolePolicy',
     'UpdateAssumeRolePolicy',
+    'CreateRole',
   ],
 };
 
