@@ -73,8 +73,42 @@ test('with under a second left on the task, the 1-s minimum does not carry the t
   const clock = t.broker.deps.clock;
   while (deadline - clock.now() > 700) await new Promise((res) => setTimeout(res, 20));
   const r = await call(t.url, 'POST', '/v1/credentials', t.as(AGENT), { taskId, role: 'tickets-api' });
-  if (r.status === 409) return; // the machine was too slow to ask in time: nothing was issued, nothing outlives
+  // 409 when the deadline falls within the second of the signature (a token would be dead on arrival: `expires_in` 0,
+  // which the API document does not allow and CI once saw), or the machine was too slow to ask in time.
+  if (r.status === 409) {
+    expect(r.body.code).toBe('task_not_open');
+    return;
+  }
   expect(r.status).toBe(201);
-  const { exp } = decodeJwt(r.body.credentials.access_token);
+  const { exp, iat } = decodeJwt(r.body.credentials.access_token);
   expect(exp! * 1000).toBeLessThanOrEqual(deadline);
+  expect(exp!).toBeGreaterThan(iat!);
+  expect(r.body.credentials.expires_in).toBeGreaterThanOrEqual(1);
+});
+
+test('a deadline within the second of the signature is refused as an ended task, before any lease is recorded', async () => {
+  // Ask repeatedly in the task's last second: every answer is a 409 or a token that lives at least a second.
+  const taskId = 'rt-jwt-exp-3';
+  const clock = t.broker.deps.clock;
+  // Opened early in a second, so that its deadline (3 s on) leaves most of its own second to ask in.
+  while (clock.now() % 1000 > 300) await new Promise((res) => setTimeout(res, 5));
+  const open = await call(t.url, 'POST', '/v1/tasks', t.as(ORCH), {
+    taskId,
+    agent: `spiffe://dev.local${AGENT}`,
+    tenant: 'acme',
+    purpose: 'p',
+    ttlSeconds: 3,
+    grants: [{ role: 'tickets-api', scopes: ['tickets:read'] }],
+  });
+  expect(open.status).toBe(201);
+  const deadline = Date.parse(open.body.expiresAt);
+  // From the start of the deadline's own second on (before the deadline itself): a token signed now would get
+  // exp = that second = iat. Before: 201 with expires_in 0.
+  const second = Math.floor(deadline / 1000) * 1000;
+  if (deadline - second < 150) return; // too little of that second left to ask in on a loaded machine
+  while (clock.now() < second) await new Promise((res) => setTimeout(res, 5));
+  const r = await call(t.url, 'POST', '/v1/credentials', t.as(AGENT), { taskId, role: 'tickets-api' });
+  expect([r.status, r.body.code]).toEqual([409, 'task_not_open']);
+  const leases = await call(t.url, 'GET', `/v1/tasks/${taskId}/leases`, t.as(ORCH));
+  expect(leases.body.items).toEqual([]);
 });

@@ -1,4 +1,5 @@
 import type { LoadedConfig } from '../../config/load.ts';
+import { conflict } from '../../errors.ts';
 import type { SigningKeyStore } from '../../signing/key-store.ts';
 import type { IssueRequest, IssueResult, Provider, ProviderExtras, RotationResult, StartedIssue } from '../types.ts';
 import type { JwtRoleConfig } from './config.ts';
@@ -56,6 +57,9 @@ export class JwtProvider implements Provider<JwtRoleConfig> {
     // would otherwise be added past it, as would the 1-s minimum with under a second left. A verifier offline
     // accepts the token until `exp`, whatever became of its task.
     const exp = Math.min(iat + req.ttlSeconds, Math.floor(req.task.expiresAt / 1000));
+    // The deadline falls within this second: a token would be dead on arrival (`exp` not after `iat`). Refused as
+    // an ended task is, before anything is recorded (this runs before the lease is created).
+    if (exp <= iat) throw conflict('task_not_open', `Task ${req.task.taskId} ends within the second: no credential can live past it.`);
     const scope = req.scopes.join(' ');
     const act = actClaim(req.task.delegators);
     const signed = this.keys.sign(
