@@ -8,6 +8,7 @@ import type { Services } from '../services.ts';
 import { authenticate, bearerToken } from '../middleware.ts';
 import { bearerChallenge } from '../problem.ts';
 import { sendSlowDown } from '../rate-limit.ts';
+import { oauthDescription } from '../oauth-text.ts';
 import { scopeSchema, roleNameSchema } from '../../config/common.ts';
 import { taskRefSchema } from '../schemas.ts';
 import { clip } from '../../identity/log-safe.ts';
@@ -38,7 +39,7 @@ function noStore(res: Response): void {
 
 function sendOAuthError(res: Response, e: OAuthError): void {
   noStore(res);
-  res.status(e.status).json({ error: e.error, error_description: e.message, ...e.extra });
+  res.status(e.status).json({ error: e.error, error_description: oauthDescription(e.message), ...e.extra });
 }
 
 /** Maps the broker's stable codes to the RFC 6749 / 8693 error vocabulary. */
