@@ -155,3 +155,32 @@ describe('RFC 8707 resource', () => {
     expect(r.body.error).toBe('invalid_target');
   });
 });
+
+test('more than one audience or resource is invalid_target (RFC 8693 2.2.2), audited like any refused target', async () => {
+  // Found from outside: a repeated audience was invalid_request, and either repetition was refused before the
+  // subject token was looked at, so an agent's multi-target request left no record (unlike one unknown target).
+  const twoAudiences = base({ task_id: 't-te-multi' });
+  twoAudiences.append('audience', 'shared-a');
+  const twoResources = base({ audience: undefined, resource: 'https://tickets.internal', task_id: 't-te-multi' });
+  twoResources.append('resource', 'https://tickets.internal');
+  const open = await call(t.url, 'POST', '/v1/tasks', t.as(ORCH), {
+    taskId: 't-te-multi',
+    agent: agentId,
+    tenant: 'acme',
+    purpose: 'p',
+    ttlSeconds: 600,
+    grants: [{ role: 'tickets-api', scopes: ['tickets:read'] }, { role: 'shared-a' }],
+  });
+  expect(open.status).toBe(201);
+  for (const body of [twoAudiences, twoResources]) {
+    const r = await post(body);
+    expect(r.status).toBe(400);
+    expect(r.body.error).toBe('invalid_target');
+  }
+  await t.broker.deps.audit.flushFolds(true);
+  const denials = (await auditRecords(t.broker.deps.redis, t.broker.deps.keys)).filter(
+    (a) => a.taskId === 't-te-multi' && a.action === 'credential.deny',
+  );
+  expect(denials.map((a) => a.count ?? 1).reduce((x, y) => x + y, 0)).toBe(2);
+  expect(denials[0]).toMatchObject({ actor: agentId, reason: 'role_not_granted', detail: { oauthError: 'invalid_target' } });
+});

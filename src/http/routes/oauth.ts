@@ -183,8 +183,6 @@ export function oauthRoutes(deps: Deps, s: Services): Router {
       const requested = param(b, 'requested_token_type');
       if (requested !== undefined && !ISSUABLE_TYPES.has(requested))
         throw new OAuthError('invalid_request', 'requested_token_type must be an access token.');
-      const audience = param(b, 'audience');
-      const resource = param(b, 'resource', 'invalid_target');
       const taskId = param(b, 'task_id');
       if (!taskId || !taskRefSchema.safeParse(taskId).success) throw new OAuthError('invalid_request', 'task_id is required (a task id).');
       const scopeParam = param(b, 'scope');
@@ -193,7 +191,12 @@ export function oauthRoutes(deps: Deps, s: Services): Router {
         throw new OAuthError('invalid_scope', 'scope is malformed.');
       // Which roles exist is said only to a verified caller, and only it spends an identity budget.
       const who = await authenticate(deps, req, res, subject);
-      const role = await refusedTarget(deps, who, taskId, audience, () => targetRole(deps.config.roles, audience || undefined, resource));
+      // RFC 8693 allows audience and resource to repeat; asking for more than one target is invalid_target (its 2.2.2),
+      // read here so that it is audited as any other refused target.
+      const audience = typeof b.audience === 'string' ? b.audience : undefined;
+      const role = await refusedTarget(deps, who, taskId, audience, () =>
+        targetRole(deps.config.roles, param(b, 'audience', 'invalid_target') || undefined, param(b, 'resource', 'invalid_target')),
+      );
       const out = await s.credentials.request(who, { taskId, role, ...(scopes ? { scopes } : {}) });
       if ('approvalId' in out)
         throw new OAuthError('authorization_pending', 'This role needs an approval; retry once it is approved.', 400, {
