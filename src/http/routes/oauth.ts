@@ -90,14 +90,19 @@ function formParseError(err: { type?: string; status?: number }): OAuthError {
   }
 }
 
+const FORM = 'application/x-www-form-urlencoded';
+
 /** No OAuth request here has anywhere near this many fields; more is refused before it is parsed further. */
 const MAX_FORM_FIELDS = 50;
 
 function formBody(limit: number): RequestHandler[] {
-  const parse = express.urlencoded({ extended: false, limit, type: 'application/x-www-form-urlencoded', parameterLimit: MAX_FORM_FIELDS });
+  const parse = express.urlencoded({ extended: false, limit, type: FORM, parameterLimit: MAX_FORM_FIELDS });
   return [
     (req, res, next) => {
-      if (!req.is('application/x-www-form-urlencoded')) {
+      // req.is() is null without a body (HTTP/1.0, `curl -X POST`): then the declared type is what counts, and
+      // a declared form with nothing in it goes on to say which parameter is missing.
+      const declared = req.is(FORM) ?? (req.headers['content-type'] ?? '').split(';')[0]!.trim().toLowerCase() === FORM;
+      if (!declared) {
         return sendOAuthError(res, new OAuthError('invalid_request', 'Send the request as application/x-www-form-urlencoded.', 415));
       }
       parse(req, res, (err?: unknown) => {
