@@ -10,6 +10,7 @@ import { writeNow } from '../redis/coalesce.ts';
 import type { Logger } from '../logger.ts';
 import type { Metrics } from '../metrics.ts';
 import { type Charge, RateWindow } from './rate-window.ts';
+import { oauthDescription } from './oauth-text.ts';
 
 /** A 429 that knows when to come back (`Retry-After`). */
 export class RateLimited extends BrokerError {
@@ -363,5 +364,5 @@ export function sendSlowDown(res: Response, err: BrokerError): void {
   res
     .status(429)
     .set({ 'Retry-After': String(retryAfterOf(err)), 'Cache-Control': 'no-store', Pragma: 'no-cache' })
-    .json({ error: 'slow_down', error_description: err.message });
+    .json({ error: 'slow_down', error_description: oauthDescription(err.message) });
 }

@@ -1,3 +1,4 @@
+import { connect } from 'node:net';
 import { decodeJwt } from 'jose';
 import { AGENT, ORCH, auditRecords, call, startTestBroker, type TestBroker } from '../helpers/broker.ts';
 
@@ -104,6 +105,45 @@ test("an agent's refused audience or resource is audited as a credential denial 
   expect(stranger[0]!.taskId).toBeUndefined();
 });
 
+/** One request written as is (no Content-Length, no Transfer-Encoding: no body); the status line and body. */
+const rawRequest = (head: string) =>
+  new Promise<{ status: number; body: any }>((resolve, reject) => {
+    const { port, hostname } = new URL(t.url);
+    const s = connect(Number(port), hostname);
+    const chunks: Buffer[] = [];
+    s.on('data', (d) => chunks.push(d));
+    s.on('error', reject);
+    s.on('end', () => {
+      const text = Buffer.concat(chunks).toString();
+      const body = text.slice(text.indexOf('\r\n\r\n') + 4);
+      let parsed: unknown = body;
+      try {
+        parsed = JSON.parse(body);
+      } catch {
+        // not JSON: compared as text
+      }
+      resolve({ status: Number(text.split(' ')[1]), body: parsed });
+    });
+    // Written, not ended: a client that half-closes first may get no answer at all.
+    s.write(`${head}\r\nHost: x\r\nConnection: close\r\n\r\n`);
+  });
+
+test.each([
+  ['/v1/token', 'grant_type is required.'],
+  ['/v1/introspect', 'token is required.'],
+])('%s: a body-less POST that declares the form type is invalid_request, not 415 "send it as a form"', async (path, description) => {
+  // Found with HTTP/1.0 and `curl -X POST -H "Content-Type: application/x-www-form-urlencoded"`: no body means
+  // req.is() answers null, and the broker told a client that had declared the form type to send one.
+  const auth = path === '/v1/introspect' ? `\r\nAuthorization: Bearer ${t.issuer.svid('/rs/tickets')}` : '';
+  for (const version of ['HTTP/1.0', 'HTTP/1.1']) {
+    const r = await rawRequest(`POST ${path} ${version}\r\nContent-Type: application/x-www-form-urlencoded${auth}`);
+    expect(r).toEqual({ status: 400, body: { error: 'invalid_request', error_description: description } });
+  }
+  // Declaring nothing (or another type) is still 415.
+  const none = await rawRequest(`POST ${path} HTTP/1.1${auth}`);
+  expect(none.status).toBe(415);
+});
+
 test('more than 50 form fields is invalid_request, not a 500', async () => {
   const body = base();
   for (let i = 0; i < 60; i++) body.append(`x${i}`, 'y');
@@ -154,4 +194,33 @@ describe('RFC 8707 resource', () => {
     expect(r.status).toBe(400);
     expect(r.body.error).toBe('invalid_target');
   });
+});
+
+test('more than one audience or resource is invalid_target (RFC 8693 2.2.2), audited like any refused target', async () => {
+  // Found from outside: a repeated audience was invalid_request, and either repetition was refused before the
+  // subject token was looked at, so an agent's multi-target request left no record (unlike one unknown target).
+  const twoAudiences = base({ task_id: 't-te-multi' });
+  twoAudiences.append('audience', 'shared-a');
+  const twoResources = base({ audience: undefined, resource: 'https://tickets.internal', task_id: 't-te-multi' });
+  twoResources.append('resource', 'https://tickets.internal');
+  const open = await call(t.url, 'POST', '/v1/tasks', t.as(ORCH), {
+    taskId: 't-te-multi',
+    agent: agentId,
+    tenant: 'acme',
+    purpose: 'p',
+    ttlSeconds: 600,
+    grants: [{ role: 'tickets-api', scopes: ['tickets:read'] }, { role: 'shared-a' }],
+  });
+  expect(open.status).toBe(201);
+  for (const body of [twoAudiences, twoResources]) {
+    const r = await post(body);
+    expect(r.status).toBe(400);
+    expect(r.body.error).toBe('invalid_target');
+  }
+  await t.broker.deps.audit.flushFolds(true);
+  const denials = (await auditRecords(t.broker.deps.redis, t.broker.deps.keys)).filter(
+    (a) => a.taskId === 't-te-multi' && a.action === 'credential.deny',
+  );
+  expect(denials.map((a) => a.count ?? 1).reduce((x, y) => x + y, 0)).toBe(2);
+  expect(denials[0]).toMatchObject({ actor: agentId, reason: 'role_not_granted', detail: { oauthError: 'invalid_target' } });
 });

@@ -67,7 +67,7 @@ test.each([
 
 test('a repeated parameter is invalid_request; JSON bodies are refused', async () => {
   const body = new URLSearchParams(base());
-  body.append('audience', 'demo-api');
+  body.append('task_id', 't-other');
   const res = await fetch(`${t.url}/v1/token`, { method: 'POST', headers: { 'content-type': 'application/x-www-form-urlencoded' }, body });
   expect(((await res.json()) as { error: string }).error).toBe('invalid_request');
   const json = await fetch(`${t.url}/v1/token`, {

@@ -8,6 +8,7 @@ import type { Services } from '../services.ts';
 import { authenticate, bearerToken } from '../middleware.ts';
 import { bearerChallenge } from '../problem.ts';
 import { sendSlowDown } from '../rate-limit.ts';
+import { oauthDescription } from '../oauth-text.ts';
 import { scopeSchema, roleNameSchema } from '../../config/common.ts';
 import { taskRefSchema } from '../schemas.ts';
 import { clip } from '../../identity/log-safe.ts';
@@ -38,7 +39,7 @@ function noStore(res: Response): void {
 
 function sendOAuthError(res: Response, e: OAuthError): void {
   noStore(res);
-  res.status(e.status).json({ error: e.error, error_description: e.message, ...e.extra });
+  res.status(e.status).json({ error: e.error, error_description: oauthDescription(e.message), ...e.extra });
 }
 
 /** Maps the broker's stable codes to the RFC 6749 / 8693 error vocabulary. */
@@ -89,14 +90,19 @@ function formParseError(err: { type?: string; status?: number }): OAuthError {
   }
 }
 
+const FORM = 'application/x-www-form-urlencoded';
+
 /** No OAuth request here has anywhere near this many fields; more is refused before it is parsed further. */
 const MAX_FORM_FIELDS = 50;
 
 function formBody(limit: number): RequestHandler[] {
-  const parse = express.urlencoded({ extended: false, limit, type: 'application/x-www-form-urlencoded', parameterLimit: MAX_FORM_FIELDS });
+  const parse = express.urlencoded({ extended: false, limit, type: FORM, parameterLimit: MAX_FORM_FIELDS });
   return [
     (req, res, next) => {
-      if (!req.is('application/x-www-form-urlencoded')) {
+      // req.is() is null without a body (HTTP/1.0, `curl -X POST`): then the declared type is what counts, and
+      // a declared form with nothing in it goes on to say which parameter is missing.
+      const declared = req.is(FORM) ?? (req.headers['content-type'] ?? '').split(';')[0]!.trim().toLowerCase() === FORM;
+      if (!declared) {
         return sendOAuthError(res, new OAuthError('invalid_request', 'Send the request as application/x-www-form-urlencoded.', 415));
       }
       parse(req, res, (err?: unknown) => {
@@ -182,8 +188,6 @@ export function oauthRoutes(deps: Deps, s: Services): Router {
       const requested = param(b, 'requested_token_type');
       if (requested !== undefined && !ISSUABLE_TYPES.has(requested))
         throw new OAuthError('invalid_request', 'requested_token_type must be an access token.');
-      const audience = param(b, 'audience');
-      const resource = param(b, 'resource', 'invalid_target');
       const taskId = param(b, 'task_id');
       if (!taskId || !taskRefSchema.safeParse(taskId).success) throw new OAuthError('invalid_request', 'task_id is required (a task id).');
       const scopeParam = param(b, 'scope');
@@ -192,7 +196,12 @@ export function oauthRoutes(deps: Deps, s: Services): Router {
         throw new OAuthError('invalid_scope', 'scope is malformed.');
       // Which roles exist is said only to a verified caller, and only it spends an identity budget.
       const who = await authenticate(deps, req, res, subject);
-      const role = await refusedTarget(deps, who, taskId, audience, () => targetRole(deps.config.roles, audience || undefined, resource));
+      // RFC 8693 allows audience and resource to repeat; asking for more than one target is invalid_target (its 2.2.2),
+      // read here so that it is audited as any other refused target.
+      const audience = typeof b.audience === 'string' ? b.audience : undefined;
+      const role = await refusedTarget(deps, who, taskId, audience, () =>
+        targetRole(deps.config.roles, param(b, 'audience', 'invalid_target') || undefined, param(b, 'resource', 'invalid_target')),
+      );
       const out = await s.credentials.request(who, { taskId, role, ...(scopes ? { scopes } : {}) });
       if ('approvalId' in out)
         throw new OAuthError('authorization_pending', 'This role needs an approval; retry once it is approved.', 400, {

@@ -18,10 +18,11 @@ export function wellKnownRoutes(deps: Deps): Router {
       jwks_uri: `${base}/.well-known/jwks.json`,
       grant_types_supported: ['urn:ietf:params:oauth:grant-type:token-exchange'],
       response_types_supported: [],
+      // The subject token is the client's proof; no client assertion is taken, so no
+      // token_endpoint_auth_signing_alg_values_supported (that is for private_key_jwt / client_secret_jwt).
       token_endpoint_auth_methods_supported: ['none'],
       introspection_endpoint_auth_methods_supported: ['bearer'],
       scopes_supported: [...new Set(Object.values(deps.config.roles).flatMap((r) => (r.provider === 'jwt' ? (r.scopes ?? []) : [])))],
-      token_endpoint_auth_signing_alg_values_supported: [deps.signing.alg],
     });
   });
   return r;
