@@ -80,9 +80,76 @@ test('the approvals list shows what each request asks for; Approve from the list
     .getByRole('status')
     .filter({ hasText: `Approved prod-deploy for task ${taskId}.` })
     .waitFor();
-  await card.waitFor({ state: 'detached' });
+  // The decided card stays where it was (nothing slides under the pointer), its buttons disabled.
+  await card.locator('button:disabled', { hasText: 'Approve' }).waitFor();
   const issued = await call(s.url, 'POST', '/v1/credentials', s.t.as(AGENT), { taskId, role: 'prod-deploy', ttlSeconds: 120 });
   expect(issued.status).toBe(201);
+});
+
+/** Opens a prod-deploy task and asks for it: a pending approval. */
+async function pendingApproval(): Promise<{ taskId: string; approvalId: string }> {
+  const taskId = await openTask(AGENT, 'prod-deploy');
+  const r = await call(s.url, 'POST', '/v1/credentials', s.t.as(AGENT), { taskId, role: 'prod-deploy' });
+  expect(r.status).toBe(202);
+  return { taskId, approvalId: r.body.approvalId };
+}
+const cardOf = (taskId: string) => page.locator('li.card').filter({ has: page.getByRole('link', { name: taskId, exact: true }) });
+/** The centre of a card's Approve button: where the approver's pointer is. */
+async function approveButtonAt(taskId: string): Promise<{ x: number; y: number }> {
+  const box = (await cardOf(taskId)
+    .getByRole('button', { name: /^Approve/ })
+    .boundingBox())!;
+  return { x: box.x + box.width / 2, y: box.y + box.height / 2 };
+}
+const statusOf = async (approvalId: string) => (await call(s.url, 'GET', `/v1/approvals/${approvalId}`, s.t.as(ADMIN))).body.status;
+/** The task ids of the cards on the approvals page, top to bottom. */
+const cardTasks = () => page.locator('li.card dd:first-of-type a').allTextContents();
+
+test('a request that arrives while the approver aims at Approve does not slide its own Approve under the pointer', async () => {
+  // Found from outside: the list was newest first and re-read every 3 s, so an agent's new request pushed every
+  // card down and the click meant for the card read landed on the agent's request instead.
+  const before = [await pendingApproval(), await pendingApproval()];
+  await page.goto(`${s.url}/console/approvals`);
+  for (const b of before) await cardOf(b.taskId).waitFor();
+  const [first] = await cardTasks();
+  const aimed = before.find((b) => b.taskId === first)!;
+  const at = await approveButtonAt(aimed.taskId);
+  const arrived = await pendingApproval();
+  await cardOf(arrived.taskId).waitFor({ timeout: 10_000 });
+  await page.mouse.click(at.x, at.y);
+  await page
+    .getByRole('status')
+    .filter({ hasText: /^Approved prod-deploy/ })
+    .waitFor();
+  expect(await statusOf(arrived.approvalId)).toBe('pending');
+  expect(await statusOf(aimed.approvalId)).toBe('approved');
+});
+
+test('a request decided elsewhere while the approver aims at the next one does not slide another under the pointer', async () => {
+  for (let i = 0; i < 3; i++) await pendingApproval();
+  await page.goto(`${s.url}/console/approvals`);
+  await page.locator('li.card').nth(2).waitFor();
+  const [top, aimed] = await cardTasks();
+  const ids = new Map<string, string>();
+  const list = await call(s.url, 'GET', '/v1/approvals?status=pending&limit=100', s.t.as(ADMIN));
+  for (const a of list.body.items as { taskId: string; approvalId: string }[]) ids.set(a.taskId, a.approvalId);
+  const at = await approveButtonAt(aimed!);
+  // Another approver rejects the card above.
+  expect((await call(s.url, 'POST', `/v1/approvals/${ids.get(top!)}`, s.t.as(ADMIN), { decision: 'reject' })).status).toBe(200);
+  // The page has read the list again: the rejected card is gone (as it was) or disabled in place.
+  const topCard = cardOf(top!);
+  for (let i = 0; (await topCard.count()) > 0 && !(await topCard.getByRole('button', { name: /^Approve/ }).isDisabled()); i++) {
+    expect(i).toBeLessThan(100);
+    await page.waitForTimeout(100);
+  }
+  await page.mouse.click(at.x, at.y);
+  await page
+    .getByRole('status')
+    .filter({ hasText: /^Approved prod-deploy/ })
+    .waitFor();
+  expect(await statusOf(ids.get(aimed!)!)).toBe('approved');
+  const others = [...ids].filter(([t]) => t !== aimed && t !== top).map(([, id]) => id);
+  for (const id of others) expect(await statusOf(id)).toBe('pending');
 });
 
 test('a task page shows the sub-task tree with the act chain, and the audit trail with its chain check', async () => {
