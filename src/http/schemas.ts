@@ -25,7 +25,10 @@ const identitySchema = z
   .string()
   .min(3)
   .max(2048)
-  .regex(/^[\x21-\x7e]+$/, 'must be an identity string (SPIFFE ID or <issuer>#<sub>)');
+  .regex(/^[\x21-\x7e]+$/, 'must be an identity string (SPIFFE ID or <issuer>#<sub>)')
+  // One ending in `/*` is an identity pattern (no caller is ever that identity, src/identity/verifier.ts): as a
+  // task's agent, the console's Revoke all and Quarantine for it would stop every identity below it.
+  .refine((s) => !s.endsWith('/*'), 'must be one identity, not a pattern ending in /*');
 const scopesSchema = z
   .array(scopeSchema)
   .max(100)

@@ -96,6 +96,9 @@ describe('opening tasks', () => {
     ['no grants', { grants: [] }, 'invalid_request'],
     ['duplicate role grants', { grants: [{ role: 'demo-api' }, { role: 'demo-api' }] }, 'invalid_request'],
     ['non-string label', { labels: { a: 1 } }, 'invalid_request'],
+    // An identity pattern as the agent: nobody is that agent, and the console's Revoke all / Quarantine on its
+    // agent page (which send the agent as the pattern) would stop every agent below it.
+    ['an agent that is an identity pattern', { agent: 'spiffe://dev.local/agent/*' }, 'invalid_request'],
     ['ttl above the broker maximum', { ttlSeconds: 7 * 86_400 }, 'ttl_too_long'],
   ])('400 for %s', async (_n, over, code) => {
     const r = await call(t.url, 'POST', '/v1/tasks', t.as(ORCH), body(over));
