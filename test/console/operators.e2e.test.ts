@@ -152,6 +152,54 @@ test('a request decided elsewhere while the approver aims at the next one does n
   for (const id of others) expect(await statusOf(id)).toBe('pending');
 });
 
+test('an approval card keeps what it asks for in view, however long the task id an agent chose', async () => {
+  // Found from outside: a task id does not wrap (sub-task ids run to 512 characters, named by the agent), so the
+  // card's value column grew to its width and the role, scopes and TTL ran off the right of the screen, behind
+  // Approve's back. A long agent identity wrapped already.
+  const root = `t-ops-long-${'r'.repeat(100)}`;
+  expect(
+    (
+      await call(s.url, 'POST', '/v1/tasks', s.t.as(ORCH), {
+        taskId: root,
+        agent: agentOf(AGENT),
+        tenant: 'acme',
+        purpose: 'long ids',
+        ttlSeconds: 900,
+        grants: [{ role: 'prod-deploy' }],
+      })
+    ).status,
+  ).toBe(201);
+  const sub = await call(s.url, 'POST', '/v1/tasks', s.t.as(AGENT), {
+    taskId: 's'.repeat(120),
+    parentTaskId: root,
+    agent: agentOf('/agent/long-sub'),
+    ttlSeconds: 600,
+    grants: [{ role: 'prod-deploy' }],
+  });
+  expect(sub.status).toBe(201);
+  const asked = await call(s.url, 'POST', '/v1/credentials', s.t.as('/agent/long-sub'), {
+    taskId: sub.body.taskId,
+    role: 'prod-deploy',
+    ttlSeconds: 120,
+  });
+  expect(asked.status).toBe(202);
+  await page.goto(`${s.url}/console/approvals`);
+  const card = cardOf(sub.body.taskId);
+  await card.waitFor();
+  const box = (await card.boundingBox())!;
+  const viewport = page.viewportSize()!;
+  expect(box.x + box.width).toBeLessThanOrEqual(viewport.width);
+  for (const what of [
+    card.getByRole('link', { name: sub.body.taskId }),
+    card.getByText('prod-deploy', { exact: true }),
+    card.getByText('2 min 0 s'),
+  ]) {
+    const b = (await what.boundingBox())!;
+    expect(b.x + b.width).toBeLessThanOrEqual(box.x + box.width);
+  }
+  expect((await call(s.url, 'POST', `/v1/approvals/${asked.body.approvalId}`, s.t.as(ADMIN), { decision: 'reject' })).status).toBe(200);
+});
+
 test('a task page shows the sub-task tree with the act chain, and the audit trail with its chain check', async () => {
   const parent = await openTask(AGENT);
   const sub = await call(s.url, 'POST', '/v1/tasks', s.t.as(AGENT), {
