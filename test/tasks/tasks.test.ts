@@ -91,6 +91,10 @@ describe('opening tasks', () => {
     ['unknown role', { grants: [{ role: 'nope', scopes: [] }] }, 'unknown_role'],
     ['scope the role does not allow', { grants: [{ role: 'tickets-api', scopes: ['tickets:delete'] }] }, 'scope_not_allowed'],
     ['bad taskId', { taskId: 'has space' }, 'invalid_request'],
+    // A URL path segment `..` or `.` is resolved away by every client: /console/tasks/.. is the console's home, and
+    // /v1/tasks/../complete is /v1/complete. Such a task could not be opened in the console nor addressed.
+    ['a taskId that is a dot segment', { taskId: '..' }, 'invalid_request'],
+    ['a taskId that is a single dot', { taskId: '.' }, 'invalid_request'],
     ['unknown field', { extra: 1 }, 'unknown_field'],
     ['missing tenant', { tenant: undefined }, 'invalid_request'],
     ['no grants', { grants: [] }, 'invalid_request'],
