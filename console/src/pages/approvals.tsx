@@ -15,7 +15,7 @@ export function ApprovalsPage() {
     3000,
     session.approver ? 'approvals' : 'none',
   );
-  const shown = useSteadyList(data?.items);
+  const shown = useSteadyList(data?.items, data?.nextCursor === null);
   const purposes = usePurposes(shown.map((c) => c.approval));
   const [message, setMessage] = useState('');
 
@@ -68,7 +68,7 @@ interface Card {
  * shown oldest first, requests that arrive later go to the end, and a card that leaves the list stays in place with
  * its buttons disabled until the page is loaded again.
  */
-function useSteadyList(items: Approval[] | undefined): Card[] {
+function useSteadyList(items: Approval[] | undefined, complete: boolean): Card[] {
   // Derived during render (not in an effect), so a new read never shows for a frame in the old order.
   const cards = useRef<Card[]>([]);
   return useMemo(() => {
@@ -77,13 +77,15 @@ function useSteadyList(items: Approval[] | undefined): Card[] {
     const now = new Map(items.map((a) => [a.approvalId, a]));
     const kept = prev.map((c) => {
       const a = now.get(c.approval.approvalId);
-      return a ? { approval: a, ended: false } : { approval: c.approval, ended: true };
+      // Out of a list cut at its first page (a flood of newer requests), it may well be pending still: it stays
+      // live, and the broker answers for it if it is not (its role, scopes and TTL never change).
+      return a ? { approval: a, ended: false } : { approval: c.approval, ended: complete || c.ended };
     });
     const known = new Set(prev.map((c) => c.approval.approvalId));
     const arrived = items.filter((a) => !known.has(a.approvalId)).reverse();
     cards.current = [...kept, ...arrived.map((a) => ({ approval: a, ended: false }))];
     return cards.current;
-  }, [items]);
+  }, [items, complete]);
 }
 
 export function ApprovalFacts(props: { approval: Approval; purpose?: string }) {
