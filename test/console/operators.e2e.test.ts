@@ -152,6 +152,42 @@ test('a request decided elsewhere while the approver aims at the next one does n
   for (const id of others) expect(await statusOf(id)).toBe('pending');
 });
 
+test('a card that falls off a list cut at its first page stays live; one that leaves a complete list is disabled', async () => {
+  const a = await pendingApproval();
+  await page.goto(`${s.url}/console/approvals`);
+  const approve = cardOf(a.taskId).getByRole('button', { name: /^Approve/ });
+  await approve.waitFor();
+  // The broker's list as a flood of newer requests would make it: this one beyond the first page.
+  let cut = true;
+  let served = 0;
+  await page.route('**/console/api/v1/approvals?*', async (route) => {
+    const res = await route.fetch();
+    const body = (await res.json()) as { items: { approvalId: string }[]; nextCursor: string | null };
+    served++;
+    await route.fulfill({
+      response: res,
+      json: { items: body.items.filter((i) => i.approvalId !== a.approvalId), nextCursor: cut ? 'more' : body.nextCursor },
+    });
+  });
+  try {
+    for (let i = 0; served < 2; i++) {
+      expect(i).toBeLessThan(100);
+      await page.waitForTimeout(100);
+    }
+    expect(await approve.isEnabled()).toBe(true);
+    cut = false;
+    await approve.waitFor({ state: 'visible' });
+    for (let i = 0; !(await approve.isDisabled()); i++) {
+      expect(i).toBeLessThan(100);
+      await page.waitForTimeout(100);
+    }
+  } finally {
+    await page.unroute('**/console/api/v1/approvals?*');
+  }
+  expect(await statusOf(a.approvalId)).toBe('pending');
+  expect((await call(s.url, 'POST', `/v1/approvals/${a.approvalId}`, s.t.as(ADMIN), { decision: 'reject' })).status).toBe(200);
+});
+
 test('an approval card keeps what it asks for in view, however long the task id an agent chose', async () => {
   // Found from outside: a task id does not wrap (sub-task ids run to 512 characters, named by the agent), so the
   // card's value column grew to its width and the role, scopes and TTL ran off the right of the screen, behind
