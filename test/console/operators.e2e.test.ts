@@ -297,3 +297,19 @@ test('Quarantine with a reason stops the agent; Lift quarantine lets it back', a
   const newTask = await openTask(path);
   expect((await call(s.url, 'GET', `/v1/tasks/${newTask}`, s.t.as(path))).status).toBe(200);
 });
+
+test('an agent page for an identity pattern says so, and so do its confirmations', async () => {
+  // The broker now refuses such an agent, but a link to the page (or a task from before) can still name one:
+  // Revoke all there stopped every agent below it, behind a question that named what read as one agent.
+  const pattern = agentOf('/agent/team/*');
+  await page.goto(`${s.url}/console/agents/${encodeURIComponent(pattern)}`);
+  await page.getByText('This is an identity pattern, not one agent').waitFor();
+  const asked = new Promise<string>((resolve) =>
+    page.once('dialog', (d) => {
+      resolve(d.message());
+      void d.dismiss();
+    }),
+  );
+  await page.getByRole('button', { name: /^Revoke all/ }).click();
+  expect(await asked).toContain(`every identity matching the pattern ${pattern}`);
+});
