@@ -32,7 +32,7 @@ export const ERRORS = {
     status: 400,
     means:
       'A task id sent by a caller contains `~` (reserved for sub-task ids the broker makes) or other characters outside [A-Za-z0-9._:-].',
-    fix: 'Send 1-128 characters of [A-Za-z0-9._:-]; use the `taskId` the broker answers with for sub-tasks.',
+    fix: 'Send 1-128 characters of [A-Za-z0-9._:-], not `.` nor `..`; use the `taskId` the broker answers with for sub-tasks.',
   },
   invalid_cursor: {
     status: 400,

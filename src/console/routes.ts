@@ -131,32 +131,35 @@ export function createConsole(deps: Deps, services: Services, opts: { dist?: str
   });
 
   // Every /console/api call: a live session, never cached, the anti-CSRF header on anything that changes state,
-  // and the person's rate limit, as for a workload on /v1.
-  const signedIn: RequestHandler = async (req, res, next) => {
-    res.setHeader('Cache-Control', 'no-store');
-    const session = await store.get(cookies.read(req, cookies.session));
-    if (!SAFE.has(req.method) && !fromConsolePage(req)) {
-      const err = forbidden('console_csrf', `State-changing console calls must come from the console page (header ${CSRF_HEADER}: 1).`);
-      // Someone made a signed-in person's browser send this: a denial of that person, audited like any other.
-      // Without a session nothing was at stake (and no actor is known): counted in metrics only.
-      // It spends the address's unauthenticated budget as a 401 does (the session lookup was a Redis read).
-      if (!session) {
-        deps.metrics.denied.inc({ code: err.code });
-        const over = await deps.limits?.authFailed(req, res);
-        throw over ?? err;
+  // and (`admit`) the quarantine and the person's rate limit, as for a workload on /v1.
+  const withSession =
+    (opts: { admit: boolean }): RequestHandler =>
+    async (req, res, next) => {
+      res.setHeader('Cache-Control', 'no-store');
+      const session = await store.get(cookies.read(req, cookies.session));
+      if (!SAFE.has(req.method) && !fromConsolePage(req)) {
+        const err = forbidden('console_csrf', `State-changing console calls must come from the console page (header ${CSRF_HEADER}: 1).`);
+        // Someone made a signed-in person's browser send this: a denial of that person, audited like any other.
+        // Without a session nothing was at stake (and no actor is known): counted in metrics only.
+        // It spends the address's unauthenticated budget as a 401 does (the session lookup was a Redis read).
+        if (!session) {
+          deps.metrics.denied.inc({ code: err.code });
+          const over = await deps.limits?.authFailed(req, res);
+          throw over ?? err;
+        }
+        throw await denial(deps, session.identity, err, {
+          action: 'access.deny',
+          detail: { method: clip(req.method, 16), path: clip(`${req.baseUrl}${req.path}`, 200) },
+        });
       }
-      throw await denial(deps, session.identity, err, {
-        action: 'access.deny',
-        detail: { method: clip(req.method, 16), path: clip(`${req.baseUrl}${req.path}`, 200) },
-      });
-    }
-    if (!session) throw unauthenticated('console_signed_out', 'Sign in to the console (the session is missing or has expired).');
-    // A quarantined person is stopped here exactly as a quarantined workload is on /v1.
-    await admitIdentity(deps, session.identity);
-    res.locals.identity = session.identity;
-    res.locals.consoleSession = session;
-    next();
-  };
+      if (!session) throw unauthenticated('console_signed_out', 'Sign in to the console (the session is missing or has expired).');
+      // A quarantined person is stopped here exactly as a quarantined workload is on /v1.
+      if (opts.admit) await admitIdentity(deps, session.identity);
+      res.locals.identity = session.identity;
+      res.locals.consoleSession = session;
+      next();
+    };
+  const signedIn = withSession({ admit: true });
 
   // Who is signed in. Anonymous is an answer here, not an error: the page asks before it knows.
   r.get('/console/api/session', async (req, res) => {
@@ -179,7 +182,9 @@ export function createConsole(deps: Deps, services: Services, opts: { dist?: str
     });
   });
 
-  r.delete('/console/api/session', signedIn, async (req, res) => {
+  // Signing out is never refused for being quarantined or over the rate limit: refused, the session would live on
+  // (and come back when the quarantine is lifted) while the page said "signed out". The anti-CSRF header still holds.
+  r.delete('/console/api/session', withSession({ admit: false }), async (req, res) => {
     await store.delete(cookies.read(req, cookies.session));
     res.clearCookie(cookies.session, { ...cookies.sessionOptions(0), maxAge: undefined });
     const who = (res.locals.consoleSession as ConsoleSession).identity.id;

@@ -3,9 +3,13 @@ import { scopeSchema } from '../config/common.ts';
 import { hasControls } from '../cli/terminal.ts';
 import { textHasControls } from './hidden-text.ts';
 
-/** A task id a caller chooses: 1-128 chars of [A-Za-z0-9._:-] (contract section 3); `~` is reserved for sub-task ids. */
-export const TASK_NAME = /^[A-Za-z0-9._:-]{1,128}$/;
-export const taskIdSchema = z.string().regex(TASK_NAME, 'must be 1-128 characters of [A-Za-z0-9._:-]');
+/**
+ * A task id a caller chooses: 1-128 chars of [A-Za-z0-9._:-] (contract section 3); `~` is reserved for sub-task ids.
+ * Not `.` nor `..`: as a URL path segment every client resolves it away (/v1/tasks/../complete is /v1/complete,
+ * /console/tasks/.. the console's home), so such a task could be neither addressed nor looked at in the console.
+ */
+export const TASK_NAME = /^(?!\.\.?$)[A-Za-z0-9._:-]{1,128}$/;
+export const taskIdSchema = z.string().regex(TASK_NAME, 'must be 1-128 characters of [A-Za-z0-9._:-], not "." nor ".."');
 /** A task id the broker made: a root id, then `~<name>` per delegation level, at most 512 chars. */
 export const taskRefSchema = z
   .string()
@@ -25,7 +29,10 @@ const identitySchema = z
   .string()
   .min(3)
   .max(2048)
-  .regex(/^[\x21-\x7e]+$/, 'must be an identity string (SPIFFE ID or <issuer>#<sub>)');
+  .regex(/^[\x21-\x7e]+$/, 'must be an identity string (SPIFFE ID or <issuer>#<sub>)')
+  // One ending in `/*` is an identity pattern (no caller is ever that identity, src/identity/verifier.ts): as a
+  // task's agent, the console's Revoke all and Quarantine for it would stop every identity below it.
+  .refine((s) => !s.endsWith('/*'), 'must be one identity, not a pattern ending in /*');
 const scopesSchema = z
   .array(scopeSchema)
   .max(100)

@@ -215,6 +215,10 @@ export class IdentityVerifier {
     if (!entries) throw new IdentityRejection('untrusted', `no trust entry for issuer ${clip(p.iss)}`);
     const entry = byAudience(entries, p.aud);
     if (!OIDC_SUB.test(p.sub)) throw new IdentityRejection('subject', `OIDC sub ${clip(p.sub)} is not 1-255 printable ASCII characters`);
+    // `<issuer>#<sub>` ending in `/*` is an identity pattern (src/identity/patterns.ts): quarantining or revoking
+    // such an agent (the console's buttons send its identity as the pattern) would stop every identity below it.
+    if (p.sub.endsWith('/*'))
+      throw new IdentityRejection('subject', `OIDC sub ${clip(p.sub)} ends in /*, which reads as an identity pattern`);
     return { ...entry, algorithms: OIDC_ALGS };
   }
 

@@ -222,6 +222,14 @@ test('a cross-site form cannot decide an approval, even while an approver is sig
 
 test('signing out ends the session; someone without a role sees a clear page', async () => {
   await page.goto(`${s.url}/console/approvals`);
+  // A sign-out the broker never got (here the network drops it) must not say "signed out": the session lives on,
+  // and whoever next sat at this browser would be signed in as this person.
+  await page.route('**/console/api/session', (route) => (route.request().method() === 'DELETE' ? route.abort() : route.fallback()));
+  await page.getByRole('button', { name: 'Sign out' }).click();
+  await page.getByRole('alert').filter({ hasText: 'Sign-out failed' }).waitFor();
+  await page.getByRole('heading', { name: 'Pending approvals' }).waitFor();
+  await page.unroute('**/console/api/session');
+  w.reset(); // the dropped request is logged by the browser
   await page.getByRole('button', { name: 'Sign out' }).click();
   await page.getByText('You are signed out.').waitFor();
   expect(await auditRecords()).toContainEqual(expect.objectContaining({ action: 'console.signout', actor: s.person('admin') }));

@@ -80,9 +80,160 @@ test('the approvals list shows what each request asks for; Approve from the list
     .getByRole('status')
     .filter({ hasText: `Approved prod-deploy for task ${taskId}.` })
     .waitFor();
-  await card.waitFor({ state: 'detached' });
+  // The decided card stays where it was (nothing slides under the pointer), its buttons disabled.
+  await card.locator('button:disabled', { hasText: 'Approve' }).waitFor();
   const issued = await call(s.url, 'POST', '/v1/credentials', s.t.as(AGENT), { taskId, role: 'prod-deploy', ttlSeconds: 120 });
   expect(issued.status).toBe(201);
+});
+
+/** Opens a prod-deploy task and asks for it: a pending approval. */
+async function pendingApproval(): Promise<{ taskId: string; approvalId: string }> {
+  const taskId = await openTask(AGENT, 'prod-deploy');
+  const r = await call(s.url, 'POST', '/v1/credentials', s.t.as(AGENT), { taskId, role: 'prod-deploy' });
+  expect(r.status).toBe(202);
+  return { taskId, approvalId: r.body.approvalId };
+}
+const cardOf = (taskId: string) => page.locator('li.card').filter({ has: page.getByRole('link', { name: taskId, exact: true }) });
+/** The centre of a card's Approve button: where the approver's pointer is. */
+async function approveButtonAt(taskId: string): Promise<{ x: number; y: number }> {
+  const box = (await cardOf(taskId)
+    .getByRole('button', { name: /^Approve/ })
+    .boundingBox())!;
+  return { x: box.x + box.width / 2, y: box.y + box.height / 2 };
+}
+const statusOf = async (approvalId: string) => (await call(s.url, 'GET', `/v1/approvals/${approvalId}`, s.t.as(ADMIN))).body.status;
+/** The task ids of the cards on the approvals page, top to bottom. */
+const cardTasks = () => page.locator('li.card dd:first-of-type a').allTextContents();
+
+test('a request that arrives while the approver aims at Approve does not slide its own Approve under the pointer', async () => {
+  // Found from outside: the list was newest first and re-read every 3 s, so an agent's new request pushed every
+  // card down and the click meant for the card read landed on the agent's request instead.
+  const before = [await pendingApproval(), await pendingApproval()];
+  await page.goto(`${s.url}/console/approvals`);
+  for (const b of before) await cardOf(b.taskId).waitFor();
+  const [first] = await cardTasks();
+  const aimed = before.find((b) => b.taskId === first)!;
+  const at = await approveButtonAt(aimed.taskId);
+  const arrived = await pendingApproval();
+  await cardOf(arrived.taskId).waitFor({ timeout: 10_000 });
+  await page.mouse.click(at.x, at.y);
+  await page
+    .getByRole('status')
+    .filter({ hasText: /^Approved prod-deploy/ })
+    .waitFor();
+  expect(await statusOf(arrived.approvalId)).toBe('pending');
+  expect(await statusOf(aimed.approvalId)).toBe('approved');
+});
+
+test('a request decided elsewhere while the approver aims at the next one does not slide another under the pointer', async () => {
+  for (let i = 0; i < 3; i++) await pendingApproval();
+  await page.goto(`${s.url}/console/approvals`);
+  await page.locator('li.card').nth(2).waitFor();
+  const [top, aimed] = await cardTasks();
+  const ids = new Map<string, string>();
+  const list = await call(s.url, 'GET', '/v1/approvals?status=pending&limit=100', s.t.as(ADMIN));
+  for (const a of list.body.items as { taskId: string; approvalId: string }[]) ids.set(a.taskId, a.approvalId);
+  const at = await approveButtonAt(aimed!);
+  // Another approver rejects the card above.
+  expect((await call(s.url, 'POST', `/v1/approvals/${ids.get(top!)}`, s.t.as(ADMIN), { decision: 'reject' })).status).toBe(200);
+  // The page has read the list again: the rejected card is gone (as it was) or disabled in place.
+  const topCard = cardOf(top!);
+  for (let i = 0; (await topCard.count()) > 0 && !(await topCard.getByRole('button', { name: /^Approve/ }).isDisabled()); i++) {
+    expect(i).toBeLessThan(100);
+    await page.waitForTimeout(100);
+  }
+  await page.mouse.click(at.x, at.y);
+  await page
+    .getByRole('status')
+    .filter({ hasText: /^Approved prod-deploy/ })
+    .waitFor();
+  expect(await statusOf(ids.get(aimed!)!)).toBe('approved');
+  const others = [...ids].filter(([t]) => t !== aimed && t !== top).map(([, id]) => id);
+  for (const id of others) expect(await statusOf(id)).toBe('pending');
+});
+
+test('a card that falls off a list cut at its first page stays live; one that leaves a complete list is disabled', async () => {
+  const a = await pendingApproval();
+  await page.goto(`${s.url}/console/approvals`);
+  const approve = cardOf(a.taskId).getByRole('button', { name: /^Approve/ });
+  await approve.waitFor();
+  // The broker's list as a flood of newer requests would make it: this one beyond the first page.
+  let cut = true;
+  let served = 0;
+  await page.route('**/console/api/v1/approvals?*', async (route) => {
+    const res = await route.fetch();
+    const body = (await res.json()) as { items: { approvalId: string }[]; nextCursor: string | null };
+    served++;
+    await route.fulfill({
+      response: res,
+      json: { items: body.items.filter((i) => i.approvalId !== a.approvalId), nextCursor: cut ? 'more' : body.nextCursor },
+    });
+  });
+  try {
+    for (let i = 0; served < 2; i++) {
+      expect(i).toBeLessThan(100);
+      await page.waitForTimeout(100);
+    }
+    expect(await approve.isEnabled()).toBe(true);
+    cut = false;
+    await approve.waitFor({ state: 'visible' });
+    for (let i = 0; !(await approve.isDisabled()); i++) {
+      expect(i).toBeLessThan(100);
+      await page.waitForTimeout(100);
+    }
+  } finally {
+    await page.unroute('**/console/api/v1/approvals?*');
+  }
+  expect(await statusOf(a.approvalId)).toBe('pending');
+  expect((await call(s.url, 'POST', `/v1/approvals/${a.approvalId}`, s.t.as(ADMIN), { decision: 'reject' })).status).toBe(200);
+});
+
+test('an approval card keeps what it asks for in view, however long the task id an agent chose', async () => {
+  // Found from outside: a task id does not wrap (sub-task ids run to 512 characters, named by the agent), so the
+  // card's value column grew to its width and the role, scopes and TTL ran off the right of the screen, behind
+  // Approve's back. A long agent identity wrapped already.
+  const root = `t-ops-long-${'r'.repeat(100)}`;
+  expect(
+    (
+      await call(s.url, 'POST', '/v1/tasks', s.t.as(ORCH), {
+        taskId: root,
+        agent: agentOf(AGENT),
+        tenant: 'acme',
+        purpose: 'long ids',
+        ttlSeconds: 900,
+        grants: [{ role: 'prod-deploy' }],
+      })
+    ).status,
+  ).toBe(201);
+  const sub = await call(s.url, 'POST', '/v1/tasks', s.t.as(AGENT), {
+    taskId: 's'.repeat(120),
+    parentTaskId: root,
+    agent: agentOf('/agent/long-sub'),
+    ttlSeconds: 600,
+    grants: [{ role: 'prod-deploy' }],
+  });
+  expect(sub.status).toBe(201);
+  const asked = await call(s.url, 'POST', '/v1/credentials', s.t.as('/agent/long-sub'), {
+    taskId: sub.body.taskId,
+    role: 'prod-deploy',
+    ttlSeconds: 120,
+  });
+  expect(asked.status).toBe(202);
+  await page.goto(`${s.url}/console/approvals`);
+  const card = cardOf(sub.body.taskId);
+  await card.waitFor();
+  const box = (await card.boundingBox())!;
+  const viewport = page.viewportSize()!;
+  expect(box.x + box.width).toBeLessThanOrEqual(viewport.width);
+  for (const what of [
+    card.getByRole('link', { name: sub.body.taskId }),
+    card.getByText('prod-deploy', { exact: true }),
+    card.getByText('2 min 0 s'),
+  ]) {
+    const b = (await what.boundingBox())!;
+    expect(b.x + b.width).toBeLessThanOrEqual(box.x + box.width);
+  }
+  expect((await call(s.url, 'POST', `/v1/approvals/${asked.body.approvalId}`, s.t.as(ADMIN), { decision: 'reject' })).status).toBe(200);
 });
 
 test('a task page shows the sub-task tree with the act chain, and the audit trail with its chain check', async () => {
@@ -145,4 +296,20 @@ test('Quarantine with a reason stops the agent; Lift quarantine lets it back', a
   await page.getByText('Not quarantined.').waitFor();
   const newTask = await openTask(path);
   expect((await call(s.url, 'GET', `/v1/tasks/${newTask}`, s.t.as(path))).status).toBe(200);
+});
+
+test('an agent page for an identity pattern says so, and so do its confirmations', async () => {
+  // The broker now refuses such an agent, but a link to the page (or a task from before) can still name one:
+  // Revoke all there stopped every agent below it, behind a question that named what read as one agent.
+  const pattern = agentOf('/agent/team/*');
+  await page.goto(`${s.url}/console/agents/${encodeURIComponent(pattern)}`);
+  await page.getByText('This is an identity pattern, not one agent').waitFor();
+  const asked = new Promise<string>((resolve) =>
+    page.once('dialog', (d) => {
+      resolve(d.message());
+      void d.dismiss();
+    }),
+  );
+  await page.getByRole('button', { name: /^Revoke all/ }).click();
+  expect(await asked).toContain(`every identity matching the pattern ${pattern}`);
 });

@@ -281,6 +281,26 @@ describe('a broker with the console', () => {
     expect((await call(t.url, 'GET', '/console/api/v1/tasks/t-console-1', asPerson(cookie))).status).toBe(401);
   });
 
+  test('a quarantined person can still sign out: the session ends instead of waiting for the quarantine to be lifted', async () => {
+    // Found from outside: Sign out answered 403 identity_quarantined, the page said "signed out" all the same, and
+    // the session lived on in Redis and in the browser: back the moment the quarantine was lifted, for whoever
+    // sat at that browser next.
+    const cookie = await session('left-the-team');
+    const q = await call(t.url, 'POST', '/v1/admin/quarantine', t.as(ADMIN), { agent: `${IDP}#left-the-team`, reason: 'left' });
+    expect(q.status).toBe(201);
+    const out = await fetch(`${t.url}/console/api/session`, { method: 'DELETE', headers: asPerson(cookie, { 'x-jit-console': '1' }) });
+    expect(out.status).toBe(204);
+    expect(out.headers.get('set-cookie')).toMatch(new RegExp(`^${cookieName()}=;.*Expires=Thu, 01 Jan 1970`));
+    expect((await call(t.url, 'DELETE', `/v1/admin/quarantine/${encodeURIComponent(`${IDP}#left-the-team`)}`, t.as(ADMIN))).status).toBe(
+      200,
+    );
+    expect((await call(t.url, 'GET', '/console/api/session', asPerson(cookie))).body).toEqual({ signedIn: false });
+    // Still no sign-out from another site: the anti-CSRF header is needed as before.
+    const other = await session('admin');
+    expect((await fetch(`${t.url}/console/api/session`, { method: 'DELETE', headers: asPerson(other) })).status).toBe(403);
+    expect((await call(t.url, 'GET', '/console/api/session', asPerson(other))).body.signedIn).toBe(true);
+  });
+
   test("a person's ID token (audience: the console's client) is not a bearer identity on /v1; it still verifies for sign-in", async () => {
     // Found from outside: accepted as a bearer, it skipped the console's session bounds, sign-out and anti-CSRF header.
     const now = Math.floor(Date.now() / 1000);

@@ -261,6 +261,17 @@ describe('workload identity verification', () => {
     expect(id.id).toBe('https://ci.example#repo:acme/app');
     expect(id.kind).toBe('oidc');
   });
+
+  test('an OIDC sub ending in /* is refused: its identity would read as a pattern of every identity below it', async () => {
+    // Found from outside: an agent `https://ci.example#team/*` had a console page whose Revoke all and Quarantine
+    // (both take an identity pattern) stopped every agent of the team, and whose task list showed theirs as its own.
+    const token = (sub: string) =>
+      oidcIssuer.signRaw({ alg: 'ES256', kid: oidcIssuer.kid }, { iss: 'https://ci.example', sub, aud: 'jit-broker', exp: now() + 60 });
+    expect(await codeOf(token('team/*'))).toBe('identity_invalid');
+    expect(await reasonOf(token('team/*'))).toBe('subject');
+    expect(await codeOf(token('team/*x'))).toBe('ok');
+    expect(await codeOf(token('*'))).toBe('ok');
+  });
 });
 
 describe('token lifetime and numeric dates', () => {

@@ -91,11 +91,18 @@ describe('opening tasks', () => {
     ['unknown role', { grants: [{ role: 'nope', scopes: [] }] }, 'unknown_role'],
     ['scope the role does not allow', { grants: [{ role: 'tickets-api', scopes: ['tickets:delete'] }] }, 'scope_not_allowed'],
     ['bad taskId', { taskId: 'has space' }, 'invalid_request'],
+    // A URL path segment `..` or `.` is resolved away by every client: /console/tasks/.. is the console's home, and
+    // /v1/tasks/../complete is /v1/complete. Such a task could not be opened in the console nor addressed.
+    ['a taskId that is a dot segment', { taskId: '..' }, 'invalid_request'],
+    ['a taskId that is a single dot', { taskId: '.' }, 'invalid_request'],
     ['unknown field', { extra: 1 }, 'unknown_field'],
     ['missing tenant', { tenant: undefined }, 'invalid_request'],
     ['no grants', { grants: [] }, 'invalid_request'],
     ['duplicate role grants', { grants: [{ role: 'demo-api' }, { role: 'demo-api' }] }, 'invalid_request'],
     ['non-string label', { labels: { a: 1 } }, 'invalid_request'],
+    // An identity pattern as the agent: nobody is that agent, and the console's Revoke all / Quarantine on its
+    // agent page (which send the agent as the pattern) would stop every agent below it.
+    ['an agent that is an identity pattern', { agent: 'spiffe://dev.local/agent/*' }, 'invalid_request'],
     ['ttl above the broker maximum', { ttlSeconds: 7 * 86_400 }, 'ttl_too_long'],
   ])('400 for %s', async (_n, over, code) => {
     const r = await call(t.url, 'POST', '/v1/tasks', t.as(ORCH), body(over));

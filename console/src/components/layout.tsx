@@ -1,7 +1,7 @@
 import type { ComponentChildren } from 'preact';
 import { useLocation } from 'preact-iso';
 import { useState } from 'preact/hooks';
-import { api } from '../api.ts';
+import { ApiError, api } from '../api.ts';
 import { useSession } from '../session.ts';
 
 const NAV = [
@@ -14,13 +14,21 @@ export function Layout(props: { children: ComponentChildren; onSignedOut: () => 
   const session = useSession();
   const { path } = useLocation();
   const [busy, setBusy] = useState(false);
+  const [failed, setFailed] = useState<string>();
 
   const signOut = async () => {
     setBusy(true);
+    setFailed(undefined);
     try {
       await api('DELETE', '/session');
-    } catch {
-      // A session that already ended is signed out all the same.
+    } catch (err) {
+      // A session that already ended (401) is signed out all the same; any other failure left it alive, and
+      // saying "signed out" then would leave the next person at this browser signed in as this one.
+      if (!(err instanceof ApiError && err.status === 401)) {
+        setFailed(err instanceof ApiError ? `Sign-out failed: ${err.message} (${err.code})` : `Sign-out failed: ${String(err)}`);
+        setBusy(false);
+        return;
+      }
     }
     props.onSignedOut();
   };
@@ -53,6 +61,11 @@ export function Layout(props: { children: ComponentChildren; onSignedOut: () => 
           <button type="button" class="secondary" onClick={signOut} disabled={busy}>
             Sign out
           </button>
+          {failed ? (
+            <span class="error" role="alert">
+              {failed}
+            </span>
+          ) : null}
         </div>
       </header>
       <main id="main">{props.children}</main>

@@ -83,6 +83,10 @@ export function AgentPage() {
 
 /** Revoke all, Quarantine (with a reason) and Lift quarantine; the first two ask first (window.confirm). */
 function StopControls(props: { agent: string; quarantines: Quarantine[]; onChanged: () => void }) {
+  // The broker takes the agent as an identity pattern: one ending in `/*` (a link to this page, or a task opened
+  // before such agents were refused) stops every identity below it, so the page and its questions say so.
+  const pattern = props.agent.endsWith('/*');
+  const who = pattern ? `every identity matching the pattern ${props.agent}` : props.agent;
   const [reason, setReason] = useState('');
   const [busy, setBusy] = useState(false);
   const [message, setMessage] = useState<{ text: string; error?: boolean }>();
@@ -98,14 +102,14 @@ function StopControls(props: { agent: string; quarantines: Quarantine[]; onChang
     }
   };
   const revokeAll = () => {
-    if (!window.confirm(`Revoke every open task and live lease of ${props.agent}?`)) return;
+    if (!window.confirm(`Revoke every open task and live lease of ${who}?`)) return;
     void run(async () => {
       const r = await api<{ tasks: number; leases: number }>('POST', '/v1/admin/revoke', { agent: props.agent });
       return `Revoked ${r.tasks} task${r.tasks === 1 ? '' : 's'} and ${r.leases} lease${r.leases === 1 ? '' : 's'}.`;
     });
   };
   const quarantine = () => {
-    if (!window.confirm(`Quarantine ${props.agent}? Every call it makes will be refused and its tasks ended.`)) return;
+    if (!window.confirm(`Quarantine ${who}? Every call it makes will be refused and its tasks ended.`)) return;
     void run(async () => {
       await api('POST', '/v1/admin/quarantine', { agent: props.agent, reason: reason.trim() || 'quarantined from the console' });
       setReason('');
@@ -121,6 +125,12 @@ function StopControls(props: { agent: string; quarantines: Quarantine[]; onChang
   return (
     <section class="card stop" aria-labelledby="stop-title">
       <h2 id="stop-title">Stop this agent</h2>
+      {pattern ? (
+        <p class="error">
+          This is an identity pattern, not one agent: Revoke all and Quarantine act on every identity below{' '}
+          <code>{props.agent.slice(0, -1)}</code>.
+        </p>
+      ) : null}
       {props.quarantines.length ? (
         <ul class="plain">
           {props.quarantines.map((q) => (

@@ -1,4 +1,4 @@
-import { useEffect, useState } from 'preact/hooks';
+import { useEffect, useMemo, useRef, useState } from 'preact/hooks';
 import { type Approval, api, type Page, seg, type Task } from '../api.ts';
 import { Decide } from '../components/decide.tsx';
 import { Forbidden, PageError } from '../components/problem.tsx';
@@ -15,7 +15,8 @@ export function ApprovalsPage() {
     3000,
     session.approver ? 'approvals' : 'none',
   );
-  const purposes = usePurposes(data?.items ?? []);
+  const shown = useSteadyList(data?.items, data?.nextCursor === null);
+  const purposes = usePurposes(shown.map((c) => c.approval));
   const [message, setMessage] = useState('');
 
   if (!session.approver) return <Forbidden what="approvals" needs="approvers" />;
@@ -31,15 +32,16 @@ export function ApprovalsPage() {
         <PageError error={error} what="approvals" needs="approvers" />
       ) : !data ? (
         <p class="loading">Loading approvals…</p>
-      ) : data.items.length === 0 ? (
+      ) : shown.length === 0 ? (
         <p class="muted">Nothing waits for an approver.</p>
       ) : (
         <ul class="cards">
-          {data.items.map((a) => (
-            <li key={a.approvalId} class="card">
+          {shown.map(({ approval: a, ended }) => (
+            <li key={a.approvalId} class={ended ? 'card ended' : 'card'}>
               <ApprovalFacts approval={a} purpose={a.purpose ?? purposes[a.taskId]} />
               <Decide
                 approval={a}
+                ended={ended}
                 onDecided={(m) => {
                   setMessage(m);
                   reload();
@@ -51,6 +53,39 @@ export function ApprovalsPage() {
       )}
     </>
   );
+}
+
+/** A card of the list: the approval as last read, and whether it has left the pending list since. */
+interface Card {
+  approval: Approval;
+  ended: boolean;
+}
+
+/**
+ * The pending list as cards that never move while the page is open. The broker lists newest first, so a request
+ * arriving while an approver aimed at Approve slid every card down and put its own Approve under the pointer (an
+ * agent could time that); one decided elsewhere or ended slid the next one up the same way. So the first load is
+ * shown oldest first, requests that arrive later go to the end, and a card that leaves the list stays in place with
+ * its buttons disabled until the page is loaded again.
+ */
+function useSteadyList(items: Approval[] | undefined, complete: boolean): Card[] {
+  // Derived during render (not in an effect), so a new read never shows for a frame in the old order.
+  const cards = useRef<Card[]>([]);
+  return useMemo(() => {
+    if (!items) return cards.current;
+    const prev = cards.current;
+    const now = new Map(items.map((a) => [a.approvalId, a]));
+    const kept = prev.map((c) => {
+      const a = now.get(c.approval.approvalId);
+      // Out of a list cut at its first page (a flood of newer requests), it may well be pending still: it stays
+      // live, and the broker answers for it if it is not (its role, scopes and TTL never change).
+      return a ? { approval: a, ended: false } : { approval: c.approval, ended: complete || c.ended };
+    });
+    const known = new Set(prev.map((c) => c.approval.approvalId));
+    const arrived = items.filter((a) => !known.has(a.approvalId)).reverse();
+    cards.current = [...kept, ...arrived.map((a) => ({ approval: a, ended: false }))];
+    return cards.current;
+  }, [items, complete]);
 }
 
 export function ApprovalFacts(props: { approval: Approval; purpose?: string }) {
