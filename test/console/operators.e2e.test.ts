@@ -80,8 +80,9 @@ test('the approvals list shows what each request asks for; Approve from the list
     .getByRole('status')
     .filter({ hasText: `Approved prod-deploy for task ${taskId}.` })
     .waitFor();
-  // The decided card stays where it was (nothing slides under the pointer), its buttons disabled.
-  await card.locator('button:disabled', { hasText: 'Approve' }).waitFor();
+  // The decided card leaves the list (pending approvals only); an empty gap of its size keeps the others in place.
+  await card.waitFor({ state: 'detached' });
+  expect(await page.locator('li.card-gap').count()).toBeGreaterThan(0);
   const issued = await call(s.url, 'POST', '/v1/credentials', s.t.as(AGENT), { taskId, role: 'prod-deploy', ttlSeconds: 120 });
   expect(issued.status).toBe(201);
 });
@@ -136,9 +137,9 @@ test('a request decided elsewhere while the approver aims at the next one does n
   const at = await approveButtonAt(aimed!);
   // Another approver rejects the card above.
   expect((await call(s.url, 'POST', `/v1/approvals/${ids.get(top!)}`, s.t.as(ADMIN), { decision: 'reject' })).status).toBe(200);
-  // The page has read the list again: the rejected card is gone (as it was) or disabled in place.
+  // The page has read the list again: the rejected card is gone, an empty gap in its place.
   const topCard = cardOf(top!);
-  for (let i = 0; (await topCard.count()) > 0 && !(await topCard.getByRole('button', { name: /^Approve/ }).isDisabled()); i++) {
+  for (let i = 0; (await topCard.count()) > 0; i++) {
     expect(i).toBeLessThan(100);
     await page.waitForTimeout(100);
   }
@@ -152,7 +153,7 @@ test('a request decided elsewhere while the approver aims at the next one does n
   for (const id of others) expect(await statusOf(id)).toBe('pending');
 });
 
-test('a card that falls off a list cut at its first page stays live; one that leaves a complete list is disabled', async () => {
+test('a card that falls off a list cut at its first page stays live; one that leaves a complete list leaves a gap', async () => {
   const a = await pendingApproval();
   await page.goto(`${s.url}/console/approvals`);
   const approve = cardOf(a.taskId).getByRole('button', { name: /^Approve/ });
@@ -175,12 +176,12 @@ test('a card that falls off a list cut at its first page stays live; one that le
       await page.waitForTimeout(100);
     }
     expect(await approve.isEnabled()).toBe(true);
+    const { height } = (await cardOf(a.taskId).boundingBox())!;
     cut = false;
-    await approve.waitFor({ state: 'visible' });
-    for (let i = 0; !(await approve.isDisabled()); i++) {
-      expect(i).toBeLessThan(100);
-      await page.waitForTimeout(100);
-    }
+    await approve.waitFor({ state: 'detached', timeout: 10_000 });
+    // Its place is kept, at its size: nothing below it moves up under the pointer.
+    const gap = (await page.locator('li.card-gap').last().boundingBox())!;
+    expect(Math.round(gap.height)).toBe(Math.round(height));
   } finally {
     await page.unroute('**/console/api/v1/approvals?*');
   }

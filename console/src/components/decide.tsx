@@ -6,7 +6,7 @@ import { ApiError, type Approval, api, seg } from '../api.ts';
  * goes into the audit record. The buttons' accessible names begin with their
  * action word and say what they decide.
  */
-export function Decide(props: { approval: Approval; ended?: boolean; onDecided: (message: string) => void }) {
+export function Decide(props: { approval: Approval; onDecided: (message: string) => void }) {
   const a = props.approval;
   const [reason, setReason] = useState('');
   const [busy, setBusy] = useState(false);
@@ -33,20 +33,11 @@ export function Decide(props: { approval: Approval; ended?: boolean; onDecided: 
   return (
     <div class="decide">
       <label for={id}>Reason</label>
-      {/* An ended card keeps its size and place (approvals.tsx useSteadyList): only what it says changes. */}
-      <input
-        id={id}
-        type="text"
-        maxLength={512}
-        value={reason}
-        disabled={props.ended}
-        onInput={(e) => setReason(e.currentTarget.value)}
-        placeholder={props.ended ? 'no longer pending' : 'optional'}
-      />
-      <button type="button" aria-label={`Approve ${what}`} disabled={busy || props.ended} onClick={() => decide('approve')}>
+      <input id={id} type="text" maxLength={512} value={reason} onInput={(e) => setReason(e.currentTarget.value)} placeholder="optional" />
+      <button type="button" aria-label={`Approve ${what}`} disabled={busy} onClick={() => decide('approve')}>
         Approve
       </button>
-      <button type="button" class="danger" aria-label={`Reject ${what}`} disabled={busy || props.ended} onClick={() => decide('reject')}>
+      <button type="button" class="danger" aria-label={`Reject ${what}`} disabled={busy} onClick={() => decide('reject')}>
         Reject
       </button>
       {error ? (

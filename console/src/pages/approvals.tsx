@@ -16,6 +16,8 @@ export function ApprovalsPage() {
     session.approver ? 'approvals' : 'none',
   );
   const shown = useSteadyList(data?.items, data?.nextCursor === null);
+  // Each live card's height, so that one leaving the list leaves a gap of its size (nothing below it moves up).
+  const heights = useRef(new Map<string, number>());
   const purposes = usePurposes(shown.map((c) => c.approval));
   const [message, setMessage] = useState('');
 
@@ -36,19 +38,35 @@ export function ApprovalsPage() {
         <p class="muted">Nothing waits for an approver.</p>
       ) : (
         <ul class="cards">
-          {shown.map(({ approval: a, ended }) => (
-            <li key={a.approvalId} class={ended ? 'card ended' : 'card'}>
-              <ApprovalFacts approval={a} purpose={a.purpose ?? purposes[a.taskId]} />
-              <Decide
-                approval={a}
-                ended={ended}
-                onDecided={(m) => {
-                  setMessage(m);
-                  reload();
-                }}
+          {shown.map(({ approval: a, ended }) =>
+            ended ? (
+              // No longer pending: nothing left to read or press (the list shows pending approvals only), but its place
+              // is kept until the page is loaded again, so no other card slides under the approver's pointer.
+              <li
+                key={a.approvalId}
+                class="card-gap"
+                aria-hidden="true"
+                style={{ height: `${heights.current.get(a.approvalId) ?? 0}px` }}
               />
-            </li>
-          ))}
+            ) : (
+              <li
+                key={a.approvalId}
+                class="card"
+                ref={(el) => {
+                  if (el) heights.current.set(a.approvalId, el.offsetHeight);
+                }}
+              >
+                <ApprovalFacts approval={a} purpose={a.purpose ?? purposes[a.taskId]} />
+                <Decide
+                  approval={a}
+                  onDecided={(m) => {
+                    setMessage(m);
+                    reload();
+                  }}
+                />
+              </li>
+            ),
+          )}
         </ul>
       )}
     </>
@@ -65,8 +83,8 @@ interface Card {
  * The pending list as cards that never move while the page is open. The broker lists newest first, so a request
  * arriving while an approver aimed at Approve slid every card down and put its own Approve under the pointer (an
  * agent could time that); one decided elsewhere or ended slid the next one up the same way. So the first load is
- * shown oldest first, requests that arrive later go to the end, and a card that leaves the list stays in place with
- * its buttons disabled until the page is loaded again.
+ * shown oldest first, requests that arrive later go to the end, and a card that leaves the list leaves an empty gap
+ * of its size in its place until the page is loaded again.
  */
 function useSteadyList(items: Approval[] | undefined, complete: boolean): Card[] {
   // Derived during render (not in an effect), so a new read never shows for a frame in the old order.
