@@ -16,8 +16,6 @@ const MAX_BATCH = 500;
 const MAX_ENDINGS = 10_000;
 /** Times one record is re-hashed on a head another instance moved before it is given up. */
 const MAX_ATTEMPTS = 50;
-/** The longest random wait before a refused batch is sent again (it grows with the attempts up to this). */
-const MAX_BACKOFF_MS = 100;
 /** Heads one chain keeps for the rollback check between two looks (see `takeReplaced`); past it, `overflow`. */
 const MAX_REPLACED = 1000;
 
@@ -346,26 +344,11 @@ export class ChainWriter {
 
   private settle(chain: AuditChain, st: ChainState): void {
     if (st.resend && st.flying.length === 0) {
-      const attempts = st.resend.reduce((n, p) => Math.max(n, p.attempts), 0);
       st.queue = st.resend.concat(st.queue);
       st.resend = undefined;
       st.head = st.reported;
       st.reported = undefined;
       st.epochSeen = false;
-      if (attempts > 0) {
-        // Refused on a head another instance moved: sent again after a random moment that grows with the attempts,
-        // so that two instances refusing each other's batches fall out of step. Sent again at once, one record
-        // lost 50 rounds in a row to another instance's pipelined batches (CI) and was given up.
-        st.waiting = true;
-        setTimeout(
-          () => {
-            st.waiting = false;
-            this.pump(chain, st);
-          },
-          Math.random() * Math.min(MAX_BACKOFF_MS, 2 ** attempts),
-        );
-        return;
-      }
     }
     this.pump(chain, st);
   }
