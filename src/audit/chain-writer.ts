@@ -14,8 +14,13 @@ const MAX_IN_FLIGHT = 2;
 const MAX_BATCH = 500;
 /** Ending records (ENDING_ACTIONS) this process remembers having written, for a Redis that went back in time. */
 const MAX_ENDINGS = 10_000;
-/** Times one record is re-hashed on a head another instance moved before it is given up. */
-const MAX_ATTEMPTS = 50;
+/**
+ * Times one record is re-hashed on a head another instance moved before it is given up. Each round some batch is
+ * written, so the chain moves; but an instance whose pipelined batches keep winning can hold off another's record
+ * until it has written its own queue (CI once saw a record lose 50 rounds to 200 records of another instance). A
+ * random wait before resending made that worse: the loser waited while the winner went on.
+ */
+const MAX_ATTEMPTS = 500;
 /** Heads one chain keeps for the rollback check between two looks (see `takeReplaced`); past it, `overflow`. */
 const MAX_REPLACED = 1000;
 
