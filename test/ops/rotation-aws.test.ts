@@ -291,6 +291,14 @@ describe('POST /v1/admin/rotate {"target":"signing-key"}', () => {
         await waitFor(async () => Date.now() > Date.parse(r!.body.activatesAt) + 50, 5000);
         const after = l.issued.length;
         await waitFor(async () => l.issued.length >= after + 30, 10_000);
+        // And until each instance has signed with the new key: each decides on its own estimate of Redis's clock,
+        // which a loaded machine can leave behind the test's (CI once saw one instance's issuances after the
+        // activation all fall before its estimate reached it). One that never switches fails here.
+        const newKid = r.body.kid as string;
+        await waitFor(
+          async () => [0, 1].every((via) => l.issued.some((x) => x.via === via && kidOf(x.body.credentials.access_token) === newKid)),
+          15_000,
+        );
       } finally {
         await l.stop();
       }
