@@ -29,10 +29,16 @@ const ALPHABET = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789
 
 test("only the token's exact issued spelling introspects active", async () => {
   await openAgentTask(t, 'rt-enc', [{ role: 'demo-api' }]);
-  const c = await call(t.url, 'POST', '/v1/credentials', t.as(AGENT), { taskId: 'rt-enc', role: 'demo-api' });
-  expect(c.status).toBe(201);
-  const token: string = c.body.credentials.access_token;
+  // A signature holding a `-` or `_` (most do: an ECDSA signature is new each time), so that its standard-alphabet
+  // spelling differs from it (one in ~15 has neither, and was then the token itself: CI saw it answered active).
+  let token = '';
+  for (let i = 0; i < 50 && !/[-_]/.test(token.split('.')[2] ?? ''); i++) {
+    const c = await call(t.url, 'POST', '/v1/credentials', t.as(AGENT), { taskId: 'rt-enc', role: 'demo-api' });
+    expect(c.status).toBe(201);
+    token = c.body.credentials.access_token;
+  }
   const [h, p, s] = token.split('.') as [string, string, string];
+  expect(s).toMatch(/[-_]/);
   // A 64-byte signature is 86 characters: the last one carries 4 bits that decode to nothing.
   const last = ALPHABET.indexOf(s.at(-1)!);
   const spareBits = `${s.slice(0, -1)}${ALPHABET[(last & ~0xf) | ((last + 1) & 0xf)]}`;
