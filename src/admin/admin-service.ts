@@ -174,12 +174,10 @@ export class AdminService {
     const fresh = keepFresh(this.deps, 'ops', member);
     // And the credentials issued on its word as an approver: a compromised approver's approvals are not trusted
     // either (those not used yet are voided as they are found: approver-gone.ts).
-    let ended: { tasks: number; leases: number };
-    let approvedLeases: number;
+    let ended: { tasks: number; leases: number; approvedLeases: number };
     try {
       await this.rotation.announce({ type: 'quarantine' });
-      ended = await this.endMatching({ agent: pattern }, { openedBy: true });
-      approvedLeases = await this.endApproved(pattern);
+      ended = await this.endQuarantine(pattern);
       await this.deps.replicas.after(this.deps.keys.replicaFences());
     } finally {
       fresh.stop();
@@ -187,7 +185,7 @@ export class AdminService {
     await this.deps.audit.appendOutbox('ops', [member], at!);
     // Last: the tasks are ended even when the export is down (it answers 503 then, the quarantine in force).
     await this.exportOps('quarantine');
-    return { ...entry, ...ended, approvedLeases };
+    return { ...entry, ...ended };
   }
 
   async unquarantine(who: WorkloadIdentity, pattern: string): Promise<{ pattern: string; lifted: true }> {
@@ -215,8 +213,14 @@ export class AdminService {
    * under its approvals), for a quarantine told again to a Redis that went back in time (ops/reapply.ts).
    */
   async endQuarantined(pattern: string): Promise<{ tasks: number; leases: number }> {
-    const ended = await this.endMatching({ agent: pattern }, { openedBy: true });
-    return { tasks: ended.tasks, leases: ended.leases + (await this.endApproved(pattern)) };
+    const ended = await this.endQuarantine(pattern);
+    return { tasks: ended.tasks, leases: ended.leases + ended.approvedLeases };
+  }
+
+  /** What a quarantine of `pattern` ends, wherever it is told (the quarantine, its recovery, its reapply). */
+  private async endQuarantine(pattern: string, signal?: AbortSignal): Promise<{ tasks: number; leases: number; approvedLeases: number }> {
+    const ended = await this.endMatching({ agent: pattern }, { openedBy: true, ...(signal ? { signal } : {}) });
+    return { ...ended, approvedLeases: await this.endApproved(pattern, signal) };
   }
 
   /**
@@ -232,12 +236,11 @@ export class AdminService {
     const pattern = event.detail?.pattern;
     if (event.action !== 'quarantine.add' || typeof pattern !== 'string') return;
     if (!(await this.deps.redis.hexists(this.deps.keys.quarantine(), pattern))) return;
-    const ended = await this.endMatching({ agent: pattern }, { openedBy: true, signal });
-    const approvedLeases = await this.endApproved(pattern, signal);
+    const ended = await this.endQuarantine(pattern, signal);
     await this.deps.replicas.after(this.deps.keys.replicaFences());
-    if (ended.tasks > 0 || approvedLeases > 0)
+    if (ended.tasks > 0 || ended.approvedLeases > 0)
       this.deps.logger.warn(
-        { pattern, ...ended, approvedLeases },
+        { pattern, ...ended },
         "outbox recovery: ended a quarantined identity's tasks and approved leases its quarantine had left live",
       );
   }
