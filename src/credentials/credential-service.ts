@@ -7,7 +7,7 @@ import { authorize, deny, denial, taskContext } from '../authz.ts';
 import { roleOf } from '../config/roles.ts';
 import type { RoleConfig } from '../config/schema.ts';
 import type { Deps } from '../deps.ts';
-import { BrokerError, badRequest, conflict, notFound, upstreamFailed } from '../errors.ts';
+import { BrokerError, badRequest, conflict, notFound, unavailable, upstreamFailed } from '../errors.ts';
 import type { CredentialRequest } from '../http/schemas.ts';
 import type { WorkloadIdentity } from '../identity/types.ts';
 import { type ClampedTtl, clampTtl } from '../leases/ttl.ts';
@@ -290,7 +290,9 @@ export class CredentialService {
       if (d.approval && !taken) await this.deps.approvals.giveBack(d.approval).catch(() => {});
       throw err;
     }
-    if (fixed.approvedBy !== undefined) await this.approverStillStands(fixed);
+    // An upstream credential's approver was checked again before it was made (issueUpstream); the broker's own token
+    // is made with its lease, so its approver is checked again now, before it leaves.
+    if (fixed.approvedBy !== undefined && !provider.upstream) await this.approverStillStands(fixed, d.approval!);
     this.deps.metrics.issued.inc({ provider: role.provider, role: body.role });
     return {
       leaseId: fixed.leaseId,
@@ -400,6 +402,7 @@ export class CredentialService {
       taskCreatedAt: req.task.createdAt,
     });
     await this.recorded(who, fixed, created.kind, req.task.createdAt);
+    if (fixed.approvedBy !== undefined) await this.approverStandsBeforeIssue(fixed);
     // The intent must outlive a failover: revoke reads what it needs from it (AWS: the session name).
     const fence = this.deps.keys.replicaFenceOfTask(fixed.taskId);
     await this.deps.replicas.after([fence]);
@@ -533,11 +536,55 @@ export class CredentialService {
    * lease is (one of the two reads sees the other's write): a quarantined approver's lease is revoked, as the
    * scan would have, and nothing is handed out.
    */
-  private async approverStillStands(fixed: LeaseFixed): Promise<void> {
-    if (!(await this.approverQuarantined(fixed))) return;
+  private async approverStillStands(fixed: LeaseFixed, approval: ApprovalRecord): Promise<void> {
+    let quarantined: boolean;
+    try {
+      quarantined = await this.approverQuarantined(fixed);
+    } catch (err) {
+      // Whether its approver still stands cannot be told (Redis did not answer): nothing is handed out (deny by
+      // default). Before, the error went to the caller with the lease left `active` until its TTL and the approval
+      // used. Now the token, which never left this process, has its lease revoked as one not handed out (as after
+      // a failed confirm); once that is recorded the approval is given back: nothing was handed out under it, and
+      // the same request, asked again, is checked again (a quarantined approver's approval is then voided or taken
+      // back). While the lease cannot be revoked the approval stays used: one approval, one live credential.
+      const ended = await this.endUnhanded(fixed).catch(() => false);
+      if (ended) await this.deps.approvals.giveBack(approval).catch(() => {});
+      else this.deps.logger.warn({ leaseId: fixed.leaseId }, 'could not revoke a credential not handed out; it ends at its TTL');
+      throw err;
+    }
+    if (!quarantined) return;
     const lease = await this.deps.leases.get(fixed.leaseId);
     if (lease && !LeaseStore.isEnded(lease.status)) await endOneLease(this.deps, lease, 'revoked_by_admin', this.deps.clock.now());
     throw approvalTakenBack(fixed);
+  }
+
+  /** Revokes a lease whose credential was made but not handed out; true once that is recorded (or there is none). */
+  private async endUnhanded(fixed: LeaseFixed): Promise<boolean> {
+    const lease = await this.deps.leases.get(fixed.leaseId);
+    if (lease && !LeaseStore.isEnded(lease.status)) await endOneLease(this.deps, lease, 'revoked_by_caller', this.deps.clock.now());
+    return true;
+  }
+
+  /**
+   * An upstream credential's approver, read again from Redis once its lease is indexed and before the upstream
+   * makes anything (the reasoning of approverStillStands; a quarantine written after this read finds the lease
+   * `issuing` and its activation hands the credential to revocation). Read here rather than after the credential
+   * is made: a read that fails (Redis did not answer) then leaves nothing to revoke. The lease ends `failed` (or,
+   * if that cannot be recorded either, the sweeper gives it up at its orphan deadline), the error goes to the
+   * caller, and the approval is given back (issue): nothing was made under it, and asking again checks again.
+   */
+  private async approverStandsBeforeIssue(fixed: LeaseFixed): Promise<void> {
+    let quarantined: boolean;
+    try {
+      quarantined = await this.approverQuarantined(fixed);
+    } catch (err) {
+      await this.failed(fixed, unavailable('not_ready', 'The quarantine list could not be read.')).catch(() => {});
+      throw err;
+    }
+    if (!quarantined) return;
+    const taken = approvalTakenBack(fixed);
+    await this.failed(fixed, taken).catch(() => {});
+    throw taken;
   }
 
   /** Whether the lease was issued under an approval whose approver is quarantined now (the list read again from Redis). */

@@ -1,3 +1,4 @@
+import { jest } from '@jest/globals';
 import { ADMIN, ORCH, auditRecords, call, startTestBroker, waitFor, type TestBroker } from '../helpers/broker.ts';
 import { Keys } from '../../src/redis/keys.ts';
 
@@ -164,4 +165,41 @@ test("the index of approved leases keeps a lease while its credential may still 
   const q = await call(t.url, 'POST', '/v1/admin/quarantine', t.as(ADMIN), { agent: id(OLD), reason: 'old approver' });
   expect(q.body).toMatchObject({ approvedLeases: 0 });
   expect((await lease(fresh)).status).toBe('active');
+});
+
+test('an approved credential whose approver cannot be checked again is revoked, not handed out, and its approval given back', async () => {
+  const ERIN = '/ops/erin-qa';
+  const agent = '/agent/deployer-qa-unchecked';
+  const taskId = await openTask(agent);
+  const ask = () => call(t.url, 'POST', '/v1/credentials', t.as(agent), { taskId, role: 'prod-deploy' });
+  const pending = await ask();
+  expect((await call(t.url, 'POST', `/v1/approvals/${pending.body.approvalId}`, t.as(ERIN), { decision: 'approve' })).status).toBe(200);
+
+  // The issuance's second read of the quarantine list gets no answer from Redis (a command timeout), once.
+  const { redis, keys, quarantine } = t.broker.deps;
+  quarantine.stop();
+  const reload = jest.spyOn(quarantine, 'reload').mockRejectedValueOnce(new Error('Command timed out'));
+  try {
+    const failed = await ask();
+    expect(failed.status).toBe(503);
+    expect(failed.body.credentials).toBeUndefined();
+    expect(reload).toHaveBeenCalledTimes(1);
+    // Before: the lease stayed `active` until its TTL (its token signed, held by nobody) and the approval `consumed`,
+    // so the agent's same request got 409 approval_expired from then on, and a new approval to ask for.
+    const task = await call(t.url, 'GET', `/v1/tasks/${taskId}`, t.as(ADMIN));
+    expect(task.body.leases).toHaveLength(1);
+    expect(task.body.leases[0]).toMatchObject({ status: 'revoked', reason: 'revoked_by_caller' });
+    expect((await call(t.url, 'GET', `/v1/approvals/${pending.body.approvalId}`, t.as(ADMIN))).body.status).toBe('approved');
+    // Asked again, with the list readable: the same approval covers it, once.
+    const again = await ask();
+    expect(again.status).toBe(201);
+    expect((await call(t.url, 'GET', `/v1/approvals/${pending.body.approvalId}`, t.as(ADMIN))).body.status).toBe('consumed');
+    const records = (await auditRecords(redis, keys)).filter((r) => r.taskId === taskId);
+    expect(records.filter((r) => r.action === 'lease.revoke')).toEqual([
+      expect.objectContaining({ leaseId: task.body.leases[0].leaseId, reason: 'revoked_by_caller' }),
+    ]);
+  } finally {
+    reload.mockRestore();
+    await quarantine.start();
+  }
 });
