@@ -12,6 +12,8 @@ import type { SealStatus } from '../audit/seal-status.ts';
 import type { AuditChain } from '../redis/keys.ts';
 import type { RotationService } from '../ops/rotation.ts';
 import { endLeaseIds } from '../revocation/ending.ts';
+import type { LeaseStatus } from '../leases/types.ts';
+import { legacyApprovedIn } from './legacy-approved.ts';
 import type { TaskService } from '../tasks/task-service.ts';
 
 /** The audit export as the admin service needs it (src/audit/export.ts). */
@@ -261,17 +263,31 @@ export class AdminService {
     for (let b = 0; b < this.deps.keys.buckets; b++) {
       for await (const page of this.deps.leases.approvedIn(b, this.deps.clock.now())) {
         signal?.throwIfAborted();
-        const hit = page.filter((l) => p.matches(l.approvedBy));
-        const now = this.deps.clock.now();
-        const active = hit.filter((l) => l.status === 'active').map((l) => l.leaseId);
-        if (active.length > 0) n += await endLeaseIds(this.deps, b, active, 'revoked_by_admin', now);
-        for (const l of hit.filter((h) => h.status === 'issuing')) {
-          const res = await this.deps.leases.requestEnd(l.leaseId, 'revoked_by_admin');
-          // Activated meanwhile: `revoking` now, for the worker.
-          if (res.kind === 'revoking') await this.deps.queue.endLease(l, res.reason, now);
-          if (res.kind === 'revoking' || res.kind === 'deferred') n += 1;
-        }
+        n += await this.endApprovedPage(
+          b,
+          page.filter((l) => p.matches(l.approvedBy)),
+        );
       }
+      // Those the index does not hold: issued before it existed, or by the previous release during a rolling upgrade.
+      for await (const page of legacyApprovedIn(this.deps, b, p, this.deps.clock.now())) {
+        signal?.throwIfAborted();
+        n += await this.endApprovedPage(b, page);
+      }
+    }
+    return n;
+  }
+
+  /** Ends one page of endApproved's leases of bucket `b` (see there); returns how many it ended or handed over. */
+  private async endApprovedPage(b: number, hit: { leaseId: string; status: LeaseStatus }[]): Promise<number> {
+    let n = 0;
+    const now = this.deps.clock.now();
+    const active = hit.filter((l) => l.status === 'active').map((l) => l.leaseId);
+    if (active.length > 0) n += await endLeaseIds(this.deps, b, active, 'revoked_by_admin', now);
+    for (const l of hit.filter((h) => h.status === 'issuing')) {
+      const res = await this.deps.leases.requestEnd(l.leaseId, 'revoked_by_admin');
+      // Activated meanwhile: `revoking` now, for the worker.
+      if (res.kind === 'revoking') await this.deps.queue.endLease(l, res.reason, now);
+      if (res.kind === 'revoking' || res.kind === 'deferred') n += 1;
     }
     return n;
   }
