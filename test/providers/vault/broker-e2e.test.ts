@@ -1,3 +1,4 @@
+import { jest } from '@jest/globals';
 import nodeVault from 'node-vault';
 import { startVaultEmulator, type VaultEmulator } from '../../emulators/vault/index.ts';
 import { Redis } from 'ioredis';
@@ -292,6 +293,38 @@ describe('vault roles through the broker API', () => {
     const again = await ask();
     expect(again.status).toBe(202);
     expect(again.body.approvalId).not.toBe(pending.body.approvalId);
+  });
+
+  test('an approved credential whose approver cannot be read again is never made upstream: 503, the approval given back', async () => {
+    const APPROVER = '/ops/vault-approver-unread';
+    const taskId = await openTask([{ role: 'vault-ops-approved', scopes: ['ops-read'] }]);
+    const ask = () => issue({ taskId, role: 'vault-ops-approved' });
+    const pending = await ask();
+    expect((await call(t.url, 'POST', `/v1/approvals/${pending.body.approvalId}`, t.as(APPROVER), { decision: 'approve' })).status).toBe(
+      200,
+    );
+    // The issuance's second read of the quarantine list (once its lease exists) gets no answer from Redis, once.
+    const { quarantine } = t.broker.deps;
+    quarantine.stop();
+    const reload = jest.spyOn(quarantine, 'reload').mockRejectedValueOnce(new Error('Command timed out'));
+    try {
+      const tokensBefore = emu.state.tokens.size;
+      const r = await ask();
+      expect({ status: r.status, credentials: r.body.credentials }).toEqual({ status: 503, credentials: undefined });
+      // Before: Vault made the token first, and the failed read left its lease `active` (the token valid, held by
+      // nobody) until its TTL and the approval used (the same request got 409 approval_expired).
+      expect(emu.state.tokens.size).toBe(tokensBefore);
+      const task = (await call(t.url, 'GET', `/v1/tasks/${taskId}`, t.as(ORCH))).body;
+      expect(task.leases).toHaveLength(1);
+      expect(task.leases[0].status).toBe('failed');
+      expect((await call(t.url, 'GET', `/v1/approvals/${pending.body.approvalId}`, t.as(ORCH))).body.status).toBe('approved');
+      const again = await ask();
+      expect(again.status).toBe(201);
+      expect((await vault(again.body.credentials.token).tokenLookupSelf()).data.accessor).toBe(again.body.credentials.accessor);
+    } finally {
+      reload.mockRestore();
+      await quarantine.start();
+    }
   });
 
   test("TTL expiry: the broker revokes at the TTL (Vault's clock is then held back, so Vault alone would not end them yet)", async () => {
