@@ -327,6 +327,46 @@ describe('vault roles through the broker API', () => {
     }
   });
 
+  test('an approved credential whose approver was quarantined before the upstream call is refused with nothing made upstream', async () => {
+    const APPROVER = '/ops/vault-approver-stale';
+    const taskId = await openTask([{ role: 'vault-ops-approved', scopes: ['ops-read'] }]);
+    const ask = () => issue({ taskId, role: 'vault-ops-approved' });
+    const pending = await ask();
+    expect((await call(t.url, 'POST', `/v1/approvals/${pending.body.approvalId}`, t.as(APPROVER), { decision: 'approve' })).status).toBe(
+      200,
+    );
+    // In force in Redis, its scan done, this instance's list not re-read yet (held here).
+    const { redis, keys, quarantine } = t.broker.deps;
+    const pattern = `spiffe://dev.local${APPROVER}`;
+    quarantine.stop();
+    try {
+      await redis.hset(
+        keys.quarantine(),
+        pattern,
+        JSON.stringify({ reason: 'stale list', by: 'spiffe://dev.local/ops/alice', at: new Date().toISOString() }),
+      );
+      const tokensBefore = emu.state.tokens.size;
+      const r = await ask();
+      expect({ status: r.status, code: r.body.code, credentials: r.body.credentials }).toEqual({
+        status: 409,
+        code: 'approval_expired',
+        credentials: undefined,
+      });
+      // Read again before the upstream call: Vault made nothing (before: it made a token, then the broker revoked it).
+      expect(emu.state.tokens.size).toBe(tokensBefore);
+      const task = (await call(t.url, 'GET', `/v1/tasks/${taskId}`, t.as(ORCH))).body;
+      expect(task.leases).toHaveLength(1);
+      expect(task.leases[0]).toMatchObject({ status: 'failed' });
+      expect((await call(t.url, 'GET', `/v1/approvals/${pending.body.approvalId}`, t.as(ORCH))).body.status).toBe('consumed');
+      const records = (await auditRecords(redis, keys)).filter((x) => x.taskId === taskId);
+      expect(records.filter((x) => x.action === 'credential.deny')).toEqual([expect.objectContaining({ reason: 'approval_expired' })]);
+      expect(records.filter((x) => x.action === 'credential.issue')).toEqual([]);
+    } finally {
+      await redis.hdel(keys.quarantine(), pattern);
+      await quarantine.start();
+    }
+  });
+
   test("TTL expiry: the broker revokes at the TTL (Vault's clock is then held back, so Vault alone would not end them yet)", async () => {
     const taskId = await openTask();
     const tok = await issue({ taskId, role: 'vault-ops', ttlSeconds: 1 });
