@@ -23,7 +23,9 @@ const LEASE_READS = 200;
  * bounded by `tasks.maxPendingApprovals`), read by status first, plus the lease ids of the few tasks with a
  * matching approval; not the bucket's live leases. It over-reaches only where the link is lost: a task holding two
  * such leases of the same role and scopes, approved by two approvers one of whom is quarantined, loses both (deny by
- * default: its agent asks again).
+ * default: its agent asks again). Needed while a lease of a release before the index can live: it may go once every
+ * supported upgrade starts from a release that writes the index (test/helpers/old-release.ts PREVIOUS_RELEASE past
+ * it) and a task's life has passed since.
  */
 export async function* legacyApprovedIn(
   deps: Deps,
