@@ -185,6 +185,16 @@ export async function startBroker(config: LoadedConfig, opts: BrokerOptions = {}
     // misconfigured instance, which must not add keys of its own or run with stale secrets.
     await assertKekOpens(redis, keys, kek, ['aws', 'vault']);
     const metrics = new Metrics({ defaultMetrics: true, refreshMs: config.server.metricsRefreshSeconds * 1000 });
+    metrics.clockOffsetSource = () => -clock.skewMs;
+    clock.onStep = (stepMs) => {
+      metrics.clockSteps.inc({ direction: stepMs < 0 ? 'back' : 'forward' });
+      logger.error(
+        { stepMs },
+        stepMs < 0
+          ? "Redis's clock went back: every deadline and expiry decided on it (tasks, leases, approvals) now comes that much later. Check the clock of Redis's host (a failover to a host whose clock is off, an NTP step)."
+          : "Redis's clock jumped ahead: deadlines and expiries decided on it come that much sooner (tasks and leases may end early). Check the clock of Redis's host.",
+      );
+    };
     const retentionMs = config.tasks.retentionSeconds * 1000;
     const leases = new LeaseStore({ redis, keys, retentionMs });
     metrics.activeLeasesSource = () => leases.liveCount();
