@@ -21,7 +21,7 @@ import { createApp, under } from './http/app.ts';
 import { RateLimits } from './http/rate-limit.ts';
 import { admitIdentity } from './http/middleware.ts';
 import type { Services } from './http/services.ts';
-import { IdentityPatterns } from './identity/patterns.ts';
+import { IdentityPatterns, overlapping } from './identity/patterns.ts';
 import { Quarantine } from './identity/quarantine.ts';
 import { IdentityVerifier } from './identity/verifier.ts';
 import { LeaseService } from './leases/lease-service.ts';
@@ -93,6 +93,20 @@ async function kekFromRedis(redis: RedisClient, keys: Keys, logger: Logger): Pro
   );
   await redis.set(keys.secrets('kek'), randomBytes(32).toString('base64'), 'NX');
   return (await redis.get(keys.secrets('kek')))!;
+}
+
+/**
+ * An identity that may open tasks and decide approvals can approve what the agents of its own tasks ask for:
+ * the second pair of eyes a role's `approval: required` asks for is then the first. Allowed (a person who runs
+ * an agent by hand may be both), but said at startup, naming the patterns.
+ */
+function warnSelfApproval(config: LoadedConfig, logger: Logger): void {
+  const both = overlapping(config.orchestrators, config.approvers);
+  if (both.length === 0) return;
+  logger.warn(
+    { overlapping: both.map(([orchestrator, approver]) => ({ orchestrator, approver })) },
+    "identities matching both `orchestrators` and `approvers` can approve credential requests in tasks they opened themselves: an approval from them is not a second person's. Keep the two lists apart if approvals must be four-eyes.",
+  );
 }
 
 /** Throws unless `kek` decrypts every signing key and rotated secret already in Redis. */
@@ -177,6 +191,7 @@ export async function startBroker(config: LoadedConfig, opts: BrokerOptions = {}
     });
     await requirements.assertMet(conns.describe());
     await assertBuckets(redis, keys);
+    warnSelfApproval(config, logger);
     const clock = new RedisClock(redis);
     await clock.start();
     undo.push(() => clock.stop());
@@ -185,6 +200,16 @@ export async function startBroker(config: LoadedConfig, opts: BrokerOptions = {}
     // misconfigured instance, which must not add keys of its own or run with stale secrets.
     await assertKekOpens(redis, keys, kek, ['aws', 'vault']);
     const metrics = new Metrics({ defaultMetrics: true, refreshMs: config.server.metricsRefreshSeconds * 1000 });
+    metrics.clockOffsetSource = () => -clock.skewMs;
+    clock.onStep = (stepMs) => {
+      metrics.clockSteps.inc({ direction: stepMs < 0 ? 'back' : 'forward' });
+      logger.error(
+        { stepMs },
+        stepMs < 0
+          ? "Redis's clock went back: every deadline and expiry decided on it (tasks, leases, approvals) now comes that much later. Check the clock of Redis's host (a failover to a host whose clock is off, an NTP step)."
+          : "Redis's clock jumped ahead: deadlines and expiries decided on it come that much sooner (tasks and leases may end early). Check the clock of Redis's host.",
+      );
+    };
     const retentionMs = config.tasks.retentionSeconds * 1000;
     const leases = new LeaseStore({ redis, keys, retentionMs });
     metrics.activeLeasesSource = () => leases.liveCount();

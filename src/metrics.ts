@@ -24,6 +24,10 @@ export class Metrics {
   readonly introspectSignatures: Counter<'check'>;
   readonly rotations: Counter<'target' | 'result'>;
   readonly replicaAcks: Counter<'result'>;
+  readonly clockSteps: Counter<'direction'>;
+  readonly clockOffset: Gauge;
+  /** Redis's clock minus this process's, in ms, as last measured (src/redis/clock.ts). */
+  clockOffsetSource: (() => number) | undefined;
   readonly policyInSync: Gauge;
   readonly outboxRecords: Gauge;
   readonly outboxOldest: Gauge;
@@ -127,6 +131,22 @@ export class Metrics {
       help: 'Waits for replicas after writes a failover must not lose (redis.replicaAck), by result: acked, timeout, error',
       labelNames: ['result'],
       registers,
+    });
+    // Deadlines and expiries are decided on Redis's clock: a step of it moves every one of them (docs/operations.md).
+    this.clockSteps = new Counter({
+      name: 'jit_redis_clock_steps_total',
+      help: "Steps of Redis's own clock between two syncs (over 1 s against this process's monotonic clock), by direction: deadlines and expiries moved by as much",
+      labelNames: ['direction'],
+      registers,
+    });
+    this.clockOffset = new Gauge({
+      name: 'jit_redis_clock_offset_seconds',
+      help: "Redis's clock minus this process's clock, as last measured (synced every 10 s)",
+      registers,
+      collect() {
+        const ms = metrics.clockOffsetSource?.();
+        if (ms !== undefined) this.set(ms / 1000);
+      },
     });
     this.policyInSync = new Gauge({
       name: 'jit_policy_in_sync',

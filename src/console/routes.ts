@@ -74,6 +74,22 @@ export function createConsole(deps: Deps, services: Services, opts: { dist?: str
   }
 
   r.get('/console/login', async (req, res) => {
+    // Signing in again ends the session this browser holds (a shared browser, or a person who suspects theirs):
+    // otherwise the old cookie's session lived on in Redis until it expired. (The cookie is SameSite=Strict, so
+    // only a sign-in started from the console's own pages carries it; a link from elsewhere ends nothing.)
+    const old = cookies.read(req, cookies.session);
+    if (old) {
+      const ended = await store.get(old);
+      await store.delete(old);
+      res.clearCookie(cookies.session, { ...cookies.sessionOptions(0), maxAge: undefined });
+      if (ended)
+        await deps.audit.append({
+          action: 'console.signout',
+          actor: ended.identity.id,
+          decision: 'ok',
+          detail: { reason: 'signed_in_again' },
+        });
+    }
     let start: Awaited<ReturnType<ConsoleOidcClient['start']>>;
     try {
       start = await oidc.start({ prompt: req.query.prompt === 'login' ? 'login' : undefined });

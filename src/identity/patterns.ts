@@ -27,3 +27,30 @@ export class IdentityPatterns {
     return this.match(identity) !== undefined;
   }
 }
+
+/** The identity below a `/*` pattern (`a/b/` for `a/b/*`), or undefined for an exact identity. */
+const prefixOf = (p: string): string | undefined => (p.endsWith('/*') ? p.slice(0, -1) : undefined);
+
+/**
+ * Pairs of patterns, one from each list, that some identity matches both of: equal exact identities, an exact
+ * identity below a `/*` pattern, or two `/*` patterns one of which is below the other.
+ */
+export function overlapping(a: readonly string[], b: readonly string[]): [string, string][] {
+  const out: [string, string][] = [];
+  for (const p of a) {
+    for (const q of b) {
+      const pp = prefixOf(p);
+      const qp = prefixOf(q);
+      const both =
+        pp === undefined && qp === undefined
+          ? p === q
+          : pp === undefined
+            ? p.length > qp!.length && p.startsWith(qp!)
+            : qp === undefined
+              ? q.length > pp.length && q.startsWith(pp)
+              : pp.startsWith(qp) || qp.startsWith(pp);
+      if (both) out.push([p, q]);
+    }
+  }
+  return out;
+}

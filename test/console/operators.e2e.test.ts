@@ -314,3 +314,50 @@ test('an agent page for an identity pattern says so, and so do its confirmations
   await page.getByRole('button', { name: /^Revoke all/ }).click();
   expect(await asked).toContain(`every identity matching the pattern ${pattern}`);
 });
+
+test('a flood of newer requests does not hide an older one: Show older requests adds it at the end, and nothing moves', async () => {
+  // Found from outside: the page read the newest 100 pending approvals and said nothing of the rest, so 100 requests
+  // from agents (6 tasks of the bound's 20 each) hid an older request from every approver in the console.
+  const old = await pendingApproval();
+  const flood: string[] = [];
+  for (let k = 0; k < 6; k++) {
+    const path = `/agent/flood-${k}`;
+    const taskId = await openTask(path, 'prod-deploy');
+    flood.push(taskId);
+    // Each TTL is another request, so another approval (one approval covers exactly what was asked).
+    for (let i = 0; i < 17; i++) {
+      const r = await call(s.url, 'POST', '/v1/credentials', s.t.as(path), { taskId, role: 'prod-deploy', ttlSeconds: 60 + i });
+      expect(r.status).toBe(202);
+    }
+  }
+  try {
+    await page.goto(`${s.url}/console/approvals`);
+    const more = page.getByRole('button', { name: 'Show older requests' });
+    await more.waitFor();
+    expect(await cardOf(old.taskId).count()).toBe(0);
+    const first = page.locator('li.card').first();
+    // Where the first card is on the page (not in the window: pressing the button scrolls down to it).
+    const top = async () => (await first.boundingBox())!.y + ((await page.evaluate('window.scrollY')) as number);
+    const before = await top();
+    const firstTask = await first.locator('dd:first-of-type a').textContent();
+    const shownBefore = (await cardTasks()).length;
+    await more.click();
+    const card = cardOf(old.taskId);
+    await card.waitFor();
+    // At the end of the list, under every card already shown; the first card stays where it was.
+    const after = await cardTasks();
+    expect(after.length).toBeGreaterThan(shownBefore);
+    expect(after.indexOf(old.taskId)).toBeGreaterThanOrEqual(shownBefore);
+    expect(await first.locator('dd:first-of-type a').textContent()).toBe(firstTask);
+    expect(await top()).toBe(before);
+    await card.getByRole('button', { name: /^Approve/ }).click();
+    await page
+      .getByRole('status')
+      .filter({ hasText: `Approved prod-deploy for task ${old.taskId}.` })
+      .waitFor();
+    expect(await statusOf(old.approvalId)).toBe('approved');
+  } finally {
+    // Completing a task ends its approvals: the later tests see a short list again.
+    for (const taskId of flood) await call(s.url, 'POST', `/v1/tasks/${taskId}/complete`, s.t.as(ORCH));
+  }
+});

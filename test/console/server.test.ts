@@ -281,6 +281,19 @@ describe('a broker with the console', () => {
     expect((await call(t.url, 'GET', '/console/api/v1/tasks/t-console-1', asPerson(cookie))).status).toBe(401);
   });
 
+  test('signing in again ends the session the browser held: it no longer answers, whatever becomes of the new sign-in', async () => {
+    // Found from outside: a second sign-in replaced the cookie in the browser but left the old session live in Redis
+    // until it expired, for whoever had copied that cookie (a shared browser, a person who suspected theirs).
+    const cookie = await session('admin');
+    const login = await fetch(`${t.url}/console/login`, { headers: asPerson(cookie), redirect: 'manual' });
+    expect([303, 502, 503]).toContain(login.status);
+    expect(login.headers.get('set-cookie')).toMatch(new RegExp(`(^|, )${cookieName()}=;.*Expires=Thu, 01 Jan 1970`));
+    expect((await call(t.url, 'GET', '/console/api/session', asPerson(cookie))).body).toEqual({ signedIn: false });
+    // Without a session cookie, a sign-in starts as before and ends nothing.
+    const fresh = await fetch(`${t.url}/console/login`, { redirect: 'manual' });
+    expect(fresh.headers.get('set-cookie') ?? '').not.toMatch(new RegExp(`(^|, )${cookieName()}=`));
+  });
+
   test('a quarantined person can still sign out: the session ends instead of waiting for the quarantine to be lifted', async () => {
     // Found from outside: Sign out answered 403 identity_quarantined, the page said "signed out" all the same, and
     // the session lived on in Redis and in the browser: back the moment the quarantine was lifted, for whoever

@@ -26,3 +26,56 @@ test('a sync whose first reply sat unread for a second still estimates Redis’s
   // Same machine: Redis's clock is the local one. Before: about 500 ms behind.
   expect(Math.abs(clock.skewMs)).toBeLessThan(250);
 });
+
+/**
+ * Redis's own clock stepping (a failover to a host whose clock is off, an NTP step on Redis's host) moves every
+ * deadline and expiry decided on it by as much: back by 30 s, tasks and leases end 30 s late. Nothing told an
+ * operator. A sync now compares how far Redis's clock went with how far this process's monotonic clock did.
+ */
+function shifted(by: { ms: number }) {
+  return {
+    time: async (): Promise<[string, string]> => {
+      const [s, us] = (await redis.time()) as [string | number, string | number];
+      const ms = Number(s) * 1000 + Math.floor(Number(us) / 1000) + by.ms;
+      return [String(Math.floor(ms / 1000)), String((ms % 1000) * 1000)];
+    },
+  };
+}
+
+test('Redis’s clock going back 30 s between two syncs is reported as a step of about -30 s; no step, nothing', async () => {
+  const by = { ms: 0 };
+  const clock = new RedisClock(shifted(by) as never);
+  const steps: number[] = [];
+  clock.onStep = (ms) => steps.push(ms);
+  await clock.sync();
+  await clock.sync();
+  expect(steps).toEqual([]);
+  by.ms = -30_000;
+  await clock.sync();
+  expect(steps).toHaveLength(1);
+  expect(Math.abs(steps[0]! + 30_000)).toBeLessThan(250);
+  // The clock now follows Redis's: deadlines are still decided on it.
+  expect(Math.abs(clock.skewMs - 30_000)).toBeLessThan(250);
+  await clock.sync();
+  expect(steps).toHaveLength(1);
+  by.ms = 30_000;
+  await clock.sync();
+  expect(steps).toHaveLength(2);
+  expect(Math.abs(steps[1]! - 60_000)).toBeLessThan(250);
+});
+
+test('this process’s own clock stepping is no step of Redis’s: the offset follows it', async () => {
+  const clock = new RedisClock(redis);
+  const steps: number[] = [];
+  clock.onStep = (ms) => steps.push(ms);
+  await clock.sync();
+  const real = Date.now;
+  Date.now = () => real() + 60_000;
+  try {
+    await clock.sync();
+  } finally {
+    Date.now = real;
+  }
+  expect(steps).toEqual([]);
+  expect(Math.abs(clock.skewMs - 60_000)).toBeLessThan(250);
+});

@@ -1,4 +1,4 @@
-import { useEffect, useMemo, useRef, useState } from 'preact/hooks';
+import { useCallback, useEffect, useMemo, useRef, useState } from 'preact/hooks';
 import { type Approval, api, type Page, seg, type Task } from '../api.ts';
 import { Decide } from '../components/decide.tsx';
 import { Forbidden, PageError } from '../components/problem.tsx';
@@ -15,7 +15,8 @@ export function ApprovalsPage() {
     3000,
     session.approver ? 'approvals' : 'none',
   );
-  const shown = useSteadyList(data?.items, data?.nextCursor === null);
+  const { cards: shown, append } = useSteadyList(data?.items, data?.nextCursor === null);
+  const older = useOlder(data?.nextCursor ?? null, append);
   // Each live card's height, so that one leaving the list leaves a gap of its size (nothing below it moves up).
   const heights = useRef(new Map<string, number>());
   const purposes = usePurposes(shown.map((c) => c.approval));
@@ -69,8 +70,49 @@ export function ApprovalsPage() {
           )}
         </ul>
       )}
+      {older.more && (
+        <div class="more-line">
+          <p class="muted">More requests wait than one page holds. Older ones are added at the end of the list, so that no card moves.</p>
+          <button type="button" class="secondary" disabled={older.loading} onClick={older.load}>
+            {older.loading ? 'Loading older requests…' : 'Show older requests'}
+          </button>
+          {older.error && (
+            <p class="error" role="alert">
+              {older.error}
+            </p>
+          )}
+        </div>
+      )}
     </>
   );
+}
+
+/**
+ * The pending approvals beyond the polled first page (the newest 100): a flood of new requests must not hide an
+ * older one from every approver. Each press reads the next page, from the first page's latest cursor, then from the
+ * last page read; what arrives goes to the end of the list (useSteadyList), where it moves nothing.
+ */
+function useOlder(firstCursor: string | null, append: (items: Approval[]) => void) {
+  const [cursor, setCursor] = useState<string | null | undefined>(undefined);
+  const [loading, setLoading] = useState(false);
+  const [error, setError] = useState('');
+  // Not pressed yet: the first page's cursor, whatever the latest poll says.
+  const next = cursor === undefined ? firstCursor : cursor;
+  const load = async () => {
+    if (!next || loading) return;
+    setLoading(true);
+    setError('');
+    try {
+      const page = await api<Page<Approval>>('GET', `/v1/approvals?status=pending&limit=100&cursor=${encodeURIComponent(next)}`);
+      append(page.items);
+      setCursor(page.nextCursor);
+    } catch (err) {
+      setError(`Could not read older requests: ${(err as Error).message}`);
+    } finally {
+      setLoading(false);
+    }
+  };
+  return { more: next !== null, loading, error, load };
 }
 
 /** A card of the list: the approval as last read, and whether it has left the pending list since. */
@@ -86,24 +128,35 @@ interface Card {
  * shown oldest first, requests that arrive later go to the end, and a card that leaves the list leaves an empty gap
  * of its size in its place until the page is loaded again.
  */
-function useSteadyList(items: Approval[] | undefined, complete: boolean): Card[] {
+function useSteadyList(items: Approval[] | undefined, complete: boolean): { cards: Card[]; append: (older: Approval[]) => void } {
   // Derived during render (not in an effect), so a new read never shows for a frame in the old order.
   const cards = useRef<Card[]>([]);
-  return useMemo(() => {
+  const [appended, setAppended] = useState(0);
+  const append = useCallback((older: Approval[]) => {
+    const known = new Set(cards.current.map((c) => c.approval.approvalId));
+    const added = older.filter((a) => !known.has(a.approvalId)).reverse();
+    if (added.length === 0) return;
+    cards.current = [...cards.current, ...added.map((approval) => ({ approval, ended: false }))];
+    setAppended((n) => n + 1);
+  }, []);
+  const shown = useMemo(() => {
     if (!items) return cards.current;
     const prev = cards.current;
     const now = new Map(items.map((a) => [a.approvalId, a]));
     const kept = prev.map((c) => {
       const a = now.get(c.approval.approvalId);
-      // Out of a list cut at its first page (a flood of newer requests), it may well be pending still: it stays
-      // live, and the broker answers for it if it is not (its role, scopes and TTL never change).
+      // Out of a list cut at its first page (a flood of newer requests, or a card read from an older page), it may
+      // well be pending still: it stays live, and the broker answers for it if it is not (its role, scopes and TTL
+      // never change).
       return a ? { approval: a, ended: false } : { approval: c.approval, ended: complete || c.ended };
     });
     const known = new Set(prev.map((c) => c.approval.approvalId));
     const arrived = items.filter((a) => !known.has(a.approvalId)).reverse();
     cards.current = [...kept, ...arrived.map((a) => ({ approval: a, ended: false }))];
     return cards.current;
-  }, [items, complete]);
+    // `appended` re-derives the list once older cards were added to it.
+  }, [items, complete, appended]);
+  return { cards: shown, append };
 }
 
 export function ApprovalFacts(props: { approval: Approval; purpose?: string }) {
