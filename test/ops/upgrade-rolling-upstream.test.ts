@@ -21,7 +21,8 @@ import { BROKER_POLICY } from '../providers/vault/helpers.ts';
  * either release (both run at once), a task's deadline and leases' TTLs passing while both sweep; then a worker
  * of each release SIGKILLed while it revokes (Vault sealed, so its Vault leases are `revoke_failed`; its deny
  * write to IAM held on the wire) and a worker of the other release finishing the job, the killed write landing
- * late over the other release's denies. Every credential either release issued must end upstream with its task,
+ * late over the other release's denies; and an API of each release SIGKILLed mid-issuance (STS made the session,
+ * its answer held) with only the other release's workers left to give it up. Every credential either release issued must end upstream with its task,
  * with one end record each, no lease left non-final, and no 5xx from the new processes.
  *
  * Found here: the deny written by a worker of the previous release could be undone for good by a late write of
@@ -37,7 +38,9 @@ import { BROKER_POLICY } from '../providers/vault/helpers.ts';
  * What held: Vault tokens and secrets of either API revoked by a worker of either release (their handles read
  * alike), a task's deadline and leases' TTLs ended by whichever sweeper came first, Vault leases left
  * `revoke_failed` by a killed worker of one release finished by the other, an old worker's late write over a
- * new worker's denies repaired by the read-back, one end record per lease, no 5xx from the new API.
+ * new worker's denies repaired by the read-back, an interrupted issuance of either API given up `failed` (one
+ * `credential.fail`) by a worker of the other and its session denied, one end record per lease, no 5xx from the
+ * new API.
  * Not here: a renewable Vault secret a new API issued whose revocation an old worker gives up at its first
  * `lease_duration` (the old worker does not read `endsBy`; docs/operations.md says to replace workers first).
  */
@@ -112,6 +115,8 @@ maybe(
         lockMs: 1000,
         stalledCheckMs: 500,
         sweepMs: 20,
+        // An issuance unconfirmed for 10 s is interrupted (AWS's own window is over a minute).
+        orphanMs: 10_000,
       },
     });
     const dir = mkdtempSync(join(tmpdir(), 'jit-upgrade-rolling-upstream-'));
@@ -176,6 +181,21 @@ maybe(
         return out;
       };
       /** Each kind from each API. */
+      /** An AWS issuance whose API is SIGKILLed once STS made the session (its answer held): the lease left `issuing`. */
+      const orphanOf = async (api: BrokerProcess, taskId: string): Promise<Issued> => {
+        await open(api, taskId);
+        const sessionCount = a.sessions().length;
+        a.holdAnswer('AssumeRole', 600_000);
+        const issuing = call(api.url, 'POST', '/v1/credentials', as(AGENT), { taskId, role: 'reports', ttlSeconds: 900 });
+        await waitFor(async () => a.sessions().length > sessionCount, 20_000, 20);
+        // Both releases keep a task's lease ids in the plain set.
+        const [leaseId] = await r.smembers(keys.taskLeasesLegacy(taskId));
+        expect(await status(leaseId!)).toBe('issuing');
+        const by = api === N ? ('new' as const) : ('old' as const);
+        await api.kill('SIGKILL');
+        await issuing.catch(() => undefined);
+        return { leaseId: leaseId!, taskId, by, kind: 'aws', accessKeyId: a.sessions().at(-1)!.accessKeyId };
+      };
       const issueAll = async (taskId: string, awsRoleName = 'reports') => {
         const out: Issued[] = [];
         for (const api of [O, N]) for (const role of ['vault-ops', 'orders-db', awsRoleName]) out.push(await issue(api, taskId, role));
@@ -276,6 +296,10 @@ maybe(
       v.unseal();
       await complete(N, 't-e');
       await allEnded([...td, ...te]);
+      // The new API dies mid-issuance (STS made the session, its answer held) with the old worker alone.
+      const newOrphan = await orphanOf(N, 't-issuing-new');
+      await waitFor(async () => (await status(newOrphan.leaseId)) === 'failed', 40_000, 100);
+      await allEnded([newOrphan]);
       heldNew.release();
       await heldNew.landed;
       expect(a.evaluate((te.find((c) => c.kind === 'aws') as { accessKeyId: string }).accessKeyId, 's3:GetObject', '*')).toBe('allow');
@@ -285,6 +309,11 @@ maybe(
       await allEnded(te);
       // Logged after the write, so it may reach the pipe after the session was seen denied.
       await waitFor(async () => /deny the broker wrote was missing/.test(NW3.output()), 10_000, 50);
+
+      // The old API dies mid-issuance the same way, with new workers alone.
+      const oldOrphan = await orphanOf(O, 't-issuing-old');
+      await waitFor(async () => (await status(oldOrphan.leaseId)) === 'failed', 40_000, 100);
+      await allEnded([oldOrphan]);
 
       // Every lease of either release ended, one end record each.
       const recs = await auditRecords(r, keys);
@@ -296,6 +325,10 @@ maybe(
       const byTask = issued.filter((c) => !ended.includes(c));
       expect(await statuses(byTask)).toEqual(byTask.map(() => 'revoked'));
       expect((await statuses(ended)).filter((s) => !FINAL.includes(s ?? ''))).toEqual([]);
+      for (const o of [newOrphan, oldOrphan]) {
+        expect(recs.filter((x) => x.action === 'credential.fail' && x.leaseId === o.leaseId)).toHaveLength(1);
+        expect(ends(o.leaseId)).toHaveLength(0);
+      }
       expect(fromNew).toEqual([]);
       expect(v.unhandled).toEqual([]);
     } finally {
