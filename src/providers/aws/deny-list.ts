@@ -262,9 +262,19 @@ export class DenyList {
     return parseDenyPolicy(await this.readIam(roleArn), this.d.clock());
   }
 
-  /** The ledger: the broker's own entries as last written (empty when none). */
+  /**
+   * The ledger: the broker's own entries as last written (empty when none), with those of the previous
+   * release's copy of the document (`<prefix>:aws:deny:<roleArn>:doc`, kept 15 min after its last write).
+   * During a rolling upgrade its workers deny sessions on the same roles and write only that copy: without it,
+   * a late write of this release's (a worker killed, or a request that timed out, while its document was on
+   * the wire) put back a policy without an old worker's deny, `verifyAll` found its own ledger whole, and the
+   * denied sessions worked again. Drop it once the previous release no longer writes it.
+   */
   private async cached(roleArn: string): Promise<DenyModel> {
-    return parse(await this.d.redis.get(this.keys(roleArn).ledger), this.d.clock());
+    const now = this.d.clock();
+    const ledger = parse(await this.d.redis.get(this.keys(roleArn).ledger), now);
+    const legacy = await this.d.redis.get(`${this.d.keyPrefix}:aws:deny:${roleArn}:doc`);
+    return legacy ? mergeModels(ledger, ownOnly(parse(legacy, now))) : ledger;
   }
 
   /**
@@ -315,6 +325,10 @@ export class DenyList {
       await this.rememberOwners(roleArn, model, tags, now);
       return 'covered';
     }
+    // Listed before the write: if this process dies while it is on the wire and it lands late, over another
+    // process's deny (the previous release's ones keep no ledger here), `verifyAll` looks at the role.
+    const until = this.ledger(model, now).until;
+    if (until !== undefined) await this.d.redis.zadd(this.rolesKey, 'GT', until, roleArn);
     if (!(await lock.held())) return 'lost';
     let written: 'written' | 'role_gone';
     try {
