@@ -1,20 +1,48 @@
+import { performance } from 'node:perf_hooks';
 import type { RedisClient } from './scripts.ts';
 
 /** Round trips measured per sync at most, and one short enough to stop at (its error is at most half of it). */
 const SAMPLES = 4;
 const GOOD_RTT_MS = 4;
+/**
+ * How far the wall clock may move apart from the monotonic one since the last sync before the estimate is
+ * taken to be broken (a step of the wall clock, or a suspended process) and measured again at once. The two
+ * advance together within microseconds a second otherwise (NTP slews both).
+ */
+const STEP_MS = 1000;
+
+/** Redis's clock at one moment, with the process's wall and monotonic clocks at that moment. */
+interface Anchor {
+  redis: number;
+  wall: number;
+  mono: number;
+}
 
 /**
- * Redis's clock as seen from this process: the offset between Redis `TIME`
- * and the local clock, re-measured periodically. Deadlines, expiries and key
- * activation are decided on Redis's clock (inside the deciding Lua script
- * where there is one; here where a decision is made in-process, e.g. which
- * signing key is active), so a process whose clock is off by a minute neither
- * ends tasks early nor keeps credentials late.
+ * Redis's clock as seen from this process: Redis `TIME` at the last sync,
+ * plus the time elapsed here since, re-measured periodically. Deadlines,
+ * expiries and key activation are decided on Redis's clock (inside the
+ * deciding Lua script where there is one; here where a decision is made
+ * in-process, e.g. which signing key is active, or whether a failing
+ * revocation may be given up), so a process whose clock is off by a minute
+ * neither ends tasks early nor keeps credentials late.
+ *
+ * The elapsed time is the lesser of the wall clock's and the monotonic
+ * clock's. Adding the wall clock alone (what this did) carried a step of it
+ * straight into the estimate until the next sync, up to 10 s later: a
+ * process clock an hour behind that NTP set right (or `date -s`) put the
+ * estimate an hour ahead, and the worker gave up failing revocations as if
+ * their credentials had expired, with the credentials still working upstream
+ * (test/faults/clock-step.test.ts). The monotonic clock does not step, but
+ * stands still while the machine is suspended: the lesser of the two is
+ * never ahead of Redis's clock for either cause (a late give-up, a late
+ * prune, a key activated a moment late: never an early end), and when they
+ * disagree the clock is measured again at once.
  */
 export class RedisClock {
   private offsetMs = 0;
-  private synced = false;
+  private anchor: Anchor | undefined;
+  private resync: Promise<void> | undefined;
   private timer: NodeJS.Timeout | undefined;
   private readonly redis: RedisClient;
 
@@ -24,7 +52,13 @@ export class RedisClock {
 
   /** Milliseconds since the epoch on Redis's clock (the local clock until the first sync). */
   now(): number {
-    return Date.now() + this.offsetMs;
+    const wall = Date.now();
+    const a = this.anchor;
+    if (!a) return wall + this.offsetMs;
+    const wallElapsed = wall - a.wall;
+    const monoElapsed = performance.now() - a.mono;
+    if (Math.abs(wallElapsed - monoElapsed) > STEP_MS) this.resyncNow();
+    return Math.round(a.redis + Math.min(wallElapsed, monoElapsed));
   }
 
   /** Local clock minus Redis clock, in ms (for logs and /readyz). */
@@ -33,7 +67,7 @@ export class RedisClock {
   }
 
   get isSynced(): boolean {
-    return this.synced;
+    return this.anchor !== undefined;
   }
 
   /**
@@ -42,19 +76,31 @@ export class RedisClock {
    * The sample with the shortest round trip of a few is kept (as NTP does), stopping at one of a few ms.
    */
   async sync(samples = SAMPLES): Promise<void> {
-    let best: { rtt: number; offset: number } | undefined;
+    let best: { rtt: number; anchor: Anchor } | undefined;
     for (let i = 0; i < samples; i++) {
-      const t0 = Date.now();
+      const w0 = Date.now();
+      const m0 = performance.now();
       const [s, us] = await this.redis.time();
-      const t1 = Date.now();
+      const m1 = performance.now();
+      const w1 = Date.now();
       const redisMs = Number(s) * 1000 + Math.floor(Number(us) / 1000);
-      const sample = { rtt: t1 - t0, offset: redisMs - Math.round((t0 + t1) / 2) };
+      const sample = { rtt: m1 - m0, anchor: { redis: redisMs, wall: (w0 + w1) / 2, mono: (m0 + m1) / 2 } };
       if (!best || sample.rtt < best.rtt) best = sample;
       if (best.rtt <= GOOD_RTT_MS) break;
     }
     if (!best) return;
-    this.offsetMs = best.offset;
-    this.synced = true;
+    this.anchor = best.anchor;
+    this.offsetMs = Math.round(best.anchor.redis - best.anchor.wall);
+  }
+
+  /** One sync at a time, started by now() when the wall and monotonic clocks disagree (failures keep the anchor). */
+  private resyncNow(): void {
+    if (this.resync) return;
+    this.resync = this.sync()
+      .catch(() => {})
+      .finally(() => {
+        this.resync = undefined;
+      });
   }
 
   /** Syncs now and every `intervalMs` (failures keep the last offset). */

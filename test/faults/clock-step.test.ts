@@ -1,0 +1,104 @@
+import { resolve } from 'node:path';
+import { jest } from '@jest/globals';
+import { loadConfig } from '../../src/config/load.ts';
+import { startVaultEmulator, type VaultEmulator } from '../emulators/vault/index.ts';
+import {
+  AGENT,
+  ORCH,
+  call,
+  dropPrefix,
+  startTestBroker,
+  testConfigFile,
+  uniquePrefix,
+  waitFor,
+  type TestBroker,
+} from '../helpers/broker.ts';
+import { TestIssuer } from '../helpers/identity.ts';
+import { type BrokerProcess, START_TIMEOUT_MS, startBrokerProcess } from '../helpers/process.ts';
+import { BROKER_POLICY } from '../providers/vault/helpers.ts';
+
+/**
+ * Fault: a worker's wall clock is an hour behind (NTP broken; test/faults/clock-skew.test.ts shows the broker
+ * decides on Redis's clock anyway), then NTP sets it right in one step, while Vault is sealed and a task is
+ * completed. The worker estimated Redis's clock as its wall clock plus the offset measured at the last sync
+ * (every 10 s): right after the step that estimate was an hour ahead, so the first failed revoke attempt found
+ * the token's expiry passed and ended the lease `expired` for good, while the token worked on in Vault for the
+ * rest of its TTL, nobody retrying. The estimate now adds the lesser of the wall and monotonic clocks' elapsed
+ * time (src/redis/clock.ts): the revocation is retried until Vault confirms it.
+ */
+jest.setTimeout(START_TIMEOUT_MS + 60_000);
+const SHIM = resolve('test/faults/step-clock.mjs');
+const HOUR = 3_600_000;
+const issuer = new TestIssuer();
+const prefix = uniquePrefix('clock-step');
+let emu: VaultEmulator | undefined;
+let worker: BrokerProcess | undefined;
+let api: TestBroker | undefined;
+
+afterAll(async () => {
+  await worker?.kill();
+  await api?.broker.close();
+  await emu?.stop();
+  await dropPrefix(prefix);
+});
+
+const as = (path: string) => ({ authorization: `Bearer ${issuer.svid(path)}` });
+
+test('a worker clock stepped an hour forward gives up no revocation while its Vault token still works', async () => {
+  emu = await startVaultEmulator({ policies: { 'jit-broker': BROKER_POLICY, 'ops-read': ['secret/ops/*'] } });
+  const { token } = emu.createToken({ policies: ['jit-broker', 'ops-read'] });
+  const file = testConfigFile(issuer, prefix, {
+    providers: { vault: { address: emu.url, auth: { token }, requestTimeoutMs: 2000 } },
+    roles: { 'vault-ops': { provider: 'vault', token: { policies: ['ops-read'] }, maxTtlSeconds: 600 } },
+    revocation: { backoffMs: 100, maxBackoffMs: 500, reconcileIntervalMs: 60_000, lockMs: 1000, stalledCheckMs: 500, sweepMs: 50 },
+  });
+  // The only worker: its clock is an hour behind until SIGUSR2 steps it right.
+  worker = await startBrokerProcess(file, {
+    args: ['--worker'],
+    env: { NODE_OPTIONS: `--import=${SHIM}`, JIT_TEST_CLOCK_SKEW_MS: String(-HOUR) },
+  });
+  api = await startTestBroker('clock-step-api', { prefix, issuer, loaded: loadConfig({}, file), broker: { worker: false } });
+  const { leases } = api.broker.deps;
+
+  const open = await call(api.url, 'POST', '/v1/tasks', as(ORCH), {
+    taskId: 't-step',
+    agent: `spiffe://dev.local${AGENT}`,
+    tenant: 'acme',
+    purpose: 'clock step',
+    ttlSeconds: 900,
+    grants: [{ role: 'vault-ops', scopes: ['ops-read'] }],
+  });
+  expect(open.status).toBe(201);
+  const cred = await call(api.url, 'POST', '/v1/credentials', as(AGENT), { taskId: 't-step', role: 'vault-ops', ttlSeconds: 600 });
+  expect(cred.status).toBe(201);
+  const vaultToken = cred.body.credentials.token as string;
+  expect(emu.isTokenValid(vaultToken)).toBe(true);
+
+  // Vault cannot revoke anything for a while; the worker's clock is set right; the orchestrator ends the task.
+  emu.seal();
+  const stepped = worker.output().length;
+  worker.child.kill('SIGUSR2');
+  await waitFor(async () => worker!.output().slice(stepped).includes('clock stepped'), 10_000, 10);
+  const done = await call(api.url, 'POST', '/v1/tasks/t-step/complete', as(ORCH));
+  expect(done.status).toBe(202);
+
+  // The first attempt fails (sealed). Before: the lease ended `expired` there, with the token ten minutes from
+  // its end. Now it shows `revoke_failed`, and is retried.
+  const failing = await waitFor(async () => {
+    const l = await leases.get(cred.body.leaseId);
+    return l && (l.status === 'revoke_failed' || LeaseEnded.has(l.status)) && l;
+  }, 20_000);
+  expect(failing).toMatchObject({ status: 'revoke_failed', lastError: expect.any(String) });
+  expect(emu.isTokenValid(vaultToken)).toBe(true);
+
+  // Vault is back: the retry revokes the token, and only then does the lease end.
+  emu.unseal();
+  const ended = await waitFor(async () => {
+    const l = await leases.get(cred.body.leaseId);
+    return l && LeaseEnded.has(l.status) && l;
+  }, 20_000);
+  expect(ended).toMatchObject({ status: 'revoked', reason: 'task_completed' });
+  expect(emu.isTokenValid(vaultToken)).toBe(false);
+});
+
+const LeaseEnded = new Set(['revoked', 'expired', 'failed']);
