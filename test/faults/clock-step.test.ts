@@ -1,6 +1,7 @@
 import { resolve } from 'node:path';
 import { jest } from '@jest/globals';
 import { loadConfig } from '../../src/config/load.ts';
+import { startAwsEmulator, type AwsEmulator } from '../emulators/aws/index.ts';
 import { startVaultEmulator, type VaultEmulator } from '../emulators/vault/index.ts';
 import {
   AGENT,
@@ -15,6 +16,7 @@ import {
 } from '../helpers/broker.ts';
 import { TestIssuer } from '../helpers/identity.ts';
 import { type BrokerProcess, START_TIMEOUT_MS, startBrokerProcess } from '../helpers/process.ts';
+import { brokerAwsSettings } from '../providers/aws/helpers.ts';
 import { BROKER_POLICY } from '../providers/vault/helpers.ts';
 
 /**
@@ -32,32 +34,49 @@ const HOUR = 3_600_000;
 const issuer = new TestIssuer();
 const prefix = uniquePrefix('clock-step');
 let emu: VaultEmulator | undefined;
-let worker: BrokerProcess | undefined;
-let api: TestBroker | undefined;
+let aws: AwsEmulator | undefined;
+const workers: BrokerProcess[] = [];
+const apis: TestBroker[] = [];
 
 afterAll(async () => {
-  await worker?.kill();
-  await api?.broker.close();
+  for (const w of workers) await w.kill();
+  for (const a of apis) await a.broker.close();
   await emu?.stop();
+  await aws?.stop();
   await dropPrefix(prefix);
+  await dropPrefix(`${prefix}-aws`);
 });
+
+/** The only worker, its clock an hour behind until `step` sets it right (SIGUSR2); an API without a worker. */
+async function stack(name: string, pfx: string, overrides: Record<string, unknown>) {
+  const file = testConfigFile(issuer, pfx, {
+    ...overrides,
+    revocation: { backoffMs: 100, maxBackoffMs: 500, reconcileIntervalMs: 60_000, lockMs: 1000, stalledCheckMs: 500, sweepMs: 50 },
+  });
+  const worker = await startBrokerProcess(file, {
+    args: ['--worker'],
+    env: { NODE_OPTIONS: `--import=${SHIM}`, JIT_TEST_CLOCK_SKEW_MS: String(-HOUR) },
+  });
+  workers.push(worker);
+  const api = await startTestBroker(name, { prefix: pfx, issuer, loaded: loadConfig({}, file), broker: { worker: false } });
+  apis.push(api);
+  const step = async () => {
+    const from = worker.output().length;
+    worker.child.kill('SIGUSR2');
+    await waitFor(async () => worker.output().slice(from).includes('clock stepped'), 10_000, 10);
+  };
+  return { api, step };
+}
 
 const as = (path: string) => ({ authorization: `Bearer ${issuer.svid(path)}` });
 
 test('a worker clock stepped an hour forward gives up no revocation while its Vault token still works', async () => {
   emu = await startVaultEmulator({ policies: { 'jit-broker': BROKER_POLICY, 'ops-read': ['secret/ops/*'] } });
   const { token } = emu.createToken({ policies: ['jit-broker', 'ops-read'] });
-  const file = testConfigFile(issuer, prefix, {
+  const { api, step } = await stack('clock-step-vault', prefix, {
     providers: { vault: { address: emu.url, auth: { token }, requestTimeoutMs: 2000 } },
     roles: { 'vault-ops': { provider: 'vault', token: { policies: ['ops-read'] }, maxTtlSeconds: 600 } },
-    revocation: { backoffMs: 100, maxBackoffMs: 500, reconcileIntervalMs: 60_000, lockMs: 1000, stalledCheckMs: 500, sweepMs: 50 },
   });
-  // The only worker: its clock is an hour behind until SIGUSR2 steps it right.
-  worker = await startBrokerProcess(file, {
-    args: ['--worker'],
-    env: { NODE_OPTIONS: `--import=${SHIM}`, JIT_TEST_CLOCK_SKEW_MS: String(-HOUR) },
-  });
-  api = await startTestBroker('clock-step-api', { prefix, issuer, loaded: loadConfig({}, file), broker: { worker: false } });
   const { leases } = api.broker.deps;
 
   const open = await call(api.url, 'POST', '/v1/tasks', as(ORCH), {
@@ -76,9 +95,7 @@ test('a worker clock stepped an hour forward gives up no revocation while its Va
 
   // Vault cannot revoke anything for a while; the worker's clock is set right; the orchestrator ends the task.
   emu.seal();
-  const stepped = worker.output().length;
-  worker.child.kill('SIGUSR2');
-  await waitFor(async () => worker!.output().slice(stepped).includes('clock stepped'), 10_000, 10);
+  await step();
   const done = await call(api.url, 'POST', '/v1/tasks/t-step/complete', as(ORCH));
   expect(done.status).toBe(202);
 
@@ -99,6 +116,44 @@ test('a worker clock stepped an hour forward gives up no revocation while its Va
   }, 20_000);
   expect(ended).toMatchObject({ status: 'revoked', reason: 'task_completed' });
   expect(emu.isTokenValid(vaultToken)).toBe(false);
+});
+
+/**
+ * The same step on AWS, where nothing upstream has to fail: the deny of a session whose end (plus
+ * `clockSkewSeconds`) the estimate put in the past was skipped as needless, and the lease ended `revoked`
+ * with the session still allowed (and any deny list write in that moment pruned live denies as expired).
+ */
+test('a worker clock stepped an hour forward denies the AWS session of a completed task', async () => {
+  aws = await startAwsEmulator();
+  const user = aws.createUser('jit-broker');
+  const role = aws.createRole('agent-reports', { maxSessionDuration: 3600, trust: [user.arn] });
+  const { api, step } = await stack('clock-step-aws', `${prefix}-aws`, {
+    providers: { aws: brokerAwsSettings(aws.url, user, { revocation: 'iam-deny', requestTimeoutMs: 2000 }) },
+    roles: { 'reports-bucket': { provider: 'aws', roleArn: role.arn, maxTtlSeconds: 3600 } },
+  });
+  const open = await call(api.url, 'POST', '/v1/tasks', as(ORCH), {
+    taskId: 't-step-aws',
+    agent: `spiffe://dev.local${AGENT}`,
+    tenant: 'acme',
+    purpose: 'clock step',
+    ttlSeconds: 3600,
+    grants: [{ role: 'reports-bucket', scopes: ['s3:GetObject'] }],
+  });
+  expect(open.status).toBe(201);
+  const cred = await call(api.url, 'POST', '/v1/credentials', as(AGENT), { taskId: 't-step-aws', role: 'reports-bucket', ttlSeconds: 900 });
+  expect(cred.status).toBe(201);
+  const key = cred.body.credentials.AccessKeyId as string;
+  expect(aws.evaluate(key, 's3:GetObject', 'arn:aws:s3:::reports/x')).toBe('allow');
+
+  await step();
+  expect((await call(api.url, 'POST', '/v1/tasks/t-step-aws/complete', as(ORCH))).status).toBe(202);
+  const ended = await waitFor(async () => {
+    const l = await api.broker.deps.leases.get(cred.body.leaseId);
+    return l && LeaseEnded.has(l.status) && l;
+  }, 20_000);
+  expect(ended).toMatchObject({ status: 'revoked', reason: 'task_completed' });
+  // Before: `revoked`, and still allowed.
+  expect(aws.evaluate(key, 's3:GetObject', 'arn:aws:s3:::reports/x')).toBe('explicit-deny');
 });
 
 const LeaseEnded = new Set(['revoked', 'expired', 'failed']);
