@@ -45,17 +45,30 @@ afterAll(async () => {
   await aws?.stop();
   await dropPrefix(prefix);
   await dropPrefix(`${prefix}-aws`);
+  await dropPrefix(`${prefix}-fast`);
 });
 
 /** The only worker, its clock an hour behind until `step` sets it right (SIGUSR2); an API without a worker. */
-async function stack(name: string, pfx: string, overrides: Record<string, unknown>) {
+async function stack(
+  name: string,
+  pfx: string,
+  overrides: Record<string, unknown>,
+  opts: { skewMs?: number; reconcileIntervalMs?: number } = {},
+) {
   const file = testConfigFile(issuer, pfx, {
     ...overrides,
-    revocation: { backoffMs: 100, maxBackoffMs: 500, reconcileIntervalMs: 60_000, lockMs: 1000, stalledCheckMs: 500, sweepMs: 50 },
+    revocation: {
+      backoffMs: 100,
+      maxBackoffMs: 500,
+      reconcileIntervalMs: opts.reconcileIntervalMs ?? 60_000,
+      lockMs: 1000,
+      stalledCheckMs: 500,
+      sweepMs: 50,
+    },
   });
   const worker = await startBrokerProcess(file, {
     args: ['--worker'],
-    env: { NODE_OPTIONS: `--import=${SHIM}`, JIT_TEST_CLOCK_SKEW_MS: String(-HOUR) },
+    env: { NODE_OPTIONS: `--import=${SHIM}`, JIT_TEST_CLOCK_SKEW_MS: String(opts.skewMs ?? -HOUR) },
   });
   workers.push(worker);
   const api = await startTestBroker(name, { prefix: pfx, issuer, loaded: loadConfig({}, file), broker: { worker: false } });
@@ -154,6 +167,63 @@ test('a worker clock stepped an hour forward denies the AWS session of a complet
   expect(ended).toMatchObject({ status: 'revoked', reason: 'task_completed' });
   // Before: `revoked`, and still allowed.
   expect(aws.evaluate(key, 's3:GetObject', 'arn:aws:s3:::reports/x')).toBe('explicit-deny');
+});
+
+/**
+ * The other way: a worker an hour fast set right. BullMQ schedules a failed job's retry on the worker's wall
+ * clock (its own `Date.now()` plus the backoff): the last retry that worker scheduled before the step was due
+ * an hour out, and the reconciler's re-enqueue of the `revoke_failed` lease was a no-op beside it (same job
+ * id). Vault back, the token stayed valid for that hour with nobody retrying. The reconciler now brings
+ * forward a lease's retry due further away than `maxBackoffMs` on Redis's clock (RevocationQueue.promoteFarRetries).
+ */
+test('a retry a fast worker scheduled before its clock was set right is not left an hour away', async () => {
+  // The first test's Vault when it ran (it is left sealed), a new one when this test runs alone.
+  emu ??= await startVaultEmulator({ policies: { 'jit-broker': BROKER_POLICY, 'ops-read': ['secret/ops/*'] } });
+  const vault = emu;
+  const { token } = vault.createToken({ policies: ['jit-broker', 'ops-read'] });
+  const { api, step } = await stack(
+    'clock-step-fast',
+    `${prefix}-fast`,
+    {
+      providers: { vault: { address: vault.url, auth: { token }, requestTimeoutMs: 2000 } },
+      roles: { 'vault-ops': { provider: 'vault', token: { policies: ['ops-read'] }, maxTtlSeconds: 600 } },
+    },
+    { skewMs: HOUR, reconcileIntervalMs: 1000 },
+  );
+  const { leases } = api.broker.deps;
+  vault.unseal();
+  const open = await call(api.url, 'POST', '/v1/tasks', as(ORCH), {
+    taskId: 't-step-fast',
+    agent: `spiffe://dev.local${AGENT}`,
+    tenant: 'acme',
+    purpose: 'clock step',
+    ttlSeconds: 900,
+    grants: [{ role: 'vault-ops', scopes: ['ops-read'] }],
+  });
+  expect(open.status).toBe(201);
+  const cred = await call(api.url, 'POST', '/v1/credentials', as(AGENT), { taskId: 't-step-fast', role: 'vault-ops', ttlSeconds: 600 });
+  expect(cred.status).toBe(201);
+  const vaultToken = cred.body.credentials.token as string;
+
+  vault.seal();
+  expect((await call(api.url, 'POST', '/v1/tasks/t-step-fast/complete', as(ORCH))).status).toBe(202);
+  await waitFor(async () => (await leases.get(cred.body.leaseId))?.status === 'revoke_failed', 20_000);
+  // Its retry is scheduled on the worker's clock, an hour out by Redis's (BullMQ's delayed set of the one
+  // queue, `revocation.queues` 1: due ms × 0x1000).
+  const { queue } = api.broker.deps;
+  await waitFor(async () => {
+    const score = await api.broker.deps.redis.zscore(queue.queues[0]!.keys.delayed!, `lease-end-${cred.body.leaseId}`);
+    return score !== null && Number(score) / 0x1000 > Date.now() + HOUR / 2;
+  }, 20_000);
+  await step();
+  vault.unseal();
+  // Before: still `revoke_failed` an hour later, the token valid.
+  const ended = await waitFor(async () => {
+    const l = await leases.get(cred.body.leaseId);
+    return l && LeaseEnded.has(l.status) && l;
+  }, 20_000);
+  expect(ended).toMatchObject({ status: 'revoked', reason: 'task_completed' });
+  expect(vault.isTokenValid(vaultToken)).toBe(false);
 });
 
 const LeaseEnded = new Set(['revoked', 'expired', 'failed']);
