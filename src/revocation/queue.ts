@@ -102,15 +102,17 @@ export class RevocationQueue {
    * (test/faults/clock-step.test.ts). A job promoted or finished meanwhile is left as it is.
    */
   async promoteFarRetries(leaseIds: readonly string[], latest: number): Promise<number> {
-    let n = 0;
-    for (const leaseId of leaseIds) {
+    const jobs = leaseIds.flatMap((leaseId) => {
       const b = this.keys.bucketOfId(leaseId);
-      if (b === undefined) continue;
-      const q = this.queueOf(b);
-      const id = leaseEndJobId(leaseId);
-      // The delayed set's score is the due time (ms) times 0x1000, plus an ordering counter (BullMQ's getDelayedScore.lua).
-      const score = await this.redis.zscore(q.keys.delayed!, id);
-      if (score === null || Math.floor(Number(score) / 0x1000) <= latest) continue;
+      return b === undefined ? [] : [{ q: this.queueOf(b), id: leaseEndJobId(leaseId) }];
+    });
+    // A page's leases at once (one round trip's worth); the delayed set's score is the due time (ms) times
+    // 0x1000, plus an ordering counter (BullMQ's getDelayedScore.lua).
+    const scores = await Promise.all(jobs.map(({ q, id }) => this.redis.zscore(q.keys.delayed!, id)));
+    let n = 0;
+    for (const [i, { q, id }] of jobs.entries()) {
+      const score = scores[i];
+      if (score === null || score === undefined || Math.floor(Number(score) / 0x1000) <= latest) continue;
       try {
         await (await q.getJob(id))?.promote();
         n++;
