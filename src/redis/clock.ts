@@ -1,38 +1,58 @@
+import { performance } from 'node:perf_hooks';
 import type { RedisClient } from './scripts.ts';
 
 /** Round trips measured per sync at most, and one short enough to stop at (its error is at most half of it). */
 const SAMPLES = 4;
 const GOOD_RTT_MS = 4;
-/** Redis's clock moving this much more or less than this process's monotonic clock between two syncs is a step. */
+/**
+ * How far the wall clock may move apart from the monotonic one since the last sync before the estimate is
+ * taken to be broken (a step of the wall clock, or a suspended process) and measured again at once. The two
+ * advance together within microseconds a second otherwise (NTP slews both).
+ */
 const STEP_MS = 1000;
 
-interface Sample {
-  rtt: number;
-  offset: number;
-  /** Redis's TIME, and this process's monotonic clock halfway through the round trip. */
-  redisMs: number;
+/** Redis's clock at one moment, with the process's wall and monotonic clocks at that moment. */
+interface Anchor {
+  redis: number;
+  wall: number;
   mono: number;
 }
 
 /**
- * Redis's clock as seen from this process: the offset between Redis `TIME`
- * and the local clock, re-measured periodically. Deadlines, expiries and key
- * activation are decided on Redis's clock (inside the deciding Lua script
- * where there is one; here where a decision is made in-process, e.g. which
- * signing key is active), so a process whose clock is off by a minute neither
- * ends tasks early nor keeps credentials late.
+ * Redis's clock as seen from this process: Redis `TIME` at the last sync,
+ * plus the time elapsed here since, re-measured periodically. Deadlines,
+ * expiries and key activation are decided on Redis's clock (inside the
+ * deciding Lua script where there is one; here where a decision is made
+ * in-process, e.g. which signing key is active, or whether a failing
+ * revocation may be given up), so a process whose clock is off by a minute
+ * neither ends tasks early nor keeps credentials late.
+ *
+ * The elapsed time is the lesser of the wall clock's and the monotonic
+ * clock's. Adding the wall clock alone (what this did) carried a step of it
+ * straight into the estimate until the next sync, up to 10 s later: a
+ * process clock an hour behind that NTP set right (or `date -s`) put the
+ * estimate an hour ahead, and the worker gave up failing revocations as if
+ * their credentials had expired, with the credentials still working upstream
+ * (test/faults/clock-step.test.ts). The monotonic clock does not step, but
+ * stands still while the machine is suspended: the lesser of the two is
+ * never ahead of Redis's clock for either cause (a late give-up, a late
+ * prune, a key activated a moment late: never an early end), and when they
+ * disagree the clock is measured again at once.
  */
 export class RedisClock {
   private offsetMs = 0;
-  private synced = false;
-  private last: Sample | undefined;
+  private anchor: Anchor | undefined;
+  /** The round trip of the sample the anchor came from: the anchor is off by at most half of it. */
+  private anchorRtt = 0;
   /**
    * Told when Redis's own clock stepped between two syncs (ms, negative: back), as after a failover to a host
    * whose clock is off or an NTP step on Redis's host. Every deadline and expiry decided on it moves by as much
    * (back: tasks and leases end that much later), and nothing here can tell which clock was right, so it is
-   * reported for an operator (src/broker.ts). A step of this process's own clock is not one: the offset follows it.
+   * reported for an operator (src/broker.ts). A step of this process's own clock is not one (the monotonic
+   * clock is what Redis's is compared with).
    */
   onStep: ((stepMs: number) => void) | undefined;
+  private resync: Promise<void> | undefined;
   private timer: NodeJS.Timeout | undefined;
   private readonly redis: RedisClient;
 
@@ -42,7 +62,13 @@ export class RedisClock {
 
   /** Milliseconds since the epoch on Redis's clock (the local clock until the first sync). */
   now(): number {
-    return Date.now() + this.offsetMs;
+    const wall = Date.now();
+    const a = this.anchor;
+    if (!a) return wall + this.offsetMs;
+    const wallElapsed = wall - a.wall;
+    const monoElapsed = performance.now() - a.mono;
+    if (Math.abs(wallElapsed - monoElapsed) > STEP_MS) this.resyncNow();
+    return Math.round(a.redis + Math.min(wallElapsed, monoElapsed));
   }
 
   /** Local clock minus Redis clock, in ms (for logs and /readyz). */
@@ -51,7 +77,7 @@ export class RedisClock {
   }
 
   get isSynced(): boolean {
-    return this.synced;
+    return this.anchor !== undefined;
   }
 
   /**
@@ -60,32 +86,48 @@ export class RedisClock {
    * The sample with the shortest round trip of a few is kept (as NTP does), stopping at one of a few ms.
    */
   async sync(samples = SAMPLES): Promise<void> {
-    let best: Sample | undefined;
+    let best: { rtt: number; anchor: Anchor } | undefined;
     for (let i = 0; i < samples; i++) {
-      const t0 = Date.now();
+      const w0 = Date.now();
       const m0 = performance.now();
       const [s, us] = await this.redis.time();
       const m1 = performance.now();
-      const t1 = Date.now();
+      const w1 = Date.now();
       const redisMs = Number(s) * 1000 + Math.floor(Number(us) / 1000);
-      const sample = { rtt: m1 - m0, offset: redisMs - Math.round((t0 + t1) / 2), redisMs, mono: (m0 + m1) / 2 };
+      const sample = { rtt: m1 - m0, anchor: { redis: redisMs, wall: (w0 + w1) / 2, mono: (m0 + m1) / 2 } };
       if (!best || sample.rtt < best.rtt) best = sample;
       if (best.rtt <= GOOD_RTT_MS) break;
     }
     if (!best) return;
-    this.noticeStep(best);
-    this.offsetMs = best.offset;
-    this.synced = true;
+    this.noticeStep(best.anchor, best.rtt);
+    this.anchor = best.anchor;
+    this.anchorRtt = best.rtt;
+    this.offsetMs = Math.round(best.anchor.redis - best.anchor.wall);
   }
 
-  /** Compares how far Redis's clock went since the last sync with how far the monotonic clock did. */
-  private noticeStep(now: Sample): void {
-    const last = this.last;
-    this.last = now;
+  /**
+   * Compares how far Redis's clock went since the last sync with how far this process's clocks did. Only a
+   * difference from both is Redis's step: one from the wall clock alone is a step of the wall clock, one from the
+   * monotonic clock alone is this machine's suspension (the monotonic clock stands still meanwhile).
+   */
+  private noticeStep(now: Anchor, rtt: number): void {
+    const last = this.anchor;
     if (!last) return;
-    const step = now.redisMs - (last.redisMs + (now.mono - last.mono));
-    // Each estimate is off by at most half its round trip: a slow pair of syncs is no step.
-    if (Math.abs(step) > Math.max(STEP_MS, now.rtt + last.rtt)) this.onStep?.(Math.round(step));
+    const byMono = now.redis - (last.redis + (now.mono - last.mono));
+    const byWall = now.redis - (last.redis + (now.wall - last.wall));
+    const step = Math.abs(byMono) < Math.abs(byWall) ? byMono : byWall;
+    // Each anchor is off by at most half its round trip: a slow pair of syncs is no step.
+    if (Math.abs(step) > Math.max(STEP_MS, rtt + this.anchorRtt)) this.onStep?.(Math.round(step));
+  }
+
+  /** One sync at a time, started by now() when the wall and monotonic clocks disagree (failures keep the anchor). */
+  private resyncNow(): void {
+    if (this.resync) return;
+    this.resync = this.sync()
+      .catch(() => {})
+      .finally(() => {
+        this.resync = undefined;
+      });
   }
 
   /** Syncs now and every `intervalMs` (failures keep the last offset). */

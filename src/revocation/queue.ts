@@ -33,10 +33,12 @@ const taskEndJobId = (taskId: string, at: number) =>
 export class RevocationQueue {
   readonly queues: Queue<RevocationJob>[];
   private readonly keys: Keys;
+  private readonly redis: RedisClient;
   private readonly opts: JobsOptions;
 
   constructor(connection: RedisClient, keys: Keys, settings: { queues: number }, onError: (err: Error) => void = () => {}) {
     this.keys = keys;
+    this.redis = connection;
     this.queues = Array.from({ length: settings.queues }, (_, g) => {
       const q = new Queue<RevocationJob>(QUEUE_NAME, { connection, prefix: keys.queuePrefix(g) });
       // An 'error' event without a listener would crash the process (a Redis failover emits some).
@@ -87,6 +89,38 @@ export class RevocationQueue {
         ),
       ),
     );
+  }
+
+  /**
+   * Runs now the pending retries of these leases that are due later than `latest` (epoch ms, Redis's clock);
+   * returns how many. BullMQ schedules a failed job's retry on the failing worker's wall clock (its own
+   * `Date.now()` plus the backoff, moveToDelayed), and workers promote a retry once their own clock reaches
+   * it: a worker an hour fast, set right (or gone, its jobs left to workers with the right clock), left its
+   * last retry an hour out, and re-enqueueing the lease is a no-op beside it (same job id), so a revocation
+   * failing for a moment was not tried again for that hour while its credential worked. No retry is ever
+   * meant to wait longer than `maxBackoffMs`: the reconciler brings forward those that would
+   * (test/faults/clock-step.test.ts). A job promoted or finished meanwhile is left as it is.
+   */
+  async promoteFarRetries(leaseIds: readonly string[], latest: number): Promise<number> {
+    const jobs = leaseIds.flatMap((leaseId) => {
+      const b = this.keys.bucketOfId(leaseId);
+      return b === undefined ? [] : [{ q: this.queueOf(b), id: leaseEndJobId(leaseId) }];
+    });
+    // A page's leases at once (one round trip's worth); the delayed set's score is the due time (ms) times
+    // 0x1000, plus an ordering counter (BullMQ's getDelayedScore.lua).
+    const scores = await Promise.all(jobs.map(({ q, id }) => this.redis.zscore(q.keys.delayed!, id)));
+    let n = 0;
+    for (const [i, { q, id }] of jobs.entries()) {
+      const score = scores[i];
+      if (score === null || score === undefined || Math.floor(Number(score) / 0x1000) <= latest) continue;
+      try {
+        await (await q.getJob(id))?.promote();
+        n++;
+      } catch {
+        // No longer delayed: a worker took it, or it finished.
+      }
+    }
+    return n;
   }
 
   /** Convenience for one lease. */

@@ -20,6 +20,9 @@ const reconcileSubtasksScript = script('reconcile-subtasks');
  */
 const MAX_UNWRITTEN = 5000;
 
+/** Past `maxBackoffMs` (the longest a retry is meant to wait), how far out a revocation's retry may be due before the reconciler runs it now. */
+const FAR_RETRY_SLACK_MS = 5000;
+
 /** How long a due lease handed to the worker waits before the sweeper hands it over again. */
 const HANDOFF_RETRY_MS = 15_000;
 
@@ -356,6 +359,9 @@ export class Sweeper {
         }
       }
       const now = this.deps.clock.now();
+      // A retry a worker with a wrong clock scheduled far out runs now (RevocationQueue.promoteFarRetries).
+      const retrying = records.filter((l) => l.status === 'revoking' || l.status === 'revoke_failed').map((l) => l.leaseId);
+      if (retrying.length > 0) await queue.promoteFarRetries(retrying, now + this.deps.config.revocation.maxBackoffMs + FAR_RETRY_SLACK_MS);
       for (const [reason, list] of ofEndedTasks) n += await endLeases(this.deps, list, reason, now);
       await queue.endLeases(
         inProgress.map((l) => ({ leaseId: l.leaseId, reason: (l.reason ?? 'revoked_by_caller') as RevokeReason, requestedAt: now })),

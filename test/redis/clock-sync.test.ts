@@ -78,4 +78,64 @@ test('this process’s own clock stepping is no step of Redis’s: the offset fo
   }
   expect(steps).toEqual([]);
   expect(Math.abs(clock.skewMs - 60_000)).toBeLessThan(250);
+  // Nor is this machine's suspension (the monotonic clock stood still while the wall clock and Redis's went on).
+  const resumed = new RedisClock(redis);
+  resumed.onStep = (ms) => steps.push(ms);
+  await resumed.sync();
+  const perf = performance.now.bind(performance);
+  performance.now = () => perf() - 60_000;
+  try {
+    await resumed.sync();
+  } finally {
+    performance.now = perf;
+  }
+  expect(steps).toEqual([]);
+});
+
+/** Redis's clock read now, in ms. */
+async function redisNow(): Promise<number> {
+  const [s, us] = await redis.time();
+  return Number(s) * 1000 + Math.floor(Number(us) / 1000);
+}
+
+/**
+ * Between two syncs the estimate moved with the wall clock: a step of it (NTP setting right a clock an hour
+ * behind, `date -s`) put the estimate an hour ahead until the next sync, and the worker gave up failing
+ * revocations as if their credentials had expired (test/faults/clock-step.test.ts). The estimate never runs
+ * ahead of Redis's clock for a step of either clock, and measures again at once.
+ */
+describe('a clock that steps between two syncs', () => {
+  const realDateNow = Date.now;
+  const realPerfNow = performance.now.bind(performance);
+  afterEach(() => {
+    Date.now = realDateNow;
+    performance.now = realPerfNow;
+  });
+
+  test('the wall clock stepped an hour forward: the estimate stays on Redis’s clock, and the next sync takes the new offset', async () => {
+    const clock = new RedisClock(redis);
+    await clock.sync();
+    Date.now = () => realDateNow() + 3_600_000;
+    const before = await redisNow();
+    const est = clock.now();
+    const after = await redisNow();
+    // Before: an hour ahead.
+    expect(est).toBeLessThanOrEqual(after + 250);
+    expect(est).toBeGreaterThanOrEqual(before - 250);
+    // now() saw the two clocks disagree and measured again: the offset is the wall clock's new one.
+    await new Promise((r) => setTimeout(r, 200));
+    expect(Math.abs(clock.skewMs - 3_600_000)).toBeLessThan(250);
+    expect(Math.abs(clock.now() - (await redisNow()))).toBeLessThan(250);
+  });
+
+  test('the monotonic clock stood still (a suspended machine) or the wall clock stepped back: never ahead', async () => {
+    const clock = new RedisClock(redis);
+    await clock.sync();
+    performance.now = () => realPerfNow() - 60_000;
+    expect(clock.now()).toBeLessThanOrEqual((await redisNow()) + 250);
+    performance.now = realPerfNow;
+    Date.now = () => realDateNow() - 60_000;
+    await new Promise((r) => setTimeout(r, 200));
+    expect(clock.now()).toBeLessThanOrEqual((await redisNow()) + 250);
+  });
 });
