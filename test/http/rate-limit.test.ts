@@ -63,6 +63,8 @@ describe('defaults', () => {
       Array.from({ length: 300 }, async () => (await call(t.url, 'GET', `/v1/leases/${'0'.repeat(32)}`, orch)).status),
     );
     const seconds = (Date.now() - started) / 1000;
+    // Anything but the two answers is named in the failure.
+    expect(statuses.filter((s) => s !== 404 && s !== 429)).toEqual([]);
     const ok = statuses.filter((s) => s === 404).length;
     const limited = statuses.filter((s) => s === 429).length;
     expect(ok + limited).toBe(300);
@@ -142,6 +144,9 @@ describe('per identity, across instances', () => {
 
   test('/v1/token counts against the subject identity once its token is verified: slow_down', async () => {
     const t = await broker('rl-token', { perSecond: 1, burst: 2 });
+    // The windows opened ahead, as in the admin test above: on a loaded machine the three calls can span two 1-s
+    // windows, and the third then passes (seen in CI).
+    for (const w of ['s', 'r']) await t.broker.deps.redis.set(`${t.prefix}:rl:id:${w}:spiffe://dev.local${AGENT}`, 0, 'PX', 600_000);
     expect((await call(t.url, 'GET', '/v1/tasks/t-none', t.as(AGENT))).status).toBe(404);
     expect((await exchange(t, t.issuer.svid(AGENT))).status).toBe(400); // no such task, but counted
     const r = await exchange(t, t.issuer.svid(AGENT));
