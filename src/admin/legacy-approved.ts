@@ -1,3 +1,4 @@
+import type { ApprovalRecord } from '../approvals/approval-store.ts';
 import type { Deps } from '../deps.ts';
 import type { IdentityPatterns } from '../identity/patterns.ts';
 import { LeaseStore } from '../leases/lease-store.ts';
@@ -16,14 +17,15 @@ const LEASE_READS = 200;
  * approver into such a lease, so they are found from the other side: the bucket's approvals (Keys.approvals, kept
  * while their task may live: src/lists/index-window.ts) that are `consumed`, decided by a matching approver and
  * whose task's deadline has not passed; then, for each, its task's leases that name no approval, of its agent, role
- * and scopes, at most its TTL, issued at or after its decision, and not ended. An approval whose task holds a lease naming it was
- * used by this release (that lease is in the index) and is skipped.
+ * and scopes, at most its TTL, issued at or after its decision, and not ended, unless issued after a later used
+ * approval of the same request was decided (that one's: laterDecisions). An approval whose task holds a lease
+ * naming it was used by this release (that lease is in the index) and is skipped.
  *
  * Bounded: its cost is the bucket's approvals of the last week or so (each one a human decision, or a request
  * bounded by `tasks.maxPendingApprovals`), read by status first, plus the lease ids of the few tasks with a
- * matching approval; not the bucket's live leases. It over-reaches only where the link is lost: a task holding two
- * such leases of the same role and scopes, approved by two approvers one of whom is quarantined, loses both (deny by
- * default: its agent asks again). Needed while a lease of a release before the index can live: it may go once every
+ * matching approval (and, for those with a candidate lease, their agent's approvals since). It over-reaches only
+ * where the link is lost: a task holding two such leases of the same role and scopes but requested with different
+ * TTLs, approved by two approvers one of whom is quarantined, may lose both (deny by default: its agent asks again). Needed while a lease of a release before the index can live: it may go once every
  * supported upgrade starts from a release that writes the index (test/helpers/old-release.ts PREVIOUS_RELEASE past
  * it) and a task's life has passed since.
  */
@@ -61,16 +63,62 @@ export async function* legacyApprovedIn(
       const leases = await read;
       if (leases.some((l) => l.approvalId === a.approvalId)) continue;
       const scopes = JSON.stringify([...a.scopes].sort());
-      for (const l of leases) {
-        if (l.approvalId !== undefined || LeaseStore.isEnded(l.status)) continue;
-        if (l.agent !== a.agent || l.role !== a.role || JSON.stringify([...l.scopes].sort()) !== scopes) continue;
-        // Issued after the decision, for at most the TTL approved (a lease's TTL is the request's, clamped).
-        if ((a.decidedAt !== undefined && l.issuedAt < a.decidedAt) || l.ttlSeconds > a.ttlSeconds) continue;
+      const candidates = leases.filter(
+        (l) =>
+          l.approvalId === undefined &&
+          !LeaseStore.isEnded(l.status) &&
+          l.agent === a.agent &&
+          l.role === a.role &&
+          JSON.stringify([...l.scopes].sort()) === scopes &&
+          // Issued after the decision, for at most the TTL approved (a lease's TTL is the request's, clamped).
+          (a.decidedAt === undefined || l.issuedAt >= a.decidedAt) &&
+          l.ttlSeconds <= a.ttlSeconds,
+      );
+      if (candidates.length === 0) continue;
+      const named = new Set(leases.flatMap((l) => (l.approvalId === undefined ? [] : [l.approvalId])));
+      const later = await laterDecisions(deps, bucket, a, scopes, named, now);
+      for (const l of candidates) {
+        // Issued after a later approval of the same request was decided: that one's (see laterDecisions).
+        if (later.some((at) => at <= l.issuedAt)) continue;
         found.set(l.leaseId, { leaseId: l.leaseId, status: l.status, approvedBy: a.decidedBy });
       }
     }
     if (found.size > 0) yield [...found.values()];
   } while (cursor !== '0');
+}
+
+/**
+ * When the later used approvals of exactly `a`'s request were decided (Redis ms), those no lease names. The
+ * approvals of one exact request come one after another: the next is asked for only once the last was used
+ * (consuming clears the request index, approval-swap.lua), and a lease is recorded right after its approval is
+ * used. So a lease issued after such a later decision is that approval's, not `a`'s: without this, a task that
+ * asked twice for the same credential, the first approved by the quarantined approver (its lease since ended) and
+ * the second by another, lost the other's live credential. (Another TTL is another request, whose approvals may be
+ * decided in any order: not told apart, as the function's comment says.) Read only when `a` has a candidate lease.
+ */
+async function laterDecisions(
+  deps: Deps,
+  bucket: number,
+  a: ApprovalRecord,
+  scopes: string,
+  named: ReadonlySet<string>,
+  now: number,
+): Promise<number[]> {
+  if (a.decidedAt === undefined) return [];
+  const decidedAt = a.decidedAt;
+  // The agent's approvals in this bucket asked for since `a` (approval-request.lua, by request time).
+  const ids = (await deps.redis.zrangebyscore(deps.keys.approvalsOf(bucket, a.agent), a.requestedAt, '+inf')).filter(
+    (id) => id !== a.approvalId && !named.has(id),
+  );
+  const out: number[] = [];
+  for (let i = 0; i < ids.length; i += LEASE_READS) {
+    for (const b of await deps.approvals.getMany(ids.slice(i, i + LEASE_READS), now)) {
+      if (b.status !== 'consumed' || b.decidedAt === undefined || b.decidedAt <= decidedAt) continue;
+      if (b.taskId !== a.taskId || b.agent !== a.agent || b.role !== a.role || b.ttlSeconds !== a.ttlSeconds) continue;
+      if (JSON.stringify([...b.scopes].sort()) === scopes) out.push(b.decidedAt);
+    }
+  }
+  return out;
 }
 
 /**

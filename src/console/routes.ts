@@ -75,9 +75,11 @@ export function createConsole(deps: Deps, services: Services, opts: { dist?: str
 
   r.get('/console/login', async (req, res) => {
     // Signing in again ends the session this browser holds (a shared browser, or a person who suspects theirs):
-    // otherwise the old cookie's session lived on in Redis until it expired. (The cookie is SameSite=Strict, so
-    // only a sign-in started from the console's own pages carries it; a link from elsewhere ends nothing.)
-    const old = cookies.read(req, cookies.session);
+    // otherwise the old cookie's session lived on in Redis until it expired. Only for a sign-in started from the
+    // console's own page or typed in (`none`): SameSite=Strict keeps the cookie from other sites, not from a sibling
+    // host of the same site, whose <img src=".../console/login"> would otherwise sign the person out (Sign out
+    // itself asks a same-origin call: fromConsolePage).
+    const old = ownSignIn(req) ? cookies.read(req, cookies.session) : undefined;
     if (old) {
       const ended = await store.get(old);
       await store.delete(old);
@@ -227,6 +229,12 @@ export function createConsole(deps: Deps, services: Services, opts: { dist?: str
 function fromConsolePage(req: Request): boolean {
   const site = req.headers['sec-fetch-site'];
   return req.headers[CSRF_HEADER] === '1' && (site === undefined || site === 'same-origin');
+}
+
+/** Whether a sign-in was started by the person here: from the console's own page, or typed in (when the browser says). */
+function ownSignIn(req: Request): boolean {
+  const site = req.headers['sec-fetch-site'];
+  return site === undefined || site === 'same-origin' || site === 'none';
 }
 
 /** Only a path inside the console: never another origin (`//evil`, `/\evil`) nor anything outside /console/. */

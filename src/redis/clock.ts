@@ -27,17 +27,18 @@ interface Anchor {
  * revocation may be given up), so a process whose clock is off by a minute
  * neither ends tasks early nor keeps credentials late.
  *
- * The elapsed time is the lesser of the wall clock's and the monotonic
- * clock's. Adding the wall clock alone (what this did) carried a step of it
- * straight into the estimate until the next sync, up to 10 s later: a
- * process clock an hour behind that NTP set right (or `date -s`) put the
- * estimate an hour ahead, and the worker gave up failing revocations as if
- * their credentials had expired, with the credentials still working upstream
- * (test/faults/clock-step.test.ts). The monotonic clock does not step, but
- * stands still while the machine is suspended: the lesser of the two is
- * never ahead of Redis's clock for either cause (a late give-up, a late
- * prune, a key activated a moment late: never an early end), and when they
- * disagree the clock is measured again at once.
+ * The elapsed time is the monotonic clock's. Adding the wall clock's
+ * carried a step of it straight into the estimate until the next sync, up to
+ * 10 s later: a process clock an hour behind that NTP set right (or `date -s`)
+ * put the estimate an hour ahead, and the worker gave up failing revocations
+ * as if their credentials had expired, with the credentials still working
+ * upstream (test/faults/clock-step.test.ts). The monotonic clock does not
+ * step, but stands still while the machine is suspended: it is never ahead of
+ * Redis's clock (a late give-up, a late prune, a key activated a moment late:
+ * never an early end). The lesser of the two (what this took next) dropped
+ * the estimate by a whole wall step back, an hour of extra time left on every
+ * task until the resync answered. When the two disagree the clock is measured
+ * again at once.
  */
 export class RedisClock {
   private offsetMs = 0;
@@ -68,7 +69,10 @@ export class RedisClock {
     const wallElapsed = wall - a.wall;
     const monoElapsed = performance.now() - a.mono;
     if (Math.abs(wallElapsed - monoElapsed) > STEP_MS) this.resyncNow();
-    return Math.round(a.redis + Math.min(wallElapsed, monoElapsed));
+    // The monotonic elapsed time alone: never ahead of Redis's (it stands still only while the machine is
+    // suspended), and unlike the lesser of the two not dropped by a wall step back (the wall clock only tells
+    // when to measure again).
+    return Math.round(a.redis + monoElapsed);
   }
 
   /** Local clock minus Redis clock, in ms (for logs and /readyz). */

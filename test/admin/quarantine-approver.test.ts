@@ -203,3 +203,39 @@ test('an approved credential whose approver cannot be checked again is revoked, 
     await quarantine.start();
   }
 });
+
+test("a previous release's lease of a request approved again by another approver is that approval's: not revoked", async () => {
+  // Found in review: the fallback for leases that name no approval (src/admin/legacy-approved.ts) matched a
+  // quarantined approver's consumed approval with every later lease of the same request. A task that asked twice for
+  // the same credential, Bob approving the first (its lease since ended) and Carol the second, lost Carol's live one
+  // when Bob was quarantined. The same request's approvals come one after another (the next is asked for only once
+  // the last is used), so a lease is the latest one's decided before it was issued.
+  const BOB = '/ops/qa-twice/bob';
+  const CAROL = '/ops/carol-qa-twice';
+  const agent = '/agent/deployer-qa-twice';
+  const taskId = await openTask(agent);
+  const first = await approvedLease(taskId, agent, BOB);
+  expect((await call(t.url, 'DELETE', `/v1/leases/${first}`, t.as(agent))).status).toBeLessThan(300);
+  await waitFor(async () => (await lease(first)).status === 'revoked');
+  const second = await approvedLease(taskId, agent, CAROL);
+  // As the previous release wrote them: no approval named in the lease, no entry in the index of approved leases.
+  const { redis, keys } = t.broker.deps;
+  for (const leaseId of [first, second]) {
+    const d = JSON.parse((await redis.hget(keys.lease(leaseId), 'd'))!);
+    delete d.approvalId;
+    delete d.approvedBy;
+    await redis.hset(keys.lease(leaseId), 'd', JSON.stringify(d));
+    await redis.zrem(keys.approvedLeases(keys.bucketOfId(leaseId)!), leaseId);
+  }
+
+  const q = await call(t.url, 'POST', '/v1/admin/quarantine', t.as(ADMIN), { agent: id(BOB), reason: 'approver key leaked' });
+  expect(q.status).toBe(201);
+  // Before: approvedLeases 1, Carol's credential revoked.
+  expect(q.body).toMatchObject({ approvedLeases: 0 });
+  expect((await lease(second)).status).toBe('active');
+
+  // Carol quarantined: hers goes.
+  const q2 = await call(t.url, 'POST', '/v1/admin/quarantine', t.as(ADMIN), { agent: id(CAROL), reason: 'approver key leaked' });
+  expect(q2.body).toMatchObject({ approvedLeases: 1 });
+  await waitFor(async () => (await lease(second)).status === 'revoked');
+});

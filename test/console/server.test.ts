@@ -294,6 +294,23 @@ describe('a broker with the console', () => {
     expect(fresh.headers.get('set-cookie') ?? '').not.toMatch(new RegExp(`(^|, )${cookieName()}=`));
   });
 
+  test('a sign-in started from another origin of the same site ends nothing: no logout by a sibling host', async () => {
+    // Found in review: the session cookie is SameSite=Strict, which a sibling host (wiki.example.com beside
+    // broker.example.com) is not kept from: its <img src=".../console/login"> carried the cookie and signed the
+    // person out, past the same-origin check Sign out itself has (fromConsolePage).
+    const cookie = await session('admin');
+    for (const site of ['same-site', 'cross-site']) {
+      const login = await fetch(`${t.url}/console/login`, { headers: asPerson(cookie, { 'sec-fetch-site': site }), redirect: 'manual' });
+      expect([303, 502, 503]).toContain(login.status);
+      expect(login.headers.get('set-cookie') ?? '').not.toMatch(new RegExp(`(^|, )${cookieName()}=`));
+      expect((await call(t.url, 'GET', '/console/api/session', asPerson(cookie))).body).toMatchObject({ signedIn: true });
+    }
+    // From the console's own page, or typed in (the browser says `none`): the old session ends.
+    const login = await fetch(`${t.url}/console/login`, { headers: asPerson(cookie, { 'sec-fetch-site': 'none' }), redirect: 'manual' });
+    expect(login.headers.get('set-cookie')).toMatch(new RegExp(`(^|, )${cookieName()}=;.*Expires=Thu, 01 Jan 1970`));
+    expect((await call(t.url, 'GET', '/console/api/session', asPerson(cookie))).body).toEqual({ signedIn: false });
+  });
+
   test('a quarantined person can still sign out: the session ends instead of waiting for the quarantine to be lifted', async () => {
     // Found from outside: Sign out answered 403 identity_quarantined, the page said "signed out" all the same, and
     // the session lived on in Redis and in the browser: back the moment the quarantine was lifted, for whoever

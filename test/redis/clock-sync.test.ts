@@ -138,4 +138,23 @@ describe('a clock that steps between two syncs', () => {
     await new Promise((r) => setTimeout(r, 200));
     expect(clock.now()).toBeLessThanOrEqual((await redisNow()) + 250);
   });
+  test('the wall clock stepped an hour back: the estimate neither drops an hour nor goes back between two calls', async () => {
+    // Found in review: the estimate took the lesser of the wall and monotonic elapsed times, so a wall step back
+    // (NTP setting right a clock an hour fast, `date -s`) dropped it by the whole step on the call that noticed,
+    // and on every call until the resync answered (for as long as Redis did not): a task's time left read an
+    // hour longer (an AWS session planned then outlived its task by that hour, for revocation alone to cut off),
+    // and a caller comparing two readings saw time run an hour backwards. The monotonic clock is right there.
+    const clock = new RedisClock(redis);
+    await clock.sync();
+    const first = clock.now();
+    Date.now = () => realDateNow() - 3_600_000;
+    const before = await redisNow();
+    const est = clock.now();
+    expect(est).toBeGreaterThanOrEqual(before - 250);
+    expect(est).toBeGreaterThanOrEqual(first);
+    expect(est).toBeLessThanOrEqual((await redisNow()) + 250);
+    await new Promise((r) => setTimeout(r, 200));
+    expect(Math.abs(clock.skewMs + 3_600_000)).toBeLessThan(250);
+    expect(Math.abs(clock.now() - (await redisNow()))).toBeLessThan(250);
+  });
 });
