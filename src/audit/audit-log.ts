@@ -268,6 +268,11 @@ export class AuditLog {
     return this.writer.takeReplaced();
   }
 
+  /** Chains whose head Redis reported behind the one it had confirmed, since the last call (see ChainWriter.takeWentBack). */
+  takeWentBack(): Map<AuditChain, { redis: string; known: string }> {
+    return this.writer.takeWentBack();
+  }
+
   /** The ending records this process wrote, newest last (see ChainWriter.endings). */
   endings(): { chain: AuditChain; record: AuditRecord }[] {
     return this.writer.endings();

@@ -8,6 +8,9 @@ const appendScript = script('audit-append');
 /** The seq of a head (`seq:hash`), 0 for an empty chain. */
 const seqOf = (head: string): number => (head ? Number(head.slice(0, head.indexOf(':'))) : 0);
 
+/** Whether head `a` is behind head `b`: a lower seq, or the same seq with another hash (another history). */
+const isBehind = (a: string, b: string): boolean => seqOf(a) < seqOf(b) || (seqOf(a) === seqOf(b) && a !== b);
+
 /** Batches one chain may have in Redis's hands at once. */
 const MAX_IN_FLIGHT = 2;
 /** Records per batch (one script call). */
@@ -94,6 +97,8 @@ interface ChainState {
  */
 export class ChainWriter {
   private readonly chains = new Map<AuditChain, ChainState>();
+  /** Per chain, the first head Redis reported behind the confirmed one since the last `takeWentBack` (see there). */
+  private wentBack = new Map<AuditChain, { redis: string; known: string }>();
   /** The last MAX_ENDINGS ending records this process wrote, oldest first (see `endings`). */
   private recent: { chain: AuditChain; record: AuditRecord }[] = [];
   private readonly redis: RedisClient;
@@ -159,6 +164,20 @@ export class ChainWriter {
   }
 
   /**
+   * The chains on which Redis reported a head behind the one it had confirmed to this process (a lower seq,
+   * or the same seq with another hash), with both heads, since the last call (then forgotten). A chain head
+   * only moves forward while the data-loss marker holds, so that is Redis going back in time, seen at once:
+   * the records this process then writes are chained on the head Redis reports and can carry the chain past
+   * the one it had confirmed, after which `knownHeads` alone no longer shows it (and, with no generation
+   * bump since the snapshot, neither does `takeReplaced`, which is only checked when the generation went back).
+   */
+  takeWentBack(): Map<AuditChain, { redis: string; known: string }> {
+    const out = this.wentBack;
+    this.wentBack = new Map();
+    return out;
+  }
+
+  /**
    * The ending records (a task or lease ended, a quarantine changed) this process wrote, newest last:
    * after Redis went back in time, what this process can tell it again even when the export never got them.
    */
@@ -173,6 +192,7 @@ export class ChainWriter {
 
   /** Forgets the chain heads (after Redis lost its data): each is read again before the next batch. */
   resetHeads(): void {
+    this.wentBack = new Map();
     for (const st of this.chains.values()) {
       st.head = undefined;
       st.confirmed = undefined;
@@ -234,7 +254,7 @@ export class ChainWriter {
       st.head ??= (await this.redis.get(this.keys.auditHead(chain))) ?? '';
       if (st.head === '' && this.guardEpoch) await this.awaitEpoch();
       st.epochSeen = true;
-      this.learn(st, st.head, true);
+      this.learn(chain, st, st.head, true);
     } catch (err) {
       st.head = undefined;
       this.logger.error({ err }, 'audit append failed');
@@ -304,7 +324,7 @@ export class ChainWriter {
     // A refusal naming the head this batch, or one sent after it, leaves was written after all: the
     // client sent it again after a connection dropped its answer (ioredis resends unanswered commands).
     const written = answer === null || st.flying.slice(st.flying.indexOf(flight)).some((f) => f.next === real);
-    this.learn(st, written ? flight.next : real, !written);
+    this.learn(chain, st, written ? flight.next : real, !written);
     if (st.resend) st.reported = real;
     if (written) {
       if (this.logger.isLevelEnabled('debug')) for (const r of records) this.logger.debug({ audit: r }, 'audit');
@@ -331,7 +351,9 @@ export class ChainWriter {
    * time): the confirmed head is kept for the rollback watch (see `takeReplaced`). One this process wrote
    * descends from the head it was hashed on: either the confirmed one, or a reported one (kept then).
    */
-  private learn(st: ChainState, head: string, reported: boolean): void {
+  private learn(chain: AuditChain, st: ChainState, head: string, reported: boolean): void {
+    if (reported && head && st.confirmed && isBehind(head, st.confirmed) && !this.wentBack.has(chain))
+      this.wentBack.set(chain, { redis: head, known: st.confirmed });
     if (reported && head && st.confirmed && head !== st.confirmed && st.replaced.at(-1) !== st.confirmed) {
       if (st.replaced.length < MAX_REPLACED) st.replaced.push(st.confirmed);
       else st.overflow = true;

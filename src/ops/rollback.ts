@@ -40,13 +40,16 @@ export function isBehind(redis: string, known: string): boolean {
  * Notices Redis going back in time: restarted from an older RDB snapshot, a
  * restored backup, a lagging replica promoted. The epoch marker is in the
  * snapshot, so the data-loss check sees the same dataset; what is gone is
- * everything decided after the snapshot. Two monotonic markers show it:
+ * everything decided after the snapshot. Monotonic markers show it:
  * - a generation counter of this instance (a key only it writes, bumped at
  *   every look): a bump that does not land above the last one means Redis
  *   lost a write this instance saw acknowledged;
  * - the head (`seq:hash`) of each audit chain this instance wrote since its
  *   last look (covering writes after the last bump): Redis's head behind it
- *   (a lower seq, or the same seq with another hash) means the same.
+ *   (a lower seq, or the same seq with another hash) means the same; so does
+ *   a head behind it that Redis named when it refused one of this instance's
+ *   appends (ChainWriter.takeWentBack), which holds even after the records
+ *   it then wrote carried the chain past that head.
  * And at the first look of a process that saw nothing yet, the export: a
  * chain whose exported end is ahead of Redis's head.
  */
@@ -86,6 +89,7 @@ export class RollbackWatch {
     this.unconfirmed = undefined;
     this.replaced = new Map();
     this.audit.takeReplaced();
+    this.audit.takeWentBack();
   }
 
   /**
@@ -109,6 +113,16 @@ export class RollbackWatch {
       for (const h of r.heads) into.heads.add(h);
       into.overflow ||= r.overflow;
       this.replaced.set(chain, into);
+    }
+    // Redis answered this instance's writes with a head behind one it had confirmed: a record it wrote is gone,
+    // whatever the generation says (none may have been bumped since the snapshot, and the records it wrote
+    // since, chained on that head, may have carried the chain past the one it had confirmed).
+    const [back] = this.audit.takeWentBack();
+    if (back) {
+      this.generation = generation;
+      this.unconfirmed = undefined;
+      this.replaced = new Map();
+      return { seen: 'chain', chain: back[0], redis: back[1].redis, known: back[1].known, recoveriesSeen };
     }
     // A repeated INCR (a connection dropped its answer) only moves it further: going back is the sign.
     if (this.unconfirmed !== undefined || (before !== undefined && generation <= before)) {

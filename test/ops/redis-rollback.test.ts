@@ -281,6 +281,42 @@ test('records written after the rollback that carry a chain past what this insta
   await b.broker.close();
 }, 90_000);
 
+test('an instance whose own records after the rollback carry its chain past what it had written, with no check since the snapshot, still notices', async () => {
+  const prefix = uniquePrefix('rollback-own');
+  const b = await start(prefix);
+  const { keys, redis: client } = b.broker.deps;
+  const { token } = await openAndIssue(b, 'rb-own');
+  // No look after the snapshot: the generation cannot show it, only the records this instance wrote since.
+  await snapshot();
+  expect((await call(b.url, 'POST', '/v1/tasks/rb-own/complete', b.as(ORCH))).status).toBe(202);
+  await waitFor(async () => !(await introspect(b, token)), 10_000);
+  await b.broker.deps.audit.flush();
+  const chain = keys.bucketOfTask('rb-own');
+  const lostTo = Number(b.broker.deps.audit.knownHeads().get(chain)!.split(':')[0]);
+
+  await redis.restart({ keepData: true });
+  await waitFor(async () => (await call(b.url, 'GET', '/v1/tasks/rb-own', b.as(ORCH))).body?.status === 'open', 10_000, 50);
+  // Its agent issues again on the reopened task until this instance's own records carry the chain past the
+  // head it had written (the confirmed head then moves onto the rolled-back history, which Redis holds).
+  for (let i = 0; i < 50; i++) {
+    if (Number(((await client.get(keys.auditHead(chain))) ?? '').split(':')[0]) > lostTo) break;
+    expect((await call(b.url, 'POST', '/v1/credentials', b.as(AGENT), { taskId: 'rb-own', role: 'demo-api' })).status).toBe(201);
+    await b.broker.deps.audit.flush();
+  }
+  expect(Number(b.broker.deps.audit.knownHeads().get(chain)!.split(':')[0])).toBeGreaterThan(lostTo);
+
+  await b.broker.recovery.check();
+  const metrics = await (await fetch(`${b.url}/metrics`)).text();
+  expect(metrics).toMatch(/jit_redis_data_loss_total\{kind="rolled_back"\} 1/);
+  expect(await readyz(b)).toBe(200);
+  expect(await state(b, 'rb-own', token)).toEqual({ task: 'completed', issueAgain: 409, tokenActive: false });
+  await b.broker.deps.audit.flush();
+  const ops = (await auditRecords(client, keys)).filter((r) => r.action === 'broker.data_loss' && r.chain === 'ops');
+  expect(ops).toHaveLength(1);
+  expect(ops[0]!.detail).toMatchObject({ seen: 'chain', tasksEndedAgain: 1 });
+  await b.broker.close();
+}, 90_000);
+
 test('a generation that went back is still checked at the next look when checking it failed', async () => {
   const prefix = uniquePrefix('rollback-retry');
   const a = await start(prefix);
