@@ -272,6 +272,40 @@ async function holds(redis: RedisClient, keys: Keys, chain: AuditChain, head: st
   }
 }
 
+/**
+ * The hashes of Redis's records of a chain at `seqs`, read backwards from the end down to the lowest (only
+ * those kept). `held`: Redis holds that record, or retention trimmed its seq away (the stream starts after it:
+ * exported long ago, as in `holds`).
+ */
+async function hashesAt(redis: RedisClient, keys: Keys, chain: AuditChain, seqs: ReadonlySet<number>) {
+  const found = new Map<number, string>();
+  let lowest = Number.POSITIVE_INFINITY;
+  const min = Math.min(...seqs);
+  let end = '+';
+  while (seqs.size > 0) {
+    const page = await redis.xrevrange(keys.auditStream(chain), end, '-', 'COUNT', 500);
+    if (page.length === 0) break;
+    let reached = false;
+    for (const [, fields] of page) {
+      let r: AuditRecord;
+      try {
+        r = JSON.parse(fields[fields.indexOf('r') + 1] ?? '') as AuditRecord;
+      } catch {
+        continue;
+      }
+      lowest = Math.min(lowest, r.seq);
+      if (seqs.has(r.seq)) found.set(r.seq, r.hash);
+      if (r.seq <= min) {
+        reached = true;
+        break;
+      }
+    }
+    if (reached) break;
+    end = `(${page[page.length - 1]![0]}`;
+  }
+  return { held: (seq: number, hash: string) => (found.has(seq) ? found.get(seq) === hash : seq < lowest) };
+}
+
 /** A chain's records in Redis after `afterSeq` (read backwards from the end, so only those), in chain order. */
 async function recordsAfter(redis: RedisClient, keys: Keys, chain: AuditChain, afterSeq: number) {
   const out: { id: string; record: AuditRecord }[] = [];
@@ -366,10 +400,16 @@ export async function repairChains(
     // The export's endings Redis lost: after the point where Redis stops or differs.
     const lost = (t?.kept ?? []).filter((r) => r.seq > base);
     const told = new Set(lost.map((r) => r.hash));
-    // What this process wrote that neither Redis (before the repair) nor the export holds.
-    for (const { chain: c, record } of remembered) {
-      if (c !== chain || told.has(record.hash) || record.seq <= markerSeq(marker)) continue;
-      if (redisHash.get(record.seq) === record.hash || t?.hashes.get(record.seq) === record.hash) continue;
+    // What this process wrote that neither Redis (before the repair) nor the export holds. One at or below the
+    // export marker is not taken as exported: the marker may have moved since the rollback, an exporter having
+    // exported the records Redis wrote on the rolled-back history (another seq:hash at the same seqs), so
+    // Redis's record at its seq says whether it is held.
+    const mine = remembered.filter((x) => x.chain === chain).map((x) => x.record);
+    const below = await hashesAt(redis, keys, chain, new Set(mine.filter((r) => r.seq <= markerSeq(marker)).map((r) => r.seq)));
+    for (const record of mine) {
+      if (told.has(record.hash)) continue;
+      if (record.seq <= markerSeq(marker) ? below.held(record.seq, record.hash) : redisHash.get(record.seq) === record.hash) continue;
+      if (t?.hashes.get(record.seq) === record.hash) continue;
       lost.push(record);
       told.add(record.hash);
     }

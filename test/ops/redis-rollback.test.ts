@@ -317,6 +317,44 @@ test('an instance whose own records after the rollback carry its chain past what
   await b.broker.close();
 }, 90_000);
 
+test('an ending an instance remembers is applied again when an export moved the marker past its seq on the rolled-back history', async () => {
+  const prefix = uniquePrefix('rollback-marker');
+  const a = await start(prefix);
+  const b = await start(prefix, { config: a.config, issuer: a.issuer });
+  const { token } = await openAndIssue(b, 'rb-marker');
+  await snapshot();
+  // B completes the task after the snapshot; the export does not get it before Redis goes back.
+  expect((await call(b.url, 'POST', '/v1/tasks/rb-marker/complete', b.as(ORCH))).status).toBe(202);
+  await waitFor(async () => !(await introspect(b, token)), 10_000);
+  await Promise.all([a.broker.deps.audit.flush(), b.broker.deps.audit.flush()]);
+  const { keys, redis: client } = b.broker.deps;
+  const chain = keys.bucketOfTask('rb-marker');
+  const snapSeq = async () => Number(((await client.get(keys.auditHead(chain))) ?? '').split(':')[0]);
+
+  await redis.restart({ keepData: true });
+  await waitFor(async () => (await call(a.url, 'GET', '/v1/tasks/rb-marker', a.as(ORCH))).body?.status === 'open', 10_000, 50);
+  // A writes one record on the rolled-back history at the seq of B's lost task.complete, and exports it on
+  // its way out: the export marker now names that seq, on the other history.
+  const before = await snapSeq();
+  expect((await call(a.url, 'POST', '/v1/credentials', a.as(AGENT), { taskId: 'rb-marker', role: 'demo-api' })).status).toBe(201);
+  await a.broker.deps.audit.flush();
+  expect(await snapSeq()).toBe(before + 1);
+  await a.broker.close();
+  expect(Number(((await client.get(keys.auditExported(chain))) ?? '').split(':')[0])).toBeGreaterThanOrEqual(before + 1);
+
+  // B notices through the head it wrote, and applies again the ending only it remembers.
+  await b.broker.recovery.check();
+  expect(await readyz(b)).toBe(200);
+  await waitFor(async () => !(await introspect(b, token)), 10_000);
+  expect(await state(b, 'rb-marker', token)).toEqual({ task: 'completed', issueAgain: 409, tokenActive: false });
+  await b.broker.deps.audit.flush();
+  const records = await auditRecords(client, keys);
+  expect(records.some((r) => r.action === 'task.complete' && r.taskId === 'rb-marker' && r.detail?.reapplied === 'redis_rolled_back')).toBe(
+    true,
+  );
+  await b.broker.close();
+}, 90_000);
+
 test('a generation that went back is still checked at the next look when checking it failed', async () => {
   const prefix = uniquePrefix('rollback-retry');
   const a = await start(prefix);
