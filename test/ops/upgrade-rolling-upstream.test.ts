@@ -1,8 +1,6 @@
 import { expect } from '@jest/globals';
 import { Redis } from 'ioredis';
 import { Keys } from '../../src/redis/keys.ts';
-import { startAwsEmulator, type AwsEmulator } from '../emulators/aws/index.ts';
-import { startVaultEmulator, type VaultEmulator } from '../emulators/vault/index.ts';
 import {
   AGENT,
   auditRecords,
@@ -16,8 +14,7 @@ import {
 } from '../helpers/broker.ts';
 import { extractPreviousRelease, previousReleaseTest, writeReleaseConfigs } from '../helpers/old-release.ts';
 import { type BrokerProcess, START_TIMEOUT_MS, processFixture } from '../helpers/process.ts';
-import { brokerAwsSettings } from '../providers/aws/helpers.ts';
-import { BROKER_POLICY } from '../providers/vault/helpers.ts';
+import { startUpstreams } from '../helpers/upstreams.ts';
 
 /**
  * A rolling upgrade with upstream credentials: processes of the previous release (dd78339, real processes from
@@ -55,13 +52,9 @@ const maybe = previousReleaseTest('test/ops/upgrade-rolling-upstream.test.ts');
 const fx = processFixture();
 const { issuer, as } = fx;
 const prefix = fx.prefix('upgrade-rolling-upstream');
-let vault: VaultEmulator | undefined;
-let aws: AwsEmulator | undefined;
 const held: (() => void)[] = [];
-fx.onCleanup(async () => {
+fx.onCleanup(() => {
   for (const release of held) release();
-  await vault?.stop();
-  await aws?.stop();
 });
 const GRANTS = [
   { role: 'vault-ops' },
@@ -82,24 +75,13 @@ maybe(
   async () => {
     const old = extractPreviousRelease();
     fx.onCleanup(old.remove);
-    const v = await startVaultEmulator({ policies: { 'jit-broker': BROKER_POLICY, 'ops-read': ['secret/ops/*'] } });
-    vault = v;
-    v.createDatabaseRole('orders', { defaultTtl: 3600, maxTtl: 7200 });
-    const brokerToken = v.createToken({ policies: ['jit-broker', 'ops-read'] });
-    const a = await startAwsEmulator();
-    aws = a;
-    const user = a.createUser('jit-broker');
-    const awsRole = a.createRole('agent-reports', { maxSessionDuration: 3600, trust: [user.arn] });
+    const { v, a, user, awsRole, providers } = await startUpstreams(fx);
     // Used from the last part on only: the first deny on it is the killed new worker's.
     const awsRole2 = a.createRole('agent-audits', { maxSessionDuration: 3600, trust: [user.arn] });
 
     const raw = testRawConfig(issuer, prefix, {
       server: UNLIMITED_SERVER,
-      providers: {
-        vault: { address: v.url, auth: { token: brokerToken.token }, requestTimeoutMs: 2000 },
-        // A deny write held by the emulator must not time out (and be sent again) before its process is killed.
-        aws: brokerAwsSettings(a.url, user, { requestTimeoutMs: 30_000, revocationVerifySeconds: 1 }),
-      },
+      providers,
       roles: {
         'vault-ops': { provider: 'vault', token: { policies: ['ops-read'] }, maxTtlSeconds: 900 },
         'orders-db': { provider: 'vault', path: 'database/creds/orders', maxTtlSeconds: 900 },

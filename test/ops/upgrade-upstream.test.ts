@@ -2,8 +2,6 @@ import { expect } from '@jest/globals';
 import { Redis } from 'ioredis';
 import nodeVault from 'node-vault';
 import { Keys } from '../../src/redis/keys.ts';
-import { startAwsEmulator, type AwsEmulator } from '../emulators/aws/index.ts';
-import { startVaultEmulator, type VaultEmulator } from '../emulators/vault/index.ts';
 import {
   AGENT,
   auditRecords,
@@ -18,8 +16,7 @@ import {
 import { capturingLogger } from '../helpers/log-capture.ts';
 import { extractPreviousRelease, previousReleaseTest, writeReleaseConfigs } from '../helpers/old-release.ts';
 import { START_TIMEOUT_MS, processFixture } from '../helpers/process.ts';
-import { brokerAwsSettings } from '../providers/aws/helpers.ts';
-import { BROKER_POLICY } from '../providers/vault/helpers.ts';
+import { startUpstreams } from '../helpers/upstreams.ts';
 
 /**
  * An in-place upgrade with upstream credentials in flight: the previous release (dd78339, real processes from
@@ -48,14 +45,8 @@ const maybe = previousReleaseTest('test/ops/upgrade-upstream.test.ts');
 const fx = processFixture();
 const { issuer, as } = fx;
 const prefix = fx.prefix('upgrade-upstream');
-let vault: VaultEmulator | undefined;
-let aws: AwsEmulator | undefined;
 let releaseHeld: (() => void) | undefined;
-fx.onCleanup(async () => {
-  releaseHeld?.();
-  await vault?.stop();
-  await aws?.stop();
-});
+fx.onCleanup(() => releaseHeld?.());
 const GRANTS = [{ role: 'vault-ops' }, { role: 'orders-db' }, { role: 'orders-short' }, { role: 'reports', scopes: ['s3:GetObject'] }];
 
 /** What one issued credential is upstream, to check there that it ended. */
@@ -69,24 +60,13 @@ maybe(
   async () => {
     const old = extractPreviousRelease();
     fx.onCleanup(old.remove);
-    const v = await startVaultEmulator({ policies: { 'jit-broker': BROKER_POLICY, 'ops-read': ['secret/ops/*'] } });
-    vault = v;
-    v.createDatabaseRole('orders', { defaultTtl: 3600, maxTtl: 7200 });
+    const { v, a, awsRole, providers } = await startUpstreams(fx);
     // Vault's lease on these database users: 30 s, renewable up to 10 min.
     v.createDatabaseRole('orders-short', { defaultTtl: 30, maxTtl: 600 });
-    const brokerToken = v.createToken({ policies: ['jit-broker', 'ops-read'] });
-    const a = await startAwsEmulator();
-    aws = a;
-    const user = a.createUser('jit-broker');
-    const awsRole = a.createRole('agent-reports', { maxSessionDuration: 3600, trust: [user.arn] });
 
     const raw = testRawConfig(issuer, prefix, {
       server: UNLIMITED_SERVER,
-      providers: {
-        vault: { address: v.url, auth: { token: brokerToken.token }, requestTimeoutMs: 2000 },
-        // A deny write held by the emulator must not time out (and be sent again) before the old process is killed.
-        aws: brokerAwsSettings(a.url, user, { requestTimeoutMs: 30_000, revocationVerifySeconds: 1 }),
-      },
+      providers,
       roles: {
         // With Vault's default policy: the agent's own token, which renews its secrets' Vault leases.
         'vault-ops': { provider: 'vault', token: { policies: ['ops-read'], defaultPolicy: true }, maxTtlSeconds: 900 },
