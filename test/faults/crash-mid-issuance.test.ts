@@ -1,6 +1,6 @@
 import { jest } from '@jest/globals';
 import { startVaultEmulator, type VaultEmulator } from '../emulators/vault/index.ts';
-import { AGENT, ORCH, TEST_REVOCATION, call, testConfigFile, waitFor } from '../helpers/broker.ts';
+import { AGENT, TEST_REVOCATION, call, openAgentTask, testConfigFile, waitFor } from '../helpers/broker.ts';
 import { START_TIMEOUT_MS, processFixture } from '../helpers/process.ts';
 import { BROKER_POLICY } from '../providers/vault/helpers.ts';
 
@@ -29,16 +29,7 @@ test('tokens Vault made for a broker that died before recording them all die; th
   };
   const file = testConfigFile(issuer, prefix, overrides);
   const api = await fx.start(file, { args: ['--api'] });
-  const agent = `spiffe://dev.local${AGENT}`;
-  const open = await call(api.url, 'POST', '/v1/tasks', as(ORCH), {
-    taskId: 't-crash',
-    agent,
-    tenant: 'acme',
-    purpose: 'crash',
-    ttlSeconds: 600,
-    grants: [{ role: 'vault-ops', scopes: ['ops-read'] }],
-  });
-  expect(open.status).toBe(201);
+  await openAgentTask({ url: api.url, as }, 't-crash', [{ role: 'vault-ops', scopes: ['ops-read'] }], 'crash');
 
   const N = 16;
   const hold = emu.holdResponses('auth/token/create-orphan', N);

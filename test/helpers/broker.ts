@@ -183,15 +183,22 @@ export const ADMIN = '/ops/alice';
 
 /**
  * Opens a task for the test agent (AGENT) as the test orchestrator (ORCH),
- * 600 s, tenant acme, with `grants`; expects 201.
+ * 600 s unless told, tenant acme, with `grants`; expects 201. `t` may be a
+ * broker process too (`{ url, as }`: its URL and the test issuer's headers).
  */
-export async function openAgentTask(t: TestBroker, taskId: string, grants: Record<string, unknown>[], purpose = 'test'): Promise<void> {
+export async function openAgentTask(
+  t: Pick<TestBroker, 'url' | 'as'>,
+  taskId: string,
+  grants: Record<string, unknown>[],
+  purpose = 'test',
+  ttlSeconds = 600,
+): Promise<void> {
   const r = await call(t.url, 'POST', '/v1/tasks', t.as(ORCH), {
     taskId,
     agent: `spiffe://dev.local${AGENT}`,
     tenant: 'acme',
     purpose,
-    ttlSeconds: 600,
+    ttlSeconds,
     grants,
   });
   expect(r.status).toBe(201);

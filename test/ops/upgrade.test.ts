@@ -11,6 +11,7 @@ import {
   auditRecords,
   call,
   ORCH,
+  openAgentTask,
   REDIS_URL,
   TEST_REVOCATION,
   testRawConfig,
@@ -86,17 +87,8 @@ maybe(
         fx.start(oldFile, { cwd: oldDir }),
         fx.start(oldCutFile, { cwd: oldDir, args: ['--api'] }),
       ]);
-      const open = async (taskId: string, ttlSeconds: number, grants: Record<string, unknown>[]) => {
-        const res = await call(before.url, 'POST', '/v1/tasks', as(ORCH), {
-          taskId,
-          agent: `spiffe://dev.local${AGENT}`,
-          tenant: 'acme',
-          purpose: 'upgrade',
-          ttlSeconds,
-          grants,
-        });
-        expect(res.status).toBe(201);
-      };
+      const open = (taskId: string, ttlSeconds: number, grants: Record<string, unknown>[]) =>
+        openAgentTask({ url: before.url, as }, taskId, grants, 'upgrade', ttlSeconds);
       const issue = async (url: string, who: string, taskId: string, role: string, ttlSeconds: number) => {
         const res = await call(url, 'POST', '/v1/credentials', as(who), { taskId, role, ttlSeconds });
         expect(res.status).toBe(201);

@@ -1,6 +1,6 @@
 import { jest } from '@jest/globals';
 import type { AwsEmulator } from '../emulators/aws/index.ts';
-import { AGENT, ORCH, call, testConfigFile, waitFor } from '../helpers/broker.ts';
+import { AGENT, call, openAgentTask, testConfigFile, waitFor } from '../helpers/broker.ts';
 import { START_TIMEOUT_MS, processFixture } from '../helpers/process.ts';
 import { awsForBroker, callerIdentityAs } from '../providers/aws/helpers.ts';
 
@@ -26,15 +26,8 @@ test('sessions STS made for an API process killed before their answers are denie
     revocation: { backoffMs: 50, maxBackoffMs: 500, sweepMs: 20, orphanMs: 1000, lockMs: 1000, stalledCheckMs: 500 },
   });
   const api = await fx.start(file, { args: ['--api'] });
-  const open = await call(api.url, 'POST', '/v1/tasks', as(ORCH), {
-    taskId: 't-crash-aws',
-    agent: `spiffe://dev.local${AGENT}`,
-    tenant: 'acme',
-    purpose: 'crash',
-    ttlSeconds: 7200,
-    grants: [{ role: 'reports-bucket', scopes: ['s3:GetObject', 'sts:GetCallerIdentity'] }],
-  });
-  expect(open.status).toBe(201);
+  const grants = [{ role: 'reports-bucket', scopes: ['s3:GetObject', 'sts:GetCallerIdentity'] }];
+  await openAgentTask({ url: api.url, as }, 't-crash-aws', grants, 'crash', 7200);
   const before = emu.sessions().length;
   const N = 3;
   for (let i = 0; i < N; i++) emu.holdAnswer('AssumeRole', 60_000);

@@ -1,6 +1,6 @@
 import { jest } from '@jest/globals';
 import { startVaultEmulator, type VaultEmulator } from '../emulators/vault/index.ts';
-import { AGENT, ORCH, call, testConfigFile, waitFor } from '../helpers/broker.ts';
+import { AGENT, ORCH, call, openAgentTask, testConfigFile, waitFor } from '../helpers/broker.ts';
 import { START_TIMEOUT_MS, processFixture } from '../helpers/process.ts';
 import { BROKER_POLICY } from '../providers/vault/helpers.ts';
 
@@ -17,7 +17,6 @@ const fx = processFixture();
 fx.onCleanup(() => emu?.stop());
 const { issuer, as } = fx;
 const prefix = fx.prefix('rt3-crash-secret');
-const agent = `spiffe://dev.local${AGENT}`;
 
 test('SIGKILL while Vault answers a secret read, or an extension, leaves nothing alive past the issue TTL', async () => {
   emu = await startVaultEmulator({ policies: { 'jit-broker': BROKER_POLICY, 'ops-read': ['secret/ops/*'] } });
@@ -39,19 +38,7 @@ test('SIGKILL while Vault answers a secret read, or an extension, leaves nothing
       orphanMs: 2000,
     },
   });
-  const open = async (url: string, taskId: string) =>
-    expect(
-      (
-        await call(url, 'POST', '/v1/tasks', as(ORCH), {
-          taskId,
-          agent,
-          tenant: 'acme',
-          purpose: 'crash',
-          ttlSeconds: 600,
-          grants: [{ role: 'orders-db' }, { role: 'vault-ops' }],
-        })
-      ).status,
-    ).toBe(201);
+  const open = (url: string, taskId: string) => openAgentTask({ url, as }, taskId, [{ role: 'orders-db' }, { role: 'vault-ops' }], 'crash');
 
   // 1. Killed while Vault's database answers are held: readers and users exist in Vault, no lease knows them.
   const first = await fx.start(file, { args: ['--api'] });
