@@ -1,19 +1,7 @@
 import { resolve } from 'node:path';
-import { loadConfig } from '../../src/config/load.ts';
-import {
-  AGENT,
-  ORCH,
-  call,
-  dropPrefix,
-  startTestBroker,
-  testConfigFile,
-  uniquePrefix,
-  waitFor,
-  type TestBroker,
-} from '../helpers/broker.ts';
-import { TestIssuer } from '../helpers/identity.ts';
 import { jest } from '@jest/globals';
-import { type BrokerProcess, START_TIMEOUT_MS, startBrokerProcess } from '../helpers/process.ts';
+import { AGENT, ORCH, call, testConfigFile, waitFor } from '../helpers/broker.ts';
+import { START_TIMEOUT_MS, processFixture } from '../helpers/process.ts';
 
 /**
  * Fault: a process whose clock is a minute off. Deadlines, expiries and key
@@ -24,18 +12,8 @@ import { type BrokerProcess, START_TIMEOUT_MS, startBrokerProcess } from '../hel
  */
 const SHIM = resolve('test/faults/skew-clock.mjs');
 const skewed = (ms: number) => ({ NODE_OPTIONS: `--import=${SHIM}`, JIT_TEST_CLOCK_SKEW_MS: String(ms) });
-const issuer = new TestIssuer();
-const procs: BrokerProcess[] = [];
-const brokers: TestBroker[] = [];
-const prefixes: string[] = [];
-
-afterAll(async () => {
-  for (const p of procs) await p.kill();
-  for (const b of brokers) await b.broker.close();
-  for (const p of prefixes) await dropPrefix(p);
-});
-
-const as = (path: string) => ({ authorization: `Bearer ${issuer.svid(path)}` });
+const fx = processFixture();
+const { issuer, as } = fx;
 
 // Long enough that a loaded machine does not let the task or the lease really expire over the calls that set
 // them up (a task of 6 s did: the credential call was answered 409 on a machine running the suite beside two
@@ -47,13 +25,10 @@ const LEASE_S = 5;
 jest.setTimeout(START_TIMEOUT_MS + 60_000 + 2 * TASK_S * 1000);
 
 test('a worker 60 s fast ends neither tasks nor leases early', async () => {
-  const prefix = uniquePrefix('skew-worker');
-  prefixes.push(prefix);
-  const file = testConfigFile(issuer, prefix);
-  procs.push(await startBrokerProcess(file, { args: ['--worker'], env: skewed(60_000) }));
+  const file = testConfigFile(issuer, fx.prefix('skew-worker'));
+  await fx.start(file, { args: ['--worker'], env: skewed(60_000) });
   // The API (right clock) runs no worker: only the skewed one sweeps.
-  const t = await startTestBroker('skew-api', { prefix, issuer, loaded: loadConfig({}, file), broker: { worker: false } });
-  brokers.push(t);
+  const t = await fx.startBroker('skew-api', file, { worker: false });
   const { redis, keys } = t.broker.deps;
   // Setup: a task, and a credential of it. Should the two calls take longer than the task's TTL (a loaded
   // machine), the task has really lapsed by the second (409 task_not_open): that is the setup's time, not the
@@ -108,13 +83,9 @@ test('a worker 60 s fast ends neither tasks nor leases early', async () => {
 });
 
 test('an instance 60 s fast that starts first creates a signing key every instance signs with at once', async () => {
-  const prefix = uniquePrefix('skew-key');
-  prefixes.push(prefix);
-  const file = testConfigFile(issuer, prefix);
-  const fast = await startBrokerProcess(file, { args: ['--api'], env: skewed(60_000) });
-  procs.push(fast);
-  const t = await startTestBroker('skew-key-api', { prefix, issuer, loaded: loadConfig({}, file), broker: { worker: false } });
-  brokers.push(t);
+  const file = testConfigFile(issuer, fx.prefix('skew-key'));
+  const fast = await fx.start(file, { args: ['--api'], env: skewed(60_000) });
+  const t = await fx.startBroker('skew-key-api', file, { worker: false });
   for (const url of [t.url, fast.url]) {
     const taskId = `t-key-${url.split(':').at(-1)}`;
     const before = Date.now();

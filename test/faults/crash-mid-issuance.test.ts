@@ -1,19 +1,7 @@
-import { loadConfig } from '../../src/config/load.ts';
-import { startVaultEmulator, type VaultEmulator } from '../emulators/vault/index.ts';
-import {
-  AGENT,
-  ORCH,
-  call,
-  dropPrefix,
-  startTestBroker,
-  testConfigFile,
-  uniquePrefix,
-  waitFor,
-  type TestBroker,
-} from '../helpers/broker.ts';
-import { TestIssuer } from '../helpers/identity.ts';
 import { jest } from '@jest/globals';
-import { type BrokerProcess, START_TIMEOUT_MS, startBrokerProcess } from '../helpers/process.ts';
+import { startVaultEmulator, type VaultEmulator } from '../emulators/vault/index.ts';
+import { AGENT, TEST_REVOCATION, call, openAgentTask, testConfigFile, waitFor } from '../helpers/broker.ts';
+import { START_TIMEOUT_MS, processFixture } from '../helpers/process.ts';
 import { BROKER_POLICY } from '../providers/vault/helpers.ts';
 
 /**
@@ -26,17 +14,10 @@ import { BROKER_POLICY } from '../providers/vault/helpers.ts';
 // The test starts an API process, allowed START_TIMEOUT_MS, then works for a few seconds.
 jest.setTimeout(START_TIMEOUT_MS + 60_000);
 let emu: VaultEmulator;
-let api: BrokerProcess | undefined;
-let worker: TestBroker | undefined;
-const prefix = uniquePrefix('crash');
-const issuer = new TestIssuer();
-
-afterAll(async () => {
-  await api?.kill();
-  await worker?.broker.close();
-  await emu?.stop();
-  await dropPrefix(prefix);
-});
+const fx = processFixture();
+fx.onCleanup(() => emu?.stop());
+const { issuer, as } = fx;
+const prefix = fx.prefix('crash');
 
 test('tokens Vault made for a broker that died before recording them all die; their leases end failed', async () => {
   emu = await startVaultEmulator({ policies: { 'jit-broker': BROKER_POLICY, 'ops-read': ['secret/ops/*'] } });
@@ -44,35 +25,16 @@ test('tokens Vault made for a broker that died before recording them all die; th
   const overrides = {
     providers: { vault: { address: emu.url, auth: { token }, requestTimeoutMs: 5000, issueTtlSeconds: 5 } },
     roles: { 'vault-ops': { provider: 'vault', token: { policies: ['ops-read'] } } },
-    revocation: {
-      backoffMs: 50,
-      maxBackoffMs: 500,
-      reconcileIntervalMs: 60_000,
-      concurrency: 8,
-      lockMs: 1000,
-      stalledCheckMs: 500,
-      sweepMs: 20,
-      orphanMs: 2000,
-    },
+    revocation: { ...TEST_REVOCATION, orphanMs: 2000 },
   };
   const file = testConfigFile(issuer, prefix, overrides);
-  api = await startBrokerProcess(file, { args: ['--api'] });
-  const as = (path: string) => ({ authorization: `Bearer ${issuer.svid(path)}` });
-  const agent = `spiffe://dev.local${AGENT}`;
-  const open = await call(api.url, 'POST', '/v1/tasks', as(ORCH), {
-    taskId: 't-crash',
-    agent,
-    tenant: 'acme',
-    purpose: 'crash',
-    ttlSeconds: 600,
-    grants: [{ role: 'vault-ops', scopes: ['ops-read'] }],
-  });
-  expect(open.status).toBe(201);
+  const api = await fx.start(file, { args: ['--api'] });
+  await openAgentTask({ url: api.url, as }, 't-crash', [{ role: 'vault-ops', scopes: ['ops-read'] }], 'crash');
 
   const N = 16;
   const hold = emu.holdResponses('auth/token/create-orphan', N);
   const inflight = Array.from({ length: N }, () =>
-    call(api!.url, 'POST', '/v1/credentials', as(AGENT), { taskId: 't-crash', role: 'vault-ops', ttlSeconds: 600 }).catch(() => undefined),
+    call(api.url, 'POST', '/v1/credentials', as(AGENT), { taskId: 't-crash', role: 'vault-ops', ttlSeconds: 600 }).catch(() => undefined),
   );
   await hold.until(N); // Vault made every token; no answer reached the broker
   const made = [...emu.state.tokens.values()].filter((t) => t.policies.includes('ops-read') && t.meta?.task_id === 't-crash');
@@ -82,10 +44,10 @@ test('tokens Vault made for a broker that died before recording them all die; th
   hold.release();
 
   // Another instance (worker only) finds the orphans once their window has passed.
-  worker = await startTestBroker('crash-worker', { prefix, issuer, loaded: loadConfig({}, file), broker: { api: false } });
+  const worker = await fx.startBroker('crash-worker', file, { api: false });
   const ids = await worker.broker.deps.tasks.leaseIds('t-crash');
   expect(ids).toHaveLength(N);
-  await waitFor(async () => (await worker!.broker.deps.leases.getMany(ids)).every((l) => l.status === 'failed'), 10_000, 100);
+  await waitFor(async () => (await worker.broker.deps.leases.getMany(ids)).every((l) => l.status === 'failed'), 10_000, 100);
   for (const l of await worker.broker.deps.leases.getMany(ids))
     expect(l).toMatchObject({ status: 'failed', lastError: 'issuance_interrupted' });
 

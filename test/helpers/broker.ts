@@ -41,6 +41,23 @@ export function testConfigFile(issuer: TestIssuer, prefix: string, overrides: Re
   return file;
 }
 
+/**
+ * The test config's revocation settings. An override of `revocation` replaces the whole block, so a test that
+ * changes one setting spreads these first (`{ ...TEST_REVOCATION, orphanMs: 2000 }`) and keeps the rest.
+ */
+export const TEST_REVOCATION: Readonly<Record<string, number>> = {
+  backoffMs: 50,
+  maxBackoffMs: 500,
+  reconcileIntervalMs: 60_000,
+  concurrency: 8,
+  lockMs: 1000,
+  stalledCheckMs: 500,
+  sweepMs: 20,
+};
+
+/** The test config's `server` with rate limits off: for tests that make more calls than a budget allows. */
+export const UNLIMITED_SERVER = { port: 0, publicUrl: 'http://127.0.0.1:8080', rateLimit: { perSecond: 0 } };
+
 /** The raw (unvalidated) test config. */
 export function testRawConfig(issuer: TestIssuer, prefix: string, overrides: Record<string, unknown> = {}): Record<string, unknown> {
   const dir = mkdtempSync(join(tmpdir(), 'jit-kek-'));
@@ -65,15 +82,7 @@ export function testRawConfig(issuer: TestIssuer, prefix: string, overrides: Rec
       'demo-api': { provider: 'jwt', audience: 'https://demo.internal', maxTtlSeconds: 300 },
       'prod-deploy': { provider: 'jwt', audience: 'https://deploy.internal', maxTtlSeconds: 300, approval: 'required' },
     },
-    revocation: {
-      backoffMs: 50,
-      maxBackoffMs: 500,
-      reconcileIntervalMs: 60_000,
-      concurrency: 8,
-      lockMs: 1000,
-      stalledCheckMs: 500,
-      sweepMs: 20,
-    },
+    revocation: { ...TEST_REVOCATION },
     ...overrides,
   };
   // Each test broker its own audit export (the default ./data/audit.jsonl would be shared by every test).
@@ -174,15 +183,22 @@ export const ADMIN = '/ops/alice';
 
 /**
  * Opens a task for the test agent (AGENT) as the test orchestrator (ORCH),
- * 600 s, tenant acme, with `grants`; expects 201.
+ * 600 s unless told, tenant acme, with `grants`; expects 201. `t` may be a
+ * broker process too (`{ url, as }`: its URL and the test issuer's headers).
  */
-export async function openAgentTask(t: TestBroker, taskId: string, grants: Record<string, unknown>[], purpose = 'test'): Promise<void> {
+export async function openAgentTask(
+  t: Pick<TestBroker, 'url' | 'as'>,
+  taskId: string,
+  grants: Record<string, unknown>[],
+  purpose = 'test',
+  ttlSeconds = 600,
+): Promise<void> {
   const r = await call(t.url, 'POST', '/v1/tasks', t.as(ORCH), {
     taskId,
     agent: `spiffe://dev.local${AGENT}`,
     tenant: 'acme',
     purpose,
-    ttlSeconds: 600,
+    ttlSeconds,
     grants,
   });
   expect(r.status).toBe(201);

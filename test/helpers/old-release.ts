@@ -1,8 +1,9 @@
 import { execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { mkdtempSync, readFileSync, rmSync, symlinkSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
+import { test } from '@jest/globals';
 
 /**
  * The previous release (the commit the last upgrade note is about), run by the upgrade tests
@@ -24,6 +25,13 @@ export function previousReleaseMissing(): string | undefined {
   }
 }
 
+/** `test`, or `test.skip` with a warning naming `file` where the clone lacks the previous release (a shallow clone). */
+export function previousReleaseTest(file: string): typeof test.skip {
+  const missing = previousReleaseMissing();
+  if (missing) console.warn(`${file} skipped: ${missing}`);
+  return missing ? test.skip : test;
+}
+
 /** Extracts the previous release; `remove()` deletes it. */
 export function extractPreviousRelease(): { dir: string; remove(): void } {
   const dir = mkdtempSync(join(tmpdir(), 'jit-previous-release-'));
@@ -43,6 +51,22 @@ export function previousReleaseConfig(dir: string, raw: Record<string, unknown>)
     out.providers = { ...providers, aws };
   }
   return out;
+}
+
+/**
+ * One config for both releases (one KEK, one export file, one prefix), written as two files in a fresh directory:
+ * `oldFile` the previous release's (previousReleaseConfig: it knows fewer keys), `newFile` this one's.
+ */
+export function writeReleaseConfigs(
+  oldDir: string,
+  raw: Record<string, unknown>,
+  name: string,
+): { dir: string; oldFile: string; newFile: string } {
+  const dir = mkdtempSync(join(tmpdir(), `${name}-`));
+  const [oldFile, newFile] = [join(dir, 'old.yaml'), join(dir, 'new.yaml')];
+  writeFileSync(oldFile, JSON.stringify(previousReleaseConfig(oldDir, raw)));
+  writeFileSync(newFile, JSON.stringify(raw));
+  return { dir, oldFile, newFile };
 }
 
 /** A Lua script's SHA-1 as a tree's src/redis/scripts.ts loads it (the libraries of `-- uses:` prepended). */

@@ -1,4 +1,8 @@
 import { type ChildProcess, spawn } from 'node:child_process';
+import type { BrokerOptions } from '../../src/broker.ts';
+import { loadConfig } from '../../src/config/load.ts';
+import { dropPrefix, startTestBroker, type TestBroker, uniquePrefix } from './broker.ts';
+import { TestIssuer } from './identity.ts';
 
 /** A broker started as its own process (`node src/main.ts`), so a test can SIGKILL it. */
 export interface BrokerProcess {
@@ -71,5 +75,63 @@ export async function startBrokerProcess(
         child.once('exit', () => resolve());
         child.kill(signal);
       }),
+  };
+}
+
+/**
+ * What the tests that run brokers as processes (to SIGKILL them, skew their clocks, run an older release) share:
+ * one identity issuer, the Redis prefixes they make, the processes they start and the in-process brokers that take
+ * over from them. Its afterAll stops all of them whether or not the test got that far: processes first (a process
+ * left running outlives the run), then brokers, then what `onCleanup` was given (emulators, temporary trees), in
+ * that order, and last drops the prefixes (nothing is left writing to them by then).
+ */
+export interface ProcessFixture {
+  issuer: TestIssuer;
+  /** Bearer header for a workload under dev.local, signed by `issuer`. */
+  as(path: string): { authorization: string };
+  /** A fresh Redis prefix, dropped after the file. */
+  prefix(name: string): string;
+  /** `startBrokerProcess`, killed after the file. */
+  start(configFile: string, opts?: Parameters<typeof startBrokerProcess>[1]): Promise<BrokerProcess>;
+  /** An in-process broker on the same config file (its prefix, its KEK), closed after the file. */
+  startBroker(name: string, configFile: string, broker?: BrokerOptions): Promise<TestBroker>;
+  /** Runs after the processes and brokers are stopped, before the prefixes are dropped. */
+  onCleanup(fn: () => unknown): void;
+}
+
+export function processFixture(): ProcessFixture {
+  const issuer = new TestIssuer();
+  const prefixes: string[] = [];
+  const procs: BrokerProcess[] = [];
+  const brokers: TestBroker[] = [];
+  const cleanups: (() => unknown)[] = [];
+  afterAll(async () => {
+    for (const p of procs) await p.kill();
+    for (const b of brokers) await b.broker.close();
+    for (const fn of cleanups) await fn();
+    for (const p of prefixes) await dropPrefix(p);
+  });
+  return {
+    issuer,
+    as: (path) => ({ authorization: `Bearer ${issuer.svid(path)}` }),
+    prefix(name) {
+      const prefix = uniquePrefix(name);
+      prefixes.push(prefix);
+      return prefix;
+    },
+    async start(configFile, opts) {
+      const p = await startBrokerProcess(configFile, opts);
+      procs.push(p);
+      return p;
+    },
+    async startBroker(name, configFile, broker) {
+      const loaded = loadConfig({}, configFile);
+      const b = await startTestBroker(name, { prefix: loaded.redis.prefix, issuer, loaded, ...(broker ? { broker } : {}) });
+      brokers.push(b);
+      return b;
+    },
+    onCleanup(fn) {
+      cleanups.push(fn);
+    },
   };
 }

@@ -1,10 +1,9 @@
 import type { Command } from 'ioredis';
 import { Redis } from 'ioredis';
-import { RateLimits } from '../../src/http/rate-limit.ts';
-import { silentLogger } from '../../src/logger.ts';
-import { Metrics } from '../../src/metrics.ts';
+import type { RateLimits } from '../../src/http/rate-limit.ts';
 import { coalesceWrites } from '../../src/redis/coalesce.ts';
 import { dropPrefix, REDIS_URL, uniquePrefix } from '../helpers/broker.ts';
+import { identityLimits, spendOutcome } from '../helpers/rate-limits.ts';
 
 /**
  * One identity's concurrent requests spend their budget in one Redis call per
@@ -34,32 +33,12 @@ afterAll(async () => {
 function limits(perSecond: number, burst: number, conn: Redis = redis): RateLimits {
   const prefix = uniquePrefix('rlb');
   prefixes.push(prefix);
-  return new RateLimits({
-    redis: conn,
-    prefix,
-    config: {
-      perSecond,
-      burst,
-      introspect: { perSecond: 0, burst: 1 },
-      unauthenticated: { perSecond: 0, burst: 1 },
-      concurrentReads: 0,
-      trustProxy: false,
-    },
-    metrics: new Metrics(),
-    logger: silentLogger,
-  });
+  return identityLimits(conn, prefix, perSecond, burst);
 }
 
 /** Spends `n` requests of one identity in the same turn of the event loop: 'ok' or the refusal's code, in order. */
 async function burst(l: RateLimits, n: number, identity = 'spiffe://dev.local/agent/a'): Promise<string[]> {
-  return Promise.all(
-    Array.from({ length: n }, () =>
-      l.spendIdentity(identity).then(
-        () => 'ok',
-        (err: { code: string }) => err.code,
-      ),
-    ),
-  );
+  return Promise.all(Array.from({ length: n }, () => spendOutcome(l, identity)));
 }
 
 /** Waits until the start of a fresh wall-clock second, so one test's spends fall in one one-second window. */
@@ -155,11 +134,7 @@ test('a cheap request in the same batch as an expensive one that does not fit is
   const l = limits(1, 10);
   const who = 'spiffe://dev.local/agent/mixed';
   await l.spendIdentity(who, 'identity', 8);
-  const spend = (points: number) =>
-    l.spendIdentity(who, 'identity', points).then(
-      () => 'ok',
-      (err: { code: string }) => err.code,
-    );
+  const spend = (points: number) => spendOutcome(l, who, points);
   // One turn of the event loop: one batch [5, 1, 1] with 2-3 points left.
   const got = await Promise.all([spend(5), spend(1), spend(1)]);
   expect(got).toEqual(['rate_limited', 'ok', 'ok']);

@@ -1,10 +1,10 @@
 import { Redis } from 'ioredis';
 import type { Deps } from '../../src/deps.ts';
 import { admitIdentity } from '../../src/http/middleware.ts';
-import { RateLimited, RateLimits } from '../../src/http/rate-limit.ts';
+import { RateLimited, type RateLimits } from '../../src/http/rate-limit.ts';
 import type { WorkloadIdentity } from '../../src/identity/types.ts';
 import { silentLogger } from '../../src/logger.ts';
-import { Metrics } from '../../src/metrics.ts';
+import { identityLimits } from '../helpers/rate-limits.ts';
 
 /** Rate limits on a Redis that refuses every connection: an identity budget of `perSecond`/`burst`, the others off. */
 function limitsWithoutRedis(prefix: string, perSecond: number, burst: number): { dead: Redis; limits: RateLimits } {
@@ -17,21 +17,7 @@ function limitsWithoutRedis(prefix: string, perSecond: number, burst: number): {
     disconnectTimeout: 100,
   });
   dead.on('error', () => {});
-  const limits = new RateLimits({
-    redis: dead,
-    prefix,
-    config: {
-      perSecond,
-      burst,
-      introspect: { perSecond: 0, burst: 1 },
-      unauthenticated: { perSecond: 0, burst: 1 },
-      concurrentReads: 0,
-      trustProxy: false,
-    },
-    metrics: new Metrics(),
-    logger: silentLogger,
-  });
-  return { dead, limits };
+  return { dead, limits: identityLimits(dead, prefix, perSecond, burst) };
 }
 
 /** With Redis unreachable the limits still hold, per instance (each window's insurance window in memory), and never throw. */

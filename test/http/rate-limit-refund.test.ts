@@ -1,9 +1,8 @@
 import { type Command, Redis } from 'ioredis';
-import { RateLimits } from '../../src/http/rate-limit.ts';
-import { silentLogger } from '../../src/logger.ts';
-import { Metrics } from '../../src/metrics.ts';
+import type { RateLimits } from '../../src/http/rate-limit.ts';
 import { script } from '../../src/redis/scripts.ts';
 import { dropPrefix, REDIS_URL, uniquePrefix } from '../helpers/broker.ts';
+import { identityLimits, spendOutcome as spend } from '../helpers/rate-limits.ts';
 
 /**
  * Review leftover: an expensive read that was refused (429) still spent its points. rate-limiter-flexible counts
@@ -31,28 +30,8 @@ afterAll(async () => {
 function limits(perSecond: number, burst: number): { l: RateLimits; prefix: string } {
   const prefix = uniquePrefix('rlr');
   prefixes.push(prefix);
-  const l = new RateLimits({
-    redis,
-    prefix,
-    config: {
-      perSecond,
-      burst,
-      introspect: { perSecond: 0, burst: 1 },
-      unauthenticated: { perSecond: 0, burst: 1 },
-      concurrentReads: 0,
-      trustProxy: false,
-    },
-    metrics: new Metrics(),
-    logger: silentLogger,
-  });
-  return { l, prefix };
+  return { l: identityLimits(redis, prefix, perSecond, burst), prefix };
 }
-
-const spend = (l: RateLimits, who: string, points: number) =>
-  l.spendIdentity(who, 'identity', points).then(
-    () => 'ok',
-    (err: { code: string }) => err.code,
-  );
 
 test('a refused expensive charge leaves the points that were left: cheap requests after it still fit', async () => {
   const { l, prefix } = limits(1, 10);
@@ -109,16 +88,7 @@ function hookedRedis(hook: (cmd: Command) => Promise<void> | undefined): Redis {
   return c;
 }
 
-const config = (perSecond: number, burst: number) => ({
-  perSecond,
-  burst,
-  introspect: { perSecond: 0, burst: 1 },
-  unauthenticated: { perSecond: 0, burst: 1 },
-  concurrentReads: 0,
-  trustProxy: false,
-});
-const instance = (client: Redis, prefix: string) =>
-  new RateLimits({ redis: client, prefix, config: config(5, 5), metrics: new Metrics(), logger: silentLogger });
+const instance = (client: Redis, prefix: string) => identityLimits(client, prefix, 5, 5);
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const isRefund = (cmd: Command) => cmd.name === 'evalsha' && String(cmd.args[0]) === script('rate-limit-refund').sha;
 
@@ -222,8 +192,7 @@ test("a charge refused while another instance's refund is in flight takes nothin
   const reserveKey = `${prefix}:rl:id:r:${who}`;
   const bc = new Redis(REDIS_URL);
   others.push(bc);
-  const mk = (client: Redis) =>
-    new RateLimits({ redis: client, prefix, config: config(1, 11), metrics: new Metrics(), logger: silentLogger });
+  const mk = (client: Redis) => identityLimits(client, prefix, 1, 11);
   const b = mk(bc);
   let armed = false;
   let meanwhile: Promise<string> | undefined;

@@ -1,7 +1,7 @@
 import { afterAll, beforeAll, expect, test } from '@jest/globals';
 import { execFileSync } from 'node:child_process';
 import { AGENT, call, ORCH, openAgentTask, startTestBroker, type TestBroker } from '../helpers/broker.ts';
-import { PREVIOUS_RELEASE, previousReleaseMissing } from '../helpers/old-release.ts';
+import { PREVIOUS_RELEASE, previousReleaseTest } from '../helpers/old-release.ts';
 
 /**
  * A rolling upgrade: a task this release issued leases under, ended by a process of the previous release (its
@@ -11,9 +11,7 @@ import { PREVIOUS_RELEASE, previousReleaseMissing } from '../helpers/old-release
  * later read of the task's leases gave it an expiry). lease-create.lua now gives the index an expiry when it
  * creates it: the task's deadline plus the retention, the latest the task's records can live.
  */
-const missing = previousReleaseMissing();
-if (missing) console.warn(`test/ops/upgrade-index-expiry.test.ts skipped: ${missing}`);
-const maybe = missing ? test.skip : test;
+const maybe = previousReleaseTest('test/ops/upgrade-index-expiry.test.ts');
 
 /** The previous release's task-end.lua as its src/redis/scripts.ts loads it (the `-- uses:` libraries prepended). */
 function previousScript(name: string): string {

@@ -1,25 +1,9 @@
-import { afterAll, expect, test } from '@jest/globals';
-import { mkdtempSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { expect } from '@jest/globals';
 import { Redis } from 'ioredis';
-import { loadConfig } from '../../src/config/load.ts';
 import { Keys } from '../../src/redis/keys.ts';
-import {
-  AGENT,
-  call,
-  dropPrefix,
-  ORCH,
-  REDIS_URL,
-  startTestBroker,
-  type TestBroker,
-  testRawConfig,
-  uniquePrefix,
-  waitFor,
-} from '../helpers/broker.ts';
-import { TestIssuer } from '../helpers/identity.ts';
-import { extractPreviousRelease, previousReleaseConfig, previousReleaseMissing } from '../helpers/old-release.ts';
-import { type BrokerProcess, START_TIMEOUT_MS, startBrokerProcess } from '../helpers/process.ts';
+import { AGENT, call, ORCH, REDIS_URL, TEST_REVOCATION, testRawConfig, UNLIMITED_SERVER, waitFor } from '../helpers/broker.ts';
+import { extractPreviousRelease, previousReleaseTest, writeReleaseConfigs } from '../helpers/old-release.ts';
+import { START_TIMEOUT_MS, processFixture } from '../helpers/process.ts';
 
 /**
  * A rolling upgrade: processes of the previous release (dd78339) and of this one on one Redis at once. Not
@@ -33,55 +17,32 @@ import { type BrokerProcess, START_TIMEOUT_MS, startBrokerProcess } from '../hel
  * issued `active` (and upstream credentials unrevoked) until their own expiry: 40 s later they still were.
  * lease-create.lua now writes both, and the read leaves the set in place.
  */
-const missing = previousReleaseMissing();
-if (missing) console.warn(`test/ops/upgrade-mixed.test.ts skipped: ${missing}`);
-const maybe = missing ? test.skip : test;
+const maybe = previousReleaseTest('test/ops/upgrade-mixed.test.ts');
 
-const issuer = new TestIssuer();
-const prefix = uniquePrefix('upgrade-mixed');
-const procs: BrokerProcess[] = [];
-const brokers: TestBroker[] = [];
-let old: ReturnType<typeof extractPreviousRelease> | undefined;
-afterAll(async () => {
-  for (const p of procs) await p.kill();
-  for (const b of brokers) await b.broker.close();
-  await dropPrefix(prefix);
-  old?.remove();
-});
-const as = (path: string) => ({ authorization: `Bearer ${issuer.svid(path)}` });
+const fx = processFixture();
+const { issuer, as } = fx;
+const prefix = fx.prefix('upgrade-mixed');
 
 maybe(
   'old and new processes at once: every lease ends with its task, whichever release issued it or ends it',
   async () => {
-    old = extractPreviousRelease();
+    const old = extractPreviousRelease();
+    fx.onCleanup(old.remove);
     const raw = testRawConfig(issuer, prefix, {
-      server: { port: 0, publicUrl: 'http://127.0.0.1:8080', rateLimit: { perSecond: 0 } },
+      server: UNLIMITED_SERVER,
       // The reconciler (which would end leftovers in a new worker) runs rarely: the ending job alone must do it.
-      revocation: {
-        backoffMs: 50,
-        maxBackoffMs: 500,
-        reconcileIntervalMs: 600_000,
-        concurrency: 8,
-        lockMs: 1000,
-        stalledCheckMs: 500,
-        sweepMs: 20,
-      },
+      revocation: { ...TEST_REVOCATION, reconcileIntervalMs: 600_000 },
     });
-    const dir = mkdtempSync(join(tmpdir(), 'jit-upgrade-mixed-'));
-    const [oldFile, newFile] = [join(dir, 'old.yaml'), join(dir, 'new.yaml')];
-    writeFileSync(oldFile, JSON.stringify(previousReleaseConfig(old.dir, raw)));
-    writeFileSync(newFile, JSON.stringify(raw));
+    const { oldFile, newFile } = writeReleaseConfigs(old.dir, raw, 'jit-upgrade-mixed');
     const keys = new Keys(prefix);
     const r = new Redis(REDIS_URL);
     try {
       // APIs of both releases; the workers are the previous release's (an upgrade that began with the APIs).
       const [oldApi, oldWorker, newApi] = await Promise.all([
-        startBrokerProcess(oldFile, { cwd: old.dir, args: ['--api'] }),
-        startBrokerProcess(oldFile, { cwd: old.dir, args: ['--worker'] }),
-        startTestBroker('upgrade-mixed', { prefix, issuer, loaded: loadConfig({}, newFile), broker: { worker: false } }),
+        fx.start(oldFile, { cwd: old.dir, args: ['--api'] }),
+        fx.start(oldFile, { cwd: old.dir, args: ['--worker'] }),
+        fx.startBroker('upgrade-mixed', newFile, { worker: false }),
       ]);
-      procs.push(oldApi, oldWorker);
-      brokers.push(newApi);
       const [O, N] = [oldApi.url, newApi.url];
       const fromNew: number[] = [];
       const req = async (url: string, method: string, path: string, who: string, body?: unknown) => {
@@ -131,13 +92,7 @@ maybe(
 
       // The workers replaced by new ones (docs/operations.md: workers first): an old API beside them.
       await oldWorker.kill('SIGTERM');
-      const newWorker = await startTestBroker('upgrade-mixed-worker', {
-        prefix,
-        issuer,
-        loaded: loadConfig({}, newFile),
-        broker: { api: false },
-      });
-      brokers.push(newWorker);
+      await fx.startBroker('upgrade-mixed-worker', newFile, { api: false });
       await open(O, 't-z');
       const z = [await issue(O, 't-z'), await issue(N, 't-z')];
       expect((await req(N, 'GET', '/v1/tasks/t-z', ORCH)).body.leases).toHaveLength(2);

@@ -1,27 +1,9 @@
-import { afterAll, expect, test } from '@jest/globals';
-import { mkdtempSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { expect } from '@jest/globals';
 import { Redis } from 'ioredis';
-import { loadConfig } from '../../src/config/load.ts';
 import { Keys } from '../../src/redis/keys.ts';
-import {
-  ADMIN,
-  AGENT,
-  auditRecords,
-  call,
-  dropPrefix,
-  ORCH,
-  REDIS_URL,
-  startTestBroker,
-  type TestBroker,
-  testRawConfig,
-  uniquePrefix,
-  waitFor,
-} from '../helpers/broker.ts';
-import { TestIssuer } from '../helpers/identity.ts';
-import { extractPreviousRelease, previousReleaseConfig, previousReleaseMissing } from '../helpers/old-release.ts';
-import { type BrokerProcess, START_TIMEOUT_MS, startBrokerProcess } from '../helpers/process.ts';
+import { ADMIN, AGENT, auditRecords, call, ORCH, REDIS_URL, testRawConfig, UNLIMITED_SERVER, waitFor } from '../helpers/broker.ts';
+import { extractPreviousRelease, previousReleaseTest, writeReleaseConfigs } from '../helpers/old-release.ts';
+import { START_TIMEOUT_MS, processFixture } from '../helpers/process.ts';
 
 /**
  * Quarantining an approver revokes the live leases issued under its approvals, found in the index of approved
@@ -31,42 +13,27 @@ import { type BrokerProcess, START_TIMEOUT_MS, startBrokerProcess } from '../hel
  * from the approval's side (src/admin/legacy-approved.ts). Here an API of the previous release issues them, beside
  * an API of this one (a rolling upgrade; an in-place one leaves the same records behind).
  */
-const missing = previousReleaseMissing();
-if (missing) console.warn(`test/ops/upgrade-quarantine-approver.test.ts skipped: ${missing}`);
-const maybe = missing ? test.skip : test;
+const maybe = previousReleaseTest('test/ops/upgrade-quarantine-approver.test.ts');
 
-const issuer = new TestIssuer();
-const prefix = uniquePrefix('upgrade-qa');
-const procs: BrokerProcess[] = [];
-const brokers: TestBroker[] = [];
-let old: ReturnType<typeof extractPreviousRelease> | undefined;
-afterAll(async () => {
-  for (const p of procs) await p.kill();
-  for (const b of brokers) await b.broker.close();
-  await dropPrefix(prefix);
-  old?.remove();
-});
-const as = (path: string) => ({ authorization: `Bearer ${issuer.svid(path)}` });
+const fx = processFixture();
+const { issuer, as } = fx;
+const prefix = fx.prefix('upgrade-qa');
 const id = (p: string) => `spiffe://dev.local${p}`;
 
 maybe(
   "the previous release's credentials issued under a quarantined approver's approvals are revoked too, and only those",
   async () => {
-    old = extractPreviousRelease();
-    const raw = testRawConfig(issuer, prefix, { server: { port: 0, publicUrl: 'http://127.0.0.1:8080', rateLimit: { perSecond: 0 } } });
-    const dir = mkdtempSync(join(tmpdir(), 'jit-upgrade-qa-'));
-    const [oldFile, newFile] = [join(dir, 'old.yaml'), join(dir, 'new.yaml')];
-    writeFileSync(oldFile, JSON.stringify(previousReleaseConfig(old.dir, raw)));
-    writeFileSync(newFile, JSON.stringify(raw));
+    const old = extractPreviousRelease();
+    fx.onCleanup(old.remove);
+    const raw = testRawConfig(issuer, prefix, { server: UNLIMITED_SERVER });
+    const { oldFile, newFile } = writeReleaseConfigs(old.dir, raw, 'jit-upgrade-qa');
     const keys = new Keys(prefix);
     const r = new Redis(REDIS_URL);
     try {
       const [oldApi, fresh] = await Promise.all([
-        startBrokerProcess(oldFile, { cwd: old.dir, args: ['--api'] }),
-        startTestBroker('upgrade-qa', { prefix, issuer, loaded: loadConfig({}, newFile) }),
+        fx.start(oldFile, { cwd: old.dir, args: ['--api'] }),
+        fx.startBroker('upgrade-qa', newFile),
       ]);
-      procs.push(oldApi);
-      brokers.push(fresh);
       const [O, N] = [oldApi.url, fresh.url];
       const BOB = '/ops/up/bob';
       const CAROL = '/ops/carol-up';

@@ -1,17 +1,20 @@
-import { afterAll, expect, test } from '@jest/globals';
-import { mkdtempSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { expect } from '@jest/globals';
 import { Redis } from 'ioredis';
 import { Keys } from '../../src/redis/keys.ts';
-import { startAwsEmulator, type AwsEmulator } from '../emulators/aws/index.ts';
-import { startVaultEmulator, type VaultEmulator } from '../emulators/vault/index.ts';
-import { AGENT, auditRecords, call, dropPrefix, ORCH, REDIS_URL, testRawConfig, uniquePrefix, waitFor } from '../helpers/broker.ts';
-import { TestIssuer } from '../helpers/identity.ts';
-import { extractPreviousRelease, previousReleaseConfig, previousReleaseMissing } from '../helpers/old-release.ts';
-import { type BrokerProcess, START_TIMEOUT_MS, startBrokerProcess } from '../helpers/process.ts';
-import { brokerAwsSettings } from '../providers/aws/helpers.ts';
-import { BROKER_POLICY } from '../providers/vault/helpers.ts';
+import {
+  AGENT,
+  auditRecords,
+  call,
+  ORCH,
+  REDIS_URL,
+  TEST_REVOCATION,
+  testRawConfig,
+  UNLIMITED_SERVER,
+  waitFor,
+} from '../helpers/broker.ts';
+import { extractPreviousRelease, previousReleaseTest, writeReleaseConfigs } from '../helpers/old-release.ts';
+import { type BrokerProcess, START_TIMEOUT_MS, processFixture } from '../helpers/process.ts';
+import { startUpstreams } from '../helpers/upstreams.ts';
 
 /**
  * A rolling upgrade with upstream credentials: processes of the previous release (dd78339, real processes from
@@ -44,27 +47,15 @@ import { BROKER_POLICY } from '../providers/vault/helpers.ts';
  * Not here: a renewable Vault secret a new API issued whose revocation an old worker gives up at its first
  * `lease_duration` (the old worker does not read `endsBy`; docs/operations.md says to replace workers first).
  */
-const missing = previousReleaseMissing();
-if (missing) console.warn(`test/ops/upgrade-rolling-upstream.test.ts skipped: ${missing}`);
-const maybe = missing ? test.skip : test;
+const maybe = previousReleaseTest('test/ops/upgrade-rolling-upstream.test.ts');
 
-const issuer = new TestIssuer();
-const prefix = uniquePrefix('upgrade-rolling-upstream');
-const procs: BrokerProcess[] = [];
-let old: ReturnType<typeof extractPreviousRelease> | undefined;
-let vault: VaultEmulator | undefined;
-let aws: AwsEmulator | undefined;
+const fx = processFixture();
+const { issuer, as } = fx;
+const prefix = fx.prefix('upgrade-rolling-upstream');
 const held: (() => void)[] = [];
-afterAll(async () => {
-  for (const p of procs) await p.kill();
+fx.onCleanup(() => {
   for (const release of held) release();
-  await vault?.stop();
-  await aws?.stop();
-  await dropPrefix(prefix);
-  old?.remove();
 });
-
-const as = (path: string) => ({ authorization: `Bearer ${issuer.svid(path)}` });
 const GRANTS = [
   { role: 'vault-ops' },
   { role: 'orders-db' },
@@ -82,57 +73,29 @@ type Issued = { leaseId: string; taskId: string; by: 'old' | 'new' } & (
 maybe(
   'old and new processes at once: every Vault and AWS credential either issued ends upstream with its task, also past a killed worker of either',
   async () => {
-    old = extractPreviousRelease();
-    const v = await startVaultEmulator({ policies: { 'jit-broker': BROKER_POLICY, 'ops-read': ['secret/ops/*'] } });
-    vault = v;
-    v.createDatabaseRole('orders', { defaultTtl: 3600, maxTtl: 7200 });
-    const brokerToken = v.createToken({ policies: ['jit-broker', 'ops-read'] });
-    const a = await startAwsEmulator();
-    aws = a;
-    const user = a.createUser('jit-broker');
-    const awsRole = a.createRole('agent-reports', { maxSessionDuration: 3600, trust: [user.arn] });
+    const old = extractPreviousRelease();
+    fx.onCleanup(old.remove);
+    const { v, a, user, awsRole, providers } = await startUpstreams(fx);
     // Used from the last part on only: the first deny on it is the killed new worker's.
     const awsRole2 = a.createRole('agent-audits', { maxSessionDuration: 3600, trust: [user.arn] });
 
     const raw = testRawConfig(issuer, prefix, {
-      server: { port: 0, publicUrl: 'http://127.0.0.1:8080', rateLimit: { perSecond: 0 } },
-      providers: {
-        vault: { address: v.url, auth: { token: brokerToken.token }, requestTimeoutMs: 2000 },
-        // A deny write held by the emulator must not time out (and be sent again) before its process is killed.
-        aws: brokerAwsSettings(a.url, user, { requestTimeoutMs: 30_000, revocationVerifySeconds: 1 }),
-      },
+      server: UNLIMITED_SERVER,
+      providers,
       roles: {
         'vault-ops': { provider: 'vault', token: { policies: ['ops-read'] }, maxTtlSeconds: 900 },
         'orders-db': { provider: 'vault', path: 'database/creds/orders', maxTtlSeconds: 900 },
         reports: { provider: 'aws', roleArn: awsRole.arn, maxTtlSeconds: 3600 },
         audits: { provider: 'aws', roleArn: awsRole2.arn, maxTtlSeconds: 3600 },
       },
-      revocation: {
-        backoffMs: 50,
-        maxBackoffMs: 500,
-        reconcileIntervalMs: 1000,
-        concurrency: 8,
-        lockMs: 1000,
-        stalledCheckMs: 500,
-        sweepMs: 20,
-        // An issuance unconfirmed for 10 s is interrupted (AWS's own window is over a minute).
-        orphanMs: 10_000,
-      },
+      // An issuance unconfirmed for 10 s is interrupted (AWS's own window is over a minute).
+      revocation: { ...TEST_REVOCATION, reconcileIntervalMs: 1000, orphanMs: 10_000 },
     });
-    const dir = mkdtempSync(join(tmpdir(), 'jit-upgrade-rolling-upstream-'));
-    const [oldFile, newFile] = [join(dir, 'old.yaml'), join(dir, 'new.yaml')];
-    writeFileSync(oldFile, JSON.stringify(previousReleaseConfig(old.dir, raw)));
-    writeFileSync(newFile, JSON.stringify(raw));
+    const { oldFile, newFile } = writeReleaseConfigs(old.dir, raw, 'jit-upgrade-rolling-upstream');
     const keys = new Keys(prefix);
     const r = new Redis(REDIS_URL);
-    const start = async (release: 'old' | 'new', role: '--api' | '--worker') => {
-      const p = await startBrokerProcess(release === 'old' ? oldFile : newFile, {
-        ...(release === 'old' ? { cwd: old!.dir } : {}),
-        args: [role],
-      });
-      procs.push(p);
-      return p;
-    };
+    const start = (release: 'old' | 'new', role: '--api' | '--worker') =>
+      fx.start(release === 'old' ? oldFile : newFile, { ...(release === 'old' ? { cwd: old.dir } : {}), args: [role] });
     const issued: Issued[] = [];
     try {
       // ---- Both releases' APIs and workers at once.

@@ -1,32 +1,22 @@
-import { afterAll, expect, test } from '@jest/globals';
-import { mkdtempSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { expect } from '@jest/globals';
 import { Redis } from 'ioredis';
 import nodeVault from 'node-vault';
-import { loadConfig } from '../../src/config/load.ts';
 import { Keys } from '../../src/redis/keys.ts';
-import { startAwsEmulator, type AwsEmulator } from '../emulators/aws/index.ts';
-import { startVaultEmulator, type VaultEmulator } from '../emulators/vault/index.ts';
 import {
   AGENT,
   auditRecords,
   call,
-  dropPrefix,
   ORCH,
   REDIS_URL,
-  startTestBroker,
-  type TestBroker,
+  TEST_REVOCATION,
   testRawConfig,
-  uniquePrefix,
+  UNLIMITED_SERVER,
   waitFor,
 } from '../helpers/broker.ts';
-import { TestIssuer } from '../helpers/identity.ts';
 import { capturingLogger } from '../helpers/log-capture.ts';
-import { extractPreviousRelease, previousReleaseConfig, previousReleaseMissing } from '../helpers/old-release.ts';
-import { type BrokerProcess, START_TIMEOUT_MS, startBrokerProcess } from '../helpers/process.ts';
-import { brokerAwsSettings } from '../providers/aws/helpers.ts';
-import { BROKER_POLICY } from '../providers/vault/helpers.ts';
+import { extractPreviousRelease, previousReleaseTest, writeReleaseConfigs } from '../helpers/old-release.ts';
+import { START_TIMEOUT_MS, processFixture } from '../helpers/process.ts';
+import { startUpstreams } from '../helpers/upstreams.ts';
 
 /**
  * An in-place upgrade with upstream credentials in flight: the previous release (dd78339, real processes from
@@ -50,29 +40,13 @@ import { BROKER_POLICY } from '../providers/vault/helpers.ts';
  * Not here: an AWS session's own TTL running out (STS's minimum is 900 s; at its end the broker only prunes the
  * deny list, the session is over by itself).
  */
-const missing = previousReleaseMissing();
-if (missing) console.warn(`test/ops/upgrade-upstream.test.ts skipped: ${missing}`);
-const maybe = missing ? test.skip : test;
+const maybe = previousReleaseTest('test/ops/upgrade-upstream.test.ts');
 
-const issuer = new TestIssuer();
-const prefix = uniquePrefix('upgrade-upstream');
-const procs: BrokerProcess[] = [];
-let old: ReturnType<typeof extractPreviousRelease> | undefined;
-let fresh: TestBroker | undefined;
-let vault: VaultEmulator | undefined;
-let aws: AwsEmulator | undefined;
+const fx = processFixture();
+const { issuer, as } = fx;
+const prefix = fx.prefix('upgrade-upstream');
 let releaseHeld: (() => void) | undefined;
-afterAll(async () => {
-  for (const p of procs) await p.kill();
-  await fresh?.broker.close();
-  releaseHeld?.();
-  await vault?.stop();
-  await aws?.stop();
-  await dropPrefix(prefix);
-  old?.remove();
-});
-
-const as = (path: string) => ({ authorization: `Bearer ${issuer.svid(path)}` });
+fx.onCleanup(() => releaseHeld?.());
 const GRANTS = [{ role: 'vault-ops' }, { role: 'orders-db' }, { role: 'orders-short' }, { role: 'reports', scopes: ['s3:GetObject'] }];
 
 /** What one issued credential is upstream, to check there that it ended. */
@@ -84,25 +58,15 @@ type Issued =
 maybe(
   'Vault and AWS credentials the previous release issued are revoked upstream by this one, also what a killed old process had begun to revoke',
   async () => {
-    old = extractPreviousRelease();
-    const v = await startVaultEmulator({ policies: { 'jit-broker': BROKER_POLICY, 'ops-read': ['secret/ops/*'] } });
-    vault = v;
-    v.createDatabaseRole('orders', { defaultTtl: 3600, maxTtl: 7200 });
+    const old = extractPreviousRelease();
+    fx.onCleanup(old.remove);
+    const { v, a, awsRole, providers } = await startUpstreams(fx);
     // Vault's lease on these database users: 30 s, renewable up to 10 min.
     v.createDatabaseRole('orders-short', { defaultTtl: 30, maxTtl: 600 });
-    const brokerToken = v.createToken({ policies: ['jit-broker', 'ops-read'] });
-    const a = await startAwsEmulator();
-    aws = a;
-    const user = a.createUser('jit-broker');
-    const awsRole = a.createRole('agent-reports', { maxSessionDuration: 3600, trust: [user.arn] });
 
     const raw = testRawConfig(issuer, prefix, {
-      server: { port: 0, publicUrl: 'http://127.0.0.1:8080', rateLimit: { perSecond: 0 } },
-      providers: {
-        vault: { address: v.url, auth: { token: brokerToken.token }, requestTimeoutMs: 2000 },
-        // A deny write held by the emulator must not time out (and be sent again) before the old process is killed.
-        aws: brokerAwsSettings(a.url, user, { requestTimeoutMs: 30_000, revocationVerifySeconds: 1 }),
-      },
+      server: UNLIMITED_SERVER,
+      providers,
       roles: {
         // With Vault's default policy: the agent's own token, which renews its secrets' Vault leases.
         'vault-ops': { provider: 'vault', token: { policies: ['ops-read'], defaultPolicy: true }, maxTtlSeconds: 900 },
@@ -110,28 +74,15 @@ maybe(
         'orders-short': { provider: 'vault', path: 'database/creds/orders-short', maxTtlSeconds: 900 },
         reports: { provider: 'aws', roleArn: awsRole.arn, maxTtlSeconds: 3600 },
       },
-      revocation: {
-        backoffMs: 50,
-        maxBackoffMs: 500,
-        reconcileIntervalMs: 1000,
-        concurrency: 8,
-        lockMs: 1000,
-        stalledCheckMs: 500,
-        sweepMs: 20,
-        // An issuance unconfirmed for 10 s is interrupted (AWS's own window is over a minute).
-        orphanMs: 10_000,
-      },
+      // An issuance unconfirmed for 10 s is interrupted (AWS's own window is over a minute).
+      revocation: { ...TEST_REVOCATION, reconcileIntervalMs: 1000, orphanMs: 10_000 },
     });
-    const dir = mkdtempSync(join(tmpdir(), 'jit-upgrade-upstream-'));
-    const [oldFile, newFile] = [join(dir, 'old.yaml'), join(dir, 'new.yaml')];
-    writeFileSync(oldFile, JSON.stringify(previousReleaseConfig(old.dir, raw)));
-    writeFileSync(newFile, JSON.stringify(raw));
+    const { oldFile, newFile } = writeReleaseConfigs(old.dir, raw, 'jit-upgrade-upstream');
     const keys = new Keys(prefix);
     const r = new Redis(REDIS_URL);
     try {
       // ---- The previous release: API and worker in one process.
-      const before = await startBrokerProcess(oldFile, { cwd: old.dir });
-      procs.push(before);
+      const before = await fx.start(oldFile, { cwd: old.dir });
       const open = async (taskId: string, ttlSeconds: number) => {
         const res = await call(before.url, 'POST', '/v1/tasks', as(ORCH), {
           taskId,
@@ -242,12 +193,7 @@ maybe(
 
       // ---- This release on the same Redis.
       const log = capturingLogger('warn');
-      fresh = await startTestBroker('upgrade-upstream-new', {
-        prefix,
-        issuer,
-        loaded: loadConfig({}, newFile),
-        broker: { logger: log.logger },
-      });
+      const fresh = await fx.startBroker('upgrade-upstream-new', newFile, { logger: log.logger });
       expect((await call(fresh.url, 'POST', '/v1/tasks/t-main/complete', as(ORCH))).status).toBe(202);
 
       // Vault stays sealed past the renewed secret's recorded end (its first lease_duration) until this release

@@ -1,30 +1,32 @@
-import { afterAll, expect, test } from '@jest/globals';
+import { expect } from '@jest/globals';
 import { execFile } from 'node:child_process';
-import { mkdtempSync, statSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { Redis } from 'ioredis';
-import { loadConfig } from '../../src/config/load.ts';
 import { Keys } from '../../src/redis/keys.ts';
 import {
   AGENT,
   ADMIN,
   auditRecords,
   call,
-  dropPrefix,
   ORCH,
+  openAgentTask,
   REDIS_URL,
-  startTestBroker,
-  type TestBroker,
+  TEST_REVOCATION,
   testRawConfig,
-  uniquePrefix,
+  UNLIMITED_SERVER,
   waitFor,
 } from '../helpers/broker.ts';
-import { TestIssuer } from '../helpers/identity.ts';
 import { capturingLogger } from '../helpers/log-capture.ts';
-import { extractPreviousRelease, previousReleaseConfig, previousReleaseMissing, scriptSha } from '../helpers/old-release.ts';
-import { type BrokerProcess, START_TIMEOUT_MS, startBrokerProcess } from '../helpers/process.ts';
+import {
+  extractPreviousRelease,
+  previousReleaseConfig,
+  previousReleaseTest,
+  scriptSha,
+  writeReleaseConfigs,
+} from '../helpers/old-release.ts';
+import { START_TIMEOUT_MS, processFixture } from '../helpers/process.ts';
 import { redisCutProxy } from '../helpers/redis-cut-proxy.ts';
 
 /**
@@ -39,24 +41,12 @@ import { redisCutProxy } from '../helpers/redis-cut-proxy.ts';
  * outbox holds exactly once, and `audit:verify` must say intact. (It passed on this release as it was: the
  * in-place upgrade needed no fix; the rolling one did, test/ops/upgrade-mixed.test.ts.)
  */
-const missing = previousReleaseMissing();
-if (missing) console.warn(`test/ops/upgrade.test.ts skipped: ${missing}`);
-const maybe = missing ? test.skip : test;
+const maybe = previousReleaseTest('test/ops/upgrade.test.ts');
 
 const run = promisify(execFile);
-const issuer = new TestIssuer();
-const prefix = uniquePrefix('upgrade');
-const procs: BrokerProcess[] = [];
-let old: ReturnType<typeof extractPreviousRelease> | undefined;
-let fresh: TestBroker | undefined;
-afterAll(async () => {
-  for (const p of procs) await p.kill();
-  await fresh?.broker.close();
-  await dropPrefix(prefix);
-  old?.remove();
-});
-
-const as = (path: string) => ({ authorization: `Bearer ${issuer.svid(path)}` });
+const fx = processFixture();
+const { issuer, as } = fx;
+const prefix = fx.prefix('upgrade');
 const HELPER = '/agent/helper';
 const introspect = async (url: string, token: string) =>
   (
@@ -70,51 +60,35 @@ const introspect = async (url: string, token: string) =>
 maybe(
   'state left by the previous release is served, ended and audited by this one after an in-place upgrade',
   async () => {
-    old = extractPreviousRelease();
+    const old = extractPreviousRelease();
+    fx.onCleanup(old.remove);
     const oldDir = old.dir;
 
     // One config (one KEK, one export file, one prefix) for both releases; the old one knows fewer keys.
     const raw = testRawConfig(issuer, prefix, {
-      server: { port: 0, publicUrl: 'http://127.0.0.1:8080', rateLimit: { perSecond: 0 } },
+      server: UNLIMITED_SERVER,
       audit: { sealIntervalSeconds: 1, retentionIntervalSeconds: 1 },
-      revocation: {
-        backoffMs: 50,
-        maxBackoffMs: 500,
-        reconcileIntervalMs: 1000,
-        concurrency: 8,
-        lockMs: 1000,
-        stalledCheckMs: 500,
-        sweepMs: 20,
-      },
+      revocation: { ...TEST_REVOCATION, reconcileIntervalMs: 1000 },
     });
     const exportFile = (raw.audit as { export: { file: string } }).export.file;
-    const dir = mkdtempSync(join(tmpdir(), 'jit-upgrade-'));
+    const { dir, oldFile, newFile } = writeReleaseConfigs(oldDir, raw, 'jit-upgrade');
     const proxy = await redisCutProxy(REDIS_URL);
-    const oldRaw = previousReleaseConfig(oldDir, raw);
-    const [oldFile, oldCutFile, newFile] = [join(dir, 'old.yaml'), join(dir, 'old-cut.yaml'), join(dir, 'new.yaml')];
-    writeFileSync(oldFile, JSON.stringify(oldRaw));
-    writeFileSync(oldCutFile, JSON.stringify({ ...oldRaw, redis: { ...(raw.redis as object), url: proxy.url } }));
-    writeFileSync(newFile, JSON.stringify(raw));
+    // The old release once more, its Redis behind the cutting proxy.
+    const oldCutFile = join(dir, 'old-cut.yaml');
+    writeFileSync(
+      oldCutFile,
+      JSON.stringify({ ...previousReleaseConfig(oldDir, raw), redis: { ...(raw.redis as object), url: proxy.url } }),
+    );
     const keys = new Keys(prefix);
     const r = new Redis(REDIS_URL);
     try {
       // ---- The old release: API and worker in one process, and an API behind the cutting proxy (started together).
       const [before, victim] = await Promise.all([
-        startBrokerProcess(oldFile, { cwd: oldDir }),
-        startBrokerProcess(oldCutFile, { cwd: oldDir, args: ['--api'] }),
+        fx.start(oldFile, { cwd: oldDir }),
+        fx.start(oldCutFile, { cwd: oldDir, args: ['--api'] }),
       ]);
-      procs.push(before, victim);
-      const open = async (taskId: string, ttlSeconds: number, grants: Record<string, unknown>[]) => {
-        const res = await call(before.url, 'POST', '/v1/tasks', as(ORCH), {
-          taskId,
-          agent: `spiffe://dev.local${AGENT}`,
-          tenant: 'acme',
-          purpose: 'upgrade',
-          ttlSeconds,
-          grants,
-        });
-        expect(res.status).toBe(201);
-      };
+      const open = (taskId: string, ttlSeconds: number, grants: Record<string, unknown>[]) =>
+        openAgentTask({ url: before.url, as }, taskId, grants, 'upgrade', ttlSeconds);
       const issue = async (url: string, who: string, taskId: string, role: string, ttlSeconds: number) => {
         const res = await call(url, 'POST', '/v1/credentials', as(who), { taskId, role, ttlSeconds });
         expect(res.status).toBe(201);
@@ -178,7 +152,7 @@ maybe(
 
       // ---- The new release on the same Redis.
       const log = capturingLogger('warn');
-      fresh = await startTestBroker('upgrade-new', { prefix, issuer, loaded: loadConfig({}, newFile), broker: { logger: log.logger } });
+      const fresh = await fx.startBroker('upgrade-new', newFile, { logger: log.logger });
       const url = fresh.url;
       expect((await call(url, 'GET', '/readyz', {})).status).toBe(200);
 

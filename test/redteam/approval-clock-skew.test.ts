@@ -1,8 +1,8 @@
 import { resolve } from 'node:path';
 import { jest } from '@jest/globals';
-import { AGENT, ADMIN, ORCH, call, dropPrefix, testConfigFile, uniquePrefix } from '../helpers/broker.ts';
-import { TestIssuer } from '../helpers/identity.ts';
-import { type BrokerProcess, START_TIMEOUT_MS, startBrokerProcess } from '../helpers/process.ts';
+import { openDeployTask } from '../helpers/approvals.ts';
+import { AGENT, ADMIN, call, testConfigFile } from '../helpers/broker.ts';
+import { START_TIMEOUT_MS, processFixture } from '../helpers/process.ts';
 
 /**
  * Red team, clock skew: deadlines are decided on Redis's clock, but the approval an agent's request
@@ -12,33 +12,19 @@ import { type BrokerProcess, START_TIMEOUT_MS, startBrokerProcess } from '../hel
  * its approval were live. The read now uses the broker's clock.
  */
 const SHIM = resolve('test/faults/skew-clock.mjs');
-const issuer = new TestIssuer();
-const prefix = uniquePrefix('rt3-approval-skew');
-let api: BrokerProcess | undefined;
+const fx = processFixture();
+const { issuer, as } = fx;
+const prefix = fx.prefix('rt3-approval-skew');
 jest.setTimeout(START_TIMEOUT_MS + 60_000);
 
-afterAll(async () => {
-  await api?.kill();
-  await dropPrefix(prefix);
-});
-
 test('an API instance 5 minutes fast still creates, shows and honours an approval on a task with 2 minutes left', async () => {
-  api = await startBrokerProcess(testConfigFile(issuer, prefix), {
+  const api = await fx.start(testConfigFile(issuer, prefix), {
     args: ['--api'],
     env: { NODE_OPTIONS: `--import=${SHIM}`, JIT_TEST_CLOCK_SKEW_MS: String(300_000) },
   });
-  const as = (path: string) => ({ authorization: `Bearer ${issuer.svid(path)}` });
   const taskId = 't-rt3-approval-skew';
-  const open = await call(api.url, 'POST', '/v1/tasks', as(ORCH), {
-    taskId,
-    agent: `spiffe://dev.local${AGENT}`,
-    tenant: 'acme',
-    purpose: 'deploy',
-    ttlSeconds: 120,
-    grants: [{ role: 'prod-deploy' }],
-  });
-  expect(open.status).toBe(201);
-  const ask = () => call(api!.url, 'POST', '/v1/credentials', as(AGENT), { taskId, role: 'prod-deploy', ttlSeconds: 60 });
+  await openDeployTask({ url: api.url, as }, taskId, AGENT, 120);
+  const ask = () => call(api.url, 'POST', '/v1/credentials', as(AGENT), { taskId, role: 'prod-deploy', ttlSeconds: 60 });
   const pending = await ask();
   expect({ status: pending.status, body: pending.body }).toEqual({
     status: 202,

@@ -1,7 +1,5 @@
-import { mkdtempSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { ORCH, call, startTestBroker, type TestBroker } from '../helpers/broker.ts';
+import { openDeployTask, permitAllPolicies } from '../helpers/approvals.ts';
+import { call, startTestBroker, type TestBroker } from '../helpers/broker.ts';
 
 /**
  * Found by a red-team pass: an approver that is also an agent could not approve its own request (403
@@ -11,9 +9,7 @@ import { ORCH, call, startTestBroker, type TestBroker } from '../helpers/broker.
  */
 let t: TestBroker;
 beforeAll(async () => {
-  const policies = mkdtempSync(join(tmpdir(), 'rt-approval-delegator-'));
-  writeFileSync(join(policies, 'all.cedar'), 'permit (principal, action, resource);\n');
-  t = await startTestBroker('rt-approval-delegator', { config: { policies } });
+  t = await startTestBroker('rt-approval-delegator', { config: { policies: permitAllPolicies('rt-approval-delegator') } });
 });
 afterAll(async () => {
   await t.close();
@@ -24,15 +20,7 @@ const HELPER = '/agent/bob-helper';
 const id = (p: string) => `spiffe://dev.local${p}`;
 
 test('an approver cannot approve a request made by a sub-task it delegated to', async () => {
-  const root = await call(t.url, 'POST', '/v1/tasks', t.as(ORCH), {
-    taskId: 'rt-deleg-approve',
-    agent: id(BOB),
-    tenant: 'acme',
-    purpose: 'deploy',
-    ttlSeconds: 600,
-    grants: [{ role: 'prod-deploy' }],
-  });
-  expect(root.status).toBe(201);
+  await openDeployTask(t, 'rt-deleg-approve', BOB);
   const sub = await call(t.url, 'POST', '/v1/tasks', t.as(BOB), {
     parentTaskId: 'rt-deleg-approve',
     taskId: 'h',

@@ -1,7 +1,5 @@
-import { mkdtempSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { validateConfig } from '../../src/config/load.ts';
+import { approvedDeploy, permitAllPolicies } from '../helpers/approvals.ts';
 import { ORCH, auditRecords, call, dropPrefix, startTestBroker, testRawConfig, type TestBroker, uniquePrefix } from '../helpers/broker.ts';
 import { TestIssuer } from '../helpers/identity.ts';
 
@@ -17,9 +15,7 @@ import { TestIssuer } from '../helpers/identity.ts';
 let t: TestBroker;
 beforeAll(async () => {
   // Policy permits everything, so only the broker's own approval checks stand.
-  const policies = mkdtempSync(join(tmpdir(), 'rt-approval-quarantine-'));
-  writeFileSync(join(policies, 'all.cedar'), 'permit (principal, action, resource);\n');
-  t = await startTestBroker('rt-approval-quarantine', { config: { policies } });
+  t = await startTestBroker('rt-approval-quarantine', { config: { policies: permitAllPolicies('rt-approval-quarantine') } });
 });
 afterAll(async () => {
   await t.close();
@@ -31,20 +27,7 @@ const ALICE = '/ops/alice';
 const id = (p: string) => `spiffe://dev.local${p}`;
 
 test('an approval decided by an approver quarantined since hands out nothing; the request waits for another approver', async () => {
-  const open = await call(t.url, 'POST', '/v1/tasks', t.as(ORCH), {
-    taskId: 'rt-aq-1',
-    agent: id(AGENT),
-    tenant: 'acme',
-    purpose: 'deploy',
-    ttlSeconds: 600,
-    grants: [{ role: 'prod-deploy' }],
-  });
-  expect(open.status).toBe(201);
-  const ask = () => call(t.url, 'POST', '/v1/credentials', t.as(AGENT), { taskId: 'rt-aq-1', role: 'prod-deploy' });
-  const first = await ask();
-  expect(first.status).toBe(202);
-  const approved = await call(t.url, 'POST', `/v1/approvals/${first.body.approvalId}`, t.as(BOB), { decision: 'approve' });
-  expect(approved.body.status).toBe('approved');
+  const { approvalId: firstId, ask } = await approvedDeploy(t, 'rt-aq-1', AGENT, BOB);
 
   const q = await call(t.url, 'POST', '/v1/admin/quarantine', t.as(ALICE), { agent: id(BOB), reason: 'approver key leaked' });
   expect(q.status).toBe(201);
@@ -55,8 +38,8 @@ test('an approval decided by an approver quarantined since hands out nothing; th
   expect(new Set(burst.map((r) => r.body.approvalId)).size).toBe(1);
   const again = burst[0]!;
   expect({ status: again.status, body: again.body }).toEqual({ status: 202, body: { approvalId: expect.any(String), status: 'pending' } });
-  expect(again.body.approvalId).not.toBe(first.body.approvalId);
-  const old = await call(t.url, 'GET', `/v1/approvals/${first.body.approvalId}`, t.as(ALICE));
+  expect(again.body.approvalId).not.toBe(firstId);
+  const old = await call(t.url, 'GET', `/v1/approvals/${firstId}`, t.as(ALICE));
   expect(old.body).toMatchObject({ status: 'expired', decidedBy: id(BOB) });
   // Asking again is the same pending approval, not another.
   expect((await ask()).body.approvalId).toBe(again.body.approvalId);
@@ -69,7 +52,7 @@ test('an approval decided by an approver quarantined since hands out nothing; th
       role: 'prod-deploy',
       decision: 'deny',
       reason: 'approver_quarantined',
-      detail: expect.objectContaining({ approvalId: first.body.approvalId, decidedBy: id(BOB), pattern: id(BOB) }),
+      detail: expect.objectContaining({ approvalId: firstId, decidedBy: id(BOB), pattern: id(BOB) }),
     }),
   ]);
 
@@ -87,20 +70,7 @@ test('an approval decided by an approver quarantined since hands out nothing; th
  */
 test('reads and lists show an approval whose approver was quarantined as expired at once, voided once', async () => {
   const CAROL = '/ops/carol';
-  const open = await call(t.url, 'POST', '/v1/tasks', t.as(ORCH), {
-    taskId: 'rt-aq-2',
-    agent: id(AGENT),
-    tenant: 'acme',
-    purpose: 'deploy',
-    ttlSeconds: 600,
-    grants: [{ role: 'prod-deploy' }],
-  });
-  expect(open.status).toBe(201);
-  const ask = () => call(t.url, 'POST', '/v1/credentials', t.as(AGENT), { taskId: 'rt-aq-2', role: 'prod-deploy' });
-  const first = await ask();
-  expect(first.status).toBe(202);
-  const approvalId = first.body.approvalId as string;
-  expect((await call(t.url, 'POST', `/v1/approvals/${approvalId}`, t.as(CAROL), { decision: 'approve' })).status).toBe(200);
+  const { approvalId, ask } = await approvedDeploy(t, 'rt-aq-2', AGENT, CAROL);
   const listed = async (who: string, status: string) =>
     ((await call(t.url, 'GET', `/v1/approvals?status=${status}&limit=500`, t.as(who))).body.items as { approvalId: string }[])
       .map((a) => a.approvalId)
@@ -145,29 +115,14 @@ test('reads and lists show an approval whose approver was quarantined as expired
 test('an approval decided by an identity that is no longer an approver (config changed, broker restarted) hands out nothing', async () => {
   const issuer = new TestIssuer();
   const prefix = uniquePrefix('rt-approver-removed');
-  const policies = mkdtempSync(join(tmpdir(), 'rt-approver-removed-'));
-  writeFileSync(join(policies, 'all.cedar'), 'permit (principal, action, resource);\n');
+  const policies = permitAllPolicies('rt-approver-removed');
   // One raw config (one KEK), started twice on one prefix: first with bob an approver, then without.
   const raw = testRawConfig(issuer, prefix, { policies });
   const before = await startTestBroker('rt-approver-removed', { issuer, prefix, loaded: validateConfig(raw, {}, 'config/test.yaml') });
   const as = (p: string) => ({ authorization: `Bearer ${issuer.svid(p)}` });
   let after: TestBroker | undefined;
   try {
-    expect(
-      (
-        await call(before.url, 'POST', '/v1/tasks', as(ORCH), {
-          taskId: 'rt-ar-1',
-          agent: id(AGENT),
-          tenant: 'acme',
-          purpose: 'deploy',
-          ttlSeconds: 600,
-          grants: [{ role: 'prod-deploy' }],
-        })
-      ).status,
-    ).toBe(201);
-    const first = await call(before.url, 'POST', '/v1/credentials', as(AGENT), { taskId: 'rt-ar-1', role: 'prod-deploy' });
-    expect(first.status).toBe(202);
-    expect((await call(before.url, 'POST', `/v1/approvals/${first.body.approvalId}`, as(BOB), { decision: 'approve' })).status).toBe(200);
+    const first = await approvedDeploy(before, 'rt-ar-1', AGENT, BOB);
     await before.broker.close();
 
     // Ops take bob off the approvers and restart.
@@ -175,14 +130,12 @@ test('an approval decided by an identity that is no longer an approver (config c
     after = await startTestBroker('rt-approver-removed', { issuer, prefix, loaded });
     // Lists show it as it stands before the agent comes back (before: `approved`).
     const list = await call(after.url, 'GET', '/v1/approvals?limit=500', as(ALICE));
-    expect((list.body.items as { approvalId: string; status: string }[]).find((a) => a.approvalId === first.body.approvalId)).toMatchObject(
-      {
-        status: 'expired',
-      },
-    );
+    expect((list.body.items as { approvalId: string; status: string }[]).find((a) => a.approvalId === first.approvalId)).toMatchObject({
+      status: 'expired',
+    });
     const again = await call(after.url, 'POST', '/v1/credentials', as(AGENT), { taskId: 'rt-ar-1', role: 'prod-deploy' });
     expect({ status: again.status, status2: again.body.status }).toEqual({ status: 202, status2: 'pending' });
-    expect(again.body.approvalId).not.toBe(first.body.approvalId);
+    expect(again.body.approvalId).not.toBe(first.approvalId);
     const records = await auditRecords(after.broker.deps.redis, after.broker.deps.keys);
     expect(records.filter((r) => r.action === 'approval.decide' && r.actor === 'broker')).toEqual([
       expect.objectContaining({ reason: 'approver_removed', detail: expect.objectContaining({ decidedBy: id(BOB) }) }),

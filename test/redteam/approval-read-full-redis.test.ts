@@ -1,8 +1,6 @@
-import { mkdtempSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import type { Redis } from 'ioredis';
-import { ORCH, call, startTestBroker, type TestBroker } from '../helpers/broker.ts';
+import { approvedDeploy, permitAllPolicies } from '../helpers/approvals.ts';
+import { call, startTestBroker, type TestBroker } from '../helpers/broker.ts';
 import { type RedisStandalone, startStandalone } from '../helpers/redis-topology.ts';
 
 /**
@@ -24,8 +22,7 @@ beforeAll(async () => {
   redis = await startStandalone();
   admin = redis.client();
   await admin.connect();
-  const policies = mkdtempSync(join(tmpdir(), 'rt-approval-full-'));
-  writeFileSync(join(policies, 'all.cedar'), 'permit (principal, action, resource);\n');
+  const policies = permitAllPolicies('rt-approval-full');
   const prefix = `afull-${process.pid}`;
   t = await startTestBroker('rt-approval-full', { prefix, config: { policies, redis: { url: redis.url, prefix } } });
 }, 60_000);
@@ -37,19 +34,7 @@ afterAll(async () => {
 });
 
 test('with Redis refusing writes, an approval whose approver was quarantined reads `expired`, alone and in lists', async () => {
-  const open = await call(t.url, 'POST', '/v1/tasks', t.as(ORCH), {
-    taskId: 'af-1',
-    agent: id(AGENT),
-    tenant: 'acme',
-    purpose: 'deploy',
-    ttlSeconds: 600,
-    grants: [{ role: 'prod-deploy' }],
-  });
-  expect(open.status).toBe(201);
-  const asked = await call(t.url, 'POST', '/v1/credentials', t.as(AGENT), { taskId: 'af-1', role: 'prod-deploy' });
-  expect(asked.status).toBe(202);
-  const approvalId = asked.body.approvalId as string;
-  expect((await call(t.url, 'POST', `/v1/approvals/${approvalId}`, t.as(BOB), { decision: 'approve' })).body.status).toBe('approved');
+  const { approvalId, ask } = await approvedDeploy(t, 'af-1', AGENT, BOB);
   expect((await call(t.url, 'POST', '/v1/admin/quarantine', t.as(ALICE), { agent: id(BOB), reason: 'key leaked' })).status).toBe(201);
 
   await admin.config('SET', 'maxmemory', '1');
@@ -65,13 +50,13 @@ test('with Redis refusing writes, an approval whose approver was quarantined rea
     expect(approved.status).toBe(200);
     expect((approved.body.items as { approvalId: string }[]).map((a) => a.approvalId)).not.toContain(approvalId);
     // Issuing needs writes: still a 503, never a credential on the quarantined approver's word.
-    const again = await call(t.url, 'POST', '/v1/credentials', t.as(AGENT), { taskId: 'af-1', role: 'prod-deploy' });
+    const again = await ask();
     expect([again.status, again.body.code]).toEqual([503, 'not_ready']);
   } finally {
     await admin.config('SET', 'maxmemory', '0');
   }
   // Writes back: the agent's request voids it (once) and asks again.
-  const after = await call(t.url, 'POST', '/v1/credentials', t.as(AGENT), { taskId: 'af-1', role: 'prod-deploy' });
+  const after = await ask();
   expect(after.status).toBe(202);
   expect(after.body.approvalId).not.toBe(approvalId);
 });

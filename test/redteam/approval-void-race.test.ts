@@ -1,7 +1,5 @@
-import { mkdtempSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { ORCH, auditRecords, call, startTestBroker, type TestBroker } from '../helpers/broker.ts';
+import { approvedDeploy, permitAllPolicies } from '../helpers/approvals.ts';
+import { auditRecords, call, startTestBroker, type TestBroker } from '../helpers/broker.ts';
 
 /**
  * Review 3 (held): an approval whose approver was quarantined is voided by whichever call finds it first: a read,
@@ -10,9 +8,7 @@ import { ORCH, auditRecords, call, startTestBroker, type TestBroker } from '../h
  */
 let t: TestBroker;
 beforeAll(async () => {
-  const policies = mkdtempSync(join(tmpdir(), 'rt-approval-void-race-'));
-  writeFileSync(join(policies, 'all.cedar'), 'permit (principal, action, resource);\n');
-  t = await startTestBroker('rt-approval-void-race', { config: { policies } });
+  t = await startTestBroker('rt-approval-void-race', { config: { policies: permitAllPolicies('rt-approval-void-race') } });
 });
 afterAll(async () => {
   await t.close();
@@ -24,20 +20,7 @@ const ALICE = '/ops/alice';
 const id = (p: string) => `spiffe://dev.local${p}`;
 
 test('reads, lists, decisions and requests racing to void one approval record it once and never fail', async () => {
-  const open = await call(t.url, 'POST', '/v1/tasks', t.as(ORCH), {
-    taskId: 'rt-avr-1',
-    agent: id(AGENT),
-    tenant: 'acme',
-    purpose: 'deploy',
-    ttlSeconds: 600,
-    grants: [{ role: 'prod-deploy' }],
-  });
-  expect(open.status).toBe(201);
-  const ask = () => call(t.url, 'POST', '/v1/credentials', t.as(AGENT), { taskId: 'rt-avr-1', role: 'prod-deploy' });
-  const first = await ask();
-  expect(first.status).toBe(202);
-  const approvalId = first.body.approvalId as string;
-  expect((await call(t.url, 'POST', `/v1/approvals/${approvalId}`, t.as(BOB), { decision: 'approve' })).body.status).toBe('approved');
+  const { approvalId, ask } = await approvedDeploy(t, 'rt-avr-1', AGENT, BOB);
   expect((await call(t.url, 'POST', '/v1/admin/quarantine', t.as(ALICE), { agent: id(BOB), reason: 'key leaked' })).status).toBe(201);
 
   const answers = await Promise.all([
@@ -69,21 +52,8 @@ test('reads, lists, decisions and requests racing to void one approval record it
  * voided, a real GET) right after the request's index lookup named it.
  */
 test('a request whose approval is voided between its lookup and its read asks again (202), not 409', async () => {
-  const open = await call(t.url, 'POST', '/v1/tasks', t.as(ORCH), {
-    taskId: 'rt-avr-2',
-    agent: id(AGENT),
-    tenant: 'acme',
-    purpose: 'deploy',
-    ttlSeconds: 600,
-    grants: [{ role: 'prod-deploy' }],
-  });
-  expect(open.status).toBe(201);
-  const ask = () => call(t.url, 'POST', '/v1/credentials', t.as(AGENT), { taskId: 'rt-avr-2', role: 'prod-deploy' });
-  const first = await ask();
-  expect(first.status).toBe(202);
-  const approvalId = first.body.approvalId as string;
   const CAROL = '/ops/carol';
-  expect((await call(t.url, 'POST', `/v1/approvals/${approvalId}`, t.as(CAROL), { decision: 'approve' })).body.status).toBe('approved');
+  const { approvalId, ask } = await approvedDeploy(t, 'rt-avr-2', AGENT, CAROL);
   expect((await call(t.url, 'POST', '/v1/admin/quarantine', t.as(ALICE), { agent: id(CAROL), reason: 'key leaked' })).status).toBe(201);
 
   const store = t.broker.deps.approvals;
@@ -113,20 +83,8 @@ test('a request whose approval is voided between its lookup and its read asks ag
  * Only an approval whose approver is gone says so.
  */
 test('an approval past its own deadline is not said to be taken back', async () => {
-  const open = await call(t.url, 'POST', '/v1/tasks', t.as(ORCH), {
-    taskId: 'rt-avr-deadline',
-    agent: id(AGENT),
-    tenant: 'acme',
-    purpose: 'deploy',
-    ttlSeconds: 600,
-    grants: [{ role: 'prod-deploy' }],
-  });
-  expect(open.status).toBe(201);
-  const ask = await call(t.url, 'POST', '/v1/credentials', t.as(AGENT), { taskId: 'rt-avr-deadline', role: 'prod-deploy' });
-  expect(ask.status).toBe(202);
-  const approvalId = ask.body.approvalId as string;
   const dave = '/ops/dave';
-  expect((await call(t.url, 'POST', `/v1/approvals/${approvalId}`, t.as(dave), { decision: 'approve' })).body.status).toBe('approved');
+  const { approvalId } = await approvedDeploy(t, 'rt-avr-deadline', AGENT, dave);
   // Its deadline passed (moved behind the API: the task stays open, as between a deadline and its sweep).
   await t.broker.deps.redis.hset(t.broker.deps.keys.approval(approvalId), 'expiresAt', String(Date.now() - 60_000));
   const r = await call(t.url, 'POST', `/v1/approvals/${approvalId}`, t.as(dave), { decision: 'approve' });

@@ -1,19 +1,7 @@
 import { jest } from '@jest/globals';
-import { loadConfig } from '../../src/config/load.ts';
 import type { AwsEmulator } from '../emulators/aws/index.ts';
-import {
-  AGENT,
-  ORCH,
-  call,
-  dropPrefix,
-  startTestBroker,
-  testConfigFile,
-  uniquePrefix,
-  waitFor,
-  type TestBroker,
-} from '../helpers/broker.ts';
-import { TestIssuer } from '../helpers/identity.ts';
-import { type BrokerProcess, START_TIMEOUT_MS, startBrokerProcess } from '../helpers/process.ts';
+import { AGENT, call, openAgentTask, testConfigFile, waitFor } from '../helpers/broker.ts';
+import { START_TIMEOUT_MS, processFixture } from '../helpers/process.ts';
 import { awsForBroker, callerIdentityAs } from '../providers/aws/helpers.ts';
 
 /**
@@ -24,18 +12,10 @@ import { awsForBroker, callerIdentityAs } from '../providers/aws/helpers.ts';
  */
 jest.setTimeout(START_TIMEOUT_MS + 90_000);
 let emu: AwsEmulator;
-let api: BrokerProcess | undefined;
-let worker: TestBroker | undefined;
-const prefix = uniquePrefix('rt3-crash-aws');
-const issuer = new TestIssuer();
-const as = (path: string) => ({ authorization: `Bearer ${issuer.svid(path)}` });
-
-afterAll(async () => {
-  await api?.kill();
-  await worker?.broker.close();
-  await emu?.stop();
-  await dropPrefix(prefix);
-});
+const fx = processFixture();
+fx.onCleanup(() => emu?.stop());
+const { issuer, as } = fx;
+const prefix = fx.prefix('rt3-crash-aws');
 
 test('sessions STS made for an API process killed before their answers are denied by another instance', async () => {
   const aws = await awsForBroker();
@@ -45,21 +25,14 @@ test('sessions STS made for an API process killed before their answers are denie
     roles: { 'reports-bucket': { provider: 'aws', roleArn: aws.role.arn, maxTtlSeconds: 3600 } },
     revocation: { backoffMs: 50, maxBackoffMs: 500, sweepMs: 20, orphanMs: 1000, lockMs: 1000, stalledCheckMs: 500 },
   });
-  api = await startBrokerProcess(file, { args: ['--api'] });
-  const open = await call(api.url, 'POST', '/v1/tasks', as(ORCH), {
-    taskId: 't-crash-aws',
-    agent: `spiffe://dev.local${AGENT}`,
-    tenant: 'acme',
-    purpose: 'crash',
-    ttlSeconds: 7200,
-    grants: [{ role: 'reports-bucket', scopes: ['s3:GetObject', 'sts:GetCallerIdentity'] }],
-  });
-  expect(open.status).toBe(201);
+  const api = await fx.start(file, { args: ['--api'] });
+  const grants = [{ role: 'reports-bucket', scopes: ['s3:GetObject', 'sts:GetCallerIdentity'] }];
+  await openAgentTask({ url: api.url, as }, 't-crash-aws', grants, 'crash', 7200);
   const before = emu.sessions().length;
   const N = 3;
   for (let i = 0; i < N; i++) emu.holdAnswer('AssumeRole', 60_000);
   const inflight = Array.from({ length: N }, () =>
-    call(api!.url, 'POST', '/v1/credentials', as(AGENT), { taskId: 't-crash-aws', role: 'reports-bucket' }).catch(() => undefined),
+    call(api.url, 'POST', '/v1/credentials', as(AGENT), { taskId: 't-crash-aws', role: 'reports-bucket' }).catch(() => undefined),
   );
   await waitFor(async () => emu.sessions().length - before === N, 10_000, 25);
   const made = emu.sessions().slice(before);
@@ -67,9 +40,9 @@ test('sessions STS made for an API process killed before their answers are denie
   await api.kill('SIGKILL');
   await Promise.all(inflight);
 
-  worker = await startTestBroker('rt3-crash-aws-worker', { prefix, issuer, loaded: loadConfig({}, file), broker: { api: false } });
+  const worker = await fx.startBroker('rt3-crash-aws-worker', file, { api: false });
   const ids = await worker.broker.deps.tasks.leaseIds('t-crash-aws');
   expect(ids).toHaveLength(N);
-  await waitFor(async () => (await worker!.broker.deps.leases.getMany(ids)).every((l) => l.status === 'failed'), 20_000, 100);
+  await waitFor(async () => (await worker.broker.deps.leases.getMany(ids)).every((l) => l.status === 'failed'), 20_000, 100);
   for (const s of made) expect(await callerIdentityAs(emu.url, s)).not.toBe('ok');
 });

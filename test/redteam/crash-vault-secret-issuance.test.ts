@@ -1,19 +1,7 @@
 import { jest } from '@jest/globals';
-import { loadConfig } from '../../src/config/load.ts';
 import { startVaultEmulator, type VaultEmulator } from '../emulators/vault/index.ts';
-import {
-  AGENT,
-  ORCH,
-  call,
-  dropPrefix,
-  startTestBroker,
-  testConfigFile,
-  uniquePrefix,
-  waitFor,
-  type TestBroker,
-} from '../helpers/broker.ts';
-import { TestIssuer } from '../helpers/identity.ts';
-import { type BrokerProcess, START_TIMEOUT_MS, startBrokerProcess } from '../helpers/process.ts';
+import { AGENT, ORCH, call, openAgentTask, testConfigFile, waitFor } from '../helpers/broker.ts';
+import { START_TIMEOUT_MS, processFixture } from '../helpers/process.ts';
 import { BROKER_POLICY } from '../providers/vault/helpers.ts';
 
 /**
@@ -25,19 +13,10 @@ import { BROKER_POLICY } from '../providers/vault/helpers.ts';
  */
 jest.setTimeout(2 * START_TIMEOUT_MS + 90_000);
 let emu: VaultEmulator;
-const apis: BrokerProcess[] = [];
-let worker: TestBroker | undefined;
-const prefix = uniquePrefix('rt3-crash-secret');
-const issuer = new TestIssuer();
-const agent = `spiffe://dev.local${AGENT}`;
-const as = (path: string) => ({ authorization: `Bearer ${issuer.svid(path)}` });
-
-afterAll(async () => {
-  for (const a of apis) await a.kill();
-  await worker?.broker.close();
-  await emu?.stop();
-  await dropPrefix(prefix);
-});
+const fx = processFixture();
+fx.onCleanup(() => emu?.stop());
+const { issuer, as } = fx;
+const prefix = fx.prefix('rt3-crash-secret');
 
 test('SIGKILL while Vault answers a secret read, or an extension, leaves nothing alive past the issue TTL', async () => {
   emu = await startVaultEmulator({ policies: { 'jit-broker': BROKER_POLICY, 'ops-read': ['secret/ops/*'] } });
@@ -59,23 +38,10 @@ test('SIGKILL while Vault answers a secret read, or an extension, leaves nothing
       orphanMs: 2000,
     },
   });
-  const open = async (url: string, taskId: string) =>
-    expect(
-      (
-        await call(url, 'POST', '/v1/tasks', as(ORCH), {
-          taskId,
-          agent,
-          tenant: 'acme',
-          purpose: 'crash',
-          ttlSeconds: 600,
-          grants: [{ role: 'orders-db' }, { role: 'vault-ops' }],
-        })
-      ).status,
-    ).toBe(201);
+  const open = (url: string, taskId: string) => openAgentTask({ url, as }, taskId, [{ role: 'orders-db' }, { role: 'vault-ops' }], 'crash');
 
   // 1. Killed while Vault's database answers are held: readers and users exist in Vault, no lease knows them.
-  const first = await startBrokerProcess(file, { args: ['--api'] });
-  apis.push(first);
+  const first = await fx.start(file, { args: ['--api'] });
   await open(first.url, 't-crash-read');
   const N = 4;
   const reads = emu.holdResponses(/^database\/creds\//, N);
@@ -92,8 +58,7 @@ test('SIGKILL while Vault answers a secret read, or an extension, leaves nothing
   reads.release();
 
   // 2. Killed while the extension of a recorded credential is held: the lease is `active`, the token short-lived.
-  const second = await startBrokerProcess(file, { args: ['--api'] });
-  apis.push(second);
+  const second = await fx.start(file, { args: ['--api'] });
   await open(second.url, 't-crash-confirm');
   const extend = emu.holdResponses('auth/token/renew-accessor', 1);
   const pending = call(second.url, 'POST', '/v1/credentials', as(AGENT), {
@@ -108,10 +73,10 @@ test('SIGKILL while Vault answers a secret read, or an extension, leaves nothing
   await pending;
   extend.release();
 
-  worker = await startTestBroker('rt3-crash-worker', { prefix, issuer, loaded: loadConfig({}, file) });
+  const worker = await fx.startBroker('rt3-crash-worker', file);
   const readIds = await worker.broker.deps.tasks.leaseIds('t-crash-read');
   expect(readIds).toHaveLength(N);
-  await waitFor(async () => (await worker!.broker.deps.leases.getMany(readIds)).every((l) => l.status === 'failed'), 10_000, 100);
+  await waitFor(async () => (await worker.broker.deps.leases.getMany(readIds)).every((l) => l.status === 'failed'), 10_000, 100);
 
   // Vault's side: past the 5 s issue TTL every reader token is gone, and with it every database user.
   emu.advanceTime(6);
@@ -123,6 +88,6 @@ test('SIGKILL while Vault answers a secret read, or an extension, leaves nothing
   expect((await worker.broker.deps.leases.get(confirmId!))?.status).toBe('active');
   expect(emu.isTokenValid(extended[0]!.id)).toBe(true);
   expect((await call(worker.url, 'POST', '/v1/tasks/t-crash-confirm/complete', as(ORCH))).status).toBe(202);
-  await waitFor(async () => (await worker!.broker.deps.leases.get(confirmId!))?.status === 'revoked', 10_000, 100);
+  await waitFor(async () => (await worker.broker.deps.leases.get(confirmId!))?.status === 'revoked', 10_000, 100);
   expect(emu.isTokenValid(extended[0]!.id)).toBe(false);
 });
