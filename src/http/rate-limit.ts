@@ -1,5 +1,6 @@
 import { makeRoom } from './bounded-map.ts';
 import { createHash } from 'node:crypto';
+import { performance } from 'node:perf_hooks';
 import type { Request, RequestHandler, Response } from 'express';
 import type { Cluster, Redis } from 'ioredis';
 import ipaddr from 'ipaddr.js';
@@ -213,6 +214,12 @@ const MAX_BLOCKED = 100_000;
  */
 export class RateLimits {
   private readonly budgets: Partial<Record<BudgetName, Budget>> = {};
+  /**
+   * Blocked client addresses, each until a performance.now() time: a block lasts the budget's wait, a duration
+   * in this process. Dated with Date.now(), a wall clock stepped back an hour kept an address refused for that
+   * hour more, and one stepped forward let blocked addresses through to the signature check at once
+   * (test/http/rate-limit-clock-step.test.ts).
+   */
   private readonly blocked = new Map<string, number>();
   private readonly limited: Counter<'budget'>;
   private readonly metrics: Metrics;
@@ -304,7 +311,7 @@ export class RateLimits {
         const client = this.blocked.size > 0 ? clientKey(req.ip ?? req.socket.remoteAddress) : undefined;
         const until = client === undefined ? undefined : this.blocked.get(client);
         if (client !== undefined && until !== undefined) {
-          const ms = until - Date.now();
+          const ms = until - performance.now();
           if (ms > 0) {
             const err = this.refuse(
               'unauthenticated',
@@ -330,7 +337,7 @@ export class RateLimits {
   }
 
   private block(client: string, seconds: number): void {
-    const now = Date.now();
+    const now = performance.now();
     // Forgetting a block only costs one more signature check for that address.
     this.blocked.delete(client);
     makeRoom(this.blocked, MAX_BLOCKED, (until) => until <= now);

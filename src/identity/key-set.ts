@@ -1,4 +1,5 @@
 import { readFile } from 'node:fs/promises';
+import { performance } from 'node:perf_hooks';
 import { importJWK, type JWK } from 'jose';
 import type { TrustConfig } from '../config/schema.ts';
 import { resolvePath } from '../config/load.ts';
@@ -19,8 +20,14 @@ type VerifyKey = Awaited<ReturnType<typeof importJWK>>;
 export class KeySet {
   private keys = new Map<string, JWK>();
   private imported = new Map<string, VerifyKey>();
-  private loadedAt = 0;
-  private lastAttempt = 0;
+  /**
+   * When the keys were last loaded, and last tried, on the monotonic clock (performance.now()): the cache's
+   * age is a duration in this process. Counted with Date.now(), a wall clock stepped back an hour made the
+   * age negative, and a key the issuer had withdrawn (a leaked one) kept verifying tokens for that hour
+   * longer than jwksCacheSeconds (test/identity/key-set-clock-step.test.ts).
+   */
+  private loadedAt: number | undefined;
+  private lastAttempt = Number.NEGATIVE_INFINITY;
   private inFlight: Promise<void> | undefined;
   private readonly trust: TrustConfig;
   private readonly maxAgeMs: number;
@@ -41,7 +48,7 @@ export class KeySet {
 
   /** Resolves the key for `kid`, importing it for `alg`; undefined if unknown. */
   async getKey(kid: string, alg: string): Promise<VerifyKey | undefined> {
-    const stale = 'uri' in this.trust.jwks && Date.now() - this.loadedAt > this.maxAgeMs;
+    const stale = 'uri' in this.trust.jwks && (this.loadedAt === undefined || performance.now() - this.loadedAt > this.maxAgeMs);
     if (!this.keys.has(kid) || stale) await this.refresh(false);
     const jwk = this.keys.get(kid);
     if (!jwk) return undefined;
@@ -61,10 +68,10 @@ export class KeySet {
   }
 
   private async refresh(force: boolean): Promise<void> {
-    if ('keys' in this.trust.jwks && this.loadedAt !== 0) return;
-    if (!force && Date.now() - this.lastAttempt < this.cooldownMs) return;
+    if ('keys' in this.trust.jwks && this.loadedAt !== undefined) return;
+    if (!force && performance.now() - this.lastAttempt < this.cooldownMs) return;
     if (this.inFlight) return this.inFlight;
-    this.lastAttempt = Date.now();
+    this.lastAttempt = performance.now();
     this.inFlight = this.load().finally(() => {
       this.inFlight = undefined;
     });
@@ -100,6 +107,6 @@ export class KeySet {
     }
     this.keys = next;
     this.imported.clear();
-    this.loadedAt = Date.now();
+    this.loadedAt = performance.now();
   }
 }

@@ -1,3 +1,4 @@
+import { performance } from 'node:perf_hooks';
 import type { Deps } from '../deps.ts';
 import { BrokerError } from '../errors.ts';
 import type { RotationService } from './rotation.ts';
@@ -18,7 +19,11 @@ export class RotationResume {
   private readonly deps: Deps;
   private readonly rotation: RotationService;
   private timer: NodeJS.Timeout | undefined;
-  /** Per target: when to try again after a failed attempt, and the wait after the next failure. */
+  /**
+   * Per target: when to try again after a failed attempt (performance.now()), and the wait after the next
+   * failure. Monotonic: with Date.now(), a wall clock stepped back an hour held off finishing a rotation, and
+   * retiring the live key it left, for that hour more (test/ops/rotation-resume-clock-step.test.ts).
+   */
   private readonly backoff = new Map<string, { at: number; waitMs: number }>();
   private running = false;
 
@@ -46,7 +51,7 @@ export class RotationResume {
       for (const target of this.rotation.targets()) {
         if (target === 'signing-key') continue;
         const wait = this.backoff.get(target);
-        if (wait && Date.now() < wait.at) continue;
+        if (wait && performance.now() < wait.at) continue;
         const { redis, keys } = this.deps;
         // Separate reads: on a Cluster the two keys may live in different slots.
         // A lock with a TTL: a rotation is running. One without (no broker sets that) the rotation takes over.
@@ -59,7 +64,7 @@ export class RotationResume {
           // A rotation that must wait (AWS: until IAM can list a key an unanswered call may have made) says how long.
           const asked = err instanceof BrokerError && err.retryAfterSeconds ? err.retryAfterSeconds * 1000 : 0;
           const waitMs = Math.min(MAX_BACKOFF_MS, Math.max(everyMs, asked, (wait?.waitMs ?? everyMs / 2) * 2));
-          this.backoff.set(target, { at: Date.now() + waitMs, waitMs });
+          this.backoff.set(target, { at: performance.now() + waitMs, waitMs });
           const code = err instanceof BrokerError ? err.code : 'rotation_failed';
           this.deps.logger.warn({ target, code, retryInMs: waitMs }, 'rotation: resuming an unfinished rotation failed');
         }

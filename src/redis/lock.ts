@@ -1,4 +1,5 @@
 import { randomBytes } from 'node:crypto';
+import { performance } from 'node:perf_hooks';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { AuditEvent } from '../audit/record.ts';
 import type { Logger } from '../logger.ts';
@@ -24,24 +25,29 @@ export interface HeldLock {
 
 /**
  * Extends `lock` every third of `ttlMs` while work goes on, until `stop()`. The signal is aborted when the lock
- * is lost: an extension refused (another holder has it), or none confirmed for a whole TTL (Redis unreachable:
- * it may have lapsed). Work that must not run beside another holder checks the signal; work that is idempotent
- * may ignore it. `what` names the work in the abort reason.
+ * is lost: an extension refused (another holder has it), or none confirmed for a whole TTL (Redis unreachable,
+ * or an extension that never answers: it may have lapsed). Work that must not run beside another holder checks
+ * the signal; work that is idempotent may ignore it. `what` names the work in the abort reason.
+ *
+ * The TTL is counted on the monotonic clock, from when the last confirmed extension was sent (Redis set its
+ * PX no earlier): the wall clock stepped back an hour (NTP setting a fast clock right) made `Date.now() -
+ * confirmed` negative, and a holder cut off from Redis never noticed its lock lapse while another instance
+ * took it (test/redis/lock-clock-step.test.ts).
  */
 export function keepLock(lock: HeldLock, ttlMs: number, what: string): { signal: AbortSignal; stop(): void } {
   const ctl = new AbortController();
-  let confirmed = Date.now();
+  let confirmed = performance.now();
   const lost = (why: string) => ctl.abort(new Error(`${what}: lock lost (${why}); another instance may hold it`));
+  const lapsed = () => {
+    if (performance.now() - confirmed >= ttlMs) lost('not extended for its TTL');
+  };
   const timer = setInterval(() => {
-    lock.extend(ttlMs).then(
-      (ok) => {
-        if (ok) confirmed = Date.now();
-        else lost('taken');
-      },
-      () => {
-        if (Date.now() - confirmed >= ttlMs) lost('not extended for its TTL');
-      },
-    );
+    lapsed();
+    const sent = performance.now();
+    lock.extend(ttlMs).then((ok) => {
+      if (!ok) lost('taken');
+      else confirmed = Math.max(confirmed, sent);
+    }, lapsed);
   }, ttlMs / 3);
   timer.unref();
   return { signal: ctl.signal, stop: () => clearInterval(timer) };
@@ -81,12 +87,13 @@ export interface LockOptions {
  */
 export async function acquireLock(redis: RedisClient, key: string, opts: LockOptions): Promise<HeldLock | undefined> {
   const token = randomBytes(12).toString('hex');
-  const deadline = Date.now() + (opts.waitMs ?? 0);
+  // Monotonic: a wall-clock step must neither give up the wait at once nor stretch it by the step.
+  const deadline = performance.now() + (opts.waitMs ?? 0);
   for (;;) {
     const [got, pttl] = (await acquire.run(redis, [key], [token, opts.ttlMs])) as [number, number?];
     if (got === 2) opts.onTakeover({ key, pttlMs: Number(pttl) });
     if (got !== 0) break;
-    if (Date.now() >= deadline) return undefined;
+    if (performance.now() >= deadline) return undefined;
     await sleep(20 + Math.random() * 40);
   }
   return {

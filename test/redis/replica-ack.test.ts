@@ -1,3 +1,4 @@
+import { jest } from '@jest/globals';
 import type { Cluster, Redis } from 'ioredis';
 import { redisConfigSchema } from '../../src/config/redis.ts';
 import { silentLogger } from '../../src/logger.ts';
@@ -122,6 +123,49 @@ describe('a replica that comes online after the broker started', () => {
       r.disconnect();
       p.disconnect();
       ack.stop();
+    }
+  });
+});
+
+describe('a replica counted, then the wall clock steps forward an hour', () => {
+  let primary: RedisStandalone;
+  let replica: RedisStandalone;
+  beforeAll(async () => {
+    [primary, replica] = await Promise.all([startStandalone(), startStandalone()]);
+  });
+  afterAll(async () => {
+    jest.restoreAllMocks();
+    await closeConnectors();
+    await replica?.stop();
+    await primary?.stop();
+  });
+
+  // `auto` waits when a replica was counted in the last minute. That minute was judged on the wall clock: a
+  // step forward (NTP setting a slow clock right) made the last count look an hour old, and every write went
+  // unreplicated until the next count. It is a duration on the monotonic clock now.
+  test('auto still waits for the replica it counted', async () => {
+    const r = replica.client();
+    const p = primary.client();
+    try {
+      await r.replicaof('127.0.0.1', primary.port);
+      const online = async () => ((await p.call('ROLE')) as unknown[][])[2]!.length === 1;
+      for (let i = 0; i < 400 && !(await online()); i++) await new Promise((res) => setTimeout(res, 25));
+      expect(await online()).toBe(true);
+      // The process's wall clock, as a real step moves it (Date.now itself, whoever holds a reference to it).
+      const realNow = Date.now.bind(Date);
+      let stepMs = 0;
+      jest.spyOn(Date, 'now').mockImplementation(() => realNow() + stepMs);
+      const { ack, rounds } = ackOn({ url: primary.url }, { replicas: 'auto', timeoutMs: 1000 });
+      await ack.start(); // counts the replica once
+      ack.stop(); // and no more: the step lands before any later count
+      stepMs = 3_600_000;
+      await ack.after([keys.replicaFence(4)]);
+      // A round was sent (acked, or timed out while the replica's first sync runs); none: the wait was skipped.
+      expect(rounds).toHaveLength(1);
+    } finally {
+      jest.restoreAllMocks();
+      r.disconnect();
+      p.disconnect();
     }
   });
 });
