@@ -71,6 +71,8 @@ export class DataLossMonitor {
   private epoch: string | undefined;
   private timer: NodeJS.Timeout | undefined;
   private recovering: Promise<void> | undefined;
+  private checking: Promise<void> | undefined;
+  private queued: Promise<void> | undefined;
   private healthy = false;
   private readonly watch: RollbackWatch;
   /** A rollback noticed and not yet recovered from (recovery runs again at every check until it succeeds). */
@@ -105,8 +107,31 @@ export class DataLossMonitor {
     clearInterval(this.timer);
   }
 
-  /** Checks the marker and the keys; recovers when either is gone. */
-  async check(): Promise<void> {
+  /**
+   * Checks the marker and the keys; recovers when either is gone. One check at a time: two overlapping ones
+   * (the periodic one and a caller's, or a slow one and the next tick) each saw one wipe and each recovered,
+   * counting the loss twice, and a look begun before the wipe took the recovered dataset for a rollback (a
+   * second `broker.data_loss` record). A check asked for meanwhile runs once the current one ends, so what it
+   * sees is no older than the call.
+   */
+  check(): Promise<void> {
+    if (this.queued) return this.queued;
+    if (this.checking) {
+      this.queued = this.checking
+        .catch(() => {})
+        .then(() => {
+          this.queued = undefined;
+          return this.check();
+        });
+      return this.queued;
+    }
+    this.checking = this.checkOnce().finally(() => {
+      this.checking = undefined;
+    });
+    return this.checking;
+  }
+
+  private async checkOnce(): Promise<void> {
     if (this.recovering) return this.recovering;
     const [epoch, keyCount] = await Promise.all([this.d.redis.get(this.d.keys.epoch()), this.d.redis.hlen(this.d.keys.signingKeys())]);
     if (epoch && keyCount > 0 && epoch === this.epoch) {

@@ -144,7 +144,11 @@ export class RollbackWatch {
     for (let i = 0; i < changed.length; i++) {
       const [chain, head] = changed[i]!;
       const redis = heads[i] ?? '';
-      if (isBehind(redis, head)) return { seen: 'chain', chain, redis, known: head, recoveriesSeen };
+      // Redis's head further on is not enough: after a rollback, other instances' records (an issuance, their
+      // own recovery) can carry the chain past this one's on the other history. The record itself must be there
+      // (usually the head, or a few hundred records back: only what was written on the chain since this look's last).
+      if (isBehind(redis, head) || (redis !== head && !(await holds(this.redis, this.keys, chain, head))))
+        return { seen: 'chain', chain, redis, known: head, recoveriesSeen };
       this.seen.set(chain, head);
     }
     this.recoveries = recoveries;

@@ -211,6 +211,40 @@ test('two instances that both notice one rollback: one broker.data_loss record, 
   await a.broker.close();
 }, 90_000);
 
+test('an instance notices the rollback of its own records after another instance’s writes carried the chain past them', async () => {
+  // Found in CI: the look compared only the seq of Redis's head with the head this instance had written. After
+  // the rollback, another instance wrote on the rolled-back chain (an issuance, its own recovery) and carried it
+  // past that seq, so this instance never noticed: its completed task's ending, lost with the snapshot and not
+  // in the export, was not applied again, and the task stayed open.
+  const prefix = uniquePrefix('rollback-past');
+  const a = await start(prefix);
+  const b = await start(prefix, { config: a.config, issuer: a.issuer });
+  const one = await openAndIssue(b, 'rb-past');
+  await snapshot();
+  expect((await call(b.url, 'POST', '/v1/tasks/rb-past/complete', b.as(ORCH))).status).toBe(202);
+  await waitFor(async () => !(await introspect(b, one.token)), 10_000);
+  await b.broker.deps.audit.flush();
+  const chain = b.broker.deps.keys.bucketOfTask('rb-past');
+  const known = b.broker.deps.audit.knownHeads().get(chain)!;
+
+  await redis.restart({ keepData: true });
+  // The task is open again on the snapshot: the agent gets credentials through the other instance, whose
+  // records carry the chain past the head b had written.
+  await waitFor(async () => (await state(a, 'rb-past', one.token)).task === 'open', 10_000, 50);
+  for (let i = 0; i < 6; i++)
+    expect((await call(a.url, 'POST', '/v1/credentials', a.as(AGENT), { taskId: 'rb-past', role: 'demo-api' })).status).toBe(201);
+  await a.broker.deps.audit.flush();
+  const head = (await a.broker.deps.redis.get(a.broker.deps.keys.auditHead(chain))) ?? '';
+  expect(Number(head.split(':')[0])).toBeGreaterThan(Number(known.split(':')[0]));
+
+  await b.broker.recovery.check();
+  expect(await readyz(b)).toBe(200);
+  expect(await (await fetch(`${b.url}/metrics`)).text()).toMatch(/jit_redis_data_loss_total\{kind="rolled_back"\} 1/);
+  expect(await state(b, 'rb-past', one.token)).toEqual({ task: 'completed', issueAgain: 409, tokenActive: false });
+  await b.broker.close();
+  await a.broker.close();
+}, 90_000);
+
 test('an instance whose generation went back but whose own records survived still notices records the export holds and Redis lost', async () => {
   const prefix = uniquePrefix('rollback-export');
   const a = await start(prefix);
