@@ -242,9 +242,20 @@ maybe(
       // gone (an old session works again), and the read-back of the deny list puts them back.
       held.release();
       await held.landed;
+      const writesBefore = a.requests('PutRolePolicy').length;
       expect(a.evaluate((main[2] as { accessKeyId: string }).accessKeyId, 's3:GetObject', '*')).toBe('allow');
       await allEnded();
-      expect(log.lines.some((l) => /deny the broker wrote was missing/.test(String(l.msg)))).toBe(true);
+      // Put back by this release: by the read-back (which says so), or, when one came first, by another write of
+      // the deny list (a prune), which writes the whole ledger (a CI run saw that order under load; the read-back
+      // alone is test/providers/aws/deny-lost-update.test.ts).
+      const repaired = log.lines.some((l) => /deny the broker wrote was missing/.test(String(l.msg)));
+      expect(
+        repaired ||
+          a
+            .requests('PutRolePolicy')
+            .slice(writesBefore)
+            .some((q) => q.status === 200),
+      ).toBe(true);
 
       // One ending recorded per lease, whichever release began it.
       const recs = await auditRecords(r, keys);
