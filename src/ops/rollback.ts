@@ -259,8 +259,12 @@ async function holds(redis: RedisClient, keys: Keys, chain: AuditChain, head: st
   const seq = markerSeq(head);
   if (markerSeq(current) < seq) return false;
   let end = '+';
+  // One stream entry per seq: reading back from the head, the record at `seq` is this many entries down
+  // (more when the head moved on since it was read). The look checks every second the chains this instance
+  // wrote, whose heads are usually its own record or a few past it: a page of 500 each time read megabytes.
+  let upper = markerSeq(current);
   for (;;) {
-    const page = await redis.xrevrange(keys.auditStream(chain), end, '-', 'COUNT', 500);
+    const page = await redis.xrevrange(keys.auditStream(chain), end, '-', 'COUNT', Math.min(500, Math.max(1, upper - seq + 1)));
     if (page.length === 0) return true;
     for (const [, fields] of page) {
       let r: AuditRecord;
@@ -271,6 +275,7 @@ async function holds(redis: RedisClient, keys: Keys, chain: AuditChain, head: st
       }
       if (r.seq === seq) return r.hash === hashOf(head);
       if (r.seq < seq) return false;
+      upper = r.seq - 1;
     }
     end = `(${page[page.length - 1]![0]}`;
   }

@@ -422,3 +422,37 @@ test('a generation that went back is still checked at the next look when checkin
   expect(ops[0]!.detail).toMatchObject({ seen: 'generation', quarantinesAppliedAgain: 1 });
   await a.broker.close();
 }, 90_000);
+
+test('the periodic look reads back only the records written past this instance’s own, not a page of 500', async () => {
+  // Found in CI: the look's check that Redis holds this instance's record read the chain back in pages of 500
+  // from the head every second, for every chain it had written that had moved on since (megabytes a second of
+  // large records, and the reads counted against the request-size tests).
+  const prefix = uniquePrefix('rollback-cost');
+  const a = await start(prefix);
+  const b = await start(prefix, { config: a.config, issuer: a.issuer });
+  const event = { action: 'task.open' as const, actor: 'spiffe://dev.local/x', decision: 'ok' as const, detail: { pad: 'x'.repeat(200) } };
+  await Promise.all(Array.from({ length: 600 }, () => a.broker.deps.audit.appendTo(3, event)));
+  await a.broker.recovery.check();
+  // Another instance writes two records past a's head.
+  await b.broker.deps.audit.appendTo(3, event);
+  await b.broker.deps.audit.appendTo(3, event);
+  await a.broker.deps.audit.appendTo(3, event);
+  await b.broker.deps.audit.appendTo(3, event);
+  const client = a.broker.deps.redis as unknown as { sendCommand(c: { name: string; promise: Promise<unknown> }): unknown };
+  const send = client.sendCommand;
+  let entries = 0;
+  client.sendCommand = function (this: unknown, c) {
+    if (c.name === 'xrevrange' || c.name === 'xrange') void c.promise.then((r) => (entries += Array.isArray(r) ? r.length : 0));
+    return send.call(this, c);
+  };
+  try {
+    await a.broker.recovery.check();
+  } finally {
+    client.sendCommand = send;
+  }
+  expect(a.broker.recovery.ready).toBe(true);
+  expect(entries).toBeGreaterThan(0);
+  expect(entries).toBeLessThanOrEqual(2);
+  await b.broker.close();
+  await a.broker.close();
+}, 60_000);

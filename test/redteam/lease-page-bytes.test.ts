@@ -18,6 +18,8 @@ const scopes = Array.from({ length: 100 }, (_, j) => `${String(j).padStart(3, '0
 beforeAll(async () => {
   t = await startTestBroker('rt-lease-bytes', {
     config: { server: { port: 0, publicUrl: 'http://127.0.0.1:8080', rateLimit: { perSecond: 0 } } },
+    // What one request reads is measured on the broker's client: the periodic rollback look is not the page's.
+    broker: { dataLossCheckMs: 600_000 },
   });
   const open = await call(t.url, 'POST', '/v1/tasks', t.as(ORCH), {
     taskId: 'lb',
