@@ -1,3 +1,4 @@
+import { performance } from 'node:perf_hooks';
 import type { Logger } from '../logger.ts';
 import type { AuditChain, Keys } from '../redis/keys.ts';
 import { type RedisClient, script } from '../redis/scripts.ts';
@@ -380,10 +381,15 @@ export class ChainWriter {
     this.pump(chain, st);
   }
 
+  /**
+   * The 15 s is a wait in this process, on the monotonic clock: with Date.now(), a wall clock stepped forward
+   * an hour failed the appends waiting here at once, and one stepped back held them for that hour more
+   * (test/audit/epoch-wait-clock-step.test.ts).
+   */
   private async awaitEpoch(): Promise<void> {
-    const deadline = Date.now() + 15_000;
+    const deadline = performance.now() + 15_000;
     while ((await this.redis.get(this.keys.epoch())) === null) {
-      if (Date.now() > deadline) throw new Error('audit: Redis lost its data and the chains were not continued from the export yet');
+      if (performance.now() > deadline) throw new Error('audit: Redis lost its data and the chains were not continued from the export yet');
       await new Promise((r) => setTimeout(r, 50));
     }
   }

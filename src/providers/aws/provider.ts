@@ -1,3 +1,4 @@
+import { performance } from 'node:perf_hooks';
 import type { LeaseRecord } from '../../leases/types.ts';
 import type { IssueIntent, IssueRequest, IssueResult, Provider, ProviderContext, RevokeContext, RotationResult } from '../types.ts';
 import { GetCallerIdentityCommand } from '@aws-sdk/client-sts';
@@ -90,7 +91,10 @@ export function createAwsProvider(settings: AwsSettings, ctx: ProviderContext, o
     ...(opts.onDenyFallback ? { onFallback: opts.onDenyFallback } : {}),
     ...(opts.onDenyFold ? { onFold: opts.onDenyFold } : {}),
   });
-  let readyUntil = 0;
+  // Until when a good GetCallerIdentity answers ready() (performance.now()). Monotonic: with Date.now(), a wall
+  // clock stepped back an hour kept /readyz saying this instance's credentials work for that hour after AWS
+  // refused them (test/providers/aws/caches-clock-step.test.ts).
+  let readyUntil = Number.NEGATIVE_INFINITY;
   let refused = false;
 
   const prune = (roleArn: string) =>
@@ -153,10 +157,10 @@ export function createAwsProvider(settings: AwsSettings, ctx: ProviderContext, o
     },
 
     async ready() {
-      if (readyUntil > Date.now()) return true;
+      if (readyUntil > performance.now()) return true;
       try {
         await clients.current.sts.send(new GetCallerIdentityCommand({}));
-        readyUntil = Date.now() + READY_CACHE_MS;
+        readyUntil = performance.now() + READY_CACHE_MS;
         refused = false;
         return true;
       } catch (err) {

@@ -1,3 +1,4 @@
+import { performance } from 'node:perf_hooks';
 import { GetRoleCommand } from '@aws-sdk/client-iam';
 import type { Logger } from '../../logger.ts';
 import type { AwsClients } from './clients.ts';
@@ -26,6 +27,10 @@ export function roleNameFromArn(roleArn: string): string {
 export class RoleInfoCache {
   private readonly clients: AwsClients;
   private readonly logger: Logger;
+  /**
+   * `until` on the monotonic clock (performance.now()): with Date.now(), a wall clock stepped back an hour kept
+   * a role's MaxSessionDuration (or a failed lookup) an hour past TTL_MS (test/providers/aws/caches-clock-step.test.ts).
+   */
   private readonly cache = new Map<string, { info: RoleInfo | undefined; until: number }>();
 
   constructor(clients: AwsClients, logger: Logger) {
@@ -35,7 +40,7 @@ export class RoleInfoCache {
 
   async get(roleArn: string): Promise<RoleInfo | undefined> {
     const hit = this.cache.get(roleArn);
-    if (hit && hit.until > Date.now()) return hit.info;
+    if (hit && hit.until > performance.now()) return hit.info;
     let info: RoleInfo | undefined;
     try {
       const out = await this.clients.current.iam.send(new GetRoleCommand({ RoleName: roleNameFromArn(roleArn) }));
@@ -45,7 +50,7 @@ export class RoleInfoCache {
     } catch (err) {
       this.logger.debug({ roleArn, code: awsErrorCode(err) }, "iam GetRole failed; issuing without the role's MaxSessionDuration");
     }
-    this.cache.set(roleArn, { info, until: Date.now() + TTL_MS });
+    this.cache.set(roleArn, { info, until: performance.now() + TTL_MS });
     return info;
   }
 }

@@ -11,7 +11,10 @@ interface Generation {
   readonly accessor: string;
   /** TTL granted at login, in seconds (0 = never expires: a root or periodic-less static token). */
   readonly fullTtl: number;
-  /** Epoch ms; null = no expiry known. */
+  /**
+   * Epoch ms; null = no expiry known. A wall-clock step does not move the renewal: this is read only by
+   * `schedule`, in the same turn it is set, and the renewal timer runs on the monotonic clock (setTimeout).
+   */
   expiresAt: number | null;
   renewable: boolean;
   /** Vault capped the last renewal at the token's max TTL: the next step is a new login, not a renewal. */
