@@ -241,12 +241,13 @@ export class BrokerClient {
   /** Polls an approval until it is no longer pending; answers the decided approval. */
   async waitForApproval(approvalId: string, opts: WaitOptions = {}): Promise<Approval> {
     const interval = opts.intervalMs ?? 2000;
-    const deadline = opts.timeoutMs === undefined ? Number.POSITIVE_INFINITY : Date.now() + opts.timeoutMs;
+    // A wait of this process: monotonic, so a step of the wall clock neither ends it at once nor makes it an hour long.
+    const deadline = opts.timeoutMs === undefined ? Number.POSITIVE_INFINITY : performance.now() + opts.timeoutMs;
     for (;;) {
       opts.signal?.throwIfAborted();
       const a = await this.getApproval(approvalId);
       if (a.status !== 'pending') return a;
-      if (Date.now() + interval > deadline) throw new ApprovalPendingError(approvalId);
+      if (performance.now() + interval > deadline) throw new ApprovalPendingError(approvalId);
       await sleep(interval, opts.signal);
     }
   }

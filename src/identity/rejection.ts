@@ -1,3 +1,4 @@
+import { performance } from 'node:perf_hooks';
 import { Counter } from 'prom-client';
 import { type BrokerError, unauthenticated } from '../errors.ts';
 import type { Logger } from '../logger.ts';
@@ -101,7 +102,9 @@ export class RejectionLog {
     this.byReason?.inc({ reason });
     this.logger.debug({ reason, detail }, 'identity rejected');
     this.counts[reason] = (this.counts[reason] ?? 0) + 1;
-    const now = Date.now();
+    // Monotonic: with Date.now(), a wall clock stepped back an hour kept the refusals out of the log for that
+    // hour (test/redis/error-log-clock-step.test.ts).
+    const now = performance.now();
     if (now - this.lastLine < this.intervalMs) return;
     this.logger.info({ rejected: this.counts, sample: { reason, detail } }, 'identity tokens rejected');
     this.counts = {};

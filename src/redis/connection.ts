@@ -1,3 +1,4 @@
+import { performance } from 'node:perf_hooks';
 import { isIP } from 'node:net';
 import { type ConnectionOptions, connect as tlsConnect } from 'node:tls';
 import { Cluster, type ClusterOptions, type Command, Redis, type RedisOptions } from 'ioredis';
@@ -373,12 +374,20 @@ function describeLine(d: RedisDescription): string {
  * stderr; with one that logs each, a Redis outage floods the log. One line per
  * client per interval says what is wrong without drowning everything else.
  */
-function logErrors(client: RedisClient, name: string, logger: Logger, diagnoseTls?: () => Promise<string | undefined>): void {
-  let last = 0;
+export function logErrors(
+  client: RedisClient,
+  name: string,
+  logger: Logger,
+  diagnoseTls?: () => Promise<string | undefined>,
+  intervalMs = ERROR_LOG_INTERVAL_MS,
+): void {
+  let last = Number.NEGATIVE_INFINITY;
   let suppressed = 0;
   client.on('error', (err: Error) => {
-    const now = Date.now();
-    if (now - last < ERROR_LOG_INTERVAL_MS) {
+    // Monotonic: with Date.now(), a wall clock stepped back an hour kept every error of an outage out of the
+    // log for that hour (test/redis/error-log-clock-step.test.ts).
+    const now = performance.now();
+    if (now - last < intervalMs) {
       suppressed++;
       return;
     }

@@ -1,3 +1,4 @@
+import { performance } from 'node:perf_hooks';
 import { Command, type Redis } from 'ioredis';
 import type { Logger } from '../logger.ts';
 
@@ -60,7 +61,7 @@ export function guardStalls(client: Redis, opts: { timeoutMs: number; logger: Lo
     }).then((answered) => {
       probing = undefined;
       if (answered && stalledSince !== undefined) {
-        opts.logger.warn({ stalledMs: Date.now() - stalledSince }, 'Redis answers again; commands go through');
+        opts.logger.warn({ stalledMs: Math.round(performance.now() - stalledSince) }, 'Redis answers again; commands go through');
         stalledSince = undefined;
       } else if (!answered && !closed) {
         setTimeout(() => void probe(), PROBE_PAUSE_MS).unref();
@@ -74,7 +75,8 @@ export function guardStalls(client: Redis, opts: { timeoutMs: number; logger: Lo
     send(command, stream);
     command.promise.catch((err: unknown) => {
       if (stalledSince === undefined && err instanceof Error && err.message.startsWith('Command timed out')) {
-        stalledSince = Date.now();
+        // Monotonic: the log's stalledMs is not moved by a step of the wall clock during the stall.
+        stalledSince = performance.now();
         opts.logger.warn(
           { timeoutMs: opts.timeoutMs },
           'Redis did not answer within redis.commandTimeoutMs; commands fail fast (503) until it answers a PING',

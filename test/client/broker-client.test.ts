@@ -207,6 +207,34 @@ describe('approvals', () => {
   });
 });
 
+describe('approvals on a stepped clock', () => {
+  const realDateNow = Date.now;
+  afterEach(() => {
+    Date.now = realDateNow;
+  });
+  it('waiting gives up after timeoutMs even when the wall clock steps back an hour meanwhile', async () => {
+    // The deadline was on the wall clock: a step back (NTP setting a fast clock right) made a 300-ms wait an
+    // hour long, and one forward ended a long wait at once.
+    const task = await openTask([{ role: 'prod-deploy', scopes: [] }]);
+    // One token minted before the step (the test's issuer dates its tokens on this process's wall clock).
+    const agent = new BrokerClient({ url: t.url, token: t.issuer.svid(AGENT), env: {} });
+    const waiting = agent.getCredential(
+      { taskId: task.taskId, role: 'prod-deploy' },
+      { waitForApproval: { intervalMs: 50, timeoutMs: 300 } },
+    );
+    await new Promise((r) => setTimeout(r, 100));
+    Date.now = () => realDateNow() - 3_600_000;
+    const outcome = await Promise.race([
+      waiting.then(
+        () => 'issued',
+        (e: unknown) => (e instanceof ApprovalPendingError ? 'gave up' : String(e)),
+      ),
+      new Promise((r) => setTimeout(() => r('still waiting after 3 s'), 3000)),
+    ]);
+    expect(outcome).toBe('gave up');
+  });
+});
+
 describe('identity and errors', () => {
   it('a token file is re-read on every request', async () => {
     const task = await openTask();
