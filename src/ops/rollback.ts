@@ -140,6 +140,7 @@ export class RollbackWatch {
     }
     this.generation = generation;
     const heads = await Promise.all(changed.map(([chain]) => this.redis.get(this.keys.auditHead(chain))));
+    const replaced = this.replaced;
     this.replaced = new Map();
     for (let i = 0; i < changed.length; i++) {
       const [chain, head] = changed[i]!;
@@ -150,6 +151,19 @@ export class RollbackWatch {
       if (isBehind(redis, head) || (redis !== head && !(await holds(this.redis, this.keys, chain, head))))
         return { seen: 'chain', chain, redis, known: head, recoveriesSeen };
       this.seen.set(chain, head);
+    }
+    // Nor is the head this instance confirmed last: an append of its own refused on a head another instance
+    // carried past the one it had confirmed (ahead of it, so no `takeWentBack`) moved it onto the other
+    // history, which Redis holds. Each head a reported one replaced since the last look must still be there
+    // (one backward read per chain, down to the oldest: records written since the last look). Those dropped
+    // past MAX_REPLACED are not checked here (the generation's confirm takes an overflow as lost).
+    for (const [chain, r] of replaced) {
+      if (r.heads.size === 0) continue;
+      const at = await hashesAt(this.redis, this.keys, chain, new Set([...r.heads].map(markerSeq)));
+      for (const head of r.heads) {
+        if (!at.held(markerSeq(head), hashOf(head)))
+          return { seen: 'chain', chain, redis: (await this.redis.get(this.keys.auditHead(chain))) ?? '', known: head, recoveriesSeen };
+      }
     }
     this.recoveries = recoveries;
     return undefined;

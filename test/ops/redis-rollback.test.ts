@@ -245,6 +245,40 @@ test('an instance notices the rollback of its own records after another instance
   await a.broker.close();
 }, 90_000);
 
+test('an instance notices the rollback of its own records when its next append, refused on a head another instance carried past them, moves it onto the other history', async () => {
+  // As above, but this instance writes once more before its look: its append is refused on Redis's head, which
+  // is ahead of the one it had confirmed (so not a head "behind" it), and its record is chained on that head.
+  // Its confirmed head is then one Redis holds, and the head it had written before was only checked when the
+  // generation went back: the lost ending was never applied again.
+  const prefix = uniquePrefix('rollback-past-own');
+  const a = await start(prefix);
+  const b = await start(prefix, { config: a.config, issuer: a.issuer });
+  const one = await openAndIssue(b, 'rb-past-own');
+  await snapshot();
+  expect((await call(b.url, 'POST', '/v1/tasks/rb-past-own/complete', b.as(ORCH))).status).toBe(202);
+  await waitFor(async () => !(await introspect(b, one.token)), 10_000);
+  await b.broker.deps.audit.flush();
+  const chain = b.broker.deps.keys.bucketOfTask('rb-past-own');
+  const known = b.broker.deps.audit.knownHeads().get(chain)!;
+
+  await redis.restart({ keepData: true });
+  await waitFor(async () => (await state(a, 'rb-past-own', one.token)).task === 'open', 10_000, 50);
+  for (let i = 0; i < 6; i++)
+    expect((await call(a.url, 'POST', '/v1/credentials', a.as(AGENT), { taskId: 'rb-past-own', role: 'demo-api' })).status).toBe(201);
+  await a.broker.deps.audit.flush();
+  // One more issuance through this instance, on the same chain.
+  expect((await call(b.url, 'POST', '/v1/credentials', b.as(AGENT), { taskId: 'rb-past-own', role: 'demo-api' })).status).toBe(201);
+  await b.broker.deps.audit.flush();
+  expect(Number(b.broker.deps.audit.knownHeads().get(chain)!.split(':')[0])).toBeGreaterThan(Number(known.split(':')[0]));
+
+  await b.broker.recovery.check();
+  expect(await readyz(b)).toBe(200);
+  expect(await (await fetch(`${b.url}/metrics`)).text()).toMatch(/jit_redis_data_loss_total\{kind="rolled_back"\} 1/);
+  expect(await state(b, 'rb-past-own', one.token)).toEqual({ task: 'completed', issueAgain: 409, tokenActive: false });
+  await b.broker.close();
+  await a.broker.close();
+}, 90_000);
+
 test('an instance whose generation went back but whose own records survived still notices records the export holds and Redis lost', async () => {
   const prefix = uniquePrefix('rollback-export');
   const a = await start(prefix);
