@@ -371,6 +371,8 @@ export async function repairChains(
   deps: { redis: RedisClient; keys: Keys; file: string },
   known: Map<AuditChain, string>,
   remembered: readonly { chain: AuditChain; record: AuditRecord }[],
+  /** Aborted once the locks the repair runs under are lost: no chain is changed after that. */
+  signal?: AbortSignal,
 ): Promise<Repair> {
   const { redis, keys } = deps;
   const chains = keys.auditChains();
@@ -404,6 +406,7 @@ export async function repairChains(
     const base = diverged === undefined ? markerSeq(head) : diverged - 1;
     const last = t?.last;
     let continuedFrom = head;
+    signal?.throwIfAborted();
     if (last && last.seq > base) {
       continuedFrom = `${last.seq}:${last.hash}`;
       if ((await markScript.run(redis, [keys.auditHead(chain)], [head, continuedFrom])) !== 1)

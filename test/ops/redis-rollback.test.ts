@@ -456,3 +456,43 @@ test('a generation that went back is still checked at the next look when checkin
   expect(ops[0]!.detail).toMatchObject({ seen: 'generation', quarantinesAppliedAgain: 1 });
   await a.broker.close();
 }, 90_000);
+
+test('a rollback recovery that lost its lock to another instance stops before it records the recovery', async () => {
+  // The recovery kept its lock extended but never looked at whether it still held it: one that lost it (cut off
+  // for a TTL, the lock taken by another instance meanwhile) went on repairing, applying and recording beside
+  // the new holder. Here the lock is taken from under it while it applies the endings again.
+  const prefix = uniquePrefix('rollback-lock-lost');
+  const b = await start(prefix);
+  const { keys, redis: client } = b.broker.deps;
+  const { token } = await openAndIssue(b, 'rb-lock');
+  await snapshot();
+  expect((await call(b.url, 'POST', '/v1/tasks/rb-lock/complete', b.as(ORCH))).status).toBe(202);
+  await waitFor(async () => !(await introspect(b, token)), 10_000);
+  await b.broker.deps.audit.flush();
+  await redis.restart({ keepData: true });
+  await waitFor(async () => (await call(b.url, 'GET', '/v1/tasks/rb-lock', b.as(ORCH))).body?.status === 'open', 10_000, 50);
+
+  const d = (b.broker.recovery as unknown as { d: { reapply: (r: unknown) => Promise<unknown> } }).d;
+  const reapply = d.reapply;
+  d.reapply = async (records) => {
+    // Another instance now holds the recovery lock; this one's next extension (a third of the TTL) is refused.
+    await client.set(keys.lock('recovery'), 'another-instance', 'PX', 30_000);
+    await new Promise((r) => setTimeout(r, 10_500));
+    return reapply(records);
+  };
+  await expect(b.broker.recovery.check()).rejects.toThrow(/lock lost/);
+  d.reapply = reapply;
+  expect(await readyz(b)).toBe(503);
+  await b.broker.deps.audit.flush();
+  expect((await auditRecords(client, keys)).filter((r) => r.action === 'broker.data_loss')).toEqual([]);
+  expect(await client.lrange(keys.rollbackRecoveries(), 0, -1)).toEqual([]);
+
+  // Once the lock is free again, the next check recovers.
+  await client.del(keys.lock('recovery'));
+  await b.broker.recovery.check();
+  expect(await readyz(b)).toBe(200);
+  expect(await state(b, 'rb-lock', token)).toEqual({ task: 'completed', issueAgain: 409, tokenActive: false });
+  await b.broker.deps.audit.flush();
+  expect((await auditRecords(client, keys)).filter((r) => r.action === 'broker.data_loss' && r.chain === 'ops')).toHaveLength(1);
+  await b.broker.close();
+}, 90_000);
