@@ -216,7 +216,8 @@ export class DataLossMonitor {
           async (exportLock) => {
             const keepExport = keepLock(exportLock, 30_000, 'recovery: audit export repair');
             try {
-              return await repairChains({ redis: this.d.redis, keys: this.d.keys, file: this.d.exportFile }, known, remembered);
+              const signal = AbortSignal.any([keep.signal, keepExport.signal]);
+              return await repairChains({ redis: this.d.redis, keys: this.d.keys, file: this.d.exportFile }, known, remembered, signal);
             } finally {
               keepExport.stop();
             }
@@ -224,9 +225,14 @@ export class DataLossMonitor {
         );
         if (!repaired) throw new Error('the audit export lock stayed busy; will look again');
         const repair = repaired.value;
+        // Each step only while the lock is still this instance's: one that lost it (cut off for a TTL, taken by
+        // another instance since) must not go on writing beside the new holder; the next check starts over.
+        keep.signal.throwIfAborted();
         // Records written on the rolled-back chains before this was noticed, behind the export's end, with their own time.
         await Promise.all(repair.orphans.map((o) => this.d.audit.appendTo(o.chain, strip(o.record), o.record.time)));
+        keep.signal.throwIfAborted();
         const reapplied = await this.d.reapply(repair.reapply);
+        keep.signal.throwIfAborted();
         // One record per rollback: a recovery listed since this instance's last good look handled it (every
         // instance still repairs and applies again what it remembers; those records are each audited).
         const listed = await this.d.redis.lrange(this.d.keys.rollbackRecoveries(), 0, -1);
@@ -329,12 +335,18 @@ export class DataLossMonitor {
               this.d.logger.error('Redis holds no data but the audit export does: continuing from the export (Redis lost its data)');
             }
             let continued: Continuation[] = [];
+            // As in recoverRollback: each step only while the lock is still this instance's (reading a large
+            // export can outlast it).
+            keep.signal.throwIfAborted();
             if (lost) {
               continued = await continueChains(this.d.redis, this.d.keys, archive, knownHeads);
+              keep.signal.throwIfAborted();
               await this.d.restoreQuarantines(archive.quarantines);
+              keep.signal.throwIfAborted();
               // Records that slipped in after the loss go behind the export's last record, with their own time.
               await Promise.all(continued.flatMap((c) => c.orphans.map((o) => this.d.audit.appendTo(c.chain, strip(o.record), o.time))));
             }
+            keep.signal.throwIfAborted();
             await this.d.redis.set(this.d.keys.epoch(), randomUUID(), 'NX');
             if (lost) await this.recordLoss(continued, archive.quarantines.length);
           }

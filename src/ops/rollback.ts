@@ -140,6 +140,7 @@ export class RollbackWatch {
     }
     this.generation = generation;
     const heads = await Promise.all(changed.map(([chain]) => this.redis.get(this.keys.auditHead(chain))));
+    const replaced = this.replaced;
     this.replaced = new Map();
     for (let i = 0; i < changed.length; i++) {
       const [chain, head] = changed[i]!;
@@ -150,6 +151,18 @@ export class RollbackWatch {
       if (isBehind(redis, head) || (redis !== head && !(await holds(this.redis, this.keys, chain, head))))
         return { seen: 'chain', chain, redis, known: head, recoveriesSeen };
       this.seen.set(chain, head);
+    }
+    // Nor is the head this instance confirmed last: an append of its own refused on a head another instance
+    // carried past the one it had confirmed (ahead of it, so no `takeWentBack`) moved it onto the other
+    // history, which Redis holds. Each head a reported one replaced since the last look must still be there
+    // (one backward read per chain, down to the oldest: records written since the last look). Those dropped
+    // past MAX_REPLACED are not checked here (the generation's confirm takes an overflow as lost).
+    for (const [chain, r] of replaced) {
+      if (r.heads.size === 0) continue;
+      const redis = (await this.redis.get(this.keys.auditHead(chain))) ?? '';
+      const at = await hashesAt(this.redis, this.keys, chain, new Set([...r.heads].map(markerSeq)), markerSeq(redis));
+      for (const head of r.heads)
+        if (!at.held(markerSeq(head), hashOf(head))) return { seen: 'chain', chain, redis, known: head, recoveriesSeen };
     }
     this.recoveries = recoveries;
     return undefined;
@@ -258,27 +271,7 @@ async function holds(redis: RedisClient, keys: Keys, chain: AuditChain, head: st
   if (current === head) return true;
   const seq = markerSeq(head);
   if (markerSeq(current) < seq) return false;
-  let end = '+';
-  // One stream entry per seq: reading back from the head, the record at `seq` is this many entries down
-  // (more when the head moved on since it was read). The look checks every second the chains this instance
-  // wrote, whose heads are usually its own record or a few past it: a page of 500 each time read megabytes.
-  let upper = markerSeq(current);
-  for (;;) {
-    const page = await redis.xrevrange(keys.auditStream(chain), end, '-', 'COUNT', Math.min(500, Math.max(1, upper - seq + 1)));
-    if (page.length === 0) return true;
-    for (const [, fields] of page) {
-      let r: AuditRecord;
-      try {
-        r = JSON.parse(fields[fields.indexOf('r') + 1] ?? '') as AuditRecord;
-      } catch {
-        continue;
-      }
-      if (r.seq === seq) return r.hash === hashOf(head);
-      if (r.seq < seq) return false;
-      upper = r.seq - 1;
-    }
-    end = `(${page[page.length - 1]![0]}`;
-  }
+  return (await hashesAt(redis, keys, chain, new Set([seq]), markerSeq(current))).held(seq, hashOf(head));
 }
 
 /**
@@ -286,13 +279,18 @@ async function holds(redis: RedisClient, keys: Keys, chain: AuditChain, head: st
  * those kept). `held`: Redis holds that record, or retention trimmed its seq away (the stream starts after it:
  * exported long ago, as in `holds`).
  */
-async function hashesAt(redis: RedisClient, keys: Keys, chain: AuditChain, seqs: ReadonlySet<number>) {
+async function hashesAt(redis: RedisClient, keys: Keys, chain: AuditChain, seqs: ReadonlySet<number>, top?: number) {
   const found = new Map<number, string>();
   let lowest = Number.POSITIVE_INFINITY;
   const min = Math.min(...seqs);
   let end = '+';
+  // One stream entry per seq: given the head's seq (`top`), the lowest wanted is that many entries down (more
+  // when the head moved on since it was read). The rollback look reads this every second for the chains this
+  // instance wrote; a page of 500 each time read megabytes where a few records were wanted.
+  let upper = top ?? Number.POSITIVE_INFINITY;
   while (seqs.size > 0) {
-    const page = await redis.xrevrange(keys.auditStream(chain), end, '-', 'COUNT', 500);
+    const count = Number.isFinite(upper) ? Math.min(500, Math.max(1, upper - min + 1)) : 500;
+    const page = await redis.xrevrange(keys.auditStream(chain), end, '-', 'COUNT', count);
     if (page.length === 0) break;
     let reached = false;
     for (const [, fields] of page) {
@@ -303,6 +301,7 @@ async function hashesAt(redis: RedisClient, keys: Keys, chain: AuditChain, seqs:
         continue;
       }
       lowest = Math.min(lowest, r.seq);
+      upper = r.seq - 1;
       if (seqs.has(r.seq)) found.set(r.seq, r.hash);
       if (r.seq <= min) {
         reached = true;
@@ -362,6 +361,8 @@ export async function repairChains(
   deps: { redis: RedisClient; keys: Keys; file: string },
   known: Map<AuditChain, string>,
   remembered: readonly { chain: AuditChain; record: AuditRecord }[],
+  /** Aborted once the locks the repair runs under are lost: no chain is changed after that. */
+  signal?: AbortSignal,
 ): Promise<Repair> {
   const { redis, keys } = deps;
   const chains = keys.auditChains();
@@ -395,6 +396,7 @@ export async function repairChains(
     const base = diverged === undefined ? markerSeq(head) : diverged - 1;
     const last = t?.last;
     let continuedFrom = head;
+    signal?.throwIfAborted();
     if (last && last.seq > base) {
       continuedFrom = `${last.seq}:${last.hash}`;
       if ((await markScript.run(redis, [keys.auditHead(chain)], [head, continuedFrom])) !== 1)

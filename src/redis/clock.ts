@@ -1,7 +1,7 @@
 import { performance } from 'node:perf_hooks';
 import type { RedisClient } from './scripts.ts';
 
-/** Round trips measured per sync at most, and one short enough to stop at (its error is at most half of it). */
+/** Round trips measured per sync at most, and one short enough to stop at (its error is at most that round trip). */
 const SAMPLES = 4;
 const GOOD_RTT_MS = 4;
 /**
@@ -43,7 +43,7 @@ interface Anchor {
 export class RedisClock {
   private offsetMs = 0;
   private anchor: Anchor | undefined;
-  /** The round trip of the sample the anchor came from: the anchor is off by at most half of it. */
+  /** The round trip of the sample the anchor came from: the anchor is behind Redis's clock by at most that. */
   private anchorRtt = 0;
   /**
    * Told when Redis's own clock stepped between two syncs (ms, negative: back), as after a failover to a host
@@ -85,20 +85,22 @@ export class RedisClock {
   }
 
   /**
-   * Measures the offset: half the round trip is assumed on each side, so a sample is off by at most half its
-   * round trip, and one whose reply sat unread (the process descheduled, a GC pause) is off by half that wait.
+   * Measures the offset: Redis's clock as of the reply, so a sample is behind by at most its round trip (never
+   * ahead), and one whose reply sat unread (the process descheduled, a GC pause) is behind by that wait.
    * The sample with the shortest round trip of a few is kept (as NTP does), stopping at one of a few ms.
    */
   async sync(samples = SAMPLES): Promise<void> {
     let best: { rtt: number; anchor: Anchor } | undefined;
     for (let i = 0; i < samples; i++) {
-      const w0 = Date.now();
       const m0 = performance.now();
       const [s, us] = await this.redis.time();
       const m1 = performance.now();
       const w1 = Date.now();
       const redisMs = Number(s) * 1000 + Math.floor(Number(us) / 1000);
-      const sample = { rtt: m1 - m0, anchor: { redis: redisMs, wall: (w0 + w1) / 2, mono: (m0 + m1) / 2 } };
+      // Anchored at the reply, not the middle of the round trip: Redis read its clock no later than that, so the
+      // estimate is behind by at most the round trip, never ahead (a TIME that reached Redis late and was answered
+      // at once put the middle's estimate half the round trip ahead: test/redis/clock-sync.test.ts).
+      const sample = { rtt: m1 - m0, anchor: { redis: redisMs, wall: w1, mono: m1 } };
       if (!best || sample.rtt < best.rtt) best = sample;
       if (best.rtt <= GOOD_RTT_MS) break;
     }
@@ -120,7 +122,7 @@ export class RedisClock {
     const byMono = now.redis - (last.redis + (now.mono - last.mono));
     const byWall = now.redis - (last.redis + (now.wall - last.wall));
     const step = Math.abs(byMono) < Math.abs(byWall) ? byMono : byWall;
-    // Each anchor is off by at most half its round trip: a slow pair of syncs is no step.
+    // Each anchor is behind by at most its round trip: a slow pair of syncs is no step.
     if (Math.abs(step) > Math.max(STEP_MS, rtt + this.anchorRtt)) this.onStep?.(Math.round(step));
   }
 

@@ -12,6 +12,8 @@ const fencedWrite = script('lock-fenced-write');
 
 /** A held lock: extend it while work goes on; release it when done (only if still ours). */
 export interface HeldLock {
+  /** When the acquisition that took it was sent (performance.now()): Redis set its TTL no earlier. */
+  readonly acquiredAt: number;
   extend(ttlMs: number): Promise<boolean>;
   /** Whether the lock is still ours (it can lapse under a slow upstream call). */
   held(): Promise<boolean>;
@@ -24,33 +26,60 @@ export interface HeldLock {
 }
 
 /**
+ * Part of the TTL a holder cut off from Redis gives up before the lock lapses there: Redis counts the TTL on
+ * its own clock, and the work that checks the signal needs a moment to stop writing.
+ */
+const LAPSE_MARGIN = 0.1;
+
+/**
  * Extends `lock` every third of `ttlMs` while work goes on, until `stop()`. The signal is aborted when the lock
  * is lost: an extension refused (another holder has it), or none confirmed for a whole TTL (Redis unreachable,
  * or an extension that never answers: it may have lapsed). Work that must not run beside another holder checks
  * the signal; work that is idempotent may ignore it. `what` names the work in the abort reason.
  *
- * The TTL is counted on the monotonic clock, from when the last confirmed extension was sent (Redis set its
- * PX no earlier): the wall clock stepped back an hour (NTP setting a fast clock right) made `Date.now() -
- * confirmed` negative, and a holder cut off from Redis never noticed its lock lapse while another instance
- * took it (test/redis/lock-clock-step.test.ts).
+ * The TTL is counted on the monotonic clock, from when the acquisition or the last confirmed extension was sent
+ * (Redis set its PX no earlier): the wall clock stepped back an hour (NTP setting a fast clock right) made
+ * `Date.now() - confirmed` negative, and a holder cut off from Redis never noticed its lock lapse while another
+ * instance took it (test/redis/lock-clock-step.test.ts). A timer set for that moment (less LAPSE_MARGIN) tells
+ * the holder, rather than the next tick: counted from keepLock's call (work done since taking the lock) and only
+ * looked at every third of the TTL, the lock lapsed and another instance took it while this holder went on
+ * writing for up to a third of the TTL more.
  */
 export function keepLock(lock: HeldLock, ttlMs: number, what: string): { signal: AbortSignal; stop(): void } {
   const ctl = new AbortController();
-  let confirmed = performance.now();
+  let confirmed = lock.acquiredAt;
+  let deadline: NodeJS.Timeout | undefined;
   const lost = (why: string) => ctl.abort(new Error(`${what}: lock lost (${why}); another instance may hold it`));
-  const lapsed = () => {
-    if (performance.now() - confirmed >= ttlMs) lost('not extended for its TTL');
+  const arm = () => {
+    clearTimeout(deadline);
+    if (ctl.signal.aborted) return;
+    const at = confirmed + ttlMs * (1 - LAPSE_MARGIN);
+    deadline = setTimeout(() => lost('not extended for its TTL'), Math.max(0, at - performance.now()));
+    deadline.unref();
   };
+  arm();
   const timer = setInterval(() => {
-    lapsed();
     const sent = performance.now();
-    lock.extend(ttlMs).then((ok) => {
-      if (!ok) lost('taken');
-      else confirmed = Math.max(confirmed, sent);
-    }, lapsed);
+    lock.extend(ttlMs).then(
+      (ok) => {
+        if (!ok) lost('taken');
+        else if (sent > confirmed) {
+          confirmed = sent;
+          arm();
+        }
+      },
+      // Not extended: the deadline timer tells once the TTL is gone.
+      () => {},
+    );
   }, ttlMs / 3);
   timer.unref();
-  return { signal: ctl.signal, stop: () => clearInterval(timer) };
+  return {
+    signal: ctl.signal,
+    stop: () => {
+      clearInterval(timer);
+      clearTimeout(deadline);
+    },
+  };
 }
 
 /** A lock key replaced because no broker could have set it (see lock-acquire.lua). */
@@ -89,7 +118,9 @@ export async function acquireLock(redis: RedisClient, key: string, opts: LockOpt
   const token = randomBytes(12).toString('hex');
   // Monotonic: a wall-clock step must neither give up the wait at once nor stretch it by the step.
   const deadline = performance.now() + (opts.waitMs ?? 0);
+  let acquiredAt: number;
   for (;;) {
+    acquiredAt = performance.now();
     const [got, pttl] = (await acquire.run(redis, [key], [token, opts.ttlMs])) as [number, number?];
     if (got === 2) opts.onTakeover({ key, pttlMs: Number(pttl) });
     if (got !== 0) break;
@@ -97,6 +128,7 @@ export async function acquireLock(redis: RedisClient, key: string, opts: LockOpt
     await sleep(20 + Math.random() * 40);
   }
   return {
+    acquiredAt,
     extend: async (ttlMs) => {
       // A longer TTL would make our own lock look like one to take over (and outlive a dead holder longer).
       if (ttlMs > opts.ttlMs) throw new RangeError(`lock ${key}: extend(${ttlMs}) beyond its ttlMs ${opts.ttlMs}`);

@@ -94,4 +94,16 @@ describe('two instances issuing on one audit chain', () => {
     expect(heavy).toBeGreaterThanOrEqual(light);
     await expectChained(taskId, issued);
   }, 120_000);
+
+  test('refusals between the two are no rollback: neither instance took its replaced heads for lost', async () => {
+    // Each refusal replaces the head an instance had confirmed; its look checks that Redis still holds it.
+    const taskId = `t-fair-${++n}`;
+    await openAgentTask(a, taskId, [{ role: 'tickets-api', scopes: ['tickets:read'] }]);
+    await issueUntil(taskId, [10, 10], 400);
+    await Promise.all([a.broker.recovery.check(), b.broker.recovery.check()]);
+    for (const t of [a, b]) {
+      const metrics = await (await fetch(`${t.url}/metrics`)).text();
+      expect(metrics).not.toMatch(/jit_redis_data_loss_total\{kind="rolled_back"\} [1-9]/);
+    }
+  }, 120_000);
 });

@@ -245,6 +245,40 @@ test('an instance notices the rollback of its own records after another instance
   await a.broker.close();
 }, 90_000);
 
+test('an instance notices the rollback of its own records when its next append, refused on a head another instance carried past them, moves it onto the other history', async () => {
+  // As above, but this instance writes once more before its look: its append is refused on Redis's head, which
+  // is ahead of the one it had confirmed (so not a head "behind" it), and its record is chained on that head.
+  // Its confirmed head is then one Redis holds, and the head it had written before was only checked when the
+  // generation went back: the lost ending was never applied again.
+  const prefix = uniquePrefix('rollback-past-own');
+  const a = await start(prefix);
+  const b = await start(prefix, { config: a.config, issuer: a.issuer });
+  const one = await openAndIssue(b, 'rb-past-own');
+  await snapshot();
+  expect((await call(b.url, 'POST', '/v1/tasks/rb-past-own/complete', b.as(ORCH))).status).toBe(202);
+  await waitFor(async () => !(await introspect(b, one.token)), 10_000);
+  await b.broker.deps.audit.flush();
+  const chain = b.broker.deps.keys.bucketOfTask('rb-past-own');
+  const known = b.broker.deps.audit.knownHeads().get(chain)!;
+
+  await redis.restart({ keepData: true });
+  await waitFor(async () => (await state(a, 'rb-past-own', one.token)).task === 'open', 10_000, 50);
+  for (let i = 0; i < 6; i++)
+    expect((await call(a.url, 'POST', '/v1/credentials', a.as(AGENT), { taskId: 'rb-past-own', role: 'demo-api' })).status).toBe(201);
+  await a.broker.deps.audit.flush();
+  // One more issuance through this instance, on the same chain.
+  expect((await call(b.url, 'POST', '/v1/credentials', b.as(AGENT), { taskId: 'rb-past-own', role: 'demo-api' })).status).toBe(201);
+  await b.broker.deps.audit.flush();
+  expect(Number(b.broker.deps.audit.knownHeads().get(chain)!.split(':')[0])).toBeGreaterThan(Number(known.split(':')[0]));
+
+  await b.broker.recovery.check();
+  expect(await readyz(b)).toBe(200);
+  expect(await (await fetch(`${b.url}/metrics`)).text()).toMatch(/jit_redis_data_loss_total\{kind="rolled_back"\} 1/);
+  expect(await state(b, 'rb-past-own', one.token)).toEqual({ task: 'completed', issueAgain: 409, tokenActive: false });
+  await b.broker.close();
+  await a.broker.close();
+}, 90_000);
+
 test('an instance whose generation went back but whose own records survived still notices records the export holds and Redis lost', async () => {
   const prefix = uniquePrefix('rollback-export');
   const a = await start(prefix);
@@ -451,8 +485,49 @@ test('the periodic look reads back only the records written past this instanceâ€
     client.sendCommand = send;
   }
   expect(a.broker.recovery.ready).toBe(true);
+  // Two records each for the head a's refused append replaced and for a's own head: a few, not a page.
   expect(entries).toBeGreaterThan(0);
-  expect(entries).toBeLessThanOrEqual(2);
+  expect(entries).toBeLessThanOrEqual(4);
   await b.broker.close();
   await a.broker.close();
 }, 60_000);
+
+test('a rollback recovery that lost its lock to another instance stops before it records the recovery', async () => {
+  // The recovery kept its lock extended but never looked at whether it still held it: one that lost it (cut off
+  // for a TTL, the lock taken by another instance meanwhile) went on repairing, applying and recording beside
+  // the new holder. Here the lock is taken from under it while it applies the endings again.
+  const prefix = uniquePrefix('rollback-lock-lost');
+  const b = await start(prefix);
+  const { keys, redis: client } = b.broker.deps;
+  const { token } = await openAndIssue(b, 'rb-lock');
+  await snapshot();
+  expect((await call(b.url, 'POST', '/v1/tasks/rb-lock/complete', b.as(ORCH))).status).toBe(202);
+  await waitFor(async () => !(await introspect(b, token)), 10_000);
+  await b.broker.deps.audit.flush();
+  await redis.restart({ keepData: true });
+  await waitFor(async () => (await call(b.url, 'GET', '/v1/tasks/rb-lock', b.as(ORCH))).body?.status === 'open', 10_000, 50);
+
+  const d = (b.broker.recovery as unknown as { d: { reapply: (r: unknown) => Promise<unknown> } }).d;
+  const reapply = d.reapply;
+  d.reapply = async (records) => {
+    // Another instance now holds the recovery lock; this one's next extension (a third of the TTL) is refused.
+    await client.set(keys.lock('recovery'), 'another-instance', 'PX', 30_000);
+    await new Promise((r) => setTimeout(r, 10_500));
+    return reapply(records);
+  };
+  await expect(b.broker.recovery.check()).rejects.toThrow(/lock lost/);
+  d.reapply = reapply;
+  expect(await readyz(b)).toBe(503);
+  await b.broker.deps.audit.flush();
+  expect((await auditRecords(client, keys)).filter((r) => r.action === 'broker.data_loss')).toEqual([]);
+  expect(await client.lrange(keys.rollbackRecoveries(), 0, -1)).toEqual([]);
+
+  // Once the lock is free again, the next check recovers.
+  await client.del(keys.lock('recovery'));
+  await b.broker.recovery.check();
+  expect(await readyz(b)).toBe(200);
+  expect(await state(b, 'rb-lock', token)).toEqual({ task: 'completed', issueAgain: 409, tokenActive: false });
+  await b.broker.deps.audit.flush();
+  expect((await auditRecords(client, keys)).filter((r) => r.action === 'broker.data_loss' && r.chain === 'ops')).toHaveLength(1);
+  await b.broker.close();
+}, 90_000);

@@ -55,3 +55,37 @@ test.each([
     holder.disconnect();
   }
 });
+
+/**
+ * Two holders of one lock: the cut-off holder must be told before another instance can take the lock, not at
+ * its next tick after that. It counted the TTL from when keepLock was called (the rotation writes its audit
+ * intent between taking the lock and keeping it) and looked only at each tick (a third of the TTL apart), so
+ * another instance held the lapsed lock while the first went on writing for up to a third of the TTL more.
+ */
+test.each([
+  ['kept from a while after it was taken', 600],
+  ['kept from when it was taken, extended a few times', 0],
+])('a holder cut off from Redis is told before another instance can take its lock (%s)', async (_, gapMs) => {
+  const key = keys.lock(`told-first-${gapMs}`);
+  const holder = new Redis(REDIS_URL, { maxRetriesPerRequest: 0, enableOfflineQueue: false, lazyConnect: true });
+  await holder.connect();
+  const lock = await acquireLock(holder, key, { ttlMs: 1500, onTakeover: () => {} });
+  expect(lock).toBeDefined();
+  await new Promise((r) => setTimeout(r, gapMs));
+  const keep = keepLock(lock!, 1500, 'test');
+  try {
+    if (gapMs === 0) {
+      await new Promise((r) => setTimeout(r, 1200));
+      expect(keep.signal.aborted).toBe(false);
+    }
+    holder.disconnect();
+    const other = await acquireLock(redis, key, { ttlMs: 1500, waitMs: 10_000, onTakeover: () => {} });
+    expect(other).toBeDefined();
+    expect(keep.signal.aborted).toBe(true);
+    expect(String((keep.signal.reason as Error).message)).toContain('not extended for its TTL');
+    await other!.release();
+  } finally {
+    keep.stop();
+    holder.disconnect();
+  }
+});
