@@ -133,3 +133,30 @@ test('issuance racing a quarantine of the agent: every session STS made is denie
       .map((s) => s.accessKeyId),
   );
 });
+
+test.each([
+  ['the kill switch', 'kill', (id: string) => call(b.url, 'POST', '/v1/admin/revoke', b.as(ADMIN), { agent: id })],
+  ['a quarantine', 'quarantine', (id: string) => call(b.url, 'POST', '/v1/admin/quarantine', b.as(ADMIN), { agent: id, reason: 'race' })],
+])('%s while AssumeRole is on its way to STS: the session STS makes after it is denied too', async (_, slug, stop) => {
+  const rogue = `/agent/rt-arace-late-${slug}`;
+  const rogueId = `spiffe://dev.local${rogue}`;
+  const id = `rt-arace-late-${slug}`;
+  await open(id, rogueId);
+  const before = emu.sessions().length;
+  const held = emu.holdRequest('AssumeRole');
+  const ask = call(a.url, 'POST', '/v1/credentials', a.as(rogue), { taskId: id, role: 'reports-bucket' });
+  await held.arrived;
+  expect((await stop(rogueId)).status).toBeLessThan(300);
+  // STS makes the session in a later second than the stop: its TokenIssueTime is after it.
+  await new Promise((r) => setTimeout(r, 1100));
+  held.release();
+  await held.landed;
+  const r = await ask;
+  expect(r.status).toBe(409);
+  const made = emu.sessions().slice(before);
+  expect(made).toHaveLength(1);
+  await expectNothingOutlives(
+    [id],
+    made.map((s) => s.accessKeyId),
+  );
+});
