@@ -174,3 +174,26 @@ test('one approval, 60 identical requests on two instances while Vault fails som
   expect((await call(a.url, 'POST', `/v1/tasks/${id}/complete`, a.as(ORCH))).status).toBe(202);
   await expectNothingOutlives([id]);
 });
+
+test("issuance on two instances racing the task's deadline: once expired, nothing stays valid in Vault", async () => {
+  const id = 'rt-vrace-deadline';
+  const r = await call(a.url, 'POST', '/v1/tasks', a.as(ORCH), {
+    taskId: id,
+    agent: AGENT_ID,
+    tenant: 'acme',
+    purpose: 'race',
+    ttlSeconds: 2,
+    grants: [{ role: 'vault-ops' }, { role: 'orders-db' }],
+  });
+  expect(r.status).toBe(201);
+  const until = Date.now() + 2400;
+  let issued = 0;
+  for (let i = 0; Date.now() < until; i += 6) {
+    const got = await Promise.all(Array.from({ length: 6 }, (_, k) => ask(i + k, id)));
+    for (const g of got) expect([201, 409]).toContain(g.status);
+    issued += got.filter((g) => g.status === 201).length;
+  }
+  expect(issued).toBeGreaterThan(0);
+  await waitFor(async () => (await call(a.url, 'GET', `/v1/tasks/${id}`, a.as(ADMIN))).body.status === 'expired', 5000);
+  await expectNothingOutlives([id]);
+});
