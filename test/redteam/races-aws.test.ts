@@ -75,6 +75,8 @@ async function expectNothingOutlives(taskIds: string[], keys: string[]): Promise
   await waitFor(async () => usable(keys).length === 0 && (await live()).length === 0, 12_000).catch(async () => {
     throw new Error(`left: sessions ${usable(keys).join(', ')}; leases ${(await live()).join(', ')}`);
   });
+  // Each task's live-lease count (what tasks.maxLeases is checked on) came back to exactly none.
+  for (const t of await a.broker.deps.tasks.getMany(taskIds)) expect([t.taskId, t.liveLeases]).toEqual([t.taskId, 0]);
 }
 
 test('issuance racing complete (answers held, then free): every session STS made is denied', async () => {

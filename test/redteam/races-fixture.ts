@@ -73,6 +73,8 @@ export function twoBrokers(name: string) {
     await waitFor(async () => (await liveLeasesOf(taskIds)).length === 0, 10_000).catch(async () => {
       throw new Error(`leases left live: ${(await liveLeasesOf(taskIds)).join(', ')}`);
     });
+    // Each task's live-lease count (what tasks.maxLeases is checked on) came back to exactly none.
+    for (const t of await a.broker.deps.tasks.getMany(taskIds)) expect([t.taskId, t.liveLeases]).toEqual([t.taskId, 0]);
   }
 
   return { a: () => a, b: () => b, either, open, liveLeasesOf, expectNothingOutlives };

@@ -80,6 +80,8 @@ async function expectNothingOutlives(taskIds: string[]): Promise<void> {
   await waitFor(async () => validInVault().length === 0 && (await liveLeases(taskIds)).length === 0, 12_000).catch(async () => {
     throw new Error(`left: vault ${validInVault().join(', ')}; leases ${(await liveLeases(taskIds)).join(', ')}`);
   });
+  // Each task's live-lease count (what tasks.maxLeases is checked on) came back to exactly none.
+  for (const t of await a.broker.deps.tasks.getMany(taskIds)) expect([t.taskId, t.liveLeases]).toEqual([t.taskId, 0]);
 }
 
 async function open(id: string, agent = AGENT_ID) {
