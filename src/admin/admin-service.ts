@@ -197,6 +197,16 @@ export class AdminService {
       if (!this.deps.quarantine.list().some((e) => e.pattern === pattern))
         throw notFound('quarantine_not_found', `No quarantine for ${pattern}.`);
     }
+    // While it still stands, what it ends is ended once more: a task opened for (or by) the identity on an
+    // instance whose list had not caught up is ended by that instance's re-read of the list, but one whose
+    // process died in between stayed open, refused while the quarantine stood and usable once lifted. Any task
+    // of a quarantined identity open now was opened during the quarantine: a grant nobody was to have.
+    const ended = await this.endQuarantine(pattern);
+    if (ended.tasks > 0 || ended.approvedLeases > 0)
+      this.deps.logger.warn(
+        { pattern, ...ended },
+        'lifting a quarantine: ended tasks and leases it had not ended (a process died mid-open?)',
+      );
     await this.deps.audit.append({ action: 'quarantine.remove', actor: who.id, decision: 'ok', detail: { pattern } });
     await this.deps.quarantine.remove(pattern);
     await this.rotation.announce({ type: 'quarantine' });

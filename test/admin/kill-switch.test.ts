@@ -314,3 +314,47 @@ test('a task for an agent already quarantined is refused up front: 403 identity_
     await call(a.url, 'DELETE', `/v1/admin/quarantine/${encodeURIComponent(pattern)}`, a.as(ADMIN));
   }
 });
+
+test('lifting a quarantine first ends a task its agent got while quarantined (a process died before its re-check)', async () => {
+  // Found by the race review: an instance whose list had not caught up yet opens the task, then re-reads the list
+  // and ends it; a process that died between the two left the quarantined agent's task open. Refused while the
+  // quarantine stood, it came to life when the quarantine was lifted, a grant made for a quarantined agent.
+  const QA = '/agent/slipped';
+  const pattern = `spiffe://dev.local${QA}`;
+  expect((await call(a.url, 'POST', '/v1/admin/quarantine', a.as(ADMIN), { agent: pattern, reason: 'leaked' })).status).toBe(201);
+  // What the dead process left: the task, opened on a list that did not hold the quarantine, never re-checked.
+  const q = b.broker.deps.quarantine;
+  const [match, reload] = [q.match.bind(q), q.reload.bind(q)];
+  q.match = () => undefined;
+  let reached!: () => void;
+  const atRecheck = new Promise<void>((r) => {
+    reached = r;
+  });
+  q.reload = () => {
+    reached();
+    return new Promise<void>(() => {}); // the process is gone: the re-check never runs
+  };
+  const taskId = `t-kill-slipped-${++n}`;
+  const gone = new AbortController();
+  const opening = fetch(`${b.url}/v1/tasks`, {
+    method: 'POST',
+    signal: gone.signal,
+    headers: { ...b.as(ORCH), 'content-type': 'application/json' },
+    body: JSON.stringify({ taskId, agent: pattern, tenant: 'acme', purpose: 'p', ttlSeconds: 600, grants: [{ role: 'demo-api' }] }),
+  }).catch(() => undefined);
+  try {
+    await atRecheck;
+    gone.abort();
+    await opening;
+  } finally {
+    q.match = match;
+    q.reload = reload;
+  }
+  expect((await call(a.url, 'GET', `/v1/tasks/${taskId}`, a.as(ADMIN))).body.status).toBe('open');
+
+  const lift = await call(a.url, 'DELETE', `/v1/admin/quarantine/${encodeURIComponent(pattern)}`, a.as(ADMIN));
+  expect(lift.status).toBe(200);
+  const task = (await call(a.url, 'GET', `/v1/tasks/${taskId}`, a.as(ADMIN))).body;
+  expect({ status: task.status, reason: task.reason }).toEqual({ status: 'completed', reason: 'revoked_by_admin' });
+  expect((await call(a.url, 'POST', '/v1/credentials', a.as(QA), { taskId, role: 'demo-api' })).status).toBe(409);
+});
