@@ -1,4 +1,4 @@
-import { call, startTestBroker, type TestBroker } from '../helpers/broker.ts';
+import { call, startTestBroker, type TestBroker, waitFor } from '../helpers/broker.ts';
 
 // An address over its authentication-failure budget is refused before routing.
 // Only the OAuth endpoints themselves (POST /v1/token, POST /v1/introspect, as
@@ -19,6 +19,8 @@ beforeAll(async () => {
   // Bad tokens at once: past the first, over the budget (1 a second), which blocks this address. Sent together,
   // not one after the other: on a loaded machine two sequential calls could be a second apart (a flake seen in CI).
   await Promise.all(Array.from({ length: 4 }, () => call(t.url, 'GET', '/v1/tasks', { authorization: 'Bearer not-a-jwt' })));
+  // Blocked once the failures are counted (a CI run under heavy load saw the first two cases answered before).
+  await waitFor(async () => (await call(t.url, 'GET', '/v1/tasks', { authorization: 'Bearer not-a-jwt' })).status === 429, 10_000, 50);
 });
 afterAll(async () => {
   await t?.close();
