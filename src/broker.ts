@@ -271,6 +271,7 @@ export async function startBroker(config: LoadedConfig, opts: BrokerOptions = {}
       signing,
       audit,
       readArchive: () => readArchive(auditFile, keys.prefix),
+      sealAudit: () => auditExport.exportNow(),
       restoreQuarantines: (entries) => quarantine.restore(entries),
       clearCaches: () => tasks.clearCache(),
       // Set once the providers exist (below): the first look at an empty Redis runs before them, holding nothing.

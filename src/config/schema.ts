@@ -8,6 +8,10 @@ import { PROVIDERS, type RoleConfig } from '../providers/index.ts';
 import { RESERVED_NAMES } from './roles.ts';
 import { checkConsoleConfig, consoleSchema } from '../console/config.ts';
 import { DEFAULT_METRICS_REFRESH_MS } from '../metrics.ts';
+import { closest } from './suggest.ts';
+
+/** What `rotation.schedule` may name: the targets `POST /v1/admin/rotate` takes. */
+const ROTATION_TARGETS = ['signing-key', 'aws', 'vault'] as const;
 
 const jwksSchema = z.union([
   z.strictObject({ file: z.string().min(1) }),
@@ -294,6 +298,19 @@ export const configSchema = z
       }
       audiences.set(`${t.kind} ${source}`, [...earlier, { name: t.name, audiences: t.audiences }]);
     });
+    // A scheduled target the broker cannot rotate would only fail at each firing, in the worker's log: refuse it here.
+    for (const target of Object.keys(c.rotation.schedule)) {
+      const path = ['rotation', 'schedule', target];
+      if (!(ROTATION_TARGETS as readonly string[]).includes(target)) {
+        const near = closest(target, ROTATION_TARGETS);
+        ctx.addIssue({
+          code: 'custom',
+          path,
+          message: `unknown rotation target; one of ${ROTATION_TARGETS.join(', ')}${near ? ` (did you mean '${near}'?)` : ''}`,
+        });
+      } else if (target !== 'signing-key' && !c.providers[target as 'aws' | 'vault'])
+        ctx.addIssue({ code: 'custom', path, message: `providers.${target} is not configured` });
+    }
     for (const [name, role] of Object.entries(c.roles)) {
       if (RESERVED_NAMES.has(name)) ctx.addIssue({ code: 'custom', path: ['roles', name], message: `"${name}" cannot be a role name` });
       if (role.provider !== 'jwt' && !c.providers[role.provider]) {

@@ -37,6 +37,8 @@ export interface RecoveryDeps {
   exportFile: string;
   /** Applies again the endings a Redis that went back in time lost (ops/reapply.ts). */
   reapply: (records: AuditRecord[]) => Promise<Reapplied>;
+  /** One audit export pass now: exports and seals every chain (AuditExporter.exportNow). */
+  sealAudit?: () => Promise<unknown>;
 }
 
 /**
@@ -317,6 +319,7 @@ export class DataLossMonitor {
     const knownHeads = this.d.audit.knownHeads();
     this.d.clearCaches();
     this.d.audit.resetHeads();
+    let recorded = false;
     const done = await withLock(
       this.d.redis,
       this.d.keys.lock('recovery'),
@@ -348,7 +351,10 @@ export class DataLossMonitor {
             }
             keep.signal.throwIfAborted();
             await this.d.redis.set(this.d.keys.epoch(), randomUUID(), 'NX');
-            if (lost) await this.recordLoss(continued, archive.quarantines.length);
+            if (lost) {
+              await this.recordLoss(continued, archive.quarantines.length);
+              recorded = true;
+            }
           }
           if (created && lost) {
             await this.d.audit.append({
@@ -370,6 +376,14 @@ export class DataLossMonitor {
     await this.d.signing.reload();
     this.epoch = (await this.d.redis.get(this.d.keys.epoch())) ?? undefined;
     this.healthy = this.epoch !== undefined && this.d.signing.size > 0;
+    // Redis's seals went with its data, and the export's newest seal of an idle chain can be older than
+    // audit.sealMaxAgeSeconds (idle chains are resealed in Redis only): the broker.data_loss records just written
+    // behind it would read as "sealing has stopped" to audit:verify until the next pass. Seal them now, without
+    // holding readiness back on another instance's export pass.
+    if (recorded)
+      void this.d
+        .sealAudit?.()
+        .catch((err: Error) => this.d.logger.warn({ err: err.message }, 'audit: sealing after the data loss failed; the next pass seals'));
   }
 
   /** One `broker.data_loss` record in each chain that had records, and always one in `ops`. */

@@ -89,9 +89,14 @@ describe('jit admin quarantine | unquarantine (/v1/admin/quarantine)', () => {
     const pattern = 'spiffe://dev.local/agent/rogue/*';
     const rogue = '/agent/rogue/one';
     const taskId = await openTask({ agent: `spiffe://dev.local${rogue}` });
+    expect((await issue(taskId, rogue)).leaseId).toBeDefined();
     expect((await jit(['admin', 'quarantine', '--agent', pattern], as(ADMIN))).code).toBe(2);
     const q = await jit(['admin', 'quarantine', '--agent', pattern, '--reason', 'exfiltration'], as(ADMIN));
-    expect(q).toMatchObject({ code: 0, stdout: `quarantined ${pattern}\n` });
+    // What it ended, as the kill switch says it (docs/operations.md: the answer says how many).
+    expect(q).toMatchObject({
+      code: 0,
+      stdout: `quarantined ${pattern}; ended 1 task(s); 1 lease(s) being revoked; 0 lease(s) issued under its approvals revoked\n`,
+    });
     const refused = await jit(['cred', 'get', '--task', taskId, '--role', 'tickets-api'], as(rogue));
     expect(refused).toMatchObject({ code: 1, stderr: expect.stringMatching(/403 identity_quarantined/) });
     const list = JSON.parse((await jit(['admin', 'quarantine', '--list', '--json'], as(ADMIN))).stdout);

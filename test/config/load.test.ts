@@ -128,6 +128,23 @@ test.each<[string, (c: any) => void, string, RegExp]>([
     /./,
   ],
   [
+    // Found by a newcomer: a typo'd target loaded, and its rotation would only have failed at each firing.
+    'rotation scheduled for an unknown target',
+    (c) => {
+      c.rotation = { schedule: { 'signing-keys': 86400 } };
+    },
+    'rotation.schedule.signing-keys',
+    /unknown rotation target.*did you mean 'signing-key'/,
+  ],
+  [
+    'rotation scheduled for a provider that is not configured',
+    (c) => {
+      c.rotation = { schedule: { vault: 86400 } };
+    },
+    'rotation.schedule.vault',
+    /providers.vault is not configured/,
+  ],
+  [
     'redis URL scheme',
     (c) => {
       c.redis.url = 'http://x';

@@ -44,7 +44,12 @@ export const adminQuarantine: Command = {
     const agent = f.required('agent');
     const r = await client.quarantine(agent, f.required('reason'));
     if (ctx.json) ctx.out.json(r);
-    else ctx.out.line(`quarantined ${agent}`);
+    // Like the kill switch, say what it ended: in an incident that is the first thing an operator checks.
+    else
+      ctx.out.line(
+        `quarantined ${agent}; ended ${r.tasks ?? 0} task(s); ${r.leases ?? 0} lease(s) being revoked; ` +
+          `${r.approvedLeases ?? 0} lease(s) issued under its approvals revoked`,
+      );
     return 0;
   },
 };
