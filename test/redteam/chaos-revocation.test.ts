@@ -26,9 +26,11 @@ import { startUpstreams } from '../helpers/upstreams.ts';
  * and nothing any task had must still work upstream or introspect active.
  *
  * CHAOS_SEED replays a sequence (the timing of kills is not replayable, only where they are aimed);
- * CHAOS_ROUNDS runs longer locally. The seed is printed on failure.
+ * `CHAOS_SEED=random` draws a new one (how it was hunted with: 52 runs, 8-30 rounds); CHAOS_ROUNDS runs longer
+ * locally. The seed is printed on failure. `npm test` runs one fixed sequence, so a red run names a sequence
+ * that can be run again rather than one drawn that day.
  */
-const SEED = Number(process.env.CHAOS_SEED ?? randomInt(2 ** 31));
+const SEED = process.env.CHAOS_SEED === 'random' ? randomInt(2 ** 31) : Number(process.env.CHAOS_SEED ?? 1_234_567);
 const ROUNDS = Number(process.env.CHAOS_ROUNDS ?? 8);
 jest.setTimeout(2 * START_TIMEOUT_MS + ROUNDS * 15_000 + 60_000);
 
