@@ -139,30 +139,31 @@ export class RollbackWatch {
       return undefined;
     }
     this.generation = generation;
-    const heads = await Promise.all(changed.map(([chain]) => this.redis.get(this.keys.auditHead(chain))));
     const replaced = this.replaced;
     this.replaced = new Map();
-    for (let i = 0; i < changed.length; i++) {
-      const [chain, head] = changed[i]!;
+    // Per chain: the head this instance wrote since the last look (`own`), and the heads it had confirmed that a
+    // head Redis reported replaced (an append of its own refused on a head another instance carried past it,
+    // ahead of it, so no `takeWentBack`: it moved onto the other history, which Redis holds). Those dropped past
+    // MAX_REPLACED are not checked here (the generation's confirm takes an overflow as lost).
+    const owned = new Map(changed);
+    const chains = [...new Set([...owned.keys(), ...[...replaced].filter(([, r]) => r.heads.size > 0).map(([c]) => c)])];
+    const heads = await Promise.all(chains.map((chain) => this.redis.get(this.keys.auditHead(chain))));
+    for (let i = 0; i < chains.length; i++) {
+      const chain = chains[i]!;
       const redis = heads[i] ?? '';
+      const own = owned.get(chain);
+      if (own !== undefined && isBehind(redis, own)) return { seen: 'chain', chain, redis, known: own, recoveriesSeen };
       // Redis's head further on is not enough: after a rollback, other instances' records (an issuance, their
-      // own recovery) can carry the chain past this one's on the other history. The record itself must be there
-      // (usually the head, or a few hundred records back: only what was written on the chain since this look's last).
-      if (isBehind(redis, head) || (redis !== head && !(await holds(this.redis, this.keys, chain, head))))
-        return { seen: 'chain', chain, redis, known: head, recoveriesSeen };
-      this.seen.set(chain, head);
-    }
-    // Nor is the head this instance confirmed last: an append of its own refused on a head another instance
-    // carried past the one it had confirmed (ahead of it, so no `takeWentBack`) moved it onto the other
-    // history, which Redis holds. Each head a reported one replaced since the last look must still be there
-    // (one backward read per chain, down to the oldest: records written since the last look). Those dropped
-    // past MAX_REPLACED are not checked here (the generation's confirm takes an overflow as lost).
-    for (const [chain, r] of replaced) {
-      if (r.heads.size === 0) continue;
-      const redis = (await this.redis.get(this.keys.auditHead(chain))) ?? '';
-      const at = await hashesAt(this.redis, this.keys, chain, new Set([...r.heads].map(markerSeq)), markerSeq(redis));
-      for (const head of r.heads)
-        if (!at.held(markerSeq(head), hashOf(head))) return { seen: 'chain', chain, redis, known: head, recoveriesSeen };
+      // own recovery) can carry the chain past this one's on the other history. The records themselves must be
+      // there: one backward read per chain, down to the oldest (what was written on it since the last look).
+      const wanted = [...(replaced.get(chain)?.heads ?? [])];
+      if (own !== undefined && own !== redis) wanted.unshift(own);
+      if (wanted.length > 0) {
+        const at = await hashesAt(this.redis, this.keys, chain, new Set(wanted.map(markerSeq)), markerSeq(redis));
+        const lost = wanted.find((head) => !at.held(markerSeq(head), hashOf(head)));
+        if (lost !== undefined) return { seen: 'chain', chain, redis, known: lost, recoveriesSeen };
+      }
+      if (own !== undefined) this.seen.set(chain, own);
     }
     this.recoveries = recoveries;
     return undefined;
