@@ -95,6 +95,12 @@ export interface LockOptions {
    * it. A key of the lock with a longer TTL, or none, is taken over.
    */
   ttlMs: number;
+  /**
+   * The TTL this holder sets, when shorter than `ttlMs` (which stays the takeover bound: the longest any holder,
+   * of this release or the previous one, sets). `withLock` keeps it extended while its work runs, so a holder
+   * killed mid-work (SIGKILL, a lost machine) holds the lock this long, not `ttlMs`.
+   */
+  holdMs?: number;
   /** How long to wait for a lock someone holds (0 or absent: try once). */
   waitMs?: number;
   /**
@@ -121,7 +127,10 @@ export async function acquireLock(redis: RedisClient, key: string, opts: LockOpt
   let acquiredAt: number;
   for (;;) {
     acquiredAt = performance.now();
-    const [got, pttl] = (await acquire.run(redis, [key], [token, opts.ttlMs])) as [number, number?];
+    const [got, pttl] = (await acquire.run(redis, [key], [token, opts.ttlMs, Math.min(opts.holdMs ?? opts.ttlMs, opts.ttlMs)])) as [
+      number,
+      number?,
+    ];
     if (got === 2) opts.onTakeover({ key, pttlMs: Number(pttl) });
     if (got !== 0) break;
     if (performance.now() >= deadline) return undefined;
@@ -146,7 +155,10 @@ export async function acquireLock(redis: RedisClient, key: string, opts: LockOpt
   };
 }
 
-/** Runs `fn` holding the lock; undefined without running it when the lock stays busy. */
+/**
+ * Runs `fn` holding the lock; undefined without running it when the lock stays busy. With `holdMs`, the lock is
+ * kept extended (`keepLock`) while `fn` runs; `fn` checks `held()` before what must not run beside another holder.
+ */
 export async function withLock<T>(
   redis: RedisClient,
   key: string,
@@ -155,9 +167,11 @@ export async function withLock<T>(
 ): Promise<{ value: T } | undefined> {
   const lock = await acquireLock(redis, key, opts);
   if (!lock) return undefined;
+  const kept = opts.holdMs === undefined ? undefined : keepLock(lock, Math.min(opts.holdMs, opts.ttlMs), key);
   try {
     return { value: await fn(lock) };
   } finally {
+    kept?.stop();
     await lock.release();
   }
 }

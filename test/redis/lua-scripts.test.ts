@@ -858,6 +858,21 @@ describe('one test per script', () => {
     expect(await redis.get(k)).toBe('d');
   });
 
+  test('lock-acquire with a shorter TTL of its own: sets that, and still waits for a lock as long as the longest', async () => {
+    const k = keys.lock('acquire-short');
+    expect(await script('lock-acquire').run(redis, [k], ['a', 60_000, 10_000])).toEqual([1]);
+    expect(await redis.pttl(k)).toBeLessThanOrEqual(10_000);
+    // A previous release's lock of 60 s is a broker's: waited for, not taken over.
+    await redis.set(k, 'old-release', 'PX', 60_000);
+    const [busy] = (await script('lock-acquire').run(redis, [k], ['b', 60_000, 10_000])) as number[];
+    expect(busy).toBe(0);
+    expect(await redis.get(k)).toBe('old-release');
+    // Longer than the longest: taken over, with the holder's own TTL.
+    await redis.set(k, 'an-hour', 'PX', 3_600_000);
+    expect(((await script('lock-acquire').run(redis, [k], ['c', 60_000, 10_000])) as number[])[0]).toBe(2);
+    expect(await redis.pttl(k)).toBeLessThanOrEqual(10_000);
+  });
+
   test("redis-probe: refuses nothing where everything is allowed, leaves no key, and runs every command the broker's and BullMQ's scripts call", async () => {
     const probeKeys = ['string', 'hash', 'zset', 'set', 'stream', 'list', 'moved'].map((k) => keys.probe(k));
     expect(await script('redis-probe').run(redis, probeKeys, [])).toEqual([]);

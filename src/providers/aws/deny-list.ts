@@ -108,8 +108,16 @@ const MIN_LEAD_MS = 5000;
 const FOLD_TARGET = 0.8;
 /** Lease ids named in one fold report (the rest are counted). */
 const REPORTED_LEASES = 20;
-/** The lock outlives the slowest IAM round trip with retries; `held()` catches the rest. */
-const LOCK = { ttlMs: 60_000, waitMs: 15_000 };
+/**
+ * The role's lock is set for `holdMs` and kept extended while a write runs (the slowest IAM round trip with
+ * retries; `held()` catches the rest), so a worker killed mid-write (SIGKILL while its PutRolePolicy was on the
+ * wire) holds the role for `holdMs`: within the next writer's `waitMs`, so no revocation on the role fails
+ * `revocation_busy` and sessions of ended tasks are denied seconds later, not a minute (the chaos test found
+ * this). `ttlMs` is the previous release's TTL, set unextended: a lock that long is still a broker's, waited for
+ * during a rolling upgrade rather than taken over (and reported as one no broker could have set). Lower it to
+ * `holdMs` once no such release runs.
+ */
+const LOCK = { ttlMs: 60_000, holdMs: 10_000, waitMs: 15_000 };
 /** How long "IAM holds no deny of ours" is remembered (saves a GetRolePolicy per TTL expiry on such a role). */
 const EMPTY_TTL_MS = 15 * 60_000;
 const ROUNDS = 3;
