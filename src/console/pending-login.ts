@@ -19,11 +19,26 @@ export interface PendingLogin {
   codeVerifier: string;
   /** Where to send the person once signed in (a /console/ path). */
   returnTo: string;
+  /**
+   * The session this browser held when it started a sign-in without saying where from (no Sec-Fetch-Site):
+   * ended once the sign-in completes. Its handle (a hash), not the cookie. A person who edits it can end only a
+   * session whose handle they know, which only Redis's keys hold.
+   */
+  ends?: string;
 }
 
 /** openid-client's random values are 43 base64url characters; allow some room, nothing else. */
 const random = z.string().regex(/^[A-Za-z0-9_-]{16,128}$/);
-const pendingSchema = z.strictObject({ state: random, nonce: random, codeVerifier: random, returnTo: z.string().max(2048) });
+const pendingSchema = z.strictObject({
+  state: random,
+  nonce: random,
+  codeVerifier: random,
+  returnTo: z.string().max(2048),
+  ends: z
+    .string()
+    .regex(/^[A-Za-z0-9_-]{43}$/)
+    .optional(),
+});
 
 /** The cookie value (base64url JSON; cookie-safe without further escaping). */
 export function encodePendingLogin(p: PendingLogin): string {

@@ -73,24 +73,28 @@ export function createConsole(deps: Deps, services: Services, opts: { dist?: str
     });
   }
 
+  /** Ends a session a new sign-in replaces, audited as its sign-out. */
+  const endReplaced = async (handle: string) => {
+    const ended = await store.end(handle);
+    if (ended)
+      await deps.audit.append({
+        action: 'console.signout',
+        actor: ended.identity.id,
+        decision: 'ok',
+        detail: { reason: 'signed_in_again' },
+      });
+  };
+
   r.get('/console/login', async (req, res) => {
     // Signing in again ends the session this browser holds (a shared browser, or a person who suspects theirs):
-    // otherwise the old cookie's session lived on in Redis until it expired. Only for a sign-in started from the
-    // console's own page or typed in (`none`): SameSite=Strict keeps the cookie from other sites, not from a sibling
-    // host of the same site, whose <img src=".../console/login"> would otherwise sign the person out (Sign out
-    // itself asks a same-origin call: fromConsolePage).
-    const old = ownSignIn(req) ? cookies.read(req, cookies.session) : undefined;
-    if (old) {
-      const ended = await store.get(old);
-      await store.delete(old);
+    // otherwise the old cookie's session lived on in Redis until it expired. SameSite=Strict keeps the cookie from
+    // other sites, not from a sibling host of the same site, whose <img src=".../console/login"> must not sign the
+    // person out (Sign out itself asks a same-origin call: fromConsolePage). See `replacesHeld`.
+    const held = store.handle(cookies.read(req, cookies.session));
+    const when = held === undefined ? 'never' : replacesHeld(req);
+    if (held !== undefined && when === 'now') {
+      await endReplaced(held);
       res.clearCookie(cookies.session, { ...cookies.sessionOptions(0), maxAge: undefined });
-      if (ended)
-        await deps.audit.append({
-          action: 'console.signout',
-          actor: ended.identity.id,
-          decision: 'ok',
-          detail: { reason: 'signed_in_again' },
-        });
     }
     let start: Awaited<ReturnType<ConsoleOidcClient['start']>>;
     try {
@@ -102,7 +106,13 @@ export function createConsole(deps: Deps, services: Services, opts: { dist?: str
     const ttlMs = cfg.loginTimeoutSeconds * 1000;
     // The whole sign-in waits in the person's browser (HttpOnly), nothing in Redis: a code is only redeemable
     // by the browser that started the sign-in (PKCE), so nobody can sign a victim into an attacker's session.
-    const pending = { state: start.state, nonce: start.nonce, codeVerifier: start.codeVerifier, returnTo: safeReturnTo(req.query.return) };
+    const pending = {
+      state: start.state,
+      nonce: start.nonce,
+      codeVerifier: start.codeVerifier,
+      returnTo: safeReturnTo(req.query.return),
+      ...(held !== undefined && when === 'completed' ? { ends: held } : {}),
+    };
     res.cookie(cookies.login, encodePendingLogin(pending), cookies.loginOptions(ttlMs));
     res.setHeader('Cache-Control', 'no-store');
     res.redirect(303, start.url.href);
@@ -144,6 +154,7 @@ export function createConsole(deps: Deps, services: Services, opts: { dist?: str
     const cookie = await store.create(session);
     res.cookie(cookies.session, cookie, cookies.sessionOptions(session.expiresAt - now()));
     await deps.audit.append({ action: 'console.signin', actor: session.identity.id, decision: 'allow', detail: { trust: trust.name } });
+    if (pending.ends !== undefined) await endReplaced(pending.ends);
     log.info({ who: session.identity.id }, 'console sign-in');
     res.redirect(303, safeReturnTo(pending.returnTo));
   });
@@ -231,10 +242,16 @@ function fromConsolePage(req: Request): boolean {
   return req.headers[CSRF_HEADER] === '1' && (site === undefined || site === 'same-origin');
 }
 
-/** Whether a sign-in was started by the person here: from the console's own page, or typed in (when the browser says). */
-function ownSignIn(req: Request): boolean {
+/**
+ * When a sign-in ends the session the browser holds. `now`: the browser says it came from the console's own page or
+ * was typed in (`same-origin`, `none`). `completed`: it says nothing (a browser without Sec-Fetch-Site, a script),
+ * so it may be a sibling host's <img>, which cannot complete a sign-in: the session ends once this one does.
+ * `never`: it came from another site or origin.
+ */
+function replacesHeld(req: Request): 'now' | 'completed' | 'never' {
   const site = req.headers['sec-fetch-site'];
-  return site === undefined || site === 'same-origin' || site === 'none';
+  if (site === undefined) return 'completed';
+  return site === 'same-origin' || site === 'none' ? 'now' : 'never';
 }
 
 /** Only a path inside the console: never another origin (`//evil`, `/\evil`) nor anything outside /console/. */

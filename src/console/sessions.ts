@@ -54,4 +54,22 @@ export class ConsoleSessionStore {
   async delete(cookie: string | undefined): Promise<void> {
     if (cookie) await this.redis.del(this.keys.plain('console:session', digest(cookie)));
   }
+
+  /**
+   * What names the session of `cookie` without being it (the hash its key holds), for a sign-in that ends it only
+   * once it completes (routes.ts): the pending sign-in's cookie carries this, never a second copy of the session.
+   */
+  handle(cookie: string | undefined): string | undefined {
+    return cookie && /^[A-Za-z0-9_-]{43}$/.test(cookie) ? digest(cookie) : undefined;
+  }
+
+  /** Ends the session `handle` names; what it was, when it was live. */
+  async end(handle: string): Promise<ConsoleSession | undefined> {
+    const key = this.keys.plain('console:session', handle);
+    const res = await this.redis.multi().get(key).del(key).exec();
+    const raw = res?.[0]?.[1];
+    if (typeof raw !== 'string') return undefined;
+    const s = JSON.parse(raw) as ConsoleSession;
+    return s.expiresAt > this.now() ? s : undefined;
+  }
 }
