@@ -56,6 +56,7 @@ import { SigningKeyStore } from './signing/key-store.ts';
 import { TaskService } from './tasks/task-service.ts';
 import { TaskStore } from './tasks/task-store.ts';
 import pTimeout from 'p-timeout';
+import { answerUnparsableRequests } from './http/client-error.ts';
 
 export interface BrokerOptions {
   /** Run the HTTP API (default true). */
@@ -446,6 +447,7 @@ export async function startBroker(config: LoadedConfig, opts: BrokerOptions = {}
         extraRouters: routers,
       });
       server = app.listen(config.server.port, config.server.host);
+      answerUnparsableRequests(server);
       await once(server, 'listening');
       server.keepAliveTimeout = 65_000;
       const addr = server.address() as AddressInfo;

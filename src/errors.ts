@@ -24,7 +24,7 @@ export const ERRORS = {
   malformed_json: { status: 400, means: 'The body is not valid JSON.', fix: 'Send valid JSON.' },
   malformed_body: {
     status: 400,
-    means: 'The body could not be read (bad encoding, too many form fields).',
+    means: 'The body could not be read (bytes that are not UTF-8, a compressed body that does not inflate, too many form fields).',
     fix: 'Send a well-formed body.',
   },
   invalid_id: { status: 400, means: 'A task, lease or approval id in the path is malformed.', fix: 'Use the id the broker returned.' },

@@ -6,6 +6,7 @@ import { fieldWithControls } from '../http/schemas.ts';
 import type { Deps } from '../deps.ts';
 import { badRequest, notFound, unavailable } from '../errors.ts';
 import { IdentityPatterns } from '../identity/patterns.ts';
+import { spiffeProblem } from '../identity/spiffe-id.ts';
 import type { QuarantineEntry } from '../identity/quarantine.ts';
 import type { WorkloadIdentity } from '../identity/types.ts';
 import type { SealStatus } from '../audit/seal-status.ts';
@@ -123,6 +124,7 @@ export class AdminService {
       ['taskId', 'taskId' in sel ? sel.taskId : undefined, 'name'],
     ]);
     if (refused !== undefined) await refuseControls(this.deps, who, refused, { action: 'access.deny' });
+    if ('agent' in sel) refuseUnmatchable(sel.agent);
     const record = { action: 'admin.revoke' as const, actor: who.id, decision: 'ok' as const, reason: 'revoked_by_admin' };
     // The kill switch ends its tasks in many scripts (one per task tree, each putting its task.revoke records
     // in the outbox), so its own record cannot ride in one of them: it goes to the ops outbox before the
@@ -155,6 +157,7 @@ export class AdminService {
       ['reason', reason, 'text'],
     ]);
     if (refused !== undefined) await refuseControls(this.deps, who, refused, { action: 'access.deny' });
+    refuseUnmatchable(pattern);
     // A refused decision, audited like every other denial (an admin locking itself out is worth a record).
     if (new IdentityPatterns([pattern]).matches(who.id))
       throw await denial(this.deps, who, badRequest('quarantine_self', 'That pattern matches your own identity.'), {
@@ -408,4 +411,14 @@ function matcher(
     if (p.matches(t.agent)) return 'agent';
     return openedBy && p.matches(t.openedBy) ? 'task' : undefined;
   };
+}
+
+/**
+ * 400 for a kill-switch or quarantine pattern that no caller can ever match
+ * (a non-canonical SPIFFE ID: `SPIFFE://...`, a trailing slash, ...): taken,
+ * it would stop nothing while the admin believes the agent stopped.
+ */
+function refuseUnmatchable(pattern: string): void {
+  const problem = spiffeProblem(pattern);
+  if (problem) throw badRequest('invalid_request', `agent: ${problem}`, { extra: { field: 'agent' } });
 }

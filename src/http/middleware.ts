@@ -1,3 +1,4 @@
+import { isUtf8 } from 'node:buffer';
 import express, { type NextFunction, type Request, type RequestHandler, type Response } from 'express';
 import type { ZodType } from 'zod';
 import type { Deps } from '../deps.ts';
@@ -115,7 +116,7 @@ async function refuseQuarantined(deps: Deps, who: WorkloadIdentity): Promise<voi
  * parsed strictly. A body-less POST is allowed where the route takes none.
  */
 export function jsonBody(limit: number): RequestHandler[] {
-  const parse = express.json({ limit, strict: true, type: 'application/json' });
+  const parse = express.json({ limit, strict: true, type: 'application/json', verify: refuseNonUtf8 });
   return [
     (req: Request, _res: Response, next: NextFunction) => {
       const hasBody = req.headers['transfer-encoding'] !== undefined || Number(req.headers['content-length'] ?? 0) > 0;
@@ -123,7 +124,7 @@ export function jsonBody(limit: number): RequestHandler[] {
         throw unsupportedMediaType('unsupported_media_type', 'Send the body as application/json.');
       next();
     },
-    parse,
+    (req: Request, res: Response, next: NextFunction) => parse(req, res, (err?: unknown) => next(bodyReadError(err))),
     (req: Request, _res: Response, next: NextFunction) => {
       const field = illFormedField(req.body);
       if (field !== undefined)
@@ -131,6 +132,33 @@ export function jsonBody(limit: number): RequestHandler[] {
       next();
     },
   ];
+}
+
+const NOT_UTF8 = 'body.not_utf8';
+
+/**
+ * A UTF-8 body must be UTF-8: the decoder would put U+FFFD in place of bad
+ * bytes, so two different byte strings would read as one value that the
+ * caller never sent (a tenant or label no filter or kill switch could name
+ * as sent). Other charsets body-parser accepts (utf-16, utf-32) are decoded as declared.
+ */
+function refuseNonUtf8(req: Request, _res: Response, buf: Buffer): void {
+  const charset = /;\s*charset\s*=\s*"?([^";\s]+)/i.exec(req.headers['content-type'] ?? '')?.[1]?.toLowerCase();
+  if ((charset === undefined || charset === 'utf-8' || charset === 'utf8') && !isUtf8(buf))
+    throw Object.assign(new Error('body is not UTF-8'), { type: NOT_UTF8 });
+}
+
+/**
+ * The JSON parser's failures that are about the body's bytes: a body that is
+ * not UTF-8, or that does not inflate (a zlib error carries no body-parser
+ * `type`, so the error handler would otherwise take it for an undecodable URL).
+ */
+function bodyReadError(err: unknown): unknown {
+  if (err === undefined || err === null || err instanceof BrokerError) return err;
+  const e = err as { type?: unknown; status?: unknown };
+  if (e.type === NOT_UTF8 || (e.status === 400 && e.type === undefined))
+    return badRequest('malformed_body', 'The request body could not be read.');
+  return err;
 }
 
 /** Validates `req.body` with a schema (unknown fields rejected) into res.locals.body. */

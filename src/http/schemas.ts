@@ -1,5 +1,6 @@
 import { z } from 'zod';
 import { scopeSchema } from '../config/common.ts';
+import { spiffeProblem } from '../identity/spiffe-id.ts';
 import { hasControls } from '../cli/terminal.ts';
 import { textHasControls } from './hidden-text.ts';
 
@@ -32,7 +33,11 @@ const identitySchema = z
   .regex(/^[\x21-\x7e]+$/, 'must be an identity string (SPIFFE ID or <issuer>#<sub>)')
   // One ending in `/*` is an identity pattern (no caller is ever that identity, src/identity/verifier.ts): as a
   // task's agent, the console's Revoke all and Quarantine for it would stop every identity below it.
-  .refine((s) => !s.endsWith('/*'), 'must be one identity, not a pattern ending in /*');
+  .refine((s) => !s.endsWith('/*'), 'must be one identity, not a pattern ending in /*')
+  .superRefine((s, ctx) => {
+    const problem = spiffeProblem(s);
+    if (problem) ctx.addIssue({ code: 'custom', message: problem });
+  });
 const scopesSchema = z
   .array(scopeSchema)
   .max(100)

@@ -43,3 +43,17 @@ export function parseSpiffeId(id: string): SpiffeId | { error: string } {
   }
   return { trustDomain: td, path };
 }
+
+/**
+ * Why a SPIFFE-looking identity or pattern can match no workload, if it cannot.
+ * Only canonical SPIFFE IDs ever authenticate (parseSpiffeId above), so
+ * `SPIFFE://td/agent/x`, `spiffe://td/agent/x/` or `spiffe://TD/...` names
+ * nobody: as a quarantine or kill-switch pattern it would stop nothing while
+ * the admin believes the agent stopped, as a task's agent no token could use
+ * it. `spiffe://td/*` (every workload of a trust domain) is a pattern.
+ */
+export function spiffeProblem(p: string): string | undefined {
+  if (!looksLikeSpiffeId(p)) return undefined;
+  const parsed = parseSpiffeId(p.endsWith('/*') ? `${p.slice(0, -2)}/x` : p);
+  return 'error' in parsed ? `not a canonical SPIFFE ID (${parsed.error}), so no workload can match it` : undefined;
+}
