@@ -1,5 +1,6 @@
 import ipaddr from 'ipaddr.js';
 import { z } from 'zod';
+import { spiffeProblem } from '../identity/spiffe-id.ts';
 import { identityPatternSchema, roleNameSchema, secretSourceSchema } from './common.ts';
 import { redisConfigSchema } from './redis.ts';
 import type { ZodType } from 'zod';
@@ -24,6 +25,16 @@ const trustDomain = z
   .min(1)
   .max(255)
   .regex(/^[a-z0-9._-]+$/, 'a trust domain is lowercase letters, digits, ".", "-" and "_"');
+
+/**
+ * Who may orchestrate, administer or approve. A SPIFFE pattern that is not canonical (`SPIFFE://...`, an
+ * uppercase trust domain, a trailing slash) matches no workload, since only canonical IDs authenticate: such a
+ * typo loaded silently and left the role to nobody. It stops startup instead, with the reason.
+ */
+const rolePatternSchema = identityPatternSchema.superRefine((p, ctx) => {
+  const problem = spiffeProblem(p);
+  if (problem) ctx.addIssue({ code: 'custom', message: problem });
+});
 
 export const trustSchema = z
   .strictObject({
@@ -139,9 +150,9 @@ export const configSchema = z
       })
       .default({ clockSkewSeconds: 30, maxTokenLifetimeSeconds: 86_400, jwksCacheSeconds: 300, jwksRefetchCooldownSeconds: 30 }),
     trust: z.array(trustSchema).min(1),
-    orchestrators: z.array(identityPatternSchema).default([]),
-    admins: z.array(identityPatternSchema).default([]),
-    approvers: z.array(identityPatternSchema).default([]),
+    orchestrators: z.array(rolePatternSchema).default([]),
+    admins: z.array(rolePatternSchema).default([]),
+    approvers: z.array(rolePatternSchema).default([]),
     policies: z.string().min(1),
     tasks: z
       .strictObject({

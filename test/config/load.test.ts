@@ -62,6 +62,23 @@ test.each<[string, (c: any) => void, string, RegExp]>([
     /unknown key 'colour'/,
   ],
   [
+    // Found by the black-box red team: it matched no workload (only canonical IDs authenticate), so nobody could approve.
+    'a non-canonical SPIFFE approver',
+    (c) => {
+      c.approvers = ['spiffe://dev.local/ops/*', 'SPIFFE://dev.local/ops/alice'];
+    },
+    'approvers.1',
+    /not a canonical SPIFFE ID/,
+  ],
+  [
+    'an admin pattern with an uppercase trust domain',
+    (c) => {
+      c.admins = ['spiffe://Dev.Local/ops/*'];
+    },
+    'admins.0',
+    /not a canonical SPIFFE ID/,
+  ],
+  [
     'spiffe without trustDomain',
     (c) => {
       delete c.trust[0].trustDomain;
