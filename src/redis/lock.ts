@@ -49,6 +49,7 @@ export function keepLock(lock: HeldLock, ttlMs: number, what: string): { signal:
   const ctl = new AbortController();
   let confirmed = lock.acquiredAt;
   let deadline: NodeJS.Timeout | undefined;
+  let stopped = false;
   const lost = (why: string) => ctl.abort(new Error(`${what}: lock lost (${why}); another instance may hold it`));
   const arm = () => {
     clearTimeout(deadline);
@@ -62,6 +63,8 @@ export function keepLock(lock: HeldLock, ttlMs: number, what: string): { signal:
     const sent = performance.now();
     lock.extend(ttlMs).then(
       (ok) => {
+        // An answer after stop() (the work is done, the lock released) must not arm the deadline again.
+        if (stopped) return;
         if (!ok) lost('taken');
         else if (sent > confirmed) {
           confirmed = sent;
@@ -76,6 +79,7 @@ export function keepLock(lock: HeldLock, ttlMs: number, what: string): { signal:
   return {
     signal: ctl.signal,
     stop: () => {
+      stopped = true;
       clearInterval(timer);
       clearTimeout(deadline);
     },
