@@ -1,9 +1,7 @@
 import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
 import { setTimeout as sleep } from 'node:timers/promises';
-import type { AwsProvider } from '../../../src/providers/aws/provider.ts';
 import type { RevokeContext } from '../../../src/providers/types.ts';
-import type { TaskRecord } from '../../../src/tasks/types.ts';
-import { awsWorld, issueRequest, leaseFor, roleConfig, task, type AwsWorld } from './helpers.ts';
+import { awsWorld, issueSession, roleConfig, task, type AwsWorld } from './helpers.ts';
 
 /**
  * Red team of the deny-list lock set for 10 s and kept extended while a write runs (not set for 60 s): two
@@ -26,26 +24,25 @@ describe("the deny list's role lock under a slow or stalled writer", () => {
     await w.close();
   });
 
-  async function issue(provider: AwsProvider, roleArn: string, t: TaskRecord) {
-    const req = issueRequest(roleConfig(roleArn), { task: t });
-    const out = await provider.issue(req);
-    return { lease: leaseFor(req, out.handle, out.expiresAt), accessKeyId: String(out.credentials.AccessKeyId) };
-  }
   const verdict = (s: { accessKeyId: string }) => w.emu.evaluate(s.accessKeyId, 's3:GetObject', 'arn:aws:s3:::reports/x');
   const puts = (roleName: string) => w.emu.requests('PutRolePolicy').filter((r) => r.params.RoleName === roleName).length;
-
-  it('a PutRolePolicy slower than the lock’s 10 s: the lock stays the writer’s, the next writer waits, both denied', async () => {
-    const role = w.emu.createRole('r-held-slow', { maxSessionDuration: 3600 });
-    // IAM calls may take 30 s here: the held write is not timed out and retried under the test.
+  /**
+   * A role with a session each for agents a and b, a first writer (IAM calls may take 30 s: a held write is not
+   * timed out and sent again under the test) whose PutRolePolicy IAM holds once it arrives, and another writer.
+   */
+  async function firstWriterHeld(name: string, other: Parameters<AwsWorld['makeProvider']>[0]) {
+    const role = w.emu.createRole(name, { maxSessionDuration: 3600 });
     const first = w.makeProvider({ requestTimeoutMs: 30_000 });
-    const other = w.makeProvider({ requestTimeoutMs: 30_000 });
-    const a = await issue(w.provider, role.arn, task({ taskId: 't-slow-a', agent: 'spiffe://example.org/agent/a' }));
-    const b = await issue(w.provider, role.arn, task({ taskId: 't-slow-b', agent: 'spiffe://example.org/agent/b' }));
-    const lock = first.denyList.keys(role.arn).lock;
-
+    const a = await issueSession(w.provider, role.arn, task({ taskId: `${name}-a`, agent: 'spiffe://example.org/agent/a' }));
+    const b = await issueSession(w.provider, role.arn, task({ taskId: `${name}-b`, agent: 'spiffe://example.org/agent/b' }));
     const stuck = w.emu.holdRequest('PutRolePolicy');
     const one = first.revoke(a.lease, roleConfig(role.arn), caller);
     await stuck.arrived;
+    return { role, a, b, stuck, one, other: w.makeProvider(other), lock: first.denyList.keys(role.arn).lock };
+  }
+
+  it('a PutRolePolicy slower than the lock’s 10 s: the lock stays the writer’s, the next writer waits, both denied', async () => {
+    const { role, a, b, stuck, one, other, lock } = await firstWriterHeld('r-held-slow', { requestTimeoutMs: 30_000 });
     const token = await w.redis.get(lock);
     expect(token).not.toBeNull();
     await sleep(HOLD_MS + 1500);
@@ -66,16 +63,7 @@ describe("the deny list's role lock under a slow or stalled writer", () => {
   }, 40_000);
 
   it('a writer whose lock lapsed mid-write (stalled, cut off from Redis): its late write erases the next one’s deny, and it writes it back', async () => {
-    const role = w.emu.createRole('r-held-lapsed', { maxSessionDuration: 3600 });
-    const first = w.makeProvider({ requestTimeoutMs: 30_000 });
-    const other = w.makeProvider();
-    const a = await issue(w.provider, role.arn, task({ taskId: 't-lapse-a', agent: 'spiffe://example.org/agent/a' }));
-    const b = await issue(w.provider, role.arn, task({ taskId: 't-lapse-b', agent: 'spiffe://example.org/agent/b' }));
-    const lock = first.denyList.keys(role.arn).lock;
-
-    const stuck = w.emu.holdRequest('PutRolePolicy');
-    const one = first.revoke(a.lease, roleConfig(role.arn), caller);
-    await stuck.arrived;
+    const { role, a, b, stuck, one, other, lock } = await firstWriterHeld('r-held-lapsed', {});
     // What a stall past the TTL comes to: the lock lapsed while the write was on the wire.
     await w.redis.del(lock);
     await other.revoke(b.lease, roleConfig(role.arn), caller);

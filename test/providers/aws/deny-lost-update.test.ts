@@ -1,10 +1,8 @@
 import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
 import calculateSlot from 'cluster-key-slot';
-import type { AwsProvider } from '../../../src/providers/aws/provider.ts';
 import type { RevokeContext } from '../../../src/providers/types.ts';
-import type { TaskRecord } from '../../../src/tasks/types.ts';
 import { AGENT, ORCH, call, startTestBroker, waitFor, type TestBroker } from '../../helpers/broker.ts';
-import { awsForBroker, awsWorld, callerIdentityAs, issueRequest, leaseFor, roleConfig, task, type AwsWorld } from './helpers.ts';
+import { awsForBroker, awsWorld, callerIdentityAs, issueSession, roleConfig, task, type AwsWorld } from './helpers.ts';
 
 /**
  * Found by a red-team pass: the role's deny policy is read, merged and written whole (PutRolePolicy), one
@@ -28,12 +26,6 @@ describe("two writers on one role, the first one's timed-out PutRolePolicy landi
     await w.close();
   });
 
-  async function issue(provider: AwsProvider, roleArn: string, t: TaskRecord) {
-    const req = issueRequest(roleConfig(roleArn), { task: t });
-    const out = await provider.issue(req);
-    return { lease: leaseFor(req, out.handle, out.expiresAt), accessKeyId: String(out.credentials.AccessKeyId) };
-  }
-
   it.each([
     ['a revoke after a revoke', caller],
     ['a kill switch after a revoke', killSwitch],
@@ -45,8 +37,8 @@ describe("two writers on one role, the first one's timed-out PutRolePolicy landi
       // Two workers; the first one's IAM calls time out after 300 ms (then retried, as configured).
       const first = w.makeProvider({ requestTimeoutMs: 300 });
       const other = w.makeProvider();
-      const a = await issue(w.provider, role.arn, task({ taskId: 't-first', agent: 'spiffe://example.org/agent/first' }));
-      const b = await issue(w.provider, role.arn, task({ taskId: 't-second', agent: 'spiffe://example.org/agent/second' }));
+      const a = await issueSession(w.provider, role.arn, task({ taskId: 't-first', agent: 'spiffe://example.org/agent/first' }));
+      const b = await issueSession(w.provider, role.arn, task({ taskId: 't-second', agent: 'spiffe://example.org/agent/second' }));
       const verdict = (s: { accessKeyId: string }) => w.emu.evaluate(s.accessKeyId, 's3:GetObject', 'arn:aws:s3:::reports/x');
       expect(verdict(b)).toBe('allow');
 
@@ -85,7 +77,7 @@ describe("two writers on one role, the first one's timed-out PutRolePolicy landi
 
   it('stops looking at a role deleted meanwhile: nothing is left to deny there', async () => {
     const role = w.emu.createRole('r-lost-deleted', { maxSessionDuration: 3600 });
-    const a = await issue(w.provider, role.arn, task({ taskId: 't-deleted' }));
+    const a = await issueSession(w.provider, role.arn, task({ taskId: 't-deleted' }));
     await w.provider.revoke(a.lease, roleConfig(role.arn), caller);
     expect(await w.provider.denyList.verify(role.arn)).toBe('ok');
     w.emu.deleteRole(role.roleName);

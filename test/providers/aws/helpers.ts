@@ -212,3 +212,10 @@ export async function sealAwsSecret(t: TestBroker, keys: { accessKeyId: string; 
   const kek = new Kek(readSecret((t.config as unknown as { secrets: { kek: string } }).secrets.kek, 'secrets.kek'));
   await new SealedSecrets(t.broker.deps.redis, t.broker.deps.keys, kek).write('aws', keys);
 }
+
+/** An STS session for `t` on `roleArn` by `provider`: the lease to revoke it by, and its access key id (for `evaluate`). */
+export async function issueSession(provider: AwsProvider, roleArn: string, t: TaskRecord) {
+  const req = issueRequest(roleConfig(roleArn), { task: t });
+  const out = await provider.issue(req);
+  return { lease: leaseFor(req, out.handle, out.expiresAt), accessKeyId: String(out.credentials.AccessKeyId) };
+}
