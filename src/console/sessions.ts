@@ -44,8 +44,9 @@ export class ConsoleSessionStore {
   }
 
   async get(cookie: string | undefined): Promise<ConsoleSession | undefined> {
-    if (!cookie || !/^[A-Za-z0-9_-]{43}$/.test(cookie)) return undefined;
-    const raw = await this.redis.get(this.keys.plain('console:session', digest(cookie)));
+    const handle = this.handle(cookie);
+    if (handle === undefined) return undefined;
+    const raw = await this.redis.get(this.keys.plain('console:session', handle));
     if (!raw) return undefined;
     const s = JSON.parse(raw) as ConsoleSession;
     return s.expiresAt > this.now() ? s : undefined;
