@@ -163,5 +163,7 @@ test('a flood of /readyz costs one Redis probe a second, and /readyz turns 503 w
   await sleep(REDIS_PROBE_MS + 100);
   expect((await get('/readyz')).status).toBe(503);
   await redis.restart();
-  await waitFor(async () => (await get('/readyz')).status === 200, 15_000, 100);
-}, 60_000);
+  // Back once it has recovered from the empty Redis (a data loss: signing key, export, chains). Not what this test
+  // measures; on a loaded machine (a CI run beside other work, twice) that took longer than 15 s.
+  await waitFor(async () => (await get('/readyz')).status === 200, 45_000, 100);
+}, 90_000);
