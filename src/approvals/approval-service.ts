@@ -92,7 +92,10 @@ export class ApprovalService {
         detail: { approvalId },
       });
     }
-    if (r.status !== 'pending') throw conflict('approval_decided', `The approval is already ${r.status}.`);
+    // Changing a decision made (approve after reject, or the reverse) is refused like any denial: audited.
+    const decidedAlready = (detail: string) =>
+      denial(this.deps, who, conflict('approval_decided', detail), { action: 'approval.decide', taskId: r.taskId, detail: { approvalId } });
+    if (r.status !== 'pending') throw await decidedAlready(`The approval is already ${r.status}.`);
     const status = decision === 'approve' ? 'approved' : 'rejected';
     // The record goes to the bucket's audit outbox with the decision (approval-swap.lua): a process that
     // dies before appending it loses nothing.
@@ -105,7 +108,7 @@ export class ApprovalService {
       ...(reason ? { reason } : {}),
       detail: { approvalId, ttlSeconds: r.ttlSeconds, scopes: r.scopes },
     });
-    if (!decided) throw conflict('approval_decided', 'The approval was decided concurrently.');
+    if (!decided) throw await decidedAlready('The approval was decided concurrently.');
     if (decided.recorded) {
       await this.deps.audit.settleOutbox(this.deps.keys.bucketOfTask(r.taskId), [decided.recorded.member], decided.recorded.at);
     }

@@ -1,4 +1,4 @@
-import { AGENT, ADMIN, ORCH, call, startTestBroker, type TestBroker } from '../helpers/broker.ts';
+import { AGENT, ADMIN, ORCH, auditRecords, call, startTestBroker, type TestBroker } from '../helpers/broker.ts';
 
 let t: TestBroker;
 const agentId = `spiffe://dev.local${AGENT}`;
@@ -53,7 +53,14 @@ test('rejected → 403; deciding twice → 409', async () => {
   const denied = await ask(taskId);
   expect(denied.status).toBe(403);
   expect(denied.body.code).toBe('approval_rejected');
-  expect((await call(t.url, 'POST', `/v1/approvals/${body.approvalId}`, t.as(ADMIN), { decision: 'approve' })).status).toBe(409);
+  const again = await call(t.url, 'POST', `/v1/approvals/${body.approvalId}`, t.as(ADMIN), { decision: 'approve' });
+  expect([again.status, again.body.code]).toEqual([409, 'approval_decided']);
+  // Found by the black-box red team: an approver trying to turn a rejection into an approval left no record.
+  await t.broker.deps.audit.flush();
+  const records = await auditRecords(t.broker.deps.redis, t.broker.deps.keys);
+  expect(records.filter((r) => r.action === 'approval.decide' && r.reason === 'approval_decided')).toEqual([
+    expect.objectContaining({ actor: `spiffe://dev.local${ADMIN}`, decision: 'deny', taskId, detail: { approvalId: body.approvalId } }),
+  ]);
 });
 
 test('an identity outside approvers cannot decide; an agent cannot approve itself', async () => {
