@@ -124,7 +124,11 @@ export const ERRORS = {
     means: 'Only the orchestrator that opened the task, or an admin, may complete it.',
     fix: 'Call as that orchestrator.',
   },
-  not_task_party: { status: 403, means: "Only the task's orchestrator, its agent or an admin may read it.", fix: 'Call as one of them.' },
+  not_task_party: {
+    status: 403,
+    means: "Only the task's orchestrator, its agent, an admin, or whoever may read a task above it may read it.",
+    fix: 'Call as one of them.',
+  },
   not_lease_party: {
     status: 403,
     means: "Only the lease's agent, its task's orchestrator or an admin may read or revoke it.",

@@ -10,7 +10,7 @@ import type { LeaseRecord } from '../leases/types.ts';
 import { descriptorOf } from '../providers/index.ts';
 import { attenuate } from './delegation.ts';
 import { StaleTask, type TaskStore } from './task-store.ts';
-import { type Grant, rootTaskId, type TaskEndReason, type TaskFixed, type TaskRecord, type TaskStatus } from './types.ts';
+import { ancestorTaskIds, type Grant, rootTaskId, type TaskEndReason, type TaskFixed, type TaskRecord, type TaskStatus } from './types.ts';
 
 /** Longest task id the broker makes (a root id plus `~<name>` per delegation level). */
 const MAX_TASK_ID = 512;
@@ -191,13 +191,31 @@ export class TaskService {
     // Cached only for a caller who may read it: a stranger naming task ids does not fill the cache.
     const [task] = await this.deps.tasks.recordsOf([taskId], (t) => this.mayRead(who, t));
     if (!task) throw notFound('task_not_found', `No task ${taskId}.`);
-    if (!this.mayRead(who, task)) {
-      await deny(this.deps, who, 'not_task_party', "Only the task's orchestrator, its agent or an admin may read it.", {
-        action: 'access.deny',
-        taskId,
-      });
+    if (!this.mayRead(who, task) && !(await this.readsAnAncestor(who, task))) {
+      await deny(
+        this.deps,
+        who,
+        'not_task_party',
+        "Only the task's orchestrator, its agent, an admin, or whoever may read a task above it may read it.",
+        {
+          action: 'access.deny',
+          taskId,
+        },
+      );
     }
     return task;
+  }
+
+  /**
+   * Whether `who` may read one of `task`'s ancestors, and so the task: whoever reads a task sees its sub-tasks in
+   * its tree and its evidence, so the root orchestrator may also open each of them (it completes them with the
+   * root). Only an ancestor opened no later than the task counts: an ancestor id opened again after its first
+   * task left Redis is another task, and its orchestrator is no party to the old sub-task.
+   */
+  private async readsAnAncestor(who: WorkloadIdentity, task: TaskRecord): Promise<boolean> {
+    if (!task.parentTaskId) return false;
+    const ancestors = await this.deps.tasks.recordsOf(ancestorTaskIds(task.taskId), (t) => this.mayRead(who, t));
+    return ancestors.some((a) => a.createdAt <= task.createdAt && this.mayRead(who, a));
   }
 
   /** Whether `who` may read `task`. */

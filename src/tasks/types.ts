@@ -14,6 +14,12 @@ export function rootTaskId(taskId: string): string {
   return tilde === -1 ? taskId : taskId.slice(0, tilde);
 }
 
+/** The ids of a task's ancestors, root first (none for a root task): `a~b~c` has `a` and `a~b`. */
+export function ancestorTaskIds(taskId: string): string[] {
+  const parts = taskId.split('~');
+  return parts.slice(1).map((_, i) => parts.slice(0, i + 1).join('~'));
+}
+
 /** Why a task ended; its leases are revoked with the same reason. */
 export const TASK_END_REASONS = ['task_completed', 'task_expired', 'revoked_by_admin'] as const;
 export type TaskEndReason = (typeof TASK_END_REASONS)[number];

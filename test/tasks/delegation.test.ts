@@ -89,3 +89,71 @@ test('act claims nest, depth is limited, and completing the parent revokes the w
   expect(gc.leases[0].reason).toBe('task_completed');
   expect((await call(t.url, 'GET', '/v1/tasks/parent~child', t.as(AGENT))).body.status).toBe('completed');
 });
+
+test("whoever reads a task reads its sub-tasks: the root's orchestrator opens each of them, a stranger and a sub-task's agent still may not read above", async () => {
+  const root = await call(t.url, 'POST', '/v1/tasks', t.as(ORCH), {
+    taskId: 'read-tree',
+    agent: A,
+    tenant: 'acme',
+    purpose: 'root',
+    ttlSeconds: 600,
+    grants: [{ role: 'demo-api', maxTtlSeconds: 120 }],
+  });
+  expect(root.status).toBe(201);
+  const child = await call(t.url, 'POST', '/v1/tasks', t.as(AGENT), {
+    parentTaskId: 'read-tree',
+    taskId: 'c',
+    agent: B,
+    ttlSeconds: 300,
+    grants: [{ role: 'demo-api' }],
+  });
+  const grand = await call(t.url, 'POST', '/v1/tasks', t.as('/agent/researcher'), {
+    parentTaskId: 'read-tree~c',
+    taskId: 'g',
+    agent: C,
+    ttlSeconds: 200,
+    grants: [{ role: 'demo-api' }],
+  });
+  expect([child.status, grand.status]).toEqual([201, 201]);
+
+  // The root's orchestrator (it completes them with the root) and the root's agent read both, evidence included.
+  for (const who of [ORCH, AGENT]) {
+    for (const id of ['read-tree~c', 'read-tree~c~g']) {
+      const r = await call(t.url, 'GET', `/v1/tasks/${id}`, t.as(who));
+      expect({ who, id, status: r.status, taskId: r.body.taskId }).toEqual({ who, id, status: 200, taskId: id });
+      expect((await call(t.url, 'GET', `/v1/tasks/${id}/evidence`, t.as(who))).status).toBe(200);
+    }
+  }
+  // Reading goes down the tree, never up or sideways.
+  const up = await call(t.url, 'GET', '/v1/tasks/read-tree', t.as('/agent/summarizer'));
+  expect({ status: up.status, code: up.body.code }).toEqual({ status: 403, code: 'not_task_party' });
+  const stranger = await call(t.url, 'GET', '/v1/tasks/read-tree~c~g', t.as('/orchestrator/other'));
+  expect({ status: stranger.status, code: stranger.body.code }).toEqual({ status: 403, code: 'not_task_party' });
+});
+
+test("a root id opened again after its task left Redis gives its new orchestrator no read of the old task's sub-tasks", async () => {
+  const open = (who: string) =>
+    call(t.url, 'POST', '/v1/tasks', t.as(who), {
+      taskId: 'read-again',
+      agent: A,
+      tenant: 'acme',
+      purpose: 'root',
+      ttlSeconds: 600,
+      grants: [{ role: 'demo-api', maxTtlSeconds: 120 }],
+    });
+  expect((await open(ORCH)).status).toBe(201);
+  const child = await call(t.url, 'POST', '/v1/tasks', t.as(AGENT), {
+    parentTaskId: 'read-again',
+    taskId: 'c',
+    agent: B,
+    ttlSeconds: 300,
+    grants: [{ role: 'demo-api' }],
+  });
+  expect(child.status).toBe(201);
+  // The root's record leaves Redis (as retention purges an ended task's) and another orchestrator takes the id.
+  await t.broker.deps.redis.del(t.broker.deps.keys.task('read-again'));
+  await new Promise((r) => setTimeout(r, 5));
+  expect((await open('/orchestrator/later')).status).toBe(201);
+  const r = await call(t.url, 'GET', '/v1/tasks/read-again~c', t.as('/orchestrator/later'));
+  expect({ status: r.status, code: r.body.code }).toEqual({ status: 403, code: 'not_task_party' });
+});
