@@ -176,9 +176,30 @@ export class ApprovalStore {
     return (await this.swap(r, 'approved', 'consumed', {})) !== false;
   }
 
-  /** consumed -> approved: the credential it was consumed for was not handed out (a refusal, an upstream failure). */
-  async giveBack(r: ApprovalRecord): Promise<boolean> {
-    return (await this.swap(r, 'consumed', 'approved', {})) !== false;
+  /**
+   * consumed -> approved: the credential it was consumed for was not handed out (a refusal, an upstream failure).
+   * A pending twin (the same request asked again meanwhile) is withdrawn in the same step, its `approval.decide`
+   * record put in the bucket's audit outbox: `withdrawn` names that member, for the caller to settle.
+   */
+  async giveBack(r: ApprovalRecord): Promise<false | { withdrawn?: { member: string; at: number } }> {
+    const twin = JSON.stringify({
+      action: 'approval.decide',
+      actor: 'broker',
+      decision: 'ok',
+      taskId: r.taskId,
+      role: r.role,
+      reason: 'covered_by_approval',
+    } satisfies OutboxEvent);
+    const keys = [this.keys.approval(r.approvalId), this.keys.taskApprovals(r.taskId), this.indexKey(r), this.outboxOf(r)];
+    const res = (await swapScript.run(this.redis, keys, ['consumed', 'approved', r.approvalId, '', twin])) as
+      | number
+      | [number, number, string?];
+    if (!Array.isArray(res)) return res === 1 ? {} : false;
+    return res[2] ? { withdrawn: { member: res[2], at: Number(res[1]) } } : {};
+  }
+
+  private outboxOf(r: ApprovalRecord): string {
+    return this.keys.auditOutbox(this.keys.bucketOfTask(r.taskId));
   }
 
   /** False when not swapped; true, or the Redis time at which `member` was put in the outbox. */
@@ -190,8 +211,8 @@ export class ApprovalStore {
     member = '',
   ): Promise<boolean | number> {
     const keys = [this.keys.approval(r.approvalId), this.keys.taskApprovals(r.taskId), this.indexKey(r)];
-    if (member) keys.push(this.keys.auditOutbox(this.keys.bucketOfTask(r.taskId)));
-    const res = (await swapScript.run(this.redis, keys, [from, to, r.approvalId, member, ...Object.entries(patch).flat()])) as
+    if (member) keys.push(this.outboxOf(r));
+    const res = (await swapScript.run(this.redis, keys, [from, to, r.approvalId, member, '', ...Object.entries(patch).flat()])) as
       | number
       | [number, number];
     if (Array.isArray(res)) return Number(res[1]);

@@ -226,6 +226,19 @@ export class CredentialService {
     return scopes;
   }
 
+  /**
+   * Gives an approval back (nothing was handed out under it) and appends the record of a pending twin it withdrew.
+   * Best effort: the caller is answering with the failure that made it give back, and recovery appends a record
+   * this process leaves in the outbox.
+   */
+  private async giveBack(approval: ApprovalRecord): Promise<void> {
+    const back = await this.deps.approvals.giveBack(approval).catch(() => false as const);
+    if (back && back.withdrawn) {
+      const { member, at } = back.withdrawn;
+      await this.deps.audit.settleOutbox(this.deps.keys.bucketOfTask(approval.taskId), [member], at).catch(() => {});
+    }
+  }
+
   /** The effective TTL; the time left on the task is measured on Redis's clock. */
   private clamp(task: TaskSnapshot, body: CredentialRequest, grant: Grant, role: RoleConfig, provider: Provider): ClampedTtl {
     return clampTtl({
@@ -287,7 +300,7 @@ export class CredentialService {
       // Nothing was handed out under the approval: it still covers the same request (one approval, one credential),
       // unless its approver was quarantined meanwhile: its word no longer stands (as after approverStillStands).
       const taken = err instanceof BrokerError && err.code === 'approval_expired';
-      if (d.approval && !taken) await this.deps.approvals.giveBack(d.approval).catch(() => {});
+      if (d.approval && !taken) await this.giveBack(d.approval);
       throw err;
     }
     // An upstream credential's approver was checked again before it was made (issueUpstream); the broker's own token
@@ -548,7 +561,7 @@ export class CredentialService {
       // the same request, asked again, is checked again (a quarantined approver's approval is then voided or taken
       // back). While the lease cannot be revoked the approval stays used: one approval, one live credential.
       const ended = await this.endUnhanded(fixed).catch(() => false);
-      if (ended) await this.deps.approvals.giveBack(approval).catch(() => {});
+      if (ended) await this.giveBack(approval);
       else this.deps.logger.warn({ leaseId: fixed.leaseId }, 'could not revoke a credential not handed out; it ends at its TTL');
       throw err;
     }

@@ -92,6 +92,20 @@ test('an approval handed back while the same request opened a new pending one ta
   expect((await a).status).toBe(502);
   expect((await call(t.url, 'GET', `/v1/approvals/${x}`, t.as(ADMIN))).body.status).toBe('approved');
   expect((await call(t.url, 'GET', `/v1/approvals/${y}`, t.as(ADMIN))).body.status).toBe('expired');
+  // Withdrawing Y is a decision like the others: recorded in the task's audit trail (before: Y left the approvers'
+  // list with no record at all).
+  const trail = await call(t.url, 'GET', '/v1/audit?taskId=gb-2&action=approval.decide', t.as(ADMIN));
+  expect(trail.body.items.filter((r: { detail?: { approvalId?: string } }) => r.detail?.approvalId === y)).toEqual([
+    expect.objectContaining({
+      action: 'approval.decide',
+      actor: 'broker',
+      decision: 'ok',
+      taskId: 'gb-2',
+      role: 'prod-deploy',
+      reason: 'covered_by_approval',
+      detail: { approvalId: y, coveredBy: x },
+    }),
+  ]);
   // Before: 202 with Y, and X stayed approved with nothing able to use it.
   expect((await call(t.url, 'POST', '/v1/credentials', t.as(AGENT), req)).status).toBe(201);
 });

@@ -766,7 +766,7 @@ describe('one test per script', () => {
       script('approval-swap').run(
         redis,
         [keys.approval(a1), keys.taskApprovals('ox'), keys.approvalFor(tb, 'ox'), keys.auditOutbox(tb)],
-        ['pending', 'approved', a1, m, 'decidedBy', 'z'],
+        ['pending', 'approved', a1, m, '', 'decidedBy', 'z'],
       );
     const decided = (await swap(m7)) as [number, number];
     expect(decided).toEqual([1, expect.any(Number)]);
