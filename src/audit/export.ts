@@ -52,7 +52,17 @@ export interface AuditExporterOptions {
   waitMs?: number;
 }
 
-const LOCK_TTL_MS = 30_000;
+/**
+ * The `audit-export` lock (exports, and the rollback repair in ops/recovery.ts). Set for 10 s and kept extended
+ * while a pass runs (withLock), so an exporter killed mid-pass (SIGKILL under a large write) holds it 10 s, not
+ * 30: within the 10 s exportNow waits for it (a quarantine change is answered only once the export holds it:
+ * 503 `not_ready` for 30 s before; the sealing after a data loss). A page write that outlasts the hold is
+ * covered by the keeper's extension every 3.3 s; before each write the pass checks the lock is still its own.
+ * `ttlMs` stays the previous release's TTL (30 s): its lock is waited for during a rolling upgrade, not taken
+ * over. Lower it to `holdMs` once no such release runs.
+ */
+export const EXPORT_LOCK = { ttlMs: 30_000, holdMs: 10_000 } as const;
+
 /** Where this process last left off in a chain's stream: the stream id of the record the marker names. */
 interface Cursor {
   marker: string;
@@ -181,14 +191,14 @@ export class AuditExporter {
       return { exported: new Map(), trimmed: new Map(), sealed: [], resealed: [], skipped: 'data_loss' };
     // A lock key without an expiry (or with a longer TTL than ours) would stop every export, seal and
     // trim for good, silently: it is taken over, logged and audited (src/redis/lock.ts).
-    const lockOpts = { ttlMs: LOCK_TTL_MS, waitMs: opts.waitMs, onTakeover: reportTakeover(this.o.logger, this.o.audit) };
-    const got = await withLock(redis, keys.lock('audit-export'), lockOpts, async (lock) => {
+    const lockOpts = { ...EXPORT_LOCK, waitMs: opts.waitMs, onTakeover: reportTakeover(this.o.logger, this.o.audit) };
+    const got = await withLock(redis, keys.lock('audit-export'), lockOpts, async (lock, held) => {
       const result: ExportResult = { exported: new Map(), trimmed: new Map(), sealed: [], resealed: [] };
       let failed: unknown;
       for (const chain of opts.chains ?? keys.auditChains()) {
         // One chain failing (the file is down) still lets the others seal their heads in Redis.
         try {
-          const n = await this.exportChain(chain, lock, result, opts.paced ?? false);
+          const n = await this.exportChain(chain, lock, held, result, opts.paced ?? false);
           if (n > 0) result.exported.set(chain, n);
         } catch (err) {
           failed ??= err;
@@ -198,7 +208,7 @@ export class AuditExporter {
       if (opts.trim) {
         this.lastTrim = this.o.now();
         for (const chain of keys.auditChains()) {
-          if (!(await lock.extend(LOCK_TTL_MS))) break;
+          if (held.aborted || !(await lock.held())) break;
           const n = await trimChain(redis, keys, chain, this.o.retention, this.o.now());
           if (n > 0) result.trimmed.set(chain, n);
         }
@@ -253,7 +263,9 @@ export class AuditExporter {
   }
 
   /** Appends a chain's unexported records (and a seal of the last) to the file; returns how many. */
-  private async exportChain(chain: AuditChain, lock: HeldLock, result: ExportResult, paced: boolean): Promise<number> {
+  private async exportChain(chain: AuditChain, lock: HeldLock, held: AbortSignal, result: ExportResult, paced: boolean): Promise<number> {
+    // Still ours: confirmed by Redis just now, and not given up by the keeper (no extension confirmed for most of a hold).
+    const ours = async () => !held.aborted && (await lock.held());
     const { redis, keys } = this.o;
     const stream = keys.auditStream(chain);
     let marker = (await redis.get(keys.auditExported(chain))) ?? '';
@@ -300,13 +312,12 @@ export class AuditExporter {
       const lastId = page[page.length - 1]![0];
       if (!last) {
         after = lastId;
-        await lock.extend(LOCK_TTL_MS);
         continue;
       }
       const done = page.length < pageSize;
       const seal = done ? this.seal(chain, last) : undefined;
       if (seal) lines.push(sealLine(chain, seal));
-      if (!(await lock.held())) throw new Error('audit export: lost the export lock mid-pass');
+      if (!(await ours())) throw new Error('audit export: lost the export lock mid-pass');
       try {
         await this.writer.append(lines);
       } catch (err) {
@@ -328,7 +339,6 @@ export class AuditExporter {
         await redis.set(keys.auditSeal(chain), JSON.stringify({ chain, ...seal }));
         result.sealed.push(chain);
       }
-      await lock.extend(LOCK_TTL_MS);
       if (done) break;
     }
     // Nothing new: the head is sealed again, in Redis only (the file would grow a line per chain per pass),
@@ -336,7 +346,7 @@ export class AuditExporter {
     if (count === 0 && marker) {
       const sep = marker.indexOf(':');
       const seal = this.seal(chain, { seq: markerSeq(marker), hash: marker.slice(sep + 1) });
-      if (seal && (await lock.held())) {
+      if (seal && (await ours())) {
         await redis.set(keys.auditSeal(chain), JSON.stringify({ chain, ...seal }));
         result.resealed.push(chain);
       }

@@ -32,11 +32,20 @@ const PAGE = 500;
 export const PARKED_MAX = 1000;
 
 /**
- * The TTL of a chain's recovery lock (other processes skip the chain while one holds it). It is extended every
- * third of it while the pass runs (a quarantine's endings can take far longer), so it lapses only within this
- * of its process dying.
+ * The TTL a chain's recovery lock is set for (other processes skip the chain while one holds it). It is extended
+ * every third of it while the pass runs (a quarantine's endings can take far longer), so it lapses within this of
+ * its process dying: the records (and a quarantine's endings) that process was appending wait this long, not
+ * RECOVERY_LOCK_TTL_MS, before another instance's next pass takes them over. As long as OUTBOX_GRACE_MS: a dead
+ * process's records already wait that long; shorter would not append them much sooner, and would give up the lock
+ * under a shorter Redis stall (no extension confirmed for 9 of these 10 s).
  */
-export const RECOVERY_LOCK_MS = 30_000;
+export const RECOVERY_LOCK_MS = 10_000;
+/**
+ * The longest any release sets the lock for (the previous release sets 30 s): a key with a longer TTL, or none,
+ * is taken over; one of 30 s is a broker's, skipped during a rolling upgrade. Lower it to RECOVERY_LOCK_MS once
+ * no such release runs.
+ */
+const RECOVERY_LOCK_TTL_MS = 30_000;
 
 export interface OutboxDeps {
   redis: RedisClient;
@@ -223,7 +232,7 @@ export class OutboxRecovery {
   private running: Promise<number> | undefined;
   private stopped = false;
 
-  /** `lockMs`: the recovery lock's TTL (RECOVERY_LOCK_MS; shorter in tests). */
+  /** `lockMs`: the TTL the recovery lock is set for and extended to (RECOVERY_LOCK_MS; shorter in tests). */
   constructor(deps: OutboxDeps, intervalMs: number, opts: { lockMs?: number } = {}) {
     this.deps = deps;
     this.intervalMs = intervalMs;
@@ -266,13 +275,14 @@ export class OutboxRecovery {
         const due = await redis.zrangebyscore(keys.auditOutbox(chain), '-inf', `(${before}`, 'LIMIT', 0, 1);
         if (due.length === 0) continue;
         const lock = await acquireLock(redis, keys.lock(`audit-outbox:${chain}`), {
-          ttlMs: this.lockMs,
+          ttlMs: RECOVERY_LOCK_TTL_MS,
+          holdMs: this.lockMs,
           onTakeover: reportTakeover(logger, (e) => this.deps.audit.append(e)),
         });
         if (!lock) continue; // another instance is on it
-        // Extended while the pass runs (a quarantine's endings, OutboxDeps.before, can outlast the TTL: lapsed,
+        // Extended while the pass runs (a quarantine's endings, OutboxDeps.before, can outlast the hold: lapsed,
         // another instance would take the chain and run the same endings at once); the pass stops if it is lost.
-        const held = keepLock(lock, this.lockMs, 'audit outbox recovery');
+        const held = keepLock(lock, 'audit outbox recovery');
         try {
           // Counted in jit_audit_outbox_recovered_total by recoverOutbox, page by page, even if a later page fails.
           const n = await recoverOutbox(this.deps, chain, before, held.signal);

@@ -6,12 +6,25 @@ import type { QuarantineEntry } from '../identity/quarantine.ts';
 import type { Logger } from '../logger.ts';
 import type { Metrics } from '../metrics.ts';
 import type { AuditChain, Keys } from '../redis/keys.ts';
-import { keepLock, reportTakeover, withLock } from '../redis/lock.ts';
+import { reportTakeover, withLock } from '../redis/lock.ts';
+import { EXPORT_LOCK } from '../audit/export.ts';
 import { markerSeq } from '../audit/retention.ts';
 import type { RedisClient } from '../redis/scripts.ts';
 import type { SigningKeyStore } from '../signing/key-store.ts';
 import type { Reapplied } from './reapply.ts';
 import { type ChainRepair, type RollbackSign, RollbackWatch, repairChains } from './rollback.ts';
+
+/**
+ * The recovery lock. Every other instance is not ready (503) until the holder is done, so a holder killed
+ * mid-recovery (SIGKILL, a lost machine) must not keep them waiting for long: it is set for 10 s and kept
+ * extended while the recovery runs (reading the export, continuing the chains, restoring the quarantines: each
+ * step checks the lock is still ours). 10 s rides out a Redis stall of several seconds (the keeper extends every
+ * 3.3 s and gives the lock up only after 9 s without a confirmed extension) and lapses well within the 30 s the
+ * survivors wait for the lock. `ttlMs` stays the previous release's TTL (30 s): a lock that long is still a
+ * broker's, waited for during a rolling upgrade rather than taken over. Lower it to `holdMs` once no such
+ * release runs (test/ops/recovery-lock-killed.test.ts).
+ */
+const RECOVERY_LOCK = { ttlMs: 30_000, holdMs: 10_000, waitMs: 30_000 };
 
 /** What recovery needs from the rest of the broker. */
 export interface RecoveryDeps {
@@ -205,54 +218,45 @@ export class DataLossMonitor {
     this.d.clearCaches();
     this.d.audit.resetHeads();
     const onTakeover = reportTakeover(this.d.logger, (e) => this.d.audit.append(e));
-    const done = await withLock(this.d.redis, this.d.keys.lock('recovery'), { ttlMs: 30_000, waitMs: 30_000, onTakeover }, async (lock) => {
-      const keep = keepLock(lock, 30_000, 'recovery');
-      try {
-        // Emptied since: a data loss, which the next check handles.
-        if ((await this.d.redis.get(this.d.keys.epoch())) !== this.epoch) return 'lost' as const;
-        // The export's own TTL (30 s), kept alive: a longer one is a lock no broker sets, which exporters take over.
-        const repaired = await withLock(
-          this.d.redis,
-          this.d.keys.lock('audit-export'),
-          { ttlMs: 30_000, waitMs: 30_000, onTakeover },
-          async (exportLock) => {
-            const keepExport = keepLock(exportLock, 30_000, 'recovery: audit export repair');
-            try {
-              const signal = AbortSignal.any([keep.signal, keepExport.signal]);
-              return await repairChains({ redis: this.d.redis, keys: this.d.keys, file: this.d.exportFile }, known, remembered, signal);
-            } finally {
-              keepExport.stop();
-            }
-          },
+    const done = await withLock(this.d.redis, this.d.keys.lock('recovery'), { ...RECOVERY_LOCK, onTakeover }, async (_lock, held) => {
+      // Emptied since: a data loss, which the next check handles.
+      if ((await this.d.redis.get(this.d.keys.epoch())) !== this.epoch) return 'lost' as const;
+      // The export's own hold and bound (audit/export.ts), kept extended: a longer TTL is a lock no broker sets,
+      // which exporters take over, and a longer hold would keep exports waiting for a killed recovery.
+      const repaired = await withLock(
+        this.d.redis,
+        this.d.keys.lock('audit-export'),
+        { ...EXPORT_LOCK, waitMs: 30_000, onTakeover },
+        async (_exportLock, exportHeld) => {
+          const signal = AbortSignal.any([held, exportHeld]);
+          return await repairChains({ redis: this.d.redis, keys: this.d.keys, file: this.d.exportFile }, known, remembered, signal);
+        },
+      );
+      if (!repaired) throw new Error('the audit export lock stayed busy; will look again');
+      const repair = repaired.value;
+      // Each step only while the lock is still this instance's: one that lost it (cut off for a hold, taken by
+      // another instance since) must not go on writing beside the new holder; the next check starts over.
+      held.throwIfAborted();
+      // Records written on the rolled-back chains before this was noticed, behind the export's end, with their own time.
+      await Promise.all(repair.orphans.map((o) => this.d.audit.appendTo(o.chain, strip(o.record), o.record.time)));
+      held.throwIfAborted();
+      const reapplied = await this.d.reapply(repair.reapply);
+      held.throwIfAborted();
+      // One record per rollback: a recovery listed since this instance's last good look handled it (every
+      // instance still repairs and applies again what it remembers; those records are each audited).
+      const listed = await this.d.redis.lrange(this.d.keys.rollbackRecoveries(), 0, -1);
+      const by = listed.find((id) => !sign.recoveriesSeen.includes(id));
+      if (by) {
+        this.d.logger.warn(
+          { recovery: by, ...reapplied },
+          'this rollback was already recorded by another instance; applied again what this one remembered',
         );
-        if (!repaired) throw new Error('the audit export lock stayed busy; will look again');
-        const repair = repaired.value;
-        // Each step only while the lock is still this instance's: one that lost it (cut off for a TTL, taken by
-        // another instance since) must not go on writing beside the new holder; the next check starts over.
-        keep.signal.throwIfAborted();
-        // Records written on the rolled-back chains before this was noticed, behind the export's end, with their own time.
-        await Promise.all(repair.orphans.map((o) => this.d.audit.appendTo(o.chain, strip(o.record), o.record.time)));
-        keep.signal.throwIfAborted();
-        const reapplied = await this.d.reapply(repair.reapply);
-        keep.signal.throwIfAborted();
-        // One record per rollback: a recovery listed since this instance's last good look handled it (every
-        // instance still repairs and applies again what it remembers; those records are each audited).
-        const listed = await this.d.redis.lrange(this.d.keys.rollbackRecoveries(), 0, -1);
-        const by = listed.find((id) => !sign.recoveriesSeen.includes(id));
-        if (by) {
-          this.d.logger.warn(
-            { recovery: by, ...reapplied },
-            'this rollback was already recorded by another instance; applied again what this one remembered',
-          );
-        } else {
-          const id = randomUUID();
-          await this.recordRollback(sign, repair.chains, reapplied, id);
-          await this.d.redis.multi().lpush(this.d.keys.rollbackRecoveries(), id).ltrim(this.d.keys.rollbackRecoveries(), 0, 19).exec();
-        }
-        return 'done' as const;
-      } finally {
-        keep.stop();
+      } else {
+        const id = randomUUID();
+        await this.recordRollback(sign, repair.chains, reapplied, id);
+        await this.d.redis.multi().lpush(this.d.keys.rollbackRecoveries(), id).ltrim(this.d.keys.rollbackRecoveries(), 0, 19).exec();
       }
+      return 'done' as const;
     });
     if (!done) throw new Error('another instance is recovering; will look again');
     if (done.value === 'lost') return;
@@ -323,50 +327,45 @@ export class DataLossMonitor {
     const done = await withLock(
       this.d.redis,
       this.d.keys.lock('recovery'),
-      { ttlMs: 30_000, waitMs: 30_000, onTakeover: reportTakeover(this.d.logger, (e) => this.d.audit.append(e)) },
-      async (lock) => {
-        // Reading a large export can outlast the lock's TTL.
-        const keep = keepLock(lock, 30_000, 'recovery');
-        try {
-          let lost = lostSeen;
-          const current = await this.d.redis.get(this.d.keys.epoch());
-          const created = await this.d.signing.ensure();
-          if (!current) {
-            const archive = await this.d.readArchive();
-            if (!lost && archive.chains.size > 0) {
-              lost = true;
-              this.d.logger.error('Redis holds no data but the audit export does: continuing from the export (Redis lost its data)');
-            }
-            let continued: Continuation[] = [];
-            // As in recoverRollback: each step only while the lock is still this instance's (reading a large
-            // export can outlast it).
-            keep.signal.throwIfAborted();
-            if (lost) {
-              continued = await continueChains(this.d.redis, this.d.keys, archive, knownHeads);
-              keep.signal.throwIfAborted();
-              await this.d.restoreQuarantines(archive.quarantines);
-              keep.signal.throwIfAborted();
-              // Records that slipped in after the loss go behind the export's last record, with their own time.
-              await Promise.all(continued.flatMap((c) => c.orphans.map((o) => this.d.audit.appendTo(c.chain, strip(o.record), o.time))));
-            }
-            keep.signal.throwIfAborted();
-            await this.d.redis.set(this.d.keys.epoch(), randomUUID(), 'NX');
-            if (lost) {
-              await this.recordLoss(continued, archive.quarantines.length);
-              recorded = true;
-            }
+      { ...RECOVERY_LOCK, onTakeover: reportTakeover(this.d.logger, (e) => this.d.audit.append(e)) },
+      // Kept extended throughout: reading a large export can outlast the hold many times over.
+      async (_lock, held) => {
+        let lost = lostSeen;
+        const current = await this.d.redis.get(this.d.keys.epoch());
+        const created = await this.d.signing.ensure();
+        if (!current) {
+          const archive = await this.d.readArchive();
+          if (!lost && archive.chains.size > 0) {
+            lost = true;
+            this.d.logger.error('Redis holds no data but the audit export does: continuing from the export (Redis lost its data)');
           }
-          if (created && lost) {
-            await this.d.audit.append({
-              action: 'signing.recreated',
-              actor: 'broker',
-              decision: 'ok',
-              reason: 'redis_data_lost',
-              detail: { immediate: true },
-            });
+          let continued: Continuation[] = [];
+          // As in recoverRollback: each step only while the lock is still this instance's (reading a large
+          // export can outlast it).
+          held.throwIfAborted();
+          if (lost) {
+            continued = await continueChains(this.d.redis, this.d.keys, archive, knownHeads);
+            held.throwIfAborted();
+            await this.d.restoreQuarantines(archive.quarantines);
+            held.throwIfAborted();
+            // Records that slipped in after the loss go behind the export's last record, with their own time.
+            await Promise.all(continued.flatMap((c) => c.orphans.map((o) => this.d.audit.appendTo(c.chain, strip(o.record), o.time))));
           }
-        } finally {
-          keep.stop();
+          held.throwIfAborted();
+          await this.d.redis.set(this.d.keys.epoch(), randomUUID(), 'NX');
+          if (lost) {
+            await this.recordLoss(continued, archive.quarantines.length);
+            recorded = true;
+          }
+        }
+        if (created && lost) {
+          await this.d.audit.append({
+            action: 'signing.recreated',
+            actor: 'broker',
+            decision: 'ok',
+            reason: 'redis_data_lost',
+            detail: { immediate: true },
+          });
         }
       },
     );

@@ -27,6 +27,8 @@ export async function openJournal(
   lock: HeldLock,
   sealed: SealedSecrets,
   logger: Logger,
+  /** The lock keeper's signal (keepLock): aborted once no extension was confirmed for most of the hold. */
+  held?: AbortSignal,
 ): Promise<RotationJournal> {
   const intentKey = keys.rotationIntent(target);
   const pendingKey = keys.rotationPending(target);
@@ -60,7 +62,9 @@ export async function openJournal(
         .catch((err) => logger.warn({ target, err: (err as Error).message }, 'rotation intent not cleared'));
     },
     fence: async () => {
-      if (!(await lock.held())) throw new RotationLockLost();
+      // Redis saying the lock is ours is not enough when the keeper has given it up: it may lapse any moment,
+      // while the upstream call this guards is on the wire.
+      if (held?.aborted || !(await lock.held())) throw new RotationLockLost();
     },
   };
 }

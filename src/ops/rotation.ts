@@ -14,8 +14,15 @@ import type { Kek } from '../signing/kek.ts';
 import { openJournal } from './rotation-journal.ts';
 import { SealedSecrets } from './sealed-secrets.ts';
 
-/** TTL of the rotation lock, renewed every third of it while the rotation runs. */
-const LOCK_TTL_MS = 30_000;
+/**
+ * The rotation lock of a target: set for 10 s and extended every third of that while the rotation runs (its
+ * switch grace, its upstream calls), so a process killed mid-rotation blocks the next rotation of the target
+ * (409 `rotation_in_progress`) and the workers' resume of it for 10 s, not 30. Its steps are fenced (a write is
+ * refused once the lock is another's, and each upstream retire checks it first), so a hold that lapses under a
+ * Redis stall costs a rotation that stops, never two that write. `ttlMs` stays the previous release's TTL (30 s):
+ * its lock is waited out during a rolling upgrade, not taken over. Lower it to `holdMs` once no such release runs.
+ */
+const LOCK = { ttlMs: 30_000, holdMs: 10_000 };
 
 /** Broadcast on `${prefix}:events:broker` so every instance follows. */
 export type BrokerEvent =
@@ -70,10 +77,12 @@ export class RotationService {
     // One rotation per target at a time across all instances. Short-lived and renewed while the rotation
     // runs, so a process that dies mid-rotation blocks the next one for seconds, not minutes.
     const lock = await acquireLock(this.deps.redis, this.deps.keys.lock(`rotate:${target}`), {
-      ttlMs: LOCK_TTL_MS,
+      ...LOCK,
       onTakeover: reportTakeover(this.deps.logger, (e) => this.deps.audit.append(e)),
     });
     if (!lock) throw conflict('rotation_in_progress', `A rotation of ${target} is already running.`);
+    // Kept from the start: writing the intent below can take longer than the hold on a slow Redis.
+    const keep = keepLock(lock, 'rotation');
     const flags = {
       ...(opts.immediate ? { immediate: true } : {}),
       ...(opts.resumed ? { resumed: true } : {}),
@@ -94,10 +103,10 @@ export class RotationService {
         detail: { target, interrupted: true, ...flags },
       });
     } catch (err) {
+      keep.stop();
       await lock.release().catch(() => {});
       throw err;
     }
-    const keep = keepLock(lock, LOCK_TTL_MS, 'rotation');
     // The outcome is recorded once, after the rotation succeeded or failed: a failed record of a rotation that
     // succeeded must not be taken for a failed rotation (its record said `rotation_failed`, `oldSecretInUse`).
     let outcome: OutboxEvent;
@@ -105,7 +114,7 @@ export class RotationService {
     let failure: unknown;
     try {
       try {
-        const result = await this.rotateHeld(target, provider, lock, opts);
+        const result = await this.rotateHeld(target, provider, lock, keep.signal, opts);
         this.deps.metrics.rotations.inc({ target, result: 'ok' });
         outcome = { action: 'rotate', actor, decision: 'ok', reason: target, detail: { rotated: result.rotated, ...flags } };
         answer = { target, rotated: result.rotated, ...(result.detail ?? {}) };
@@ -157,11 +166,12 @@ export class RotationService {
     target: string,
     provider: NonNullable<ReturnType<Deps['providers']['byRotationTarget']>>[1],
     lock: HeldLock,
+    held: AbortSignal,
     opts: { immediate?: boolean; resumed?: boolean },
   ): Promise<Pick<RotationResult, 'rotated' | 'detail'>> {
     // Start from the secret the others run with (Redis's), so "not in use" below means not in use anywhere.
     if (target !== 'signing-key') await this.applyDistributedSecrets(target);
-    const journal = await this.journal(target, lock);
+    const journal = await this.journal(target, lock, held);
     if (journal.leftover && target !== 'signing-key') {
       // A rotation killed between sealing a secret into Redis and announcing it left the others on the one it
       // was retiring: tell them of Redis's first, and give them time to switch, before leftovers are retired.
@@ -186,8 +196,8 @@ export class RotationService {
   }
 
   /** The rotation intent of `target`, as the provider's journal (src/ops/rotation-journal.ts). */
-  private journal(target: string, lock: HeldLock): Promise<RotationJournal> {
-    return openJournal(this.deps.redis, this.deps.keys, target, lock, this.sealed, this.deps.logger);
+  private journal(target: string, lock: HeldLock, held: AbortSignal): Promise<RotationJournal> {
+    return openJournal(this.deps.redis, this.deps.keys, target, lock, this.sealed, this.deps.logger, held);
   }
 
   /** At startup and on announcements: switch to the newest distributed secret of every provider. */

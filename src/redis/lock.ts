@@ -14,7 +14,14 @@ const fencedWrite = script('lock-fenced-write');
 export interface HeldLock {
   /** When the acquisition that took it was sent (performance.now()): Redis set its TTL no earlier. */
   readonly acquiredAt: number;
-  extend(ttlMs: number): Promise<boolean>;
+  /** The TTL this holder sets (LockOptions.holdMs, else ttlMs): what keepLock extends it to, the most extend() sets. */
+  readonly holdMs: number;
+  /**
+   * Sets the lock's TTL to `ttlMs` (default: the hold) while it is ours. Never more than the hold: an extension
+   * longer than it would leave the lock that long to a holder killed right after, the very wait the short hold
+   * is there to avoid (and beyond `ttlMs`, make it look like a key no broker set, to be taken over).
+   */
+  extend(ttlMs?: number): Promise<boolean>;
   /** Whether the lock is still ours (it can lapse under a slow upstream call). */
   held(): Promise<boolean>;
   /**
@@ -32,10 +39,12 @@ export interface HeldLock {
 const LAPSE_MARGIN = 0.1;
 
 /**
- * Extends `lock` every third of `ttlMs` while work goes on, until `stop()`. The signal is aborted when the lock
- * is lost: an extension refused (another holder has it), or none confirmed for a whole TTL (Redis unreachable,
- * or an extension that never answers: it may have lapsed). Work that must not run beside another holder checks
- * the signal; work that is idempotent may ignore it. `what` names the work in the abort reason.
+ * Extends `lock` to its hold (`lock.holdMs`) every third of it while work goes on, until `stop()`. The hold is
+ * the lock's own, not the caller's to choose: a keeper extending a 10-s lock to 30 s would leave it 30 s to a
+ * holder killed mid-work. The signal is aborted when the lock is lost: an extension refused (another holder has
+ * it), or none confirmed for a whole hold (Redis unreachable, or an extension that never answers: it may have
+ * lapsed). Work that must not run beside another holder checks the signal; work that is idempotent may ignore
+ * it. `what` names the work in the abort reason.
  *
  * The TTL is counted on the monotonic clock, from when the acquisition or the last confirmed extension was sent
  * (Redis set its PX no earlier): the wall clock stepped back an hour (NTP setting a fast clock right) made
@@ -45,7 +54,8 @@ const LAPSE_MARGIN = 0.1;
  * looked at every third of the TTL, the lock lapsed and another instance took it while this holder went on
  * writing for up to a third of the TTL more.
  */
-export function keepLock(lock: HeldLock, ttlMs: number, what: string): { signal: AbortSignal; stop(): void } {
+export function keepLock(lock: HeldLock, what: string): { signal: AbortSignal; stop(): void } {
+  const holdMs = lock.holdMs;
   const ctl = new AbortController();
   let confirmed = lock.acquiredAt;
   let deadline: NodeJS.Timeout | undefined;
@@ -54,14 +64,14 @@ export function keepLock(lock: HeldLock, ttlMs: number, what: string): { signal:
   const arm = () => {
     clearTimeout(deadline);
     if (ctl.signal.aborted) return;
-    const at = confirmed + ttlMs * (1 - LAPSE_MARGIN);
+    const at = confirmed + holdMs * (1 - LAPSE_MARGIN);
     deadline = setTimeout(() => lost('not extended for its TTL'), Math.max(0, at - performance.now()));
     deadline.unref();
   };
   arm();
   const timer = setInterval(() => {
     const sent = performance.now();
-    lock.extend(ttlMs).then(
+    lock.extend().then(
       (ok) => {
         // An answer after stop() (the work is done, the lock released) must not arm the deadline again.
         if (stopped) return;
@@ -74,7 +84,7 @@ export function keepLock(lock: HeldLock, ttlMs: number, what: string): { signal:
       // Not extended: the deadline timer tells once the TTL is gone.
       () => {},
     );
-  }, ttlMs / 3);
+  }, holdMs / 3);
   timer.unref();
   return {
     signal: ctl.signal,
@@ -101,8 +111,10 @@ export interface LockOptions {
   ttlMs: number;
   /**
    * The TTL this holder sets, when shorter than `ttlMs` (which stays the takeover bound: the longest any holder,
-   * of this release or the previous one, sets). `withLock` keeps it extended while its work runs, so a holder
-   * killed mid-work (SIGKILL, a lost machine) holds the lock this long, not `ttlMs`.
+   * of this release or the previous one, sets), and the most it extends the lock to. Kept extended while the work
+   * runs (`withLock`, `keepLock`), so a holder killed mid-work (SIGKILL, a lost machine) holds the lock this long,
+   * not `ttlMs`. Short, but not shorter than a Redis stall the work should ride out: the keeper extends every
+   * third of it and gives the lock up when none was confirmed for nine tenths of it.
    */
   holdMs?: number;
   /** How long to wait for a lock someone holds (0 or absent: try once). */
@@ -128,13 +140,11 @@ export async function acquireLock(redis: RedisClient, key: string, opts: LockOpt
   const token = randomBytes(12).toString('hex');
   // Monotonic: a wall-clock step must neither give up the wait at once nor stretch it by the step.
   const deadline = performance.now() + (opts.waitMs ?? 0);
+  const holdMs = Math.min(opts.holdMs ?? opts.ttlMs, opts.ttlMs);
   let acquiredAt: number;
   for (;;) {
     acquiredAt = performance.now();
-    const [got, pttl] = (await acquire.run(redis, [key], [token, opts.ttlMs, Math.min(opts.holdMs ?? opts.ttlMs, opts.ttlMs)])) as [
-      number,
-      number?,
-    ];
+    const [got, pttl] = (await acquire.run(redis, [key], [token, opts.ttlMs, holdMs])) as [number, number?];
     if (got === 2) opts.onTakeover({ key, pttlMs: Number(pttl) });
     if (got !== 0) break;
     if (performance.now() >= deadline) return undefined;
@@ -142,9 +152,9 @@ export async function acquireLock(redis: RedisClient, key: string, opts: LockOpt
   }
   return {
     acquiredAt,
-    extend: async (ttlMs) => {
-      // A longer TTL would make our own lock look like one to take over (and outlive a dead holder longer).
-      if (ttlMs > opts.ttlMs) throw new RangeError(`lock ${key}: extend(${ttlMs}) beyond its ttlMs ${opts.ttlMs}`);
+    holdMs,
+    extend: async (ttlMs = holdMs) => {
+      if (ttlMs > holdMs) throw new RangeError(`lock ${key}: extend(${ttlMs}) beyond its hold ${holdMs}`);
       return (await extend.run(redis, [key], [token, ttlMs])) === 1;
     },
     held: async () => (await redis.get(key)) === token,
@@ -160,22 +170,23 @@ export async function acquireLock(redis: RedisClient, key: string, opts: LockOpt
 }
 
 /**
- * Runs `fn` holding the lock; undefined without running it when the lock stays busy. With `holdMs`, the lock is
- * kept extended (`keepLock`) while `fn` runs; `fn` checks `held()` before what must not run beside another holder.
+ * Runs `fn` holding the lock; undefined without running it when the lock stays busy. The lock is kept extended
+ * (`keepLock`) while `fn` runs; `fn` checks the signal (aborted once the lock is lost), or `held()`, before what
+ * must not run beside another holder.
  */
 export async function withLock<T>(
   redis: RedisClient,
   key: string,
   opts: LockOptions,
-  fn: (lock: HeldLock) => Promise<T>,
+  fn: (lock: HeldLock, signal: AbortSignal) => Promise<T>,
 ): Promise<{ value: T } | undefined> {
   const lock = await acquireLock(redis, key, opts);
   if (!lock) return undefined;
-  const kept = opts.holdMs === undefined ? undefined : keepLock(lock, Math.min(opts.holdMs, opts.ttlMs), key);
+  const kept = keepLock(lock, key);
   try {
-    return { value: await fn(lock) };
+    return { value: await fn(lock, kept.signal) };
   } finally {
-    kept?.stop();
+    kept.stop();
     await lock.release();
   }
 }

@@ -33,7 +33,7 @@ test.each([
   await holder.connect();
   const lock = await acquireLock(holder, key, { ttlMs: 1500, onTakeover: () => {} });
   expect(lock).toBeDefined();
-  const keep = keepLock(lock!, 1500, 'test');
+  const keep = keepLock(lock!, 'test');
   try {
     // Still ours after several extensions.
     await new Promise((r) => setTimeout(r, 1000));
@@ -72,7 +72,7 @@ test.each([
   const lock = await acquireLock(holder, key, { ttlMs: 1500, onTakeover: () => {} });
   expect(lock).toBeDefined();
   await new Promise((r) => setTimeout(r, gapMs));
-  const keep = keepLock(lock!, 1500, 'test');
+  const keep = keepLock(lock!, 'test');
   try {
     if (gapMs === 0) {
       await new Promise((r) => setTimeout(r, 1200));
