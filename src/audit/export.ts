@@ -48,15 +48,16 @@ export interface AuditExporterOptions {
   now: () => number;
   /** Records read from Redis per page (and per fsync). */
   pageSize?: number;
-  /** How long exportNow waits for another instance's pass to finish. */
+  /** How long exportNow waits for another instance's pass to finish (default 15 s: EXPORT_LOCK's hold and a margin). */
   waitMs?: number;
 }
 
 /**
  * The `audit-export` lock (exports, and the rollback repair in ops/recovery.ts). Set for 10 s and kept extended
  * while a pass runs (withLock), so an exporter killed mid-pass (SIGKILL under a large write) holds it 10 s, not
- * 30: within the 10 s exportNow waits for it (a quarantine change is answered only once the export holds it:
- * 503 `not_ready` for 30 s before; the sealing after a data loss). A page write that outlasts the hold is
+ * 30: within the 15 s exportNow waits for it (a quarantine change is answered only once the export holds it:
+ * 503 `not_ready` for 30 s before; the sealing after a data loss). The wait is the hold and a margin: a holder
+ * killed just after an extension leaves the full hold. A page write that outlasts the hold is
  * covered by the keeper's extension every 3.3 s; before each write the pass checks the lock is still its own.
  * `ttlMs` stays the previous release's TTL (30 s): its lock is waited for during a rolling upgrade, not taken
  * over. Lower it to `holdMs` once no such release runs.
@@ -170,7 +171,7 @@ export class AuditExporter {
     this.hurry += 1;
     let res: ExportResult | undefined;
     try {
-      res = await this.pass({ waitMs: this.o.waitMs ?? 10_000, trim: false, chains: chain === undefined ? undefined : [chain] });
+      res = await this.pass({ waitMs: this.o.waitMs ?? 15_000, trim: false, chains: chain === undefined ? undefined : [chain] });
     } finally {
       this.hurry -= 1;
     }
