@@ -22,6 +22,11 @@ export const ERRORS = {
     fix: 'Remove or correct the named field.',
   },
   malformed_json: { status: 400, means: 'The body is not valid JSON.', fix: 'Send valid JSON.' },
+  expectation_failed: {
+    status: 400,
+    means: 'The request has an `Expect` header other than `100-continue`, an expectation the broker cannot meet.',
+    fix: 'Send no `Expect` header, or `Expect: 100-continue`.',
+  },
   malformed_body: {
     status: 400,
     means: 'The body could not be read (bytes that are not UTF-8, a compressed body that does not inflate, too many form fields).',
