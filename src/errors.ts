@@ -70,7 +70,12 @@ export const ERRORS = {
     fix: 'Ask for fewer scopes.',
   },
   too_many_grants: { status: 400, means: 'The task has more grants than `tasks.maxGrants`.', fix: 'Split the work or raise the limit.' },
-  ttl_too_long: { status: 400, means: 'The task TTL exceeds `tasks.maxTtlSeconds`.', fix: 'Ask for a shorter task.' },
+  ttl_too_long: {
+    status: 400,
+    means:
+      "A task's or sub-task's `ttlSeconds` exceeds `tasks.maxTtlSeconds`, by any amount (a value that is no positive whole number is `invalid_request`).",
+    fix: 'Ask for a shorter task.',
+  },
   audit_task_required: {
     status: 400,
     means: 'Only admins may query the audit log without `taskId`.',

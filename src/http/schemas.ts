@@ -105,15 +105,21 @@ const roleRefSchema = z
   .max(256)
   .refine((s) => !hasControls(s), `role names may not hold ${REFUSED_CHARACTERS.name}`);
 
+/**
+ * A TTL a caller sends: a task's `ttlSeconds`, a grant's `maxTtlSeconds`, a credential's `ttlSeconds`. The schema
+ * says only what is malformed (not an integer, below 1, or beyond 2^53 - 1 where a double stops being exact: 400
+ * `invalid_request`); how long is too long is the config's to say, one way per field whatever the number: a task
+ * over `tasks.maxTtlSeconds` answers 400 `ttl_too_long` (TaskService), a grant's ceiling and a credential request
+ * are clamped to the role's maximum and the task's time left (contract section 3, the effective TTL). A fixed
+ * schema bound on top made one number answer two ways: 604,800 `ttl_too_long` or clamped, 604,801 `invalid_request`.
+ */
+const ttlSchema = z.int().min(1);
+
 export const grantSchema = z.strictObject({
   role: roleRefSchema,
   /** Literal: omitted = the role's configured set; `[]` = none. */
   scopes: scopesSchema.optional(),
-  maxTtlSeconds: z
-    .int()
-    .min(1)
-    .max(7 * 86_400)
-    .optional(),
+  maxTtlSeconds: ttlSchema.optional(),
 });
 
 export const openTaskSchema = z.strictObject({
@@ -123,10 +129,7 @@ export const openTaskSchema = z.strictObject({
   /** Required for a root task; a sub-task inherits its parent's (and may only repeat it). */
   tenant: z.string().min(1).max(128).optional(),
   purpose: z.string().min(1).max(1024).optional(),
-  ttlSeconds: z
-    .int()
-    .min(1)
-    .max(7 * 86_400),
+  ttlSeconds: ttlSchema,
   grants: z
     .array(grantSchema)
     .min(1)
@@ -175,11 +178,7 @@ export const credentialRequestSchema = z.strictObject({
   taskId: taskRefSchema,
   role: roleRefSchema,
   scopes: scopesSchema.optional(),
-  ttlSeconds: z
-    .int()
-    .min(1)
-    .max(7 * 86_400)
-    .optional(),
+  ttlSeconds: ttlSchema.optional(),
 });
 export type CredentialRequest = z.infer<typeof credentialRequestSchema>;
 
