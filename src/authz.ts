@@ -5,22 +5,27 @@ import { REFUSED_CHARACTERS, type RefusedText } from './http/schemas.ts';
 import type { WorkloadIdentity } from './identity/types.ts';
 import { authorizeNarrowing } from './policy/narrowing.ts';
 import type { PolicyAction, PolicyRequest, PolicyTaskContext } from './policy/types.ts';
+import { nfc, nfcValues } from './tasks/nfc.ts';
 import { rootTaskId, type TaskFixed } from './tasks/types.ts';
 
-/** The task as Cedar sees it (`context.task`). */
+/**
+ * The task as Cedar sees it (`context.task`). Its text in NFC, as the API takes it: a task stored before
+ * that is seen as one opened now would be (src/tasks/nfc.ts).
+ */
 export function taskContext(t: TaskFixed): PolicyTaskContext {
   const added = t.delegatedLabels ?? [];
+  const labels = nfcValues(t.labels);
   let orchestratorLabels: Record<string, string> | undefined;
   if (added.length > 0) {
     orchestratorLabels = Object.create(null) as Record<string, string>;
-    for (const [k, v] of Object.entries(t.labels)) if (!added.includes(k)) orchestratorLabels[k] = v;
+    for (const [k, v] of Object.entries(labels)) if (!added.includes(k)) orchestratorLabels[k] = v;
   }
   return {
     id: t.taskId,
-    tenant: t.tenant,
-    purpose: t.purpose,
+    tenant: nfc(t.tenant),
+    purpose: nfc(t.purpose),
     agent: t.agent,
-    labels: t.labels,
+    labels,
     roles: t.grants.map((g) => g.role),
     depth: t.depth,
     rootId: rootTaskId(t.taskId),
@@ -60,7 +65,8 @@ export async function authorize(
       "This instance's policy set is behind the last policy reload; retry shortly (another instance may answer).",
     );
   const decision = authorizeNarrowing(deps.policy, {
-    principal: { id: who.id, trust: who.trust, kind: who.kind, claims: who.claims },
+    // Claims in NFC like the task's text they are compared with (`principal.claims.tenant == context.task.tenant`).
+    principal: { id: who.id, trust: who.trust, kind: who.kind, claims: nfcValues(who.claims) },
     action,
     resource,
     context,

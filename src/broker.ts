@@ -57,6 +57,7 @@ import { TaskService } from './tasks/task-service.ts';
 import { TaskStore } from './tasks/task-store.ts';
 import pTimeout from 'p-timeout';
 import { answerUnparsableRequests } from './http/client-error.ts';
+import { answerUnmetExpectations } from './http/expectation.ts';
 
 export interface BrokerOptions {
   /** Run the HTTP API (default true). */
@@ -448,6 +449,7 @@ export async function startBroker(config: LoadedConfig, opts: BrokerOptions = {}
       });
       server = app.listen(config.server.port, config.server.host);
       answerUnparsableRequests(server);
+      answerUnmetExpectations(server);
       await once(server, 'listening');
       server.keepAliveTimeout = 65_000;
       const addr = server.address() as AddressInfo;

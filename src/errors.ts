@@ -22,6 +22,11 @@ export const ERRORS = {
     fix: 'Remove or correct the named field.',
   },
   malformed_json: { status: 400, means: 'The body is not valid JSON.', fix: 'Send valid JSON.' },
+  expectation_failed: {
+    status: 400,
+    means: 'The request has an `Expect` header other than `100-continue`, an expectation the broker cannot meet.',
+    fix: 'Send no `Expect` header, or `Expect: 100-continue`.',
+  },
   malformed_body: {
     status: 400,
     means: 'The body could not be read (bytes that are not UTF-8, a compressed body that does not inflate, too many form fields).',
@@ -65,7 +70,12 @@ export const ERRORS = {
     fix: 'Ask for fewer scopes.',
   },
   too_many_grants: { status: 400, means: 'The task has more grants than `tasks.maxGrants`.', fix: 'Split the work or raise the limit.' },
-  ttl_too_long: { status: 400, means: 'The task TTL exceeds `tasks.maxTtlSeconds`.', fix: 'Ask for a shorter task.' },
+  ttl_too_long: {
+    status: 400,
+    means:
+      "A task's or sub-task's `ttlSeconds` exceeds `tasks.maxTtlSeconds`, by any amount (a value that is no positive whole number is `invalid_request`).",
+    fix: 'Ask for a shorter task.',
+  },
   audit_task_required: {
     status: 400,
     means: 'Only admins may query the audit log without `taskId`.',

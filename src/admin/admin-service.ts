@@ -16,6 +16,7 @@ import { endLeaseIds } from '../revocation/ending.ts';
 import type { LeaseStatus } from '../leases/types.ts';
 import { legacyApprovedIn } from './legacy-approved.ts';
 import type { TaskService } from '../tasks/task-service.ts';
+import { nfc } from '../tasks/nfc.ts';
 
 /** The audit export as the admin service needs it (src/audit/export.ts). */
 export interface AuditArchive {
@@ -405,7 +406,11 @@ function matcher(
   sel: { agent: string } | { tenant: string },
   openedBy: boolean,
 ): (t: { agent: string; tenant: string; openedBy: string }) => 'agent' | 'task' | undefined {
-  if (!('agent' in sel)) return (t) => (t.tenant === sel.tenant ? 'agent' : undefined);
+  if (!('agent' in sel)) {
+    // NFC on both sides: a task stored before tenants were taken in NFC is still the tenant's (src/tasks/nfc.ts).
+    const tenant = nfc(sel.tenant);
+    return (t) => (nfc(t.tenant) === tenant ? 'agent' : undefined);
+  }
   const p = new IdentityPatterns([sel.agent]);
   return (t) => {
     if (p.matches(t.agent)) return 'agent';

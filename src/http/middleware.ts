@@ -113,10 +113,16 @@ async function refuseQuarantined(deps: Deps, who: WorkloadIdentity): Promise<voi
 
 /**
  * JSON bodies: `application/json` only (415 otherwise), size-limited (413),
- * parsed strictly. A body-less POST is allowed where the route takes none.
+ * a JSON object or nothing. A body-less POST is allowed where the route takes none.
+ *
+ * Parsed non-strictly, then refused unless an object: body-parser's strict
+ * mode calls `null`, `"x"` or `1` malformed JSON (400 `malformed_json`) but
+ * lets `[]` through to the route's schema (400 `invalid_request`). Every
+ * well-formed JSON value that is not an object is a body of the wrong shape:
+ * one answer for all of them, `invalid_request` naming `(body)` as `fromZod` does.
  */
 export function jsonBody(limit: number): RequestHandler[] {
-  const parse = express.json({ limit, strict: true, type: 'application/json', verify: refuseNonUtf8 });
+  const parse = express.json({ limit, strict: false, type: 'application/json', verify: refuseNonUtf8 });
   return [
     (req: Request, _res: Response, next: NextFunction) => {
       const hasBody = req.headers['transfer-encoding'] !== undefined || Number(req.headers['content-length'] ?? 0) > 0;
@@ -126,7 +132,11 @@ export function jsonBody(limit: number): RequestHandler[] {
     },
     (req: Request, res: Response, next: NextFunction) => parse(req, res, (err?: unknown) => next(bodyReadError(err))),
     (req: Request, _res: Response, next: NextFunction) => {
-      const field = illFormedField(req.body);
+      // undefined: no body was sent (or none parsed, for a body-less route); `null` is a body that was.
+      const body: unknown = req.body;
+      if (body !== undefined && (body === null || typeof body !== 'object' || Array.isArray(body)))
+        throw badRequest('invalid_request', '(body): must be a JSON object', { extra: { field: '(body)' } });
+      const field = illFormedField(body);
       if (field !== undefined)
         throw badRequest('invalid_request', `${field}: not well-formed Unicode (an unpaired surrogate escape).`, { extra: { field } });
       next();

@@ -14,24 +14,24 @@ export function bearerChallenge(code: string): string {
   return code === 'identity_missing' ? 'Bearer' : 'Bearer error="invalid_token"';
 }
 
+/** The RFC 9457 problem document of `err`, serialised; `members` adds extension members (never secrets). */
+export function problemJson(err: BrokerError, members?: Record<string, unknown>): string {
+  return JSON.stringify({
+    type: `urn:jit-broker:problem:${err.code}`,
+    title: err.title,
+    status: err.status,
+    detail: err.message,
+    code: err.code,
+    ...(err.extra ?? {}),
+    ...members,
+  });
+}
+
 /** Writes an RFC 9457 problem document; `members` adds extension members (never secrets). */
 export function sendProblem(res: Response, err: BrokerError, members?: Record<string, unknown>): void {
   if (err.status === 401) res.setHeader('WWW-Authenticate', bearerChallenge(err.code));
   if (err.status === 429 || err.retryAfterSeconds !== undefined) res.setHeader('Retry-After', String(retryAfterOf(err)));
-  res
-    .status(err.status)
-    .type('application/problem+json')
-    .send(
-      JSON.stringify({
-        type: `urn:jit-broker:problem:${err.code}`,
-        title: err.title,
-        status: err.status,
-        detail: err.message,
-        code: err.code,
-        ...(err.extra ?? {}),
-        ...members,
-      }),
-    );
+  res.status(err.status).type('application/problem+json').send(problemJson(err, members));
 }
 
 /** Turns a zod failure into a 400 naming the field (never echoing the value). */

@@ -2,6 +2,7 @@ import { z } from 'zod';
 import { scopeSchema } from '../config/common.ts';
 import { spiffeProblem } from '../identity/spiffe-id.ts';
 import { hasControls } from '../cli/terminal.ts';
+import { nfc } from '../tasks/nfc.ts';
 import { textHasControls } from './hidden-text.ts';
 
 /**
@@ -43,13 +44,21 @@ const scopesSchema = z
   .max(100)
   .refine((s) => new Set(s).size === s.length, { message: 'scopes must not repeat' });
 
+/**
+ * Text the broker compares (a tenant, a label value, a purpose), taken in NFC (src/tasks/nfc.ts): a caller's
+ * decomposed "café" is the composed one's tenant, and reads back composed. Bounded once normalised, since NFC
+ * may lengthen a string (U+0958 is two code points in NFC).
+ */
+export const nfcText = (max: number) => z.string().transform(nfc).pipe(z.string().min(1).max(max));
+
 const LABEL_KEY = /^[A-Za-z0-9_.-]{1,64}$/;
 /** Labels per task (a sub-task's inherited ones included). */
 export const MAX_LABELS = 32;
 
 /**
  * Task labels: at most 32, keys 1-64 chars of [A-Za-z0-9_.-], string values
- * of at most 256 chars, parsed into a null-prototype record. Checked by hand
+ * of at most 256 chars once in NFC (as {@link nfcText}; keys are ASCII, the
+ * same in every form), parsed into a null-prototype record. Checked by hand
  * because z.record assigns keys onto a plain object: `__proto__` would set
  * the prototype and vanish (unchecked) instead of being a label like any other.
  */
@@ -63,13 +72,13 @@ export const labelsSchema = z
     for (const [k, v] of entries) {
       if (!LABEL_KEY.test(k))
         ctx.issues.push({ code: 'custom', input: k, path: [k], message: 'label keys are 1-64 chars of [A-Za-z0-9_.-]' });
-      else if (typeof v !== 'string' || v.length > 256)
+      else if (typeof v !== 'string' || nfc(v).length > 256)
         ctx.issues.push({ code: 'custom', input: v, path: [k], message: 'label values are strings of at most 256 characters' });
     }
   })
   .transform((v) => {
     const out: Record<string, string> = Object.create(null);
-    for (const [k, val] of Object.entries(v)) out[k] = val;
+    for (const [k, val] of Object.entries(v)) out[k] = nfc(val);
     return out;
   });
 
@@ -105,15 +114,21 @@ const roleRefSchema = z
   .max(256)
   .refine((s) => !hasControls(s), `role names may not hold ${REFUSED_CHARACTERS.name}`);
 
+/**
+ * A TTL a caller sends: a task's `ttlSeconds`, a grant's `maxTtlSeconds`, a credential's `ttlSeconds`. The schema
+ * says only what is malformed (not an integer, below 1, or beyond 2^53 - 1 where a double stops being exact: 400
+ * `invalid_request`); how long is too long is the config's to say, one way per field whatever the number: a task
+ * over `tasks.maxTtlSeconds` answers 400 `ttl_too_long` (TaskService), a grant's ceiling and a credential request
+ * are clamped to the role's maximum and the task's time left (contract section 3, the effective TTL). A fixed
+ * schema bound on top made one number answer two ways: 604,800 `ttl_too_long` or clamped, 604,801 `invalid_request`.
+ */
+const ttlSchema = z.int().min(1);
+
 export const grantSchema = z.strictObject({
   role: roleRefSchema,
   /** Literal: omitted = the role's configured set; `[]` = none. */
   scopes: scopesSchema.optional(),
-  maxTtlSeconds: z
-    .int()
-    .min(1)
-    .max(7 * 86_400)
-    .optional(),
+  maxTtlSeconds: ttlSchema.optional(),
 });
 
 export const openTaskSchema = z.strictObject({
@@ -121,12 +136,9 @@ export const openTaskSchema = z.strictObject({
   parentTaskId: taskRefSchema.optional(),
   agent: identitySchema,
   /** Required for a root task; a sub-task inherits its parent's (and may only repeat it). */
-  tenant: z.string().min(1).max(128).optional(),
-  purpose: z.string().min(1).max(1024).optional(),
-  ttlSeconds: z
-    .int()
-    .min(1)
-    .max(7 * 86_400),
+  tenant: nfcText(128).optional(),
+  purpose: nfcText(1024).optional(),
+  ttlSeconds: ttlSchema,
   grants: z
     .array(grantSchema)
     .min(1)
@@ -175,11 +187,7 @@ export const credentialRequestSchema = z.strictObject({
   taskId: taskRefSchema,
   role: roleRefSchema,
   scopes: scopesSchema.optional(),
-  ttlSeconds: z
-    .int()
-    .min(1)
-    .max(7 * 86_400)
-    .optional(),
+  ttlSeconds: ttlSchema.optional(),
 });
 export type CredentialRequest = z.infer<typeof credentialRequestSchema>;
 

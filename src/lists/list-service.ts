@@ -6,6 +6,7 @@ import { IdentityPatterns } from '../identity/patterns.ts';
 import type { WorkloadIdentity } from '../identity/types.ts';
 import type { TaskHead } from '../tasks/task-store.ts';
 import type { TaskService } from '../tasks/task-service.ts';
+import { nfc } from '../tasks/nfc.ts';
 import type { TaskRecord, TaskStatus } from '../tasks/types.ts';
 import { script } from '../redis/scripts.ts';
 import type { CursorCodec } from './cursor.ts';
@@ -124,7 +125,8 @@ export class ListService {
       this.tasks.mayRead(who, t) &&
       (!q.status || t.status === q.status) &&
       (!agentMatch || agentMatch.matches(t.agent)) &&
-      (!q.tenant || t.tenant === q.tenant) &&
+      // A task stored before tenants were taken in NFC still matches its tenant (src/tasks/nfc.ts).
+      (!q.tenant || nfc(t.tenant) === q.tenant) &&
       (!q.orchestrator || t.openedBy === q.orchestrator);
     return this.page<TaskHead, TaskRecord>(indexes, start, q.limit, bind, 'task:', {
       heads: (ids) => this.deps.tasks.headsOf(ids),

@@ -1,3 +1,4 @@
+import { nfc } from './nfc.ts';
 import type { Grant, TaskFixed } from './types.ts';
 
 /** Why a sub-task would exceed its parent (the detail of a 403 delegation_widens). */
@@ -25,8 +26,9 @@ export function attenuate(
   parent: TaskFixed,
   child: { tenant?: string | undefined; purpose?: string | undefined; labels?: Record<string, string> | undefined; grants: Grant[] },
 ): { tenant: string; purpose: string; labels: Record<string, string>; delegatedLabels?: string[] } | { widens: Widening } {
-  if (child.tenant !== undefined && child.tenant !== parent.tenant) return { widens: "A sub-task must keep its parent's tenant." };
-  if (child.purpose !== undefined && child.purpose !== parent.purpose) return { widens: "A sub-task must keep its parent's purpose." };
+  // The child's text comes in NFC; a parent stored before that may not be (src/tasks/nfc.ts).
+  if (child.tenant !== undefined && child.tenant !== nfc(parent.tenant)) return { widens: "A sub-task must keep its parent's tenant." };
+  if (child.purpose !== undefined && child.purpose !== nfc(parent.purpose)) return { widens: "A sub-task must keep its parent's purpose." };
   // Null-prototype records and own-property checks: `__proto__` or `constructor` is a label like any other.
   const labels: Record<string, string> = Object.create(null);
   for (const [k, v] of Object.entries(parent.labels)) labels[k] = v;
@@ -35,7 +37,7 @@ export function attenuate(
   const added = new Set(parent.delegatedLabels ?? []);
   for (const [k, v] of Object.entries(child.labels ?? {})) {
     if (Object.hasOwn(parent.labels, k)) {
-      if (parent.labels[k] !== v) return { widens: `A sub-task may not change the parent's label "${k}".` };
+      if (nfc(parent.labels[k]!) !== v) return { widens: `A sub-task may not change the parent's label "${k}".` };
       continue;
     }
     labels[k] = v;

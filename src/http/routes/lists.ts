@@ -4,7 +4,7 @@ import { publicApproval } from '../../approvals/approval-service.ts';
 import type { Services } from '../services.ts';
 import { publicLease, publicTask } from '../../tasks/task-service.ts';
 import { identityOf, validParam, validQuery } from '../middleware.ts';
-import { paging, taskRefSchema } from '../schemas.ts';
+import { nfcText, paging, taskRefSchema } from '../schemas.ts';
 
 const identity = z.string().min(3).max(2048);
 /**
@@ -21,7 +21,7 @@ const taskQuery = z.strictObject({
   ...paging,
   status: z.enum(['open', 'completed', 'expired']).optional(),
   agent: identity.optional(),
-  tenant: z.string().min(1).max(128).optional(),
+  tenant: nfcText(128).optional(),
   orchestrator: identity.optional(),
 });
 const approvalQuery = z.strictObject({ ...paging, status: z.enum(['pending', 'approved', 'rejected', 'consumed', 'expired']).optional() });

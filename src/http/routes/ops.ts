@@ -6,7 +6,7 @@ import { identityPatternSchema } from '../../config/common.ts';
 import type { Services } from '../services.ts';
 import { identityOf, jsonBody, validBody, validQuery } from '../middleware.ts';
 import { chargeReads } from '../read-cost.ts';
-import { paging, rotateSchema } from '../schemas.ts';
+import { nfcText, paging, rotateSchema } from '../schemas.ts';
 import pTimeout from 'p-timeout';
 import { SharedReading } from '../../shared-reading.ts';
 
@@ -86,7 +86,7 @@ export function opsRoutes(
 
 const revokeSchema = z.union([
   z.strictObject({ agent: identityPatternSchema }),
-  z.strictObject({ tenant: z.string().min(1).max(128) }),
+  z.strictObject({ tenant: nfcText(128) }),
   z.strictObject({ taskId: z.string().min(1).max(512) }),
 ]);
 /** The reload takes no fields; an optional body is any JSON object (docs/openapi.yaml), not an array. */
