@@ -386,6 +386,7 @@ export async function startBroker(config: LoadedConfig, opts: BrokerOptions = {}
     let worker: RevocationWorker | undefined;
     let sweeper: Sweeper | undefined;
     let scheduler: RotationScheduler | undefined;
+    let resume: RotationResume | undefined;
     if (runWorker) {
       const w = new RevocationWorker(deps, (name) => conns.bullmq(name));
       worker = w;
@@ -398,9 +399,10 @@ export async function startBroker(config: LoadedConfig, opts: BrokerOptions = {}
       scheduler = sch;
       undo.push(() => sch.close());
       await sch.start();
-      const resume = new RotationResume(deps, rotation);
-      resume.start();
-      undo.push(() => resume.stop());
+      const r = new RotationResume(deps, rotation);
+      resume = r;
+      r.start();
+      undo.push(() => r.stop());
       // Export, seal and retention run where the worker runs (one instance at a time, under a lock).
       auditExport.start();
       undo.push(() => auditExport.stop());
@@ -494,6 +496,8 @@ export async function startBroker(config: LoadedConfig, opts: BrokerOptions = {}
         // `end`): bounded, then the connector ends every connection, BullMQ's copies included. A job
         // cut off here is retried by another worker once its lock lapses.
         const closing = (async () => {
+          // No look for unfinished rotations after close; one under way (a rotation, like the scheduler's job) ends first.
+          await resume?.stop();
           await scheduler?.close();
           await worker?.close();
           await queue.close();

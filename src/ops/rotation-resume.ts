@@ -25,7 +25,8 @@ export class RotationResume {
    * retiring the live key it left, for that hour more (test/ops/rotation-resume-clock-step.test.ts).
    */
   private readonly backoff = new Map<string, { at: number; waitMs: number }>();
-  private running = false;
+  /** The pass under way: one at a time, and stop() waits for it. */
+  private running: Promise<void> | undefined;
 
   constructor(deps: Deps, rotation: RotationService) {
     this.deps = deps;
@@ -39,14 +40,22 @@ export class RotationResume {
     this.timer.unref();
   }
 
-  stop(): void {
+  /** Stops the timer; resolves once a pass under way has ended (its Redis commands before the connections close). */
+  async stop(): Promise<void> {
     clearInterval(this.timer);
+    await this.running;
   }
 
   /** One look at every provider target (the signing key's rotation leaves no upstream secret behind). */
-  async pass(everyMs = this.deps.config.rotation.resumeInterruptedSeconds * 1000): Promise<void> {
-    if (this.running) return;
-    this.running = true;
+  pass(everyMs = this.deps.config.rotation.resumeInterruptedSeconds * 1000): Promise<void> {
+    if (this.running) return Promise.resolve();
+    this.running = this.look(everyMs).finally(() => {
+      this.running = undefined;
+    });
+    return this.running;
+  }
+
+  private async look(everyMs: number): Promise<void> {
     try {
       for (const target of this.rotation.targets()) {
         if (target === 'signing-key') continue;
@@ -71,8 +80,6 @@ export class RotationResume {
       }
     } catch (err) {
       this.deps.logger.warn({ err: (err as Error).message }, 'rotation: looking for unfinished rotations failed');
-    } finally {
-      this.running = false;
     }
   }
 }

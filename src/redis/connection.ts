@@ -7,6 +7,7 @@ import { redisTopology, SENTINEL_PORT, type RedisConfig } from '../config/redis.
 import type { Logger } from '../logger.ts';
 import type { RedisClient } from './scripts.ts';
 import { coalesceWrites } from './coalesce.ts';
+import { handleResubscribes } from './resubscribe.ts';
 import { guardStalls } from './stall-guard.ts';
 import { endpointLabel, parseRedisUrl, type RedisEndpoint } from './url.ts';
 import pTimeout from 'p-timeout';
@@ -125,6 +126,7 @@ export function createConnector(config: RedisConfig, deps: { logger: Logger }): 
       if (client instanceof Cluster) client.on('+node', guard);
       else guard(client as Redis);
     }
+    if (kind === 'subscriber' && client instanceof Redis) handleResubscribes(client, (err) => subscribeFailed(deps.logger, name, err));
     if (kind === 'bullmq') {
       // BullMQ copies this client for its blocking commands: tracked too, so close() ends the copies
       // (BullMQ's own close waits forever on a copy that is reconnecting).
@@ -278,6 +280,7 @@ function watchSwitchMaster(opts: {
       retryStrategy: (times: number) => Math.min(100 * times, 2000),
     });
     logErrors(c, `sentinel ${endpointLabel(e)}`, opts.logger);
+    handleResubscribes(c, (err) => subscribeFailed(opts.logger, `sentinel ${endpointLabel(e)}`, err));
     c.on('message', (_channel: string, message: string) => {
       // "<master name> <old ip> <old port> <new ip> <new port>"; every sentinel sends it, act once.
       const [name, , , host, port] = message.split(' ');
@@ -294,6 +297,17 @@ function watchSwitchMaster(opts: {
       await Promise.all(clients.map(closeClient));
     },
   };
+}
+
+/**
+ * A subscriber whose SUBSCRIBE Redis refused (NOPERM: its ACL user lost the channel) hears nothing until it
+ * subscribes again; periodic reloads catch up on what it misses. Said, as no outage error would say it.
+ */
+function subscribeFailed(logger: Logger, name: string, err: Error): void {
+  logger.error(
+    { redis: name, err: err.message },
+    'redis subscriber: Redis refused SUBSCRIBE; its messages are missed until it subscribes again (ioredis does at each reconnect)',
+  );
 }
 
 /** Whether the client's socket already goes to `to` (then a switch needs no reconnect). */
