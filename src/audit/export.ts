@@ -352,12 +352,16 @@ export class AuditExporter {
         result.resealed.push(chain);
       }
     }
-    // A backlog that ended exactly on a page boundary: its last record still needs its seal.
+    // A backlog that ended exactly on a page boundary: its last record still needs its seal. Only while the lock
+    // is still ours, as every write of the pass: a pass stalled here past its hold would append its older seal
+    // behind the records the next holder exported (and sealed), and set Redis's seal back to it.
     if (count > 0 && !result.sealed.includes(chain)) {
       const sep = marker.indexOf(':');
       const seal = this.seal(chain, { seq: Number(marker.slice(0, sep)), hash: marker.slice(sep + 1) });
       if (seal) {
+        if (!(await ours())) throw new Error('audit export: lost the export lock mid-pass');
         await this.writer.append([sealLine(chain, seal)]);
+        if (!(await ours())) throw new Error('audit export: lost the export lock mid-pass');
         await redis.set(keys.auditSeal(chain), JSON.stringify({ chain, ...seal }));
         result.sealed.push(chain);
       }

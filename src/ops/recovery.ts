@@ -352,8 +352,10 @@ export class DataLossMonitor {
             await Promise.all(continued.flatMap((c) => c.orphans.map((o) => this.d.audit.appendTo(c.chain, strip(o.record), o.time))));
           }
           held.throwIfAborted();
-          await this.d.redis.set(this.d.keys.epoch(), randomUUID(), 'NX');
-          if (lost) {
+          // Refused: another instance finished this recovery (it took the lock after this one's lapsed under
+          // a stall) and recorded the loss; a second record would count one loss twice.
+          const marked = await this.d.redis.set(this.d.keys.epoch(), randomUUID(), 'NX');
+          if (lost && marked !== null) {
             await this.recordLoss(continued, archive.quarantines.length);
             recorded = true;
           }

@@ -5,6 +5,7 @@ export type PolicyIssueCode =
   | 'ERR_POLICY_VALIDATION'
   | 'ERR_POLICY_DUPLICATE_ID'
   | 'ERR_POLICY_TEMPLATE'
+  | 'ERR_POLICY_NOT_NFC'
   | 'ERR_POLICY_SCHEMA';
 
 /** One problem in a policy set, located in its file. */

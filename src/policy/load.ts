@@ -10,6 +10,7 @@ import {
   type ValidationError,
 } from '@cedar-policy/cedar-wasm/nodejs';
 import { PolicyLoadError, formatIssue, type PolicyIssue } from './errors.ts';
+import { firstNonNfcLiteral } from './nfc-literals.ts';
 import { actionsOf, attributePaths, resourceOf, type AttrPath } from './policy-ast.ts';
 import { buildSchemas, openMapNames } from './schema.ts';
 import { SourceText } from './source.ts';
@@ -136,10 +137,24 @@ function parseFile(source: SourceText, name: string, issues: PolicyIssue[]): Loa
       throw new Error(`${source.file}: Cedar could not convert a policy it parsed: ${answer.errors[0]?.message}`);
     const json: PolicyJson = answer.json;
     const annotated = json.annotations?.id;
+    const line = at >= 0 ? source.lineOfCharOffset(at) : 0;
+    const nonNfc = firstNonNfcLiteral(json);
+    if (nonNfc !== undefined) {
+      const lit = at >= 0 ? source.text.indexOf(`"${nonNfc}`, at) : -1;
+      issues.push({
+        code: 'ERR_POLICY_NOT_NFC',
+        file: source.file,
+        line: lit >= 0 ? source.lineOfCharOffset(lit) : line,
+        column: 1,
+        message:
+          `the string ${JSON.stringify(nonNfc)} is not in Unicode NFC: tenants, purposes, label values and claims ` +
+          'are compared in NFC, so it could never match (a forbid would never apply); write it composed (NFC)',
+      });
+    }
     return {
       id: annotated ?? `${name}:${index}`,
       file: name,
-      line: at >= 0 ? source.lineOfCharOffset(at) : 0,
+      line,
       effect: json.effect,
       text,
       actions: actionsOf(json),
