@@ -9,10 +9,12 @@ import type { AuditChain, Keys } from '../redis/keys.ts';
 import { reportTakeover, withLock } from '../redis/lock.ts';
 import { EXPORT_LOCK } from '../audit/export.ts';
 import { markerSeq } from '../audit/retention.ts';
-import type { RedisClient } from '../redis/scripts.ts';
+import { type RedisClient, script } from '../redis/scripts.ts';
 import type { SigningKeyStore } from '../signing/key-store.ts';
 import type { Reapplied } from './reapply.ts';
 import { type ChainRepair, type RollbackSign, RollbackWatch, repairChains } from './rollback.ts';
+
+const claimRollback = script('rollback-claim');
 
 /**
  * The recovery lock. Every other instance is not ready (503) until the holder is done, so a holder killed
@@ -94,6 +96,8 @@ export class DataLossMonitor {
   private rolledBack: RollbackSign | undefined;
   /** The chain heads this instance knew of when it noticed the rollback (what is known lost). */
   private knownAtRollback: Map<AuditChain, string> | undefined;
+  /** This instance's recovery id for the rollback noticed (rollback-claim.lua), kept across its attempts. */
+  private rollbackClaim: string | undefined;
 
   constructor(deps: RecoveryDeps) {
     this.d = deps;
@@ -243,18 +247,21 @@ export class DataLossMonitor {
       const reapplied = await this.d.reapply(repair.reapply);
       held.throwIfAborted();
       // One record per rollback: a recovery listed since this instance's last good look handled it (every
-      // instance still repairs and applies again what it remembers; those records are each audited).
-      const listed = await this.d.redis.lrange(this.d.keys.rollbackRecoveries(), 0, -1);
-      const by = listed.find((id) => !sign.recoveriesSeen.includes(id));
-      if (by) {
+      // instance still repairs and applies again what it remembers; those records are each audited). Claimed
+      // in one step before recording: a look and a later push let an instance stalled between them (its lock
+      // lapsed, another took it and recorded) record the same rollback again.
+      this.rollbackClaim ??= randomUUID();
+      const by = String(
+        await claimRollback.run(this.d.redis, [this.d.keys.rollbackRecoveries()], [this.rollbackClaim, ...sign.recoveriesSeen]),
+      );
+      if (by === this.rollbackClaim) {
+        // Also when an earlier attempt of this instance claimed it and failed before recording.
+        await this.recordRollback(sign, repair.chains, reapplied, by);
+      } else {
         this.d.logger.warn(
           { recovery: by, ...reapplied },
           'this rollback was already recorded by another instance; applied again what this one remembered',
         );
-      } else {
-        const id = randomUUID();
-        await this.recordRollback(sign, repair.chains, reapplied, id);
-        await this.d.redis.multi().lpush(this.d.keys.rollbackRecoveries(), id).ltrim(this.d.keys.rollbackRecoveries(), 0, 19).exec();
       }
       return 'done' as const;
     });
@@ -265,6 +272,7 @@ export class DataLossMonitor {
     this.d.audit.forgetEndings();
     this.rolledBack = undefined;
     this.knownAtRollback = undefined;
+    this.rollbackClaim = undefined;
     this.watch.reset();
     await this.watch.look();
     this.d.logger.warn('recovered from Redis going back in time (see the broker.data_loss audit records for what was lost)');
@@ -317,6 +325,7 @@ export class DataLossMonitor {
     // What was remembered of the lost dataset means nothing on the new one (its tasks and leases are gone).
     this.rolledBack = undefined;
     this.knownAtRollback = undefined;
+    this.rollbackClaim = undefined;
     this.watch.reset();
     this.d.audit.forgetEndings();
     // What this instance knew of the chains is the best record of how much was lost.
