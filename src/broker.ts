@@ -473,7 +473,17 @@ export async function startBroker(config: LoadedConfig, opts: BrokerOptions = {}
         clearInterval(keyRefresh);
         // Its heartbeat (every 5 s) would go on writing to the closed connections for as long as the process lives.
         rotation.policySync.close();
-        recovery.stop();
+        // A check or recovery under way ends before the connections close (below): closed under it, the
+        // recovery could not release its lock, left held for its TTL with every other instance answering 503.
+        // Started now, so that its bound runs beside the HTTP drain's rather than after it.
+        const recoveryStopped = pTimeout(recovery.stop(), {
+          milliseconds: config.server.shutdownGraceMs,
+          fallback: () =>
+            logger.warn(
+              { graceMs: config.server.shutdownGraceMs },
+              'the data-loss check or recovery did not end in time; closing under it',
+            ),
+        });
         if (server) {
           const srv = server;
           const closed = new Promise<void>((resolve) => srv.close(() => resolve()));
@@ -510,6 +520,8 @@ export async function startBroker(config: LoadedConfig, opts: BrokerOptions = {}
               'queues did not close in time (Redis unreachable?); closing their connections',
             ),
         });
+        // Before the audit log flushes: the recovery's records go with it.
+        await recoveryStopped;
         // An operation's outcome whose swap Redis failed (OutboxIntent.finish) gets a last try while the
         // connections are open; no retry outlives the broker.
         await endSwapRetries(deps.audit);

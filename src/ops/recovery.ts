@@ -9,10 +9,12 @@ import type { AuditChain, Keys } from '../redis/keys.ts';
 import { reportTakeover, withLock } from '../redis/lock.ts';
 import { EXPORT_LOCK } from '../audit/export.ts';
 import { markerSeq } from '../audit/retention.ts';
-import type { RedisClient } from '../redis/scripts.ts';
+import { type RedisClient, script } from '../redis/scripts.ts';
 import type { SigningKeyStore } from '../signing/key-store.ts';
 import type { Reapplied } from './reapply.ts';
 import { type ChainRepair, type RollbackSign, RollbackWatch, repairChains } from './rollback.ts';
+
+const claimRollback = script('rollback-claim');
 
 /**
  * The recovery lock. Every other instance is not ready (503) until the holder is done, so a holder killed
@@ -89,11 +91,17 @@ export class DataLossMonitor {
   private checking: Promise<void> | undefined;
   private queued: Promise<void> | undefined;
   private healthy = false;
+  /** Set by stop(): no check starts after it, and no wait for a lock goes on. */
+  private readonly stopping = new AbortController();
+  /** The seal after a recovery (see recover), which close() waits for too. */
+  private sealing: Promise<unknown> | undefined;
   private readonly watch: RollbackWatch;
   /** A rollback noticed and not yet recovered from (recovery runs again at every check until it succeeds). */
   private rolledBack: RollbackSign | undefined;
   /** The chain heads this instance knew of when it noticed the rollback (what is known lost). */
   private knownAtRollback: Map<AuditChain, string> | undefined;
+  /** This instance's recovery id for the rollback noticed (rollback-claim.lua), kept across its attempts. */
+  private rollbackClaim: string | undefined;
 
   constructor(deps: RecoveryDeps) {
     this.d = deps;
@@ -118,8 +126,18 @@ export class DataLossMonitor {
     this.timer.unref();
   }
 
-  stop(): void {
+  /**
+   * Stops the checks: none starts after it (a queued one neither), a check under way starts no recovery, and
+   * a wait for a lock gives up. Resolves once the check or recovery under way, and the seal after it, ended:
+   * the broker's close() waits for that (bounded) before closing the connections. Closed under it, the
+   * recovery failed and could not release its lock, left held for its TTL: every other instance answered 503
+   * that long after a mere restart (test/ops/recovery-close.test.ts).
+   */
+  async stop(): Promise<void> {
     clearInterval(this.timer);
+    this.stopping.abort();
+    await this.checking?.catch(() => {});
+    await this.sealing?.catch(() => {});
   }
 
   /**
@@ -130,6 +148,7 @@ export class DataLossMonitor {
    * sees is no older than the call.
    */
   check(): Promise<void> {
+    if (this.stopping.signal.aborted) return Promise.resolve();
     if (this.queued) return this.queued;
     if (this.checking) {
       this.queued = this.checking
@@ -162,6 +181,7 @@ export class DataLossMonitor {
         return;
       }
       this.noticed(sign);
+      if (this.stopping.signal.aborted) return;
       this.recovering = this.recoverRollback(sign).finally(() => {
         this.recovering = undefined;
       });
@@ -182,6 +202,7 @@ export class DataLossMonitor {
       this.healthy = true;
       return;
     }
+    if (this.stopping.signal.aborted) return;
     this.recovering = this.recover(this.epoch !== undefined || epoch !== null).finally(() => {
       this.recovering = undefined;
     });
@@ -218,7 +239,8 @@ export class DataLossMonitor {
     this.d.clearCaches();
     this.d.audit.resetHeads();
     const onTakeover = reportTakeover(this.d.logger, (e) => this.d.audit.append(e));
-    const done = await withLock(this.d.redis, this.d.keys.lock('recovery'), { ...RECOVERY_LOCK, onTakeover }, async (_lock, held) => {
+    const lockOpts = { ...RECOVERY_LOCK, onTakeover, signal: this.stopping.signal };
+    const done = await withLock(this.d.redis, this.d.keys.lock('recovery'), lockOpts, async (_lock, held) => {
       // Emptied since: a data loss, which the next check handles.
       if ((await this.d.redis.get(this.d.keys.epoch())) !== this.epoch) return 'lost' as const;
       // The export's own hold and bound (audit/export.ts), kept extended: a longer TTL is a lock no broker sets,
@@ -226,7 +248,7 @@ export class DataLossMonitor {
       const repaired = await withLock(
         this.d.redis,
         this.d.keys.lock('audit-export'),
-        { ...EXPORT_LOCK, waitMs: 30_000, onTakeover },
+        { ...EXPORT_LOCK, waitMs: 30_000, onTakeover, signal: this.stopping.signal },
         async (_exportLock, exportHeld) => {
           const signal = AbortSignal.any([held, exportHeld]);
           return await repairChains({ redis: this.d.redis, keys: this.d.keys, file: this.d.exportFile }, known, remembered, signal);
@@ -243,18 +265,21 @@ export class DataLossMonitor {
       const reapplied = await this.d.reapply(repair.reapply);
       held.throwIfAborted();
       // One record per rollback: a recovery listed since this instance's last good look handled it (every
-      // instance still repairs and applies again what it remembers; those records are each audited).
-      const listed = await this.d.redis.lrange(this.d.keys.rollbackRecoveries(), 0, -1);
-      const by = listed.find((id) => !sign.recoveriesSeen.includes(id));
-      if (by) {
+      // instance still repairs and applies again what it remembers; those records are each audited). Claimed
+      // in one step before recording: a look and a later push let an instance stalled between them (its lock
+      // lapsed, another took it and recorded) record the same rollback again.
+      this.rollbackClaim ??= randomUUID();
+      const by = String(
+        await claimRollback.run(this.d.redis, [this.d.keys.rollbackRecoveries()], [this.rollbackClaim, ...sign.recoveriesSeen]),
+      );
+      if (by === this.rollbackClaim) {
+        // Also when an earlier attempt of this instance claimed it and failed before recording.
+        await this.recordRollback(sign, repair.chains, reapplied, by);
+      } else {
         this.d.logger.warn(
           { recovery: by, ...reapplied },
           'this rollback was already recorded by another instance; applied again what this one remembered',
         );
-      } else {
-        const id = randomUUID();
-        await this.recordRollback(sign, repair.chains, reapplied, id);
-        await this.d.redis.multi().lpush(this.d.keys.rollbackRecoveries(), id).ltrim(this.d.keys.rollbackRecoveries(), 0, 19).exec();
       }
       return 'done' as const;
     });
@@ -265,6 +290,7 @@ export class DataLossMonitor {
     this.d.audit.forgetEndings();
     this.rolledBack = undefined;
     this.knownAtRollback = undefined;
+    this.rollbackClaim = undefined;
     this.watch.reset();
     await this.watch.look();
     this.d.logger.warn('recovered from Redis going back in time (see the broker.data_loss audit records for what was lost)');
@@ -317,6 +343,7 @@ export class DataLossMonitor {
     // What was remembered of the lost dataset means nothing on the new one (its tasks and leases are gone).
     this.rolledBack = undefined;
     this.knownAtRollback = undefined;
+    this.rollbackClaim = undefined;
     this.watch.reset();
     this.d.audit.forgetEndings();
     // What this instance knew of the chains is the best record of how much was lost.
@@ -327,7 +354,11 @@ export class DataLossMonitor {
     const done = await withLock(
       this.d.redis,
       this.d.keys.lock('recovery'),
-      { ...RECOVERY_LOCK, onTakeover: reportTakeover(this.d.logger, (e) => this.d.audit.append(e)) },
+      {
+        ...RECOVERY_LOCK,
+        onTakeover: reportTakeover(this.d.logger, (e) => this.d.audit.append(e)),
+        signal: this.stopping.signal,
+      },
       // Kept extended throughout: reading a large export can outlast the hold many times over.
       async (_lock, held) => {
         let lost = lostSeen;
@@ -381,10 +412,16 @@ export class DataLossMonitor {
     // audit.sealMaxAgeSeconds (idle chains are resealed in Redis only): the broker.data_loss records just written
     // behind it would read as "sealing has stopped" to audit:verify until the next pass. Seal them now, without
     // holding readiness back on another instance's export pass.
-    if (recorded)
-      void this.d
-        .sealAudit?.()
-        .catch((err: Error) => this.d.logger.warn({ err: err.message }, 'audit: sealing after the data loss failed; the next pass seals'));
+    // Kept (stop() waits for it): left to run past close(), it failed on the closed connections.
+    if (recorded && this.d.sealAudit) {
+      const sealing = this.d
+        .sealAudit()
+        .catch((err: Error) => this.d.logger.warn({ err: err.message }, 'audit: sealing after the data loss failed; the next pass seals'))
+        .finally(() => {
+          if (this.sealing === sealing) this.sealing = undefined;
+        });
+      this.sealing = sealing;
+    }
   }
 
   /** One `broker.data_loss` record in each chain that had records, and always one in `ops`. */

@@ -119,6 +119,8 @@ export interface LockOptions {
   holdMs?: number;
   /** How long to wait for a lock someone holds (0 or absent: try once). */
   waitMs?: number;
+  /** Aborted: the lock is not taken (any more tries given up), as when it stays busy (a shutdown). */
+  signal?: AbortSignal;
   /**
    * Told of every takeover. Required, so that no lock of the broker can be taken over (or, before,
    * held forever) without a trace: pass {@link reportTakeover}.
@@ -143,6 +145,7 @@ export async function acquireLock(redis: RedisClient, key: string, opts: LockOpt
   const holdMs = Math.min(opts.holdMs ?? opts.ttlMs, opts.ttlMs);
   let acquiredAt: number;
   for (;;) {
+    if (opts.signal?.aborted) return undefined;
     acquiredAt = performance.now();
     const [got, pttl] = (await acquire.run(redis, [key], [token, opts.ttlMs, holdMs])) as [number, number?];
     if (got === 2) opts.onTakeover({ key, pttlMs: Number(pttl) });

@@ -53,3 +53,21 @@ test('a holder within the TTL is waited for, not taken over; our own extend may 
   await first!.release();
   expect(seen).toEqual([]);
 });
+
+test('a wait for a busy lock gives up once its signal is aborted (a shutdown), without taking it', async () => {
+  const key = keys.lock('aborted-wait');
+  await redis.set(key, 'other', 'PX', 5000);
+  const ctl = new AbortController();
+  const t0 = performance.now();
+  setTimeout(() => ctl.abort(), 100);
+  const got = await acquireLock(redis, key, { ttlMs: 5000, waitMs: 4000, onTakeover: () => {}, signal: ctl.signal });
+  expect(got).toBeUndefined();
+  // One try after the abort at most (tries are 20-60 ms apart), not the 4-s wait.
+  expect(performance.now() - t0).toBeLessThan(1000);
+  expect(await redis.get(key)).toBe('other');
+  expect(await acquireLock(redis, key, { ttlMs: 5000, onTakeover: () => {}, signal: ctl.signal })).toBeUndefined();
+  await redis.del(key);
+  // Aborted before the first try: not taken even when free.
+  expect(await acquireLock(redis, key, { ttlMs: 5000, onTakeover: () => {}, signal: ctl.signal })).toBeUndefined();
+  expect(await redis.exists(key)).toBe(0);
+});

@@ -1,0 +1,88 @@
+import type { AuditLog } from '../../src/audit/audit-log.ts';
+import { readArchive } from '../../src/audit/restore.ts';
+import { resolvePath } from '../../src/config/load.ts';
+import { silentLogger } from '../../src/logger.ts';
+import { DataLossMonitor } from '../../src/ops/recovery.ts';
+import { ADMIN, auditRecords, call, startTestBroker, type TestBroker, uniquePrefix } from '../helpers/broker.ts';
+import { type RedisStandalone, startStandalone } from '../helpers/redis-topology.ts';
+
+/**
+ * Red team (locks at a 10-s hold), the rollback path of recovery-twice.test.ts: one `broker.data_loss` record
+ * per rollback. Recovery looked at the list of rollback recoveries, recorded the rollback, then pushed its id:
+ * an instance stalled between the look and the push (its recovery lock lapsed, another instance took it,
+ * looked at the same list, recorded and pushed) went on and recorded the same rollback a second time.
+ */
+let redis: RedisStandalone;
+let t: TestBroker;
+beforeAll(async () => {
+  redis = await startStandalone();
+  t = await startTestBroker('rollback-twice', {
+    prefix: uniquePrefix('rollback-twice'),
+    config: { redis: { url: redis.url } },
+    broker: { dataLossCheckMs: 600_000 },
+  });
+}, 60_000);
+afterAll(async () => {
+  await t?.broker.close().catch(() => {});
+  await redis?.stop();
+});
+
+test('a rollback recovery stalled before it recorded (its lock lapsed, another recovered meanwhile) records no second data loss (found by red team)', async () => {
+  const { deps } = t.broker;
+  const file = resolvePath(t.config.audit.export.file);
+  const admin = redis.client();
+  await admin.connect();
+  // Redis goes back to a snapshot taken before a quarantine the export holds: a rollback, noticed at a first look.
+  expect(await admin.call('SAVE')).toBe('OK');
+  const q = await call(t.url, 'POST', '/v1/admin/quarantine', t.as(ADMIN), { agent: 'spiffe://dev.local/agent/rt-rb', reason: 'x' });
+  expect(q.status).toBe(201);
+  admin.disconnect();
+  await redis.restart({ keepData: true });
+
+  let stalled = false;
+  const monitor = (audit: AuditLog) =>
+    new DataLossMonitor({
+      redis: deps.redis,
+      keys: deps.keys,
+      logger: silentLogger,
+      signing: deps.signing,
+      audit,
+      readArchive: () => readArchive(file, deps.keys.prefix),
+      restoreQuarantines: (entries) => deps.quarantine.restore(entries),
+      clearCaches: () => {},
+      restoreSecrets: async () => {},
+      metrics: deps.metrics,
+      exportFile: file,
+      reapply: async () => ({ tasks: 0, leases: 0, quarantines: 0 }),
+    });
+  const b = monitor(deps.audit);
+  // A stalls past its hold right before it writes its record: its lock lapses and B recovers meanwhile.
+  const stalling = new Proxy(deps.audit, {
+    get(target, prop) {
+      if (prop === 'appendTo')
+        return async (...args: Parameters<AuditLog['appendTo']>) => {
+          if (!stalled && args[1].action === 'broker.data_loss') {
+            stalled = true;
+            await deps.redis.del(deps.keys.lock('recovery'));
+            await b.check();
+          }
+          return target.appendTo(...args);
+        };
+      const v = Reflect.get(target, prop) as unknown;
+      return typeof v === 'function' ? v.bind(target) : v;
+    },
+  });
+  const a = monitor(stalling);
+  // Their first look: each notices the rollback (the export is ahead of Redis), to recover at its next check.
+  await a.init();
+  await b.init();
+  expect([a.ready, b.ready]).toEqual([false, false]);
+  await a.check();
+  await deps.audit.flush?.();
+  expect(stalled).toBe(true);
+  expect([a.ready, b.ready]).toEqual([true, true]);
+  const losses = (await auditRecords(deps.redis, deps.keys)).filter((r) => r.action === 'broker.data_loss' && r.chain === 'ops');
+  // Before: 2 (B's, then A's once it went on).
+  expect(losses.map((r) => r.reason)).toEqual(['redis_rolled_back']);
+  expect(await deps.redis.lrange(deps.keys.rollbackRecoveries(), 0, -1)).toEqual([losses[0]!.detail.recovery]);
+}, 60_000);
