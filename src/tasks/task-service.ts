@@ -3,7 +3,7 @@ import { canonicalJson } from '../audit/record.ts';
 import { authorize, deny, denial, refuseControls, taskContext } from '../authz.ts';
 import { roleOf } from '../config/roles.ts';
 import type { Deps } from '../deps.ts';
-import { badRequest, conflict, forbidden, notFound } from '../errors.ts';
+import { BrokerError, badRequest, conflict, forbidden, notFound } from '../errors.ts';
 import { MAX_LABELS, type OpenTaskBody, textWithControls } from '../http/schemas.ts';
 import type { WorkloadIdentity } from '../identity/types.ts';
 import type { LeaseRecord } from '../leases/types.ts';
@@ -416,7 +416,30 @@ export class TaskService {
     if (parent.depth + 1 > depth) await d('delegation_too_deep', `Delegation depth is limited to ${depth}.`);
     // Omitted scopes and TTL ceilings are the parent grant's, as omitted labels are the parent's labels.
     const inherited = (role: string) => parent.grants.find((p) => p.role === role);
-    const grants = body.grants.map((g) => this.grant(g, inherited(g.role)));
+    // Any other refusal of the parent's agent (a role not configured, a grant the role's config refuses) is recorded
+    // under the parent too, keeping its status: the parent's evidence shows every attempt to delegate from it.
+    const refuse = async (err: BrokerError): Promise<never> => {
+      if (!(await this.deps.tasks.isCurrent(parent))) throw new StaleTask();
+      throw await denial(this.deps, who, err, { action: 'access.deny', taskId: parentId, detail: { subtask: taskId } });
+    };
+    const grants: Grant[] = [];
+    for (const g of body.grants) {
+      const pg = inherited(g.role);
+      // Judged against the parent's grant before the role's config: a scope the parent lacks widens the delegation
+      // (403, audited) whether or not the role is configured with it. Judged the other way round, a scope outside
+      // the role's config answered 400 scope_not_allowed unaudited, and the two answers told the agent which scopes
+      // the role has.
+      if (pg && g.scopes && !g.scopes.every((s) => pg.scopes.includes(s)))
+        await d('delegation_widens', `Grant "${g.role}" asks for scopes the parent's grant lacks.`);
+      if (!pg && roleOf(this.deps.config.roles, g.role))
+        await d('delegation_widens', `Role "${g.role}" is not granted to the parent task.`);
+      try {
+        grants.push(this.grant(g, pg));
+      } catch (err) {
+        if (err instanceof BrokerError) await refuse(err);
+        throw err;
+      }
+    }
     const narrowed = attenuate(parent, { tenant: body.tenant, purpose: body.purpose, labels: body.labels, grants });
     if ('widens' in narrowed) return d('delegation_widens', narrowed.widens);
     // The request body allows 32 labels; inherited plus added ones are held to the same cap.
