@@ -151,8 +151,19 @@ export class TaskService {
         if (res.recorded) await this.deps.audit.settleOutbox(this.deps.keys.bucketOfTask(task.taskId), [res.recorded], res.task.createdAt);
         return { created: true, task: await this.afterQuarantine(who, res.task) };
       case 'exists':
-        if (res.task.requestHash !== requestHash)
-          throw conflict('task_id_conflict', `Task ${task.taskId} already exists with a different request.`);
+        if (res.task.requestHash !== requestHash) {
+          // A refusal like the others of an open (contract: every denial is a record): another orchestrator trying an
+          // id one of its peers holds, or an agent reusing a sub-task name with other grants, is seen in the evidence.
+          await beforeDenial();
+          throw await denial(
+            this.deps,
+            who,
+            conflict('task_id_conflict', `Task ${task.taskId} already exists with a different request.`),
+            task.parentTaskId
+              ? { action: 'access.deny', taskId: task.parentTaskId, detail: { subtask: task.taskId } }
+              : { action: 'access.deny', taskId: task.taskId },
+          );
+        }
         return { created: false, task: res.task };
       case 'parent_missing':
         throw notFound('task_not_found', `No parent task ${body.parentTaskId}.`);
