@@ -32,7 +32,7 @@ const sub = (over: Record<string, unknown>) => ({
 });
 
 test.each([
-  ['a wider scope', { grants: [{ role: 'tickets-api', scopes: ['tickets:admin'] }] }, 400],
+  ['a wider scope', { grants: [{ role: 'tickets-api', scopes: ['tickets:admin'] }] }, 403],
   ['a scope the parent lacks', { grants: [{ role: 'tickets-api', scopes: ['tickets:read'], maxTtlSeconds: 301 }] }, 403],
   ['a role the parent lacks', { grants: [{ role: 'prod-deploy' }] }, 403],
   ['a deadline past the parent', { ttlSeconds: 3600 }, 403],
