@@ -232,6 +232,15 @@ export class Keys {
     return `${this.auditBase(chain)}audit-exported`;
   }
   /**
+   * `<seq>:<hash>` of the last record an exporter was about to append to the export file for the chain (set
+   * before each page's append, under the export lock, in its slot: the global one). Further than the chain's
+   * export marker, a pass may have appended records and stopped before moving the marker (a crash, a stall
+   * past the lock's hold): the next pass reads the end of the file and does not append those again.
+   */
+  auditExportPending(chain: AuditChain): string {
+    return `${this.globalBase}audit-export-pending:${chain}`;
+  }
+  /**
    * Sorted set: the chain's audit outbox. A script that decides something (ends leases or a task) adds
    * the decision's record here (member: the record's JSON, score: Redis ms) in the same step; the append
    * that writes it to the chain removes it in its own step (audit-append.lua), and recovery appends what
