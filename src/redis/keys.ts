@@ -250,6 +250,13 @@ export class Keys {
     return `${this.auditBase(chain)}audit-outbox`;
   }
   /**
+   * Set: the identities of records written with one (`once:<id>`, AuditLog.appendOnce), so a step that is
+   * retried writes each of its records once (audit-append.lua builds it as `<base>audit-once`).
+   */
+  auditOnce(chain: AuditChain): string {
+    return `${this.auditBase(chain)}audit-once`;
+  }
+  /**
    * Sorted set: members of the chain's audit outbox that were not records (poison), moved here by recovery
    * (audit-outbox-park.lua) with an `audit.outbox_poison` record each; the newest PARKED_MAX are kept.
    */
@@ -298,6 +305,14 @@ export class Keys {
    */
   rollbackRecoveries(): string {
     return `${this.globalBase}rollback-recoveries`;
+  }
+  /**
+   * Hash: recovery id -> the `broker.data_loss` records of its rollback (JSON), stored when the recovery claims
+   * the rollback (rollback-claim.lua) and written from there, each once, by it or by an instance that finds the
+   * claim; deleted once all are written, or when the id leaves `rollbackRecoveries`.
+   */
+  rollbackPlans(): string {
+    return `${this.globalBase}rollback-plans`;
   }
   /** Hash: settings that must not change under existing data (bucket count). */
   meta(): string {
