@@ -3,7 +3,7 @@ import type { AuditChain, Keys } from '../redis/keys.ts';
 import type { RedisClient } from '../redis/scripts.ts';
 import { ChainWriter } from './chain-writer.ts';
 import { DenialFolds } from './denial-folds.ts';
-import { parseOutboxMember } from './outbox-member.ts';
+import { ONCE_PREFIX, parseOutboxMember } from './outbox-member.ts';
 import type { AuditEvent, AuditRecord } from './record.ts';
 
 /**
@@ -185,6 +185,17 @@ export class AuditLog {
    */
   appendMember(event: AuditEvent, member: string, chain: AuditChain = this.chainOf(event)): Promise<boolean> {
     return this.write(chain, event, undefined, member);
+  }
+
+  /**
+   * Appends `event` to `chain` once per `id` (a stable identity, unique within the chain; no space): Redis keeps
+   * the ids written (Keys.auditOnce) and checks it in the append's own step (audit-append.lua), so a step
+   * that failed part-way and is run again, or run by two instances, writes each of its records once. Resolves
+   * whether this call wrote it (false: written before).
+   */
+  appendOnce(chain: AuditChain, event: AuditEvent, id: string): Promise<boolean> {
+    if (id === '' || id.includes(' ')) return Promise.reject(new Error('audit: a record identity must be non-empty, without spaces'));
+    return this.write(chain, event, undefined, `${ONCE_PREFIX}${id}`);
   }
 
   /**

@@ -3,6 +3,7 @@ import type { AuditChain, Keys } from '../redis/keys.ts';
 import { type HeldLock, reportTakeover, withLock } from '../redis/lock.ts';
 import { type RedisClient, script } from '../redis/scripts.ts';
 import { ExportFileWriter, recordLine, sealLine } from './export-file.ts';
+import { readExportTail } from './export-tail.ts';
 import { GENESIS, type AuditEvent, type AuditRecord } from './record.ts';
 import { RecordChecker } from './record-checker.ts';
 import { afterSlice } from '../ops/pace.ts';
@@ -79,8 +80,14 @@ interface Cursor {
  * the file as a JSON line, in chain order, followed by a seal of the newest
  * one (an HMAC with the KEK-derived key); the file is fsynced, then the marker
  * moves (compare-and-set, so an exporter whose lock lapsed cannot move it
- * twice) and the seal is stored in Redis. A crash between the fsync and the
- * marker re-appends at most one page of lines; readers skip those exact
+ * twice) and the seal is stored in Redis. Before each page's append the pass
+ * notes in Redis how far it is about to write (Keys.auditExportPending, only
+ * while the lock is its own): a crash between the fsync and the marker, or a
+ * stall there past the lock's hold, leaves that note ahead of the marker, and
+ * the next pass then reads the end of the file and appends none of the
+ * records already there (the file is the truth). What no check can fence is
+ * an exporter stalled inside its write(2) past the hold: its lines land after
+ * the next holder's, the same records twice, which readers skip as exact
  * duplicates. Every `retentionIntervalMs` the same pass then trims from
  * Redis what is both exported and past `audit.retention`.
  *
@@ -269,10 +276,18 @@ export class AuditExporter {
     const ours = async () => !held.aborted && (await lock.held());
     const { redis, keys } = this.o;
     const stream = keys.auditStream(chain);
-    let marker = (await redis.get(keys.auditExported(chain))) ?? '';
+    const [exported, pending] = await Promise.all([redis.get(keys.auditExported(chain)), redis.get(keys.auditExportPending(chain))]);
+    let marker = exported ?? '';
     let after = await this.locate(chain, marker);
     const pageSize = this.o.pageSize ?? 250;
+    // An earlier pass noted it would append past the marker and never moved it (it crashed or stalled between its
+    // append and the marker move): what of that the file holds, by seq. Those records are not appended again.
+    let inFile = markerSeq(pending ?? '') > markerSeq(marker) ? await this.inFileAfter(chain, markerSeq(marker)) : undefined;
+    let already = 0;
+    /** Records appended to the file by this pass. */
     let count = 0;
+    /** Whether this pass moved the marker (records appended, or found in the file already). */
+    let moved = false;
     let expectSeq = markerSeq(marker) + 1;
     let expectPrev = marker ? marker.slice(marker.indexOf(':') + 1) : GENESIS;
     let sliceStart = performance.now();
@@ -298,6 +313,17 @@ export class AuditExporter {
           continue;
         }
         if (r.seq <= expectSeq - 1 && marker) continue; // already in the file (the marker moved under a stale cursor)
+        if (inFile !== undefined) {
+          // The very record, next in the chain: in the file already. From the first one the file lacks on, all are appended.
+          if (r.seq === expectSeq && inFile.get(r.seq) === r.hash) {
+            expectSeq = r.seq + 1;
+            expectPrev = r.hash;
+            last = r;
+            already += 1;
+            continue;
+          }
+          inFile = undefined;
+        }
         if (r.seq !== expectSeq || r.prev !== expectPrev || !r.hashOk) {
           // Exported anyway: the file is the evidence, and verify names the break.
           this.o.logger.error(
@@ -318,21 +344,26 @@ export class AuditExporter {
       const done = page.length < pageSize;
       const seal = done ? this.seal(chain, last) : undefined;
       if (seal) lines.push(sealLine(chain, seal));
-      if (!(await ours())) throw new Error('audit export: lost the export lock mid-pass');
-      try {
-        await this.writer.append(lines);
-      } catch (err) {
-        // The file is down, Redis is not: a seal in Redis still guards the head meanwhile.
-        if (seal) await redis.set(keys.auditSeal(chain), JSON.stringify({ chain, ...seal }));
-        throw err;
-      }
       const next = `${last.seq}:${last.hash}`;
+      if (lines.length > 0) {
+        // The note of how far this append goes, written only while the lock is ours (the check before every write).
+        if (held.aborted || !(await lock.write(keys.auditExportPending(chain), next)))
+          throw new Error('audit export: lost the export lock mid-pass');
+        try {
+          await this.writer.append(lines);
+        } catch (err) {
+          // The file is down, Redis is not: a seal in Redis still guards the head meanwhile.
+          if (seal) await redis.set(keys.auditSeal(chain), JSON.stringify({ chain, ...seal }));
+          throw err;
+        }
+      }
       if ((await markScript.run(redis, [keys.auditExported(chain)], [marker, next])) !== 1) {
         this.cursors.delete(chain);
         this.o.logger.warn({ chain }, 'audit export: another exporter moved the marker; leaving this chain to it');
         return count;
       }
       count += lines.length - (seal ? 1 : 0);
+      moved = true;
       marker = next;
       after = lastId;
       this.cursors.set(chain, { marker, id: lastId });
@@ -342,9 +373,14 @@ export class AuditExporter {
       }
       if (done) break;
     }
+    if (already > 0)
+      this.o.logger.warn(
+        { chain, records: already },
+        'audit export: records were in the file already (a pass appended them and stopped before moving the marker); not appended again',
+      );
     // Nothing new: the head is sealed again, in Redis only (the file would grow a line per chain per pass),
     // so a seal's age says whether sealing runs (metrics, audit:verify), idle chains included.
-    if (count === 0 && marker) {
+    if (!moved && marker) {
       const sep = marker.indexOf(':');
       const seal = this.seal(chain, { seq: markerSeq(marker), hash: marker.slice(sep + 1) });
       if (seal && (await ours())) {
@@ -355,7 +391,7 @@ export class AuditExporter {
     // A backlog that ended exactly on a page boundary: its last record still needs its seal. Only while the lock
     // is still ours, as every write of the pass: a pass stalled here past its hold would append its older seal
     // behind the records the next holder exported (and sealed), and set Redis's seal back to it.
-    if (count > 0 && !result.sealed.includes(chain)) {
+    if (moved && !result.sealed.includes(chain)) {
       const sep = marker.indexOf(':');
       const seal = this.seal(chain, { seq: Number(marker.slice(0, sep)), hash: marker.slice(sep + 1) });
       if (seal) {
@@ -367,6 +403,22 @@ export class AuditExporter {
       }
     }
     return count;
+  }
+
+  /**
+   * The hashes of `chain`'s records after seq `afterSeq` in the export, by seq: read from the end of the file
+   * back to that seq (exportTail), so about the lines appended since the marker was last moved.
+   */
+  private async inFileAfter(chain: AuditChain, afterSeq: number): Promise<Map<number, string>> {
+    const tail = await readExportTail(
+      this.o.file,
+      this.o.keys.prefix,
+      (c) => (c === chain ? afterSeq : undefined),
+      () => false,
+      [chain],
+      { hashes: true },
+    );
+    return tail.get(chain)?.hashes ?? new Map();
   }
 
   private seal(chain: AuditChain, r: { seq: number; hash: string }): Seal | undefined {

@@ -23,6 +23,13 @@ export function outboxMember(event: OutboxEvent): string {
 }
 
 /**
+ * What a record's identity starts with where an outbox member would be (AuditLog.appendOnce, audit-append.lua).
+ * No member starts so (tags are base64url or digits), and one that does is poison (parseOutboxMember): appended
+ * as an outbox record, it would be taken for an identity, written without leaving the outbox, and stay there.
+ */
+export const ONCE_PREFIX = 'once:';
+
+/**
  * The largest member read as a record. The largest record the broker puts in an outbox is a
  * `credential.issue` with 100 scopes of 256 characters (the request schema's bounds, ~26 KB), a 2 KB
  * identity, a 512-character task id and its determining policies: under 40 KB. Four times a
@@ -53,6 +60,7 @@ const isDetailValue = (v: unknown): boolean =>
  */
 export function parseOutboxMember(member: string): OutboxEvent | undefined {
   if (member.length > OUTBOX_MEMBER_MAX_BYTES || Buffer.byteLength(member) > OUTBOX_MEMBER_MAX_BYTES) return undefined;
+  if (member.startsWith(ONCE_PREFIX)) return undefined;
   const json = member.startsWith('{') ? member : member.slice(member.indexOf(' ') + 1);
   let v: unknown;
   try {

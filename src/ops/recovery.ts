@@ -264,23 +264,26 @@ export class DataLossMonitor {
       held.throwIfAborted();
       const reapplied = await this.d.reapply(repair.reapply);
       held.throwIfAborted();
-      // One record per rollback: a recovery listed since this instance's last good look handled it (every
+      // One set of records per rollback: a recovery listed since this instance's last good look handled it (every
       // instance still repairs and applies again what it remembers; those records are each audited). Claimed
       // in one step before recording: a look and a later push let an instance stalled between them (its lock
-      // lapsed, another took it and recorded) record the same rollback again.
+      // lapsed, another took it and recorded) record the same rollback again. The claim stores the claimant's
+      // records (what its first attempt found: a later one finds the chains repaired), and they are written
+      // from there, each once: by the claimant at whichever attempt gets through, or by an instance that finds
+      // the claim while they are not all written (the claimant may have died part-way).
       this.rollbackClaim ??= randomUUID();
-      const by = String(
-        await claimRollback.run(this.d.redis, [this.d.keys.rollbackRecoveries()], [this.rollbackClaim, ...sign.recoveriesSeen]),
-      );
-      if (by === this.rollbackClaim) {
-        // Also when an earlier attempt of this instance claimed it and failed before recording.
-        await this.recordRollback(sign, repair.chains, reapplied, by);
-      } else {
+      const planned = rollbackRecords(sign, repair.chains, reapplied, this.rollbackClaim);
+      const [by, stored] = (await claimRollback.run(
+        this.d.redis,
+        [this.d.keys.rollbackRecoveries(), this.d.keys.rollbackPlans()],
+        [this.rollbackClaim, JSON.stringify(planned), ...sign.recoveriesSeen],
+      )) as [string, string | null];
+      if (stored !== null) await this.writeRollback(by, stored);
+      if (by !== this.rollbackClaim)
         this.d.logger.warn(
           { recovery: by, ...reapplied },
-          'this rollback was already recorded by another instance; applied again what this one remembered',
+          'this rollback was claimed by another instance, which records it; applied again what this one remembered',
         );
-      }
       return 'done' as const;
     });
     if (!done) throw new Error('another instance is recovering; will look again');
@@ -297,41 +300,19 @@ export class DataLossMonitor {
     this.healthy = true;
   }
 
-  /** One `broker.data_loss` record (reason `redis_rolled_back`) in `ops` and in each chain the repair changed. */
-  private async recordRollback(sign: RollbackSign, chains: ChainRepair[], reapplied: Reapplied, recovery: string): Promise<void> {
-    const byChain = new Map(chains.map((c) => [c.chain, c]));
-    if (!byChain.has('ops')) byChain.set('ops', { chain: 'ops', redisHead: '', continuedFrom: '', rechained: 0 });
-    await Promise.all(
-      [...byChain.values()].map((c) => {
-        const detail: Record<string, string | number | boolean> = {
-          kind: 'rollback',
-          continuedFromSeq: markerSeq(c.continuedFrom),
-          redisSeq: markerSeq(c.redisHead),
-        };
-        if (c.lostFromSeq !== undefined && c.lostToSeq !== undefined) {
-          detail.lostFromSeq = c.lostFromSeq;
-          detail.lostToSeq = c.lostToSeq;
-          detail.lost = `at least ${c.lostFromSeq}..${c.lostToSeq}`;
-        } else {
-          detail.lost = 'none known';
-        }
-        if (c.rechained > 0) detail.rechained = c.rechained;
-        if (c.chain === 'ops') {
-          detail.seen = sign.seen;
-          detail.recovery = recovery;
-          detail.tasksEndedAgain = reapplied.tasks;
-          detail.leasesRevokedAgain = reapplied.leases;
-          detail.quarantinesAppliedAgain = reapplied.quarantines;
-        }
-        return this.d.audit.appendTo(c.chain, {
-          action: 'broker.data_loss',
-          actor: 'broker',
-          decision: 'ok',
-          reason: 'redis_rolled_back',
-          detail,
-        });
-      }),
-    );
+  /**
+   * Writes the records a rollback recovery stored with its claim (rollback-claim.lua), each once per recovery
+   * (AuditLog.appendOnce: an attempt that wrote some and failed, or two instances at once, write none twice),
+   * then drops them from Redis.
+   */
+  private async writeRollback(recovery: string, stored: string): Promise<void> {
+    const records = parseRollbackRecords(stored, this.d.keys.auditChains());
+    if (!records) {
+      this.d.logger.error({ recovery }, 'the records stored with a rollback claim are not records; not written');
+      return;
+    }
+    await Promise.all(records.map((r) => this.d.audit.appendOnce(r.chain, r.event, `rollback:${recovery}`)));
+    await this.d.redis.hdel(this.d.keys.rollbackPlans(), recovery);
   }
 
   private async recover(lostSeen: boolean): Promise<void> {
@@ -452,6 +433,70 @@ export class DataLossMonitor {
       }),
     );
   }
+}
+
+/** A rollback's record for one chain, as stored with its claim. */
+interface RollbackRecord {
+  chain: AuditChain;
+  event: AuditEvent;
+}
+
+/** One `broker.data_loss` record (reason `redis_rolled_back`) in `ops` and in each chain the repair changed. */
+function rollbackRecords(sign: RollbackSign, chains: ChainRepair[], reapplied: Reapplied, recovery: string): RollbackRecord[] {
+  const byChain = new Map(chains.map((c) => [c.chain, c]));
+  if (!byChain.has('ops')) byChain.set('ops', { chain: 'ops', redisHead: '', continuedFrom: '', rechained: 0 });
+  return [...byChain.values()].map((c) => {
+    const detail: Record<string, string | number | boolean> = {
+      kind: 'rollback',
+      continuedFromSeq: markerSeq(c.continuedFrom),
+      redisSeq: markerSeq(c.redisHead),
+    };
+    if (c.lostFromSeq !== undefined && c.lostToSeq !== undefined) {
+      detail.lostFromSeq = c.lostFromSeq;
+      detail.lostToSeq = c.lostToSeq;
+      detail.lost = `at least ${c.lostFromSeq}..${c.lostToSeq}`;
+    } else {
+      detail.lost = 'none known';
+    }
+    if (c.rechained > 0) detail.rechained = c.rechained;
+    if (c.chain === 'ops') {
+      detail.seen = sign.seen;
+      detail.recovery = recovery;
+      detail.tasksEndedAgain = reapplied.tasks;
+      detail.leasesRevokedAgain = reapplied.leases;
+      detail.quarantinesAppliedAgain = reapplied.quarantines;
+    }
+    return { chain: c.chain, event: { action: 'broker.data_loss', actor: 'broker', decision: 'ok', reason: 'redis_rolled_back', detail } };
+  });
+}
+
+/**
+ * The records stored with a rollback claim, or undefined when they are not what rollbackRecords makes (Redis is
+ * writable by others: nothing but a `broker.data_loss` record of the broker's, on a chain of this deployment).
+ */
+function parseRollbackRecords(stored: string, chains: readonly AuditChain[]): RollbackRecord[] | undefined {
+  let v: unknown;
+  try {
+    v = JSON.parse(stored);
+  } catch {
+    return undefined;
+  }
+  if (!Array.isArray(v)) return undefined;
+  const ok = v.every((r: Partial<RollbackRecord> | null) => {
+    const e = r?.event;
+    return (
+      r !== null &&
+      typeof r === 'object' &&
+      chains.includes(r.chain as AuditChain) &&
+      typeof e === 'object' &&
+      e !== null &&
+      e.action === 'broker.data_loss' &&
+      e.actor === 'broker' &&
+      e.decision === 'ok' &&
+      e.reason === 'redis_rolled_back'
+    );
+  });
+  return ok ? (v as RollbackRecord[]) : undefined;
 }
 
 /** The event of a stored record (its chain fields are given again when it is re-appended). */

@@ -232,6 +232,15 @@ export class Keys {
     return `${this.auditBase(chain)}audit-exported`;
   }
   /**
+   * `<seq>:<hash>` of the last record an exporter was about to append to the export file for the chain (set
+   * before each page's append, under the export lock, in its slot: the global one). Further than the chain's
+   * export marker, a pass may have appended records and stopped before moving the marker (a crash, a stall
+   * past the lock's hold): the next pass reads the end of the file and does not append those again.
+   */
+  auditExportPending(chain: AuditChain): string {
+    return `${this.globalBase}audit-export-pending:${chain}`;
+  }
+  /**
    * Sorted set: the chain's audit outbox. A script that decides something (ends leases or a task) adds
    * the decision's record here (member: the record's JSON, score: Redis ms) in the same step; the append
    * that writes it to the chain removes it in its own step (audit-append.lua), and recovery appends what
@@ -239,6 +248,13 @@ export class Keys {
    */
   auditOutbox(chain: AuditChain): string {
     return `${this.auditBase(chain)}audit-outbox`;
+  }
+  /**
+   * Set: the identities of records written with one (`once:<id>`, AuditLog.appendOnce), so a step that is
+   * retried writes each of its records once (audit-append.lua builds it as `<base>audit-once`).
+   */
+  auditOnce(chain: AuditChain): string {
+    return `${this.auditBase(chain)}audit-once`;
   }
   /**
    * Sorted set: members of the chain's audit outbox that were not records (poison), moved here by recovery
@@ -289,6 +305,14 @@ export class Keys {
    */
   rollbackRecoveries(): string {
     return `${this.globalBase}rollback-recoveries`;
+  }
+  /**
+   * Hash: recovery id -> the `broker.data_loss` records of its rollback (JSON), stored when the recovery claims
+   * the rollback (rollback-claim.lua) and written from there, each once, by it or by an instance that finds the
+   * claim; deleted once all are written, or when the id leaves `rollbackRecoveries`.
+   */
+  rollbackPlans(): string {
+    return `${this.globalBase}rollback-plans`;
   }
   /** Hash: settings that must not change under existing data (bucket count). */
   meta(): string {

@@ -59,14 +59,15 @@ test('a rollback recovery stalled before it recorded (its lock lapsed, another r
   // A stalls past its hold right before it writes its record: its lock lapses and B recovers meanwhile.
   const stalling = new Proxy(deps.audit, {
     get(target, prop) {
-      if (prop === 'appendTo')
-        return async (...args: Parameters<AuditLog['appendTo']>) => {
+      // appendOnce: how a rollback's records are written (each once: rollback-record-retry.test.ts).
+      if (prop === 'appendTo' || prop === 'appendOnce')
+        return async (...args: Parameters<AuditLog['appendOnce']>) => {
           if (!stalled && args[1].action === 'broker.data_loss') {
             stalled = true;
             await deps.redis.del(deps.keys.lock('recovery'));
             await b.check();
           }
-          return target.appendTo(...args);
+          return prop === 'appendOnce' ? target.appendOnce(...args) : target.appendTo(args[0], args[1]);
         };
       const v = Reflect.get(target, prop) as unknown;
       return typeof v === 'function' ? v.bind(target) : v;

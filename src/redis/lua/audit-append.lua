@@ -8,7 +8,12 @@
 -- member), without waiting for its answer: it is written only if the lease was. One absent member refuses
 -- the whole batch (its hashes were chained through that record); the reply names every such record, and
 -- the caller drops them and sends the rest again.
--- The task indexes and the outbox are keys built from ARGV[3], not declared: lib/slot.lua.
+-- A record may instead name its own identity, `once:<id>` in place of an outbox member (AuditLog.appendOnce: a
+-- record a retried step writes, e.g. a rollback's `broker.data_loss`): it is written only while the id is not in
+-- the chain's written ids (`<base>audit-once`), and the id joins them in this step, so it is written once however
+-- often it is sent. An id written before refuses its record as an absent member does. No outbox member starts so
+-- (src/audit/outbox-member.ts refuses one).
+-- The task indexes, the outbox and the written ids are keys built from ARGV[3], not declared: lib/slot.lua.
 -- uses: slot
 -- KEYS[1] chain head (`<seq>:<hash>`)
 -- KEYS[2] chain stream
@@ -16,7 +21,7 @@
 -- ARGV[2] new head
 -- ARGV[3] key base of the chain (for the task indexes and the outbox `<base>audit-outbox`)
 -- ARGV[4] how long a task index is kept, in ms
--- ARGV[5..] triples: record JSON, task id ('' for none), outbox member ('' for none)
+-- ARGV[5..] triples: record JSON, task id ('' for none), outbox member or `once:<id>` ('' for none)
 -- Returns false when appended (or when the head already is the new head: this batch was written before);
 -- else nothing is written and it returns the real head, or
 -- {real head, n, ...} naming the records (1-based) whose outbox member is absent; a TRYAGAIN error while
@@ -29,24 +34,35 @@ local cur = redis.call('GET', KEYS[1]) or ''
 if cur == ARGV[2] then
   local again = {}
   for i = 7, #ARGV, 3 do
-    if ARGV[i] ~= '' then again[#again + 1] = ARGV[i] end
+    if ARGV[i] ~= '' and string.sub(ARGV[i], 1, 5) ~= 'once:' then again[#again + 1] = ARGV[i] end
   end
   if #again > 0 then redis.call('ZREM', ARGV[3] .. 'audit-outbox', unpack(again)) end
   return false
 end
 if cur ~= ARGV[1] then return cur end
 local outbox = ARGV[3] .. 'audit-outbox'
-local absent, members, at, seen = {}, {}, {}, {}
+local written = ARGV[3] .. 'audit-once'
+local absent, members, at, seen, onces, onceAt = {}, {}, {}, {}, {}, {}
 for i = 5, #ARGV, 3 do
   local n = (i - 2) / 3
   local m = ARGV[i + 2]
   if seen[m] then
     -- The same member twice in one batch (its caller's append and recovery's, queued in one process): once.
     absent[#absent + 1] = n
+  elseif string.sub(m, 1, 5) == 'once:' then
+    seen[m] = true
+    onces[#onces + 1] = string.sub(m, 6)
+    onceAt[#onceAt + 1] = n
   elseif m ~= '' then
     seen[m] = true
     members[#members + 1] = m
     at[#at + 1] = n
+  end
+end
+if #onces > 0 then
+  local known = redis.call('SMISMEMBER', written, unpack(onces))
+  for j = 1, #onces do
+    if known[j] == 1 then absent[#absent + 1] = onceAt[j] end
   end
 end
 -- One ZMSCORE for the batch's outbox records (at most 500, within unpack's limit), not one command per record.
@@ -85,5 +101,10 @@ for _, t in ipairs(tasks) do
   redis.call('PEXPIRE', idx, keep)
 end
 if #members > 0 then redis.call('ZREM', outbox, unpack(members)) end
+if #onces > 0 then
+  redis.call('SADD', written, unpack(onces))
+  -- A week after the last: far longer than any retry of the step that writes them (rare: one per rollback).
+  redis.call('PEXPIRE', written, 604800000)
+end
 redis.call('SET', KEYS[1], ARGV[2])
 return false

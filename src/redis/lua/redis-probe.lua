@@ -54,6 +54,7 @@ local calls = {
   { 'ZREMRANGEBYSCORE', z, '0', '3' },
   { 'SADD', set, 'a', 'b' },
   { 'SISMEMBER', set, 'a' },
+  { 'SMISMEMBER', set, 'a', 'b' },
   { 'SCARD', set },
   { 'SMEMBERS', set },
   { 'SSCAN', set, '0' },
