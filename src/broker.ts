@@ -450,8 +450,8 @@ export async function startBroker(config: LoadedConfig, opts: BrokerOptions = {}
         extraRouters: routers,
       });
       server = app.listen(config.server.port, config.server.host);
-      answerUnparsableRequests(server);
-      answerUnmetExpectations(server);
+      answerUnparsableRequests(server, metrics);
+      answerUnmetExpectations(server, metrics);
       await once(server, 'listening');
       server.keepAliveTimeout = 65_000;
       const addr = server.address() as AddressInfo;

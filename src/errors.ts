@@ -211,7 +211,7 @@ export const ERRORS = {
   approval_consumed: {
     status: 409,
     means:
-      'The approval was already used for a credential (one approval, one credential). A request it covered that was then refused or failed (a limit, an upstream error) does not use it up.',
+      'The approval kept being taken by the same request while this one looked it up (used, given back after a failure, used again): rare. One approval, one credential: the same request after another took it gets a new pending approval (202), and a request it covered that was then refused or failed (a limit, an upstream error) does not use it up.',
     fix: 'Request again; a new approval is created.',
   },
   approval_decided: { status: 409, means: 'The approval was already approved or rejected.', fix: 'Nothing to do.' },

@@ -11,6 +11,12 @@ import { SharedReading } from './shared-reading.ts';
  */
 export const DEFAULT_METRICS_REFRESH_MS = 15_000;
 
+/**
+ * The `route` of `jit_http_request_duration_seconds` for a request no route took: an unknown path, and one
+ * answered before Express saw it (an unmet `Expect`, a request Node cannot parse), so every answer is counted.
+ */
+export const UNMATCHED_ROUTE = 'unmatched';
+
 /** Every metric the broker exports, on one registry per process (tests create their own). */
 export class Metrics {
   readonly registry = new Registry();
@@ -227,5 +233,10 @@ export class Metrics {
       registers,
     });
     if (opts.defaultMetrics) collectDefaultMetrics({ register: this.registry });
+  }
+
+  /** One answered HTTP request: `start` is `process.hrtime.bigint()` when the broker began on it. */
+  observeHttp(route: string, status: number, start: bigint): void {
+    this.httpDuration.observe({ route, status: String(status) }, Number(process.hrtime.bigint() - start) / 1e9);
   }
 }

@@ -190,10 +190,7 @@ export class ApprovalStore {
       role: r.role,
       reason: 'covered_by_approval',
     } satisfies OutboxEvent);
-    const keys = [this.keys.approval(r.approvalId), this.keys.taskApprovals(r.taskId), this.indexKey(r), this.outboxOf(r)];
-    const res = (await swapScript.run(this.redis, keys, ['consumed', 'approved', r.approvalId, '', twin])) as
-      | number
-      | [number, number, string?];
+    const res = await this.runSwap(r, 'consumed', 'approved', { twin });
     if (!Array.isArray(res)) return res === 1 ? {} : false;
     return res[2] ? { withdrawn: { member: res[2], at: Number(res[1]) } } : {};
   }
@@ -210,13 +207,27 @@ export class ApprovalStore {
     patch: Record<string, string>,
     member = '',
   ): Promise<boolean | number> {
-    const keys = [this.keys.approval(r.approvalId), this.keys.taskApprovals(r.taskId), this.indexKey(r)];
-    if (member) keys.push(this.outboxOf(r));
-    const res = (await swapScript.run(this.redis, keys, [from, to, r.approvalId, member, '', ...Object.entries(patch).flat()])) as
-      | number
-      | [number, number];
+    const res = await this.runSwap(r, from, to, { member, patch });
     if (Array.isArray(res)) return Number(res[1]);
     return res === 1;
+  }
+
+  /**
+   * The one place approval-swap.lua is called from: its key list and argument order live here only. The
+   * outbox key is declared whenever something may go in it (`member`, or a twin's withdrawal record).
+   */
+  private async runSwap(
+    r: ApprovalRecord,
+    from: ApprovalStatus,
+    to: ApprovalStatus,
+    opts: { member?: string; twin?: string; patch?: Record<string, string> },
+  ): Promise<number | [number, number, string?]> {
+    const { member = '', twin = '', patch = {} } = opts;
+    const keys = [this.keys.approval(r.approvalId), this.keys.taskApprovals(r.taskId), this.indexKey(r)];
+    if (member || twin) keys.push(this.outboxOf(r));
+    return (await swapScript.run(this.redis, keys, [from, to, r.approvalId, member, twin, ...Object.entries(patch).flat()])) as
+      | number
+      | [number, number, string?];
   }
 }
 

@@ -73,6 +73,12 @@ interface Decided {
   approval?: ApprovalRecord;
 }
 
+/**
+ * How many times one request looks its approval up when the same request takes it first (takeApproval): the
+ * second look finds the index cleared (a new pending approval); a third covers one give-back in between.
+ */
+const APPROVAL_LOOKUPS = 3;
+
 /** Task incarnations the lease script found closed, remembered per process (the least recently asked leave first). */
 const MAX_CLOSED = 10_000;
 
@@ -83,7 +89,7 @@ const MAX_CLOSED = 10_000;
  * 3. `resolveScopes`: literal scopes within the grant, non-empty where the provider needs one;
  * 4. `clamp`: the effective TTL;
  * 5. `authorize`: Cedar;
- * 6. `approval`: an approval covering exactly this request, if the role needs one;
+ * 6. `takeApproval`: an approval covering exactly this request, consumed for it, if the role needs one;
  * 7. `record` + `issue`: the lease is recorded (as the intent, before any
  *    upstream call), then the credential is made, the answer recorded, and
  *    a short-lived upstream credential extended (`confirm`).
@@ -155,7 +161,7 @@ export class CredentialService {
     );
     const decided: Decided = { task, grant, role, provider, scopes, ttl, policies };
     if (needsApproval) {
-      const found = await this.approval(who, task, body, grant, scopes);
+      const found = await this.takeApproval(who, task, body, grant, scopes);
       if ('pending' in found) return found.pending;
       decided.approval = found.approved;
     }
@@ -250,11 +256,9 @@ export class CredentialService {
     });
   }
 
+  /** `d.approval`, if any, is consumed for this request already (takeApproval); given back if nothing is handed out. */
   private async issue(who: WorkloadIdentity, body: CredentialRequest, d: Decided): Promise<IssuedCredential> {
     const { task, role, provider, scopes, ttl } = d;
-    if (d.approval && !(await this.deps.approvals.consume(d.approval))) {
-      throw conflict('approval_consumed', 'That approval was already used; request again.');
-    }
     const bucket = this.deps.keys.bucketOfTask(task.taskId);
     const fixed: LeaseFixed = {
       leaseId: Keys.newRandomId(bucket),
@@ -608,9 +612,33 @@ export class CredentialService {
   }
 
   /**
+   * The approval of this request, consumed for it (one approval, one credential), or the pending one it waits on.
+   * A request that found the approval approved and then lost it to the same request (consumed between its lookup
+   * and its own consume, or read only once consumed) looks again: the request that took it cleared the request
+   * index, so this one gets a new pending approval (or, if it was given back meanwhile, the approval itself).
+   * That is what the same request a moment later gets; before, the loser of that race answered 409
+   * (`approval_consumed` or `approval_expired`) instead, by the luck of timing. The lookups are bounded: a
+   * request that keeps losing (the approval given back and taken again each time) answers 409 `approval_consumed`.
+   */
+  private async takeApproval(
+    who: WorkloadIdentity,
+    task: TaskSnapshot,
+    body: CredentialRequest,
+    grant: Grant,
+    scopes: string[],
+  ): Promise<{ pending: PendingApproval } | { approved: ApprovalRecord }> {
+    for (let attempt = 1; ; attempt++) {
+      const found = await this.approval(who, task, body, grant, scopes);
+      if ('pending' in found) return found;
+      if ('approved' in found && (await this.deps.approvals.consume(found.approved))) return found;
+      if (attempt >= APPROVAL_LOOKUPS) throw conflict('approval_consumed', 'That approval was already used; request again.');
+    }
+  }
+
+  /**
    * The approval of exactly this request: role, scopes and `ttlSeconds` as
    * requested (omitted values taken as the grant's). Another TTL or scope set
-   * needs its own approval.
+   * needs its own approval. `used`: it was consumed between the index lookup and the read (takeApproval looks again).
    */
   private async approval(
     who: WorkloadIdentity,
@@ -619,7 +647,7 @@ export class CredentialService {
     grant: Grant,
     scopes: string[],
     voided = false,
-  ): Promise<{ pending: PendingApproval } | { approved: ApprovalRecord }> {
+  ): Promise<{ pending: PendingApproval } | { approved: ApprovalRecord } | { used: true }> {
     const res = await this.deps.approvals.findOrCreate({
       taskId: task.taskId,
       role: body.role,
@@ -673,6 +701,8 @@ export class CredentialService {
     // the void cleared the index, so asking again is the new pending approval, as if this request had voided it.
     if (record.status === 'expired' && !voided && record.decidedBy !== undefined && approverGone(this.deps, record.decidedBy))
       return this.approval(who, task, body, grant, scopes, true);
+    // Consumed since the lookup named it: by the same request, which cleared the index as it took it.
+    if (record.status === 'consumed') return { used: true };
     if (record.status === 'rejected') {
       return this.deny(who, task, body.role, 'approval_rejected', 'The approval for this request was rejected.', {
         approvalId: record.approvalId,

@@ -2,6 +2,7 @@ import express, { type Express, type RequestHandler, Router } from 'express';
 import type { Deps } from '../deps.ts';
 import { notFound } from '../errors.ts';
 import { clip } from '../identity/log-safe.ts';
+import { UNMATCHED_ROUTE } from '../metrics.ts';
 import type { Services } from './services.ts';
 import { jsonBody, requireIdentity } from './middleware.ts';
 import { problemHandler, sendProblem } from './problem.ts';
@@ -36,8 +37,7 @@ export function createApp(
   app.use((req, res, next) => {
     const start = process.hrtime.bigint();
     res.on('finish', () => {
-      const route = (req.route?.path as string | undefined) ?? 'unmatched';
-      deps.metrics.httpDuration.observe({ route, status: String(res.statusCode) }, Number(process.hrtime.bigint() - start) / 1e9);
+      deps.metrics.observeHttp((req.route?.path as string | undefined) ?? UNMATCHED_ROUTE, res.statusCode, start);
     });
     // Express would answer OPTIONS itself (200, the path's methods); the broker has no OPTIONS route and answers no CORS preflight.
     if (req.method === 'OPTIONS') noRoute(req, res, next);

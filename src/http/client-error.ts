@@ -1,5 +1,6 @@
 import type { Server } from 'node:http';
 import type { Duplex } from 'node:stream';
+import { type Metrics, UNMATCHED_ROUTE } from '../metrics.ts';
 
 const BODY = (detail: string) =>
   JSON.stringify({
@@ -23,10 +24,13 @@ type HttpSocket = Duplex & { _httpMessage?: { _headerSent?: boolean } | null };
  * (pipelining, or a body after a HEAD), its client reads whatever comes next
  * as that answer: then, as Node does, only a bare 400 head goes out if that
  * answer has not started, and nothing if it has. A connection that timed
- * out or was reset is just closed.
+ * out or was reset is just closed. Each 400 that goes out is counted in
+ * `jit_http_request_duration_seconds` under the route `unmatched`, as
+ * Express never saw the request.
  */
-export function answerUnparsableRequests(server: Server): void {
+export function answerUnparsableRequests(server: Server, metrics: Pick<Metrics, 'observeHttp'>): void {
   server.on('clientError', (err: Error & { code?: string; rawPacket?: unknown }, socket: HttpSocket) => {
+    const start = process.hrtime.bigint();
     if (err.code === 'ECONNRESET' || err.code === 'ERR_HTTP_REQUEST_TIMEOUT' || !socket.writable) {
       socket.destroy();
       return;
@@ -42,9 +46,13 @@ export function answerUnparsableRequests(server: Server): void {
         'HTTP/1.1 400 Bad Request\r\nContent-Type: application/problem+json; charset=utf-8\r\n' +
           `Content-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${head ? '' : body}`,
       );
+      metrics.observeHttp(UNMATCHED_ROUTE, 400, start);
       return;
     }
-    if (!inFlight._headerSent) socket.write('HTTP/1.1 400 Bad Request\r\nConnection: close\r\n\r\n');
+    if (!inFlight._headerSent) {
+      socket.write('HTTP/1.1 400 Bad Request\r\nConnection: close\r\n\r\n');
+      metrics.observeHttp(UNMATCHED_ROUTE, 400, start);
+    }
     socket.destroy();
   });
 }

@@ -1,5 +1,6 @@
 import type { IncomingMessage, Server, ServerResponse } from 'node:http';
 import { badRequest } from '../errors.ts';
+import { type Metrics, UNMATCHED_ROUTE } from '../metrics.ts';
 import { oauthDescription } from './oauth-text.ts';
 import { problemJson } from './problem.ts';
 
@@ -16,10 +17,14 @@ const OAUTH_PATH = /^\/v1\/(?:token|introspect)\/?(?:\?|$)/i;
  * are written against, which has no 417 (as oversized headers answer 400, not 431: client-error.ts). On
  * the OAuth endpoints it is their RFC 6749 `invalid_request`. A body the caller sent anyway is read and
  * dropped by Node, so the connection stays usable. `Expect: 100-continue` is untouched: Node answers
- * `100 Continue` and hands the request on as usual (curl sends it for large bodies).
+ * `100 Continue` and hands the request on as usual (curl sends it for large bodies). The answer is counted
+ * in `jit_http_request_duration_seconds` under the route `unmatched`.
  */
-export function answerUnmetExpectations(server: Server): void {
+export function answerUnmetExpectations(server: Server, metrics: Pick<Metrics, 'observeHttp'>): void {
   server.on('checkExpectation', (req: IncomingMessage, res: ServerResponse) => {
+    const start = process.hrtime.bigint();
+    // Counted like every answer, though Express never sees it (src/http/app.ts counts the rest).
+    res.on('finish', () => metrics.observeHttp(UNMATCHED_ROUTE, res.statusCode, start));
     const oauth = OAUTH_PATH.test(req.url ?? '');
     const body = oauth
       ? JSON.stringify({ error: 'invalid_request', error_description: oauthDescription(DETAIL) })

@@ -1,5 +1,5 @@
-import { ADMIN, auditRecords, call, startTestBroker, type TestBroker, uniquePrefix } from '../helpers/broker.ts';
-import { type RedisStandalone, startStandalone } from '../helpers/redis-topology.ts';
+import { ADMIN, auditRecords, call } from '../helpers/broker.ts';
+import { brokerOnOwnRedis } from '../helpers/own-redis-broker.ts';
 
 /**
  * Two data-loss checks of one instance overlapping (the periodic one and one started by a caller, or a slow
@@ -7,32 +7,18 @@ import { type RedisStandalone, startStandalone } from '../helpers/redis-topology
  * twice, and a look that began before the wipe and ended after the other's recovery took the new dataset for
  * a rollback and wrote a second `broker.data_loss` record (`redis_rolled_back`) for the same loss.
  */
-let redis: RedisStandalone;
-let b: TestBroker;
-
-beforeAll(async () => {
-  redis = await startStandalone();
-  const prefix = uniquePrefix('loss-overlap');
-  // The periodic check is driven by hand, so the two overlapping checks are the test's.
-  b = await startTestBroker('loss-overlap', {
-    prefix,
-    config: { redis: { url: redis.url, prefix } },
-    broker: { dataLossCheckMs: 600_000 },
-  });
-}, 30_000);
-afterAll(async () => {
-  await b?.close();
-  await redis?.stop();
-});
+// The periodic check is driven by hand, so the two overlapping checks are the test's.
+const own = brokerOnOwnRedis('loss-overlap', { broker: { dataLossCheckMs: 600_000 } });
 
 async function wipe(): Promise<void> {
-  const admin = redis.client();
+  const admin = own.redis.client();
   await admin.connect();
   expect(await admin.call('FLUSHALL')).toBe('OK');
   admin.disconnect();
 }
 
 async function losses() {
+  const b = own.t;
   await b.broker.deps.audit.flush();
   const records = await auditRecords(b.broker.deps.redis, b.broker.deps.keys);
   const metrics = await (await fetch(`${b.url}/metrics`)).text();
@@ -44,6 +30,7 @@ async function losses() {
 }
 
 test('two checks that both see one wipe: one recovery, counted once, one broker.data_loss record', async () => {
+  const b = own.t;
   expect((await call(b.url, 'GET', '/v1/admin/quarantine', b.as(ADMIN))).status).toBe(200);
   await b.broker.deps.audit.flush();
   await wipe();
@@ -53,6 +40,7 @@ test('two checks that both see one wipe: one recovery, counted once, one broker.
 }, 60_000);
 
 test('a check under way when Redis is wiped and one after it: the loss is not also taken for a rollback', async () => {
+  const b = own.t;
   const before = await losses();
   await call(b.url, 'GET', '/v1/admin/quarantine', b.as(ADMIN));
   await b.broker.deps.audit.flush();

@@ -1,7 +1,7 @@
 import { afterAll, beforeAll, expect, test } from '@jest/globals';
-import { connect, createServer, type Server, type Socket } from 'node:net';
 import { script } from '../../src/redis/scripts.ts';
 import { AGENT, auditRecords, call, openAgentTask, REDIS_URL, startTestBroker, type TestBroker } from '../helpers/broker.ts';
+import { tcpProxy } from '../helpers/tcp-proxy.ts';
 
 /**
  * Review: a connection dropped after Redis ran [lease-create, audit-append] (same socket write) but before
@@ -10,17 +10,13 @@ import { AGENT, auditRecords, call, openAgentTask, REDIS_URL, startTestBroker, t
  * member the append had just removed; the resent append answers "already written" without removing it; so
  * recovery appends a second credential.issue for the same lease. (It also counts the lease twice in `live`.)
  */
-function dropAnswersProxy(redisUrl: string) {
-  const target = new URL(redisUrl);
+async function dropAnswersProxy(redisUrl: string) {
   let armed: string | undefined;
-  const sockets = new Set<Socket>();
   let done: () => void = () => {};
   const fired = new Promise<void>((r) => {
     done = r;
   });
-  const server: Server = createServer((client) => {
-    const upstream = connect(Number(target.port || 6379), target.hostname);
-    sockets.add(client).add(upstream);
+  const proxy = await tcpProxy(redisUrl, (client, upstream) => {
     let swallow = false;
     client.on('data', (chunk: Buffer) => {
       if (armed && chunk.indexOf(armed, 0, 'latin1') >= 0) {
@@ -38,30 +34,14 @@ function dropAnswersProxy(redisUrl: string) {
     upstream.on('data', (chunk: Buffer) => {
       if (!swallow) client.write(chunk);
     });
-    const end = () => {
-      client.destroy();
-      upstream.destroy();
-    };
-    client.on('close', end).on('error', end);
-    upstream.on('close', end).on('error', end);
   });
-  return new Promise<{ url: string; arm(sha: string): Promise<void>; close(): Promise<void> }>((res) =>
-    server.listen(0, '127.0.0.1', () => {
-      const { port } = server.address() as { port: number };
-      res({
-        url: `redis://127.0.0.1:${port}`,
-        arm: (sha) => {
-          armed = sha;
-          return fired;
-        },
-        close: () =>
-          new Promise<void>((r) => {
-            for (const s of sockets) s.destroy();
-            server.close(() => r());
-          }),
-      });
-    }),
-  );
+  return {
+    ...proxy,
+    arm: (sha: string): Promise<void> => {
+      armed = sha;
+      return fired;
+    },
+  };
 }
 
 let t: TestBroker;

@@ -1,6 +1,7 @@
 import { request } from 'node:http';
 import { connect } from 'node:net';
 import { AGENT, ORCH, startTestBroker, type TestBroker } from '../helpers/broker.ts';
+import { httpRequestCount } from '../helpers/http-metric.ts';
 
 // Black-box finding: a request with `Expect: <anything but 100-continue>` never reached Express; Node
 // answered it itself, 417 with an empty body: not the problem document the contract promises for every
@@ -135,4 +136,12 @@ test('Expect: 100-continue still works: the broker says 100 Continue, then reads
   });
   expect([answer.continued, answer.status]).toEqual([true, 201]);
   expect(JSON.parse(answer.body)).toMatchObject({ taskId: 'bb-expect-continue', status: 'open' });
+});
+
+test('a request refused for its Expect header is counted in the HTTP metric, route "unmatched" (it never reaches Express)', async () => {
+  const before = await httpRequestCount(t.url, 'unmatched', 400);
+  const [r] = await send('GET /healthz HTTP/1.1\r\nHost: x\r\nExpect: foo\r\n\r\n');
+  expect(r?.status).toBe(400);
+  // Before: unchanged (the histogram is observed by Express's middleware only).
+  expect(await httpRequestCount(t.url, 'unmatched', 400)).toBe(before + 1);
 });

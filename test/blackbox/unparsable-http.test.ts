@@ -1,5 +1,6 @@
 import { connect } from 'node:net';
 import { AGENT, startTestBroker, type TestBroker } from '../helpers/broker.ts';
+import { httpRequestCount } from '../helpers/http-metric.ts';
 
 // Black-box finding: a request Node's HTTP parser cannot read never reaches
 // Express, and Node answered it itself with an empty body (400, or 431 for
@@ -52,4 +53,19 @@ test('a request that is not well-formed HTTP gets a 400 problem document (found 
   // A well-formed request on the same server is unaffected.
   const ok = await fetch(`${t.url}/v1/tasks?limit=1`, { headers: t.as(AGENT) });
   expect(ok.status).toBe(200);
+});
+
+test('an unparsable request is counted in the HTTP metric, route "unmatched" (it never reaches Express)', async () => {
+  const before = await httpRequestCount(t.url, 'unmatched', 400);
+  expect((await send('get /healthz HTTP/1.1\r\nHost: x\r\n\r\n')).status).toBe(400);
+  // Before: unchanged (the histogram is observed by Express's middleware only).
+  expect(await httpRequestCount(t.url, 'unmatched', 400)).toBe(before + 1);
+  // A body that breaks off mid-request: the bare 400 that goes out is counted once too.
+  const auth = `Authorization: ${t.as(AGENT).authorization}\r\n`;
+  const chunked = await send(
+    `POST /v1/tasks HTTP/1.1\r\nHost: x\r\n${auth}Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\nZZ\r\n{}\r\n0\r\n\r\n`,
+  );
+  expect(chunked.status).toBe(400);
+  const all = async () => (await httpRequestCount(t.url, 'unmatched', 400)) + (await httpRequestCount(t.url, '/v1/tasks', 400));
+  expect(await all()).toBe(before + 2);
 });

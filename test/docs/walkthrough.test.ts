@@ -62,7 +62,9 @@ function bash(script: string): Promise<{ code: number; stdout: string; stderr: s
   // A HOME of its own: no ~/.curlrc or shell settings of whoever runs the tests change what the commands print.
   const env = { PATH: process.env.PATH!, HOME: mkdtempSync(join(tmpdir(), 'jit-walk-home-')), JIT_BROKER_URL: t.url, JIT_DEV_DIR: devDir };
   return new Promise((done) => {
-    const text = prelude + script.replaceAll('http://127.0.0.1:8080', t.url);
+    // The broker is only at JIT_BROKER_URL: the walk-throughs say to set it for a broker on another port, and a
+    // URL they hard-code (the default port) is sent to a closed one, so a command that ignores it fails here.
+    const text = prelude + script.replaceAll('http://127.0.0.1:8080', 'http://127.0.0.1:9');
     execFile('bash', ['-c', text], { env, cwd: process.cwd(), timeout: 80_000 }, (err, stdout, stderr) => {
       done({ code: err ? (typeof err.code === 'number' ? err.code : 1) : 0, stdout, stderr });
     });

@@ -1,4 +1,4 @@
-import { connect, createServer, type Server, type Socket } from 'node:net';
+import { tcpProxy } from './tcp-proxy.ts';
 
 /** Where in `chunk` the first EVALSHA of `sha` starts whose command contains `containing` (any, without it); -1 if none. */
 function cutAt(chunk: Buffer, sha: string, containing: string | undefined): number {
@@ -24,14 +24,10 @@ function cutAt(chunk: Buffer, sha: string, containing: string | undefined): numb
  * two reads at that spot would slip through (the writes here are small: one read each).
  */
 export async function redisCutProxy(redisUrl: string) {
-  const target = new URL(redisUrl);
   let armed: string | undefined;
   let armedWith: string | undefined;
   let onCut: (() => void) | undefined;
-  const sockets = new Set<Socket>();
-  const server: Server = createServer((client) => {
-    const upstream = connect(Number(target.port || 6379), target.hostname);
-    sockets.add(client).add(upstream);
+  const proxy = await tcpProxy(redisUrl, (client, upstream) => {
     let cut = false;
     client.on('data', (chunk: Buffer) => {
       if (cut) return;
@@ -49,19 +45,9 @@ export async function redisCutProxy(redisUrl: string) {
       onCut?.();
     });
     upstream.on('data', (chunk: Buffer) => client.write(chunk));
-    const end = () => {
-      client.destroy();
-      upstream.destroy();
-      sockets.delete(client);
-      sockets.delete(upstream);
-    };
-    client.on('close', end).on('error', end);
-    upstream.on('close', end).on('error', end);
   });
-  await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
-  const { port } = server.address() as { port: number };
   return {
-    url: `redis://127.0.0.1:${port}`,
+    ...proxy,
     /**
      * Cuts the next connection to run `sha`, at that command; resolves once it did. `containing`: only a
      * command of that script whose arguments (up to the next command in the chunk) contain it.
@@ -73,10 +59,5 @@ export async function redisCutProxy(redisUrl: string) {
         onCut = r;
       });
     },
-    close: () =>
-      new Promise<void>((r) => {
-        for (const s of sockets) s.destroy();
-        server.close(() => r());
-      }),
   };
 }

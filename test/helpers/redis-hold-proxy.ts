@@ -1,4 +1,5 @@
-import { connect, createServer, type Server, type Socket } from 'node:net';
+import type { Socket } from 'node:net';
+import { tcpProxy } from './tcp-proxy.ts';
 
 /**
  * A TCP proxy in front of Redis that can cut a client's connection and then leave a command of the
@@ -9,42 +10,31 @@ import { connect, createServer, type Server, type Socket } from 'node:net';
  * as the test likes, and the test can close it then.
  */
 export async function redisHoldProxy(redisUrl: string) {
-  const target = new URL(redisUrl);
   const sent = new Map<Socket, string>();
   let hold: { word: string; held: () => void } | undefined;
-  const sockets = new Set<Socket>();
-  const server: Server = createServer((client) => {
-    const upstream = connect(Number(target.port || 6379), target.hostname);
-    sockets.add(client).add(upstream);
-    sent.set(client, '');
-    let holding = false;
-    client.on('data', (chunk: Buffer) => {
-      const text = chunk.toString('latin1').toLowerCase();
-      sent.set(client, (sent.get(client) ?? '') + text);
-      if (hold && text.includes(`\r\n${hold.word}\r\n`)) {
-        holding = true;
-        hold.held();
-        hold = undefined;
-      }
-      upstream.write(chunk);
-    });
-    upstream.on('data', (chunk: Buffer) => {
-      if (!holding) client.write(chunk);
-    });
-    const end = () => {
-      client.destroy();
-      upstream.destroy();
-      sockets.delete(client);
-      sockets.delete(upstream);
-      sent.delete(client);
-    };
-    client.on('close', end).on('error', end);
-    upstream.on('close', end).on('error', end);
-  });
-  await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
-  const { port } = server.address() as { port: number };
+  const proxy = await tcpProxy(
+    redisUrl,
+    (client, upstream) => {
+      sent.set(client, '');
+      let holding = false;
+      client.on('data', (chunk: Buffer) => {
+        const text = chunk.toString('latin1').toLowerCase();
+        sent.set(client, (sent.get(client) ?? '') + text);
+        if (hold && text.includes(`\r\n${hold.word}\r\n`)) {
+          holding = true;
+          hold.held();
+          hold = undefined;
+        }
+        upstream.write(chunk);
+      });
+      upstream.on('data', (chunk: Buffer) => {
+        if (!holding) client.write(chunk);
+      });
+    },
+    (client) => sent.delete(client),
+  );
   return {
-    url: `redis://127.0.0.1:${port}`,
+    ...proxy,
     /** Drops the connections that sent `word`; resolves once a new connection sent it and its answers are held. */
     cutAndHold(word: string): Promise<void> {
       const held = new Promise<void>((r) => {
@@ -53,10 +43,5 @@ export async function redisHoldProxy(redisUrl: string) {
       for (const [client, text] of sent) if (text.includes(`\r\n${word.toLowerCase()}\r\n`)) client.destroy();
       return held;
     },
-    close: () =>
-      new Promise<void>((r) => {
-        for (const s of sockets) s.destroy();
-        server.close(() => r());
-      }),
   };
 }

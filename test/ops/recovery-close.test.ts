@@ -1,30 +1,18 @@
 import { readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { resolvePath } from '../../src/config/load.ts';
-import { ADMIN, call, startTestBroker, type TestBroker, uniquePrefix } from '../helpers/broker.ts';
-import { type RedisStandalone, startStandalone } from '../helpers/redis-topology.ts';
+import { ADMIN, call } from '../helpers/broker.ts';
+import { brokerOnOwnRedis } from '../helpers/own-redis-broker.ts';
 
 /**
  * A graceful shutdown during a recovery. DataLossMonitor.stop() only cleared its timer: the recovery went on
  * after close() had closed the Redis connections, failed, and could not release the recovery lock, which
  * stayed held for its 10-s hold: every other instance answered 503 that long after a mere restart.
  */
-let redis: RedisStandalone;
-let t: TestBroker;
-beforeAll(async () => {
-  redis = await startStandalone();
-  t = await startTestBroker('recovery-close', {
-    prefix: uniquePrefix('recovery-close'),
-    config: { redis: { url: redis.url } },
-    broker: { dataLossCheckMs: 600_000 },
-  });
-}, 60_000);
-afterAll(async () => {
-  await t?.broker.close().catch(() => {});
-  await redis?.stop();
-});
+const own = brokerOnOwnRedis('recovery-close', { broker: { dataLossCheckMs: 600_000 } });
 
 test('close() during a recovery waits for it: the recovery lock is released, not left held for its TTL', async () => {
+  const { t, redis } = own;
   const { keys } = t.broker.deps;
   // Something in the export, so that an empty Redis reads as a data loss.
   const q = await call(t.url, 'POST', '/v1/admin/quarantine', t.as(ADMIN), { agent: 'spiffe://dev.local/agent/rc-q', reason: 'x' });

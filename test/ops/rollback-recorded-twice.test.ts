@@ -3,8 +3,8 @@ import { readArchive } from '../../src/audit/restore.ts';
 import { resolvePath } from '../../src/config/load.ts';
 import { silentLogger } from '../../src/logger.ts';
 import { DataLossMonitor } from '../../src/ops/recovery.ts';
-import { ADMIN, auditRecords, call, startTestBroker, type TestBroker, uniquePrefix } from '../helpers/broker.ts';
-import { type RedisStandalone, startStandalone } from '../helpers/redis-topology.ts';
+import { ADMIN, auditRecords, call } from '../helpers/broker.ts';
+import { brokerOnOwnRedis } from '../helpers/own-redis-broker.ts';
 
 /**
  * Red team (locks at a 10-s hold), the rollback path of recovery-twice.test.ts: one `broker.data_loss` record
@@ -12,22 +12,10 @@ import { type RedisStandalone, startStandalone } from '../helpers/redis-topology
  * an instance stalled between the look and the push (its recovery lock lapsed, another instance took it,
  * looked at the same list, recorded and pushed) went on and recorded the same rollback a second time.
  */
-let redis: RedisStandalone;
-let t: TestBroker;
-beforeAll(async () => {
-  redis = await startStandalone();
-  t = await startTestBroker('rollback-twice', {
-    prefix: uniquePrefix('rollback-twice'),
-    config: { redis: { url: redis.url } },
-    broker: { dataLossCheckMs: 600_000 },
-  });
-}, 60_000);
-afterAll(async () => {
-  await t?.broker.close().catch(() => {});
-  await redis?.stop();
-});
+const own = brokerOnOwnRedis('rollback-twice', { broker: { dataLossCheckMs: 600_000 } });
 
 test('a rollback recovery stalled before it recorded (its lock lapsed, another recovered meanwhile) records no second data loss (found by red team)', async () => {
+  const { t, redis } = own;
   const { deps } = t.broker;
   const file = resolvePath(t.config.audit.export.file);
   const admin = redis.client();

@@ -1,6 +1,6 @@
 import type { Command, Redis } from 'ioredis';
-import { ORCH, AGENT, call, startTestBroker, type TestBroker } from '../helpers/broker.ts';
-import { type RedisStandalone, startStandalone } from '../helpers/redis-topology.ts';
+import { ORCH, AGENT, call } from '../helpers/broker.ts';
+import { brokerOnOwnRedis } from '../helpers/own-redis-broker.ts';
 
 /**
  * Red team, a bad day: Redis stalls (a frozen host, a long fork, a network
@@ -12,19 +12,10 @@ import { type RedisStandalone, startStandalone } from '../helpers/redis-topology
  * by src/redis/stall-guard.ts: after one timeout, commands fail fast until
  * Redis answers a PING.
  */
-let redis: RedisStandalone;
-let t: TestBroker;
-
-beforeAll(async () => {
-  redis = await startStandalone();
-  t = await startTestBroker('rt-stall', { config: { redis: { url: redis.url, prefix: `rt-stall-${Date.now()}` } } });
-});
-afterAll(async () => {
-  await t?.close();
-  await redis?.stop();
-});
+const own = brokerOnOwnRedis('rt-stall');
 
 test('a stalled Redis fails a credential request with 503 within about redis.commandTimeoutMs', async () => {
+  const { t, redis } = own;
   const opened = await call(t.url, 'POST', '/v1/tasks', t.as(ORCH), {
     taskId: 'rt-stall-1',
     agent: `spiffe://dev.local${AGENT}`,

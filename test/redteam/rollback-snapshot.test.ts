@@ -1,5 +1,5 @@
-import { AGENT, ADMIN, ORCH, call, startTestBroker, type TestBroker, waitFor } from '../helpers/broker.ts';
-import { type RedisStandalone, startStandalone } from '../helpers/redis-topology.ts';
+import { AGENT, ADMIN, ORCH, call, waitFor } from '../helpers/broker.ts';
+import { brokerOnOwnRedis } from '../helpers/own-redis-broker.ts';
 
 /**
  * Red team 5 (copied from their probe): Redis restarted from an older RDB snapshot (an operator restores last night's backup, or a
@@ -7,24 +7,12 @@ import { type RedisStandalone, startStandalone } from '../helpers/redis-topology
  * broker sees "same dataset" and does not treat it as a data loss, yet everything decided after the snapshot is gone:
  * a completed task is open again, revoked leases are active again, quarantines are lifted.
  */
-let redis: RedisStandalone;
-let t: TestBroker;
-
-beforeAll(async () => {
-  redis = await startStandalone();
-  t = await startTestBroker('rt5-rollback', {
-    config: { redis: { url: redis.url, prefix: `rt5-rb-${Date.now()}` } },
-    broker: { dataLossCheckMs: 100 },
-  });
-}, 60_000);
-afterAll(async () => {
-  await t?.close();
-  await redis?.stop();
-});
+const own = brokerOnOwnRedis('rt5-rollback', { broker: { dataLossCheckMs: 100 } });
 
 const agentId = `spiffe://dev.local${AGENT}`;
 
 async function introspect(token: string): Promise<any> {
+  const { t } = own;
   const res = await fetch(`${t.url}/v1/introspect`, {
     method: 'POST',
     headers: { ...t.as('/resource/tickets'), 'content-type': 'application/x-www-form-urlencoded' },
@@ -34,6 +22,7 @@ async function introspect(token: string): Promise<any> {
 }
 
 async function rollBack(work: () => Promise<void>): Promise<void> {
+  const { t, redis } = own;
   const admin = redis.client();
   await admin.connect();
   expect(await admin.call('SAVE')).toBe('OK');
@@ -47,6 +36,7 @@ async function rollBack(work: () => Promise<void>): Promise<void> {
 }
 
 test('a task completed after the snapshot stays completed: its agent cannot issue again, its revoked token stays inactive', async () => {
+  const { t } = own;
   const opened = await call(t.url, 'POST', '/v1/tasks', t.as(ORCH), {
     taskId: 'rb-1',
     agent: agentId,
@@ -77,6 +67,7 @@ test('a task completed after the snapshot stays completed: its agent cannot issu
 }, 90_000);
 
 test('a quarantine added after the snapshot holds after the rollback', async () => {
+  const { t } = own;
   const bad = '/agent/leaky';
   await rollBack(async () => {
     const q = await call(t.url, 'POST', '/v1/admin/quarantine', t.as(ADMIN), { agent: `spiffe://dev.local${bad}`, reason: 'leaked' });
