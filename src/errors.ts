@@ -141,7 +141,8 @@ export const ERRORS = {
   },
   not_lease_party: {
     status: 403,
-    means: "Only the lease's agent, its task's orchestrator or an admin may read or revoke it.",
+    means:
+      "Only the lease's agent, its task's orchestrator, the orchestrator or agent of a task above it, or an admin may read or revoke it.",
     fix: 'Call as one of them.',
   },
   not_approval_party: {

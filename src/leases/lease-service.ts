@@ -9,6 +9,7 @@ import type { TaskRecord } from '../tasks/types.ts';
 import { LeaseStore } from './lease-store.ts';
 import type { LeaseRecord, RevokeReason } from './types.ts';
 import { taskOfLease } from '../tasks/incarnation.ts';
+import { readsAnAncestor } from '../tasks/readers.ts';
 import { type VerifiedToken, VerifiedTokens } from './verified-tokens.ts';
 
 /** RFC 7662 answer. Anything not active is exactly `{ active: false }`. */
@@ -47,7 +48,10 @@ export class LeaseService {
     this.deps = deps;
   }
 
-  /** The lease and its task's status; for the lease's agent, the task's orchestrator, or an admin. */
+  /**
+   * The lease and its task's status; for the lease's agent, the task's orchestrator, whoever may read a task above
+   * it (the lease is in that task's tree), or an admin.
+   */
   async get(who: WorkloadIdentity, leaseId: string): Promise<{ lease: LeaseRecord; taskStatus?: string }> {
     const { lease, task } = await this.load(who, leaseId);
     return { lease, ...(task ? { taskStatus: task.status } : {}) };
@@ -59,7 +63,7 @@ export class LeaseService {
    * handed to the worker (an `issuing` one as soon as its issuance finishes).
    */
   async revoke(who: WorkloadIdentity, leaseId: string): Promise<{ leaseId: string; status: string }> {
-    const { lease, task } = await this.load(who, leaseId);
+    const { lease, task, party } = await this.load(who, leaseId);
     const policies = await authorize(
       this.deps,
       who,
@@ -74,7 +78,7 @@ export class LeaseService {
     if (LeaseStore.isEnded(lease.status)) return { leaseId, status: lease.status };
     const now = this.deps.clock.now();
     // A party to the lease revokes its own; anyone else here is an admin (load refused everyone else).
-    const reason = who.id === lease.agent || who.id === task?.openedBy ? 'revoked_by_caller' : 'revoked_by_admin';
+    const reason = party ? 'revoked_by_caller' : 'revoked_by_admin';
     await this.deps.audit.append({
       action: 'lease.revoke',
       actor: who.id,
@@ -92,20 +96,32 @@ export class LeaseService {
     return { leaseId, status };
   }
 
-  /** The lease and its task, if `who` may see them; a refusal is audited. */
-  private async load(who: WorkloadIdentity, leaseId: string): Promise<{ lease: LeaseRecord; task?: TaskRecord }> {
+  /**
+   * The lease and its task, if `who` may see them; a refusal is audited. `party`: `who` is the lease's agent, its
+   * task's orchestrator or a party to a task above it (the root's orchestrator stops one sub-agent's credential
+   * without ending the tree), not only an admin.
+   */
+  private async load(who: WorkloadIdentity, leaseId: string): Promise<{ lease: LeaseRecord; task?: TaskRecord; party: boolean }> {
     const lease = await this.deps.leases.get(leaseId);
     if (!lease) throw notFound('lease_not_found', `No lease ${leaseId}.`);
     // Under a reused task id, the orchestrator of the task there now is not this lease's.
     const task = taskOfLease(lease, await this.deps.tasks.get(lease.taskId));
-    if (who.id !== lease.agent && who.id !== task?.openedBy && !this.deps.patterns.admins.matches(who.id)) {
-      await deny(this.deps, who, 'not_lease_party', "Only the lease's agent, its task's orchestrator or an admin may read it.", {
-        action: 'access.deny',
-        taskId: lease.taskId,
-        leaseId,
-      });
+    const party =
+      who.id === lease.agent || who.id === task?.openedBy || (task !== undefined && (await readsAnAncestor(this.deps, who, task)));
+    if (!party && !this.deps.patterns.admins.matches(who.id)) {
+      await deny(
+        this.deps,
+        who,
+        'not_lease_party',
+        "Only the lease's agent, its task's orchestrator, a party to a task above it or an admin may read it.",
+        {
+          action: 'access.deny',
+          taskId: lease.taskId,
+          leaseId,
+        },
+      );
     }
-    return { lease, ...(task ? { task } : {}) };
+    return { lease, ...(task ? { task } : {}), party };
   }
 
   /**

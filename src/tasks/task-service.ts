@@ -9,8 +9,9 @@ import type { WorkloadIdentity } from '../identity/types.ts';
 import type { LeaseRecord } from '../leases/types.ts';
 import { descriptorOf } from '../providers/index.ts';
 import { attenuate } from './delegation.ts';
+import { isTaskParty, readsAnAncestor } from './readers.ts';
 import { StaleTask, type TaskStore } from './task-store.ts';
-import { ancestorTaskIds, type Grant, rootTaskId, type TaskEndReason, type TaskFixed, type TaskRecord, type TaskStatus } from './types.ts';
+import { type Grant, rootTaskId, type TaskEndReason, type TaskFixed, type TaskRecord, type TaskStatus } from './types.ts';
 
 /** Longest task id the broker makes (a root id plus `~<name>` per delegation level). */
 const MAX_TASK_ID = 512;
@@ -202,7 +203,7 @@ export class TaskService {
     // Cached only for a caller who may read it: a stranger naming task ids does not fill the cache.
     const [task] = await this.deps.tasks.recordsOf([taskId], (t) => this.mayRead(who, t));
     if (!task) throw notFound('task_not_found', `No task ${taskId}.`);
-    if (!this.mayRead(who, task) && !(await this.readsAnAncestor(who, task))) {
+    if (!this.mayRead(who, task) && !(await readsAnAncestor(this.deps, who, task))) {
       await deny(
         this.deps,
         who,
@@ -217,21 +218,9 @@ export class TaskService {
     return task;
   }
 
-  /**
-   * Whether `who` may read one of `task`'s ancestors, and so the task: whoever reads a task sees its sub-tasks in
-   * its tree and its evidence, so the root orchestrator may also open each of them (it completes them with the
-   * root). Only an ancestor opened no later than the task counts: an ancestor id opened again after its first
-   * task left Redis is another task, and its orchestrator is no party to the old sub-task.
-   */
-  private async readsAnAncestor(who: WorkloadIdentity, task: TaskRecord): Promise<boolean> {
-    if (!task.parentTaskId) return false;
-    const ancestors = await this.deps.tasks.recordsOf(ancestorTaskIds(task.taskId), (t) => this.mayRead(who, t));
-    return ancestors.some((a) => a.createdAt <= task.createdAt && this.mayRead(who, a));
-  }
-
   /** Whether `who` may read `task`. */
   mayRead(who: WorkloadIdentity, task: Pick<TaskFixed, 'openedBy' | 'agent'>): boolean {
-    return who.id === task.openedBy || who.id === task.agent || this.deps.patterns.admins.matches(who.id);
+    return isTaskParty(this.deps, who, task);
   }
 
   /**

@@ -131,6 +131,49 @@ test("whoever reads a task reads its sub-tasks: the root's orchestrator opens ea
   expect({ status: stranger.status, code: stranger.body.code }).toEqual({ status: 403, code: 'not_task_party' });
 });
 
+test("whoever reads a sub-task reads and may revoke its leases: the root's orchestrator stops one sub-agent's credential without ending the tree", async () => {
+  const root = await call(t.url, 'POST', '/v1/tasks', t.as(ORCH), {
+    taskId: 'lease-tree',
+    agent: A,
+    tenant: 'acme',
+    purpose: 'root',
+    ttlSeconds: 600,
+    grants: [{ role: 'demo-api', maxTtlSeconds: 120 }],
+  });
+  expect(root.status).toBe(201);
+  const child = await call(t.url, 'POST', '/v1/tasks', t.as(AGENT), {
+    parentTaskId: 'lease-tree',
+    taskId: 'c',
+    agent: B,
+    ttlSeconds: 300,
+    grants: [{ role: 'demo-api' }],
+  });
+  expect(child.status).toBe(201);
+  const issue = () => call(t.url, 'POST', '/v1/credentials', t.as('/agent/researcher'), { taskId: 'lease-tree~c', role: 'demo-api' });
+  const [one, two] = [await issue(), await issue()];
+  expect([one.status, two.status]).toEqual([201, 201]);
+
+  // Reading goes down the tree: the root's orchestrator and agent read the sub-task's lease, as they see it in its tree.
+  for (const who of [ORCH, AGENT]) {
+    const r = await call(t.url, 'GET', `/v1/leases/${one.body.leaseId}`, t.as(who));
+    expect({ who, status: r.status, leaseId: r.body.leaseId }).toEqual({ who, status: 200, leaseId: one.body.leaseId });
+  }
+  // Never up or sideways: a stranger still may not.
+  const stranger = await call(t.url, 'GET', `/v1/leases/${one.body.leaseId}`, t.as('/orchestrator/other'));
+  expect({ status: stranger.status, code: stranger.body.code }).toEqual({ status: 403, code: 'not_lease_party' });
+  const strangerDelete = await call(t.url, 'DELETE', `/v1/leases/${one.body.leaseId}`, t.as('/orchestrator/other'));
+  expect({ status: strangerDelete.status, code: strangerDelete.body.code }).toEqual({ status: 403, code: 'not_lease_party' });
+
+  // The root's orchestrator revokes one lease as a party (not as an admin); the task and the other lease stay.
+  const del = await call(t.url, 'DELETE', `/v1/leases/${one.body.leaseId}`, t.as(ORCH));
+  expect(del.status).toBe(202);
+  await waitFor(async () => (await call(t.url, 'GET', `/v1/leases/${one.body.leaseId}`, t.as(ORCH))).body.status === 'revoked');
+  const ended = await call(t.url, 'GET', `/v1/leases/${one.body.leaseId}`, t.as(ORCH));
+  expect(ended.body.reason).toBe('revoked_by_caller');
+  expect((await call(t.url, 'GET', `/v1/leases/${two.body.leaseId}`, t.as(ORCH))).body.status).toBe('active');
+  expect((await call(t.url, 'GET', '/v1/tasks/lease-tree~c', t.as(ORCH))).body.status).toBe('open');
+});
+
 test("a root id opened again after its task left Redis gives its new orchestrator no read of the old task's sub-tasks", async () => {
   const open = (who: string) =>
     call(t.url, 'POST', '/v1/tasks', t.as(who), {
