@@ -51,6 +51,9 @@ function scopesFrom(req: Request): string[] | undefined {
 export function containerCredentialsRouter(deps: ContainerCredentialsDeps): Router {
   const router = Router();
   router.get('/v1/aws/container-credentials/:taskId/:role', async (req: Request<{ taskId: string; role: string }>, res: Response) => {
+    // Express hands HEAD to this GET route, body dropped: that issued a credential (an STS session, a lease, an issue
+    // record) and threw the keys away. This GET is no read; no SDK sends HEAD: answered as a route the API does not have.
+    if (req.method === 'HEAD') return refuse(res, 'route_not_found', 'No route HEAD here; AWS SDKs fetch credentials with GET.');
     const { taskId, role } = req.params;
     const auth = req.get('authorization')?.trim();
     if (!auth) return refuse(res, 'identity_missing', 'Set AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE to a file holding the workload JWT.');

@@ -95,9 +95,25 @@ export function revokeError(err: unknown, action: string): Error {
 
 /**
  * Vault's answers that mean "already gone": an unknown accessor or lease
- * (400), or nothing at that path (404). Revocation treats them as success.
+ * (400), or nothing at that path (404). Rotation treats them as success
+ * (a secret-id, or an AppRole role, that no longer exists).
  */
 export function isAlreadyGone(err: unknown): boolean {
   const f = classify(err);
   return f.kind === 'not_found' || (f.kind === 'invalid' && /invalid (accessor|lease)|lease not found|not found/i.test(f.message));
+}
+
+/**
+ * Whether a failed revocation call (`auth/token/revoke-accessor`, `sys/leases/revoke`) is Vault saying
+ * the credential no longer exists: a 400 naming the accessor or lease unknown. Never a 404: Vault
+ * answers an unknown lease 204 and an unknown accessor 400, so a 404 there comes from whatever stands
+ * between the broker and Vault (an ingress or load balancer without a route for a moment, a proxy's
+ * path prefix gone) and confirms nothing; taken for "gone", it ended leases `revoked` while their
+ * credentials went on working (test/blackbox/vault-revoke-404.test.ts).
+ */
+export function isRevokedAlready(err: unknown): boolean {
+  const f = classify(err);
+  // Only the words Vault uses for an unknown accessor or lease: a 400 from a secrets engine's backend that merely
+  // mentions "not found" (a database plugin failing to drop a user) confirms nothing and is retried.
+  return f.kind === 'invalid' && /invalid (accessor|lease)|lease not found/i.test(f.message);
 }
