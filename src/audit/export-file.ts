@@ -88,6 +88,8 @@ const BACKWARD_CHUNK = 64 * 1024;
  */
 export async function openExportFileBackward(path: string): Promise<{
   header: string | undefined;
+  /** The file is empty (a new file whose header was never written: the writer takes it as new). */
+  empty: boolean;
   lines: AsyncGenerator<ExportEntry>;
   close: () => Promise<void>;
 }> {
@@ -120,7 +122,7 @@ export async function openExportFileBackward(path: string): Promise<{
         if (e) yield e;
       }
     }
-    return { header, lines: lines(), close: () => fh.close() };
+    return { header, empty: size === 0, lines: lines(), close: () => fh.close() };
   } catch (err) {
     await fh.close().catch(() => {});
     throw err;

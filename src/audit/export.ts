@@ -1,3 +1,4 @@
+import { randomBytes } from 'node:crypto';
 import type { Logger } from '../logger.ts';
 import type { AuditChain, Keys } from '../redis/keys.ts';
 import { type HeldLock, reportTakeover, withLock } from '../redis/lock.ts';
@@ -280,6 +281,8 @@ export class AuditExporter {
     let marker = exported ?? '';
     let after = await this.locate(chain, marker);
     const pageSize = this.o.pageSize ?? 250;
+    /** Names this pass's notes in Keys.auditExportPending. */
+    const passId = randomBytes(6).toString('base64url');
     // An earlier pass noted it would append past the marker and never moved it (it crashed or stalled between its
     // append and the marker move): what of that the file holds, by seq. Those records are not appended again.
     let inFile = markerSeq(pending ?? '') > markerSeq(marker) ? await this.inFileAfter(chain, markerSeq(marker)) : undefined;
@@ -347,7 +350,10 @@ export class AuditExporter {
       const next = `${last.seq}:${last.hash}`;
       if (lines.length > 0) {
         // The note of how far this append goes, written only while the lock is ours (the check before every write).
-        if (held.aborted || !(await lock.write(keys.auditExportPending(chain), next)))
+        // It names this pass: the fenced write counts a key already holding its value as written (a resend), and a
+        // successor that exported this very page holds `next` there too, which let a pass whose lock lapsed append
+        // the page a second time (test/audit/export-pending-fence.test.ts).
+        if (held.aborted || !(await lock.write(keys.auditExportPending(chain), `${next} ${passId}`)))
           throw new Error('audit export: lost the export lock mid-pass');
         try {
           await this.writer.append(lines);

@@ -232,8 +232,8 @@ export class Keys {
     return `${this.auditBase(chain)}audit-exported`;
   }
   /**
-   * `<seq>:<hash>` of the last record an exporter was about to append to the export file for the chain (set
-   * before each page's append, under the export lock, in its slot: the global one). Further than the chain's
+   * `<seq>:<hash> <pass>` of the last record an exporter was about to append to the export file for the chain,
+   * and the pass that was (set before each page's append, under the export lock, in its slot: the global one). Further than the chain's
    * export marker, a pass may have appended records and stopped before moving the marker (a crash, a stall
    * past the lock's hold): the next pass reads the end of the file and does not append those again.
    */
