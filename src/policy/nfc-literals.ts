@@ -12,52 +12,38 @@ import type { PolicyJson } from '@cedar-policy/cedar-wasm/nodejs';
  * not normalised. Attribute names are too (claim names are not normalised either).
  */
 export function firstNonNfcLiteral(policy: PolicyJson): string | undefined {
-  for (const c of policy.conditions ?? []) {
-    const found = inExpr(c.body);
+  return firstOf(policy.conditions ?? [], (c) => inExpr(c.body));
+}
+
+const notNfc = (s: string) => s !== s.normalize('NFC');
+
+/** The first defined answer of `f` over `items`. */
+function firstOf<T>(items: Iterable<T>, f: (x: T) => string | undefined): string | undefined {
+  for (const x of items) {
+    const found = f(x);
     if (found !== undefined) return found;
   }
   return undefined;
 }
 
-const notNfc = (s: string) => s !== s.normalize('NFC');
-
 /** A string in an expression's literal values (`Value`) or `like` patterns that is not NFC. */
 function inExpr(e: unknown): string | undefined {
-  if (Array.isArray(e)) {
-    for (const x of e) {
-      const f = inExpr(x);
-      if (f !== undefined) return f;
-    }
-    return undefined;
-  }
+  if (Array.isArray(e)) return firstOf(e, inExpr);
   if (e === null || typeof e !== 'object') return undefined;
-  for (const [k, v] of Object.entries(e)) {
-    let found: string | undefined;
-    if (k === 'Value') found = inValue(v);
-    else if (k === 'like' && v && typeof v === 'object') found = inPattern((v as { pattern?: unknown }).pattern) ?? inExpr(v);
-    else found = inExpr(v);
-    if (found !== undefined) return found;
-  }
-  return undefined;
+  return firstOf(Object.entries(e), ([k, v]) => {
+    if (k === 'Value') return inValue(v);
+    if (k === 'like' && v && typeof v === 'object') return inPattern((v as { pattern?: unknown }).pattern) ?? inExpr(v);
+    return inExpr(v);
+  });
 }
 
 /** A literal value (string, set, record) holding a non-NFC string; entity ids and extension calls skipped. */
 function inValue(v: unknown): string | undefined {
   if (typeof v === 'string') return notNfc(v) ? v : undefined;
-  if (Array.isArray(v)) {
-    for (const x of v) {
-      const f = inValue(x);
-      if (f !== undefined) return f;
-    }
-    return undefined;
-  }
+  if (Array.isArray(v)) return firstOf(v, inValue);
   if (v === null || typeof v !== 'object') return undefined;
   if ('__entity' in v || '__extn' in v) return undefined;
-  for (const x of Object.values(v)) {
-    const f = inValue(x);
-    if (f !== undefined) return f;
-  }
-  return undefined;
+  return firstOf(Object.values(v), inValue);
 }
 
 /** A `like` pattern's literal text (Cedar gives it a character at a time between wildcards) that is not NFC. */
