@@ -94,20 +94,26 @@ export class AuditLog {
    * it is re-chained.
    */
   async appendTo(chain: AuditChain, event: AuditEvent, time?: string): Promise<void> {
-    if (time !== undefined && (this.lateWaiting > 0 || this.isLate(Date.parse(time)))) {
-      // Re-chained records are appended in the order given (Promise.all of many): a late one waits for its
-      // lateness to be noted, and the ones after it wait behind it rather than overtake it.
-      const at = Date.parse(time);
-      const mine = this.lateTail.then(() => (this.isLate(at) ? this.noteLate(chain, at) : undefined));
-      this.lateTail = mine.catch(() => {});
-      this.lateWaiting += 1;
-      try {
-        await mine;
-      } finally {
-        this.lateWaiting -= 1;
-      }
-    }
+    const late = this.lateWait(chain, time);
+    if (late) await late;
     await this.write(chain, event, time);
+  }
+
+  /**
+   * Before a record with its own `time` is written: what to wait for while its lateness is noted, or undefined
+   * when on time (then it is written without a microtask: callers' records are sent in the order appended).
+   */
+  private lateWait(chain: AuditChain, time: string | undefined): Promise<void> | undefined {
+    if (time === undefined || (this.lateWaiting === 0 && !this.isLate(Date.parse(time)))) return undefined;
+    // Re-chained records are appended in the order given (Promise.all of many): a late one waits for its
+    // lateness to be noted, and the ones after it wait behind it rather than overtake it.
+    const at = Date.parse(time);
+    const mine = this.lateTail.then(() => (this.isLate(at) ? this.noteLate(chain, at) : undefined));
+    this.lateTail = mine.catch(() => {});
+    this.lateWaiting += 1;
+    return mine.finally(() => {
+      this.lateWaiting -= 1;
+    });
   }
 
   private isLate(at: number): boolean {
@@ -191,11 +197,14 @@ export class AuditLog {
    * Appends `event` to `chain` once per `id` (a stable identity, unique within the chain; no space): Redis keeps
    * the ids written (Keys.auditOnce) and checks it in the append's own step (audit-append.lua), so a step
    * that failed part-way and is run again, or run by two instances, writes each of its records once. Resolves
-   * whether this call wrote it (false: written before).
+   * whether this call wrote it (false: written before). `time`: the record's own time, as for appendTo (a
+   * record taken off a chain and appended again behind the export's end keeps its time).
    */
-  appendOnce(chain: AuditChain, event: AuditEvent, id: string): Promise<boolean> {
+  appendOnce(chain: AuditChain, event: AuditEvent, id: string, time?: string): Promise<boolean> {
     if (id === '' || id.includes(' ')) return Promise.reject(new Error('audit: a record identity must be non-empty, without spaces'));
-    return this.write(chain, event, undefined, `${ONCE_PREFIX}${id}`);
+    const late = this.lateWait(chain, time);
+    const member = `${ONCE_PREFIX}${id}`;
+    return late ? late.then(() => this.write(chain, event, time, member)) : this.write(chain, event, time, member);
   }
 
   /**

@@ -12,9 +12,10 @@ import { markerSeq } from '../audit/retention.ts';
 import { type RedisClient, script } from '../redis/scripts.ts';
 import type { SigningKeyStore } from '../signing/key-store.ts';
 import type { Reapplied } from './reapply.ts';
-import { type ChainRepair, type RollbackSign, RollbackWatch, repairChains } from './rollback.ts';
+import { type ChainRepair, dropKeptRepairs, orphanId, type RollbackSign, RollbackWatch, repairChains } from './rollback.ts';
 
 const claimRollback = script('rollback-claim');
+const markLoss = script('loss-mark');
 
 /**
  * The recovery lock. Every other instance is not ready (503) until the holder is done, so a holder killed
@@ -190,6 +191,9 @@ export class DataLossMonitor {
     if (epoch && keyCount > 0 && this.epoch === undefined) {
       // First look at a dataset another instance set up: was it rolled back while nobody watched?
       this.healthy = false;
+      // The records of a data loss whose recovery failed before it wrote them all (the instance may be gone):
+      // before the epoch is taken as seen, so a failure here is tried again at the next check.
+      await this.writeLoss();
       const sign = await this.watch.againstExport(this.d.exportFile, this.d.keys.prefix);
       this.epoch = epoch;
       await this.d.signing.reload();
@@ -259,8 +263,12 @@ export class DataLossMonitor {
       // Each step only while the lock is still this instance's: one that lost it (cut off for a hold, taken by
       // another instance since) must not go on writing beside the new holder; the next check starts over.
       held.throwIfAborted();
-      // Records written on the rolled-back chains before this was noticed, behind the export's end, with their own time.
-      await Promise.all(repair.orphans.map((o) => this.d.audit.appendTo(o.chain, strip(o.record), o.record.time)));
+      if (repair.unreadable > 0)
+        this.d.logger.error({ entries: repair.unreadable }, 'kept rollback repairs that are not what the repair stores; left out');
+      // Records written on the rolled-back chains before this was noticed, behind the export's end, with their own
+      // time. Taken off the chains by this attempt or kept from an earlier one that took them off (repairChains),
+      // which may have appended some: each once.
+      await Promise.all(repair.orphans.map((o) => this.d.audit.appendOnce(o.chain, strip(o.record), orphanId(o.record), o.record.time)));
       held.throwIfAborted();
       const reapplied = await this.d.reapply(repair.reapply);
       held.throwIfAborted();
@@ -279,6 +287,11 @@ export class DataLossMonitor {
         [this.rollbackClaim, JSON.stringify(planned), ...sign.recoveriesSeen],
       )) as [string, string | null];
       if (stored !== null) await this.writeRollback(by, stored);
+      // Recorded (the repairs kept are in the claim's records, their records appended, their endings applied).
+      // Before the claim's records are dropped: an instance that finds a repair kept (RollbackWatch.unfinished)
+      // goes by those to write the records of that claim rather than a second set.
+      await dropKeptRepairs(this.d.redis, this.d.keys, repair.kept);
+      if (stored !== null) await this.d.redis.hdel(this.d.keys.rollbackPlans(), by);
       if (by !== this.rollbackClaim)
         this.d.logger.warn(
           { recovery: by, ...reapplied },
@@ -302,17 +315,16 @@ export class DataLossMonitor {
 
   /**
    * Writes the records a rollback recovery stored with its claim (rollback-claim.lua), each once per recovery
-   * (AuditLog.appendOnce: an attempt that wrote some and failed, or two instances at once, write none twice),
-   * then drops them from Redis.
+   * (AuditLog.appendOnce: an attempt that wrote some and failed, or two instances at once, write none twice);
+   * the caller drops them from Redis.
    */
   private async writeRollback(recovery: string, stored: string): Promise<void> {
-    const records = parseRollbackRecords(stored, this.d.keys.auditChains());
+    const records = parseStoredRecords(stored, this.d.keys.auditChains(), isRollbackEvent);
     if (!records) {
       this.d.logger.error({ recovery }, 'the records stored with a rollback claim are not records; not written');
       return;
     }
     await Promise.all(records.map((r) => this.d.audit.appendOnce(r.chain, r.event, `rollback:${recovery}`)));
-    await this.d.redis.hdel(this.d.keys.rollbackPlans(), recovery);
   }
 
   private async recover(lostSeen: boolean): Promise<void> {
@@ -332,6 +344,7 @@ export class DataLossMonitor {
     this.d.clearCaches();
     this.d.audit.resetHeads();
     let recorded = false;
+    let signingRecorded = false;
     const done = await withLock(
       this.d.redis,
       this.d.keys.lock('recovery'),
@@ -364,23 +377,24 @@ export class DataLossMonitor {
             await Promise.all(continued.flatMap((c) => c.orphans.map((o) => this.d.audit.appendTo(c.chain, strip(o.record), o.time))));
           }
           held.throwIfAborted();
+          // The records are stored with the marker, in its step, and written from there (writeLoss), each once:
+          // written after it, an attempt that failed between the two (or part-way through them) left the rest
+          // unwritten for good, as the marker told every later attempt the loss was recorded.
+          const records = lost ? lossRecords(continued, archive.quarantines.length) : [];
+          if (lost && created) records.push({ chain: 'ops', event: SIGNING_RECREATED });
           // Refused: another instance finished this recovery (it took the lock after this one's lapsed under
           // a stall) and recorded the loss; a second record would count one loss twice.
-          const marked = await this.d.redis.set(this.d.keys.epoch(), randomUUID(), 'NX');
-          if (lost && marked !== null) {
-            await this.recordLoss(continued, archive.quarantines.length);
-            recorded = true;
-          }
+          const marked = await markLoss.run(
+            this.d.redis,
+            [this.d.keys.epoch(), this.d.keys.lossRecords()],
+            [randomUUID(), records.length > 0 ? JSON.stringify(records) : ''],
+          );
+          signingRecorded = marked === 1 && lost && created;
         }
-        if (created && lost) {
-          await this.d.audit.append({
-            action: 'signing.recreated',
-            actor: 'broker',
-            decision: 'ok',
-            reason: 'redis_data_lost',
-            detail: { immediate: true },
-          });
-        }
+        // This attempt's records, or those of an attempt (this instance's or another's) that set the marker and
+        // failed before it wrote them all.
+        if (await this.writeLoss()) recorded = true;
+        if (created && lost && !signingRecorded) await this.d.audit.append(SIGNING_RECREATED);
       },
     );
     if (!done) throw new Error('another instance is recovering; will look again');
@@ -405,44 +419,72 @@ export class DataLossMonitor {
     }
   }
 
-  /** One `broker.data_loss` record in each chain that had records, and always one in `ops`. */
-  private async recordLoss(continued: Continuation[], quarantines: number): Promise<void> {
-    const byChain = new Map(continued.map((c) => [c.chain, c]));
-    if (!byChain.has('ops')) byChain.set('ops', { chain: 'ops', continuedFromSeq: 0, knownToSeq: undefined, orphans: [] });
-    await Promise.all(
-      [...byChain.values()].map((c) => {
-        const detail: Record<string, string | number | boolean> = { continuedFromSeq: c.continuedFromSeq };
-        // This instance's last head or a seal in the export went further than the export's records: at least
-        // those were lost. Other instances may have written more; nobody can know how much.
-        if (c.knownToSeq !== undefined && c.knownToSeq > c.continuedFromSeq) {
-          detail.lostFromSeq = c.continuedFromSeq + 1;
-          detail.lostToSeq = c.knownToSeq;
-          detail.lost = `at least ${c.continuedFromSeq + 1}..${c.knownToSeq}`;
-        } else {
-          detail.lost = 'none known';
-        }
-        if (c.orphans.length > 0) detail.rechained = c.orphans.length;
-        if (c.chain === 'ops') detail.quarantinesRestored = quarantines;
-        return this.d.audit.appendTo(c.chain, {
-          action: 'broker.data_loss',
-          actor: 'broker',
-          decision: 'ok',
-          reason: 'redis_data_lost',
-          detail,
-        });
-      }),
-    );
+  /**
+   * Writes the records of data losses stored with their marker (loss-mark.lua), each once per loss
+   * (AuditLog.appendOnce: an attempt that wrote some and failed, or two instances at once, write none twice),
+   * then drops them from Redis. Resolves whether there were any.
+   */
+  private async writeLoss(): Promise<boolean> {
+    const stored = await this.d.redis.hgetall(this.d.keys.lossRecords());
+    const epochs = Object.keys(stored);
+    for (const epoch of epochs) {
+      const records = parseStoredRecords(stored[epoch]!, this.d.keys.auditChains(), isLossEvent);
+      if (records) await Promise.all(records.map((r, i) => this.d.audit.appendOnce(r.chain, r.event, `loss:${epoch}:${i}`)));
+      else this.d.logger.error({ epoch }, 'the records stored with a data-loss marker are not records; not written');
+      await this.d.redis.hdel(this.d.keys.lossRecords(), epoch);
+    }
+    return epochs.length > 0;
   }
 }
 
-/** A rollback's record for one chain, as stored with its claim. */
-interface RollbackRecord {
+const SIGNING_RECREATED: AuditEvent = {
+  action: 'signing.recreated',
+  actor: 'broker',
+  decision: 'ok',
+  reason: 'redis_data_lost',
+  detail: { immediate: true },
+};
+
+/** One `broker.data_loss` record in each chain that had records, and always one in `ops`. */
+function lossRecords(continued: Continuation[], quarantines: number): StoredRecord[] {
+  const byChain = new Map(continued.map((c) => [c.chain, c]));
+  if (!byChain.has('ops')) byChain.set('ops', { chain: 'ops', continuedFromSeq: 0, knownToSeq: undefined, orphans: [] });
+  return [...byChain.values()].map((c) => {
+    const detail: Record<string, string | number | boolean> = { continuedFromSeq: c.continuedFromSeq };
+    // This instance's last head or a seal in the export went further than the export's records: at least
+    // those were lost. Other instances may have written more; nobody can know how much.
+    if (c.knownToSeq !== undefined && c.knownToSeq > c.continuedFromSeq) {
+      detail.lostFromSeq = c.continuedFromSeq + 1;
+      detail.lostToSeq = c.knownToSeq;
+      detail.lost = `at least ${c.continuedFromSeq + 1}..${c.knownToSeq}`;
+    } else {
+      detail.lost = 'none known';
+    }
+    if (c.orphans.length > 0) detail.rechained = c.orphans.length;
+    if (c.chain === 'ops') detail.quarantinesRestored = quarantines;
+    return { chain: c.chain, event: { action: 'broker.data_loss', actor: 'broker', decision: 'ok', reason: 'redis_data_lost', detail } };
+  });
+}
+
+/** What a data loss's stored records may be (Redis is writable by others: nothing but the broker's own). */
+const isLossEvent = (e: AuditEvent): boolean =>
+  e.actor === 'broker' &&
+  e.decision === 'ok' &&
+  e.reason === 'redis_data_lost' &&
+  (e.action === 'broker.data_loss' || e.action === 'signing.recreated');
+
+/** What a rollback's stored records may be. */
+const isRollbackEvent = (e: AuditEvent): boolean =>
+  e.action === 'broker.data_loss' && e.actor === 'broker' && e.decision === 'ok' && e.reason === 'redis_rolled_back';
+
+/** A record for one chain, as stored in Redis before it is written (with a rollback's claim, a loss's marker). */
+interface StoredRecord {
   chain: AuditChain;
   event: AuditEvent;
 }
 
 /** One `broker.data_loss` record (reason `redis_rolled_back`) in `ops` and in each chain the repair changed. */
-function rollbackRecords(sign: RollbackSign, chains: ChainRepair[], reapplied: Reapplied, recovery: string): RollbackRecord[] {
+function rollbackRecords(sign: RollbackSign, chains: ChainRepair[], reapplied: Reapplied, recovery: string): StoredRecord[] {
   const byChain = new Map(chains.map((c) => [c.chain, c]));
   if (!byChain.has('ops')) byChain.set('ops', { chain: 'ops', redisHead: '', continuedFrom: '', rechained: 0 });
   return [...byChain.values()].map((c) => {
@@ -471,10 +513,14 @@ function rollbackRecords(sign: RollbackSign, chains: ChainRepair[], reapplied: R
 }
 
 /**
- * The records stored with a rollback claim, or undefined when they are not what rollbackRecords makes (Redis is
- * writable by others: nothing but a `broker.data_loss` record of the broker's, on a chain of this deployment).
+ * Records stored in Redis to be written (with a rollback's claim, a loss's marker), or undefined when they are not
+ * what the broker stores (Redis is writable by others: nothing but records `allowed`, on chains of this deployment).
  */
-function parseRollbackRecords(stored: string, chains: readonly AuditChain[]): RollbackRecord[] | undefined {
+function parseStoredRecords(
+  stored: string,
+  chains: readonly AuditChain[],
+  allowed: (e: AuditEvent) => boolean,
+): StoredRecord[] | undefined {
   let v: unknown;
   try {
     v = JSON.parse(stored);
@@ -482,7 +528,7 @@ function parseRollbackRecords(stored: string, chains: readonly AuditChain[]): Ro
     return undefined;
   }
   if (!Array.isArray(v)) return undefined;
-  const ok = v.every((r: Partial<RollbackRecord> | null) => {
+  const ok = v.every((r: Partial<StoredRecord> | null) => {
     const e = r?.event;
     return (
       r !== null &&
@@ -490,13 +536,10 @@ function parseRollbackRecords(stored: string, chains: readonly AuditChain[]): Ro
       chains.includes(r.chain as AuditChain) &&
       typeof e === 'object' &&
       e !== null &&
-      e.action === 'broker.data_loss' &&
-      e.actor === 'broker' &&
-      e.decision === 'ok' &&
-      e.reason === 'redis_rolled_back'
+      allowed(e as AuditEvent)
     );
   });
-  return ok ? (v as RollbackRecord[]) : undefined;
+  return ok ? (v as StoredRecord[]) : undefined;
 }
 
 /** The event of a stored record (its chain fields are given again when it is re-appended). */

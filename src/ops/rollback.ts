@@ -5,15 +5,19 @@ import { markerSeq } from '../audit/retention.ts';
 import type { AuditChain, Keys } from '../redis/keys.ts';
 import { type RedisClient, script } from '../redis/scripts.ts';
 
-const markScript = script('audit-mark');
+const repairScript = script('rollback-repair');
 
 /** How long an instance's generation counter outlives the instance (refreshed at every look). */
 const GENERATION_TTL_MS = 86_400_000;
 
 /** What showed that Redis went back in time. */
 export interface RollbackSign {
-  /** generation: this instance's counter went back; chain: a chain head this instance wrote went back; export: the export is ahead of Redis. */
-  seen: 'generation' | 'chain' | 'export';
+  /**
+   * generation: this instance's counter went back; chain: a chain head this instance wrote went back; export: the
+   * export is ahead of Redis; unfinished: a rollback recovery repaired a chain and did not record it (its
+   * instance died part-way: Keys.rollbackRepair).
+   */
+  seen: 'generation' | 'chain' | 'export' | 'unfinished';
   chain?: AuditChain;
   /** What Redis holds (a head `seq:hash`, or the counter). */
   redis: string;
@@ -236,7 +240,22 @@ export class RollbackWatch {
       const redis = headOf.get(chain) ?? '';
       if (isBehind(redis, exported)) return { seen: 'export', chain, redis, known: exported, recoveriesSeen: this.recoveries };
     }
-    return undefined;
+    return this.unfinished(chains, headOf);
+  }
+
+  /**
+   * A rollback recovery that repaired a chain and died before it was recorded (its repair still kept): what it
+   * took off the chain is to be appended again, its endings applied again, its records written. A recovery whose
+   * records are still stored with its claim (Keys.rollbackPlans) is not taken as seen, so the claim finds it and
+   * its records are written from there, each once, rather than a second set.
+   */
+  private async unfinished(chains: AuditChain[], headOf: Map<AuditChain, string>): Promise<RollbackSign | undefined> {
+    const kept = await Promise.all(chains.map((c) => this.redis.exists(this.keys.rollbackRepair(c))));
+    const chain = chains.find((_, i) => kept[i] === 1);
+    if (chain === undefined) return undefined;
+    const planned = new Set(await this.redis.hkeys(this.keys.rollbackPlans()));
+    const head = headOf.get(chain) ?? '';
+    return { seen: 'unfinished', chain, redis: head, known: head, recoveriesSeen: this.recoveries.filter((id) => !planned.has(id)) };
   }
 }
 
@@ -258,8 +277,88 @@ export interface Repair {
   chains: ChainRepair[];
   /** Ending records Redis no longer holds (from the export and from this process's memory), chain order. */
   reapply: AuditRecord[];
-  /** Records written on the rolled-back chain that clash with the export: to append again behind its end. */
+  /**
+   * Records written on the rolled-back chain that clash with the export, taken off it: to append again behind
+   * its end, each once (AuditLog.appendOnce with orphanId: an earlier attempt may have appended some).
+   */
   orphans: { chain: AuditChain; record: AuditRecord }[];
+  /**
+   * Chains whose repair is kept in Redis (Keys.rollbackRepair), this attempt's or an earlier one's: what is
+   * above includes it; dropped (dropKeptRepairs) once the recovery is recorded, not before.
+   */
+  kept: AuditChain[];
+  /** Kept entries that were not what the repair stores (Redis is writable by others): left out. */
+  unreadable: number;
+}
+
+/** What one repair step did to a chain, kept in Redis in that step (rollback-repair.lua). */
+interface KeptRepair {
+  repair?: ChainRepair;
+  orphans: AuditRecord[];
+  reapply: AuditRecord[];
+}
+
+/** The identity a record taken off a chain is appended again with (AuditLog.appendOnce): its seq and hash there. */
+export function orphanId(record: AuditRecord): string {
+  return `rechained:${record.seq}:${record.hash}`;
+}
+
+/** Drops the repairs kept for `chains` (after the recovery that took them is recorded). */
+export async function dropKeptRepairs(redis: RedisClient, keys: Keys, chains: readonly AuditChain[]): Promise<void> {
+  // One key at a time: on a Cluster each chain's is in its own slot.
+  await Promise.all(chains.map((c) => redis.del(keys.rollbackRepair(c))));
+}
+
+const isRecord = (r: unknown): r is AuditRecord => {
+  const x = r as Partial<AuditRecord> | null;
+  return (
+    typeof x === 'object' &&
+    x !== null &&
+    typeof x.seq === 'number' &&
+    typeof x.hash === 'string' &&
+    typeof x.time === 'string' &&
+    typeof x.action === 'string' &&
+    typeof x.actor === 'string'
+  );
+};
+
+/** A kept entry, or undefined when it is not one of `chain`'s (see Repair.unreadable). */
+function parseKept(entry: string, chain: AuditChain): KeptRepair | undefined {
+  let v: Partial<KeptRepair> | null;
+  try {
+    v = JSON.parse(entry) as Partial<KeptRepair> | null;
+  } catch {
+    return undefined;
+  }
+  if (typeof v !== 'object' || v === null || !Array.isArray(v.orphans) || !Array.isArray(v.reapply)) return undefined;
+  if (!v.orphans.every(isRecord) || !v.reapply.every(isRecord)) return undefined;
+  const r = v.repair;
+  if (r !== undefined && (typeof r !== 'object' || r === null || r.chain !== chain || typeof r.redisHead !== 'string')) return undefined;
+  if (r !== undefined && (typeof r.continuedFrom !== 'string' || typeof r.rechained !== 'number')) return undefined;
+  return v as KeptRepair;
+}
+
+/**
+ * One chain's repair from what its steps did, in order (kept ones first, this attempt's last): where it was when
+ * the first began, where the last left it, everything taken off, the widest range known lost.
+ */
+function mergeRepairs(chain: AuditChain, steps: KeptRepair[]): { repair?: ChainRepair; orphans: AuditRecord[]; reapply: AuditRecord[] } {
+  const repairs = steps.flatMap((s) => (s.repair ? [s.repair] : []));
+  const orphans = steps.flatMap((s) => s.orphans);
+  const byHash = new Map<string, AuditRecord>();
+  for (const r of steps.flatMap((s) => s.reapply)) if (!byHash.has(r.hash)) byHash.set(r.hash, r);
+  const reapply = [...byHash.values()].sort((a, b) => a.seq - b.seq);
+  if (repairs.length === 0) return { orphans, reapply };
+  const froms = repairs.flatMap((r) => (r.lostFromSeq !== undefined ? [r.lostFromSeq] : []));
+  const tos = repairs.flatMap((r) => (r.lostToSeq !== undefined ? [r.lostToSeq] : []));
+  const repair: ChainRepair = {
+    chain,
+    redisHead: repairs[0]!.redisHead,
+    continuedFrom: repairs[repairs.length - 1]!.continuedFrom,
+    rechained: repairs.reduce((n, r) => n + r.rechained, 0),
+    ...(froms.length > 0 && tos.length > 0 ? { lostFromSeq: Math.min(...froms), lostToSeq: Math.max(...tos) } : {}),
+  };
+  return { repair, orphans, reapply };
 }
 
 /**
@@ -367,9 +466,11 @@ export async function repairChains(
 ): Promise<Repair> {
   const { redis, keys } = deps;
   const chains = keys.auditChains();
-  const [heads, markers] = await Promise.all([
+  const [heads, markers, keptEntries] = await Promise.all([
     Promise.all(chains.map((c) => redis.get(keys.auditHead(c)))),
     Promise.all(chains.map((c) => redis.get(keys.auditExported(c)))),
+    // What earlier attempts (this instance's or another's) did: the chains they repaired look repaired now.
+    Promise.all(chains.map((c) => redis.lrange(keys.rollbackRepair(c), 0, -1))),
   ]);
   const markerOf = new Map(chains.map((c, i) => [c, markers[i] ?? '']));
   const tail = await readExportTail(
@@ -380,7 +481,7 @@ export async function repairChains(
     chains,
     { hashes: true },
   );
-  const out: Repair = { chains: [], reapply: [], orphans: [] };
+  const out: Repair = { chains: [], reapply: [], orphans: [], kept: [], unreadable: 0 };
   for (let i = 0; i < chains.length; i++) {
     const chain = chains[i]!;
     const head = heads[i] ?? '';
@@ -396,19 +497,14 @@ export async function repairChains(
     const orphans = diverged === undefined ? [] : inRedis.filter((x) => x.record.seq >= diverged);
     const base = diverged === undefined ? markerSeq(head) : diverged - 1;
     const last = t?.last;
-    let continuedFrom = head;
     signal?.throwIfAborted();
-    if (last && last.seq > base) {
-      continuedFrom = `${last.seq}:${last.hash}`;
-      if ((await markScript.run(redis, [keys.auditHead(chain)], [head, continuedFrom])) !== 1)
-        throw new Error(`audit chain ${chain} moved during the rollback repair; trying again`);
-      await redis.set(keys.auditExported(chain), continuedFrom);
-      if (orphans.length > 0) await redis.xdel(keys.auditStream(chain), ...orphans.map((o) => o.id));
-    } else if (last && last.seq > markerSeq(marker) && redisHash.get(last.seq) === last.hash) {
+    // Redis's history is replaced by the export's from here: the chain goes on from the export's last record.
+    const moves = last !== undefined && last.seq > base;
+    const continuedFrom = moves ? `${last.seq}:${last.hash}` : head;
+    if (!moves && last && last.seq > markerSeq(marker) && redisHash.get(last.seq) === last.hash) {
       // The export already holds Redis's records up to here: not exported a second time.
       await redis.set(keys.auditExported(chain), `${last.seq}:${last.hash}`);
     }
-    for (const o of orphans) out.orphans.push({ chain, record: o.record });
     // The export's endings Redis lost: after the point where Redis stops or differs.
     const lost = (t?.kept ?? []).filter((r) => r.seq > base);
     const told = new Set(lost.map((r) => r.hash));
@@ -425,18 +521,47 @@ export async function repairChains(
       lost.push(record);
       told.add(record.hash);
     }
-    out.reapply.push(...lost.sort((a, b) => a.seq - b.seq));
+    lost.sort((a, b) => a.seq - b.seq);
     const knownTo = Math.max(markerSeq(known.get(chain)), last?.seq ?? 0);
     const from = markerSeq(continuedFrom) + 1;
     const changed = continuedFrom !== head || orphans.length > 0 || lost.length > 0 || knownTo >= from;
-    if (!changed) continue;
-    out.chains.push({
-      chain,
-      redisHead: head,
-      continuedFrom,
-      rechained: orphans.length,
-      ...(knownTo >= from ? { lostFromSeq: from, lostToSeq: knownTo } : {}),
-    });
+    const step: KeptRepair = {
+      ...(changed || moves
+        ? {
+            repair: {
+              chain,
+              redisHead: head,
+              continuedFrom,
+              rechained: orphans.length,
+              ...(knownTo >= from ? { lostFromSeq: from, lostToSeq: knownTo } : {}),
+            },
+          }
+        : {}),
+      orphans: orphans.map((o) => o.record),
+      reapply: lost,
+    };
+    if (moves) {
+      // Kept in the step that changes the chain (intent with the side effect): taken off the chain, the records
+      // are no longer found by a later attempt, nor is anything this repair found.
+      signal?.throwIfAborted();
+      const moved = await repairScript.run(
+        redis,
+        [keys.auditHead(chain), keys.auditExported(chain), keys.auditStream(chain), keys.rollbackRepair(chain)],
+        [head, continuedFrom, JSON.stringify(step), ...orphans.map((o) => o.id)],
+      );
+      if (moved !== 1) throw new Error(`audit chain ${chain} moved during the rollback repair; trying again`);
+    }
+    const kept: KeptRepair[] = [];
+    for (const entry of keptEntries[i] ?? []) {
+      const k = parseKept(entry, chain);
+      if (k) kept.push(k);
+      else out.unreadable += 1;
+    }
+    if (kept.length > 0 || moves) out.kept.push(chain);
+    const merged = mergeRepairs(chain, [...kept, step]);
+    for (const record of merged.orphans) out.orphans.push({ chain, record });
+    out.reapply.push(...merged.reapply);
+    if (merged.repair) out.chains.push(merged.repair);
   }
   return out;
 }

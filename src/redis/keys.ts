@@ -314,6 +314,23 @@ export class Keys {
   rollbackPlans(): string {
     return `${this.globalBase}rollback-plans`;
   }
+  /**
+   * Hash: epoch -> the records of the data loss that set that epoch (JSON), stored with the marker (loss-mark.lua)
+   * and written from there, each once, by the recovery that set it or by any instance that finds them; deleted
+   * once all are written.
+   */
+  lossRecords(): string {
+    return `${this.globalBase}loss-records`;
+  }
+  /**
+   * List (in the chain's slot): what a rollback repair did to the chain (JSON, one entry per step), stored in the
+   * step that changed it (rollback-repair.lua): the records it took off the chain, to append again, the endings
+   * to apply again, the chain's part of the `broker.data_loss` records. A later attempt finds the chain repaired
+   * and takes them from here; deleted once the recovery is recorded.
+   */
+  rollbackRepair(chain: AuditChain): string {
+    return `${this.auditBase(chain)}rollback-repair`;
+  }
   /** Hash: settings that must not change under existing data (bucket count). */
   meta(): string {
     return `${this.globalBase}meta`;
