@@ -1,9 +1,11 @@
 import type { QuarantineEntry } from '../identity/quarantine.ts';
 import type { AuditChain, Keys } from '../redis/keys.ts';
-import type { RedisClient } from '../redis/scripts.ts';
+import { type RedisClient, script } from '../redis/scripts.ts';
 import { ForeignExportError, readExport } from './export-file.ts';
 import { type AuditRecord, GENESIS } from './record.ts';
 import { markerSeq } from './retention.ts';
+
+const continueScript = script('loss-continue');
 
 /** What the export says about one chain. */
 export interface ArchivedChain {
@@ -86,7 +88,14 @@ export interface Continuation {
  * holds instead of starting a second one at seq 1. A chain whose head
  * survived is left alone. Records that slipped in after the loss on a
  * fresh chain (seq 1 on the genesis hash) are removed and returned, for the
- * caller to append again behind the export's last record.
+ * caller to append again behind the export's last record, each once
+ * (AuditLog.appendOnce with continuedId).
+ *
+ * Each chain is continued in one step that keeps what it did (loss-continue.lua, Keys.lossContinued): the
+ * records it removed and the chain's continuation. An attempt that failed after it (before those records were
+ * appended again, or the loss recorded) left the chain continued, which the next attempt no longer finds to
+ * continue: it takes what was kept instead, so the records are appended and the chain gets its
+ * `broker.data_loss` record. What is kept is deleted (finishContinuations) once the loss is recorded.
  *
  * Runs under the recovery lock, before the epoch marker is written (appends
  * to an empty chain wait for that marker; see AuditLog `guardEpoch`).
@@ -98,36 +107,121 @@ export async function continueChains(
   knownHeads: Map<AuditChain, string>,
 ): Promise<Continuation[]> {
   const out: Continuation[] = [];
-  const chains = new Set<AuditChain>([...keys.auditChains(), ...archive.chains.keys()]);
-  for (const chain of chains) {
+  const chains = [...new Set<AuditChain>([...keys.auditChains(), ...archive.chains.keys()])];
+  // What earlier attempts (this instance's or another's) did: the chains they continued look continued now.
+  const keptEntries = await Promise.all(chains.map((c) => redis.lrange(keys.lossContinued(c), 0, -1)));
+  let flagged = false;
+  for (let i = 0; i < chains.length; i++) {
+    const chain = chains[i]!;
     const a = archive.chains.get(chain);
     const known = markerSeq(knownHeads.get(chain));
     const head = await redis.get(keys.auditHead(chain));
-    let orphans: Continuation['orphans'] = [];
-    if (head && a) {
-      const first = (await redis.xrange(keys.auditStream(chain), '-', '+', 'COUNT', 1))[0];
-      const r = first ? parse(first[1]) : undefined;
-      // A chain that starts over at seq 1 and is shorter than the export: written after the loss.
-      // (A surviving chain is never shorter than what was exported from it.)
-      if (r?.seq !== 1 || r.prev !== GENESIS || markerSeq(head) >= a.seq) continue;
-      orphans = (await redis.xrange(keys.auditStream(chain), '-', '+'))
-        .map(([, f]) => parse(f))
-        .filter((x): x is AuditRecord => x !== undefined)
-        .map((record) => ({ record, time: record.time }));
-      await redis.del(keys.auditStream(chain), keys.auditHead(chain));
-    } else if (head) {
-      continue; // this chain's data survived
+    const step = await planStep(redis, keys, chain, a, known, head);
+    if (step) {
+      // Flagged before the step, in the global slot (the step is in the chain's): a running instance's periodic
+      // check finds the work kept if this one dies before it is recorded (DataLossMonitor).
+      if (!flagged) await redis.set(keys.recoveryUnfinished(), '1');
+      flagged = true;
+      const done = await continueScript.run(
+        redis,
+        [keys.auditHead(chain), keys.auditExported(chain), keys.auditStream(chain), keys.lossContinued(chain)],
+        [head ?? '', a ? `${a.seq}:${a.hash}` : '', JSON.stringify(step.kept), step.fresh ? '1' : '0'],
+      );
+      if (done !== 1) throw new Error(`audit chain ${chain} moved during the data-loss recovery; trying again`);
     }
-    if (!a && known === 0) continue; // a chain that never had a record
-    if (a) {
-      const at = `${a.seq}:${a.hash}`;
-      await redis.set(keys.auditHead(chain), at, 'NX');
-      await redis.set(keys.auditExported(chain), at);
-    }
-    const knownTo = Math.max(known, a?.sealedSeq ?? 0, a?.seq ?? 0);
-    out.push({ chain, continuedFromSeq: a?.seq ?? 0, knownToSeq: knownTo > 0 ? knownTo : undefined, orphans });
+    // Kept entries that are not what the step stores (Redis is writable by others) are left out.
+    const steps = (keptEntries[i] ?? []).flatMap((e) => parseKept(e));
+    if (step) steps.push(step.kept);
+    if (steps.length === 0) continue;
+    const knownTo = Math.max(...steps.map((s) => s.knownToSeq));
+    out.push({
+      chain,
+      continuedFromSeq: steps[0]!.continuedFromSeq,
+      knownToSeq: knownTo > 0 ? knownTo : undefined,
+      orphans: steps.flatMap((s) => s.orphans).map((record) => ({ record, time: record.time })),
+    });
   }
   return out;
+}
+
+/** What one continuation step did to a chain, kept in Redis in that step (loss-continue.lua). */
+interface KeptContinuation {
+  continuedFromSeq: number;
+  /** 0: unknown. */
+  knownToSeq: number;
+  orphans: AuditRecord[];
+}
+
+/** What to do to one chain: nothing (undefined), or continue it (`fresh`: its stream started over after the loss). */
+async function planStep(
+  redis: RedisClient,
+  keys: Keys,
+  chain: AuditChain,
+  a: ArchivedChain | undefined,
+  known: number,
+  head: string | null,
+): Promise<{ kept: KeptContinuation; fresh: boolean } | undefined> {
+  let orphans: AuditRecord[] = [];
+  if (head && a) {
+    const first = (await redis.xrange(keys.auditStream(chain), '-', '+', 'COUNT', 1))[0];
+    const r = first ? parse(first[1]) : undefined;
+    // A chain that starts over at seq 1 and is shorter than the export: written after the loss.
+    // (A surviving chain is never shorter than what was exported from it.)
+    if (r?.seq !== 1 || r.prev !== GENESIS || markerSeq(head) >= a.seq) return undefined;
+    orphans = (await redis.xrange(keys.auditStream(chain), '-', '+'))
+      .map(([, f]) => parse(f))
+      .filter((x): x is AuditRecord => x !== undefined);
+  } else if (head) {
+    return undefined; // this chain's data survived
+  }
+  if (!a && known === 0) return undefined; // a chain that never had a record
+  const knownTo = Math.max(known, a?.sealedSeq ?? 0, a?.seq ?? 0);
+  return { kept: { continuedFromSeq: a?.seq ?? 0, knownToSeq: knownTo, orphans }, fresh: head !== null };
+}
+
+/** The identity a record removed from a fresh chain is appended again with (AuditLog.appendOnce). */
+export function continuedId(record: AuditRecord): string {
+  return `continued:${record.seq}:${record.hash}`;
+}
+
+/** The records still kept by continuation steps, per chain (to append again, each once, before dropping them). */
+export async function keptContinuations(redis: RedisClient, keys: Keys): Promise<{ chain: AuditChain; orphans: AuditRecord[] }[]> {
+  const chains = keys.auditChains();
+  // One key at a time: on a Cluster each chain's is in its own slot.
+  const entries = await Promise.all(chains.map((c) => redis.lrange(keys.lossContinued(c), 0, -1)));
+  return chains.flatMap((chain, i) =>
+    (entries[i] ?? []).length > 0 ? [{ chain, orphans: (entries[i] ?? []).flatMap((e) => parseKept(e)).flatMap((k) => k.orphans) }] : [],
+  );
+}
+
+/** Drops what continuation steps kept for `chains` (once the loss is recorded and their records appended). */
+export async function dropKeptContinuations(redis: RedisClient, keys: Keys, chains: readonly AuditChain[]): Promise<void> {
+  await Promise.all(chains.map((c) => redis.del(keys.lossContinued(c))));
+}
+
+function parseKept(entry: string): KeptContinuation[] {
+  let v: Partial<KeptContinuation> | null;
+  try {
+    v = JSON.parse(entry) as Partial<KeptContinuation> | null;
+  } catch {
+    return [];
+  }
+  if (typeof v !== 'object' || v === null || typeof v.continuedFromSeq !== 'number' || typeof v.knownToSeq !== 'number') return [];
+  if (!Array.isArray(v.orphans) || !v.orphans.every(isRecord)) return [];
+  return [v as KeptContinuation];
+}
+
+function isRecord(r: unknown): r is AuditRecord {
+  const x = r as Partial<AuditRecord> | null;
+  return (
+    typeof x === 'object' &&
+    x !== null &&
+    typeof x.seq === 'number' &&
+    typeof x.hash === 'string' &&
+    typeof x.time === 'string' &&
+    typeof x.action === 'string' &&
+    typeof x.actor === 'string'
+  );
 }
 
 function parse(fields: string[]): AuditRecord | undefined {

@@ -1,6 +1,13 @@
 import { randomUUID } from 'node:crypto';
 import type { AuditLog } from '../audit/audit-log.ts';
-import { type Archive, type Continuation, continueChains } from '../audit/restore.ts';
+import {
+  type Archive,
+  type Continuation,
+  continueChains,
+  continuedId,
+  dropKeptContinuations,
+  keptContinuations,
+} from '../audit/restore.ts';
 import type { AuditEvent, AuditRecord } from '../audit/record.ts';
 import type { QuarantineEntry } from '../identity/quarantine.ts';
 import type { Logger } from '../logger.ts';
@@ -168,9 +175,15 @@ export class DataLossMonitor {
 
   private async checkOnce(): Promise<void> {
     if (this.recovering) return this.recovering;
-    const [epoch, keyCount] = await Promise.all([this.d.redis.get(this.d.keys.epoch()), this.d.redis.hlen(this.d.keys.signingKeys())]);
+    const [epoch, keyCount, left] = await Promise.all([
+      this.d.redis.get(this.d.keys.epoch()),
+      this.d.redis.hlen(this.d.keys.signingKeys()),
+      // Work a recovery kept and may not have finished (one key of each kind, all in the global slot).
+      this.d.redis.exists(this.d.keys.recoveryUnfinished(), this.d.keys.lossRecords(), this.d.keys.rollbackPlans()),
+    ]);
     if (epoch && keyCount > 0 && epoch === this.epoch) {
-      const sign = this.rolledBack ?? (await this.watch.look({ exportFile: this.d.exportFile }));
+      let sign = this.rolledBack ?? (await this.watch.look({ exportFile: this.d.exportFile }));
+      if (!sign && left > 0 && !this.stopping.signal.aborted) sign = await this.finishLeft();
       if (!sign) {
         const bumps = this.watch.takeLostBumps();
         if (bumps > 0)
@@ -373,8 +386,14 @@ export class DataLossMonitor {
             held.throwIfAborted();
             await this.d.restoreQuarantines(archive.quarantines);
             held.throwIfAborted();
-            // Records that slipped in after the loss go behind the export's last record, with their own time.
-            await Promise.all(continued.flatMap((c) => c.orphans.map((o) => this.d.audit.appendTo(c.chain, strip(o.record), o.time))));
+            // Records that slipped in after the loss go behind the export's last record, with their own time. Taken
+            // off the chains by this attempt or kept from an earlier one that took them off (continueChains), which
+            // may have appended some: each once.
+            await Promise.all(
+              continued.flatMap((c) =>
+                c.orphans.map((o) => this.d.audit.appendOnce(c.chain, strip(o.record), continuedId(o.record), o.time)),
+              ),
+            );
           }
           held.throwIfAborted();
           // The records are stored with the marker, in its step, and written from there (writeLoss), each once:
@@ -394,6 +413,7 @@ export class DataLossMonitor {
         // This attempt's records, or those of an attempt (this instance's or another's) that set the marker and
         // failed before it wrote them all.
         if (await this.writeLoss()) recorded = true;
+        await this.finishContinuations();
         if (created && lost && !signingRecorded) await this.d.audit.append(SIGNING_RECREATED);
       },
     );
@@ -434,6 +454,61 @@ export class DataLossMonitor {
       await this.d.redis.hdel(this.d.keys.lossRecords(), epoch);
     }
     return epochs.length > 0;
+  }
+
+  /**
+   * Once the loss is recorded (its records stored with the marker): appends, each once, what continuation steps
+   * took off the chains (this attempt appended them before the marker; an attempt that set the marker and failed
+   * before dropping them, or one whose step ran beside another instance's recovery, may not have), then drops
+   * what they kept.
+   */
+  private async finishContinuations(): Promise<void> {
+    const kept = await keptContinuations(this.d.redis, this.d.keys);
+    await Promise.all(kept.flatMap((c) => c.orphans.map((o) => this.d.audit.appendOnce(c.chain, strip(o), continuedId(o), o.time))));
+    await dropKeptContinuations(
+      this.d.redis,
+      this.d.keys,
+      kept.map((c) => c.chain),
+    );
+  }
+
+  /**
+   * The periodic check found work a recovery kept and did not finish (Keys.recoveryUnfinished, stored loss or
+   * rollback records): its instance died, or its attempt failed and it was closed. Only an instance starting up
+   * looked for it before, so it waited for a restart. Under the recovery lock, tried once (its holder is the one
+   * recovering: nothing is left over while it works, and this check must not wait): writes the stored records,
+   * appends what continuation steps kept; a rollback repair kept is a rollback to recover from (returned: the
+   * caller recovers, as an instance starting up does). Clears the flag once nothing is left.
+   */
+  private async finishLeft(): Promise<RollbackSign | undefined> {
+    const onTakeover = reportTakeover(this.d.logger, (e) => this.d.audit.append(e));
+    const done = await withLock(
+      this.d.redis,
+      this.d.keys.lock('recovery'),
+      { ...RECOVERY_LOCK, waitMs: 0, onTakeover, signal: this.stopping.signal },
+      async (_lock, held) => {
+        // A data loss since: the next check recovers (and finishes this with it).
+        if ((await this.d.redis.get(this.d.keys.epoch())) !== this.epoch) return undefined;
+        await this.writeLoss();
+        held.throwIfAborted();
+        const sign = await this.watch.leftUnfinished();
+        if (sign) return sign;
+        await this.finishContinuations();
+        held.throwIfAborted();
+        // A claim's records with no repair kept: the claimant dropped its repairs (after writing them) and failed
+        // before dropping these. Written again, each once (none twice), then dropped.
+        const plans = await this.d.redis.hgetall(this.d.keys.rollbackPlans());
+        for (const [id, stored] of Object.entries(plans)) {
+          await this.writeRollback(id, stored);
+          await this.d.redis.hdel(this.d.keys.rollbackPlans(), id);
+        }
+        held.throwIfAborted();
+        // Set only under this lock (before a recovery's per-chain steps), so nothing sets it meanwhile.
+        await this.d.redis.del(this.d.keys.recoveryUnfinished());
+        return undefined;
+      },
+    );
+    return done?.value;
   }
 }
 

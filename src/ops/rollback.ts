@@ -244,6 +244,16 @@ export class RollbackWatch {
   }
 
   /**
+   * A rollback recovery left unfinished (see `unfinished`), looked for by a running instance: its periodic check
+   * found work kept (Keys.recoveryUnfinished), which only an instance starting up looked for before.
+   */
+  async leftUnfinished(): Promise<RollbackSign | undefined> {
+    const chains = this.keys.auditChains();
+    const heads = await Promise.all(chains.map((c) => this.redis.get(this.keys.auditHead(c))));
+    return this.unfinished(chains, new Map(chains.map((c, i) => [c, heads[i] ?? ''])));
+  }
+
+  /**
    * A rollback recovery that repaired a chain and died before it was recorded (its repair still kept): what it
    * took off the chain is to be appended again, its endings applied again, its records written. A recovery whose
    * records are still stored with its claim (Keys.rollbackPlans) is not taken as seen, so the claim finds it and
@@ -544,6 +554,9 @@ export async function repairChains(
       // Kept in the step that changes the chain (intent with the side effect): taken off the chain, the records
       // are no longer found by a later attempt, nor is anything this repair found.
       signal?.throwIfAborted();
+      // Flagged before the step, in the global slot (the step is in the chain's): a running instance's periodic
+      // check finds the repair kept if this recovery dies before it is recorded (DataLossMonitor).
+      await redis.set(keys.recoveryUnfinished(), '1');
       const moved = await repairScript.run(
         redis,
         [keys.auditHead(chain), keys.auditExported(chain), keys.auditStream(chain), keys.rollbackRepair(chain)],

@@ -331,6 +331,24 @@ export class Keys {
   rollbackRepair(chain: AuditChain): string {
     return `${this.auditBase(chain)}rollback-repair`;
   }
+  /**
+   * List (in the chain's slot): what a data-loss recovery's continuation did to the chain (JSON, one entry per
+   * step), stored in the step that changed it (loss-continue.lua): the records it took off a chain started over
+   * after the loss, to append again, and the chain's part of the `broker.data_loss` records. A later attempt
+   * finds the chain continued and takes them from here; deleted once the loss is recorded.
+   */
+  lossContinued(chain: AuditChain): string {
+    return `${this.auditBase(chain)}loss-continued`;
+  }
+  /**
+   * String: set (before the step) while a recovery's per-chain work is kept and unfinished (`rollbackRepair`,
+   * `lossContinued`: in the chains' own slots, too many to look at every second). The periodic data-loss check
+   * looks at this one key (with `lossRecords` and `rollbackPlans`, in one EXISTS) to finish the work of a
+   * recovery whose instance died; deleted once none is left.
+   */
+  recoveryUnfinished(): string {
+    return `${this.globalBase}recovery-unfinished`;
+  }
   /** Hash: settings that must not change under existing data (bucket count). */
   meta(): string {
     return `${this.globalBase}meta`;
