@@ -1,6 +1,12 @@
 import { BrokerResponseError, BrokerUnreachableError, ClientConfigError } from './errors.ts';
 import type { TokenSource } from './token-source.ts';
 
+/**
+ * The most a broker answer may hold. Its largest pages (500 audit records, an evidence page with a ~2 MB
+ * sub-task tree) are a few MB; a URL that answers more is not the broker, and reading on would hold it all.
+ */
+export const MAX_ANSWER_BYTES = 32 * 1024 * 1024;
+
 /** What one call sends. */
 export interface CallOptions {
   query?: Record<string, string | number | boolean | undefined>;
@@ -64,8 +70,9 @@ export class Transport {
     let text: string;
     try {
       res = await this.fetchFn(url, { method, headers, body, signal, redirect: 'error' });
-      text = await res.text();
+      text = await readBounded(res, performance.now() + this.timeoutMs);
     } catch (err) {
+      if (err instanceof BrokerUnreachableError) throw err;
       if (opts.signal?.aborted) throw opts.signal.reason;
       const timedOut = timeout.aborted;
       const cause = (err as { cause?: { code?: string; message?: string } }).cause;
@@ -85,6 +92,35 @@ export class Transport {
       return { status: res.status, body: parsed as T, headers: res.headers };
     }
     throw toResponseError(res, parsed, text);
+  }
+}
+
+/**
+ * The body as text, at most {@link MAX_ANSWER_BYTES} and within the call's time: read chunk by chunk, because
+ * `res.text()` holds an endless body in memory and (a chunk always being ready) never lets the timeout's timer
+ * fire, so a hostile URL kept the CLI reading until the machine ran out of memory.
+ */
+async function readBounded(res: Response, deadline: number): Promise<string> {
+  if (!res.body) return '';
+  const reader = res.body.getReader();
+  const decoder = new TextDecoder();
+  let bytes = 0;
+  let text = '';
+  for (;;) {
+    const { done, value } = await reader.read();
+    if (done) return text + decoder.decode();
+    bytes += value.byteLength;
+    const why =
+      bytes > MAX_ANSWER_BYTES
+        ? `answered more than ${MAX_ANSWER_BYTES / (1024 * 1024)} MiB`
+        : performance.now() > deadline
+          ? 'did not finish its answer in time'
+          : undefined;
+    if (why) {
+      await reader.cancel().catch(() => undefined);
+      throw new BrokerUnreachableError('bad_response', `${res.url ? new URL(res.url).origin : 'the broker'} ${why} (HTTP ${res.status})`);
+    }
+    text += decoder.decode(value, { stream: true });
   }
 }
 

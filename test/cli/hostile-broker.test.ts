@@ -1,0 +1,70 @@
+import { afterAll, beforeAll, expect, test } from '@jest/globals';
+import { spawn } from 'node:child_process';
+import { createServer, type Server } from 'node:http';
+import { ensureBuilt, JIT, NODE20 } from '../helpers/cli.ts';
+
+/**
+ * A broker URL that answers something hostile (red team): the CLI must end
+ * on its own, with exit code 3 (the broker failed), not hold whatever a
+ * server sends in memory until the machine runs out.
+ */
+let server: Server;
+let url: string;
+const MiB = Buffer.alloc(1 << 20, 'a');
+
+beforeAll(async () => {
+  await ensureBuilt();
+  server = createServer((req, res) => {
+    const status = req.url?.startsWith('/v1/tasks/refused') ? 404 : 200;
+    // An endless body, as fast as the client takes it.
+    res.writeHead(status, { 'content-type': 'application/json' });
+    const pump = () => {
+      while (!res.destroyed && res.write(MiB)) {}
+    };
+    res.on('drain', pump);
+    req.on('close', () => res.destroy());
+    pump();
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
+  url = `http://127.0.0.1:${(server.address() as { port: number }).port}`;
+}, 120_000);
+afterAll(async () => {
+  server.closeAllConnections();
+  await new Promise((r) => server.close(r));
+});
+
+/** Runs jit on Node 20, killed after `killMs`; how it ended, how long it took, and its peak memory (ps). */
+function run(args: string[], killMs: number): Promise<{ code: number | null; signal: string | null; ms: number; stderr: string }> {
+  return new Promise((resolve) => {
+    const started = performance.now();
+    const child = spawn(NODE20, ['--max-old-space-size=4096', JIT, ...args], {
+      env: { PATH: process.env.PATH, JIT_BROKER_URL: url, JIT_TOKEN: 'a.b.c' },
+      stdio: ['ignore', 'ignore', 'pipe'],
+    });
+    let stderr = '';
+    child.stderr.on('data', (d: Buffer) => {
+      stderr += d.toString();
+    });
+    const kill = setTimeout(() => child.kill('SIGKILL'), killMs);
+    child.on('close', (code, signal) => {
+      clearTimeout(kill);
+      resolve({ code, signal, ms: performance.now() - started, stderr: stderr.slice(0, 2000) });
+    });
+  });
+}
+
+test.each([
+  ['an answer', 'ok'],
+  ['a refusal', 'refused'],
+])(
+  'an endless body in %s ends the CLI with exit 3 within moments, not at the machine’s memory limit',
+  async (_what, id) => {
+    const r = await run(['task', 'show', id], 25_000);
+    // Before: still reading (gigabytes held) when killed at 25 s; the 15-s request timeout did not stop it.
+    expect({ code: r.code, signal: r.signal }).toEqual({ code: 3, signal: null });
+    expect(r.ms).toBeLessThan(15_000);
+    expect(r.stderr).toMatch(/more than \d+ MiB/);
+    expect(r.stderr.length).toBeLessThan(1000); // no echo of the body
+  },
+  60_000,
+);
