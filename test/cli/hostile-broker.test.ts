@@ -11,10 +11,38 @@ import { ensureBuilt, JIT, NODE20 } from '../helpers/cli.ts';
 let server: Server;
 let url: string;
 const MiB = Buffer.alloc(1 << 20, 'a');
+const revoked: string[] = [];
+const NOT_A_CREDENTIAL = {
+  null: 'null',
+  list: '[]',
+  text: '"AKIA"',
+  empty: '{}',
+  'no-credentials': '{"leaseId":"l-1","taskId":"t","role":"r","provider":"aws","expiresAt":"2030-01-01T00:00:00Z"}',
+  'credentials-text': '{"leaseId":"l-2","taskId":"t","role":"r","provider":"aws","expiresAt":"2030-01-01T00:00:00Z","credentials":"x"}',
+};
 
 beforeAll(async () => {
   await ensureBuilt();
   server = createServer((req, res) => {
+    if (req.url === '/v1/credentials') {
+      // Something that is not a credential, chosen by the task id asked for.
+      let body = '';
+      req.on('data', (d: Buffer) => {
+        body += d.toString();
+      });
+      req.on('end', () => {
+        const taskId = JSON.parse(body).taskId as keyof typeof NOT_A_CREDENTIAL;
+        res.writeHead(201, { 'content-type': 'application/json' });
+        res.end(NOT_A_CREDENTIAL[taskId]);
+      });
+      return;
+    }
+    if (req.method === 'DELETE') {
+      revoked.push(req.url ?? '');
+      res.writeHead(202, { 'content-type': 'application/json' });
+      res.end('{}');
+      return;
+    }
     const status = req.url?.startsWith('/v1/tasks/refused') ? 404 : 200;
     // An endless body, as fast as the client takes it.
     res.writeHead(status, { 'content-type': 'application/json' });
@@ -68,3 +96,22 @@ test.each([
   },
   60_000,
 );
+
+test.each(Object.keys(NOT_A_CREDENTIAL))(
+  'credential_process: a 201 that is not a credential (%s) is exit 3 (the broker failed), not 2 (bad usage)',
+  async (taskId) => {
+    const r = await run(['cred', 'get', '--task', taskId, '--role', 'r', '--format', 'aws-process'], 20_000);
+    // Before: exit 2, "Cannot read properties of undefined (reading 'AccessKeyId')" and the command's usage line.
+    expect({ code: r.code, stderr: r.stderr }).toEqual({ code: 3, stderr: expect.stringMatching(/not a credential/) });
+    expect(r.stderr).not.toMatch(/usage:|Cannot read/);
+  },
+  30_000,
+);
+
+test('a malformed credential that names a lease: the lease is given back', async () => {
+  revoked.length = 0;
+  const r = await run(['cred', 'get', '--task', 'no-credentials', '--role', 'r', '--format', 'aws-process'], 20_000);
+  expect(r.code).toBe(3);
+  // A lease id was named: whatever it was, it is revoked rather than left to its TTL.
+  expect(revoked).toEqual(['/v1/leases/l-1']);
+});
