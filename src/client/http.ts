@@ -133,6 +133,16 @@ function normalizeBaseUrl(raw: string): string {
   }
   if (u.protocol !== 'http:' && u.protocol !== 'https:')
     throw new ClientConfigError('bad_broker_url', `the broker URL "${raw}" must be http or https`);
+  // A password, or a secret in a query or fragment, would be printed in every error naming the broker (fetch
+  // refuses a URL with credentials anyway, and a query would be glued in front of every path): refused, and
+  // not echoed. The caller's identity goes in JIT_TOKEN / JIT_TOKEN_FILE.
+  if (u.username || u.password || u.search || u.hash) {
+    const bare = `${u.protocol}//${u.host}${u.pathname}`.replace(/\/+$/, '');
+    throw new ClientConfigError(
+      'bad_broker_url',
+      `the broker URL ${bare} must not carry a user name, password, query or fragment (the identity goes in JIT_TOKEN or JIT_TOKEN_FILE)`,
+    );
+  }
   return u.href.replace(/\/+$/, '');
 }
 

@@ -115,3 +115,29 @@ test('a malformed credential that names a lease: the lease is given back', async
   // A lease id was named: whatever it was, it is revoked rather than left to its TTL.
   expect(revoked).toEqual(['/v1/leases/l-1']);
 });
+
+test.each([
+  ['a user name and password', 'http://ops:s3cret@127.0.0.1:9'],
+  ['a query', 'http://127.0.0.1:9/?token=s3cret'],
+  ['a fragment', 'http://127.0.0.1:9/#s3cret'],
+])('a broker URL with %s is refused as bad usage (exit 2) without echoing the secret', async (_what, brokerUrl) => {
+  const r = await new Promise<{ code: number | null; out: string }>((resolve) => {
+    const child = spawn(NODE20, [JIT, '--json', '--broker', brokerUrl, 'task', 'show', 'x'], {
+      env: { PATH: process.env.PATH, JIT_TOKEN: 'a.b.c' },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let out = '';
+    child.stdout.on('data', (d: Buffer) => {
+      out += d.toString();
+    });
+    child.stderr.on('data', (d: Buffer) => {
+      out += d.toString();
+    });
+    child.on('close', (code) => resolve({ code, out }));
+  });
+  // Before: exit 3, "cannot reach the broker at http://ops:s3cret@127.0.0.1:9: ..." on stderr and in the --json body
+  // (fetch refuses such a URL, so it never worked), or the query glued to every path ("...?token=s3cret/v1/tasks/x").
+  expect(r.code).toBe(2);
+  expect(r.out).toMatch(/broker_url|broker URL/);
+  expect(r.out).not.toContain('s3cret');
+});
