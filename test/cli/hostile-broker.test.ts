@@ -37,6 +37,21 @@ beforeAll(async () => {
       });
       return;
     }
+    if (req.url?.startsWith('/v1/audit')) {
+      res.writeHead(200, { 'content-type': 'application/json' });
+      const reason = 'ok\u009b2J\u202ekcatta\u2028forged';
+      const record = {
+        seq: 1,
+        time: new Date().toISOString(),
+        actor: 'a',
+        action: 'approval.decide',
+        decision: 'allow',
+        reason,
+        hash: 'h',
+      };
+      res.end(JSON.stringify({ items: [record], nextCursor: null }));
+      return;
+    }
     if (req.method === 'DELETE') {
       revoked.push(req.url ?? '');
       res.writeHead(202, { 'content-type': 'application/json' });
@@ -141,3 +156,27 @@ test.each([
   expect(r.out).toMatch(/broker_url|broker URL/);
   expect(r.out).not.toContain('s3cret');
 });
+
+test('audit tail --json escapes C1, bidi and line-separator characters as every other --json output does', async () => {
+  const out = await new Promise<string>((resolve) => {
+    const child = spawn(NODE20, [JIT, 'audit', 'tail', '--json', '--since', '1h', '--interval', '1'], {
+      env: { PATH: process.env.PATH, JIT_BROKER_URL: url, JIT_TOKEN: 'a.b.c' },
+      stdio: ['ignore', 'pipe', 'ignore'],
+    });
+    let stdout = '';
+    const kill = setTimeout(() => child.kill('SIGKILL'), 15_000);
+    child.stdout.on('data', (d: Buffer) => {
+      stdout += d.toString();
+      if (stdout.includes('\n')) child.kill('SIGTERM');
+    });
+    child.on('close', () => {
+      clearTimeout(kill);
+      resolve(stdout);
+    });
+  });
+  expect(out).toContain('approval.decide');
+  // Before: U+009B (CSI), U+202E and U+2028 went to the terminal raw (JSON.stringify escapes C0 controls only).
+  for (const c of ['\u009b', '\u202e', '\u2028']) expect([c, out.includes(c)]).toEqual([c, false]);
+  // Still the same JSON value.
+  expect(JSON.parse(out.split('\n')[0]!).reason).toBe('ok\u009b2J\u202ekcatta\u2028forged');
+}, 30_000);

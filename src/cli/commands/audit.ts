@@ -81,7 +81,9 @@ export const auditTail: Command = {
     try {
       await follow(client, { ...base, since: base.since ?? new Date().toISOString() }, interval, stop.signal, (r) =>
         ctx.json
-          ? ctx.io.stdout.write(`${JSON.stringify(r)}\n`)
+          ? // One line per record, escaped as every --json output is (out.json): a C1 control or bidi character
+            // that JSON.stringify leaves raw must not reach the terminal; `\uXXXX` reads back as the same value.
+            ctx.io.stdout.write(`${terminalSafe(JSON.stringify(r))}\n`)
           : ctx.out.line(
               terminalSafe(`${r.time}  ${r.actor}  ${r.action}  ${r.decision}  ${r.taskId ?? '-'}  ${r.reason ?? ''}`.trimEnd()),
             ),
