@@ -338,11 +338,12 @@ export class BrokerClient {
    * `for await (const t of broker.paginate((cursor) => broker.listTasks({ status: 'open', cursor })))`.
    */
   async *paginate<T>(page: (cursor: string | undefined) => Promise<Page<T>>): AsyncGenerator<T> {
+    const next = nextCursorCheck();
     let cursor: string | undefined;
     do {
       const p = await page(cursor);
       yield* p.items;
-      cursor = p.nextCursor ?? undefined;
+      cursor = next(p.nextCursor);
     } while (cursor);
   }
 }
@@ -379,4 +380,19 @@ function isCredential(r: unknown): r is IssuedCredential {
     c.credentials !== null &&
     !Array.isArray(c.credentials)
   );
+}
+
+/**
+ * The cursor to read next, refusing one already read: the broker's cursors move forward, so a repeated one is a
+ * broken or hostile broker, which would keep a paging loop (`--all`, `audit export` into a file) going for ever.
+ * One cursor check per paging loop.
+ */
+export function nextCursorCheck(): (cursor: string | null | undefined) => string | undefined {
+  const seen = new Set<string>();
+  return (cursor) => {
+    if (cursor === null || cursor === undefined || cursor === '') return undefined;
+    if (seen.has(cursor)) throw new BrokerUnreachableError('bad_response', 'the broker answered the same page cursor twice');
+    seen.add(cursor);
+    return cursor;
+  };
 }

@@ -37,6 +37,14 @@ beforeAll(async () => {
       });
       return;
     }
+    const path = new URL(req.url ?? '/', 'http://x').pathname;
+    if (path === '/v1/tasks' || req.url?.startsWith('/v1/audit?action=loop')) {
+      // A page that always names the same next page: a broken broker, or a hostile one filling the disk.
+      res.writeHead(200, { 'content-type': 'application/json' });
+      const item = path === '/v1/tasks' ? { taskId: 't', agent: 'a', status: 'open' } : { seq: 1, hash: 'h', time: 't' };
+      res.end(JSON.stringify({ items: [item], nextCursor: 'again' }));
+      return;
+    }
     if (req.url?.startsWith('/v1/audit')) {
       res.writeHead(200, { 'content-type': 'application/json' });
       const reason = 'ok\u009b2J\u202ekcatta\u2028forged';
@@ -180,3 +188,17 @@ test('audit tail --json escapes C1, bidi and line-separator characters as every 
   // Still the same JSON value.
   expect(JSON.parse(out.split('\n')[0]!).reason).toBe('ok\u009b2J\u202ekcatta\u2028forged');
 }, 30_000);
+
+test.each([
+  ['task list --all', ['task', 'list', '--all']],
+  ['audit export', ['audit', 'export', '--action', 'loop']],
+])(
+  '%s: a page that names the same next page again ends with exit 3, not a loop without end',
+  async (_what, args) => {
+    const r = await run(args, 10_000);
+    // Before: killed at 10 s, still asking for the same page (export: writing the same record to stdout for ever).
+    expect({ code: r.code, signal: r.signal }).toEqual({ code: 3, signal: null });
+    expect(r.stderr).toMatch(/same (page )?cursor/);
+  },
+  30_000,
+);

@@ -1,7 +1,7 @@
 import { once } from 'node:events';
 import { constants } from 'node:fs';
 import { type FileHandle, open } from 'node:fs/promises';
-import type { BrokerClient } from '../../client/broker-client.ts';
+import { type BrokerClient, nextCursorCheck } from '../../client/broker-client.ts';
 import { BrokerResponseError, ClientConfigError } from '../../client/errors.ts';
 import type { AuditFilter, AuditRecord } from '../../client/types.ts';
 import { UsageError } from '../args.ts';
@@ -147,11 +147,12 @@ export const auditVerify: Command = {
     let chain: 'intact' | 'broken' = 'intact';
     let records = 0;
     let cursor: string | undefined;
+    const next = nextCursorCheck();
     do {
       const ev = await client.taskEvidence(taskId, { limit: 500, cursor });
       records += ev.audit?.items?.length ?? 0;
       if (ev.chain !== 'intact') chain = 'broken';
-      cursor = ev.audit?.nextCursor ?? undefined;
+      cursor = next(ev.audit?.nextCursor);
     } while (cursor);
     if (ctx.json) ctx.out.json({ taskId, chain, records });
     else
