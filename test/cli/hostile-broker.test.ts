@@ -20,6 +20,16 @@ const NOT_A_CREDENTIAL = {
   'no-credentials': '{"leaseId":"l-1","taskId":"t","role":"r","provider":"aws","expiresAt":"2030-01-01T00:00:00Z"}',
   'credentials-text': '{"leaseId":"l-2","taskId":"t","role":"r","provider":"aws","expiresAt":"2030-01-01T00:00:00Z","credentials":"x"}',
 };
+/** A well-formed credential whose secret no environment variable can hold (a NUL byte). */
+const NUL_SECRET = JSON.stringify({
+  leaseId: 'l-nul',
+  taskId: 't',
+  role: 'orders-db',
+  provider: 'vault',
+  expiresAt: '2030-01-01T00:00:00Z',
+  revocable: true,
+  credentials: { username: 'u', password: 'hunter2\u0000tail', lease_id: 'database/creds/x/1' },
+});
 
 beforeAll(async () => {
   await ensureBuilt();
@@ -33,7 +43,7 @@ beforeAll(async () => {
       req.on('end', () => {
         const taskId = JSON.parse(body).taskId as keyof typeof NOT_A_CREDENTIAL;
         res.writeHead(201, { 'content-type': 'application/json' });
-        res.end(NOT_A_CREDENTIAL[taskId]);
+        res.end(taskId === ('nul-secret' as string) ? NUL_SECRET : NOT_A_CREDENTIAL[taskId]);
       });
       return;
     }
@@ -202,3 +212,14 @@ test.each([
   },
   30_000,
 );
+
+test('jit exec: a credential the command cannot be started with is revoked, and its secret is not printed', async () => {
+  revoked.length = 0;
+  const r = await run(['exec', '--task', 'nul-secret', '--role', 'orders-db', '--', 'true'], 10_000);
+  // Before: exit 3 "unexpected error: The property 'options.env['JIT_SECRET_PASSWORD']' must be a string without
+  // null bytes. Received 'hunter2\x00tail'" (the password on stderr), and no DELETE: the lease lived on to its TTL.
+  expect(r.code).toBe(126);
+  expect(r.stderr).not.toMatch(/hunter2/);
+  expect(r.stderr).toMatch(/cannot run true/);
+  expect(revoked).toEqual(['/v1/leases/l-nul']);
+}, 30_000);
