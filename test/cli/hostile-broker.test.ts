@@ -223,3 +223,21 @@ test('jit exec: a credential the command cannot be started with is revoked, and 
   expect(r.stderr).toMatch(/cannot run true/);
   expect(revoked).toEqual(['/v1/leases/l-nul']);
 }, 30_000);
+
+test('audit export to stdout escapes them as tail --json does (the same JSON values)', async () => {
+  const out = await new Promise<string>((resolve) => {
+    const child = spawn(NODE20, [JIT, 'audit', 'export'], {
+      env: { PATH: process.env.PATH, JIT_BROKER_URL: url, JIT_TOKEN: 'a.b.c' },
+      stdio: ['ignore', 'pipe', 'ignore'],
+    });
+    let stdout = '';
+    child.stdout.on('data', (d: Buffer) => {
+      stdout += d.toString();
+    });
+    child.on('close', () => resolve(stdout));
+  });
+  expect(out).toContain('approval.decide');
+  // Before: U+009B, U+202E and U+2028 reached the terminal raw.
+  for (const c of ['\u009b', '\u202e', '\u2028']) expect([c, out.includes(c)]).toEqual([c, false]);
+  expect(JSON.parse(out.split('\n')[0]!).reason).toBe('ok\u009b2J\u202ekcatta\u2028forged');
+}, 30_000);

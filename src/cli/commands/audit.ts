@@ -230,7 +230,10 @@ export const auditExport: Command = {
         const line = `${JSON.stringify(r)}\n`;
         if (sink) {
           if (!sink.write(line)) await once(sink, 'drain');
-        } else ctx.io.stdout.write(line);
+        } else {
+          // Stdout may be a terminal: escaped as every --json line is (the same JSON value). The file keeps them as sent.
+          ctx.io.stdout.write(`${terminalSafe(JSON.stringify(r))}\n`);
+        }
         n += 1;
       }
     } finally {
