@@ -43,7 +43,18 @@ beforeAll(async () => {
       req.on('end', () => {
         const taskId = JSON.parse(body).taskId as keyof typeof NOT_A_CREDENTIAL;
         res.writeHead(201, { 'content-type': 'application/json' });
-        res.end(taskId === ('nul-secret' as string) ? NUL_SECRET : NOT_A_CREDENTIAL[taskId]);
+        const jwt = { leaseId: 'l-jwt', taskId, role: 'r', provider: 'jwt', expiresAt: '2030-01-01T00:00:00Z', revocable: true };
+        const aws = { leaseId: 'l-aws', taskId, role: 'r', provider: 'aws', expiresAt: '2030-01-01T00:00:00Z', revocable: true };
+        if (taskId === ('jwt-cred' as string))
+          res.end(JSON.stringify({ ...jwt, credentials: { access_token: 'at.x.y', token_type: 'Bearer', expires_in: 60, scope: '' } }));
+        else if (taskId === ('aws-cred' as string))
+          res.end(
+            JSON.stringify({
+              ...aws,
+              credentials: { AccessKeyId: 'ASIAX', SecretAccessKey: 's', SessionToken: 't', Expiration: '2030-01-01T00:00:00Z' },
+            }),
+          );
+        else res.end(taskId === ('nul-secret' as string) ? NUL_SECRET : NOT_A_CREDENTIAL[taskId]);
       });
       return;
     }
@@ -241,3 +252,39 @@ test('audit export to stdout escapes them as tail --json does (the same JSON val
   for (const c of ['\u009b', '\u202e', '\u2028']) expect([c, out.includes(c)]).toEqual([c, false]);
   expect(JSON.parse(out.split('\n')[0]!).reason).toBe('ok\u009b2J\u202ekcatta\u2028forged');
 }, 30_000);
+
+test.each([
+  ['a jwt credential, the container endpoint being the broker', 'jwt-cred', 'BROKER'],
+  ['an AWS credential, whatever the container endpoint', 'aws-cred', 'http://169.254.170.23/v1/credentials'],
+])(
+  'jit exec with %s: the command gets no AWS container identity (the JWT that mints more)',
+  async (_what, taskId, uri) => {
+    const identity = 'eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJhZ2VudCJ9.c2ln';
+    const out = await new Promise<{ code: number | null; stdout: string }>((resolve) => {
+      const child = spawn(NODE20, [JIT, 'exec', '--task', taskId, '--role', 'r', '--', 'env'], {
+        env: {
+          PATH: process.env.PATH,
+          JIT_BROKER_URL: url,
+          JIT_TOKEN: identity,
+          // The agent's set-up for the SDK's container provider (docs/providers/aws.md): its own identity.
+          AWS_CONTAINER_CREDENTIALS_FULL_URI: uri === 'BROKER' ? `${url}/v1/aws/container-credentials/${taskId}/other-role` : uri,
+          AWS_CONTAINER_AUTHORIZATION_TOKEN: `Bearer ${identity}`,
+          AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE: '/var/run/secrets/jwt',
+        },
+        stdio: ['ignore', 'pipe', 'ignore'],
+      });
+      let stdout = '';
+      child.stdout.on('data', (d: Buffer) => {
+        stdout += d.toString();
+      });
+      child.on('close', (code) => resolve({ code, stdout }));
+    });
+    expect(out.code).toBe(0);
+    expect(out.stdout).toMatch(/^JIT_LEASE_ID=/m);
+    // Before: all three were passed on, so the command could mint credentials for any role of the task through the
+    // broker's container endpoint (or read the identity itself), which jit exec removes JIT_TOKEN to prevent.
+    expect(out.stdout).not.toContain(identity);
+    expect(out.stdout).not.toMatch(/^AWS_CONTAINER_/m);
+  },
+  30_000,
+);

@@ -18,7 +18,7 @@ export const exec: Command = {
     if (rest.length === 0) throw new UsageError('no command: put it after --', exec.usage);
     const broker = client();
     const cred = await issue(broker, flags, (s) => out.note(s));
-    const env = childEnv(io.env, cred);
+    const env = childEnv(io.env, cred, { brokerUrl: broker.url });
     const code = await new Promise<number>((resolve) => {
       let child: ReturnType<typeof spawn>;
       try {
