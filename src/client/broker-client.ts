@@ -1,5 +1,5 @@
 import { CredentialCache } from './credential-cache.ts';
-import { ApprovalPendingError } from './errors.ts';
+import { ApprovalPendingError, BrokerUnreachableError } from './errors.ts';
 import { Transport } from './http.ts';
 import { tokenSource, type TokenInput } from './token-source.ts';
 import type {
@@ -163,7 +163,16 @@ export class BrokerClient {
 
   /** `POST /v1/credentials` as is: a credential (201), or a pending approval (202). Not cached. */
   async requestCredential(req: CredentialRequest, opts: { signal?: AbortSignal } = {}): Promise<CredentialResponse> {
-    return (await this.http.call<CredentialResponse>('POST', '/v1/credentials', { json: req, signal: opts.signal })).body;
+    const { status, body } = await this.http.call<unknown>('POST', '/v1/credentials', { json: req, signal: opts.signal });
+    if (isPending(body as CredentialResponse) || isCredential(body)) return body as CredentialResponse;
+    // Not the broker's API (a wrong URL, a proxy's page, a broken broker): never a credential to use. A lease it
+    // names is given back, in case it is one; the caller sees the broker failed (exit 3), not a mistake of its own.
+    const leaseId = (body as { leaseId?: unknown } | null)?.leaseId;
+    if (typeof leaseId === 'string' && leaseId) await this.revokeLease(leaseId).catch(() => undefined);
+    throw new BrokerUnreachableError(
+      'bad_response',
+      `POST /v1/credentials: the broker answered ${status} with something that is not a credential`,
+    );
   }
 
   /**
@@ -329,17 +338,19 @@ export class BrokerClient {
    * `for await (const t of broker.paginate((cursor) => broker.listTasks({ status: 'open', cursor })))`.
    */
   async *paginate<T>(page: (cursor: string | undefined) => Promise<Page<T>>): AsyncGenerator<T> {
+    const next = nextCursorCheck();
     let cursor: string | undefined;
     do {
       const p = await page(cursor);
       yield* p.items;
-      cursor = p.nextCursor ?? undefined;
+      cursor = next(p.nextCursor);
     } while (cursor);
   }
 }
 
 /** Whether a credential answer is a 202 pending approval. */
 export function isPending(r: CredentialResponse): r is PendingApproval {
+  if (typeof r !== 'object' || r === null) return false;
   return (r as PendingApproval).status === 'pending' && typeof (r as PendingApproval).approvalId === 'string' && !('leaseId' in r);
 }
 
@@ -356,4 +367,32 @@ function sleep(ms: number, signal?: AbortSignal): Promise<void> {
     }
     signal?.addEventListener('abort', abort, { once: true });
   });
+}
+
+/** An issued credential as the broker answers one: its lease, and the credential itself as an object. */
+function isCredential(r: unknown): r is IssuedCredential {
+  if (typeof r !== 'object' || r === null || Array.isArray(r)) return false;
+  const c = r as Partial<IssuedCredential>;
+  return (
+    typeof c.leaseId === 'string' &&
+    c.leaseId !== '' &&
+    typeof c.credentials === 'object' &&
+    c.credentials !== null &&
+    !Array.isArray(c.credentials)
+  );
+}
+
+/**
+ * The cursor to read next, refusing one already read: the broker's cursors move forward, so a repeated one is a
+ * broken or hostile broker, which would keep a paging loop (`--all`, `audit export` into a file) going for ever.
+ * One cursor check per paging loop.
+ */
+export function nextCursorCheck(): (cursor: string | null | undefined) => string | undefined {
+  const seen = new Set<string>();
+  return (cursor) => {
+    if (cursor === null || cursor === undefined || cursor === '') return undefined;
+    if (seen.has(cursor)) throw new BrokerUnreachableError('bad_response', 'the broker answered the same page cursor twice');
+    seen.add(cursor);
+    return cursor;
+  };
 }

@@ -42,20 +42,54 @@ export function credentialEnv(cred: IssuedCredential): Record<string, string> {
   return env;
 }
 
+/** The AWS SDK's container-credentials provider: an endpoint, and the token it sends there. */
+const CONTAINER_VARS = [
+  'AWS_CONTAINER_CREDENTIALS_FULL_URI',
+  'AWS_CONTAINER_CREDENTIALS_RELATIVE_URI',
+  'AWS_CONTAINER_AUTHORIZATION_TOKEN',
+  'AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE',
+];
+
+/**
+ * Whether the container-credentials set-up in `env` is the caller's broker identity under another name: the
+ * endpoint is the broker's (its /v1/aws/container-credentials mints credentials for any role of the task), or
+ * the token (file) is JIT_TOKEN (JIT_TOKEN_FILE) itself.
+ */
+function containerIsIdentity(env: NodeJS.ProcessEnv, brokerUrl: string | undefined): boolean {
+  const origin = (u: string | undefined) => {
+    try {
+      return u ? new URL(u).origin : undefined;
+    } catch {
+      return undefined;
+    }
+  };
+  const endpoint = origin(env.AWS_CONTAINER_CREDENTIALS_FULL_URI);
+  const token = env.AWS_CONTAINER_AUTHORIZATION_TOKEN?.trim().replace(/^Bearer\s+/i, '');
+  return (
+    (endpoint !== undefined && endpoint === origin(brokerUrl ?? env.JIT_BROKER_URL)) ||
+    (!!token && token === env.JIT_TOKEN?.trim()) ||
+    (!!env.AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE && env.AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE === env.JIT_TOKEN_FILE)
+  );
+}
+
 /**
  * The environment for a program that should use `cred`: the parent's, without
  * the caller's own identity (`JIT_TOKEN`, `JIT_TOKEN_FILE`: the program gets
  * the credential, never the identity that can mint more), plus
  * {@link credentialEnv}. For AWS credentials `AWS_PROFILE` and any previous
  * session variables are dropped as well: the JS SDK ignores environment keys
- * while a profile is named.
+ * while a profile is named. The SDK's container-credentials variables go too,
+ * for AWS credentials (the keys are the program's one AWS identity) and
+ * whenever they are the caller's identity by another road
+ * (`brokerUrl`: the broker the credential came from; default `JIT_BROKER_URL`).
  */
-export function childEnv(parent: NodeJS.ProcessEnv, cred: IssuedCredential): Record<string, string> {
+export function childEnv(parent: NodeJS.ProcessEnv, cred: IssuedCredential, opts: { brokerUrl?: string } = {}): Record<string, string> {
   const out: Record<string, string> = {};
   for (const [k, v] of Object.entries(parent)) if (v !== undefined) out[k] = v;
   delete out.JIT_TOKEN;
   delete out.JIT_TOKEN_FILE;
   const env = credentialEnv(cred);
+  if (env.AWS_ACCESS_KEY_ID !== undefined || containerIsIdentity(parent, opts.brokerUrl)) for (const k of CONTAINER_VARS) delete out[k];
   if (env.AWS_ACCESS_KEY_ID !== undefined) {
     for (const k of ['AWS_PROFILE', 'AWS_DEFAULT_PROFILE', 'AWS_SESSION_TOKEN', 'AWS_SECURITY_TOKEN', 'AWS_CREDENTIAL_EXPIRATION'])
       delete out[k];

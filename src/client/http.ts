@@ -1,6 +1,12 @@
 import { BrokerResponseError, BrokerUnreachableError, ClientConfigError } from './errors.ts';
 import type { TokenSource } from './token-source.ts';
 
+/**
+ * The most a broker answer may hold. Its largest pages (500 audit records, an evidence page with a ~2 MB
+ * sub-task tree) are a few MB; a URL that answers more is not the broker, and reading on would hold it all.
+ */
+export const MAX_ANSWER_BYTES = 32 * 1024 * 1024;
+
 /** What one call sends. */
 export interface CallOptions {
   query?: Record<string, string | number | boolean | undefined>;
@@ -64,8 +70,9 @@ export class Transport {
     let text: string;
     try {
       res = await this.fetchFn(url, { method, headers, body, signal, redirect: 'error' });
-      text = await res.text();
+      text = await readBounded(res, performance.now() + this.timeoutMs);
     } catch (err) {
+      if (err instanceof BrokerUnreachableError) throw err;
       if (opts.signal?.aborted) throw opts.signal.reason;
       const timedOut = timeout.aborted;
       const cause = (err as { cause?: { code?: string; message?: string } }).cause;
@@ -88,6 +95,35 @@ export class Transport {
   }
 }
 
+/**
+ * The body as text, at most {@link MAX_ANSWER_BYTES} and within the call's time: read chunk by chunk, because
+ * `res.text()` holds an endless body in memory and (a chunk always being ready) never lets the timeout's timer
+ * fire, so a hostile URL kept the CLI reading until the machine ran out of memory.
+ */
+async function readBounded(res: Response, deadline: number): Promise<string> {
+  if (!res.body) return '';
+  const reader = res.body.getReader();
+  const decoder = new TextDecoder();
+  let bytes = 0;
+  let text = '';
+  for (;;) {
+    const { done, value } = await reader.read();
+    if (done) return text + decoder.decode();
+    bytes += value.byteLength;
+    const why =
+      bytes > MAX_ANSWER_BYTES
+        ? `answered more than ${MAX_ANSWER_BYTES / (1024 * 1024)} MiB`
+        : performance.now() > deadline
+          ? 'did not finish its answer in time'
+          : undefined;
+    if (why) {
+      await reader.cancel().catch(() => undefined);
+      throw new BrokerUnreachableError('bad_response', `${res.url ? new URL(res.url).origin : 'the broker'} ${why} (HTTP ${res.status})`);
+    }
+    text += decoder.decode(value, { stream: true });
+  }
+}
+
 function normalizeBaseUrl(raw: string): string {
   let u: URL;
   try {
@@ -97,6 +133,16 @@ function normalizeBaseUrl(raw: string): string {
   }
   if (u.protocol !== 'http:' && u.protocol !== 'https:')
     throw new ClientConfigError('bad_broker_url', `the broker URL "${raw}" must be http or https`);
+  // A password, or a secret in a query or fragment, would be printed in every error naming the broker (fetch
+  // refuses a URL with credentials anyway, and a query would be glued in front of every path): refused, and
+  // not echoed. The caller's identity goes in JIT_TOKEN / JIT_TOKEN_FILE.
+  if (u.username || u.password || u.search || u.hash) {
+    const bare = `${u.protocol}//${u.host}${u.pathname}`.replace(/\/+$/, '');
+    throw new ClientConfigError(
+      'bad_broker_url',
+      `the broker URL ${bare} must not carry a user name, password, query or fragment (the identity goes in JIT_TOKEN or JIT_TOKEN_FILE)`,
+    );
+  }
   return u.href.replace(/\/+$/, '');
 }
 

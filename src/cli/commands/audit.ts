@@ -1,6 +1,8 @@
-import { createWriteStream } from 'node:fs';
-import type { BrokerClient } from '../../client/broker-client.ts';
-import { BrokerResponseError } from '../../client/errors.ts';
+import { once } from 'node:events';
+import { constants } from 'node:fs';
+import { type FileHandle, open } from 'node:fs/promises';
+import { type BrokerClient, nextCursorCheck } from '../../client/broker-client.ts';
+import { BrokerResponseError, ClientConfigError } from '../../client/errors.ts';
 import type { AuditFilter, AuditRecord } from '../../client/types.ts';
 import { UsageError } from '../args.ts';
 import { type ApiAuditRecord, ChainChecker } from '../audit-chain.ts';
@@ -79,7 +81,9 @@ export const auditTail: Command = {
     try {
       await follow(client, { ...base, since: base.since ?? new Date().toISOString() }, interval, stop.signal, (r) =>
         ctx.json
-          ? ctx.io.stdout.write(`${JSON.stringify(r)}\n`)
+          ? // One line per record, escaped as every --json output is (out.json): a C1 control or bidi character
+            // that JSON.stringify leaves raw must not reach the terminal; `\uXXXX` reads back as the same value.
+            ctx.io.stdout.write(`${terminalSafe(JSON.stringify(r))}\n`)
           : ctx.out.line(
               terminalSafe(`${r.time}  ${r.actor}  ${r.action}  ${r.decision}  ${r.taskId ?? '-'}  ${r.reason ?? ''}`.trimEnd()),
             ),
@@ -143,11 +147,12 @@ export const auditVerify: Command = {
     let chain: 'intact' | 'broken' = 'intact';
     let records = 0;
     let cursor: string | undefined;
+    const next = nextCursorCheck();
     do {
       const ev = await client.taskEvidence(taskId, { limit: 500, cursor });
       records += ev.audit?.items?.length ?? 0;
       if (ev.chain !== 'intact') chain = 'broken';
-      cursor = ev.audit?.nextCursor ?? undefined;
+      cursor = next(ev.audit?.nextCursor);
     } while (cursor);
     if (ctx.json) ctx.out.json({ taskId, chain, records });
     else
@@ -216,14 +221,19 @@ export const auditExport: Command = {
     const f = filter(ctx);
     const client = ctx.client();
     const file = ctx.flags.str('output');
-    const sink = file ? createWriteStream(file, { flags: 'w', mode: 0o600 }) : undefined;
+    const sink = file ? (await openOutput(file)).createWriteStream() : undefined;
+    // A write that fails later (a full disk) rejects the wait below or reaches end()'s callback, not the process.
+    sink?.on('error', () => undefined);
     let n = 0;
     try {
       for await (const r of client.paginate((cursor) => client.queryAudit({ ...f, limit: 500, cursor }))) {
         const line = `${JSON.stringify(r)}\n`;
         if (sink) {
-          if (!sink.write(line)) await new Promise<void>((r2) => sink.once('drain', () => r2()));
-        } else ctx.io.stdout.write(line);
+          if (!sink.write(line)) await once(sink, 'drain');
+        } else {
+          // Stdout may be a terminal: escaped as every --json line is (the same JSON value). The file keeps them as sent.
+          ctx.io.stdout.write(`${terminalSafe(JSON.stringify(r))}\n`);
+        }
         n += 1;
       }
     } finally {
@@ -233,3 +243,24 @@ export const auditExport: Command = {
     return 0;
   },
 };
+
+/**
+ * Opens `--output` for the caller alone, before the broker is asked: never through a symlink (one planted in a
+ * shared directory would aim the records at another file), 0600 also when the file existed (the mode of
+ * open() applies only to a file it creates), emptied only once that holds. A path it cannot use is the
+ * caller's set-up (exit 2), said in one line.
+ */
+async function openOutput(file: string): Promise<FileHandle> {
+  let fh: FileHandle | undefined;
+  try {
+    fh = await open(file, constants.O_WRONLY | constants.O_CREAT | constants.O_NOFOLLOW, 0o600);
+    if (!(await fh.stat()).isFile()) throw Object.assign(new Error('not a regular file'), { code: 'not a regular file' });
+    await fh.chmod(0o600);
+    await fh.truncate(0);
+    return fh;
+  } catch (err) {
+    await fh?.close().catch(() => undefined);
+    const why = (err as NodeJS.ErrnoException).code ?? (err as Error).message;
+    throw new ClientConfigError('output_unwritable', `cannot write ${file} (${why})`, { cause: err });
+  }
+}

@@ -18,9 +18,18 @@ export const exec: Command = {
     if (rest.length === 0) throw new UsageError('no command: put it after --', exec.usage);
     const broker = client();
     const cred = await issue(broker, flags, (s) => out.note(s));
-    const env = childEnv(io.env, cred);
+    const env = childEnv(io.env, cred, { brokerUrl: broker.url });
     const code = await new Promise<number>((resolve) => {
-      const child = spawn(rest[0]!, rest.slice(1), { stdio: 'inherit', env, cwd: io.cwd });
+      let child: ReturnType<typeof spawn>;
+      try {
+        child = spawn(rest[0]!, rest.slice(1), { stdio: 'inherit', env, cwd: io.cwd });
+      } catch (err) {
+        // Refused before it started (an environment value holding a NUL byte): the message quotes the value,
+        // a secret, so only the code is printed; the lease is revoked below like after any run.
+        io.stderr.write(`jit: cannot run ${rest[0]}: ${(err as NodeJS.ErrnoException).code ?? 'refused by spawn'}\n`);
+        resolve(126);
+        return;
+      }
       // Signals meant for the command (Ctrl-C, a supervisor's SIGTERM) reach it; jit waits to revoke.
       const forward = (sig: NodeJS.Signals) => child.kill(sig);
       for (const s of FORWARDED) process.on(s, forward);

@@ -1,3 +1,4 @@
+import { nextCursorCheck } from '../../client/broker-client.ts';
 import type { Page, PageParams } from '../../client/types.ts';
 import type { OptionSpecs } from '../args.ts';
 import type { Ctx } from '../command.ts';
@@ -26,10 +27,12 @@ export async function printPage<T>(
   if (ctx.flags.bool('all')) {
     const items: T[] = [];
     let cursor = ctx.flags.str('cursor');
+    const next = nextCursorCheck();
+    next(cursor);
     do {
       const p = await fetchPage({ limit, cursor });
       items.push(...p.items);
-      cursor = p.nextCursor ?? undefined;
+      cursor = next(p.nextCursor);
     } while (cursor);
     page = { items, nextCursor: null };
   } else {
