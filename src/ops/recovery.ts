@@ -103,6 +103,14 @@ export class DataLossMonitor {
   private knownAtRollback: Map<AuditChain, string> | undefined;
   /** This instance's recovery id for the rollback noticed (rollback-claim.lua), kept across its attempts. */
   private rollbackClaim: string | undefined;
+  /**
+   * The records of data losses this instance stored with their marker (loss-mark.lua) that it has not seen
+   * written, by epoch and index (their identity `loss:<epoch>:<n>`). Redis losing its data again before they
+   * are written takes the stored copy with it; the next recovery knows nothing of that loss (the known heads
+   * were reset by the first): these are written from here then (writeLoss), so the loss is still recorded.
+   * Kept across recoveries, unlike what is remembered of a dataset.
+   */
+  private readonly lossUnwritten = new Map<string, Map<number, StoredRecord>>();
 
   constructor(deps: RecoveryDeps) {
     this.d = deps;
@@ -384,11 +392,13 @@ export class DataLossMonitor {
           if (lost && created) records.push({ chain: 'ops', event: SIGNING_RECREATED });
           // Refused: another instance finished this recovery (it took the lock after this one's lapsed under
           // a stall) and recorded the loss; a second record would count one loss twice.
+          const epoch = randomUUID();
           const marked = await markLoss.run(
             this.d.redis,
             [this.d.keys.epoch(), this.d.keys.lossRecords()],
-            [randomUUID(), records.length > 0 ? JSON.stringify(records) : ''],
+            [epoch, records.length > 0 ? JSON.stringify(records) : ''],
           );
+          if (marked === 1 && records.length > 0) this.lossUnwritten.set(epoch, new Map(records.map((r, n) => [n, r])));
           signingRecorded = marked === 1 && lost && created;
         }
         // This attempt's records, or those of an attempt (this instance's or another's) that set the marker and
@@ -422,18 +432,40 @@ export class DataLossMonitor {
   /**
    * Writes the records of data losses stored with their marker (loss-mark.lua), each once per loss
    * (AuditLog.appendOnce: an attempt that wrote some and failed, or two instances at once, write none twice),
-   * then drops them from Redis. Resolves whether there were any.
+   * then drops them from Redis; and those this instance stored that Redis lost before they were written
+   * (lossUnwritten). Resolves whether there were any.
    */
   private async writeLoss(): Promise<boolean> {
-    const stored = await this.d.redis.hgetall(this.d.keys.lossRecords());
+    const [stored, marker] = await Promise.all([this.d.redis.hgetall(this.d.keys.lossRecords()), this.d.redis.get(this.d.keys.epoch())]);
     const epochs = Object.keys(stored);
+    let carried = false;
+    for (const [epoch, left] of this.lossUnwritten) {
+      if (epoch in stored || marker === null) continue;
+      // Still this loss's dataset: its stored copy leaves only once all are written (by another instance).
+      if (epoch === marker) {
+        this.lossUnwritten.delete(epoch);
+        continue;
+      }
+      // Redis lost its data again (another loss's marker) and the stored copy with it: written from here, each
+      // once (a failure part-way leaves the rest here for the next attempt).
+      carried = true;
+      await Promise.all(
+        [...left].map(([n, r]) => this.d.audit.appendOnce(r.chain, r.event, `loss:${epoch}:${n}`).then(() => left.delete(n))),
+      );
+      this.lossUnwritten.delete(epoch);
+    }
     for (const epoch of epochs) {
       const records = parseStoredRecords(stored[epoch]!, this.d.keys.auditChains(), isLossEvent);
-      if (records) await Promise.all(records.map((r, i) => this.d.audit.appendOnce(r.chain, r.event, `loss:${epoch}:${i}`)));
+      const left = this.lossUnwritten.get(epoch);
+      if (records)
+        await Promise.all(
+          records.map((r, i) => this.d.audit.appendOnce(r.chain, r.event, `loss:${epoch}:${i}`).then(() => left?.delete(i))),
+        );
       else this.d.logger.error({ epoch }, 'the records stored with a data-loss marker are not records; not written');
       await this.d.redis.hdel(this.d.keys.lossRecords(), epoch);
+      this.lossUnwritten.delete(epoch);
     }
-    return epochs.length > 0;
+    return epochs.length > 0 || carried;
   }
 }
 
