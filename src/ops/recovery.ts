@@ -263,7 +263,10 @@ export class DataLossMonitor {
         { ...EXPORT_LOCK, waitMs: 30_000, onTakeover, signal: this.stopping.signal },
         async (_exportLock, exportHeld) => {
           const signal = AbortSignal.any([held, exportHeld]);
-          return await repairChains({ redis: this.d.redis, keys: this.d.keys, file: this.d.exportFile }, known, remembered, signal);
+          // Kept with each repair step: an instance that finds a step kept goes by it to the claim it belongs to.
+          this.rollbackClaim ??= randomUUID();
+          const deps = { redis: this.d.redis, keys: this.d.keys, file: this.d.exportFile, recovery: this.rollbackClaim };
+          return await repairChains(deps, known, remembered, signal);
         },
       );
       if (!repaired) throw new Error('the audit export lock stayed busy; will look again');
