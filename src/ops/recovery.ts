@@ -203,6 +203,9 @@ export class DataLossMonitor {
       // before the epoch is taken as seen, so a failure here is tried again at the next check.
       await this.writeLoss();
       const sign = await this.watch.againstExport(this.d.exportFile, this.d.keys.prefix);
+      // Likewise a rollback's, stored with its claim, whose claimant died part-way (not before the epoch is taken
+      // as seen either). With a rollback to recover from, its recovery writes them if it claims for that recovery.
+      if (!sign) await this.writeRollbacksLeft();
       this.epoch = epoch;
       await this.d.signing.reload();
       if (sign) {
@@ -336,6 +339,20 @@ export class DataLossMonitor {
       return;
     }
     await Promise.all(records.map((r) => this.d.audit.appendOnce(r.chain, r.event, `rollback:${recovery}`)));
+  }
+
+  /**
+   * Writes the records rollback recoveries stored with their claim and did not drop, then drops them. Their
+   * claimant wrote them, or died part-way: a recovery that repaired nothing (the export did not reach what Redis
+   * lost) keeps no repair for an instance to find and finish, and only an instance recovering from the same
+   * rollback claimed for it, so nobody wrote the rest. One still under way writes none twice (each once).
+   */
+  private async writeRollbacksLeft(): Promise<void> {
+    const stored = await this.d.redis.hgetall(this.d.keys.rollbackPlans());
+    for (const [recovery, records] of Object.entries(stored)) {
+      await this.writeRollback(recovery, records);
+      await this.d.redis.hdel(this.d.keys.rollbackPlans(), recovery);
+    }
   }
 
   private async recover(lostSeen: boolean): Promise<void> {
