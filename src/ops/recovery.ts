@@ -111,6 +111,12 @@ export class DataLossMonitor {
    * Kept across recoveries, unlike what is remembered of a dataset.
    */
   private readonly lossUnwritten = new Map<string, Map<number, StoredRecord>>();
+  /**
+   * This instance created the signing key at a recovery attempt that failed before `signing.recreated` was
+   * recorded (stored with the loss's records, or written): its next attempt finds the key in Redis and creates
+   * none, as does every other instance, so only this one can still record it.
+   */
+  private signingUnrecorded = false;
 
   constructor(deps: RecoveryDeps) {
     this.d = deps;
@@ -385,7 +391,8 @@ export class DataLossMonitor {
       async (_lock, held) => {
         let lost = lostSeen;
         const current = await this.d.redis.get(this.d.keys.epoch());
-        const created = await this.d.signing.ensure();
+        const created = (await this.d.signing.ensure()) || this.signingUnrecorded;
+        this.signingUnrecorded = created;
         if (!current) {
           const archive = await this.d.readArchive();
           if (!lost && archive.chains.size > 0) {
@@ -420,11 +427,14 @@ export class DataLossMonitor {
           );
           if (marked === 1 && records.length > 0) this.lossUnwritten.set(epoch, new Map(records.map((r, n) => [n, r])));
           signingRecorded = marked === 1 && lost && created;
+          // Stored with the loss's records: written from there (or, Redis losing them, from lossUnwritten).
+          if (marked === 1) this.signingUnrecorded = false;
         }
         // This attempt's records, or those of an attempt (this instance's or another's) that set the marker and
         // failed before it wrote them all.
         if (await this.writeLoss()) recorded = true;
         if (created && lost && !signingRecorded) await this.d.audit.append(SIGNING_RECREATED);
+        this.signingUnrecorded = false;
       },
     );
     if (!done) throw new Error('another instance is recovering; will look again');
