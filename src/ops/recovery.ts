@@ -104,6 +104,11 @@ export class DataLossMonitor {
   /** This instance's recovery id for the rollback noticed (rollback-claim.lua), kept across its attempts. */
   private rollbackClaim: string | undefined;
   /**
+   * What the attempts of this recovery applied again so far: each step is idempotent, so an attempt after one
+   * that applied them and failed finds them applied and counts none; its records count what all attempts did.
+   */
+  private reappliedSoFar: Reapplied = { tasks: 0, leases: 0, quarantines: 0 };
+  /**
    * The records of data losses this instance stored with their marker (loss-mark.lua) that it has not seen
    * written, by epoch and index (their identity `loss:<epoch>:<n>`). Redis losing its data again before they
    * are written takes the stored copy with it; the next recovery knows nothing of that loss (the known heads
@@ -290,7 +295,14 @@ export class DataLossMonitor {
       // which may have appended some: each once.
       await Promise.all(repair.orphans.map((o) => this.d.audit.appendOnce(o.chain, strip(o.record), orphanId(o.record), o.record.time)));
       held.throwIfAborted();
-      const reapplied = await this.d.reapply(repair.reapply);
+      const now = await this.d.reapply(repair.reapply);
+      const before = this.reappliedSoFar;
+      const reapplied: Reapplied = {
+        tasks: before.tasks + now.tasks,
+        leases: before.leases + now.leases,
+        quarantines: before.quarantines + now.quarantines,
+      };
+      this.reappliedSoFar = reapplied;
       held.throwIfAborted();
       // One set of records per rollback: a recovery listed since this instance's last good look handled it (every
       // instance still repairs and applies again what it remembers; those records are each audited). Claimed
@@ -327,6 +339,7 @@ export class DataLossMonitor {
     this.rolledBack = undefined;
     this.knownAtRollback = undefined;
     this.rollbackClaim = undefined;
+    this.reappliedSoFar = { tasks: 0, leases: 0, quarantines: 0 };
     this.watch.reset();
     await this.watch.look();
     this.d.logger.warn('recovered from Redis going back in time (see the broker.data_loss audit records for what was lost)');
@@ -371,6 +384,7 @@ export class DataLossMonitor {
     this.rolledBack = undefined;
     this.knownAtRollback = undefined;
     this.rollbackClaim = undefined;
+    this.reappliedSoFar = { tasks: 0, leases: 0, quarantines: 0 };
     this.watch.reset();
     this.d.audit.forgetEndings();
     // What this instance knew of the chains is the best record of how much was lost.
