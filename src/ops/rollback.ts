@@ -317,10 +317,22 @@ export function orphanId(record: AuditRecord): string {
   return `rechained:${record.seq}:${record.hash}`;
 }
 
-/** Drops the repairs kept for `chains` (after the recovery that took them is recorded). */
+/** How long the ids of records written once live after the last (as audit-append.lua sets them). */
+const ONCE_KEEP_MS = 604_800_000;
+
+/**
+ * Drops the repairs kept for `chains` (after the recovery that took them is recorded), and lets the chain's ids
+ * of records written once expire again (audit-append.lua keeps them without expiry while a repair is kept).
+ */
 export async function dropKeptRepairs(redis: RedisClient, keys: Keys, chains: readonly AuditChain[]): Promise<void> {
-  // One key at a time: on a Cluster each chain's is in its own slot.
-  await Promise.all(chains.map((c) => redis.del(keys.rollbackRepair(c))));
+  // One chain at a time: on a Cluster each chain's keys are in its own slot (both of one chain in the same one).
+  await Promise.all(
+    chains.map(async (c) => {
+      const res = await redis.multi().del(keys.rollbackRepair(c)).pexpire(keys.auditOnce(c), ONCE_KEEP_MS).exec();
+      if (!res) throw new Error('dropping a kept rollback repair aborted');
+      for (const [err] of res) if (err) throw err;
+    }),
+  );
 }
 
 const isRecord = (r: unknown): r is AuditRecord => {
