@@ -110,6 +110,25 @@ export class DataLossMonitor {
   private knownAtRollback: Map<AuditChain, string> | undefined;
   /** This instance's recovery id for the rollback noticed (rollback-claim.lua), kept across its attempts. */
   private rollbackClaim: string | undefined;
+  /**
+   * What the attempts of this recovery applied again so far: each step is idempotent, so an attempt after one
+   * that applied them and failed finds them applied and counts none; its records count what all attempts did.
+   */
+  private reappliedSoFar: Reapplied = { tasks: 0, leases: 0, quarantines: 0 };
+  /**
+   * The records of data losses this instance stored with their marker (loss-mark.lua) that it has not seen
+   * written, by epoch and index (their identity `loss:<epoch>:<n>`). Redis losing its data again before they
+   * are written takes the stored copy with it; the next recovery knows nothing of that loss (the known heads
+   * were reset by the first): these are written from here then (writeLoss), so the loss is still recorded.
+   * Kept across recoveries, unlike what is remembered of a dataset.
+   */
+  private readonly lossUnwritten = new Map<string, Map<number, StoredRecord>>();
+  /**
+   * This instance created the signing key at a recovery attempt that failed before `signing.recreated` was
+   * recorded (stored with the loss's records, or written): its next attempt finds the key in Redis and creates
+   * none, as does every other instance, so only this one can still record it.
+   */
+  private signingUnrecorded = false;
 
   constructor(deps: RecoveryDeps) {
     this.d = deps;
@@ -208,6 +227,9 @@ export class DataLossMonitor {
       // before the epoch is taken as seen, so a failure here is tried again at the next check.
       await this.writeLoss();
       const sign = await this.watch.againstExport(this.d.exportFile, this.d.keys.prefix);
+      // Likewise a rollback's, stored with its claim, whose claimant died part-way (not before the epoch is taken
+      // as seen either). With a rollback to recover from, its recovery writes them if it claims for that recovery.
+      if (!sign) await this.writeRollbacksLeft();
       this.epoch = epoch;
       await this.d.signing.reload();
       if (sign) {
@@ -268,7 +290,10 @@ export class DataLossMonitor {
         { ...EXPORT_LOCK, waitMs: 30_000, onTakeover, signal: this.stopping.signal },
         async (_exportLock, exportHeld) => {
           const signal = AbortSignal.any([held, exportHeld]);
-          return await repairChains({ redis: this.d.redis, keys: this.d.keys, file: this.d.exportFile }, known, remembered, signal);
+          // Kept with each repair step: an instance that finds a step kept goes by it to the claim it belongs to.
+          this.rollbackClaim ??= randomUUID();
+          const deps = { redis: this.d.redis, keys: this.d.keys, file: this.d.exportFile, recovery: this.rollbackClaim };
+          return await repairChains(deps, known, remembered, signal);
         },
       );
       if (!repaired) throw new Error('the audit export lock stayed busy; will look again');
@@ -283,7 +308,14 @@ export class DataLossMonitor {
       // which may have appended some: each once.
       await Promise.all(repair.orphans.map((o) => this.d.audit.appendOnce(o.chain, strip(o.record), orphanId(o.record), o.record.time)));
       held.throwIfAborted();
-      const reapplied = await this.d.reapply(repair.reapply);
+      const now = await this.d.reapply(repair.reapply);
+      const before = this.reappliedSoFar;
+      const reapplied: Reapplied = {
+        tasks: before.tasks + now.tasks,
+        leases: before.leases + now.leases,
+        quarantines: before.quarantines + now.quarantines,
+      };
+      this.reappliedSoFar = reapplied;
       held.throwIfAborted();
       // One set of records per rollback: a recovery listed since this instance's last good look handled it (every
       // instance still repairs and applies again what it remembers; those records are each audited). Claimed
@@ -320,6 +352,7 @@ export class DataLossMonitor {
     this.rolledBack = undefined;
     this.knownAtRollback = undefined;
     this.rollbackClaim = undefined;
+    this.reappliedSoFar = { tasks: 0, leases: 0, quarantines: 0 };
     this.watch.reset();
     await this.watch.look();
     this.d.logger.warn('recovered from Redis going back in time (see the broker.data_loss audit records for what was lost)');
@@ -340,6 +373,20 @@ export class DataLossMonitor {
     await Promise.all(records.map((r) => this.d.audit.appendOnce(r.chain, r.event, `rollback:${recovery}`)));
   }
 
+  /**
+   * Writes the records rollback recoveries stored with their claim and did not drop, then drops them. Their
+   * claimant wrote them, or died part-way: a recovery that repaired nothing (the export did not reach what Redis
+   * lost) keeps no repair for an instance to find and finish, and only an instance recovering from the same
+   * rollback claimed for it, so nobody wrote the rest. One still under way writes none twice (each once).
+   */
+  private async writeRollbacksLeft(): Promise<void> {
+    const stored = await this.d.redis.hgetall(this.d.keys.rollbackPlans());
+    for (const [recovery, records] of Object.entries(stored)) {
+      await this.writeRollback(recovery, records);
+      await this.d.redis.hdel(this.d.keys.rollbackPlans(), recovery);
+    }
+  }
+
   private async recover(lostSeen: boolean): Promise<void> {
     this.healthy = false;
     if (lostSeen) {
@@ -350,6 +397,7 @@ export class DataLossMonitor {
     this.rolledBack = undefined;
     this.knownAtRollback = undefined;
     this.rollbackClaim = undefined;
+    this.reappliedSoFar = { tasks: 0, leases: 0, quarantines: 0 };
     this.watch.reset();
     this.d.audit.forgetEndings();
     // What this instance knew of the chains is the best record of how much was lost.
@@ -370,7 +418,8 @@ export class DataLossMonitor {
       async (_lock, held) => {
         let lost = lostSeen;
         const current = await this.d.redis.get(this.d.keys.epoch());
-        const created = await this.d.signing.ensure();
+        const created = (await this.d.signing.ensure()) || this.signingUnrecorded;
+        this.signingUnrecorded = created;
         if (!current) {
           const archive = await this.d.readArchive();
           if (!lost && archive.chains.size > 0) {
@@ -403,18 +452,23 @@ export class DataLossMonitor {
           if (lost && created) records.push({ chain: 'ops', event: SIGNING_RECREATED });
           // Refused: another instance finished this recovery (it took the lock after this one's lapsed under
           // a stall) and recorded the loss; a second record would count one loss twice.
+          const epoch = randomUUID();
           const marked = await markLoss.run(
             this.d.redis,
             [this.d.keys.epoch(), this.d.keys.lossRecords()],
-            [randomUUID(), records.length > 0 ? JSON.stringify(records) : ''],
+            [epoch, records.length > 0 ? JSON.stringify(records) : ''],
           );
+          if (marked === 1 && records.length > 0) this.lossUnwritten.set(epoch, new Map(records.map((r, n) => [n, r])));
           signingRecorded = marked === 1 && lost && created;
+          // Stored with the loss's records: written from there (or, Redis losing them, from lossUnwritten).
+          if (marked === 1) this.signingUnrecorded = false;
         }
         // This attempt's records, or those of an attempt (this instance's or another's) that set the marker and
         // failed before it wrote them all.
         if (await this.writeLoss()) recorded = true;
         await this.finishContinuations();
         if (created && lost && !signingRecorded) await this.d.audit.append(SIGNING_RECREATED);
+        this.signingUnrecorded = false;
       },
     );
     if (!done) throw new Error('another instance is recovering; will look again');
@@ -442,18 +496,40 @@ export class DataLossMonitor {
   /**
    * Writes the records of data losses stored with their marker (loss-mark.lua), each once per loss
    * (AuditLog.appendOnce: an attempt that wrote some and failed, or two instances at once, write none twice),
-   * then drops them from Redis. Resolves whether there were any.
+   * then drops them from Redis; and those this instance stored that Redis lost before they were written
+   * (lossUnwritten). Resolves whether there were any.
    */
   private async writeLoss(): Promise<boolean> {
-    const stored = await this.d.redis.hgetall(this.d.keys.lossRecords());
+    const [stored, marker] = await Promise.all([this.d.redis.hgetall(this.d.keys.lossRecords()), this.d.redis.get(this.d.keys.epoch())]);
     const epochs = Object.keys(stored);
+    let carried = false;
+    for (const [epoch, left] of this.lossUnwritten) {
+      if (epoch in stored || marker === null) continue;
+      // Still this loss's dataset: its stored copy leaves only once all are written (by another instance).
+      if (epoch === marker) {
+        this.lossUnwritten.delete(epoch);
+        continue;
+      }
+      // Redis lost its data again (another loss's marker) and the stored copy with it: written from here, each
+      // once (a failure part-way leaves the rest here for the next attempt).
+      carried = true;
+      await Promise.all(
+        [...left].map(([n, r]) => this.d.audit.appendOnce(r.chain, r.event, `loss:${epoch}:${n}`).then(() => left.delete(n))),
+      );
+      this.lossUnwritten.delete(epoch);
+    }
     for (const epoch of epochs) {
       const records = parseStoredRecords(stored[epoch]!, this.d.keys.auditChains(), isLossEvent);
-      if (records) await Promise.all(records.map((r, i) => this.d.audit.appendOnce(r.chain, r.event, `loss:${epoch}:${i}`)));
+      const left = this.lossUnwritten.get(epoch);
+      if (records)
+        await Promise.all(
+          records.map((r, i) => this.d.audit.appendOnce(r.chain, r.event, `loss:${epoch}:${i}`).then(() => left?.delete(i))),
+        );
       else this.d.logger.error({ epoch }, 'the records stored with a data-loss marker are not records; not written');
       await this.d.redis.hdel(this.d.keys.lossRecords(), epoch);
+      this.lossUnwritten.delete(epoch);
     }
-    return epochs.length > 0;
+    return epochs.length > 0 || carried;
   }
 
   /**

@@ -255,17 +255,29 @@ export class RollbackWatch {
 
   /**
    * A rollback recovery that repaired a chain and died before it was recorded (its repair still kept): what it
-   * took off the chain is to be appended again, its endings applied again, its records written. A recovery whose
-   * records are still stored with its claim (Keys.rollbackPlans) is not taken as seen, so the claim finds it and
-   * its records are written from there, each once, rather than a second set.
+   * took off the chain is to be appended again, its endings applied again, its records written. The recovery
+   * that kept it (KeptRepair.by) is not taken as seen, so the claim finds it if it claimed, and its records are
+   * written from what it stored, each once, rather than a second set.
    */
   private async unfinished(chains: AuditChain[], headOf: Map<AuditChain, string>): Promise<RollbackSign | undefined> {
-    const kept = await Promise.all(chains.map((c) => this.redis.exists(this.keys.rollbackRepair(c))));
-    const chain = chains.find((_, i) => kept[i] === 1);
+    const kept = await Promise.all(chains.map((c) => this.redis.lrange(this.keys.rollbackRepair(c), 0, -1)));
+    const chain = chains.find((_, i) => (kept[i]?.length ?? 0) > 0);
     if (chain === undefined) return undefined;
-    const planned = new Set(await this.redis.hkeys(this.keys.rollbackPlans()));
+    // The recoveries whose repairs these are: one that claimed since is found by the claim (its records written
+    // from what it stored, or none when all were). Not every recovery with records stored: one that died after
+    // dropping its kept repairs and before its records (all written) left them stored, and the claim then went
+    // to it, so a later rollback whose recovery died before it claimed was recorded nowhere.
+    const repairers = new Set<string>();
+    let unnamed = false;
+    for (const entry of kept.flat()) {
+      const by = keptBy(entry);
+      if (by === undefined) unnamed = true;
+      else repairers.add(by);
+    }
+    // An entry that names none (not what the repair stores): every recovery with records stored may be its.
+    if (unnamed) for (const id of await this.redis.hkeys(this.keys.rollbackPlans())) repairers.add(id);
     const head = headOf.get(chain) ?? '';
-    return { seen: 'unfinished', chain, redis: head, known: head, recoveriesSeen: this.recoveries.filter((id) => !planned.has(id)) };
+    return { seen: 'unfinished', chain, redis: head, known: head, recoveriesSeen: this.recoveries.filter((id) => !repairers.has(id)) };
   }
 }
 
@@ -303,6 +315,8 @@ export interface Repair {
 
 /** What one repair step did to a chain, kept in Redis in that step (rollback-repair.lua). */
 interface KeptRepair {
+  /** The recovery (its rollback-claim id) that made this step: the claim its records go with (RollbackWatch.unfinished). */
+  by?: string;
   repair?: ChainRepair;
   orphans: AuditRecord[];
   reapply: AuditRecord[];
@@ -313,10 +327,22 @@ export function orphanId(record: AuditRecord): string {
   return `rechained:${record.seq}:${record.hash}`;
 }
 
-/** Drops the repairs kept for `chains` (after the recovery that took them is recorded). */
+/** How long the ids of records written once live after the last (as audit-append.lua sets them). */
+const ONCE_KEEP_MS = 604_800_000;
+
+/**
+ * Drops the repairs kept for `chains` (after the recovery that took them is recorded), and lets the chain's ids
+ * of records written once expire again (audit-append.lua keeps them without expiry while a repair is kept).
+ */
 export async function dropKeptRepairs(redis: RedisClient, keys: Keys, chains: readonly AuditChain[]): Promise<void> {
-  // One key at a time: on a Cluster each chain's is in its own slot.
-  await Promise.all(chains.map((c) => redis.del(keys.rollbackRepair(c))));
+  // One chain at a time: on a Cluster each chain's keys are in its own slot (both of one chain in the same one).
+  await Promise.all(
+    chains.map(async (c) => {
+      const res = await redis.multi().del(keys.rollbackRepair(c)).pexpire(keys.auditOnce(c), ONCE_KEEP_MS).exec();
+      if (!res) throw new Error('dropping a kept rollback repair aborted');
+      for (const [err] of res) if (err) throw err;
+    }),
+  );
 }
 
 const isRecord = (r: unknown): r is AuditRecord => {
@@ -341,11 +367,22 @@ function parseKept(entry: string, chain: AuditChain): KeptRepair | undefined {
     return undefined;
   }
   if (typeof v !== 'object' || v === null || !Array.isArray(v.orphans) || !Array.isArray(v.reapply)) return undefined;
+  if (v.by !== undefined && typeof v.by !== 'string') return undefined;
   if (!v.orphans.every(isRecord) || !v.reapply.every(isRecord)) return undefined;
   const r = v.repair;
   if (r !== undefined && (typeof r !== 'object' || r === null || r.chain !== chain || typeof r.redisHead !== 'string')) return undefined;
   if (r !== undefined && (typeof r.continuedFrom !== 'string' || typeof r.rechained !== 'number')) return undefined;
   return v as KeptRepair;
+}
+
+/** The recovery a kept entry names (KeptRepair.by), or undefined when it names none. */
+function keptBy(entry: string): string | undefined {
+  try {
+    const by = (JSON.parse(entry) as { by?: unknown } | null)?.by;
+    return typeof by === 'string' ? by : undefined;
+  } catch {
+    return undefined;
+  }
 }
 
 /**
@@ -468,7 +505,8 @@ async function recordsAfter(redis: RedisClient, keys: Keys, chain: AuditChain, a
  * export holds.
  */
 export async function repairChains(
-  deps: { redis: RedisClient; keys: Keys; file: string },
+  /** `recovery`: the id this recovery claims the rollback with (rollback-claim.lua), kept with each step. */
+  deps: { redis: RedisClient; keys: Keys; file: string; recovery?: string },
   known: Map<AuditChain, string>,
   remembered: readonly { chain: AuditChain; record: AuditRecord }[],
   /** Aborted once the locks the repair runs under are lost: no chain is changed after that. */
@@ -536,6 +574,7 @@ export async function repairChains(
     const from = markerSeq(continuedFrom) + 1;
     const changed = continuedFrom !== head || orphans.length > 0 || lost.length > 0 || knownTo >= from;
     const step: KeptRepair = {
+      ...(deps.recovery !== undefined ? { by: deps.recovery } : {}),
       ...(changed || moves
         ? {
             repair: {

@@ -308,8 +308,8 @@ export class Keys {
   }
   /**
    * Hash: recovery id -> the `broker.data_loss` records of its rollback (JSON), stored when the recovery claims
-   * the rollback (rollback-claim.lua) and written from there, each once, by it or by an instance that finds the
-   * claim; deleted once all are written, or when the id leaves `rollbackRecoveries`.
+   * the rollback (rollback-claim.lua) and written from there, each once, by it, by an instance that finds the
+   * claim, or by any instance at its start; deleted once all are written, or when the id leaves `rollbackRecoveries`.
    */
   rollbackPlans(): string {
     return `${this.globalBase}rollback-plans`;
