@@ -135,3 +135,20 @@ test('cred get --format env with a NUL byte in a secret: exit 2, nothing printed
   expect(r.stderr).not.toMatch(/hunter2|usage:/);
   expect(revoked).toEqual(['/v1/leases/l-nul']);
 }, 30_000);
+
+test.each(Object.keys(GARBAGE))(
+  'lease show on a 200 that is not a lease (%s): exit 3 bad_response',
+  async (id) => {
+    const r = await jit(['lease', 'show', id, '--json']);
+    // Before ([] and {}): exit 0 and nothing printed, as if the lease existed with no field set.
+    expect({ code: r.code, stderr: r.stderr }).toEqual({ code: 3, stderr: expect.stringMatching(/not a lease/) });
+    expect(JSON.parse(r.stdout.toString()).code).toBe('bad_response');
+  },
+  30_000,
+);
+
+test('lease show on a lease still prints it', async () => {
+  const r = await jit(['lease', 'show', 'l-1']);
+  expect(r.code).toBe(0);
+  expect(r.stdout.toString()).toMatch(/^status +active$/m);
+}, 30_000);
