@@ -156,7 +156,20 @@ export class BrokerClient {
 
   /** `GET /v1/tasks/{id}/evidence`: task, sub-tasks, leases, audit records and whether their chain is intact. */
   async taskEvidence(taskId: string, page: EvidenceParams = {}): Promise<Evidence> {
-    return (await this.http.call<Evidence>('GET', `/v1/tasks/${enc(taskId)}/evidence`, { query: { ...page } })).body;
+    const { body } = await this.http.call<unknown>('GET', `/v1/tasks/${enc(taskId)}/evidence`, { query: { ...page } });
+    // `chain` is a verdict: only the broker's two words count (anything else read as "broken" told an operator
+    // the records were tampered with when what failed was the answer).
+    return shaped<Evidence>(
+      body,
+      (e) =>
+        (e.chain === 'intact' || e.chain === 'broken') &&
+        typeof e.task === 'object' &&
+        e.task !== null &&
+        typeof e.audit === 'object' &&
+        e.audit !== null &&
+        Array.isArray((e.audit as { items?: unknown }).items),
+      { route: 'GET /v1/tasks/{taskId}/evidence', what: 'task evidence' },
+    );
   }
 
   // ---- credentials and leases

@@ -152,3 +152,28 @@ test('lease show on a lease still prints it', async () => {
   expect(r.code).toBe(0);
   expect(r.stdout.toString()).toMatch(/^status +active$/m);
 }, 30_000);
+// `maybe`: evidence as the broker sends it, but with a chain that is neither intact nor broken.
+test.each([...Object.keys(GARBAGE), 'maybe'])(
+  'audit verify --task on a 200 that is not evidence (%s): exit 3 bad_response, not "broken"',
+  async (id) => {
+    const r = await jit(['audit', 'verify', '--task', id, '--json']);
+    // Before: exit 1 and `{"chain":"broken"}`: an operator told the records were tampered with, when the broker
+    // (or whatever answered) is what failed.
+    expect({ code: r.code, stderr: r.stderr }).toEqual({ code: 3, stderr: expect.stringMatching(/not task evidence/) });
+    expect(JSON.parse(r.stdout.toString()).code).toBe('bad_response');
+  },
+  30_000,
+);
+
+test.each([
+  ['intact', 0],
+  ['broken', 1],
+])(
+  'audit verify --task on evidence whose chain is %s exits %i',
+  async (chain, code) => {
+    const r = await jit(['audit', 'verify', '--task', chain]);
+    expect(r.code).toBe(code);
+    expect(r.stdout.toString()).toContain(`audit chain ${chain}`);
+  },
+  30_000,
+);
