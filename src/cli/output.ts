@@ -1,8 +1,9 @@
-import { terminalLines, terminalSafe } from './terminal.ts';
+import { hasControls, terminalLines, terminalSafe } from './terminal.ts';
 
 /** Where a command writes; the entry point passes the process's streams, tests may pass their own. */
 export interface Io {
-  stdout: { write(s: string): unknown };
+  /** `isTTY`: a terminal (process.stdout sets it), where what the broker sent is printed escaped. */
+  stdout: { write(s: string): unknown; isTTY?: boolean };
   stderr: { write(s: string): unknown };
   env: NodeJS.ProcessEnv;
   cwd: string;
@@ -51,9 +52,29 @@ export class Out {
   }
 }
 
-/** Single-quoted for POSIX shells: `it's` → `'it'\''s'`. */
+/**
+ * Single-quoted for POSIX shells: `it's` → `'it'\''s'`. Every character but NUL stands for itself between
+ * single quotes (newlines, ESC, NBSP included), so `eval` gets the exact value back; the caller refuses NUL.
+ */
 export function shellQuote(s: string): string {
   return `'${s.replaceAll("'", `'\\''`)}'`;
+}
+
+/**
+ * For a terminal: {@link shellQuote} when `s` holds nothing {@link terminalSafe} would escape; otherwise
+ * ANSI-C quoting (`$'...'`, bash, zsh, ksh, busybox sh, POSIX.1-2024) with each such character written as
+ * its UTF-8 bytes (`\xc2\xa0`), so nothing acts on the terminal and what a person copies from it is
+ * still the exact value (bytes, not `\u` escapes, which bash decodes per locale).
+ */
+export function terminalShellQuote(s: string): string {
+  if (!hasControls(s)) return shellQuote(s);
+  let q = '';
+  for (const c of s) {
+    if (c === '\\' || c === "'") q += `\\${c}`;
+    else if (hasControls(c)) for (const b of Buffer.from(c, 'utf8')) q += `\\x${b.toString(16).padStart(2, '0')}`;
+    else q += c;
+  }
+  return `$'${q}'`;
 }
 
 /** `2026-11-23T10:02:00.000Z (in 4m 10s)` for an ISO time relative to now. */

@@ -156,7 +156,20 @@ export class BrokerClient {
 
   /** `GET /v1/tasks/{id}/evidence`: task, sub-tasks, leases, audit records and whether their chain is intact. */
   async taskEvidence(taskId: string, page: EvidenceParams = {}): Promise<Evidence> {
-    return (await this.http.call<Evidence>('GET', `/v1/tasks/${enc(taskId)}/evidence`, { query: { ...page } })).body;
+    const { body } = await this.http.call<unknown>('GET', `/v1/tasks/${enc(taskId)}/evidence`, { query: { ...page } });
+    // `chain` is a verdict: only the broker's two words count (anything else read as "broken" told an operator
+    // the records were tampered with when what failed was the answer).
+    return shaped<Evidence>(
+      body,
+      (e) =>
+        (e.chain === 'intact' || e.chain === 'broken') &&
+        typeof e.task === 'object' &&
+        e.task !== null &&
+        typeof e.audit === 'object' &&
+        e.audit !== null &&
+        Array.isArray((e.audit as { items?: unknown }).items),
+      { route: 'GET /v1/tasks/{taskId}/evidence', what: 'task evidence' },
+    );
   }
 
   // ---- credentials and leases
@@ -205,7 +218,11 @@ export class BrokerClient {
 
   /** `GET /v1/leases/{id}` (no secrets). */
   async getLease(leaseId: string): Promise<Lease> {
-    return (await this.http.call<Lease>('GET', `/v1/leases/${enc(leaseId)}`)).body;
+    const { body } = await this.http.call<unknown>('GET', `/v1/leases/${enc(leaseId)}`);
+    return shaped<Lease>(body, (l) => typeof l.leaseId === 'string' && l.leaseId !== '' && typeof l.status === 'string', {
+      route: 'GET /v1/leases/{leaseId}',
+      what: 'a lease',
+    });
   }
 
   /** `DELETE /v1/leases/{id}`: revoke one credential early (the worker cuts it off upstream). */
@@ -367,6 +384,16 @@ function sleep(ms: number, signal?: AbortSignal): Promise<void> {
     }
     signal?.addEventListener('abort', abort, { once: true });
   });
+}
+
+/**
+ * A 2xx body that must be one of the broker's objects, checked by `ok`. Anything else (`[]`, `{}`, `null`: a wrong
+ * URL, a proxy's answer, a broken broker) is the broker failing (exit 3 bad_response), never an answer with every
+ * field missing: the CLI printed nothing and exited 0 on it, as if the object were there.
+ */
+function shaped<T>(body: unknown, ok: (b: Record<string, unknown>) => boolean, where: { route: string; what: string }): T {
+  if (typeof body === 'object' && body !== null && !Array.isArray(body) && ok(body as Record<string, unknown>)) return body as T;
+  throw new BrokerUnreachableError('bad_response', `${where.route}: the broker answered something that is not ${where.what}`);
 }
 
 /** An issued credential as the broker answers one: its lease, and the credential itself as an object. */

@@ -1,10 +1,12 @@
 import { credentialProcessOutput } from '../../client/aws.ts';
 import type { BrokerClient } from '../../client/broker-client.ts';
 import { credentialEnv } from '../../client/env.ts';
+import { JitError } from '../../client/errors.ts';
 import type { CredentialRequest, IssuedCredential } from '../../client/types.ts';
 import { type Flags, UsageError } from '../args.ts';
 import type { Command } from '../command.ts';
-import { shellQuote } from '../output.ts';
+import { shellQuote, terminalShellQuote } from '../output.ts';
+import { terminalSafe } from '../terminal.ts';
 
 /** Flags shared by `cred get` and `exec`. */
 export const credentialOptions = {
@@ -43,7 +45,7 @@ export const credGet: Command = {
     'a credential for your task: json (the broker’s answer), env (`export` lines for eval), ' +
     'aws-process (AWS credential_process output); --wait waits for an approver',
   options: { ...credentialOptions, format: { type: 'string' } },
-  async run({ flags, out, client }) {
+  async run({ flags, io, out, client }) {
     const format = (flags.str('format') ?? 'json') as (typeof FORMATS)[number];
     if (!FORMATS.includes(format)) throw new UsageError(`--format must be one of ${FORMATS.join(', ')}`, credGet.usage);
     const broker = client();
@@ -51,10 +53,30 @@ export const credGet: Command = {
     if (format === 'json') out.json(cred);
     else if (format === 'env') {
       const env = credentialEnv(cred);
+      // No environment variable can hold a NUL byte (`jit exec` cannot start a command with one either): printing
+      // the value cut or changed would hand out a secret that is not the secret. Nothing will use the credential,
+      // so it is given back at once; the message names the variable, never the value.
+      const nul = Object.keys(env).find((k) => env[k]!.includes('\0'));
+      if (nul) {
+        const lease = terminalSafe(cred.leaseId);
+        const gone = await broker.revokeLease(cred.leaseId).then(
+          () => `lease ${lease} revoked`,
+          () => `lease ${lease} could not be revoked: it ends at ${terminalSafe(cred.expiresAt)} or with its task`,
+        );
+        throw new JitError(
+          'env_unrepresentable',
+          `${nul} holds a NUL byte, which no environment variable can hold; ${gone} (--format json prints a credential as the broker sent it)`,
+        );
+      }
+      const lines: string[] = [];
       // As in `jit exec`: a named profile would make the JS SDK ignore the keys; an old session token would not match them.
       if (env.AWS_ACCESS_KEY_ID !== undefined)
-        out.line('unset AWS_PROFILE AWS_DEFAULT_PROFILE AWS_SESSION_TOKEN AWS_SECURITY_TOKEN AWS_CREDENTIAL_EXPIRATION');
-      for (const [k, v] of Object.entries(env)) out.line(`export ${k}=${shellQuote(v)}`);
+        lines.push('unset AWS_PROFILE AWS_DEFAULT_PROFILE AWS_SESSION_TOKEN AWS_SECURITY_TOKEN AWS_CREDENTIAL_EXPIRATION');
+      // Piped (`eval "$(...)"`, a file to source): the values byte for byte, as out.line's escaping would change
+      // them. On a terminal: $'...' with escapes, so a hostile value cannot act on it and a copy is still exact.
+      const quote = io.stdout.isTTY ? terminalShellQuote : shellQuote;
+      for (const [k, v] of Object.entries(env)) lines.push(`export ${k}=${quote(v)}`);
+      io.stdout.write(lines.map((l) => `${l}\n`).join(''));
     } else {
       let processOut: ReturnType<typeof credentialProcessOutput>;
       try {
