@@ -27,29 +27,39 @@ afterAll(async () => {
 });
 
 test.each([
-  ['back', -HOUR],
-  ['forward', HOUR],
-])('a blocked address is refused for its Retry-After, and no longer, the wall clock stepped %s an hour', async (_, stepMs) => {
-  const ip = stepMs < 0 ? '203.0.113.10' : '203.0.113.11';
-  const from = (h: Record<string, string> = {}) => ({ 'x-forwarded-for': ip, ...h });
-  // Signed before the step: the broker decides a token's expiry on Redis's clock, which does not step.
-  const valid = from(t.as(ORCH));
+  ['back', -HOUR, 10],
+  ['forward', HOUR, 11],
+])('a blocked address is refused for its Retry-After, and no longer, the wall clock stepped %s an hour', async (_, stepMs, net) => {
   const verify = jest.spyOn(t.broker.deps.verifier, 'verify');
-  const out = [await call(t.url, 'GET', '/v1/tasks/t-none', from()), await call(t.url, 'GET', '/v1/tasks/t-none', from())];
-  expect(out.map((r) => r.status)).toEqual([401, 429]);
-  const retryAfter = Number(out[1]!.headers.get('retry-after'));
-  expect(retryAfter).toBeGreaterThanOrEqual(1);
-  const realNow = Date.now.bind(Date);
-  jest.spyOn(Date, 'now').mockImplementation(() => realNow() + stepMs);
-  try {
-    // Still blocked right after the step: refused before any signature is checked.
-    verify.mockClear();
-    expect((await call(t.url, 'GET', '/v1/tasks/t-none', valid)).status).toBe(429);
-    expect(verify).not.toHaveBeenCalled();
-    // Served again once the wait it was told has passed.
-    await new Promise((r) => setTimeout(r, retryAfter * 1000 + 300));
-    expect((await call(t.url, 'GET', '/v1/tasks/t-none', valid)).status).toBe(404);
-  } finally {
-    jest.restoreAllMocks();
+  // The budget is one a second, so the block lasts a second: on a loaded machine the steps below can take longer
+  // than that, which proves nothing either way. Such a try is started again from another address.
+  for (let attempt = 0; ; attempt++) {
+    const ip = `203.0.${net}.${attempt + 1}`;
+    const from = (h: Record<string, string> = {}) => ({ 'x-forwarded-for': ip, ...h });
+    // Signed before the step: the broker decides a token's expiry on Redis's clock, which does not step.
+    const valid = from(t.as(ORCH));
+    const out = await Promise.all([call(t.url, 'GET', '/v1/tasks/t-none', from()), call(t.url, 'GET', '/v1/tasks/t-none', from())]);
+    const blockedAt = performance.now();
+    const refused = out.find((r) => r.status === 429);
+    expect(out.map((r) => r.status).sort()).toEqual(refused || attempt >= 4 ? [401, 429] : [401, 401]);
+    if (!refused) continue;
+    const retryAfter = Number(refused.headers.get('retry-after'));
+    expect(retryAfter).toBeGreaterThanOrEqual(1);
+    const realNow = Date.now.bind(Date);
+    jest.spyOn(Date, 'now').mockImplementation(() => realNow() + stepMs);
+    try {
+      // Still blocked right after the step: refused before any signature is checked.
+      verify.mockClear();
+      const after = await call(t.url, 'GET', '/v1/tasks/t-none', valid);
+      if (performance.now() - blockedAt >= retryAfter * 1000 && attempt < 4) continue;
+      expect(after.status).toBe(429);
+      expect(verify).not.toHaveBeenCalled();
+      // Served again once the wait it was told has passed.
+      await new Promise((r) => setTimeout(r, retryAfter * 1000 + 300));
+      expect((await call(t.url, 'GET', '/v1/tasks/t-none', valid)).status).toBe(404);
+      return;
+    } finally {
+      jest.spyOn(Date, 'now').mockRestore();
+    }
   }
 });
