@@ -103,6 +103,23 @@ export interface AuditRecord extends AuditEvent {
 export const GENESIS = '0'.repeat(64);
 
 /**
+ * Whether `r`, parsed from JSON that Redis kept (a recovery's unfinished work), has the fields of a stored record
+ * that appending it again reads: what fails this is dropped as unreadable, not appended half-formed.
+ */
+export function isAuditRecord(r: unknown): r is AuditRecord {
+  const x = r as Partial<AuditRecord> | null;
+  return (
+    typeof x === 'object' &&
+    x !== null &&
+    typeof x.seq === 'number' &&
+    typeof x.hash === 'string' &&
+    typeof x.time === 'string' &&
+    typeof x.action === 'string' &&
+    typeof x.actor === 'string'
+  );
+}
+
+/**
  * Hash of a record: SHA-256 over the previous hash, a newline and the record's
  * canonical JSON (keys sorted), as UTF-8. One-shot `crypto.hash` rather than a
  * `createHash` object: every issuance hashes a record (and the export re-hashes

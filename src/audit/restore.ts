@@ -2,7 +2,7 @@ import type { QuarantineEntry } from '../identity/quarantine.ts';
 import type { AuditChain, Keys } from '../redis/keys.ts';
 import { type RedisClient, script } from '../redis/scripts.ts';
 import { ForeignExportError, readExport } from './export-file.ts';
-import { type AuditRecord, GENESIS } from './record.ts';
+import { type AuditRecord, GENESIS, isAuditRecord } from './record.ts';
 import { markerSeq } from './retention.ts';
 
 const continueScript = script('loss-continue');
@@ -207,21 +207,8 @@ function parseKept(entry: string): KeptContinuation[] {
     return [];
   }
   if (typeof v !== 'object' || v === null || typeof v.continuedFromSeq !== 'number' || typeof v.knownToSeq !== 'number') return [];
-  if (!Array.isArray(v.orphans) || !v.orphans.every(isRecord)) return [];
+  if (!Array.isArray(v.orphans) || !v.orphans.every(isAuditRecord)) return [];
   return [v as KeptContinuation];
-}
-
-function isRecord(r: unknown): r is AuditRecord {
-  const x = r as Partial<AuditRecord> | null;
-  return (
-    typeof x === 'object' &&
-    x !== null &&
-    typeof x.seq === 'number' &&
-    typeof x.hash === 'string' &&
-    typeof x.time === 'string' &&
-    typeof x.action === 'string' &&
-    typeof x.actor === 'string'
-  );
 }
 
 function parse(fields: string[]): AuditRecord | undefined {

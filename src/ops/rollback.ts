@@ -1,6 +1,6 @@
 import type { AuditLog } from '../audit/audit-log.ts';
 import { readExportTail } from '../audit/export-tail.ts';
-import { type AuditRecord, ENDING_ACTIONS } from '../audit/record.ts';
+import { type AuditRecord, ENDING_ACTIONS, isAuditRecord } from '../audit/record.ts';
 import { markerSeq } from '../audit/retention.ts';
 import type { AuditChain, Keys } from '../redis/keys.ts';
 import { type RedisClient, script } from '../redis/scripts.ts';
@@ -345,19 +345,6 @@ export async function dropKeptRepairs(redis: RedisClient, keys: Keys, chains: re
   );
 }
 
-const isRecord = (r: unknown): r is AuditRecord => {
-  const x = r as Partial<AuditRecord> | null;
-  return (
-    typeof x === 'object' &&
-    x !== null &&
-    typeof x.seq === 'number' &&
-    typeof x.hash === 'string' &&
-    typeof x.time === 'string' &&
-    typeof x.action === 'string' &&
-    typeof x.actor === 'string'
-  );
-};
-
 /** A kept entry, or undefined when it is not one of `chain`'s (see Repair.unreadable). */
 function parseKept(entry: string, chain: AuditChain): KeptRepair | undefined {
   let v: Partial<KeptRepair> | null;
@@ -368,7 +355,7 @@ function parseKept(entry: string, chain: AuditChain): KeptRepair | undefined {
   }
   if (typeof v !== 'object' || v === null || !Array.isArray(v.orphans) || !Array.isArray(v.reapply)) return undefined;
   if (v.by !== undefined && typeof v.by !== 'string') return undefined;
-  if (!v.orphans.every(isRecord) || !v.reapply.every(isRecord)) return undefined;
+  if (!v.orphans.every(isAuditRecord) || !v.reapply.every(isAuditRecord)) return undefined;
   const r = v.repair;
   if (r !== undefined && (typeof r !== 'object' || r === null || r.chain !== chain || typeof r.redisHead !== 'string')) return undefined;
   if (r !== undefined && (typeof r.continuedFrom !== 'string' || typeof r.rechained !== 'number')) return undefined;

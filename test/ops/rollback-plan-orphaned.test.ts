@@ -1,10 +1,6 @@
-import type { AuditLog } from '../../src/audit/audit-log.ts';
-import { readArchive } from '../../src/audit/restore.ts';
-import { resolvePath } from '../../src/config/load.ts';
-import { silentLogger } from '../../src/logger.ts';
-import { DataLossMonitor } from '../../src/ops/recovery.ts';
 import { auditRecords, openAgentTask } from '../helpers/broker.ts';
 import { brokerOnOwnRedis } from '../helpers/own-redis-broker.ts';
+import { failingAfterFirstLoss, lossRecords, recoveryMonitor, rollBack, snapshot } from '../helpers/recovery-harness.ts';
 
 /**
  * A rollback recovery stores its `broker.data_loss` records with its claim (rollback-claim.lua) and writes them
@@ -15,56 +11,19 @@ import { brokerOnOwnRedis } from '../helpers/own-redis-broker.ts';
 // No worker: no export runs, so the export stays behind what Redis lost (nothing to repair, nothing kept).
 const own = brokerOnOwnRedis('rollback-plan-orphaned', { broker: { dataLossCheckMs: 600_000, worker: false } });
 
-type Fn = (...a: unknown[]) => unknown;
-
 test('the records a rollback recovery stored with its claim and died before writing are written by an instance that starts, once', async () => {
   const { redis, t } = own;
   const { deps } = t.broker;
-  const file = resolvePath(t.config.audit.export.file);
   let failing = true;
-  let firstWrite: Promise<unknown> | undefined;
-  const flaky = new Proxy(deps.audit, {
-    get(target, prop) {
-      const v = Reflect.get(target, prop) as unknown;
-      if (typeof v !== 'function') return v;
-      if (prop !== 'appendOnce') return v.bind(target);
-      return async (...args: [unknown, { action: string }, ...unknown[]]) => {
-        if (args[1].action !== 'broker.data_loss' || !failing) return (v as Fn).apply(target, args);
-        if (!firstWrite) {
-          firstWrite = Promise.resolve((v as Fn).apply(target, args));
-          return firstWrite;
-        }
-        await firstWrite;
-        throw new Error('died (injected)');
-      };
-    },
-  });
-  const monitor = (audit: AuditLog) =>
-    new DataLossMonitor({
-      redis: deps.redis,
-      keys: deps.keys,
-      logger: silentLogger,
-      signing: deps.signing,
-      audit,
-      readArchive: () => readArchive(file, deps.keys.prefix),
-      restoreQuarantines: (entries) => deps.quarantine.restore(entries),
-      clearCaches: () => {},
-      restoreSecrets: async () => {},
-      metrics: deps.metrics,
-      exportFile: file,
-      reapply: async () => ({ tasks: 0, leases: 0, quarantines: 0 }),
-    });
-  const a = monitor(flaky as AuditLog);
+  const flaky = failingAfterFirstLoss(deps.audit, () => failing, { methods: ['appendOnce'] });
+  const a = recoveryMonitor(t, { audit: flaky });
   await a.init();
   expect(a.ready).toBe(true);
   // Redis goes back to a snapshot taken before a task (a bucket chain) this instance opened.
-  const admin = redis.client();
-  await admin.connect();
-  expect(await admin.call('SAVE')).toBe('OK');
-  admin.disconnect();
+  await snapshot(redis);
   await openAgentTask(t, 'rb-orphaned', [{ role: 'demo-api' }]);
   await deps.audit.flush();
-  await redis.restart({ keepData: true });
+  await rollBack(redis);
   const lossesBefore = (await auditRecords(deps.redis, deps.keys)).filter((r) => r.action === 'broker.data_loss').length;
 
   // The instance notices, claims, writes one record and dies.
@@ -72,15 +31,12 @@ test('the records a rollback recovery stored with its claim and died before writ
   await a.stop();
   expect(await deps.redis.hlen(deps.keys.rollbackPlans())).toBe(1);
   for (const c of deps.keys.auditChains()) expect(await deps.redis.exists(deps.keys.rollbackRepair(c))).toBe(0);
-  const written = async () => {
-    await deps.audit.flush();
-    return (await auditRecords(deps.redis, deps.keys)).filter((r) => r.action === 'broker.data_loss').slice(lossesBefore);
-  };
+  const written = async () => (await lossRecords(t)).slice(lossesBefore);
   expect(await written()).toHaveLength(1);
 
   // It starts again (a new process): the rest are written, each once.
   failing = false;
-  const b = monitor(deps.audit);
+  const b = recoveryMonitor(t);
   await b.init();
   expect(b.ready).toBe(true);
   await b.check();

@@ -1,11 +1,6 @@
-import { AuditExporter } from '../../src/audit/export.ts';
-import { readArchive } from '../../src/audit/restore.ts';
-import { resolvePath } from '../../src/config/load.ts';
-import { silentLogger } from '../../src/logger.ts';
-import { DataLossMonitor } from '../../src/ops/recovery.ts';
 import type { RedisClient } from '../../src/redis/scripts.ts';
-import { ADMIN, auditRecords, call } from '../helpers/broker.ts';
 import { brokerOnOwnRedis } from '../helpers/own-redis-broker.ts';
+import { exportAuditNow, lossRecords, quarantine, recoveryMonitor, rollBack, snapshot } from '../helpers/recovery-harness.ts';
 
 /**
  * A rollback recovery applies again the endings Redis lost, then claims the rollback with its records, which
@@ -18,30 +13,11 @@ const own = brokerOnOwnRedis('rollback-reapplied-retry', { broker: { dataLossChe
 test("a rollback recovery that applied the lost endings and failed before its claim records what it applied, not its retry's nothing", async () => {
   const { redis, t } = own;
   const { deps } = t.broker;
-  const file = resolvePath(t.config.audit.export.file);
-  const admin = redis.client();
-  await admin.connect();
   // Redis goes back to a snapshot taken before a quarantine (an ending) the export holds.
-  expect(await admin.call('SAVE')).toBe('OK');
-  const q = await call(t.url, 'POST', '/v1/admin/quarantine', t.as(ADMIN), { agent: 'spiffe://dev.local/agent/rb-reapplied', reason: 'x' });
-  expect(q.status).toBe(201);
-  const exporter = new AuditExporter({
-    redis: deps.redis,
-    keys: deps.keys,
-    logger: silentLogger,
-    file,
-    maxFileBytes: t.config.audit.export.maxFileBytes,
-    retention: t.config.audit.retention,
-    sealKey: undefined,
-    audit: undefined,
-    sealIntervalMs: 60_000,
-    retentionIntervalMs: 60_000,
-    now: Date.now,
-  });
-  await exporter.exportNow();
-  await exporter.close();
-  admin.disconnect();
-  await redis.restart({ keepData: true });
+  await snapshot(redis);
+  await quarantine(t, 'rb-reapplied');
+  await exportAuditNow(t);
+  await rollBack(redis);
 
   // Applying again is idempotent: what the first call applied, a second finds applied.
   const applied = new Set<string>();
@@ -63,30 +39,14 @@ test("a rollback recovery that applied the lost endings and failed before its cl
           : (v as (...a: unknown[]) => unknown).apply(target, args);
     },
   }) as RedisClient;
-  const a = new DataLossMonitor({
-    redis: claimFails,
-    keys: deps.keys,
-    logger: silentLogger,
-    signing: deps.signing,
-    audit: deps.audit,
-    readArchive: () => readArchive(file, deps.keys.prefix),
-    restoreQuarantines: (entries) => deps.quarantine.restore(entries),
-    clearCaches: () => {},
-    restoreSecrets: async () => {},
-    metrics: deps.metrics,
-    exportFile: file,
-    reapply: reapply as never,
-  });
+  const a = recoveryMonitor(t, { redis: claimFails, reapply: reapply as never });
   await a.init();
   await expect(a.check()).rejects.toThrow(/injected/);
   expect(applied.size).toBe(1);
   failing = false;
   await a.check();
   expect(a.ready).toBe(true);
-  await deps.audit.flush();
-  const recorded = (await auditRecords(deps.redis, deps.keys)).filter(
-    (r) => r.action === 'broker.data_loss' && r.reason === 'redis_rolled_back',
-  );
+  const recorded = (await lossRecords(t)).filter((r) => r.reason === 'redis_rolled_back');
   expect(recorded).toHaveLength(1);
   // Before: 0 (the retry's count).
   expect(recorded[0]!.detail).toMatchObject({ quarantinesAppliedAgain: 1 });

@@ -1,10 +1,7 @@
 import type { AuditLog } from '../../src/audit/audit-log.ts';
-import { readArchive } from '../../src/audit/restore.ts';
-import { resolvePath } from '../../src/config/load.ts';
-import { silentLogger } from '../../src/logger.ts';
-import { DataLossMonitor } from '../../src/ops/recovery.ts';
-import { ADMIN, auditRecords, call } from '../helpers/broker.ts';
+import { auditRecords } from '../helpers/broker.ts';
 import { brokerOnOwnRedis } from '../helpers/own-redis-broker.ts';
+import { quarantine, recoveryMonitor, rollBack, snapshot } from '../helpers/recovery-harness.ts';
 
 /**
  * Red team (locks at a 10-s hold), the rollback path of recovery-twice.test.ts: one `broker.data_loss` record
@@ -17,33 +14,13 @@ const own = brokerOnOwnRedis('rollback-twice', { broker: { dataLossCheckMs: 600_
 test('a rollback recovery stalled before it recorded (its lock lapsed, another recovered meanwhile) records no second data loss (found by red team)', async () => {
   const { t, redis } = own;
   const { deps } = t.broker;
-  const file = resolvePath(t.config.audit.export.file);
-  const admin = redis.client();
-  await admin.connect();
   // Redis goes back to a snapshot taken before a quarantine the export holds: a rollback, noticed at a first look.
-  expect(await admin.call('SAVE')).toBe('OK');
-  const q = await call(t.url, 'POST', '/v1/admin/quarantine', t.as(ADMIN), { agent: 'spiffe://dev.local/agent/rt-rb', reason: 'x' });
-  expect(q.status).toBe(201);
-  admin.disconnect();
-  await redis.restart({ keepData: true });
+  await snapshot(redis);
+  await quarantine(t, 'rt-rb');
+  await rollBack(redis);
 
   let stalled = false;
-  const monitor = (audit: AuditLog) =>
-    new DataLossMonitor({
-      redis: deps.redis,
-      keys: deps.keys,
-      logger: silentLogger,
-      signing: deps.signing,
-      audit,
-      readArchive: () => readArchive(file, deps.keys.prefix),
-      restoreQuarantines: (entries) => deps.quarantine.restore(entries),
-      clearCaches: () => {},
-      restoreSecrets: async () => {},
-      metrics: deps.metrics,
-      exportFile: file,
-      reapply: async () => ({ tasks: 0, leases: 0, quarantines: 0 }),
-    });
-  const b = monitor(deps.audit);
+  const b = recoveryMonitor(t);
   // A stalls past its hold right before it writes its record: its lock lapses and B recovers meanwhile.
   const stalling = new Proxy(deps.audit, {
     get(target, prop) {
@@ -61,7 +38,7 @@ test('a rollback recovery stalled before it recorded (its lock lapsed, another r
       return typeof v === 'function' ? v.bind(target) : v;
     },
   });
-  const a = monitor(stalling);
+  const a = recoveryMonitor(t, { audit: stalling });
   // Their first look: each notices the rollback (the export is ahead of Redis), to recover at its next check.
   await a.init();
   await b.init();
