@@ -136,12 +136,14 @@ export class BrokerClient {
 
   /** `GET /v1/tasks/{id}`: the task and its first 100 leases (`taskLeases` pages them all). */
   async getTask(taskId: string): Promise<TaskDetail> {
-    return (await this.http.call<TaskDetail>('GET', `/v1/tasks/${enc(taskId)}`)).body;
+    const { body } = await this.http.call<unknown>('GET', `/v1/tasks/${enc(taskId)}`);
+    return shaped<TaskDetail>(body, isTask, { route: 'GET /v1/tasks/{taskId}', what: 'a task' });
   }
 
   /** `GET /v1/tasks/{id}/leases`: one page of a task's leases (with `tree`, its sub-tasks' too), in issue order. */
   async taskLeases(taskId: string, params: TaskLeasesParams = {}): Promise<Page<Lease>> {
-    return (await this.http.call<Page<Lease>>('GET', `/v1/tasks/${enc(taskId)}/leases`, { query: { ...params } })).body;
+    const { body } = await this.http.call<unknown>('GET', `/v1/tasks/${enc(taskId)}/leases`, { query: { ...params } });
+    return listPage<Lease>(body, 'GET /v1/tasks/{taskId}/leases');
   }
 
   /** `POST /v1/tasks/{id}/complete`: every lease is revoked. Idempotent. */
@@ -151,7 +153,7 @@ export class BrokerClient {
 
   /** `GET /v1/tasks`: one page, newest first. */
   async listTasks(filter: TaskFilter = {}): Promise<Page<Task>> {
-    return (await this.http.call<Page<Task>>('GET', '/v1/tasks', { query: { ...filter } })).body;
+    return listPage<Task>((await this.http.call<unknown>('GET', '/v1/tasks', { query: { ...filter } })).body, 'GET /v1/tasks');
   }
 
   /** `GET /v1/tasks/{id}/evidence`: task, sub-tasks, leases, audit records and whether their chain is intact. */
@@ -241,12 +243,17 @@ export class BrokerClient {
 
   /** `GET /v1/approvals/{id}`. */
   async getApproval(approvalId: string): Promise<Approval> {
-    return (await this.http.call<Approval>('GET', `/v1/approvals/${enc(approvalId)}`)).body;
+    const { body } = await this.http.call<unknown>('GET', `/v1/approvals/${enc(approvalId)}`);
+    // waitForApproval polls this: `{}` has no status, so it was "decided" at once and the request asked again.
+    return shaped<Approval>(body, (a) => typeof a.approvalId === 'string' && typeof a.status === 'string', {
+      route: 'GET /v1/approvals/{approvalId}',
+      what: 'an approval',
+    });
   }
 
   /** `GET /v1/approvals`: one page. */
   async listApprovals(filter: ApprovalFilter = {}): Promise<Page<Approval>> {
-    return (await this.http.call<Page<Approval>>('GET', '/v1/approvals', { query: { ...filter } })).body;
+    return listPage<Approval>((await this.http.call<unknown>('GET', '/v1/approvals', { query: { ...filter } })).body, 'GET /v1/approvals');
   }
 
   /** `POST /v1/approvals/{id}` with `approve` (approvers). */
@@ -308,19 +315,25 @@ export class BrokerClient {
 
   /** `GET /v1/admin/quarantine`: what is in force. */
   async listQuarantines(page: PageParams = {}): Promise<Page<Quarantine>> {
-    return (await this.http.call<Page<Quarantine>>('GET', '/v1/admin/quarantine', { query: { ...page } })).body;
+    const { body } = await this.http.call<unknown>('GET', '/v1/admin/quarantine', { query: { ...page } });
+    return listPage<Quarantine>(body, 'GET /v1/admin/quarantine');
   }
 
   // ---- audit
 
   /** `GET /v1/audit`: one page, oldest first. */
   async queryAudit(filter: AuditFilter = {}): Promise<Page<AuditRecord>> {
-    return (await this.http.call<Page<AuditRecord>>('GET', '/v1/audit', { query: { ...filter } })).body;
+    return listPage<AuditRecord>((await this.http.call<unknown>('GET', '/v1/audit', { query: { ...filter } })).body, 'GET /v1/audit');
   }
 
   /** `GET /v1/admin/audit/seals` (admins): each chain's newest valid seal, its age, and whether that is too old. */
   async auditSeals(): Promise<AuditSeals> {
-    return (await this.http.call<AuditSeals>('GET', '/v1/admin/audit/seals')).body;
+    const { body } = await this.http.call<unknown>('GET', '/v1/admin/audit/seals');
+    // `{}` crashed audit verify with a TypeError (no `chains`) instead of saying the broker failed.
+    return shaped<AuditSeals>(body, (s) => typeof s.maxSealAgeSeconds === 'number' && Array.isArray(s.chains), {
+      route: 'GET /v1/admin/audit/seals',
+      what: 'audit seals',
+    });
   }
 
   // ---- OAuth
@@ -394,6 +407,22 @@ function sleep(ms: number, signal?: AbortSignal): Promise<void> {
 function shaped<T>(body: unknown, ok: (b: Record<string, unknown>) => boolean, where: { route: string; what: string }): T {
   if (typeof body === 'object' && body !== null && !Array.isArray(body) && ok(body as Record<string, unknown>)) return body as T;
   throw new BrokerUnreachableError('bad_response', `${where.route}: the broker answered something that is not ${where.what}`);
+}
+
+/** A task as the broker answers one (contract: `taskId` and `status`). */
+function isTask(t: Record<string, unknown>): boolean {
+  return typeof t.taskId === 'string' && typeof t.status === 'string';
+}
+
+/**
+ * One page of a list (contract: `{ "items": [...], "nextCursor" }`, null on the last page). `{}` or `[]` was an
+ * empty list (exit 0, as if there were nothing to list), and a TypeError for every paging loop (`--all`, `paginate`).
+ */
+function listPage<T>(body: unknown, route: string): Page<T> {
+  return shaped<Page<T>>(body, (p) => Array.isArray(p.items) && (typeof p.nextCursor === 'string' || p.nextCursor === null), {
+    route,
+    what: 'a page of a list',
+  });
 }
 
 /** An issued credential as the broker answers one: its lease, and the credential itself as an object. */

@@ -31,6 +31,26 @@ const GARBAGE: Record<string, string> = {
   text: '"x"',
   'no-chain': '{"task":{},"audit":{"items":[]}}',
 };
+/** One item of each list, as the broker answers it. */
+const TASK = { taskId: 't-1', agent: 'spiffe://x/a', tenant: 'x', status: 'open', expiresAt: '2030-01-01T00:00:00Z', grants: [] };
+const APPROVAL = {
+  approvalId: 'a-1',
+  taskId: 't-1',
+  role: 'r',
+  scopes: [],
+  agent: 'a',
+  status: 'pending',
+  requestedAt: '2030-01-01T00:00:00Z',
+};
+const ITEMS: Record<string, unknown[]> = {
+  '/v1/tasks': [TASK],
+  '/v1/approvals': [APPROVAL],
+  '/v1/audit': [],
+  '/v1/admin/quarantine': [{ agent: 'spiffe://x/*', reason: 'r', since: '2030-01-01T00:00:00Z', by: 'admin' }],
+  '/v1/tasks/t-1/leases': [{ leaseId: 'l-1', role: 'r', status: 'active', expiresAt: '2030-01-01T00:00:00Z' }],
+};
+/** What `GET /v1/admin/audit/seals` answers (a test sets it). */
+let seals = '{"maxSealAgeSeconds":300,"chains":[]}';
 const evidence = (chain: string) =>
   JSON.stringify({ task: { taskId: 't' }, tree: [], leases: [], audit: { items: [], nextCursor: null }, chain });
 
@@ -65,6 +85,17 @@ beforeAll(async () => {
       );
     const task = /^\/v1\/tasks\/([^/]+)\/evidence$/.exec(path)?.[1];
     if (task) return send(200, GARBAGE[task] ?? evidence(task));
+    // A list page: `--cursor` names the garbage to answer; `then-<garbage>` a real page whose next page is that.
+    const items = ITEMS[path];
+    if (items) {
+      const cursor = new URL(req.url ?? '/', 'http://x').searchParams.get('cursor') ?? '';
+      const then = /^then-(.+)$/.exec(cursor)?.[1] ?? null;
+      return send(200, GARBAGE[cursor] ?? JSON.stringify({ items, nextCursor: then }));
+    }
+    if (path === '/v1/admin/audit/seals') return send(200, seals);
+    const shown = /^\/v1\/(tasks|approvals)\/([^/]+)$/.exec(path);
+    if (shown)
+      return send(200, GARBAGE[shown[2]!] ?? JSON.stringify(shown[1] === 'tasks' ? { ...TASK, taskId: shown[2], leases: [] } : APPROVAL));
     send(404, '{"type":"about:blank","title":"Not Found","status":404,"detail":"no such route","code":"not_found"}');
   });
   await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
@@ -177,3 +208,82 @@ test.each([
   },
   30_000,
 );
+
+test.each(Object.keys(GARBAGE))(
+  'task show and approvals show on a 200 that is not one (%s): exit 3 bad_response',
+  async (id) => {
+    for (const [args, what] of [
+      [['task', 'show', id], /not a task/],
+      [['approvals', 'show', id], /not an approval/],
+    ] as const) {
+      const r = await jit([...args, '--json']);
+      // Before ([] and {}): exit 0 and an empty table (`{}` as JSON), as if the task or approval existed.
+      expect({ args, code: r.code, stderr: r.stderr }).toEqual({ args, code: 3, stderr: expect.stringMatching(what) });
+      expect(JSON.parse(r.stdout.toString()).code).toBe('bad_response');
+    }
+  },
+  60_000,
+);
+
+test('task show and approvals show on real answers still print them', async () => {
+  const t = await jit(['task', 'show', 't-9']);
+  expect({ code: t.code, stderr: t.stderr }).toEqual({ code: 0, stderr: '' });
+  expect(t.stdout.toString()).toMatch(/t-9/);
+  const a = await jit(['approvals', 'show', 'a-1', '--json']);
+  expect({ code: a.code, stderr: a.stderr }).toEqual({ code: 0, stderr: '' });
+  expect(JSON.parse(a.stdout.toString())).toMatchObject({ approvalId: 'a-1', status: 'pending' });
+}, 30_000);
+
+/** Every list command, each reading the page `--cursor` names. */
+const LISTS = [
+  ['task', 'list'],
+  ['task', 'leases', 't-1'],
+  ['approvals', 'list'],
+  ['audit', 'query'],
+  ['admin', 'quarantine', '--list'],
+];
+test.each(Object.keys(GARBAGE).flatMap((g) => [g, `then-${g}`]))(
+  'every list, --all, on a page that is not a page (%s): exit 3 bad_response',
+  async (cursor) => {
+    // One page, and with --all every page (a garbage page after a real one with `then-`).
+    const runs = LISTS.flatMap((list) => [...(cursor.startsWith('then-') ? [] : [list]), [...list, '--all']]);
+    for (const list of runs) {
+      const r = await jit([...list, '--cursor', cursor, '--json']);
+      // Before: one page of `[]` or `{}` was exit 0 and an empty list, as if there were nothing to list; with --all
+      // (and on null) a TypeError, "unexpected error".
+      expect({ list, code: r.code, stderr: r.stderr }).toEqual({ list, code: 3, stderr: expect.stringMatching(/not a page of a list/) });
+      expect(JSON.parse(r.stdout.toString()).code).toBe('bad_response');
+    }
+  },
+  120_000,
+);
+
+test('every list on real pages still lists their items', async () => {
+  for (const list of LISTS) {
+    const r = await jit([...list, '--all', '--cursor', 'then-p2', '--json']);
+    expect({ list, code: r.code, stderr: r.stderr }).toEqual({ list, code: 0, stderr: '' });
+    const path = `/v1/${list[0] === 'admin' ? 'admin/quarantine' : list[0] === 'task' ? (list[2] ? 'tasks/t-1/leases' : 'tasks') : list[0]}`;
+    // Two pages, each with the route's items.
+    expect({ list, items: JSON.parse(r.stdout.toString()).items }).toEqual({ list, items: [...ITEMS[path]!, ...ITEMS[path]!] });
+  }
+}, 60_000);
+
+test.each([...Object.keys(GARBAGE), 'no-chains'])(
+  'audit verify on seals that are not seals (%s): exit 3 bad_response',
+  async (id) => {
+    seals = GARBAGE[id] ?? '{"maxSealAgeSeconds":300}';
+    try {
+      const r = await jit(['audit', 'verify', '--json']);
+      // Before: a TypeError (`seals.chains` undefined) instead of the broker failing.
+      expect({ code: r.code, stderr: r.stderr }).toEqual({ code: 3, stderr: expect.stringMatching(/not audit seals/) });
+    } finally {
+      seals = '{"maxSealAgeSeconds":300,"chains":[]}';
+    }
+  },
+  30_000,
+);
+
+test('audit verify on real seals and an empty log: exit 0', async () => {
+  const r = await jit(['audit', 'verify']);
+  expect({ code: r.code, stderr: r.stderr }).toEqual({ code: 0, stderr: expect.not.stringMatching(/not audit seals|TypeError/) });
+}, 30_000);
