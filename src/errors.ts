@@ -197,7 +197,11 @@ export const ERRORS = {
     fix: 'List them with GET /v1/admin/quarantine.',
   },
   // 409: conflicts with the current state.
-  task_not_open: { status: 409, means: 'The task has ended (completed or expired).', fix: 'Open a new task.' },
+  task_not_open: {
+    status: 409,
+    means: 'The task has ended (completed or expired), or the lease was revoked while its credential was being issued.',
+    fix: 'Open a new task, or ask again.',
+  },
   task_expired: { status: 409, means: 'The task already expired; its leases were revoked.', fix: 'Open a new task.' },
   task_id_conflict: {
     status: 409,

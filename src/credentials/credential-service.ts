@@ -446,7 +446,9 @@ export class CredentialService {
       await this.deps.queue.endLease(fixed, activated.reason, this.deps.clock.now());
       // Its approver's quarantine found it `issuing` (AdminService.endApproved): the task is open, the approval taken back.
       if (activated.reason === 'revoked_by_admin' && (await this.approverQuarantined(fixed))) throw approvalTakenBack(fixed);
-      throw conflict('task_not_open', `Task ${fixed.taskId} ended while the credential was being issued; it is being revoked.`);
+      // A DELETE of the lease itself (by its agent or a reader of its task) leaves the task open: say so.
+      const what = activated.reason === 'revoked_by_caller' ? `Lease ${fixed.leaseId} was revoked` : `Task ${fixed.taskId} ended`;
+      throw conflict('task_not_open', `${what} while the credential was being issued; it is being revoked.`);
     }
     if (activated.kind === 'gone') {
       await this.revokeInHand(fixed, provider, req, { ...intent.handle, ...result.handle }, result.expiresAt);
