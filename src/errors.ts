@@ -147,7 +147,8 @@ export const ERRORS = {
   },
   not_approval_party: {
     status: 403,
-    means: 'Only approvers, admins, the requesting agent and the task orchestrator may read an approval.',
+    means:
+      "Only approvers, admins, the requesting agent, the task's orchestrator, or the orchestrator or agent of a task above it may read an approval.",
     fix: 'Call as one of them.',
   },
   not_approver: { status: 403, means: 'Only identities in `approvers` may decide approvals.', fix: 'Ask an approver.' },

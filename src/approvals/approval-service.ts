@@ -32,10 +32,19 @@ export class ApprovalService {
     this.deps = deps;
   }
 
-  /** Whether `who` may read `r`: approvers, admins, the requesting agent and the task's orchestrator. */
+  /**
+   * Whether `who` may read `r`: approvers, admins, the requesting agent, the task's orchestrator, and whoever reads
+   * the task from above (a party to a task above a sub-task: src/tasks/readers.ts). Reading is not deciding.
+   */
   mayRead(who: WorkloadIdentity, r: ApprovalRecord): boolean {
     const { approvers, admins } = this.deps.patterns;
-    return who.id === r.agent || who.id === r.openedBy || approvers.matches(who.id) || admins.matches(who.id);
+    return (
+      who.id === r.agent ||
+      who.id === r.openedBy ||
+      (r.readers?.includes(who.id) ?? false) ||
+      approvers.matches(who.id) ||
+      admins.matches(who.id)
+    );
   }
 
   async get(who: WorkloadIdentity, approvalId: string): Promise<ApprovalRecord> {

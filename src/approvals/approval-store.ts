@@ -18,6 +18,12 @@ export interface ApprovalFixed {
   agent: string;
   /** Who opened the task (may read the approval). */
   openedBy: string;
+  /**
+   * Sub-tasks only: the parties to the tasks above (their orchestrators and agents) when it was requested, who
+   * read the sub-task (src/tasks/readers.ts readsAnAncestor) and so its approvals. Absent on a root task's (and on
+   * approvals stored before this field existed).
+   */
+  readers?: string[];
   purpose: string;
   scopes: string[];
   ttlSeconds: number;
@@ -94,6 +100,7 @@ export class ApprovalStore {
         this.keys.approval(approvalId),
         this.keys.approvalsOf(bucket, req.agent),
         this.keys.approvalsOf(bucket, req.openedBy),
+        ...(req.readers ?? []).map((id) => this.keys.approvalsOf(bucket, id)),
       ],
       [
         this.keys.base(bucket),

@@ -1,6 +1,6 @@
 import { CredentialCache } from './credential-cache.ts';
 import { ApprovalPendingError, BrokerUnreachableError } from './errors.ts';
-import { Transport } from './http.ts';
+import { type CallOptions, Transport } from './http.ts';
 import { tokenSource, type TokenInput } from './token-source.ts';
 import type {
   Approval,
@@ -105,12 +105,12 @@ export class BrokerClient {
 
   /** `GET /healthz`. */
   async health(): Promise<{ status: string }> {
-    return (await this.http.call<{ status: string }>('GET', '/healthz', { auth: false })).body;
+    return (await this.answer<{ status: string }>('health', 'GET', '/healthz', { auth: false })).body;
   }
 
   /** `GET /readyz`: `ready` false (503) is an answer, not an error. */
   async ready(): Promise<{ ready: boolean; status: string; checks?: Record<string, boolean> }> {
-    const a = await this.http.call<{ status: string; checks?: Record<string, boolean> }>('GET', '/readyz', {
+    const a = await this.answer<{ status: string; checks?: Record<string, boolean> }>('ready', 'GET', '/readyz', {
       auth: false,
       accept: (s) => s === 200 || s === 503,
     });
@@ -119,59 +119,46 @@ export class BrokerClient {
 
   /** RFC 8414 metadata. */
   async metadata(): Promise<Record<string, unknown>> {
-    return (await this.http.call<Record<string, unknown>>('GET', '/.well-known/oauth-authorization-server', { auth: false })).body;
+    return (await this.answer<Record<string, unknown>>('metadata', 'GET', '/.well-known/oauth-authorization-server', { auth: false })).body;
   }
 
   /** The public keys minted tokens are signed with. */
   async jwks(): Promise<{ keys: Record<string, unknown>[] }> {
-    return (await this.http.call<{ keys: Record<string, unknown>[] }>('GET', '/.well-known/jwks.json', { auth: false })).body;
+    return (await this.answer<{ keys: Record<string, unknown>[] }>('jwks', 'GET', '/.well-known/jwks.json', { auth: false })).body;
   }
 
   // ---- tasks
 
   /** `POST /v1/tasks` (orchestrators; a task's agent with `parentTaskId`). Repeating the same request answers the same task. */
   async openTask(req: OpenTaskRequest): Promise<Task> {
-    return (await this.http.call<Task>('POST', '/v1/tasks', { json: req })).body;
+    // A sub-task's id is `<parentTaskId>~<name>` (contract section 3); without a name the broker picks one.
+    const asked = req.taskId === undefined ? undefined : req.parentTaskId === undefined ? req.taskId : `${req.parentTaskId}~${req.taskId}`;
+    return (await this.answer<Task>('task', 'POST', '/v1/tasks', { json: req }, asked)).body;
   }
 
   /** `GET /v1/tasks/{id}`: the task and its first 100 leases (`taskLeases` pages them all). */
   async getTask(taskId: string): Promise<TaskDetail> {
-    const { body } = await this.http.call<unknown>('GET', `/v1/tasks/${enc(taskId)}`);
-    return shaped<TaskDetail>(body, isTask, { route: 'GET /v1/tasks/{taskId}', what: 'a task' });
+    return (await this.answer<TaskDetail>('task', 'GET', `/v1/tasks/${enc(taskId)}`, {}, taskId)).body;
   }
 
   /** `GET /v1/tasks/{id}/leases`: one page of a task's leases (with `tree`, its sub-tasks' too), in issue order. */
   async taskLeases(taskId: string, params: TaskLeasesParams = {}): Promise<Page<Lease>> {
-    const { body } = await this.http.call<unknown>('GET', `/v1/tasks/${enc(taskId)}/leases`, { query: { ...params } });
-    return listPage<Lease>(body, 'GET /v1/tasks/{taskId}/leases');
+    return (await this.answer<Page<Lease>>('page', 'GET', `/v1/tasks/${enc(taskId)}/leases`, { query: { ...params } })).body;
   }
 
   /** `POST /v1/tasks/{id}/complete`: every lease is revoked. Idempotent. */
   async completeTask(taskId: string): Promise<CompleteTaskResult> {
-    return (await this.http.call<CompleteTaskResult>('POST', `/v1/tasks/${enc(taskId)}/complete`)).body;
+    return (await this.answer<CompleteTaskResult>('completed', 'POST', `/v1/tasks/${enc(taskId)}/complete`, {}, taskId)).body;
   }
 
   /** `GET /v1/tasks`: one page, newest first. */
   async listTasks(filter: TaskFilter = {}): Promise<Page<Task>> {
-    return listPage<Task>((await this.http.call<unknown>('GET', '/v1/tasks', { query: { ...filter } })).body, 'GET /v1/tasks');
+    return (await this.answer<Page<Task>>('page', 'GET', '/v1/tasks', { query: { ...filter } })).body;
   }
 
   /** `GET /v1/tasks/{id}/evidence`: task, sub-tasks, leases, audit records and whether their chain is intact. */
   async taskEvidence(taskId: string, page: EvidenceParams = {}): Promise<Evidence> {
-    const { body } = await this.http.call<unknown>('GET', `/v1/tasks/${enc(taskId)}/evidence`, { query: { ...page } });
-    // `chain` is a verdict: only the broker's two words count (anything else read as "broken" told an operator
-    // the records were tampered with when what failed was the answer).
-    return shaped<Evidence>(
-      body,
-      (e) =>
-        (e.chain === 'intact' || e.chain === 'broken') &&
-        typeof e.task === 'object' &&
-        e.task !== null &&
-        typeof e.audit === 'object' &&
-        e.audit !== null &&
-        Array.isArray((e.audit as { items?: unknown }).items),
-      { route: 'GET /v1/tasks/{taskId}/evidence', what: 'task evidence' },
-    );
+    return (await this.answer<Evidence>('evidence', 'GET', `/v1/tasks/${enc(taskId)}/evidence`, { query: { ...page } }, taskId)).body;
   }
 
   // ---- credentials and leases
@@ -220,16 +207,12 @@ export class BrokerClient {
 
   /** `GET /v1/leases/{id}` (no secrets). */
   async getLease(leaseId: string): Promise<Lease> {
-    const { body } = await this.http.call<unknown>('GET', `/v1/leases/${enc(leaseId)}`);
-    return shaped<Lease>(body, (l) => typeof l.leaseId === 'string' && l.leaseId !== '' && typeof l.status === 'string', {
-      route: 'GET /v1/leases/{leaseId}',
-      what: 'a lease',
-    });
+    return (await this.answer<Lease>('lease', 'GET', `/v1/leases/${enc(leaseId)}`, {}, leaseId)).body;
   }
 
   /** `DELETE /v1/leases/{id}`: revoke one credential early (the worker cuts it off upstream). */
-  async revokeLease(leaseId: string): Promise<Record<string, unknown>> {
-    return (await this.http.call<Record<string, unknown>>('DELETE', `/v1/leases/${enc(leaseId)}`)).body;
+  async revokeLease(leaseId: string): Promise<{ leaseId: string; status: string }> {
+    return (await this.answer<{ leaseId: string; status: string }>('lease', 'DELETE', `/v1/leases/${enc(leaseId)}`, {}, leaseId)).body;
   }
 
   /** Revokes every credential this client has cached (for example when the agent shuts down) and forgets them. */
@@ -243,17 +226,13 @@ export class BrokerClient {
 
   /** `GET /v1/approvals/{id}`. */
   async getApproval(approvalId: string): Promise<Approval> {
-    const { body } = await this.http.call<unknown>('GET', `/v1/approvals/${enc(approvalId)}`);
     // waitForApproval polls this: `{}` has no status, so it was "decided" at once and the request asked again.
-    return shaped<Approval>(body, (a) => typeof a.approvalId === 'string' && typeof a.status === 'string', {
-      route: 'GET /v1/approvals/{approvalId}',
-      what: 'an approval',
-    });
+    return (await this.answer<Approval>('approval', 'GET', `/v1/approvals/${enc(approvalId)}`, {}, approvalId)).body;
   }
 
   /** `GET /v1/approvals`: one page. */
   async listApprovals(filter: ApprovalFilter = {}): Promise<Page<Approval>> {
-    return listPage<Approval>((await this.http.call<unknown>('GET', '/v1/approvals', { query: { ...filter } })).body, 'GET /v1/approvals');
+    return (await this.answer<Page<Approval>>('page', 'GET', '/v1/approvals', { query: { ...filter } })).body;
   }
 
   /** `POST /v1/approvals/{id}` with `approve` (approvers). */
@@ -268,7 +247,7 @@ export class BrokerClient {
 
   private async decide(approvalId: string, decision: 'approve' | 'reject', reason?: string): Promise<Approval> {
     const json = reason === undefined ? { decision } : { decision, reason };
-    return (await this.http.call<Approval>('POST', `/v1/approvals/${enc(approvalId)}`, { json })).body;
+    return (await this.answer<Approval>('approval', 'POST', `/v1/approvals/${enc(approvalId)}`, { json }, approvalId)).body;
   }
 
   /** Polls an approval until it is no longer pending; answers the decided approval. */
@@ -290,50 +269,46 @@ export class BrokerClient {
   /** `POST /v1/admin/rotate`: `signing-key` or a provider name; `immediate` for a compromised signing key. */
   async rotate(target: string, opts: { immediate?: boolean } = {}): Promise<Record<string, unknown>> {
     const json = opts.immediate ? { target, immediate: true } : { target };
-    return (await this.http.call<Record<string, unknown>>('POST', '/v1/admin/rotate', { json })).body;
+    return (await this.answer<Record<string, unknown>>('rotated', 'POST', '/v1/admin/rotate', { json }, target)).body;
   }
 
   /** `POST /v1/admin/policy/reload`: every instance reloads the Cedar policies. */
   async reloadPolicy(): Promise<Record<string, unknown>> {
-    return (await this.http.call<Record<string, unknown>>('POST', '/v1/admin/policy/reload', { json: {} })).body;
+    return (await this.answer<Record<string, unknown>>('reloaded', 'POST', '/v1/admin/policy/reload', { json: {} })).body;
   }
 
   /** `POST /v1/admin/revoke`: end every open task matching one selector, and revoke its leases. */
   async revokeAll(selector: RevokeSelector): Promise<RevokeResult> {
-    return (await this.http.call<RevokeResult>('POST', '/v1/admin/revoke', { json: selector })).body;
+    return (await this.answer<RevokeResult>('ended', 'POST', '/v1/admin/revoke', { json: selector })).body;
   }
 
   /** `POST /v1/admin/quarantine`: refuse every call by identities matching `agent`, and end their tasks. */
   async quarantine(agent: string, reason: string): Promise<Record<string, unknown>> {
-    return (await this.http.call<Record<string, unknown>>('POST', '/v1/admin/quarantine', { json: { agent, reason } })).body;
+    return (await this.answer<Record<string, unknown>>('quarantined', 'POST', '/v1/admin/quarantine', { json: { agent, reason } }, agent))
+      .body;
   }
 
   /** `DELETE /v1/admin/quarantine/{pattern}`. */
-  async unquarantine(agent: string): Promise<Record<string, unknown> | undefined> {
-    return (await this.http.call<Record<string, unknown> | undefined>('DELETE', `/v1/admin/quarantine/${enc(agent)}`)).body;
+  async unquarantine(agent: string): Promise<{ pattern: string; lifted: true }> {
+    return (await this.answer<{ pattern: string; lifted: true }>('lifted', 'DELETE', `/v1/admin/quarantine/${enc(agent)}`, {}, agent)).body;
   }
 
   /** `GET /v1/admin/quarantine`: what is in force. */
   async listQuarantines(page: PageParams = {}): Promise<Page<Quarantine>> {
-    const { body } = await this.http.call<unknown>('GET', '/v1/admin/quarantine', { query: { ...page } });
-    return listPage<Quarantine>(body, 'GET /v1/admin/quarantine');
+    return (await this.answer<Page<Quarantine>>('page', 'GET', '/v1/admin/quarantine', { query: { ...page } })).body;
   }
 
   // ---- audit
 
   /** `GET /v1/audit`: one page, oldest first. */
   async queryAudit(filter: AuditFilter = {}): Promise<Page<AuditRecord>> {
-    return listPage<AuditRecord>((await this.http.call<unknown>('GET', '/v1/audit', { query: { ...filter } })).body, 'GET /v1/audit');
+    return (await this.answer<Page<AuditRecord>>('page', 'GET', '/v1/audit', { query: { ...filter } })).body;
   }
 
   /** `GET /v1/admin/audit/seals` (admins): each chain's newest valid seal, its age, and whether that is too old. */
   async auditSeals(): Promise<AuditSeals> {
-    const { body } = await this.http.call<unknown>('GET', '/v1/admin/audit/seals');
     // `{}` crashed audit verify with a TypeError (no `chains`) instead of saying the broker failed.
-    return shaped<AuditSeals>(body, (s) => typeof s.maxSealAgeSeconds === 'number' && Array.isArray(s.chains), {
-      route: 'GET /v1/admin/audit/seals',
-      what: 'audit seals',
-    });
+    return (await this.answer<AuditSeals>('seals', 'GET', '/v1/admin/audit/seals')).body;
   }
 
   // ---- OAuth
@@ -355,12 +330,21 @@ export class BrokerClient {
       requested_token_type: req.requestedTokenType,
       task_id: req.taskId,
     };
-    return (await this.http.call<TokenExchangeResult>('POST', '/v1/token', { form, auth: false })).body;
+    return (await this.answer<TokenExchangeResult>('token', 'POST', '/v1/token', { form, auth: false })).body;
   }
 
   /** RFC 7662 introspection of a token the broker minted. */
   async introspect(token: string): Promise<Introspection> {
-    return (await this.http.call<Introspection>('POST', '/v1/introspect', { form: { token } })).body;
+    return (await this.answer<Introspection>('introspection', 'POST', '/v1/introspect', { form: { token } })).body;
+  }
+
+  /**
+   * One call whose 2xx answer must be `kind` (see {@link ANSWERS}), about `asked` when given (the id in the path
+   * or the request): anything else is BrokerUnreachableError bad_response, the CLI's exit 3.
+   */
+  private async answer<T>(kind: AnswerKind, method: string, path: string, opts: CallOptions = {}, asked?: string) {
+    const a = await this.http.call<unknown>(method, path, opts);
+    return { ...a, body: shapedAs<T>(kind, a.body, `${method} ${path}`, asked) };
   }
 
   /**
@@ -399,30 +383,70 @@ function sleep(ms: number, signal?: AbortSignal): Promise<void> {
   });
 }
 
-/**
- * A 2xx body that must be one of the broker's objects, checked by `ok`. Anything else (`[]`, `{}`, `null`: a wrong
- * URL, a proxy's answer, a broken broker) is the broker failing (exit 3 bad_response), never an answer with every
- * field missing: the CLI printed nothing and exited 0 on it, as if the object were there.
- */
-function shaped<T>(body: unknown, ok: (b: Record<string, unknown>) => boolean, where: { route: string; what: string }): T {
-  if (typeof body === 'object' && body !== null && !Array.isArray(body) && ok(body as Record<string, unknown>)) return body as T;
-  throw new BrokerUnreachableError('bad_response', `${where.route}: the broker answered something that is not ${where.what}`);
-}
-
-/** A task as the broker answers one (contract: `taskId` and `status`). */
-function isTask(t: Record<string, unknown>): boolean {
-  return typeof t.taskId === 'string' && typeof t.status === 'string';
-}
+type Json = Record<string, unknown>;
+const str = (v: unknown): v is string => typeof v === 'string';
+const num = (v: unknown): v is number => typeof v === 'number' && Number.isFinite(v);
+const obj = (v: unknown): v is Json => typeof v === 'object' && v !== null && !Array.isArray(v);
 
 /**
- * One page of a list (contract: `{ "items": [...], "nextCursor" }`, null on the last page). `{}` or `[]` was an
- * empty list (exit 0, as if there were nothing to list), and a TypeError for every paging loop (`--all`, `paginate`).
+ * What each answer must at least be: the fields the contract (docs/openapi.yaml's `required`) promises that a
+ * caller reads, and `id`, what names the object asked for (compared with the id in the path or the request).
+ * `[]`, `{}`, `null`, nothing, or another object than the one asked for (a wrong URL, a proxy's answer, a broken
+ * or hostile broker) is the broker failing (exit 3 bad_response), never an answer with every field missing or
+ * about something else: the CLI printed nothing, or the wrong object, and exited 0 on it.
  */
-function listPage<T>(body: unknown, route: string): Page<T> {
-  return shaped<Page<T>>(body, (p) => Array.isArray(p.items) && (typeof p.nextCursor === 'string' || p.nextCursor === null), {
-    route,
-    what: 'a page of a list',
-  });
+const ANSWERS = {
+  health: { what: 'a health answer', ok: (b: Json) => str(b.status) },
+  ready: { what: 'a readiness answer', ok: (b: Json) => str(b.status) && obj(b.checks) },
+  metadata: {
+    what: 'authorization server metadata',
+    ok: (b: Json) =>
+      str(b.issuer) && str(b.token_endpoint) && str(b.introspection_endpoint) && str(b.jwks_uri) && Array.isArray(b.grant_types_supported),
+  },
+  jwks: { what: 'a JWK set', ok: (b: Json) => Array.isArray(b.keys) },
+  task: { what: 'a task', ok: (b: Json) => str(b.taskId) && str(b.status), id: (b: Json) => b.taskId },
+  completed: {
+    what: 'a completed task',
+    ok: (b: Json) => str(b.taskId) && b.status === 'completed' && num(b.leases),
+    id: (b: Json) => b.taskId,
+  },
+  // `chain` is a verdict: only the broker's two words count (anything else read as "broken" told an operator the
+  // records were tampered with when what failed was the answer).
+  evidence: {
+    what: 'task evidence',
+    ok: (b: Json) => (b.chain === 'intact' || b.chain === 'broken') && obj(b.task) && obj(b.audit) && Array.isArray(b.audit.items),
+    id: (b: Json) => (b.task as Json).taskId,
+  },
+  // A lease, and what revoking one answers (`leaseId` and `status`).
+  lease: { what: 'a lease', ok: (b: Json) => str(b.leaseId) && b.leaseId !== '' && str(b.status), id: (b: Json) => b.leaseId },
+  approval: { what: 'an approval', ok: (b: Json) => str(b.approvalId) && str(b.status), id: (b: Json) => b.approvalId },
+  // One page of a list (`{ "items": [...], "nextCursor" }`, null on the last page): `{}` or `[]` was an empty list
+  // (exit 0, as if there were nothing to list), and a TypeError for every paging loop (`--all`, `paginate`).
+  page: { what: 'a page of a list', ok: (b: Json) => Array.isArray(b.items) && (str(b.nextCursor) || b.nextCursor === null) },
+  seals: { what: 'audit seals', ok: (b: Json) => num(b.maxSealAgeSeconds) && Array.isArray(b.chains) },
+  ended: { what: 'what the kill switch ended', ok: (b: Json) => num(b.tasks) && num(b.leases) },
+  quarantined: {
+    what: 'a quarantine',
+    ok: (b: Json) => str(b.pattern) && num(b.tasks) && num(b.leases) && num(b.approvedLeases),
+    id: (b: Json) => b.pattern,
+  },
+  lifted: { what: 'a lifted quarantine', ok: (b: Json) => str(b.pattern) && b.lifted === true, id: (b: Json) => b.pattern },
+  rotated: { what: 'a rotation', ok: (b: Json) => str(b.target) && Array.isArray(b.rotated), id: (b: Json) => b.target },
+  reloaded: { what: 'a policy reload', ok: (b: Json) => b.reloaded === true && num(b.policies) && str(b.version) },
+  token: { what: 'an access token', ok: (b: Json) => str(b.access_token) && b.access_token !== '' && str(b.token_type) },
+  introspection: { what: 'an introspection answer', ok: (b: Json) => typeof b.active === 'boolean' },
+} satisfies Record<string, { what: string; ok: (b: Json) => boolean; id?: (b: Json) => unknown }>;
+type AnswerKind = keyof typeof ANSWERS;
+
+/** `body` if it is an answer of `kind` (about `asked`, when given) to the call `where`; else bad_response. */
+function shapedAs<T>(kind: AnswerKind, body: unknown, where: string, asked?: string): T {
+  const shape: { what: string; ok: (b: Json) => boolean; id?: (b: Json) => unknown } = ANSWERS[kind];
+  if (!obj(body) || !shape.ok(body))
+    throw new BrokerUnreachableError('bad_response', `${where}: the broker answered something that is not ${shape.what}`);
+  if (asked !== undefined && shape.id && shape.id(body) !== asked)
+    // Not echoed: what a hostile answer names is not printed to the terminal.
+    throw new BrokerUnreachableError('bad_response', `${where}: the broker answered ${shape.what} other than the one asked for`);
+  return body as T;
 }
 
 /** An issued credential as the broker answers one: its lease, and the credential itself as an object. */

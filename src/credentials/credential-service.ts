@@ -17,6 +17,7 @@ import type { LeaseFixed, LeaseRecord } from '../leases/types.ts';
 import { descriptorOf } from '../providers/index.ts';
 import { type IssueRequest, type IssueResult, type Provider, type StartedIssue, wasUnanswered } from '../providers/types.ts';
 import { Keys } from '../redis/keys.ts';
+import { ancestorParties } from '../tasks/readers.ts';
 import { StaleTask } from '../tasks/task-store.ts';
 import type { Grant, TaskSnapshot } from '../tasks/types.ts';
 
@@ -650,11 +651,14 @@ export class CredentialService {
     scopes: string[],
     voided = false,
   ): Promise<{ pending: PendingApproval } | { approved: ApprovalRecord } | { used: true }> {
+    // Whoever reads a sub-task reads its approvals: the parties to the tasks above, fixed when it is requested.
+    const readers = await ancestorParties(this.deps, task);
     const res = await this.deps.approvals.findOrCreate({
       taskId: task.taskId,
       role: body.role,
       agent: who.id,
       openedBy: task.openedBy,
+      ...(readers.length ? { readers } : {}),
       purpose: task.purpose,
       scopes,
       ttlSeconds: body.ttlSeconds ?? grant.maxTtlSeconds,

@@ -64,7 +64,7 @@ const FULL_READS = 50;
  *
  * A list reads only indexes of what the caller may see: its own per-identity
  * indexes (tasks it is the agent or the opener of, approvals of those
- * tasks), or the bucket-wide ones for admins and approvers. So a caller with
+ * tasks and of the sub-tasks below them), or the bucket-wide ones for admins and approvers. So a caller with
  * nothing to see costs one empty range read per index and bucket, whatever
  * everyone else has. Entries whose record has left Redis are dropped from
  * their index as a read comes across them.
@@ -136,7 +136,7 @@ export class ListService {
     });
   }
 
-  /** Approvers (and admins) see every approval; agents and orchestrators those of their tasks. */
+  /** Approvers (and admins) see every approval; agents and orchestrators those of their tasks and of the sub-tasks below. */
   async approvalsFor(who: WorkloadIdentity, q: ApprovalQuery): Promise<Page<ApprovalRecord>> {
     const { keys, patterns } = this.deps;
     const bind = { caller: who.id, filters: { list: 'approvals', status: q.status } };

@@ -19,3 +19,19 @@ export async function readsAnAncestor(deps: Pick<Deps, 'patterns' | 'tasks'>, wh
   const ancestors = await deps.tasks.recordsOf(ancestorTaskIds(task.taskId), party);
   return ancestors.some((a) => a.createdAt <= task.createdAt && party(a));
 }
+
+/**
+ * The parties to `task`'s ancestors (their orchestrators and agents, as {@link readsAnAncestor} counts them), other
+ * than `task`'s own agent and opener: who else may read the task, and so what it asks approvers for. Empty for a
+ * root task. An ancestor no longer in Redis adds no one.
+ */
+export async function ancestorParties(
+  deps: Pick<Deps, 'tasks'>,
+  task: Pick<TaskFixed, 'taskId' | 'agent' | 'openedBy' | 'parentTaskId'> & { createdAt: number },
+): Promise<string[]> {
+  if (!task.parentTaskId) return [];
+  const ancestors = await deps.tasks.recordsOf(ancestorTaskIds(task.taskId));
+  const own = new Set([task.agent, task.openedBy]);
+  const parties = ancestors.filter((a) => a.createdAt <= task.createdAt).flatMap((a) => [a.openedBy, a.agent]);
+  return [...new Set(parties)].filter((id) => !own.has(id));
+}

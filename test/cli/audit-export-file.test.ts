@@ -1,9 +1,21 @@
 import { afterAll, beforeAll, expect, test } from '@jest/globals';
-import { chmodSync, mkdtempSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
+import {
+  chmodSync,
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  statSync,
+  symlinkSync,
+  writeFileSync,
+} from 'node:fs';
 import { createServer, type Server } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { ensureBuilt, jit } from '../helpers/cli.ts';
+import { spawn } from 'node:child_process';
+import { ensureBuilt, JIT, jit, NODE20 } from '../helpers/cli.ts';
 
 /**
  * `jit audit export --output FILE` (red team): the file it writes is the
@@ -16,21 +28,38 @@ let server: Server;
 let env: Record<string, string>;
 let dir: string;
 let calls = 0;
+let hung = 0;
 
 beforeAll(async () => {
   await ensureBuilt();
   dir = mkdtempSync(join(tmpdir(), 'jit-export-'));
-  server = createServer((_req, res) => {
+  server = createServer((req, res) => {
     calls += 1;
-    res.writeHead(200, { 'content-type': 'application/json' });
-    res.end(
-      JSON.stringify({ items: [{ seq: 1, time: '2026-01-01T00:00:00.000Z', actor: 'a', action: 'x', hash: 'h' }], nextCursor: null }),
-    );
+    const q = new URL(req.url ?? '/', 'http://x').searchParams;
+    const record = (seq: number) => ({ seq, time: '2026-01-01T00:00:00.000Z', actor: 'a', action: 'x', hash: `h${seq}` });
+    // `--action` picks what the second page is: `good` a last page, `bad` not a page, `down` a 503.
+    const second = q.get('action');
+    if (!q.get('cursor') || !second) {
+      res.writeHead(200, { 'content-type': 'application/json' });
+      res.end(JSON.stringify({ items: [record(1)], nextCursor: second ? 'p2' : null }));
+    } else if (second === 'good') {
+      res.writeHead(200, { 'content-type': 'application/json' });
+      res.end(JSON.stringify({ items: [record(2)], nextCursor: null }));
+    } else if (second === 'hang') {
+      hung += 1; // never answered: the test interrupts jit meanwhile
+    } else if (second === 'bad') {
+      res.writeHead(200, { 'content-type': 'application/json' });
+      res.end('{}');
+    } else {
+      res.writeHead(503, { 'content-type': 'application/problem+json' });
+      res.end('{"type":"about:blank","title":"Unavailable","status":503,"detail":"not ready","code":"not_ready"}');
+    }
   });
   await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
   env = { JIT_BROKER_URL: `http://127.0.0.1:${(server.address() as { port: number }).port}`, JIT_TOKEN: 'a.b.c' };
 }, 120_000);
 afterAll(async () => {
+  server.closeAllConnections();
   await new Promise((r) => server.close(r));
   rmSync(dir, { recursive: true, force: true });
 });
@@ -67,3 +96,75 @@ test('a symlink at the path is refused, its target untouched', async () => {
   expect(r.stderr).toMatch(/cannot write .*link\.jsonl \(ELOOP\)/);
   expect(readFileSync(target, 'utf8')).toBe('keep\n');
 });
+
+test.each(['bad', 'down'])(
+  'a second page that fails (%s): exit 3, FILE as it was before (absent, or the last export), no temporary file left',
+  async (second) => {
+    const sub = join(dir, `partial-${second}`);
+    mkdirSync(sub);
+    const fresh = join(sub, 'fresh.jsonl');
+    const kept = join(sub, 'kept.jsonl');
+    writeFileSync(kept, 'the last good export\n', { mode: 0o600 });
+    for (const file of [fresh, kept]) {
+      const r = await jit(['audit', 'export', '--action', second, '--output', file], env);
+      expect(r.code).toBe(3);
+      expect(r.stderr).toMatch(new RegExp(`nothing written to .*${file.split('/').pop()}`));
+    }
+    // Before: exit 3, but FILE held the first page's record alone: a partial export that looked whole
+    // (and the last good export was gone).
+    expect(existsSync(fresh)).toBe(false);
+    expect(readFileSync(kept, 'utf8')).toBe('the last good export\n');
+    expect(readdirSync(sub)).toEqual(['kept.jsonl']);
+  },
+);
+
+test('an export of two pages replaces FILE whole, 0600, and leaves nothing else', async () => {
+  const sub = join(dir, 'whole');
+  mkdirSync(sub);
+  const file = join(sub, 'audit.jsonl');
+  writeFileSync(file, 'old\n');
+  chmodSync(file, 0o644);
+  const r = await jit(['audit', 'export', '--action', 'good', '--output', file], env);
+  expect({ code: r.code, stderr: r.stderr }).toEqual({ code: 0, stderr: expect.stringMatching(/exported 2 record\(s\)/) });
+  expect(
+    readFileSync(file, 'utf8')
+      .trimEnd()
+      .split('\n')
+      .map((l) => JSON.parse(l).seq),
+  ).toEqual([1, 2]);
+  expect((statSync(file).mode & 0o777).toString(8)).toBe('600');
+  expect(readdirSync(sub)).toEqual(['audit.jsonl']);
+});
+
+test('a file it may not write is exit 2 before the broker is asked, even where the directory would allow replacing it', async () => {
+  if (process.getuid?.() === 0) return; // root writes any file
+  const file = join(dir, 'readonly.jsonl');
+  writeFileSync(file, 'keep\n');
+  chmodSync(file, 0o400);
+  calls = 0;
+  const r = await jit(['audit', 'export', '--output', file], env);
+  expect(r.code).toBe(2);
+  expect(r.stderr).toMatch(/cannot write .*readonly\.jsonl \(EACCES\)/);
+  expect(calls).toBe(0);
+  expect(readFileSync(file, 'utf8')).toBe('keep\n');
+});
+
+test('interrupted while reading: jit ends by the signal, FILE as it was, no temporary file left', async () => {
+  const sub = join(dir, 'interrupted');
+  mkdirSync(sub);
+  const file = join(sub, 'audit.jsonl');
+  writeFileSync(file, 'the last good export\n', { mode: 0o600 });
+  hung = 0;
+  const child = spawn(NODE20, [JIT, 'audit', 'export', '--action', 'hang', '--output', file], {
+    env: { PATH: process.env.PATH, ...env },
+    stdio: 'ignore',
+  });
+  const ended = new Promise<[number | null, string | null]>((r) => child.on('close', (code, signal) => r([code, signal])));
+  // The first page is in the temporary file, the second one asked for.
+  for (let i = 0; hung === 0 && i < 500; i++) await new Promise((r) => setTimeout(r, 20));
+  expect(readdirSync(sub)).toHaveLength(2);
+  child.kill('SIGINT');
+  expect(await ended).toEqual([null, 'SIGINT']);
+  expect(readFileSync(file, 'utf8')).toBe('the last good export\n');
+  expect(readdirSync(sub)).toEqual(['audit.jsonl']);
+}, 30_000);

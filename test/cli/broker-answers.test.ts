@@ -51,8 +51,9 @@ const ITEMS: Record<string, unknown[]> = {
 };
 /** What `GET /v1/admin/audit/seals` answers (a test sets it). */
 let seals = '{"maxSealAgeSeconds":300,"chains":[]}';
+/** Evidence of task `chain` (the id asked for: the client checks the answer is about it), its chain that word. */
 const evidence = (chain: string) =>
-  JSON.stringify({ task: { taskId: 't' }, tree: [], leases: [], audit: { items: [], nextCursor: null }, chain });
+  JSON.stringify({ task: { taskId: chain }, tree: [], leases: [], audit: { items: [], nextCursor: null }, chain });
 
 beforeAll(async () => {
   await ensureBuilt();
@@ -64,7 +65,7 @@ beforeAll(async () => {
     };
     if (req.method === 'DELETE') {
       revoked.push(path);
-      return send(202, '{}');
+      return send(202, JSON.stringify({ leaseId: path.split('/').pop(), status: 'revoking' }));
     }
     if (path === '/v1/credentials') {
       let body = '';

@@ -84,7 +84,7 @@ beforeAll(async () => {
     if (req.method === 'DELETE') {
       revoked.push(req.url ?? '');
       res.writeHead(202, { 'content-type': 'application/json' });
-      res.end('{}');
+      res.end(JSON.stringify({ leaseId: (req.url ?? '').split('/').pop(), status: 'revoking' }));
       return;
     }
     const status = req.url?.startsWith('/v1/tasks/refused') ? 404 : 200;

@@ -1,6 +1,8 @@
 import { once } from 'node:events';
-import { constants } from 'node:fs';
-import { type FileHandle, open } from 'node:fs/promises';
+import { randomBytes } from 'node:crypto';
+import { constants, rmSync } from 'node:fs';
+import { access, type FileHandle, lstat, open, rename, rm } from 'node:fs/promises';
+import { basename, dirname, join } from 'node:path';
 import { type BrokerClient, nextCursorCheck } from '../../client/broker-client.ts';
 import { BrokerResponseError, ClientConfigError } from '../../client/errors.ts';
 import type { AuditFilter, AuditRecord } from '../../client/types.ts';
@@ -215,51 +217,108 @@ async function verifyAll(ctx: Ctx, client: BrokerClient, maxSealAge: number | un
 export const auditExport: Command = {
   path: ['audit', 'export'],
   usage: 'jit audit export [--task ID] [--actor A] [--action X] [--since T] [--until T] [--output FILE]',
-  summary: 'every matching audit record as JSON lines, oldest first, to stdout or --output',
+  summary: 'every matching audit record as JSON lines, oldest first, to stdout or --output (replaced once all is read)',
   options: { ...filterOptions, output: { type: 'string' } },
   async run(ctx) {
     const f = filter(ctx);
     const client = ctx.client();
     const file = ctx.flags.str('output');
-    const sink = file ? (await openOutput(file)).createWriteStream() : undefined;
-    // A write that fails later (a full disk) rejects the wait below or reaches end()'s callback, not the process.
-    sink?.on('error', () => undefined);
+    const out = file ? await openOutput(file) : undefined;
+    // Interrupted: the temporary file goes, FILE stays as it was, and jit ends by the signal as it would have.
+    const onSignal = (sig: NodeJS.Signals) => {
+      if (out) rmSync(out.temp, { force: true });
+      process.kill(process.pid, sig);
+    };
+    if (out) for (const s of SIGNALS) process.once(s, onSignal);
     let n = 0;
+    // Only a whole export takes FILE's place: a page that failed half-way left a file that looked like the whole
+    // log, and the last good export gone.
+    const finish = async (whole: boolean) => {
+      if (!out || !file) return;
+      for (const s of SIGNALS) process.off(s, onSignal);
+      const failed = await settle(out, file, whole);
+      if (failed || !whole) ctx.out.note(`nothing written to ${file}: the export did not finish`);
+      if (failed) throw failed;
+      ctx.out.note(`exported ${n} record(s) to ${file}`);
+    };
     try {
       for await (const r of client.paginate((cursor) => client.queryAudit({ ...f, limit: 500, cursor }))) {
-        const line = `${JSON.stringify(r)}\n`;
-        if (sink) {
-          if (!sink.write(line)) await once(sink, 'drain');
+        if (out) {
+          if (!out.sink.write(`${JSON.stringify(r)}\n`)) await once(out.sink, 'drain');
         } else {
           // Stdout may be a terminal: escaped as every --json line is (the same JSON value). The file keeps them as sent.
           ctx.io.stdout.write(`${terminalSafe(JSON.stringify(r))}\n`);
         }
         n += 1;
       }
-    } finally {
-      if (sink) await new Promise<void>((resolve, reject) => sink.end((err?: Error | null) => (err ? reject(err) : resolve())));
+    } catch (err) {
+      await finish(false);
+      throw err;
     }
-    if (file) ctx.out.note(`exported ${n} record(s) to ${file}`);
+    await finish(true);
     return 0;
   },
 };
 
+/** The temporary file an export to FILE is written into, and the stream writing it. */
+interface Output {
+  fh: FileHandle;
+  sink: ReturnType<FileHandle['createWriteStream']>;
+  temp: string;
+}
+
 /**
- * Opens `--output` for the caller alone, before the broker is asked: never through a symlink (one planted in a
- * shared directory would aim the records at another file), 0600 also when the file existed (the mode of
- * open() applies only to a file it creates), emptied only once that holds. A path it cannot use is the
- * caller's set-up (exit 2), said in one line.
+ * Ends an export into `out`: when `whole`, its records flushed to disk and the temporary file renamed over `file`;
+ * otherwise (or when that fails) the temporary file removed. A write that failed (a full disk) is the error returned.
  */
-async function openOutput(file: string): Promise<FileHandle> {
-  let fh: FileHandle | undefined;
+async function settle(out: Output, file: string, whole: boolean): Promise<ClientConfigError | undefined> {
+  let err: unknown;
+  const failed = (e: unknown) => {
+    err ??= e ?? undefined;
+  };
+  if (whole) {
+    await new Promise<void>((resolve) => out.sink.write('', (e) => resolve(failed(e))));
+    if (!err) await out.fh.sync().catch(failed);
+  }
+  await new Promise<void>((resolve) => out.sink.end((e?: Error | null) => resolve(failed(e))));
+  if (whole && !err) await rename(out.temp, file).catch(failed);
+  if (!whole || err) await rm(out.temp, { force: true }).catch(() => undefined);
+  // Not whole: what failed is the export's own error, thrown already.
+  if (!whole || !err) return undefined;
+  return new ClientConfigError(
+    'output_unwritable',
+    `cannot write ${file} (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`,
+    {
+      cause: err,
+    },
+  );
+}
+
+const SIGNALS = ['SIGINT', 'SIGTERM', 'SIGHUP'] as const;
+
+/**
+ * Checks `--output` and opens a temporary file beside it for the caller alone, before the broker is asked. FILE
+ * itself: never a symlink (one planted in a shared directory would aim the records at another file), a regular
+ * file the caller may write when it exists. The temporary file: created anew (O_EXCL, never through a symlink),
+ * 0600; it takes FILE's name once the whole export is in it. A path it cannot use is the caller's set-up (exit 2),
+ * said in one line.
+ */
+async function openOutput(file: string): Promise<Output> {
   try {
-    fh = await open(file, constants.O_WRONLY | constants.O_CREAT | constants.O_NOFOLLOW, 0o600);
-    if (!(await fh.stat()).isFile()) throw Object.assign(new Error('not a regular file'), { code: 'not a regular file' });
-    await fh.chmod(0o600);
-    await fh.truncate(0);
-    return fh;
+    const st = await lstat(file).catch((err: NodeJS.ErrnoException) => {
+      if (err.code === 'ENOENT') return undefined;
+      throw err;
+    });
+    if (st?.isSymbolicLink()) throw Object.assign(new Error('a symlink'), { code: 'ELOOP' });
+    if (st && !st.isFile()) throw Object.assign(new Error('not a regular file'), { code: 'not a regular file' });
+    if (st) await access(file, constants.W_OK);
+    const temp = join(dirname(file), `.${basename(file)}.${randomBytes(6).toString('hex')}.tmp`);
+    const fh = await open(temp, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o600);
+    const sink = fh.createWriteStream();
+    // A write that fails (a full disk) is seen by settle(), not an unhandled 'error' event.
+    sink.on('error', () => undefined);
+    return { fh, sink, temp };
   } catch (err) {
-    await fh?.close().catch(() => undefined);
     const why = (err as NodeJS.ErrnoException).code ?? (err as Error).message;
     throw new ClientConfigError('output_unwritable', `cannot write ${file} (${why})`, { cause: err });
   }

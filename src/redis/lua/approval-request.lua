@@ -12,6 +12,7 @@
 -- KEYS[5] new approval hash (used only when one is created)
 -- KEYS[6] approvals of the task's agent (zset, by request time)
 -- KEYS[7] approvals of the task's opener (zset, by request time; may be KEYS[6])
+-- KEYS[8..] approvals of each party to a task above (zset, by request time; a sub-task's readers, any may repeat)
 -- ARGV[1] key base of the bucket
 -- ARGV[2] new approval id
 -- ARGV[3] immutable part as JSON
@@ -51,7 +52,12 @@ redis.call('SET', KEYS[1], ARGV[2], 'PXAT', deadline)
 redis.call('SADD', KEYS[3], ARGV[2])
 local horizon, keep_until = tonumber(ARGV[6]), deadline + tonumber(ARGV[5])
 index_add(KEYS[4], ARGV[2], now, horizon, keep_until)
-index_add(KEYS[6], ARGV[2], now, horizon, keep_until)
-if KEYS[7] ~= KEYS[6] then index_add(KEYS[7], ARGV[2], now, horizon, keep_until) end
+local indexed = {}
+for i = 6, #KEYS do
+  if not indexed[KEYS[i]] then
+    indexed[KEYS[i]] = true
+    index_add(KEYS[i], ARGV[2], now, horizon, keep_until)
+  end
+end
 if ARGV[8] and ARGV[8] ~= '' then redis.call('ZADD', ARGV[1] .. 'audit-outbox', 'NX', now, ARGV[8]) end
 return { 'created', ARGV[2], now }

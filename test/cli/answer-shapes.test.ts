@@ -1,0 +1,300 @@
+import { afterAll, beforeAll, expect, test } from '@jest/globals';
+import { spawn } from 'node:child_process';
+import { createServer, type Server } from 'node:http';
+import { resolve } from 'node:path';
+import { ensureBuilt, JIT, NODE20 } from '../helpers/cli.ts';
+
+/**
+ * Every command's answer is the shape the contract gives it (docs/openapi.yaml's required fields), about what was
+ * asked: a 2xx of `[]`, `{}`, `null`, text, nothing, or another object than the one named (a wrong URL, a proxy, a
+ * broken or hostile broker) is exit 3 bad_response, not exit 0 with nothing (or the wrong thing) said. The compiled
+ * CLI and client, on Node 20, against a fake broker.
+ */
+let server: Server;
+let url: string;
+/** `METHOD /path` -> [status, body] the fake broker answers (a test sets it). */
+const answers = new Map<string, [number, string]>();
+
+beforeAll(async () => {
+  await ensureBuilt();
+  server = createServer((req, res) => {
+    req.resume();
+    req.on('end', () => {
+      const path = new URL(req.url ?? '/', 'http://x').pathname;
+      const [status, body] = answers.get(`${req.method} ${path}`) ?? [
+        404,
+        '{"type":"about:blank","title":"Not Found","status":404,"detail":"no such route","code":"not_found"}',
+      ];
+      res.writeHead(status, { 'content-type': 'application/json' });
+      res.end(body);
+    });
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
+  url = `http://127.0.0.1:${(server.address() as { port: number }).port}`;
+}, 120_000);
+afterAll(async () => {
+  server.closeAllConnections();
+  await new Promise((r) => server.close(r));
+});
+
+function run(file: string, args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  return new Promise((done) => {
+    const child = spawn(file, args, {
+      env: { PATH: process.env.PATH, JIT_BROKER_URL: url, JIT_TOKEN: 'a.b.c', U: url },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (d: Buffer) => {
+      stdout += d.toString();
+    });
+    child.stderr.on('data', (d: Buffer) => {
+      stderr += d.toString();
+    });
+    const kill = setTimeout(() => child.kill('SIGKILL'), 20_000);
+    child.on('close', (code) => {
+      clearTimeout(kill);
+      done({ code, stdout, stderr });
+    });
+  });
+}
+const jit = (args: string[]) => run(NODE20, [JIT, ...args]);
+
+/** 2xx bodies that are none of the broker's answers. */
+const GARBAGE: Record<string, string> = { list: '[]', empty: '{}', null: 'null', text: '"x"', nothing: '' };
+const T = '2030-01-01T00:00:00Z';
+const TASK = { taskId: 't-1', agent: 'spiffe://x/a', tenant: 'x', status: 'open', expiresAt: T, grants: [] };
+const APPROVAL = {
+  approvalId: 'a-1',
+  taskId: 't-1',
+  role: 'r',
+  scopes: [],
+  ttlSeconds: 60,
+  agent: 'spiffe://x/a',
+  purpose: 'p',
+  status: 'approved',
+  requestedAt: T,
+  expiresAt: T,
+};
+const LEASE = {
+  leaseId: 'l-1',
+  taskId: 't-1',
+  role: 'r',
+  provider: 'jwt',
+  agent: 'a',
+  scopes: [],
+  status: 'active',
+  issuedAt: T,
+  expiresAt: T,
+};
+const evidence = (taskId: string) => ({
+  task: { ...TASK, taskId },
+  tree: [],
+  treeNextCursor: null,
+  leases: [],
+  leasesNextCursor: null,
+  audit: { items: [], nextCursor: null },
+  chain: 'intact',
+});
+const OPEN = ['task', 'open', '--agent', 'spiffe://x/a', '--tenant', 'x', '--purpose', 'p', '--ttl', '60', '--grant', 'r'];
+
+/** Each command: the route it calls, the status and body the broker answers, and a body about something else. */
+const CASES: { name: string; args: string[]; route: string; status: number; good: unknown; other?: unknown }[] = [
+  {
+    name: 'task open',
+    args: [...OPEN, '--task', 't-1'],
+    route: 'POST /v1/tasks',
+    status: 201,
+    good: TASK,
+    other: { ...TASK, taskId: 't-2' },
+  },
+  {
+    name: 'task open --parent',
+    args: [...OPEN, '--task', 'c', '--parent', 't-1'],
+    route: 'POST /v1/tasks',
+    status: 201,
+    good: { ...TASK, taskId: 't-1~c' },
+    other: { ...TASK, taskId: 'c' },
+  },
+  {
+    name: 'task show',
+    args: ['task', 'show', 't-1'],
+    route: 'GET /v1/tasks/t-1',
+    status: 200,
+    good: { ...TASK, leases: [], leasesNextCursor: null },
+    other: { ...TASK, taskId: 't-2', leases: [], leasesNextCursor: null },
+  },
+  {
+    name: 'task complete',
+    args: ['task', 'complete', 't-1'],
+    route: 'POST /v1/tasks/t-1/complete',
+    status: 202,
+    good: { taskId: 't-1', status: 'completed', leases: 2 },
+    other: { taskId: 't-2', status: 'completed', leases: 2 },
+  },
+  {
+    name: 'task evidence',
+    args: ['task', 'evidence', 't-1'],
+    route: 'GET /v1/tasks/t-1/evidence',
+    status: 200,
+    good: evidence('t-1'),
+    other: evidence('t-2'),
+  },
+  {
+    name: 'approvals show',
+    args: ['approvals', 'show', 'a-1'],
+    route: 'GET /v1/approvals/a-1',
+    status: 200,
+    good: APPROVAL,
+    other: { ...APPROVAL, approvalId: 'a-2' },
+  },
+  {
+    name: 'approvals approve',
+    args: ['approvals', 'approve', 'a-1'],
+    route: 'POST /v1/approvals/a-1',
+    status: 200,
+    good: APPROVAL,
+    other: { ...APPROVAL, approvalId: 'a-2' },
+  },
+  {
+    name: 'approvals reject',
+    args: ['approvals', 'reject', 'a-1', '--reason', 'no'],
+    route: 'POST /v1/approvals/a-1',
+    status: 200,
+    good: { ...APPROVAL, status: 'rejected' },
+    other: { ...APPROVAL, approvalId: 'a-2', status: 'rejected' },
+  },
+  {
+    name: 'lease show',
+    args: ['lease', 'show', 'l-1'],
+    route: 'GET /v1/leases/l-1',
+    status: 200,
+    good: LEASE,
+    other: { ...LEASE, leaseId: 'l-2' },
+  },
+  {
+    name: 'lease revoke',
+    args: ['lease', 'revoke', 'l-1'],
+    route: 'DELETE /v1/leases/l-1',
+    status: 202,
+    good: { leaseId: 'l-1', status: 'revoking' },
+    other: { leaseId: 'l-2', status: 'revoking' },
+  },
+  {
+    name: 'admin revoke',
+    args: ['admin', 'revoke', '--task', 't-1'],
+    route: 'POST /v1/admin/revoke',
+    status: 202,
+    good: { tasks: 1, leases: 2 },
+    other: { tasks: '1', leases: 2 },
+  },
+  {
+    name: 'admin quarantine',
+    args: ['admin', 'quarantine', '--agent', 'spiffe://x/*', '--reason', 'r'],
+    route: 'POST /v1/admin/quarantine',
+    status: 201,
+    good: { pattern: 'spiffe://x/*', reason: 'r', by: 'admin', at: T, tasks: 1, leases: 2, approvedLeases: 0 },
+    other: { pattern: 'spiffe://y/*', reason: 'r', by: 'admin', at: T, tasks: 1, leases: 2, approvedLeases: 0 },
+  },
+  {
+    name: 'admin unquarantine',
+    args: ['admin', 'unquarantine', 'spiffe://x/*'],
+    route: `DELETE /v1/admin/quarantine/${encodeURIComponent('spiffe://x/*')}`,
+    status: 200,
+    good: { pattern: 'spiffe://x/*', lifted: true },
+    other: { pattern: 'spiffe://y/*', lifted: true },
+  },
+  {
+    name: 'admin rotate',
+    args: ['admin', 'rotate', 'signing-key'],
+    route: 'POST /v1/admin/rotate',
+    status: 202,
+    good: { target: 'signing-key', rotated: ['signing-key'], kid: 'k2' },
+    other: { target: 'aws', rotated: ['iam-access-key'] },
+  },
+  {
+    name: 'admin reload-policy',
+    args: ['admin', 'reload-policy'],
+    route: 'POST /v1/admin/policy/reload',
+    status: 202,
+    good: { reloaded: true, policies: 3, version: 'v1' },
+    other: { reloaded: 'yes', policies: 3, version: 'v1' },
+  },
+];
+
+test.each(CASES.map((c) => [c.name, c] as const))(
+  '%s: an answer that is not the contract’s (or about something else) is exit 3 bad_response; the real one exit 0',
+  async (_name, c) => {
+    const bodies: [string, number, string][] = [
+      ...Object.entries(GARBAGE).map(([k, b]) => [k, c.status, b] as [string, number, string]),
+      ['another object', c.status, JSON.stringify(c.other)],
+    ];
+    for (const [kind, status, body] of bodies) {
+      answers.set(c.route, [status, body]);
+      const r = await jit([...c.args, '--json']);
+      // Before: exit 0 on every one of them (`{}` or nothing printed, or the other object as if it were the one asked for).
+      expect({ kind, code: r.code, out: r.stdout && JSON.parse(r.stdout).code }).toEqual({ kind, code: 3, out: 'bad_response' });
+      expect(r.stderr).toMatch(/the broker answered/);
+    }
+    answers.set(c.route, [c.status, JSON.stringify(c.good)]);
+    const ok = await jit([...c.args, '--json']);
+    expect({ code: ok.code, stderr: ok.stderr }).toEqual({ code: 0, stderr: '' });
+    answers.delete(c.route);
+  },
+  120_000,
+);
+
+/** The client's calls no command makes: each against every bad body, on Node 20 with the compiled client. */
+test('health, ready, metadata, jwks, token exchange and introspection check their answers', async () => {
+  const CALLS: [string, string, number, unknown][] = [
+    ['health', 'GET /healthz', 200, { status: 'ok' }],
+    ['ready', 'GET /readyz', 503, { status: 'not_ready', checks: { redis: false }, upstreams: {} }],
+    [
+      'metadata',
+      'GET /.well-known/oauth-authorization-server',
+      200,
+      {
+        issuer: 'http://b',
+        token_endpoint: 'http://b/v1/token',
+        introspection_endpoint: 'http://b/v1/introspect',
+        jwks_uri: 'http://b/.well-known/jwks.json',
+        grant_types_supported: ['urn:ietf:params:oauth:grant-type:token-exchange'],
+      },
+    ],
+    ['jwks', 'GET /.well-known/jwks.json', 200, { keys: [] }],
+    [
+      'exchangeToken',
+      'POST /v1/token',
+      200,
+      {
+        access_token: 'a.b.c',
+        issued_token_type: 'urn:ietf:params:oauth:token-type:access_token',
+        token_type: 'Bearer',
+        expires_in: 60,
+        scope: '',
+      },
+    ],
+    ['introspect', 'POST /v1/introspect', 200, { active: false }],
+  ];
+  const script = `
+    import { BrokerClient } from ${JSON.stringify(resolve('dist/client/index.js'))};
+    const c = new BrokerClient({ url: process.env.U, token: 'a.b.c' });
+    const call = { health: () => c.health(), ready: () => c.ready(), metadata: () => c.metadata(), jwks: () => c.jwks(),
+      exchangeToken: () => c.exchangeToken({ taskId: 't', audience: 'r' }), introspect: () => c.introspect('x') }[process.argv[1]];
+    call().then(() => console.log('ok'), (e) => console.log(e.code));
+  `;
+  for (const [name, route, status, good] of CALLS) {
+    for (const [kind, body] of [...Object.entries(GARBAGE), ['good', JSON.stringify(good)]]) {
+      answers.set(route, [status, body!]);
+      const r = await run(NODE20, ['--input-type=module', '-e', script, name]);
+      // Before: 'ok' for every body (`{}`, `[]`, null, nothing): a broken broker read as healthy, ready or inactive.
+      expect({ name, kind, out: r.stdout.trim(), stderr: r.stderr }).toEqual({
+        name,
+        kind,
+        out: kind === 'good' ? 'ok' : 'bad_response',
+        stderr: '',
+      });
+    }
+    answers.delete(route);
+  }
+}, 120_000);
