@@ -1,5 +1,6 @@
 import type { AuditLog } from '../audit/audit-log.ts';
 import { readExportTail } from '../audit/export-tail.ts';
+import { ONCE_KEEP_MS } from '../audit/outbox-member.ts';
 import { type AuditRecord, ENDING_ACTIONS, isAuditRecord } from '../audit/record.ts';
 import { markerSeq } from '../audit/retention.ts';
 import type { AuditChain, Keys } from '../redis/keys.ts';
@@ -326,9 +327,6 @@ interface KeptRepair {
 export function orphanId(record: AuditRecord): string {
   return `rechained:${record.seq}:${record.hash}`;
 }
-
-/** How long the ids of records written once live after the last (as audit-append.lua sets them). */
-const ONCE_KEEP_MS = 604_800_000;
 
 /**
  * Drops the repairs kept for `chains` (after the recovery that took them is recorded), and lets the chain's ids
