@@ -1,13 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import type { AuditLog } from '../audit/audit-log.ts';
-import {
-  type Archive,
-  type Continuation,
-  continueChains,
-  continuedId,
-  dropKeptContinuations,
-  keptContinuations,
-} from '../audit/restore.ts';
+import { type Archive, type Continuation, continueChains, keptContinuations, lossSteps } from '../audit/restore.ts';
 import type { AuditEvent, AuditRecord } from '../audit/record.ts';
 import type { QuarantineEntry } from '../identity/quarantine.ts';
 import type { Logger } from '../logger.ts';
@@ -19,7 +12,7 @@ import { markerSeq } from '../audit/retention.ts';
 import { type RedisClient, script } from '../redis/scripts.ts';
 import type { SigningKeyStore } from '../signing/key-store.ts';
 import type { Reapplied } from './reapply.ts';
-import { type ChainRepair, dropKeptRepairs, orphanId, type RollbackSign, RollbackWatch, repairChains } from './rollback.ts';
+import { type ChainRepair, type RollbackSign, RollbackWatch, repairChains, repairSteps } from './rollback.ts';
 
 const claimRollback = script('rollback-claim');
 const markLoss = script('loss-mark');
@@ -313,7 +306,9 @@ export class DataLossMonitor {
       // Records written on the rolled-back chains before this was noticed, behind the export's end, with their own
       // time. Taken off the chains by this attempt or kept from an earlier one that took them off (repairChains),
       // which may have appended some: each once.
-      await Promise.all(repair.orphans.map((o) => this.d.audit.appendOnce(o.chain, strip(o.record), orphanId(o.record), o.record.time)));
+      await Promise.all(
+        repair.orphans.map((o) => this.d.audit.appendOnce(o.chain, strip(o.record), repairSteps.idOf(o.record), o.record.time)),
+      );
       held.throwIfAborted();
       const now = await this.d.reapply(repair.reapply);
       const before = this.reappliedSoFar;
@@ -342,7 +337,7 @@ export class DataLossMonitor {
       // Recorded (the repairs kept are in the claim's records, their records appended, their endings applied).
       // Before the claim's records are dropped: an instance that finds a repair kept (RollbackWatch.unfinished)
       // goes by those to write the records of that claim rather than a second set.
-      await dropKeptRepairs(this.d.redis, this.d.keys, repair.kept);
+      await repairSteps.drop(this.d.redis, this.d.keys, repair.kept);
       if (stored !== null) await this.d.redis.hdel(this.d.keys.rollbackPlans(), by);
       if (by !== this.rollbackClaim)
         this.d.logger.warn(
@@ -463,7 +458,7 @@ export class DataLossMonitor {
             // may have appended some: each once.
             await Promise.all(
               continued.flatMap((c) =>
-                c.orphans.map((o) => this.d.audit.appendOnce(c.chain, strip(o.record), continuedId(o.record), o.time)),
+                c.orphans.map((o) => this.d.audit.appendOnce(c.chain, strip(o.record), lossSteps.idOf(o.record), o.time)),
               ),
             );
           }
@@ -571,8 +566,8 @@ export class DataLossMonitor {
    */
   private async finishContinuations(): Promise<void> {
     const kept = await keptContinuations(this.d.redis, this.d.keys);
-    await Promise.all(kept.flatMap((c) => c.orphans.map((o) => this.d.audit.appendOnce(c.chain, strip(o), continuedId(o), o.time))));
-    await dropKeptContinuations(
+    await Promise.all(kept.flatMap((c) => c.orphans.map((o) => this.d.audit.appendOnce(c.chain, strip(o), lossSteps.idOf(o), o.time))));
+    await lossSteps.drop(
       this.d.redis,
       this.d.keys,
       kept.map((c) => c.chain),

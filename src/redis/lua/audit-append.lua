@@ -108,7 +108,7 @@ if #onces > 0 then
   if redis.call('EXISTS', ARGV[3] .. 'rollback-repair') == 1 then
     -- A rollback repair kept in this chain waits for its recovery's next attempt or for an instance to start,
     -- which may take longer than a week (its claimant died): the records it appends again must still find their
-    -- ids then. Kept until the repair is dropped (src/ops/rollback.ts dropKeptRepairs sets the week again).
+    -- ids then. Kept until the repair is dropped (src/ops/rollback.ts repairSteps.drop sets the week again).
     redis.call('PERSIST', written)
   else
     -- A week after the last (ARGV[5]): far longer than any retry of the step that writes them (rare: one per
