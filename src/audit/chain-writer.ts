@@ -2,6 +2,7 @@ import { performance } from 'node:perf_hooks';
 import type { Logger } from '../logger.ts';
 import type { AuditChain, Keys } from '../redis/keys.ts';
 import { type RedisClient, script } from '../redis/scripts.ts';
+import { ONCE_KEEP_MS } from './outbox-member.ts';
 import { type AuditEvent, type AuditRecord, ENDING_ACTIONS, GENESIS, hashRecord } from './record.ts';
 
 const appendScript = script('audit-append');
@@ -300,7 +301,7 @@ export class ChainWriter {
       .run(
         this.redis,
         [this.keys.auditHead(chain), this.keys.auditStream(chain)],
-        [expected, flight.next, this.keys.auditBase(chain), this.taskIndexMs, ...args],
+        [expected, flight.next, this.keys.auditBase(chain), this.taskIndexMs, ONCE_KEEP_MS, ...args],
       )
       .then(
         (answer) => this.answered(chain, st, flight, batch, records, answer as string | [string, ...number[]] | null),

@@ -30,6 +30,14 @@ export function outboxMember(event: OutboxEvent): string {
 export const ONCE_PREFIX = 'once:';
 
 /**
+ * How long a chain's ids of records written once (`<base>audit-once`) live after the last one written: a week,
+ * far longer than any retry of the step that writes them (rare: one per rollback or data loss). Handed to
+ * audit-append.lua (ARGV[5]), and set again when a kept rollback repair that held them is dropped
+ * (src/ops/rollback.ts).
+ */
+export const ONCE_KEEP_MS = 604_800_000;
+
+/**
  * The largest member read as a record. The largest record the broker puts in an outbox is a
  * `credential.issue` with 100 scopes of 256 characters (the request schema's bounds, ~26 KB), a 2 KB
  * identity, a 512-character task id and its determining policies: under 40 KB. Four times a

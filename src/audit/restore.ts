@@ -2,7 +2,8 @@ import type { QuarantineEntry } from '../identity/quarantine.ts';
 import type { AuditChain, Keys } from '../redis/keys.ts';
 import { type RedisClient, script } from '../redis/scripts.ts';
 import { ForeignExportError, readExport } from './export-file.ts';
-import { type AuditRecord, GENESIS, isAuditRecord } from './record.ts';
+import { type KeptStep, keptSteps } from './kept-steps.ts';
+import { type AuditRecord, GENESIS } from './record.ts';
 import { markerSeq } from './retention.ts';
 
 const continueScript = script('loss-continue');
@@ -89,7 +90,7 @@ export interface Continuation {
  * survived is left alone. Records that slipped in after the loss on a
  * fresh chain (seq 1 on the genesis hash) are removed and returned, for the
  * caller to append again behind the export's last record, each once
- * (AuditLog.appendOnce with continuedId).
+ * (AuditLog.appendOnce with lossSteps.idOf).
  *
  * Each chain is continued in one step that keeps what it did (loss-continue.lua, Keys.lossContinued): the
  * records it removed and the chain's continuation. An attempt that failed after it (before those records were
@@ -109,7 +110,7 @@ export async function continueChains(
   const out: Continuation[] = [];
   const chains = [...new Set<AuditChain>([...keys.auditChains(), ...archive.chains.keys()])];
   // What earlier attempts (this instance's or another's) did: the chains they continued look continued now.
-  const keptEntries = await Promise.all(chains.map((c) => redis.lrange(keys.lossContinued(c), 0, -1)));
+  const keptEntries = await lossSteps.read(redis, keys, chains);
   let flagged = false;
   for (let i = 0; i < chains.length; i++) {
     const chain = chains[i]!;
@@ -130,7 +131,7 @@ export async function continueChains(
       if (done !== 1) throw new Error(`audit chain ${chain} moved during the data-loss recovery; trying again`);
     }
     // Kept entries that are not what the step stores (Redis is writable by others) are left out.
-    const steps = (keptEntries[i] ?? []).flatMap((e) => parseKept(e));
+    const steps = (keptEntries[i] ?? []).flatMap((e) => lossSteps.parse(e, chain) ?? []);
     if (step) steps.push(step.kept);
     if (steps.length === 0) continue;
     const knownTo = Math.max(...steps.map((s) => s.knownToSeq));
@@ -144,13 +145,23 @@ export async function continueChains(
   return out;
 }
 
-/** What one continuation step did to a chain, kept in Redis in that step (loss-continue.lua). */
-interface KeptContinuation {
+/** What one continuation step did to a chain, kept in Redis in that step (loss-continue.lua; src/audit/kept-steps.ts). */
+interface KeptContinuation extends KeptStep {
   continuedFromSeq: number;
   /** 0: unknown. */
   knownToSeq: number;
-  orphans: AuditRecord[];
 }
+
+/**
+ * The continuation steps kept per chain (Keys.lossContinued); the records they took off a fresh chain are appended
+ * again with the identity `continued:<seq>:<hash>`.
+ */
+export const lossSteps = keptSteps<KeptContinuation>({
+  what: 'data-loss continuations',
+  key: (keys, chain) => keys.lossContinued(chain),
+  idPrefix: 'continued',
+  valid: (v) => typeof v.continuedFromSeq === 'number' && typeof v.knownToSeq === 'number',
+});
 
 /** What to do to one chain: nothing (undefined), or continue it (`fresh`: its stream started over after the loss). */
 async function planStep(
@@ -179,36 +190,13 @@ async function planStep(
   return { kept: { continuedFromSeq: a?.seq ?? 0, knownToSeq: knownTo, orphans }, fresh: head !== null };
 }
 
-/** The identity a record removed from a fresh chain is appended again with (AuditLog.appendOnce). */
-export function continuedId(record: AuditRecord): string {
-  return `continued:${record.seq}:${record.hash}`;
-}
-
 /** The records still kept by continuation steps, per chain (to append again, each once, before dropping them). */
 export async function keptContinuations(redis: RedisClient, keys: Keys): Promise<{ chain: AuditChain; orphans: AuditRecord[] }[]> {
   const chains = keys.auditChains();
-  // One key at a time: on a Cluster each chain's is in its own slot.
-  const entries = await Promise.all(chains.map((c) => redis.lrange(keys.lossContinued(c), 0, -1)));
+  const entries = await lossSteps.read(redis, keys, chains);
   return chains.flatMap((chain, i) =>
-    (entries[i] ?? []).length > 0 ? [{ chain, orphans: (entries[i] ?? []).flatMap((e) => parseKept(e)).flatMap((k) => k.orphans) }] : [],
+    (entries[i] ?? []).length > 0 ? [{ chain, orphans: (entries[i] ?? []).flatMap((e) => lossSteps.parse(e, chain)?.orphans ?? []) }] : [],
   );
-}
-
-/** Drops what continuation steps kept for `chains` (once the loss is recorded and their records appended). */
-export async function dropKeptContinuations(redis: RedisClient, keys: Keys, chains: readonly AuditChain[]): Promise<void> {
-  await Promise.all(chains.map((c) => redis.del(keys.lossContinued(c))));
-}
-
-function parseKept(entry: string): KeptContinuation[] {
-  let v: Partial<KeptContinuation> | null;
-  try {
-    v = JSON.parse(entry) as Partial<KeptContinuation> | null;
-  } catch {
-    return [];
-  }
-  if (typeof v !== 'object' || v === null || typeof v.continuedFromSeq !== 'number' || typeof v.knownToSeq !== 'number') return [];
-  if (!Array.isArray(v.orphans) || !v.orphans.every(isAuditRecord)) return [];
-  return [v as KeptContinuation];
 }
 
 function parse(fields: string[]): AuditRecord | undefined {

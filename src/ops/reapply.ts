@@ -1,7 +1,7 @@
 import type { AdminService } from '../admin/admin-service.ts';
 import { keepFresh } from '../audit/outbox-intent.ts';
 import { outboxMember } from '../audit/outbox-member.ts';
-import type { AuditRecord, OutboxEvent } from '../audit/record.ts';
+import type { AuditEvent, AuditRecord, OutboxEvent } from '../audit/record.ts';
 import type { Deps } from '../deps.ts';
 import { endOneLease } from '../leases/lease-service.ts';
 import { LeaseStore } from '../leases/lease-store.ts';
@@ -25,6 +25,14 @@ const REVOKE_REASONS: ReadonlySet<string> = new Set<RevokeReason>([
   'revoked_by_caller',
   'revoked_by_admin',
 ]);
+
+/**
+ * The identity of the record an ending told again writes (AuditLog.appendOnce): the told record's seq and hash
+ * in its chain, which is the chain the new record goes to (the same task's bucket, or `ops`).
+ */
+export function reappliedId(told: AuditRecord): string {
+  return `reapplied:${told.seq}:${told.hash}`;
+}
 
 /**
  * Applies again the endings a Redis that went back in time (restarted from an
@@ -72,7 +80,10 @@ export async function reapplyEndings(
       const lease = await deps.leases.get(r.leaseId);
       if (!lease || LeaseStore.isEnded(lease.status) || lease.status === 'revoking') continue;
       const reason = (REVOKE_REASONS.has(r.reason ?? '') ? r.reason : 'revoked_by_admin') as RevokeReason;
-      await deps.audit.append({
+      // The intent before the side effect (the upstream revocation is never forgotten), once per ending told
+      // again: an attempt that appended it and failed before ending the lease (the lease still live) must not
+      // record the same revocation a second time at its retry (test/ops/reapply-revoke-retry.test.ts).
+      const event: AuditEvent = {
         action: 'lease.revoke',
         actor: 'broker',
         decision: 'ok',
@@ -81,7 +92,8 @@ export async function reapplyEndings(
         leaseId: lease.leaseId,
         reason,
         detail: { ...again, stage: 'requested' },
-      });
+      };
+      await deps.audit.appendOnce(deps.audit.chainOf(event), event, reappliedId(r));
       await endOneLease(deps, lease, reason, deps.clock.now());
       out.leases += 1;
     } else if (r.action === 'quarantine.add' && r.decision === 'ok' && typeof r.detail?.pattern === 'string') {
@@ -120,7 +132,9 @@ export async function reapplyEndings(
     } else if (r.action === 'quarantine.remove' && r.decision === 'ok' && typeof r.detail?.pattern === 'string') {
       const pattern = r.detail.pattern;
       if (await deps.redis.hexists(deps.keys.quarantine(), pattern)) {
-        await deps.audit.append({ action: 'quarantine.remove', actor: 'broker', decision: 'ok', detail: { pattern, ...again } });
+        // Once per ending told again, as a revocation is (an attempt that failed before dropping it wrote it).
+        const event: AuditEvent = { action: 'quarantine.remove', actor: 'broker', decision: 'ok', detail: { pattern, ...again } };
+        await deps.audit.appendOnce('ops', event, reappliedId(r));
         await deps.redis.hdel(deps.keys.quarantine(), pattern);
         out.quarantines += 1;
         quarantineChanged = true;

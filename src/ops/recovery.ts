@@ -1,13 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import type { AuditLog } from '../audit/audit-log.ts';
-import {
-  type Archive,
-  type Continuation,
-  continueChains,
-  continuedId,
-  dropKeptContinuations,
-  keptContinuations,
-} from '../audit/restore.ts';
+import { type Archive, type Continuation, continueChains, keptContinuations, lossSteps } from '../audit/restore.ts';
 import type { AuditEvent, AuditRecord } from '../audit/record.ts';
 import type { QuarantineEntry } from '../identity/quarantine.ts';
 import type { Logger } from '../logger.ts';
@@ -19,7 +12,7 @@ import { markerSeq } from '../audit/retention.ts';
 import { type RedisClient, script } from '../redis/scripts.ts';
 import type { SigningKeyStore } from '../signing/key-store.ts';
 import type { Reapplied } from './reapply.ts';
-import { type ChainRepair, dropKeptRepairs, orphanId, type RollbackSign, RollbackWatch, repairChains } from './rollback.ts';
+import { type ChainRepair, type RollbackSign, RollbackWatch, repairChains, repairSteps } from './rollback.ts';
 
 const claimRollback = script('rollback-claim');
 const markLoss = script('loss-mark');
@@ -115,6 +108,13 @@ export class DataLossMonitor {
    * that applied them and failed finds them applied and counts none; its records count what all attempts did.
    */
   private reappliedSoFar: Reapplied = { tasks: 0, leases: 0, quarantines: 0 };
+  /**
+   * A rollback recovery this instance had not finished when Redis lost its data: what it kept in Redis to finish
+   * and record the rollback (its repairs, its claim and records) went with the data, so the rollback would be
+   * recorded nowhere. Taken by the data-loss recovery (recover), which writes a record of it once the loss is
+   * recorded (kept across its attempts until written).
+   */
+  private rollbackLost: LostRollback | undefined;
   /**
    * The records of data losses this instance stored with their marker (loss-mark.lua) that it has not seen
    * written, by epoch and index (their identity `loss:<epoch>:<n>`). Redis losing its data again before they
@@ -306,7 +306,9 @@ export class DataLossMonitor {
       // Records written on the rolled-back chains before this was noticed, behind the export's end, with their own
       // time. Taken off the chains by this attempt or kept from an earlier one that took them off (repairChains),
       // which may have appended some: each once.
-      await Promise.all(repair.orphans.map((o) => this.d.audit.appendOnce(o.chain, strip(o.record), orphanId(o.record), o.record.time)));
+      await Promise.all(
+        repair.orphans.map((o) => this.d.audit.appendOnce(o.chain, strip(o.record), repairSteps.idOf(o.record), o.record.time)),
+      );
       held.throwIfAborted();
       const now = await this.d.reapply(repair.reapply);
       const before = this.reappliedSoFar;
@@ -335,7 +337,7 @@ export class DataLossMonitor {
       // Recorded (the repairs kept are in the claim's records, their records appended, their endings applied).
       // Before the claim's records are dropped: an instance that finds a repair kept (RollbackWatch.unfinished)
       // goes by those to write the records of that claim rather than a second set.
-      await dropKeptRepairs(this.d.redis, this.d.keys, repair.kept);
+      await repairSteps.drop(this.d.redis, this.d.keys, repair.kept);
       if (stored !== null) await this.d.redis.hdel(this.d.keys.rollbackPlans(), by);
       if (by !== this.rollbackClaim)
         this.d.logger.warn(
@@ -393,6 +395,19 @@ export class DataLossMonitor {
       this.d.logger.error('Redis lost its data: recreating the signing key and restoring quarantines before answering ready');
       this.d.metrics.dataLoss.inc({ kind: 'lost' });
     }
+    // A rollback recovery cut short by this loss: recorded once the loss is (what it kept in Redis is gone).
+    if (this.rolledBack && !this.rollbackLost) {
+      this.rollbackLost = {
+        sign: this.rolledBack,
+        recovery: this.rollbackClaim ?? randomUUID(),
+        reapplied: this.reappliedSoFar,
+        known: this.knownAtRollback ?? this.watch.known(),
+      };
+      this.d.logger.error(
+        { recovery: this.rollbackLost.recovery, seen: this.rolledBack.seen },
+        'Redis lost its data during a rollback recovery: what it kept to finish and record the rollback is gone; recording that it was cut short',
+      );
+    }
     // What was remembered of the lost dataset means nothing on the new one (its tasks and leases are gone).
     this.rolledBack = undefined;
     this.knownAtRollback = undefined;
@@ -400,8 +415,11 @@ export class DataLossMonitor {
     this.reappliedSoFar = { tasks: 0, leases: 0, quarantines: 0 };
     this.watch.reset();
     this.d.audit.forgetEndings();
-    // What this instance knew of the chains is the best record of how much was lost.
+    // What this instance knew of the chains is the best record of how much was lost: with what it knew when it
+    // noticed a rollback it was recovering from (its recovery forgot the heads it had written).
     const knownHeads = this.d.audit.knownHeads();
+    for (const [chain, head] of this.rollbackLost?.known ?? [])
+      if (markerSeq(head) > markerSeq(knownHeads.get(chain))) knownHeads.set(chain, head);
     this.d.clearCaches();
     this.d.audit.resetHeads();
     let recorded = false;
@@ -440,7 +458,7 @@ export class DataLossMonitor {
             // may have appended some: each once.
             await Promise.all(
               continued.flatMap((c) =>
-                c.orphans.map((o) => this.d.audit.appendOnce(c.chain, strip(o.record), continuedId(o.record), o.time)),
+                c.orphans.map((o) => this.d.audit.appendOnce(c.chain, strip(o.record), lossSteps.idOf(o.record), o.time)),
               ),
             );
           }
@@ -467,6 +485,14 @@ export class DataLossMonitor {
         // failed before it wrote them all.
         if (await this.writeLoss()) recorded = true;
         await this.finishContinuations();
+        // Once the loss is recorded, whichever instance recorded it: the rollback recovery it cut short, once
+        // (this instance's attempts, and the records of other instances that were recovering too, each their own).
+        const cut = this.rollbackLost;
+        if (cut) {
+          await this.d.audit.appendOnce('ops', lostRollbackRecord(cut), `rollback-lost:${cut.recovery}`);
+          this.rollbackLost = undefined;
+          recorded = true;
+        }
         if (created && lost && !signingRecorded) await this.d.audit.append(SIGNING_RECREATED);
         this.signingUnrecorded = false;
       },
@@ -540,8 +566,8 @@ export class DataLossMonitor {
    */
   private async finishContinuations(): Promise<void> {
     const kept = await keptContinuations(this.d.redis, this.d.keys);
-    await Promise.all(kept.flatMap((c) => c.orphans.map((o) => this.d.audit.appendOnce(c.chain, strip(o), continuedId(o), o.time))));
-    await dropKeptContinuations(
+    await Promise.all(kept.flatMap((c) => c.orphans.map((o) => this.d.audit.appendOnce(c.chain, strip(o), lossSteps.idOf(o), o.time))));
+    await lossSteps.drop(
       this.d.redis,
       this.d.keys,
       kept.map((c) => c.chain),
@@ -632,6 +658,41 @@ const isRollbackEvent = (e: AuditEvent): boolean =>
 interface StoredRecord {
   chain: AuditChain;
   event: AuditEvent;
+}
+
+/** A rollback recovery cut short by a data loss (DataLossMonitor.rollbackLost). */
+interface LostRollback {
+  sign: RollbackSign;
+  /** This instance's recovery id for it (its claim's, or a fresh one if it had not got that far). */
+  recovery: string;
+  /** What its attempts applied again before the data was lost. */
+  reapplied: Reapplied;
+  /** The chain heads known when the rollback was noticed. */
+  known: Map<AuditChain, string>;
+}
+
+/**
+ * The record of a rollback whose recovery a data loss cut short (in `ops`): what showed it, and what its recovery
+ * had applied again. What it repaired and found lost went with the data (the `redis_data_lost` records say what
+ * the loss took, this instance's heads at the rollback included).
+ */
+function lostRollbackRecord(cut: LostRollback): AuditEvent {
+  return {
+    action: 'broker.data_loss',
+    actor: 'broker',
+    decision: 'ok',
+    reason: 'redis_rolled_back',
+    detail: {
+      kind: 'rollback',
+      unfinished: 'redis_data_lost',
+      seen: cut.sign.seen,
+      recovery: cut.recovery,
+      lost: 'unknown: its recovery was cut short by a data loss (see the redis_data_lost records)',
+      tasksEndedAgain: cut.reapplied.tasks,
+      leasesRevokedAgain: cut.reapplied.leases,
+      quarantinesAppliedAgain: cut.reapplied.quarantines,
+    },
+  };
 }
 
 /** One `broker.data_loss` record (reason `redis_rolled_back`) in `ops` and in each chain the repair changed. */

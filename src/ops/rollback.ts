@@ -1,5 +1,6 @@
 import type { AuditLog } from '../audit/audit-log.ts';
 import { readExportTail } from '../audit/export-tail.ts';
+import { type KeptStep, keptSteps } from '../audit/kept-steps.ts';
 import { type AuditRecord, ENDING_ACTIONS, isAuditRecord } from '../audit/record.ts';
 import { markerSeq } from '../audit/retention.ts';
 import type { AuditChain, Keys } from '../redis/keys.ts';
@@ -301,66 +302,46 @@ export interface Repair {
   reapply: AuditRecord[];
   /**
    * Records written on the rolled-back chain that clash with the export, taken off it: to append again behind
-   * its end, each once (AuditLog.appendOnce with orphanId: an earlier attempt may have appended some).
+   * its end, each once (AuditLog.appendOnce with repairSteps.idOf: an earlier attempt may have appended some).
    */
   orphans: { chain: AuditChain; record: AuditRecord }[];
   /**
    * Chains whose repair is kept in Redis (Keys.rollbackRepair), this attempt's or an earlier one's: what is
-   * above includes it; dropped (dropKeptRepairs) once the recovery is recorded, not before.
+   * above includes it; dropped (repairSteps.drop) once the recovery is recorded, not before.
    */
   kept: AuditChain[];
   /** Kept entries that were not what the repair stores (Redis is writable by others): left out. */
   unreadable: number;
 }
 
-/** What one repair step did to a chain, kept in Redis in that step (rollback-repair.lua). */
-interface KeptRepair {
+/** What one repair step did to a chain, kept in Redis in that step (rollback-repair.lua; src/audit/kept-steps.ts). */
+interface KeptRepair extends KeptStep {
   /** The recovery (its rollback-claim id) that made this step: the claim its records go with (RollbackWatch.unfinished). */
   by?: string;
   repair?: ChainRepair;
-  orphans: AuditRecord[];
   reapply: AuditRecord[];
 }
 
-/** The identity a record taken off a chain is appended again with (AuditLog.appendOnce): its seq and hash there. */
-export function orphanId(record: AuditRecord): string {
-  return `rechained:${record.seq}:${record.hash}`;
-}
-
-/** How long the ids of records written once live after the last (as audit-append.lua sets them). */
-const ONCE_KEEP_MS = 604_800_000;
-
 /**
- * Drops the repairs kept for `chains` (after the recovery that took them is recorded), and lets the chain's ids
- * of records written once expire again (audit-append.lua keeps them without expiry while a repair is kept).
+ * The repair steps kept per chain (Keys.rollbackRepair); the records they took off a chain are appended again
+ * with the identity `rechained:<seq>:<hash>`. Dropped after the recovery that took them is recorded, which lets
+ * the chain's ids of records written once expire again (audit-append.lua keeps them without expiry meanwhile).
+ * An entry that is not one of its chain's is left out (Repair.unreadable).
  */
-export async function dropKeptRepairs(redis: RedisClient, keys: Keys, chains: readonly AuditChain[]): Promise<void> {
-  // One chain at a time: on a Cluster each chain's keys are in its own slot (both of one chain in the same one).
-  await Promise.all(
-    chains.map(async (c) => {
-      const res = await redis.multi().del(keys.rollbackRepair(c)).pexpire(keys.auditOnce(c), ONCE_KEEP_MS).exec();
-      if (!res) throw new Error('dropping a kept rollback repair aborted');
-      for (const [err] of res) if (err) throw err;
-    }),
-  );
-}
-
-/** A kept entry, or undefined when it is not one of `chain`'s (see Repair.unreadable). */
-function parseKept(entry: string, chain: AuditChain): KeptRepair | undefined {
-  let v: Partial<KeptRepair> | null;
-  try {
-    v = JSON.parse(entry) as Partial<KeptRepair> | null;
-  } catch {
-    return undefined;
-  }
-  if (typeof v !== 'object' || v === null || !Array.isArray(v.orphans) || !Array.isArray(v.reapply)) return undefined;
-  if (v.by !== undefined && typeof v.by !== 'string') return undefined;
-  if (!v.orphans.every(isAuditRecord) || !v.reapply.every(isAuditRecord)) return undefined;
-  const r = v.repair;
-  if (r !== undefined && (typeof r !== 'object' || r === null || r.chain !== chain || typeof r.redisHead !== 'string')) return undefined;
-  if (r !== undefined && (typeof r.continuedFrom !== 'string' || typeof r.rechained !== 'number')) return undefined;
-  return v as KeptRepair;
-}
+export const repairSteps = keptSteps<KeptRepair>({
+  what: 'rollback repairs',
+  key: (keys, chain) => keys.rollbackRepair(chain),
+  idPrefix: 'rechained',
+  onceKeptWhileKept: true,
+  valid(v, chain) {
+    if (!Array.isArray(v.reapply) || !v.reapply.every(isAuditRecord)) return false;
+    if (v.by !== undefined && typeof v.by !== 'string') return false;
+    const r = v.repair as Partial<ChainRepair> | null | undefined;
+    if (r === undefined) return true;
+    if (typeof r !== 'object' || r === null || r.chain !== chain || typeof r.redisHead !== 'string') return false;
+    return typeof r.continuedFrom === 'string' && typeof r.rechained === 'number';
+  },
+});
 
 /** The recovery a kept entry names (KeptRepair.by), or undefined when it names none. */
 function keptBy(entry: string): string | undefined {
@@ -505,7 +486,7 @@ export async function repairChains(
     Promise.all(chains.map((c) => redis.get(keys.auditHead(c)))),
     Promise.all(chains.map((c) => redis.get(keys.auditExported(c)))),
     // What earlier attempts (this instance's or another's) did: the chains they repaired look repaired now.
-    Promise.all(chains.map((c) => redis.lrange(keys.rollbackRepair(c), 0, -1))),
+    repairSteps.read(redis, keys, chains),
   ]);
   const markerOf = new Map(chains.map((c, i) => [c, markers[i] ?? '']));
   const tail = await readExportTail(
@@ -592,7 +573,7 @@ export async function repairChains(
     }
     const kept: KeptRepair[] = [];
     for (const entry of keptEntries[i] ?? []) {
-      const k = parseKept(entry, chain);
+      const k = repairSteps.parse(entry, chain);
       if (k) kept.push(k);
       else out.unreadable += 1;
     }

@@ -2,7 +2,7 @@ import { createHash } from 'node:crypto';
 import { readdirSync, readFileSync } from 'node:fs';
 import { generateMulti } from 'cluster-key-slot';
 import { Redis } from 'ioredis';
-import { outboxMember, parseOutboxMember } from '../../src/audit/outbox-member.ts';
+import { ONCE_KEEP_MS, outboxMember, parseOutboxMember } from '../../src/audit/outbox-member.ts';
 import { Keys } from '../../src/redis/keys.ts';
 import { script, scripts } from '../../src/redis/scripts.ts';
 import { EARLIER_TASK_MARGIN_MS } from '../../src/tasks/incarnation.ts';
@@ -624,12 +624,18 @@ describe('one test per script', () => {
 
   test('audit-append: compare-and-set on the head, indexing task records', async () => {
     const [head, stream] = [keys.auditHead(3), keys.auditStream(3)];
-    expect(await script('audit-append').run(redis, [head, stream], ['', '1:h1', keys.base(3), 60_000, '{"seq":1}', 'tk', ''])).toBeNull();
-    expect(await script('audit-append').run(redis, [head, stream], ['', '1:h2', keys.base(3), 60_000, '{"seq":1}', '', ''])).toBe('1:h1');
+    expect(
+      await script('audit-append').run(redis, [head, stream], ['', '1:h1', keys.base(3), 60_000, ONCE_KEEP_MS, '{"seq":1}', 'tk', '']),
+    ).toBeNull();
+    expect(
+      await script('audit-append').run(redis, [head, stream], ['', '1:h2', keys.base(3), 60_000, ONCE_KEEP_MS, '{"seq":1}', '', '']),
+    ).toBe('1:h1');
     expect(await redis.llen(`${keys.base(3)}task-audit:tk`)).toBe(1);
     // A batch of records of several tasks: each task's index lists its records' stream ids in chain order.
     const records = ['tk', 'tq', '', 'tk', 'tk', 'tq'].flatMap((t, i) => [`{"seq":${i + 2}}`, t, '']);
-    expect(await script('audit-append').run(redis, [head, stream], ['1:h1', '7:h7', keys.base(3), 60_000, ...records])).toBeNull();
+    expect(
+      await script('audit-append').run(redis, [head, stream], ['1:h1', '7:h7', keys.base(3), 60_000, ONCE_KEEP_MS, ...records]),
+    ).toBeNull();
     const entries = await redis.xrange(stream, '-', '+');
     const idOf = (seq: number) => entries.find(([, f]) => f[1] === `{"seq":${seq}}`)![0];
     expect(await redis.lrange(`${keys.base(3)}task-audit:tk`, 0, -1)).toEqual([idOf(1), idOf(2), idOf(5), idOf(6)]);
@@ -643,7 +649,11 @@ describe('one test per script', () => {
     const [m1, m2, m3] = ['{"action":"a","n":1}', '{"action":"a","n":2}', '{"action":"a","n":3}'];
     await redis.zadd(outbox, 1000, m1, 1000, m2);
     const append = (expected: string, next: string, recs: [string, string][]) =>
-      script('audit-append').run(redis, [head, stream], [expected, next, keys.base(5), 60_000, ...recs.flatMap(([r, m]) => [r, 'tk', m])]);
+      script('audit-append').run(
+        redis,
+        [head, stream],
+        [expected, next, keys.base(5), 60_000, ONCE_KEEP_MS, ...recs.flatMap(([r, m]) => [r, 'tk', m])],
+      );
     // m3 was never put there, and m1 is named twice in one batch: both refused, named, nothing written.
     expect(
       await append('', '4:h4', [
@@ -671,6 +681,19 @@ describe('one test per script', () => {
     // A batch resent after a lost answer (head already the new head) is not refused for its members being gone.
     expect(await append('2:h2', '3:h3', [['{"seq":3}', m2]])).toBeNull();
     expect(await redis.xlen(stream)).toBe(3);
+  });
+
+  test('audit-append: a record written once keeps its id for as long as the caller says (ONCE_KEEP_MS, one source)', async () => {
+    const [head, stream, once] = [keys.auditHead(6), keys.auditStream(6), keys.auditOnce(6)];
+    const append = (expected: string, next: string, keepMs: number) =>
+      script('audit-append').run(redis, [head, stream], [expected, next, keys.base(6), 60_000, keepMs, '{"seq":1}', '', 'once:x']);
+    expect(await append('', '1:h1', 5_000)).toBeNull();
+    expect(await redis.smembers(once)).toEqual(['x']);
+    const ttl = await redis.pttl(once);
+    expect(ttl).toBeGreaterThan(0);
+    expect(ttl).toBeLessThanOrEqual(5_000);
+    // Written before: refused, named.
+    expect(await append('1:h1', '2:h2', ONCE_KEEP_MS)).toEqual(['1:h1', 1]);
   });
 
   test("task-open, lease-create, lease-activate, approval-request, approval-swap: a decision's record goes to the outbox in its step, only when decided", async () => {

@@ -1,3 +1,4 @@
+import { ONCE_KEEP_MS } from '../../src/audit/outbox-member.ts';
 import { loadConfig } from '../../src/config/load.ts';
 import { slotOf } from '../../src/redis/keys.ts';
 import { script } from '../../src/redis/scripts.ts';
@@ -186,7 +187,11 @@ test('every script that reaches undeclared keys refuses with TRYAGAIN on both si
     ['reconcile-tasks', [keys.tasksEnding(bucket)], [base, '1', 'rs-raw~gone']],
     ['reconcile-page', [keys.liveLeases(bucket)], [base, leaseId]],
     ['index-forget', [keys.tasksByTime(bucket)], [base, 'task:', 'rs-raw', 0]],
-    ['audit-append', [keys.auditHead(bucket), keys.auditStream(bucket)], [head, `${head}x`, base, 60_000, record, 'rs-raw', '', '']],
+    [
+      'audit-append',
+      [keys.auditHead(bucket), keys.auditStream(bucket)],
+      [head, `${head}x`, base, 60_000, ONCE_KEEP_MS, record, 'rs-raw', ''],
+    ],
   ];
   const declared = [...new Set(calls.flatMap(([, ks]) => ks))];
   // The sub-task's hash leaves first: on the source, the scripts run (their keys are there) and would miss it.

@@ -22,7 +22,8 @@
 -- ARGV[2] new head
 -- ARGV[3] key base of the chain (for the task indexes and the outbox `<base>audit-outbox`)
 -- ARGV[4] how long a task index is kept, in ms
--- ARGV[5..] triples: record JSON, task id ('' for none), outbox member or `once:<id>` ('' for none)
+-- ARGV[5] how long the chain's written ids are kept after the last, in ms (ONCE_KEEP_MS, src/audit/outbox-member.ts)
+-- ARGV[6..] triples: record JSON, task id ('' for none), outbox member or `once:<id>` ('' for none)
 -- Returns false when appended (or when the head already is the new head: this batch was written before);
 -- else nothing is written and it returns the real head, or
 -- {real head, n, ...} naming the records (1-based) whose outbox member is absent; a TRYAGAIN error while
@@ -34,7 +35,7 @@ local cur = redis.call('GET', KEYS[1]) or ''
 -- leave again (a script resent before it may have put one back): each record is in the chain once.
 if cur == ARGV[2] then
   local again = {}
-  for i = 7, #ARGV, 3 do
+  for i = 8, #ARGV, 3 do
     if ARGV[i] ~= '' and string.sub(ARGV[i], 1, 5) ~= 'once:' then again[#again + 1] = ARGV[i] end
   end
   if #again > 0 then redis.call('ZREM', ARGV[3] .. 'audit-outbox', unpack(again)) end
@@ -44,8 +45,8 @@ if cur ~= ARGV[1] then return cur end
 local outbox = ARGV[3] .. 'audit-outbox'
 local written = ARGV[3] .. 'audit-once'
 local absent, members, at, seen, onces, onceAt = {}, {}, {}, {}, {}, {}
-for i = 5, #ARGV, 3 do
-  local n = (i - 2) / 3
+for i = 6, #ARGV, 3 do
+  local n = (i - 3) / 3
   local m = ARGV[i + 2]
   if seen[m] then
     -- The same member twice in one batch (its caller's append and recovery's, queued in one process): once.
@@ -83,7 +84,7 @@ local keep = tonumber(ARGV[4])
 -- Each task's index gets one RPUSH of its ids (in chain order) and one PEXPIRE per batch, not one of each
 -- per record: a batch usually holds many records of few tasks, and every command costs Redis time here.
 local ids, tasks = {}, {}
-for i = 5, #ARGV, 3 do
+for i = 6, #ARGV, 3 do
   local id = redis.call('XADD', KEYS[2], '*', 'r', ARGV[i])
   local t = ARGV[i + 1]
   if t ~= '' then
@@ -107,11 +108,12 @@ if #onces > 0 then
   if redis.call('EXISTS', ARGV[3] .. 'rollback-repair') == 1 then
     -- A rollback repair kept in this chain waits for its recovery's next attempt or for an instance to start,
     -- which may take longer than a week (its claimant died): the records it appends again must still find their
-    -- ids then. Kept until the repair is dropped (src/ops/rollback.ts dropKeptRepairs sets the week again).
+    -- ids then. Kept until the repair is dropped (src/ops/rollback.ts repairSteps.drop sets the week again).
     redis.call('PERSIST', written)
   else
-    -- A week after the last: far longer than any retry of the step that writes them (rare: one per rollback).
-    redis.call('PEXPIRE', written, 604800000)
+    -- A week after the last (ARGV[5]): far longer than any retry of the step that writes them (rare: one per
+    -- rollback).
+    redis.call('PEXPIRE', written, ARGV[5])
   end
 end
 redis.call('SET', KEYS[1], ARGV[2])
