@@ -335,6 +335,11 @@ export const LEASE_ERRORS = {
     means: "IAM refused the role's deny policy for a service limit (policy size or count) while revoking.",
     fix: 'Check the role has room for one inline policy; the broker folds entries to fit (docs/providers/aws.md) and retries.',
   },
+  upstream_unconfirmed: {
+    means:
+      "Vault at the configured `providers.vault.address` answered that it does not know the lease's token or Vault lease, which was issued at another address: proof of nothing if the address now reaches another cluster.",
+    fix: 'Point `providers.vault.address` back at the cluster that issued it (the lease is then revoked there), or let the credential expire: it is retried until then and ends `expired`.',
+  },
   provider_unavailable: {
     means: "This worker has no configuration for the lease's provider (workers started with a different config than the API).",
     fix: 'Give every worker the same `providers` config as the APIs; the lease is retried until its credential expires.',

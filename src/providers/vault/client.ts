@@ -25,3 +25,17 @@ export function makeClient(settings: Pick<VaultSettings, 'address' | 'namespace'
   c.pathPrefix = '';
   return client;
 }
+
+/** A namespace as the broker records and compares it: without leading or trailing slashes; '' is the root namespace. */
+export function namespaceOf(ns: string | undefined): string {
+  return (ns ?? '').replace(/^\/+|\/+$/g, '');
+}
+
+/**
+ * A Vault address as the broker records and compares it: scheme, host (lowercased, default port dropped)
+ * and path without a trailing slash. Never user-info nor a query: what a lease's handle keeps is no secret.
+ */
+export function addressOf(address: string): string {
+  const u = new URL(address);
+  return `${u.protocol}//${u.host}${u.pathname.replace(/\/+$/, '')}`;
+}

@@ -5,7 +5,7 @@ import type { VaultRoleConfig } from './config.ts';
 import { issueError, safeCause } from './errors.ts';
 import { revokeAccessor } from './revoke.ts';
 import type { VaultSession } from './session.ts';
-import { displayName, shortLived, tokenMeta } from './token-role.ts';
+import { displayName, issuedAt, shortLived, tokenMeta } from './token-role.ts';
 
 interface SecretResponse {
   lease_id?: string;
@@ -104,6 +104,7 @@ export async function issueDynamicSecret(
       accessor: reader.accessor,
       path,
       endsBy: renewable ? at + req.ttlSeconds * 1000 : expiresAt,
+      ...issuedAt(session),
     },
     expiresAt,
   };

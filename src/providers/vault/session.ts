@@ -1,13 +1,15 @@
 import { readSecret } from '../../config/load.ts';
 import { ConfigError, upstreamFailed } from '../../errors.ts';
 import type { Logger } from '../../logger.ts';
-import { makeClient, type VaultClient } from './client.ts';
+import { addressOf, makeClient, namespaceOf, type VaultClient } from './client.ts';
 import type { VaultSettings } from './config.ts';
 import { classify, isForbidden, safeCause } from './errors.ts';
 
 /** One broker token and the client bound to it. A rotation or re-login makes a new one. */
 interface Generation {
   readonly client: VaultClient;
+  /** The same token in other namespaces than the configured one (revoking what was issued in one). */
+  readonly elsewhere: Map<string, VaultClient>;
   readonly accessor: string;
   /** TTL granted at login, in seconds (0 = never expires: a root or periodic-less static token). */
   readonly fullTtl: number;
@@ -103,20 +105,32 @@ export class VaultSession {
     }
   }
 
+  /** The configured namespace, as recorded in a lease's handle ('' = the root namespace). */
+  get namespace(): string {
+    return namespaceOf(this.settings.namespace);
+  }
+
+  /** The configured address, as recorded in a lease's handle (addressOf). */
+  get address(): string {
+    return addressOf(this.settings.address);
+  }
+
   /**
-   * Runs `fn` with the broker token. A 403 may mean the token was lost
+   * Runs `fn` with the broker token, in the configured namespace or in `opts.namespace` (the one a
+   * credential was issued in: '' = root). A 403 may mean the token was lost
    * (revoked, expired while Vault was down): if `lookup-self` confirms it,
-   * the session logs in again once and retries; a genuine ACL denial is
-   * passed on.
+   * the session logs in again once and retries; a genuine ACL denial (or a
+   * namespace the token cannot act in) is passed on.
    */
-  async call<T>(fn: (client: VaultClient) => Promise<T>): Promise<T> {
+  async call<T>(fn: (client: VaultClient) => Promise<T>, opts: { namespace?: string } = {}): Promise<T> {
+    const ns = opts.namespace === undefined ? undefined : namespaceOf(opts.namespace);
     const gen = await this.active();
     try {
-      return await this.run(gen, fn);
+      return await this.run(gen, fn, ns);
     } catch (err) {
       if (!isForbidden(err) || !this.approleAuth || !(await this.isLost(gen))) throw err;
       this.logger.warn({ accessor: gen.accessor }, 'vault: broker token lost; logging in again');
-      return await this.run(await this.relogin(gen), fn);
+      return await this.run(await this.relogin(gen), fn, ns);
     }
   }
 
@@ -180,14 +194,25 @@ export class VaultSession {
     return this.current ?? this.relogin(undefined);
   }
 
-  private async run<T>(gen: Generation, fn: (client: VaultClient) => Promise<T>): Promise<T> {
+  private async run<T>(gen: Generation, fn: (client: VaultClient) => Promise<T>, ns?: string): Promise<T> {
     gen.inflight++;
     try {
-      return await fn(gen.client);
+      return await fn(ns === undefined || ns === this.namespace ? gen.client : this.clientIn(gen, ns));
     } finally {
       gen.inflight--;
       if (gen.retiring) void this.reap(gen);
     }
+  }
+
+  /** `gen`'s token sending X-Vault-Namespace `ns` (none for the root namespace). */
+  private clientIn(gen: Generation, ns: string): VaultClient {
+    let c = gen.elsewhere.get(ns);
+    if (!c) {
+      const { namespace: _configured, ...rest } = this.settings;
+      c = makeClient(ns ? { ...rest, namespace: ns } : rest, gen.client.token);
+      gen.elsewhere.set(ns, c);
+    }
+    return c;
   }
 
   private async isLost(gen: Generation): Promise<boolean> {
@@ -235,6 +260,7 @@ export class VaultSession {
   private generation(token: string, accessor: string, ttl: number, renewable: boolean, revokeWhenIdle: boolean, fullTtl = ttl): Generation {
     return {
       client: makeClient(this.settings, token),
+      elsewhere: new Map(),
       accessor,
       fullTtl: ttl > 0 ? Math.max(ttl, fullTtl) : 0,
       expiresAt: ttl > 0 ? Date.now() + ttl * 1000 : null,

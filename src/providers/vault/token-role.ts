@@ -9,6 +9,16 @@ export function displayName(prefix: string, req: IssueRequest<VaultRoleConfig>):
   return `${prefix}-${req.roleName}-${req.leaseId}`.replace(/[^A-Za-z0-9-]+/g, '-').slice(0, 96);
 }
 
+/**
+ * Where a credential was made, for its handle: the namespace ('' = root) and the address. Revocation goes
+ * to that namespace whatever the configured one is by then, and takes an "unknown accessor/lease" for
+ * "already revoked" only from the address it was made at (src/providers/vault/revoke.ts).
+ */
+export const issuedAt = (session: VaultSession): { namespace: string; address: string } => ({
+  namespace: session.namespace,
+  address: session.address,
+});
+
 /** Metadata Vault stores on the token: who it was for, so an operator can trace it back. */
 export const tokenMeta = (req: IssueRequest<VaultRoleConfig>): Record<string, string> => ({
   task_id: req.task.taskId,
@@ -59,7 +69,7 @@ export async function issueTokenRole(
   if (!auth?.client_token || !auth.accessor) throw upstreamFailed('upstream_error', 'Vault answered the token request without a token.');
   return {
     credentials: { token: auth.client_token, accessor: auth.accessor, policies: auth.policies ?? policies, expires_in: req.ttlSeconds },
-    handle: { kind: 'token', accessor: auth.accessor },
+    handle: { kind: 'token', accessor: auth.accessor, ...issuedAt(session) },
     expiresAt: now() + req.ttlSeconds * 1000,
   };
 }

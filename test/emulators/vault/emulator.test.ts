@@ -293,6 +293,36 @@ describe('namespaces', () => {
       status: 400,
     });
   });
+  test('a parent-namespace token acts in a child namespace under policies naming the child path; accessors and leases are per namespace', async () => {
+    emu.addNamespace('team-c');
+    emu.createDatabaseRole('orders', { namespace: 'team-a' });
+    emu.setPolicy('parent-revoker', ['team-a/auth/token/revoke-accessor', 'team-a/sys/leases/revoke', 'auth/token/revoke-accessor']);
+    const parent = emu.createToken({ policies: ['parent-revoker'] }).token;
+    const inA = emu.createToken({ policies: ['db-read'], namespace: 'team-a' });
+    const inC = emu.createToken({ policies: ['issuer'], namespace: 'team-c' }).token;
+    const read = await client(inA.token, { namespace: 'team-a' }).read('database/creds/orders');
+    expect(read.lease_id).toMatch(/^database\/creds\/orders\/[A-Za-z0-9]{24}\.[A-Za-z0-9]{5}$/);
+    // Root namespace: neither the accessor nor the lease is known there.
+    expect(await failure(client(parent).write('auth/token/revoke-accessor', { accessor: inA.accessor }))).toMatchObject({
+      status: 400,
+      errors: ['invalid accessor'],
+    });
+    // A sibling namespace's token cannot act in team-a at all.
+    expect(
+      await failure(client(inC, { namespace: 'team-a' }).write('auth/token/revoke-accessor', { accessor: inA.accessor })),
+    ).toMatchObject({ status: 403 });
+    // The parent's policy for the plain path does not reach into team-a; the one naming team-a/ does.
+    emu.setPolicy('parent-plain', ['auth/token/revoke-accessor']);
+    const plain = emu.createToken({ policies: ['parent-plain'] }).token;
+    expect(
+      await failure(client(plain, { namespace: 'team-a' }).write('auth/token/revoke-accessor', { accessor: inA.accessor })),
+    ).toMatchObject({ status: 403 });
+    expect(emu.isTokenValid(inA.token)).toBe(true);
+    await client(parent, { namespace: 'team-a' }).write('sys/leases/revoke', { lease_id: read.lease_id });
+    expect(emu.leaseExists(read.lease_id)).toBe(false);
+    await client(parent, { namespace: 'team-a' }).write('auth/token/revoke-accessor', { accessor: inA.accessor });
+    expect(emu.isTokenValid(inA.token)).toBe(false);
+  });
 });
 
 describe('failure modes', () => {

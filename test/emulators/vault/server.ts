@@ -121,6 +121,12 @@ async function readBody(req: IncomingMessage): Promise<Record<string, unknown>> 
   return parsed as Record<string, unknown>;
 }
 
+/** `rel` (a path in namespace `ns`) as seen from namespace `from`, `ns` itself or a parent of it. */
+function pathFrom(from: string, ns: string, rel: string): string {
+  const below = from === '' ? ns : ns.slice(from.length + 1);
+  return below ? `${below}/${rel}` : rel;
+}
+
 /** The token a request presents, if it is live in this namespace or a parent of it. */
 function authenticate(state: VaultState, raw: string | undefined, ns: string): TokenEntry {
   if (!raw) throw permissionDenied();
@@ -186,7 +192,9 @@ export async function dispatch(d: Dispatcher, req: IncomingMessage, res: ServerR
       d.unhandled.push(`${method} ${rel} (operation ${op ?? method} not supported)`);
       throw unsupportedOperation();
     }
-    if (token && !allowed(d.state, token, rel)) throw permissionDenied();
+    // A token's policies live in its own namespace: acting in a child namespace, they name the path with the
+    // child's path in front (a root-namespace policy grants `team-a/auth/token/revoke-accessor`).
+    if (token && !allowed(d.state, token, pathFrom(token.namespace, ns, rel))) throw permissionDenied();
 
     // A use-limited token is spent by this request; at zero it is revoked once the request is done.
     let spent = false;

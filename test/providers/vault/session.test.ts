@@ -132,11 +132,13 @@ describe("the broker's own Vault token", () => {
     });
     const { roleId, secretId } = emu.createAppRole({ name: 'jit-broker', policies: ['jit-broker', 'ops-read'], namespace: 'team-a' });
     emu.createDatabaseRole('orders', { namespace: 'team-a' });
-    const p = await provider(approleSettings(emu, roleId, secretId, { namespace: 'team-a' }));
+    const p = await provider(approleSettings(emu, roleId, secretId, { namespace: 'team-a/' }));
     try {
       const t = await p.issue(request(tokenRole(['ops-read'])));
       const d = await p.issue(request(pathRole('database/creds/orders')));
       expect(d.credentials.lease_id).toMatch(/^database\/creds\/orders\/[A-Za-z0-9]{24}\.[A-Za-z0-9]{5}$/);
+      expect(t.handle).toMatchObject({ namespace: 'team-a', address: emu.url });
+      expect(d.handle).toMatchObject({ namespace: 'team-a', address: emu.url });
       const look = await vaultClient(emu, emu.rootToken).write('team-a/auth/token/lookup-accessor', { accessor: t.credentials.accessor });
       expect(look.data.policies).toEqual(['ops-read']);
       expect(emu.requests.filter((r) => r.path !== 'sys/health').every((r) => r.namespace === 'team-a')).toBe(true);

@@ -41,7 +41,8 @@ describe('vault token roles', () => {
       policies: ['ops-read', 'ops-write'],
       expires_in: 90,
     });
-    expect(res.handle).toEqual({ kind: 'token', accessor: res.credentials.accessor });
+    // Where it was made (root namespace: ''), so a later change of namespace or address cannot misdirect its revocation.
+    expect(res.handle).toEqual({ kind: 'token', accessor: res.credentials.accessor, namespace: '', address: emu.url });
     expect(JSON.stringify(res.handle)).not.toContain(res.credentials.token as string);
     expect(res.expiresAt).toBeGreaterThan(Date.now() + 85_000);
     expect(res.expiresAt).toBeLessThanOrEqual(Date.now() + 90_000);
