@@ -82,7 +82,9 @@ export function issueError(err: unknown, action: string): BrokerError {
 
 /**
  * Maps a failed Vault call during revocation: failures that may pass
- * (sealed, throttled, 5xx, unreachable) are retryable; the rest are permanent.
+ * (sealed, throttled, 5xx, unreachable) are RetryableUpstreamError; the rest
+ * keep their issue-time code. The worker retries both until the credential
+ * expires (a 403 may be a policy about to be fixed).
  */
 export function revokeError(err: unknown, action: string): Error {
   if (err instanceof BrokerError || err instanceof RetryableUpstreamError) return err;
