@@ -109,6 +109,8 @@ test.each(['bad', 'down'])(
       const r = await jit(['audit', 'export', '--action', second, '--output', file], env);
       expect(r.code).toBe(3);
       expect(r.stderr).toMatch(new RegExp(`nothing written to .*${file.split('/').pop()}`));
+      // Before: followed by "exported 1 record(s) to FILE", when nothing was.
+      expect(r.stderr).not.toMatch(/exported/);
     }
     // Before: exit 3, but FILE held the first page's record alone: a partial export that looked whole
     // (and the last good export was gone).

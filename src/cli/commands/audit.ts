@@ -237,14 +237,20 @@ export const auditExport: Command = {
       if (!out || !file) return;
       for (const s of SIGNALS) process.off(s, onSignal);
       const failed = await settle(out, file, whole);
-      if (failed || !whole) ctx.out.note(`nothing written to ${file}: the export did not finish`);
-      if (failed) throw failed;
+      if (failed || !whole) {
+        ctx.out.note(`nothing written to ${file}: the export did not finish`);
+        if (failed) throw failed;
+        return;
+      }
       ctx.out.note(`exported ${n} record(s) to ${file}`);
     };
     try {
       for await (const r of client.paginate((cursor) => client.queryAudit({ ...f, limit: 500, cursor }))) {
         if (out) {
-          if (!out.sink.write(`${JSON.stringify(r)}\n`)) await once(out.sink, 'drain');
+          // A write that failed meanwhile (a full disk, while the next page was read) left the stream destroyed:
+          // a write to it waited for a 'drain' that never came, and jit ended with Node's exit 13, saying nothing.
+          if (out.sink.errored) throw unwritable(file!, out.sink.errored);
+          if (!out.sink.write(`${JSON.stringify(r)}\n`)) await once(out.sink, 'drain').catch((e) => Promise.reject(unwritable(file!, e)));
         } else {
           // Stdout may be a terminal: escaped as every --json line is (the same JSON value). The file keeps them as sent.
           ctx.io.stdout.write(`${terminalSafe(JSON.stringify(r))}\n`);
@@ -285,6 +291,11 @@ async function settle(out: Output, file: string, whole: boolean): Promise<Client
   if (!whole || err) await rm(out.temp, { force: true }).catch(() => undefined);
   // Not whole: what failed is the export's own error, thrown already.
   if (!whole || !err) return undefined;
+  return unwritable(file, err);
+}
+
+/** A write to `file` (its temporary file) that failed: the caller's disk or set-up, said in one line (exit 2). */
+function unwritable(file: string, err: unknown): ClientConfigError {
   return new ClientConfigError(
     'output_unwritable',
     `cannot write ${file} (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`,
