@@ -235,8 +235,9 @@ export const auditExport: Command = {
     // log, and the last good export gone.
     const finish = async (whole: boolean) => {
       if (!out || !file) return;
-      for (const s of SIGNALS) process.off(s, onSignal);
+      // The handlers stay until the rename is done: a Ctrl-C during the fsync still removes the temporary file.
       const failed = await settle(out, file, whole);
+      for (const s of SIGNALS) process.off(s, onSignal);
       if (failed || !whole) {
         ctx.out.note(`nothing written to ${file}: the export did not finish`);
         if (failed) throw failed;
