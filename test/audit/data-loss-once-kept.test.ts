@@ -1,19 +1,16 @@
-import { AuditLog } from '../../src/audit/audit-log.ts';
 import { ONCE_KEEP_MS } from '../../src/audit/outbox-member.ts';
 import { lossSteps } from '../../src/audit/restore.ts';
-import { silentLogger } from '../../src/logger.ts';
 import { repairSteps } from '../../src/ops/rollback.ts';
 import type { AuditChain, Keys } from '../../src/redis/keys.ts';
 import { brokerOnOwnRedis } from '../helpers/own-redis-broker.ts';
 import {
   expectAuditVerified,
-  exportAuditNow,
   interceptAppends,
+  loseThenWriteLate,
   quarantine,
   records,
   recoveryMonitor,
   timePasses,
-  wipe,
 } from '../helpers/recovery-harness.ts';
 
 /**
@@ -31,12 +28,7 @@ test('the records a kept data-loss continuation appended again are not appended 
   const late = 'late-once-kept';
   // Two ops records exported: the fresh chain written after the loss (one record) is shorter, which tells it apart.
   for (const who of ['loss-once-a', 'loss-once-b']) await quarantine(t, who);
-  await exportAuditNow(t);
-  await deps.audit.flush();
-  await wipe(redis);
-  const careless = new AuditLog({ redis: deps.redis, keys: deps.keys, logger: silentLogger, taskIndexMs: 60_000 });
-  await careless.append({ action: 'access.deny', actor: late, decision: 'deny', reason: 'task_not_found' });
-  await careless.flush();
+  await loseThenWriteLate(own, late);
 
   // The recovery takes the late record off the fresh chain and appends it again behind the export's end, then
   // fails writing its `broker.data_loss` record (and its instance dies): the continuation stays kept.

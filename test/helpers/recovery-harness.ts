@@ -1,5 +1,5 @@
 import { expect } from '@jest/globals';
-import type { AuditLog } from '../../src/audit/audit-log.ts';
+import { AuditLog } from '../../src/audit/audit-log.ts';
 import { AuditExporter } from '../../src/audit/export.ts';
 import { readArchive } from '../../src/audit/restore.ts';
 import { deriveSealKey } from '../../src/audit/seal.ts';
@@ -110,6 +110,22 @@ export async function timePasses(redis: RedisStandalone, ms: number): Promise<vo
         else await admin.pexpire(key, ttl - ms);
       }
   });
+}
+
+/**
+ * The chains are exported, then Redis loses everything, and an instance without the epoch guard writes a denial
+ * by `actor` on a fresh ops chain before any recovery: a record written after the loss, which recovery takes off
+ * the chain and appends again behind the export's end.
+ */
+export async function loseThenWriteLate(own: OwnRedisBroker, actor: string): Promise<void> {
+  const { redis, t } = own;
+  const { deps } = t.broker;
+  await exportAuditNow(t);
+  await deps.audit.flush();
+  await wipe(redis);
+  const careless = new AuditLog({ redis: deps.redis, keys: deps.keys, logger: silentLogger, taskIndexMs: 60_000 });
+  await careless.append({ action: 'access.deny', actor, decision: 'deny', reason: 'task_not_found' });
+  await careless.flush();
 }
 
 /** Quarantines `agent` (an ops record, an ending) as the admin. */
