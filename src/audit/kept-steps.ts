@@ -10,6 +10,10 @@ import { type AuditRecord, isAuditRecord } from './record.ts';
  * that failed after a step (or an instance that died) left the chain changed; a later attempt, or another
  * instance, finds the step kept instead, appends again each record it took off the chain (once: AuditLog.appendOnce
  * with `idOf`), and records it; then the steps are dropped.
+ *
+ * Such a step may wait longer than the week the chain's ids of records written once live (its instance died and
+ * none started): while one is kept, audit-append.lua keeps them without expiry (it names each kind's list, in the
+ * chain's slot), and dropping the steps lets them expire again, so its records are appended once however late.
  */
 export interface KeptStep {
   /** The records the step took off the chain, to append again behind the export's end. */
@@ -24,7 +28,10 @@ export interface KeptSteps<T extends KeptStep> {
   parse(entry: string, chain: AuditChain): T | undefined;
   /** The identity a record a step took off the chain is appended again with (AuditLog.appendOnce): its seq and hash there. */
   idOf(record: AuditRecord): string;
-  /** Drops the steps kept for `chains`, once the recovery that kept them is recorded. */
+  /**
+   * Drops the steps kept for `chains`, once the recovery that kept them is recorded, and lets each chain's ids of
+   * records written once expire again, in the same step (audit-append.lua kept them without expiry meanwhile).
+   */
   drop(redis: RedisClient, keys: Keys, chains: readonly AuditChain[]): Promise<void>;
 }
 
@@ -37,11 +44,6 @@ export function keptSteps<T extends KeptStep>(spec: {
   idPrefix: string;
   /** The rest of an entry's shape, once it is an object whose `orphans` are records. */
   valid: (entry: Record<string, unknown>, chain: AuditChain) => boolean;
-  /**
-   * The chain's ids of records written once expire again when the steps are dropped, in the same step:
-   * audit-append.lua keeps them without expiry while such a step is kept (it may wait longer than their week).
-   */
-  onceKeptWhileKept?: boolean;
 }): KeptSteps<T> {
   return {
     read: (redis, keys, chains) => Promise.all(chains.map((c) => redis.lrange(spec.key(keys, c), 0, -1))),
@@ -62,9 +64,7 @@ export function keptSteps<T extends KeptStep>(spec: {
       // One chain at a time: on a Cluster each chain's keys are in its own slot (all of one chain in the same one).
       await Promise.all(
         chains.map(async (c) => {
-          const multi = redis.multi().del(spec.key(keys, c));
-          if (spec.onceKeptWhileKept) multi.pexpire(keys.auditOnce(c), ONCE_KEEP_MS);
-          const res = await multi.exec();
+          const res = await redis.multi().del(spec.key(keys, c)).pexpire(keys.auditOnce(c), ONCE_KEEP_MS).exec();
           if (!res) throw new Error(`dropping kept ${spec.what} aborted`);
           for (const [err] of res) if (err) throw err;
         }),

@@ -32,8 +32,8 @@ export const ONCE_PREFIX = 'once:';
 /**
  * How long a chain's ids of records written once (`<base>audit-once`) live after the last one written: a week,
  * far longer than any retry of the step that writes them (rare: one per rollback or data loss). Handed to
- * audit-append.lua (ARGV[5]), and set again when a kept rollback repair that held them is dropped
- * (src/ops/rollback.ts).
+ * audit-append.lua (ARGV[5]), which keeps them without expiry while a recovery step is kept in the chain, and
+ * set again when the step is dropped (src/audit/kept-steps.ts).
  */
 export const ONCE_KEEP_MS = 604_800_000;
 

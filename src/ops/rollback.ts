@@ -325,14 +325,13 @@ interface KeptRepair extends KeptStep {
 /**
  * The repair steps kept per chain (Keys.rollbackRepair); the records they took off a chain are appended again
  * with the identity `rechained:<seq>:<hash>`. Dropped after the recovery that took them is recorded, which lets
- * the chain's ids of records written once expire again (audit-append.lua keeps them without expiry meanwhile).
+ * the chain's ids of records written once expire again (kept without expiry meanwhile: src/audit/kept-steps.ts).
  * An entry that is not one of its chain's is left out (Repair.unreadable).
  */
 export const repairSteps = keptSteps<KeptRepair>({
   what: 'rollback repairs',
   key: (keys, chain) => keys.rollbackRepair(chain),
   idPrefix: 'rechained',
-  onceKeptWhileKept: true,
   valid(v, chain) {
     if (!Array.isArray(v.reapply) || !v.reapply.every(isAuditRecord)) return false;
     if (v.by !== undefined && typeof v.by !== 'string') return false;

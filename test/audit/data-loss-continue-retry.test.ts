@@ -1,16 +1,13 @@
-import { AuditLog } from '../../src/audit/audit-log.ts';
-import { silentLogger } from '../../src/logger.ts';
 import { auditRecords, openAgentTask } from '../helpers/broker.ts';
 import { brokerOnOwnRedis } from '../helpers/own-redis-broker.ts';
 import {
   expectAuditVerified,
-  exportAuditNow,
   failingReappend,
+  loseThenWriteLate,
   quarantine,
   type Rec,
   records,
   recoveryMonitor,
-  wipe,
 } from '../helpers/recovery-harness.ts';
 
 /**
@@ -29,17 +26,12 @@ const buckets = new Set<string>();
 
 /** Records in ops and in the task's bucket, exported; Redis loses everything; an instance without the epoch guard writes on a fresh ops chain. */
 async function loseWithLateRecord(agent: string, late: string): Promise<string[]> {
-  const { redis, t } = own;
+  const { t } = own;
   const { deps } = t.broker;
   await openAgentTask(t, agent, [{ role: 'demo-api' }]);
   // Two ops records: the fresh chain (one record) is shorter than the export's, which is how it is told apart.
   for (const who of [agent, `${agent}-b`]) await quarantine(t, who);
-  await exportAuditNow(t);
-  await deps.audit.flush();
-  await wipe(redis);
-  const careless = new AuditLog({ redis: deps.redis, keys: deps.keys, logger: silentLogger, taskIndexMs: 60_000 });
-  await careless.append({ action: 'access.deny', actor: late, decision: 'deny', reason: 'task_not_found' });
-  await careless.flush();
+  await loseThenWriteLate(own, late);
   expect((await auditRecords(deps.redis, deps.keys)).map((r) => r.actor)).toEqual([late]);
   buckets.add(String(deps.keys.bucketOfTask(agent)));
   return ['ops', ...buckets];

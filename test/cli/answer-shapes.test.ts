@@ -1,8 +1,7 @@
 import { afterAll, beforeAll, expect, test } from '@jest/globals';
-import { spawn } from 'node:child_process';
 import { createServer, type Server } from 'node:http';
 import { resolve } from 'node:path';
-import { ensureBuilt, JIT, NODE20 } from '../helpers/cli.ts';
+import { ensureBuilt, JIT, NODE20, runCollect } from '../helpers/cli.ts';
 
 /**
  * Every command's answer is the shape the contract gives it (docs/openapi.yaml's required fields), about what was
@@ -37,27 +36,9 @@ afterAll(async () => {
   await new Promise((r) => server.close(r));
 });
 
-function run(file: string, args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  return new Promise((done) => {
-    const child = spawn(file, args, {
-      env: { PATH: process.env.PATH, JIT_BROKER_URL: url, JIT_TOKEN: 'a.b.c', U: url },
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (d: Buffer) => {
-      stdout += d.toString();
-    });
-    child.stderr.on('data', (d: Buffer) => {
-      stderr += d.toString();
-    });
-    const kill = setTimeout(() => child.kill('SIGKILL'), 20_000);
-    child.on('close', (code) => {
-      clearTimeout(kill);
-      done({ code, stdout, stderr });
-    });
-  });
-}
+/** `file` run against the fake broker (killed after 20 s). */
+const run = (file: string, args: string[]) =>
+  runCollect(file, args, { JIT_BROKER_URL: url, JIT_TOKEN: 'a.b.c', U: url }, { killMs: 20_000 });
 const jit = (args: string[]) => run(NODE20, [JIT, ...args]);
 
 /** 2xx bodies that are none of the broker's answers. */

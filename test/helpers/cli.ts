@@ -71,12 +71,26 @@ export interface JitResult {
  * blocking this process: the broker under test answers from it.
  */
 export function jit(args: string[], env: Record<string, string | undefined> = {}, opts: { cwd?: string } = {}): Promise<JitResult> {
+  return runCollect(NODE20, [JIT, ...args], env, opts);
+}
+
+/**
+ * Runs `file` with exactly `env` (plus PATH), without blocking this process, and collects what it wrote.
+ * `killMs`: killed (SIGKILL) if still running then.
+ */
+export function runCollect(
+  file: string,
+  args: string[],
+  env: Record<string, string | undefined> = {},
+  opts: { cwd?: string; killMs?: number } = {},
+): Promise<JitResult> {
   return new Promise((resolveRun, reject) => {
-    const child = spawn(NODE20, [JIT, ...args], {
+    const child = spawn(file, args, {
       env: { PATH: process.env.PATH, ...env } as NodeJS.ProcessEnv,
       cwd: opts.cwd ?? process.cwd(),
       stdio: ['ignore', 'pipe', 'pipe'],
     });
+    const kill = opts.killMs === undefined ? undefined : setTimeout(() => child.kill('SIGKILL'), opts.killMs);
     let stdout = '';
     let stderr = '';
     child.stdout.on('data', (d: Buffer) => {
@@ -85,7 +99,13 @@ export function jit(args: string[], env: Record<string, string | undefined> = {}
     child.stderr.on('data', (d: Buffer) => {
       stderr += d.toString();
     });
-    child.on('error', reject);
-    child.on('close', (code, signal) => resolveRun({ code, signal, stdout, stderr }));
+    child.on('error', (err) => {
+      clearTimeout(kill);
+      reject(err);
+    });
+    child.on('close', (code, signal) => {
+      clearTimeout(kill);
+      resolveRun({ code, signal, stdout, stderr });
+    });
   });
 }

@@ -1,5 +1,5 @@
 import { expect } from '@jest/globals';
-import type { AuditLog } from '../../src/audit/audit-log.ts';
+import { AuditLog } from '../../src/audit/audit-log.ts';
 import { AuditExporter } from '../../src/audit/export.ts';
 import { readArchive } from '../../src/audit/restore.ts';
 import { deriveSealKey } from '../../src/audit/seal.ts';
@@ -94,6 +94,38 @@ export async function wipe(redis: RedisStandalone): Promise<void> {
   await withAdmin(redis, async (admin) => {
     await admin.flushall();
   });
+}
+
+/**
+ * `ms` pass for what Redis keeps with an expiry (a week of a recovery left waiting, without waiting): each key's
+ * time to live is shortened by `ms`, and a key whose time is up is deleted, as Redis would have expired it.
+ */
+export async function timePasses(redis: RedisStandalone, ms: number): Promise<void> {
+  await withAdmin(redis, async (admin) => {
+    for await (const keys of admin.scanStream({ count: 1000 }) as AsyncIterable<string[]>)
+      for (const key of keys) {
+        const ttl = await admin.pttl(key);
+        if (ttl < 0) continue;
+        if (ttl <= ms) await admin.del(key);
+        else await admin.pexpire(key, ttl - ms);
+      }
+  });
+}
+
+/**
+ * The chains are exported, then Redis loses everything, and an instance without the epoch guard writes a denial
+ * by `actor` on a fresh ops chain before any recovery: a record written after the loss, which recovery takes off
+ * the chain and appends again behind the export's end.
+ */
+export async function loseThenWriteLate(own: OwnRedisBroker, actor: string): Promise<void> {
+  const { redis, t } = own;
+  const { deps } = t.broker;
+  await exportAuditNow(t);
+  await deps.audit.flush();
+  await wipe(redis);
+  const careless = new AuditLog({ redis: deps.redis, keys: deps.keys, logger: silentLogger, taskIndexMs: 60_000 });
+  await careless.append({ action: 'access.deny', actor, decision: 'deny', reason: 'task_not_found' });
+  await careless.flush();
 }
 
 /** Quarantines `agent` (an ops record, an ending) as the admin. */

@@ -1,8 +1,5 @@
-import { readArchive } from '../../src/audit/restore.ts';
-import { resolvePath } from '../../src/config/load.ts';
-import { silentLogger } from '../../src/logger.ts';
-import { DataLossMonitor } from '../../src/ops/recovery.ts';
-import { ADMIN, call, startTestBroker, type TestBroker } from '../helpers/broker.ts';
+import { lossRecords, quarantine, recoveryMonitor } from '../helpers/recovery-harness.ts';
+import { startTestBroker, type TestBroker } from '../helpers/broker.ts';
 
 /**
  * Red team (locks at a 10-s hold): recovery after a data loss records one `broker.data_loss` per loss. A
@@ -21,43 +18,24 @@ afterAll(async () => {
 test('a recovery whose lock lapsed mid-way records no second data loss (found by red team)', async () => {
   const { deps } = t.broker;
   // Something in the export, so that an empty Redis reads as a data loss.
-  const q = await call(t.url, 'POST', '/v1/admin/quarantine', t.as(ADMIN), { agent: 'spiffe://dev.local/agent/rt3-q', reason: 'x' });
-  expect(q.status).toBeLessThan(300);
-  const file = resolvePath(t.config.audit.export.file);
+  await quarantine(t, 'rt3-q');
   let stalled = false;
-  const monitor = (onRestore: () => Promise<void>) =>
-    new DataLossMonitor({
-      redis: deps.redis,
-      keys: deps.keys,
-      logger: silentLogger,
-      signing: deps.signing,
-      audit: deps.audit,
-      readArchive: () => readArchive(file, deps.keys.prefix),
-      restoreQuarantines: async (entries) => {
-        await deps.quarantine.restore(entries);
-        await onRestore();
-      },
-      clearCaches: () => {},
-      restoreSecrets: async () => {},
-      metrics: deps.metrics,
-      exportFile: file,
-      reapply: async () => ({ tasks: 0, leases: 0, quarantines: 0 }),
-    });
-  const b = monitor(async () => {});
+  const b = recoveryMonitor(t);
   // A stalls past its hold after restoring the quarantines: its lock lapses and B recovers meanwhile.
-  const a = monitor(async () => {
-    if (stalled) return;
-    stalled = true;
-    await deps.redis.del(deps.keys.lock('recovery'));
-    await b.init();
+  const a = recoveryMonitor(t, {
+    restoreQuarantines: async (entries) => {
+      await deps.quarantine.restore(entries);
+      if (stalled) return;
+      stalled = true;
+      await deps.redis.del(deps.keys.lock('recovery'));
+      await b.init();
+    },
   });
-  const before = (await deps.redis.xlen(deps.keys.auditStream('ops'))) as number;
+  const opsLosses = async () => (await lossRecords(t)).filter((r) => r.chain === 'ops').length;
+  const before = await opsLosses();
   await deps.redis.del(deps.keys.epoch());
   await a.init().catch(() => {});
-  await deps.audit.flush?.();
   expect(stalled).toBe(true);
-  const records = (await deps.redis.xrange(deps.keys.auditStream('ops'), '-', '+')).slice(before);
-  const losses = records.filter(([, f]) => (f[f.indexOf('r') + 1] ?? '').includes('"broker.data_loss"'));
   // Before: 2 (B's, then A's once it went on).
-  expect(losses.length).toBe(1);
+  expect((await opsLosses()) - before).toBe(1);
 });

@@ -5,13 +5,12 @@ import { Redis } from 'ioredis';
 import { OutboxRecovery } from '../../src/audit/outbox.ts';
 import { outboxMember } from '../../src/audit/outbox-member.ts';
 import { readArchive } from '../../src/audit/restore.ts';
-import { resolvePath } from '../../src/config/load.ts';
 import { silentLogger } from '../../src/logger.ts';
-import { DataLossMonitor } from '../../src/ops/recovery.ts';
 import { acquireLock, keepLock } from '../../src/redis/lock.ts';
 import type { AwsEmulator } from '../emulators/aws/index.ts';
 import { auditFixture, type AuditFixture } from '../audit/fixture.ts';
 import { ADMIN, call, REDIS_URL, startTestBroker, type TestBroker } from '../helpers/broker.ts';
+import { exportFile, recoveryMonitor } from '../helpers/recovery-harness.ts';
 import { ROTATABLE, awsForBroker } from '../providers/aws/helpers.ts';
 
 /**
@@ -91,24 +90,12 @@ test('the recovery lock is set for 10 s, right after it is taken (before: 30 s)'
   const { deps } = t.broker;
   const key = deps.keys.lock('recovery');
   const seen: number[] = [];
-  const file = resolvePath(t.config.audit.export.file);
-  const monitor = new DataLossMonitor({
-    redis: deps.redis,
-    keys: deps.keys,
-    logger: silentLogger,
-    signing: deps.signing,
-    audit: deps.audit,
+  const monitor = recoveryMonitor(t, {
     // Recovery's first long step, under the lock.
     readArchive: async () => {
       seen.push(await observer.pttl(key));
-      return readArchive(file, deps.keys.prefix);
+      return readArchive(exportFile(t), deps.keys.prefix);
     },
-    restoreQuarantines: (entries) => deps.quarantine.restore(entries),
-    clearCaches: () => {},
-    restoreSecrets: async () => {},
-    metrics: deps.metrics,
-    exportFile: file,
-    reapply: async () => ({ tasks: 0, leases: 0, quarantines: 0 }),
   });
   // The marker gone: a data loss, as this monitor sees it.
   await deps.redis.del(deps.keys.epoch());

@@ -13,8 +13,8 @@
 -- the chain's written ids (`<base>audit-once`), and the id joins them in this step, so it is written once however
 -- often it is sent. An id written before refuses its record as an absent member does. No outbox member starts so
 -- (src/audit/outbox-member.ts refuses one).
--- The task indexes, the outbox, the written ids and the chain's kept rollback repair (`<base>rollback-repair`) are
--- keys built from ARGV[3], not declared: lib/slot.lua.
+-- The task indexes, the outbox, the written ids and the recovery steps kept in the chain (`<base>rollback-repair`,
+-- `<base>loss-continued`: src/audit/kept-steps.ts) are keys built from ARGV[3], not declared: lib/slot.lua.
 -- uses: slot
 -- KEYS[1] chain head (`<seq>:<hash>`)
 -- KEYS[2] chain stream
@@ -105,10 +105,11 @@ end
 if #members > 0 then redis.call('ZREM', outbox, unpack(members)) end
 if #onces > 0 then
   redis.call('SADD', written, unpack(onces))
-  if redis.call('EXISTS', ARGV[3] .. 'rollback-repair') == 1 then
-    -- A rollback repair kept in this chain waits for its recovery's next attempt or for an instance to start,
-    -- which may take longer than a week (its claimant died): the records it appends again must still find their
-    -- ids then. Kept until the repair is dropped (src/ops/rollback.ts repairSteps.drop sets the week again).
+  if redis.call('EXISTS', ARGV[3] .. 'rollback-repair', ARGV[3] .. 'loss-continued') > 0 then
+    -- A recovery step kept in this chain (a rollback repair, a data-loss continuation) waits for its recovery's
+    -- next attempt or for an instance to start, which may take longer than a week (its instance died): the
+    -- records it appends again must still find their ids then. Kept until the step is dropped (KeptSteps.drop,
+    -- src/audit/kept-steps.ts, sets the week again).
     redis.call('PERSIST', written)
   else
     -- A week after the last (ARGV[5]): far longer than any retry of the step that writes them (rare: one per
