@@ -16,9 +16,28 @@ import { silentLogger } from '../src/logger.ts';
 import { createConnector } from '../src/redis/connection.ts';
 import { Keys } from '../src/redis/keys.ts';
 
-const { values } = parseArgs({
-  options: { json: { type: 'boolean' }, file: { type: 'string' }, 'max-seal-age': { type: 'string' } },
-});
+const USAGE = 'usage: npm run audit:verify [-- --json] [-- --file <export file>] [-- --max-seal-age <seconds>]';
+let values: { json?: boolean; file?: string; 'max-seal-age'?: string; help?: boolean };
+try {
+  ({ values } = parseArgs({
+    options: {
+      json: { type: 'boolean' },
+      file: { type: 'string' },
+      'max-seal-age': { type: 'string' },
+      help: { type: 'boolean', short: 'h' },
+    },
+  }));
+} catch (err) {
+  // A mistyped flag: what was wrong and the usage, not Node's stack trace; exit 1 like every run that verified nothing.
+  console.error(`audit:verify: ${(err as Error).message.split('. To specify')[0]}\n${USAGE}`);
+  process.exit(1);
+}
+if (values.help) {
+  console.log(
+    `${USAGE}\nChecks every audit chain as one chain made of the export files and what is in Redis (BROKER_CONFIG names the\nbroker's config). Exit 0 when every chain is intact, 1 otherwise.`,
+  );
+  process.exit(0);
+}
 let ok = false;
 try {
   ok = await main();

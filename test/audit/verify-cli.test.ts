@@ -160,3 +160,16 @@ test('npm run audit:verify fails (exit 1, naming it) when sealing stopped and re
   expect(res.code).toBe(1);
   expect(res.out).toContain('--max-seal-age must be a whole number of seconds');
 });
+
+test('npm run audit:verify -- --help prints its usage (exit 0); an unknown flag is a usage line, not a stack trace (exit 1, nothing verified)', async () => {
+  const cfg = config(true);
+  const help = await verifyCli(cfg, '--help');
+  expect(help.code).toBe(0);
+  expect(help.out).toMatch(/^usage: npm run audit:verify/m);
+  const bad = await verifyCli(cfg, '--jsn');
+  expect(bad.code).toBe(1);
+  expect(bad.out).toMatch(/audit:verify: Unknown option '--jsn'/);
+  expect(bad.out).toMatch(/^usage: npm run audit:verify/m);
+  expect(bad.out).not.toMatch(/ERR_PARSE_ARGS|at parseArgs|node:internal/);
+  expect(bad.out).not.toContain('intact');
+});

@@ -99,34 +99,45 @@ export const auditTail: Command = {
 };
 
 /**
- * Polls `GET /v1/audit?since=` from the newest time seen. Records at that
- * same instant come back on the next poll, so they are told apart by hash.
+ * How far before the newest record seen each poll of `audit tail` reads again. A record's `time` is when it was
+ * decided, not when it reached its chain: one may land after a newer one was printed (its append delayed or
+ * retried, a busy chain's batch still in flight), up to 5 s after its time in the ordinary course (the broker's
+ * TIME_SLACK_MS, docs/audit.md "Querying by time"). Records seen again are told apart by hash.
+ */
+export const TAIL_OVERLAP_MS = 5_000;
+
+/**
+ * Polls `GET /v1/audit?since=` from TAIL_OVERLAP_MS before the newest time seen (never before the first
+ * `since`), printing each record once: the hashes of records a later poll can still return are remembered.
  */
 async function follow(client: BrokerClient, f: AuditFilter, intervalMs: number, signal: AbortSignal, emit: (r: AuditRecord) => void) {
-  let since = f.since;
-  let seen = new Set<string>();
+  const first = f.since === undefined ? Number.NEGATIVE_INFINITY : Date.parse(f.since);
+  let newest: number | undefined;
+  /** Hash → time (ms) of the records printed that a later poll may return again. */
+  const seen = new Map<string, number>();
   while (!signal.aborted) {
-    const fresh = new Set<string>();
-    // One poll pages with the filter it started with: a cursor is bound to its filters, and `since` moves on below.
-    const from = since;
+    // One poll pages with the filter it started with: a cursor is bound to its filters, and `newest` moves on below.
+    const from = newest === undefined ? f.since : new Date(Math.max(first, newest - TAIL_OVERLAP_MS)).toISOString();
     for await (const r of client.paginate((cursor) => client.queryAudit({ ...f, since: from, cursor }))) {
       if (signal.aborted) return;
-      fresh.add(r.hash);
       if (seen.has(r.hash)) continue;
+      const at = Date.parse(r.time);
+      seen.set(r.hash, at);
       emit(r);
-      if (!since || r.time > since) since = r.time;
+      if (Number.isFinite(at) && (newest === undefined || at > newest)) newest = at;
     }
-    seen = new Set([...seen, ...fresh].slice(-5000));
+    // Records before the next poll's window are not returned again: forget them (a record without a time stays).
+    if (newest !== undefined) for (const [hash, at] of seen) if (at < newest - TAIL_OVERLAP_MS) seen.delete(hash);
     await new Promise<void>((resolve) => {
-      const t = setTimeout(resolve, intervalMs);
-      signal.addEventListener(
-        'abort',
-        () => {
-          clearTimeout(t);
-          resolve();
-        },
-        { once: true },
-      );
+      const done = () => {
+        clearTimeout(t);
+        signal.removeEventListener('abort', done);
+        resolve();
+      };
+      // Removed again when the timer fires: a listener left on every poll piled up (a leak, and Node's
+      // MaxListenersExceededWarning on stderr after ten polls).
+      const t = setTimeout(done, intervalMs);
+      signal.addEventListener('abort', done, { once: true });
     });
   }
 }
