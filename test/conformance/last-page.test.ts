@@ -65,3 +65,21 @@ test('approvals too: a filtered page holding the last match is the last page', a
   expect(pending.ids).toHaveLength(1);
   expect(pending.nextCursor).toBeNull();
 });
+
+test("a task's audit records filtered by action: the page holding the last match is the last page", async () => {
+  // lp-s3: task.open, then one credential.issue, then a lease revocation by its agent.
+  const cred = await call(t.url, 'POST', '/v1/credentials', t.as(AGENT), { taskId: 'lp-s3', role: 'demo-api' });
+  expect(cred.status).toBe(201);
+  expect((await call(t.url, 'DELETE', `/v1/leases/${cred.body.leaseId}`, t.as(AGENT))).status).toBe(202);
+  for (const who of [ADMIN, AGENT]) {
+    const r = await call(t.url, 'GET', '/v1/audit?taskId=lp-s3&action=credential.issue&limit=1', t.as(who));
+    expect(r.status).toBe(200);
+    // Before: a cursor (records of other actions followed), whose page was empty.
+    expect([who, r.body.items.map((x: any) => x.action), r.body.nextCursor]).toEqual([who, ['credential.issue'], null]);
+  }
+  const open = await call(t.url, 'GET', '/v1/audit?taskId=lp-s3&action=task.open&limit=1', t.as(AGENT));
+  expect([open.body.items.map((x: any) => x.action), open.body.nextCursor]).toEqual([['task.open'], null]);
+  // Unfiltered, a full page with records after it keeps its cursor.
+  const first = await call(t.url, 'GET', '/v1/audit?taskId=lp-s3&limit=1', t.as(AGENT));
+  expect(first.body.nextCursor).toEqual(expect.any(String));
+});
