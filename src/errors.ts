@@ -32,7 +32,11 @@ export const ERRORS = {
     means: 'The body could not be read (bytes that are not UTF-8, a compressed body that does not inflate, too many form fields).',
     fix: 'Send a well-formed body.',
   },
-  invalid_id: { status: 400, means: 'A task, lease or approval id in the path is malformed.', fix: 'Use the id the broker returned.' },
+  invalid_id: {
+    status: 400,
+    means: 'A task id in the path is malformed (a lease or approval id of another form is just unknown: 404).',
+    fix: 'Use the id the broker returned.',
+  },
   invalid_task_id: {
     status: 400,
     means:

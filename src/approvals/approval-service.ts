@@ -63,13 +63,20 @@ export class ApprovalService {
     return r;
   }
 
-  async decide(who: WorkloadIdentity, approvalId: string, decision: 'approve' | 'reject', reason?: string): Promise<ApprovalRecord> {
+  /** `approvalId` undefined: the path named no id the broker could have issued (an unknown approval, once the caller may decide). */
+  async decide(
+    who: WorkloadIdentity,
+    approvalId: string | undefined,
+    decision: 'approve' | 'reject',
+    reason?: string,
+  ): Promise<ApprovalRecord> {
     if (!this.deps.patterns.approvers.matches(who.id)) {
       await deny(this.deps, who, 'not_approver', 'Only an identity listed in `approvers` may decide approvals.', {
         action: 'approval.decide',
-        detail: { approvalId },
+        detail: approvalId === undefined ? {} : { approvalId },
       });
     }
+    if (approvalId === undefined) throw notFound('approval_not_found', 'No such approval.');
     const r = await this.deps.approvals.get(approvalId, this.deps.clock.now());
     if (!r) throw notFound('approval_not_found', `No approval ${approvalId}.`);
     await settleApprovals(this.deps, [r]);

@@ -232,25 +232,38 @@ export class AuditReader {
     // characters): a page stops once it holds PAGE_BYTES of records (at least one), as list pages do, and reads
     // at most AUDIT_READS records past that; 500 such records were ~13 MB read and answered at once.
     let bytes = 0;
+    // Records already read past a full page that the filter does not keep: a page holding the last match says
+    // so (`nextCursor` null on the last page) when nothing after it, among what was read, matches.
+    let skippedAhead = 0;
+    let matchAhead = false;
     const stream = this.deps.keys.auditStream(chain);
     while (i < rest.length && items.length < limit && i < SCAN_BUDGET && bytes < PAGE_BYTES) {
       // At most READS_IN_FLIGHT stream reads in flight per request: a page of 500 is several rounds, not 500
       // commands at once.
       const slice = rest.slice(i, i + Math.min(AUDIT_READS, Math.max(limit, 50)));
       const entries = await Promise.all(slice.map((id) => this.deps.redis.xrange(stream, id, id)));
-      for (let j = 0; j < slice.length && items.length < limit && bytes < PAGE_BYTES; j++) {
+      for (let j = 0; j < slice.length; j++) {
+        const raw = entries[j]?.[0]?.[1];
+        const json = raw ? raw[raw.indexOf('r') + 1]! : undefined;
+        const r = json === undefined ? undefined : (JSON.parse(json) as AuditRecord);
+        const kept = r !== undefined && keep(r, slice[j]!);
+        if (items.length >= limit || bytes >= PAGE_BYTES) {
+          if (kept) {
+            matchAhead = true;
+            break;
+          }
+          skippedAhead += 1;
+          continue;
+        }
         i += 1;
         last = slice[j];
-        const raw = entries[j]?.[0]?.[1];
-        if (!raw) continue; // exported and trimmed from Redis
-        const json = raw[raw.indexOf('r') + 1]!;
-        const r = JSON.parse(json) as AuditRecord;
-        if (!keep(r, slice[j]!)) continue;
-        items.push({ ...r, chain, streamId: slice[j]! });
-        bytes += json.length;
+        if (!kept) continue; // not kept, or exported and trimmed from Redis
+        items.push({ ...r!, chain, streamId: slice[j]! });
+        bytes += json!.length;
       }
     }
-    return { items, nextCursor: (i < rest.length || !complete) && last ? this.cursors.encode(last, bind) : null };
+    const more = matchAhead || i + skippedAhead < rest.length || !complete;
+    return { items, nextCursor: more && last ? this.cursors.encode(last, bind) : null };
   }
 
   private async allChains(

@@ -194,6 +194,26 @@ export class ListService {
     )[Symbol.asyncIterator]();
     const hasNext = async () => !(await it.next()).done;
     const size = Math.max(20, Math.min(200, limit));
+    /**
+     * After a full page: whether anything the filters keep is left (the contract's "nextCursor null on the last
+     * page"), not merely any entry. Reads heads only, within what is left of the scan budget; past it, unknown
+     * (a cursor, whose page may be empty).
+     */
+    const moreKept = async (): Promise<boolean> => {
+      for (;;) {
+        if (scanned >= SCAN_BUDGET) return hasNext();
+        const ahead: Entry[] = [];
+        while (ahead.length < size && scanned < SCAN_BUDGET) {
+          const n = await it.next();
+          if (n.done) break;
+          ahead.push(n.value);
+          scanned += 1;
+        }
+        if (ahead.length === 0) return false;
+        const heads = await src.heads(ahead.map((p) => p.id));
+        if (heads.some((h) => h !== undefined && src.keep(h))) return true;
+      }
+    };
     outer: for (;;) {
       const batch: Entry[] = [];
       while (batch.length < size && scanned < SCAN_BUDGET) {
@@ -225,7 +245,7 @@ export class ListService {
           items.push(t);
           bytes += JSON.stringify(t).length;
           if (items.length === limit || bytes >= PAGE_BYTES) {
-            more = i < batch.length - 1 || (await hasNext());
+            more = picked.some((j) => j > i) || (await moreKept());
             break outer;
           }
         }

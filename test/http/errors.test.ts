@@ -60,8 +60,8 @@ describe('bad input gets a clear error and loses nothing', () => {
     expect(deep).toBe(400);
   });
 
-  test('400 for an invalid lease id; 404 for an unknown one; 404 for unknown routes', async () => {
-    expect((await call(t.url, 'GET', '/v1/leases/NOT-HEX', t.as(AGENT))).body.code).toBe('invalid_id');
+  test('404 for an unknown lease id, whatever its form (ids are opaque); 404 for unknown routes', async () => {
+    expect((await call(t.url, 'GET', '/v1/leases/NOT-HEX', t.as(AGENT))).body.code).toBe('lease_not_found');
     expect((await call(t.url, 'GET', `/v1/leases/${'a'.repeat(32)}`, t.as(AGENT))).status).toBe(404);
     const r = await call(t.url, 'GET', '/v1/nothing-here', t.as(AGENT));
     expect(r.status).toBe(404);

@@ -153,7 +153,7 @@ describe('tasks, credentials, leases, approvals, audit', () => {
     expect((await req('GET', `/v1/leases/${leaseId}`, t(AGENT))).body.status).toBe('active');
     expect((await req('GET', `/v1/leases/${leaseId}`, t('/agent/other'))).body.code).toBe('not_lease_party');
     expect((await req('GET', `/v1/leases/${'0'.repeat(32)}`, t(AGENT))).body.code).toBe('lease_not_found');
-    expect((await req('GET', '/v1/leases/xyz', t(AGENT))).body.code).toBe('invalid_id');
+    expect((await req('GET', '/v1/leases/xyz', t(AGENT))).body.code).toBe('lease_not_found');
     expect((await req('DELETE', `/v1/leases/${leaseId}`, t(AGENT))).status).toBe(202);
     expect((await req('DELETE', `/v1/leases/${'0'.repeat(32)}`, t(AGENT))).status).toBe(404);
   });
