@@ -344,6 +344,11 @@ export const LEASE_ERRORS = {
       "Vault at the configured `providers.vault.address` answered that it does not know the lease's token or Vault lease, which was issued at another address: proof of nothing if the address now reaches another cluster.",
     fix: 'Point `providers.vault.address` back at the cluster that issued it (the lease is then revoked there), or let the credential expire: it is retried until then and ends `expired`.',
   },
+  upstream_wrong_account: {
+    means:
+      "The broker's AWS credentials (`providers.aws`) act in another account than the one the lease's role is in: IAM takes a role's name in the caller's account, so the session's deny cannot be written from there.",
+    fix: "Point `providers.aws` back at credentials of the role's account (the session is then denied there), or let the session expire: it is retried until then and ends `expired`.",
+  },
   provider_unavailable: {
     means: "This worker has no configuration for the lease's provider (workers started with a different config than the API).",
     fix: 'Give every worker the same `providers` config as the APIs; the lease is retried until its credential expires.',

@@ -1,5 +1,5 @@
 import { IAMClient } from '@aws-sdk/client-iam';
-import { STSClient } from '@aws-sdk/client-sts';
+import { GetCallerIdentityCommand, STSClient } from '@aws-sdk/client-sts';
 import { readSecret } from '../../config/load.ts';
 import type { AwsSettings } from './config.ts';
 import { markUnanswered, wasUnanswered } from '../types.ts';
@@ -52,6 +52,9 @@ export class AwsClients {
   private readonly retired = new Map<ClientPair, NodeJS.Timeout>();
   /** Resolved (and replaced) on every switch of keys. */
   private switched = deferred();
+  /** The account the broker's credentials act in, per client pair, once asked (`account`). */
+  private readonly accounts = new WeakMap<ClientPair, string>();
+  private lastAccount: string | undefined;
 
   constructor(settings: AwsSettings) {
     this.settings = settings;
@@ -108,6 +111,35 @@ export class AwsClients {
         throw again;
       }
     }
+  }
+
+  /**
+   * The AWS account the broker's own credentials act in (STS GetCallerIdentity, which needs no permission),
+   * asked once per set of credentials. IAM takes a role's *name*, in this account: a role ARN of another
+   * account cannot be written to (revocation, deny-list.ts).
+   */
+  async account(): Promise<string> {
+    const known = this.accounts.get(this.pair);
+    if (known !== undefined) return known;
+    let used = this.pair;
+    const out = await this.run((pair) => {
+      used = pair;
+      return pair.sts.send(new GetCallerIdentityCommand({}));
+    });
+    if (!out.Account) throw new Error('STS GetCallerIdentity answered without an Account');
+    this.learnAccount(out.Account, used);
+    return out.Account;
+  }
+
+  /** Records the account a GetCallerIdentity on `pair` answered (ready() asks it too). */
+  learnAccount(account: string, pair: ClientPair = this.pair): void {
+    this.accounts.set(pair, account);
+    this.lastAccount = account;
+  }
+
+  /** The account last learned (`account`, `learnAccount`); undefined before the first answer. */
+  get knownAccount(): string | undefined {
+    return this.lastAccount;
   }
 
   /** Whether the keys were switched away from `pair`, waiting up to `ms` for it. */

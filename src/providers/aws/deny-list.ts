@@ -35,7 +35,7 @@ import {
 import { type HeldLock, reportTakeover, withLock } from '../../redis/lock.ts';
 import { type FoldDecision, foldToFit, ownerOfSession, type TaskOwners, taskFoldPattern } from './deny-fold.ts';
 import { ownersToStore, parseOwners } from './deny-owners.ts';
-import { roleNameFromArn } from './role-info.ts';
+import { accountFromArn, roleNameFromArn } from './role-info.ts';
 import { agentKeyFor, taskKeyFor } from './session-name.ts';
 import { awsErrorCode, classify, isTransient } from './upstream.ts';
 
@@ -475,8 +475,35 @@ export class DenyList {
     else if (tags.stored !== null) await this.d.redis.del(key);
   }
 
-  /** The broker's policy on the role as IAM holds it (decoded); undefined when there is none. */
+  /**
+   * Throws unless the broker's credentials act in the role's account. IAM calls take the role's *name* and
+   * act in the caller's account: after an operator moved `providers.aws` to another account (new
+   * credentials) while sessions were out, writing by name denied nothing the session was judged by (a role
+   * of the same name there got the deny) or answered NoSuchEntity (taken for a deleted role): either way the
+   * lease ended `revoked` while the session worked on (test/blackbox/aws-moved.test.ts). A failed attempt
+   * instead, retried until the credentials are pointed back or the session expires.
+   */
+  private async checkAccount(roleArn: string): Promise<void> {
+    let account: string;
+    try {
+      account = await this.d.clients.account();
+    } catch (err) {
+      throw this.failure(err, roleArn, 'GetCallerIdentity');
+    }
+    if (account === accountFromArn(roleArn)) return;
+    this.d.logger.error(
+      { roleArn, account },
+      "the broker's aws credentials act in another account than the role's: its sessions cannot be denied from here",
+    );
+    throw new RetryableUpstreamError(
+      'upstream_wrong_account',
+      `the broker's AWS credentials act in account ${account}, not in the account of ${roleArn}: IAM cannot deny its sessions from there`,
+    );
+  }
+
+  /** The broker's policy on the role as IAM holds it (decoded); undefined when there is none. Every write reads first. */
   private async readIam(roleArn: string): Promise<string | undefined> {
+    await this.checkAccount(roleArn);
     const RoleName = roleNameFromArn(roleArn);
     const PolicyName = this.d.settings.revocationPolicyName;
     try {

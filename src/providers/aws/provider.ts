@@ -7,7 +7,7 @@ import type { AwsRoleConfig, AwsSettings } from './config.ts';
 import { DenyList, type DenyFallbackEvent, type DenyFoldEvent, type DenyUnit } from './deny-list.ts';
 import { MAX_SESSION_MS } from './deny-policy.ts';
 import { type AwsHandle, awsIntent, callAllowanceMs, issueAwsCredential, STS_MIN_DURATION } from './issue.ts';
-import { RoleInfoCache } from './role-info.ts';
+import { accountFromArn, RoleInfoCache } from './role-info.ts';
 import { rotateAccessKey } from './rotate.ts';
 import { sessionPolicy } from './session-policy.ts';
 import { awsErrorCode, classify } from './upstream.ts';
@@ -106,7 +106,9 @@ export function createAwsProvider(settings: AwsSettings, ctx: ProviderContext, o
     minTtlSeconds: STS_MIN_DURATION,
     upstream: true,
     denyList,
-    revocable: () => settings.revocation === 'iam-deny',
+    // A role of another account than the broker's credentials' (once known): IAM cannot deny its sessions from here.
+    revocable: (role) =>
+      settings.revocation === 'iam-deny' && (clients.knownAccount === undefined || clients.knownAccount === accountFromArn(role.roleArn)),
 
     intent(req, opts = {}) {
       const handle = awsIntent(settings, clock, req, opts.orphanMs);
@@ -119,7 +121,10 @@ export function createAwsProvider(settings: AwsSettings, ctx: ProviderContext, o
     issue: (req: IssueRequest<AwsRoleConfig>): Promise<IssueResult> => issueAwsCredential({ settings, clients, roles, logger, clock }, req),
 
     async revoke(lease, _role, ctx) {
-      if (settings.revocation !== 'iam-deny') return; // honest: revocable=false, the credential lives until it expires
+      // Honest: issued `revocable: false`, the credential lives until it expires. A lease issued `revocable: true`
+      // before an operator switched to `revocation: none` was promised its deny: without it, it ended `revoked`
+      // while the session worked on (test/blackbox/aws-moved.test.ts).
+      if (settings.revocation !== 'iam-deny' && !lease.revocable) return;
       const h = handleOf(lease);
       if (!h) return; // nothing was ever asked of STS
       const now = clock();
@@ -146,12 +151,12 @@ export function createAwsProvider(settings: AwsSettings, ctx: ProviderContext, o
     },
 
     async reconcile() {
-      if (settings.revocation !== 'iam-deny') return;
+      // Also with `revocation: none`: only roles with a ledger are looked at (denies of leases issued revocable).
       await denyList.verifyAll();
     },
 
     async expire(lease) {
-      if (settings.revocation !== 'iam-deny') return;
+      if (settings.revocation !== 'iam-deny' && !lease.revocable) return;
       const h = handleOf(lease);
       if (h) await prune(h.roleArn);
     },
@@ -159,7 +164,9 @@ export function createAwsProvider(settings: AwsSettings, ctx: ProviderContext, o
     async ready() {
       if (readyUntil > performance.now()) return true;
       try {
-        await clients.current.sts.send(new GetCallerIdentityCommand({}));
+        const pair = clients.current;
+        const out = await pair.sts.send(new GetCallerIdentityCommand({}));
+        if (out.Account) clients.learnAccount(out.Account, pair);
         readyUntil = performance.now() + READY_CACHE_MS;
         refused = false;
         return true;

@@ -19,6 +19,11 @@ export function roleNameFromArn(roleArn: string): string {
     .pop()!;
 }
 
+/** `arn:aws:iam::123456789012:role/name` → `123456789012`. */
+export function accountFromArn(roleArn: string): string {
+  return roleArn.split(':')[4] ?? '';
+}
+
 /**
  * IAM facts about a role (its RoleId and MaxSessionDuration), cached for a few
  * minutes. Optional by design: without iam:GetRole, or for a role in another

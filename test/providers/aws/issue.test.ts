@@ -229,6 +229,15 @@ describe('issue', () => {
     expect(w.makeProvider({ revocation: 'none' }).revocable(roleConfig(w.role.arn))).toBe(false);
     expect(w.provider.minTtlSeconds).toBe(900);
   });
+
+  it('is not revocable for a role of another account than its credentials, once it knows theirs', async () => {
+    // IAM writes a role's deny by name, in the caller's account: a cross-account role's sessions cannot be denied.
+    const p = w.makeProvider();
+    const foreign = roleConfig(w.role.arn.replace(`::${w.emu.accountId}:`, '::999999999999:'));
+    expect(await p.ready!()).toBe(true);
+    expect(p.revocable(roleConfig(w.role.arn))).toBe(true);
+    expect(p.revocable(foreign)).toBe(false);
+  });
 });
 
 describe('names STS accepts', () => {
