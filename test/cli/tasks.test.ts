@@ -130,6 +130,15 @@ describe('jit task open', () => {
     },
   );
 
+  it('a label key given twice is bad usage naming the key; no task is opened', async () => {
+    // Found in review: `--label a=b --label a=c` opened the task with a=c, the first value dropped silently.
+    const taskId = id();
+    const r = await open(taskId, '--grant', 'demo-api:', '--label', 'a=b', '--label', 'team=blue', '--label', 'a=c');
+    expect(r).toMatchObject({ code: 2, stdout: '' });
+    expect(r.stderr).toMatch(/^jit: --label key "a" is given twice\nusage: jit task open /);
+    expect((await call(t.url, 'GET', `/v1/tasks/${taskId}`, t.as(ORCH))).status).toBe(404);
+  });
+
   it('a missing required flag is bad usage', async () => {
     const r = await jit(['task', 'open', '--agent', agentId, '--grant', 'demo-api:', '--purpose', 'p', '--ttl', '60'], as(ORCH));
     expect(r).toMatchObject({ code: 2, stderr: expect.stringContaining('--tenant is required') });
