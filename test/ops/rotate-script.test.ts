@@ -1,7 +1,7 @@
 import { afterAll, beforeAll, expect, jest, test } from '@jest/globals';
-import { createServer } from 'node:http';
 import { ADMIN, startTestBroker, type TestBroker } from '../helpers/broker.ts';
 import { runCollect } from '../helpers/cli.ts';
+import { send, startFakeBroker } from '../helpers/fake-broker.ts';
 
 // Each run starts node on the TypeScript script: seconds on a loaded machine.
 jest.setTimeout(60_000);
@@ -39,25 +39,18 @@ test('rotates through the broker JIT_BROKER_URL names', async () => {
 
 test('a broker it cannot reach: one line with the error code, exit 3', async () => {
   // A port that was free a moment ago (not 9: fetch refuses that one itself, as a "bad port").
-  const probe = createServer();
-  await new Promise<void>((r) => probe.listen(0, '127.0.0.1', () => r()));
-  const url = `http://127.0.0.1:${(probe.address() as { port: number }).port}`;
-  await new Promise((r) => probe.close(r));
-  const r = await rotate({ JIT_BROKER_URL: url });
-  expect([r.code, r.stderr, r.stdout]).toEqual([3, `rotate: cannot reach ${url}: ECONNREFUSED\n`, '']);
+  const gone = await startFakeBroker(() => {});
+  await gone.close();
+  const r = await rotate({ JIT_BROKER_URL: gone.url });
+  expect([r.code, r.stderr, r.stdout]).toEqual([3, `rotate: cannot reach ${gone.url}: ECONNREFUSED\n`, '']);
 });
 
 test("an answer that is not JSON (a proxy's error page): one line with the status, exit 3", async () => {
-  const proxy = createServer((_req, res) => {
-    res.writeHead(502, { 'content-type': 'text/html' });
-    res.end('<html><body>Bad Gateway</body></html>');
-  });
-  await new Promise<void>((r) => proxy.listen(0, '127.0.0.1', () => r()));
+  const proxy = await startFakeBroker((_req, res) => send(res, 502, '<html><body>Bad Gateway</body></html>', 'text/html'));
   try {
-    const url = `http://127.0.0.1:${(proxy.address() as { port: number }).port}`;
-    const r = await rotate({ JIT_BROKER_URL: url });
-    expect([r.code, r.stderr, r.stdout]).toEqual([3, `rotate: ${url} answered 502 with text/html, not the broker's JSON\n`, '']);
+    const r = await rotate({ JIT_BROKER_URL: proxy.url });
+    expect([r.code, r.stderr, r.stdout]).toEqual([3, `rotate: ${proxy.url} answered 502 with text/html, not the broker's JSON\n`, '']);
   } finally {
-    proxy.close();
+    await proxy.close();
   }
 });
