@@ -168,7 +168,7 @@ export function parseGrantJson(text: string): Grant[] {
   return list as Grant[];
 }
 
-/** `--label k=v` (repeatable) → `{ k: v }`. */
+/** `--label k=v` (repeatable) → `{ k: v }`; a key given twice is bad usage (which value was meant is not known). */
 export function parseLabels(items: string[]): Record<string, string> | undefined {
   if (items.length === 0) return undefined;
   // Null prototype: `--label __proto__=x` is a label like any other, not a prototype change.
@@ -176,7 +176,9 @@ export function parseLabels(items: string[]): Record<string, string> | undefined
   for (const item of items) {
     const eq = item.indexOf('=');
     if (eq <= 0) throw new UsageError(`--label "${item}" must be key=value`);
-    out[item.slice(0, eq)] = item.slice(eq + 1);
+    const key = item.slice(0, eq);
+    if (Object.hasOwn(out, key)) throw new UsageError(`--label key "${key}" is given twice`);
+    out[key] = item.slice(eq + 1);
   }
   return out;
 }

@@ -89,9 +89,14 @@ export async function main(argv: string[], io: Io): Promise<number> {
   const json = own.includes('--json');
   try {
     if (!cmd) {
-      if (group.length > 0 && (rest.length === 0 || rest[0] === '--help' || rest[0] === '-h')) {
-        io.stdout.write(help(group));
-        return rest.length === 0 ? EXIT.usage : EXIT.ok;
+      // A group without its subcommand (`jit task`, `jit task --json`): what follows the group, if anything, is flags.
+      if (group.length > 0 && (rest.length === 0 || rest[0]!.startsWith('-'))) {
+        if (rest.includes('--help') || rest.includes('-h')) {
+          io.stdout.write(help(group));
+          return EXIT.ok;
+        }
+        const subcommands = group.map((c) => c.path[1]).join(', ');
+        throw new UsageError(`"jit ${own[0]}" needs a subcommand: ${subcommands}`, group.map((c) => c.usage).join('\n       '));
       }
       const what = group.length > 0 ? `${own[0]} ${rest[0]}` : own[0];
       throw new UsageError(`unknown command "${what}"; \`jit --help\` lists them`);
@@ -113,25 +118,42 @@ export async function main(argv: string[], io: Io): Promise<number> {
 
 /**
  * Flags every command takes may also come before the command (`jit --json task show ID`, as with
- * most CLIs): they are moved behind the command words, where the command's parser reads them.
+ * most CLIs) or between a group and its subcommand (`jit task --json show ID`): they are moved behind
+ * the command words, where the command's parser reads them.
  */
 function hoistGlobalFlags(argv: string[]): string[] {
   const hoisted: string[] = [];
-  let i = 0;
-  for (; i < argv.length; i++) {
-    const a = argv[i]!;
-    const name = /^--([a-z-]+)(?:=|$)/.exec(a)?.[1];
-    const spec = name && name !== 'help' ? GLOBAL_OPTIONS[name as keyof typeof GLOBAL_OPTIONS] : undefined;
-    if (!spec) break;
-    hoisted.push(a);
-    if (spec.type === 'string' && !a.includes('=') && i + 1 < argv.length) hoisted.push(argv[++i]!);
+  /** Moves the global flags from `start` on into `hoisted`; answers the index of the first other word. */
+  const take = (start: number): number => {
+    let i = start;
+    for (; i < argv.length; i++) {
+      const a = argv[i]!;
+      const name = /^--([a-z-]+)(?:=|$)/.exec(a)?.[1];
+      const spec = name && name !== 'help' ? GLOBAL_OPTIONS[name as keyof typeof GLOBAL_OPTIONS] : undefined;
+      if (!spec) break;
+      hoisted.push(a);
+      if (spec.type === 'string' && !a.includes('=') && i + 1 < argv.length) hoisted.push(argv[++i]!);
+    }
+    return i;
+  };
+  const i = take(0);
+  let rest = argv.slice(i);
+  // And between a group and its subcommand (`jit task --json show ID`, `jit task --json`).
+  const group = rest[0];
+  if (group !== undefined && isGroup(group)) {
+    const j = take(i + 1);
+    if (j > i + 1) rest = [group, ...argv.slice(j)];
   }
   if (hoisted.length === 0) return argv;
-  const rest = argv.slice(i);
   // The command words (one or two, e.g. `task show`, `exec`) stay first; the flags follow them.
   const words = rest.findIndex((w) => w.startsWith('-'));
   const cut = Math.min(words < 0 ? rest.length : words, 2);
   return [...rest.slice(0, cut), ...hoisted, ...rest.slice(cut)];
+}
+
+/** A word naming commands only together with a second one (`task`, `audit`), not a command itself (`exec`). */
+function isGroup(word: string): boolean {
+  return COMMANDS.some((c) => c.path.length > 1 && c.path[0] === word) && !COMMANDS.some((c) => c.path.length === 1 && c.path[0] === word);
 }
 
 /** What to do next, for the refusals a person at the terminal meets most. */

@@ -1,7 +1,7 @@
 import { afterAll, beforeAll, expect, test } from '@jest/globals';
-import { createServer, type Server } from 'node:http';
 import { resolve } from 'node:path';
 import { ensureBuilt, JIT, NODE20, runCollect } from '../helpers/cli.ts';
+import { type FakeBroker, send, startFakeBroker } from '../helpers/fake-broker.ts';
 
 /**
  * Every command's answer is the shape the contract gives it (docs/openapi.yaml's required fields), about what was
@@ -9,14 +9,14 @@ import { ensureBuilt, JIT, NODE20, runCollect } from '../helpers/cli.ts';
  * broken or hostile broker) is exit 3 bad_response, not exit 0 with nothing (or the wrong thing) said. The compiled
  * CLI and client, on Node 20, against a fake broker.
  */
-let server: Server;
+let fake: FakeBroker;
 let url: string;
 /** `METHOD /path` -> [status, body] the fake broker answers (a test sets it). */
 const answers = new Map<string, [number, string]>();
 
 beforeAll(async () => {
   await ensureBuilt();
-  server = createServer((req, res) => {
+  fake = await startFakeBroker((req, res) => {
     req.resume();
     req.on('end', () => {
       const path = new URL(req.url ?? '/', 'http://x').pathname;
@@ -24,17 +24,12 @@ beforeAll(async () => {
         404,
         '{"type":"about:blank","title":"Not Found","status":404,"detail":"no such route","code":"not_found"}',
       ];
-      res.writeHead(status, { 'content-type': 'application/json' });
-      res.end(body);
+      send(res, status, body);
     });
   });
-  await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
-  url = `http://127.0.0.1:${(server.address() as { port: number }).port}`;
+  url = fake.url;
 }, 120_000);
-afterAll(async () => {
-  server.closeAllConnections();
-  await new Promise((r) => server.close(r));
-});
+afterAll(() => fake?.close());
 
 /** `file` run against the fake broker (killed after 20 s). */
 const run = (file: string, args: string[]) =>

@@ -51,6 +51,13 @@ describe('durations and labels', () => {
     expect(() => parseLabels(['=x'])).toThrow(UsageError);
     expect(() => parseLabels(['novalue'])).toThrow(UsageError);
   });
+  it('a label key given twice is bad usage naming the key, not the last value kept silently', () => {
+    expect(() => parseLabels(['a=b', 'team=blue', 'a=c'])).toThrow(new UsageError('--label key "a" is given twice'));
+    // Also with the same value, and for keys an object literal would treat apart.
+    expect(() => parseLabels(['a=b', 'a=b'])).toThrow(new UsageError('--label key "a" is given twice'));
+    expect(() => parseLabels(['__proto__=x', '__proto__=y'])).toThrow(new UsageError('--label key "__proto__" is given twice'));
+    expect(parseLabels(['a=b', 'A=c'])).toEqual({ a: 'b', A: 'c' });
+  });
 });
 
 describe('jit dev token --sub', () => {

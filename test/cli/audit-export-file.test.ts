@@ -11,11 +11,11 @@ import {
   symlinkSync,
   writeFileSync,
 } from 'node:fs';
-import { createServer, type Server } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { spawn } from 'node:child_process';
 import { ensureBuilt, JIT, jit, NODE20 } from '../helpers/cli.ts';
+import { type FakeBroker, send, startFakeBroker } from '../helpers/fake-broker.ts';
 
 /**
  * `jit audit export --output FILE` (red team): the file it writes is the
@@ -24,7 +24,7 @@ import { ensureBuilt, JIT, jit, NODE20 } from '../helpers/cli.ts';
  * said before anything is asked of the broker, not an unhandled 'error'
  * event's stack trace with exit 1 (which means "refused").
  */
-let server: Server;
+let fake: FakeBroker;
 let env: Record<string, string>;
 let dir: string;
 let calls = 0;
@@ -33,34 +33,29 @@ let hung = 0;
 beforeAll(async () => {
   await ensureBuilt();
   dir = mkdtempSync(join(tmpdir(), 'jit-export-'));
-  server = createServer((req, res) => {
+  fake = await startFakeBroker((req, res) => {
     calls += 1;
     const q = new URL(req.url ?? '/', 'http://x').searchParams;
     const record = (seq: number) => ({ seq, time: '2026-01-01T00:00:00.000Z', actor: 'a', action: 'x', hash: `h${seq}` });
     // `--action` picks what the second page is: `good` a last page, `bad` not a page, `down` a 503.
     const second = q.get('action');
-    if (!q.get('cursor') || !second) {
-      res.writeHead(200, { 'content-type': 'application/json' });
-      res.end(JSON.stringify({ items: [record(1)], nextCursor: second ? 'p2' : null }));
-    } else if (second === 'good') {
-      res.writeHead(200, { 'content-type': 'application/json' });
-      res.end(JSON.stringify({ items: [record(2)], nextCursor: null }));
-    } else if (second === 'hang') {
+    if (!q.get('cursor') || !second) send(res, 200, JSON.stringify({ items: [record(1)], nextCursor: second ? 'p2' : null }));
+    else if (second === 'good') send(res, 200, JSON.stringify({ items: [record(2)], nextCursor: null }));
+    else if (second === 'hang')
       hung += 1; // never answered: the test interrupts jit meanwhile
-    } else if (second === 'bad') {
-      res.writeHead(200, { 'content-type': 'application/json' });
-      res.end('{}');
-    } else {
-      res.writeHead(503, { 'content-type': 'application/problem+json' });
-      res.end('{"type":"about:blank","title":"Unavailable","status":503,"detail":"not ready","code":"not_ready"}');
-    }
+    else if (second === 'bad') send(res, 200, '{}');
+    else
+      send(
+        res,
+        503,
+        '{"type":"about:blank","title":"Unavailable","status":503,"detail":"not ready","code":"not_ready"}',
+        'application/problem+json',
+      );
   });
-  await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
-  env = { JIT_BROKER_URL: `http://127.0.0.1:${(server.address() as { port: number }).port}`, JIT_TOKEN: 'a.b.c' };
+  env = { JIT_BROKER_URL: fake.url, JIT_TOKEN: 'a.b.c' };
 }, 120_000);
 afterAll(async () => {
-  server.closeAllConnections();
-  await new Promise((r) => server.close(r));
+  await fake?.close();
   rmSync(dir, { recursive: true, force: true });
 });
 

@@ -1,10 +1,10 @@
 import { afterAll, beforeAll, expect, test } from '@jest/globals';
 import { spawn } from 'node:child_process';
 import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { createServer, type Server } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { ensureBuilt, JIT, NODE20 } from '../helpers/cli.ts';
+import { type FakeBroker, send, startFakeBroker } from '../helpers/fake-broker.ts';
 
 /**
  * `jit audit export --output FILE` when the disk fills up (red team): RLIMIT_FSIZE (`ulimit -f`) makes a write past
@@ -13,27 +13,22 @@ import { ensureBuilt, JIT, NODE20 } from '../helpers/cli.ts';
  * Before: the next write went to a destroyed stream, whose 'drain' never came; Node ended with exit 13 (an
  * unsettled top-level await), no message, and a hidden temporary file of audit records left beside FILE.
  */
-let server: Server;
+let fake: FakeBroker;
 let url: string;
 let dir: string;
 
 beforeAll(async () => {
   await ensureBuilt();
   dir = mkdtempSync(join(tmpdir(), 'jit-export-full-'));
-  server = createServer((req, res) => {
+  fake = await startFakeBroker((req, res) => {
     const page = Number(new URL(req.url ?? '/', 'http://x').searchParams.get('cursor') ?? 0);
     const items = [{ seq: page + 1, time: '2026-01-01T00:00:00.000Z', actor: 'a', action: 'x', hash: `h${page}`, pad: 'x'.repeat(10_000) }];
-    setTimeout(() => {
-      res.writeHead(200, { 'content-type': 'application/json' });
-      res.end(JSON.stringify({ items, nextCursor: page < 20 ? String(page + 1) : null }));
-    }, 30);
+    setTimeout(() => send(res, 200, JSON.stringify({ items, nextCursor: page < 20 ? String(page + 1) : null })), 30);
   });
-  await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
-  url = `http://127.0.0.1:${(server.address() as { port: number }).port}`;
+  url = fake.url;
 }, 120_000);
 afterAll(async () => {
-  server.closeAllConnections();
-  await new Promise((r) => server.close(r));
+  await fake?.close();
   rmSync(dir, { recursive: true, force: true });
 });
 

@@ -1,13 +1,13 @@
 import { afterAll, beforeAll, expect, test } from '@jest/globals';
 import { spawn } from 'node:child_process';
-import { createServer, type Server } from 'node:http';
 import { ensureBuilt, JIT, NODE20 } from '../helpers/cli.ts';
+import { type FakeBroker, startFakeBroker, send as answer } from '../helpers/fake-broker.ts';
 
 /**
  * What the CLI makes of answers a real broker may send but the happy path never shows (a secret holding
  * any character a shell can hold) and of answers no broker should send (`[]`, `{}`): found by a red team.
  */
-let server: Server;
+let fake: FakeBroker;
 let url: string;
 const revoked: string[] = [];
 
@@ -57,12 +57,9 @@ const evidence = (chain: string) =>
 
 beforeAll(async () => {
   await ensureBuilt();
-  server = createServer((req, res) => {
+  fake = await startFakeBroker((req, res) => {
     const path = new URL(req.url ?? '/', 'http://x').pathname;
-    const send = (status: number, body: string) => {
-      res.writeHead(status, { 'content-type': 'application/json' });
-      res.end(body);
-    };
+    const send = (status: number, body: string) => answer(res, status, body);
     if (req.method === 'DELETE') {
       revoked.push(path);
       return send(202, JSON.stringify({ leaseId: path.split('/').pop(), status: 'revoking' }));
@@ -99,13 +96,9 @@ beforeAll(async () => {
       return send(200, GARBAGE[shown[2]!] ?? JSON.stringify(shown[1] === 'tasks' ? { ...TASK, taskId: shown[2], leases: [] } : APPROVAL));
     send(404, '{"type":"about:blank","title":"Not Found","status":404,"detail":"no such route","code":"not_found"}');
   });
-  await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
-  url = `http://127.0.0.1:${(server.address() as { port: number }).port}`;
+  url = fake.url;
 }, 120_000);
-afterAll(async () => {
-  server.closeAllConnections();
-  await new Promise((r) => server.close(r));
-});
+afterAll(() => fake?.close());
 
 const ENV = () => ({ PATH: process.env.PATH, JIT_BROKER_URL: url, JIT_TOKEN: 'a.b.c', NODE20, JIT });
 

@@ -1,14 +1,14 @@
 import { afterAll, beforeAll, expect, test } from '@jest/globals';
 import { spawn } from 'node:child_process';
-import { createServer, type Server } from 'node:http';
 import { ensureBuilt, JIT, NODE20 } from '../helpers/cli.ts';
+import { type FakeBroker, send, startFakeBroker } from '../helpers/fake-broker.ts';
 
 /**
  * A broker URL that answers something hostile (red team): the CLI must end
  * on its own, with exit code 3 (the broker failed), not hold whatever a
  * server sends in memory until the machine runs out.
  */
-let server: Server;
+let fake: FakeBroker;
 let url: string;
 const MiB = Buffer.alloc(1 << 20, 'a');
 const revoked: string[] = [];
@@ -33,7 +33,7 @@ const NUL_SECRET = JSON.stringify({
 
 beforeAll(async () => {
   await ensureBuilt();
-  server = createServer((req, res) => {
+  fake = await startFakeBroker((req, res) => {
     if (req.url === '/v1/credentials') {
       // Something that is not a credential, chosen by the task id asked for.
       let body = '';
@@ -42,32 +42,34 @@ beforeAll(async () => {
       });
       req.on('end', () => {
         const taskId = JSON.parse(body).taskId as keyof typeof NOT_A_CREDENTIAL;
-        res.writeHead(201, { 'content-type': 'application/json' });
         const jwt = { leaseId: 'l-jwt', taskId, role: 'r', provider: 'jwt', expiresAt: '2030-01-01T00:00:00Z', revocable: true };
         const aws = { leaseId: 'l-aws', taskId, role: 'r', provider: 'aws', expiresAt: '2030-01-01T00:00:00Z', revocable: true };
         if (taskId === ('jwt-cred' as string))
-          res.end(JSON.stringify({ ...jwt, credentials: { access_token: 'at.x.y', token_type: 'Bearer', expires_in: 60, scope: '' } }));
+          send(
+            res,
+            201,
+            JSON.stringify({ ...jwt, credentials: { access_token: 'at.x.y', token_type: 'Bearer', expires_in: 60, scope: '' } }),
+          );
         else if (taskId === ('aws-cred' as string))
-          res.end(
+          send(
+            res,
+            201,
             JSON.stringify({
               ...aws,
               credentials: { AccessKeyId: 'ASIAX', SecretAccessKey: 's', SessionToken: 't', Expiration: '2030-01-01T00:00:00Z' },
             }),
           );
-        else res.end(taskId === ('nul-secret' as string) ? NUL_SECRET : NOT_A_CREDENTIAL[taskId]);
+        else send(res, 201, taskId === ('nul-secret' as string) ? NUL_SECRET : NOT_A_CREDENTIAL[taskId]);
       });
       return;
     }
     const path = new URL(req.url ?? '/', 'http://x').pathname;
     if (path === '/v1/tasks' || req.url?.startsWith('/v1/audit?action=loop')) {
       // A page that always names the same next page: a broken broker, or a hostile one filling the disk.
-      res.writeHead(200, { 'content-type': 'application/json' });
       const item = path === '/v1/tasks' ? { taskId: 't', agent: 'a', status: 'open' } : { seq: 1, hash: 'h', time: 't' };
-      res.end(JSON.stringify({ items: [item], nextCursor: 'again' }));
-      return;
+      return send(res, 200, JSON.stringify({ items: [item], nextCursor: 'again' }));
     }
     if (req.url?.startsWith('/v1/audit')) {
-      res.writeHead(200, { 'content-type': 'application/json' });
       const reason = 'ok\u009b2J\u202ekcatta\u2028forged';
       const record = {
         seq: 1,
@@ -78,14 +80,11 @@ beforeAll(async () => {
         reason,
         hash: 'h',
       };
-      res.end(JSON.stringify({ items: [record], nextCursor: null }));
-      return;
+      return send(res, 200, JSON.stringify({ items: [record], nextCursor: null }));
     }
     if (req.method === 'DELETE') {
       revoked.push(req.url ?? '');
-      res.writeHead(202, { 'content-type': 'application/json' });
-      res.end(JSON.stringify({ leaseId: (req.url ?? '').split('/').pop(), status: 'revoking' }));
-      return;
+      return send(res, 202, JSON.stringify({ leaseId: (req.url ?? '').split('/').pop(), status: 'revoking' }));
     }
     const status = req.url?.startsWith('/v1/tasks/refused') ? 404 : 200;
     // An endless body, as fast as the client takes it.
@@ -97,13 +96,9 @@ beforeAll(async () => {
     req.on('close', () => res.destroy());
     pump();
   });
-  await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
-  url = `http://127.0.0.1:${(server.address() as { port: number }).port}`;
+  url = fake.url;
 }, 120_000);
-afterAll(async () => {
-  server.closeAllConnections();
-  await new Promise((r) => server.close(r));
-});
+afterAll(() => fake?.close());
 
 /** Runs jit on Node 20, killed after `killMs`; how it ended, how long it took, and its peak memory (ps). */
 function run(args: string[], killMs: number): Promise<{ code: number | null; signal: string | null; ms: number; stderr: string }> {

@@ -1,6 +1,7 @@
 import { afterAll, beforeAll, describe, expect, it, jest } from '@jest/globals';
 import { ADMIN, AGENT, ORCH, call, startTestBroker, type TestBroker } from '../helpers/broker.ts';
 import { ensureBuilt, jit, node20Version } from '../helpers/cli.ts';
+import { send, startFakeBroker } from '../helpers/fake-broker.ts';
 
 // Every step spawns a Node process; on a busy 2-core machine a test of ten steps needs more than jest's 20 s.
 jest.setTimeout(90_000);
@@ -130,6 +131,15 @@ describe('jit task open', () => {
     },
   );
 
+  it('a label key given twice is bad usage naming the key; no task is opened', async () => {
+    // Found in review: `--label a=b --label a=c` opened the task with a=c, the first value dropped silently.
+    const taskId = id();
+    const r = await open(taskId, '--grant', 'demo-api:', '--label', 'a=b', '--label', 'team=blue', '--label', 'a=c');
+    expect(r).toMatchObject({ code: 2, stdout: '' });
+    expect(r.stderr).toMatch(/^jit: --label key "a" is given twice\nusage: jit task open /);
+    expect((await call(t.url, 'GET', `/v1/tasks/${taskId}`, t.as(ORCH))).status).toBe(404);
+  });
+
   it('a missing required flag is bad usage', async () => {
     const r = await jit(['task', 'open', '--agent', agentId, '--grant', 'demo-api:', '--purpose', 'p', '--ttl', '60'], as(ORCH));
     expect(r).toMatchObject({ code: 2, stderr: expect.stringContaining('--tenant is required') });
@@ -199,28 +209,15 @@ describe('jit task show | complete', () => {
   it('a broker failure (5xx) exits 3', async () => {
     // The broker's own "not ready" answer: a 503 from /readyz would not do, as the CLI never calls it;
     // instead point the CLI at a server that answers 502 like a failing upstream.
-    const { createServer } = await import('node:http');
-    const server = createServer((_req, res) => {
-      res.writeHead(502, { 'content-type': 'application/problem+json' });
-      res.end(
-        JSON.stringify({
-          type: 'about:blank',
-          title: 'Bad Gateway',
-          status: 502,
-          code: 'upstream_unavailable',
-          detail: 'Vault is sealed.',
-        }),
-      );
-    });
-    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
-    const port = (server.address() as { port: number }).port;
+    const problem = { type: 'about:blank', title: 'Bad Gateway', status: 502, code: 'upstream_unavailable', detail: 'Vault is sealed.' };
+    const fake = await startFakeBroker((_req, res) => send(res, 502, JSON.stringify(problem), 'application/problem+json'));
     try {
-      const r = await jit(['task', 'show', 'x', '--json'], { JIT_BROKER_URL: `http://127.0.0.1:${port}`, JIT_TOKEN: 'a.b.c' });
+      const r = await jit(['task', 'show', 'x', '--json'], { JIT_BROKER_URL: fake.url, JIT_TOKEN: 'a.b.c' });
       expect(r.code).toBe(3);
       expect(r.stderr).toBe('jit: 502 upstream_unavailable: Vault is sealed.\n');
       expect(JSON.parse(r.stdout)).toMatchObject({ status: 502, code: 'upstream_unavailable' });
     } finally {
-      server.close();
+      await fake.close();
     }
   });
 });

@@ -2,6 +2,7 @@ import { afterAll, beforeAll, expect, test } from '@jest/globals';
 import { main } from '../../src/cli/main.ts';
 import { hasControls, terminalSafe } from '../../src/cli/terminal.ts';
 import { ADMIN, AGENT, ORCH, call, openAgentTask, startTestBroker, type TestBroker } from '../helpers/broker.ts';
+import { startFakeBroker, send as answer } from '../helpers/fake-broker.ts';
 
 /**
  * What a caller sends must not repaint an operator's terminal. Found by a review of the change that
@@ -129,13 +130,9 @@ test('invisible characters (tag characters, variation selectors, Hangul fillers)
 test('nothing a hostile broker answers reaches the terminal raw: task open, list cursor, pending approval (found by red team)', async () => {
   // The CLI escaped table cells and problem details, but printed ids and times in its own lines and notes
   // as the broker sent them: an ESC/OSC sequence could retitle or clear the operator's terminal.
-  const { createServer } = await import('node:http');
   const evil = '\u001b]0;pwned\u0007\u001b[2J\u001b[31mFAKE\u001b[0m\u202e';
-  const server = createServer((req, res) => {
-    const send = (status: number, body: unknown) => {
-      res.writeHead(status, { 'content-type': 'application/json' });
-      res.end(JSON.stringify(body));
-    };
+  const fake = await startFakeBroker((req, res) => {
+    const send = (status: number, body: unknown) => answer(res, status, JSON.stringify(body));
     const path = new URL(req.url ?? '/', 'http://x').pathname;
     if (req.method === 'POST' && path === '/v1/credentials') return send(202, { approvalId: `a${evil}`, status: 'pending' });
     if (req.method === 'POST' && path === '/v1/tasks')
@@ -150,8 +147,7 @@ test('nothing a hostile broker answers reaches the terminal raw: task open, list
     if (req.method === 'GET' && path === '/v1/tasks') return send(200, { items: [], nextCursor: `C${evil}` });
     send(404, { code: 'route_not_found', detail: 'no' });
   });
-  await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
-  const url = `http://127.0.0.1:${(server.address() as { port: number }).port}`;
+  const url = fake.url;
   const run = async (args: string[]) => {
     let printed = '';
     const write = (s: string) => {
@@ -172,6 +168,6 @@ test('nothing a hostile broker answers reaches the terminal raw: task open, list
       for (const c of ['\u001b', '\u0007', '\u202e']) expect([args.join(' '), printed.includes(c)]).toEqual([args.join(' '), false]);
     }
   } finally {
-    server.close();
+    await fake.close();
   }
 });

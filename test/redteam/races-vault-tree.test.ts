@@ -1,89 +1,24 @@
-import { startVaultEmulator, type VaultEmulator } from '../emulators/vault/index.ts';
-import {
-  AGENT,
-  ADMIN,
-  ORCH,
-  REDIS_URL,
-  TEST_REVOCATION,
-  call,
-  startSibling,
-  startTestBroker,
-  uniquePrefix,
-  waitFor,
-  type TestBroker,
-} from '../helpers/broker.ts';
-import { LeaseStore } from '../../src/leases/lease-store.ts';
-import { BROKER_POLICY } from '../providers/vault/helpers.ts';
+import { ADMIN, AGENT, ORCH, call } from '../helpers/broker.ts';
+import { twoVaultBrokers } from '../helpers/two-vault-brokers.ts';
+import { AGENT_ID } from './races-fixture.ts';
 
 /**
  * Red team (exploratory): Vault credentials of sub-tasks, of approved requests and of leases the agent DELETEs while
  * they are issued, on two instances, racing the end of the tree.
  */
-const AGENT_ID = `spiffe://dev.local${AGENT}`;
 const SUB = '/agent/rt-vtree-sub';
 const SUB_ID = `spiffe://dev.local${SUB}`;
-let emu: VaultEmulator;
-let brokerToken: string;
-let a: TestBroker;
-let b: TestBroker;
-
-beforeAll(async () => {
-  emu = await startVaultEmulator({ policies: { 'jit-broker': BROKER_POLICY, 'ops-read': ['secret/ops/*'] } });
-  emu.createDatabaseRole('orders', { defaultTtl: 3600, maxTtl: 7200 });
-  brokerToken = emu.createToken({ policies: ['jit-broker', 'ops-read'] }).token;
-  const prefix = uniquePrefix('rt-vtree');
-  a = await startTestBroker('rt-vtree', {
-    prefix,
-    config: {
-      redis: { url: REDIS_URL, prefix },
-      server: { port: 0, publicUrl: 'http://127.0.0.1:8080', rateLimit: { perSecond: 0 } },
-      providers: { vault: { address: emu.url, auth: { token: brokerToken }, requestTimeoutMs: 5000 } },
-      roles: {
-        'vault-ops': { provider: 'vault', token: { policies: ['ops-read'] }, maxTtlSeconds: 600 },
-        'orders-db': { provider: 'vault', path: 'database/creds/orders', maxTtlSeconds: 600 },
-        'vault-approved': { provider: 'vault', token: { policies: ['ops-read'] }, maxTtlSeconds: 600, approval: 'required' },
-      },
-      revocation: { ...TEST_REVOCATION },
-    },
-  });
-  b = await startSibling(a);
-});
-afterAll(async () => {
-  await b?.close();
-  await a?.close();
-  await emu?.stop();
-});
-
-const either = (i: number) => (i % 2 === 0 ? a : b);
-
-function validInVault(): string[] {
-  emu.state.sweep();
-  const tokens = [...emu.state.tokens.entries()]
-    .filter(([id]) => id !== brokerToken && id !== emu.rootToken)
-    .map(([id, t]) => `token:${id.slice(0, 8)}:${(t as { meta?: Record<string, string> }).meta?.lease_id ?? '?'}`);
-  const users = [...emu.state.dbUsers.entries()].filter(([, u]) => u.valid).map(([name]) => `db:${name}`);
-  return [...tokens, ...users];
-}
-
-async function liveLeases(taskIds: string[]): Promise<string[]> {
-  const live: string[] = [];
-  for (const id of taskIds) {
-    for (const leaseId of await a.broker.deps.tasks.leaseIds(id)) {
-      const l = await a.broker.deps.leases.get(leaseId);
-      if (l && !LeaseStore.isEnded(l.status)) live.push(`${leaseId}:${l.status}`);
-    }
-  }
-  return live;
-}
-
-async function expectNothingOutlives(taskIds: string[]): Promise<void> {
-  await waitFor(async () => validInVault().length === 0 && (await liveLeases(taskIds)).length === 0, 12_000).catch(async () => {
-    throw new Error(`left: vault ${validInVault().join(', ')}; leases ${(await liveLeases(taskIds)).join(', ')}`);
-  });
-}
+const { a, b, emu, either, expectNothingOutlives } = twoVaultBrokers('rt-vtree');
 
 const openRoot = (id: string, grants: Record<string, unknown>[]) =>
-  call(a.url, 'POST', '/v1/tasks', a.as(ORCH), { taskId: id, agent: AGENT_ID, tenant: 'acme', purpose: 'race', ttlSeconds: 600, grants });
+  call(a().url, 'POST', '/v1/tasks', a().as(ORCH), {
+    taskId: id,
+    agent: AGENT_ID,
+    tenant: 'acme',
+    purpose: 'race',
+    ttlSeconds: 600,
+    grants,
+  });
 
 test('sub-task issuance on two instances racing the parent completion (answers held): nothing stays valid in Vault', async () => {
   for (let round = 0; round < 3; round++) {
@@ -101,8 +36,8 @@ test('sub-task issuance on two instances racing the parent completion (answers h
       expect(r.status).toBe(201);
       subs.push(r.body.taskId);
     }
-    const hold = round === 0 ? emu.holdResponses('auth/token/create-orphan', 12) : undefined;
-    const renew = round === 1 ? emu.holdResponses('auth/token/renew-accessor', 6) : undefined;
+    const hold = round === 0 ? emu().holdResponses('auth/token/create-orphan', 12) : undefined;
+    const renew = round === 1 ? emu().holdResponses('auth/token/renew-accessor', 6) : undefined;
     const asks = Array.from({ length: 12 }, (_, i) =>
       call(either(i).url, 'POST', '/v1/credentials', either(i).as(SUB), {
         taskId: subs[i % 3],
@@ -126,25 +61,27 @@ test('approved Vault requests racing completion and the kill switch: nothing sta
   for (let round = 0; round < 2; round++) {
     const id = `rt-vtree-appr-${round}`;
     expect((await openRoot(id, [{ role: 'vault-approved' }])).status).toBe(201);
-    const first = await call(a.url, 'POST', '/v1/credentials', a.as(AGENT), { taskId: id, role: 'vault-approved' });
+    const first = await call(a().url, 'POST', '/v1/credentials', a().as(AGENT), { taskId: id, role: 'vault-approved' });
     expect(first.status).toBe(202);
-    expect((await call(b.url, 'POST', `/v1/approvals/${first.body.approvalId}`, b.as(ADMIN), { decision: 'approve' })).status).toBe(200);
-    const hold = emu.holdResponses('auth/token/create-orphan', 1);
+    expect((await call(b().url, 'POST', `/v1/approvals/${first.body.approvalId}`, b().as(ADMIN), { decision: 'approve' })).status).toBe(
+      200,
+    );
+    const hold = emu().holdResponses('auth/token/create-orphan', 1);
     const asks = Array.from({ length: 10 }, (_, i) =>
       call(either(i).url, 'POST', '/v1/credentials', either(i).as(AGENT), { taskId: id, role: 'vault-approved' }),
     );
     await hold.until(1);
     const end =
       round === 0
-        ? call(b.url, 'POST', `/v1/tasks/${id}/complete`, b.as(ORCH))
-        : call(b.url, 'POST', '/v1/admin/revoke', b.as(ADMIN), { taskId: id });
+        ? call(b().url, 'POST', `/v1/tasks/${id}/complete`, b().as(ORCH))
+        : call(b().url, 'POST', '/v1/admin/revoke', b().as(ADMIN), { taskId: id });
     expect((await end).status).toBe(202);
     hold.release();
     const got = await Promise.all(asks);
     expect(got.filter((r) => r.status === 201)).toEqual([]);
     await expectNothingOutlives([id]);
     // Asking again after the end hands out nothing.
-    const again = await call(a.url, 'POST', '/v1/credentials', a.as(AGENT), { taskId: id, role: 'vault-approved' });
+    const again = await call(a().url, 'POST', '/v1/credentials', a().as(AGENT), { taskId: id, role: 'vault-approved' });
     expect(again.status).toBe(409);
     await expectNothingOutlives([id]);
   }
@@ -153,7 +90,7 @@ test('approved Vault requests racing completion and the kill switch: nothing sta
 test('the agent DELETEs its leases while they are being issued (listed as issuing): each ends, nothing stays valid', async () => {
   const id = 'rt-vtree-del';
   expect((await openRoot(id, [{ role: 'vault-ops' }, { role: 'orders-db' }])).status).toBe(201);
-  const hold = emu.holdResponses('auth/token/create-orphan', 8);
+  const hold = emu().holdResponses('auth/token/create-orphan', 8);
   const asks = Array.from({ length: 8 }, (_, i) =>
     call(either(i).url, 'POST', '/v1/credentials', either(i).as(AGENT), {
       taskId: id,
@@ -162,7 +99,7 @@ test('the agent DELETEs its leases while they are being issued (listed as issuin
     }),
   );
   await hold.until(8);
-  const listed = await call(a.url, 'GET', `/v1/tasks/${id}/leases?limit=100`, a.as(AGENT));
+  const listed = await call(a().url, 'GET', `/v1/tasks/${id}/leases?limit=100`, a().as(AGENT));
   expect(listed.status).toBe(200);
   const ids = (listed.body.items as { leaseId: string; status: string }[]).map((l) => l.leaseId);
   expect(ids.length).toBeGreaterThan(0);
@@ -177,5 +114,5 @@ test('the agent DELETEs its leases while they are being issued (listed as issuin
   for (const r of got) expect(r.body.detail).toMatch(/^Lease \S+ was revoked while the credential was being issued/);
   // Each ends and nothing it made stays valid in Vault, with the task still open.
   await expectNothingOutlives([id]);
-  expect((await call(a.url, 'GET', `/v1/tasks/${id}`, a.as(ORCH))).body.status).toBe('open');
+  expect((await call(a().url, 'GET', `/v1/tasks/${id}`, a().as(ORCH))).body.status).toBe('open');
 });

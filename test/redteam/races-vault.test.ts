@@ -1,91 +1,23 @@
-import { startVaultEmulator, type VaultEmulator } from '../emulators/vault/index.ts';
-import {
-  AGENT,
-  ADMIN,
-  ORCH,
-  REDIS_URL,
-  TEST_REVOCATION,
-  call,
-  startSibling,
-  startTestBroker,
-  uniquePrefix,
-  waitFor,
-  type TestBroker,
-} from '../helpers/broker.ts';
-import { LeaseStore } from '../../src/leases/lease-store.ts';
-import { BROKER_POLICY } from '../providers/vault/helpers.ts';
+import { ADMIN, AGENT, ORCH, call, waitFor } from '../helpers/broker.ts';
+import { twoVaultBrokers } from '../helpers/two-vault-brokers.ts';
+import { AGENT_ID } from './races-fixture.ts';
 
 /**
  * Red team: Vault credentials (a token role and a dynamic secret) issued on two instances while the task
  * completes, is killed, or its agent is quarantined. Afterwards nothing the broker made may still be valid in
  * Vault, and no lease may be left live.
  */
-const AGENT_ID = `spiffe://dev.local${AGENT}`;
-let emu: VaultEmulator;
-let brokerToken: string;
-let a: TestBroker;
-let b: TestBroker;
-
-beforeAll(async () => {
-  emu = await startVaultEmulator({ policies: { 'jit-broker': BROKER_POLICY, 'ops-read': ['secret/ops/*'] } });
-  emu.createDatabaseRole('orders', { defaultTtl: 3600, maxTtl: 7200 });
-  brokerToken = emu.createToken({ policies: ['jit-broker', 'ops-read'] }).token;
-  const prefix = uniquePrefix('rt-races-vault');
-  a = await startTestBroker('rt-races-vault', {
-    prefix,
-    config: {
-      redis: { url: REDIS_URL, prefix },
-      server: { port: 0, publicUrl: 'http://127.0.0.1:8080', rateLimit: { perSecond: 0 } },
-      providers: { vault: { address: emu.url, auth: { token: brokerToken }, requestTimeoutMs: 5000 } },
-      roles: {
-        'vault-ops': { provider: 'vault', token: { policies: ['ops-read'] }, maxTtlSeconds: 600 },
-        'orders-db': { provider: 'vault', path: 'database/creds/orders', maxTtlSeconds: 600 },
-        'vault-approved': { provider: 'vault', token: { policies: ['ops-read'] }, maxTtlSeconds: 600, approval: 'required' },
-      },
-      revocation: { ...TEST_REVOCATION },
-    },
-  });
-  b = await startSibling(a);
-});
-afterAll(async () => {
-  await b?.close();
-  await a?.close();
-  await emu?.stop();
-});
-
-const either = (i: number) => (i % 2 === 0 ? a : b);
-
-/** What the broker made in Vault that is still valid: tokens (agents' and secret readers', not the broker's own) and database users. */
-function validInVault(): string[] {
-  emu.state.sweep();
-  const tokens = [...emu.state.tokens.entries()]
-    .filter(([id]) => id !== brokerToken && id !== emu.rootToken)
-    .map(([id]) => `token:${id.slice(0, 12)}`);
-  const users = [...emu.state.dbUsers.entries()].filter(([, u]) => u.valid).map(([name]) => `db:${name}`);
-  return [...tokens, ...users];
-}
-
-async function liveLeases(taskIds: string[]): Promise<string[]> {
-  const live: string[] = [];
-  for (const id of taskIds) {
-    for (const leaseId of await a.broker.deps.tasks.leaseIds(id)) {
-      const l = await a.broker.deps.leases.get(leaseId);
-      if (l && !LeaseStore.isEnded(l.status)) live.push(`${leaseId}:${l.status}`);
-    }
-  }
-  return live;
-}
+const w = twoVaultBrokers('rt-races-vault');
+const { a, b, emu, either, validInVault } = w;
 
 async function expectNothingOutlives(taskIds: string[]): Promise<void> {
-  await waitFor(async () => validInVault().length === 0 && (await liveLeases(taskIds)).length === 0, 12_000).catch(async () => {
-    throw new Error(`left: vault ${validInVault().join(', ')}; leases ${(await liveLeases(taskIds)).join(', ')}`);
-  });
+  await w.expectNothingOutlives(taskIds);
   // Each task's live-lease count (what tasks.maxLeases is checked on) came back to exactly none.
-  for (const t of await a.broker.deps.tasks.getMany(taskIds)) expect([t.taskId, t.liveLeases]).toEqual([t.taskId, 0]);
+  for (const t of await a().broker.deps.tasks.getMany(taskIds)) expect([t.taskId, t.liveLeases]).toEqual([t.taskId, 0]);
 }
 
 async function open(id: string, agent = AGENT_ID) {
-  const r = await call(a.url, 'POST', '/v1/tasks', a.as(ORCH), {
+  const r = await call(a().url, 'POST', '/v1/tasks', a().as(ORCH), {
     taskId: id,
     agent,
     tenant: 'acme',
@@ -109,7 +41,7 @@ test('issuance racing complete (answers held in flight, then free): nothing stay
     await open(id);
     // Round 0: every token creation (an agent's token, a secret's reader) takes effect in Vault, its answer held
     // until the task has completed.
-    const hold = round === 0 ? emu.holdResponses('auth/token/create-orphan', 20) : undefined;
+    const hold = round === 0 ? emu().holdResponses('auth/token/create-orphan', 20) : undefined;
     const asks = Array.from({ length: 20 }, (_, i) => ask(i, id));
     if (hold) {
       await hold.until(20);
@@ -134,7 +66,7 @@ test('issuance racing a quarantine of the agent (kill switch): nothing stays val
   for (const id of ids) await open(id, rogueId);
   const asks = Array.from({ length: 24 }, (_, i) => ask(i, ids[i % 2]!, rogue));
   await new Promise((r) => setTimeout(r, 20));
-  expect((await call(b.url, 'POST', '/v1/admin/quarantine', b.as(ADMIN), { agent: rogueId, reason: 'race' })).status).toBeLessThan(300);
+  expect((await call(b().url, 'POST', '/v1/admin/quarantine', b().as(ADMIN), { agent: rogueId, reason: 'race' })).status).toBeLessThan(300);
   const got = await Promise.all(asks);
   for (const r of got) expect([201, 403, 409]).toContain(r.status);
   await expectNothingOutlives(ids);
@@ -142,7 +74,7 @@ test('issuance racing a quarantine of the agent (kill switch): nothing stays val
 
 test('one approval, 60 identical requests on two instances while Vault fails some creations: one credential', async () => {
   const id = 'rt-vrace-approval';
-  const open = await call(a.url, 'POST', '/v1/tasks', a.as(ORCH), {
+  const open = await call(a().url, 'POST', '/v1/tasks', a().as(ORCH), {
     taskId: id,
     agent: AGENT_ID,
     tenant: 'acme',
@@ -154,9 +86,9 @@ test('one approval, 60 identical requests on two instances while Vault fails som
   const askOne = (i: number) => call(either(i).url, 'POST', '/v1/credentials', either(i).as(AGENT), { taskId: id, role: 'vault-approved' });
   const first = await askOne(0);
   expect(first.status).toBe(202);
-  expect((await call(b.url, 'POST', `/v1/approvals/${first.body.approvalId}`, b.as(ADMIN), { decision: 'approve' })).status).toBe(200);
+  expect((await call(b().url, 'POST', `/v1/approvals/${first.body.approvalId}`, b().as(ADMIN), { decision: 'approve' })).status).toBe(200);
   // The first creations fail: each request that consumed the approval gives it back, and another takes it.
-  emu.injectFault({ path: 'auth/token/create-orphan', status: 500, times: 3 });
+  emu().injectFault({ path: 'auth/token/create-orphan', status: 500, times: 3 });
   const before = validInVault().length;
   const storm = async () => {
     const got = await Promise.all(Array.from({ length: 60 }, (_, i) => askOne(i)));
@@ -171,15 +103,15 @@ test('one approval, 60 identical requests on two instances while Vault fails som
   expect(await storm()).toBe(0);
   expect(await storm()).toBe(0);
   expect(validInVault().length - before).toBe(1);
-  const issued = (await a.broker.deps.leases.getMany(await a.broker.deps.tasks.leaseIds(id))).filter((l) => l.status === 'active');
+  const issued = (await a().broker.deps.leases.getMany(await a().broker.deps.tasks.leaseIds(id))).filter((l) => l.status === 'active');
   expect(issued).toHaveLength(1);
-  expect((await call(a.url, 'POST', `/v1/tasks/${id}/complete`, a.as(ORCH))).status).toBe(202);
+  expect((await call(a().url, 'POST', `/v1/tasks/${id}/complete`, a().as(ORCH))).status).toBe(202);
   await expectNothingOutlives([id]);
 });
 
 test("issuance on two instances racing the task's deadline: once expired, nothing stays valid in Vault", async () => {
   const id = 'rt-vrace-deadline';
-  const r = await call(a.url, 'POST', '/v1/tasks', a.as(ORCH), {
+  const r = await call(a().url, 'POST', '/v1/tasks', a().as(ORCH), {
     taskId: id,
     agent: AGENT_ID,
     tenant: 'acme',
@@ -196,6 +128,6 @@ test("issuance on two instances racing the task's deadline: once expired, nothin
     issued += got.filter((g) => g.status === 201).length;
   }
   expect(issued).toBeGreaterThan(0);
-  await waitFor(async () => (await call(a.url, 'GET', `/v1/tasks/${id}`, a.as(ADMIN))).body.status === 'expired', 5000);
+  await waitFor(async () => (await call(a().url, 'GET', `/v1/tasks/${id}`, a().as(ADMIN))).body.status === 'expired', 5000);
   await expectNothingOutlives([id]);
 });
