@@ -40,6 +40,7 @@ import { RotationScheduler } from './ops/schedule.ts';
 import { RotationResume } from './ops/rotation-resume.ts';
 import { createCedarEngine } from './policy/cedar-engine.ts';
 import type { PolicyEngine } from './policy/types.ts';
+import { longestJwtTtlMs } from './providers/jwt/provider.ts';
 import { ProviderRegistry } from './providers/registry.ts';
 import type { Provider } from './providers/types.ts';
 import { RedisClock } from './redis/clock.ts';
@@ -215,7 +216,16 @@ export async function startBroker(config: LoadedConfig, opts: BrokerOptions = {}
     const retentionMs = config.tasks.retentionSeconds * 1000;
     const leases = new LeaseStore({ redis, keys, retentionMs });
     metrics.activeLeasesSource = () => leases.liveCount();
-    const signing = new SigningKeyStore({ redis, keys, kek, logger, alg: config.providers.jwt.alg, clock });
+    const signing = new SigningKeyStore({
+      redis,
+      keys,
+      kek,
+      logger,
+      alg: config.providers.jwt.alg,
+      clock,
+      maxTokenTtlMs: longestJwtTtlMs(config),
+      graceMs: config.providers.jwt.retireGraceSeconds * 1000,
+    });
     const verifier = new IdentityVerifier(config, {
       redis,
       keys,

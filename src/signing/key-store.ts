@@ -21,6 +21,7 @@ const published = (k: { retireAt?: number | undefined }, now: number): boolean =
 
 const storeFirst = script('signing-key-first');
 const storeRotated = script('signing-key-rotate');
+const storeClaim = script('signing-key-claim');
 /** crypto.sign with a callback: computed on the thread pool. */
 const signAsync = promisify(cryptoSign);
 
@@ -33,6 +34,14 @@ interface StoredKey {
   activateAt: number;
   /** It leaves the JWKS at this instant (set when a newer key takes over). */
   retireAt?: number;
+  /**
+   * The longest token TTL (ms) any instance recorded signing with, before it did (signing-key-claim); only
+   * grows. A rotation retires the key no sooner than this after it stops signing. Absent in keys written by
+   * releases before it: their rotation reckons with the rotating instance's own longest TTL only.
+   */
+  maxTokenTtlMs?: number;
+  /** Taken out by an immediate rotation (a compromised key): nothing brings it back into the JWKS. */
+  dropped?: boolean;
   sealed: string;
 }
 
@@ -42,6 +51,8 @@ interface LoadedKey extends Omit<StoredKey, 'sealed'> {
   publicJwk: Record<string, unknown>;
   /** Pre-encoded protected header of an at+jwt signed with this key. */
   header: string;
+  /** Redis records this instance's longest token TTL on it (maxTokenTtlMs): it may sign with it. */
+  covered: boolean;
 }
 
 /**
@@ -59,15 +70,33 @@ export class SigningKeyStore {
   private readonly kek: Kek;
   private readonly logger: Logger;
   private readonly clock: RedisClock;
+  /** The longest TTL (ms) of a token this instance signs: its config's longest jwt role maxTtlSeconds. */
+  private readonly maxTokenTtlMs: number;
+  private readonly graceMs: number;
+  /** Claims in flight, by kid (one per key however many issuances wait for it). */
+  private readonly claims = new Map<string, Promise<boolean>>();
   readonly alg: SigningAlg;
 
-  constructor(deps: { redis: RedisClient; keys: Keys; kek: Kek; logger: Logger; alg: SigningAlg; clock: RedisClock }) {
+  constructor(deps: {
+    redis: RedisClient;
+    keys: Keys;
+    kek: Kek;
+    logger: Logger;
+    alg: SigningAlg;
+    clock: RedisClock;
+    /** This instance's longest jwt role TTL (ms; default 0: it records none). */
+    maxTokenTtlMs?: number;
+    /** Its providers.jwt.retireGraceSeconds (ms; default 0). */
+    graceMs?: number;
+  }) {
     this.redis = deps.redis;
     this.k = deps.keys;
     this.kek = deps.kek;
     this.logger = deps.logger;
     this.alg = deps.alg;
     this.clock = deps.clock;
+    this.maxTokenTtlMs = deps.maxTokenTtlMs ?? 0;
+    this.graceMs = deps.graceMs ?? 0;
   }
 
   /** Redis's clock (ms), as this store decides with it. */
@@ -94,7 +123,12 @@ export class SigningKeyStore {
     return this.keys.length;
   }
 
-  /** Re-reads every key from Redis. Called on a change notice and periodically. */
+  /**
+   * Re-reads every key from Redis. Called at startup, on a change notice and periodically. Each key this
+   * instance signs with or will (the current one and those only published yet) gets this instance's
+   * longest token TTL recorded on it first, if Redis does not hold one as long (a write per key and
+   * instance at most, never one per issuance).
+   */
   async reload(): Promise<void> {
     const all = await this.redis.hgetall(this.k.signingKeys());
     const loaded: LoadedKey[] = [];
@@ -104,7 +138,7 @@ export class SigningKeyStore {
       const jwk = JSON.parse(this.kek.decrypt(s.sealed, `signing-key:${s.kid}`));
       const privateKey = createPrivateKey({ key: jwk, format: 'jwk' });
       const publicKey = createPublicKey(privateKey);
-      const { kid, alg, createdAt, activateAt, retireAt } = s;
+      const { kid, alg, createdAt, activateAt, retireAt, maxTokenTtlMs } = s;
       const pub = publicKey.export({ format: 'jwk' }) as Record<string, unknown>;
       const header = Buffer.from(JSON.stringify({ typ: 'at+jwt', alg, kid })).toString('base64url');
       loaded.push({
@@ -113,14 +147,54 @@ export class SigningKeyStore {
         createdAt,
         activateAt,
         ...(retireAt === undefined ? {} : { retireAt }),
+        ...(maxTokenTtlMs === undefined ? {} : { maxTokenTtlMs }),
         privateKey,
         publicKey,
         publicJwk: { ...pub, kid, alg, use: 'sig' },
         header,
+        covered: (maxTokenTtlMs ?? 0) >= this.maxTokenTtlMs,
       });
     }
     loaded.sort((a, b) => b.activateAt - a.activateAt);
     this.keys = loaded;
+    const now = this.clock.now();
+    const current = loaded.find((k) => k.activateAt <= now && published(k, now));
+    const mine = loaded.filter((k) => !k.covered && published(k, now) && (k === current || k.activateAt > now));
+    // A claim that fails here (Redis unreachable) is made again before the key signs (sign()).
+    await Promise.all(
+      mine.map((k) =>
+        this.claim(k).catch((err: unknown) =>
+          this.logger.warn({ kid: k.kid, err: (err as Error).message }, 'signing key: could not record the longest token TTL yet'),
+        ),
+      ),
+    );
+  }
+
+  /**
+   * Records this instance's longest token TTL on `key` in Redis (signing-key-claim), so that a rotation,
+   * by any instance and with whatever config, keeps the key in the JWKS until every token it could sign
+   * here has expired. Resolves false when Redis no longer holds the key or retired it: it may not sign.
+   */
+  private claim(key: LoadedKey): Promise<boolean> {
+    let pending = this.claims.get(key.kid);
+    if (pending) return pending;
+    pending = (async () => {
+      try {
+        const raw = await storeClaim.run(this.redis, [this.k.signingKeys()], [key.kid, this.maxTokenTtlMs, this.graceMs]);
+        if (typeof raw !== 'string') return false;
+        const stored = JSON.parse(raw) as StoredKey;
+        for (const k of [key, ...this.keys.filter((x) => x.kid === key.kid && x !== key)]) {
+          if (stored.retireAt !== undefined) k.retireAt = stored.retireAt;
+          if (stored.maxTokenTtlMs !== undefined) k.maxTokenTtlMs = stored.maxTokenTtlMs;
+          k.covered = true;
+        }
+        return true;
+      } finally {
+        this.claims.delete(key.kid);
+      }
+    })();
+    this.claims.set(key.kid, pending);
+    return pending;
   }
 
   /** The key that signs now: the newest one already active, and not retired, on Redis's clock. */
@@ -148,7 +222,15 @@ export class SigningKeyStore {
    * the next request instead of in front of it.
    */
   async sign(_header: { typ: 'at+jwt' }, payload: Record<string, unknown>): Promise<string> {
-    const key = this.current();
+    let key = this.current();
+    // Never a token from a key Redis does not know this instance's longest TTL for (a rotation would
+    // retire it too soon). Normally recorded by reload() already: a Redis write at most once per key.
+    if (!key.covered && !(await this.claim(key))) {
+      await this.reload(); // gone or retired in Redis meanwhile: take what it holds now
+      key = this.current();
+      if (!key.covered && !(await this.claim(key)))
+        throw unavailable('not_ready', 'The broker has no active signing key right now; retry in a few seconds.');
+    }
     const input = `${key.header}.${Buffer.from(JSON.stringify(payload)).toString('base64url')}`;
     const data = Buffer.from(input);
     const sig = key.alg === 'ES256' ? await signEs256(data, key.privateKey) : await signAsync(null, data, key.privateKey);
@@ -158,8 +240,10 @@ export class SigningKeyStore {
   /**
    * Rotates. Normally the new key is published now and signs from
    * `now + leadMs`, and older keys leave the JWKS once the longest-lived token
-   * they could have signed has expired. `immediate` (a compromised key): the
-   * new key signs at once and every older key leaves the JWKS now.
+   * they could have signed has expired: `graceMs` after the longer of
+   * `maxTokenTtlMs` (this instance's) and what every instance recorded on the
+   * key (its maxTokenTtlMs). `immediate` (a compromised key): the new key signs
+   * at once and every older key leaves the JWKS now.
    */
   async rotate(opts: { leadMs: number; maxTokenTtlMs: number; graceMs: number; immediate?: boolean }): Promise<{
     kid: string;
@@ -172,13 +256,13 @@ export class SigningKeyStore {
     // may run milliseconds behind this one's, stops publishing and signing with the old key at once.
     const at = opts.immediate ? now - IMMEDIATE_SLACK_MS : now + opts.leadMs;
     const next = this.generate(at, now);
-    const retireAt = opts.immediate ? at : next.activateAt + opts.maxTokenTtlMs + opts.graceMs;
     // One script, not read-then-write: a rotation that stalled past its lock and lands late must not move
-    // back the retireAt a later (immediate) rotation set, or a compromised key would return to the JWKS.
+    // back the retireAt a later (immediate) rotation set, or a compromised key would return to the JWKS;
+    // and each key's recorded longest TTL is read where it is used.
     const retired = (await storeRotated.run(
       this.redis,
       [this.k.signingKeys()],
-      [next.kid, JSON.stringify(next), retireAt, now],
+      [next.kid, JSON.stringify(next), next.activateAt, now, opts.immediate ? -1 : Math.max(0, opts.maxTokenTtlMs), opts.graceMs],
     )) as string[];
     await this.reload();
     this.logger.info(
@@ -192,7 +276,15 @@ export class SigningKeyStore {
     const { privateKey } = this.alg === 'ES256' ? generateKeyPairSync('ec', { namedCurve: 'P-256' }) : generateKeyPairSync('ed25519');
     const kid = randomUUID();
     const jwk = JSON.stringify(privateKey.export({ format: 'jwk' }));
-    return { kid, alg: this.alg, createdAt: now, activateAt, sealed: this.kek.encrypt(jwk, `signing-key:${kid}`) };
+    // This instance signs with it: its longest TTL is recorded from the start (others add theirs: claim()).
+    return {
+      kid,
+      alg: this.alg,
+      createdAt: now,
+      activateAt,
+      maxTokenTtlMs: this.maxTokenTtlMs,
+      sealed: this.kek.encrypt(jwk, `signing-key:${kid}`),
+    };
   }
 
   /** [kid, stored JSON] for the first-key script (which sets the times on Redis's clock). */

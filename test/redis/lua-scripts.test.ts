@@ -842,7 +842,8 @@ describe('one test per script', () => {
     await redis.del(k);
     const key = (kid: string, extra: Record<string, number> = {}) => JSON.stringify({ kid, activateAt: 1, ...extra });
     await redis.hset(k, 'open', key('open'), 'soon', key('soon', { retireAt: 500 }), 'gone', key('gone', { retireAt: 90 }));
-    const rotate = (kid: string, retireAt: number) => script('signing-key-rotate').run(redis, [k], [kid, key(kid), retireAt, 100]);
+    // No TTL, no grace: the older keys retire at the new key's activation.
+    const rotate = (kid: string, retireAt: number) => script('signing-key-rotate').run(redis, [k], [kid, key(kid), retireAt, 100, 0, 0]);
     expect(((await rotate('new', 1000)) as string[]).sort()).toEqual(['open']);
     const stored = async (kid: string) => JSON.parse((await redis.hget(k, kid))!) as { retireAt?: number };
     expect((await stored('open')).retireAt).toBe(1000);
@@ -850,7 +851,7 @@ describe('one test per script', () => {
     expect(await redis.hexists(k, 'gone')).toBe(0);
     expect((await stored('new')).retireAt).toBeUndefined();
     // Sent again (its answer lost): the new key keeps what later rotations gave it.
-    await script('signing-key-rotate').run(redis, [k], ['newer', key('newer'), 200, 100]);
+    await script('signing-key-rotate').run(redis, [k], ['newer', key('newer'), 200, 100, 0, 0]);
     expect(await rotate('new', 1000)).toEqual([]);
     expect((await stored('new')).retireAt).toBe(200);
     expect((await stored('open')).retireAt).toBe(200);

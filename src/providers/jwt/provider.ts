@@ -102,18 +102,24 @@ export class JwtProvider implements Provider<JwtRoleConfig> {
   async close(): Promise<void> {}
 }
 
+/** The longest TTL (ms) of a token an instance with `config` signs: its longest jwt role maxTtlSeconds (0: none). */
+export function longestJwtTtlMs(config: LoadedConfig): number {
+  const jwtTtls = Object.values(config.roles).flatMap((r) => (r.provider === 'jwt' ? [r.maxTtlSeconds] : []));
+  return Math.max(0, ...jwtTtls) * 1000;
+}
+
 /** Factory used by the jwt descriptor. */
 export function createJwtProvider(extra: ProviderExtras): JwtProvider {
   const keys = extra.signing as SigningKeyStore;
   const config = extra.config as LoadedConfig;
-  const jwtTtls = Object.values(config.roles).flatMap((r) => (r.provider === 'jwt' ? [r.maxTtlSeconds] : []));
   const settings = config.providers.jwt;
   return new JwtProvider({
     keys,
     issuer: config.server.publicUrl,
     rotation: {
       leadMs: settings.publishLeadSeconds * 1000,
-      maxTokenTtlMs: Math.max(60, ...jwtTtls) * 1000,
+      // At least 60 s; each key's own record (the longest TTL any instance signed with) may add to it.
+      maxTokenTtlMs: Math.max(60_000, longestJwtTtlMs(config)),
       graceMs: settings.retireGraceSeconds * 1000,
     },
   });
