@@ -19,6 +19,12 @@ if (!target) {
   console.error('usage: npm run rotate -- <signing-key|aws|vault>');
   process.exit(2);
 }
+// BROKER_URL, which this script read before, alone: refused rather than ignored, which sent the admin's token to
+// the default address (whatever listens there) instead of the broker the operator named.
+if (!process.env.JIT_BROKER_URL && process.env.BROKER_URL) {
+  console.error("rotate: BROKER_URL is no longer read; set JIT_BROKER_URL to the broker's address");
+  process.exit(2);
+}
 const broker = (process.env.JIT_BROKER_URL || 'http://127.0.0.1:8080').replace(/\/+$/, '');
 
 function devToken(): string {

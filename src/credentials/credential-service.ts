@@ -71,6 +71,8 @@ interface Decided {
   scopes: string[];
   ttl: ClampedTtl;
   policies: string[];
+  /** `provider.revocable(role)`, asked before an approval is taken (a failure there takes nothing). */
+  revocable: boolean;
   approval?: ApprovalRecord;
 }
 
@@ -160,7 +162,9 @@ export class CredentialService {
       { taskId: task.taskId, role: body.role },
       { beforeDenial: () => this.current(task) },
     );
-    const decided: Decided = { task, grant, role, provider, scopes, ttl, policies };
+    // Before an approval is taken for the request: an upstream that cannot say (AWS: its account) fails it with nothing taken.
+    const revocable = await provider.revocable(role as never);
+    const decided: Decided = { task, grant, role, provider, scopes, ttl, policies, revocable };
     if (needsApproval) {
       const found = await this.takeApproval(who, task, body, grant, scopes);
       if ('pending' in found) return found.pending;
@@ -268,7 +272,7 @@ export class CredentialService {
       provider: role.provider,
       agent: who.id,
       scopes,
-      revocable: provider.revocable(role as never),
+      revocable: d.revocable,
       ttlSeconds: ttl.ttlSeconds,
       // Indexed by lease-create.lua, so that quarantining its approver finds it (AdminService.endApproved).
       ...(d.approval?.decidedBy !== undefined ? { approvalId: d.approval.approvalId, approvedBy: d.approval.decidedBy } : {}),

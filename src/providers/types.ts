@@ -190,8 +190,12 @@ export interface Provider<R extends RoleConfig = RoleConfig> {
    * done in bulk.
    */
   readonly upstream: boolean;
-  /** Whether revoking cuts the credential off upstream before it expires (contract section 5). */
-  revocable(role: R): boolean;
+  /**
+   * Whether revoking cuts the credential off upstream before it expires (contract section 5). Asked before the
+   * lease is recorded, once the request is authorized; may ask the upstream (AWS: the broker's own account), and
+   * a failure there fails the request (a BrokerError, e.g. 502).
+   */
+  revocable(role: R): boolean | Promise<boolean>;
   /**
    * What to write down before the upstream call (required when `upstream`). `orphanMs`: the configured
    * orphan window (`revocation.orphanMs`), when it overrides the provider's own: a credential answered

@@ -54,3 +54,16 @@ test("an answer that is not JSON (a proxy's error page): one line with the statu
     await proxy.close();
   }
 });
+
+test('BROKER_URL alone (what the script read before): refused, exit 2, no admin token sent to the default address', async () => {
+  // Silently ignored, it sent the admin's bearer token to http://127.0.0.1:8080, whatever listens there (a dev
+  // broker, another service), instead of the broker the operator named, and rotated that one's secret if it was one.
+  const named = await startFakeBroker((_req, res) => send(res, 202, '{"target":"signing-key"}', 'application/json'));
+  try {
+    const r = await rotate({ BROKER_URL: named.url });
+    expect([r.code, r.stdout]).toEqual([2, '']);
+    expect(r.stderr).toBe("rotate: BROKER_URL is no longer read; set JIT_BROKER_URL to the broker's address\n");
+  } finally {
+    await named.close();
+  }
+});

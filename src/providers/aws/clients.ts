@@ -54,7 +54,6 @@ export class AwsClients {
   private switched = deferred();
   /** The account the broker's credentials act in, per client pair, once asked (`account`). */
   private readonly accounts = new WeakMap<ClientPair, string>();
-  private lastAccount: string | undefined;
 
   constructor(settings: AwsSettings) {
     this.settings = settings;
@@ -134,12 +133,6 @@ export class AwsClients {
   /** Records the account a GetCallerIdentity on `pair` answered (ready() asks it too). */
   learnAccount(account: string, pair: ClientPair = this.pair): void {
     this.accounts.set(pair, account);
-    this.lastAccount = account;
-  }
-
-  /** The account last learned (`account`, `learnAccount`); undefined before the first answer. */
-  get knownAccount(): string | undefined {
-    return this.lastAccount;
   }
 
   /** Whether the keys were switched away from `pair`, waiting up to `ms` for it. */

@@ -147,13 +147,16 @@ export async function issueAwsCredential(deps: IssueDeps, req: IssueRequest<AwsR
   };
 }
 
-/** Maps an AssumeRole failure to a stable, client-safe code; the AWS message goes to the log only. */
-function issueError(err: unknown, roleArn: string, leaseId: string, logger: Logger): Error {
+/**
+ * Maps an STS failure on the way to a credential (AssumeRole, or the GetCallerIdentity that `revocable` needs)
+ * to a stable, client-safe code; the AWS message goes to the log only.
+ */
+export function issueError(err: unknown, roleArn: string, leaseId: string | undefined, logger: Logger, call = 'AssumeRole'): Error {
   const kind = classify(err);
   const code = awsErrorCode(err);
   logger.warn(
     { leaseId, roleArn, code, kind, requestId: (err as { $metadata?: { requestId?: string } }).$metadata?.requestId },
-    'sts AssumeRole failed',
+    `sts ${call} failed`,
   );
   const opts = { cause: err };
   switch (kind) {

@@ -6,7 +6,7 @@ import { AwsClients } from './clients.ts';
 import type { AwsRoleConfig, AwsSettings } from './config.ts';
 import { DenyList, type DenyFallbackEvent, type DenyFoldEvent, type DenyUnit } from './deny-list.ts';
 import { MAX_SESSION_MS } from './deny-policy.ts';
-import { type AwsHandle, awsIntent, callAllowanceMs, issueAwsCredential, STS_MIN_DURATION } from './issue.ts';
+import { type AwsHandle, awsIntent, callAllowanceMs, issueAwsCredential, issueError, STS_MIN_DURATION } from './issue.ts';
 import { accountFromArn, RoleInfoCache } from './role-info.ts';
 import { rotateAccessKey } from './rotate.ts';
 import { sessionPolicy } from './session-policy.ts';
@@ -106,9 +106,20 @@ export function createAwsProvider(settings: AwsSettings, ctx: ProviderContext, o
     minTtlSeconds: STS_MIN_DURATION,
     upstream: true,
     denyList,
-    // A role of another account than the broker's credentials' (once known): IAM cannot deny its sessions from here.
-    revocable: (role) =>
-      settings.revocation === 'iam-deny' && (clients.knownAccount === undefined || clients.knownAccount === accountFromArn(role.roleArn)),
+    // A role of another account than the broker's credentials': IAM cannot deny its sessions from here. The account
+    // is asked (once per set of keys) before the first credential: taken for the role's own while unknown, a
+    // cross-account role's first sessions were issued `revocable: true` and could never be denied
+    // (test/blackbox/aws-cross-account.test.ts). STS failing to answer fails the request (502), as AssumeRole would.
+    async revocable(role) {
+      if (settings.revocation !== 'iam-deny') return false;
+      let account: string;
+      try {
+        account = await clients.account();
+      } catch (err) {
+        throw issueError(err, role.roleArn, undefined, logger, 'GetCallerIdentity');
+      }
+      return account === accountFromArn(role.roleArn);
+    },
 
     intent(req, opts = {}) {
       const handle = awsIntent(settings, clock, req, opts.orphanMs);

@@ -10,6 +10,8 @@ export interface ActionContext {
   packedPolicyLimit: number;
   /** Eventual consistency: a key made by CreateAccessKey is invisible for this many requests. */
   keyPropagationDelay: number;
+  /** Other accounts whose roles AssumeRole may take (cross-account: `trustAccounts`), by account id. */
+  peers?: ReadonlyMap<string, Account>;
 }
 
 export type Handler = (ctx: ActionContext) => string | undefined;

@@ -92,7 +92,15 @@ export interface AwsEmulator {
   /** Emulator time (sessions expire by it); starts at wall-clock time. */
   now(): number;
   advanceTime(ms: number): void;
+  /**
+   * Lets principals of this account assume roles of `other`'s (cross-account AssumeRole, as STS is global):
+   * the session is `other`'s (its `evaluate` judges it), while IAM calls signed here still act in this account.
+   */
+  reachAccount(other: AwsEmulator): void;
 }
+
+/** The account behind each emulator (for `reachAccount`). */
+const accountOf = new WeakMap<AwsEmulator, Account>();
 
 const MAX_BODY = 1_048_576;
 
@@ -127,6 +135,7 @@ export async function startAwsEmulator(opts: AwsEmulatorOptions = {}): Promise<A
   const holds: { action: string; ms: number; lose: boolean }[] = [];
   const stuck: { action: string; gate: Promise<void>; arrived: () => void; landed: () => void }[] = [];
   const sockets = new Set<Socket>();
+  const peers = new Map<string, Account>();
 
   const takeFault = (action: string): Fault | undefined => {
     const f = faults.find((x) => x.remaining > 0 && (x.action === undefined || x.action === action));
@@ -199,7 +208,7 @@ export async function startAwsEmulator(opts: AwsEmulatorOptions = {}): Promise<A
       }
       let result: string | undefined;
       try {
-        result = handler({ account, principal, params, packedPolicyLimit, keyPropagationDelay: propagationDelay });
+        result = handler({ account, principal, params, packedPolicyLimit, keyPropagationDelay: propagationDelay, peers });
       } finally {
         held?.landed();
       }
@@ -238,7 +247,7 @@ export async function startAwsEmulator(opts: AwsEmulatorOptions = {}): Promise<A
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
   const { port } = server.address() as AddressInfo;
 
-  return {
+  const emulator: AwsEmulator = {
     url: `http://127.0.0.1:${port}`,
     accountId: account.accountId,
     stop: () =>
@@ -310,5 +319,12 @@ export async function startAwsEmulator(opts: AwsEmulatorOptions = {}): Promise<A
     advanceTime: (ms) => {
       offset += ms;
     },
+    reachAccount: (other) => {
+      const theirs = accountOf.get(other);
+      if (!theirs) throw new Error('not an emulator');
+      peers.set(theirs.accountId, theirs);
+    },
   };
+  accountOf.set(emulator, account);
+  return emulator;
 }

@@ -59,11 +59,13 @@ const assumeRole: Handler = (ctx) => {
   const roleArn = params.RoleArn!;
   const m = ROLE_ARN_RE.exec(roleArn);
   if (!m) throw validationError([`${roleArn} is invalid`]);
-  const role = account.roles.get(m[2]!);
+  // A role of another account (cross-account AssumeRole): the session is that account's, judged by its IAM.
+  const home = m[1] === account.accountId ? account : (ctx.peers?.get(m[1]!) ?? account);
+  const role = home.roles.get(m[2]!);
   const callerArn = account.arnOf(ctx.principal);
   // Real STS does not tell a missing role from a forbidden one.
   const notAuthorized = () => accessDenied(`User: ${callerArn} is not authorized to perform: sts:AssumeRole on resource: ${roleArn}`);
-  if (m[1] !== account.accountId || !role || role.arn !== roleArn) throw notAuthorized();
+  if (m[1] !== home.accountId || !role || role.arn !== roleArn) throw notAuthorized();
   account.authorize(ctx.principal, 'sts:AssumeRole', roleArn);
   if (role.trust && !role.trust.includes(callerArn)) throw notAuthorized();
   if (role.externalId !== undefined && params.ExternalId !== role.externalId) throw notAuthorized();
@@ -101,7 +103,7 @@ const assumeRole: Handler = (ctx) => {
       `Packed size of the session policy and session tags is ${percent}% of the allowed limit.`,
     );
 
-  const now = account.clock();
+  const now = home.clock();
   const session: Session = {
     accessKeyId: awsId('ASIA', 16),
     secretAccessKey: randomBytes(30).toString('base64'),
@@ -118,8 +120,8 @@ const assumeRole: Handler = (ctx) => {
     externalId: params.ExternalId,
     issuedTo: callerArn,
   };
-  account.sessions.set(session.accessKeyId, session);
-  const arn = `arn:aws:sts::${account.accountId}:assumed-role/${role.roleName}/${session.sessionName}`;
+  home.sessions.set(session.accessKeyId, session);
+  const arn = `arn:aws:sts::${home.accountId}:assumed-role/${role.roleName}/${session.sessionName}`;
   return (
     el('SourceIdentity', session.sourceIdentity) +
     `<AssumedRoleUser>${el('Arn', arn)}${el('AssumedRoleId', `${role.roleId}:${session.sessionName}`)}</AssumedRoleUser>` +

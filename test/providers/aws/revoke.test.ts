@@ -623,7 +623,7 @@ describe('failures', () => {
     const role = freshRole('r-none');
     const p = w.makeProvider({ revocation: 'none' });
     const a = await issue(p, role);
-    expect(p.revocable(role.config)).toBe(false);
+    expect(await p.revocable(role.config)).toBe(false);
     // As the broker records it: issued `revocable: false` (one issued `true` before the switch is still denied).
     await p.revoke({ ...a.lease, revocable: false }, role.config, caller);
     expect(w.emu.rolePolicyNames(role.roleName)).toEqual([]);
