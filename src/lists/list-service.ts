@@ -199,22 +199,8 @@ export class ListService {
      * page"), not merely any entry. Reads heads only, within what is left of the scan budget; past it, unknown
      * (a cursor, whose page may be empty).
      */
-    const moreKept = async (): Promise<boolean> => {
-      for (;;) {
-        if (scanned >= SCAN_BUDGET) return hasNext();
-        const ahead: Entry[] = [];
-        while (ahead.length < size && scanned < SCAN_BUDGET) {
-          const n = await it.next();
-          if (n.done) break;
-          ahead.push(n.value);
-          scanned += 1;
-        }
-        if (ahead.length === 0) return false;
-        const heads = await src.heads(ahead.map((p) => p.id));
-        if (heads.some((h) => h !== undefined && src.keep(h))) return true;
-      }
-    };
-    outer: for (;;) {
+    /** The next `size` entries of the index, within the scan budget (fewer at its end or the budget's). */
+    const take = async (): Promise<Entry[]> => {
       const batch: Entry[] = [];
       while (batch.length < size && scanned < SCAN_BUDGET) {
         const n = await it.next();
@@ -222,6 +208,19 @@ export class ListService {
         batch.push(n.value);
         scanned += 1;
       }
+      return batch;
+    };
+    const moreKept = async (): Promise<boolean> => {
+      for (;;) {
+        if (scanned >= SCAN_BUDGET) return hasNext();
+        const ahead = await take();
+        if (ahead.length === 0) return false;
+        const heads = await src.heads(ahead.map((p) => p.id));
+        if (heads.some((h) => h !== undefined && src.keep(h))) return true;
+      }
+    };
+    outer: for (;;) {
+      const batch = await take();
       if (batch.length === 0) break;
       const heads = await src.heads(batch.map((p) => p.id));
       await this.forget(
