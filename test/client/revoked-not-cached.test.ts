@@ -62,3 +62,15 @@ it('completeTask drops the credentials of that task and its sub-tasks from the c
   await expect(agent.getCredential({ taskId: deeper.taskId, role: 'tickets-api' })).rejects.toMatchObject({ status: 409 });
   expect((await agent.getCredential({ taskId: 't-cache-done-other', role: 'tickets-api' })).leaseId).toBe(kept.leaseId);
 });
+
+it('a task ended elsewhere: revokeLease of the cached lease answers, and the next request gets the refusal', async () => {
+  const orch = as(ORCH);
+  await open(orch, 't-cache-elsewhere');
+  const agent = as(AGENT);
+  const cred = await agent.getCredential({ taskId: 't-cache-elsewhere', role: 'tickets-api' });
+  await orch.completeTask('t-cache-elsewhere');
+  // Not seen yet: the cache hands out the same (now inactive) credential until its renewal.
+  expect((await agent.getCredential({ taskId: 't-cache-elsewhere', role: 'tickets-api' })).leaseId).toBe(cred.leaseId);
+  expect((await agent.revokeLease(cred.leaseId)).leaseId).toBe(cred.leaseId);
+  await expect(agent.getCredential({ taskId: 't-cache-elsewhere', role: 'tickets-api' })).rejects.toMatchObject({ status: 409 });
+});
