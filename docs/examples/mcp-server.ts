@@ -14,7 +14,9 @@
  * token (cached by BrokerClient and refreshed shortly before it expires),
  * calls the API with it and returns only the response: the token never
  * enters the model's context, and requests can only go to JIT_RESOURCE_URL,
- * so a prompt injection cannot send the token elsewhere. `task_status` shows
+ * so a prompt injection cannot send the token elsewhere; the token is taken
+ * out of what the API answers, in case the API echoes it, and JIT_RESOURCE_URL
+ * must be https (plain http only on loopback). `task_status` shows
  * the task's deadline and leases. When the host closes the server, the
  * leases it holds are revoked.
  *
@@ -39,7 +41,24 @@ function required(name: string): string {
 const taskId = required('JIT_TASK_ID');
 const role = required('JIT_ROLE');
 const resource = new URL(required('JIT_RESOURCE_URL'));
+// The token is a bearer credential: over plain http anyone on the path can use it until it expires.
+if (resource.protocol !== 'https:' && !(resource.protocol === 'http:' && ['localhost', '127.0.0.1', '[::1]'].includes(resource.hostname))) {
+  console.error(
+    'mcp-server: JIT_RESOURCE_URL must be https (plain http only to a loopback host): the token would cross the network in clear text',
+  );
+  process.exit(2);
+}
 const broker = new BrokerClient(); // JIT_BROKER_URL, JIT_TOKEN / JIT_TOKEN_FILE
+
+/**
+ * The API's answer without the token: an API that echoes its request (a debugging route, an error page quoting
+ * the Authorization header) would otherwise put the token in front of the model. The signature is taken out
+ * wherever it appears, so not even the token's pieces (a decoded payload beside its signature) get through.
+ */
+function withoutToken(text: string, token: string): string {
+  const signature = token.slice(token.lastIndexOf('.') + 1);
+  return text.replaceAll(token, '[access token]').replaceAll(signature, '[access token signature]');
+}
 
 /** What the model reads when the broker says no: the broker's reason, which is safe to show. */
 function refusal(err: unknown) {
@@ -76,7 +95,7 @@ server.registerTool(
         body,
         redirect: 'manual', // never follow the API elsewhere with the token
       });
-      const text = (await res.text()).slice(0, 10_000);
+      const text = withoutToken(await res.text(), cred.credentials.access_token).slice(0, 10_000);
       return { isError: !res.ok, content: [{ type: 'text', text: `HTTP ${res.status}\n${text}` }] };
     } catch (err) {
       return refusal(err);

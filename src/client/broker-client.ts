@@ -148,7 +148,10 @@ export class BrokerClient {
 
   /** `POST /v1/tasks/{id}/complete`: every lease is revoked. Idempotent. */
   async completeTask(taskId: string): Promise<CompleteTaskResult> {
-    return (await this.answer<CompleteTaskResult>('completed', 'POST', `/v1/tasks/${enc(taskId)}/complete`, {}, taskId)).body;
+    const done = (await this.answer<CompleteTaskResult>('completed', 'POST', `/v1/tasks/${enc(taskId)}/complete`, {}, taskId)).body;
+    // Its leases and its sub-tasks' (`<taskId>~...`) are revoked: none of them is handed out from the cache again.
+    this.cache.forget((c) => c.taskId === taskId || c.taskId.startsWith(`${taskId}~`));
+    return done;
   }
 
   /** `GET /v1/tasks`: one page, newest first. */
@@ -212,7 +215,10 @@ export class BrokerClient {
 
   /** `DELETE /v1/leases/{id}`: revoke one credential early (the worker cuts it off upstream). */
   async revokeLease(leaseId: string): Promise<{ leaseId: string; status: string }> {
-    return (await this.answer<{ leaseId: string; status: string }>('lease', 'DELETE', `/v1/leases/${enc(leaseId)}`, {}, leaseId)).body;
+    const r = (await this.answer<{ leaseId: string; status: string }>('lease', 'DELETE', `/v1/leases/${enc(leaseId)}`, {}, leaseId)).body;
+    // Given back: the next getCredential for the same request asks the broker for a new one.
+    this.cache.forget((c) => c.leaseId === leaseId);
+    return r;
   }
 
   /** Revokes every credential this client has cached (for example when the agent shuts down) and forgets them. */

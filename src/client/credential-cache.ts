@@ -77,6 +77,22 @@ export class CredentialCache {
   clear(): void {
     this.entries.clear();
   }
+
+  /**
+   * Forgets every credential `ended` says has ended (its lease revoked, its task completed), so that the next
+   * request asks the broker instead of handing out a credential resource servers refuse. A request in flight is
+   * left to finish; its answer is the broker's word, given after the end.
+   */
+  forget(ended: (cred: IssuedCredential) => boolean): void {
+    for (const [key, e] of this.entries) {
+      if (e.value && ended(e.value)) {
+        e.value = undefined;
+        e.refreshAt = 0;
+        e.expiresAt = 0;
+        if (!e.inflight) this.entries.delete(key);
+      }
+    }
+  }
 }
 
 function cacheKey(r: CredentialRequest): string {

@@ -1,4 +1,5 @@
 import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
+import { spawnSync } from 'node:child_process';
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
@@ -35,6 +36,12 @@ beforeAll(async () => {
     });
     const info = (await r.json()) as { active: boolean; scope?: string; task_id?: string };
     seen.push({ path: req.url ?? '', active: info.active, scope: info.scope, task: info.task_id });
+    // A debugging route, as many APIs have one: it echoes the request's headers, the bearer token among them.
+    if (req.url?.startsWith('/api/debug/echo')) {
+      res.writeHead(200, { 'content-type': 'application/json' });
+      res.end(JSON.stringify({ headers: req.headers, token }));
+      return;
+    }
     res.writeHead(info.active ? 200 : 401, { 'content-type': 'application/json' });
     res.end(JSON.stringify(info.active ? { ticket: req.url?.split('/').pop(), status: 'open' } : { error: 'invalid_token' }));
   });
@@ -117,6 +124,46 @@ describe('docs/examples/mcp-server.ts', () => {
     } finally {
       await client.close();
     }
+  }, 60_000);
+
+  it('an API that echoes the token does not put it in front of the model', async () => {
+    const taskId = `t-mcp-echo-${Date.now()}`;
+    await call(t.url, 'POST', '/v1/tasks', t.as(ORCH), {
+      taskId,
+      agent: 'spiffe://dev.local/agent/support',
+      tenant: 'acme',
+      purpose: 'mcp example',
+      ttlSeconds: 600,
+      grants: [{ role: 'tickets-api', scopes: ['tickets:read'] }],
+    });
+    const client = await startServer(taskId);
+    try {
+      const r = await client.callTool({ name: 'call_api', arguments: { path: '/debug/echo' } });
+      expect(text(r)).toMatch(/^HTTP 200\n/);
+      expect(text(r)).toContain('[access token]');
+      expect(JSON.stringify(r)).not.toMatch(/ey[A-Za-z0-9_-]{20,}/);
+    } finally {
+      await client.close();
+    }
+  }, 60_000);
+
+  it('refuses a plain-http API on another host: the token would cross the network in clear text', () => {
+    const run = spawnSync(NODE24, [resolve('docs/examples/mcp-server.ts')], {
+      cwd: resolve('.'),
+      env: {
+        PATH: process.env.PATH ?? '',
+        JIT_BROKER_URL: t.url,
+        JIT_TOKEN_FILE: tokenFile,
+        JIT_TASK_ID: 't-any',
+        JIT_ROLE: 'tickets-api',
+        JIT_RESOURCE_URL: 'http://tickets.example/api',
+      },
+      input: '',
+      encoding: 'utf8',
+      timeout: 30_000,
+    });
+    expect(run.status).toBe(2);
+    expect(run.stderr).toMatch(/JIT_RESOURCE_URL .*https/);
   }, 60_000);
 
   it('gives its leases back when the host closes it', async () => {
