@@ -17,8 +17,8 @@
  * so a prompt injection cannot send the token elsewhere; the token is taken
  * out of what the API answers, in case the API echoes it, and JIT_RESOURCE_URL
  * must be https (plain http only on loopback). `task_status` shows
- * the task's deadline and leases. When the host closes the server, the
- * leases it holds are revoked.
+ * the task's deadline and leases. When the server ends (closed, signalled or
+ * crashed), the leases it holds are revoked, even one still being issued.
  *
  * Run from a checkout (after `npm install`, which builds jit-broker/client):
  *   node_modules/.bin/node docs/examples/mcp-server.ts   (the project's Node 24: the machine's node may not run .ts)
@@ -117,16 +117,25 @@ server.registerTool(
   },
 );
 
-// The host closes stdin (or signals) when it is done with the server: give the credentials back first.
+// Give the credentials back however the server ends, while it still can: the host closing stdin (the MCP stdio
+// transport ends when the client goes) or signalling, or a crash: an uncaught exception, or an unhandled rejection
+// (Node raises those as uncaught exceptions). broker.close() also waits (up to 3 s: hosts kill a server a few
+// seconds after closing its stdin) for a credential still being issued, and revokes it too.
+// SIGKILL (or the power going) cannot be handled: then the lease's TTL, capped at the task's deadline, ends it,
+// and when the orchestrator completes the task, the broker revokes every lease the task has.
 let closing = false;
-async function shutdown() {
+async function shutdown(code: number) {
+  if (code) process.exitCode = code;
   if (closing) return;
   closing = true;
-  await broker.revokeCached();
-  process.exit(0);
+  await broker.close({ waitMs: 3000 });
+  process.exit();
 }
-process.stdin.on('end', shutdown);
-process.on('SIGTERM', shutdown);
-process.on('SIGINT', shutdown);
+process.stdin.on('end', () => shutdown(0));
+for (const signal of ['SIGTERM', 'SIGINT', 'SIGHUP']) process.on(signal, () => shutdown(0));
+process.on('uncaughtException', (err) => {
+  console.error('mcp-server: crashed:', err);
+  void shutdown(1);
+});
 
 await server.connect(new StdioServerTransport());

@@ -1,5 +1,5 @@
 import { CredentialCache } from './credential-cache.ts';
-import { ApprovalPendingError, BrokerUnreachableError } from './errors.ts';
+import { ApprovalPendingError, BrokerUnreachableError, JitError } from './errors.ts';
 import { type CallOptions, Transport } from './http.ts';
 import { tokenSource, type TokenInput } from './token-source.ts';
 import type {
@@ -86,6 +86,9 @@ export class BrokerClient {
   private readonly http: Transport;
   private readonly cache: CredentialCache;
   private readonly now: () => number;
+  /** Credential requests not yet answered, or answered after close() and not yet revoked (settled, never rejected). */
+  private readonly issuing = new Set<Promise<unknown>>();
+  private closed = false;
 
   constructor(opts: BrokerClientOptions = {}) {
     const env = opts.env ?? process.env;
@@ -168,6 +171,33 @@ export class BrokerClient {
 
   /** `POST /v1/credentials` as is: a credential (201), or a pending approval (202). Not cached. */
   async requestCredential(req: CredentialRequest, opts: { signal?: AbortSignal } = {}): Promise<CredentialResponse> {
+    return this.guarded(() => this.ask(req, opts));
+  }
+
+  /**
+   * What `issue` answers, unless the client was closed meanwhile: then the credential is revoked and
+   * `client_closed` thrown. close() waits for it either way.
+   */
+  private guarded<T extends CredentialResponse>(issue: () => Promise<T>): Promise<T> {
+    if (this.closed) return Promise.reject(closedError());
+    const answer = (async () => {
+      const r = await issue();
+      if (this.closed && !isPending(r)) {
+        await this.revokeLease(r.leaseId).catch(() => undefined);
+        throw closedError();
+      }
+      return r;
+    })();
+    const settled = answer.then(
+      () => undefined,
+      () => undefined,
+    );
+    this.issuing.add(settled);
+    void settled.then(() => this.issuing.delete(settled));
+    return answer;
+  }
+
+  private async ask(req: CredentialRequest, opts: { signal?: AbortSignal }): Promise<CredentialResponse> {
     const { status, body } = await this.http.call<unknown>('POST', '/v1/credentials', { json: req, signal: opts.signal });
     if (isPending(body as CredentialResponse) || isCredential(body)) return body as CredentialResponse;
     // Not the broker's API (a wrong URL, a proxy's page, a broken broker): never a credential to use. A lease it
@@ -191,8 +221,8 @@ export class BrokerClient {
     opts: { waitForApproval?: boolean | WaitOptions; fresh?: boolean } = {},
   ): Promise<IssuedCredential<C>> {
     const issue = () => this.issue(req, opts.waitForApproval);
-    if (opts.fresh) return (await issue()) as IssuedCredential<C>;
-    return (await this.cache.get(req, issue)) as IssuedCredential<C>;
+    // Also here, not only around the request: a credential answered just before close() is not handed out after it.
+    return (await this.guarded(() => (opts.fresh ? issue() : this.cache.get(req, issue)))) as IssuedCredential<C>;
   }
 
   private async issue(req: CredentialRequest, wait: boolean | WaitOptions | undefined): Promise<IssuedCredential> {
@@ -226,6 +256,23 @@ export class BrokerClient {
     const held = this.cache.held();
     this.cache.clear();
     await Promise.allSettled(held.map((c) => this.revokeLease(c.leaseId)));
+  }
+
+  /**
+   * For a process that is ending (a signal, its input closed, a crash): gives back every credential the client
+   * holds, including those still being issued, and issues no more. Credential requests already sent are waited
+   * for up to `waitMs` (default 3000) and what they answer is revoked, not handed out (their callers get a
+   * `JitError` `client_closed`, as does every later `getCredential`/`requestCredential`); one answered later is
+   * revoked when it arrives, if the process still runs. Never throws; other calls keep working.
+   */
+  async close(opts: { waitMs?: number } = {}): Promise<void> {
+    this.closed = true;
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const deadline = new Promise<void>((r) => {
+      timer = setTimeout(r, opts.waitMs ?? 3000);
+    });
+    await Promise.all([this.revokeCached(), Promise.race([Promise.all(this.issuing), deadline])]);
+    clearTimeout(timer);
   }
 
   // ---- approvals
@@ -372,6 +419,10 @@ export class BrokerClient {
 export function isPending(r: CredentialResponse): r is PendingApproval {
   if (typeof r !== 'object' || r === null) return false;
   return (r as PendingApproval).status === 'pending' && typeof (r as PendingApproval).approvalId === 'string' && !('leaseId' in r);
+}
+
+function closedError(): JitError {
+  return new JitError('client_closed', 'the client was closed: it issues no more credentials');
 }
 
 function sleep(ms: number, signal?: AbortSignal): Promise<void> {

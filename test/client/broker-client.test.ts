@@ -174,6 +174,64 @@ describe('the credential cache', () => {
     for (const c of [a, b]) await waitFor(async () => (await agent.getLease(c.leaseId)).status === 'revoked');
     expect((await agent.getCredential({ taskId: task.taskId, role: 'tickets-api' })).leaseId).not.toBe(a.leaseId);
   });
+
+  it('close() revokes what it holds and what is still being issued, and issues no more', async () => {
+    const task = await openTask();
+    // The broker issues at once; its answers reach the client only when released (a slow network).
+    const gates: (() => void)[] = [];
+    let gated = false;
+    let asked = 0;
+    const agent = as(AGENT, {
+      fetch: async (input, init) => {
+        const res = await fetch(input, init);
+        if (String(input).endsWith('/v1/credentials')) {
+          asked++;
+          if (gated) await new Promise<void>((r) => gates.push(r));
+        }
+        return res;
+      },
+    });
+    const held = await agent.getCredential({ taskId: task.taskId, role: 'tickets-api' });
+    gated = true;
+    const issuing = agent.getCredential({ taskId: task.taskId, role: 'short-api' }).catch((e: unknown) => e);
+    const fresh = agent.getCredential({ taskId: task.taskId, role: 'tickets-api' }, { fresh: true }).catch((e: unknown) => e);
+    await waitFor(async () => asked === 3);
+    const closing = agent.close({ waitMs: 5000 });
+    setTimeout(() => {
+      for (const open of gates) open();
+    }, 300);
+    await closing;
+    for (const r of [await issuing, await fresh]) expect(r).toMatchObject({ code: 'client_closed' });
+    const leases = (await orch().getTask(task.taskId)).leases;
+    expect(leases).toHaveLength(3);
+    for (const l of leases) await waitFor(async () => (await agent.getLease(l.leaseId)).status === 'revoked');
+    expect(leases.map((l) => l.leaseId)).toContain(held.leaseId);
+    // Closed: nothing more is asked for, cached or not.
+    await expect(agent.getCredential({ taskId: task.taskId, role: 'tickets-api' })).rejects.toMatchObject({ code: 'client_closed' });
+    await expect(agent.requestCredential({ taskId: task.taskId, role: 'tickets-api' })).rejects.toMatchObject({ code: 'client_closed' });
+    expect(asked).toBe(3);
+  });
+
+  it('close() waits only waitMs; a credential answered later is revoked when it arrives', async () => {
+    const task = await openTask();
+    let release = () => {};
+    const agent = as(AGENT, {
+      fetch: async (input, init) => {
+        const res = await fetch(input, init);
+        if (String(input).endsWith('/v1/credentials')) await new Promise<void>((r) => (release = r));
+        return res;
+      },
+    });
+    const issuing = agent.getCredential({ taskId: task.taskId, role: 'tickets-api' }).catch((e: unknown) => e);
+    const lease = await waitFor(async () => (await orch().getTask(task.taskId)).leases[0]);
+    const started = Date.now();
+    await agent.close({ waitMs: 200 });
+    expect(Date.now() - started).toBeLessThan(2000);
+    expect((await agent.getLease(lease.leaseId)).status).toBe('active');
+    release();
+    expect(await issuing).toMatchObject({ code: 'client_closed' });
+    await waitFor(async () => (await agent.getLease(lease.leaseId)).status === 'revoked');
+  });
 });
 
 describe('approvals', () => {

@@ -8,6 +8,7 @@ import { join, resolve } from 'node:path';
 import { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import { StdioClientTransport } from '@modelcontextprotocol/sdk/client/stdio.js';
 import { AGENT, ORCH, call, startTestBroker, waitFor, type TestBroker } from '../helpers/broker.ts';
+import { delayingProxy } from '../helpers/delaying-proxy.ts';
 import { NODE24, ensureBuilt } from '../helpers/cli.ts';
 
 /**
@@ -53,16 +54,17 @@ afterAll(async () => {
   await t?.close();
 });
 
-async function startServer(taskId: string): Promise<Client> {
+/** The example as its host runs it; `nodeArgs` go before the script, `brokerUrl` replaces the broker's. */
+async function startServer(taskId: string, opts: { brokerUrl?: string; nodeArgs?: string[] } = {}): Promise<Client> {
   const client = new Client({ name: 'test-host', version: '1.0.0' });
   await client.connect(
     new StdioClientTransport({
       command: NODE24,
-      args: [resolve('docs/examples/mcp-server.ts')],
+      args: [...(opts.nodeArgs ?? []), resolve('docs/examples/mcp-server.ts')],
       cwd: resolve('.'),
       env: {
         PATH: process.env.PATH ?? '',
-        JIT_BROKER_URL: t.url,
+        JIT_BROKER_URL: opts.brokerUrl ?? t.url,
         JIT_TOKEN_FILE: tokenFile,
         JIT_TASK_ID: taskId,
         JIT_ROLE: 'tickets-api',
@@ -205,6 +207,105 @@ describe('docs/examples/mcp-server.ts', () => {
       expect(text(r)).toMatch(/^the broker refused: 403 role_not_granted: /);
     } finally {
       await client.close();
+    }
+  }, 60_000);
+});
+
+/** Opens a task granting tickets-api to the example's agent. */
+async function openTask(name: string): Promise<string> {
+  const taskId = `t-mcp-${name}-${Date.now()}`;
+  const opened = await call(t.url, 'POST', '/v1/tasks', t.as(ORCH), {
+    taskId,
+    agent: 'spiffe://dev.local/agent/support',
+    tenant: 'acme',
+    purpose: 'mcp example',
+    ttlSeconds: 600,
+    grants: [{ role: 'tickets-api', scopes: ['tickets:read'] }],
+  });
+  expect(opened.status).toBe(201);
+  return taskId;
+}
+
+/** The task's one lease, once the server gave it back (revoked by its holder, not ended by anything else). */
+async function revokedByServer(taskId: string): Promise<void> {
+  const leaseId = await waitFor(
+    async () => (await call(t.url, 'GET', `/v1/tasks/${taskId}`, t.as(ORCH))).body.leases[0]?.leaseId as string,
+    8000,
+  );
+  const lease = await waitFor(async () => {
+    const l = (await call(t.url, 'GET', `/v1/leases/${leaseId}`, t.as(ORCH))).body;
+    return l.status === 'revoked' ? l : undefined;
+  }, 8000);
+  expect(lease.reason).toBe('revoked_by_caller');
+  expect((await call(t.url, 'GET', `/v1/tasks/${taskId}`, t.as(ORCH))).body.leases).toHaveLength(1);
+}
+
+/** The server's pid, what it wrote to stderr, and when it exited. */
+function watch(client: Client) {
+  const transport = client.transport as StdioClientTransport;
+  let stderr = '';
+  transport.stderr?.on('data', (c: Buffer) => {
+    stderr += c.toString('utf8');
+  });
+  const exited = new Promise<void>((r) => {
+    client.onclose = r;
+  });
+  return { pid: transport.pid!, stderr: () => stderr, exited };
+}
+// The exit code as the server's own process saw it (the SDK's transport does not pass it on), preloaded.
+const reportExit = "process.on('exit', (c) => process.stderr.write('exit code ' + c + '\\n'));";
+
+describe('docs/examples/mcp-server.ts gives its credentials back however it ends', () => {
+  it.each(['SIGTERM', 'SIGINT', 'SIGHUP'] as const)(
+    'on %s',
+    async (signal) => {
+      const taskId = await openTask(signal.toLowerCase());
+      const client = await startServer(taskId, { nodeArgs: ['--import', `data:text/javascript,${encodeURIComponent(reportExit)}`] });
+      const server = watch(client);
+      expect((await client.callTool({ name: 'call_api', arguments: { path: '/tickets/1' } })).isError).toBe(false);
+      process.kill(server.pid, signal);
+      await server.exited;
+      await revokedByServer(taskId);
+      expect(server.stderr()).toContain('exit code 0');
+    },
+    60_000,
+  );
+
+  // A bug in the server, or in a library it uses: the process can still act, so it revokes and exits non-zero.
+  it.each([
+    ['an uncaught exception', "throw new Error('boom')"],
+    ['an unhandled rejection', "Promise.reject(new Error('boom'))"],
+  ])(
+    'on %s',
+    async (_what, crash) => {
+      const taskId = await openTask('crash');
+      const preload = `process.on('SIGUSR2', () => { ${crash}; }); ${reportExit}`;
+      const client = await startServer(taskId, { nodeArgs: ['--import', `data:text/javascript,${encodeURIComponent(preload)}`] });
+      const server = watch(client);
+      expect((await client.callTool({ name: 'call_api', arguments: { path: '/tickets/1' } })).isError).toBe(false);
+      process.kill(server.pid, 'SIGUSR2');
+      await server.exited;
+      await revokedByServer(taskId);
+      expect(server.stderr()).toContain('boom');
+      expect(server.stderr()).toContain('exit code 1');
+    },
+    60_000,
+  );
+
+  it('a credential still being issued when the host closes it is revoked too', async () => {
+    const taskId = await openTask('inflight');
+    // The broker's answer to the credential request comes 1 s late (a slow upstream, a busy broker).
+    const proxy = await delayingProxy(t.url, /^\/v1\/credentials$/, 1000);
+    try {
+      const client = await startServer(taskId, { brokerUrl: proxy.url });
+      const calling = client.callTool({ name: 'call_api', arguments: { path: '/tickets/1' } }).catch((e: unknown) => e);
+      await waitFor(async () => proxy.heldBody());
+      await client.close(); // the host goes while the server waits for the broker
+      expect(await proxy.landed()).toBe(201);
+      await revokedByServer(taskId);
+      await calling;
+    } finally {
+      await proxy.close();
     }
   }, 60_000);
 });
