@@ -45,7 +45,16 @@ export class RevocationQueue {
       q.on('error', onError);
       return q;
     });
-    this.opts = { attempts: Number.MAX_SAFE_INTEGER, backoff: { type: 'capped' }, removeOnComplete: true, removeOnFail: true };
+    // Retried until the credential expires (thousands of attempts for a long-lived one): BullMQ appends each failed
+    // attempt's stack trace to the job's hash unless told otherwise, so the job would grow with every retry. The
+    // last one is kept (the lease records its last error anyway).
+    this.opts = {
+      attempts: Number.MAX_SAFE_INTEGER,
+      backoff: { type: 'capped' },
+      removeOnComplete: true,
+      removeOnFail: true,
+      stackTraceLimit: 1,
+    };
   }
 
   /** The queue group of a bucket. */
