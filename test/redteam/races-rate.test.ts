@@ -35,7 +35,7 @@ test('200 concurrent requests of one identity on two instances: no more than the
   const got = await Promise.all(Array.from({ length: 200 }, (_, i) => call(either(i).url, 'GET', '/v1/leases/l-none', either(i).as(ORCH))));
   const seconds = Math.ceil((Date.now() - started) / 1000);
   const passed = got.filter((r) => r.status !== 429).length;
-  expect(got.filter((r) => r.status !== 429 && r.status !== 400)).toEqual([]);
+  expect(got.filter((r) => r.status !== 429 && r.status !== 404)).toEqual([]);
   // The burst, plus perSecond for each further one-second window the storm reached (a loaded machine spreads it).
   expect(passed).toBeGreaterThanOrEqual(10);
   expect(passed).toBeLessThanOrEqual(20 + 10 * seconds);
