@@ -20,12 +20,21 @@ export function uniquePrefix(name: string): string {
 /** Deletes every key under a prefix (test cleanup). */
 export async function dropPrefix(prefix: string): Promise<void> {
   const r = new Redis(REDIS_URL);
+  const keys = new Set<string>();
   let cursor = '0';
   do {
-    const [next, keys] = await r.scan(cursor, 'MATCH', `${prefix}:*`, 'COUNT', 1000);
+    const [next, found] = await r.scan(cursor, 'MATCH', `${prefix}:*`, 'COUNT', 1000);
     cursor = next;
-    if (keys.length) await r.del(...keys);
+    for (const k of found) keys.add(k);
   } while (cursor !== '0');
+  // One transaction, as a wipe is: deleting batch by batch while SCAN walks a large shared keyspace let a
+  // running broker notice the loss after the first batch, recover, and lose part of what recovery wrote to a
+  // later batch (test/audit/data-loss-seal.test.ts failed that way in CI).
+  const all = [...keys];
+  const tx = r.multi();
+  for (let i = 0; i < all.length; i += 1000) tx.del(...all.slice(i, i + 1000));
+  if (all.length > 0) await tx.exec();
+  else tx.discard();
   await r.quit();
 }
 
