@@ -2,6 +2,7 @@ import { IAMClient } from '@aws-sdk/client-iam';
 import { GetCallerIdentityCommand, STSClient } from '@aws-sdk/client-sts';
 import { readSecret } from '../../config/load.ts';
 import type { AwsSettings } from './config.ts';
+import { accountFromArn } from './role-info.ts';
 import { markUnanswered, wasUnanswered } from '../types.ts';
 import { classify, longestBackoffMs, withRetry } from './upstream.ts';
 import pTimeout from 'p-timeout';
@@ -128,6 +129,18 @@ export class AwsClients {
     if (!out.Account) throw new Error('STS GetCallerIdentity answered without an Account');
     this.learnAccount(out.Account, used);
     return out.Account;
+  }
+
+  /**
+   * Whether `roleArn` is a role of the account the broker's credentials act in (`account`, which it answers too).
+   * IAM takes a role's name and acts in the caller's account, so only such a role's sessions can be denied from
+   * here: the one test behind both `revocable` (what a credential is issued as, provider.ts) and the deny list's
+   * refusal to write elsewhere (deny-list.ts), so that the two cannot disagree. Throws what GetCallerIdentity
+   * threw: each caller maps it to its own error.
+   */
+  async ownsRole(roleArn: string): Promise<{ owns: boolean; account: string }> {
+    const account = await this.account();
+    return { owns: account === accountFromArn(roleArn), account };
   }
 
   /** Records the account a GetCallerIdentity on `pair` answered (ready() asks it too). */

@@ -35,7 +35,7 @@ import {
 import { type HeldLock, reportTakeover, withLock } from '../../redis/lock.ts';
 import { type FoldDecision, foldToFit, ownerOfSession, type TaskOwners, taskFoldPattern } from './deny-fold.ts';
 import { ownersToStore, parseOwners } from './deny-owners.ts';
-import { accountFromArn, roleNameFromArn } from './role-info.ts';
+import { roleNameFromArn } from './role-info.ts';
 import { agentKeyFor, taskKeyFor } from './session-name.ts';
 import { awsErrorCode, classify, isTransient } from './upstream.ts';
 
@@ -484,13 +484,14 @@ export class DenyList {
    * instead, retried until the credentials are pointed back or the session expires.
    */
   private async checkAccount(roleArn: string): Promise<void> {
-    let account: string;
+    let owner: { owns: boolean; account: string };
     try {
-      account = await this.d.clients.account();
+      owner = await this.d.clients.ownsRole(roleArn);
     } catch (err) {
       throw this.failure(err, roleArn, 'GetCallerIdentity');
     }
-    if (account === accountFromArn(roleArn)) return;
+    if (owner.owns) return;
+    const { account } = owner;
     this.d.logger.error(
       { roleArn, account },
       "the broker's aws credentials act in another account than the role's: its sessions cannot be denied from here",

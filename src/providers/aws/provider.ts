@@ -7,7 +7,7 @@ import type { AwsRoleConfig, AwsSettings } from './config.ts';
 import { DenyList, type DenyFallbackEvent, type DenyFoldEvent, type DenyUnit } from './deny-list.ts';
 import { MAX_SESSION_MS } from './deny-policy.ts';
 import { type AwsHandle, awsIntent, callAllowanceMs, issueAwsCredential, issueError, STS_MIN_DURATION } from './issue.ts';
-import { accountFromArn, RoleInfoCache } from './role-info.ts';
+import { RoleInfoCache } from './role-info.ts';
 import { rotateAccessKey } from './rotate.ts';
 import { sessionPolicy } from './session-policy.ts';
 import { awsErrorCode, classify } from './upstream.ts';
@@ -112,13 +112,11 @@ export function createAwsProvider(settings: AwsSettings, ctx: ProviderContext, o
     // (test/blackbox/aws-cross-account.test.ts). STS failing to answer fails the request (502), as AssumeRole would.
     async revocable(role) {
       if (settings.revocation !== 'iam-deny') return false;
-      let account: string;
       try {
-        account = await clients.account();
+        return (await clients.ownsRole(role.roleArn)).owns;
       } catch (err) {
         throw issueError(err, role.roleArn, undefined, logger, 'GetCallerIdentity');
       }
-      return account === accountFromArn(role.roleArn);
     },
 
     intent(req, opts = {}) {
