@@ -81,38 +81,51 @@ export class ApprovalStore {
   /**
    * The approval of this exact request, creating a pending one (within the task's bound) if there is none.
    * `audit`: the record of one created (given its id), put in the bucket's audit outbox in the same step.
+   * `readers`: a sub-task's readers (ApprovalFixed), read only when an approval is to be created: the request is
+   * first asked without them (a repeat request, e.g. an agent polling its 202, ends there), then again with them.
    */
   async findOrCreate(
-    req: Omit<ApprovalFixed, 'approvalId'> & { maxPending: number; taskCreatedAt?: number; audit?: (approvalId: string) => OutboxEvent },
+    req: Omit<ApprovalFixed, 'approvalId' | 'readers'> & {
+      maxPending: number;
+      taskCreatedAt?: number;
+      audit?: (approvalId: string) => OutboxEvent;
+      readers?: () => Promise<string[]>;
+    },
   ): Promise<RequestResult> {
-    const { maxPending, taskCreatedAt, audit, ...fixedReq } = req;
+    const { maxPending, taskCreatedAt, audit, readers, ...fixedReq } = req;
     const bucket = this.keys.bucketOfTask(req.taskId);
     const approvalId = Keys.newId(bucket, randomBytes(16));
-    const fixed: ApprovalFixed = { approvalId, ...fixedReq };
     const member = audit ? outboxMember(audit(approvalId)) : '';
-    const res = (await requestScript.run(
-      this.redis,
-      [
-        this.indexKey(req),
-        this.keys.task(req.taskId),
-        this.keys.taskApprovals(req.taskId),
-        this.keys.approvals(bucket),
-        this.keys.approval(approvalId),
-        this.keys.approvalsOf(bucket, req.agent),
-        this.keys.approvalsOf(bucket, req.openedBy),
-        ...(req.readers ?? []).map((id) => this.keys.approvalsOf(bucket, id)),
-      ],
-      [
-        this.keys.base(bucket),
-        approvalId,
-        JSON.stringify(fixed),
-        maxPending,
-        this.retentionMs,
-        indexWindow(this.retentionMs).horizonMs,
-        taskCreatedAt ?? '',
-        member,
-      ],
-    )) as string[];
+    // `ids` undefined: only find (approval-request.lua ARGV[9]); else create with these readers.
+    const request = async (ids: string[] | undefined): Promise<string[]> => {
+      const fixed: ApprovalFixed = { approvalId, ...fixedReq, ...(ids?.length ? { readers: ids } : {}) };
+      return (await requestScript.run(
+        this.redis,
+        [
+          this.indexKey(req),
+          this.keys.task(req.taskId),
+          this.keys.taskApprovals(req.taskId),
+          this.keys.approvals(bucket),
+          this.keys.approval(approvalId),
+          this.keys.approvalsOf(bucket, req.agent),
+          this.keys.approvalsOf(bucket, req.openedBy),
+          ...(ids ?? []).map((id) => this.keys.approvalsOf(bucket, id)),
+        ],
+        [
+          this.keys.base(bucket),
+          approvalId,
+          JSON.stringify(fixed),
+          maxPending,
+          this.retentionMs,
+          indexWindow(this.retentionMs).horizonMs,
+          taskCreatedAt ?? '',
+          member,
+          ids === undefined ? 'find' : '',
+        ],
+      )) as string[];
+    };
+    let res = await request(readers ? undefined : []);
+    if (res[0] === 'absent') res = await request(await readers!());
     if (res[0] === 'task_closed' || res[0] === 'limit' || res[0] === 'stale') return { kind: res[0] };
     const record = await this.get(res[1]!);
     // (Created but gone already: its record, in the outbox, is appended by recovery.)

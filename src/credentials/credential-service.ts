@@ -655,14 +655,14 @@ export class CredentialService {
     scopes: string[],
     voided = false,
   ): Promise<{ pending: PendingApproval } | { approved: ApprovalRecord } | { used: true }> {
-    // Whoever reads a sub-task reads its approvals: the parties to the tasks above, fixed when it is requested.
-    const readers = await ancestorParties(this.deps, task);
     const res = await this.deps.approvals.findOrCreate({
       taskId: task.taskId,
       role: body.role,
       agent: who.id,
       openedBy: task.openedBy,
-      ...(readers.length ? { readers } : {}),
+      // Whoever reads a sub-task reads its approvals: the parties to the tasks above, fixed when one is created (and
+      // read only then, not on every repeat of the request). A root task has none: no second step to ask them.
+      ...(task.parentTaskId ? { readers: () => ancestorParties(this.deps, task) } : {}),
       purpose: task.purpose,
       scopes,
       ttlSeconds: body.ttlSeconds ?? grant.maxTtlSeconds,

@@ -112,6 +112,29 @@ test('the root orchestrator and the agents above see a sub-task’s approvals, i
   expect((await call(t.url, 'GET', `/v1/approvals/${inGc}`, t.as(ADMIN))).body.status).toBe('pending');
 });
 
+test('a repeat request in a sub-task reads no task above it; one that creates an approval does, for its readers', async () => {
+  // The parties above are read (ancestorParties) only to fix the readers of an approval being created: a repeat
+  // request, which only answers the approval that exists (an agent polling its 202), read them every time before.
+  const tasks = t.broker.deps.tasks;
+  const real = tasks.recordsOf.bind(tasks);
+  const asked: string[][] = [];
+  tasks.recordsOf = async (ids, keepIf) => {
+    asked.push([...ids]);
+    return real(ids, keepIf);
+  };
+  try {
+    const first = await askIn('/agent/summarizer', 'root~child~gc', 70);
+    expect(asked).toEqual([['root', 'root~child']]);
+    asked.length = 0;
+    expect(await askIn('/agent/summarizer', 'root~child~gc', 70)).toBe(first);
+    expect(asked).toEqual([]);
+    // Its readers were fixed when it was created: the root orchestrator sees it.
+    expect((await call(t.url, 'GET', `/v1/approvals/${first}`, t.as(ORCH))).status).toBe(200);
+  } finally {
+    tasks.recordsOf = real;
+  }
+});
+
 test('the cursor and the status filter work on what the orchestrator sees of its sub-tasks', async () => {
   const ids = [];
   for (const ttl of [61, 62, 63, 64, 65]) ids.push(await askIn('/agent/summarizer', 'root~child~gc', ttl));

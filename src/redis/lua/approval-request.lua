@@ -21,8 +21,10 @@
 -- ARGV[6] how long after its request any approval's index entry may stay (ms): the longest task ttl plus ARGV[5]
 -- ARGV[7] createdAt (ms) of the task incarnation the caller decided on ('' = any)
 -- ARGV[8] (optional) outbox member (tagged record JSON) added at `now` when one is created, '' for none
--- Returns {'existing', id} | {'created', id, now} | {'stale'} | {'task_closed'} | {'limit'} | a TRYAGAIN error while
---   the bucket's slot moves (nothing written)
+-- ARGV[9] (optional) 'find': create nothing, answer {'absent'} where one would be created (the caller reads a
+--   sub-task's readers, KEYS[8..], only then, and asks again with them)
+-- Returns {'existing', id} | {'created', id, now} | {'absent'} | {'stale'} | {'task_closed'} | {'limit'} | a TRYAGAIN
+--   error while the bucket's slot moves (nothing written)
 local t = redis.call('HMGET', KEYS[2], 'status', 'createdAt', 'expiresAt')
 local st, created = t[1], t[2]
 local want = ARGV[7] or ''
@@ -46,6 +48,7 @@ local deadline = tonumber(t[3])
 if now >= deadline then return { 'task_closed' } end
 local max = tonumber(ARGV[4])
 if max > 0 and redis.call('SCARD', KEYS[3]) >= max then return { 'limit' } end
+if ARGV[9] == 'find' then return { 'absent' } end
 redis.call('HSET', KEYS[5], 'd', ARGV[3], 'status', 'pending', 'requestedAt', now, 'expiresAt', deadline, 'taskCreatedAt', created)
 redis.call('PEXPIREAT', KEYS[5], deadline + tonumber(ARGV[5]))
 redis.call('SET', KEYS[1], ARGV[2], 'PXAT', deadline)
