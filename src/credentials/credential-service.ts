@@ -71,8 +71,6 @@ interface Decided {
   scopes: string[];
   ttl: ClampedTtl;
   policies: string[];
-  /** `provider.revocable(role)`, asked before an approval is taken (a failure there takes nothing). */
-  revocable: boolean;
   approval?: ApprovalRecord;
 }
 
@@ -162,9 +160,7 @@ export class CredentialService {
       { taskId: task.taskId, role: body.role },
       { beforeDenial: () => this.current(task) },
     );
-    // Before an approval is taken for the request: an upstream that cannot say (AWS: its account) fails it with nothing taken.
-    const revocable = await provider.revocable(role as never);
-    const decided: Decided = { task, grant, role, provider, scopes, ttl, policies, revocable };
+    const decided: Decided = { task, grant, role, provider, scopes, ttl, policies };
     if (needsApproval) {
       const found = await this.takeApproval(who, task, body, grant, scopes);
       if ('pending' in found) return found.pending;
@@ -264,6 +260,41 @@ export class CredentialService {
   /** `d.approval`, if any, is consumed for this request already (takeApproval); given back if nothing is handed out. */
   private async issue(who: WorkloadIdentity, body: CredentialRequest, d: Decided): Promise<IssuedCredential> {
     const { task, role, provider, scopes, ttl } = d;
+    let out: { fixed: LeaseFixed; result: IssueResult };
+    try {
+      out = await this.make(who, body, d);
+    } catch (err) {
+      // Nothing was handed out under the approval: it still covers the same request (one approval, one credential),
+      // unless its approver was quarantined meanwhile: its word no longer stands (as after approverStillStands).
+      const taken = err instanceof BrokerError && err.code === 'approval_expired';
+      if (d.approval && !taken) await this.giveBack(d.approval);
+      throw err;
+    }
+    const { fixed, result } = out;
+    // An upstream credential's approver was checked again before it was made (issueUpstream); the broker's own token
+    // is made with its lease, so its approver is checked again now, before it leaves.
+    if (fixed.approvedBy !== undefined && !provider.upstream) await this.approverStillStands(fixed, d.approval!);
+    this.deps.metrics.issued.inc({ provider: role.provider, role: body.role });
+    return {
+      leaseId: fixed.leaseId,
+      taskId: task.taskId,
+      role: body.role,
+      provider: role.provider,
+      expiresAt: new Date(result.expiresAt).toISOString(),
+      ttlSeconds: ttl.ttlSeconds,
+      revocable: fixed.revocable,
+      scopes,
+      credentials: result.credentials,
+    };
+  }
+
+  /** The lease recorded and the credential made, not yet handed out (`issue`). */
+  private async make(who: WorkloadIdentity, body: CredentialRequest, d: Decided): Promise<{ fixed: LeaseFixed; result: IssueResult }> {
+    const { task, role, provider, scopes, ttl } = d;
+    // Asked only of a credential about to be made (what it is issued as), not of a request that ends in a 202 or a
+    // refusal. A provider that cannot say (AWS: STS does not answer the broker's account) fails the request before
+    // anything is recorded; an approval taken for it is given back (`issue`), as after a refused AssumeRole.
+    const revocable = await provider.revocable(role as never);
     const bucket = this.deps.keys.bucketOfTask(task.taskId);
     const fixed: LeaseFixed = {
       leaseId: Keys.newRandomId(bucket),
@@ -272,7 +303,7 @@ export class CredentialService {
       provider: role.provider,
       agent: who.id,
       scopes,
-      revocable: d.revocable,
+      revocable,
       ttlSeconds: ttl.ttlSeconds,
       // Indexed by lease-create.lua, so that quarantining its approver finds it (AdminService.endApproved).
       ...(d.approval?.decidedBy !== undefined ? { approvalId: d.approval.approvalId, approvedBy: d.approval.decidedBy } : {}),
@@ -300,33 +331,10 @@ export class CredentialService {
     // caller's (the lease recorded `active`, or the upstream's answer recorded), in that script: a process
     // that dies before appending it loses nothing (recovery appends it, once).
     const member = outboxMember(record);
-    let result: IssueResult;
-    try {
-      result = provider.upstream
-        ? await this.issueUpstream(who, fixed, provider, req, member)
-        : await this.issueLocal(who, fixed, provider, req, record, member);
-    } catch (err) {
-      // Nothing was handed out under the approval: it still covers the same request (one approval, one credential),
-      // unless its approver was quarantined meanwhile: its word no longer stands (as after approverStillStands).
-      const taken = err instanceof BrokerError && err.code === 'approval_expired';
-      if (d.approval && !taken) await this.giveBack(d.approval);
-      throw err;
-    }
-    // An upstream credential's approver was checked again before it was made (issueUpstream); the broker's own token
-    // is made with its lease, so its approver is checked again now, before it leaves.
-    if (fixed.approvedBy !== undefined && !provider.upstream) await this.approverStillStands(fixed, d.approval!);
-    this.deps.metrics.issued.inc({ provider: role.provider, role: body.role });
-    return {
-      leaseId: fixed.leaseId,
-      taskId: task.taskId,
-      role: body.role,
-      provider: role.provider,
-      expiresAt: new Date(result.expiresAt).toISOString(),
-      ttlSeconds: ttl.ttlSeconds,
-      revocable: fixed.revocable,
-      scopes,
-      credentials: result.credentials,
-    };
+    const result = provider.upstream
+      ? await this.issueUpstream(who, fixed, provider, req, member)
+      : await this.issueLocal(who, fixed, provider, req, record, member);
+    return { fixed, result };
   }
 
   /**

@@ -1,7 +1,7 @@
 import { join } from 'node:path';
 import { validateConfig } from '../../src/config/load.ts';
 import { startAwsEmulator, type AwsEmulator, type EmulatedUser } from '../emulators/aws/index.ts';
-import { AGENT, ORCH, call, startTestBroker, testRawConfig, uniquePrefix, waitFor, type TestBroker } from '../helpers/broker.ts';
+import { ADMIN, AGENT, ORCH, call, startTestBroker, testRawConfig, uniquePrefix, waitFor, type TestBroker } from '../helpers/broker.ts';
 import { TestIssuer } from '../helpers/identity.ts';
 
 /**
@@ -53,6 +53,7 @@ async function broker(name: string): Promise<TestBroker> {
   const roles = {
     'reports-bucket': { provider: 'aws', roleArn: foreignArn, maxTtlSeconds: 3600 },
     'own-bucket': { provider: 'aws', roleArn: ownArn, maxTtlSeconds: 3600 },
+    'own-approved': { provider: 'aws', roleArn: ownArn, maxTtlSeconds: 3600, approval: 'required' },
   };
   const t = await startTestBroker('aws-xacct', {
     prefix,
@@ -63,17 +64,19 @@ async function broker(name: string): Promise<TestBroker> {
   return t;
 }
 
-async function openTask(t: TestBroker, taskId: string) {
+const BOTH = [
+  { role: 'reports-bucket', scopes: ['s3:GetObject'] },
+  { role: 'own-bucket', scopes: ['s3:GetObject'] },
+];
+
+async function openTask(t: TestBroker, taskId: string, grants: { role: string; scopes: string[] }[] = BOTH) {
   const r = await call(t.url, 'POST', '/v1/tasks', t.as(ORCH), {
     taskId,
     agent: agentId,
     tenant: 'acme',
     purpose: 'p',
     ttlSeconds: 3600,
-    grants: [
-      { role: 'reports-bucket', scopes: ['s3:GetObject'] },
-      { role: 'own-bucket', scopes: ['s3:GetObject'] },
-    ],
+    grants,
   });
   expect(r.status).toBe(201);
 }
@@ -113,4 +116,33 @@ test('STS failing to say the account at the first issuance: an upstream error (5
     50,
   );
   expect(ok.body.revocable).toBe(false);
+}, 30_000);
+
+test('an approval request asks STS nothing: 202 while it cannot say the account; the approved request fails 502 and keeps its approval', async () => {
+  // Whether a credential is revocable is asked only for one about to be issued: before, a request that only
+  // waited on its approval (202) failed 502 while STS could not say the broker's account.
+  const t = await broker('approval');
+  const taskId = 't-xacct-approval';
+  await openTask(t, taskId, [{ role: 'own-approved', scopes: ['s3:GetObject'] }]);
+  const ask = () => call(t.url, 'POST', '/v1/credentials', t.as(AGENT), { taskId, role: 'own-approved' });
+  home.failNext(20, { action: 'GetCallerIdentity', status: 400, code: 'Throttling' });
+  const pending = await ask();
+  expect([pending.status, pending.body.status]).toEqual([202, 'pending']);
+  const approvalId = pending.body.approvalId as string;
+  expect((await call(t.url, 'POST', `/v1/approvals/${approvalId}`, t.as(ADMIN), { decision: 'approve' })).status).toBe(200);
+  // Approved, the request is issued and so asks: STS still failing, a 502, and nothing was handed out under the
+  // approval, so it is given back (still `approved`, the same request takes it again).
+  const failed = await ask();
+  expect([failed.status, failed.body.code]).toEqual([502, 'upstream_throttled']);
+  expect((await call(t.url, 'GET', `/v1/approvals/${approvalId}`, t.as(ADMIN))).body.status).toBe('approved');
+  const ok = await waitFor(
+    async () => {
+      const x = await ask();
+      return x.status === 201 && x;
+    },
+    15_000,
+    50,
+  );
+  expect(ok.body.revocable).toBe(true);
+  expect((await call(t.url, 'GET', `/v1/approvals/${approvalId}`, t.as(ADMIN))).body.status).toBe('consumed');
 }, 30_000);
