@@ -42,6 +42,19 @@ try {
   process.on('SIGTERM', () => stop('SIGTERM'));
   process.on('SIGINT', () => stop('SIGINT'));
 } catch (err) {
-  console.error(`jit-broker: startup failed: ${(err as Error).message}`);
+  console.error(`jit-broker: startup failed: ${(err as Error).message}${nextStep(err)}`);
   process.exit(1);
+}
+
+/** What to do about the startup failures a newcomer meets most: a second `npm start` beside a running one. */
+function nextStep(err: unknown): string {
+  const e = err as NodeJS.ErrnoException & { address?: string; port?: number };
+  if (e?.code !== 'EADDRINUSE') return '';
+  const where = `${e.address}:${e.port}`;
+  // 9090 as in the docs (8081 beside 8080 is the development sign-in provider of `npm start`).
+  const other = e.port === 9090 ? 9091 : 9090;
+  return (
+    `\njit-broker: another process already listens on ${where} (a broker started earlier?): stop it, ` +
+    `or start this one on another port (PORT=${other} npm start, or server.port in the config)`
+  );
 }

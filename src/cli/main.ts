@@ -12,6 +12,7 @@ import { taskComplete, taskEvidence, taskLeases, taskList, taskOpen, taskShow } 
 import type { Io } from './output.ts';
 import { packageVersion } from './package.ts';
 import { terminalLines, terminalSafe } from './terminal.ts';
+import { identityOf, WHO_MATTERS } from './who.ts';
 
 /** Exit codes of contract section 9. */
 export const EXIT = { ok: 0, refused: 1, usage: 2, failed: 3 } as const;
@@ -87,6 +88,7 @@ export async function main(argv: string[], io: Io): Promise<number> {
   }
   const { cmd, rest, group } = select(own);
   const json = own.includes('--json');
+  let tokenFile: string | undefined;
   try {
     if (!cmd) {
       // A group without its subcommand (`jit task`, `jit task --json`): what follows the group, if anything, is flags.
@@ -103,6 +105,7 @@ export async function main(argv: string[], io: Io): Promise<number> {
     }
     if (after.length > 0 && !cmd.takesRest) throw new UsageError(`unexpected arguments after --`, cmd.usage);
     const { values, positionals } = parseFlags(rest, cmd.options, cmd.usage);
+    if (typeof values['token-file'] === 'string') tokenFile = values['token-file'];
     if (values.help) {
       io.stdout.write(help([cmd]));
       return EXIT.ok;
@@ -112,7 +115,8 @@ export async function main(argv: string[], io: Io): Promise<number> {
   } catch (err) {
     // Errors from argument helpers do not know which command they serve.
     if (err instanceof UsageError && !err.usage && cmd) return report(new UsageError(err.message, cmd.usage), io, json);
-    return report(err, io, json);
+    const who = err instanceof BrokerResponseError && WHO_MATTERS.has(err.code) ? await identityOf(tokenFile, io.env) : undefined;
+    return report(err, io, json, who);
   }
 }
 
@@ -160,10 +164,14 @@ function isGroup(word: string): boolean {
 const NEXT_STEP: Record<string, string> = {
   identity_expired: ' (get a fresh identity token; in development: `jit dev token --sub <identity>`)',
   identity_quarantined: ' (an admin lifts it with `jit admin unquarantine <pattern>`; `jit admin quarantine --list` shows the patterns)',
+  audit_task_required: ' (give --task <taskId>: only admins read the whole log)',
 };
 
-/** Prints an error (short, on stderr; with --json also as JSON on stdout) and answers its exit code. */
-function report(err: unknown, io: Io, json: boolean): number {
+/**
+ * Prints an error (short, on stderr; with --json also as JSON on stdout) and answers its exit code. `who`: the
+ * identity the caller's token is for, named on the refusals that depend on it.
+ */
+function report(err: unknown, io: Io, json: boolean, who?: string): number {
   let code: number;
   let body: unknown;
   let message: string;
@@ -174,7 +182,10 @@ function report(err: unknown, io: Io, json: boolean): number {
   } else if (err instanceof BrokerResponseError) {
     code = err.status >= 400 && err.status < 500 ? EXIT.refused : EXIT.failed;
     // The broker's `detail` may quote what a caller sent: escaped like every table cell (terminal.ts).
-    message = terminalSafe(err.message) + (NEXT_STEP[err.code] ?? '');
+    message =
+      terminalSafe(err.message) +
+      (NEXT_STEP[err.code] ?? '') +
+      (who ? ` (you are ${terminalSafe(who)}: JIT_TOKEN or --token-file sets who you are)` : '');
     body = err.body && typeof err.body === 'object' ? err.body : { status: err.status, code: err.code, detail: err.detail };
   } else if (err instanceof ApprovalPendingError) {
     code = EXIT.refused;
