@@ -77,11 +77,15 @@ export function terminalShellQuote(s: string): string {
   return `$'${q}'`;
 }
 
-/** `2026-11-23T10:02:00.000Z (in 4m 10s)` for an ISO time relative to now. */
-export function when(iso: string | undefined, now = Date.now()): string | undefined {
+/**
+ * `2026-11-23T10:02:00.000Z (in 4m 10s)` for an ISO time relative to now. `ended`: a task or lease that ended
+ * before its expiry shows `(ended before)`, as "in 4m 10s" would read as if it were still live.
+ */
+export function when(iso: string | undefined, now = Date.now(), ended = false): string | undefined {
   if (!iso) return undefined;
   const t = Date.parse(iso);
   if (Number.isNaN(t)) return iso;
+  if (ended && t > now) return `${iso} (ended before)`;
   const d = Math.round((t - now) / 1000);
   return `${iso} (${d >= 0 ? `in ${span(d)}` : `${span(-d)} ago`})`;
 }

@@ -1,5 +1,5 @@
 import { afterAll, beforeAll, describe, expect, it, jest } from '@jest/globals';
-import { ADMIN, AGENT, ORCH, call, startTestBroker, type TestBroker } from '../helpers/broker.ts';
+import { ADMIN, AGENT, ORCH, call, startTestBroker, type TestBroker, waitFor } from '../helpers/broker.ts';
 import { ensureBuilt, jit, node20Version } from '../helpers/cli.ts';
 import { send, startFakeBroker } from '../helpers/fake-broker.ts';
 
@@ -159,6 +159,7 @@ describe('jit task show | complete', () => {
     expect(shown.stdout).toMatch(/^status +open$/m);
     expect(shown.stdout).toMatch(/^grants +tickets-api\[tickets:read\]@900s$/m);
     expect(shown.stdout).toMatch(new RegExp(`^${cred.body.leaseId} +tickets-api +active `, 'm'));
+    expect(shown.stdout).toMatch(/^expires +\S+ \(in \d+m \d+s\)$/m);
 
     const done = await jit(['task', 'complete', taskId, '--json'], as(ORCH));
     expect(done.code).toBe(0);
@@ -166,6 +167,14 @@ describe('jit task show | complete', () => {
 
     const after = await jit(['task', 'show', '--json', taskId], as(ORCH));
     expect(JSON.parse(after.stdout)).toMatchObject({ taskId, status: 'completed', leases: [{ leaseId: cred.body.leaseId }] });
+    // Ended: the time it would have expired, without "(in 14m 59s)", which read as if it were still live.
+    const ended = await jit(['task', 'show', taskId], as(ORCH));
+    expect(ended.stdout).toMatch(/^status +completed$/m);
+    expect(ended.stdout).toMatch(/^expires +\S+ \(ended before\)$/m);
+    await waitFor(async () => (await call(t.url, 'GET', `/v1/leases/${cred.body.leaseId}`, t.as(ORCH))).body.status === 'revoked', 10_000);
+    const lease = await jit(['lease', 'show', cred.body.leaseId], as(ORCH));
+    expect(lease.stdout).toMatch(/^status +revoked$/m);
+    expect(lease.stdout).toMatch(/^expires +\S+ \(ended before\)$/m);
   });
 
   it('exit codes: unknown task 1 (404), a stranger 1 (403), no identity 2, no argument 2, no broker 3', async () => {

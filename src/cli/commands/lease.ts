@@ -20,7 +20,8 @@ export const leaseShow: Command = {
         ['scopes', l.scopes?.join(',')],
         ['status', l.status],
         ['issued', l.issuedAt],
-        ['expires', when(l.expiresAt)],
+        // A revoke_failed credential may still work upstream until then: it keeps its countdown.
+        ['expires', when(l.expiresAt, Date.now(), ['revoked', 'expired', 'failed'].includes(l.status))],
         ['revocable', l.revocable === undefined ? undefined : String(l.revocable)],
         ['revoked', l.revokedAt],
         ['reason', l.reason],

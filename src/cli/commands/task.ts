@@ -179,7 +179,7 @@ function printTask(out: Out, t: TaskDetail, tree = false): void {
     ['tenant', t.tenant],
     ['purpose', t.purpose],
     ['parent', t.parentTaskId],
-    ['expires', when(t.expiresAt)],
+    ['expires', when(t.expiresAt, Date.now(), t.status !== 'open')],
     ['ended', t.endedAt],
     ['grants', t.grants.map(grantText).join(' ')],
     [
