@@ -162,7 +162,14 @@ export class CredentialService {
     );
     const decided: Decided = { task, grant, role, provider, scopes, ttl, policies };
     if (needsApproval) {
-      const found = await this.takeApproval(who, task, body, grant, scopes);
+      // `revocable` is asked (make) of a request about to be issued; one under an approval is asked before the
+      // approval is taken too: a provider that cannot say (AWS: STS does not answer the broker's account) then fails
+      // it with the approval untouched. Taken first, a process that died during that call left it consumed for good
+      // with nothing made (test/redteam/crash-aws-approval-account.test.ts). The answer is cached (per set of keys).
+      const beforeTake = async () => {
+        await provider.revocable(role as never);
+      };
+      const found = await this.takeApproval(who, task, body, grant, scopes, beforeTake);
       if ('pending' in found) return found.pending;
       decided.approval = found.approved;
     }
@@ -293,7 +300,9 @@ export class CredentialService {
     const { task, role, provider, scopes, ttl } = d;
     // Asked only of a credential about to be made (what it is issued as), not of a request that ends in a 202 or a
     // refusal. A provider that cannot say (AWS: STS does not answer the broker's account) fails the request before
-    // anything is recorded; an approval taken for it is given back (`issue`), as after a refused AssumeRole.
+    // anything is recorded. Under an approval it was asked before the approval was taken (decideAndIssue) and is
+    // answered from the provider's cache here; should it fail now (the keys switched since), the approval is given
+    // back (`issue`), as after a refused AssumeRole.
     const revocable = await provider.revocable(role as never);
     const bucket = this.deps.keys.bucketOfTask(task.taskId);
     const fixed: LeaseFixed = {
@@ -634,6 +643,7 @@ export class CredentialService {
    * That is what the same request a moment later gets; before, the loser of that race answered 409
    * (`approval_consumed` or `approval_expired`) instead, by the luck of timing. The lookups are bounded: a
    * request that keeps losing (the approval given back and taken again each time) answers 409 `approval_consumed`.
+   * `beforeTake`: asked of an approved one before it is consumed; what it throws fails the request, nothing taken.
    */
   private async takeApproval(
     who: WorkloadIdentity,
@@ -641,11 +651,15 @@ export class CredentialService {
     body: CredentialRequest,
     grant: Grant,
     scopes: string[],
+    beforeTake: () => Promise<void>,
   ): Promise<{ pending: PendingApproval } | { approved: ApprovalRecord }> {
     for (let attempt = 1; ; attempt++) {
       const found = await this.approval(who, task, body, grant, scopes);
       if ('pending' in found) return found;
-      if ('approved' in found && (await this.deps.approvals.consume(found.approved))) return found;
+      if ('approved' in found) {
+        await beforeTake();
+        if (await this.deps.approvals.consume(found.approved)) return found;
+      }
       if (attempt >= APPROVAL_LOOKUPS) throw conflict('approval_consumed', 'That approval was already used; request again.');
     }
   }
