@@ -24,6 +24,37 @@ interface RpResponse {
   request: { path: string };
 }
 
+/** Request fields that hold a secret the broker sends: a secret-id (login, custom-secret-id), a token, a password. */
+const SECRET_FIELD = /secret|token|password/i;
+
+/** The secrets a request carries: its X-Vault-Token and the string values of its secret fields (at any depth). */
+function secretsOf(options: RpOptions): string[] {
+  const out: string[] = [];
+  const token = options.headers?.['X-Vault-Token'];
+  if (token) out.push(token);
+  const walk = (v: unknown, key: string) => {
+    if (typeof v === 'string') {
+      if (SECRET_FIELD.test(key) && v.length > 0) out.push(v);
+    } else if (v !== null && typeof v === 'object') {
+      for (const [k, x] of Object.entries(v)) walk(x, Array.isArray(v) ? key : k);
+    }
+  };
+  walk(options.json, '');
+  return out;
+}
+
+/**
+ * A failed answer's body with every secret the request carried replaced: node-vault makes its `errors` the
+ * error's message, which is logged (safeCause), and an upstream that echoes its input (a proxy repeating a
+ * header, a plugin quoting the request) would have put the broker's token or secret-id in the log. A success
+ * is left whole: it is where credentials legitimately are.
+ */
+function scrubbed(text: string, secrets: string[]): string {
+  let out = text;
+  for (const secret of secrets) out = out.split(secret).join('[redacted]');
+  return out;
+}
+
 /** A failure carrying a code the error classification (errors.ts) knows: ETIMEDOUT is an unreachable Vault. */
 function failure(message: string, code: string): Error {
   return Object.assign(new Error(message), { code });
@@ -34,6 +65,7 @@ function failure(message: string, code: string): Error {
  * - `timeout` bounds the whole call (connecting, the answer's head and its whole body), where axios's is an idle
  *   timeout a body dripping a byte at a time never trips;
  * - an answer longer than MAX_VAULT_ANSWER_BYTES is cut off and fails;
+ * - a failed answer never repeats a secret the request carried (`scrubbed`);
  * - redirects are not followed: a 3xx is an answer like any other (node-vault fails it as `Status 307`). Axios
  *   followed one to any host with X-Vault-Token and the request body (a secret-id, at login) attached, and took
  *   what that host answered for Vault's answer.
@@ -86,7 +118,9 @@ export function boundedRequest(defaults: { strictSSL?: boolean }) {
         res.on('aborted', () => done(failure('Vault closed the connection mid-answer', 'ECONNRESET')));
         res.on('end', () => {
           if (!res.complete) return done(failure('Vault closed the connection mid-answer', 'ECONNRESET'));
-          const text = Buffer.concat(chunks).toString('utf8');
+          const status = res.statusCode ?? 0;
+          const raw = Buffer.concat(chunks).toString('utf8');
+          const text = status === 200 || status === 204 ? raw : scrubbed(raw, secretsOf(options));
           // As axios did: JSON when it parses, else the text ('' for a 204, an HTML error page), which node-vault
           // then fails on the status code or the broker on the shape.
           let parsed: unknown = text;
@@ -95,7 +129,7 @@ export function boundedRequest(defaults: { strictSSL?: boolean }) {
           } catch {
             // Not JSON: kept as text.
           }
-          done(undefined, { statusCode: res.statusCode ?? 0, body: parsed, request: { path: url.pathname } });
+          done(undefined, { statusCode: status, body: parsed, request: { path: url.pathname } });
         });
       });
       req.end(body);

@@ -4,7 +4,7 @@ import { BrokerError, RetryableUpstreamError } from '../../../src/errors.ts';
 import type { VaultProvider } from '../../../src/providers/vault/index.ts';
 import type { VaultEmulator } from '../../emulators/vault/index.ts';
 import { type MisbehavingUpstream, misbehavingUpstream, stallBody } from '../../helpers/misbehaving-upstream.ts';
-import { BROKER_POLICY, leaseOf, provider, rejection, request, tokenRole } from './helpers.ts';
+import { approleSettings, BROKER_POLICY, leaseOf, provider, rejection, request, tokenRole } from './helpers.ts';
 import { startVaultEmulator } from '../../emulators/vault/index.ts';
 
 /**
@@ -136,5 +136,41 @@ describe('a Vault answer too large to be one', () => {
     expect(done).toBe(true);
     // The cap is 4 MiB; what the sockets buffered on both sides on top of that is a few MiB more at most.
     expect(sent).toBeLessThan(20);
+  });
+});
+
+describe('a Vault error that echoes what the broker sent', () => {
+  /** Answers 400 with an error naming `echo(req, body)`, as a proxy or plugin repeating its input might. */
+  const echoing =
+    (echo: (req: IncomingMessage, body: string) => string) =>
+    (req: IncomingMessage, res: import('node:http').ServerResponse, body: Buffer) => {
+      res.writeHead(400, { 'content-type': 'application/json' });
+      res.end(JSON.stringify({ errors: [`bad request from ${echo(req, body.toString('utf8'))}`] }));
+    };
+  const everything = (err: Error) =>
+    JSON.stringify({ m: err.message, c: String(err.cause), cm: (err.cause as Error)?.message, s: err.stack });
+
+  test('the X-Vault-Token: kept out of the error and its cause (what the log gets)', async () => {
+    front.on(
+      CREATE,
+      echoing((req) => `token ${String(req.headers['x-vault-token'])}`),
+    );
+    const err = await rejection(p.issue(request(tokenRole(['ops-read']))));
+    expect(err).toMatchObject({ status: 502, code: 'upstream_error' });
+    expect(everything(err)).toContain('bad request from token');
+    expect(everything(err)).not.toContain(brokerToken);
+  });
+
+  test('the AppRole secret-id at login: kept out of the startup error', async () => {
+    const { roleId, secretId } = emu.createAppRole({ name: 'echoed', policies: ['jit-broker'] });
+    front.on(
+      (req) => req.url!.startsWith('/v1/auth/approle/login'),
+      echoing((_req, body) => body),
+    );
+    const err = await rejection(
+      provider(approleSettings({ url: front.url } as VaultEmulator, roleId, secretId, { requestTimeoutMs: TIMEOUT_MS })),
+    );
+    expect(everything(err)).toContain(roleId);
+    expect(everything(err)).not.toContain(secretId);
   });
 });
