@@ -1,6 +1,7 @@
 import { IAMClient } from '@aws-sdk/client-iam';
 import { GetCallerIdentityCommand, STSClient } from '@aws-sdk/client-sts';
 import { readSecret } from '../../config/load.ts';
+import { boundAnswers } from './bounded-answer.ts';
 import type { AwsSettings } from './config.ts';
 import { accountFromArn } from './role-info.ts';
 import { markUnanswered, wasUnanswered } from '../types.ts';
@@ -176,11 +177,12 @@ export class AwsClients {
       ...(keys ? { credentials: keys } : {}),
     };
     const iamEndpoint = this.settings.iamEndpoint ?? this.settings.endpoint;
-    return {
-      sts: new STSClient({ ...common, ...(this.settings.endpoint ? { endpoint: this.settings.endpoint } : {}) }),
-      iam: new IAMClient({ ...common, ...(iamEndpoint ? { endpoint: iamEndpoint } : {}) }),
-      generation,
-    };
+    const sts = new STSClient({ ...common, ...(this.settings.endpoint ? { endpoint: this.settings.endpoint } : {}) });
+    const iam = new IAMClient({ ...common, ...(iamEndpoint ? { endpoint: iamEndpoint } : {}) });
+    // requestTimeout ends at the answer's head: the body gets the rest of the same deadline, and a size cap.
+    boundAnswers(sts, this.settings.requestTimeoutMs);
+    boundAnswers(iam, this.settings.requestTimeoutMs);
+    return { sts, iam, generation };
   }
 
   /** Switches every later call to new keys. */

@@ -1,5 +1,6 @@
 import nodeVault from 'node-vault';
 import type { VaultSettings } from './config.ts';
+import { boundedRequest } from './transport.ts';
 
 /** A node-vault client bound to one token (or none, for login and health). */
 export type VaultClient = nodeVault.client;
@@ -15,6 +16,8 @@ export function makeClient(settings: Pick<VaultSettings, 'address' | 'namespace'
     endpoint: settings.address,
     apiVersion: 'v1',
     requestOptions: { timeout: settings.requestTimeoutMs },
+    // Our HTTP layer, not axios's: a deadline for the whole answer, a cap on its size, no redirects (transport.ts).
+    'request-promise': { defaults: boundedRequest },
     ...(settings.namespace ? { namespace: settings.namespace } : {}),
   });
   // node-vault falls back to VAULT_TOKEN, VAULT_NAMESPACE and VAULT_PREFIX from
