@@ -228,7 +228,7 @@ export class Metrics {
     });
     this.dataLoss = new Counter({
       name: 'jit_redis_data_loss_total',
-      help: 'Redis data losses this instance noticed, by kind: lost (Redis came back empty), rolled_back (Redis went back in time, e.g. restarted from an older snapshot)',
+      help: 'Redis data losses this instance noticed, by kind: lost (Redis came back empty), bucket_lost (some buckets came back empty: a Cluster master lost its data while the global slot kept it), rolled_back (Redis went back in time, e.g. restarted from an older snapshot)',
       labelNames: ['kind'],
       registers,
     });

@@ -53,6 +53,8 @@ export class AuditLog {
    * broker's data-loss marker (the epoch). After Redis lost its data, chains
    * must continue from the export (recovery sets their heads before it
    * writes the epoch); a record written meanwhile would start a second chain.
+   * A bucket's chain waits for its bucket's marker instead (Keys.bucketMarker:
+   * on a Cluster a bucket's master can lose its data while the epoch holds).
    */
   constructor(deps: {
     redis: RedisClient;

@@ -1,5 +1,6 @@
 import { performance } from 'node:perf_hooks';
 import type { Logger } from '../logger.ts';
+import { isPresent } from '../ops/bucket-marks.ts';
 import type { AuditChain, Keys } from '../redis/keys.ts';
 import { type RedisClient, script } from '../redis/scripts.ts';
 import { ONCE_KEEP_MS } from './outbox-member.ts';
@@ -254,7 +255,7 @@ export class ChainWriter {
     st.waiting = true;
     try {
       st.head ??= (await this.redis.get(this.keys.auditHead(chain))) ?? '';
-      if (st.head === '' && this.guardEpoch) await this.awaitEpoch();
+      if (st.head === '' && this.guardEpoch) await this.awaitEpoch(chain);
       st.epochSeen = true;
       this.learn(chain, st, st.head, true);
     } catch (err) {
@@ -387,9 +388,13 @@ export class ChainWriter {
    * an hour failed the appends waiting here at once, and one stepped back held them for that hour more
    * (test/audit/epoch-wait-clock-step.test.ts).
    */
-  private async awaitEpoch(): Promise<void> {
+  private async awaitEpoch(chain: AuditChain): Promise<void> {
     const deadline = performance.now() + 15_000;
-    while ((await this.redis.get(this.keys.epoch())) === null) {
+    // A bucket's chain waits for its bucket's marker: on a Cluster its master can come back empty while the epoch
+    // marker (on another master) holds, and a record written before the chain is continued forked it at seq 1.
+    const marker = chain === 'ops' ? this.keys.epoch() : this.keys.bucketMarker(chain);
+    const ok = chain === 'ops' ? (v: string | null) => v !== null : isPresent;
+    while (!ok(await this.redis.get(marker))) {
       if (performance.now() > deadline) throw new Error('audit: Redis lost its data and the chains were not continued from the export yet');
       await new Promise((r) => setTimeout(r, 50));
     }

@@ -12,6 +12,7 @@ import { markerSeq } from '../audit/retention.ts';
 import { type RedisClient, script } from '../redis/scripts.ts';
 import type { SigningKeyStore } from '../signing/key-store.ts';
 import type { Reapplied } from './reapply.ts';
+import { isPresent, markedFlag, RECOVERING, readMarks, writeMarks } from './bucket-marks.ts';
 import { type ChainRepair, type RollbackSign, RollbackWatch, repairChains, repairSteps } from './rollback.ts';
 
 const claimRollback = script('rollback-claim');
@@ -129,6 +130,10 @@ export class DataLossMonitor {
    * none, as does every other instance, so only this one can still record it.
    */
   private signingUnrecorded = false;
+  /** A loss of buckets noticed and not yet recovered from (counted and logged once, however many attempts). */
+  private bucketsLost = false;
+  /** The buckets' markers at this instance's last check of this dataset (see recoveredElsewhere). */
+  private marks: (string | null)[] | undefined;
 
   constructor(deps: RecoveryDeps) {
     this.d = deps;
@@ -194,13 +199,22 @@ export class DataLossMonitor {
 
   private async checkOnce(): Promise<void> {
     if (this.recovering) return this.recovering;
-    const [epoch, keyCount, left] = await Promise.all([
+    const [epoch, keyCount, left, marked, marks] = await Promise.all([
       this.d.redis.get(this.d.keys.epoch()),
       this.d.redis.hlen(this.d.keys.signingKeys()),
       // Work a recovery kept and may not have finished (one key of each kind, all in the global slot).
       this.d.redis.exists(this.d.keys.recoveryUnfinished(), this.d.keys.lossRecords(), this.d.keys.rollbackPlans()),
+      markedFlag(this.d.redis, this.d.keys),
+      // Sent with the rest: on a Cluster each master answers its buckets' markers in the same round trip.
+      readMarks(this.d.redis, this.d.keys),
     ]);
+    // Buckets whose master came back empty while the epoch held (only once this dataset's markers were written).
+    const lostBuckets = marked ? marks.flatMap((m, b) => (isPresent(m) ? [] : [b])) : [];
     if (epoch && keyCount > 0 && epoch === this.epoch) {
+      if (lostBuckets.length > 0) return this.startBucketRecovery(lostBuckets);
+      this.recoveredElsewhere(marks);
+      // A dataset of a release without markers (or whose global slot an instance of one set up again after a loss).
+      if (!marked) await writeMarks(this.d.redis, this.d.keys, epoch, { nx: true });
       let sign = this.rolledBack ?? (await this.watch.look({ exportFile: this.d.exportFile }));
       if (!sign && left > 0 && !this.stopping.signal.aborted) sign = await this.finishLeft();
       if (!sign) {
@@ -237,6 +251,10 @@ export class DataLossMonitor {
         this.noticed(sign);
         return;
       }
+      // Buckets lost while no instance watched: recovered now, before this instance answers ready.
+      if (lostBuckets.length > 0) return this.startBucketRecovery(lostBuckets);
+      this.marks = marks;
+      if (!marked) await writeMarks(this.d.redis, this.d.keys, epoch, { nx: true });
       await this.watch.look();
       this.healthy = true;
       return;
@@ -246,6 +264,111 @@ export class DataLossMonitor {
       this.recovering = undefined;
     });
     return this.recovering;
+  }
+
+  /**
+   * Buckets whose marker holds another value than at this instance's last check: another instance recovered their
+   * loss in between (each recovery writes its own id). What this instance knew of them is gone: its cached tasks,
+   * and its chain heads, which a head now behind them would otherwise show as Redis going back in time (a second
+   * `broker.data_loss` record, `redis_rolled_back`, for the same loss). Counted and logged, as every instance that
+   * sees a data loss does.
+   */
+  private recoveredElsewhere(marks: (string | null)[]): void {
+    const before = this.marks;
+    this.marks = marks;
+    const changed = before ? marks.flatMap((m, b) => (isPresent(m) && isPresent(before[b]) && m !== before[b] ? [b] : [])) : [];
+    if (changed.length === 0) return;
+    this.d.metrics.dataLoss.inc({ kind: 'bucket_lost' });
+    this.d.logger.error(
+      { buckets: changed },
+      'Redis lost the data of some buckets and another instance recovered them (see the broker.data_loss audit records)',
+    );
+    this.d.clearCaches();
+    this.d.audit.resetHeads();
+    this.watch.reset();
+  }
+
+  private startBucketRecovery(buckets: number[]): Promise<void> {
+    if (this.stopping.signal.aborted) return Promise.resolve();
+    this.recovering = this.recoverBuckets(buckets).finally(() => {
+      this.recovering = undefined;
+    });
+    return this.recovering;
+  }
+
+  /**
+   * After one Cluster master came back empty while the epoch marker (on another master) held: the buckets whose
+   * markers are gone lost their tasks, leases, approvals and audit chain heads. Handled as a data loss of those
+   * buckets, not-ready meanwhile: under the recovery lock their chains are continued from the export (appends to
+   * them wait for their marker: AuditLog `guardEpoch`), a `broker.data_loss` record (detail.kind `bucket`) goes
+   * into each and one into `ops`, then their markers are written again. What the global slot holds (signing
+   * keys, quarantines, rotated secrets) was not lost and is left alone.
+   *
+   * Once per loss, whatever fails part-way: the loss's id is put in the lost markers first (`recovering:<id>`),
+   * its records are stored under it with the other losses' (Keys.lossRecords, field `buckets:<id>`) before the
+   * markers are written back, and written from there each once (writeLoss); a later attempt, or another
+   * instance, finds the id in the markers and goes on with it.
+   */
+  private async recoverBuckets(seen: number[]): Promise<void> {
+    this.healthy = false;
+    if (!this.bucketsLost) {
+      this.bucketsLost = true;
+      this.d.metrics.dataLoss.inc({ kind: 'bucket_lost' });
+      this.d.logger.error(
+        { buckets: seen },
+        'Redis lost the data of some buckets (a Cluster master came back empty?): their tasks, leases and approvals are gone; not ready until their audit chains are continued from the export',
+      );
+    }
+    const knownHeads = this.d.audit.knownHeads();
+    this.d.clearCaches();
+    this.d.audit.resetHeads();
+    const onTakeover = reportTakeover(this.d.logger, (e) => this.d.audit.append(e));
+    let recorded = false;
+    const done = await withLock(
+      this.d.redis,
+      this.d.keys.lock('recovery'),
+      { ...RECOVERY_LOCK, onTakeover, signal: this.stopping.signal },
+      async (_lock, held) => {
+        // Emptied whole since: a data loss, which the next check handles.
+        if ((await this.d.redis.get(this.d.keys.epoch())) !== this.epoch) return;
+        // Read again under the lock: another instance may have recovered them, or more may be gone.
+        const marks = await readMarks(this.d.redis, this.d.keys);
+        const lost = marks.flatMap((m, b) => (isPresent(m) ? [] : [b]));
+        if (lost.length === 0) return;
+        const ids = new Set(marks.flatMap((m) => (m?.startsWith(RECOVERING) ? [m.slice(RECOVERING.length)] : [])));
+        const id = [...ids][0] ?? randomUUID();
+        const fresh = lost.filter((b) => marks[b] === null);
+        await Promise.all(fresh.map((b) => this.d.redis.set(this.d.keys.bucketMarker(b), `${RECOVERING}${id}`)));
+        held.throwIfAborted();
+        const archive = await this.d.readArchive();
+        held.throwIfAborted();
+        // Only the lost buckets' chains: a surviving chain is left alone by continueChains anyway (its head is there).
+        const continued = (await continueChains(this.d.redis, this.d.keys, archive, knownHeads)).filter(
+          (c) => c.chain !== 'ops' && lost.includes(c.chain),
+        );
+        held.throwIfAborted();
+        await Promise.all(
+          continued.flatMap((c) =>
+            c.orphans.map((o) => this.d.audit.appendOnce(c.chain, strip(o.record), lossSteps.idOf(o.record), o.time)),
+          ),
+        );
+        held.throwIfAborted();
+        await this.d.redis.hsetnx(this.d.keys.lossRecords(), `buckets:${id}`, JSON.stringify(bucketLossRecords(continued, lost, id)));
+        held.throwIfAborted();
+        // Its own value: an instance that did not see the marker gone sees it changed (recoveredElsewhere).
+        await writeMarks(this.d.redis, this.d.keys, id, { buckets: lost });
+        if (await this.writeLoss()) recorded = true;
+        await this.finishContinuations();
+      },
+    );
+    if (!done) throw new Error('another instance is recovering; will look again');
+    this.bucketsLost = false;
+    this.marks = undefined;
+    this.watch.reset();
+    await this.watch.look();
+    this.d.logger.warn('recovered from the loss of some buckets (see the broker.data_loss audit records for what was lost)');
+    this.healthy = true;
+    if (recorded) this.sealAfterLoss();
   }
 
   /** Said once per rollback, however many attempts its recovery takes. */
@@ -409,6 +532,7 @@ export class DataLossMonitor {
       );
     }
     // What was remembered of the lost dataset means nothing on the new one (its tasks and leases are gone).
+    this.marks = undefined;
     this.rolledBack = undefined;
     this.knownAtRollback = undefined;
     this.rollbackClaim = undefined;
@@ -471,6 +595,12 @@ export class DataLossMonitor {
           // Refused: another instance finished this recovery (it took the lock after this one's lapsed under
           // a stall) and recorded the loss; a second record would count one loss twice.
           const epoch = randomUUID();
+          // Every chain is continued above, so every bucket holds what it can: its marker written (before the
+          // epoch marker, which appends to a bucket's empty chain do not wait for: they wait for its marker).
+          // The bucket count went with the global slot too: kept, so a broker started with another count is
+          // still refused (src/broker.ts assertBuckets).
+          await this.d.redis.hsetnx(this.d.keys.meta(), 'buckets', String(this.d.keys.buckets));
+          await writeMarks(this.d.redis, this.d.keys, epoch);
           const marked = await markLoss.run(
             this.d.redis,
             [this.d.keys.epoch(), this.d.keys.lossRecords()],
@@ -507,8 +637,12 @@ export class DataLossMonitor {
     // audit.sealMaxAgeSeconds (idle chains are resealed in Redis only): the broker.data_loss records just written
     // behind it would read as "sealing has stopped" to audit:verify until the next pass. Seal them now, without
     // holding readiness back on another instance's export pass.
-    // Kept (stop() waits for it): left to run past close(), it failed on the closed connections.
-    if (recorded && this.d.sealAudit) {
+    if (recorded) this.sealAfterLoss();
+  }
+
+  /** Kept (stop() waits for it): left to run past close(), it failed on the closed connections. */
+  private sealAfterLoss(): void {
+    if (this.d.sealAudit) {
       const sealing = this.d
         .sealAudit()
         .catch((err: Error) => this.d.logger.warn({ err: err.message }, 'audit: sealing after the data loss failed; the next pass seals'))
@@ -641,6 +775,39 @@ function lossRecords(continued: Continuation[], quarantines: number): StoredReco
     if (c.chain === 'ops') detail.quarantinesRestored = quarantines;
     return { chain: c.chain, event: { action: 'broker.data_loss', actor: 'broker', decision: 'ok', reason: 'redis_data_lost', detail } };
   });
+}
+
+/**
+ * One `broker.data_loss` record in each lost bucket's chain (continued from the export, or with nothing exported:
+ * then it starts it) and one in `ops` naming the buckets. `detail.kind: "bucket"` tells them from a whole loss.
+ */
+function bucketLossRecords(continued: Continuation[], lost: number[], id: string): StoredRecord[] {
+  const chains = lossRecords(continued, 0).filter((r) => r.chain !== 'ops');
+  const have = new Set(chains.map((r) => r.chain));
+  for (const b of lost)
+    if (!have.has(b))
+      chains.push({
+        chain: b,
+        event: {
+          action: 'broker.data_loss',
+          actor: 'broker',
+          decision: 'ok',
+          reason: 'redis_data_lost',
+          detail: { continuedFromSeq: 0, lost: 'none known' },
+        },
+      });
+  for (const r of chains) (r.event.detail as Record<string, unknown>).kind = 'bucket';
+  const ops: StoredRecord = {
+    chain: 'ops',
+    event: {
+      action: 'broker.data_loss',
+      actor: 'broker',
+      decision: 'ok',
+      reason: 'redis_data_lost',
+      detail: { kind: 'bucket', buckets: lost.join(','), loss: id, lost: 'the tasks, leases and approvals of these buckets' },
+    },
+  };
+  return [ops, ...chains];
 }
 
 /** What a data loss's stored records may be (Redis is writable by others: nothing but the broker's own). */

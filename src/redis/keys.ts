@@ -292,6 +292,15 @@ export class Keys {
     return `${this.globalBase}epoch`;
   }
   /**
+   * String in a bucket's slot, written with the epoch marker (src/ops/bucket-marks.ts): its absence while the
+   * epoch marker holds means the Cluster master holding this bucket came back empty (a restart without
+   * persistence, a failover to an empty replica) while the global slot's master kept its data. `recovering:<id>`
+   * while a recovery of that loss is under way (not yet recovered).
+   */
+  bucketMarker(bucket: number): string {
+    return `${this.base(bucket)}bucket-marker`;
+  }
+  /**
    * One instance's generation counter, bumped at every data-loss check: its value going back means Redis
    * went back in time (src/ops/rollback.ts). Expires a day after the instance's last check.
    */

@@ -8,6 +8,7 @@ import { AuditExporter, type AuditExporterOptions } from '../../src/audit/export
 import { exportFiles } from '../../src/audit/export-file.ts';
 import type { AuditEvent } from '../../src/audit/record.ts';
 import { deriveSealKey } from '../../src/audit/seal.ts';
+import { writeMarks } from '../../src/ops/bucket-marks.ts';
 import { silentLogger } from '../../src/logger.ts';
 import { type AuditChain, Keys } from '../../src/redis/keys.ts';
 import { dropPrefix, REDIS_URL, uniquePrefix } from '../helpers/broker.ts';
@@ -43,6 +44,8 @@ export async function auditFixture(name: string): Promise<AuditFixture> {
   };
   // The broker writes this marker once per dataset; exports wait for it (see ops/recovery.ts).
   await redis.set(keys.epoch(), 'test');
+  // And each bucket's: appends to a bucket's empty chain wait for it (see ops/bucket-marks.ts).
+  await writeMarks(redis, keys, 'test');
   const log = new AuditLog({ redis: conn(), keys, logger: silentLogger, taskIndexMs: 60_000, guardEpoch: true });
   const dir = mkdtempSync(join(tmpdir(), 'jit-audit-'));
   const file = join(dir, 'export', 'audit.jsonl');
