@@ -247,8 +247,9 @@ export class CredentialService {
    */
   private async giveBack(approval: ApprovalRecord): Promise<void> {
     const back = await this.deps.approvals.giveBack(approval).catch(() => false as const);
-    if (back && back.withdrawn) {
-      const { member, at } = back.withdrawn;
+    const withdrawn = back === false ? undefined : back.withdrawn;
+    if (withdrawn) {
+      const { member, at } = withdrawn;
       await this.deps.audit.settleOutbox(this.deps.keys.bucketOfTask(approval.taskId), [member], at).catch(() => {});
     }
   }

@@ -90,7 +90,10 @@ async function issueThenChange(name: string, after: { aws: Record<string, unknow
   expect(a.emu.evaluate(keyId, 's3:GetObject', 'arn:aws:s3:::reports/x')).toBe('allow');
   await first.broker.close();
   const restart = (aws: Record<string, unknown> | undefined, r: Record<string, unknown>) =>
-    startTestBroker('aws-moved', { prefix, issuer, loaded: load(raw, aws, r) }).then((t) => (open.push(t), t));
+    startTestBroker('aws-moved', { prefix, issuer, loaded: load(raw, aws, r) }).then((t) => {
+      open.push(t);
+      return t;
+    });
   const t = await restart(after.aws, after.roles);
   expect((await call(t.url, 'POST', `/v1/tasks/${taskId}/complete`, t.as(ORCH))).status).toBe(202);
   const lease = async (via: TestBroker = t) => (await call(via.url, 'GET', `/v1/leases/${leaseId}`, via.as(AGENT))).body;

@@ -61,6 +61,7 @@ const env = {
   VAULT_TOKEN: '0123456789',
 };
 
+// biome-ignore lint/suspicious/noTemplateCurlyInString: the config syntax the test is about, not a template.
 test('a number or boolean key given as ${NAME} takes the value as that number or boolean', () => {
   const c = loadConfig(env, file(yaml));
   expect(c.server.port).toBe(9123);
