@@ -40,11 +40,49 @@ function bounded(body: Readable, remainingMs: number, timeoutMs: number): Readab
 }
 
 /**
+ * What a request carries that must not come back in an error: the session token (X-Amz-Security-Token, sent
+ * when the broker runs on session credentials), the Authorization header (a signature is good for replaying
+ * that request for minutes), its signature and the access key id it names; each also URL-encoded, as a proxy
+ * echoing a query or a form body would write it.
+ */
+function secretsOf(headers: Record<string, string | undefined>): string[] {
+  const header = (name: string) => Object.entries(headers).find(([k]) => k.toLowerCase() === name)?.[1];
+  const out: string[] = [];
+  const token = header('x-amz-security-token');
+  if (token) out.push(token);
+  const auth = header('authorization');
+  if (auth) {
+    out.push(auth);
+    for (const m of auth.matchAll(/(?:Credential=([^/,\s]+)|Signature=([0-9a-f]+))/g)) out.push(m[1] ?? m[2]!);
+  }
+  return out.filter((x) => x.length >= 8).flatMap((x) => [x, encodeURIComponent(x)]);
+}
+
+/** `text` with every one of `secrets` replaced (longest first, so a header goes whole before its parts). */
+function scrubbed(text: string, secrets: string[]): string {
+  let out = text;
+  for (const secret of [...secrets].sort((a, b) => b.length - a.length)) out = out.split(secret).join('[redacted]');
+  return out;
+}
+
+/**
+ * A failed answer's body, read whole (it is bounded above) and given back with every secret the request
+ * carried replaced: the SDK makes the error's message (and `Error.Message`) of it, which the error's `cause`
+ * carries to the log, and an endpoint or proxy that echoes its input would have put the broker's session token
+ * there. A success is passed on as it streams (credentials are in it, legitimately).
+ */
+async function scrubbedBody(body: Readable, secrets: string[]): Promise<Readable> {
+  const chunks: Buffer[] = [];
+  for await (const c of body) chunks.push(Buffer.from(c as Buffer));
+  return Readable.from([Buffer.from(scrubbed(Buffer.concat(chunks).toString('utf8'), secrets))]);
+}
+
+/**
  * Bounds every attempt of every call on `client` as a whole: the SDK's `requestTimeout` (with
  * throwOnRequestTimeout) ends at the answer's head, after which the body is read with no deadline at all, so
  * an endpoint that sent headers and then stalled (or dripped a byte at a time) held the call forever: an
  * issuance hung, a revocation job held its worker slot and its deny lock, and `longestRunMs` (the window a
- * rotation trusts) was wrong. Runs between the handler and the deserializer (step deserialize, low priority):
+ * rotation trusts) was wrong. A failed answer never repeats a secret the request carried (`scrubbedBody`). Runs between the handler and the deserializer (step deserialize, low priority):
  * the deadline starts when the attempt is sent and covers the body the deserializer then reads.
  */
 export function boundAnswers(client: STSClient | IAMClient, timeoutMs: number): void {
@@ -52,9 +90,13 @@ export function boundAnswers(client: STSClient | IAMClient, timeoutMs: number): 
     (next) => async (args) => {
       const start = performance.now();
       const out = await next(args);
-      const response = out.response as { body?: unknown };
+      const response = out.response as { body?: unknown; statusCode?: number };
       if (response?.body instanceof Readable) {
         response.body = bounded(response.body, timeoutMs - (performance.now() - start), timeoutMs);
+        if ((response.statusCode ?? 0) >= 300) {
+          const headers = (args.request as { headers?: Record<string, string | undefined> }).headers ?? {};
+          response.body = await scrubbedBody(response.body as Readable, secretsOf(headers));
+        }
       }
       return out;
     },

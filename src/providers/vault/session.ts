@@ -4,6 +4,7 @@ import type { Logger } from '../../logger.ts';
 import { addressOf, makeClient, namespaceOf, type VaultClient } from './client.ts';
 import type { VaultSettings } from './config.ts';
 import { classify, isForbidden, safeCause } from './errors.ts';
+import { firstLoginFailure } from './login-failure.ts';
 
 /** One broker token and the client bound to it. A rotation or re-login makes a new one. */
 interface Generation {
@@ -95,13 +96,16 @@ export class VaultSession {
       if (this.staticToken !== undefined) await this.adoptStaticToken(this.staticToken);
       else await this.switchTo(await this.login(this.secretIdValue!), { revokeOld: false });
     } catch (err) {
-      const f = classify(err);
-      if (f.kind === 'sealed' || f.kind === 'unavailable') {
-        this.logger.warn({ err: safeCause(err) }, 'vault: first login failed; retrying in the background');
+      const why = firstLoginFailure(err, this.address);
+      if (why.retry) {
+        this.logger.warn(
+          { err: safeCause(err), reason: why.reason },
+          `vault: first login failed (${why.text}); retrying in the background`,
+        );
         this.scheduleRetry();
         return;
       }
-      throw new ConfigError('providers.vault.auth', `Vault refused the broker's credentials: ${f.message}`);
+      throw new ConfigError(why.key, why.text);
     }
   }
 

@@ -98,3 +98,41 @@ describe('an STS answer too large to be one', () => {
     expect(sent).toBeLessThan(20 * 1024 * 1024);
   });
 });
+
+describe('an AWS error that echoes what the broker sent', () => {
+  const SESSION_TOKEN = 'FwoGZXIvYXdzEBYaDSessionTokenSecret+part/with=chars';
+  /** Answers 403 with an STS error whose message repeats the request's session token, key id and signature. */
+  const echoing = (req: IncomingMessage, res: import('node:http').ServerResponse) => {
+    res.writeHead(403, { 'content-type': 'text/xml' });
+    res.end(
+      '<ErrorResponse><Error><Type>Sender</Type><Code>InvalidClientTokenId</Code>' +
+        `<Message>bad token ${String(req.headers['x-amz-security-token'])} ` +
+        `(url-encoded ${encodeURIComponent(String(req.headers['x-amz-security-token']))}) ` +
+        `for ${String(req.headers.authorization)}</Message></Error><RequestId>r-1</RequestId></ErrorResponse>`,
+    );
+  };
+
+  test('on session credentials: the token, the key id and the signature stay out of the error and its cause', async () => {
+    const onSession = w.makeProvider({
+      endpoint: front.url,
+      requestTimeoutMs: TIMEOUT_MS,
+      maxAttempts: 1,
+      credentials: { accessKeyId: w.user.accessKeyId, secretAccessKey: w.user.secretAccessKey, sessionToken: SESSION_TOKEN },
+    });
+    front.on(action('AssumeRole'), echoing);
+    const { err } = await timed(onSession.issue(issueRequest(roleConfig(w.role.arn))));
+    const cause = err.cause as Error & Record<string, unknown>;
+    const everything = JSON.stringify({
+      m: err.message,
+      cm: cause?.message,
+      s: cause?.stack,
+      c: cause,
+      r: String((cause?.$response as { body?: unknown } | undefined)?.body ?? ''),
+    });
+    expect(everything).toContain('bad token [redacted]');
+    expect(everything).not.toContain(SESSION_TOKEN);
+    expect(everything).not.toContain(encodeURIComponent(SESSION_TOKEN));
+    expect(everything).not.toContain(w.user.accessKeyId);
+    expect(everything).not.toMatch(/Signature=[0-9a-f]{16}/);
+  });
+});

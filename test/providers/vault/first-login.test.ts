@@ -1,0 +1,91 @@
+import { mkdtempSync, readFileSync } from 'node:fs';
+import { createServer as createHttpServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import { createServer as createHttpsServer } from 'node:https';
+import type { AddressInfo } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { createVaultProvider } from '../../../src/providers/vault/index.ts';
+import type { VaultEmulator } from '../../emulators/vault/index.ts';
+import { startVaultEmulator } from '../../emulators/vault/index.ts';
+import { capturingLogger } from '../../helpers/log-capture.ts';
+import { generateTlsFiles } from '../../helpers/tls-certs.ts';
+import { approleSettings, BROKER_POLICY, ctx, provider, rejection } from './helpers.ts';
+
+/**
+ * The broker's first Vault login failing: the startup error (or the warning, for an outage) says what
+ * happened. Every non-outage failure used to read "Vault refused the broker's credentials", a certificate
+ * problem and a redirect included.
+ */
+let emu: VaultEmulator;
+let roleId: string;
+let secretId: string;
+const servers: Server[] = [];
+
+async function serve(handler: (req: IncomingMessage, res: ServerResponse) => void, tls?: { cert: Buffer; key: Buffer }): Promise<string> {
+  const server = tls ? createHttpsServer(tls, handler) : createHttpServer(handler);
+  servers.push(server);
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  return `${tls ? 'https' : 'http'}://127.0.0.1:${(server.address() as AddressInfo).port}`;
+}
+
+beforeAll(async () => {
+  emu = await startVaultEmulator({ policies: { 'jit-broker': BROKER_POLICY } });
+  ({ roleId, secretId } = emu.createAppRole({ name: 'jit-broker', policies: ['jit-broker'] }));
+});
+afterAll(async () => {
+  for (const s of servers) {
+    s.closeAllConnections();
+    await new Promise<void>((r) => s.close(() => r()));
+  }
+  await emu.stop();
+});
+
+const start = (address: string, extra: Record<string, unknown> = {}) =>
+  rejection(provider(approleSettings({ url: address } as VaultEmulator, roleId, secretId, { requestTimeoutMs: 500, ...extra })));
+
+test('a certificate the broker does not trust: a TLS error naming the address, not a refusal', async () => {
+  const files = generateTlsFiles(mkdtempSync(join(tmpdir(), 'vault-first-login-')));
+  const url = await serve((_req, res) => res.end('{}'), { cert: readFileSync(files.certFile), key: readFileSync(files.keyFile) });
+  const err = await start(url);
+  expect(err.message).toMatch(/^config providers\.vault\.address: no trusted TLS connection to Vault at https:\/\/127\.0\.0\.1:\d+ \(/);
+  expect(err.message).toMatch(/NODE_EXTRA_CA_CERTS/);
+  expect(err.message).not.toMatch(/refused the broker's credentials/);
+});
+
+test('a redirect: says so, and what to set', async () => {
+  const url = await serve((req, res) => {
+    res.writeHead(307, { location: `https://elsewhere.example${req.url}` });
+    res.end();
+  });
+  const err = await start(url);
+  expect(err.message).toMatch(/providers\.vault\.address: Vault at http:\/\/127\.0\.0\.1:\d+ answered a redirect \(307\)/);
+  expect(err.message).not.toMatch(/refused the broker's credentials/);
+});
+
+test('a real refusal (a secret-id Vault does not know) is still one', async () => {
+  const err = await rejection(provider(approleSettings(emu, roleId, 'not-the-secret-id')));
+  expect(err.message).toMatch(/^config providers\.vault\.auth: Vault refused the broker's credentials: /);
+});
+
+test.each([
+  ['unreachable', async () => `http://127.0.0.1:${await closedPort()}`, /is unreachable: ECONNREFUSED/],
+  ['timeout', () => serve(() => {}), /did not answer within requestTimeoutMs: ETIMEDOUT/],
+])('%s: the broker starts (not ready) and the warning says so', async (_name, address, says) => {
+  const { logger, lines } = capturingLogger();
+  const url = await address();
+  const p = await createVaultProvider(approleSettings({ url } as VaultEmulator, roleId, secretId, { requestTimeoutMs: 300 }), {
+    ...ctx,
+    logger,
+  });
+  await p.close();
+  const warning = lines.find((l) => String(l.msg).startsWith('vault: first login failed'));
+  expect(String(warning?.msg)).toMatch(says);
+});
+
+async function closedPort(): Promise<number> {
+  const s = createHttpServer();
+  await new Promise<void>((r) => s.listen(0, '127.0.0.1', r));
+  const port = (s.address() as AddressInfo).port;
+  await new Promise<void>((r) => s.close(() => r()));
+  return port;
+}
