@@ -45,7 +45,14 @@ export type VaultRoleConfig = z.infer<typeof vaultRoleSchema>;
 export const VAULT_MAX_REQUEST_DURATION_SECONDS = 90;
 
 export const vaultSettingsSchema = z.strictObject({
-  address: z.url().default('http://127.0.0.1:8200'),
+  // Calls are `<address>/v1/...`: a query or fragment would end up inside the path of every call.
+  address: z
+    .url()
+    .refine((u) => {
+      const url = new URL(u);
+      return (url.protocol === 'http:' || url.protocol === 'https:') && url.search === '' && url.hash === '';
+    }, 'must be an http(s) URL without a query or fragment (a path prefix is fine)')
+    .default('http://127.0.0.1:8200'),
   namespace: z.string().min(1).optional(),
   auth: z.union([
     z.strictObject({ token: secretSourceSchema }),

@@ -8,6 +8,7 @@ import { issueDynamicSecret } from './dynamic-secret.ts';
 import { issueError } from './errors.ts';
 import { revokeHandle } from './revoke.ts';
 import { rotateSecretId, useSecretId } from './rotate.ts';
+import { skipVerify } from './transport.ts';
 import { VaultSession } from './session.ts';
 import { issueTokenRole } from './token-role.ts';
 
@@ -128,6 +129,13 @@ export async function createVaultProvider(settings: VaultSettings, ctx: Provider
     throw new ConfigError(['providers', 'vault', ...issue.path.map(String)].join('.'), issue.message);
   }
   const logger = ctx.logger.child({ provider: 'vault' });
+  if (skipVerify() && parsed.data.address.startsWith('https:')) {
+    // Said once, loudly: anyone on the path to Vault could then read the broker's token and every secret it issues.
+    const at = new URL(parsed.data.address);
+    at.username = '';
+    at.password = '';
+    logger.warn(`vault: VAULT_SKIP_VERIFY is set: certificate checks are off for Vault at ${at.origin}${at.pathname}`);
+  }
   const session = new VaultSession(parsed.data, logger);
   try {
     await session.start();

@@ -89,3 +89,32 @@ async function closedPort(): Promise<number> {
   await new Promise<void>((r) => s.close(() => r()));
   return port;
 }
+
+test.each([
+  ['a query string', 'https://vault.example:8200/?x=1'],
+  ['a fragment', 'https://vault.example:8200/#v1'],
+  ['another scheme', 'ftp://vault.example:8200/'],
+])('an address with %s is a config error at startup, not a broken path on every call', async (_name, address) => {
+  const err = await start(address);
+  expect(err.message).toMatch(/^config providers\.vault\.address: /);
+  expect(err.message).toMatch(/http\(s\) URL without a query or fragment/);
+});
+
+test('VAULT_SKIP_VERIFY turning certificate checks off is logged at startup, once', async () => {
+  const files = generateTlsFiles(mkdtempSync(join(tmpdir(), 'vault-skip-verify-')));
+  const url = await serve((_req, res) => res.end('{}'), { cert: readFileSync(files.certFile), key: readFileSync(files.keyFile) });
+  const before = process.env.VAULT_SKIP_VERIFY;
+  process.env.VAULT_SKIP_VERIFY = 'true';
+  try {
+    const { logger, lines } = capturingLogger();
+    await createVaultProvider(approleSettings({ url } as VaultEmulator, roleId, secretId, { requestTimeoutMs: 300 }), { ...ctx, logger })
+      .then((p) => p.close())
+      .catch(() => undefined);
+    const warned = lines.filter((l) => String(l.msg).includes('VAULT_SKIP_VERIFY'));
+    expect(warned).toHaveLength(1);
+    expect(String(warned[0]!.msg)).toMatch(/certificate checks are off/);
+  } finally {
+    if (before === undefined) delete process.env.VAULT_SKIP_VERIFY;
+    else process.env.VAULT_SKIP_VERIFY = before;
+  }
+});
