@@ -1,6 +1,8 @@
 import { Cluster } from 'ioredis';
 import type { Keys } from '../redis/keys.ts';
-import type { RedisClient } from '../redis/scripts.ts';
+import { type RedisClient, script } from '../redis/scripts.ts';
+
+const setMark = script('bucket-mark-set');
 
 /**
  * Per-bucket data-loss markers (Keys.bucketMarker). On a Redis Cluster the buckets spread over every master and
@@ -39,16 +41,28 @@ export function markedFlag(redis: RedisClient, keys: Keys): Promise<string | nul
 /**
  * Writes the markers of `buckets` (all when omitted) with `value`, then the flag. `nx`: only where none is (a
  * dataset written by a release without markers, or whose global slot was lost and set up again: a bucket's
- * marker that survived, or one being recovered, stays). Markers before the flag: a flag never stands for a
- * marker not written.
+ * marker that survived, or one being recovered, stays). `seen` (by bucket): only where the marker still holds what
+ * the recovery saw before it continued the chains (bucket-mark-set.lua); a marker gone since is a bucket lost again
+ * meanwhile, left gone for the next check. Resolves the buckets refused; the flag is written only when none was.
+ * Markers before the flag: a flag never stands for a marker not written.
  */
 export async function writeMarks(
   redis: RedisClient,
   keys: Keys,
   value: string,
-  opts: { buckets?: number[]; nx?: boolean } = {},
-): Promise<void> {
+  opts: { buckets?: number[]; nx?: boolean; seen?: (string | null)[] } = {},
+): Promise<number[]> {
   const buckets = opts.buckets ?? Array.from({ length: keys.buckets }, (_, b) => b);
-  await Promise.all(buckets.map((b) => (opts.nx ? redis.set(keys.bucketMarker(b), value, 'NX') : redis.set(keys.bucketMarker(b), value))));
-  await redis.hset(keys.meta(), MARKED_FIELD, '1');
+  const { seen } = opts;
+  const done = await Promise.all(
+    buckets.map(async (b) => {
+      const key = keys.bucketMarker(b);
+      if (seen) return (await setMark.run(redis, [key], [seen[b] ?? '', value])) === 1;
+      await (opts.nx ? redis.set(key, value, 'NX') : redis.set(key, value));
+      return true;
+    }),
+  );
+  const refused = buckets.filter((_, i) => !done[i]);
+  if (refused.length === 0) await redis.hset(keys.meta(), MARKED_FIELD, '1');
+  return refused;
 }

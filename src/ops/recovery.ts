@@ -240,6 +240,11 @@ export class DataLossMonitor {
       // The records of a data loss whose recovery failed before it wrote them all (the instance may be gone):
       // before the epoch is taken as seen, so a failure here is tried again at the next check.
       await this.writeLoss();
+      // Buckets lost while no instance watched: recovered first, then this first look starts over. Looked at
+      // against the export first, their chains (heads gone, behind the export) read as Redis going back in time:
+      // rolled_back counted, a redis_rolled_back record, then the bucket loss recorded again once the rollback
+      // recovery was done (test/topologies/shard-loss-races.test.ts).
+      if (lostBuckets.length > 0) return this.startBucketRecovery(lostBuckets, epoch).then(() => this.checkOnce());
       const sign = await this.watch.againstExport(this.d.exportFile, this.d.keys.prefix);
       // Likewise a rollback's, stored with its claim, whose claimant died part-way (not before the epoch is taken
       // as seen either). With a rollback to recover from, its recovery writes them if it claims for that recovery.
@@ -251,8 +256,6 @@ export class DataLossMonitor {
         this.noticed(sign);
         return;
       }
-      // Buckets lost while no instance watched: recovered now, before this instance answers ready.
-      if (lostBuckets.length > 0) return this.startBucketRecovery(lostBuckets);
       this.marks = marks;
       if (!marked) await writeMarks(this.d.redis, this.d.keys, epoch, { nx: true });
       await this.watch.look();
@@ -288,9 +291,10 @@ export class DataLossMonitor {
     this.watch.reset();
   }
 
-  private startBucketRecovery(buckets: number[]): Promise<void> {
+  /** `epoch`: the dataset's epoch marker the loss was seen with (this instance's, once it had its first look). */
+  private startBucketRecovery(buckets: number[], epoch = this.epoch): Promise<void> {
     if (this.stopping.signal.aborted) return Promise.resolve();
-    this.recovering = this.recoverBuckets(buckets).finally(() => {
+    this.recovering = this.recoverBuckets(buckets, epoch).finally(() => {
       this.recovering = undefined;
     });
     return this.recovering;
@@ -309,7 +313,7 @@ export class DataLossMonitor {
    * markers are written back, and written from there each once (writeLoss); a later attempt, or another
    * instance, finds the id in the markers and goes on with it.
    */
-  private async recoverBuckets(seen: number[]): Promise<void> {
+  private async recoverBuckets(seen: number[], epoch: string | undefined): Promise<void> {
     this.healthy = false;
     if (!this.bucketsLost) {
       this.bucketsLost = true;
@@ -329,16 +333,18 @@ export class DataLossMonitor {
       this.d.keys.lock('recovery'),
       { ...RECOVERY_LOCK, onTakeover, signal: this.stopping.signal },
       async (_lock, held) => {
-        // Emptied whole since: a data loss, which the next check handles.
-        if ((await this.d.redis.get(this.d.keys.epoch())) !== this.epoch) return;
+        // Emptied whole since (the global slot's master too): a data loss, which the next check handles.
+        if ((await this.d.redis.get(this.d.keys.epoch())) !== epoch) return 'lost' as const;
         // Read again under the lock: another instance may have recovered them, or more may be gone.
         const marks = await readMarks(this.d.redis, this.d.keys);
         const lost = marks.flatMap((m, b) => (isPresent(m) ? [] : [b]));
-        if (lost.length === 0) return;
+        if (lost.length === 0) return 'done' as const;
         const ids = new Set(marks.flatMap((m) => (m?.startsWith(RECOVERING) ? [m.slice(RECOVERING.length)] : [])));
         const id = [...ids][0] ?? randomUUID();
         const fresh = lost.filter((b) => marks[b] === null);
         await Promise.all(fresh.map((b) => this.d.redis.set(this.d.keys.bucketMarker(b), `${RECOVERING}${id}`)));
+        // What each lost marker holds now: written back below only over that (a bucket lost again meanwhile stays lost).
+        const seenMarks = marks.map((m, b) => (fresh.includes(b) ? `${RECOVERING}${id}` : m));
         held.throwIfAborted();
         const archive = await this.d.readArchive();
         held.throwIfAborted();
@@ -355,20 +361,31 @@ export class DataLossMonitor {
         held.throwIfAborted();
         await this.d.redis.hsetnx(this.d.keys.lossRecords(), `buckets:${id}`, JSON.stringify(bucketLossRecords(continued, lost, id)));
         held.throwIfAborted();
-        // Its own value: an instance that did not see the marker gone sees it changed (recoveredElsewhere).
-        await writeMarks(this.d.redis, this.d.keys, id, { buckets: lost });
+        // Its own value: an instance that did not see the marker gone sees it changed (recoveredElsewhere). Not
+        // over a bucket lost again since its chain was continued: its head is gone again, and a marker written
+        // back over that loss hid it (the next record forked the chain at seq 1). Its records wait (stored with
+        // this loss's id) until the next attempt continued it again.
+        const refused = await writeMarks(this.d.redis, this.d.keys, id, { buckets: lost, seen: seenMarks });
+        if (refused.length > 0)
+          throw new Error(`buckets ${refused.join(',')} lost their data again during their recovery; will look again`);
         if (await this.writeLoss()) recorded = true;
         await this.finishContinuations();
+        return 'done' as const;
       },
     );
     if (!done) throw new Error('another instance is recovering; will look again');
     this.bucketsLost = false;
     this.marks = undefined;
+    if (recorded) this.sealAfterLoss();
+    // The whole dataset went meanwhile (signing keys, epoch marker): not ready; the next check recovers it. Taken
+    // as recovered, this instance answered ready on a Redis without signing keys until that check.
+    if (done.value === 'lost') return;
+    // An instance's first look at the dataset found the loss: it goes on with that look (checkOnce).
+    if (this.epoch === undefined) return;
     this.watch.reset();
     await this.watch.look();
     this.d.logger.warn('recovered from the loss of some buckets (see the broker.data_loss audit records for what was lost)');
     this.healthy = true;
-    if (recorded) this.sealAfterLoss();
   }
 
   /** Said once per rollback, however many attempts its recovery takes. */
@@ -563,6 +580,9 @@ export class DataLossMonitor {
         const created = (await this.d.signing.ensure()) || this.signingUnrecorded;
         this.signingUnrecorded = created;
         if (!current) {
+          // The buckets' markers before any chain is continued: written back below only over these (a master
+          // losing its data meanwhile, after its chains were continued, stays noticed: bucket-mark-set.lua).
+          const seenMarks = await readMarks(this.d.redis, this.d.keys);
           const archive = await this.d.readArchive();
           if (!lost && archive.chains.size > 0) {
             lost = true;
@@ -600,7 +620,8 @@ export class DataLossMonitor {
           // The bucket count went with the global slot too: kept, so a broker started with another count is
           // still refused (src/broker.ts assertBuckets).
           await this.d.redis.hsetnx(this.d.keys.meta(), 'buckets', String(this.d.keys.buckets));
-          await writeMarks(this.d.redis, this.d.keys, epoch);
+          const refused = await writeMarks(this.d.redis, this.d.keys, epoch, { seen: seenMarks });
+          if (refused.length > 0) throw new Error(`buckets ${refused.join(',')} lost their data during the recovery; trying again`);
           const marked = await markLoss.run(
             this.d.redis,
             [this.d.keys.epoch(), this.d.keys.lossRecords()],
