@@ -125,8 +125,13 @@ function readBody(req: IncomingMessage): Promise<Buffer> {
  */
 export async function startAwsEmulator(opts: AwsEmulatorOptions = {}): Promise<AwsEmulator> {
   let offset = 0;
-  // AWS keeps its own time: the emulator's clock does not follow the process's Date.now (which a test may skew).
-  const account = new Account(opts.accountId ?? '123456789012', () => Math.round(performance.timeOrigin + performance.now()) + offset);
+  // AWS keeps its own time: the emulator's clock does not follow the process's Date.now (which a test may skew), but
+  // it is the true time, as AWS's is: `new Date()` reads the system's wall clock without going through `Date.now`.
+  // Anchored on the monotonic clock instead (performance.timeOrigin, taken when the jest worker started), it kept
+  // the time of the worker's start plus elapsed time: a wall clock set forward by NTP during a long run left
+  // "AWS" seconds behind the broker's clock (Redis's TIME, the same wall clock), and a session issued 3 s after a
+  // kill switch fell before its cut-off (test/revocation/kill-lost-job.test.ts, CI 2026-12-03).
+  const account = new Account(opts.accountId ?? '123456789012', () => new Date().getTime() + offset);
   const packedPolicyLimit = opts.packedPolicyLimit ?? 2048;
   const faults: Fault[] = [];
   const log: RecordedRequest[] = [];
