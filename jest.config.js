@@ -17,6 +17,8 @@ export default {
   setupFilesAfterEnv: ['<rootDir>/test/helpers/openapi-setup.ts'],
   testTimeout: 20000,
   maxWorkers: 2,
+  // The default reporter, then the slowest suites (where a long CI run's time went).
+  reporters: ['default', '<rootDir>/test/helpers/slowest-reporter.js'],
   // How long a worker may take to end once told to (default 500 ms, then "A worker process has failed to exit
   // gracefully and has been force exited"). Measured on a loaded 2-core machine: workers with nothing left
   // running (their 'exit' event came 1-3 ms after jest's request) were still being torn down 500 ms later, as
