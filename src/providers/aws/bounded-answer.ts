@@ -1,6 +1,7 @@
 import { Readable, Transform, pipeline } from 'node:stream';
 import type { IAMClient } from '@aws-sdk/client-iam';
 import type { STSClient } from '@aws-sdk/client-sts';
+import type { AwsClock } from './aws-clock.ts';
 
 /**
  * The most of one STS or IAM answer the broker reads. Every answer the broker asks for (credentials, a role,
@@ -82,15 +83,18 @@ async function scrubbedBody(body: Readable, secrets: string[]): Promise<Readable
  * throwOnRequestTimeout) ends at the answer's head, after which the body is read with no deadline at all, so
  * an endpoint that sent headers and then stalled (or dripped a byte at a time) held the call forever: an
  * issuance hung, a revocation job held its worker slot and its deny lock, and `longestRunMs` (the window a
- * rotation trusts) was wrong. A failed answer never repeats a secret the request carried (`scrubbedBody`). Runs between the handler and the deserializer (step deserialize, low priority):
+ * rotation trusts) was wrong. A failed answer never repeats a secret the request carried (`scrubbedBody`). Each
+ * answer's `Date` goes to `clock`. Runs between the handler and the deserializer (step deserialize, low priority):
  * the deadline starts when the attempt is sent and covers the body the deserializer then reads.
  */
-export function boundAnswers(client: STSClient | IAMClient, timeoutMs: number): void {
+export function boundAnswers(client: STSClient | IAMClient, timeoutMs: number, clock?: AwsClock): void {
   (client as STSClient).middlewareStack.add(
     (next) => async (args) => {
       const start = performance.now();
       const out = await next(args);
-      const response = out.response as { body?: unknown; statusCode?: number };
+      const response = out.response as { body?: unknown; statusCode?: number; headers?: Record<string, string | undefined> };
+      // Every answer, failures included, says AWS's time (aws-clock.ts).
+      clock?.observe(response?.headers?.date, start);
       if (response?.body instanceof Readable) {
         response.body = bounded(response.body, timeoutMs - (performance.now() - start), timeoutMs);
         if ((response.statusCode ?? 0) >= 300) {

@@ -1,6 +1,7 @@
 import { IAMClient } from '@aws-sdk/client-iam';
 import { GetCallerIdentityCommand, STSClient } from '@aws-sdk/client-sts';
 import { readSecret } from '../../config/load.ts';
+import { AwsClock } from './aws-clock.ts';
 import { boundAnswers } from './bounded-answer.ts';
 import type { AwsSettings } from './config.ts';
 import { accountFromArn } from './role-info.ts';
@@ -56,6 +57,9 @@ export class AwsClients {
   private switched = deferred();
   /** The account the broker's credentials act in, per client pair, once asked (`account`). */
   private readonly accounts = new WeakMap<ClientPair, string>();
+
+  /** AWS's clock, bounded from above by the `Date` of every STS and IAM answer (the deny list's agent cut-offs). */
+  readonly awsClock = new AwsClock();
 
   constructor(settings: AwsSettings) {
     this.settings = settings;
@@ -180,8 +184,8 @@ export class AwsClients {
     const sts = new STSClient({ ...common, ...(this.settings.endpoint ? { endpoint: this.settings.endpoint } : {}) });
     const iam = new IAMClient({ ...common, ...(iamEndpoint ? { endpoint: iamEndpoint } : {}) });
     // requestTimeout ends at the answer's head: the body gets the rest of the same deadline, and a size cap.
-    boundAnswers(sts, this.settings.requestTimeoutMs);
-    boundAnswers(iam, this.settings.requestTimeoutMs);
+    boundAnswers(sts, this.settings.requestTimeoutMs, this.awsClock);
+    boundAnswers(iam, this.settings.requestTimeoutMs, this.awsClock);
     return { sts, iam, generation };
   }
 

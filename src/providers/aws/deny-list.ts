@@ -199,11 +199,24 @@ export class DenyList {
         if (unit.kind === 'task' && owner) addTaskSessions(m, taskFoldPattern(owner.agentKey, owner.taskKey), until);
         else if (unit.kind === 'task' && session.taskTag !== undefined) addTask(m, session.taskTag, until);
         else if (unit.kind === 'agent' && session.sourceIdentity !== undefined && session.tokenIssuedAt !== undefined)
-          addAgent(m, session.sourceIdentity, session.tokenIssuedAt, unit.at ?? now);
+          addAgent(m, session.sourceIdentity, session.tokenIssuedAt, this.onAwsClock(unit.at ?? now, now));
         else addSession(m, session.userId, session.expiresAt);
       },
       who,
     );
+  }
+
+  /**
+   * The instant `at` of the broker's clock (`now` there now) on AWS's, at most: IAM compares a cut-off with
+   * TokenIssueTime on AWS's clock (aws-clock.ts; the lock's IAM read has just given a fresh `Date`). Moved by no
+   * more than `clockSkewSeconds` either way: a `Date` further off than the skew the operator allows is not
+   * trusted (a cut-off hours early would let sessions through, hours late deny every new one). With no answer
+   * yet, `at` as it is.
+   */
+  private onAwsClock(at: number, now: number): number {
+    const aws = this.d.clients.awsClock.upperNow();
+    if (aws === undefined) return at;
+    return at + Math.min(this.skewMs, Math.max(-this.skewMs, aws - now));
   }
 
   /** Drops statements whose end of life (plus skew) has passed; writes IAM only if something goes. */
