@@ -9,12 +9,22 @@
 import { existsSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { type ExportEntry, readExportFile } from '../src/audit/export-file.ts';
+import { terminalLines } from '../src/cli/terminal.ts';
 import { deriveSealKey } from '../src/audit/seal.ts';
 import { type ChainReport, type Source, verifyAudit } from '../src/audit/verify.ts';
 import { loadConfig, readSecret, resolvePath } from '../src/config/load.ts';
 import { silentLogger } from '../src/logger.ts';
 import { createConnector } from '../src/redis/connection.ts';
 import { Keys } from '../src/redis/keys.ts';
+
+/**
+ * Every line it prints, escaped as the `jit` CLI prints (src/cli/terminal.ts): much of it is what the export file
+ * and Redis hold (a header's prefix, seal times, a chain head), and whoever can write those is whom this check is
+ * for. Raw, an ESC or C1 sequence there moved the cursor over the BROKEN lines and rewrote them. JSON output too:
+ * what is escaped reads back as the same JSON value.
+ */
+const say = (s: string) => console.log(terminalLines(s));
+const sayError = (s: string) => console.error(terminalLines(s));
 
 const USAGE = 'usage: npm run audit:verify [-- --json] [-- --file <export file>] [-- --max-seal-age <seconds>]';
 let values: { json?: boolean; file?: string; 'max-seal-age'?: string; help?: boolean };
@@ -29,11 +39,11 @@ try {
   }));
 } catch (err) {
   // A mistyped flag: what was wrong and the usage, not Node's stack trace; exit 1 like every run that verified nothing.
-  console.error(`audit:verify: ${(err as Error).message.split('. To specify')[0]}\n${USAGE}`);
+  sayError(`audit:verify: ${(err as Error).message.split('. To specify')[0]}\n${USAGE}`);
   process.exit(1);
 }
 if (values.help) {
-  console.log(
+  say(
     `${USAGE}\nChecks every audit chain as one chain made of the export files and what is in Redis (BROKER_CONFIG names the\nbroker's config). Exit 0 when every chain is intact, 1 otherwise.`,
   );
   process.exit(0);
@@ -42,7 +52,7 @@ let ok = false;
 try {
   ok = await main();
 } catch (err) {
-  console.error(`audit:verify: ${(err as Error).message}`);
+  sayError(`audit:verify: ${(err as Error).message}`);
 }
 process.exit(ok ? 0 : 1);
 
@@ -94,14 +104,14 @@ async function main(): Promise<boolean> {
   const ok = reports.every((r) => r.ok);
 
   if (values.json) {
-    console.log(JSON.stringify({ ok, exportFile: file, seals: kekNote, maxSealAgeSeconds: maxSealAgeS, chains: reports }, null, 2));
+    say(JSON.stringify({ ok, exportFile: file, seals: kekNote, maxSealAgeSeconds: maxSealAgeS, chains: reports }, null, 2));
   } else {
-    console.log(`audit export: ${file}`);
-    console.log(kekNote);
+    say(`audit export: ${file}`);
+    say(kekNote);
     const empty = reports.filter((r) => r.records === 0 && r.ok && r.warnings.length === 0);
     for (const r of reports) if (!empty.includes(r)) print(r);
-    if (empty.length > 0) console.log(`${empty.length} chain(s) have no records: ${empty.map((r) => r.chain).join(', ')}`);
-    console.log(ok ? 'every chain is intact' : 'BROKEN: see above');
+    if (empty.length > 0) say(`${empty.length} chain(s) have no records: ${empty.map((r) => r.chain).join(', ')}`);
+    say(ok ? 'every chain is intact' : 'BROKEN: see above');
   }
   return ok;
 }
@@ -132,15 +142,13 @@ function where(at: Source): string {
 function print(r: ChainReport): void {
   const span =
     r.firstSeq === undefined ? '' : ` (seq ${r.firstSeq}..${r.lastSeq}; ${r.fromFile} from the export, ${r.fromRedis} only in Redis)`;
-  console.log(`chain ${r.chain}: ${r.ok ? 'intact' : 'BROKEN'}, ${r.records} records${span}, head ${r.head || '(none)'}`);
-  for (const p of r.problems) console.log(`  ${p.seq === undefined ? '' : `seq ${p.seq}: `}${p.problem} [${where(p.at)}]`);
+  say(`chain ${r.chain}: ${r.ok ? 'intact' : 'BROKEN'}, ${r.records} records${span}, head ${r.head || '(none)'}`);
+  for (const p of r.problems) say(`  ${p.seq === undefined ? '' : `seq ${p.seq}: `}${p.problem} [${where(p.at)}]`);
   if (r.seals.last)
-    console.log(
-      `  last seal: seq ${r.seals.last.seq} at ${r.seals.last.time} (${r.seals.count} seals${r.seals.checked ? '' : ', not checked'})`,
-    );
-  else if (r.records > 0) console.log('  no seal yet');
+    say(`  last seal: seq ${r.seals.last.seq} at ${r.seals.last.time} (${r.seals.count} seals${r.seals.checked ? '' : ', not checked'})`);
+  else if (r.records > 0) say('  no seal yet');
   if (r.unsealed > 0)
-    console.log(
+    say(
       `  ${r.unsealed} record(s) after the last seal are unsealed${r.unsealedSince ? ` (since ${r.unsealedSince})` : ''}: not yet provable` +
         (r.sealAgeSeconds === undefined ? '' : `; no seal for ${r.sealAgeSeconds} s`),
     );
@@ -149,7 +157,7 @@ function print(r: ChainReport): void {
       l.lostFromSeq !== undefined && l.lostToSeq !== undefined
         ? `records ${l.lostFromSeq}..${l.lostToSeq} (at least) were lost with Redis's data`
         : 'no lost record is known (any written after the last export were lost)';
-    console.log(`  data loss recorded at seq ${l.seq} (${l.time}): the chain continues from seq ${l.continuedFromSeq}; ${lost}`);
+    say(`  data loss recorded at seq ${l.seq} (${l.time}): the chain continues from seq ${l.continuedFromSeq}; ${lost}`);
   }
-  for (const w of r.warnings) console.log(`  warning: ${w}`);
+  for (const w of r.warnings) say(`  warning: ${w}`);
 }

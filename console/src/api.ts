@@ -111,6 +111,8 @@ export interface Approval {
   role: string;
   scopes: string[];
   ttlSeconds?: number;
+  /** What approving gives: at most what a credential issued under it lives (absent from older brokers). */
+  issuedTtlSeconds?: number;
   agent: string;
   status: string;
   /** ISO 8601 in lists; epoch ms from GET /v1/approvals/{id}. */

@@ -32,6 +32,11 @@ export function timeLeft(until: string | number | undefined, now: number): strin
   return ms >= 0 ? `${formatDuration(ms)} left` : `ended ${formatDuration(-ms)} ago`;
 }
 
+/** A TTL an approver decides on: exact, so "2 d 0 h" is never shown for 2 d 0 h 59 min (`2 d 0 h (176,399 s)`). */
 export function formatTtl(seconds: number | undefined): string {
-  return seconds === undefined ? 'grant default' : formatDuration(seconds * 1000);
+  if (seconds === undefined) return 'grant default';
+  const shown = formatDuration(seconds * 1000);
+  return seconds < 3600 || (seconds % 60 === 0 && (seconds < 172_800 || seconds % 3600 === 0))
+    ? shown
+    : `${shown} (${seconds.toLocaleString('en-US')} s)`;
 }

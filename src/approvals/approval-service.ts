@@ -14,6 +14,7 @@ export function publicApproval(r: ApprovalRecord): Record<string, unknown> {
     role: r.role,
     scopes: r.scopes,
     ttlSeconds: r.ttlSeconds,
+    ...(r.issuedTtlSeconds === undefined ? {} : { issuedTtlSeconds: r.issuedTtlSeconds }),
     agent: r.agent,
     purpose: r.purpose,
     status: r.status,
@@ -122,7 +123,12 @@ export class ApprovalService {
       taskId: r.taskId,
       role: r.role,
       ...(reason ? { reason } : {}),
-      detail: { approvalId, ttlSeconds: r.ttlSeconds, scopes: r.scopes },
+      detail: {
+        approvalId,
+        ttlSeconds: r.ttlSeconds,
+        ...(r.issuedTtlSeconds === undefined ? {} : { issuedTtlSeconds: r.issuedTtlSeconds }),
+        scopes: r.scopes,
+      },
     });
     if (!decided) throw await decidedAlready('The approval was decided concurrently.');
     if (decided.recorded) {

@@ -26,7 +26,15 @@ export interface ApprovalFixed {
   readers?: string[];
   purpose: string;
   scopes: string[];
+  /** As requested (omitted: the grant's maximum): what "the same request" is compared on. */
   ttlSeconds: number;
+  /**
+   * What approving gives: the effective TTL when it was requested (contract section 3), at most what a credential
+   * issued under it lives. It differs from `ttlSeconds` when that is beyond the grant's or role's maximum, or below
+   * the upstream's minimum (AWS STS: 900 s): an approver shown "60 s" approved 15 minutes. Absent on approvals
+   * stored before this field existed. Not part of what the approval covers (the index key).
+   */
+  issuedTtlSeconds?: number;
 }
 
 export interface ApprovalRecord extends ApprovalFixed {

@@ -147,6 +147,8 @@ export interface Approval {
   role: string;
   scopes: string[];
   ttlSeconds?: number;
+  /** What approving gives: at most what a credential issued under it lives (absent from older brokers). */
+  issuedTtlSeconds?: number;
   agent: string;
   status: ApprovalStatus;
   /** ISO 8601 in lists; some broker versions answer epoch milliseconds on a single approval. */

@@ -169,7 +169,7 @@ export class CredentialService {
       const beforeTake = async () => {
         await provider.revocable(role as never);
       };
-      const found = await this.takeApproval(who, task, body, grant, scopes, beforeTake);
+      const found = await this.takeApproval(who, task, body, grant, scopes, ttl.ttlSeconds, beforeTake);
       if ('pending' in found) return found.pending;
       decided.approval = found.approved;
     }
@@ -652,10 +652,11 @@ export class CredentialService {
     body: CredentialRequest,
     grant: Grant,
     scopes: string[],
+    issuedTtlSeconds: number,
     beforeTake: () => Promise<void>,
   ): Promise<{ pending: PendingApproval } | { approved: ApprovalRecord }> {
     for (let attempt = 1; ; attempt++) {
-      const found = await this.approval(who, task, body, grant, scopes);
+      const found = await this.approval(who, task, body, grant, scopes, issuedTtlSeconds);
       if ('pending' in found) return found;
       if ('approved' in found) {
         await beforeTake();
@@ -669,6 +670,8 @@ export class CredentialService {
    * The approval of exactly this request: role, scopes and `ttlSeconds` as
    * requested (omitted values taken as the grant's). Another TTL or scope set
    * needs its own approval. `used`: it was consumed between the index lookup and the read (takeApproval looks again).
+   * `issuedTtlSeconds`: the effective TTL now (clampTtl), what the approver is shown as the most a credential issued
+   * under it lives (the task's time left only shortens it, the upstream's minimum is in it already).
    */
   private async approval(
     who: WorkloadIdentity,
@@ -676,6 +679,7 @@ export class CredentialService {
     body: CredentialRequest,
     grant: Grant,
     scopes: string[],
+    issuedTtlSeconds: number,
     voided = false,
   ): Promise<{ pending: PendingApproval } | { approved: ApprovalRecord } | { used: true }> {
     const res = await this.deps.approvals.findOrCreate({
@@ -689,6 +693,7 @@ export class CredentialService {
       purpose: task.purpose,
       scopes,
       ttlSeconds: body.ttlSeconds ?? grant.maxTtlSeconds,
+      issuedTtlSeconds,
       maxPending: this.deps.config.tasks.maxPendingApprovals,
       taskCreatedAt: task.createdAt,
       // Put in the bucket's audit outbox when the approval is created (approval-request.lua): a process that
@@ -699,7 +704,7 @@ export class CredentialService {
         decision: 'ok',
         taskId: task.taskId,
         role: body.role,
-        detail: { approvalId, ttlSeconds: body.ttlSeconds ?? grant.maxTtlSeconds, scopes },
+        detail: { approvalId, ttlSeconds: body.ttlSeconds ?? grant.maxTtlSeconds, issuedTtlSeconds, scopes },
       }),
     });
     if (res.kind === 'stale') throw new StaleTask();
@@ -728,12 +733,12 @@ export class CredentialService {
       if (voided)
         throw conflict('approval_expired', 'The approval for this request was taken back.', { extra: { approvalId: record.approvalId } });
       await voidApproval(this.deps, record, why);
-      return this.approval(who, task, body, grant, scopes, true);
+      return this.approval(who, task, body, grant, scopes, issuedTtlSeconds, true);
     }
     // Voided (its approver gone) between the index lookup and the read, by a read, a list or this request's twin:
     // the void cleared the index, so asking again is the new pending approval, as if this request had voided it.
     if (record.status === 'expired' && !voided && record.decidedBy !== undefined && approverGone(this.deps, record.decidedBy))
-      return this.approval(who, task, body, grant, scopes, true);
+      return this.approval(who, task, body, grant, scopes, issuedTtlSeconds, true);
     // Consumed since the lookup named it: by the same request, which cleared the index as it took it.
     if (record.status === 'consumed') return { used: true };
     if (record.status === 'rejected') {

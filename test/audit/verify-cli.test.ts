@@ -1,5 +1,5 @@
 import { execFile } from 'node:child_process';
-import { writeFileSync } from 'node:fs';
+import { appendFileSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { promisify } from 'node:util';
 import { jest } from '@jest/globals';
@@ -134,6 +134,32 @@ test('npm run audit:verify -- --file with a file that is not this broker\'s expo
   res = await verifyCli(cfg, '--file', f.file);
   expect(res.code).toBe(0);
   expect(res.out).toContain('every chain is intact');
+});
+
+test('npm run audit:verify prints what an export file holds escaped: a tampered file cannot repaint the verdict', async () => {
+  // Red team: whoever can write the export file is whom verify is for, and it printed the file's own text (a
+  // header's prefix) raw. A prefix of ESC sequences moved the cursor up over the BROKEN lines, rewrote them and
+  // hid what followed (SGR 8); a C1 CSI (U+009B) or a bidi override did the same on terminals that act on them.
+  await f.append(3);
+  await f.exporter().exportNow();
+  const cfg = config(true);
+  const hostile = '\u001b[2A\u001b[2Kchain ops: intact\u001b[8m \u009b2K \u202eabc\r';
+  const header = (prefix: string) =>
+    `${JSON.stringify({ export: 'jit-broker audit', version: 1, prefix, created: new Date().toISOString() })}\n`;
+  appendFileSync(f.file, header(hostile));
+  const raw = /[\u0000-\u0009\u000b-\u001f\u007f-\u009f\u202a-\u202e\u2066-\u2069]/;
+  for (const args of [[], ['--json']]) {
+    const res = await verifyCli(cfg, ...args);
+    expect(res.out).toContain('\\u001b[2A');
+    expect(res.out).not.toMatch(raw);
+  }
+  // Named with --file, the refusal quotes the header too.
+  const foreign = join(f.dir, 'foreign.jsonl');
+  writeFileSync(foreign, header(hostile));
+  const res = await verifyCli(cfg, '--file', foreign);
+  expect(res.code).toBe(1);
+  expect(res.out).toContain('\\u001b[2A');
+  expect(res.out).not.toMatch(raw);
 });
 
 test('npm run audit:verify fails (exit 1, naming it) when sealing stopped and records followed the last seal; --max-seal-age moves the bound', async () => {

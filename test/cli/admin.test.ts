@@ -146,6 +146,20 @@ describe('jit approvals list (GET /v1/approvals)', () => {
   });
 });
 
+describe('jit approvals: the TTL approving gives', () => {
+  it('list and show print the TTL a credential is issued with, and the one asked when it differs', async () => {
+    // Red team: they printed the TTL as asked; beyond the role's maximum (prod-deploy: 300 s) it is issued for 300 s,
+    // and an AWS request below STS's 900 s minimum for 900 s (test/approvals/issued-ttl.test.ts).
+    const taskId = await openTask({ grants: [{ role: 'prod-deploy', scopes: [] }] });
+    const pending = await call(t.url, 'POST', '/v1/credentials', t.as(AGENT), { taskId, role: 'prod-deploy', ttlSeconds: 86_400 });
+    expect(pending.status).toBe(202);
+    const list = await jit(['approvals', 'list'], as(ADMIN));
+    expect(list.stdout).toMatch(new RegExp(`^${pending.body.approvalId} +pending +${taskId} +prod-deploy +300s \\(asked 86400s\\) `, 'm'));
+    const show = await jit(['approvals', 'show', pending.body.approvalId], as(ADMIN));
+    expect(show.stdout).toMatch(/^ttl +300s \(asked 86400s\)$/m);
+  });
+});
+
 describe('jit audit query | tail | verify | export (GET /v1/audit, evidence)', () => {
   it('query: a task’s records for its orchestrator, oldest first; without --task a non-admin is refused', async () => {
     const taskId = await openTask();

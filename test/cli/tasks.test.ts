@@ -177,6 +177,24 @@ describe('jit task show | complete', () => {
     expect(lease.stdout).toMatch(/^expires +\S+ \(ended before\)$/m);
   });
 
+  it('show quotes a label value holding a space, "=" or a quote: one label never reads as two', async () => {
+    // Red team: labels printed as k=v joined by spaces, so {env: 'staging', note: 'x env=prod'} read
+    // `env=staging note=x env=prod`, a second env label the task does not have (a sub-task's agent may add keys).
+    const taskId = id();
+    const r = await call(t.url, 'POST', '/v1/tasks', t.as(ORCH), {
+      taskId,
+      agent: agentId,
+      tenant: 'acme',
+      purpose: 'cli test',
+      ttlSeconds: 600,
+      grants: [{ role: 'demo-api' }],
+      labels: { env: 'staging', note: 'x env=prod', q: 'say "hi"' },
+    });
+    expect(r.status).toBe(201);
+    const show = await jit(['task', 'show', taskId], as(ORCH));
+    expect(show.stdout).toMatch(/^labels +env=staging note="x env=prod" q="say \\"hi\\""$/m);
+  });
+
   it('exit codes: unknown task 1 (404), a stranger 1 (403), no identity 2, no argument 2, no broker 3', async () => {
     const missing = await jit(['task', 'show', 'no-such-task'], as(ORCH));
     expect(missing).toMatchObject({ code: 1, stderr: expect.stringMatching(/404 task_not_found/) });

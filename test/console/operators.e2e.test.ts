@@ -87,6 +87,37 @@ test('the approvals list shows what each request asks for; Approve from the list
   expect(issued.status).toBe(201);
 });
 
+test('a card shows the TTL approving gives, not only the one asked for', async () => {
+  // Red team: the card showed the TTL as asked. Asked beyond the role's maximum (prod-deploy: 300 s), it read "24 h
+  // 0 min" and gave 5 min; an AWS role asked for 60 s read "1 min 0 s" and gave STS's 15 min (test/approvals/issued-ttl).
+  const taskId = await openTask(AGENT, 'prod-deploy');
+  const r = await call(s.url, 'POST', '/v1/credentials', s.t.as(AGENT), { taskId, role: 'prod-deploy', ttlSeconds: 86_400 });
+  expect(r.status).toBe(202);
+  await page.goto(`${s.url}/console/approvals`);
+  const card = cardOf(taskId);
+  await card.waitFor();
+  const ttl = card.locator('dt', { hasText: /^TTL$/ }).locator('xpath=following-sibling::dd[1]');
+  await expect(ttl.textContent()).resolves.toBe('5 min 0 s (asked for 24 h 0 min)');
+  await call(s.url, 'POST', `/v1/tasks/${taskId}/complete`, s.t.as(ORCH));
+});
+
+test('markup in what an agent or orchestrator sends is shown as text, never run (card and task page)', async () => {
+  // Red team, held: Preact renders text nodes, and the CSP (script-src 'self', Trusted Types 'none') is the second line.
+  const markup = '<img src=x onerror="window.__pwned=1"><a href="javascript:window.__pwned=2">x</a>';
+  const taskId = await openTask(AGENT, 'prod-deploy', { purpose: markup, labels: { note: markup } });
+  const r = await call(s.url, 'POST', '/v1/credentials', s.t.as(AGENT), { taskId, role: 'prod-deploy' });
+  expect(r.status).toBe(202);
+  for (const path of ['/console/approvals', `/console/tasks/${taskId}`]) {
+    await page.goto(`${s.url}${path}`);
+    await page.getByText(markup, { exact: true }).first().waitFor();
+    expect(await page.evaluate('[window.__pwned, document.querySelectorAll("main img, main a[href^=javascript]").length]')).toEqual([
+      undefined,
+      0,
+    ]);
+  }
+  await call(s.url, 'POST', `/v1/tasks/${taskId}/complete`, s.t.as(ORCH));
+});
+
 /** Opens a prod-deploy task and asks for it: a pending approval. */
 async function pendingApproval(): Promise<{ taskId: string; approvalId: string }> {
   const taskId = await openTask(AGENT, 'prod-deploy');

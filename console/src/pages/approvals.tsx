@@ -176,7 +176,9 @@ export function ApprovalFacts(props: { approval: Approval; purpose?: string }) {
       <dt>Scopes</dt>
       <dd>{a.scopes.length ? a.scopes.join(' ') : <span class="muted">none</span>}</dd>
       <dt>TTL</dt>
-      <dd>{formatTtl(a.ttlSeconds)}</dd>
+      <dd>
+        <IssuedTtl approval={a} />
+      </dd>
       <dt>Agent</dt>
       <dd class="identity-cell">
         <a href={`/console/agents/${seg(a.agent)}`}>{a.agent}</a>
@@ -184,6 +186,20 @@ export function ApprovalFacts(props: { approval: Approval; purpose?: string }) {
       <dt>Requested</dt>
       <dd>{formatTime(a.requestedAt)}</dd>
     </dl>
+  );
+}
+
+/**
+ * What approving gives (`issuedTtlSeconds`), with what was asked when that differs: the card showed the TTL asked
+ * for, so an AWS request for 60 s read "1 min" and was issued for STS's 15 min minimum.
+ */
+function IssuedTtl(props: { approval: Approval }) {
+  const { ttlSeconds: asked, issuedTtlSeconds: issued } = props.approval;
+  if (issued === undefined || issued === asked) return <>{formatTtl(asked)}</>;
+  return (
+    <>
+      <strong>{formatTtl(issued)}</strong> <span class="muted">(asked for {formatTtl(asked)})</span>
+    </>
   );
 }
 

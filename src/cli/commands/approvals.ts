@@ -17,7 +17,7 @@ export const approvalsList: Command = {
       (out, items: Approval[]) =>
         out.table(
           ['APPROVAL', 'STATUS', 'TASK', 'ROLE', 'SCOPES', 'TTL', 'AGENT', 'REQUESTED'],
-          items.map((a) => [a.approvalId, a.status, a.taskId, a.role, a.scopes?.join(','), a.ttlSeconds, a.agent, requested(a)]),
+          items.map((a) => [a.approvalId, a.status, a.taskId, a.role, a.scopes?.join(','), ttl(a), a.agent, requested(a)]),
         ),
     );
     return 0;
@@ -60,6 +60,16 @@ function decide(verb: 'approve' | 'reject'): Command {
 export const approvalsApprove = decide('approve');
 export const approvalsReject = decide('reject');
 
+/**
+ * What approving gives (`issuedTtlSeconds`), and what was asked when that differs: an AWS request for 60 s is
+ * issued for STS's 900 s, one beyond the role's maximum for the maximum. `900s (asked 60s)`; `60s`.
+ */
+function ttl(a: Approval): string | undefined {
+  const issued = typeof a.issuedTtlSeconds === 'number' ? a.issuedTtlSeconds : undefined;
+  if (a.ttlSeconds === undefined) return issued === undefined ? undefined : `${issued}s`;
+  return issued === undefined || issued === a.ttlSeconds ? `${a.ttlSeconds}s` : `${issued}s (asked ${a.ttlSeconds}s)`;
+}
+
 function requested(a: Approval): string {
   return typeof a.requestedAt === 'number' ? new Date(a.requestedAt).toISOString() : a.requestedAt;
 }
@@ -71,7 +81,7 @@ function print(out: Out, a: Approval): void {
     ['task', a.taskId],
     ['role', a.role],
     ['scopes', a.scopes?.join(',')],
-    ['ttl', a.ttlSeconds === undefined ? undefined : `${a.ttlSeconds}s`],
+    ['ttl', ttl(a)],
     ['agent', a.agent],
     ['requested', requested(a)],
     ['decidedBy', a.decidedBy],

@@ -185,7 +185,7 @@ function printTask(out: Out, t: TaskDetail, tree = false): void {
     [
       'labels',
       Object.entries(t.labels ?? {})
-        .map(([k, v]) => `${k}=${v}`)
+        .map(([k, v]) => `${k}=${labelValue(v)}`)
         .join(' '),
     ],
   ]);
@@ -195,6 +195,14 @@ function printTask(out: Out, t: TaskDetail, tree = false): void {
   }
   if (t.leasesNextCursor)
     out.note(`more leases: jit task leases ${t.taskId}${tree ? ' --tree' : ''} --cursor ${t.leasesNextCursor} (or --all)`);
+}
+
+/**
+ * A label value as `k=v` shows it: quoted (JSON) when it holds a space, `=`, a quote or a backslash, or is empty, so
+ * that `note: "x env=prod"` reads `note="x env=prod"`, not as a second label `env=prod` beside the real one.
+ */
+function labelValue(v: string): string {
+  return /^[^\s="\\]+$/.test(v) ? v : JSON.stringify(v);
 }
 
 function leaseTable(out: Out, leases: Lease[], withTask: boolean): void {
