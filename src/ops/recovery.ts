@@ -353,6 +353,12 @@ export class DataLossMonitor {
         const id = [...ids][0] ?? randomUUID();
         const fresh = lost.filter((b) => marks[b] === null);
         await Promise.all(fresh.map((b) => this.d.redis.set(this.d.keys.bucketMarker(b), `${RECOVERING}${id}`)));
+        // The epoch was read before the markers: a wipe in between (or before these SETs) showed every marker gone,
+        // and this recovery set them `recovering:` on the empty Redis, continued every chain there, wrote the
+        // markers back over its own, and answered ready on a Redis without signing keys or epoch marker
+        // (test/ops/bucket-marks-wipe-race.test.ts). Read again now: a wipe after the SETs takes them, and the
+        // write-back (bucket-mark-set.lua) refuses.
+        if ((await this.d.redis.get(this.d.keys.epoch())) !== epoch) return 'lost' as const;
         // What each lost marker holds now: written back below only over that (a bucket lost again meanwhile stays lost).
         const seenMarks = marks.map((m, b) => (fresh.includes(b) ? `${RECOVERING}${id}` : m));
         held.throwIfAborted();
@@ -380,7 +386,9 @@ export class DataLossMonitor {
           throw new Error(`buckets ${refused.join(',')} lost their data again during their recovery; will look again`);
         if (await this.writeLoss()) recorded = true;
         await this.finishContinuations();
-        return 'done' as const;
+        // On a Cluster the epoch marker is on another master than these markers: its loss meanwhile leaves the
+        // write-back alone. Not answered ready on a Redis without it (the next check recovers the whole loss).
+        return (await this.d.redis.get(this.d.keys.epoch())) === epoch ? ('done' as const) : ('lost' as const);
       },
     );
     if (!done) throw new Error('another instance is recovering; will look again');

@@ -1,5 +1,6 @@
 import { expect } from '@jest/globals';
 import { silentLogger } from '../../src/logger.ts';
+import { isPresent } from '../../src/ops/bucket-marks.ts';
 import type { DataLossMonitor } from '../../src/ops/recovery.ts';
 import type { RedisClient } from '../../src/redis/scripts.ts';
 import { brokerOnOwnRedis } from '../helpers/own-redis-broker.ts';
@@ -27,18 +28,22 @@ async function lossCount(kind: string): Promise<number> {
   return line ? Number(line.split(' ')[1]) : 0;
 }
 
-/** The broker's client, with Redis wiped (once, when `armed`) between the check's first reads and its MGET. */
-function wipedBeforeMget(): { redis: RedisClient; arm(): void; fired(): boolean } {
+/**
+ * The broker's client, with Redis wiped (once, when `armed`) right before an MGET of the markers is sent: the
+ * `nth` one from the arming (1: the check's, 2: a bucket recovery's, under its lock).
+ */
+function wipedBeforeMget(nth = 1): { redis: RedisClient; arm(): void; fired(): boolean } {
   const redis = own.t.broker.deps.redis;
   let armed = false;
   let fired = false;
+  let count = 0;
   const proxy = new Proxy(redis, {
     get(target, p) {
       const v = Reflect.get(target, p, target);
       if (typeof v !== 'function') return v;
       if (p !== 'mget') return v.bind(target);
       return async (...args: unknown[]) => {
-        if (armed) {
+        if (armed && ++count === nth) {
           armed = false;
           fired = true;
           // Sent behind the check's GET, HLEN, EXISTS and HGET: answered once they were run.
@@ -76,7 +81,54 @@ test('a wipe between the check’s epoch read and its markers’ MGET is a data 
   expect(m.ready).toBe(true);
   expect(await lossCount('bucket_lost')).toBe(bucketBefore);
   expect(await lossCount('lost')).toBe(lostBefore + 1);
-  // The new dataset has every bucket's marker.
+  // The new dataset has every bucket's marker (none left `recovering:`).
   const { keys, redis } = t.broker.deps;
-  for (let b = 0; b < keys.buckets; b++) expect(await redis.get(keys.bucketMarker(b))).not.toBeNull();
+  for (let b = 0; b < keys.buckets; b++) expect(isPresent(await redis.get(keys.bucketMarker(b)))).toBe(true);
+}, 60_000);
+
+/** Deletes every key of `bucket` in one command: what the loss of its Cluster master leaves of it. */
+async function loseBucket(bucket: number): Promise<void> {
+  const admin = own.redis.client();
+  await admin.connect();
+  try {
+    const pattern = `${own.t.broker.deps.keys.base(bucket).replace(/[*?[\]\\]/g, '\\$&')}*`;
+    const found: string[] = [];
+    let cursor = '0';
+    do {
+      const [next, batch] = await admin.scan(cursor, 'MATCH', pattern, 'COUNT', 1000);
+      found.push(...batch);
+      cursor = next;
+    } while (cursor !== '0');
+    expect(found).toContain(own.t.broker.deps.keys.bucketMarker(bucket));
+    await admin.del(...found);
+  } finally {
+    admin.disconnect();
+  }
+}
+
+test('a wipe between a bucket recovery’s epoch read and its markers’ MGET: not ready on the wiped Redis, recovered as a whole loss', async () => {
+  const { t } = own;
+  const { keys, redis } = t.broker.deps;
+  await exportAuditNow(t);
+  const hook = wipedBeforeMget(2);
+  const m = recoveryMonitor(t, { redis: hook.redis, logger: silentLogger });
+  monitors.push(m);
+  await m.init();
+  expect(m.ready).toBe(true);
+  const lostBefore = await lossCount('lost');
+
+  await loseBucket(3);
+  hook.arm();
+  await m.check().catch(() => {});
+  expect(hook.fired()).toBe(true);
+  // Before: the recovery saw every marker gone under an epoch read before the wipe, set them `recovering:`,
+  // continued every chain on the empty Redis, wrote the markers back over its own, and answered ready on a
+  // Redis without signing keys or epoch marker (until the next check).
+  const [epoch, signing] = await Promise.all([redis.get(keys.epoch()), redis.hlen(keys.signingKeys())]);
+  expect({ ready: m.ready, epoch, signing }).toEqual({ ready: false, epoch: null, signing: 0 });
+  await m.check().catch(() => {});
+  if (!m.ready) await m.check().catch(() => {});
+  expect(m.ready).toBe(true);
+  expect(await lossCount('lost')).toBe(lostBefore + 1);
+  for (let b = 0; b < keys.buckets; b++) expect(isPresent(await redis.get(keys.bucketMarker(b)))).toBe(true);
 }, 60_000);
