@@ -199,7 +199,7 @@ export class DataLossMonitor {
 
   private async checkOnce(): Promise<void> {
     if (this.recovering) return this.recovering;
-    const [epoch, keyCount, left, marked, marks] = await Promise.all([
+    let [epoch, keyCount, left, marked, marks] = await Promise.all([
       this.d.redis.get(this.d.keys.epoch()),
       this.d.redis.hlen(this.d.keys.signingKeys()),
       // Work a recovery kept and may not have finished (one key of each kind, all in the global slot).
@@ -209,7 +209,17 @@ export class DataLossMonitor {
       readMarks(this.d.redis, this.d.keys),
     ]);
     // Buckets whose master came back empty while the epoch held (only once this dataset's markers were written).
-    const lostBuckets = marked ? marks.flatMap((m, b) => (isPresent(m) ? [] : [b])) : [];
+    let lostBuckets = marked ? marks.flatMap((m, b) => (isPresent(m) ? [] : [b])) : [];
+    if (lostBuckets.length > 0) {
+      // The epoch was read before the markers, not with them: a wipe in between (on one node, another client's
+      // FLUSHALL between the GET and the MGET) showed the epoch held and every marker gone, and a whole data
+      // loss was counted and logged as the loss of buckets (test/ops/bucket-marks-wipe-race.test.ts). Read again
+      // after the markers: still there, the markers were gone while it held (a bucket loss); gone or another
+      // since, what was read is no one dataset, and the epoch read now decides (a data loss: recover below).
+      const [again, keysAgain] = await Promise.all([this.d.redis.get(this.d.keys.epoch()), this.d.redis.hlen(this.d.keys.signingKeys())]);
+      // Markers read before that are of no dataset to compare with later (recoveredElsewhere): none kept.
+      if (again !== epoch || keysAgain === 0) [epoch, keyCount, lostBuckets, marks] = [again, keysAgain, [], []];
+    }
     if (epoch && keyCount > 0 && epoch === this.epoch) {
       if (lostBuckets.length > 0) return this.startBucketRecovery(lostBuckets);
       this.recoveredElsewhere(marks);
@@ -343,6 +353,12 @@ export class DataLossMonitor {
         const id = [...ids][0] ?? randomUUID();
         const fresh = lost.filter((b) => marks[b] === null);
         await Promise.all(fresh.map((b) => this.d.redis.set(this.d.keys.bucketMarker(b), `${RECOVERING}${id}`)));
+        // The epoch was read before the markers: a wipe in between (or before these SETs) showed every marker gone,
+        // and this recovery set them `recovering:` on the empty Redis, continued every chain there, wrote the
+        // markers back over its own, and answered ready on a Redis without signing keys or epoch marker
+        // (test/ops/bucket-marks-wipe-race.test.ts). Read again now: a wipe after the SETs takes them, and the
+        // write-back (bucket-mark-set.lua) refuses.
+        if ((await this.d.redis.get(this.d.keys.epoch())) !== epoch) return 'lost' as const;
         // What each lost marker holds now: written back below only over that (a bucket lost again meanwhile stays lost).
         const seenMarks = marks.map((m, b) => (fresh.includes(b) ? `${RECOVERING}${id}` : m));
         held.throwIfAborted();
@@ -370,7 +386,9 @@ export class DataLossMonitor {
           throw new Error(`buckets ${refused.join(',')} lost their data again during their recovery; will look again`);
         if (await this.writeLoss()) recorded = true;
         await this.finishContinuations();
-        return 'done' as const;
+        // On a Cluster the epoch marker is on another master than these markers: its loss meanwhile leaves the
+        // write-back alone. Not answered ready on a Redis without it (the next check recovers the whole loss).
+        return (await this.d.redis.get(this.d.keys.epoch())) === epoch ? ('done' as const) : ('lost' as const);
       },
     );
     if (!done) throw new Error('another instance is recovering; will look again');
