@@ -2,6 +2,7 @@ import { request as httpRequest, type IncomingMessage } from 'node:http';
 import { request as httpsRequest } from 'node:https';
 import type { Readable } from 'node:stream';
 import { createBrotliDecompress, createUnzip } from 'node:zlib';
+import { scrubEcho } from '../echo-scrub.ts';
 
 /**
  * The most of one Vault answer the broker reads. Vault's answers to what the broker asks (a token, a
@@ -55,18 +56,6 @@ function secretsOf(options: RpOptions, url: URL): string[] {
 }
 
 /**
- * A failed answer's body with every secret the request carried replaced: node-vault makes its `errors` the
- * error's message, which is logged (safeCause), and an upstream that echoes its input (a proxy repeating a
- * header, a plugin quoting the request) would have put the broker's token or secret-id in the log. A success
- * is left whole: it is where credentials legitimately are.
- */
-function scrubbed(text: string, secrets: string[]): string {
-  let out = text;
-  for (const secret of secrets) out = out.split(secret).join('[redacted]');
-  return out;
-}
-
-/**
  * Whether VAULT_SKIP_VERIFY turns certificate checks off, read as Vault's own CLI reads it (Go's ParseBool):
  * node-vault took any non-empty value, so `VAULT_SKIP_VERIFY=false` (or `0`) turned verification *off*.
  * Anything but a true spelling leaves it on.
@@ -100,7 +89,7 @@ function failure(message: string, code: string): Error {
  * - `timeout` bounds the whole call (connecting, the answer's head and its whole body), where axios's is an idle
  *   timeout a body dripping a byte at a time never trips;
  * - an answer longer than MAX_VAULT_ANSWER_BYTES is cut off and fails;
- * - a failed answer never repeats a secret the request carried (`scrubbed`);
+ * - a failed answer never repeats a secret the request carried (`scrubEcho`);
  * - redirects are not followed: a 3xx is an answer like any other (node-vault fails it as `Status 307`). Axios
  *   followed one to any host with X-Vault-Token and the request body (a secret-id, at login) attached, and took
  *   what that host answered for Vault's answer.
@@ -167,7 +156,11 @@ export function boundedRequest(_defaults: { strictSSL?: boolean }) {
           if (!res.complete) return done(failure('Vault closed the connection mid-answer', 'ECONNRESET'));
           const status = res.statusCode ?? 0;
           const raw = Buffer.concat(chunks).toString('utf8');
-          const text = status === 200 || status === 204 ? raw : scrubbed(raw, secretsOf(options, url));
+          // A failed answer's body with every secret the request carried replaced (scrubEcho): node-vault makes its
+          // `errors` the error's message, which is logged (safeCause), and an upstream that echoes its input (a proxy
+          // repeating a header, a plugin quoting the request) would have put the broker's token or secret-id in the
+          // log. A success is left whole: it is where credentials legitimately are.
+          const text = status === 200 || status === 204 ? raw : scrubEcho(raw, secretsOf(options, url));
           // As axios did: JSON when it parses, else the text ('' for a 204, an HTML error page), which node-vault
           // then fails on the status code or the broker on the shape.
           let parsed: unknown = text;

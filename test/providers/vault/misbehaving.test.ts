@@ -174,3 +174,37 @@ describe('a Vault error that echoes what the broker sent', () => {
     expect(everything(err)).not.toContain(secretId);
   });
 });
+
+describe('a proxy in front of Vault that echoes what it got', () => {
+  test('its own Proxy-Authorization, the Basic credentials of the address and the token, percent-encoded in lower case: all scrubbed', async () => {
+    // The address's user-info goes to the proxy as Basic authorization; a password whose base64 ends in `=`.
+    const password = 'Pr0xy p@ss!';
+    const basic = Buffer.from(`corp:${password}`).toString('base64');
+    const proxyOwn = Buffer.from('upstream-proxy:An0ther-Secret').toString('base64');
+    const token = 'hvs.CAESIJ-echoed_token+with/chars=';
+    const lower = (s: string) => encodeURIComponent(s).replace(/%[0-9A-F]{2}/g, (m) => m.toLowerCase());
+    front.on(CREATE, (req, res) => {
+      res.writeHead(400, { 'content-type': 'application/json' });
+      res.end(
+        JSON.stringify({
+          errors: [
+            `denied https://vault.corp/v1/auth/token/create?x-vault-token=${lower(token)}&auth=${lower(String(req.headers.authorization))} ` +
+              `(Proxy-Authorization: Basic ${proxyOwn})`,
+          ],
+        }),
+      );
+    });
+    const { boundedRequest } = await import('../../../src/providers/vault/transport.ts');
+    const out = await boundedRequest({})({
+      method: 'POST',
+      uri: `${front.url.replace('://', `://corp:${encodeURIComponent(password)}@`)}/v1/auth/token/create-orphan`,
+      headers: { 'X-Vault-Token': token },
+      json: { policies: ['x'] },
+    });
+    const text = JSON.stringify(out.body);
+    expect(out.statusCode).toBe(400);
+    expect(text).toContain('denied https://vault.corp/v1/auth/token/create');
+    for (const secret of [token, lower(token), encodeURIComponent(token), basic, lower(basic), proxyOwn, password])
+      expect(text).not.toContain(secret);
+  });
+});
