@@ -137,6 +137,31 @@ describe('a Vault answer too large to be one', () => {
     // The cap is 4 MiB; what the sockets buffered on both sides on top of that is a few MiB more at most.
     expect(sent).toBeLessThan(20);
   });
+
+  test('providers.vault.maxAnswerBytes: 4 MiB unless set; an answer over a configured cap fails, the same answer under the default does not', async () => {
+    const { vaultSettingsSchema } = await import('../../../src/providers/vault/config.ts');
+    const { makeClient } = await import('../../../src/providers/vault/client.ts');
+    const parse = (extra: object) => vaultSettingsSchema.safeParse({ auth: { token: 't' }, ...extra });
+    expect(parse({}).data?.maxAnswerBytes).toBe(4 * 1024 * 1024);
+    expect(parse({ maxAnswerBytes: 1024 }).success).toBe(false);
+    expect(parse({ maxAnswerBytes: 64 * 1024 * 1024 }).success).toBe(false);
+    // 200 KiB of whitespace around a valid answer: a plugin's large secret.
+    front.on(
+      (req) => req.url!.startsWith('/v1/big/secret'),
+      (_req, res) => {
+        res.writeHead(200, { 'content-type': 'application/json' });
+        res.end(`${' '.repeat(200 * 1024)}{"data":{"v":"x"}}`);
+      },
+    );
+    const settings = (extra: object) => ({
+      ...parse({ address: front.url, requestTimeoutMs: TIMEOUT_MS, ...extra }).data!,
+      namespace: undefined,
+    });
+    await expect(makeClient(settings({}), brokerToken).read('big/secret')).resolves.toMatchObject({ data: { v: 'x' } });
+    await expect(makeClient(settings({ maxAnswerBytes: 64 * 1024 }), brokerToken).read('big/secret')).rejects.toMatchObject({
+      code: 'ERR_VAULT_ANSWER_TOO_LARGE',
+    });
+  });
 });
 
 describe('a Vault error that echoes what the broker sent', () => {
