@@ -167,13 +167,46 @@ export class CredentialService {
       // it with the approval untouched. Taken first, a process that died during that call left it consumed for good
       // with nothing made (test/redteam/crash-aws-approval-account.test.ts). The answer is cached (per set of keys).
       const beforeTake = async () => {
-        await provider.revocable(role as never);
+        await this.revocable(who, task, body, role, provider);
       };
       const found = await this.takeApproval(who, task, body, grant, scopes, ttl.ttlSeconds, beforeTake);
       if ('pending' in found) return found.pending;
       decided.approval = found.approved;
     }
     return this.issue(who, body, decided);
+  }
+
+  /**
+   * Whether the credential about to be made is revocable (`provider.revocable`). A provider that cannot say (AWS:
+   * STS does not answer the broker's account) fails the request before any lease exists, so no lease's end records
+   * its `credential.fail`: recorded here instead, the same record without a `leaseId` (the reason is the error's
+   * code, never its message). Folded per actor, code, task and minute like a repeated denial (AuditLog.denial):
+   * a caller retrying against a failing STS cannot grow the log.
+   */
+  private async revocable(
+    who: WorkloadIdentity,
+    task: TaskSnapshot,
+    body: CredentialRequest,
+    role: RoleConfig,
+    provider: Provider,
+  ): Promise<boolean> {
+    try {
+      return await provider.revocable(role as never);
+    } catch (err) {
+      await this.deps.audit.denial(
+        {
+          action: 'credential.fail',
+          actor: who.id,
+          decision: 'error',
+          taskId: task.taskId,
+          role: body.role,
+          reason: err instanceof BrokerError ? err.code : 'internal_error',
+        },
+        // The caller is the task's agent (loadTask): its failures keep the task's key, as its denials do.
+        { ownTask: true },
+      );
+      throw err;
+    }
   }
 
   /**
@@ -304,7 +337,7 @@ export class CredentialService {
     // anything is recorded. Under an approval it was asked before the approval was taken (decideAndIssue) and is
     // answered from the provider's cache here; should it fail now (the keys switched since), the approval is given
     // back (`issue`), as after a refused AssumeRole.
-    const revocable = await provider.revocable(role as never);
+    const revocable = await this.revocable(who, task, body, role, provider);
     const bucket = this.deps.keys.bucketOfTask(task.taskId);
     const fixed: LeaseFixed = {
       leaseId: Keys.newRandomId(bucket),

@@ -1,6 +1,7 @@
 import { Readable, Transform, pipeline } from 'node:stream';
 import type { IAMClient } from '@aws-sdk/client-iam';
 import type { STSClient } from '@aws-sdk/client-sts';
+import { scrubEcho } from '../echo-scrub.ts';
 import type { AwsClock } from './aws-clock.ts';
 
 /**
@@ -43,8 +44,8 @@ function bounded(body: Readable, remainingMs: number, timeoutMs: number): Readab
 /**
  * What a request carries that must not come back in an error: the session token (X-Amz-Security-Token, sent
  * when the broker runs on session credentials), the Authorization header (a signature is good for replaying
- * that request for minutes), its signature and the access key id it names; each also URL-encoded, as a proxy
- * echoing a query or a form body would write it.
+ * that request for minutes), its signature and the access key id it names. The encodings an echo may write
+ * them in, and secrets known only by their name (a proxy's Proxy-Authorization), are scrubEcho's.
  */
 function secretsOf(headers: Record<string, string | undefined>): string[] {
   const header = (name: string) => Object.entries(headers).find(([k]) => k.toLowerCase() === name)?.[1];
@@ -56,14 +57,7 @@ function secretsOf(headers: Record<string, string | undefined>): string[] {
     out.push(auth);
     for (const m of auth.matchAll(/(?:Credential=([^/,\s]+)|Signature=([0-9a-f]+))/g)) out.push(m[1] ?? m[2]!);
   }
-  return out.filter((x) => x.length >= 8).flatMap((x) => [x, encodeURIComponent(x)]);
-}
-
-/** `text` with every one of `secrets` replaced (longest first, so a header goes whole before its parts). */
-function scrubbed(text: string, secrets: string[]): string {
-  let out = text;
-  for (const secret of [...secrets].sort((a, b) => b.length - a.length)) out = out.split(secret).join('[redacted]');
-  return out;
+  return out.filter((x) => x.length >= 8);
 }
 
 /**
@@ -75,7 +69,7 @@ function scrubbed(text: string, secrets: string[]): string {
 async function scrubbedBody(body: Readable, secrets: string[]): Promise<Readable> {
   const chunks: Buffer[] = [];
   for await (const c of body) chunks.push(Buffer.from(c as Buffer));
-  return Readable.from([Buffer.from(scrubbed(Buffer.concat(chunks).toString('utf8'), secrets))]);
+  return Readable.from([Buffer.from(scrubEcho(Buffer.concat(chunks).toString('utf8'), secrets))]);
 }
 
 /**

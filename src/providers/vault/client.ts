@@ -11,13 +11,16 @@ export type VaultClient = nodeVault.client;
  * so the provider never calls them: it uses `read`/`write` on explicit paths
  * and gives every token its own client.
  */
-export function makeClient(settings: Pick<VaultSettings, 'address' | 'namespace' | 'requestTimeoutMs'>, token: string): VaultClient {
+export function makeClient(
+  settings: Pick<VaultSettings, 'address' | 'namespace' | 'requestTimeoutMs'> & Partial<Pick<VaultSettings, 'maxAnswerBytes'>>,
+  token: string,
+): VaultClient {
   const client = nodeVault({
     endpoint: settings.address,
     apiVersion: 'v1',
     requestOptions: { timeout: settings.requestTimeoutMs },
     // Our HTTP layer, not axios's: a deadline for the whole answer, a cap on its size, no redirects (transport.ts).
-    'request-promise': { defaults: boundedRequest },
+    'request-promise': { defaults: (d: { strictSSL?: boolean }) => boundedRequest(d, settings.maxAnswerBytes) },
     ...(settings.namespace ? { namespace: settings.namespace } : {}),
   });
   // node-vault falls back to VAULT_TOKEN, VAULT_NAMESPACE and VAULT_PREFIX from

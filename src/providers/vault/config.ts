@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import { MAX_VAULT_ANSWER_BYTES } from './transport.ts';
 import { approvalSchema, secretSourceSchema } from '../../config/common.ts';
 
 const vaultPolicyName = z
@@ -86,5 +87,15 @@ export const vaultSettingsSchema = z.strictObject({
    * it again at every rotation, until one destroyed it longer than this after it was sent.
    */
   maxRequestDurationSeconds: z.int().min(1).max(3600).default(VAULT_MAX_REQUEST_DURATION_SECONDS),
+  /**
+   * The most of one Vault answer read (transport.ts). A role's `path` may be any secrets engine or plugin, whose
+   * answers the broker cannot bound the way it can AWS's, so an operator whose engine answers more can raise it.
+   * At most 32 MiB: every call in flight may hold this much, and one upstream must not exhaust the broker's memory.
+   */
+  maxAnswerBytes: z
+    .int()
+    .min(64 * 1024)
+    .max(32 * 1024 * 1024)
+    .default(MAX_VAULT_ANSWER_BYTES),
 });
 export type VaultSettings = z.infer<typeof vaultSettingsSchema>;

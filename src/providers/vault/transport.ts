@@ -2,9 +2,10 @@ import { request as httpRequest, type IncomingMessage } from 'node:http';
 import { request as httpsRequest } from 'node:https';
 import type { Readable } from 'node:stream';
 import { createBrotliDecompress, createUnzip } from 'node:zlib';
+import { scrubEcho } from '../echo-scrub.ts';
 
 /**
- * The most of one Vault answer the broker reads. Vault's answers to what the broker asks (a token, a
+ * The most of one Vault answer the broker reads by default (`providers.vault.maxAnswerBytes`). Vault's answers to what the broker asks (a token, a
  * secret, a lookup, a list of secret-id accessors) are a few KiB; an answer past this is not Vault's, and
  * reading it whole (node-vault's axios did, 100 MiB and more) would let one upstream exhaust the broker's memory.
  */
@@ -55,18 +56,6 @@ function secretsOf(options: RpOptions, url: URL): string[] {
 }
 
 /**
- * A failed answer's body with every secret the request carried replaced: node-vault makes its `errors` the
- * error's message, which is logged (safeCause), and an upstream that echoes its input (a proxy repeating a
- * header, a plugin quoting the request) would have put the broker's token or secret-id in the log. A success
- * is left whole: it is where credentials legitimately are.
- */
-function scrubbed(text: string, secrets: string[]): string {
-  let out = text;
-  for (const secret of secrets) out = out.split(secret).join('[redacted]');
-  return out;
-}
-
-/**
  * Whether VAULT_SKIP_VERIFY turns certificate checks off, read as Vault's own CLI reads it (Go's ParseBool):
  * node-vault took any non-empty value, so `VAULT_SKIP_VERIFY=false` (or `0`) turned verification *off*.
  * Anything but a true spelling leaves it on.
@@ -99,8 +88,8 @@ function failure(message: string, code: string): Error {
  * node-vault's HTTP layer (its `request-promise` hook), replacing its axios one:
  * - `timeout` bounds the whole call (connecting, the answer's head and its whole body), where axios's is an idle
  *   timeout a body dripping a byte at a time never trips;
- * - an answer longer than MAX_VAULT_ANSWER_BYTES is cut off and fails;
- * - a failed answer never repeats a secret the request carried (`scrubbed`);
+ * - an answer longer than `maxBytes` (providers.vault.maxAnswerBytes) is cut off and fails;
+ * - a failed answer never repeats a secret the request carried (`scrubEcho`);
  * - redirects are not followed: a 3xx is an answer like any other (node-vault fails it as `Status 307`). Axios
  *   followed one to any host with X-Vault-Token and the request body (a secret-id, at login) attached, and took
  *   what that host answered for Vault's answer.
@@ -108,7 +97,7 @@ function failure(message: string, code: string): Error {
  * true VAULT_SKIP_VERIFY (`skipVerify`; node-vault's own `strictSSL` is not used). Connections are kept alive
  * (Node's global agent, as with axios). HTTP(S)_PROXY is not read (axios did): see docs/providers/vault.md.
  */
-export function boundedRequest(_defaults: { strictSSL?: boolean }) {
+export function boundedRequest(_defaults: { strictSSL?: boolean }, maxBytes = MAX_VAULT_ANSWER_BYTES) {
   return (options: RpOptions): Promise<RpResponse> =>
     new Promise<RpResponse>((resolve, reject) => {
       const url = new URL(options.uri);
@@ -141,17 +130,17 @@ export function boundedRequest(_defaults: { strictSSL?: boolean }) {
       req.on('response', (res: IncomingMessage) => {
         const chunks: Buffer[] = [];
         let size = 0;
-        const tooLarge = () => done(failure(`Vault's answer exceeds ${MAX_VAULT_ANSWER_BYTES} bytes`, 'ERR_VAULT_ANSWER_TOO_LARGE'));
+        const tooLarge = () => done(failure(`Vault's answer exceeds ${maxBytes} bytes`, 'ERR_VAULT_ANSWER_TOO_LARGE'));
         // The cap holds for what came and for what it decodes to (a small gzip can decode to gigabytes).
         let raw = 0;
         res.on('data', (c: Buffer) => {
           raw += c.length;
-          if (raw > MAX_VAULT_ANSWER_BYTES) tooLarge();
+          if (raw > maxBytes) tooLarge();
         });
         const body = decoded(res);
         body.on('data', (c: Buffer) => {
           size += c.length;
-          if (size > MAX_VAULT_ANSWER_BYTES) {
+          if (size > maxBytes) {
             tooLarge();
             body.destroy();
             return;
@@ -167,7 +156,11 @@ export function boundedRequest(_defaults: { strictSSL?: boolean }) {
           if (!res.complete) return done(failure('Vault closed the connection mid-answer', 'ECONNRESET'));
           const status = res.statusCode ?? 0;
           const raw = Buffer.concat(chunks).toString('utf8');
-          const text = status === 200 || status === 204 ? raw : scrubbed(raw, secretsOf(options, url));
+          // A failed answer's body with every secret the request carried replaced (scrubEcho): node-vault makes its
+          // `errors` the error's message, which is logged (safeCause), and an upstream that echoes its input (a proxy
+          // repeating a header, a plugin quoting the request) would have put the broker's token or secret-id in the
+          // log. A success is left whole: it is where credentials legitimately are.
+          const text = status === 200 || status === 204 ? raw : scrubEcho(raw, secretsOf(options, url));
           // As axios did: JSON when it parses, else the text ('' for a 204, an HTML error page), which node-vault
           // then fails on the status code or the broker on the shape.
           let parsed: unknown = text;

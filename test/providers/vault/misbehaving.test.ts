@@ -137,6 +137,31 @@ describe('a Vault answer too large to be one', () => {
     // The cap is 4 MiB; what the sockets buffered on both sides on top of that is a few MiB more at most.
     expect(sent).toBeLessThan(20);
   });
+
+  test('providers.vault.maxAnswerBytes: 4 MiB unless set; an answer over a configured cap fails, the same answer under the default does not', async () => {
+    const { vaultSettingsSchema } = await import('../../../src/providers/vault/config.ts');
+    const { makeClient } = await import('../../../src/providers/vault/client.ts');
+    const parse = (extra: object) => vaultSettingsSchema.safeParse({ auth: { token: 't' }, ...extra });
+    expect(parse({}).data?.maxAnswerBytes).toBe(4 * 1024 * 1024);
+    expect(parse({ maxAnswerBytes: 1024 }).success).toBe(false);
+    expect(parse({ maxAnswerBytes: 64 * 1024 * 1024 }).success).toBe(false);
+    // 200 KiB of whitespace around a valid answer: a plugin's large secret.
+    front.on(
+      (req) => req.url!.startsWith('/v1/big/secret'),
+      (_req, res) => {
+        res.writeHead(200, { 'content-type': 'application/json' });
+        res.end(`${' '.repeat(200 * 1024)}{"data":{"v":"x"}}`);
+      },
+    );
+    const settings = (extra: object) => ({
+      ...parse({ address: front.url, requestTimeoutMs: TIMEOUT_MS, ...extra }).data!,
+      namespace: undefined,
+    });
+    await expect(makeClient(settings({}), brokerToken).read('big/secret')).resolves.toMatchObject({ data: { v: 'x' } });
+    await expect(makeClient(settings({ maxAnswerBytes: 64 * 1024 }), brokerToken).read('big/secret')).rejects.toMatchObject({
+      code: 'ERR_VAULT_ANSWER_TOO_LARGE',
+    });
+  });
 });
 
 describe('a Vault error that echoes what the broker sent', () => {
@@ -172,5 +197,39 @@ describe('a Vault error that echoes what the broker sent', () => {
     );
     expect(everything(err)).toContain(roleId);
     expect(everything(err)).not.toContain(secretId);
+  });
+});
+
+describe('a proxy in front of Vault that echoes what it got', () => {
+  test('its own Proxy-Authorization, the Basic credentials of the address and the token, percent-encoded in lower case: all scrubbed', async () => {
+    // The address's user-info goes to the proxy as Basic authorization; a password whose base64 ends in `=`.
+    const password = 'Pr0xy p@ss!';
+    const basic = Buffer.from(`corp:${password}`).toString('base64');
+    const proxyOwn = Buffer.from('upstream-proxy:An0ther-Secret').toString('base64');
+    const token = 'hvs.CAESIJ-echoed_token+with/chars=';
+    const lower = (s: string) => encodeURIComponent(s).replace(/%[0-9A-F]{2}/g, (m) => m.toLowerCase());
+    front.on(CREATE, (req, res) => {
+      res.writeHead(400, { 'content-type': 'application/json' });
+      res.end(
+        JSON.stringify({
+          errors: [
+            `denied https://vault.corp/v1/auth/token/create?x-vault-token=${lower(token)}&auth=${lower(String(req.headers.authorization))} ` +
+              `(Proxy-Authorization: Basic ${proxyOwn})`,
+          ],
+        }),
+      );
+    });
+    const { boundedRequest } = await import('../../../src/providers/vault/transport.ts');
+    const out = await boundedRequest({})({
+      method: 'POST',
+      uri: `${front.url.replace('://', `://corp:${encodeURIComponent(password)}@`)}/v1/auth/token/create-orphan`,
+      headers: { 'X-Vault-Token': token },
+      json: { policies: ['x'] },
+    });
+    const text = JSON.stringify(out.body);
+    expect(out.statusCode).toBe(400);
+    expect(text).toContain('denied https://vault.corp/v1/auth/token/create');
+    for (const secret of [token, lower(token), encodeURIComponent(token), basic, lower(basic), proxyOwn, password])
+      expect(text).not.toContain(secret);
   });
 });
