@@ -1,10 +1,9 @@
 import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
-import { GetCallerIdentityCommand, type STSClient } from '@aws-sdk/client-sts';
 import type { DenyFallbackEvent, DenyFoldEvent } from '../../src/providers/aws/deny-list.ts';
 import type { AwsProvider } from '../../src/providers/aws/provider.ts';
 import { agentKeyFor } from '../../src/providers/aws/session-name.ts';
 import type { TaskRecord } from '../../src/tasks/types.ts';
-import { awsWorld, issueRequest, leaseFor, roleConfig, stsAs, task, type AwsWorld } from '../providers/aws/helpers.ts';
+import { awsWorld, issueRequest, leaseFor, roleConfig, stsAs, task, type AwsWorld, sessionCode as code } from '../providers/aws/helpers.ts';
 
 /**
  * Red team: the owners of ended tasks' `task` tag entries lived only in
@@ -40,15 +39,6 @@ async function issue(p: AwsProvider, roleArn: string, t: TaskRecord) {
   const req = issueRequest(roleConfig(roleArn), { task: t, agent: t.agent });
   const out = await p.issue(req);
   return { lease: leaseFor(req, out.handle, out.expiresAt), client: stsAs(w.emu, out.credentials) };
-}
-
-async function code(client: STSClient): Promise<string> {
-  try {
-    await client.send(new GetCallerIdentityCommand({}));
-    return 'ok';
-  } catch (err) {
-    return (err as { Code?: string; name: string }).Code ?? (err as Error).name;
-  }
 }
 
 const wipeRedis = async () => {

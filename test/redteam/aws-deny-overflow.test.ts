@@ -1,10 +1,9 @@
 import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
-import { GetCallerIdentityCommand, type STSClient } from '@aws-sdk/client-sts';
 import type { DenyFallbackEvent, DenyFoldEvent } from '../../src/providers/aws/deny-list.ts';
 import type { AwsProvider } from '../../src/providers/aws/provider.ts';
 import type { RevokeContext } from '../../src/providers/types.ts';
 import type { TaskRecord } from '../../src/tasks/types.ts';
-import { awsWorld, issueRequest, leaseFor, roleConfig, stsAs, task, type AwsWorld } from '../providers/aws/helpers.ts';
+import { awsWorld, issueRequest, leaseFor, roleConfig, stsAs, task, type AwsWorld, sessionCode as code } from '../providers/aws/helpers.ts';
 
 /**
  * Red team: a role's revocation deny list lives in one inline IAM policy
@@ -47,14 +46,6 @@ async function issue(p: AwsProvider, roleArn: string, t: TaskRecord) {
 }
 type Issued = Awaited<ReturnType<typeof issue>>;
 
-async function code(client: STSClient): Promise<string> {
-  try {
-    await client.send(new GetCallerIdentityCommand({}));
-    return 'ok';
-  } catch (err) {
-    return (err as { Code?: string; name: string }).Code ?? (err as Error).name;
-  }
-}
 const verdict = (s: Issued) => w.emu.evaluate(s.key, 's3:GetObject', 'arn:aws:s3:::reports/x');
 const policyChars = (roleName: string) => JSON.stringify(w.emu.rolePolicy(roleName, POLICY) ?? {}).length;
 

@@ -131,6 +131,7 @@ export async function startAwsEmulator(opts: AwsEmulatorOptions = {}): Promise<A
   // the time of the worker's start plus elapsed time: a wall clock set forward by NTP during a long run left
   // "AWS" seconds behind the broker's clock (Redis's TIME, the same wall clock), and a session issued 3 s after a
   // kill switch fell before its cut-off (test/revocation/kill-lost-job.test.ts, CI 2026-12-03).
+  // biome-ignore lint/complexity/useDateNow: Date.now is what tests skew; new Date() reads the wall clock without it.
   const account = new Account(opts.accountId ?? '123456789012', () => new Date().getTime() + offset);
   const packedPolicyLimit = opts.packedPolicyLimit ?? 2048;
   const faults: Fault[] = [];

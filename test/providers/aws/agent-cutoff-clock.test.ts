@@ -1,8 +1,8 @@
 import { afterAll, beforeAll, expect, it } from '@jest/globals';
-import { AssumeRoleCommand, GetCallerIdentityCommand, STSClient } from '@aws-sdk/client-sts';
+import { AssumeRoleCommand, STSClient } from '@aws-sdk/client-sts';
 import type { AwsProvider } from '../../../src/providers/aws/provider.ts';
 import type { RevokeContext } from '../../../src/providers/types.ts';
-import { awsWorld, issueRequest, leaseFor, roleConfig, stsAs, task, type AwsWorld } from './helpers.ts';
+import { awsWorld, issueRequest, leaseFor, roleConfig, stsAs, task, type AwsWorld, sessionCode as code } from './helpers.ts';
 
 /**
  * The kill switch's agent-wide cut-off (`aws:TokenIssueTime` before the kill, by SourceIdentity) is compared by
@@ -51,15 +51,6 @@ async function unrecorded(role: TestRole) {
   );
   sts.destroy();
   return stsAs(w.emu, { AccessKeyId: c!.AccessKeyId, SecretAccessKey: c!.SecretAccessKey, SessionToken: c!.SessionToken });
-}
-
-async function code(client: STSClient): Promise<string> {
-  try {
-    await client.send(new GetCallerIdentityCommand({}));
-    return 'ok';
-  } catch (err) {
-    return (err as { Code?: string; name: string }).Code ?? (err as Error).name;
-  }
 }
 
 const cutoffOf = (role: TestRole): number => {

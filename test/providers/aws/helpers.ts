@@ -176,6 +176,16 @@ export function stsAs(emu: AwsEmulator, c: Record<string, unknown>): STSClient {
   });
 }
 
+/** GetCallerIdentity as the client's session: 'ok', or the AWS error code (AccessDenied once a deny covers it). */
+export async function sessionCode(client: STSClient): Promise<string> {
+  try {
+    await client.send(new GetCallerIdentityCommand({}));
+    return 'ok';
+  } catch (err) {
+    return (err as { Code?: string; name: string }).Code ?? (err as Error).name;
+  }
+}
+
 /** GetCallerIdentity with a long-term key or a session's keys against `endpoint`: 'ok', or the AWS error code. */
 export async function callerIdentityAs(
   endpoint: string,

@@ -1,12 +1,12 @@
 import { afterAll, beforeAll, describe, expect, it, jest } from '@jest/globals';
-import { AssumeRoleCommand, GetCallerIdentityCommand, STSClient } from '@aws-sdk/client-sts';
+import { AssumeRoleCommand, STSClient } from '@aws-sdk/client-sts';
 import { IAMClient, PutRolePolicyCommand } from '@aws-sdk/client-iam';
 import { RetryableUpstreamError } from '../../../src/errors.ts';
 import type { DenyFallbackEvent, DenyFoldEvent } from '../../../src/providers/aws/deny-list.ts';
 import type { AwsProvider } from '../../../src/providers/aws/provider.ts';
 import type { RevokeContext } from '../../../src/providers/types.ts';
 import type { TaskRecord } from '../../../src/tasks/types.ts';
-import { awsWorld, issueRequest, leaseFor, nameOf, roleConfig, stsAs, task, type AwsWorld } from './helpers.ts';
+import { awsWorld, issueRequest, leaseFor, nameOf, roleConfig, stsAs, task, type AwsWorld, sessionCode as code } from './helpers.ts';
 
 let w: AwsWorld;
 const POLICY = 'jit-broker-revoked-sessions';
@@ -46,15 +46,6 @@ async function issue(provider: AwsProvider, role: TestRole, o: { ttlSeconds?: nu
   };
 }
 type Issued = Awaited<ReturnType<typeof issue>>;
-
-async function code(client: STSClient): Promise<string> {
-  try {
-    await client.send(new GetCallerIdentityCommand({}));
-    return 'ok';
-  } catch (err) {
-    return (err as { Code?: string; name: string }).Code ?? (err as Error).name;
-  }
-}
 
 interface Stmt {
   Sid: string;
