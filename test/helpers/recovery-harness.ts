@@ -66,6 +66,31 @@ export async function exportAuditNow(t: TestBroker): Promise<void> {
   await exporter.close();
 }
 
+/**
+ * One export pass as the broker's periodic one, sealing too (every chain exported and sealed), after writing out
+ * what `t` and `others` (instances on the same Redis) still hold in memory.
+ */
+export async function exportSealedNow(t: TestBroker, ...others: TestBroker[]): Promise<void> {
+  const { deps } = t.broker;
+  for (const x of [t, ...others]) await x.broker.deps.audit.flush();
+  const exporter = new AuditExporter({
+    redis: deps.redis,
+    keys: deps.keys,
+    logger: silentLogger,
+    file: resolvePath(t.config.audit.export.file),
+    maxFileBytes: t.config.audit.export.maxFileBytes,
+    retention: t.config.audit.retention,
+    sealKey: deriveSealKey(readSecret(t.config.secrets.kek!, 'secrets.kek')),
+    sealIntervalMs: 60_000,
+    sealMaxAgeMs: 180_000,
+    audit: async () => {},
+    retentionIntervalMs: 60_000,
+    now: () => Date.now(),
+  });
+  await exporter.exportNow();
+  await exporter.close();
+}
+
 /** Runs `fn` with a client of its own on the server, closed after. */
 async function withAdmin(redis: RedisStandalone, fn: (admin: ReturnType<RedisStandalone['client']>) => Promise<void>): Promise<void> {
   const admin = redis.client();

@@ -3,17 +3,16 @@ import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Redis } from 'ioredis';
-import { AuditExporter } from '../../src/audit/export.ts';
 import { deriveSealKey } from '../../src/audit/seal.ts';
 import { verifyAudit } from '../../src/audit/verify.ts';
 import { readSecret, resolvePath } from '../../src/config/load.ts';
-import { silentLogger } from '../../src/logger.ts';
 import { RECOVERING } from '../../src/ops/bucket-marks.ts';
 import { script } from '../../src/redis/scripts.ts';
 import { AGENT, ORCH, auditRecords, call, type TestBroker, testRawConfig, UNLIMITED_SERVER, waitFor } from '../helpers/broker.ts';
 import { type BrokerProcess, START_TIMEOUT_MS, processFixture } from '../helpers/process.ts';
 import { redisCutProxy } from '../helpers/redis-cut-proxy.ts';
 import { type RedisStandalone, startStandalone } from '../helpers/redis-topology.ts';
+import { exportSealedNow } from '../helpers/recovery-harness.ts';
 
 /**
  * A broker process SIGKILLed in the middle of a bucket recovery (src/ops/recovery.ts recoverBuckets), then started
@@ -43,24 +42,7 @@ fx.onCleanup(async () => {
 const taskBody = { agent: `spiffe://dev.local${AGENT}`, tenant: 'acme', purpose: 'p', ttlSeconds: 600, grants: [{ role: 'demo-api' }] };
 
 async function exportNow(t: TestBroker): Promise<void> {
-  const { deps } = t.broker;
-  await deps.audit.flush();
-  const exporter = new AuditExporter({
-    redis: deps.redis,
-    keys: deps.keys,
-    logger: silentLogger,
-    file: resolvePath(t.config.audit.export.file),
-    maxFileBytes: t.config.audit.export.maxFileBytes,
-    retention: t.config.audit.retention,
-    sealKey: deriveSealKey(readSecret(t.config.secrets.kek!, 'secrets.kek')),
-    sealIntervalMs: 60_000,
-    sealMaxAgeMs: 180_000,
-    audit: async () => {},
-    retentionIntervalMs: 60_000,
-    now: () => Date.now(),
-  });
-  await exporter.exportNow();
-  await exporter.close();
+  await exportSealedNow(t);
 }
 
 /** Deletes every key of `bucket` in one command: the bucket's data gone, the rest kept. */

@@ -1,4 +1,3 @@
-import { AuditExporter } from '../../src/audit/export.ts';
 import { deriveSealKey } from '../../src/audit/seal.ts';
 import { verifyAudit } from '../../src/audit/verify.ts';
 import { readSecret, resolvePath } from '../../src/config/load.ts';
@@ -7,7 +6,7 @@ import type { DataLossMonitor } from '../../src/ops/recovery.ts';
 import { slotOf } from '../../src/redis/keys.ts';
 import type { RedisClient } from '../../src/redis/scripts.ts';
 import { AGENT, ORCH, auditRecords, call, startSibling, startTestBroker, type TestBroker, uniquePrefix } from '../helpers/broker.ts';
-import { recoveryMonitor } from '../helpers/recovery-harness.ts';
+import { recoveryMonitor, exportSealedNow } from '../helpers/recovery-harness.ts';
 import { type RedisCluster, startCluster } from '../helpers/redis-topology.ts';
 
 /**
@@ -62,24 +61,7 @@ const taskBody = { agent: `spiffe://dev.local${AGENT}`, tenant: 'acme', purpose:
 const openTask = (url: string, taskId: string) => call(url, 'POST', '/v1/tasks', b.as(ORCH), { ...taskBody, taskId });
 
 async function exportNow(): Promise<void> {
-  const { deps } = b.broker;
-  await deps.audit.flush();
-  const exporter = new AuditExporter({
-    redis: deps.redis,
-    keys: deps.keys,
-    logger: silentLogger,
-    file: resolvePath(b.config.audit.export.file),
-    maxFileBytes: b.config.audit.export.maxFileBytes,
-    retention: b.config.audit.retention,
-    sealKey: deriveSealKey(readSecret(b.config.secrets.kek!, 'secrets.kek')),
-    sealIntervalMs: 60_000,
-    sealMaxAgeMs: 180_000,
-    audit: async () => {},
-    retentionIntervalMs: 60_000,
-    now: () => Date.now(),
-  });
-  await exporter.exportNow();
-  await exporter.close();
+  await exportSealedNow(b);
 }
 
 async function verifyAll() {

@@ -1,8 +1,6 @@
-import { AuditExporter } from '../../src/audit/export.ts';
 import { deriveSealKey } from '../../src/audit/seal.ts';
 import { verifyAudit } from '../../src/audit/verify.ts';
 import { readSecret, resolvePath } from '../../src/config/load.ts';
-import { silentLogger } from '../../src/logger.ts';
 import { slotOf } from '../../src/redis/keys.ts';
 import {
   ADMIN,
@@ -16,6 +14,7 @@ import {
   uniquePrefix,
   waitFor,
 } from '../helpers/broker.ts';
+import { exportSealedNow } from '../helpers/recovery-harness.ts';
 import { type RedisCluster, startCluster } from '../helpers/redis-topology.ts';
 
 /**
@@ -107,25 +106,7 @@ function watchReady(): { stop(): Promise<number[]> } {
 
 /** One export pass, as the broker's periodic one (every chain exported and sealed). */
 async function exportNow(): Promise<void> {
-  const { deps } = b.broker;
-  await deps.audit.flush();
-  await late.broker.deps.audit.flush();
-  const exporter = new AuditExporter({
-    redis: deps.redis,
-    keys: deps.keys,
-    logger: silentLogger,
-    file: resolvePath(b.config.audit.export.file),
-    maxFileBytes: b.config.audit.export.maxFileBytes,
-    retention: b.config.audit.retention,
-    sealKey: deriveSealKey(readSecret(b.config.secrets.kek!, 'secrets.kek')),
-    sealIntervalMs: 60_000,
-    sealMaxAgeMs: 180_000,
-    audit: async () => {},
-    retentionIntervalMs: 60_000,
-    now: () => Date.now(),
-  });
-  await exporter.exportNow();
-  await exporter.close();
+  await exportSealedNow(b, late);
 }
 
 async function verifyAll() {
