@@ -49,28 +49,14 @@ export function makeCtx(cmd: Command, io: Io, values: Flags['values'], positiona
     client: () => {
       if (!client) {
         const url = flags.str('broker') ?? (io.env.JIT_BROKER_URL || undefined);
-        client = new BrokerClient({ url, tokenFile: flags.str('token-file'), env: io.env });
-        const bare = plainHttpHost(url);
-        if (bare)
+        // Plain http to another host is said on stderr, once per command, in the CLI's own words.
+        const onPlainHttp = (origin: string) =>
           io.stderr.write(
-            `jit: warning: ${bare} is plain http to another host: your identity token and the credentials travel unencrypted (use https)\n`,
+            `jit: warning: ${origin} is plain http to another host: your identity token and the credentials travel unencrypted (use https)\n`,
           );
+        client = new BrokerClient({ url, tokenFile: flags.str('token-file'), env: io.env, onPlainHttp });
       }
       return client;
     },
   };
-}
-
-/**
- * The origin of a broker URL that is plain http to a host other than this one, else undefined. The identity token
- * and the credentials would cross the network readable by anyone on the path; a mesh may encrypt it, so this is a
- * warning (on stderr, once per command), not a refusal. A URL the client refused never gets here.
- */
-function plainHttpHost(url: string | undefined): string | undefined {
-  if (!url) return undefined;
-  const u = new URL(url);
-  if (u.protocol !== 'http:') return undefined;
-  const host = u.hostname.replace(/^\[|\]$/g, '');
-  const loopback = host === 'localhost' || host.endsWith('.localhost') || host === '::1' || /^127\./.test(host);
-  return loopback ? undefined : u.origin;
 }

@@ -1,6 +1,6 @@
 import { CredentialCache } from './credential-cache.ts';
 import { ApprovalPendingError, BrokerUnreachableError, JitError } from './errors.ts';
-import { type CallOptions, Transport } from './http.ts';
+import { type CallOptions, Transport, plainHttpOrigin } from './http.ts';
 import { tokenSource, type TokenInput } from './token-source.ts';
 import type {
   Approval,
@@ -54,7 +54,23 @@ export interface BrokerClientOptions {
   fetch?: typeof fetch;
   /** The clock the credential cache decides by (milliseconds since the epoch); for tests. */
   now?: () => number;
+  /**
+   * Told the broker's origin when `url` is plain http to another host (the identity token and the credentials
+   * would cross the network unencrypted). Default: a Node process warning, code `JIT_PLAIN_HTTP`, once per host.
+   */
+  onPlainHttp?: (origin: string) => void;
 }
+
+/** Hosts already warned about by the default `onPlainHttp`: once each per process, not once per client. */
+const warnedHosts = new Set<string>();
+const warnPlainHttp = (origin: string) => {
+  if (warnedHosts.has(origin)) return;
+  warnedHosts.add(origin);
+  process.emitWarning(
+    `the broker URL ${origin} is plain http to another host: the identity token and the credentials cross the network unencrypted (use https)`,
+    { code: 'JIT_PLAIN_HTTP' },
+  );
+};
 
 /** Options for waiting on an approver. */
 export interface WaitOptions {
@@ -101,6 +117,8 @@ export class BrokerClient {
       userAgent: 'jit-broker-client',
     });
     this.url = this.http.baseUrl;
+    const plain = plainHttpOrigin(this.url);
+    if (plain) (opts.onPlainHttp ?? warnPlainHttp)(plain);
     this.cache = new CredentialCache({ marginSeconds: opts.refreshMarginSeconds ?? 60, now: this.now });
   }
 

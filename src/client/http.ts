@@ -124,6 +124,19 @@ async function readBounded(res: Response, deadline: number): Promise<string> {
   }
 }
 
+/**
+ * The origin of a broker URL that is plain http to a host other than this one, else undefined: the identity token
+ * goes out and the credentials come back readable by anyone on the path. A mesh or a TLS sidecar may encrypt it
+ * underneath, which the client cannot see, so this is said, not refused (BrokerClientOptions.onPlainHttp).
+ */
+export function plainHttpOrigin(url: string): string | undefined {
+  const u = new URL(url);
+  if (u.protocol !== 'http:') return undefined;
+  const host = u.hostname.replace(/^\[|\]$/g, '');
+  const loopback = host === 'localhost' || host.endsWith('.localhost') || host === '::1' || /^127\./.test(host);
+  return loopback ? undefined : u.origin;
+}
+
 function normalizeBaseUrl(raw: string): string {
   let u: URL;
   try {

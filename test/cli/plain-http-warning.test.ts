@@ -14,6 +14,7 @@ test('plain http to another host: one warning on stderr, whatever the command th
   expect(r.code).toBe(3); // the name does not resolve (RFC 2606 .invalid)
   expect(r.stderr).toMatch(WARNING);
   expect(r.stderr.match(/warning:/g)).toHaveLength(1);
+  expect(r.stderr).not.toMatch(/JIT_PLAIN_HTTP/); // the client library's process warning is the CLI's own line here, not a second one
   const viaEnv = await jit(['--json', 'lease', 'show', '0123456789abcdef0123456789abcdef'], {
     ...env,
     JIT_BROKER_URL: 'http://broker.invalid:1',
