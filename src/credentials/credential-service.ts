@@ -172,6 +172,13 @@ export class CredentialService {
       const found = await this.takeApproval(who, task, body, grant, scopes, ttl.ttlSeconds, beforeTake);
       if ('pending' in found) return found.pending;
       decided.approval = found.approved;
+      // No longer than the approver was shown (`issuedTtlSeconds`, the clamp when it was asked): clamped again on
+      // the configuration of now, a role's maximum raised since (a config rollout, another instance already on it)
+      // gave an approval shown as 300 s a credential of an hour. Not below the upstream's minimum, which the value
+      // shown already holds unless the role was moved to another provider since.
+      const shown = found.approved.issuedTtlSeconds;
+      if (shown !== undefined && shown < ttl.ttlSeconds)
+        decided.ttl = { ttlSeconds: Math.max(shown, provider.minTtlSeconds), boundBy: 'approval' };
     }
     return this.issue(who, body, decided);
   }

@@ -1,8 +1,11 @@
 /** What the TTL clamp decided, and which bound decided it (for the response and the audit record). */
 export interface ClampedTtl {
   ttlSeconds: number;
-  /** The bound that set the result: requested, grant, role, task, or upstream_minimum. */
-  boundBy: 'requested' | 'grant' | 'role' | 'task' | 'upstream_minimum';
+  /**
+   * The bound that set the result: requested, grant, role, task, or upstream_minimum; `approval`: the TTL the
+   * approver was shown (credential-service.ts), lower than the clamp of now.
+   */
+  boundBy: 'requested' | 'grant' | 'role' | 'task' | 'upstream_minimum' | 'approval';
 }
 
 /**

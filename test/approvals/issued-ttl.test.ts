@@ -62,3 +62,31 @@ test("a request beyond the role's maximum shows the approver the role's maximum"
   expect(lives).toBeLessThanOrEqual(300);
   expect([shown.ttlSeconds, shown.issuedTtlSeconds]).toEqual([86_400, 300]);
 });
+
+test("an approval gives no more than it showed, even after the role's maximum was raised before it was used (found in review)", async () => {
+  // Before: issuance under an approval clamped the TTL again on the configuration of the instance it reached. The
+  // approver was shown the role's maximum then (300 s); an operator raising it (a config rollout, another instance
+  // already on it) before the agent asked again got the agent the grant's 3600 s on the same approval.
+  await openAgentTask(t, 'issued-ttl-raised', [{ role: 'prod-deploy', maxTtlSeconds: 3600 }], 'issued ttl', 3600);
+  const req = { taskId: 'issued-ttl-raised', role: 'prod-deploy', ttlSeconds: 3600 };
+  const pending = await call(t.url, 'POST', '/v1/credentials', t.as(AGENT), req);
+  expect(pending.status).toBe(202);
+  const approvalId = pending.body.approvalId as string;
+  const shown = (await call(t.url, 'GET', `/v1/approvals/${approvalId}`, t.as(ADMIN))).body;
+  expect([shown.ttlSeconds, shown.issuedTtlSeconds]).toEqual([3600, 300]);
+  expect((await call(t.url, 'POST', `/v1/approvals/${approvalId}`, t.as(ADMIN), { decision: 'approve' })).status).toBe(200);
+  // Another instance, on the same Redis, with the role's maximum raised.
+  const raised = await startTestBroker('approval-issued-ttl-raised', {
+    prefix: t.prefix,
+    issuer: t.issuer,
+    loaded: { ...t.config, roles: { ...t.config.roles, 'prod-deploy': { ...t.config.roles['prod-deploy']!, maxTtlSeconds: 3600 } } },
+  });
+  try {
+    const issued = await call(raised.url, 'POST', '/v1/credentials', raised.as(AGENT), req);
+    expect(issued.status).toBe(201);
+    expect(issued.body.ttlSeconds).toBeLessThanOrEqual(300);
+    expect(Math.round((Date.parse(issued.body.expiresAt) - Date.now()) / 1000)).toBeLessThanOrEqual(300);
+  } finally {
+    await raised.broker.close();
+  }
+});

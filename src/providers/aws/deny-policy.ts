@@ -246,16 +246,26 @@ export const addTaskSessions = (m: DenyModel, pattern: string, until: number) =>
 export const addTask = (m: DenyModel, tag: string, until: number) => raise(m.tasks, tag, ceilTo(until, WINDOW_MS));
 
 /**
+ * How much later than its own cut-off an agent may be given another agent's, so that agents revoked together
+ * (each worker's bound of AWS's clock a little different) share one statement. Later only: it denies the agent's
+ * sessions issued in that moment after its kill, as the bound of AWS's clock may already (aws-clock.ts).
+ */
+const SHARED_CUTOFF_LATE_MS = 2000;
+
+/**
  * Denies the agent's sessions issued before the revocation: the cut-off is
- * now (to the second), or later if this session was issued later. A recent
- * cut-off of another agent that already covers this session is reused, so
- * agents revoked together share one statement.
+ * `now` (the revocation, on AWS's clock, to the second), or later if this
+ * session was issued later. Another agent's cut-off at most a moment later is
+ * reused, so agents revoked together share one statement. Never an earlier one,
+ * even one covering this session: the cut-off also denies the sessions the
+ * broker never recorded (chained, keeping the SourceIdentity), and one up to a
+ * minute early (as was reused) spared those the agent made in that minute.
  */
 export function addAgent(m: DenyModel, sourceIdentity: string, tokenIssuedAt: number, now: number): void {
   const needed = tokenIssuedAt + ISSUE_TIME_SLACK_MS;
   const target = Math.max(ceilTo(now, 1000), ceilTo(needed, 1000));
-  const shared = [...new Set(m.agents.values())].filter((c) => c >= needed && c <= target && c >= now - 60_000);
-  raise(m.agents, sourceIdentity, shared.length > 0 ? Math.max(...shared) : target);
+  const shared = [...new Set(m.agents.values())].filter((c) => c >= target && c <= target + SHARED_CUTOFF_LATE_MS);
+  raise(m.agents, sourceIdentity, shared.length > 0 ? Math.min(...shared) : target);
 }
 
 /** Whether a fold (`*:jit-<keys>-*`, a trailing wildcard only) matches a session's `*:<session name>`. */

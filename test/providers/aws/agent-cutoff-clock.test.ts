@@ -32,14 +32,14 @@ type TestRole = ReturnType<typeof freshRole>;
 /** A provider whose clock (the broker's Redis-time estimate) is `skewMs` off AWS's. */
 const skewed = (skewMs: number) => w.makeProvider({}, {}, { clock: () => w.emu.now() + skewMs });
 
-async function issue(p: AwsProvider, role: TestRole, taskId: string) {
-  const req = issueRequest(role.config, { ttlSeconds: 900, task: task({ taskId, agent: AGENT }) });
+async function issue(p: AwsProvider, role: TestRole, taskId: string, agent = AGENT) {
+  const req = issueRequest(role.config, { ttlSeconds: 900, task: task({ taskId, agent }) });
   const out = await p.issue(req);
   return { lease: leaseFor(req, out.handle, out.expiresAt), client: stsAs(w.emu, out.credentials) };
 }
 
 /** A session of the agent the broker never recorded (role chaining keeps the SourceIdentity), made with the broker user's keys. */
-async function unrecorded(role: TestRole) {
+async function unrecorded(role: TestRole, sourceIdentity = AGENT_SI) {
   const sts = new STSClient({
     region: 'us-east-1',
     endpoint: w.emu.url,
@@ -47,7 +47,7 @@ async function unrecorded(role: TestRole) {
     credentials: { accessKeyId: w.user.accessKeyId, secretAccessKey: w.user.secretAccessKey },
   });
   const { Credentials: c } = await sts.send(
-    new AssumeRoleCommand({ RoleArn: role.arn, RoleSessionName: 'chained', DurationSeconds: 900, SourceIdentity: AGENT_SI }),
+    new AssumeRoleCommand({ RoleArn: role.arn, RoleSessionName: 'chained', DurationSeconds: 900, SourceIdentity: sourceIdentity }),
   );
   sts.destroy();
   return stsAs(w.emu, { AccessKeyId: c!.AccessKeyId, SecretAccessKey: c!.SecretAccessKey, SessionToken: c!.SessionToken });
@@ -100,4 +100,23 @@ it("trusts AWS's Date no further than clockSkewSeconds: a broker clock 10 min ah
   expect(cutoff).toBeGreaterThanOrEqual(at - SKEW_MS);
   expect(cutoff).toBeLessThanOrEqual(Math.ceil((at - SKEW_MS) / 1000) * 1000);
   expect(await code(a1.client)).toBe('AccessDenied');
+});
+
+it("an agent killed seconds after another gets a cut-off of its own kill, not the other's earlier one (found in review)", async () => {
+  // Before: a cut-off of another agent up to 60 s before this one's kill was reused when it covered the recorded
+  // session being revoked ("agents revoked together share a statement"), so the sessions the second agent made
+  // (chained, unrecorded) between the two kills kept working: in an incident, agents are killed one after another.
+  const role = freshRole('r-shared');
+  const p = w.makeProvider();
+  const b1 = await issue(p, role, 't-shared-b', 'spiffe://example.org/agent/b');
+  const a1 = await issue(p, role, 't-shared-a');
+  await new Promise((r) => setTimeout(r, 2500)); // b1 (its issue time + 2 s) is covered by the cut-off of a's kill
+  await p.revoke(a1.lease, role.config, admin);
+  await new Promise((r) => setTimeout(r, 4000));
+  const chained = await unrecorded(role, 'example.org@agent@b');
+  await new Promise((r) => setTimeout(r, 1500));
+  expect(await code(chained)).toBe('ok');
+  await p.revoke(b1.lease, role.config, admin);
+  expect(await code(b1.client)).toBe('AccessDenied');
+  expect(await code(chained)).toBe('AccessDenied');
 });

@@ -85,6 +85,23 @@ describe('the deny policy document', () => {
     expect(denies(m, { ...s, sourceIdentity: 'x', tokenIssuedAt: undefined })).toBe(false);
   });
 
+  it("shares another agent's cut-off only if it is no earlier than this agent's own (found in review)", () => {
+    // Reusing one up to 60 s earlier (it covered the revoked session) spared the agent's other sessions, the ones it
+    // chained unrecorded, issued between that cut-off and its own kill.
+    const m = emptyModel();
+    addAgent(m, 'a', T0 - 10_000, T0);
+    addAgent(m, 'b', T0 - 10_000, T0 + 30_000);
+    expect(m.agents.get('b')).toBe(T0 + 30_000);
+    // Killed together (a second or so apart, each worker's bound of AWS's clock a little different): one statement.
+    addAgent(m, 'c', T0 - 10_000, T0 + 29_000);
+    expect(m.agents.get('c')).toBe(T0 + 30_000);
+    addAgent(m, 'd', T0 - 10_000, T0 + 30_000 - 1500);
+    expect(m.agents.get('d')).toBe(T0 + 30_000);
+    // Never one much later: the agent's sessions issued after its kill (a quarantine lifted) keep working.
+    addAgent(m, 'e', T0 - 10_000, T0 + 20_000);
+    expect(m.agents.get('e')).toBe(T0 + 20_000);
+  });
+
   it('coarsens by merging the closest windows into the later one', () => {
     const m = emptyModel();
     addSession(m, 'a', T0);
