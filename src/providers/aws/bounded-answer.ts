@@ -87,8 +87,11 @@ export function boundAnswers(client: STSClient | IAMClient, timeoutMs: number, c
       const start = performance.now();
       const out = await next(args);
       const response = out.response as { body?: unknown; statusCode?: number; headers?: Record<string, string | undefined> };
-      // Every answer, failures included, says AWS's time (aws-clock.ts).
-      clock?.observe(response?.headers?.date, start);
+      // Every answer of AWS's, failures included, says AWS's time (aws-clock.ts). Only AWS's: an answer without
+      // its request id (a proxy's or a load balancer's error page, on a clock of its own) would drag the bound down
+      // for hours, moving agent cut-offs early by up to clockSkewSeconds.
+      const h = response?.headers ?? {};
+      if (h['x-amzn-requestid'] || h['x-amz-request-id']) clock?.observe(h.date, start);
       if (response?.body instanceof Readable) {
         response.body = bounded(response.body, timeoutMs - (performance.now() - start), timeoutMs);
         if ((response.statusCode ?? 0) >= 300) {
