@@ -181,6 +181,12 @@ export const configSchema = z
          * for the retention period, so issuing and revoking in a loop would otherwise grow Redis without limit.
          */
         maxLeasesTotal: z.int().min(0).max(100_000_000).default(10_000),
+        /**
+         * Top-level tasks one opener (an orchestrator identity) may have open at once (0 = no bound). Sub-tasks
+         * are bounded per tree (maxSubtasks); without this, one orchestrator could fill Redis with open tasks
+         * (up to ~34 KB each) at its rate limit.
+         */
+        maxOpenTasks: z.int().min(0).max(100_000_000).default(10_000),
         /** Pending approvals one task may have at once (0 = no bound). */
         maxPendingApprovals: z.int().min(0).max(100_000).default(20),
         /** How long ended tasks, leases and approvals stay readable (seconds). */
