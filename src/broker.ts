@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import { once } from 'node:events';
-import type { Server } from 'node:http';
+import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { RequestHandler, Router } from 'express';
 import { AdminService } from './admin/admin-service.ts';
@@ -459,7 +459,16 @@ export async function startBroker(config: LoadedConfig, opts: BrokerOptions = {}
         redisProblems: () => requirements.readiness(),
         extraRouters: routers,
       });
-      server = app.listen(config.server.port, config.server.host);
+      // The receipt of a request is bounded (server.headersTimeoutSeconds, server.requestTimeoutSeconds), checked every
+      // second rather than Node's 30: a slow client holds a socket no longer than that.
+      server = createServer(
+        {
+          headersTimeout: config.server.headersTimeoutSeconds * 1000,
+          requestTimeout: config.server.requestTimeoutSeconds * 1000,
+          connectionsCheckingInterval: 1000,
+        },
+        app,
+      ).listen(config.server.port, config.server.host);
       answerUnparsableRequests(server, metrics);
       answerUnmetExpectations(server, metrics);
       await once(server, 'listening');

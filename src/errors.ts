@@ -257,8 +257,9 @@ export const ERRORS = {
   rate_limited: { status: 429, means: 'The caller exceeded its request rate (`server.rateLimit`).', fix: 'Wait `Retry-After` seconds.' },
   limit_exceeded: {
     status: 429,
-    means: 'A growth bound was reached: `tasks.maxSubtasks`, `tasks.maxLeases`, `tasks.maxLeasesTotal` or `tasks.maxPendingApprovals`.',
-    fix: 'End leases or sub-tasks first, or raise the bound.',
+    means:
+      'A growth bound was reached: `tasks.maxOpenTasks`, `tasks.maxSubtasks`, `tasks.maxLeases`, `tasks.maxLeasesTotal` or `tasks.maxPendingApprovals`.',
+    fix: 'End tasks, leases or sub-tasks first, or raise the bound.',
   },
   // 5xx: the broker or an upstream failed; never the caller's input.
   internal_error: {

@@ -125,6 +125,14 @@ export const configSchema = z
       host: z.string().min(1).default('127.0.0.1'),
       publicUrl: z.url().transform((u) => u.replace(/\/+$/, '')),
       bodyLimitBytes: z.int().min(1024).max(1_048_576).default(65_536),
+      /**
+       * How long a client may take to send a request's headers, and its whole request (headers and body), before
+       * the connection is closed. Node's defaults (60 s and 300 s) let a slow client hold a socket for minutes at the
+       * cost of one rate-limit point. Only the receipt of the request: an answer that takes longer (an upstream call)
+       * is not cut off.
+       */
+      headersTimeoutSeconds: z.int().min(1).max(300).default(10),
+      requestTimeoutSeconds: z.int().min(1).max(3600).default(30),
       /** How long to wait for in-flight requests on shutdown. */
       shutdownGraceMs: z.int().min(0).max(60_000).default(10_000),
       /** Rate limits (contract sections 2 and 3); see src/http/rate-limit.ts. */
@@ -181,6 +189,12 @@ export const configSchema = z
          * for the retention period, so issuing and revoking in a loop would otherwise grow Redis without limit.
          */
         maxLeasesTotal: z.int().min(0).max(100_000_000).default(10_000),
+        /**
+         * Top-level tasks one opener (an orchestrator identity) may have open at once (0 = no bound). Sub-tasks
+         * are bounded per tree (maxSubtasks); without this, one orchestrator could fill Redis with open tasks
+         * (up to ~34 KB each) at its rate limit.
+         */
+        maxOpenTasks: z.int().min(0).max(100_000_000).default(10_000),
         /** Pending approvals one task may have at once (0 = no bound). */
         maxPendingApprovals: z.int().min(0).max(100_000).default(20),
         /** How long ended tasks, leases and approvals stay readable (seconds). */
@@ -282,6 +296,12 @@ export const configSchema = z
   })
   .superRefine((c, ctx) => {
     checkConsoleConfig(c, (path, message) => ctx.addIssue({ code: 'custom', path, message }));
+    if (c.server.headersTimeoutSeconds > c.server.requestTimeoutSeconds)
+      ctx.addIssue({
+        code: 'custom',
+        path: ['server', 'headersTimeoutSeconds'],
+        message: `must be at most server.requestTimeoutSeconds (${c.server.requestTimeoutSeconds}): the headers are part of the request`,
+      });
     if (c.audit.sealMaxAgeSeconds < 3 * c.audit.sealIntervalSeconds)
       ctx.addIssue({
         code: 'custom',

@@ -190,6 +190,14 @@ export class Keys {
   tasksByOpener(bucket: number, opener: string): string {
     return `${this.base(bucket)}tasks-by-opener:${party(opener)}`;
   }
+  /**
+   * Sorted set: the open top-level tasks one identity opened (member: task id), scored by deadline (ms, Redis's
+   * clock): the `tasks.maxOpenTasks` bound (task-reserve.lua). Not in a bucket (an opener's tasks are in all of
+   * them): one key per opener, spread by key. An entry leaves when its task ends, or at its deadline.
+   */
+  openTasksOf(opener: string): string {
+    return `${this.prefix}:open-tasks-of:${party(opener)}`;
+  }
   /** Sorted set: approvals by request time (status filtered when read): what approvers and admins list. */
   approvals(bucket: number): string {
     return `${this.base(bucket)}approvals-all`;

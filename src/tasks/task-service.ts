@@ -122,9 +122,10 @@ export class TaskService {
     );
     // After policy: a caller policy refuses learns nothing about quarantines.
     await this.refuseQuarantinedAgent(who, task, body.taskId !== undefined, beforeDenial);
+    const reserved = task.parentTaskId ? false : await this.reserveOpen(who, task, body.taskId !== undefined);
     // The record goes to the bucket's audit outbox with the task (task-open.lua): a process that dies before
     // appending it loses nothing (recovery appends it, once).
-    const res = await this.deps.tasks.open(task, {
+    const res = await this.openStored(task, reserved, {
       maxSubtasks: config.tasks.maxSubtasks,
       rootTaskId: rootTaskId(task.taskId),
       ...(parentCreatedAt === undefined ? {} : { parentCreatedAt }),
@@ -181,6 +182,39 @@ export class TaskService {
         return d('delegation_outlives_parent', 'A sub-task must end no later than its parent.');
       case 'limit':
         return d('limit_exceeded', `A task tree may have at most ${config.tasks.maxSubtasks} sub-tasks over its life (tasks.maxSubtasks).`);
+    }
+  }
+
+  /**
+   * A top-level task's place among its opener's open tasks (`tasks.maxOpenTasks`; sub-tasks are bounded per tree by
+   * `tasks.maxSubtasks`): 429 `limit_exceeded`, audited, when the opener has that many open. A repeated open of a
+   * task that exists answers as it did (200, or 409 for another request) whatever the count: nothing new is stored.
+   * Whether this call took the place (to give back if the task is not opened).
+   */
+  private async reserveOpen(who: WorkloadIdentity, task: TaskFixed, named: boolean): Promise<boolean> {
+    const max = this.deps.config.tasks.maxOpenTasks;
+    if (max === 0) return false;
+    const got = await this.deps.tasks.reserveOpen(who.id, task.taskId, task.ttlSeconds, max);
+    if (got !== 'limit') return got === 'added';
+    if (named && (await this.deps.tasks.get(task.taskId))) return false;
+    return deny(
+      this.deps,
+      who,
+      'limit_exceeded',
+      `An orchestrator may have at most ${max} open tasks at once (tasks.maxOpenTasks); complete one first.`,
+      { action: 'access.deny', ...(named ? { taskId: task.taskId } : {}) },
+    );
+  }
+
+  /** TaskStore.open, giving back the place `reserveOpen` took when the task was not created. */
+  private async openStored(task: TaskFixed, reserved: boolean, opts: Parameters<TaskStore['open']>[1]) {
+    let created = false;
+    try {
+      const res = await this.deps.tasks.open(task, opts);
+      created = res.kind === 'created';
+      return res;
+    } finally {
+      if (reserved && !created) await this.deps.tasks.releaseOpen(task.openedBy, task.taskId).catch(() => {});
     }
   }
 

@@ -16,6 +16,7 @@ export class StaleTask extends Error {}
 
 const openScript = script('task-open');
 const endScript = script('task-end');
+const reserveScript = script('task-reserve');
 const leasePageScript = script('task-lease-page');
 
 /** What list filters read of a task (TaskStore.headsOf). */
@@ -179,6 +180,23 @@ export class TaskStore {
       default:
         return { kind: res[0] as 'parent_missing' | 'parent_not_open' | 'parent_stale' | 'limit' };
     }
+  }
+
+  /**
+   * Takes a place for a new top-level task among its opener's open tasks (`tasks.maxOpenTasks`, at least 1):
+   * `limit` when they are that many already (nothing written), `held` when the id has its place already (a
+   * repeated open), `added` otherwise (the caller gives it back with {@link releaseOpen} if the task is not opened).
+   */
+  async reserveOpen(opener: string, taskId: string, ttlSeconds: number, max: number): Promise<'added' | 'held' | 'limit'> {
+    return (await reserveScript.run(this.redis, [this.keys.openTasksOf(opener)], [max, taskId, ttlSeconds * 1000])) as
+      | 'added'
+      | 'held'
+      | 'limit';
+  }
+
+  /** Gives back a top-level task's place among its opener's open tasks (the task ended, or was not opened). */
+  async releaseOpen(opener: string, taskId: string): Promise<void> {
+    await this.redis.zrem(this.keys.openTasksOf(opener), taskId);
   }
 
   /**
@@ -347,6 +365,10 @@ export class TaskStore {
         audit.counts ? '1' : '',
       ],
     )) as [string, ...unknown[]];
+    // A top-level task that ended gives back its place among its opener's open tasks (tasks.maxOpenTasks); one that
+    // had ended already too, in case the call that ended it died before. A place not given back lapses at the
+    // task's deadline (task-reserve.lua), so a failure here only holds it until then.
+    if ((res[0] === 'ended' || res[0] === 'already') && !taskId.includes('~')) await this.releaseOpenOf(taskId);
     switch (res[0]) {
       case 'ended':
         return {
@@ -360,6 +382,17 @@ export class TaskStore {
         return { kind: 'already', status: res[1] as TaskStatus };
       default:
         return { kind: res[0] as 'missing' | 'early' };
+    }
+  }
+
+  /** {@link releaseOpen} for an ended top-level task, by its opener as its record says; best effort. */
+  private async releaseOpenOf(taskId: string): Promise<void> {
+    try {
+      // Not kept in the task cache: ending a task is no read of it.
+      const t = await this.fixed(taskId, () => false);
+      if (t && !t.parentTaskId) await this.releaseOpen(t.openedBy, taskId);
+    } catch {
+      // Lapses at the task's deadline.
     }
   }
 
