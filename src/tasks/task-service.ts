@@ -206,15 +206,21 @@ export class TaskService {
     );
   }
 
-  /** TaskStore.open, giving back the place `reserveOpen` took when the task was not created. */
+  /**
+   * TaskStore.open, giving back the place `reserveOpen` took when no task of this opener is open under the id.
+   * Not when it found one (`exists`, open, this opener's): a concurrent open of the same id, finding the place
+   * taken ('held'), may have stored the task first, and the place is that task's. Given back there, two opens
+   * of one id sent at once left an open task uncounted, bypassing the bound. No race with an ending: it gives
+   * the place back after its status change, which this open would have seen.
+   */
   private async openStored(task: TaskFixed, reserved: boolean, opts: Parameters<TaskStore['open']>[1]) {
-    let created = false;
+    let keep = false;
     try {
       const res = await this.deps.tasks.open(task, opts);
-      created = res.kind === 'created';
+      keep = res.kind === 'created' || (res.kind === 'exists' && res.task.status === 'open' && res.task.openedBy === task.openedBy);
       return res;
     } finally {
-      if (reserved && !created) await this.deps.tasks.releaseOpen(task.openedBy, task.taskId).catch(() => {});
+      if (reserved && !keep) await this.deps.tasks.releaseOpen(task.openedBy, task.taskId).catch(() => {});
     }
   }
 

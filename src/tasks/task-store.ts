@@ -388,8 +388,10 @@ export class TaskStore {
   /** {@link releaseOpen} for an ended top-level task, by its opener as its record says; best effort. */
   private async releaseOpenOf(taskId: string): Promise<void> {
     try {
-      // Not kept in the task cache: ending a task is no read of it.
-      const t = await this.fixed(taskId, () => false);
+      // Read from Redis, not the task cache: an entry there may be an earlier incarnation of the id (ids come back
+      // after the retention period) with another opener, whose place this would give back instead.
+      const d = await this.redis.hget(this.keys.task(taskId), 'd');
+      const t = d ? (JSON.parse(d) as TaskFixed) : undefined;
       if (t && !t.parentTaskId) await this.releaseOpen(t.openedBy, taskId);
     } catch {
       // Lapses at the task's deadline.

@@ -1,7 +1,7 @@
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { ADMIN, auditRecords, call, startTestBroker, testConfig, type TestBroker, waitFor } from '../helpers/broker.ts';
+import { ADMIN, auditRecords, call, startSibling, startTestBroker, testConfig, type TestBroker, waitFor } from '../helpers/broker.ts';
 import { TestIssuer } from '../helpers/identity.ts';
 
 /**
@@ -91,4 +91,72 @@ test('a task that expires frees its place', async () => {
   expect((await open(orch, { taskId: 'ot-b-3' })).status).toBe(429);
   await new Promise((r) => setTimeout(r, 1200));
   expect((await open(orch, { taskId: 'ot-b-3' })).status).toBe(201);
+});
+
+/** Whether the opener's set of open tasks (tasks.maxOpenTasks) holds `taskId`. */
+const placed = async (orch: string, taskId: string) =>
+  (await t.broker.deps.redis.zscore(t.broker.deps.keys.openTasksOf(id(orch)), taskId)) !== null;
+
+test('two concurrent opens of one new id: the one that did not store it does not give back the stored task its place', async () => {
+  // A client retrying an open (or an orchestrator sending it twice on purpose): the first request takes the place
+  // ('added') and the second, finding it taken ('held'), stores the task first; the first then finds the task
+  // stored ('exists'). Giving back "its" place there freed the place of an open task: repeated, the bound counted
+  // none of them.
+  const orch = '/orchestrator/ot-race';
+  const store = t.broker.deps.tasks;
+  const realOpen = store.open.bind(store);
+  const realReserve = store.reserveOpen.bind(store);
+  let firstReserved!: () => void;
+  const reservedOnce = new Promise<void>((r) => {
+    firstReserved = r;
+  });
+  let letFirstStore!: () => void;
+  const firstMayStore = new Promise<void>((r) => {
+    letFirstStore = r;
+  });
+  let reserves = 0;
+  let opens = 0;
+  store.reserveOpen = async (...a) => {
+    const got = await realReserve(...a);
+    if (reserves++ === 0) firstReserved();
+    return got;
+  };
+  store.open = async (...a) => {
+    if (opens++ === 0) await firstMayStore;
+    return realOpen(...a);
+  };
+  try {
+    const first = open(orch, { taskId: 'ot-race-1' });
+    await reservedOnce;
+    const second = await open(orch, { taskId: 'ot-race-1' });
+    letFirstStore();
+    expect([second.status, (await first).status]).toEqual([201, 200]);
+  } finally {
+    store.open = realOpen;
+    store.reserveOpen = realReserve;
+  }
+  expect(await placed(orch, 'ot-race-1')).toBe(true);
+  for (const n of [2, 3]) expect((await open(orch, { taskId: `ot-race-${n}` })).status).toBe(201);
+  expect((await open(orch, { taskId: 'ot-race-4' })).status).toBe(429);
+});
+
+test("ending a task gives back the place of the task's current opener, not that of an earlier incarnation another instance cached", async () => {
+  // Task ids come back after the retention period. An instance that cached the earlier incarnation (another
+  // opener) gave back that opener's place when it ended the new one: the new opener's place stayed taken until
+  // the deadline.
+  const sibling = await startSibling(t);
+  try {
+    const [a, b] = ['/orchestrator/ot-inc-a', '/orchestrator/ot-inc-b'];
+    expect((await open(a, { taskId: 'ot-inc' })).status).toBe(201);
+    expect((await call(t.url, 'POST', '/v1/tasks/ot-inc/complete', t.as(a))).status).toBe(202);
+    // The sibling reads (and caches) the first incarnation; then its records lapse (the retention period).
+    expect((await sibling.broker.deps.tasks.fixed('ot-inc'))?.openedBy).toBe(id(a));
+    await t.broker.deps.redis.del(t.broker.deps.keys.task('ot-inc'));
+    expect((await open(b, { taskId: 'ot-inc' })).status).toBe(201);
+    expect(await placed(b, 'ot-inc')).toBe(true);
+    expect((await call(sibling.url, 'POST', '/v1/tasks/ot-inc/complete', t.as(b))).status).toBe(202);
+    expect(await placed(b, 'ot-inc')).toBe(false);
+  } finally {
+    await sibling.close();
+  }
 });

@@ -66,9 +66,14 @@ test('tasks and leases spread over every master; open, issue, complete and revok
     await node.quit();
     expect(keys.length).toBeGreaterThan(0);
   }
+  // The opener's open tasks (tasks.maxOpenTasks: a key of its own, in another slot than most tasks) counted every one
+  // opened on either instance, and completing them (on the other one) gave every place back.
+  const openOf = a.broker.deps.keys.openTasksOf(`spiffe://dev.local${ORCH}`);
+  expect(await a.broker.deps.redis.zcard(openOf)).toBe(24);
   for (const [i, taskId] of tasks.entries()) {
     expect((await call(i % 2 === 0 ? b.url : a.url, 'POST', `/v1/tasks/${taskId}/complete`, as(ORCH))).status).toBe(202);
   }
+  expect(await a.broker.deps.redis.zcard(openOf)).toBe(0);
   // Only `a` runs a worker: it revokes what `b`'s callers issued too.
   for (const leaseId of leases) {
     await waitFor(async () => (await call(b.url, 'GET', `/v1/leases/${leaseId}`, as(AGENT))).body.status === 'revoked', 10_000);
