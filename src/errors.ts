@@ -201,6 +201,13 @@ export const ERRORS = {
     means: 'No quarantine with exactly this pattern is in force.',
     fix: 'List them with GET /v1/admin/quarantine.',
   },
+  // 408: the request did not arrive in time.
+  request_timeout: {
+    status: 408,
+    means:
+      'The request did not arrive in time: its headers within `server.headersTimeoutSeconds`, or the whole of it within `server.requestTimeoutSeconds`. Answered before the connection is closed; nothing of the request was acted on.',
+    fix: 'Send the request at once (a client that opens the connection before it has the body waits too long); on a slow link, raise the bounds.',
+  },
   // 409: conflicts with the current state.
   task_not_open: {
     status: 409,
