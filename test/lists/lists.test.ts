@@ -100,6 +100,7 @@ describe('GET /v1/approvals', () => {
       role: 'prod-deploy',
       scopes: [],
       ttlSeconds: 60,
+      issuedTtlSeconds: 60, // what approving gives (the role allows 60 s)
       agent: agentId,
       purpose: 'list',
       status: 'pending',
