@@ -7,7 +7,9 @@ import { paging } from './schemas.ts';
  * What an evidence page costs of its caller's rate limit, in requests. One evidence call reads the task's
  * tree, its leases and a merge of every tree task's audit index, and cost the broker ~35-40 ms of CPU (a
  * credential request: about 1 ms): at the 50 requests a second one identity may make, one agent kept a
- * core busy with evidence alone.
+ * core busy with evidence alone. A page's work is bounded to that (src/lists/audit-query.ts EVIDENCE_BYTES: ~2 MB in
+ * all of its tree, leases and records), whatever the task's shape: its parts stopped at ~2 MB each, and a task of the
+ * largest shape the API accepts made a page ~4-6 MB and ~100-190 ms for the same 10 points.
  */
 export const EVIDENCE_POINTS = 10;
 /** A list page costs one request per this many records it may hold (`?limit=`, up to LIST_LIMIT_MAX: 5). */

@@ -62,6 +62,20 @@ export const FILTERED_READS = 100;
  */
 export const AUDIT_HELD_MAX = 4096;
 
+/**
+ * How many bytes of records (as JSON) one whole evidence page holds, its three parts together, before it answers
+ * with what it has: one list page's worth. Each part stopped at PAGE_BYTES on its own, so a task of the largest
+ * shape the API accepts (100 scopes of ~250 characters, 32 labels, a 1,000-character purpose, and its leases and
+ * credential.issue records naming every scope) answered ~4-6 MB per page, ~100-190 ms of CPU, for the flat
+ * EVIDENCE_POINTS (src/http/read-cost.ts): five such pages a second kept a core busy. The tree and the leases hold
+ * at most EVIDENCE_PART_BYTES each (at least one item), the audit records the rest (at least one, and at least
+ * half of it): so a page is ~2 MB at most, and the cursors the answer already had go on (`treeNextCursor`,
+ * `leasesNextCursor`, `audit.nextCursor`). An evidence page of ordinary records is one page, as before.
+ */
+export const EVIDENCE_BYTES = PAGE_BYTES;
+/** The most bytes of the tree, and of the leases, on one evidence page (see EVIDENCE_BYTES). */
+export const EVIDENCE_PART_BYTES = EVIDENCE_BYTES / 4;
+
 /** How many records one round of a task's page reads at once (a page stops at PAGE_BYTES: see fromIds). */
 const AUDIT_READS = Math.min(50, READS_IN_FLIGHT);
 
@@ -147,33 +161,45 @@ export class AuditReader {
     const task = await this.tasks.readable(who, taskId);
     // The tree's ids a level at a time (ids only); then the records of one tree page (see treePage).
     const treeIds = await this.deps.tasks.subtree(taskId);
-    const tree = await this.treePage(who.id, taskId, treeIds, page.treeCursor);
-    const leases = await this.leaseReader.page(who.id, treeIds, true, EMBEDDED_LEASES);
+    // One byte budget for the whole page (EVIDENCE_BYTES): the tree and the leases a share each, the records the rest.
+    const tree = await this.treePage(who.id, taskId, treeIds, page.treeCursor, EVIDENCE_PART_BYTES);
+    const leases = await this.leaseReader.page(who.id, treeIds, true, EMBEDDED_LEASES, undefined, EVIDENCE_PART_BYTES);
     const leaseTasks = [...new Set(leases.items.map((l) => l.taskId))];
     const statuses = await this.deps.tasks.statusesOf(leaseTasks);
     const leaseTaskStatus = new Map(leaseTasks.map((id, i) => [id, statuses[i]]));
     const bind = { caller: who.id, filters: { list: 'evidence', taskId } };
     const after = page.cursor ? this.cursors.decode<string>(page.cursor, bind) : undefined;
     const chain = this.deps.keys.bucketOfTask(taskId);
-    const audit = await this.fromIds(chain, await this.taskIds(treeIds, after, page.limit), after, page.limit, bind, () => true);
+    const recordBytes = Math.max(EVIDENCE_BYTES / 2, EVIDENCE_BYTES - tree.bytes - leases.bytes);
+    const ids = await this.taskIds(treeIds, after, page.limit);
+    const audit = await this.fromIds(chain, ids, after, page.limit, bind, () => true, recordBytes);
     const intact = await this.intact(chain, audit.items);
-    return { task, tree, leases, leaseTaskStatus, audit, chain: intact ? 'intact' : 'broken' };
+    return {
+      task,
+      tree: { items: tree.items, nextCursor: tree.nextCursor },
+      leases: { items: leases.items, nextCursor: leases.nextCursor },
+      leaseTaskStatus,
+      audit,
+      chain: intact ? 'intact' : 'broken',
+    };
   }
 
   /**
    * One page of a task's sub-task tree (`treeIds`: the task first, then in opening order): its tasks whole, up to
-   * PAGE_BYTES of them as lists stop (at least one), then `nextCursor` (the last task shown, bound to the caller
+   * `maxBytes` of them (at least one; `bytes` is what it holds), then `nextCursor` (the last task shown, bound to the caller
    * and the task) goes on. A task's record may be ~36 KB within every bound, and a sub-task inherits its parent's
    * grants, labels and purpose from a request of a few hundred bytes: the whole tree in one answer was ~36 MB at
    * `tasks.maxSubtasks` 1,000, sent again with every page of the audit records. A tree within the defaults
-   * (51 tasks) fits in one page. The changing fields are read fresh, the immutable rest comes from the task cache.
+   * (51 tasks) of ordinary records fits in one page. The changing fields are read fresh, the immutable rest comes
+   * from the task cache.
    */
   private async treePage(
     caller: string,
     taskId: string,
     treeIds: readonly string[],
     cursor: string | undefined,
-  ): Promise<Page<TaskRecord>> {
+    maxBytes: number,
+  ): Promise<Page<TaskRecord> & { bytes: number }> {
     const bind = { caller, filters: { list: 'evidence-tree', taskId } };
     let i = 0;
     if (cursor !== undefined) {
@@ -185,7 +211,7 @@ export class AuditReader {
     const items: TaskRecord[] = [];
     let bytes = 0;
     let last: string | undefined;
-    while (i < treeIds.length && bytes < PAGE_BYTES) {
+    while (i < treeIds.length && bytes < maxBytes) {
       const ids = treeIds.slice(i, i + 50);
       const records = new Map((await this.deps.tasks.recordsOf(ids)).map((t) => [t.taskId, t]));
       for (const id of ids) {
@@ -196,10 +222,10 @@ export class AuditReader {
         if (!t) continue;
         items.push(t);
         bytes += JSON.stringify(t).length;
-        if (bytes >= PAGE_BYTES) break;
+        if (bytes >= maxBytes) break;
       }
     }
-    return { items, nextCursor: i < treeIds.length && last ? this.cursors.encode(last, bind) : null };
+    return { items, nextCursor: i < treeIds.length && last ? this.cursors.encode(last, bind) : null, bytes };
   }
 
   /**
@@ -223,21 +249,23 @@ export class AuditReader {
     limit: number,
     bind: { caller: string; filters: Record<string, unknown> },
     keep: (r: AuditRecord, id: string) => boolean,
+    maxBytes = PAGE_BYTES,
   ): Promise<Page<AuditItem>> {
     const rest = after ? ids.filter((id) => cmpId(id, after) > 0) : ids;
     const items: AuditItem[] = [];
     let last: string | undefined;
     let i = 0;
     // A record may be ~26 KB within every bound (a credential.issue names its lease's scopes, up to 100 of 256
-    // characters): a page stops once it holds PAGE_BYTES of records (at least one), as list pages do, and reads
-    // at most AUDIT_READS records past that; 500 such records were ~13 MB read and answered at once.
+    // characters): a page stops once it holds maxBytes of records (at least one: PAGE_BYTES, as list pages do, or
+    // the evidence's share of EVIDENCE_BYTES), and reads at most AUDIT_READS records past that; 500 such records
+    // were ~13 MB read and answered at once.
     let bytes = 0;
     // Records already read past a full page that the filter does not keep: a page holding the last match says
     // so (`nextCursor` null on the last page) when nothing after it, among what was read, matches.
     let skippedAhead = 0;
     let matchAhead = false;
     const stream = this.deps.keys.auditStream(chain);
-    while (i < rest.length && items.length < limit && i < SCAN_BUDGET && bytes < PAGE_BYTES) {
+    while (i < rest.length && items.length < limit && i < SCAN_BUDGET && bytes < maxBytes) {
       // At most READS_IN_FLIGHT stream reads in flight per request: a page of 500 is several rounds, not 500
       // commands at once.
       const slice = rest.slice(i, i + Math.min(AUDIT_READS, Math.max(limit, 50)));
@@ -247,7 +275,7 @@ export class AuditReader {
         const json = raw ? raw[raw.indexOf('r') + 1]! : undefined;
         const r = json === undefined ? undefined : (JSON.parse(json) as AuditRecord);
         const kept = r !== undefined && keep(r, slice[j]!);
-        if (items.length >= limit || bytes >= PAGE_BYTES) {
+        if (items.length >= limit || bytes >= maxBytes) {
           if (kept) {
             matchAhead = true;
             break;

@@ -52,9 +52,17 @@ export class TaskLeaseReader {
 
   /**
    * One page. `taskIds`: the task alone, or its subtree root first (`tree`); the caller has checked
-   * that `caller` may read the root. The cursor is bound to the caller, the root and `tree`.
+   * that `caller` may read the root. The cursor is bound to the caller, the root and `tree`. The page stops
+   * once it holds `maxBytes` of records (at least one); `bytes` is what it holds.
    */
-  async page(caller: string, taskIds: readonly string[], tree: boolean, limit: number, cursor?: string): Promise<Page<LeaseRecord>> {
+  async page(
+    caller: string,
+    taskIds: readonly string[],
+    tree: boolean,
+    limit: number,
+    cursor?: string,
+    maxBytes = PAGE_BYTES,
+  ): Promise<Page<LeaseRecord> & { bytes: number }> {
     const bind = { caller, filters: { list: 'task-leases', taskId: taskIds[0], tree } };
     const from = cursor === undefined ? undefined : this.cursors.decode<unknown>(cursor, bind);
     if (from !== undefined && !isPosition(from))
@@ -79,14 +87,14 @@ export class TaskLeaseReader {
     }
     const shown = got.slice(0, limit);
     // A lease whose record left Redis (retention) is skipped: the page may hold fewer than `limit`.
-    // Records are read LEASE_READS at a time, and the page stops once it holds PAGE_BYTES of them (at least
+    // Records are read LEASE_READS at a time, and the page stops once it holds maxBytes of them (at least
     // one), as task and approval list pages do: a lease holds its scopes (up to ~26 KB within every bound),
     // so 500 of them were ~13 MB read from Redis and answered at once.
     const items: LeaseRecord[] = [];
     let bytes = 0;
     let last: Position | undefined;
     let n = 0;
-    while (n < shown.length && bytes < PAGE_BYTES) {
+    while (n < shown.length && bytes < maxBytes) {
       const round = shown.slice(n, n + LEASE_READS);
       const found = new Map((await this.deps.leases.getMany(round.map((p) => p.id))).map((l) => [l.leaseId, l]));
       for (const p of round) {
@@ -96,10 +104,10 @@ export class TaskLeaseReader {
         if (!l) continue;
         items.push(l);
         bytes += JSON.stringify(l).length;
-        if (bytes >= PAGE_BYTES) break;
+        if (bytes >= maxBytes) break;
       }
     }
     const more = n < shown.length || got.length > limit;
-    return { items, nextCursor: more && last ? this.cursors.encode(last, bind) : null };
+    return { items, nextCursor: more && last ? this.cursors.encode(last, bind) : null, bytes };
   }
 }

@@ -24,6 +24,23 @@ const sub = (parentTaskId: string, taskId: string, ttlSeconds = 600) => ({
   grants: [{ role: 'demo-api', scopes }],
 });
 const evidence = (q = '') => call(t.url, 'GET', `/v1/tasks/et/evidence${q}`, t.as(AGENT));
+/**
+ * Every page of the tree, in order (`around` wraps each call): an evidence page holds ~0.5 MB of it at most
+ * (EVIDENCE_PART_BYTES, test/redteam/evidence-page-bytes.test.ts), ~14 of these ~36 KB records.
+ */
+async function treePages(around = (send: () => ReturnType<typeof evidence>) => send()) {
+  const pages: Awaited<ReturnType<typeof evidence>>[] = [];
+  let cursor: string | null = null;
+  do {
+    const q = cursor ? `?treeCursor=${encodeURIComponent(cursor)}` : '';
+    const r = await around(() => evidence(q));
+    expect(r.status).toBe(200);
+    pages.push(r);
+    cursor = r.body.treeNextCursor;
+  } while (cursor && pages.length < 20);
+  expect(cursor).toBeNull();
+  return { pages, tree: pages.flatMap((r) => r.body.tree) };
+}
 
 beforeAll(async () => {
   t = await startTestBroker('rt-evidence-tree', {
@@ -55,9 +72,7 @@ beforeAll(async () => {
 afterAll(async () => t.close());
 
 test('a repeated evidence call reads the fields that change, not every record of the tree whole', async () => {
-  const warm = await evidence();
-  expect(warm.status).toBe(200);
-  expect(warm.body.tree).toHaveLength(SUBS + 1);
+  expect((await treePages()).tree).toHaveLength(SUBS + 1);
   const client = t.broker.deps.redis as unknown as { sendCommand(c: { name: string; promise: Promise<unknown> }): unknown };
   for (let round = 0; round < 3; round++) {
     // Children sets read a level at a time: the root's 45 children together, not one after another.
@@ -75,20 +90,24 @@ test('a repeated evidence call reads the fields that change, not every record of
       }
       return send.call(this, c);
     };
-    const m = replyBytes(t.broker.deps.redis);
-    let r: Awaited<ReturnType<typeof call>>;
+    const read: number[] = [];
+    let tree: unknown[];
     try {
-      r = await evidence();
+      ({ tree } = await treePages(async (page) => {
+        const m = replyBytes(t.broker.deps.redis);
+        try {
+          return await page();
+        } finally {
+          read.push(m.stop().bytes);
+        }
+      }));
     } finally {
-      m.stop();
       client.sendCommand = send;
     }
-    const { bytes } = m.stop();
-    expect(r.status).toBe(200);
-    expect(r.body.tree).toHaveLength(SUBS + 1);
-    // Was ~1.9 MB on every call (51 records of ~36 KB); the answer itself still carries them all.
-    expect(JSON.stringify(r.body.tree).length).toBeGreaterThan(1_500_000);
-    expect(bytes).toBeLessThan(200_000);
+    expect(tree).toHaveLength(SUBS + 1);
+    // Was ~1.9 MB on every call (51 records of ~36 KB); the answers themselves still carry them all.
+    expect(JSON.stringify(tree).length).toBeGreaterThan(1_500_000);
+    for (const bytes of read) expect(bytes).toBeLessThan(200_000);
     expect(peak).toBeGreaterThanOrEqual(SUBS - NESTED);
   }
 }, 60_000);
@@ -97,9 +116,8 @@ test('the tree is complete and current: breadth first, each task as GET /v1/task
   await evidence(); // cache warm
   // Changed after the cache was filled: the evidence shows it ended.
   expect((await call(t.url, 'POST', '/v1/tasks/et~s7/complete', t.as(AGENT))).status).toBe(202);
-  const r = await evidence();
-  expect(r.status).toBe(200);
-  const ids = r.body.tree.map((x: { taskId: string }) => x.taskId);
+  const { pages, tree } = await treePages();
+  const ids = tree.map((x: { taskId: string }) => x.taskId);
   // Breadth first in opening order: the root, its sub-tasks batch by batch (the order within one concurrent batch
   // is the order Redis ran them), then the nested ones, opened one after another.
   const level1 = Array.from({ length: SUBS - NESTED }, (_, i) => `et~s${SUBS - NESTED - 1 - i}`);
@@ -111,17 +129,19 @@ test('the tree is complete and current: breadth first, each task as GET /v1/task
     expect(ids.slice(1 + i, 1 + i + batch.length).sort()).toEqual(batch.sort());
   }
   expect(ids.slice(1 + level1.length)).toEqual(level2);
-  for (const task of r.body.tree) {
+  for (const task of tree) {
     const one = await call(t.url, 'GET', `/v1/tasks/${encodeURIComponent(task.taskId)}`, t.as(AGENT));
     const { leases: _l, leasesNextCursor: _c, ...fields } = one.body;
     expect(task).toEqual(fields);
   }
-  const s7 = r.body.tree.find((x: { taskId: string }) => x.taskId === 'et~s7');
+  const s7 = tree.find((x: { taskId: string }) => x.taskId === 'et~s7');
   expect(s7).toMatchObject({ status: 'completed', reason: expect.any(String), endedAt: expect.any(String) });
-  expect(r.body.tree[ids.indexOf('et~s0~n1')]).toMatchObject({ parentTaskId: 'et~s0', depth: 2, grants: [{ role: 'demo-api', scopes }] });
+  expect(tree[ids.indexOf('et~s0~n1')]).toMatchObject({ parentTaskId: 'et~s0', depth: 2, grants: [{ role: 'demo-api', scopes }] });
   // The leases of the tree, the root's first then breadth first.
-  expect(r.body.leases.map((l: { taskId: string }) => l.taskId)).toEqual(['et~s3', 'et~s0~n1']);
-  expect(r.body.leasesNextCursor).toBeNull();
+  for (const r of pages) {
+    expect(r.body.leases.map((l: { taskId: string }) => l.taskId)).toEqual(['et~s3', 'et~s0~n1']);
+    expect(r.body.leasesNextCursor).toBeNull();
+  }
 });
 
 test('the audit records of the tree, paged, are every record once in chain order, and the chain is intact', async () => {
@@ -145,14 +165,13 @@ test('the audit records of the tree, paged, are every record once in chain order
 });
 
 test('a task id opened again (another incarnation) is shown as Redis holds it now, not as cached', async () => {
-  await evidence(); // et~s9 cached
+  await treePages(); // et~s9 cached (on a later page of the tree than the first)
   const { redis, keys } = t.broker.deps;
   const key = keys.task('et~s9');
   const [d, createdAt] = await redis.hmget(key, 'd', 'createdAt');
   const fixed = JSON.parse(d!);
   await redis.hset(key, 'd', JSON.stringify({ ...fixed, purpose: 'another incarnation' }), 'createdAt', String(Number(createdAt) + 1));
-  const r = await evidence();
-  const s9 = r.body.tree.find((x: { taskId: string }) => x.taskId === 'et~s9');
+  const s9 = (await treePages()).tree.find((x: { taskId: string }) => x.taskId === 'et~s9');
   expect(s9.purpose).toBe('another incarnation');
   expect(s9.createdAt).toBe(new Date(Number(createdAt) + 1).toISOString());
 });
