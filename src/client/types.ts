@@ -65,7 +65,7 @@ export interface Lease {
 
 /** `GET /v1/tasks/{id}`: the task with its leases. */
 export interface TaskDetail extends Task {
-  /** The task's first 100 leases, in issue order. */
+  /** The task's first 100 leases, in issue order (fewer when they pass about 0.5 MB, at least one). */
   leases: Lease[];
   /** Null when `leases` is all; otherwise the cursor for `taskLeases` (the rest). */
   leasesNextCursor?: string | null;

@@ -22,7 +22,8 @@ const LISTS = /\/v1\/(?:tasks|approvals|audit|tasks\/[^/]+\/leases|admin\/quaran
 /**
  * What a read costs of its caller's budget (server.rateLimit), in requests: {@link EVIDENCE_POINTS} for an
  * evidence page, `ceil(limit / 100)` for a list page, else 1 (what authentication already spent; a limit the
- * route refuses with 400 too). `path` is
+ * route refuses with 400 too; a task read, whose leases stop at ~0.5 MB for it: src/lists/task-leases.ts
+ * EMBEDDED_LEASE_BYTES). `path` is
  * the whole path (the console mounts the same routes under /console/api).
  */
 export function readCost(method: string, path: string, limit: unknown): number {

@@ -14,16 +14,34 @@ import { PAGE_BYTES, type Page } from './list-service.ts';
 export const EMBEDDED_LEASES = 100;
 
 /**
+ * How many bytes of leases (as JSON) `GET /v1/tasks/{id}` carries, at least one lease; `leasesNextCursor` goes on
+ * from there. The read costs one point of its caller's rate limit (src/http/read-cost.ts), as any cheap read, but
+ * its leases stopped only at PAGE_BYTES, a list page's worth (which a list page pays 5 points for): a task of the
+ * largest shape the API accepts (leases of 100 scopes of ~250 characters) answered ~2 MB for ~30-70 ms of CPU, and
+ * one agent at its 50 requests a second kept more than a core busy. A quarter of a page, as an evidence page
+ * holds of its leases (src/lists/audit-query.ts EVIDENCE_PART_BYTES): ~20 such leases, or the first 100 of
+ * ordinary ones (~300 bytes each), as before.
+ */
+export const EMBEDDED_LEASE_BYTES = PAGE_BYTES / 4;
+
+/**
  * The most tasks' lease indexes a tree page reads at once: each answers at most the page's `limit + 1`
  * ids, so a batch reads at most this many times the page in ids (ids only, no records), in one round trip.
  */
 const TASKS_AT_ONCE = 16;
 
 /**
- * How many lease records a page reads at once (within READS_IN_FLIGHT): a page stops at PAGE_BYTES, so it reads
- * at most one such round (~1.3 MB of the largest records) past what it answers.
+ * The most lease records a page reads at once (within READS_IN_FLIGHT). A page stops at its byte cap, and each
+ * round after the first reads only as many as the rest of the cap holds at the page's average record so far, so
+ * it reads about what it answers: a round of 50 of the largest records is ~1.3 MB, and a task read (a ~0.5 MB cap)
+ * read that much from Redis to answer ~20 of them.
  */
 const LEASE_READS = Math.min(50, READS_IN_FLIGHT);
+/**
+ * About the largest lease record as JSON: its scopes, up to 100 of 256 characters, and its other fields. A page's
+ * first round reads at most as many records as its cap holds of these (at least one): LEASE_READS for a list page.
+ */
+const LEASE_BYTES_LARGEST = 26_500;
 
 /** A page's last lease: its task (in a tree read), id and issue time. */
 interface Position {
@@ -87,15 +105,16 @@ export class TaskLeaseReader {
     }
     const shown = got.slice(0, limit);
     // A lease whose record left Redis (retention) is skipped: the page may hold fewer than `limit`.
-    // Records are read LEASE_READS at a time, and the page stops once it holds maxBytes of them (at least
-    // one), as task and approval list pages do: a lease holds its scopes (up to ~26 KB within every bound),
+    // Records are read in rounds (at most LEASE_READS, sized by what is left of maxBytes), and the page stops once
+    // it holds maxBytes of them (at least one), as task and approval list pages do: a lease holds its scopes (up to ~26 KB within every bound),
     // so 500 of them were ~13 MB read from Redis and answered at once.
     const items: LeaseRecord[] = [];
     let bytes = 0;
     let last: Position | undefined;
     let n = 0;
+    let reads = Math.min(LEASE_READS, Math.max(1, Math.floor(maxBytes / LEASE_BYTES_LARGEST)));
     while (n < shown.length && bytes < maxBytes) {
-      const round = shown.slice(n, n + LEASE_READS);
+      const round = shown.slice(n, n + reads);
       const found = new Map((await this.deps.leases.getMany(round.map((p) => p.id))).map((l) => [l.leaseId, l]));
       for (const p of round) {
         n += 1;
@@ -106,6 +125,9 @@ export class TaskLeaseReader {
         bytes += JSON.stringify(l).length;
         if (bytes >= maxBytes) break;
       }
+      // The next round: what the rest of the cap holds at this page's average record (all of LEASE_READS while none was found).
+      if (items.length > 0) reads = Math.min(LEASE_READS, Math.max(1, Math.ceil((maxBytes - bytes) / (bytes / items.length))));
+      else reads = LEASE_READS;
     }
     const more = n < shown.length || got.length > limit;
     return { items, nextCursor: more && last ? this.cursors.encode(last, bind) : null, bytes };

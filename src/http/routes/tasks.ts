@@ -5,9 +5,9 @@ import type { Services } from '../services.ts';
 import { identityOf, validBody, validParam } from '../middleware.ts';
 import { openTaskSchema, taskRefSchema } from '../schemas.ts';
 import { publicLease, publicTask } from '../../tasks/task-service.ts';
-import { EMBEDDED_LEASES } from '../../lists/task-leases.ts';
+import { EMBEDDED_LEASE_BYTES, EMBEDDED_LEASES } from '../../lists/task-leases.ts';
 
-/** POST /v1/tasks, GET /v1/tasks/:taskId (with its first leases), POST /v1/tasks/:taskId/complete. */
+/** POST /v1/tasks, GET /v1/tasks/:taskId (with its first leases, ~0.5 MB at most), POST /v1/tasks/:taskId/complete. */
 export function taskRoutes(s: Services): Router {
   const r = Router();
   r.post('/v1/tasks', async (req, res) => {
@@ -23,7 +23,7 @@ export function taskRoutes(s: Services): Router {
     const taskId = validParam(taskRefSchema, req.params.taskId, 'taskId');
     const who = identityOf(res);
     const task = await s.tasks.readable(who, taskId);
-    const leases = await s.taskLeases.page(who.id, [taskId], false, EMBEDDED_LEASES);
+    const leases = await s.taskLeases.page(who.id, [taskId], false, EMBEDDED_LEASES, undefined, EMBEDDED_LEASE_BYTES);
     res.json({ ...publicTask(task), leases: leases.items.map((l) => publicLease(l, task.status)), leasesNextCursor: leases.nextCursor });
   });
   r.post('/v1/tasks/:taskId/complete', async (req, res) => {
