@@ -2,7 +2,10 @@ import { afterAll, afterEach, describe, expect, test } from '@jest/globals';
 import { Redis } from 'ioredis';
 import { startAwsEmulator, type AwsEmulator } from '../emulators/aws/index.ts';
 import type { VaultEmulator } from '../emulators/vault/index.ts';
-import { ADMIN, REDIS_URL, call, dropPrefix, testConfigFile, uniquePrefix } from '../helpers/broker.ts';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { ADMIN, REDIS_URL, call, dropPrefix, testRawConfig, uniquePrefix } from '../helpers/broker.ts';
 import { TestIssuer } from '../helpers/identity.ts';
 import { type BrokerProcess, START_TIMEOUT_MS, startBrokerProcess } from '../helpers/process.ts';
 import { ROTATABLE, brokerAwsSettings, callerIdentityAs } from '../providers/aws/helpers.ts';
@@ -43,6 +46,27 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const rotate = (p: BrokerProcess, target: string) => call(p.url, 'POST', '/v1/admin/rotate', as(ADMIN), { target });
 
 /**
+ * The switch grace of the process started after the kill. A rotation waits it out once after handing out the
+ * new secret, and once more first when it finds one the killed rotation handed out: at 8 s (what the killed
+ * process needs, to be killed inside it) the file spent most of its time there, with no other instance left to
+ * switch.
+ */
+const NEXT_GRACE_MS = 300;
+
+/**
+ * One config (one prefix, one KEK) in two files: `first` for the process to kill (`switchGraceMs` as given, or the
+ * default), `next` for the one that takes over, with NEXT_GRACE_MS.
+ */
+function configFiles(prefix: string, overrides: Record<string, unknown>): { first: string; next: string } {
+  const raw = testRawConfig(issuer, prefix, overrides);
+  const dir = mkdtempSync(join(tmpdir(), 'jit-rot-killed-'));
+  const [first, next] = [join(dir, 'first.yaml'), join(dir, 'next.yaml')];
+  writeFileSync(first, JSON.stringify(raw));
+  writeFileSync(next, JSON.stringify({ ...raw, rotation: { ...(raw.rotation as object), switchGraceMs: NEXT_GRACE_MS } }));
+  return { first, next };
+}
+
+/**
  * Starts a broker process on `file`, starts a rotation of `target`, and SIGKILLs the process once
  * the new secret was handed out (sealed in Redis), while it waits out the switch grace before
  * retiring the old one.
@@ -74,7 +98,7 @@ describe('a rotation whose process was killed midway is finished by the next one
       const role = aws.createRole('agent-reports', { maxSessionDuration: 3600, trust: [user.arn] });
       const prefix = uniquePrefix('rot-killed-aws');
       prefixes.push(prefix);
-      const file = testConfigFile(issuer, prefix, {
+      const files = configFiles(prefix, {
         rotation: { switchGraceMs: 8000 },
         providers: {
           aws: brokerAwsSettings(aws!.url, user, ROTATABLE),
@@ -82,11 +106,11 @@ describe('a rotation whose process was killed midway is finished by the next one
         roles: { 'reports-bucket': { provider: 'aws', roleArn: role.arn, maxTtlSeconds: 3600 } },
       });
       const original = { accessKeyId: user.accessKeyId, secretAccessKey: user.secretAccessKey };
-      await killMidRotation(file, 'aws', prefix);
+      await killMidRotation(files.first, 'aws', prefix);
       expect(aws.accessKeys(user.userName)).toHaveLength(2);
       expect(await callerIdentityAs(aws.url, original)).toBe('ok');
 
-      const p2 = await startBrokerProcess(file);
+      const p2 = await startBrokerProcess(files.next);
       procs.push(p2);
       const r = await rotate(p2, 'aws');
       expect(r.status).toBe(202);
@@ -107,12 +131,12 @@ describe('a rotation whose process was killed midway is finished by the next one
       const role = emu.createRole('agent-reports', { maxSessionDuration: 3600, trust: [user.arn] });
       const prefix = uniquePrefix('rot-killed-create');
       prefixes.push(prefix);
-      const file = testConfigFile(issuer, prefix, {
+      const files = configFiles(prefix, {
         providers: { aws: brokerAwsSettings(emu.url, user, ROTATABLE) },
         roles: { 'reports-bucket': { provider: 'aws', roleArn: role.arn, maxTtlSeconds: 3600 } },
       });
       const keys = new Keys(prefix);
-      const p1 = await startBrokerProcess(file);
+      const p1 = await startBrokerProcess(files.first);
       procs.push(p1);
       // The killed rotation runs with IAM's clock 2 minutes behind; its intent's times are moved back as far
       // below: as if it had run 2 minutes ago, past its window and the 30-s listing lag after it.
@@ -127,7 +151,7 @@ describe('a rotation whose process was killed midway is finished by the next one
       const made = emu.accessKeys(user.userName).find((k) => k.accessKeyId !== user.accessKeyId);
       expect(made).toMatchObject({ status: 'Active' });
       const redis = new Redis(REDIS_URL);
-      const p2 = await startBrokerProcess(file);
+      const p2 = await startBrokerProcess(files.next);
       procs.push(p2);
       try {
         const intent = JSON.parse((await redis.get(keys.rotationIntent('aws')))!);
@@ -166,7 +190,7 @@ describe('a rotation whose process was killed midway is finished by the next one
       vault = v.emu;
       const prefix = uniquePrefix('rot-killed-vault');
       prefixes.push(prefix);
-      const file = testConfigFile(issuer, prefix, {
+      const files = configFiles(prefix, {
         rotation: { switchGraceMs: 8000 },
         providers: {
           vault: {
@@ -183,10 +207,10 @@ describe('a rotation whose process was killed midway is finished by the next one
             () => 'ok',
             () => 'refused',
           );
-      await killMidRotation(file, 'vault', prefix);
+      await killMidRotation(files.first, 'vault', prefix);
       expect(await login(v.secretId)).toBe('ok');
 
-      const p2 = await startBrokerProcess(file);
+      const p2 = await startBrokerProcess(files.next);
       procs.push(p2);
       const r = await rotate(p2, 'vault');
       expect(r.status).toBe(202);
@@ -202,7 +226,7 @@ describe('a rotation whose process was killed midway is finished by the next one
       vaults.push(v.emu);
       const prefix = uniquePrefix('rot-killed-vault-new');
       prefixes.push(prefix);
-      const file = testConfigFile(issuer, prefix, {
+      const files = configFiles(prefix, {
         providers: {
           vault: {
             address: v.emu.url,
@@ -212,7 +236,7 @@ describe('a rotation whose process was killed midway is finished by the next one
         roles: { 'vault-ops': { provider: 'vault', token: { policies: ['ops-read'] } } },
       });
       const secretIds = () => [...v.emu.state.space('').approles.get('approle/jit-broker')!.secretIds.keys()];
-      const p1 = await startBrokerProcess(file);
+      const p1 = await startBrokerProcess(files.first);
       procs.push(p1);
       // Vault makes the new secret-id; the process dies before its answer arrives (custom or generated alike).
       const hold = v.emu.holdResponses(/^auth\/approle\/role\/jit-broker\/(custom-)?secret-id$/);
@@ -231,7 +255,7 @@ describe('a rotation whose process was killed midway is finished by the next one
         await redis.quit();
       }
 
-      const p2 = await startBrokerProcess(file);
+      const p2 = await startBrokerProcess(files.next);
       procs.push(p2);
       expect((await rotate(p2, 'vault')).status).toBe(202);
       // Before: it stayed valid for good, in no intent (two secret-ids left).
