@@ -9,32 +9,44 @@ import { type FakeBroker, send, startFakeBroker } from '../helpers/fake-broker.t
  * broken or hostile broker) is exit 3 bad_response, not exit 0 with nothing (or the wrong thing) said. The compiled
  * CLI and client, on Node 20, against a fake broker.
  */
-let fake: FakeBroker;
-let url: string;
-/** `METHOD /path` -> [status, body] the fake broker answers (a test sets it). */
-const answers = new Map<string, [number, string]>();
+/**
+ * Fake brokers, each answering `METHOD /path` with the [status, body] its map holds (a test sets it): one for each
+ * body a test tries, so its runs of the CLI (each a process of its own) go at once instead of one after the other.
+ */
+const fakes: { broker: FakeBroker; answers: Map<string, [number, string]> }[] = [];
+/** Bodies a command is tried with: GARBAGE's 5, another object, the real one. */
+const SLOTS = 7;
 
 beforeAll(async () => {
   await ensureBuilt();
-  fake = await startFakeBroker((req, res) => {
-    req.resume();
-    req.on('end', () => {
-      const path = new URL(req.url ?? '/', 'http://x').pathname;
-      const [status, body] = answers.get(`${req.method} ${path}`) ?? [
-        404,
-        '{"type":"about:blank","title":"Not Found","status":404,"detail":"no such route","code":"not_found"}',
-      ];
-      send(res, status, body);
+  for (let i = 0; i < SLOTS; i++) {
+    const answers = new Map<string, [number, string]>();
+    const broker = await startFakeBroker((req, res) => {
+      req.resume();
+      req.on('end', () => {
+        const path = new URL(req.url ?? '/', 'http://x').pathname;
+        const [status, body] = answers.get(`${req.method} ${path}`) ?? [
+          404,
+          '{"type":"about:blank","title":"Not Found","status":404,"detail":"no such route","code":"not_found"}',
+        ];
+        send(res, status, body);
+      });
     });
-  });
-  url = fake.url;
+    fakes.push({ broker, answers });
+  }
 }, 120_000);
-afterAll(() => fake?.close());
+afterAll(() => Promise.all(fakes.map((f) => f.broker.close())));
 
-/** `file` run against the fake broker (killed after 20 s). */
-const run = (file: string, args: string[]) =>
-  runCollect(file, args, { JIT_BROKER_URL: url, JIT_TOKEN: 'a.b.c', U: url }, { killMs: 20_000 });
-const jit = (args: string[]) => run(NODE20, [JIT, ...args]);
+/** `file` run against fake broker `slot` (killed after 20 s). */
+const run = (slot: number, file: string, args: string[]) => {
+  const url = fakes[slot]!.broker.url;
+  return runCollect(file, args, { JIT_BROKER_URL: url, JIT_TOKEN: 'a.b.c', U: url }, { killMs: 20_000 });
+};
+/** The CLI with `args` against fake broker `slot`, which answers `route` with `status` and `body`. */
+const jit = (slot: number, route: string, status: number, body: string, args: string[]) => {
+  fakes[slot]!.answers.set(route, [status, body]);
+  return run(slot, NODE20, [JIT, ...args]);
+};
 
 /** 2xx bodies that are none of the broker's answers. */
 const GARBAGE: Record<string, string> = { list: '[]', empty: '{}', null: 'null', text: '"x"', nothing: '' };
@@ -205,17 +217,19 @@ test.each(CASES.map((c) => [c.name, c] as const))(
       ...Object.entries(GARBAGE).map(([k, b]) => [k, c.status, b] as [string, number, string]),
       ['another object', c.status, JSON.stringify(c.other)],
     ];
-    for (const [kind, status, body] of bodies) {
-      answers.set(c.route, [status, body]);
-      const r = await jit([...c.args, '--json']);
+    // Every body at once, each on its own fake broker; the real one too.
+    const [ok, ...rs] = await Promise.all([
+      jit(bodies.length, c.route, c.status, JSON.stringify(c.good), [...c.args, '--json']),
+      ...bodies.map(([, status, body], i) => jit(i, c.route, status, body, [...c.args, '--json'])),
+    ]);
+    bodies.forEach(([kind], i) => {
+      const r = rs[i]!;
       // Before: exit 0 on every one of them (`{}` or nothing printed, or the other object as if it were the one asked for).
       expect({ kind, code: r.code, out: r.stdout && JSON.parse(r.stdout).code }).toEqual({ kind, code: 3, out: 'bad_response' });
       expect(r.stderr).toMatch(/the broker answered/);
-    }
-    answers.set(c.route, [c.status, JSON.stringify(c.good)]);
-    const ok = await jit([...c.args, '--json']);
-    expect({ code: ok.code, stderr: ok.stderr }).toEqual({ code: 0, stderr: '' });
-    answers.delete(c.route);
+    });
+    expect({ code: ok!.code, stderr: ok!.stderr }).toEqual({ code: 0, stderr: '' });
+    for (const f of fakes) f.answers.delete(c.route);
   },
   120_000,
 );
@@ -252,25 +266,35 @@ test('health, ready, metadata, jwks, token exchange and introspection check thei
     ],
     ['introspect', 'POST /v1/introspect', 200, { active: false }],
   ];
+  // One process per call, trying it against every body at once: a fresh client for each, on the fake broker
+  // answering that body (the ones before, 36 processes one after the other, took most of this file's time).
+  const KINDS = [...Object.keys(GARBAGE), 'good'];
   const script = `
     import { BrokerClient } from ${JSON.stringify(resolve('dist/client/index.js'))};
-    const c = new BrokerClient({ url: process.env.U, token: 'a.b.c' });
-    const call = { health: () => c.health(), ready: () => c.ready(), metadata: () => c.metadata(), jwks: () => c.jwks(),
-      exchangeToken: () => c.exchangeToken({ taskId: 't', audience: 'r' }), introspect: () => c.introspect('x') }[process.argv[1]];
-    call().then(() => console.log('ok'), (e) => console.log(e.code));
+    const [name, ...urls] = process.argv.slice(1);
+    const outs = await Promise.all(urls.map((url) => {
+      const c = new BrokerClient({ url, token: 'a.b.c' });
+      const call = { health: () => c.health(), ready: () => c.ready(), metadata: () => c.metadata(), jwks: () => c.jwks(),
+        exchangeToken: () => c.exchangeToken({ taskId: 't', audience: 'r' }), introspect: () => c.introspect('x') }[name];
+      return call().then(() => 'ok', (e) => e.code);
+    }));
+    console.log(JSON.stringify(outs));
   `;
-  for (const [name, route, status, good] of CALLS) {
-    for (const [kind, body] of [...Object.entries(GARBAGE), ['good', JSON.stringify(good)]]) {
-      answers.set(route, [status, body!]);
-      const r = await run(NODE20, ['--input-type=module', '-e', script, name]);
+  const urls = KINDS.map((_, i) => fakes[i]!.broker.url);
+  const results = await Promise.all(
+    CALLS.map(([name, route, status, good]) => {
+      for (const [i, kind] of KINDS.entries()) fakes[i]!.answers.set(route, [status, GARBAGE[kind] ?? JSON.stringify(good)]);
+      return run(0, NODE20, ['--input-type=module', '-e', script, name, ...urls]);
+    }),
+  );
+  CALLS.forEach(([name, route], n) => {
+    const r = results[n]!;
+    expect({ name, stderr: r.stderr, code: r.code }).toEqual({ name, stderr: '', code: 0 });
+    const outs = JSON.parse(r.stdout) as string[];
+    for (const [i, kind] of KINDS.entries()) {
       // Before: 'ok' for every body (`{}`, `[]`, null, nothing): a broken broker read as healthy, ready or inactive.
-      expect({ name, kind, out: r.stdout.trim(), stderr: r.stderr }).toEqual({
-        name,
-        kind,
-        out: kind === 'good' ? 'ok' : 'bad_response',
-        stderr: '',
-      });
+      expect({ name, kind, out: outs[i] }).toEqual({ name, kind, out: kind === 'good' ? 'ok' : 'bad_response' });
     }
-    answers.delete(route);
-  }
+    for (const f of fakes) f.answers.delete(route);
+  });
 }, 120_000);
