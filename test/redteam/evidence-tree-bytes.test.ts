@@ -1,4 +1,5 @@
 import { AGENT, ORCH, call, startTestBroker, type TestBroker } from '../helpers/broker.ts';
+import { openLargestTask } from '../helpers/largest-task.ts';
 
 /**
  * Red team: `GET /v1/tasks/{id}/evidence` answered the whole sub-task tree in one response, every task whole
@@ -12,24 +13,13 @@ import { AGENT, ORCH, call, startTestBroker, type TestBroker } from '../helpers/
  */
 let t: TestBroker;
 const SUBS = 130;
-const scopes = Array.from({ length: 100 }, (_, j) => `${String(j).padStart(3, '0')}${'s'.repeat(253)}`);
-const labels = Object.fromEntries(Array.from({ length: 32 }, (_, j) => [`k${j}`, 'v'.repeat(256)]));
 const evidence = (q = '') => fetch(`${t.url}/v1/tasks/eb/evidence${q}`, { headers: t.as(AGENT) });
 
 beforeAll(async () => {
   t = await startTestBroker('rt-evidence-bytes', {
     config: { server: { port: 0, publicUrl: 'http://127.0.0.1:8080', rateLimit: { perSecond: 0 } }, tasks: { maxSubtasks: 1000 } },
   });
-  const root = await call(t.url, 'POST', '/v1/tasks', t.as(ORCH), {
-    taskId: 'eb',
-    agent: `spiffe://dev.local${AGENT}`,
-    tenant: 'acme',
-    purpose: 'p'.repeat(1024),
-    ttlSeconds: 3600,
-    grants: [{ role: 'demo-api', scopes }],
-    labels,
-  });
-  expect(root.status).toBe(201);
+  await openLargestTask(t, 'eb', { scopeChars: 256, purposeChars: 1024 });
   for (let i = 0; i < SUBS; i += 10) {
     const rs = await Promise.all(
       Array.from({ length: Math.min(10, SUBS - i) }, (_, j) =>

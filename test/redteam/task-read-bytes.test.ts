@@ -1,4 +1,5 @@
 import { AGENT, ORCH, call, startTestBroker, type TestBroker } from '../helpers/broker.ts';
+import { largestShape, openLargestTask, sizedGet } from '../helpers/largest-task.ts';
 
 /**
  * Red team (resource exhaustion with a valid identity): `GET /v1/tasks/{taskId}` costs one point of its caller's
@@ -14,14 +15,8 @@ import { AGENT, ORCH, call, startTestBroker, type TestBroker } from '../helpers/
 let t: TestBroker;
 const CREDS = 90;
 const SMALL = 101;
-const scopes = Array.from({ length: 100 }, (_, j) => `${String(j).padStart(3, '0')}${'s'.repeat(247)}`);
-const labels = Object.fromEntries(Array.from({ length: 32 }, (_, j) => [`k${j}`, 'v'.repeat(256)]));
-const get = async (path: string) => {
-  const res = await fetch(`${t.url}${path}`, { headers: t.as(AGENT) });
-  expect(res.status).toBe(200);
-  const text = await res.text();
-  return { bytes: text.length, body: JSON.parse(text) };
-};
+const { scopes } = largestShape();
+const get = (path: string) => sizedGet(t, path);
 const issue = async (taskId: string, n: number, body: Record<string, unknown>) => {
   for (let i = 0; i < n; i += 10) {
     const rs = await Promise.all(
@@ -37,16 +32,7 @@ beforeAll(async () => {
   t = await startTestBroker('rt-task-read-bytes', {
     config: { server: { port: 0, publicUrl: 'http://127.0.0.1:8080', rateLimit: { perSecond: 0 } } },
   });
-  const big = await call(t.url, 'POST', '/v1/tasks', t.as(ORCH), {
-    taskId: 'tr',
-    agent: `spiffe://dev.local${AGENT}`,
-    tenant: 'acme',
-    purpose: 'p'.repeat(1000),
-    ttlSeconds: 3600,
-    grants: [{ role: 'demo-api', scopes }],
-    labels,
-  });
-  expect(big.status).toBe(201);
+  await openLargestTask(t, 'tr');
   await issue('tr', CREDS, { scopes });
   const small = await call(t.url, 'POST', '/v1/tasks', t.as(ORCH), {
     taskId: 'tr-small',
