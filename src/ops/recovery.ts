@@ -132,6 +132,11 @@ export class DataLossMonitor {
   private signingUnrecorded = false;
   /** A loss of buckets noticed and not yet recovered from (counted and logged once, however many attempts). */
   private bucketsLost = false;
+  /**
+   * A whole data loss noticed and not yet recovered from: counted and logged once, however many attempts its
+   * recovery takes (each failed attempt, a failover's refused commands say, is retried at the next check).
+   */
+  private dataLost = false;
   /** The buckets' markers at this instance's last check of this dataset (see recoveredElsewhere). */
   private marks: (string | null)[] | undefined;
 
@@ -549,7 +554,8 @@ export class DataLossMonitor {
 
   private async recover(lostSeen: boolean): Promise<void> {
     this.healthy = false;
-    if (lostSeen) {
+    if (lostSeen && !this.dataLost) {
+      this.dataLost = true;
       this.d.logger.error('Redis lost its data: recreating the signing key and restoring quarantines before answering ready');
       this.d.metrics.dataLoss.inc({ kind: 'lost' });
     }
@@ -672,6 +678,7 @@ export class DataLossMonitor {
     await this.d.signing.reload();
     this.epoch = (await this.d.redis.get(this.d.keys.epoch())) ?? undefined;
     this.healthy = this.epoch !== undefined && this.d.signing.size > 0;
+    if (this.healthy) this.dataLost = false;
     // Redis's seals went with its data, and the export's newest seal of an idle chain can be older than
     // audit.sealMaxAgeSeconds (idle chains are resealed in Redis only): the broker.data_loss records just written
     // behind it would read as "sealing has stopped" to audit:verify until the next pass. Seal them now, without
