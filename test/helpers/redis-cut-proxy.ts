@@ -20,20 +20,66 @@ function cutAt(chunk: Buffer, sha: string, containing: string | undefined): numb
  * and the next (a decision's script and the audit append behind it), however close together it sends
  * them, and the test kills it there: what it had not sent is lost, as on a crash.
  *
- * Commands are found by the script's SHA-1 (40 hex characters) in the chunk read; a command split across
- * two reads at that spot would slip through (the writes here are small: one read each).
+ * Commands are found by the script's SHA-1 (40 hex characters) in what was read. A read that ends in the first
+ * characters of it is held back from that command's start until the next read (or HOLD_MS): a command split
+ * there slipped through, ran, and the test waited for the cut for ever (shard-loss-killed timed out in CI).
  */
+/** How long the start of a command is held back, waiting for the rest of its SHA-1 (a prefix by chance otherwise). */
+const HOLD_MS = 50;
+
+/** The length of the longest proper prefix of `sha` that `chunk` ends with (0 for none). */
+function partialAtEnd(chunk: Buffer, sha: string): number {
+  for (let k = Math.min(sha.length - 1, chunk.length); k > 0; k--)
+    if (chunk.toString('latin1', chunk.length - k) === sha.slice(0, k)) return k;
+  return 0;
+}
+
+/** `promise`, or a rejection naming what never happened (and what `state` says of it) after `ms`. */
+export async function within<T>(promise: Promise<T>, ms: number, what: string, state?: () => Promise<string> | string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const late = new Promise<never>((_, reject) => {
+    timer = setTimeout(async () => {
+      const seen = state ? await Promise.resolve(state()).catch((err: Error) => `(state unreadable: ${err.message})`) : '';
+      reject(new Error(`${what}: not within ${ms} ms${seen ? `\n${seen}` : ''}`));
+    }, ms);
+  });
+  try {
+    return await Promise.race([promise, late]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
 export async function redisCutProxy(redisUrl: string) {
   let armed: string | undefined;
   let armedWith: string | undefined;
   let onCut: (() => void) | undefined;
   const proxy = await tcpProxy(redisUrl, (client, upstream) => {
     let cut = false;
-    client.on('data', (chunk: Buffer) => {
+    // The start of a command whose SHA-1 may go on in the next read (see HOLD_MS).
+    let held: Buffer | undefined;
+    let flush: NodeJS.Timeout | undefined;
+    client.on('data', (data: Buffer) => {
       if (cut) return;
+      clearTimeout(flush);
+      const chunk = held ? Buffer.concat([held, data]) : data;
+      held = undefined;
       const at = armed ? cutAt(chunk, armed, armedWith) : -1;
       if (at < 0) {
-        upstream.write(chunk);
+        const partial = armed ? partialAtEnd(chunk, armed) : 0;
+        // From the command's start; or, that gone on in an earlier read, from the SHA-1's (Redis waits for the rest).
+        const star = partial > 0 ? chunk.lastIndexOf('*', chunk.length - partial, 'latin1') : -1;
+        const from = partial === 0 ? -1 : star >= 0 ? star : chunk.length - partial;
+        if (from < 0) {
+          upstream.write(chunk);
+          return;
+        }
+        if (from > 0) upstream.write(chunk.subarray(0, from));
+        held = chunk.subarray(from);
+        flush = setTimeout(() => {
+          if (held && !cut && !upstream.destroyed) upstream.write(held);
+          held = undefined;
+        }, HOLD_MS);
         return;
       }
       // The command starts at its array header (`*<n>\r\n$7\r\nevalsha\r\n$40\r\n<sha>`): no `*` in between.
@@ -50,14 +96,24 @@ export async function redisCutProxy(redisUrl: string) {
     ...proxy,
     /**
      * Cuts the next connection to run `sha`, at that command; resolves once it did. `containing`: only a
-     * command of that script whose arguments (up to the next command in the chunk) contain it.
+     * command of that script whose arguments (up to the next command in the chunk) contain it. Rejects after
+     * `timeoutMs` (with what `state` says: the process's output, the keys involved) rather than leaving the
+     * test to wait for its own timeout, which says nothing of where it stood.
      */
-    arm(sha: string, containing?: string): Promise<void> {
+    arm(sha: string, containing?: string, opts: { timeoutMs?: number; state?: () => Promise<string> | string } = {}): Promise<void> {
       armed = sha;
       armedWith = containing;
-      return new Promise<void>((r) => {
-        onCut = r;
-      });
+      const cut = within(
+        new Promise<void>((r) => {
+          onCut = r;
+        }),
+        opts.timeoutMs ?? 60_000,
+        `no EVALSHA of ${sha}${containing ? ` with ${containing}` : ''} reached the proxy`,
+        opts.state,
+      );
+      // Awaited later by the caller (which then sees the rejection), not unhandled meanwhile.
+      cut.catch(() => {});
+      return cut;
     },
   };
 }

@@ -101,7 +101,11 @@ test.each(killedAt)(
     const exported = (await rd.get(keys.auditExported(bucket)))!;
     expect(exported).toBe(await rd.get(keys.auditHead(bucket)));
 
-    const cut = proxy.arm(script(name).sha);
+    const cut = proxy.arm(script(name).sha, undefined, {
+      // Once a 330-s timeout in CI with nothing said: where the victim stood instead.
+      state: async () =>
+        `marker ${await rd.get(keys.bucketMarker(bucket))}, recovery lock ${await rd.get(keys.lock('recovery'))}, victim ${victim.child.exitCode === null ? 'running' : `exited ${victim.child.exitCode}`}; its output:\n${victim.output().slice(-4000)}`,
+    });
     await loseBucket(tool, bucket);
     await cut;
     await victim.kill('SIGKILL');
