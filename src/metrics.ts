@@ -17,6 +17,12 @@ export const DEFAULT_METRICS_REFRESH_MS = 15_000;
  */
 export const UNMATCHED_ROUTE = 'unmatched';
 
+/**
+ * How long one round of upstream checks (Vault sys/health, STS GetCallerIdentity) answers /readyz and
+ * `jit_upstream_up` (ms): both are unauthenticated, so a flood of them is one round per interval, not a flood of the upstreams.
+ */
+export const UPSTREAM_CHECK_MS = 1000;
+
 /** Every metric the broker exports, on one registry per process (tests create their own). */
 export class Metrics {
   readonly registry = new Registry();
@@ -41,6 +47,9 @@ export class Metrics {
   readonly outboxRecovered: Counter;
   readonly outboxParked: Counter;
   readonly dataLoss: Counter<'kind'>;
+  readonly upstreamUp: Gauge<'provider'>;
+  /** Where the upstream checks read from (the provider registry's readiness(), set once the providers exist). */
+  upstreamsSource: (() => Promise<Record<string, boolean>>) | undefined;
 
   /** Where the active-lease gauge reads from (set once the lease store exists); read at most once per refresh interval. */
   activeLeasesSource: (() => Promise<number>) | undefined;
@@ -56,6 +65,8 @@ export class Metrics {
     activeLeases: SharedReading<number>;
     sealStatus: SharedReading<SealStatus[]>;
     outbox: SharedReading<{ records: number; oldestSeconds: number; parked: number }>;
+    /** One round per UPSTREAM_CHECK_MS, shared by /readyz and /metrics. */
+    upstreams: SharedReading<Record<string, boolean>>;
   };
 
   /** `refreshMs`: how long the Redis-backed gauges reuse a reading (`server.metricsRefreshSeconds`). */
@@ -70,6 +81,7 @@ export class Metrics {
       sealStatus: new SharedReading(every, () => (this.sealStatusSource?.() ?? unset()).catch(() => [])),
       // Redis failing: the gauges keep their last values.
       outbox: new SharedReading(every, () => this.outboxSource?.() ?? unset()),
+      upstreams: new SharedReading(UPSTREAM_CHECK_MS, () => this.upstreamsSource?.() ?? unset()),
     };
     /** Seconds since a reading was taken: ages grow between readings, so an alert on them is never late by a reading's age. */
     const since = (at: number) => (performance.now() - at) / 1000;
@@ -231,6 +243,18 @@ export class Metrics {
       help: 'Redis data losses this instance noticed, by kind: lost (Redis came back empty), bucket_lost (some buckets came back empty: a Cluster master lost its data while the global slot kept it), rolled_back (Redis went back in time, e.g. restarted from an older snapshot)',
       labelNames: ['kind'],
       registers,
+    });
+    // One upstream down does not make the broker unready (contract section 3): this is where it shows, beside /readyz's body.
+    this.upstreamUp = new Gauge({
+      name: 'jit_upstream_up',
+      help: 'Whether each configured provider can issue right now (1) or not (0: Vault unreachable, sealed, untrusted certificate or not logged in; STS not answering), checked at most once a second',
+      labelNames: ['provider'],
+      registers,
+      async collect() {
+        if (!metrics.upstreamsSource) return;
+        const { value } = await metrics.readings.upstreams.get();
+        for (const [provider, up] of Object.entries(value ?? {})) this.set({ provider }, up ? 1 : 0);
+      },
     });
     if (opts.defaultMetrics) collectDefaultMetrics({ register: this.registry });
   }

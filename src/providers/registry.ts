@@ -1,3 +1,4 @@
+import pTimeout from 'p-timeout';
 import type { LoadedConfig } from '../config/load.ts';
 import type { RoleConfig } from '../config/schema.ts';
 import { descriptorOf, PROVIDERS } from './index.ts';
@@ -40,6 +41,16 @@ export class ProviderRegistry {
 
   all(): [string, Provider][] {
     return [...this.byKind.entries()];
+  }
+
+  /**
+   * Whether each upstream answers, by kind (a provider without `ready()` is left out): what /readyz reports and
+   * `jit_upstream_up` exports. A check that fails or does not answer within `withinMs` is `false`; never rejects.
+   */
+  async readiness(withinMs = 1000): Promise<Record<string, boolean>> {
+    const out: Record<string, boolean> = {};
+    for (const [kind, p] of this.byKind) if (p.ready) out[kind] = await pTimeout(p.ready(), { milliseconds: withinMs }).catch(() => false);
+    return out;
   }
 
   /** The provider kind behind a rotation target (`signing-key` → jwt), if configured. */

@@ -7,11 +7,7 @@ import type { Services } from '../services.ts';
 import { identityOf, jsonBody, validBody, validQuery } from '../middleware.ts';
 import { chargeReads } from '../read-cost.ts';
 import { nfcText, paging, rotateSchema } from '../schemas.ts';
-import pTimeout from 'p-timeout';
 import { SharedReading } from '../../shared-reading.ts';
-
-/** How long one round of upstream readiness checks answers /readyz (ms). */
-const UPSTREAM_CHECK_MS = 1000;
 
 /**
  * How long one Redis probe of /readyz (ROLE and a write, or CLUSTER INFO) answers every probe of this
@@ -20,9 +16,6 @@ const UPSTREAM_CHECK_MS = 1000;
  * deadline (about 2 s) after Redis stops answering or taking writes.
  */
 export const REDIS_PROBE_MS = 1000;
-
-/** Bounded wait for a readiness probe step (rejects with a TimeoutError past `ms`). */
-const within = <T>(p: Promise<T>, ms: number): Promise<T> => pTimeout(p, { milliseconds: ms });
 
 /**
  * /healthz (the process is alive: never depends on Redis, so a Redis outage
@@ -43,13 +36,10 @@ export function opsRoutes(
 ): Router {
   const r = Router();
   // /readyz is unauthenticated and probed often: one upstream round (Vault sys/health...) per UPSTREAM_CHECK_MS,
-  // shared by concurrent probes, so a flood of /readyz is never a flood of the upstreams.
-  // A round never rejects (an upstream that fails or does not answer in 1 s is `false`).
-  const upstreamRounds = new SharedReading(UPSTREAM_CHECK_MS, async () => {
-    const out: Record<string, boolean> = {};
-    for (const [kind, p] of deps.providers.all()) if (p.ready) out[kind] = await within(p.ready(), 1000).catch(() => false);
-    return out;
-  });
+  // shared by concurrent probes and with /metrics' jit_upstream_up, so a flood of either is never a flood of the
+  // upstreams. A round never rejects (an upstream that fails or does not answer in 1 s is `false`).
+  deps.metrics.upstreamsSource ??= () => deps.providers.readiness();
+  const upstreamRounds = deps.metrics.readings.upstreams;
   // Concurrent probes share one; writableMaster never throws (a Redis that does not answer in 1 s is `false`).
   const redisProbe = new SharedReading(REDIS_PROBE_MS, () =>
     writableMaster(deps.redis, { timeoutMs: 1000, probeKey: deps.keys.plain('readyz', 'probe') }),

@@ -24,6 +24,15 @@ const NETWORK_CODES = new Set([
   'ERR_SOCKET_CONNECTION_TIMEOUT',
 ]);
 
+/** Node's and OpenSSL's codes for a TLS connection that could not be made or trusted. */
+const TLS_CODE = /^(ERR_TLS_|ERR_SSL_|EPROTO$|CERT_|UNABLE_TO_|DEPTH_ZERO_|SELF_SIGNED_|HOSTNAME_MISMATCH|ERR_OSSL_)/;
+
+/** A connection to Vault that TLS refused: an untrusted or expired certificate, one for another name, a failed handshake. */
+export function isTlsFailure(err: unknown): boolean {
+  const code = (err as { code?: unknown } | undefined)?.code;
+  return typeof code === 'string' && TLS_CODE.test(code);
+}
+
 /**
  * Classifies an error thrown by node-vault. Its `ApiResponseError` carries
  * `response.statusCode` and `response.body.errors`; connection failures are
@@ -36,7 +45,9 @@ export function classify(err: unknown): VaultFailure {
   const message = errors.join('; ') || e?.message || String(err);
   if (status === undefined) {
     return {
-      kind: e?.code && NETWORK_CODES.has(e.code) ? 'unavailable' : 'unknown',
+      // A TLS failure is Vault not reachable over a connection the broker can trust: like a refused connection it
+      // may pass (Vault's certificate replaced, a load balancer's fixed) and is retried, never a refusal of the request.
+      kind: (e?.code && NETWORK_CODES.has(e.code)) || isTlsFailure(err) ? 'unavailable' : 'unknown',
       status,
       message: e?.code ? `${e.code}: ${message}` : message,
     };

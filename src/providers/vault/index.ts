@@ -5,6 +5,7 @@ import { Keys } from '../../redis/keys.ts';
 import type { IssueIntent, IssueRequest, IssueResult, Provider, ProviderContext, RotationJournal, RotationResult } from '../types.ts';
 import { VAULT_MAX_REQUEST_DURATION_SECONDS, vaultSettingsSchema, type VaultRoleConfig, type VaultSettings } from './config.ts';
 import { issueDynamicSecret } from './dynamic-secret.ts';
+import { checkExtraCaFile } from './ca-file.ts';
 import { issueError } from './errors.ts';
 import { revokeHandle } from './revoke.ts';
 import { rotateSecretId, useSecretId } from './rotate.ts';
@@ -118,9 +119,10 @@ export class VaultProvider implements Provider<VaultRoleConfig> {
 }
 
 /**
- * Creates the Vault provider and logs in. Credentials Vault refuses fail
- * startup (ConfigError naming providers.vault.auth); an unreachable or sealed
- * Vault does not — the provider reports not ready and keeps trying.
+ * Creates the Vault provider and logs in. Credentials Vault refuses, and a config that can never work (a
+ * malformed address, an unreadable NODE_EXTRA_CA_CERTS), fail startup (ConfigError naming the key); an
+ * unreachable or sealed Vault, or one whose certificate the broker does not trust, does not: the provider
+ * reports not ready, its roles answer 502 upstream_unavailable, and it keeps trying (session.ts).
  */
 export async function createVaultProvider(settings: VaultSettings, ctx: ProviderContext): Promise<VaultProvider> {
   const parsed = vaultSettingsSchema.safeParse(settings);
@@ -129,6 +131,7 @@ export async function createVaultProvider(settings: VaultSettings, ctx: Provider
     throw new ConfigError(['providers', 'vault', ...issue.path.map(String)].join('.'), issue.message);
   }
   const logger = ctx.logger.child({ provider: 'vault' });
+  checkExtraCaFile(parsed.data.address);
   if (skipVerify() && parsed.data.address.startsWith('https:')) {
     // Said once, loudly: anyone on the path to Vault could then read the broker's token and every secret it issues.
     const at = new URL(parsed.data.address);

@@ -1,4 +1,4 @@
-import { classify } from './errors.ts';
+import { classify, isTlsFailure } from './errors.ts';
 
 /** Why the broker's first Vault login failed, in words an operator can act on, and whether to keep trying. */
 export interface LoginFailure {
@@ -10,24 +10,27 @@ export interface LoginFailure {
   text: string;
 }
 
-/** Node's and OpenSSL's codes for a TLS connection that could not be made or trusted. */
-const TLS_CODE = /^(ERR_TLS_|ERR_SSL_|EPROTO$|CERT_|UNABLE_TO_|DEPTH_ZERO_|SELF_SIGNED_|HOSTNAME_MISMATCH|ERR_OSSL_)/;
-
 /**
  * Classifies a failed first login. Every failure that was not an outage used to say "Vault refused the
  * broker's credentials", so a certificate the broker does not trust, or an address answering a redirect,
  * sent operators to rotate a secret-id that was fine. Only a 400/403 is a refusal of the credentials.
  * `address` is addressOf's (no user-info).
+ *
+ * A TLS failure is retried, not a startup error: it stopped the whole broker, JWT and AWS roles and every
+ * revocation with it, for what is often Vault's side to fix (a certificate expired, replaced by one from
+ * another CA, a load balancer's default one during a deploy), and then works without a restart. What the
+ * broker's own config can never make work (a malformed address, an unreadable NODE_EXTRA_CA_CERTS) still
+ * fails startup: config.ts and ca-file.ts.
  */
 export function firstLoginFailure(err: unknown, address: string): LoginFailure {
   const f = classify(err);
   const code = (err as { code?: unknown } | undefined)?.code;
   const status = f.status;
   const at = `Vault at ${address}`;
-  if (typeof code === 'string' && TLS_CODE.test(code))
+  if (isTlsFailure(err))
     return {
       reason: 'tls',
-      retry: false,
+      retry: true,
       key: 'providers.vault.address',
       text: `no trusted TLS connection to ${at} (${f.message}): is its certificate signed by a CA the broker trusts (the system's, or NODE_EXTRA_CA_CERTS) and valid for this host name?`,
     };

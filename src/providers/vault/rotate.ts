@@ -4,6 +4,7 @@ import { noJournal, type RotationJournal, RotationLockLost, type RotationResult,
 import { VAULT_MAX_REQUEST_DURATION_SECONDS } from './config.ts';
 import { classify, isAlreadyGone, issueError, safeCause } from './errors.ts';
 import { type LateCreates, retireLeftovers, settle } from './leftovers.ts';
+import { firstLoginFailure } from './login-failure.ts';
 import { createSecretId } from './secret-id.ts';
 import type { VaultSession } from './session.ts';
 
@@ -136,6 +137,9 @@ export async function useSecretId(session: VaultSession, secret: Record<string, 
     try {
       token = await session.login(secretId);
     } catch (err) {
+      // Vault unreachable (or sealed) and no token held yet, as at a startup during an outage: the background
+      // login uses the rotated secret-id once Vault answers. Failing here stopped the whole broker.
+      if (firstLoginFailure(err, session.address).retry && session.loginLaterWith(secretId)) return;
       throw issueError(err, 'logging in with the rotated AppRole secret-id');
     }
     await session.switchTo(token, { revokeOld: true, secretId });

@@ -98,10 +98,9 @@ export class VaultSession {
     } catch (err) {
       const why = firstLoginFailure(err, this.address);
       if (why.retry) {
-        this.logger.warn(
-          { err: safeCause(err), reason: why.reason },
-          `vault: first login failed (${why.text}); retrying in the background`,
-        );
+        // An untrusted certificate is more often the operator's to fix than an outage: said as an error.
+        const log = why.reason === 'tls' ? this.logger.error.bind(this.logger) : this.logger.warn.bind(this.logger);
+        log({ err: safeCause(err), reason: why.reason }, `vault: first login failed (${why.text}); retrying in the background`);
         this.scheduleRetry();
         return;
       }
@@ -181,6 +180,19 @@ export class VaultSession {
     const next = this.exclusiveTail.then(fn, fn);
     this.exclusiveTail = next.catch(() => undefined);
     return next;
+  }
+
+  /**
+   * Makes `secretId` (a rotated one another instance distributed) the one the background login uses, when
+   * no token is held yet and Vault cannot be reached to try it now: at a startup during a Vault outage,
+   * failing to log in with it stopped the broker. Returns whether it was taken.
+   */
+  loginLaterWith(secretId: string): boolean {
+    if (this.current || !this.approleAuth || this.closed) return false;
+    this.secretIdValue = secretId;
+    // A refused configured secret-id scheduled no retry (createVaultProvider waits for this one): make sure one runs.
+    this.scheduleRetry();
+    return true;
   }
 
   /** Whether the session holds a token (readiness). */

@@ -130,8 +130,15 @@ describe('VAULT_SKIP_VERIFY, read as Vault reads it', () => {
 
   test.each(['false', '0', 'no'])('%s: the certificate is still checked (an untrusted one fails)', async (value) => {
     process.env.VAULT_SKIP_VERIFY = value;
-    const err = await rejection(open(url));
-    expect(String((err.cause as Error | undefined)?.message ?? err.message)).toMatch(/certificate/i);
+    // The provider starts (a TLS failure is retried in the background); a credential fails on the certificate.
+    const p = await open(url);
+    try {
+      const err = await rejection(p.issue(request(tokenRole(['ops-read']))));
+      expect(err).toMatchObject({ status: 502, code: 'upstream_unavailable' });
+      expect(String((err.cause as Error | undefined)?.message)).toMatch(/certificate/i);
+    } finally {
+      await p.close();
+    }
   });
 
   test('true: not checked (as before)', async () => {
