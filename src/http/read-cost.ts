@@ -2,6 +2,7 @@ import type { RequestHandler } from 'express';
 import type { Deps } from '../deps.ts';
 import { identityOf, spendBudget } from './middleware.ts';
 import { paging } from './schemas.ts';
+import { listPoints } from '../lists/page-bytes.ts';
 
 /**
  * What an evidence page costs of its caller's rate limit, in requests. One evidence call reads the task's
@@ -12,8 +13,11 @@ import { paging } from './schemas.ts';
  * largest shape the API accepts made a page ~4-6 MB and ~100-190 ms for the same 10 points.
  */
 export const EVIDENCE_POINTS = 10;
-/** A list page costs one request per this many records it may hold (`?limit=`, up to LIST_LIMIT_MAX: 5). */
-export const LIST_POINTS_PER = 100;
+/**
+ * A list page costs one request per LIST_POINTS_PER (100) records it may hold (`?limit=`, up to LIST_LIMIT_MAX: 5),
+ * and holds ~0.5 MB of records per point (src/lists/page-bytes.ts pageBytes), whatever their size.
+ */
+export { LIST_POINTS_PER } from '../lists/page-bytes.ts';
 
 const EVIDENCE = /\/v1\/tasks\/[^/]+\/evidence\/?$/i;
 /** Every list page (each reads its `?limit=` with `paging`): the one table of what is weighted as a list. */
@@ -21,7 +25,7 @@ const LISTS = /\/v1\/(?:tasks|approvals|audit|tasks\/[^/]+\/leases|admin\/quaran
 
 /**
  * What a read costs of its caller's budget (server.rateLimit), in requests: {@link EVIDENCE_POINTS} for an
- * evidence page, `ceil(limit / 100)` for a list page, else 1 (what authentication already spent; a limit the
+ * evidence page, `ceil(limit / 100)` for a list page (which holds ~0.5 MB of records a point), else 1 (what authentication already spent; a limit the
  * route refuses with 400 too; a task read, whose leases stop at ~0.5 MB for it: src/lists/task-leases.ts
  * EMBEDDED_LEASE_BYTES). `path` is
  * the whole path (the console mounts the same routes under /console/api).
@@ -33,7 +37,7 @@ export function readCost(method: string, path: string, limit: unknown): number {
   // Read as the route reads it (one schema): a limit the route refuses (400: over LIST_LIMIT_MAX, not a whole
   // number, repeated) costs nothing more than authentication's point, as the 400 costs the broker nothing more.
   const n = paging.limit.safeParse(limit);
-  return n.success ? Math.max(1, Math.ceil(n.data / LIST_POINTS_PER)) : 1;
+  return n.success ? listPoints(n.data) : 1;
 }
 
 /**

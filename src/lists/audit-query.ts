@@ -10,7 +10,8 @@ import type { TaskService } from '../tasks/task-service.ts';
 import type { TaskRecord } from '../tasks/types.ts';
 import type { CursorCodec } from './cursor.ts';
 import { EMBEDDED_LEASES, type TaskLeaseReader } from './task-leases.ts';
-import { PAGE_BYTES, type Page } from './list-service.ts';
+import type { Page } from './list-service.ts';
+import { firstRound, PAGE_BYTES, pageBytes, roundSize } from './page-bytes.ts';
 import { script } from '../redis/scripts.ts';
 import TinyQueue from 'tinyqueue';
 
@@ -76,8 +77,16 @@ export const EVIDENCE_BYTES = PAGE_BYTES;
 /** The most bytes of the tree, and of the leases, on one evidence page (see EVIDENCE_BYTES). */
 export const EVIDENCE_PART_BYTES = EVIDENCE_BYTES / 4;
 
-/** How many records one round of a task's page reads at once (a page stops at PAGE_BYTES: see fromIds). */
+/** How many records one round of a task's page reads at once at most (a page stops at its byte cap: see fromIds). */
 const AUDIT_READS = Math.min(50, READS_IN_FLIGHT);
+
+/**
+ * About the largest audit record as JSON (a task.open naming 100 scopes of 256 characters, 32 labels and a
+ * 1,000-character purpose; a credential.issue naming the scopes is ~26 KB): a page's first round reads as many as
+ * its byte cap holds of these, later rounds what is left of the cap at the page's average record, so a page of
+ * ~0.5 MB reads about that, not AUDIT_READS (~1.3-1.9 MB) of them.
+ */
+const AUDIT_BYTES_LARGEST = 37_500;
 
 /**
  * `GET /v1/audit` and the audit part of `GET /v1/tasks/{id}/evidence`: oldest
@@ -249,15 +258,15 @@ export class AuditReader {
     limit: number,
     bind: { caller: string; filters: Record<string, unknown> },
     keep: (r: AuditRecord, id: string) => boolean,
-    maxBytes = PAGE_BYTES,
+    maxBytes = pageBytes(limit),
   ): Promise<Page<AuditItem>> {
     const rest = after ? ids.filter((id) => cmpId(id, after) > 0) : ids;
     const items: AuditItem[] = [];
     let last: string | undefined;
     let i = 0;
-    // A record may be ~26 KB within every bound (a credential.issue names its lease's scopes, up to 100 of 256
-    // characters): a page stops once it holds maxBytes of records (at least one: PAGE_BYTES, as list pages do, or
-    // the evidence's share of EVIDENCE_BYTES), and reads at most AUDIT_READS records past that; 500 such records
+    // A record may be ~26-37 KB within every bound (a credential.issue names its lease's scopes, up to 100 of 256
+    // characters): a page stops once it holds maxBytes of records (at least one: ~0.5 MB a point, as list pages
+    // do, or the evidence's share of EVIDENCE_BYTES), its rounds sized by what is left of that; 500 such records
     // were ~13 MB read and answered at once.
     let bytes = 0;
     // Records already read past a full page that the filter does not keep: a page holding the last match says
@@ -268,7 +277,14 @@ export class AuditReader {
     while (i < rest.length && items.length < limit && i < SCAN_BUDGET && bytes < maxBytes) {
       // At most READS_IN_FLIGHT stream reads in flight per request: a page of 500 is several rounds, not 500
       // commands at once.
-      const slice = rest.slice(i, i + Math.min(AUDIT_READS, Math.max(limit, 50)));
+      const most = Math.min(AUDIT_READS, Math.max(limit, 50));
+      const n =
+        items.length > 0
+          ? roundSize(maxBytes, bytes, items.length, most)
+          : i === 0
+            ? firstRound(maxBytes, AUDIT_BYTES_LARGEST, most)
+            : most;
+      const slice = rest.slice(i, i + n);
       const entries = await Promise.all(slice.map((id) => this.deps.redis.xrange(stream, id, id)));
       for (let j = 0; j < slice.length; j++) {
         const raw = entries[j]?.[0]?.[1];
@@ -315,7 +331,13 @@ export class AuditReader {
     const done = new Set<AuditChain>();
     const items: AuditItem[] = [];
     let scanned = 0;
-    let bytes = 0; // as fromIds: a page stops at PAGE_BYTES of records (at least one)
+    let bytes = 0; // as fromIds: a page stops at its byte cap of records (at least one)
+    const maxBytes = pageBytes(q.limit);
+    // How many more records the page may take: what is left of `limit`, and of the byte cap in records of the largest
+    // size (not the page's average: chains differ, and one of small records then one of large ones read ~50 large
+    // ones, 1.3 MB, past a page of ~0.5 MB). Chains are read by this, not by `limit` alone: at limit=100 a drained
+    // chain read up to ~100 records, ~2.6 MB of the largest ones, for a page that holds ~0.5 MB.
+    const room = () => Math.min(q.limit - items.length, Math.max(1, Math.ceil((maxBytes - bytes) / AUDIT_BYTES_LARGEST)));
     // The merge needs only each chain's head: a page starts from a few records of every chain and reads more only
     // of the chains it takes records from. Reading 100 of each up front was ~100,000 records (tens of MB) for a
     // page of 10 at `redis.buckets: 1024`. A chain's reads follow the page size (a filter may skip most of what
@@ -323,8 +345,8 @@ export class AuditReader {
     // share of AUDIT_HELD_MAX: a filter that skipped most records refilled every chain with 100, ~100,000 held.
     const filtered = q.actor !== undefined || q.action !== undefined;
     const share = Math.max(1, Math.floor(AUDIT_HELD_MAX / chains.length));
-    const first = Math.min(100, share, Math.max(1, Math.ceil((2 * q.limit) / chains.length)));
-    const size = () => Math.min(100, share, filtered ? Math.max(first, q.limit) : q.limit - items.length + 1);
+    const first = Math.min(100, share, Math.max(1, Math.ceil((2 * room()) / chains.length)));
+    const size = () => Math.min(100, share, filtered ? Math.max(first, q.limit) : room() + 1);
     /** Chains whose stream had nothing past their buffer when last read: not topped up again in this page. */
     const ended = new Set<AuditChain>();
     /** Chains down to their last buffered record: topped up with the next chain that runs dry, in the same round. */
@@ -358,14 +380,18 @@ export class AuditReader {
     const heads = new TinyQueue<AuditChain>([], (a, b) => cmpId(buffers.get(a)![0]![0], buffers.get(b)![0]![0]));
     await inRounds(chains, (c) => fill(c, first));
     let drained: AuditChain | undefined; // taken from last and not read further: it may hold more
-    while (items.length < q.limit && scanned < SCAN_BUDGET && bytes < PAGE_BYTES) {
+    while (items.length < q.limit && scanned < SCAN_BUDGET && bytes < maxBytes) {
       if (drained !== undefined) {
         // Chains merged by time run low together: the others nearly dry are read in the same round, so small
         // reads per chain do not cost one round trip per few records.
         const n = size();
         const others = n > 1 ? [...low].filter((c) => c !== drained && !ended.has(c)).slice(0, READS_IN_FLIGHT - 1) : [];
+        // Unfiltered, the page takes at most `n` more records, from whichever chains: the round shares them (each
+        // chain at least its next record), so it reads about `n`, not `n` from every chain read (14 chains of ~26 KB
+        // records topped up with 13 each read ~4.7 MB for a page of ~0.5 MB).
+        const each = filtered ? n : Math.max(1, Math.ceil(n / (1 + others.length)));
         const c = drained;
-        await Promise.all([ended.has(c) ? done.add(c) : fill(c, n), ...others.map((o) => topUp(o, n - 1))]);
+        await Promise.all([ended.has(c) ? done.add(c) : fill(c, each), ...others.map((o) => topUp(o, Math.max(1, each - 1)))]);
       }
       drained = undefined;
       const best = heads.pop();

@@ -11,6 +11,7 @@ import type { TaskRecord, TaskStatus } from '../tasks/types.ts';
 import { script } from '../redis/scripts.ts';
 import type { CursorCodec } from './cursor.ts';
 import { type Entry, type Pos, scanNewestFirst } from './index-scan.ts';
+import { firstRound, pageBytes, roundSize } from './page-bytes.ts';
 
 const forgetScript = script('index-forget');
 
@@ -47,14 +48,23 @@ interface Index {
  */
 const SCAN_BUDGET = 5000;
 
-/**
- * How many bytes of records (as JSON) a page holds before it answers with what it has: a task record may be
- * ~36 KB within every bound, so 500 of them would be ~18 MB read and sent at once. At least one item always.
- */
-export const PAGE_BYTES = 2_000_000;
-
-/** How many kept records a page reads whole at once (see PAGE_BYTES). */
+/** How many kept records a page reads whole at once at most (see pageBytes). */
 const FULL_READS = 50;
+
+/**
+ * About the largest task record as JSON (100 scopes of 256 characters, 32 labels of 256, a 1,000-character purpose)
+ * and the largest approval (its scopes and its task's purpose): a page's first round of whole records reads as many
+ * as its byte cap holds of these, so a page of ~0.5 MB reads ~0.5 MB, not FULL_READS (~1.8 MB) of them.
+ */
+const TASK_BYTES_LARGEST = 37_500;
+const APPROVAL_BYTES_LARGEST = 28_000;
+
+/**
+ * A list whose heads are its whole records (approvals) stops scanning, as at SCAN_BUDGET, once it has read this many
+ * times its byte cap of them: a filter that matches little (`?status=pending`) read up to SCAN_BUDGET whole
+ * records, ~140 MB of the largest ones, for one page.
+ */
+const WHOLE_SCAN_PAGES = 4;
 
 /**
  * The authorization-filtered, cursor-paginated lists of contract section 3:
@@ -133,6 +143,7 @@ export class ListService {
       keep,
       full: (ids) => this.deps.tasks.getMany(ids),
       idOf: (t) => t.taskId,
+      largest: TASK_BYTES_LARGEST,
     });
   }
 
@@ -160,12 +171,17 @@ export class ListService {
       keep: (r) => this.approvals.mayRead(who, r) && (!q.status || r.status === q.status),
       full: async (ids) => ids.flatMap((id) => read.get(id) ?? []),
       idOf: (r) => r.approvalId,
+      largest: APPROVAL_BYTES_LARGEST,
+      headsWhole: true,
     });
   }
 
   /**
-   * One page: walk the indexes newest first, read each batch's heads (`heads`: what `keep` needs, small),
-   * read whole (`full`) only what is kept, stop at `limit`, the scan budget or the byte budget.
+   * One page: walk the indexes newest first, read each batch's heads (`heads`: what `keep` needs, small; or the
+   * whole records, `headsWhole`), read whole (`full`) only what is kept, stop at `limit`, the scan budget or the
+   * byte cap (pageBytes: ~0.5 MB a point the page costs, at least one item). Whole records are read in rounds sized
+   * by what is left of the cap (`largest`: about the largest record, for the first round), so a page reads about
+   * what it answers.
    */
   private async page<H, T extends H>(
     indexes: Index[],
@@ -178,6 +194,8 @@ export class ListService {
       keep: (h: H) => boolean;
       full: (ids: string[]) => Promise<T[]>;
       idOf: (t: T) => string;
+      largest: number;
+      headsWhole?: boolean;
     },
   ): Promise<Page<T>> {
     const items: T[] = [];
@@ -185,6 +203,11 @@ export class ListService {
     let scanned = 0;
     let bytes = 0;
     let more = false;
+    const maxBytes = pageBytes(limit);
+    // Whole heads read so far (headsWhole), against WHOLE_SCAN_PAGES times the cap.
+    let headBytes = 0;
+    const scanBytes = src.headsWhole ? WHOLE_SCAN_PAGES * maxBytes : Number.POSITIVE_INFINITY;
+    const budgetLeft = () => scanned < SCAN_BUDGET && headBytes < scanBytes;
     const baseOf = new Map(indexes.map((i) => [i.key, this.deps.keys.base(i.bucket)]));
     const it = scanNewestFirst(
       this.deps.redis,
@@ -199,40 +222,50 @@ export class ListService {
      * page"), not merely any entry. Reads heads only, within what is left of the scan budget; past it, unknown
      * (a cursor, whose page may be empty).
      */
-    /** The next `size` entries of the index, within the scan budget (fewer at its end or the budget's). */
-    const take = async (): Promise<Entry[]> => {
+    /** The next `n` entries of the index, within the scan budget (fewer at its end or the budget's). */
+    const take = async (n: number): Promise<Entry[]> => {
       const batch: Entry[] = [];
-      while (batch.length < size && scanned < SCAN_BUDGET) {
-        const n = await it.next();
-        if (n.done) break;
-        batch.push(n.value);
+      while (batch.length < n && scanned < SCAN_BUDGET) {
+        const e = await it.next();
+        if (e.done) break;
+        batch.push(e.value);
         scanned += 1;
       }
       return batch;
     };
+    /** Heads of `ids`; whole ones counted against the scan's byte budget. */
+    const headsOf = async (ids: string[]) => {
+      const heads = await src.heads(ids);
+      if (src.headsWhole) for (const h of heads) if (h !== undefined) headBytes += JSON.stringify(h).length;
+      return heads;
+    };
+    /** Whole records (heads or kept) read in one round: what is left of the cap at the page's average so far. */
+    const round = (max: number) =>
+      items.length > 0 ? roundSize(maxBytes, bytes, items.length, max) : firstRound(maxBytes, src.largest, max);
     const moreKept = async (): Promise<boolean> => {
-      for (;;) {
-        if (scanned >= SCAN_BUDGET) return hasNext();
-        const ahead = await take();
+      // Whole heads 1, 2, 4, ... at a time: a full page reads about as many as it takes to find one kept.
+      for (let n = src.headsWhole ? 1 : size; ; n = Math.min(size, n * 2)) {
+        if (!budgetLeft()) return hasNext();
+        const ahead = await take(n);
         if (ahead.length === 0) return false;
-        const heads = await src.heads(ahead.map((p) => p.id));
+        const heads = await headsOf(ahead.map((p) => p.id));
         if (heads.some((h) => h !== undefined && src.keep(h))) return true;
       }
     };
     outer: for (;;) {
-      const batch = await take();
+      const batch = await take(src.headsWhole ? round(size) : size);
       if (batch.length === 0) break;
-      const heads = await src.heads(batch.map((p) => p.id));
+      const heads = await headsOf(batch.map((p) => p.id));
       await this.forget(
         kind,
         baseOf,
         batch.filter((_, i) => heads[i] === undefined),
       );
       const picked = batch.flatMap((_, i) => (heads[i] !== undefined && src.keep(heads[i]) ? [i] : []));
-      // Read whole no more at a time than the page still has room for, and few enough that a page stopping
-      // at its byte budget has read little more than it answers.
+      // Read whole no more at a time than the page still has room for, in items and in bytes, so a page stopping
+      // at its byte cap has read little more than it answers.
       for (let k = 0; k < picked.length; ) {
-        const chunk = picked.slice(k, k + Math.min(FULL_READS, limit - items.length));
+        const chunk = picked.slice(k, k + round(Math.min(FULL_READS, limit - items.length)));
         k += chunk.length;
         const found = new Map((await src.full(chunk.map((i) => batch[i]!.id))).map((t) => [src.idOf(t), t]));
         for (const i of chunk) {
@@ -243,7 +276,7 @@ export class ListService {
           if (!t || !src.keep(t)) continue;
           items.push(t);
           bytes += JSON.stringify(t).length;
-          if (items.length === limit || bytes >= PAGE_BYTES) {
+          if (items.length === limit || bytes >= maxBytes) {
             more = picked.some((j) => j > i) || (await moreKept());
             break outer;
           }
@@ -251,7 +284,7 @@ export class ListService {
       }
       const end = batch[batch.length - 1]!;
       last = { s: end.s, id: end.id };
-      if (scanned >= SCAN_BUDGET) {
+      if (!budgetLeft()) {
         more = await hasNext();
         break;
       }

@@ -3,7 +3,8 @@ import { badRequest } from '../errors.ts';
 import type { LeaseRecord } from '../leases/types.ts';
 import { READS_IN_FLIGHT } from '../redis/in-rounds.ts';
 import type { CursorCodec } from './cursor.ts';
-import { PAGE_BYTES, type Page } from './list-service.ts';
+import type { Page } from './list-service.ts';
+import { PAGE_BYTES, pageBytes } from './page-bytes.ts';
 
 /**
  * How many leases `GET /v1/tasks/{id}` and its evidence carry; the rest are paged through
@@ -71,7 +72,8 @@ export class TaskLeaseReader {
   /**
    * One page. `taskIds`: the task alone, or its subtree root first (`tree`); the caller has checked
    * that `caller` may read the root. The cursor is bound to the caller, the root and `tree`. The page stops
-   * once it holds `maxBytes` of records (at least one); `bytes` is what it holds.
+   * once it holds `maxBytes` of records (at least one; a list page: what its points pay for, pageBytes);
+   * `bytes` is what it holds.
    */
   async page(
     caller: string,
@@ -79,7 +81,7 @@ export class TaskLeaseReader {
     tree: boolean,
     limit: number,
     cursor?: string,
-    maxBytes = PAGE_BYTES,
+    maxBytes = pageBytes(limit),
   ): Promise<Page<LeaseRecord> & { bytes: number }> {
     const bind = { caller, filters: { list: 'task-leases', taskId: taskIds[0], tree } };
     const from = cursor === undefined ? undefined : this.cursors.decode<unknown>(cursor, bind);
