@@ -159,7 +159,8 @@ export const ERRORS = {
   not_admin: { status: 403, means: 'Only identities in `admins` may do this.', fix: 'Ask an admin.' },
   self_approval: {
     status: 403,
-    means: 'An agent cannot approve its own request, nor one made by a sub-task it delegated to.',
+    means:
+      'An agent cannot approve its own request, nor one made by another agent of the same task tree (its delegator, its delegate, or a fellow sub-agent).',
     fix: 'Ask another approver.',
   },
   role_not_granted: { status: 403, means: "The role is not among the task's grants.", fix: 'Open a task that grants the role.' },

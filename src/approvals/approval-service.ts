@@ -5,6 +5,7 @@ import { conflict, forbidden, notFound } from '../errors.ts';
 import type { WorkloadIdentity } from '../identity/types.ts';
 import type { ApprovalRecord } from './approval-store.ts';
 import { approverGone, settleApprovals } from './approver-gone.ts';
+import { agentInTree } from './tree-agents.ts';
 
 /** An approval as the API shows it (ISO 8601 times, like tasks and leases). */
 export function publicApproval(r: ApprovalRecord): Record<string, unknown> {
@@ -86,8 +87,14 @@ export class ApprovalService {
     if (refused !== undefined) {
       await refuseControls(this.deps, who, refused, { action: 'access.deny', taskId: r.taskId, detail: { approvalId } });
     }
-    // Its own request, or one made inside a delegation it is part of (the sub-task's agent acts for it).
-    if (who.id === r.agent || (await this.deps.tasks.fixed(r.taskId))?.delegators.includes(who.id)) {
+    // Its own request, or one made inside a delegation it is part of: the sub-task's agent acts for it, and every
+    // agent of one task tree works on one unit of work for the root's agent (who writes the sub-tasks' instructions),
+    // so none of them is a second pair of eyes on another's request (src/approvals/tree-agents.ts).
+    if (
+      who.id === r.agent ||
+      (await this.deps.tasks.fixed(r.taskId))?.delegators.includes(who.id) ||
+      (await agentInTree(this.deps, who.id, r.taskId))
+    ) {
       await deny(this.deps, who, 'self_approval', 'An agent cannot approve its own request, nor one made on its behalf.', {
         action: 'approval.decide',
         taskId: r.taskId,
