@@ -7,7 +7,7 @@ import { attributePaths } from '../../src/policy/policy-ast.ts';
 import { project, projectionsFor } from '../../src/policy/projection.ts';
 import type { PolicyRequest } from '../../src/policy/types.ts';
 import { benchRequests } from '../../scripts/bench/policy.ts';
-import { ADMIN, AGENT, DEV_ASSISTANT, ORCHESTRATOR, SUPPORT, issue, request, task } from './fixtures.ts';
+import { ADMIN, AGENT, DEV_ASSISTANT, ORCHESTRATOR, SUPPORT, issue, policyDir, request, task } from './fixtures.ts';
 
 const json = (text: string): PolicyJson => {
   const a = policyToJson(text);
@@ -45,6 +45,34 @@ describe('attribute paths and projection', () => {
       claims: { team: 'a' },
     });
     expect(p.resource).toEqual(new Map());
+  });
+
+  // Projected records are plain objects (JSON.stringify's fast path): `__proto__` must stay an own attribute,
+  // where plain assignment would set the prototype and the policy below would read no claim.
+  test('an attribute named __proto__ is kept as data and decides as before', async () => {
+    const text =
+      'permit (principal, action, resource) when { principal.claims["__proto__"] == "x" && context.task.labels["__proto__"] == "y" };';
+    const p = projectionsFor(attributePaths(json(text)));
+    const claims = JSON.parse('{"__proto__":"x","team":"a"}') as Record<string, string>;
+    const labels = JSON.parse('{"__proto__":"y","other":"z"}') as Record<string, string>;
+    expect(JSON.stringify(project({ id: 'w', claims }, p.principal))).toBe('{"claims":{"__proto__":"x"}}');
+    expect(JSON.stringify(project({ task: { labels } }, p.context))).toBe('{"task":{"labels":{"__proto__":"y"}}}');
+    const d = await policyDir({ 'p.cedar': `@id("proto")\n${text}\n` });
+    const engines = [await createCedarEngine({ dir: d.dir }), await createCedarEngine({ dir: d.dir, cacheSize: 0 })];
+    try {
+      for (const e of engines) {
+        expect(e.authorize(issue(AGENT, 'demo-api', { claims, task: { labels } }))).toEqual({
+          allowed: true,
+          policies: ['proto'],
+          errors: [],
+        });
+        const other = JSON.parse('{"__proto__":"w"}') as Record<string, string>;
+        expect(e.authorize(issue(AGENT, 'demo-api', { claims: other, task: { labels } })).allowed).toBe(false);
+      }
+    } finally {
+      for (const e of engines) await e.close();
+      await d.cleanup();
+    }
   });
 
   test('`context` used as a value keeps the whole context', () => {
