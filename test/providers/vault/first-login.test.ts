@@ -10,6 +10,7 @@ import { startVaultEmulator } from '../../emulators/vault/index.ts';
 import { capturingLogger } from '../../helpers/log-capture.ts';
 import { generateTlsFiles } from '../../helpers/tls-certs.ts';
 import { approleSettings, BROKER_POLICY, ctx, provider, rejection } from './helpers.ts';
+import { freePort } from '../../helpers/redis-topology.ts';
 
 /**
  * The broker's first Vault login failing: the startup error (or the log line, for an outage or an untrusted
@@ -77,7 +78,7 @@ test('a real refusal (a secret-id Vault does not know) is still one', async () =
 });
 
 test.each([
-  ['unreachable', async () => `http://127.0.0.1:${await closedPort()}`, /is unreachable: ECONNREFUSED/],
+  ['unreachable', async () => `http://127.0.0.1:${await freePort()}`, /is unreachable: ECONNREFUSED/],
   ['timeout', () => serve(() => {}), /did not answer within requestTimeoutMs: ETIMEDOUT/],
 ])('%s: the broker starts (not ready) and the warning says so', async (_name, address, says) => {
   const { logger, lines } = capturingLogger();
@@ -90,14 +91,6 @@ test.each([
   const warning = lines.find((l) => String(l.msg).startsWith('vault: first login failed'));
   expect(String(warning?.msg)).toMatch(says);
 });
-
-async function closedPort(): Promise<number> {
-  const s = createHttpServer();
-  await new Promise<void>((r) => s.listen(0, '127.0.0.1', r));
-  const port = (s.address() as AddressInfo).port;
-  await new Promise<void>((r) => s.close(() => r()));
-  return port;
-}
 
 test.each([
   ['a query string', 'https://vault.example:8200/?x=1'],

@@ -1,5 +1,5 @@
 import { mkdtempSync, readFileSync } from 'node:fs';
-import { createServer as createHttpServer, type AddressInfo } from 'node:net';
+import type { AddressInfo } from 'node:net';
 import { request as httpRequest, type IncomingMessage, type ServerResponse } from 'node:http';
 import { createServer as createHttpsServer, type Server as HttpsServer } from 'node:https';
 import { tmpdir } from 'node:os';
@@ -9,10 +9,11 @@ import type { VaultProvider } from '../../../src/providers/vault/index.ts';
 import { createVaultProvider } from '../../../src/providers/vault/index.ts';
 import { startAwsEmulator, type AwsEmulator } from '../../emulators/aws/index.ts';
 import type { VaultEmulator } from '../../emulators/vault/index.ts';
-import { AGENT, ORCH, call, startSibling, startTestBroker, waitFor, type TestBroker } from '../../helpers/broker.ts';
+import { AGENT, call, openAgentTask, startSibling, startTestBroker, waitFor, type TestBroker } from '../../helpers/broker.ts';
 import { generateTlsFiles, type TlsFiles } from '../../helpers/tls-certs.ts';
 import { brokerAwsSettings } from '../aws/helpers.ts';
 import { approleSettings, ctx, rejection, vaultWithBroker } from './helpers.ts';
+import { freePort } from '../../helpers/redis-topology.ts';
 
 /**
  * One upstream down when the broker starts does not stop the broker: a Vault whose certificate the broker
@@ -21,7 +22,6 @@ import { approleSettings, ctx, rejection, vaultWithBroker } from './helpers.ts';
  * (contract section 3: readiness is Redis, signing keys, policy), `jit_upstream_up` says 0, and the login is
  * retried in the background until it works. What can never work still fails startup at once.
  */
-const agentId = `spiffe://dev.local${AGENT}`;
 let v: Awaited<ReturnType<typeof vaultWithBroker>>;
 let trusted: TlsFiles;
 let untrusted: TlsFiles;
@@ -72,14 +72,6 @@ async function tlsFront(emu: VaultEmulator, cert: TlsFiles): Promise<{ url: stri
   };
 }
 
-async function closedPort(): Promise<number> {
-  const s = createHttpServer();
-  await new Promise<void>((r) => s.listen(0, '127.0.0.1', r));
-  const port = (s.address() as AddressInfo).port;
-  await new Promise<void>((r) => s.close(() => r()));
-  return port;
-}
-
 const vaultRoles = { 'vault-ops': { provider: 'vault', token: { policies: ['ops-read'] } } };
 const approle = (address: string) => ({
   address,
@@ -88,17 +80,9 @@ const approle = (address: string) => ({
 });
 
 let n = 0;
-async function openTask(t: TestBroker, grants: unknown[]): Promise<string> {
+async function openTask(t: TestBroker, grants: Record<string, unknown>[]): Promise<string> {
   const taskId = `t-vault-start-${++n}`;
-  const r = await call(t.url, 'POST', '/v1/tasks', t.as(ORCH), {
-    taskId,
-    agent: agentId,
-    tenant: 'acme',
-    purpose: 'x',
-    ttlSeconds: 600,
-    grants,
-  });
-  expect(r.status).toBe(201);
+  await openAgentTask(t, taskId, grants, 'x');
   return taskId;
 }
 const issue = (t: TestBroker, body: Record<string, unknown>) => call(t.url, 'POST', '/v1/credentials', t.as(AGENT), body);
@@ -207,7 +191,7 @@ describe('what can never work still fails startup at once', () => {
     const before = process.env.NODE_EXTRA_CA_CERTS;
     process.env.NODE_EXTRA_CA_CERTS = '/nonexistent/vault-ca.pem';
     try {
-      const url = `https://127.0.0.1:${await closedPort()}`;
+      const url = `https://127.0.0.1:${await freePort()}`;
       const err = await rejection(
         createVaultProvider(approleSettings({ url } as VaultEmulator, v.roleId, v.secretId, { requestTimeoutMs: 300 }), ctx).then(
           async (p) => {
