@@ -19,6 +19,8 @@ const pageScript = script('task-audit-page');
 beforeAll(async () => {
   t = await startTestBroker('evidence-ids', {
     config: { server: { port: 0, publicUrl: 'http://127.0.0.1:8080', rateLimit: { perSecond: 0 } } },
+    // Counted on the broker's client: the worker's seal, retention and sweeper passes are not the read's.
+    broker: { worker: false },
   });
   await openAgentTask(t, 'ev', [{ role: 'tickets-api', scopes: ['tickets:read'] }]);
   const tasks = ['ev'];
