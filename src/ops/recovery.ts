@@ -240,6 +240,8 @@ export class DataLossMonitor {
             'Redis lost writes of this instance (a failover?), but no audit record it wrote and nothing the export holds: not a rollback',
           );
         this.healthy = true;
+        // The dataset this instance took after a loss holds what it needs: that loss is over (see dataLost).
+        this.dataLost = false;
         return;
       }
       this.noticed(sign);
@@ -265,6 +267,10 @@ export class DataLossMonitor {
       // as seen either). With a rollback to recover from, its recovery writes them if it claims for that recovery.
       if (!sign) await this.writeRollbacksLeft();
       this.epoch = epoch;
+      // A dataset set up (here or elsewhere) after a loss this instance saw and failed to recover from: that loss is
+      // over, and the next is another. Left set, no later loss was counted or logged by this instance
+      // (test/ops/recovery-flag-cleared.test.ts).
+      this.dataLost = false;
       await this.d.signing.reload();
       if (sign) {
         // Recovered at the next check (start() runs once the services that apply endings exist).
