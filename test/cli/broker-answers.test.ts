@@ -120,6 +120,11 @@ function run(file: string, args: string[]): Promise<{ code: number | null; stdou
   });
 }
 const jit = (args: string[]) => run(NODE20, [JIT, ...args]);
+/**
+ * Several runs at once (the fake broker answers each request alone, from its path and query), results in the
+ * order asked: a case's runs need not wait on each other's Node start-up.
+ */
+const jitAll = (runs: string[][]) => Promise.all(runs.map(jit));
 
 test.each(['bash', 'sh'])(
   'cred get --format env, eval’d by %s: every variable holds exactly the bytes of the secret',
@@ -206,11 +211,13 @@ test.each([
 test.each(Object.keys(GARBAGE))(
   'task show and approvals show on a 200 that is not one (%s): exit 3 bad_response',
   async (id) => {
-    for (const [args, what] of [
+    const cases = [
       [['task', 'show', id], /not a task/],
       [['approvals', 'show', id], /not an approval/],
-    ] as const) {
-      const r = await jit([...args, '--json']);
+    ] as const;
+    const results = await jitAll(cases.map(([args]) => [...args, '--json']));
+    for (const [i, [args, what]] of cases.entries()) {
+      const r = results[i]!;
       // Before ([] and {}): exit 0 and an empty table (`{}` as JSON), as if the task or approval existed.
       expect({ args, code: r.code, stderr: r.stderr }).toEqual({ args, code: 3, stderr: expect.stringMatching(what) });
       expect(JSON.parse(r.stdout.toString()).code).toBe('bad_response');
@@ -220,12 +227,14 @@ test.each(Object.keys(GARBAGE))(
 );
 
 test('task show and approvals show on real answers still print them', async () => {
-  const t = await jit(['task', 'show', 't-9']);
-  expect({ code: t.code, stderr: t.stderr }).toEqual({ code: 0, stderr: '' });
-  expect(t.stdout.toString()).toMatch(/t-9/);
-  const a = await jit(['approvals', 'show', 'a-1', '--json']);
-  expect({ code: a.code, stderr: a.stderr }).toEqual({ code: 0, stderr: '' });
-  expect(JSON.parse(a.stdout.toString())).toMatchObject({ approvalId: 'a-1', status: 'pending' });
+  const [t, a] = await jitAll([
+    ['task', 'show', 't-9'],
+    ['approvals', 'show', 'a-1', '--json'],
+  ]);
+  expect({ code: t!.code, stderr: t!.stderr }).toEqual({ code: 0, stderr: '' });
+  expect(t!.stdout.toString()).toMatch(/t-9/);
+  expect({ code: a!.code, stderr: a!.stderr }).toEqual({ code: 0, stderr: '' });
+  expect(JSON.parse(a!.stdout.toString())).toMatchObject({ approvalId: 'a-1', status: 'pending' });
 }, 30_000);
 
 /** Every list command, each reading the page `--cursor` names. */
@@ -241,8 +250,9 @@ test.each(Object.keys(GARBAGE).flatMap((g) => [g, `then-${g}`]))(
   async (cursor) => {
     // One page, and with --all every page (a garbage page after a real one with `then-`).
     const runs = LISTS.flatMap((list) => [...(cursor.startsWith('then-') ? [] : [list]), [...list, '--all']]);
-    for (const list of runs) {
-      const r = await jit([...list, '--cursor', cursor, '--json']);
+    const results = await jitAll(runs.map((list) => [...list, '--cursor', cursor, '--json']));
+    for (const [i, list] of runs.entries()) {
+      const r = results[i]!;
       // Before: one page of `[]` or `{}` was exit 0 and an empty list, as if there were nothing to list; with --all
       // (and on null) a TypeError, "unexpected error".
       expect({ list, code: r.code, stderr: r.stderr }).toEqual({ list, code: 3, stderr: expect.stringMatching(/not a page of a list/) });
@@ -253,8 +263,9 @@ test.each(Object.keys(GARBAGE).flatMap((g) => [g, `then-${g}`]))(
 );
 
 test('every list on real pages still lists their items', async () => {
-  for (const list of LISTS) {
-    const r = await jit([...list, '--all', '--cursor', 'then-p2', '--json']);
+  const results = await jitAll(LISTS.map((list) => [...list, '--all', '--cursor', 'then-p2', '--json']));
+  for (const [i, list] of LISTS.entries()) {
+    const r = results[i]!;
     expect({ list, code: r.code, stderr: r.stderr }).toEqual({ list, code: 0, stderr: '' });
     const path = `/v1/${list[0] === 'admin' ? 'admin/quarantine' : list[0] === 'task' ? (list[2] ? 'tasks/t-1/leases' : 'tasks') : list[0]}`;
     // Two pages, each with the route's items.
