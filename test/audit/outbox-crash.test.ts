@@ -45,7 +45,25 @@ afterAll(async () => {
   await dropPrefix(prefix);
 });
 
-test('records of leases and a task the sweeper ended survive the worker being killed right after', async () => {
+/**
+ * The first test waits most of its time for its task's deadline, idle; the second runs meanwhile. It starts only
+ * once the first has issued its leases, so its processes never slow that issuance (which must end before the
+ * deadline); its assertions do not depend on when it runs.
+ */
+let leasesIssued!: () => void;
+const issuance = new Promise<void>((res) => {
+  leasesIssued = res;
+});
+
+test.concurrent('records of leases and a task the sweeper ended survive the worker being killed right after', async () => {
+  try {
+    await burst();
+  } finally {
+    leasesIssued(); // also when it failed early: the second test does not wait for nothing
+  }
+});
+
+async function burst() {
   const N = 3000;
   const file = testConfigFile(issuer, prefix, {
     server: { port: 0, publicUrl: 'http://127.0.0.1:8080', rateLimit: { perSecond: 0 } },
@@ -82,6 +100,7 @@ test('records of leases and a task the sweeper ended survive the worker being ki
       ids.push(r.body.leaseId);
     }
   }
+  leasesIssued();
   // Every lease is clamped to the task's deadline: one burst at the deadline, ended by one worker.
   worker = await startBrokerProcess(file, { args: ['--worker'] });
   const r = new Redis(REDIS_URL);
@@ -112,7 +131,7 @@ test('records of leases and a task the sweeper ended survive the worker being ki
   } finally {
     await r.quit();
   }
-});
+}
 
 /**
  * An API process SIGKILLed between a decision's script and the append of its record: opening a task
@@ -122,7 +141,8 @@ test('records of leases and a task the sweeper ended survive the worker being ki
  * records used to be lost for good (the task open, the lease active, no record). They are in the bucket's
  * outbox since the script's step; an API-only instance (no worker anywhere) appends each exactly once.
  */
-test('task.open and credential.issue survive an API process killed between the decision and its record; an API-only instance recovers them', async () => {
+test.concurrent('task.open and credential.issue survive an API process killed between the decision and its record; an API-only instance recovers them', async () => {
+  await issuance;
   const kprefix = uniquePrefix('outbox-kill-api');
   const proxy = await redisCutProxy(REDIS_URL);
   // One config (one KEK) in two files: the processes to kill reach Redis through the proxy, the survivor directly.
