@@ -58,10 +58,13 @@ async function twoInstances(name: string) {
   brokers.push(b);
   return { a, b, dirA, dirB, prefix: p };
 }
+// The tests run at once (each on its own prefix, directories and brokers): most of each is waiting for a
+// follower's next check (every 5 s), not working. What a test waits for has 15 s, as one broker among several
+// in a busy process may be slower to get there.
 const ready = async (t: TestBroker) => (await call(t.url, 'GET', '/readyz', {})).status;
 const FORBID = 'forbid (principal, action == Action::"issue", resource == Role::"tickets-api");\n';
 
-test('an instance whose files do not load after an announced reload is not ready, audited, and catches up', async () => {
+test.concurrent('an instance whose files do not load after an announced reload is not ready, audited, and catches up', async () => {
   const { a, b, dirA, dirB } = await twoInstances('invalid');
   await openAgentTask(a, 'ps-1', [{ role: 'tickets-api' }], 'policy split');
   writeFileSync(join(dirA, 'zz-incident.cedar'), FORBID);
@@ -69,7 +72,7 @@ test('an instance whose files do not load after an announced reload is not ready
   const r = await call(a.url, 'POST', '/v1/admin/policy/reload', a.as(ADMIN), {});
   expect(r.status).toBe(202);
   // Before: 200 on both, and B went on issuing tickets-api under the replaced set.
-  await waitFor(async () => (await ready(b)) === 503, 5000);
+  await waitFor(async () => (await ready(b)) === 503, 15_000);
   expect(await ready(a)).toBe(200);
   expect((await call(a.url, 'POST', '/v1/credentials', a.as(AGENT), { taskId: 'ps-1', role: 'tickets-api' })).status).toBe(403);
   const records = (await auditRecords(a.broker.deps.redis, a.broker.deps.keys)).filter((x) => x.action === 'policy.reload');
@@ -90,7 +93,7 @@ test('an instance whose files do not load after an announced reload is not ready
   expect((await call(b.url, 'POST', '/v1/credentials', b.as(AGENT), { taskId: 'ps-1', role: 'tickets-api' })).status).toBe(403);
 }, 60_000);
 
-test('an instance whose files are older than the announced set is not ready and does not issue until they arrive (found in review)', async () => {
+test.concurrent('an instance whose files are older than the announced set is not ready and does not issue until they arrive (found in review)', async () => {
   // The incident's forbid reaches A; the admin reloads through A; B's copy is still the old, valid set.
   // Before the review's fix, B stayed ready and issued what the new set forbids.
   const { a, b, dirA, dirB } = await twoInstances('older');
@@ -99,7 +102,7 @@ test('an instance whose files are older than the announced set is not ready and 
   writeFileSync(join(dirA, 'zz-incident.cedar'), FORBID);
   const r = await call(a.url, 'POST', '/v1/admin/policy/reload', a.as(ADMIN), {});
   expect(r.status).toBe(202);
-  await waitFor(async () => (await ready(b)) === 503, 5000);
+  await waitFor(async () => (await ready(b)) === 503, 15_000);
   const viaB = await call(b.url, 'POST', '/v1/credentials', b.as(AGENT), { taskId: 'ps-2', role: 'tickets-api' });
   expect({ status: viaB.status, code: viaB.body.code }).toEqual({ status: 503, code: 'not_ready' });
   // What ends things goes ahead: completing a task through B still works.
@@ -111,28 +114,28 @@ test('an instance whose files are older than the announced set is not ready and 
   expect((await call(b.url, 'POST', '/v1/credentials', b.as(AGENT), { taskId: 'ps-2', role: 'tickets-api' })).status).toBe(403);
 }, 60_000);
 
-test('a reload made through an instance with older files holds the newer ones back only until its own files catch up (found in review)', async () => {
+test.concurrent('a reload made through an instance with older files holds the newer ones back only until its own files catch up (found in review)', async () => {
   // The new files reach B first; the admin's reload lands on A, still on the old ones. B waits for A, and
   // once A's watcher loads the same set, B is ready again (an earlier version of the fix kept it out for good).
   const { a, b, dirA, dirB } = await twoInstances('newer');
   writeFileSync(join(dirB, 'zz-incident.cedar'), FORBID);
-  await waitFor(async () => b.broker.deps.policy.version !== a.broker.deps.policy.version, 5000);
+  await waitFor(async () => b.broker.deps.policy.version !== a.broker.deps.policy.version, 15_000);
   expect((await call(a.url, 'POST', '/v1/admin/policy/reload', a.as(ADMIN), {})).status).toBe(202);
-  await waitFor(async () => (await ready(b)) === 503, 5000);
+  await waitFor(async () => (await ready(b)) === 503, 15_000);
   writeFileSync(join(dirA, 'zz-incident.cedar'), FORBID);
   await waitFor(async () => (await ready(b)) === 200, 20_000);
   expect(await ready(a)).toBe(200);
   expect(a.broker.deps.policy.version).toBe(b.broker.deps.policy.version);
 }, 60_000);
 
-test('the announcing instance gone and its word expired: a follower on an older copy stays out until its files arrive (found in review)', async () => {
+test.concurrent('the announcing instance gone and its word expired: a follower on an older copy stays out until its files arrive (found in review)', async () => {
   // Before: a Redis read that failed, or an announcer gone, counted as agreement: the follower was ready again
   // on the replaced set.
   const { a, b, dirA, dirB, prefix: p } = await twoInstances('gone');
   writeFileSync(join(dirA, 'zz-incident.cedar'), FORBID);
   const r = await call(a.url, 'POST', '/v1/admin/policy/reload', a.as(ADMIN), {});
   expect(r.status).toBe(202);
-  await waitFor(async () => (await ready(b)) === 503, 5000);
+  await waitFor(async () => (await ready(b)) === 503, 15_000);
   await a.broker.close();
   const redis = b.broker.deps.redis;
   const words = await redis.keys(`${p}:*policy-version*`); // A's word expired (B's own does not matter to B)
@@ -145,15 +148,15 @@ test('the announcing instance gone and its word expired: a follower on an older 
   expect(b.broker.deps.policy.version).toBe(r.body.version);
 }, 60_000);
 
-test("two reloads at once: an announcement older than an instance's own reload is ignored, so the two cannot wait on each other (found in review)", async () => {
+test.concurrent("two reloads at once: an announcement older than an instance's own reload is ignored, so the two cannot wait on each other (found in review)", async () => {
   // Crossing reloads through instances with different copies left each waiting for the other's set: the whole
   // fleet unready for as long as the copies differed. Here the crossing is made exact: A reloads (B, on
   // another copy, follows it), then an announcement of B's set stamped before A's reload reaches A.
   const { a, b, dirB } = await twoInstances('cross');
   writeFileSync(join(dirB, 'zz-incident.cedar'), FORBID);
-  await waitFor(async () => b.broker.deps.policy.version !== a.broker.deps.policy.version, 5000);
+  await waitFor(async () => b.broker.deps.policy.version !== a.broker.deps.policy.version, 15_000);
   expect((await call(a.url, 'POST', '/v1/admin/policy/reload', a.as(ADMIN), {})).status).toBe(202);
-  await waitFor(async () => (await ready(b)) === 503, 5000);
+  await waitFor(async () => (await ready(b)) === 503, 15_000);
   const { redis, keys } = a.broker.deps;
   await redis.set(keys.plain('policy-version', 'crossing'), b.broker.deps.policy.version, 'PX', 30_000); // its word
   await redis.publish(
@@ -165,7 +168,7 @@ test("two reloads at once: an announcement older than an instance's own reload i
   expect(await ready(a)).toBe(200);
 }, 60_000);
 
-test('an announcement older than the one an instance follows, arriving late, does not replace it (found in review)', async () => {
+test.concurrent('an announcement older than the one an instance follows, arriving late, does not replace it (found in review)', async () => {
   const { b } = await twoInstances('late');
   const { redis, keys } = b.broker.deps;
   const announce = async (instance: string, version: string, at: number) => {
