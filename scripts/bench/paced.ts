@@ -96,6 +96,8 @@ export async function pacedLoad(opts: {
   seconds: number;
   /** Keep-alive connections (default 128). */
   connections?: number;
+  /** Called once per request: its due time (epoch ms), latency from it (ms) and status (0: no answer). */
+  record?: (dueEpochMs: number, ms: number, status: number) => void;
 }): Promise<PacedResult> {
   const target = new URL(opts.path, opts.url);
   const headers = { host: target.host, ...opts.headers, 'content-length': String(Buffer.byteLength(opts.body)) };
@@ -130,7 +132,9 @@ export async function pacedLoad(opts: {
       })
       .catch(() => 0) // could not reconnect: a failure, and the next request tries again
       .then((status) => {
-        latencies.push(performance.now() - due);
+        const ms = performance.now() - due;
+        latencies.push(ms);
+        opts.record?.(performance.timeOrigin + due, ms, status);
         if (status >= 200 && status < 300) ok += 1;
         else failed += 1;
         finished += 1;
