@@ -1,4 +1,4 @@
-import { ADMIN, AGENT, ORCH, call, startTestBroker, type TestBroker } from '../helpers/broker.ts';
+import { ADMIN, AGENT, call, startTestBroker, type TestBroker, openAgentTask } from '../helpers/broker.ts';
 import { largestShape } from '../helpers/largest-task.ts';
 
 /**
@@ -17,15 +17,7 @@ beforeAll(async () => {
     config: { server: { port: 0, publicUrl: 'http://127.0.0.1:8080', rateLimit: { perSecond: 0 } } },
     broker: { dataLossCheckMs: 600_000 },
   });
-  const open = await call(t.url, 'POST', '/v1/tasks', as(ORCH), {
-    taskId: 'sparse',
-    agent: `spiffe://dev.local${AGENT}`,
-    tenant: 'acme',
-    purpose: 'p'.repeat(1000),
-    ttlSeconds: 3600,
-    grants: [{ role: 'prod-deploy', scopes }],
-  });
-  expect(open.status).toBe(201);
+  await openAgentTask(t, 'sparse', [{ role: 'prod-deploy', scopes }], 'p'.repeat(1000), 3600);
   const ask = (ttlSeconds: number) =>
     call(t.url, 'POST', '/v1/credentials', as(AGENT), { taskId: 'sparse', role: 'prod-deploy', scopes, ttlSeconds });
   // The two pending ones first (oldest: last in newest-first order).

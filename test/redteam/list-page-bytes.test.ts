@@ -1,4 +1,4 @@
-import { ADMIN, AGENT, ORCH, call, startTestBroker, type TestBroker } from '../helpers/broker.ts';
+import { ADMIN, AGENT, ORCH, call, startTestBroker, type TestBroker, openAgentTask } from '../helpers/broker.ts';
 import { largestShape, openLargestTask } from '../helpers/largest-task.ts';
 import { replyBytes } from '../helpers/reply-bytes.ts';
 
@@ -63,15 +63,7 @@ beforeAll(async () => {
     for (const r of rs) expect(r.status).toBe(201);
   }
   for (let a = 0; a < APPROVAL_TASKS; a++) {
-    const open = await call(t.url, 'POST', '/v1/tasks', as(ORCH), {
-      taskId: `lpa${a}`,
-      agent: `spiffe://dev.local${AGENT}`,
-      tenant: 'acme',
-      purpose: 'p'.repeat(1000),
-      ttlSeconds: 3600,
-      grants: [{ role: 'prod-deploy', scopes }],
-    });
-    expect(open.status).toBe(201);
+    await openAgentTask(t, `lpa${a}`, [{ role: 'prod-deploy', scopes }], 'p'.repeat(1000), 3600);
     // Distinct requests (their TTLs differ), each its own pending approval naming every scope.
     const rs = await Promise.all(
       Array.from({ length: PENDING }, (_, i) =>
