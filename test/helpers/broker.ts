@@ -186,6 +186,18 @@ export async function waitFor<T>(fn: () => Promise<T | undefined | false>, timeo
   }
 }
 
+/**
+ * Opens a budget's two windows (1 s and the reserve's: src/http/rate-limit.ts) ahead with ten minutes to run, as
+ * a window's first charge would open them (rate-limit-charge.lua leaves an open window alone). The tests that
+ * count calls in sequence then see exactly the burst pass however slowly they run: counted in 1 s windows a
+ * loaded machine that took over a second between calls saw a window refill and one call more pass (CI run 37).
+ * `key`: the identity string (`spiffe://…`) for `id` and `introspect`, the client address (`127.0.0.1`, an IPv6
+ * `/64`) for `unauth`.
+ */
+export async function openRateWindows(t: TestBroker, budget: 'id' | 'introspect' | 'unauth', key: string): Promise<void> {
+  for (const w of ['s', 'r']) await t.broker.deps.redis.set(`${t.prefix}:rl:${budget}:${w}:${key}`, 0, 'PX', 600_000);
+}
+
 export const ORCH = '/orchestrator/main';
 export const AGENT = '/agent/support';
 export const ADMIN = '/ops/alice';

@@ -1,4 +1,4 @@
-import { AGENT, ORCH, call, startTestBroker, type TestBroker } from '../helpers/broker.ts';
+import { AGENT, ORCH, call, openRateWindows, startTestBroker, type TestBroker } from '../helpers/broker.ts';
 
 let t: TestBroker;
 beforeAll(async () => {
@@ -141,6 +141,7 @@ describe('rate limiting', () => {
       config: { server: { port: 0, publicUrl: 'http://127.0.0.1:8080', rateLimit: { perSecond: 1, burst: 3 } } },
     });
     try {
+      await openRateWindows(limited, 'id', `spiffe://dev.local${ORCH}`);
       const statuses: number[] = [];
       for (let i = 0; i < 5; i++) statuses.push((await call(limited.url, 'GET', '/v1/tasks/t-none', limited.as(ORCH))).status);
       expect(statuses.slice(0, 3)).toEqual([404, 404, 404]);

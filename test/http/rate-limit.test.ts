@@ -1,5 +1,15 @@
 import { jest } from '@jest/globals';
-import { ADMIN, AGENT, ORCH, auditRecords, call, startSibling, startTestBroker, type TestBroker } from '../helpers/broker.ts';
+import {
+  ADMIN,
+  AGENT,
+  ORCH,
+  auditRecords,
+  call,
+  openRateWindows,
+  startSibling,
+  startTestBroker,
+  type TestBroker,
+} from '../helpers/broker.ts';
 
 /**
  * Rate limits (contract sections 2 and 3): per identity string on every
@@ -46,16 +56,6 @@ function expectRetryAfter(h: Headers): void {
   expect(v).toBeGreaterThanOrEqual(1);
 }
 
-/**
- * Opens a budget's two windows (1 s and the reserve's: src/http/rate-limit.ts) ahead with ten minutes to run, as
- * a window's first charge would open them (rate-limit-charge.lua leaves an open window alone). The tests that
- * count calls in sequence then see exactly the burst pass however slowly they run: counted in 1 s windows a
- * loaded machine that took over a second between calls saw a window refill and one call more pass (CI run 37).
- */
-async function openWindows(t: TestBroker, budget: 'id' | 'introspect' | 'unauth', key: string): Promise<void> {
-  for (const w of ['s', 'r']) await t.broker.deps.redis.set(`${t.prefix}:rl:${budget}:${w}:${key}`, 0, 'PX', 600_000);
-}
-
 describe('defaults', () => {
   test('on by default: 50/s with a burst of 100 per identity; introspect 1000/2000; unauthenticated 20/40', async () => {
     const t = await broker('rl-defaults');
@@ -92,7 +92,7 @@ describe('per identity, across instances', () => {
     const a = await broker('rl-shared', { perSecond: 1, burst: 3 });
     const b = await startSibling(a);
     try {
-      await openWindows(a, 'id', `spiffe://dev.local${ORCH}`);
+      await openRateWindows(a, 'id', `spiffe://dev.local${ORCH}`);
       const seq = [a, b, a, b, a, b];
       const out = [];
       for (const x of seq)
@@ -114,7 +114,7 @@ describe('per identity, across instances', () => {
 
   test('a 429 is an audited denial: one record per identity and minute, the repeats folded into a count', async () => {
     const a = await broker('rl-audited', { perSecond: 1, burst: 1 });
-    await openWindows(a, 'id', `spiffe://dev.local${ORCH}`);
+    await openRateWindows(a, 'id', `spiffe://dev.local${ORCH}`);
     const statuses: number[] = [];
     for (let i = 0; i < 6; i++) statuses.push((await call(a.url, 'GET', '/v1/tasks/t-none', a.as(ORCH))).status);
     expect(statuses).toEqual([404, 429, 429, 429, 429, 429]);
@@ -143,7 +143,7 @@ describe('per identity, across instances', () => {
 
   test('admin routes are limited like the rest', async () => {
     const t = await broker('rl-admin', { perSecond: 1, burst: 2 });
-    await openWindows(t, 'id', `spiffe://dev.local${ADMIN}`);
+    await openRateWindows(t, 'id', `spiffe://dev.local${ADMIN}`);
     const statuses = [];
     for (let i = 0; i < 4; i++) statuses.push((await call(t.url, 'POST', '/v1/admin/rotate', t.as(ADMIN), { target: 'nothing' })).status);
     expect(statuses.slice(0, 2).every((s) => s !== 429)).toBe(true);
@@ -152,7 +152,7 @@ describe('per identity, across instances', () => {
 
   test('/v1/token counts against the subject identity once its token is verified: slow_down', async () => {
     const t = await broker('rl-token', { perSecond: 1, burst: 2 });
-    await openWindows(t, 'id', `spiffe://dev.local${AGENT}`);
+    await openRateWindows(t, 'id', `spiffe://dev.local${AGENT}`);
     expect((await call(t.url, 'GET', '/v1/tasks/t-none', t.as(AGENT))).status).toBe(404);
     expect((await exchange(t, t.issuer.svid(AGENT))).status).toBe(400); // no such task, but counted
     const r = await exchange(t, t.issuer.svid(AGENT));
@@ -168,8 +168,8 @@ describe('per identity, across instances', () => {
   test('introspection has its own budget', async () => {
     const t = await broker('rl-introspect', { perSecond: 1, burst: 1, introspect: { perSecond: 2, burst: 3 } });
     const rs = t.as('/resource/tickets');
-    await openWindows(t, 'id', 'spiffe://dev.local/resource/tickets');
-    await openWindows(t, 'introspect', 'spiffe://dev.local/resource/tickets');
+    await openRateWindows(t, 'id', 'spiffe://dev.local/resource/tickets');
+    await openRateWindows(t, 'introspect', 'spiffe://dev.local/resource/tickets');
     expect((await call(t.url, 'GET', '/v1/tasks/t-none', rs)).status).toBe(404);
     expect((await call(t.url, 'GET', '/v1/tasks/t-none', rs)).status).toBe(429);
     const out = [];
@@ -197,7 +197,7 @@ describe('per identity, across instances', () => {
 describe('unauthenticated callers, per client address, before any signature is checked', () => {
   test('failures are counted; once over, even a valid token is refused without verifying it', async () => {
     const t = await broker('rl-unauth', { unauthenticated: { perSecond: 1, burst: 3 } });
-    await openWindows(t, 'unauth', '127.0.0.1');
+    await openRateWindows(t, 'unauth', '127.0.0.1');
     const verify = jest.spyOn(t.broker.deps.verifier, 'verify');
     const bad = { authorization: `Bearer ${t.issuer.svid(AGENT, { aud: 'someone-else' })}` };
     const out = [];
@@ -223,7 +223,7 @@ describe('unauthenticated callers, per client address, before any signature is c
 
   test('bad subject tokens on /v1/token count too', async () => {
     const t = await broker('rl-unauth-token', { unauthenticated: { perSecond: 1, burst: 2 } });
-    await openWindows(t, 'unauth', '127.0.0.1');
+    await openRateWindows(t, 'unauth', '127.0.0.1');
     const out = [];
     for (let i = 0; i < 3; i++) out.push(await exchange(t, 'not-a-jwt'));
     expect(out.map((r) => r.status)).toEqual([400, 400, 429]);
@@ -233,7 +233,7 @@ describe('unauthenticated callers, per client address, before any signature is c
   test('shared across instances; other client addresses are not affected (behind a trusted proxy)', async () => {
     const a = await broker('rl-unauth-shared', { unauthenticated: { perSecond: 1, burst: 2 }, trustProxy: 'loopback' });
     const b = await startSibling(a);
-    await openWindows(a, 'unauth', '203.0.113.7');
+    await openRateWindows(a, 'unauth', '203.0.113.7');
     try {
       const from = (ip: string, h: Record<string, string> = {}) => ({ 'x-forwarded-for': ip, ...h });
       const none = (x: TestBroker, ip: string) => call(x.url, 'GET', '/v1/tasks/t-none', from(ip));
@@ -251,7 +251,7 @@ describe('unauthenticated callers, per client address, before any signature is c
 
   test('IPv6 callers are counted per /64, not per address', async () => {
     const t = await broker('rl-unauth-v6', { unauthenticated: { perSecond: 1, burst: 2 }, trustProxy: 'loopback' });
-    await openWindows(t, 'unauth', '2001:db8:1:2::/64');
+    await openRateWindows(t, 'unauth', '2001:db8:1:2::/64');
     const none = (ip: string) => call(t.url, 'GET', '/v1/tasks/t-none', { 'x-forwarded-for': ip });
     expect((await none('2001:db8:1:2::1')).status).toBe(401);
     expect((await none('2001:db8:1:2::ffff:2')).status).toBe(401);
